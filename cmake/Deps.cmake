@@ -1,0 +1,11 @@
+# Dependencies from Debian packages; no vendored copies (see scripts/bootstrap).
+find_package(PkgConfig REQUIRED)
+# find_package(cnats) fails on Debian's libnats-dev (its config names a static lib that is not shipped).
+pkg_check_modules(NATS REQUIRED IMPORTED_TARGET libnats)
+pkg_check_modules(PROTOBUFC REQUIRED IMPORTED_TARGET libprotobuf-c)
+pkg_check_modules(UUID REQUIRED IMPORTED_TARGET uuid)
+pkg_check_modules(CHECK REQUIRED IMPORTED_TARGET check)
+find_package(SQLite3 REQUIRED)
+find_package(Threads REQUIRED)
+find_program(PROTOC_C NAMES protoc-c protoc-gen-c REQUIRED)
+find_program(NATS_SERVER nats-server PATHS /usr/sbin /usr/local/sbin)

@@ -1,0 +1,109 @@
+#include "jetledger/buf.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void jl_buf_init(jl_buf *b, size_t cap)
+{
+    assert(b != NULL);
+    b->data = NULL;
+    b->len = 0;
+    b->alloc = 0;
+    b->cap = cap;
+}
+
+void jl_buf_cleanup(jl_buf *b)
+{
+    if (b == NULL)
+        return;
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+    b->alloc = 0;
+}
+
+void jl_buf_reset(jl_buf *b)
+{
+    b->len = 0;
+    if (b->data != NULL)
+        b->data[0] = 0;
+}
+
+jl_status jl_buf_reserve(jl_buf *b, size_t n, uint8_t **out_p)
+{
+    /* Checked before any arithmetic can overflow: len <= cap always holds. */
+    if (n > b->cap - b->len)
+        return JL_ERR_TOO_LARGE;
+    size_t need = b->len + n + 1;
+    if (need > b->alloc) {
+        size_t a = b->alloc ? b->alloc : 64;
+        while (a < need)
+            a = (a > SIZE_MAX / 2) ? need : a * 2;
+        if (a > b->cap + 1)
+            a = b->cap + 1;
+        uint8_t *p = realloc(b->data, a);
+        if (p == NULL)
+            return JL_ERR_NOMEM;
+        b->data = p;
+        b->alloc = a;
+    }
+    *out_p = b->data + b->len;
+    return JL_OK;
+}
+
+void jl_buf_commit(jl_buf *b, size_t n)
+{
+    assert(b->len + n < b->alloc);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+jl_status jl_buf_add(jl_buf *b, const void *p, size_t n)
+{
+    uint8_t *dst = NULL;
+    jl_status s = jl_buf_reserve(b, n, &dst);
+    if (s != JL_OK)
+        return s;
+    if (n > 0)
+        memcpy(dst, p, n);
+    jl_buf_commit(b, n);
+    return JL_OK;
+}
+
+jl_status jl_buf_adds(jl_buf *b, const char *s)
+{
+    return jl_buf_add(b, s, strlen(s));
+}
+
+jl_status jl_buf_vaddf(jl_buf *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return JL_ERR_INVALID;
+    uint8_t *dst = NULL;
+    jl_status s = jl_buf_reserve(b, (size_t)n, &dst);
+    if (s != JL_OK)
+        return s;
+    vsnprintf((char *)dst, (size_t)n + 1, fmt, ap);
+    jl_buf_commit(b, (size_t)n);
+    return JL_OK;
+}
+
+jl_status jl_buf_addf(jl_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    jl_status s = jl_buf_vaddf(b, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+const char *jl_buf_str(const jl_buf *b)
+{
+    return b->data != NULL ? (const char *)b->data : "";
+}

@@ -1,0 +1,91 @@
+#include "jetledger/domain.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const code_names[] = {
+    "ok", "invalid", "not_found", "conflict", "rule_violation", "internal", "unavailable", "timeout",
+};
+
+const char *jl_code_str(jl_code c)
+{
+    if ((size_t)c < sizeof(code_names) / sizeof(code_names[0]))
+        return code_names[c];
+    return "unknown";
+}
+
+jl_status jl_code_parse(jl_code *out_code, const char *name)
+{
+    for (size_t i = 0; i < sizeof(code_names) / sizeof(code_names[0]); i++) {
+        if (strcmp(name, code_names[i]) == 0) {
+            *out_code = (jl_code)i;
+            return JL_OK;
+        }
+    }
+    return JL_ERR_INVALID;
+}
+
+void jl_decision_init(jl_decision *d)
+{
+    d->code = JL_CODE_OK;
+    d->message[0] = 0;
+    d->n_events = 0;
+    jl_buf_init(&d->bytes, JL_DECISION_MAX_BYTES);
+}
+
+void jl_decision_cleanup(jl_decision *d)
+{
+    jl_buf_cleanup(&d->bytes);
+    d->n_events = 0;
+}
+
+void jl_decision_reset(jl_decision *d)
+{
+    d->code = JL_CODE_OK;
+    d->message[0] = 0;
+    d->n_events = 0;
+    jl_buf_reset(&d->bytes);
+}
+
+bool jl_decision_rejected(const jl_decision *d)
+{
+    return d->code != JL_CODE_OK;
+}
+
+void jl_decision_reject(jl_decision *d, jl_code code, const char *fmt, ...)
+{
+    if (jl_decision_rejected(d))
+        return;
+    d->code = code == JL_CODE_OK ? JL_CODE_INTERNAL : code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->message, sizeof(d->message), fmt, ap);
+    va_end(ap);
+    d->n_events = 0;
+    jl_buf_reset(&d->bytes);
+}
+
+void jl_decision_emit(jl_decision *d, const ProtobufCMessage *event)
+{
+    if (jl_decision_rejected(d))
+        return;
+    if (d->n_events == JL_DECISION_MAX_EVENTS) {
+        jl_decision_reject(d, JL_CODE_INVALID, "a command may produce at most %d events",
+                           JL_DECISION_MAX_EVENTS);
+        return;
+    }
+    size_t n = protobuf_c_message_get_packed_size(event);
+    uint8_t *dst = NULL;
+    if (jl_buf_reserve(&d->bytes, n, &dst) != JL_OK) {
+        jl_decision_reject(d, JL_CODE_INVALID, "the events of one command exceed %d bytes",
+                           JL_DECISION_MAX_BYTES);
+        return;
+    }
+    size_t packed = protobuf_c_message_pack(event, dst);
+    d->types[d->n_events] = event->descriptor;
+    d->offsets[d->n_events] = d->bytes.len;
+    d->lens[d->n_events] = packed;
+    jl_buf_commit(&d->bytes, packed);
+    d->n_events++;
+}

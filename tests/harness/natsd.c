@@ -1,0 +1,1 @@
+/* placeholder */ typedef int jl_natsd_placeholder;
