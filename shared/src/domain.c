@@ -5,7 +5,8 @@
 #include <string.h>
 
 static const char *const code_names[] = {
-    "ok", "invalid", "not_found", "conflict", "rule_violation", "internal", "unavailable", "timeout",
+    "ok",       "invalid",     "not_found", "conflict", "rule_violation",
+    "internal", "unavailable", "timeout",
 };
 
 const char *jl_code_str(jl_code c)

@@ -58,9 +58,9 @@ typedef struct jl_event {
 /** A validated command as given to decide. Borrowed for the duration of the call. */
 typedef struct jl_command {
     const ProtobufCMessage *msg; /**< the decoded command */
-    const char *aggregate_id;    /**< validated canonical UUID (generated when the command allows) */
-    const char *command_id;      /**< client-chosen or generated id */
-    int64_t now_ns;              /**< the time to stamp on events: decide never reads a clock */
+    const char *aggregate_id; /**< validated canonical UUID (generated when the command allows) */
+    const char *command_id;   /**< client-chosen or generated id */
+    int64_t now_ns;           /**< the time to stamp on events: decide never reads a clock */
 } jl_command;
 
 #define JL_DECISION_MAX_EVENTS 32

@@ -1,0 +1,12 @@
+/*
+ * The orders service: answers orders.cmd.* and appends to the ORDERS stream.
+ * Its rules live in domain.c, its definition in service.c; the rest is the jetledger runtime.
+ */
+#include "jetledger/app.h"
+
+#include "service.h"
+
+int main(int argc, char **argv)
+{
+    return jl_app_run_producer(&orders_service, argc, argv);
+}

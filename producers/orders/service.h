@@ -1,0 +1,12 @@
+/*
+ * The orders service definition (commands, events, decide/evolve), shared by its main() and the
+ * integration tests that run it in-process.
+ */
+#ifndef JETLEDGER_ORDERS_SERVICE_H
+#define JETLEDGER_ORDERS_SERVICE_H
+
+#include "jetledger/producer.h"
+
+extern const jl_service_def orders_service;
+
+#endif /* JETLEDGER_ORDERS_SERVICE_H */

@@ -1,0 +1,266 @@
+/*
+ * The order_summary read model. apply() turns each orders event into SQL; the two queries
+ * read it. Item lines are kept so that totals are recomputed, never accumulated: a replay
+ * of the same events always yields the same rows.
+ */
+#include "projection.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orders/orders.pb-c.h"
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS orders ("
+    "  order_id TEXT PRIMARY KEY,"
+    "  customer_id TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  item_count INTEGER NOT NULL DEFAULT 0,"
+    "  total_cents INTEGER NOT NULL DEFAULT 0,"
+    "  version INTEGER NOT NULL,"
+    "  updated_at_ns INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, order_id);"
+    "CREATE TABLE IF NOT EXISTS order_items ("
+    "  order_id TEXT NOT NULL,"
+    "  sku TEXT NOT NULL,"
+    "  quantity INTEGER NOT NULL,"
+    "  unit_price_cents INTEGER NOT NULL,"
+    "  PRIMARY KEY (order_id, sku));";
+
+/* Run a cached statement whose parameters are already bound; @p want_change asks that it
+ * touched a row (the order must exist). */
+static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, bool want_change, char *err,
+                     size_t errlen)
+{
+    jl_status s = jl_db_step_done(db, st);
+    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0) {
+        snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
+        return JL_ERR_INVALID;
+    }
+    if (s == JL_ERR_INVALID)
+        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
+                 jl_db_errmsg(db));
+    return s;
+}
+
+static jl_status touch(jl_db *db, const jl_event *ev, const char *status, char *err, size_t n)
+{
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE orders SET status = coalesce(?1, status), "
+                                      "item_count = (SELECT coalesce(sum(quantity), 0) FROM "
+                                      "order_items WHERE order_id = ?2), "
+                                      "total_cents = (SELECT coalesce(sum(quantity * "
+                                      "unit_price_cents), 0) FROM order_items WHERE order_id = "
+                                      "?2), version = ?3, updated_at_ns = ?4 WHERE order_id = ?2");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    if (status != NULL)
+        sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, ev->aggregate_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)ev->aggregate_version);
+    sqlite3_bind_int64(st, 4, ev->occurred_at_ns);
+    return run(db, st, ev, true, err, n);
+}
+
+static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
+{
+    const ProtobufCMessageDescriptor *d = ev->payload->descriptor;
+    sqlite3_stmt *st = NULL;
+    jl_status s = JL_OK;
+
+    if (d == &orders__order_created__descriptor) {
+        const Orders__OrderCreated *e = (const Orders__OrderCreated *)ev->payload;
+        st = jl_db_stmt(db, "INSERT INTO orders (order_id, customer_id, status, version, "
+                            "updated_at_ns) VALUES (?, ?, 'open', ?, ?)");
+        if (st == NULL)
+            return JL_ERR_SQLITE;
+        sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, e->customer_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)ev->aggregate_version);
+        sqlite3_bind_int64(st, 4, ev->occurred_at_ns);
+        return run(db, st, ev, false, err, n);
+    }
+    if (d == &orders__item_added__descriptor) {
+        const Orders__ItemAdded *e = (const Orders__ItemAdded *)ev->payload;
+        if (e->quantity <= 0 || e->unit_price_cents <= 0) {
+            snprintf(err, n, "ItemAdded with quantity %d and price %" PRId64, e->quantity,
+                     e->unit_price_cents);
+            return JL_ERR_INVALID;
+        }
+        st = jl_db_stmt(db, "INSERT INTO order_items (order_id, sku, quantity, unit_price_cents) "
+                            "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM orders WHERE "
+                            "order_id = ?1) ON CONFLICT (order_id, sku) DO UPDATE SET quantity "
+                            "= quantity + excluded.quantity, unit_price_cents = "
+                            "excluded.unit_price_cents");
+        if (st == NULL)
+            return JL_ERR_SQLITE;
+        sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, e->quantity);
+        sqlite3_bind_int64(st, 4, e->unit_price_cents);
+        s = run(db, st, ev, true, err, n);
+        return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
+    }
+    if (d == &orders__item_removed__descriptor) {
+        const Orders__ItemRemoved *e = (const Orders__ItemRemoved *)ev->payload;
+        st = jl_db_stmt(db, "DELETE FROM order_items WHERE order_id = ? AND sku = ?");
+        if (st == NULL)
+            return JL_ERR_SQLITE;
+        sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
+        s = run(db, st, ev, false, err, n);
+        return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
+    }
+    if (d == &orders__order_placed__descriptor)
+        return touch(db, ev, "placed", err, n);
+    if (d == &orders__order_cancelled__descriptor)
+        return touch(db, ev, "cancelled", err, n);
+    snprintf(err, n, "order_summary does not handle %s", ev->event_type);
+    return JL_ERR_UNKNOWN_TYPE;
+}
+
+/* ---- queries ---- */
+
+#define ROW_COLUMNS "order_id, customer_id, status, item_count, total_cents, version, updated_at_ns"
+
+/* Copy the current row into @p o; strings are strdup'ed (freed by free_summary). */
+static jl_status read_row(sqlite3_stmt *st, Orders__OrderSummary *o)
+{
+    orders__order_summary__init(o);
+    o->order_id = strdup((const char *)sqlite3_column_text(st, 0));
+    o->customer_id = strdup((const char *)sqlite3_column_text(st, 1));
+    o->status = strdup((const char *)sqlite3_column_text(st, 2));
+    o->item_count = sqlite3_column_int(st, 3);
+    o->total_cents = sqlite3_column_int64(st, 4);
+    o->version = (uint64_t)sqlite3_column_int64(st, 5);
+    o->updated_at_ns = sqlite3_column_int64(st, 6);
+    return (o->order_id && o->customer_id && o->status) ? JL_OK : JL_ERR_NOMEM;
+}
+
+static void free_summary(Orders__OrderSummary *o)
+{
+    free(o->order_id);
+    free(o->customer_id);
+    free(o->status);
+}
+
+static bool is_uuid(const char *s)
+{
+    char canon[JL_UUID_LEN + 1];
+    return jl_uuid_canonical(canon, s) == JL_OK && strcmp(canon, s) == 0;
+}
+
+static jl_status get_order(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
+{
+    const Orders__GetOrder *q = (const Orders__GetOrder *)msg;
+    char id[JL_UUID_LEN + 1];
+    if (jl_uuid_canonical(id, q->order_id) != JL_OK) {
+        jl_reply_error(out, JL_CODE_INVALID, "order_id '%.64s' is not a UUID", q->order_id);
+        return JL_OK;
+    }
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE order_id = ?");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    jl_status s = JL_OK;
+    if (rc == SQLITE_ROW) {
+        Orders__OrderSummary row;
+        Orders__GetOrderResult res = ORDERS__GET_ORDER_RESULT__INIT;
+        s = read_row(st, &row);
+        res.order = &row;
+        if (s == JL_OK)
+            jl_reply_set_result(out, &res.base);
+        free_summary(&row);
+    } else if (rc == SQLITE_DONE) {
+        jl_reply_error(out, JL_CODE_NOT_FOUND, "order %s not found", id);
+    } else {
+        s = jl_db_fail(db, rc, "GetOrder");
+    }
+    sqlite3_reset(st);
+    return s;
+}
+
+static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
+{
+    const Orders__ListOrders *q = (const Orders__ListOrders *)msg;
+    static const char *const statuses[] = {"", "open", "placed", "cancelled"};
+    bool known = false;
+    for (size_t i = 0; i < 4; i++)
+        known = known || strcmp(q->status, statuses[i]) == 0;
+    if (!known) {
+        jl_reply_error(out, JL_CODE_INVALID,
+                       "status '%.32s' is not one of open, placed, cancelled (or empty)",
+                       q->status);
+        return JL_OK;
+    }
+    if (q->limit > ORDER_SUMMARY_MAX_LIMIT) {
+        jl_reply_error(out, JL_CODE_INVALID, "limit %u is above the maximum of %d", q->limit,
+                       ORDER_SUMMARY_MAX_LIMIT);
+        return JL_OK;
+    }
+    if (q->cursor[0] != 0 && !is_uuid(q->cursor)) {
+        jl_reply_error(out, JL_CODE_INVALID, "cursor '%.64s' is not one this service issued",
+                       q->cursor);
+        return JL_OK;
+    }
+    uint32_t limit = q->limit ? q->limit : ORDER_SUMMARY_DEFAULT_LIMIT;
+
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE (?1 = '' OR "
+                                      "status = ?1) AND order_id > ?2 ORDER BY order_id LIMIT ?3");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_text(st, 1, q->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, q->cursor, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more says there is a next page */
+
+    Orders__OrderSummary *rows = calloc(limit + 1, sizeof(*rows));
+    Orders__OrderSummary **ptrs = calloc(limit + 1, sizeof(*ptrs));
+    size_t n = 0;
+    jl_status s = (rows && ptrs) ? JL_OK : JL_ERR_NOMEM;
+    int rc = SQLITE_DONE;
+    while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        s = read_row(st, &rows[n]);
+        ptrs[n] = &rows[n];
+        n++;
+    }
+    if (s == JL_OK && rc != SQLITE_DONE)
+        s = jl_db_fail(db, rc, "ListOrders");
+    sqlite3_reset(st);
+    if (s == JL_OK) {
+        Orders__ListOrdersResult res = ORDERS__LIST_ORDERS_RESULT__INIT;
+        res.n_orders = n > limit ? limit : n;
+        res.orders = ptrs;
+        res.next_cursor = n > limit ? rows[limit - 1].order_id : "";
+        jl_reply_set_result(out, &res.base);
+    }
+    for (size_t i = 0; i < n; i++)
+        free_summary(&rows[i]);
+    free(rows);
+    free(ptrs);
+    return s;
+}
+
+static const ProtobufCMessageDescriptor *const events[] = {
+    &orders__order_created__descriptor,   &orders__item_added__descriptor,
+    &orders__item_removed__descriptor,    &orders__order_placed__descriptor,
+    &orders__order_cancelled__descriptor,
+};
+
+static const jl_query_def queries[] = {
+    {&orders__get_order__descriptor, get_order},
+    {&orders__list_orders__descriptor, list_orders},
+};
+
+const jl_projector_def order_summary_projector = {
+    .name = "order_summary",
+    .stream = "ORDERS",
+    .filter_subject = "orders.events.>",
+    .version = 1,
+    .schema_sql = schema,
+    .events = {events, sizeof(events) / sizeof(events[0])},
+    .apply = apply,
+    .queries = queries,
+    .n_queries = sizeof(queries) / sizeof(queries[0]),
+};

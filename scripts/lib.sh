@@ -1,0 +1,47 @@
+# Shared by scripts/*: paths, logging, and the build every script starts with.
+# shellcheck shell=bash
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${JL_BUILD_DIR:-$ROOT/build}
+export BIN=$BUILD_DIR/bin
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Install what is missing, then configure and build (incrementally) into $BUILD_DIR.
+bootstrap_and_build() {
+    "$ROOT/scripts/bootstrap"
+    say "building into $BUILD_DIR"
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${JL_BUILD_TYPE:-RelWithDebInfo}" \
+        "$@" >/dev/null
+    cmake --build "$BUILD_DIR" -j "$(nproc)" >/dev/null || {
+        cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40
+        die "build failed"
+    }
+}
+
+nats_server_bin() {
+    command -v nats-server 2>/dev/null || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }
+}
+
+# A TCP port on loopback that nothing listens on.
+free_port() {
+    local p
+    for _ in $(seq 1 50); do
+        p=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# Wait until a TCP port accepts connections (up to $2 seconds).
+wait_port() {
+
+    for _ in $(seq 1 $(($2 * 10))); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}

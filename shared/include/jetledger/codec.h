@@ -1,0 +1,144 @@
+/*
+ * Encoding and decoding of what jetledger puts on the wire: commits (the events of one command,
+ * one stream message) and replies. The generated protobuf code for the envelope stays behind
+ * this module (house rule 17); callers see jl_event, jl_decision and jl_reply.
+ */
+#ifndef JETLEDGER_CODEC_H
+#define JETLEDGER_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "jetledger/buf.h"
+#include "jetledger/domain.h"
+#include "jetledger/status.h"
+
+#define JL_UUID_LEN 36
+/** Hard cap on one stream message (a commit); JetStream's default max payload is 1 MiB. */
+#define JL_MAX_COMMIT_BYTES (1024 * 1024)
+
+/** Write a new random UUID (libuuid, lower case) into @p out (37 bytes). */
+void jl_uuid_new(char out[JL_UUID_LEN + 1]);
+
+/**
+ * Check that @p s is a UUID and write its canonical lower-case form to @p out (37 bytes).
+ * @return JL_OK or JL_ERR_INVALID.
+ */
+jl_status jl_uuid_canonical(char out[JL_UUID_LEN + 1], const char *s);
+
+/** A set of event (or other message) descriptors a component understands. */
+typedef struct jl_types {
+    const ProtobufCMessageDescriptor *const *list;
+    size_t n;
+} jl_types;
+
+/** The descriptor named @p full_name in @p types, or NULL. */
+const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const char *full_name);
+
+/** What a commit says beyond its events. Strings are borrowed. */
+typedef struct jl_commit_meta {
+    const char *aggregate_type;
+    const char *aggregate_id;
+    const char *correlation_id; /**< "" = the command id */
+    const char *causation_id;   /**< "" = the command id */
+    const char *command_id;
+    const char *command_type;
+    uint64_t first_version; /**< aggregate version of the first event */
+    int64_t occurred_at_ns;
+    uint32_t schema_version;
+} jl_commit_meta;
+
+/**
+ * Encode the events of @p d as one commit into @p out (reset first), each with a new random
+ * event id. A retry of the same append must resend these same bytes, so that JetStream's
+ * de-duplication recognises it.
+ * @param out_first_event_id receives the first event's id (the message's Nats-Msg-Id).
+ * @return JL_OK; JL_ERR_INVALID when @p d has no events; JL_ERR_TOO_LARGE over
+ *         JL_MAX_COMMIT_BYTES; JL_ERR_NOMEM.
+ */
+jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1],
+                           const jl_commit_meta *meta, const jl_decision *d);
+
+/** A decoded commit (opaque); free with jl_commit_free(). Not thread-safe. */
+typedef struct jl_commit jl_commit;
+
+/**
+ * Decode a commit message body. @p stream_seq is stamped on every event it yields.
+ * @return JL_OK; JL_ERR_DECODE for a body that is not a commit (reason in @p err);
+ *         JL_ERR_TOO_LARGE over JL_MAX_COMMIT_BYTES.
+ */
+jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
+                           uint64_t stream_seq, char *err, size_t errlen);
+
+/** Free a commit and every payload decoded from it. NULL is a no-op. */
+void jl_commit_free(jl_commit *c);
+
+/** Number of events in the commit. */
+size_t jl_commit_count(const jl_commit *c);
+
+/** The command id the commit records ("" if none). Borrowed from @p c. */
+const char *jl_commit_command_id(const jl_commit *c);
+
+/**
+ * Fill @p out_ev with event @p i, decoding its payload with the descriptor named by its
+ * event_type, looked up in @p types (NULL: every schema in the registry). Pointers in
+ * @p out_ev stay valid until jl_commit_free().
+ * On JL_ERR_UNKNOWN_TYPE or JL_ERR_DECODE, @p out_ev still carries the envelope fields (id,
+ * type, aggregate, version) with payload NULL, so the caller can say which event failed.
+ */
+jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_event *out_ev,
+                          char *err, size_t errlen);
+
+/** The raw payload bytes of event @p i (borrowed from @p c). */
+void jl_commit_event_payload(const jl_commit *c, size_t i, const uint8_t **out_data,
+                             size_t *out_len);
+
+/**
+ * Append one event as a JSON object: seq, event_id, event_type, occurred_at (RFC 3339, UTC,
+ * nanoseconds), aggregate_type, aggregate_id, aggregate_version, correlation_id, causation_id,
+ * schema_version and payload (the decoded event as JSON; null when ev->payload is NULL).
+ */
+jl_status jl_event_to_json(jl_buf *out, const jl_event *ev);
+
+/** Format Unix nanoseconds as RFC 3339 UTC ("2026-11-26T12:00:00.123456789Z") into @p out. */
+void jl_format_time(char *out, size_t n, int64_t unix_ns);
+
+/** A reply to a command or query (jetledger.Reply). Caller-owned: init/cleanup. */
+typedef struct jl_reply {
+    jl_code code;
+    char message[512];
+    char aggregate_id[JL_UUID_LEN + 1];
+    uint64_t aggregate_version;
+    uint64_t stream_seq;
+    bool duplicate;
+    char result_type[128]; /**< full protobuf name of the result, "" = none */
+    jl_buf result;         /**< encoded result message */
+} jl_reply;
+
+#define JL_MAX_REPLY_BYTES (4 * 1024 * 1024)
+
+void jl_reply_init(jl_reply *r);
+void jl_reply_cleanup(jl_reply *r);
+/** Back to an empty OK reply, keeping the result buffer's memory. */
+void jl_reply_reset(jl_reply *r);
+
+/** Set an error code and message (printf format). The first error wins. */
+void jl_reply_error(jl_reply *r, jl_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/**
+ * Encode @p msg as the reply's result. JL_ERR_TOO_LARGE when it exceeds the reply cap (the
+ * reply then becomes an error saying so).
+ */
+jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg);
+
+/** Encode @p r as a jetledger.Reply into @p out (reset first). */
+jl_status jl_reply_encode(jl_buf *out, const jl_reply *r);
+
+/** Decode a jetledger.Reply. JL_ERR_DECODE if @p data is not one. */
+jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len);
+
+#endif /* JETLEDGER_CODEC_H */

@@ -1,0 +1,50 @@
+/*
+ * Service configuration: defaults, then environment variables, then command-line flags.
+ *
+ * Every service reads the same keys (a key a service does not use is harmless), so operators
+ * learn one set. `jl_config_usage()` lists them; README "Configuration" documents them.
+ * jl_config is plain data: initialise with jl_config_init(), no cleanup needed.
+ */
+#ifndef JETLEDGER_CONFIG_H
+#define JETLEDGER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jetledger/log.h"
+#include "jetledger/status.h"
+
+typedef struct jl_config {
+    char nats_url[1024];        /**< NATS_URL / --nats-url: comma-separated server list */
+    char creds[512];            /**< JL_CREDS / --creds: NATS credentials file, "" = none */
+    char data_dir[512];         /**< JL_DATA_DIR / --data-dir: where read models live */
+    char name[64];              /**< JL_NAME / --name: instance name, e.g. the pod name */
+    char durable[64];           /**< JL_DURABLE / --durable: projector consumer ("" = its name) */
+    int replicas;               /**< JL_REPLICAS / --replicas: stream replicas (1..5) */
+    jl_log_level log_level;     /**< JL_LOG_LEVEL / --log-level */
+    int64_t duplicate_window_s; /**< JL_DUPLICATE_WINDOW / --duplicate-window: seconds */
+    int64_t max_age_s;          /**< JL_MAX_AGE / --max-age: seconds, 0 = keep forever */
+    int64_t max_bytes;          /**< JL_MAX_BYTES / --max-bytes: stream bytes, -1 = no limit */
+    int batch;                  /**< JL_BATCH / --batch: projector fetch batch size */
+    int command_retries;        /**< JL_COMMAND_RETRIES / --command-retries: on conflicts */
+    int64_t request_timeout_ms; /**< JL_REQUEST_TIMEOUT / --request-timeout: JetStream calls */
+} jl_config;
+
+/** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, 1 replica, info, ...). */
+void jl_config_init(jl_config *cfg);
+
+/**
+ * Override @p cfg from the environment, then from @p argv (flags `--key value` or `--key=value`;
+ * argv[0] is skipped). Arguments that are not flags are left for the caller: their indexes are
+ * stored in @p out_positional (up to @p max_positional, count in @p out_n_positional; pass NULL
+ * and 0 to reject any).
+ * @return JL_OK; JL_ERR_INVALID for an unknown flag, a missing value or a bad number, with the
+ *         reason in @p err. "--help" gives JL_ERR_STOPPED so main can print jl_config_usage().
+ */
+jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positional,
+                         int max_positional, int *out_n_positional, char *err, size_t errlen);
+
+/** Text listing every flag, its variable and its default (static, do not free). */
+const char *jl_config_usage(void);
+
+#endif /* JETLEDGER_CONFIG_H */

@@ -1,0 +1,77 @@
+/*
+ * jl_conn: one NATS connection with JetStream, as every jetledger service opens it.
+ *
+ * It connects to the whole server list (reconnecting on its own, forever), reads the version of
+ * the server it reached (the server's INFO line), and knows how to refuse clustered streams on
+ * servers whose per-subject expected-sequence check races (before 2.9.21).
+ */
+#ifndef JETLEDGER_CONN_H
+#define JETLEDGER_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <nats/nats.h>
+
+#include "jetledger/config.h"
+#include "jetledger/status.h"
+
+typedef struct jl_conn jl_conn;
+
+/** Oldest server whose Nats-Expected-Last-Subject-Sequence holds on replicated streams. */
+#define JL_MIN_CLUSTER_SERVER_VERSION "2.9.21"
+
+/**
+ * Connect to cfg->nats_url (comma-separated list) as client @p client_name.
+ *
+ * Retries for up to @p connect_wait_ms when no server answers yet (services starting before
+ * NATS), then fails. Once connected, the connection reconnects by itself forever.
+ * @param out_conn set on success; close with jl_conn_close().
+ * @param err      reason on failure, e.g. "cannot reach NATS at nats://...: No server available".
+ * @return JL_OK; JL_ERR_UNAVAILABLE when no server could be reached; JL_ERR_INVALID for a bad
+ *         URL or credentials file; JL_ERR_NATS for other failures.
+ */
+jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
+                       int64_t connect_wait_ms, char *err, size_t errlen);
+
+/**
+ * Drain the connection (finish in-flight messages of every subscription) for up to
+ * @p timeout_ms, then close it and free everything. NULL is a no-op.
+ */
+void jl_conn_close(jl_conn *c, int64_t timeout_ms);
+
+/** The underlying connection (borrowed; valid until jl_conn_close). Thread-safe. */
+natsConnection *jl_conn_nats(jl_conn *c);
+
+/** The JetStream context (borrowed), with the configured request timeout. Thread-safe. */
+jsCtx *jl_conn_js(jl_conn *c);
+
+/** Version of the server reached at connect, e.g. "2.10.27" ("" if it could not be read). */
+const char *jl_conn_server_version(const jl_conn *c);
+
+/** Request timeout in milliseconds used for JetStream API calls. */
+int64_t jl_conn_timeout_ms(const jl_conn *c);
+
+/**
+ * Refuse a stream of @p replicas replicas when a known server is older than
+ * JL_MIN_CLUSTER_SERVER_VERSION. Every server the connection knows (configured and discovered)
+ * is asked for its version; servers that cannot be reached are skipped. R1 always passes.
+ * @return JL_OK or JL_ERR_VERSION with the offending server and version in @p err.
+ */
+jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t errlen);
+
+/**
+ * Read a server's version from its INFO line by a plain TCP connection to @p url
+ * ("nats://[user[:pass]@]host[:port]"), waiting up to @p timeout_ms.
+ * @return JL_OK with the version in @p out; JL_ERR_UNAVAILABLE; JL_ERR_INVALID for a bad URL.
+ */
+jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, size_t outlen);
+
+/** True when dotted version @p v ("2.10.27", "v2.9.21-beta") is at least @p min ("2.9.21"). */
+bool jl_version_at_least(const char *v, const char *min);
+
+/** Map a NATS status to a jetledger status (timeouts, no responders, closed ...). */
+jl_status jl_status_from_nats(natsStatus ns);
+
+#endif /* JETLEDGER_CONN_H */

@@ -1,0 +1,78 @@
+/*
+ * jl_db: an SQLite database as jetledger uses it for read models.
+ *
+ * WAL mode (readers never block the writer), synchronous=NORMAL (a commit survives a process
+ * crash; the last transactions may be lost on power loss, and are then replayed from the stream
+ * because the checkpoint is in the same transaction), a busy timeout, and a cache of prepared
+ * statements so apply functions pay for parsing SQL once.
+ *
+ * One jl_db per thread (SQLite connections are not shared here).
+ */
+#ifndef JETLEDGER_DB_H
+#define JETLEDGER_DB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <sqlite3.h>
+
+#include "jetledger/buf.h"
+#include "jetledger/status.h"
+
+typedef struct jl_db jl_db;
+
+/** Statements cached per connection; more distinct SQL texts than this are still prepared. */
+#define JL_DB_STMT_CACHE 64
+
+/**
+ * Open (creating if @p readonly is false) the database at @p path.
+ * @return JL_OK; JL_ERR_IO when the file or its directory cannot be opened;
+ *         JL_ERR_DISK_FULL; JL_ERR_SQLITE. The reason is in @p err.
+ */
+jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err, size_t errlen);
+
+/** Finalize cached statements and close. NULL is a no-op. */
+void jl_db_close(jl_db *db);
+
+/** The SQLite handle (borrowed). */
+sqlite3 *jl_db_handle(jl_db *db);
+
+/** Path the database was opened with. */
+const char *jl_db_path(const jl_db *db);
+
+/** Last error on this connection: our text plus sqlite3_errmsg(). Never NULL. */
+const char *jl_db_errmsg(const jl_db *db);
+
+/** Run one or more SQL statements with no results. */
+jl_status jl_db_exec(jl_db *db, const char *sql);
+
+/**
+ * A prepared statement for @p sql, from the cache (reset, bindings cleared) or newly prepared.
+ * The statement belongs to @p db: do not finalize it. NULL on error (see jl_db_errmsg()).
+ * @p sql should be a string literal: the cache is keyed by its text.
+ */
+sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql);
+
+/** Step @p st to completion (expects SQLITE_DONE), then reset it. */
+jl_status jl_db_step_done(jl_db *db, sqlite3_stmt *st);
+
+/** Map an SQLite result code: SQLITE_FULL -> JL_ERR_DISK_FULL, I/O and CANTOPEN -> JL_ERR_IO... */
+jl_status jl_status_from_sqlite(int rc);
+
+/** Record @p rc and sqlite3_errmsg() with a prefix; returns the mapped status. */
+jl_status jl_db_fail(jl_db *db, int rc, const char *what);
+
+/**
+ * Append a canonical text dump of every read-model table to @p out: tables by name, rows ordered
+ * by all their columns, values in SQL literal form ("orders|'id'|'alice'|3\n"). Tables named
+ * jl_* (checkpoint, dead letters) and sqlite_* are left out. Two read models built from the same
+ * events have equal dumps: this is what `verify` and the tests compare.
+ */
+jl_status jl_db_dump(jl_db *db, jl_buf *out);
+
+/** Begin (IMMEDIATE when @p write), commit, rollback. */
+jl_status jl_db_begin(jl_db *db, bool write);
+jl_status jl_db_commit(jl_db *db);
+void jl_db_rollback(jl_db *db);
+
+#endif /* JETLEDGER_DB_H */

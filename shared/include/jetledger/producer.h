@@ -1,0 +1,96 @@
+/*
+ * jl_producer: the command-handling runtime of a service (a "producer").
+ *
+ * A service supplies a jl_service_def (its commands, its event types and two pure functions,
+ * decide and evolve); the runtime does the rest:
+ *   - listens on "<service>.cmd.<Command>" in queue group "<service>" (replicas share the load);
+ *   - validates the request (size, type, protobuf, aggregate id);
+ *   - loads the aggregate by replaying its subject "<service>.events.<aggregate_type>.<id>";
+ *   - decides, appends the events as one commit with the expected last subject sequence, and on
+ *     a lost race reloads and decides again, at most cfg->command_retries times;
+ *   - replies with a jetledger.Reply (accepted with version and sequence, or a coded error).
+ *
+ * Request headers: Jl-Command-Id (client-chosen id, default a new UUID), Jl-Correlation-Id and
+ * Jl-Causation-Id (default: the command id).
+ */
+#ifndef JETLEDGER_PRODUCER_H
+#define JETLEDGER_PRODUCER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "jetledger/codec.h"
+#include "jetledger/config.h"
+#include "jetledger/conn.h"
+#include "jetledger/domain.h"
+#include "jetledger/status.h"
+
+/** Largest accepted command body. */
+#define JL_MAX_COMMAND_BYTES (64 * 1024)
+/** Longest accepted Jl-Command-Id / Jl-Correlation-Id / Jl-Causation-Id. */
+#define JL_MAX_ID_LEN 64
+
+/** One command a service accepts. */
+typedef struct jl_command_def {
+    const ProtobufCMessageDescriptor *descriptor;
+    const char *id_field; /**< the string field holding the aggregate id, e.g. "order_id" */
+    bool may_create_id;   /**< an empty id is replaced by a new UUID (creation commands) */
+} jl_command_def;
+
+/** Everything the runtime needs to know about a service. Static data; borrowed. */
+typedef struct jl_service_def {
+    const char *name;           /**< "orders": subjects orders.cmd.*, orders.events.> */
+    const char *stream;         /**< "ORDERS" */
+    const char *aggregate_type; /**< "order" */
+    uint32_t schema_version;    /**< stamped on every event */
+    size_t state_size;          /**< bytes of the aggregate state (plain data) */
+    void (*state_init)(void *state);
+    jl_status (*evolve)(void *state, const jl_event *ev);
+    void (*decide)(const void *state, const jl_command *cmd, jl_decision *out);
+    const jl_command_def *commands;
+    size_t n_commands;
+    jl_types events; /**< every event type evolve understands */
+} jl_service_def;
+
+typedef struct jl_producer jl_producer;
+
+/**
+ * Ensure the service's stream exists (replicas and limits from @p cfg) and start answering
+ * commands on @p conn (borrowed, must outlive the producer).
+ * @return JL_OK; the jl_store_open() errors; JL_ERR_NATS when the subscription fails.
+ */
+jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_service_def *def,
+                           const jl_config *cfg, char *err, size_t errlen);
+
+/**
+ * Stop taking commands, let the one in hand finish (up to @p timeout_ms), and free the
+ * producer. NULL is a no-op.
+ */
+void jl_producer_close(jl_producer *p, int64_t timeout_ms);
+
+/**
+ * Handle one command synchronously, exactly as a request on "<service>.cmd.<command>" would be
+ * (used by the subscription, and by tests and tools).
+ * @param command  short name of the command type, e.g. "CreateOrder".
+ * @param command_id, correlation_id, causation_id  may be NULL or "" for defaults.
+ * @param out      receives the reply (caller-owned, jl_reply_init'ed).
+ * Thread-safe with respect to other calls on the same producer (serialised internally).
+ */
+void jl_producer_handle(jl_producer *p, const char *command, const void *data, size_t len,
+                        const char *command_id, const char *correlation_id,
+                        const char *causation_id, jl_reply *out);
+
+/** Number of commands handled since open (accepted or not). */
+uint64_t jl_producer_handled(const jl_producer *p);
+
+/**
+ * Compose the subject of one aggregate: "<service>.events.<aggregate_type>.<id>" into @p out.
+ * JL_ERR_TOO_LARGE when it does not fit.
+ */
+jl_status jl_aggregate_subject(char *out, size_t n, const char *service, const char *aggregate_type,
+                               const char *aggregate_id);
+
+#endif /* JETLEDGER_PRODUCER_H */

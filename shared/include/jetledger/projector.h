@@ -1,0 +1,127 @@
+/*
+ * jl_projector: the runtime of a projector, a process that builds one SQLite read model from a
+ * stream and answers queries on it.
+ *
+ * A projector supplies a jl_projector_def (its tables, an apply function per event, its queries);
+ * the runtime:
+ *   - keeps the read model in <data_dir>/<name>.db with a checkpoint row (jl_state.last_seq);
+ *   - consumes the stream through a durable pull consumer (AckAll), in batches: all events of a
+ *     batch and the new checkpoint are written in one transaction, acked only after the commit;
+ *     an event at or below the checkpoint is skipped, so a redelivery is never applied twice;
+ *   - on start, or after any failure, resumes from the checkpoint: the consumer is re-created at
+ *     checkpoint + 1 whenever its delivered position disagrees with the database;
+ *   - parks events it cannot decode or apply (unknown type, malformed payload, apply returning
+ *     JL_ERR_INVALID / JL_ERR_DECODE / JL_ERR_UNKNOWN_TYPE / JL_ERR_REJECTED) in the table
+ *     jl_dead_letters with the reason and the raw bytes, logs them at error level and goes on;
+ *     any other failure (disk full, I/O) rolls the batch back and retries with a backoff;
+ *   - answers "<name>.query.<Query>" requests (queue group "<name>") with jetledger.Reply; a
+ *     request with a non-zero uint64 field "min_sequence" waits until the read model has applied
+ *     that stream sequence (read-your-writes) or answers JL_CODE_TIMEOUT.
+ */
+#ifndef JETLEDGER_PROJECTOR_H
+#define JETLEDGER_PROJECTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "jetledger/codec.h"
+#include "jetledger/config.h"
+#include "jetledger/conn.h"
+#include "jetledger/db.h"
+#include "jetledger/domain.h"
+#include "jetledger/status.h"
+
+/** Largest accepted query body. */
+#define JL_MAX_QUERY_BYTES (64 * 1024)
+/** How long a query waits for its min_sequence before answering JL_CODE_TIMEOUT. */
+#define JL_QUERY_WAIT_MS 3000
+
+/** One query a projector answers. */
+typedef struct jl_query_def {
+    const ProtobufCMessageDescriptor *request;
+    /**
+     * Answer @p req from @p db (a read transaction is open) into @p out with
+     * jl_reply_set_result() or jl_reply_error(). Return non-OK only for failures of the
+     * database itself (the runtime then answers JL_CODE_INTERNAL with jl_db_errmsg()).
+     */
+    jl_status (*handle)(jl_db *db, const ProtobufCMessage *req, jl_reply *out);
+} jl_query_def;
+
+/** Everything the runtime needs to know about a projector. Static data; borrowed. */
+typedef struct jl_projector_def {
+    const char *name;           /**< "order_summary": database, durable, query subjects */
+    const char *stream;         /**< "ORDERS" */
+    const char *filter_subject; /**< "orders.events.>" */
+    int version;                /**< the projection's code version, stored in the database */
+    const char *schema_sql;     /**< creates the read-model tables (IF NOT EXISTS) */
+    jl_types events;            /**< event types apply understands */
+    /**
+     * Apply one event to the read model (inside the batch transaction). Return JL_OK, a
+     * "bad event" status (JL_ERR_INVALID, JL_ERR_DECODE, JL_ERR_UNKNOWN_TYPE, JL_ERR_REJECTED:
+     * the event is dead-lettered with @p err as the reason) or any other status to fail the batch.
+     */
+    jl_status (*apply)(jl_db *db, const jl_event *ev, char *err, size_t errlen);
+    const jl_query_def *queries;
+    size_t n_queries;
+} jl_projector_def;
+
+typedef struct jl_projector jl_projector;
+
+/**
+ * Open the read model (creating tables), read its checkpoint and start answering queries.
+ * Consuming starts with jl_projector_run() or jl_projector_step(). The stream need not exist
+ * yet: the projector waits for it.
+ * @param conn borrowed, must outlive the projector.
+ * @return JL_OK; JL_ERR_IO / JL_ERR_DISK_FULL / JL_ERR_SQLITE for the database;
+ *         JL_ERR_INVALID for a database that belongs to another projector or stream;
+ *         JL_ERR_NATS when the query subscription fails.
+ */
+jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
+                            const jl_projector_def *def, const jl_config *cfg, char *err,
+                            size_t errlen);
+
+/**
+ * Consume and apply until jl_projector_stop() is called; failures are logged and retried with
+ * a backoff (they never end the loop). Returns JL_OK after a stop, having committed the batch
+ * in hand.
+ */
+jl_status jl_projector_run(jl_projector *p);
+
+/**
+ * Fetch and apply one batch, waiting up to @p wait_ms for events.
+ * @param out_applied number of messages applied (0 on timeout); may be NULL.
+ * @return JL_OK (also when nothing arrived); the failure of attaching, fetching or applying.
+ */
+jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied);
+
+/**
+ * Apply @p n messages obtained from a consumer of the projector's stream exactly as a fetched
+ * batch is applied: those at or below the checkpoint are skipped, the rest and the new
+ * checkpoint are committed in one transaction, then the last message is acked.
+ * @param out_applied messages applied (not skipped); may be NULL.
+ * Not thread-safe with jl_projector_step()/run(): call it from the consuming thread.
+ */
+jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied);
+
+/** Ask run() to return after the batch in hand. Thread-safe and async-signal-safe. */
+void jl_projector_stop(jl_projector *p);
+
+/** Stream sequence of the last applied message. Thread-safe. */
+uint64_t jl_projector_checkpoint(jl_projector *p);
+
+/** Number of events parked in jl_dead_letters since open. Thread-safe. */
+uint64_t jl_projector_dead_letters(jl_projector *p);
+
+/** Why the last failed call failed. */
+const char *jl_projector_errmsg(const jl_projector *p);
+
+/**
+ * Stop answering queries (in-flight ones finish, up to @p timeout_ms), release the consumer
+ * subscription (the durable stays) and close the database. NULL is a no-op.
+ */
+void jl_projector_close(jl_projector *p, int64_t timeout_ms);
+
+#endif /* JETLEDGER_PROJECTOR_H */

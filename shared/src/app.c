@@ -1,0 +1,161 @@
+#include "jetledger/app.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jetledger/conn.h"
+#include "jetledger/log.h"
+
+static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t stop_cv = PTHREAD_COND_INITIALIZER;
+static bool stop_requested = false;
+static void (*stop_fn)(void *) = NULL;
+static void *stop_closure = NULL;
+
+void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, int argc,
+                   char **argv)
+{
+    char err[512] = "";
+    jl_config_init(cfg);
+    jl_status s = jl_config_load(cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
+    if (s == JL_ERR_STOPPED) {
+        printf("%s\n\n%s", usage_line, jl_config_usage());
+        exit(JL_EXIT_OK);
+    }
+    if (s != JL_OK) {
+        fprintf(stderr, "%s: %s\n\n%s\n\n%s", service, err, usage_line, jl_config_usage());
+        exit(JL_EXIT_USAGE);
+    }
+    jl_log_open(stderr, cfg->log_level, cfg->name[0] ? cfg->name : service);
+}
+
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    int sig = 0;
+    int count = 0;
+    for (;;) {
+        if (sigwait(set, &sig) != 0)
+            continue;
+        if (++count > 1) {
+            jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
+            _exit(130);
+        }
+        jl_log(JL_LOG_INFO, "stopping", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        pthread_mutex_lock(&stop_mu);
+        stop_requested = true;
+        pthread_cond_broadcast(&stop_cv);
+        void (*fn)(void *) = stop_fn;
+        void *cl = stop_closure;
+        pthread_mutex_unlock(&stop_mu);
+        if (fn != NULL)
+            fn(cl);
+    }
+    return NULL;
+}
+
+void jl_app_signals(void (*on_stop)(void *closure), void *closure)
+{
+    static sigset_t set;
+    pthread_t t;
+    pthread_mutex_lock(&stop_mu);
+    stop_fn = on_stop;
+    stop_closure = closure;
+    pthread_mutex_unlock(&stop_mu);
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* A peer closing a socket must not kill the service. */
+    signal(SIGPIPE, SIG_IGN);
+    if (pthread_create(&t, NULL, signal_thread, &set) == 0)
+        pthread_detach(t);
+}
+
+void jl_app_wait_for_stop(void)
+{
+    pthread_mutex_lock(&stop_mu);
+    while (!stop_requested)
+        pthread_cond_wait(&stop_cv, &stop_mu);
+    pthread_mutex_unlock(&stop_mu);
+}
+
+static void fail(const char *what, jl_status s, const char *err)
+{
+    char esc[1200];
+    jl_log(JL_LOG_ERROR, what, "\"status\":\"%s\",\"error\":\"%s\"", jl_status_str(s),
+           jl_log_str(esc, sizeof(esc), err));
+}
+
+int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
+{
+    jl_config cfg;
+    jl_conn *conn = NULL;
+    jl_producer *p = NULL;
+    char err[1024] = "";
+    char usage[256];
+
+    snprintf(usage, sizeof(usage), "usage: %s [options]  (answers %s.cmd.* on NATS)", def->name,
+             def->name);
+    jl_app_config(&cfg, def->name, usage, argc, argv);
+    jl_app_signals(NULL, NULL);
+    jl_status s = jl_conn_open(&conn, &cfg, def->name, JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
+    if (s == JL_OK)
+        s = jl_producer_open(&p, conn, def, &cfg, err, sizeof(err));
+    if (s != JL_OK) {
+        fail("cannot start", s, err);
+        jl_conn_close(conn, 0);
+        return JL_EXIT_FAILURE;
+    }
+    jl_app_wait_for_stop();
+    jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2);
+    jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+    jl_log(JL_LOG_INFO, "stopped", NULL);
+    return JL_EXIT_OK;
+}
+
+static void stop_projector(void *closure)
+{
+    jl_projector_stop(closure);
+}
+
+int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
+{
+    jl_config cfg;
+    jl_conn *conn = NULL;
+    jl_projector *p = NULL;
+    char err[1024] = "";
+    char usage[256];
+
+    snprintf(usage, sizeof(usage),
+             "usage: %s [options]  (builds <data-dir>/%s.db, answers %s.query.* on NATS)",
+             def->name, def->name, def->name);
+    jl_app_config(&cfg, def->name, usage, argc, argv);
+    /* The stop callback needs the projector: block signals now, hand it over once open. */
+    jl_app_signals(NULL, NULL);
+    jl_status s = jl_conn_open(&conn, &cfg, def->name, JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
+    if (s == JL_OK)
+        s = jl_projector_open(&p, conn, def, &cfg, err, sizeof(err));
+    if (s != JL_OK) {
+        fail("cannot start", s, err);
+        jl_conn_close(conn, 0);
+        return JL_EXIT_FAILURE;
+    }
+    pthread_mutex_lock(&stop_mu);
+    stop_fn = stop_projector;
+    stop_closure = p;
+    bool already = stop_requested;
+    pthread_mutex_unlock(&stop_mu);
+    if (already)
+        jl_projector_stop(p);
+    jl_projector_run(p);
+    jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2);
+    jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+    jl_log(JL_LOG_INFO, "stopped", NULL);
+    return JL_EXIT_OK;
+}

@@ -1,0 +1,328 @@
+#include "jetledger/codec.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <uuid/uuid.h>
+
+#include "jetledger/envelope.pb-c.h"
+#include "jetledger/json.h"
+#include "jetledger/registry.h"
+
+void jl_uuid_new(char out[JL_UUID_LEN + 1])
+{
+    uuid_t u;
+    uuid_generate_random(u);
+    uuid_unparse_lower(u, out);
+}
+
+jl_status jl_uuid_canonical(char out[JL_UUID_LEN + 1], const char *s)
+{
+    uuid_t u;
+    /* uuid_parse accepts exactly the 36-character hyphenated form (either case). */
+    if (s == NULL || strlen(s) != JL_UUID_LEN || uuid_parse(s, u) != 0)
+        return JL_ERR_INVALID;
+    uuid_unparse_lower(u, out);
+    return JL_OK;
+}
+
+const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const char *full_name)
+{
+    if (types == NULL)
+        return jl_registry_find(full_name);
+    for (size_t i = 0; i < types->n; i++) {
+        if (strcmp(types->list[i]->name, full_name) == 0)
+            return types->list[i];
+    }
+    return NULL;
+}
+
+jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1],
+                           const jl_commit_meta *m, const jl_decision *d)
+{
+    Jetledger__Commit commit = JETLEDGER__COMMIT__INIT;
+    Jetledger__Envelope envs[JL_DECISION_MAX_EVENTS];
+    Jetledger__Envelope *ptrs[JL_DECISION_MAX_EVENTS];
+    char ids[JL_DECISION_MAX_EVENTS][JL_UUID_LEN + 1];
+
+    if (d->n_events == 0 || d->code != JL_CODE_OK)
+        return JL_ERR_INVALID;
+    for (size_t i = 0; i < d->n_events; i++) {
+        Jetledger__Envelope *e = &envs[i];
+        jetledger__envelope__init(e);
+        jl_uuid_new(ids[i]);
+        e->event_id = ids[i];
+        e->event_type = (char *)d->types[i]->name;
+        e->occurred_at_ns = m->occurred_at_ns;
+        e->aggregate_type = (char *)m->aggregate_type;
+        e->aggregate_id = (char *)m->aggregate_id;
+        e->aggregate_version = m->first_version + i;
+        e->correlation_id =
+            (char *)(m->correlation_id && *m->correlation_id ? m->correlation_id : m->command_id);
+        e->causation_id =
+            (char *)(m->causation_id && *m->causation_id ? m->causation_id : m->command_id);
+        e->schema_version = m->schema_version;
+        e->payload.data = d->bytes.data + d->offsets[i];
+        e->payload.len = d->lens[i];
+        ptrs[i] = e;
+    }
+    commit.n_events = d->n_events;
+    commit.events = ptrs;
+    commit.command_id = (char *)m->command_id;
+    commit.command_type = (char *)(m->command_type ? m->command_type : "");
+
+    size_t n = jetledger__commit__get_packed_size(&commit);
+    if (n > JL_MAX_COMMIT_BYTES)
+        return JL_ERR_TOO_LARGE;
+    jl_buf_reset(out);
+    uint8_t *dst = NULL;
+    jl_status s = jl_buf_reserve(out, n, &dst);
+    if (s != JL_OK)
+        return s;
+    jl_buf_commit(out, jetledger__commit__pack(&commit, dst));
+    memcpy(out_first_event_id, ids[0], JL_UUID_LEN + 1);
+    return JL_OK;
+}
+
+struct jl_commit {
+    Jetledger__Commit *pb;
+    uint64_t stream_seq;
+    ProtobufCMessage **payloads; /* decoded lazily, one slot per event */
+};
+
+jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
+                           uint64_t stream_seq, char *err, size_t errlen)
+{
+    jl_commit *c = NULL;
+    if (len > JL_MAX_COMMIT_BYTES) {
+        snprintf(err, errlen, "message of %zu bytes exceeds the %d-byte commit limit", len,
+                 JL_MAX_COMMIT_BYTES);
+        return JL_ERR_TOO_LARGE;
+    }
+    Jetledger__Commit *pb = jetledger__commit__unpack(NULL, len, data);
+    if (pb == NULL) {
+        snprintf(err, errlen, "message is not a jetledger.Commit (malformed protobuf)");
+        return JL_ERR_DECODE;
+    }
+    if (pb->n_events == 0) {
+        snprintf(err, errlen, "commit holds no events");
+        jetledger__commit__free_unpacked(pb, NULL);
+        return JL_ERR_DECODE;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c != NULL)
+        c->payloads = calloc(pb->n_events, sizeof(*c->payloads));
+    if (c == NULL || c->payloads == NULL) {
+        free(c);
+        jetledger__commit__free_unpacked(pb, NULL);
+        return JL_ERR_NOMEM;
+    }
+    c->pb = pb;
+    c->stream_seq = stream_seq;
+    *out_commit = c;
+    return JL_OK;
+}
+
+void jl_commit_free(jl_commit *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->pb->n_events; i++) {
+        if (c->payloads[i] != NULL)
+            protobuf_c_message_free_unpacked(c->payloads[i], NULL);
+    }
+    free(c->payloads);
+    jetledger__commit__free_unpacked(c->pb, NULL);
+    free(c);
+}
+
+size_t jl_commit_count(const jl_commit *c)
+{
+    return c->pb->n_events;
+}
+
+const char *jl_commit_command_id(const jl_commit *c)
+{
+    return c->pb->command_id;
+}
+
+jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_event *ev, char *err,
+                          size_t errlen)
+{
+    const Jetledger__Envelope *e = c->pb->events[i];
+    memset(ev, 0, sizeof(*ev));
+    ev->event_id = e->event_id;
+    ev->event_type = e->event_type;
+    ev->aggregate_type = e->aggregate_type;
+    ev->aggregate_id = e->aggregate_id;
+    ev->correlation_id = e->correlation_id;
+    ev->causation_id = e->causation_id;
+    ev->aggregate_version = e->aggregate_version;
+    ev->occurred_at_ns = e->occurred_at_ns;
+    ev->schema_version = e->schema_version;
+    ev->stream_seq = c->stream_seq;
+    if (c->payloads[i] == NULL) {
+        const ProtobufCMessageDescriptor *d = jl_types_find(types, e->event_type);
+        if (d == NULL) {
+            snprintf(err, errlen, "unknown event type '%s'", e->event_type);
+            return JL_ERR_UNKNOWN_TYPE;
+        }
+        c->payloads[i] = protobuf_c_message_unpack(d, NULL, e->payload.len, e->payload.data);
+        if (c->payloads[i] == NULL) {
+            snprintf(err, errlen, "payload of event %s is not a valid %s", e->event_id,
+                     e->event_type);
+            return JL_ERR_DECODE;
+        }
+    }
+    ev->payload = c->payloads[i];
+    return JL_OK;
+}
+
+void jl_commit_event_payload(const jl_commit *c, size_t i, const uint8_t **out_data,
+                             size_t *out_len)
+{
+    *out_data = c->pb->events[i]->payload.data;
+    *out_len = c->pb->events[i]->payload.len;
+}
+
+void jl_reply_init(jl_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    jl_buf_init(&r->result, JL_MAX_REPLY_BYTES);
+}
+
+void jl_reply_cleanup(jl_reply *r)
+{
+    jl_buf_cleanup(&r->result);
+}
+
+void jl_reply_reset(jl_reply *r)
+{
+    jl_buf keep = r->result;
+    memset(r, 0, sizeof(*r));
+    r->result = keep;
+    jl_buf_reset(&r->result);
+}
+
+void jl_reply_error(jl_reply *r, jl_code code, const char *fmt, ...)
+{
+    if (r->code != JL_CODE_OK)
+        return;
+    r->code = code == JL_CODE_OK ? JL_CODE_INTERNAL : code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof(r->message), fmt, ap);
+    va_end(ap);
+}
+
+jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *dst = NULL;
+    jl_buf_reset(&r->result);
+    jl_status s = jl_buf_reserve(&r->result, n, &dst);
+    if (s != JL_OK) {
+        jl_reply_error(r, JL_CODE_INVALID, "result of %zu bytes exceeds the reply limit of %d", n,
+                       JL_MAX_REPLY_BYTES);
+        return s;
+    }
+    jl_buf_commit(&r->result, protobuf_c_message_pack(msg, dst));
+    snprintf(r->result_type, sizeof(r->result_type), "%s", msg->descriptor->name);
+    return JL_OK;
+}
+
+jl_status jl_reply_encode(jl_buf *out, const jl_reply *r)
+{
+    Jetledger__Reply pb = JETLEDGER__REPLY__INIT;
+    pb.code = (Jetledger__ErrorCode)r->code;
+    pb.message = (char *)r->message;
+    pb.aggregate_id = (char *)r->aggregate_id;
+    pb.aggregate_version = r->aggregate_version;
+    pb.stream_sequence = r->stream_seq;
+    pb.duplicate = r->duplicate;
+    if (r->code == JL_CODE_OK && r->result_type[0] != 0) {
+        pb.result_type = (char *)r->result_type;
+        pb.result.data = r->result.data;
+        pb.result.len = r->result.len;
+    }
+    size_t n = jetledger__reply__get_packed_size(&pb);
+    uint8_t *dst = NULL;
+    jl_buf_reset(out);
+    jl_status s = jl_buf_reserve(out, n, &dst);
+    if (s != JL_OK)
+        return s;
+    jl_buf_commit(out, jetledger__reply__pack(&pb, dst));
+    return JL_OK;
+}
+
+jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)
+{
+    Jetledger__Reply *pb = jetledger__reply__unpack(NULL, len, data);
+    if (pb == NULL)
+        return JL_ERR_DECODE;
+    jl_reply_reset(out);
+    out->code = (jl_code)pb->code;
+    snprintf(out->message, sizeof(out->message), "%s", pb->message);
+    snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", pb->aggregate_id);
+    out->aggregate_version = pb->aggregate_version;
+    out->stream_seq = pb->stream_sequence;
+    out->duplicate = pb->duplicate;
+    snprintf(out->result_type, sizeof(out->result_type), "%s", pb->result_type);
+    jl_status s = jl_buf_add(&out->result, pb->result.data, pb->result.len);
+    jetledger__reply__free_unpacked(pb, NULL);
+    return s;
+}
+
+void jl_format_time(char *out, size_t n, int64_t unix_ns)
+{
+    time_t secs = (time_t)(unix_ns / 1000000000LL);
+    long frac = (long)(unix_ns % 1000000000LL);
+    if (frac < 0) {
+        secs--;
+        frac += 1000000000L;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+}
+
+static jl_status add_str_field(jl_buf *out, const char *name, const char *v)
+{
+    jl_status s = jl_buf_addf(out, ",\"%s\":", name);
+    return s == JL_OK ? jl_json_add_string(out, v ? v : "", v ? strlen(v) : 0) : s;
+}
+
+jl_status jl_event_to_json(jl_buf *out, const jl_event *ev)
+{
+    char when[48];
+    jl_format_time(when, sizeof(when), ev->occurred_at_ns);
+    jl_status s = jl_buf_addf(out, "{\"seq\":%" PRIu64, ev->stream_seq);
+    if (s == JL_OK)
+        s = add_str_field(out, "event_id", ev->event_id);
+    if (s == JL_OK)
+        s = add_str_field(out, "event_type", ev->event_type);
+    if (s == JL_OK)
+        s = jl_buf_addf(out, ",\"occurred_at\":\"%s\"", when);
+    if (s == JL_OK)
+        s = add_str_field(out, "aggregate_type", ev->aggregate_type);
+    if (s == JL_OK)
+        s = add_str_field(out, "aggregate_id", ev->aggregate_id);
+    if (s == JL_OK)
+        s = jl_buf_addf(out, ",\"aggregate_version\":%" PRIu64, ev->aggregate_version);
+    if (s == JL_OK)
+        s = add_str_field(out, "correlation_id", ev->correlation_id);
+    if (s == JL_OK)
+        s = add_str_field(out, "causation_id", ev->causation_id);
+    if (s == JL_OK)
+        s = jl_buf_addf(out, ",\"schema_version\":%u,\"payload\":", ev->schema_version);
+    if (s == JL_OK)
+        s = ev->payload != NULL ? jl_pb_to_json(out, ev->payload) : jl_buf_adds(out, "null");
+    if (s == JL_OK)
+        s = jl_buf_adds(out, "}");
+    return s;
+}

@@ -1,0 +1,192 @@
+#include "jetledger/config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { K_STR, K_INT, K_I64, K_LEVEL } kind;
+
+typedef struct key {
+    const char *flag; /* without the leading "--" */
+    const char *env;
+    kind kind;
+    size_t offset;
+    size_t size;      /* K_STR: buffer size */
+    int64_t min, max; /* K_INT / K_I64 */
+    const char *help;
+} key;
+
+#define STR(f, e, m, h)                                                                            \
+    {                                                                                              \
+        f, e, K_STR, offsetof(jl_config, m), sizeof(((jl_config *)0)->m), 0, 0, h                  \
+    }
+#define INT(f, e, m, lo, hi, h)                                                                    \
+    {                                                                                              \
+        f, e, K_INT, offsetof(jl_config, m), 0, lo, hi, h                                          \
+    }
+#define I64(f, e, m, lo, hi, h)                                                                    \
+    {                                                                                              \
+        f, e, K_I64, offsetof(jl_config, m), 0, lo, hi, h                                          \
+    }
+
+static const key keys[] = {
+    STR("nats-url", "NATS_URL", nats_url, "NATS servers, comma-separated"),
+    STR("creds", "JL_CREDS", creds, "NATS credentials file"),
+    STR("data-dir", "JL_DATA_DIR", data_dir, "directory of read-model databases"),
+    STR("name", "JL_NAME", name, "instance name (logs, connection name)"),
+    STR("durable", "JL_DURABLE", durable, "projector's durable consumer name"),
+    INT("replicas", "JL_REPLICAS", replicas, 1, 5, "stream replicas"),
+    {"log-level", "JL_LOG_LEVEL", K_LEVEL, offsetof(jl_config, log_level), 0, 0, 0,
+     "debug, info, warn or error"},
+    I64("duplicate-window", "JL_DUPLICATE_WINDOW", duplicate_window_s, 1, 7 * 24 * 3600,
+        "seconds JetStream remembers Nats-Msg-Id"),
+    I64("max-age", "JL_MAX_AGE", max_age_s, 0, INT64_MAX / 1000000000, "seconds, 0 = forever"),
+    I64("max-bytes", "JL_MAX_BYTES", max_bytes, -1, INT64_MAX, "stream size cap, -1 = none"),
+    INT("batch", "JL_BATCH", batch, 1, 8192, "projector fetch batch size"),
+    INT("command-retries", "JL_COMMAND_RETRIES", command_retries, 0, 100,
+        "retries of a command that lost a concurrency race"),
+    I64("request-timeout", "JL_REQUEST_TIMEOUT", request_timeout_ms, 100, 600000,
+        "milliseconds for JetStream calls"),
+};
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+void jl_config_init(jl_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->nats_url, sizeof(cfg->nats_url), "nats://127.0.0.1:4222");
+    snprintf(cfg->data_dir, sizeof(cfg->data_dir), "./data");
+    cfg->replicas = 1;
+    cfg->log_level = JL_LOG_INFO;
+    cfg->duplicate_window_s = 120;
+    cfg->max_age_s = 0;
+    cfg->max_bytes = -1;
+    cfg->batch = 256;
+    cfg->command_retries = 5;
+    cfg->request_timeout_ms = 5000;
+}
+
+static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,
+                           char *err, size_t errlen)
+{
+    char *base = (char *)cfg + k->offset;
+    switch (k->kind) {
+    case K_STR:
+        if (strlen(v) >= k->size) {
+            snprintf(err, errlen, "%s: value longer than %zu bytes", origin, k->size - 1);
+            return JL_ERR_INVALID;
+        }
+        memcpy(base, v, strlen(v) + 1);
+        return JL_OK;
+    case K_LEVEL:
+        if (jl_log_level_parse((jl_log_level *)(void *)base, v) != JL_OK) {
+            snprintf(err, errlen, "%s: '%s' is not one of debug, info, warn, error", origin, v);
+            return JL_ERR_INVALID;
+        }
+        return JL_OK;
+    case K_INT:
+    case K_I64: {
+        char *end = NULL;
+        errno = 0;
+        long long n = strtoll(v, &end, 10);
+        if (errno != 0 || end == v || *end != 0 || n < k->min || n > k->max) {
+            snprintf(err, errlen, "%s: '%s' is not a whole number from %" PRId64 " to %" PRId64,
+                     origin, v, k->min, k->max);
+            return JL_ERR_INVALID;
+        }
+        if (k->kind == K_INT)
+            *(int *)(void *)base = (int)n;
+        else
+            *(int64_t *)(void *)base = (int64_t)n;
+        return JL_OK;
+    }
+    }
+    return JL_ERR_INTERNAL;
+}
+
+jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positional,
+                         int max_positional, int *out_n_positional, char *err, size_t errlen)
+{
+    jl_status s = JL_OK;
+    int npos = 0;
+    char origin[96];
+
+    for (size_t i = 0; i < N_KEYS && s == JL_OK; i++) {
+        const char *v = getenv(keys[i].env);
+        if (v != NULL && *v != 0) {
+            snprintf(origin, sizeof(origin), "environment variable %s", keys[i].env);
+            s = set_value(cfg, &keys[i], v, origin, err, errlen);
+        }
+    }
+    for (int a = 1; a < argc && s == JL_OK; a++) {
+        const char *arg = argv[a];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            s = JL_ERR_STOPPED;
+            break;
+        }
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == 0) {
+            if (npos >= max_positional || out_positional == NULL) {
+                snprintf(err, errlen, "unexpected argument '%s'", arg);
+                s = JL_ERR_INVALID;
+                break;
+            }
+            out_positional[npos++] = a;
+            continue;
+        }
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const key *k = NULL;
+        for (size_t i = 0; i < N_KEYS; i++) {
+            if (strlen(keys[i].flag) == nlen && strncmp(keys[i].flag, name, nlen) == 0)
+                k = &keys[i];
+        }
+        if (k == NULL) {
+            snprintf(err, errlen, "unknown flag '%.*s' (see --help)", (int)(nlen + 2), arg);
+            s = JL_ERR_INVALID;
+            break;
+        }
+        const char *v = eq ? eq + 1 : (a + 1 < argc ? argv[++a] : NULL);
+        if (v == NULL) {
+            snprintf(err, errlen, "flag --%s needs a value", k->flag);
+            s = JL_ERR_INVALID;
+            break;
+        }
+        snprintf(origin, sizeof(origin), "flag --%s", k->flag);
+        s = set_value(cfg, k, v, origin, err, errlen);
+    }
+    if (out_n_positional != NULL)
+        *out_n_positional = npos;
+    return s;
+}
+
+const char *jl_config_usage(void)
+{
+    static char text[4096];
+    static int built = 0;
+    if (!built) {
+        jl_config d;
+        jl_config_init(&d);
+        size_t o = 0;
+        o += (size_t)snprintf(text + o, sizeof(text) - o,
+                              "Options (flag, environment variable, default):\n");
+        for (size_t i = 0; i < N_KEYS && o < sizeof(text); i++) {
+            const key *k = &keys[i];
+            char def[128] = "";
+            const char *base = (const char *)&d + k->offset;
+            if (k->kind == K_STR)
+                snprintf(def, sizeof(def), "%s", base);
+            else if (k->kind == K_INT)
+                snprintf(def, sizeof(def), "%d", *(const int *)(const void *)base);
+            else if (k->kind == K_I64)
+                snprintf(def, sizeof(def), "%" PRId64, *(const int64_t *)(const void *)base);
+            else
+                snprintf(def, sizeof(def), "info");
+            o += (size_t)snprintf(text + o, sizeof(text) - o, "  --%-18s %-20s %-24s %s\n", k->flag,
+                                  k->env, def[0] ? def : "(none)", k->help);
+        }
+        built = 1;
+    }
+    return text;
+}

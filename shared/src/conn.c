@@ -1,0 +1,366 @@
+#include "jetledger/conn.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jetledger/log.h"
+
+#define MAX_SERVERS 16
+
+struct jl_conn {
+    natsConnection *nc;
+    jsCtx *js;
+    int64_t timeout_ms;
+    char version[32];
+};
+
+jl_status jl_status_from_nats(natsStatus ns)
+{
+    switch (ns) {
+    case NATS_OK:
+        return JL_OK;
+    case NATS_TIMEOUT:
+        return JL_ERR_TIMEOUT;
+    case NATS_NO_SERVER:
+    case NATS_NO_RESPONDERS:
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_STALE_CONNECTION:
+    case NATS_IO_ERROR:
+        return JL_ERR_UNAVAILABLE;
+    case NATS_NOT_FOUND:
+        return JL_ERR_NOT_FOUND;
+    case NATS_NO_MEMORY:
+        return JL_ERR_NOMEM;
+    case NATS_INVALID_ARG:
+        return JL_ERR_INVALID;
+    case NATS_MAX_PAYLOAD:
+        return JL_ERR_TOO_LARGE;
+    default:
+        return JL_ERR_NATS;
+    }
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    jl_log(JL_LOG_WARN, "nats disconnected", NULL);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)closure;
+    char url[256] = "", esc[300];
+    natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+    jl_log(JL_LOG_INFO, "nats reconnected", "\"url\":\"%s\"", jl_log_str(esc, sizeof(esc), url));
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    const char *subj = sub != NULL ? natsSubscription_GetSubject(sub) : NULL;
+    char esc[300];
+    jl_log(JL_LOG_ERROR, "nats async error", "\"status\":\"%s\",\"subject\":\"%s\"",
+           natsStatus_GetText(err), jl_log_str(esc, sizeof(esc), subj ? subj : ""));
+}
+
+/* Split a comma-separated server list in place; returns how many (at most MAX_SERVERS). */
+static int split_urls(char *list, const char *urls[MAX_SERVERS])
+{
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok != NULL && n < MAX_SERVERS;
+         tok = strtok_r(NULL, ", ", &save))
+        urls[n++] = tok;
+    return n;
+}
+
+jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
+                       int64_t connect_wait_ms, char *err, size_t errlen)
+{
+    jl_status s = JL_OK;
+    natsStatus ns = NATS_OK;
+    natsOptions *opts = NULL;
+    jl_conn *c = calloc(1, sizeof(*c));
+    char list[sizeof(cfg->nats_url)];
+    const char *urls[MAX_SERVERS];
+    int nurls = 0;
+
+    if (c == NULL)
+        return JL_ERR_NOMEM;
+    c->timeout_ms = cfg->request_timeout_ms;
+    snprintf(list, sizeof(list), "%s", cfg->nats_url);
+    nurls = split_urls(list, urls);
+    if (nurls == 0) {
+        snprintf(err, errlen, "NATS_URL is empty");
+        s = JL_ERR_INVALID;
+        goto done;
+    }
+    ns = natsOptions_Create(&opts);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetServers(opts, urls, nurls);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetName(opts, client_name);
+    /* Services must outlive any server restart: reconnect forever, with jitter. */
+    if (ns == NATS_OK)
+        ns = natsOptions_SetMaxReconnect(opts, -1);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetReconnectWait(opts, 250);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetReconnectJitter(opts, 100, 1000);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetTimeout(opts, 2000);
+    /* Keep published messages across a short disconnect instead of failing them at once. */
+    if (ns == NATS_OK)
+        ns = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
+    if (ns == NATS_OK && cfg->creds[0] != 0) {
+        ns = natsOptions_SetUserCredentialsFromFiles(opts, cfg->creds, NULL);
+        if (ns != NATS_OK) {
+            snprintf(err, errlen, "cannot use credentials file %s: %s", cfg->creds,
+                     natsStatus_GetText(ns));
+            s = JL_ERR_INVALID;
+            goto done;
+        }
+    }
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "bad NATS options (NATS_URL '%s'?): %s", cfg->nats_url,
+                 natsStatus_GetText(ns));
+        s = JL_ERR_INVALID;
+        goto done;
+    }
+
+    int64_t deadline = nats_Now() + connect_wait_ms;
+    for (;;) {
+        ns = natsConnection_Connect(&c->nc, opts);
+        if (ns == NATS_OK || nats_Now() >= deadline)
+            break;
+        if (ns != NATS_NO_SERVER && ns != NATS_TIMEOUT && ns != NATS_IO_ERROR)
+            break;
+        nats_Sleep(250);
+    }
+    if (ns != NATS_OK) {
+        const char *detail = nats_GetLastError(NULL);
+        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s", cfg->nats_url,
+                 natsStatus_GetText(ns), detail && *detail ? ": " : "", detail ? detail : "");
+        s = jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT ? JL_ERR_UNAVAILABLE
+                                                                                : JL_ERR_NATS;
+        goto done;
+    }
+
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = cfg->request_timeout_ms;
+    ns = natsConnection_JetStream(&c->js, c->nc, &jo);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot create JetStream context: %s", natsStatus_GetText(ns));
+        s = JL_ERR_NATS;
+        goto done;
+    }
+
+    char url[256] = "";
+    natsConnection_GetConnectedUrl(c->nc, url, sizeof(url));
+    if (jl_server_version_probe(url, 2000, c->version, sizeof(c->version)) != JL_OK)
+        c->version[0] = 0;
+    char e1[300];
+    jl_log(JL_LOG_INFO, "connected", "\"url\":\"%s\",\"server_version\":\"%s\"",
+           jl_log_str(e1, sizeof(e1), url), c->version);
+
+done:
+    natsOptions_Destroy(opts);
+    if (s != JL_OK) {
+        jl_conn_close(c, 0);
+        return s;
+    }
+    *out_conn = c;
+    return JL_OK;
+}
+
+void jl_conn_close(jl_conn *c, int64_t timeout_ms)
+{
+    if (c == NULL)
+        return;
+    if (c->nc != NULL && timeout_ms > 0 && !natsConnection_IsClosed(c->nc)) {
+        /* Drain lets every subscription finish what it holds before the close. */
+        if (natsConnection_DrainTimeout(c->nc, timeout_ms) == NATS_OK) {
+            int64_t deadline = nats_Now() + timeout_ms + 500;
+            while (!natsConnection_IsClosed(c->nc) && nats_Now() < deadline)
+                nats_Sleep(10);
+        }
+    }
+    jsCtx_Destroy(c->js);
+    if (c->nc != NULL) {
+        natsConnection_Close(c->nc);
+        natsConnection_Destroy(c->nc);
+    }
+    free(c);
+}
+
+natsConnection *jl_conn_nats(jl_conn *c)
+{
+    return c->nc;
+}
+
+jsCtx *jl_conn_js(jl_conn *c)
+{
+    return c->js;
+}
+
+const char *jl_conn_server_version(const jl_conn *c)
+{
+    return c->version;
+}
+
+int64_t jl_conn_timeout_ms(const jl_conn *c)
+{
+    return c->timeout_ms;
+}
+
+/* Compare dotted numeric versions; a leading 'v' and any suffix ("-beta") are ignored. */
+static int version_cmp(const char *a, const char *b)
+{
+    if (*a == 'v')
+        a++;
+    if (*b == 'v')
+        b++;
+    for (int i = 0; i < 3; i++) {
+        long x = strtol(a, (char **)&a, 10);
+        long y = strtol(b, (char **)&b, 10);
+        if (x != y)
+            return x < y ? -1 : 1;
+        if (*a == '.')
+            a++;
+        if (*b == '.')
+            b++;
+    }
+    return 0;
+}
+
+bool jl_version_at_least(const char *v, const char *min)
+{
+    return v != NULL && *v != 0 && version_cmp(v, min) >= 0;
+}
+
+static jl_status parse_host_port(const char *url, char *host, size_t hostlen, char *port,
+                                 size_t portlen)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    const char *at = strchr(p, '@');
+    if (at != NULL)
+        p = at + 1;
+    const char *end = p + strcspn(p, "/?");
+    const char *colon = NULL;
+    if (*p == '[') { /* [ipv6]:port */
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (rb == NULL)
+            return JL_ERR_INVALID;
+        snprintf(host, hostlen, "%.*s", (int)(rb - p - 1), p + 1);
+        colon = (rb + 1 < end && rb[1] == ':') ? rb + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        snprintf(host, hostlen, "%.*s", (int)((colon ? colon : end) - p), p);
+    }
+    if (colon != NULL)
+        snprintf(port, portlen, "%.*s", (int)(end - colon - 1), colon + 1);
+    else
+        snprintf(port, portlen, "4222");
+    return host[0] != 0 ? JL_OK : JL_ERR_INVALID;
+}
+
+jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, size_t outlen)
+{
+    char host[256], port[16];
+    struct addrinfo hints, *res = NULL;
+    int fd = -1;
+    jl_status s = JL_ERR_UNAVAILABLE;
+    char buf[4096];
+    size_t got = 0;
+
+    if (parse_host_port(url, host, sizeof(host), port, sizeof(port)) != JL_OK)
+        return JL_ERR_INVALID;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, port, &hints, &res) != 0)
+        return JL_ERR_UNAVAILABLE;
+    fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+    if (fd < 0 || connect(fd, res->ai_addr, res->ai_addrlen) != 0)
+        goto done;
+    /* The server speaks first: "INFO {...}\r\n" before any authentication. */
+    int64_t deadline = nats_Now() + timeout_ms;
+    while (got < sizeof(buf) - 1) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int64_t left = deadline - nats_Now();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            goto done;
+        ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
+        if (n <= 0)
+            goto done;
+        got += (size_t)n;
+        buf[got] = 0;
+        if (strstr(buf, "\r\n") != NULL)
+            break;
+    }
+    const char *v = strstr(buf, "\"version\":\"");
+    if (strncmp(buf, "INFO ", 5) != 0 || v == NULL)
+        goto done;
+    v += strlen("\"version\":\"");
+    size_t n = strcspn(v, "\"");
+    snprintf(out, outlen, "%.*s", (int)n, v);
+    s = JL_OK;
+done:
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(res);
+    return s;
+}
+
+jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t errlen)
+{
+    char **servers = NULL;
+    int count = 0;
+    jl_status s = JL_OK;
+
+    if (replicas <= 1)
+        return JL_OK;
+    if (!jl_version_at_least(c->version, JL_MIN_CLUSTER_SERVER_VERSION)) {
+        snprintf(err, errlen,
+                 "refusing a stream with %d replicas: the connected NATS server is version %s, "
+                 "older than %s, whose Nats-Expected-Last-Subject-Sequence check lets two racing "
+                 "writers both win on a clustered stream; upgrade nats-server",
+                 replicas, c->version[0] ? c->version : "(unknown)", JL_MIN_CLUSTER_SERVER_VERSION);
+        return JL_ERR_VERSION;
+    }
+    if (natsConnection_GetServers(c->nc, &servers, &count) != NATS_OK)
+        return JL_OK; /* the connected server passed; the others are checked when reached */
+    for (int i = 0; i < count && s == JL_OK; i++) {
+        char v[32];
+        if (jl_server_version_probe(servers[i], 1000, v, sizeof(v)) != JL_OK)
+            continue;
+        if (!jl_version_at_least(v, JL_MIN_CLUSTER_SERVER_VERSION)) {
+            snprintf(err, errlen,
+                     "refusing a stream with %d replicas: NATS server %s is version %s, older "
+                     "than %s (racing writers could both win); upgrade every server",
+                     replicas, servers[i], v, JL_MIN_CLUSTER_SERVER_VERSION);
+            s = JL_ERR_VERSION;
+        }
+    }
+    for (int i = 0; i < count; i++)
+        free(servers[i]);
+    free(servers);
+    return s;
+}

@@ -1,0 +1,259 @@
+#include "jetledger/db.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct cached {
+    uint64_t hash; /* of the text: most lookups compare only this */
+    char *sql;     /* our copy of the text */
+    sqlite3_stmt *st;
+} cached;
+
+struct jl_db {
+    sqlite3 *h;
+    char path[1024];
+    char err[1536];
+    cached cache[JL_DB_STMT_CACHE];
+    size_t n_cached;
+    sqlite3_stmt *overflow; /* the one uncached statement in use, finalized on next use */
+};
+
+jl_status jl_status_from_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return JL_OK;
+    case SQLITE_FULL:
+        return JL_ERR_DISK_FULL;
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+        return JL_ERR_IO;
+    case SQLITE_NOMEM:
+        return JL_ERR_NOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return JL_ERR_TIMEOUT;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG:
+        return JL_ERR_INVALID;
+    default:
+        return JL_ERR_SQLITE;
+    }
+}
+
+jl_status jl_db_fail(jl_db *db, int rc, const char *what)
+{
+    snprintf(db->err, sizeof(db->err), "%s: %s (sqlite %d) [%s]", what,
+             db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc), rc, db->path);
+    jl_status s = jl_status_from_sqlite(rc);
+    return s == JL_OK ? JL_ERR_SQLITE : s;
+}
+
+jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err, size_t errlen)
+{
+    jl_status s = JL_OK;
+    jl_db *db = calloc(1, sizeof(*db));
+    if (db == NULL)
+        return JL_ERR_NOMEM;
+    snprintf(db->path, sizeof(db->path), "%s", path);
+    int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &db->h, flags | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        s = jl_db_fail(db, rc, "cannot open database");
+        goto done;
+    }
+    sqlite3_extended_result_codes(db->h, 1);
+    sqlite3_busy_timeout(db->h, 5000);
+    if (!readonly)
+        s = jl_db_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+    if (s == JL_OK)
+        s = jl_db_exec(db, "PRAGMA foreign_keys=ON;");
+done:
+    if (s != JL_OK) {
+        snprintf(err, errlen, "%s", db->err);
+        jl_db_close(db);
+        return s;
+    }
+    *out_db = db;
+    return JL_OK;
+}
+
+void jl_db_close(jl_db *db)
+{
+    if (db == NULL)
+        return;
+    for (size_t i = 0; i < db->n_cached; i++) {
+        sqlite3_finalize(db->cache[i].st);
+        free(db->cache[i].sql);
+    }
+    sqlite3_finalize(db->overflow);
+    sqlite3_close_v2(db->h);
+    free(db);
+}
+
+sqlite3 *jl_db_handle(jl_db *db)
+{
+    return db->h;
+}
+
+const char *jl_db_path(const jl_db *db)
+{
+    return db->path;
+}
+
+const char *jl_db_errmsg(const jl_db *db)
+{
+    return db->err;
+}
+
+jl_status jl_db_exec(jl_db *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db->h, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(db->err, sizeof(db->err), "%s (sqlite %d) [%s]", msg ? msg : sqlite3_errstr(rc),
+                 rc, db->path);
+        sqlite3_free(msg);
+        jl_status s = jl_status_from_sqlite(rc);
+        return s == JL_OK ? JL_ERR_SQLITE : s;
+    }
+    return JL_OK;
+}
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql)
+{
+    uint64_t h = fnv1a(sql);
+    for (size_t i = 0; i < db->n_cached; i++) {
+        if (db->cache[i].hash == h && strcmp(db->cache[i].sql, sql) == 0) {
+            sqlite3_reset(db->cache[i].st);
+            sqlite3_clear_bindings(db->cache[i].st);
+            return db->cache[i].st;
+        }
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v3(db->h, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+    if (rc != SQLITE_OK) {
+        jl_db_fail(db, rc, "cannot prepare SQL");
+        return NULL;
+    }
+    char *copy = db->n_cached < JL_DB_STMT_CACHE ? strdup(sql) : NULL;
+    if (copy != NULL) {
+        db->cache[db->n_cached].hash = h;
+        db->cache[db->n_cached].sql = copy;
+        db->cache[db->n_cached].st = st;
+        db->n_cached++;
+    } else {
+        sqlite3_finalize(db->overflow);
+        db->overflow = st;
+    }
+    return st;
+}
+
+jl_status jl_db_step_done(jl_db *db, sqlite3_stmt *st)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    jl_status s = rc == SQLITE_DONE ? JL_OK : jl_db_fail(db, rc, "statement failed");
+    sqlite3_reset(st);
+    return s;
+}
+
+jl_status jl_db_begin(jl_db *db, bool write)
+{
+    return jl_db_exec(db, write ? "BEGIN IMMEDIATE" : "BEGIN");
+}
+
+jl_status jl_db_commit(jl_db *db)
+{
+    return jl_db_exec(db, "COMMIT");
+}
+
+void jl_db_rollback(jl_db *db)
+{
+    if (!sqlite3_get_autocommit(db->h))
+        sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Build "SELECT quote(a)||'|'||quote(b) ... FROM t ORDER BY 1" for table @p t. */
+static jl_status dump_query(jl_db *db, const char *table, jl_buf *sql)
+{
+    sqlite3_stmt *st = NULL;
+    jl_buf cols;
+    jl_buf_init(&cols, 64 * 1024);
+    jl_buf_reset(sql);
+    char *pragma = sqlite3_mprintf("PRAGMA table_info(\"%w\")", table);
+    int rc = pragma ? sqlite3_prepare_v2(db->h, pragma, -1, &st, NULL) : SQLITE_NOMEM;
+    sqlite3_free(pragma);
+    if (rc != SQLITE_OK) {
+        jl_buf_cleanup(&cols);
+        return jl_db_fail(db, rc, "cannot list columns");
+    }
+    jl_status s = JL_OK;
+    int n = 0;
+    while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char *q = sqlite3_mprintf("%squote(\"%w\")", n ? "||'|'||" : "",
+                                  (const char *)sqlite3_column_text(st, 1));
+        s = q ? jl_buf_adds(&cols, q) : JL_ERR_NOMEM;
+        sqlite3_free(q);
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (s == JL_OK) {
+        /* Ordered by the row's own text: canonical whatever the table's keys. */
+        char *q = sqlite3_mprintf("SELECT %s FROM \"%w\" ORDER BY 1", jl_buf_str(&cols), table);
+        s = q ? jl_buf_adds(sql, q) : JL_ERR_NOMEM;
+        sqlite3_free(q);
+    }
+    jl_buf_cleanup(&cols);
+    return s;
+}
+
+jl_status jl_db_dump(jl_db *db, jl_buf *out)
+{
+    sqlite3_stmt *tables = NULL, *rows = NULL;
+    jl_buf sql;
+    jl_status s = JL_OK;
+    jl_buf_init(&sql, 128 * 1024);
+    int rc = sqlite3_prepare_v2(db->h,
+                                "SELECT name FROM sqlite_master WHERE type = 'table' AND name "
+                                "NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'jl\\_%' "
+                                "ESCAPE '\\' ORDER BY name",
+                                -1, &tables, NULL);
+    if (rc != SQLITE_OK)
+        s = jl_db_fail(db, rc, "cannot list tables");
+    while (s == JL_OK && (rc = sqlite3_step(tables)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(tables, 0);
+        s = dump_query(db, name, &sql);
+        if (s == JL_OK &&
+            (rc = sqlite3_prepare_v2(db->h, jl_buf_str(&sql), -1, &rows, NULL)) != SQLITE_OK)
+            s = jl_db_fail(db, rc, "cannot dump table");
+        while (s == JL_OK && (rc = sqlite3_step(rows)) == SQLITE_ROW) {
+            s = jl_buf_addf(out, "%s|%s\n", name, (const char *)sqlite3_column_text(rows, 0));
+        }
+        if (s == JL_OK && rc != SQLITE_DONE)
+            s = jl_db_fail(db, rc, "dump failed");
+        sqlite3_finalize(rows);
+        rows = NULL;
+    }
+    if (s == JL_OK && rc != SQLITE_DONE)
+        s = jl_db_fail(db, rc, "cannot list tables");
+    sqlite3_finalize(tables);
+    jl_buf_cleanup(&sql);
+    return s;
+}

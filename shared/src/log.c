@@ -1,0 +1,100 @@
+#include "jetledger/log.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static FILE *log_sink = NULL;
+static jl_log_level log_min = JL_LOG_OFF;
+static char log_service[64] = "";
+
+void jl_log_open(FILE *sink, jl_log_level level, const char *service)
+{
+    pthread_mutex_lock(&log_mu);
+    log_sink = sink;
+    log_min = sink != NULL ? level : JL_LOG_OFF;
+    snprintf(log_service, sizeof(log_service), "%s", service != NULL ? service : "");
+    pthread_mutex_unlock(&log_mu);
+}
+
+jl_status jl_log_level_parse(jl_log_level *out_level, const char *name)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(name, names[i]) == 0) {
+            *out_level = (jl_log_level)i;
+            return JL_OK;
+        }
+    }
+    return JL_ERR_INVALID;
+}
+
+int jl_log_enabled(jl_log_level level)
+{
+    return level >= log_min && log_min != JL_LOG_OFF;
+}
+
+const char *jl_log_str(char *out, size_t n, const char *s)
+{
+    size_t o = 0;
+    if (n == 0)
+        return out;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && o + 7 < n; p++) {
+        if (*p == '"' || *p == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*p;
+        } else if (*p == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else if (*p < 0x20) {
+            o += (size_t)snprintf(out + o, n - o, "\\u%04x", *p);
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+void jl_log(jl_log_level level, const char *msg, const char *fields_fmt, ...)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    if (!jl_log_enabled(level) || level >= JL_LOG_OFF)
+        return;
+    char line[4096];
+    char esc[JL_LOG_STR_MAX];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(
+        line, sizeof(line),
+        "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\",\"svc\":\"%s\","
+        "\"msg\":\"%s\"",
+        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+        ts.tv_nsec / 1000000, names[level], log_service, jl_log_str(esc, sizeof(esc), msg));
+    if (n < 0)
+        return;
+    if (fields_fmt != NULL && (size_t)n < sizeof(line) - 1) {
+        line[n++] = ',';
+        va_list ap;
+        va_start(ap, fields_fmt);
+        int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fields_fmt, ap);
+        va_end(ap);
+        if (m > 0)
+            n += m;
+    }
+    /* A truncated line still ends as valid-looking JSON so log shippers do not choke. */
+    if ((size_t)n > sizeof(line) - 3)
+        n = (int)sizeof(line) - 3;
+    line[n++] = '}';
+    line[n++] = '\n';
+    pthread_mutex_lock(&log_mu);
+    if (log_sink != NULL) {
+        fwrite(line, 1, (size_t)n, log_sink);
+        fflush(log_sink);
+    }
+    pthread_mutex_unlock(&log_mu);
+}

@@ -1,0 +1,698 @@
+#include "jetledger/projector.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "jetledger/log.h"
+
+#define NS_PER_MS 1000000LL
+
+struct jl_projector {
+    const jl_projector_def *def;
+    jl_conn *conn;
+    jsCtx *js;
+    int batch;
+    int64_t timeout_ms;
+    char durable[64];
+    char db_path[1024];
+    jl_db *db;  /* writer: only the consuming thread uses it */
+    jl_db *qdb; /* reader: only the query subscription's thread uses it */
+    natsSubscription *pull;
+    natsSubscription *qsub;
+    pthread_mutex_t mu; /* guards checkpoint (and dead_letters) for query threads */
+    pthread_cond_t advanced;
+    uint64_t checkpoint;
+    uint64_t dead_letters;
+    atomic_bool stopping;
+    int64_t last_attach_log_ns;
+    char err[1024];
+};
+
+static const char *const state_sql =
+    "CREATE TABLE IF NOT EXISTS jl_state ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  projector TEXT NOT NULL,"
+    "  stream TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  last_seq INTEGER NOT NULL,"
+    "  updated_at_ns INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS jl_dead_letters ("
+    "  seq INTEGER NOT NULL,"
+    "  event_index INTEGER NOT NULL," /* -1: the whole message could not be decoded */
+    "  event_id TEXT NOT NULL,"
+    "  event_type TEXT NOT NULL,"
+    "  subject TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  data BLOB,"
+    "  at_ns INTEGER NOT NULL,"
+    "  PRIMARY KEY (seq, event_index));";
+
+static void set_err(jl_projector *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(jl_projector *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof(p->err), fmt, ap);
+    va_end(ap);
+}
+
+const char *jl_projector_errmsg(const jl_projector *p)
+{
+    return p->err;
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static jl_status mkdir_p(const char *dir, char *err, size_t errlen)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof(tmp), "%s", dir);
+    for (char *s = tmp + 1; *s; s++) {
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+                goto fail;
+            *s = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        goto fail;
+    return JL_OK;
+fail:
+    snprintf(err, errlen, "cannot create data directory %s: %s", tmp, strerror(errno));
+    return JL_ERR_IO;
+}
+
+static bool valid_durable(const char *s)
+{
+    if (*s == 0 || strlen(s) >= 64)
+        return false;
+    for (; *s; s++) {
+        if (*s == '.' || *s == '*' || *s == '>' || *s == ' ' || *s == '/' || *s == '\\')
+            return false;
+    }
+    return true;
+}
+
+/* ---- database ---- */
+
+static jl_status init_database(jl_projector *p)
+{
+    jl_db *db = p->db;
+    jl_status s = jl_db_begin(db, true);
+    if (s == JL_OK)
+        s = jl_db_exec(db, state_sql);
+    if (s == JL_OK && p->def->schema_sql != NULL)
+        s = jl_db_exec(db, p->def->schema_sql);
+    sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(db, "SELECT projector, stream, last_seq FROM "
+                                                   "jl_state WHERE id = 1")
+                                  : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (s == JL_OK) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *proj = (const char *)sqlite3_column_text(st, 0);
+            const char *stream = (const char *)sqlite3_column_text(st, 1);
+            if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->def->stream) != 0) {
+                set_err(p, "%s belongs to projector %s on stream %s, not %s on %s", p->db_path,
+                        proj, stream, p->def->name, p->def->stream);
+                s = JL_ERR_INVALID;
+            }
+            p->checkpoint = (uint64_t)sqlite3_column_int64(st, 2);
+        } else if (rc == SQLITE_DONE) {
+            sqlite3_reset(st);
+            st = jl_db_stmt(db, "INSERT INTO jl_state (id, projector, stream, version, "
+                                "last_seq, updated_at_ns) VALUES (1, ?, ?, ?, 0, ?)");
+            if (st == NULL) {
+                s = JL_ERR_SQLITE;
+            } else {
+                sqlite3_bind_text(st, 1, p->def->name, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, p->def->stream, -1, SQLITE_STATIC);
+                sqlite3_bind_int(st, 3, p->def->version);
+                sqlite3_bind_int64(st, 4, now_ns());
+                s = jl_db_step_done(db, st);
+            }
+            p->checkpoint = 0;
+        } else {
+            s = jl_db_fail(db, rc, "cannot read jl_state");
+        }
+        if (st != NULL)
+            sqlite3_reset(st);
+    }
+    if (s == JL_OK)
+        s = jl_db_commit(db);
+    if (s != JL_OK) {
+        if (p->err[0] == 0)
+            set_err(p, "cannot initialise read model: %s", jl_db_errmsg(db));
+        jl_db_rollback(db);
+    }
+    return s;
+}
+
+/* ---- consumer ---- */
+
+static void detach(jl_projector *p)
+{
+    if (p->pull != NULL) {
+        natsSubscription_Destroy(p->pull); /* the durable stays: Destroy does not delete it */
+        p->pull = NULL;
+    }
+}
+
+static jl_status create_consumer(jl_projector *p)
+{
+    jsConsumerConfig cc;
+    jsErrCode jerr = 0;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = p->durable;
+    cc.FilterSubject = p->def->filter_subject;
+    cc.AckPolicy = js_AckAll; /* one ack per batch; the checkpoint makes redelivery harmless */
+    cc.AckWait = 60 * 1000 * NS_PER_MS;
+    cc.MaxDeliver = -1;
+    /* Above the batch size, or each fetch would wait out its timeout (NATS-NOTES). */
+    cc.MaxAckPending = p->batch * 4 > 4096 ? p->batch * 4 : 4096;
+    cc.MaxRequestBatch = 0;
+    if (p->checkpoint > 0) {
+        cc.DeliverPolicy = js_DeliverByStartSequence;
+        cc.OptStartSeq = p->checkpoint + 1;
+    } else {
+        cc.DeliverPolicy = js_DeliverAll;
+    }
+    natsStatus ns = js_AddConsumer(NULL, p->js, p->def->stream, &cc, NULL, &jerr);
+    if (ns != NATS_OK) {
+        set_err(p, "cannot create consumer %s on %s: %s (JetStream error %d)", p->durable,
+                p->def->stream, natsStatus_GetText(ns), (int)jerr);
+        return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
+    }
+    jl_log(JL_LOG_INFO, "consumer created",
+           "\"durable\":\"%s\",\"stream\":\"%s\",\"start_seq\":%" PRIu64, p->durable,
+           p->def->stream, p->checkpoint + 1);
+    return JL_OK;
+}
+
+/* Bind to the durable, first re-creating it at checkpoint + 1 unless its delivered position is
+ * exactly our checkpoint: the database, not the consumer, says what has been applied. */
+static jl_status attach(jl_projector *p)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    jl_status s = JL_OK;
+
+    natsStatus ns = js_GetConsumerInfo(&ci, p->js, p->def->stream, p->durable, NULL, &jerr);
+    if (ns == NATS_OK) {
+        bool same_filter = ci->Config->FilterSubject != NULL &&
+                           strcmp(ci->Config->FilterSubject, p->def->filter_subject) == 0;
+        bool in_step = ci->Delivered.Stream == p->checkpoint && ci->NumAckPending == 0;
+        if (!same_filter || !in_step || ci->Config->AckPolicy != js_AckAll) {
+            jl_log(JL_LOG_INFO, "consumer reset",
+                   "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64,
+                   p->durable, ci->Delivered.Stream, p->checkpoint);
+            ns = js_DeleteConsumer(p->js, p->def->stream, p->durable, NULL, &jerr);
+            if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
+                set_err(p, "cannot reset consumer %s: %s", p->durable, natsStatus_GetText(ns));
+                s = jl_status_from_nats(ns);
+            } else {
+                s = create_consumer(p);
+            }
+        }
+        jsConsumerInfo_Destroy(ci);
+    } else if (ns == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        s = create_consumer(p);
+    } else if (jerr == JSStreamNotFoundErr) {
+        set_err(p, "stream %s does not exist yet", p->def->stream);
+        s = JL_ERR_NOT_FOUND;
+    } else {
+        set_err(p, "cannot read consumer %s: %s (JetStream error %d)", p->durable,
+                natsStatus_GetText(ns), (int)jerr);
+        s = jl_status_from_nats(ns);
+    }
+    if (s != JL_OK)
+        return s;
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = p->def->stream;
+    so.Consumer = p->durable;
+    ns = js_PullSubscribe(&p->pull, p->js, p->def->filter_subject, p->durable, NULL, &so, &jerr);
+    if (ns != NATS_OK) {
+        set_err(p, "cannot bind to consumer %s: %s (JetStream error %d)", p->durable,
+                natsStatus_GetText(ns), (int)jerr);
+        p->pull = NULL;
+        return jl_status_from_nats(ns);
+    }
+    return JL_OK;
+}
+
+/* ---- applying ---- */
+
+static bool is_bad_event(jl_status s)
+{
+    return s == JL_ERR_INVALID || s == JL_ERR_DECODE || s == JL_ERR_UNKNOWN_TYPE ||
+           s == JL_ERR_REJECTED || s == JL_ERR_TOO_LARGE;
+}
+
+static jl_status dead_letter(jl_projector *p, uint64_t seq, int index, const char *event_id,
+                             const char *event_type, const char *subject, const char *reason,
+                             const void *data, size_t len)
+{
+    sqlite3_stmt *st = jl_db_stmt(p->db, "INSERT OR REPLACE INTO jl_dead_letters (seq, "
+                                         "event_index, event_id, event_type, subject, reason, "
+                                         "data, at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    if (st == NULL)
+        return jl_status_from_sqlite(sqlite3_errcode(jl_db_handle(p->db)));
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    sqlite3_bind_int(st, 2, index);
+    sqlite3_bind_text(st, 3, event_id ? event_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, event_type ? event_type : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 7, data, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, now_ns());
+    jl_status s = jl_db_step_done(p->db, st);
+    if (s == JL_OK) {
+        char esc[600], esc2[200];
+        jl_log(JL_LOG_ERROR, "event dead-lettered",
+               "\"seq\":%" PRIu64 ",\"event_index\":%d,\"event_type\":\"%s\",\"reason\":\"%s\"",
+               seq, index, jl_log_str(esc2, sizeof(esc2), event_type ? event_type : ""),
+               jl_log_str(esc, sizeof(esc), reason));
+        pthread_mutex_lock(&p->mu);
+        p->dead_letters++;
+        pthread_mutex_unlock(&p->mu);
+    }
+    return s;
+}
+
+/* Apply one message (a commit) inside the batch transaction. Bad events are parked; only
+ * failures of the database come back as errors. */
+static jl_status apply_message(jl_projector *p, uint64_t seq, const char *subject, const void *data,
+                               size_t len)
+{
+    jl_commit *c = NULL;
+    char why[512] = "";
+    jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
+    if (s != JL_OK)
+        return dead_letter(p, seq, -1, "", "", subject, why, data, len);
+
+    for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
+        jl_event ev;
+        why[0] = 0;
+        jl_status es = jl_commit_event(c, i, &p->def->events, &ev, why, sizeof(why));
+        if (es == JL_OK) {
+            /* A savepoint per event: a bad event's partial writes go, the batch stays. */
+            s = jl_db_exec(p->db, "SAVEPOINT jl_event");
+            if (s != JL_OK)
+                break;
+            es = p->def->apply(p->db, &ev, why, sizeof(why));
+            if (es == JL_OK) {
+                s = jl_db_exec(p->db, "RELEASE jl_event");
+                continue;
+            }
+            jl_db_exec(p->db, "ROLLBACK TO jl_event");
+            jl_db_exec(p->db, "RELEASE jl_event");
+            if (!is_bad_event(es)) {
+                set_err(p, "applying %s at sequence %" PRIu64 " failed: %s", ev.event_type, seq,
+                        why[0] ? why : jl_db_errmsg(p->db));
+                s = es;
+                break;
+            }
+            if (why[0] == 0)
+                snprintf(why, sizeof(why), "apply refused the event: %s", jl_status_str(es));
+        }
+        const uint8_t *pd = NULL;
+        size_t pl = 0;
+        jl_commit_event_payload(c, i, &pd, &pl);
+        s = dead_letter(p, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl);
+    }
+    jl_commit_free(c);
+    return s;
+}
+
+static jl_status save_checkpoint(jl_projector *p, uint64_t seq)
+{
+    sqlite3_stmt *st =
+        jl_db_stmt(p->db, "UPDATE jl_state SET last_seq = ?, updated_at_ns = ? WHERE id = 1");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    sqlite3_bind_int64(st, 2, now_ns());
+    return jl_db_step_done(p->db, st);
+}
+
+jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+{
+    jl_status s = JL_OK;
+    uint64_t ckpt = p->checkpoint;
+    size_t applied = 0;
+
+    s = jl_db_begin(p->db, true);
+    for (int i = 0; s == JL_OK && i < n; i++) {
+        natsMsg *m = msgs[i];
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
+            set_err(p, "message without JetStream metadata on %s", natsMsg_GetSubject(m));
+            s = JL_ERR_NATS;
+            break;
+        }
+        uint64_t seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        if (seq <= ckpt)
+            continue; /* applied before: a redelivery */
+        s = apply_message(p, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
+                          (size_t)natsMsg_GetDataLength(m));
+        if (s != JL_OK && p->err[0] == 0)
+            set_err(p, "%s", jl_db_errmsg(p->db));
+        ckpt = seq;
+        applied++;
+    }
+    if (s == JL_OK && ckpt != p->checkpoint)
+        s = save_checkpoint(p, ckpt);
+    if (s == JL_OK)
+        s = jl_db_commit(p->db);
+    if (s != JL_OK) {
+        if (p->err[0] == 0)
+            set_err(p, "batch not committed: %s", jl_db_errmsg(p->db));
+        jl_db_rollback(p->db);
+        return s;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->checkpoint = ckpt;
+    pthread_cond_broadcast(&p->advanced);
+    pthread_mutex_unlock(&p->mu);
+    /* Ack only after the commit: a crash before this line replays the batch, never skips it.
+     * With AckAll, acking the last message acks the whole batch. */
+    if (n > 0)
+        natsMsg_Ack(msgs[n - 1], NULL);
+    if (out_applied != NULL)
+        *out_applied = applied;
+    return JL_OK;
+}
+
+static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t wait_ms,
+                        bool no_wait)
+{
+    jsFetchRequest fr;
+    jsFetchRequest_Init(&fr);
+    fr.Batch = batch;
+    fr.NoWait = no_wait;
+    fr.Expires = wait_ms * NS_PER_MS;
+    return natsSubscription_FetchRequest(list, p->pull, &fr);
+}
+
+jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
+{
+    natsMsgList list = {0};
+    size_t applied = 0;
+    jl_status s = JL_OK;
+
+    p->err[0] = 0;
+    if (p->pull == NULL) {
+        s = attach(p);
+        if (s != JL_OK)
+            return s;
+    }
+    /* Take what is there at once (a full batch while catching up); when nothing is, wait for
+     * the first event only, so a lone event is applied at once instead of after the timeout. */
+    natsStatus ns = fetch(p, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true);
+    if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && list.Count == 0)) {
+        natsMsgList_Destroy(&list);
+        memset(&list, 0, sizeof(list));
+        ns = wait_ms > 0 ? fetch(p, &list, 1, wait_ms, false) : NATS_TIMEOUT;
+    }
+    if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) {
+        s = JL_OK;
+    } else if (ns != NATS_OK) {
+        set_err(p, "fetch from %s failed: %s", p->durable, natsStatus_GetText(ns));
+        s = jl_status_from_nats(ns);
+        detach(p); /* re-attach from the checkpoint on the next step */
+    } else {
+        s = jl_projector_apply(p, list.Msgs, list.Count, &applied);
+        if (s != JL_OK)
+            detach(p); /* the batch will come again from the re-created consumer */
+    }
+    natsMsgList_Destroy(&list);
+    if (out_applied != NULL)
+        *out_applied = applied;
+    return s;
+}
+
+jl_status jl_projector_run(jl_projector *p)
+{
+    int backoff_ms = 100;
+    while (!atomic_load(&p->stopping)) {
+        size_t n = 0;
+        jl_status s = jl_projector_step(p, 500, &n);
+        if (s == JL_OK) {
+            backoff_ms = 100;
+            continue;
+        }
+        char esc[1200];
+        int64_t t = now_ns();
+        /* Waiting for a stream that does not exist yet is normal at start: say it every 10 s. */
+        if (s != JL_ERR_NOT_FOUND || t - p->last_attach_log_ns > 10000 * NS_PER_MS) {
+            jl_log(s == JL_ERR_NOT_FOUND ? JL_LOG_WARN : JL_LOG_ERROR, "projector retrying",
+                   "\"status\":\"%s\",\"error\":\"%s\",\"retry_ms\":%d", jl_status_str(s),
+                   jl_log_str(esc, sizeof(esc), p->err), backoff_ms);
+            p->last_attach_log_ns = t;
+        }
+        for (int waited = 0; waited < backoff_ms && !atomic_load(&p->stopping); waited += 50)
+            nats_Sleep(50);
+        backoff_ms = backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2;
+    }
+    return JL_OK;
+}
+
+void jl_projector_stop(jl_projector *p)
+{
+    atomic_store(&p->stopping, true);
+}
+
+uint64_t jl_projector_checkpoint(jl_projector *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t c = p->checkpoint;
+    pthread_mutex_unlock(&p->mu);
+    return c;
+}
+
+uint64_t jl_projector_dead_letters(jl_projector *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t c = p->dead_letters;
+    pthread_mutex_unlock(&p->mu);
+    return c;
+}
+
+/* ---- queries ---- */
+
+static const jl_query_def *find_query(const jl_projector_def *def, const char *name)
+{
+    for (size_t i = 0; i < def->n_queries; i++) {
+        if (strcmp(def->queries[i].request->short_name, name) == 0)
+            return &def->queries[i];
+    }
+    return NULL;
+}
+
+static uint64_t field_u64(const ProtobufCMessage *msg, const char *name)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+    if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED ||
+        (f->type != PROTOBUF_C_TYPE_UINT64 && f->type != PROTOBUF_C_TYPE_FIXED64))
+        return 0;
+    return *(const uint64_t *)(const void *)((const uint8_t *)msg + f->offset);
+}
+
+/* Block until the checkpoint reaches @p min_seq or @p wait_ms passes. */
+static bool wait_for_seq(jl_projector *p, uint64_t min_seq, int64_t wait_ms, uint64_t *out_seen)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (wait_ms % 1000) * NS_PER_MS;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (p->checkpoint < min_seq && !atomic_load(&p->stopping)) {
+        if (pthread_cond_timedwait(&p->advanced, &p->mu, &until) == ETIMEDOUT)
+            break;
+    }
+    *out_seen = p->checkpoint;
+    bool ok = p->checkpoint >= min_seq;
+    pthread_mutex_unlock(&p->mu);
+    return ok;
+}
+
+static void answer_query(jl_projector *p, const char *name, const void *data, size_t len,
+                         jl_reply *r)
+{
+    ProtobufCMessage *req = NULL;
+    const jl_query_def *q = find_query(p->def, name);
+    if (q == NULL) {
+        jl_reply_error(r, JL_CODE_INVALID, "unknown query '%.64s' for projector %s", name,
+                       p->def->name);
+        return;
+    }
+    if (len > JL_MAX_QUERY_BYTES) {
+        jl_reply_error(r, JL_CODE_INVALID, "query of %zu bytes exceeds the %d-byte limit", len,
+                       JL_MAX_QUERY_BYTES);
+        return;
+    }
+    req = protobuf_c_message_unpack(q->request, NULL, len, data);
+    if (req == NULL) {
+        jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
+                       q->request->name);
+        return;
+    }
+    uint64_t min_seq = field_u64(req, "min_sequence"), seen = 0;
+    if (min_seq > 0 && !wait_for_seq(p, min_seq, JL_QUERY_WAIT_MS, &seen)) {
+        jl_reply_error(r, JL_CODE_TIMEOUT,
+                       "read model %s is at sequence %" PRIu64 " and did not reach %" PRIu64
+                       " within %d ms",
+                       p->def->name, seen, min_seq, JL_QUERY_WAIT_MS);
+        r->stream_seq = seen;
+        protobuf_c_message_free_unpacked(req, NULL);
+        return;
+    }
+    /* One read transaction: the answer and the sequence it reflects are one snapshot. */
+    jl_status s = jl_db_begin(p->qdb, false);
+    sqlite3_stmt *st =
+        s == JL_OK ? jl_db_stmt(p->qdb, "SELECT last_seq FROM jl_state WHERE id = 1") : NULL;
+    if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
+        r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);
+    if (st != NULL)
+        sqlite3_reset(st);
+    if (s == JL_OK)
+        s = q->handle(p->qdb, req, r);
+    jl_db_rollback(p->qdb);
+    if (s != JL_OK) {
+        jl_reply_error(r, s == JL_ERR_TIMEOUT ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
+                       "read model error: %s", jl_db_errmsg(p->qdb));
+    }
+    protobuf_c_message_free_unpacked(req, NULL);
+}
+
+static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    jl_projector *p = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    const char *reply = natsMsg_GetReply(msg);
+    const char *dot = strrchr(subject, '.');
+    jl_reply r;
+    jl_buf out;
+    (void)sub;
+
+    jl_reply_init(&r);
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
+    answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
+                 (size_t)natsMsg_GetDataLength(msg), &r);
+    if (reply != NULL && *reply != 0 && jl_reply_encode(&out, &r) == JL_OK)
+        natsConnection_Publish(nc, reply, out.data, (int)out.len);
+    if (r.code != JL_CODE_OK) {
+        char esc[600];
+        jl_log(r.code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",
+               "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", subject, jl_code_str(r.code),
+               jl_log_str(esc, sizeof(esc), r.message));
+    }
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(msg);
+}
+
+/* ---- lifecycle ---- */
+
+jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
+                            const jl_projector_def *def, const jl_config *cfg, char *err,
+                            size_t errlen)
+{
+    jl_status s = JL_OK;
+    jl_projector *p = calloc(1, sizeof(*p));
+    char qsubject[256];
+
+    if (p == NULL)
+        return JL_ERR_NOMEM;
+    p->def = def;
+    p->conn = conn;
+    p->js = jl_conn_js(conn);
+    p->batch = cfg->batch;
+    p->timeout_ms = cfg->request_timeout_ms;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->advanced, NULL);
+    atomic_init(&p->stopping, false);
+    snprintf(p->durable, sizeof(p->durable), "%s", cfg->durable[0] ? cfg->durable : def->name);
+    if (!valid_durable(p->durable)) {
+        snprintf(err, errlen, "durable name '%s' must be 1-63 characters without . * > / spaces",
+                 p->durable);
+        s = JL_ERR_INVALID;
+        goto done;
+    }
+    s = mkdir_p(cfg->data_dir, err, errlen);
+    if (s != JL_OK)
+        goto done;
+    snprintf(p->db_path, sizeof(p->db_path), "%s/%s.db", cfg->data_dir, def->name);
+    s = jl_db_open(&p->db, p->db_path, false, err, errlen);
+    if (s == JL_OK) {
+        s = init_database(p);
+        if (s != JL_OK)
+            snprintf(err, errlen, "%s", p->err);
+    }
+    if (s == JL_OK)
+        s = jl_db_open(&p->qdb, p->db_path, true, err, errlen);
+    if (s != JL_OK)
+        goto done;
+
+    snprintf(qsubject, sizeof(qsubject), "%s.query.*", def->name);
+    natsStatus ns = natsConnection_QueueSubscribe(&p->qsub, jl_conn_nats(conn), qsubject, def->name,
+                                                  on_query, p);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot subscribe to %s: %s", qsubject, natsStatus_GetText(ns));
+        s = JL_ERR_NATS;
+        goto done;
+    }
+    jl_log(JL_LOG_INFO, "projector ready",
+           "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\"",
+           p->db_path, p->checkpoint, p->durable, qsubject);
+done:
+    if (s != JL_OK) {
+        jl_projector_close(p, 0);
+        return s;
+    }
+    *out_projector = p;
+    return JL_OK;
+}
+
+void jl_projector_close(jl_projector *p, int64_t timeout_ms)
+{
+    if (p == NULL)
+        return;
+    atomic_store(&p->stopping, true);
+    if (p->qsub != NULL) {
+        if (timeout_ms > 0 && natsSubscription_Drain(p->qsub) == NATS_OK)
+            natsSubscription_WaitForDrainCompletion(p->qsub, timeout_ms);
+        else
+            natsSubscription_Unsubscribe(p->qsub);
+        natsSubscription_Destroy(p->qsub);
+    }
+    detach(p);
+    jl_db_close(p->qdb);
+    jl_db_close(p->db);
+    pthread_cond_destroy(&p->advanced);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

@@ -1,0 +1,306 @@
+#include "jetledger/store.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jetledger/codec.h"
+#include "jetledger/log.h"
+
+#define NS_PER_S 1000000000LL
+
+struct jl_store {
+    jl_conn *conn;
+    jsCtx *js;
+    char stream[64];
+    char err[512];
+};
+
+void jl_store_cfg_init(jl_store_cfg *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->replicas = 1;
+    cfg->max_bytes = -1;
+    cfg->max_age_s = 0;
+    cfg->duplicate_window_s = 120;
+    cfg->max_msg_size = JL_MAX_COMMIT_BYTES;
+}
+
+void jl_store_cfg_apply(jl_store_cfg *cfg, const jl_config *c)
+{
+    cfg->replicas = c->replicas;
+    cfg->max_bytes = c->max_bytes;
+    cfg->max_age_s = c->max_age_s;
+    cfg->duplicate_window_s = c->duplicate_window_s;
+}
+
+static void set_err(jl_store *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(jl_store *st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->err, sizeof(st->err), fmt, ap);
+    va_end(ap);
+}
+
+const char *jl_store_errmsg(const jl_store *st)
+{
+    return st->err;
+}
+
+const char *jl_store_stream(const jl_store *st)
+{
+    return st->stream;
+}
+
+static jl_status nats_fail(jl_store *st, const char *what, natsStatus ns, jsErrCode jerr)
+{
+    const char *detail = nats_GetLastError(NULL);
+    set_err(st, "%s: %s (JetStream error %d)%s%s", what, natsStatus_GetText(ns), (int)jerr,
+            detail && *detail ? ": " : "", detail ? detail : "");
+    return jl_status_from_nats(ns);
+}
+
+/* The stream config jetledger wants. Discard "new": an event store must refuse new events when
+ * full rather than silently delete its history. Direct get lets any replica serve aggregate
+ * loads. Deleting single events is denied: history is append-only. */
+static void fill_stream_config(jsStreamConfig *sc, const jl_store_cfg *cfg, const char **subjects)
+{
+    jsStreamConfig_Init(sc);
+    sc->Name = cfg->stream;
+    sc->Subjects = subjects;
+    sc->SubjectsLen = 1;
+    sc->Storage = js_FileStorage;
+    sc->Retention = js_LimitsPolicy;
+    sc->Discard = js_DiscardNew;
+    sc->Replicas = cfg->replicas;
+    sc->MaxBytes = cfg->max_bytes;
+    sc->MaxAge = cfg->max_age_s * NS_PER_S;
+    sc->Duplicates = cfg->duplicate_window_s * NS_PER_S;
+    sc->MaxMsgSize = cfg->max_msg_size;
+    sc->AllowDirect = true;
+    sc->DenyDelete = true;
+}
+
+static bool config_differs(const jsStreamConfig *have, const jsStreamConfig *want)
+{
+    return have->Replicas != want->Replicas || have->MaxBytes != want->MaxBytes ||
+           have->MaxAge != want->MaxAge || have->Duplicates != want->Duplicates ||
+           have->MaxMsgSize != want->MaxMsgSize || have->AllowDirect != want->AllowDirect ||
+           have->Discard != want->Discard;
+}
+
+static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    jsStreamConfig want;
+    const char *subjects[1] = {cfg->subjects};
+    jl_status s = JL_OK;
+    char verr[512];
+
+    fill_stream_config(&want, cfg, subjects);
+    natsStatus ns = js_GetStreamInfo(&si, st->js, cfg->stream, NULL, &jerr);
+    if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        s = jl_conn_check_replicas(st->conn, cfg->replicas, verr, sizeof(verr));
+        if (s != JL_OK) {
+            set_err(st, "%s", verr);
+            return s;
+        }
+        ns = js_AddStream(NULL, st->js, &want, NULL, &jerr);
+        if (ns != NATS_OK)
+            return nats_fail(st, "cannot create stream", ns, jerr);
+        jl_log(JL_LOG_INFO, "stream created", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
+               cfg->replicas);
+        return JL_OK;
+    }
+    if (ns != NATS_OK)
+        return nats_fail(st, "cannot read stream info", ns, jerr);
+
+    const jsStreamConfig *have = si->Config;
+    if (have->SubjectsLen != 1 || strcmp(have->Subjects[0], cfg->subjects) != 0) {
+        set_err(st, "stream %s exists with other subjects (%s); expected exactly %s", cfg->stream,
+                have->SubjectsLen > 0 ? have->Subjects[0] : "none", cfg->subjects);
+        s = JL_ERR_INVALID;
+    } else if (have->Storage != js_FileStorage) {
+        set_err(st, "stream %s uses memory storage; an event store needs file storage",
+                cfg->stream);
+        s = JL_ERR_INVALID;
+    }
+    if (s == JL_OK) {
+        int64_t r = have->Replicas > cfg->replicas ? have->Replicas : cfg->replicas;
+        s = jl_conn_check_replicas(st->conn, (int)r, verr, sizeof(verr));
+        if (s != JL_OK)
+            set_err(st, "%s", verr);
+    }
+    if (s == JL_OK && config_differs(have, &want)) {
+        ns = js_UpdateStream(NULL, st->js, &want, NULL, &jerr);
+        if (ns != NATS_OK)
+            s = nats_fail(st, "cannot update stream", ns, jerr);
+        else
+            jl_log(JL_LOG_INFO, "stream updated", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
+                   cfg->replicas);
+    }
+    jsStreamInfo_Destroy(si);
+    return s;
+}
+
+jl_status jl_store_open(jl_store **out_store, jl_conn *conn, const jl_store_cfg *cfg, char *err,
+                        size_t errlen)
+{
+    jl_status s = JL_OK;
+    jl_store *st = NULL;
+
+    if (cfg->stream == NULL || cfg->subjects == NULL || strlen(cfg->stream) >= sizeof(st->stream)) {
+        snprintf(err, errlen, "store config needs a stream name (< 64 bytes) and subjects");
+        return JL_ERR_INVALID;
+    }
+    st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return JL_ERR_NOMEM;
+    st->conn = conn;
+    st->js = jl_conn_js(conn);
+    snprintf(st->stream, sizeof(st->stream), "%s", cfg->stream);
+    s = ensure_stream(st, cfg);
+    if (s != JL_OK) {
+        snprintf(err, errlen, "%s", st->err);
+        free(st);
+        return s;
+    }
+    *out_store = st;
+    return JL_OK;
+}
+
+void jl_store_close(jl_store *st)
+{
+    free(st);
+}
+
+jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, bool *out_duplicate)
+{
+    natsMsg *msg = NULL;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    jsPubOptions po;
+    jl_status s = JL_OK;
+    natsStatus ns;
+    int64_t wait = a->deadline_ms > 0 ? a->deadline_ms : jl_conn_timeout_ms(st->conn);
+    int64_t deadline = nats_Now() + wait;
+
+    ns = natsMsg_Create(&msg, a->subject, NULL, a->data, (int)a->len);
+    for (size_t i = 0; ns == NATS_OK && i < a->n_headers; i++)
+        ns = natsMsgHeader_Set(msg, a->headers[2 * i], a->headers[2 * i + 1]);
+    if (ns != NATS_OK) {
+        s = nats_fail(st, "cannot build message", ns, 0);
+        goto done;
+    }
+    jsPubOptions_Init(&po);
+    po.MsgId = a->msg_id;
+    if (a->expect_empty)
+        po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
+    else
+        po.ExpectLastSubjectSeq = a->expected_last_seq;
+    for (int attempt = 0;; attempt++) {
+        int64_t left = deadline - nats_Now();
+        if (left <= 0) {
+            s = JL_ERR_TIMEOUT;
+            set_err(st, "append to %s not confirmed within %" PRId64 " ms (%d attempts): %s",
+                    a->subject, wait, attempt, natsStatus_GetText(ns));
+            break;
+        }
+        po.MaxWait = left;
+        jerr = 0;
+        ns = js_PublishMsg(&pa, st->js, msg, &po, &jerr);
+        if (ns == NATS_OK) {
+            *out_seq = pa->Sequence;
+            *out_duplicate = pa->Duplicate;
+            break;
+        }
+        if (jerr == JSStreamWrongLastSequenceErr) {
+            set_err(st, "%s changed since it was read (expected last sequence %" PRIu64 ")",
+                    a->subject, a->expected_last_seq);
+            s = JL_ERR_CONFLICT;
+            break;
+        }
+        /* Timeouts and missing responders happen while a stream leader moves or a server
+         * restarts: resend the same message (same Nats-Msg-Id) until the deadline. */
+        if (ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || ns == NATS_CONNECTION_DISCONNECTED ||
+            ns == NATS_NOT_YET_CONNECTED || (ns == NATS_ERR && jerr == 0)) {
+            jl_log(JL_LOG_DEBUG, "append retry", "\"subject\":\"%s\",\"status\":\"%s\"", a->subject,
+                   natsStatus_GetText(ns));
+            nats_Sleep(attempt < 5 ? 50 : 250);
+            continue;
+        }
+        if (ns == NATS_MAX_PAYLOAD) {
+            set_err(st, "message of %zu bytes exceeds the server's max payload", a->len);
+            s = JL_ERR_TOO_LARGE;
+            break;
+        }
+        s = nats_fail(st, "append failed", ns, jerr);
+        if (s == JL_ERR_TIMEOUT || s == JL_ERR_UNAVAILABLE)
+            s = JL_ERR_NATS;
+        break;
+    }
+done:
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(msg);
+    if (s == JL_ERR_TIMEOUT && (ns == NATS_NO_RESPONDERS || ns == NATS_CONNECTION_DISCONNECTED))
+        s = JL_ERR_UNAVAILABLE;
+    return s;
+}
+
+jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t after_seq,
+                                size_t max_msgs, jl_store_msg_fn fn, void *closure,
+                                uint64_t *out_last_seq)
+{
+    jl_status s = JL_OK;
+    uint64_t last = after_seq;
+    size_t count = 0;
+    jsDirectGetMsgOptions o;
+
+    while (s == JL_OK && (max_msgs == 0 || count < max_msgs)) {
+        natsMsg *m = NULL;
+        jsDirectGetMsgOptions_Init(&o);
+        o.Sequence = last + 1;
+        o.NextBySubject = subject;
+        natsStatus ns = js_DirectGetMsg(&m, st->js, st->stream, NULL, &o);
+        if (ns == NATS_NOT_FOUND)
+            break; /* no message after `last` on this subject */
+        if (ns != NATS_OK) {
+            s = nats_fail(st, "cannot read events", ns, 0);
+            break;
+        }
+        uint64_t seq = natsMsg_GetSequence(m);
+        if (seq <= last) {
+            set_err(st, "direct get returned sequence %" PRIu64 " after %" PRIu64, seq, last);
+            s = JL_ERR_INTERNAL;
+        } else {
+            s = fn(seq, natsMsg_GetTime(m), natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                   closure);
+            last = seq;
+            count++;
+        }
+        natsMsg_Destroy(m);
+    }
+    if (s == JL_OK || s == JL_ERR_STOPPED)
+        *out_last_seq = last;
+    return s;
+}
+
+jl_status jl_store_info_get(jl_store *st, jl_store_info *out)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
+    if (ns != NATS_OK)
+        return nats_fail(st, "cannot read stream info", ns, jerr);
+    out->msgs = si->State.Msgs;
+    out->bytes = si->State.Bytes;
+    out->first_seq = si->State.FirstSeq;
+    out->last_seq = si->State.LastSeq;
+    out->replicas = (int)si->Config->Replicas;
+    jsStreamInfo_Destroy(si);
+    return JL_OK;
+}

@@ -1,0 +1,53 @@
+/*
+ * Helpers for integration tests: a real nats-server per test (tests/harness), a connection,
+ * and typed command/query calls over NATS request-reply. Test code only.
+ */
+#ifndef JETLEDGER_TEST_SUPPORT_H
+#define JETLEDGER_TEST_SUPPORT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "jetledger/codec.h"
+#include "jetledger/config.h"
+#include "jetledger/conn.h"
+#include "jetledger/db.h"
+#include "natsd.h"
+
+typedef struct tenv {
+    jl_natsd *natsd;
+    jl_config cfg; /* points at the server, data_dir in a temp dir */
+    jl_conn *conn;
+    char dir[256]; /* temp dir for databases and logs */
+} tenv;
+
+/** Start a JetStream server, connect, make a temp dir. Fails the test on error. */
+void tenv_start(tenv *e);
+
+/** Disconnect, stop the server, remove the temp dir. */
+void tenv_stop(tenv *e);
+
+/** A second connection to the same server (another "process"). */
+jl_conn *tenv_connect(tenv *e);
+
+/**
+ * Send @p msg to "<service>.cmd.<short name>" (or "<service>.query.<...>" when @p query) with an
+ * optional command id, wait for the reply and decode it into @p out (jl_reply_init'ed).
+ * Returns the NATS status of the request.
+ */
+natsStatus tsend(jl_conn *c, const char *service, bool query, const ProtobufCMessage *msg,
+                 const char *command_id, jl_reply *out);
+
+/** Same with a raw body on an explicit subject. */
+natsStatus tsend_raw(jl_conn *c, const char *subject, const void *data, size_t len, jl_reply *out);
+
+/** Number of messages in a stream (0 if it does not exist). */
+uint64_t tstream_msgs(jl_conn *c, const char *stream);
+
+/** Canonical dump of a read-model database file (malloc'd, caller frees). */
+char *tdump(const char *db_path);
+
+/** Milliseconds since an arbitrary start. */
+int64_t tnow_ms(void);
+
+#endif /* JETLEDGER_TEST_SUPPORT_H */

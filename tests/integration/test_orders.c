@@ -1,0 +1,603 @@
+/*
+ * The orders producer and the order_summary projector, in this process, against a real
+ * nats-server started per test: commands become events and rows, racing writers lose nothing,
+ * redelivery applies nothing twice, bad input gets clear errors and appends nothing.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jetledger/producer.h"
+#include "jetledger/projector.h"
+#include "jetledger/store.h"
+#include "orders/orders.pb-c.h"
+#include "projection.h"
+#include "service.h"
+#include "support.h"
+
+static tenv env;
+static jl_producer *producer;
+
+static void setup(void)
+{
+    char err[1024] = "";
+    tenv_start(&env);
+    ck_assert_msg(
+        jl_producer_open(&producer, env.conn, &orders_service, &env.cfg, err, sizeof(err)) == JL_OK,
+        "producer: %s", err);
+}
+
+static void teardown(void)
+{
+    jl_producer_close(producer, 1000);
+    producer = NULL;
+    tenv_stop(&env);
+}
+
+/* ---- command helpers ---- */
+
+static jl_code create_order(jl_conn *c, const char *customer, char out_id[JL_UUID_LEN + 1],
+                            uint64_t *out_seq)
+{
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    jl_reply r;
+    jl_reply_init(&r);
+    m.customer_id = (char *)customer;
+    ck_assert_int_eq(tsend(c, "orders", false, &m.base, NULL, &r), NATS_OK);
+    if (out_id != NULL)
+        snprintf(out_id, JL_UUID_LEN + 1, "%s", r.aggregate_id);
+    if (out_seq != NULL)
+        *out_seq = r.stream_seq;
+    jl_code code = r.code;
+    jl_reply_cleanup(&r);
+    return code;
+}
+
+static jl_code add_item(jl_conn *c, const char *id, const char *sku, int qty, int64_t price,
+                        jl_reply *r)
+{
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.order_id = (char *)id;
+    m.sku = (char *)sku;
+    m.quantity = qty;
+    m.unit_price_cents = price;
+    ck_assert_int_eq(tsend(c, "orders", false, &m.base, NULL, r), NATS_OK);
+    return r->code;
+}
+
+static jl_code place_order(jl_conn *c, const char *id, jl_reply *r)
+{
+    Orders__PlaceOrder m = ORDERS__PLACE_ORDER__INIT;
+    m.order_id = (char *)id;
+    ck_assert_int_eq(tsend(c, "orders", false, &m.base, NULL, r), NATS_OK);
+    return r->code;
+}
+
+static jl_projector *open_projector(const char *data_dir, const char *durable, int batch)
+{
+    jl_projector *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, data_dir);
+    snprintf(cfg.durable, sizeof(cfg.durable), "%s", durable);
+    cfg.batch = batch;
+    ck_assert_msg(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)) == JL_OK,
+        "projector: %s", err);
+    return p;
+}
+
+/* Step the projector until its checkpoint reaches @p seq (bounded). */
+static void catch_up(jl_projector *p, uint64_t seq)
+{
+    int64_t deadline = tnow_ms() + 20000;
+    while (jl_projector_checkpoint(p) < seq) {
+        jl_status s = jl_projector_step(p, 200, NULL);
+        ck_assert_msg(s == JL_OK, "step: %s: %s", jl_status_str(s), jl_projector_errmsg(p));
+        ck_assert_msg(tnow_ms() < deadline, "projector stuck at %" PRIu64 ", want %" PRIu64,
+                      jl_projector_checkpoint(p), seq);
+    }
+}
+
+/* ---- tests ---- */
+
+START_TEST(command_becomes_event_with_headers_and_row)
+{
+    char id[JL_UUID_LEN + 1];
+    uint64_t seq = 0;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "alice", id, &seq), JL_CODE_OK);
+    ck_assert_uint_eq(seq, 1);
+    ck_assert_int_eq(add_item(env.conn, id, "apple", 3, 150, &r), JL_CODE_OK);
+    ck_assert_uint_eq(r.aggregate_version, 2);
+    ck_assert_uint_eq(r.stream_seq, 2);
+
+    /* The stored message: one commit, with the documented headers. */
+    char subject[128];
+    natsMsg *m = NULL;
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
+    ck_assert_int_eq(js_GetLastMsg(&m, jl_conn_js(env.conn), "ORDERS", subject, NULL, NULL),
+                     NATS_OK);
+    const char *h = NULL;
+    ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Aggregate-Id", &h), NATS_OK);
+    ck_assert_str_eq(h, id);
+    ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Aggregate-Version", &h), NATS_OK);
+    ck_assert_str_eq(h, "2");
+    ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Event-Types", &h), NATS_OK);
+    ck_assert_str_eq(h, "ItemAdded");
+    ck_assert_int_eq(natsMsgHeader_Get(m, "Nats-Msg-Id", &h), NATS_OK);
+    jl_commit *c = NULL;
+    jl_event ev;
+    char err[256];
+    ck_assert_int_eq(jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                                      natsMsg_GetSequence(m), err, sizeof(err)),
+                     JL_OK);
+    ck_assert_uint_eq(jl_commit_count(c), 1);
+    ck_assert_int_eq(jl_commit_event(c, 0, NULL, &ev, err, sizeof(err)), JL_OK);
+    ck_assert_str_eq(ev.event_id, h); /* Nats-Msg-Id is the (first) event id */
+    ck_assert_str_eq(ev.event_type, "orders.ItemAdded");
+    ck_assert_str_eq(ev.aggregate_type, "order");
+    ck_assert_uint_eq(ev.aggregate_version, 2);
+    ck_assert_int_ne(ev.occurred_at_ns, 0);
+    ck_assert_str_eq(((Orders__ItemAdded *)ev.payload)->sku, "apple");
+    jl_commit_free(c);
+    natsMsg_Destroy(m);
+
+    /* The read model row, through the projector's query API. */
+    jl_projector *p = open_projector("a", "a", 16);
+    catch_up(p, 2);
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    q.order_id = id;
+    jl_reply_reset(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    ck_assert_str_eq(r.result_type, "orders.GetOrderResult");
+    ck_assert_uint_eq(r.stream_seq, 2);
+    Orders__GetOrderResult *res =
+        orders__get_order_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_str_eq(res->order->customer_id, "alice");
+    ck_assert_str_eq(res->order->status, "open");
+    ck_assert_int_eq(res->order->item_count, 3);
+    ck_assert_int_eq(res->order->total_cents, 450);
+    ck_assert_uint_eq(res->order->version, 2);
+    orders__get_order_result__free_unpacked(res, NULL);
+    jl_projector_close(p, 1000);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+typedef struct writer_arg {
+    const char *id;
+    int index;
+    int n;
+    int ok;
+    jl_conn *conn;
+} writer_arg;
+
+static void *writer(void *arg)
+{
+    writer_arg *w = arg;
+    jl_reply r;
+    jl_reply_init(&r);
+    for (int i = 0; i < w->n; i++) {
+        char sku[32];
+        snprintf(sku, sizeof(sku), "w%d-%d", w->index, i);
+        jl_reply_reset(&r);
+        if (add_item(w->conn, w->id, sku, 1, 100, &r) == JL_CODE_OK)
+            w->ok++;
+    }
+    jl_reply_cleanup(&r);
+    return NULL;
+}
+
+START_TEST(concurrent_writers_on_one_aggregate_lose_no_update)
+{
+    /* Two producer replicas (own connections, one queue group) and four clients racing on one
+     * order: every accepted AddItem must be in the final state, versions dense. */
+    char err[1024];
+    jl_conn *c2 = tenv_connect(&env);
+    jl_producer *second = NULL;
+    jl_config cfg = env.cfg;
+    cfg.command_retries = 100;
+    jl_producer_close(producer, 1000);
+    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_OK);
+    ck_assert_int_eq(jl_producer_open(&second, c2, &orders_service, &cfg, err, sizeof(err)), JL_OK);
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "race", id, NULL), JL_CODE_OK);
+
+    enum { WRITERS = 4, EACH = 12 };
+    pthread_t t[WRITERS];
+    writer_arg w[WRITERS];
+    jl_conn *conns[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        conns[i] = tenv_connect(&env);
+        w[i] = (writer_arg){.id = id, .index = i, .n = EACH, .ok = 0, .conn = conns[i]};
+        pthread_create(&t[i], NULL, writer, &w[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < WRITERS; i++) {
+        pthread_join(t[i], NULL);
+        ok += w[i].ok;
+        jl_conn_close(conns[i], 0);
+    }
+    ck_assert_int_eq(ok, WRITERS * EACH);
+    /* Both replicas took part. */
+    ck_assert_uint_gt(jl_producer_handled(producer), 0);
+    ck_assert_uint_gt(jl_producer_handled(second), 0);
+
+    jl_projector *p = open_projector("race", "race", 64);
+    catch_up(p, (uint64_t)(1 + WRITERS * EACH));
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    q.order_id = id;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    Orders__GetOrderResult *res =
+        orders__get_order_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_int_eq(res->order->item_count, WRITERS * EACH);
+    ck_assert_uint_eq(res->order->version, 1 + WRITERS * EACH);
+    orders__get_order_result__free_unpacked(res, NULL);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 1 + WRITERS * EACH);
+    jl_reply_cleanup(&r);
+    jl_projector_close(p, 1000);
+    jl_producer_close(second, 1000);
+    jl_conn_close(c2, 0);
+}
+END_TEST
+
+START_TEST(stale_expected_sequence_is_a_conflict)
+{
+    jl_store *st = NULL;
+    jl_store_cfg sc;
+    char err[512];
+    jl_store_cfg_init(&sc);
+    sc.stream = "ORDERS";
+    sc.subjects = "orders.events.>";
+    ck_assert_int_eq(jl_store_open(&st, env.conn, &sc, err, sizeof(err)), JL_OK);
+    uint64_t seq = 0;
+    bool dup = false;
+    jl_append a = {.subject = "orders.events.order.x",
+                   .data = "a",
+                   .len = 1,
+                   .msg_id = "m1",
+                   .expect_empty = true};
+    ck_assert_int_eq(jl_store_append(st, &a, &seq, &dup), JL_OK);
+    ck_assert_uint_eq(seq, 1);
+    /* A second "first" write, and a write based on a stale read, both lose. */
+    a.msg_id = "m2";
+    ck_assert_int_eq(jl_store_append(st, &a, &seq, &dup), JL_ERR_CONFLICT);
+    a.expect_empty = false;
+    a.expected_last_seq = 1;
+    a.msg_id = "m3";
+    ck_assert_int_eq(jl_store_append(st, &a, &seq, &dup), JL_OK);
+    a.msg_id = "m4";
+    ck_assert_int_eq(jl_store_append(st, &a, &seq, &dup), JL_ERR_CONFLICT);
+    ck_assert_msg(strstr(jl_store_errmsg(st), "expected last sequence 1") != NULL, "%s",
+                  jl_store_errmsg(st));
+    /* The same message id again is recognised as a duplicate, not stored twice. */
+    a.msg_id = "m3";
+    a.expected_last_seq = 2;
+    ck_assert_int_eq(jl_store_append(st, &a, &seq, &dup), JL_OK);
+    ck_assert(dup);
+    ck_assert_uint_eq(seq, 2);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 2);
+    jl_store_close(st);
+}
+END_TEST
+
+START_TEST(redelivered_messages_are_applied_once)
+{
+    char id[JL_UUID_LEN + 1];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "bob", id, NULL), JL_CODE_OK);
+    ck_assert_int_eq(add_item(env.conn, id, "pear", 2, 99, &r), JL_CODE_OK);
+    ck_assert_int_eq(add_item(env.conn, id, "plum", 1, 50, &r), JL_CODE_OK);
+
+    jl_projector *p = open_projector("redeliver", "redeliver", 8);
+    catch_up(p, 3);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/redeliver/order_summary.db", env.dir);
+    char *before = tdump(path);
+
+    /* Deliver the same three messages again through another consumer: all skipped. */
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Config.AckPolicy = js_AckNone;
+    ck_assert_int_eq(
+        js_PullSubscribe(&sub, jl_conn_js(env.conn), "orders.events.>", NULL, NULL, &so, NULL),
+        NATS_OK);
+    natsMsgList list = {0};
+    ck_assert_int_eq(natsSubscription_Fetch(&list, sub, 3, 5000, NULL), NATS_OK);
+    ck_assert_int_eq(list.Count, 3);
+    size_t applied = 99;
+    ck_assert_int_eq(jl_projector_apply(p, list.Msgs, list.Count, &applied), JL_OK);
+    ck_assert_uint_eq(applied, 0);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), 3);
+    char *after = tdump(path);
+    ck_assert_str_eq(before, after);
+    /* item_count 3 = 2 pears + 1 plum, not doubled */
+    ck_assert_ptr_nonnull(strstr(after, "'bob'|'open'|3|248|3|"));
+    natsMsgList_Destroy(&list);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    free(before);
+    free(after);
+    jl_projector_close(p, 1000);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+static void expect_error(const char *subject, const void *data, size_t len, jl_code code,
+                         const char *needle)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, subject, data, len, &r), NATS_OK);
+    ck_assert_msg(r.code == code, "%s: code %s (%s), want %s", subject, jl_code_str(r.code),
+                  r.message, jl_code_str(code));
+    ck_assert_msg(strstr(r.message, needle) != NULL, "%s: message '%s' lacks '%s'", subject,
+                  r.message, needle);
+    jl_reply_cleanup(&r);
+}
+
+START_TEST(bad_commands_get_clear_errors_and_append_nothing)
+{
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "carol", id, NULL), JL_CODE_OK);
+    uint64_t before = tstream_msgs(env.conn, "ORDERS");
+
+    static const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12};
+    expect_error("orders.cmd.AddItem", garbage, sizeof(garbage), JL_CODE_INVALID,
+                 "malformed protobuf");
+    expect_error("orders.cmd.ShipOrder", "", 0, JL_CODE_INVALID, "unknown command 'ShipOrder'");
+
+    uint8_t buf[256];
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.sku = "x";
+    m.quantity = 1;
+    m.unit_price_cents = 1;
+    size_t n = orders__add_item__pack(&m, buf);
+    expect_error("orders.cmd.AddItem", buf, n, JL_CODE_INVALID, "order_id is required");
+    m.order_id = "not-a-uuid";
+    n = orders__add_item__pack(&m, buf);
+    expect_error("orders.cmd.AddItem", buf, n, JL_CODE_INVALID, "is not a UUID");
+    m.order_id = "6f1c2a8e-0000-4000-8000-000000000001";
+    n = orders__add_item__pack(&m, buf);
+    expect_error("orders.cmd.AddItem", buf, n, JL_CODE_NOT_FOUND, "does not exist");
+    m.order_id = id;
+    m.quantity = 0;
+    n = orders__add_item__pack(&m, buf);
+    expect_error("orders.cmd.AddItem", buf, n, JL_CODE_INVALID, "quantity must be positive");
+
+    size_t big_len = JL_MAX_COMMAND_BYTES + 1;
+    char *big = calloc(1, big_len);
+    expect_error("orders.cmd.AddItem", big, big_len, JL_CODE_INVALID, "exceeds");
+    free(big);
+
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    place.order_id = id;
+    n = orders__place_order__pack(&place, buf);
+    expect_error("orders.cmd.PlaceOrder", buf, n, JL_CODE_RULE_VIOLATION,
+                 "empty order cannot be placed");
+
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before);
+    /* ... and the service still serves. */
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(add_item(env.conn, id, "fig", 1, 10, &r), JL_CODE_OK);
+    ck_assert_int_eq(place_order(env.conn, id, &r), JL_CODE_OK);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before + 2);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+START_TEST(bad_queries_get_clear_errors)
+{
+    jl_projector *p = open_projector("q", "q", 8);
+    static const uint8_t garbage[] = {0x0a, 0xff, 0xff};
+    expect_error("order_summary.query.GetOrder", garbage, sizeof(garbage), JL_CODE_INVALID,
+                 "malformed");
+    expect_error("order_summary.query.DropTables", "", 0, JL_CODE_INVALID, "unknown query");
+    uint8_t buf[128];
+    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
+    g.order_id = "nope";
+    size_t n = orders__get_order__pack(&g, buf);
+    expect_error("order_summary.query.GetOrder", buf, n, JL_CODE_INVALID, "not a UUID");
+    g.order_id = "6f1c2a8e-0000-4000-8000-000000000001";
+    n = orders__get_order__pack(&g, buf);
+    expect_error("order_summary.query.GetOrder", buf, n, JL_CODE_NOT_FOUND, "not found");
+    Orders__ListOrders l = ORDERS__LIST_ORDERS__INIT;
+    l.status = "shipped";
+    n = orders__list_orders__pack(&l, buf);
+    expect_error("order_summary.query.ListOrders", buf, n, JL_CODE_INVALID, "not one of");
+    l.status = "";
+    l.limit = 100000;
+    n = orders__list_orders__pack(&l, buf);
+    expect_error("order_summary.query.ListOrders", buf, n, JL_CODE_INVALID, "maximum");
+    l.limit = 0;
+    l.cursor = "'; DROP TABLE orders; --";
+    n = orders__list_orders__pack(&l, buf);
+    expect_error("order_summary.query.ListOrders", buf, n, JL_CODE_INVALID, "cursor");
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+START_TEST(list_orders_pages_with_a_cursor)
+{
+    enum { N = 7 };
+    uint64_t seq = 0;
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(create_order(env.conn, "pager", NULL, &seq), JL_CODE_OK);
+    jl_projector *p = open_projector("page", "page", 3);
+    catch_up(p, seq);
+    char cursor[64] = "";
+    int seen = 0, pages = 0;
+    do {
+        Orders__ListOrders l = ORDERS__LIST_ORDERS__INIT;
+        l.limit = 3;
+        l.cursor = cursor;
+        l.status = "open";
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(tsend(env.conn, "order_summary", true, &l.base, NULL, &r), NATS_OK);
+        ck_assert_int_eq(r.code, JL_CODE_OK);
+        Orders__ListOrdersResult *res =
+            orders__list_orders_result__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(res);
+        for (size_t i = 0; i < res->n_orders; i++)
+            ck_assert_str_gt(res->orders[i]->order_id, cursor);
+        seen += (int)res->n_orders;
+        snprintf(cursor, sizeof(cursor), "%s", res->next_cursor);
+        orders__list_orders_result__free_unpacked(res, NULL);
+        jl_reply_cleanup(&r);
+        pages++;
+    } while (cursor[0] != 0 && pages < 10);
+    ck_assert_int_eq(seen, N);
+    ck_assert_int_eq(pages, 3);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+/* Publish a raw message on an aggregate subject, bypassing the producer. */
+static void publish_raw(const char *subject, const void *data, size_t len)
+{
+    jsPubAck *pa = NULL;
+    ck_assert_int_eq(js_Publish(&pa, jl_conn_js(env.conn), subject, data, (int)len, NULL, NULL),
+                     NATS_OK);
+    jsPubAck_Destroy(pa);
+}
+
+/* Publish a commit holding one event of type @p type with payload @p payload. */
+static void publish_commit(const char *subject, const char *id,
+                           const ProtobufCMessageDescriptor *type, const void *payload, size_t n)
+{
+    jl_decision d;
+    jl_buf b;
+    char first[JL_UUID_LEN + 1];
+    jl_decision_init(&d);
+    jl_buf_init(&b, 1 << 20);
+    ck_assert_int_eq(jl_buf_add(&d.bytes, payload, n), JL_OK);
+    d.types[0] = type;
+    d.offsets[0] = 0;
+    d.lens[0] = n;
+    d.n_events = 1;
+    jl_commit_meta meta = {
+        .aggregate_type = "order", .aggregate_id = id, .command_id = "test", .first_version = 1};
+    ck_assert_int_eq(jl_commit_encode(&b, first, &meta, &d), JL_OK);
+    publish_raw(subject, b.data, b.len);
+    jl_buf_cleanup(&b);
+    jl_decision_cleanup(&d);
+}
+
+START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
+{
+    char id[JL_UUID_LEN + 1], bad_id[JL_UUID_LEN + 1], subject[128];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "dave", id, NULL), JL_CODE_OK); /* seq 1 */
+    jl_uuid_new(bad_id);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", bad_id);
+    publish_raw(subject, "\xff\xfe garbage", 10); /* seq 2: not a commit at all */
+    /* seq 3: a type the projector does not know; seq 4: a known type, broken payload */
+    publish_commit(subject, bad_id, &orders__get_order__descriptor, "", 0);
+    publish_commit(subject, bad_id, &orders__item_added__descriptor, "\xff\xff\xff", 3);
+    ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 5, &r), JL_CODE_OK); /* seq 5 */
+
+    /* The producer refuses to act on an aggregate whose history it cannot read, clearly. */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_item(env.conn, bad_id, "kiwi", 1, 5, &r), JL_CODE_INTERNAL);
+    ck_assert_msg(strstr(r.message, "cannot rebuild") != NULL, "%s", r.message);
+
+    jl_projector *p = open_projector("poison", "poison", 2);
+    catch_up(p, 5);
+    ck_assert_uint_eq(jl_projector_dead_letters(p), 3);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/poison/order_summary.db", env.dir);
+    char *dump = tdump(path);
+    ck_assert_msg(strstr(dump, "'dave'|'open'|2|10|2|") != NULL, "%s", dump);
+    free(dump);
+
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT seq, reason FROM jl_dead_letters ORDER BY seq",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    const char *want[] = {"not a jetledger.Commit", "unknown event type 'orders.GetOrder'",
+                          "is not a valid orders.ItemAdded"};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+        ck_assert_int_eq(sqlite3_column_int(st, 0), i + 2);
+        const char *reason = (const char *)sqlite3_column_text(st, 1);
+        ck_assert_msg(strstr(reason, want[i]) != NULL, "reason '%s' lacks '%s'", reason, want[i]);
+    }
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    jl_projector_close(p, 1000);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+START_TEST(query_waits_for_min_sequence_then_times_out)
+{
+    char id[JL_UUID_LEN + 1];
+    uint64_t seq = 0;
+    ck_assert_int_eq(create_order(env.conn, "erin", id, &seq), JL_CODE_OK);
+    jl_projector *p = open_projector("wait", "wait", 8);
+    /* Nobody steps the projector: a query for a sequence it has not reached times out. */
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    q.order_id = id;
+    q.min_sequence = seq;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_int_eq(r.code, JL_CODE_TIMEOUT);
+    ck_assert_msg(strstr(r.message, "did not reach 1") != NULL, "%s", r.message);
+    catch_up(p, seq);
+    jl_reply_reset(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    ck_assert_uint_ge(r.stream_seq, seq);
+    jl_reply_cleanup(&r);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+Suite *orders_suite(void)
+{
+    Suite *s = suite_create("orders_integration");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, command_becomes_event_with_headers_and_row);
+    tcase_add_test(tc, concurrent_writers_on_one_aggregate_lose_no_update);
+    tcase_add_test(tc, stale_expected_sequence_is_a_conflict);
+    tcase_add_test(tc, redelivered_messages_are_applied_once);
+    tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
+    tcase_add_test(tc, bad_queries_get_clear_errors);
+    tcase_add_test(tc, list_orders_pages_with_a_cursor);
+    tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
+    tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(orders_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

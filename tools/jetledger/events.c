@@ -1,0 +1,118 @@
+/* `jetledger events`: print a service's stored events, oldest first, one JSON object a line. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "jetledger/codec.h"
+
+/* Print every event of one stream message; returns 0 or a CLI status. */
+static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
+{
+    jl_commit *c = NULL;
+    char err[512];
+    if (jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, err,
+                         sizeof(err)) != JL_OK) {
+        /* Not ours to judge: show it and go on, the stream is what it is. */
+        printf("{\"seq\":%" PRIu64 ",\"subject\":\"%s\",\"error\":\"%s\"}\n", seq,
+               natsMsg_GetSubject(m), err);
+        return 0;
+    }
+    for (size_t i = 0; i < jl_commit_count(c); i++) {
+        jl_event ev;
+        jl_status s = jl_commit_event(c, i, NULL, &ev, err, sizeof(err));
+        jl_buf_reset(line);
+        jl_event_to_json(line, &ev);
+        if (s != JL_OK && line->len > 0) {
+            line->len--; /* reopen the object to say why the payload is null */
+            jl_buf_addf(line, ",\"error\":\"%s\"}", jl_status_str(s));
+        }
+        puts(jl_buf_str(line));
+    }
+    jl_commit_free(c);
+    return 0;
+}
+
+int cli_events(cli_ctx *ctx)
+{
+    if (ctx->argc != 1) {
+        cli_error("usage: jetledger events <service> [--aggregate ID] [--from-seq N]");
+        return CLI_USAGE;
+    }
+    const char *service = ctx->argv[0];
+    char stream[64], filter[256], id[JL_UUID_LEN + 1];
+    cli_stream_name(stream, sizeof(stream), service);
+    if (ctx->opts.aggregate != NULL) {
+        if (jl_uuid_canonical(id, ctx->opts.aggregate) != JL_OK) {
+            cli_error("--aggregate '%s' is not a UUID", ctx->opts.aggregate);
+            return CLI_USAGE;
+        }
+        snprintf(filter, sizeof(filter), "%s.events.*.%s", service, id);
+    } else {
+        snprintf(filter, sizeof(filter), "%s.events.>", service);
+    }
+
+    int rc = CLI_OK;
+    jl_conn *conn = cli_connect(ctx);
+    natsSubscription *sub = NULL;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    jl_buf line;
+    jl_buf_init(&line, 64 * 1024 * 1024);
+    if (conn == NULL) {
+        rc = CLI_UNAVAILABLE;
+        goto done;
+    }
+    /* An ordered consumer: no server state left behind, fastest way to read a stream. */
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    if (ctx->opts.from_seq > 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = ctx->opts.from_seq;
+    }
+    natsStatus ns = js_SubscribeSync(&sub, jl_conn_js(conn), filter, NULL, &so, &jerr);
+    if (ns != NATS_OK) {
+        if (jerr == JSStreamNotFoundErr || ns == NATS_NOT_FOUND)
+            cli_error("there is no stream %s: has the %s service ever run?", stream, service);
+        else
+            cli_error("cannot read %s: %s (JetStream error %d)", stream, natsStatus_GetText(ns),
+                      (int)jerr);
+        rc = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS ? CLI_UNAVAILABLE : CLI_FAILED;
+        goto done;
+    }
+    ns = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr);
+    if (ns != NATS_OK) {
+        cli_error("cannot read consumer state: %s", natsStatus_GetText(ns));
+        rc = CLI_FAILED;
+        goto done;
+    }
+    /* A push consumer may have delivered everything by now: what it will deliver in all is
+     * what it delivered plus what is pending. Each message then says how many remain. */
+    uint64_t pending = ci->NumPending + ci->Delivered.Consumer;
+    while (pending > 0) {
+        natsMsg *m = NULL;
+        ns = natsSubscription_NextMsg(&m, sub, ctx->opts.timeout_ms);
+        if (ns != NATS_OK) {
+            cli_error("reading %s stopped with %" PRIu64 " events left: %s", stream, pending,
+                      natsStatus_GetText(ns));
+            rc = CLI_UNAVAILABLE;
+            break;
+        }
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+            print_commit(m, meta->Sequence.Stream, &line);
+            pending = meta->NumPending;
+            jsMsgMetaData_Destroy(meta);
+        }
+        natsMsg_Destroy(m);
+    }
+done:
+    fflush(stdout);
+    jsConsumerInfo_Destroy(ci);
+    natsSubscription_Destroy(sub);
+    jl_conn_close(conn, 0);
+    jl_buf_cleanup(&line);
+    return rc;
+}

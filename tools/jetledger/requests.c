@@ -1,0 +1,178 @@
+/* `jetledger command` and `jetledger query`: JSON in, protobuf request-reply, JSON out. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "jetledger/codec.h"
+#include "jetledger/json.h"
+#include "jetledger/registry.h"
+
+typedef struct find_ctx {
+    const char *short_name;
+    const ProtobufCMessageDescriptor *found;
+    int count;
+} find_ctx;
+
+static void match_short(const ProtobufCMessageDescriptor *d, void *closure)
+{
+    find_ctx *f = closure;
+    if (strcmp(d->short_name, f->short_name) == 0) {
+        f->found = d;
+        f->count++;
+    }
+}
+
+/* A type by full name ("orders.CreateOrder"), by name in the package named like the service,
+ * or by a short name that only one package uses. */
+static const ProtobufCMessageDescriptor *resolve_type(const char *package, const char *name)
+{
+    if (strchr(name, '.') != NULL) {
+        const ProtobufCMessageDescriptor *d = jl_registry_find(name);
+        if (d == NULL)
+            cli_error("no message type %s in schemas/", name);
+        return d;
+    }
+    const ProtobufCMessageDescriptor *d = jl_registry_find_in(package, name);
+    if (d != NULL)
+        return d;
+    find_ctx f = {.short_name = name, .found = NULL, .count = 0};
+    jl_registry_each(match_short, &f);
+    if (f.count == 1)
+        return f.found;
+    if (f.count == 0)
+        cli_error("no message type named %s in schemas/", name);
+    else
+        cli_error("%s is defined in several packages; give its full name (package.%s)", name, name);
+    return NULL;
+}
+
+/* Print a reply as one JSON object on stdout; the result decoded by its type name. */
+static int print_reply(const jl_reply *r)
+{
+    jl_buf b;
+    jl_buf_init(&b, 64 * 1024 * 1024);
+    jl_buf_addf(&b, "{\"code\":\"%s\"", jl_code_str(r->code));
+    if (r->message[0] != 0) {
+        jl_buf_adds(&b, ",\"message\":");
+        jl_json_add_string(&b, r->message, strlen(r->message));
+    }
+    if (r->aggregate_id[0] != 0)
+        jl_buf_addf(&b, ",\"aggregate_id\":\"%s\"", r->aggregate_id);
+    if (r->aggregate_version != 0)
+        jl_buf_addf(&b, ",\"aggregate_version\":%" PRIu64, r->aggregate_version);
+    if (r->stream_seq != 0)
+        jl_buf_addf(&b, ",\"stream_sequence\":%" PRIu64, r->stream_seq);
+    if (r->duplicate)
+        jl_buf_adds(&b, ",\"duplicate\":true");
+    int rc = CLI_OK;
+    if (r->result_type[0] != 0) {
+        const ProtobufCMessageDescriptor *d = jl_registry_find(r->result_type);
+        ProtobufCMessage *m =
+            d ? protobuf_c_message_unpack(d, NULL, r->result.len, r->result.data) : NULL;
+        jl_buf_adds(&b, ",\"result\":");
+        if (m != NULL) {
+            jl_pb_to_json(&b, m);
+            protobuf_c_message_free_unpacked(m, NULL);
+        } else {
+            jl_buf_adds(&b, "null");
+            cli_error("cannot decode the result (%s); is this CLI older than the service?",
+                      r->result_type);
+            rc = CLI_FAILED;
+        }
+    }
+    jl_buf_adds(&b, "}\n");
+    fputs(jl_buf_str(&b), stdout);
+    jl_buf_cleanup(&b);
+    if (r->code != JL_CODE_OK) {
+        cli_error("%s: %s", jl_code_str(r->code), r->message);
+        rc = r->code == JL_CODE_UNAVAILABLE || r->code == JL_CODE_TIMEOUT ? CLI_UNAVAILABLE
+                                                                          : CLI_REJECTED;
+    }
+    return rc;
+}
+
+static int request(cli_ctx *ctx, const char *kind, const char *verb)
+{
+    if (ctx->argc != 3) {
+        cli_error("usage: jetledger %s <%s> <%s> '<json>'", kind,
+                  strcmp(kind, "command") == 0 ? "service" : "projector",
+                  strcmp(kind, "command") == 0 ? "Command" : "Query");
+        return CLI_USAGE;
+    }
+    const char *service = ctx->argv[0], *name = ctx->argv[1], *json = ctx->argv[2];
+    const ProtobufCMessageDescriptor *d = resolve_type(service, name);
+    if (d == NULL)
+        return CLI_USAGE;
+
+    ProtobufCMessage *msg = NULL;
+    char err[512] = "";
+    if (jl_json_to_pb(&msg, d, json, strlen(json), err, sizeof(err)) != JL_OK) {
+        cli_error("bad JSON for %s: %s", d->name, err);
+        return CLI_USAGE;
+    }
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *body = malloc(len ? len : 1);
+    if (body == NULL) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return CLI_FAILED;
+    }
+    protobuf_c_message_pack(msg, body);
+    protobuf_c_message_free_unpacked(msg, NULL);
+
+    char subject[512];
+    snprintf(subject, sizeof(subject), "%s.%s.%s", service, verb, d->short_name);
+    int rc = CLI_FAILED;
+    jl_conn *conn = cli_connect(ctx);
+    natsMsg *req = NULL, *rep = NULL;
+    natsStatus ns = NATS_OK;
+    if (conn == NULL) {
+        rc = CLI_UNAVAILABLE;
+        goto done;
+    }
+    ns = natsMsg_Create(&req, subject, NULL, (const char *)body, (int)len);
+    if (ns == NATS_OK && ctx->opts.command_id)
+        ns = natsMsgHeader_Set(req, "Jl-Command-Id", ctx->opts.command_id);
+    if (ns == NATS_OK && ctx->opts.correlation_id)
+        ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", ctx->opts.correlation_id);
+    if (ns == NATS_OK)
+        ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
+    if (ns == NATS_NO_RESPONDERS) {
+        cli_error("nothing answers %s: is the %s service running?", subject, service);
+        rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_TIMEOUT) {
+        cli_error("no reply on %s within %" PRId64 " ms", subject, ctx->opts.timeout_ms);
+        rc = CLI_UNAVAILABLE;
+    } else if (ns != NATS_OK) {
+        cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
+        rc = CLI_UNAVAILABLE;
+    } else {
+        jl_reply r;
+        jl_reply_init(&r);
+        if (jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) !=
+            JL_OK) {
+            cli_error("the reply on %s is not a jetledger.Reply", subject);
+            rc = CLI_FAILED;
+        } else {
+            rc = print_reply(&r);
+        }
+        jl_reply_cleanup(&r);
+    }
+done:
+    natsMsg_Destroy(req);
+    natsMsg_Destroy(rep);
+    jl_conn_close(conn, 0);
+    free(body);
+    return rc;
+}
+
+int cli_command(cli_ctx *ctx)
+{
+    return request(ctx, "command", "cmd");
+}
+
+int cli_query(cli_ctx *ctx)
+{
+    return request(ctx, "query", "query");
+}
