@@ -58,8 +58,10 @@ static int print_reply(const jl_reply *r)
         jl_buf_adds(&b, ",\"message\":");
         jl_json_add_string(&b, r->message, strlen(r->message));
     }
-    if (r->aggregate_id[0] != 0)
-        jl_buf_addf(&b, ",\"aggregate_id\":\"%s\"", r->aggregate_id);
+    if (r->aggregate_id[0] != 0) {
+        jl_buf_adds(&b, ",\"aggregate_id\":");
+        jl_json_add_string(&b, r->aggregate_id, strlen(r->aggregate_id));
+    }
     if (r->aggregate_version != 0)
         jl_buf_addf(&b, ",\"aggregate_version\":%" PRIu64, r->aggregate_version);
     if (r->stream_seq != 0)
@@ -72,9 +74,13 @@ static int print_reply(const jl_reply *r)
         ProtobufCMessage *m =
             d ? protobuf_c_message_unpack(d, NULL, r->result.len, r->result.data) : NULL;
         jl_buf_adds(&b, ",\"result\":");
-        if (m != NULL) {
-            jl_pb_to_json(&b, m);
+        if (m != NULL && jl_pb_to_json(&b, m) == JL_OK) {
             protobuf_c_message_free_unpacked(m, NULL);
+        } else if (m != NULL) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            jl_buf_adds(&b, "null");
+            cli_error("the result (%s) is too large to print", r->result_type);
+            rc = CLI_FAILED;
         } else {
             jl_buf_adds(&b, "null");
             cli_error("cannot decode the result (%s); is this CLI older than the service?",
