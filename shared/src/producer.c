@@ -22,8 +22,6 @@ struct jl_producer {
     void *state;
     jl_decision decision;
     jl_buf commit;
-    jl_buf reply_bytes;
-    jl_reply reply;
     uint64_t handled;
 };
 
@@ -359,8 +357,6 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     pthread_mutex_init(&p->mu, NULL);
     jl_decision_init(&p->decision);
     jl_buf_init(&p->commit, JL_MAX_COMMIT_BYTES);
-    jl_buf_init(&p->reply_bytes, JL_MAX_REPLY_BYTES + 1024);
-    jl_reply_init(&p->reply);
     p->state = calloc(1, def->state_size);
     if (p->state == NULL) {
         s = JL_ERR_NOMEM;
@@ -411,8 +407,6 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     jl_store_close(p->store);
     jl_decision_cleanup(&p->decision);
     jl_buf_cleanup(&p->commit);
-    jl_buf_cleanup(&p->reply_bytes);
-    jl_reply_cleanup(&p->reply);
     free(p->state);
     pthread_mutex_destroy(&p->mu);
     free(p);
