@@ -33,15 +33,16 @@ void jl_buf_reset(jl_buf *b)
 
 jl_status jl_buf_reserve(jl_buf *b, size_t n, uint8_t **out_p)
 {
-    /* Checked before any arithmetic can overflow: len <= cap always holds. */
-    if (n > b->cap - b->len)
+    /* Checked before any arithmetic can overflow: len <= cap always holds, and the +1 for the
+     * trailing NUL must fit in a size_t too. */
+    if (n > b->cap - b->len || n >= SIZE_MAX - b->len)
         return JL_ERR_TOO_LARGE;
     size_t need = b->len + n + 1;
     if (need > b->alloc) {
         size_t a = b->alloc ? b->alloc : 64;
         while (a < need)
             a = (a > SIZE_MAX / 2) ? need : a * 2;
-        if (a > b->cap + 1)
+        if (b->cap < SIZE_MAX && a > b->cap + 1)
             a = b->cap + 1;
         uint8_t *p = realloc(b->data, a);
         if (p == NULL)

@@ -297,11 +297,20 @@ jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, si
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return JL_ERR_UNAVAILABLE;
-    fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
-    if (fd < 0 || connect(fd, res->ai_addr, res->ai_addrlen) != 0)
-        goto done;
-    /* The server speaks first: "INFO {...}\r\n" before any authentication. */
     int64_t deadline = nats_Now() + timeout_ms;
+    /* Non-blocking connect, so the timeout also bounds a server that never accepts. */
+    fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, res->ai_protocol);
+    if (fd < 0)
+        goto done;
+    if (connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        struct pollfd cp = {.fd = fd, .events = POLLOUT};
+        int soerr = 0;
+        socklen_t slen = sizeof(soerr);
+        if (errno != EINPROGRESS || poll(&cp, 1, timeout_ms) <= 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) != 0 || soerr != 0)
+            goto done;
+    }
+    /* The server speaks first: "INFO {...}\r\n" before any authentication. */
     while (got < sizeof(buf) - 1) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int64_t left = deadline - nats_Now();

@@ -15,9 +15,9 @@ struct jl_db {
     sqlite3 *h;
     char path[1024];
     char err[1536];
-    cached cache[JL_DB_STMT_CACHE];
+    cached *cache; /* grows up to JL_DB_STMT_CACHE entries */
     size_t n_cached;
-    sqlite3_stmt *overflow; /* the one uncached statement in use, finalized on next use */
+    size_t n_alloc;
 };
 
 jl_status jl_status_from_sqlite(int rc)
@@ -93,7 +93,7 @@ void jl_db_close(jl_db *db)
         sqlite3_finalize(db->cache[i].st);
         free(db->cache[i].sql);
     }
-    sqlite3_finalize(db->overflow);
+    free(db->cache);
     sqlite3_close_v2(db->h);
     free(db);
 }
@@ -145,22 +145,35 @@ sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql)
             return db->cache[i].st;
         }
     }
+    if (db->n_cached == JL_DB_STMT_CACHE) {
+        snprintf(db->err, sizeof(db->err),
+                 "more than %d distinct SQL statements on one connection [%s]", JL_DB_STMT_CACHE,
+                 db->path);
+        return NULL;
+    }
+    if (db->n_cached == db->n_alloc) {
+        size_t n = db->n_alloc ? db->n_alloc * 2 : 16;
+        cached *c = realloc(db->cache, n * sizeof(*c));
+        if (c == NULL) {
+            snprintf(db->err, sizeof(db->err), "out of memory [%s]", db->path);
+            return NULL;
+        }
+        db->cache = c;
+        db->n_alloc = n;
+    }
+    char *copy = strdup(sql);
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v3(db->h, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+    int rc = copy ? sqlite3_prepare_v3(db->h, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL)
+                  : SQLITE_NOMEM;
     if (rc != SQLITE_OK) {
+        free(copy);
         jl_db_fail(db, rc, "cannot prepare SQL");
         return NULL;
     }
-    char *copy = db->n_cached < JL_DB_STMT_CACHE ? strdup(sql) : NULL;
-    if (copy != NULL) {
-        db->cache[db->n_cached].hash = h;
-        db->cache[db->n_cached].sql = copy;
-        db->cache[db->n_cached].st = st;
-        db->n_cached++;
-    } else {
-        sqlite3_finalize(db->overflow);
-        db->overflow = st;
-    }
+    db->cache[db->n_cached].hash = h;
+    db->cache[db->n_cached].sql = copy;
+    db->cache[db->n_cached].st = st;
+    db->n_cached++;
     return st;
 }
 

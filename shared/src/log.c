@@ -8,14 +8,16 @@
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static FILE *log_sink = NULL;
 static jl_log_level log_min = JL_LOG_OFF;
-static char log_service[64] = "";
+static char log_service[160] = ""; /* already escaped for JSON */
 
 void jl_log_open(FILE *sink, jl_log_level level, const char *service)
 {
     pthread_mutex_lock(&log_mu);
     log_sink = sink;
     log_min = sink != NULL ? level : JL_LOG_OFF;
-    snprintf(log_service, sizeof(log_service), "%s", service != NULL ? service : "");
+    char name[64];
+    snprintf(name, sizeof(name), "%s", service != NULL ? service : "");
+    jl_log_str(log_service, sizeof(log_service), name);
     pthread_mutex_unlock(&log_mu);
 }
 

@@ -21,8 +21,8 @@
 
 typedef struct jl_db jl_db;
 
-/** Statements cached per connection; more distinct SQL texts than this are still prepared. */
-#define JL_DB_STMT_CACHE 64
+/** Distinct SQL texts one connection keeps prepared; jl_db_stmt() fails beyond this. */
+#define JL_DB_STMT_CACHE 256
 
 /**
  * Open (creating if @p readonly is false) the database at @p path.
@@ -47,9 +47,9 @@ const char *jl_db_errmsg(const jl_db *db);
 jl_status jl_db_exec(jl_db *db, const char *sql);
 
 /**
- * A prepared statement for @p sql, from the cache (reset, bindings cleared) or newly prepared.
- * The statement belongs to @p db: do not finalize it. NULL on error (see jl_db_errmsg()).
- * @p sql should be a string literal: the cache is keyed by its text.
+ * A prepared statement for @p sql, from the cache (reset, bindings cleared) or newly prepared
+ * and cached. The statement belongs to @p db and lives until jl_db_close(): do not finalize it.
+ * NULL on error (see jl_db_errmsg()), including more than JL_DB_STMT_CACHE distinct texts.
  */
 sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql);
 
