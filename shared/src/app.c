@@ -14,6 +14,7 @@
 static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t stop_cv = PTHREAD_COND_INITIALIZER;
 static bool stop_requested = false;
+static bool started = false; /* the service holds work (connected and open) */
 static void (*stop_fn)(void *) = NULL;
 static void *stop_closure = NULL;
 
@@ -48,6 +49,11 @@ static void *signal_thread(void *arg)
         }
         jl_log(JL_LOG_INFO, "stopping", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         pthread_mutex_lock(&stop_mu);
+        if (!started) {
+            /* Still waiting for NATS: nothing is in hand, so a stop is an exit. */
+            jl_log(JL_LOG_INFO, "stopped before start", NULL);
+            _exit(JL_EXIT_OK);
+        }
         stop_requested = true;
         pthread_cond_broadcast(&stop_cv);
         void (*fn)(void *) = stop_fn;
@@ -112,6 +118,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
         jl_conn_close(conn, 0);
         return JL_EXIT_FAILURE;
     }
+    pthread_mutex_lock(&stop_mu);
+    started = true;
+    pthread_mutex_unlock(&stop_mu);
     jl_app_wait_for_stop();
     jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2);
     jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
@@ -149,6 +158,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     pthread_mutex_lock(&stop_mu);
     stop_fn = stop_projector;
     stop_closure = p;
+    started = true;
     bool already = stop_requested;
     pthread_mutex_unlock(&stop_mu);
     if (already)

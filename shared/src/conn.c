@@ -154,9 +154,8 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
         nats_Sleep(250);
     }
     if (ns != NATS_OK) {
-        const char *detail = nats_GetLastError(NULL);
-        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s", cfg->nats_url,
-                 natsStatus_GetText(ns), detail && *detail ? ": " : "", detail ? detail : "");
+        /* nats_GetLastError repeats the status text with a source location: say it once. */
+        snprintf(err, errlen, "cannot reach NATS at %s: %s", cfg->nats_url, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT ? JL_ERR_UNAVAILABLE
                                                                                 : JL_ERR_NATS;
         goto done;

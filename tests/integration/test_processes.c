@@ -1,0 +1,1111 @@
+/*
+ * The real binaries (build/bin/orders, order_summary, jetledger) as separate processes against
+ * a real nats-server started per test: a projector killed with SIGKILL between batches resumes
+ * from its checkpoint and ends with the same read model as an uninterrupted one; services stop
+ * on SIGTERM with status 0 (a projector having committed and acked the batch in hand) and at
+ * once on a second signal; a missing or wrong server is reported clearly; the CLI round-trips
+ * commands, queries and events with its documented exit codes; producer replicas share the
+ * commands of their queue group.
+ *
+ * Every spawned process is recorded and killed in the teardown (and, in fork mode, dies with
+ * the test through PR_SET_PDEATHSIG). Every wait is bounded. All temporary directories live
+ * under one root that main() removes, so even a failed fork-mode test leaves nothing behind.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jetledger/app.h"
+#include "jetledger/projector.h"
+#include "orders/orders.pb-c.h"
+#include "projection.h"
+#include "support.h"
+
+extern char **environ;
+
+/* How long a service may take to answer its first request after being spawned. */
+#define READY_MS 20000
+/* Bound on a CLI call (its own request timeout is 5 s). */
+#define CLI_MS 20000
+/* The graceful shutdown bound the services document (JL_APP_SHUTDOWN_MS). */
+#define SHUTDOWN_MS 10000
+#define MAX_PROCS 8
+#define CLI_OUT_MAX 65536
+
+static tenv env;
+static pid_t procs[MAX_PROCS]; /* spawned and not yet reaped; the teardown kills these */
+
+/* ---- small utilities ------------------------------------------------------------------- */
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+/* Read up to n-1 bytes of a file into out (empty when missing). */
+static void read_text(const char *path, char *out, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    size_t got = 0;
+    if (f != NULL) {
+        got = fread(out, 1, n - 1, f);
+        fclose(f);
+    }
+    out[got] = '\0';
+}
+
+/* The whole file, malloc'd ("" when missing); caller frees. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *text = NULL;
+    long len = 0;
+    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0) {
+        text = malloc((size_t)len + 1);
+        ck_assert_ptr_nonnull(text);
+        len = (long)fread(text, 1, (size_t)len, f);
+        text[len] = '\0';
+    }
+    if (f != NULL)
+        fclose(f);
+    return text != NULL ? text : strdup("");
+}
+
+/* The last bytes of a log, for failure messages. */
+static const char *log_tail(const char *path, char *buf, size_t n)
+{
+    char *all = slurp(path);
+    size_t len = strlen(all);
+    snprintf(buf, n, "%s", len >= n ? all + len - (n - 1) : all);
+    free(all);
+    return buf;
+}
+
+static int count_occurrences(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(text, needle); p != NULL; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static int file_count(const char *path, const char *needle)
+{
+    char *text = slurp(path);
+    int n = count_occurrences(text, needle);
+    free(text);
+    return n;
+}
+
+static bool wait_log(const char *path, const char *needle, int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    for (;;) {
+        if (file_count(path, needle) > 0)
+            return true;
+        if (tnow_ms() >= deadline)
+            return false;
+        sleep_ms(10);
+    }
+}
+
+/* A line of a JSON log holding both fragments (e.g. a level and a msg). */
+static bool log_has_line(const char *path, const char *a, const char *b)
+{
+    char *text = slurp(path);
+    char *save = NULL;
+    bool found = false;
+    for (char *line = strtok_r(text, "\n", &save); line != NULL && !found;
+         line = strtok_r(NULL, "\n", &save))
+        found = strstr(line, a) != NULL && strstr(line, b) != NULL;
+    free(text);
+    return found;
+}
+
+static void bin_path(char *out, size_t n, const char *name)
+{
+    const char *dir = getenv("JL_BIN_DIR");
+    ck_assert_msg(dir != NULL && *dir != '\0', "JL_BIN_DIR is not set (run through ctest)");
+    snprintf(out, n, "%s/%s", dir, name);
+    ck_assert_msg(access(out, X_OK) == 0, "%s is not executable: build it first", out);
+}
+
+/* ---- spawned services ------------------------------------------------------------------ */
+
+typedef struct svc {
+    pid_t pid;
+    char log[PATH_MAX];
+} svc;
+
+static void record(pid_t pid)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] == 0) {
+            procs[i] = pid;
+            return;
+        }
+    }
+    ck_abort_msg("more than %d processes in one test", MAX_PROCS);
+}
+
+static void forget(pid_t pid)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] == pid)
+            procs[i] = 0;
+    }
+}
+
+/*
+ * Spawn build/bin/<bin> with stdout+stderr appended to <test dir>/<log_name>, connected to
+ * nats_url, with the other settings a test uses. Settings a developer may have exported are
+ * overridden, so the test sees only what it asked for.
+ */
+static void svc_start(svc *s, const char *bin, const char *log_name, const char *nats_url,
+                      const char *data_dir, int batch, const char *level)
+{
+    char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32];
+    snprintf(e_url, sizeof(e_url), "NATS_URL=%s", nats_url);
+    snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", data_dir != NULL ? data_dir : "");
+    snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", batch > 0 ? batch : 256);
+    snprintf(e_level, sizeof(e_level), "JL_LOG_LEVEL=%s", level != NULL ? level : "info");
+    const char *const envv[] = {e_url,
+                                e_dir,
+                                e_batch,
+                                e_level,
+                                "JL_DURABLE=",
+                                "JL_NAME=",
+                                "JL_CREDS=",
+                                "JL_REPLICAS=",
+                                "JL_MAX_AGE=",
+                                "JL_MAX_BYTES=",
+                                "JL_REQUEST_TIMEOUT=",
+                                "JL_DUPLICATE_WINDOW=",
+                                "JL_COMMAND_RETRIES=",
+                                NULL};
+    bin_path(path, sizeof(path), bin);
+    snprintf(s->log, sizeof(s->log), "%s/%s", env.dir, log_name);
+    const char *const argv[] = {path, NULL};
+    ck_assert_msg(jl_proc_spawn(&s->pid, argv, envv, s->log) == 0, "spawn %s: %s", path,
+                  strerror(errno));
+    record(s->pid);
+}
+
+/* Signal (0: none), wait up to timeout_ms, SIGKILL if needed; returns the exit status. */
+static int svc_stop(svc *s, int sig, int timeout_ms)
+{
+    int status = -1;
+    ck_assert_msg(jl_proc_stop(s->pid, sig, timeout_ms, &status) == 0, "stop pid %d: %s",
+                  (int)s->pid, strerror(errno));
+    forget(s->pid);
+    s->pid = 0;
+    return status;
+}
+
+static void setup(void)
+{
+    memset(procs, 0, sizeof(procs));
+    tenv_start(&env);
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        if (procs[i] != 0)
+            jl_proc_stop(procs[i], SIGKILL, 5000, NULL);
+        procs[i] = 0;
+    }
+    tenv_stop(&env);
+}
+
+/* ---- requests -------------------------------------------------------------------------- */
+
+static jl_code cmd(const ProtobufCMessage *m, jl_reply *r)
+{
+    jl_reply_reset(r);
+    natsStatus ns = tsend(env.conn, "orders", false, m, NULL, r);
+    ck_assert_msg(ns == NATS_OK, "%s: %s", m->descriptor->short_name, natsStatus_GetText(ns));
+    return r->code;
+}
+
+/* Send until something answers (any reply code), bounded; false on timeout. */
+static bool answers(const char *service, bool query, const ProtobufCMessage *m, jl_reply *r,
+                    int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    for (;;) {
+        jl_reply_reset(r);
+        if (tsend(env.conn, service, query, m, NULL, r) == NATS_OK)
+            return true;
+        if (tnow_ms() >= deadline)
+            return false;
+        sleep_ms(20);
+    }
+}
+
+/* A command that appends nothing (the order does not exist) proves the producer serves. */
+static void wait_orders_answer(const svc *s)
+{
+    char tail[1500];
+    jl_reply r;
+    Orders__PlaceOrder m = ORDERS__PLACE_ORDER__INIT;
+    m.order_id = "6f1c2a8e-0000-4000-8000-00000000abcd";
+    jl_reply_init(&r);
+    ck_assert_msg(answers("orders", false, &m.base, &r, READY_MS), "orders does not answer: %s",
+                  log_tail(s->log, tail, sizeof(tail)));
+    ck_assert_int_eq(r.code, JL_CODE_NOT_FOUND);
+    jl_reply_cleanup(&r);
+}
+
+static void wait_summary_answers(const svc *s)
+{
+    char tail[1500];
+    jl_reply r;
+    Orders__GetOrder m = ORDERS__GET_ORDER__INIT;
+    m.order_id = "6f1c2a8e-0000-4000-8000-00000000abcd";
+    jl_reply_init(&r);
+    ck_assert_msg(answers("order_summary", true, &m.base, &r, READY_MS),
+                  "order_summary does not answer: %s", log_tail(s->log, tail, sizeof(tail)));
+    ck_assert_int_eq(r.code, JL_CODE_NOT_FOUND);
+    jl_reply_cleanup(&r);
+}
+
+static uint64_t stream_last_seq(void)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t last = 0;
+    natsStatus ns = js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL);
+    ck_assert_msg(ns == NATS_OK, "stream info: %s", natsStatus_GetText(ns));
+    last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return last;
+}
+
+/*
+ * Orders first..first+n-1: each created with three items; every fourth loses one, every third
+ * is placed and the next one cancelled (about five events an order). Returns the stream
+ * sequence of the last event.
+ */
+static uint64_t make_orders(int first, int n)
+{
+    static const char *const skus[] = {"apple", "pear", "fig"};
+    uint64_t last = 0;
+    jl_reply r;
+    jl_reply_init(&r);
+    for (int i = first; i < first + n; i++) {
+        char customer[32], id[JL_UUID_LEN + 1];
+        Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+        snprintf(customer, sizeof(customer), "customer-%d", i);
+        c.customer_id = customer;
+        ck_assert_msg(cmd(&c.base, &r) == JL_CODE_OK, "CreateOrder: %s", r.message);
+        snprintf(id, sizeof(id), "%s", r.aggregate_id);
+        for (int k = 0; k < 3; k++) {
+            Orders__AddItem a = ORDERS__ADD_ITEM__INIT;
+            a.order_id = id;
+            a.sku = (char *)skus[k];
+            a.quantity = 1 + (i + k) % 4;
+            a.unit_price_cents = 100 + 10 * i + k;
+            ck_assert_msg(cmd(&a.base, &r) == JL_CODE_OK, "AddItem: %s", r.message);
+        }
+        if (i % 4 == 0) {
+            Orders__RemoveItem m = ORDERS__REMOVE_ITEM__INIT;
+            m.order_id = id;
+            m.sku = "pear";
+            ck_assert_msg(cmd(&m.base, &r) == JL_CODE_OK, "RemoveItem: %s", r.message);
+        }
+        if (i % 3 == 0) {
+            Orders__PlaceOrder m = ORDERS__PLACE_ORDER__INIT;
+            m.order_id = id;
+            ck_assert_msg(cmd(&m.base, &r) == JL_CODE_OK, "PlaceOrder: %s", r.message);
+        } else if (i % 3 == 1) {
+            Orders__CancelOrder m = ORDERS__CANCEL_ORDER__INIT;
+            m.order_id = id;
+            m.reason = "changed mind";
+            ck_assert_msg(cmd(&m.base, &r) == JL_CODE_OK, "CancelOrder: %s", r.message);
+        }
+        last = r.stream_seq;
+    }
+    jl_reply_cleanup(&r);
+    return last;
+}
+
+/* ---- read models ----------------------------------------------------------------------- */
+
+/* The projector's checkpoint read from its database (read-only); -1 if not readable yet. */
+static int db_last_seq(const char *path, uint64_t *out_seq)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (access(path, F_OK) == 0 &&
+        sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 2000);
+        if (sqlite3_prepare_v2(db, "SELECT last_seq FROM jl_state WHERE id = 1", -1, &st, NULL) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            *out_seq = (uint64_t)sqlite3_column_int64(st, 0);
+            rc = 0;
+        }
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+static int64_t db_count(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 2000);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+static void wait_db_at(const char *db_path, const svc *s, uint64_t seq, int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    uint64_t at = 0;
+    char tail[1500];
+    for (;;) {
+        if (db_last_seq(db_path, &at) == 0 && at >= seq)
+            break;
+        ck_assert_msg(tnow_ms() < deadline, "read model at %" PRIu64 ", want %" PRIu64 ": %s", at,
+                      seq, log_tail(s->log, tail, sizeof(tail)));
+        sleep_ms(20);
+    }
+    ck_assert_uint_eq(at, seq);
+}
+
+/* The durable has delivered and had acked everything up to seq. */
+static void wait_consumer_at(const char *durable, uint64_t seq, int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    uint64_t delivered = 0, ack_floor = 0;
+    int64_t pending = -1;
+    for (;;) {
+        jsConsumerInfo *ci = NULL;
+        jsErrCode jerr = 0;
+        natsStatus ns =
+            js_GetConsumerInfo(&ci, jl_conn_js(env.conn), "ORDERS", durable, NULL, &jerr);
+        if (ns == NATS_OK) {
+            delivered = ci->Delivered.Stream;
+            ack_floor = ci->AckFloor.Stream;
+            pending = ci->NumAckPending;
+            jsConsumerInfo_Destroy(ci);
+            if (delivered == seq && ack_floor == seq && pending == 0)
+                return;
+        }
+        ck_assert_msg(tnow_ms() < deadline,
+                      "consumer %s: delivered %" PRIu64 ", ack floor %" PRIu64
+                      ", ack pending %" PRId64 ", want %" PRIu64 " (%s, JetStream error %d)",
+                      durable, delivered, ack_floor, pending, seq, natsStatus_GetText(ns),
+                      (int)jerr);
+        sleep_ms(20);
+    }
+}
+
+/* An uninterrupted in-process projector of its own (data dir and durable), caught up to seq. */
+static void build_reference(const char *data_dir, uint64_t seq)
+{
+    jl_projector *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s", data_dir);
+    snprintf(cfg.durable, sizeof(cfg.durable), "reference");
+    cfg.batch = 64;
+    ck_assert_msg(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)) == JL_OK,
+        "reference projector: %s", err);
+    int64_t deadline = tnow_ms() + 30000;
+    while (jl_projector_checkpoint(p) < seq) {
+        jl_status s = jl_projector_step(p, 200, NULL);
+        ck_assert_msg(s == JL_OK, "step: %s: %s", jl_status_str(s), jl_projector_errmsg(p));
+        ck_assert_msg(tnow_ms() < deadline, "reference stuck at %" PRIu64 ", want %" PRIu64,
+                      jl_projector_checkpoint(p), seq);
+    }
+    ck_assert_uint_eq(jl_projector_checkpoint(p), seq);
+    jl_projector_close(p, 1000);
+}
+
+/* ---- 1. a projector killed between batches ----------------------------------------------- */
+
+/*
+ * Fill the stream, run order_summary with small batches, SIGKILL it while its checkpoint is
+ * partway, (optionally append more while it is dead), restart it, and compare its read model
+ * with an uninterrupted reference built from the same stream.
+ */
+static void kill_and_resume(bool more_while_dead)
+{
+    enum { ORDERS = 40, MORE = 10 };
+    char dir_a[400], db_a[500], dir_ref[400], db_ref[500], tail[1500], ready[96];
+    svc prod, proj;
+    uint64_t last, at = 0, after_kill = 0;
+
+    snprintf(dir_a, sizeof(dir_a), "%s/a", env.dir);
+    snprintf(db_a, sizeof(db_a), "%s/order_summary.db", dir_a);
+    snprintf(dir_ref, sizeof(dir_ref), "%s/ref", env.dir);
+    snprintf(db_ref, sizeof(db_ref), "%s/order_summary.db", dir_ref);
+
+    svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    wait_orders_answer(&prod);
+    last = make_orders(0, ORDERS);
+    ck_assert_uint_eq(stream_last_seq(), last);
+    ck_assert_uint_ge(last, 150);
+
+    /*
+     * The whole stream takes the projector a few dozen batches (tens of ms): poll tightly. If
+     * the test process was descheduled long enough to miss the window, start over from an
+     * empty read model and a deleted durable (at most three tries).
+     */
+    for (int attempt = 1;; attempt++) {
+        char log_name[32];
+        ck_assert_int_eq(jl_rm_rf(dir_a), 0);
+        js_DeleteConsumer(jl_conn_js(env.conn), "ORDERS", "order_summary", NULL, NULL);
+        snprintf(log_name, sizeof(log_name), "summary-1-%d.log", attempt);
+        svc_start(&proj, "order_summary", log_name, env.cfg.nats_url, dir_a, 5, NULL);
+        int64_t deadline = tnow_ms() + 30000;
+        for (;;) {
+            if (db_last_seq(db_a, &at) == 0 && at > 0)
+                break;
+            ck_assert_msg(tnow_ms() < deadline, "projector never committed a batch: %s",
+                          log_tail(proj.log, tail, sizeof(tail)));
+            sleep_ms(1);
+        }
+        ck_assert_int_eq(svc_stop(&proj, SIGKILL, 5000), 137);
+        ck_assert_int_eq(db_last_seq(db_a, &after_kill), 0);
+        ck_assert_uint_ge(after_kill, at);
+        if (after_kill < last)
+            break;
+        ck_assert_msg(attempt < 3,
+                      "the projector applied all %" PRIu64 " events before it could be killed",
+                      last);
+    }
+    ck_assert_msg(after_kill > 0 && after_kill < last,
+                  "checkpoint after the kill is %" PRIu64 ", want partway (0, %" PRIu64 ")",
+                  after_kill, last);
+
+    if (more_while_dead) {
+        uint64_t more = make_orders(ORDERS, MORE);
+        ck_assert_uint_gt(more, last);
+        last = more;
+        ck_assert_uint_eq(stream_last_seq(), last);
+    }
+    ck_assert_int_eq(db_last_seq(db_a, &at), 0);
+    ck_assert_uint_eq(at, after_kill);
+
+    svc_start(&proj, "order_summary", "summary-2.log", env.cfg.nats_url, dir_a, 5, NULL);
+    wait_db_at(db_a, &proj, last, 30000);
+    /* It resumed from its checkpoint, not from the start of the stream. */
+    snprintf(ready, sizeof(ready), "\"checkpoint\":%" PRIu64 ",", after_kill);
+    ck_assert_msg(log_has_line(proj.log, "\"msg\":\"projector ready\"", ready),
+                  "restart did not open at checkpoint %" PRIu64 ": %s", after_kill,
+                  log_tail(proj.log, tail, sizeof(tail)));
+    wait_consumer_at("order_summary", last, 10000);
+
+    build_reference(dir_ref, last);
+    char *got = tdump(db_a);
+    char *want = tdump(db_ref);
+    ck_assert_int_eq(count_occurrences(want, "orders|"), more_while_dead ? ORDERS + MORE : ORDERS);
+    ck_assert_str_eq(got, want);
+    free(got);
+    free(want);
+    ck_assert_int_eq(db_count(db_a, "SELECT COUNT(*) FROM jl_dead_letters"), 0);
+
+    ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
+    ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);
+}
+
+START_TEST(projector_killed_between_batches_ends_equal_to_uninterrupted)
+{
+    kill_and_resume(false);
+}
+END_TEST
+
+START_TEST(projector_killed_then_restarted_applies_events_appended_while_dead)
+{
+    kill_and_resume(true);
+}
+END_TEST
+
+/* ---- 2. signals ------------------------------------------------------------------------ */
+
+START_TEST(sigterm_stops_services_with_status_0)
+{
+    char data[600], tail[1500];
+    svc prod, proj;
+    jl_reply r;
+    jl_reply_init(&r);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    svc_start(&proj, "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
+    wait_orders_answer(&prod);
+    wait_summary_answers(&proj);
+
+    /* Both serve: a command round trip and a read-your-write query through the projector. */
+    Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+    c.customer_id = "sig";
+    ck_assert_int_eq(cmd(&c.base, &r), JL_CODE_OK);
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    char id[JL_UUID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", r.aggregate_id);
+    q.order_id = id;
+    q.min_sequence = r.stream_seq;
+    jl_reply_reset(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "GetOrder: %s", r.message);
+
+    /* Both at once, as an orchestrator stops a deployment; each must be gone in the bound. */
+    int64_t t0 = tnow_ms();
+    ck_assert_int_eq(kill(prod.pid, SIGTERM), 0);
+    ck_assert_int_eq(kill(proj.pid, SIGTERM), 0);
+    int st_prod = svc_stop(&prod, 0, SHUTDOWN_MS);
+    int st_proj = svc_stop(&proj, 0, SHUTDOWN_MS);
+    ck_assert_msg(st_prod == 0, "orders exited with %d: %s", st_prod,
+                  log_tail(prod.log, tail, sizeof(tail)));
+    ck_assert_msg(st_proj == 0, "order_summary exited with %d: %s", st_proj,
+                  log_tail(proj.log, tail, sizeof(tail)));
+    ck_assert_int_lt(tnow_ms() - t0, SHUTDOWN_MS);
+    ck_assert(log_has_line(prod.log, "\"level\":\"info\"", "\"msg\":\"stopping\""));
+    ck_assert(log_has_line(prod.log, "\"level\":\"info\"", "\"msg\":\"stopped\""));
+    ck_assert(log_has_line(proj.log, "\"msg\":\"stopping\"", "\"signal\":\"SIGTERM\""));
+    ck_assert(log_has_line(proj.log, "\"level\":\"info\"", "\"msg\":\"stopped\""));
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+/*
+ * README: SIGTERM finishes and commits the batch in hand. So after a stop in the middle of a
+ * catch-up the durable has delivered and had acked exactly what the database holds, and a
+ * restart resumes without resetting its consumer.
+ */
+START_TEST(sigterm_mid_catch_up_commits_and_acks_the_batch_in_hand)
+{
+    char dir[400], db[500], tail[1500], ready[96];
+    svc prod, proj;
+    uint64_t last, at = 0;
+    snprintf(dir, sizeof(dir), "%s/a", env.dir);
+    snprintf(db, sizeof(db), "%s/order_summary.db", dir);
+    svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    wait_orders_answer(&prod);
+    last = make_orders(0, 30);
+
+    svc_start(&proj, "order_summary", "summary-1.log", env.cfg.nats_url, dir, 5, NULL);
+    int64_t deadline = tnow_ms() + 30000;
+    while (db_last_seq(db, &at) != 0 || at == 0) {
+        ck_assert_msg(tnow_ms() < deadline, "projector never committed a batch: %s",
+                      log_tail(proj.log, tail, sizeof(tail)));
+        sleep_ms(1);
+    }
+    int st = svc_stop(&proj, SIGTERM, SHUTDOWN_MS);
+    ck_assert_msg(st == 0, "exit status %d: %s", st, log_tail(proj.log, tail, sizeof(tail)));
+    ck_assert_int_eq(db_last_seq(db, &at), 0);
+    ck_assert_uint_gt(at, 0);
+    wait_consumer_at("order_summary", at, 5000);
+
+    svc_start(&proj, "order_summary", "summary-2.log", env.cfg.nats_url, dir, 5, NULL);
+    wait_db_at(db, &proj, last, 30000);
+    snprintf(ready, sizeof(ready), "\"checkpoint\":%" PRIu64 ",", at);
+    ck_assert_msg(log_has_line(proj.log, "\"msg\":\"projector ready\"", ready), "%s",
+                  log_tail(proj.log, tail, sizeof(tail)));
+    ck_assert_msg(file_count(proj.log, "\"msg\":\"consumer reset\"") == 0, "%s",
+                  log_tail(proj.log, tail, sizeof(tail)));
+    wait_consumer_at("order_summary", last, 10000);
+    ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
+    ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);
+}
+END_TEST
+
+/*
+ * app.c: the first signal starts a graceful stop, a second one _exit(130)s at once. Two
+ * signals sent back to back may merge into one pending signal, so a clean 0 is accepted too;
+ * but when the log says the second one was seen, the status must be 130.
+ */
+START_TEST(second_sigint_ends_services_at_once)
+{
+    char data[600], tail[1500];
+    svc s[2];
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    svc_start(&s[1], "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
+    wait_orders_answer(&s[0]);
+    wait_summary_answers(&s[1]);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(kill(s[i].pid, SIGINT), 0);
+        ck_assert_int_eq(kill(s[i].pid, SIGINT), 0);
+        int64_t t0 = tnow_ms();
+        int st = svc_stop(&s[i], 0, 3000);
+        ck_assert_msg(st == 130 || st == 0, "%s exited with %d: %s", i ? "order_summary" : "orders",
+                      st, log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_int_lt(tnow_ms() - t0, 3000);
+        ck_assert(log_has_line(s[i].log, "\"msg\":\"stopping\"", "\"signal\":\"SIGINT\""));
+        if (file_count(s[i].log, "second signal: exiting now") > 0)
+            ck_assert_int_eq(st, 130);
+    }
+}
+END_TEST
+
+/* The same with the second signal surely after the first was handled: exactly 130. */
+START_TEST(second_signal_during_graceful_stop_exits_130)
+{
+    char data[600], tail[1500];
+    svc proj;
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    /* The projector's stop waits for its fetch in hand (up to 500 ms): time for a second. */
+    svc_start(&proj, "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
+    wait_summary_answers(&proj);
+    ck_assert_int_eq(kill(proj.pid, SIGINT), 0);
+    ck_assert_msg(wait_log(proj.log, "\"msg\":\"stopping\"", 5000), "no 'stopping': %s",
+                  log_tail(proj.log, tail, sizeof(tail)));
+    if (!jl_proc_alive(proj.pid)) {
+        /* It finished its graceful stop first: then it must have been a clean one. */
+        ck_assert_int_eq(svc_stop(&proj, 0, 1000), 0);
+        return;
+    }
+    ck_assert_int_eq(kill(proj.pid, SIGINT), 0);
+    int64_t t0 = tnow_ms();
+    int st = svc_stop(&proj, 0, 3000);
+    ck_assert_int_lt(tnow_ms() - t0, 3000);
+    if (st == 0) /* the graceful stop ended just before the second signal arrived */
+        ck_assert_int_eq(file_count(proj.log, "second signal"), 0);
+    else
+        ck_assert_msg(st == 130 && file_count(proj.log, "second signal: exiting now") == 1,
+                      "status %d: %s", st, log_tail(proj.log, tail, sizeof(tail)));
+}
+END_TEST
+
+/* ---- 3. no server, or not a NATS server ---------------------------------------------------- */
+
+/*
+ * With no server on the port, a service keeps retrying for JL_APP_CONNECT_WAIT_MS (30 s) before
+ * "cannot start": it is alive after a second and has logged neither success nor failure; a
+ * signal then ends the wait at once, with status 0 and "stopped before start".
+ */
+START_TEST(dead_server_keeps_service_retrying_until_a_signal)
+{
+    char url[64], data[600], tail[1500];
+    int port = 0;
+    svc proj;
+    ck_assert_int_eq(jl_free_port(&port), 0);
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&proj, "order_summary", "summary.log", url, data, 0, NULL);
+    sleep_ms(1000);
+    ck_assert_msg(jl_proc_alive(proj.pid), "exited within 1 s: %s",
+                  log_tail(proj.log, tail, sizeof(tail)));
+    ck_assert_int_eq(file_count(proj.log, "\"msg\":\"connected\""), 0);
+    ck_assert_int_eq(file_count(proj.log, "cannot start"), 0);
+    ck_assert_int_eq(kill(proj.pid, SIGTERM), 0);
+    int64_t t0 = tnow_ms();
+    ck_assert_int_eq(svc_stop(&proj, 0, 3000), 0);
+    ck_assert_int_lt(tnow_ms() - t0, 3000);
+    ck_assert_int_eq(file_count(proj.log, "stopped before start"), 1);
+}
+END_TEST
+
+/* A service still waiting for NATS at start has nothing in hand: SIGTERM ends it at once, 0.
+ * (It used to wait out the 30 s connect wait and exit 1.) */
+START_TEST(sigterm_during_connect_wait_exits_0_promptly)
+{
+    char url[64], data[600];
+    int port = 0;
+    svc proj;
+    ck_assert_int_eq(jl_free_port(&port), 0);
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&proj, "order_summary", "summary.log", url, data, 0, NULL);
+    sleep_ms(500);
+    ck_assert_int_eq(kill(proj.pid, SIGTERM), 0);
+    int64_t t0 = tnow_ms();
+    ck_assert_int_eq(svc_stop(&proj, 0, SHUTDOWN_MS), 0);
+    ck_assert_int_lt(tnow_ms() - t0, SHUTDOWN_MS);
+}
+END_TEST
+
+/* A TCP server that answers every connection with an HTTP error, like a wrong port would. */
+typedef struct not_nats {
+    int fd;
+    int port;
+    atomic_bool stop;
+    pthread_t thread;
+} not_nats;
+
+static void *not_nats_loop(void *arg)
+{
+    not_nats *s = arg;
+    static const char answer[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    while (!atomic_load(&s->stop)) {
+        struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+        if (poll(&pfd, 1, 50) <= 0)
+            continue;
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            continue;
+        ssize_t w = write(c, answer, sizeof(answer) - 1);
+        (void)w;
+        close(c);
+    }
+    return NULL;
+}
+
+static void not_nats_start(not_nats *s)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    memset(s, 0, sizeof(*s));
+    atomic_init(&s->stop, false);
+    s->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(s->fd, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(s->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(s->fd, 16), 0);
+    ck_assert_int_eq(getsockname(s->fd, (struct sockaddr *)&sa, &len), 0);
+    s->port = ntohs(sa.sin_port);
+    ck_assert_int_eq(pthread_create(&s->thread, NULL, not_nats_loop, s), 0);
+}
+
+static void not_nats_stop(not_nats *s)
+{
+    atomic_store(&s->stop, true);
+    pthread_join(s->thread, NULL);
+    close(s->fd);
+}
+
+START_TEST(services_exit_1_with_cannot_start_when_the_port_is_not_nats)
+{
+    char url[64], data[600], tail[1500], where[128];
+    not_nats fake;
+    svc s[2];
+    not_nats_start(&fake);
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", fake.port);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    snprintf(where, sizeof(where), "cannot reach NATS at %s", url);
+    svc_start(&s[0], "orders", "orders.log", url, NULL, 0, NULL);
+    svc_start(&s[1], "order_summary", "summary.log", url, data, 0, NULL);
+    for (int i = 0; i < 2; i++) {
+        int st = svc_stop(&s[i], 0, 10000);
+        ck_assert_msg(st == JL_EXIT_FAILURE, "exit status %d: %s", st,
+                      log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_msg(log_has_line(s[i].log, "\"level\":\"error\"", "\"msg\":\"cannot start\""),
+                      "%s", log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_msg(log_has_line(s[i].log, "\"msg\":\"cannot start\"", where), "%s",
+                      log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_msg(log_has_line(s[i].log, "\"msg\":\"cannot start\"", "INFO"), "%s",
+                      log_tail(s[i].log, tail, sizeof(tail)));
+    }
+    not_nats_stop(&fake);
+}
+END_TEST
+
+/* ---- 4. the CLI -------------------------------------------------------------------------- */
+
+typedef struct cli_result {
+    int status;
+    char out[CLI_OUT_MAX];
+    char err[8192];
+} cli_result;
+
+/* Run `jetledger --nats-url url args...` with stdout and stderr in files; bounded. */
+static void run_cli(cli_result *r, const char *url, const char *const args[])
+{
+    char path[PATH_MAX], out_path[PATH_MAX], err_path[PATH_MAX];
+    const char *argv[16];
+    int n = 0;
+    pid_t pid = 0;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, dfl;
+
+    bin_path(path, sizeof(path), "jetledger");
+    argv[n++] = path;
+    argv[n++] = "--nats-url";
+    argv[n++] = url;
+    for (int i = 0; args[i] != NULL && n < 15; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    snprintf(out_path, sizeof(out_path), "%s/cli.out", env.dir);
+    snprintf(err_path, sizeof(err_path), "%s/cli.err", env.dir);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* A clean signal state, whatever the test runner set up. */
+    posix_spawnattr_init(&attr);
+    sigemptyset(&none);
+    sigemptyset(&dfl);
+    sigaddset(&dfl, SIGPIPE);
+    sigaddset(&dfl, SIGINT);
+    sigaddset(&dfl, SIGTERM);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &dfl);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = posix_spawn(&pid, path, &fa, &attr, (char *const *)argv, environ);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    ck_assert_msg(rc == 0, "spawn %s: %s", path, strerror(rc));
+    record(pid);
+    ck_assert_int_eq(jl_proc_stop(pid, 0, CLI_MS, &r->status), 0);
+    forget(pid);
+    read_text(out_path, r->out, sizeof(r->out));
+    read_text(err_path, r->err, sizeof(r->err));
+}
+
+#define CLI(r, url, ...)                                                                           \
+    do {                                                                                           \
+        const char *const cli_args_[] = {__VA_ARGS__, NULL};                                       \
+        run_cli((r), (url), cli_args_);                                                            \
+    } while (0)
+
+#define ASSERT_CLI(r, want)                                                                        \
+    ck_assert_msg((r)->status == (want), "exit %d, want %d; stdout: %s; stderr: %s", (r)->status,  \
+                  (want), (r)->out, (r)->err)
+
+/* The string value of "key":"..." in a JSON text, into out. */
+static bool json_str(const char *json, const char *key, char *out, size_t n)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":\"", key);
+    const char *p = strstr(json, pat);
+    if (p == NULL)
+        return false;
+    p += strlen(pat);
+    size_t len = strcspn(p, "\"");
+    if (len >= n)
+        return false;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return true;
+}
+
+static bool json_u64(const char *json, const char *key, uint64_t *out)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    if (p == NULL)
+        return false;
+    *out = strtoull(p + strlen(pat), NULL, 10);
+    return true;
+}
+
+START_TEST(cli_round_trip_and_exit_codes)
+{
+    const char *url = env.cfg.nats_url;
+    char data[600], id[JL_UUID_LEN + 1], body[256], got[64], dead[64];
+    svc prod, proj;
+    cli_result *r = calloc(1, sizeof(*r));
+    ck_assert_ptr_nonnull(r);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&prod, "orders", "orders.log", url, NULL, 0, NULL);
+    svc_start(&proj, "order_summary", "summary.log", url, data, 0, NULL);
+    wait_orders_answer(&prod);
+    wait_summary_answers(&proj);
+
+    CLI(r, url, "command", "orders", "CreateOrder", "{\"customer_id\":\"cli\"}");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"code\":\"ok\"") != NULL, "%s", r->out);
+    ck_assert_msg(json_str(r->out, "aggregate_id", id, sizeof(id)), "%s", r->out);
+    ck_assert_int_eq(jl_uuid_canonical(got, id), JL_OK);
+
+    snprintf(body, sizeof(body),
+             "{\"order_id\":\"%s\",\"sku\":\"apple\",\"quantity\":3,\"unit_price_cents\":150}", id);
+    CLI(r, url, "command", "orders", "AddItem", body);
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"code\":\"ok\"") != NULL, "%s", r->out);
+    snprintf(body, sizeof(body),
+             "{\"order_id\":\"%s\",\"sku\":\"pear\",\"quantity\":1,\"unit_price_cents\":99}", id);
+    CLI(r, url, "command", "orders", "AddItem", body);
+    ASSERT_CLI(r, 0);
+
+    snprintf(body, sizeof(body), "{\"order_id\":\"%s\"}", id);
+    CLI(r, url, "command", "orders", "PlaceOrder", body);
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"code\":\"ok\"") != NULL, "%s", r->out);
+    uint64_t placed_seq = 0;
+    ck_assert_msg(json_u64(r->out, "stream_sequence", &placed_seq) && placed_seq > 0, "%s", r->out);
+
+    /* A refused command: exit 1, the reply still printed, the code on stderr. */
+    snprintf(body, sizeof(body),
+             "{\"order_id\":\"%s\",\"sku\":\"fig\",\"quantity\":1,\"unit_price_cents\":5}", id);
+    CLI(r, url, "command", "orders", "AddItem", body);
+    ASSERT_CLI(r, 1);
+    ck_assert_msg(strstr(r->err, "rule_violation") != NULL, "%s", r->err);
+    ck_assert_msg(strstr(r->out, "\"code\":\"rule_violation\"") != NULL, "%s", r->out);
+
+    /* Read your write through the projector process. */
+    snprintf(body, sizeof(body), "{\"order_id\":\"%s\",\"min_sequence\":%" PRIu64 "}", id,
+             placed_seq);
+    CLI(r, url, "query", "order_summary", "GetOrder", body);
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"status\":\"placed\"") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->out, "\"code\":\"ok\"") != NULL, "%s", r->out);
+
+    /* The aggregate's events, one JSON object a line, versions 1..4 in order. */
+    CLI(r, url, "events", "orders", "--aggregate", id);
+    ASSERT_CLI(r, 0);
+    {
+        int lines = 0;
+        char *save = NULL;
+        for (char *line = strtok_r(r->out, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save)) {
+            char want[64];
+            uint64_t version = 0;
+            lines++;
+            ck_assert_msg(line[0] == '{' && line[strlen(line) - 1] == '}', "line %d: %s", lines,
+                          line);
+            ck_assert_msg(json_u64(line, "aggregate_version", &version), "line %d: %s", lines,
+                          line);
+            ck_assert_uint_eq(version, (uint64_t)lines);
+            snprintf(want, sizeof(want), "\"aggregate_id\":\"%s\"", id);
+            ck_assert_msg(strstr(line, want) != NULL, "line %d: %s", lines, line);
+        }
+        ck_assert_int_eq(lines, 4);
+    }
+
+    CLI(r, url, "command", "orders", "CreateOrder", "{\"customer_id\":");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "bad JSON for orders.CreateOrder") != NULL, "%s", r->err);
+    CLI(r, url, "command", "orders", "CreateOrder", "{\"customer\":\"x\"}");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "customer") != NULL, "%s", r->err);
+
+    CLI(r, url, "command", "orders", "ShipOrder", "{}");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "ShipOrder") != NULL, "%s", r->err);
+
+    int port = 0;
+    ck_assert_int_eq(jl_free_port(&port), 0);
+    snprintf(dead, sizeof(dead), "nats://127.0.0.1:%d", port);
+    CLI(r, dead, "command", "orders", "CreateOrder", "{\"customer_id\":\"cli\"}");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, dead) != NULL, "%s", r->err);
+
+    CLI(r, url, "query", "nobody", "GetOrder", "{}");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "nothing answers") != NULL, "%s", r->err);
+
+    CLI(r, url, "events", "orders", "--aggregate", "not-a-uuid");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "not-a-uuid") != NULL, "%s", r->err);
+
+    /* Nothing refused or malformed reached the stream: 4 events in all. */
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 4);
+    free(r);
+    ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
+    ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);
+}
+END_TEST
+
+/* ---- 5. producer replicas ------------------------------------------------------------------ */
+
+START_TEST(producer_replicas_share_commands_in_a_queue_group)
+{
+    enum { ORDERS = 10, ITEMS = 3 };
+    char tail[1500];
+    svc a, b;
+    jl_reply r;
+    jl_reply_init(&r);
+    svc_start(&a, "orders", "orders-a.log", env.cfg.nats_url, NULL, 0, "debug");
+    svc_start(&b, "orders", "orders-b.log", env.cfg.nats_url, NULL, 0, "debug");
+    ck_assert_msg(wait_log(a.log, "\"msg\":\"producer ready\"", READY_MS), "a: %s",
+                  log_tail(a.log, tail, sizeof(tail)));
+    ck_assert_msg(wait_log(b.log, "\"msg\":\"producer ready\"", READY_MS), "b: %s",
+                  log_tail(b.log, tail, sizeof(tail)));
+    wait_orders_answer(&a);
+
+    int ok = 0;
+    for (int i = 0; i < ORDERS; i++) {
+        char id[JL_UUID_LEN + 1];
+        Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+        c.customer_id = "replicas";
+        ok += cmd(&c.base, &r) == JL_CODE_OK;
+        snprintf(id, sizeof(id), "%s", r.aggregate_id);
+        for (int k = 0; k < ITEMS; k++) {
+            char sku[16];
+            Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+            snprintf(sku, sizeof(sku), "sku-%d", k);
+            m.order_id = id;
+            m.sku = sku;
+            m.quantity = 1;
+            m.unit_price_cents = 10;
+            ok += cmd(&m.base, &r) == JL_CODE_OK;
+        }
+    }
+    ck_assert_int_eq(ok, ORDERS * (1 + ITEMS));
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), ORDERS * (1 + ITEMS));
+
+    /* Each accepted command is logged once, by the replica that handled it. */
+    int na = file_count(a.log, "\"msg\":\"command accepted\"");
+    int nb = file_count(b.log, "\"msg\":\"command accepted\"");
+    ck_assert_int_eq(na + nb, ORDERS * (1 + ITEMS));
+    ck_assert_msg(na > 0 && nb > 0, "one replica handled everything: a %d, b %d", na, nb);
+    ck_assert_int_eq(svc_stop(&a, SIGTERM, SHUTDOWN_MS), 0);
+    ck_assert_int_eq(svc_stop(&b, SIGTERM, SHUTDOWN_MS), 0);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+Suite *processes_suite(void)
+{
+    Suite *s = suite_create("processes");
+    TCase *tc = tcase_create("processes");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, projector_killed_between_batches_ends_equal_to_uninterrupted);
+    tcase_add_test(tc, projector_killed_then_restarted_applies_events_appended_while_dead);
+    tcase_add_test(tc, sigterm_stops_services_with_status_0);
+    tcase_add_test(tc, sigterm_mid_catch_up_commits_and_acks_the_batch_in_hand);
+    tcase_add_test(tc, second_sigint_ends_services_at_once);
+    tcase_add_test(tc, second_signal_during_graceful_stop_exits_130);
+    tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
+    tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);
+    tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);
+    tcase_add_test(tc, cli_round_trip_and_exit_codes);
+    tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    char root[256];
+    /* One root for every temp dir of the suite (servers' stores included): a fork-mode test
+     * that fails skips its teardown, and this removes what it left. */
+    if (jl_tmpdir(root, sizeof(root)) != 0) {
+        perror("test_processes: temp dir");
+        return 1;
+    }
+    setenv("TMPDIR", root, 1);
+    SRunner *sr = srunner_create(processes_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    if (getenv("JL_TEST_KEEP") == NULL)
+        jl_rm_rf(root);
+    else
+        fprintf(stderr, "test_processes: kept %s\n", root);
+    return failed == 0 ? 0 : 1;
+}
