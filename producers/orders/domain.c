@@ -384,3 +384,69 @@ jl_status orders_evolve(void *state, const jl_event *ev)
     }
     return JL_ERR_UNKNOWN_TYPE;
 }
+
+/* ---- the state as protobuf (snapshots and GetState) ---- */
+
+jl_status orders_state_pack(const void *state, jl_buf *out)
+{
+    const orders_state *s = state;
+    Orders__OrderState m = ORDERS__ORDER_STATE__INIT;
+    Orders__OrderLine lines[ORDERS_MAX_ITEMS];
+    Orders__OrderLine *ptrs[ORDERS_MAX_ITEMS];
+    assert(s->n_items <= ORDERS_MAX_ITEMS);
+    m.status = (char *)orders_status_str(s->status);
+    m.customer_id = (char *)s->customer_id;
+    for (size_t i = 0; i < s->n_items; i++) {
+        orders__order_line__init(&lines[i]);
+        lines[i].sku = (char *)s->items[i].sku;
+        lines[i].quantity = s->items[i].quantity;
+        lines[i].unit_price_cents = s->items[i].unit_price_cents;
+        ptrs[i] = &lines[i];
+    }
+    m.n_lines = s->n_items;
+    m.lines = ptrs;
+    size_t n = orders__order_state__get_packed_size(&m);
+    uint8_t *dst = NULL;
+    jl_buf_reset(out);
+    jl_status st = jl_buf_reserve(out, n, &dst);
+    if (st == JL_OK)
+        jl_buf_commit(out, orders__order_state__pack(&m, dst));
+    return st;
+}
+
+jl_status orders_state_unpack(void *state, const void *data, size_t len)
+{
+    orders_state *s = state;
+    jl_status st = JL_OK;
+    Orders__OrderState *m = orders__order_state__unpack(NULL, len, data);
+    if (m == NULL)
+        return JL_ERR_DECODE;
+    orders_state_init(s);
+    s->status = ORDERS_STATUS_NONE;
+    for (int k = ORDERS_STATUS_NONE; k <= ORDERS_STATUS_CANCELLED; k++) {
+        if (strcmp(m->status, orders_status_str((orders_status)k)) == 0)
+            s->status = (orders_status)k;
+    }
+    size_t clen = text_len(m->customer_id, ORDERS_MAX_TEXT);
+    if (clen > ORDERS_MAX_TEXT || m->n_lines > ORDERS_MAX_ITEMS) {
+        st = JL_ERR_INVALID;
+        goto done;
+    }
+    copy_text(s->customer_id, m->customer_id, clen);
+    for (size_t i = 0; i < m->n_lines; i++) {
+        size_t slen = text_len(m->lines[i]->sku, ORDERS_MAX_TEXT);
+        if (slen == 0 || slen > ORDERS_MAX_TEXT) {
+            st = JL_ERR_INVALID;
+            goto done;
+        }
+        copy_text(s->items[i].sku, m->lines[i]->sku, slen);
+        s->items[i].quantity = m->lines[i]->quantity;
+        s->items[i].unit_price_cents = m->lines[i]->unit_price_cents;
+    }
+    s->n_items = m->n_lines;
+done:
+    if (st != JL_OK)
+        orders_state_init(s);
+    orders__order_state__free_unpacked(m, NULL);
+    return st;
+}

@@ -95,4 +95,17 @@ jl_status orders_evolve(void *state, const jl_event *ev);
  */
 void orders_decide(const void *state, const jl_command *cmd, jl_decision *out);
 
+/**
+ * Encode @p state (an orders_state) as an orders.OrderState into @p out (reset first).
+ * @return JL_OK, or the buffer's JL_ERR_TOO_LARGE / JL_ERR_NOMEM.
+ */
+jl_status orders_state_pack(const void *state, jl_buf *out);
+
+/**
+ * Decode an orders.OrderState into @p state (an orders_state).
+ * @return JL_OK; JL_ERR_DECODE for bytes that are not one; JL_ERR_INVALID for values the state
+ *         cannot hold (too many lines, over-long text). On failure @p state is "no order".
+ */
+jl_status orders_state_unpack(void *state, const void *data, size_t len);
+
 #endif /* JETLEDGER_ORDERS_DOMAIN_H */

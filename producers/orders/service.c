@@ -29,4 +29,8 @@ const jl_service_def orders_service = {
     .commands = commands,
     .n_commands = sizeof(commands) / sizeof(commands[0]),
     .events = {events, sizeof(events) / sizeof(events[0])},
+    .state_type = &orders__order_state__descriptor,
+    .state_pack = orders_state_pack,
+    .state_unpack = orders_state_unpack,
+    .state_version = 1,
 };

@@ -49,6 +49,12 @@ static const key keys[] = {
         "retries of a command that lost a concurrency race"),
     I64("request-timeout", "JL_REQUEST_TIMEOUT", request_timeout_ms, 100, 600000,
         "milliseconds for JetStream calls"),
+    INT("cache-size", "JL_CACHE_SIZE", cache_size, 0, 10000000,
+        "aggregate states a producer keeps in memory"),
+    INT("snapshot-every", "JL_SNAPSHOT_EVERY", snapshot_every, 0, 1000000,
+        "events between aggregate snapshots, 0 = none"),
+    I64("rebuild-max-mb", "JL_REBUILD_MAX_MB", rebuild_max_mb, 0, 1 << 30,
+        "size cap of a rebuild's new file in MiB, 0 = none"),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -65,6 +71,8 @@ void jl_config_init(jl_config *cfg)
     cfg->batch = 256;
     cfg->command_retries = 5;
     cfg->request_timeout_ms = 5000;
+    cfg->cache_size = 10000;
+    cfg->snapshot_every = 100;
 }
 
 static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,

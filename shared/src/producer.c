@@ -7,23 +7,40 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache.h"
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "jetledger/store.h"
 
 #define SUBJECT_MAX 256
+#define HISTORY_MAX 1000
 
 struct jl_producer {
     const jl_service_def *def;
     jl_conn *conn;
     jl_store *store;
+    kvStore *snapshots; /* NULL when snapshots are off */
     natsSubscription *sub;
+    natsSubscription *qsub;
     int retries;
-    pthread_mutex_t mu; /* one command at a time: the scratch state below is shared */
-    void *state;
+    uint64_t snapshot_every;
+    pthread_mutex_t mu; /* one command or query at a time: everything below is shared */
+    jl__cache *cache;
+    void *scratch;  /* state of an aggregate not in the cache */
+    void *scratch2; /* evolve target when validating events before caching them */
     jl_decision decision;
     jl_buf commit;
-    uint64_t handled;
+    jl_buf snap;
+    jl_producer_stats stats;
 };
+
+/* The state a command is decided on: a cache entry's or the scratch one. */
+typedef struct view {
+    void *state;
+    uint64_t version;
+    uint64_t last_seq;
+    jl__cache_entry *entry; /* NULL when not cached */
+} view;
 
 jl_status jl_aggregate_subject(char *out, size_t n, const char *service, const char *aggregate_type,
                                const char *aggregate_id)
@@ -39,62 +56,247 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* ---- loading an aggregate ---- */
+/* ---- replaying an aggregate's commits ---- */
 
-typedef struct load_ctx {
-    jl_producer *p;
+/* Where a replay stops: after a sequence, a time or a version (0 = no limit). */
+typedef struct limit {
+    uint64_t seq;
+    int64_t time_ns;
     uint64_t version;
-    char err[256];
-} load_ctx;
+} limit;
 
-static jl_status load_commit(uint64_t seq, int64_t time_ns, const void *data, size_t len,
-                             void *closure)
+typedef struct replay_ctx {
+    jl_producer *p;
+    void *state;
+    uint64_t version;
+    uint64_t last_seq;
+    int64_t last_time;
+    uint64_t events;
+    limit lim;
+    bool reached; /* the limit was met: stop reading */
+    char err[256];
+} replay_ctx;
+
+static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, size_t len,
+                               void *closure)
 {
-    load_ctx *lc = closure;
-    const jl_service_def *def = lc->p->def;
+    replay_ctx *rc = closure;
+    const jl_service_def *def = rc->p->def;
     jl_commit *c = NULL;
     jl_event ev;
+    char why[256] = "";
     (void)time_ns;
 
-    jl_status s = jl_commit_decode(&c, data, len, seq, lc->err, sizeof(lc->err));
+    if (rc->lim.seq != 0 && seq > rc->lim.seq) {
+        rc->reached = true;
+        return JL_ERR_STOPPED;
+    }
+    uint64_t applied = 0;
+    jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
-        s = jl_commit_event(c, i, &def->events, &ev, lc->err, sizeof(lc->err));
-        if (s == JL_OK)
-            s = def->evolve(lc->p->state, &ev);
-        if (s == JL_OK)
-            lc->version = ev.aggregate_version;
-        else if (lc->err[0] == 0)
-            snprintf(lc->err, sizeof(lc->err), "evolve refused event %s (%s): %s", ev.event_id,
+        s = jl_commit_event(c, i, &def->events, &ev, why, sizeof(why));
+        if (s != JL_OK)
+            break;
+        if ((rc->lim.version != 0 && ev.aggregate_version > rc->lim.version) ||
+            (rc->lim.time_ns != 0 && ev.occurred_at_ns > rc->lim.time_ns)) {
+            rc->reached = true;
+            s = JL_ERR_STOPPED;
+            break;
+        }
+        s = def->evolve(rc->state, &ev);
+        if (s != JL_OK) {
+            snprintf(why, sizeof(why), "evolve refused event %s (%s): %s", ev.event_id,
                      ev.event_type, jl_status_str(s));
+            break;
+        }
+        rc->version = ev.aggregate_version;
+        rc->last_time = ev.occurred_at_ns;
+        rc->events++;
+        applied++;
     }
-    if (s != JL_OK) {
-        char tmp[256];
-        snprintf(tmp, sizeof(tmp), "%s", lc->err);
-        snprintf(lc->err, sizeof(lc->err), "stream sequence %" PRIu64 ": %.200s", seq, tmp);
-    }
+    if (s == JL_OK || (s == JL_ERR_STOPPED && applied > 0))
+        rc->last_seq = seq;
+    if (s != JL_OK && s != JL_ERR_STOPPED)
+        snprintf(rc->err, sizeof(rc->err), "stream sequence %" PRIu64 ": %.200s", seq, why);
     jl_commit_free(c);
     return s;
 }
 
-/* Replay the aggregate's subject into p->state. */
-static jl_status load_aggregate(jl_producer *p, const char *subject, uint64_t *out_version,
-                                uint64_t *out_last_seq, jl_reply *r)
+/* Fold the commits of @p subject after rc->last_seq into rc->state. */
+static jl_status replay(jl_producer *p, const char *subject, replay_ctx *rc, jl_reply *r)
 {
-    load_ctx lc = {.p = p, .version = 0, .err = ""};
-    p->def->state_init(p->state);
-    jl_status s = jl_store_read_subject(p->store, subject, 0, 0, load_commit, &lc, out_last_seq);
-    if (s == JL_OK) {
-        *out_version = lc.version;
-    } else if (s == JL_ERR_UNAVAILABLE || s == JL_ERR_TIMEOUT) {
+    uint64_t last = 0;
+    jl_status s =
+        jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc, &last);
+    p->stats.events_replayed += rc->events;
+    p->stats.last_load_events = rc->events;
+    if (s == JL_OK || (s == JL_ERR_STOPPED && rc->reached))
+        return JL_OK;
+    if (s == JL_ERR_UNAVAILABLE || s == JL_ERR_TIMEOUT) {
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store unavailable: %s",
                        jl_store_errmsg(p->store));
     } else {
         jl_reply_error(r, JL_CODE_INTERNAL, "cannot rebuild %s: %s", subject,
-                       lc.err[0] ? lc.err : jl_store_errmsg(p->store));
+                       rc->err[0] ? rc->err : jl_store_errmsg(p->store));
         jl_log(JL_LOG_ERROR, "aggregate load failed", "\"subject\":\"%s\",\"status\":\"%s\"",
                subject, jl_status_str(s));
     }
     return s;
+}
+
+/* ---- snapshots ---- */
+
+static bool snapshots_on(const jl_producer *p)
+{
+    return p->snapshots != NULL;
+}
+
+static void snapshot_key(char *out, size_t n, const jl_producer *p, const char *id)
+{
+    snprintf(out, n, "%s.%s", p->def->aggregate_type, id);
+}
+
+/* Start @p rc from the aggregate's snapshot when there is a usable one. */
+static void load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
+{
+    char key[128];
+    kvEntry *e = NULL;
+    snapshot_key(key, sizeof(key), p, id);
+    if (kvStore_Get(&e, p->snapshots, key) != NATS_OK)
+        return; /* none yet, or the bucket is unreachable: replay from the start */
+    Jetledger__Snapshot *snap = jetledger__snapshot__unpack(NULL, (size_t)kvEntry_ValueLen(e),
+                                                            (const uint8_t *)kvEntry_Value(e));
+    if (snap != NULL && snap->state_version == p->def->state_version &&
+        strcmp(snap->state_type, p->def->state_type->name) == 0 &&
+        p->def->state_unpack(rc->state, snap->state.data, snap->state.len) == JL_OK) {
+        rc->version = snap->aggregate_version;
+        rc->last_seq = snap->stream_sequence;
+        p->stats.snapshot_loads++;
+    } else {
+        p->def->state_init(rc->state); /* another version's snapshot: ignore it */
+    }
+    if (snap != NULL)
+        jetledger__snapshot__free_unpacked(snap, NULL);
+    kvEntry_Destroy(e);
+}
+
+static void save_snapshot(jl_producer *p, const char *id, const view *v)
+{
+    Jetledger__Snapshot snap = JETLEDGER__SNAPSHOT__INIT;
+    jl_buf state;
+    char key[128];
+    jl_buf_init(&state, JL_MAX_COMMIT_BYTES);
+    if (p->def->state_pack(v->state, &state) == JL_OK) {
+        snap.state_version = p->def->state_version;
+        snap.aggregate_version = v->version;
+        snap.stream_sequence = v->last_seq;
+        snap.state_type = (char *)p->def->state_type->name;
+        snap.state.data = state.data;
+        snap.state.len = state.len;
+        size_t n = jetledger__snapshot__get_packed_size(&snap);
+        uint8_t *dst = NULL;
+        jl_buf_reset(&p->snap);
+        snapshot_key(key, sizeof(key), p, id);
+        if (jl_buf_reserve(&p->snap, n, &dst) == JL_OK) {
+            jl_buf_commit(&p->snap, jetledger__snapshot__pack(&snap, dst));
+            /* A lost snapshot costs only a longer replay: log it, never fail the command. */
+            natsStatus ns = kvStore_Put(NULL, p->snapshots, key, p->snap.data, (int)p->snap.len);
+            if (ns == NATS_OK)
+                p->stats.snapshots_saved++;
+            else
+                jl_log(JL_LOG_WARN, "snapshot not saved", "\"key\":\"%s\",\"status\":\"%s\"", key,
+                       natsStatus_GetText(ns));
+        }
+    }
+    jl_buf_cleanup(&state);
+}
+
+/* ---- loading for a command ---- */
+
+static jl_status load(jl_producer *p, const char *id, const char *subject, view *v, jl_reply *r)
+{
+    jl__cache_entry *e = jl__cache_get(p->cache, id);
+    if (e != NULL) {
+        p->stats.cache_hits++;
+        p->stats.last_load_events = 0;
+        *v = (view){.state = e->state, .version = e->version, .last_seq = e->last_seq, .entry = e};
+        return JL_OK;
+    }
+    replay_ctx rc = {.p = p, .state = p->scratch};
+    p->def->state_init(p->scratch);
+    if (snapshots_on(p))
+        load_snapshot(p, id, &rc);
+    p->stats.loads++;
+    jl_status s = replay(p, subject, &rc, r);
+    if (s != JL_OK)
+        return s;
+    *v = (view){.state = p->scratch, .version = rc.version, .last_seq = rc.last_seq};
+    e = jl__cache_put(p->cache, id);
+    if (e != NULL) {
+        memcpy(e->state, p->scratch, p->def->state_size);
+        e->version = rc.version;
+        e->last_seq = rc.last_seq;
+        *v = (view){.state = e->state, .version = e->version, .last_seq = e->last_seq, .entry = e};
+    }
+    return JL_OK;
+}
+
+/* After a lost race: fold in the commits written since v->last_seq. */
+static jl_status catch_up(jl_producer *p, const char *subject, view *v, jl_reply *r)
+{
+    replay_ctx rc = {.p = p, .state = v->state, .version = v->version, .last_seq = v->last_seq};
+    jl_status s = replay(p, subject, &rc, r);
+    if (s != JL_OK) {
+        if (v->entry != NULL)
+            jl__cache_remove(p->cache, v->entry->id);
+        return s;
+    }
+    v->version = rc.version;
+    v->last_seq = rc.last_seq;
+    if (v->entry != NULL) {
+        v->entry->version = rc.version;
+        v->entry->last_seq = rc.last_seq;
+    }
+    return JL_OK;
+}
+
+/* The events just stored: evolve the view's state with them, so the cache stays current. A
+ * state evolve refuses is dropped from the cache (the next command reloads it). */
+static void advance(jl_producer *p, view *v, uint64_t seq, uint64_t first_version,
+                    const char *agg_id)
+{
+    const jl_decision *d = &p->decision;
+    jl_status s = JL_OK;
+    memcpy(p->scratch2, v->state, p->def->state_size);
+    for (size_t i = 0; s == JL_OK && i < d->n_events; i++) {
+        ProtobufCMessage *m =
+            protobuf_c_message_unpack(d->types[i], NULL, d->lens[i], d->bytes.data + d->offsets[i]);
+        jl_event ev = {.event_type = d->types[i]->name,
+                       .aggregate_id = agg_id,
+                       .aggregate_type = p->def->aggregate_type,
+                       .aggregate_version = first_version + i,
+                       .stream_seq = seq,
+                       .payload = m};
+        s = m != NULL ? p->def->evolve(p->scratch2, &ev) : JL_ERR_DECODE;
+        if (m != NULL)
+            protobuf_c_message_free_unpacked(m, NULL);
+    }
+    if (s != JL_OK) {
+        if (v->entry != NULL)
+            jl__cache_remove(p->cache, v->entry->id);
+        v->entry = NULL;
+        return;
+    }
+    uint64_t before = v->version;
+    memcpy(v->state, p->scratch2, p->def->state_size);
+    v->version = first_version + d->n_events - 1;
+    v->last_seq = seq;
+    if (v->entry != NULL) {
+        v->entry->version = v->version;
+        v->entry->last_seq = seq;
+    }
+    if (snapshots_on(p) && v->version / p->snapshot_every > before / p->snapshot_every)
+        save_snapshot(p, agg_id, v);
 }
 
 /* ---- validating a request ---- */
@@ -130,7 +332,7 @@ static const char *field_string(const ProtobufCMessage *msg, const char *field)
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
 }
 
-/* ---- handling ---- */
+/* ---- handling a command ---- */
 
 static void handle_locked(jl_producer *p, const char *command, const void *data, size_t len,
                           const char *command_id, const char *correlation_id,
@@ -190,8 +392,8 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
     if ((correlation_id && *correlation_id && !valid_id_text(correlation_id)) ||
         (causation_id && *causation_id && !valid_id_text(causation_id))) {
         jl_reply_error(r, JL_CODE_INVALID,
-                       "correlation and causation ids must be 1 to %d "
-                       "printable characters without spaces",
+                       "correlation and causation ids must be 1 to %d printable characters "
+                       "without spaces",
                        JL_MAX_ID_LEN);
         goto done;
     }
@@ -201,16 +403,16 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
         goto done;
     }
 
+    view v;
+    if (load(p, agg_id, subject, &v, r) != JL_OK)
+        goto done;
     for (int attempt = 0;; attempt++) {
-        uint64_t version = 0, last_seq = 0;
-        if (load_aggregate(p, subject, &version, &last_seq, r) != JL_OK)
-            goto done;
         jl_command cmd = {
             .msg = msg, .aggregate_id = agg_id, .command_id = cmd_id, .now_ns = now_ns()};
         jl_decision_reset(&p->decision);
-        def->decide(p->state, &cmd, &p->decision);
-        r->aggregate_version = version;
-        r->stream_seq = last_seq;
+        def->decide(v.state, &cmd, &p->decision);
+        r->aggregate_version = v.version;
+        r->stream_seq = v.last_seq;
         if (jl_decision_rejected(&p->decision)) {
             jl_reply_error(r, p->decision.code, "%s", p->decision.message);
             goto done;
@@ -225,7 +427,7 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
             .causation_id = causation_id,
             .command_id = cmd_id,
             .command_type = cd->descriptor->name,
-            .first_version = version + 1,
+            .first_version = v.version + 1,
             .occurred_at_ns = cmd.now_ns,
             .schema_version = def->schema_version,
         };
@@ -236,7 +438,7 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
                            "cannot encode the events: %s", jl_status_str(s));
             goto done;
         }
-        uint64_t last_version = version + p->decision.n_events;
+        uint64_t last_version = v.version + p->decision.n_events;
         char vbuf[24];
         snprintf(vbuf, sizeof(vbuf), "%" PRIu64, last_version);
         size_t o = 0;
@@ -256,8 +458,8 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
             .data = p->commit.data,
             .len = p->commit.len,
             .msg_id = first_id,
-            .expected_last_seq = last_seq,
-            .expect_empty = last_seq == 0,
+            .expected_last_seq = v.last_seq,
+            .expect_empty = v.last_seq == 0,
             .headers = headers,
             .n_headers = sizeof(headers) / sizeof(headers[0]) / 2,
         };
@@ -265,25 +467,34 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
         bool dup = false;
         s = jl_store_append(p->store, &a, &seq, &dup);
         if (s == JL_OK) {
+            advance(p, &v, seq, meta.first_version, agg_id);
             r->aggregate_version = last_version;
             r->stream_seq = seq;
             r->duplicate = dup;
             goto done;
         }
-        if (s == JL_ERR_CONFLICT && attempt < p->retries) {
-            jl_log(JL_LOG_DEBUG, "conflict, retrying", "\"subject\":\"%s\",\"attempt\":%d", subject,
-                   attempt + 1);
-            continue;
-        }
-        if (s == JL_ERR_CONFLICT)
+        if (s == JL_ERR_CONFLICT) {
+            p->stats.conflicts++;
+            if (attempt < p->retries) {
+                jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
+                       subject, attempt + 1);
+                if (catch_up(p, subject, &v, r) != JL_OK)
+                    goto done;
+                continue;
+            }
             jl_reply_error(r, JL_CODE_CONFLICT,
                            "%s %s was changed concurrently %d times in a row; try again",
                            def->aggregate_type, agg_id, attempt + 1);
-        else if (s == JL_ERR_TOO_LARGE)
-            jl_reply_error(r, JL_CODE_INVALID, "%s", jl_store_errmsg(p->store));
-        else
-            jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not store the events: %s",
-                           jl_store_errmsg(p->store));
+        } else {
+            /* The append may or may not have been stored: forget the cached state. */
+            if (v.entry != NULL)
+                jl__cache_remove(p->cache, v.entry->id);
+            if (s == JL_ERR_TOO_LARGE)
+                jl_reply_error(r, JL_CODE_INVALID, "%s", jl_store_errmsg(p->store));
+            else
+                jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not store the events: %s",
+                               jl_store_errmsg(p->store));
+        }
         goto done;
     }
 done:
@@ -298,28 +509,217 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
     jl_reply_reset(out);
     pthread_mutex_lock(&p->mu);
     handle_locked(p, command, data, len, command_id, correlation_id, causation_id, out);
-    p->handled++;
-    pthread_mutex_unlock(&p->mu);
+    p->stats.commands++;
     if (out->code == JL_CODE_OK)
+        p->stats.accepted++;
+    pthread_mutex_unlock(&p->mu);
+    if (out->code == JL_CODE_OK) {
         jl_log(JL_LOG_DEBUG, "command accepted",
                "\"command\":\"%.64s\",\"aggregate_id\":\"%s\",\"version\":%" PRIu64
                ",\"seq\":%" PRIu64,
                command, out->aggregate_id, out->aggregate_version, out->stream_seq);
-    else {
-        char esc[600];
+    } else {
+        char esc[600], cesc[80];
         jl_log(out->code == JL_CODE_INTERNAL || out->code == JL_CODE_UNAVAILABLE ? JL_LOG_ERROR
                                                                                  : JL_LOG_INFO,
-               "command rejected", "\"command\":\"%.64s\",\"code\":\"%s\",\"error\":\"%s\"",
-               command, jl_code_str(out->code), jl_log_str(esc, sizeof(esc), out->message));
+               "command rejected", "\"command\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
+               jl_log_str(cesc, sizeof(cesc), command), jl_code_str(out->code),
+               jl_log_str(esc, sizeof(esc), out->message));
     }
+}
+
+/* ---- audit trail and temporal state ---- */
+
+typedef struct history_ctx {
+    uint64_t from_version;
+    uint32_t limit;
+    size_t n;
+    uint64_t next_version;
+    Jetledger__StoredEvent *items;
+    Jetledger__StoredEvent **ptrs;
+    Jetledger__Commit **commits; /* kept until the reply is encoded: items point into them */
+    size_t n_commits;
+    size_t cap_commits;
+} history_ctx;
+
+static jl_status history_commit(uint64_t seq, int64_t time_ns, const void *data, size_t len,
+                                void *closure)
+{
+    history_ctx *h = closure;
+    (void)time_ns;
+    Jetledger__Commit *c = jetledger__commit__unpack(NULL, len, data);
+    if (c == NULL)
+        return JL_ERR_DECODE;
+    if (h->n_commits == h->cap_commits) {
+        size_t cap = h->cap_commits ? h->cap_commits * 2 : 64;
+        Jetledger__Commit **nc = realloc(h->commits, cap * sizeof(*nc));
+        if (nc == NULL) {
+            jetledger__commit__free_unpacked(c, NULL);
+            return JL_ERR_NOMEM;
+        }
+        h->commits = nc;
+        h->cap_commits = cap;
+    }
+    h->commits[h->n_commits++] = c;
+    for (size_t i = 0; i < c->n_events; i++) {
+        Jetledger__Envelope *e = c->events[i];
+        if (e->aggregate_version < h->from_version)
+            continue;
+        if (h->n == h->limit) {
+            h->next_version = e->aggregate_version;
+            return JL_ERR_STOPPED;
+        }
+        jetledger__stored_event__init(&h->items[h->n]);
+        h->items[h->n].stream_sequence = seq;
+        h->items[h->n].envelope = e;
+        h->ptrs[h->n] = &h->items[h->n];
+        h->n++;
+    }
+    return JL_OK;
+}
+
+static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const char *subject,
+                          jl_reply *r)
+{
+    history_ctx h = {.from_version = q->from_version ? q->from_version : 1,
+                     .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX};
+    uint64_t last = 0;
+    h.items = calloc(h.limit, sizeof(*h.items));
+    h.ptrs = calloc(h.limit, sizeof(*h.ptrs));
+    jl_status s = (h.items && h.ptrs) ? JL_OK : JL_ERR_NOMEM;
+    if (s == JL_OK)
+        s = jl_store_read_subject(p->store, subject, 0, 0, history_commit, &h, &last);
+    if (s == JL_OK || s == JL_ERR_STOPPED) {
+        Jetledger__HistoryResult res = JETLEDGER__HISTORY_RESULT__INIT;
+        res.n_events = h.n;
+        res.events = h.ptrs;
+        res.next_version = h.next_version;
+        jl_reply_set_result(r, &res.base);
+    } else if (s == JL_ERR_DECODE) {
+        jl_reply_error(r, JL_CODE_INTERNAL, "a commit of %s is not decodable", subject);
+    } else {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the history: %s",
+                       jl_store_errmsg(p->store));
+    }
+    for (size_t i = 0; i < h.n_commits; i++)
+        jetledger__commit__free_unpacked(h.commits[i], NULL);
+    free(h.commits);
+    free(h.items);
+    free(h.ptrs);
+}
+
+static void query_state(jl_producer *p, const Jetledger__GetState *q, const char *id,
+                        const char *subject, jl_reply *r)
+{
+    const jl_service_def *def = p->def;
+    if (def->state_type == NULL) {
+        jl_reply_error(r, JL_CODE_INVALID, "service %s does not expose its state", def->name);
+        return;
+    }
+    int set = (q->at_seq != 0) + (q->at_time_ns != 0) + (q->at_version != 0);
+    if (set > 1) {
+        jl_reply_error(r, JL_CODE_INVALID, "give at most one of at_seq, at_time_ns, at_version");
+        return;
+    }
+    replay_ctx rc = {.p = p, .state = p->scratch};
+    rc.lim = (limit){.seq = q->at_seq, .time_ns = q->at_time_ns, .version = q->at_version};
+    def->state_init(p->scratch);
+    /* A snapshot helps only when the point asked for is at or after it. */
+    if (snapshots_on(p) && set == 0)
+        load_snapshot(p, id, &rc);
+    if (replay(p, subject, &rc, r) != JL_OK)
+        return;
+    if (rc.version == 0) {
+        jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,
+                       set ? " at that point" : "");
+        return;
+    }
+    jl_buf state;
+    jl_buf_init(&state, JL_MAX_REPLY_BYTES / 2);
+    if (def->state_pack(p->scratch, &state) == JL_OK) {
+        Jetledger__StateResult res = JETLEDGER__STATE_RESULT__INIT;
+        res.aggregate_id = (char *)id;
+        res.version = rc.version;
+        res.stream_sequence = rc.last_seq;
+        res.occurred_at_ns = rc.last_time;
+        res.state_type = (char *)def->state_type->name;
+        res.state.data = state.data;
+        res.state.len = state.len;
+        jl_reply_set_result(r, &res.base);
+        r->aggregate_version = rc.version;
+        r->stream_seq = rc.last_seq;
+    } else {
+        jl_reply_error(r, JL_CODE_INTERNAL, "cannot encode the state of %s", id);
+    }
+    jl_buf_cleanup(&state);
+}
+
+void jl_producer_query(jl_producer *p, const char *query, const void *data, size_t len,
+                       jl_reply *out)
+{
+    char id[JL_UUID_LEN + 1], subject[SUBJECT_MAX];
+    const ProtobufCMessageDescriptor *d = NULL;
+    jl_reply_reset(out);
+    if (strcmp(query, "GetHistory") == 0)
+        d = &jetledger__get_history__descriptor;
+    else if (strcmp(query, "GetState") == 0)
+        d = &jetledger__get_state__descriptor;
+    if (d == NULL) {
+        jl_reply_error(out, JL_CODE_INVALID, "unknown query '%.64s' for service %s", query,
+                       p->def->name);
+        return;
+    }
+    if (len > JL_MAX_COMMAND_BYTES) {
+        jl_reply_error(out, JL_CODE_INVALID, "query of %zu bytes exceeds the %d-byte limit", len,
+                       JL_MAX_COMMAND_BYTES);
+        return;
+    }
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
+    if (m == NULL) {
+        jl_reply_error(out, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
+                       d->name);
+        return;
+    }
+    /* Both requests start with aggregate_id. */
+    const char *raw = field_string(m, "aggregate_id");
+    if (jl_uuid_canonical(id, raw) != JL_OK) {
+        jl_reply_error(out, JL_CODE_INVALID, "aggregate_id '%.64s' is not a UUID", raw);
+    } else {
+        jl_aggregate_subject(subject, sizeof(subject), p->def->name, p->def->aggregate_type, id);
+        snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", id);
+        pthread_mutex_lock(&p->mu);
+        if (d == &jetledger__get_history__descriptor)
+            query_history(p, (const Jetledger__GetHistory *)m, subject, out);
+        else
+            query_state(p, (const Jetledger__GetState *)m, id, subject, out);
+        pthread_mutex_unlock(&p->mu);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---- NATS wiring ---- */
+
+static void send_reply(natsConnection *nc, natsMsg *msg, const jl_reply *r)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply == NULL || *reply == 0)
+        return;
+    jl_buf out;
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
+    if (jl_reply_encode(&out, r) == JL_OK)
+        natsConnection_Publish(nc, reply, out.data, (int)out.len);
+    jl_buf_cleanup(&out);
+}
+
+static const char *last_token(const char *subject)
+{
+    const char *dot = strrchr(subject, '.');
+    return dot ? dot + 1 : subject;
 }
 
 static void on_command(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     jl_producer *p = closure;
-    const char *subject = natsMsg_GetSubject(msg);
-    const char *reply = natsMsg_GetReply(msg);
-    const char *dot = strrchr(subject, '.');
     const char *cmd_id = NULL, *corr = NULL, *cause = NULL;
     jl_reply r;
     (void)sub;
@@ -328,17 +728,48 @@ static void on_command(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     natsMsgHeader_Get(msg, "Jl-Correlation-Id", &corr);
     natsMsgHeader_Get(msg, "Jl-Causation-Id", &cause);
     jl_reply_init(&r);
-    jl_producer_handle(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
+    jl_producer_handle(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
                        (size_t)natsMsg_GetDataLength(msg), cmd_id, corr, cause, &r);
-    if (reply != NULL && *reply != 0) {
-        jl_buf out;
-        jl_buf_init(&out, JL_MAX_REPLY_BYTES + 1024);
-        if (jl_reply_encode(&out, &r) == JL_OK)
-            natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        jl_buf_cleanup(&out);
-    }
+    send_reply(nc, msg, &r);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
+}
+
+static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    jl_producer *p = closure;
+    jl_reply r;
+    (void)sub;
+    jl_reply_init(&r);
+    jl_producer_query(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
+                      (size_t)natsMsg_GetDataLength(msg), &r);
+    send_reply(nc, msg, &r);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(msg);
+}
+
+static jl_status open_snapshots(jl_producer *p, const jl_config *cfg, char *err, size_t errlen)
+{
+    char bucket[96];
+    kvConfig kc;
+    snprintf(bucket, sizeof(bucket), "jl_snapshots_%s", p->def->stream);
+    natsStatus ns = js_KeyValue(&p->snapshots, jl_conn_js(p->conn), bucket);
+    if (ns == NATS_NOT_FOUND) {
+        kvConfig_Init(&kc);
+        kc.Bucket = bucket;
+        kc.Description = "jetledger aggregate snapshots";
+        kc.History = 1;
+        kc.StorageType = js_FileStorage;
+        kc.Replicas = cfg->replicas;
+        kc.MaxValueSize = JL_MAX_COMMIT_BYTES;
+        ns = js_CreateKeyValue(&p->snapshots, jl_conn_js(p->conn), &kc);
+    }
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot open snapshot bucket %s: %s", bucket, natsStatus_GetText(ns));
+        p->snapshots = NULL;
+        return jl_status_from_nats(ns);
+    }
+    return JL_OK;
 }
 
 jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_service_def *def,
@@ -346,7 +777,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
 {
     jl_status s = JL_OK;
     jl_producer *p = calloc(1, sizeof(*p));
-    char subjects[SUBJECT_MAX], cmd_subject[SUBJECT_MAX];
+    char subjects[SUBJECT_MAX], cmd_subject[SUBJECT_MAX], query_subject[SUBJECT_MAX];
     jl_store_cfg sc;
 
     if (p == NULL)
@@ -354,11 +785,15 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->def = def;
     p->conn = conn;
     p->retries = cfg->command_retries;
+    p->snapshot_every = (uint64_t)cfg->snapshot_every;
     pthread_mutex_init(&p->mu, NULL);
     jl_decision_init(&p->decision);
     jl_buf_init(&p->commit, JL_MAX_COMMIT_BYTES);
-    p->state = calloc(1, def->state_size);
-    if (p->state == NULL) {
+    jl_buf_init(&p->snap, JL_MAX_COMMIT_BYTES + 1024);
+    p->scratch = calloc(1, def->state_size);
+    p->scratch2 = calloc(1, def->state_size);
+    p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
+    if (p->scratch == NULL || p->scratch2 == NULL || p->cache == NULL) {
         s = JL_ERR_NOMEM;
         goto done;
     }
@@ -368,21 +803,29 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     sc.stream = def->stream;
     sc.subjects = subjects;
     s = jl_store_open(&p->store, conn, &sc, err, errlen);
+    if (s == JL_OK && def->state_type != NULL && cfg->snapshot_every > 0)
+        s = open_snapshots(p, cfg, err, errlen);
     if (s != JL_OK)
         goto done;
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
+    snprintf(query_subject, sizeof(query_subject), "%s.query.*", def->name);
     natsStatus ns = natsConnection_QueueSubscribe(&p->sub, jl_conn_nats(conn), cmd_subject,
                                                   def->name, on_command, p);
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(p->sub, 65536, 256 * 1024 * 1024);
+    if (ns == NATS_OK)
+        ns = natsConnection_QueueSubscribe(&p->qsub, jl_conn_nats(conn), query_subject, def->name,
+                                           on_query, p);
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", cmd_subject, natsStatus_GetText(ns));
         s = JL_ERR_NATS;
         goto done;
     }
     jl_log(JL_LOG_INFO, "producer ready",
-           "\"subject\":\"%s\",\"queue\":\"%s\",\"stream\":\"%s\",\"replicas\":%d", cmd_subject,
-           def->name, def->stream, cfg->replicas);
+           "\"subject\":\"%s\",\"queue\":\"%s\",\"stream\":\"%s\",\"replicas\":%d,"
+           "\"cache_size\":%d,\"snapshot_every\":%d",
+           cmd_subject, def->name, def->stream, cfg->replicas, cfg->cache_size,
+           p->snapshots ? cfg->snapshot_every : 0);
 done:
     if (s != JL_OK) {
         jl_producer_close(p, 0);
@@ -392,27 +835,44 @@ done:
     return JL_OK;
 }
 
+static void close_sub(natsSubscription *sub, int64_t timeout_ms)
+{
+    if (sub == NULL)
+        return;
+    /* Drain: no new requests are taken, the ones already received are answered. */
+    if (timeout_ms > 0 && natsSubscription_Drain(sub) == NATS_OK)
+        natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
+    else
+        natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+}
+
 void jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
         return;
-    if (p->sub != NULL) {
-        /* Drain: no new commands are taken, the ones already received are answered. */
-        if (timeout_ms > 0 && natsSubscription_Drain(p->sub) == NATS_OK)
-            natsSubscription_WaitForDrainCompletion(p->sub, timeout_ms);
-        else
-            natsSubscription_Unsubscribe(p->sub);
-        natsSubscription_Destroy(p->sub);
-    }
+    close_sub(p->sub, timeout_ms);
+    close_sub(p->qsub, timeout_ms);
+    kvStore_Destroy(p->snapshots);
     jl_store_close(p->store);
     jl_decision_cleanup(&p->decision);
     jl_buf_cleanup(&p->commit);
-    free(p->state);
+    jl_buf_cleanup(&p->snap);
+    jl__cache_destroy(p->cache);
+    free(p->scratch);
+    free(p->scratch2);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
 uint64_t jl_producer_handled(const jl_producer *p)
 {
-    return p->handled;
+    return p->stats.commands;
+}
+
+void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)
+{
+    pthread_mutex_lock(&p->mu);
+    *out = p->stats;
+    pthread_mutex_unlock(&p->mu);
 }

@@ -1,6 +1,7 @@
 #include "jetledger/projector.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -8,35 +9,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "jetledger/log.h"
+#include "projector_int.h"
 
 #define NS_PER_MS 1000000LL
 
-struct jl_projector {
-    const jl_projector_def *def;
-    jl_conn *conn;
-    jsCtx *js;
-    int batch;
-    int64_t timeout_ms;
-    char durable[64];
-    char db_path[1024];
-    jl_db *db;  /* writer: only the consuming thread uses it */
-    jl_db *qdb; /* reader: only the query subscription's thread uses it */
-    natsSubscription *pull;
-    natsSubscription *qsub;
-    pthread_mutex_t mu; /* guards checkpoint (and dead_letters) for query threads */
-    pthread_cond_t advanced;
-    uint64_t checkpoint;
-    uint64_t dead_letters;
-    atomic_bool stopping;
-    int64_t last_attach_log_ns;
-    char err[1024];
-};
-
-static const char *const state_sql =
+const char *const jl__state_sql =
     "CREATE TABLE IF NOT EXISTS jl_state ("
     "  id INTEGER PRIMARY KEY CHECK (id = 1),"
     "  projector TEXT NOT NULL,"
@@ -69,7 +52,7 @@ const char *jl_projector_errmsg(const jl_projector *p)
     return p->err;
 }
 
-static int64_t now_ns(void)
+int64_t jl__now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -109,58 +92,199 @@ static bool valid_durable(const char *s)
 
 /* ---- database ---- */
 
-static jl_status init_database(jl_projector *p)
+jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen)
 {
-    jl_db *db = p->db;
     jl_status s = jl_db_begin(db, true);
     if (s == JL_OK)
-        s = jl_db_exec(db, state_sql);
+        s = jl_db_exec(db, jl__state_sql);
     if (s == JL_OK && p->def->schema_sql != NULL)
         s = jl_db_exec(db, p->def->schema_sql);
-    sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(db, "SELECT projector, stream, last_seq FROM "
-                                                   "jl_state WHERE id = 1")
-                                  : NULL;
-    if (s == JL_OK && st == NULL)
-        s = JL_ERR_SQLITE;
+    sqlite3_stmt *st = NULL;
     if (s == JL_OK) {
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            const char *proj = (const char *)sqlite3_column_text(st, 0);
-            const char *stream = (const char *)sqlite3_column_text(st, 1);
-            if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->def->stream) != 0) {
-                set_err(p, "%s belongs to projector %s on stream %s, not %s on %s", p->db_path,
-                        proj, stream, p->def->name, p->def->stream);
-                s = JL_ERR_INVALID;
-            }
-            p->checkpoint = (uint64_t)sqlite3_column_int64(st, 2);
-        } else if (rc == SQLITE_DONE) {
-            sqlite3_reset(st);
-            st = jl_db_stmt(db, "INSERT INTO jl_state (id, projector, stream, version, "
-                                "last_seq, updated_at_ns) VALUES (1, ?, ?, ?, 0, ?)");
-            if (st == NULL) {
-                s = JL_ERR_SQLITE;
-            } else {
-                sqlite3_bind_text(st, 1, p->def->name, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 2, p->def->stream, -1, SQLITE_STATIC);
-                sqlite3_bind_int(st, 3, p->def->version);
-                sqlite3_bind_int64(st, 4, now_ns());
-                s = jl_db_step_done(db, st);
-            }
-            p->checkpoint = 0;
-        } else {
-            s = jl_db_fail(db, rc, "cannot read jl_state");
-        }
-        if (st != NULL)
-            sqlite3_reset(st);
+        st = jl_db_stmt(db, "INSERT INTO jl_state (id, projector, stream, version, last_seq, "
+                            "updated_at_ns) VALUES (1, ?, ?, ?, 0, ?)");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    }
+    if (s == JL_OK) {
+        sqlite3_bind_text(st, 1, p->def->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, p->def->stream, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, p->def->version);
+        sqlite3_bind_int64(st, 4, jl__now_ns());
+        s = jl_db_step_done(db, st);
     }
     if (s == JL_OK)
         s = jl_db_commit(db);
     if (s != JL_OK) {
-        if (p->err[0] == 0)
-            set_err(p, "cannot initialise read model: %s", jl_db_errmsg(db));
+        snprintf(err, errlen, "cannot create the read model's tables: %s", jl_db_errmsg(db));
         jl_db_rollback(db);
     }
     return s;
+}
+
+/* Open the current file: create its tables when new, else check whose it is and its version. */
+static jl_status init_database(jl_projector *p)
+{
+    jl_db *db = p->db;
+    sqlite3_stmt *st = NULL;
+    int rc = SQLITE_DONE;
+    jl_status s = jl_db_exec(db, "CREATE TABLE IF NOT EXISTS jl_state (id INTEGER PRIMARY KEY)");
+    if (s == JL_OK) {
+        st = jl_db_stmt(db, "SELECT count(*) FROM pragma_table_info('jl_state')");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    }
+    if (s == JL_OK) {
+        rc = sqlite3_step(st);
+        bool fresh = rc == SQLITE_ROW && sqlite3_column_int(st, 0) <= 1;
+        sqlite3_reset(st);
+        if (fresh) {
+            s = jl_db_exec(db, "DROP TABLE jl_state");
+            if (s == JL_OK)
+                s = jl__proj_create_schema(p, db, p->err, sizeof(p->err));
+        }
+    }
+    if (s == JL_OK) {
+        st = jl_db_stmt(db,
+                        "SELECT projector, stream, version, last_seq FROM jl_state WHERE id = 1");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    }
+    if (s == JL_OK && (rc = sqlite3_step(st)) != SQLITE_ROW)
+        s = jl_db_fail(db, rc, "jl_state has no row");
+    if (s == JL_OK) {
+        const char *proj = (const char *)sqlite3_column_text(st, 0);
+        const char *stream = (const char *)sqlite3_column_text(st, 1);
+        p->db_version = sqlite3_column_int(st, 2);
+        p->checkpoint = (uint64_t)sqlite3_column_int64(st, 3);
+        if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->def->stream) != 0) {
+            set_err(p, "%s belongs to projector %s on stream %s, not %s on %s", p->db_path, proj,
+                    stream, p->def->name, p->def->stream);
+            s = JL_ERR_INVALID;
+        } else if (p->db_version > p->def->version) {
+            set_err(p,
+                    "%s was built by version %d of projection %s; this program is version %d "
+                    "(a downgrade needs a rebuild with the old program, or delete the file)",
+                    p->db_path, p->db_version, p->def->name, p->def->version);
+            s = JL_ERR_VERSION;
+        }
+    }
+    if (st != NULL)
+        sqlite3_reset(st);
+    /* An older file keeps its schema until the rebuild replaces it: the new schema SQL may not
+     * apply to it. */
+    if (s == JL_OK && p->db_version == p->def->version && p->def->schema_sql != NULL)
+        s = jl_db_exec(db, p->def->schema_sql);
+    if (s == JL_OK && p->db_version < p->def->version)
+        atomic_store(&p->paused, true);
+    if (s != JL_OK && p->err[0] == 0)
+        set_err(p, "cannot initialise read model: %s", jl_db_errmsg(db));
+    return s;
+}
+
+void jl__proj_remove_db(const char *path)
+{
+    char side[1200];
+    unlink(path);
+    snprintf(side, sizeof(side), "%s-wal", path);
+    unlink(side);
+    snprintf(side, sizeof(side), "%s-shm", path);
+    unlink(side);
+}
+
+static void pointer_path(const jl_projector *p, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s.current", p->data_dir, p->def->name);
+}
+
+/* Which file is live: the pointer file names it; without one, "<name>.db". */
+static void read_pointer(jl_projector *p)
+{
+    char path[1100], name[256] = "";
+    pointer_path(p, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        if (fgets(name, sizeof(name), f) == NULL)
+            name[0] = 0;
+        fclose(f);
+    }
+    name[strcspn(name, "\r\n")] = 0;
+    size_t nl = strlen(p->def->name);
+    bool ok = strncmp(name, p->def->name, nl) == 0 && strchr(name, '/') == NULL &&
+              strlen(name) > 3 && strcmp(name + strlen(name) - 3, ".db") == 0;
+    snprintf(p->file, sizeof(p->file), ok ? "%s" : "%s.db", ok ? name : p->def->name);
+    snprintf(p->db_path, sizeof(p->db_path), "%s/%s", p->data_dir, p->file);
+}
+
+/* Files "<name>-*.db" other than the live one are left by interrupted rebuilds: remove them. */
+static void remove_leftovers(jl_projector *p)
+{
+    DIR *d = opendir(p->data_dir);
+    struct dirent *e;
+    char prefix[128], path[1100];
+    snprintf(prefix, sizeof(prefix), "%s-", p->def->name);
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || n < 4 ||
+            strcmp(e->d_name + n - 3, ".db") != 0 || strcmp(e->d_name, p->file) == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
+        jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"", e->d_name);
+        jl__proj_remove_db(path);
+    }
+    closedir(d);
+}
+
+jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
+                          size_t errlen)
+{
+    char path[1100], tmp[1200], new_path[1024];
+    jl_db *qdb = NULL;
+    snprintf(new_path, sizeof(new_path), "%s/%s", p->data_dir, file);
+    jl_status s = jl_db_open(&qdb, new_path, true, err, errlen);
+    if (s != JL_OK) {
+        jl_db_close(db);
+        return s;
+    }
+    /* The pointer file decides which file a restart opens: replace it atomically. */
+    pointer_path(p, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    bool written = f != NULL && fprintf(f, "%s\n", file) > 0;
+    if (f != NULL)
+        written = (fflush(f) == 0 && fsync(fileno(f)) == 0 && written);
+    if (f != NULL)
+        fclose(f);
+    if (!written || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot write %s: %s; the live read model is unchanged", path,
+                 strerror(errno));
+        unlink(tmp);
+        jl_db_close(qdb);
+        jl_db_close(db);
+        return JL_ERR_IO;
+    }
+    int dfd = open(p->data_dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    char old_path[1024];
+    snprintf(old_path, sizeof(old_path), "%s", p->db_path);
+    pthread_rwlock_wrlock(&p->switch_lock);
+    jl_db *old_db = p->db, *old_qdb = p->qdb;
+    p->db = db;
+    p->qdb = qdb;
+    snprintf(p->file, sizeof(p->file), "%s", file);
+    snprintf(p->db_path, sizeof(p->db_path), "%s", new_path);
+    p->db_version = p->def->version;
+    pthread_rwlock_unlock(&p->switch_lock);
+    jl_db_close(old_qdb);
+    jl_db_close(old_db);
+    if (!keep_old)
+        jl__proj_remove_db(old_path);
+    jl_log(JL_LOG_INFO, "read model switched",
+           "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file, p->checkpoint,
+           keep_old ? old_path : "(removed)");
+    return JL_OK;
 }
 
 /* ---- consumer ---- */
@@ -265,15 +389,15 @@ static bool is_bad_event(jl_status s)
            s == JL_ERR_REJECTED || s == JL_ERR_TOO_LARGE;
 }
 
-static jl_status dead_letter(jl_projector *p, uint64_t seq, int index, const char *event_id,
+static jl_status dead_letter(jl_db *db, uint64_t seq, int index, const char *event_id,
                              const char *event_type, const char *subject, const char *reason,
-                             const void *data, size_t len)
+                             const void *data, size_t len, uint64_t *io_dead)
 {
-    sqlite3_stmt *st = jl_db_stmt(p->db, "INSERT OR REPLACE INTO jl_dead_letters (seq, "
-                                         "event_index, event_id, event_type, subject, reason, "
-                                         "data, at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR REPLACE INTO jl_dead_letters (seq, "
+                                      "event_index, event_id, event_type, subject, reason, "
+                                      "data, at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     if (st == NULL)
-        return jl_status_from_sqlite(sqlite3_errcode(jl_db_handle(p->db)));
+        return JL_ERR_SQLITE;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     sqlite3_bind_int(st, 2, index);
     sqlite3_bind_text(st, 3, event_id ? event_id : "", -1, SQLITE_STATIC);
@@ -281,31 +405,30 @@ static jl_status dead_letter(jl_projector *p, uint64_t seq, int index, const cha
     sqlite3_bind_text(st, 5, subject, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 7, data, (int)len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 8, now_ns());
-    jl_status s = jl_db_step_done(p->db, st);
+    sqlite3_bind_int64(st, 8, jl__now_ns());
+    jl_status s = jl_db_step_done(db, st);
     if (s == JL_OK) {
         char esc[600], esc2[200];
         jl_log(JL_LOG_ERROR, "event dead-lettered",
                "\"seq\":%" PRIu64 ",\"event_index\":%d,\"event_type\":\"%s\",\"reason\":\"%s\"",
                seq, index, jl_log_str(esc2, sizeof(esc2), event_type ? event_type : ""),
                jl_log_str(esc, sizeof(esc), reason));
-        pthread_mutex_lock(&p->mu);
-        p->dead_letters++;
-        pthread_mutex_unlock(&p->mu);
+        (*io_dead)++;
     }
     return s;
 }
 
 /* Apply one message (a commit) inside the batch transaction. Bad events are parked; only
- * failures of the database come back as errors. */
-static jl_status apply_message(jl_projector *p, uint64_t seq, const char *subject, const void *data,
-                               size_t len)
+ * failures of the database come back as errors (with the reason in @p err). */
+jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const char *subject,
+                                 const void *data, size_t len, uint64_t *io_events,
+                                 uint64_t *io_dead, char *err, size_t errlen)
 {
     jl_commit *c = NULL;
     char why[512] = "";
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
     if (s != JL_OK)
-        return dead_letter(p, seq, -1, "", "", subject, why, data, len);
+        return dead_letter(db, seq, -1, "", "", subject, why, data, len, io_dead);
 
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
         jl_event ev;
@@ -313,19 +436,20 @@ static jl_status apply_message(jl_projector *p, uint64_t seq, const char *subjec
         jl_status es = jl_commit_event(c, i, &p->def->events, &ev, why, sizeof(why));
         if (es == JL_OK) {
             /* A savepoint per event: a bad event's partial writes go, the batch stays. */
-            s = jl_db_exec(p->db, "SAVEPOINT jl_event");
+            s = jl_db_exec(db, "SAVEPOINT jl_event");
             if (s != JL_OK)
                 break;
-            es = p->def->apply(p->db, &ev, why, sizeof(why));
+            es = p->def->apply(db, &ev, why, sizeof(why));
             if (es == JL_OK) {
-                s = jl_db_exec(p->db, "RELEASE jl_event");
+                s = jl_db_exec(db, "RELEASE jl_event");
+                (*io_events)++;
                 continue;
             }
-            jl_db_exec(p->db, "ROLLBACK TO jl_event");
-            jl_db_exec(p->db, "RELEASE jl_event");
+            jl_db_exec(db, "ROLLBACK TO jl_event");
+            jl_db_exec(db, "RELEASE jl_event");
             if (!is_bad_event(es)) {
-                set_err(p, "applying %s at sequence %" PRIu64 " failed: %s", ev.event_type, seq,
-                        why[0] ? why : jl_db_errmsg(p->db));
+                snprintf(err, errlen, "applying %s at sequence %" PRIu64 " failed: %s",
+                         ev.event_type, seq, why[0] ? why : jl_db_errmsg(db));
                 s = es;
                 break;
             }
@@ -335,30 +459,33 @@ static jl_status apply_message(jl_projector *p, uint64_t seq, const char *subjec
         const uint8_t *pd = NULL;
         size_t pl = 0;
         jl_commit_event_payload(c, i, &pd, &pl);
-        s = dead_letter(p, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl);
+        s = dead_letter(db, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl, io_dead);
     }
     jl_commit_free(c);
+    if (s != JL_OK && err[0] == 0)
+        snprintf(err, errlen, "%s", jl_db_errmsg(db));
     return s;
 }
 
-static jl_status save_checkpoint(jl_projector *p, uint64_t seq)
+jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq)
 {
     sqlite3_stmt *st =
-        jl_db_stmt(p->db, "UPDATE jl_state SET last_seq = ?, updated_at_ns = ? WHERE id = 1");
+        jl_db_stmt(db, "UPDATE jl_state SET last_seq = ?, updated_at_ns = ? WHERE id = 1");
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-    sqlite3_bind_int64(st, 2, now_ns());
-    return jl_db_step_done(p->db, st);
+    sqlite3_bind_int64(st, 2, jl__now_ns());
+    return jl_db_step_done(db, st);
 }
 
-jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+static jl_status apply_locked(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
 {
     jl_status s = JL_OK;
-    uint64_t ckpt = p->checkpoint;
+    uint64_t ckpt = p->checkpoint, events = 0, dead = 0;
     size_t applied = 0;
+    jl_db *db = p->db;
 
-    s = jl_db_begin(p->db, true);
+    s = jl_db_begin(db, true);
     for (int i = 0; s == JL_OK && i < n; i++) {
         natsMsg *m = msgs[i];
         jsMsgMetaData *meta = NULL;
@@ -371,25 +498,25 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
         jsMsgMetaData_Destroy(meta);
         if (seq <= ckpt)
             continue; /* applied before: a redelivery */
-        s = apply_message(p, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
-                          (size_t)natsMsg_GetDataLength(m));
-        if (s != JL_OK && p->err[0] == 0)
-            set_err(p, "%s", jl_db_errmsg(p->db));
+        s = jl__proj_apply_message(p, db, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
+                                   (size_t)natsMsg_GetDataLength(m), &events, &dead, p->err,
+                                   sizeof(p->err));
         ckpt = seq;
         applied++;
     }
     if (s == JL_OK && ckpt != p->checkpoint)
-        s = save_checkpoint(p, ckpt);
+        s = jl__proj_save_checkpoint(db, ckpt);
     if (s == JL_OK)
-        s = jl_db_commit(p->db);
+        s = jl_db_commit(db);
     if (s != JL_OK) {
         if (p->err[0] == 0)
-            set_err(p, "batch not committed: %s", jl_db_errmsg(p->db));
-        jl_db_rollback(p->db);
+            set_err(p, "batch not committed: %s", jl_db_errmsg(db));
+        jl_db_rollback(db);
         return s;
     }
     pthread_mutex_lock(&p->mu);
     p->checkpoint = ckpt;
+    p->dead_letters += dead;
     pthread_cond_broadcast(&p->advanced);
     pthread_mutex_unlock(&p->mu);
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
@@ -399,6 +526,14 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
     if (out_applied != NULL)
         *out_applied = applied;
     return JL_OK;
+}
+
+jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+{
+    pthread_mutex_lock(&p->apply_mu);
+    jl_status s = apply_locked(p, msgs, n, out_applied);
+    pthread_mutex_unlock(&p->apply_mu);
+    return s;
 }
 
 static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t wait_ms,
@@ -419,6 +554,16 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
     jl_status s = JL_OK;
 
     p->err[0] = 0;
+    if (atomic_load(&p->paused)) {
+        /* A version rebuild is under way: the old file must not see the new code's apply. */
+        for (int waited = 0;
+             waited < wait_ms && atomic_load(&p->paused) && !atomic_load(&p->stopping);
+             waited += 50)
+            nats_Sleep(50);
+        if (out_applied != NULL)
+            *out_applied = 0;
+        return JL_OK;
+    }
     if (p->pull == NULL) {
         s = attach(p);
         if (s != JL_OK)
@@ -460,7 +605,7 @@ jl_status jl_projector_run(jl_projector *p)
             continue;
         }
         char esc[1200];
-        int64_t t = now_ns();
+        int64_t t = jl__now_ns();
         /* Waiting for a stream that does not exist yet is normal at start: say it every 10 s. */
         if (s != JL_ERR_NOT_FOUND || t - p->last_attach_log_ns > 10000 * NS_PER_MS) {
             jl_log(s == JL_ERR_NOT_FOUND ? JL_LOG_WARN : JL_LOG_ERROR, "projector retrying",
@@ -570,21 +715,28 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
         protobuf_c_message_free_unpacked(req, NULL);
         return;
     }
-    /* One read transaction: the answer and the sequence it reflects are one snapshot. */
-    jl_status s = jl_db_begin(p->qdb, false);
+    /* One read transaction: the answer and the sequence it reflects are one snapshot. The
+     * read lock keeps a rebuild's switch from swapping the file under the query. */
+    pthread_rwlock_rdlock(&p->switch_lock);
+    jl_db *qdb = p->qdb;
+    jl_status s = jl_db_begin(qdb, false);
     sqlite3_stmt *st =
-        s == JL_OK ? jl_db_stmt(p->qdb, "SELECT last_seq FROM jl_state WHERE id = 1") : NULL;
+        s == JL_OK ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_state WHERE id = 1") : NULL;
     if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
         r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);
     if (st != NULL)
         sqlite3_reset(st);
     if (s == JL_OK)
-        s = q->handle(p->qdb, req, r);
-    jl_db_rollback(p->qdb);
+        s = q->handle(qdb, req, r);
+    jl_db_rollback(qdb);
     if (s != JL_OK) {
         jl_reply_error(r, s == JL_ERR_TIMEOUT ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
-                       "read model error: %s", jl_db_errmsg(p->qdb));
+                       "read model error: %s%s", jl_db_errmsg(qdb),
+                       atomic_load(&p->paused) ? " (the read model is being rebuilt for a new "
+                                                 "projection version)"
+                                               : "");
     }
+    pthread_rwlock_unlock(&p->switch_lock);
     protobuf_c_message_free_unpacked(req, NULL);
 }
 
@@ -632,10 +784,15 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     p->js = jl_conn_js(conn);
     p->batch = cfg->batch;
     p->timeout_ms = cfg->request_timeout_ms;
+    p->rebuild_max_bytes = cfg->rebuild_max_mb * 1024 * 1024;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->apply_mu, NULL);
+    pthread_rwlock_init(&p->switch_lock, NULL);
     pthread_cond_init(&p->advanced, NULL);
     atomic_init(&p->stopping, false);
+    atomic_init(&p->paused, false);
     snprintf(p->durable, sizeof(p->durable), "%s", cfg->durable[0] ? cfg->durable : def->name);
+    snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     if (!valid_durable(p->durable)) {
         snprintf(err, errlen, "durable name '%s' must be 1-63 characters without . * > / spaces",
                  p->durable);
@@ -645,7 +802,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     s = mkdir_p(cfg->data_dir, err, errlen);
     if (s != JL_OK)
         goto done;
-    snprintf(p->db_path, sizeof(p->db_path), "%s/%s.db", cfg->data_dir, def->name);
+    read_pointer(p);
+    remove_leftovers(p);
     s = jl_db_open(&p->db, p->db_path, false, err, errlen);
     if (s == JL_OK) {
         s = init_database(p);
@@ -665,9 +823,15 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         s = JL_ERR_NATS;
         goto done;
     }
+    s = jl__jobs_open(p, err, errlen);
+    if (s != JL_OK)
+        goto done;
     jl_log(JL_LOG_INFO, "projector ready",
-           "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\"",
-           p->db_path, p->checkpoint, p->durable, qsubject);
+           "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\","
+           "\"version\":%d",
+           p->db_path, p->checkpoint, p->durable, qsubject, p->db_version);
+    if (atomic_load(&p->paused))
+        jl__jobs_start_version_rebuild(p);
 done:
     if (s != JL_OK) {
         jl_projector_close(p, 0);
@@ -682,6 +846,7 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
     if (p == NULL)
         return;
     atomic_store(&p->stopping, true);
+    jl__jobs_close(p); /* an unfinished rebuild is abandoned: the live file stays */
     if (p->qsub != NULL) {
         if (timeout_ms > 0 && natsSubscription_Drain(p->qsub) == NATS_OK)
             natsSubscription_WaitForDrainCompletion(p->qsub, timeout_ms);
@@ -694,5 +859,7 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
     jl_db_close(p->db);
     pthread_cond_destroy(&p->advanced);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->apply_mu);
+    pthread_rwlock_destroy(&p->switch_lock);
     free(p);
 }

@@ -28,6 +28,9 @@ typedef struct jl_config {
     int batch;                  /**< JL_BATCH / --batch: projector fetch batch size */
     int command_retries;        /**< JL_COMMAND_RETRIES / --command-retries: on conflicts */
     int64_t request_timeout_ms; /**< JL_REQUEST_TIMEOUT / --request-timeout: JetStream calls */
+    int cache_size;             /**< JL_CACHE_SIZE / --cache-size: aggregates a producer caches */
+    int snapshot_every;         /**< JL_SNAPSHOT_EVERY / --snapshot-every: events, 0 = never */
+    int64_t rebuild_max_mb;     /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
 } jl_config;
 
 /** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, 1 replica, info, ...). */

@@ -12,6 +12,17 @@
  *
  * Request headers: Jl-Command-Id (client-chosen id, default a new UUID), Jl-Correlation-Id and
  * Jl-Causation-Id (default: the command id).
+ *
+ * Loading is cheap on hot and on long aggregates: a bounded LRU cache (cfg->cache_size entries)
+ * keeps the state, version and last sequence of recently used aggregates, so a command on one
+ * reads nothing from the stream (a lost race reads only the commits after the cached one); and
+ * every cfg->snapshot_every events a snapshot of the state goes to the KV bucket
+ * "jl_snapshots_<stream>", so a cold load reads the snapshot and at most that many events.
+ * Snapshots carry the service's state_version: one written by another version is ignored.
+ *
+ * The producer also answers "<service>.query.GetHistory" (the audit trail of one aggregate) and
+ * "<service>.query.GetState" (its state now or as of a sequence, time or version, computed with
+ * the service's own evolve).
  */
 #ifndef JETLEDGER_PRODUCER_H
 #define JETLEDGER_PRODUCER_H
@@ -53,6 +64,12 @@ typedef struct jl_service_def {
     const jl_command_def *commands;
     size_t n_commands;
     jl_types events; /**< every event type evolve understands */
+    /** The state as protobuf, for snapshots and GetState. All three or none. */
+    const ProtobufCMessageDescriptor *state_type;
+    jl_status (*state_pack)(const void *state, jl_buf *out);
+    jl_status (*state_unpack)(void *state, const void *data, size_t len);
+    /** Bump whenever evolve or the state changes meaning: older snapshots are then ignored. */
+    uint32_t state_version;
 } jl_service_def;
 
 typedef struct jl_producer jl_producer;
@@ -85,6 +102,26 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
 
 /** Number of commands handled since open (accepted or not). */
 uint64_t jl_producer_handled(const jl_producer *p);
+
+/** Counters of a producer (since open). */
+typedef struct jl_producer_stats {
+    uint64_t commands;         /**< handled, accepted or not */
+    uint64_t accepted;         /**< answered JL_CODE_OK */
+    uint64_t conflicts;        /**< appends that lost a race (each retried or answered) */
+    uint64_t cache_hits;       /**< commands decided on a cached state */
+    uint64_t loads;            /**< aggregates loaded from the store */
+    uint64_t snapshot_loads;   /**< loads that started from a snapshot */
+    uint64_t snapshots_saved;  /**< snapshots written */
+    uint64_t events_replayed;  /**< events read and evolved by loads and catch-ups */
+    uint64_t last_load_events; /**< events read by the most recent load or catch-up */
+} jl_producer_stats;
+
+/** Copy the counters. Thread-safe. */
+void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out);
+
+/** Answer a GetHistory or GetState request body (as the subscription does). Thread-safe. */
+void jl_producer_query(jl_producer *p, const char *query, const void *data, size_t len,
+                       jl_reply *out);
 
 /**
  * Compose the subject of one aggregate: "<service>.events.<aggregate_type>.<id>" into @p out.

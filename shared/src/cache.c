@@ -1,0 +1,149 @@
+#include "cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct jl__cache {
+    size_t capacity;
+    size_t state_size;
+    size_t size;
+    size_t n_buckets;
+    jl__cache_entry **buckets;
+    jl__cache_entry *head, *tail; /* most / least recently used */
+    jl__cache_entry *spare;       /* an evicted entry kept for reuse */
+};
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+jl__cache *jl__cache_create(size_t capacity, size_t state_size)
+{
+    jl__cache *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->capacity = capacity;
+    c->state_size = state_size;
+    c->n_buckets = 16;
+    while (c->n_buckets < capacity * 2)
+        c->n_buckets *= 2;
+    c->buckets = calloc(c->n_buckets, sizeof(*c->buckets));
+    if (c->buckets == NULL) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void jl__cache_destroy(jl__cache *c)
+{
+    if (c == NULL)
+        return;
+    for (jl__cache_entry *e = c->head, *n = NULL; e != NULL; e = n) {
+        n = e->next;
+        free(e);
+    }
+    free(c->spare);
+    free(c->buckets);
+    free(c);
+}
+
+static void unlink_lru(jl__cache *c, jl__cache_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void push_front(jl__cache *c, jl__cache_entry *e)
+{
+    e->prev = NULL;
+    e->next = c->head;
+    if (c->head)
+        c->head->prev = e;
+    c->head = e;
+    if (c->tail == NULL)
+        c->tail = e;
+}
+
+static jl__cache_entry **slot_of(jl__cache *c, const char *id)
+{
+    jl__cache_entry **pp = &c->buckets[hash_id(id) & (c->n_buckets - 1)];
+    while (*pp != NULL && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->chain;
+    return pp;
+}
+
+jl__cache_entry *jl__cache_get(jl__cache *c, const char *id)
+{
+    jl__cache_entry *e = *slot_of(c, id);
+    if (e != NULL && c->head != e) {
+        unlink_lru(c, e);
+        push_front(c, e);
+    }
+    return e;
+}
+
+static void detach(jl__cache *c, jl__cache_entry *e)
+{
+    jl__cache_entry **pp = slot_of(c, e->id);
+    if (*pp == e)
+        *pp = e->chain;
+    unlink_lru(c, e);
+    c->size--;
+}
+
+jl__cache_entry *jl__cache_put(jl__cache *c, const char *id)
+{
+    if (c->capacity == 0)
+        return NULL;
+    jl__cache_entry *e = jl__cache_get(c, id);
+    if (e != NULL)
+        return e;
+    if (c->size == c->capacity) {
+        jl__cache_entry *victim = c->tail;
+        detach(c, victim);
+        free(c->spare);
+        c->spare = victim;
+    }
+    if (c->spare != NULL) {
+        e = c->spare;
+        c->spare = NULL;
+    } else {
+        e = malloc(sizeof(*e) + c->state_size);
+        if (e == NULL)
+            return NULL;
+    }
+    memset(e, 0, sizeof(*e));
+    memcpy(e->id, id, strnlen(id, JL_UUID_LEN));
+    jl__cache_entry **pp = slot_of(c, e->id);
+    e->chain = *pp;
+    *pp = e;
+    push_front(c, e);
+    c->size++;
+    return e;
+}
+
+void jl__cache_remove(jl__cache *c, const char *id)
+{
+    jl__cache_entry *e = *slot_of(c, id);
+    if (e != NULL) {
+        detach(c, e);
+        free(e);
+    }
+}
+
+size_t jl__cache_size(const jl__cache *c)
+{
+    return c->size;
+}

@@ -1,0 +1,85 @@
+/*
+ * Internal: the projector object, shared by projector.c (live consumption, queries) and
+ * rebuild.c (rebuild and verify jobs, administration requests).
+ *
+ * Threads and locks:
+ *   - the consuming thread (run/step) applies live batches into `db`, holding `apply_mu`;
+ *   - the query subscription thread reads through `qdb`, holding `switch_lock` for reading;
+ *   - a rebuild or verify job runs on its own thread with its own connection to a new file; to
+ *     finish it takes `apply_mu` (live applying pauses) and, to swap files, `switch_lock` for
+ *     writing (queries wait for the swap, which is a pointer exchange);
+ *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits.
+ */
+#ifndef JETLEDGER_PROJECTOR_INT_H
+#define JETLEDGER_PROJECTOR_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "jetledger/projector.h"
+
+typedef struct jl__job jl__job;
+
+struct jl_projector {
+    const jl_projector_def *def;
+    jl_conn *conn;
+    jsCtx *js;
+    int batch;
+    int64_t timeout_ms;
+    int64_t rebuild_max_bytes;
+    char durable[64];
+    char data_dir[512];
+    char file[256];     /* current database file name within data_dir */
+    char db_path[1024]; /* data_dir/file */
+    jl_db *db;          /* writer: the consuming thread (or a finishing job) */
+    jl_db *qdb;         /* reader: the query thread, under switch_lock */
+    natsSubscription *pull;
+    natsSubscription *qsub;
+    natsSubscription *asub;
+    pthread_mutex_t apply_mu;
+    pthread_rwlock_t switch_lock;
+    pthread_mutex_t mu;
+    pthread_cond_t advanced;
+    uint64_t checkpoint;
+    uint64_t dead_letters;
+    atomic_bool stopping;
+    atomic_bool paused; /* live applying suspended until a version rebuild switches */
+    int db_version;     /* projection version of the current file */
+    int64_t last_attach_log_ns;
+    jl__job *job;
+    char err[1024];
+};
+
+/* Tables every read model has, created with the projection's own schema. */
+extern const char *const jl__state_sql;
+
+/* Create the jl_* tables and the projection's schema in a new file with checkpoint 0. */
+jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen);
+
+/* Apply one stream message into @p db inside an open transaction (dead letters included). */
+jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const char *subject,
+                                 const void *data, size_t len, uint64_t *io_events,
+                                 uint64_t *io_dead, char *err, size_t errlen);
+
+/* Set jl_state.last_seq in @p db (inside a transaction). */
+jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq);
+
+/* Make @p file (already open as @p db, checkpoint == p->checkpoint) the live read model: write
+ * the pointer file, swap the connections, close and (unless @p keep_old) delete the old file.
+ * Called with apply_mu held. Takes ownership of @p db. */
+jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
+                          size_t errlen);
+
+/* Delete a database file with its -wal and -shm companions. */
+void jl__proj_remove_db(const char *path);
+
+int64_t jl__now_ns(void);
+
+/* rebuild.c */
+jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);
+void jl__jobs_close(jl_projector *p);
+/* Start a rebuild from the first sequence because the file's version is older than the code. */
+void jl__jobs_start_version_rebuild(jl_projector *p);
+bool jl__jobs_running(jl_projector *p);
+
+#endif /* JETLEDGER_PROJECTOR_INT_H */

@@ -1,0 +1,640 @@
+/*
+ * Rebuild and verify jobs of a projector, and the administration requests that drive them
+ * ("<projector>.admin.Rebuild|Verify|GetRebuildStatus|CancelRebuild").
+ *
+ * A job builds a new read model in a new file "<name>-<ms>.db" beside the live one, from an
+ * ordered consumer of its own (no server state, the fastest way to read a stream), while the live
+ * projector goes on applying and answering. The job follows the live checkpoint: when it has
+ * applied everything up to it, it pauses live applying (apply_mu), applies the few messages the
+ * live side took meanwhile, so both stand at the same stream sequence, and then either
+ *   - rebuild: makes the new file the live one (pointer file, then a pointer swap under the
+ *     switch lock: a query sees the old file or the new one, and the new one is never behind),
+ *   - verify: compares canonical dumps of both and deletes the scratch file.
+ * Any failure (NATS, disk full, cancel, the process killed) leaves the live file as it was; the
+ * new file is deleted, or removed at the next start.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jetledger/admin.pb-c.h"
+#include "jetledger/log.h"
+#include "projector_int.h"
+
+#define APPLY_BATCH 1000
+#define MAX_DIFFS 5
+#define CATCH_UP_LIMIT_MS 30000
+
+typedef enum { JOB_IDLE, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state;
+static const char *const state_names[] = {"idle", "running", "done", "failed", "cancelled"};
+
+/* Everything a status reply says; guarded by jl__job.mu. */
+typedef struct job_status {
+    bool verify;
+    job_state state;
+    char reason[128];
+    uint64_t from_seq;
+    uint64_t checkpoint;
+    uint64_t target_seq;
+    uint64_t applied;
+    uint64_t total;
+    uint64_t events;
+    int64_t started_ns;
+    int64_t finished_ns;
+    char error[1024];
+    char file[256];
+    bool match;
+    uint64_t verified_seq;
+    char live_digest[24];
+    char rebuilt_digest[24];
+    char only_live[MAX_DIFFS][256];
+    char only_rebuilt[MAX_DIFFS][256];
+    int n_only_live, n_only_rebuilt;
+} job_status;
+
+struct jl__job {
+    pthread_mutex_t mu;
+    pthread_t thread;
+    bool has_thread;
+    atomic_bool cancel;
+    /* request */
+    bool verify;
+    bool keep_old;
+    uint64_t from_seq;
+    int64_t from_time_ns;
+    job_status st;
+};
+
+static int64_t now_ns(void)
+{
+    return jl__now_ns();
+}
+
+/* ---- status ---- */
+
+static void status_set(jl__job *j, job_state state, const char *error)
+{
+    pthread_mutex_lock(&j->mu);
+    j->st.state = state;
+    if (error != NULL)
+        snprintf(j->st.error, sizeof(j->st.error), "%s", error);
+    if (state != JOB_RUNNING)
+        j->st.finished_ns = now_ns();
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void status_progress(jl__job *j, uint64_t checkpoint, uint64_t applied, uint64_t total,
+                            uint64_t events, uint64_t target)
+{
+    pthread_mutex_lock(&j->mu);
+    j->st.checkpoint = checkpoint;
+    j->st.applied = applied;
+    j->st.total = total > applied ? total : applied;
+    j->st.events = events;
+    j->st.target_seq = target;
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void status_to_reply(jl__job *j, jl_reply *r)
+{
+    Jetledger__RebuildStatus m = JETLEDGER__REBUILD_STATUS__INIT;
+    char *live[MAX_DIFFS], *rebuilt[MAX_DIFFS];
+    pthread_mutex_lock(&j->mu);
+    job_status st = j->st;
+    pthread_mutex_unlock(&j->mu);
+    m.job = st.started_ns == 0 ? "" : (st.verify ? "verify" : "rebuild");
+    m.state = (char *)state_names[st.state];
+    m.reason = st.reason;
+    m.from_seq = st.from_seq;
+    m.checkpoint = st.checkpoint;
+    m.target_seq = st.target_seq;
+    m.applied = st.applied;
+    m.total = st.total;
+    m.events = st.events;
+    m.started_at_ns = st.started_ns;
+    m.finished_at_ns = st.finished_ns;
+    m.error = st.error;
+    m.file = st.file;
+    m.match = st.match;
+    m.verified_seq = st.verified_seq;
+    m.live_digest = st.live_digest;
+    m.rebuilt_digest = st.rebuilt_digest;
+    for (int i = 0; i < st.n_only_live; i++)
+        live[i] = st.only_live[i];
+    for (int i = 0; i < st.n_only_rebuilt; i++)
+        rebuilt[i] = st.only_rebuilt[i];
+    m.n_only_live = (size_t)st.n_only_live;
+    m.only_live = live;
+    m.n_only_rebuilt = (size_t)st.n_only_rebuilt;
+    m.only_rebuilt = rebuilt;
+    jl_reply_set_result(r, &m.base);
+}
+
+/* ---- the job ---- */
+
+typedef struct run_ctx {
+    jl_projector *p;
+    jl__job *j;
+    jl_db *db;
+    natsSubscription *sub;
+    natsMsg *held; /* the next message, beyond the current target */
+    uint64_t checkpoint, applied, total, events, dead;
+    char path[1100];
+    char file[256];
+    char err[512];
+} run_ctx;
+
+static uint64_t live_checkpoint(jl_projector *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t c = p->checkpoint;
+    pthread_mutex_unlock(&p->mu);
+    return c;
+}
+
+/* Apply messages with sequence <= @p target, up to APPLY_BATCH in one transaction, waiting up to
+ * @p wait_ms for the first. Sets *out_idle when no message came in time. */
+static jl_status apply_upto(run_ctx *c, uint64_t target, int64_t wait_ms, bool *out_idle)
+{
+    jl_status s = JL_OK;
+    int n = 0;
+    *out_idle = false;
+    bool in_txn = false;
+    while (n < APPLY_BATCH) {
+        natsMsg *m = c->held;
+        c->held = NULL;
+        if (m == NULL) {
+            natsStatus ns = natsSubscription_NextMsg(&m, c->sub, n == 0 ? wait_ms : 0);
+            if (ns == NATS_TIMEOUT) {
+                *out_idle = n == 0;
+                break;
+            }
+            if (ns != NATS_OK) {
+                snprintf(c->err, sizeof(c->err), "reading the stream failed: %s",
+                         natsStatus_GetText(ns));
+                s = jl_status_from_nats(ns);
+                break;
+            }
+        }
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
+            natsMsg_Destroy(m);
+            continue;
+        }
+        uint64_t seq = meta->Sequence.Stream;
+        uint64_t pending = meta->NumPending;
+        jsMsgMetaData_Destroy(meta);
+        if (seq > target) {
+            c->held = m; /* beyond the target: keep it for when the target moves */
+            break;
+        }
+        if (!in_txn) {
+            s = jl_db_begin(c->db, true);
+            if (s != JL_OK)
+                break;
+            in_txn = true;
+        }
+        if (seq > c->checkpoint) {
+            s = jl__proj_apply_message(c->p, c->db, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
+                                       (size_t)natsMsg_GetDataLength(m), &c->events, &c->dead,
+                                       c->err, sizeof(c->err));
+            c->checkpoint = seq;
+            c->applied++;
+        }
+        c->total = c->applied + pending;
+        natsMsg_Destroy(m);
+        n++;
+        if (s != JL_OK)
+            break;
+    }
+    if (in_txn && s == JL_OK)
+        s = jl__proj_save_checkpoint(c->db, c->checkpoint);
+    if (in_txn && s == JL_OK)
+        s = jl_db_commit(c->db);
+    if (in_txn && s != JL_OK) {
+        jl_db_rollback(c->db);
+        if (c->err[0] == 0)
+            snprintf(c->err, sizeof(c->err), "%s", jl_db_errmsg(c->db));
+    }
+    return s;
+}
+
+static uint64_t fnv64(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Lines of @p a (sorted) not in @p b (sorted), at most MAX_DIFFS. */
+static int diff_lines(const char *a, const char *b, char out[MAX_DIFFS][256])
+{
+    int n = 0;
+    const char *pa = a, *pb = b;
+    while (*pa && n < MAX_DIFFS) {
+        const char *ea = strchr(pa, '\n');
+        size_t la = ea ? (size_t)(ea - pa) : strlen(pa);
+        int cmp = 1;
+        while (*pb) {
+            const char *eb = strchr(pb, '\n');
+            size_t lb = eb ? (size_t)(eb - pb) : strlen(pb);
+            size_t m = la < lb ? la : lb;
+            cmp = memcmp(pa, pb, m);
+            if (cmp == 0)
+                cmp = la == lb ? 0 : (la < lb ? -1 : 1);
+            if (cmp <= 0)
+                break;
+            pb += lb + (eb ? 1 : 0);
+        }
+        if (cmp != 0)
+            snprintf(out[n++], 256, "%.*s", (int)(la < 255 ? la : 255), pa);
+        pa += la + (ea ? 1 : 0);
+    }
+    return n;
+}
+
+static jl_status compare(run_ctx *c)
+{
+    jl_projector *p = c->p;
+    jl_buf live, rebuilt;
+    jl_buf_init(&live, (size_t)1 << 31);
+    jl_buf_init(&rebuilt, (size_t)1 << 31);
+    jl_status s = jl_db_dump(p->db, &live);
+    if (s == JL_OK)
+        s = jl_db_dump(c->db, &rebuilt);
+    if (s != JL_OK) {
+        snprintf(c->err, sizeof(c->err), "cannot dump the read models: %s / %s",
+                 jl_db_errmsg(p->db), jl_db_errmsg(c->db));
+    } else {
+        jl__job *j = c->j;
+        pthread_mutex_lock(&j->mu);
+        j->st.verified_seq = c->checkpoint;
+        snprintf(j->st.live_digest, sizeof(j->st.live_digest), "%016" PRIx64,
+                 fnv64(jl_buf_str(&live), live.len));
+        snprintf(j->st.rebuilt_digest, sizeof(j->st.rebuilt_digest), "%016" PRIx64,
+                 fnv64(jl_buf_str(&rebuilt), rebuilt.len));
+        j->st.match = live.len == rebuilt.len &&
+                      memcmp(jl_buf_str(&live), jl_buf_str(&rebuilt), live.len) == 0;
+        if (!j->st.match) {
+            /* Dumps are sorted per table and tables are in name order: a merge finds rows. */
+            j->st.n_only_live =
+                diff_lines(jl_buf_str(&live), jl_buf_str(&rebuilt), j->st.only_live);
+            j->st.n_only_rebuilt =
+                diff_lines(jl_buf_str(&rebuilt), jl_buf_str(&live), j->st.only_rebuilt);
+        }
+        pthread_mutex_unlock(&j->mu);
+    }
+    jl_buf_cleanup(&live);
+    jl_buf_cleanup(&rebuilt);
+    return s;
+}
+
+static jl_status subscribe(run_ctx *c)
+{
+    jl_projector *p = c->p;
+    jl__job *j = c->j;
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    jsSubOptions_Init(&so);
+    so.Stream = p->def->stream;
+    so.Ordered = true;
+    if (j->from_time_ns != 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartTime;
+        so.Config.OptStartTime = j->from_time_ns;
+    } else if (j->from_seq > 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = j->from_seq;
+    }
+    natsStatus ns = js_SubscribeSync(&c->sub, p->js, p->def->filter_subject, NULL, &so, &jerr);
+    if (ns != NATS_OK) {
+        snprintf(c->err, sizeof(c->err), "cannot read stream %s: %s (JetStream error %d)",
+                 p->def->stream, natsStatus_GetText(ns), (int)jerr);
+        return jl_status_from_nats(ns);
+    }
+    natsSubscription_SetPendingLimits(c->sub, 1 << 20, 1 << 30);
+    jsConsumerInfo *ci = NULL;
+    if (natsSubscription_GetConsumerInfo(&ci, c->sub, NULL, NULL) == NATS_OK) {
+        c->total = ci->NumPending + ci->Delivered.Consumer;
+        jsConsumerInfo_Destroy(ci);
+    }
+    return JL_OK;
+}
+
+static void run_job(jl_projector *p, jl__job *j)
+{
+    run_ctx c = {.p = p, .j = j};
+    jl_status s = JL_OK;
+    bool paused_live = false;
+
+    snprintf(c.file, sizeof(c.file), "%s-%s%" PRId64 ".db", p->def->name,
+             j->verify ? "verify-" : "", now_ns() / 1000000);
+    snprintf(c.path, sizeof(c.path), "%s/%s", p->data_dir, c.file);
+    pthread_mutex_lock(&j->mu);
+    snprintf(j->st.file, sizeof(j->st.file), "%s", c.file);
+    pthread_mutex_unlock(&j->mu);
+
+    s = jl_db_open(&c.db, c.path, false, c.err, sizeof(c.err));
+    if (s == JL_OK && p->rebuild_max_bytes > 0) {
+        char pragma[96];
+        int page = 4096;
+        snprintf(pragma, sizeof(pragma), "PRAGMA max_page_count=%" PRId64,
+                 p->rebuild_max_bytes / page);
+        s = jl_db_exec(c.db, pragma);
+    }
+    if (s == JL_OK)
+        s = jl__proj_create_schema(p, c.db, c.err, sizeof(c.err));
+    if (s == JL_OK)
+        s = subscribe(&c);
+
+    /* Follow the live checkpoint until caught up with it. */
+    int64_t last_progress = 0;
+    while (s == JL_OK) {
+        if (atomic_load(&j->cancel) || atomic_load(&p->stopping)) {
+            s = JL_ERR_STOPPED;
+            snprintf(c.err, sizeof(c.err), "cancelled");
+            break;
+        }
+        uint64_t target = live_checkpoint(p);
+        if (target < j->from_seq)
+            target = j->from_seq ? j->from_seq - 1 : 0;
+        bool idle = false;
+        if (c.checkpoint >= target && (c.held != NULL || c.total <= c.applied)) {
+            /* Caught up with the live side (or nothing left to read): finish under pause. */
+            pthread_mutex_lock(&p->apply_mu);
+            paused_live = true;
+            int64_t deadline = now_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
+            target = p->checkpoint;
+            while (s == JL_OK && c.checkpoint < target) {
+                s = apply_upto(&c, target, 1000, &idle);
+                if (s == JL_OK && idle && now_ns() > deadline) {
+                    snprintf(c.err, sizeof(c.err),
+                             "stream ended at %" PRIu64 " before the live checkpoint %" PRIu64,
+                             c.checkpoint, target);
+                    s = JL_ERR_INTERNAL;
+                }
+            }
+            /* Messages the live side filtered out never come; both now stand at target. */
+            c.checkpoint = target;
+            if (s == JL_OK) {
+                jl_status cs = jl_db_begin(c.db, true);
+                if (cs == JL_OK)
+                    cs = jl__proj_save_checkpoint(c.db, c.checkpoint);
+                if (cs == JL_OK)
+                    cs = jl_db_commit(c.db);
+                if (cs != JL_OK) {
+                    jl_db_rollback(c.db);
+                    snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
+                    s = cs;
+                }
+            }
+            break;
+        }
+        s = apply_upto(&c, target, 250, &idle);
+        int64_t t = now_ns();
+        if (t - last_progress > 100 * 1000000LL) {
+            status_progress(j, c.checkpoint, c.applied, c.total, c.events, target);
+            last_progress = t;
+        }
+    }
+    status_progress(j, c.checkpoint, c.applied, c.total, c.events, c.checkpoint);
+
+    if (s == JL_OK && j->verify) {
+        s = compare(&c);
+    } else if (s == JL_OK) {
+        s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
+        c.db = NULL; /* owned by the projector now (or closed on failure) */
+        if (s == JL_OK)
+            atomic_store(&p->paused, false);
+    }
+    if (paused_live)
+        pthread_mutex_unlock(&p->apply_mu);
+
+    natsMsg_Destroy(c.held);
+    if (c.sub != NULL) {
+        natsSubscription_Unsubscribe(c.sub);
+        natsSubscription_Destroy(c.sub);
+    }
+    if (c.db != NULL || s != JL_OK || j->verify) {
+        jl_db_close(c.db);
+        if (s != JL_OK || j->verify)
+            jl__proj_remove_db(c.path);
+    }
+    if (s == JL_OK) {
+        status_set(j, JOB_DONE, NULL);
+        jl_log(JL_LOG_INFO, j->verify ? "verify finished" : "rebuild finished",
+               "\"checkpoint\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"events\":%" PRIu64,
+               c.checkpoint, c.applied, c.events);
+    } else {
+        char msg[700];
+        bool disk = s == JL_ERR_DISK_FULL || s == JL_ERR_IO;
+        snprintf(msg, sizeof(msg), "%s%s: the live read model is untouched", c.err,
+                 disk ? " (no space or no write access for the new file)" : "");
+        status_set(j, s == JL_ERR_STOPPED ? JOB_CANCELLED : JOB_FAILED, msg);
+        char esc[800];
+        jl_log(JL_LOG_ERROR, j->verify ? "verify failed" : "rebuild failed",
+               "\"status\":\"%s\",\"error\":\"%s\"", jl_status_str(s),
+               jl_log_str(esc, sizeof(esc), msg));
+    }
+}
+
+static void *job_thread(void *arg)
+{
+    jl_projector *p = arg;
+    run_job(p, p->job);
+    return NULL;
+}
+
+/* Check the request against the stream, then start the job's thread. */
+static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int64_t from_time_ns,
+                           bool keep_old, const char *reason, char *err, size_t errlen)
+{
+    jl__job *j = p->job;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+
+    pthread_mutex_lock(&j->mu);
+    bool busy = j->st.state == JOB_RUNNING;
+    pthread_mutex_unlock(&j->mu);
+    if (busy) {
+        snprintf(err, errlen, "a %s is already running (see GetRebuildStatus)",
+                 j->verify ? "verify" : "rebuild");
+        return JL_ERR_CONFLICT;
+    }
+    if (from_seq != 0 && from_time_ns != 0) {
+        snprintf(err, errlen, "give from_seq or from_time, not both");
+        return JL_ERR_INVALID;
+    }
+    natsStatus ns = js_GetStreamInfo(&si, p->js, p->def->stream, NULL, &jerr);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot read stream %s: %s", p->def->stream, natsStatus_GetText(ns));
+        return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
+    }
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    if (from_seq != 0 && last != 0 && from_seq > last) {
+        snprintf(err, errlen, "from-seq %" PRIu64 " is past the stream's last sequence %" PRIu64,
+                 from_seq, last);
+        return JL_ERR_INVALID;
+    }
+    if (from_seq != 0 && from_seq < first) {
+        snprintf(err, errlen,
+                 "from-seq %" PRIu64 " is before the first retained sequence %" PRIu64
+                 " of stream %s",
+                 from_seq, first, p->def->stream);
+        return JL_ERR_INVALID;
+    }
+    if (from_time_ns > now_ns()) {
+        snprintf(err, errlen, "from-time is in the future");
+        return JL_ERR_INVALID;
+    }
+    if (j->has_thread) {
+        pthread_join(j->thread, NULL);
+        j->has_thread = false;
+    }
+    pthread_mutex_lock(&j->mu);
+    memset(&j->st, 0, sizeof(j->st));
+    j->st.verify = verify;
+    j->st.state = JOB_RUNNING;
+    j->st.started_ns = now_ns();
+    j->st.from_seq = from_seq;
+    snprintf(j->st.reason, sizeof(j->st.reason), "%s", reason);
+    j->verify = verify;
+    j->keep_old = keep_old;
+    j->from_seq = from_seq;
+    j->from_time_ns = from_time_ns;
+    atomic_store(&j->cancel, false);
+    pthread_mutex_unlock(&j->mu);
+    if (pthread_create(&j->thread, NULL, job_thread, p) != 0) {
+        status_set(j, JOB_FAILED, "cannot start a thread");
+        snprintf(err, errlen, "cannot start a thread");
+        return JL_ERR_NOMEM;
+    }
+    j->has_thread = true;
+    jl_log(JL_LOG_INFO, verify ? "verify started" : "rebuild started",
+           "\"from_seq\":%" PRIu64 ",\"from_time_ns\":%" PRId64 ",\"reason\":\"%s\"", from_seq,
+           from_time_ns, reason);
+    return JL_OK;
+}
+
+void jl__jobs_start_version_rebuild(jl_projector *p)
+{
+    char reason[128], err[512];
+    snprintf(reason, sizeof(reason), "projection version %d -> %d", p->db_version, p->def->version);
+    jl_status s = start_job(p, false, 0, 0, false, reason, err, sizeof(err));
+    if (s != JL_OK)
+        jl_log(JL_LOG_ERROR, "version rebuild not started", "\"error\":\"%s\"", err);
+}
+
+bool jl__jobs_running(jl_projector *p)
+{
+    pthread_mutex_lock(&p->job->mu);
+    bool r = p->job->st.state == JOB_RUNNING;
+    pthread_mutex_unlock(&p->job->mu);
+    return r;
+}
+
+/* ---- administration requests ---- */
+
+static void answer_admin(jl_projector *p, const char *name, const void *data, size_t len,
+                         jl_reply *r)
+{
+    char err[512] = "";
+    jl_status s = JL_OK;
+    if (len > JL_MAX_QUERY_BYTES) {
+        jl_reply_error(r, JL_CODE_INVALID, "request of %zu bytes is too large", len);
+        return;
+    }
+    if (strcmp(name, "Rebuild") == 0) {
+        Jetledger__Rebuild *m = jetledger__rebuild__unpack(NULL, len, data);
+        if (m == NULL) {
+            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.Rebuild");
+            return;
+        }
+        s = start_job(p, false, m->from_seq, m->from_time_ns, m->keep_old, "requested", err,
+                      sizeof(err));
+        jetledger__rebuild__free_unpacked(m, NULL);
+    } else if (strcmp(name, "Verify") == 0) {
+        s = start_job(p, true, 0, 0, false, "requested", err, sizeof(err));
+    } else if (strcmp(name, "CancelRebuild") == 0) {
+        atomic_store(&p->job->cancel, true);
+    } else if (strcmp(name, "GetRebuildStatus") != 0) {
+        jl_reply_error(r, JL_CODE_INVALID,
+                       "unknown request '%.64s' (Rebuild, Verify, GetRebuildStatus, "
+                       "CancelRebuild)",
+                       name);
+        return;
+    }
+    if (s != JL_OK) {
+        jl_reply_error(r,
+                       s == JL_ERR_INVALID     ? JL_CODE_INVALID
+                       : s == JL_ERR_CONFLICT  ? JL_CODE_CONFLICT
+                       : s == JL_ERR_NOT_FOUND ? JL_CODE_NOT_FOUND
+                                               : JL_CODE_UNAVAILABLE,
+                       "%s", err);
+        return;
+    }
+    status_to_reply(p->job, r);
+    r->stream_seq = jl_projector_checkpoint(p);
+}
+
+static void on_admin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    jl_projector *p = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    const char *reply = natsMsg_GetReply(msg);
+    const char *dot = strrchr(subject, '.');
+    jl_reply r;
+    jl_buf out;
+    (void)sub;
+    jl_reply_init(&r);
+    jl_buf_init(&out, 1 << 20);
+    answer_admin(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
+                 (size_t)natsMsg_GetDataLength(msg), &r);
+    if (reply != NULL && *reply != 0 && jl_reply_encode(&out, &r) == JL_OK)
+        natsConnection_Publish(nc, reply, out.data, (int)out.len);
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(msg);
+}
+
+jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
+{
+    char subject[256];
+    p->job = calloc(1, sizeof(*p->job));
+    if (p->job == NULL)
+        return JL_ERR_NOMEM;
+    pthread_mutex_init(&p->job->mu, NULL);
+    atomic_init(&p->job->cancel, false);
+    snprintf(subject, sizeof(subject), "%s.admin.*", p->def->name);
+    natsStatus ns = natsConnection_QueueSubscribe(&p->asub, jl_conn_nats(p->conn), subject,
+                                                  p->def->name, on_admin, p);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot subscribe to %s: %s", subject, natsStatus_GetText(ns));
+        return JL_ERR_NATS;
+    }
+    return JL_OK;
+}
+
+void jl__jobs_close(jl_projector *p)
+{
+    if (p->asub != NULL) {
+        natsSubscription_Unsubscribe(p->asub);
+        natsSubscription_Destroy(p->asub);
+        p->asub = NULL;
+    }
+    if (p->job == NULL)
+        return;
+    atomic_store(&p->job->cancel, true);
+    if (p->job->has_thread)
+        pthread_join(p->job->thread, NULL);
+    pthread_mutex_destroy(&p->job->mu);
+    free(p->job);
+    p->job = NULL;
+}

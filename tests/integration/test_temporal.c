@@ -1,0 +1,353 @@
+/*
+ * The producer's audit trail (GetHistory), past states (GetState) and snapshots, against a real
+ * nats-server: states as of a sequence, a time and a version; a cold command on an aggregate
+ * with 10,000 events reads at most snapshot_every events; a snapshot from another state_version
+ * is ignored.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "jetledger/admin.pb-c.h"
+#include "jetledger/producer.h"
+#include "orders/orders.pb-c.h"
+#include "service.h"
+#include "support.h"
+
+static tenv env;
+
+static void setup(void)
+{
+    tenv_start(&env);
+}
+
+static void teardown(void)
+{
+    tenv_stop(&env);
+}
+
+static jl_producer *open_producer(const jl_service_def *def, int snapshot_every, int cache)
+{
+    jl_producer *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    cfg.snapshot_every = snapshot_every;
+    cfg.cache_size = cache;
+    ck_assert_msg(jl_producer_open(&p, env.conn, def, &cfg, err, sizeof(err)) == JL_OK, "%s", err);
+    return p;
+}
+
+/* Run one command in-process; returns the reply code, fills seq/version. */
+static jl_code run(jl_producer *p, const ProtobufCMessage *m, char *io_id, uint64_t *out_seq)
+{
+    uint8_t buf[1024];
+    size_t n = protobuf_c_message_pack(m, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer_handle(p, m->descriptor->short_name, buf, n, NULL, NULL, NULL, &r);
+    if (io_id != NULL && r.code == JL_CODE_OK)
+        snprintf(io_id, JL_UUID_LEN + 1, "%s", r.aggregate_id);
+    if (out_seq != NULL)
+        *out_seq = r.stream_seq;
+    jl_code c = r.code;
+    ck_assert_msg(c == JL_CODE_OK, "%s: %s", m->descriptor->short_name, r.message);
+    jl_reply_cleanup(&r);
+    return c;
+}
+
+static void add(jl_producer *p, const char *id, const char *sku, int qty, uint64_t *seq)
+{
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.order_id = (char *)id;
+    m.sku = (char *)sku;
+    m.quantity = qty;
+    m.unit_price_cents = 100;
+    run(p, &m.base, NULL, seq);
+}
+
+static void create(jl_producer *p, char id[JL_UUID_LEN + 1], uint64_t *seq)
+{
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    m.customer_id = "temporal";
+    run(p, &m.base, id, seq);
+}
+
+/* GetState through NATS; returns the reply code and the decoded state when OK. */
+static jl_code get_state(const char *id, uint64_t at_seq, int64_t at_time, uint64_t at_version,
+                         Orders__OrderState **out_state, uint64_t *out_version)
+{
+    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
+    q.aggregate_id = (char *)id;
+    q.at_seq = at_seq;
+    q.at_time_ns = at_time;
+    q.at_version = at_version;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
+    jl_code c = r.code;
+    if (c == JL_CODE_OK) {
+        ck_assert_str_eq(r.result_type, "jetledger.StateResult");
+        Jetledger__StateResult *res =
+            jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(res);
+        ck_assert_str_eq(res->state_type, "orders.OrderState");
+        *out_version = res->version;
+        *out_state = orders__order_state__unpack(NULL, res->state.len, res->state.data);
+        ck_assert_ptr_nonnull(*out_state);
+        jetledger__state_result__free_unpacked(res, NULL);
+    }
+    jl_reply_cleanup(&r);
+    return c;
+}
+
+START_TEST(state_as_of_sequence_time_and_version)
+{
+    jl_producer *p = open_producer(&orders_service, 100, 100);
+    char id[JL_UUID_LEN + 1], other[JL_UUID_LEN + 1];
+    uint64_t s1, s2, s3, s4, unused;
+    create(p, id, &s1);
+    create(p, other, &unused); /* interleaved: sequences of one aggregate are not dense */
+    add(p, id, "apple", 2, &s2);
+    add(p, other, "x", 1, &unused);
+    add(p, id, "pear", 1, &s3);
+    nats_Sleep(20);
+    int64_t between_ns = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        between_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    nats_Sleep(20);
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    place.order_id = id;
+    run(p, &place.base, NULL, &s4);
+
+    Orders__OrderState *st = NULL;
+    uint64_t v = 0;
+    /* latest */
+    ck_assert_int_eq(get_state(id, 0, 0, 0, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 4);
+    ck_assert_str_eq(st->status, "placed");
+    ck_assert_uint_eq(st->n_lines, 2);
+    orders__order_state__free_unpacked(st, NULL);
+    /* as of version 2: created + apple */
+    ck_assert_int_eq(get_state(id, 0, 0, 2, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 2);
+    ck_assert_str_eq(st->status, "open");
+    ck_assert_uint_eq(st->n_lines, 1);
+    ck_assert_str_eq(st->lines[0]->sku, "apple");
+    orders__order_state__free_unpacked(st, NULL);
+    /* as of a sequence between the aggregate's commits: the last one at or below it */
+    ck_assert_int_eq(get_state(id, s3 - 1, 0, 0, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 2);
+    orders__order_state__free_unpacked(st, NULL);
+    ck_assert_int_eq(get_state(id, s3, 0, 0, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 3);
+    ck_assert_uint_eq(st->n_lines, 2);
+    orders__order_state__free_unpacked(st, NULL);
+    /* as of a time between the third and fourth event */
+    ck_assert_int_eq(get_state(id, 0, between_ns, 0, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 3);
+    ck_assert_str_eq(st->status, "open");
+    orders__order_state__free_unpacked(st, NULL);
+    /* two points at once is a bad request; a time before the first event finds nothing */
+    ck_assert_int_eq(get_state(id, s4, 1, 0, &st, &v), JL_CODE_INVALID);
+    ck_assert_int_eq(get_state(id, 0, 1, 0, &st, &v), JL_CODE_NOT_FOUND);
+    /* unknown aggregate, bad id */
+    char nobody[JL_UUID_LEN + 1];
+    jl_uuid_new(nobody);
+    ck_assert_int_eq(get_state(nobody, 0, 0, 0, &st, &v), JL_CODE_NOT_FOUND);
+    ck_assert_int_eq(get_state("nope", 0, 0, 0, &st, &v), JL_CODE_INVALID);
+    ck_assert_uint_lt(s1, s2);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(history_lists_every_event_in_order_with_paging)
+{
+    jl_producer *p = open_producer(&orders_service, 100, 100);
+    char id[JL_UUID_LEN + 1];
+    uint64_t seq[5];
+    create(p, id, &seq[0]);
+    add(p, id, "a", 1, &seq[1]);
+    add(p, id, "b", 1, &seq[2]);
+    add(p, id, "c", 1, &seq[3]);
+    add(p, id, "d", 1, &seq[4]);
+
+    uint64_t from = 1;
+    int total = 0, pages = 0;
+    do {
+        Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
+        q.aggregate_id = id;
+        q.from_version = from;
+        q.limit = 2;
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
+        ck_assert_int_eq(r.code, JL_CODE_OK);
+        Jetledger__HistoryResult *h =
+            jetledger__history_result__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(h);
+        for (size_t i = 0; i < h->n_events; i++) {
+            Jetledger__Envelope *e = h->events[i]->envelope;
+            ck_assert_uint_eq(e->aggregate_version, (uint64_t)total + 1);
+            ck_assert_uint_eq(h->events[i]->stream_sequence, seq[total]);
+            ck_assert_str_eq(e->aggregate_id, id);
+            ck_assert_int_eq(strlen(e->event_id), JL_UUID_LEN);
+            ck_assert_str_eq(e->event_type,
+                             total == 0 ? "orders.OrderCreated" : "orders.ItemAdded");
+            ck_assert_ptr_nonnull(e->correlation_id);
+            total++;
+        }
+        from = h->next_version;
+        jetledger__history_result__free_unpacked(h, NULL);
+        jl_reply_cleanup(&r);
+        pages++;
+    } while (from != 0 && pages < 10);
+    ck_assert_int_eq(total, 5);
+    ck_assert_int_eq(pages, 3);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(cold_command_on_10000_events_reads_at_most_snapshot_every)
+{
+    enum { EVENTS = 10000, EVERY = 100 };
+    jl_producer *p = open_producer(&orders_service, EVERY, 10);
+    char id[JL_UUID_LEN + 1];
+    create(p, id, NULL);
+    for (int i = 1; i < EVENTS; i++) {
+        if (i % 2 == 1) {
+            add(p, id, "a", 1, NULL);
+        } else {
+            Orders__RemoveItem m = ORDERS__REMOVE_ITEM__INIT;
+            m.order_id = id;
+            m.sku = "a";
+            run(p, &m.base, NULL, NULL);
+        }
+    }
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_ge(st.snapshots_saved, EVENTS / EVERY - 1);
+    jl_producer_close(p, 1000);
+
+    /* A fresh producer (empty cache): the command loads the snapshot, then at most EVERY. */
+    p = open_producer(&orders_service, EVERY, 10);
+    add(p, id, "b", 1, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.loads, 1);
+    ck_assert_uint_eq(st.snapshot_loads, 1);
+    ck_assert_msg(st.last_load_events <= EVERY, "read %" PRIu64 " events", st.last_load_events);
+    /* The next command on it is decided on the cached state: nothing read. */
+    add(p, id, "c", 1, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.loads, 1);
+    ck_assert_uint_eq(st.last_load_events, 0);
+    jl_producer_close(p, 1000);
+
+    /* Without snapshots the same load replays everything: the bound above is the snapshot's. */
+    p = open_producer(&orders_service, 0, 10);
+    add(p, id, "d", 1, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.last_load_events, EVENTS + 2);
+    jl_producer_close(p, 1000);
+
+    /* The state is right either way: events 2..10000 alternate add/remove of "a" and end on
+     * an add, then b, c, d: four lines. */
+    Orders__OrderState *s = NULL;
+    uint64_t v = 0;
+    p = open_producer(&orders_service, EVERY, 10);
+    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, EVENTS + 3);
+    ck_assert_uint_eq(s->n_lines, 4);
+    orders__order_state__free_unpacked(s, NULL);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(snapshot_of_another_state_version_is_ignored)
+{
+    jl_producer *p = open_producer(&orders_service, 2, 10);
+    char id[JL_UUID_LEN + 1];
+    create(p, id, NULL);
+    add(p, id, "a", 1, NULL);
+    add(p, id, "b", 2, NULL); /* version 3: a snapshot at version 2 exists */
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_ge(st.snapshots_saved, 1);
+    jl_producer_close(p, 1000);
+
+    jl_service_def v2 = orders_service;
+    v2.state_version = 2;
+    p = open_producer(&v2, 100, 10); /* reads, but does not overwrite, the snapshot */
+    add(p, id, "c", 1, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.snapshot_loads, 0);
+    ck_assert_uint_eq(st.last_load_events, 3);
+    jl_producer_close(p, 1000);
+
+    p = open_producer(&orders_service, 2, 10);
+    Orders__RemoveItem rm = ORDERS__REMOVE_ITEM__INIT;
+    rm.order_id = id;
+    rm.sku = "b";
+    run(p, &rm.base, NULL, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.snapshot_loads, 1);
+    ck_assert_uint_le(st.last_load_events, 2);
+    Orders__OrderState *s = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 5);
+    ck_assert_uint_eq(s->n_lines, 2); /* a and c */
+    orders__order_state__free_unpacked(s, NULL);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(cached_state_catches_up_after_another_replica_wrote)
+{
+    /* Two replicas: each caches the aggregate, then the other writes; the stale one loses the
+     * race once, reads only the new commit and succeeds. */
+    jl_producer *a = open_producer(&orders_service, 100, 100);
+    jl_producer *b = open_producer(&orders_service, 100, 100);
+    char id[JL_UUID_LEN + 1];
+    create(a, id, NULL);
+    add(b, id, "x", 1, NULL); /* b loads (1 event) and writes */
+    add(a, id, "y", 1, NULL); /* a's cache is stale: conflict, catch up 1 event, succeed */
+    jl_producer_stats st;
+    jl_producer_get_stats(a, &st);
+    ck_assert_uint_eq(st.conflicts, 1);
+    ck_assert_uint_eq(st.loads, 1); /* the CreateOrder's, on the empty subject */
+    ck_assert_uint_eq(st.last_load_events, 1);
+    Orders__OrderState *s = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 3);
+    ck_assert_uint_eq(s->n_lines, 2);
+    orders__order_state__free_unpacked(s, NULL);
+    jl_producer_close(a, 1000);
+    jl_producer_close(b, 1000);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("temporal");
+    TCase *tc = tcase_create("producer");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, state_as_of_sequence_time_and_version);
+    tcase_add_test(tc, history_lists_every_event_in_order_with_paging);
+    tcase_add_test(tc, cold_command_on_10000_events_reads_at_most_snapshot_every);
+    tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
+    tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
