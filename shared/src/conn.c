@@ -154,8 +154,14 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
         nats_Sleep(250);
     }
     if (ns != NATS_OK) {
-        /* nats_GetLastError repeats the status text with a source location: say it once. */
-        snprintf(err, errlen, "cannot reach NATS at %s: %s", cfg->nats_url, natsStatus_GetText(ns));
+        /* The last error often only repeats the status text: add it when it says more. */
+        const char *text = natsStatus_GetText(ns);
+        const char *detail = nats_GetLastError(NULL);
+        if (detail != NULL && detail[0] == '(' && strstr(detail, "): ") != NULL)
+            detail = strstr(detail, "): ") + 3; /* drop "(conn.c:123): " */
+        bool more = detail != NULL && *detail != 0 && strcmp(detail, text) != 0;
+        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s", cfg->nats_url, text,
+                 more ? ": " : "", more ? detail : "");
         s = jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT ? JL_ERR_UNAVAILABLE
                                                                                 : JL_ERR_NATS;
         goto done;
