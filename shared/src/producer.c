@@ -589,7 +589,9 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     jl_status s = (h.items && h.ptrs) ? JL_OK : JL_ERR_NOMEM;
     if (s == JL_OK)
         s = jl_store_read_subject(p->store, subject, 0, 0, history_commit, &h, &last);
-    if (s == JL_OK || s == JL_ERR_STOPPED) {
+    if ((s == JL_OK || s == JL_ERR_STOPPED) && last == 0) {
+        jl_reply_error(r, JL_CODE_NOT_FOUND, "%s has no events", subject);
+    } else if (s == JL_OK || s == JL_ERR_STOPPED) {
         Jetledger__HistoryResult res = JETLEDGER__HISTORY_RESULT__INIT;
         res.n_events = h.n;
         res.events = h.ptrs;

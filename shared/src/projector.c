@@ -279,11 +279,20 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     pthread_rwlock_unlock(&p->switch_lock);
     jl_db_close(old_qdb);
     jl_db_close(old_db);
-    if (!keep_old)
+    char kept[1100] = "";
+    if (!keep_old) {
         jl__proj_remove_db(old_path);
+    } else {
+        /* "<name>.replaced-<ms>.db": not "<name>-*.db", which a start takes for the debris of an
+         * interrupted rebuild and removes. Closing the last connection folded its WAL in. */
+        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
+                 jl__now_ns() / 1000000);
+        if (rename(old_path, kept) != 0)
+            snprintf(kept, sizeof(kept), "%s", old_path);
+    }
     jl_log(JL_LOG_INFO, "read model switched",
            "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file, p->checkpoint,
-           keep_old ? old_path : "(removed)");
+           keep_old ? kept : "(removed)");
     return JL_OK;
 }
 
@@ -445,14 +454,17 @@ jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const
                 (*io_events)++;
                 continue;
             }
-            jl_db_exec(db, "ROLLBACK TO jl_event");
-            jl_db_exec(db, "RELEASE jl_event");
             if (!is_bad_event(es)) {
+                /* Say why before the rollback: SQLite may have ended the transaction itself
+                 * (disk full), and the failing ROLLBACK TO would overwrite the cause. */
                 snprintf(err, errlen, "applying %s at sequence %" PRIu64 " failed: %s",
                          ev.event_type, seq, why[0] ? why : jl_db_errmsg(db));
+                jl_db_exec(db, "ROLLBACK TO jl_event");
                 s = es;
                 break;
             }
+            jl_db_exec(db, "ROLLBACK TO jl_event");
+            jl_db_exec(db, "RELEASE jl_event");
             if (why[0] == 0)
                 snprintf(why, sizeof(why), "apply refused the event: %s", jl_status_str(es));
         }
@@ -555,7 +567,13 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
 
     p->err[0] = 0;
     if (atomic_load(&p->paused)) {
-        /* A version rebuild is under way: the old file must not see the new code's apply. */
+        /* A version rebuild is under way: the old file must not see the new code's apply. If
+         * it failed (NATS down, disk full), try again every 10 s. */
+        int64_t t = jl__now_ns();
+        if (!jl__jobs_running(p) && t - p->last_version_try_ns > 10000 * NS_PER_MS) {
+            p->last_version_try_ns = t;
+            jl__jobs_start_version_rebuild(p);
+        }
         for (int waited = 0;
              waited < wait_ms && atomic_load(&p->paused) && !atomic_load(&p->stopping);
              waited += 50)
@@ -830,8 +848,10 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
            "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\","
            "\"version\":%d",
            p->db_path, p->checkpoint, p->durable, qsubject, p->db_version);
-    if (atomic_load(&p->paused))
+    if (atomic_load(&p->paused)) {
+        p->last_version_try_ns = jl__now_ns();
         jl__jobs_start_version_rebuild(p);
+    }
 done:
     if (s != JL_OK) {
         jl_projector_close(p, 0);

@@ -35,7 +35,8 @@ struct jl_projector {
     jl_db *qdb;         /* reader: the query thread, under switch_lock */
     natsSubscription *pull;
     natsSubscription *qsub;
-    natsSubscription *asub;
+    natsSubscription *asub;     /* admin, any instance (queue group) */
+    natsSubscription *asub_own; /* admin, this instance */
     pthread_mutex_t apply_mu;
     pthread_rwlock_t switch_lock;
     pthread_mutex_t mu;
@@ -46,6 +47,7 @@ struct jl_projector {
     atomic_bool paused; /* live applying suspended until a version rebuild switches */
     int db_version;     /* projection version of the current file */
     int64_t last_attach_log_ns;
+    int64_t last_version_try_ns;
     jl__job *job;
     char err[1024];
 };

@@ -101,7 +101,7 @@ static void status_progress(jl__job *j, uint64_t checkpoint, uint64_t applied, u
     pthread_mutex_unlock(&j->mu);
 }
 
-static void status_to_reply(jl__job *j, jl_reply *r)
+static void status_to_reply(jl__job *j, const char *instance, jl_reply *r)
 {
     Jetledger__RebuildStatus m = JETLEDGER__REBUILD_STATUS__INIT;
     char *live[MAX_DIFFS], *rebuilt[MAX_DIFFS];
@@ -133,6 +133,7 @@ static void status_to_reply(jl__job *j, jl_reply *r)
     m.only_live = live;
     m.n_only_rebuilt = (size_t)st.n_only_rebuilt;
     m.only_rebuilt = rebuilt;
+    m.instance = (char *)instance;
     jl_reply_set_result(r, &m.base);
 }
 
@@ -580,7 +581,7 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
                        "%s", err);
         return;
     }
-    status_to_reply(p->job, r);
+    status_to_reply(p->job, p->durable, r);
     r->stream_seq = jl_projector_checkpoint(p);
 }
 
@@ -612,9 +613,15 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
         return JL_ERR_NOMEM;
     pthread_mutex_init(&p->job->mu, NULL);
     atomic_init(&p->job->cancel, false);
+    /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<durable>.<Req>" reaches
+     * this one, so a job's progress is read where the job runs. */
     snprintf(subject, sizeof(subject), "%s.admin.*", p->def->name);
     natsStatus ns = natsConnection_QueueSubscribe(&p->asub, jl_conn_nats(p->conn), subject,
                                                   p->def->name, on_admin, p);
+    if (ns == NATS_OK) {
+        snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->durable);
+        ns = natsConnection_Subscribe(&p->asub_own, jl_conn_nats(p->conn), subject, on_admin, p);
+    }
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", subject, natsStatus_GetText(ns));
         return JL_ERR_NATS;
@@ -624,11 +631,14 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
 
 void jl__jobs_close(jl_projector *p)
 {
-    if (p->asub != NULL) {
-        natsSubscription_Unsubscribe(p->asub);
-        natsSubscription_Destroy(p->asub);
-        p->asub = NULL;
+    natsSubscription *subs[2] = {p->asub, p->asub_own};
+    for (int i = 0; i < 2; i++) {
+        if (subs[i] != NULL) {
+            natsSubscription_Unsubscribe(subs[i]);
+            natsSubscription_Destroy(subs[i]);
+        }
     }
+    p->asub = p->asub_own = NULL;
     if (p->job == NULL)
         return;
     atomic_store(&p->job->cancel, true);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "jetledger/log.h"
+#include "orders/orders.pb-c.h"
 
 void tenv_start(tenv *e)
 {
@@ -115,4 +116,80 @@ int64_t tnow_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Append @p n orders, each one commit of OrderCreated + @p items ItemAdded. */
+void tseed_orders(jl_conn *conn, int n, int items)
+{
+    jsCtx *js = jl_conn_js(conn);
+    jl_decision d;
+    jl_buf b;
+    jl_decision_init(&d);
+    jl_buf_init(&b, 1 << 20);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    for (int i = 0; i < n; i++) {
+        char id[JL_UUID_LEN + 1], first[JL_UUID_LEN + 1], subject[128], sku[16];
+        jl_uuid_new(id);
+        jl_decision_reset(&d);
+        Orders__OrderCreated c = ORDERS__ORDER_CREATED__INIT;
+        c.order_id = id;
+        c.customer_id = "seed";
+        jl_decision_emit(&d, &c.base);
+        for (int k = 0; k < items; k++) {
+            Orders__ItemAdded a = ORDERS__ITEM_ADDED__INIT;
+            snprintf(sku, sizeof(sku), "sku-%d", k);
+            a.order_id = id;
+            a.sku = sku;
+            a.quantity = 1 + k;
+            a.unit_price_cents = 100 + i % 7;
+            jl_decision_emit(&d, &a.base);
+        }
+        jl_commit_meta meta = {.aggregate_type = "order",
+                               .aggregate_id = id,
+                               .command_id = "seed",
+                               .first_version = 1,
+                               .occurred_at_ns = 1700000000000000000LL + i};
+        ck_assert_int_eq(jl_commit_encode(&b, first, &meta, &d), JL_OK);
+        snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
+        natsStatus ns;
+        while ((ns = js_PublishAsync(js, subject, b.data, (int)b.len, &po)) == NATS_TIMEOUT)
+            ;
+        ck_assert_int_eq(ns, NATS_OK);
+    }
+    jsPubOptions_Init(&po);
+    po.MaxWait = 30000;
+    ck_assert_int_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
+    jl_buf_cleanup(&b);
+    jl_decision_cleanup(&d);
+}
+
+uint64_t tstream_last_seq(jl_conn *c, const char *stream)
+{
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(c), stream, NULL, NULL), NATS_OK);
+    uint64_t last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return last;
+}
+
+int trun(Suite *s)
+{
+    char root[256];
+    /* One root for every temp dir of the suite (servers' stores included): a fork-mode test
+     * that fails skips its teardown, and this removes what it left. */
+    if (jl_tmpdir(root, sizeof(root)) != 0) {
+        perror("temp dir");
+        return 1;
+    }
+    setenv("TMPDIR", root, 1);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    if (getenv("JL_TEST_KEEP") == NULL)
+        jl_rm_rf(root);
+    else
+        fprintf(stderr, "kept %s\n", root);
+    return failed == 0 ? 0 : 1;
 }

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <check.h>
+
 #include "jetledger/codec.h"
 #include "jetledger/config.h"
 #include "jetledger/conn.h"
@@ -44,8 +46,23 @@ natsStatus tsend_raw(jl_conn *c, const char *subject, const void *data, size_t l
 /** Number of messages in a stream (0 if it does not exist). */
 uint64_t tstream_msgs(jl_conn *c, const char *stream);
 
+/**
+ * Append @p n orders to the ORDERS stream as fast as JetStream takes them (asynchronous
+ * publishes, no producer): each one commit of OrderCreated + @p items ItemAdded.
+ */
+void tseed_orders(jl_conn *c, int n, int items);
+
+/** Last sequence of a stream (fails the test if it does not exist). */
+uint64_t tstream_last_seq(jl_conn *c, const char *stream);
+
 /** Canonical dump of a read-model database file (malloc'd, caller frees). */
 char *tdump(const char *db_path);
+
+/**
+ * Run a suite with Check's normal output, every temp dir under one root removed at the end
+ * (kept with JL_TEST_KEEP=1); returns the process exit status (0 when all passed).
+ */
+int trun(Suite *s);
 
 /** Milliseconds since an arbitrary start. */
 int64_t tnow_ms(void);

@@ -595,9 +595,5 @@ Suite *orders_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(orders_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return trun(orders_suite());
 }

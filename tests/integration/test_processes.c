@@ -33,6 +33,7 @@
 #include "jetledger/projector.h"
 #include "orders/orders.pb-c.h"
 #include "projection.h"
+#include "jetledger/admin.pb-c.h"
 #include "support.h"
 
 extern char **environ;
@@ -289,13 +290,7 @@ static void wait_summary_answers(const svc *s)
 
 static uint64_t stream_last_seq(void)
 {
-    jsStreamInfo *si = NULL;
-    uint64_t last = 0;
-    natsStatus ns = js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL);
-    ck_assert_msg(ns == NATS_OK, "stream info: %s", natsStatus_GetText(ns));
-    last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    return last;
+    return tstream_last_seq(env.conn, "ORDERS");
 }
 
 /*
@@ -1068,6 +1063,116 @@ START_TEST(producer_replicas_share_commands_in_a_queue_group)
 }
 END_TEST
 
+/* ---- 6. a rebuild killed halfway ------------------------------------------------------ */
+
+static Jetledger__RebuildStatus *admin_req(const char *subject, const ProtobufCMessage *m)
+{
+    uint8_t buf[128];
+    size_t n = m ? protobuf_c_message_pack(m, buf) : 0;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, n, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", subject, r.message);
+    Jetledger__RebuildStatus *st =
+        jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(st);
+    jl_reply_cleanup(&r);
+    return st;
+}
+
+/* Start a rebuild; poll until @p stop_when_applied messages are applied (0: until the end). */
+static Jetledger__RebuildStatus *rebuild_until(uint64_t stop_when_applied)
+{
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = admin_req("order_summary.admin.Rebuild", &rb.base);
+    char subject[160];
+    snprintf(subject, sizeof(subject), "order_summary.admin.%s.GetRebuildStatus", st->instance);
+    int64_t deadline = tnow_ms() + 120000;
+    while (strcmp(st->state, "running") == 0 &&
+           (stop_when_applied == 0 || st->applied < stop_when_applied)) {
+        ck_assert(tnow_ms() < deadline);
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = admin_req(subject, &q.base);
+    }
+    return st;
+}
+
+static void live_db(const char *dir, char *out, size_t n)
+{
+    char ptr[PATH_MAX], name[256] = "order_summary.db\n";
+    snprintf(ptr, sizeof(ptr), "%s/order_summary.current", dir);
+    read_text(ptr, name, sizeof(name));
+    if (name[0] == 0)
+        snprintf(name, sizeof(name), "order_summary.db");
+    name[strcspn(name, "\n")] = 0;
+    snprintf(out, n, "%s/%s", dir, name);
+}
+
+static int count_files(const char *dir, const char *prefix)
+{
+    char cmdline[PATH_MAX + 64];
+    snprintf(cmdline, sizeof(cmdline), "ls %s | grep -c '^%s.*[.]db$' || true", dir, prefix);
+    FILE *f = popen(cmdline, "r");
+    int n = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%d", &n) != 1)
+            n = 0;
+        pclose(f);
+    }
+    return n;
+}
+
+START_TEST(rebuild_killed_halfway_leaves_the_live_model_as_it_was)
+{
+    const char *url = jl_natsd_url(env.natsd);
+    char data[600], db[PATH_MAX];
+    svc orders, proj;
+    svc_start(&orders, "orders", "orders.log", url, NULL, 0, NULL);
+    wait_orders_answer(&orders);
+    tseed_orders(env.conn, 60000, 1);
+    uint64_t last = stream_last_seq();
+    snprintf(data, sizeof(data), "%s/rk", env.dir);
+    svc_start(&proj, "order_summary", "summary.log", url, data, 1024, NULL);
+    snprintf(db, sizeof(db), "%s/order_summary.db", data);
+    wait_db_at(db, &proj, last, 60000);
+    char *before = tdump(db);
+
+    Jetledger__RebuildStatus *st = rebuild_until(last / 10);
+    ck_assert_msg(strcmp(st->state, "running") == 0,
+                  "the rebuild ended (%s) before it could be killed", st->state);
+    printf("killing the projector with the rebuild at %" PRIu64 " of %" PRIu64 " messages\n",
+           st->applied, st->total);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    ck_assert_int_eq(svc_stop(&proj, SIGKILL, 5000), 137);
+
+    /* The live file is what it was, and still the one named live; the partial file is there. */
+    char live[PATH_MAX];
+    live_db(data, live, sizeof(live));
+    ck_assert_str_eq(live, db);
+    char *after = tdump(db);
+    ck_assert_str_eq(before, after);
+    free(after);
+    ck_assert_int_eq(count_files(data, "order_summary-"), 1);
+
+    /* Restarted, it serves the same model, removes the partial file, and can rebuild again. */
+    svc_start(&proj, "order_summary", "summary2.log", url, data, 1024, NULL);
+    wait_summary_answers(&proj);
+    ck_assert_int_eq(count_files(data, "order_summary-"), 0);
+    st = rebuild_until(0);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    live_db(data, live, sizeof(live));
+    ck_assert_str_ne(live, db);
+    after = tdump(live);
+    ck_assert_str_eq(before, after);
+    free(after);
+    free(before);
+    ck_assert_int_eq(svc_stop(&proj, SIGTERM, 10000), 0);
+    ck_assert_int_eq(svc_stop(&orders, SIGTERM, 10000), 0);
+}
+END_TEST
+
 Suite *processes_suite(void)
 {
     Suite *s = suite_create("processes");
@@ -1085,27 +1190,12 @@ Suite *processes_suite(void)
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);
     tcase_add_test(tc, cli_round_trip_and_exit_codes);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
+    tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    char root[256];
-    /* One root for every temp dir of the suite (servers' stores included): a fork-mode test
-     * that fails skips its teardown, and this removes what it left. */
-    if (jl_tmpdir(root, sizeof(root)) != 0) {
-        perror("test_processes: temp dir");
-        return 1;
-    }
-    setenv("TMPDIR", root, 1);
-    SRunner *sr = srunner_create(processes_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    if (getenv("JL_TEST_KEEP") == NULL)
-        jl_rm_rf(root);
-    else
-        fprintf(stderr, "test_processes: kept %s\n", root);
-    return failed == 0 ? 0 : 1;
+    return trun(processes_suite());
 }

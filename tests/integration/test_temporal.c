@@ -345,9 +345,5 @@ int main(void)
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return trun(s);
 }

@@ -6,6 +6,17 @@
 #include "cli.h"
 #include "jetledger/codec.h"
 
+void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
+{
+    jl_buf_reset(line);
+    jl_event_to_json(line, ev);
+    if (s != JL_OK && line->len > 0) {
+        line->len--; /* reopen the object to say why the payload is null */
+        jl_buf_addf(line, ",\"error\":\"%s\"}", jl_status_str(s));
+    }
+    puts(jl_buf_str(line));
+}
+
 /* Print every event of one stream message; returns 0 or a CLI status. */
 static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
 {
@@ -21,13 +32,7 @@ static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
     for (size_t i = 0; i < jl_commit_count(c); i++) {
         jl_event ev;
         jl_status s = jl_commit_event(c, i, NULL, &ev, err, sizeof(err));
-        jl_buf_reset(line);
-        jl_event_to_json(line, &ev);
-        if (s != JL_OK && line->len > 0) {
-            line->len--; /* reopen the object to say why the payload is null */
-            jl_buf_addf(line, ",\"error\":\"%s\"}", jl_status_str(s));
-        }
-        puts(jl_buf_str(line));
+        cli_print_event(line, &ev, s);
     }
     jl_commit_free(c);
     return 0;

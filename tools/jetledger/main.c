@@ -1,7 +1,8 @@
 /*
  * jetledger: the command-line client. Sends commands and queries as JSON (converted to and
- * from protobuf through the generated descriptors, so new messages need no CLI code) and
- * prints the events of a stream.
+ * from protobuf through the generated descriptors, so new messages need no CLI code), prints
+ * the events of a stream, an aggregate's history and past states, and drives a projector's
+ * rebuild and verify jobs.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -22,11 +23,23 @@ static const char usage[] =
     "      ask a read model, e.g. query order_summary ListOrders '{\"status\":\"placed\"}'\n"
     "  events <service> [--aggregate ID] [--from-seq N]\n"
     "      print the stored events, one JSON object a line\n"
+    "  history <service> <aggregate-id>\n"
+    "      print every event of one aggregate, one JSON object a line (the audit trail)\n"
+    "  state <service> <aggregate-id> [--at-seq N | --at-time RFC3339 | --at-version V]\n"
+    "      print an aggregate's state, now or as of a stream sequence, a time or a version\n"
+    "  rebuild <projector> [--from-seq N | --from-time RFC3339] [--keep-old]\n"
+    "      rebuild the read model into a new file and switch to it; shows progress, prints a\n"
+    "      summary; Ctrl-C cancels (the live model stays as it was); --keep-old keeps the\n"
+    "      replaced file\n"
+    "  verify <projector>\n"
+    "      rebuild into a scratch file and compare it with the live read model\n"
     "\n"
     "  --timeout MS   how long to wait for a reply (default 5000)\n"
+    "  times are RFC 3339, e.g. 2026-11-26T12:00:00Z or 2026-11-26T12:00:00.123456789+01:00\n"
     "\n"
-    "Exit status: 0 ok, 1 the service refused (the error is printed), 2 bad usage,\n"
-    "3 NATS or the service unreachable, 4 other failure.\n";
+    "Exit status: 0 ok; 1 the service refused (the error is printed), a rebuild or verify\n"
+    "failed or was cancelled, or verify found a difference; 2 bad usage;\n"
+    "3 NATS or the service unreachable; 4 other failure.\n";
 
 void cli_error(const char *fmt, ...)
 {
@@ -69,19 +82,93 @@ static int parse_u64(const char *s, uint64_t *out)
     return 0;
 }
 
+enum cli_flag {
+    F_AGGREGATE,
+    F_FROM_SEQ,
+    F_FROM_TIME,
+    F_KEEP_OLD,
+    F_AT_SEQ,
+    F_AT_TIME,
+    F_AT_VERSION,
+    F_COMMAND_ID,
+    F_CORRELATION_ID,
+    F_TIMEOUT,
+    F_COUNT
+};
+
+static const char *const flag_names[F_COUNT] = {
+    "--aggregate", "--from-seq",   "--from-time",  "--keep-old",       "--at-seq",
+    "--at-time",   "--at-version", "--command-id", "--correlation-id", "--timeout"};
+
+/* Store the value of one flag; 0 or -1 after printing why. */
+static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
+{
+    char why[128];
+    uint64_t n = 0;
+    int rc = 0;
+    switch (which) {
+    case F_AGGREGATE:
+    case F_COMMAND_ID:
+    case F_CORRELATION_ID:
+        *(which == F_AGGREGATE    ? &o->aggregate
+          : which == F_COMMAND_ID ? &o->command_id
+                                  : &o->correlation_id) = val;
+        break;
+    case F_KEEP_OLD:
+        o->keep_old = true;
+        break;
+    case F_TIMEOUT:
+        rc = parse_u64(val, &n) != 0 || n == 0 || n > 600000 ? -1 : 0;
+        if (rc != 0)
+            cli_error("--timeout needs milliseconds from 1 to 600000, not '%s'", val);
+        else
+            o->timeout_ms = (int64_t)n;
+        break;
+    case F_FROM_TIME:
+    case F_AT_TIME:
+        rc = cli_parse_time(which == F_AT_TIME ? &o->at_time_ns : &o->from_time_ns, val, why,
+                            sizeof(why));
+        if (rc != 0)
+            cli_error("%s '%s' is not an RFC 3339 time (%s); e.g. 2026-11-26T12:00:00Z or "
+                      "2026-11-26T13:00:00.5+01:00",
+                      flag_names[which], val, why);
+        else if (which == F_AT_TIME)
+            o->has_at_time = true;
+        else
+            o->has_from_time = true;
+        break;
+    case F_FROM_SEQ:
+    case F_AT_SEQ:
+    case F_AT_VERSION:
+        /* 0 means "not set" in the requests: --at-* need 1 or more, --from-seq 0 is the start. */
+        rc = parse_u64(val, &n) != 0 || (n == 0 && which != F_FROM_SEQ) ? -1 : 0;
+        if (rc != 0)
+            cli_error("%s needs a whole number%s, not '%s'", flag_names[which],
+                      which == F_FROM_SEQ ? "" : " from 1", val);
+        else
+            *(which == F_FROM_SEQ ? &o->from_seq
+              : which == F_AT_SEQ ? &o->at_seq
+                                  : &o->at_version) = n;
+        break;
+    case F_COUNT:
+        break;
+    }
+    if (rc == 0 && (which == F_AT_SEQ || which == F_AT_TIME || which == F_AT_VERSION))
+        o->n_at++;
+    return rc;
+}
+
 /* Take the CLI's own flags out of argv (they are not service configuration). */
 static int take_cli_flags(cli_opts *o, int *argc, char **argv)
 {
     int w = 1;
     for (int r = 1; r < *argc; r++) {
         const char *a = argv[r];
-        const char *names[] = {"--aggregate", "--from-seq", "--command-id", "--correlation-id",
-                               "--timeout"};
         int which = -1;
         const char *val = NULL;
-        for (int k = 0; k < 5; k++) {
-            size_t n = strlen(names[k]);
-            if (strncmp(a, names[k], n) == 0 && (a[n] == 0 || a[n] == '=')) {
+        for (int k = 0; k < F_COUNT; k++) {
+            size_t n = strlen(flag_names[k]);
+            if (strncmp(a, flag_names[k], n) == 0 && (a[n] == 0 || a[n] == '=')) {
                 which = k;
                 val = a[n] == '=' ? a + n + 1 : NULL;
             }
@@ -90,38 +177,19 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             argv[w++] = argv[r];
             continue;
         }
-        if (val == NULL) {
+        if (which == F_KEEP_OLD && val != NULL) {
+            cli_error("--keep-old takes no value");
+            return -1;
+        }
+        if (val == NULL && which != F_KEEP_OLD) {
             if (r + 1 >= *argc) {
-                cli_error("%s needs a value", names[which]);
+                cli_error("%s needs a value", flag_names[which]);
                 return -1;
             }
             val = argv[++r];
         }
-        uint64_t n = 0;
-        switch (which) {
-        case 0:
-            o->aggregate = val;
-            break;
-        case 1:
-            if (parse_u64(val, &o->from_seq) != 0) {
-                cli_error("--from-seq needs a whole number, not '%s'", val);
-                return -1;
-            }
-            break;
-        case 2:
-            o->command_id = val;
-            break;
-        case 3:
-            o->correlation_id = val;
-            break;
-        case 4:
-            if (parse_u64(val, &n) != 0 || n == 0 || n > 600000) {
-                cli_error("--timeout needs milliseconds from 1 to 600000, not '%s'", val);
-                return -1;
-            }
-            o->timeout_ms = (int64_t)n;
-            break;
-        }
+        if (set_flag(o, (enum cli_flag)which, val) != 0)
+            return -1;
     }
     *argc = w;
     argv[w] = NULL;
@@ -134,9 +202,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(cli_ctx *);
     } subs[] = {
-        {"command", cli_command},
-        {"query", cli_query},
-        {"events", cli_events},
+        {"command", cli_command}, {"query", cli_query}, {"events", cli_events},
+        {"history", cli_history}, {"state", cli_state}, {"rebuild", cli_rebuild},
+        {"verify", cli_verify},
     };
     cli_ctx ctx;
     char err[512];
@@ -147,6 +215,14 @@ int main(int argc, char **argv)
     jl_config_init(&ctx.cfg);
     if (take_cli_flags(&ctx.opts, &argc, argv) != 0)
         return CLI_USAGE;
+    if (ctx.opts.n_at > 1) {
+        cli_error("give at most one of --at-seq, --at-time and --at-version");
+        return CLI_USAGE;
+    }
+    if (ctx.opts.from_seq != 0 && ctx.opts.has_from_time) {
+        cli_error("give --from-seq or --from-time, not both");
+        return CLI_USAGE;
+    }
     jl_status s = jl_config_load(&ctx.cfg, argc, argv, pos, 16, &npos, err, sizeof(err));
     if (s == JL_ERR_STOPPED || (s == JL_OK && npos > 0 && strcmp(argv[pos[0]], "help") == 0)) {
         printf("%s\n%s", usage, jl_config_usage());

@@ -48,6 +48,38 @@ static const ProtobufCMessageDescriptor *resolve_type(const char *package, const
     return NULL;
 }
 
+ProtobufCMessage *cli_unpack(const char *type, const uint8_t *data, size_t len,
+                             jl_status *out_status)
+{
+    const ProtobufCMessageDescriptor *d = jl_registry_find(type);
+    ProtobufCMessage *m = d ? protobuf_c_message_unpack(d, NULL, len, data) : NULL;
+    if (out_status != NULL)
+        *out_status = m != NULL ? JL_OK : d != NULL ? JL_ERR_DECODE : JL_ERR_UNKNOWN_TYPE;
+    return m;
+}
+
+ProtobufCMessage *cli_reply_result(const jl_reply *r, const ProtobufCMessageDescriptor *want)
+{
+    if (strcmp(r->result_type, want->name) != 0) {
+        cli_error("the reply holds %s where %s was expected",
+                  r->result_type[0] ? r->result_type : "no result", want->name);
+        return NULL;
+    }
+    ProtobufCMessage *m = protobuf_c_message_unpack(want, NULL, r->result.len, r->result.data);
+    if (m == NULL)
+        cli_error("the result is not a valid %s", want->name);
+    return m;
+}
+
+int cli_reply_status(const jl_reply *r)
+{
+    if (r->code == JL_CODE_OK)
+        return CLI_OK;
+    cli_error("%s: %s", jl_code_str(r->code), r->message);
+    return r->code == JL_CODE_UNAVAILABLE || r->code == JL_CODE_TIMEOUT ? CLI_UNAVAILABLE
+                                                                        : CLI_REJECTED;
+}
+
 /* Print a reply as one JSON object on stdout; the result decoded by its type name. */
 static int print_reply(const jl_reply *r)
 {
@@ -70,9 +102,7 @@ static int print_reply(const jl_reply *r)
         jl_buf_adds(&b, ",\"duplicate\":true");
     int rc = CLI_OK;
     if (r->result_type[0] != 0) {
-        const ProtobufCMessageDescriptor *d = jl_registry_find(r->result_type);
-        ProtobufCMessage *m =
-            d ? protobuf_c_message_unpack(d, NULL, r->result.len, r->result.data) : NULL;
+        ProtobufCMessage *m = cli_unpack(r->result_type, r->result.data, r->result.len, NULL);
         jl_buf_adds(&b, ",\"result\":");
         if (m != NULL && jl_pb_to_json(&b, m) == JL_OK) {
             protobuf_c_message_free_unpacked(m, NULL);
@@ -91,20 +121,74 @@ static int print_reply(const jl_reply *r)
     jl_buf_adds(&b, "}\n");
     fputs(jl_buf_str(&b), stdout);
     jl_buf_cleanup(&b);
-    if (r->code != JL_CODE_OK) {
-        cli_error("%s: %s", jl_code_str(r->code), r->message);
-        rc = r->code == JL_CODE_UNAVAILABLE || r->code == JL_CODE_TIMEOUT ? CLI_UNAVAILABLE
-                                                                          : CLI_REJECTED;
-    }
+    if (r->code != JL_CODE_OK)
+        rc = cli_reply_status(r);
     return rc;
+}
+
+int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
+                const char *subject, const ProtobufCMessage *msg, jl_reply *out)
+{
+    int rc = CLI_OK;
+    natsMsg *req = NULL, *rep = NULL;
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *body = malloc(len ? len : 1);
+    if (body == NULL)
+        return CLI_FAILED;
+    protobuf_c_message_pack(msg, body);
+
+    natsStatus ns = natsMsg_Create(&req, subject, NULL, (const char *)body, (int)len);
+    if (ns == NATS_OK && ctx->opts.command_id)
+        ns = natsMsgHeader_Set(req, "Jl-Command-Id", ctx->opts.command_id);
+    if (ns == NATS_OK && ctx->opts.correlation_id)
+        ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", ctx->opts.correlation_id);
+    if (ns == NATS_OK)
+        ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
+    if (ns == NATS_NO_RESPONDERS) {
+        cli_error("no %s named %s is running (nothing answers %s)", kind, name, subject);
+        rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_TIMEOUT) {
+        cli_error("no reply on %s within %" PRId64 " ms", subject, ctx->opts.timeout_ms);
+        rc = CLI_UNAVAILABLE;
+    } else if (ns != NATS_OK) {
+        cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
+        rc = CLI_UNAVAILABLE;
+    } else if (jl_reply_decode(out, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) !=
+               JL_OK) {
+        cli_error("the reply on %s is not a jetledger.Reply", subject);
+        rc = CLI_FAILED;
+    }
+    natsMsg_Destroy(req);
+    natsMsg_Destroy(rep);
+    free(body);
+    return rc;
+}
+
+ProtobufCMessage *cli_ask(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
+                          const char *subject, const ProtobufCMessage *msg,
+                          const ProtobufCMessageDescriptor *want, int *rc)
+{
+    ProtobufCMessage *res = NULL;
+    jl_reply r;
+    jl_reply_init(&r);
+    *rc = cli_request(ctx, conn, kind, name, subject, msg, &r);
+    if (*rc == CLI_OK)
+        *rc = cli_reply_status(&r);
+    if (*rc == CLI_OK) {
+        res = cli_reply_result(&r, want);
+        if (res == NULL)
+            *rc = CLI_FAILED;
+    }
+    jl_reply_cleanup(&r);
+    return res;
 }
 
 static int request(cli_ctx *ctx, const char *kind, const char *verb)
 {
+    bool is_command = strcmp(kind, "command") == 0;
     if (ctx->argc != 3) {
         cli_error("usage: jetledger %s <%s> <%s> '<json>'", kind,
-                  strcmp(kind, "command") == 0 ? "service" : "projector",
-                  strcmp(kind, "command") == 0 ? "Command" : "Query");
+                  is_command ? "service" : "projector", is_command ? "Command" : "Query");
         return CLI_USAGE;
     }
     const char *service = ctx->argv[0], *name = ctx->argv[1], *json = ctx->argv[2];
@@ -118,58 +202,20 @@ static int request(cli_ctx *ctx, const char *kind, const char *verb)
         cli_error("bad JSON for %s: %s", d->name, err);
         return CLI_USAGE;
     }
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    uint8_t *body = malloc(len ? len : 1);
-    if (body == NULL) {
-        protobuf_c_message_free_unpacked(msg, NULL);
-        return CLI_FAILED;
-    }
-    protobuf_c_message_pack(msg, body);
-    protobuf_c_message_free_unpacked(msg, NULL);
-
     char subject[512];
     snprintf(subject, sizeof(subject), "%s.%s.%s", service, verb, d->short_name);
-    int rc = CLI_FAILED;
+    int rc = CLI_UNAVAILABLE;
+    jl_reply r;
+    jl_reply_init(&r);
     jl_conn *conn = cli_connect(ctx);
-    natsMsg *req = NULL, *rep = NULL;
-    natsStatus ns = NATS_OK;
-    if (conn == NULL) {
-        rc = CLI_UNAVAILABLE;
-        goto done;
-    }
-    ns = natsMsg_Create(&req, subject, NULL, (const char *)body, (int)len);
-    if (ns == NATS_OK && ctx->opts.command_id)
-        ns = natsMsgHeader_Set(req, "Jl-Command-Id", ctx->opts.command_id);
-    if (ns == NATS_OK && ctx->opts.correlation_id)
-        ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", ctx->opts.correlation_id);
-    if (ns == NATS_OK)
-        ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
-    if (ns == NATS_NO_RESPONDERS) {
-        cli_error("nothing answers %s: is the %s service running?", subject, service);
-        rc = CLI_UNAVAILABLE;
-    } else if (ns == NATS_TIMEOUT) {
-        cli_error("no reply on %s within %" PRId64 " ms", subject, ctx->opts.timeout_ms);
-        rc = CLI_UNAVAILABLE;
-    } else if (ns != NATS_OK) {
-        cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
-        rc = CLI_UNAVAILABLE;
-    } else {
-        jl_reply r;
-        jl_reply_init(&r);
-        if (jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) !=
-            JL_OK) {
-            cli_error("the reply on %s is not a jetledger.Reply", subject);
-            rc = CLI_FAILED;
-        } else {
-            rc = print_reply(&r);
-        }
-        jl_reply_cleanup(&r);
-    }
-done:
-    natsMsg_Destroy(req);
-    natsMsg_Destroy(rep);
+    if (conn != NULL)
+        rc =
+            cli_request(ctx, conn, is_command ? "service" : "projector", service, subject, msg, &r);
+    if (rc == CLI_OK)
+        rc = print_reply(&r);
+    jl_reply_cleanup(&r);
     jl_conn_close(conn, 0);
-    free(body);
+    protobuf_c_message_free_unpacked(msg, NULL);
     return rc;
 }
 

@@ -1,0 +1,575 @@
+/*
+ * Rebuilding a read model by replay, against a real nats-server: while commands arrive and
+ * queries are answered; after a kill halfway; on a full disk; with bad offsets; verify; and the
+ * rebuild a newer projection version starts by itself.
+ */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "jetledger/admin.pb-c.h"
+#include "jetledger/producer.h"
+#include "jetledger/projector.h"
+#include "orders/orders.pb-c.h"
+#include "projection.h"
+#include "service.h"
+#include "support.h"
+
+static tenv env;
+
+static void setup(void)
+{
+    tenv_start(&env);
+}
+
+static void teardown(void)
+{
+    tenv_stop(&env);
+}
+
+static void ensure_stream(void)
+{
+    jl_producer *p = NULL;
+    char err[512];
+    ck_assert_int_eq(jl_producer_open(&p, env.conn, &orders_service, &env.cfg, err, sizeof(err)),
+                     JL_OK);
+    jl_producer_close(p, 0);
+}
+
+/* ---- projectors in this process ---- */
+
+typedef struct runner {
+    jl_projector *p;
+    pthread_t t;
+    char dir[512];
+} runner;
+
+static void *run_thread(void *arg)
+{
+    jl_projector_run(arg);
+    return NULL;
+}
+
+static jl_projector *open_projector(const jl_projector_def *def, const char *sub,
+                                    const char *durable, int64_t rebuild_max_mb, char *out_dir)
+{
+    jl_projector *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, sub);
+    snprintf(cfg.durable, sizeof(cfg.durable), "%s", durable);
+    cfg.batch = 256;
+    cfg.rebuild_max_mb = rebuild_max_mb;
+    if (out_dir != NULL)
+        snprintf(out_dir, 512, "%s", cfg.data_dir);
+    ck_assert_msg(jl_projector_open(&p, env.conn, def, &cfg, err, sizeof(err)) == JL_OK, "%s", err);
+    return p;
+}
+
+static void runner_start(runner *r, const jl_projector_def *def, const char *sub,
+                         int64_t rebuild_max_mb)
+{
+    r->p = open_projector(def, sub, sub, rebuild_max_mb, r->dir);
+    pthread_create(&r->t, NULL, run_thread, r->p);
+}
+
+static void runner_stop(runner *r)
+{
+    jl_projector_stop(r->p);
+    pthread_join(r->t, NULL);
+    jl_projector_close(r->p, 1000);
+    r->p = NULL;
+}
+
+static void wait_checkpoint(jl_projector *p, uint64_t seq)
+{
+    int64_t deadline = tnow_ms() + 60000;
+    while (jl_projector_checkpoint(p) < seq) {
+        ck_assert_msg(tnow_ms() < deadline, "stuck at %" PRIu64 ", want %" PRIu64,
+                      jl_projector_checkpoint(p), seq);
+        nats_Sleep(10);
+    }
+}
+
+/* Path of the live database file of projector @p proj in @p dir (follows the pointer file). */
+static void live_file_of(const char *dir, const char *proj, char *out, size_t n)
+{
+    char ptr[700], name[256];
+    snprintf(name, sizeof(name), "%s.db", proj);
+    snprintf(ptr, sizeof(ptr), "%s/%s.current", dir, proj);
+    FILE *f = fopen(ptr, "r");
+    if (f != NULL) {
+        if (fgets(name, sizeof(name), f) == NULL)
+            snprintf(name, sizeof(name), "%s.db", proj);
+        name[strcspn(name, "\n")] = 0;
+        fclose(f);
+    }
+    snprintf(out, n, "%s/%s", dir, name);
+}
+
+static void live_file(const char *dir, char *out, size_t n)
+{
+    live_file_of(dir, "order_summary", out, n);
+}
+
+static char *dump_dir(const char *dir)
+{
+    char path[1024];
+    live_file(dir, path, sizeof(path));
+    return tdump(path);
+}
+
+/* ---- administration requests ---- */
+
+static Jetledger__RebuildStatus *admin_at(const char *instance, const char *name,
+                                          const ProtobufCMessage *msg, jl_code *out_code,
+                                          char *out_msg, size_t n)
+{
+    char subject[128];
+    uint8_t buf[256];
+    size_t len = msg ? protobuf_c_message_pack(msg, buf) : 0;
+    jl_reply r;
+    jl_reply_init(&r);
+    snprintf(subject, sizeof(subject), "order_summary.admin.%s%s%s", instance ? instance : "",
+             instance ? "." : "", name);
+    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, len, &r), NATS_OK);
+    *out_code = r.code;
+    if (out_msg != NULL)
+        snprintf(out_msg, n, "%s", r.message);
+    Jetledger__RebuildStatus *st = NULL;
+    if (r.code == JL_CODE_OK) {
+        st = jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(st);
+    }
+    jl_reply_cleanup(&r);
+    return st;
+}
+
+static Jetledger__RebuildStatus *admin(const char *name, const ProtobufCMessage *msg,
+                                       jl_code *out_code, char *out_msg, size_t n)
+{
+    return admin_at(NULL, name, msg, out_code, out_msg, n);
+}
+
+/* Start a job and wait for its end (asking the instance that runs it); its final status. */
+static Jetledger__RebuildStatus *run_job(const char *name, const ProtobufCMessage *msg)
+{
+    jl_code code;
+    char why[512];
+    Jetledger__RebuildStatus *st = admin(name, msg, &code, why, sizeof(why));
+    ck_assert_msg(code == JL_CODE_OK, "%s: %s", name, why);
+    int64_t started = st->started_at_ns;
+    char instance[64];
+    snprintf(instance, sizeof(instance), "%s", st->instance);
+    ck_assert_int_gt(strlen(instance), 0);
+    int64_t deadline = tnow_ms() + 120000;
+    while (strcmp(st->state, "running") == 0) {
+        ck_assert_msg(tnow_ms() < deadline, "%s did not finish", name);
+        nats_Sleep(20);
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = admin_at(instance, "GetRebuildStatus", &q.base, &code, NULL, 0);
+        ck_assert_int_eq(code, JL_CODE_OK);
+        ck_assert_int_eq(st->started_at_ns, started);
+    }
+    return st;
+}
+
+/* ---- tests ---- */
+
+typedef struct load {
+    atomic_bool stop;
+    jl_conn *conn;
+    int commands, failures;
+    int queries, query_failures, went_back;
+    char first_failure[512];
+} load;
+
+static void *command_thread(void *arg)
+{
+    load *l = arg;
+    while (!atomic_load(&l->stop)) {
+        Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+        c.customer_id = "live";
+        jl_reply r;
+        jl_reply_init(&r);
+        if (tsend(l->conn, "orders", false, &c.base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK)
+            l->failures++;
+        l->commands++;
+        jl_reply_cleanup(&r);
+        nats_Sleep(2);
+    }
+    return NULL;
+}
+
+static void *query_thread(void *arg)
+{
+    load *l = arg;
+    uint64_t last_seen = 0;
+    while (!atomic_load(&l->stop)) {
+        Orders__ListOrders q = ORDERS__LIST_ORDERS__INIT;
+        q.limit = 5;
+        q.status = "open";
+        jl_reply r;
+        jl_reply_init(&r);
+        natsStatus ns = tsend(l->conn, "order_summary", true, &q.base, NULL, &r);
+        if (ns != NATS_OK || r.code != JL_CODE_OK) {
+            if (l->query_failures++ == 0)
+                snprintf(l->first_failure, sizeof(l->first_failure), "%.60s / %.400s",
+                         natsStatus_GetText(ns), r.message);
+        } else {
+            /* A query never sees an older read model than one it saw before. */
+            if (r.stream_seq < last_seen)
+                l->went_back++;
+            last_seen = r.stream_seq;
+        }
+        l->queries++;
+        jl_reply_cleanup(&r);
+    }
+    return NULL;
+}
+
+START_TEST(rebuild_under_load_ends_equal_and_no_query_fails)
+{
+    char err[512];
+    jl_producer *prod = NULL;
+    ck_assert_int_eq(jl_producer_open(&prod, env.conn, &orders_service, &env.cfg, err, sizeof(err)),
+                     JL_OK);
+    tseed_orders(env.conn, 3000, 3);
+    /* The reference has its own name: its queries and administration are its own. */
+    jl_projector_def ref_def = order_summary_projector;
+    ref_def.name = "summary_ref";
+    runner live, ref;
+    runner_start(&live, &order_summary_projector, "live", 0);
+    runner_start(&ref, &ref_def, "ref", 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+
+    load l = {.conn = tenv_connect(&env)};
+    jl_conn *qc = tenv_connect(&env);
+    load ql = {.conn = qc};
+    atomic_init(&l.stop, false);
+    atomic_init(&ql.stop, false);
+    pthread_t ct, qt;
+    pthread_create(&ct, NULL, command_thread, &l);
+    pthread_create(&qt, NULL, query_thread, &ql);
+    nats_Sleep(200);
+
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    ck_assert_uint_ge(st->applied, 3000);
+    ck_assert_uint_ge(st->events, 12000);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    nats_Sleep(300); /* commands and queries go on after the switch */
+
+    atomic_store(&l.stop, true);
+    atomic_store(&ql.stop, true);
+    pthread_join(ct, NULL);
+    pthread_join(qt, NULL);
+    ck_assert_int_eq(l.failures, 0);
+    ck_assert_int_gt(l.commands, 10);
+    ck_assert_msg(ql.query_failures == 0, "%d of %d queries failed: %s", ql.query_failures,
+                  ql.queries, ql.first_failure);
+    ck_assert_int_gt(ql.queries, 10);
+    ck_assert_int_eq(ql.went_back, 0);
+
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    wait_checkpoint(live.p, last);
+    wait_checkpoint(ref.p, last);
+    char ref_path[1024];
+    live_file_of(ref.dir, "summary_ref", ref_path, sizeof(ref_path));
+    char *a = dump_dir(live.dir), *b = tdump(ref_path);
+    ck_assert_msg(strcmp(a, b) == 0, "rebuilt model differs from the uninterrupted one");
+    free(a);
+    free(b);
+    /* The old file is gone, the pointer names the new one. */
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_ptr_nonnull(strstr(path, "order_summary-"));
+    char old[700];
+    snprintf(old, sizeof(old), "%s/order_summary.db", live.dir);
+    ck_assert_int_ne(access(old, F_OK), 0);
+    runner_stop(&live);
+    runner_stop(&ref);
+    jl_conn_close(l.conn, 0);
+    jl_conn_close(qc, 0);
+    jl_producer_close(prod, 1000);
+}
+END_TEST
+
+START_TEST(verify_reports_match_then_the_altered_row)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 200, 2);
+    runner live;
+    runner_start(&live, &order_summary_projector, "v", 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+
+    Jetledger__Verify v = JETLEDGER__VERIFY__INIT;
+    Jetledger__RebuildStatus *st = run_job("Verify", &v.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    ck_assert(st->match);
+    ck_assert_uint_eq(st->verified_seq, tstream_last_seq(env.conn, "ORDERS"));
+    ck_assert_str_eq(st->live_digest, st->rebuilt_digest);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+
+    /* Alter one row by hand, as a buggy migration would. */
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_int_eq(sqlite3_exec(db,
+                                  "UPDATE orders SET total_cents = 4242 WHERE order_id = (SELECT "
+                                  "min(order_id) FROM orders)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    st = run_job("Verify", &v.base);
+    ck_assert_str_eq(st->state, "done");
+    ck_assert(!st->match);
+    ck_assert_str_ne(st->live_digest, st->rebuilt_digest);
+    ck_assert_uint_eq(st->n_only_live, 1);
+    ck_assert_uint_eq(st->n_only_rebuilt, 1);
+    ck_assert_ptr_nonnull(strstr(st->only_live[0], "|4242|"));
+    ck_assert_ptr_null(strstr(st->only_rebuilt[0], "|4242|"));
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    /* Verify never changes the live model, and leaves no scratch file. */
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_ptr_null(strstr(path, "verify"));
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(bad_offsets_are_refused_and_change_nothing)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 20, 1);
+    runner live;
+    runner_start(&live, &order_summary_projector, "bad", 0);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    wait_checkpoint(live.p, last);
+    char *before = dump_dir(live.dir);
+
+    jl_code code;
+    char why[512];
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.from_seq = last + 5;
+    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
+    ck_assert_int_eq(code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(why, "past the stream's last sequence") != NULL, "%s", why);
+
+    rb.from_seq = 0;
+    rb.from_time_ns = (int64_t)time(NULL) * 1000000000LL + 3600 * 1000000000LL;
+    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
+    ck_assert_int_eq(code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(why, "in the future") != NULL, "%s", why);
+
+    /* Retention moved the first sequence: asking for an older one is refused. */
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = 5;
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    rb.from_time_ns = 0;
+    rb.from_seq = 2;
+    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
+    ck_assert_int_eq(code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(why, "before the first retained sequence 5") != NULL, "%s", why);
+
+    ck_assert_ptr_null(admin("Nonsense", NULL, &code, why, sizeof(why)));
+    ck_assert_int_eq(code, JL_CODE_INVALID);
+
+    char *after = dump_dir(live.dir);
+    ck_assert_str_eq(before, after);
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_ptr_nonnull(strstr(path, "/order_summary.db"));
+    free(before);
+    free(after);
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(rebuild_from_a_sequence_holds_only_later_events)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 10, 0); /* sequences 1..10 */
+    tseed_orders(env.conn, 5, 1);  /* 11..15 */
+    runner live;
+    runner_start(&live, &order_summary_projector, "from", 0);
+    wait_checkpoint(live.p, 15);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.from_seq = 11;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s", st->error);
+    ck_assert_uint_eq(st->applied, 5);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    char *d = dump_dir(live.dir);
+    int rows = 0;
+    for (const char *q = d; (q = strstr(q, "orders|")) != NULL; q++)
+        rows++;
+    ck_assert_int_eq(rows, 5);
+    free(d);
+    /* A rebuild already running is refused. */
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(full_disk_during_rebuild_leaves_live_untouched)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 6000, 4);
+    runner live;
+    runner_start(&live, &order_summary_projector, "full", 1); /* rebuild file capped at 1 MiB */
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    char *before = dump_dir(live.dir);
+    char path_before[1024];
+    live_file(live.dir, path_before, sizeof(path_before));
+
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_str_eq(st->state, "failed");
+    ck_assert_msg(strstr(st->error, "full") != NULL && strstr(st->error, "untouched") != NULL, "%s",
+                  st->error);
+    char leftover[1100];
+    snprintf(leftover, sizeof(leftover), "%s/%s", live.dir, st->file);
+    ck_assert_int_ne(access(leftover, F_OK), 0); /* the partial file is gone */
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+
+    char path_after[1024];
+    live_file(live.dir, path_after, sizeof(path_after));
+    ck_assert_str_eq(path_before, path_after);
+    char *after = dump_dir(live.dir);
+    ck_assert_str_eq(before, after);
+    /* The live projector still applies and answers. */
+    tseed_orders(env.conn, 3, 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    free(before);
+    free(after);
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(unwritable_directory_fails_the_rebuild_and_leaves_live_untouched)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 50, 1);
+    runner live;
+    runner_start(&live, &order_summary_projector, "ro", 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    char *before = dump_dir(live.dir);
+    /* As root, permissions do not stop us: take the directory away instead (the live model's
+     * files stay open), so creating the new file fails. */
+    char moved[600];
+    snprintf(moved, sizeof(moved), "%s.moved", live.dir);
+    ck_assert_int_eq(rename(live.dir, moved), 0);
+    FILE *f = fopen(live.dir, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_str_eq(st->state, "failed");
+    ck_assert_msg(strstr(st->error, "untouched") != NULL, "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    unlink(live.dir);
+    ck_assert_int_eq(rename(moved, live.dir), 0);
+    char *after = dump_dir(live.dir);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+    runner_stop(&live);
+}
+END_TEST
+
+static int count_rows(const char *dump)
+{
+    int rows = 0;
+    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
+        rows++;
+    return rows + (strncmp(dump, "orders|", 7) == 0);
+}
+
+START_TEST(newer_projection_version_rebuilds_by_itself)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 300, 2);
+    runner live;
+    runner_start(&live, &order_summary_projector, "ver", 0);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    wait_checkpoint(live.p, last);
+    runner_stop(&live);
+
+    jl_projector_def v2 = order_summary_projector;
+    v2.version = 2;
+    runner_start(&live, &v2, "ver", 0);
+    /* The rebuild runs by itself; queries are answered meanwhile from the old file. */
+    int64_t deadline = tnow_ms() + 60000;
+    Jetledger__RebuildStatus *st = NULL;
+    jl_code code;
+    for (;;) {
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = admin("GetRebuildStatus", &q.base, &code, NULL, 0);
+        ck_assert_int_eq(code, JL_CODE_OK);
+        if (strcmp(st->state, "running") != 0)
+            break;
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        ck_assert(tnow_ms() < deadline);
+        nats_Sleep(20);
+    }
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    ck_assert_str_eq(st->reason, "projection version 1 -> 2");
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    tseed_orders(env.conn, 4, 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT version FROM jl_state", -1, &s, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(s, 0), 2);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    char *d = dump_dir(live.dir);
+    ck_assert_int_eq(count_rows(d), 304);
+    free(d);
+    runner_stop(&live);
+
+    /* The old program refuses the newer file instead of corrupting it. */
+    jl_projector *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024];
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/ver", env.dir);
+    ck_assert_int_eq(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)),
+        JL_ERR_VERSION);
+    ck_assert_msg(strstr(err, "version 2") != NULL, "%s", err);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("rebuild");
+    TCase *tc = tcase_create("rebuild");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, rebuild_under_load_ends_equal_and_no_query_fails);
+    tcase_add_test(tc, verify_reports_match_then_the_altered_row);
+    tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
+    tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
+    tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
+    tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
+    tcase_add_test(tc, newer_projection_version_rebuilds_by_itself);
+    suite_add_tcase(s, tc);
+    return trun(s);
+}

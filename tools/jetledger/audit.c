@@ -1,0 +1,150 @@
+/* `jetledger history` and `jetledger state`: an aggregate's audit trail and its past states,
+ * asked of the producer ("<service>.query.GetHistory|GetState"), which replays with its own
+ * evolve function. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "jetledger/admin.pb-c.h"
+#include "jetledger/json.h"
+
+/* Check "<service> <aggregate-id>", then connect. On CLI_OK, @p id holds the canonical UUID,
+ * @p subject the query subject and *out_conn the connection. */
+static int open_aggregate(const cli_ctx *ctx, const char *usage, const char *query,
+                          char id[JL_UUID_LEN + 1], char *subject, size_t n, jl_conn **out_conn)
+{
+    if (ctx->argc != 2) {
+        cli_error("usage: jetledger %s", usage);
+        return CLI_USAGE;
+    }
+    if (jl_uuid_canonical(id, ctx->argv[1]) != JL_OK) {
+        cli_error("aggregate id '%s' is not a UUID", ctx->argv[1]);
+        return CLI_USAGE;
+    }
+    snprintf(subject, n, "%s.query.%s", ctx->argv[0], query);
+    *out_conn = cli_connect(ctx);
+    return *out_conn != NULL ? CLI_OK : CLI_UNAVAILABLE;
+}
+
+static void print_stored(jl_buf *line, const Jetledger__StoredEvent *se)
+{
+    const Jetledger__Envelope *e = se->envelope;
+    if (e == NULL) {
+        printf("{\"seq\":%" PRIu64 ",\"error\":\"no envelope\"}\n", se->stream_sequence);
+        return;
+    }
+    jl_status s = JL_OK;
+    ProtobufCMessage *payload = cli_unpack(e->event_type, e->payload.data, e->payload.len, &s);
+    jl_event ev = {.event_id = e->event_id,
+                   .event_type = e->event_type,
+                   .aggregate_type = e->aggregate_type,
+                   .aggregate_id = e->aggregate_id,
+                   .correlation_id = e->correlation_id,
+                   .causation_id = e->causation_id,
+                   .aggregate_version = e->aggregate_version,
+                   .occurred_at_ns = e->occurred_at_ns,
+                   .schema_version = e->schema_version,
+                   .stream_seq = se->stream_sequence,
+                   .payload = payload};
+    cli_print_event(line, &ev, s);
+    if (payload != NULL)
+        protobuf_c_message_free_unpacked(payload, NULL);
+}
+
+int cli_history(cli_ctx *ctx)
+{
+    char id[JL_UUID_LEN + 1], subject[256];
+    jl_conn *conn = NULL;
+    jl_buf line;
+    jl_buf_init(&line, 64 * 1024 * 1024);
+    int rc = open_aggregate(ctx, "history <service> <aggregate-id>", "GetHistory", id, subject,
+                            sizeof(subject), &conn);
+    Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
+    q.aggregate_id = id;
+    q.from_version = 1;
+    while (rc == CLI_OK) {
+        Jetledger__HistoryResult *h = (Jetledger__HistoryResult *)cli_ask(
+            ctx, conn, "service", ctx->argv[0], subject, &q.base,
+            &jetledger__history_result__descriptor, &rc);
+        if (h == NULL)
+            break;
+        for (size_t i = 0; i < h->n_events; i++)
+            print_stored(&line, h->events[i]);
+        uint64_t next = h->next_version;
+        protobuf_c_message_free_unpacked(&h->base, NULL);
+        if (next == 0)
+            break;
+        /* A page that does not move forward would loop for ever. */
+        if (next <= q.from_version) {
+            cli_error("the service paged from version %" PRIu64 " back to %" PRIu64, q.from_version,
+                      next);
+            rc = CLI_FAILED;
+        }
+        q.from_version = next;
+    }
+    fflush(stdout);
+    jl_buf_cleanup(&line);
+    jl_conn_close(conn, 0);
+    return rc;
+}
+
+/* Print a StateResult as one JSON object, its state decoded by state_type. */
+static int print_state(const Jetledger__StateResult *st)
+{
+    int rc = CLI_OK;
+    char when[48];
+    jl_buf b;
+    jl_buf_init(&b, 64 * 1024 * 1024);
+    jl_format_time(when, sizeof(when), st->occurred_at_ns);
+    jl_buf_adds(&b, "{\"aggregate_id\":");
+    jl_json_add_string(&b, st->aggregate_id, strlen(st->aggregate_id));
+    jl_buf_addf(&b,
+                ",\"version\":%" PRIu64 ",\"stream_sequence\":%" PRIu64
+                ",\"occurred_at\":\"%s\",\"state_type\":",
+                st->version, st->stream_sequence, when);
+    jl_json_add_string(&b, st->state_type, strlen(st->state_type));
+    jl_buf_adds(&b, ",\"state\":");
+    ProtobufCMessage *m = cli_unpack(st->state_type, st->state.data, st->state.len, NULL);
+    if (m == NULL || jl_pb_to_json(&b, m) != JL_OK) {
+        jl_buf_adds(&b, "null");
+        cli_error("cannot show the state (%s); is this CLI older than the service?",
+                  st->state_type);
+        rc = CLI_FAILED;
+    }
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    jl_buf_adds(&b, "}\n");
+    fputs(jl_buf_str(&b), stdout);
+    jl_buf_cleanup(&b);
+    return rc;
+}
+
+int cli_state(cli_ctx *ctx)
+{
+    char id[JL_UUID_LEN + 1], subject[256];
+    jl_conn *conn = NULL;
+    int rc = open_aggregate(ctx,
+                            "state <service> <aggregate-id> [--at-seq N | --at-time RFC3339 | "
+                            "--at-version V]",
+                            "GetState", id, subject, sizeof(subject), &conn);
+    if (rc == CLI_OK) {
+        Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
+        q.aggregate_id = id;
+        q.at_seq = ctx->opts.at_seq;
+        q.at_version = ctx->opts.at_version;
+        /* 0 means "now" on the wire: the epoch itself is asked as 1 ns before it, which no
+         * event can tell apart. */
+        if (ctx->opts.has_at_time)
+            q.at_time_ns = ctx->opts.at_time_ns != 0 ? ctx->opts.at_time_ns : -1;
+        Jetledger__StateResult *st =
+            (Jetledger__StateResult *)cli_ask(ctx, conn, "service", ctx->argv[0], subject, &q.base,
+                                              &jetledger__state_result__descriptor, &rc);
+        if (st != NULL) {
+            rc = print_state(st);
+            protobuf_c_message_free_unpacked(&st->base, NULL);
+        }
+    }
+    jl_conn_close(conn, 0);
+    return rc;
+}

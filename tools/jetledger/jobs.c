@@ -1,0 +1,334 @@
+/* `jetledger rebuild` and `jetledger verify`: start a projector's job over
+ * "<projector>.admin.*", follow its status (GetRebuildStatus every 200 ms) with a progress line
+ * on stderr until it ends, and report on stdout. Ctrl-C or SIGTERM cancels the job. */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "jetledger/admin.pb-c.h"
+#include "jetledger/json.h"
+
+#define POLL_MS 200
+/* How long the status may show another job than ours before we give up on it. */
+#define LOST_LIMIT_NS (10 * 1000000000LL)
+
+/* Signals counted by the handler, read by the polling loop: the first cancels, a second stops
+ * waiting for the cancellation. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = interrupted + 1;
+}
+
+typedef struct job {
+    const cli_ctx *ctx;
+    jl_conn *conn;
+    const char *projector;
+    const char *kind;      /* "rebuild" or "verify" */
+    int64_t started_at_ns; /* the job's identity, from the reply that started it */
+    char instance[128];    /* the projector instance running it ("" = any instance) */
+    bool tty;
+    bool line_shown;
+    int64_t last_line_ns;
+} job;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Send an admin request; its ok reply holds the projector's RebuildStatus. */
+static Jetledger__RebuildStatus *admin(job *j, const char *request, const ProtobufCMessage *msg,
+                                       int *rc)
+{
+    char subject[512];
+    snprintf(subject, sizeof(subject), "%s.admin.%s%s%s", j->projector, j->instance,
+             j->instance[0] ? "." : "", request);
+    return (Jetledger__RebuildStatus *)cli_ask(j->ctx, j->conn, "projector", j->projector, subject,
+                                               msg, &jetledger__rebuild_status__descriptor, rc);
+}
+
+static void free_status(Jetledger__RebuildStatus *st)
+{
+    if (st != NULL)
+        protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+
+static bool finished(const Jetledger__RebuildStatus *st)
+{
+    return strcmp(st->state, "done") == 0 || strcmp(st->state, "failed") == 0 ||
+           strcmp(st->state, "cancelled") == 0;
+}
+
+/* Seconds the job ran (so far, or in all once finished), by the projector's clock when it can. */
+static double job_seconds(const Jetledger__RebuildStatus *st)
+{
+    int64_t end = st->finished_at_ns != 0 ? st->finished_at_ns : now_ns();
+    return end > st->started_at_ns ? (double)(end - st->started_at_ns) / 1e9 : 0.0;
+}
+
+static void format_eta(char *out, size_t n, double secs)
+{
+    long s = (long)(secs + 0.5);
+    if (s < 60)
+        snprintf(out, n, "%lds", s);
+    else if (s < 3600)
+        snprintf(out, n, "%ldm%02lds", s / 60, s % 60);
+    else
+        snprintf(out, n, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+}
+
+/* "rebuild order_summary: 123456/200000 events  61.7%  45210 ev/s  ETA 2s": on a terminal one
+ * line redrawn in place, elsewhere a line a second (and the last one). */
+static void show_progress(job *j, const Jetledger__RebuildStatus *st, bool last)
+{
+    int64_t t = now_ns();
+    if (!j->tty && !last && t - j->last_line_ns < 1000000000LL)
+        return;
+    double secs = job_seconds(st);
+    double rate = secs > 0 ? (double)st->applied / secs : 0.0;
+    double pct = st->total > 0 ? 100.0 * (double)st->applied / (double)st->total : 0.0;
+    char eta[32] = "?";
+    if (rate > 0 && st->total >= st->applied)
+        format_eta(eta, sizeof(eta), (double)(st->total - st->applied) / rate);
+    char text[512];
+    snprintf(text, sizeof(text), "%s %s: %" PRIu64 "/%" PRIu64 " events  %.1f%%  %.0f ev/s  ETA %s",
+             j->kind, j->projector, st->applied, st->total, pct, rate, eta);
+    if (j->tty) {
+        fprintf(stderr, "\r%s\033[K", text);
+        j->line_shown = true;
+    } else {
+        fprintf(stderr, "%s\n", text);
+    }
+    fflush(stderr);
+    j->last_line_ns = t;
+}
+
+static void clear_progress(job *j)
+{
+    if (j->tty && j->line_shown)
+        fputs("\r\033[K", stderr);
+    j->line_shown = false;
+}
+
+static void sleep_poll(void)
+{
+    /* A signal cuts the sleep short, which is what we want: react at once. */
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = POLL_MS * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Poll until our job has finished; its last status in *out_final. */
+static int follow(job *j, Jetledger__RebuildStatus **out_final)
+{
+    Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
+    Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
+    bool cancel_sent = false;
+    int64_t other_since = 0;
+    int rc = CLI_OK;
+    while (rc == CLI_OK) {
+        if (interrupted > 1) {
+            clear_progress(j);
+            cli_error("stopped waiting for the %s to be cancelled (see GetRebuildStatus)", j->kind);
+            rc = CLI_REJECTED;
+            break;
+        }
+        if (interrupted > 0 && !cancel_sent) {
+            clear_progress(j);
+            cli_error("cancelling the %s...", j->kind);
+            free_status(admin(j, "CancelRebuild", &cancel.base, &rc));
+            cancel_sent = true;
+            continue;
+        }
+        sleep_poll();
+        Jetledger__RebuildStatus *st = admin(j, "GetRebuildStatus", &get.base, &rc);
+        if (st == NULL)
+            break;
+        if (st->started_at_ns == j->started_at_ns) {
+            other_since = 0;
+            bool last = finished(st);
+            show_progress(j, st, last);
+            if (last) {
+                *out_final = st;
+                break;
+            }
+        } else if (st->started_at_ns > j->started_at_ns) {
+            clear_progress(j);
+            cli_error("another %s started on %s after ours: its outcome is unknown",
+                      st->job[0] ? st->job : "job", j->projector);
+            rc = CLI_FAILED;
+        } else if (other_since == 0) {
+            /* An older job: the status has not caught up with ours yet. */
+            other_since = now_ns();
+        } else if (now_ns() - other_since > LOST_LIMIT_NS) {
+            clear_progress(j);
+            cli_error("%s no longer reports our %s (was it restarted, or does another instance "
+                      "answer?)",
+                      j->projector, j->kind);
+            rc = CLI_FAILED;
+        }
+        free_status(st);
+    }
+    clear_progress(j);
+    return rc;
+}
+
+/* The result as one JSON object on stdout: a finished verify's comparison, else the summary. */
+static void print_result(const Jetledger__RebuildStatus *st, bool verify)
+{
+    jl_buf b;
+    jl_buf_init(&b, 1 << 20);
+    jl_buf_addf(&b, "{\"job\":\"%s\"", verify ? "verify" : "rebuild");
+    if (verify && strcmp(st->state, "done") == 0) {
+        jl_buf_addf(&b, ",\"match\":%s,\"sequence\":%" PRIu64 ",\"live_digest\":",
+                    st->match ? "true" : "false", st->verified_seq);
+        jl_json_add_string(&b, st->live_digest, strlen(st->live_digest));
+        jl_buf_adds(&b, ",\"rebuilt_digest\":");
+        jl_json_add_string(&b, st->rebuilt_digest, strlen(st->rebuilt_digest));
+        const struct {
+            const char *name;
+            char **rows;
+            size_t n;
+        } lists[] = {{"only_live", st->only_live, st->n_only_live},
+                     {"only_rebuilt", st->only_rebuilt, st->n_only_rebuilt}};
+        for (size_t l = 0; l < 2; l++) {
+            jl_buf_addf(&b, ",\"%s\":[", lists[l].name);
+            for (size_t i = 0; i < lists[l].n; i++) {
+                if (i > 0)
+                    jl_buf_adds(&b, ",");
+                jl_json_add_string(&b, lists[l].rows[i], strlen(lists[l].rows[i]));
+            }
+            jl_buf_adds(&b, "]");
+        }
+    } else {
+        double secs = job_seconds(st);
+        jl_buf_addf(&b,
+                    ",\"state\":\"%s\",\"events\":%" PRIu64 ",\"messages\":%" PRIu64
+                    ",\"seconds\":%.3f,\"events_per_second\":%.0f,\"checkpoint\":%" PRIu64
+                    ",\"file\":",
+                    st->state, st->events, st->applied, secs,
+                    secs > 0 ? (double)st->events / secs : 0.0, st->checkpoint);
+        jl_json_add_string(&b, st->file, strlen(st->file));
+        if (st->error[0] != 0) {
+            jl_buf_adds(&b, ",\"error\":");
+            jl_json_add_string(&b, st->error, strlen(st->error));
+        }
+    }
+    jl_buf_adds(&b, "}\n");
+    fputs(jl_buf_str(&b), stdout);
+    fflush(stdout);
+    jl_buf_cleanup(&b);
+}
+
+/* Rows of a verify difference for one line of stderr: "a; b; c" or "none". */
+static void join_rows(char *out, size_t n, char **rows, size_t n_rows)
+{
+    size_t w = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < n_rows && w < n; i++) {
+        int k = snprintf(out + w, n - w, "%s%s", i ? "; " : "", rows[i]);
+        w += k > 0 ? (size_t)k : 0;
+    }
+    if (n_rows == 0)
+        snprintf(out, n, "none");
+}
+
+/* The exit status of a finished job, with what went wrong on stderr. */
+static int outcome(const Jetledger__RebuildStatus *st, bool verify)
+{
+    if (strcmp(st->state, "done") != 0) {
+        /* The projector's reason may start with the state itself ("cancelled: ..."). */
+        const char *why = st->error;
+        size_t n = strlen(st->state);
+        if (strncmp(why, st->state, n) == 0 && strncmp(why + n, ": ", 2) == 0)
+            why += n + 2;
+        cli_error("%s %s: %s", verify ? "verify" : "rebuild", st->state,
+                  why[0] ? why : "(no reason given)");
+        return CLI_REJECTED;
+    }
+    if (verify && !st->match) {
+        char live[1400], rebuilt[1400];
+        join_rows(live, sizeof(live), st->only_live, st->n_only_live);
+        join_rows(rebuilt, sizeof(rebuilt), st->only_rebuilt, st->n_only_rebuilt);
+        cli_error("read model differs at sequence %" PRIu64
+                  "; first rows only in the live model: %s / only in the rebuilt model: %s",
+                  st->verified_seq, live, rebuilt);
+        return CLI_REJECTED;
+    }
+    return CLI_OK;
+}
+
+/* Start a job with @p request (@p start), follow it, report it. */
+static int run(cli_ctx *ctx, const char *kind, const char *request, const ProtobufCMessage *start)
+{
+    bool verify = strcmp(kind, "verify") == 0;
+    job j = {.ctx = ctx, .projector = ctx->argv[0], .kind = kind, .tty = isatty(2) != 0};
+    Jetledger__RebuildStatus *st = NULL, *final = NULL;
+    int rc = CLI_OK;
+
+    /* Before the request: a Ctrl-C from now on cancels the job instead of orphaning it. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    j.conn = cli_connect(ctx);
+    if (j.conn == NULL)
+        rc = CLI_UNAVAILABLE;
+    if (rc == CLI_OK)
+        st = admin(&j, request, start, &rc);
+    if (st != NULL) {
+        j.started_at_ns = st->started_at_ns;
+        /* Several instances share "<projector>.admin.<Request>": ask the one running the job,
+         * or a status or a cancel could land on another. */
+        if (st->instance != NULL && strlen(st->instance) < sizeof(j.instance) &&
+            strpbrk(st->instance, ".*> ") == NULL)
+            snprintf(j.instance, sizeof(j.instance), "%s", st->instance);
+        show_progress(&j, st, false);
+        rc = follow(&j, &final);
+    }
+    if (final != NULL) {
+        print_result(final, verify);
+        rc = outcome(final, verify);
+    }
+    free_status(st);
+    free_status(final);
+    jl_conn_close(j.conn, 0);
+    return rc;
+}
+
+int cli_rebuild(cli_ctx *ctx)
+{
+    if (ctx->argc != 1) {
+        cli_error("usage: jetledger rebuild <projector> [--from-seq N | --from-time RFC3339] "
+                  "[--keep-old]");
+        return CLI_USAGE;
+    }
+    Jetledger__Rebuild m = JETLEDGER__REBUILD__INIT;
+    m.from_seq = ctx->opts.from_seq;
+    /* No message is older than 1970: an earlier time is the same as the start (0). */
+    m.from_time_ns = ctx->opts.from_time_ns > 0 ? ctx->opts.from_time_ns : 0;
+    m.keep_old = ctx->opts.keep_old;
+    return run(ctx, "rebuild", "Rebuild", &m.base);
+}
+
+int cli_verify(cli_ctx *ctx)
+{
+    if (ctx->argc != 1 || ctx->opts.from_seq != 0 || ctx->opts.has_from_time ||
+        ctx->opts.keep_old) {
+        cli_error("usage: jetledger verify <projector> (it always compares the whole stream)");
+        return CLI_USAGE;
+    }
+    Jetledger__Verify m = JETLEDGER__VERIFY__INIT;
+    return run(ctx, "verify", "Verify", &m.base);
+}
