@@ -103,19 +103,25 @@ static void detach(jl__cache *c, jl__cache_entry *e)
     c->size--;
 }
 
+/* Evict least recently used unpinned entries until the cache is within its capacity. */
+static void shrink(jl__cache *c, size_t keep_free)
+{
+    jl__cache_entry *e = c->tail;
+    while (c->size + keep_free > c->capacity && e != NULL) {
+        jl__cache_entry *prev = e->prev;
+        if (e->pins == 0) {
+            detach(c, e);
+            free(c->spare);
+            c->spare = e;
+        }
+        e = prev;
+    }
+}
+
 jl__cache_entry *jl__cache_put(jl__cache *c, const char *id)
 {
-    if (c->capacity == 0)
-        return NULL;
-    jl__cache_entry *e = jl__cache_get(c, id);
-    if (e != NULL)
-        return e;
-    if (c->size == c->capacity) {
-        jl__cache_entry *victim = c->tail;
-        detach(c, victim);
-        free(c->spare);
-        c->spare = victim;
-    }
+    jl__cache_entry *e = NULL;
+    shrink(c, 1);
     if (c->spare != NULL) {
         e = c->spare;
         c->spare = NULL;
@@ -124,7 +130,7 @@ jl__cache_entry *jl__cache_put(jl__cache *c, const char *id)
         if (e == NULL)
             return NULL;
     }
-    memset(e, 0, sizeof(*e));
+    memset(e, 0, sizeof(*e) + c->state_size);
     memcpy(e->id, id, strnlen(id, JL_UUID_LEN));
     jl__cache_entry **pp = slot_of(c, e->id);
     e->chain = *pp;
@@ -132,6 +138,19 @@ jl__cache_entry *jl__cache_put(jl__cache *c, const char *id)
     push_front(c, e);
     c->size++;
     return e;
+}
+
+void jl__cache_pin(jl__cache_entry *e)
+{
+    e->pins++;
+}
+
+void jl__cache_unpin(jl__cache *c, jl__cache_entry *e)
+{
+    if (e->pins > 0)
+        e->pins--;
+    if (e->pins == 0 && c->size > c->capacity)
+        shrink(c, 0);
 }
 
 void jl__cache_remove(jl__cache *c, const char *id)

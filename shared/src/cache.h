@@ -3,11 +3,14 @@
  *
  * Each entry holds the state after the aggregate's last known commit, its version and that
  * commit's stream sequence, so a producer decides on a hot aggregate without reading the stream,
- * and after a lost race reads only the commits after last_seq. Not thread-safe.
+ * and after a lost race reads only the commits after last_seq. An entry with work in flight is
+ * pinned: never evicted (the cache then holds more than its capacity until it is unpinned), and
+ * its queue holds the commands waiting for that work, in arrival order. Not thread-safe.
  */
 #ifndef JETLEDGER_CACHE_H
 #define JETLEDGER_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,8 +18,12 @@
 
 typedef struct jl__cache_entry {
     char id[JL_UUID_LEN + 1];
-    uint64_t version;  /**< aggregate version the state reflects */
-    uint64_t last_seq; /**< stream sequence of the last commit folded in (0: none) */
+    uint64_t version;    /**< aggregate version the state reflects */
+    uint64_t last_seq;   /**< stream sequence of the last commit folded in (0: none) */
+    unsigned pins;       /**< > 0: in use, not evictable */
+    bool busy;           /**< an append of this aggregate is in flight */
+    bool stale;          /**< state unknown (an append's outcome is): reload before use */
+    void *qhead, *qtail; /**< commands waiting for the one in flight (owner's type) */
     struct jl__cache_entry *prev, *next; /* LRU list, most recent first */
     struct jl__cache_entry *chain;       /* hash bucket */
     unsigned char state[];               /* state_size bytes */
@@ -24,7 +31,10 @@ typedef struct jl__cache_entry {
 
 typedef struct jl__cache jl__cache;
 
-/** A cache of at most @p capacity entries (0 disables caching) of @p state_size-byte states. */
+/**
+ * A cache of at most @p capacity unpinned entries of @p state_size-byte states. With capacity 0
+ * nothing outlives its pins: an entry goes as soon as it is unpinned.
+ */
 jl__cache *jl__cache_create(size_t capacity, size_t state_size);
 void jl__cache_destroy(jl__cache *c);
 
@@ -32,10 +42,16 @@ void jl__cache_destroy(jl__cache *c);
 jl__cache_entry *jl__cache_get(jl__cache *c, const char *id);
 
 /**
- * An entry for @p id, evicting the least recently used one if full; its contents are whatever
- * was there (the caller fills them). NULL when the capacity is 0 or memory runs out.
+ * A new zeroed entry for @p id (which must not be present), evicting the least recently used
+ * unpinned entry if full. NULL when memory runs out.
  */
 jl__cache_entry *jl__cache_put(jl__cache *c, const char *id);
+
+/** Pin @p e (see above). */
+void jl__cache_pin(jl__cache_entry *e);
+
+/** Unpin @p e; with capacity 0 an entry no longer pinned is removed (freed). */
+void jl__cache_unpin(jl__cache *c, jl__cache_entry *e);
 
 /** Forget @p id (no-op when absent). */
 void jl__cache_remove(jl__cache *c, const char *id);

@@ -119,6 +119,10 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
         ns = natsOptions_SetReconnectJitter(opts, 100, 1000);
     if (ns == NATS_OK)
         ns = natsOptions_SetTimeout(opts, 2000);
+    /* Without it the library holds published data for its flusher (about a millisecond):
+     * replies and appends would each wait for it. Latency is what a service is judged on. */
+    if (ns == NATS_OK)
+        ns = natsOptions_SetSendAsap(opts, true);
     /* Keep published messages across a short disconnect instead of failing them at once. */
     if (ns == NATS_OK)
         ns = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);

@@ -14,33 +14,74 @@
 
 #define SUBJECT_MAX 256
 #define HISTORY_MAX 1000
+/* Appends in flight at once; more commands wait in a backlog. */
+#define JL_PRODUCER_MAX_INFLIGHT 4096
+
+typedef struct cmd cmd;
+
+/* Commands in flight, found again by the message the ack handler gets back. */
+typedef struct inflight_map {
+    natsMsg **keys;
+    cmd **vals;
+    size_t cap; /* power of two */
+} inflight_map;
 
 struct jl_producer {
     const jl_service_def *def;
     jl_conn *conn;
     jl_store *store;
+    jsCtx *js;          /* our own context: its async-publish ack handler is ours */
     kvStore *snapshots; /* NULL when snapshots are off */
     natsSubscription *sub;
     natsSubscription *qsub;
     int retries;
+    int64_t append_timeout_ms;
     uint64_t snapshot_every;
-    pthread_mutex_t mu; /* one command or query at a time: everything below is shared */
+    /* One lock for everything below; held while deciding and on acks, never while waiting. */
+    pthread_mutex_t mu;
     jl__cache *cache;
-    void *scratch;  /* state of an aggregate not in the cache */
-    void *scratch2; /* evolve target when validating events before caching them */
-    jl_decision decision;
+    void *scratch;  /* state of a past point (GetState) */
+    void *scratch2; /* evolve target when advancing a cached state */
+    inflight_map inflight;
+    size_t n_inflight;
+    size_t max_inflight;
+    cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
+    cmd *free_cmds;
     jl_buf commit;
     jl_buf snap;
+    jl_buf reply_bytes;
+    jl_reply reply;
     jl_producer_stats stats;
 };
 
-/* The state a command is decided on: a cache entry's or the scratch one. */
-typedef struct view {
-    void *state;
-    uint64_t version;
-    uint64_t last_seq;
-    jl__cache_entry *entry; /* NULL when not cached */
-} view;
+/* One command from receipt to reply. */
+struct cmd {
+    cmd *next;    /* entry queue, backlog or free list */
+    natsMsg *req; /* the request (owned), NULL for a direct call */
+    struct sync_call *sync;
+    const jl_command_def *cd;
+    ProtobufCMessage *msg;
+    jl__cache_entry *entry; /* pinned while the command lives */
+    int attempts;
+    int64_t deadline_ns;
+    uint64_t first_version;
+    bool fresh; /* a new aggregate under a generated id: nothing to load */
+    jl_decision d;
+    char agg_id[JL_UUID_LEN + 1];
+    char cmd_id[JL_MAX_ID_LEN + 1];
+    char corr[JL_MAX_ID_LEN + 1];
+    char cause[JL_MAX_ID_LEN + 1];
+    char name[72];
+    char subject[256];
+};
+
+/* A caller of jl_producer_handle() waiting for its reply. */
+typedef struct sync_call {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    jl_reply *out;
+} sync_call;
 
 jl_status jl_aggregate_subject(char *out, size_t n, const char *service, const char *aggregate_type,
                                const char *aggregate_id)
@@ -180,7 +221,7 @@ static void load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
     kvEntry_Destroy(e);
 }
 
-static void save_snapshot(jl_producer *p, const char *id, const view *v)
+static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
 {
     Jetledger__Snapshot snap = JETLEDGER__SNAPSHOT__INIT;
     jl_buf state;
@@ -211,92 +252,91 @@ static void save_snapshot(jl_producer *p, const char *id, const view *v)
     jl_buf_cleanup(&state);
 }
 
-/* ---- loading for a command ---- */
+/* ---- aggregate states ---- */
 
-static jl_status load(jl_producer *p, const char *id, const char *subject, view *v, jl_reply *r)
+/* The cached entry of @p id, loaded (snapshot + replay) when absent or stale. Pinned on return. */
+static jl_status load(jl_producer *p, const char *id, const char *subject, bool fresh,
+                      jl__cache_entry **out, jl_reply *r)
 {
     jl__cache_entry *e = jl__cache_get(p->cache, id);
-    if (e != NULL) {
+    if (e != NULL && !e->stale) {
         p->stats.cache_hits++;
         p->stats.last_load_events = 0;
-        *v = (view){.state = e->state, .version = e->version, .last_seq = e->last_seq, .entry = e};
+        jl__cache_pin(e);
+        *out = e;
         return JL_OK;
     }
-    replay_ctx rc = {.p = p, .state = p->scratch};
-    p->def->state_init(p->scratch);
-    if (snapshots_on(p))
-        load_snapshot(p, id, &rc);
-    p->stats.loads++;
-    jl_status s = replay(p, subject, &rc, r);
-    if (s != JL_OK)
-        return s;
-    *v = (view){.state = p->scratch, .version = rc.version, .last_seq = rc.last_seq};
-    e = jl__cache_put(p->cache, id);
-    if (e != NULL) {
-        memcpy(e->state, p->scratch, p->def->state_size);
-        e->version = rc.version;
-        e->last_seq = rc.last_seq;
-        *v = (view){.state = e->state, .version = e->version, .last_seq = e->last_seq, .entry = e};
+    if (e == NULL) {
+        e = jl__cache_put(p->cache, id);
+        if (e == NULL) {
+            jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+            return JL_ERR_NOMEM;
+        }
     }
-    return JL_OK;
-}
-
-/* After a lost race: fold in the commits written since v->last_seq. */
-static jl_status catch_up(jl_producer *p, const char *subject, view *v, jl_reply *r)
-{
-    replay_ctx rc = {.p = p, .state = v->state, .version = v->version, .last_seq = v->last_seq};
-    jl_status s = replay(p, subject, &rc, r);
-    if (s != JL_OK) {
-        if (v->entry != NULL)
-            jl__cache_remove(p->cache, v->entry->id);
-        return s;
-    }
-    v->version = rc.version;
-    v->last_seq = rc.last_seq;
-    if (v->entry != NULL) {
-        v->entry->version = rc.version;
-        v->entry->last_seq = rc.last_seq;
-    }
-    return JL_OK;
-}
-
-/* The events just stored: evolve the view's state with them, so the cache stays current. A
- * state evolve refuses is dropped from the cache (the next command reloads it). */
-static void advance(jl_producer *p, view *v, uint64_t seq, uint64_t first_version,
-                    const char *agg_id)
-{
-    const jl_decision *d = &p->decision;
+    jl__cache_pin(e);
+    replay_ctx rc = {.p = p, .state = e->state};
+    p->def->state_init(e->state);
     jl_status s = JL_OK;
-    memcpy(p->scratch2, v->state, p->def->state_size);
+    if (!fresh) {
+        if (snapshots_on(p))
+            load_snapshot(p, id, &rc);
+        p->stats.loads++;
+        s = replay(p, subject, &rc, r);
+    }
+    e->version = rc.version;
+    e->last_seq = rc.last_seq;
+    e->stale = s != JL_OK;
+    if (s != JL_OK) {
+        jl__cache_unpin(p->cache, e);
+        return s;
+    }
+    *out = e;
+    return JL_OK;
+}
+
+/* After a lost race: fold in the commits written since the entry's last sequence. */
+static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e, jl_reply *r)
+{
+    replay_ctx rc = {.p = p, .state = e->state, .version = e->version, .last_seq = e->last_seq};
+    jl_status s = replay(p, subject, &rc, r);
+    e->version = rc.version;
+    e->last_seq = rc.last_seq;
+    e->stale = s != JL_OK;
+    return s;
+}
+
+/* The events of @p c are stored at @p seq: evolve the entry's state with them, so the cache
+ * stays current, and snapshot it when a multiple of snapshot_every was crossed. A state evolve
+ * refuses is marked stale (the next command reloads it). */
+static void advance(jl_producer *p, cmd *c, uint64_t seq)
+{
+    const jl_decision *d = &c->d;
+    jl__cache_entry *e = c->entry;
+    jl_status s = JL_OK;
+    memcpy(p->scratch2, e->state, p->def->state_size);
     for (size_t i = 0; s == JL_OK && i < d->n_events; i++) {
         ProtobufCMessage *m =
             protobuf_c_message_unpack(d->types[i], NULL, d->lens[i], d->bytes.data + d->offsets[i]);
         jl_event ev = {.event_type = d->types[i]->name,
-                       .aggregate_id = agg_id,
+                       .aggregate_id = c->agg_id,
                        .aggregate_type = p->def->aggregate_type,
-                       .aggregate_version = first_version + i,
+                       .aggregate_version = c->first_version + i,
                        .stream_seq = seq,
                        .payload = m};
         s = m != NULL ? p->def->evolve(p->scratch2, &ev) : JL_ERR_DECODE;
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
     }
+    uint64_t before = e->version;
+    e->version = c->first_version + d->n_events - 1;
+    e->last_seq = seq;
     if (s != JL_OK) {
-        if (v->entry != NULL)
-            jl__cache_remove(p->cache, v->entry->id);
-        v->entry = NULL;
+        e->stale = true;
         return;
     }
-    uint64_t before = v->version;
-    memcpy(v->state, p->scratch2, p->def->state_size);
-    v->version = first_version + d->n_events - 1;
-    v->last_seq = seq;
-    if (v->entry != NULL) {
-        v->entry->version = v->version;
-        v->entry->last_seq = seq;
-    }
-    if (snapshots_on(p) && v->version / p->snapshot_every > before / p->snapshot_every)
-        save_snapshot(p, agg_id, v);
+    memcpy(e->state, p->scratch2, p->def->state_size);
+    if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every)
+        save_snapshot(p, c->agg_id, e);
 }
 
 /* ---- validating a request ---- */
@@ -332,62 +372,387 @@ static const char *field_string(const ProtobufCMessage *msg, const char *field)
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
 }
 
-/* ---- handling a command ---- */
+/* ---- the command pipeline ----
+ *
+ * A command is validated, its aggregate found in the cache (or loaded), decided, and its events
+ * published asynchronously with the expected last subject sequence; the reply is sent from the
+ * ack. Commands for one aggregate go one at a time (the others wait on its entry's queue), so a
+ * producer never races itself; commands for different aggregates are in flight together, up to
+ * max_inflight (beyond that they wait in the backlog). Everything runs under p->mu, which is
+ * never held while waiting: publishes never stall because fewer than the library's MaxPending
+ * messages are ever in flight.
+ */
 
-static void handle_locked(jl_producer *p, const char *command, const void *data, size_t len,
-                          const char *command_id, const char *correlation_id,
-                          const char *causation_id, jl_reply *r)
+static void inflight_put(inflight_map *m, natsMsg *k, cmd *v)
+{
+    size_t i = ((uintptr_t)k >> 4) & (m->cap - 1);
+    while (m->keys[i] != NULL)
+        i = (i + 1) & (m->cap - 1);
+    m->keys[i] = k;
+    m->vals[i] = v;
+}
+
+static cmd *inflight_take(inflight_map *m, natsMsg *k)
+{
+    size_t i = ((uintptr_t)k >> 4) & (m->cap - 1);
+    while (m->keys[i] != NULL && m->keys[i] != k)
+        i = (i + 1) & (m->cap - 1);
+    if (m->keys[i] == NULL)
+        return NULL;
+    cmd *v = m->vals[i];
+    m->keys[i] = NULL;
+    /* Re-insert the rest of the cluster so lookups never stop at the hole. */
+    for (size_t j = (i + 1) & (m->cap - 1); m->keys[j] != NULL; j = (j + 1) & (m->cap - 1)) {
+        natsMsg *rk = m->keys[j];
+        cmd *rv = m->vals[j];
+        m->keys[j] = NULL;
+        inflight_put(m, rk, rv);
+    }
+    return v;
+}
+
+static cmd *cmd_new(jl_producer *p)
+{
+    cmd *c = p->free_cmds;
+    if (c != NULL) {
+        p->free_cmds = c->next;
+        jl_buf keep = c->d.bytes;
+        memset(c, 0, sizeof(*c));
+        c->d.bytes = keep;
+        jl_decision_reset(&c->d);
+        return c;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c != NULL)
+        jl_decision_init(&c->d);
+    return c;
+}
+
+static void cmd_free(jl_producer *p, cmd *c)
+{
+    if (c->msg != NULL)
+        protobuf_c_message_free_unpacked(c->msg, NULL);
+    natsMsg_Destroy(c->req);
+    c->msg = NULL;
+    c->req = NULL;
+    c->next = p->free_cmds;
+    p->free_cmds = c;
+}
+
+/* Send the reply (to the requester or the waiting caller), count it, free the command. */
+static void finish(jl_producer *p, cmd *c, jl_reply *r)
+{
+    p->stats.commands++;
+    if (r->code == JL_CODE_OK) {
+        p->stats.accepted++;
+        jl_log(JL_LOG_DEBUG, "command accepted",
+               "\"command\":\"%s\",\"aggregate_id\":\"%s\",\"version\":%" PRIu64
+               ",\"seq\":%" PRIu64,
+               c->name, r->aggregate_id, r->aggregate_version, r->stream_seq);
+    } else {
+        char esc[600];
+        jl_log(r->code == JL_CODE_INTERNAL || r->code == JL_CODE_UNAVAILABLE ? JL_LOG_ERROR
+                                                                             : JL_LOG_INFO,
+               "command rejected", "\"command\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", c->name,
+               jl_code_str(r->code), jl_log_str(esc, sizeof(esc), r->message));
+    }
+    if (c->sync != NULL) {
+        sync_call *s = c->sync;
+        pthread_mutex_lock(&s->mu);
+        jl_reply_reset(s->out);
+        jl_buf keep = s->out->result;
+        *s->out = *r;
+        s->out->result = keep;
+        s->done = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    } else if (c->req != NULL) {
+        const char *to = natsMsg_GetReply(c->req);
+        if (to != NULL && *to != 0 && jl_reply_encode(&p->reply_bytes, r) == JL_OK)
+            natsConnection_Publish(jl_conn_nats(p->conn), to, p->reply_bytes.data,
+                                   (int)p->reply_bytes.len);
+    }
+    cmd_free(p, c);
+}
+
+static void start(jl_producer *p, cmd *c);
+
+/* The entry's append is over: unpin it and start the next command waiting for it. */
+static void release_entry(jl_producer *p, jl__cache_entry *e)
+{
+    e->busy = false;
+    cmd *next = e->qhead;
+    if (next != NULL) {
+        e->qhead = next->next;
+        if (e->qhead == NULL)
+            e->qtail = NULL;
+        next->next = NULL;
+    }
+    jl__cache_unpin(p->cache, e); /* the next command holds its own pin */
+    if (next != NULL)
+        start(p, next);
+}
+
+/* A command that has its aggregate (pinned, not busy): decide and publish, or answer. */
+static void start(jl_producer *p, cmd *c)
 {
     const jl_service_def *def = p->def;
-    ProtobufCMessage *msg = NULL;
-    char agg_id[JL_UUID_LEN + 1];
-    char cmd_id[JL_MAX_ID_LEN + 1];
-    char subject[SUBJECT_MAX];
-    char types[512];
+    jl__cache_entry *e = c->entry;
+    jl_reply *r = &p->reply;
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    const jl_command_def *cd = find_command(def, command);
-    if (cd == NULL) {
-        jl_reply_error(r, JL_CODE_INVALID, "unknown command '%.64s' for service %s", command,
+    if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
+        finish(p, c, r);
+        release_entry(p, e);
+        return;
+    }
+    if (p->n_inflight >= p->max_inflight) {
+        /* Keep the entry busy so later commands of this aggregate queue behind this one. */
+        e->busy = true;
+        c->next = NULL;
+        if (p->backlog_tail != NULL)
+            p->backlog_tail->next = c;
+        else
+            p->backlog_head = c;
+        p->backlog_tail = c;
+        return;
+    }
+    jl_command in = {
+        .msg = c->msg, .aggregate_id = c->agg_id, .command_id = c->cmd_id, .now_ns = now_ns()};
+    jl_decision_reset(&c->d);
+    def->decide(e->state, &in, &c->d);
+    r->aggregate_version = e->version;
+    r->stream_seq = e->last_seq;
+    if (jl_decision_rejected(&c->d) || c->d.n_events == 0) {
+        if (jl_decision_rejected(&c->d))
+            jl_reply_error(r, c->d.code, "%s", c->d.message);
+        finish(p, c, r);
+        release_entry(p, e);
+        return;
+    }
+    c->first_version = e->version + 1;
+    jl_commit_meta meta = {
+        .aggregate_type = def->aggregate_type,
+        .aggregate_id = c->agg_id,
+        .correlation_id = c->corr,
+        .causation_id = c->cause,
+        .command_id = c->cmd_id,
+        .command_type = c->cd->descriptor->name,
+        .first_version = c->first_version,
+        .occurred_at_ns = in.now_ns,
+        .schema_version = def->schema_version,
+    };
+    char first_id[JL_UUID_LEN + 1], vbuf[24], types[512];
+    natsMsg *out = NULL;
+    jl_status s = jl_commit_encode(&p->commit, first_id, &meta, &c->d);
+    if (s != JL_OK) {
+        jl_reply_error(r, s == JL_ERR_TOO_LARGE ? JL_CODE_INVALID : JL_CODE_INTERNAL,
+                       "cannot encode the events: %s", jl_status_str(s));
+        finish(p, c, r);
+        release_entry(p, e);
+        return;
+    }
+    snprintf(vbuf, sizeof(vbuf), "%" PRIu64, e->version + c->d.n_events);
+    size_t o = 0;
+    types[0] = 0;
+    for (size_t i = 0; i < c->d.n_events && o < sizeof(types); i++)
+        o += (size_t)snprintf(types + o, sizeof(types) - o, "%s%s", i ? "," : "",
+                              c->d.types[i]->short_name);
+    natsStatus ns =
+        natsMsg_Create(&out, c->subject, NULL, (const char *)p->commit.data, (int)p->commit.len);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(out, "Jl-Aggregate-Type", def->aggregate_type);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(out, "Jl-Aggregate-Id", c->agg_id);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(out, "Jl-Aggregate-Version", vbuf);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(out, "Jl-Event-Types", types);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(out, "Jl-Command-Id", c->cmd_id);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = first_id;
+    po.MaxWait = p->append_timeout_ms;
+    if (e->last_seq == 0)
+        po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
+    else
+        po.ExpectLastSubjectSeq = e->last_seq;
+    e->busy = true;
+    if (c->deadline_ns == 0)
+        c->deadline_ns = now_ns() + p->append_timeout_ms * 1000000LL;
+    natsMsg *key = out;
+    if (ns == NATS_OK) {
+        inflight_put(&p->inflight, key, c);
+        p->n_inflight++;
+        ns = js_PublishMsgAsync(p->js, &out, &po);
+        if (ns != NATS_OK) {
+            inflight_take(&p->inflight, key);
+            p->n_inflight--;
+        }
+    }
+    if (ns != NATS_OK) {
+        natsMsg_Destroy(out);
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot publish the events: %s",
+                       natsStatus_GetText(ns));
+        finish(p, c, r);
+        release_entry(p, e);
+    }
+}
+
+/* Start backlogged commands while in-flight slots are free. */
+static void drain_backlog(jl_producer *p)
+{
+    while (p->backlog_head != NULL && p->n_inflight < p->max_inflight) {
+        cmd *c = p->backlog_head;
+        p->backlog_head = c->next;
+        if (p->backlog_head == NULL)
+            p->backlog_tail = NULL;
+        c->next = NULL;
+        start(p, c);
+    }
+}
+
+static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    jl_producer *p = closure;
+    pthread_mutex_lock(&p->mu);
+    cmd *c = inflight_take(&p->inflight, msg);
+    if (c == NULL) { /* not ours: cannot happen, but never crash on it */
+        pthread_mutex_unlock(&p->mu);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    p->n_inflight--;
+    jl__cache_entry *e = c->entry;
+    jl_reply *r = &p->reply;
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+
+    if (pa != NULL) {
+        advance(p, c, pa->Sequence);
+        r->aggregate_version = c->first_version + c->d.n_events - 1;
+        r->stream_seq = pa->Sequence;
+        r->duplicate = pa->Duplicate;
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
+        /* Another writer got there first: read what it wrote and decide again. */
+        p->stats.conflicts++;
+        if (c->attempts++ < p->retries && catch_up(p, c->subject, e, r) == JL_OK) {
+            jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
+                   c->subject, c->attempts);
+            e->busy = false;
+            start(p, c);
+        } else {
+            if (r->code == JL_CODE_OK)
+                jl_reply_error(r, JL_CODE_CONFLICT,
+                               "%s %s was changed concurrently %d times in a row; try again",
+                               p->def->aggregate_type, c->agg_id, c->attempts);
+            finish(p, c, r);
+            release_entry(p, e);
+        }
+    } else if ((pae->Err == NATS_TIMEOUT || pae->Err == NATS_NO_RESPONDERS) &&
+               now_ns() < c->deadline_ns) {
+        /* A stream leader moving, a server restarting: send the same message again. Its
+         * Nats-Msg-Id makes JetStream store it once even if the first copy got through. */
+        if (pae->Err == NATS_NO_RESPONDERS)
+            nats_Sleep(20);
+        inflight_put(&p->inflight, msg, c);
+        p->n_inflight++;
+        natsStatus ns = js_PublishMsgAsync(js, &msg, NULL);
+        if (ns != NATS_OK) {
+            inflight_take(&p->inflight, msg);
+            p->n_inflight--;
+            e->stale = true; /* stored or not: unknown */
+            jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
+                           natsStatus_GetText(ns));
+            finish(p, c, r);
+            release_entry(p, e);
+        }
+    } else {
+        e->stale = true; /* the append may or may not be stored: reload before the next use */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "event store did not confirm the events within %" PRId64
+                       " ms: %s (JetStream error %d)%s%s",
+                       p->append_timeout_ms, natsStatus_GetText(pae->Err), (int)pae->ErrCode,
+                       pae->ErrText ? ": " : "", pae->ErrText ? pae->ErrText : "");
+        finish(p, c, r);
+        release_entry(p, e);
+    }
+    drain_backlog(p);
+    pthread_mutex_unlock(&p->mu);
+    natsMsg_Destroy(msg);
+}
+
+/* Validate a request and hand it to its aggregate. Takes ownership of @p req (may be NULL). */
+static void submit(jl_producer *p, const char *command, const void *data, size_t len,
+                   const char *command_id, const char *correlation_id, const char *causation_id,
+                   natsMsg *req, sync_call *sync)
+{
+    const jl_service_def *def = p->def;
+    jl_reply *r = &p->reply;
+    pthread_mutex_lock(&p->mu);
+    cmd *c = cmd_new(p);
+    if (c == NULL) {
+        pthread_mutex_unlock(&p->mu);
+        natsMsg_Destroy(req);
+        return; /* out of memory: the requester times out */
+    }
+    c->req = req;
+    c->sync = sync;
+    snprintf(c->name, sizeof(c->name), "%.64s", command);
+    for (char *q = c->name; *q; q++) {
+        if ((unsigned char)*q < 0x20 || *q == '"' || *q == '\\')
+            *q = '?';
+    }
+    jl_reply_reset(r);
+
+    c->cd = find_command(def, command);
+    if (c->cd == NULL) {
+        jl_reply_error(r, JL_CODE_INVALID, "unknown command '%s' for service %s", c->name,
                        def->name);
-        goto done;
+        goto reject;
     }
     if (len > JL_MAX_COMMAND_BYTES) {
         jl_reply_error(r, JL_CODE_INVALID, "command of %zu bytes exceeds the %d-byte limit", len,
                        JL_MAX_COMMAND_BYTES);
-        goto done;
+        goto reject;
     }
-    msg = protobuf_c_message_unpack(cd->descriptor, NULL, len, data);
-    if (msg == NULL) {
+    c->msg = protobuf_c_message_unpack(c->cd->descriptor, NULL, len, data);
+    if (c->msg == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
-                       cd->descriptor->name);
-        goto done;
+                       c->cd->descriptor->name);
+        goto reject;
     }
-    const char *id = field_string(msg, cd->id_field);
+    const char *id = field_string(c->msg, c->cd->id_field);
     if (id == NULL) {
-        jl_reply_error(r, JL_CODE_INTERNAL, "%s has no string field '%s'", cd->descriptor->name,
-                       cd->id_field);
-        goto done;
+        jl_reply_error(r, JL_CODE_INTERNAL, "%s has no string field '%s'", c->cd->descriptor->name,
+                       c->cd->id_field);
+        goto reject;
     }
-    if (*id == 0 && cd->may_create_id) {
-        jl_uuid_new(agg_id);
+    if (*id == 0 && c->cd->may_create_id) {
+        jl_uuid_new(c->agg_id);
+        c->fresh = true; /* a random new id: the aggregate cannot have history */
     } else if (*id == 0) {
-        jl_reply_error(r, JL_CODE_INVALID, "%s is required", cd->id_field);
-        goto done;
-    } else if (jl_uuid_canonical(agg_id, id) != JL_OK) {
-        jl_reply_error(r, JL_CODE_INVALID, "%s '%.64s' is not a UUID", cd->id_field, id);
-        goto done;
+        jl_reply_error(r, JL_CODE_INVALID, "%s is required", c->cd->id_field);
+        goto reject;
+    } else if (jl_uuid_canonical(c->agg_id, id) != JL_OK) {
+        jl_reply_error(r, JL_CODE_INVALID, "%s '%.64s' is not a UUID", c->cd->id_field, id);
+        goto reject;
     }
-    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", agg_id);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     if (command_id != NULL && *command_id != 0) {
         if (!valid_id_text(command_id)) {
             jl_reply_error(r, JL_CODE_INVALID,
                            "command id must be 1 to %d printable characters without spaces",
                            JL_MAX_ID_LEN);
-            goto done;
+            goto reject;
         }
-        snprintf(cmd_id, sizeof(cmd_id), "%s", command_id);
+        snprintf(c->cmd_id, sizeof(c->cmd_id), "%s", command_id);
     } else {
-        jl_uuid_new(cmd_id);
+        jl_uuid_new(c->cmd_id);
     }
     if ((correlation_id && *correlation_id && !valid_id_text(correlation_id)) ||
         (causation_id && *causation_id && !valid_id_text(causation_id))) {
@@ -395,137 +760,53 @@ static void handle_locked(jl_producer *p, const char *command, const void *data,
                        "correlation and causation ids must be 1 to %d printable characters "
                        "without spaces",
                        JL_MAX_ID_LEN);
-        goto done;
+        goto reject;
     }
-    if (jl_aggregate_subject(subject, sizeof(subject), def->name, def->aggregate_type, agg_id) !=
-        JL_OK) {
+    snprintf(c->corr, sizeof(c->corr), "%s", correlation_id ? correlation_id : "");
+    snprintf(c->cause, sizeof(c->cause), "%s", causation_id ? causation_id : "");
+    if (jl_aggregate_subject(c->subject, sizeof(c->subject), def->name, def->aggregate_type,
+                             c->agg_id) != JL_OK) {
         jl_reply_error(r, JL_CODE_INTERNAL, "aggregate subject too long");
-        goto done;
+        goto reject;
     }
-
-    view v;
-    if (load(p, agg_id, subject, &v, r) != JL_OK)
-        goto done;
-    for (int attempt = 0;; attempt++) {
-        jl_command cmd = {
-            .msg = msg, .aggregate_id = agg_id, .command_id = cmd_id, .now_ns = now_ns()};
-        jl_decision_reset(&p->decision);
-        def->decide(v.state, &cmd, &p->decision);
-        r->aggregate_version = v.version;
-        r->stream_seq = v.last_seq;
-        if (jl_decision_rejected(&p->decision)) {
-            jl_reply_error(r, p->decision.code, "%s", p->decision.message);
-            goto done;
-        }
-        if (p->decision.n_events == 0)
-            goto done; /* accepted, nothing to record */
-
-        jl_commit_meta meta = {
-            .aggregate_type = def->aggregate_type,
-            .aggregate_id = agg_id,
-            .correlation_id = correlation_id,
-            .causation_id = causation_id,
-            .command_id = cmd_id,
-            .command_type = cd->descriptor->name,
-            .first_version = v.version + 1,
-            .occurred_at_ns = cmd.now_ns,
-            .schema_version = def->schema_version,
-        };
-        char first_id[JL_UUID_LEN + 1];
-        jl_status s = jl_commit_encode(&p->commit, first_id, &meta, &p->decision);
-        if (s != JL_OK) {
-            jl_reply_error(r, s == JL_ERR_TOO_LARGE ? JL_CODE_INVALID : JL_CODE_INTERNAL,
-                           "cannot encode the events: %s", jl_status_str(s));
-            goto done;
-        }
-        uint64_t last_version = v.version + p->decision.n_events;
-        char vbuf[24];
-        snprintf(vbuf, sizeof(vbuf), "%" PRIu64, last_version);
-        size_t o = 0;
-        types[0] = 0;
-        for (size_t i = 0; i < p->decision.n_events && o < sizeof(types); i++)
-            o += (size_t)snprintf(types + o, sizeof(types) - o, "%s%s", i ? "," : "",
-                                  p->decision.types[i]->short_name);
-        const char *headers[] = {
-            "Jl-Aggregate-Type",    def->aggregate_type,
-            "Jl-Aggregate-Id",      agg_id,
-            "Jl-Aggregate-Version", vbuf,
-            "Jl-Event-Types",       types,
-            "Jl-Command-Id",        cmd_id,
-        };
-        jl_append a = {
-            .subject = subject,
-            .data = p->commit.data,
-            .len = p->commit.len,
-            .msg_id = first_id,
-            .expected_last_seq = v.last_seq,
-            .expect_empty = v.last_seq == 0,
-            .headers = headers,
-            .n_headers = sizeof(headers) / sizeof(headers[0]) / 2,
-        };
-        uint64_t seq = 0;
-        bool dup = false;
-        s = jl_store_append(p->store, &a, &seq, &dup);
-        if (s == JL_OK) {
-            advance(p, &v, seq, meta.first_version, agg_id);
-            r->aggregate_version = last_version;
-            r->stream_seq = seq;
-            r->duplicate = dup;
-            goto done;
-        }
-        if (s == JL_ERR_CONFLICT) {
-            p->stats.conflicts++;
-            if (attempt < p->retries) {
-                jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
-                       subject, attempt + 1);
-                if (catch_up(p, subject, &v, r) != JL_OK)
-                    goto done;
-                continue;
-            }
-            jl_reply_error(r, JL_CODE_CONFLICT,
-                           "%s %s was changed concurrently %d times in a row; try again",
-                           def->aggregate_type, agg_id, attempt + 1);
-        } else {
-            /* The append may or may not have been stored: forget the cached state. */
-            if (v.entry != NULL)
-                jl__cache_remove(p->cache, v.entry->id);
-            if (s == JL_ERR_TOO_LARGE)
-                jl_reply_error(r, JL_CODE_INVALID, "%s", jl_store_errmsg(p->store));
-            else
-                jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not store the events: %s",
-                               jl_store_errmsg(p->store));
-        }
-        goto done;
+    jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
+    if (e != NULL && (e->busy || e->qhead != NULL)) {
+        /* Its aggregate has an append in flight: wait for it, in order. */
+        jl__cache_pin(e);
+        c->entry = e;
+        if (e->qtail != NULL)
+            ((cmd *)e->qtail)->next = c;
+        else
+            e->qhead = c;
+        e->qtail = c;
+        p->stats.cache_hits++;
+        pthread_mutex_unlock(&p->mu);
+        return;
     }
-done:
-    if (msg != NULL)
-        protobuf_c_message_free_unpacked(msg, NULL);
+    if (load(p, c->agg_id, c->subject, c->fresh, &c->entry, r) != JL_OK)
+        goto reject;
+    start(p, c);
+    pthread_mutex_unlock(&p->mu);
+    return;
+reject:
+    finish(p, c, r);
+    pthread_mutex_unlock(&p->mu);
 }
 
 void jl_producer_handle(jl_producer *p, const char *command, const void *data, size_t len,
                         const char *command_id, const char *correlation_id,
                         const char *causation_id, jl_reply *out)
 {
-    jl_reply_reset(out);
-    pthread_mutex_lock(&p->mu);
-    handle_locked(p, command, data, len, command_id, correlation_id, causation_id, out);
-    p->stats.commands++;
-    if (out->code == JL_CODE_OK)
-        p->stats.accepted++;
-    pthread_mutex_unlock(&p->mu);
-    if (out->code == JL_CODE_OK) {
-        jl_log(JL_LOG_DEBUG, "command accepted",
-               "\"command\":\"%.64s\",\"aggregate_id\":\"%s\",\"version\":%" PRIu64
-               ",\"seq\":%" PRIu64,
-               command, out->aggregate_id, out->aggregate_version, out->stream_seq);
-    } else {
-        char esc[600], cesc[80];
-        jl_log(out->code == JL_CODE_INTERNAL || out->code == JL_CODE_UNAVAILABLE ? JL_LOG_ERROR
-                                                                                 : JL_LOG_INFO,
-               "command rejected", "\"command\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
-               jl_log_str(cesc, sizeof(cesc), command), jl_code_str(out->code),
-               jl_log_str(esc, sizeof(esc), out->message));
-    }
+    sync_call call = {.done = false, .out = out};
+    pthread_mutex_init(&call.mu, NULL);
+    pthread_cond_init(&call.cv, NULL);
+    submit(p, command, data, len, command_id, correlation_id, causation_id, NULL, &call);
+    pthread_mutex_lock(&call.mu);
+    while (!call.done)
+        pthread_cond_wait(&call.cv, &call.mu);
+    pthread_mutex_unlock(&call.mu);
+    pthread_cond_destroy(&call.cv);
+    pthread_mutex_destroy(&call.mu);
 }
 
 /* ---- audit trail and temporal state ---- */
@@ -723,18 +1004,14 @@ static void on_command(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
 {
     jl_producer *p = closure;
     const char *cmd_id = NULL, *corr = NULL, *cause = NULL;
-    jl_reply r;
+    (void)nc;
     (void)sub;
-
     natsMsgHeader_Get(msg, "Jl-Command-Id", &cmd_id);
     natsMsgHeader_Get(msg, "Jl-Correlation-Id", &corr);
     natsMsgHeader_Get(msg, "Jl-Causation-Id", &cause);
-    jl_reply_init(&r);
-    jl_producer_handle(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
-                       (size_t)natsMsg_GetDataLength(msg), cmd_id, corr, cause, &r);
-    send_reply(nc, msg, &r);
-    jl_reply_cleanup(&r);
-    natsMsg_Destroy(msg);
+    /* The message owns the strings above and goes along with the command. */
+    submit(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
+           (size_t)natsMsg_GetDataLength(msg), cmd_id, corr, cause, msg, NULL);
 }
 
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -789,13 +1066,20 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->retries = cfg->command_retries;
     p->snapshot_every = (uint64_t)cfg->snapshot_every;
     pthread_mutex_init(&p->mu, NULL);
-    jl_decision_init(&p->decision);
     jl_buf_init(&p->commit, JL_MAX_COMMIT_BYTES);
+    jl_buf_init(&p->reply_bytes, JL_MAX_REPLY_BYTES + 4096);
+    jl_reply_init(&p->reply);
+    p->append_timeout_ms = cfg->request_timeout_ms;
+    p->max_inflight = JL_PRODUCER_MAX_INFLIGHT;
+    p->inflight.cap = 4 * JL_PRODUCER_MAX_INFLIGHT;
+    p->inflight.keys = calloc(p->inflight.cap, sizeof(*p->inflight.keys));
+    p->inflight.vals = calloc(p->inflight.cap, sizeof(*p->inflight.vals));
     jl_buf_init(&p->snap, JL_MAX_COMMIT_BYTES + 1024);
     p->scratch = calloc(1, def->state_size);
     p->scratch2 = calloc(1, def->state_size);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
-    if (p->scratch == NULL || p->scratch2 == NULL || p->cache == NULL) {
+    if (p->scratch == NULL || p->scratch2 == NULL || p->cache == NULL || p->inflight.keys == NULL ||
+        p->inflight.vals == NULL) {
         s = JL_ERR_NOMEM;
         goto done;
     }
@@ -805,6 +1089,21 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     sc.stream = def->stream;
     sc.subjects = subjects;
     s = jl_store_open(&p->store, conn, &sc, err, errlen);
+    if (s == JL_OK) {
+        /* Our own JetStream context: its asynchronous publishes report to on_ack, and it
+         * allows more in flight than we ever put there, so a publish never stalls. */
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = cfg->request_timeout_ms;
+        jo.PublishAsync.AckHandler = on_ack;
+        jo.PublishAsync.AckHandlerClosure = p;
+        jo.PublishAsync.MaxPending = (int64_t)p->max_inflight + 64;
+        natsStatus jns = natsConnection_JetStream(&p->js, jl_conn_nats(conn), &jo);
+        if (jns != NATS_OK) {
+            snprintf(err, errlen, "cannot create a JetStream context: %s", natsStatus_GetText(jns));
+            s = JL_ERR_NATS;
+        }
+    }
     if (s == JL_OK && def->state_type != NULL && cfg->snapshot_every > 0)
         s = open_snapshots(p, cfg, err, errlen);
     if (s != JL_OK)
@@ -855,11 +1154,29 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return;
     close_sub(p->sub, timeout_ms);
     close_sub(p->qsub, timeout_ms);
+    if (p->js != NULL) {
+        /* Let the appends in flight be confirmed and answered before freeing their state. */
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = timeout_ms > 0 ? timeout_ms : 1;
+        /* (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever
+         * published: what is still unconfirmed goes with the context.) */
+        js_PublishAsyncComplete(p->js, &po);
+        jsCtx_Destroy(p->js);
+    }
     kvStore_Destroy(p->snapshots);
     jl_store_close(p->store);
-    jl_decision_cleanup(&p->decision);
     jl_buf_cleanup(&p->commit);
     jl_buf_cleanup(&p->snap);
+    jl_buf_cleanup(&p->reply_bytes);
+    jl_reply_cleanup(&p->reply);
+    for (cmd *c = p->free_cmds, *n = NULL; c != NULL; c = n) {
+        n = c->next;
+        jl_decision_cleanup(&c->d);
+        free(c);
+    }
+    free(p->inflight.keys);
+    free(p->inflight.vals);
     jl__cache_destroy(p->cache);
     free(p->scratch);
     free(p->scratch2);

@@ -1,0 +1,280 @@
+/*
+ * The benchmark's environment: the machine it runs on, its own nats-server, the service
+ * processes it spawns, and what it reads from them (/proc, the projector's checkpoint, logs).
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "jetledger/conn.h"
+
+#define STOP_TIMEOUT_MS 10000
+#define CONNECT_TIMEOUT_MS 5000
+/* Callbacks of the ordered consumers get every message of a 1M-event stream as fast as the
+ * server sends them: the client must not drop them as a slow consumer. */
+#define SUB_PENDING_MSGS 4000000
+#define TAIL_LEN 1500
+
+static void read_line_value(const char *path, const char *key, char *out, size_t n)
+{
+    char line[512];
+    FILE *f = fopen(path, "r");
+    size_t klen = strlen(key);
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, key, klen) != 0)
+            continue;
+        const char *v = strchr(line, ':');
+        if (v == NULL)
+            continue;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        snprintf(out, n, "%s", v);
+        out[strcspn(out, "\r\n")] = 0;
+        break;
+    }
+    fclose(f);
+}
+
+void bench_machine_read(bench *b)
+{
+    bench_machine *m = &b->machine;
+    char mem[64] = "";
+    struct utsname u;
+
+    m->nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    snprintf(m->cpu_model, sizeof(m->cpu_model), "unknown");
+    read_line_value("/proc/cpuinfo", "model name", m->cpu_model, sizeof(m->cpu_model));
+    read_line_value("/proc/meminfo", "MemTotal", mem, sizeof(mem));
+    m->ram_mb = strtol(mem, NULL, 10) / 1024;
+    snprintf(m->kernel, sizeof(m->kernel), "unknown");
+    if (uname(&u) == 0)
+        snprintf(m->kernel, sizeof(m->kernel), "%s %s", u.sysname, u.release);
+    snprintf(m->libnats, sizeof(m->libnats), "%s", nats_GetVersion());
+    snprintf(m->sqlite, sizeof(m->sqlite), "%s", sqlite3_libversion());
+    if (m->nats_server[0] == 0)
+        snprintf(m->nats_server, sizeof(m->nats_server), "unknown");
+}
+
+jl_status bench_env_start(bench *b)
+{
+    char err[2048] = "", store[PATH_MAX + 16];
+    natsOptions *opts = NULL;
+    jsOptions jo;
+    jl_natsd_opts o;
+    jl_status s = JL_OK;
+    natsStatus ns;
+
+    snprintf(store, sizeof(store), "%s/nats", b->work);
+    jl_natsd_opts_init(&o);
+    o.store_dir = store;
+    o.server_path = b->o.server_path[0] ? b->o.server_path : NULL;
+    o.err_buf = err;
+    o.err_buf_len = sizeof(err);
+    if (jl_natsd_start(&b->natsd, &o) != 0)
+        return bench_fail(b, JL_ERR_UNAVAILABLE, "cannot start nats-server: %s", err);
+    if (jl_server_version_probe(jl_natsd_url(b->natsd), 2000, b->machine.nats_server,
+                                sizeof(b->machine.nats_server)) != JL_OK)
+        snprintf(b->machine.nats_server, sizeof(b->machine.nats_server), "unknown");
+
+    ns = natsOptions_Create(&opts);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetURL(opts, jl_natsd_url(b->natsd));
+    if (ns == NATS_OK)
+        ns = natsOptions_SetName(opts, "jetledger-bench");
+    if (ns == NATS_OK)
+        ns = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetMaxPendingMsgs(opts, SUB_PENDING_MSGS);
+    if (ns == NATS_OK)
+        ns = natsConnection_Connect(&b->nc, opts);
+    if (ns == NATS_OK) {
+        jsOptions_Init(&jo);
+        jo.Wait = 10000;
+        ns = natsConnection_JetStream(&b->js, b->nc, &jo);
+    }
+    if (ns != NATS_OK)
+        s = bench_fail(b, JL_ERR_NATS, "cannot connect to %s: %s", jl_natsd_url(b->natsd),
+                       natsStatus_GetText(ns));
+    natsOptions_Destroy(opts);
+    return s;
+}
+
+void bench_env_stop(bench *b)
+{
+    if (b->js != NULL)
+        jsCtx_Destroy(b->js);
+    b->js = NULL;
+    if (b->nc != NULL) {
+        natsConnection_Close(b->nc);
+        natsConnection_Destroy(b->nc);
+    }
+    b->nc = NULL;
+    jl_natsd_destroy(b->natsd);
+    b->natsd = NULL;
+}
+
+jl_status bench_spawn(bench *b, pid_t *out_pid, const char *binary, const char *const *extra_env,
+                      const char *log_path)
+{
+    char exe[PATH_MAX + 64], url[128];
+    const char *env[16];
+    size_t n = 0;
+
+    snprintf(exe, sizeof(exe), "%s/%s", b->bin_dir, binary);
+    if (access(exe, X_OK) != 0)
+        return bench_fail(b, JL_ERR_NOT_FOUND, "%s not found or not executable (build it first)",
+                          exe);
+    snprintf(url, sizeof(url), "NATS_URL=%s", jl_natsd_url(b->natsd));
+    env[n++] = url;
+    for (size_t i = 0; extra_env != NULL && extra_env[i] != NULL; i++) {
+        if (n + 1 >= sizeof(env) / sizeof(env[0]))
+            return bench_fail(b, JL_ERR_INVALID, "too many environment variables for %s", binary);
+        env[n++] = extra_env[i];
+    }
+    env[n] = NULL;
+    const char *argv[] = {exe, NULL};
+    if (jl_proc_spawn(out_pid, argv, env, log_path) != 0)
+        return bench_fail(b, JL_ERR_IO, "cannot start %s: %s", exe, strerror(errno));
+    return JL_OK;
+}
+
+jl_status bench_stop_proc(bench *b, pid_t *pid, const char *what)
+{
+    int st = 0;
+    if (*pid <= 0)
+        return JL_OK;
+    if (jl_proc_stop(*pid, SIGTERM, STOP_TIMEOUT_MS, &st) != 0) {
+        int e = errno;
+        *pid = 0;
+        return bench_fail(b, JL_ERR_INTERNAL, "cannot stop %s: %s", what, strerror(e));
+    }
+    *pid = 0;
+    /* Services exit 0 after SIGTERM (README): anything else is a crash or a hang we killed. */
+    if (st != 0)
+        return bench_fail(b, JL_ERR_INTERNAL,
+                          "%s exited with status %d on SIGTERM (expected 0; 137 = killed after "
+                          "%d ms)",
+                          what, st, STOP_TIMEOUT_MS);
+    return JL_OK;
+}
+
+void bench_file_tail(const char *path, char *out, size_t n)
+{
+    FILE *f;
+    long size;
+    size_t got;
+
+    out[0] = 0;
+    if (n < 2 || (f = fopen(path, "r")) == NULL)
+        return;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0) {
+        long from = size > (long)(n - 1) ? size - (long)(n - 1) : 0;
+        if (fseek(f, from, SEEK_SET) == 0) {
+            got = fread(out, 1, n - 1, f);
+            out[got] = 0;
+        }
+    }
+    fclose(f);
+}
+
+jl_status bench_check_alive(bench *b, pid_t pid, const char *what, const char *log_path)
+{
+    char tail[TAIL_LEN];
+    if (pid > 0 && jl_proc_alive(pid))
+        return JL_OK;
+    bench_file_tail(log_path, tail, sizeof(tail));
+    return bench_fail(b, JL_ERR_UNAVAILABLE, "%s (pid %d) is not running; end of %s:\n%s", what,
+                      (int)pid, log_path, tail);
+}
+
+jl_status bench_vmhwm_kb(bench *b, pid_t pid, long *out_kb)
+{
+    char path[64], val[64] = "";
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    read_line_value(path, "VmHWM", val, sizeof(val));
+    long kb = strtol(val, NULL, 10);
+    if (kb <= 0)
+        return bench_fail(b, JL_ERR_IO, "cannot read VmHWM from %s", path);
+    *out_kb = kb;
+    return JL_OK;
+}
+
+uint64_t bench_checkpoint(const char *data_dir)
+{
+    char ptr[PATH_MAX + 32], name[256] = "", db_path[PATH_MAX + 300];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    uint64_t seq = 0;
+    FILE *f;
+
+    snprintf(ptr, sizeof(ptr), "%s/order_summary.current", data_dir);
+    f = fopen(ptr, "r");
+    if (f != NULL) {
+        if (fgets(name, sizeof(name), f) == NULL)
+            name[0] = 0;
+        fclose(f);
+    }
+    name[strcspn(name, "\r\n")] = 0;
+    if (name[0] == 0 || strchr(name, '/') != NULL)
+        snprintf(name, sizeof(name), "order_summary.db");
+    snprintf(db_path, sizeof(db_path), "%s/%s", data_dir, name);
+    if (access(db_path, R_OK) != 0)
+        return 0;
+    /* Read-only, and no statement left open: the projector's writes must not wait on us. */
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 1000);
+        if (sqlite3_prepare_v2(db, "SELECT last_seq FROM jl_state WHERE id = 1", -1, &st, NULL) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            seq = (uint64_t)sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return seq;
+}
+
+jl_status bench_stream_last_seq(bench *b, const char *stream, uint64_t *out_seq)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns = js_GetStreamInfo(&si, b->js, stream, NULL, &jerr);
+    if (ns != NATS_OK)
+        return bench_fail(b, JL_ERR_NATS, "cannot read stream %s: %s (JetStream error %d)", stream,
+                          natsStatus_GetText(ns), (int)jerr);
+    *out_seq = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return JL_OK;
+}
+
+long bench_log_errors(const char *log_path, char *first, size_t n)
+{
+    char line[4096];
+    long count = 0;
+    FILE *f = fopen(log_path, "r");
+    if (n > 0)
+        first[0] = 0;
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "\"level\":\"error\"") == NULL)
+            continue;
+        if (count == 0 && n > 0) {
+            snprintf(first, n, "%s", line);
+            first[strcspn(first, "\n")] = 0;
+        }
+        count++;
+    }
+    fclose(f);
+    return count;
+}
