@@ -6,8 +6,9 @@
 #include <string.h>
 
 typedef struct cached {
-    uint64_t hash; /* of the text: most lookups compare only this */
-    char *sql;     /* our copy of the text */
+    const char *key; /* the caller's pointer: a literal is found without hashing */
+    uint64_t hash;   /* of the text */
+    char *sql;       /* our copy of the text */
     sqlite3_stmt *st;
 } cached;
 
@@ -135,14 +136,26 @@ static uint64_t fnv1a(const char *s)
     return h;
 }
 
+static sqlite3_stmt *reuse(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
 sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql)
 {
+    /* Apply functions pass the same literal for every event: match the pointer first (the
+     * text is still compared, so a reused buffer with other SQL is never mistaken). */
+    for (size_t i = 0; i < db->n_cached; i++) {
+        if (db->cache[i].key == sql && strcmp(db->cache[i].sql, sql) == 0)
+            return reuse(db->cache[i].st);
+    }
     uint64_t h = fnv1a(sql);
     for (size_t i = 0; i < db->n_cached; i++) {
         if (db->cache[i].hash == h && strcmp(db->cache[i].sql, sql) == 0) {
-            sqlite3_reset(db->cache[i].st);
-            sqlite3_clear_bindings(db->cache[i].st);
-            return db->cache[i].st;
+            db->cache[i].key = sql;
+            return reuse(db->cache[i].st);
         }
     }
     if (db->n_cached == JL_DB_STMT_CACHE) {
@@ -170,6 +183,7 @@ sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql)
         jl_db_fail(db, rc, "cannot prepare SQL");
         return NULL;
     }
+    db->cache[db->n_cached].key = sql;
     db->cache[db->n_cached].hash = h;
     db->cache[db->n_cached].sql = copy;
     db->cache[db->n_cached].st = st;

@@ -18,6 +18,9 @@
 #include "projector_int.h"
 
 #define NS_PER_MS 1000000LL
+/* Messages behind the stream's head above which a projector catches up with an ordered
+ * consumer instead of its durable. */
+#define JL_CATCH_UP_THRESHOLD 5000
 
 const char *const jl__state_sql =
     "CREATE TABLE IF NOT EXISTS jl_state ("
@@ -300,6 +303,11 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
 
 static void detach(jl_projector *p)
 {
+    if (p->catchup != NULL) {
+        natsSubscription_Unsubscribe(p->catchup);
+        natsSubscription_Destroy(p->catchup);
+        p->catchup = NULL;
+    }
     if (p->pull != NULL) {
         natsSubscription_Destroy(p->pull); /* the durable stays: Destroy does not delete it */
         p->pull = NULL;
@@ -428,39 +436,44 @@ static jl_status dead_letter(jl_db *db, uint64_t seq, int index, const char *eve
 }
 
 /* Apply one message (a commit) inside the batch transaction. Bad events are parked; only
- * failures of the database come back as errors (with the reason in @p err). */
-jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const char *subject,
-                                 const void *data, size_t len, uint64_t *io_events,
-                                 uint64_t *io_dead, char *err, size_t errlen)
+ * failures of the database come back as errors (with the reason in @p err). In fast mode there
+ * are no savepoints: an apply that refuses an event after writing part of it sets
+ * *out_need_careful, and the caller redoes the batch carefully (a savepoint per event). */
+static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const char *subject,
+                               const void *data, size_t len, bool careful, bool *out_need_careful,
+                               jl__batch_result *io, char *err, size_t errlen)
 {
     jl_commit *c = NULL;
     char why[512] = "";
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
     if (s != JL_OK)
-        return dead_letter(db, seq, -1, "", "", subject, why, data, len, io_dead);
+        return dead_letter(db, seq, -1, "", "", subject, why, data, len, &io->dead);
 
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
         jl_event ev;
         why[0] = 0;
         jl_status es = jl_commit_event(c, i, &p->def->events, &ev, why, sizeof(why));
         if (es == JL_OK) {
-            /* A savepoint per event: a bad event's partial writes go, the batch stays. */
-            s = jl_db_exec(db, "SAVEPOINT jl_event");
-            if (s != JL_OK)
+            if (careful && (s = jl_db_exec(db, "SAVEPOINT jl_event")) != JL_OK)
                 break;
             es = p->def->apply(db, &ev, why, sizeof(why));
             if (es == JL_OK) {
-                s = jl_db_exec(db, "RELEASE jl_event");
-                (*io_events)++;
+                if (careful)
+                    s = jl_db_exec(db, "RELEASE jl_event");
+                io->events++;
                 continue;
             }
             if (!is_bad_event(es)) {
-                /* Say why before the rollback: SQLite may have ended the transaction itself
-                 * (disk full), and the failing ROLLBACK TO would overwrite the cause. */
+                /* Say why before any rollback: SQLite may have ended the transaction itself
+                 * (disk full), and a failing ROLLBACK TO would overwrite the cause. */
                 snprintf(err, errlen, "applying %s at sequence %" PRIu64 " failed: %s",
                          ev.event_type, seq, why[0] ? why : jl_db_errmsg(db));
-                jl_db_exec(db, "ROLLBACK TO jl_event");
                 s = es;
+                break;
+            }
+            if (!careful) {
+                *out_need_careful = true;
+                s = JL_ERR_REJECTED;
                 break;
             }
             jl_db_exec(db, "ROLLBACK TO jl_event");
@@ -471,11 +484,95 @@ jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const
         const uint8_t *pd = NULL;
         size_t pl = 0;
         jl_commit_event_payload(c, i, &pd, &pl);
-        s = dead_letter(db, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl, io_dead);
+        s = dead_letter(db, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl,
+                        &io->dead);
     }
     jl_commit_free(c);
-    if (s != JL_OK && err[0] == 0)
+    if (s != JL_OK && s != JL_ERR_REJECTED && err[0] == 0)
         snprintf(err, errlen, "%s", jl_db_errmsg(db));
+    return s;
+}
+
+bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending)
+{
+    /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or with domain and
+     * account hash: $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.
+     * <pending>.<token>. Parsed in place: natsMsg_GetMetaData allocates for every message. */
+    const char *r = natsMsg_GetReply(m);
+    const char *tok[16];
+    int n = 0;
+    if (r == NULL || strncmp(r, "$JS.ACK.", 8) != 0)
+        return false;
+    for (const char *q = r; n < 16;) {
+        tok[n++] = q;
+        q = strchr(q, '.');
+        if (q == NULL)
+            break;
+        q++;
+    }
+    int si, pi;
+    if (n == 9) {
+        si = 5;
+        pi = 8;
+    } else if (n >= 11) {
+        si = 7;
+        pi = 10;
+    } else {
+        return false;
+    }
+    *out_seq = strtoull(tok[si], NULL, 10);
+    *out_pending = strtoull(tok[pi], NULL, 10);
+    return *out_seq > 0;
+}
+
+static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, bool careful,
+                            bool *out_need_careful, jl__batch_result *io, char *err, size_t errlen)
+{
+    jl_status s = jl_db_begin(db, true);
+    for (int i = 0; s == JL_OK && i < n; i++) {
+        uint64_t seq = 0, pending = 0;
+        if (!jl__msg_seq(msgs[i], &seq, &pending)) {
+            snprintf(err, errlen, "message without JetStream metadata on %s",
+                     natsMsg_GetSubject(msgs[i]));
+            s = JL_ERR_NATS;
+            break;
+        }
+        io->pending = pending;
+        if (seq <= io->checkpoint)
+            continue; /* applied before: a redelivery */
+        s = apply_message(p, db, seq, natsMsg_GetSubject(msgs[i]), natsMsg_GetData(msgs[i]),
+                          (size_t)natsMsg_GetDataLength(msgs[i]), careful, out_need_careful, io,
+                          err, errlen);
+        io->checkpoint = seq;
+        io->applied++;
+    }
+    if (s == JL_OK && io->applied > 0)
+        s = jl__proj_save_checkpoint(db, io->checkpoint);
+    if (s == JL_OK)
+        s = jl_db_commit(db);
+    if (s != JL_OK) {
+        if (s != JL_ERR_REJECTED && err[0] == 0)
+            snprintf(err, errlen, "batch not committed: %s", jl_db_errmsg(db));
+        jl_db_rollback(db);
+    }
+    return s;
+}
+
+jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n,
+                               jl__batch_result *io, char *err, size_t errlen)
+{
+    jl__batch_result start = *io;
+    bool need_careful = false;
+    err[0] = 0;
+    jl_status s = apply_pass(p, db, msgs, n, false, &need_careful, io, err, errlen);
+    if (s == JL_ERR_REJECTED && need_careful) {
+        /* A bad event with partial writes: redo the batch with a savepoint per event. */
+        *io = start;
+        err[0] = 0;
+        s = apply_pass(p, db, msgs, n, true, &need_careful, io, err, errlen);
+    }
+    if (s != JL_OK)
+        *io = start;
     return s;
 }
 
@@ -490,53 +587,29 @@ jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq)
     return jl_db_step_done(db, st);
 }
 
-static jl_status apply_locked(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+/* A batch is committed: tell waiting queries (min_sequence) and the counters. */
+static void publish_progress(jl_projector *p, const jl__batch_result *io)
 {
-    jl_status s = JL_OK;
-    uint64_t ckpt = p->checkpoint, events = 0, dead = 0;
-    size_t applied = 0;
-    jl_db *db = p->db;
-
-    s = jl_db_begin(db, true);
-    for (int i = 0; s == JL_OK && i < n; i++) {
-        natsMsg *m = msgs[i];
-        jsMsgMetaData *meta = NULL;
-        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
-            set_err(p, "message without JetStream metadata on %s", natsMsg_GetSubject(m));
-            s = JL_ERR_NATS;
-            break;
-        }
-        uint64_t seq = meta->Sequence.Stream;
-        jsMsgMetaData_Destroy(meta);
-        if (seq <= ckpt)
-            continue; /* applied before: a redelivery */
-        s = jl__proj_apply_message(p, db, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
-                                   (size_t)natsMsg_GetDataLength(m), &events, &dead, p->err,
-                                   sizeof(p->err));
-        ckpt = seq;
-        applied++;
-    }
-    if (s == JL_OK && ckpt != p->checkpoint)
-        s = jl__proj_save_checkpoint(db, ckpt);
-    if (s == JL_OK)
-        s = jl_db_commit(db);
-    if (s != JL_OK) {
-        if (p->err[0] == 0)
-            set_err(p, "batch not committed: %s", jl_db_errmsg(db));
-        jl_db_rollback(db);
-        return s;
-    }
     pthread_mutex_lock(&p->mu);
-    p->checkpoint = ckpt;
-    p->dead_letters += dead;
+    p->checkpoint = io->checkpoint;
+    p->dead_letters += io->dead;
     pthread_cond_broadcast(&p->advanced);
     pthread_mutex_unlock(&p->mu);
+}
+
+static jl_status apply_locked(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+{
+    jl__batch_result io = {.checkpoint = p->checkpoint};
+    jl_status s = jl__proj_apply_batch(p, p->db, msgs, n, &io, p->err, sizeof(p->err));
+    if (s != JL_OK)
+        return s;
+    publish_progress(p, &io);
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
      * With AckAll, acking the last message acks the whole batch. */
     if (n > 0)
         natsMsg_Ack(msgs[n - 1], NULL);
     if (out_applied != NULL)
-        *out_applied = applied;
+        *out_applied = io.applied;
     return JL_OK;
 }
 
@@ -557,6 +630,91 @@ static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t w
     fr.NoWait = no_wait;
     fr.Expires = wait_ms * NS_PER_MS;
     return natsSubscription_FetchRequest(list, p->pull, &fr);
+}
+
+/* ---- catching up ----
+ * Far behind the stream (a new or restored read model), acked pulls are the slow way: an
+ * ordered consumer from checkpoint + 1 streams the messages with flow control while the
+ * previous batch is applied, with no acks. Once it reports nothing pending, it is dropped and
+ * the durable consumer takes over (re-created at the checkpoint by attach()). */
+
+static bool far_behind(jl_projector *p)
+{
+    jsStreamInfo *si = NULL;
+    bool far = false;
+    if (js_GetStreamInfo(&si, p->js, p->def->stream, NULL, NULL) == NATS_OK) {
+        far = si->State.LastSeq > p->checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD;
+        jsStreamInfo_Destroy(si);
+    }
+    return far;
+}
+
+static jl_status catch_up_step(jl_projector *p, int wait_ms, size_t *out_applied)
+{
+    jl_status s = JL_OK;
+    if (p->catchup == NULL) {
+        jsSubOptions so;
+        jsErrCode jerr = 0;
+        jsSubOptions_Init(&so);
+        so.Stream = p->def->stream;
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = p->checkpoint + 1;
+        natsStatus ns =
+            js_SubscribeSync(&p->catchup, p->js, p->def->filter_subject, NULL, &so, &jerr);
+        if (ns != NATS_OK) {
+            set_err(p, "cannot start catching up on %s: %s (JetStream error %d)", p->def->stream,
+                    natsStatus_GetText(ns), (int)jerr);
+            p->catchup = NULL;
+            return jl_status_from_nats(ns);
+        }
+        natsSubscription_SetPendingLimits(p->catchup, 1 << 20, 256 * 1024 * 1024);
+        jl_log(JL_LOG_INFO, "catching up", "\"from_seq\":%" PRIu64, p->checkpoint + 1);
+    }
+    natsMsg **msgs = calloc((size_t)p->batch, sizeof(*msgs));
+    int n = 0;
+    bool caught_up = false;
+    if (msgs == NULL)
+        return JL_ERR_NOMEM;
+    while (n < p->batch) {
+        natsMsg *m = NULL;
+        natsStatus ns = natsSubscription_NextMsg(&m, p->catchup, n == 0 ? wait_ms : 0);
+        if (ns == NATS_TIMEOUT)
+            break;
+        if (ns != NATS_OK) {
+            set_err(p, "catching up failed: %s", natsStatus_GetText(ns));
+            s = jl_status_from_nats(ns);
+            break;
+        }
+        msgs[n++] = m;
+        uint64_t seq = 0, pending = 1;
+        if (jl__msg_seq(m, &seq, &pending) && pending == 0) {
+            caught_up = true;
+            break;
+        }
+    }
+    if (s == JL_OK && n > 0) {
+        pthread_mutex_lock(&p->apply_mu);
+        jl__batch_result io = {.checkpoint = p->checkpoint};
+        s = jl__proj_apply_batch(p, p->db, msgs, n, &io, p->err, sizeof(p->err));
+        if (s == JL_OK) {
+            publish_progress(p, &io);
+            *out_applied = io.applied;
+        }
+        pthread_mutex_unlock(&p->apply_mu);
+    }
+    for (int i = 0; i < n; i++)
+        natsMsg_Destroy(msgs[i]);
+    free(msgs);
+    if (s != JL_OK || caught_up || n == 0) {
+        /* Done (or failed, or idle): the durable takes over from the checkpoint. */
+        natsSubscription_Unsubscribe(p->catchup);
+        natsSubscription_Destroy(p->catchup);
+        p->catchup = NULL;
+        if (caught_up)
+            jl_log(JL_LOG_INFO, "caught up", "\"checkpoint\":%" PRIu64, p->checkpoint);
+    }
+    return s;
 }
 
 jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
@@ -581,6 +739,12 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
         if (out_applied != NULL)
             *out_applied = 0;
         return JL_OK;
+    }
+    if (p->catchup != NULL || (p->pull == NULL && far_behind(p))) {
+        s = catch_up_step(p, wait_ms, &applied);
+        if (out_applied != NULL)
+            *out_applied = applied;
+        return s;
     }
     if (p->pull == NULL) {
         s = attach(p);

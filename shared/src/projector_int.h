@@ -34,6 +34,7 @@ struct jl_projector {
     jl_db *db;          /* writer: the consuming thread (or a finishing job) */
     jl_db *qdb;         /* reader: the query thread, under switch_lock */
     natsSubscription *pull;
+    natsSubscription *catchup; /* ordered consumer while far behind, else NULL */
     natsSubscription *qsub;
     natsSubscription *asub;     /* admin, any instance (queue group) */
     natsSubscription *asub_own; /* admin, this instance */
@@ -58,10 +59,24 @@ extern const char *const jl__state_sql;
 /* Create the jl_* tables and the projection's schema in a new file with checkpoint 0. */
 jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen);
 
-/* Apply one stream message into @p db inside an open transaction (dead letters included). */
-jl_status jl__proj_apply_message(jl_projector *p, jl_db *db, uint64_t seq, const char *subject,
-                                 const void *data, size_t len, uint64_t *io_events,
-                                 uint64_t *io_dead, char *err, size_t errlen);
+/* Counters of one batch application. */
+typedef struct jl__batch_result {
+    uint64_t checkpoint; /* in: the file's checkpoint; out: the new one */
+    uint64_t events;     /* events applied */
+    uint64_t dead;       /* events dead-lettered */
+    size_t applied;      /* messages applied (not skipped as at or below the checkpoint) */
+    uint64_t pending;    /* the last message's count of messages after it in the stream */
+} jl__batch_result;
+
+/* Apply @p n JetStream messages to @p db in one transaction with the new checkpoint, skipping
+ * those at or below io->checkpoint; bad events are dead-lettered. Used by live batches and by
+ * rebuild jobs. On failure nothing is written and the reason is in @p err. */
+jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n,
+                               jl__batch_result *io, char *err, size_t errlen);
+
+/* Stream sequence and pending count of a JetStream message, from its reply subject (no
+ * allocation). False when the message has none. */
+bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending);
 
 /* Set jl_state.last_seq in @p db (inside a transaction). */
 jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq);

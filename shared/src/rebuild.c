@@ -163,10 +163,10 @@ static uint64_t live_checkpoint(jl_projector *p)
  * @p wait_ms for the first. Sets *out_idle when no message came in time. */
 static jl_status apply_upto(run_ctx *c, uint64_t target, int64_t wait_ms, bool *out_idle)
 {
-    jl_status s = JL_OK;
+    natsMsg *batch[APPLY_BATCH];
     int n = 0;
+    jl_status s = JL_OK;
     *out_idle = false;
-    bool in_txn = false;
     while (n < APPLY_BATCH) {
         natsMsg *m = c->held;
         c->held = NULL;
@@ -183,46 +183,30 @@ static jl_status apply_upto(run_ctx *c, uint64_t target, int64_t wait_ms, bool *
                 break;
             }
         }
-        jsMsgMetaData *meta = NULL;
-        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) {
+        uint64_t seq = 0, pending = 0;
+        if (!jl__msg_seq(m, &seq, &pending)) {
             natsMsg_Destroy(m);
             continue;
         }
-        uint64_t seq = meta->Sequence.Stream;
-        uint64_t pending = meta->NumPending;
-        jsMsgMetaData_Destroy(meta);
         if (seq > target) {
             c->held = m; /* beyond the target: keep it for when the target moves */
             break;
         }
-        if (!in_txn) {
-            s = jl_db_begin(c->db, true);
-            if (s != JL_OK)
-                break;
-            in_txn = true;
-        }
-        if (seq > c->checkpoint) {
-            s = jl__proj_apply_message(c->p, c->db, seq, natsMsg_GetSubject(m), natsMsg_GetData(m),
-                                       (size_t)natsMsg_GetDataLength(m), &c->events, &c->dead,
-                                       c->err, sizeof(c->err));
-            c->checkpoint = seq;
-            c->applied++;
-        }
-        c->total = c->applied + pending;
-        natsMsg_Destroy(m);
-        n++;
-        if (s != JL_OK)
-            break;
+        batch[n++] = m;
+        c->total = c->applied + pending + 1;
     }
-    if (in_txn && s == JL_OK)
-        s = jl__proj_save_checkpoint(c->db, c->checkpoint);
-    if (in_txn && s == JL_OK)
-        s = jl_db_commit(c->db);
-    if (in_txn && s != JL_OK) {
-        jl_db_rollback(c->db);
-        if (c->err[0] == 0)
-            snprintf(c->err, sizeof(c->err), "%s", jl_db_errmsg(c->db));
+    if (s == JL_OK && n > 0) {
+        jl__batch_result io = {.checkpoint = c->checkpoint};
+        s = jl__proj_apply_batch(c->p, c->db, batch, n, &io, c->err, sizeof(c->err));
+        if (s == JL_OK) {
+            c->checkpoint = io.checkpoint;
+            c->applied += io.applied;
+            c->events += io.events;
+            c->dead += io.dead;
+        }
     }
+    for (int i = 0; i < n; i++)
+        natsMsg_Destroy(batch[i]);
     return s;
 }
 
