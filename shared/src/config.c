@@ -55,6 +55,8 @@ static const key keys[] = {
         "events between aggregate snapshots, 0 = none"),
     I64("rebuild-max-mb", "JL_REBUILD_MAX_MB", rebuild_max_mb, 0, 1 << 30,
         "size cap of a rebuild's new file in MiB, 0 = none"),
+    I64("command-ttl", "JL_COMMAND_TTL", command_ttl_s, 0, 365LL * 24 * 3600,
+        "seconds a producer remembers client command ids, 0 = off"),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -73,6 +75,7 @@ void jl_config_init(jl_config *cfg)
     cfg->request_timeout_ms = 5000;
     cfg->cache_size = 10000;
     cfg->snapshot_every = 100;
+    cfg->command_ttl_s = 7 * 24 * 3600;
 }
 
 static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,

@@ -32,6 +32,7 @@ struct jl_producer {
     jl_store *store;
     jsCtx *js;          /* our own context: its async-publish ack handler is ours */
     kvStore *snapshots; /* NULL when snapshots are off */
+    kvStore *commands;  /* client command ids -> first reply; NULL when off */
     natsSubscription *sub;
     natsSubscription *qsub;
     int retries;
@@ -65,7 +66,8 @@ struct cmd {
     int attempts;
     int64_t deadline_ns;
     uint64_t first_version;
-    bool fresh; /* a new aggregate under a generated id: nothing to load */
+    bool fresh;     /* a new aggregate under a generated id: nothing to load */
+    bool client_id; /* the command id came from the client: remembered, deduplicated */
     jl_decision d;
     char agg_id[JL_UUID_LEN + 1];
     char cmd_id[JL_MAX_ID_LEN + 1];
@@ -114,7 +116,10 @@ typedef struct replay_ctx {
     int64_t last_time;
     uint64_t events;
     limit lim;
-    bool reached; /* the limit was met: stop reading */
+    bool reached;             /* the limit was met: stop reading */
+    const char *watch_cmd_id; /* when set: note the commit recording this command id */
+    uint64_t watch_seq;       /* its sequence (0: not seen) */
+    uint64_t watch_version;   /* the version of its last event */
     char err[256];
 } replay_ctx;
 
@@ -157,6 +162,11 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     }
     if (s == JL_OK || (s == JL_ERR_STOPPED && applied > 0))
         rc->last_seq = seq;
+    if (s == JL_OK && rc->watch_cmd_id != NULL &&
+        strcmp(jl_commit_command_id(c), rc->watch_cmd_id) == 0) {
+        rc->watch_seq = seq;
+        rc->watch_version = rc->version;
+    }
     if (s != JL_OK && s != JL_ERR_STOPPED)
         snprintf(rc->err, sizeof(rc->err), "stream sequence %" PRIu64 ": %.200s", seq, why);
     jl_commit_free(c);
@@ -256,7 +266,7 @@ static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
 
 /* The cached entry of @p id, loaded (snapshot + replay) when absent or stale. Pinned on return. */
 static jl_status load(jl_producer *p, const char *id, const char *subject, bool fresh,
-                      jl__cache_entry **out, jl_reply *r)
+                      replay_ctx *watch, jl__cache_entry **out, jl_reply *r)
 {
     jl__cache_entry *e = jl__cache_get(p->cache, id);
     if (e != NULL && !e->stale) {
@@ -274,7 +284,7 @@ static jl_status load(jl_producer *p, const char *id, const char *subject, bool 
         }
     }
     jl__cache_pin(e);
-    replay_ctx rc = {.p = p, .state = e->state};
+    replay_ctx rc = {.p = p, .state = e->state, .watch_cmd_id = watch->watch_cmd_id};
     p->def->state_init(e->state);
     jl_status s = JL_OK;
     if (!fresh) {
@@ -286,6 +296,8 @@ static jl_status load(jl_producer *p, const char *id, const char *subject, bool 
     e->version = rc.version;
     e->last_seq = rc.last_seq;
     e->stale = s != JL_OK;
+    watch->watch_seq = rc.watch_seq;
+    watch->watch_version = rc.watch_version;
     if (s != JL_OK) {
         jl__cache_unpin(p->cache, e);
         return s;
@@ -295,13 +307,22 @@ static jl_status load(jl_producer *p, const char *id, const char *subject, bool 
 }
 
 /* After a lost race: fold in the commits written since the entry's last sequence. */
-static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e, jl_reply *r)
+static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e,
+                          replay_ctx *watch, jl_reply *r)
 {
-    replay_ctx rc = {.p = p, .state = e->state, .version = e->version, .last_seq = e->last_seq};
+    replay_ctx rc = {.p = p,
+                     .state = e->state,
+                     .version = e->version,
+                     .last_seq = e->last_seq,
+                     .watch_cmd_id = watch ? watch->watch_cmd_id : NULL};
     jl_status s = replay(p, subject, &rc, r);
     e->version = rc.version;
     e->last_seq = rc.last_seq;
     e->stale = s != JL_OK;
+    if (watch != NULL) {
+        watch->watch_seq = rc.watch_seq;
+        watch->watch_version = rc.watch_version;
+    }
     return s;
 }
 
@@ -370,6 +391,122 @@ static const char *field_string(const ProtobufCMessage *msg, const char *field)
     if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED)
         return NULL;
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
+}
+
+/* ---- command idempotency ----
+ * A command sent with a client-chosen id is answered once: its reply is kept in the KV bucket
+ * "jl_commands_<stream>" for cfg->command_ttl_s, and a repeat gets that reply again with no
+ * second event. Its commit carries Nats-Msg-Id "<service>:<command id>", so JetStream drops a
+ * concurrent repeat (another replica, a retry) within its duplicate window; and a producer that
+ * loads or catches up an aggregate notices a commit recording the command id, which covers a
+ * crash between the append and the KV write. */
+
+static void command_key(char out[40], const char *cmd_id)
+{
+    uint64_t a = 1469598103934665603ULL, b = 0x9e3779b97f4a7c15ULL;
+    for (const unsigned char *q = (const unsigned char *)cmd_id; *q; q++) {
+        a = (a ^ *q) * 1099511628211ULL;
+        b = (b ^ *q) * 0x100000001b3ULL + (b >> 29);
+    }
+    snprintf(out, 40, "c%016" PRIx64 "%016" PRIx64, a, b);
+}
+
+/* True when @p c was answered before: @p r then holds that reply (or why the id is refused). */
+static bool remembered(jl_producer *p, const cmd *c, jl_reply *r)
+{
+    char key[40];
+    kvEntry *e = NULL;
+    bool seen = false;
+    command_key(key, c->cmd_id);
+    if (kvStore_Get(&e, p->commands, key) != NATS_OK)
+        return false;
+    Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
+        NULL, (size_t)kvEntry_ValueLen(e), (const uint8_t *)kvEntry_Value(e));
+    if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
+        seen = true;
+        if (strcmp(rec->command_type, c->cd->descriptor->name) != 0 ||
+            strcmp(rec->aggregate_id, c->agg_id) != 0) {
+            jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s",
+                           c->cmd_id, rec->command_type, rec->aggregate_id);
+        } else if (jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK) {
+            r->duplicate = true;
+        } else {
+            seen = false; /* unreadable record: handle the command as new */
+        }
+    }
+    if (rec != NULL)
+        jetledger__command_record__free_unpacked(rec, NULL);
+    kvEntry_Destroy(e);
+    return seen;
+}
+
+/* Keep the reply of a command sent with a client id. */
+static void remember(jl_producer *p, const cmd *c, const jl_reply *r)
+{
+    Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
+    jl_buf reply, out;
+    char key[40];
+    jl_buf_init(&reply, JL_MAX_REPLY_BYTES);
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
+    jl_reply copy = *r;
+    copy.duplicate = false;
+    if (jl_reply_encode(&reply, &copy) == JL_OK) {
+        rec.command_id = (char *)c->cmd_id;
+        rec.command_type = (char *)c->cd->descriptor->name;
+        rec.aggregate_id = (char *)c->agg_id;
+        rec.reply.data = reply.data;
+        rec.reply.len = reply.len;
+        uint8_t *dst = NULL;
+        size_t n = jetledger__command_record__get_packed_size(&rec);
+        if (jl_buf_reserve(&out, n, &dst) == JL_OK) {
+            jl_buf_commit(&out, jetledger__command_record__pack(&rec, dst));
+            command_key(key, c->cmd_id);
+            natsStatus ns = kvStore_Put(NULL, p->commands, key, out.data, (int)out.len);
+            if (ns != NATS_OK)
+                jl_log(JL_LOG_WARN, "command id not remembered",
+                       "\"command_id\":\"%s\",\"status\":\"%s\"", c->cmd_id,
+                       natsStatus_GetText(ns));
+        }
+    }
+    jl_buf_cleanup(&reply);
+    jl_buf_cleanup(&out);
+}
+
+/* The reply for a command whose commit was found already stored at @p seq. */
+static void duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t version, jl_reply *r)
+{
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    r->aggregate_version = version;
+    r->stream_seq = seq;
+    if (c->client_id && p->commands != NULL)
+        remember(p, c, r);
+    r->duplicate = true;
+}
+
+/* Version of the last event of the commit stored at @p seq (0 when it cannot be read). */
+static uint64_t version_at(jl_producer *p, uint64_t seq)
+{
+    natsMsg *m = NULL;
+    jl_commit *cm = NULL;
+    jsDirectGetMsgOptions o;
+    char why[128];
+    uint64_t v = 0;
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = seq;
+    if (js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o) != NATS_OK)
+        return 0;
+    if (jl_commit_decode(&cm, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, why,
+                         sizeof(why)) == JL_OK) {
+        jl_event ev;
+        if (jl_commit_event(cm, jl_commit_count(cm) - 1, &p->def->events, &ev, why, sizeof(why)) ==
+                JL_OK ||
+            ev.aggregate_version != 0)
+            v = ev.aggregate_version;
+        jl_commit_free(cm);
+    }
+    natsMsg_Destroy(m);
+    return v;
 }
 
 /* ---- the command pipeline ----
@@ -502,7 +639,7 @@ static void start(jl_producer *p, cmd *c)
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
+    if (e->stale && catch_up(p, c->subject, e, NULL, r) != JL_OK) {
         finish(p, c, r);
         release_entry(p, e);
         return;
@@ -573,7 +710,10 @@ static void start(jl_producer *p, cmd *c)
         ns = natsMsgHeader_Set(out, "Jl-Command-Id", c->cmd_id);
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MsgId = first_id;
+    char msg_id[JL_MAX_ID_LEN + 72];
+    if (c->client_id)
+        snprintf(msg_id, sizeof(msg_id), "%s:%s", def->name, c->cmd_id);
+    po.MsgId = c->client_id ? msg_id : first_id;
     po.MaxWait = p->append_timeout_ms;
     if (e->last_seq == 0)
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
@@ -630,17 +770,33 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    if (pa != NULL) {
+    if (pa != NULL && pa->Duplicate) {
+        /* Stored before, by a retry of ours or a replica: same reply, and our cached state
+         * may lack it. */
+        e->stale = true;
+        duplicate_reply(p, c, pa->Sequence, version_at(p, pa->Sequence), r);
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (pa != NULL) {
         advance(p, c, pa->Sequence);
         r->aggregate_version = c->first_version + c->d.n_events - 1;
         r->stream_seq = pa->Sequence;
-        r->duplicate = pa->Duplicate;
+        if (c->client_id && p->commands != NULL)
+            remember(p, c, r);
         finish(p, c, r);
         release_entry(p, e);
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
-        /* Another writer got there first: read what it wrote and decide again. */
+        /* Another writer got there first: read what it wrote and decide again (unless what
+         * it wrote is this very command, sent twice). */
         p->stats.conflicts++;
-        if (c->attempts++ < p->retries && catch_up(p, c->subject, e, r) == JL_OK) {
+        replay_ctx watch = {.watch_cmd_id = c->client_id ? c->cmd_id : NULL};
+        jl_status cs =
+            c->attempts++ < p->retries ? catch_up(p, c->subject, e, &watch, r) : JL_ERR_CONFLICT;
+        if (cs == JL_OK && watch.watch_seq != 0) {
+            duplicate_reply(p, c, watch.watch_seq, watch.watch_version, r);
+            finish(p, c, r);
+            release_entry(p, e);
+        } else if (cs == JL_OK) {
             jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
                    c->subject, c->attempts);
             e->busy = false;
@@ -751,6 +907,7 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
             goto reject;
         }
         snprintf(c->cmd_id, sizeof(c->cmd_id), "%s", command_id);
+        c->client_id = true;
     } else {
         jl_uuid_new(c->cmd_id);
     }
@@ -769,6 +926,8 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
         jl_reply_error(r, JL_CODE_INTERNAL, "aggregate subject too long");
         goto reject;
     }
+    if (c->client_id && p->commands != NULL && remembered(p, c, r))
+        goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
     if (e != NULL && (e->busy || e->qhead != NULL)) {
         /* Its aggregate has an append in flight: wait for it, in order. */
@@ -783,8 +942,18 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
         pthread_mutex_unlock(&p->mu);
         return;
     }
-    if (load(p, c->agg_id, c->subject, c->fresh, &c->entry, r) != JL_OK)
+    replay_ctx watch = {.watch_cmd_id = c->client_id ? c->cmd_id : NULL};
+    if (load(p, c->agg_id, c->subject, c->fresh, &watch, &c->entry, r) != JL_OK)
         goto reject;
+    if (watch.watch_seq != 0) {
+        /* Its commit is in the history already (the KV record was lost): same reply. */
+        duplicate_reply(p, c, watch.watch_seq, watch.watch_version, r);
+        jl__cache_entry *held = c->entry;
+        finish(p, c, r);
+        jl__cache_unpin(p->cache, held);
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
     start(p, c);
     pthread_mutex_unlock(&p->mu);
     return;
@@ -1027,25 +1196,29 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     natsMsg_Destroy(msg);
 }
 
-static jl_status open_snapshots(jl_producer *p, const jl_config *cfg, char *err, size_t errlen)
+/* Bind to (creating if needed) the KV bucket named @p fmt with the stream name. */
+static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *fmt,
+                             const char *description, int64_t ttl_s, kvStore **out, char *err,
+                             size_t errlen)
 {
     char bucket[96];
     kvConfig kc;
-    snprintf(bucket, sizeof(bucket), "jl_snapshots_%s", p->def->stream);
-    natsStatus ns = js_KeyValue(&p->snapshots, jl_conn_js(p->conn), bucket);
+    snprintf(bucket, sizeof(bucket), fmt, p->def->stream);
+    natsStatus ns = js_KeyValue(out, jl_conn_js(p->conn), bucket);
     if (ns == NATS_NOT_FOUND) {
         kvConfig_Init(&kc);
         kc.Bucket = bucket;
-        kc.Description = "jetledger aggregate snapshots";
+        kc.Description = description;
         kc.History = 1;
         kc.StorageType = js_FileStorage;
         kc.Replicas = cfg->replicas;
         kc.MaxValueSize = JL_MAX_COMMIT_BYTES;
-        ns = js_CreateKeyValue(&p->snapshots, jl_conn_js(p->conn), &kc);
+        kc.TTL = ttl_s * 1000000000LL;
+        ns = js_CreateKeyValue(out, jl_conn_js(p->conn), &kc);
     }
     if (ns != NATS_OK) {
-        snprintf(err, errlen, "cannot open snapshot bucket %s: %s", bucket, natsStatus_GetText(ns));
-        p->snapshots = NULL;
+        snprintf(err, errlen, "cannot open KV bucket %s: %s", bucket, natsStatus_GetText(ns));
+        *out = NULL;
         return jl_status_from_nats(ns);
     }
     return JL_OK;
@@ -1105,7 +1278,11 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         }
     }
     if (s == JL_OK && def->state_type != NULL && cfg->snapshot_every > 0)
-        s = open_snapshots(p, cfg, err, errlen);
+        s = open_bucket(p, cfg, "jl_snapshots_%s", "jetledger aggregate snapshots", 0,
+                        &p->snapshots, err, errlen);
+    if (s == JL_OK && cfg->command_ttl_s > 0)
+        s = open_bucket(p, cfg, "jl_commands_%s", "jetledger command ids and their replies",
+                        cfg->command_ttl_s, &p->commands, err, errlen);
     if (s != JL_OK)
         goto done;
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
@@ -1165,6 +1342,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         jsCtx_Destroy(p->js);
     }
     kvStore_Destroy(p->snapshots);
+    kvStore_Destroy(p->commands);
     jl_store_close(p->store);
     jl_buf_cleanup(&p->commit);
     jl_buf_cleanup(&p->snap);

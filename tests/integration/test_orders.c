@@ -574,6 +574,84 @@ START_TEST(query_waits_for_min_sequence_then_times_out)
 }
 END_TEST
 
+/* AddItem with a client command id, through the producer @p on; returns the reply. */
+static jl_code add_with_id(jl_producer *on, const char *id, const char *sku, const char *cmd_id,
+                           jl_reply *r)
+{
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    uint8_t buf[256];
+    m.order_id = (char *)id;
+    m.sku = (char *)sku;
+    m.quantity = 1;
+    m.unit_price_cents = 10;
+    size_t n = orders__add_item__pack(&m, buf);
+    jl_producer_handle(on, "AddItem", buf, n, cmd_id, NULL, NULL, r);
+    return r->code;
+}
+
+START_TEST(same_command_id_twice_has_one_effect)
+{
+    char id[JL_UUID_LEN + 1], err[512];
+    ck_assert_int_eq(create_order(env.conn, "idem", id, NULL), JL_CODE_OK);
+    jl_reply r1, r2;
+    jl_reply_init(&r1);
+    jl_reply_init(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "a", "client-key-1", &r1), JL_CODE_OK);
+    ck_assert(!r1.duplicate);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+
+    /* The same id again, here and on a second replica: the same reply, no second event. */
+    jl_conn *c2 = tenv_connect(&env);
+    jl_producer *second = NULL;
+    ck_assert_int_eq(jl_producer_open(&second, c2, &orders_service, &env.cfg, err, sizeof(err)),
+                     JL_OK);
+    jl_producer *both[2] = {producer, second};
+    for (int i = 0; i < 2; i++) {
+        jl_reply_reset(&r2);
+        ck_assert_int_eq(add_with_id(both[i], id, "a", "client-key-1", &r2), JL_CODE_OK);
+        ck_assert(r2.duplicate);
+        ck_assert_uint_eq(r2.stream_seq, r1.stream_seq);
+        ck_assert_uint_eq(r2.aggregate_version, r1.aggregate_version);
+    }
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+
+    /* After a restart, with the KV record lost too: the commit in the history still says it. */
+    jl_producer_close(second, 1000);
+    jl_producer_close(producer, 1000);
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    kvKeysList keys = {0};
+    ck_assert_int_eq(kvStore_Keys(&keys, kv, NULL), NATS_OK);
+    ck_assert_int_eq(keys.Count, 1);
+    ck_assert_int_eq(kvStore_Purge(kv, keys.Keys[0], NULL), NATS_OK);
+    kvKeysList_Destroy(&keys);
+    kvStore_Destroy(kv);
+    ck_assert_int_eq(
+        jl_producer_open(&producer, env.conn, &orders_service, &env.cfg, err, sizeof(err)), JL_OK);
+    jl_reply_reset(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "a", "client-key-1", &r2), JL_CODE_OK);
+    ck_assert(r2.duplicate);
+    ck_assert_uint_eq(r2.stream_seq, r1.stream_seq);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+
+    /* The id of one command cannot be reused for another. */
+    jl_reply_reset(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "b", "client-key-1", &r2), JL_CODE_OK);
+    jl_reply_reset(&r2);
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    uint8_t buf[128];
+    place.order_id = id;
+    size_t n = orders__place_order__pack(&place, buf);
+    jl_producer_handle(producer, "PlaceOrder", buf, n, "client-key-1", NULL, NULL, &r2);
+    ck_assert_int_eq(r2.code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(r2.message, "already used") != NULL, "%s", r2.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    jl_reply_cleanup(&r1);
+    jl_reply_cleanup(&r2);
+    jl_conn_close(c2, 0);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -589,6 +667,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
+    tcase_add_test(tc, same_command_id_twice_has_one_effect);
     suite_add_tcase(s, tc);
     return s;
 }
