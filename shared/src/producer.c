@@ -16,6 +16,8 @@
 #define HISTORY_MAX 1000
 /* Appends in flight at once; more commands wait in a backlog. */
 #define JL_PRODUCER_MAX_INFLIGHT 4096
+/* How long one attempt of an append waits for its ack before it is sent again. */
+#define JL_APPEND_ATTEMPT_MS 1500
 
 typedef struct cmd cmd;
 
@@ -714,7 +716,10 @@ static void start(jl_producer *p, cmd *c)
     if (c->client_id)
         snprintf(msg_id, sizeof(msg_id), "%s:%s", def->name, c->cmd_id);
     po.MsgId = c->client_id ? msg_id : first_id;
-    po.MaxWait = p->append_timeout_ms;
+    /* A short wait per attempt: an append lost with a dying server is sent again (same
+     * Nats-Msg-Id) well before the command's deadline. */
+    po.MaxWait =
+        p->append_timeout_ms < JL_APPEND_ATTEMPT_MS ? p->append_timeout_ms : JL_APPEND_ATTEMPT_MS;
     if (e->last_seq == 0)
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
@@ -817,7 +822,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             nats_Sleep(20);
         inflight_put(&p->inflight, msg, c);
         p->n_inflight++;
-        natsStatus ns = js_PublishMsgAsync(js, &msg, NULL);
+        jsPubOptions again;
+        jsPubOptions_Init(&again);
+        again.MaxWait = JL_APPEND_ATTEMPT_MS;
+        natsStatus ns = js_PublishMsgAsync(js, &msg, &again);
         if (ns != NATS_OK) {
             inflight_take(&p->inflight, msg);
             p->n_inflight--;
@@ -888,6 +896,8 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
                        c->cd->id_field);
         goto reject;
     }
+    if (*id == 0 && !c->cd->may_create_id && def->default_aggregate_id != NULL)
+        id = def->default_aggregate_id; /* the service's one well-known aggregate */
     if (*id == 0 && c->cd->may_create_id) {
         jl_uuid_new(c->agg_id);
         c->fresh = true; /* a random new id: the aggregate cannot have history */
@@ -1215,6 +1225,8 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
         kc.MaxValueSize = JL_MAX_COMMIT_BYTES;
         kc.TTL = ttl_s * 1000000000LL;
         ns = js_CreateKeyValue(out, jl_conn_js(p->conn), &kc);
+        if (ns != NATS_OK) /* another replica may have just created it */
+            ns = js_KeyValue(out, jl_conn_js(p->conn), bucket);
     }
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot open KV bucket %s: %s", bucket, natsStatus_GetText(ns));

@@ -70,6 +70,14 @@ typedef struct jl_service_def {
     jl_status (*state_unpack)(void *state, const void *data, size_t len);
     /** Bump whenever evolve or the state changes meaning: older snapshots are then ignored. */
     uint32_t state_version;
+    /**
+     * Optional (NULL: none). The aggregate a command targets when its id field is empty, for a
+     * service with one well-known aggregate (inventory's warehouse). Checked like any id (a
+     * UUID, made canonical). A command with may_create_id still gets a new UUID instead.
+     * A member of the service rather than of jl_command_def so that existing positional
+     * command tables stay complete initialisers.
+     */
+    const char *default_aggregate_id;
 } jl_service_def;
 
 typedef struct jl_producer jl_producer;
