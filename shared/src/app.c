@@ -111,8 +111,19 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     jl_app_config(&cfg, def->name, usage, argc, argv);
     jl_app_signals(NULL, NULL);
     jl_status s = jl_conn_open(&conn, &cfg, def->name, JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
-    if (s == JL_OK)
+    /* A cluster that is electing leaders (all nodes starting, a rolling restart) answers
+     * JetStream calls late or not at all for a few seconds: keep trying, within bounds. */
+    int64_t deadline = nats_Now() + JL_APP_CONNECT_WAIT_MS;
+    while (s == JL_OK) {
         s = jl_producer_open(&p, conn, def, &cfg, err, sizeof(err));
+        if ((s != JL_ERR_TIMEOUT && s != JL_ERR_UNAVAILABLE) || nats_Now() >= deadline)
+            break;
+        char esc[1200];
+        jl_log(JL_LOG_WARN, "start delayed, retrying", "\"status\":\"%s\",\"error\":\"%s\"",
+               jl_status_str(s), jl_log_str(esc, sizeof(esc), err));
+        nats_Sleep(1000);
+        s = JL_OK;
+    }
     if (s != JL_OK) {
         fail("cannot start", s, err);
         jl_conn_close(conn, 0);

@@ -119,6 +119,12 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
         ns = natsOptions_SetReconnectJitter(opts, 100, 1000);
     if (ns == NATS_OK)
         ns = natsOptions_SetTimeout(opts, 2000);
+    /* A server cut off by the network sends nothing and closes nothing: without short pings a
+     * connection to it would look alive for minutes (the default is 2 min x 2). */
+    if (ns == NATS_OK)
+        ns = natsOptions_SetPingInterval(opts, 2000);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetMaxPingsOut(opts, 2);
     /* Without it the library holds published data for its flusher (about a millisecond):
      * replies and appends would each wait for it. Latency is what a service is judged on. */
     if (ns == NATS_OK)

@@ -92,7 +92,20 @@ static bool config_differs(const jsStreamConfig *have, const jsStreamConfig *wan
            have->Discard != want->Discard;
 }
 
+static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg);
+
+/* Replicas of one service start together: when another created the stream between our look and
+ * our create, look again (once). */
+static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool *out_raced);
+
 static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg)
+{
+    bool raced = false;
+    jl_status s = ensure_stream_once(st, cfg, &raced);
+    return raced ? ensure_stream_once(st, cfg, &raced) : s;
+}
+
+static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool *out_raced)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
@@ -110,6 +123,10 @@ static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg)
             return s;
         }
         ns = js_AddStream(NULL, st->js, &want, NULL, &jerr);
+        if (ns != NATS_OK && jerr == JSStreamNameExistErr) {
+            *out_raced = true;
+            return JL_ERR_CONFLICT;
+        }
         if (ns != NATS_OK)
             return nats_fail(st, "cannot create stream", ns, jerr);
         jl_log(JL_LOG_INFO, "stream created", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,

@@ -1,0 +1,602 @@
+/*
+ * Fault tests on a 3-node JetStream cluster (real nats-server processes on loopback, streams
+ * with 3 replicas, services as processes): under a steady load of commands, a stream leader is
+ * killed, a projector is killed mid-batch, every server and service is restarted in turn, and a
+ * node is cut off from the others; every command that got an accepted reply must be in the stream
+ * and in the read model exactly once. Each test prints what it injected and what it verified.
+ *
+ * The load sends CreateOrder commands, each with a client-chosen order id and the same value as
+ * its command id; a command that gets an error or no reply is retried with the same id until it
+ * is accepted (that is what the command id is for), bounded in time.
+ */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jetledger/projector.h"
+#include "orders/orders.pb-c.h"
+#include "projection.h"
+#include "support.h"
+
+#define NODES 3
+#define MAX_CMDS 20000
+#define MAX_SVCS 4
+
+/* ---- the cluster ---- */
+
+typedef struct cluster {
+    jl_natsd *node[NODES];
+    int client_port[NODES];
+    int route_port[NODES];
+    char urls[512];
+    char dir[256];
+} cluster;
+
+static cluster cl;
+static jl_conn *conn;
+static jl_config cfg;
+
+static void cluster_start(void)
+{
+    char err[2048], routes[NODES][64], name[16];
+    memset(&cl, 0, sizeof(cl));
+    ck_assert_int_eq(jl_tmpdir(cl.dir, sizeof(cl.dir)), 0);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(jl_free_port(&cl.route_port[i]), 0);
+        snprintf(routes[i], sizeof(routes[i]), "nats-route://127.0.0.1:%d", cl.route_port[i]);
+    }
+    for (int i = 0; i < NODES; i++) {
+        /* Node 1 solicits no route but to itself (a clustered JetStream needs one configured):
+         * every route to it is an inbound connection to its route port, so a firewall rule on
+         * its two ports cuts it off completely (partition test). */
+        const char *r[NODES];
+        int nr = 0;
+        for (int k = 0; k < NODES; k++) {
+            if ((i == 0 && k == 0) || (i != 0 && k != i))
+                r[nr++] = routes[k];
+        }
+        jl_natsd_opts o;
+        jl_natsd_opts_init(&o);
+        snprintf(name, sizeof(name), "n%d", i + 1);
+        o.server_name = name;
+        o.cluster_name = "jetledger";
+        o.cluster_port = cl.route_port[i];
+        o.routes = r;
+        o.n_routes = nr;
+        o.err_buf = err;
+        o.err_buf_len = sizeof(err);
+        ck_assert_msg(jl_natsd_start(&cl.node[i], &o) == 0, "node %d: %s", i + 1, err);
+        cl.client_port[i] = jl_natsd_port(cl.node[i]);
+    }
+    for (int i = 0; i < NODES; i++)
+        ck_assert_msg(jl_natsd_wait_jetstream(cl.node[i], 30000) == 0, "node %d: %s", i + 1,
+                      jl_natsd_errmsg(cl.node[i]));
+    size_t o = 0;
+    for (int i = 0; i < NODES; i++)
+        o += (size_t)snprintf(cl.urls + o, sizeof(cl.urls) - o, "%snats://127.0.0.1:%d",
+                              i ? "," : "", cl.client_port[i]);
+    jl_config_init(&cfg);
+    snprintf(cfg.nats_url, sizeof(cfg.nats_url), "%s", cl.urls);
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/ref", cl.dir);
+    cfg.replicas = NODES;
+    char cerr[1024];
+    ck_assert_msg(jl_conn_open(&conn, &cfg, "fault-test", 10000, cerr, sizeof(cerr)) == JL_OK, "%s",
+                  cerr);
+    printf("cluster up: %s\n", cl.urls);
+}
+
+static void cluster_stop(void)
+{
+    jl_conn_close(conn, 0);
+    conn = NULL;
+    for (int i = 0; i < NODES; i++)
+        jl_natsd_destroy(cl.node[i]);
+    if (getenv("JL_TEST_KEEP") == NULL)
+        jl_rm_rf(cl.dir);
+}
+
+/* Index of the node leading @p stream (by server name n1..n3), or -1. */
+static int stream_leader(const char *stream)
+{
+    jsStreamInfo *si = NULL;
+    int leader = -1;
+    if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, NULL) == NATS_OK) {
+        if (si->Cluster != NULL && si->Cluster->Leader != NULL && si->Cluster->Leader[0] == 'n')
+            leader = atoi(si->Cluster->Leader + 1) - 1;
+        jsStreamInfo_Destroy(si);
+    }
+    return leader;
+}
+
+/* Wait until every replica of @p stream is current again (after a node came back). */
+static void wait_replicas_current(const char *stream, int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    for (;;) {
+        jsStreamInfo *si = NULL;
+        bool ok = false;
+        if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, NULL) == NATS_OK) {
+            ok = si->Cluster != NULL && si->Cluster->Leader != NULL &&
+                 si->Cluster->ReplicasLen == NODES - 1;
+            for (int i = 0; ok && i < si->Cluster->ReplicasLen; i++)
+                ok = si->Cluster->Replicas[i]->Current;
+            jsStreamInfo_Destroy(si);
+        }
+        if (ok)
+            return;
+        ck_assert_msg(tnow_ms() < deadline, "replicas of %s not current in %d ms", stream,
+                      timeout_ms);
+        nats_Sleep(200);
+    }
+}
+
+/* ---- services ---- */
+
+typedef struct svc {
+    pid_t pid;
+    char bin[64];
+    char log[PATH_MAX];
+    char data[512];
+    int batch;
+} svc;
+
+static svc svcs[MAX_SVCS];
+
+static void svc_spawn(svc *s)
+{
+    char path[PATH_MAX], e_url[700], e_dir[600], e_batch[32];
+    const char *bindir = getenv("JL_BIN_DIR");
+    ck_assert_msg(bindir != NULL, "JL_BIN_DIR is not set (run through ctest)");
+    snprintf(path, sizeof(path), "%s/%s", bindir, s->bin);
+    snprintf(e_url, sizeof(e_url), "NATS_URL=%s", cl.urls);
+    snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", s->data);
+    snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", s->batch ? s->batch : 256);
+    const char *const envv[] = {e_url,
+                                e_dir,
+                                e_batch,
+                                "JL_REPLICAS=3",
+                                "JL_LOG_LEVEL=info",
+                                "JL_DURABLE=",
+                                "JL_NAME=",
+                                "JL_REQUEST_TIMEOUT=10000",
+                                NULL};
+    const char *const argv[] = {path, NULL};
+    ck_assert_msg(jl_proc_spawn(&s->pid, argv, envv, s->log) == 0, "spawn %s: %s", path,
+                  strerror(errno));
+}
+
+static svc *svc_start(int slot, const char *bin, const char *name, int batch)
+{
+    svc *s = &svcs[slot];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->bin, sizeof(s->bin), "%s", bin);
+    snprintf(s->log, sizeof(s->log), "%s/%s.log", cl.dir, name);
+    snprintf(s->data, sizeof(s->data), "%s/%s", cl.dir, name);
+    s->batch = batch;
+    svc_spawn(s);
+    return s;
+}
+
+static int svc_stop(svc *s, int sig)
+{
+    int status = -1;
+    if (s->pid != 0)
+        jl_proc_stop(s->pid, sig, 15000, &status);
+    s->pid = 0;
+    return status;
+}
+
+static void stop_all_services(void)
+{
+    for (int i = 0; i < MAX_SVCS; i++)
+        svc_stop(&svcs[i], SIGKILL);
+}
+
+/* ---- the load ---- */
+
+typedef struct load {
+    pthread_t thread;
+    atomic_bool stop;
+    jl_conn *conn;
+    int n; /* commands accepted (ids[0..n)) */
+    char ids[MAX_CMDS][JL_UUID_LEN + 1];
+    uint64_t sent, errors, retried;
+    int64_t last_ok_ms, longest_gap_ms;
+    int gave_up;
+} load;
+
+static load *ld;
+
+/* Send one CreateOrder until accepted (same id), or give up after 60 s. */
+static bool send_until_accepted(load *l, const char *id)
+{
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[256];
+    m.order_id = (char *)id;
+    m.customer_id = "fault";
+    size_t n = orders__create_order__pack(&m, buf);
+    int64_t deadline = tnow_ms() + 60000;
+    for (int attempt = 0; tnow_ms() < deadline; attempt++) {
+        natsMsg *req = NULL, *rep = NULL;
+        natsMsg_Create(&req, "orders.cmd.CreateOrder", NULL, (const char *)buf, (int)n);
+        natsMsgHeader_Set(req, "Jl-Command-Id", id);
+        l->sent++;
+        if (attempt > 0)
+            l->retried++;
+        natsStatus ns = natsConnection_RequestMsg(&rep, jl_conn_nats(l->conn), req, 5000);
+        bool ok = false;
+        if (ns == NATS_OK) {
+            jl_reply r;
+            jl_reply_init(&r);
+            ok = jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) ==
+                     JL_OK &&
+                 r.code == JL_CODE_OK;
+            jl_reply_cleanup(&r);
+        }
+        natsMsg_Destroy(req);
+        natsMsg_Destroy(rep);
+        if (ok)
+            return true;
+        l->errors++;
+        nats_Sleep(100);
+    }
+    return false;
+}
+
+static void *load_thread(void *arg)
+{
+    load *l = arg;
+    l->last_ok_ms = tnow_ms();
+    while (!atomic_load(&l->stop) && l->n < MAX_CMDS) {
+        char id[JL_UUID_LEN + 1];
+        jl_uuid_new(id);
+        if (send_until_accepted(l, id)) {
+            int64_t t = tnow_ms();
+            if (t - l->last_ok_ms > l->longest_gap_ms)
+                l->longest_gap_ms = t - l->last_ok_ms;
+            l->last_ok_ms = t;
+            memcpy(l->ids[l->n++], id, sizeof(id));
+        } else {
+            l->gave_up++;
+        }
+        nats_Sleep(5);
+    }
+    return NULL;
+}
+
+static void load_start(void)
+{
+    ld = calloc(1, sizeof(*ld));
+    atomic_init(&ld->stop, false);
+    char err[1024];
+    ck_assert_int_eq(jl_conn_open(&ld->conn, &cfg, "fault-load", 10000, err, sizeof(err)), JL_OK);
+    pthread_create(&ld->thread, NULL, load_thread, ld);
+}
+
+static void load_stop(void)
+{
+    atomic_store(&ld->stop, true);
+    pthread_join(ld->thread, NULL);
+    jl_conn_close(ld->conn, 0);
+}
+
+static void wait_accepted(int more)
+{
+    int target = ld->n + more;
+    int64_t deadline = tnow_ms() + 60000;
+    while (ld->n < target) {
+        ck_assert_msg(tnow_ms() < deadline, "the load made no progress (%d accepted)", ld->n);
+        nats_Sleep(50);
+    }
+}
+
+/* ---- verification ---- */
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Every accepted order is in the stream exactly once (one OrderCreated commit). */
+static void verify_stream_once(void)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Ordered = true;
+    ck_assert_int_eq(js_SubscribeSync(&sub, jl_conn_js(conn), "orders.events.>", NULL, &so, NULL),
+                     NATS_OK);
+    uint64_t last = tstream_last_seq(conn, "ORDERS");
+    size_t cap = (size_t)last + 1, n = 0;
+    char **seen = calloc(cap, sizeof(*seen));
+    uint64_t seq = 0;
+    while (seq < last) {
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 10000), NATS_OK);
+        jl_commit *c = NULL;
+        char why[256];
+        jsMsgMetaData *meta = NULL;
+        ck_assert_int_eq(natsMsg_GetMetaData(&meta, m), NATS_OK);
+        seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        ck_assert_int_eq(jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                                          seq, why, sizeof(why)),
+                         JL_OK);
+        jl_event ev;
+        ck_assert_int_eq(jl_commit_event(c, 0, NULL, &ev, why, sizeof(why)), JL_OK);
+        seen[n++] = strdup(ev.aggregate_id);
+        jl_commit_free(c);
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    qsort(seen, n, sizeof(*seen), cmp_id);
+    int dups = 0;
+    for (size_t i = 1; i < n; i++)
+        dups += strcmp(seen[i - 1], seen[i]) == 0;
+    int missing = 0;
+    for (int i = 0; i < ld->n; i++) {
+        const char *key = ld->ids[i];
+        if (bsearch(&key, seen, n, sizeof(*seen), cmp_id) == NULL)
+            missing++;
+    }
+    printf("verified stream: %zu commits, %d accepted commands, duplicates %d, missing %d\n", n,
+           ld->n, dups, missing);
+    ck_assert_int_eq(dups, 0);
+    ck_assert_int_eq(missing, 0);
+    /* Retries of commands that got errors may have stored them before their acceptance: every
+     * commit is one of ours, and none twice. */
+    ck_assert_int_ge((int)n, ld->n);
+    for (size_t i = 0; i < n; i++)
+        free(seen[i]);
+    free(seen);
+}
+
+static void db_path_of(const svc *s, char *out, size_t n)
+{
+    char ptr[700], name[256] = "order_summary.db";
+    snprintf(ptr, sizeof(ptr), "%s/order_summary.current", s->data);
+    FILE *f = fopen(ptr, "r");
+    if (f != NULL) {
+        if (fgets(name, sizeof(name), f) == NULL)
+            snprintf(name, sizeof(name), "order_summary.db");
+        name[strcspn(name, "\n")] = 0;
+        fclose(f);
+    }
+    snprintf(out, n, "%s/%s", s->data, name);
+}
+
+static uint64_t db_checkpoint(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    uint64_t v = 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT last_seq FROM jl_state", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The projector process has applied the whole stream, and its model equals one built from the
+ * stream from scratch (a digest of every row): nothing lost, nothing applied twice. */
+static void verify_read_model(const svc *proj)
+{
+    uint64_t last = tstream_last_seq(conn, "ORDERS");
+    char path[1024];
+    int64_t deadline = tnow_ms() + 60000;
+    for (;;) {
+        db_path_of(proj, path, sizeof(path));
+        if (db_checkpoint(path) >= last)
+            break;
+        ck_assert_msg(tnow_ms() < deadline, "projector at %" PRIu64 " of %" PRIu64,
+                      db_checkpoint(path), last);
+        nats_Sleep(100);
+    }
+    jl_projector *ref = NULL;
+    jl_config rc = cfg;
+    char err[1024];
+    snprintf(rc.durable, sizeof(rc.durable), "fault_reference");
+    ck_assert_int_eq(jl_projector_open(&ref, conn, &order_summary_projector, &rc, err, sizeof(err)),
+                     JL_OK);
+    deadline = tnow_ms() + 60000;
+    while (jl_projector_checkpoint(ref) < last) {
+        ck_assert_int_eq(jl_projector_step(ref, 200, NULL), JL_OK);
+        ck_assert(tnow_ms() < deadline);
+    }
+    jl_projector_close(ref, 0);
+    char ref_path[1100];
+    snprintf(ref_path, sizeof(ref_path), "%s/order_summary.db", rc.data_dir);
+    char *a = tdump(path), *b = tdump(ref_path);
+    int rows = 0;
+    for (const char *q = a; (q = strstr(q, "orders|")) != NULL; q++)
+        rows++;
+    printf("verified read model: %d orders, equal to a model rebuilt from the stream: %s\n", rows,
+           strcmp(a, b) == 0 ? "yes" : "NO");
+    ck_assert_str_eq(a, b);
+    ck_assert_int_ge(rows, ld->n);
+    free(a);
+    free(b);
+}
+
+static void report(const char *test)
+{
+    printf("%s: sent %" PRIu64 ", accepted %d, errored %" PRIu64 " (retried %" PRIu64
+           "), gave up %d, longest gap in accepted commands %" PRId64 " ms\n",
+           test, ld->sent, ld->n, ld->errors, ld->retried, ld->gave_up, ld->longest_gap_ms);
+    fflush(stdout);
+}
+
+static svc *start_stack(int projector_batch)
+{
+    svc_start(0, "orders", "orders-1", 0);
+    svc_start(1, "orders", "orders-2", 0);
+    svc *proj = svc_start(2, "order_summary", "summary", projector_batch);
+    /* Services are ready when a command is accepted. */
+    load_start();
+    wait_accepted(5);
+    return proj;
+}
+
+static void setup(void)
+{
+    memset(svcs, 0, sizeof(svcs));
+    cluster_start();
+}
+
+static void teardown(void)
+{
+    stop_all_services();
+    cluster_stop();
+    free(ld);
+    ld = NULL;
+}
+
+/* ---- 1. the stream leader dies ---- */
+
+START_TEST(stream_leader_killed_under_load_loses_and_doubles_nothing)
+{
+    svc *proj = start_stack(64);
+    wait_accepted(100);
+    int leader = stream_leader("ORDERS");
+    ck_assert_int_ge(leader, 0);
+    printf("injecting: kill -9 of n%d, leader of ORDERS, with %d commands accepted\n", leader + 1,
+           ld->n);
+    ck_assert_int_eq(jl_natsd_kill9(cl.node[leader]), 0);
+    wait_accepted(200);
+    printf("injecting: restart of n%d\n", leader + 1);
+    ck_assert_int_eq(jl_natsd_restart(cl.node[leader]), 0);
+    wait_accepted(100);
+    wait_replicas_current("ORDERS", 60000);
+    load_stop();
+    report("leader kill");
+    ck_assert_int_eq(ld->gave_up, 0);
+    verify_stream_once();
+    verify_read_model(proj);
+}
+END_TEST
+
+/* ---- 2. a projector dies in the middle of a batch ---- */
+
+START_TEST(projector_killed_mid_batch_matches_the_stream)
+{
+    svc *proj = start_stack(8);
+    for (int round = 0; round < 3; round++) {
+        wait_accepted(150);
+        printf("injecting: kill -9 of the projector (round %d, %d commands accepted)\n", round + 1,
+               ld->n);
+        ck_assert_int_eq(svc_stop(proj, SIGKILL), 137);
+        nats_Sleep(300);
+        svc_spawn(proj);
+    }
+    wait_accepted(100);
+    load_stop();
+    report("projector kill");
+    ck_assert_int_eq(ld->gave_up, 0);
+    verify_stream_once();
+    verify_read_model(proj);
+}
+END_TEST
+
+/* ---- 3. rolling restart of every server, then every service ---- */
+
+START_TEST(rolling_restart_of_servers_and_services_loses_nothing)
+{
+    svc *proj = start_stack(64);
+    wait_accepted(100);
+    for (int i = 0; i < NODES; i++) {
+        printf("injecting: restart of n%d (SIGTERM), %d accepted\n", i + 1, ld->n);
+        ck_assert_int_eq(jl_natsd_stop(cl.node[i]), 0);
+        ck_assert_int_eq(jl_natsd_restart(cl.node[i]), 0);
+        ck_assert_int_eq(jl_natsd_wait_jetstream(cl.node[i], 30000), 0);
+        wait_replicas_current("ORDERS", 60000);
+        wait_accepted(50);
+    }
+    for (int i = 0; i < 3; i++) {
+        printf("injecting: restart of %s (SIGTERM), %d accepted\n", svcs[i].bin, ld->n);
+        ck_assert_int_eq(svc_stop(&svcs[i], SIGTERM), 0);
+        svc_spawn(&svcs[i]);
+        wait_accepted(50);
+    }
+    load_stop();
+    report("rolling restart");
+    ck_assert_int_eq(ld->gave_up, 0);
+    verify_stream_once();
+    verify_read_model(proj);
+}
+END_TEST
+
+/* ---- 4. one node cut off from the others and from clients ---- */
+
+static int nft(const char *cmdline)
+{
+    char full[1024];
+    snprintf(full, sizeof(full), "nft %s 2>&1", cmdline);
+    FILE *f = popen(full, "r");
+    char out[512] = "";
+    if (f == NULL)
+        return -1;
+    size_t n = fread(out, 1, sizeof(out) - 1, f);
+    out[n] = 0;
+    int rc = pclose(f);
+    if (rc != 0)
+        fprintf(stderr, "nft %s: %s\n", cmdline, out);
+    return rc;
+}
+
+START_TEST(partitioned_node_heals_and_nothing_is_lost)
+{
+    svc *proj = start_stack(64);
+    wait_accepted(100);
+    char rule[256];
+    /* All of node 1's connections (clients and routes) go through its two ports: drop them. */
+    nft("delete table inet jl_fault_test");
+    ck_assert_msg(nft("add table inet jl_fault_test") == 0, "nft is needed (scripts/bootstrap)");
+    ck_assert_int_eq(
+        nft("add chain inet jl_fault_test in '{ type filter hook input priority -10; }'"), 0);
+    snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp dport '{ %d, %d }' drop",
+             cl.client_port[0], cl.route_port[0]);
+    ck_assert_int_eq(nft(rule), 0);
+    snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp sport '{ %d, %d }' drop",
+             cl.client_port[0], cl.route_port[0]);
+    ck_assert_int_eq(nft(rule), 0);
+    printf("injecting: partition of n1 (ports %d, %d dropped) for 8 s, %d accepted\n",
+           cl.client_port[0], cl.route_port[0], ld->n);
+    int before = ld->n;
+    nats_Sleep(8000);
+    ck_assert_int_eq(nft("delete table inet jl_fault_test"), 0);
+    printf("healed: %d commands accepted during the partition\n", ld->n - before);
+    wait_accepted(100);
+    wait_replicas_current("ORDERS", 60000);
+    load_stop();
+    report("partition");
+    ck_assert_int_eq(ld->gave_up, 0);
+    verify_stream_once();
+    verify_read_model(proj);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("fault");
+    TCase *tc = tcase_create("cluster");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 420);
+    tcase_add_test(tc, stream_leader_killed_under_load_loses_and_doubles_nothing);
+    tcase_add_test(tc, projector_killed_mid_batch_matches_the_stream);
+    tcase_add_test(tc, rolling_restart_of_servers_and_services_loses_nothing);
+    tcase_add_test(tc, partitioned_node_heals_and_nothing_is_lost);
+    suite_add_tcase(s, tc);
+    return trun(s);
+}
