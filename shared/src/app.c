@@ -116,7 +116,10 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     int64_t deadline = nats_Now() + JL_APP_CONNECT_WAIT_MS;
     while (s == JL_OK) {
         s = jl_producer_open(&p, conn, def, &cfg, err, sizeof(err));
-        if ((s != JL_ERR_TIMEOUT && s != JL_ERR_UNAVAILABLE) || nats_Now() >= deadline)
+        /* (A cluster still forming also refuses with JetStream errors: "no suitable peers for
+         * placement".) Bad configuration is JL_ERR_INVALID or JL_ERR_VERSION: no retry. */
+        if ((s != JL_ERR_TIMEOUT && s != JL_ERR_UNAVAILABLE && s != JL_ERR_NATS) ||
+            nats_Now() >= deadline)
             break;
         char esc[1200];
         jl_log(JL_LOG_WARN, "start delayed, retrying", "\"status\":\"%s\",\"error\":\"%s\"",

@@ -30,7 +30,11 @@ const char *const jl__state_sql =
     "  version INTEGER NOT NULL,"
     "  last_seq INTEGER NOT NULL,"
     "  updated_at_ns INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS jl_checkpoints ("
+    "  stream TEXT PRIMARY KEY,"
+    "  last_seq INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS jl_dead_letters ("
+    "  stream TEXT NOT NULL,"
     "  seq INTEGER NOT NULL,"
     "  event_index INTEGER NOT NULL," /* -1: the whole message could not be decoded */
     "  event_id TEXT NOT NULL,"
@@ -39,7 +43,7 @@ const char *const jl__state_sql =
     "  reason TEXT NOT NULL,"
     "  data BLOB,"
     "  at_ns INTEGER NOT NULL,"
-    "  PRIMARY KEY (seq, event_index));";
+    "  PRIMARY KEY (stream, seq, event_index));";
 
 static void set_err(jl_projector *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_err(jl_projector *p, const char *fmt, ...)
@@ -110,10 +114,18 @@ jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t e
     }
     if (s == JL_OK) {
         sqlite3_bind_text(st, 1, p->def->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, p->def->stream, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, p->src[0].stream, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, p->def->version);
         sqlite3_bind_int64(st, 4, jl__now_ns());
         s = jl_db_step_done(db, st);
+    }
+    for (int i = 0; s == JL_OK && i < p->n_src; i++) {
+        st = jl_db_stmt(db, "INSERT INTO jl_checkpoints (stream, last_seq) VALUES (?, 0)");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+        if (s == JL_OK) {
+            sqlite3_bind_text(st, 1, p->src[i].stream, -1, SQLITE_STATIC);
+            s = jl_db_step_done(db, st);
+        }
     }
     if (s == JL_OK)
         s = jl_db_commit(db);
@@ -156,10 +168,9 @@ static jl_status init_database(jl_projector *p)
         const char *proj = (const char *)sqlite3_column_text(st, 0);
         const char *stream = (const char *)sqlite3_column_text(st, 1);
         p->db_version = sqlite3_column_int(st, 2);
-        p->checkpoint = (uint64_t)sqlite3_column_int64(st, 3);
-        if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->def->stream) != 0) {
+        if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->src[0].stream) != 0) {
             set_err(p, "%s belongs to projector %s on stream %s, not %s on %s", p->db_path, proj,
-                    stream, p->def->name, p->def->stream);
+                    stream, p->def->name, p->src[0].stream);
             s = JL_ERR_INVALID;
         } else if (p->db_version > p->def->version) {
             set_err(p,
@@ -171,6 +182,24 @@ static jl_status init_database(jl_projector *p)
     }
     if (st != NULL)
         sqlite3_reset(st);
+    for (int i = 0; s == JL_OK && i < p->n_src; i++) {
+        st = jl_db_stmt(db, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+        if (s == JL_OK) {
+            sqlite3_bind_text(st, 1, p->src[i].stream, -1, SQLITE_STATIC);
+            int rc2 = sqlite3_step(st);
+            if (rc2 == SQLITE_ROW) {
+                p->src[i].checkpoint = (uint64_t)sqlite3_column_int64(st, 0);
+            } else if (rc2 == SQLITE_DONE) {
+                set_err(p, "%s has no checkpoint for stream %s: it was built for other sources",
+                        p->db_path, p->src[i].stream);
+                s = JL_ERR_INVALID;
+            } else {
+                s = jl_db_fail(db, rc2, "cannot read jl_checkpoints");
+            }
+            sqlite3_reset(st);
+        }
+    }
     /* An older file keeps its schema until the rebuild replaces it: the new schema SQL may not
      * apply to it. */
     if (s == JL_OK && p->db_version == p->def->version && p->def->schema_sql != NULL)
@@ -294,90 +323,98 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
             snprintf(kept, sizeof(kept), "%s", old_path);
     }
     jl_log(JL_LOG_INFO, "read model switched",
-           "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file, p->checkpoint,
-           keep_old ? kept : "(removed)");
+           "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file,
+           jl__proj_checkpoint(p, 0), keep_old ? kept : "(removed)");
     return JL_OK;
 }
 
 /* ---- consumer ---- */
 
-static void detach(jl_projector *p)
+static void drop_sub(natsSubscription **sub, bool unsubscribe)
 {
-    if (p->catchup != NULL) {
-        natsSubscription_Unsubscribe(p->catchup);
-        natsSubscription_Destroy(p->catchup);
-        p->catchup = NULL;
-    }
-    if (p->pull != NULL) {
-        natsSubscription_Destroy(p->pull); /* the durable stays: Destroy does not delete it */
-        p->pull = NULL;
-    }
+    if (*sub == NULL)
+        return;
+    if (unsubscribe)
+        natsSubscription_Unsubscribe(*sub);
+    natsSubscription_Destroy(*sub); /* a durable stays: Destroy does not delete it */
+    *sub = NULL;
 }
 
-static jl_status create_consumer(jl_projector *p)
+/* Forget the subscriptions of source @p i: the next step attaches again from its checkpoint. */
+static void detach(jl_projector *p, int i)
 {
+    drop_sub(&p->src[i].catchup, true);
+    drop_sub(&p->src[i].pull, false);
+}
+
+static jl_status create_consumer(jl_projector *p, int i)
+{
+    jl__source *src = &p->src[i];
     jsConsumerConfig cc;
     jsErrCode jerr = 0;
     jsConsumerConfig_Init(&cc);
-    cc.Durable = p->durable;
-    cc.FilterSubject = p->def->filter_subject;
+    cc.Durable = src->durable;
+    cc.FilterSubject = src->filter;
     cc.AckPolicy = js_AckAll; /* one ack per batch; the checkpoint makes redelivery harmless */
+    /* Far above the time a batch takes to apply: a batch is never redelivered while it is
+     * being applied (and one that is, is skipped by the checkpoint). */
     cc.AckWait = 60 * 1000 * NS_PER_MS;
     cc.MaxDeliver = -1;
     /* Above the batch size, or each fetch would wait out its timeout (NATS-NOTES). */
     cc.MaxAckPending = p->batch * 4 > 4096 ? p->batch * 4 : 4096;
     cc.MaxRequestBatch = 0;
-    if (p->checkpoint > 0) {
+    if (src->checkpoint > 0) {
         cc.DeliverPolicy = js_DeliverByStartSequence;
-        cc.OptStartSeq = p->checkpoint + 1;
+        cc.OptStartSeq = src->checkpoint + 1;
     } else {
         cc.DeliverPolicy = js_DeliverAll;
     }
-    natsStatus ns = js_AddConsumer(NULL, p->js, p->def->stream, &cc, NULL, &jerr);
+    natsStatus ns = js_AddConsumer(NULL, p->js, src->stream, &cc, NULL, &jerr);
     if (ns != NATS_OK) {
-        set_err(p, "cannot create consumer %s on %s: %s (JetStream error %d)", p->durable,
-                p->def->stream, natsStatus_GetText(ns), (int)jerr);
+        set_err(p, "cannot create consumer %s on %s: %s (JetStream error %d)", src->durable,
+                src->stream, natsStatus_GetText(ns), (int)jerr);
         return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
     }
     jl_log(JL_LOG_INFO, "consumer created",
-           "\"durable\":\"%s\",\"stream\":\"%s\",\"start_seq\":%" PRIu64, p->durable,
-           p->def->stream, p->checkpoint + 1);
+           "\"durable\":\"%s\",\"stream\":\"%s\",\"start_seq\":%" PRIu64, src->durable, src->stream,
+           src->checkpoint + 1);
     return JL_OK;
 }
 
 /* Bind to the durable, first re-creating it at checkpoint + 1 unless its delivered position is
  * exactly our checkpoint: the database, not the consumer, says what has been applied. */
-static jl_status attach(jl_projector *p)
+static jl_status attach(jl_projector *p, int i)
 {
+    jl__source *src = &p->src[i];
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     jl_status s = JL_OK;
 
-    natsStatus ns = js_GetConsumerInfo(&ci, p->js, p->def->stream, p->durable, NULL, &jerr);
+    natsStatus ns = js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, &jerr);
     if (ns == NATS_OK) {
         bool same_filter = ci->Config->FilterSubject != NULL &&
-                           strcmp(ci->Config->FilterSubject, p->def->filter_subject) == 0;
-        bool in_step = ci->Delivered.Stream == p->checkpoint && ci->NumAckPending == 0;
+                           strcmp(ci->Config->FilterSubject, src->filter) == 0;
+        bool in_step = ci->Delivered.Stream == src->checkpoint && ci->NumAckPending == 0;
         if (!same_filter || !in_step || ci->Config->AckPolicy != js_AckAll) {
             jl_log(JL_LOG_INFO, "consumer reset",
                    "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64,
-                   p->durable, ci->Delivered.Stream, p->checkpoint);
-            ns = js_DeleteConsumer(p->js, p->def->stream, p->durable, NULL, &jerr);
+                   src->durable, ci->Delivered.Stream, src->checkpoint);
+            ns = js_DeleteConsumer(p->js, src->stream, src->durable, NULL, &jerr);
             if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
-                set_err(p, "cannot reset consumer %s: %s", p->durable, natsStatus_GetText(ns));
+                set_err(p, "cannot reset consumer %s: %s", src->durable, natsStatus_GetText(ns));
                 s = jl_status_from_nats(ns);
             } else {
-                s = create_consumer(p);
+                s = create_consumer(p, i);
             }
         }
         jsConsumerInfo_Destroy(ci);
     } else if (ns == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
-        s = create_consumer(p);
+        s = create_consumer(p, i);
     } else if (jerr == JSStreamNotFoundErr) {
-        set_err(p, "stream %s does not exist yet", p->def->stream);
+        set_err(p, "stream %s does not exist yet", src->stream);
         s = JL_ERR_NOT_FOUND;
     } else {
-        set_err(p, "cannot read consumer %s: %s (JetStream error %d)", p->durable,
+        set_err(p, "cannot read consumer %s: %s (JetStream error %d)", src->durable,
                 natsStatus_GetText(ns), (int)jerr);
         s = jl_status_from_nats(ns);
     }
@@ -386,13 +423,13 @@ static jl_status attach(jl_projector *p)
 
     jsSubOptions so;
     jsSubOptions_Init(&so);
-    so.Stream = p->def->stream;
-    so.Consumer = p->durable;
-    ns = js_PullSubscribe(&p->pull, p->js, p->def->filter_subject, p->durable, NULL, &so, &jerr);
+    so.Stream = src->stream;
+    so.Consumer = src->durable;
+    ns = js_PullSubscribe(&src->pull, p->js, src->filter, src->durable, NULL, &so, &jerr);
     if (ns != NATS_OK) {
-        set_err(p, "cannot bind to consumer %s: %s (JetStream error %d)", p->durable,
+        set_err(p, "cannot bind to consumer %s: %s (JetStream error %d)", src->durable,
                 natsStatus_GetText(ns), (int)jerr);
-        p->pull = NULL;
+        src->pull = NULL;
         return jl_status_from_nats(ns);
     }
     return JL_OK;
@@ -406,15 +443,16 @@ static bool is_bad_event(jl_status s)
            s == JL_ERR_REJECTED || s == JL_ERR_TOO_LARGE;
 }
 
-static jl_status dead_letter(jl_db *db, uint64_t seq, int index, const char *event_id,
-                             const char *event_type, const char *subject, const char *reason,
-                             const void *data, size_t len, uint64_t *io_dead)
+static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int index,
+                             const char *event_id, const char *event_type, const char *subject,
+                             const char *reason, const void *data, size_t len, uint64_t *io_dead)
 {
     sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR REPLACE INTO jl_dead_letters (seq, "
                                       "event_index, event_id, event_type, subject, reason, "
-                                      "data, at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+                                      "data, at_ns, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
     if (st == NULL)
         return JL_ERR_SQLITE;
+    sqlite3_bind_text(st, 9, stream, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     sqlite3_bind_int(st, 2, index);
     sqlite3_bind_text(st, 3, event_id ? event_id : "", -1, SQLITE_STATIC);
@@ -447,7 +485,8 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
     char why[512] = "";
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
     if (s != JL_OK)
-        return dead_letter(db, seq, -1, "", "", subject, why, data, len, &io->dead);
+        return dead_letter(db, p->src[io->source].stream, seq, -1, "", "", subject, why, data, len,
+                           &io->dead);
 
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
         jl_event ev;
@@ -484,8 +523,8 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
         const uint8_t *pd = NULL;
         size_t pl = 0;
         jl_commit_event_payload(c, i, &pd, &pl);
-        s = dead_letter(db, seq, (int)i, ev.event_id, ev.event_type, subject, why, pd, pl,
-                        &io->dead);
+        s = dead_letter(db, p->src[io->source].stream, seq, (int)i, ev.event_id, ev.event_type,
+                        subject, why, pd, pl, &io->dead);
     }
     jl_commit_free(c);
     if (s != JL_OK && s != JL_ERR_REJECTED && err[0] == 0)
@@ -547,7 +586,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
         io->applied++;
     }
     if (s == JL_OK && io->applied > 0)
-        s = jl__proj_save_checkpoint(db, io->checkpoint);
+        s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint);
     if (s == JL_OK)
         s = jl_db_commit(db);
     if (s != JL_OK) {
@@ -576,10 +615,18 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
     return s;
 }
 
-jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq)
+jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq)
 {
-    sqlite3_stmt *st =
-        jl_db_stmt(db, "UPDATE jl_state SET last_seq = ?, updated_at_ns = ? WHERE id = 1");
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_checkpoints SET last_seq = ? WHERE stream = ?");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    sqlite3_bind_text(st, 2, p->src[source].stream, -1, SQLITE_STATIC);
+    jl_status s = jl_db_step_done(db, st);
+    if (s != JL_OK || source != 0)
+        return s;
+    /* jl_state.last_seq mirrors the first source, for queries and tools reading it. */
+    st = jl_db_stmt(db, "UPDATE jl_state SET last_seq = ?, updated_at_ns = ? WHERE id = 1");
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
@@ -587,41 +634,71 @@ jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq)
     return jl_db_step_done(db, st);
 }
 
+uint64_t jl__proj_checkpoint(jl_projector *p, int i)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t c = p->src[i].checkpoint;
+    pthread_mutex_unlock(&p->mu);
+    return c;
+}
+
 /* A batch is committed: tell waiting queries (min_sequence) and the counters. */
 static void publish_progress(jl_projector *p, const jl__batch_result *io)
 {
     pthread_mutex_lock(&p->mu);
-    p->checkpoint = io->checkpoint;
+    p->src[io->source].checkpoint = io->checkpoint;
     p->dead_letters += io->dead;
     pthread_cond_broadcast(&p->advanced);
     pthread_mutex_unlock(&p->mu);
 }
 
-static jl_status apply_locked(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+/* Apply a batch of source @p i under apply_mu; ack its last message when @p ack. */
+static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, bool ack,
+                              size_t *out_applied)
 {
-    jl__batch_result io = {.checkpoint = p->checkpoint};
+    pthread_mutex_lock(&p->apply_mu);
+    jl__batch_result io = {.source = i, .checkpoint = jl__proj_checkpoint(p, i)};
     jl_status s = jl__proj_apply_batch(p, p->db, msgs, n, &io, p->err, sizeof(p->err));
+    if (s == JL_OK)
+        publish_progress(p, &io);
+    pthread_mutex_unlock(&p->apply_mu);
     if (s != JL_OK)
         return s;
-    publish_progress(p, &io);
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
      * With AckAll, acking the last message acks the whole batch. */
-    if (n > 0)
+    if (ack && n > 0)
         natsMsg_Ack(msgs[n - 1], NULL);
     if (out_applied != NULL)
         *out_applied = io.applied;
     return JL_OK;
 }
 
-jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+/* The source a JetStream message comes from, by the stream named in its reply subject. */
+static int source_of(jl_projector *p, natsMsg *m)
 {
-    pthread_mutex_lock(&p->apply_mu);
-    jl_status s = apply_locked(p, msgs, n, out_applied);
-    pthread_mutex_unlock(&p->apply_mu);
-    return s;
+    const char *r = natsMsg_GetReply(m);
+    if (r == NULL || strncmp(r, "$JS.ACK.", 8) != 0)
+        return -1;
+    r += 8;
+    for (int i = 0; i < p->n_src; i++) {
+        size_t n = strlen(p->src[i].stream);
+        if (strncmp(r, p->src[i].stream, n) == 0 && r[n] == '.')
+            return i;
+    }
+    return -1;
 }
 
-static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t wait_ms,
+jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
+{
+    int i = n > 0 ? source_of(p, msgs[0]) : 0;
+    if (i < 0) {
+        set_err(p, "the messages do not come from a stream of projector %s", p->def->name);
+        return JL_ERR_INVALID;
+    }
+    return apply_source(p, i, msgs, n, true, out_applied);
+}
+
+static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
                         bool no_wait)
 {
     jsFetchRequest fr;
@@ -629,7 +706,7 @@ static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t w
     fr.Batch = batch;
     fr.NoWait = no_wait;
     fr.Expires = wait_ms * NS_PER_MS;
-    return natsSubscription_FetchRequest(list, p->pull, &fr);
+    return natsSubscription_FetchRequest(list, sub, &fr);
 }
 
 /* ---- catching up ----
@@ -638,38 +715,39 @@ static natsStatus fetch(jl_projector *p, natsMsgList *list, int batch, int64_t w
  * previous batch is applied, with no acks. Once it reports nothing pending, it is dropped and
  * the durable consumer takes over (re-created at the checkpoint by attach()). */
 
-static bool far_behind(jl_projector *p)
+static bool far_behind(jl_projector *p, int i)
 {
     jsStreamInfo *si = NULL;
     bool far = false;
-    if (js_GetStreamInfo(&si, p->js, p->def->stream, NULL, NULL) == NATS_OK) {
-        far = si->State.LastSeq > p->checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD;
+    if (js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
+        far = si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD;
         jsStreamInfo_Destroy(si);
     }
     return far;
 }
 
-static jl_status catch_up_step(jl_projector *p, int wait_ms, size_t *out_applied)
+static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_applied)
 {
+    jl__source *src = &p->src[i];
     jl_status s = JL_OK;
-    if (p->catchup == NULL) {
+    if (src->catchup == NULL) {
         jsSubOptions so;
         jsErrCode jerr = 0;
         jsSubOptions_Init(&so);
-        so.Stream = p->def->stream;
+        so.Stream = src->stream;
         so.Ordered = true;
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = p->checkpoint + 1;
-        natsStatus ns =
-            js_SubscribeSync(&p->catchup, p->js, p->def->filter_subject, NULL, &so, &jerr);
+        so.Config.OptStartSeq = src->checkpoint + 1;
+        natsStatus ns = js_SubscribeSync(&src->catchup, p->js, src->filter, NULL, &so, &jerr);
         if (ns != NATS_OK) {
-            set_err(p, "cannot start catching up on %s: %s (JetStream error %d)", p->def->stream,
+            set_err(p, "cannot start catching up on %s: %s (JetStream error %d)", src->stream,
                     natsStatus_GetText(ns), (int)jerr);
-            p->catchup = NULL;
+            src->catchup = NULL;
             return jl_status_from_nats(ns);
         }
-        natsSubscription_SetPendingLimits(p->catchup, 1 << 20, 256 * 1024 * 1024);
-        jl_log(JL_LOG_INFO, "catching up", "\"from_seq\":%" PRIu64, p->checkpoint + 1);
+        natsSubscription_SetPendingLimits(src->catchup, 1 << 20, 256 * 1024 * 1024);
+        jl_log(JL_LOG_INFO, "catching up", "\"stream\":\"%s\",\"from_seq\":%" PRIu64, src->stream,
+               src->checkpoint + 1);
     }
     natsMsg **msgs = calloc((size_t)p->batch, sizeof(*msgs));
     int n = 0;
@@ -678,7 +756,7 @@ static jl_status catch_up_step(jl_projector *p, int wait_ms, size_t *out_applied
         return JL_ERR_NOMEM;
     while (n < p->batch) {
         natsMsg *m = NULL;
-        natsStatus ns = natsSubscription_NextMsg(&m, p->catchup, n == 0 ? wait_ms : 0);
+        natsStatus ns = natsSubscription_NextMsg(&m, src->catchup, n == 0 ? wait_ms : 0);
         if (ns == NATS_TIMEOUT)
             break;
         if (ns != NATS_OK) {
@@ -693,95 +771,105 @@ static jl_status catch_up_step(jl_projector *p, int wait_ms, size_t *out_applied
             break;
         }
     }
-    if (s == JL_OK && n > 0) {
-        pthread_mutex_lock(&p->apply_mu);
-        jl__batch_result io = {.checkpoint = p->checkpoint};
-        s = jl__proj_apply_batch(p, p->db, msgs, n, &io, p->err, sizeof(p->err));
-        if (s == JL_OK) {
-            publish_progress(p, &io);
-            *out_applied = io.applied;
-        }
-        pthread_mutex_unlock(&p->apply_mu);
-    }
-    for (int i = 0; i < n; i++)
-        natsMsg_Destroy(msgs[i]);
+    if (s == JL_OK && n > 0)
+        s = apply_source(p, i, msgs, n, false, out_applied);
+    for (int k = 0; k < n; k++)
+        natsMsg_Destroy(msgs[k]);
     free(msgs);
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
-        natsSubscription_Unsubscribe(p->catchup);
-        natsSubscription_Destroy(p->catchup);
-        p->catchup = NULL;
+        drop_sub(&src->catchup, true);
         if (caught_up)
-            jl_log(JL_LOG_INFO, "caught up", "\"checkpoint\":%" PRIu64, p->checkpoint);
+            jl_log(JL_LOG_INFO, "caught up", "\"stream\":\"%s\",\"checkpoint\":%" PRIu64,
+                   src->stream, jl__proj_checkpoint(p, i));
     }
     return s;
 }
 
-jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
+/* One batch of source @p i. */
+static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_applied)
 {
+    jl__source *src = &p->src[i];
     natsMsgList list = {0};
-    size_t applied = 0;
     jl_status s = JL_OK;
 
-    p->err[0] = 0;
-    if (atomic_load(&p->paused)) {
-        /* A version rebuild is under way: the old file must not see the new code's apply. If
-         * it failed (NATS down, disk full), try again every 10 s. */
-        int64_t t = jl__now_ns();
-        if (!jl__jobs_running(p) && t - p->last_version_try_ns > 10000 * NS_PER_MS) {
-            p->last_version_try_ns = t;
-            jl__jobs_start_version_rebuild(p);
-        }
-        for (int waited = 0;
-             waited < wait_ms && atomic_load(&p->paused) && !atomic_load(&p->stopping);
-             waited += 50)
-            nats_Sleep(50);
-        if (out_applied != NULL)
-            *out_applied = 0;
-        return JL_OK;
-    }
-    if (p->catchup != NULL || (p->pull == NULL && far_behind(p))) {
-        s = catch_up_step(p, wait_ms, &applied);
-        if (out_applied != NULL)
-            *out_applied = applied;
-        return s;
-    }
-    if (p->pull == NULL) {
-        s = attach(p);
+    *out_applied = 0;
+    if (src->catchup != NULL || (src->pull == NULL && far_behind(p, i)))
+        return catch_up_step(p, i, wait_ms, out_applied);
+    if (src->pull == NULL) {
+        s = attach(p, i);
         if (s != JL_OK)
             return s;
     }
     /* Take what is there at once (a full batch while catching up); when nothing is, wait for
      * the first event only, so a lone event is applied at once instead of after the timeout. */
-    natsStatus ns = fetch(p, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true);
+    natsStatus ns = fetch(src->pull, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true);
     if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && list.Count == 0)) {
         natsMsgList_Destroy(&list);
         memset(&list, 0, sizeof(list));
-        ns = wait_ms > 0 ? fetch(p, &list, 1, wait_ms, false) : NATS_TIMEOUT;
+        ns = wait_ms > 0 ? fetch(src->pull, &list, 1, wait_ms, false) : NATS_TIMEOUT;
     }
     if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) {
         s = JL_OK;
     } else if (ns != NATS_OK) {
-        set_err(p, "fetch from %s failed: %s", p->durable, natsStatus_GetText(ns));
+        set_err(p, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
-        detach(p); /* re-attach from the checkpoint on the next step */
+        detach(p, i); /* re-attach from the checkpoint on the next step */
     } else {
-        s = jl_projector_apply(p, list.Msgs, list.Count, &applied);
+        s = apply_source(p, i, list.Msgs, list.Count, true, out_applied);
         if (s != JL_OK)
-            detach(p); /* the batch will come again from the re-created consumer */
+            detach(p, i); /* the batch will come again from the re-created consumer */
     }
     natsMsgList_Destroy(&list);
-    if (out_applied != NULL)
-        *out_applied = applied;
     return s;
 }
 
-jl_status jl_projector_run(jl_projector *p)
+/* While a version rebuild is under way the old file must not see the new code's apply. If the
+ * rebuild failed (NATS down, disk full), start it again every 10 s. Returns true when paused. */
+static bool paused_wait(jl_projector *p, int wait_ms)
+{
+    if (!atomic_load(&p->paused))
+        return false;
+    pthread_mutex_lock(&p->apply_mu);
+    int64_t t = jl__now_ns();
+    if (!jl__jobs_running(p) && t - p->last_version_try_ns > 10000 * NS_PER_MS) {
+        p->last_version_try_ns = t;
+        jl__jobs_start_version_rebuild(p);
+    }
+    pthread_mutex_unlock(&p->apply_mu);
+    for (int waited = 0; waited < wait_ms && atomic_load(&p->paused) && !atomic_load(&p->stopping);
+         waited += 50)
+        nats_Sleep(50);
+    return true;
+}
+
+jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
+{
+    jl_status s = JL_OK;
+    size_t total = 0;
+    p->err[0] = 0;
+    if (!paused_wait(p, wait_ms)) {
+        for (int i = 0; i < p->n_src && s == JL_OK; i++) {
+            size_t n = 0;
+            /* Only the first source waits: one idle stream must not hold up the others. */
+            s = step_source(p, i, i == 0 ? wait_ms : 0, &n);
+            total += n;
+        }
+    }
+    if (out_applied != NULL)
+        *out_applied = total;
+    return s;
+}
+
+/* Consume source @p i until stopped, retrying failures with a backoff. */
+static void run_source(jl_projector *p, int i)
 {
     int backoff_ms = 100;
     while (!atomic_load(&p->stopping)) {
         size_t n = 0;
-        jl_status s = jl_projector_step(p, 500, &n);
+        jl_status s = JL_OK;
+        if (!paused_wait(p, 500))
+            s = step_source(p, i, 500, &n);
         if (s == JL_OK) {
             backoff_ms = 100;
             continue;
@@ -789,15 +877,51 @@ jl_status jl_projector_run(jl_projector *p)
         char esc[1200];
         int64_t t = jl__now_ns();
         /* Waiting for a stream that does not exist yet is normal at start: say it every 10 s. */
-        if (s != JL_ERR_NOT_FOUND || t - p->last_attach_log_ns > 10000 * NS_PER_MS) {
+        if (s != JL_ERR_NOT_FOUND || t - p->src[i].last_attach_log_ns > 10000 * NS_PER_MS) {
             jl_log(s == JL_ERR_NOT_FOUND ? JL_LOG_WARN : JL_LOG_ERROR, "projector retrying",
-                   "\"status\":\"%s\",\"error\":\"%s\",\"retry_ms\":%d", jl_status_str(s),
-                   jl_log_str(esc, sizeof(esc), p->err), backoff_ms);
-            p->last_attach_log_ns = t;
+                   "\"stream\":\"%s\",\"status\":\"%s\",\"error\":\"%s\",\"retry_ms\":%d",
+                   p->src[i].stream, jl_status_str(s), jl_log_str(esc, sizeof(esc), p->err),
+                   backoff_ms);
+            p->src[i].last_attach_log_ns = t;
         }
         for (int waited = 0; waited < backoff_ms && !atomic_load(&p->stopping); waited += 50)
             nats_Sleep(50);
         backoff_ms = backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2;
+    }
+}
+
+typedef struct source_arg {
+    jl_projector *p;
+    int i;
+} source_arg;
+
+static void *source_thread(void *arg)
+{
+    source_arg *a = arg;
+    run_source(a->p, a->i);
+    free(a);
+    return NULL;
+}
+
+jl_status jl_projector_run(jl_projector *p)
+{
+    /* The first source runs here, the others on their own threads: each stream at its pace. */
+    for (int i = 1; i < p->n_src; i++) {
+        source_arg *a = malloc(sizeof(*a));
+        if (a == NULL)
+            return JL_ERR_NOMEM;
+        *a = (source_arg){.p = p, .i = i};
+        if (pthread_create(&p->src[i].thread, NULL, source_thread, a) != 0) {
+            free(a);
+            return JL_ERR_NOMEM;
+        }
+        p->src[i].has_thread = true;
+    }
+    run_source(p, 0);
+    for (int i = 1; i < p->n_src; i++) {
+        if (p->src[i].has_thread)
+            pthread_join(p->src[i].thread, NULL);
+        p->src[i].has_thread = false;
     }
     return JL_OK;
 }
@@ -809,10 +933,16 @@ void jl_projector_stop(jl_projector *p)
 
 uint64_t jl_projector_checkpoint(jl_projector *p)
 {
-    pthread_mutex_lock(&p->mu);
-    uint64_t c = p->checkpoint;
-    pthread_mutex_unlock(&p->mu);
-    return c;
+    return jl__proj_checkpoint(p, 0);
+}
+
+uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream)
+{
+    for (int i = 0; i < p->n_src; i++) {
+        if (strcmp(p->src[i].stream, stream) == 0)
+            return jl__proj_checkpoint(p, i);
+    }
+    return 0;
 }
 
 uint64_t jl_projector_dead_letters(jl_projector *p)
@@ -845,7 +975,17 @@ static uint64_t field_u64(const ProtobufCMessage *msg, const char *name)
 }
 
 /* Block until the checkpoint reaches @p min_seq or @p wait_ms passes. */
-static bool wait_for_seq(jl_projector *p, uint64_t min_seq, int64_t wait_ms, uint64_t *out_seen)
+static const char *field_str(const ProtobufCMessage *msg, const char *name)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+    if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_STRING)
+        return NULL;
+    return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
+}
+
+static bool wait_for_seq(jl_projector *p, int i, uint64_t min_seq, int64_t wait_ms,
+                         uint64_t *out_seen)
 {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -856,12 +996,12 @@ static bool wait_for_seq(jl_projector *p, uint64_t min_seq, int64_t wait_ms, uin
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&p->mu);
-    while (p->checkpoint < min_seq && !atomic_load(&p->stopping)) {
+    while (p->src[i].checkpoint < min_seq && !atomic_load(&p->stopping)) {
         if (pthread_cond_timedwait(&p->advanced, &p->mu, &until) == ETIMEDOUT)
             break;
     }
-    *out_seen = p->checkpoint;
-    bool ok = p->checkpoint >= min_seq;
+    *out_seen = p->src[i].checkpoint;
+    bool ok = p->src[i].checkpoint >= min_seq;
     pthread_mutex_unlock(&p->mu);
     return ok;
 }
@@ -888,11 +1028,23 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
         return;
     }
     uint64_t min_seq = field_u64(req, "min_sequence"), seen = 0;
-    if (min_seq > 0 && !wait_for_seq(p, min_seq, JL_QUERY_WAIT_MS, &seen)) {
+    int si = 0;
+    const char *on = field_str(req, "min_sequence_stream");
+    if (on != NULL && *on != 0) {
+        for (si = 0; si < p->n_src && strcmp(p->src[si].stream, on) != 0; si++)
+            ;
+        if (si == p->n_src) {
+            jl_reply_error(r, JL_CODE_INVALID, "projector %s does not consume stream '%.64s'",
+                           p->def->name, on);
+            protobuf_c_message_free_unpacked(req, NULL);
+            return;
+        }
+    }
+    if (min_seq > 0 && !wait_for_seq(p, si, min_seq, JL_QUERY_WAIT_MS, &seen)) {
         jl_reply_error(r, JL_CODE_TIMEOUT,
-                       "read model %s is at sequence %" PRIu64 " and did not reach %" PRIu64
+                       "read model %s is at sequence %" PRIu64 " of %s and did not reach %" PRIu64
                        " within %d ms",
-                       p->def->name, seen, min_seq, JL_QUERY_WAIT_MS);
+                       p->def->name, seen, p->src[si].stream, min_seq, JL_QUERY_WAIT_MS);
         r->stream_seq = seen;
         protobuf_c_message_free_unpacked(req, NULL);
         return;
@@ -973,13 +1125,31 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_cond_init(&p->advanced, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
-    snprintf(p->durable, sizeof(p->durable), "%s", cfg->durable[0] ? cfg->durable : def->name);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
-    if (!valid_durable(p->durable)) {
+    const char *base = cfg->durable[0] ? cfg->durable : def->name;
+    if (!valid_durable(base)) {
         snprintf(err, errlen, "durable name '%s' must be 1-63 characters without . * > / spaces",
-                 p->durable);
+                 base);
         s = JL_ERR_INVALID;
         goto done;
+    }
+    if (def->n_sources > JL_MAX_SOURCES || (def->n_sources == 0 && def->stream == NULL)) {
+        snprintf(err, errlen, "projector %s needs 1 to %d source streams", def->name,
+                 JL_MAX_SOURCES);
+        s = JL_ERR_INVALID;
+        goto done;
+    }
+    p->n_src = def->n_sources > 0 ? (int)def->n_sources : 1;
+    for (int i = 0; i < p->n_src; i++) {
+        jl__source *src = &p->src[i];
+        src->stream = def->n_sources > 0 ? def->sources[i].stream : def->stream;
+        src->filter = def->n_sources > 0 ? def->sources[i].filter_subject : def->filter_subject;
+        /* One durable per stream and instance: "<durable>" alone, "<durable>_<STREAM>" for
+         * several sources. */
+        if (p->n_src == 1)
+            snprintf(src->durable, sizeof(src->durable), "%s", base);
+        else
+            snprintf(src->durable, sizeof(src->durable), "%s_%s", base, src->stream);
     }
     s = mkdir_p(cfg->data_dir, err, errlen);
     if (s != JL_OK)
@@ -1011,7 +1181,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     jl_log(JL_LOG_INFO, "projector ready",
            "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\","
            "\"version\":%d",
-           p->db_path, p->checkpoint, p->durable, qsubject, p->db_version);
+           p->db_path, p->src[0].checkpoint, p->src[0].durable, qsubject, p->db_version);
     if (atomic_load(&p->paused)) {
         p->last_version_try_ns = jl__now_ns();
         jl__jobs_start_version_rebuild(p);
@@ -1038,7 +1208,8 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
             natsSubscription_Unsubscribe(p->qsub);
         natsSubscription_Destroy(p->qsub);
     }
-    detach(p);
+    for (int i = 0; i < p->n_src; i++)
+        detach(p, i);
     jl_db_close(p->qdb);
     jl_db_close(p->db);
     pthread_cond_destroy(&p->advanced);

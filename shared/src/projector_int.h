@@ -20,6 +20,19 @@
 
 typedef struct jl__job jl__job;
 
+/* One consumed stream. checkpoint is guarded by p->mu (written by its consuming thread). */
+typedef struct jl__source {
+    const char *stream;
+    const char *filter;
+    char durable[96];
+    natsSubscription *pull;    /* the durable pull consumer */
+    natsSubscription *catchup; /* ordered consumer while far behind, else NULL */
+    uint64_t checkpoint;
+    int64_t last_attach_log_ns;
+    pthread_t thread; /* sources after the first run on their own thread */
+    bool has_thread;
+} jl__source;
+
 struct jl_projector {
     const jl_projector_def *def;
     jl_conn *conn;
@@ -27,14 +40,13 @@ struct jl_projector {
     int batch;
     int64_t timeout_ms;
     int64_t rebuild_max_bytes;
-    char durable[64];
     char data_dir[512];
     char file[256];     /* current database file name within data_dir */
     char db_path[1024]; /* data_dir/file */
     jl_db *db;          /* writer: the consuming thread (or a finishing job) */
     jl_db *qdb;         /* reader: the query thread, under switch_lock */
-    natsSubscription *pull;
-    natsSubscription *catchup; /* ordered consumer while far behind, else NULL */
+    jl__source src[JL_MAX_SOURCES];
+    int n_src;
     natsSubscription *qsub;
     natsSubscription *asub;     /* admin, any instance (queue group) */
     natsSubscription *asub_own; /* admin, this instance */
@@ -42,12 +54,10 @@ struct jl_projector {
     pthread_rwlock_t switch_lock;
     pthread_mutex_t mu;
     pthread_cond_t advanced;
-    uint64_t checkpoint;
     uint64_t dead_letters;
     atomic_bool stopping;
     atomic_bool paused; /* live applying suspended until a version rebuild switches */
     int db_version;     /* projection version of the current file */
-    int64_t last_attach_log_ns;
     int64_t last_version_try_ns;
     jl__job *job;
     char err[1024];
@@ -56,12 +66,13 @@ struct jl_projector {
 /* Tables every read model has, created with the projection's own schema. */
 extern const char *const jl__state_sql;
 
-/* Create the jl_* tables and the projection's schema in a new file with checkpoint 0. */
+/* Create the jl_* tables and the projection's schema in a new file with checkpoints 0. */
 jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen);
 
 /* Counters of one batch application. */
 typedef struct jl__batch_result {
-    uint64_t checkpoint; /* in: the file's checkpoint; out: the new one */
+    int source;          /* index of the stream the messages come from */
+    uint64_t checkpoint; /* in: the file's checkpoint of that stream; out: the new one */
     uint64_t events;     /* events applied */
     uint64_t dead;       /* events dead-lettered */
     size_t applied;      /* messages applied (not skipped as at or below the checkpoint) */
@@ -78,10 +89,13 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
  * allocation). False when the message has none. */
 bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending);
 
-/* Set jl_state.last_seq in @p db (inside a transaction). */
-jl_status jl__proj_save_checkpoint(jl_db *db, uint64_t seq);
+/* Set the checkpoint of source @p source in @p db (inside a transaction). */
+jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq);
 
-/* Make @p file (already open as @p db, checkpoint == p->checkpoint) the live read model: write
+/* Checkpoint of source @p i, read under p->mu. */
+uint64_t jl__proj_checkpoint(jl_projector *p, int i);
+
+/* Make @p file (already open as @p db, checkpoints equal to the live ones) the live model: write
  * the pointer file, swap the connections, close and (unless @p keep_old) delete the old file.
  * Called with apply_mu held. Takes ownership of @p db. */
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,

@@ -139,39 +139,49 @@ static void status_to_reply(jl__job *j, const char *instance, jl_reply *r)
 
 /* ---- the job ---- */
 
+/* What the job reads from one source stream. */
+typedef struct run_src {
+    natsSubscription *sub;
+    natsMsg *held; /* the next message, beyond the current target */
+    uint64_t checkpoint;
+    uint64_t applied; /* messages */
+    uint64_t total;   /* messages to apply (grows while new ones arrive) */
+} run_src;
+
 typedef struct run_ctx {
     jl_projector *p;
     jl__job *j;
     jl_db *db;
-    natsSubscription *sub;
-    natsMsg *held; /* the next message, beyond the current target */
-    uint64_t checkpoint, applied, total, events, dead;
+    run_src src[JL_MAX_SOURCES];
+    uint64_t events, dead;
     char path[1100];
     char file[256];
     char err[512];
 } run_ctx;
 
-static uint64_t live_checkpoint(jl_projector *p)
+static void sums(const run_ctx *c, uint64_t *out_applied, uint64_t *out_total)
 {
-    pthread_mutex_lock(&p->mu);
-    uint64_t c = p->checkpoint;
-    pthread_mutex_unlock(&p->mu);
-    return c;
+    *out_applied = *out_total = 0;
+    for (int i = 0; i < c->p->n_src; i++) {
+        *out_applied += c->src[i].applied;
+        *out_total += c->src[i].total;
+    }
 }
 
 /* Apply messages with sequence <= @p target, up to APPLY_BATCH in one transaction, waiting up to
  * @p wait_ms for the first. Sets *out_idle when no message came in time. */
-static jl_status apply_upto(run_ctx *c, uint64_t target, int64_t wait_ms, bool *out_idle)
+static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms, bool *out_idle)
 {
+    run_src *rs = &c->src[si];
     natsMsg *batch[APPLY_BATCH];
     int n = 0;
     jl_status s = JL_OK;
     *out_idle = false;
     while (n < APPLY_BATCH) {
-        natsMsg *m = c->held;
-        c->held = NULL;
+        natsMsg *m = rs->held;
+        rs->held = NULL;
         if (m == NULL) {
-            natsStatus ns = natsSubscription_NextMsg(&m, c->sub, n == 0 ? wait_ms : 0);
+            natsStatus ns = natsSubscription_NextMsg(&m, rs->sub, n == 0 ? wait_ms : 0);
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
                 break;
@@ -189,18 +199,18 @@ static jl_status apply_upto(run_ctx *c, uint64_t target, int64_t wait_ms, bool *
             continue;
         }
         if (seq > target) {
-            c->held = m; /* beyond the target: keep it for when the target moves */
+            rs->held = m; /* beyond the target: keep it for when the target moves */
             break;
         }
         batch[n++] = m;
-        c->total = c->applied + pending + 1;
+        rs->total = rs->applied + (uint64_t)n + pending;
     }
     if (s == JL_OK && n > 0) {
-        jl__batch_result io = {.checkpoint = c->checkpoint};
+        jl__batch_result io = {.source = si, .checkpoint = rs->checkpoint};
         s = jl__proj_apply_batch(c->p, c->db, batch, n, &io, c->err, sizeof(c->err));
         if (s == JL_OK) {
-            c->checkpoint = io.checkpoint;
-            c->applied += io.applied;
+            rs->checkpoint = io.checkpoint;
+            rs->applied += io.applied;
             c->events += io.events;
             c->dead += io.dead;
         }
@@ -260,7 +270,7 @@ static jl_status compare(run_ctx *c)
     } else {
         jl__job *j = c->j;
         pthread_mutex_lock(&j->mu);
-        j->st.verified_seq = c->checkpoint;
+        j->st.verified_seq = c->src[0].checkpoint;
         snprintf(j->st.live_digest, sizeof(j->st.live_digest), "%016" PRIx64,
                  fnv64(jl_buf_str(&live), live.len));
         snprintf(j->st.rebuilt_digest, sizeof(j->st.rebuilt_digest), "%016" PRIx64,
@@ -281,14 +291,15 @@ static jl_status compare(run_ctx *c)
     return s;
 }
 
-static jl_status subscribe(run_ctx *c)
+static jl_status subscribe(run_ctx *c, int si)
 {
     jl_projector *p = c->p;
     jl__job *j = c->j;
+    run_src *rs = &c->src[si];
     jsSubOptions so;
     jsErrCode jerr = 0;
     jsSubOptions_Init(&so);
-    so.Stream = p->def->stream;
+    so.Stream = p->src[si].stream;
     so.Ordered = true;
     if (j->from_time_ns != 0) {
         so.Config.DeliverPolicy = js_DeliverByStartTime;
@@ -297,19 +308,26 @@ static jl_status subscribe(run_ctx *c)
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
         so.Config.OptStartSeq = j->from_seq;
     }
-    natsStatus ns = js_SubscribeSync(&c->sub, p->js, p->def->filter_subject, NULL, &so, &jerr);
+    natsStatus ns = js_SubscribeSync(&rs->sub, p->js, p->src[si].filter, NULL, &so, &jerr);
     if (ns != NATS_OK) {
         snprintf(c->err, sizeof(c->err), "cannot read stream %s: %s (JetStream error %d)",
-                 p->def->stream, natsStatus_GetText(ns), (int)jerr);
+                 p->src[si].stream, natsStatus_GetText(ns), (int)jerr);
+        rs->sub = NULL;
         return jl_status_from_nats(ns);
     }
-    natsSubscription_SetPendingLimits(c->sub, 1 << 20, 1 << 30);
+    natsSubscription_SetPendingLimits(rs->sub, 1 << 20, 1 << 30);
     jsConsumerInfo *ci = NULL;
-    if (natsSubscription_GetConsumerInfo(&ci, c->sub, NULL, NULL) == NATS_OK) {
-        c->total = ci->NumPending + ci->Delivered.Consumer;
+    if (natsSubscription_GetConsumerInfo(&ci, rs->sub, NULL, NULL) == NATS_OK) {
+        rs->total = ci->NumPending + ci->Delivered.Consumer;
         jsConsumerInfo_Destroy(ci);
     }
     return JL_OK;
+}
+
+/* Source @p si has applied everything up to @p target and nothing more is known to come. */
+static bool caught_up(const run_src *rs, uint64_t target)
+{
+    return rs->checkpoint >= target && (rs->held != NULL || rs->total <= rs->applied);
 }
 
 static void run_job(jl_projector *p, jl__job *j)
@@ -335,60 +353,72 @@ static void run_job(jl_projector *p, jl__job *j)
     }
     if (s == JL_OK)
         s = jl__proj_create_schema(p, c.db, c.err, sizeof(c.err));
-    if (s == JL_OK)
-        s = subscribe(&c);
+    for (int i = 0; s == JL_OK && i < p->n_src; i++)
+        s = subscribe(&c, i);
 
-    /* Follow the live checkpoint until caught up with it. */
+    /* Follow each source's live checkpoint until every one is caught up with it. */
     int64_t last_progress = 0;
+    uint64_t applied = 0, total = 0;
     while (s == JL_OK) {
         if (atomic_load(&j->cancel) || atomic_load(&p->stopping)) {
             s = JL_ERR_STOPPED;
             snprintf(c.err, sizeof(c.err), "cancelled");
             break;
         }
-        uint64_t target = live_checkpoint(p);
-        if (target < j->from_seq)
-            target = j->from_seq ? j->from_seq - 1 : 0;
-        bool idle = false;
-        if (c.checkpoint >= target && (c.held != NULL || c.total <= c.applied)) {
-            /* Caught up with the live side (or nothing left to read): finish under pause. */
+        bool all = true, idle = false;
+        for (int i = 0; s == JL_OK && i < p->n_src; i++) {
+            uint64_t target = jl__proj_checkpoint(p, i);
+            if (i == 0 && j->from_seq > 0 && target < j->from_seq)
+                target = j->from_seq - 1;
+            if (caught_up(&c.src[i], target))
+                continue;
+            all = false;
+            s = apply_upto(&c, i, target, p->n_src == 1 ? 250 : 50, &idle);
+        }
+        if (s != JL_OK)
+            break;
+        if (all) {
+            /* Caught up with the live side: pause it and finish at exactly its checkpoints. */
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
             int64_t deadline = now_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
-            target = p->checkpoint;
-            while (s == JL_OK && c.checkpoint < target) {
-                s = apply_upto(&c, target, 1000, &idle);
-                if (s == JL_OK && idle && now_ns() > deadline) {
-                    snprintf(c.err, sizeof(c.err),
-                             "stream ended at %" PRIu64 " before the live checkpoint %" PRIu64,
-                             c.checkpoint, target);
-                    s = JL_ERR_INTERNAL;
+            for (int i = 0; s == JL_OK && i < p->n_src; i++) {
+                uint64_t target = jl__proj_checkpoint(p, i);
+                while (s == JL_OK && c.src[i].checkpoint < target) {
+                    s = apply_upto(&c, i, target, 1000, &idle);
+                    if (s == JL_OK && idle && now_ns() > deadline) {
+                        snprintf(c.err, sizeof(c.err),
+                                 "stream %s ended at %" PRIu64
+                                 " before the live checkpoint %" PRIu64,
+                                 p->src[i].stream, c.src[i].checkpoint, target);
+                        s = JL_ERR_INTERNAL;
+                    }
                 }
+                /* Messages the live side filtered out never come; both stand at target now. */
+                c.src[i].checkpoint = target;
             }
-            /* Messages the live side filtered out never come; both now stand at target. */
-            c.checkpoint = target;
-            if (s == JL_OK) {
-                jl_status cs = jl_db_begin(c.db, true);
-                if (cs == JL_OK)
-                    cs = jl__proj_save_checkpoint(c.db, c.checkpoint);
-                if (cs == JL_OK)
-                    cs = jl_db_commit(c.db);
-                if (cs != JL_OK) {
-                    jl_db_rollback(c.db);
-                    snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
-                    s = cs;
-                }
+            jl_status cs = s == JL_OK ? jl_db_begin(c.db, true) : s;
+            for (int i = 0; cs == JL_OK && i < p->n_src; i++)
+                cs = jl__proj_save_checkpoint(p, c.db, i, c.src[i].checkpoint);
+            if (cs == JL_OK)
+                cs = jl_db_commit(c.db);
+            if (s == JL_OK && cs != JL_OK) {
+                jl_db_rollback(c.db);
+                snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
+                s = cs;
             }
             break;
         }
-        s = apply_upto(&c, target, 250, &idle);
         int64_t t = now_ns();
         if (t - last_progress > 100 * 1000000LL) {
-            status_progress(j, c.checkpoint, c.applied, c.total, c.events, target);
+            sums(&c, &applied, &total);
+            status_progress(j, c.src[0].checkpoint, applied, total, c.events,
+                            jl__proj_checkpoint(p, 0));
             last_progress = t;
         }
     }
-    status_progress(j, c.checkpoint, c.applied, c.total, c.events, c.checkpoint);
+    sums(&c, &applied, &total);
+    status_progress(j, c.src[0].checkpoint, applied, total, c.events, c.src[0].checkpoint);
 
     if (s == JL_OK && j->verify) {
         s = compare(&c);
@@ -401,10 +431,12 @@ static void run_job(jl_projector *p, jl__job *j)
     if (paused_live)
         pthread_mutex_unlock(&p->apply_mu);
 
-    natsMsg_Destroy(c.held);
-    if (c.sub != NULL) {
-        natsSubscription_Unsubscribe(c.sub);
-        natsSubscription_Destroy(c.sub);
+    for (int i = 0; i < p->n_src; i++) {
+        natsMsg_Destroy(c.src[i].held);
+        if (c.src[i].sub != NULL) {
+            natsSubscription_Unsubscribe(c.src[i].sub);
+            natsSubscription_Destroy(c.src[i].sub);
+        }
     }
     if (c.db != NULL || s != JL_OK || j->verify) {
         jl_db_close(c.db);
@@ -415,7 +447,7 @@ static void run_job(jl_projector *p, jl__job *j)
         status_set(j, JOB_DONE, NULL);
         jl_log(JL_LOG_INFO, j->verify ? "verify finished" : "rebuild finished",
                "\"checkpoint\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"events\":%" PRIu64,
-               c.checkpoint, c.applied, c.events);
+               c.src[0].checkpoint, applied, c.events);
     } else {
         char msg[700];
         bool disk = s == JL_ERR_DISK_FULL || s == JL_ERR_IO;
@@ -456,9 +488,16 @@ static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int6
         snprintf(err, errlen, "give from_seq or from_time, not both");
         return JL_ERR_INVALID;
     }
-    natsStatus ns = js_GetStreamInfo(&si, p->js, p->def->stream, NULL, &jerr);
+    if (from_seq != 0 && p->n_src > 1) {
+        snprintf(err, errlen,
+                 "projector %s reads %d streams: a sequence names a point in one; give a time",
+                 p->def->name, p->n_src);
+        return JL_ERR_INVALID;
+    }
+    natsStatus ns = js_GetStreamInfo(&si, p->js, p->src[0].stream, NULL, &jerr);
     if (ns != NATS_OK) {
-        snprintf(err, errlen, "cannot read stream %s: %s", p->def->stream, natsStatus_GetText(ns));
+        snprintf(err, errlen, "cannot read stream %s: %s", p->src[0].stream,
+                 natsStatus_GetText(ns));
         return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
     }
     uint64_t first = si->State.FirstSeq, last = si->State.LastSeq;
@@ -472,7 +511,7 @@ static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int6
         snprintf(err, errlen,
                  "from-seq %" PRIu64 " is before the first retained sequence %" PRIu64
                  " of stream %s",
-                 from_seq, first, p->def->stream);
+                 from_seq, first, p->src[0].stream);
         return JL_ERR_INVALID;
     }
     if (from_time_ns > now_ns()) {
@@ -565,7 +604,7 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
                        "%s", err);
         return;
     }
-    status_to_reply(p->job, p->durable, r);
+    status_to_reply(p->job, p->src[0].durable, r);
     r->stream_seq = jl_projector_checkpoint(p);
 }
 
@@ -603,7 +642,7 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     natsStatus ns = natsConnection_QueueSubscribe(&p->asub, jl_conn_nats(p->conn), subject,
                                                   p->def->name, on_admin, p);
     if (ns == NATS_OK) {
-        snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->durable);
+        snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
         ns = natsConnection_Subscribe(&p->asub_own, jl_conn_nats(p->conn), subject, on_admin, p);
     }
     if (ns != NATS_OK) {

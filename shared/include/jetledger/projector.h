@@ -16,7 +16,8 @@
  *     any other failure (disk full, I/O) rolls the batch back and retries with a backoff;
  *   - answers "<name>.query.<Query>" requests (queue group "<name>") with jetledger.Reply; a
  *     request with a non-zero uint64 field "min_sequence" waits until the read model has applied
- *     that stream sequence (read-your-writes) or answers JL_CODE_TIMEOUT.
+ *     that stream sequence (read-your-writes) or answers JL_CODE_TIMEOUT; with several sources,
+ *     a string field "min_sequence_stream" names the stream (default: the first source).
  */
 #ifndef JETLEDGER_PROJECTOR_H
 #define JETLEDGER_PROJECTOR_H
@@ -50,14 +51,31 @@ typedef struct jl_query_def {
     jl_status (*handle)(jl_db *db, const ProtobufCMessage *req, jl_reply *out);
 } jl_query_def;
 
+/** One stream a projector consumes. */
+typedef struct jl_source {
+    const char *stream;         /**< "ORDERS" */
+    const char *filter_subject; /**< "orders.events.>" */
+} jl_source;
+
+/** Most sources a projector may have. */
+#define JL_MAX_SOURCES 4
+
 /** Everything the runtime needs to know about a projector. Static data; borrowed. */
 typedef struct jl_projector_def {
     const char *name;           /**< "order_summary": database, durable, query subjects */
-    const char *stream;         /**< "ORDERS" */
-    const char *filter_subject; /**< "orders.events.>" */
-    int version;                /**< the projection's code version, stored in the database */
-    const char *schema_sql;     /**< creates the read-model tables (IF NOT EXISTS) */
-    jl_types events;            /**< event types apply understands */
+    const char *stream;         /**< "ORDERS" (a projector of one stream) */
+    const char *filter_subject; /**< "orders.events.>" (a projector of one stream) */
+    /**
+     * Or several streams (up to JL_MAX_SOURCES; then stream and filter_subject are unused).
+     * Each has its own durable consumer ("<durable>_<stream>") and checkpoint, and is applied
+     * in its own transactions: streams are consumed at their own speeds, so apply must not
+     * depend on the order of events of different streams.
+     */
+    const jl_source *sources;
+    size_t n_sources;
+    int version;            /**< the projection's code version, stored in the database */
+    const char *schema_sql; /**< creates the read-model tables (IF NOT EXISTS) */
+    jl_types events;        /**< event types apply understands */
     /**
      * Apply one event to the read model (inside the batch transaction). Return JL_OK, a
      * "bad event" status (JL_ERR_INVALID, JL_ERR_DECODE, JL_ERR_UNKNOWN_TYPE, JL_ERR_REJECTED:
@@ -109,8 +127,11 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
 /** Ask run() to return after the batch in hand. Thread-safe and async-signal-safe. */
 void jl_projector_stop(jl_projector *p);
 
-/** Stream sequence of the last applied message. Thread-safe. */
+/** Stream sequence of the last applied message of the first source. Thread-safe. */
 uint64_t jl_projector_checkpoint(jl_projector *p);
+
+/** The checkpoint of source @p stream (0 when the projector has no such source). */
+uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
 
 /** Number of events parked in jl_dead_letters since open. Thread-safe. */
 uint64_t jl_projector_dead_letters(jl_projector *p);
