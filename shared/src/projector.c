@@ -43,7 +43,20 @@ const char *const jl__state_sql =
     "  reason TEXT NOT NULL,"
     "  data BLOB,"
     "  at_ns INTEGER NOT NULL,"
-    "  PRIMARY KEY (stream, seq, event_index));";
+    "  PRIMARY KEY (stream, seq, event_index));"
+    "CREATE TABLE IF NOT EXISTS jl_outbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  command_id TEXT NOT NULL UNIQUE,"
+    "  service TEXT NOT NULL,"
+    "  command TEXT NOT NULL,"
+    "  body BLOB NOT NULL,"
+    "  correlation_id TEXT NOT NULL,"
+    "  causation_id TEXT NOT NULL,"
+    "  created_at_ns INTEGER NOT NULL,"
+    "  replied_at_ns INTEGER,"
+    "  reply_code TEXT,"
+    "  reply_message TEXT,"
+    "  attempts INTEGER NOT NULL DEFAULT 0);";
 
 static void set_err(jl_projector *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_err(jl_projector *p, const char *fmt, ...)
@@ -157,6 +170,9 @@ static jl_status init_database(jl_projector *p)
                 s = jl__proj_create_schema(p, db, p->err, sizeof(p->err));
         }
     }
+    /* Tables added by later versions of the runtime (all IF NOT EXISTS). */
+    if (s == JL_OK)
+        s = jl_db_exec(db, jl__state_sql);
     if (s == JL_OK) {
         st = jl_db_stmt(db,
                         "SELECT projector, stream, version, last_seq FROM jl_state WHERE id = 1");
@@ -272,7 +288,9 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     char path[1100], tmp[1200], new_path[1024];
     jl_db *qdb = NULL;
     snprintf(new_path, sizeof(new_path), "%s/%s", p->data_dir, file);
-    jl_status s = jl_db_open(&qdb, new_path, true, err, errlen);
+    jl_status s = p->def->outbox ? jl__outbox_carry_over(db, p->db_path, err, errlen) : JL_OK;
+    if (s == JL_OK)
+        s = jl_db_open(&qdb, new_path, true, err, errlen);
     if (s != JL_OK) {
         jl_db_close(db);
         return s;
@@ -587,6 +605,8 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
     }
     if (s == JL_OK && io->applied > 0)
         s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint);
+    if (s == JL_OK && io->applied > 0)
+        jl__fault("apply.before_commit");
     if (s == JL_OK)
         s = jl_db_commit(db);
     if (s != JL_OK) {
@@ -649,6 +669,8 @@ static void publish_progress(jl_projector *p, const jl__batch_result *io)
     p->src[io->source].checkpoint = io->checkpoint;
     p->dead_letters += io->dead;
     pthread_cond_broadcast(&p->advanced);
+    if (p->has_outbox_thread)
+        jl__outbox_wake(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -1176,6 +1198,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     }
     s = jl__jobs_open(p, err, errlen);
+    if (s == JL_OK && def->outbox)
+        s = jl__outbox_start(p);
     if (s != JL_OK)
         goto done;
     jl_log(JL_LOG_INFO, "projector ready",
@@ -1201,6 +1225,7 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
         return;
     atomic_store(&p->stopping, true);
     jl__jobs_close(p); /* an unfinished rebuild is abandoned: the live file stays */
+    jl__outbox_stop(p);
     if (p->qsub != NULL) {
         if (timeout_ms > 0 && natsSubscription_Drain(p->qsub) == NATS_OK)
             natsSubscription_WaitForDrainCompletion(p->qsub, timeout_ms);

@@ -60,6 +60,10 @@ struct jl_projector {
     int db_version;     /* projection version of the current file */
     int64_t last_version_try_ns;
     jl__job *job;
+    pthread_t outbox_thread;
+    bool has_outbox_thread;
+    pthread_cond_t outbox_cv; /* with mu: a batch committed, the sender may have work */
+    bool outbox_wake;
     char err[1024];
 };
 
@@ -105,6 +109,16 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
 void jl__proj_remove_db(const char *path);
 
 int64_t jl__now_ns(void);
+
+/* fault.c: kill the process at a named point when JL_FAULT_POINT says so (crash tests). */
+void jl__fault(const char *name);
+
+/* outbox.c */
+jl_status jl__outbox_start(jl_projector *p);
+void jl__outbox_stop(jl_projector *p);
+void jl__outbox_wake(jl_projector *p);
+/* Copy the outbox of the file at @p from_path into @p to (a rebuilt file, before its switch). */
+jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen);
 
 /* rebuild.c */
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);

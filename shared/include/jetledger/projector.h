@@ -84,7 +84,28 @@ typedef struct jl_projector_def {
     jl_status (*apply)(jl_db *db, const jl_event *ev, char *err, size_t errlen);
     const jl_query_def *queries;
     size_t n_queries;
+    /**
+     * A process manager: apply may queue commands with jl_outbox_add(), and the runtime sends
+     * them (see jl_outbox_add). Off for plain projectors.
+     */
+    bool outbox;
 } jl_projector_def;
+
+/**
+ * Queue a command for sending (transactional outbox): called from apply, the row is written in
+ * the batch's transaction, so it exists if and only if the events that decided it are applied.
+ * After the commit a sender thread requests "<service>.cmd.<short name of @p cmd>" with header
+ * Jl-Command-Id = @p command_id (and the correlation and causation ids) until some reply comes,
+ * and records the reply's code and message in jl_outbox. A restart resends what has no reply
+ * yet with the same command id, and producers answer a repeated id once: so a command has one
+ * effect however often it is sent. @p command_id must therefore be deterministic (derived from
+ * the event that decided it, e.g. "fulfilment:<order id>:reserve"); a second add with an id
+ * already queued is ignored.
+ * @return JL_OK; JL_ERR_TOO_LARGE over JL_MAX_COMMAND_BYTES; an SQLite failure.
+ */
+jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
+                        const char *command_id, const char *correlation_id,
+                        const char *causation_id);
 
 typedef struct jl_projector jl_projector;
 

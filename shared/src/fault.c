@@ -1,0 +1,39 @@
+/*
+ * Fault injection for the crash tests: with JL_FAULT_POINT=<name> (and optionally
+ * JL_FAULT_AFTER=<n>, default 1) in the environment, the process kills itself with SIGKILL the
+ * n-th time it reaches that point, exactly as `kill -9` would at that instant. Without the
+ * variable (every production run) a point costs one load of a cached flag.
+ *
+ * Points: "apply.before_commit" (a batch applied, its transaction not committed),
+ * "outbox.before_send" (a command committed to the outbox, not yet requested),
+ * "outbox.after_send" (a command answered, the reply not yet recorded).
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "projector_int.h"
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static const char *point = NULL;
+static long after = 1;
+static atomic_long hits;
+
+static void load(void)
+{
+    point = getenv("JL_FAULT_POINT");
+    const char *n = getenv("JL_FAULT_AFTER");
+    if (n != NULL && atol(n) > 0)
+        after = atol(n);
+}
+
+void jl__fault(const char *name)
+{
+    pthread_once(&once, load);
+    if (point == NULL || strcmp(point, name) != 0)
+        return;
+    if (atomic_fetch_add(&hits, 1) + 1 >= after)
+        raise(SIGKILL);
+}

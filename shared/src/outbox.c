@@ -1,0 +1,243 @@
+/*
+ * The transactional outbox of process managers: commands decided by apply are rows of
+ * jl_outbox, written in the batch's transaction; a sender thread requests them in order and
+ * records each reply. A command without a reply is sent again (same command id) until one
+ * comes: producers answer a repeated id once, so it has one effect.
+ *
+ * Rows are sent strictly in the order they were decided: a command that gets no reply (service
+ * down) holds back the ones after it, because a later command may depend on it (a release sent
+ * before its reservation would find nothing and the reservation would then hold stock forever).
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jetledger/log.h"
+#include "projector_int.h"
+
+#define OUTBOX_BATCH 32
+#define OUTBOX_REQUEST_MS 5000
+
+jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
+                        const char *command_id, const char *correlation_id,
+                        const char *causation_id)
+{
+    size_t n = protobuf_c_message_get_packed_size(cmd);
+    if (n > JL_MAX_QUERY_BYTES)
+        return JL_ERR_TOO_LARGE;
+    uint8_t *body = malloc(n ? n : 1);
+    if (body == NULL)
+        return JL_ERR_NOMEM;
+    protobuf_c_message_pack(cmd, body);
+    sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR IGNORE INTO jl_outbox (command_id, service, "
+                                      "command, body, correlation_id, causation_id, "
+                                      "created_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    jl_status s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    if (s == JL_OK) {
+        sqlite3_bind_text(st, 1, command_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, service, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, cmd->descriptor->short_name, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, body, (int)n, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, correlation_id ? correlation_id : "", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, causation_id ? causation_id : "", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 7, jl__now_ns());
+        s = jl_db_step_done(db, st);
+    }
+    free(body);
+    return s;
+}
+
+typedef struct row {
+    int64_t id;
+    char service[64];
+    char command[72];
+    char command_id[128];
+    char correlation[128];
+    char causation[128];
+    void *body;
+    int len;
+} row;
+
+/* Request one command; true when a reply came (whatever its code), with it in @p r. */
+static bool send_row(jl_projector *p, const row *w, jl_reply *r, char *why, size_t n)
+{
+    char subject[160];
+    natsMsg *req = NULL, *rep = NULL;
+    snprintf(subject, sizeof(subject), "%s.cmd.%s", w->service, w->command);
+    natsStatus ns = natsMsg_Create(&req, subject, NULL, w->body, w->len);
+    if (ns == NATS_OK)
+        ns = natsMsgHeader_Set(req, "Jl-Command-Id", w->command_id);
+    if (ns == NATS_OK && w->correlation[0])
+        ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", w->correlation);
+    if (ns == NATS_OK && w->causation[0])
+        ns = natsMsgHeader_Set(req, "Jl-Causation-Id", w->causation);
+    if (ns == NATS_OK)
+        ns = natsConnection_RequestMsg(&rep, jl_conn_nats(p->conn), req, OUTBOX_REQUEST_MS);
+    bool ok = ns == NATS_OK &&
+              jl_reply_decode(r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) == JL_OK;
+    if (!ok)
+        snprintf(why, n, "%s", ns == NATS_OK ? "undecodable reply" : natsStatus_GetText(ns));
+    natsMsg_Destroy(req);
+    natsMsg_Destroy(rep);
+    return ok;
+}
+
+/* One pass over the rows without a reply, in order. Returns false when one got no reply. */
+static bool send_pending(jl_projector *p, jl_db *db)
+{
+    row rows[OUTBOX_BATCH];
+    int n = 0;
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, service, command, command_id, correlation_id, "
+                                      "causation_id, body FROM jl_outbox WHERE replied_at_ns IS "
+                                      "NULL ORDER BY id LIMIT ?");
+    if (st == NULL)
+        return false;
+    sqlite3_bind_int(st, 1, OUTBOX_BATCH);
+    while (n < OUTBOX_BATCH && sqlite3_step(st) == SQLITE_ROW) {
+        row *w = &rows[n];
+        w->id = sqlite3_column_int64(st, 0);
+        snprintf(w->service, sizeof(w->service), "%s", sqlite3_column_text(st, 1));
+        snprintf(w->command, sizeof(w->command), "%s", sqlite3_column_text(st, 2));
+        snprintf(w->command_id, sizeof(w->command_id), "%s", sqlite3_column_text(st, 3));
+        snprintf(w->correlation, sizeof(w->correlation), "%s", sqlite3_column_text(st, 4));
+        snprintf(w->causation, sizeof(w->causation), "%s", sqlite3_column_text(st, 5));
+        w->len = sqlite3_column_bytes(st, 6);
+        w->body = malloc((size_t)w->len + 1);
+        if (w->body == NULL)
+            break;
+        memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
+        n++;
+    }
+    sqlite3_reset(st);
+    bool all = true;
+    jl_reply r;
+    jl_reply_init(&r);
+    for (int i = 0; i < n; i++) {
+        char why[128];
+        if (!all || atomic_load(&p->stopping))
+            break;
+        jl_reply_reset(&r);
+        jl__fault("outbox.before_send");
+        if (!send_row(p, &rows[i], &r, why, sizeof(why))) {
+            jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
+                   "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", rows[i].command,
+                   rows[i].command_id, why);
+            all = false;
+            break;
+        }
+        jl__fault("outbox.after_send");
+        st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = ?, "
+                            "reply_message = ?, attempts = attempts + 1 WHERE id = ?");
+        if (st != NULL) {
+            sqlite3_bind_int64(st, 1, jl__now_ns());
+            sqlite3_bind_text(st, 2, jl_code_str(r.code), -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, r.message, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 4, rows[i].id);
+            if (jl_db_step_done(db, st) != JL_OK)
+                all = false;
+        }
+        if (r.code != JL_CODE_OK)
+            jl_log(JL_LOG_INFO, "outbox: command refused",
+                   "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", rows[i].command,
+                   rows[i].command_id, jl_code_str(r.code));
+    }
+    jl_reply_cleanup(&r);
+    for (int i = 0; i < n; i++)
+        free(rows[i].body);
+    return all && n < OUTBOX_BATCH;
+}
+
+static void *sender_thread(void *arg)
+{
+    jl_projector *p = arg;
+    jl_db *db = NULL;
+    char path[1024] = "";
+    int backoff_ms = 0;
+    while (!atomic_load(&p->stopping)) {
+        /* The live file changes with a rebuild: follow it. */
+        pthread_rwlock_rdlock(&p->switch_lock);
+        bool moved = strcmp(path, p->db_path) != 0;
+        if (moved)
+            snprintf(path, sizeof(path), "%s", p->db_path);
+        pthread_rwlock_unlock(&p->switch_lock);
+        if (moved) {
+            char err[512];
+            jl_db_close(db);
+            db = NULL;
+            if (jl_db_open(&db, path, false, err, sizeof(err)) != JL_OK) {
+                jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
+                path[0] = 0;
+            }
+        }
+        bool done = db != NULL && send_pending(p, db);
+        backoff_ms =
+            done ? 0 : (backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 200);
+        /* Sleep until a batch commits (wake) or a retry is due. */
+        pthread_mutex_lock(&p->mu);
+        if (!p->outbox_wake && !atomic_load(&p->stopping)) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            int64_t ns = (int64_t)(backoff_ms ? backoff_ms : 1000) * 1000000LL + until.tv_nsec;
+            until.tv_sec += ns / 1000000000LL;
+            until.tv_nsec = ns % 1000000000LL;
+            pthread_cond_timedwait(&p->outbox_cv, &p->mu, &until);
+        }
+        p->outbox_wake = false;
+        pthread_mutex_unlock(&p->mu);
+    }
+    jl_db_close(db);
+    return NULL;
+}
+
+jl_status jl__outbox_start(jl_projector *p)
+{
+    pthread_cond_init(&p->outbox_cv, NULL);
+    if (pthread_create(&p->outbox_thread, NULL, sender_thread, p) != 0)
+        return JL_ERR_NOMEM;
+    p->has_outbox_thread = true;
+    return JL_OK;
+}
+
+void jl__outbox_wake(jl_projector *p)
+{
+    /* Called with p->mu held (after a commit). */
+    p->outbox_wake = true;
+    pthread_cond_signal(&p->outbox_cv);
+}
+
+void jl__outbox_stop(jl_projector *p)
+{
+    if (!p->has_outbox_thread)
+        return;
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_signal(&p->outbox_cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->outbox_thread, NULL);
+    pthread_cond_destroy(&p->outbox_cv);
+    p->has_outbox_thread = false;
+}
+
+jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen)
+{
+    /* The outbox is the state of sending, not of the projection: a rebuilt file takes the live
+     * one's (both stand at the same checkpoints, so the same rows, with what was replied). */
+    sqlite3_stmt *st = jl_db_stmt(to, "ATTACH DATABASE ? AS jl_live");
+    jl_status s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    if (s == JL_OK) {
+        sqlite3_bind_text(st, 1, from_path, -1, SQLITE_STATIC);
+        s = jl_db_step_done(to, st);
+    }
+    if (s == JL_OK) {
+        s = jl_db_exec(to, "BEGIN IMMEDIATE; DELETE FROM main.jl_outbox; INSERT INTO "
+                           "main.jl_outbox SELECT * FROM jl_live.jl_outbox; COMMIT;");
+        if (s != JL_OK)
+            jl_db_rollback(to);
+        jl_db_exec(to, "DETACH DATABASE jl_live");
+    }
+    if (s != JL_OK)
+        snprintf(err, errlen, "cannot carry the outbox over: %s", jl_db_errmsg(to));
+    return s;
+}
