@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "jetledger/codec.h"
+
 /*
  * Strings from protobuf-c are never NULL, but a message built by hand may hold NULL for "unset":
  * treat it as empty rather than crash. strnlen keeps the scan bounded by the cap, so an
@@ -47,6 +49,8 @@ const char *orders_status_str(orders_status s)
         return "open";
     case ORDERS_STATUS_PLACED:
         return "placed";
+    case ORDERS_STATUS_CONFIRMED:
+        return "confirmed";
     case ORDERS_STATUS_CANCELLED:
         return "cancelled";
     }
@@ -186,6 +190,10 @@ static void decide_place(const orders_state *s, const jl_command *cmd, jl_decisi
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "order is already placed");
         return;
     }
+    if (s->status == ORDERS_STATUS_CONFIRMED) {
+        jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "order is already confirmed");
+        return;
+    }
     if (s->n_items == 0) {
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "an empty order cannot be placed");
         return;
@@ -198,8 +206,17 @@ static void decide_place(const orders_state *s, const jl_command *cmd, jl_decisi
      */
     int64_t total = 0;
     int32_t count = 0;
+    Orders__OrderLine lines[ORDERS_MAX_ITEMS];
+    Orders__OrderLine *ptrs[ORDERS_MAX_ITEMS];
     for (size_t i = 0; i < s->n_items; i++) {
         const orders_item *it = &s->items[i];
+        /* The lines travel with the event so that consumers (the fulfilment process manager,
+         * the sales dashboard) need not rebuild the order from its ItemAdded/ItemRemoved. */
+        orders__order_line__init(&lines[i]);
+        lines[i].sku = (char *)it->sku;
+        lines[i].quantity = it->quantity;
+        lines[i].unit_price_cents = it->unit_price_cents;
+        ptrs[i] = &lines[i];
         int64_t line_total;
         if (__builtin_mul_overflow((int64_t)it->quantity, it->unit_price_cents, &line_total) ||
             __builtin_add_overflow(total, line_total, &total) ||
@@ -213,6 +230,8 @@ static void decide_place(const orders_state *s, const jl_command *cmd, jl_decisi
     e.order_id = (char *)cmd->aggregate_id;
     e.total_cents = total;
     e.item_count = count;
+    e.n_lines = s->n_items;
+    e.lines = ptrs;
     jl_decision_emit(out, &e.base);
 }
 
@@ -229,9 +248,49 @@ static void decide_cancel(const orders_state *s, const jl_command *cmd, jl_decis
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "order is already cancelled");
         return;
     }
+    /* Its stock is committed to it: undoing that is a return, not a cancellation. */
+    if (s->status == ORDERS_STATUS_CONFIRMED) {
+        jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "a confirmed order cannot be cancelled");
+        return;
+    }
     Orders__OrderCancelled e = ORDERS__ORDER_CANCELLED__INIT;
     e.order_id = (char *)cmd->aggregate_id;
     e.reason = text_or_empty(c->reason);
+    jl_decision_emit(out, &e.base);
+}
+
+static void decide_confirm(const orders_state *s, const jl_command *cmd, jl_decision *out)
+{
+    const Orders__ConfirmOrder *c = (const Orders__ConfirmOrder *)cmd->msg;
+    char rid[JL_UUID_LEN + 1];
+    if (text_len(c->reservation_id, JL_UUID_LEN) == 0) {
+        jl_decision_reject(out, JL_CODE_INVALID, "reservation_id must not be empty");
+        return;
+    }
+    if (jl_uuid_canonical(rid, c->reservation_id) != JL_OK) {
+        jl_decision_reject(out, JL_CODE_INVALID, "reservation_id '%.64s' is not a UUID",
+                           c->reservation_id);
+        return;
+    }
+    /*
+     * Accepted without an event: the process manager that confirms may send the command again
+     * after a restart, and the second one must change nothing rather than fail.
+     */
+    if (s->status == ORDERS_STATUS_CONFIRMED)
+        return;
+    if (s->status == ORDERS_STATUS_CANCELLED) {
+        jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "a cancelled order cannot be confirmed");
+        return;
+    }
+    if (s->status != ORDERS_STATUS_PLACED) {
+        jl_decision_reject(out, JL_CODE_RULE_VIOLATION,
+                           "order is %s: only a placed order can be confirmed",
+                           orders_status_str(s->status));
+        return;
+    }
+    Orders__OrderConfirmed e = ORDERS__ORDER_CONFIRMED__INIT;
+    e.order_id = (char *)cmd->aggregate_id;
+    e.reservation_id = rid;
     jl_decision_emit(out, &e.base);
 }
 
@@ -247,6 +306,7 @@ static const struct {
     {&orders__remove_item__descriptor, false, decide_remove_item},
     {&orders__place_order__descriptor, false, decide_place},
     {&orders__cancel_order__descriptor, false, decide_cancel},
+    {&orders__confirm_order__descriptor, false, decide_confirm},
 };
 
 void orders_decide(const void *state, const jl_command *cmd, jl_decision *out)
@@ -350,6 +410,15 @@ static jl_status evolve_placed(orders_state *s, const ProtobufCMessage *m)
     return JL_OK;
 }
 
+static jl_status evolve_confirmed(orders_state *s, const ProtobufCMessage *m)
+{
+    (void)m;
+    if (s->status == ORDERS_STATUS_NONE)
+        return JL_ERR_INVALID;
+    s->status = ORDERS_STATUS_CONFIRMED;
+    return JL_OK;
+}
+
 static jl_status evolve_cancelled(orders_state *s, const ProtobufCMessage *m)
 {
     (void)m;
@@ -370,6 +439,7 @@ static const struct {
     {&orders__item_removed__descriptor, evolve_item_removed},
     {&orders__order_placed__descriptor, evolve_placed},
     {&orders__order_cancelled__descriptor, evolve_cancelled},
+    {&orders__order_confirmed__descriptor, evolve_confirmed},
 };
 
 jl_status orders_evolve(void *state, const jl_event *ev)
@@ -423,6 +493,7 @@ jl_status orders_state_unpack(void *state, const void *data, size_t len)
         return JL_ERR_DECODE;
     orders_state_init(s);
     s->status = ORDERS_STATUS_NONE;
+    /* CANCELLED is the last status; a name no status has leaves the state "no order". */
     for (int k = ORDERS_STATUS_NONE; k <= ORDERS_STATUS_CANCELLED; k++) {
         if (strcmp(m->status, orders_status_str((orders_status)k)) == 0)
             s->status = (orders_status)k;

@@ -24,6 +24,7 @@ typedef enum orders_status {
     ORDERS_STATUS_NONE = 0, /**< no such order yet */
     ORDERS_STATUS_OPEN,
     ORDERS_STATUS_PLACED,
+    ORDERS_STATUS_CONFIRMED, /**< placed, and its stock reserved (ConfirmOrder) */
     ORDERS_STATUS_CANCELLED,
 } orders_status;
 
@@ -41,7 +42,10 @@ typedef struct orders_state {
     orders_item items[ORDERS_MAX_ITEMS];
 } orders_state;
 
-/** "none", "open", "placed" or "cancelled" ("unknown" out of range). Static, never NULL. */
+/**
+ * "none", "open", "placed", "confirmed" or "cancelled" ("unknown" out of range). Static, never
+ * NULL.
+ */
 const char *orders_status_str(orders_status s);
 
 /** Set @p state (an orders_state) to "no order": all zero bytes, padding included. */
@@ -52,7 +56,8 @@ void orders_state_init(void *state);
  *
  * OrderCreated opens the order and records the customer; ItemAdded adds to the line of its sku
  * (same unit price) or appends a line; ItemRemoved drops the whole line, keeping the order of the
- * rest (no-op if the sku is absent); OrderPlaced and OrderCancelled set the status.
+ * rest (no-op if the sku is absent); OrderPlaced, OrderConfirmed and OrderCancelled set the
+ * status (OrderPlaced's lines repeat the state's and are not read).
  *
  * Evolve refuses only events that would break the state's invariants, whatever their content:
  * any event but OrderCreated before the order exists, OrderCreated on an existing order, text over
@@ -72,7 +77,7 @@ jl_status orders_evolve(void *state, const jl_event *ev);
  * Decide what command @p cmd does to @p state (an orders_state): emit events into @p out, or
  * reject with a code and message. @p state is never modified; no clock is read.
  *
- * Checks run in this order and the first failure wins: command type (anything but the five
+ * Checks run in this order and the first failure wins: command type (anything but the six
  * orders commands: JL_CODE_INVALID), existence (CreateOrder on an existing order:
  * JL_CODE_RULE_VIOLATION; anything else on a missing one: JL_CODE_NOT_FOUND), field values
  * (JL_CODE_INVALID), status (JL_CODE_RULE_VIOLATION), then the order's lines.
@@ -85,10 +90,15 @@ jl_status orders_evolve(void *state, const jl_event *ev);
  *   with the command's values.
  * - RemoveItem: sku 1..ORDERS_MAX_TEXT bytes; order open; sku on the order (else NOT_FOUND).
  *   Emits ItemRemoved (the whole line).
- * - PlaceOrder: not cancelled, not placed, at least one line. Emits OrderPlaced with
- *   total_cents = sum of quantity * unit price and item_count = sum of quantities.
- * - CancelOrder: reason 0..ORDERS_MAX_REASON bytes; not already cancelled (open and placed
- *   orders can be). Emits OrderCancelled.
+ * - PlaceOrder: not cancelled, placed or confirmed, at least one line. Emits OrderPlaced with
+ *   total_cents = sum of quantity * unit price, item_count = sum of quantities and the lines
+ *   (sku, quantity, unit price) in the order they were added.
+ * - ConfirmOrder: reservation_id a UUID (either case; the event carries it in lower case);
+ *   order placed (open or cancelled: RULE_VIOLATION). Emits OrderConfirmed. On an order already
+ *   confirmed it is accepted with no event, whatever its reservation_id (the state does not keep
+ *   it), so a process manager may send it again safely.
+ * - CancelOrder: reason 0..ORDERS_MAX_REASON bytes; not already cancelled and not confirmed
+ *   (open and placed orders can be). Emits OrderCancelled.
  *
  * Events carry order_id = @p cmd->aggregate_id. @p cmd is borrowed; @p out must be an
  * initialised, accepting decision. Pure; thread-safe on distinct decisions.

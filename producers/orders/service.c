@@ -9,12 +9,13 @@ static const jl_command_def commands[] = {
     {&orders__remove_item__descriptor, "order_id", false},
     {&orders__place_order__descriptor, "order_id", false},
     {&orders__cancel_order__descriptor, "order_id", false},
+    {&orders__confirm_order__descriptor, "order_id", false},
 };
 
 static const ProtobufCMessageDescriptor *const events[] = {
     &orders__order_created__descriptor,   &orders__item_added__descriptor,
     &orders__item_removed__descriptor,    &orders__order_placed__descriptor,
-    &orders__order_cancelled__descriptor,
+    &orders__order_cancelled__descriptor, &orders__order_confirmed__descriptor,
 };
 
 const jl_service_def orders_service = {

@@ -114,6 +114,8 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
     }
     if (d == &orders__order_placed__descriptor)
         return touch(db, ev, "placed", err, n);
+    if (d == &orders__order_confirmed__descriptor)
+        return touch(db, ev, "confirmed", err, n);
     if (d == &orders__order_cancelled__descriptor)
         return touch(db, ev, "cancelled", err, n);
     snprintf(err, n, "order_summary does not handle %s", ev->event_type);
@@ -185,13 +187,13 @@ static jl_status get_order(jl_db *db, const ProtobufCMessage *msg, jl_reply *out
 static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Orders__ListOrders *q = (const Orders__ListOrders *)msg;
-    static const char *const statuses[] = {"", "open", "placed", "cancelled"};
+    static const char *const statuses[] = {"", "open", "placed", "confirmed", "cancelled"};
     bool known = false;
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
         known = known || strcmp(q->status, statuses[i]) == 0;
     if (!known) {
         jl_reply_error(out, JL_CODE_INVALID,
-                       "status '%.32s' is not one of open, placed, cancelled (or empty)",
+                       "status '%.32s' is not one of open, placed, confirmed, cancelled (or empty)",
                        q->status);
         return JL_OK;
     }
@@ -245,7 +247,7 @@ static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *o
 static const ProtobufCMessageDescriptor *const events[] = {
     &orders__order_created__descriptor,   &orders__item_added__descriptor,
     &orders__item_removed__descriptor,    &orders__order_placed__descriptor,
-    &orders__order_cancelled__descriptor,
+    &orders__order_cancelled__descriptor, &orders__order_confirmed__descriptor,
 };
 
 static const jl_query_def queries[] = {

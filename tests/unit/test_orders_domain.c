@@ -15,6 +15,7 @@
 #include <string.h>
 
 #define AGG "5f0c6a3e-8b1d-4c2e-9a7f-1d2e3f4a5b6c"
+#define RES "0b7d8c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e"
 
 static orders_state st;
 static jl_decision d;
@@ -90,6 +91,14 @@ static void cancel(const char *reason)
     decide_msg(&m.base);
 }
 
+static void confirm(const char *reservation_id)
+{
+    Orders__ConfirmOrder m = ORDERS__CONFIRM_ORDER__INIT;
+    m.order_id = AGG;
+    m.reservation_id = (char *)reservation_id;
+    decide_msg(&m.base);
+}
+
 static jl_status evolve_msg(orders_state *s, const ProtobufCMessage *payload)
 {
     jl_event ev = {
@@ -147,6 +156,14 @@ static jl_status ev_placed(orders_state *s)
     return evolve_msg(s, &e.base);
 }
 
+static jl_status ev_confirmed(orders_state *s)
+{
+    Orders__OrderConfirmed e = ORDERS__ORDER_CONFIRMED__INIT;
+    e.order_id = AGG;
+    e.reservation_id = RES;
+    return evolve_msg(s, &e.base);
+}
+
 static jl_status ev_cancelled(orders_state *s)
 {
     Orders__OrderCancelled e = ORDERS__ORDER_CANCELLED__INIT;
@@ -168,6 +185,11 @@ static void given_item(const char *sku, int32_t quantity, int64_t price)
 static void given_placed(void)
 {
     ck_assert_int_eq(ev_placed(&st), JL_OK);
+}
+
+static void given_confirmed(void)
+{
+    ck_assert_int_eq(ev_confirmed(&st), JL_OK);
 }
 
 static void given_cancelled(void)
@@ -236,6 +258,7 @@ START_TEST(status_str_names_every_status)
     ck_assert_str_eq(orders_status_str(ORDERS_STATUS_NONE), "none");
     ck_assert_str_eq(orders_status_str(ORDERS_STATUS_OPEN), "open");
     ck_assert_str_eq(orders_status_str(ORDERS_STATUS_PLACED), "placed");
+    ck_assert_str_eq(orders_status_str(ORDERS_STATUS_CONFIRMED), "confirmed");
     ck_assert_str_eq(orders_status_str(ORDERS_STATUS_CANCELLED), "cancelled");
     ck_assert_str_eq(orders_status_str((orders_status)99), "unknown");
 }
@@ -280,6 +303,8 @@ START_TEST(commands_on_missing_order_are_not_found)
     expect_rejected(JL_CODE_NOT_FOUND, "order " AGG " does not exist");
     cancel("changed my mind");
     expect_rejected(JL_CODE_NOT_FOUND, "order " AGG " does not exist");
+    confirm(RES);
+    expect_rejected(JL_CODE_NOT_FOUND, "order " AGG " does not exist");
 }
 END_TEST
 
@@ -311,6 +336,9 @@ START_TEST(create_rejects_existing_order_in_every_status)
     create("cust-2");
     expect_rejected(JL_CODE_RULE_VIOLATION, "order " AGG " already exists");
     given_placed();
+    create("cust-2");
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order " AGG " already exists");
+    given_confirmed();
     create("cust-2");
     expect_rejected(JL_CODE_RULE_VIOLATION, "order " AGG " already exists");
     given_cancelled();
@@ -478,6 +506,17 @@ START_TEST(add_item_rejects_placed_order)
 }
 END_TEST
 
+START_TEST(add_item_rejects_confirmed_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_confirmed();
+    add("B", 1, 100);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is confirmed: items can no longer change");
+}
+END_TEST
+
 START_TEST(add_item_rejects_cancelled_order)
 {
     given_created();
@@ -628,6 +667,17 @@ START_TEST(remove_item_rejects_placed_order)
 }
 END_TEST
 
+START_TEST(remove_item_rejects_confirmed_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_confirmed();
+    remove_sku("A");
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is confirmed: items can no longer change");
+}
+END_TEST
+
 START_TEST(remove_item_rejects_cancelled_order)
 {
     given_created();
@@ -662,9 +712,64 @@ START_TEST(place_emits_total_and_item_count)
     ck_assert_str_eq(e->order_id, AGG);
     ck_assert_int_eq(e->total_cents, 2 * 150 + 3 * 1000);
     ck_assert_int_eq(e->item_count, 5);
+    ck_assert_uint_eq(e->n_lines, 2);
     protobuf_c_message_free_unpacked(&e->base, NULL);
     accept();
     ck_assert_int_eq(st.status, ORDERS_STATUS_PLACED);
+}
+END_TEST
+
+START_TEST(place_carries_the_lines_of_the_state_in_the_order_added)
+{
+    given_created();
+    given_item("A", 2, 150);
+    given_item("B", 1, 999);
+    given_item("C", 3, 1000);
+    given_item("A", 4, 150);
+    ck_assert_int_eq(ev_item_removed(&st, "B"), JL_OK);
+    place();
+    Orders__OrderPlaced *e =
+        (Orders__OrderPlaced *)unpack_event(0, &orders__order_placed__descriptor);
+    /* Merged quantities, removed lines gone, order of first addition kept. */
+    ck_assert_uint_eq(e->n_lines, 2);
+    ck_assert_str_eq(e->lines[0]->sku, "A");
+    ck_assert_int_eq(e->lines[0]->quantity, 6);
+    ck_assert_int_eq(e->lines[0]->unit_price_cents, 150);
+    ck_assert_str_eq(e->lines[1]->sku, "C");
+    ck_assert_int_eq(e->lines[1]->quantity, 3);
+    ck_assert_int_eq(e->lines[1]->unit_price_cents, 1000);
+    ck_assert_int_eq(e->total_cents, 6 * 150 + 3 * 1000);
+    ck_assert_int_eq(e->item_count, 9);
+    protobuf_c_message_free_unpacked(&e->base, NULL);
+}
+END_TEST
+
+START_TEST(place_carries_every_line_of_a_full_order)
+{
+    given_full_order();
+    place();
+    Orders__OrderPlaced *e =
+        (Orders__OrderPlaced *)unpack_event(0, &orders__order_placed__descriptor);
+    ck_assert_uint_eq(e->n_lines, ORDERS_MAX_ITEMS);
+    for (size_t i = 0; i < ORDERS_MAX_ITEMS; i++) {
+        char sku[16];
+        snprintf(sku, sizeof(sku), "sku-%02zu", i);
+        ck_assert_str_eq(e->lines[i]->sku, sku);
+        ck_assert_int_eq(e->lines[i]->quantity, 1);
+        ck_assert_int_eq(e->lines[i]->unit_price_cents, 100);
+    }
+    protobuf_c_message_free_unpacked(&e->base, NULL);
+}
+END_TEST
+
+START_TEST(place_rejects_confirmed_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_confirmed();
+    place();
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is already confirmed");
 }
 END_TEST
 
@@ -814,6 +919,143 @@ START_TEST(cancel_rejects_reason_over_max_length)
 }
 END_TEST
 
+START_TEST(cancel_rejects_confirmed_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_confirmed();
+    cancel("too late");
+    expect_rejected(JL_CODE_RULE_VIOLATION, "a confirmed order cannot be cancelled");
+}
+END_TEST
+
+START_TEST(cancel_checks_reason_length_before_confirmed_status)
+{
+    char reason[ORDERS_MAX_REASON + 2];
+    given_created();
+    given_placed();
+    given_confirmed();
+    cancel(fill(reason, ORDERS_MAX_REASON + 1, 'r'));
+    expect_rejected(JL_CODE_INVALID, "reason is longer than 256 bytes");
+}
+END_TEST
+
+/* ---- ConfirmOrder ---- */
+
+START_TEST(confirm_emits_order_confirmed_with_reservation_id)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    confirm(RES);
+    ck_assert_int_eq(d.code, JL_CODE_OK);
+    ck_assert_uint_eq(d.n_events, 1);
+    Orders__OrderConfirmed *e =
+        (Orders__OrderConfirmed *)unpack_event(0, &orders__order_confirmed__descriptor);
+    ck_assert_str_eq(e->order_id, AGG);
+    ck_assert_str_eq(e->reservation_id, RES);
+    protobuf_c_message_free_unpacked(&e->base, NULL);
+    accept();
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+    ck_assert_uint_eq(st.n_items, 1);
+}
+END_TEST
+
+START_TEST(confirm_writes_reservation_id_in_lower_case)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    confirm("0B7D8C1E-2F3A-4B5C-8D9E-0F1A2B3C4D5E");
+    Orders__OrderConfirmed *e =
+        (Orders__OrderConfirmed *)unpack_event(0, &orders__order_confirmed__descriptor);
+    ck_assert_str_eq(e->reservation_id, RES);
+    protobuf_c_message_free_unpacked(&e->base, NULL);
+}
+END_TEST
+
+START_TEST(confirm_rejects_empty_or_null_reservation_id)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    confirm("");
+    expect_rejected(JL_CODE_INVALID, "reservation_id must not be empty");
+    confirm(NULL);
+    expect_rejected(JL_CODE_INVALID, "reservation_id must not be empty");
+}
+END_TEST
+
+START_TEST(confirm_rejects_reservation_id_that_is_not_a_uuid)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    confirm("res-1");
+    expect_rejected(JL_CODE_INVALID, "reservation_id 'res-1' is not a UUID");
+    confirm(RES "0");
+    expect_rejected(JL_CODE_INVALID, "reservation_id '" RES "0' is not a UUID");
+}
+END_TEST
+
+START_TEST(confirm_rejects_open_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    confirm(RES);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is open: only a placed order can be confirmed");
+}
+END_TEST
+
+START_TEST(confirm_rejects_cancelled_order)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_cancelled();
+    confirm(RES);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "a cancelled order cannot be confirmed");
+
+    /* Placed, then cancelled (e.g. the reservation was rejected): still not confirmable. */
+    orders_state_init(&st);
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_cancelled();
+    confirm(RES);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "a cancelled order cannot be confirmed");
+}
+END_TEST
+
+START_TEST(confirm_of_confirmed_order_is_accepted_with_no_event)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    confirm(RES);
+    accept();
+    confirm(RES);
+    ck_assert_msg(d.code == JL_CODE_OK, "rejected: %s", d.message);
+    ck_assert_uint_eq(d.n_events, 0);
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+}
+END_TEST
+
+START_TEST(confirm_checks_field_values_before_status)
+{
+    given_created();
+    given_item("A", 1, 100);
+    given_placed();
+    given_confirmed();
+    confirm("not-a-uuid");
+    expect_rejected(JL_CODE_INVALID, "reservation_id 'not-a-uuid' is not a UUID");
+    orders_state_init(&st);
+    given_created();
+    confirm("");
+    expect_rejected(JL_CODE_INVALID, "reservation_id must not be empty");
+}
+END_TEST
+
 /* ---- purity ---- */
 
 START_TEST(decide_never_mutates_state)
@@ -842,12 +1084,17 @@ START_TEST(decide_never_mutates_state)
     Orders__CancelOrder k1 = ORDERS__CANCEL_ORDER__INIT, k2 = ORDERS__CANCEL_ORDER__INIT;
     k1.reason = "why not";
     k2.reason = long_text;
+    Orders__ConfirmOrder f1 = ORDERS__CONFIRM_ORDER__INIT, f2 = ORDERS__CONFIRM_ORDER__INIT;
+    f1.reservation_id = RES;
+    f2.reservation_id = long_text;
     Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
-    const ProtobufCMessage *cmds[] = {&c1.base, &c2.base, &a1.base, &a2.base, &a3.base, &r1.base,
-                                      &r2.base, &p.base,  &k1.base, &k2.base, &q.base};
+    const ProtobufCMessage *cmds[] = {&c1.base, &c2.base, &a1.base, &a2.base, &a3.base,
+                                      &r1.base, &r2.base, &p.base,  &k1.base, &k2.base,
+                                      &f1.base, &f2.base, &q.base};
 
-    orders_state states[6];
-    for (size_t i = 0; i < 6; i++)
+    enum { N_STATES = 7 };
+    orders_state states[N_STATES];
+    for (size_t i = 0; i < N_STATES; i++)
         orders_state_init(&states[i]);
     ck_assert_int_eq(ev_created(&states[1], "cust"), JL_OK);
     ck_assert_int_eq(ev_created(&states[2], "cust"), JL_OK);
@@ -862,8 +1109,10 @@ START_TEST(decide_never_mutates_state)
         snprintf(sku, sizeof(sku), "sku-%02d", i);
         ck_assert_int_eq(ev_item_added(&states[5], sku, 1, 100), JL_OK);
     }
+    memcpy(&states[6], &states[3], sizeof(states[3]));
+    ck_assert_int_eq(ev_confirmed(&states[6]), JL_OK);
 
-    for (size_t s = 0; s < 6; s++) {
+    for (size_t s = 0; s < N_STATES; s++) {
         for (size_t c = 0; c < sizeof(cmds) / sizeof(cmds[0]); c++) {
             orders_state before;
             memcpy(&before, &states[s], sizeof(before));
@@ -1124,6 +1373,41 @@ START_TEST(evolve_order_placed_sets_placed)
 }
 END_TEST
 
+START_TEST(evolve_order_confirmed_sets_confirmed_and_keeps_lines)
+{
+    given_created();
+    given_item("A", 2, 100);
+    given_placed();
+    orders_state before;
+    memcpy(&before, &st, sizeof(st));
+    ck_assert_int_eq(ev_confirmed(&st), JL_OK);
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+    before.status = ORDERS_STATUS_CONFIRMED;
+    ck_assert_mem_eq(&st, &before, sizeof(st));
+}
+END_TEST
+
+START_TEST(evolve_order_placed_ignores_the_lines_it_carries)
+{
+    /* The state already holds the lines: the event's copy must not add them a second time. */
+    given_created();
+    given_item("A", 2, 100);
+    Orders__OrderLine line = ORDERS__ORDER_LINE__INIT;
+    line.sku = "A";
+    line.quantity = 2;
+    line.unit_price_cents = 100;
+    Orders__OrderLine *lines[] = {&line};
+    Orders__OrderPlaced e = ORDERS__ORDER_PLACED__INIT;
+    e.order_id = AGG;
+    e.n_lines = 1;
+    e.lines = lines;
+    evolve_expect(&e.base, JL_OK);
+    ck_assert_int_eq(st.status, ORDERS_STATUS_PLACED);
+    ck_assert_uint_eq(st.n_items, 1);
+    ck_assert_int_eq(st.items[0].quantity, 2);
+}
+END_TEST
+
 START_TEST(evolve_order_cancelled_sets_cancelled_from_open_or_placed)
 {
     given_created();
@@ -1149,6 +1433,9 @@ START_TEST(evolve_rejects_events_before_order_created)
     r.sku = "A";
     Orders__OrderPlaced p = ORDERS__ORDER_PLACED__INIT;
     Orders__OrderCancelled c = ORDERS__ORDER_CANCELLED__INIT;
+    Orders__OrderConfirmed f = ORDERS__ORDER_CONFIRMED__INIT;
+    f.reservation_id = RES;
+    evolve_expect(&f.base, JL_ERR_INVALID);
     evolve_expect(&a.base, JL_ERR_INVALID);
     evolve_expect(&r.base, JL_ERR_INVALID);
     evolve_expect(&p.base, JL_ERR_INVALID);
@@ -1175,6 +1462,9 @@ START_TEST(evolve_rejects_unknown_event_type)
     Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT; /* a command, not an event */
     c.customer_id = "x";
     evolve_expect(&c.base, JL_ERR_UNKNOWN_TYPE);
+    Orders__ConfirmOrder f = ORDERS__CONFIRM_ORDER__INIT;
+    f.reservation_id = RES;
+    evolve_expect(&f.base, JL_ERR_UNKNOWN_TYPE);
     Orders__OrderSummary s = ORDERS__ORDER_SUMMARY__INIT;
     evolve_expect(&s.base, JL_ERR_UNKNOWN_TYPE);
 
@@ -1229,6 +1519,33 @@ START_TEST(order_lifecycle_through_decide_and_evolve)
 }
 END_TEST
 
+START_TEST(confirmed_lifecycle_through_decide_and_evolve)
+{
+    create("cust-1");
+    accept();
+    add("A", 2, 150);
+    accept();
+    confirm(RES);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is open: only a placed order can be confirmed");
+    place();
+    accept();
+    confirm(RES);
+    accept();
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+    confirm(RES);
+    ck_assert_int_eq(d.code, JL_CODE_OK);
+    ck_assert_uint_eq(d.n_events, 0);
+    cancel("changed my mind");
+    expect_rejected(JL_CODE_RULE_VIOLATION, "a confirmed order cannot be cancelled");
+    place();
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is already confirmed");
+    add("B", 1, 1);
+    expect_rejected(JL_CODE_RULE_VIOLATION, "order is confirmed: items can no longer change");
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+    ck_assert_uint_eq(st.n_items, 1);
+}
+END_TEST
+
 START_TEST(replaying_emitted_events_rebuilds_the_same_state)
 {
     /* Keep every accepted event's bytes, then replay them into a fresh state. */
@@ -1257,6 +1574,7 @@ START_TEST(replaying_emitted_events_rebuilds_the_same_state)
     STEP(add("C", 1, 5));
     STEP(remove_sku("A"));
     STEP(place());
+    STEP(confirm(RES));
 #undef STEP
 
     orders_state replayed;
@@ -1269,8 +1587,89 @@ START_TEST(replaying_emitted_events_rebuilds_the_same_state)
         free(log[i]);
     }
     ck_assert_mem_eq(&replayed, &st, sizeof(st));
-    ck_assert_int_eq(replayed.status, ORDERS_STATUS_PLACED);
+    ck_assert_int_eq(replayed.status, ORDERS_STATUS_CONFIRMED);
     ck_assert_uint_eq(replayed.n_items, 2);
+}
+END_TEST
+
+/* ---- the state as protobuf ---- */
+
+/* Pack st, unpack it into a fresh state and require the two to be equal byte for byte. */
+static void expect_round_trip(void)
+{
+    jl_buf buf;
+    jl_buf_init(&buf, 1024 * 1024);
+    ck_assert_int_eq(orders_state_pack(&st, &buf), JL_OK);
+    orders_state back;
+    memset(&back, 0x5A, sizeof(back));
+    ck_assert_int_eq(orders_state_unpack(&back, buf.data, buf.len), JL_OK);
+    ck_assert_mem_eq(&back, &st, sizeof(st));
+    jl_buf_cleanup(&buf);
+}
+
+START_TEST(state_pack_round_trips_every_status)
+{
+    expect_round_trip();
+    given_created();
+    expect_round_trip();
+    given_item("A", 2, 150);
+    given_item("B", 1, 99);
+    expect_round_trip();
+    given_placed();
+    expect_round_trip();
+    given_confirmed();
+    expect_round_trip();
+    orders_state_init(&st);
+    given_created();
+    given_cancelled();
+    expect_round_trip();
+}
+END_TEST
+
+START_TEST(state_pack_names_confirmed_status_and_lines)
+{
+    given_created();
+    given_item("A", 2, 150);
+    given_placed();
+    given_confirmed();
+    jl_buf buf;
+    jl_buf_init(&buf, 1024 * 1024);
+    ck_assert_int_eq(orders_state_pack(&st, &buf), JL_OK);
+    Orders__OrderState *m = orders__order_state__unpack(NULL, buf.len, buf.data);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(m->status, "confirmed");
+    ck_assert_str_eq(m->customer_id, "cust-1");
+    ck_assert_uint_eq(m->n_lines, 1);
+    ck_assert_str_eq(m->lines[0]->sku, "A");
+    ck_assert_int_eq(m->lines[0]->quantity, 2);
+    ck_assert_int_eq(m->lines[0]->unit_price_cents, 150);
+    orders__order_state__free_unpacked(m, NULL);
+    jl_buf_cleanup(&buf);
+}
+END_TEST
+
+START_TEST(state_unpack_reads_confirmed_status)
+{
+    Orders__OrderState m = ORDERS__ORDER_STATE__INIT;
+    m.status = "confirmed";
+    m.customer_id = "cust-3";
+    uint8_t wire[256];
+    ck_assert_uint_le(orders__order_state__get_packed_size(&m), sizeof(wire));
+    size_t len = orders__order_state__pack(&m, wire);
+    ck_assert_int_eq(orders_state_unpack(&st, wire, len), JL_OK);
+    ck_assert_int_eq(st.status, ORDERS_STATUS_CONFIRMED);
+    ck_assert_str_eq(st.customer_id, "cust-3");
+    /* A confirmed order decoded from a snapshot behaves like one built by evolve. */
+    cancel("late");
+    expect_rejected(JL_CODE_RULE_VIOLATION, "a confirmed order cannot be cancelled");
+}
+END_TEST
+
+START_TEST(state_unpack_rejects_bytes_that_are_not_a_state)
+{
+    static const uint8_t junk[] = {0xff, 0xff, 0xff};
+    given_created();
+    ck_assert_int_eq(orders_state_unpack(&st, junk, sizeof(junk)), JL_ERR_DECODE);
 }
 END_TEST
 
@@ -1320,6 +1719,7 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, add_item_accepts_max_price);
     tcase_add_test(tc, add_item_rejects_price_over_max);
     tcase_add_test(tc, add_item_rejects_placed_order);
+    tcase_add_test(tc, add_item_rejects_confirmed_order);
     tcase_add_test(tc, add_item_rejects_cancelled_order);
     tcase_add_test(tc, add_item_checks_field_values_before_status);
     tcase_add_test(tc, add_item_merges_quantities_of_a_sku_already_on_the_order);
@@ -1336,12 +1736,16 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, remove_item_rejects_empty_sku);
     tcase_add_test(tc, remove_item_rejects_sku_over_max_text_length);
     tcase_add_test(tc, remove_item_rejects_placed_order);
+    tcase_add_test(tc, remove_item_rejects_confirmed_order);
     tcase_add_test(tc, remove_item_rejects_cancelled_order);
     tcase_add_test(tc, remove_item_rejects_sku_not_on_the_order);
     suite_add_tcase(s, tc);
 
     tc = tcase("place");
     tcase_add_test(tc, place_emits_total_and_item_count);
+    tcase_add_test(tc, place_carries_the_lines_of_the_state_in_the_order_added);
+    tcase_add_test(tc, place_carries_every_line_of_a_full_order);
+    tcase_add_test(tc, place_rejects_confirmed_order);
     tcase_add_test(tc, place_rejects_empty_order);
     tcase_add_test(tc, place_rejects_order_emptied_by_removals);
     tcase_add_test(tc, place_rejects_cancelled_order);
@@ -1357,6 +1761,19 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, cancel_rejects_already_cancelled_order);
     tcase_add_test(tc, cancel_accepts_reason_of_max_length);
     tcase_add_test(tc, cancel_rejects_reason_over_max_length);
+    tcase_add_test(tc, cancel_rejects_confirmed_order);
+    tcase_add_test(tc, cancel_checks_reason_length_before_confirmed_status);
+    suite_add_tcase(s, tc);
+
+    tc = tcase("confirm");
+    tcase_add_test(tc, confirm_emits_order_confirmed_with_reservation_id);
+    tcase_add_test(tc, confirm_writes_reservation_id_in_lower_case);
+    tcase_add_test(tc, confirm_rejects_empty_or_null_reservation_id);
+    tcase_add_test(tc, confirm_rejects_reservation_id_that_is_not_a_uuid);
+    tcase_add_test(tc, confirm_rejects_open_order);
+    tcase_add_test(tc, confirm_rejects_cancelled_order);
+    tcase_add_test(tc, confirm_of_confirmed_order_is_accepted_with_no_event);
+    tcase_add_test(tc, confirm_checks_field_values_before_status);
     suite_add_tcase(s, tc);
 
     tc = tcase("purity");
@@ -1381,6 +1798,8 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, evolve_item_removed_of_absent_sku_changes_nothing);
     tcase_add_test(tc, evolve_item_removed_frees_room_in_a_full_order);
     tcase_add_test(tc, evolve_order_placed_sets_placed);
+    tcase_add_test(tc, evolve_order_confirmed_sets_confirmed_and_keeps_lines);
+    tcase_add_test(tc, evolve_order_placed_ignores_the_lines_it_carries);
     tcase_add_test(tc, evolve_order_cancelled_sets_cancelled_from_open_or_placed);
     tcase_add_test(tc, evolve_rejects_events_before_order_created);
     tcase_add_test(tc, evolve_accepts_item_added_after_placed);
@@ -1389,7 +1808,15 @@ static Suite *orders_domain_suite(void)
 
     tc = tcase("sequences");
     tcase_add_test(tc, order_lifecycle_through_decide_and_evolve);
+    tcase_add_test(tc, confirmed_lifecycle_through_decide_and_evolve);
     tcase_add_test(tc, replaying_emitted_events_rebuilds_the_same_state);
+    suite_add_tcase(s, tc);
+
+    tc = tcase("state_codec");
+    tcase_add_test(tc, state_pack_round_trips_every_status);
+    tcase_add_test(tc, state_pack_names_confirmed_status_and_lines);
+    tcase_add_test(tc, state_unpack_reads_confirmed_status);
+    tcase_add_test(tc, state_unpack_rejects_bytes_that_are_not_a_state);
     suite_add_tcase(s, tc);
 
     return s;
