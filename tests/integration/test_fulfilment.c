@@ -1,0 +1,568 @@
+/*
+ * The two services, the fulfilment process manager and the three projectors together, against
+ * a real nats-server: one order confirmed and one cancelled for lack of stock end in the right
+ * state in every read model; the process manager killed at each step of its work and restarted
+ * ends in the same states with no second reservation; the dashboard equals one computed
+ * directly from the two streams; a command id sent twice to two replicas has one effect.
+ */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dashboard/dashboard.pb-c.h"
+#include "fulfilment/fulfilment.pb-c.h"
+#include "inventory/inventory.pb-c.h"
+#include "jetledger/producer.h"
+#include "jetledger/projector.h"
+#include "jetledger/registry.h"
+#include "jetledger/json.h"
+#include "orders/orders.pb-c.h"
+#include "support.h"
+
+/* Both services have a service.h and a projection.h: name what is needed here instead. */
+extern const jl_service_def orders_service;
+extern const jl_service_def inventory_service;
+extern const jl_projector_def order_summary_projector;
+extern const jl_projector_def inventory_levels_projector;
+extern const jl_projector_def sales_dashboard_projector;
+extern const jl_projector_def fulfilment_process;
+
+static tenv env;
+static jl_producer *orders_p, *inventory_p;
+
+typedef struct runner {
+    jl_projector *p;
+    pthread_t t;
+} runner;
+
+static runner summary, levels, dashboard, process;
+
+static void *run_thread(void *arg)
+{
+    jl_projector_run(arg);
+    return NULL;
+}
+
+static void runner_start(runner *r, const jl_projector_def *def)
+{
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    ck_assert_msg(jl_projector_open(&r->p, env.conn, def, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s: %s", def->name, err);
+    pthread_create(&r->t, NULL, run_thread, r->p);
+}
+
+static void runner_stop(runner *r)
+{
+    if (r->p == NULL)
+        return;
+    jl_projector_stop(r->p);
+    pthread_join(r->t, NULL);
+    jl_projector_close(r->p, 1000);
+    r->p = NULL;
+}
+
+static void setup(void)
+{
+    char err[1024] = "";
+    tenv_start(&env);
+    ck_assert_msg(
+        jl_producer_open(&orders_p, env.conn, &orders_service, &env.cfg, err, sizeof(err)) == JL_OK,
+        "%s", err);
+    ck_assert_msg(jl_producer_open(&inventory_p, env.conn, &inventory_service, &env.cfg, err,
+                                   sizeof(err)) == JL_OK,
+                  "%s", err);
+    runner_start(&summary, &order_summary_projector);
+    runner_start(&levels, &inventory_levels_projector);
+    runner_start(&dashboard, &sales_dashboard_projector);
+}
+
+static void teardown(void)
+{
+    runner_stop(&process);
+    runner_stop(&dashboard);
+    runner_stop(&levels);
+    runner_stop(&summary);
+    jl_producer_close(inventory_p, 1000);
+    jl_producer_close(orders_p, 1000);
+    tenv_stop(&env);
+}
+
+/* ---- commands and queries ---- */
+
+static void ok(const char *service, const ProtobufCMessage *m, jl_reply *out)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, service, false, m, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s %s: %s", service, m->descriptor->short_name, r.message);
+    if (out != NULL) {
+        jl_reply_reset(out);
+        snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", r.aggregate_id);
+        out->stream_seq = r.stream_seq;
+    }
+    jl_reply_cleanup(&r);
+}
+
+static void register_product(const char *sku, const char *name, int64_t qty)
+{
+    Inventory__RegisterProduct reg = INVENTORY__REGISTER_PRODUCT__INIT;
+    reg.sku = (char *)sku;
+    reg.name = (char *)name;
+    ok("inventory", &reg.base, NULL);
+    Inventory__Restock rs = INVENTORY__RESTOCK__INIT;
+    rs.sku = (char *)sku;
+    rs.quantity = qty;
+    ok("inventory", &rs.base, NULL);
+}
+
+typedef struct line {
+    const char *sku;
+    int qty;
+    int64_t price;
+} line;
+
+/* Create and place an order; its id in @p out_id. */
+static void place_order(const char *customer, const line *lines, int n,
+                        char out_id[JL_UUID_LEN + 1])
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+    c.customer_id = (char *)customer;
+    ok("orders", &c.base, &r);
+    snprintf(out_id, JL_UUID_LEN + 1, "%s", r.aggregate_id);
+    for (int i = 0; i < n; i++) {
+        Orders__AddItem a = ORDERS__ADD_ITEM__INIT;
+        a.order_id = out_id;
+        a.sku = (char *)lines[i].sku;
+        a.quantity = lines[i].qty;
+        a.unit_price_cents = lines[i].price;
+        ok("orders", &a.base, NULL);
+    }
+    Orders__PlaceOrder pl = ORDERS__PLACE_ORDER__INIT;
+    pl.order_id = out_id;
+    ok("orders", &pl.base, NULL);
+    jl_reply_cleanup(&r);
+}
+
+/* A query's decoded result (caller frees with protobuf_c_message_free_unpacked), or NULL when
+ * the reply is an error. */
+static ProtobufCMessage *query(const char *projector, const ProtobufCMessage *q, jl_code *out_code)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, projector, true, q, NULL, &r), NATS_OK);
+    *out_code = r.code;
+    ProtobufCMessage *m = NULL;
+    if (r.code == JL_CODE_OK) {
+        const ProtobufCMessageDescriptor *d = jl_registry_find(r.result_type);
+        ck_assert_ptr_nonnull(d);
+        m = protobuf_c_message_unpack(d, NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(m);
+    }
+    jl_reply_cleanup(&r);
+    return m;
+}
+
+static bool order_status_is(const char *id, const char *status)
+{
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    q.order_id = (char *)id;
+    jl_code code;
+    Orders__GetOrderResult *res = (Orders__GetOrderResult *)query("order_summary", &q.base, &code);
+    bool is = res != NULL && strcmp(res->order->status, status) == 0;
+    if (res != NULL)
+        protobuf_c_message_free_unpacked(&res->base, NULL);
+    return is;
+}
+
+static void wait_status(const char *id, const char *status, int timeout_ms)
+{
+    int64_t deadline = tnow_ms() + timeout_ms;
+    while (!order_status_is(id, status)) {
+        ck_assert_msg(tnow_ms() < deadline, "order %s never became %s", id, status);
+        nats_Sleep(50);
+    }
+}
+
+static Inventory__StockLevel *stock(const char *sku)
+{
+    Inventory__GetStock q = INVENTORY__GET_STOCK__INIT;
+    q.sku = (char *)sku;
+    q.min_sequence = tstream_last_seq(env.conn, "INVENTORY");
+    jl_code code;
+    Inventory__GetStockResult *res =
+        (Inventory__GetStockResult *)query("inventory_levels", &q.base, &code);
+    ck_assert_ptr_nonnull(res);
+    Inventory__StockLevel *lv = res->level;
+    res->level = NULL;
+    protobuf_c_message_free_unpacked(&res->base, NULL);
+    return lv;
+}
+
+static void expect_stock(const char *sku, int64_t on_hand, int64_t reserved)
+{
+    int64_t deadline = tnow_ms() + 10000;
+    for (;;) {
+        Inventory__StockLevel *lv = stock(sku);
+        bool same = (int64_t)lv->on_hand == on_hand && (int64_t)lv->reserved == reserved;
+        char got[128];
+        snprintf(got, sizeof(got), "on_hand %" PRId64 " reserved %" PRId64, (int64_t)lv->on_hand,
+                 (int64_t)lv->reserved);
+        protobuf_c_message_free_unpacked(&lv->base, NULL);
+        if (same)
+            return;
+        ck_assert_msg(tnow_ms() < deadline, "%s: %s, want on_hand %" PRId64 " reserved %" PRId64,
+                      sku, got, on_hand, reserved);
+        nats_Sleep(50);
+    }
+}
+
+/* Events of @p type in @p stream (optionally only those whose payload mentions @p needle). */
+static int count_events(const char *stream, const char *filter, const char *type,
+                        const char *needle)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    ck_assert_int_eq(js_SubscribeSync(&sub, jl_conn_js(env.conn), filter, NULL, &so, NULL),
+                     NATS_OK);
+    uint64_t last = tstream_last_seq(env.conn, stream), seq = 0;
+    int n = 0;
+    while (seq < last) {
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK);
+        jsMsgMetaData *meta = NULL;
+        ck_assert_int_eq(natsMsg_GetMetaData(&meta, m), NATS_OK);
+        seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        jl_commit *c = NULL;
+        char why[256];
+        if (jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, why,
+                             sizeof(why)) == JL_OK) {
+            for (size_t i = 0; i < jl_commit_count(c); i++) {
+                jl_event ev;
+                jl_buf b;
+                jl_buf_init(&b, 1 << 20);
+                if (jl_commit_event(c, i, NULL, &ev, why, sizeof(why)) == JL_OK &&
+                    strcmp(ev.event_type, type) == 0 && jl_pb_to_json(&b, ev.payload) == JL_OK &&
+                    (needle == NULL || strstr(jl_buf_str(&b), needle) != NULL))
+                    n++;
+                jl_buf_cleanup(&b);
+            }
+            jl_commit_free(c);
+        }
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    return n;
+}
+
+/* ---- tests ---- */
+
+START_TEST(one_order_confirmed_one_cancelled_for_lack_of_stock)
+{
+    runner_start(&process, &fulfilment_process);
+    register_product("apple", "Apple", 10);
+    register_product("pear", "Pear", 2);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1];
+    line la[] = {{"apple", 3, 150}, {"pear", 1, 400}};
+    line lb[] = {{"pear", 5, 400}};
+    place_order("alice", la, 2, a);
+    wait_status(a, "confirmed", 20000);
+    place_order("bob", lb, 1, b);
+    wait_status(b, "cancelled", 20000);
+
+    /* Inventory: A's reservation committed (taken off the shelf), B's never held stock. */
+    expect_stock("apple", 7, 0);
+    expect_stock("pear", 1, 0);
+
+    /* The process manager's view of both. */
+    Fulfilment__GetFulfilment gf = FULFILMENT__GET_FULFILMENT__INIT;
+    gf.order_id = b;
+    jl_code code;
+    Fulfilment__GetFulfilmentResult *fr =
+        (Fulfilment__GetFulfilmentResult *)query("fulfilment", &gf.base, &code);
+    ck_assert_ptr_nonnull(fr);
+    ck_assert_msg(strstr(fr->reason, "insufficient stock for sku pear") != NULL, "%s", fr->reason);
+    protobuf_c_message_free_unpacked(&fr->base, NULL);
+
+    /* Dashboard: counts by status, and the sales of the confirmed order only. */
+    Dashboard__OrderCounts oc = DASHBOARD__ORDER_COUNTS__INIT;
+    oc.min_sequence = tstream_last_seq(env.conn, "ORDERS");
+    Dashboard__OrderCountsResult *cr =
+        (Dashboard__OrderCountsResult *)query("sales_dashboard", &oc.base, &code);
+    ck_assert_ptr_nonnull(cr);
+    ck_assert_int_eq(cr->confirmed, 1);
+    ck_assert_int_eq(cr->cancelled, 1);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    Dashboard__TopProducts tp = DASHBOARD__TOP_PRODUCTS__INIT;
+    tp.min_sequence = tstream_last_seq(env.conn, "INVENTORY");
+    tp.min_sequence_stream = "INVENTORY";
+    Dashboard__TopProductsResult *top =
+        (Dashboard__TopProductsResult *)query("sales_dashboard", &tp.base, &code);
+    ck_assert_ptr_nonnull(top);
+    ck_assert_uint_eq(top->n_products, 2);
+    ck_assert_str_eq(top->products[0]->sku, "apple");
+    ck_assert_str_eq(top->products[0]->name, "Apple");
+    ck_assert_int_eq(top->products[0]->units, 3);
+    ck_assert_int_eq(top->products[0]->revenue_cents, 450);
+    ck_assert_str_eq(top->products[1]->sku, "pear");
+    ck_assert_int_eq(top->products[1]->units, 1);
+    protobuf_c_message_free_unpacked(&top->base, NULL);
+}
+END_TEST
+
+/* Units and revenue per sku of confirmed orders, computed from the ORDERS stream itself. */
+typedef struct sales {
+    char sku[16][32];
+    int64_t units[16], revenue[16];
+    int n;
+} sales;
+
+static void add_sale(sales *s, const char *sku, int64_t units, int64_t revenue)
+{
+    int i = 0;
+    while (i < s->n && strcmp(s->sku[i], sku) != 0)
+        i++;
+    if (i == s->n)
+        snprintf(s->sku[s->n++], sizeof(s->sku[0]), "%s", sku);
+    s->units[i] += units;
+    s->revenue[i] += revenue;
+}
+
+static void sales_from_stream(sales *out)
+{
+    /* Lines of placed orders, counted when the order is confirmed. */
+    static char ids[256][JL_UUID_LEN + 1];
+    static Orders__OrderPlaced *placed[256];
+    int n = 0;
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Ordered = true;
+    ck_assert_int_eq(
+        js_SubscribeSync(&sub, jl_conn_js(env.conn), "orders.events.>", NULL, &so, NULL), NATS_OK);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS"), seq = 0;
+    memset(out, 0, sizeof(*out));
+    while (seq < last) {
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK);
+        jsMsgMetaData *meta = NULL;
+        natsMsg_GetMetaData(&meta, m);
+        seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        jl_commit *c = NULL;
+        char why[256];
+        ck_assert_int_eq(jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                                          seq, why, sizeof(why)),
+                         JL_OK);
+        for (size_t i = 0; i < jl_commit_count(c); i++) {
+            jl_event ev;
+            ck_assert_int_eq(jl_commit_event(c, i, NULL, &ev, why, sizeof(why)), JL_OK);
+            if (strcmp(ev.event_type, "orders.OrderPlaced") == 0 && n < 256) {
+                const Orders__OrderPlaced *p = (const Orders__OrderPlaced *)ev.payload;
+                size_t len = protobuf_c_message_get_packed_size(&p->base);
+                uint8_t *buf = malloc(len + 1);
+                protobuf_c_message_pack(&p->base, buf);
+                placed[n] = orders__order_placed__unpack(NULL, len, buf);
+                free(buf);
+                snprintf(ids[n++], JL_UUID_LEN + 1, "%s", ev.aggregate_id);
+            } else if (strcmp(ev.event_type, "orders.OrderConfirmed") == 0) {
+                for (int k = 0; k < n; k++) {
+                    if (strcmp(ids[k], ev.aggregate_id) != 0)
+                        continue;
+                    for (size_t l = 0; l < placed[k]->n_lines; l++)
+                        add_sale(out, placed[k]->lines[l]->sku, placed[k]->lines[l]->quantity,
+                                 placed[k]->lines[l]->quantity *
+                                     placed[k]->lines[l]->unit_price_cents);
+                }
+            }
+        }
+        jl_commit_free(c);
+        natsMsg_Destroy(m);
+    }
+    for (int k = 0; k < n; k++)
+        orders__order_placed__free_unpacked(placed[k], NULL);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+}
+
+START_TEST(dashboard_equals_the_sales_computed_from_the_streams)
+{
+    runner_start(&process, &fulfilment_process);
+    register_product("apple", "Apple", 50);
+    register_product("pear", "Pear", 5);
+    register_product("plum", "Plum", 20);
+    char id[JL_UUID_LEN + 1];
+    for (int i = 0; i < 8; i++) {
+        line l[] = {{"apple", 1 + i % 3, 150}, {i % 2 ? "pear" : "plum", 2, 99 + i}};
+        place_order("many", l, 2, id);
+    }
+    /* Wait for the process manager to settle every order. */
+    int64_t deadline = tnow_ms() + 30000;
+    for (;;) {
+        Dashboard__OrderCounts oc = DASHBOARD__ORDER_COUNTS__INIT;
+        oc.min_sequence = tstream_last_seq(env.conn, "ORDERS");
+        jl_code code;
+        Dashboard__OrderCountsResult *cr =
+            (Dashboard__OrderCountsResult *)query("sales_dashboard", &oc.base, &code);
+        bool settled = cr != NULL && cr->confirmed + cr->cancelled == 8;
+        if (cr != NULL)
+            protobuf_c_message_free_unpacked(&cr->base, NULL);
+        if (settled)
+            break;
+        ck_assert_msg(tnow_ms() < deadline, "orders not settled");
+        nats_Sleep(100);
+    }
+    sales want;
+    sales_from_stream(&want);
+    ck_assert_int_gt(want.n, 0);
+    Dashboard__TopProducts tp = DASHBOARD__TOP_PRODUCTS__INIT;
+    tp.min_sequence = tstream_last_seq(env.conn, "ORDERS");
+    tp.limit = 100;
+    jl_code code;
+    Dashboard__TopProductsResult *top =
+        (Dashboard__TopProductsResult *)query("sales_dashboard", &tp.base, &code);
+    ck_assert_ptr_nonnull(top);
+    ck_assert_uint_eq(top->n_products, (size_t)want.n);
+    for (size_t i = 0; i < top->n_products; i++) {
+        sales one = {0};
+        add_sale(&one, top->products[i]->sku, 0, 0);
+        int k = 0;
+        while (k < want.n && strcmp(want.sku[k], top->products[i]->sku) != 0)
+            k++;
+        ck_assert_int_lt(k, want.n);
+        ck_assert_int_eq(top->products[i]->units, want.units[k]);
+        ck_assert_int_eq(top->products[i]->revenue_cents, want.revenue[k]);
+    }
+    protobuf_c_message_free_unpacked(&top->base, NULL);
+}
+END_TEST
+
+/* ---- the process manager killed at each step ---- */
+
+static pid_t spawn_process(const char *fault_point, const char *log)
+{
+    char path[PATH_MAX], e_url[1100], e_dir[600], e_fault[128];
+    const char *bindir = getenv("JL_BIN_DIR");
+    ck_assert_ptr_nonnull(bindir);
+    snprintf(path, sizeof(path), "%s/fulfilment", bindir);
+    snprintf(e_url, sizeof(e_url), "NATS_URL=%s", env.cfg.nats_url);
+    snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s/pm", env.dir);
+    snprintf(e_fault, sizeof(e_fault), "JL_FAULT_POINT=%s", fault_point ? fault_point : "");
+    const char *const envv[] = {
+        e_url, e_dir, e_fault, "JL_FAULT_AFTER=1", "JL_DURABLE=", "JL_LOG_LEVEL=info", NULL};
+    const char *const argv[] = {path, NULL};
+    pid_t pid = 0;
+    ck_assert_msg(jl_proc_spawn(&pid, argv, envv, log) == 0, "spawn: %s", strerror(errno));
+    return pid;
+}
+
+START_TEST(process_manager_killed_at_each_step_reserves_once)
+{
+    static const char *const points[] = {"apply.before_commit", "outbox.before_send",
+                                         "outbox.after_send"};
+    char log[600];
+    snprintf(log, sizeof(log), "%s/fulfilment.log", env.dir);
+    register_product("apple", "Apple", 100);
+    int64_t expect_on_hand = 100;
+    for (size_t k = 0; k < sizeof(points) / sizeof(points[0]); k++) {
+        pid_t pid = spawn_process(points[k], log);
+        char id[JL_UUID_LEN + 1];
+        line l[] = {{"apple", 2 + (int)k, 150}};
+        place_order("crash", l, 1, id);
+        int status = 0;
+        /* It dies at that point... */
+        ck_assert_int_eq(jl_proc_stop(pid, 0, 20000, &status), 0);
+        ck_assert_msg(status == 137, "the process manager did not die at %s (status %d)", points[k],
+                      status);
+        printf("killed the process manager at %s; restarting it\n", points[k]);
+        /* ...and, restarted, finishes the work exactly once. */
+        pid = spawn_process(NULL, log);
+        wait_status(id, "confirmed", 30000);
+        expect_on_hand -= 2 + (int64_t)k;
+        expect_stock("apple", expect_on_hand, 0);
+        char needle[64];
+        snprintf(needle, sizeof(needle), "\"order_id\":\"%s\"", id);
+        ck_assert_int_eq(
+            count_events("INVENTORY", "inventory.events.>", "inventory.StockReserved", needle), 1);
+        ck_assert_int_eq(count_events("INVENTORY", "inventory.events.>",
+                                      "inventory.ReservationCommitted", needle),
+                         1);
+        ck_assert_int_eq(count_events("ORDERS", "orders.events.>", "orders.OrderConfirmed", needle),
+                         1);
+        ck_assert_int_eq(jl_proc_stop(pid, SIGTERM, 10000, &status), 0);
+        ck_assert_int_eq(status, 0);
+    }
+}
+END_TEST
+
+START_TEST(same_reservation_command_to_two_replicas_has_one_effect)
+{
+    register_product("apple", "Apple", 10);
+    jl_conn *c2 = tenv_connect(&env);
+    jl_producer *second = NULL;
+    char err[512];
+    ck_assert_int_eq(jl_producer_open(&second, c2, &inventory_service, &env.cfg, err, sizeof(err)),
+                     JL_OK);
+    char rid[JL_UUID_LEN + 1], oid[JL_UUID_LEN + 1];
+    jl_uuid_new(rid);
+    jl_uuid_new(oid);
+    Inventory__ReservationLine ln = INVENTORY__RESERVATION_LINE__INIT;
+    Inventory__ReservationLine *lines[] = {&ln};
+    ln.sku = "apple";
+    ln.quantity = 4;
+    Inventory__ReserveStock rs = INVENTORY__RESERVE_STOCK__INIT;
+    rs.reservation_id = rid;
+    rs.order_id = oid;
+    rs.n_lines = 1;
+    rs.lines = lines;
+    uint8_t buf[512];
+    size_t n = inventory__reserve_stock__pack(&rs, buf);
+    jl_reply r1, r2;
+    jl_reply_init(&r1);
+    jl_reply_init(&r2);
+    jl_producer_handle(inventory_p, "ReserveStock", buf, n, "two-replicas-1", NULL, NULL, &r1);
+    jl_producer_handle(second, "ReserveStock", buf, n, "two-replicas-1", NULL, NULL, &r2);
+    ck_assert_int_eq(r1.code, JL_CODE_OK);
+    ck_assert_int_eq(r2.code, JL_CODE_OK);
+    ck_assert(r2.duplicate);
+    ck_assert_uint_eq(r1.stream_seq, r2.stream_seq);
+    expect_stock("apple", 10, 4);
+    char needle[64];
+    snprintf(needle, sizeof(needle), "\"reservation_id\":\"%s\"", rid);
+    ck_assert_int_eq(
+        count_events("INVENTORY", "inventory.events.>", "inventory.StockReserved", needle), 1);
+    jl_reply_cleanup(&r1);
+    jl_reply_cleanup(&r2);
+    jl_producer_close(second, 1000);
+    jl_conn_close(c2, 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("fulfilment");
+    TCase *tc = tcase_create("fulfilment");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
+    tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
+    tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
+    tcase_add_test(tc, same_reservation_command_to_two_replicas_has_one_effect);
+    suite_add_tcase(s, tc);
+    return trun(s);
+}
