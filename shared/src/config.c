@@ -37,7 +37,8 @@ static const key keys[] = {
     STR("data-dir", "JL_DATA_DIR", data_dir, "directory of read-model databases"),
     STR("name", "JL_NAME", name, "instance name (logs, connection name)"),
     STR("durable", "JL_DURABLE", durable, "projector's durable consumer name"),
-    INT("replicas", "JL_REPLICAS", replicas, 1, 5, "stream replicas"),
+    INT("replicas", "JL_REPLICAS", replicas, 0, 5,
+        "stream replicas, 0 = 3 on a cluster of 3+, else 1"),
     {"log-level", "JL_LOG_LEVEL", K_LEVEL, offsetof(jl_config, log_level), 0, 0, 0,
      "debug, info, warn or error"},
     I64("duplicate-window", "JL_DUPLICATE_WINDOW", duplicate_window_s, 1, 7 * 24 * 3600,
@@ -65,7 +66,7 @@ void jl_config_init(jl_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->nats_url, sizeof(cfg->nats_url), "nats://127.0.0.1:4222");
     snprintf(cfg->data_dir, sizeof(cfg->data_dir), "./data");
-    cfg->replicas = 1;
+    cfg->replicas = 0;
     cfg->log_level = JL_LOG_INFO;
     cfg->duplicate_window_s = 120;
     cfg->max_age_s = 0;

@@ -353,6 +353,20 @@ done:
     return s;
 }
 
+int jl_conn_replicas(jl_conn *c, int configured)
+{
+    char **servers = NULL;
+    int count = 0;
+    if (configured > 0)
+        return configured;
+    if (natsConnection_GetServers(c->nc, &servers, &count) != NATS_OK)
+        return 1;
+    for (int i = 0; i < count; i++)
+        free(servers[i]);
+    free(servers);
+    return count >= 3 ? 3 : 1;
+}
+
 jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t errlen)
 {
     char **servers = NULL;

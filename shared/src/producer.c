@@ -1221,7 +1221,7 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
         kc.Description = description;
         kc.History = 1;
         kc.StorageType = js_FileStorage;
-        kc.Replicas = cfg->replicas;
+        kc.Replicas = jl_conn_replicas(p->conn, cfg->replicas);
         kc.MaxValueSize = JL_MAX_COMMIT_BYTES;
         kc.TTL = ttl_s * 1000000000LL;
         ns = js_CreateKeyValue(out, jl_conn_js(p->conn), &kc);
@@ -1314,8 +1314,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     jl_log(JL_LOG_INFO, "producer ready",
            "\"subject\":\"%s\",\"queue\":\"%s\",\"stream\":\"%s\",\"replicas\":%d,"
            "\"cache_size\":%d,\"snapshot_every\":%d",
-           cmd_subject, def->name, def->stream, cfg->replicas, cfg->cache_size,
-           p->snapshots ? cfg->snapshot_every : 0);
+           cmd_subject, def->name, def->stream, jl_conn_replicas(conn, cfg->replicas),
+           cfg->cache_size, p->snapshots ? cfg->snapshot_every : 0);
 done:
     if (s != JL_OK) {
         jl_producer_close(p, 0);

@@ -21,7 +21,7 @@ struct jl_store {
 void jl_store_cfg_init(jl_store_cfg *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->replicas = 1;
+    cfg->replicas = 0;
     cfg->max_bytes = -1;
     cfg->max_age_s = 0;
     cfg->duplicate_window_s = 120;
@@ -180,7 +180,9 @@ jl_status jl_store_open(jl_store **out_store, jl_conn *conn, const jl_store_cfg 
     st->conn = conn;
     st->js = jl_conn_js(conn);
     snprintf(st->stream, sizeof(st->stream), "%s", cfg->stream);
-    s = ensure_stream(st, cfg);
+    jl_store_cfg resolved = *cfg;
+    resolved.replicas = jl_conn_replicas(conn, cfg->replicas);
+    s = ensure_stream(st, &resolved);
     if (s != JL_OK) {
         snprintf(err, errlen, "%s", st->err);
         free(st);

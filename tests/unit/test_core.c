@@ -1197,7 +1197,7 @@ START_TEST(config_init_sets_documented_defaults)
     ck_assert_str_eq(cfg.data_dir, "./data");
     ck_assert_str_eq(cfg.name, "");
     ck_assert_str_eq(cfg.durable, "");
-    ck_assert_int_eq(cfg.replicas, 1);
+    ck_assert_int_eq(cfg.replicas, 0); /* auto: 3 on a cluster, else 1 */
     ck_assert_int_eq(cfg.log_level, JL_LOG_INFO);
     ck_assert_int_eq(cfg.duplicate_window_s, 120);
     ck_assert_int_eq(cfg.max_age_s, 0);
@@ -1354,7 +1354,7 @@ START_TEST(config_out_of_range_numbers_are_invalid)
         const char *arg;
         const char *flag;
     } bad[] = {
-        {"--replicas=0", "--replicas"},
+        {"--replicas=-1", "--replicas"},
         {"--replicas=6", "--replicas"},
         {"--batch=0", "--batch"},
         {"--batch=8193", "--batch"},

@@ -71,6 +71,13 @@ jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, si
 /** True when dotted version @p v ("2.10.27", "v2.9.21-beta") is at least @p min ("2.9.21"). */
 bool jl_version_at_least(const char *v, const char *min);
 
+/**
+ * Replicas to give a stream when @p configured is 0 ("auto"): 3 when the connection knows three
+ * or more servers (a cluster: configured and discovered URLs), else 1. A non-zero @p configured
+ * is returned as is.
+ */
+int jl_conn_replicas(jl_conn *c, int configured);
+
 /** Map a NATS status to a jetledger status (timeouts, no responders, closed ...). */
 jl_status jl_status_from_nats(natsStatus ns);
 

@@ -24,7 +24,7 @@
 typedef struct jl_store_cfg {
     const char *stream;         /**< e.g. "ORDERS" (required) */
     const char *subjects;       /**< e.g. "orders.events.>" (required) */
-    int replicas;               /**< 1 (default) .. 5 */
+    int replicas;               /**< 1 .. 5; 0 (default) = 3 on a cluster of 3+, else 1 */
     int64_t max_bytes;          /**< -1 = unlimited (default); when set, new events are refused */
     int64_t max_age_s;          /**< 0 = keep forever (default) */
     int64_t duplicate_window_s; /**< Nats-Msg-Id memory, default 120 */
