@@ -39,21 +39,21 @@
 /** Sizes and rates of one run; bench_opts_defaults() fills them for --quick or the full run. */
 typedef struct bench_opts {
     bool quick;
-    bool keep;               /**< keep the work directory (servers' stores, logs, databases) */
-    char out_dir[PATH_MAX];  /**< where latest.json, the charts and their data go */
-    int aggregates;          /**< orders created first; commands go round-robin over them */
-    int window;              /**< commands (or raw publishes) in flight */
-    long tput_commands;      /**< AddItem commands timed for the throughput figure */
-    int lat_rate;            /**< commands/s of the latency figure */
-    int lat_samples;         /**< commands of the latency figure */
-    int ryw_rate;            /**< command+query pairs/s of the read-your-writes figure */
-    int ryw_samples;         /**< pairs of the read-your-writes figure */
-    int long_events;         /**< events of the long aggregate */
-    int long_samples;        /**< timed commands on the long aggregate (as many on fresh ones) */
-    long events;             /**< stream length for catch-up, memory and rebuild */
-    int fill_max_s;          /**< bound on filling the stream with commands; the rest is seeded */
-    int batch;               /**< the projector's batch (its default unless --batch) */
-    bool batch_given;        /**< --batch was given: passed to the projectors as JL_BATCH */
+    bool keep;              /**< keep the work directory (servers' stores, logs, databases) */
+    char out_dir[PATH_MAX]; /**< where latest.json, the charts and their data go */
+    int aggregates;         /**< orders created first; commands go round-robin over them */
+    int window;             /**< commands (or raw publishes) in flight */
+    long tput_commands;     /**< AddItem commands timed for the throughput figure */
+    int lat_rate;           /**< commands/s of the latency figure */
+    int lat_samples;        /**< commands of the latency figure */
+    int ryw_rate;           /**< command+query pairs/s of the read-your-writes figure */
+    int ryw_samples;        /**< pairs of the read-your-writes figure */
+    int long_events;        /**< events of the long aggregate */
+    int long_samples;       /**< timed commands on the long aggregate (as many on fresh ones) */
+    long events;            /**< stream length for catch-up, memory and rebuild */
+    int fill_max_s;         /**< bound on filling the stream with commands; the rest is seeded */
+    int batch;              /**< the projector's batch (its default unless --batch) */
+    bool batch_given;       /**< --batch was given: passed to the projectors as JL_BATCH */
     char server_path[PATH_MAX]; /**< nats-server ("" = $JL_NATS_SERVER, PATH, /usr/sbin) */
 } bench_opts;
 
@@ -62,6 +62,7 @@ typedef struct bench_figure {
     char name[64];
     double value;
     char unit[16];
+    char raw_unit[16]; /**< unit of the raw value in the table ("" = unit) */
     bool has_raw;
     double raw;
     bool has_ratio;
@@ -96,6 +97,7 @@ typedef struct bench_machine {
     char nats_server[64];
     char libnats[32];
     char sqlite[32];
+    char loadavg[64]; /**< /proc/loadavg at the start: other load skews every figure */
 } bench_machine;
 
 typedef struct bench_rpc bench_rpc;
@@ -109,13 +111,19 @@ typedef struct bench {
     char bin_dir[PATH_MAX]; /**< where jetledger-bench and the services are */
     bench_machine machine;
     jl_natsd *natsd;
-    natsConnection *nc;    /**< requests, queries, stream admin */
-    jsCtx *js;             /**< sync JetStream calls */
-    bench_rpc *rpc;        /**< async requests over one inbox subscription */
-    bench_raw *raw;        /**< the raw stream's subjects and their last sequences */
-    pid_t orders_pid;      /**< the producer */
-    pid_t live_pid;        /**< a projector answering queries (figures 3 and 6) */
-    pid_t catchup_pid;     /**< the fresh projector of figure 4 (and the rebuild) */
+    /* Two connections, each used the same way for a pipeline figure and its raw limit: "fast"
+     * writes every message at once (SendAsap, as the services do) for the latency figures;
+     * "bulk" lets the library batch its writes for the throughput figures. */
+    natsConnection *nc;      /**< fast: requests, queries, sync publishes, stream admin */
+    jsCtx *js;               /**< on nc */
+    natsConnection *nc_bulk; /**< bulk: async commands, async publishes, ordered consumers */
+    jsCtx *js_bulk;          /**< on nc_bulk */
+    bench_rpc *rpc;          /**< async requests on nc */
+    bench_rpc *rpc_bulk;     /**< async requests on nc_bulk */
+    bench_raw *raw;          /**< the raw stream's subjects and their last sequences */
+    pid_t orders_pid;        /**< the producer */
+    pid_t live_pid;          /**< a projector answering queries (figures 3 and 6) */
+    pid_t catchup_pid;       /**< the fresh projector of figure 4 (and the rebuild) */
     char orders_log[PATH_MAX];
     char live_log[PATH_MAX];
     char catchup_log[PATH_MAX];
@@ -128,8 +136,17 @@ typedef struct bench {
     size_t n_figs;
     bench_series lat_cmd, lat_cmd_raw, lat_ryw, lat_ryw_raw, lat_long, lat_fresh;
     bench_curve catchup, catchup_raw_read, catchup_raw_sql;
-    char notes[4096]; /**< choices made during the run (printed and stored in the JSON) */
+    char notes[4096];       /**< choices made during the run (printed and stored in the JSON) */
+    char foreign_cpu[1024]; /**< "phase 3%, ...": CPU other processes took during each phase */
+    double foreign_cpu_max; /**< the largest of those shares */
 } bench;
+
+/** CPU time counters at one moment (bench_cpu_sample()). */
+typedef struct bench_cpu {
+    int64_t t_ns;
+    uint64_t busy_ticks; /**< all CPUs, /proc/stat, not idle or iowait */
+    uint64_t mine_ticks; /**< this process, its reaped children and its running services */
+} bench_cpu;
 
 /* ---- bench.c ---- */
 
@@ -160,8 +177,15 @@ void bench_sleep_ms(int ms);
 /** Fill bench->machine (nats_server once the server runs). */
 void bench_machine_read(bench *b);
 
-/** Start nats-server in <work>/nats and connect bench->nc / bench->js. */
+/** Start nats-server in <work>/nats and connect bench->nc, js, nc_bulk, js_bulk. */
 jl_status bench_env_start(bench *b);
+
+/**
+ * Connect to @p url with a JetStream context; @p send_asap writes every message at once instead
+ * of leaving it to the library's flusher (what the services do, for latency).
+ */
+natsStatus bench_connect(natsConnection **nc, jsCtx **js, const char *url, const char *name,
+                         bool send_asap);
 
 /** Disconnect and stop the server (idempotent). */
 void bench_env_stop(bench *b);
@@ -181,6 +205,18 @@ jl_status bench_stop_proc(bench *b, pid_t *pid, const char *what);
 
 /** Fail unless @p pid is still running (with the tail of @p log_path in the message). */
 jl_status bench_check_alive(bench *b, pid_t pid, const char *what, const char *log_path);
+
+/** Sample the machine's and our own CPU time (all zero where /proc cannot be read). */
+void bench_cpu_sample(const bench *b, bench_cpu *out);
+
+/**
+ * Share (0..1) of the machine's CPU capacity between @p from and @p to that processes other than
+ * ours used: another workload on the machine skews every figure measured meanwhile.
+ */
+double bench_cpu_foreign(const bench *b, const bench_cpu *from, const bench_cpu *to);
+
+/** CPU time (user + system) a running process has used so far, in seconds. */
+double bench_proc_cpu_s(pid_t pid);
 
 /** Peak RSS (VmHWM) of a process in KiB. */
 jl_status bench_vmhwm_kb(bench *b, pid_t pid, long *out_kb);
@@ -206,8 +242,8 @@ void bench_file_tail(const char *path, char *out, size_t n);
 typedef jl_status (*bench_make_fn)(void *closure, size_t i, char *subject, size_t subject_len,
                                    const ProtobufCMessage **out_msg, void *scratch);
 
-/** Create the async request engine on bench->nc (one wildcard inbox subscription). */
-jl_status bench_rpc_open(bench *b);
+/** Create an async request engine on @p nc (one wildcard inbox subscription). */
+jl_status bench_rpc_open(bench *b, natsConnection *nc, bench_rpc **out);
 
 /** Free the engine. NULL-safe. */
 void bench_rpc_close(bench_rpc *r);
@@ -228,8 +264,9 @@ typedef struct bench_run_result {
  * on a stop signal; failed commands do not fail the run (they are counted in the result and in
  * bench->failed_commands, and the first reason is printed).
  */
-jl_status bench_rpc_run(bench *b, size_t n, int window, double rate, bench_make_fn make,
-                        void *closure, bench_series *lat, bench_run_result *out);
+jl_status bench_rpc_run(bench *b, bench_rpc *r, size_t n, int window, double rate,
+                        bench_make_fn make, void *closure, bench_series *lat,
+                        bench_run_result *out);
 
 /** A synchronous request: pack @p msg, send to @p subject, decode the jetledger.Reply. */
 jl_status bench_request(bench *b, const char *subject, const ProtobufCMessage *msg, int timeout_ms,
@@ -265,6 +302,12 @@ jl_status bench_wait_ready(bench *b, const char *subject, const ProtobufCMessage
 
 /* ---- raw.c: the raw limits, and seeding ---- */
 
+/**
+ * Create stream RAW (file storage, like ORDERS) with one subject per aggregate and append the
+ * first event of each (async, not timed): bench->raw.
+ */
+jl_status bench_raw_open(bench *b);
+
 /** Free bench->raw. */
 void bench_raw_close(bench *b);
 
@@ -288,9 +331,10 @@ jl_status bench_seed(bench *b, uint64_t target);
 /**
  * Figure 4 raw (b): decode ORDERS up to @p last_seq into rows (not timed), then apply them with
  * the projection's SQL to a new SQLite file in WAL mode, synchronous=NORMAL, in transactions of
- * bench->o.batch messages with a checkpoint row update each (timed); events/s.
+ * bench->o.batch messages with a checkpoint row update each (timed); events/s, and the CPU
+ * seconds the applying took (a figure other load on the machine does not change much).
  */
-jl_status bench_raw_sqlite(bench *b, uint64_t last_seq, double *out_rate);
+jl_status bench_raw_sqlite(bench *b, uint64_t last_seq, double *out_rate, double *out_cpu_s);
 
 /* ---- report.c ---- */
 
@@ -314,8 +358,8 @@ void bench_print_machine(const bench *b);
 /** Print the table of figures. */
 void bench_print_table(const bench *b);
 
-/** Write <out>/latest.json. */
-jl_status bench_write_json(bench *b, double run_seconds);
+/** Write <out>/<name> (latest.json, or failed.json for a run that did not finish). */
+jl_status bench_write_json(bench *b, const char *name, double run_seconds);
 
 /** Write the chart data files and, when gnuplot is there, latency.png and catchup.png. */
 jl_status bench_write_charts(bench *b);

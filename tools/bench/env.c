@@ -18,9 +18,6 @@
 
 #define STOP_TIMEOUT_MS 10000
 #define CONNECT_TIMEOUT_MS 5000
-/* Callbacks of the ordered consumers get every message of a 1M-event stream as fast as the
- * server sends them: the client must not drop them as a slow consumer. */
-#define SUB_PENDING_MSGS 4000000
 #define TAIL_LEN 1500
 
 static void read_line_value(const char *path, const char *key, char *out, size_t n)
@@ -62,17 +59,46 @@ void bench_machine_read(bench *b)
         snprintf(m->kernel, sizeof(m->kernel), "%s %s", u.sysname, u.release);
     snprintf(m->libnats, sizeof(m->libnats), "%s", nats_GetVersion());
     snprintf(m->sqlite, sizeof(m->sqlite), "%s", sqlite3_libversion());
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f != NULL) {
+        double l1 = 0, l5 = 0, l15 = 0;
+        if (fscanf(f, "%lf %lf %lf", &l1, &l5, &l15) == 3)
+            snprintf(m->loadavg, sizeof(m->loadavg), "%.2f %.2f %.2f", l1, l5, l15);
+        fclose(f);
+    }
     if (m->nats_server[0] == 0)
         snprintf(m->nats_server, sizeof(m->nats_server), "unknown");
+}
+
+natsStatus bench_connect(natsConnection **nc, jsCtx **js, const char *url, const char *name,
+                         bool send_asap)
+{
+    natsOptions *opts = NULL;
+    jsOptions jo;
+    natsStatus ns = natsOptions_Create(&opts);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetURL(opts, url);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetName(opts, name);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetSendAsap(opts, send_asap);
+    if (ns == NATS_OK)
+        ns = natsConnection_Connect(nc, opts);
+    if (ns == NATS_OK) {
+        jsOptions_Init(&jo);
+        jo.Wait = 10000;
+        ns = natsConnection_JetStream(js, *nc, &jo);
+    }
+    natsOptions_Destroy(opts);
+    return ns;
 }
 
 jl_status bench_env_start(bench *b)
 {
     char err[2048] = "", store[PATH_MAX + 16];
-    natsOptions *opts = NULL;
-    jsOptions jo;
     jl_natsd_opts o;
-    jl_status s = JL_OK;
     natsStatus ns;
 
     snprintf(store, sizeof(store), "%s/nats", b->work);
@@ -87,39 +113,32 @@ jl_status bench_env_start(bench *b)
                                 sizeof(b->machine.nats_server)) != JL_OK)
         snprintf(b->machine.nats_server, sizeof(b->machine.nats_server), "unknown");
 
-    ns = natsOptions_Create(&opts);
+    ns = bench_connect(&b->nc, &b->js, jl_natsd_url(b->natsd), "jetledger-bench", true);
     if (ns == NATS_OK)
-        ns = natsOptions_SetURL(opts, jl_natsd_url(b->natsd));
-    if (ns == NATS_OK)
-        ns = natsOptions_SetName(opts, "jetledger-bench");
-    if (ns == NATS_OK)
-        ns = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
-    if (ns == NATS_OK)
-        ns = natsOptions_SetMaxPendingMsgs(opts, SUB_PENDING_MSGS);
-    if (ns == NATS_OK)
-        ns = natsConnection_Connect(&b->nc, opts);
-    if (ns == NATS_OK) {
-        jsOptions_Init(&jo);
-        jo.Wait = 10000;
-        ns = natsConnection_JetStream(&b->js, b->nc, &jo);
-    }
+        ns = bench_connect(&b->nc_bulk, &b->js_bulk, jl_natsd_url(b->natsd), "jetledger-bench-bulk",
+                           false);
     if (ns != NATS_OK)
-        s = bench_fail(b, JL_ERR_NATS, "cannot connect to %s: %s", jl_natsd_url(b->natsd),
-                       natsStatus_GetText(ns));
-    natsOptions_Destroy(opts);
-    return s;
+        return bench_fail(b, JL_ERR_NATS, "cannot connect to %s: %s", jl_natsd_url(b->natsd),
+                          natsStatus_GetText(ns));
+    return JL_OK;
+}
+
+static void disconnect(natsConnection **nc, jsCtx **js)
+{
+    if (*js != NULL)
+        jsCtx_Destroy(*js);
+    *js = NULL;
+    if (*nc != NULL) {
+        natsConnection_Close(*nc);
+        natsConnection_Destroy(*nc);
+    }
+    *nc = NULL;
 }
 
 void bench_env_stop(bench *b)
 {
-    if (b->js != NULL)
-        jsCtx_Destroy(b->js);
-    b->js = NULL;
-    if (b->nc != NULL) {
-        natsConnection_Close(b->nc);
-        natsConnection_Destroy(b->nc);
-    }
-    b->nc = NULL;
+    disconnect(&b->nc, &b->js);
+    disconnect(&b->nc_bulk, &b->js_bulk);
     jl_natsd_destroy(b->natsd);
     b->natsd = NULL;
 }
@@ -160,8 +179,10 @@ jl_status bench_stop_proc(bench *b, pid_t *pid, const char *what)
         return bench_fail(b, JL_ERR_INTERNAL, "cannot stop %s: %s", what, strerror(e));
     }
     *pid = 0;
-    /* Services exit 0 after SIGTERM (README): anything else is a crash or a hang we killed. */
-    if (st != 0)
+    /* Services exit 0 after SIGTERM (README): anything else is a crash or a hang we killed.
+     * After Ctrl-C the terminal's SIGINT reached them too, and our SIGTERM is a second signal
+     * (exit 130 by design). */
+    if (st != 0 && !(st == 130 && bench_stopping()))
         return bench_fail(b, JL_ERR_INTERNAL,
                           "%s exited with status %d on SIGTERM (expected 0; 137 = killed after "
                           "%d ms)",
@@ -196,6 +217,75 @@ jl_status bench_check_alive(bench *b, pid_t pid, const char *what, const char *l
     bench_file_tail(log_path, tail, sizeof(tail));
     return bench_fail(b, JL_ERR_UNAVAILABLE, "%s (pid %d) is not running; end of %s:\n%s", what,
                       (int)pid, log_path, tail);
+}
+
+/* utime + stime (+ cutime + cstime when @p with_children) of a process, in clock ticks. */
+static uint64_t proc_ticks(pid_t pid, bool with_children)
+{
+    char path[64], buf[1024];
+    uint64_t v[4] = {0};
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* Fields after the command name (which may hold spaces): state is field 3, utime 14. */
+    const char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return 0;
+    p++;
+    for (int field = 3; field <= 17 && *p; field++) {
+        while (*p == ' ')
+            p++;
+        if (field >= 14)
+            v[field - 14] = strtoull(p, NULL, 10);
+        while (*p && *p != ' ')
+            p++;
+    }
+    return v[0] + v[1] + (with_children ? v[2] + v[3] : 0);
+}
+
+void bench_cpu_sample(const bench *b, bench_cpu *out)
+{
+    char line[512];
+    unsigned long long t[8] = {0};
+    memset(out, 0, sizeof(*out));
+    out->t_ns = bench_now_ns();
+    FILE *f = fopen("/proc/stat", "r");
+    if (f != NULL) {
+        if (fgets(line, sizeof(line), f) != NULL &&
+            sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &t[0], &t[1], &t[2], &t[3],
+                   &t[4], &t[5], &t[6], &t[7]) == 8)
+            out->busy_ticks = t[0] + t[1] + t[2] + t[5] + t[6] + t[7];
+        fclose(f);
+    }
+    /* Our reaped children count in cutime/cstime; running ones are read one by one. */
+    pid_t running[] = {b->natsd ? jl_natsd_pid(b->natsd) : 0, b->orders_pid, b->live_pid,
+                       b->catchup_pid};
+    out->mine_ticks = proc_ticks(getpid(), true);
+    for (size_t i = 0; i < sizeof(running) / sizeof(running[0]); i++) {
+        if (running[i] > 0)
+            out->mine_ticks += proc_ticks(running[i], false);
+    }
+}
+
+double bench_cpu_foreign(const bench *b, const bench_cpu *from, const bench_cpu *to)
+{
+    double secs = (double)(to->t_ns - from->t_ns) / 1e9;
+    double capacity = secs * (double)sysconf(_SC_CLK_TCK) * (double)b->machine.nproc;
+    if (capacity <= 0 || to->busy_ticks < from->busy_ticks)
+        return 0;
+    double busy = (double)(to->busy_ticks - from->busy_ticks);
+    double mine = (double)(to->mine_ticks - from->mine_ticks);
+    double share = (busy - mine) / capacity;
+    return share < 0 ? 0 : share > 1 ? 1 : share;
+}
+
+double bench_proc_cpu_s(pid_t pid)
+{
+    return (double)proc_ticks(pid, false) / (double)sysconf(_SC_CLK_TCK);
 }
 
 jl_status bench_vmhwm_kb(bench *b, pid_t pid, long *out_kb)

@@ -119,7 +119,7 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     natsMsg_Destroy(msg);
 }
 
-jl_status bench_rpc_open(bench *b)
+jl_status bench_rpc_open(bench *b, natsConnection *nc, bench_rpc **out)
 {
     natsInbox *inbox = NULL;
     char subject[160];
@@ -128,12 +128,12 @@ jl_status bench_rpc_open(bench *b)
         return bench_fail(b, JL_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
-    r->nc = b->nc;
+    r->nc = nc;
     natsStatus ns = natsInbox_Create(&inbox);
     if (ns == NATS_OK) {
         snprintf(r->prefix, sizeof(r->prefix), "%s", (const char *)inbox);
         snprintf(subject, sizeof(subject), "%s.*.*", r->prefix);
-        ns = natsConnection_Subscribe(&r->sub, b->nc, subject, on_reply, r);
+        ns = natsConnection_Subscribe(&r->sub, nc, subject, on_reply, r);
     }
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(r->sub, 1000000, 512 * 1024 * 1024);
@@ -143,7 +143,7 @@ jl_status bench_rpc_open(bench *b)
         return bench_fail(b, JL_ERR_NATS, "cannot subscribe to the reply inbox: %s",
                           natsStatus_GetText(ns));
     }
-    b->rpc = r;
+    *out = r;
     return JL_OK;
 }
 
@@ -187,10 +187,9 @@ static jl_status wait_replies(bench *b, bench_rpc *r, size_t max_in_flight)
     return JL_OK;
 }
 
-jl_status bench_rpc_run(bench *b, size_t n, int window, double rate, bench_make_fn make,
-                        void *closure, bench_series *lat, bench_run_result *out)
+jl_status bench_rpc_run(bench *b, bench_rpc *r, size_t n, int window, double rate,
+                        bench_make_fn make, void *closure, bench_series *lat, bench_run_result *out)
 {
-    bench_rpc *r = b->rpc;
     jl_status s = JL_OK;
     uint8_t body[8192];
     uint8_t scratch[BENCH_SCRATCH];
@@ -387,8 +386,8 @@ jl_status bench_wait_ready(bench *b, const char *subject, const ProtobufCMessage
     for (;;) {
         natsMsg *rep = NULL;
         natsStatus ns = natsConnection_Request(&rep, b->nc, subject, body, (int)len, 500);
-        bool answered = ns == NATS_OK && !natsMsg_IsNoResponders(rep) &&
-                        natsMsg_GetDataLength(rep) > 0;
+        bool answered =
+            ns == NATS_OK && !natsMsg_IsNoResponders(rep) && natsMsg_GetDataLength(rep) > 0;
         natsMsg_Destroy(rep);
         if (answered)
             break;

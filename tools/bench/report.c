@@ -109,7 +109,7 @@ bench_figure *bench_figure_add(bench *b, const char *name, double value, const c
 static int met(const bench_figure *f)
 {
     double t;
-    if (f->target[0] == 0 || !f->has_ratio || sscanf(f->target + 2, "%lf", &t) != 1)
+    if (!f->measured || f->target[0] == 0 || !f->has_ratio || sscanf(f->target + 2, "%lf", &t) != 1)
         return -1;
     if (strncmp(f->target, ">=", 2) == 0)
         return f->ratio >= t;
@@ -133,28 +133,29 @@ static void fmt_num(char *out, size_t n, double v)
 void bench_print_machine(const bench *b)
 {
     const bench_machine *m = &b->machine;
-    printf("machine: %ld cpus, %s, %ld MiB RAM, %s; nats-server %s, libnats %s, SQLite %s\n",
-           m->nproc, m->cpu_model, m->ram_mb, m->kernel, m->nats_server, m->libnats, m->sqlite);
+    printf("machine: %ld cpus, %s, %ld MiB RAM, %s; nats-server %s, libnats %s, SQLite %s; "
+           "load average %s at the start\n",
+           m->nproc, m->cpu_model, m->ram_mb, m->kernel, m->nats_server, m->libnats, m->sqlite,
+           m->loadavg[0] ? m->loadavg : "unknown");
     fflush(stdout);
 }
 
 void bench_print_table(const bench *b)
 {
     char v[32], r[32], ratio[32];
-    printf("\n%-32s %18s %18s %8s %10s\n", "figure", "pipeline", "raw limit", "target",
-           "ratio");
+    printf("\n%-32s %18s %18s %8s %10s\n", "figure", "pipeline", "raw limit", "target", "ratio");
     for (size_t i = 0; i < b->n_figs; i++) {
         const bench_figure *f = &b->figs[i];
         char vu[48], ru[48];
         fmt_num(v, sizeof(v), f->value);
         snprintf(vu, sizeof(vu), "%s %s", v, f->unit);
-        if (f->has_raw) {
+        if (f->has_raw && f->measured) {
             fmt_num(r, sizeof(r), f->raw);
-            snprintf(ru, sizeof(ru), "%s %s", r, f->unit);
+            snprintf(ru, sizeof(ru), "%s %s", r, f->raw_unit[0] ? f->raw_unit : f->unit);
         } else {
             snprintf(ru, sizeof(ru), "-");
         }
-        if (f->has_ratio)
+        if (f->has_ratio && f->measured)
             snprintf(ratio, sizeof(ratio), "%.3f", f->ratio);
         else
             snprintf(ratio, sizeof(ratio), "-");
@@ -191,11 +192,11 @@ static void json_num(FILE *f, double v)
         fprintf(f, "%.6g", v);
 }
 
-jl_status bench_write_json(bench *b, double run_seconds)
+jl_status bench_write_json(bench *b, const char *name, double run_seconds)
 {
-    char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
+    char path[PATH_MAX + 64], tmp[PATH_MAX + 72];
     const bench_machine *m = &b->machine;
-    snprintf(path, sizeof(path), "%s/latest.json", b->o.out_dir);
+    snprintf(path, sizeof(path), "%s/%s", b->o.out_dir, name);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (f == NULL)
@@ -210,6 +211,8 @@ jl_status bench_write_json(bench *b, double run_seconds)
     json_str(f, m->libnats);
     fputs(", \"sqlite\": ", f);
     json_str(f, m->sqlite);
+    fputs(", \"loadavg_at_start\": ", f);
+    json_str(f, m->loadavg);
     fputs("},\n  \"figures\": [\n", f);
     for (size_t i = 0; i < b->n_figs; i++) {
         const bench_figure *g = &b->figs[i];
@@ -221,26 +224,32 @@ jl_status bench_write_json(bench *b, double run_seconds)
         fputs(", \"unit\": ", f);
         json_str(f, g->unit);
         fputs(", \"raw\": ", f);
-        json_num(f, g->has_raw ? g->raw : NAN);
+        json_num(f, g->has_raw && g->measured ? g->raw : NAN);
         fputs(", \"ratio\": ", f);
-        json_num(f, g->has_ratio ? g->ratio : NAN);
+        json_num(f, g->has_ratio && g->measured ? g->ratio : NAN);
         fputs(", \"target\": ", f);
         if (g->target[0])
             json_str(f, g->target);
         else
             fputs("null", f);
-        fprintf(f, ", \"met\": %s}%s\n", mt == 1 ? "true" : mt == 0 ? "false" : "null",
+        fprintf(f, ", \"met\": %s}%s\n",
+                mt == 1   ? "true"
+                : mt == 0 ? "false"
+                          : "null",
                 i + 1 < b->n_figs ? "," : "");
     }
-    fprintf(f, "  ],\n  \"run\": {\"mode\": \"%s\", \"seconds\": %.1f, \"aggregates\": %d, "
-               "\"window\": %d, \"throughput_commands\": %ld, \"latency_rate\": %d, "
-               "\"latency_samples\": %d, \"ryw_rate\": %d, \"ryw_samples\": %d, "
-               "\"long_events\": %d, \"long_samples\": %d, \"events\": %ld, "
-               "\"projector_batch\": %d, \"notes\": ",
+    fprintf(f,
+            "  ],\n  \"run\": {\"mode\": \"%s\", \"seconds\": %.1f, \"aggregates\": %d, "
+            "\"window\": %d, \"throughput_commands\": %ld, \"latency_rate\": %d, "
+            "\"latency_samples\": %d, \"ryw_rate\": %d, \"ryw_samples\": %d, "
+            "\"long_events\": %d, \"long_samples\": %d, \"events\": %ld, "
+            "\"projector_batch\": %d, \"notes\": ",
             b->o.quick ? "quick" : "full", run_seconds, b->o.aggregates, b->o.window,
             b->o.tput_commands, b->o.lat_rate, b->o.lat_samples, b->o.ryw_rate, b->o.ryw_samples,
             b->o.long_events, b->o.long_samples, b->o.events, b->o.batch);
     json_str(f, b->notes);
+    fputs(", \"foreign_cpu\": ", f);
+    json_str(f, b->foreign_cpu);
     fputs("}\n}\n", f);
     bool ok = !ferror(f);
     if (fclose(f) != 0 || !ok || rename(tmp, path) != 0)
@@ -320,7 +329,7 @@ static const char script[] =
     "set xlabel 'seconds'\n"
     "set ylabel 'events'\n"
     "set yrange [0:*]\n"
-    "set key top left\n"
+    "set key bottom right\n"
     "plot '%1$s/catchup_projector.dat' using 1:2 with linespoints lw 2 pt 7 ps 0.4 title "
     "'order_summary projector (checkpoint)', \\\n"
     "     '%1$s/catchup_raw_read.dat' using 1:2 with lines lw 2 title 'raw: ordered consumer, "
@@ -350,9 +359,16 @@ jl_status bench_write_charts(bench *b)
         s = write_curve(b, "catchup_raw_sqlite.dat", &b->catchup_raw_sql, "events_applied");
     if (s != JL_OK)
         return s;
+    if (b->lat_cmd.n == 0 || b->lat_cmd_raw.n == 0 || b->lat_ryw.n == 0 || b->lat_ryw_raw.n == 0 ||
+        b->catchup.n < 2 || b->catchup_raw_read.n < 2 || b->catchup_raw_sql.n < 2) {
+        fprintf(stderr, "warning: the run is incomplete: no charts (data files in %s)\n",
+                b->o.out_dir);
+        return JL_OK;
+    }
     if (!find_program("gnuplot", exe, sizeof(exe))) {
-        fprintf(stderr, "warning: gnuplot not found (apt-get install gnuplot-nox): no charts, "
-                        "the data files are in %s\n",
+        fprintf(stderr,
+                "warning: gnuplot not found (apt-get install gnuplot-nox): no charts, "
+                "the data files are in %s\n",
                 b->o.out_dir);
         return JL_OK;
     }
@@ -392,8 +408,9 @@ int bench_sanity(const bench *b)
                    (f->has_raw && (!isfinite(f->raw) || f->raw <= 0)) ||
                    (f->has_ratio && (!isfinite(f->ratio) || f->ratio <= 0));
         if (bad) {
-            fprintf(stderr, "sanity: figure '%s' is not a positive finite measurement "
-                            "(value %g, raw %g)\n",
+            fprintf(stderr,
+                    "sanity: figure '%s' is not a positive finite measurement "
+                    "(value %g, raw %g)\n",
                     f->name, f->value, f->raw);
             problems++;
         }

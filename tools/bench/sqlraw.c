@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sqlite3.h>
 
@@ -114,8 +115,8 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         jsMsgMetaData_Destroy(meta);
     }
     if (!atomic_load(&rs->fail)) {
-        if (jl_commit_decode(&c, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), seq,
-                             err, sizeof(err)) != JL_OK) {
+        if (jl_commit_decode(&c, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), seq, err,
+                             sizeof(err)) != JL_OK) {
             decode_fail(rs, "message %" PRIu64 " is not a commit: %s", seq, err);
         } else {
             for (size_t i = 0; i < jl_commit_count(c); i++) {
@@ -148,7 +149,8 @@ static jl_status load_rows(bench *b, rows *rs, uint64_t last_seq)
     rs->target = last_seq;
     jsSubOptions_Init(&so);
     so.Ordered = true;
-    natsStatus ns = js_Subscribe(&sub, b->js, BENCH_ORDERS_SUBJECTS, on_msg, rs, NULL, &so, &jerr);
+    natsStatus ns =
+        js_Subscribe(&sub, b->js_bulk, BENCH_ORDERS_SUBJECTS, on_msg, rs, NULL, &so, &jerr);
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(sub, -1, -1);
     if (ns != NATS_OK)
@@ -227,8 +229,7 @@ static bool step(sqlite3_stmt *st)
     return rc == SQLITE_DONE;
 }
 
-static bool touch(sqlite3_stmt *st, sqlite3 *db, const row *r, const char *status,
-                  uint64_t *misses)
+static bool touch(sqlite3_stmt *st, sqlite3 *db, const row *r, const char *status, uint64_t *misses)
 {
     if (status != NULL)
         sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
@@ -273,7 +274,14 @@ static bool apply_row(sqlite3_stmt *const *st, sqlite3 *db, const row *r, uint64
     return false;
 }
 
-static jl_status apply_rows(bench *b, const rows *rs, double *out_rate)
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static jl_status apply_rows(bench *b, const rows *rs, double *out_rate, double *out_cpu_s)
 {
     char path[PATH_MAX + 32];
     sqlite3 *db = NULL;
@@ -296,7 +304,8 @@ static jl_status apply_rows(bench *b, const rows *rs, double *out_rate)
     if (rc != SQLITE_OK)
         s = bench_fail(b, JL_ERR_SQLITE, "%s: %s", path, db ? sqlite3_errmsg(db) : "cannot open");
 
-    int64_t t0 = bench_now_ns(), last_sample = t0;
+    int64_t t0 = bench_now_ns(), last_sample = t0, shown = t0;
+    double cpu0 = thread_cpu_s();
     size_t in_batch = 0;
     bench_curve_add(&b->catchup_raw_sql, 0, 0);
     if (s == JL_OK && !step(st[ST_BEGIN]))
@@ -326,6 +335,11 @@ static jl_status apply_rows(bench *b, const rows *rs, double *out_rate)
                 bench_curve_add(&b->catchup_raw_sql, (double)(t - t0) / 1e9, (double)(i + 1));
                 last_sample = t;
             }
+            if (t - shown >= 5000000000LL) {
+                bench_progress("  %zu/%zu events (%.0f events/s)", i + 1, rs->n,
+                               (double)(i + 1) / ((double)(t - t0) / 1e9));
+                shown = t;
+            }
             if (bench_stopping())
                 s = bench_fail(b, JL_ERR_STOPPED, "interrupted");
         }
@@ -334,6 +348,7 @@ static jl_status apply_rows(bench *b, const rows *rs, double *out_rate)
     if (s == JL_OK) {
         bench_curve_add(&b->catchup_raw_sql, (double)(t1 - t0) / 1e9, (double)rs->n);
         *out_rate = (double)rs->n / ((double)(t1 - t0) / 1e9);
+        *out_cpu_s = thread_cpu_s() - cpu0;
     }
     /* Every event applies to an order created before it: a miss is a bug in this benchmark. */
     if (s == JL_OK && misses > 0)
@@ -344,7 +359,7 @@ static jl_status apply_rows(bench *b, const rows *rs, double *out_rate)
     return s;
 }
 
-jl_status bench_raw_sqlite(bench *b, uint64_t last_seq, double *out_rate)
+jl_status bench_raw_sqlite(bench *b, uint64_t last_seq, double *out_rate, double *out_cpu_s)
 {
     rows *rs = calloc(1, sizeof(*rs));
     if (rs == NULL)
@@ -356,7 +371,7 @@ jl_status bench_raw_sqlite(bench *b, uint64_t last_seq, double *out_rate)
         bench_progress("  decoded %zu events; applying them to SQLite in batches of %d", rs->n,
                        b->o.batch);
     if (s == JL_OK)
-        s = apply_rows(b, rs, out_rate);
+        s = apply_rows(b, rs, out_rate, out_cpu_s);
     free(rs->v);
     free(rs);
     return s;
