@@ -700,16 +700,13 @@ static void start(jl_producer *p, cmd *c)
                               c->d.types[i]->short_name);
     natsStatus ns =
         natsMsg_Create(&out, c->subject, NULL, (const char *)p->commit.data, (int)p->commit.len);
-    if (ns == NATS_OK)
-        ns = natsMsgHeader_Set(out, "Jl-Aggregate-Type", def->aggregate_type);
-    if (ns == NATS_OK)
-        ns = natsMsgHeader_Set(out, "Jl-Aggregate-Id", c->agg_id);
+    /* Two headers only, for operators reading a stream without decoding it: every header
+     * costs the library three allocations per message (measured: headers and malloc were a
+     * fifth of a producer's time). Type and id are in the subject, the rest in the body. */
     if (ns == NATS_OK)
         ns = natsMsgHeader_Set(out, "Jl-Aggregate-Version", vbuf);
     if (ns == NATS_OK)
         ns = natsMsgHeader_Set(out, "Jl-Event-Types", types);
-    if (ns == NATS_OK)
-        ns = natsMsgHeader_Set(out, "Jl-Command-Id", c->cmd_id);
     jsPubOptions po;
     jsPubOptions_Init(&po);
     char msg_id[JL_MAX_ID_LEN + 72];

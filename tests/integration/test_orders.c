@@ -123,8 +123,7 @@ START_TEST(command_becomes_event_with_headers_and_row)
     ck_assert_int_eq(js_GetLastMsg(&m, jl_conn_js(env.conn), "ORDERS", subject, NULL, NULL),
                      NATS_OK);
     const char *h = NULL;
-    ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Aggregate-Id", &h), NATS_OK);
-    ck_assert_str_eq(h, id);
+    ck_assert_str_eq(natsMsg_GetSubject(m), subject); /* the aggregate id is in the subject */
     ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Aggregate-Version", &h), NATS_OK);
     ck_assert_str_eq(h, "2");
     ck_assert_int_eq(natsMsgHeader_Get(m, "Jl-Event-Types", &h), NATS_OK);
