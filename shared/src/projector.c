@@ -361,7 +361,7 @@ static void drop_sub(natsSubscription **sub, bool unsubscribe)
 /* Forget the subscriptions of source @p i: the next step attaches again from its checkpoint. */
 static void detach(jl_projector *p, int i)
 {
-    drop_sub(&p->src[i].catchup, true);
+    jl__reader_close(&p->src[i].catchup);
     drop_sub(&p->src[i].pull, false);
 }
 
@@ -731,11 +731,72 @@ static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int
     return natsSubscription_FetchRequest(list, sub, &fr);
 }
 
+/* ---- reading from a point ---- */
+
+jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start_seq,
+                          int64_t start_time_ns, char *err, size_t errlen)
+{
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    memset(r, 0, sizeof(*r));
+    jsSubOptions_Init(&so);
+    so.Stream = p->src[si].stream;
+    so.Config.AckPolicy = js_AckNone;
+    so.Config.InactiveThreshold = 60 * 1000 * NS_PER_MS; /* left behind by a crash: removed */
+    if (start_time_ns != 0) {
+        so.Config.DeliverPolicy = js_DeliverByStartTime;
+        so.Config.OptStartTime = start_time_ns;
+    } else if (start_seq > 1) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = start_seq;
+    }
+    natsStatus ns = js_PullSubscribe(&r->sub, p->js, p->src[si].filter, NULL, NULL, &so, &jerr);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot read stream %s: %s (JetStream error %d)", p->src[si].stream,
+                 natsStatus_GetText(ns), (int)jerr);
+        r->sub = NULL;
+        return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
+    }
+    return JL_OK;
+}
+
+natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
+{
+    if (r->next >= r->list.Count) {
+        natsMsgList_Destroy(&r->list);
+        memset(&r->list, 0, sizeof(r->list));
+        r->next = 0;
+        natsStatus ns = fetch(r->sub, &r->list, batch, wait_ms > 0 ? wait_ms : 1000, true);
+        if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && r->list.Count == 0)) {
+            natsMsgList_Destroy(&r->list);
+            memset(&r->list, 0, sizeof(r->list));
+            ns = wait_ms > 0 ? fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
+        }
+        if (ns == NATS_NOT_FOUND || r->list.Count == 0)
+            return ns == NATS_OK || ns == NATS_NOT_FOUND ? NATS_TIMEOUT : ns;
+        if (ns != NATS_OK && ns != NATS_TIMEOUT)
+            return ns;
+    }
+    *out = r->list.Msgs[r->next];
+    r->list.Msgs[r->next++] = NULL; /* now the caller's */
+    return NATS_OK;
+}
+
+void jl__reader_close(jl__reader *r)
+{
+    natsMsgList_Destroy(&r->list);
+    if (r->sub != NULL) {
+        natsSubscription_Unsubscribe(r->sub); /* deletes the ephemeral consumer */
+        natsSubscription_Destroy(r->sub);
+    }
+    memset(r, 0, sizeof(*r));
+}
+
 /* ---- catching up ----
- * Far behind the stream (a new or restored read model), acked pulls are the slow way: an
- * ordered consumer from checkpoint + 1 streams the messages with flow control while the
- * previous batch is applied, with no acks. Once it reports nothing pending, it is dropped and
- * the durable consumer takes over (re-created at the checkpoint by attach()). */
+ * Far behind the stream (a new or restored read model), the durable's acked pulls are the slow
+ * way: a reader from checkpoint + 1 fetches without acks. Once a message says nothing more is
+ * pending, the reader goes and the durable takes over (re-created at the checkpoint by
+ * attach()). */
 
 static bool far_behind(jl_projector *p, int i)
 {
@@ -752,22 +813,10 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
 {
     jl__source *src = &p->src[i];
     jl_status s = JL_OK;
-    if (src->catchup == NULL) {
-        jsSubOptions so;
-        jsErrCode jerr = 0;
-        jsSubOptions_Init(&so);
-        so.Stream = src->stream;
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = src->checkpoint + 1;
-        natsStatus ns = js_SubscribeSync(&src->catchup, p->js, src->filter, NULL, &so, &jerr);
-        if (ns != NATS_OK) {
-            set_err(p, "cannot start catching up on %s: %s (JetStream error %d)", src->stream,
-                    natsStatus_GetText(ns), (int)jerr);
-            src->catchup = NULL;
-            return jl_status_from_nats(ns);
-        }
-        natsSubscription_SetPendingLimits(src->catchup, 1 << 20, 256 * 1024 * 1024);
+    if (src->catchup.sub == NULL) {
+        s = jl__reader_open(&src->catchup, p, i, src->checkpoint + 1, 0, p->err, sizeof(p->err));
+        if (s != JL_OK)
+            return s;
         jl_log(JL_LOG_INFO, "catching up", "\"stream\":\"%s\",\"from_seq\":%" PRIu64, src->stream,
                src->checkpoint + 1);
     }
@@ -778,7 +827,7 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
         return JL_ERR_NOMEM;
     while (n < p->batch) {
         natsMsg *m = NULL;
-        natsStatus ns = natsSubscription_NextMsg(&m, src->catchup, n == 0 ? wait_ms : 0);
+        natsStatus ns = jl__reader_next(&src->catchup, p->batch, n == 0 ? wait_ms : 0, &m);
         if (ns == NATS_TIMEOUT)
             break;
         if (ns != NATS_OK) {
@@ -800,7 +849,7 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
     free(msgs);
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
-        drop_sub(&src->catchup, true);
+        jl__reader_close(&src->catchup);
         if (caught_up)
             jl_log(JL_LOG_INFO, "caught up", "\"stream\":\"%s\",\"checkpoint\":%" PRIu64,
                    src->stream, jl__proj_checkpoint(p, i));
@@ -816,7 +865,7 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     jl_status s = JL_OK;
 
     *out_applied = 0;
-    if (src->catchup != NULL || (src->pull == NULL && far_behind(p, i)))
+    if (src->catchup.sub != NULL || (src->pull == NULL && far_behind(p, i)))
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {
         s = attach(p, i);

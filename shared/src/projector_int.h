@@ -20,13 +20,35 @@
 
 typedef struct jl__job jl__job;
 
+/* An ephemeral pull consumer with no acks reading one source from a point, in bounded batches:
+ * what catch-up and rebuild jobs use. No server state outlives it, nothing is acked, and the
+ * memory it holds is one batch (an ordered push consumer buffered the whole backlog client-side
+ * while the apply lagged: measured 50 MiB after 1,000,000 events against 14 after 10,000). */
+typedef struct jl__reader {
+    natsSubscription *sub;
+    natsMsgList list; /* the batch being handed out */
+    int next;         /* index of the next message in list */
+} jl__reader;
+
+/* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:
+ * from the first message). */
+jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start_seq,
+                          int64_t start_time_ns, char *err, size_t errlen);
+
+/* The next message (the caller destroys it): from the batch in hand, else from a new fetch of
+ * up to @p batch, waiting up to @p wait_ms when nothing is there. NATS_TIMEOUT when none came. */
+natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out);
+
+/* Stop reading (the ephemeral consumer goes); a zeroed reader is fine. */
+void jl__reader_close(jl__reader *r);
+
 /* One consumed stream. checkpoint is guarded by p->mu (written by its consuming thread). */
 typedef struct jl__source {
     const char *stream;
     const char *filter;
     char durable[96];
-    natsSubscription *pull;    /* the durable pull consumer */
-    natsSubscription *catchup; /* ordered consumer while far behind, else NULL */
+    natsSubscription *pull; /* the durable pull consumer */
+    jl__reader catchup;     /* while far behind (catchup.sub != NULL), else zeroed */
     uint64_t checkpoint;
     int64_t last_attach_log_ns;
     pthread_t thread; /* sources after the first run on their own thread */

@@ -141,7 +141,7 @@ static void status_to_reply(jl__job *j, const char *instance, jl_reply *r)
 
 /* What the job reads from one source stream. */
 typedef struct run_src {
-    natsSubscription *sub;
+    jl__reader reader;
     natsMsg *held; /* the next message, beyond the current target */
     uint64_t checkpoint;
     uint64_t applied; /* messages */
@@ -181,7 +181,8 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
         natsMsg *m = rs->held;
         rs->held = NULL;
         if (m == NULL) {
-            natsStatus ns = natsSubscription_NextMsg(&m, rs->sub, n == 0 ? wait_ms : 0);
+            natsStatus ns =
+                jl__reader_next(&rs->reader, APPLY_BATCH, n == 0 ? (int)wait_ms : 0, &m);
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
                 break;
@@ -296,28 +297,12 @@ static jl_status subscribe(run_ctx *c, int si)
     jl_projector *p = c->p;
     jl__job *j = c->j;
     run_src *rs = &c->src[si];
-    jsSubOptions so;
-    jsErrCode jerr = 0;
-    jsSubOptions_Init(&so);
-    so.Stream = p->src[si].stream;
-    so.Ordered = true;
-    if (j->from_time_ns != 0) {
-        so.Config.DeliverPolicy = js_DeliverByStartTime;
-        so.Config.OptStartTime = j->from_time_ns;
-    } else if (j->from_seq > 0) {
-        so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = j->from_seq;
-    }
-    natsStatus ns = js_SubscribeSync(&rs->sub, p->js, p->src[si].filter, NULL, &so, &jerr);
-    if (ns != NATS_OK) {
-        snprintf(c->err, sizeof(c->err), "cannot read stream %s: %s (JetStream error %d)",
-                 p->src[si].stream, natsStatus_GetText(ns), (int)jerr);
-        rs->sub = NULL;
-        return jl_status_from_nats(ns);
-    }
-    natsSubscription_SetPendingLimits(rs->sub, 1 << 20, 1 << 30);
+    jl_status s =
+        jl__reader_open(&rs->reader, p, si, j->from_seq, j->from_time_ns, c->err, sizeof(c->err));
+    if (s != JL_OK)
+        return s;
     jsConsumerInfo *ci = NULL;
-    if (natsSubscription_GetConsumerInfo(&ci, rs->sub, NULL, NULL) == NATS_OK) {
+    if (natsSubscription_GetConsumerInfo(&ci, rs->reader.sub, NULL, NULL) == NATS_OK) {
         rs->total = ci->NumPending + ci->Delivered.Consumer;
         jsConsumerInfo_Destroy(ci);
     }
@@ -433,10 +418,7 @@ static void run_job(jl_projector *p, jl__job *j)
 
     for (int i = 0; i < p->n_src; i++) {
         natsMsg_Destroy(c.src[i].held);
-        if (c.src[i].sub != NULL) {
-            natsSubscription_Unsubscribe(c.src[i].sub);
-            natsSubscription_Destroy(c.src[i].sub);
-        }
+        jl__reader_close(&c.src[i].reader);
     }
     if (c.db != NULL || s != JL_OK || j->verify) {
         jl_db_close(c.db);
