@@ -73,7 +73,7 @@ void jl_config_init(jl_config *cfg)
     cfg->max_bytes = -1;
     cfg->batch = 256;
     cfg->command_retries = 5;
-    cfg->request_timeout_ms = 5000;
+    cfg->request_timeout_ms = 10000;
     cfg->cache_size = 10000;
     cfg->snapshot_every = 100;
     cfg->command_ttl_s = 7 * 24 * 3600;

@@ -29,6 +29,7 @@ typedef struct cli_opts {
     bool has_from_time;         /**< --from-time given */
     int64_t from_time_ns;       /**< --from-time RFC3339, as Unix ns */
     bool keep_old;              /**< --keep-old */
+    bool json;                  /**< --json (status) */
     int n_at;                   /**< how many --at-* flags were given */
     uint64_t at_seq;            /**< --at-seq N */
     bool has_at_time;           /**< --at-time given */
@@ -121,5 +122,6 @@ int cli_history(cli_ctx *ctx);
 int cli_state(cli_ctx *ctx);
 int cli_rebuild(cli_ctx *ctx);
 int cli_verify(cli_ctx *ctx);
+int cli_status(cli_ctx *ctx);
 
 #endif /* JETLEDGER_CLI_H */

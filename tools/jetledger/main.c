@@ -1,15 +1,17 @@
 /*
  * jetledger: the command-line client. Sends commands and queries as JSON (converted to and
  * from protobuf through the generated descriptors, so new messages need no CLI code), prints
- * the events of a stream, an aggregate's history and past states, and drives a projector's
- * rebuild and verify jobs.
+ * the events of a stream, an aggregate's history and past states, the state of every stream
+ * and consumer, and drives a projector's rebuild and verify jobs.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "jetledger/log.h"
@@ -33,13 +35,22 @@ static const char usage[] =
     "      replaced file\n"
     "  verify <projector>\n"
     "      rebuild into a scratch file and compare it with the live read model\n"
+    "  bench [--quick] [--out DIR] ...\n"
+    "      run the benchmark (jetledger-bench beside this binary; bench --help lists its\n"
+    "      options); it starts its own nats-server and services\n"
+    "  status [--json]\n"
+    "      every stream (messages, bytes, sequences, replicas: leader, current or lagging) and\n"
+    "      every consumer (delivered, ack floor, ack pending, pending = lag, redelivered,\n"
+    "      waiting); KV buckets show as kind kv. --json: one object {\"streams\":[...]}\n"
     "\n"
-    "  --timeout MS   how long to wait for a reply (default 5000)\n"
+    "  --timeout MS   how long to wait for a reply (default 15000: longer than a service's own "
+    "deadline)\n"
     "  times are RFC 3339, e.g. 2026-11-26T12:00:00Z or 2026-11-26T12:00:00.123456789+01:00\n"
     "\n"
     "Exit status: 0 ok; 1 the service refused (the error is printed), a rebuild or verify\n"
     "failed or was cancelled, or verify found a difference; 2 bad usage;\n"
-    "3 NATS or the service unreachable; 4 other failure.\n";
+    "3 NATS or the service unreachable (status: also when some stream or consumer did not\n"
+    "answer; what did is printed); 4 other failure.\n";
 
 void cli_error(const char *fmt, ...)
 {
@@ -93,12 +104,13 @@ enum cli_flag {
     F_COMMAND_ID,
     F_CORRELATION_ID,
     F_TIMEOUT,
+    F_JSON,
     F_COUNT
 };
 
 static const char *const flag_names[F_COUNT] = {
-    "--aggregate", "--from-seq",   "--from-time",  "--keep-old",       "--at-seq",
-    "--at-time",   "--at-version", "--command-id", "--correlation-id", "--timeout"};
+    "--aggregate",  "--from-seq",   "--from-time",      "--keep-old", "--at-seq", "--at-time",
+    "--at-version", "--command-id", "--correlation-id", "--timeout",  "--json"};
 
 /* Store the value of one flag; 0 or -1 after printing why. */
 static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
@@ -116,6 +128,9 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
         break;
     case F_KEEP_OLD:
         o->keep_old = true;
+        break;
+    case F_JSON:
+        o->json = true;
         break;
     case F_TIMEOUT:
         rc = parse_u64(val, &n) != 0 || n == 0 || n > 600000 ? -1 : 0;
@@ -177,11 +192,12 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             argv[w++] = argv[r];
             continue;
         }
-        if (which == F_KEEP_OLD && val != NULL) {
-            cli_error("--keep-old takes no value");
+        bool is_switch = which == F_KEEP_OLD || which == F_JSON;
+        if (is_switch && val != NULL) {
+            cli_error("%s takes no value", flag_names[which]);
             return -1;
         }
-        if (val == NULL && which != F_KEEP_OLD) {
+        if (val == NULL && !is_switch) {
             if (r + 1 >= *argc) {
                 cli_error("%s needs a value", flag_names[which]);
                 return -1;
@@ -196,22 +212,45 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
     return 0;
 }
 
+/* `jetledger bench ...` is jetledger-bench from the same directory, with the same arguments. */
+static int exec_bench(char **argv)
+{
+    char self[PATH_MAX], path[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) {
+        cli_error("cannot find this binary's directory (/proc/self/exe): %s", strerror(errno));
+        return CLI_FAILED;
+    }
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    if (slash != NULL)
+        *slash = 0;
+    snprintf(path, sizeof(path), "%s/jetledger-bench", self);
+    /* argv[1] ("bench") becomes the program name; argv stays NULL-terminated. */
+    argv[1] = path;
+    execv(path, argv + 1);
+    cli_error("cannot run %s: %s (build it: make jetledger-bench)", path, strerror(errno));
+    return CLI_FAILED;
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
         const char *name;
         int (*fn)(cli_ctx *);
     } subs[] = {
-        {"command", cli_command}, {"query", cli_query}, {"events", cli_events},
-        {"history", cli_history}, {"state", cli_state}, {"rebuild", cli_rebuild},
-        {"verify", cli_verify},
+        {"command", cli_command}, {"query", cli_query},   {"events", cli_events},
+        {"history", cli_history}, {"state", cli_state},   {"rebuild", cli_rebuild},
+        {"verify", cli_verify},   {"status", cli_status},
     };
     cli_ctx ctx;
     char err[512];
     int pos[16], npos = 0;
 
+    if (argc >= 2 && strcmp(argv[1], "bench") == 0)
+        return exec_bench(argv);
     memset(&ctx, 0, sizeof(ctx));
-    ctx.opts.timeout_ms = 5000;
+    ctx.opts.timeout_ms = 15000;
     jl_config_init(&ctx.cfg);
     if (take_cli_flags(&ctx.opts, &argc, argv) != 0)
         return CLI_USAGE;
