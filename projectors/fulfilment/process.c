@@ -597,6 +597,17 @@ static jl_status get_fulfilment(jl_db *db, const ProtobufCMessage *msg, jl_reply
     return s;
 }
 
+/* jl_db_page() reads and frees rows through untyped pointers. */
+static jl_status read_row_any(sqlite3_stmt *st, void *r)
+{
+    return read_row(st, r);
+}
+
+static void free_fulfilment_any(void *r)
+{
+    free_fulfilment(r);
+}
+
 static jl_status list_fulfilments(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Fulfilment__ListFulfilments *q = (const Fulfilment__ListFulfilments *)msg;
@@ -627,30 +638,20 @@ static jl_status list_fulfilments(jl_db *db, const ProtobufCMessage *msg, jl_rep
     sqlite3_bind_text(st, 2, q->cursor, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 
-    Fulfilment__Fulfilment *rows = calloc(limit + 1, sizeof(*rows));
-    Fulfilment__Fulfilment **ptrs = calloc(limit + 1, sizeof(*ptrs));
+    void *rows = NULL, **ptrs = NULL;
     size_t n = 0;
-    jl_status s = (rows && ptrs) ? JL_OK : JL_ERR_NOMEM;
-    int rc = SQLITE_DONE;
-    while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        s = read_row(st, &rows[n]);
-        ptrs[n] = &rows[n];
-        n++;
-    }
-    if (s == JL_OK && rc != SQLITE_DONE)
-        s = jl_db_fail(db, rc, "ListFulfilments");
-    sqlite3_reset(st);
+    bool more = false;
+    jl_status s = jl_db_page(db, st, limit, sizeof(Fulfilment__Fulfilment), read_row_any,
+                             free_fulfilment_any, &rows, &ptrs, &n, &more);
     if (s == JL_OK) {
+        Fulfilment__Fulfilment *last = n > 0 ? ptrs[n - 1] : NULL;
         Fulfilment__ListFulfilmentsResult res = FULFILMENT__LIST_FULFILMENTS_RESULT__INIT;
-        res.n_fulfilments = n > limit ? limit : n;
-        res.fulfilments = ptrs;
-        res.next_cursor = n > limit ? rows[limit - 1].order_id : "";
+        res.n_fulfilments = n;
+        res.fulfilments = (Fulfilment__Fulfilment **)ptrs;
+        res.next_cursor = more ? last->order_id : "";
         jl_reply_set_result(out, &res.base);
     }
-    for (size_t i = 0; i < n; i++)
-        free_fulfilment(&rows[i]);
-    free(rows);
-    free(ptrs);
+    jl_db_page_free(rows, ptrs, n, free_fulfilment_any);
     return s;
 }
 

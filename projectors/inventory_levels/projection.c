@@ -272,6 +272,17 @@ static bool parse_cursor(const char *c, int64_t *out_available, const char **out
     return true;
 }
 
+/* jl_db_page() reads and frees rows through untyped pointers. */
+static jl_status read_level_any(sqlite3_stmt *st, void *row)
+{
+    return read_level(st, row);
+}
+
+static void free_level_any(void *row)
+{
+    free_level(row);
+}
+
 static jl_status list_low_stock(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Inventory__ListLowStock *q = (const Inventory__ListLowStock *)msg;
@@ -305,35 +316,24 @@ static jl_status list_low_stock(jl_db *db, const ProtobufCMessage *msg, jl_reply
     sqlite3_bind_text(st, 4, after_sku, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 
-    Inventory__StockLevel *rows = calloc(limit + 1, sizeof(*rows));
-    Inventory__StockLevel **ptrs = calloc(limit + 1, sizeof(*ptrs));
+    void *rows = NULL, **ptrs = NULL;
     size_t n = 0;
-    jl_status s = (rows && ptrs) ? JL_OK : JL_ERR_NOMEM;
-    int rc = SQLITE_DONE;
-    while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        s = read_level(st, &rows[n]);
-        ptrs[n] = &rows[n];
-        n++;
-    }
-    if (s == JL_OK && rc != SQLITE_DONE)
-        s = jl_db_fail(db, rc, "ListLowStock");
-    sqlite3_reset(st);
+    bool more = false;
+    jl_status s = jl_db_page(db, st, limit, sizeof(Inventory__StockLevel), read_level_any,
+                             free_level_any, &rows, &ptrs, &n, &more);
     if (s == JL_OK) {
+        Inventory__StockLevel *last = n > 0 ? ptrs[n - 1] : NULL;
         /* 19 digits, a colon, the sku and a NUL. */
         char next[20 + 1 + INVENTORY_LEVELS_MAX_SKU + 1] = "";
-        if (n > limit)
-            snprintf(next, sizeof(next), "%" PRId64 ":%s", rows[limit - 1].available,
-                     rows[limit - 1].sku);
+        if (more)
+            snprintf(next, sizeof(next), "%" PRId64 ":%s", last->available, last->sku);
         Inventory__ListLowStockResult res = INVENTORY__LIST_LOW_STOCK_RESULT__INIT;
-        res.n_levels = n > limit ? limit : n;
-        res.levels = ptrs;
+        res.n_levels = n;
+        res.levels = (Inventory__StockLevel **)ptrs;
         res.next_cursor = next;
         jl_reply_set_result(out, &res.base);
     }
-    for (size_t i = 0; i < n; i++)
-        free_level(&rows[i]);
-    free(rows);
-    free(ptrs);
+    jl_db_page_free(rows, ptrs, n, free_level_any);
     return s;
 }
 

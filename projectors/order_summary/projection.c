@@ -184,6 +184,17 @@ static jl_status get_order(jl_db *db, const ProtobufCMessage *msg, jl_reply *out
     return s;
 }
 
+/* jl_db_page() reads and frees rows through untyped pointers. */
+static jl_status read_row_any(sqlite3_stmt *st, void *row)
+{
+    return read_row(st, row);
+}
+
+static void free_summary_any(void *row)
+{
+    free_summary(row);
+}
+
 static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Orders__ListOrders *q = (const Orders__ListOrders *)msg;
@@ -217,30 +228,20 @@ static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *o
     sqlite3_bind_text(st, 2, q->cursor, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 
-    Orders__OrderSummary *rows = calloc(limit + 1, sizeof(*rows));
-    Orders__OrderSummary **ptrs = calloc(limit + 1, sizeof(*ptrs));
+    void *rows = NULL, **ptrs = NULL;
     size_t n = 0;
-    jl_status s = (rows && ptrs) ? JL_OK : JL_ERR_NOMEM;
-    int rc = SQLITE_DONE;
-    while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        s = read_row(st, &rows[n]);
-        ptrs[n] = &rows[n];
-        n++;
-    }
-    if (s == JL_OK && rc != SQLITE_DONE)
-        s = jl_db_fail(db, rc, "ListOrders");
-    sqlite3_reset(st);
+    bool more = false;
+    jl_status s = jl_db_page(db, st, limit, sizeof(Orders__OrderSummary), read_row_any,
+                             free_summary_any, &rows, &ptrs, &n, &more);
     if (s == JL_OK) {
+        Orders__OrderSummary *last = n > 0 ? ptrs[n - 1] : NULL;
         Orders__ListOrdersResult res = ORDERS__LIST_ORDERS_RESULT__INIT;
-        res.n_orders = n > limit ? limit : n;
-        res.orders = ptrs;
-        res.next_cursor = n > limit ? rows[limit - 1].order_id : "";
+        res.n_orders = n;
+        res.orders = (Orders__OrderSummary **)ptrs;
+        res.next_cursor = more ? last->order_id : "";
         jl_reply_set_result(out, &res.base);
     }
-    for (size_t i = 0; i < n; i++)
-        free_summary(&rows[i]);
-    free(rows);
-    free(ptrs);
+    jl_db_page_free(rows, ptrs, n, free_summary_any);
     return s;
 }
 

@@ -284,3 +284,39 @@ jl_status jl_db_dump(jl_db *db, jl_buf *out)
     jl_buf_cleanup(&sql);
     return s;
 }
+
+jl_status jl_db_page(jl_db *db, sqlite3_stmt *st, uint32_t limit, size_t row_size,
+                     jl_status (*read)(sqlite3_stmt *st, void *row), void (*free_row)(void *row),
+                     void **out_rows, void ***out_ptrs, size_t *out_n, bool *out_more)
+{
+    uint8_t *rows = calloc((size_t)limit + 1, row_size);
+    void **ptrs = calloc((size_t)limit + 1, sizeof(*ptrs));
+    size_t n = 0;
+    jl_status s = (rows && ptrs) ? JL_OK : JL_ERR_NOMEM;
+    int rc = SQLITE_DONE;
+    while (s == JL_OK && n <= limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ptrs[n] = rows + n * row_size;
+        s = read(st, ptrs[n]);
+        n++; /* counted even when read failed: the row may hold parts to free */
+    }
+    if (s == JL_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
+        s = jl_db_fail(db, rc, "paged query failed");
+    sqlite3_reset(st);
+    *out_more = s == JL_OK && n > limit;
+    if (n > limit) { /* the extra row only said that there is more */
+        free_row(ptrs[limit]);
+        n = limit;
+    }
+    *out_rows = rows;
+    *out_ptrs = ptrs;
+    *out_n = n;
+    return s;
+}
+
+void jl_db_page_free(void *rows, void **ptrs, size_t n, void (*free_row)(void *row))
+{
+    for (size_t i = 0; ptrs != NULL && i < n; i++)
+        free_row(ptrs[i]);
+    free(rows);
+    free(ptrs);
+}

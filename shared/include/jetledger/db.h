@@ -12,6 +12,7 @@
 #define JETLEDGER_DB_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include <sqlite3.h>
@@ -69,6 +70,25 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what);
  * events have equal dumps: this is what `verify` and the tests compare.
  */
 jl_status jl_db_dump(jl_db *db, jl_buf *out);
+
+/**
+ * One page of a paged query. Step @p st, whose LIMIT is bound to @p limit + 1 (one row more than
+ * the page says whether a next page exists), reading each row with @p read into an array of
+ * @p row_size-byte rows (protobuf-c messages, typically), and an array of pointers to them (the
+ * form of a repeated message field).
+ * @param out_rows, out_ptrs  calloc'ed; release with jl_db_page_free().
+ * @param out_n     rows in the page (at most @p limit)
+ * @param out_more  true when a row beyond the page exists: rows[n - 1] is the cursor
+ * @p free_row frees what @p read put in a row (also used here on the extra row).
+ * @return JL_OK; JL_ERR_NOMEM; the mapped SQLite error (message on @p db); what @p read returns.
+ * The arrays are returned (to be freed) whatever the status.
+ */
+jl_status jl_db_page(jl_db *db, sqlite3_stmt *st, uint32_t limit, size_t row_size,
+                     jl_status (*read)(sqlite3_stmt *st, void *row), void (*free_row)(void *row),
+                     void **out_rows, void ***out_ptrs, size_t *out_n, bool *out_more);
+
+/** Free what jl_db_page() returned, calling @p free_row on each of the @p n rows of the page. */
+void jl_db_page_free(void *rows, void **ptrs, size_t n, void (*free_row)(void *row));
 
 /** Begin (IMMEDIATE when @p write), commit, rollback. */
 jl_status jl_db_begin(jl_db *db, bool write);
