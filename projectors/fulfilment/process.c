@@ -553,12 +553,6 @@ static void free_fulfilment(Fulfilment__Fulfilment *f)
     free(f->stock_status);
 }
 
-static bool is_uuid(const char *s)
-{
-    char canon[JL_UUID_LEN + 1];
-    return jl_uuid_canonical(canon, s) == JL_OK && strcmp(canon, s) == 0;
-}
-
 static jl_status get_fulfilment(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Fulfilment__GetFulfilment *q = (const Fulfilment__GetFulfilment *)msg;
@@ -623,7 +617,7 @@ static jl_status list_fulfilments(jl_db *db, const ProtobufCMessage *msg, jl_rep
                        FULFILMENT_MAX_LIMIT);
         return JL_OK;
     }
-    if (q->cursor[0] != 0 && !is_uuid(q->cursor)) {
+    if (q->cursor[0] != 0 && !jl_uuid_is_canonical(q->cursor)) {
         jl_reply_error(out, JL_CODE_INVALID, "cursor '%.64s' is not one this service issued",
                        q->cursor);
         return JL_OK;

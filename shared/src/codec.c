@@ -88,6 +88,12 @@ jl_status jl_uuid_canonical(char out[JL_UUID_LEN + 1], const char *s)
     return JL_OK;
 }
 
+bool jl_uuid_is_canonical(const char *s)
+{
+    char canon[JL_UUID_LEN + 1];
+    return jl_uuid_canonical(canon, s) == JL_OK && strcmp(canon, s) == 0;
+}
+
 const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const char *full_name)
 {
     if (types == NULL)

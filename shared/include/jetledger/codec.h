@@ -29,6 +29,9 @@ void jl_uuid_new(char out[JL_UUID_LEN + 1]);
  */
 jl_status jl_uuid_canonical(char out[JL_UUID_LEN + 1], const char *s);
 
+/** True when @p s is a UUID already in canonical (lower-case) form, e.g. a cursor we issued. */
+bool jl_uuid_is_canonical(const char *s);
+
 /** A set of event (or other message) descriptors a component understands. */
 typedef struct jl_types {
     const ProtobufCMessageDescriptor *const *list;
