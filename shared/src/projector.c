@@ -945,6 +945,8 @@ static void run_source(jl_projector *p, int i)
             backoff_ms = 100;
             continue;
         }
+        if (atomic_load(&p->stopping))
+            break; /* a fetch cut short by the stop is not a failure */
         char esc[1200];
         int64_t t = jl__now_ns();
         /* Waiting for a stream that does not exist yet is normal at start: say it every 10 s. */
