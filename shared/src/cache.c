@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
+
 struct jl__cache {
     size_t capacity;
     size_t state_size;
@@ -12,14 +14,6 @@ struct jl__cache {
     jl__cache_entry *head, *tail; /* most / least recently used */
     jl__cache_entry *spare;       /* an evicted entry kept for reuse */
 };
-
-static uint64_t hash_id(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
 
 jl__cache *jl__cache_create(size_t capacity, size_t state_size)
 {
@@ -78,7 +72,7 @@ static void push_front(jl__cache *c, jl__cache_entry *e)
 
 static jl__cache_entry **slot_of(jl__cache *c, const char *id)
 {
-    jl__cache_entry **pp = &c->buckets[hash_id(id) & (c->n_buckets - 1)];
+    jl__cache_entry **pp = &c->buckets[jl__fnv1a64_str(id) & (c->n_buckets - 1)];
     while (*pp != NULL && strcmp((*pp)->id, id) != 0)
         pp = &(*pp)->chain;
     return pp;
@@ -151,18 +145,4 @@ void jl__cache_unpin(jl__cache *c, jl__cache_entry *e)
         e->pins--;
     if (e->pins == 0 && c->size > c->capacity)
         shrink(c, 0);
-}
-
-void jl__cache_remove(jl__cache *c, const char *id)
-{
-    jl__cache_entry *e = *slot_of(c, id);
-    if (e != NULL) {
-        detach(c, e);
-        free(e);
-    }
-}
-
-size_t jl__cache_size(const jl__cache *c)
-{
-    return c->size;
 }

@@ -53,10 +53,4 @@ void jl__cache_pin(jl__cache_entry *e);
 /** Unpin @p e; with capacity 0 an entry no longer pinned is removed (freed). */
 void jl__cache_unpin(jl__cache *c, jl__cache_entry *e);
 
-/** Forget @p id (no-op when absent). */
-void jl__cache_remove(jl__cache *c, const char *id);
-
-/** Entries held. */
-size_t jl__cache_size(const jl__cache *c);
-
 #endif /* JETLEDGER_CACHE_H */

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
+
 typedef struct cached {
     const char *key; /* the caller's pointer: a literal is found without hashing */
     uint64_t hash;   /* of the text */
@@ -128,14 +130,6 @@ jl_status jl_db_exec(jl_db *db, const char *sql)
     return JL_OK;
 }
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
 static sqlite3_stmt *reuse(sqlite3_stmt *st)
 {
     sqlite3_reset(st);
@@ -151,7 +145,7 @@ sqlite3_stmt *jl_db_stmt(jl_db *db, const char *sql)
         if (db->cache[i].key == sql && strcmp(db->cache[i].sql, sql) == 0)
             return reuse(db->cache[i].st);
     }
-    uint64_t h = fnv1a(sql);
+    uint64_t h = jl__fnv1a64_str(sql);
     for (size_t i = 0; i < db->n_cached; i++) {
         if (db->cache[i].hash == h && strcmp(db->cache[i].sql, sql) == 0) {
             db->cache[i].key = sql;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "hash.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "jetledger/store.h"
@@ -405,11 +406,11 @@ static const char *field_string(const ProtobufCMessage *msg, const char *field)
 
 static void command_key(char out[40], const char *cmd_id)
 {
-    uint64_t a = 1469598103934665603ULL, b = 0x9e3779b97f4a7c15ULL;
-    for (const unsigned char *q = (const unsigned char *)cmd_id; *q; q++) {
-        a = (a ^ *q) * 1099511628211ULL;
-        b = (b ^ *q) * 0x100000001b3ULL + (b >> 29);
-    }
+    /* 128 bits: FNV-1a 64 and a second, differently mixed pass, so two ids a client picks
+     * collide only with negligible chance (the record also keeps the id and is checked). */
+    uint64_t a = jl__fnv1a64_str(cmd_id), b = 0x9e3779b97f4a7c15ULL;
+    for (const unsigned char *q = (const unsigned char *)cmd_id; *q; q++)
+        b = (b ^ *q) * JL__FNV64_PRIME + (b >> 29);
     snprintf(out, 40, "c%016" PRIx64 "%016" PRIx64, a, b);
 }
 
@@ -1369,11 +1370,6 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     free(p->scratch2);
     pthread_mutex_destroy(&p->mu);
     free(p);
-}
-
-uint64_t jl_producer_handled(const jl_producer *p)
-{
-    return p->stats.commands;
 }
 
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "hash.h"
 #include "jetledger/log.h"
 #include "projector_int.h"
 
@@ -221,14 +222,6 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
     return s;
 }
 
-static uint64_t fnv64(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
-    return h;
-}
-
 /* Lines of @p a (sorted) not in @p b (sorted), at most MAX_DIFFS. */
 static int diff_lines(const char *a, const char *b, char out[MAX_DIFFS][256])
 {
@@ -273,9 +266,9 @@ static jl_status compare(run_ctx *c)
         pthread_mutex_lock(&j->mu);
         j->st.verified_seq = c->src[0].checkpoint;
         snprintf(j->st.live_digest, sizeof(j->st.live_digest), "%016" PRIx64,
-                 fnv64(jl_buf_str(&live), live.len));
+                 jl__fnv1a64_more(JL__FNV64_BASIS, jl_buf_str(&live), live.len));
         snprintf(j->st.rebuilt_digest, sizeof(j->st.rebuilt_digest), "%016" PRIx64,
-                 fnv64(jl_buf_str(&rebuilt), rebuilt.len));
+                 jl__fnv1a64_more(JL__FNV64_BASIS, jl_buf_str(&rebuilt), rebuilt.len));
         j->st.match = live.len == rebuilt.len &&
                       memcmp(jl_buf_str(&live), jl_buf_str(&rebuilt), live.len) == 0;
         if (!j->st.match) {

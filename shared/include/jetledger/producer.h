@@ -108,9 +108,6 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
                         const char *command_id, const char *correlation_id,
                         const char *causation_id, jl_reply *out);
 
-/** Number of commands handled since open (accepted or not). */
-uint64_t jl_producer_handled(const jl_producer *p);
-
 /** Counters of a producer (since open). */
 typedef struct jl_producer_stats {
     uint64_t commands;         /**< handled, accepted or not */
