@@ -292,18 +292,16 @@ static jl_status list_low_stock(jl_db *db, const ProtobufCMessage *msg, jl_reply
         jl_reply_error(out, JL_CODE_INVALID, "threshold %" PRId64 " is negative", q->threshold);
         return JL_OK;
     }
-    if (q->limit > INVENTORY_LEVELS_MAX_LIMIT) {
-        jl_reply_error(out, JL_CODE_INVALID, "limit %u is above the maximum of %d", q->limit,
-                       INVENTORY_LEVELS_MAX_LIMIT);
+    uint32_t limit =
+        jl_query_limit(q->limit, INVENTORY_LEVELS_DEFAULT_LIMIT, INVENTORY_LEVELS_MAX_LIMIT, out);
+    if (limit == 0)
         return JL_OK;
-    }
     if (q->cursor[0] != 0 && !parse_cursor(q->cursor, &after_available, &after_sku)) {
         jl_reply_error(out, JL_CODE_INVALID, "cursor '%.80s' is not one this service issued",
                        q->cursor);
         return JL_OK;
     }
     int64_t threshold = q->threshold ? q->threshold : INVENTORY_LEVELS_DEFAULT_THRESHOLD;
-    uint32_t limit = q->limit ? q->limit : INVENTORY_LEVELS_DEFAULT_LIMIT;
 
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM stock WHERE available < ?1 "
                                       "AND (?2 = 0 OR (available, sku) > (?3, ?4)) ORDER BY "

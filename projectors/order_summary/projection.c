@@ -202,17 +202,15 @@ static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *o
                        q->status);
         return JL_OK;
     }
-    if (q->limit > ORDER_SUMMARY_MAX_LIMIT) {
-        jl_reply_error(out, JL_CODE_INVALID, "limit %u is above the maximum of %d", q->limit,
-                       ORDER_SUMMARY_MAX_LIMIT);
+    uint32_t limit =
+        jl_query_limit(q->limit, ORDER_SUMMARY_DEFAULT_LIMIT, ORDER_SUMMARY_MAX_LIMIT, out);
+    if (limit == 0)
         return JL_OK;
-    }
     if (q->cursor[0] != 0 && !jl_uuid_is_canonical(q->cursor)) {
         jl_reply_error(out, JL_CODE_INVALID, "cursor '%.64s' is not one this service issued",
                        q->cursor);
         return JL_OK;
     }
-    uint32_t limit = q->limit ? q->limit : ORDER_SUMMARY_DEFAULT_LIMIT;
 
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE (?1 = '' OR "
                                       "status = ?1) AND order_id > ?2 ORDER BY order_id LIMIT ?3");

@@ -275,12 +275,10 @@ static jl_status top_products(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     const Dashboard__TopProducts *q = (const Dashboard__TopProducts *)msg;
     if (!check_range(out, q->from_day, q->to_day))
         return JL_OK;
-    if (q->limit > SALES_DASHBOARD_MAX_TOP) {
-        jl_reply_error(out, JL_CODE_INVALID, "limit %u is above the maximum of %d", q->limit,
-                       SALES_DASHBOARD_MAX_TOP);
+    uint32_t limit =
+        jl_query_limit(q->limit, SALES_DASHBOARD_DEFAULT_TOP, SALES_DASHBOARD_MAX_TOP, out);
+    if (limit == 0)
         return JL_OK;
-    }
-    uint32_t limit = q->limit ? q->limit : SALES_DASHBOARD_DEFAULT_TOP;
 
     /* LEFT JOIN: sales of a product whose registration is not applied yet still count. */
     sqlite3_stmt *st = jl_db_stmt(

@@ -1079,6 +1079,15 @@ static bool wait_for_seq(jl_projector *p, int i, uint64_t min_seq, int64_t wait_
     return ok;
 }
 
+uint32_t jl_query_limit(uint32_t asked, uint32_t dflt, uint32_t max, jl_reply *out)
+{
+    if (asked > max) {
+        jl_reply_error(out, JL_CODE_INVALID, "limit %u is above the maximum of %u", asked, max);
+        return 0;
+    }
+    return asked ? asked : dflt;
+}
+
 static void answer_query(jl_projector *p, const char *name, const void *data, size_t len,
                          jl_reply *r)
 {

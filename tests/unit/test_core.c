@@ -30,6 +30,7 @@
 #include "jetledger/db.h"
 #include "jetledger/domain.h"
 #include "jetledger/log.h"
+#include "jetledger/projector.h"
 #include "jetledger/registry.h"
 #include "jetledger/status.h"
 #include "orders/orders.pb-c.h"
@@ -2526,6 +2527,21 @@ END_TEST
 
 /* ================================ main ================================ */
 
+START_TEST(query_limit_defaults_zero_keeps_in_range_and_refuses_above_max)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_uint_eq(jl_query_limit(0, 50, 500, &r), 50);
+    ck_assert_uint_eq(jl_query_limit(1, 50, 500, &r), 1);
+    ck_assert_uint_eq(jl_query_limit(500, 50, 500, &r), 500);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    ck_assert_uint_eq(jl_query_limit(501, 50, 500, &r), 0);
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    ck_assert_str_eq(r.message, "limit 501 is above the maximum of 500");
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 static Suite *core_suite(void)
 {
     Suite *s = suite_create("core");
@@ -2589,6 +2605,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, event_to_json_has_every_field_and_decoded_payload);
     tcase_add_test(tc, event_to_json_writes_null_payload_and_escapes_strings);
     tcase_add_test(tc, event_to_json_into_full_buffer_is_too_large);
+    tcase_add_test(tc, query_limit_defaults_zero_keeps_in_range_and_refuses_above_max);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("config");

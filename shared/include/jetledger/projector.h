@@ -51,6 +51,13 @@ typedef struct jl_query_def {
     jl_status (*handle)(jl_db *db, const ProtobufCMessage *req, jl_reply *out);
 } jl_query_def;
 
+/**
+ * The page size of a list query: @p asked, or @p dflt (> 0) when it is 0. Above @p max it is
+ * refused: @p out then holds a JL_CODE_INVALID error and 0 is returned (the handler then
+ * returns JL_OK).
+ */
+uint32_t jl_query_limit(uint32_t asked, uint32_t dflt, uint32_t max, jl_reply *out);
+
 /** One stream a projector consumes. */
 typedef struct jl_source {
     const char *stream;         /**< "ORDERS" */
