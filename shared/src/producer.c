@@ -41,7 +41,9 @@ struct jl_producer {
     int retries;
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
-    /* One lock for everything below; held while deciding and on acks, never while waiting. */
+    /* One lock for everything below, held while deciding and on acks. Loading an aggregate the
+     * cache lacks, and reading or writing a command-id record (KV), happen under it too: each
+     * holds up the other commands for a round trip (cache hits without client ids do not). */
     pthread_mutex_t mu;
     jl__cache *cache;
     void *scratch;  /* state of a past point (GetState) */
@@ -615,6 +617,35 @@ static void finish(jl_producer *p, cmd *c, jl_reply *r)
     cmd_free(p, c);
 }
 
+/* @p c is stored (@p r is its reply): answer the commands queued on its aggregate that repeat
+ * it (a client's retries of the same command id, arrived while it was in flight) with that
+ * reply too, then @p c. Deciding a repeat again could reject what was accepted (PlaceOrder on
+ * the order it just placed). */
+static void finish_stored(jl_producer *p, cmd *c, jl_reply *r)
+{
+    jl__cache_entry *e = c->entry;
+    cmd *prev = NULL, *next = NULL;
+    bool duplicate = r->duplicate;
+    for (cmd *q = c->client_id ? e->qhead : NULL; q != NULL; q = next) {
+        next = q->next;
+        if (!q->client_id || q->cd != c->cd || strcmp(q->cmd_id, c->cmd_id) != 0) {
+            prev = q;
+            continue;
+        }
+        if (prev != NULL)
+            prev->next = next;
+        else
+            e->qhead = next;
+        if (e->qtail == q)
+            e->qtail = prev;
+        r->duplicate = true;
+        finish(p, q, r);
+        jl__cache_unpin(p->cache, e); /* its pin; @p c still holds one */
+    }
+    r->duplicate = duplicate;
+    finish(p, c, r);
+}
+
 static void start(jl_producer *p, cmd *c);
 
 /* The entry's append is over: unpin it and start the next command waiting for it. */
@@ -778,7 +809,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
          * may lack it. */
         e->stale = true;
         duplicate_reply(p, c, pa->Sequence, version_at(p, pa->Sequence), r);
-        finish(p, c, r);
+        finish_stored(p, c, r);
         release_entry(p, e);
     } else if (pa != NULL) {
         advance(p, c, pa->Sequence);
@@ -786,7 +817,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         r->stream_seq = pa->Sequence;
         if (c->client_id && p->commands != NULL)
             remember(p, c, r);
-        finish(p, c, r);
+        finish_stored(p, c, r);
         release_entry(p, e);
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
         /* Another writer got there first: read what it wrote and decide again (unless what
@@ -797,7 +828,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             c->attempts++ < p->retries ? catch_up(p, c->subject, e, &watch, r) : JL_ERR_CONFLICT;
         if (cs == JL_OK && watch.watch_seq != 0) {
             duplicate_reply(p, c, watch.watch_seq, watch.watch_version, r);
-            finish(p, c, r);
+            finish_stored(p, c, r);
             release_entry(p, e);
         } else if (cs == JL_OK) {
             jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",

@@ -654,6 +654,66 @@ START_TEST(same_command_id_twice_has_one_effect)
 }
 END_TEST
 
+/* A command with a client id, handled on a thread, for the concurrent-repeat test. */
+typedef struct repeat_arg {
+    const char *id;
+    const char *cmd_id;
+    pthread_barrier_t *go;
+    jl_reply r;
+} repeat_arg;
+
+static void *place_with_id(void *arg)
+{
+    repeat_arg *a = arg;
+    Orders__PlaceOrder m = ORDERS__PLACE_ORDER__INIT;
+    uint8_t buf[128];
+    m.order_id = (char *)a->id;
+    size_t n = orders__place_order__pack(&m, buf);
+    pthread_barrier_wait(a->go);
+    jl_producer_handle(producer, "PlaceOrder", buf, n, a->cmd_id, NULL, NULL, &a->r);
+    return NULL;
+}
+
+START_TEST(repeats_of_a_command_in_flight_get_its_reply)
+{
+    /* Retries that arrive while the first copy is still being appended wait behind it; they
+     * must get its reply, not a rejection from deciding PlaceOrder again on a placed order. */
+    enum { COPIES = 4, ROUNDS = 5 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char id[JL_UUID_LEN + 1], cmd_id[32];
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(create_order(env.conn, "repeat", id, NULL), JL_CODE_OK);
+        ck_assert_int_eq(add_item(env.conn, id, "a", 1, 100, &r), JL_CODE_OK);
+        jl_reply_cleanup(&r);
+        uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+        snprintf(cmd_id, sizeof(cmd_id), "place-%d", round);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, COPIES);
+        pthread_t t[COPIES];
+        repeat_arg a[COPIES];
+        for (int i = 0; i < COPIES; i++) {
+            a[i] = (repeat_arg){.id = id, .cmd_id = cmd_id, .go = &go};
+            jl_reply_init(&a[i].r);
+            pthread_create(&t[i], NULL, place_with_id, &a[i]);
+        }
+        int firsts = 0;
+        for (int i = 0; i < COPIES; i++) {
+            pthread_join(t[i], NULL);
+            ck_assert_msg(a[i].r.code == JL_CODE_OK, "copy %d of round %d: %s", i, round,
+                          a[i].r.message);
+            ck_assert_uint_eq(a[i].r.stream_seq, msgs + 1);
+            ck_assert_uint_eq(a[i].r.aggregate_version, 3);
+            firsts += !a[i].r.duplicate;
+            jl_reply_cleanup(&a[i].r);
+        }
+        pthread_barrier_destroy(&go);
+        ck_assert_int_eq(firsts, 1);
+        ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
+    }
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -670,6 +730,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
+    tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     suite_add_tcase(s, tc);
     return s;
 }
