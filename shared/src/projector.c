@@ -413,7 +413,9 @@ static jl_status attach(jl_projector *p, int i)
         bool same_filter = ci->Config->FilterSubject != NULL &&
                            strcmp(ci->Config->FilterSubject, src->filter) == 0;
         bool in_step = ci->Delivered.Stream == src->checkpoint && ci->NumAckPending == 0;
+        src->next_cseq = ci->Delivered.Consumer + 1;
         if (!same_filter || !in_step || ci->Config->AckPolicy != js_AckAll) {
+            src->next_cseq = 1; /* a new consumer numbers its deliveries from 1 */
             jl_log(JL_LOG_INFO, "consumer reset",
                    "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64,
                    src->durable, ci->Delivered.Stream, src->checkpoint);
@@ -427,6 +429,7 @@ static jl_status attach(jl_projector *p, int i)
         }
         jsConsumerInfo_Destroy(ci);
     } else if (ns == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        src->next_cseq = 1;
         s = create_consumer(p, i);
     } else if (jerr == JSStreamNotFoundErr) {
         set_err(p, "stream %s does not exist yet", src->stream);
@@ -550,7 +553,7 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
     return s;
 }
 
-bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending)
+bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *out_pending)
 {
     /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or with domain and
      * account hash: $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.
@@ -578,6 +581,8 @@ bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending)
         return false;
     }
     *out_seq = strtoull(tok[si], NULL, 10);
+    if (out_cseq != NULL)
+        *out_cseq = strtoull(tok[si + 1], NULL, 10);
     *out_pending = strtoull(tok[pi], NULL, 10);
     return *out_seq > 0;
 }
@@ -588,7 +593,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
     jl_status s = jl_db_begin(db, true);
     for (int i = 0; s == JL_OK && i < n; i++) {
         uint64_t seq = 0, pending = 0;
-        if (!jl__msg_seq(msgs[i], &seq, &pending)) {
+        if (!jl__msg_seq(msgs[i], &seq, NULL, &pending)) {
             snprintf(err, errlen, "message without JetStream metadata on %s",
                      natsMsg_GetSubject(msgs[i]));
             s = JL_ERR_NATS;
@@ -738,7 +743,8 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
 {
     jsSubOptions so;
     jsErrCode jerr = 0;
-    memset(r, 0, sizeof(*r));
+    *r = (jl__reader){
+        .p = p, .si = si, .start_seq = start_seq, .start_time_ns = start_time_ns, .next_cseq = 1};
     jsSubOptions_Init(&so);
     so.Stream = p->src[si].stream;
     so.Config.AckPolicy = js_AckNone;
@@ -760,26 +766,67 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     return JL_OK;
 }
 
+/* Open @p r again after the last message it handed out: a delivery was lost. */
+static natsStatus reader_reopen(jl__reader *r)
+{
+    jl_projector *p = r->p;
+    int si = r->si;
+    uint64_t start = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
+    int64_t start_time = r->last_seq != 0 ? 0 : r->start_time_ns;
+    uint64_t last = r->last_seq;
+    char err[256];
+    atomic_fetch_add(&p->lost_deliveries, 1);
+    jl_log(JL_LOG_WARN, "delivery lost, reading again", "\"stream\":\"%s\",\"from_seq\":%" PRIu64,
+           p->src[si].stream, start);
+    natsMsgList_Destroy(&r->list);
+    memset(&r->list, 0, sizeof(r->list));
+    if (r->sub != NULL) {
+        natsSubscription_Unsubscribe(r->sub);
+        natsSubscription_Destroy(r->sub);
+        r->sub = NULL;
+    }
+    jl_status s = jl__reader_open(r, p, si, start, start_time, err, sizeof(err));
+    r->last_seq = last;
+    return s == JL_OK ? NATS_OK : NATS_ERR;
+}
+
 natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
 {
-    if (r->next >= r->list.Count) {
-        natsMsgList_Destroy(&r->list);
-        memset(&r->list, 0, sizeof(r->list));
-        r->next = 0;
-        natsStatus ns = fetch(r->sub, &r->list, batch, wait_ms > 0 ? wait_ms : 1000, true);
-        if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && r->list.Count == 0)) {
+    /* Bounded: a reader that keeps losing deliveries gives up and its caller retries later. */
+    for (int reopened = 0; reopened < 4; reopened++) {
+        if (r->next >= r->list.Count) {
             natsMsgList_Destroy(&r->list);
             memset(&r->list, 0, sizeof(r->list));
-            ns = wait_ms > 0 ? fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
+            r->next = 0;
+            natsStatus ns = fetch(r->sub, &r->list, batch, wait_ms > 0 ? wait_ms : 1000, true);
+            if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && r->list.Count == 0)) {
+                natsMsgList_Destroy(&r->list);
+                memset(&r->list, 0, sizeof(r->list));
+                ns = wait_ms > 0 ? fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
+            }
+            if (ns == NATS_NOT_FOUND || r->list.Count == 0)
+                return ns == NATS_OK || ns == NATS_NOT_FOUND ? NATS_TIMEOUT : ns;
+            if (ns != NATS_OK && ns != NATS_TIMEOUT)
+                return ns;
         }
-        if (ns == NATS_NOT_FOUND || r->list.Count == 0)
-            return ns == NATS_OK || ns == NATS_NOT_FOUND ? NATS_TIMEOUT : ns;
-        if (ns != NATS_OK && ns != NATS_TIMEOUT)
-            return ns;
+        natsMsg *m = r->list.Msgs[r->next];
+        uint64_t seq = 0, cseq = 0, pending = 0;
+        bool meta = jl__msg_seq(m, &seq, &cseq, &pending);
+        if (meta && cseq != r->next_cseq) {
+            natsStatus ns = reader_reopen(r);
+            if (ns != NATS_OK)
+                return ns;
+            continue;
+        }
+        if (meta) {
+            r->next_cseq = cseq + 1;
+            r->last_seq = seq;
+        }
+        *out = m;
+        r->list.Msgs[r->next++] = NULL; /* now the caller's */
+        return NATS_OK;
     }
-    *out = r->list.Msgs[r->next];
-    r->list.Msgs[r->next++] = NULL; /* now the caller's */
-    return NATS_OK;
+    return NATS_MISMATCH;
 }
 
 void jl__reader_close(jl__reader *r)
@@ -837,7 +884,7 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
         }
         msgs[n++] = m;
         uint64_t seq = 0, pending = 1;
-        if (jl__msg_seq(m, &seq, &pending) && pending == 0) {
+        if (jl__msg_seq(m, &seq, NULL, &pending) && pending == 0) {
             caught_up = true;
             break;
         }
@@ -855,6 +902,21 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
                    src->stream, jl__proj_checkpoint(p, i));
     }
     return s;
+}
+
+/* How many of @p msgs, from the first, were delivered in order with none missing between them
+ * (a delivery lost in transit shows as a jump in the consumer sequence). */
+static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
+{
+    for (int k = 0; k < n; k++) {
+        uint64_t seq = 0, cseq = 0, pending = 0;
+        if (!jl__msg_seq(msgs[k], &seq, &cseq, &pending))
+            continue; /* refused by the apply, with its own error */
+        if (cseq != src->next_cseq)
+            return k;
+        src->next_cseq = cseq + 1;
+    }
+    return n;
 }
 
 /* One batch of source @p i. */
@@ -887,9 +949,22 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         s = jl_status_from_nats(ns);
         detach(p, i); /* re-attach from the checkpoint on the next step */
     } else {
-        s = apply_source(p, i, list.Msgs, list.Count, true, out_applied);
-        if (s != JL_OK)
+        int n = delivered_in_order(src, list.Msgs, list.Count);
+        s = n > 0 ? apply_source(p, i, list.Msgs, n, true, out_applied) : JL_OK;
+        if (s != JL_OK) {
             detach(p, i); /* the batch will come again from the re-created consumer */
+        } else if (n < list.Count) {
+            /* A delivery was lost: what followed it is not applied (nor acked, which with
+             * AckAll would ack the lost one too). The consumer is re-created at the
+             * checkpoint, so the lost event comes again. */
+            atomic_fetch_add(&p->lost_deliveries, 1);
+            jl_log(JL_LOG_WARN, "delivery lost, consumer reset",
+                   "\"durable\":\"%s\",\"checkpoint\":%" PRIu64
+                   ",\"hint\":\"a server or route went down, or another process pulls from this "
+                   "durable\"",
+                   src->durable, jl__proj_checkpoint(p, i));
+            detach(p, i);
+        }
     }
     natsMsgList_Destroy(&list);
     return s;
@@ -1024,6 +1099,11 @@ uint64_t jl_projector_dead_letters(jl_projector *p)
     uint64_t c = p->dead_letters;
     pthread_mutex_unlock(&p->mu);
     return c;
+}
+
+uint64_t jl_projector_lost_deliveries(jl_projector *p)
+{
+    return (uint64_t)atomic_load(&p->lost_deliveries);
 }
 
 /* ---- queries ---- */
@@ -1207,6 +1287,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_cond_init(&p->advanced, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
+    atomic_init(&p->lost_deliveries, 0);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
     if (!valid_durable(base)) {

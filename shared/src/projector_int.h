@@ -28,6 +28,13 @@ typedef struct jl__reader {
     natsSubscription *sub;
     natsMsgList list; /* the batch being handed out */
     int next;         /* index of the next message in list */
+    /* To open again after a lost delivery (see jl__reader_next). */
+    jl_projector *p;
+    int si;
+    uint64_t start_seq;
+    int64_t start_time_ns;
+    uint64_t next_cseq; /* consumer sequence the next delivery must carry */
+    uint64_t last_seq;  /* stream sequence of the last message handed out (0: none yet) */
 } jl__reader;
 
 /* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:
@@ -36,7 +43,10 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
                           int64_t start_time_ns, char *err, size_t errlen);
 
 /* The next message (the caller destroys it): from the batch in hand, else from a new fetch of
- * up to @p batch, waiting up to @p wait_ms when nothing is there. NATS_TIMEOUT when none came. */
+ * up to @p batch, waiting up to @p wait_ms when nothing is there. NATS_TIMEOUT when none came.
+ * Messages come in stream order with none missing: a delivery lost in transit (a route or a
+ * server going down) shows as a jump in the consumer sequence, and the reader then opens again
+ * after the last message it handed out. */
 natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out);
 
 /* Stop reading (the ephemeral consumer goes); a zeroed reader is fine. */
@@ -50,6 +60,7 @@ typedef struct jl__source {
     natsSubscription *pull; /* the durable pull consumer */
     jl__reader catchup;     /* while far behind (catchup.sub != NULL), else zeroed */
     uint64_t checkpoint;
+    uint64_t next_cseq; /* the durable's consumer sequence the next delivery must carry */
     int64_t last_attach_log_ns;
     pthread_t thread; /* sources after the first run on their own thread */
     bool has_thread;
@@ -79,7 +90,8 @@ struct jl_projector {
     uint64_t dead_letters;
     atomic_bool stopping;
     atomic_bool paused; /* live applying suspended until a version rebuild switches */
-    int db_version;     /* projection version of the current file */
+    atomic_uint_fast64_t lost_deliveries; /* deliveries lost in transit, read again */
+    int db_version;                       /* projection version of the current file */
     int64_t last_version_try_ns;
     jl__job *job;
     pthread_t outbox_thread;
@@ -112,8 +124,9 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
                                jl__batch_result *io, char *err, size_t errlen);
 
 /* Stream sequence and pending count of a JetStream message, from its reply subject (no
- * allocation). False when the message has none. */
-bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_pending);
+ * allocation); @p out_cseq (may be NULL) gets its consumer sequence. False when the message has
+ * none. */
+bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *out_pending);
 
 /* Set the checkpoint of source @p source in @p db (inside a transaction). */
 jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq);

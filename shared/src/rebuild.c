@@ -196,7 +196,7 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             }
         }
         uint64_t seq = 0, pending = 0;
-        if (!jl__msg_seq(m, &seq, &pending)) {
+        if (!jl__msg_seq(m, &seq, NULL, &pending)) {
             natsMsg_Destroy(m);
             continue;
         }

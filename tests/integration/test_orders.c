@@ -339,6 +339,46 @@ START_TEST(redelivered_messages_are_applied_once)
 }
 END_TEST
 
+/* A delivery the projector never receives (a route or server going down mid-fetch; here another
+ * puller takes it from the projector's durable) must not be skipped: with AckAll, acking what
+ * followed would ack it too. The projector notices the jump in consumer sequence, re-creates the
+ * consumer at its checkpoint and applies every order. */
+START_TEST(a_lost_delivery_is_read_again_not_skipped)
+{
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "first", id, NULL), JL_CODE_OK);
+    jl_projector *p = open_projector("lost", "lost", 8);
+    catch_up(p, 1);
+    const char *names[] = {"taken", "after1", "after2"};
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(create_order(env.conn, names[i], id, NULL), JL_CODE_OK);
+
+    natsSubscription *thief = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Consumer = "lost";
+    ck_assert_int_eq(
+        js_PullSubscribe(&thief, jl_conn_js(env.conn), "orders.events.>", "lost", NULL, &so, NULL),
+        NATS_OK);
+    natsMsgList stolen = {0};
+    ck_assert_int_eq(natsSubscription_Fetch(&stolen, thief, 1, 5000, NULL), NATS_OK);
+    ck_assert_int_eq(stolen.Count, 1);
+    natsMsgList_Destroy(&stolen); /* never acked, never applied: lost on the way */
+    natsSubscription_Destroy(thief);
+
+    catch_up(p, 4);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/lost/order_summary.db", env.dir);
+    char *dump = tdump(path);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
+    free(dump);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 static void expect_error(const char *subject, const void *data, size_t len, jl_code code,
                          const char *needle)
 {
@@ -724,6 +764,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, concurrent_writers_on_one_aggregate_lose_no_update);
     tcase_add_test(tc, stale_expected_sequence_is_a_conflict);
     tcase_add_test(tc, redelivered_messages_are_applied_once);
+    tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);

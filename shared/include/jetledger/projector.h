@@ -164,6 +164,13 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
 /** Number of events parked in jl_dead_letters since open. Thread-safe. */
 uint64_t jl_projector_dead_letters(jl_projector *p);
 
+/**
+ * Deliveries found lost in transit since open (a server or route went down mid-batch, or another
+ * process pulls from the same durable). Each was noticed by a jump in the consumer sequence and
+ * read again from the checkpoint, so nothing was skipped. Thread-safe.
+ */
+uint64_t jl_projector_lost_deliveries(jl_projector *p);
+
 /** Why the last failed call failed. */
 const char *jl_projector_errmsg(const jl_projector *p);
 
