@@ -1,5 +1,6 @@
 #include "jetledger/db.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,25 @@ typedef struct cached {
     sqlite3_stmt *st;
 } cached;
 
+/* WAL pages after which a checkpoint is due (SQLite's own default), and after which the writer
+ * runs one itself because the background one fell behind (keeps the WAL bounded). */
+#define CHECKPOINT_PAGES 1000
+#define CHECKPOINT_INLINE_PAGES (16 * CHECKPOINT_PAGES)
+
+/* Checkpoints off the writer's thread. With synchronous=NORMAL a checkpoint is where SQLite
+ * fsyncs (the WAL, then the database): run by the committing thread, as SQLite does by default,
+ * it stalled one commit in about three hundred for 5-40 ms, and every query waiting for that
+ * commit (min_sequence) with it. A thread with its own connection runs them instead (PASSIVE:
+ * it never blocks the writer or readers); the writer's WAL hook only wakes it. */
+typedef struct checkpointer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    bool started, failed; /* failed: no thread, the writer checkpoints itself */
+    bool due, stop;
+    uint64_t runs; /* checkpoints the thread ran */
+} checkpointer;
+
 struct jl_db {
     sqlite3 *h;
     char path[1024];
@@ -21,7 +41,87 @@ struct jl_db {
     cached *cache; /* grows up to JL_DB_STMT_CACHE entries */
     size_t n_cached;
     size_t n_alloc;
+    checkpointer *ck; /* writers only */
 };
+
+static void *checkpoint_thread(void *arg)
+{
+    jl_db *db = arg;
+    checkpointer *ck = db->ck;
+    sqlite3 *h = NULL;
+    pthread_mutex_lock(&ck->mu);
+    for (;;) {
+        while (!ck->due && !ck->stop)
+            pthread_cond_wait(&ck->cv, &ck->mu);
+        if (ck->stop)
+            break;
+        ck->due = false;
+        pthread_mutex_unlock(&ck->mu);
+        if (h == NULL && sqlite3_open_v2(db->path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                                         NULL) == SQLITE_OK) {
+            sqlite3_busy_timeout(h, 1000);
+            sqlite3_exec(h, "PRAGMA synchronous=NORMAL;", NULL, NULL, NULL);
+        }
+        /* A failure (busy, disk full) is retried at the next commit that finds the WAL long. */
+        int rc = h != NULL
+                     ? sqlite3_wal_checkpoint_v2(h, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL)
+                     : SQLITE_CANTOPEN;
+        pthread_mutex_lock(&ck->mu);
+        ck->runs += rc == SQLITE_OK;
+    }
+    pthread_mutex_unlock(&ck->mu);
+    sqlite3_close_v2(h);
+    return NULL;
+}
+
+static int wal_hook(void *arg, sqlite3 *h, const char *name, int pages)
+{
+    jl_db *db = arg;
+    checkpointer *ck = db->ck;
+    if (pages < CHECKPOINT_PAGES)
+        return SQLITE_OK;
+    pthread_mutex_lock(&ck->mu);
+    if (!ck->started && !ck->failed) {
+        ck->started = pthread_create(&ck->thread, NULL, checkpoint_thread, db) == 0;
+        ck->failed = !ck->started;
+    }
+    ck->due = true;
+    pthread_cond_signal(&ck->cv);
+    bool inline_ck = ck->failed || pages >= CHECKPOINT_INLINE_PAGES;
+    pthread_mutex_unlock(&ck->mu);
+    if (inline_ck)
+        sqlite3_wal_checkpoint_v2(h, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+}
+
+static jl_status start_checkpointer(jl_db *db)
+{
+    db->ck = calloc(1, sizeof(*db->ck));
+    if (db->ck == NULL)
+        return JL_ERR_NOMEM;
+    pthread_mutex_init(&db->ck->mu, NULL);
+    pthread_cond_init(&db->ck->cv, NULL);
+    sqlite3_wal_hook(db->h, wal_hook, db); /* replaces SQLite's inline auto-checkpoint */
+    return JL_OK;
+}
+
+static void stop_checkpointer(jl_db *db)
+{
+    checkpointer *ck = db->ck;
+    if (ck == NULL)
+        return;
+    sqlite3_wal_hook(db->h, NULL, NULL);
+    pthread_mutex_lock(&ck->mu);
+    ck->stop = true;
+    pthread_cond_signal(&ck->cv);
+    pthread_mutex_unlock(&ck->mu);
+    if (ck->started)
+        pthread_join(ck->thread, NULL);
+    pthread_cond_destroy(&ck->cv);
+    pthread_mutex_destroy(&ck->mu);
+    free(ck);
+    db->ck = NULL;
+}
 
 jl_status jl_status_from_sqlite(int rc)
 {
@@ -76,6 +176,8 @@ jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err,
     sqlite3_busy_timeout(db->h, 5000);
     if (!readonly)
         s = jl_db_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+    if (s == JL_OK && !readonly)
+        s = start_checkpointer(db);
     if (s == JL_OK)
         s = jl_db_exec(db, "PRAGMA foreign_keys=ON;");
 done:
@@ -92,6 +194,7 @@ void jl_db_close(jl_db *db)
 {
     if (db == NULL)
         return;
+    stop_checkpointer(db); /* first: closing the last connection checkpoints and drops the WAL */
     for (size_t i = 0; i < db->n_cached; i++) {
         sqlite3_finalize(db->cache[i].st);
         free(db->cache[i].sql);
@@ -99,6 +202,16 @@ void jl_db_close(jl_db *db)
     free(db->cache);
     sqlite3_close_v2(db->h);
     free(db);
+}
+
+uint64_t jl_db_background_checkpoints(jl_db *db)
+{
+    if (db->ck == NULL)
+        return 0;
+    pthread_mutex_lock(&db->ck->mu);
+    uint64_t n = db->ck->runs;
+    pthread_mutex_unlock(&db->ck->mu);
+    return n;
 }
 
 sqlite3 *jl_db_handle(jl_db *db)

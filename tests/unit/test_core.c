@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "jetledger/buf.h"
@@ -2136,6 +2137,34 @@ START_TEST(db_open_creates_database_in_wal_mode)
 }
 END_TEST
 
+/* A writer's WAL is checkpointed by the connection's own thread, not by the commit that makes it
+ * long (SQLite's default, where the fsync stalls that commit), and closing drops the WAL. */
+START_TEST(db_wal_is_checkpointed_off_the_writing_thread)
+{
+    jl_db *db = open_db(db_path);
+    ck_assert_int_eq(jl_db_exec(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"), JL_OK);
+    /* About 1,500 pages of WAL: one 4 KiB blob per transaction. */
+    for (int i = 0; i < 1500; i++) {
+        ck_assert_int_eq(jl_db_begin(db, true), JL_OK);
+        sqlite3_stmt *st = jl_db_stmt(db, "INSERT INTO t (v) VALUES (zeroblob(4000))");
+        ck_assert_ptr_nonnull(st);
+        ck_assert_int_eq(jl_db_step_done(db, st), JL_OK);
+        ck_assert_int_eq(jl_db_commit(db), JL_OK);
+    }
+    /* The writer is idle now: only the background thread can checkpoint. */
+    for (int waited = 0; jl_db_background_checkpoints(db) == 0 && waited < 2000; waited += 10)
+        usleep(10000);
+    ck_assert_uint_ge(jl_db_background_checkpoints(db), 1);
+    struct stat sb;
+    ck_assert_int_eq(stat(db_path, &sb), 0);
+    ck_assert_int_gt(sb.st_size, 1000 * 4000); /* the pages reached the database file */
+    jl_db_close(db);
+    char wal[200];
+    snprintf(wal, sizeof(wal), "%s-wal", db_path);
+    ck_assert_int_ne(access(wal, F_OK), 0);
+}
+END_TEST
+
 START_TEST(db_open_in_missing_directory_is_io_error_naming_path)
 {
     char path[192];
@@ -2663,6 +2692,7 @@ static Suite *core_suite(void)
     tcase_add_checked_fixture(tc, db_setup, db_teardown);
     tcase_add_test(tc, db_open_creates_database_in_wal_mode);
     tcase_add_test(tc, db_open_in_missing_directory_is_io_error_naming_path);
+    tcase_add_test(tc, db_wal_is_checkpointed_off_the_writing_thread);
     tcase_add_test(tc, db_exec_error_carries_sqlite_message_and_path);
     tcase_add_test(tc, db_status_from_sqlite_maps_result_codes);
     tcase_add_test(tc, db_fail_records_prefix_message_and_path);
