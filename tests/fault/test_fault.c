@@ -152,22 +152,39 @@ static int stream_leader(const char *stream)
     return leader;
 }
 
-/* Wait until every replica of @p stream is current again (after a node came back). */
+/* Wait until every replica of @p stream is current again (after a node came back). Rarely (about
+ * one run in ten here) nats-server leaves a restarted follower behind for good; an operator
+ * restarts that node, and so does this wait, once, half-way through its time (and says so). */
 static void wait_replicas_current(const char *stream, int timeout_ms)
 {
-    int64_t deadline = tnow_ms() + timeout_ms;
+    int64_t start = tnow_ms(), deadline = start + timeout_ms;
+    bool restarted = false;
     for (;;) {
         jsStreamInfo *si = NULL;
         bool ok = false;
+        int behind = -1;
         if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, NULL) == NATS_OK) {
             ok = si->Cluster != NULL && si->Cluster->Leader != NULL &&
                  si->Cluster->ReplicasLen == NODES - 1;
-            for (int i = 0; ok && i < si->Cluster->ReplicasLen; i++)
+            for (int i = 0; ok && i < si->Cluster->ReplicasLen; i++) {
                 ok = si->Cluster->Replicas[i]->Current;
+                const char *name = si->Cluster->Replicas[i]->Name;
+                if (!ok && name != NULL && name[0] == 'n')
+                    behind = atoi(name + 1) - 1;
+            }
             jsStreamInfo_Destroy(si);
         }
         if (ok)
             return;
+        if (!restarted && behind >= 0 && behind < NODES && tnow_ms() - start > timeout_ms / 2) {
+            printf("injecting: restart of n%d, whose replica of %s stayed behind for %d s\n",
+                   behind + 1, stream, timeout_ms / 2000);
+            fflush(stdout);
+            ck_assert_int_eq(jl_natsd_stop(cl.node[behind]), 0);
+            ck_assert_int_eq(jl_natsd_restart(cl.node[behind]), 0);
+            ck_assert_int_eq(jl_natsd_wait_jetstream(cl.node[behind], 30000), 0);
+            restarted = true;
+        }
         ck_assert_msg(tnow_ms() < deadline, "replicas of %s not current in %d ms", stream,
                       timeout_ms);
         nats_Sleep(200);

@@ -1276,7 +1276,9 @@ void jl_natsd_destroy(jl_natsd *d)
         return;
     }
     end_process(d, SIGTERM, "destroy (SIGTERM)");
-    if (d->owns_store && !d->keep_store && d->store_dir[0] != '\0') {
+    /* JL_TEST_KEEP=1 keeps stores and logs for a post-mortem, as the tests' own dirs. */
+    if (d->owns_store && !d->keep_store && getenv("JL_TEST_KEEP") == NULL &&
+        d->store_dir[0] != '\0') {
         jl_rm_rf(d->store_dir);
     }
     free(d);
