@@ -135,6 +135,7 @@ typedef struct bench {
     bench_figure figs[BENCH_MAX_FIGURES];
     size_t n_figs;
     bench_series lat_cmd, lat_cmd_raw, lat_ryw, lat_ryw_raw, lat_long, lat_fresh;
+    bench_series lat_ryw_query; /* of lat_ryw: from the command's reply to the query's */
     bench_curve catchup, catchup_raw_read, catchup_raw_sql;
     char notes[4096];       /**< choices made during the run (printed and stored in the JSON) */
     char foreign_cpu[1024]; /**< "phase 3%, ...": CPU other processes took during each phase */
