@@ -294,6 +294,39 @@ START_TEST(stale_expected_sequence_is_a_conflict)
 }
 END_TEST
 
+/* A pull subscription on ORDERS: bound to @p consumer, or (NULL) a new one without acks. */
+static natsSubscription *pull_sub(const char *consumer)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Consumer = consumer;
+    if (consumer == NULL)
+        so.Config.AckPolicy = js_AckNone;
+    ck_assert_int_eq(
+        js_PullSubscribe(&sub, jl_conn_js(env.conn), "orders.events.>", consumer, NULL, &so, NULL),
+        NATS_OK);
+    return sub;
+}
+
+/* Take the next delivery of @p consumer away from its owner (never acked): what a delivery lost
+ * in transit looks like to it. Returns its stream sequence. */
+static uint64_t steal_delivery(const char *consumer)
+{
+    natsSubscription *thief = pull_sub(consumer);
+    natsMsgList stolen = {0};
+    jsMsgMetaData *meta = NULL;
+    ck_assert_int_eq(natsSubscription_Fetch(&stolen, thief, 1, 5000, NULL), NATS_OK);
+    ck_assert_int_eq(stolen.Count, 1);
+    ck_assert_int_eq(natsMsg_GetMetaData(&meta, stolen.Msgs[0]), NATS_OK);
+    uint64_t seq = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+    natsMsgList_Destroy(&stolen);
+    natsSubscription_Destroy(thief);
+    return seq;
+}
+
 START_TEST(redelivered_messages_are_applied_once)
 {
     char id[JL_UUID_LEN + 1];
@@ -310,14 +343,7 @@ START_TEST(redelivered_messages_are_applied_once)
     char *before = tdump(path);
 
     /* Deliver the same three messages again through another consumer: all skipped. */
-    natsSubscription *sub = NULL;
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = "ORDERS";
-    so.Config.AckPolicy = js_AckNone;
-    ck_assert_int_eq(
-        js_PullSubscribe(&sub, jl_conn_js(env.conn), "orders.events.>", NULL, NULL, &so, NULL),
-        NATS_OK);
+    natsSubscription *sub = pull_sub(NULL);
     natsMsgList list = {0};
     ck_assert_int_eq(natsSubscription_Fetch(&list, sub, 3, 5000, NULL), NATS_OK);
     ck_assert_int_eq(list.Count, 3);
@@ -353,19 +379,7 @@ START_TEST(a_lost_delivery_is_read_again_not_skipped)
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(create_order(env.conn, names[i], id, NULL), JL_CODE_OK);
 
-    natsSubscription *thief = NULL;
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = "ORDERS";
-    so.Consumer = "lost";
-    ck_assert_int_eq(
-        js_PullSubscribe(&thief, jl_conn_js(env.conn), "orders.events.>", "lost", NULL, &so, NULL),
-        NATS_OK);
-    natsMsgList stolen = {0};
-    ck_assert_int_eq(natsSubscription_Fetch(&stolen, thief, 1, 5000, NULL), NATS_OK);
-    ck_assert_int_eq(stolen.Count, 1);
-    natsMsgList_Destroy(&stolen); /* never acked, never applied: lost on the way */
-    natsSubscription_Destroy(thief);
+    ck_assert_uint_eq(steal_delivery("lost"), 2); /* lost on the way: never applied */
 
     catch_up(p, 4);
     char path[1024];
@@ -374,6 +388,36 @@ START_TEST(a_lost_delivery_is_read_again_not_skipped)
     for (int i = 0; i < 3; i++)
         ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
     free(dump);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+/* The same for the reader a projector far behind catches up with (and rebuilds use): a delivery
+ * of its ephemeral consumer taken by someone else is read again, not skipped. */
+START_TEST(a_lost_delivery_while_catching_up_is_read_again)
+{
+    tseed_orders(env.conn, 5200, 1); /* beyond the catch-up threshold */
+    jl_projector *p = open_projector("lostcu", "lostcu", 100);
+    size_t applied = 0;
+    ck_assert_int_eq(jl_projector_step(p, 2000, &applied), JL_OK);
+    ck_assert_uint_eq(applied, 100); /* one batch, from the catch-up reader */
+
+    jsConsumerNamesList *names = NULL;
+    ck_assert_int_eq(js_ConsumerNames(&names, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(names->Count, 1); /* the reader's ephemeral consumer, no durable yet */
+    ck_assert_uint_eq(steal_delivery(names->List[0]), 101);
+    jsConsumerNamesList_Destroy(names);
+
+    catch_up(p, 5200);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/lostcu/order_summary.db", env.dir);
+    char *dump = tdump(path);
+    int rows = 0;
+    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
+        rows++;
+    free(dump);
+    ck_assert_int_eq(rows, 5200);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
     jl_projector_close(p, 1000);
 }
@@ -765,6 +809,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, stale_expected_sequence_is_a_conflict);
     tcase_add_test(tc, redelivered_messages_are_applied_once);
     tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);
+    tcase_add_test(tc, a_lost_delivery_while_catching_up_is_read_again);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
