@@ -453,36 +453,23 @@ static void print_first_difference(const char *a, const char *b)
     printf("first difference: live '%.160s'\n                  rebuilt '%.160s'\n", a + i, b + i);
 }
 
-/* Lines of a service's log containing @p what. */
-static int count_lines(const char *log_path, const char *what)
+/* Lines of a service's log containing @p what or (when not NULL) @p or_what; the first
+ * @p print_max of them are printed. */
+static int scan_log(const char *log_path, const char *what, const char *or_what, int print_max)
 {
     FILE *f = fopen(log_path, "r");
     char line[1024];
     int n = 0;
     if (f == NULL)
         return 0;
-    while (fgets(line, sizeof(line), f) != NULL)
-        n += strstr(line, what) != NULL;
-    fclose(f);
-    return n;
-}
-
-/* The warning and error lines of a service's log, to see what it noticed. */
-static void print_warnings(const char *log_path)
-{
-    FILE *f = fopen(log_path, "r");
-    char line[1024];
-    int shown = 0;
-    if (f == NULL)
-        return;
-    while (fgets(line, sizeof(line), f) != NULL && shown < 40) {
-        if (strstr(line, "\"level\":\"warn\"") != NULL ||
-            strstr(line, "\"level\":\"error\"") != NULL) {
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, what) == NULL && (or_what == NULL || strstr(line, or_what) == NULL))
+            continue;
+        if (n++ < print_max)
             printf("  %s: %s", log_path, line);
-            shown++;
-        }
     }
     fclose(f);
+    return n;
 }
 
 /* The projector process has applied the whole stream, and its model equals one built from the
@@ -520,12 +507,12 @@ static void verify_read_model(const svc *proj)
         rows++;
     bool equal = strcmp(a, b) == 0;
     printf("projector deliveries lost in transit and read again: %d\n",
-           count_lines(proj->log, "delivery lost"));
+           scan_log(proj->log, "delivery lost", NULL, 0));
     printf("verified read model: %d orders, equal to a model rebuilt from the stream: %s\n", rows,
            equal ? "yes" : "NO");
     if (!equal) {
         print_first_difference(a, b);
-        print_warnings(proj->log);
+        scan_log(proj->log, "\"level\":\"warn\"", "\"level\":\"error\"", 40);
     }
     fflush(stdout);
     ck_assert_msg(equal, "the read model differs from one rebuilt from the stream (see above)");
