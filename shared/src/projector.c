@@ -787,6 +787,11 @@ static natsStatus reader_reopen(jl__reader *r)
     }
     jl_status s = jl__reader_open(r, p, si, start, start_time, err, sizeof(err));
     r->last_seq = last;
+    if (s != JL_OK) {
+        char esc[600];
+        jl_log(JL_LOG_ERROR, "cannot read again", "\"stream\":\"%s\",\"error\":\"%s\"",
+               p->src[si].stream, jl_log_str(esc, sizeof(esc), err));
+    }
     return s == JL_OK ? NATS_OK : NATS_ERR;
 }
 
