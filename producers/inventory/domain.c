@@ -13,31 +13,6 @@ _Static_assert(INVENTORY_MAX_QUANTITY <= UINT32_MAX, "line quantity does not fit
 
 #define UUID_TEXT 36
 
-/*
- * Strings from protobuf-c are never NULL, but a message built by hand may hold NULL for "unset":
- * treat it as empty rather than crash. strnlen keeps the scan bounded by the cap, so an
- * over-long string costs no more than one byte past the limit.
- */
-static size_t text_len(const char *s, size_t cap)
-{
-    return s ? strnlen(s, cap + 1) : 0;
-}
-
-static char *text_or_empty(const char *s)
-{
-    /* protobuf-c takes char * even for fields it only reads. */
-    return (char *)(s ? s : "");
-}
-
-/* Zero-fills the whole field so equal states are equal byte for byte (tests memcmp them). */
-static void copy_text(char *dst, size_t cap, const char *src, size_t len)
-{
-    assert(len <= cap);
-    memset(dst, 0, cap + 1);
-    if (len > 0)
-        memcpy(dst, src, len);
-}
-
 static int hex_value(char c)
 {
     if (c >= '0' && c <= '9')
@@ -57,7 +32,7 @@ static bool uuid_parse(const char *s, uint8_t out[16])
 {
     uint8_t u[16];
     size_t k = 0;
-    if (text_len(s, UUID_TEXT) != UUID_TEXT)
+    if (jl_text_len(s, UUID_TEXT) != UUID_TEXT)
         return false;
     for (size_t i = 0; i < UUID_TEXT;) {
         if (i == 8 || i == 13 || i == 18 || i == 23) {
@@ -151,20 +126,6 @@ void inventory_state_init(void *state)
  * basic problem with its command first.
  */
 
-static bool check_text(jl_decision *out, const char *field, const char *s, size_t cap)
-{
-    size_t n = text_len(s, cap);
-    if (n == 0) {
-        jl_decision_reject(out, JL_CODE_INVALID, "%s must not be empty", field);
-        return false;
-    }
-    if (n > cap) {
-        jl_decision_reject(out, JL_CODE_INVALID, "%s is longer than %zu bytes", field, cap);
-        return false;
-    }
-    return true;
-}
-
 static bool check_quantity(jl_decision *out, const char *field, int64_t q)
 {
     if (q <= 0) {
@@ -181,7 +142,7 @@ static bool check_quantity(jl_decision *out, const char *field, int64_t q)
 
 static bool check_uuid(jl_decision *out, const char *field, const char *s, uint8_t id[16])
 {
-    if (text_len(s, UUID_TEXT) == 0) {
+    if (jl_text_len(s, UUID_TEXT) == 0) {
         jl_decision_reject(out, JL_CODE_INVALID, "%s must not be empty", field);
         return false;
     }
@@ -195,8 +156,8 @@ static bool check_uuid(jl_decision *out, const char *field, const char *s, uint8
 static void decide_register(const inventory_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Inventory__RegisterProduct *c = (const Inventory__RegisterProduct *)cmd->msg;
-    if (!check_text(out, "sku", c->sku, INVENTORY_MAX_SKU) ||
-        !check_text(out, "name", c->name, INVENTORY_MAX_NAME))
+    if (!jl_check_text(out, "sku", c->sku, INVENTORY_MAX_SKU) ||
+        !jl_check_text(out, "name", c->name, INVENTORY_MAX_NAME))
         return;
     if (find_product(s, c->sku) < s->n_products) {
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "sku %s is already registered", c->sku);
@@ -216,7 +177,7 @@ static void decide_register(const inventory_state *s, const jl_command *cmd, jl_
 static void decide_restock(const inventory_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Inventory__Restock *c = (const Inventory__Restock *)cmd->msg;
-    if (!check_text(out, "sku", c->sku, INVENTORY_MAX_SKU) ||
+    if (!jl_check_text(out, "sku", c->sku, INVENTORY_MAX_SKU) ||
         !check_quantity(out, "quantity", c->quantity))
         return;
     uint32_t at = find_product(s, c->sku);
@@ -272,7 +233,7 @@ static void decide_reserve(const inventory_state *s, const jl_command *cmd, jl_d
         const Inventory__ReservationLine *l = c->lines[i];
         char field[48]; /* "lines[<size_t>].quantity" */
         snprintf(field, sizeof(field), "lines[%zu].sku", i);
-        if (!check_text(out, field, l->sku, INVENTORY_MAX_SKU))
+        if (!jl_check_text(out, field, l->sku, INVENTORY_MAX_SKU))
             return;
         snprintf(field, sizeof(field), "lines[%zu].quantity", i);
         if (!check_quantity(out, field, l->quantity))
@@ -385,7 +346,7 @@ static void decide_release(const inventory_state *s, const jl_command *cmd, jl_d
     if (!check_uuid(out, "reservation_id", c->reservation_id, rid))
         return;
     /* The reason is optional, so only its length is checked. */
-    if (text_len(c->reason, INVENTORY_MAX_REASON) > INVENTORY_MAX_REASON) {
+    if (jl_text_len(c->reason, INVENTORY_MAX_REASON) > INVENTORY_MAX_REASON) {
         jl_decision_reject(out, JL_CODE_INVALID, "reason is longer than %d bytes",
                            INVENTORY_MAX_REASON);
         return;
@@ -401,7 +362,7 @@ static void decide_release(const inventory_state *s, const jl_command *cmd, jl_d
     e.order_id = oid_text;
     e.n_lines = stored_lines(s, r, lines, ptrs);
     e.lines = ptrs;
-    e.reason = text_or_empty(c->reason);
+    e.reason = jl_text_or_empty(c->reason);
     jl_decision_emit(out, &e.base);
 }
 
@@ -516,14 +477,14 @@ static void close_open(inventory_state *s, uint32_t at, inventory_outcome how)
 static jl_status evolve_registered(inventory_state *s, const ProtobufCMessage *m)
 {
     const Inventory__ProductRegistered *e = (const Inventory__ProductRegistered *)m;
-    size_t sn = text_len(e->sku, INVENTORY_MAX_SKU);
-    size_t nn = text_len(e->name, INVENTORY_MAX_NAME);
+    size_t sn = jl_text_len(e->sku, INVENTORY_MAX_SKU);
+    size_t nn = jl_text_len(e->name, INVENTORY_MAX_NAME);
     if (sn == 0 || sn > INVENTORY_MAX_SKU || nn > INVENTORY_MAX_NAME ||
         s->n_products >= INVENTORY_MAX_PRODUCTS || find_product(s, e->sku) < s->n_products)
         return JL_ERR_INVALID;
     inventory_product *p = &s->products[s->n_products++];
-    copy_text(p->sku, INVENTORY_MAX_SKU, e->sku, sn);
-    copy_text(p->name, INVENTORY_MAX_NAME, e->name, nn);
+    jl_text_copy(p->sku, INVENTORY_MAX_SKU, e->sku, sn);
+    jl_text_copy(p->name, INVENTORY_MAX_NAME, e->name, nn);
     p->on_hand = 0;
     p->reserved = 0;
     return JL_OK;
@@ -532,7 +493,7 @@ static jl_status evolve_registered(inventory_state *s, const ProtobufCMessage *m
 static jl_status evolve_restocked(inventory_state *s, const ProtobufCMessage *m)
 {
     const Inventory__Restocked *e = (const Inventory__Restocked *)m;
-    uint32_t at = find_product(s, text_or_empty(e->sku));
+    uint32_t at = find_product(s, jl_text_or_empty(e->sku));
     if (at == s->n_products || e->quantity <= 0 || e->quantity > INVENTORY_MAX_QUANTITY ||
         s->products[at].on_hand + e->quantity > INVENTORY_MAX_ON_HAND)
         return JL_ERR_INVALID;
@@ -550,7 +511,7 @@ static bool lines_fit(const inventory_state *s, Inventory__ReservationLine *cons
     if (n == 0 || n > INVENTORY_MAX_LINES)
         return false;
     for (size_t i = 0; i < n; i++) {
-        uint32_t at = find_product(s, text_or_empty(lines[i]->sku));
+        uint32_t at = find_product(s, jl_text_or_empty(lines[i]->sku));
         int64_t q = lines[i]->quantity;
         if (at == s->n_products || q <= 0 || q > INVENTORY_MAX_QUANTITY ||
             available(&s->products[at]) < q)
@@ -747,15 +708,15 @@ static jl_status unpack_products(inventory_state *s, const Inventory__WarehouseS
         return JL_ERR_INVALID;
     for (size_t i = 0; i < m->n_products; i++) {
         const Inventory__ProductStock *p = m->products[i];
-        size_t sn = text_len(p->sku, INVENTORY_MAX_SKU);
-        size_t nn = text_len(p->name, INVENTORY_MAX_NAME);
+        size_t sn = jl_text_len(p->sku, INVENTORY_MAX_SKU);
+        size_t nn = jl_text_len(p->name, INVENTORY_MAX_NAME);
         if (sn == 0 || sn > INVENTORY_MAX_SKU || nn > INVENTORY_MAX_NAME ||
             find_product(s, p->sku) < s->n_products || p->on_hand < 0 ||
             p->on_hand > INVENTORY_MAX_ON_HAND || p->reserved < 0 || p->reserved > p->on_hand)
             return JL_ERR_INVALID;
         inventory_product *q = &s->products[s->n_products++];
-        copy_text(q->sku, INVENTORY_MAX_SKU, p->sku, sn);
-        copy_text(q->name, INVENTORY_MAX_NAME, p->name, nn);
+        jl_text_copy(q->sku, INVENTORY_MAX_SKU, p->sku, sn);
+        jl_text_copy(q->name, INVENTORY_MAX_NAME, p->name, nn);
         q->on_hand = p->on_hand;
         q->reserved = p->reserved;
     }
@@ -781,7 +742,7 @@ static jl_status unpack_open(inventory_state *s, const Inventory__WarehouseState
             return JL_ERR_INVALID;
         for (size_t k = 0; k < o->n_lines; k++) {
             const Inventory__ReservationLine *l = o->lines[k];
-            uint32_t at = find_product(s, text_or_empty(l->sku));
+            uint32_t at = find_product(s, jl_text_or_empty(l->sku));
             if (at == s->n_products || l->quantity <= 0 || l->quantity > INVENTORY_MAX_QUANTITY)
                 return JL_ERR_INVALID;
             for (size_t j = 0; j < k; j++) {
@@ -814,7 +775,8 @@ static jl_status unpack_closed(inventory_state *s, const Inventory__WarehouseSta
         uint8_t id[16];
         int how = 0;
         for (int k = INVENTORY_REJECTED; k <= INVENTORY_COMMITTED; k++) {
-            if (strcmp(text_or_empty(c->outcome), inventory_outcome_str((inventory_outcome)k)) == 0)
+            if (strcmp(jl_text_or_empty(c->outcome), inventory_outcome_str((inventory_outcome)k)) ==
+                0)
                 how = k;
         }
         if (how == 0 || !uuid_parse(c->reservation_id, id))

@@ -6,31 +6,6 @@
 
 #include "jetledger/codec.h"
 
-/*
- * Strings from protobuf-c are never NULL, but a message built by hand may hold NULL for "unset":
- * treat it as empty rather than crash. strnlen keeps the scan bounded by the cap, so an
- * over-long string costs no more than one byte past the limit.
- */
-static size_t text_len(const char *s, size_t cap)
-{
-    return s ? strnlen(s, cap + 1) : 0;
-}
-
-static char *text_or_empty(const char *s)
-{
-    /* protobuf-c takes char * even for fields it only reads. */
-    return (char *)(s ? s : "");
-}
-
-/* Zero-fills the whole buffer so equal states are equal byte for byte (tests memcmp them). */
-static void copy_text(char dst[ORDERS_MAX_TEXT + 1], const char *src, size_t len)
-{
-    assert(len <= ORDERS_MAX_TEXT);
-    memset(dst, 0, ORDERS_MAX_TEXT + 1);
-    if (len > 0)
-        memcpy(dst, src, len);
-}
-
 /* Index of the line holding @p sku, or s->n_items when there is none. */
 static size_t find_item(const orders_state *s, const char *sku)
 {
@@ -72,20 +47,6 @@ void orders_state_init(void *state)
  * failure wins, so a client sees the most basic problem with its command first.
  */
 
-static bool check_text(jl_decision *out, const char *field, const char *s, size_t cap)
-{
-    size_t n = text_len(s, cap);
-    if (n == 0) {
-        jl_decision_reject(out, JL_CODE_INVALID, "%s must not be empty", field);
-        return false;
-    }
-    if (n > cap) {
-        jl_decision_reject(out, JL_CODE_INVALID, "%s is longer than %zu bytes", field, cap);
-        return false;
-    }
-    return true;
-}
-
 static bool check_open(const orders_state *s, jl_decision *out)
 {
     if (s->status == ORDERS_STATUS_OPEN)
@@ -99,7 +60,7 @@ static void decide_create(const orders_state *s, const jl_command *cmd, jl_decis
 {
     const Orders__CreateOrder *c = (const Orders__CreateOrder *)cmd->msg;
     (void)s;
-    if (!check_text(out, "customer_id", c->customer_id, ORDERS_MAX_TEXT))
+    if (!jl_check_text(out, "customer_id", c->customer_id, ORDERS_MAX_TEXT))
         return;
     Orders__OrderCreated e = ORDERS__ORDER_CREATED__INIT;
     e.order_id = (char *)cmd->aggregate_id;
@@ -110,7 +71,7 @@ static void decide_create(const orders_state *s, const jl_command *cmd, jl_decis
 static void decide_add_item(const orders_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Orders__AddItem *c = (const Orders__AddItem *)cmd->msg;
-    if (!check_text(out, "sku", c->sku, ORDERS_MAX_TEXT))
+    if (!jl_check_text(out, "sku", c->sku, ORDERS_MAX_TEXT))
         return;
     if (c->quantity <= 0) {
         jl_decision_reject(out, JL_CODE_INVALID, "quantity must be positive");
@@ -166,7 +127,7 @@ static void decide_add_item(const orders_state *s, const jl_command *cmd, jl_dec
 static void decide_remove_item(const orders_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Orders__RemoveItem *c = (const Orders__RemoveItem *)cmd->msg;
-    if (!check_text(out, "sku", c->sku, ORDERS_MAX_TEXT))
+    if (!jl_check_text(out, "sku", c->sku, ORDERS_MAX_TEXT))
         return;
     if (!check_open(s, out))
         return;
@@ -239,7 +200,7 @@ static void decide_cancel(const orders_state *s, const jl_command *cmd, jl_decis
 {
     const Orders__CancelOrder *c = (const Orders__CancelOrder *)cmd->msg;
     /* The reason is optional, so only its length is checked. */
-    if (text_len(c->reason, ORDERS_MAX_REASON) > ORDERS_MAX_REASON) {
+    if (jl_text_len(c->reason, ORDERS_MAX_REASON) > ORDERS_MAX_REASON) {
         jl_decision_reject(out, JL_CODE_INVALID, "reason is longer than %d bytes",
                            ORDERS_MAX_REASON);
         return;
@@ -255,7 +216,7 @@ static void decide_cancel(const orders_state *s, const jl_command *cmd, jl_decis
     }
     Orders__OrderCancelled e = ORDERS__ORDER_CANCELLED__INIT;
     e.order_id = (char *)cmd->aggregate_id;
-    e.reason = text_or_empty(c->reason);
+    e.reason = jl_text_or_empty(c->reason);
     jl_decision_emit(out, &e.base);
 }
 
@@ -263,7 +224,7 @@ static void decide_confirm(const orders_state *s, const jl_command *cmd, jl_deci
 {
     const Orders__ConfirmOrder *c = (const Orders__ConfirmOrder *)cmd->msg;
     char rid[JL_UUID_LEN + 1];
-    if (text_len(c->reservation_id, JL_UUID_LEN) == 0) {
+    if (jl_text_len(c->reservation_id, JL_UUID_LEN) == 0) {
         jl_decision_reject(out, JL_CODE_INVALID, "reservation_id must not be empty");
         return;
     }
@@ -348,18 +309,18 @@ void orders_decide(const void *state, const jl_command *cmd, jl_decision *out)
 static jl_status evolve_created(orders_state *s, const ProtobufCMessage *m)
 {
     const Orders__OrderCreated *e = (const Orders__OrderCreated *)m;
-    size_t n = text_len(e->customer_id, ORDERS_MAX_TEXT);
+    size_t n = jl_text_len(e->customer_id, ORDERS_MAX_TEXT);
     if (s->status != ORDERS_STATUS_NONE || n > ORDERS_MAX_TEXT)
         return JL_ERR_INVALID;
     s->status = ORDERS_STATUS_OPEN;
-    copy_text(s->customer_id, e->customer_id, n);
+    jl_text_copy(s->customer_id, ORDERS_MAX_TEXT, e->customer_id, n);
     return JL_OK;
 }
 
 static jl_status evolve_item_added(orders_state *s, const ProtobufCMessage *m)
 {
     const Orders__ItemAdded *e = (const Orders__ItemAdded *)m;
-    size_t n = text_len(e->sku, ORDERS_MAX_TEXT);
+    size_t n = jl_text_len(e->sku, ORDERS_MAX_TEXT);
     if (s->status == ORDERS_STATUS_NONE || n == 0 || n > ORDERS_MAX_TEXT)
         return JL_ERR_INVALID;
     /* The caps on lines are what keep decide's totals from overflowing. */
@@ -379,7 +340,7 @@ static jl_status evolve_item_added(orders_state *s, const ProtobufCMessage *m)
     if (s->n_items >= ORDERS_MAX_ITEMS)
         return JL_ERR_INVALID;
     orders_item *line = &s->items[s->n_items++];
-    copy_text(line->sku, e->sku, n);
+    jl_text_copy(line->sku, ORDERS_MAX_TEXT, e->sku, n);
     line->quantity = e->quantity;
     line->unit_price_cents = e->unit_price_cents;
     return JL_OK;
@@ -390,7 +351,7 @@ static jl_status evolve_item_removed(orders_state *s, const ProtobufCMessage *m)
     const Orders__ItemRemoved *e = (const Orders__ItemRemoved *)m;
     if (s->status == ORDERS_STATUS_NONE)
         return JL_ERR_INVALID;
-    size_t i = find_item(s, text_or_empty(e->sku));
+    size_t i = find_item(s, jl_text_or_empty(e->sku));
     /* Removing an absent line leaves the state as the event says it should be: nothing to do. */
     if (i == s->n_items)
         return JL_OK;
@@ -498,19 +459,19 @@ jl_status orders_state_unpack(void *state, const void *data, size_t len)
         if (strcmp(m->status, orders_status_str((orders_status)k)) == 0)
             s->status = (orders_status)k;
     }
-    size_t clen = text_len(m->customer_id, ORDERS_MAX_TEXT);
+    size_t clen = jl_text_len(m->customer_id, ORDERS_MAX_TEXT);
     if (clen > ORDERS_MAX_TEXT || m->n_lines > ORDERS_MAX_ITEMS) {
         st = JL_ERR_INVALID;
         goto done;
     }
-    copy_text(s->customer_id, m->customer_id, clen);
+    jl_text_copy(s->customer_id, ORDERS_MAX_TEXT, m->customer_id, clen);
     for (size_t i = 0; i < m->n_lines; i++) {
-        size_t slen = text_len(m->lines[i]->sku, ORDERS_MAX_TEXT);
+        size_t slen = jl_text_len(m->lines[i]->sku, ORDERS_MAX_TEXT);
         if (slen == 0 || slen > ORDERS_MAX_TEXT) {
             st = JL_ERR_INVALID;
             goto done;
         }
-        copy_text(s->items[i].sku, m->lines[i]->sku, slen);
+        jl_text_copy(s->items[i].sku, ORDERS_MAX_TEXT, m->lines[i]->sku, slen);
         s->items[i].quantity = m->lines[i]->quantity;
         s->items[i].unit_price_cents = m->lines[i]->unit_price_cents;
     }

@@ -1,5 +1,6 @@
 #include "jetledger/domain.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,4 +90,36 @@ void jl_decision_emit(jl_decision *d, const ProtobufCMessage *event)
     d->lens[d->n_events] = packed;
     jl_buf_commit(&d->bytes, packed);
     d->n_events++;
+}
+
+size_t jl_text_len(const char *s, size_t cap)
+{
+    return s ? strnlen(s, cap + 1) : 0;
+}
+
+char *jl_text_or_empty(const char *s)
+{
+    return (char *)(s ? s : "");
+}
+
+void jl_text_copy(char *dst, size_t cap, const char *src, size_t len)
+{
+    assert(len <= cap);
+    memset(dst, 0, cap + 1);
+    if (len > 0)
+        memcpy(dst, src, len);
+}
+
+bool jl_check_text(jl_decision *out, const char *field, const char *s, size_t cap)
+{
+    size_t n = jl_text_len(s, cap);
+    if (n == 0) {
+        jl_decision_reject(out, JL_CODE_INVALID, "%s must not be empty", field);
+        return false;
+    }
+    if (n > cap) {
+        jl_decision_reject(out, JL_CODE_INVALID, "%s is longer than %zu bytes", field, cap);
+        return false;
+    }
+    return true;
 }

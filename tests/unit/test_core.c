@@ -367,6 +367,31 @@ START_TEST(decision_reject_message_is_truncated_to_fit)
 }
 END_TEST
 
+START_TEST(text_helpers_bound_copy_and_check)
+{
+    ck_assert_uint_eq(jl_text_len(NULL, 4), 0);
+    ck_assert_uint_eq(jl_text_len("abc", 4), 3);
+    ck_assert_uint_eq(jl_text_len("abcdefgh", 4), 5); /* scan stops one past the cap */
+    ck_assert_str_eq(jl_text_or_empty(NULL), "");
+    char dst[5];
+    memset(dst, 'x', sizeof(dst));
+    jl_text_copy(dst, 4, "ab", 2);
+    ck_assert_mem_eq(dst, "ab\0\0\0", 5); /* zero-filled to cap + 1 */
+
+    jl_decision d;
+    jl_decision_init(&d);
+    ck_assert(jl_check_text(&d, "sku", "pear", 4));
+    ck_assert(!jl_decision_rejected(&d));
+    ck_assert(!jl_check_text(&d, "sku", "", 4));
+    ck_assert_str_eq(d.message, "sku must not be empty");
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_text(&d, "name", "apples", 4));
+    ck_assert_int_eq(d.code, JL_CODE_INVALID);
+    ck_assert_str_eq(d.message, "name is longer than 4 bytes");
+    jl_decision_cleanup(&d);
+}
+END_TEST
+
 START_TEST(decision_emit_into_rejected_decision_does_nothing)
 {
     jl_decision_reject(&dec, JL_CODE_NOT_FOUND, "no such order");
@@ -2596,6 +2621,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, decision_reject_with_ok_code_still_rejects);
     tcase_add_test(tc, decision_reject_message_is_truncated_to_fit);
     tcase_add_test(tc, decision_emit_into_rejected_decision_does_nothing);
+    tcase_add_test(tc, text_helpers_bound_copy_and_check);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);
     tcase_add_test(tc, decision_single_event_over_max_bytes_becomes_rejection);

@@ -108,4 +108,25 @@ void jl_decision_reject(jl_decision *d, jl_code code, const char *fmt, ...)
 /** True when the decision is a rejection. */
 bool jl_decision_rejected(const jl_decision *d);
 
+/* ---- text fields, for decide and evolve (pure, no allocation) ---- */
+
+/**
+ * Length of @p s, scanning at most @p cap + 1 bytes (so a result above @p cap means "too long");
+ * NULL counts as empty (protobuf-c never gives NULL, a message built by hand may).
+ */
+size_t jl_text_len(const char *s, size_t cap);
+
+/** @p s, or "" for NULL, as the char * protobuf-c takes even for fields it only reads. */
+char *jl_text_or_empty(const char *s);
+
+/**
+ * Copy @p len (<= @p cap) bytes of @p src into @p dst and zero the rest of its @p cap + 1 bytes,
+ * so equal states are equal byte for byte.
+ */
+void jl_text_copy(char *dst, size_t cap, const char *src, size_t len);
+
+/** False, with @p out rejected as invalid ("<field> must not be empty" / "... is longer than
+ * <cap> bytes"), unless @p s holds 1 to @p cap bytes. */
+bool jl_check_text(jl_decision *out, const char *field, const char *s, size_t cap);
+
 #endif /* JETLEDGER_DOMAIN_H */
