@@ -415,21 +415,6 @@ END_TEST
 
 /* ================================ apply, on SQLite ================================ */
 
-/* The runtime's outbox table (shared/src/projector.c), which jl_outbox_add() writes. */
-static const char outbox_sql[] = "CREATE TABLE IF NOT EXISTS jl_outbox ("
-                                 "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                                 "  command_id TEXT NOT NULL UNIQUE,"
-                                 "  service TEXT NOT NULL,"
-                                 "  command TEXT NOT NULL,"
-                                 "  body BLOB NOT NULL,"
-                                 "  correlation_id TEXT NOT NULL,"
-                                 "  causation_id TEXT NOT NULL,"
-                                 "  created_at_ns INTEGER NOT NULL,"
-                                 "  replied_at_ns INTEGER,"
-                                 "  reply_code TEXT,"
-                                 "  reply_message TEXT,"
-                                 "  attempts INTEGER NOT NULL DEFAULT 0);";
-
 static char dir[256];
 static jl_db *db;
 static int n_dbs;
@@ -441,7 +426,7 @@ static jl_db *open_db(void)
     snprintf(path, sizeof(path), "%s/f%d.db", dir, n_dbs++);
     ck_assert_msg(jl_db_open(&d, path, false, err, sizeof(err)) == JL_OK, "%s", err);
     ck_assert_int_eq(jl_db_exec(d, fulfilment_process.schema_sql), JL_OK);
-    ck_assert_int_eq(jl_db_exec(d, outbox_sql), JL_OK);
+    ck_assert_int_eq(jl_db_exec(d, jl_projector_runtime_schema()), JL_OK); /* the outbox */
     /* Scratch files: durability buys nothing here and fsyncs make the suite slow. */
     ck_assert_int_eq(jl_db_exec(d, "PRAGMA synchronous = OFF"), JL_OK);
     return d;

@@ -1106,6 +1106,11 @@ uint64_t jl_projector_dead_letters(jl_projector *p)
     return c;
 }
 
+const char *jl_projector_runtime_schema(void)
+{
+    return jl__state_sql;
+}
+
 uint64_t jl_projector_lost_deliveries(jl_projector *p)
 {
     return (uint64_t)atomic_load(&p->lost_deliveries);

@@ -171,6 +171,12 @@ uint64_t jl_projector_dead_letters(jl_projector *p);
  */
 uint64_t jl_projector_lost_deliveries(jl_projector *p);
 
+/**
+ * The SQL creating the runtime's own tables (checkpoints, dead letters, the outbox that
+ * jl_outbox_add() writes): to test an apply function on a bare database without a copy of it.
+ */
+const char *jl_projector_runtime_schema(void);
+
 /** Why the last failed call failed. */
 const char *jl_projector_errmsg(const jl_projector *p);
 
