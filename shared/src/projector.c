@@ -692,9 +692,13 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
     if (s != JL_OK)
         return s;
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
-     * With AckAll, acking the last message acks the whole batch. */
-    if (ack && n > 0)
-        natsMsg_Ack(msgs[n - 1], NULL);
+     * With AckAll, acking the last message acks the whole batch. A lost ack loses nothing (the
+     * batch comes again after the ack wait and is skipped by the checkpoint), but say so. */
+    natsStatus ns = ack && n > 0 ? natsMsg_Ack(msgs[n - 1], NULL) : NATS_OK;
+    if (ns != NATS_OK)
+        jl_log(JL_LOG_WARN, "ack not sent",
+               "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"status\":\"%s\"", p->src[i].stream,
+               io.checkpoint, natsStatus_GetText(ns));
     if (out_applied != NULL)
         *out_applied = io.applied;
     return JL_OK;
