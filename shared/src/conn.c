@@ -87,6 +87,12 @@ static int split_urls(char *list, const char *urls[MAX_SERVERS])
 jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                        int64_t connect_wait_ms, char *err, size_t errlen)
 {
+    return jl_conn_open_flags(out_conn, cfg, client_name, connect_wait_ms, 0, err, errlen);
+}
+
+jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
+                             int64_t connect_wait_ms, unsigned flags, char *err, size_t errlen)
+{
     jl_status s = JL_OK;
     natsStatus ns = NATS_OK;
     natsOptions *opts = NULL;
@@ -126,9 +132,10 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
     if (ns == NATS_OK)
         ns = natsOptions_SetMaxPingsOut(opts, 2);
     /* Without it the library holds published data for its flusher (about a millisecond):
-     * replies and appends would each wait for it. Latency is what a service is judged on. */
+     * replies and appends would each wait for it. Latency is what a service is judged on,
+     * unless the caller asked for batched writes (a burst: one write for many messages). */
     if (ns == NATS_OK)
-        ns = natsOptions_SetSendAsap(opts, true);
+        ns = natsOptions_SetSendAsap(opts, (flags & JL_CONN_BATCH_WRITES) == 0);
     /* Keep published messages across a short disconnect instead of failing them at once. */
     if (ns == NATS_OK)
         ns = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
@@ -192,8 +199,9 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
     if (jl_server_version_probe(url, 2000, c->version, sizeof(c->version)) != JL_OK)
         c->version[0] = 0;
     char e1[300];
-    jl_log(JL_LOG_INFO, "connected", "\"url\":\"%s\",\"server_version\":\"%s\"",
-           jl_log_str(e1, sizeof(e1), url), c->version);
+    jl_log(JL_LOG_INFO, "connected", "\"url\":\"%s\",\"server_version\":\"%s\",\"batch_writes\":%s",
+           jl_log_str(e1, sizeof(e1), url), c->version,
+           (flags & JL_CONN_BATCH_WRITES) ? "true" : "false");
 
 done:
     natsOptions_Destroy(opts);

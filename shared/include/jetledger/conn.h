@@ -35,6 +35,17 @@ typedef struct jl_conn jl_conn;
 jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                        int64_t connect_wait_ms, char *err, size_t errlen);
 
+/** jl_conn_open_flags(): writes wait for the library's flusher (about a millisecond), so that
+ * one system call carries many messages. For traffic that comes in bursts only. */
+#define JL_CONN_BATCH_WRITES 0x1u
+
+/**
+ * jl_conn_open() with @p flags (JL_CONN_BATCH_WRITES or 0). Without JL_CONN_BATCH_WRITES every
+ * publish is written at once (the services' default: latency first).
+ */
+jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
+                             int64_t connect_wait_ms, unsigned flags, char *err, size_t errlen);
+
 /**
  * Drain the connection (finish in-flight messages of every subscription) for up to
  * @p timeout_ms, then close it and free everything. NULL is a no-op.
