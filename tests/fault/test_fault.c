@@ -264,7 +264,23 @@ typedef struct load {
     uint64_t sent, errors, retried;
     int64_t last_ok_ms, longest_gap_ms;
     int gave_up;
+    /* why commands failed: the first distinct reasons, with counts */
+    char why[4][160];
+    uint64_t why_n[4];
 } load;
+
+/* Count a failure under its reason (the first four distinct ones are kept). */
+static void note_failure(load *l, const char *reason)
+{
+    for (int i = 0; i < 4; i++) {
+        if (l->why[i][0] == 0)
+            snprintf(l->why[i], sizeof(l->why[i]), "%s", reason);
+        if (strcmp(l->why[i], reason) == 0) {
+            l->why_n[i]++;
+            return;
+        }
+    }
+}
 
 static load *ld;
 
@@ -286,14 +302,20 @@ static bool send_until_accepted(load *l, const char *id)
             l->retried++;
         natsStatus ns = natsConnection_RequestMsg(&rep, jl_conn_nats(l->conn), req, 5000);
         bool ok = false;
+        char reason[160];
+        snprintf(reason, sizeof(reason), "%s", natsStatus_GetText(ns));
         if (ns == NATS_OK) {
             jl_reply r;
             jl_reply_init(&r);
             ok = jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) ==
                      JL_OK &&
                  r.code == JL_CODE_OK;
+            /* the message less its variable tail (ids, numbers) */
+            snprintf(reason, sizeof(reason), "%s: %.60s", jl_code_str(r.code), r.message);
             jl_reply_cleanup(&r);
         }
+        if (!ok)
+            note_failure(l, reason);
         natsMsg_Destroy(req);
         natsMsg_Destroy(rep);
         if (ok)
@@ -526,6 +548,8 @@ static void report(const char *test)
     printf("%s: sent %" PRIu64 ", accepted %d, errored %" PRIu64 " (retried %" PRIu64
            "), gave up %d, longest gap in accepted commands %" PRId64 " ms\n",
            test, ld->sent, ld->n, ld->errors, ld->retried, ld->gave_up, ld->longest_gap_ms);
+    for (int i = 0; i < 4 && ld->why[i][0] != 0; i++)
+        printf("  errors: %" PRIu64 " x %s\n", ld->why_n[i], ld->why[i]);
     fflush(stdout);
 }
 
