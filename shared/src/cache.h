@@ -23,6 +23,7 @@ typedef struct jl__cache_entry {
     unsigned pins;       /**< > 0: in use, not evictable */
     bool busy;           /**< an append of this aggregate is in flight */
     bool stale;          /**< state unknown (an append's outcome is): reload before use */
+    uint64_t mark;       /**< the owner's (producer: generation of its last command record) */
     void *qhead, *qtail; /**< commands waiting for the one in flight (owner's type) */
     struct jl__cache_entry *prev, *next; /* LRU list, most recent first */
     struct jl__cache_entry *chain;       /* hash bucket */

@@ -1,6 +1,7 @@
 #include "jetledger/producer.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,7 @@ struct jl_producer {
     jl_buf reply_bytes;
     jl_reply reply;
     jl_producer_stats stats;
+    _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
 };
 
 /* One command from receipt to reply. */
@@ -79,6 +81,8 @@ struct cmd {
     uint64_t first_version;
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
+    bool recording; /* stored; its command-id record is in flight, then the reply */
+    uint64_t stored_version, stored_seq; /* the reply's, while recording */
     jl_decision d;
     char agg_id[JL_UUID_LEN + 1];
     char cmd_id[JL_MAX_ID_LEN + 1];
@@ -422,14 +426,24 @@ static void command_key(char out[40], const char *cmd_id)
     snprintf(out, 40, "c%016" PRIx64 "%016" PRIx64, a, b);
 }
 
-/* True when @p c was answered before: @p r then holds that reply (or why the id is refused). */
-static bool remembered(jl_producer *p, const cmd *c, jl_reply *r)
+/* The record of client command id @p cmd_id, or NULL (none, or the bucket is unreachable).
+ * Read before the lock is taken: the round trip would hold up every other command's ack. */
+static kvEntry *recall(jl_producer *p, const char *cmd_id)
 {
     char key[40];
     kvEntry *e = NULL;
+    if (p->commands == NULL || cmd_id == NULL || !valid_id_text(cmd_id))
+        return NULL;
+    command_key(key, cmd_id);
+    return kvStore_Get(&e, p->commands, key) == NATS_OK ? e : NULL;
+}
+
+/* True when @p c was answered before, by record @p e (from recall(), may be NULL): @p r then
+ * holds that reply (or why the id is refused). */
+static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
+{
     bool seen = false;
-    command_key(key, c->cmd_id);
-    if (kvStore_Get(&e, p->commands, key) != NATS_OK)
+    if (e == NULL)
         return false;
     Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
         NULL, (size_t)kvEntry_ValueLen(e), (const uint8_t *)kvEntry_Value(e));
@@ -447,39 +461,54 @@ static bool remembered(jl_producer *p, const cmd *c, jl_reply *r)
     }
     if (rec != NULL)
         jetledger__command_record__free_unpacked(rec, NULL);
-    kvEntry_Destroy(e);
     return seen;
 }
 
-/* Keep the reply of a command sent with a client id. */
-static void remember(jl_producer *p, const cmd *c, const jl_reply *r)
+/* The record of @p c's command id and reply @p r, into @p out (initialised by the caller). */
+static jl_status encode_record(jl_buf *out, const cmd *c, const jl_reply *r)
 {
     Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
-    jl_buf reply, out;
-    char key[40];
+    jl_buf reply;
+    uint8_t *dst = NULL;
     jl_buf_init(&reply, JL_MAX_REPLY_BYTES);
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
     jl_reply copy = *r;
     copy.duplicate = false;
-    if (jl_reply_encode(&reply, &copy) == JL_OK) {
+    jl_status s = jl_reply_encode(&reply, &copy);
+    if (s == JL_OK) {
         rec.command_id = (char *)c->cmd_id;
         rec.command_type = (char *)c->cd->descriptor->name;
         rec.aggregate_id = (char *)c->agg_id;
         rec.reply.data = reply.data;
         rec.reply.len = reply.len;
-        uint8_t *dst = NULL;
-        size_t n = jetledger__command_record__get_packed_size(&rec);
-        if (jl_buf_reserve(&out, n, &dst) == JL_OK) {
-            jl_buf_commit(&out, jetledger__command_record__pack(&rec, dst));
-            command_key(key, c->cmd_id);
-            natsStatus ns = kvStore_Put(NULL, p->commands, key, out.data, (int)out.len);
-            if (ns != NATS_OK)
-                jl_log(JL_LOG_WARN, "command id not remembered",
-                       "\"command_id\":\"%s\",\"status\":\"%s\"", c->cmd_id,
-                       natsStatus_GetText(ns));
-        }
+        s = jl_buf_reserve(out, jetledger__command_record__get_packed_size(&rec), &dst);
     }
+    if (s == JL_OK)
+        jl_buf_commit(out, jetledger__command_record__pack(&rec, dst));
     jl_buf_cleanup(&reply);
+    return s;
+}
+
+static void not_remembered(const cmd *c, const char *why)
+{
+    jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
+           c->cmd_id, why);
+}
+
+/* Keep the reply of a command sent with a client id (a repeat's path; see record_async). */
+static void remember(jl_producer *p, const cmd *c, const jl_reply *r)
+{
+    jl_buf out;
+    char key[40];
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
+    jl_status s = encode_record(&out, c, r);
+    if (s == JL_OK) {
+        command_key(key, c->cmd_id);
+        natsStatus ns = kvStore_Put(NULL, p->commands, key, out.data, (int)out.len);
+        if (ns != NATS_OK)
+            not_remembered(c, natsStatus_GetText(ns));
+    } else {
+        not_remembered(c, jl_status_str(s));
+    }
     jl_buf_cleanup(&out);
 }
 
@@ -814,6 +843,51 @@ static void drain_backlog(jl_producer *p)
     }
 }
 
+/*
+ * @p c is stored with reply @p r: write the record of its client command id asynchronously;
+ * its ack (on_ack) sends the reply. A synchronous write here would hold every other command up
+ * for a round trip. The aggregate stays busy meanwhile, so a repeat arriving now queues behind
+ * @p c and gets its reply. False when the record could not be sent: reply at once then (a
+ * repeat still finds the commit by its Nats-Msg-Id or in the aggregate's history).
+ */
+static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
+{
+    char subject[160], key[40];
+    natsMsg *m = NULL;
+    jl_buf out;
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
+    jl_status s = encode_record(&out, c, r);
+    command_key(key, c->cmd_id);
+    snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->commands), key);
+    natsStatus ns = s == JL_OK
+                        ? natsMsg_Create(&m, subject, NULL, (const char *)out.data, (int)out.len)
+                        : NATS_ERR;
+    jl_buf_cleanup(&out);
+    if (ns == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = JL_APPEND_ATTEMPT_MS;
+        natsMsg *key_msg = m;
+        c->recording = true;
+        c->stored_version = r->aggregate_version;
+        c->stored_seq = r->stream_seq;
+        inflight_put(&p->inflight, key_msg, c);
+        p->n_inflight++;
+        ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
+        if (ns != NATS_OK) {
+            inflight_take(&p->inflight, key_msg);
+            p->n_inflight--;
+            c->recording = false;
+        }
+    }
+    if (ns != NATS_OK) {
+        natsMsg_Destroy(m);
+        not_remembered(c, s != JL_OK ? jl_status_str(s) : natsStatus_GetText(ns));
+        return false;
+    }
+    return true;
+}
+
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     jl_producer *p = closure;
@@ -830,7 +904,17 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    if (pa != NULL && pa->Duplicate) {
+    if (c->recording) {
+        /* The command-id record of a stored command: now the reply. */
+        if (pa == NULL)
+            not_remembered(c, natsStatus_GetText(pae->Err));
+        c->recording = false;
+        e->mark = atomic_fetch_add(&p->record_gen, 1) + 1;
+        r->aggregate_version = c->stored_version;
+        r->stream_seq = c->stored_seq;
+        finish_stored(p, c, r);
+        release_entry(p, e);
+    } else if (pa != NULL && pa->Duplicate) {
         /* Stored before, by a retry of ours or a replica: same reply, and our cached state
          * may lack it. */
         e->stale = true;
@@ -841,10 +925,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         advance(p, c, pa->Sequence);
         r->aggregate_version = c->first_version + c->d.n_events - 1;
         r->stream_seq = pa->Sequence;
-        if (c->client_id && p->commands != NULL)
-            remember(p, c, r);
-        finish_stored(p, c, r);
-        release_entry(p, e);
+        if (!c->client_id || p->commands == NULL || !record_async(p, c, r)) {
+            finish_stored(p, c, r);
+            release_entry(p, e);
+        }
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
         /* Another writer got there first: read what it wrote and decide again (unless what
          * it wrote is this very command, sent twice). */
@@ -912,10 +996,13 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
 {
     const jl_service_def *def = p->def;
     jl_reply *r = &p->reply;
+    uint64_t gen = atomic_load(&p->record_gen);
+    kvEntry *known = recall(p, command_id);
     pthread_mutex_lock(&p->mu);
     cmd *c = cmd_new(p);
     if (c == NULL) {
         pthread_mutex_unlock(&p->mu);
+        kvEntry_Destroy(known);
         natsMsg_Destroy(req);
         return; /* out of memory: the requester times out */
     }
@@ -991,7 +1078,17 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
         jl_reply_error(r, JL_CODE_INTERNAL, "aggregate subject too long");
         goto reject;
     }
-    if (c->client_id && p->commands != NULL && remembered(p, c, r))
+    if (c->client_id && known == NULL) {
+        /* Read without the lock, the record may have missed one stored since by this producer
+         * for this aggregate: read it again then (rare). */
+        jl__cache_entry *seen = jl__cache_get(p->cache, c->agg_id);
+        if (seen != NULL && seen->mark > gen)
+            known = recall(p, c->cmd_id);
+    }
+    bool answered = c->client_id && remembered(c, known, r);
+    kvEntry_Destroy(known);
+    known = NULL;
+    if (answered)
         goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
     if (e != NULL && (e->busy || e->qhead != NULL)) {
@@ -1023,6 +1120,7 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
     pthread_mutex_unlock(&p->mu);
     return;
 reject:
+    kvEntry_Destroy(known);
     finish(p, c, r);
     pthread_mutex_unlock(&p->mu);
 }
@@ -1388,8 +1486,11 @@ done:
     return JL_OK;
 }
 
-static void close_sub(natsSubscription *sub, int64_t timeout_ms)
+/* Drain and destroy *@p slot, clearing it under the lock first: acks still arriving look at
+ * the command subscription (bursting). */
+static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
 {
+    natsSubscription *sub = *slot;
     if (sub == NULL)
         return;
     /* Drain: no new requests are taken, the ones already received are answered. */
@@ -1397,6 +1498,9 @@ static void close_sub(natsSubscription *sub, int64_t timeout_ms)
         natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
     else
         natsSubscription_Unsubscribe(sub);
+    pthread_mutex_lock(&p->mu);
+    *slot = NULL;
+    pthread_mutex_unlock(&p->mu);
     natsSubscription_Destroy(sub);
 }
 
@@ -1404,19 +1508,27 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
         return;
-    close_sub(p->sub, timeout_ms);
-    close_sub(p->qsub, timeout_ms);
-    /* Let the appends in flight be confirmed and answered before freeing their state. */
+    close_sub(p, &p->sub, timeout_ms);
+    close_sub(p, &p->qsub, timeout_ms);
+    /* Let the appends in flight be confirmed and answered before freeing their state. An ack
+     * on one context may publish on the other (a command-id record): wait until none is left.
+     * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
+     * what is still unconfirmed at the deadline goes with the context.) */
     jsCtx *ctxs[2] = {p->js, p->bulk_js};
-    for (int i = 0; i < 2; i++) {
-        if (ctxs[i] == NULL)
-            continue;
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = timeout_ms > 0 ? timeout_ms : 1;
-        /* (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever
-         * published: what is still unconfirmed goes with the context.) */
-        js_PublishAsyncComplete(ctxs[i], &po);
+    int64_t deadline = nats_Now() + (timeout_ms > 0 ? timeout_ms : 1);
+    for (bool left = true; left && nats_Now() < deadline;) {
+        for (int i = 0; i < 2; i++) {
+            jsPubOptions po;
+            jsPubOptions_Init(&po);
+            po.MaxWait = deadline - nats_Now() > 0 ? deadline - nats_Now() : 1;
+            if (ctxs[i] != NULL)
+                js_PublishAsyncComplete(ctxs[i], &po);
+        }
+        pthread_mutex_lock(&p->mu);
+        left = p->n_inflight > 0;
+        pthread_mutex_unlock(&p->mu);
+        if (left)
+            nats_Sleep(1);
     }
     jsCtx_Destroy(p->js);
     jsCtx_Destroy(p->bulk_js);
