@@ -246,6 +246,15 @@ static void load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
     kvEntry_Destroy(e);
 }
 
+static void snapshot_lost(const char *key, const char *why)
+{
+    char esc[300];
+    jl_log(JL_LOG_WARN, "snapshot not saved", "\"key\":\"%s\",\"status\":\"%s\"",
+           jl_log_str(esc, sizeof(esc), key), why);
+}
+
+static bool bursting(jl_producer *p);
+
 static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
 {
     Jetledger__Snapshot snap = JETLEDGER__SNAPSHOT__INIT;
@@ -265,13 +274,24 @@ static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
         snapshot_key(key, sizeof(key), p, id);
         if (jl_buf_reserve(&p->snap, n, &dst) == JL_OK) {
             jl_buf_commit(&p->snap, jetledger__snapshot__pack(&snap, dst));
-            /* A lost snapshot costs only a longer replay: log it, never fail the command. */
-            natsStatus ns = kvStore_Put(NULL, p->snapshots, key, p->snap.data, (int)p->snap.len);
-            if (ns == NATS_OK)
-                p->stats.snapshots_saved++;
-            else
-                jl_log(JL_LOG_WARN, "snapshot not saved", "\"key\":\"%s\",\"status\":\"%s\"", key,
-                       natsStatus_GetText(ns));
+            /* Asynchronously: a synchronous put here would hold every other command up for a
+             * round trip. Its ack comes to on_ack, where no command waits for it. A lost
+             * snapshot costs only a longer replay: log it, never fail the command. */
+            char subject[200];
+            natsMsg *m = NULL;
+            snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->snapshots), key);
+            natsStatus ns =
+                natsMsg_Create(&m, subject, NULL, (const char *)p->snap.data, (int)p->snap.len);
+            if (ns == NATS_OK) {
+                jsPubOptions po;
+                jsPubOptions_Init(&po);
+                po.MaxWait = JL_APPEND_ATTEMPT_MS;
+                ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
+            }
+            if (ns != NATS_OK) {
+                natsMsg_Destroy(m);
+                snapshot_lost(key, natsStatus_GetText(ns));
+            }
         }
     }
     jl_buf_cleanup(&state);
@@ -893,7 +913,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     jl_producer *p = closure;
     pthread_mutex_lock(&p->mu);
     cmd *c = inflight_take(&p->inflight, msg);
-    if (c == NULL) { /* not ours: cannot happen, but never crash on it */
+    if (c == NULL) { /* a snapshot's (see save_snapshot): no command waits for it */
+        if (pa != NULL)
+            p->stats.snapshots_saved++;
+        else
+            snapshot_lost(natsMsg_GetSubject(msg), natsStatus_GetText(pae->Err));
         pthread_mutex_unlock(&p->mu);
         natsMsg_Destroy(msg);
         return;

@@ -116,7 +116,7 @@ typedef struct jl_producer_stats {
     uint64_t cache_hits;       /**< commands decided on a cached state */
     uint64_t loads;            /**< aggregates loaded from the store */
     uint64_t snapshot_loads;   /**< loads that started from a snapshot */
-    uint64_t snapshots_saved;  /**< snapshots written */
+    uint64_t snapshots_saved;  /**< snapshots stored (counted as JetStream confirms them) */
     uint64_t events_replayed;  /**< events read and evolved by loads and catch-ups */
     uint64_t last_load_events; /**< events read by the most recent load or catch-up */
     uint64_t burst_appends;    /**< appends sent on the batching connection (under load) */
