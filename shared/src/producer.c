@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "hash.h"
+#include "ordered.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "jetledger/store.h"
@@ -24,6 +25,10 @@
 /* Commands in progress (appends in flight, or requests waiting to be read) from which appends
  * and replies go through the batching connection. */
 #define JL_BURST_AT 16
+
+/* Command-id lookups in parallel, and requests waiting in order for them. */
+#define JL_LOOKUP_WORKERS 16
+#define JL_LOOKUP_QUEUE 1024
 
 typedef struct cmd cmd;
 
@@ -45,6 +50,7 @@ struct jl_producer {
     kvStore *commands;  /* client command ids -> first reply; NULL when off */
     natsSubscription *sub;
     natsSubscription *qsub;
+    jl__ordered *incoming; /* requests in arrival order; command-id lookups in parallel */
     int retries;
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
@@ -1013,15 +1019,37 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     natsMsg_Destroy(msg);
 }
 
-/* Validate a request and hand it to its aggregate. Takes ownership of @p req (may be NULL). */
-static void submit(jl_producer *p, const char *command, const void *data, size_t len,
-                   const char *command_id, const char *correlation_id, const char *causation_id,
-                   natsMsg *req, sync_call *sync)
+/* A request, with the record of its command id when it was looked up (@p recalled: @p known,
+ * read after record generation @p gen; otherwise it is looked up here). */
+typedef struct request {
+    const char *command;
+    const void *data;
+    size_t len;
+    const char *command_id, *correlation_id, *causation_id;
+    natsMsg *req;
+    sync_call *sync;
+    bool recalled;
+    kvEntry *known;
+    uint64_t gen;
+} request;
+
+/* Validate a request and hand it to its aggregate. Takes ownership of rq->req (may be NULL) and
+ * rq->known. */
+static void submit(jl_producer *p, const request *rq)
 {
     const jl_service_def *def = p->def;
     jl_reply *r = &p->reply;
-    uint64_t gen = atomic_load(&p->record_gen);
-    kvEntry *known = recall(p, command_id);
+    const char *command = rq->command, *command_id = rq->command_id;
+    const char *correlation_id = rq->correlation_id, *causation_id = rq->causation_id;
+    const void *data = rq->data;
+    size_t len = rq->len;
+    natsMsg *req = rq->req;
+    uint64_t gen = rq->gen;
+    kvEntry *known = rq->known;
+    if (!rq->recalled) {
+        gen = atomic_load(&p->record_gen);
+        known = recall(p, command_id);
+    }
     pthread_mutex_lock(&p->mu);
     cmd *c = cmd_new(p);
     if (c == NULL) {
@@ -1031,7 +1059,7 @@ static void submit(jl_producer *p, const char *command, const void *data, size_t
         return; /* out of memory: the requester times out */
     }
     c->req = req;
-    c->sync = sync;
+    c->sync = rq->sync;
     snprintf(c->name, sizeof(c->name), "%.64s", command);
     for (char *q = c->name; *q; q++) {
         if ((unsigned char)*q < 0x20 || *q == '"' || *q == '\\')
@@ -1156,7 +1184,14 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
     sync_call call = {.done = false, .out = out};
     pthread_mutex_init(&call.mu, NULL);
     pthread_cond_init(&call.cv, NULL);
-    submit(p, command, data, len, command_id, correlation_id, causation_id, NULL, &call);
+    request rq = {.command = command,
+                  .data = data,
+                  .len = len,
+                  .command_id = command_id,
+                  .correlation_id = correlation_id,
+                  .causation_id = causation_id,
+                  .sync = &call};
+    submit(p, &rq);
     pthread_mutex_lock(&call.mu);
     while (!call.done)
         pthread_cond_wait(&call.cv, &call.mu);
@@ -1356,18 +1391,49 @@ static const char *last_token(const char *subject)
     return dot ? dot + 1 : subject;
 }
 
+static const char *command_id_of(natsMsg *msg)
+{
+    const char *id = NULL;
+    natsMsgHeader_Get(msg, "Jl-Command-Id", &id);
+    return id != NULL && *id != 0 ? id : NULL;
+}
+
+/* A worker of p->incoming: the record of the request's command id (a KV read). */
+static void *lookup_request(void *ctx, void *item)
+{
+    return recall(ctx, command_id_of(item));
+}
+
+/* p->incoming, in arrival order: the request, with its record when it was looked up. */
+static void submit_request(void *ctx, void *item, void *prepared, uint64_t gen)
+{
+    natsMsg *msg = item;
+    const char *corr = NULL, *cause = NULL;
+    natsMsgHeader_Get(msg, "Jl-Correlation-Id", &corr);
+    natsMsgHeader_Get(msg, "Jl-Causation-Id", &cause);
+    /* The message owns the strings and goes along with the command. */
+    request rq = {.command = last_token(natsMsg_GetSubject(msg)),
+                  .data = natsMsg_GetData(msg),
+                  .len = (size_t)natsMsg_GetDataLength(msg),
+                  .command_id = command_id_of(msg),
+                  .correlation_id = corr,
+                  .causation_id = cause,
+                  .req = msg,
+                  .recalled = true,
+                  .known = prepared,
+                  .gen = gen};
+    submit(ctx, &rq);
+}
+
+/* Requests are taken in order; the KV reads of command ids (a round trip each) overlap on
+ * p->incoming's workers instead of queueing on this one thread. */
 static void on_command(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     jl_producer *p = closure;
-    const char *cmd_id = NULL, *corr = NULL, *cause = NULL;
     (void)nc;
     (void)sub;
-    natsMsgHeader_Get(msg, "Jl-Command-Id", &cmd_id);
-    natsMsgHeader_Get(msg, "Jl-Correlation-Id", &corr);
-    natsMsgHeader_Get(msg, "Jl-Causation-Id", &cause);
-    /* The message owns the strings above and goes along with the command. */
-    submit(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
-           (size_t)natsMsg_GetDataLength(msg), cmd_id, corr, cause, msg, NULL);
+    bool lookup = p->commands != NULL && command_id_of(msg) != NULL;
+    jl__ordered_push(p->incoming, msg, atomic_load(&p->record_gen), lookup);
 }
 
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -1480,6 +1546,9 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     if (s == JL_OK && cfg->command_ttl_s > 0)
         s = open_bucket(p, cfg, "jl_commands_%s", "jetledger command ids and their replies",
                         cfg->command_ttl_s, &p->commands, err, errlen);
+    if (s == JL_OK)
+        s = jl__ordered_create(&p->incoming, p->commands != NULL ? JL_LOOKUP_WORKERS : 0,
+                               JL_LOOKUP_QUEUE, lookup_request, submit_request, p);
     if (s != JL_OK)
         goto done;
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
@@ -1534,6 +1603,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return;
     close_sub(p, &p->sub, timeout_ms);
     close_sub(p, &p->qsub, timeout_ms);
+    jl__ordered_destroy(p->incoming); /* every request taken is submitted */
     /* Let the appends in flight be confirmed and answered before freeing their state. An ack
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
@@ -379,6 +380,75 @@ START_TEST(closing_in_the_middle_of_a_burst_answers_only_what_is_stored)
     /* What was taken was finished and answered; what came later was refused, not lost. */
     ck_assert_uint_eq((uint64_t)ok, stored);
     ck_assert_int_le(ok + no_responders, TOTAL);
+    natsSubscription_Destroy(inbox);
+    jl_conn_close(c, 0);
+}
+END_TEST
+
+START_TEST(commands_with_and_without_ids_keep_their_order)
+{
+    /* Requests for one aggregate sent back to back, every other one with a command id (looked
+     * up on a worker before it is decided): they are applied in the order they were sent. */
+    enum { N = 40 }; /* an order holds at most 50 lines */
+    char id[JL_UUID_LEN + 1], sku[16], cmd_id[96], reply_to[64];
+    ck_assert_int_eq(create_order(env.conn, "ordered", id, NULL), JL_CODE_OK);
+    jl_conn *c = tenv_connect(&env);
+    natsConnection *nc = jl_conn_nats(c);
+    natsSubscription *inbox = NULL;
+    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "ordered-replies.>"), NATS_OK);
+    uint8_t body[256];
+    for (int i = 0; i < N; i++) {
+        Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+        natsMsg *req = NULL;
+        snprintf(sku, sizeof(sku), "s%03d", i);
+        m.order_id = id;
+        m.sku = sku;
+        m.quantity = 1;
+        m.unit_price_cents = 100;
+        size_t len = orders__add_item__pack(&m, body);
+        snprintf(reply_to, sizeof(reply_to), "ordered-replies.%d", i);
+        ck_assert_int_eq(
+            natsMsg_Create(&req, "orders.cmd.AddItem", reply_to, (const char *)body, (int)len),
+            NATS_OK);
+        if (i % 2 == 1) {
+            snprintf(cmd_id, sizeof(cmd_id), "ordered-%s-%d", id, i);
+            ck_assert_int_eq(natsMsgHeader_Set(req, "Jl-Command-Id", cmd_id), NATS_OK);
+        }
+        ck_assert_int_eq(natsConnection_PublishMsg(nc, req), NATS_OK);
+        natsMsg_Destroy(req);
+    }
+    for (int i = 0; i < N; i++) {
+        natsMsg *m = NULL;
+        ck_assert_msg(natsSubscription_NextMsg(&m, inbox, 10000) == NATS_OK, "%d of %d answered", i,
+                      N);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
+                         JL_OK);
+        ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(m);
+    }
+
+    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
+    q.aggregate_id = id;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    Jetledger__StateResult *res =
+        jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    Orders__OrderState *st = orders__order_state__unpack(NULL, res->state.len, res->state.data);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_uint_eq(st->n_lines, N);
+    for (int i = 0; i < N; i++) {
+        snprintf(sku, sizeof(sku), "s%03d", i);
+        ck_assert_str_eq(st->lines[i]->sku, sku);
+    }
+    orders__order_state__free_unpacked(st, NULL);
+    jetledger__state_result__free_unpacked(res, NULL);
+    jl_reply_cleanup(&r);
     natsSubscription_Destroy(inbox);
     jl_conn_close(c, 0);
 }
@@ -938,6 +1008,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, concurrent_writers_on_one_aggregate_lose_no_update);
     tcase_add_test(tc, a_burst_of_commands_is_answered_in_full);
     tcase_add_test(tc, closing_in_the_middle_of_a_burst_answers_only_what_is_stored);
+    tcase_add_test(tc, commands_with_and_without_ids_keep_their_order);
     tcase_add_test(tc, stale_expected_sequence_is_a_conflict);
     tcase_add_test(tc, redelivered_messages_are_applied_once);
     tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);

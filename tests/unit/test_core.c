@@ -15,6 +15,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,7 @@
 #include "jetledger/registry.h"
 #include "jetledger/status.h"
 #include "orders/orders.pb-c.h"
+#include "ordered.h"
 
 #define AGG "5f0c6a3e-8b1d-4c2e-9a7f-1d2e3f4a5b6c"
 #define CMD_ID "0d7a2c9e-1b3f-4a5d-8e6f-7a8b9c0d1e2f"
@@ -364,6 +367,57 @@ START_TEST(decision_reject_message_is_truncated_to_fit)
     ck_assert_uint_eq(strlen(dec.message), sizeof(dec.message) - 1);
     ck_assert_int_eq(memcmp(dec.message, long_text, sizeof(dec.message) - 1), 0);
     free(long_text);
+}
+END_TEST
+
+/* ---- the ordered pipeline (internal) ---- */
+
+typedef struct ord_ctx {
+    int finished[3000];
+    int n;
+    atomic_int in_finish;
+    bool overlap;
+    int wrong_prepared;
+} ord_ctx;
+
+static void *ord_prepare(void *ctx, void *item)
+{
+    (void)ctx;
+    intptr_t i = (intptr_t)item;
+    usleep((useconds_t)((i * 7919) % 5) * 100); /* uneven: later items often finish first */
+    return (void *)(i + 1);
+}
+
+static void ord_finish(void *ctx, void *item, void *prepared, uint64_t tag)
+{
+    ord_ctx *c = ctx;
+    intptr_t i = (intptr_t)item;
+    if (atomic_fetch_add(&c->in_finish, 1) != 0)
+        c->overlap = true;
+    if ((tag == 1 && prepared != (void *)(i + 1)) || (tag == 0 && prepared != NULL))
+        c->wrong_prepared++;
+    c->finished[c->n++] = (int)i;
+    atomic_fetch_sub(&c->in_finish, 1);
+}
+
+START_TEST(ordered_pipeline_finishes_in_push_order)
+{
+    enum { N = 3000 };
+    static ord_ctx c;
+    memset(&c, 0, sizeof(c));
+    jl__ordered *o = NULL;
+    /* A small ring: the pusher blocks on it often. */
+    ck_assert_int_eq(jl__ordered_create(&o, 4, 16, ord_prepare, ord_finish, &c), JL_OK);
+    for (intptr_t i = 0; i < N; i++) {
+        bool prepare = i % 3 != 0;
+        jl__ordered_push(o, (void *)i, prepare ? 1 : 0, prepare);
+    }
+    jl__ordered_destroy(o); /* waits for every item */
+    ck_assert_int_eq(c.n, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(c.finished[i], i);
+    ck_assert(!c.overlap);
+    ck_assert_int_eq(c.wrong_prepared, 0);
 }
 END_TEST
 
@@ -2622,6 +2676,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, decision_reject_message_is_truncated_to_fit);
     tcase_add_test(tc, decision_emit_into_rejected_decision_does_nothing);
     tcase_add_test(tc, text_helpers_bound_copy_and_check);
+    tcase_add_test(tc, ordered_pipeline_finishes_in_push_order);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);
     tcase_add_test(tc, decision_single_event_over_max_bytes_becomes_rejection);

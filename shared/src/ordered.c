@@ -1,0 +1,164 @@
+/*
+ * The ordered pipeline: a ring of slots in push order. head: the next slot to finish; prep: the
+ * next slot a worker may take (never behind head); tail: the next free slot. Counters grow
+ * forever; a slot is counter % cap. Whoever makes the head ready finishes it and what follows
+ * while ready ("pumping"), so finish calls never overlap and keep push order.
+ */
+#include "ordered.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+enum { SLOT_READY = 0, SLOT_NEEDS = 1, SLOT_TAKEN = 2 };
+
+typedef struct slot {
+    void *item;
+    void *prepared;
+    uint64_t tag;
+    int state;
+} slot;
+
+struct jl__ordered {
+    pthread_mutex_t mu;
+    pthread_cond_t work;  /* a slot needs preparing, or stop */
+    pthread_cond_t space; /* a slot was freed */
+    pthread_cond_t idle;  /* nothing waiting and nobody finishing */
+    slot *slots;
+    size_t cap;
+    uint64_t head, prep, tail;
+    bool pumping;
+    bool stopping;
+    int nthreads;
+    pthread_t *threads;
+    jl__ordered_prepare_fn prepare;
+    jl__ordered_finish_fn finish;
+    void *ctx;
+};
+
+/* Finish the ready slots at the head, unless another thread is at it. Called with mu held. */
+static void pump(jl__ordered *o)
+{
+    if (o->pumping)
+        return;
+    o->pumping = true;
+    while (o->head < o->tail && o->slots[o->head % o->cap].state == SLOT_READY) {
+        slot s = o->slots[o->head % o->cap];
+        o->head++;
+        pthread_cond_signal(&o->space);
+        pthread_mutex_unlock(&o->mu);
+        o->finish(o->ctx, s.item, s.prepared, s.tag);
+        pthread_mutex_lock(&o->mu);
+    }
+    o->pumping = false;
+    if (o->head == o->tail)
+        pthread_cond_broadcast(&o->idle);
+}
+
+/* The next slot that needs preparing, or NULL. Called with mu held. */
+static slot *next_to_prepare(jl__ordered *o)
+{
+    if (o->prep < o->head)
+        o->prep = o->head;
+    while (o->prep < o->tail && o->slots[o->prep % o->cap].state != SLOT_NEEDS)
+        o->prep++;
+    return o->prep < o->tail ? &o->slots[o->prep % o->cap] : NULL;
+}
+
+static void *worker(void *arg)
+{
+    jl__ordered *o = arg;
+    pthread_mutex_lock(&o->mu);
+    for (;;) {
+        slot *s = next_to_prepare(o);
+        if (s == NULL) {
+            if (o->stopping)
+                break;
+            pthread_cond_wait(&o->work, &o->mu);
+            continue;
+        }
+        s->state = SLOT_TAKEN;
+        o->prep++;
+        void *item = s->item;
+        pthread_mutex_unlock(&o->mu);
+        void *prepared = o->prepare(o->ctx, item);
+        pthread_mutex_lock(&o->mu);
+        s->prepared = prepared; /* the slot stays put: head cannot pass a taken slot */
+        s->state = SLOT_READY;
+        pump(o);
+    }
+    pthread_mutex_unlock(&o->mu);
+    return NULL;
+}
+
+jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity,
+                             jl__ordered_prepare_fn prepare, jl__ordered_finish_fn finish,
+                             void *ctx)
+{
+    jl__ordered *o = calloc(1, sizeof(*o));
+    if (o == NULL)
+        return JL_ERR_NOMEM;
+    o->cap = capacity > 0 ? capacity : 1;
+    o->slots = calloc(o->cap, sizeof(*o->slots));
+    o->threads = calloc(workers > 0 ? (size_t)workers : 1, sizeof(*o->threads));
+    if (o->slots == NULL || o->threads == NULL) {
+        free(o->slots);
+        free(o->threads);
+        free(o);
+        return JL_ERR_NOMEM;
+    }
+    o->prepare = prepare;
+    o->finish = finish;
+    o->ctx = ctx;
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->work, NULL);
+    pthread_cond_init(&o->space, NULL);
+    pthread_cond_init(&o->idle, NULL);
+    for (int i = 0; i < workers; i++) {
+        if (pthread_create(&o->threads[i], NULL, worker, o) != 0) {
+            jl__ordered_destroy(o);
+            return JL_ERR_INTERNAL;
+        }
+        o->nthreads++;
+    }
+    *out = o;
+    return JL_OK;
+}
+
+void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
+{
+    pthread_mutex_lock(&o->mu);
+    while (o->tail - o->head == o->cap)
+        pthread_cond_wait(&o->space, &o->mu);
+    slot *s = &o->slots[o->tail % o->cap];
+    s->item = item;
+    s->prepared = NULL;
+    s->tag = tag;
+    s->state = prepare && o->nthreads > 0 ? SLOT_NEEDS : SLOT_READY;
+    o->tail++;
+    if (s->state == SLOT_NEEDS)
+        pthread_cond_signal(&o->work);
+    else
+        pump(o);
+    pthread_mutex_unlock(&o->mu);
+}
+
+void jl__ordered_destroy(jl__ordered *o)
+{
+    if (o == NULL)
+        return;
+    pthread_mutex_lock(&o->mu);
+    while (o->head != o->tail || o->pumping)
+        pthread_cond_wait(&o->idle, &o->mu);
+    o->stopping = true;
+    pthread_cond_broadcast(&o->work);
+    pthread_mutex_unlock(&o->mu);
+    for (int i = 0; i < o->nthreads; i++)
+        pthread_join(o->threads[i], NULL);
+    pthread_cond_destroy(&o->work);
+    pthread_cond_destroy(&o->space);
+    pthread_cond_destroy(&o->idle);
+    pthread_mutex_destroy(&o->mu);
+    free(o->slots);
+    free(o->threads);
+    free(o);
+}

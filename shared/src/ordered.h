@@ -1,0 +1,36 @@
+/*
+ * Internal: an ordered pipeline. Items are pushed in order; the ones that need it are prepared
+ * on a small pool of worker threads, in parallel and in any order (a blocking lookup, say); every
+ * item is then finished strictly in push order, one at a time, on whichever thread completes the
+ * head (the pusher's own thread when nothing is waiting: no hand-off then).
+ *
+ * Bounded: push blocks while @p capacity items are waiting. Thread-safe.
+ */
+#ifndef JETLEDGER_ORDERED_H
+#define JETLEDGER_ORDERED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jetledger/status.h"
+
+/** Prepare @p item (a worker thread); the result goes to finish. */
+typedef void *(*jl__ordered_prepare_fn)(void *ctx, void *item);
+/** Finish @p item with what prepare returned (NULL when it was not prepared) and its tag. */
+typedef void (*jl__ordered_finish_fn)(void *ctx, void *item, void *prepared, uint64_t tag);
+
+typedef struct jl__ordered jl__ordered;
+
+/** Start @p workers threads. @return JL_OK, JL_ERR_NOMEM, or JL_ERR_INTERNAL (no thread). */
+jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity,
+                             jl__ordered_prepare_fn prepare, jl__ordered_finish_fn finish,
+                             void *ctx);
+
+/** Queue @p item with @p tag; prepared first when @p prepare. May finish items before returning. */
+void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare);
+
+/** Wait until every pushed item is finished, stop the workers, free. NULL is a no-op. */
+void jl__ordered_destroy(jl__ordered *o);
+
+#endif
