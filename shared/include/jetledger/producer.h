@@ -85,14 +85,19 @@ typedef struct jl_producer jl_producer;
 /**
  * Ensure the service's stream exists (replicas and limits from @p cfg) and start answering
  * commands on @p conn (borrowed, must outlive the producer).
- * @return JL_OK; the jl_store_open() errors; JL_ERR_NATS when the subscription fails.
+ *
+ * The producer also opens a second connection of its own, with the same configuration, whose
+ * writes are batched (appends and replies of a burst go through it), and, when command ids are
+ * remembered (cfg->command_ttl_s > 0), 16 threads that look them up in parallel.
+ * @return JL_OK; the jl_store_open() and jl_conn_open() errors; JL_ERR_NATS when the
+ *         subscription fails; JL_ERR_NOMEM or JL_ERR_INTERNAL when a thread cannot start.
  */
 jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_service_def *def,
                            const jl_config *cfg, char *err, size_t errlen);
 
 /**
- * Stop taking commands, let the one in hand finish (up to @p timeout_ms), and free the
- * producer. NULL is a no-op.
+ * Stop taking commands, finish and answer the ones taken and the appends in flight (up to
+ * @p timeout_ms each), close the second connection, and free the producer. NULL is a no-op.
  */
 void jl_producer_close(jl_producer *p, int64_t timeout_ms);
 
