@@ -456,6 +456,11 @@ static jl_status phase_latency(bench *b, results *res)
     if (s != JL_OK)
         return s;
     cpu_end(b, "latency raw", &cpu);
+    bench_progress("figure 2, context: %d requests at %d/s to an echo responder (one hop)",
+                   b->o.lat_samples, b->o.lat_rate);
+    s = bench_raw_echo(b);
+    if (s != JL_OK)
+        return s;
     cpu_begin(b, &cpu);
     bench_progress("figure 2: %d AddItem commands at %d/s", b->o.lat_samples, b->o.lat_rate);
     s = run_async(b, "latency", false, (size_t)b->o.lat_samples, b->o.lat_rate, bench_make_additem,
@@ -968,6 +973,7 @@ static void add_figures(bench *b, results *res)
     } lat[] = {
         {"command latency p50", &b->lat_cmd, &b->lat_cmd_raw, 0.5, "<= 2", res->lat},
         {"command latency p99", &b->lat_cmd, &b->lat_cmd_raw, 0.99, "", res->lat},
+        {"request-reply hop p50", &b->lat_echo, &b->lat_cmd_raw, 0.5, "", res->lat},
         {"read-your-writes p99", &b->lat_ryw, &b->lat_ryw_raw, 0.99, "<= 3", res->ryw},
         {"read-your-writes p50", &b->lat_ryw, &b->lat_ryw_raw, 0.5, "", res->ryw},
     };
@@ -1170,8 +1176,8 @@ static int run(bench *b, int argc, char **argv)
     else
         jl_rm_rf(b->work);
 
-    bench_series *series[] = {&b->lat_cmd,  &b->lat_cmd_raw, &b->lat_ryw,      &b->lat_ryw_raw,
-                              &b->lat_long, &b->lat_fresh,   &b->lat_ryw_query};
+    bench_series *series[] = {&b->lat_cmd,  &b->lat_cmd_raw, &b->lat_ryw,       &b->lat_ryw_raw,
+                              &b->lat_long, &b->lat_fresh,   &b->lat_ryw_query, &b->lat_echo};
     for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++)
         bench_series_free(series[i]);
     bench_curve_free(&b->catchup);

@@ -135,6 +135,7 @@ typedef struct bench {
     bench_figure figs[BENCH_MAX_FIGURES];
     size_t n_figs;
     bench_series lat_cmd, lat_cmd_raw, lat_ryw, lat_ryw_raw, lat_long, lat_fresh;
+    bench_series lat_echo;      /* context of figure 2: one request-reply hop through a responder */
     bench_series lat_ryw_query; /* of lat_ryw: from the command's reply to the query's */
     bench_curve catchup, catchup_raw_read, catchup_raw_sql;
     char notes[4096];       /**< choices made during the run (printed and stored in the JSON) */
@@ -314,6 +315,13 @@ void bench_raw_close(bench *b);
 
 /** Figure 1 raw: async publishes over bench->o.aggregates subjects of stream RAW; msgs/s. */
 jl_status bench_raw_throughput(bench *b, double *out_rate);
+
+/**
+ * Context of figure 2: requests at the latency rate to a responder on its own connection that
+ * answers at once, written with the same client library as the services (no JetStream), into
+ * bench->lat_echo. A command is one such hop plus one append.
+ */
+jl_status bench_raw_echo(bench *b);
 
 /** Figure 2 raw: synchronous publishes at the latency rate, into bench->lat_cmd_raw. */
 jl_status bench_raw_latency(bench *b);

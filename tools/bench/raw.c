@@ -496,6 +496,61 @@ jl_status bench_raw_latency(bench *b)
     return s;
 }
 
+/* ---- context of figure 2: one request-reply hop through a responder ---- */
+
+static void echo_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    const char *to = natsMsg_GetReply(m);
+    if (to != NULL)
+        natsConnection_Publish(nc, to, natsMsg_GetData(m), natsMsg_GetDataLength(m));
+    natsMsg_Destroy(m);
+}
+
+jl_status bench_raw_echo(bench *b)
+{
+    natsConnection *rc = NULL;
+    jsCtx *rjs = NULL;
+    natsSubscription *sub = NULL;
+    jl_status s = JL_OK;
+    encoder e;
+    encoder_init(&e);
+    natsStatus ns = bench_connect(&rc, &rjs, jl_natsd_url(b->natsd), "jetledger-bench-echo", true);
+    if (ns == NATS_OK)
+        ns = natsConnection_Subscribe(&sub, rc, "bench.echo", echo_reply, NULL);
+    if (ns == NATS_OK)
+        ns = natsConnection_Flush(rc);
+    if (ns != NATS_OK)
+        s = bench_fail(b, JL_ERR_NATS, "echo responder: %s", natsStatus_GetText(ns));
+    /* The body of an event, as a command's request is about that size. */
+    if (s == JL_OK)
+        s = encode_item(b, &e, b->ids[0], 0, 1, 1);
+    int64_t start = bench_now_ns();
+    for (int i = 0; i < b->o.lat_samples && s == JL_OK; i++) {
+        natsMsg *rep = NULL;
+        bench_sleep_until(start + (int64_t)((double)i * 1e9 / b->o.lat_rate));
+        if (bench_stopping()) {
+            s = bench_fail(b, JL_ERR_STOPPED, "interrupted");
+            break;
+        }
+        int64_t t0 = bench_now_ns();
+        ns = natsConnection_Request(&rep, b->nc, "bench.echo", e.buf.data, (int)e.buf.len, 5000);
+        if (ns == NATS_OK)
+            bench_series_add(&b->lat_echo, bench_now_ns() - t0);
+        else
+            s = bench_fail(b, JL_ERR_NATS, "echo request: %s", natsStatus_GetText(ns));
+        natsMsg_Destroy(rep);
+    }
+    natsSubscription_Destroy(sub);
+    jsCtx_Destroy(rjs);
+    if (rc != NULL)
+        natsConnection_Close(rc);
+    natsConnection_Destroy(rc);
+    encoder_cleanup(&e);
+    return s;
+}
+
 /* ---- read-your-writes, raw: a durable pull consumer fetching in its own thread ---- */
 
 typedef struct ryw_consumer {
