@@ -21,6 +21,8 @@
 /* Messages behind the stream's head above which a projector catches up with an ordered
  * consumer instead of its durable. */
 #define JL_CATCH_UP_THRESHOLD 5000
+/* Idle, how often a consumer is asked whether it delivered what never arrived (lost_while_idle). */
+#define JL_IDLE_PROBE_MS 3000
 
 const char *const jl__state_sql =
     "CREATE TABLE IF NOT EXISTS jl_state ("
@@ -408,6 +410,7 @@ static jl_status attach(jl_projector *p, int i)
     jsErrCode jerr = 0;
     jl_status s = JL_OK;
 
+    src->probe_cseq = 0;
     natsStatus ns = js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, &jerr);
     if (ns == NATS_OK) {
         bool same_filter = ci->Config->FilterSubject != NULL &&
@@ -915,6 +918,42 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
 
 /* How many of @p msgs, from the first, were delivered in order with none missing between them
  * (a delivery lost in transit shows as a jump in the consumer sequence). */
+/* A delivery of source @p i was lost: the consumer is re-created at the checkpoint (on the next
+ * step), so the lost event comes again. */
+static void lost_delivery(jl_projector *p, int i)
+{
+    atomic_fetch_add(&p->lost_deliveries, 1);
+    jl_log(JL_LOG_WARN, "delivery lost, consumer reset",
+           "\"durable\":\"%s\",\"checkpoint\":%" PRIu64
+           ",\"hint\":\"a server or route went down, or another process pulls from this "
+           "durable\"",
+           p->src[i].durable, jl__proj_checkpoint(p, i));
+    detach(p, i);
+}
+
+/*
+ * A lost delivery shows when the next one comes, or when the ack wait (60 s) sends it again:
+ * while idle, that may be long. So every JL_IDLE_PROBE_MS of idleness the consumer is asked how
+ * far it delivered; ahead of what we received at two probes in a row, with nothing received in
+ * between (nothing stays in transit that long), means lost.
+ */
+static bool lost_while_idle(jl_projector *p, int i)
+{
+    jl__source *src = &p->src[i];
+    jsConsumerInfo *ci = NULL;
+    int64_t now = jl__now_ns();
+    if (now - src->last_probe_ns < JL_IDLE_PROBE_MS * NS_PER_MS)
+        return false;
+    src->last_probe_ns = now;
+    if (js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, NULL) != NATS_OK)
+        return false; /* unreachable: the fetch will say so */
+    bool ahead = ci->Delivered.Consumer >= src->next_cseq;
+    jsConsumerInfo_Destroy(ci);
+    bool lost = ahead && src->probe_cseq == src->next_cseq;
+    src->probe_cseq = ahead ? src->next_cseq : 0;
+    return lost;
+}
+
 static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
 {
     for (int k = 0; k < n; k++) {
@@ -953,6 +992,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     }
     if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) {
         s = JL_OK;
+        if (lost_while_idle(p, i))
+            lost_delivery(p, i);
     } else if (ns != NATS_OK) {
         set_err(p, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
@@ -964,15 +1005,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
             detach(p, i); /* the batch will come again from the re-created consumer */
         } else if (n < list.Count) {
             /* A delivery was lost: what followed it is not applied (nor acked, which with
-             * AckAll would ack the lost one too). The consumer is re-created at the
-             * checkpoint, so the lost event comes again. */
-            atomic_fetch_add(&p->lost_deliveries, 1);
-            jl_log(JL_LOG_WARN, "delivery lost, consumer reset",
-                   "\"durable\":\"%s\",\"checkpoint\":%" PRIu64
-                   ",\"hint\":\"a server or route went down, or another process pulls from this "
-                   "durable\"",
-                   src->durable, jl__proj_checkpoint(p, i));
-            detach(p, i);
+             * AckAll would ack the lost one too). */
+            lost_delivery(p, i);
         }
     }
     natsMsgList_Destroy(&list);

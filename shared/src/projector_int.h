@@ -60,7 +60,9 @@ typedef struct jl__source {
     natsSubscription *pull; /* the durable pull consumer */
     jl__reader catchup;     /* while far behind (catchup.sub != NULL), else zeroed */
     uint64_t checkpoint;
-    uint64_t next_cseq; /* the durable's consumer sequence the next delivery must carry */
+    uint64_t next_cseq;    /* the durable's consumer sequence the next delivery must carry */
+    int64_t last_probe_ns; /* idle: when the consumer was last asked how far it delivered */
+    uint64_t probe_cseq;   /* next_cseq at that probe when the consumer was ahead of us, or 0 */
     int64_t last_attach_log_ns;
     pthread_t thread; /* sources after the first run on their own thread */
     bool has_thread;

@@ -593,6 +593,27 @@ START_TEST(a_lost_delivery_is_read_again_not_skipped)
 }
 END_TEST
 
+START_TEST(a_lost_last_delivery_is_read_again_while_idle)
+{
+    /* The lost delivery is the last one: no later delivery shows the gap. The idle projector
+     * asks its consumer how far it delivered and reads the event again within seconds, not
+     * after the 60 s ack wait. */
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "first", id, NULL), JL_CODE_OK);
+    jl_projector *p = open_projector("lastlost", "lastlost", 8);
+    catch_up(p, 1);
+    ck_assert_int_eq(create_order(env.conn, "last", id, NULL), JL_CODE_OK);
+    ck_assert_uint_eq(steal_delivery("lastlost"), 2);
+    int64_t t0 = tnow_ms();
+    catch_up(p, 2); /* fails after 20 s */
+    int64_t took = tnow_ms() - t0;
+    printf("last delivery lost: read again after %" PRId64 " ms\n", took);
+    ck_assert_int_lt(took, 15000);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 /* The same for the reader a projector far behind catches up with (and rebuilds use): a delivery
  * of its ephemeral consumer taken by someone else is read again, not skipped. */
 START_TEST(a_lost_delivery_while_catching_up_is_read_again)
@@ -1013,6 +1034,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, redelivered_messages_are_applied_once);
     tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);
     tcase_add_test(tc, a_lost_delivery_while_catching_up_is_read_again);
+    tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
