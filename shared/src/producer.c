@@ -228,14 +228,16 @@ static void snapshot_key(char *out, size_t n, const jl_producer *p, const char *
     snprintf(out, n, "%s.%s", p->def->aggregate_type, id);
 }
 
-/* Start @p rc from the aggregate's snapshot when there is a usable one. */
-static void load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
+/* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
+ * counter: GetState runs it without the lock. */
+static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
 {
+    bool used = false;
     char key[128];
     kvEntry *e = NULL;
     snapshot_key(key, sizeof(key), p, id);
     if (kvStore_Get(&e, p->snapshots, key) != NATS_OK)
-        return; /* none yet, or the bucket is unreachable: replay from the start */
+        return false; /* none yet, or the bucket is unreachable: replay from the start */
     Jetledger__Snapshot *snap = jetledger__snapshot__unpack(NULL, (size_t)kvEntry_ValueLen(e),
                                                             (const uint8_t *)kvEntry_Value(e));
     if (snap != NULL && snap->state_version == p->def->state_version &&
@@ -243,13 +245,14 @@ static void load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
         p->def->state_unpack(rc->state, snap->state.data, snap->state.len) == JL_OK) {
         rc->version = snap->aggregate_version;
         rc->last_seq = snap->stream_sequence;
-        p->stats.snapshot_loads++;
+        used = true;
     } else {
         p->def->state_init(rc->state); /* another version's snapshot: ignore it */
     }
     if (snap != NULL)
         jetledger__snapshot__free_unpacked(snap, NULL);
     kvEntry_Destroy(e);
+    return used;
 }
 
 static void snapshot_lost(const char *key, const char *why)
@@ -329,8 +332,8 @@ static jl_status load(jl_producer *p, const char *id, const char *subject, bool 
     p->def->state_init(e->state);
     jl_status s = JL_OK;
     if (!fresh) {
-        if (snapshots_on(p))
-            load_snapshot(p, id, &rc);
+        if (snapshots_on(p) && load_snapshot(p, id, &rc))
+            p->stats.snapshot_loads++;
         p->stats.loads++;
         s = replay(p, subject, &rc, r);
     }
@@ -1300,7 +1303,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     def->state_init(p->scratch);
     /* A snapshot helps only when the point asked for is at or after it. */
     if (snapshots_on(p) && set == 0)
-        load_snapshot(p, id, &rc);
+        (void)load_snapshot(p, id, &rc);
     if (replay(p, subject, &rc, r) != JL_OK)
         return;
     if (rc.version == 0) {
