@@ -916,8 +916,6 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
     return s;
 }
 
-/* How many of @p msgs, from the first, were delivered in order with none missing between them
- * (a delivery lost in transit shows as a jump in the consumer sequence). */
 /* A delivery of source @p i was lost: the consumer is re-created at the checkpoint (on the next
  * step), so the lost event comes again. */
 static void lost_delivery(jl_projector *p, int i)
@@ -954,6 +952,8 @@ static bool lost_while_idle(jl_projector *p, int i)
     return lost;
 }
 
+/* How many of @p msgs, from the first, were delivered in order with none missing between them
+ * (a delivery lost in transit shows as a jump in the consumer sequence). */
 static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
 {
     for (int k = 0; k < n; k++) {
