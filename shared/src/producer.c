@@ -67,7 +67,7 @@ struct jl_producer {
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     jl_buf commit;
-    jl_buf snap;
+    jl_buf kv_value; /* a snapshot or a command-id record on its way to KV */
     jl_buf reply_bytes;
     jl_reply reply;
     jl_producer_stats stats;
@@ -262,7 +262,7 @@ static void snapshot_lost(const char *key, const char *why)
            jl_log_str(esc, sizeof(esc), key), why);
 }
 
-static bool bursting(jl_producer *p);
+static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd *c);
 
 static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
 {
@@ -279,28 +279,15 @@ static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
         snap.state.len = state.len;
         size_t n = jetledger__snapshot__get_packed_size(&snap);
         uint8_t *dst = NULL;
-        jl_buf_reset(&p->snap);
+        jl_buf_reset(&p->kv_value);
         snapshot_key(key, sizeof(key), p, id);
-        if (jl_buf_reserve(&p->snap, n, &dst) == JL_OK) {
-            jl_buf_commit(&p->snap, jetledger__snapshot__pack(&snap, dst));
-            /* Asynchronously: a synchronous put here would hold every other command up for a
-             * round trip. Its ack comes to on_ack, where no command waits for it. A lost
-             * snapshot costs only a longer replay: log it, never fail the command. */
-            char subject[200];
-            natsMsg *m = NULL;
-            snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->snapshots), key);
-            natsStatus ns =
-                natsMsg_Create(&m, subject, NULL, (const char *)p->snap.data, (int)p->snap.len);
-            if (ns == NATS_OK) {
-                jsPubOptions po;
-                jsPubOptions_Init(&po);
-                po.MaxWait = JL_APPEND_ATTEMPT_MS;
-                ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
-            }
-            if (ns != NATS_OK) {
-                natsMsg_Destroy(m);
+        if (jl_buf_reserve(&p->kv_value, n, &dst) == JL_OK) {
+            jl_buf_commit(&p->kv_value, jetledger__snapshot__pack(&snap, dst));
+            /* Its ack comes to on_ack, where no command waits for it. A lost snapshot costs
+             * only a longer replay: log it, never fail the command. */
+            natsStatus ns = kv_put_async(p, p->snapshots, key, NULL);
+            if (ns != NATS_OK)
                 snapshot_lost(key, natsStatus_GetText(ns));
-            }
         }
     }
     jl_buf_cleanup(&state);
@@ -493,27 +480,26 @@ static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
     return seen;
 }
 
-/* The record of @p c's command id and reply @p r, into @p out (initialised by the caller). */
-static jl_status encode_record(jl_buf *out, const cmd *c, const jl_reply *r)
+/* The record of @p c's command id and reply @p r, into p->kv_value (p->reply_bytes is its
+ * scratch: no allocation per command). Under p->mu. */
+static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
 {
     Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
-    jl_buf reply;
     uint8_t *dst = NULL;
-    jl_buf_init(&reply, JL_MAX_REPLY_BYTES);
     jl_reply copy = *r;
     copy.duplicate = false;
-    jl_status s = jl_reply_encode(&reply, &copy);
+    jl_buf_reset(&p->kv_value);
+    jl_status s = jl_reply_encode(&p->reply_bytes, &copy);
     if (s == JL_OK) {
         rec.command_id = (char *)c->cmd_id;
         rec.command_type = (char *)c->cd->descriptor->name;
         rec.aggregate_id = (char *)c->agg_id;
-        rec.reply.data = reply.data;
-        rec.reply.len = reply.len;
-        s = jl_buf_reserve(out, jetledger__command_record__get_packed_size(&rec), &dst);
+        rec.reply.data = p->reply_bytes.data;
+        rec.reply.len = p->reply_bytes.len;
+        s = jl_buf_reserve(&p->kv_value, jetledger__command_record__get_packed_size(&rec), &dst);
     }
     if (s == JL_OK)
-        jl_buf_commit(out, jetledger__command_record__pack(&rec, dst));
-    jl_buf_cleanup(&reply);
+        jl_buf_commit(&p->kv_value, jetledger__command_record__pack(&rec, dst));
     return s;
 }
 
@@ -526,19 +512,16 @@ static void not_remembered(const cmd *c, const char *why)
 /* Keep the reply of a command sent with a client id (a repeat's path; see record_async). */
 static void remember(jl_producer *p, const cmd *c, const jl_reply *r)
 {
-    jl_buf out;
     char key[40];
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
-    jl_status s = encode_record(&out, c, r);
+    jl_status s = encode_record(p, c, r);
     if (s == JL_OK) {
         command_key(key, c->cmd_id);
-        natsStatus ns = kvStore_Put(NULL, p->commands, key, out.data, (int)out.len);
+        natsStatus ns = kvStore_Put(NULL, p->commands, key, p->kv_value.data, (int)p->kv_value.len);
         if (ns != NATS_OK)
             not_remembered(c, natsStatus_GetText(ns));
     } else {
         not_remembered(c, jl_status_str(s));
     }
-    jl_buf_cleanup(&out);
 }
 
 /* The reply for a command whose commit was found already stored at @p seq. */
@@ -661,6 +644,39 @@ static bool bursting(jl_producer *p)
         return true;
     return p->sub != NULL && natsSubscription_GetPending(p->sub, &waiting, NULL) == NATS_OK &&
            waiting >= JL_BURST_AT;
+}
+
+/*
+ * Put p->kv_value under @p key of bucket @p kv without waiting for it: a synchronous put would
+ * hold every other command up for a round trip. Its ack comes to on_ack, for command @p c
+ * (registered in flight) or, when @p c is NULL, for no one (a snapshot). Under p->mu.
+ */
+static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd *c)
+{
+    char subject[200];
+    natsMsg *m = NULL;
+    snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(kv), key);
+    natsStatus ns =
+        natsMsg_Create(&m, subject, NULL, (const char *)p->kv_value.data, (int)p->kv_value.len);
+    if (ns != NATS_OK)
+        return ns;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = JL_APPEND_ATTEMPT_MS;
+    natsMsg *key_msg = m;
+    if (c != NULL) {
+        inflight_put(&p->inflight, key_msg, c);
+        p->n_inflight++;
+    }
+    ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
+    if (ns != NATS_OK) {
+        if (c != NULL) {
+            inflight_take(&p->inflight, key_msg);
+            p->n_inflight--;
+        }
+        natsMsg_Destroy(m);
+    }
+    return ns;
 }
 
 /* Send the reply (to the requester or the waiting caller), count it, free the command. */
@@ -881,37 +897,20 @@ static void drain_backlog(jl_producer *p)
  */
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
 {
-    char subject[160], key[40];
-    natsMsg *m = NULL;
-    jl_buf out;
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 512);
-    jl_status s = encode_record(&out, c, r);
-    command_key(key, c->cmd_id);
-    snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->commands), key);
-    natsStatus ns = s == JL_OK
-                        ? natsMsg_Create(&m, subject, NULL, (const char *)out.data, (int)out.len)
-                        : NATS_ERR;
-    jl_buf_cleanup(&out);
-    if (ns == NATS_OK) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = JL_APPEND_ATTEMPT_MS;
-        natsMsg *key_msg = m;
-        c->recording = true;
-        c->stored_version = r->aggregate_version;
-        c->stored_seq = r->stream_seq;
-        inflight_put(&p->inflight, key_msg, c);
-        p->n_inflight++;
-        ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
-        if (ns != NATS_OK) {
-            inflight_take(&p->inflight, key_msg);
-            p->n_inflight--;
-            c->recording = false;
-        }
+    char key[40];
+    jl_status s = encode_record(p, c, r);
+    if (s != JL_OK) {
+        not_remembered(c, jl_status_str(s));
+        return false;
     }
+    command_key(key, c->cmd_id);
+    c->recording = true;
+    c->stored_version = r->aggregate_version;
+    c->stored_seq = r->stream_seq;
+    natsStatus ns = kv_put_async(p, p->commands, key, c);
     if (ns != NATS_OK) {
-        natsMsg_Destroy(m);
-        not_remembered(c, s != JL_OK ? jl_status_str(s) : natsStatus_GetText(ns));
+        c->recording = false;
+        not_remembered(c, natsStatus_GetText(ns));
         return false;
     }
     return true;
@@ -1022,8 +1021,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     natsMsg_Destroy(msg);
 }
 
-/* A request, with the record of its command id when it was looked up (@p recalled: @p known,
- * read after record generation @p gen; otherwise it is looked up here). */
+/* A request, with the record of its command id (@p known, from recall(), read after record
+ * generation @p gen): read before submit() takes the lock. */
 typedef struct request {
     const char *command;
     const void *data;
@@ -1031,7 +1030,6 @@ typedef struct request {
     const char *command_id, *correlation_id, *causation_id;
     natsMsg *req;
     sync_call *sync;
-    bool recalled;
     kvEntry *known;
     uint64_t gen;
 } request;
@@ -1049,10 +1047,6 @@ static void submit(jl_producer *p, const request *rq)
     natsMsg *req = rq->req;
     uint64_t gen = rq->gen;
     kvEntry *known = rq->known;
-    if (!rq->recalled) {
-        gen = atomic_load(&p->record_gen);
-        known = recall(p, command_id);
-    }
     pthread_mutex_lock(&p->mu);
     cmd *c = cmd_new(p);
     if (c == NULL) {
@@ -1193,7 +1187,9 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
                   .command_id = command_id,
                   .correlation_id = correlation_id,
                   .causation_id = causation_id,
-                  .sync = &call};
+                  .sync = &call,
+                  .gen = atomic_load(&p->record_gen)};
+    rq.known = recall(p, command_id);
     submit(p, &rq);
     pthread_mutex_lock(&call.mu);
     while (!call.done)
@@ -1422,7 +1418,6 @@ static void submit_request(void *ctx, void *item, void *prepared, uint64_t gen)
                   .correlation_id = corr,
                   .causation_id = cause,
                   .req = msg,
-                  .recalled = true,
                   .known = prepared,
                   .gen = gen};
     submit(ctx, &rq);
@@ -1505,7 +1500,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->inflight.cap = 4 * JL_PRODUCER_MAX_INFLIGHT;
     p->inflight.keys = calloc(p->inflight.cap, sizeof(*p->inflight.keys));
     p->inflight.vals = calloc(p->inflight.cap, sizeof(*p->inflight.vals));
-    jl_buf_init(&p->snap, JL_MAX_COMMIT_BYTES + 1024);
+    jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
     p->scratch = calloc(1, def->state_size);
     p->scratch2 = calloc(1, def->state_size);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
@@ -1627,6 +1622,14 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         if (left)
             nats_Sleep(1);
     }
+    pthread_mutex_lock(&p->mu);
+    size_t unconfirmed = p->n_inflight;
+    pthread_mutex_unlock(&p->mu);
+    if (unconfirmed > 0)
+        jl_log(JL_LOG_WARN, "closing with appends unconfirmed",
+               "\"in_flight\":%zu,\"hint\":\"their commands get no reply; a client retrying "
+               "with the same command id gets the right one\"",
+               unconfirmed);
     jsCtx_Destroy(p->js);
     jsCtx_Destroy(p->bulk_js);
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
@@ -1634,7 +1637,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     kvStore_Destroy(p->commands);
     jl_store_close(p->store);
     jl_buf_cleanup(&p->commit);
-    jl_buf_cleanup(&p->snap);
+    jl_buf_cleanup(&p->kv_value);
     jl_buf_cleanup(&p->reply_bytes);
     jl_reply_cleanup(&p->reply);
     for (cmd *c = p->free_cmds, *n = NULL; c != NULL; c = n) {
