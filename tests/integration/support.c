@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "jetledger/log.h"
+#include "jetledger/admin.pb-c.h"
 #include "orders/orders.pb-c.h"
 
 void tenv_start(tenv *e)
@@ -84,6 +85,33 @@ natsStatus tsend(jl_conn *c, const char *service, bool query, const ProtobufCMes
     natsMsg_Destroy(rep);
     free(body);
     return ns;
+}
+
+jl_code torder_state(jl_conn *c, const char *id, uint64_t at_seq, int64_t at_time_ns,
+                     uint64_t at_version, Orders__OrderState **out_state, uint64_t *out_version)
+{
+    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
+    q.aggregate_id = (char *)id;
+    q.at_seq = at_seq;
+    q.at_time_ns = at_time_ns;
+    q.at_version = at_version;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(c, "orders", true, &q.base, NULL, &r), NATS_OK);
+    jl_code code = r.code;
+    if (code == JL_CODE_OK) {
+        ck_assert_str_eq(r.result_type, "jetledger.StateResult");
+        Jetledger__StateResult *res =
+            jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(res);
+        ck_assert_str_eq(res->state_type, "orders.OrderState");
+        *out_version = res->version;
+        *out_state = orders__order_state__unpack(NULL, res->state.len, res->state.data);
+        ck_assert_ptr_nonnull(*out_state);
+        jetledger__state_result__free_unpacked(res, NULL);
+    }
+    jl_reply_cleanup(&r);
+    return code;
 }
 
 uint64_t tstream_msgs(jl_conn *c, const char *stream)

@@ -15,6 +15,7 @@
 #include "jetledger/conn.h"
 #include "jetledger/db.h"
 #include "natsd.h"
+#include "orders/orders.pb-c.h"
 
 typedef struct tenv {
     jl_natsd *natsd;
@@ -51,6 +52,14 @@ uint64_t tstream_msgs(jl_conn *c, const char *stream);
  * publishes, no producer): each one commit of OrderCreated + @p items ItemAdded.
  */
 void tseed_orders(jl_conn *c, int n, int items);
+
+/**
+ * Ask the orders producer for an order's state (GetState, as of @p at_seq / @p at_time_ns /
+ * @p at_version, 0 for now). On JL_CODE_OK @p out_state (caller frees with
+ * orders__order_state__free_unpacked) and @p out_version are set. Returns the reply's code.
+ */
+jl_code torder_state(jl_conn *c, const char *id, uint64_t at_seq, int64_t at_time_ns,
+                     uint64_t at_version, Orders__OrderState **out_state, uint64_t *out_version);
 
 /** Last sequence of a stream (fails the test if it does not exist). */
 uint64_t tstream_last_seq(jl_conn *c, const char *stream);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
@@ -255,10 +254,12 @@ START_TEST(concurrent_writers_on_one_aggregate_lose_no_update)
 }
 END_TEST
 
-/* Send @p total AddItem requests round-robin over @p n orders without waiting; the replies
- * come to the returned subscription ("burst-replies.<i>"). */
+/* Send @p total AddItem requests round-robin over @p n orders without waiting, request i with
+ * sku "s<(i / n) % 50>" (an order's lines stay within its 50, and are added in send order) and,
+ * when @p with_ids, a command id on every odd one. The replies come to the returned
+ * subscription ("burst-replies.<i>"). */
 static natsSubscription *send_burst(natsConnection *nc, char (*ids)[JL_UUID_LEN + 1], int n,
-                                    int total)
+                                    int total, bool with_ids)
 {
     natsSubscription *inbox = NULL;
     uint8_t body[256];
@@ -266,18 +267,48 @@ static natsSubscription *send_burst(natsConnection *nc, char (*ids)[JL_UUID_LEN 
     ck_assert_int_eq(natsSubscription_SetPendingLimits(inbox, -1, -1), NATS_OK);
     for (int i = 0; i < total; i++) {
         Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
-        char reply_to[64];
+        natsMsg *req = NULL;
+        char reply_to[64], sku[16], cmd_id[96];
+        snprintf(sku, sizeof(sku), "s%03d", (i / n) % 50);
         m.order_id = ids[i % n];
-        m.sku = "sku";
+        m.sku = sku;
         m.quantity = 1;
         m.unit_price_cents = 100;
         size_t len = orders__add_item__pack(&m, body);
         snprintf(reply_to, sizeof(reply_to), "burst-replies.%d", i);
         ck_assert_int_eq(
-            natsConnection_PublishRequest(nc, "orders.cmd.AddItem", reply_to, body, (int)len),
+            natsMsg_Create(&req, "orders.cmd.AddItem", reply_to, (const char *)body, (int)len),
             NATS_OK);
+        if (with_ids && i % 2 == 1) {
+            snprintf(cmd_id, sizeof(cmd_id), "burst-%s-%d", ids[i % n], i);
+            ck_assert_int_eq(natsMsgHeader_Set(req, "Jl-Command-Id", cmd_id), NATS_OK);
+        }
+        ck_assert_int_eq(natsConnection_PublishMsg(nc, req), NATS_OK);
+        natsMsg_Destroy(req);
     }
     return inbox;
+}
+
+/* Read @p total replies from @p inbox (failing after 30 s without one); returns how many were
+ * accepted, and the highest stream sequence in @p max_seq when not NULL. */
+static int collect_replies(natsSubscription *inbox, int total, uint64_t *max_seq)
+{
+    int ok = 0;
+    for (int answered = 0; answered < total; answered++) {
+        natsMsg *m = NULL;
+        ck_assert_msg(natsSubscription_NextMsg(&m, inbox, 30000) == NATS_OK,
+                      "%d of %d commands answered", answered, total);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
+                         JL_OK);
+        ok += r.code == JL_CODE_OK;
+        if (max_seq != NULL && r.stream_seq > *max_seq)
+            *max_seq = r.stream_seq;
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(m);
+    }
+    return ok;
 }
 
 START_TEST(a_burst_of_commands_is_answered_in_full)
@@ -291,25 +322,9 @@ START_TEST(a_burst_of_commands_is_answered_in_full)
 
     jl_conn *c = tenv_connect(&env);
     natsConnection *nc = jl_conn_nats(c);
-    natsSubscription *inbox = send_burst(nc, ids, ORDERS, TOTAL);
-    int ok = 0, answered = 0;
+    natsSubscription *inbox = send_burst(nc, ids, ORDERS, TOTAL, false);
     uint64_t max_seq = 0;
-    while (answered < TOTAL) {
-        natsMsg *m = NULL;
-        ck_assert_msg(natsSubscription_NextMsg(&m, inbox, 30000) == NATS_OK,
-                      "%d of %d commands answered", answered, TOTAL);
-        jl_reply r;
-        jl_reply_init(&r);
-        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
-                         JL_OK);
-        answered++;
-        ok += r.code == JL_CODE_OK;
-        if (r.stream_seq > max_seq)
-            max_seq = r.stream_seq;
-        jl_reply_cleanup(&r);
-        natsMsg_Destroy(m);
-    }
-    ck_assert_int_eq(ok, TOTAL);
+    ck_assert_int_eq(collect_replies(inbox, TOTAL, &max_seq), TOTAL);
     jl_producer_stats st;
     jl_producer_get_stats(producer, &st);
     ck_assert_uint_gt(st.burst_appends, 0);
@@ -347,7 +362,7 @@ START_TEST(closing_in_the_middle_of_a_burst_answers_only_what_is_stored)
     for (int i = 0; i < ORDERS; i++)
         ck_assert_int_eq(create_order(env.conn, "closing", ids[i], NULL), JL_CODE_OK);
     jl_conn *c = tenv_connect(&env);
-    natsSubscription *inbox = send_burst(jl_conn_nats(c), ids, ORDERS, TOTAL);
+    natsSubscription *inbox = send_burst(jl_conn_nats(c), ids, ORDERS, TOTAL, false);
     natsMsg *first = NULL;
     ck_assert_int_eq(natsSubscription_NextMsg(&first, inbox, 10000), NATS_OK);
     natsMsg_Destroy(first);
@@ -390,65 +405,21 @@ START_TEST(commands_with_and_without_ids_keep_their_order)
     /* Requests for one aggregate sent back to back, every other one with a command id (looked
      * up on a worker before it is decided): they are applied in the order they were sent. */
     enum { N = 40 }; /* an order holds at most 50 lines */
-    char id[JL_UUID_LEN + 1], sku[16], cmd_id[96], reply_to[64];
-    ck_assert_int_eq(create_order(env.conn, "ordered", id, NULL), JL_CODE_OK);
+    char ids[1][JL_UUID_LEN + 1], sku[16];
+    ck_assert_int_eq(create_order(env.conn, "ordered", ids[0], NULL), JL_CODE_OK);
     jl_conn *c = tenv_connect(&env);
-    natsConnection *nc = jl_conn_nats(c);
-    natsSubscription *inbox = NULL;
-    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "ordered-replies.>"), NATS_OK);
-    uint8_t body[256];
-    for (int i = 0; i < N; i++) {
-        Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
-        natsMsg *req = NULL;
-        snprintf(sku, sizeof(sku), "s%03d", i);
-        m.order_id = id;
-        m.sku = sku;
-        m.quantity = 1;
-        m.unit_price_cents = 100;
-        size_t len = orders__add_item__pack(&m, body);
-        snprintf(reply_to, sizeof(reply_to), "ordered-replies.%d", i);
-        ck_assert_int_eq(
-            natsMsg_Create(&req, "orders.cmd.AddItem", reply_to, (const char *)body, (int)len),
-            NATS_OK);
-        if (i % 2 == 1) {
-            snprintf(cmd_id, sizeof(cmd_id), "ordered-%s-%d", id, i);
-            ck_assert_int_eq(natsMsgHeader_Set(req, "Jl-Command-Id", cmd_id), NATS_OK);
-        }
-        ck_assert_int_eq(natsConnection_PublishMsg(nc, req), NATS_OK);
-        natsMsg_Destroy(req);
-    }
-    for (int i = 0; i < N; i++) {
-        natsMsg *m = NULL;
-        ck_assert_msg(natsSubscription_NextMsg(&m, inbox, 10000) == NATS_OK, "%d of %d answered", i,
-                      N);
-        jl_reply r;
-        jl_reply_init(&r);
-        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
-                         JL_OK);
-        ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
-        jl_reply_cleanup(&r);
-        natsMsg_Destroy(m);
-    }
+    natsSubscription *inbox = send_burst(jl_conn_nats(c), ids, 1, N, true);
+    ck_assert_int_eq(collect_replies(inbox, N, NULL), N);
 
-    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
-    q.aggregate_id = id;
-    jl_reply r;
-    jl_reply_init(&r);
-    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
-    ck_assert_int_eq(r.code, JL_CODE_OK);
-    Jetledger__StateResult *res =
-        jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
-    ck_assert_ptr_nonnull(res);
-    Orders__OrderState *st = orders__order_state__unpack(NULL, res->state.len, res->state.data);
-    ck_assert_ptr_nonnull(st);
+    Orders__OrderState *st = NULL;
+    uint64_t version = 0;
+    ck_assert_int_eq(torder_state(env.conn, ids[0], 0, 0, 0, &st, &version), JL_CODE_OK);
     ck_assert_uint_eq(st->n_lines, N);
     for (int i = 0; i < N; i++) {
         snprintf(sku, sizeof(sku), "s%03d", i);
         ck_assert_str_eq(st->lines[i]->sku, sku);
     }
     orders__order_state__free_unpacked(st, NULL);
-    jetledger__state_result__free_unpacked(res, NULL);
-    jl_reply_cleanup(&r);
     natsSubscription_Destroy(inbox);
     jl_conn_close(c, 0);
 }

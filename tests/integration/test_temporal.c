@@ -79,28 +79,7 @@ static void create(jl_producer *p, char id[JL_UUID_LEN + 1], uint64_t *seq)
 static jl_code get_state(const char *id, uint64_t at_seq, int64_t at_time, uint64_t at_version,
                          Orders__OrderState **out_state, uint64_t *out_version)
 {
-    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
-    q.aggregate_id = (char *)id;
-    q.at_seq = at_seq;
-    q.at_time_ns = at_time;
-    q.at_version = at_version;
-    jl_reply r;
-    jl_reply_init(&r);
-    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
-    jl_code c = r.code;
-    if (c == JL_CODE_OK) {
-        ck_assert_str_eq(r.result_type, "jetledger.StateResult");
-        Jetledger__StateResult *res =
-            jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
-        ck_assert_ptr_nonnull(res);
-        ck_assert_str_eq(res->state_type, "orders.OrderState");
-        *out_version = res->version;
-        *out_state = orders__order_state__unpack(NULL, res->state.len, res->state.data);
-        ck_assert_ptr_nonnull(*out_state);
-        jetledger__state_result__free_unpacked(res, NULL);
-    }
-    jl_reply_cleanup(&r);
-    return c;
+    return torder_state(env.conn, id, at_seq, at_time, at_version, out_state, out_version);
 }
 
 START_TEST(state_as_of_sequence_time_and_version)
