@@ -13,6 +13,8 @@ struct jl__cache {
     jl__cache_entry **buckets;
     jl__cache_entry *head, *tail; /* most / least recently used */
     jl__cache_entry *spare;       /* an evicted entry kept for reuse */
+    jl__cache_evict_fn on_evict;
+    void *evict_ctx;
 };
 
 jl__cache *jl__cache_create(size_t capacity, size_t state_size)
@@ -31,6 +33,20 @@ jl__cache *jl__cache_create(size_t capacity, size_t state_size)
         return NULL;
     }
     return c;
+}
+
+void jl__cache_on_evict(jl__cache *c, jl__cache_evict_fn fn, void *ctx)
+{
+    c->on_evict = fn;
+    c->evict_ctx = ctx;
+}
+
+void jl__cache_each(jl__cache *c, bool (*fn)(void *ctx, jl__cache_entry *e), void *ctx)
+{
+    for (jl__cache_entry *e = c->head; e != NULL; e = e->next) {
+        if (!fn(ctx, e))
+            break;
+    }
 }
 
 void jl__cache_destroy(jl__cache *c)
@@ -104,6 +120,8 @@ static void shrink(jl__cache *c, size_t keep_free)
     while (c->size + keep_free > c->capacity && e != NULL) {
         jl__cache_entry *prev = e->prev;
         if (e->pins == 0) {
+            if (c->on_evict != NULL)
+                c->on_evict(c->evict_ctx, e);
             detach(c, e);
             free(c->spare);
             c->spare = e;

@@ -24,6 +24,7 @@ typedef struct jl__cache_entry {
     bool busy;           /**< an append of this aggregate is in flight */
     bool stale;          /**< state unknown (an append's outcome is): reload before use */
     uint64_t mark;       /**< the owner's (producer: generation of its last command record) */
+    uint64_t snap_seq;   /**< the owner's (producer: last_seq of the newest snapshot it knows) */
     void *qhead, *qtail; /**< commands waiting for the one in flight (owner's type) */
     struct jl__cache_entry *prev, *next; /* LRU list, most recent first */
     struct jl__cache_entry *chain;       /* hash bucket */
@@ -32,11 +33,20 @@ typedef struct jl__cache_entry {
 
 typedef struct jl__cache jl__cache;
 
+/** Called with an entry about to be evicted (never a pinned one), before it is freed. */
+typedef void (*jl__cache_evict_fn)(void *ctx, const jl__cache_entry *e);
+
 /**
  * A cache of at most @p capacity unpinned entries of @p state_size-byte states. With capacity 0
  * nothing outlives its pins: an entry goes as soon as it is unpinned.
  */
 jl__cache *jl__cache_create(size_t capacity, size_t state_size);
+
+/** Call @p fn (may be NULL: none) with each entry the cache evicts, from the evicting call. */
+void jl__cache_on_evict(jl__cache *c, jl__cache_evict_fn fn, void *ctx);
+
+/** Call @p fn with each entry, most recently used first, until it returns false. */
+void jl__cache_each(jl__cache *c, bool (*fn)(void *ctx, jl__cache_entry *e), void *ctx);
 void jl__cache_destroy(jl__cache *c);
 
 /** The entry of @p id (now the most recently used), or NULL. */

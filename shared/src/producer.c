@@ -26,6 +26,9 @@
  * and replies go through the batching connection. */
 #define JL_BURST_AT 16
 
+/* Snapshot writes awaiting their ack at most; more are skipped (they only shorten replays). */
+#define JL_MAX_SNAPSHOTS_INFLIGHT 64
+
 /* Command-id lookups in parallel, and requests waiting in order for them. */
 #define JL_LOOKUP_WORKERS 16
 #define JL_LOOKUP_QUEUE 1024
@@ -64,6 +67,7 @@ struct jl_producer {
     inflight_map inflight;
     size_t n_inflight;
     size_t max_inflight;
+    size_t snapshots_inflight;        /* snapshot writes not yet acked (not in n_inflight) */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     jl_buf commit;
@@ -264,11 +268,16 @@ static void snapshot_lost(const char *key, const char *why)
 
 static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd *c);
 
-static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
+/* Write a snapshot of @p v asynchronously; false when it was not sent (too many in flight, or
+ * an error, logged). Under p->mu. */
+static bool save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
 {
     Jetledger__Snapshot snap = JETLEDGER__SNAPSHOT__INIT;
     jl_buf state;
     char key[128];
+    bool sent = false;
+    if (p->snapshots_inflight >= JL_MAX_SNAPSHOTS_INFLIGHT)
+        return false;
     jl_buf_init(&state, JL_MAX_COMMIT_BYTES);
     if (p->def->state_pack(v->state, &state) == JL_OK) {
         snap.state_version = p->def->state_version;
@@ -288,9 +297,31 @@ static void save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
             natsStatus ns = kv_put_async(p, p->snapshots, key, NULL);
             if (ns != NATS_OK)
                 snapshot_lost(key, natsStatus_GetText(ns));
+            sent = ns == NATS_OK;
+            p->snapshots_inflight += sent;
         }
     }
     jl_buf_cleanup(&state);
+    return sent;
+}
+
+/* Whether @p e holds commits its newest snapshot lacks (and can be written: settled). */
+static bool unsaved(const jl__cache_entry *e)
+{
+    return !e->stale && !e->busy && e->last_seq > e->snap_seq;
+}
+
+/*
+ * An entry leaves the cache: snapshot it if it moved past its snapshot, so that loading it
+ * again reads one snapshot and no events instead of up to snapshot_every of them, a round trip
+ * each (a cache smaller than the aggregates in use, or a restart, would otherwise pay that on
+ * every miss). Under p->mu (every cache call is).
+ */
+static void on_evict(void *ctx, const jl__cache_entry *e)
+{
+    jl_producer *p = ctx;
+    if (snapshots_on(p) && unsaved(e) && save_snapshot(p, e->id, e))
+        p->stats.snapshots_on_evict++;
 }
 
 /* ---- aggregate states ---- */
@@ -318,9 +349,12 @@ static jl_status load(jl_producer *p, const char *id, const char *subject, bool 
     replay_ctx rc = {.p = p, .state = e->state, .watch_cmd_id = watch->watch_cmd_id};
     p->def->state_init(e->state);
     jl_status s = JL_OK;
+    e->snap_seq = 0;
     if (!fresh) {
-        if (snapshots_on(p) && load_snapshot(p, id, &rc))
+        if (snapshots_on(p) && load_snapshot(p, id, &rc)) {
             p->stats.snapshot_loads++;
+            e->snap_seq = rc.last_seq;
+        }
         p->stats.loads++;
         s = replay(p, subject, &rc, r);
     }
@@ -387,8 +421,9 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
         return;
     }
     memcpy(e->state, p->scratch2, p->def->state_size);
-    if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every)
-        save_snapshot(p, c->agg_id, e);
+    if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
+        save_snapshot(p, c->agg_id, e))
+        e->snap_seq = e->last_seq;
 }
 
 /* ---- validating a request ---- */
@@ -922,6 +957,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     pthread_mutex_lock(&p->mu);
     cmd *c = inflight_take(&p->inflight, msg);
     if (c == NULL) { /* a snapshot's (see save_snapshot): no command waits for it */
+        if (p->snapshots_inflight > 0)
+            p->snapshots_inflight--;
         if (pa != NULL)
             p->stats.snapshots_saved++;
         else
@@ -1504,6 +1541,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->scratch = calloc(1, def->state_size);
     p->scratch2 = calloc(1, def->state_size);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
+    if (p->cache != NULL)
+        jl__cache_on_evict(p->cache, on_evict, p);
     if (p->scratch == NULL || p->scratch2 == NULL || p->cache == NULL || p->inflight.keys == NULL ||
         p->inflight.vals == NULL) {
         s = JL_ERR_NOMEM;
@@ -1523,7 +1562,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         jo.Wait = cfg->request_timeout_ms;
         jo.PublishAsync.AckHandler = on_ack;
         jo.PublishAsync.AckHandlerClosure = p;
-        jo.PublishAsync.MaxPending = (int64_t)p->max_inflight + 64;
+        jo.PublishAsync.MaxPending = (int64_t)(p->max_inflight + JL_MAX_SNAPSHOTS_INFLIGHT) + 64;
         natsStatus jns = natsConnection_JetStream(&p->js, jl_conn_nats(conn), &jo);
         char name[128];
         snprintf(name, sizeof(name), "%s-burst", def->name);
@@ -1577,6 +1616,48 @@ done:
     return JL_OK;
 }
 
+typedef struct flush_ctx {
+    jl_producer *p;
+    int64_t deadline_ms;
+    size_t saved;
+} flush_ctx;
+
+static bool flush_entry(void *ctx, jl__cache_entry *e)
+{
+    flush_ctx *f = ctx;
+    jl_producer *p = f->p;
+    if (!unsaved(e))
+        return true;
+    while (p->snapshots_inflight >= JL_MAX_SNAPSHOTS_INFLIGHT) {
+        if (nats_Now() >= f->deadline_ms)
+            return false;
+        pthread_mutex_unlock(&p->mu); /* for on_ack; nothing else touches the cache now */
+        nats_Sleep(1);
+        pthread_mutex_lock(&p->mu);
+    }
+    if (save_snapshot(p, e->id, e)) {
+        e->snap_seq = e->last_seq;
+        f->saved++;
+    }
+    return true;
+}
+
+/*
+ * Snapshot every cached aggregate that moved past its snapshot, before @p deadline_ms, so the
+ * next producer (a restart, a rolling update) loads each in two reads instead of replaying up
+ * to snapshot_every events. Only once no append is in flight: then nothing else changes the
+ * cache. Returns the snapshots sent.
+ */
+static size_t flush_snapshots(jl_producer *p, int64_t deadline_ms)
+{
+    flush_ctx f = {.p = p, .deadline_ms = deadline_ms};
+    pthread_mutex_lock(&p->mu);
+    if (snapshots_on(p) && p->n_inflight == 0)
+        jl__cache_each(p->cache, flush_entry, &f);
+    pthread_mutex_unlock(&p->mu);
+    return f.saved;
+}
+
 /* Drain and destroy *@p slot, clearing it under the lock first: acks still arriving look at
  * the command subscription (bursting). */
 static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
@@ -1622,9 +1703,21 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         if (left)
             nats_Sleep(1);
     }
+    size_t flushed = flush_snapshots(p, deadline);
+    for (int i = 0; i < 2 && flushed > 0; i++) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = deadline - nats_Now() > 0 ? deadline - nats_Now() : 1;
+        if (ctxs[i] != NULL)
+            js_PublishAsyncComplete(ctxs[i], &po);
+    }
     pthread_mutex_lock(&p->mu);
     size_t unconfirmed = p->n_inflight;
+    uint64_t saved = p->stats.snapshots_saved;
     pthread_mutex_unlock(&p->mu);
+    if (flushed > 0)
+        jl_log(JL_LOG_INFO, "snapshots written at close",
+               "\"sent\":%zu,\"confirmed_total\":%" PRIu64, flushed, saved);
     if (unconfirmed > 0)
         jl_log(JL_LOG_WARN, "closing with appends unconfirmed",
                "\"in_flight\":%zu,\"hint\":\"their commands get no reply; a client retrying "

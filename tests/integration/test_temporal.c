@@ -1,8 +1,9 @@
 /*
  * The producer's audit trail (GetHistory), past states (GetState) and snapshots, against a real
  * nats-server: states as of a sequence, a time and a version; a cold command on an aggregate
- * with 10,000 events reads at most snapshot_every events; a snapshot from another state_version
- * is ignored.
+ * with 10,000 events reads at most snapshot_every events; an aggregate evicted from the cache or
+ * cached at close is snapshotted, so loading it again replays nothing; a snapshot from another
+ * state_version is ignored.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -206,6 +207,17 @@ static uint64_t snapshots_saved(jl_producer *p, uint64_t want)
     }
 }
 
+/* The aggregate's current state (GetState) is at @p version with @p lines lines. */
+static void expect_state(const char *id, uint64_t version, size_t lines)
+{
+    Orders__OrderState *s = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, version);
+    ck_assert_uint_eq(s->n_lines, lines);
+    orders__order_state__free_unpacked(s, NULL);
+}
+
 START_TEST(cold_command_on_10000_events_reads_at_most_snapshot_every)
 {
     enum { EVENTS = 10000, EVERY = 100 };
@@ -249,13 +261,8 @@ START_TEST(cold_command_on_10000_events_reads_at_most_snapshot_every)
 
     /* The state is right either way: events 2..10000 alternate add/remove of "a" and end on
      * an add, then b, c, d: four lines. */
-    Orders__OrderState *s = NULL;
-    uint64_t v = 0;
     p = open_producer(&orders_service, EVERY, 10);
-    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
-    ck_assert_uint_eq(v, EVENTS + 3);
-    ck_assert_uint_eq(s->n_lines, 4);
-    orders__order_state__free_unpacked(s, NULL);
+    expect_state(id, EVENTS + 3, 4);
     jl_producer_close(p, 1000);
 }
 END_TEST
@@ -273,27 +280,53 @@ START_TEST(snapshot_of_another_state_version_is_ignored)
 
     jl_service_def v2 = orders_service;
     v2.state_version = 2;
-    p = open_producer(&v2, 100, 10); /* reads, but does not overwrite, the snapshot */
+    p = open_producer(&v2, 100, 10); /* ignores the snapshot, writes its own at close */
     add(p, id, "c", 1, NULL);
     jl_producer_get_stats(p, &st);
     ck_assert_uint_eq(st.snapshot_loads, 0);
     ck_assert_uint_eq(st.last_load_events, 3);
     jl_producer_close(p, 1000);
 
+    /* Back to version 1: version 2's snapshot is ignored the same way. */
     p = open_producer(&orders_service, 2, 10);
     Orders__RemoveItem rm = ORDERS__REMOVE_ITEM__INIT;
     rm.order_id = id;
     rm.sku = "b";
     run(p, &rm.base, NULL, NULL);
     jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.snapshot_loads, 0);
+    ck_assert_uint_eq(st.last_load_events, 4);
+    expect_state(id, 5, 2); /* a and c */
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone)
+{
+    /* A cache of one: creating b evicts a, which is snapshotted on the way out (version 2 of
+     * a snapshot_every of 100), so a miss on a reads the snapshot and no event. */
+    jl_producer *p = open_producer(&orders_service, 100, 1);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1];
+    create(p, a, NULL);
+    add(p, a, "x", 1, NULL);
+    create(p, b, NULL);
+    ck_assert_uint_ge(snapshots_saved(p, 1), 1);
+    add(p, a, "y", 2, NULL);
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_ge(st.snapshots_on_evict, 1);
+    ck_assert_uint_eq(st.loads, 1);
     ck_assert_uint_eq(st.snapshot_loads, 1);
-    ck_assert_uint_le(st.last_load_events, 2);
-    Orders__OrderState *s = NULL;
-    uint64_t v = 0;
-    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
-    ck_assert_uint_eq(v, 5);
-    ck_assert_uint_eq(s->n_lines, 2); /* a and c */
-    orders__order_state__free_unpacked(s, NULL);
+    ck_assert_uint_eq(st.last_load_events, 0);
+    jl_producer_close(p, 1000); /* writes a's snapshot at version 3 */
+
+    /* A restarted producer loads a from that snapshot: nothing to replay. */
+    p = open_producer(&orders_service, 100, 10);
+    add(p, a, "z", 3, NULL);
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.snapshot_loads, 1);
+    ck_assert_uint_eq(st.last_load_events, 0);
+    expect_state(a, 4, 3);
     jl_producer_close(p, 1000);
 }
 END_TEST
@@ -313,12 +346,7 @@ START_TEST(cached_state_catches_up_after_another_replica_wrote)
     ck_assert_uint_eq(st.conflicts, 1);
     ck_assert_uint_eq(st.loads, 0); /* a CreateOrder under a generated id reads nothing */
     ck_assert_uint_eq(st.last_load_events, 1);
-    Orders__OrderState *s = NULL;
-    uint64_t v = 0;
-    ck_assert_int_eq(get_state(id, 0, 0, 0, &s, &v), JL_CODE_OK);
-    ck_assert_uint_eq(v, 3);
-    ck_assert_uint_eq(s->n_lines, 2);
-    orders__order_state__free_unpacked(s, NULL);
+    expect_state(id, 3, 2);
     jl_producer_close(a, 1000);
     jl_producer_close(b, 1000);
 }
@@ -334,6 +362,7 @@ int main(void)
     tcase_add_test(tc, history_lists_every_event_in_order_with_paging);
     tcase_add_test(tc, cold_command_on_10000_events_reads_at_most_snapshot_every);
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
+    tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     suite_add_tcase(s, tc);
     return trun(s);

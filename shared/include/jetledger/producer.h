@@ -18,6 +18,10 @@
  * reads nothing from the stream (a lost race reads only the commits after the cached one); and
  * every cfg->snapshot_every events a snapshot of the state goes to the KV bucket
  * "jl_snapshots_<stream>", so a cold load reads the snapshot and at most that many events.
+ * An aggregate that leaves the cache, and at close every cached one, is snapshotted too if it
+ * moved past its snapshot: loading it again (a miss, a restarted producer) then reads the
+ * snapshot and finds no event after it. At most 64 snapshot writes are in flight; beyond that
+ * one is skipped, which only makes a later load longer.
  * Snapshots carry the service's state_version: one written by another version is ignored.
  *
  * The producer also answers "<service>.query.GetHistory" (the audit trail of one aggregate) and
@@ -115,16 +119,17 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
 
 /** Counters of a producer (since open). */
 typedef struct jl_producer_stats {
-    uint64_t commands;         /**< handled, accepted or not */
-    uint64_t accepted;         /**< answered JL_CODE_OK */
-    uint64_t conflicts;        /**< appends that lost a race (each retried or answered) */
-    uint64_t cache_hits;       /**< commands decided on a cached state */
-    uint64_t loads;            /**< aggregates loaded from the store */
-    uint64_t snapshot_loads;   /**< loads that started from a snapshot */
-    uint64_t snapshots_saved;  /**< snapshots stored (counted as JetStream confirms them) */
-    uint64_t events_replayed;  /**< events read and evolved by loads and catch-ups */
-    uint64_t last_load_events; /**< events read by the most recent load or catch-up */
-    uint64_t burst_appends;    /**< appends sent on the batching connection (under load) */
+    uint64_t commands;           /**< handled, accepted or not */
+    uint64_t accepted;           /**< answered JL_CODE_OK */
+    uint64_t conflicts;          /**< appends that lost a race (each retried or answered) */
+    uint64_t cache_hits;         /**< commands decided on a cached state */
+    uint64_t loads;              /**< aggregates loaded from the store */
+    uint64_t snapshot_loads;     /**< loads that started from a snapshot */
+    uint64_t snapshots_saved;    /**< snapshots stored (counted as JetStream confirms them) */
+    uint64_t snapshots_on_evict; /**< of those sent: of entries leaving the cache */
+    uint64_t events_replayed;    /**< events read and evolved by loads and catch-ups */
+    uint64_t last_load_events;   /**< events read by the most recent load or catch-up */
+    uint64_t burst_appends;      /**< appends sent on the batching connection (under load) */
 } jl_producer_stats;
 
 /** Copy the counters. Thread-safe. */
