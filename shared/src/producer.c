@@ -33,6 +33,11 @@
 #define JL_LOOKUP_WORKERS 16
 #define JL_LOOKUP_QUEUE 1024
 
+/* Aggregates the cache lacks, read in parallel (a round trip per read), and commands waiting
+ * for them. */
+#define JL_LOAD_WORKERS 16
+#define JL_LOAD_QUEUE 1024
+
 typedef struct cmd cmd;
 
 /* Commands in flight, found again by the message the ack handler gets back. */
@@ -54,16 +59,16 @@ struct jl_producer {
     natsSubscription *sub;
     natsSubscription *qsub;
     jl__ordered *incoming; /* requests in arrival order; command-id lookups in parallel */
+    jl__ordered *loads;    /* commands whose aggregate is being read (see attach_entry) */
     int retries;
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
-    /* One lock for everything below, held while deciding and on acks. Loading an aggregate the
-     * cache lacks, and reading or writing a command-id record (KV), happen under it too: each
-     * holds up the other commands for a round trip (cache hits without client ids do not). */
+    /* One lock for everything below, held while deciding and on acks, but not while reading an
+     * aggregate the cache lacks (p->loads) or a command-id record (p->incoming). Catching up
+     * after a lost race, and the rare synchronous record of a repeat, do hold it. */
     pthread_mutex_t mu;
     jl__cache *cache;
-    void *scratch;  /* state of a past point (GetState) */
-    void *scratch2; /* evolve target when advancing a cached state */
+    void *scratch; /* evolve target when advancing a cached state */
     inflight_map inflight;
     size_t n_inflight;
     size_t max_inflight;
@@ -77,6 +82,28 @@ struct jl_producer {
     jl_producer_stats stats;
     _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
 };
+
+/* Where a replay stops: after a sequence, a time or a version (0 = no limit). */
+typedef struct limit {
+    uint64_t seq;
+    int64_t time_ns;
+    uint64_t version;
+} limit;
+
+typedef struct replay_ctx {
+    jl_producer *p;
+    void *state;
+    uint64_t version;
+    uint64_t last_seq;
+    int64_t last_time;
+    uint64_t events;
+    limit lim;
+    bool reached;             /* the limit was met: stop reading */
+    const char *watch_cmd_id; /* when set: note the commit recording this command id */
+    uint64_t watch_seq;       /* its sequence (0: not seen) */
+    uint64_t watch_version;   /* the version of its last event */
+    char err[256];
+} replay_ctx;
 
 /* One command from receipt to reply. */
 struct cmd {
@@ -92,6 +119,11 @@ struct cmd {
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
     bool recording; /* stored; its command-id record is in flight, then the reply */
+    /* Its aggregate as read by a worker of p->loads (load_read), for load_done: */
+    replay_ctx load;
+    jl_status load_status;
+    bool load_from_snapshot;
+    uint64_t load_snap_seq;
     uint64_t stored_version, stored_seq; /* the reply's, while recording */
     jl_decision d;
     char agg_id[JL_UUID_LEN + 1];
@@ -125,28 +157,6 @@ static int64_t now_ns(void)
 }
 
 /* ---- replaying an aggregate's commits ---- */
-
-/* Where a replay stops: after a sequence, a time or a version (0 = no limit). */
-typedef struct limit {
-    uint64_t seq;
-    int64_t time_ns;
-    uint64_t version;
-} limit;
-
-typedef struct replay_ctx {
-    jl_producer *p;
-    void *state;
-    uint64_t version;
-    uint64_t last_seq;
-    int64_t last_time;
-    uint64_t events;
-    limit lim;
-    bool reached;             /* the limit was met: stop reading */
-    const char *watch_cmd_id; /* when set: note the commit recording this command id */
-    uint64_t watch_seq;       /* its sequence (0: not seen) */
-    uint64_t watch_version;   /* the version of its last event */
-    char err[256];
-} replay_ctx;
 
 static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, size_t len,
                                void *closure)
@@ -198,26 +208,49 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     return s;
 }
 
-/* Fold the commits of @p subject after rc->last_seq into rc->state. */
-static jl_status replay(jl_producer *p, const char *subject, replay_ctx *rc, jl_reply *r)
+/* Fold the commits of @p subject after rc->last_seq into rc->state; on failure rc->err says
+ * why. Needs no lock: rc and its state must be the caller's alone. */
+static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *rc)
 {
     uint64_t last = 0;
-    jl_status s =
-        jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc, &last);
-    p->stats.events_replayed += rc->events;
-    p->stats.last_load_events = rc->events;
+    char why[256] = "";
+    jl_status s = jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc,
+                                        &last, why, sizeof(why));
     if (s == JL_OK || (s == JL_ERR_STOPPED && rc->reached))
         return JL_OK;
+    if (rc->err[0] == 0)
+        snprintf(rc->err, sizeof(rc->err), "%s", why);
+    return s;
+}
+
+/* Turn read_commits()'s status @p s into reply @p r; returns @p s. */
+static jl_status read_result(const char *subject, const replay_ctx *rc, jl_status s, jl_reply *r)
+{
+    if (s == JL_OK)
+        return JL_OK;
     if (s == JL_ERR_UNAVAILABLE || s == JL_ERR_TIMEOUT) {
-        jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store unavailable: %s",
-                       jl_store_errmsg(p->store));
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store unavailable: %s", rc->err);
     } else {
-        jl_reply_error(r, JL_CODE_INTERNAL, "cannot rebuild %s: %s", subject,
-                       rc->err[0] ? rc->err : jl_store_errmsg(p->store));
+        jl_reply_error(r, JL_CODE_INTERNAL, "cannot rebuild %s: %s", subject, rc->err);
         jl_log(JL_LOG_ERROR, "aggregate load failed", "\"subject\":\"%s\",\"status\":\"%s\"",
                subject, jl_status_str(s));
     }
     return s;
+}
+
+/* As read_result(), counting what a load or catch-up read. Under p->mu. */
+static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx *rc, jl_status s,
+                          jl_reply *r)
+{
+    p->stats.events_replayed += rc->events;
+    p->stats.last_load_events = rc->events;
+    return read_result(subject, rc, s, r);
+}
+
+/* read_commits() and replayed() in one, under p->mu. */
+static jl_status replay(jl_producer *p, const char *subject, replay_ctx *rc, jl_reply *r)
+{
+    return replayed(p, subject, rc, read_commits(p, subject, rc), r);
 }
 
 /* ---- snapshots ---- */
@@ -326,48 +359,30 @@ static void on_evict(void *ctx, const jl__cache_entry *e)
 
 /* ---- aggregate states ---- */
 
-/* The cached entry of @p id, loaded (snapshot + replay) when absent or stale. Pinned on return. */
-static jl_status load(jl_producer *p, const char *id, const char *subject, bool fresh,
-                      replay_ctx *watch, jl__cache_entry **out, jl_reply *r)
+/*
+ * Pin command @p c's aggregate in c->entry. True when it can be decided on at once: the cache
+ * holds it, or it is new (c->fresh: nothing to read). False when it must be read first: the
+ * entry is then busy, so later commands of the aggregate queue behind @p c, and the caller
+ * hands @p c to p->loads. Under p->mu. JL_ERR_NOMEM (reply @p r set) leaves c->entry NULL.
+ */
+static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply *r)
 {
-    jl__cache_entry *e = jl__cache_get(p->cache, id);
+    jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
+    *out_ready = true;
     if (e != NULL && !e->stale) {
         p->stats.cache_hits++;
         p->stats.last_load_events = 0;
-        jl__cache_pin(e);
-        *out = e;
-        return JL_OK;
-    }
-    if (e == NULL) {
-        e = jl__cache_put(p->cache, id);
-        if (e == NULL) {
-            jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
-            return JL_ERR_NOMEM;
-        }
+    } else if (e == NULL && (e = jl__cache_put(p->cache, c->agg_id)) == NULL) {
+        jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+        return JL_ERR_NOMEM;
+    } else if (c->fresh) {
+        p->def->state_init(e->state); /* a zeroed entry: version 0, nothing stored */
+    } else {
+        e->busy = true;
+        *out_ready = false;
     }
     jl__cache_pin(e);
-    replay_ctx rc = {.p = p, .state = e->state, .watch_cmd_id = watch->watch_cmd_id};
-    p->def->state_init(e->state);
-    jl_status s = JL_OK;
-    e->snap_seq = 0;
-    if (!fresh) {
-        if (snapshots_on(p) && load_snapshot(p, id, &rc)) {
-            p->stats.snapshot_loads++;
-            e->snap_seq = rc.last_seq;
-        }
-        p->stats.loads++;
-        s = replay(p, subject, &rc, r);
-    }
-    e->version = rc.version;
-    e->last_seq = rc.last_seq;
-    e->stale = s != JL_OK;
-    watch->watch_seq = rc.watch_seq;
-    watch->watch_version = rc.watch_version;
-    if (s != JL_OK) {
-        jl__cache_unpin(p->cache, e);
-        return s;
-    }
-    *out = e;
+    c->entry = e;
     return JL_OK;
 }
 
@@ -399,7 +414,7 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
     const jl_decision *d = &c->d;
     jl__cache_entry *e = c->entry;
     jl_status s = JL_OK;
-    memcpy(p->scratch2, e->state, p->def->state_size);
+    memcpy(p->scratch, e->state, p->def->state_size);
     for (size_t i = 0; s == JL_OK && i < d->n_events; i++) {
         ProtobufCMessage *m =
             protobuf_c_message_unpack(d->types[i], NULL, d->lens[i], d->bytes.data + d->offsets[i]);
@@ -409,7 +424,7 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
                        .aggregate_version = c->first_version + i,
                        .stream_seq = seq,
                        .payload = m};
-        s = m != NULL ? p->def->evolve(p->scratch2, &ev) : JL_ERR_DECODE;
+        s = m != NULL ? p->def->evolve(p->scratch, &ev) : JL_ERR_DECODE;
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
     }
@@ -420,7 +435,7 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
         e->stale = true;
         return;
     }
-    memcpy(e->state, p->scratch2, p->def->state_size);
+    memcpy(e->state, p->scratch, p->def->state_size);
     if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
         save_snapshot(p, c->agg_id, e))
         e->snap_seq = e->last_seq;
@@ -598,12 +613,13 @@ static uint64_t version_at(jl_producer *p, uint64_t seq)
 
 /* ---- the command pipeline ----
  *
- * A command is validated, its aggregate found in the cache (or loaded), decided, and its events
- * published asynchronously with the expected last subject sequence; the reply is sent from the
- * ack. Commands for one aggregate go one at a time (the others wait on its entry's queue), so a
- * producer never races itself; commands for different aggregates are in flight together, up to
- * max_inflight (beyond that they wait in the backlog). Everything runs under p->mu, which is
- * never held while waiting: publishes never stall because fewer than the library's MaxPending
+ * A command is validated, its aggregate found in the cache (or read by a worker of p->loads),
+ * decided, and its events published asynchronously with the expected last subject sequence; the
+ * reply is sent from the ack. Commands for one aggregate go one at a time (the others wait on
+ * its entry's queue), so a producer never races itself; commands for different aggregates are
+ * in flight together, up to max_inflight (beyond that they wait in the backlog). Everything but
+ * those reads runs under p->mu, which is never held while waiting for the server, except to
+ * catch up after a lost race: publishes never stall because fewer than the library's MaxPending
  * messages are ever in flight.
  */
 
@@ -1058,6 +1074,64 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     natsMsg_Destroy(msg);
 }
 
+/*
+ * A worker of p->loads: read command @p item's aggregate (its snapshot, then the commits after
+ * it) into its entry's state, without the lock. The entry is pinned and busy meanwhile, which
+ * keeps everyone else off its state (eviction, the flush at close, the aggregate's commands).
+ */
+static void *load_read(void *ctx, void *item)
+{
+    jl_producer *p = ctx;
+    cmd *c = item;
+    replay_ctx *rc = &c->load;
+    memset(rc, 0, sizeof(*rc));
+    rc->p = p;
+    rc->state = c->entry->state;
+    rc->watch_cmd_id = c->client_id ? c->cmd_id : NULL;
+    p->def->state_init(rc->state);
+    c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
+    c->load_snap_seq = rc->last_seq;
+    c->load_status = read_commits(p, c->subject, rc);
+    return NULL;
+}
+
+/* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
+static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
+{
+    jl_producer *p = ctx;
+    cmd *c = item;
+    jl__cache_entry *e = c->entry;
+    const replay_ctx *rc = &c->load;
+    jl_reply *r = &p->reply;
+    (void)prepared;
+    (void)tag;
+    pthread_mutex_lock(&p->mu);
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    p->stats.loads++;
+    p->stats.snapshot_loads += c->load_from_snapshot;
+    e->version = rc->version;
+    e->last_seq = rc->last_seq;
+    e->snap_seq = c->load_from_snapshot ? c->load_snap_seq : 0;
+    e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
+    if (e->stale) {
+        /* Half read: the commands queued behind replay it from the start (catch_up). */
+        p->def->state_init(e->state);
+        e->version = e->last_seq = e->snap_seq = 0;
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (rc->watch_seq != 0) {
+        /* Its commit is in the history already (the KV record was lost): same reply. */
+        duplicate_reply(p, c, rc->watch_seq, rc->watch_version, r);
+        finish_stored(p, c, r);
+        release_entry(p, e);
+    } else {
+        e->busy = false;
+        start(p, c);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* A request, with the record of its command id (@p known, from recall(), read after record
  * generation @p gen): read before submit() takes the lock. */
 typedef struct request {
@@ -1190,16 +1264,13 @@ static void submit(jl_producer *p, const request *rq)
         pthread_mutex_unlock(&p->mu);
         return;
     }
-    replay_ctx watch = {.watch_cmd_id = c->client_id ? c->cmd_id : NULL};
-    if (load(p, c->agg_id, c->subject, c->fresh, &watch, &c->entry, r) != JL_OK)
+    bool ready = false;
+    if (attach_entry(p, c, &ready, r) != JL_OK)
         goto reject;
-    if (watch.watch_seq != 0) {
-        /* Its commit is in the history already (the KV record was lost): same reply. */
-        duplicate_reply(p, c, watch.watch_seq, watch.watch_version, r);
-        jl__cache_entry *held = c->entry;
-        finish(p, c, r);
-        jl__cache_unpin(p->cache, held);
+    if (!ready) {
+        /* Read on a worker, without the lock: other aggregates' commands go on meanwhile. */
         pthread_mutex_unlock(&p->mu);
+        jl__ordered_push(p->loads, c, 0, true);
         return;
     }
     start(p, c);
@@ -1292,11 +1363,13 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     history_ctx h = {.from_version = q->from_version ? q->from_version : 1,
                      .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX};
     uint64_t last = 0;
+    char why[256] = "";
     h.items = calloc(h.limit, sizeof(*h.items));
     h.ptrs = calloc(h.limit, sizeof(*h.ptrs));
     jl_status s = (h.items && h.ptrs) ? JL_OK : JL_ERR_NOMEM;
     if (s == JL_OK)
-        s = jl_store_read_subject(p->store, subject, 0, 0, history_commit, &h, &last);
+        s = jl_store_read_subject(p->store, subject, 0, 0, history_commit, &h, &last, why,
+                                  sizeof(why));
     if ((s == JL_OK || s == JL_ERR_STOPPED) && last == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s has no events", subject);
     } else if (s == JL_OK || s == JL_ERR_STOPPED) {
@@ -1308,8 +1381,7 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     } else if (s == JL_ERR_DECODE) {
         jl_reply_error(r, JL_CODE_INTERNAL, "a commit of %s is not decodable", subject);
     } else {
-        jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the history: %s",
-                       jl_store_errmsg(p->store));
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the history: %s", why);
     }
     for (size_t i = 0; i < h.n_commits; i++)
         jetledger__commit__free_unpacked(h.commits[i], NULL);
@@ -1331,22 +1403,30 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         jl_reply_error(r, JL_CODE_INVALID, "give at most one of at_seq, at_time_ns, at_version");
         return;
     }
-    replay_ctx rc = {.p = p, .state = p->scratch};
+    void *at = calloc(1, def->state_size);
+    if (at == NULL) {
+        jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+        return;
+    }
+    replay_ctx rc = {.p = p, .state = at};
     rc.lim = (limit){.seq = q->at_seq, .time_ns = q->at_time_ns, .version = q->at_version};
-    def->state_init(p->scratch);
+    def->state_init(at);
     /* A snapshot helps only when the point asked for is at or after it. */
     if (snapshots_on(p) && set == 0)
         (void)load_snapshot(p, id, &rc);
-    if (replay(p, subject, &rc, r) != JL_OK)
+    if (read_result(subject, &rc, read_commits(p, subject, &rc), r) != JL_OK) {
+        free(at);
         return;
+    }
     if (rc.version == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,
                        set ? " at that point" : "");
+        free(at);
         return;
     }
     jl_buf state;
     jl_buf_init(&state, JL_MAX_REPLY_BYTES / 2);
-    if (def->state_pack(p->scratch, &state) == JL_OK) {
+    if (def->state_pack(at, &state) == JL_OK) {
         Jetledger__StateResult res = JETLEDGER__STATE_RESULT__INIT;
         res.aggregate_id = (char *)id;
         res.version = rc.version;
@@ -1362,6 +1442,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         jl_reply_error(r, JL_CODE_INTERNAL, "cannot encode the state of %s", id);
     }
     jl_buf_cleanup(&state);
+    free(at);
 }
 
 void jl_producer_query(jl_producer *p, const char *query, const void *data, size_t len,
@@ -1397,12 +1478,11 @@ void jl_producer_query(jl_producer *p, const char *query, const void *data, size
     } else {
         jl_aggregate_subject(subject, sizeof(subject), p->def->name, p->def->aggregate_type, id);
         snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", id);
-        pthread_mutex_lock(&p->mu);
+        /* Without the lock: the reads are the store's thread-safe ones, the state our own. */
         if (d == &jetledger__get_history__descriptor)
             query_history(p, (const Jetledger__GetHistory *)m, subject, out);
         else
             query_state(p, (const Jetledger__GetState *)m, id, subject, out);
-        pthread_mutex_unlock(&p->mu);
     }
     protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -1539,11 +1619,10 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->inflight.vals = calloc(p->inflight.cap, sizeof(*p->inflight.vals));
     jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
     p->scratch = calloc(1, def->state_size);
-    p->scratch2 = calloc(1, def->state_size);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
     if (p->cache != NULL)
         jl__cache_on_evict(p->cache, on_evict, p);
-    if (p->scratch == NULL || p->scratch2 == NULL || p->cache == NULL || p->inflight.keys == NULL ||
+    if (p->scratch == NULL || p->cache == NULL || p->inflight.keys == NULL ||
         p->inflight.vals == NULL) {
         s = JL_ERR_NOMEM;
         goto done;
@@ -1586,6 +1665,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     if (s == JL_OK)
         s = jl__ordered_create(&p->incoming, p->commands != NULL ? JL_LOOKUP_WORKERS : 0,
                                JL_LOOKUP_QUEUE, lookup_request, submit_request, p);
+    if (s == JL_OK)
+        s = jl__ordered_create(&p->loads, JL_LOAD_WORKERS, JL_LOAD_QUEUE, load_read, load_done, p);
     if (s != JL_OK)
         goto done;
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
@@ -1683,6 +1764,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     close_sub(p, &p->sub, timeout_ms);
     close_sub(p, &p->qsub, timeout_ms);
     jl__ordered_destroy(p->incoming); /* every request taken is submitted */
+    jl__ordered_destroy(p->loads);    /* every aggregate asked for is read, its command started */
+    p->incoming = p->loads = NULL;
     /* Let the appends in flight be confirmed and answered before freeing their state. An ack
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
@@ -1742,7 +1825,6 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     free(p->inflight.vals);
     jl__cache_destroy(p->cache);
     free(p->scratch);
-    free(p->scratch2);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

@@ -55,12 +55,18 @@ const char *jl_store_stream(const jl_store *st)
     return st->stream;
 }
 
-static jl_status nats_fail(jl_store *st, const char *what, natsStatus ns, jsErrCode jerr)
+static jl_status fail_into(char *err, size_t errlen, const char *what, natsStatus ns,
+                           jsErrCode jerr)
 {
     const char *detail = nats_GetLastError(NULL);
-    set_err(st, "%s: %s (JetStream error %d)%s%s", what, natsStatus_GetText(ns), (int)jerr,
-            detail && *detail ? ": " : "", detail ? detail : "");
+    snprintf(err, errlen, "%s: %s (JetStream error %d)%s%s", what, natsStatus_GetText(ns),
+             (int)jerr, detail && *detail ? ": " : "", detail ? detail : "");
     return jl_status_from_nats(ns);
+}
+
+static jl_status nats_fail(jl_store *st, const char *what, natsStatus ns, jsErrCode jerr)
+{
+    return fail_into(st->err, sizeof(st->err), what, ns, jerr);
 }
 
 /* The stream config jetledger wants. Discard "new": an event store must refuse new events when
@@ -272,13 +278,17 @@ done:
 
 jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t after_seq,
                                 size_t max_msgs, jl_store_msg_fn fn, void *closure,
-                                uint64_t *out_last_seq)
+                                uint64_t *out_last_seq, char *err, size_t errlen)
 {
     jl_status s = JL_OK;
     uint64_t last = after_seq;
     size_t count = 0;
     jsDirectGetMsgOptions o;
 
+    if (err == NULL) {
+        err = st->err;
+        errlen = sizeof(st->err);
+    }
     while (s == JL_OK && (max_msgs == 0 || count < max_msgs)) {
         natsMsg *m = NULL;
         jsDirectGetMsgOptions_Init(&o);
@@ -288,12 +298,13 @@ jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t afte
         if (ns == NATS_NOT_FOUND)
             break; /* no message after `last` on this subject */
         if (ns != NATS_OK) {
-            s = nats_fail(st, "cannot read events", ns, 0);
+            s = fail_into(err, errlen, "cannot read events", ns, 0);
             break;
         }
         uint64_t seq = natsMsg_GetSequence(m);
         if (seq <= last) {
-            set_err(st, "direct get returned sequence %" PRIu64 " after %" PRIu64, seq, last);
+            snprintf(err, errlen, "direct get returned sequence %" PRIu64 " after %" PRIu64, seq,
+                     last);
             s = JL_ERR_INTERNAL;
         } else {
             s = fn(seq, natsMsg_GetTime(m), natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),

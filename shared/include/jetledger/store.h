@@ -7,7 +7,8 @@
  * aggregate go through direct get (any replica answers, no consumer to create).
  *
  * A store is not thread-safe (its error message is per object): use one per thread. The
- * connection it uses may be shared.
+ * exception is jl_store_read_subject() given its own error buffer: reads may run on any number
+ * of threads at once. The connection a store uses may be shared.
  */
 #ifndef JETLEDGER_STORE_H
 #define JETLEDGER_STORE_H
@@ -94,11 +95,13 @@ typedef jl_status (*jl_store_msg_fn)(uint64_t seq, int64_t time_ns, const void *
  * each; stops early when fn returns non-OK (that status is returned) or after @p max_msgs
  * (0 = no limit).
  * @param out_last_seq sequence of the last message read (@p after_seq when none).
+ * @param err, errlen where the reason of a failure goes; NULL for jl_store_errmsg(). Thread-safe
+ *        with a buffer of the caller's own.
  * @return JL_OK; fn's status; JL_ERR_UNAVAILABLE / JL_ERR_TIMEOUT; JL_ERR_NATS.
  */
 jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t after_seq,
                                 size_t max_msgs, jl_store_msg_fn fn, void *closure,
-                                uint64_t *out_last_seq);
+                                uint64_t *out_last_seq, char *err, size_t errlen);
 
 /** Stream state, for status output and progress. */
 typedef struct jl_store_info {
