@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,11 @@ static int split_urls(char *list, const char *urls[MAX_SERVERS])
     return n;
 }
 
+static void open_library(void)
+{
+    (void)nats_Open(0);
+}
+
 jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                        int64_t connect_wait_ms, char *err, size_t errlen)
 {
@@ -101,6 +107,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     const char *urls[MAX_SERVERS];
     int nurls = 0;
 
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, open_library);
     if (c == NULL)
         return JL_ERR_NOMEM;
     c->timeout_ms = cfg->request_timeout_ms;
