@@ -5,13 +5,17 @@
 
 #include "hash.h"
 
+/*
+ * Every entry is in the hash; only unpinned ones are in the LRU list, so eviction takes the
+ * tail without walking past entries in use (a producer under load pins thousands).
+ */
 struct jl__cache {
     size_t capacity;
     size_t state_size;
-    size_t size;
+    size_t size; /* entries, pinned or not */
     size_t n_buckets;
     jl__cache_entry **buckets;
-    jl__cache_entry *head, *tail; /* most / least recently used */
+    jl__cache_entry *head, *tail; /* unpinned: most / least recently used */
     jl__cache_entry *spare;       /* an evicted entry kept for reuse */
     jl__cache_evict_fn on_evict;
     void *evict_ctx;
@@ -53,9 +57,11 @@ void jl__cache_destroy(jl__cache *c)
 {
     if (c == NULL)
         return;
-    for (jl__cache_entry *e = c->head, *n = NULL; e != NULL; e = n) {
-        n = e->next;
-        free(e);
+    for (size_t i = 0; i < c->n_buckets; i++) {
+        for (jl__cache_entry *e = c->buckets[i], *n = NULL; e != NULL; e = n) {
+            n = e->chain;
+            free(e);
+        }
     }
     free(c->spare);
     free(c->buckets);
@@ -97,36 +103,26 @@ static jl__cache_entry **slot_of(jl__cache *c, const char *id)
 jl__cache_entry *jl__cache_get(jl__cache *c, const char *id)
 {
     jl__cache_entry *e = *slot_of(c, id);
-    if (e != NULL && c->head != e) {
+    if (e != NULL && e->pins == 0 && c->head != e) {
         unlink_lru(c, e);
         push_front(c, e);
     }
     return e;
 }
 
-static void detach(jl__cache *c, jl__cache_entry *e)
-{
-    jl__cache_entry **pp = slot_of(c, e->id);
-    if (*pp == e)
-        *pp = e->chain;
-    unlink_lru(c, e);
-    c->size--;
-}
-
 /* Evict least recently used unpinned entries until the cache is within its capacity. */
 static void shrink(jl__cache *c, size_t keep_free)
 {
-    jl__cache_entry *e = c->tail;
-    while (c->size + keep_free > c->capacity && e != NULL) {
-        jl__cache_entry *prev = e->prev;
-        if (e->pins == 0) {
-            if (c->on_evict != NULL)
-                c->on_evict(c->evict_ctx, e);
-            detach(c, e);
-            free(c->spare);
-            c->spare = e;
-        }
-        e = prev;
+    while (c->size + keep_free > c->capacity && c->tail != NULL) {
+        jl__cache_entry *e = c->tail;
+        if (c->on_evict != NULL)
+            c->on_evict(c->evict_ctx, e);
+        jl__cache_entry **pp = slot_of(c, e->id);
+        *pp = e->chain;
+        unlink_lru(c, e);
+        c->size--;
+        free(c->spare);
+        c->spare = e;
     }
 }
 
@@ -152,15 +148,17 @@ jl__cache_entry *jl__cache_put(jl__cache *c, const char *id)
     return e;
 }
 
-void jl__cache_pin(jl__cache_entry *e)
+void jl__cache_pin(jl__cache *c, jl__cache_entry *e)
 {
-    e->pins++;
+    if (e->pins++ == 0)
+        unlink_lru(c, e);
 }
 
 void jl__cache_unpin(jl__cache *c, jl__cache_entry *e)
 {
-    if (e->pins > 0)
-        e->pins--;
-    if (e->pins == 0 && c->size > c->capacity)
+    if (e->pins == 0 || --e->pins > 0)
+        return;
+    push_front(c, e);
+    if (c->size > c->capacity)
         shrink(c, 0);
 }

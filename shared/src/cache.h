@@ -26,7 +26,7 @@ typedef struct jl__cache_entry {
     uint64_t mark;       /**< the owner's (producer: generation of its last command record) */
     uint64_t snap_seq;   /**< the owner's (producer: last_seq of the newest snapshot it knows) */
     void *qhead, *qtail; /**< commands waiting for the one in flight (owner's type) */
-    struct jl__cache_entry *prev, *next; /* LRU list, most recent first */
+    struct jl__cache_entry *prev, *next; /* LRU list, most recent first (unpinned only) */
     struct jl__cache_entry *chain;       /* hash bucket */
     unsigned char state[];               /* state_size bytes */
 } jl__cache_entry;
@@ -45,7 +45,7 @@ jl__cache *jl__cache_create(size_t capacity, size_t state_size);
 /** Call @p fn (may be NULL: none) with each entry the cache evicts, from the evicting call. */
 void jl__cache_on_evict(jl__cache *c, jl__cache_evict_fn fn, void *ctx);
 
-/** Call @p fn with each entry, most recently used first, until it returns false. */
+/** Call @p fn with each unpinned entry, most recently used first, until it returns false. */
 void jl__cache_each(jl__cache *c, bool (*fn)(void *ctx, jl__cache_entry *e), void *ctx);
 void jl__cache_destroy(jl__cache *c);
 
@@ -59,7 +59,7 @@ jl__cache_entry *jl__cache_get(jl__cache *c, const char *id);
 jl__cache_entry *jl__cache_put(jl__cache *c, const char *id);
 
 /** Pin @p e (see above). */
-void jl__cache_pin(jl__cache_entry *e);
+void jl__cache_pin(jl__cache *c, jl__cache_entry *e);
 
 /** Unpin @p e; with capacity 0 an entry no longer pinned is removed (freed). */
 void jl__cache_unpin(jl__cache *c, jl__cache_entry *e);

@@ -35,7 +35,7 @@
 
 /* Aggregates the cache lacks, read in parallel (a round trip per read), and commands waiting
  * for them. */
-#define JL_LOAD_WORKERS 16
+#define JL_LOAD_WORKERS 64
 #define JL_LOAD_QUEUE 1024
 
 typedef struct cmd cmd;
@@ -59,7 +59,7 @@ struct jl_producer {
     natsSubscription *sub;
     natsSubscription *qsub;
     jl__ordered *incoming; /* requests in arrival order; command-id lookups in parallel */
-    jl__ordered *loads;    /* commands whose aggregate is being read (see attach_entry) */
+    jl__ordered *loads;    /* commands whose aggregate is being read (attach_entry, on_ack) */
     int retries;
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
@@ -73,6 +73,8 @@ struct jl_producer {
     size_t n_inflight;
     size_t max_inflight;
     size_t snapshots_inflight;        /* snapshot writes not yet acked (not in n_inflight) */
+    size_t n_loading;                 /* commands in p->loads (not in n_inflight) */
+    bool closing;                     /* past the close's wait: a command read now is not started */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     jl_buf commit;
@@ -120,6 +122,7 @@ struct cmd {
     bool client_id; /* the command id came from the client: remembered, deduplicated */
     bool recording; /* stored; its command-id record is in flight, then the reply */
     /* Its aggregate as read by a worker of p->loads (load_read), for load_done: */
+    bool catching_up; /* only the commits after the entry's (a lost race), else all */
     replay_ctx load;
     jl_status load_status;
     bool load_from_snapshot;
@@ -381,28 +384,19 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
         e->busy = true;
         *out_ready = false;
     }
-    jl__cache_pin(e);
+    jl__cache_pin(p->cache, e);
     c->entry = e;
     return JL_OK;
 }
 
 /* After a lost race: fold in the commits written since the entry's last sequence. */
-static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e,
-                          replay_ctx *watch, jl_reply *r)
+static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e, jl_reply *r)
 {
-    replay_ctx rc = {.p = p,
-                     .state = e->state,
-                     .version = e->version,
-                     .last_seq = e->last_seq,
-                     .watch_cmd_id = watch ? watch->watch_cmd_id : NULL};
+    replay_ctx rc = {.p = p, .state = e->state, .version = e->version, .last_seq = e->last_seq};
     jl_status s = replay(p, subject, &rc, r);
     e->version = rc.version;
     e->last_seq = rc.last_seq;
     e->stale = s != JL_OK;
-    if (watch != NULL) {
-        watch->watch_seq = rc.watch_seq;
-        watch->watch_version = rc.watch_version;
-    }
     return s;
 }
 
@@ -822,7 +816,7 @@ static void start(jl_producer *p, cmd *c)
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    if (e->stale && catch_up(p, c->subject, e, NULL, r) != JL_OK) {
+    if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
         finish(p, c, r);
         release_entry(p, e);
         return;
@@ -967,6 +961,86 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     return true;
 }
 
+/* Hand @p c to p->loads: called under p->mu, which it releases (a push may wait for room). */
+static void read_then_unlock(jl_producer *p, cmd *c)
+{
+    p->n_loading++;
+    pthread_mutex_unlock(&p->mu);
+    jl__ordered_push(p->loads, c, 0, true);
+}
+
+/*
+ * A worker of p->loads: read command @p item's aggregate into its entry's state, without the
+ * lock: its snapshot and the commits after it, or when catching up after a lost race the
+ * commits after the entry's. The entry is pinned and busy meanwhile, which keeps everyone else
+ * off it (eviction, the flush at close, the aggregate's other commands).
+ */
+static void *load_read(void *ctx, void *item)
+{
+    jl_producer *p = ctx;
+    cmd *c = item;
+    jl__cache_entry *e = c->entry;
+    replay_ctx *rc = &c->load;
+    memset(rc, 0, sizeof(*rc));
+    rc->p = p;
+    rc->state = e->state;
+    rc->watch_cmd_id = c->client_id ? c->cmd_id : NULL;
+    c->load_from_snapshot = false;
+    if (c->catching_up) {
+        rc->version = e->version;
+        rc->last_seq = e->last_seq;
+    } else {
+        p->def->state_init(rc->state);
+        c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
+    }
+    c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
+    c->load_status = read_commits(p, c->subject, rc);
+    return NULL;
+}
+
+/* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
+static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
+{
+    jl_producer *p = ctx;
+    cmd *c = item;
+    jl__cache_entry *e = c->entry;
+    const replay_ctx *rc = &c->load;
+    jl_reply *r = &p->reply;
+    (void)prepared;
+    (void)tag;
+    pthread_mutex_lock(&p->mu);
+    p->n_loading--;
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    p->stats.loads += !c->catching_up;
+    p->stats.snapshot_loads += c->load_from_snapshot;
+    e->version = rc->version;
+    e->last_seq = rc->last_seq;
+    e->snap_seq = c->load_snap_seq;
+    e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
+    c->catching_up = false;
+    if (!e->stale && p->closing) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (e->stale) {
+        /* Half read: the commands queued behind replay it from the start (catch_up). */
+        p->def->state_init(e->state);
+        e->version = e->last_seq = e->snap_seq = 0;
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (rc->watch_seq != 0) {
+        /* Its commit is in the history already (the KV record was lost): same reply. */
+        duplicate_reply(p, c, rc->watch_seq, rc->watch_version, r);
+        finish_stored(p, c, r);
+        release_entry(p, e);
+    } else {
+        e->busy = false;
+        start(p, c);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     jl_producer *p = closure;
@@ -1014,30 +1088,25 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             finish_stored(p, c, r);
             release_entry(p, e);
         }
-    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
-        /* Another writer got there first: read what it wrote and decide again (unless what
-         * it wrote is this very command, sent twice). */
+    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr && c->attempts++ < p->retries) {
+        /* Another writer got there first: read what it wrote on a worker, without the lock
+         * (another replica writing the same aggregates makes this common), then decide again,
+         * unless what it wrote is this very command, sent twice (load_done). */
         p->stats.conflicts++;
-        replay_ctx watch = {.watch_cmd_id = c->client_id ? c->cmd_id : NULL};
-        jl_status cs =
-            c->attempts++ < p->retries ? catch_up(p, c->subject, e, &watch, r) : JL_ERR_CONFLICT;
-        if (cs == JL_OK && watch.watch_seq != 0) {
-            duplicate_reply(p, c, watch.watch_seq, watch.watch_version, r);
-            finish_stored(p, c, r);
-            release_entry(p, e);
-        } else if (cs == JL_OK) {
-            jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
-                   c->subject, c->attempts);
-            e->busy = false;
-            start(p, c);
-        } else {
-            if (r->code == JL_CODE_OK)
-                jl_reply_error(r, JL_CODE_CONFLICT,
-                               "%s %s was changed concurrently %d times in a row; try again",
-                               p->def->aggregate_type, c->agg_id, c->attempts);
-            finish(p, c, r);
-            release_entry(p, e);
-        }
+        jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
+               c->subject, c->attempts);
+        c->catching_up = true;
+        drain_backlog(p);
+        read_then_unlock(p, c);
+        natsMsg_Destroy(msg);
+        return;
+    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
+        p->stats.conflicts++;
+        jl_reply_error(r, JL_CODE_CONFLICT,
+                       "%s %s was changed concurrently %d times in a row; try again",
+                       p->def->aggregate_type, c->agg_id, c->attempts);
+        finish(p, c, r);
+        release_entry(p, e);
     } else if ((pae->Err == NATS_TIMEOUT || pae->Err == NATS_NO_RESPONDERS) &&
                now_ns() < c->deadline_ns) {
         /* A stream leader moving, a server restarting: send the same message again. Its
@@ -1072,64 +1141,6 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     drain_backlog(p);
     pthread_mutex_unlock(&p->mu);
     natsMsg_Destroy(msg);
-}
-
-/*
- * A worker of p->loads: read command @p item's aggregate (its snapshot, then the commits after
- * it) into its entry's state, without the lock. The entry is pinned and busy meanwhile, which
- * keeps everyone else off its state (eviction, the flush at close, the aggregate's commands).
- */
-static void *load_read(void *ctx, void *item)
-{
-    jl_producer *p = ctx;
-    cmd *c = item;
-    replay_ctx *rc = &c->load;
-    memset(rc, 0, sizeof(*rc));
-    rc->p = p;
-    rc->state = c->entry->state;
-    rc->watch_cmd_id = c->client_id ? c->cmd_id : NULL;
-    p->def->state_init(rc->state);
-    c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
-    c->load_snap_seq = rc->last_seq;
-    c->load_status = read_commits(p, c->subject, rc);
-    return NULL;
-}
-
-/* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
-static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
-{
-    jl_producer *p = ctx;
-    cmd *c = item;
-    jl__cache_entry *e = c->entry;
-    const replay_ctx *rc = &c->load;
-    jl_reply *r = &p->reply;
-    (void)prepared;
-    (void)tag;
-    pthread_mutex_lock(&p->mu);
-    jl_reply_reset(r);
-    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
-    p->stats.loads++;
-    p->stats.snapshot_loads += c->load_from_snapshot;
-    e->version = rc->version;
-    e->last_seq = rc->last_seq;
-    e->snap_seq = c->load_from_snapshot ? c->load_snap_seq : 0;
-    e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
-    if (e->stale) {
-        /* Half read: the commands queued behind replay it from the start (catch_up). */
-        p->def->state_init(e->state);
-        e->version = e->last_seq = e->snap_seq = 0;
-        finish(p, c, r);
-        release_entry(p, e);
-    } else if (rc->watch_seq != 0) {
-        /* Its commit is in the history already (the KV record was lost): same reply. */
-        duplicate_reply(p, c, rc->watch_seq, rc->watch_version, r);
-        finish_stored(p, c, r);
-        release_entry(p, e);
-    } else {
-        e->busy = false;
-        start(p, c);
-    }
-    pthread_mutex_unlock(&p->mu);
 }
 
 /* A request, with the record of its command id (@p known, from recall(), read after record
@@ -1253,7 +1264,7 @@ static void submit(jl_producer *p, const request *rq)
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
     if (e != NULL && (e->busy || e->qhead != NULL)) {
         /* Its aggregate has an append in flight: wait for it, in order. */
-        jl__cache_pin(e);
+        jl__cache_pin(p->cache, e);
         c->entry = e;
         if (e->qtail != NULL)
             ((cmd *)e->qtail)->next = c;
@@ -1269,8 +1280,7 @@ static void submit(jl_producer *p, const request *rq)
         goto reject;
     if (!ready) {
         /* Read on a worker, without the lock: other aggregates' commands go on meanwhile. */
-        pthread_mutex_unlock(&p->mu);
-        jl__ordered_push(p->loads, c, 0, true);
+        read_then_unlock(p, c);
         return;
     }
     start(p, c);
@@ -1764,8 +1774,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     close_sub(p, &p->sub, timeout_ms);
     close_sub(p, &p->qsub, timeout_ms);
     jl__ordered_destroy(p->incoming); /* every request taken is submitted */
-    jl__ordered_destroy(p->loads);    /* every aggregate asked for is read, its command started */
-    p->incoming = p->loads = NULL;
+    p->incoming = NULL;
     /* Let the appends in flight be confirmed and answered before freeing their state. An ack
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
@@ -1781,11 +1790,17 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
                 js_PublishAsyncComplete(ctxs[i], &po);
         }
         pthread_mutex_lock(&p->mu);
-        left = p->n_inflight > 0;
+        left = p->n_inflight > 0 || p->n_loading > 0;
         pthread_mutex_unlock(&p->mu);
         if (left)
             nats_Sleep(1);
     }
+    /* A command still being read at the deadline is answered "unavailable", not started. */
+    pthread_mutex_lock(&p->mu);
+    p->closing = true;
+    pthread_mutex_unlock(&p->mu);
+    jl__ordered_destroy(p->loads);
+    p->loads = NULL;
     size_t flushed = flush_snapshots(p, deadline);
     for (int i = 0; i < 2 && flushed > 0; i++) {
         jsPubOptions po;

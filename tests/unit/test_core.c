@@ -37,6 +37,7 @@
 #include "jetledger/registry.h"
 #include "jetledger/status.h"
 #include "orders/orders.pb-c.h"
+#include "cache.h"
 #include "ordered.h"
 
 #define AGG "5f0c6a3e-8b1d-4c2e-9a7f-1d2e3f4a5b6c"
@@ -418,6 +419,83 @@ START_TEST(ordered_pipeline_finishes_in_push_order)
         ck_assert_int_eq(c.finished[i], i);
     ck_assert(!c.overlap);
     ck_assert_int_eq(c.wrong_prepared, 0);
+}
+END_TEST
+
+/* ---- the aggregate state cache (internal) ---- */
+
+typedef struct evicted {
+    char ids[8][JL_UUID_LEN + 1];
+    int n;
+} evicted;
+
+static void note_evict(void *ctx, const jl__cache_entry *e)
+{
+    evicted *ev = ctx;
+    ck_assert_uint_eq(e->pins, 0);
+    snprintf(ev->ids[ev->n++ % 8], JL_UUID_LEN + 1, "%s", e->id);
+}
+
+static bool count_entry(void *ctx, jl__cache_entry *e)
+{
+    (void)e;
+    (*(int *)ctx)++;
+    return true;
+}
+
+START_TEST(cache_evicts_least_recent_unpinned_and_says_so)
+{
+    evicted ev = {.n = 0};
+    jl__cache *c = jl__cache_create(2, 16);
+    ck_assert_ptr_nonnull(c);
+    jl__cache_on_evict(c, note_evict, &ev);
+    jl__cache_entry *a = jl__cache_put(c, "a"), *b = jl__cache_put(c, "b");
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_eq(jl__cache_get(c, "a"), a); /* a is now the most recent: b goes first */
+    jl__cache_put(c, "c");
+    ck_assert_int_eq(ev.n, 1);
+    ck_assert_str_eq(ev.ids[0], "b");
+    ck_assert_ptr_null(jl__cache_get(c, "b"));
+
+    /* Pinned entries stay, even beyond the capacity; the unpinned go around them. */
+    jl__cache_pin(c, a);
+    jl__cache_entry *d = jl__cache_put(c, "d"); /* evicts c, the only unpinned one */
+    ck_assert_int_eq(ev.n, 2);
+    ck_assert_str_eq(ev.ids[1], "c");
+    jl__cache_pin(c, d);
+    jl__cache_pin(c, d);
+    jl__cache_entry *e = jl__cache_put(c, "e"); /* nothing to evict: three entries */
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(ev.n, 2);
+    int unpinned = 0;
+    jl__cache_each(c, count_entry, &unpinned);
+    ck_assert_int_eq(unpinned, 1); /* e */
+    jl__cache_unpin(c, d);         /* still pinned once */
+    ck_assert_int_eq(ev.n, 2);
+    jl__cache_unpin(c, d); /* back in the list, most recent: e, the older, goes */
+    ck_assert_int_eq(ev.n, 3);
+    ck_assert_str_eq(ev.ids[2], "e");
+    ck_assert_ptr_eq(jl__cache_get(c, "a"), a);
+    ck_assert_ptr_eq(jl__cache_get(c, "d"), d);
+    jl__cache_unpin(c, a);
+    unpinned = 0;
+    jl__cache_each(c, count_entry, &unpinned);
+    ck_assert_int_eq(unpinned, 2);
+    jl__cache_destroy(c); /* frees pinned and unpinned alike (ASan checks) */
+
+    /* Capacity 0: an entry lives only while pinned. */
+    c = jl__cache_create(0, 16);
+    jl__cache_on_evict(c, note_evict, &ev);
+    a = jl__cache_put(c, "z");
+    jl__cache_pin(c, a);
+    ck_assert_ptr_eq(jl__cache_get(c, "z"), a);
+    jl__cache_unpin(c, a);
+    ck_assert_ptr_null(jl__cache_get(c, "z"));
+    ck_assert_str_eq(ev.ids[3], "z");
+    a = jl__cache_put(c, "y");
+    jl__cache_pin(c, a);
+    jl__cache_destroy(c); /* with an entry still pinned */
 }
 END_TEST
 
@@ -2677,6 +2755,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, decision_emit_into_rejected_decision_does_nothing);
     tcase_add_test(tc, text_helpers_bound_copy_and_check);
     tcase_add_test(tc, ordered_pipeline_finishes_in_push_order);
+    tcase_add_test(tc, cache_evicts_least_recent_unpinned_and_says_so);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);
     tcase_add_test(tc, decision_single_event_over_max_bytes_becomes_rejection);
