@@ -74,7 +74,7 @@ struct jl_producer {
     size_t max_inflight;
     size_t snapshots_inflight;        /* snapshot writes not yet acked (not in n_inflight) */
     size_t n_loading;                 /* commands in p->loads (not in n_inflight) */
-    bool closing;                     /* past the close's wait: a command read now is not started */
+    bool closing;                     /* past the close's wait: no command is started now */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     jl_buf commit;
@@ -101,6 +101,8 @@ typedef struct replay_ctx {
     uint64_t events;
     limit lim;
     bool reached;             /* the limit was met: stop reading */
+    bool next_only;           /* apply a commit only if it follows on from version */
+    bool gap;                 /* next_only refused one: commits lie between */
     const char *watch_cmd_id; /* when set: note the commit recording this command id */
     uint64_t watch_seq;       /* its sequence (0: not seen) */
     uint64_t watch_version;   /* the version of its last event */
@@ -181,6 +183,11 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
         s = jl_commit_event(c, i, &def->events, &ev, why, sizeof(why));
         if (s != JL_OK)
             break;
+        if (i == 0 && rc->next_only && ev.aggregate_version != rc->version + 1) {
+            rc->gap = true; /* not the next commit: nothing applied, read them in order */
+            s = JL_ERR_STOPPED;
+            break;
+        }
         if ((rc->lim.version != 0 && ev.aggregate_version > rc->lim.version) ||
             (rc->lim.time_ns != 0 && ev.occurred_at_ns > rc->lim.time_ns)) {
             rc->reached = true;
@@ -224,6 +231,31 @@ static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *r
     if (rc->err[0] == 0)
         snprintf(rc->err, sizeof(rc->err), "%s", why);
     return s;
+}
+
+/*
+ * After a lost race: fold in what the other writer added, usually one commit, which is then the
+ * subject's last message: one read instead of two (that commit, and a read that finds nothing
+ * after it). When the last commit does not follow on from rc's version, read them all in order.
+ * Needs no lock, as read_commits().
+ */
+static jl_status read_newer_commits(jl_producer *p, const char *subject, replay_ctx *rc)
+{
+    uint64_t last = 0;
+    char why[256] = "";
+    rc->next_only = true;
+    jl_status s = jl_store_read_last(p->store, subject, rc->last_seq, replay_commit, rc, &last, why,
+                                     sizeof(why));
+    rc->next_only = false;
+    if (s == JL_OK && last > rc->last_seq)
+        return JL_OK; /* replay_commit moved rc to it */
+    if (s != JL_OK && !(s == JL_ERR_STOPPED && rc->gap)) {
+        if (rc->err[0] == 0)
+            snprintf(rc->err, sizeof(rc->err), "%s", why);
+        return s;
+    }
+    rc->gap = false;
+    return read_commits(p, subject, rc);
 }
 
 /* Turn read_commits()'s status @p s into reply @p r; returns @p s. */
@@ -816,6 +848,13 @@ static void start(jl_producer *p, cmd *c)
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
+    if (p->closing) {
+        /* Past the close's wait: an append now would outlive the contexts that track it. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+        finish(p, c, r);
+        release_entry(p, e);
+        return;
+    }
     if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
         finish(p, c, r);
         release_entry(p, e);
@@ -994,7 +1033,8 @@ static void *load_read(void *ctx, void *item)
         c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
     }
     c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
-    c->load_status = read_commits(p, c->subject, rc);
+    c->load_status =
+        c->catching_up ? read_newer_commits(p, c->subject, rc) : read_commits(p, c->subject, rc);
     return NULL;
 }
 
@@ -1019,11 +1059,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->snap_seq = c->load_snap_seq;
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
-    if (!e->stale && p->closing) {
-        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
-        finish(p, c, r);
-        release_entry(p, e);
-    } else if (e->stale) {
+    if (e->stale) {
         /* Half read: the commands queued behind replay it from the start (catch_up). */
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;

@@ -319,6 +319,37 @@ jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t afte
     return s;
 }
 
+jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_seq,
+                             jl_store_msg_fn fn, void *closure, uint64_t *out_last_seq, char *err,
+                             size_t errlen)
+{
+    jsDirectGetMsgOptions o;
+    natsMsg *m = NULL;
+    jl_status s = JL_OK;
+
+    if (err == NULL) {
+        err = st->err;
+        errlen = sizeof(st->err);
+    }
+    *out_last_seq = after_seq;
+    jsDirectGetMsgOptions_Init(&o);
+    o.LastBySubject = subject;
+    natsStatus ns = js_DirectGetMsg(&m, st->js, st->stream, NULL, &o);
+    if (ns == NATS_NOT_FOUND)
+        return JL_OK; /* nothing on this subject */
+    if (ns != NATS_OK)
+        return fail_into(err, errlen, "cannot read events", ns, 0);
+    uint64_t seq = natsMsg_GetSequence(m);
+    if (seq > after_seq) {
+        s = fn(seq, natsMsg_GetTime(m), natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+               closure);
+        if (s == JL_OK)
+            *out_last_seq = seq;
+    }
+    natsMsg_Destroy(m);
+    return s;
+}
+
 jl_status jl_store_info_get(jl_store *st, jl_store_info *out)
 {
     jsStreamInfo *si = NULL;

@@ -345,8 +345,18 @@ START_TEST(cached_state_catches_up_after_another_replica_wrote)
     jl_producer_get_stats(a, &st);
     ck_assert_uint_eq(st.conflicts, 1);
     ck_assert_uint_eq(st.loads, 0); /* a CreateOrder under a generated id reads nothing */
-    ck_assert_uint_eq(st.last_load_events, 1);
+    ck_assert_uint_eq(st.last_load_events, 1); /* the last commit, read alone */
     expect_state(id, 3, 2);
+
+    /* b writes twice (losing once to a's y): a, two commits behind, cannot take the last one
+     * alone and reads both in order. */
+    add(b, id, "x", 1, NULL);
+    add(b, id, "z", 1, NULL);
+    add(a, id, "y", 1, NULL);
+    jl_producer_get_stats(a, &st);
+    ck_assert_uint_eq(st.conflicts, 2);
+    ck_assert_uint_eq(st.last_load_events, 2);
+    expect_state(id, 6, 3); /* x 2, y 2, z 1 */
     jl_producer_close(a, 1000);
     jl_producer_close(b, 1000);
 }

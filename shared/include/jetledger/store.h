@@ -103,6 +103,15 @@ jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t afte
                                 size_t max_msgs, jl_store_msg_fn fn, void *closure,
                                 uint64_t *out_last_seq, char *err, size_t errlen);
 
+/**
+ * Read the last message of @p subject with one direct get and, when its sequence is above
+ * @p after_seq, call @p fn with it. @p out_last_seq gets that sequence, or @p after_seq when
+ * nothing newer is there. Errors as jl_store_read_subject(); thread-safe with its own @p err.
+ */
+jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_seq,
+                             jl_store_msg_fn fn, void *closure, uint64_t *out_last_seq, char *err,
+                             size_t errlen);
+
 /** Stream state, for status output and progress. */
 typedef struct jl_store_info {
     uint64_t msgs;
