@@ -1109,9 +1109,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         r->stream_seq = c->stored_seq;
         finish_stored(p, c, r);
         release_entry(p, e);
-    } else if (pa != NULL && pa->Duplicate) {
-        /* Stored before, by a retry of ours or a replica: same reply, and our cached state
-         * may lack it. */
+    } else if (pa != NULL && pa->Duplicate && c->client_id) {
+        /* The client's command id was stored before, by a retry of ours or by a replica: the
+         * same reply, and our cached state may lack that commit. (Without a client id the
+         * message id is this attempt's own: a duplicate is our earlier copy, stored as built,
+         * which the next branch takes like any ack, reading nothing under the lock.) */
         e->stale = true;
         duplicate_reply(p, c, pa->Sequence, version_at(p, pa->Sequence), r);
         finish_stored(p, c, r);
