@@ -64,8 +64,9 @@ struct jl_producer {
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
     /* One lock for everything below, held while deciding and on acks, but not while reading an
-     * aggregate the cache lacks (p->loads) or a command-id record (p->incoming). Catching up
-     * after a lost race, and the rare synchronous record of a repeat, do hold it. */
+     * aggregate the cache lacks or the commits after a lost race (p->loads), or a command-id
+     * record (p->incoming). Catching up an entry left stale (an append of unknown outcome, a
+     * failed read) and the rare synchronous record of a repeat do hold it. */
     pthread_mutex_t mu;
     jl__cache *cache;
     void *scratch; /* evolve target when advancing a cached state */

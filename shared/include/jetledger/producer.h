@@ -91,7 +91,7 @@ typedef struct jl_producer jl_producer;
  * commands on @p conn (borrowed, must outlive the producer).
  *
  * The producer also opens a second connection of its own, with the same configuration, whose
- * writes are batched (appends and replies of a burst go through it); 16 threads that read the
+ * writes are batched (appends and replies of a burst go through it); 64 threads that read the
  * aggregates the cache lacks, in parallel and without holding up commands on cached ones; and,
  * when command ids are remembered (cfg->command_ttl_s > 0), 16 threads that look them up.
  * @return JL_OK; the jl_store_open() and jl_conn_open() errors; JL_ERR_NATS when the
