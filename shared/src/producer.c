@@ -79,7 +79,8 @@ struct jl_producer {
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     jl_buf commit;
-    jl_buf kv_value; /* a snapshot or a command-id record on its way to KV */
+    jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
+    jl_buf snap_state; /* the state packed for a snapshot */
     jl_buf reply_bytes;
     jl_reply reply;
     jl_producer_stats stats;
@@ -248,9 +249,9 @@ static jl_status read_newer_commits(jl_producer *p, const char *subject, replay_
     jl_status s = jl_store_read_last(p->store, subject, rc->last_seq, replay_commit, rc, &last, why,
                                      sizeof(why));
     rc->next_only = false;
-    if (s == JL_OK && last > rc->last_seq)
-        return JL_OK; /* replay_commit moved rc to it */
-    if (s != JL_OK && !(s == JL_ERR_STOPPED && rc->gap)) {
+    if (s == JL_OK)
+        return JL_OK; /* replay_commit moved rc to it, or nothing is newer */
+    if (!(s == JL_ERR_STOPPED && rc->gap)) {
         if (rc->err[0] == 0)
             snprintf(rc->err, sizeof(rc->err), "%s", why);
         return s;
@@ -342,19 +343,19 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
 static bool save_snapshot(jl_producer *p, const char *id, const jl__cache_entry *v)
 {
     Jetledger__Snapshot snap = JETLEDGER__SNAPSHOT__INIT;
-    jl_buf state;
+    jl_buf *state = &p->snap_state;
     char key[128];
     bool sent = false;
     if (p->snapshots_inflight >= JL_MAX_SNAPSHOTS_INFLIGHT)
         return false;
-    jl_buf_init(&state, JL_MAX_COMMIT_BYTES);
-    if (p->def->state_pack(v->state, &state) == JL_OK) {
+    jl_buf_reset(state);
+    if (p->def->state_pack(v->state, state) == JL_OK) {
         snap.state_version = p->def->state_version;
         snap.aggregate_version = v->version;
         snap.stream_sequence = v->last_seq;
         snap.state_type = (char *)p->def->state_type->name;
-        snap.state.data = state.data;
-        snap.state.len = state.len;
+        snap.state.data = state->data;
+        snap.state.len = state->len;
         size_t n = jetledger__snapshot__get_packed_size(&snap);
         uint8_t *dst = NULL;
         jl_buf_reset(&p->kv_value);
@@ -370,7 +371,6 @@ static bool save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
             p->snapshots_inflight += sent;
         }
     }
-    jl_buf_cleanup(&state);
     return sent;
 }
 
@@ -645,8 +645,8 @@ static uint64_t version_at(jl_producer *p, uint64_t seq)
  * reply is sent from the ack. Commands for one aggregate go one at a time (the others wait on
  * its entry's queue), so a producer never races itself; commands for different aggregates are
  * in flight together, up to max_inflight (beyond that they wait in the backlog). Everything but
- * those reads runs under p->mu, which is never held while waiting for the server, except to
- * catch up after a lost race: publishes never stall because fewer than the library's MaxPending
+ * those reads runs under p->mu, which is never held while waiting for the server except to catch
+ * up an entry left stale: publishes never stall because fewer than the library's MaxPending
  * messages are ever in flight.
  */
 
@@ -725,9 +725,30 @@ static bool bursting(jl_producer *p)
 }
 
 /*
+ * Publish *@p m asynchronously on @p js; its ack comes to on_ack, for command @p c (registered
+ * in flight: the message is its key) or, when @p c is NULL, for no one (a snapshot). The one way
+ * anything is published with an ack to wait for. On failure nothing stays registered and *@p m
+ * is still the caller's. Under p->mu.
+ */
+static natsStatus publish_tracked(jl_producer *p, jsCtx *js, natsMsg **m, jsPubOptions *po, cmd *c)
+{
+    natsMsg *key = *m;
+    if (c != NULL) {
+        inflight_put(&p->inflight, key, c);
+        p->n_inflight++;
+    }
+    natsStatus ns = js_PublishMsgAsync(js, m, po);
+    if (ns != NATS_OK && c != NULL) {
+        inflight_take(&p->inflight, key);
+        p->n_inflight--;
+    }
+    return ns;
+}
+
+/*
  * Put p->kv_value under @p key of bucket @p kv without waiting for it: a synchronous put would
- * hold every other command up for a round trip. Its ack comes to on_ack, for command @p c
- * (registered in flight) or, when @p c is NULL, for no one (a snapshot). Under p->mu.
+ * hold every other command up for a round trip. Its ack is for @p c (see publish_tracked).
+ * Under p->mu.
  */
 static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd *c)
 {
@@ -741,19 +762,9 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = JL_APPEND_ATTEMPT_MS;
-    natsMsg *key_msg = m;
-    if (c != NULL) {
-        inflight_put(&p->inflight, key_msg, c);
-        p->n_inflight++;
-    }
-    ns = js_PublishMsgAsync(bursting(p) ? p->bulk_js : p->js, &m, &po);
-    if (ns != NATS_OK) {
-        if (c != NULL) {
-            inflight_take(&p->inflight, key_msg);
-            p->n_inflight--;
-        }
+    ns = publish_tracked(p, bursting(p) ? p->bulk_js : p->js, &m, &po, c);
+    if (ns != NATS_OK)
         natsMsg_Destroy(m);
-    }
     return ns;
 }
 
@@ -786,9 +797,15 @@ static void finish(jl_producer *p, cmd *c, jl_reply *r)
         pthread_mutex_unlock(&s->mu);
     } else if (c->req != NULL) {
         const char *to = natsMsg_GetReply(c->req);
+        natsStatus ns = NATS_OK;
         if (to != NULL && *to != 0 && jl_reply_encode(&p->reply_bytes, r) == JL_OK)
-            natsConnection_Publish(jl_conn_nats(bursting(p) ? p->bulk : p->conn), to,
-                                   p->reply_bytes.data, (int)p->reply_bytes.len);
+            ns = natsConnection_Publish(jl_conn_nats(bursting(p) ? p->bulk : p->conn), to,
+                                        p->reply_bytes.data, (int)p->reply_bytes.len);
+        if (ns != NATS_OK)
+            jl_log(JL_LOG_WARN, "reply not sent",
+                   "\"command\":\"%s\",\"code\":\"%s\",\"status\":\"%s\",\"hint\":\"the client "
+                   "times out; a retry with the same command id gets this reply\"",
+                   c->name, jl_code_str(r->code), natsStatus_GetText(ns));
     }
     cmd_free(p, c);
 }
@@ -939,17 +956,10 @@ static void start(jl_producer *p, cmd *c)
     e->busy = true;
     if (c->deadline_ns == 0)
         c->deadline_ns = now_ns() + p->append_timeout_ms * 1000000LL;
-    natsMsg *key = out;
     if (ns == NATS_OK) {
-        inflight_put(&p->inflight, key, c);
-        p->n_inflight++;
         bool burst = bursting(p);
         p->stats.burst_appends += burst;
-        ns = js_PublishMsgAsync(burst ? p->bulk_js : p->js, &out, &po);
-        if (ns != NATS_OK) {
-            inflight_take(&p->inflight, key);
-            p->n_inflight--;
-        }
+        ns = publish_tracked(p, burst ? p->bulk_js : p->js, &out, &po, c);
     }
     if (ns != NATS_OK) {
         natsMsg_Destroy(out);
@@ -1081,6 +1091,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     jl_producer *p = closure;
+    cmd *to_read = NULL; /* handed to p->loads once the rest is done */
     pthread_mutex_lock(&p->mu);
     cmd *c = inflight_take(&p->inflight, msg);
     if (c == NULL) { /* a snapshot's (see save_snapshot): no command waits for it */
@@ -1135,10 +1146,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
                c->subject, c->attempts);
         c->catching_up = true;
-        drain_backlog(p);
-        read_then_unlock(p, c);
-        natsMsg_Destroy(msg);
-        return;
+        to_read = c;
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
         p->stats.conflicts++;
         jl_reply_error(r, JL_CODE_CONFLICT,
@@ -1150,17 +1158,20 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                now_ns() < c->deadline_ns) {
         /* A stream leader moving, a server restarting: send the same message again. Its
          * Nats-Msg-Id makes JetStream store it once even if the first copy got through. */
-        if (pae->Err == NATS_NO_RESPONDERS)
+        if (pae->Err == NATS_NO_RESPONDERS) {
+            /* No leader yet: give it a moment, without the lock (every command would wait);
+             * counted in flight meanwhile, so a close waits for it. */
+            p->n_inflight++;
+            pthread_mutex_unlock(&p->mu);
             nats_Sleep(20);
-        inflight_put(&p->inflight, msg, c);
-        p->n_inflight++;
+            pthread_mutex_lock(&p->mu);
+            p->n_inflight--;
+        }
         jsPubOptions again;
         jsPubOptions_Init(&again);
         again.MaxWait = JL_APPEND_ATTEMPT_MS;
-        natsStatus ns = js_PublishMsgAsync(js, &msg, &again);
+        natsStatus ns = publish_tracked(p, js, &msg, &again, c);
         if (ns != NATS_OK) {
-            inflight_take(&p->inflight, msg);
-            p->n_inflight--;
             e->stale = true; /* stored or not: unknown */
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
                            natsStatus_GetText(ns));
@@ -1178,7 +1189,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         release_entry(p, e);
     }
     drain_backlog(p);
-    pthread_mutex_unlock(&p->mu);
+    if (to_read != NULL)
+        read_then_unlock(p, to_read);
+    else
+        pthread_mutex_unlock(&p->mu);
     natsMsg_Destroy(msg);
 }
 
@@ -1288,12 +1302,19 @@ static void submit(jl_producer *p, const request *rq)
         jl_reply_error(r, JL_CODE_INTERNAL, "aggregate subject too long");
         goto reject;
     }
-    if (c->client_id && known == NULL) {
-        /* Read without the lock, the record may have missed one stored since by this producer
-         * for this aggregate: read it again then (rare). */
-        jl__cache_entry *seen = jl__cache_get(p->cache, c->agg_id);
-        if (seen != NULL && seen->mark > gen)
-            known = recall(p, c->cmd_id);
+    while (c->client_id && known == NULL) {
+        /* Looked up before this producer stored a record for the aggregate, the lookup may
+         * have missed it: read it again, without the lock (the ack thread goes on meanwhile;
+         * requests are submitted one at a time, so their order holds). */
+        const jl__cache_entry *seen = jl__cache_get(p->cache, c->agg_id);
+        if (seen == NULL || seen->mark <= gen)
+            break;
+        gen = atomic_load(&p->record_gen);
+        pthread_mutex_unlock(&p->mu);
+        known = recall(p, c->cmd_id);
+        pthread_mutex_lock(&p->mu);
+        jl_reply_reset(r); /* the shared reply was others' meanwhile */
+        snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     }
     bool answered = c->client_id && remembered(c, known, r);
     kvEntry_Destroy(known);
@@ -1667,6 +1688,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     p->inflight.keys = calloc(p->inflight.cap, sizeof(*p->inflight.keys));
     p->inflight.vals = calloc(p->inflight.cap, sizeof(*p->inflight.vals));
     jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
+    jl_buf_init(&p->snap_state, JL_MAX_COMMIT_BYTES);
     p->scratch = calloc(1, def->state_size);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
     if (p->cache != NULL)
@@ -1788,6 +1810,19 @@ static size_t flush_snapshots(jl_producer *p, int64_t deadline_ms)
     return f.saved;
 }
 
+/* Wait until the asynchronous publishes of both contexts are acked, or @p deadline_ms. */
+static void await_acks(jl_producer *p, int64_t deadline_ms)
+{
+    jsCtx *ctxs[2] = {p->js, p->bulk_js};
+    for (int i = 0; i < 2; i++) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = deadline_ms - nats_Now() > 0 ? deadline_ms - nats_Now() : 1;
+        if (ctxs[i] != NULL)
+            js_PublishAsyncComplete(ctxs[i], &po);
+    }
+}
+
 /* Drain and destroy *@p slot, clearing it under the lock first: acks still arriving look at
  * the command subscription (bursting). */
 static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
@@ -1818,16 +1853,9 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
      * what is still unconfirmed at the deadline goes with the context.) */
-    jsCtx *ctxs[2] = {p->js, p->bulk_js};
     int64_t deadline = nats_Now() + (timeout_ms > 0 ? timeout_ms : 1);
     for (bool left = true; left && nats_Now() < deadline;) {
-        for (int i = 0; i < 2; i++) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MaxWait = deadline - nats_Now() > 0 ? deadline - nats_Now() : 1;
-            if (ctxs[i] != NULL)
-                js_PublishAsyncComplete(ctxs[i], &po);
-        }
+        await_acks(p, deadline);
         pthread_mutex_lock(&p->mu);
         left = p->n_inflight > 0 || p->n_loading > 0;
         pthread_mutex_unlock(&p->mu);
@@ -1841,13 +1869,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     jl__ordered_destroy(p->loads);
     p->loads = NULL;
     size_t flushed = flush_snapshots(p, deadline);
-    for (int i = 0; i < 2 && flushed > 0; i++) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = deadline - nats_Now() > 0 ? deadline - nats_Now() : 1;
-        if (ctxs[i] != NULL)
-            js_PublishAsyncComplete(ctxs[i], &po);
-    }
+    if (flushed > 0)
+        await_acks(p, deadline);
     pthread_mutex_lock(&p->mu);
     size_t unconfirmed = p->n_inflight;
     uint64_t saved = p->stats.snapshots_saved;
@@ -1868,6 +1891,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     jl_store_close(p->store);
     jl_buf_cleanup(&p->commit);
     jl_buf_cleanup(&p->kv_value);
+    jl_buf_cleanup(&p->snap_state);
     jl_buf_cleanup(&p->reply_bytes);
     jl_reply_cleanup(&p->reply);
     for (cmd *c = p->free_cmds, *n = NULL; c != NULL; c = n) {
