@@ -308,20 +308,27 @@ jl_status jl_db_step_done(jl_db *db, sqlite3_stmt *st)
     return s;
 }
 
+/* Transaction control runs once per batch and per query: prepared once, not parsed each time. */
+static jl_status exec_cached(jl_db *db, const char *sql)
+{
+    sqlite3_stmt *st = jl_db_stmt(db, sql);
+    return st != NULL ? jl_db_step_done(db, st) : jl_db_exec(db, sql);
+}
+
 jl_status jl_db_begin(jl_db *db, bool write)
 {
-    return jl_db_exec(db, write ? "BEGIN IMMEDIATE" : "BEGIN");
+    return exec_cached(db, write ? "BEGIN IMMEDIATE" : "BEGIN");
 }
 
 jl_status jl_db_commit(jl_db *db)
 {
-    return jl_db_exec(db, "COMMIT");
+    return exec_cached(db, "COMMIT");
 }
 
 void jl_db_rollback(jl_db *db)
 {
     if (!sqlite3_get_autocommit(db->h))
-        sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+        (void)exec_cached(db, "ROLLBACK");
 }
 
 /* Build "SELECT quote(a)||'|'||quote(b) ... FROM t ORDER BY 1" for table @p t. */

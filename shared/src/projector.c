@@ -411,6 +411,7 @@ static jl_status attach(jl_projector *p, int i)
     jl_status s = JL_OK;
 
     src->probe_cseq = 0;
+    src->drained = false;
     natsStatus ns = js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, &jerr);
     if (ns == NATS_OK) {
         bool same_filter = ci->Config->FilterSubject != NULL &&
@@ -963,6 +964,7 @@ static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
         if (cseq != src->next_cseq)
             return k;
         src->next_cseq = cseq + 1;
+        src->drained = pending == 0;
     }
     return n;
 }
@@ -984,7 +986,10 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     }
     /* Take what is there at once (a full batch while catching up); when nothing is, wait for
      * the first event only, so a lone event is applied at once instead of after the timeout. */
-    natsStatus ns = fetch(src->pull, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true);
+    bool ask_first = !src->drained || wait_ms <= 0;
+    natsStatus ns = ask_first
+                        ? fetch(src->pull, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true)
+                        : NATS_NOT_FOUND;
     if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && list.Count == 0)) {
         natsMsgList_Destroy(&list);
         memset(&list, 0, sizeof(list));

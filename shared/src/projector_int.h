@@ -63,6 +63,10 @@ typedef struct jl__source {
     uint64_t next_cseq;    /* the durable's consumer sequence the next delivery must carry */
     int64_t last_probe_ns; /* idle: when the consumer was last asked how far it delivered */
     uint64_t probe_cseq;   /* next_cseq at that probe when the consumer was ahead of us, or 0 */
+    /* The last delivery said nothing followed it in the stream: the next fetch waits for the
+     * next event at once instead of first asking for a batch that is not there (a round trip
+     * and a thread wake-up per event when events come one at a time). */
+    bool drained;
     int64_t last_attach_log_ns;
     pthread_t thread; /* sources after the first run on their own thread */
     bool has_thread;
