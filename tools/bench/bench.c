@@ -357,14 +357,29 @@ static void cpu_begin(const bench *b, bench_cpu *from)
     bench_cpu_sample(b, from);
 }
 
+/* @p name: a string literal; a phase measured in rounds shows its worst round. */
 static void cpu_end(bench *b, const char *name, const bench_cpu *from)
 {
     bench_cpu to;
     bench_cpu_sample(b, &to);
     double share = bench_cpu_foreign(b, from, &to);
-    size_t used = strlen(b->foreign_cpu);
-    snprintf(b->foreign_cpu + used, sizeof(b->foreign_cpu) - used, "%s%s %.0f%%", used ? ", " : "",
-             name, share * 100);
+    size_t i = 0;
+    while (i < b->n_foreign && strcmp(b->foreign[i].name, name) != 0)
+        i++;
+    if (i == b->n_foreign && i < BENCH_MAX_FIGURES) {
+        b->foreign[i].name = name;
+        b->foreign[i].share = 0;
+        b->n_foreign++;
+    }
+    if (i < b->n_foreign && share > b->foreign[i].share)
+        b->foreign[i].share = share;
+    size_t used = 0;
+    b->foreign_cpu[0] = 0;
+    for (size_t k = 0; k < b->n_foreign && used < sizeof(b->foreign_cpu); k++) {
+        int w = snprintf(b->foreign_cpu + used, sizeof(b->foreign_cpu) - used, "%s%s %.0f%%",
+                         k ? ", " : "", b->foreign[k].name, b->foreign[k].share * 100);
+        used += w > 0 ? (size_t)w : 0;
+    }
     if (share > b->foreign_cpu_max)
         b->foreign_cpu_max = share;
     if (share > 0.10)
@@ -415,60 +430,98 @@ static jl_status phase_creates(bench *b, results *res)
     return s;
 }
 
+/* Raw and pipeline are measured in alternating rounds, so that a change in the machine's speed
+ * during the run (a neighbour on the host, frequency) weighs on both sides of a ratio alike
+ * instead of on whichever ran at the time. */
+static int rounds(const bench *b)
+{
+    return b->o.quick ? 2 : 4;
+}
+
+/* Round @p i's part of @p total, the parts adding up to it. */
+static long part(long total, int i, int n)
+{
+    return total * (i + 1) / n - total * i / n;
+}
+
 static jl_status phase_throughput(bench *b, results *res)
 {
-    bench_run_result rr;
-    bench_progress("figure 1, raw: %ld async publishes over %d subjects (expected last subject "
-                   "sequence + Nats-Msg-Id, %d in flight)",
-                   b->o.tput_commands, b->o.aggregates, b->o.window);
-    bench_cpu cpu;
-    cpu_begin(b, &cpu);
-    jl_status s = bench_raw_throughput(b, &res->tput_raw);
+    double raw_secs = 0, pipe_secs = 0;
+    uint64_t pipe_ok = 0;
+    jl_status s = JL_OK;
+    bench_progress("figure 1, in %d rounds of raw then pipeline: raw, %ld async publishes over %d "
+                   "subjects (expected last subject sequence + Nats-Msg-Id, %d in flight); "
+                   "pipeline, %ld AddItem commands round-robin over %d orders, %d in flight",
+                   rounds(b), b->o.tput_commands, b->o.aggregates, b->o.window, b->o.tput_commands,
+                   b->o.aggregates, b->o.window);
+    for (int i = 0; i < rounds(b) && s == JL_OK; i++) {
+        long m = part(b->o.tput_commands, i, rounds(b));
+        bench_run_result rr;
+        double secs = 0;
+        bench_cpu cpu;
+        cpu_begin(b, &cpu);
+        s = bench_raw_throughput(b, m, &secs);
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "throughput raw", &cpu);
+        raw_secs += secs;
+        cpu_begin(b, &cpu);
+        s = run_async(b, "throughput", true, (size_t)m, 0, bench_make_additem, NULL, &rr);
+        b->rr_next += (uint64_t)m;
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "throughput pipeline", &cpu);
+        double psecs = (double)(rr.t_last_reply_ns - rr.t_first_send_ns) / 1e9;
+        pipe_secs += psecs;
+        pipe_ok += rr.ok;
+        bench_progress("  round %d: raw %.0f msgs/s, pipeline %.0f commands/s (%" PRIu64
+                       " ok, %" PRIu64 " failed)",
+                       i + 1, secs > 0 ? (double)m / secs : 0,
+                       psecs > 0 ? (double)rr.ok / psecs : 0, rr.ok, rr.failed);
+    }
     if (s != JL_OK)
         return s;
-    cpu_end(b, "throughput raw", &cpu);
-    bench_progress("  raw: %.0f msgs/s", res->tput_raw);
-    bench_progress("figure 1: %ld AddItem commands round-robin over %d orders, %d in flight",
-                   b->o.tput_commands, b->o.aggregates, b->o.window);
-    cpu_begin(b, &cpu);
-    s = run_async(b, "throughput", true, (size_t)b->o.tput_commands, 0, bench_make_additem, NULL,
-                  &rr);
-    b->rr_next += (uint64_t)b->o.tput_commands;
-    if (s != JL_OK)
-        return s;
-    cpu_end(b, "throughput pipeline", &cpu);
-    double secs = (double)(rr.t_last_reply_ns - rr.t_first_send_ns) / 1e9;
-    res->tput_pipe = secs > 0 ? (double)rr.ok / secs : 0;
+    res->tput_raw = raw_secs > 0 ? (double)b->o.tput_commands / raw_secs : 0;
+    res->tput_pipe = pipe_secs > 0 ? (double)pipe_ok / pipe_secs : 0;
     res->tput = true;
-    bench_progress("  pipeline: %.0f commands/s (%" PRIu64 " ok, %" PRIu64 " failed, %.1f s)",
-                   res->tput_pipe, rr.ok, rr.failed, secs);
+    bench_progress("  raw: %.0f msgs/s; pipeline: %.0f commands/s (%.1f s)", res->tput_raw,
+                   res->tput_pipe, pipe_secs);
     return JL_OK;
 }
 
 static jl_status phase_latency(bench *b, results *res)
 {
-    bench_run_result rr;
-    bench_progress("figure 2, raw: %d synchronous publishes at %d/s", b->o.lat_samples,
-                   b->o.lat_rate);
-    bench_cpu cpu;
-    cpu_begin(b, &cpu);
-    jl_status s = bench_raw_latency(b);
-    if (s != JL_OK)
-        return s;
-    cpu_end(b, "latency raw", &cpu);
     bench_progress("figure 2, context: %d requests at %d/s to an echo responder (one hop)",
                    b->o.lat_samples, b->o.lat_rate);
-    s = bench_raw_echo(b);
+    jl_status s = bench_raw_echo(b);
     if (s != JL_OK)
         return s;
-    cpu_begin(b, &cpu);
-    bench_progress("figure 2: %d AddItem commands at %d/s", b->o.lat_samples, b->o.lat_rate);
-    s = run_async(b, "latency", false, (size_t)b->o.lat_samples, b->o.lat_rate, bench_make_additem,
-                  &b->lat_cmd, &rr);
-    b->rr_next += (uint64_t)b->o.lat_samples;
+    bench_progress("figure 2, in %d rounds of raw then pipeline: %d synchronous publishes, %d "
+                   "AddItem commands, at %d/s",
+                   rounds(b), b->o.lat_samples, b->o.lat_samples, b->o.lat_rate);
+    for (int i = 0; i < rounds(b) && s == JL_OK; i++) {
+        int n = (int)part(b->o.lat_samples, i, rounds(b));
+        size_t pipe_from = b->lat_cmd.n, raw_from = b->lat_cmd_raw.n;
+        bench_run_result rr;
+        bench_cpu cpu;
+        cpu_begin(b, &cpu);
+        s = bench_raw_latency(b, n);
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "latency raw", &cpu);
+        cpu_begin(b, &cpu);
+        s = run_async(b, "latency", false, (size_t)n, b->o.lat_rate, bench_make_additem,
+                      &b->lat_cmd, &rr);
+        b->rr_next += (uint64_t)n;
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "latency pipeline", &cpu);
+        bench_progress("  round %d: p50 %.3f ms (raw %.3f ms)", i + 1,
+                       bench_series_pct_ms_since(&b->lat_cmd, pipe_from, 0.5),
+                       bench_series_pct_ms_since(&b->lat_cmd_raw, raw_from, 0.5));
+    }
     if (s != JL_OK)
         return s;
-    cpu_end(b, "latency pipeline", &cpu);
     res->lat = true;
     bench_progress("  p50 %.3f ms (raw %.3f ms), p99 %.3f ms (raw %.3f ms)",
                    bench_series_pct_ms(&b->lat_cmd, 0.5), bench_series_pct_ms(&b->lat_cmd_raw, 0.5),
@@ -543,29 +596,37 @@ static jl_status phase_ryw(bench *b, results *res)
                                   b->live_log);
     if (s != JL_OK)
         return s;
-    bench_progress("figure 3, raw: %d publishes -> pull consumer, at %d/s", b->o.ryw_samples,
-                   b->o.ryw_rate);
-    bench_cpu cpu;
-    cpu_begin(b, &cpu);
-    s = bench_raw_ryw(b);
-    if (s != JL_OK)
-        return s;
-    cpu_end(b, "read-your-writes raw", &cpu);
-    cpu_begin(b, &cpu);
-    bench_progress("figure 3: %d AddItem + GetOrder(min_sequence) at %d/s", b->o.ryw_samples,
-                   b->o.ryw_rate);
+    bench_progress("figure 3, in %d rounds of raw then pipeline: %d publishes -> pull consumer, "
+                   "%d AddItem + GetOrder(min_sequence), at %d/s",
+                   rounds(b), b->o.ryw_samples, b->o.ryw_samples, b->o.ryw_rate);
     jl_reply_init(&cmd);
     jl_reply_init(&q);
-    int64_t start = bench_now_ns();
-    for (int i = 0; i < b->o.ryw_samples && s == JL_OK; i++) {
-        bench_sleep_until(start + (int64_t)((double)i * 1e9 / b->o.ryw_rate));
-        s = bench_stopping() ? bench_fail(b, JL_ERR_STOPPED, "interrupted")
-                             : ryw_one(b, &cmd, &q, &failed);
+    for (int r = 0; r < rounds(b) && s == JL_OK; r++) {
+        int n = (int)part(b->o.ryw_samples, r, rounds(b));
+        size_t pipe_from = b->lat_ryw.n, raw_from = b->lat_ryw_raw.n;
+        bench_cpu cpu;
+        cpu_begin(b, &cpu);
+        s = bench_raw_ryw(b, n);
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "read-your-writes raw", &cpu);
+        cpu_begin(b, &cpu);
+        int64_t start = bench_now_ns();
+        for (int i = 0; i < n && s == JL_OK; i++) {
+            bench_sleep_until(start + (int64_t)((double)i * 1e9 / b->o.ryw_rate));
+            s = bench_stopping() ? bench_fail(b, JL_ERR_STOPPED, "interrupted")
+                                 : ryw_one(b, &cmd, &q, &failed);
+        }
+        if (s != JL_OK)
+            break;
+        cpu_end(b, "read-your-writes pipeline", &cpu);
+        bench_progress("  round %d: p99 %.3f ms (raw %.3f ms)", r + 1,
+                       bench_series_pct_ms_since(&b->lat_ryw, pipe_from, 0.99),
+                       bench_series_pct_ms_since(&b->lat_ryw_raw, raw_from, 0.99));
     }
     jl_reply_cleanup(&cmd);
     jl_reply_cleanup(&q);
     if (s == JL_OK) {
-        cpu_end(b, "read-your-writes pipeline", &cpu);
         res->ryw = true;
         bench_progress(
             "  p50 %.3f ms (raw %.3f ms), p99 %.3f ms (raw %.3f ms)",

@@ -138,7 +138,12 @@ typedef struct bench {
     bench_series lat_echo;      /* context of figure 2: one request-reply hop through a responder */
     bench_series lat_ryw_query; /* of lat_ryw: from the command's reply to the query's */
     bench_curve catchup, catchup_raw_read, catchup_raw_sql;
-    char notes[4096];       /**< choices made during the run (printed and stored in the JSON) */
+    char notes[4096]; /**< choices made during the run (printed and stored in the JSON) */
+    struct {
+        const char *name; /* static */
+        double share;     /* the largest over the phase's rounds */
+    } foreign[BENCH_MAX_FIGURES];
+    size_t n_foreign;
     char foreign_cpu[1024]; /**< "phase 3%, ...": CPU other processes took during each phase */
     double foreign_cpu_max; /**< the largest of those shares */
 } bench;
@@ -313,8 +318,11 @@ jl_status bench_raw_open(bench *b);
 /** Free bench->raw. */
 void bench_raw_close(bench *b);
 
-/** Figure 1 raw: async publishes over bench->o.aggregates subjects of stream RAW; msgs/s. */
-jl_status bench_raw_throughput(bench *b, double *out_rate);
+/**
+ * Figure 1 raw: @p m async publishes over bench->o.aggregates subjects of stream RAW; the
+ * seconds from the first publish to the last ack.
+ */
+jl_status bench_raw_throughput(bench *b, long m, double *out_secs);
 
 /**
  * Context of figure 2: requests at the latency rate to a responder on its own connection that
@@ -323,11 +331,14 @@ jl_status bench_raw_throughput(bench *b, double *out_rate);
  */
 jl_status bench_raw_echo(bench *b);
 
-/** Figure 2 raw: synchronous publishes at the latency rate, into bench->lat_cmd_raw. */
-jl_status bench_raw_latency(bench *b);
+/** Figure 2 raw: @p n synchronous publishes at the latency rate, into bench->lat_cmd_raw. */
+jl_status bench_raw_latency(bench *b, int n);
 
-/** Figure 3 raw: publish -> received by a durable pull consumer, into bench->lat_ryw_raw. */
-jl_status bench_raw_ryw(bench *b);
+/**
+ * Figure 3 raw: @p n publishes -> received by a durable pull consumer (made for this call), at
+ * the read-your-writes rate, into bench->lat_ryw_raw.
+ */
+jl_status bench_raw_ryw(bench *b, int n);
 
 /** Figure 4 raw (a): an ordered consumer reads ORDERS to @p last_seq; events/s. */
 jl_status bench_raw_read(bench *b, uint64_t last_seq, double *out_rate);
@@ -352,6 +363,8 @@ void bench_series_add(bench_series *s, int64_t v);
 void bench_series_free(bench_series *s);
 /** Percentile @p p (0..1, nearest rank) in ms; sorts the series. 0 when empty. */
 double bench_series_pct_ms(bench_series *s, double p);
+/** Percentile @p p in ms of the samples from index @p from on (sorting only those). */
+double bench_series_pct_ms_since(bench_series *s, size_t from, double p);
 
 /** Append a point (dropped beyond BENCH_MAX_POINTS). */
 void bench_curve_add(bench_curve *c, double t, double y);

@@ -379,7 +379,7 @@ static void encoded_free(encoded *x)
     memset(x, 0, sizeof(*x));
 }
 
-jl_status bench_raw_throughput(bench *b, double *out_rate)
+jl_status bench_raw_throughput(bench *b, long m, double *out_secs)
 {
     jsCtx *js = NULL;
     jsOptions jo;
@@ -389,7 +389,6 @@ jl_status bench_raw_throughput(bench *b, double *out_rate)
     jl_status s = JL_OK;
     bench_raw *r = b->raw;
     int n = r->n;
-    long m = b->o.tput_commands;
 
     encoder_init(&e);
     if (s == JL_OK) {
@@ -433,7 +432,7 @@ jl_status bench_raw_throughput(bench *b, double *out_rate)
     if (s == JL_OK)
         s = raw_errors(b, r, "raw publishes");
     if (s == JL_OK)
-        *out_rate = (double)m / ((double)(t1 - t0) / 1e9);
+        *out_secs = (double)(t1 - t0) / 1e9;
     if (js != NULL)
         jsCtx_Destroy(js);
     encoder_cleanup(&e);
@@ -475,13 +474,13 @@ static jl_status publish_sync(bench *b, encoder *e, int64_t *out_t0, uint64_t *o
     return JL_OK;
 }
 
-jl_status bench_raw_latency(bench *b)
+jl_status bench_raw_latency(bench *b, int n)
 {
     encoder e;
     jl_status s = JL_OK;
     int64_t start = bench_now_ns();
     encoder_init(&e);
-    for (int i = 0; i < b->o.lat_samples && s == JL_OK; i++) {
+    for (int i = 0; i < n && s == JL_OK; i++) {
         int64_t t0 = 0;
         uint64_t seq = 0;
         bench_sleep_until(start + (int64_t)((double)i * 1e9 / b->o.lat_rate));
@@ -700,7 +699,7 @@ static jl_status ryw_wait(bench *b, ryw_consumer *c, uint64_t seq, int64_t *out_
     return s;
 }
 
-jl_status bench_raw_ryw(bench *b)
+jl_status bench_raw_ryw(bench *b, int n)
 {
     ryw_consumer *c = calloc(1, sizeof(*c));
     encoder e;
@@ -713,7 +712,7 @@ jl_status bench_raw_ryw(bench *b)
     encoder_init(&e);
     s = ryw_open(b, c);
     int64_t start = bench_now_ns();
-    for (int i = 0; i < b->o.ryw_samples && s == JL_OK; i++) {
+    for (int i = 0; i < n && s == JL_OK; i++) {
         int64_t t0 = 0, t1 = 0;
         uint64_t seq = 0;
         bench_sleep_until(start + (int64_t)((double)i * 1e9 / b->o.ryw_rate));

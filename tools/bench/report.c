@@ -56,6 +56,13 @@ double bench_series_pct_ms(bench_series *s, double p)
     return (double)s->v[idx] / 1e6;
 }
 
+double bench_series_pct_ms_since(bench_series *s, size_t from, double p)
+{
+    bench_series tail = {
+        .v = s->v + (from < s->n ? from : s->n), .n = from < s->n ? s->n - from : 0, .cap = 0};
+    return bench_series_pct_ms(&tail, p);
+}
+
 void bench_curve_add(bench_curve *c, double t, double y)
 {
     if (c->n == c->cap) {
