@@ -383,8 +383,8 @@ static void cpu_end(bench *b, const char *name, const bench_cpu *from)
     if (share > b->foreign_cpu_max)
         b->foreign_cpu_max = share;
     if (share > 0.10)
-        bench_progress("  warning: other processes took %.0f%% of the machine's CPU during %s: "
-                       "the figure is skewed",
+        bench_progress("  warning: other processes or the hypervisor took %.0f%% of the machine's "
+                       "CPU during %s: the figure is skewed",
                        share * 100, name);
 }
 
@@ -1080,7 +1080,8 @@ static void explain(const bench *b, const results *res)
     if (b->notes[0])
         printf("notes: %s\n", b->notes);
     if (b->foreign_cpu[0])
-        printf("CPU taken by other processes, per phase: %s%s\n", b->foreign_cpu,
+        printf("CPU taken by other processes and the hypervisor (steal), per phase: %s%s\n",
+               b->foreign_cpu,
                b->foreign_cpu_max > 0.10 ? " (over 10%: those figures are skewed; rerun on an "
                                            "idle machine)"
                                          : "");

@@ -148,11 +148,20 @@ typedef struct bench {
     double foreign_cpu_max; /**< the largest of those shares */
 } bench;
 
+/** Processes other than ours a CPU sample counts one by one (more are ignored). */
+#define BENCH_MAX_PROCS 2048
+
 /** CPU time counters at one moment (bench_cpu_sample()). */
 typedef struct bench_cpu {
     int64_t t_ns;
-    uint64_t busy_ticks; /**< all CPUs, /proc/stat, not idle or iowait */
-    uint64_t mine_ticks; /**< this process, its reaped children and its running services */
+    uint64_t busy_ticks;  /**< all CPUs, /proc/stat, not idle or iowait */
+    uint64_t steal_ticks; /**< of those, taken by the hypervisor for other machines */
+    uint64_t mine_ticks;  /**< this process, its reaped children and its running services */
+    size_t n_others;
+    struct {
+        int pid;
+        uint64_t ticks;
+    } others[BENCH_MAX_PROCS]; /**< every other process, by pid */
 } bench_cpu;
 
 /* ---- bench.c ---- */
@@ -217,8 +226,10 @@ jl_status bench_check_alive(bench *b, pid_t pid, const char *what, const char *l
 void bench_cpu_sample(const bench *b, bench_cpu *out);
 
 /**
- * Share (0..1) of the machine's CPU capacity between @p from and @p to that processes other than
- * ours used: another workload on the machine skews every figure measured meanwhile.
+ * Share (0..1) of the machine's CPU capacity between @p from and @p to that other processes used,
+ * plus steal time: another workload skews every figure measured meanwhile. Kernel work that no
+ * process is charged for (interrupts, waking idle CPUs) is not in it: our own traffic causes
+ * most of it.
  */
 double bench_cpu_foreign(const bench *b, const bench_cpu *from, const bench_cpu *to);
 
