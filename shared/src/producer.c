@@ -85,6 +85,7 @@ struct jl_producer {
     jl_reply reply;
     jl_producer_stats stats;
     _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
+    atomic_int acking;           /* on_ack calls running: close waits for them before freeing */
 };
 
 /* Where a replay stops: after a sequence, a time or a version (0 = no limit). */
@@ -435,7 +436,7 @@ static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *
 
 /* The events of @p c are stored at @p seq: evolve the entry's state with them, so the cache
  * stays current, and snapshot it when a multiple of snapshot_every was crossed. A state evolve
- * refuses is marked stale (the next command reloads it). */
+ * refuses is dropped (the next command reloads it). */
 static void advance(jl_producer *p, cmd *c, uint64_t seq)
 {
     const jl_decision *d = &c->d;
@@ -455,13 +456,17 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
         if (m != NULL)
             protobuf_c_message_free_unpacked(m, NULL);
     }
-    uint64_t before = e->version;
-    e->version = c->first_version + d->n_events - 1;
-    e->last_seq = seq;
     if (s != JL_OK) {
+        /* The cached state no longer follows the stream: the next command reads the aggregate
+         * again from its start (catching up from here would skip these events). */
+        p->def->state_init(e->state);
+        e->version = e->last_seq = e->snap_seq = 0;
         e->stale = true;
         return;
     }
+    uint64_t before = e->version;
+    e->version = c->first_version + d->n_events - 1;
+    e->last_seq = seq;
     memcpy(e->state, p->scratch, p->def->state_size);
     if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
         save_snapshot(p, c->agg_id, e))
@@ -542,8 +547,9 @@ static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
         NULL, (size_t)kvEntry_ValueLen(e), (const uint8_t *)kvEntry_Value(e));
     if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
         seen = true;
+        /* A creation under a generated id repeated: its id is the one the first got. */
         if (strcmp(rec->command_type, c->cd->descriptor->name) != 0 ||
-            strcmp(rec->aggregate_id, c->agg_id) != 0) {
+            (!c->fresh && strcmp(rec->aggregate_id, c->agg_id) != 0)) {
             jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s",
                            c->cmd_id, rec->command_type, rec->aggregate_id);
         } else if (jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK) {
@@ -613,14 +619,16 @@ static void duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
     r->duplicate = true;
 }
 
-/* Version of the last event of the commit stored at @p seq (0 when it cannot be read). */
-static uint64_t version_at(jl_producer *p, uint64_t seq)
+/* Version of the last event of the commit stored at @p seq (0 when it cannot be read), and its
+ * aggregate id into @p out_id (empty when it cannot be read). */
+static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN + 1])
 {
     natsMsg *m = NULL;
     jl_commit *cm = NULL;
     jsDirectGetMsgOptions o;
     char why[128];
     uint64_t v = 0;
+    out_id[0] = 0;
     jsDirectGetMsgOptions_Init(&o);
     o.Sequence = seq;
     if (js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o) != NATS_OK)
@@ -630,8 +638,10 @@ static uint64_t version_at(jl_producer *p, uint64_t seq)
         jl_event ev;
         if (jl_commit_event(cm, jl_commit_count(cm) - 1, &p->def->events, &ev, why, sizeof(why)) ==
                 JL_OK ||
-            ev.aggregate_version != 0)
+            ev.aggregate_version != 0) {
             v = ev.aggregate_version;
+            snprintf(out_id, JL_UUID_LEN + 1, "%s", ev.aggregate_id ? ev.aggregate_id : "");
+        }
         jl_commit_free(cm);
     }
     natsMsg_Destroy(m);
@@ -839,26 +849,31 @@ static void finish_stored(jl_producer *p, cmd *c, jl_reply *r)
     finish(p, c, r);
 }
 
-static void start(jl_producer *p, cmd *c);
+static bool start_one(jl_producer *p, cmd *c);
 
-/* The entry's append is over: unpin it and start the next command waiting for it. */
+/* The entry's append is over: unpin it and start the next command waiting for it, and the one
+ * after while they end at once (rejected, say). A loop, not a recursion through start(): a
+ * queue of thousands of commands that each end at once would overflow the stack. */
 static void release_entry(jl_producer *p, jl__cache_entry *e)
 {
-    e->busy = false;
-    cmd *next = e->qhead;
-    if (next != NULL) {
-        e->qhead = next->next;
-        if (e->qhead == NULL)
-            e->qtail = NULL;
-        next->next = NULL;
+    for (;;) {
+        e->busy = false;
+        cmd *next = e->qhead;
+        if (next != NULL) {
+            e->qhead = next->next;
+            if (e->qhead == NULL)
+                e->qtail = NULL;
+            next->next = NULL;
+        }
+        jl__cache_unpin(p->cache, e); /* the next command holds its own pin */
+        if (next == NULL || !start_one(p, next))
+            return;
     }
-    jl__cache_unpin(p->cache, e); /* the next command holds its own pin */
-    if (next != NULL)
-        start(p, next);
 }
 
-/* A command that has its aggregate (pinned, not busy): decide and publish, or answer. */
-static void start(jl_producer *p, cmd *c)
+/* A command that has its aggregate (pinned, not busy): decide and publish, or answer. True when
+ * it was answered without an append: its entry is then to be released (release_entry()). */
+static bool start_one(jl_producer *p, cmd *c)
 {
     const jl_service_def *def = p->def;
     jl__cache_entry *e = c->entry;
@@ -870,13 +885,11 @@ static void start(jl_producer *p, cmd *c)
         /* Past the close's wait: an append now would outlive the contexts that track it. */
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
         finish(p, c, r);
-        release_entry(p, e);
-        return;
+        return true;
     }
     if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
         finish(p, c, r);
-        release_entry(p, e);
-        return;
+        return true;
     }
     if (p->n_inflight >= p->max_inflight) {
         /* Keep the entry busy so later commands of this aggregate queue behind this one. */
@@ -887,7 +900,7 @@ static void start(jl_producer *p, cmd *c)
         else
             p->backlog_head = c;
         p->backlog_tail = c;
-        return;
+        return false;
     }
     jl_command in = {
         .msg = c->msg, .aggregate_id = c->agg_id, .command_id = c->cmd_id, .now_ns = now_ns()};
@@ -899,8 +912,7 @@ static void start(jl_producer *p, cmd *c)
         if (jl_decision_rejected(&c->d))
             jl_reply_error(r, c->d.code, "%s", c->d.message);
         finish(p, c, r);
-        release_entry(p, e);
-        return;
+        return true;
     }
     c->first_version = e->version + 1;
     jl_commit_meta meta = {
@@ -921,8 +933,7 @@ static void start(jl_producer *p, cmd *c)
         jl_reply_error(r, s == JL_ERR_TOO_LARGE ? JL_CODE_INVALID : JL_CODE_INTERNAL,
                        "cannot encode the events: %s", jl_status_str(s));
         finish(p, c, r);
-        release_entry(p, e);
-        return;
+        return true;
     }
     snprintf(vbuf, sizeof(vbuf), "%" PRIu64, e->version + c->d.n_events);
     size_t o = 0;
@@ -966,8 +977,17 @@ static void start(jl_producer *p, cmd *c)
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot publish the events: %s",
                        natsStatus_GetText(ns));
         finish(p, c, r);
-        release_entry(p, e);
+        return true;
     }
+    return false;
+}
+
+/* start_one(), releasing the entry when @p c ended at once. */
+static void start(jl_producer *p, cmd *c)
+{
+    jl__cache_entry *e = c->entry;
+    if (start_one(p, c))
+        release_entry(p, e);
 }
 
 /* Start backlogged commands while in-flight slots are free. */
@@ -1034,7 +1054,9 @@ static void *load_read(void *ctx, void *item)
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
-    rc->watch_cmd_id = c->client_id ? c->cmd_id : NULL;
+    /* Also a generated id: our own earlier copy, stored but unacknowledged and sent again
+     * after the duplicate window, is then found here instead of decided again. */
+    rc->watch_cmd_id = c->cmd_id;
     c->load_from_snapshot = false;
     if (c->catching_up) {
         rc->version = e->version;
@@ -1092,6 +1114,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 {
     jl_producer *p = closure;
     cmd *to_read = NULL; /* handed to p->loads once the rest is done */
+    atomic_fetch_add(&p->acking, 1);
     pthread_mutex_lock(&p->mu);
     cmd *c = inflight_take(&p->inflight, msg);
     if (c == NULL) { /* a snapshot's (see save_snapshot): no command waits for it */
@@ -1103,6 +1126,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             snapshot_lost(natsMsg_GetSubject(msg), natsStatus_GetText(pae->Err));
         pthread_mutex_unlock(&p->mu);
         natsMsg_Destroy(msg);
+        atomic_fetch_sub(&p->acking, 1);
         return;
     }
     p->n_inflight--;
@@ -1125,10 +1149,26 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         /* The client's command id was stored before, by a retry of ours or by a replica: the
          * same reply, and our cached state may lack that commit. (Without a client id the
          * message id is this attempt's own: a duplicate is our earlier copy, stored as built,
-         * which the next branch takes like any ack, reading nothing under the lock.) */
+         * which the next branch takes like any ack, reading nothing under the lock.) The
+         * message id is the command id, whatever the aggregate: the commit found must be of
+         * this one, or, for a creation under a generated id, it names the aggregate. */
+        char stored_id[JL_UUID_LEN + 1];
+        uint64_t version = version_at(p, pa->Sequence, stored_id);
         e->stale = true;
-        duplicate_reply(p, c, pa->Sequence, version_at(p, pa->Sequence), r);
-        finish_stored(p, c, r);
+        if (stored_id[0] != 0 && c->fresh) {
+            snprintf(c->agg_id, sizeof(c->agg_id), "%s", stored_id);
+            jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name,
+                                 p->def->aggregate_type, c->agg_id);
+        }
+        if (stored_id[0] != 0 && strcmp(stored_id, c->agg_id) != 0) {
+            jl_reply_error(r, JL_CODE_INVALID,
+                           "command id '%s' was already used on %s (stream sequence %" PRIu64 ")",
+                           c->cmd_id, stored_id, pa->Sequence);
+            finish(p, c, r);
+        } else {
+            duplicate_reply(p, c, pa->Sequence, version, r);
+            finish_stored(p, c, r);
+        }
         release_entry(p, e);
     } else if (pa != NULL) {
         advance(p, c, pa->Sequence);
@@ -1138,6 +1178,12 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             finish_stored(p, c, r);
             release_entry(p, e);
         }
+    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr && p->closing) {
+        /* Past the close's wait: no more reads (p->loads is going away). */
+        e->stale = true;
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+        finish(p, c, r);
+        release_entry(p, e);
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr && c->attempts++ < p->retries) {
         /* Another writer got there first: read what it wrote on a worker, without the lock
          * (another replica writing the same aggregates makes this common), then decide again,
@@ -1170,7 +1216,9 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         jsPubOptions again;
         jsPubOptions_Init(&again);
         again.MaxWait = JL_APPEND_ATTEMPT_MS;
-        natsStatus ns = publish_tracked(p, js, &msg, &again, c);
+        /* Closing past its wait, the context may be going: no resend then. */
+        natsStatus ns =
+            p->closing ? NATS_CONNECTION_CLOSED : publish_tracked(p, js, &msg, &again, c);
         if (ns != NATS_OK) {
             e->stale = true; /* stored or not: unknown */
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
@@ -1194,6 +1242,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     else
         pthread_mutex_unlock(&p->mu);
     natsMsg_Destroy(msg);
+    atomic_fetch_sub(&p->acking, 1);
 }
 
 /* A request, with the record of its command id (@p known, from recall(), read after record
@@ -1228,7 +1277,14 @@ static void submit(jl_producer *p, const request *rq)
         pthread_mutex_unlock(&p->mu);
         kvEntry_Destroy(known);
         natsMsg_Destroy(req);
-        return; /* out of memory: the requester times out */
+        if (rq->sync != NULL) { /* a direct caller waits for an answer */
+            pthread_mutex_lock(&rq->sync->mu);
+            jl_reply_error(rq->sync->out, JL_CODE_INTERNAL, "out of memory");
+            rq->sync->done = true;
+            pthread_cond_signal(&rq->sync->cv);
+            pthread_mutex_unlock(&rq->sync->mu);
+        }
+        return; /* out of memory: a requester over NATS times out */
     }
     c->req = req;
     c->sync = rq->sync;
@@ -1841,6 +1897,15 @@ static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_m
     natsSubscription_Destroy(sub);
 }
 
+/* Until no on_ack call is running; false when one still is after 10 s (it never blocks that
+ * long unless the process is starved). */
+static bool wait_for_ack_handlers(jl_producer *p)
+{
+    for (int i = 0; i < 10000 && atomic_load(&p->acking) > 0; i++)
+        nats_Sleep(1);
+    return atomic_load(&p->acking) == 0;
+}
+
 void jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
@@ -1862,10 +1927,12 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         if (left)
             nats_Sleep(1);
     }
-    /* A command still being read at the deadline is answered "unavailable", not started. */
+    /* A command still being read at the deadline is answered "unavailable", not started; an
+     * ack handler that saw closing unset may still be handing a command to p->loads. */
     pthread_mutex_lock(&p->mu);
     p->closing = true;
     pthread_mutex_unlock(&p->mu);
+    wait_for_ack_handlers(p);
     jl__ordered_destroy(p->loads);
     p->loads = NULL;
     size_t flushed = flush_snapshots(p, deadline);
@@ -1886,6 +1953,14 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     jsCtx_Destroy(p->js);
     jsCtx_Destroy(p->bulk_js);
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
+    /* No ack arrives for a destroyed context, but one may be in its handler still (pausing
+     * before a resend, say): it must be out before the state it uses is freed. */
+    if (!wait_for_ack_handlers(p)) {
+        jl_log(JL_LOG_ERROR, "producer not freed",
+               "\"why\":\"an ack handler is still running\",\"hint\":\"its memory is left "
+               "allocated rather than freed under it\"");
+        return;
+    }
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     jl_store_close(p->store);

@@ -978,6 +978,205 @@ START_TEST(same_command_id_twice_has_one_effect)
 }
 END_TEST
 
+static jl_code create_with_id(jl_producer *on, const char *cmd_id, jl_reply *r)
+{
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "again";
+    size_t n = orders__create_order__pack(&m, buf);
+    jl_producer_handle(on, "CreateOrder", buf, n, cmd_id, NULL, NULL, r);
+    return r->code;
+}
+
+/* A producer whose command-id records are off: only JetStream's de-duplication of the id (as
+ * when a record is not written yet, or lost) tells a repeat. */
+static jl_producer *open_without_records(jl_conn *conn)
+{
+    jl_producer *p = NULL;
+    char err[512] = "";
+    jl_config cfg = env.cfg;
+    cfg.command_ttl_s = 0;
+    ck_assert_msg(jl_producer_open(&p, conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "producer: %s", err);
+    return p;
+}
+
+START_TEST(a_creation_repeated_with_its_command_id_names_the_first_aggregate)
+{
+    /* CreateOrder with no order id gets a generated one: a retry must answer with that one,
+     * by the record and by the stream's de-duplication alike, and create nothing. */
+    jl_producer *bare = open_without_records(env.conn);
+    jl_producer *on[2] = {producer, bare};
+    const char *ids[2] = {"create-once-1", "create-once-2"};
+    for (int k = 0; k < 2; k++) {
+        jl_reply first, again;
+        jl_reply_init(&first);
+        jl_reply_init(&again);
+        ck_assert_int_eq(create_with_id(on[k], ids[k], &first), JL_CODE_OK);
+        ck_assert(!first.duplicate);
+        uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+        for (int i = 0; i < 2; i++) {
+            jl_reply_reset(&again);
+            ck_assert_msg(create_with_id(on[k], ids[k], &again) == JL_CODE_OK, "%s: %s", ids[k],
+                          again.message);
+            ck_assert(again.duplicate);
+            ck_assert_str_eq(again.aggregate_id, first.aggregate_id);
+            ck_assert_uint_eq(again.stream_seq, first.stream_seq);
+            ck_assert_uint_eq(again.aggregate_version, 1);
+        }
+        ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+        jl_reply_cleanup(&first);
+        jl_reply_cleanup(&again);
+    }
+    jl_producer_close(bare, 1000);
+}
+END_TEST
+
+START_TEST(a_command_id_used_on_another_aggregate_is_refused)
+{
+    /* Without the record, the stream's de-duplication finds the first use: on another order
+     * it is not this command's, and must not pass for its success. */
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "one", a, NULL), JL_CODE_OK);
+    ck_assert_int_eq(create_order(env.conn, "two", b, NULL), JL_CODE_OK);
+    jl_producer *bare = open_without_records(env.conn);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(add_with_id(bare, a, "a", "shared-key", &r), JL_CODE_OK);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(bare, b, "a", "shared-key", &r), JL_CODE_INVALID);
+    ck_assert_msg(strstr(r.message, "already used") != NULL, "%s", r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    /* Order b is as it was: one event, and a command without the id goes through. */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_item(env.conn, b, "a", 1, 10, &r), JL_CODE_OK);
+    ck_assert_uint_eq(r.aggregate_version, 2);
+    jl_reply_cleanup(&r);
+    jl_producer_close(bare, 1000);
+}
+END_TEST
+
+typedef struct reply_count {
+    pthread_mutex_t mu;
+    int n, invalid;
+} reply_count;
+
+static void count_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    reply_count *rc = closure;
+    jl_reply r;
+    (void)nc;
+    (void)sub;
+    jl_reply_init(&r);
+    bool ok = jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) == JL_OK;
+    pthread_mutex_lock(&rc->mu);
+    rc->n++;
+    rc->invalid += ok && r.code == JL_CODE_INVALID;
+    pthread_mutex_unlock(&rc->mu);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(m);
+}
+
+START_TEST(a_long_queue_of_rejected_commands_is_answered)
+{
+    /* Commands queued behind an aggregate's load that each end at once (rejected by decide)
+     * are started one after the other: 20,000 of them once overflowed the stack, each ending
+     * command starting the next from inside its own call. The load of a long history, on a
+     * producer that has not cached it, gives the queue time to grow. */
+    enum { HISTORY = 6000, QUEUED = 20000 };
+    char id[JL_UUID_LEN + 1], err[512];
+    ck_assert_int_eq(create_order(env.conn, "long", id, NULL), JL_CODE_OK);
+    jl_reply r;
+    jl_reply_init(&r);
+    for (int i = 0; i < HISTORY; i++) {
+        jl_reply_reset(&r);
+        ck_assert_int_eq(add_item(env.conn, id, "a", 1, 10, &r), JL_CODE_OK);
+    }
+    jl_reply_cleanup(&r);
+    jl_producer_close(producer, 1000);
+    jl_config cfg = env.cfg;
+    cfg.snapshot_every = 0;
+    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_OK);
+
+    jl_conn *client = tenv_connect(&env);
+    natsConnection *nc = jl_conn_nats(client);
+    reply_count rc = {.n = 0, .invalid = 0};
+    pthread_mutex_init(&rc.mu, NULL);
+    natsSubscription *sub = NULL;
+    ck_assert_int_eq(natsConnection_Subscribe(&sub, nc, "_LONGQ.>", count_reply, &rc), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    Orders__AddItem bad = ORDERS__ADD_ITEM__INIT;
+    uint8_t buf[256];
+    bad.order_id = id;
+    bad.sku = "a";
+    bad.quantity = 0; /* decide rejects it: nothing is appended */
+    bad.unit_price_cents = 10;
+    size_t n = orders__add_item__pack(&bad, buf);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    for (int i = 0; i < QUEUED; i++) {
+        char inbox[32];
+        snprintf(inbox, sizeof(inbox), "_LONGQ.%d", i);
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "orders.cmd.AddItem", inbox, buf, (int)n), NATS_OK);
+    }
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    int64_t deadline = tnow_ms() + 60000;
+    int got = 0, invalid = 0;
+    while (tnow_ms() < deadline) {
+        pthread_mutex_lock(&rc.mu);
+        got = rc.n;
+        invalid = rc.invalid;
+        pthread_mutex_unlock(&rc.mu);
+        if (got == QUEUED)
+            break;
+        nats_Sleep(50);
+    }
+    ck_assert_int_eq(got, QUEUED);
+    ck_assert_int_eq(invalid, QUEUED);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    natsSubscription_Destroy(sub);
+    jl_conn_close(client, 0);
+    pthread_mutex_destroy(&rc.mu);
+}
+END_TEST
+
+START_TEST(closing_while_appends_find_no_stream_frees_nothing_in_use)
+{
+    /* The stream gone, every append gets "no responders" and its ack handler pauses before
+     * sending again: a close that gives up meanwhile must not free what the handler uses (an
+     * address sanitizer run of this test caught it). */
+    jl_conn *client = tenv_connect(&env);
+    jsCtx *js = NULL;
+    ck_assert_int_eq(natsConnection_JetStream(&js, jl_conn_nats(client), NULL), NATS_OK);
+    ck_assert_int_eq(js_DeleteStream(js, "ORDERS", NULL, NULL), NATS_OK);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "gone";
+    size_t n = orders__create_order__pack(&m, buf);
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(client),
+                                                       "orders.cmd.CreateOrder", "_NOBODY", buf,
+                                                       (int)n),
+                         NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(client)), NATS_OK);
+    nats_Sleep(100);
+    int64_t t0 = tnow_ms();
+    jl_producer_close(producer, 200);
+    producer = NULL;
+    ck_assert_msg(tnow_ms() - t0 < 5000, "close took %" PRId64 " ms", tnow_ms() - t0);
+    nats_Sleep(500); /* handlers that outlived the close would run now */
+    char err[512] = "";
+    ck_assert_msg(
+        jl_producer_open(&producer, env.conn, &orders_service, &env.cfg, err, sizeof(err)) == JL_OK,
+        "reopen: %s", err);
+    jsCtx_Destroy(js);
+    jl_conn_close(client, 0);
+}
+END_TEST
+
 /* A command with a client id, handled on a thread, for the concurrent-repeat test. */
 typedef struct repeat_arg {
     const char *id;
@@ -1062,6 +1261,10 @@ Suite *orders_suite(void)
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
+    tcase_add_test(tc, a_creation_repeated_with_its_command_id_names_the_first_aggregate);
+    tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
+    tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
+    tcase_add_test(tc, closing_while_appends_find_no_stream_frees_nothing_in_use);
     suite_add_tcase(s, tc);
     return s;
 }
