@@ -169,6 +169,20 @@ static void sums(const run_ctx *c, uint64_t *out_applied, uint64_t *out_total)
     }
 }
 
+/* The reader has received everything its consumer had to deliver: the stream holds nothing
+ * more for it, at or below any sequence the live side applied (those were stored already). */
+static bool read_everything(run_src *rs)
+{
+    jsConsumerInfo *ci = NULL;
+    if (rs->reader.sub == NULL ||
+        natsSubscription_GetConsumerInfo(&ci, rs->reader.sub, NULL, NULL) != NATS_OK)
+        return false;
+    bool all = ci->NumPending == 0 && ci->NumAckPending == 0 &&
+               ci->Delivered.Consumer + 1 == rs->reader.next_cseq;
+    jsConsumerInfo_Destroy(ci);
+    return all;
+}
+
 /* Apply messages with sequence <= @p target, up to APPLY_BATCH in one transaction, waiting up to
  * @p wait_ms for the first. Sets *out_idle when no message came in time. */
 static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms, bool *out_idle)
@@ -186,6 +200,8 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
                 jl__reader_next(&rs->reader, APPLY_BATCH, n == 0 ? (int)wait_ms : 0, &m);
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
+                if (n == 0 && rs->checkpoint < target && read_everything(rs))
+                    rs->checkpoint = target;
                 break;
             }
             if (ns != NATS_OK) {
@@ -201,7 +217,10 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             continue;
         }
         if (seq > target) {
-            rs->held = m; /* beyond the target: keep it for when the target moves */
+            /* Beyond the target: keep it for when the target moves. Read in order, nothing at
+             * or below the target is left to come (what the stream no longer holds, removed
+             * by its limits or a purge, never will): the rebuild stands at the target. */
+            rs->held = m;
             break;
         }
         batch[n++] = m;
@@ -217,6 +236,8 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             c->dead += io.dead;
         }
     }
+    if (s == JL_OK && rs->held != NULL && rs->checkpoint < target)
+        rs->checkpoint = target;
     for (int i = 0; i < n; i++)
         natsMsg_Destroy(batch[i]);
     return s;
@@ -401,8 +422,16 @@ static void run_job(jl_projector *p, jl__job *j)
     if (s == JL_OK && j->verify) {
         s = compare(&c);
     } else if (s == JL_OK) {
-        s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
-        c.db = NULL; /* owned by the projector now (or closed on failure) */
+        /* The cap was the rebuild's: the connection becomes the live writer, which must not
+         * inherit it (max_page_count belongs to the connection, not the file). */
+        if (p->rebuild_max_bytes > 0)
+            s = jl_db_exec(c.db, "PRAGMA max_page_count=4294967294");
+        if (s == JL_OK) {
+            s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
+            c.db = NULL; /* owned by the projector now (or closed on failure) */
+        } else {
+            snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
+        }
         if (s == JL_OK)
             atomic_store(&p->paused, false);
     }

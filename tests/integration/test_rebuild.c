@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
@@ -557,6 +558,74 @@ START_TEST(newer_projection_version_rebuilds_by_itself)
 }
 END_TEST
 
+START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
+{
+    /* The events live applied were purged: the rebuild never sees the live checkpoint's
+     * message, and must still finish, at that checkpoint, with what the stream holds. The
+     * same when it starts after the last event. */
+    ensure_stream();
+    tseed_orders(env.conn, 30, 0);
+    runner live;
+    runner_start(&live, &order_summary_projector, "purged", 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    tseed_orders(env.conn, 4, 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    char *d = dump_dir(live.dir);
+    ck_assert_int_eq(count_rows(d), 4);
+    free(d);
+
+    nats_Sleep(20);
+    Jetledger__Rebuild later = JETLEDGER__REBUILD__INIT;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    /* After the last event, not in the future. */
+    later.from_time_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    st = run_job("Rebuild", &later.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    d = dump_dir(live.dir);
+    ck_assert_int_eq(count_rows(d), 0);
+    free(d);
+    /* Live goes on from there. */
+    tseed_orders(env.conn, 2, 0);
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    d = dump_dir(live.dir);
+    ck_assert_int_eq(count_rows(d), 2);
+    free(d);
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(the_rebuild_size_cap_does_not_stay_on_the_live_model)
+{
+    /* The cap limits the file a rebuild writes; once switched in, that file is the live one
+     * and grows as it must. */
+    ensure_stream();
+    tseed_orders(env.conn, 50, 1);
+    runner live;
+    runner_start(&live, &order_summary_projector, "capped", 1); /* 1 MiB */
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    tseed_orders(env.conn, 6000, 4); /* several MiB of rows */
+    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    char path[1024];
+    struct stat sb;
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_int_gt(sb.st_size, 1024 * 1024);
+    runner_stop(&live);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("rebuild");
@@ -570,6 +639,8 @@ int main(void)
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
     tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
     tcase_add_test(tc, newer_projection_version_rebuilds_by_itself);
+    tcase_add_test(tc, a_rebuild_finishes_when_the_stream_lost_what_live_applied);
+    tcase_add_test(tc, the_rebuild_size_cap_does_not_stay_on_the_live_model);
     suite_add_tcase(s, tc);
     return trun(s);
 }
