@@ -318,7 +318,7 @@ static void expect_reserved(void)
 static void given_products(size_t n, int64_t each)
 {
     for (size_t i = 0; i < n; i++) {
-        char sku[16];
+        char sku[32]; /* room for any size_t: an unoptimised build cannot see i < 1000 */
         snprintf(sku, sizeof(sku), "p%03zu", i);
         given_product(sku, each);
     }
