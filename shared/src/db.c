@@ -57,10 +57,15 @@ static void *checkpoint_thread(void *arg)
             break;
         ck->due = false;
         pthread_mutex_unlock(&ck->mu);
-        if (h == NULL && sqlite3_open_v2(db->path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                                         NULL) == SQLITE_OK) {
-            sqlite3_busy_timeout(h, 1000);
-            sqlite3_exec(h, "PRAGMA synchronous=NORMAL;", NULL, NULL, NULL);
+        if (h == NULL) {
+            if (sqlite3_open_v2(db->path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+                SQLITE_OK) {
+                sqlite3_busy_timeout(h, 1000);
+                sqlite3_exec(h, "PRAGMA synchronous=NORMAL;", NULL, NULL, NULL);
+            } else {
+                sqlite3_close_v2(h); /* a failed open still allocates: try again next time */
+                h = NULL;
+            }
         }
         /* A failure (busy, disk full) is retried at the next commit that finds the WAL long. */
         int rc = h != NULL

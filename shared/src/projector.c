@@ -774,8 +774,9 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     return JL_OK;
 }
 
-/* Open @p r again after the last message it handed out: a delivery was lost. */
-static natsStatus reader_reopen(jl__reader *r)
+/* Open @p r again after the last message it handed out: a delivery was lost, or (@p gone) its
+ * consumer was removed, idle past its inactive threshold. */
+static natsStatus reader_reopen(jl__reader *r, bool gone)
 {
     jl_projector *p = r->p;
     int si = r->si;
@@ -783,9 +784,11 @@ static natsStatus reader_reopen(jl__reader *r)
     int64_t start_time = r->last_seq != 0 ? 0 : r->start_time_ns;
     uint64_t last = r->last_seq;
     char err[256];
-    atomic_fetch_add(&p->lost_deliveries, 1);
-    jl_log(JL_LOG_WARN, "delivery lost, reading again", "\"stream\":\"%s\",\"from_seq\":%" PRIu64,
-           p->src[si].stream, start);
+    if (!gone)
+        atomic_fetch_add(&p->lost_deliveries, 1);
+    jl_log(JL_LOG_WARN,
+           gone ? "reader's consumer gone, reading again" : "delivery lost, reading again",
+           "\"stream\":\"%s\",\"from_seq\":%" PRIu64, p->src[si].stream, start);
     natsMsgList_Destroy(&r->list);
     memset(&r->list, 0, sizeof(r->list));
     if (r->sub != NULL) {
@@ -817,6 +820,14 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
                 memset(&r->list, 0, sizeof(r->list));
                 ns = wait_ms > 0 ? fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
             }
+            if (ns == NATS_NO_RESPONDERS && r->list.Count == 0) {
+                /* Nobody answers for the consumer: idle past its threshold (a source that
+                 * stayed quiet while another was read), the server removed it. */
+                ns = reader_reopen(r, true);
+                if (ns != NATS_OK)
+                    return ns;
+                continue;
+            }
             if (ns == NATS_NOT_FOUND || r->list.Count == 0)
                 return ns == NATS_OK || ns == NATS_NOT_FOUND ? NATS_TIMEOUT : ns;
             if (ns != NATS_OK && ns != NATS_TIMEOUT)
@@ -826,7 +837,7 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         uint64_t seq = 0, cseq = 0, pending = 0;
         bool meta = jl__msg_seq(m, &seq, &cseq, &pending);
         if (meta && cseq != r->next_cseq) {
-            natsStatus ns = reader_reopen(r);
+            natsStatus ns = reader_reopen(r, false);
             if (ns != NATS_OK)
                 return ns;
             continue;
@@ -1418,6 +1429,11 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
     if (p == NULL)
         return;
     atomic_store(&p->stopping, true);
+    /* Queries waiting for a sequence answer now instead of at their timeout: the drain below
+     * waits for them. (jl_projector_stop() cannot: it is async-signal-safe.) */
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->advanced);
+    pthread_mutex_unlock(&p->mu);
     jl__jobs_close(p); /* an unfinished rebuild is abandoned: the live file stays */
     jl__outbox_stop(p);
     if (p->qsub != NULL) {

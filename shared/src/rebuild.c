@@ -61,6 +61,8 @@ typedef struct job_status {
 
 struct jl__job {
     pthread_mutex_t mu;
+    pthread_mutex_t start_mu; /* one start_job() at a time: the admin subscriptions and the
+                                 version check each run on their own thread */
     pthread_t thread;
     bool has_thread;
     atomic_bool cancel;
@@ -473,8 +475,24 @@ static void *job_thread(void *arg)
 }
 
 /* Check the request against the stream, then start the job's thread. */
+static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
+                                  int64_t from_time_ns, bool keep_old, const char *reason,
+                                  char *err, size_t errlen);
+
+/* Check that no job runs and start one, as one step: two requests at once start one job. */
 static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int64_t from_time_ns,
                            bool keep_old, const char *reason, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&p->job->start_mu);
+    jl_status s =
+        start_job_locked(p, verify, from_seq, from_time_ns, keep_old, reason, err, errlen);
+    pthread_mutex_unlock(&p->job->start_mu);
+    return s;
+}
+
+static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
+                                  int64_t from_time_ns, bool keep_old, const char *reason,
+                                  char *err, size_t errlen)
 {
     jl__job *j = p->job;
     jsStreamInfo *si = NULL;
@@ -639,6 +657,7 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     if (p->job == NULL)
         return JL_ERR_NOMEM;
     pthread_mutex_init(&p->job->mu, NULL);
+    pthread_mutex_init(&p->job->start_mu, NULL);
     atomic_init(&p->job->cancel, false);
     /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<durable>.<Req>" reaches
      * this one, so a job's progress is read where the job runs. */
@@ -672,6 +691,7 @@ void jl__jobs_close(jl_projector *p)
     if (p->job->has_thread)
         pthread_join(p->job->thread, NULL);
     pthread_mutex_destroy(&p->job->mu);
+    pthread_mutex_destroy(&p->job->start_mu);
     free(p->job);
     p->job = NULL;
 }

@@ -627,6 +627,19 @@ END_TEST
 
 /* The same for the reader a projector far behind catches up with (and rebuilds use): a delivery
  * of its ephemeral consumer taken by someone else is read again, not skipped. */
+/* Rows of table orders in the read model of data dir @p sub. */
+static int order_rows(const char *sub)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s/order_summary.db", env.dir, sub);
+    char *dump = tdump(path);
+    int rows = 0;
+    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
+        rows++;
+    free(dump);
+    return rows;
+}
+
 START_TEST(a_lost_delivery_while_catching_up_is_read_again)
 {
     tseed_orders(env.conn, 5200, 1); /* beyond the catch-up threshold */
@@ -642,15 +655,31 @@ START_TEST(a_lost_delivery_while_catching_up_is_read_again)
     jsConsumerNamesList_Destroy(names);
 
     catch_up(p, 5200);
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/lostcu/order_summary.db", env.dir);
-    char *dump = tdump(path);
-    int rows = 0;
-    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
-        rows++;
-    free(dump);
-    ck_assert_int_eq(rows, 5200);
+    ck_assert_int_eq(order_rows("lostcu"), 5200);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+START_TEST(a_reader_whose_consumer_is_removed_reads_on)
+{
+    /* The server removes a reader's consumer once it is idle past its inactive threshold (a
+     * source that stays quiet during a long rebuild of another): the reader opens a new one
+     * after its last message instead of failing. */
+    tseed_orders(env.conn, 5200, 1);
+    jl_projector *p = open_projector("gone", "gone", 100);
+    size_t applied = 0;
+    ck_assert_int_eq(jl_projector_step(p, 2000, &applied), JL_OK);
+    ck_assert_uint_eq(applied, 100);
+    jsConsumerNamesList *names = NULL;
+    ck_assert_int_eq(js_ConsumerNames(&names, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(names->Count, 1);
+    ck_assert_int_eq(js_DeleteConsumer(jl_conn_js(env.conn), "ORDERS", names->List[0], NULL, NULL),
+                     NATS_OK);
+    jsConsumerNamesList_Destroy(names);
+    catch_up(p, 5200);
+    ck_assert_int_eq(order_rows("gone"), 5200);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 0);
     jl_projector_close(p, 1000);
 }
 END_TEST
@@ -1253,6 +1282,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, redelivered_messages_are_applied_once);
     tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);
     tcase_add_test(tc, a_lost_delivery_while_catching_up_is_read_again);
+    tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
     tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
