@@ -1897,6 +1897,32 @@ static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_m
     natsSubscription_Destroy(sub);
 }
 
+/* At close, past its wait: the commands whose appends were never confirmed, those queued behind
+ * them and the backlog get no reply any more (their requesters time out, as the warning about
+ * unconfirmed appends says): free them. */
+static void drop_unanswered(jl_producer *p)
+{
+    for (size_t i = 0; i < p->inflight.cap; i++) {
+        cmd *c = p->inflight.keys[i] != NULL ? p->inflight.vals[i] : NULL; /* vals go stale */
+        p->inflight.keys[i] = NULL;
+        if (c == NULL) /* a snapshot's put has no command */
+            continue;
+        if (c->entry != NULL) {
+            for (cmd *q = c->entry->qhead, *next = NULL; q != NULL; q = next) {
+                next = q->next;
+                cmd_free(p, q);
+            }
+            c->entry->qhead = c->entry->qtail = NULL;
+        }
+        cmd_free(p, c);
+    }
+    for (cmd *c = p->backlog_head, *next = NULL; c != NULL; c = next) {
+        next = c->next;
+        cmd_free(p, c);
+    }
+    p->backlog_head = p->backlog_tail = NULL;
+}
+
 /* Until no on_ack call is running; false when one still is after 10 s (it never blocks that
  * long unless the process is starved). */
 static bool wait_for_ack_handlers(jl_producer *p)
@@ -1952,15 +1978,17 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
                unconfirmed);
     jsCtx_Destroy(p->js);
     jsCtx_Destroy(p->bulk_js);
-    jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     /* No ack arrives for a destroyed context, but one may be in its handler still (pausing
-     * before a resend, say): it must be out before the state it uses is freed. */
+     * before a resend, say): it must be out before what it uses (the bulk connection, the
+     * state) is closed or freed. */
     if (!wait_for_ack_handlers(p)) {
         jl_log(JL_LOG_ERROR, "producer not freed",
                "\"why\":\"an ack handler is still running\",\"hint\":\"its memory is left "
                "allocated rather than freed under it\"");
         return;
     }
+    jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
+    drop_unanswered(p);
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     jl_store_close(p->store);
