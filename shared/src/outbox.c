@@ -85,8 +85,20 @@ static bool send_row(jl_projector *p, const row *w, jl_reply *r, char *why, size
     return ok;
 }
 
-/* One pass over the rows without a reply, in order. Returns false when one got no reply. */
-static bool send_pending(jl_projector *p, jl_db *db)
+/* A reply that says "not now": the command was not decided (the producer was shutting down,
+ * the event store did not confirm, writers kept racing on the aggregate). Sent again with the
+ * same id, it is decided afresh: producers remember only what they stored. */
+static bool retryable(jl_code code)
+{
+    return code == JL_CODE_UNAVAILABLE || code == JL_CODE_CONFLICT || code == JL_CODE_TIMEOUT;
+}
+
+typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
+
+/* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
+ * (more may wait), PASS_FAILED when one got no reply or a "not now" (it is sent again after a
+ * backoff, and those behind it wait: order is kept). */
+static pass send_pending(jl_projector *p, jl_db *db)
 {
     row rows[OUTBOX_BATCH];
     int n = 0;
@@ -94,7 +106,7 @@ static bool send_pending(jl_projector *p, jl_db *db)
                                       "causation_id, body FROM jl_outbox WHERE replied_at_ns IS "
                                       "NULL ORDER BY id LIMIT ?");
     if (st == NULL)
-        return false;
+        return PASS_FAILED;
     sqlite3_bind_int(st, 1, OUTBOX_BATCH);
     while (n < OUTBOX_BATCH && sqlite3_step(st) == SQLITE_ROW) {
         row *w = &rows[n];
@@ -129,15 +141,28 @@ static bool send_pending(jl_projector *p, jl_db *db)
             break;
         }
         jl__fault("outbox.after_send");
+        bool again = retryable(r.code);
         st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = ?, "
                             "reply_message = ?, attempts = attempts + 1 WHERE id = ?");
         if (st != NULL) {
-            sqlite3_bind_int64(st, 1, jl__now_ns());
+            if (again)
+                sqlite3_bind_null(st, 1); /* not answered for good: sent again */
+            else
+                sqlite3_bind_int64(st, 1, jl__now_ns());
             sqlite3_bind_text(st, 2, jl_code_str(r.code), -1, SQLITE_STATIC);
             sqlite3_bind_text(st, 3, r.message, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 4, rows[i].id);
             if (jl_db_step_done(db, st) != JL_OK)
                 all = false;
+        } else {
+            all = false; /* unrecorded: the rows behind must not overtake it */
+        }
+        if (again) {
+            jl_log(JL_LOG_WARN, "outbox: command not decided, will retry",
+                   "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", rows[i].command,
+                   rows[i].command_id, jl_code_str(r.code));
+            all = false;
+            break;
         }
         if (r.code != JL_CODE_OK)
             jl_log(JL_LOG_INFO, "outbox: command refused",
@@ -147,7 +172,7 @@ static bool send_pending(jl_projector *p, jl_db *db)
     jl_reply_cleanup(&r);
     for (int i = 0; i < n; i++)
         free(rows[i].body);
-    return all && n < OUTBOX_BATCH;
+    return !all ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
 static void *sender_thread(void *arg)
@@ -172,9 +197,14 @@ static void *sender_thread(void *arg)
                 path[0] = 0;
             }
         }
-        bool done = db != NULL && send_pending(p, db);
-        backoff_ms =
-            done ? 0 : (backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 200);
+        pass got = db != NULL ? send_pending(p, db) : PASS_FAILED;
+        if (got == PASS_MORE && !atomic_load(&p->stopping)) {
+            backoff_ms = 0;
+            continue; /* a backlog: the next batch at once */
+        }
+        backoff_ms = got == PASS_DONE
+                         ? 0
+                         : (backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 200);
         /* Sleep until a batch commits (wake) or a retry is due. */
         pthread_mutex_lock(&p->mu);
         if (!p->outbox_wake && !atomic_load(&p->stopping)) {

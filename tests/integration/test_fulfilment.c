@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,6 +271,60 @@ static int count_events(const char *stream, const char *filter, const char *type
 }
 
 /* ---- tests ---- */
+
+/* A stand-in for the inventory service mid-restart: "not now" to every ReserveStock. */
+static atomic_int not_now_calls;
+
+static void answer_not_now(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    jl_reply r;
+    jl_buf out;
+    (void)sub;
+    (void)closure;
+    jl_reply_init(&r);
+    jl_buf_init(&out, 1 << 16);
+    jl_reply_error(&r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+    if (jl_reply_encode(&out, &r) == JL_OK)
+        natsConnection_Publish(nc, natsMsg_GetReply(m), out.data, (int)out.len);
+    atomic_fetch_add(&not_now_calls, 1);
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(m);
+}
+
+START_TEST(a_command_answered_not_now_is_sent_again)
+{
+    /* The process manager's ReserveStock reaches an inventory service that is going away and
+     * answers "unavailable, try again": the step must be sent again once the service is
+     * back, not recorded as done. */
+    register_product("apple", "Apple", 10);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    natsSubscription *fake = NULL;
+    atomic_store(&not_now_calls, 0);
+    ck_assert_int_eq(natsConnection_QueueSubscribe(&fake, jl_conn_nats(env.conn),
+                                                   "inventory.cmd.ReserveStock", "inventory",
+                                                   answer_not_now, NULL),
+                     NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    runner_start(&process, &fulfilment_process);
+    char a[JL_UUID_LEN + 1];
+    line la[] = {{"apple", 2, 150}};
+    place_order("carol", la, 1, a);
+    int64_t deadline = tnow_ms() + 20000;
+    while (atomic_load(&not_now_calls) == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(&not_now_calls), 1);
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    char err[1024] = "";
+    ck_assert_msg(jl_producer_open(&inventory_p, env.conn, &inventory_service, &env.cfg, err,
+                                   sizeof(err)) == JL_OK,
+                  "%s", err);
+    wait_status(a, "confirmed", 20000);
+    expect_stock("apple", 8, 0);
+}
+END_TEST
 
 START_TEST(one_order_confirmed_one_cancelled_for_lack_of_stock)
 {
@@ -560,6 +615,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
+    tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
     tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
     tcase_add_test(tc, same_reservation_command_to_two_replicas_has_one_effect);
