@@ -177,6 +177,14 @@ jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
         jetledger__commit__free_unpacked(pb, NULL);
         return JL_ERR_DECODE;
     }
+    if (pb->n_events > JL_DECISION_MAX_EVENTS) {
+        /* No producer writes more: a message that says so is dead-lettered once, not split
+         * into as many dead letters as a megabyte of empty events makes. */
+        snprintf(err, errlen, "commit holds %zu events, more than the %d a command may emit",
+                 pb->n_events, JL_DECISION_MAX_EVENTS);
+        jetledger__commit__free_unpacked(pb, NULL);
+        return JL_ERR_DECODE;
+    }
     c = calloc(1, sizeof(*c));
     if (c != NULL)
         c->payloads = calloc(pb->n_events, sizeof(*c->payloads));

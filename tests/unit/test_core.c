@@ -932,6 +932,23 @@ START_TEST(commit_decode_of_commit_without_events_is_decode_error)
 }
 END_TEST
 
+START_TEST(commit_decode_of_more_events_than_a_command_emits_is_decode_error)
+{
+    /* Field 1 (events), empty, JL_DECISION_MAX_EVENTS + 1 times: no producer writes that; a
+     * megabyte of it would otherwise be half a million dead letters. */
+    uint8_t wire[2 * (JL_DECISION_MAX_EVENTS + 1)];
+    for (size_t i = 0; i < sizeof(wire); i += 2) {
+        wire[i] = 0x0a;
+        wire[i + 1] = 0x00;
+    }
+    char err[256] = "";
+    jl_commit *c = NULL;
+    ck_assert_int_eq(jl_commit_decode(&c, wire, sizeof(wire), 1, err, sizeof(err)), JL_ERR_DECODE);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(err, "more than") != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(commit_decode_over_max_bytes_is_too_large)
 {
     size_t n = JL_MAX_COMMIT_BYTES + 1;
@@ -2777,6 +2794,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, commit_payload_decodes_with_types_and_with_registry);
     tcase_add_test(tc, commit_decode_of_garbage_is_decode_error_with_reason);
     tcase_add_test(tc, commit_decode_of_commit_without_events_is_decode_error);
+    tcase_add_test(tc, commit_decode_of_more_events_than_a_command_emits_is_decode_error);
     tcase_add_test(tc, commit_decode_over_max_bytes_is_too_large);
     tcase_add_test(tc, commit_encode_over_max_bytes_is_too_large);
     tcase_add_test(tc, commit_encode_refuses_empty_or_rejected_decision);
