@@ -1902,25 +1902,32 @@ static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_m
  * unconfirmed appends says): free them. */
 static void drop_unanswered(jl_producer *p)
 {
+    cmd *heads = NULL; /* the in-flight commands, then the backlog's, with their queues */
     for (size_t i = 0; i < p->inflight.cap; i++) {
         cmd *c = p->inflight.keys[i] != NULL ? p->inflight.vals[i] : NULL; /* vals go stale */
         p->inflight.keys[i] = NULL;
-        if (c == NULL) /* a snapshot's put has no command */
-            continue;
+        if (c != NULL) { /* NULL: a snapshot's put, no command */
+            c->next = heads;
+            heads = c;
+        }
+    }
+    for (cmd *c = p->backlog_head, *next = NULL; c != NULL; c = next) {
+        next = c->next;
+        c->next = heads;
+        heads = c;
+    }
+    p->backlog_head = p->backlog_tail = NULL;
+    for (cmd *c = heads, *next = NULL; c != NULL; c = next) {
+        next = c->next;
         if (c->entry != NULL) {
-            for (cmd *q = c->entry->qhead, *next = NULL; q != NULL; q = next) {
-                next = q->next;
+            for (cmd *q = c->entry->qhead, *qn = NULL; q != NULL; q = qn) {
+                qn = q->next;
                 cmd_free(p, q);
             }
             c->entry->qhead = c->entry->qtail = NULL;
         }
         cmd_free(p, c);
     }
-    for (cmd *c = p->backlog_head, *next = NULL; c != NULL; c = next) {
-        next = c->next;
-        cmd_free(p, c);
-    }
-    p->backlog_head = p->backlog_tail = NULL;
 }
 
 /* Until no on_ack call is running; false when one still is after 10 s (it never blocks that

@@ -474,7 +474,6 @@ static void *job_thread(void *arg)
     return NULL;
 }
 
-/* Check the request against the stream, then start the job's thread. */
 static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
                                   int64_t from_time_ns, bool keep_old, const char *reason,
                                   char *err, size_t errlen);
@@ -490,6 +489,7 @@ static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int6
     return s;
 }
 
+/* Check the request against the stream, then start the job's thread. Under start_mu. */
 static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
                                   int64_t from_time_ns, bool keep_old, const char *reason,
                                   char *err, size_t errlen)
