@@ -23,6 +23,7 @@
 #include "inventory/inventory.pb-c.h"
 #include "jetledger/buf.h"
 #include "jetledger/db.h"
+#include "jetledger/producer.h"
 #include "orders/orders.pb-c.h"
 
 #define ORDER "9b2f1d3e-4c5a-4b6c-8d7e-0f1a2b3c4d5e"
@@ -637,6 +638,26 @@ static void outbox_row(jl_db *d, int k, outrow *o)
     sqlite3_reset(st);
 }
 
+START_TEST(outbox_refuses_ids_it_would_have_to_cut)
+{
+    /* An id longer than producers accept is refused, not cut: two ids cut alike would go out
+     * as one command, and the second would be answered as a repeat of the first. */
+    Orders__ConfirmOrder c = ORDERS__CONFIRM_ORDER__INIT;
+    c.order_id = ORDER;
+    c.reservation_id = ORDER;
+    char id[JL_MAX_ID_LEN + 2];
+    memset(id, 'x', sizeof(id) - 1);
+    id[sizeof(id) - 1] = 0; /* JL_MAX_ID_LEN + 1 characters */
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, id, NULL, NULL), JL_ERR_INVALID);
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, "", NULL, NULL), JL_ERR_INVALID);
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, "ok-id", id, NULL), JL_ERR_INVALID);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), 0);
+    id[JL_MAX_ID_LEN] = 0; /* exactly the limit */
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, id, NULL, NULL), JL_OK);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), 1);
+}
+END_TEST
+
 START_TEST(apply_happy_path_reserves_confirms_and_commits)
 {
     tev t;
@@ -1160,6 +1181,7 @@ static Suite *fulfilment_suite(void)
     tcase_add_checked_fixture(tc, db_setup, db_teardown);
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, apply_happy_path_reserves_confirms_and_commits);
+    tcase_add_test(tc, outbox_refuses_ids_it_would_have_to_cut);
     tcase_add_test(tc, apply_rejection_cancels_the_order_with_the_reason);
     tcase_add_test(tc, apply_cancel_reason_sent_is_cut_to_the_orders_limit);
     tcase_add_test(tc, apply_cancel_before_the_reservation_releases_it_when_reserved);

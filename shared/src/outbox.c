@@ -16,15 +16,35 @@
 #include <string.h>
 
 #include "jetledger/log.h"
+#include "jetledger/producer.h"
 #include "projector_int.h"
 
 #define OUTBOX_BATCH 32
 #define OUTBOX_REQUEST_MS 5000
 
+typedef struct row {
+    int64_t id;
+    char service[64];
+    char command[72];
+    char command_id[128];
+    char correlation[128];
+    char causation[128];
+    void *body;
+    int len;
+} row;
+
 jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
                         const char *command_id, const char *correlation_id,
                         const char *causation_id)
 {
+    /* The sender keeps each field in a bounded buffer, and producers refuse longer ids: one
+     * that does not fit is refused here, not cut (two ids cut alike would be one command). */
+    if (command_id == NULL || *command_id == 0 || strlen(command_id) > JL_MAX_ID_LEN ||
+        (correlation_id != NULL && strlen(correlation_id) > JL_MAX_ID_LEN) ||
+        (causation_id != NULL && strlen(causation_id) > JL_MAX_ID_LEN) || service == NULL ||
+        strlen(service) >= sizeof(((row *)0)->service) ||
+        strlen(cmd->descriptor->short_name) >= sizeof(((row *)0)->command))
+        return JL_ERR_INVALID;
     size_t n = protobuf_c_message_get_packed_size(cmd);
     if (n > JL_MAX_QUERY_BYTES)
         return JL_ERR_TOO_LARGE;
@@ -49,17 +69,6 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
     free(body);
     return s;
 }
-
-typedef struct row {
-    int64_t id;
-    char service[64];
-    char command[72];
-    char command_id[128];
-    char correlation[128];
-    char causation[128];
-    void *body;
-    int len;
-} row;
 
 /* Request one command; true when a reply came (whatever its code), with it in @p r. */
 static bool send_row(jl_projector *p, const row *w, jl_reply *r, char *why, size_t n)

@@ -108,7 +108,9 @@ typedef struct jl_projector_def {
  * effect however often it is sent. @p command_id must therefore be deterministic (derived from
  * the event that decided it, e.g. "fulfilment:<order id>:reserve"); a second add with an id
  * already queued is ignored.
- * @return JL_OK; JL_ERR_TOO_LARGE over JL_MAX_COMMAND_BYTES; an SQLite failure.
+ * @return JL_OK; JL_ERR_INVALID for an empty command id, an id (command, correlation,
+ * causation) over JL_MAX_ID_LEN characters, or a service or command name over 63 or 71;
+ * JL_ERR_TOO_LARGE over JL_MAX_COMMAND_BYTES; an SQLite failure.
  */
 jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
                         const char *command_id, const char *correlation_id,
