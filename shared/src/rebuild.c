@@ -272,18 +272,38 @@ static int diff_lines(const char *a, const char *b, char out[MAX_DIFFS][256])
     return n;
 }
 
-static jl_status compare(run_ctx *c)
+/* A read transaction on the live file, begun now: what it reads stays as of this moment while
+ * the live side goes on applying (WAL). Called with live paused, at the verified sequence. */
+static jl_status open_snapshot(run_ctx *c, jl_db **out)
 {
-    jl_projector *p = c->p;
+    jl_status s = jl_db_open(out, c->p->db_path, true, c->err, sizeof(c->err));
+    if (s == JL_OK)
+        s = jl_db_begin(*out, false);
+    sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(*out, "SELECT count(*) FROM sqlite_master") : NULL;
+    if (s == JL_OK && (st == NULL || sqlite3_step(st) != SQLITE_ROW)) /* the read starts it */
+        s = JL_ERR_SQLITE;
+    if (st != NULL)
+        sqlite3_reset(st);
+    if (s != JL_OK && *out != NULL) {
+        snprintf(c->err, sizeof(c->err), "cannot read the live model: %s", jl_db_errmsg(*out));
+        jl_db_close(*out);
+        *out = NULL;
+    }
+    return s;
+}
+
+/* Compare the rebuilt model with @p live (a snapshot at the same sequence). */
+static jl_status compare(run_ctx *c, jl_db *live_db)
+{
     jl_buf live, rebuilt;
     jl_buf_init(&live, (size_t)1 << 31);
     jl_buf_init(&rebuilt, (size_t)1 << 31);
-    jl_status s = jl_db_dump(p->db, &live);
+    jl_status s = jl_db_dump(live_db, &live);
     if (s == JL_OK)
         s = jl_db_dump(c->db, &rebuilt);
     if (s != JL_OK) {
         snprintf(c->err, sizeof(c->err), "cannot dump the read models: %s / %s",
-                 jl_db_errmsg(p->db), jl_db_errmsg(c->db));
+                 jl_db_errmsg(live_db), jl_db_errmsg(c->db));
     } else {
         jl__job *j = c->j;
         pthread_mutex_lock(&j->mu);
@@ -422,7 +442,19 @@ static void run_job(jl_projector *p, jl__job *j)
     status_progress(j, c.src[0].checkpoint, applied, total, c.events, c.src[0].checkpoint);
 
     if (s == JL_OK && j->verify) {
-        s = compare(&c);
+        /* Live waits only while its snapshot is taken, not for the two dumps. */
+        jl_db *snap = NULL;
+        s = open_snapshot(&c, &snap);
+        if (paused_live) {
+            pthread_mutex_unlock(&p->apply_mu);
+            paused_live = false;
+        }
+        if (s == JL_OK)
+            s = compare(&c, snap);
+        if (snap != NULL) {
+            jl_db_rollback(snap);
+            jl_db_close(snap);
+        }
     } else if (s == JL_OK) {
         /* The cap was the rebuild's: the connection becomes the live writer, which must not
          * inherit it (max_page_count belongs to the connection, not the file). */
