@@ -1313,6 +1313,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_buf out;
     (void)sub;
 
+    atomic_fetch_add(&p->querying, 1);
     jl_reply_init(&r);
     jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
     answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
@@ -1328,6 +1329,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_buf_cleanup(&out);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
+    atomic_fetch_sub(&p->querying, 1);
 }
 
 /* ---- lifecycle ---- */
@@ -1355,6 +1357,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
     atomic_init(&p->lost_deliveries, 0);
+    atomic_init(&p->querying, 0);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
     if (!valid_durable(base)) {
@@ -1445,6 +1448,16 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
         else
             natsSubscription_Unsubscribe(p->qsub);
         natsSubscription_Destroy(p->qsub);
+    }
+    /* A query the drain did not wait out (its timeout passed) may still be answering: it reads
+     * the databases and the state freed below. */
+    for (int i = 0; i < 10000 && atomic_load(&p->querying) > 0; i++)
+        nats_Sleep(1);
+    if (atomic_load(&p->querying) > 0) {
+        jl_log(JL_LOG_ERROR, "projector not freed",
+               "\"why\":\"a query is still being answered\",\"hint\":\"its memory is left "
+               "allocated rather than freed under it\"");
+        return;
     }
     for (int i = 0; i < p->n_src; i++)
         detach(p, i);

@@ -97,6 +97,7 @@ struct jl_projector {
     atomic_bool stopping;
     atomic_bool paused; /* live applying suspended until a version rebuild switches */
     atomic_uint_fast64_t lost_deliveries; /* deliveries lost in transit, read again */
+    atomic_int querying;                  /* on_query calls running: close waits for them */
     int db_version;                       /* projection version of the current file */
     int64_t last_version_try_ns;
     jl__job *job;
