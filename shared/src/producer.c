@@ -1930,13 +1930,19 @@ static void drop_unanswered(jl_producer *p)
     }
 }
 
-/* Until no on_ack call is running; false when one still is after 10 s (it never blocks that
- * long unless the process is starved). */
+/* Until no on_ack call is running. False, said in the log, when one still is after 10 s (it
+ * never blocks that long unless the process is starved): the caller then leaves everything
+ * allocated rather than free it under the handler. */
 static bool wait_for_ack_handlers(jl_producer *p)
 {
     for (int i = 0; i < 10000 && atomic_load(&p->acking) > 0; i++)
         nats_Sleep(1);
-    return atomic_load(&p->acking) == 0;
+    if (atomic_load(&p->acking) == 0)
+        return true;
+    jl_log(JL_LOG_ERROR, "producer not freed",
+           "\"why\":\"an ack handler is still running\",\"hint\":\"its memory is left "
+           "allocated rather than freed under it\"");
+    return false;
 }
 
 void jl_producer_close(jl_producer *p, int64_t timeout_ms)
@@ -1965,7 +1971,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     pthread_mutex_lock(&p->mu);
     p->closing = true;
     pthread_mutex_unlock(&p->mu);
-    wait_for_ack_handlers(p);
+    if (!wait_for_ack_handlers(p))
+        return;
     jl__ordered_destroy(p->loads);
     p->loads = NULL;
     size_t flushed = flush_snapshots(p, deadline);
@@ -1988,12 +1995,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     /* No ack arrives for a destroyed context, but one may be in its handler still (pausing
      * before a resend, say): it must be out before what it uses (the bulk connection, the
      * state) is closed or freed. */
-    if (!wait_for_ack_handlers(p)) {
-        jl_log(JL_LOG_ERROR, "producer not freed",
-               "\"why\":\"an ack handler is still running\",\"hint\":\"its memory is left "
-               "allocated rather than freed under it\"");
+    if (!wait_for_ack_handlers(p))
         return;
-    }
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     drop_unanswered(p);
     kvStore_Destroy(p->snapshots);

@@ -625,8 +625,6 @@ START_TEST(a_lost_last_delivery_is_read_again_while_idle)
 }
 END_TEST
 
-/* The same for the reader a projector far behind catches up with (and rebuilds use): a delivery
- * of its ephemeral consumer taken by someone else is read again, not skipped. */
 /* Rows of table orders in the read model of data dir @p sub. */
 static int order_rows(const char *sub)
 {
@@ -640,19 +638,30 @@ static int order_rows(const char *sub)
     return rows;
 }
 
-START_TEST(a_lost_delivery_while_catching_up_is_read_again)
+/* A projector in data dir @p sub that has applied one batch of 100 from the reader a projector
+ * far behind catches up with (and rebuilds use), and that reader's ephemeral consumer. */
+static jl_projector *mid_catch_up(const char *sub, char reader[256])
 {
     tseed_orders(env.conn, 5200, 1); /* beyond the catch-up threshold */
-    jl_projector *p = open_projector("lostcu", "lostcu", 100);
+    jl_projector *p = open_projector(sub, sub, 100);
     size_t applied = 0;
     ck_assert_int_eq(jl_projector_step(p, 2000, &applied), JL_OK);
     ck_assert_uint_eq(applied, 100); /* one batch, from the catch-up reader */
-
     jsConsumerNamesList *names = NULL;
     ck_assert_int_eq(js_ConsumerNames(&names, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     ck_assert_int_eq(names->Count, 1); /* the reader's ephemeral consumer, no durable yet */
-    ck_assert_uint_eq(steal_delivery(names->List[0]), 101);
+    snprintf(reader, 256, "%s", names->List[0]);
     jsConsumerNamesList_Destroy(names);
+    return p;
+}
+
+/* The same for the catch-up reader: a delivery of its ephemeral consumer taken by someone else
+ * is read again, not skipped. */
+START_TEST(a_lost_delivery_while_catching_up_is_read_again)
+{
+    char reader[256];
+    jl_projector *p = mid_catch_up("lostcu", reader);
+    ck_assert_uint_eq(steal_delivery(reader), 101);
 
     catch_up(p, 5200);
     ck_assert_int_eq(order_rows("lostcu"), 5200);
@@ -666,17 +675,10 @@ START_TEST(a_reader_whose_consumer_is_removed_reads_on)
     /* The server removes a reader's consumer once it is idle past its inactive threshold (a
      * source that stays quiet during a long rebuild of another): the reader opens a new one
      * after its last message instead of failing. */
-    tseed_orders(env.conn, 5200, 1);
-    jl_projector *p = open_projector("gone", "gone", 100);
-    size_t applied = 0;
-    ck_assert_int_eq(jl_projector_step(p, 2000, &applied), JL_OK);
-    ck_assert_uint_eq(applied, 100);
-    jsConsumerNamesList *names = NULL;
-    ck_assert_int_eq(js_ConsumerNames(&names, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
-    ck_assert_int_eq(names->Count, 1);
-    ck_assert_int_eq(js_DeleteConsumer(jl_conn_js(env.conn), "ORDERS", names->List[0], NULL, NULL),
+    char reader[256];
+    jl_projector *p = mid_catch_up("gone", reader);
+    ck_assert_int_eq(js_DeleteConsumer(jl_conn_js(env.conn), "ORDERS", reader, NULL, NULL),
                      NATS_OK);
-    jsConsumerNamesList_Destroy(names);
     catch_up(p, 5200);
     ck_assert_int_eq(order_rows("gone"), 5200);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 0);

@@ -128,6 +128,17 @@ static char *dump_dir(const char *dir)
     return tdump(path);
 }
 
+/* The stream with @p orders orders of @p items items each, and a live order_summary in data
+ * dir @p sub (rebuilds capped at @p rebuild_max_mb, 0: no cap) that has applied them. */
+static void live_on_seeded(runner *r, const char *sub, int orders, int items,
+                           int64_t rebuild_max_mb)
+{
+    ensure_stream();
+    tseed_orders(env.conn, orders, items);
+    runner_start(r, &order_summary_projector, sub, rebuild_max_mb);
+    wait_checkpoint(r->p, tstream_last_seq(env.conn, "ORDERS"));
+}
+
 /* ---- administration requests ---- */
 
 static Jetledger__RebuildStatus *admin_at(const char *instance, const char *name,
@@ -308,11 +319,8 @@ END_TEST
 
 START_TEST(verify_reports_match_then_the_altered_row)
 {
-    ensure_stream();
-    tseed_orders(env.conn, 200, 2);
     runner live;
-    runner_start(&live, &order_summary_projector, "v", 0);
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    live_on_seeded(&live, "v", 200, 2, 0);
 
     Jetledger__Verify v = JETLEDGER__VERIFY__INIT;
     Jetledger__RebuildStatus *st = run_job("Verify", &v.base);
@@ -426,11 +434,8 @@ END_TEST
 
 START_TEST(full_disk_during_rebuild_leaves_live_untouched)
 {
-    ensure_stream();
-    tseed_orders(env.conn, 6000, 4);
     runner live;
-    runner_start(&live, &order_summary_projector, "full", 1); /* rebuild file capped at 1 MiB */
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    live_on_seeded(&live, "full", 6000, 4, 1); /* rebuild file capped at 1 MiB */
     char *before = dump_dir(live.dir);
     char path_before[1024];
     live_file(live.dir, path_before, sizeof(path_before));
@@ -461,11 +466,8 @@ END_TEST
 
 START_TEST(unwritable_directory_fails_the_rebuild_and_leaves_live_untouched)
 {
-    ensure_stream();
-    tseed_orders(env.conn, 50, 1);
     runner live;
-    runner_start(&live, &order_summary_projector, "ro", 0);
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    live_on_seeded(&live, "ro", 50, 1, 0);
     char *before = dump_dir(live.dir);
     /* As root, permissions do not stop us: take the directory away instead (the live model's
      * files stay open), so creating the new file fails. */
@@ -563,11 +565,8 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     /* The events live applied were purged: the rebuild never sees the live checkpoint's
      * message, and must still finish, at that checkpoint, with what the stream holds. The
      * same when it starts after the last event. */
-    ensure_stream();
-    tseed_orders(env.conn, 30, 0);
     runner live;
-    runner_start(&live, &order_summary_projector, "purged", 0);
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    live_on_seeded(&live, "purged", 30, 0, 0);
     ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     tseed_orders(env.conn, 4, 0);
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
@@ -606,11 +605,8 @@ START_TEST(the_rebuild_size_cap_does_not_stay_on_the_live_model)
 {
     /* The cap limits the file a rebuild writes; once switched in, that file is the live one
      * and grows as it must. */
-    ensure_stream();
-    tseed_orders(env.conn, 50, 1);
     runner live;
-    runner_start(&live, &order_summary_projector, "capped", 1); /* 1 MiB */
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    live_on_seeded(&live, "capped", 50, 1, 1); /* 1 MiB */
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
     Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
