@@ -72,6 +72,15 @@ static void set_err(jl_projector *p, const char *fmt, ...)
     va_end(ap);
 }
 
+static void src_err(jl__source *src, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void src_err(jl__source *src, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(src->err, sizeof(src->err), fmt, ap);
+    va_end(ap);
+}
+
 const char *jl_projector_errmsg(const jl_projector *p)
 {
     return p->err;
@@ -394,7 +403,7 @@ static jl_status create_consumer(jl_projector *p, int i)
     }
     natsStatus ns = js_AddConsumer(NULL, p->js, src->stream, &cc, NULL, &jerr);
     if (ns != NATS_OK) {
-        set_err(p, "cannot create consumer %s on %s: %s (JetStream error %d)", src->durable,
+        src_err(src, "cannot create consumer %s on %s: %s (JetStream error %d)", src->durable,
                 src->stream, natsStatus_GetText(ns), (int)jerr);
         return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
     }
@@ -428,7 +437,7 @@ static jl_status attach(jl_projector *p, int i)
                    src->durable, ci->Delivered.Stream, src->checkpoint);
             ns = js_DeleteConsumer(p->js, src->stream, src->durable, NULL, &jerr);
             if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
-                set_err(p, "cannot reset consumer %s: %s", src->durable, natsStatus_GetText(ns));
+                src_err(src, "cannot reset consumer %s: %s", src->durable, natsStatus_GetText(ns));
                 s = jl_status_from_nats(ns);
             } else {
                 s = create_consumer(p, i);
@@ -439,10 +448,10 @@ static jl_status attach(jl_projector *p, int i)
         src->next_cseq = 1;
         s = create_consumer(p, i);
     } else if (jerr == JSStreamNotFoundErr) {
-        set_err(p, "stream %s does not exist yet", src->stream);
+        src_err(src, "stream %s does not exist yet", src->stream);
         s = JL_ERR_NOT_FOUND;
     } else {
-        set_err(p, "cannot read consumer %s: %s (JetStream error %d)", src->durable,
+        src_err(src, "cannot read consumer %s: %s (JetStream error %d)", src->durable,
                 natsStatus_GetText(ns), (int)jerr);
         s = jl_status_from_nats(ns);
     }
@@ -455,7 +464,7 @@ static jl_status attach(jl_projector *p, int i)
     so.Consumer = src->durable;
     ns = js_PullSubscribe(&src->pull, p->js, src->filter, src->durable, NULL, &so, &jerr);
     if (ns != NATS_OK) {
-        set_err(p, "cannot bind to consumer %s: %s (JetStream error %d)", src->durable,
+        src_err(src, "cannot bind to consumer %s: %s (JetStream error %d)", src->durable,
                 natsStatus_GetText(ns), (int)jerr);
         src->pull = NULL;
         return jl_status_from_nats(ns);
@@ -692,7 +701,8 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
 {
     pthread_mutex_lock(&p->apply_mu);
     jl__batch_result io = {.source = i, .checkpoint = jl__proj_checkpoint(p, i)};
-    jl_status s = jl__proj_apply_batch(p, p->db, msgs, n, &io, p->err, sizeof(p->err));
+    jl_status s =
+        jl__proj_apply_batch(p, p->db, msgs, n, &io, p->src[i].err, sizeof(p->src[i].err));
     if (s == JL_OK)
         publish_progress(p, &io);
     pthread_mutex_unlock(&p->apply_mu);
@@ -733,7 +743,10 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
         set_err(p, "the messages do not come from a stream of projector %s", p->def->name);
         return JL_ERR_INVALID;
     }
-    return apply_source(p, i, msgs, n, true, out_applied);
+    jl_status s = apply_source(p, i, msgs, n, true, out_applied);
+    if (s != JL_OK)
+        snprintf(p->err, sizeof(p->err), "%s", p->src[i].err);
+    return s;
 }
 
 static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
@@ -888,7 +901,8 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
     jl__source *src = &p->src[i];
     jl_status s = JL_OK;
     if (src->catchup.sub == NULL) {
-        s = jl__reader_open(&src->catchup, p, i, src->checkpoint + 1, 0, p->err, sizeof(p->err));
+        s = jl__reader_open(&src->catchup, p, i, src->checkpoint + 1, 0, src->err,
+                            sizeof(src->err));
         if (s != JL_OK)
             return s;
         jl_log(JL_LOG_INFO, "catching up", "\"stream\":\"%s\",\"from_seq\":%" PRIu64, src->stream,
@@ -905,7 +919,7 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
         if (ns == NATS_TIMEOUT)
             break;
         if (ns != NATS_OK) {
-            set_err(p, "catching up failed: %s", natsStatus_GetText(ns));
+            src_err(src, "catching up failed: %s", natsStatus_GetText(ns));
             s = jl_status_from_nats(ns);
             break;
         }
@@ -991,6 +1005,7 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     jl_status s = JL_OK;
 
     *out_applied = 0;
+    src->err[0] = 0;
     if (src->catchup.sub != NULL || (src->pull == NULL && far_behind(p, i)))
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {
@@ -1014,7 +1029,7 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         if (lost_while_idle(p, i))
             lost_delivery(p, i);
     } else if (ns != NATS_OK) {
-        set_err(p, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
+        src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
         detach(p, i); /* re-attach from the checkpoint on the next step */
     } else {
@@ -1062,6 +1077,8 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied)
             /* Only the first source waits: one idle stream must not hold up the others. */
             s = step_source(p, i, i == 0 ? wait_ms : 0, &n);
             total += n;
+            if (s != JL_OK)
+                snprintf(p->err, sizeof(p->err), "%s", p->src[i].err);
         }
     }
     if (out_applied != NULL)
@@ -1090,7 +1107,7 @@ static void run_source(jl_projector *p, int i)
         if (s != JL_ERR_NOT_FOUND || t - p->src[i].last_attach_log_ns > 10000 * NS_PER_MS) {
             jl_log(s == JL_ERR_NOT_FOUND ? JL_LOG_WARN : JL_LOG_ERROR, "projector retrying",
                    "\"stream\":\"%s\",\"status\":\"%s\",\"error\":\"%s\",\"retry_ms\":%d",
-                   p->src[i].stream, jl_status_str(s), jl_log_str(esc, sizeof(esc), p->err),
+                   p->src[i].stream, jl_status_str(s), jl_log_str(esc, sizeof(esc), p->src[i].err),
                    backoff_ms);
             p->src[i].last_attach_log_ns = t;
         }

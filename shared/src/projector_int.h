@@ -70,6 +70,7 @@ typedef struct jl__source {
     int64_t last_attach_log_ns;
     pthread_t thread; /* sources after the first run on their own thread */
     bool has_thread;
+    char err[512]; /* the last failure of this source's steps (each source has a thread) */
 } jl__source;
 
 struct jl_projector {

@@ -179,7 +179,8 @@ uint64_t jl_projector_lost_deliveries(jl_projector *p);
  */
 const char *jl_projector_runtime_schema(void);
 
-/** Why the last failed call failed. */
+/** Why the last failed jl_projector_open(), _step() or _apply() failed (the threads of
+ * jl_projector_run() log their failures instead). */
 const char *jl_projector_errmsg(const jl_projector *p);
 
 /**
