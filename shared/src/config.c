@@ -58,6 +58,8 @@ static const key keys[] = {
         "size cap of a rebuild's new file in MiB, 0 = none"),
     I64("command-ttl", "JL_COMMAND_TTL", command_ttl_s, 0, 365LL * 24 * 3600,
         "seconds a producer remembers client command ids, 0 = off"),
+    I64("outbox-keep", "JL_OUTBOX_KEEP", outbox_keep_s, 0, 10 * 365LL * 24 * 3600,
+        "seconds a process manager keeps answered outbox rows, 0 = forever"),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -77,6 +79,7 @@ void jl_config_init(jl_config *cfg)
     cfg->cache_size = 10000;
     cfg->snapshot_every = 100;
     cfg->command_ttl_s = 7 * 24 * 3600;
+    cfg->outbox_keep_s = 7 * 24 * 3600;
 }
 
 static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,

@@ -21,6 +21,8 @@
 
 #define OUTBOX_BATCH 32
 #define OUTBOX_REQUEST_MS 5000
+#define PRUNE_CHUNK 1000
+#define PRUNE_EVERY_NS (60 * 1000000000LL)
 
 typedef struct row {
     int64_t id;
@@ -184,12 +186,51 @@ static pass send_pending(jl_projector *p, jl_db *db)
     return !all ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
+/* Answered rows are history once they are older than the keep time (by default as long as
+ * producers remember command ids; after that a row has nothing left to prove): delete them,
+ * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows are
+ * sent in id order, so the answered ones are a prefix of the table: each chunk reads only the
+ * rows it deletes and the one after them. */
+static void prune_answered(jl_projector *p, jl_db *db)
+{
+    int64_t cutoff = jl__now_ns() - p->outbox_keep_ns;
+    for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !atomic_load(&p->stopping);) {
+        sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, replied_at_ns FROM jl_outbox ORDER BY id "
+                                          "LIMIT ?");
+        if (st == NULL)
+            return;
+        sqlite3_bind_int(st, 1, PRUNE_CHUNK);
+        int64_t last = -1;
+        deleted = 0;
+        while (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 1) != SQLITE_NULL &&
+               sqlite3_column_int64(st, 1) < cutoff) {
+            last = sqlite3_column_int64(st, 0);
+            deleted++;
+        }
+        sqlite3_reset(st);
+        if (last < 0)
+            return;
+        st = jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id <= ? AND replied_at_ns < ?");
+        if (st == NULL)
+            return;
+        sqlite3_bind_int64(st, 1, last);
+        sqlite3_bind_int64(st, 2, cutoff);
+        if (jl_db_step_done(db, st) != JL_OK) {
+            char esc[512];
+            jl_log(JL_LOG_WARN, "outbox: cannot delete answered rows", "\"error\":\"%s\"",
+                   jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+            return;
+        }
+    }
+}
+
 static void *sender_thread(void *arg)
 {
     jl_projector *p = arg;
     jl_db *db = NULL;
     char path[1024] = "";
     int backoff_ms = 0;
+    int64_t pruned_at = 0;
     while (!atomic_load(&p->stopping)) {
         /* The live file changes with a rebuild: follow it. */
         pthread_rwlock_rdlock(&p->switch_lock);
@@ -207,6 +248,13 @@ static void *sender_thread(void *arg)
             }
         }
         pass got = db != NULL ? send_pending(p, db) : PASS_FAILED;
+        int64_t t = jl__now_ns();
+        if (db != NULL && p->outbox_keep_ns > 0 &&
+            t - pruned_at >=
+                (p->outbox_keep_ns < PRUNE_EVERY_NS ? p->outbox_keep_ns : PRUNE_EVERY_NS)) {
+            pruned_at = t;
+            prune_answered(p, db);
+        }
         if (got == PASS_MORE && !atomic_load(&p->stopping)) {
             backoff_ms = 0;
             continue; /* a backlog: the next batch at once */

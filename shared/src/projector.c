@@ -1367,6 +1367,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     p->batch = cfg->batch;
     p->timeout_ms = cfg->request_timeout_ms;
     p->rebuild_max_bytes = cfg->rebuild_max_mb * 1024 * 1024;
+    p->outbox_keep_ns = cfg->outbox_keep_s * 1000000000LL;
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->apply_mu, NULL);
     pthread_rwlock_init(&p->switch_lock, NULL);

@@ -106,6 +106,7 @@ struct jl_projector {
     bool has_outbox_thread;
     pthread_cond_t outbox_cv; /* with mu: a batch committed, the sender may have work */
     bool outbox_wake;
+    int64_t outbox_keep_ns; /* answered outbox rows older than this are deleted; 0 = kept */
     char err[1024];
 };
 

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "dashboard/dashboard.pb-c.h"
 #include "fulfilment/fulfilment.pb-c.h"
 #include "inventory/inventory.pb-c.h"
@@ -70,6 +72,14 @@ static void runner_stop(runner *r)
     r->p = NULL;
 }
 
+static void open_inventory(void)
+{
+    char err[1024] = "";
+    ck_assert_msg(jl_producer_open(&inventory_p, env.conn, &inventory_service, &env.cfg, err,
+                                   sizeof(err)) == JL_OK,
+                  "%s", err);
+}
+
 static void setup(void)
 {
     char err[1024] = "";
@@ -77,9 +87,7 @@ static void setup(void)
     ck_assert_msg(
         jl_producer_open(&orders_p, env.conn, &orders_service, &env.cfg, err, sizeof(err)) == JL_OK,
         "%s", err);
-    ck_assert_msg(jl_producer_open(&inventory_p, env.conn, &inventory_service, &env.cfg, err,
-                                   sizeof(err)) == JL_OK,
-                  "%s", err);
+    open_inventory();
     runner_start(&summary, &order_summary_projector);
     runner_start(&levels, &inventory_levels_projector);
     runner_start(&dashboard, &sales_dashboard_projector);
@@ -317,12 +325,64 @@ START_TEST(a_command_answered_not_now_is_sent_again)
     ck_assert_int_ge(atomic_load(&not_now_calls), 1);
     natsSubscription_Unsubscribe(fake);
     natsSubscription_Destroy(fake);
-    char err[1024] = "";
-    ck_assert_msg(jl_producer_open(&inventory_p, env.conn, &inventory_service, &env.cfg, err,
-                                   sizeof(err)) == JL_OK,
-                  "%s", err);
+    open_inventory();
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
+}
+END_TEST
+
+/* Outbox rows of the process manager: how many are answered, how many wait for a reply. */
+static void outbox_rows(int *out_answered, int *out_waiting)
+{
+    char path[1024];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "SELECT count(replied_at_ns), count(*) - "
+                                        "count(replied_at_ns) FROM jl_outbox",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    *out_answered = sqlite3_column_int(st, 0);
+    *out_waiting = sqlite3_column_int(st, 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+START_TEST(answered_outbox_rows_are_deleted_after_the_keep_time)
+{
+    /* A process manager's outbox would grow with every command it ever sent: answered rows
+     * go once older than --outbox-keep, rows still waiting for a reply stay. */
+    register_product("pear", "Pear", 10);
+    env.cfg.outbox_keep_s = 1;
+    runner_start(&process, &fulfilment_process);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1];
+    line la[] = {{"pear", 2, 90}};
+    place_order("erin", la, 1, a);
+    wait_status(a, "confirmed", 20000);
+    int answered = 0, waiting = 0;
+    outbox_rows(&answered, &waiting);
+    ck_assert_int_ge(answered + waiting, 2); /* reserve, confirm, commit */
+
+    jl_producer_close(inventory_p, 1000); /* the next reservation gets no reply */
+    inventory_p = NULL;
+    place_order("frank", la, 1, b);
+    int64_t deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(100);
+        outbox_rows(&answered, &waiting);
+    } while ((answered > 0 || waiting != 1) && tnow_ms() < deadline);
+    ck_assert_msg(answered == 0 && waiting == 1, "answered %d, waiting %d", answered, waiting);
+    nats_Sleep(1500); /* older than the keep time, but never answered: kept */
+    outbox_rows(&answered, &waiting);
+    ck_assert_int_eq(waiting, 1);
+
+    open_inventory();
+    wait_status(b, "confirmed", 20000);
+    expect_stock("pear", 6, 0);
 }
 END_TEST
 
@@ -616,6 +676,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
+    tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
     tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
     tcase_add_test(tc, same_reservation_command_to_two_replicas_has_one_effect);

@@ -32,6 +32,7 @@ typedef struct jl_config {
     int snapshot_every;         /**< JL_SNAPSHOT_EVERY / --snapshot-every: events, 0 = never */
     int64_t rebuild_max_mb;     /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
     int64_t command_ttl_s;      /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
+    int64_t outbox_keep_s;      /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
 } jl_config;
 
 /** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, 1 replica, info, ...). */
