@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -179,8 +180,20 @@ static void forget(pid_t pid)
  * nats_url, with the other settings a test uses. Settings a developer may have exported are
  * overridden, so the test sees only what it asked for.
  */
+static void svc_start_in(svc *s, const char *bin, const char *log_name, const char *nats_url,
+                         const char *data_dir, int batch, const char *level,
+                         const char *tmpfs_size);
+
 static void svc_start(svc *s, const char *bin, const char *log_name, const char *nats_url,
                       const char *data_dir, int batch, const char *level)
+{
+    svc_start_in(s, bin, log_name, nats_url, data_dir, batch, level, NULL);
+}
+
+/* svc_start; with @p tmpfs_size, in a mount namespace of its own where @p data_dir is a tmpfs
+ * of that size (a small disk the test can fill, and grow with remount_tmpfs). */
+static void svc_start_in(svc *s, const char *bin, const char *log_name, const char *nats_url,
+                         const char *data_dir, int batch, const char *level, const char *tmpfs_size)
 {
     char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32];
     snprintf(e_url, sizeof(e_url), "NATS_URL=%s", nats_url);
@@ -204,8 +217,14 @@ static void svc_start(svc *s, const char *bin, const char *log_name, const char 
     bin_path(path, sizeof(path), bin);
     snprintf(s->log, sizeof(s->log), "%s/%s", env.dir, log_name);
     const char *const argv[] = {path, NULL};
-    ck_assert_msg(jl_proc_spawn(&s->pid, argv, envv, s->log) == 0, "spawn %s: %s", path,
-                  strerror(errno));
+    char script[PATH_MAX * 2 + 200];
+    snprintf(script, sizeof(script), "mount -t tmpfs -o size=%s jl-test \"$1\" && exec \"$2\"",
+             tmpfs_size != NULL ? tmpfs_size : "");
+    /* unshare and sh exec in turn: the pid is the service's. */
+    const char *const wrapped[] = {"unshare", "-m", "--propagation", "private", "sh", "-c",
+                                   script,    "sh", data_dir,        path,      NULL};
+    ck_assert_msg(jl_proc_spawn(&s->pid, tmpfs_size != NULL ? wrapped : argv, envv, s->log) == 0,
+                  "spawn %s: %s", path, strerror(errno));
     record(s->pid);
 }
 
@@ -541,6 +560,105 @@ END_TEST
 START_TEST(projector_killed_then_restarted_applies_events_appended_while_dead)
 {
     kill_and_resume(true);
+}
+END_TEST
+
+/* ---- a full disk ------------------------------------------------------------------------ */
+
+/* Resize the tmpfs a service got from svc_start_in, from inside its mount namespace. */
+static void remount_tmpfs(pid_t pid, const char *dir, const char *size)
+{
+    char line[PATH_MAX + 200];
+    snprintf(line, sizeof(line), "nsenter -t %d -m mount -o remount,size=%s '%s'", (int)pid, size,
+             dir);
+    ck_assert_msg(system(line) == 0, "%s failed", line);
+}
+
+/* A consistent copy of a read model that only the service's mount namespace sees (SQLite
+ * resolves /proc/<pid>/root to our own root, so it cannot be opened from here). */
+static void copy_out(pid_t pid, const char *db, const char *copy)
+{
+    char line[PATH_MAX * 2 + 200];
+    unlink(copy);
+    snprintf(line, sizeof(line), "nsenter -t %d -m sqlite3 -readonly '%s' \".backup '%s'\"",
+             (int)pid, db, copy);
+    ck_assert_msg(system(line) == 0, "%s failed", line);
+}
+
+/* The durable's ack floor: what the projector says it has committed. */
+static uint64_t ack_floor(void)
+{
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(
+        js_GetConsumerInfo(&ci, jl_conn_js(env.conn), "ORDERS", "order_summary", NULL, NULL),
+        NATS_OK);
+    uint64_t floor = ci->AckFloor.Stream;
+    jsConsumerInfo_Destroy(ci);
+    return floor;
+}
+
+/*
+ * The disk under the read model fills while events keep coming. The projector says so in its
+ * log, goes on answering queries from what it has, acks nothing it could not commit, and once
+ * there is room again applies everything: it ends equal to a projector that never ran out.
+ */
+START_TEST(a_full_disk_holds_the_projector_and_loses_nothing)
+{
+    char dir[400], db[500], copy[500], dir_ref[400], db_ref[500], tail[1500];
+    svc prod, proj;
+    uint64_t at = 0;
+    snprintf(dir, sizeof(dir), "%s/small", env.dir);
+    snprintf(db, sizeof(db), "%s/order_summary.db", dir);
+    snprintf(copy, sizeof(copy), "%s/copy.db", env.dir);
+    snprintf(dir_ref, sizeof(dir_ref), "%s/ref", env.dir);
+    snprintf(db_ref, sizeof(db_ref), "%s/order_summary.db", dir_ref);
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    wait_orders_answer(&prod);
+    uint64_t last = make_orders(0, 10);
+
+    svc_start_in(&proj, "order_summary", "summary.log", env.cfg.nats_url, dir, 5, NULL, "400k");
+    wait_consumer_at("order_summary", last, 30000);
+
+    int made = 10;
+    int64_t deadline = tnow_ms() + 60000;
+    while (file_count(proj.log, "JL_ERR_DISK_FULL") == 0) {
+        ck_assert_msg(tnow_ms() < deadline && made < 3000, "the disk never filled (%d orders): %s",
+                      made, log_tail(proj.log, tail, sizeof(tail)));
+        last = make_orders(made, 10);
+        made += 10;
+        sleep_ms(20);
+    }
+    last = make_orders(made, 10); /* more while it is full */
+    made += 10;
+    wait_summary_answers(&proj);
+    sleep_ms(1000);
+    uint64_t acked = ack_floor();
+    copy_out(proj.pid, db, copy);
+    ck_assert_int_eq(db_last_seq(copy, &at), 0);
+    ck_assert_uint_lt(at, last);
+    ck_assert_uint_le(acked, at); /* nothing acked past what was committed */
+    printf("read model on a 400 KiB tmpfs: full after %d orders; held at %" PRIu64
+           " (acked %" PRIu64 ") with the stream at %" PRIu64 "\n",
+           made - 10, at, acked, last);
+
+    remount_tmpfs(proj.pid, dir, "64m");
+    wait_consumer_at("order_summary", last, 30000);
+    copy_out(proj.pid, db, copy);
+    ck_assert_int_eq(db_last_seq(copy, &at), 0);
+    ck_assert_uint_eq(at, last);
+    build_reference(dir_ref, last);
+    char *got = tdump(copy);
+    char *want = tdump(db_ref);
+    ck_assert_int_eq(count_occurrences(want, "orders|"), made);
+    ck_assert_str_eq(got, want);
+    free(got);
+    free(want);
+    ck_assert_int_eq(db_count(copy, "SELECT COUNT(*) FROM jl_dead_letters"), 0);
+    printf("grown to 64 MiB: applied to %" PRIu64 ", equal to a reference model (%d orders)\n", at,
+           made);
+    ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
+    ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);
 }
 END_TEST
 
@@ -1008,6 +1126,7 @@ START_TEST(cli_round_trip_and_exit_codes)
 
     /* Nothing refused or malformed reached the stream: 4 events in all. */
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 4);
+
     free(r);
     ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
     ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);
@@ -1192,6 +1311,12 @@ Suite *processes_suite(void)
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     suite_add_tcase(s, tc);
+    /* Needs root (a mount namespace with a tmpfs), as the fault tests need it for nft. */
+    TCase *disk = tcase_create("disk");
+    tcase_add_checked_fixture(disk, setup, teardown);
+    tcase_set_timeout(disk, 180);
+    tcase_add_test(disk, a_full_disk_holds_the_projector_and_loses_nothing);
+    suite_add_tcase(s, disk);
     return s;
 }
 
