@@ -946,6 +946,22 @@ static int shown(size_t n)
     return (int)(n < TOKEN_SHOWN ? n : TOKEN_SHOWN);
 }
 
+/* Decoded string text for an error message: at most TOKEN_SHOWN bytes cut on a character
+ * boundary, control characters (and U+0000) masked as '?', "..." when cut; dst holds
+ * TOKEN_SHOWN + 4 bytes. Keeps err one line of valid UTF-8, as render_path() does for keys. */
+static const char *shown_text(char dst[TOKEN_SHOWN + 4], const char *s, size_t n)
+{
+    size_t k = n < TOKEN_SHOWN ? n : TOKEN_SHOWN;
+    while (k < n && k > 0 && ((uint8_t)s[k] & 0xC0) == 0x80)
+        k--;
+    for (size_t i = 0; i < k; i++) {
+        uint8_t c = (uint8_t)s[i];
+        dst[i] = (c < 0x20 || c == 0x7F) ? '?' : (char)c;
+    }
+    memcpy(dst + k, k < n ? "..." : "", k < n ? 4 : 1);
+    return dst;
+}
+
 /*
  * Convert an integer token (JSON number grammar, already checked) for a field of type t (ENUM:
  * an enum number, as int32). Exact for 64 bits: the digits go to strtoll/strtoull, never a double.
@@ -1082,6 +1098,7 @@ static jl_status parse_object(parser *p, const ProtobufCMessageDescriptor *d,
 /* Parse a 64-bit integer given as a JSON string ("123"), which the JSON mapping allows. */
 static jl_status parse_int_string(parser *p, ProtobufCType t, scalar *out)
 {
+    char txt[TOKEN_SHOWN + 4];
     const char *s = NULL;
     size_t n = 0, end = 0;
     bool integral = false;
@@ -1089,7 +1106,7 @@ static jl_status parse_int_string(parser *p, ProtobufCType t, scalar *out)
     jl_status st = parse_string_scratch(p, &s, &n);
     if (st == JL_OK) {
         if (!scan_number((const uint8_t *)s, n, 0, &end, &integral) || end != n)
-            st = fail(p, JL_ERR_INVALID, "expected an integer, got \"%.*s\"", shown(n), s);
+            st = fail(p, JL_ERR_INVALID, "expected an integer, got \"%s\"", shown_text(txt, s, n));
         else
             st = convert_integer(p, t, s, n, integral, out);
     }
@@ -1099,6 +1116,7 @@ static jl_status parse_int_string(parser *p, ProtobufCType t, scalar *out)
 /* Parse one value of field f (never null) into *out; on failure nothing is left allocated. */
 static jl_status parse_value(parser *p, const ProtobufCFieldDescriptor *f, scalar *out)
 {
+    char txt[TOKEN_SHOWN + 4];
     int c = peek(p);
     const char *tok = NULL, *s = NULL;
     size_t n = 0;
@@ -1139,7 +1157,8 @@ static jl_status parse_value(parser *p, const ProtobufCFieldDescriptor *f, scala
                 else if (n == 9 && strcmp(s, "-Infinity") == 0)
                     v = -INFINITY;
                 else
-                    st = fail(p, JL_ERR_INVALID, "expected a number, got \"%.*s\"", shown(n), s);
+                    st = fail(p, JL_ERR_INVALID, "expected a number, got \"%s\"",
+                              shown_text(txt, s, n));
             }
             if (f->type == PROTOBUF_C_TYPE_FLOAT)
                 out->f = (float)v;
@@ -1173,8 +1192,8 @@ static jl_status parse_value(parser *p, const ProtobufCFieldDescriptor *f, scala
             if (st == JL_OK && strlen(s) == n)
                 ev = protobuf_c_enum_descriptor_get_value_by_name(ed, s);
             if (st == JL_OK && ev == NULL)
-                st = fail(p, JL_ERR_INVALID, "unknown value \"%.*s\" for enum %s", shown(n), s,
-                          ed->name);
+                st = fail(p, JL_ERR_INVALID, "unknown value \"%s\" for enum %s",
+                          shown_text(txt, s, n), ed->name);
             if (st == JL_OK)
                 out->e = ev->value;
         } else if (c == '-' || (c >= '0' && c <= '9')) {

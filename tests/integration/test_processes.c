@@ -1124,9 +1124,30 @@ START_TEST(cli_round_trip_and_exit_codes)
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "not-a-uuid") != NULL, "%s", r->err);
 
+    /* Numbers are whole and unsigned, blanks and signs included; a flag is for the
+     * subcommands that read it, not silently ignored by the others. */
+    CLI(r, url, "events", "orders", "--from-seq", " -1");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--from-seq") != NULL, "%s", r->err);
+    CLI(r, url, "history", "orders", id, "--at-seq", "2");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--at-seq does not apply to history") != NULL, "%s", r->err);
+    CLI(r, url, "events", "orders", "--from-time", "2099-01-01T00:00:00Z");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--from-time does not apply to events") != NULL, "%s", r->err);
+
     /* Nothing refused or malformed reached the stream: 4 events in all. */
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 4);
 
+    /* Something that is not a commit, on a subject with JSON's special characters, is still
+     * shown as one valid JSON line. */
+    ck_assert_int_eq(
+        js_Publish(NULL, jl_conn_js(env.conn), "orders.events.a\"b\\c", "junk", 4, NULL, NULL),
+        NATS_OK);
+    CLI(r, url, "events", "orders", "--from-seq", "5");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"subject\":\"orders.events.a\\\"b\\\\c\",\"error\":\"") != NULL,
+                  "%s", r->out);
     free(r);
     ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
     ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);

@@ -1549,6 +1549,40 @@ START_TEST(long_unknown_keys_are_shortened_in_the_error)
 }
 END_TEST
 
+/* An error message is one line of valid UTF-8 whatever the value it quotes: a value with line
+ * breaks or terminal escapes must not forge log or terminal lines. */
+static void error_text_is_clean(const char *json)
+{
+    char err[256] = "";
+    ProtobufCMessage *m = NULL;
+    ck_assert_int_ne(jl_json_to_pb(&m, &kinds_desc, json, strlen(json), err, sizeof(err)), JL_OK);
+    ck_assert_ptr_null(m);
+    size_t n = strlen(err);
+    ck_assert_uint_gt(n, 0);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)err[i];
+        ck_assert_msg(c >= 0x20 && c != 0x7f, "control byte 0x%02x in the error for %s: %s", c,
+                      json, err);
+        size_t k = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+        ck_assert_msg(k > 0 && i + k <= n, "invalid UTF-8 at byte %zu of the error for %s", i,
+                      json);
+        for (size_t j = 1; j < k; j++)
+            ck_assert_msg(((unsigned char)err[i + j] & 0xC0) == 0x80, "invalid UTF-8 at byte %zu",
+                          i + j);
+        i += k;
+    }
+}
+
+START_TEST(quoted_values_in_errors_are_one_clean_line)
+{
+    error_text_is_clean("{\"color\":\"\\n\\u001b[31mRED\"}");
+    error_text_is_clean("{\"i64\":\"\\r\\nforged line\"}");
+    error_text_is_clean("{\"db\":\"\\u001b]0;title\\u0007\"}");
+    /* 39 bytes and a two-byte character: a cut at 40 bytes would split it. */
+    error_text_is_clean("{\"color\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9\"}");
+}
+END_TEST
+
 START_TEST(failures_after_allocations_free_the_partial_message)
 {
     /* Each case fails after strings, bytes, arrays or sub-messages were allocated: run under
@@ -1663,6 +1697,7 @@ int main(void)
     tc = tcase_create("errors_and_ownership");
     tcase_add_test(tc, error_text_is_optional_and_bounded_by_errlen);
     tcase_add_test(tc, long_unknown_keys_are_shortened_in_the_error);
+    tcase_add_test(tc, quoted_values_in_errors_are_one_clean_line);
     tcase_add_test(tc, failures_after_allocations_free_the_partial_message);
     suite_add_tcase(s, tc);
 

@@ -38,6 +38,7 @@ typedef struct cli_opts {
     const char *command_id;     /**< --command-id ID */
     const char *correlation_id; /**< --correlation-id ID */
     int64_t timeout_ms;         /**< --timeout MS (requests) */
+    unsigned given;             /**< bit (1 << flag) for every CLI flag given */
 } cli_opts;
 
 /** Everything a subcommand gets: config, positional arguments (after the subcommand). */

@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "jetledger/codec.h"
+#include "jetledger/json.h"
 
 void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
 {
@@ -25,8 +26,14 @@ static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
     if (jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, err,
                          sizeof(err)) != JL_OK) {
         /* Not ours to judge: show it and go on, the stream is what it is. */
-        printf("{\"seq\":%" PRIu64 ",\"subject\":\"%s\",\"error\":\"%s\"}\n", seq,
-               natsMsg_GetSubject(m), err);
+        const char *subj = natsMsg_GetSubject(m);
+        jl_buf_reset(line);
+        jl_buf_addf(line, "{\"seq\":%" PRIu64 ",\"subject\":", seq);
+        jl_json_add_string(line, subj, strlen(subj));
+        jl_buf_adds(line, ",\"error\":");
+        jl_json_add_string(line, err, strlen(err));
+        jl_buf_adds(line, "}");
+        puts(jl_buf_str(line));
         return 0;
     }
     for (size_t i = 0; i < jl_commit_count(c); i++) {

@@ -85,6 +85,9 @@ jl_conn *cli_connect(const cli_ctx *ctx)
 static int parse_u64(const char *s, uint64_t *out)
 {
     char *end = NULL;
+    /* strtoull skips leading blanks and then accepts a sign: " -1" would wrap to 2^64-1. */
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno != 0 || end == s || *end != 0 || s[0] == '-')
@@ -168,6 +171,8 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
     case F_COUNT:
         break;
     }
+    if (rc == 0)
+        o->given |= 1u << which;
     if (rc == 0 && (which == F_AT_SEQ || which == F_AT_TIME || which == F_AT_VERSION))
         o->n_at++;
     return rc;
@@ -235,13 +240,20 @@ static int exec_bench(char **argv)
 
 int main(int argc, char **argv)
 {
+#define B(f) (1u << (f))
     static const struct {
         const char *name;
         int (*fn)(cli_ctx *);
+        unsigned flags; /* the CLI flags this subcommand reads (--timeout: all) */
     } subs[] = {
-        {"command", cli_command}, {"query", cli_query},   {"events", cli_events},
-        {"history", cli_history}, {"state", cli_state},   {"rebuild", cli_rebuild},
-        {"verify", cli_verify},   {"status", cli_status},
+        {"command", cli_command, B(F_COMMAND_ID) | B(F_CORRELATION_ID)},
+        {"query", cli_query, B(F_CORRELATION_ID)},
+        {"events", cli_events, B(F_AGGREGATE) | B(F_FROM_SEQ)},
+        {"history", cli_history, 0},
+        {"state", cli_state, B(F_AT_SEQ) | B(F_AT_TIME) | B(F_AT_VERSION)},
+        {"rebuild", cli_rebuild, B(F_FROM_SEQ) | B(F_FROM_TIME) | B(F_KEEP_OLD)},
+        {"verify", cli_verify, 0},
+        {"status", cli_status, B(F_JSON)},
     };
     cli_ctx ctx;
     char err[512];
@@ -258,7 +270,7 @@ int main(int argc, char **argv)
         cli_error("give at most one of --at-seq, --at-time and --at-version");
         return CLI_USAGE;
     }
-    if (ctx.opts.from_seq != 0 && ctx.opts.has_from_time) {
+    if ((ctx.opts.given & (1u << F_FROM_SEQ)) && ctx.opts.has_from_time) {
         cli_error("give --from-seq or --from-time, not both");
         return CLI_USAGE;
     }
@@ -283,8 +295,17 @@ int main(int argc, char **argv)
     ctx.argc = npos - 1;
     ctx.argv = args;
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
-        if (strcmp(argv[pos[0]], subs[i].name) == 0)
-            return subs[i].fn(&ctx);
+        if (strcmp(argv[pos[0]], subs[i].name) != 0)
+            continue;
+        unsigned extra = ctx.opts.given & ~(subs[i].flags | B(F_TIMEOUT));
+        for (int k = 0; k < F_COUNT; k++) {
+            if (extra & (1u << k)) {
+                cli_error("%s does not apply to %s (see jetledger help)", flag_names[k],
+                          subs[i].name);
+                return CLI_USAGE;
+            }
+        }
+        return subs[i].fn(&ctx);
     }
     cli_error("unknown subcommand '%s' (see jetledger help)", argv[pos[0]]);
     return CLI_USAGE;
