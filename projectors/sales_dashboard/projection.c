@@ -40,7 +40,10 @@
 #include "inventory/inventory.pb-c.h"
 #include "orders/orders.pb-c.h"
 
-/* The orders service's caps on a line: keep every product and sum far from int64 overflow. */
+/* The orders service's caps on a line: one line's revenue (at most 1e17 cents) fits an int64.
+ * Sums of many lines may not: daily_sales refuses a sum SQLite could only hold as a REAL (the
+ * event is dead-lettered, not counted wrong), and a query whose sum over several days or skus
+ * overflows is answered "invalid", asking for a narrower range. */
 #define MAX_QUANTITY 1000000
 #define MAX_PRICE_CENTS 100000000000LL
 
@@ -60,8 +63,9 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS daily_sales ("
     "  day TEXT NOT NULL,"
     "  sku TEXT NOT NULL,"
-    "  units INTEGER NOT NULL,"
-    "  revenue_cents INTEGER NOT NULL,"
+    "  units INTEGER NOT NULL CONSTRAINT units_fit_int64 CHECK (typeof(units) = 'integer'),"
+    "  revenue_cents INTEGER NOT NULL"
+    "    CONSTRAINT revenue_fits_int64 CHECK (typeof(revenue_cents) = 'integer'),"
     "  PRIMARY KEY (day, sku));"
     "CREATE INDEX IF NOT EXISTS daily_sales_by_sku ON daily_sales (sku, day);"
     "CREATE TABLE IF NOT EXISTS products ("
@@ -270,6 +274,19 @@ static bool check_range(jl_reply *out, const char *from, const char *to)
     return true;
 }
 
+/* A sum() past int64 makes SQLite fail the query with "integer overflow": not a fault of the
+ * read model, an answer too large for the reply's int64 fields. Says so in @p out. */
+static bool sum_overflowed(jl_db *db, int rc, const char *what, jl_reply *out)
+{
+    if (rc != SQLITE_ERROR || strstr(sqlite3_errmsg(jl_db_handle(db)), "integer overflow") == NULL)
+        return false;
+    jl_reply_error(out, JL_CODE_INVALID,
+                   "%s: the revenue over this range exceeds a 64-bit count of cents; narrow "
+                   "from_day and to_day",
+                   what);
+    return true;
+}
+
 static jl_status top_products(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     const Dashboard__TopProducts *q = (const Dashboard__TopProducts *)msg;
@@ -308,10 +325,11 @@ static jl_status top_products(jl_db *db, const ProtobufCMessage *msg, jl_reply *
         if (r->sku == NULL || r->name == NULL)
             s = JL_ERR_NOMEM;
     }
-    if (s == JL_OK && rc != SQLITE_DONE)
+    bool overflowed = s == JL_OK && sum_overflowed(db, rc, "TopProducts", out);
+    if (s == JL_OK && rc != SQLITE_DONE && !overflowed)
         s = jl_db_fail(db, rc, "TopProducts");
     sqlite3_reset(st);
-    if (s == JL_OK) {
+    if (s == JL_OK && !overflowed) {
         Dashboard__TopProductsResult res = DASHBOARD__TOP_PRODUCTS_RESULT__INIT;
         res.n_products = n;
         res.products = ptrs;
@@ -371,10 +389,13 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
         p->revenue_cents = sqlite3_column_int64(st, 2);
         ptrs[n++] = p;
     }
-    if (s == JL_OK && rc != SQLITE_DONE)
+    bool overflowed = s == JL_OK && sum_overflowed(db, rc, "DailySeries", out);
+    if (s == JL_OK && rc != SQLITE_DONE && !overflowed)
         s = jl_db_fail(db, rc, "DailySeries");
     sqlite3_reset(st);
-    if (s == JL_OK && n > SALES_DASHBOARD_MAX_DAYS) {
+    if (overflowed) {
+        /* answered above */
+    } else if (s == JL_OK && n > SALES_DASHBOARD_MAX_DAYS) {
         jl_reply_error(out, JL_CODE_INVALID,
                        "the series holds more than %d days: narrow from_day and to_day",
                        SALES_DASHBOARD_MAX_DAYS);
@@ -450,7 +471,7 @@ const jl_projector_def sales_dashboard_projector = {
     .name = "sales_dashboard",
     .sources = sources,
     .n_sources = sizeof(sources) / sizeof(sources[0]),
-    .version = 1,
+    .version = 2, /* 2: daily_sales refuses sums past int64 */
     .schema_sql = schema,
     .events = {events, sizeof(events) / sizeof(events[0])},
     .apply = apply,

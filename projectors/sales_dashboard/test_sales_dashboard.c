@@ -1,0 +1,227 @@
+/*
+ * The sales_dashboard projection (projection.c) without NATS: apply against a scratch SQLite
+ * file, then the queries. Sums past int64: refused or answered as such, never counted wrong.
+ */
+#include "projection.h"
+
+#include <check.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dashboard/dashboard.pb-c.h"
+#include "jetledger/db.h"
+#include "orders/orders.pb-c.h"
+
+#define MAX_QTY 1000000              /* ORDERS_MAX_QUANTITY */
+#define MAX_PRICE 100000000000LL     /* ORDERS_MAX_PRICE_CENTS */
+#define MAX_LINES 50                 /* ORDERS_MAX_ITEMS */
+#define DAY_NS 1767225600000000000LL /* 2026-01-01T00:00:00Z */
+
+static char dir[256];
+static jl_db *db;
+
+static void db_setup(void)
+{
+    char path[512], err[256];
+    snprintf(dir, sizeof(dir), "/tmp/test_sales_dashboard.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/d.db", dir);
+    ck_assert_msg(jl_db_open(&db, path, false, err, sizeof(err)) == JL_OK, "%s", err);
+    ck_assert_int_eq(jl_db_exec(db, sales_dashboard_projector.schema_sql), JL_OK);
+    ck_assert_int_eq(jl_db_exec(db, "PRAGMA synchronous = OFF"), JL_OK);
+}
+
+static void db_teardown(void)
+{
+    jl_db_close(db);
+    db = NULL;
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* One orders event as apply sees it. */
+typedef struct tev {
+    jl_event ev;
+    char event_id[JL_UUID_LEN + 1];
+    char order[JL_UUID_LEN + 1];
+    union {
+        Orders__OrderCreated created;
+        Orders__OrderPlaced placed;
+        Orders__OrderConfirmed confirmed;
+    } m;
+    char skus[MAX_LINES][8];
+    Orders__OrderLine lines[MAX_LINES];
+    Orders__OrderLine *ptrs[MAX_LINES];
+} tev;
+
+static void base(tev *t, const char *type, const char *order, int64_t at)
+{
+    memset(&t->ev, 0, sizeof(t->ev));
+    jl_uuid_new(t->event_id);
+    snprintf(t->order, sizeof(t->order), "%s", order);
+    t->ev.event_id = t->event_id;
+    t->ev.event_type = type;
+    t->ev.aggregate_type = "order";
+    t->ev.aggregate_id = t->order;
+    t->ev.aggregate_version = 1;
+    t->ev.occurred_at_ns = at;
+}
+
+static char apply_err[512];
+
+static jl_status apply(tev *t)
+{
+    apply_err[0] = 0;
+    return sales_dashboard_projector.apply(db, &t->ev, apply_err, sizeof(apply_err));
+}
+
+static void apply_ok(tev *t)
+{
+    jl_status s = apply(t);
+    ck_assert_msg(s == JL_OK, "apply %s: %s (%s)", t->ev.event_type, jl_status_str(s), apply_err);
+}
+
+/* An order of @p n lines (skus "s00", "s01", ...) at the orders service's caps, created and
+ * placed at @p at; returns what applying its OrderConfirmed returned. */
+static jl_status max_order(int n, int64_t at)
+{
+    static tev t; /* large */
+    char order[JL_UUID_LEN + 1];
+    jl_uuid_new(order);
+
+    base(&t, "orders.OrderCreated", order, at);
+    orders__order_created__init(&t.m.created);
+    t.m.created.order_id = t.order;
+    t.m.created.customer_id = "alice";
+    t.ev.payload = &t.m.created.base;
+    apply_ok(&t);
+
+    base(&t, "orders.OrderPlaced", order, at);
+    orders__order_placed__init(&t.m.placed);
+    t.m.placed.order_id = t.order;
+    for (int i = 0; i < n; i++) {
+        snprintf(t.skus[i], sizeof(t.skus[i]), "s%02d", i);
+        orders__order_line__init(&t.lines[i]);
+        t.lines[i].sku = t.skus[i];
+        t.lines[i].quantity = MAX_QTY;
+        t.lines[i].unit_price_cents = MAX_PRICE;
+        t.ptrs[i] = &t.lines[i];
+    }
+    t.m.placed.n_lines = (size_t)n;
+    t.m.placed.lines = t.ptrs;
+    t.ev.payload = &t.m.placed.base;
+    apply_ok(&t);
+
+    base(&t, "orders.OrderConfirmed", order, at);
+    orders__order_confirmed__init(&t.m.confirmed);
+    t.m.confirmed.order_id = t.order;
+    t.m.confirmed.reservation_id = order;
+    t.ev.payload = &t.m.confirmed.base;
+    return apply(&t);
+}
+
+static const jl_query_def *query(const ProtobufCMessageDescriptor *d)
+{
+    for (size_t i = 0; i < sales_dashboard_projector.n_queries; i++) {
+        if (sales_dashboard_projector.queries[i].request == d)
+            return &sales_dashboard_projector.queries[i];
+    }
+    ck_abort_msg("no query %s", d->name);
+    return NULL;
+}
+
+static jl_status ask(const ProtobufCMessage *req, jl_reply *r)
+{
+    jl_reply_reset(r);
+    ck_assert_int_eq(jl_db_begin(db, false), JL_OK);
+    jl_status s = query(req->descriptor)->handle(db, req, r);
+    jl_db_rollback(db);
+    return s;
+}
+
+/* Two orders the orders service accepts (50 lines at the caps: 5e18 cents each), confirmed the
+ * same day: the day's revenue over all skus is 1e19 cents, past int64. DailySeries says so, as
+ * an answer (not an internal error), and still answers for one sku. */
+START_TEST(a_daily_sum_past_int64_is_answered_invalid)
+{
+    ck_assert_int_eq(max_order(MAX_LINES, DAY_NS + 1000), JL_OK);
+    ck_assert_int_eq(max_order(MAX_LINES, DAY_NS + 2000), JL_OK);
+
+    jl_reply r;
+    jl_reply_init(&r);
+    Dashboard__DailySeries q = DASHBOARD__DAILY_SERIES__INIT;
+    ck_assert_int_eq(ask(&q.base, &r), JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(r.message, "exceeds") && strstr(r.message, "narrow"), "%s", r.message);
+
+    q.sku = "s07";
+    ck_assert_int_eq(ask(&q.base, &r), JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    Dashboard__DailySeriesResult *res =
+        dashboard__daily_series_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_uint_eq(res->n_points, 1);
+    ck_assert_int_eq(res->points[0]->units, 2LL * MAX_QTY);
+    ck_assert_int_eq(res->points[0]->revenue_cents, 2LL * MAX_QTY * MAX_PRICE);
+    dashboard__daily_series_result__free_unpacked(res, NULL);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+/* 93 confirmed one-line orders of sku s00 at the caps on one day: 9.3e18 cents, past int64.
+ * SQLite would turn the sum into a REAL and TopProducts report a clamped, wrong figure: the
+ * confirmation that would overflow is refused instead (the runtime dead-letters it, with the
+ * reason) and every figure stays exact. */
+START_TEST(a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong)
+{
+    for (int i = 0; i < 92; i++)
+        ck_assert_int_eq(max_order(1, DAY_NS + i), JL_OK);
+    ck_assert_int_eq(max_order(1, DAY_NS + 92), JL_ERR_INVALID);
+    ck_assert_msg(strstr(apply_err, "revenue_fits_int64") != NULL, "%s", apply_err);
+
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT typeof(revenue_cents), units FROM daily_sales");
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "integer");
+    ck_assert_int_eq(sqlite3_column_int64(st, 1), 92LL * MAX_QTY);
+    sqlite3_reset(st);
+
+    jl_reply r;
+    jl_reply_init(&r);
+    Dashboard__TopProducts q = DASHBOARD__TOP_PRODUCTS__INIT;
+    ck_assert_int_eq(ask(&q.base, &r), JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    Dashboard__TopProductsResult *res =
+        dashboard__top_products_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_uint_eq(res->n_products, 1);
+    ck_assert_int_eq(res->products[0]->revenue_cents, 92LL * MAX_QTY * MAX_PRICE);
+    dashboard__top_products_result__free_unpacked(res, NULL);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+static Suite *dashboard_suite(void)
+{
+    Suite *s = suite_create("sales_dashboard");
+    TCase *tc = tcase_create("overflow");
+    tcase_add_checked_fixture(tc, db_setup, db_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, a_daily_sum_past_int64_is_answered_invalid);
+    tcase_add_test(tc, a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(dashboard_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
