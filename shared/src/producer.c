@@ -64,9 +64,8 @@ struct jl_producer {
     int64_t append_timeout_ms;
     uint64_t snapshot_every;
     /* One lock for everything below, held while deciding and on acks, but not while reading an
-     * aggregate the cache lacks or the commits after a lost race (p->loads), or a command-id
-     * record (p->incoming). Catching up an entry left stale (an append of unknown outcome, a
-     * failed read) and the rare synchronous record of a repeat do hold it. */
+     * aggregate the cache lacks, one left stale (an append of unknown outcome, a failed read)
+     * or the commits after a lost race (p->loads), or a command-id record (p->incoming). */
     pthread_mutex_t mu;
     jl__cache *cache;
     void *scratch; /* evolve target when advancing a cached state */
@@ -75,6 +74,7 @@ struct jl_producer {
     size_t max_inflight;
     size_t snapshots_inflight;        /* snapshot writes not yet acked (not in n_inflight) */
     size_t n_loading;                 /* commands in p->loads (not in n_inflight) */
+    cmd *to_load_head, *to_load_tail; /* for p->loads once the lock is let go (defer_load) */
     bool closing;                     /* past the close's wait: no command is started now */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
@@ -285,12 +285,6 @@ static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx 
     return read_result(subject, rc, s, r);
 }
 
-/* read_commits() and replayed() in one, under p->mu. */
-static jl_status replay(jl_producer *p, const char *subject, replay_ctx *rc, jl_reply *r)
-{
-    return replayed(p, subject, rc, read_commits(p, subject, rc), r);
-}
-
 /* ---- snapshots ---- */
 
 static bool snapshots_on(const jl_producer *p)
@@ -421,17 +415,6 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
     jl__cache_pin(p->cache, e);
     c->entry = e;
     return JL_OK;
-}
-
-/* After a lost race: fold in the commits written since the entry's last sequence. */
-static jl_status catch_up(jl_producer *p, const char *subject, jl__cache_entry *e, jl_reply *r)
-{
-    replay_ctx rc = {.p = p, .state = e->state, .version = e->version, .last_seq = e->last_seq};
-    jl_status s = replay(p, subject, &rc, r);
-    e->version = rc.version;
-    e->last_seq = rc.last_seq;
-    e->stale = s != JL_OK;
-    return s;
 }
 
 /* The events of @p c are stored at @p seq: evolve the entry's state with them, so the cache
@@ -850,6 +833,7 @@ static void finish_stored(jl_producer *p, cmd *c, jl_reply *r)
 }
 
 static bool start_one(jl_producer *p, cmd *c);
+static void defer_load(jl_producer *p, cmd *c);
 
 /* The entry's append is over: unpin it and start the next command waiting for it, and the one
  * after while they end at once (rejected, say). A loop, not a recursion through start(): a
@@ -887,9 +871,15 @@ static bool start_one(jl_producer *p, cmd *c)
         finish(p, c, r);
         return true;
     }
-    if (e->stale && catch_up(p, c->subject, e, r) != JL_OK) {
-        finish(p, c, r);
-        return true;
+    if (e->stale) {
+        /* Read it again on a worker, not here under the lock: a read may wait out a stream
+         * leader election, and every other aggregate's commands with it. From its last
+         * sequence when the state is still that of it (an append of unknown outcome), else
+         * from its snapshot (a failed read or evolve left it reset). */
+        e->busy = true;
+        c->catching_up = e->last_seq != 0;
+        defer_load(p, c);
+        return false;
     }
     if (p->n_inflight >= p->max_inflight) {
         /* Keep the entry busy so later commands of this aggregate queue behind this one. */
@@ -1031,12 +1021,33 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     return true;
 }
 
-/* Hand @p c to p->loads: called under p->mu, which it releases (a push may wait for room). */
-static void read_then_unlock(jl_producer *p, cmd *c)
+/* Queue @p c for p->loads, under p->mu; unlock_and_load() hands it over once the lock is let
+ * go (a push may wait for room, and the workers' load_done takes the lock). Counted in
+ * n_loading from now, so a close waits for it. */
+static void defer_load(jl_producer *p, cmd *c)
 {
     p->n_loading++;
+    c->next = NULL;
+    if (p->to_load_tail != NULL)
+        p->to_load_tail->next = c;
+    else
+        p->to_load_head = c;
+    p->to_load_tail = c;
+}
+
+/* Release p->mu, then push what defer_load() queued meanwhile. Every path that may start a
+ * command (start_one) leaves the lock this way. */
+static void unlock_and_load(jl_producer *p)
+{
+    cmd *c = p->to_load_head;
+    p->to_load_head = p->to_load_tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    jl__ordered_push(p->loads, c, 0, true);
+    while (c != NULL) {
+        cmd *next = c->next;
+        c->next = NULL;
+        jl__ordered_push(p->loads, c, 0, true);
+        c = next;
+    }
 }
 
 /*
@@ -1107,7 +1118,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
         e->busy = false;
         start(p, c);
     }
-    pthread_mutex_unlock(&p->mu);
+    unlock_and_load(p);
 }
 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
@@ -1238,9 +1249,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     }
     drain_backlog(p);
     if (to_read != NULL)
-        read_then_unlock(p, to_read);
-    else
-        pthread_mutex_unlock(&p->mu);
+        defer_load(p, to_read);
+    unlock_and_load(p);
     natsMsg_Destroy(msg);
     atomic_fetch_sub(&p->acking, 1);
 }
@@ -1396,11 +1406,12 @@ static void submit(jl_producer *p, const request *rq)
         goto reject;
     if (!ready) {
         /* Read on a worker, without the lock: other aggregates' commands go on meanwhile. */
-        read_then_unlock(p, c);
+        defer_load(p, c);
+        unlock_and_load(p);
         return;
     }
     start(p, c);
-    pthread_mutex_unlock(&p->mu);
+    unlock_and_load(p);
     return;
 reject:
     kvEntry_Destroy(known);

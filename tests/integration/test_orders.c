@@ -6,6 +6,7 @@
 #include <check.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1268,6 +1269,70 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
 }
 END_TEST
 
+/* AddItem on a thread, for commands that must be in flight together. */
+typedef struct add_arg {
+    jl_producer *on;
+    const char *id, *sku, *cmd_id;
+    jl_reply r;
+} add_arg;
+
+static void *add_on_thread(void *arg)
+{
+    add_arg *a = arg;
+    add_with_id(a->on, a->id, a->sku, a->cmd_id, &a->r);
+    return NULL;
+}
+
+START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
+{
+    /* Replica B caches an order; replica A then stores a command on it. B gets the same
+     * command (same id) and, while its append waits on a paused server, another command for
+     * the order, which queues behind it. The append comes back a duplicate: B's state lacks
+     * A's commit, so the queued command must be decided on a fresh read (on a worker, not
+     * under the producer's lock), giving version 3, not a conflict or version 2. */
+    char id[JL_UUID_LEN + 1];
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer *a = open_without_records(env.conn), *b = open_without_records(env.conn);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "stale";
+    size_t n = orders__create_order__pack(&m, buf);
+    jl_producer_handle(b, "CreateOrder", buf, n, NULL, NULL, NULL, &r);
+    ck_assert_int_eq(r.code, JL_CODE_OK);
+    snprintf(id, sizeof(id), "%s", r.aggregate_id);
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(a, id, "a", "stale-key", &r), JL_CODE_OK);
+    ck_assert_uint_eq(r.aggregate_version, 2);
+
+    pid_t server = jl_natsd_pid(env.natsd);
+    add_arg first = {.on = b, .id = id, .sku = "a", .cmd_id = "stale-key"};
+    add_arg behind = {.on = b, .id = id, .sku = "b", .cmd_id = NULL};
+    jl_reply_init(&first.r);
+    jl_reply_init(&behind.r);
+    pthread_t t1, t2;
+    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pthread_create(&t1, NULL, add_on_thread, &first);
+    nats_Sleep(100); /* its append is sent and waits for the server */
+    pthread_create(&t2, NULL, add_on_thread, &behind);
+    nats_Sleep(100); /* queued behind it */
+    ck_assert_int_eq(kill(server, SIGCONT), 0);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    ck_assert_msg(first.r.code == JL_CODE_OK, "%s", first.r.message);
+    ck_assert(first.r.duplicate);
+    ck_assert_uint_eq(first.r.aggregate_version, 2);
+    ck_assert_msg(behind.r.code == JL_CODE_OK, "%s", behind.r.message);
+    ck_assert(!behind.r.duplicate);
+    ck_assert_uint_eq(behind.r.aggregate_version, 3);
+    jl_reply_cleanup(&first.r);
+    jl_reply_cleanup(&behind.r);
+    jl_reply_cleanup(&r);
+    jl_producer_close(a, 1000);
+    jl_producer_close(b, 1000);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -1293,6 +1358,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
+    tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, a_creation_repeated_with_its_command_id_names_the_first_aggregate);
     tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
