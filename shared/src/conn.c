@@ -421,3 +421,80 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
     free(servers);
     return s;
 }
+
+/* ---- closing a subscription ---- */
+
+/* Shared by jl_conn_sub_stop() and the on-complete callback, which may come after the close
+ * gave up waiting: the last of the two frees it. */
+typedef struct sub_done {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int refs;
+} sub_done;
+
+static void sub_done_unref(sub_done *d)
+{
+    pthread_mutex_lock(&d->mu);
+    int left = --d->refs;
+    pthread_mutex_unlock(&d->mu);
+    if (left == 0) {
+        pthread_cond_destroy(&d->cv);
+        pthread_mutex_destroy(&d->mu);
+        free(d);
+    }
+}
+
+static void on_sub_complete(void *closure)
+{
+    sub_done *d = closure;
+    pthread_mutex_lock(&d->mu);
+    d->done = true;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    sub_done_unref(d);
+}
+
+void jl_conn_settle(jl_conn *c)
+{
+    natsConnection *nc = c != NULL ? jl_conn_nats(c) : NULL;
+    if (nc != NULL && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
+        natsConnection_FlushTimeout(nc, 2000);
+}
+
+bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms)
+{
+    if (sub == NULL)
+        return true;
+    sub_done *d = calloc(1, sizeof(*d));
+    bool watched = false;
+    if (d != NULL) {
+        pthread_mutex_init(&d->mu, NULL);
+        pthread_cond_init(&d->cv, NULL);
+        d->refs = 2;
+        watched = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK;
+        if (!watched)
+            d->refs = 1; /* no callback will come: closed already, or not asynchronous */
+    }
+    /* A drain that did not finish in time would go on handling what it holds: cut it. */
+    if (drain_ms <= 0 || natsSubscription_Drain(sub) != NATS_OK ||
+        natsSubscription_WaitForDrainCompletion(sub, drain_ms) != NATS_OK)
+        natsSubscription_Unsubscribe(sub);
+    bool done = !watched && d != NULL;
+    if (watched) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        int64_t ns = until.tv_nsec + (wait_ms > 0 ? wait_ms : 0) % 1000 * 1000000LL;
+        until.tv_sec += (time_t)((wait_ms > 0 ? wait_ms : 0) / 1000 + ns / 1000000000LL);
+        until.tv_nsec = (long)(ns % 1000000000LL);
+        pthread_mutex_lock(&d->mu);
+        while (!d->done && pthread_cond_timedwait(&d->cv, &d->mu, &until) == 0)
+            ;
+        done = d->done;
+        pthread_mutex_unlock(&d->mu);
+    }
+    if (d != NULL)
+        sub_done_unref(d);
+    jl_conn_settle(c);
+    return done;
+}

@@ -21,6 +21,8 @@
 #define JL_PRODUCER_MAX_INFLIGHT 4096
 /* How long one attempt of an append waits for its ack before it is sent again. */
 #define JL_APPEND_ATTEMPT_MS 1500
+/* How long a close waits for a handler still running before it leaves the memory allocated. */
+#define HANDLER_WAIT_MS 10000
 
 /* Commands in progress (appends in flight, or requests waiting to be read) from which appends
  * and replies go through the batching connection. */
@@ -1223,6 +1225,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             nats_Sleep(20);
             pthread_mutex_lock(&p->mu);
             p->n_inflight--;
+            jl_reply_reset(r); /* the shared reply was others' meanwhile */
+            snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
         }
         jsPubOptions again;
         jsPubOptions_Init(&again);
@@ -1892,20 +1896,28 @@ static void await_acks(jl_producer *p, int64_t deadline_ms)
 
 /* Drain and destroy *@p slot, clearing it under the lock first: acks still arriving look at
  * the command subscription (bursting). */
-static void close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
+/* Drain: no new requests are taken, the ones already received are answered. False when a
+ * handler (a long history query, say) may still be running at the deadline. */
+static bool close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
 {
     natsSubscription *sub = *slot;
     if (sub == NULL)
-        return;
-    /* Drain: no new requests are taken, the ones already received are answered. */
-    if (timeout_ms > 0 && natsSubscription_Drain(sub) == NATS_OK)
-        natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
-    else
-        natsSubscription_Unsubscribe(sub);
+        return true;
+    bool done = jl_conn_sub_stop(p->conn, sub, timeout_ms, HANDLER_WAIT_MS);
     pthread_mutex_lock(&p->mu);
     *slot = NULL;
     pthread_mutex_unlock(&p->mu);
     natsSubscription_Destroy(sub);
+    return done;
+}
+
+/* The producer's memory is left allocated rather than freed under a handler still running. */
+static void not_freed(const char *why)
+{
+    jl_log(JL_LOG_ERROR, "producer not freed",
+           "\"why\":\"%s\",\"hint\":\"its memory is left allocated rather than freed under "
+           "it\"",
+           why);
 }
 
 /* At close, past its wait: the commands whose appends were never confirmed, those queued behind
@@ -1946,13 +1958,11 @@ static void drop_unanswered(jl_producer *p)
  * allocated rather than free it under the handler. */
 static bool wait_for_ack_handlers(jl_producer *p)
 {
-    for (int i = 0; i < 10000 && atomic_load(&p->acking) > 0; i++)
+    for (int i = 0; i < HANDLER_WAIT_MS && atomic_load(&p->acking) > 0; i++)
         nats_Sleep(1);
     if (atomic_load(&p->acking) == 0)
         return true;
-    jl_log(JL_LOG_ERROR, "producer not freed",
-           "\"why\":\"an ack handler is still running\",\"hint\":\"its memory is left "
-           "allocated rather than freed under it\"");
+    not_freed("an ack handler is still running");
     return false;
 }
 
@@ -1960,8 +1970,12 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
         return;
-    close_sub(p, &p->sub, timeout_ms);
-    close_sub(p, &p->qsub, timeout_ms);
+    bool subs_done = close_sub(p, &p->sub, timeout_ms);
+    subs_done = close_sub(p, &p->qsub, timeout_ms) && subs_done;
+    if (!subs_done) {
+        not_freed("a command or query handler is still running");
+        return;
+    }
     jl__ordered_destroy(p->incoming); /* every request taken is submitted */
     p->incoming = NULL;
     /* Let the appends in flight be confirmed and answered before freeing their state. An ack

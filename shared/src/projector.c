@@ -1330,7 +1330,6 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_buf out;
     (void)sub;
 
-    atomic_fetch_add(&p->querying, 1);
     jl_reply_init(&r);
     jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
     answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
@@ -1346,7 +1345,6 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_buf_cleanup(&out);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
-    atomic_fetch_sub(&p->querying, 1);
 }
 
 /* ---- lifecycle ---- */
@@ -1375,7 +1373,6 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
     atomic_init(&p->lost_deliveries, 0);
-    atomic_init(&p->querying, 0);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
     if (!valid_durable(base)) {
@@ -1458,23 +1455,21 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
     pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->advanced);
     pthread_mutex_unlock(&p->mu);
-    jl__jobs_close(p); /* an unfinished rebuild is abandoned: the live file stays */
+    /* An unfinished rebuild is abandoned: the live file stays. */
+    bool handlers_done = jl__jobs_close(p);
     jl__outbox_stop(p);
+    /* Drain: queries already received are answered. One the drain did not wait out may still
+     * be answering: it reads the databases and the state freed below. */
     if (p->qsub != NULL) {
-        if (timeout_ms > 0 && natsSubscription_Drain(p->qsub) == NATS_OK)
-            natsSubscription_WaitForDrainCompletion(p->qsub, timeout_ms);
-        else
-            natsSubscription_Unsubscribe(p->qsub);
+        handlers_done =
+            jl_conn_sub_stop(p->conn, p->qsub, timeout_ms, JL_HANDLER_WAIT_MS) && handlers_done;
         natsSubscription_Destroy(p->qsub);
+        p->qsub = NULL;
     }
-    /* A query the drain did not wait out (its timeout passed) may still be answering: it reads
-     * the databases and the state freed below. */
-    for (int i = 0; i < 10000 && atomic_load(&p->querying) > 0; i++)
-        nats_Sleep(1);
-    if (atomic_load(&p->querying) > 0) {
+    if (!handlers_done) {
         jl_log(JL_LOG_ERROR, "projector not freed",
-               "\"why\":\"a query is still being answered\",\"hint\":\"its memory is left "
-               "allocated rather than freed under it\"");
+               "\"why\":\"a query or admin request is still being answered\",\"hint\":\"its "
+               "memory is left allocated rather than freed under it\"");
         return;
     }
     for (int i = 0; i < p->n_src; i++)

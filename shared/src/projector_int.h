@@ -98,7 +98,6 @@ struct jl_projector {
     atomic_bool stopping;
     atomic_bool paused; /* live applying suspended until a version rebuild switches */
     atomic_uint_fast64_t lost_deliveries; /* deliveries lost in transit, read again */
-    atomic_int querying;                  /* on_query calls running: close waits for them */
     int db_version;                       /* projection version of the current file */
     int64_t last_version_try_ns;
     jl__job *job;
@@ -109,6 +108,10 @@ struct jl_projector {
     int64_t outbox_keep_ns; /* answered outbox rows older than this are deleted; 0 = kept */
     char err[1024];
 };
+
+/* How long a close waits for a request handler still running before it leaves the memory
+ * allocated rather than free it under the handler. */
+#define JL_HANDLER_WAIT_MS 10000
 
 /* Tables every read model has, created with the projection's own schema. */
 extern const char *const jl__state_sql;
@@ -166,7 +169,9 @@ jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, siz
 
 /* rebuild.c */
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);
-void jl__jobs_close(jl_projector *p);
+/* Stop taking admin requests, cancel and join a running job. False when a request handler may
+ * still be running at the deadline: the projector must then not be freed. */
+bool jl__jobs_close(jl_projector *p);
 /* Start a rebuild from the first sequence because the file's version is older than the code. */
 void jl__jobs_start_version_rebuild(jl_projector *p);
 bool jl__jobs_running(jl_projector *p);

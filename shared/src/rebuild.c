@@ -707,18 +707,22 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     return JL_OK;
 }
 
-void jl__jobs_close(jl_projector *p)
+bool jl__jobs_close(jl_projector *p)
 {
+    /* Wait for a request being answered: it may be starting a job or reading its status. */
+    bool done = true;
     natsSubscription *subs[2] = {p->asub, p->asub_own};
     for (int i = 0; i < 2; i++) {
         if (subs[i] != NULL) {
-            natsSubscription_Unsubscribe(subs[i]);
+            done = jl_conn_sub_stop(p->conn, subs[i], 0, JL_HANDLER_WAIT_MS) && done;
             natsSubscription_Destroy(subs[i]);
         }
     }
     p->asub = p->asub_own = NULL;
+    if (!done)
+        return false; /* the job is left as it is, still in use */
     if (p->job == NULL)
-        return;
+        return true;
     atomic_store(&p->job->cancel, true);
     if (p->job->has_thread)
         pthread_join(p->job->thread, NULL);
@@ -726,4 +730,5 @@ void jl__jobs_close(jl_projector *p)
     pthread_mutex_destroy(&p->job->start_mu);
     free(p->job);
     p->job = NULL;
+    return true;
 }

@@ -52,6 +52,25 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
  */
 void jl_conn_close(jl_conn *c, int64_t timeout_ms);
 
+/**
+ * Stop an asynchronous subscription: drain it for up to @p drain_ms (the messages it holds are
+ * handled; 0: unsubscribe at once), then wait up to @p wait_ms for its handler to return for
+ * the last time (nats.c's on-complete callback; unsubscribing alone does not wait for a
+ * handler already running), and jl_conn_settle(). The caller still destroys @p sub. NULL is a
+ * no-op.
+ * @return true when the handler can no longer run; false when it may still be running at the
+ *         deadline: the caller must then leave what the handler uses allocated.
+ */
+bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms);
+
+/**
+ * Wait (a flush, at most 2 s) until every message the server sent before now has been read,
+ * so that a subscription unsubscribed before the call can be destroyed: libnats before 3.6
+ * could crash its read loop on a message for a subscription destroyed right after it was
+ * unsubscribed (nats.c issue 637). Returns at once when not connected (nothing is read then).
+ */
+void jl_conn_settle(jl_conn *c);
+
 /** The underlying connection (borrowed; valid until jl_conn_close). Thread-safe. */
 natsConnection *jl_conn_nats(jl_conn *c);
 
