@@ -53,7 +53,7 @@ typedef struct tev {
         Orders__OrderPlaced placed;
         Orders__OrderConfirmed confirmed;
     } m;
-    char skus[MAX_LINES][8];
+    char skus[MAX_LINES][16];
     Orders__OrderLine lines[MAX_LINES];
     Orders__OrderLine *ptrs[MAX_LINES];
 } tev;
