@@ -1084,6 +1084,34 @@ static void *load_read(void *ctx, void *item)
     return NULL;
 }
 
+/*
+ * Under p->mu, in load_done(): p->loads' own finish, where a push to p->loads could wait for
+ * room that only this thread makes (a deadlock once 1024 loads wait). What start_one()
+ * deferred here is answered instead. That happens only after a failed read, to the commands
+ * queued behind it (the entry is stale): "unavailable", as the read was.
+ */
+static void answer_deferred(jl_producer *p)
+{
+    while (p->to_load_head != NULL) {
+        cmd *c = p->to_load_head;
+        p->to_load_head = c->next;
+        if (p->to_load_head == NULL)
+            p->to_load_tail = NULL;
+        c->next = NULL;
+        p->n_loading--;
+        c->catching_up = false;
+        jl__cache_entry *e = c->entry;
+        jl_reply *r = &p->reply;
+        jl_reply_reset(r);
+        snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "event store unavailable: %s %s could not be read; try again",
+                       p->def->aggregate_type, c->agg_id);
+        finish(p, c, r);
+        release_entry(p, e); /* the next one queued is deferred, and answered, in turn */
+    }
+}
+
 /* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
 static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
 {
@@ -1120,7 +1148,8 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
         e->busy = false;
         start(p, c);
     }
-    unlock_and_load(p);
+    answer_deferred(p);
+    pthread_mutex_unlock(&p->mu);
 }
 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
@@ -2015,11 +2044,26 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
                "\"in_flight\":%zu,\"hint\":\"their commands get no reply; a client retrying "
                "with the same command id gets the right one\"",
                unconfirmed);
+    /* Every append and snapshot sent gets its handler called once: its ack, or a timeout
+     * within JL_APPEND_ATTEMPT_MS (closing, nothing is sent again). Until then a handler may
+     * start at any moment, even once the contexts are destroyed, before it can say so
+     * (acking): wait for them all, or leave the memory allocated. */
+    int64_t last_call = nats_Now() + 2 * JL_APPEND_ATTEMPT_MS;
+    for (size_t left = unconfirmed + 1; left > 0;) {
+        pthread_mutex_lock(&p->mu);
+        left = p->n_inflight + p->snapshots_inflight;
+        pthread_mutex_unlock(&p->mu);
+        if (left > 0 && nats_Now() > last_call) {
+            not_freed("appends are unconfirmed: their handlers may still run");
+            return;
+        }
+        if (left > 0)
+            nats_Sleep(5);
+    }
     jsCtx_Destroy(p->js);
     jsCtx_Destroy(p->bulk_js);
-    /* No ack arrives for a destroyed context, but one may be in its handler still (pausing
-     * before a resend, say): it must be out before what it uses (the bulk connection, the
-     * state) is closed or freed. */
+    /* A handler may still be finishing (pausing before a resend, say): it must be out before
+     * what it uses (the bulk connection, the state) is closed or freed. */
     if (!wait_for_ack_handlers(p))
         return;
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */

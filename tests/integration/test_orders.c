@@ -1333,6 +1333,51 @@ START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
 }
 END_TEST
 
+START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
+{
+    /* The first command on an order this producer has not cached reads it; the server is
+     * paused, so the read fails. The commands queued behind it are answered "unavailable"
+     * with it, at once: not read again one by one (which, done from the loader's own thread,
+     * could wait for room only that thread makes). Then the order is read again and works. */
+    char id[JL_UUID_LEN + 1];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "unread", id, NULL), JL_CODE_OK);
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 500;
+    char err[512] = "";
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    pid_t server = jl_natsd_pid(env.natsd);
+    enum { N = 3 };
+    add_arg a[N];
+    pthread_t t[N];
+    const char *skus[N] = {"a", "b", "c"};
+    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    for (int i = 0; i < N; i++) {
+        a[i] = (add_arg){.on = p, .id = id, .sku = skus[i], .cmd_id = NULL};
+        jl_reply_init(&a[i].r);
+        pthread_create(&t[i], NULL, add_on_thread, &a[i]);
+        nats_Sleep(50); /* the first reads, the others queue behind it */
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    ck_assert_int_eq(kill(server, SIGCONT), 0);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(a[i].r.code == JL_CODE_UNAVAILABLE, "command %d: %s", i, a[i].r.message);
+        jl_reply_cleanup(&a[i].r);
+    }
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.loads, 1);
+    ck_assert_int_eq(add_with_id(p, id, "d", NULL, &r), JL_CODE_OK);
+    ck_assert_uint_eq(r.aggregate_version, 2);
+    jl_reply_cleanup(&r);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -1359,6 +1404,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
+    tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
     tcase_add_test(tc, a_creation_repeated_with_its_command_id_names_the_first_aggregate);
     tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
