@@ -1923,10 +1923,10 @@ static void await_acks(jl_producer *p, int64_t deadline_ms)
     }
 }
 
-/* Drain and destroy *@p slot, clearing it under the lock first: acks still arriving look at
- * the command subscription (bursting). */
-/* Drain: no new requests are taken, the ones already received are answered. False when a
- * handler (a long history query, say) may still be running at the deadline. */
+/* Drain *@p slot (no new requests are taken, the ones already received are answered), then
+ * clear it under the lock before destroying it: acks still arriving look at the command
+ * subscription (bursting). False when a handler (a long history query, say) may still be
+ * running at the deadline. */
 static bool close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_ms)
 {
     natsSubscription *sub = *slot;
