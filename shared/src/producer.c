@@ -135,6 +135,11 @@ struct cmd {
     bool load_from_snapshot;
     uint64_t load_snap_seq;
     uint64_t stored_version, stored_seq; /* the reply's, while recording */
+    bool stored_duplicate;               /* ... and it answers a repeat */
+    /* JetStream took its append for a repeat of the message at dup_seq: load_read reads that
+     * one (its aggregate and version) for load_done, off the lock. */
+    uint64_t dup_seq, dup_version;
+    char dup_id[JL_UUID_LEN + 1];
     jl_decision d;
     char agg_id[JL_UUID_LEN + 1];
     char cmd_id[JL_MAX_ID_LEN + 1];
@@ -577,31 +582,27 @@ static void not_remembered(const cmd *c, const char *why)
            c->cmd_id, why);
 }
 
-/* Keep the reply of a command sent with a client id (a repeat's path; see record_async). */
-static void remember(jl_producer *p, const cmd *c, const jl_reply *r)
-{
-    char key[40];
-    jl_status s = encode_record(p, c, r);
-    if (s == JL_OK) {
-        command_key(key, c->cmd_id);
-        natsStatus ns = kvStore_Put(NULL, p->commands, key, p->kv_value.data, (int)p->kv_value.len);
-        if (ns != NATS_OK)
-            not_remembered(c, natsStatus_GetText(ns));
-    } else {
-        not_remembered(c, jl_status_str(s));
-    }
-}
-
 /* The reply for a command whose commit was found already stored at @p seq. */
-static void duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t version, jl_reply *r)
+static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
+
+/*
+ * @p c is stored already, at @p seq: the reply of its first copy, as a repeat. With a client
+ * command id its record is written first, asynchronously (true: the record's ack sends the
+ * reply; a synchronous write here, under the lock, could wait out a leader election with every
+ * other command); false: reply with @p r now.
+ */
+static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t version, jl_reply *r)
 {
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     r->aggregate_version = version;
     r->stream_seq = seq;
-    if (c->client_id && p->commands != NULL)
-        remember(p, c, r);
     r->duplicate = true;
+    if (c->client_id && p->commands != NULL && !p->closing && record_async(p, c, r)) {
+        c->stored_duplicate = true;
+        return true;
+    }
+    return false;
 }
 
 /* Version of the last event of the commit stored at @p seq (0 when it cannot be read), and its
@@ -1064,6 +1065,8 @@ static void *load_read(void *ctx, void *item)
     cmd *c = item;
     jl__cache_entry *e = c->entry;
     replay_ctx *rc = &c->load;
+    if (c->dup_seq != 0) /* and the entry, stale, is caught up below */
+        c->dup_version = version_at(p, c->dup_seq, c->dup_id);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
@@ -1112,6 +1115,37 @@ static void answer_deferred(jl_producer *p)
     }
 }
 
+/*
+ * Under p->mu: @p c's append was a repeat, by its client command id, of the message at
+ * c->dup_seq, read by load_read (c->dup_id, c->dup_version). That message is this command's
+ * own earlier copy (a retry of ours, or a replica's), whatever the aggregate: the same reply.
+ * Or, for a creation under a generated id, it names the aggregate. On another aggregate it is
+ * not this command's, and must not pass for its success.
+ */
+static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
+{
+    jl__cache_entry *e = c->entry;
+    uint64_t seq = c->dup_seq;
+    c->dup_seq = 0;
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    if (c->dup_id[0] != 0 && c->fresh) {
+        snprintf(c->agg_id, sizeof(c->agg_id), "%s", c->dup_id);
+        jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name, p->def->aggregate_type,
+                             c->agg_id);
+    }
+    if (c->dup_id[0] != 0 && strcmp(c->dup_id, c->agg_id) != 0) {
+        jl_reply_error(r, JL_CODE_INVALID,
+                       "command id '%s' was already used on %s (stream sequence %" PRIu64 ")",
+                       c->cmd_id, c->dup_id, seq);
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (!duplicate_reply(p, c, seq, c->dup_version, r)) {
+        finish_stored(p, c, r);
+        release_entry(p, e);
+    }
+}
+
 /* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
 static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
 {
@@ -1134,16 +1168,21 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
     if (e->stale) {
-        /* Half read: the commands queued behind replay it from the start (catch_up). */
+        /* Half read: the next command reads it again from its snapshot. */
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;
+    }
+    if (c->dup_seq != 0) {
+        settle_duplicate(p, c, r);
+    } else if (e->stale) {
         finish(p, c, r);
         release_entry(p, e);
     } else if (rc->watch_seq != 0) {
         /* Its commit is in the history already (the KV record was lost): same reply. */
-        duplicate_reply(p, c, rc->watch_seq, rc->watch_version, r);
-        finish_stored(p, c, r);
-        release_entry(p, e);
+        if (!duplicate_reply(p, c, rc->watch_seq, rc->watch_version, r)) {
+            finish_stored(p, c, r);
+            release_entry(p, e);
+        }
     } else {
         e->busy = false;
         start(p, c);
@@ -1185,6 +1224,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         e->mark = atomic_fetch_add(&p->record_gen, 1) + 1;
         r->aggregate_version = c->stored_version;
         r->stream_seq = c->stored_seq;
+        r->duplicate = c->stored_duplicate;
         finish_stored(p, c, r);
         release_entry(p, e);
     } else if (pa != NULL && pa->Duplicate && c->client_id) {
@@ -1194,24 +1234,21 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
          * which the next branch takes like any ack, reading nothing under the lock.) The
          * message id is the command id, whatever the aggregate: the commit found must be of
          * this one, or, for a creation under a generated id, it names the aggregate. */
-        char stored_id[JL_UUID_LEN + 1];
-        uint64_t version = version_at(p, pa->Sequence, stored_id);
         e->stale = true;
-        if (stored_id[0] != 0 && c->fresh) {
-            snprintf(c->agg_id, sizeof(c->agg_id), "%s", stored_id);
-            jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name,
-                                 p->def->aggregate_type, c->agg_id);
-        }
-        if (stored_id[0] != 0 && strcmp(stored_id, c->agg_id) != 0) {
-            jl_reply_error(r, JL_CODE_INVALID,
-                           "command id '%s' was already used on %s (stream sequence %" PRIu64 ")",
-                           c->cmd_id, stored_id, pa->Sequence);
+        if (p->closing) {
+            /* Past the close's wait: no more reads. Stored, but its reply is not known here;
+             * a retry (same id) gets it from the next producer. */
+            jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
             finish(p, c, r);
+            release_entry(p, e);
         } else {
-            duplicate_reply(p, c, pa->Sequence, version, r);
-            finish_stored(p, c, r);
+            /* What it is a repeat of is read on a worker, not here under the lock (settle_
+             * duplicate): during a leader election that read may wait out the JetStream
+             * timeout, and every other command with it. */
+            c->dup_seq = pa->Sequence;
+            c->catching_up = e->last_seq != 0;
+            to_read = c;
         }
-        release_entry(p, e);
     } else if (pa != NULL) {
         advance(p, c, pa->Sequence);
         r->aggregate_version = c->first_version + c->d.n_events - 1;
