@@ -34,6 +34,10 @@
 /* Command-id lookups in parallel, and requests waiting in order for them. */
 #define JL_LOOKUP_WORKERS 16
 #define JL_LOOKUP_QUEUE 1024
+/* A lookup holds up the requests behind it (they are decided in arrival order): at most this
+ * long, even with the KV stream's leader moving, where the JetStream timeout would stall them
+ * all. A lookup that fails is answered "unavailable", never taken for an unknown id. */
+#define JL_LOOKUP_WAIT_MS 2000
 
 /* Aggregates the cache lacks, read in parallel (a round trip per read), and commands waiting
  * for them. */
@@ -58,6 +62,8 @@ struct jl_producer {
     jsCtx *bulk_js;     /* as js, on bulk */
     kvStore *snapshots; /* NULL when snapshots are off */
     kvStore *commands;  /* client command ids -> first reply; NULL when off */
+    jsCtx *lookup_js;   /* with JL_LOOKUP_WAIT_MS: reads of p->lookups */
+    kvStore *lookups;   /* the bucket of p->commands, for lookups */
     natsSubscription *sub;
     natsSubscription *qsub;
     jl__ordered *incoming; /* requests in arrival order; command-id lookups in parallel */
@@ -516,14 +522,25 @@ static void command_key(char out[40], const char *cmd_id)
 
 /* The record of client command id @p cmd_id, or NULL (none, or the bucket is unreachable).
  * Read before the lock is taken: the round trip would hold up every other command's ack. */
+/* recall() could not tell (a timeout, no KV leader): not an entry, never destroyed. */
+static int lookup_failed_mark;
+#define LOOKUP_FAILED ((kvEntry *)(void *)&lookup_failed_mark)
+
 static kvEntry *recall(jl_producer *p, const char *cmd_id)
 {
     char key[40];
     kvEntry *e = NULL;
-    if (p->commands == NULL || cmd_id == NULL || !valid_id_text(cmd_id))
+    if (p->lookups == NULL || cmd_id == NULL || !valid_id_text(cmd_id))
         return NULL;
     command_key(key, cmd_id);
-    return kvStore_Get(&e, p->commands, key) == NATS_OK ? e : NULL;
+    natsStatus ns = kvStore_Get(&e, p->lookups, key);
+    return ns == NATS_OK ? e : ns == NATS_NOT_FOUND ? NULL : LOOKUP_FAILED;
+}
+
+static void known_free(kvEntry *k)
+{
+    if (k != LOOKUP_FAILED)
+        kvEntry_Destroy(k);
 }
 
 /* True when @p c was answered before, by record @p e (from recall(), may be NULL): @p r then
@@ -1355,7 +1372,7 @@ static void submit(jl_producer *p, const request *rq)
     cmd *c = cmd_new(p);
     if (c == NULL) {
         pthread_mutex_unlock(&p->mu);
-        kvEntry_Destroy(known);
+        known_free(known);
         natsMsg_Destroy(req);
         if (rq->sync != NULL) { /* a direct caller waits for an answer */
             pthread_mutex_lock(&rq->sync->mu);
@@ -1452,8 +1469,16 @@ static void submit(jl_producer *p, const request *rq)
         jl_reply_reset(r); /* the shared reply was others' meanwhile */
         snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     }
+    if (c->client_id && known == LOOKUP_FAILED) {
+        /* Deciding it now could repeat a command stored long ago (past JetStream's window). */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "command id '%s' could not be looked up (the command-id store did not "
+                       "answer within %d ms); try again",
+                       c->cmd_id, JL_LOOKUP_WAIT_MS);
+        goto reject;
+    }
     bool answered = c->client_id && remembered(c, known, r);
-    kvEntry_Destroy(known);
+    known_free(known);
     known = NULL;
     if (answered)
         goto reject; /* answered before: the same reply again */
@@ -1484,7 +1509,7 @@ static void submit(jl_producer *p, const request *rq)
     unlock_and_load(p);
     return;
 reject:
-    kvEntry_Destroy(known);
+    known_free(known);
     finish(p, c, r);
     pthread_mutex_unlock(&p->mu);
 }
@@ -1870,6 +1895,22 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     if (s == JL_OK && cfg->command_ttl_s > 0)
         s = open_bucket(p, cfg, "jl_commands_%s", "jetledger command ids and their replies",
                         cfg->command_ttl_s, &p->commands, err, errlen);
+    if (s == JL_OK && p->commands != NULL) {
+        jsOptions lo;
+        jsOptions_Init(&lo);
+        lo.Wait = cfg->request_timeout_ms < JL_LOOKUP_WAIT_MS ? cfg->request_timeout_ms
+                                                              : JL_LOOKUP_WAIT_MS;
+        char bucket[96];
+        snprintf(bucket, sizeof(bucket), "jl_commands_%s", def->stream);
+        natsStatus lns = natsConnection_JetStream(&p->lookup_js, jl_conn_nats(conn), &lo);
+        if (lns == NATS_OK)
+            lns = js_KeyValue(&p->lookups, p->lookup_js, bucket);
+        if (lns != NATS_OK) {
+            snprintf(err, errlen, "cannot open KV bucket %s for lookups: %s", bucket,
+                     natsStatus_GetText(lns));
+            s = JL_ERR_NATS;
+        }
+    }
     if (s == JL_OK)
         s = jl__ordered_create(&p->incoming, p->commands != NULL ? JL_LOOKUP_WORKERS : 0,
                                JL_LOOKUP_QUEUE, lookup_request, submit_request, p);
@@ -2107,6 +2148,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     drop_unanswered(p);
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
+    kvStore_Destroy(p->lookups);
+    jsCtx_Destroy(p->lookup_js);
     jl_store_close(p->store);
     jl_buf_cleanup(&p->commit);
     jl_buf_cleanup(&p->kv_value);

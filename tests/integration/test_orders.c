@@ -1378,6 +1378,35 @@ START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
 }
 END_TEST
 
+START_TEST(a_command_id_that_cannot_be_looked_up_is_answered_unavailable)
+{
+    /* With the server paused the command-id store does not answer: the command must not be
+     * decided as if its id were new (it could be a repeat from long ago), nor hold up the
+     * requests behind it for the whole JetStream timeout. */
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "lookup", id, NULL), JL_CODE_OK);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    pid_t server = jl_natsd_pid(env.natsd);
+    add_arg a = {.on = producer, .id = id, .sku = "a", .cmd_id = "lookup-key"};
+    jl_reply_init(&a.r);
+    pthread_t t;
+    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    int64_t t0 = tnow_ms();
+    pthread_create(&t, NULL, add_on_thread, &a);
+    pthread_join(t, NULL);
+    int64_t took = tnow_ms() - t0;
+    ck_assert_int_eq(kill(server, SIGCONT), 0);
+    ck_assert_msg(a.r.code == JL_CODE_UNAVAILABLE, "%s", a.r.message);
+    ck_assert_msg(strstr(a.r.message, "could not be looked up") != NULL, "%s", a.r.message);
+    ck_assert_msg(took < 5000, "answered after %" PRId64 " ms", took);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    jl_reply_reset(&a.r);
+    ck_assert_int_eq(add_with_id(producer, id, "a", "lookup-key", &a.r), JL_CODE_OK);
+    ck_assert(!a.r.duplicate);
+    jl_reply_cleanup(&a.r);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -1405,6 +1434,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
+    tcase_add_test(tc, a_command_id_that_cannot_be_looked_up_is_answered_unavailable);
     tcase_add_test(tc, a_creation_repeated_with_its_command_id_names_the_first_aggregate);
     tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
