@@ -1151,7 +1151,16 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
         jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name, p->def->aggregate_type,
                              c->agg_id);
     }
-    if (c->dup_id[0] != 0 && strcmp(c->dup_id, c->agg_id) != 0) {
+    if (c->dup_id[0] == 0) {
+        /* The original could not be read (a leader moving): its version, even its aggregate,
+         * unknown. Not a reply to record for the command-id TTL: sent again, it is settled. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "command id '%s' was stored before (stream sequence %" PRIu64
+                       ") but cannot be read now; try again",
+                       c->cmd_id, seq);
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (strcmp(c->dup_id, c->agg_id) != 0) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "command id '%s' was already used on %s (stream sequence %" PRIu64 ")",
                        c->cmd_id, c->dup_id, seq);
@@ -1185,7 +1194,8 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
     if (e->stale) {
-        /* Half read: the next command reads it again from its snapshot. */
+        /* Half read: the commands queued behind are answered unavailable with it
+         * (answer_deferred); the next one to come reads it again from its snapshot. */
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;
     }
@@ -2119,8 +2129,8 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
                "\"sent\":%zu,\"confirmed_total\":%" PRIu64, flushed, saved);
     if (unconfirmed > 0)
         jl_log(JL_LOG_WARN, "closing with appends unconfirmed",
-               "\"in_flight\":%zu,\"hint\":\"their commands get no reply; a client retrying "
-               "with the same command id gets the right one\"",
+               "\"in_flight\":%zu,\"hint\":\"each is answered when confirmed or timed out (a "
+               "few seconds); a client retrying with the same command id gets the right reply\"",
                unconfirmed);
     /* Every append and snapshot sent gets its handler called once: its ack, or a timeout
      * within JL_APPEND_ATTEMPT_MS (closing, nothing is sent again). Until then a handler may
