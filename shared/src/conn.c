@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "jetledger/log.h"
 
 #define MAX_SERVERS 16
@@ -482,11 +483,7 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
         natsSubscription_Unsubscribe(sub);
     bool done = !watched && d != NULL;
     if (watched) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        int64_t ns = until.tv_nsec + (wait_ms > 0 ? wait_ms : 0) % 1000 * 1000000LL;
-        until.tv_sec += (time_t)((wait_ms > 0 ? wait_ms : 0) / 1000 + ns / 1000000000LL);
-        until.tv_nsec = (long)(ns % 1000000000LL);
+        struct timespec until = jl__realtime_in(wait_ms);
         pthread_mutex_lock(&d->mu);
         while (!d->done && pthread_cond_timedwait(&d->cv, &d->mu, &until) == 0)
             ;

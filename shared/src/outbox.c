@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "deadline.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
 #include "projector_int.h"
@@ -265,11 +266,7 @@ static void *sender_thread(void *arg)
         /* Sleep until a batch commits (wake) or a retry is due. */
         pthread_mutex_lock(&p->mu);
         if (!p->outbox_wake && !atomic_load(&p->stopping)) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            int64_t ns = (int64_t)(backoff_ms ? backoff_ms : 1000) * 1000000LL + until.tv_nsec;
-            until.tv_sec += ns / 1000000000LL;
-            until.tv_nsec = ns % 1000000000LL;
+            struct timespec until = jl__realtime_in(backoff_ms ? backoff_ms : 1000);
             pthread_cond_timedwait(&p->outbox_cv, &p->mu, &until);
         }
         p->outbox_wake = false;

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "jetledger/log.h"
+#include "deadline.h"
 #include "projector_int.h"
 
 #define NS_PER_MS 1000000LL
@@ -63,23 +64,19 @@ const char *const jl__state_sql =
      * row ever sent. */
     "CREATE INDEX IF NOT EXISTS jl_outbox_unsent ON jl_outbox (id) WHERE replied_at_ns IS NULL;";
 
-static void set_err(jl_projector *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(jl_projector *p, const char *fmt, ...)
+/* Why the last call failed: the projector's own (open, step, apply on the caller's thread),
+ * or a source's (each source steps on a thread of its own). */
+static void fmt_err(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fmt_err(char *buf, size_t n, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->err, sizeof(p->err), fmt, ap);
+    vsnprintf(buf, n, fmt, ap);
     va_end(ap);
 }
-
-static void src_err(jl__source *src, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void src_err(jl__source *src, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(src->err, sizeof(src->err), fmt, ap);
-    va_end(ap);
-}
+#define set_err(p, ...) fmt_err((p)->err, sizeof((p)->err), __VA_ARGS__)
+#define src_err(src, ...) fmt_err((src)->err, sizeof((src)->err), __VA_ARGS__)
 
 const char *jl_projector_errmsg(const jl_projector *p)
 {
@@ -1224,14 +1221,7 @@ static const char *field_str(const ProtobufCMessage *msg, const char *name)
 static bool wait_for_seq(jl_projector *p, int i, uint64_t min_seq, int64_t wait_ms,
                          uint64_t *out_seen)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += wait_ms / 1000;
-    until.tv_nsec += (wait_ms % 1000) * NS_PER_MS;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = jl__realtime_in(wait_ms);
     pthread_mutex_lock(&p->mu);
     while (p->src[i].checkpoint < min_seq && !atomic_load(&p->stopping)) {
         if (pthread_cond_timedwait(&p->advanced, &p->mu, &until) == ETIMEDOUT)
