@@ -136,8 +136,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     started = true;
     pthread_mutex_unlock(&stop_mu);
     jl_app_wait_for_stop();
-    jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2);
-    jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+    /* Not freed: a handler may still use the connection, which then stays open until exit. */
+    if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
+        jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
     return JL_EXIT_OK;
 }
@@ -177,9 +178,11 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     if (already)
         jl_projector_stop(p);
-    jl_projector_run(p);
-    jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2);
-    jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+    s = jl_projector_run(p);
+    if (s != JL_OK)
+        fail("cannot run", s, jl_projector_errmsg(p));
+    if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))
+        jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
-    return JL_EXIT_OK;
+    return s == JL_OK ? JL_EXIT_OK : JL_EXIT_FAILURE;
 }

@@ -2083,15 +2083,15 @@ static bool wait_for_ack_handlers(jl_producer *p)
     return false;
 }
 
-void jl_producer_close(jl_producer *p, int64_t timeout_ms)
+bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
-        return;
+        return true;
     bool subs_done = close_sub(p, &p->sub, timeout_ms);
     subs_done = close_sub(p, &p->qsub, timeout_ms) && subs_done;
     if (!subs_done) {
         not_freed("a command or query handler is still running");
-        return;
+        return false;
     }
     jl__ordered_destroy(p->incoming); /* every request taken is submitted */
     p->incoming = NULL;
@@ -2114,7 +2114,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     p->closing = true;
     pthread_mutex_unlock(&p->mu);
     if (!wait_for_ack_handlers(p))
-        return;
+        return false;
     jl__ordered_destroy(p->loads);
     p->loads = NULL;
     size_t flushed = flush_snapshots(p, deadline);
@@ -2143,7 +2143,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
         pthread_mutex_unlock(&p->mu);
         if (left > 0 && nats_Now() > last_call) {
             not_freed("appends are unconfirmed: their handlers may still run");
-            return;
+            return false;
         }
         if (left > 0)
             nats_Sleep(5);
@@ -2153,7 +2153,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     /* A handler may still be finishing (pausing before a resend, say): it must be out before
      * what it uses (the bulk connection, the state) is closed or freed. */
     if (!wait_for_ack_handlers(p))
-        return;
+        return false;
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     drop_unanswered(p);
     kvStore_Destroy(p->snapshots);
@@ -2177,6 +2177,7 @@ void jl_producer_close(jl_producer *p, int64_t timeout_ms)
     free(p->scratch);
     pthread_mutex_destroy(&p->mu);
     free(p);
+    return true;
 }
 
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)

@@ -1130,24 +1130,32 @@ static void *source_thread(void *arg)
 jl_status jl_projector_run(jl_projector *p)
 {
     /* The first source runs here, the others on their own threads: each stream at its pace. */
-    for (int i = 1; i < p->n_src; i++) {
+    jl_status s = JL_OK;
+    p->err[0] = 0;
+    for (int i = 1; i < p->n_src && s == JL_OK; i++) {
         source_arg *a = malloc(sizeof(*a));
-        if (a == NULL)
-            return JL_ERR_NOMEM;
-        *a = (source_arg){.p = p, .i = i};
-        if (pthread_create(&p->src[i].thread, NULL, source_thread, a) != 0) {
+        if (a != NULL)
+            *a = (source_arg){.p = p, .i = i};
+        if (a == NULL || pthread_create(&p->src[i].thread, NULL, source_thread, a) != 0) {
             free(a);
-            return JL_ERR_NOMEM;
+            set_err(p, "cannot start the thread reading %s", p->src[i].stream);
+            s = JL_ERR_NOMEM;
+            break;
         }
         p->src[i].has_thread = true;
     }
-    run_source(p, 0);
+    /* Without all its threads the projector does not run half its streams: the ones started
+     * stop, and the caller closes it (it must not be freed under them). */
+    if (s != JL_OK)
+        atomic_store(&p->stopping, true);
+    else
+        run_source(p, 0);
     for (int i = 1; i < p->n_src; i++) {
         if (p->src[i].has_thread)
             pthread_join(p->src[i].thread, NULL);
         p->src[i].has_thread = false;
     }
-    return JL_OK;
+    return s;
 }
 
 void jl_projector_stop(jl_projector *p)
@@ -1435,10 +1443,10 @@ done:
     return JL_OK;
 }
 
-void jl_projector_close(jl_projector *p, int64_t timeout_ms)
+bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
 {
     if (p == NULL)
-        return;
+        return true;
     atomic_store(&p->stopping, true);
     /* Queries waiting for a sequence answer now instead of at their timeout: the drain below
      * waits for them. (jl_projector_stop() cannot: it is async-signal-safe.) */
@@ -1460,7 +1468,7 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
         jl_log(JL_LOG_ERROR, "projector not freed",
                "\"why\":\"a query or admin request is still being answered\",\"hint\":\"its "
                "memory is left allocated rather than freed under it\"");
-        return;
+        return false;
     }
     for (int i = 0; i < p->n_src; i++)
         detach(p, i);
@@ -1471,4 +1479,5 @@ void jl_projector_close(jl_projector *p, int64_t timeout_ms)
     pthread_mutex_destroy(&p->apply_mu);
     pthread_rwlock_destroy(&p->switch_lock);
     free(p);
+    return true;
 }

@@ -103,7 +103,7 @@ START_TEST(a_producer_closed_under_history_queries_frees_nothing_in_use)
         handle_ok(p, "AddItem", &a.base, &r);
     }
     jl_reply_cleanup(&r);
-    jl_producer_close(p, 1000);
+    ck_assert(jl_producer_close(p, 1000)); /* nothing running: freed */
 
     Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
     uint8_t body[128];
@@ -135,7 +135,7 @@ START_TEST(a_projector_closed_under_admin_requests_frees_nothing_in_use)
     ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
                       JL_OK,
                   "%s", err);
-    jl_producer_close(p, 1000); /* the stream exists */
+    ck_assert(jl_producer_close(p, 1000)); /* the stream exists */
     flood f = {.c = tenv_connect(&env),
                .subjects = {"order_summary.admin.GetRebuildStatus", "order_summary.admin.Verify",
                             "order_summary.query.GetOrder"},

@@ -103,8 +103,11 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
 /**
  * Stop taking commands, finish and answer the ones taken and the appends in flight (up to
  * @p timeout_ms each), close the second connection, and free the producer. NULL is a no-op.
+ * Returns false when a handler or an append's callback could still run at the deadline: the
+ * producer is then left allocated (and logged), and what it uses, the connection, must not be
+ * freed either.
  */
-void jl_producer_close(jl_producer *p, int64_t timeout_ms);
+bool jl_producer_close(jl_producer *p, int64_t timeout_ms);
 
 /**
  * Handle one command synchronously, exactly as a request on "<service>.cmd.<command>" would be

@@ -134,7 +134,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
 /**
  * Consume and apply until jl_projector_stop() is called; failures are logged and retried with
  * a backoff (they never end the loop). Returns JL_OK after a stop, having committed the batch
- * in hand.
+ * in hand; JL_ERR_NOMEM when a thread for a second stream could not be started (nothing was
+ * applied; jl_projector_errmsg() says which stream).
  */
 jl_status jl_projector_run(jl_projector *p);
 
@@ -185,8 +186,10 @@ const char *jl_projector_errmsg(const jl_projector *p);
 
 /**
  * Stop answering queries (in-flight ones finish, up to @p timeout_ms), release the consumer
- * subscription (the durable stays) and close the database. NULL is a no-op.
+ * subscription (the durable stays) and close the database. NULL is a no-op. Returns false when
+ * a query was still being answered at the deadline: the projector is then left allocated (and
+ * logged), and what the query may use, the connection, must not be freed either.
  */
-void jl_projector_close(jl_projector *p, int64_t timeout_ms);
+bool jl_projector_close(jl_projector *p, int64_t timeout_ms);
 
 #endif /* JETLEDGER_PROJECTOR_H */
