@@ -345,12 +345,8 @@ static void decide_release(const inventory_state *s, const jl_command *cmd, jl_d
 
     if (!check_uuid(out, "reservation_id", c->reservation_id, rid))
         return;
-    /* The reason is optional, so only its length is checked. */
-    if (jl_text_len(c->reason, INVENTORY_MAX_REASON) > INVENTORY_MAX_REASON) {
-        jl_decision_reject(out, JL_CODE_INVALID, "reason is longer than %d bytes",
-                           INVENTORY_MAX_REASON);
+    if (!jl_check_optional_text(out, "reason", c->reason, INVENTORY_MAX_REASON))
         return;
-    }
     uuid_format(rid, rid_text);
     uint32_t at = open_or_answer(s, rid, rid_text, INVENTORY_RELEASED, out);
     if (at == s->n_open)

@@ -137,6 +137,7 @@ jl_status inventory_evolve(void *state, const jl_event *ev);
  * Checks run in this order and the first failure wins: command type (anything but the five
  * inventory commands: JL_CODE_INVALID), warehouse (an aggregate id other than
  * INVENTORY_WAREHOUSE_ID: JL_CODE_NOT_FOUND), field values (JL_CODE_INVALID), then the state.
+ * Text fields must be UTF-8 with no control characters (jl_check_text()).
  *
  * - RegisterProduct: sku 1..INVENTORY_MAX_SKU bytes, name 1..INVENTORY_MAX_NAME bytes; sku not
  *   registered yet (else RULE_VIOLATION); fewer than INVENTORY_MAX_PRODUCTS skus (else

@@ -199,12 +199,8 @@ static void decide_place(const orders_state *s, const jl_command *cmd, jl_decisi
 static void decide_cancel(const orders_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Orders__CancelOrder *c = (const Orders__CancelOrder *)cmd->msg;
-    /* The reason is optional, so only its length is checked. */
-    if (jl_text_len(c->reason, ORDERS_MAX_REASON) > ORDERS_MAX_REASON) {
-        jl_decision_reject(out, JL_CODE_INVALID, "reason is longer than %d bytes",
-                           ORDERS_MAX_REASON);
+    if (!jl_check_optional_text(out, "reason", c->reason, ORDERS_MAX_REASON))
         return;
-    }
     if (s->status == ORDERS_STATUS_CANCELLED) {
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "order is already cancelled");
         return;
@@ -453,29 +449,34 @@ jl_status orders_state_unpack(void *state, const void *data, size_t len)
     if (m == NULL)
         return JL_ERR_DECODE;
     orders_state_init(s);
-    s->status = ORDERS_STATUS_NONE;
-    /* CANCELLED is the last status; a name no status has leaves the state "no order". */
-    for (int k = ORDERS_STATUS_NONE; k <= ORDERS_STATUS_CANCELLED; k++) {
-        if (strcmp(m->status, orders_status_str((orders_status)k)) == 0)
-            s->status = (orders_status)k;
-    }
+    /* CANCELLED is the last status. A name no status has (a damaged snapshot, or one written by
+     * code that knew more statuses) is refused, never read as "no order": the producer then
+     * replays the events instead, and a CreateOrder cannot slip in on an existing order. */
+    int k = ORDERS_STATUS_NONE;
+    while (k <= ORDERS_STATUS_CANCELLED && strcmp(m->status, orders_status_str((orders_status)k)))
+        k++;
     size_t clen = jl_text_len(m->customer_id, ORDERS_MAX_TEXT);
-    if (clen > ORDERS_MAX_TEXT || m->n_lines > ORDERS_MAX_ITEMS) {
+    if (k > ORDERS_STATUS_CANCELLED || clen > ORDERS_MAX_TEXT || m->n_lines > ORDERS_MAX_ITEMS) {
         st = JL_ERR_INVALID;
         goto done;
     }
+    s->status = (orders_status)k;
     jl_text_copy(s->customer_id, ORDERS_MAX_TEXT, m->customer_id, clen);
     for (size_t i = 0; i < m->n_lines; i++) {
-        size_t slen = jl_text_len(m->lines[i]->sku, ORDERS_MAX_TEXT);
-        if (slen == 0 || slen > ORDERS_MAX_TEXT) {
+        const Orders__OrderLine *l = m->lines[i];
+        size_t slen = jl_text_len(l->sku, ORDERS_MAX_TEXT);
+        /* What evolve accepts, no more: decide's overflow bounds rest on it. */
+        if (slen == 0 || slen > ORDERS_MAX_TEXT || l->quantity <= 0 ||
+            l->quantity > ORDERS_MAX_QUANTITY || l->unit_price_cents <= 0 ||
+            l->unit_price_cents > ORDERS_MAX_PRICE_CENTS || find_item(s, l->sku) < s->n_items) {
             st = JL_ERR_INVALID;
             goto done;
         }
-        jl_text_copy(s->items[i].sku, ORDERS_MAX_TEXT, m->lines[i]->sku, slen);
-        s->items[i].quantity = m->lines[i]->quantity;
-        s->items[i].unit_price_cents = m->lines[i]->unit_price_cents;
+        jl_text_copy(s->items[i].sku, ORDERS_MAX_TEXT, l->sku, slen);
+        s->items[i].quantity = l->quantity;
+        s->items[i].unit_price_cents = l->unit_price_cents;
+        s->n_items = i + 1; /* find_item() looks at the lines so far */
     }
-    s->n_items = m->n_lines;
 done:
     if (st != JL_OK)
         orders_state_init(s);

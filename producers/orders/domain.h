@@ -80,7 +80,8 @@ jl_status orders_evolve(void *state, const jl_event *ev);
  * Checks run in this order and the first failure wins: command type (anything but the six
  * orders commands: JL_CODE_INVALID), existence (CreateOrder on an existing order:
  * JL_CODE_RULE_VIOLATION; anything else on a missing one: JL_CODE_NOT_FOUND), field values
- * (JL_CODE_INVALID), status (JL_CODE_RULE_VIOLATION), then the order's lines.
+ * (JL_CODE_INVALID), status (JL_CODE_RULE_VIOLATION), then the order's lines. Text fields
+ * must be UTF-8 with no control characters (jl_check_text()).
  *
  * - CreateOrder: customer_id 1..ORDERS_MAX_TEXT bytes. Emits OrderCreated.
  * - AddItem: sku 1..ORDERS_MAX_TEXT bytes, quantity 1..ORDERS_MAX_QUANTITY, unit price

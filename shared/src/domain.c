@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "jetledger/json.h"
+
 static const char *const code_names[] = {
     "ok",       "invalid",     "not_found", "conflict", "rule_violation",
     "internal", "unavailable", "timeout",
@@ -110,6 +112,26 @@ void jl_text_copy(char *dst, size_t cap, const char *src, size_t len)
         memcpy(dst, src, len);
 }
 
+/* Text goes into events for good, read by other languages' protobuf libraries, which refuse
+ * strings that are not UTF-8: well-formed, and with no control characters (ids, names and
+ * reasons are one line). */
+static bool check_chars(jl_decision *out, const char *field, const char *s, size_t n)
+{
+    if (!jl_utf8_valid(s, n)) {
+        jl_decision_reject(out, JL_CODE_INVALID, "%s is not valid UTF-8", field);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            jl_decision_reject(out, JL_CODE_INVALID,
+                               "%s holds a control character (byte 0x%02x at %zu)", field, c, i);
+            return false;
+        }
+    }
+    return true;
+}
+
 bool jl_check_text(jl_decision *out, const char *field, const char *s, size_t cap)
 {
     size_t n = jl_text_len(s, cap);
@@ -117,9 +139,15 @@ bool jl_check_text(jl_decision *out, const char *field, const char *s, size_t ca
         jl_decision_reject(out, JL_CODE_INVALID, "%s must not be empty", field);
         return false;
     }
+    return jl_check_optional_text(out, field, s, cap);
+}
+
+bool jl_check_optional_text(jl_decision *out, const char *field, const char *s, size_t cap)
+{
+    size_t n = jl_text_len(s, cap);
     if (n > cap) {
         jl_decision_reject(out, JL_CODE_INVALID, "%s is longer than %zu bytes", field, cap);
         return false;
     }
-    return true;
+    return check_chars(out, field, s, n);
 }

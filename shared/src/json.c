@@ -61,6 +61,17 @@ static size_t utf8_seq_len(const uint8_t *s, size_t n)
     return need;
 }
 
+bool jl_utf8_valid(const char *s, size_t len)
+{
+    const uint8_t *u = (const uint8_t *)s;
+    for (size_t i = 0, n = 0; i < len; i += n) {
+        n = utf8_seq_len(u + i, len - i);
+        if (n == 0)
+            return false;
+    }
+    return true;
+}
+
 static bool is_64bit(ProtobufCType t)
 {
     return t == PROTOBUF_C_TYPE_INT64 || t == PROTOBUF_C_TYPE_SINT64 ||

@@ -520,6 +520,31 @@ START_TEST(text_helpers_bound_copy_and_check)
     ck_assert(!jl_check_text(&d, "name", "apples", 4));
     ck_assert_int_eq(d.code, JL_CODE_INVALID);
     ck_assert_str_eq(d.message, "name is longer than 4 bytes");
+    /* Events are read by other languages' protobuf libraries: UTF-8 text only, one line. */
+    jl_decision_reset(&d);
+    ck_assert(jl_check_text(&d, "sku", "caf\xc3\xa9", 8));
+    ck_assert(!jl_decision_rejected(&d));
+    ck_assert(!jl_check_text(&d, "sku", "caf\xe9", 8));
+    ck_assert_str_eq(d.message, "sku is not valid UTF-8");
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_text(&d, "sku", "\xed\xa0\x80", 8)); /* a surrogate */
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_text(&d, "sku", "caf\xc3", 8)); /* cut short */
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_text(&d, "name", "a\nb", 8));
+    ck_assert_str_eq(d.message, "name holds a control character (byte 0x0a at 1)");
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_text(&d, "name", "a\x7f", 8));
+    jl_decision_reset(&d);
+    /* Optional text: empty and NULL pass, the same rules otherwise. */
+    ck_assert(jl_check_optional_text(&d, "reason", "", 4));
+    ck_assert(jl_check_optional_text(&d, "reason", NULL, 4));
+    ck_assert(!jl_decision_rejected(&d));
+    ck_assert(!jl_check_optional_text(&d, "reason", "\xff", 4));
+    ck_assert_str_eq(d.message, "reason is not valid UTF-8");
+    jl_decision_reset(&d);
+    ck_assert(!jl_check_optional_text(&d, "reason", "toolong", 4));
+    ck_assert_str_eq(d.message, "reason is longer than 4 bytes");
     jl_decision_cleanup(&d);
 }
 END_TEST

@@ -889,6 +889,20 @@ START_TEST(cancel_accepts_empty_or_null_reason)
 }
 END_TEST
 
+START_TEST(text_that_is_not_utf8_or_holds_control_characters_is_invalid)
+{
+    create("caf\xe9");
+    expect_rejected(JL_CODE_INVALID, "customer_id is not valid UTF-8");
+    given_created();
+    add("SKU\t1", 1, 100);
+    expect_rejected(JL_CODE_INVALID, "sku holds a control character (byte 0x09 at 3)");
+    cancel("\xc0\x80"); /* an overlong NUL */
+    expect_rejected(JL_CODE_INVALID, "reason is not valid UTF-8");
+    cancel("chang\xc3\xa9 d'avis");
+    ck_assert_int_eq(d.code, JL_CODE_OK);
+}
+END_TEST
+
 START_TEST(cancel_rejects_already_cancelled_order)
 {
     given_created();
@@ -1673,6 +1687,40 @@ START_TEST(state_unpack_rejects_bytes_that_are_not_a_state)
 }
 END_TEST
 
+/* A snapshot with @p status and one line (@p quantity x @p price of "A"), or two lines of "A". */
+static jl_status unpack_state_with(const char *status, int32_t quantity, int64_t price, bool twice)
+{
+    Orders__OrderLine l = ORDERS__ORDER_LINE__INIT, *lines[2] = {&l, &l};
+    Orders__OrderState m = ORDERS__ORDER_STATE__INIT;
+    m.status = (char *)status;
+    m.customer_id = "cust-4";
+    l.sku = "A";
+    l.quantity = quantity;
+    l.unit_price_cents = price;
+    m.lines = lines;
+    m.n_lines = twice ? 2 : 1;
+    uint8_t wire[256];
+    ck_assert_uint_le(orders__order_state__get_packed_size(&m), sizeof(wire));
+    return orders_state_unpack(&st, wire, orders__order_state__pack(&m, wire));
+}
+
+START_TEST(state_unpack_refuses_what_evolve_could_not_have_built)
+{
+    ck_assert_int_eq(unpack_state_with("open", 2, 100, false), JL_OK);
+    ck_assert_int_eq(st.n_items, 1);
+    /* An unknown status is not "no order": CreateOrder must not be accepted on it. */
+    ck_assert_int_eq(unpack_state_with("returned", 2, 100, false), JL_ERR_INVALID);
+    ck_assert_int_eq(st.status, ORDERS_STATUS_NONE); /* left initialised */
+    ck_assert_int_eq(unpack_state_with("open", 0, 100, false), JL_ERR_INVALID);
+    ck_assert_int_eq(unpack_state_with("open", ORDERS_MAX_QUANTITY + 1, 100, false),
+                     JL_ERR_INVALID);
+    ck_assert_int_eq(unpack_state_with("open", 1, 0, false), JL_ERR_INVALID);
+    ck_assert_int_eq(unpack_state_with("open", 1, ORDERS_MAX_PRICE_CENTS + 1, false),
+                     JL_ERR_INVALID);
+    ck_assert_int_eq(unpack_state_with("open", 1, 100, true), JL_ERR_INVALID); /* sku twice */
+}
+END_TEST
+
 /* ---- runner ---- */
 
 static TCase *tcase(const char *name)
@@ -1758,6 +1806,7 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, cancel_emits_order_cancelled_with_reason);
     tcase_add_test(tc, cancel_accepts_placed_order);
     tcase_add_test(tc, cancel_accepts_empty_or_null_reason);
+    tcase_add_test(tc, text_that_is_not_utf8_or_holds_control_characters_is_invalid);
     tcase_add_test(tc, cancel_rejects_already_cancelled_order);
     tcase_add_test(tc, cancel_accepts_reason_of_max_length);
     tcase_add_test(tc, cancel_rejects_reason_over_max_length);
@@ -1817,6 +1866,7 @@ static Suite *orders_domain_suite(void)
     tcase_add_test(tc, state_pack_names_confirmed_status_and_lines);
     tcase_add_test(tc, state_unpack_reads_confirmed_status);
     tcase_add_test(tc, state_unpack_rejects_bytes_that_are_not_a_state);
+    tcase_add_test(tc, state_unpack_refuses_what_evolve_could_not_have_built);
     suite_add_tcase(s, tc);
 
     return s;

@@ -126,7 +126,11 @@ char *jl_text_or_empty(const char *s);
 void jl_text_copy(char *dst, size_t cap, const char *src, size_t len);
 
 /** False, with @p out rejected as invalid ("<field> must not be empty" / "... is longer than
- * <cap> bytes"), unless @p s holds 1 to @p cap bytes. */
+ * <cap> bytes" / "... is not valid UTF-8" / "... holds a control character"), unless @p s holds
+ * 1 to @p cap bytes of UTF-8 text with no control characters. */
 bool jl_check_text(jl_decision *out, const char *field, const char *s, size_t cap);
+
+/** jl_check_text() for an optional field: empty (or NULL) passes. */
+bool jl_check_optional_text(jl_decision *out, const char *field, const char *s, size_t cap);
 
 #endif /* JETLEDGER_DOMAIN_H */

@@ -27,6 +27,7 @@
 #ifndef JETLEDGER_JSON_H
 #define JETLEDGER_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <protobuf-c/protobuf-c.h>
@@ -77,5 +78,8 @@ jl_status jl_json_add_string(jl_buf *out, const char *s, size_t len);
  * @p data may be NULL when @p len is 0. Errors as jl_buf_add(), the buffer then unchanged.
  */
 jl_status jl_json_add_base64(jl_buf *out, const uint8_t *data, size_t len);
+
+/** True when the @p len bytes at @p s are well-formed UTF-8 (the rules the parser applies). */
+bool jl_utf8_valid(const char *s, size_t len);
 
 #endif /* JETLEDGER_JSON_H */
