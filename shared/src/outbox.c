@@ -192,34 +192,50 @@ static pass send_pending(jl_projector *p, jl_db *db)
  * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows are
  * sent in id order, so the answered ones are a prefix of the table: each chunk reads only the
  * rows it deletes and the one after them. */
+static void prune_failed(jl_db *db)
+{
+    char esc[512];
+    jl_log(JL_LOG_WARN, "outbox: cannot delete answered rows, trying again in a minute",
+           "\"error\":\"%s\"", jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+}
+
 static void prune_answered(jl_projector *p, jl_db *db)
 {
     int64_t cutoff = jl__now_ns() - p->outbox_keep_ns;
     for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !atomic_load(&p->stopping);) {
         sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, replied_at_ns FROM jl_outbox ORDER BY id "
                                           "LIMIT ?");
-        if (st == NULL)
+        if (st == NULL) {
+            prune_failed(db);
             return;
+        }
         sqlite3_bind_int(st, 1, PRUNE_CHUNK);
         int64_t last = -1;
+        int rc;
         deleted = 0;
-        while (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 1) != SQLITE_NULL &&
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_type(st, 1) != SQLITE_NULL &&
                sqlite3_column_int64(st, 1) < cutoff) {
             last = sqlite3_column_int64(st, 0);
             deleted++;
         }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            jl_db_fail(db, rc, "reading answered outbox rows");
         sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            prune_failed(db);
+            return;
+        }
         if (last < 0)
             return;
         st = jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id <= ? AND replied_at_ns < ?");
-        if (st == NULL)
+        if (st == NULL) {
+            prune_failed(db);
             return;
+        }
         sqlite3_bind_int64(st, 1, last);
         sqlite3_bind_int64(st, 2, cutoff);
         if (jl_db_step_done(db, st) != JL_OK) {
-            char esc[512];
-            jl_log(JL_LOG_WARN, "outbox: cannot delete answered rows", "\"error\":\"%s\"",
-                   jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+            prune_failed(db);
             return;
         }
     }
