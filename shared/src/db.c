@@ -1,10 +1,13 @@
 #include "jetledger/db.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hash.h"
 
@@ -227,6 +230,28 @@ sqlite3 *jl_db_handle(jl_db *db)
 const char *jl_db_path(const jl_db *db)
 {
     return db->path;
+}
+
+/* fsync @p path; a file that does not exist has nothing to sync. */
+static bool sync_file(jl_db *db, const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 && errno == ENOENT)
+        return true;
+    bool ok = fd >= 0 && fsync(fd) == 0;
+    if (!ok)
+        snprintf(db->err, sizeof(db->err), "cannot sync %s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+jl_status jl_db_sync(jl_db *db)
+{
+    char wal[1100];
+    snprintf(wal, sizeof(wal), "%s-wal", db->path);
+    /* The WAL first: it holds what the database file does not have yet. */
+    return sync_file(db, wal) && sync_file(db, db->path) ? JL_OK : JL_ERR_IO;
 }
 
 const char *jl_db_errmsg(const jl_db *db)

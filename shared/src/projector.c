@@ -272,19 +272,35 @@ static void read_pointer(jl_projector *p)
     snprintf(p->db_path, sizeof(p->db_path), "%s/%s", p->data_dir, p->file);
 }
 
-/* Files "<name>-*.db" other than the live one are left by interrupted rebuilds: remove them. */
+/* True for "<name>.rebuild-<digits>.db" and "<name>.verify-<digits>.db": the files rebuilds
+ * write. Nothing else is ever removed: the data dir may be shared with other projectors (and
+ * before this naming, "<name>-<digits>.db", which "<name>-2"'s live file also matches). */
+static bool is_rebuild_file(const char *file, const char *name)
+{
+    size_t nl = strlen(name);
+    if (strncmp(file, name, nl) != 0)
+        return false;
+    const char *rest = file + nl;
+    if (strncmp(rest, ".rebuild-", 9) == 0)
+        rest += 9;
+    else if (strncmp(rest, ".verify-", 8) == 0)
+        rest += 8;
+    else
+        return false;
+    size_t digits = strspn(rest, "0123456789");
+    return digits > 0 && strcmp(rest + digits, ".db") == 0;
+}
+
+/* Rebuild files other than the live one are left by interrupted rebuilds: remove them. */
 static void remove_leftovers(jl_projector *p)
 {
     DIR *d = opendir(p->data_dir);
     struct dirent *e;
-    char prefix[128], path[1100];
-    snprintf(prefix, sizeof(prefix), "%s-", p->def->name);
+    char path[1100];
     if (d == NULL)
         return;
     while ((e = readdir(d)) != NULL) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || n < 4 ||
-            strcmp(e->d_name + n - 3, ".db") != 0 || strcmp(e->d_name, p->file) == 0)
+        if (!is_rebuild_file(e->d_name, p->def->name) || strcmp(e->d_name, p->file) == 0)
             continue;
         snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
         jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"", e->d_name);
@@ -300,6 +316,10 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     jl_db *qdb = NULL;
     snprintf(new_path, sizeof(new_path), "%s/%s", p->data_dir, file);
     jl_status s = p->def->outbox ? jl__outbox_carry_over(db, p->db_path, err, errlen) : JL_OK;
+    /* Once the pointer names it, the new file must hold what it was built with even after a
+     * power loss (a process manager's outbox above all): its last commits were not synced. */
+    if (s == JL_OK && (s = jl_db_sync(db)) != JL_OK)
+        snprintf(err, errlen, "%s; the live read model is unchanged", jl_db_errmsg(db));
     if (s == JL_OK)
         s = jl_db_open(&qdb, new_path, true, err, errlen);
     if (s != JL_OK) {
@@ -344,8 +364,8 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     if (!keep_old) {
         jl__proj_remove_db(old_path);
     } else {
-        /* "<name>.replaced-<ms>.db": not "<name>-*.db", which a start takes for the debris of an
-         * interrupted rebuild and removes. Closing the last connection folded its WAL in. */
+        /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
+         * an interrupted rebuild and removes. Closing the last connection folded its WAL in. */
         snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
                  jl__now_ns() / 1000000);
         if (rename(old_path, kept) != 0)
@@ -530,6 +550,17 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
             if (careful && (s = jl_db_exec(db, "SAVEPOINT jl_event")) != JL_OK)
                 break;
             es = p->def->apply(db, &ev, why, sizeof(why));
+            if (sqlite3_get_autocommit(jl_db_handle(db))) {
+                /* SQLite ended the batch's transaction itself (disk full, I/O error) whatever
+                 * apply said: nothing more may be written outside it, the checkpoint least of
+                 * all, or the batch would be applied again on top of half of itself. */
+                snprintf(err, errlen,
+                         "applying %s at sequence %" PRIu64 " failed: the transaction was rolled "
+                         "back (%s)",
+                         ev.event_type, seq, why[0] ? why : sqlite3_errmsg(jl_db_handle(db)));
+                s = JL_ERR_SQLITE;
+                break;
+            }
             if (es == JL_OK) {
                 if (careful)
                     s = jl_db_exec(db, "RELEASE jl_event");
@@ -1298,8 +1329,13 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
     pthread_rwlock_rdlock(&p->switch_lock);
     jl_db *qdb = p->qdb;
     jl_status s = jl_db_begin(qdb, false);
+    /* The sequence reached in the stream the query named (by default the first source's). */
     sqlite3_stmt *st =
-        s == JL_OK ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_state WHERE id = 1") : NULL;
+        s != JL_OK ? NULL
+        : si == 0  ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_state WHERE id = 1")
+                   : jl_db_stmt(qdb, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?");
+    if (st != NULL && si != 0)
+        sqlite3_bind_text(st, 1, p->src[si].stream, -1, SQLITE_STATIC);
     if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
         r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);
     if (st != NULL)
@@ -1373,6 +1409,13 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     atomic_init(&p->lost_deliveries, 0);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
+    /* The name makes subjects ("<name>.query.*") and file names ("<name>.rebuild-<ms>.db"). */
+    if (def->name == NULL || !valid_durable(def->name)) {
+        snprintf(err, errlen, "projector name '%s' must be 1-63 characters without . * > / spaces",
+                 def->name ? def->name : "");
+        s = JL_ERR_INVALID;
+        goto done;
+    }
     if (!valid_durable(base)) {
         snprintf(err, errlen, "durable name '%s' must be 1-63 characters without . * > / spaces",
                  base);

@@ -357,8 +357,10 @@ static void run_job(jl_projector *p, jl__job *j)
     jl_status s = JL_OK;
     bool paused_live = false;
 
-    snprintf(c.file, sizeof(c.file), "%s-%s%" PRId64 ".db", p->def->name,
-             j->verify ? "verify-" : "", now_ns() / 1000000);
+    /* "<name>.rebuild-<ms>.db": a projector's name has no '.', so no other projector's file
+     * can look like it (a start removes these when they are not live). */
+    snprintf(c.file, sizeof(c.file), "%s.%s-%" PRId64 ".db", p->def->name,
+             j->verify ? "verify" : "rebuild", now_ns() / 1000000);
     snprintf(c.path, sizeof(c.path), "%s/%s", p->data_dir, c.file);
     pthread_mutex_lock(&j->mu);
     snprintf(j->st.file, sizeof(j->st.file), "%s", c.file);

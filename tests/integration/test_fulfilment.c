@@ -164,12 +164,17 @@ static void place_order(const char *customer, const line *lines, int n,
 
 /* A query's decoded result (caller frees with protobuf_c_message_free_unpacked), or NULL when
  * the reply is an error. */
-static ProtobufCMessage *query(const char *projector, const ProtobufCMessage *q, jl_code *out_code)
+/* A query's result (NULL unless ok), its code and (@p out_seq not NULL) the stream sequence the
+ * answer reflects. */
+static ProtobufCMessage *query_seq(const char *projector, const ProtobufCMessage *q,
+                                   jl_code *out_code, uint64_t *out_seq)
 {
     jl_reply r;
     jl_reply_init(&r);
     ck_assert_int_eq(tsend(env.conn, projector, true, q, NULL, &r), NATS_OK);
     *out_code = r.code;
+    if (out_seq != NULL)
+        *out_seq = r.stream_seq;
     ProtobufCMessage *m = NULL;
     if (r.code == JL_CODE_OK) {
         const ProtobufCMessageDescriptor *d = jl_registry_find(r.result_type);
@@ -179,6 +184,11 @@ static ProtobufCMessage *query(const char *projector, const ProtobufCMessage *q,
     }
     jl_reply_cleanup(&r);
     return m;
+}
+
+static ProtobufCMessage *query(const char *projector, const ProtobufCMessage *q, jl_code *out_code)
+{
+    return query_seq(projector, q, out_code, NULL);
 }
 
 static bool order_status_is(const char *id, const char *status)
@@ -425,9 +435,13 @@ START_TEST(one_order_confirmed_one_cancelled_for_lack_of_stock)
     Dashboard__TopProducts tp = DASHBOARD__TOP_PRODUCTS__INIT;
     tp.min_sequence = tstream_last_seq(env.conn, "INVENTORY");
     tp.min_sequence_stream = "INVENTORY";
+    uint64_t at = 0;
     Dashboard__TopProductsResult *top =
-        (Dashboard__TopProductsResult *)query("sales_dashboard", &tp.base, &code);
+        (Dashboard__TopProductsResult *)query_seq("sales_dashboard", &tp.base, &code, &at);
     ck_assert_ptr_nonnull(top);
+    /* The answer says how far it is in the stream asked about, not in the first one. */
+    ck_assert_uint_ge(at, tp.min_sequence);
+    ck_assert_uint_le(at, tstream_last_seq(env.conn, "INVENTORY"));
     ck_assert_uint_eq(top->n_products, 2);
     ck_assert_str_eq(top->products[0]->sku, "apple");
     ck_assert_str_eq(top->products[0]->name, "Apple");

@@ -1293,12 +1293,12 @@ START_TEST(rebuild_killed_halfway_leaves_the_live_model_as_it_was)
     char *after = tdump(db);
     ck_assert_str_eq(before, after);
     free(after);
-    ck_assert_int_eq(count_files(data, "order_summary-"), 1);
+    ck_assert_int_eq(count_files(data, "order_summary.rebuild-"), 1);
 
     /* Restarted, it serves the same model, removes the partial file, and can rebuild again. */
     svc_start(&proj, "order_summary", "summary2.log", url, data, 1024, NULL);
     wait_summary_answers(&proj);
-    ck_assert_int_eq(count_files(data, "order_summary-"), 0);
+    ck_assert_int_eq(count_files(data, "order_summary.rebuild-"), 0);
     st = rebuild_until(0);
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
     jetledger__rebuild_status__free_unpacked(st, NULL);

@@ -305,7 +305,7 @@ START_TEST(rebuild_under_load_ends_equal_and_no_query_fails)
     /* The old file is gone, the pointer names the new one. */
     char path[1024];
     live_file(live.dir, path, sizeof(path));
-    ck_assert_ptr_nonnull(strstr(path, "order_summary-"));
+    ck_assert_ptr_nonnull(strstr(path, "order_summary.rebuild-"));
     char old[700];
     snprintf(old, sizeof(old), "%s/order_summary.db", live.dir);
     ck_assert_int_ne(access(old, F_OK), 0);
@@ -429,6 +429,39 @@ START_TEST(rebuild_from_a_sequence_holds_only_later_events)
     free(d);
     /* A rebuild already running is refused. */
     runner_stop(&live);
+}
+END_TEST
+
+START_TEST(a_start_removes_its_own_rebuild_debris_and_nothing_else)
+{
+    ensure_stream();
+    char dir[600], path[1200];
+    snprintf(dir, sizeof(dir), "%s/debris", env.dir);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    /* Other projectors' files in a shared data dir, some named like this one's. */
+    const char *kept[] = {"order_summary-2.db",          "order_summary-verify-1.db",
+                          "order_summary_x.db",          "order_summary.rebuild-.db",
+                          "order_summary.replaced-5.db", "fulfilment.rebuild-12.db"};
+    const char *gone[] = {"order_summary.rebuild-1795698402974.db",
+                          "order_summary.verify-1795698402974.db"};
+    for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, kept[i]);
+        fclose(fopen(path, "w"));
+    }
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, gone[i]);
+        fclose(fopen(path, "w"));
+    }
+    jl_projector *p = open_projector(&order_summary_projector, "debris", "debris", 0, NULL);
+    jl_projector_close(p, 0);
+    for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, kept[i]);
+        ck_assert_msg(access(path, F_OK) == 0, "%s was removed", kept[i]);
+    }
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, gone[i]);
+        ck_assert_msg(access(path, F_OK) != 0, "%s was left", gone[i]);
+    }
 }
 END_TEST
 
@@ -632,6 +665,7 @@ int main(void)
     tcase_add_test(tc, verify_reports_match_then_the_altered_row);
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
+    tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
     tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
     tcase_add_test(tc, newer_projection_version_rebuilds_by_itself);

@@ -38,6 +38,14 @@ jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err,
 /** Finalize cached statements and close. NULL is a no-op. */
 void jl_db_close(jl_db *db);
 
+/**
+ * Make every committed transaction durable (fsync the database file and its WAL): with
+ * synchronous=NORMAL the last commits survive a crash of the process but not of the machine.
+ * For a step that must not be undone by a power loss, such as naming this file the live one.
+ * JL_ERR_IO (the message in jl_db_errmsg()) when a sync fails.
+ */
+jl_status jl_db_sync(jl_db *db);
+
 /** WAL checkpoints the connection's own thread has completed (0 for a read-only one). */
 uint64_t jl_db_background_checkpoints(jl_db *db);
 
