@@ -1135,6 +1135,11 @@ START_TEST(cli_round_trip_and_exit_codes)
     CLI(r, url, "events", "orders", "--from-time", "2099-01-01T00:00:00Z");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--from-time does not apply to events") != NULL, "%s", r->err);
+    /* An empty command id ("$ID" unset) would make a retry take effect twice. */
+    CLI(r, url, "command", "orders", "CreateOrder", "{\"customer_id\":\"cli\"}", "--command-id",
+        "");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--command-id needs a value") != NULL, "%s", r->err);
 
     /* Nothing refused or malformed reached the stream: 4 events in all. */
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 4);

@@ -210,12 +210,14 @@ static void print_result(const Jetledger__RebuildStatus *st, bool verify)
         }
     } else {
         double secs = job_seconds(st);
+        jl_buf_adds(&b, ",\"state\":");
+        jl_json_add_string(&b, st->state, strlen(st->state)); /* the projector's text */
         jl_buf_addf(&b,
-                    ",\"state\":\"%s\",\"events\":%" PRIu64 ",\"messages\":%" PRIu64
+                    ",\"events\":%" PRIu64 ",\"messages\":%" PRIu64
                     ",\"seconds\":%.3f,\"events_per_second\":%.0f,\"checkpoint\":%" PRIu64
                     ",\"file\":",
-                    st->state, st->events, st->applied, secs,
-                    secs > 0 ? (double)st->events / secs : 0.0, st->checkpoint);
+                    st->events, st->applied, secs, secs > 0 ? (double)st->events / secs : 0.0,
+                    st->checkpoint);
         jl_json_add_string(&b, st->file, strlen(st->file));
         if (st->error[0] != 0) {
             jl_buf_adds(&b, ",\"error\":");

@@ -125,6 +125,11 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
     case F_AGGREGATE:
     case F_COMMAND_ID:
     case F_CORRELATION_ID:
+        /* An empty id would be no id: a retry with "$ID" unset would then take effect twice. */
+        if (*val == 0) {
+            cli_error("%s needs a value, not an empty string", flag_names[which]);
+            return -1;
+        }
         *(which == F_AGGREGATE    ? &o->aggregate
           : which == F_COMMAND_ID ? &o->command_id
                                   : &o->correlation_id) = val;
