@@ -222,6 +222,11 @@ const char *jl_commit_command_id(const jl_commit *c)
     return c->pb->command_id;
 }
 
+const char *jl_commit_command_type(const jl_commit *c)
+{
+    return c->pb->command_type;
+}
+
 jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_event *ev, char *err,
                           size_t errlen)
 {

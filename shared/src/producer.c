@@ -19,10 +19,16 @@
 #define HISTORY_MAX 1000
 /* Appends in flight at once; more commands wait in a backlog. */
 #define JL_PRODUCER_MAX_INFLIGHT 4096
+/* Commands held at once, in flight or waiting (for their aggregate, a read, a slot): beyond it
+ * a command is answered unavailable at once instead of queued without bound. */
+#define JL_PRODUCER_MAX_COMMANDS (16 * JL_PRODUCER_MAX_INFLIGHT)
 /* How long one attempt of an append waits for its ack before it is sent again. */
 #define JL_APPEND_ATTEMPT_MS 1500
 /* How long a close waits for a handler still running before it leaves the memory allocated. */
 #define HANDLER_WAIT_MS 10000
+/* Room for a command's full protobuf name read back from a commit (a longer one is compared by
+ * its first JL_TYPE_NAME_MAX - 1 bytes). */
+#define JL_TYPE_NAME_MAX 256
 
 /* Commands in progress (appends in flight, or requests waiting to be read) from which appends
  * and replies go through the batching connection. */
@@ -86,6 +92,7 @@ struct jl_producer {
     bool closing;                     /* past the close's wait: no command is started now */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
+    size_t n_cmds; /* taken from cmd_new() and not freed: at most JL_PRODUCER_MAX_COMMANDS */
     jl_buf commit;
     jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
     jl_buf snap_state; /* the state packed for a snapshot */
@@ -111,12 +118,13 @@ typedef struct replay_ctx {
     int64_t last_time;
     uint64_t events;
     limit lim;
-    bool reached;             /* the limit was met: stop reading */
-    bool next_only;           /* apply a commit only if it follows on from version */
-    bool gap;                 /* next_only refused one: commits lie between */
-    const char *watch_cmd_id; /* when set: note the commit recording this command id */
-    uint64_t watch_seq;       /* its sequence (0: not seen) */
-    uint64_t watch_version;   /* the version of its last event */
+    bool reached;                      /* the limit was met: stop reading */
+    bool next_only;                    /* apply a commit only if it follows on from version */
+    bool gap;                          /* next_only refused one: commits lie between */
+    const char *watch_cmd_id;          /* when set: note the commit recording this command id */
+    uint64_t watch_seq;                /* its sequence (0: not seen) */
+    uint64_t watch_version;            /* the version of its last event */
+    char watch_type[JL_TYPE_NAME_MAX]; /* the command type it records ("": not recorded) */
     char err[256];
 } replay_ctx;
 
@@ -129,7 +137,8 @@ struct cmd {
     ProtobufCMessage *msg;
     jl__cache_entry *entry; /* pinned while the command lives */
     int attempts;
-    int64_t deadline_ns;
+    int64_t received_ns; /* when submitted */
+    int64_t deadline_ns; /* of its append, from the first attempt (0: not tried yet) */
     uint64_t first_version;
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
@@ -146,6 +155,7 @@ struct cmd {
      * one (its aggregate and version) for load_done, off the lock. */
     uint64_t dup_seq, dup_version;
     char dup_id[JL_UUID_LEN + 1];
+    char dup_type[JL_TYPE_NAME_MAX];
     jl_decision d;
     char agg_id[JL_UUID_LEN + 1];
     char cmd_id[JL_MAX_ID_LEN + 1];
@@ -227,6 +237,7 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
         strcmp(jl_commit_command_id(c), rc->watch_cmd_id) == 0) {
         rc->watch_seq = seq;
         rc->watch_version = rc->version;
+        snprintf(rc->watch_type, sizeof(rc->watch_type), "%s", jl_commit_command_type(c));
     }
     if (s != JL_OK && s != JL_ERR_STOPPED)
         snprintf(rc->err, sizeof(rc->err), "stream sequence %" PRIu64 ": %.200s", seq, why);
@@ -622,9 +633,11 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
     return false;
 }
 
-/* Version of the last event of the commit stored at @p seq (0 when it cannot be read), and its
- * aggregate id into @p out_id (empty when it cannot be read). */
-static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN + 1])
+/* Version of the last event of the commit stored at @p seq (0 when it cannot be read), its
+ * aggregate id into @p out_id (empty when it cannot be read) and the command type it records
+ * into @p out_type. */
+static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN + 1],
+                           char out_type[JL_TYPE_NAME_MAX])
 {
     natsMsg *m = NULL;
     jl_commit *cm = NULL;
@@ -632,6 +645,7 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
     char why[128];
     uint64_t v = 0;
     out_id[0] = 0;
+    out_type[0] = 0;
     jsDirectGetMsgOptions_Init(&o);
     o.Sequence = seq;
     if (js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o) != NATS_OK)
@@ -644,6 +658,7 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
             ev.aggregate_version != 0) {
             v = ev.aggregate_version;
             snprintf(out_id, JL_UUID_LEN + 1, "%s", ev.aggregate_id ? ev.aggregate_id : "");
+            snprintf(out_type, JL_TYPE_NAME_MAX, "%s", jl_commit_command_type(cm));
         }
         jl_commit_free(cm);
     }
@@ -700,11 +715,13 @@ static cmd *cmd_new(jl_producer *p)
         memset(c, 0, sizeof(*c));
         c->d.bytes = keep;
         jl_decision_reset(&c->d);
-        return c;
-    }
-    c = calloc(1, sizeof(*c));
-    if (c != NULL)
+    } else if ((c = calloc(1, sizeof(*c))) != NULL) {
         jl_decision_init(&c->d);
+    }
+    if (c != NULL) {
+        p->n_cmds++;
+        c->received_ns = now_ns();
+    }
     return c;
 }
 
@@ -717,6 +734,7 @@ static void cmd_free(jl_producer *p, cmd *c)
     c->req = NULL;
     c->next = p->free_cmds;
     p->free_cmds = c;
+    p->n_cmds--;
 }
 
 /*
@@ -779,6 +797,31 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
     if (ns != NATS_OK)
         natsMsg_Destroy(m);
     return ns;
+}
+
+/* In on_ack, under p->mu: send *@p msg, an append or a record of @p c that timed out or found
+ * no responders (@p err), again, as built (a second copy of an append is stored once, by its
+ * Nats-Msg-Id; of a record, it writes the same value). NATS_OK: it is in flight again, and
+ * *@p msg now the library's. Closing past its wait, the context may be going: no resend then. */
+static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsStatus err)
+{
+    if (err == NATS_NO_RESPONDERS) {
+        /* No leader yet: give it a moment, without the lock (every command would wait);
+         * counted in flight meanwhile, so a close waits for it. */
+        p->n_inflight++;
+        pthread_mutex_unlock(&p->mu);
+        nats_Sleep(20);
+        pthread_mutex_lock(&p->mu);
+        p->n_inflight--;
+    }
+    jl_reply_reset(&p->reply); /* the shared reply was others' meanwhile */
+    snprintf(p->reply.aggregate_id, sizeof(p->reply.aggregate_id), "%s", c->agg_id);
+    if (p->closing)
+        return NATS_CONNECTION_CLOSED;
+    jsPubOptions again;
+    jsPubOptions_Init(&again);
+    again.MaxWait = JL_APPEND_ATTEMPT_MS;
+    return publish_tracked(p, js, msg, &again, c);
 }
 
 /* Send the reply (to the requester or the waiting caller), count it, free the command. */
@@ -914,6 +957,18 @@ static bool start_one(jl_producer *p, cmd *c)
     }
     jl_command in = {
         .msg = c->msg, .aggregate_id = c->agg_id, .command_id = c->cmd_id, .now_ns = now_ns()};
+    if (c->deadline_ns == 0 && in.now_ns - c->received_ns > p->append_timeout_ms * 1000000LL) {
+        /* Waited out its deadline for its turn (a hot aggregate, a full backlog, a slow read):
+         * its requester has given up, and one without a command id may have sent it again.
+         * Run now, it could take effect twice: it is not run. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "the command waited %" PRId64 " ms for its turn, past its deadline of "
+                       "%" PRId64 " ms, and was not run; try again",
+                       (in.now_ns - c->received_ns) / 1000000, p->append_timeout_ms);
+        p->stats.expired++;
+        finish(p, c, r);
+        return true;
+    }
     jl_decision_reset(&c->d);
     def->decide(e->state, &in, &c->d);
     r->aggregate_version = e->version;
@@ -1083,7 +1138,7 @@ static void *load_read(void *ctx, void *item)
     jl__cache_entry *e = c->entry;
     replay_ctx *rc = &c->load;
     if (c->dup_seq != 0) /* and the entry, stale, is caught up below */
-        c->dup_version = version_at(p, c->dup_seq, c->dup_id);
+        c->dup_version = version_at(p, c->dup_seq, c->dup_id, c->dup_type);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
@@ -1132,6 +1187,18 @@ static void answer_deferred(jl_producer *p)
     }
 }
 
+/* True, with @p r an INVALID reply, when the commit stored under @p c's command id records
+ * another command type (@p type; "" from a commit that does not say): the id was reused, and
+ * that command's success is not this one's. As remembered() answers from a record. */
+static bool used_for_another(const cmd *c, const char *type, jl_reply *r)
+{
+    if (type[0] == 0 || strncmp(type, c->cd->descriptor->name, JL_TYPE_NAME_MAX - 1) == 0)
+        return false;
+    jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s", c->cmd_id,
+                   type, c->agg_id);
+    return true;
+}
+
 /*
  * Under p->mu: @p c's append was a repeat, by its client command id, of the message at
  * c->dup_seq, read by load_read (c->dup_id, c->dup_version). That message is this command's
@@ -1164,6 +1231,9 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
         jl_reply_error(r, JL_CODE_INVALID,
                        "command id '%s' was already used on %s (stream sequence %" PRIu64 ")",
                        c->cmd_id, c->dup_id, seq);
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (used_for_another(c, c->dup_type, r)) {
         finish(p, c, r);
         release_entry(p, e);
     } else if (!duplicate_reply(p, c, seq, c->dup_version, r)) {
@@ -1202,6 +1272,9 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     if (c->dup_seq != 0) {
         settle_duplicate(p, c, r);
     } else if (e->stale) {
+        finish(p, c, r);
+        release_entry(p, e);
+    } else if (rc->watch_seq != 0 && used_for_another(c, rc->watch_type, r)) {
         finish(p, c, r);
         release_entry(p, e);
     } else if (rc->watch_seq != 0) {
@@ -1243,7 +1316,12 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
-    if (c->recording) {
+    bool retryable = pa == NULL && (pae->Err == NATS_TIMEOUT || pae->Err == NATS_NO_RESPONDERS) &&
+                     now_ns() < c->deadline_ns;
+    if (c->recording && retryable && resend(p, js, &msg, c, pae->Err) == NATS_OK) {
+        /* The record is what stops a repeat past the duplicate window from taking effect a
+         * second time: put it again (the same value) while the command has time. */
+    } else if (c->recording) {
         /* The command-id record of a stored command: now the reply. */
         if (pa == NULL)
             not_remembered(c, natsStatus_GetText(pae->Err));
@@ -1306,27 +1384,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                        p->def->aggregate_type, c->agg_id, c->attempts);
         finish(p, c, r);
         release_entry(p, e);
-    } else if ((pae->Err == NATS_TIMEOUT || pae->Err == NATS_NO_RESPONDERS) &&
-               now_ns() < c->deadline_ns) {
+    } else if (retryable) {
         /* A stream leader moving, a server restarting: send the same message again. Its
          * Nats-Msg-Id makes JetStream store it once even if the first copy got through. */
-        if (pae->Err == NATS_NO_RESPONDERS) {
-            /* No leader yet: give it a moment, without the lock (every command would wait);
-             * counted in flight meanwhile, so a close waits for it. */
-            p->n_inflight++;
-            pthread_mutex_unlock(&p->mu);
-            nats_Sleep(20);
-            pthread_mutex_lock(&p->mu);
-            p->n_inflight--;
-            jl_reply_reset(r); /* the shared reply was others' meanwhile */
-            snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
-        }
-        jsPubOptions again;
-        jsPubOptions_Init(&again);
-        again.MaxWait = JL_APPEND_ATTEMPT_MS;
-        /* Closing past its wait, the context may be going: no resend then. */
-        natsStatus ns =
-            p->closing ? NATS_CONNECTION_CLOSED : publish_tracked(p, js, &msg, &again, c);
+        natsStatus ns = resend(p, js, &msg, c, pae->Err);
         if (ns != NATS_OK) {
             e->stale = true; /* stored or not: unknown */
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
@@ -1402,6 +1463,13 @@ static void submit(jl_producer *p, const request *rq)
     }
     jl_reply_reset(r);
 
+    if (p->n_cmds > JL_PRODUCER_MAX_COMMANDS) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "the producer holds %d commands, its limit; try again later",
+                       JL_PRODUCER_MAX_COMMANDS);
+        p->stats.overloaded++;
+        goto reject;
+    }
     c->cd = find_command(def, command);
     if (c->cd == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "unknown command '%s' for service %s", c->name,

@@ -1084,6 +1084,18 @@ START_TEST(a_command_id_used_on_another_aggregate_is_refused)
     jl_reply_reset(&r);
     ck_assert_int_eq(add_item(env.conn, b, "a", 1, 10, &r), JL_CODE_OK);
     ck_assert_uint_eq(r.aggregate_version, 2);
+    /* On the same order, by another command: not its success either. */
+    Orders__RemoveItem rm = ORDERS__REMOVE_ITEM__INIT;
+    uint8_t buf[256];
+    rm.order_id = a;
+    rm.sku = "a";
+    size_t n = orders__remove_item__pack(&rm, buf);
+    msgs = tstream_msgs(env.conn, "ORDERS");
+    jl_reply_reset(&r);
+    jl_producer_handle(bare, "RemoveItem", buf, n, "shared-key", NULL, NULL, &r);
+    ck_assert_msg(r.code == JL_CODE_INVALID && strstr(r.message, "orders.AddItem") != NULL,
+                  "%s: %s", jl_code_str(r.code), r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
     jl_reply_cleanup(&r);
     jl_producer_close(bare, 1000);
 }
@@ -1407,6 +1419,53 @@ START_TEST(a_command_id_that_cannot_be_looked_up_is_answered_unavailable)
 }
 END_TEST
 
+START_TEST(a_command_that_waited_past_its_deadline_is_not_run)
+{
+    /* Commands queue behind their aggregate's append. One whose turn comes after its deadline
+     * has a requester that gave up and may have sent it again: it must not run then. */
+    char id[JL_UUID_LEN + 1], err[512] = "";
+    ck_assert_int_eq(create_order(env.conn, "late", id, NULL), JL_CODE_OK);
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 600;
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(add_with_id(p, id, "a", NULL, &r), JL_CODE_OK); /* cached now */
+    jl_reply_cleanup(&r);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    pid_t server = jl_natsd_pid(env.natsd);
+    add_arg a[2] = {{.on = p, .id = id, .sku = "b"}, {.on = p, .id = id, .sku = "c"}};
+    pthread_t t[2];
+    jl_reply_init(&a[0].r);
+    jl_reply_init(&a[1].r);
+    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pthread_create(&t[0], NULL, add_on_thread, &a[0]);
+    nats_Sleep(50);
+    pthread_create(&t[1], NULL, add_on_thread, &a[1]); /* queued behind "b" */
+    /* "b" times out at its deadline, its outcome unknown: "c" waits for the aggregate to be
+     * read again, which the server answers once it runs again, past c's deadline. */
+    pthread_join(t[0], NULL);
+    nats_Sleep(100);
+    ck_assert_int_eq(kill(server, SIGCONT), 0);
+    pthread_join(t[1], NULL);
+    ck_assert_msg(a[0].r.code == JL_CODE_UNAVAILABLE, "%s: %s", jl_code_str(a[0].r.code),
+                  a[0].r.message);
+    ck_assert_msg(a[1].r.code == JL_CODE_UNAVAILABLE && strstr(a[1].r.message, "was not run"),
+                  "%s: %s", jl_code_str(a[1].r.code), a[1].r.message);
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.expired, 1);
+    /* "b" may be stored (the server had it), "c" never was. */
+    nats_Sleep(300);
+    ck_assert_uint_le(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
+    jl_reply_cleanup(&a[0].r);
+    jl_reply_cleanup(&a[1].r);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -1435,6 +1494,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
     tcase_add_test(tc, a_command_id_that_cannot_be_looked_up_is_answered_unavailable);
+    tcase_add_test(tc, a_command_that_waited_past_its_deadline_is_not_run);
     tcase_add_test(tc, a_creation_repeated_with_its_command_id_names_the_first_aggregate);
     tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);

@@ -85,6 +85,9 @@ size_t jl_commit_count(const jl_commit *c);
 /** The command id the commit records ("" if none). Borrowed from @p c. */
 const char *jl_commit_command_id(const jl_commit *c);
 
+/** The full protobuf name of the command the commit records ("" if none). Borrowed. */
+const char *jl_commit_command_type(const jl_commit *c);
+
 /**
  * Fill @p out_ev with event @p i, decoding its payload with the descriptor named by its
  * event_type, looked up in @p types (NULL: every schema in the registry). Pointers in

@@ -134,6 +134,8 @@ typedef struct jl_producer_stats {
     uint64_t events_replayed;    /**< events read and evolved by loads and catch-ups */
     uint64_t last_load_events;   /**< events read by the most recent load or catch-up */
     uint64_t burst_appends;      /**< appends sent on the batching connection (under load) */
+    uint64_t expired;            /**< not run: waited past their deadline for their turn */
+    uint64_t overloaded;         /**< refused: the producer held its limit of commands */
 } jl_producer_stats;
 
 /** Copy the counters. Thread-safe. */
