@@ -210,6 +210,28 @@ static void emit_rejected(const Inventory__ReserveStock *c, const char *rid, con
     jl_decision_emit(out, &e.base);
 }
 
+/* True when open reservation @p r is for order @p oid with exactly the lines of @p c (in any
+ * order; @p c has no sku twice). */
+static bool same_reservation(const inventory_state *s, const inventory_reservation *r,
+                             const uint8_t oid[16], const Inventory__ReserveStock *c)
+{
+    if (memcmp(r->order_id, oid, 16) != 0 || r->n_lines != c->n_lines)
+        return false;
+    for (size_t i = 0; i < c->n_lines; i++) {
+        uint32_t k = 0;
+        while (k < r->n_lines) {
+            const inventory_line *l = &s->lines[r->first_line + k];
+            if (strcmp(s->products[l->product].sku, c->lines[i]->sku) == 0 &&
+                (int64_t)l->quantity == (int64_t)c->lines[i]->quantity)
+                break;
+            k++;
+        }
+        if (k == r->n_lines)
+            return false;
+    }
+    return true;
+}
+
 static void decide_reserve(const inventory_state *s, const jl_command *cmd, jl_decision *out)
 {
     const Inventory__ReserveStock *c = (const Inventory__ReserveStock *)cmd->msg;
@@ -248,8 +270,18 @@ static void decide_reserve(const inventory_state *s, const jl_command *cmd, jl_d
         }
     }
 
-    /* Reserved before, whatever came of it: no second effect. */
-    if (find_open(s, rid) < s->n_open || find_closed(s, rid) != 0)
+    /* Reserved before, whatever came of it: no second effect. But an open id asked for another
+     * order or other lines is a mistake, not a repeat: "ok" would say stock is held that is
+     * not. (A closed id's order and lines are not kept: it is taken as a repeat.) */
+    uint32_t held = find_open(s, rid);
+    if (held < s->n_open && !same_reservation(s, &s->open[held], oid, c)) {
+        uuid_format(rid, rid_text);
+        jl_decision_reject(out, JL_CODE_RULE_VIOLATION,
+                           "reservation %s is already held, for another order or other lines",
+                           rid_text);
+        return;
+    }
+    if (held < s->n_open || find_closed(s, rid) != 0)
         return;
 
     uuid_format(rid, rid_text);

@@ -146,7 +146,8 @@ jl_status inventory_evolve(void *state, const jl_event *ev);
  *   NOT_FOUND); on_hand stays <= INVENTORY_MAX_ON_HAND (else INVALID). Emits Restocked.
  * - ReserveStock: reservation_id and order_id UUIDs (either case), 1..INVENTORY_MAX_LINES
  *   lines, each with a sku as above and quantity 1..INVENTORY_MAX_QUANTITY, no sku twice (all
- *   INVALID). A reservation id open or remembered as closed: accepted with no event. Otherwise
+ *   INVALID). A reservation id open for the same order and lines, or remembered as closed:
+ *   accepted with no event; open for another order or other lines: RULE_VIOLATION. Otherwise
  *   the outcome is an event, never a rejection, so a process manager reads it from the stream:
  *   ReservationRejected with a reason (the first line whose sku is unknown, "unknown sku X", or
  *   short, "insufficient stock for sku X: available N, requested M"; then no room for another

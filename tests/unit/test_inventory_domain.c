@@ -728,15 +728,38 @@ START_TEST(reserve_of_an_open_reservation_has_no_second_effect)
     expect_reserved();
     reserve(R1, O1, two, 1);
     expect_no_effect();
-    /* Different lines, another order, upper case: still the same reservation, no effect. */
-    const line five[] = {{"apple", 5}};
-    reserve("11111111-1111-4111-8111-111111111111", O2, five, 1);
+    /* The same order and lines, the order id in upper case: a repeat. */
+    reserve(R1, "0A0A0A0A-0A0A-4A0A-8A0A-0A0A0A0A0A0A", two, 1);
     expect_no_effect();
+    /* Another order, other lines: not a repeat, and "ok" would claim stock not held. */
+    reserve(R1, O2, two, 1);
+    expect_rejected(JL_CODE_RULE_VIOLATION,
+                    "reservation " R1 " is already held, for another order or other lines");
+    const line five[] = {{"apple", 5}};
+    reserve(R1, O1, five, 1);
+    expect_rejected_code(JL_CODE_RULE_VIOLATION);
     const line unknown[] = {{"durian", 1}};
     reserve(R1, O1, unknown, 1);
-    expect_no_effect();
+    expect_rejected_code(JL_CODE_RULE_VIOLATION);
+    const line more[] = {{"apple", 2}, {"durian", 1}};
+    reserve(R1, O1, more, 2);
+    expect_rejected_code(JL_CODE_RULE_VIOLATION);
     expect_stock("apple", 10, 2);
     ck_assert_uint_eq(st.n_open, 1);
+}
+END_TEST
+
+START_TEST(reserve_repeated_with_its_lines_in_another_order_has_no_second_effect)
+{
+    given_product("apple", 10);
+    given_product("pear", 10);
+    const line ab[] = {{"apple", 2}, {"pear", 3}}, ba[] = {{"pear", 3}, {"apple", 2}};
+    reserve(R1, O1, ab, 2);
+    expect_reserved();
+    reserve(R1, O1, ba, 2);
+    expect_no_effect();
+    expect_stock("apple", 10, 2);
+    expect_stock("pear", 10, 3);
 }
 END_TEST
 
@@ -1767,6 +1790,7 @@ static Suite *inventory_domain_suite(void)
     tcase_add_test(tc, reserve_rejects_bad_lines);
     tcase_add_test(tc, reserve_accepts_max_lines_and_rejects_more);
     tcase_add_test(tc, reserve_of_an_open_reservation_has_no_second_effect);
+    tcase_add_test(tc, reserve_repeated_with_its_lines_in_another_order_has_no_second_effect);
     tcase_add_test(tc, reserve_of_a_closed_reservation_has_no_second_effect);
     tcase_add_test(tc, reserve_checks_field_values_before_idempotency);
     tcase_add_test(tc, reserve_rejects_beyond_max_open_reservations_as_an_event);
