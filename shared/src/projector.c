@@ -913,15 +913,25 @@ void jl__reader_close(jl__reader *r)
  * pending, the reader goes and the durable takes over (re-created at the checkpoint by
  * attach()). */
 
-static bool far_behind(jl_projector *p, int i)
+/* Where the stream's head is from source @p i's checkpoint: far ahead (catch up first), or
+ * behind it, which no stream that only grows can be. (A stream that cannot be read now is
+ * taken as near: attaching says why.) */
+typedef enum { HEAD_NEAR, HEAD_FAR, HEAD_BEHIND } head_at;
+
+static head_at stream_head(jl_projector *p, int i, uint64_t *out_last)
 {
     jsStreamInfo *si = NULL;
-    bool far = false;
+    head_at at = HEAD_NEAR;
+    *out_last = 0;
     if (js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
-        far = si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD;
+        *out_last = si->State.LastSeq;
+        at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
+             : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
+                 ? HEAD_FAR
+                 : HEAD_NEAR;
         jsStreamInfo_Destroy(si);
     }
-    return far;
+    return at;
 }
 
 static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_applied)
@@ -1034,7 +1044,24 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
 
     *out_applied = 0;
     src->err[0] = 0;
-    if (src->catchup.sub != NULL || (src->pull == NULL && far_behind(p, i)))
+    head_at head = HEAD_NEAR;
+    uint64_t last = 0;
+    if (src->catchup.sub == NULL && src->pull == NULL)
+        head = stream_head(p, i, &last);
+    if (head == HEAD_BEHIND) {
+        /* Deleted and created again, or restored from an older backup: its sequences name
+         * other events now, and reading on from the checkpoint would skip the new ones up to
+         * it without a word. Nothing is applied (a rebuild would keep the checkpoint too). */
+        src_err(src,
+                "stream %s ends at sequence %" PRIu64
+                ", before this read model's checkpoint %" PRIu64
+                ": the stream was created again or restored, and its events are not applied; stop "
+                "the projector, remove its files %s.* from %s and start it again to build the read "
+                "model from the stream",
+                src->stream, last, src->checkpoint, p->def->name, p->data_dir);
+        return JL_ERR_INVALID;
+    }
+    if (src->catchup.sub != NULL || head == HEAD_FAR)
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {
         s = attach(p, i);

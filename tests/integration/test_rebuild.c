@@ -465,6 +465,33 @@ START_TEST(a_start_removes_its_own_rebuild_debris_and_nothing_else)
 }
 END_TEST
 
+START_TEST(a_stream_created_again_behind_the_checkpoint_is_not_read_on)
+{
+    /* Deleted and created again, the stream's sequences name other events: reading on from
+     * the old checkpoint would skip the new ones up to it without a word. */
+    ensure_stream();
+    tseed_orders(env.conn, 10, 0); /* sequences 1..10 */
+    jl_projector *p = open_projector(&order_summary_projector, "again", "again", 0, NULL);
+    size_t n = 0;
+    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < 10; k++)
+        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), 10);
+    jl_projector_close(p, 0);
+
+    ck_assert_int_eq(js_DeleteStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    ensure_stream();
+    tseed_orders(env.conn, 3, 0); /* sequences 1..3 of the new stream */
+    p = open_projector(&order_summary_projector, "again", "again", 0, NULL);
+    jl_status s = jl_projector_step(p, 100, &n);
+    ck_assert_int_eq(s, JL_ERR_INVALID);
+    ck_assert_msg(strstr(jl_projector_errmsg(p), "created again") != NULL, "%s",
+                  jl_projector_errmsg(p));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), 10);
+    jl_projector_close(p, 0);
+}
+END_TEST
+
 START_TEST(full_disk_during_rebuild_leaves_live_untouched)
 {
     runner live;
@@ -666,6 +693,7 @@ int main(void)
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
+    tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
     tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
     tcase_add_test(tc, newer_projection_version_rebuilds_by_itself);
