@@ -2356,7 +2356,10 @@ START_TEST(db_wal_is_checkpointed_off_the_writing_thread)
     ck_assert_uint_ge(jl_db_background_checkpoints(db), 1);
     struct stat sb;
     ck_assert_int_eq(stat(db_path, &sb), 0);
-    ck_assert_int_gt(sb.st_size, 1000 * 4000); /* the pages reached the database file */
+    /* The pages reached the database file (without a checkpoint it holds 2 pages). All of them
+     * unless the writer was still committing when the checkpoint began: under load (another
+     * test running) a passive one copies what was committed by then, seen: 486 pages. */
+    ck_assert_int_gt(sb.st_size, 100 * 4000);
     jl_db_close(db);
     char wal[200];
     snprintf(wal, sizeof(wal), "%s-wal", db_path);
