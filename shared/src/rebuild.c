@@ -563,6 +563,16 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
                  from_seq, last);
         return JL_ERR_INVALID;
     }
+    uint64_t live = jl__proj_checkpoint(p, 0);
+    if (from_seq != 0 && from_seq > live + 1) {
+        /* The switch happens at the live checkpoint: live would then apply the events before
+         * from-seq that the request leaves out. */
+        snprintf(err, errlen,
+                 "from-seq %" PRIu64 " is past the live read model's checkpoint %" PRIu64
+                 " + 1: a rebuild starts at or before where the live model stands",
+                 from_seq, live);
+        return JL_ERR_INVALID;
+    }
     if (from_seq != 0 && from_seq < first) {
         snprintf(err, errlen,
                  "from-seq %" PRIu64 " is before the first retained sequence %" PRIu64

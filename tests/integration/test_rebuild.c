@@ -492,6 +492,24 @@ START_TEST(a_stream_created_again_behind_the_checkpoint_is_not_read_on)
 }
 END_TEST
 
+START_TEST(a_rebuild_cannot_start_past_the_live_checkpoint)
+{
+    /* The switch happens at the live checkpoint, and live would then apply the events before
+     * from-seq that the request left out. */
+    ensure_stream();
+    tseed_orders(env.conn, 5, 0);
+    jl_projector *p = open_projector(&order_summary_projector, "past", "past", 0, NULL);
+    jl_code code;
+    char why[512];
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.from_seq = 3; /* live stands at 0: not run */
+    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
+    ck_assert_int_eq(code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(why, "past the live read model's checkpoint 0") != NULL, "%s", why);
+    jl_projector_close(p, 0);
+}
+END_TEST
+
 START_TEST(full_disk_during_rebuild_leaves_live_untouched)
 {
     runner live;
@@ -694,6 +712,7 @@ int main(void)
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
+    tcase_add_test(tc, a_rebuild_cannot_start_past_the_live_checkpoint);
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
     tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
     tcase_add_test(tc, newer_projection_version_rebuilds_by_itself);
