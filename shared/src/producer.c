@@ -1935,6 +1935,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         jl__cache_on_evict(p->cache, on_evict, p);
     if (p->scratch == NULL || p->cache == NULL || p->inflight.keys == NULL ||
         p->inflight.vals == NULL) {
+        if (p->inflight.keys == NULL || p->inflight.vals == NULL)
+            p->inflight.cap = 0; /* the close below walks cap slots */
         s = JL_ERR_NOMEM;
         goto done;
     }
@@ -2105,9 +2107,27 @@ static void not_freed(const char *why)
            why);
 }
 
+/* Free @p c, left unanswered at close. A jl_producer_handle() caller, which would wait for
+ * ever, gets its answer; a requester over NATS gets none (the batching connection is closed by
+ * now): it times out. */
+static void drop(jl_producer *p, cmd *c)
+{
+    if (c->sync != NULL) {
+        sync_call *s = c->sync;
+        pthread_mutex_lock(&s->mu);
+        jl_reply_reset(s->out);
+        jl_reply_error(s->out, JL_CODE_UNAVAILABLE,
+                       "the producer closed before the command was confirmed; try again");
+        s->done = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    cmd_free(p, c);
+}
+
 /* At close, past its wait: the commands whose appends were never confirmed, those queued behind
  * them and the backlog get no reply any more (their requesters time out, as the warning about
- * unconfirmed appends says): free them. */
+ * unconfirmed appends says): drop them. */
 static void drop_unanswered(jl_producer *p)
 {
     cmd *heads = NULL; /* the in-flight commands, then the backlog's, with their queues */
@@ -2130,11 +2150,11 @@ static void drop_unanswered(jl_producer *p)
         if (c->entry != NULL) {
             for (cmd *q = c->entry->qhead, *qn = NULL; q != NULL; q = qn) {
                 qn = q->next;
-                cmd_free(p, q);
+                drop(p, q);
             }
             c->entry->qhead = c->entry->qtail = NULL;
         }
-        cmd_free(p, c);
+        drop(p, c);
     }
 }
 
