@@ -554,6 +554,18 @@ static void known_free(kvEntry *k)
         kvEntry_Destroy(k);
 }
 
+/* True, with @p r an INVALID reply, when the command stored under @p c's command id was of
+ * another type (@p type; "" from a commit that does not say), on aggregate @p on: the id was
+ * reused, and that command's success is not this one's. */
+static bool used_for_another(const cmd *c, const char *type, const char *on, jl_reply *r)
+{
+    if (type[0] == 0 || strncmp(type, c->cd->descriptor->name, JL_TYPE_NAME_MAX - 1) == 0)
+        return false;
+    jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s", c->cmd_id,
+                   type, on);
+    return true;
+}
+
 /* True when @p c was answered before, by record @p e (from recall(), may be NULL): @p r then
  * holds that reply (or why the id is refused). */
 static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
@@ -566,14 +578,12 @@ static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
     if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
         seen = true;
         /* A creation under a generated id repeated: its id is the one the first got. */
-        if (strcmp(rec->command_type, c->cd->descriptor->name) != 0 ||
-            (!c->fresh && strcmp(rec->aggregate_id, c->agg_id) != 0)) {
+        if (!c->fresh && strcmp(rec->aggregate_id, c->agg_id) != 0) {
             jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s",
                            c->cmd_id, rec->command_type, rec->aggregate_id);
-        } else if (jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK) {
-            r->duplicate = true;
-        } else {
-            seen = false; /* unreadable record: handle the command as new */
+        } else if (!used_for_another(c, rec->command_type, rec->aggregate_id, r)) {
+            seen = jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK;
+            r->duplicate = seen; /* unreadable record: handle the command as new */
         }
     }
     if (rec != NULL)
@@ -824,6 +834,19 @@ static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsS
     return publish_tracked(p, js, msg, &again, c);
 }
 
+/* Hand @p r to a jl_producer_handle() caller waiting for it (its result buffer is kept). */
+static void answer_sync(sync_call *s, const jl_reply *r)
+{
+    pthread_mutex_lock(&s->mu);
+    jl_reply_reset(s->out);
+    jl_buf keep = s->out->result;
+    *s->out = *r;
+    s->out->result = keep;
+    s->done = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* Send the reply (to the requester or the waiting caller), count it, free the command. */
 static void finish(jl_producer *p, cmd *c, jl_reply *r)
 {
@@ -842,15 +865,7 @@ static void finish(jl_producer *p, cmd *c, jl_reply *r)
                jl_code_str(r->code), jl_log_str(esc, sizeof(esc), r->message));
     }
     if (c->sync != NULL) {
-        sync_call *s = c->sync;
-        pthread_mutex_lock(&s->mu);
-        jl_reply_reset(s->out);
-        jl_buf keep = s->out->result;
-        *s->out = *r;
-        s->out->result = keep;
-        s->done = true;
-        pthread_cond_signal(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+        answer_sync(c->sync, r);
     } else if (c->req != NULL) {
         const char *to = natsMsg_GetReply(c->req);
         natsStatus ns = NATS_OK;
@@ -1187,18 +1202,6 @@ static void answer_deferred(jl_producer *p)
     }
 }
 
-/* True, with @p r an INVALID reply, when the commit stored under @p c's command id records
- * another command type (@p type; "" from a commit that does not say): the id was reused, and
- * that command's success is not this one's. As remembered() answers from a record. */
-static bool used_for_another(const cmd *c, const char *type, jl_reply *r)
-{
-    if (type[0] == 0 || strncmp(type, c->cd->descriptor->name, JL_TYPE_NAME_MAX - 1) == 0)
-        return false;
-    jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s", c->cmd_id,
-                   type, c->agg_id);
-    return true;
-}
-
 /*
  * Under p->mu: @p c's append was a repeat, by its client command id, of the message at
  * c->dup_seq, read by load_read (c->dup_id, c->dup_version). That message is this command's
@@ -1233,7 +1236,7 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
                        c->cmd_id, c->dup_id, seq);
         finish(p, c, r);
         release_entry(p, e);
-    } else if (used_for_another(c, c->dup_type, r)) {
+    } else if (used_for_another(c, c->dup_type, c->agg_id, r)) {
         finish(p, c, r);
         release_entry(p, e);
     } else if (!duplicate_reply(p, c, seq, c->dup_version, r)) {
@@ -1274,7 +1277,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     } else if (e->stale) {
         finish(p, c, r);
         release_entry(p, e);
-    } else if (rc->watch_seq != 0 && used_for_another(c, rc->watch_type, r)) {
+    } else if (rc->watch_seq != 0 && used_for_another(c, rc->watch_type, c->agg_id, r)) {
         finish(p, c, r);
         release_entry(p, e);
     } else if (rc->watch_seq != 0) {
@@ -1442,16 +1445,14 @@ static void submit(jl_producer *p, const request *rq)
     pthread_mutex_lock(&p->mu);
     cmd *c = cmd_new(p);
     if (c == NULL) {
+        if (rq->sync != NULL) { /* a direct caller waits for an answer */
+            jl_reply_reset(r);
+            jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+            answer_sync(rq->sync, r);
+        }
         pthread_mutex_unlock(&p->mu);
         known_free(known);
         natsMsg_Destroy(req);
-        if (rq->sync != NULL) { /* a direct caller waits for an answer */
-            pthread_mutex_lock(&rq->sync->mu);
-            jl_reply_error(rq->sync->out, JL_CODE_INTERNAL, "out of memory");
-            rq->sync->done = true;
-            pthread_cond_signal(&rq->sync->cv);
-            pthread_mutex_unlock(&rq->sync->mu);
-        }
         return; /* out of memory: a requester over NATS times out */
     }
     c->req = req;
@@ -2113,14 +2114,10 @@ static void not_freed(const char *why)
 static void drop(jl_producer *p, cmd *c)
 {
     if (c->sync != NULL) {
-        sync_call *s = c->sync;
-        pthread_mutex_lock(&s->mu);
-        jl_reply_reset(s->out);
-        jl_reply_error(s->out, JL_CODE_UNAVAILABLE,
+        jl_reply_reset(&p->reply);
+        jl_reply_error(&p->reply, JL_CODE_UNAVAILABLE,
                        "the producer closed before the command was confirmed; try again");
-        s->done = true;
-        pthread_cond_signal(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+        answer_sync(c->sync, &p->reply);
     }
     cmd_free(p, c);
 }
