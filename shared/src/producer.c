@@ -24,6 +24,9 @@
 #define JL_PRODUCER_MAX_COMMANDS (16 * JL_PRODUCER_MAX_INFLIGHT)
 /* How long one attempt of an append waits for its ack before it is sent again. */
 #define JL_APPEND_ATTEMPT_MS 1500
+/* An append refused for no responders (no stream leader yet) is sent again this long after it
+ * was sent. */
+#define JL_NO_RESPONDERS_PAUSE_MS 20
 /* How long a close waits for a handler still running before it leaves the memory allocated. */
 #define HANDLER_WAIT_MS 10000
 /* Room for a command's full protobuf name read back from a commit (a longer one is compared by
@@ -139,6 +142,7 @@ struct cmd {
     int attempts;
     int64_t received_ns; /* when submitted */
     int64_t deadline_ns; /* of its append, from the first attempt (0: not tried yet) */
+    int64_t sent_ns;     /* when its last message was published (publish_tracked) */
     uint64_t first_version;
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
@@ -777,6 +781,7 @@ static natsStatus publish_tracked(jl_producer *p, jsCtx *js, natsMsg **m, jsPubO
     if (c != NULL) {
         inflight_put(&p->inflight, key, c);
         p->n_inflight++;
+        c->sent_ns = now_ns();
     }
     natsStatus ns = js_PublishMsgAsync(js, m, po);
     if (ns != NATS_OK && c != NULL) {
@@ -815,12 +820,15 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
  * *@p msg now the library's. Closing past its wait, the context may be going: no resend then. */
 static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsStatus err)
 {
-    if (err == NATS_NO_RESPONDERS) {
-        /* No leader yet: give it a moment, without the lock (every command would wait);
-         * counted in flight meanwhile, so a close waits for it. */
+    int64_t pause_ms = (c->sent_ns + JL_NO_RESPONDERS_PAUSE_MS * 1000000LL - now_ns()) / 1000000;
+    if (err == NATS_NO_RESPONDERS && pause_ms > 0) {
+        /* No leader yet: give it a moment since this message was sent, without the lock
+         * (every command would wait); counted in flight meanwhile, so a close waits for it.
+         * A burst refused at once waits about one pause in all, not one per message: this
+         * thread handles every ack, and the later ones have waited while it slept. */
         p->n_inflight++;
         pthread_mutex_unlock(&p->mu);
-        nats_Sleep(20);
+        nats_Sleep(pause_ms);
         pthread_mutex_lock(&p->mu);
         p->n_inflight--;
     }

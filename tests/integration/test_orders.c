@@ -1010,6 +1010,82 @@ START_TEST(same_command_id_twice_has_one_effect)
 }
 END_TEST
 
+/* AddItem on a thread, for commands that must be in flight together, or wait
+ * while a test changes the world. */
+typedef struct add_arg {
+    jl_producer *on;
+    const char *id, *sku, *cmd_id;
+    jl_reply r;
+} add_arg;
+
+static void *add_on_thread(void *arg)
+{
+    add_arg *a = arg;
+    add_with_id(a->on, a->id, a->sku, a->cmd_id, &a->r);
+    return NULL;
+}
+
+/* Point the subjects of stream @p name at @p subject (NULL: back to what they were, kept in
+ * @p saved). */
+static void move_stream_subjects(const char *name, const char *subject, char *saved, size_t n)
+{
+    jsCtx *js = jl_conn_js(env.conn);
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, js, name, NULL, NULL), NATS_OK);
+    const char *to[1] = {subject != NULL ? subject : saved};
+    if (subject != NULL)
+        snprintf(saved, n, "%s", si->Config->Subjects[0]);
+    si->Config->Subjects = to;
+    si->Config->SubjectsLen = 1;
+    jsStreamInfo *after = NULL;
+    ck_assert_int_eq(js_UpdateStream(&after, js, si->Config, NULL, NULL), NATS_OK);
+    si->Config->Subjects = NULL;
+    si->Config->SubjectsLen = 0;
+    jsStreamInfo_Destroy(after);
+    jsStreamInfo_Destroy(si);
+}
+
+START_TEST(a_command_id_record_that_finds_no_stream_is_written_once_it_is_back)
+{
+    /* The event is stored, but its command-id record finds no stream to take it for a moment
+     * ("no responders", as while the bucket's leader moves; the lookup before still works):
+     * the record is put again until the command's deadline, so that a repeat past JetStream's
+     * duplicate window still finds it, and only then is the reply sent. */
+    char id[JL_UUID_LEN + 1], saved[256];
+    ck_assert_int_eq(create_order(env.conn, "record", id, NULL), JL_CODE_OK);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    add_arg a = {.on = producer, .id = id, .sku = "r", .cmd_id = "record-key-1"};
+    jl_reply_init(&a.r);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, add_on_thread, &a), 0);
+    nats_Sleep(500);
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_msg(a.r.code == JL_CODE_OK, "%s", a.r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 1);
+    /* Another replica answers a repeat from the record: the same reply, nothing appended. */
+    jl_producer *other = NULL;
+    char err[512] = "";
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
+                      JL_OK,
+                  "second producer: %s", err);
+    jl_reply r2;
+    jl_reply_init(&r2);
+    ck_assert_int_eq(add_with_id(other, id, "r", "record-key-1", &r2), JL_CODE_OK);
+    ck_assert(r2.duplicate);
+    ck_assert_uint_eq(r2.stream_seq, a.r.stream_seq);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
+    jl_producer_stats st;
+    jl_producer_get_stats(other, &st);
+    ck_assert_uint_eq(st.loads, 0); /* the record answered, not the stream */
+    jl_producer_close(other, 1000);
+    jl_reply_cleanup(&a.r);
+    jl_reply_cleanup(&r2);
+}
+END_TEST
+
 static jl_code create_with_id(jl_producer *on, const char *cmd_id, jl_reply *r)
 {
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
@@ -1221,6 +1297,49 @@ START_TEST(closing_while_appends_find_no_stream_frees_nothing_in_use)
 }
 END_TEST
 
+START_TEST(appends_that_find_no_stream_are_sent_again_until_it_is_back)
+{
+    /* No stream for a moment (a leader not elected yet looks the same: "no responders"): every
+     * append in flight is sent again a little later, each on its own clock, until its deadline.
+     * One pause per message on the ack thread would make the last of a burst wait for all the
+     * others' pauses and miss its deadline: 400 x 20 ms is longer than the 5 s it has. */
+    enum { TOTAL = 400 };
+    jl_conn *client = tenv_connect(&env);
+    natsConnection *nc = jl_conn_nats(client);
+    jsCtx *js = NULL;
+    natsSubscription *inbox = NULL;
+    ck_assert_int_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "gone-replies.>"), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(inbox, -1, -1), NATS_OK);
+    ck_assert_int_eq(js_DeleteStream(js, "ORDERS", NULL, NULL), NATS_OK);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "back";
+    size_t n = orders__create_order__pack(&m, buf);
+    for (int i = 0; i < TOTAL; i++) {
+        char reply_to[64];
+        snprintf(reply_to, sizeof(reply_to), "gone-replies.%d", i);
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "orders.cmd.CreateOrder", reply_to, buf, (int)n),
+            NATS_OK);
+    }
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    nats_Sleep(500);
+    /* Another producer of the service creates the stream again, as one starting up would. */
+    jl_producer *other = NULL;
+    char err[512] = "";
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
+                      JL_OK,
+                  "second producer: %s", err);
+    jl_producer_close(other, 1000);
+    ck_assert_int_eq(collect_replies(inbox, TOTAL, NULL), TOTAL);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), TOTAL);
+    natsSubscription_Destroy(inbox);
+    jsCtx_Destroy(js);
+    jl_conn_close(client, 0);
+}
+END_TEST
+
 /* A command with a client id, handled on a thread, for the concurrent-repeat test. */
 typedef struct repeat_arg {
     const char *id;
@@ -1280,20 +1399,6 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
     }
 }
 END_TEST
-
-/* AddItem on a thread, for commands that must be in flight together. */
-typedef struct add_arg {
-    jl_producer *on;
-    const char *id, *sku, *cmd_id;
-    jl_reply r;
-} add_arg;
-
-static void *add_on_thread(void *arg)
-{
-    add_arg *a = arg;
-    add_with_id(a->on, a->id, a->sku, a->cmd_id, &a->r);
-    return NULL;
-}
 
 START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
 {
@@ -1490,6 +1595,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
+    tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
@@ -1499,6 +1605,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_command_id_used_on_another_aggregate_is_refused);
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
     tcase_add_test(tc, closing_while_appends_find_no_stream_frees_nothing_in_use);
+    tcase_add_test(tc, appends_that_find_no_stream_are_sent_again_until_it_is_back);
     suite_add_tcase(s, tc);
     return s;
 }
