@@ -27,6 +27,8 @@
 /* An append refused for no responders (no stream leader yet) is sent again this long after it
  * was sent. */
 #define JL_NO_RESPONDERS_PAUSE_MS 20
+/* Reads of an aggregate's newer commits when checking a refusal, before giving up. */
+#define VERIFY_READS 5
 /* How long a close waits for a handler still running before it leaves the memory allocated. */
 #define HANDLER_WAIT_MS 10000
 /* Room for a command's full protobuf name read back from a commit (a longer one is compared by
@@ -93,6 +95,8 @@ struct jl_producer {
     size_t n_loading;                 /* commands in p->loads (not in n_inflight) */
     cmd *to_load_head, *to_load_tail; /* for p->loads once the lock is let go (defer_load) */
     bool closing;                     /* past the close's wait: no command is started now */
+    int replicas;                     /* of the stream, as found at open */
+    jl__cache_entry *just_read;       /* in load_done: the entry read to the stream's head */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     size_t n_cmds; /* taken from cmd_new() and not freed: at most JL_PRODUCER_MAX_COMMANDS */
@@ -147,6 +151,9 @@ struct cmd {
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
     bool recording; /* stored; its command-id record is in flight, then the reply */
+    /* A refusal or a no-op on a cached state is checked against the stream's head first: */
+    bool verifying;       /* on p->loads, reading the head and what the cache lacks */
+    uint64_t verify_from; /* the entry's last sequence when the check began */
     /* Its aggregate as read by a worker of p->loads (load_read), for load_done: */
     bool catching_up; /* only the commits after the entry's (a lost race), else all */
     replay_ctx load;
@@ -294,7 +301,10 @@ static jl_status read_result(const char *subject, const replay_ctx *rc, jl_statu
 {
     if (s == JL_OK)
         return JL_OK;
-    if (s == JL_ERR_UNAVAILABLE || s == JL_ERR_TIMEOUT) {
+    if (s == JL_ERR_UNAVAILABLE || s == JL_ERR_TIMEOUT || s == JL_ERR_NATS || s == JL_ERR_NOMEM) {
+        /* Not decided, and may well be next time: a client or process manager sends it again
+         * (JL_ERR_NATS: a status reply or a broken response while the cluster changes). What
+         * stays "internal" is history that cannot be replayed: that needs an operator. */
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store unavailable: %s", rc->err);
     } else {
         jl_reply_error(r, JL_CODE_INTERNAL, "cannot rebuild %s: %s", subject, rc->err);
@@ -996,6 +1006,18 @@ static bool start_one(jl_producer *p, cmd *c)
     def->decide(e->state, &in, &c->d);
     r->aggregate_version = e->version;
     r->stream_seq = e->last_seq;
+    if ((jl_decision_rejected(&c->d) || c->d.n_events == 0) && !c->fresh && e != p->just_read) {
+        /* An append is checked by its expected last sequence; a refusal or a no-op appends
+         * nothing, so nothing checks the state it was decided on. This producer's cache lacks
+         * what another replica stored since (a queue group spreads an aggregate's commands):
+         * refused on it, a step of a workflow would be lost for good. Ask the stream's leader
+         * for the aggregate's last sequence, on a worker, read what is newer, decide again. */
+        e->busy = true;
+        c->verifying = c->catching_up = true;
+        c->verify_from = e->last_seq;
+        defer_load(p, c);
+        return false;
+    }
     if (jl_decision_rejected(&c->d) || c->d.n_events == 0) {
         if (jl_decision_rejected(&c->d))
             jl_reply_error(r, c->d.code, "%s", c->d.message);
@@ -1149,6 +1171,30 @@ static void unlock_and_load(jl_producer *p)
 }
 
 /*
+ * For load_read(), a refusal's check: the aggregate's last sequence from the stream's leader,
+ * then what is newer than rc's. A direct get may come from a replica that lags the leader by a
+ * moment: read again briefly, then give up ("unavailable": the command was not decided).
+ */
+static jl_status verify_read(jl_producer *p, cmd *c, replay_ctx *rc)
+{
+    uint64_t head = 0;
+    jl_status s = jl_store_subject_head(p->store, c->subject, &head, rc->err, sizeof(rc->err));
+    for (int i = 0; s == JL_OK && rc->last_seq < head; i++) {
+        if (i == VERIFY_READS) {
+            snprintf(rc->err, sizeof(rc->err),
+                     "the stream's leader has this aggregate at sequence %" PRIu64
+                     ", the replica read only at %" PRIu64,
+                     head, rc->last_seq);
+            return JL_ERR_UNAVAILABLE;
+        }
+        if (i > 0)
+            nats_Sleep(10);
+        s = read_newer_commits(p, c->subject, rc);
+    }
+    return s;
+}
+
+/*
  * A worker of p->loads: read command @p item's aggregate into its entry's state, without the
  * lock: its snapshot and the commits after it, or when catching up after a lost race the
  * commits after the entry's. The entry is pinned and busy meanwhile, which keeps everyone else
@@ -1177,8 +1223,16 @@ static void *load_read(void *ctx, void *item)
         c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
     }
     c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
+    if (c->verifying) {
+        c->load_status = verify_read(p, c, rc);
+        return NULL;
+    }
     c->load_status =
         c->catching_up ? read_newer_commits(p, c->subject, rc) : read_commits(p, c->subject, rc);
+    /* Direct gets of a replicated stream may come from a replica a moment behind its leader;
+     * what is decided on this read may be a refusal, which nothing else checks. */
+    if (c->load_status == JL_OK && p->replicas > 1)
+        c->load_status = verify_read(p, c, rc);
     return NULL;
 }
 
@@ -1274,6 +1328,15 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->snap_seq = c->load_snap_seq;
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
+    if (c->verifying) {
+        c->verifying = false;
+        p->stats.verified++;
+        p->stats.verified_stale += !e->stale && e->last_seq != c->verify_from;
+    }
+    /* Read to the stream's head just now: what is decided on it here, this command and those
+     * queued behind it (release_entry), needs no check (nor could one be queued from here). */
+    if (!e->stale)
+        p->just_read = e;
     if (e->stale) {
         /* Half read: the commands queued behind are answered unavailable with it
          * (answer_deferred); the next one to come reads it again from its snapshot. */
@@ -1298,6 +1361,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
         e->busy = false;
         start(p, c);
     }
+    p->just_read = NULL;
     answer_deferred(p);
     pthread_mutex_unlock(&p->mu);
 }
@@ -1956,6 +2020,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     sc.subjects = subjects;
     s = jl_store_open(&p->store, conn, &sc, err, errlen);
     if (s == JL_OK) {
+        jl_store_info info;
+        p->replicas = jl_store_info_get(p->store, &info) == JL_OK ? info.replicas : sc.replicas;
         /* Our own JetStream context: its asynchronous publishes report to on_ack, and it
          * allows more in flight than we ever put there, so a publish never stalls. */
         jsOptions jo;

@@ -350,6 +350,22 @@ jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_s
     return s;
 }
 
+jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out_seq, char *err,
+                                size_t errlen)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    *out_seq = 0;
+    natsStatus ns = js_GetLastMsg(&m, st->js, st->stream, subject, NULL, &jerr);
+    if (ns != NATS_OK && jerr == JSNoMessageFoundErr)
+        return JL_OK; /* nothing on this subject */
+    if (ns != NATS_OK)
+        return fail_into(err, errlen, "cannot read the last sequence", ns, jerr);
+    *out_seq = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return JL_OK;
+}
+
 jl_status jl_store_info_get(jl_store *st, jl_store_info *out)
 {
     jsStreamInfo *si = NULL;

@@ -1400,6 +1400,57 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
 }
 END_TEST
 
+START_TEST(a_refusal_on_a_cache_behind_another_replica_is_decided_again)
+{
+    /* Two replicas of the service (a queue group spreads an aggregate's commands over them):
+     * B caches an order, A places it, then B gets ConfirmOrder. On B's cached state the order
+     * is still open and the confirmation would be refused, a process manager's step lost for
+     * good. Nothing appended, nothing checks that state: B asks the stream, reads A's commit
+     * and confirms. A refusal that stands is checked the same way, and stands. */
+    char id[JL_UUID_LEN + 1];
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer *a = open_without_records(env.conn), *b = open_without_records(env.conn);
+    ck_assert_int_eq(create_with_id(a, "stale-create", &r), JL_CODE_OK);
+    snprintf(id, sizeof(id), "%s", r.aggregate_id);
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(b, id, "a", NULL, &r), JL_CODE_OK); /* B caches it */
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    uint8_t buf[128];
+    place.order_id = id;
+    size_t n = orders__place_order__pack(&place, buf);
+    jl_reply_reset(&r);
+    jl_producer_handle(a, "PlaceOrder", buf, n, NULL, NULL, NULL, &r);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    uint64_t placed_seq = r.stream_seq;
+
+    Orders__ConfirmOrder confirm = ORDERS__CONFIRM_ORDER__INIT;
+    confirm.order_id = id;
+    confirm.reservation_id = "6f1c2a8e-0000-4000-8000-0000000000aa";
+    n = orders__confirm_order__pack(&confirm, buf);
+    jl_reply_reset(&r);
+    jl_producer_handle(b, "ConfirmOrder", buf, n, NULL, NULL, NULL, &r);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    ck_assert_uint_eq(r.aggregate_version, 4);
+    ck_assert_uint_gt(r.stream_seq, placed_seq);
+    jl_producer_stats st;
+    jl_producer_get_stats(b, &st);
+    ck_assert_uint_eq(st.verified, 1);
+    ck_assert_uint_eq(st.verified_stale, 1);
+
+    /* A refusal that is right: checked, and it stands, with the stream's sequence. */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(b, id, "late", NULL, &r), JL_CODE_RULE_VIOLATION);
+    ck_assert_uint_eq(r.aggregate_version, 4);
+    jl_producer_get_stats(b, &st);
+    ck_assert_uint_eq(st.verified, 2);
+    ck_assert_uint_eq(st.verified_stale, 1);
+    jl_reply_cleanup(&r);
+    jl_producer_close(a, 1000);
+    jl_producer_close(b, 1000);
+}
+END_TEST
+
 START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
 {
     /* Replica B caches an order; replica A then stores a command on it. B gets the same
@@ -1598,6 +1649,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
+    tcase_add_test(tc, a_refusal_on_a_cache_behind_another_replica_is_decided_again);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
     tcase_add_test(tc, a_command_id_that_cannot_be_looked_up_is_answered_unavailable);
     tcase_add_test(tc, a_command_that_waited_past_its_deadline_is_not_run);

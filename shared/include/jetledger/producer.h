@@ -136,6 +136,8 @@ typedef struct jl_producer_stats {
     uint64_t burst_appends;      /**< appends sent on the batching connection (under load) */
     uint64_t expired;            /**< not run: waited past their deadline for their turn */
     uint64_t overloaded;         /**< refused: the producer held its limit of commands */
+    uint64_t verified;           /**< refusals and no-op answers checked with the stream */
+    uint64_t verified_stale;     /**< of those: the cache was behind; decided again */
 } jl_producer_stats;
 
 /** Copy the counters. Thread-safe. */

@@ -112,6 +112,15 @@ jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_s
                              jl_store_msg_fn fn, void *closure, uint64_t *out_last_seq, char *err,
                              size_t errlen);
 
+/**
+ * The sequence of @p subject's last message as the stream's leader knows it (not a direct get,
+ * which any replica may answer, one lagging behind included): what a decision that wrote
+ * nothing must be checked against. 0 when the subject has no message.
+ * @return JL_OK; JL_ERR_UNAVAILABLE / JL_ERR_TIMEOUT; JL_ERR_NATS. Thread-safe with its own @p err.
+ */
+jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out_seq, char *err,
+                                size_t errlen);
+
 /** Stream state, for status output and progress. */
 typedef struct jl_store_info {
     uint64_t msgs;
