@@ -459,6 +459,11 @@ static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *
             snprintf(err, errlen, "%s for order %s is over the command size limit",
                      msg->descriptor->short_name, re->order_id);
             s = JL_ERR_INVALID;
+        } else if (s == JL_ERR_INVALID) {
+            snprintf(err, errlen,
+                     "%s for order %s cannot be sent: the event's correlation id or event id "
+                     "is longer than producers accept",
+                     msg->descriptor->short_name, re->order_id);
         }
     }
     free(lines);
