@@ -105,12 +105,52 @@ static bool retryable(jl_code code)
     return code == JL_CODE_UNAVAILABLE || code == JL_CODE_CONFLICT || code == JL_CODE_TIMEOUT;
 }
 
+/* Send row @p w and record its reply in @p db, under outbox_mu. False when it must be sent
+ * again (no reply, a "not now", or the reply not recorded): the rows behind it wait. */
+static bool send_one(jl_projector *p, jl_db *db, const row *w, jl_reply *r)
+{
+    char why[128];
+    jl_reply_reset(r);
+    jl__fault("outbox.before_send");
+    if (!send_row(p, w, r, why, sizeof(why))) {
+        jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", w->command,
+               w->command_id, why);
+        return false;
+    }
+    jl__fault("outbox.after_send");
+    bool again = retryable(r->code), recorded = false;
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = ?, "
+                                      "reply_message = ?, attempts = attempts + 1 WHERE id = ?");
+    if (st != NULL) {
+        if (again)
+            sqlite3_bind_null(st, 1); /* not answered for good: sent again */
+        else
+            sqlite3_bind_int64(st, 1, jl__now_ns());
+        sqlite3_bind_text(st, 2, jl_code_str(r->code), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, r->message, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, w->id);
+        recorded = jl_db_step_done(db, st) == JL_OK;
+    } /* unrecorded: the rows behind must not overtake it */
+    if (again) {
+        jl_log(JL_LOG_WARN, "outbox: command not decided, will retry",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
+               w->command_id, jl_code_str(r->code));
+        return false;
+    }
+    if (r->code != JL_CODE_OK)
+        jl_log(JL_LOG_INFO, "outbox: command refused",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
+               w->command_id, jl_code_str(r->code));
+    return recorded;
+}
+
 typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
 
 /* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
  * (more may wait), PASS_FAILED when one got no reply or a "not now" (it is sent again after a
  * backoff, and those behind it wait: order is kept). */
-static pass send_pending(jl_projector *p, jl_db *db)
+static pass send_pending(jl_projector *p, jl_db *db, uint64_t gen)
 {
     row rows[OUTBOX_BATCH];
     int n = 0;
@@ -136,55 +176,22 @@ static pass send_pending(jl_projector *p, jl_db *db)
         n++;
     }
     sqlite3_reset(st);
-    bool all = true;
+    bool all = true, moved = false;
     jl_reply r;
     jl_reply_init(&r);
-    for (int i = 0; i < n; i++) {
-        char why[128];
-        if (!all || atomic_load(&p->stopping))
-            break;
-        jl_reply_reset(&r);
-        jl__fault("outbox.before_send");
-        if (!send_row(p, &rows[i], &r, why, sizeof(why))) {
-            jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
-                   "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", rows[i].command,
-                   rows[i].command_id, why);
-            all = false;
-            break;
-        }
-        jl__fault("outbox.after_send");
-        bool again = retryable(r.code);
-        st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = ?, "
-                            "reply_message = ?, attempts = attempts + 1 WHERE id = ?");
-        if (st != NULL) {
-            if (again)
-                sqlite3_bind_null(st, 1); /* not answered for good: sent again */
-            else
-                sqlite3_bind_int64(st, 1, jl__now_ns());
-            sqlite3_bind_text(st, 2, jl_code_str(r.code), -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 3, r.message, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 4, rows[i].id);
-            if (jl_db_step_done(db, st) != JL_OK)
-                all = false;
-        } else {
-            all = false; /* unrecorded: the rows behind must not overtake it */
-        }
-        if (again) {
-            jl_log(JL_LOG_WARN, "outbox: command not decided, will retry",
-                   "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", rows[i].command,
-                   rows[i].command_id, jl_code_str(r.code));
-            all = false;
-            break;
-        }
-        if (r.code != JL_CODE_OK)
-            jl_log(JL_LOG_INFO, "outbox: command refused",
-                   "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", rows[i].command,
-                   rows[i].command_id, jl_code_str(r.code));
+    for (int i = 0; i < n && all && !atomic_load(&p->stopping); i++) {
+        pthread_mutex_lock(&p->outbox_mu);
+        moved = p->outbox_gen != gen;
+        if (!moved)
+            all = send_one(p, db, &rows[i], &r);
+        pthread_mutex_unlock(&p->outbox_mu);
+        if (moved)
+            break; /* a rebuild switched files: read the rows again from the new one */
     }
     jl_reply_cleanup(&r);
     for (int i = 0; i < n; i++)
         free(rows[i].body);
-    return !all ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
+    return moved ? PASS_MORE : !all ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
 /* Answered rows are history once they are older than the keep time (by default as long as
@@ -250,6 +257,9 @@ static void *sender_thread(void *arg)
     int64_t pruned_at = 0;
     while (!atomic_load(&p->stopping)) {
         /* The live file changes with a rebuild: follow it. */
+        pthread_mutex_lock(&p->outbox_mu);
+        uint64_t gen = p->outbox_gen;
+        pthread_mutex_unlock(&p->outbox_mu);
         pthread_rwlock_rdlock(&p->switch_lock);
         bool moved = strcmp(path, p->db_path) != 0;
         if (moved)
@@ -264,7 +274,7 @@ static void *sender_thread(void *arg)
                 path[0] = 0;
             }
         }
-        pass got = db != NULL ? send_pending(p, db) : PASS_FAILED;
+        pass got = db != NULL ? send_pending(p, db, gen) : PASS_FAILED;
         int64_t t = jl__now_ns();
         if (db != NULL && p->outbox_keep_ns > 0 &&
             t - pruned_at >=

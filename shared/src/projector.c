@@ -309,8 +309,21 @@ static void remove_leftovers(jl_projector *p)
     closedir(d);
 }
 
+static jl_status switch_files(jl_projector *p, jl_db *db, const char *file, bool keep_old,
+                              char *err, size_t errlen);
+
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
                           size_t errlen)
+{
+    pthread_mutex_lock(&p->outbox_mu);
+    jl_status s = switch_files(p, db, file, keep_old, err, errlen);
+    pthread_mutex_unlock(&p->outbox_mu);
+    return s;
+}
+
+/* jl__proj_switch(), under outbox_mu. */
+static jl_status switch_files(jl_projector *p, jl_db *db, const char *file, bool keep_old,
+                              char *err, size_t errlen)
 {
     char path[1100], tmp[1200], new_path[1024];
     jl_db *qdb = NULL;
@@ -357,6 +370,7 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     snprintf(p->file, sizeof(p->file), "%s", file);
     snprintf(p->db_path, sizeof(p->db_path), "%s", new_path);
     p->db_version = p->def->version;
+    p->outbox_gen++;
     pthread_rwlock_unlock(&p->switch_lock);
     jl_db_close(old_qdb);
     jl_db_close(old_db);
@@ -1430,6 +1444,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->apply_mu, NULL);
     pthread_rwlock_init(&p->switch_lock, NULL);
+    pthread_mutex_init(&p->outbox_mu, NULL);
     pthread_cond_init(&p->advanced, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
@@ -1548,6 +1563,7 @@ bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->apply_mu);
     pthread_rwlock_destroy(&p->switch_lock);
+    pthread_mutex_destroy(&p->outbox_mu);
     free(p);
     return true;
 }

@@ -8,7 +8,9 @@
  *   - a rebuild or verify job runs on its own thread with its own connection to a new file; to
  *     finish it takes `apply_mu` (live applying pauses) and, to swap files, `switch_lock` for
  *     writing (queries wait for the swap, which is a pointer exchange);
- *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits.
+ *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits;
+ *   - `outbox_mu` (a process manager's): the outbox sender's send-and-record of one command,
+ *     and a switch's copy of the outbox; taken before `switch_lock`.
  */
 #ifndef JETLEDGER_PROJECTOR_INT_H
 #define JETLEDGER_PROJECTOR_INT_H
@@ -106,6 +108,11 @@ struct jl_projector {
     pthread_cond_t outbox_cv; /* with mu: a batch committed, the sender may have work */
     bool outbox_wake;
     int64_t outbox_keep_ns; /* answered outbox rows older than this are deleted; 0 = kept */
+    /* Held by the sender from a command's request to the record of its reply, and by a switch
+     * from the copy of the outbox into the new file to the swap: a reply is never recorded in
+     * a file the copy has already left behind (its command would be sent once more). */
+    pthread_mutex_t outbox_mu;
+    uint64_t outbox_gen; /* switches so far, under outbox_mu: the sender's file is stale */
     char err[1024];
 };
 

@@ -22,6 +22,7 @@
 #include "dashboard/dashboard.pb-c.h"
 #include "fulfilment/fulfilment.pb-c.h"
 #include "inventory/inventory.pb-c.h"
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/registry.h"
@@ -344,10 +345,17 @@ END_TEST
 /* Outbox rows of the process manager: how many are answered, how many wait for a reply. */
 static void outbox_rows(int *out_answered, int *out_waiting)
 {
-    char path[1024];
+    char path[1024], file[256] = "fulfilment.db";
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
+    snprintf(path, sizeof(path), "%s/fulfilment.current", env.cfg.data_dir);
+    FILE *f = fopen(path, "r"); /* after a rebuild: the file it switched to */
+    if (f != NULL) {
+        ck_assert_ptr_nonnull(fgets(file, sizeof(file), f));
+        file[strcspn(file, "\n")] = 0;
+        fclose(f);
+    }
+    snprintf(path, sizeof(path), "%s/%s", env.cfg.data_dir, file);
     ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
     ck_assert_int_eq(sqlite3_prepare_v2(db,
@@ -393,6 +401,85 @@ START_TEST(answered_outbox_rows_are_deleted_after_the_keep_time)
     open_inventory();
     wait_status(b, "confirmed", 20000);
     expect_stock("pear", 6, 0);
+}
+END_TEST
+
+/* A process manager's administration request; the status it answers. */
+static Jetledger__RebuildStatus *fulfilment_admin(const char *name, const ProtobufCMessage *msg)
+{
+    char subject[128];
+    uint8_t buf[256];
+    size_t len = msg != NULL ? protobuf_c_message_pack(msg, buf) : 0;
+    jl_reply r;
+    jl_reply_init(&r);
+    snprintf(subject, sizeof(subject), "fulfilment.admin.%s", name);
+    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, len, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", name, r.message);
+    Jetledger__RebuildStatus *st =
+        jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(st);
+    jl_reply_cleanup(&r);
+    return st;
+}
+
+static uint64_t commands_handled(void)
+{
+    jl_producer_stats o, i;
+    jl_producer_get_stats(orders_p, &o);
+    jl_producer_get_stats(inventory_p, &i);
+    return o.commands + i.commands;
+}
+
+START_TEST(a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again)
+{
+    /* Rebuilding a process manager replays every event into a new file, which decides every
+     * command again: the outbox of the live file, with what was answered, goes over at the
+     * switch, so that nothing already sent is sent once more, and what comes next is sent
+     * from the new file. */
+    register_product("plum", "Plum", 10);
+    runner_start(&process, &fulfilment_process);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1], c[JL_UUID_LEN + 1];
+    line la[] = {{"plum", 2, 70}};
+    place_order("gina", la, 1, a);
+    place_order("hank", la, 1, b);
+    wait_status(a, "confirmed", 20000);
+    wait_status(b, "confirmed", 20000);
+    int answered = 0, waiting = 0;
+    int64_t deadline = tnow_ms() + 20000;
+    do { /* confirmed: the commit of the reservation may still be on its way */
+        nats_Sleep(50);
+        outbox_rows(&answered, &waiting);
+    } while ((answered != 6 || waiting != 0) && tnow_ms() < deadline);
+    ck_assert_msg(answered == 6 && waiting == 0, "answered %d, waiting %d", answered, waiting);
+    uint64_t before = commands_handled();
+
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = fulfilment_admin("Rebuild", &rb.base);
+    deadline = tnow_ms() + 60000;
+    while (strcmp(st->state, "running") == 0 && tnow_ms() < deadline) {
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        nats_Sleep(20);
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = fulfilment_admin("GetRebuildStatus", &q.base);
+    }
+    ck_assert_msg(strcmp(st->state, "done") == 0, "rebuild %s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    outbox_rows(&answered, &waiting);
+    ck_assert_int_eq(answered, 6);
+    ck_assert_int_eq(waiting, 0);
+
+    place_order("ivan", la, 1, c);
+    wait_status(c, "confirmed", 20000);
+    deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(50);
+        outbox_rows(&answered, &waiting);
+    } while ((answered != 9 || waiting != 0) && tnow_ms() < deadline);
+    ck_assert_msg(answered == 9 && waiting == 0, "answered %d, waiting %d", answered, waiting);
+    /* Three commands for the new order (and its placing and creation by the test), none of
+     * the first two orders' again. */
+    ck_assert_uint_eq(commands_handled() - before, 3 + 3);
+    expect_stock("plum", 4, 0);
 }
 END_TEST
 
@@ -691,6 +778,7 @@ int main(void)
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
+    tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
     tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
     tcase_add_test(tc, same_reservation_command_to_two_replicas_has_one_effect);
