@@ -670,20 +670,47 @@ static int nft(const char *cmdline)
     return rc;
 }
 
+/* The table of this process's partition rules: its own, so that two runs on one machine do not
+ * remove each other's. */
+static char nft_table[32];
+
+/* Remove the tables left by partition tests that died before healing (their process is gone):
+ * their rules would go on dropping traffic on ports the next tests may be given. */
+static void remove_dead_tables(void)
+{
+    FILE *f = popen("nft list tables 2>/dev/null", "r");
+    char line[256], cmdline[128];
+    int pid = 0;
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "table inet jl_fault_%d", &pid) == 1 && pid > 0 && kill(pid, 0) != 0) {
+            snprintf(cmdline, sizeof(cmdline), "delete table inet jl_fault_%d", pid);
+            nft(cmdline);
+        }
+    }
+    pclose(f);
+}
+
 /* Cut node @p i off: drop everything to and from its client and route ports (its clients and
  * the routes others made to it), everything on the connections it made itself (found with ss by
  * its pid), and any new route connection while the cut lasts (its reconnect attempts). */
 static void partition(int i)
 {
     char rule[512];
-    nft("delete table inet jl_fault_test");
-    ck_assert_msg(nft("add table inet jl_fault_test") == 0, "nft is needed (scripts/bootstrap)");
-    ck_assert_int_eq(
-        nft("add chain inet jl_fault_test in '{ type filter hook input priority -10; }'"), 0);
-    snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp dport '{ %d, %d }' drop",
+    remove_dead_tables();
+    snprintf(nft_table, sizeof(nft_table), "jl_fault_%d", (int)getpid());
+    snprintf(rule, sizeof(rule), "delete table inet %s", nft_table);
+    nft(rule);
+    snprintf(rule, sizeof(rule), "add table inet %s", nft_table);
+    ck_assert_msg(nft(rule) == 0, "nft is needed (scripts/bootstrap)");
+    snprintf(rule, sizeof(rule), "add chain inet %s in '{ type filter hook input priority -10; }'",
+             nft_table);
+    ck_assert_int_eq(nft(rule), 0);
+    snprintf(rule, sizeof(rule), "add rule inet %s in tcp dport '{ %d, %d }' drop", nft_table,
              cl.client_port[i], cl.route_port[i]);
     ck_assert_int_eq(nft(rule), 0);
-    snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp sport '{ %d, %d }' drop",
+    snprintf(rule, sizeof(rule), "add rule inet %s in tcp sport '{ %d, %d }' drop", nft_table,
              cl.client_port[i], cl.route_port[i]);
     ck_assert_int_eq(nft(rule), 0);
     size_t o = 0;
@@ -693,8 +720,8 @@ static void partition(int i)
             o += (size_t)snprintf(others + o, sizeof(others) - o, "%s%d", o ? ", " : "",
                                   cl.route_port[k]);
     }
-    snprintf(rule, sizeof(rule),
-             "add rule inet jl_fault_test in ct state new tcp dport '{ %s }' drop", others);
+    snprintf(rule, sizeof(rule), "add rule inet %s in ct state new tcp dport '{ %s }' drop",
+             nft_table, others);
     ck_assert_int_eq(nft(rule), 0);
     char cmdline[128], line[512];
     snprintf(cmdline, sizeof(cmdline), "ss -tnpH state established 2>/dev/null");
@@ -716,9 +743,9 @@ static void partition(int i)
         int port = atoi(lp + 1);
         if (port == cl.client_port[i] || port == cl.route_port[i])
             continue; /* covered above */
-        snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp sport %d drop", port);
+        snprintf(rule, sizeof(rule), "add rule inet %s in tcp sport %d drop", nft_table, port);
         nft(rule);
-        snprintf(rule, sizeof(rule), "add rule inet jl_fault_test in tcp dport %d drop", port);
+        snprintf(rule, sizeof(rule), "add rule inet %s in tcp dport %d drop", nft_table, port);
         nft(rule);
         cut++;
     }
@@ -736,7 +763,9 @@ START_TEST(partitioned_node_heals_and_nothing_is_lost)
     partition(victim); /* the stream's leader: the worst node to lose */
     int before = ld->n;
     nats_Sleep(8000);
-    ck_assert_int_eq(nft("delete table inet jl_fault_test"), 0);
+    char heal[64];
+    snprintf(heal, sizeof(heal), "delete table inet %s", nft_table);
+    ck_assert_int_eq(nft(heal), 0);
     printf("healed after 8 s: %d commands accepted during the partition\n", ld->n - before);
     wait_accepted(100);
     wait_replicas_current("ORDERS", 60000);
