@@ -1033,14 +1033,16 @@ static void move_stream_subjects(const char *name, const char *subject, char *sa
     jsStreamInfo *si = NULL;
     ck_assert_int_eq(js_GetStreamInfo(&si, js, name, NULL, NULL), NATS_OK);
     const char *to[1] = {subject != NULL ? subject : saved};
+    const char **had = si->Config->Subjects; /* the info's own, freed with it */
+    int had_len = si->Config->SubjectsLen;
     if (subject != NULL)
-        snprintf(saved, n, "%s", si->Config->Subjects[0]);
+        snprintf(saved, n, "%s", had[0]);
     si->Config->Subjects = to;
     si->Config->SubjectsLen = 1;
     jsStreamInfo *after = NULL;
     ck_assert_int_eq(js_UpdateStream(&after, js, si->Config, NULL, NULL), NATS_OK);
-    si->Config->Subjects = NULL;
-    si->Config->SubjectsLen = 0;
+    si->Config->Subjects = had;
+    si->Config->SubjectsLen = had_len;
     jsStreamInfo_Destroy(after);
     jsStreamInfo_Destroy(si);
 }
