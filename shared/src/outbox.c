@@ -260,19 +260,22 @@ static void *sender_thread(void *arg)
         pthread_mutex_lock(&p->outbox_mu);
         uint64_t gen = p->outbox_gen;
         pthread_mutex_unlock(&p->outbox_mu);
+        /* Opened under the lock: a switch can then not remove the file in between (opening
+         * it would create an empty one). */
         pthread_rwlock_rdlock(&p->switch_lock);
         bool moved = strcmp(path, p->db_path) != 0;
-        if (moved)
-            snprintf(path, sizeof(path), "%s", p->db_path);
-        pthread_rwlock_unlock(&p->switch_lock);
+        char err[512];
+        jl_status opened = JL_OK;
         if (moved) {
-            char err[512];
+            snprintf(path, sizeof(path), "%s", p->db_path);
             jl_db_close(db);
             db = NULL;
-            if (jl_db_open(&db, path, false, err, sizeof(err)) != JL_OK) {
-                jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
-                path[0] = 0;
-            }
+            opened = jl_db_open(&db, path, false, err, sizeof(err));
+        }
+        pthread_rwlock_unlock(&p->switch_lock);
+        if (opened != JL_OK) {
+            jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
+            path[0] = 0;
         }
         pass got = db != NULL ? send_pending(p, db, gen) : PASS_FAILED;
         int64_t t = jl__now_ns();

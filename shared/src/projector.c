@@ -309,21 +309,8 @@ static void remove_leftovers(jl_projector *p)
     closedir(d);
 }
 
-static jl_status switch_files(jl_projector *p, jl_db *db, const char *file, bool keep_old,
-                              char *err, size_t errlen);
-
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
                           size_t errlen)
-{
-    pthread_mutex_lock(&p->outbox_mu);
-    jl_status s = switch_files(p, db, file, keep_old, err, errlen);
-    pthread_mutex_unlock(&p->outbox_mu);
-    return s;
-}
-
-/* jl__proj_switch(), under outbox_mu. */
-static jl_status switch_files(jl_projector *p, jl_db *db, const char *file, bool keep_old,
-                              char *err, size_t errlen)
 {
     char path[1100], tmp[1200], new_path[1024];
     jl_db *qdb = NULL;

@@ -10,7 +10,8 @@
  *     writing (queries wait for the swap, which is a pointer exchange);
  *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits;
  *   - `outbox_mu` (a process manager's): the outbox sender's send-and-record of one command,
- *     and a switch's copy of the outbox; taken before `switch_lock`.
+ *     and a rebuild's finish, from before it pauses live applying to the switch; taken before
+ *     `apply_mu` (the sender holds it for a request: live applying must not wait on that).
  */
 #ifndef JETLEDGER_PROJECTOR_INT_H
 #define JETLEDGER_PROJECTOR_INT_H
@@ -108,9 +109,10 @@ struct jl_projector {
     pthread_cond_t outbox_cv; /* with mu: a batch committed, the sender may have work */
     bool outbox_wake;
     int64_t outbox_keep_ns; /* answered outbox rows older than this are deleted; 0 = kept */
-    /* Held by the sender from a command's request to the record of its reply, and by a switch
-     * from the copy of the outbox into the new file to the swap: a reply is never recorded in
-     * a file the copy has already left behind (its command would be sent once more). */
+    /* Held by the sender from a command's request to the record of its reply, and by a
+     * rebuild's finish through the copy of the outbox into the new file and the swap: a reply
+     * is never recorded in a file the copy has already left behind (its command would be sent
+     * once more). */
     pthread_mutex_t outbox_mu;
     uint64_t outbox_gen; /* switches so far, under outbox_mu: the sender's file is stale */
     char err[1024];
@@ -155,7 +157,8 @@ uint64_t jl__proj_checkpoint(jl_projector *p, int i);
 
 /* Make @p file (already open as @p db, checkpoints equal to the live ones) the live model: write
  * the pointer file, swap the connections, close and (unless @p keep_old) delete the old file.
- * Called with apply_mu held. Takes ownership of @p db. */
+ * Called with apply_mu held and, for a process manager, outbox_mu (taken before apply_mu).
+ * Takes ownership of @p db. */
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
                           size_t errlen);
 

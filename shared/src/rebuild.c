@@ -355,7 +355,7 @@ static void run_job(jl_projector *p, jl__job *j)
 {
     run_ctx c = {.p = p, .j = j};
     jl_status s = JL_OK;
-    bool paused_live = false;
+    bool paused_live = false, held_outbox = false;
 
     /* "<name>.rebuild-<ms>.db": a projector's name has no '.', so no other projector's file
      * can look like it (a start removes these when they are not live). */
@@ -401,13 +401,24 @@ static void run_job(jl_projector *p, jl__job *j)
         if (s != JL_OK)
             break;
         if (all) {
-            /* Caught up with the live side: pause it and finish at exactly its checkpoints. */
+            /* Caught up with the live side: pause it and finish at exactly its checkpoints.
+             * A process manager's outbox sender is shut out first, before live applying
+             * pauses: it holds outbox_mu for a whole request, which must not hold up live
+             * applying too (see jl__proj_switch). */
+            held_outbox = !j->verify && p->def->outbox;
+            if (held_outbox)
+                pthread_mutex_lock(&p->outbox_mu);
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
             int64_t deadline = now_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
             for (int i = 0; s == JL_OK && i < p->n_src; i++) {
                 uint64_t target = jl__proj_checkpoint(p, i);
                 while (s == JL_OK && c.src[i].checkpoint < target) {
+                    if (atomic_load(&j->cancel) || atomic_load(&p->stopping)) {
+                        s = JL_ERR_STOPPED; /* live applying waits: not for up to 30 s */
+                        snprintf(c.err, sizeof(c.err), "cancelled");
+                        break;
+                    }
                     s = apply_upto(&c, i, target, 1000, &idle);
                     if (s == JL_OK && idle && now_ns() > deadline) {
                         snprintf(c.err, sizeof(c.err),
@@ -473,6 +484,8 @@ static void run_job(jl_projector *p, jl__job *j)
     }
     if (paused_live)
         pthread_mutex_unlock(&p->apply_mu);
+    if (held_outbox)
+        pthread_mutex_unlock(&p->outbox_mu);
 
     for (int i = 0; i < p->n_src; i++) {
         natsMsg_Destroy(c.src[i].held);
