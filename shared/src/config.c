@@ -1,7 +1,9 @@
 #include "jetledger/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,8 +106,10 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
     case K_I64: {
         char *end = NULL;
         errno = 0;
-        long long n = strtoll(v, &end, 10);
-        if (errno != 0 || end == v || *end != 0 || n < k->min || n > k->max) {
+        /* Digits, with a minus sign at most: strtoll would also take blanks and a '+'. */
+        bool digits = isdigit((unsigned char)v[0]) || (v[0] == '-' && isdigit((unsigned char)v[1]));
+        long long n = digits ? strtoll(v, &end, 10) : 0;
+        if (!digits || errno != 0 || end == v || *end != 0 || n < k->min || n > k->max) {
             snprintf(err, errlen, "%s: '%s' is not a whole number from %" PRId64 " to %" PRId64,
                      origin, v, k->min, k->max);
             return JL_ERR_INVALID;
@@ -170,6 +174,14 @@ jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positio
         }
         snprintf(origin, sizeof(origin), "flag --%s", k->flag);
         s = set_value(cfg, k, v, origin, err, errlen);
+    }
+    if (s == JL_OK && cfg->max_age_s > 0 && cfg->duplicate_window_s > cfg->max_age_s) {
+        /* JetStream refuses such a stream; a service would retry its creation for ever. */
+        snprintf(err, errlen,
+                 "the duplicate window (%" PRId64 " s, --duplicate-window) must not be longer "
+                 "than the stream's max age (%" PRId64 " s, --max-age)",
+                 cfg->duplicate_window_s, cfg->max_age_s);
+        s = JL_ERR_INVALID;
     }
     if (out_n_positional != NULL)
         *out_n_positional = npos;

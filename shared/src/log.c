@@ -38,6 +38,23 @@ int jl_log_enabled(jl_log_level level)
     return level >= log_min && log_min != JL_LOG_OFF;
 }
 
+/* Length of the well-formed UTF-8 sequence at @p p (1 to 4 bytes), 0 when there is none
+ * (a stray continuation byte, an overlong form, a surrogate, past U+10FFFF, cut short). */
+static size_t utf8_len(const unsigned char *p)
+{
+    size_t len = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : p[0] >= 0xC2 ? 2 : 0;
+    if (len == 0 || p[0] > 0xF4)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    }
+    if ((p[0] == 0xE0 && p[1] < 0xA0) || (p[0] == 0xED && p[1] >= 0xA0) ||
+        (p[0] == 0xF0 && p[1] < 0x90) || (p[0] == 0xF4 && p[1] >= 0x90))
+        return 0;
+    return len;
+}
+
 const char *jl_log_str(char *out, size_t n, const char *s)
 {
     size_t o = 0;
@@ -52,8 +69,20 @@ const char *jl_log_str(char *out, size_t n, const char *s)
             out[o++] = 'n';
         } else if (*p < 0x20) {
             o += (size_t)snprintf(out + o, n - o, "\\u%04x", *p);
-        } else {
+        } else if (*p < 0x80) {
             out[o++] = (char)*p;
+        } else {
+            /* A whole UTF-8 sequence or, for a byte that starts none, U+FFFD: the line stays
+             * valid JSON text, and a cut never splits a character. */
+            size_t len = utf8_len(p);
+            if (len == 0) {
+                memcpy(out + o, "\\ufffd", 6);
+                o += 6;
+            } else {
+                memcpy(out + o, p, len);
+                o += len;
+                p += len - 1;
+            }
         }
     }
     out[o] = 0;
@@ -77,20 +106,24 @@ void jl_log(jl_log_level level, const char *msg, const char *fields_fmt, ...)
         "\"msg\":\"%s\"",
         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
         ts.tv_nsec / 1000000, names[level], log_service, jl_log_str(esc, sizeof(esc), msg));
-    if (n < 0)
-        return;
-    if (fields_fmt != NULL && (size_t)n < sizeof(line) - 1) {
-        line[n++] = ',';
+    if (n < 0 || (size_t)n >= sizeof(line) - 32)
+        return; /* cannot happen: the message is escaped into JL_LOG_STR_MAX bytes */
+    if (fields_fmt != NULL) {
+        /* Fields that do not fit whole are left out, not cut: a cut one is not JSON (an open
+         * string, a dangling escape), and log shippers drop or choke on the line. */
+        char fields[sizeof(line)];
         va_list ap;
         va_start(ap, fields_fmt);
-        int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fields_fmt, ap);
+        int m = vsnprintf(fields, sizeof(fields), fields_fmt, ap);
         va_end(ap);
-        if (m > 0)
+        if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line)) {
+            line[n++] = ',';
+            memcpy(line + n, fields, (size_t)m);
             n += m;
+        } else {
+            n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"fields_truncated\":true");
+        }
     }
-    /* A truncated line still ends as valid-looking JSON so log shippers do not choke. */
-    if ((size_t)n > sizeof(line) - 3)
-        n = (int)sizeof(line) - 3;
     line[n++] = '}';
     line[n++] = '\n';
     pthread_mutex_lock(&log_mu);

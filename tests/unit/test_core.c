@@ -32,6 +32,7 @@
 #include "jetledger/conn.h"
 #include "jetledger/db.h"
 #include "jetledger/domain.h"
+#include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "jetledger/projector.h"
 #include "jetledger/registry.h"
@@ -1600,7 +1601,8 @@ START_TEST(config_non_numeric_values_are_invalid)
 {
     const char *bad[] = {"--batch=abc",      "--batch=12x",     "--batch=1.5",
                          "--replicas=three", "--max-bytes=1e9", "--log-level=verbose",
-                         "--log-level=INFO"};
+                         "--log-level=INFO", "--batch= 5",      "--batch=+5",
+                         "--replicas=\n3",   "--batch=",        "--max-bytes=--1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         jl_config cfg;
         char err[256];
@@ -1611,6 +1613,22 @@ START_TEST(config_non_numeric_values_are_invalid)
         ck_assert_int_eq(cfg.batch, 256);
         ck_assert_int_eq(cfg.log_level, JL_LOG_INFO);
     }
+}
+END_TEST
+
+START_TEST(config_duplicate_window_longer_than_max_age_is_invalid)
+{
+    /* JetStream refuses the stream: said at start, not retried for ever. */
+    jl_config cfg;
+    char err[256];
+    jl_config_init(&cfg);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--max-age", "60", NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "--duplicate-window") != NULL, "err: %s", err);
+    jl_config_init(&cfg);
+    ck_assert_int_eq(
+        load(&cfg, err, sizeof(err), "--max-age", "60", "--duplicate-window", "60", NULL), JL_OK);
+    jl_config_init(&cfg);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--duplicate-window", "600", NULL), JL_OK);
 }
 END_TEST
 
@@ -1718,6 +1736,7 @@ START_TEST(config_usage_mentions_every_flag_and_variable)
         snprintf(arg, sizeof(arg), "%s=%s", flags[i],
                  strcmp(flags[i], "--log-level") == 0         ? "info"
                  : strcmp(flags[i], "--request-timeout") == 0 ? "100"
+                 : strcmp(flags[i], "--max-age") == 0         ? "120" /* the duplicate window */
                                                               : "1");
         ck_assert_msg(load(&cfg, err, sizeof(err), arg, NULL) == JL_OK, "%s: %s", arg, err);
     }
@@ -1868,10 +1887,18 @@ START_TEST(log_escapes_msg_and_truncates_long_lines)
     free(big);
     size_t line = log_len - before;
     ck_assert_uint_le(line, 4096);
-    ck_assert_uint_gt(line, 4000);
     ck_assert_uint_eq(count_char(log_text + before, line, '\n'), 1);
     ck_assert_int_eq(log_text[log_len - 2], '}');
     ck_assert_int_eq(log_text[log_len - 1], '\n');
+    /* Fields that do not fit are left out whole, never cut inside a string: still JSON. */
+    ck_assert_ptr_nonnull(strstr(log_text + before, "\"msg\":\"big\",\"fields_truncated\":true}"));
+    ck_assert_ptr_null(strstr(log_text + before, "ffff"));
+    before = log_len;
+    big = repeat('g', 3000);
+    jl_log(JL_LOG_INFO, "fits", "\"g\":\"%s\"", big);
+    free(big);
+    ck_assert_uint_gt(log_len - before, 3000); /* what fits is written whole */
+    ck_assert_ptr_null(strstr(log_text + before, "fields_truncated"));
 }
 END_TEST
 
@@ -1940,10 +1967,13 @@ static int is_whole_json_string_body(const char *s)
 
 START_TEST(log_str_truncates_safely_at_every_size)
 {
-    const char *inputs[] = {"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
-                            "\x01\x02\x03\x04\x05\x06\x07\x08\x01\x02\x03\x04\x05",
-                            "ab\\cd\\ef\nghij\"kl\x1fmnopqrstuvwxyz0123456789",
-                            "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop"};
+    const char *inputs[] = {
+        "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
+        "\x01\x02\x03\x04\x05\x06\x07\x08\x01\x02\x03\x04\x05",
+        "ab\\cd\\ef\nghij\"kl\x1fmnopqrstuvwxyz0123456789",
+        "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop",
+        "\xc3\xa9\xc3\xa9\xe2\x82\xac\xe2\x82\xac\xf0\x9f\x98\x80\xf0\x9f\x98\x80\xc3\xa9",
+        "a\xff\xc3(\xed\xa0\x80\xe2\x82\xf0\x9f\x98\xc0\xafz\x80"};
     for (size_t in = 0; in < sizeof(inputs) / sizeof(inputs[0]); in++) {
         for (size_t n = 1; n <= 64; n++) {
             char out[80];
@@ -1953,6 +1983,7 @@ START_TEST(log_str_truncates_safely_at_every_size)
             size_t len = strnlen(out, n);
             ck_assert_msg(len < n, "not terminated within %zu bytes", n);
             ck_assert_msg(is_whole_json_string_body(out), "n=%zu: cut escape: %s", n, out);
+            ck_assert_msg(jl_utf8_valid(out, strlen(out)), "n=%zu: not UTF-8: %s", n, out);
             for (size_t k = n; k < sizeof(out); k++)
                 ck_assert_msg(out[k] == 'Z', "wrote past %zu bytes", n);
         }
@@ -2857,6 +2888,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, config_out_of_range_numbers_are_invalid);
     tcase_add_test(tc, config_range_bounds_are_accepted);
     tcase_add_test(tc, config_non_numeric_values_are_invalid);
+    tcase_add_test(tc, config_duplicate_window_longer_than_max_age_is_invalid);
     tcase_add_test(tc, config_over_long_string_value_is_invalid);
     tcase_add_test(tc, config_positional_arguments_are_captured_when_allowed);
     tcase_add_test(tc, config_positional_arguments_are_rejected_when_not_allowed);
