@@ -1120,6 +1120,14 @@ START_TEST(cli_round_trip_and_exit_codes)
     ASSERT_CLI(r, 3);
     ck_assert_msg(strstr(r->err, "nothing answers") != NULL, "%s", r->err);
 
+    /* A name goes into NATS subjects: a blank, a '.' or a wildcard would reach others. */
+    const char *bad_names[] = {"order summary", "orders.>", "*", ""};
+    for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+        CLI(r, url, "query", bad_names[i], "ListOrders", "{}");
+        ASSERT_CLI(r, 2);
+        ck_assert_msg(strstr(r->err, "is not a service or projector name") != NULL, "%s", r->err);
+    }
+
     CLI(r, url, "events", "orders", "--aggregate", "not-a-uuid");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "not-a-uuid") != NULL, "%s", r->err);

@@ -243,6 +243,19 @@ static int exec_bench(char **argv)
     return CLI_FAILED;
 }
 
+/* A service or projector name: what NATS subjects and durable names can carry. */
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
+            return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
 #define B(f) (1u << (f))
@@ -302,6 +315,14 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
         if (strcmp(argv[pos[0]], subs[i].name) != 0)
             continue;
+        /* Every subcommand but status names a service or projector first, which goes into
+         * NATS subjects: a blank would split the protocol line, a '.' or wildcard reach other
+         * subjects. */
+        if (subs[i].fn != cli_status && ctx.argc > 0 && !valid_name(ctx.argv[0])) {
+            cli_error("'%s' is not a service or projector name (letters, digits, '_', '-')",
+                      ctx.argv[0]);
+            return CLI_USAGE;
+        }
         unsigned extra = ctx.opts.given & ~(subs[i].flags | B(F_TIMEOUT));
         for (int k = 0; k < F_COUNT; k++) {
             if (extra & (1u << k)) {
