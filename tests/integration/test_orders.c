@@ -103,6 +103,27 @@ static void catch_up(jl_projector *p, uint64_t seq)
     }
 }
 
+/* SIGSTOP @p pid and wait until it is stopped: kill() only queues the signal, and a test whose
+ * next request got through before it took effect would see an answer it does not expect. */
+static void pause_server(pid_t pid)
+{
+    char path[64], stat[512];
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 2000; i++) {
+        FILE *f = fopen(path, "r");
+        size_t n = f != NULL ? fread(stat, 1, sizeof(stat) - 1, f) : 0;
+        if (f != NULL)
+            fclose(f);
+        stat[n] = 0;
+        const char *end = strrchr(stat, ')'); /* "pid (comm) S ..." */
+        if (end != NULL && (end[2] == 'T' || end[2] == 't'))
+            return;
+        nats_Sleep(1);
+    }
+    ck_abort_msg("nats-server %d did not stop", (int)pid);
+}
+
 /* ---- tests ---- */
 
 START_TEST(command_becomes_event_with_headers_and_row)
@@ -1481,7 +1502,7 @@ START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
     jl_reply_init(&first.r);
     jl_reply_init(&behind.r);
     pthread_t t1, t2;
-    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pause_server(server);
     pthread_create(&t1, NULL, add_on_thread, &first);
     nats_Sleep(100); /* its append is sent and waits for the server */
     pthread_create(&t2, NULL, add_on_thread, &behind);
@@ -1524,7 +1545,7 @@ START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
     add_arg a[N];
     pthread_t t[N];
     const char *skus[N] = {"a", "b", "c"};
-    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pause_server(server);
     for (int i = 0; i < N; i++) {
         a[i] = (add_arg){.on = p, .id = id, .sku = skus[i], .cmd_id = NULL};
         jl_reply_init(&a[i].r);
@@ -1535,7 +1556,8 @@ START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
         pthread_join(t[i], NULL);
     ck_assert_int_eq(kill(server, SIGCONT), 0);
     for (int i = 0; i < N; i++) {
-        ck_assert_msg(a[i].r.code == JL_CODE_UNAVAILABLE, "command %d: %s", i, a[i].r.message);
+        ck_assert_msg(a[i].r.code == JL_CODE_UNAVAILABLE, "command %d: %s: %s", i,
+                      jl_code_str(a[i].r.code), a[i].r.message);
         jl_reply_cleanup(&a[i].r);
     }
     jl_producer_stats st;
@@ -1560,7 +1582,7 @@ START_TEST(a_command_id_that_cannot_be_looked_up_is_answered_unavailable)
     add_arg a = {.on = producer, .id = id, .sku = "a", .cmd_id = "lookup-key"};
     jl_reply_init(&a.r);
     pthread_t t;
-    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pause_server(server);
     int64_t t0 = tnow_ms();
     pthread_create(&t, NULL, add_on_thread, &a);
     pthread_join(t, NULL);
@@ -1598,7 +1620,7 @@ START_TEST(a_command_that_waited_past_its_deadline_is_not_run)
     pthread_t t[2];
     jl_reply_init(&a[0].r);
     jl_reply_init(&a[1].r);
-    ck_assert_int_eq(kill(server, SIGSTOP), 0);
+    pause_server(server);
     pthread_create(&t[0], NULL, add_on_thread, &a[0]);
     nats_Sleep(50);
     pthread_create(&t[1], NULL, add_on_thread, &a[1]); /* queued behind "b" */
