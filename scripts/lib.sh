@@ -19,6 +19,11 @@ bootstrap_and_build() {
     }
 }
 
+# The environment variables the services read (their settings): those in shared/src/config.c.
+config_env_names() {
+    grep -o '"\(JL_[A-Z_]*\|NATS_URL\)"' "$ROOT/shared/src/config.c" | tr -d '"' | sort -u
+}
+
 nats_server_bin() {
     command -v nats-server 2>/dev/null || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }
 }

@@ -23,7 +23,7 @@ _Static_assert(LLONG_MAX == INT64_MAX && ULLONG_MAX == UINT64_MAX, "long long is
  * bytes are not one. Follows Unicode table 3-7, so overlong forms, surrogates (ED A0..BF) and code
  * points past U+10FFFF are all rejected: what we accept and what we write must be valid UTF-8.
  */
-static size_t utf8_seq_len(const uint8_t *s, size_t n)
+size_t jl_utf8_seq_len(const uint8_t *s, size_t n)
 {
     uint8_t c = s[0];
     uint8_t lo = 0x80, hi = 0xBF;
@@ -65,7 +65,7 @@ bool jl_utf8_valid(const char *s, size_t len)
 {
     const uint8_t *u = (const uint8_t *)s;
     for (size_t i = 0, n = 0; i < len; i += n) {
-        n = utf8_seq_len(u + i, len - i);
+        n = jl_utf8_seq_len(u + i, len - i);
         if (n == 0)
             return false;
     }
@@ -186,7 +186,7 @@ jl_status jl_json_add_string(jl_buf *out, const char *s, size_t len)
             continue;
         }
         if (c >= 0x80) {
-            size_t n = utf8_seq_len(p + i, len - i);
+            size_t n = jl_utf8_seq_len(p + i, len - i);
             if (n > 0) {
                 i += n;
                 continue;
@@ -743,7 +743,7 @@ static jl_status scan_string(parser *p, const uint8_t **out_raw, size_t *out_n)
         if (c < 0x20)
             return syntax(p, i, "control character in string (must be escaped)");
         if (c >= 0x80) {
-            size_t n = utf8_seq_len(s + i, p->len - i);
+            size_t n = jl_utf8_seq_len(s + i, p->len - i);
             if (n == 0)
                 return syntax(p, i, "invalid UTF-8 in string");
             i += n;

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "jetledger/json.h"
+
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static FILE *log_sink = NULL;
 static jl_log_level log_min = JL_LOG_OFF;
@@ -38,23 +40,6 @@ int jl_log_enabled(jl_log_level level)
     return level >= log_min && log_min != JL_LOG_OFF;
 }
 
-/* Length of the well-formed UTF-8 sequence at @p p (1 to 4 bytes), 0 when there is none
- * (a stray continuation byte, an overlong form, a surrogate, past U+10FFFF, cut short). */
-static size_t utf8_len(const unsigned char *p)
-{
-    size_t len = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : p[0] >= 0xC2 ? 2 : 0;
-    if (len == 0 || p[0] > 0xF4)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    }
-    if ((p[0] == 0xE0 && p[1] < 0xA0) || (p[0] == 0xED && p[1] >= 0xA0) ||
-        (p[0] == 0xF0 && p[1] < 0x90) || (p[0] == 0xF4 && p[1] >= 0x90))
-        return 0;
-    return len;
-}
-
 const char *jl_log_str(char *out, size_t n, const char *s)
 {
     size_t o = 0;
@@ -74,7 +59,7 @@ const char *jl_log_str(char *out, size_t n, const char *s)
         } else {
             /* A whole UTF-8 sequence or, for a byte that starts none, U+FFFD: the line stays
              * valid JSON text, and a cut never splits a character. */
-            size_t len = utf8_len(p);
+            size_t len = jl_utf8_seq_len(p, strnlen((const char *)p, 4));
             if (len == 0) {
                 memcpy(out + o, "\\ufffd", 6);
                 o += 6;

@@ -160,7 +160,8 @@ static pass send_pending(jl_projector *p, jl_db *db, uint64_t gen)
     if (st == NULL)
         return PASS_FAILED;
     sqlite3_bind_int(st, 1, OUTBOX_BATCH);
-    while (n < OUTBOX_BATCH && sqlite3_step(st) == SQLITE_ROW) {
+    int rc = SQLITE_DONE;
+    while (n < OUTBOX_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         row *w = &rows[n];
         w->id = sqlite3_column_int64(st, 0);
         snprintf(w->service, sizeof(w->service), "%s", sqlite3_column_text(st, 1));
@@ -175,8 +176,15 @@ static pass send_pending(jl_projector *p, jl_db *db, uint64_t gen)
         memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
         n++;
     }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        /* Not "nothing to send": the rows are sent after a backoff, in order, once readable. */
+        char esc[512];
+        jl_db_fail(db, rc, "reading the outbox");
+        jl_log(JL_LOG_WARN, "outbox: cannot read the rows to send, will retry", "\"error\":\"%s\"",
+               jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+    }
     sqlite3_reset(st);
-    bool all = true, moved = false;
+    bool all = rc == SQLITE_ROW || rc == SQLITE_DONE, moved = false;
     jl_reply r;
     jl_reply_init(&r);
     for (int i = 0; i < n && all && !atomic_load(&p->stopping); i++) {

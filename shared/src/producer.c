@@ -545,12 +545,13 @@ static void command_key(char out[40], const char *cmd_id)
     snprintf(out, 40, "c%016" PRIx64 "%016" PRIx64, a, b);
 }
 
-/* The record of client command id @p cmd_id, or NULL (none, or the bucket is unreachable).
- * Read before the lock is taken: the round trip would hold up every other command's ack. */
 /* recall() could not tell (a timeout, no KV leader): not an entry, never destroyed. */
 static int lookup_failed_mark;
 #define LOOKUP_FAILED ((kvEntry *)(void *)&lookup_failed_mark)
 
+/* The record of client command id @p cmd_id, NULL when there is none, LOOKUP_FAILED when the
+ * bucket did not answer. Read before the lock is taken: the round trip would hold up every
+ * other command's ack. */
 static kvEntry *recall(jl_producer *p, const char *cmd_id)
 {
     char key[40];
@@ -634,7 +635,6 @@ static void not_remembered(const cmd *c, const char *why)
            c->cmd_id, why);
 }
 
-/* The reply for a command whose commit was found already stored at @p seq. */
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
 
 /*
@@ -2055,8 +2055,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         jsOptions_Init(&lo);
         lo.Wait = cfg->request_timeout_ms < JL_LOOKUP_WAIT_MS ? cfg->request_timeout_ms
                                                               : JL_LOOKUP_WAIT_MS;
-        char bucket[96];
-        snprintf(bucket, sizeof(bucket), "jl_commands_%s", def->stream);
+        /* The same bucket through a context that waits less (JL_LOOKUP_WAIT_MS). */
+        const char *bucket = kvStore_Bucket(p->commands);
         natsStatus lns = natsConnection_JetStream(&p->lookup_js, jl_conn_nats(conn), &lo);
         if (lns == NATS_OK)
             lns = js_KeyValue(&p->lookups, p->lookup_js, bucket);

@@ -1359,10 +1359,8 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
     jl_status s = jl_db_begin(qdb, false);
     /* The sequence reached in the stream the query named (by default the first source's). */
     sqlite3_stmt *st =
-        s != JL_OK ? NULL
-        : si == 0  ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_state WHERE id = 1")
-                   : jl_db_stmt(qdb, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?");
-    if (st != NULL && si != 0)
+        s == JL_OK ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?") : NULL;
+    if (st != NULL)
         sqlite3_bind_text(st, 1, p->src[si].stream, -1, SQLITE_STATIC);
     if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
         r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);

@@ -61,6 +61,32 @@ natsStatus tsend_raw(jl_conn *c, const char *subject, const void *data, size_t l
     return ns;
 }
 
+Jetledger__RebuildStatus *tadmin(jl_conn *c, const char *subject, const ProtobufCMessage *m,
+                                 jl_code *out_code, char *out_msg, size_t n)
+{
+    uint8_t buf[256];
+    size_t len = m != NULL ? protobuf_c_message_get_packed_size(m) : 0;
+    ck_assert_uint_le(len, sizeof(buf));
+    if (m != NULL)
+        protobuf_c_message_pack(m, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(c, subject, buf, len, &r), NATS_OK);
+    if (out_code == NULL)
+        ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", subject, r.message);
+    else
+        *out_code = r.code;
+    if (out_msg != NULL)
+        snprintf(out_msg, n, "%s", r.message);
+    Jetledger__RebuildStatus *st = NULL;
+    if (r.code == JL_CODE_OK) {
+        st = jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(st);
+    }
+    jl_reply_cleanup(&r);
+    return st;
+}
+
 natsStatus tsend(jl_conn *c, const char *service, bool query, const ProtobufCMessage *msg,
                  const char *command_id, jl_reply *out)
 {

@@ -14,6 +14,7 @@
 #include "jetledger/config.h"
 #include "jetledger/conn.h"
 #include "jetledger/db.h"
+#include "jetledger/admin.pb-c.h"
 #include "natsd.h"
 #include "orders/orders.pb-c.h"
 
@@ -43,6 +44,15 @@ natsStatus tsend(jl_conn *c, const char *service, bool query, const ProtobufCMes
 
 /** Same with a raw body on an explicit subject. */
 natsStatus tsend_raw(jl_conn *c, const char *subject, const void *data, size_t len, jl_reply *out);
+
+/**
+ * Send projector administration request @p m (NULL: an empty body) on @p subject (e.g.
+ * "order_summary.admin.Rebuild") and return the RebuildStatus it answers (caller frees with
+ * jetledger__rebuild_status__free_unpacked). With @p out_code NULL the reply must be ok; else
+ * its code (and, with @p out_msg, its message) are set and NULL is returned unless ok.
+ */
+Jetledger__RebuildStatus *tadmin(jl_conn *c, const char *subject, const ProtobufCMessage *m,
+                                 jl_code *out_code, char *out_msg, size_t n);
 
 /** Number of messages in a stream (0 if it does not exist). */
 uint64_t tstream_msgs(jl_conn *c, const char *stream);

@@ -408,18 +408,8 @@ END_TEST
 static Jetledger__RebuildStatus *fulfilment_admin(const char *name, const ProtobufCMessage *msg)
 {
     char subject[128];
-    uint8_t buf[256];
-    size_t len = msg != NULL ? protobuf_c_message_pack(msg, buf) : 0;
-    jl_reply r;
-    jl_reply_init(&r);
     snprintf(subject, sizeof(subject), "fulfilment.admin.%s", name);
-    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, len, &r), NATS_OK);
-    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", name, r.message);
-    Jetledger__RebuildStatus *st =
-        jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
-    ck_assert_ptr_nonnull(st);
-    jl_reply_cleanup(&r);
-    return st;
+    return tadmin(env.conn, subject, msg, NULL, NULL, 0);
 }
 
 static uint64_t commands_handled(void)

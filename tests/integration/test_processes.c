@@ -1220,17 +1220,7 @@ END_TEST
 
 static Jetledger__RebuildStatus *admin_req(const char *subject, const ProtobufCMessage *m)
 {
-    uint8_t buf[128];
-    size_t n = m ? protobuf_c_message_pack(m, buf) : 0;
-    jl_reply r;
-    jl_reply_init(&r);
-    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, n, &r), NATS_OK);
-    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", subject, r.message);
-    Jetledger__RebuildStatus *st =
-        jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
-    ck_assert_ptr_nonnull(st);
-    jl_reply_cleanup(&r);
-    return st;
+    return tadmin(env.conn, subject, m, NULL, NULL, 0);
 }
 
 /* Start a rebuild; poll until @p stop_when_applied messages are applied (0: until the end). */

@@ -146,23 +146,9 @@ static Jetledger__RebuildStatus *admin_at(const char *instance, const char *name
                                           char *out_msg, size_t n)
 {
     char subject[128];
-    uint8_t buf[256];
-    size_t len = msg ? protobuf_c_message_pack(msg, buf) : 0;
-    jl_reply r;
-    jl_reply_init(&r);
     snprintf(subject, sizeof(subject), "order_summary.admin.%s%s%s", instance ? instance : "",
              instance ? "." : "", name);
-    ck_assert_int_eq(tsend_raw(env.conn, subject, buf, len, &r), NATS_OK);
-    *out_code = r.code;
-    if (out_msg != NULL)
-        snprintf(out_msg, n, "%s", r.message);
-    Jetledger__RebuildStatus *st = NULL;
-    if (r.code == JL_CODE_OK) {
-        st = jetledger__rebuild_status__unpack(NULL, r.result.len, r.result.data);
-        ck_assert_ptr_nonnull(st);
-    }
-    jl_reply_cleanup(&r);
-    return st;
+    return tadmin(env.conn, subject, msg, out_code, out_msg, n);
 }
 
 static Jetledger__RebuildStatus *admin(const char *name, const ProtobufCMessage *msg,

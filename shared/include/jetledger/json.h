@@ -29,6 +29,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <protobuf-c/protobuf-c.h>
 
@@ -81,5 +82,9 @@ jl_status jl_json_add_base64(jl_buf *out, const uint8_t *data, size_t len);
 
 /** True when the @p len bytes at @p s are well-formed UTF-8 (the rules the parser applies). */
 bool jl_utf8_valid(const char *s, size_t len);
+
+/** Length (1 to 4) of the well-formed UTF-8 sequence at @p s, of which @p n >= 1 bytes may be
+ * read; 0 when those bytes start none (overlong forms, surrogates, past U+10FFFF included). */
+size_t jl_utf8_seq_len(const uint8_t *s, size_t n);
 
 #endif /* JETLEDGER_JSON_H */
