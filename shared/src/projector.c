@@ -16,6 +16,7 @@
 
 #include "jetledger/log.h"
 #include "deadline.h"
+#include "hash.h"
 #include "projector_int.h"
 
 #define NS_PER_MS 1000000LL
@@ -33,9 +34,16 @@ const char *const jl__state_sql =
     "  version INTEGER NOT NULL,"
     "  last_seq INTEGER NOT NULL,"
     "  updated_at_ns INTEGER NOT NULL);"
+    /* Besides the last sequence applied, which stream that was (stream_created_ns) and the
+     * message last applied (at id_seq, id_hash: FNV-1a 64 of its data, 0 none): a stream
+     * deleted and created again is told from the one the read model was built from
+     * (check_stream). */
     "CREATE TABLE IF NOT EXISTS jl_checkpoints ("
     "  stream TEXT PRIMARY KEY,"
-    "  last_seq INTEGER NOT NULL);"
+    "  last_seq INTEGER NOT NULL,"
+    "  stream_created_ns INTEGER NOT NULL DEFAULT 0,"
+    "  id_seq INTEGER NOT NULL DEFAULT 0,"
+    "  id_hash INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS jl_dead_letters ("
     "  stream TEXT NOT NULL,"
     "  seq INTEGER NOT NULL,"
@@ -160,6 +168,33 @@ jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t e
     return s;
 }
 
+/* A file written before jl_checkpoints said which stream it was: the columns start empty, and
+ * the first attach fills them in. */
+static jl_status add_checkpoint_columns(jl_db *db)
+{
+    static const char *const add[] = {
+        "ALTER TABLE jl_checkpoints ADD COLUMN stream_created_ns INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jl_checkpoints ADD COLUMN id_seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jl_checkpoints ADD COLUMN id_hash INTEGER NOT NULL DEFAULT 0"};
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM pragma_table_info('jl_checkpoints') "
+                                      "WHERE name = 'id_hash'");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    int rc = sqlite3_step(st);
+    bool has = rc == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return jl_db_fail(db, rc, "cannot read jl_checkpoints' columns");
+    jl_status s = has ? JL_OK : jl_db_begin(db, true);
+    for (size_t i = 0; !has && s == JL_OK && i < sizeof(add) / sizeof(add[0]); i++)
+        s = jl_db_exec(db, add[i]);
+    if (!has && s == JL_OK)
+        s = jl_db_commit(db);
+    if (s != JL_OK)
+        jl_db_rollback(db);
+    return s;
+}
+
 /* Open the current file: create its tables when new, else check whose it is and its version. */
 static jl_status init_database(jl_projector *p)
 {
@@ -181,9 +216,11 @@ static jl_status init_database(jl_projector *p)
                 s = jl__proj_create_schema(p, db, p->err, sizeof(p->err));
         }
     }
-    /* Tables added by later versions of the runtime (all IF NOT EXISTS). */
+    /* Tables and columns added by later versions of the runtime. */
     if (s == JL_OK)
         s = jl_db_exec(db, jl__state_sql);
+    if (s == JL_OK)
+        s = add_checkpoint_columns(db);
     if (s == JL_OK) {
         st = jl_db_stmt(db,
                         "SELECT projector, stream, version, last_seq FROM jl_state WHERE id = 1");
@@ -636,6 +673,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
                             bool *out_need_careful, jl__batch_result *io, char *err, size_t errlen)
 {
     jl_status s = jl_db_begin(db, true);
+    int last = -1;
     for (int i = 0; s == JL_OK && i < n; i++) {
         uint64_t seq = 0, pending = 0;
         if (!jl__msg_seq(msgs[i], &seq, NULL, &pending)) {
@@ -652,9 +690,10 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
                           err, errlen);
         io->checkpoint = seq;
         io->applied++;
+        last = i;
     }
     if (s == JL_OK && io->applied > 0)
-        s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint);
+        s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint, jl__msg_hash(msgs[last]));
     if (s == JL_OK && io->applied > 0)
         jl__fault("apply.before_commit");
     if (s == JL_OK)
@@ -685,13 +724,24 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
     return s;
 }
 
-jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq)
+uint64_t jl__msg_hash(natsMsg *m)
 {
-    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_checkpoints SET last_seq = ? WHERE stream = ?");
+    uint64_t h =
+        jl__fnv1a64_more(JL__FNV64_BASIS, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    return h != 0 ? h : 1;
+}
+
+jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq,
+                                   uint64_t hash)
+{
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_checkpoints SET last_seq = ?1, id_seq = CASE "
+                                      "WHEN ?3 = 0 THEN id_seq ELSE ?1 END, id_hash = CASE WHEN "
+                                      "?3 = 0 THEN id_hash ELSE ?3 END WHERE stream = ?2");
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     sqlite3_bind_text(st, 2, p->src[source].stream, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)hash);
     jl_status s = jl_db_step_done(db, st);
     if (s != JL_OK || source != 0)
         return s;
@@ -919,13 +969,15 @@ void jl__reader_close(jl__reader *r)
  * taken as near: attaching says why.) */
 typedef enum { HEAD_NEAR, HEAD_FAR, HEAD_BEHIND } head_at;
 
-static head_at stream_head(jl_projector *p, int i, uint64_t *out_last)
+static head_at stream_head(jl_projector *p, int i, uint64_t *out_last, int64_t *out_created)
 {
     jsStreamInfo *si = NULL;
     head_at at = HEAD_NEAR;
     *out_last = 0;
+    *out_created = 0;
     if (js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
         *out_last = si->State.LastSeq;
+        *out_created = si->Created;
         at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
              : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
                  ? HEAD_FAR
@@ -933,6 +985,95 @@ static head_at stream_head(jl_projector *p, int i, uint64_t *out_last)
         jsStreamInfo_Destroy(si);
     }
     return at;
+}
+
+/*
+ * Whether source @p i's stream, created at @p created, is still the one the read model was
+ * built from. Deleted and created again (or replaced by another of the same name), a stream
+ * numbers other events with the sequences already applied: reading on from the checkpoint would
+ * skip as many of them without a word. The creation time tells at once. When it changed but the
+ * event last applied is still at its sequence with the same id, the stream holds the same events
+ * (a restore from a backup creates it anew): the new time is recorded and reading goes on.
+ */
+static jl_status check_stream(jl_projector *p, int i, int64_t created)
+{
+    jl__source *src = &p->src[i];
+    if (created == src->created_ns)
+        return JL_OK;
+    int64_t was = 0;
+    uint64_t id_seq = 0, last_seq = 0, id_hash = 0;
+    pthread_mutex_lock(&p->apply_mu); /* p->db: a rebuild's switch replaces it */
+    sqlite3_stmt *st = jl_db_stmt(p->db, "SELECT stream_created_ns, id_seq, id_hash, last_seq "
+                                         "FROM jl_checkpoints WHERE stream = ?");
+    jl_status s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+    if (s == JL_OK) {
+        sqlite3_bind_text(st, 1, src->stream, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            was = sqlite3_column_int64(st, 0);
+            id_seq = (uint64_t)sqlite3_column_int64(st, 1);
+            id_hash = (uint64_t)sqlite3_column_int64(st, 2);
+            last_seq = (uint64_t)sqlite3_column_int64(st, 3);
+        } else {
+            s = jl_db_fail(p->db, rc, "no checkpoint row");
+        }
+        sqlite3_reset(st);
+    }
+    if (s != JL_OK)
+        src_err(src, "cannot read the checkpoint of %s: %s", src->stream, jl_db_errmsg(p->db));
+    pthread_mutex_unlock(&p->apply_mu);
+    if (s != JL_OK)
+        return s;
+
+    bool same = was == created || last_seq == 0, found = false;
+    if (!same && id_seq > 0 && id_hash != 0) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus ns = js_GetMsg(&m, p->js, src->stream, id_seq, NULL, &jerr);
+        if (ns == NATS_OK) {
+            found = true;
+            same = jl__msg_hash(m) == id_hash;
+            natsMsg_Destroy(m);
+        } else if (ns != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
+            src_err(src, "cannot read message %" PRIu64 " of %s: %s", id_seq, src->stream,
+                    natsStatus_GetText(ns));
+            return jl_status_from_nats(ns);
+        }
+    }
+    /* Written before files said which stream, with nothing left to compare: taken as is. */
+    if (!same && was == 0 && !found)
+        same = true;
+    if (!same) {
+        src_err(src,
+                "stream %s was created again after this read model applied it up to sequence "
+                "%" PRIu64 " (the event applied at %" PRIu64 " is %s): its sequences now name "
+                "other events, and none is applied; stop the projector, remove its files %s.* "
+                "from %s and start it again to build the read model from the stream",
+                src->stream, last_seq, id_seq, found ? "another one now" : "gone", p->def->name,
+                p->data_dir);
+        return JL_ERR_INVALID;
+    }
+    if (was != created) {
+        pthread_mutex_lock(&p->apply_mu);
+        st = jl_db_stmt(p->db, "UPDATE jl_checkpoints SET stream_created_ns = ? WHERE stream = ?");
+        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
+        if (s == JL_OK) {
+            sqlite3_bind_int64(st, 1, created);
+            sqlite3_bind_text(st, 2, src->stream, -1, SQLITE_STATIC);
+            s = jl_db_step_done(p->db, st);
+        }
+        if (s != JL_OK)
+            src_err(src, "cannot record which stream %s is: %s", src->stream, jl_db_errmsg(p->db));
+        pthread_mutex_unlock(&p->apply_mu);
+        if (s != JL_OK)
+            return s;
+        if (was != 0 && last_seq > 0)
+            jl_log(JL_LOG_INFO, "stream created anew with the same events",
+                   "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"event_seq\":%" PRIu64,
+                   src->stream, last_seq, id_seq);
+    }
+    src->created_ns = created;
+    return JL_OK;
 }
 
 static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_applied)
@@ -1047,8 +1188,9 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     src->err[0] = 0;
     head_at head = HEAD_NEAR;
     uint64_t last = 0;
+    int64_t created = 0;
     if (src->catchup.sub == NULL && src->pull == NULL)
-        head = stream_head(p, i, &last);
+        head = stream_head(p, i, &last, &created);
     if (head == HEAD_BEHIND) {
         /* Deleted and created again, or restored from an older backup: its sequences name
          * other events now, and reading on from the checkpoint would skip the new ones up to
@@ -1062,6 +1204,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
                 src->stream, last, src->checkpoint, p->def->name, p->data_dir);
         return JL_ERR_INVALID;
     }
+    if (created != 0 && (s = check_stream(p, i, created)) != JL_OK)
+        return s;
     if (src->catchup.sub != NULL || head == HEAD_FAR)
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {

@@ -63,6 +63,7 @@ typedef struct jl__source {
     natsSubscription *pull; /* the durable pull consumer */
     jl__reader catchup;     /* while far behind (catchup.sub != NULL), else zeroed */
     uint64_t checkpoint;
+    int64_t created_ns;    /* the stream's creation time, once check_stream() found it ours */
     uint64_t next_cseq;    /* the durable's consumer sequence the next delivery must carry */
     int64_t last_probe_ns; /* idle: when the consumer was last asked how far it delivered */
     uint64_t probe_cseq;   /* next_cseq at that probe when the consumer was ahead of us, or 0 */
@@ -149,8 +150,14 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
  * none. */
 bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *out_pending);
 
-/* Set the checkpoint of source @p source in @p db (inside a transaction). */
-jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq);
+/* What identifies a message's content: FNV-1a 64 of its data, never 0. */
+uint64_t jl__msg_hash(natsMsg *m);
+
+/* Set the checkpoint of source @p source in @p db (inside a transaction), with @p hash the
+ * jl__msg_hash() of the message at @p seq, or 0 to keep the hash recorded before (and the
+ * sequence it was at). */
+jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq,
+                                   uint64_t hash);
 
 /* Checkpoint of source @p i, read under p->mu. */
 uint64_t jl__proj_checkpoint(jl_projector *p, int i);

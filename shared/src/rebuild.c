@@ -433,7 +433,7 @@ static void run_job(jl_projector *p, jl__job *j)
             }
             jl_status cs = s == JL_OK ? jl_db_begin(c.db, true) : s;
             for (int i = 0; cs == JL_OK && i < p->n_src; i++)
-                cs = jl__proj_save_checkpoint(p, c.db, i, c.src[i].checkpoint);
+                cs = jl__proj_save_checkpoint(p, c.db, i, c.src[i].checkpoint, 0);
             if (cs == JL_OK)
                 cs = jl_db_commit(c.db);
             if (s == JL_OK && cs != JL_OK) {

@@ -478,6 +478,114 @@ START_TEST(a_stream_created_again_behind_the_checkpoint_is_not_read_on)
 }
 END_TEST
 
+/* Run @p sql on the database file at @p path (the projector that owns it is closed). */
+static void exec_file(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    char *msg = NULL;
+    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+/* The stream's creation time as this read model recorded it. */
+static int64_t recorded_created(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "SELECT stream_created_ns FROM jl_checkpoints WHERE "
+                                        "stream = 'ORDERS'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static int64_t stream_created(void)
+{
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    int64_t v = si->Created;
+    jsStreamInfo_Destroy(si);
+    return v;
+}
+
+/* A projector in data dir @p sub that has applied the stream up to its head, then closed. */
+static void project_to_head(const char *sub, char *out_path, size_t n)
+{
+    char dir[512];
+    jl_projector *p = open_projector(&order_summary_projector, sub, sub, 0, dir);
+    uint64_t head = tstream_last_seq(env.conn, "ORDERS");
+    size_t applied = 0;
+    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < head; k++)
+        ck_assert_int_eq(jl_projector_step(p, 100, &applied), JL_OK);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), head);
+    jl_projector_close(p, 0);
+    live_file(dir, out_path, n);
+}
+
+START_TEST(a_stream_created_again_past_the_checkpoint_is_not_read_on)
+{
+    /* Created again and filled past the old checkpoint, the stream's head says nothing: its
+     * creation time and the event at the checkpoint do. */
+    ensure_stream();
+    tseed_orders(env.conn, 10, 0); /* sequences 1..10 */
+    char path[1024];
+    project_to_head("again2", path, sizeof(path));
+    ck_assert_int_eq(recorded_created(path), stream_created());
+
+    ck_assert_int_eq(js_DeleteStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    ensure_stream();
+    tseed_orders(env.conn, 15, 0); /* sequences 1..15 of the new stream */
+    jl_projector *p = open_projector(&order_summary_projector, "again2", "again2", 0, NULL);
+    size_t n = 0;
+    ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_ERR_INVALID);
+    ck_assert_msg(strstr(jl_projector_errmsg(p), "created again") != NULL &&
+                      strstr(jl_projector_errmsg(p), "is another one now") != NULL,
+                  "%s", jl_projector_errmsg(p));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), 10);
+    jl_projector_close(p, 0);
+}
+END_TEST
+
+/* A read model in @p sub altered by @p sql after it applied the stream goes on reading it, and
+ * records the stream's creation time. */
+static void read_on_after(const char *sub, const char *sql)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 5, 0);
+    char path[1024];
+    project_to_head(sub, path, sizeof(path));
+    exec_file(path, sql);
+    tseed_orders(env.conn, 3, 0);
+    project_to_head(sub, path, sizeof(path));
+    ck_assert_int_eq(recorded_created(path), stream_created());
+}
+
+START_TEST(a_stream_created_anew_with_the_same_events_is_read_on)
+{
+    /* A restore from a backup creates the stream anew with the same events: as if, the
+     * recorded creation time is altered; the message at the checkpoint still matches. */
+    read_on_after("restored", "UPDATE jl_checkpoints SET stream_created_ns = 12345");
+}
+END_TEST
+
+START_TEST(a_file_from_before_stream_identity_is_read_on)
+{
+    /* Files written before jl_checkpoints said which stream gain the columns and go on. */
+    read_on_after("older", "ALTER TABLE jl_checkpoints DROP COLUMN stream_created_ns;"
+                           "ALTER TABLE jl_checkpoints DROP COLUMN id_seq;"
+                           "ALTER TABLE jl_checkpoints DROP COLUMN id_hash;");
+}
+END_TEST
+
 START_TEST(a_rebuild_cannot_start_past_the_live_checkpoint)
 {
     /* The switch happens at the live checkpoint, and live would then apply the events before
@@ -698,6 +806,9 @@ int main(void)
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
+    tcase_add_test(tc, a_stream_created_again_past_the_checkpoint_is_not_read_on);
+    tcase_add_test(tc, a_stream_created_anew_with_the_same_events_is_read_on);
+    tcase_add_test(tc, a_file_from_before_stream_identity_is_read_on);
     tcase_add_test(tc, a_rebuild_cannot_start_past_the_live_checkpoint);
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
     tcase_add_test(tc, unwritable_directory_fails_the_rebuild_and_leaves_live_untouched);
