@@ -21,7 +21,8 @@
 #include "projector_int.h"
 
 #define OUTBOX_BATCH 32
-#define OUTBOX_REQUEST_MS 5000
+/* How often a wait for a reply looks whether the projector is stopping. */
+#define OUTBOX_STOP_CHECK_MS 200
 #define PRUNE_CHUNK 1000
 #define PRUNE_EVERY_NS (60 * 1000000000LL)
 
@@ -73,13 +74,57 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
     return s;
 }
 
-/* Request one command; true when a reply came (whatever its code), with it in @p r. */
-static bool send_row(jl_projector *p, const row *w, jl_reply *r, char *why, size_t n)
+/* The sender's replies: one subscription for its life, one reply subject per request (a reply
+ * that comes after its request was given up is told from the current one and dropped). */
+typedef struct sender {
+    natsSubscription *sub; /* <inbox>.*, or NULL until it could be made */
+    char *inbox;
+    uint64_t n; /* requests so far */
+} sender;
+
+static void sender_close(sender *snd)
 {
-    char subject[160];
+    natsSubscription_Destroy(snd->sub); /* destroying unsubscribes */
+    natsInbox_Destroy(snd->inbox);
+    memset(snd, 0, sizeof(*snd));
+}
+
+static natsStatus sender_open(jl_projector *p, sender *snd)
+{
+    char subject[128];
+    natsStatus ns = natsInbox_Create(&snd->inbox);
+    if (ns == NATS_OK) {
+        snprintf(subject, sizeof(subject), "%s.*", snd->inbox);
+        ns = natsConnection_SubscribeSync(&snd->sub, jl_conn_nats(p->conn), subject);
+    }
+    if (ns != NATS_OK)
+        sender_close(snd);
+    return ns;
+}
+
+/*
+ * How long a command's reply is waited for: as long as a producer may take to answer (its turn
+ * behind the commands before it, then its append, each up to the request timeout), so that a
+ * slow answer (a stream leader being elected) is not taken for none and the command sent again
+ * while the first is still being carried out. A stopping projector gives up at once: the row
+ * is sent again after the restart, and the producer answers a repeated id once.
+ */
+static int64_t reply_wait_ms(const jl_projector *p)
+{
+    return 2 * p->timeout_ms + 1000;
+}
+
+/* Request one command; true when a reply came (whatever its code), with it in @p r. */
+static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, char *why, size_t n)
+{
+    char subject[160], reply[160];
     natsMsg *req = NULL, *rep = NULL;
+    natsStatus ns = snd->sub != NULL ? NATS_OK : sender_open(p, snd);
     snprintf(subject, sizeof(subject), "%s.cmd.%s", w->service, w->command);
-    natsStatus ns = natsMsg_Create(&req, subject, NULL, w->body, w->len);
+    if (ns == NATS_OK) {
+        snprintf(reply, sizeof(reply), "%s.%" PRIu64, snd->inbox, ++snd->n);
+        ns = natsMsg_Create(&req, subject, reply, w->body, w->len);
+    }
     if (ns == NATS_OK)
         ns = natsMsgHeader_Set(req, "Jl-Command-Id", w->command_id);
     if (ns == NATS_OK && w->correlation[0])
@@ -87,11 +132,36 @@ static bool send_row(jl_projector *p, const row *w, jl_reply *r, char *why, size
     if (ns == NATS_OK && w->causation[0])
         ns = natsMsgHeader_Set(req, "Jl-Causation-Id", w->causation);
     if (ns == NATS_OK)
-        ns = natsConnection_RequestMsg(&rep, jl_conn_nats(p->conn), req, OUTBOX_REQUEST_MS);
+        ns = natsConnection_PublishMsg(jl_conn_nats(p->conn), req);
+    int64_t deadline = nats_Now() + reply_wait_ms(p);
+    while (ns == NATS_OK && rep == NULL) {
+        int64_t left = deadline - nats_Now();
+        if (atomic_load(&p->stopping))
+            ns = NATS_CONNECTION_CLOSED; /* "stopping", below */
+        else if (left <= 0)
+            ns = NATS_TIMEOUT;
+        else if ((ns = natsSubscription_NextMsg(
+                      &rep, snd->sub, left < OUTBOX_STOP_CHECK_MS ? left : OUTBOX_STOP_CHECK_MS)) ==
+                 NATS_TIMEOUT)
+            ns = NATS_OK;
+        else if (ns == NATS_OK && strcmp(natsMsg_GetSubject(rep), reply) != 0) {
+            natsMsg_Destroy(rep); /* the late reply of a request given up */
+            rep = NULL;
+        } else if (ns == NATS_OK && natsMsg_IsNoResponders(rep)) {
+            ns = NATS_NO_RESPONDERS;
+        }
+    }
     bool ok = ns == NATS_OK &&
               jl_reply_decode(r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) == JL_OK;
     if (!ok)
-        snprintf(why, n, "%s", ns == NATS_OK ? "undecodable reply" : natsStatus_GetText(ns));
+        snprintf(why, n, "%s",
+                 ns == NATS_OK               ? "undecodable reply"
+                 : atomic_load(&p->stopping) ? "stopping"
+                 : ns == NATS_TIMEOUT        ? "no reply in time"
+                                             : natsStatus_GetText(ns));
+    if (ns != NATS_OK && ns != NATS_TIMEOUT && ns != NATS_NO_RESPONDERS &&
+        !atomic_load(&p->stopping))
+        sender_close(snd); /* made again for the next request */
     natsMsg_Destroy(req);
     natsMsg_Destroy(rep);
     return ok;
@@ -107,15 +177,27 @@ static bool retryable(jl_code code)
 
 /* Send row @p w and record its reply in @p db, under outbox_mu. False when it must be sent
  * again (no reply, a "not now", or the reply not recorded): the rows behind it wait. */
-static bool send_one(jl_projector *p, jl_db *db, const row *w, jl_reply *r)
+static bool send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
 {
     char why[128];
     jl_reply_reset(r);
     jl__fault("outbox.before_send");
-    if (!send_row(p, w, r, why, sizeof(why))) {
+    if (!send_row(p, snd, w, r, why, sizeof(why))) {
         jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", w->command,
                w->command_id, why);
+        /* Counted, so that a command no producer answers shows in its row. */
+        sqlite3_stmt *st = atomic_load(&p->stopping)
+                               ? NULL
+                               : jl_db_stmt(db, "UPDATE jl_outbox SET reply_message = ?, "
+                                                "attempts = attempts + 1 WHERE id = ?");
+        if (st != NULL) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "no reply: %s", why);
+            sqlite3_bind_text(st, 1, msg, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(st, 2, w->id);
+            (void)jl_db_step_done(db, st); /* only a count: the row is sent again anyway */
+        }
         return false;
     }
     jl__fault("outbox.after_send");
@@ -150,7 +232,7 @@ typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
 /* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
  * (more may wait), PASS_FAILED when one got no reply or a "not now" (it is sent again after a
  * backoff, and those behind it wait: order is kept). */
-static pass send_pending(jl_projector *p, jl_db *db, uint64_t gen)
+static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
 {
     row rows[OUTBOX_BATCH];
     int n = 0;
@@ -191,7 +273,7 @@ static pass send_pending(jl_projector *p, jl_db *db, uint64_t gen)
         pthread_mutex_lock(&p->outbox_mu);
         moved = p->outbox_gen != gen;
         if (!moved)
-            all = send_one(p, db, &rows[i], &r);
+            all = send_one(p, snd, db, &rows[i], &r);
         pthread_mutex_unlock(&p->outbox_mu);
         if (moved)
             break; /* a rebuild switched files: read the rows again from the new one */
@@ -263,6 +345,7 @@ static void *sender_thread(void *arg)
     char path[1024] = "";
     int backoff_ms = 0;
     int64_t pruned_at = 0;
+    sender snd = {0};
     while (!atomic_load(&p->stopping)) {
         /* The live file changes with a rebuild: follow it. */
         pthread_mutex_lock(&p->outbox_mu);
@@ -285,7 +368,7 @@ static void *sender_thread(void *arg)
             jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
             path[0] = 0;
         }
-        pass got = db != NULL ? send_pending(p, db, gen) : PASS_FAILED;
+        pass got = db != NULL ? send_pending(p, &snd, db, gen) : PASS_FAILED;
         int64_t t = jl__now_ns();
         if (db != NULL && p->outbox_keep_ns > 0 &&
             t - pruned_at >=
@@ -309,6 +392,7 @@ static void *sender_thread(void *arg)
         p->outbox_wake = false;
         pthread_mutex_unlock(&p->mu);
     }
+    sender_close(&snd);
     jl_db_close(db);
     return NULL;
 }

@@ -342,6 +342,85 @@ START_TEST(a_command_answered_not_now_is_sent_again)
 }
 END_TEST
 
+/* A stand-in for an inventory service that takes requests and never answers. */
+static atomic_int silent_calls;
+
+static void answer_nothing(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    (void)closure;
+    atomic_fetch_add(&silent_calls, 1);
+    natsMsg_Destroy(m);
+}
+
+static void wait_silent_calls(int n)
+{
+    int64_t deadline = tnow_ms() + 30000;
+    while (atomic_load(&silent_calls) < n && tnow_ms() < deadline)
+        nats_Sleep(10);
+    ck_assert_int_ge(atomic_load(&silent_calls), n);
+}
+
+START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
+{
+    /* The inventory takes the ReserveStock and never answers: the process manager waits for a
+     * reply as long as a producer may take (twice the request timeout, plus a second), counts
+     * the attempt in the row and sends it again; stopping does not wait for the reply, and
+     * after a restart the step is carried out. */
+    register_product("apple", "Apple", 10);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    natsSubscription *fake = NULL;
+    atomic_store(&silent_calls, 0);
+    ck_assert_int_eq(natsConnection_QueueSubscribe(&fake, jl_conn_nats(env.conn),
+                                                   "inventory.cmd.ReserveStock", "inventory",
+                                                   answer_nothing, NULL),
+                     NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    int64_t saved_timeout = env.cfg.request_timeout_ms;
+    env.cfg.request_timeout_ms = 3000; /* a reply is waited for 7 s */
+    runner_start(&process, &fulfilment_process);
+    env.cfg.request_timeout_ms = saved_timeout;
+    char a[JL_UUID_LEN + 1];
+    line la[] = {{"apple", 2, 150}};
+    place_order("carol", la, 1, a);
+    wait_silent_calls(1);
+    int64_t first = tnow_ms();
+    wait_silent_calls(2);
+    ck_assert_int_ge(tnow_ms() - first, 6000); /* not sent again before the wait was out */
+
+    char path[1024];
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "SELECT attempts, reply_message, replied_at_ns IS NULL "
+                                        "FROM jl_outbox WHERE command = 'ReserveStock'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_int_ge(sqlite3_column_int(st, 0), 1);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 1), "no reply: no reply in time");
+    ck_assert_int_eq(sqlite3_column_int(st, 2), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    /* Stopped 7 s before its wait is out: the stop does not wait for it. */
+    int64_t t0 = tnow_ms();
+    runner_stop(&process);
+    ck_assert_int_lt(tnow_ms() - t0, 5000);
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+    runner_start(&process, &fulfilment_process);
+    wait_status(a, "confirmed", 20000);
+    expect_stock("apple", 8, 0);
+}
+END_TEST
+
 /* Outbox rows of the process manager: how many are answered, how many wait for a reply. */
 static void outbox_rows(int *out_answered, int *out_waiting)
 {
@@ -767,6 +846,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
+    tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
     tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
