@@ -1695,6 +1695,8 @@ void jl_producer_handle(jl_producer *p, const char *command, const void *data, s
 typedef struct history_ctx {
     uint64_t from_version;
     uint32_t limit;
+    size_t budget; /* bytes of events a page holds at most: the reply must fit in a message */
+    size_t bytes;
     size_t n;
     uint64_t next_version;
     Jetledger__StoredEvent *items;
@@ -1722,29 +1724,51 @@ static jl_status history_commit(uint64_t seq, int64_t time_ns, const void *data,
         h->commits = nc;
         h->cap_commits = cap;
     }
-    h->commits[h->n_commits++] = c;
+    size_t kept = 0;
+    jl_status s = JL_OK;
     for (size_t i = 0; i < c->n_events; i++) {
         Jetledger__Envelope *e = c->events[i];
         if (e->aggregate_version < h->from_version)
             continue;
-        if (h->n == h->limit) {
+        /* A page ends at its limit or its size (never empty: one event always fits, a commit
+         * being smaller than a message); the client asks on from next_version. */
+        size_t size = jetledger__envelope__get_packed_size(e) + 32;
+        if (h->n == h->limit || (h->n > 0 && h->bytes + size > h->budget)) {
             h->next_version = e->aggregate_version;
-            return JL_ERR_STOPPED;
+            s = JL_ERR_STOPPED;
+            break;
         }
         jetledger__stored_event__init(&h->items[h->n]);
         h->items[h->n].stream_sequence = seq;
         h->items[h->n].envelope = e;
         h->ptrs[h->n] = &h->items[h->n];
         h->n++;
+        h->bytes += size;
+        kept++;
     }
-    return JL_OK;
+    if (kept > 0)
+        h->commits[h->n_commits++] = c;
+    else
+        jetledger__commit__free_unpacked(c, NULL); /* before from_version: not held */
+    return s;
+}
+
+/* Bytes of events one history page may hold: three quarters of what the server carries in a
+ * message (and of a reply's own limit), the rest left to the reply around them. */
+static size_t history_budget(jl_producer *p)
+{
+    int64_t max = natsConnection_GetMaxPayload(jl_conn_nats(p->conn));
+    if (max <= 0 || max > JL_MAX_REPLY_BYTES)
+        max = JL_MAX_REPLY_BYTES;
+    return (size_t)max / 4 * 3;
 }
 
 static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const char *subject,
                           jl_reply *r)
 {
     history_ctx h = {.from_version = q->from_version ? q->from_version : 1,
-                     .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX};
+                     .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX,
+                     .budget = history_budget(p)};
     uint64_t last = 0;
     char why[256] = "";
     h.items = calloc(h.limit, sizeof(*h.items));
@@ -1872,18 +1896,6 @@ void jl_producer_query(jl_producer *p, const char *query, const void *data, size
 
 /* ---- NATS wiring ---- */
 
-static void send_reply(natsConnection *nc, natsMsg *msg, const jl_reply *r)
-{
-    const char *reply = natsMsg_GetReply(msg);
-    if (reply == NULL || *reply == 0)
-        return;
-    jl_buf out;
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
-    if (jl_reply_encode(&out, r) == JL_OK)
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
-    jl_buf_cleanup(&out);
-}
-
 static const char *last_token(const char *subject)
 {
     const char *dot = strrchr(subject, '.');
@@ -1942,7 +1954,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_reply_init(&r);
     jl_producer_query(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
                       (size_t)natsMsg_GetDataLength(msg), &r);
-    send_reply(nc, msg, &r);
+    jl_reply_send(nc, natsMsg_GetReply(msg), &r);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
 }

@@ -1531,22 +1531,18 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     const char *reply = natsMsg_GetReply(msg);
     const char *dot = strrchr(subject, '.');
     jl_reply r;
-    jl_buf out;
     (void)sub;
 
     jl_reply_init(&r);
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
     answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
                  (size_t)natsMsg_GetDataLength(msg), &r);
-    if (reply != NULL && *reply != 0 && jl_reply_encode(&out, &r) == JL_OK)
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
+    jl_reply_send(nc, reply, &r);
     if (r.code != JL_CODE_OK) {
         char esc[600];
         jl_log(r.code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",
                "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", subject, jl_code_str(r.code),
                jl_log_str(esc, sizeof(esc), r.message));
     }
-    jl_buf_cleanup(&out);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
 }

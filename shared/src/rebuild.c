@@ -694,15 +694,11 @@ static void on_admin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     const char *reply = natsMsg_GetReply(msg);
     const char *dot = strrchr(subject, '.');
     jl_reply r;
-    jl_buf out;
     (void)sub;
     jl_reply_init(&r);
-    jl_buf_init(&out, 1 << 20);
     answer_admin(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
                  (size_t)natsMsg_GetDataLength(msg), &r);
-    if (reply != NULL && *reply != 0 && jl_reply_encode(&out, &r) == JL_OK)
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
-    jl_buf_cleanup(&out);
+    jl_reply_send(nc, reply, &r);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
 }

@@ -12,10 +12,16 @@
 
 void tenv_start(tenv *e)
 {
+    tenv_start_with(e, NULL);
+}
+
+void tenv_start_with(tenv *e, const char *extra_config)
+{
     char err[1024] = "";
     jl_natsd_opts o;
     memset(e, 0, sizeof(*e));
     jl_natsd_opts_init(&o);
+    o.extra_config = extra_config;
     o.err_buf = err;
     o.err_buf_len = sizeof(err);
     ck_assert_msg(jl_natsd_start(&e->natsd, &o) == 0, "nats-server: %s", err);

@@ -28,6 +28,10 @@ typedef struct tenv {
 /** Start a JetStream server, connect, make a temp dir. Fails the test on error. */
 void tenv_start(tenv *e);
 
+/** tenv_start() with @p extra_config appended to the server's config (e.g. "max_payload: 65536").
+ */
+void tenv_start_with(tenv *e, const char *extra_config);
+
 /** Disconnect, stop the server, remove the temp dir. */
 void tenv_stop(tenv *e);
 

@@ -146,6 +146,25 @@ START_TEST(state_as_of_sequence_time_and_version)
 }
 END_TEST
 
+/* One page of GetHistory through NATS (@p limit 0: the service's own); free it with
+ * jetledger__history_result__free_unpacked(). */
+static Jetledger__HistoryResult *history_page(const char *id, uint64_t from, uint32_t limit)
+{
+    Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
+    q.aggregate_id = (char *)id;
+    q.from_version = from;
+    q.limit = limit;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    Jetledger__HistoryResult *h =
+        jetledger__history_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(h);
+    jl_reply_cleanup(&r);
+    return h;
+}
+
 START_TEST(history_lists_every_event_in_order_with_paging)
 {
     jl_producer *p = open_producer(&orders_service, 100, 100);
@@ -160,17 +179,7 @@ START_TEST(history_lists_every_event_in_order_with_paging)
     uint64_t from = 1;
     int total = 0, pages = 0;
     do {
-        Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
-        q.aggregate_id = id;
-        q.from_version = from;
-        q.limit = 2;
-        jl_reply r;
-        jl_reply_init(&r);
-        ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
-        ck_assert_int_eq(r.code, JL_CODE_OK);
-        Jetledger__HistoryResult *h =
-            jetledger__history_result__unpack(NULL, r.result.len, r.result.data);
-        ck_assert_ptr_nonnull(h);
+        Jetledger__HistoryResult *h = history_page(id, from, 2);
         for (size_t i = 0; i < h->n_events; i++) {
             Jetledger__Envelope *e = h->events[i]->envelope;
             ck_assert_uint_eq(e->aggregate_version, (uint64_t)total + 1);
@@ -184,12 +193,68 @@ START_TEST(history_lists_every_event_in_order_with_paging)
         }
         from = h->next_version;
         jetledger__history_result__free_unpacked(h, NULL);
-        jl_reply_cleanup(&r);
         pages++;
     } while (from != 0 && pages < 10);
     ck_assert_int_eq(total, 5);
     ck_assert_int_eq(pages, 3);
     jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(history_pages_fit_in_what_the_server_carries)
+{
+    /* A page of 1000 events would be far above a 64 KiB max_payload: the reply could not be
+     * sent and the client would wait out its timeout. Pages end at a size that fits. */
+    tenv_stop(&env);
+    tenv_start_with(&env, "max_payload: 65536\n");
+    jl_producer *p = open_producer(&orders_service, 100, 100);
+    char id[JL_UUID_LEN + 1], sku[32];
+    create(p, id, NULL);
+    for (int i = 0; i < 600; i++) {
+        snprintf(sku, sizeof(sku), "sku-%02d", i % 50); /* an order holds 50 skus at most */
+        add(p, id, sku, 1, NULL);
+    }
+    uint64_t from = 1;
+    int total = 0, pages = 0;
+    do {
+        Jetledger__HistoryResult *h = history_page(id, from, 0);
+        ck_assert_uint_gt(h->n_events, 0);
+        for (size_t i = 0; i < h->n_events; i++)
+            ck_assert_uint_eq(h->events[i]->envelope->aggregate_version, (uint64_t)++total);
+        from = h->next_version;
+        jetledger__history_result__free_unpacked(h, NULL);
+        pages++;
+    } while (from != 0 && pages < 100);
+    ck_assert_int_eq(total, 601);
+    ck_assert_int_ge(pages, 3);
+    jl_producer_close(p, 1000);
+
+    /* Any reply too large to send goes out as an error that says so, not as nothing. */
+    natsConnection *nc = jl_conn_nats(env.conn);
+    natsSubscription *sub = NULL;
+    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, "big.reply"), NATS_OK);
+    char *big = malloc(100000);
+    memset(big, 'x', 99999);
+    big[99999] = 0;
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    m.customer_id = big;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(jl_reply_set_result(&r, &m.base), JL_OK);
+    ck_assert_int_eq(jl_reply_send(nc, "big.reply", &r), JL_OK);
+    jl_reply_cleanup(&r);
+    natsMsg *got = NULL;
+    ck_assert_int_eq(natsSubscription_NextMsg(&got, sub, 5000), NATS_OK);
+    jl_reply_init(&r);
+    ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(got), (size_t)natsMsg_GetDataLength(got)),
+                     JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(r.message, "exceeds the 65536 bytes NATS carries in one message") != NULL,
+                  "%s", r.message);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(got);
+    natsSubscription_Destroy(sub);
+    free(big);
 }
 END_TEST
 
@@ -370,6 +435,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, state_as_of_sequence_time_and_version);
     tcase_add_test(tc, history_lists_every_event_in_order_with_paging);
+    tcase_add_test(tc, history_pages_fit_in_what_the_server_carries);
     tcase_add_test(tc, cold_command_on_10000_events_reads_at_most_snapshot_every);
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
     tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);

@@ -14,6 +14,7 @@
 
 #include <nats/nats.h>
 
+#include "jetledger/codec.h"
 #include "jetledger/config.h"
 #include "jetledger/status.h"
 
@@ -107,6 +108,15 @@ bool jl_version_at_least(const char *v, const char *min);
  * is returned as is.
  */
 int jl_conn_replicas(jl_conn *c, int configured);
+
+/**
+ * Answer a request: encode @p r and publish it to @p reply_to (nothing when NULL or empty). A
+ * reply larger than the server takes in one message (max_payload) would never arrive and leave
+ * the requester waiting out its timeout: it is replaced in @p r by an "invalid" error that says
+ * so, and that is sent instead.
+ * @return JL_OK when a reply went out (or none was asked for); else why not (also logged).
+ */
+jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r);
 
 /** Map a NATS status to a jetledger status (timeouts, no responders, closed ...). */
 jl_status jl_status_from_nats(natsStatus ns);
