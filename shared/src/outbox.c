@@ -106,16 +106,26 @@ static natsStatus sender_open(jl_projector *p, sender *snd)
  * How long a command's reply is waited for: as long as a producer may take to answer (its turn
  * behind the commands before it, then its append, each up to the request timeout), so that a
  * slow answer (a stream leader being elected) is not taken for none and the command sent again
- * while the first is still being carried out. A stopping projector gives up at once: the row
- * is sent again after the restart, and the producer answers a repeated id once.
+ * while the first is still being carried out. A stopping projector, or a rebuild's switch
+ * waiting for outbox_mu, gives up at once: the row is sent again (after the restart, or after
+ * the switch), and the producer answers a repeated id once. (The producer's own request timeout
+ * may differ from this process's: a wait too short only costs a repeat.)
  */
 static int64_t reply_wait_ms(const jl_projector *p)
 {
     return 2 * p->timeout_ms + 1000;
 }
 
-/* Request one command; true when a reply came (whatever its code), with it in @p r. */
-static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, char *why, size_t n)
+/* Whether the sender must let go of outbox_mu now: stopping, or a rebuild's switch waits. */
+static bool give_up(jl_projector *p)
+{
+    return atomic_load(&p->stopping) || atomic_load(&p->outbox_yield);
+}
+
+/* Request one command; true when a reply came (whatever its code), with it in @p r. Else
+ * *out_attempt says whether it counts as an attempt (sent, and waited for in vain). */
+static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, char *why, size_t n,
+                     bool *out_attempt)
 {
     char subject[160], reply[160];
     natsMsg *req = NULL, *rep = NULL;
@@ -133,11 +143,12 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
         ns = natsMsgHeader_Set(req, "Jl-Causation-Id", w->causation);
     if (ns == NATS_OK)
         ns = natsConnection_PublishMsg(jl_conn_nats(p->conn), req);
+    bool sent = ns == NATS_OK, gave_up = false;
     int64_t deadline = nats_Now() + reply_wait_ms(p);
     while (ns == NATS_OK && rep == NULL) {
         int64_t left = deadline - nats_Now();
-        if (atomic_load(&p->stopping))
-            ns = NATS_CONNECTION_CLOSED; /* "stopping", below */
+        if ((gave_up = give_up(p)))
+            ns = NATS_CONNECTION_CLOSED; /* see why, below */
         else if (left <= 0)
             ns = NATS_TIMEOUT;
         else if ((ns = natsSubscription_NextMsg(
@@ -155,12 +166,12 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
               jl_reply_decode(r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) == JL_OK;
     if (!ok)
         snprintf(why, n, "%s",
-                 ns == NATS_OK               ? "undecodable reply"
+                 ns == NATS_OK ? "undecodable reply"
+                 : !gave_up    ? (ns == NATS_TIMEOUT ? "no reply in time" : natsStatus_GetText(ns))
                  : atomic_load(&p->stopping) ? "stopping"
-                 : ns == NATS_TIMEOUT        ? "no reply in time"
-                                             : natsStatus_GetText(ns));
-    if (ns != NATS_OK && ns != NATS_TIMEOUT && ns != NATS_NO_RESPONDERS &&
-        !atomic_load(&p->stopping))
+                                             : "let go for a rebuild's switch");
+    *out_attempt = !ok && sent && !gave_up;
+    if (ns != NATS_OK && ns != NATS_TIMEOUT && ns != NATS_NO_RESPONDERS && !gave_up)
         sender_close(snd); /* made again for the next request */
     natsMsg_Destroy(req);
     natsMsg_Destroy(rep);
@@ -180,17 +191,18 @@ static bool retryable(jl_code code)
 static bool send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
 {
     char why[128];
+    bool attempt = false;
     jl_reply_reset(r);
     jl__fault("outbox.before_send");
-    if (!send_row(p, snd, w, r, why, sizeof(why))) {
+    if (!send_row(p, snd, w, r, why, sizeof(why), &attempt)) {
         jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", w->command,
                w->command_id, why);
         /* Counted, so that a command no producer answers shows in its row. */
-        sqlite3_stmt *st = atomic_load(&p->stopping)
-                               ? NULL
-                               : jl_db_stmt(db, "UPDATE jl_outbox SET reply_message = ?, "
-                                                "attempts = attempts + 1 WHERE id = ?");
+        sqlite3_stmt *st =
+            attempt ? jl_db_stmt(db, "UPDATE jl_outbox SET reply_code = NULL, reply_message = ?, "
+                                     "attempts = attempts + 1 WHERE id = ?")
+                    : NULL;
         if (st != NULL) {
             char msg[160];
             snprintf(msg, sizeof(msg), "no reply: %s", why);
@@ -270,6 +282,8 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
     jl_reply r;
     jl_reply_init(&r);
     for (int i = 0; i < n && all && !atomic_load(&p->stopping); i++) {
+        while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
+            nats_Sleep(5); /* a rebuild's switch is about to take outbox_mu: let it */
         pthread_mutex_lock(&p->outbox_mu);
         moved = p->outbox_gen != gen;
         if (!moved)

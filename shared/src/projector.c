@@ -754,6 +754,26 @@ jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint6
     return jl_db_step_done(db, st);
 }
 
+jl_status jl__proj_copy_stream_created(jl_projector *p, jl_db *to, int source)
+{
+    sqlite3_stmt *st = jl_db_stmt(p->db, "SELECT stream_created_ns FROM jl_checkpoints WHERE "
+                                         "stream = ?");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_text(st, 1, p->src[source].stream, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    int64_t created = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return jl_db_fail(p->db, rc, "cannot read jl_checkpoints");
+    st = jl_db_stmt(to, "UPDATE jl_checkpoints SET stream_created_ns = ? WHERE stream = ?");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_int64(st, 1, created);
+    sqlite3_bind_text(st, 2, p->src[source].stream, -1, SQLITE_STATIC);
+    return jl_db_step_done(to, st);
+}
+
 uint64_t jl__proj_checkpoint(jl_projector *p, int i)
 {
     pthread_mutex_lock(&p->mu);
@@ -848,6 +868,11 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     jsErrCode jerr = 0;
     *r = (jl__reader){
         .p = p, .si = si, .start_seq = start_seq, .start_time_ns = start_time_ns, .next_cseq = 1};
+    jsStreamInfo *info = NULL;
+    if (js_GetStreamInfo(&info, p->js, p->src[si].stream, NULL, NULL) == NATS_OK) {
+        r->created = info->Created;
+        jsStreamInfo_Destroy(info);
+    }
     jsSubOptions_Init(&so);
     so.Stream = p->src[si].stream;
     so.Config.AckPolicy = js_AckNone;
@@ -877,7 +902,8 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     int si = r->si;
     uint64_t start = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
     int64_t start_time = r->last_seq != 0 ? 0 : r->start_time_ns;
-    uint64_t last = r->last_seq;
+    uint64_t last = r->last_seq, hash_seq = r->hash_seq, hash = r->hash;
+    int64_t created = r->created;
     char err[256];
     if (!gone)
         atomic_fetch_add(&p->lost_deliveries, 1);
@@ -893,6 +919,26 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     }
     jl_status s = jl__reader_open(r, p, si, start, start_time, err, sizeof(err));
     r->last_seq = last;
+    r->hash_seq = hash_seq;
+    r->hash = hash;
+    if (s == JL_OK && created != 0 && r->created != created && hash_seq != 0) {
+        /* Created anew since (deleted and created again, or only its time changed: a restore,
+         * a restart after an update): read on only if it still holds what was read. */
+        natsMsg *m = NULL;
+        bool same = js_GetMsg(&m, p->js, p->src[si].stream, hash_seq, NULL, NULL) == NATS_OK &&
+                    jl__msg_hash(m) == hash;
+        natsMsg_Destroy(m);
+        if (!same) {
+            snprintf(err, sizeof(err),
+                     "the stream was created again while being read: message %" PRIu64
+                     " is not the one read",
+                     hash_seq);
+            natsSubscription_Unsubscribe(r->sub);
+            natsSubscription_Destroy(r->sub);
+            r->sub = NULL;
+            s = JL_ERR_INVALID;
+        }
+    }
     if (s != JL_OK) {
         char esc[600];
         jl_log(JL_LOG_ERROR, "cannot read again", "\"stream\":\"%s\",\"error\":\"%s\"",
@@ -940,6 +986,10 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         if (meta) {
             r->next_cseq = cseq + 1;
             r->last_seq = seq;
+            if (r->next == r->list.Count - 1) { /* where a reopen, after a fetch, goes on */
+                r->hash_seq = seq;
+                r->hash = jl__msg_hash(m);
+            }
         }
         *out = m;
         r->list.Msgs[r->next++] = NULL; /* now the caller's */
@@ -969,22 +1019,35 @@ void jl__reader_close(jl__reader *r)
  * taken as near: attaching says why.) */
 typedef enum { HEAD_NEAR, HEAD_FAR, HEAD_BEHIND } head_at;
 
-static head_at stream_head(jl_projector *p, int i, uint64_t *out_last, int64_t *out_created)
+typedef struct stream_now {
+    uint64_t first, last; /* sequences */
+    int64_t created;      /* ns; 0: the stream could not be read */
+} stream_now;
+
+/* Where source @p i's stream stands; JL_OK also when it does not exist (attaching says so),
+ * else why it could not be read (in src->err). */
+static jl_status stream_head(jl_projector *p, int i, head_at *out_at, stream_now *out)
 {
     jsStreamInfo *si = NULL;
-    head_at at = HEAD_NEAR;
-    *out_last = 0;
-    *out_created = 0;
-    if (js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
-        *out_last = si->State.LastSeq;
-        *out_created = si->Created;
-        at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
-             : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
-                 ? HEAD_FAR
-                 : HEAD_NEAR;
-        jsStreamInfo_Destroy(si);
+    jsErrCode jerr = 0;
+    memset(out, 0, sizeof(*out));
+    *out_at = HEAD_NEAR;
+    natsStatus ns = js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, &jerr);
+    if (ns != NATS_OK) {
+        if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr)
+            return JL_OK;
+        src_err(&p->src[i], "cannot read stream %s: %s", p->src[i].stream, natsStatus_GetText(ns));
+        return jl_status_from_nats(ns);
     }
-    return at;
+    out->first = si->State.FirstSeq;
+    out->last = si->State.LastSeq;
+    out->created = si->Created;
+    *out_at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
+              : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
+                  ? HEAD_FAR
+                  : HEAD_NEAR;
+    jsStreamInfo_Destroy(si);
+    return JL_OK;
 }
 
 /*
@@ -995,9 +1058,10 @@ static head_at stream_head(jl_projector *p, int i, uint64_t *out_last, int64_t *
  * event last applied is still at its sequence with the same id, the stream holds the same events
  * (a restore from a backup creates it anew): the new time is recorded and reading goes on.
  */
-static jl_status check_stream(jl_projector *p, int i, int64_t created)
+static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
 {
     jl__source *src = &p->src[i];
+    int64_t created = now->created;
     if (created == src->created_ns)
         return JL_OK;
     int64_t was = 0;
@@ -1026,6 +1090,7 @@ static jl_status check_stream(jl_projector *p, int i, int64_t created)
         return s;
 
     bool same = was == created || last_seq == 0, found = false;
+    const char *unsure = NULL; /* why the stream is taken as it is, unchecked */
     if (!same && id_seq > 0 && id_hash != 0) {
         natsMsg *m = NULL;
         jsErrCode jerr = 0;
@@ -1034,15 +1099,28 @@ static jl_status check_stream(jl_projector *p, int i, int64_t created)
             found = true;
             same = jl__msg_hash(m) == id_hash;
             natsMsg_Destroy(m);
-        } else if (ns != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
+        } else if (jerr == JSStreamNotFoundErr ||
+                   (ns != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)) {
             src_err(src, "cannot read message %" PRIu64 " of %s: %s", id_seq, src->stream,
-                    natsStatus_GetText(ns));
-            return jl_status_from_nats(ns);
+                    jerr == JSStreamNotFoundErr ? "the stream does not exist"
+                                                : natsStatus_GetText(ns));
+            return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
+        } else if (id_seq < now->first) {
+            unsure = "the message last applied has gone by the stream's limits";
         }
+    } else if (!same) {
+        unsure = "nothing was recorded to compare"; /* a file from before, or none applied */
     }
-    /* Written before files said which stream, with nothing left to compare: taken as is. */
-    if (!same && was == 0 && !found)
+    /* A stream's creation time can change without its messages (a restore; a server restart
+     * after an update of a standalone stream): with nothing left to compare, it is taken as is,
+     * and said. */
+    if (unsure != NULL) {
         same = true;
+        if (was != 0)
+            jl_log(JL_LOG_WARN, "stream created anew, taken as the same unchecked",
+                   "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"why\":\"%s\"", src->stream,
+                   last_seq, unsure);
+    }
     if (!same) {
         src_err(src,
                 "stream %s was created again after this read model applied it up to sequence "
@@ -1067,7 +1145,7 @@ static jl_status check_stream(jl_projector *p, int i, int64_t created)
         pthread_mutex_unlock(&p->apply_mu);
         if (s != JL_OK)
             return s;
-        if (was != 0 && last_seq > 0)
+        if (was != 0 && last_seq > 0 && unsure == NULL)
             jl_log(JL_LOG_INFO, "stream created anew with the same events",
                    "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"event_seq\":%" PRIu64,
                    src->stream, last_seq, id_seq);
@@ -1187,10 +1265,10 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     *out_applied = 0;
     src->err[0] = 0;
     head_at head = HEAD_NEAR;
-    uint64_t last = 0;
-    int64_t created = 0;
-    if (src->catchup.sub == NULL && src->pull == NULL)
-        head = stream_head(p, i, &last, &created);
+    stream_now now = {0};
+    if (src->catchup.sub == NULL && src->pull == NULL &&
+        (s = stream_head(p, i, &head, &now)) != JL_OK)
+        return s;
     if (head == HEAD_BEHIND) {
         /* Deleted and created again, or restored from an older backup: its sequences name
          * other events now, and reading on from the checkpoint would skip the new ones up to
@@ -1201,10 +1279,10 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
                 ": the stream was created again or restored, and its events are not applied; stop "
                 "the projector, remove its files %s.* from %s and start it again to build the read "
                 "model from the stream",
-                src->stream, last, src->checkpoint, p->def->name, p->data_dir);
+                src->stream, now.last, src->checkpoint, p->def->name, p->data_dir);
         return JL_ERR_INVALID;
     }
-    if (created != 0 && (s = check_stream(p, i, created)) != JL_OK)
+    if (now.created != 0 && (s = check_stream(p, i, &now)) != JL_OK)
         return s;
     if (src->catchup.sub != NULL || head == HEAD_FAR)
         return catch_up_step(p, i, wait_ms, out_applied);

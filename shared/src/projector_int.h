@@ -38,6 +38,11 @@ typedef struct jl__reader {
     int64_t start_time_ns;
     uint64_t next_cseq; /* consumer sequence the next delivery must carry */
     uint64_t last_seq;  /* stream sequence of the last message handed out (0: none yet) */
+    /* Which stream is read: its creation time when opened, and the jl__msg_hash() of a message
+     * handed out (the last of a batch, at hash_seq). Opened again, a reader checks that the
+     * stream is still the one it read (reader_reopen). */
+    int64_t created;
+    uint64_t hash_seq, hash;
 } jl__reader;
 
 /* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:
@@ -115,7 +120,8 @@ struct jl_projector {
      * is never recorded in a file the copy has already left behind (its command would be sent
      * once more). */
     pthread_mutex_t outbox_mu;
-    uint64_t outbox_gen; /* switches so far, under outbox_mu: the sender's file is stale */
+    uint64_t outbox_gen;      /* switches so far, under outbox_mu: the sender's file is stale */
+    atomic_bool outbox_yield; /* a rebuild's switch waits for outbox_mu: the sender lets go */
     char err[1024];
 };
 
@@ -158,6 +164,11 @@ uint64_t jl__msg_hash(natsMsg *m);
  * sequence it was at). */
 jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint64_t seq,
                                    uint64_t hash);
+
+/* Give @p to (inside a transaction) the stream creation time the live file recorded for source
+ * @p source: a rebuilt file stands at the live checkpoints, on the stream live checked. Under
+ * apply_mu (it reads p->db). */
+jl_status jl__proj_copy_stream_created(jl_projector *p, jl_db *to, int source);
 
 /* Checkpoint of source @p i, read under p->mu. */
 uint64_t jl__proj_checkpoint(jl_projector *p, int i);

@@ -406,8 +406,12 @@ static void run_job(jl_projector *p, jl__job *j)
              * pauses: it holds outbox_mu for a whole request, which must not hold up live
              * applying too (see jl__proj_switch). */
             held_outbox = !j->verify && p->def->outbox;
-            if (held_outbox)
+            if (held_outbox) {
+                /* The sender may be waiting for a reply (seconds): it lets go at once. */
+                atomic_store(&p->outbox_yield, true);
                 pthread_mutex_lock(&p->outbox_mu);
+                atomic_store(&p->outbox_yield, false);
+            }
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
             int64_t deadline = now_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
@@ -432,8 +436,11 @@ static void run_job(jl_projector *p, jl__job *j)
                 c.src[i].checkpoint = target;
             }
             jl_status cs = s == JL_OK ? jl_db_begin(c.db, true) : s;
-            for (int i = 0; cs == JL_OK && i < p->n_src; i++)
+            for (int i = 0; cs == JL_OK && i < p->n_src; i++) {
                 cs = jl__proj_save_checkpoint(p, c.db, i, c.src[i].checkpoint, 0);
+                if (cs == JL_OK)
+                    cs = jl__proj_copy_stream_created(p, c.db, i);
+            }
             if (cs == JL_OK)
                 cs = jl_db_commit(c.db);
             if (s == JL_OK && cs != JL_OK) {

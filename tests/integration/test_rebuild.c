@@ -393,6 +393,44 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
 }
 END_TEST
 
+/* Run @p sql on the database file at @p path (the projector that owns it is closed). */
+static void exec_file(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    char *msg = NULL;
+    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+/* The stream's creation time as this read model recorded it. */
+static int64_t recorded_created(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "SELECT stream_created_ns FROM jl_checkpoints WHERE "
+                                        "stream = 'ORDERS'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static int64_t stream_created(void)
+{
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    int64_t v = si->Created;
+    jsStreamInfo_Destroy(si);
+    return v;
+}
+
 START_TEST(rebuild_from_a_sequence_holds_only_later_events)
 {
     ensure_stream();
@@ -413,7 +451,10 @@ START_TEST(rebuild_from_a_sequence_holds_only_later_events)
         rows++;
     ck_assert_int_eq(rows, 5);
     free(d);
-    /* A rebuild already running is refused. */
+    /* The new file knows which stream it was built from, as the old one did. */
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_int_eq(recorded_created(path), stream_created());
     runner_stop(&live);
 }
 END_TEST
@@ -478,44 +519,6 @@ START_TEST(a_stream_created_again_behind_the_checkpoint_is_not_read_on)
 }
 END_TEST
 
-/* Run @p sql on the database file at @p path (the projector that owns it is closed). */
-static void exec_file(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    char *msg = NULL;
-    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sql, msg);
-    sqlite3_close(db);
-}
-
-/* The stream's creation time as this read model recorded it. */
-static int64_t recorded_created(const char *path)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_prepare_v2(db,
-                                        "SELECT stream_created_ns FROM jl_checkpoints WHERE "
-                                        "stream = 'ORDERS'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
-static int64_t stream_created(void)
-{
-    jsStreamInfo *si = NULL;
-    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
-    int64_t v = si->Created;
-    jsStreamInfo_Destroy(si);
-    return v;
-}
-
 /* A projector in data dir @p sub that has applied the stream up to its head, then closed. */
 static void project_to_head(const char *sub, char *out_path, size_t n)
 {
@@ -555,15 +558,17 @@ START_TEST(a_stream_created_again_past_the_checkpoint_is_not_read_on)
 }
 END_TEST
 
-/* A read model in @p sub altered by @p sql after it applied the stream goes on reading it, and
- * records the stream's creation time. */
-static void read_on_after(const char *sub, const char *sql)
+/* A read model in @p sub altered by @p sql after it applied the stream (which is then purged
+ * when @p purge) goes on reading it, and records the stream's creation time. */
+static void read_on_after(const char *sub, const char *sql, bool purge)
 {
     ensure_stream();
     tseed_orders(env.conn, 5, 0);
     char path[1024];
     project_to_head(sub, path, sizeof(path));
     exec_file(path, sql);
+    if (purge)
+        ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     tseed_orders(env.conn, 3, 0);
     project_to_head(sub, path, sizeof(path));
     ck_assert_int_eq(recorded_created(path), stream_created());
@@ -573,16 +578,26 @@ START_TEST(a_stream_created_anew_with_the_same_events_is_read_on)
 {
     /* A restore from a backup creates the stream anew with the same events: as if, the
      * recorded creation time is altered; the message at the checkpoint still matches. */
-    read_on_after("restored", "UPDATE jl_checkpoints SET stream_created_ns = 12345");
+    read_on_after("restored", "UPDATE jl_checkpoints SET stream_created_ns = 12345", false);
+}
+END_TEST
+
+START_TEST(a_stream_created_anew_without_the_applied_message_is_read_on)
+{
+    /* A stream's creation time also changes on a restart after an update, and its limits may
+     * have removed the message last applied since: with nothing to compare, it is read on. */
+    read_on_after("limited", "UPDATE jl_checkpoints SET stream_created_ns = 12345", true);
 }
 END_TEST
 
 START_TEST(a_file_from_before_stream_identity_is_read_on)
 {
     /* Files written before jl_checkpoints said which stream gain the columns and go on. */
-    read_on_after("older", "ALTER TABLE jl_checkpoints DROP COLUMN stream_created_ns;"
-                           "ALTER TABLE jl_checkpoints DROP COLUMN id_seq;"
-                           "ALTER TABLE jl_checkpoints DROP COLUMN id_hash;");
+    read_on_after("older",
+                  "ALTER TABLE jl_checkpoints DROP COLUMN stream_created_ns;"
+                  "ALTER TABLE jl_checkpoints DROP COLUMN id_seq;"
+                  "ALTER TABLE jl_checkpoints DROP COLUMN id_hash;",
+                  false);
 }
 END_TEST
 
@@ -808,6 +823,7 @@ int main(void)
     tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_again_past_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_anew_with_the_same_events_is_read_on);
+    tcase_add_test(tc, a_stream_created_anew_without_the_applied_message_is_read_on);
     tcase_add_test(tc, a_file_from_before_stream_identity_is_read_on);
     tcase_add_test(tc, a_rebuild_cannot_start_past_the_live_checkpoint);
     tcase_add_test(tc, full_disk_during_rebuild_leaves_live_untouched);
