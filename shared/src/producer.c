@@ -1698,7 +1698,10 @@ typedef struct history_ctx {
     size_t budget; /* bytes of events a page holds at most: the reply must fit in a message */
     size_t bytes;
     size_t n;
-    uint64_t next_version;
+    uint64_t next_version, next_sequence;
+    bool hinted; /* reading starts at the client's from_sequence: checked on the first commit */
+    bool misled; /* it did not hold from_version: read again from the aggregate's first event */
+    size_t seen; /* commits read */
     Jetledger__StoredEvent *items;
     Jetledger__StoredEvent **ptrs;
     Jetledger__Commit **commits; /* kept until the reply is encoded: items point into them */
@@ -1726,6 +1729,12 @@ static jl_status history_commit(uint64_t seq, int64_t time_ns, const void *data,
     }
     size_t kept = 0;
     jl_status s = JL_OK;
+    if (h->seen++ == 0 && h->hinted &&
+        (c->n_events == 0 || c->events[0]->aggregate_version > h->from_version)) {
+        h->misled = true; /* versions before it would be missed */
+        jetledger__commit__free_unpacked(c, NULL);
+        return JL_ERR_STOPPED;
+    }
     for (size_t i = 0; i < c->n_events; i++) {
         Jetledger__Envelope *e = c->events[i];
         if (e->aggregate_version < h->from_version)
@@ -1735,6 +1744,7 @@ static jl_status history_commit(uint64_t seq, int64_t time_ns, const void *data,
         size_t size = jetledger__envelope__get_packed_size(e) + 32;
         if (h->n == h->limit || (h->n > 0 && h->bytes + size > h->budget)) {
             h->next_version = e->aggregate_version;
+            h->next_sequence = seq;
             s = JL_ERR_STOPPED;
             break;
         }
@@ -1774,9 +1784,17 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     h.items = calloc(h.limit, sizeof(*h.items));
     h.ptrs = calloc(h.limit, sizeof(*h.ptrs));
     jl_status s = (h.items && h.ptrs) ? JL_OK : JL_ERR_NOMEM;
+    h.hinted = q->from_sequence > 0;
     if (s == JL_OK)
+        s = jl_store_read_subject(p->store, subject, h.hinted ? q->from_sequence - 1 : 0, 0,
+                                  history_commit, &h, &last, why, sizeof(why));
+    if ((s == JL_OK || s == JL_ERR_STOPPED) && h.hinted && (h.misled || h.seen == 0)) {
+        /* A from_sequence past from_version's commit (or past the end): from the start. */
+        h.hinted = h.misled = false;
+        h.seen = 0;
         s = jl_store_read_subject(p->store, subject, 0, 0, history_commit, &h, &last, why,
                                   sizeof(why));
+    }
     if ((s == JL_OK || s == JL_ERR_STOPPED) && last == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s has no events", subject);
     } else if (s == JL_OK || s == JL_ERR_STOPPED) {
@@ -1784,6 +1802,7 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
         res.n_events = h.n;
         res.events = h.ptrs;
         res.next_version = h.next_version;
+        res.next_sequence = h.next_sequence;
         jl_reply_set_result(r, &res.base);
     } else if (s == JL_ERR_DECODE) {
         jl_reply_error(r, JL_CODE_INTERNAL, "a commit of %s is not decodable", subject);

@@ -146,13 +146,15 @@ START_TEST(state_as_of_sequence_time_and_version)
 }
 END_TEST
 
-/* One page of GetHistory through NATS (@p limit 0: the service's own); free it with
+/* One page of GetHistory through NATS (@p from_seq, @p limit 0: none); free it with
  * jetledger__history_result__free_unpacked(). */
-static Jetledger__HistoryResult *history_page(const char *id, uint64_t from, uint32_t limit)
+static Jetledger__HistoryResult *history_page(const char *id, uint64_t from, uint64_t from_seq,
+                                              uint32_t limit)
 {
     Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
     q.aggregate_id = (char *)id;
     q.from_version = from;
+    q.from_sequence = from_seq;
     q.limit = limit;
     jl_reply r;
     jl_reply_init(&r);
@@ -179,7 +181,7 @@ START_TEST(history_lists_every_event_in_order_with_paging)
     uint64_t from = 1;
     int total = 0, pages = 0;
     do {
-        Jetledger__HistoryResult *h = history_page(id, from, 2);
+        Jetledger__HistoryResult *h = history_page(id, from, 0, 2);
         for (size_t i = 0; i < h->n_events; i++) {
             Jetledger__Envelope *e = h->events[i]->envelope;
             ck_assert_uint_eq(e->aggregate_version, (uint64_t)total + 1);
@@ -214,19 +216,36 @@ START_TEST(history_pages_fit_in_what_the_server_carries)
         snprintf(sku, sizeof(sku), "sku-%02d", i % 50); /* an order holds 50 skus at most */
         add(p, id, sku, 1, NULL);
     }
-    uint64_t from = 1;
+    uint64_t from = 1, from_seq = 0, seq_of_300 = 0;
     int total = 0, pages = 0;
     do {
-        Jetledger__HistoryResult *h = history_page(id, from, 0);
+        /* Each page goes on from where the last one ended (next_sequence). */
+        Jetledger__HistoryResult *h = history_page(id, from, from_seq, 0);
         ck_assert_uint_gt(h->n_events, 0);
-        for (size_t i = 0; i < h->n_events; i++)
+        ck_assert_uint_eq(h->events[0]->stream_sequence, from_seq ? from_seq : 1);
+        for (size_t i = 0; i < h->n_events; i++) {
             ck_assert_uint_eq(h->events[i]->envelope->aggregate_version, (uint64_t)++total);
+            if (total == 300)
+                seq_of_300 = h->events[i]->stream_sequence;
+        }
         from = h->next_version;
+        from_seq = h->next_sequence;
+        ck_assert(from == 0 || from_seq > 0);
         jetledger__history_result__free_unpacked(h, NULL);
         pages++;
     } while (from != 0 && pages < 100);
     ck_assert_int_eq(total, 601);
     ck_assert_int_ge(pages, 3);
+    /* A from_sequence before, after or past the end of from_version's commit: same page. */
+    uint64_t hints[] = {1, seq_of_300, seq_of_300 + 1, 1000000};
+    for (size_t k = 0; k < sizeof(hints) / sizeof(hints[0]); k++) {
+        Jetledger__HistoryResult *h = history_page(id, 300, hints[k], 5);
+        ck_assert_uint_eq(h->n_events, 5);
+        ck_assert_uint_eq(h->events[0]->envelope->aggregate_version, 300);
+        ck_assert_uint_eq(h->events[0]->stream_sequence, seq_of_300);
+        ck_assert_uint_eq(h->next_version, 305);
+        jetledger__history_result__free_unpacked(h, NULL);
+    }
     jl_producer_close(p, 1000);
 
     /* Any reply too large to send goes out as an error that says so, not as nothing. */

@@ -72,6 +72,7 @@ int cli_history(cli_ctx *ctx)
         for (size_t i = 0; i < h->n_events; i++)
             print_stored(&line, h->events[i]);
         uint64_t next = h->next_version;
+        q.from_sequence = h->next_sequence; /* the next page reads on from there */
         protobuf_c_message_free_unpacked(&h->base, NULL);
         if (next == 0)
             break;
