@@ -126,6 +126,9 @@ typedef struct replay_ctx {
     uint64_t events;
     limit lim;
     bool reached;                      /* the limit was met: stop reading */
+    const char *agg_id;                /* whose commits (to delete its snapshot), or NULL */
+    bool full;                         /* replayed from the first event after a divergence */
+    bool diverged;                     /* a commit went back to a version already applied */
     bool next_only;                    /* apply a commit only if it follows on from version */
     bool gap;                          /* next_only refused one: commits lie between */
     const char *watch_cmd_id;          /* when set: note the commit recording this command id */
@@ -220,6 +223,13 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
         s = jl_commit_event(c, i, &def->events, &ev, why, sizeof(why));
         if (s != JL_OK)
             break;
+        if (i == 0 && !rc->full && rc->version > 0 && ev.aggregate_version <= rc->version) {
+            /* Versions restart: the history read so far (a snapshot, the cache) is not the
+             * stream's (restored from an older backup, then written to again). */
+            rc->diverged = true;
+            s = JL_ERR_STOPPED;
+            break;
+        }
         if (i == 0 && rc->next_only && ev.aggregate_version != rc->version + 1) {
             rc->gap = true; /* not the next commit: nothing applied, read them in order */
             s = JL_ERR_STOPPED;
@@ -256,6 +266,48 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     return s;
 }
 
+static bool snapshots_on(const jl_producer *p)
+{
+    return p->snapshots != NULL;
+}
+
+static void snapshot_key(char *out, size_t n, const jl_producer *p, const char *id)
+{
+    snprintf(out, n, "%s.%s", p->def->aggregate_type, id);
+}
+
+static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *rc);
+
+/*
+ * What was read of @p subject into @p rc (a snapshot, the cache) is not what the stream holds:
+ * restored from an older backup, or created again (@p why says how it showed). What the stream
+ * holds is the aggregate: replay it from its first event, and delete its snapshot, which would
+ * mislead the next load and GetState too (the entry is snapshotted again, right). Without this,
+ * every append would expect a sequence the aggregate no longer has, and be answered "conflict"
+ * for good, or a refusal decided on a state the stream never had would stand.
+ */
+static jl_status replay_again(jl_producer *p, const char *subject, replay_ctx *rc, const char *why)
+{
+    jl_log(JL_LOG_WARN, "aggregate ahead of the stream, replayed from its first event",
+           "\"subject\":\"%s\",\"read_to_seq\":%" PRIu64 ",\"why\":\"%s\",\"hint\":\"the "
+           "stream was restored from an older backup or created again\"",
+           subject, rc->last_seq, why);
+    replay_ctx fresh = {.p = p,
+                        .state = rc->state,
+                        .lim = rc->lim,
+                        .agg_id = rc->agg_id,
+                        .watch_cmd_id = rc->watch_cmd_id,
+                        .full = true};
+    *rc = fresh;
+    p->def->state_init(rc->state);
+    if (snapshots_on(p) && rc->agg_id != NULL) {
+        char key[128];
+        snapshot_key(key, sizeof(key), p, rc->agg_id);
+        (void)kvStore_Delete(p->snapshots, key); /* kept, it only costs this again */
+    }
+    return read_commits(p, subject, rc);
+}
+
 /* Fold the commits of @p subject after rc->last_seq into rc->state; on failure rc->err says
  * why. Needs no lock: rc and its state must be the caller's alone. */
 static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *rc)
@@ -264,6 +316,8 @@ static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *r
     char why[256] = "";
     jl_status s = jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc,
                                         &last, why, sizeof(why));
+    if (s == JL_ERR_STOPPED && rc->diverged)
+        return replay_again(p, subject, rc, "a commit went back to a version already read");
     if (s == JL_OK || (s == JL_ERR_STOPPED && rc->reached))
         return JL_OK;
     if (rc->err[0] == 0)
@@ -287,6 +341,8 @@ static jl_status read_newer_commits(jl_producer *p, const char *subject, replay_
     rc->next_only = false;
     if (s == JL_OK)
         return JL_OK; /* replay_commit moved rc to it, or nothing is newer */
+    if (s == JL_ERR_STOPPED && rc->diverged)
+        return replay_again(p, subject, rc, "a commit went back to a version already read");
     if (!(s == JL_ERR_STOPPED && rc->gap)) {
         if (rc->err[0] == 0)
             snprintf(rc->err, sizeof(rc->err), "%s", why);
@@ -324,16 +380,6 @@ static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx 
 }
 
 /* ---- snapshots ---- */
-
-static bool snapshots_on(const jl_producer *p)
-{
-    return p->snapshots != NULL;
-}
-
-static void snapshot_key(char *out, size_t n, const jl_producer *p, const char *id)
-{
-    snprintf(out, n, "%s.%s", p->def->aggregate_type, id);
-}
 
 /* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
  * counter: GetState runs it without the lock. */
@@ -1175,10 +1221,29 @@ static void unlock_and_load(jl_producer *p)
  * then what is newer than rc's. A direct get may come from a replica that lags the leader by a
  * moment: read again briefly, then give up ("unavailable": the command was not decided).
  */
+/*
+ * Whether the stream lost the commits of @p subject that @p rc read (a snapshot, the cache):
+ * its leader has the subject at @p head, before rc->last_seq, and the stream still holds that
+ * sequence or ends before it. (Aged out by max-age, they are not lost: the snapshot or the
+ * cache is then all that is left of them, and stays.) If so, the aggregate is replayed.
+ */
+static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx *rc, uint64_t head)
+{
+    uint64_t first = 0, last = 0;
+    if (head >= rc->last_seq)
+        return JL_OK;
+    jl_status s = jl_store_bounds(p->store, &first, &last, rc->err, sizeof(rc->err));
+    if (s == JL_OK && (last < rc->last_seq || first <= rc->last_seq))
+        s = replay_again(p, subject, rc, "the stream's leader has it at an older sequence");
+    return s;
+}
+
 static jl_status verify_read(jl_producer *p, cmd *c, replay_ctx *rc)
 {
     uint64_t head = 0;
     jl_status s = jl_store_subject_head(p->store, c->subject, &head, rc->err, sizeof(rc->err));
+    if (s == JL_OK)
+        s = replay_if_lost(p, c->subject, rc, head);
     for (int i = 0; s == JL_OK && rc->last_seq < head; i++) {
         if (i == VERIFY_READS) {
             snprintf(rc->err, sizeof(rc->err),
@@ -1214,6 +1279,7 @@ static void *load_read(void *ctx, void *item)
     /* Also a generated id: our own earlier copy, stored but unacknowledged and sent again
      * after the duplicate window, is then found here instead of decided again. */
     rc->watch_cmd_id = c->cmd_id;
+    rc->agg_id = c->agg_id;
     c->load_from_snapshot = false;
     if (c->catching_up) {
         rc->version = e->version;
@@ -1225,14 +1291,28 @@ static void *load_read(void *ctx, void *item)
     c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
     if (c->verifying) {
         c->load_status = verify_read(p, c, rc);
-        return NULL;
+    } else {
+        c->load_status = c->catching_up ? read_newer_commits(p, c->subject, rc)
+                                        : read_commits(p, c->subject, rc);
+        if (c->load_status == JL_OK && c->catching_up && rc->last_seq == e->last_seq &&
+            p->replicas <= 1) {
+            /* Its append found another last sequence, and nothing newer is there: an older
+             * one? (A replicated stream's verify_read below asks the same.) */
+            uint64_t head = 0;
+            c->load_status =
+                jl_store_subject_head(p->store, c->subject, &head, rc->err, sizeof(rc->err));
+            if (c->load_status == JL_OK)
+                c->load_status = replay_if_lost(p, c->subject, rc, head);
+        }
+        /* Direct gets of a replicated stream may come from a replica a moment behind its
+         * leader; what is decided on this read may be a refusal, which nothing else checks. */
+        if (c->load_status == JL_OK && p->replicas > 1)
+            c->load_status = verify_read(p, c, rc);
     }
-    c->load_status =
-        c->catching_up ? read_newer_commits(p, c->subject, rc) : read_commits(p, c->subject, rc);
-    /* Direct gets of a replicated stream may come from a replica a moment behind its leader;
-     * what is decided on this read may be a refusal, which nothing else checks. */
-    if (c->load_status == JL_OK && p->replicas > 1)
-        c->load_status = verify_read(p, c, rc);
+    if (rc->full) { /* replayed: its snapshot is gone */
+        c->load_from_snapshot = false;
+        c->load_snap_seq = 0;
+    }
     return NULL;
 }
 
@@ -1838,9 +1918,19 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     rc.lim = (limit){.seq = q->at_seq, .time_ns = q->at_time_ns, .version = q->at_version};
     def->state_init(at);
     /* A snapshot helps only when the point asked for is at or after it. */
-    if (snapshots_on(p) && set == 0)
-        (void)load_snapshot(p, id, &rc);
-    if (read_result(subject, &rc, read_commits(p, subject, &rc), r) != JL_OK) {
+    rc.agg_id = id;
+    bool snap = snapshots_on(p) && set == 0 && load_snapshot(p, id, &rc);
+    uint64_t snap_seq = rc.last_seq, head = 0;
+    jl_status s = read_commits(p, subject, &rc);
+    /* Nothing after the snapshot: unless the stream lost what it says. Best effort: when the
+     * leader cannot say, the snapshot answers. */
+    if (s == JL_OK && snap && rc.last_seq == snap_seq &&
+        jl_store_subject_head(p->store, subject, &head, rc.err, sizeof(rc.err)) == JL_OK) {
+        jl_status ls = replay_if_lost(p, subject, &rc, head);
+        if (rc.full)
+            s = ls; /* replayed: its read counts */
+    }
+    if (read_result(subject, &rc, s, r) != JL_OK) {
         free(at);
         return;
     }

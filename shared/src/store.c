@@ -366,6 +366,20 @@ jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out
     return JL_OK;
 }
 
+jl_status jl_store_bounds(jl_store *st, uint64_t *out_first, uint64_t *out_last, char *err,
+                          size_t errlen)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
+    if (ns != NATS_OK)
+        return fail_into(err, errlen, "cannot read the stream's sequences", ns, jerr);
+    *out_first = si->State.FirstSeq;
+    *out_last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return JL_OK;
+}
+
 jl_status jl_store_info_get(jl_store *st, jl_store_info *out)
 {
     jsStreamInfo *si = NULL;

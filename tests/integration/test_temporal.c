@@ -415,6 +415,87 @@ START_TEST(an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone)
 }
 END_TEST
 
+/* The ORDERS stream as restored from an older backup: deleted, created again and given back
+ * its first @p n messages (the snapshot bucket stays as it was). */
+static void restore_first(uint64_t n)
+{
+    jsCtx *js = jl_conn_js(env.conn);
+    natsMsg *msgs[16];
+    ck_assert_uint_le(n, 16);
+    for (uint64_t i = 0; i < n; i++)
+        ck_assert_int_eq(js_GetMsg(&msgs[i], js, "ORDERS", i + 1, NULL, NULL), NATS_OK);
+    ck_assert_int_eq(js_DeleteStream(js, "ORDERS", NULL, NULL), NATS_OK);
+    jl_producer_close(open_producer(&orders_service, 100, 10), 1000); /* creates it */
+    for (uint64_t i = 0; i < n; i++) {
+        jsPubAck *pa = NULL;
+        ck_assert_int_eq(js_Publish(&pa, js, natsMsg_GetSubject(msgs[i]), natsMsg_GetData(msgs[i]),
+                                    natsMsg_GetDataLength(msgs[i]), NULL, NULL),
+                         NATS_OK);
+        ck_assert_uint_eq(pa->Sequence, i + 1);
+        jsPubAck_Destroy(pa);
+        natsMsg_Destroy(msgs[i]);
+    }
+}
+
+START_TEST(an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it)
+{
+    /* A stream restored from an older backup holds less of an aggregate than its snapshot, or
+     * than a running producer's cache: commands are decided on what the stream holds, not
+     * answered "conflict" (every append expecting the lost sequence) or refused for good. */
+    jl_producer *p = open_producer(&orders_service, 100, 10);
+    char x[JL_UUID_LEN + 1], z[JL_UUID_LEN + 1];
+    create(p, x, NULL); /* sequence 1 */
+    add(p, x, "a", 1, NULL);
+    add(p, x, "b", 1, NULL);
+    add(p, x, "c", 1, NULL);
+    create(p, z, NULL);
+    add(p, z, "a", 1, NULL);
+    jl_producer_close(p, 1000); /* snapshots: x at version 4, z at 2 */
+    restore_first(2);           /* x at version 2, no z */
+
+    /* GetState finds nothing after z's snapshot, and the stream without z. */
+    p = open_producer(&orders_service, 100, 10);
+    Orders__OrderState *st = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(get_state(z, 0, 0, 0, &st, &v), JL_CODE_NOT_FOUND);
+    /* A cold load reads x's snapshot (version 4); its append finds x at version 2. */
+    add(p, x, "d", 1, NULL);
+    expect_state(x, 3, 2); /* a and d */
+
+    /* Decided on the cache: placed (version 4), and the placement lost to a restore; an item
+     * added then is refused on the cached state, which the stream's leader says is ahead. */
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    place.order_id = x;
+    run(p, &place.base, NULL, NULL);
+    restore_first(3);
+    add(p, x, "e", 1, NULL);
+    expect_state(x, 4, 3); /* a, d and e */
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
+{
+    /* Restored, then written to again by another producer up to past the sequence this one
+     * caches it at: its versions after that sequence start again below the cached one. */
+    jl_producer *p = open_producer(&orders_service, 100, 10), *q = NULL;
+    char x[JL_UUID_LEN + 1], y[JL_UUID_LEN + 1];
+    create(p, x, NULL);
+    add(p, x, "a", 1, NULL);
+    add(p, x, "b", 1, NULL); /* p caches x at version 3, sequence 3 */
+    restore_first(2);
+
+    q = open_producer(&orders_service, 100, 10);
+    for (int i = 0; i < 3; i++)
+        create(q, y, NULL);  /* sequences 3..5 */
+    add(q, x, "c", 1, NULL); /* version 3 again, at sequence 6 */
+    jl_producer_close(q, 1000);
+    add(p, x, "d", 1, NULL);
+    expect_state(x, 4, 3); /* a, c and d */
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(cached_state_catches_up_after_another_replica_wrote)
 {
     /* Two replicas: each caches the aggregate, then the other writes; the stale one loses the
@@ -459,6 +540,8 @@ int main(void)
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
     tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
+    tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);
+    tcase_add_test(tc, an_aggregate_written_again_after_a_restore_is_replayed_from_it);
     suite_add_tcase(s, tc);
     return trun(s);
 }

@@ -121,6 +121,13 @@ jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_s
 jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out_seq, char *err,
                                 size_t errlen);
 
+/**
+ * The stream's first and last sequences, as its leader knows them.
+ * @return JL_OK; JL_ERR_UNAVAILABLE / JL_ERR_TIMEOUT; JL_ERR_NATS. Thread-safe with its own @p err.
+ */
+jl_status jl_store_bounds(jl_store *st, uint64_t *out_first, uint64_t *out_last, char *err,
+                          size_t errlen);
+
 /** Stream state, for status output and progress. */
 typedef struct jl_store_info {
     uint64_t msgs;
