@@ -138,6 +138,7 @@ jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1]
     commit.events = ptrs;
     commit.command_id = (char *)m->command_id;
     commit.command_type = (char *)(m->command_type ? m->command_type : "");
+    commit.prev_seq = m->prev_seq;
 
     size_t n = jetledger__commit__get_packed_size(&commit);
     if (n > JL_MAX_COMMIT_BYTES)
@@ -225,6 +226,11 @@ const char *jl_commit_command_id(const jl_commit *c)
 const char *jl_commit_command_type(const jl_commit *c)
 {
     return c->pb->command_type;
+}
+
+uint64_t jl_commit_prev_seq(const jl_commit *c)
+{
+    return c->pb->prev_seq;
 }
 
 jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_event *ev, char *err,

@@ -219,6 +219,17 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     }
     uint64_t applied = 0;
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
+    uint64_t prev = s == JL_OK ? jl_commit_prev_seq(c) : 0;
+    if (s == JL_OK && !rc->full && rc->last_seq != 0 && prev != 0 && prev != rc->last_seq) {
+        /* Not appended after the commit read last: others lie between (reading the last
+         * commit only), or the history read so far is not the stream's (a snapshot or the
+         * cache of a stream since restored from an older backup and written to again). */
+        if (rc->next_only)
+            rc->gap = true;
+        else
+            rc->diverged = true;
+        s = JL_ERR_STOPPED;
+    }
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
         s = jl_commit_event(c, i, &def->events, &ev, why, sizeof(why));
         if (s != JL_OK)
@@ -1081,6 +1092,7 @@ static bool start_one(jl_producer *p, cmd *c)
         .first_version = c->first_version,
         .occurred_at_ns = in.now_ns,
         .schema_version = def->schema_version,
+        .prev_seq = e->last_seq, /* as the append's expected last subject sequence */
     };
     char first_id[JL_UUID_LEN + 1], vbuf[24], types[512];
     natsMsg *out = NULL;
@@ -1896,6 +1908,18 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     free(h.ptrs);
 }
 
+/* jl_store_read_last()'s callback when only the sequence is wanted. */
+static jl_status last_seq_of(uint64_t seq, int64_t time_ns, const void *data, size_t len,
+                             void *closure)
+{
+    (void)seq;
+    (void)time_ns;
+    (void)data;
+    (void)len;
+    (void)closure;
+    return JL_OK;
+}
+
 static void query_state(jl_producer *p, const Jetledger__GetState *q, const char *id,
                         const char *subject, jl_reply *r)
 {
@@ -1922,9 +1946,13 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     bool snap = snapshots_on(p) && set == 0 && load_snapshot(p, id, &rc);
     uint64_t snap_seq = rc.last_seq, head = 0;
     jl_status s = read_commits(p, subject, &rc);
-    /* Nothing after the snapshot: unless the stream lost what it says. Best effort: when the
-     * leader cannot say, the snapshot answers. */
+    /* Nothing after the snapshot: unless the stream lost what it says. Its last commit is
+     * the snapshot's when all is well (one direct get); else the leader says. Best effort:
+     * when it cannot, the snapshot answers. */
     if (s == JL_OK && snap && rc.last_seq == snap_seq &&
+        jl_store_read_last(p->store, subject, 0, last_seq_of, NULL, &head, rc.err,
+                           sizeof(rc.err)) == JL_OK &&
+        head != snap_seq &&
         jl_store_subject_head(p->store, subject, &head, rc.err, sizeof(rc.err)) == JL_OK) {
         jl_status ls = replay_if_lost(p, subject, &rc, head);
         if (rc.full)

@@ -489,9 +489,21 @@ START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
     for (int i = 0; i < 3; i++)
         create(q, y, NULL);  /* sequences 3..5 */
     add(q, x, "c", 1, NULL); /* version 3 again, at sequence 6 */
+    add(q, x, "e", 1, NULL); /* version 4, at 7: what follows p's version 3, but not p's */
     jl_producer_close(q, 1000);
+    /* Decided on p's history (a, b), b could be removed; the stream's has no b. */
+    Orders__RemoveItem rm = ORDERS__REMOVE_ITEM__INIT;
+    rm.order_id = x;
+    rm.sku = "b";
+    uint8_t buf[256];
+    size_t n = protobuf_c_message_pack(&rm.base, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer_handle(p, "RemoveItem", buf, n, NULL, NULL, NULL, &r);
+    ck_assert_msg(r.code == JL_CODE_NOT_FOUND, "%s: %s", jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
     add(p, x, "d", 1, NULL);
-    expect_state(x, 4, 3); /* a, c and d */
+    expect_state(x, 5, 4); /* a, c, e and d */
     jl_producer_close(p, 1000);
 }
 END_TEST

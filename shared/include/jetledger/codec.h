@@ -52,6 +52,7 @@ typedef struct jl_commit_meta {
     uint64_t first_version; /**< aggregate version of the first event */
     int64_t occurred_at_ns;
     uint32_t schema_version;
+    uint64_t prev_seq; /**< the aggregate's last stream sequence it is appended after (0: none) */
 } jl_commit_meta;
 
 /**
@@ -87,6 +88,10 @@ const char *jl_commit_command_id(const jl_commit *c);
 
 /** The full protobuf name of the command the commit records ("" if none). Borrowed. */
 const char *jl_commit_command_type(const jl_commit *c);
+
+/** The aggregate's stream sequence the commit was appended after (0: its first commit, or a
+ * commit written before commits said so). */
+uint64_t jl_commit_prev_seq(const jl_commit *c);
 
 /**
  * Fill @p out_ev with event @p i, decoding its payload with the descriptor named by its
