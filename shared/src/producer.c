@@ -129,6 +129,7 @@ typedef struct replay_ctx {
     const char *agg_id;                /* whose commits (to delete its snapshot), or NULL */
     bool full;                         /* replayed from the first event after a divergence */
     bool diverged;                     /* a commit went back to a version already applied */
+    bool aged;                         /* its commits aged out: the stream holds none of them */
     bool next_only;                    /* apply a commit only if it follows on from version */
     bool gap;                          /* next_only refused one: commits lie between */
     const char *watch_cmd_id;          /* when set: note the commit recording this command id */
@@ -545,6 +546,7 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
     uint64_t before = e->version;
     e->version = c->first_version + d->n_events - 1;
     e->last_seq = seq;
+    e->aged = false;
     memcpy(e->state, p->scratch, p->def->state_size);
     if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
         save_snapshot(p, c->agg_id, e))
@@ -1092,7 +1094,7 @@ static bool start_one(jl_producer *p, cmd *c)
         .first_version = c->first_version,
         .occurred_at_ns = in.now_ns,
         .schema_version = def->schema_version,
-        .prev_seq = e->last_seq, /* as the append's expected last subject sequence */
+        .prev_seq = e->aged ? 0 : e->last_seq, /* as the append's expected last sequence */
     };
     char first_id[JL_UUID_LEN + 1], vbuf[24], types[512];
     natsMsg *out = NULL;
@@ -1128,7 +1130,7 @@ static bool start_one(jl_producer *p, cmd *c)
      * Nats-Msg-Id) well before the command's deadline. */
     po.MaxWait =
         p->append_timeout_ms < JL_APPEND_ATTEMPT_MS ? p->append_timeout_ms : JL_APPEND_ATTEMPT_MS;
-    if (e->last_seq == 0)
+    if (e->last_seq == 0 || e->aged)
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
         po.ExpectLastSubjectSeq = e->last_seq;
@@ -1247,6 +1249,8 @@ static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx 
     jl_status s = jl_store_bounds(p->store, &first, &last, rc->err, sizeof(rc->err));
     if (s == JL_OK && (last < rc->last_seq || first <= rc->last_seq))
         s = replay_again(p, subject, rc, "the stream's leader has it at an older sequence");
+    else if (s == JL_OK && head == 0)
+        rc->aged = true; /* all aged out: the snapshot or the cache is all there is of it */
     return s;
 }
 
@@ -1418,6 +1422,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->version = rc->version;
     e->last_seq = rc->last_seq;
     e->snap_seq = c->load_snap_seq;
+    e->aged = rc->aged;
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
     if (c->verifying) {

@@ -1055,8 +1055,9 @@ static jl_status stream_head(jl_projector *p, int i, head_at *out_at, stream_now
  * built from. Deleted and created again (or replaced by another of the same name), a stream
  * numbers other events with the sequences already applied: reading on from the checkpoint would
  * skip as many of them without a word. The creation time tells at once. When it changed but the
- * event last applied is still at its sequence with the same id, the stream holds the same events
- * (a restore from a backup creates it anew): the new time is recorded and reading goes on.
+ * message last applied is still at its sequence with the same content (its hash), the stream
+ * holds the same events (a restore from a backup creates it anew; so does, for the time only, a
+ * restart after an update): the new time is recorded and reading goes on.
  */
 static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
 {

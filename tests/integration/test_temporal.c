@@ -508,6 +508,37 @@ START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
 }
 END_TEST
 
+START_TEST(an_aggregate_whose_events_aged_out_goes_on_from_its_snapshot)
+{
+    /* Under --max-age an aggregate's events age out of the stream; its snapshot keeps its
+     * state, and its next append must expect the subject to hold nothing (expecting the
+     * snapshot's sequence, it was answered "conflict" for good). */
+    jl_config cfg = env.cfg;
+    cfg.max_age_s = 1;
+    cfg.duplicate_window_s = 1;
+    cfg.snapshot_every = 100;
+    cfg.cache_size = 10;
+    char err[1024] = "", x[JL_UUID_LEN + 1];
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    create(p, x, NULL);
+    add(p, x, "a", 1, NULL);
+    jl_producer_close(p, 1000); /* snapshot at version 2 */
+    int64_t deadline = tnow_ms() + 15000;
+    while (tstream_msgs(env.conn, "ORDERS") > 0 && tnow_ms() < deadline)
+        nats_Sleep(100);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 0);
+
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    add(p, x, "b", 1, NULL); /* version 3 */
+    add(p, x, "c", 1, NULL); /* version 4, on the cached state */
+    expect_state(x, 4, 3);   /* the snapshot and what follows it */
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(cached_state_catches_up_after_another_replica_wrote)
 {
     /* Two replicas: each caches the aggregate, then the other writes; the stale one loses the
@@ -554,6 +585,7 @@ int main(void)
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);
     tcase_add_test(tc, an_aggregate_written_again_after_a_restore_is_replayed_from_it);
+    tcase_add_test(tc, an_aggregate_whose_events_aged_out_goes_on_from_its_snapshot);
     suite_add_tcase(s, tc);
     return trun(s);
 }
