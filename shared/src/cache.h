@@ -23,8 +23,6 @@ typedef struct jl__cache_entry {
     unsigned pins;       /**< > 0: in use, not evictable */
     bool busy;           /**< an append of this aggregate is in flight */
     bool stale;          /**< state unknown (an append's outcome is): reload before use */
-    bool aged;           /**< its commits aged out of the stream (max-age): the next append
-                              expects the subject to hold none */
     uint64_t mark;       /**< the owner's (producer: generation of its last command record) */
     uint64_t snap_seq;   /**< the owner's (producer: last_seq of the newest snapshot it knows) */
     void *qhead, *qtail; /**< commands waiting for the one in flight (owner's type) */

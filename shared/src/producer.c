@@ -129,7 +129,8 @@ typedef struct replay_ctx {
     const char *agg_id;                /* whose commits (to delete its snapshot), or NULL */
     bool full;                         /* replayed from the first event after a divergence */
     bool diverged;                     /* a commit went back to a version already applied */
-    bool aged;                         /* its commits aged out: the stream holds none of them */
+    bool aged_gap;                     /* commits aged out between two read: prev_seq not checked */
+    uint64_t diverged_prev;            /* the prev_seq that did not follow on (diverged) */
     bool next_only;                    /* apply a commit only if it follows on from version */
     bool gap;                          /* next_only refused one: commits lie between */
     const char *watch_cmd_id;          /* when set: note the commit recording this command id */
@@ -221,14 +222,17 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     uint64_t applied = 0;
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
     uint64_t prev = s == JL_OK ? jl_commit_prev_seq(c) : 0;
-    if (s == JL_OK && !rc->full && rc->last_seq != 0 && prev != 0 && prev != rc->last_seq) {
+    if (s == JL_OK && !rc->full && !rc->aged_gap && rc->last_seq != 0 && prev != 0 &&
+        prev != rc->last_seq) {
         /* Not appended after the commit read last: others lie between (reading the last
          * commit only), or the history read so far is not the stream's (a snapshot or the
          * cache of a stream since restored from an older backup and written to again). */
-        if (rc->next_only)
+        if (rc->next_only) {
             rc->gap = true;
-        else
+        } else {
             rc->diverged = true;
+            rc->diverged_prev = prev;
+        }
         s = JL_ERR_STOPPED;
     }
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
@@ -328,8 +332,29 @@ static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *r
     char why[256] = "";
     jl_status s = jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc,
                                         &last, why, sizeof(why));
+    if (s == JL_ERR_STOPPED && rc->diverged && rc->diverged_prev != 0) {
+        /* The commit it follows is not the one read last: gone by --max-age (the stream no
+         * longer holds it), or another history. */
+        uint64_t first = 0, end = 0;
+        s = jl_store_bounds(p->store, &first, &end, rc->err, sizeof(rc->err));
+        if (s != JL_OK)
+            return s;
+        if (first > rc->diverged_prev) {
+            jl_log(JL_LOG_WARN, "commits aged out between those read",
+                   "\"subject\":\"%s\",\"after_seq\":%" PRIu64 ",\"next_follows\":%" PRIu64,
+                   subject, rc->last_seq, rc->diverged_prev);
+            rc->diverged = false;
+            rc->diverged_prev = 0;
+            rc->aged_gap = true; /* read on as before: what aged out is lost to the state */
+            s = jl_store_read_subject(p->store, subject, rc->last_seq, 0, replay_commit, rc, &last,
+                                      why, sizeof(why));
+            rc->aged_gap = false;
+        } else {
+            s = JL_ERR_STOPPED;
+        }
+    }
     if (s == JL_ERR_STOPPED && rc->diverged)
-        return replay_again(p, subject, rc, "a commit went back to a version already read");
+        return replay_again(p, subject, rc, "a commit does not follow on from those read");
     if (s == JL_OK || (s == JL_ERR_STOPPED && rc->reached))
         return JL_OK;
     if (rc->err[0] == 0)
@@ -546,7 +571,6 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
     uint64_t before = e->version;
     e->version = c->first_version + d->n_events - 1;
     e->last_seq = seq;
-    e->aged = false;
     memcpy(e->state, p->scratch, p->def->state_size);
     if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
         save_snapshot(p, c->agg_id, e))
@@ -1094,7 +1118,7 @@ static bool start_one(jl_producer *p, cmd *c)
         .first_version = c->first_version,
         .occurred_at_ns = in.now_ns,
         .schema_version = def->schema_version,
-        .prev_seq = e->aged ? 0 : e->last_seq, /* as the append's expected last sequence */
+        .prev_seq = e->last_seq, /* as the append's expected last subject sequence */
     };
     char first_id[JL_UUID_LEN + 1], vbuf[24], types[512];
     natsMsg *out = NULL;
@@ -1130,7 +1154,7 @@ static bool start_one(jl_producer *p, cmd *c)
      * Nats-Msg-Id) well before the command's deadline. */
     po.MaxWait =
         p->append_timeout_ms < JL_APPEND_ATTEMPT_MS ? p->append_timeout_ms : JL_APPEND_ATTEMPT_MS;
-    if (e->last_seq == 0 || e->aged)
+    if (e->last_seq == 0)
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
         po.ExpectLastSubjectSeq = e->last_seq;
@@ -1249,8 +1273,17 @@ static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx 
     jl_status s = jl_store_bounds(p->store, &first, &last, rc->err, sizeof(rc->err));
     if (s == JL_OK && (last < rc->last_seq || first <= rc->last_seq))
         s = replay_again(p, subject, rc, "the stream's leader has it at an older sequence");
-    else if (s == JL_OK && head == 0)
-        rc->aged = true; /* all aged out: the snapshot or the cache is all there is of it */
+    else if (s == JL_OK && head == 0) {
+        /* All its commits aged out (--max-age): what the snapshot or the cache holds cannot be
+         * checked against the stream, which no longer says what the last commit was (a later
+         * one may have aged out too). Written on, the history could fork: refused instead. */
+        snprintf(rc->err, sizeof(rc->err),
+                 "its events aged out of the stream (--max-age) after sequence %" PRIu64
+                 ": its state can no longer be checked against the stream, so no command is "
+                 "taken on it",
+                 rc->last_seq);
+        s = JL_ERR_INTERNAL;
+    }
     return s;
 }
 
@@ -1422,7 +1455,6 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     e->version = rc->version;
     e->last_seq = rc->last_seq;
     e->snap_seq = c->load_snap_seq;
-    e->aged = rc->aged;
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
     c->catching_up = false;
     if (c->verifying) {

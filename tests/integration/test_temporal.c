@@ -508,11 +508,12 @@ START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
 }
 END_TEST
 
-START_TEST(an_aggregate_whose_events_aged_out_goes_on_from_its_snapshot)
+START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
 {
     /* Under --max-age an aggregate's events age out of the stream; its snapshot keeps its
-     * state, and its next append must expect the subject to hold nothing (expecting the
-     * snapshot's sequence, it was answered "conflict" for good). */
+     * state, which the stream can then no longer confirm (a later commit may have aged out
+     * too): a command on it is refused, saying why, rather than forking its history. GetState
+     * answers from the snapshot. */
     jl_config cfg = env.cfg;
     cfg.max_age_s = 1;
     cfg.duplicate_window_s = 1;
@@ -532,9 +533,45 @@ START_TEST(an_aggregate_whose_events_aged_out_goes_on_from_its_snapshot)
 
     ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
                   "%s", err);
-    add(p, x, "b", 1, NULL); /* version 3 */
-    add(p, x, "c", 1, NULL); /* version 4, on the cached state */
-    expect_state(x, 4, 3);   /* the snapshot and what follows it */
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.order_id = x;
+    m.sku = "b";
+    m.quantity = 1;
+    m.unit_price_cents = 100;
+    uint8_t buf[256];
+    size_t n = protobuf_c_message_pack(&m.base, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer_handle(p, "AddItem", buf, n, NULL, NULL, NULL, &r);
+    ck_assert_msg(r.code == JL_CODE_INTERNAL && strstr(r.message, "aged out") != NULL, "%s: %s",
+                  jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
+    expect_state(x, 2, 1);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(commits_aged_out_after_a_snapshot_do_not_pass_for_another_history)
+{
+    /* A snapshot, then commits of which the first aged out (purged here): the one read next
+     * does not follow on from the snapshot, as after a restore, but the stream no longer holds
+     * what it follows. Read on from the snapshot as before, not replayed from what is left. */
+    jl_producer *p = open_producer(&orders_service, 100, 10);
+    char x[JL_UUID_LEN + 1];
+    uint64_t d_seq = 0;
+    create(p, x, NULL);
+    add(p, x, "a", 1, NULL);
+    jl_producer_close(p, 1000);                /* snapshot at version 2 */
+    p = open_producer(&orders_service, 0, 10); /* writes no snapshot */
+    add(p, x, "c", 1, NULL);
+    add(p, x, "d", 1, &d_seq);
+    jl_producer_close(p, 1000);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = d_seq; /* all before d: c as if aged out */
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    p = open_producer(&orders_service, 100, 10);
+    expect_state(x, 4, 2); /* a (the snapshot) and d; c is lost to it */
     jl_producer_close(p, 1000);
 }
 END_TEST
@@ -585,7 +622,8 @@ int main(void)
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);
     tcase_add_test(tc, an_aggregate_written_again_after_a_restore_is_replayed_from_it);
-    tcase_add_test(tc, an_aggregate_whose_events_aged_out_goes_on_from_its_snapshot);
+    tcase_add_test(tc, an_aggregate_whose_events_all_aged_out_is_refused_with_why);
+    tcase_add_test(tc, commits_aged_out_after_a_snapshot_do_not_pass_for_another_history);
     suite_add_tcase(s, tc);
     return trun(s);
 }
