@@ -496,33 +496,38 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
     return done;
 }
 
-jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r)
+jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r, jl_buf *scratch)
 {
     if (reply_to == NULL || *reply_to == 0)
         return JL_OK;
-    jl_buf out;
-    jl_buf_init(&out, JL_MAX_REPLY_BYTES + 4096);
+    jl_buf own, *out = scratch;
+    if (out == NULL) {
+        jl_buf_init(&own, JL_MAX_REPLY_BYTES + 4096);
+        out = &own;
+    }
     int64_t max = natsConnection_GetMaxPayload(nc);
-    jl_status s = jl_reply_encode(&out, r);
-    if (s == JL_OK && max > 0 && (int64_t)out.len > max) {
-        size_t n = out.len;
+    jl_status s = jl_reply_encode(out, r);
+    if (s == JL_OK && max > 0 && (int64_t)out->len > max) {
+        size_t n = out->len;
         jl_reply_error(r, JL_CODE_INVALID,
                        "the reply of %zu bytes exceeds the %" PRId64 " bytes NATS carries in one "
                        "message (the server's max_payload)",
                        n, max);
-        s = jl_reply_encode(&out, r);
+        s = jl_reply_encode(out, r);
     } else if (s != JL_OK) {
         jl_reply_error(r, JL_CODE_INTERNAL, "the reply could not be encoded: %s", jl_status_str(s));
-        s = jl_reply_encode(&out, r);
+        s = jl_reply_encode(out, r);
     }
     natsStatus ns =
-        s == JL_OK ? natsConnection_Publish(nc, reply_to, out.data, (int)out.len) : NATS_ERR;
+        s == JL_OK ? natsConnection_Publish(nc, reply_to, out->data, (int)out->len) : NATS_ERR;
     if (ns != NATS_OK) {
-        jl_log(JL_LOG_WARN, "reply not sent", "\"status\":\"%s\"",
-               s == JL_OK ? natsStatus_GetText(ns) : jl_status_str(s));
+        jl_log(JL_LOG_WARN, "reply not sent",
+               "\"code\":\"%s\",\"status\":\"%s\",\"hint\":\"the requester times out\"",
+               jl_code_str(r->code), s == JL_OK ? natsStatus_GetText(ns) : jl_status_str(s));
         if (s == JL_OK)
             s = jl_status_from_nats(ns);
     }
-    jl_buf_cleanup(&out);
+    if (out == &own)
+        jl_buf_cleanup(&own);
     return s;
 }

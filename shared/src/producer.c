@@ -335,11 +335,11 @@ static jl_status read_commits(jl_producer *p, const char *subject, replay_ctx *r
     if (s == JL_ERR_STOPPED && rc->diverged && rc->diverged_prev != 0) {
         /* The commit it follows is not the one read last: gone by --max-age (the stream no
          * longer holds it), or another history. */
-        uint64_t first = 0, end = 0;
-        s = jl_store_bounds(p->store, &first, &end, rc->err, sizeof(rc->err));
+        jl_store_info info;
+        s = jl_store_info_get(p->store, &info, rc->err, sizeof(rc->err));
         if (s != JL_OK)
             return s;
-        if (first > rc->diverged_prev) {
+        if (info.first_seq > rc->diverged_prev) {
             jl_log(JL_LOG_WARN, "commits aged out between those read",
                    "\"subject\":\"%s\",\"after_seq\":%" PRIu64 ",\"next_follows\":%" PRIu64,
                    subject, rc->last_seq, rc->diverged_prev);
@@ -968,16 +968,9 @@ static void finish(jl_producer *p, cmd *c, jl_reply *r)
     if (c->sync != NULL) {
         answer_sync(c->sync, r);
     } else if (c->req != NULL) {
-        const char *to = natsMsg_GetReply(c->req);
-        natsStatus ns = NATS_OK;
-        if (to != NULL && *to != 0 && jl_reply_encode(&p->reply_bytes, r) == JL_OK)
-            ns = natsConnection_Publish(jl_conn_nats(bursting(p) ? p->bulk : p->conn), to,
-                                        p->reply_bytes.data, (int)p->reply_bytes.len);
-        if (ns != NATS_OK)
-            jl_log(JL_LOG_WARN, "reply not sent",
-                   "\"command\":\"%s\",\"code\":\"%s\",\"status\":\"%s\",\"hint\":\"the client "
-                   "times out; a retry with the same command id gets this reply\"",
-                   c->name, jl_code_str(r->code), natsStatus_GetText(ns));
+        /* Not sent: the client times out; a retry with the same command id gets this reply. */
+        (void)jl_reply_send(jl_conn_nats(bursting(p) ? p->bulk : p->conn), natsMsg_GetReply(c->req),
+                            r, &p->reply_bytes);
     }
     cmd_free(p, c);
 }
@@ -1255,11 +1248,6 @@ static void unlock_and_load(jl_producer *p)
 }
 
 /*
- * For load_read(), a refusal's check: the aggregate's last sequence from the stream's leader,
- * then what is newer than rc's. A direct get may come from a replica that lags the leader by a
- * moment: read again briefly, then give up ("unavailable": the command was not decided).
- */
-/*
  * Whether the stream lost the commits of @p subject that @p rc read (a snapshot, the cache):
  * its leader has the subject at @p head, before rc->last_seq, and the stream still holds that
  * sequence or ends before it. (Aged out by max-age, they are not lost: the snapshot or the
@@ -1267,11 +1255,11 @@ static void unlock_and_load(jl_producer *p)
  */
 static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx *rc, uint64_t head)
 {
-    uint64_t first = 0, last = 0;
+    jl_store_info info;
     if (head >= rc->last_seq)
         return JL_OK;
-    jl_status s = jl_store_bounds(p->store, &first, &last, rc->err, sizeof(rc->err));
-    if (s == JL_OK && (last < rc->last_seq || first <= rc->last_seq))
+    jl_status s = jl_store_info_get(p->store, &info, rc->err, sizeof(rc->err));
+    if (s == JL_OK && (info.last_seq < rc->last_seq || info.first_seq <= rc->last_seq))
         s = replay_again(p, subject, rc, "the stream's leader has it at an older sequence");
     else if (s == JL_OK && head == 0) {
         /* All its commits aged out (--max-age): what the snapshot or the cache holds cannot be
@@ -1287,6 +1275,12 @@ static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx 
     return s;
 }
 
+/*
+ * For load_read(), a refusal's check: the aggregate's last sequence from the stream's leader
+ * (older than rc's: the stream lost what rc holds, see replay_if_lost), then what is newer than
+ * rc's. A direct get may come from a replica that lags the leader by a moment: read again
+ * briefly, then give up ("unavailable": the command was not decided).
+ */
 static jl_status verify_read(jl_producer *p, cmd *c, replay_ctx *rc)
 {
     uint64_t head = 0;
@@ -1343,19 +1337,12 @@ static void *load_read(void *ctx, void *item)
     } else {
         c->load_status = c->catching_up ? read_newer_commits(p, c->subject, rc)
                                         : read_commits(p, c->subject, rc);
-        if (c->load_status == JL_OK && c->catching_up && rc->last_seq == e->last_seq &&
-            p->replicas <= 1) {
-            /* Its append found another last sequence, and nothing newer is there: an older
-             * one? (A replicated stream's verify_read below asks the same.) */
-            uint64_t head = 0;
-            c->load_status =
-                jl_store_subject_head(p->store, c->subject, &head, rc->err, sizeof(rc->err));
-            if (c->load_status == JL_OK)
-                c->load_status = replay_if_lost(p, c->subject, rc, head);
-        }
         /* Direct gets of a replicated stream may come from a replica a moment behind its
-         * leader; what is decided on this read may be a refusal, which nothing else checks. */
-        if (c->load_status == JL_OK && p->replicas > 1)
+         * leader; what is decided on this read may be a refusal, which nothing else checks.
+         * And an append that found another last sequence, with nothing newer to read, met an
+         * older one: the leader says whether the stream lost what the entry holds. */
+        if (c->load_status == JL_OK &&
+            (p->replicas > 1 || (c->catching_up && rc->last_seq == e->last_seq)))
             c->load_status = verify_read(p, c, rc);
     }
     if (rc->full) { /* replayed: its snapshot is gone */
@@ -1945,18 +1932,6 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     free(h.ptrs);
 }
 
-/* jl_store_read_last()'s callback when only the sequence is wanted. */
-static jl_status last_seq_of(uint64_t seq, int64_t time_ns, const void *data, size_t len,
-                             void *closure)
-{
-    (void)seq;
-    (void)time_ns;
-    (void)data;
-    (void)len;
-    (void)closure;
-    return JL_OK;
-}
-
 static void query_state(jl_producer *p, const Jetledger__GetState *q, const char *id,
                         const char *subject, jl_reply *r)
 {
@@ -1987,8 +1962,8 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
      * the snapshot's when all is well (one direct get); else the leader says. Best effort:
      * when it cannot, the snapshot answers. */
     if (s == JL_OK && snap && rc.last_seq == snap_seq &&
-        jl_store_read_last(p->store, subject, 0, last_seq_of, NULL, &head, rc.err,
-                           sizeof(rc.err)) == JL_OK &&
+        jl_store_read_last(p->store, subject, 0, NULL, NULL, &head, rc.err, sizeof(rc.err)) ==
+            JL_OK &&
         head != snap_seq &&
         jl_store_subject_head(p->store, subject, &head, rc.err, sizeof(rc.err)) == JL_OK) {
         jl_status ls = replay_if_lost(p, subject, &rc, head);
@@ -2128,7 +2103,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_reply_init(&r);
     jl_producer_query(p, last_token(natsMsg_GetSubject(msg)), natsMsg_GetData(msg),
                       (size_t)natsMsg_GetDataLength(msg), &r);
-    jl_reply_send(nc, natsMsg_GetReply(msg), &r);
+    jl_reply_send(nc, natsMsg_GetReply(msg), &r, NULL);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
 }
@@ -2206,8 +2181,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     sc.subjects = subjects;
     s = jl_store_open(&p->store, conn, &sc, err, errlen);
     if (s == JL_OK) {
-        jl_store_info info;
-        p->replicas = jl_store_info_get(p->store, &info) == JL_OK ? info.replicas : sc.replicas;
+        p->replicas = jl_store_replicas(p->store);
         /* Our own JetStream context: its asynchronous publishes report to on_ack, and it
          * allows more in flight than we ever put there, so a publish never stalls. */
         jsOptions jo;

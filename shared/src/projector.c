@@ -1615,7 +1615,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_reply_init(&r);
     answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
                  (size_t)natsMsg_GetDataLength(msg), &r);
-    jl_reply_send(nc, reply, &r);
+    jl_reply_send(nc, reply, &r, NULL);
     if (r.code != JL_CODE_OK) {
         char esc[600];
         jl_log(r.code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",

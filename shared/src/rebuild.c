@@ -705,7 +705,7 @@ static void on_admin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_reply_init(&r);
     answer_admin(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
                  (size_t)natsMsg_GetDataLength(msg), &r);
-    jl_reply_send(nc, reply, &r);
+    jl_reply_send(nc, reply, &r, NULL);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
 }

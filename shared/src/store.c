@@ -15,6 +15,7 @@ struct jl_store {
     jl_conn *conn;
     jsCtx *js;
     char stream[64];
+    int replicas; /* the stream's, as ensure_stream left it */
     char err[512];
 };
 
@@ -137,6 +138,7 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
             return nats_fail(st, "cannot create stream", ns, jerr);
         jl_log(JL_LOG_INFO, "stream created", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
                cfg->replicas);
+        st->replicas = cfg->replicas;
         return JL_OK;
     }
     if (ns != NATS_OK)
@@ -158,8 +160,11 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
         if (s != JL_OK)
             set_err(st, "%s", verr);
     }
+    st->replicas = (int)have->Replicas;
     if (s == JL_OK && config_differs(have, &want)) {
         ns = js_UpdateStream(NULL, st->js, &want, NULL, &jerr);
+        if (ns == NATS_OK)
+            st->replicas = (int)want.Replicas;
         if (ns != NATS_OK)
             s = nats_fail(st, "cannot update stream", ns, jerr);
         else
@@ -341,8 +346,9 @@ jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_s
         return fail_into(err, errlen, "cannot read events", ns, 0);
     uint64_t seq = natsMsg_GetSequence(m);
     if (seq > after_seq) {
-        s = fn(seq, natsMsg_GetTime(m), natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
-               closure);
+        s = fn == NULL ? JL_OK
+                       : fn(seq, natsMsg_GetTime(m), natsMsg_GetData(m),
+                            (size_t)natsMsg_GetDataLength(m), closure);
         if (s == JL_OK)
             *out_last_seq = seq;
     }
@@ -366,27 +372,22 @@ jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out
     return JL_OK;
 }
 
-jl_status jl_store_bounds(jl_store *st, uint64_t *out_first, uint64_t *out_last, char *err,
-                          size_t errlen)
+int jl_store_replicas(const jl_store *st)
 {
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    natsStatus ns = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
-    if (ns != NATS_OK)
-        return fail_into(err, errlen, "cannot read the stream's sequences", ns, jerr);
-    *out_first = si->State.FirstSeq;
-    *out_last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    return JL_OK;
+    return st->replicas;
 }
 
-jl_status jl_store_info_get(jl_store *st, jl_store_info *out)
+jl_status jl_store_info_get(jl_store *st, jl_store_info *out, char *err, size_t errlen)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
+    if (err == NULL) {
+        err = st->err;
+        errlen = sizeof(st->err);
+    }
     natsStatus ns = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
     if (ns != NATS_OK)
-        return nats_fail(st, "cannot read stream info", ns, jerr);
+        return fail_into(err, errlen, "cannot read stream info", ns, jerr);
     out->msgs = si->State.Msgs;
     out->bytes = si->State.Bytes;
     out->first_seq = si->State.FirstSeq;

@@ -157,6 +157,50 @@ uint64_t tstream_msgs(jl_conn *c, const char *stream)
     return n;
 }
 
+void tlive_file(const char *dir, const char *proj, char *out, size_t n)
+{
+    char ptr[700], name[256];
+    snprintf(name, sizeof(name), "%s.db", proj);
+    snprintf(ptr, sizeof(ptr), "%s/%s.current", dir, proj);
+    FILE *f = fopen(ptr, "r");
+    if (f != NULL) {
+        if (fgets(name, sizeof(name), f) == NULL)
+            snprintf(name, sizeof(name), "%s.db", proj);
+        name[strcspn(name, "\n")] = 0;
+        fclose(f);
+    }
+    snprintf(out, n, "%s/%s", dir, name);
+}
+
+sqlite3_stmt *tdb_row(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    ck_assert_msg(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK, "%s", path);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                  sqlite3_errmsg(db));
+    ck_assert_msg(sqlite3_step(st) == SQLITE_ROW, "%s: no row in %s", sql, path);
+    return st;
+}
+
+void tdb_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    ck_assert_msg(sqlite3_open(path, &db) == SQLITE_OK, "%s", path);
+    sqlite3_busy_timeout(db, 5000);
+    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+void tdb_done(sqlite3_stmt *st)
+{
+    sqlite3 *db = sqlite3_db_handle(st);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 char *tdump(const char *db_path)
 {
     jl_db *db = NULL;

@@ -78,6 +78,22 @@ jl_code torder_state(jl_conn *c, const char *id, uint64_t at_seq, int64_t at_tim
 /** Last sequence of a stream (fails the test if it does not exist). */
 uint64_t tstream_last_seq(jl_conn *c, const char *stream);
 
+/** Path of the live database file of projector @p proj in @p dir (follows its pointer file,
+ * which a rebuild writes). */
+void tlive_file(const char *dir, const char *proj, char *out, size_t n);
+
+/**
+ * Open the database at @p path read-only and step @p sql to its first row (failing the test
+ * when there is none). Read its columns, sqlite3_step() on for more, then tdb_done().
+ */
+sqlite3_stmt *tdb_row(const char *path, const char *sql);
+
+/** Finalize a statement of tdb_row() and close its database. */
+void tdb_done(sqlite3_stmt *st);
+
+/** Run @p sql on the database at @p path (writing; waits for its writer's locks). */
+void tdb_exec(const char *path, const char *sql);
+
 /** Canonical dump of a read-model database file (malloc'd, caller frees). */
 char *tdump(const char *db_path);
 

@@ -291,6 +291,22 @@ static int count_events(const char *stream, const char *filter, const char *type
 
 /* ---- tests ---- */
 
+/* Apples in stock, then the inventory service replaced by @p answer for ReserveStock (in its
+ * queue group); unsubscribe and destroy what is returned to take it away. */
+static natsSubscription *stand_in_inventory(natsMsgHandler answer)
+{
+    natsSubscription *sub = NULL;
+    register_product("apple", "Apple", 10);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    ck_assert_int_eq(natsConnection_QueueSubscribe(&sub, jl_conn_nats(env.conn),
+                                                   "inventory.cmd.ReserveStock", "inventory",
+                                                   answer, NULL),
+                     NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    return sub;
+}
+
 /* A stand-in for the inventory service mid-restart: "not now" to every ReserveStock. */
 static atomic_int not_now_calls;
 
@@ -316,16 +332,8 @@ START_TEST(a_command_answered_not_now_is_sent_again)
     /* The process manager's ReserveStock reaches an inventory service that is going away and
      * answers "unavailable, try again": the step must be sent again once the service is
      * back, not recorded as done. */
-    register_product("apple", "Apple", 10);
-    jl_producer_close(inventory_p, 1000);
-    inventory_p = NULL;
-    natsSubscription *fake = NULL;
     atomic_store(&not_now_calls, 0);
-    ck_assert_int_eq(natsConnection_QueueSubscribe(&fake, jl_conn_nats(env.conn),
-                                                   "inventory.cmd.ReserveStock", "inventory",
-                                                   answer_not_now, NULL),
-                     NATS_OK);
-    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    natsSubscription *fake = stand_in_inventory(answer_not_now);
     runner_start(&process, &fulfilment_process);
     char a[JL_UUID_LEN + 1];
     line la[] = {{"apple", 2, 150}};
@@ -368,16 +376,8 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
      * reply as long as a producer may take (twice the request timeout, plus a second), counts
      * the attempt in the row and sends it again; stopping does not wait for the reply, and
      * after a restart the step is carried out. */
-    register_product("apple", "Apple", 10);
-    jl_producer_close(inventory_p, 1000);
-    inventory_p = NULL;
-    natsSubscription *fake = NULL;
     atomic_store(&silent_calls, 0);
-    ck_assert_int_eq(natsConnection_QueueSubscribe(&fake, jl_conn_nats(env.conn),
-                                                   "inventory.cmd.ReserveStock", "inventory",
-                                                   answer_nothing, NULL),
-                     NATS_OK);
-    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    natsSubscription *fake = stand_in_inventory(answer_nothing);
     int64_t saved_timeout = env.cfg.request_timeout_ms;
     env.cfg.request_timeout_ms = 3000; /* a reply is waited for 7 s */
     runner_start(&process, &fulfilment_process);
@@ -391,22 +391,13 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     ck_assert_int_ge(tnow_ms() - first, 6000); /* not sent again before the wait was out */
 
     char path[1024];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
     snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    ck_assert_int_eq(sqlite3_prepare_v2(db,
-                                        "SELECT attempts, reply_message, replied_at_ns IS NULL "
-                                        "FROM jl_outbox WHERE command = 'ReserveStock'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    sqlite3_stmt *st = tdb_row(path, "SELECT attempts, reply_message, replied_at_ns IS NULL "
+                                     "FROM jl_outbox WHERE command = 'ReserveStock'");
     ck_assert_int_ge(sqlite3_column_int(st, 0), 1);
     ck_assert_str_eq((const char *)sqlite3_column_text(st, 1), "no reply: no reply in time");
     ck_assert_int_eq(sqlite3_column_int(st, 2), 1);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    tdb_done(st);
 
     /* Stopped 7 s before its wait is out: the stop does not wait for it. */
     int64_t t0 = tnow_ms();
@@ -424,29 +415,13 @@ END_TEST
 /* Outbox rows of the process manager: how many are answered, how many wait for a reply. */
 static void outbox_rows(int *out_answered, int *out_waiting)
 {
-    char path[1024], file[256] = "fulfilment.db";
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    snprintf(path, sizeof(path), "%s/fulfilment.current", env.cfg.data_dir);
-    FILE *f = fopen(path, "r"); /* after a rebuild: the file it switched to */
-    if (f != NULL) {
-        ck_assert_ptr_nonnull(fgets(file, sizeof(file), f));
-        file[strcspn(file, "\n")] = 0;
-        fclose(f);
-    }
-    snprintf(path, sizeof(path), "%s/%s", env.cfg.data_dir, file);
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    ck_assert_int_eq(sqlite3_prepare_v2(db,
-                                        "SELECT count(replied_at_ns), count(*) - "
-                                        "count(replied_at_ns) FROM jl_outbox",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    char path[1024];
+    tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path)); /* after a rebuild too */
+    sqlite3_stmt *st = tdb_row(path, "SELECT count(replied_at_ns), count(*) - "
+                                     "count(replied_at_ns) FROM jl_outbox");
     *out_answered = sqlite3_column_int(st, 0);
     *out_waiting = sqlite3_column_int(st, 1);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    tdb_done(st);
 }
 
 START_TEST(answered_outbox_rows_are_deleted_after_the_keep_time)

@@ -100,25 +100,9 @@ static void wait_checkpoint(jl_projector *p, uint64_t seq)
     }
 }
 
-/* Path of the live database file of projector @p proj in @p dir (follows the pointer file). */
-static void live_file_of(const char *dir, const char *proj, char *out, size_t n)
-{
-    char ptr[700], name[256];
-    snprintf(name, sizeof(name), "%s.db", proj);
-    snprintf(ptr, sizeof(ptr), "%s/%s.current", dir, proj);
-    FILE *f = fopen(ptr, "r");
-    if (f != NULL) {
-        if (fgets(name, sizeof(name), f) == NULL)
-            snprintf(name, sizeof(name), "%s.db", proj);
-        name[strcspn(name, "\n")] = 0;
-        fclose(f);
-    }
-    snprintf(out, n, "%s/%s", dir, name);
-}
-
 static void live_file(const char *dir, char *out, size_t n)
 {
-    live_file_of(dir, "order_summary", out, n);
+    tlive_file(dir, "order_summary", out, n);
 }
 
 static char *dump_dir(const char *dir)
@@ -283,7 +267,7 @@ START_TEST(rebuild_under_load_ends_equal_and_no_query_fails)
     wait_checkpoint(live.p, last);
     wait_checkpoint(ref.p, last);
     char ref_path[1024];
-    live_file_of(ref.dir, "summary_ref", ref_path, sizeof(ref_path));
+    tlive_file(ref.dir, "summary_ref", ref_path, sizeof(ref_path));
     char *a = dump_dir(live.dir), *b = tdump(ref_path);
     ck_assert_msg(strcmp(a, b) == 0, "rebuilt model differs from the uninterrupted one");
     free(a);
@@ -319,15 +303,8 @@ START_TEST(verify_reports_match_then_the_altered_row)
     /* Alter one row by hand, as a buggy migration would. */
     char path[1024];
     live_file(live.dir, path, sizeof(path));
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    ck_assert_int_eq(sqlite3_exec(db,
-                                  "UPDATE orders SET total_cents = 4242 WHERE order_id = (SELECT "
-                                  "min(order_id) FROM orders)",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
+    tdb_exec(path, "UPDATE orders SET total_cents = 4242 WHERE order_id = (SELECT "
+                   "min(order_id) FROM orders)");
     st = run_job("Verify", &v.base);
     ck_assert_str_eq(st->state, "done");
     ck_assert(!st->match);
@@ -393,32 +370,13 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
 }
 END_TEST
 
-/* Run @p sql on the database file at @p path (the projector that owns it is closed). */
-static void exec_file(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    char *msg = NULL;
-    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s: %s", sql, msg);
-    sqlite3_close(db);
-}
-
 /* The stream's creation time as this read model recorded it. */
 static int64_t recorded_created(const char *path)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_prepare_v2(db,
-                                        "SELECT stream_created_ns FROM jl_checkpoints WHERE "
-                                        "stream = 'ORDERS'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    sqlite3_stmt *st =
+        tdb_row(path, "SELECT stream_created_ns FROM jl_checkpoints WHERE stream = 'ORDERS'");
     int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    tdb_done(st);
     return v;
 }
 
@@ -566,7 +524,7 @@ static void read_on_after(const char *sub, const char *sql, bool purge)
     tseed_orders(env.conn, 5, 0);
     char path[1024];
     project_to_head(sub, path, sizeof(path));
-    exec_file(path, sql);
+    tdb_exec(path, sql);
     if (purge)
         ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     tseed_orders(env.conn, 3, 0);
@@ -721,15 +679,9 @@ START_TEST(newer_projection_version_rebuilds_by_itself)
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
     char path[1024];
     live_file(live.dir, path, sizeof(path));
-    sqlite3 *db = NULL;
-    sqlite3_stmt *s = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT version FROM jl_state", -1, &s, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(s), SQLITE_ROW);
+    sqlite3_stmt *s = tdb_row(path, "SELECT version FROM jl_state");
     ck_assert_int_eq(sqlite3_column_int(s, 0), 2);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
+    tdb_done(s);
     char *d = dump_dir(live.dir);
     ck_assert_int_eq(count_rows(d), 304);
     free(d);

@@ -260,7 +260,7 @@ START_TEST(history_pages_fit_in_what_the_server_carries)
     jl_reply r;
     jl_reply_init(&r);
     ck_assert_int_eq(jl_reply_set_result(&r, &m.base), JL_OK);
-    ck_assert_int_eq(jl_reply_send(nc, "big.reply", &r), JL_OK);
+    ck_assert_int_eq(jl_reply_send(nc, "big.reply", &r, NULL), JL_OK);
     jl_reply_cleanup(&r);
     natsMsg *got = NULL;
     ck_assert_int_eq(natsSubscription_NextMsg(&got, sub, 5000), NATS_OK);

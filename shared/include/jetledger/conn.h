@@ -114,9 +114,11 @@ int jl_conn_replicas(jl_conn *c, int configured);
  * reply larger than the server takes in one message (max_payload) would never arrive and leave
  * the requester waiting out its timeout: it is replaced in @p r by an "invalid" error that says
  * so, and that is sent instead.
+ * @param scratch where to encode it (reused by callers answering often), or NULL for a
+ *                buffer of its own.
  * @return JL_OK when a reply went out (or none was asked for); else why not (also logged).
  */
-jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r);
+jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r, jl_buf *scratch);
 
 /** Map a NATS status to a jetledger status (timeouts, no responders, closed ...). */
 jl_status jl_status_from_nats(natsStatus ns);

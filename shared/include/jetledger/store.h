@@ -105,8 +105,9 @@ jl_status jl_store_read_subject(jl_store *st, const char *subject, uint64_t afte
 
 /**
  * Read the last message of @p subject with one direct get and, when its sequence is above
- * @p after_seq, call @p fn with it. @p out_last_seq gets that sequence, or @p after_seq when
- * nothing newer is there. Errors as jl_store_read_subject(); thread-safe with its own @p err.
+ * @p after_seq, call @p fn (may be NULL: only the sequence is wanted) with it. @p out_last_seq
+ * gets that sequence, or @p after_seq when nothing newer is there. Errors as
+ * jl_store_read_subject(); thread-safe with its own @p err.
  */
 jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_seq,
                              jl_store_msg_fn fn, void *closure, uint64_t *out_last_seq, char *err,
@@ -121,12 +122,8 @@ jl_status jl_store_read_last(jl_store *st, const char *subject, uint64_t after_s
 jl_status jl_store_subject_head(jl_store *st, const char *subject, uint64_t *out_seq, char *err,
                                 size_t errlen);
 
-/**
- * The stream's first and last sequences, as its leader knows them.
- * @return JL_OK; JL_ERR_UNAVAILABLE / JL_ERR_TIMEOUT; JL_ERR_NATS. Thread-safe with its own @p err.
- */
-jl_status jl_store_bounds(jl_store *st, uint64_t *out_first, uint64_t *out_last, char *err,
-                          size_t errlen);
+/** The stream's replicas, as opening the store found or made it. */
+int jl_store_replicas(const jl_store *st);
 
 /** Stream state, for status output and progress. */
 typedef struct jl_store_info {
@@ -137,7 +134,11 @@ typedef struct jl_store_info {
     int replicas;
 } jl_store_info;
 
-/** Current state of the stream. */
-jl_status jl_store_info_get(jl_store *st, jl_store_info *out_info);
+/**
+ * Current state of the stream, as its leader knows it. Thread-safe with its own @p err (NULL:
+ * the store's, jl_store_errmsg()).
+ * @return JL_OK; JL_ERR_UNAVAILABLE / JL_ERR_TIMEOUT; JL_ERR_NATS.
+ */
+jl_status jl_store_info_get(jl_store *st, jl_store_info *out_info, char *err, size_t errlen);
 
 #endif /* JETLEDGER_STORE_H */
