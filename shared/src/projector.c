@@ -754,6 +754,42 @@ jl_status jl__proj_save_checkpoint(jl_projector *p, jl_db *db, int source, uint6
     return jl_db_step_done(db, st);
 }
 
+/* Record in @p db that source @p source's stream is the one created at @p created (ns). */
+static jl_status set_stream_created(jl_projector *p, jl_db *db, int source, int64_t created)
+{
+    sqlite3_stmt *st =
+        jl_db_stmt(db, "UPDATE jl_checkpoints SET stream_created_ns = ? WHERE stream = ?");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_int64(st, 1, created);
+    sqlite3_bind_text(st, 2, p->src[source].stream, -1, SQLITE_STATIC);
+    return jl_db_step_done(db, st);
+}
+
+/* Whether message @p seq of source @p si's stream is still the one whose jl__msg_hash() is
+ * @p hash: MSG_GONE when the stream holds none there, MSG_UNREAD when it could not be read
+ * (the status in *out_status, why in @p err). */
+typedef enum { MSG_SAME, MSG_OTHER, MSG_GONE, MSG_UNREAD } msg_match;
+
+static msg_match match_msg(jl_projector *p, int si, uint64_t seq, uint64_t hash,
+                           jl_status *out_status, char *err, size_t errlen)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns = js_GetMsg(&m, p->js, p->src[si].stream, seq, NULL, &jerr);
+    if (ns == NATS_OK) {
+        bool same = jl__msg_hash(m) == hash;
+        natsMsg_Destroy(m);
+        return same ? MSG_SAME : MSG_OTHER;
+    }
+    if (jerr != JSStreamNotFoundErr && (ns == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr))
+        return MSG_GONE;
+    fmt_err(err, errlen, "cannot read message %" PRIu64 " of %s: %s", seq, p->src[si].stream,
+            jerr == JSStreamNotFoundErr ? "the stream does not exist" : natsStatus_GetText(ns));
+    *out_status = jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
+    return MSG_UNREAD;
+}
+
 jl_status jl__proj_copy_stream_created(jl_projector *p, jl_db *to, int source)
 {
     sqlite3_stmt *st = jl_db_stmt(p->db, "SELECT stream_created_ns FROM jl_checkpoints WHERE "
@@ -766,12 +802,7 @@ jl_status jl__proj_copy_stream_created(jl_projector *p, jl_db *to, int source)
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return jl_db_fail(p->db, rc, "cannot read jl_checkpoints");
-    st = jl_db_stmt(to, "UPDATE jl_checkpoints SET stream_created_ns = ? WHERE stream = ?");
-    if (st == NULL)
-        return JL_ERR_SQLITE;
-    sqlite3_bind_int64(st, 1, created);
-    sqlite3_bind_text(st, 2, p->src[source].stream, -1, SQLITE_STATIC);
-    return jl_db_step_done(to, st);
+    return set_stream_created(p, to, source, created);
 }
 
 uint64_t jl__proj_checkpoint(jl_projector *p, int i)
@@ -924,19 +955,17 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     if (s == JL_OK && created != 0 && r->created != created && hash_seq != 0) {
         /* Created anew since (deleted and created again, or only its time changed: a restore,
          * a restart after an update): read on only if it still holds what was read. */
-        natsMsg *m = NULL;
-        bool same = js_GetMsg(&m, p->js, p->src[si].stream, hash_seq, NULL, NULL) == NATS_OK &&
-                    jl__msg_hash(m) == hash;
-        natsMsg_Destroy(m);
-        if (!same) {
+        msg_match at = match_msg(p, si, hash_seq, hash, &s, err, sizeof(err));
+        if (at == MSG_OTHER || at == MSG_GONE) {
             snprintf(err, sizeof(err),
-                     "the stream was created again while being read: message %" PRIu64
-                     " is not the one read",
-                     hash_seq);
+                     "the stream was created again while being read: message %" PRIu64 " is %s",
+                     hash_seq, at == MSG_OTHER ? "not the one read" : "gone");
+            s = JL_ERR_INVALID;
+        }
+        if (at != MSG_SAME) {
             natsSubscription_Unsubscribe(r->sub);
             natsSubscription_Destroy(r->sub);
             r->sub = NULL;
-            s = JL_ERR_INVALID;
         }
     }
     if (s != JL_OK) {
@@ -1093,22 +1122,13 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     bool same = was == created || last_seq == 0, found = false;
     const char *unsure = NULL; /* why the stream is taken as it is, unchecked */
     if (!same && id_seq > 0 && id_hash != 0) {
-        natsMsg *m = NULL;
-        jsErrCode jerr = 0;
-        natsStatus ns = js_GetMsg(&m, p->js, src->stream, id_seq, NULL, &jerr);
-        if (ns == NATS_OK) {
-            found = true;
-            same = jl__msg_hash(m) == id_hash;
-            natsMsg_Destroy(m);
-        } else if (jerr == JSStreamNotFoundErr ||
-                   (ns != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)) {
-            src_err(src, "cannot read message %" PRIu64 " of %s: %s", id_seq, src->stream,
-                    jerr == JSStreamNotFoundErr ? "the stream does not exist"
-                                                : natsStatus_GetText(ns));
-            return jerr == JSStreamNotFoundErr ? JL_ERR_NOT_FOUND : jl_status_from_nats(ns);
-        } else if (id_seq < now->first) {
+        msg_match at = match_msg(p, i, id_seq, id_hash, &s, src->err, sizeof(src->err));
+        if (at == MSG_UNREAD)
+            return s;
+        found = at != MSG_GONE;
+        same = at == MSG_SAME;
+        if (at == MSG_GONE && id_seq < now->first)
             unsure = "the message last applied has gone by the stream's limits";
-        }
     } else if (!same) {
         unsure = "nothing was recorded to compare"; /* a file from before, or none applied */
     }
@@ -1134,13 +1154,7 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     }
     if (was != created) {
         pthread_mutex_lock(&p->apply_mu);
-        st = jl_db_stmt(p->db, "UPDATE jl_checkpoints SET stream_created_ns = ? WHERE stream = ?");
-        s = st != NULL ? JL_OK : JL_ERR_SQLITE;
-        if (s == JL_OK) {
-            sqlite3_bind_int64(st, 1, created);
-            sqlite3_bind_text(st, 2, src->stream, -1, SQLITE_STATIC);
-            s = jl_db_step_done(p->db, st);
-        }
+        s = set_stream_created(p, p->db, i, created);
         if (s != JL_OK)
             src_err(src, "cannot record which stream %s is: %s", src->stream, jl_db_errmsg(p->db));
         pthread_mutex_unlock(&p->apply_mu);
