@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 enum { SLOT_READY = 0, SLOT_NEEDS = 1, SLOT_TAKEN = 2 };
 
@@ -15,6 +16,7 @@ typedef struct slot {
     void *item;
     void *prepared;
     uint64_t tag;
+    int64_t pushed_ns; /* CLOCK_REALTIME */
     int state;
 } slot;
 
@@ -28,6 +30,8 @@ struct jl__ordered {
     uint64_t head, prep, tail;
     bool pumping;
     bool stopping;
+    bool ordered;  /* false: a worker finishes what it prepared, in any order */
+    int finishing; /* workers finishing an item (unordered) */
     int nthreads;
     pthread_t *threads;
     jl__ordered_prepare_fn prepare;
@@ -46,7 +50,7 @@ static void pump(jl__ordered *o)
         o->head++;
         pthread_cond_signal(&o->space);
         pthread_mutex_unlock(&o->mu);
-        o->finish(o->ctx, s.item, s.prepared, s.tag);
+        o->finish(o->ctx, s.item, s.prepared, s.tag, s.pushed_ns);
         pthread_mutex_lock(&o->mu);
     }
     o->pumping = false;
@@ -79,6 +83,19 @@ static void *worker(void *arg)
         s->state = SLOT_TAKEN;
         o->prep++;
         void *item = s->item;
+        if (!o->ordered) {
+            /* Every slot before prep is taken: the ring frees up to there. */
+            slot mine = *s;
+            o->head = o->prep;
+            o->finishing++;
+            pthread_cond_signal(&o->space);
+            pthread_mutex_unlock(&o->mu);
+            o->finish(o->ctx, item, o->prepare(o->ctx, item), mine.tag, mine.pushed_ns);
+            pthread_mutex_lock(&o->mu);
+            if (--o->finishing == 0 && o->head == o->tail)
+                pthread_cond_broadcast(&o->idle);
+            continue;
+        }
         pthread_mutex_unlock(&o->mu);
         void *prepared = o->prepare(o->ctx, item);
         pthread_mutex_lock(&o->mu);
@@ -90,7 +107,7 @@ static void *worker(void *arg)
     return NULL;
 }
 
-jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity,
+jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bool ordered,
                              jl__ordered_prepare_fn prepare, jl__ordered_finish_fn finish,
                              void *ctx)
 {
@@ -106,6 +123,7 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity,
         free(o);
         return JL_ERR_NOMEM;
     }
+    o->ordered = ordered || workers <= 0;
     o->prepare = prepare;
     o->finish = finish;
     o->ctx = ctx;
@@ -130,10 +148,13 @@ void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
     while (o->tail - o->head == o->cap)
         pthread_cond_wait(&o->space, &o->mu);
     slot *s = &o->slots[o->tail % o->cap];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    s->pushed_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
     s->item = item;
     s->prepared = NULL;
     s->tag = tag;
-    s->state = prepare && o->nthreads > 0 ? SLOT_NEEDS : SLOT_READY;
+    s->state = (prepare || !o->ordered) && o->nthreads > 0 ? SLOT_NEEDS : SLOT_READY;
     o->tail++;
     if (s->state == SLOT_NEEDS)
         pthread_cond_signal(&o->work);
@@ -147,7 +168,7 @@ void jl__ordered_destroy(jl__ordered *o)
     if (o == NULL)
         return;
     pthread_mutex_lock(&o->mu);
-    while (o->head != o->tail || o->pumping)
+    while (o->head != o->tail || o->pumping || o->finishing > 0)
         pthread_cond_wait(&o->idle, &o->mu);
     o->stopping = true;
     pthread_cond_broadcast(&o->work);

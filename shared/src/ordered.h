@@ -17,13 +17,20 @@
 
 /** Prepare @p item (a worker thread); the result goes to finish. */
 typedef void *(*jl__ordered_prepare_fn)(void *ctx, void *item);
-/** Finish @p item with what prepare returned (NULL when it was not prepared) and its tag. */
-typedef void (*jl__ordered_finish_fn)(void *ctx, void *item, void *prepared, uint64_t tag);
+/** Finish @p item with what prepare returned (NULL when it was not prepared), its tag and when
+ * it was pushed (CLOCK_REALTIME ns: time spent waiting in the pipeline counts against it). */
+typedef void (*jl__ordered_finish_fn)(void *ctx, void *item, void *prepared, uint64_t tag,
+                                      int64_t pushed_ns);
 
 typedef struct jl__ordered jl__ordered;
 
-/** Start @p workers threads. @return JL_OK, JL_ERR_NOMEM, or JL_ERR_INTERNAL (no thread). */
-jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity,
+/**
+ * Start @p workers threads. Not @p ordered (and @p workers > 0): a plain worker pool, where every
+ * item is prepared and then finished by the worker that took it, finishes overlapping and in any
+ * order (one slow item holds up no other); @p capacity then bounds the items no worker has
+ * taken yet. @return JL_OK, JL_ERR_NOMEM, or JL_ERR_INTERNAL (no thread).
+ */
+jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bool ordered,
                              jl__ordered_prepare_fn prepare, jl__ordered_finish_fn finish,
                              void *ctx);
 

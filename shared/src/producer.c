@@ -22,8 +22,6 @@
 /* Commands held at once, in flight or waiting (for their aggregate, a read, a slot): beyond it
  * a command is answered unavailable at once instead of queued without bound. */
 #define JL_PRODUCER_MAX_COMMANDS (16 * JL_PRODUCER_MAX_INFLIGHT)
-/* How long one attempt of an append waits for its ack before it is sent again. */
-#define JL_APPEND_ATTEMPT_MS 1500
 /* An append refused for no responders (no stream leader yet) is sent again this long after it
  * was sent. */
 #define JL_NO_RESPONDERS_PAUSE_MS 20
@@ -53,6 +51,9 @@
 /* Aggregates the cache lacks, read in parallel (a round trip per read), and commands waiting
  * for them. */
 #define JL_LOAD_WORKERS 64
+/* Command structs kept for reuse, and the largest decision buffer one keeps. */
+#define JL_FREE_CMDS 4096
+#define JL_FREE_CMD_BYTES (64 * 1024)
 #define JL_LOAD_QUEUE 1024
 
 typedef struct cmd cmd;
@@ -99,6 +100,7 @@ struct jl_producer {
     jl__cache_entry *just_read;       /* in load_done: the entry read to the stream's head */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
+    size_t n_free; /* on free_cmds: at most JL_FREE_CMDS */
     size_t n_cmds; /* taken from cmd_new() and not freed: at most JL_PRODUCER_MAX_COMMANDS */
     jl_buf commit;
     jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
@@ -149,7 +151,7 @@ struct cmd {
     ProtobufCMessage *msg;
     jl__cache_entry *entry; /* pinned while the command lives */
     int attempts;
-    int64_t received_ns; /* when submitted */
+    int64_t received_ns; /* when received (on_command), else submitted */
     int64_t deadline_ns; /* of its append, from the first attempt (0: not tried yet) */
     int64_t sent_ns;     /* when its last message was published (publish_tracked) */
     uint64_t first_version;
@@ -714,8 +716,9 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
 
 static void not_remembered(const cmd *c, const char *why)
 {
+    char id[2 * JL_MAX_ID_LEN + 8]; /* a client's text: escaped */
     jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
-           c->cmd_id, why);
+           jl_log_str(id, sizeof(id), c->cmd_id), why);
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
@@ -818,6 +821,7 @@ static cmd *cmd_new(jl_producer *p)
     cmd *c = p->free_cmds;
     if (c != NULL) {
         p->free_cmds = c->next;
+        p->n_free--;
         jl_buf keep = c->d.bytes;
         memset(c, 0, sizeof(*c));
         c->d.bytes = keep;
@@ -839,9 +843,20 @@ static void cmd_free(jl_producer *p, cmd *c)
     natsMsg_Destroy(c->req);
     c->msg = NULL;
     c->req = NULL;
+    p->n_cmds--;
+    /* Kept for the next command, as many as run at once in steady state: a burst up to
+     * JL_PRODUCER_MAX_COMMANDS is given back, and so is a decision buffer grown past the
+     * usual. */
+    if (p->n_free >= JL_FREE_CMDS) {
+        jl_decision_cleanup(&c->d);
+        free(c);
+        return;
+    }
+    if (c->d.bytes.alloc > JL_FREE_CMD_BYTES)
+        jl_buf_cleanup(&c->d.bytes); /* keeps its cap */
     c->next = p->free_cmds;
     p->free_cmds = c;
-    p->n_cmds--;
+    p->n_free++;
 }
 
 /*
@@ -1078,6 +1093,19 @@ static bool start_one(jl_producer *p, cmd *c)
         finish(p, c, r);
         return true;
     }
+    if (c->deadline_ns != 0 && in.now_ns >= c->deadline_ns) {
+        /* Lost a race, and the read of what the other writer wrote took it past its deadline:
+         * none of its appends was stored, and deciding it again now could outlive its
+         * requester as above. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "%s %s was changed concurrently and the command's deadline of %" PRId64
+                       " ms passed before it could be decided again; it was not stored; try "
+                       "again",
+                       p->def->aggregate_type, c->agg_id, p->append_timeout_ms);
+        p->stats.expired++;
+        finish(p, c, r);
+        return true;
+    }
     jl_decision_reset(&c->d);
     def->decide(e->state, &in, &c->d);
     r->aggregate_version = e->version;
@@ -1158,6 +1186,16 @@ static bool start_one(jl_producer *p, cmd *c)
         bool burst = bursting(p);
         p->stats.burst_appends += burst;
         ns = publish_tracked(p, burst ? p->bulk_js : p->js, &out, &po, c);
+    }
+    if (ns == NATS_MAX_PAYLOAD) {
+        /* Never sent, and never will be: the server's max_payload is below the commit. */
+        natsMsg_Destroy(out);
+        jl_reply_error(r, JL_CODE_INVALID,
+                       "the command's events (%zu bytes) exceed the server's max_payload "
+                       "(%" PRId64 " bytes) and were not stored",
+                       p->commit.len, natsConnection_GetMaxPayload(jl_conn_nats(p->conn)));
+        finish(p, c, r);
+        return true;
     }
     if (ns != NATS_OK) {
         natsMsg_Destroy(out);
@@ -1424,7 +1462,7 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
 }
 
 /* p->loads: @p item's aggregate is read; settle its entry and go on with the command. */
-static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
+static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64_t pushed_ns)
 {
     jl_producer *p = ctx;
     cmd *c = item;
@@ -1433,6 +1471,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag)
     jl_reply *r = &p->reply;
     (void)prepared;
     (void)tag;
+    (void)pushed_ns;
     pthread_mutex_lock(&p->mu);
     p->n_loading--;
     jl_reply_reset(r);
@@ -1586,13 +1625,24 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             finish(p, c, r);
             release_entry(p, e);
         }
+    } else if (pae->ErrCode != 0) {
+        /* The stream said no: full under --max-bytes (discard new), a commit over its maximum
+         * message size, the server out of resources. Reload before the next use all the same. */
+        e->stale = true;
+        jl_reply_error(r,
+                       pae->ErrCode == JSStreamMessageExceedsMaximumErr ? JL_CODE_INVALID
+                                                                        : JL_CODE_UNAVAILABLE,
+                       "the event store refused the events, which were not stored: %s "
+                       "(JetStream error %d)",
+                       pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err),
+                       (int)pae->ErrCode);
+        finish(p, c, r);
+        release_entry(p, e);
     } else {
         e->stale = true; /* the append may or may not be stored: reload before the next use */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "event store did not confirm the events within %" PRId64
-                       " ms: %s (JetStream error %d)%s%s",
-                       p->append_timeout_ms, natsStatus_GetText(pae->Err), (int)pae->ErrCode,
-                       pae->ErrText ? ": " : "", pae->ErrText ? pae->ErrText : "");
+                       "event store did not confirm the events within %" PRId64 " ms: %s",
+                       p->append_timeout_ms, natsStatus_GetText(pae->Err));
         finish(p, c, r);
         release_entry(p, e);
     }
@@ -1615,6 +1665,7 @@ typedef struct request {
     sync_call *sync;
     kvEntry *known;
     uint64_t gen;
+    int64_t received_ns; /* 0: now; its deadline counts from then */
 } request;
 
 /* Validate a request and hand it to its aggregate. Takes ownership of rq->req (may be NULL) and
@@ -1645,6 +1696,8 @@ static void submit(jl_producer *p, const request *rq)
     }
     c->req = req;
     c->sync = rq->sync;
+    if (rq->received_ns != 0)
+        c->received_ns = rq->received_ns;
     snprintf(c->name, sizeof(c->name), "%.64s", command);
     for (char *q = c->name; *q; q++) {
         if ((unsigned char)*q < 0x20 || *q == '"' || *q == '\\')
@@ -2065,7 +2118,7 @@ static void *lookup_request(void *ctx, void *item)
 }
 
 /* p->incoming, in arrival order: the request, with its record when it was looked up. */
-static void submit_request(void *ctx, void *item, void *prepared, uint64_t gen)
+static void submit_request(void *ctx, void *item, void *prepared, uint64_t gen, int64_t pushed_ns)
 {
     natsMsg *msg = item;
     const char *corr = NULL, *cause = NULL;
@@ -2080,7 +2133,8 @@ static void submit_request(void *ctx, void *item, void *prepared, uint64_t gen)
                   .causation_id = cause,
                   .req = msg,
                   .known = prepared,
-                  .gen = gen};
+                  .gen = gen,
+                  .received_ns = pushed_ns};
     submit(ctx, &rq);
 }
 
@@ -2146,8 +2200,10 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     char subjects[SUBJECT_MAX], cmd_subject[SUBJECT_MAX], query_subject[SUBJECT_MAX];
     jl_store_cfg sc;
 
-    if (p == NULL)
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
         return JL_ERR_NOMEM;
+    }
     p->def = def;
     p->conn = conn;
     p->retries = cfg->command_retries;
@@ -2171,6 +2227,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         p->inflight.vals == NULL) {
         if (p->inflight.keys == NULL || p->inflight.vals == NULL)
             p->inflight.cap = 0; /* the close below walks cap slots */
+        snprintf(err, errlen, "out of memory");
         s = JL_ERR_NOMEM;
         goto done;
     }
@@ -2226,13 +2283,18 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
             s = JL_ERR_NATS;
         }
     }
-    if (s == JL_OK)
-        s = jl__ordered_create(&p->incoming, p->commands != NULL ? JL_LOOKUP_WORKERS : 0,
-                               JL_LOOKUP_QUEUE, lookup_request, submit_request, p);
-    if (s == JL_OK)
-        s = jl__ordered_create(&p->loads, JL_LOAD_WORKERS, JL_LOAD_QUEUE, load_read, load_done, p);
     if (s != JL_OK)
         goto done;
+    s = jl__ordered_create(&p->incoming, p->commands != NULL ? JL_LOOKUP_WORKERS : 0,
+                           JL_LOOKUP_QUEUE, true, lookup_request, submit_request, p);
+    /* Loads finish in any order: one slow read holds up no other aggregate's. */
+    if (s == JL_OK)
+        s = jl__ordered_create(&p->loads, JL_LOAD_WORKERS, JL_LOAD_QUEUE, false, load_read,
+                               load_done, p);
+    if (s != JL_OK) {
+        snprintf(err, errlen, "cannot start the producer's worker threads: %s", jl_status_str(s));
+        goto done;
+    }
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
     snprintf(query_subject, sizeof(query_subject), "%s.query.*", def->name);
     natsStatus ns = natsConnection_QueueSubscribe(&p->sub, jl_conn_nats(conn), cmd_subject,

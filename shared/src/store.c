@@ -240,7 +240,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
                     a->subject, wait, attempt, natsStatus_GetText(ns));
             break;
         }
-        po.MaxWait = left;
+        po.MaxWait = left < JL_APPEND_ATTEMPT_MS ? left : JL_APPEND_ATTEMPT_MS;
         jerr = 0;
         ns = js_PublishMsg(&pa, st->js, msg, &po, &jerr);
         if (ns == NATS_OK) {

@@ -41,14 +41,20 @@ static jl_producer *open_producer(const jl_service_def *def, int snapshot_every,
     return p;
 }
 
-/* Run one command in-process; returns the reply code, fills seq/version. */
-static jl_code run(jl_producer *p, const ProtobufCMessage *m, char *io_id, uint64_t *out_seq)
+/* Run one command in-process and keep its whole reply (the caller cleans it up). */
+static void attempt(jl_producer *p, const ProtobufCMessage *m, jl_reply *r)
 {
     uint8_t buf[1024];
     size_t n = protobuf_c_message_pack(m, buf);
+    jl_reply_init(r);
+    jl_producer_handle(p, m->descriptor->short_name, buf, n, NULL, NULL, NULL, r);
+}
+
+/* Run one command in-process; returns the reply code, fills seq/version. */
+static jl_code run(jl_producer *p, const ProtobufCMessage *m, char *io_id, uint64_t *out_seq)
+{
     jl_reply r;
-    jl_reply_init(&r);
-    jl_producer_handle(p, m->descriptor->short_name, buf, n, NULL, NULL, NULL, &r);
+    attempt(p, m, &r);
     if (io_id != NULL && r.code == JL_CODE_OK)
         snprintf(io_id, JL_UUID_LEN + 1, "%s", r.aggregate_id);
     if (out_seq != NULL)
@@ -508,6 +514,85 @@ START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
 }
 END_TEST
 
+START_TEST(a_full_stream_refuses_commands_saying_so)
+{
+    /* --max-bytes with discard "new": the server refuses the append at once. The reply says
+     * so and that nothing was stored, not that it timed out; and the producer goes on. */
+    jl_config cfg = env.cfg;
+    cfg.max_bytes = 4096;
+    cfg.snapshot_every = 0;
+    char err[1024] = "", id[JL_UUID_LEN + 1];
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    m.customer_id = "full";
+    jl_reply r;
+    int accepted = 0, refused = 0;
+    int64_t started = tnow_ms();
+    for (int i = 0; i < 200 && refused < 2; i++) {
+        uint64_t before = tstream_msgs(env.conn, "ORDERS");
+        attempt(p, &m.base, &r);
+        if (r.code == JL_CODE_OK) {
+            accepted++;
+            snprintf(id, sizeof(id), "%s", r.aggregate_id);
+        } else {
+            refused++;
+            ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "refused") &&
+                              strstr(r.message, "not stored") && strstr(r.message, "maximum"),
+                          "%s: %s", jl_code_str(r.code), r.message);
+            ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before);
+        }
+        jl_reply_cleanup(&r);
+    }
+    ck_assert_int_gt(accepted, 0);
+    ck_assert_int_eq(refused, 2);
+    ck_assert_int_lt(tnow_ms() - started, 5000); /* refused at once, not waited out */
+    /* A command on an aggregate already there is refused the same way. */
+    Orders__AddItem a = ORDERS__ADD_ITEM__INIT;
+    a.order_id = id;
+    a.sku = "x";
+    a.quantity = 1;
+    a.unit_price_cents = 1;
+    attempt(p, &a.base, &r);
+    ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "refused"), "%s", r.message);
+    jl_reply_cleanup(&r);
+    expect_state(id, 1, 0);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(events_over_the_server_max_payload_are_refused_as_invalid)
+{
+    /* A commit the server would not take in one message (max_payload) is never sent: the
+     * command is refused as invalid, saying why, and its aggregate goes on as it was. */
+    tenv_stop(&env);
+    tenv_start_with(&env, "max_payload: 2048\n");
+    jl_producer *p = open_producer(&orders_service, 0, 10);
+    char id[JL_UUID_LEN + 1], sku[65]; /* 64 bytes: the most a sku may have */
+    create(p, id, NULL);
+    for (int i = 0; i < 30; i++) {
+        snprintf(sku, sizeof(sku), "%02d-%061d", i, 0); /* 64 bytes */
+        add(p, id, sku, 1, NULL);
+    }
+    uint64_t before = tstream_msgs(env.conn, "ORDERS");
+    Orders__PlaceOrder m = ORDERS__PLACE_ORDER__INIT;
+    m.order_id = id;
+    jl_reply r;
+    attempt(p, &m.base, &r); /* OrderPlaced carries the 30 lines: over 2 KiB */
+    ck_assert_msg(r.code == JL_CODE_INVALID && strstr(r.message, "max_payload") &&
+                      strstr(r.message, "not stored"),
+                  "%s: %s", jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before);
+    Orders__CancelOrder c = ORDERS__CANCEL_ORDER__INIT;
+    c.order_id = id;
+    run(p, &c.base, NULL, NULL);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before + 1);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
 {
     /* Under --max-age an aggregate's events age out of the stream; its snapshot keeps its
@@ -623,6 +708,8 @@ int main(void)
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);
     tcase_add_test(tc, an_aggregate_written_again_after_a_restore_is_replayed_from_it);
     tcase_add_test(tc, an_aggregate_whose_events_all_aged_out_is_refused_with_why);
+    tcase_add_test(tc, a_full_stream_refuses_commands_saying_so);
+    tcase_add_test(tc, events_over_the_server_max_payload_are_refused_as_invalid);
     tcase_add_test(tc, commits_aged_out_after_a_snapshot_do_not_pass_for_another_history);
     suite_add_tcase(s, tc);
     return trun(s);

@@ -390,9 +390,11 @@ static void *ord_prepare(void *ctx, void *item)
     return (void *)(i + 1);
 }
 
-static void ord_finish(void *ctx, void *item, void *prepared, uint64_t tag)
+static void ord_finish(void *ctx, void *item, void *prepared, uint64_t tag, int64_t pushed_ns)
 {
     ord_ctx *c = ctx;
+    if (pushed_ns <= 0)
+        c->wrong_prepared++;
     intptr_t i = (intptr_t)item;
     if (atomic_fetch_add(&c->in_finish, 1) != 0)
         c->overlap = true;
@@ -409,7 +411,7 @@ START_TEST(ordered_pipeline_finishes_in_push_order)
     memset(&c, 0, sizeof(c));
     jl__ordered *o = NULL;
     /* A small ring: the pusher blocks on it often. */
-    ck_assert_int_eq(jl__ordered_create(&o, 4, 16, ord_prepare, ord_finish, &c), JL_OK);
+    ck_assert_int_eq(jl__ordered_create(&o, 4, 16, true, ord_prepare, ord_finish, &c), JL_OK);
     for (intptr_t i = 0; i < N; i++) {
         bool prepare = i % 3 != 0;
         jl__ordered_push(o, (void *)i, prepare ? 1 : 0, prepare);
@@ -420,6 +422,52 @@ START_TEST(ordered_pipeline_finishes_in_push_order)
         ck_assert_int_eq(c.finished[i], i);
     ck_assert(!c.overlap);
     ck_assert_int_eq(c.wrong_prepared, 0);
+}
+END_TEST
+
+typedef struct pool_ctx {
+    atomic_int done; /* items finished */
+    atomic_int seen[64];
+    atomic_int late; /* item 0's place among the finished */
+    atomic_int wrong;
+} pool_ctx;
+
+/* Item 0 is slow: it waits (5 s at most) until every other item has finished. */
+static void *pool_prepare(void *ctx, void *item)
+{
+    pool_ctx *c = ctx;
+    for (int waited = 0; item == (void *)0 && atomic_load(&c->done) < 63 && waited < 5000; waited++)
+        usleep(1000);
+    return (void *)((intptr_t)item + 1);
+}
+
+static void pool_finish(void *ctx, void *item, void *prepared, uint64_t tag, int64_t pushed_ns)
+{
+    pool_ctx *c = ctx;
+    intptr_t i = (intptr_t)item;
+    if (prepared != (void *)(i + 1) || tag != (uint64_t)i || pushed_ns <= 0)
+        atomic_fetch_add(&c->wrong, 1);
+    atomic_fetch_add(&c->seen[i], 1);
+    int place = atomic_fetch_add(&c->done, 1);
+    if (i == 0)
+        atomic_store(&c->late, place);
+}
+
+START_TEST(unordered_pool_lets_others_pass_a_slow_item)
+{
+    static pool_ctx c;
+    memset(&c, 0, sizeof(c));
+    jl__ordered *o = NULL;
+    /* A ring smaller than the items: room comes from workers taking them, not finishing. */
+    ck_assert_int_eq(jl__ordered_create(&o, 4, 8, false, pool_prepare, pool_finish, &c), JL_OK);
+    for (intptr_t i = 0; i < 64; i++)
+        jl__ordered_push(o, (void *)i, (uint64_t)i, i % 2 == 0);
+    jl__ordered_destroy(o); /* waits for the slow one too */
+    ck_assert_int_eq(atomic_load(&c.done), 64);
+    for (int i = 0; i < 64; i++)
+        ck_assert_int_eq(atomic_load(&c.seen[i]), 1);
+    ck_assert_int_eq(atomic_load(&c.late), 63); /* the first pushed, finished last */
+    ck_assert_int_eq(atomic_load(&c.wrong), 0);
 }
 END_TEST
 
@@ -2831,6 +2879,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, decision_emit_into_rejected_decision_does_nothing);
     tcase_add_test(tc, text_helpers_bound_copy_and_check);
     tcase_add_test(tc, ordered_pipeline_finishes_in_push_order);
+    tcase_add_test(tc, unordered_pool_lets_others_pass_a_slow_item);
     tcase_add_test(tc, cache_evicts_least_recent_unpinned_and_says_so);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);

@@ -20,7 +20,8 @@
 /** Hard cap on one stream message (a commit); JetStream's default max payload is 1 MiB. */
 #define JL_MAX_COMMIT_BYTES (1024 * 1024)
 
-/** Write a new random UUID (libuuid, lower case) into @p out (37 bytes). */
+/** Write a new random (version 4) UUID, lower case, into @p out (37 bytes): a per-thread
+ * generator seeded from libuuid, seeded again in a forked child. */
 void jl_uuid_new(char out[JL_UUID_LEN + 1]);
 
 /**

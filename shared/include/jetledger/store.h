@@ -60,6 +60,9 @@ const char *jl_store_errmsg(const jl_store *st);
 /** The stream name (borrowed). */
 const char *jl_store_stream(const jl_store *st);
 
+/** How long one attempt of an append waits for its ack before the same message is sent again. */
+#define JL_APPEND_ATTEMPT_MS 1500
+
 /** One append: a message for one subject with an optimistic-concurrency expectation. */
 typedef struct jl_append {
     const char *subject;
@@ -74,8 +77,9 @@ typedef struct jl_append {
 } jl_append;
 
 /**
- * Append one message. Publish timeouts and "no responders" (a stream leader moving) are retried
- * with the same message and id until the deadline, so a retry never stores a second copy.
+ * Append one message. Publish timeouts (each attempt waits JL_APPEND_ATTEMPT_MS at most) and "no
+ * responders" (a stream leader moving) are retried with the same message and id until the
+ * deadline, so a retry never stores a second copy.
  * @param out_seq       stream sequence of the stored message.
  * @param out_duplicate true when JetStream had already stored this id (a retry that succeeded
  *                      before); @p out_seq is then the original's sequence.
