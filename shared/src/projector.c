@@ -290,28 +290,84 @@ static void pointer_path(const jl_projector *p, char *out, size_t n)
     snprintf(out, n, "%s/%s.current", p->data_dir, p->def->name);
 }
 
-/* Which file is live: the pointer file names it; without one, "<name>.db". */
-static void read_pointer(jl_projector *p)
+/* True for "<name>.rebuild-<digits>.db" and "<name>.verify-<digits>.db": the files rebuilds
+ * write. */
+static bool is_rebuild_file(const char *file, const char *name);
+
+/* Whether @p p's data dir holds a file of a rebuild (a switched-to live file, without its
+ * pointer, looks like one). */
+static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
 {
-    char path[1100], name[256] = "";
-    pointer_path(p, path, sizeof(path));
-    FILE *f = fopen(path, "r");
-    if (f != NULL) {
-        if (fgets(name, sizeof(name), f) == NULL)
-            name[0] = 0;
-        fclose(f);
+    DIR *d = opendir(p->data_dir);
+    struct dirent *e;
+    bool found = false;
+    if (d == NULL)
+        return false;
+    while (!found && (e = readdir(d)) != NULL) {
+        if ((found = is_rebuild_file(e->d_name, p->def->name)))
+            snprintf(out, n, "%s", e->d_name);
     }
-    name[strcspn(name, "\r\n")] = 0;
-    size_t nl = strlen(p->def->name);
-    bool ok = strncmp(name, p->def->name, nl) == 0 && strchr(name, '/') == NULL &&
-              strlen(name) > 3 && strcmp(name + strlen(name) - 3, ".db") == 0;
-    snprintf(p->file, sizeof(p->file), ok ? "%s" : "%s.db", ok ? name : p->def->name);
-    snprintf(p->db_path, sizeof(p->db_path), "%s/%s", p->data_dir, p->file);
+    closedir(d);
+    return found;
 }
 
-/* True for "<name>.rebuild-<digits>.db" and "<name>.verify-<digits>.db": the files rebuilds
- * write. Nothing else is ever removed: the data dir may be shared with other projectors (and
- * before this naming, "<name>-<digits>.db", which "<name>-2"'s live file also matches). */
+/*
+ * Which file is live: the pointer file names it; without one, "<name>.db". What cannot be
+ * read for sure stops the start rather than have it take another file for the live one (and
+ * remove the real one as a rebuild's leftover, or build anew from the stream what may have
+ * aged out of it): a pointer that cannot be read, holds no name of ours, or names a file that
+ * is not there; no pointer and no "<name>.db" beside a rebuild's file.
+ */
+static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
+{
+    char path[1100], name[256] = "", other[256] = "";
+    struct stat st;
+    pointer_path(p, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    if (f == NULL && errno != ENOENT) {
+        snprintf(err, errlen, "cannot read %s, which names the live read model: %s", path,
+                 strerror(errno));
+        return JL_ERR_IO;
+    }
+    if (f == NULL) {
+        snprintf(p->file, sizeof(p->file), "%s.db", p->def->name);
+        snprintf(p->db_path, sizeof(p->db_path), "%s/%s", p->data_dir, p->file);
+        if (stat(p->db_path, &st) != 0 && errno == ENOENT &&
+            has_rebuild_file(p, other, sizeof(other))) {
+            snprintf(err, errlen,
+                     "%s holds %s but neither %s nor %s.db: if %s is the live read model, "
+                     "write its name into %s; to build anew, remove %s.* there",
+                     p->data_dir, other, path, p->def->name, other, path, p->def->name);
+            return JL_ERR_INVALID;
+        }
+        return JL_OK;
+    }
+    bool read = fgets(name, sizeof(name), f) != NULL;
+    bool failed = ferror(f);
+    fclose(f);
+    name[strcspn(name, "\r\n")] = 0;
+    size_t nl = strlen(p->def->name);
+    bool ok = read && !failed && strncmp(name, p->def->name, nl) == 0 &&
+              strchr(name, '/') == NULL && strlen(name) > 3 &&
+              strcmp(name + strlen(name) - 3, ".db") == 0;
+    if (!ok) {
+        snprintf(err, errlen, "%s does not name a read model file of %s (it holds '%.64s')", path,
+                 p->def->name, name);
+        return JL_ERR_INVALID;
+    }
+    snprintf(p->file, sizeof(p->file), "%s", name);
+    snprintf(p->db_path, sizeof(p->db_path), "%s/%s", p->data_dir, p->file);
+    if (stat(p->db_path, &st) != 0) {
+        snprintf(err, errlen, "%s names %s, the live read model, which cannot be found: %s", path,
+                 p->db_path, strerror(errno));
+        return JL_ERR_IO;
+    }
+    return JL_OK;
+}
+
+/* Rebuild files, the only ones a start removes: the data dir may be shared with other
+ * projectors (and before this naming, "<name>-<digits>.db", which "<name>-2"'s live file also
+ * matches). */
 static bool is_rebuild_file(const char *file, const char *name)
 {
     size_t nl = strlen(name);
@@ -396,19 +452,32 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     p->db_version = p->def->version;
     p->outbox_gen++;
     pthread_rwlock_unlock(&p->switch_lock);
-    jl_db_close(old_qdb);
-    jl_db_close(old_db);
     char kept[1100] = "";
-    if (!keep_old) {
-        jl__proj_remove_db(old_path);
-    } else {
+    bool copied = false;
+    if (keep_old) {
         /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
-         * an interrupted rebuild and removes. Closing the last connection folded its WAL in. */
+         * an interrupted rebuild and removes. A copy made by SQLite, whole: the last commits
+         * may still be in the old file's WAL, which a process manager's outbox sender (a
+         * connection of its own) keeps from being folded in when this one closes. */
         snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
                  jl__now_ns() / 1000000);
-        if (rename(old_path, kept) != 0)
-            snprintf(kept, sizeof(kept), "%s", old_path);
+        sqlite3_stmt *st = jl_db_stmt(old_db, "VACUUM INTO ?1");
+        copied = st != NULL && sqlite3_bind_text(st, 1, kept, -1, SQLITE_STATIC) == SQLITE_OK &&
+                 jl_db_step_done(old_db, st) == JL_OK;
+        if (!copied) {
+            char esc[600];
+            jl_log(JL_LOG_WARN, "old read model not copied, renamed instead",
+                   "\"file\":\"%s\",\"error\":\"%s\"", kept,
+                   jl_log_str(esc, sizeof(esc), jl_db_errmsg(old_db)));
+            unlink(kept);
+        }
     }
+    jl_db_close(old_qdb);
+    jl_db_close(old_db);
+    if (!keep_old || copied)
+        jl__proj_remove_db(old_path);
+    else if (rename(old_path, kept) != 0)
+        snprintf(kept, sizeof(kept), "%s", old_path);
     jl_log(JL_LOG_INFO, "read model switched",
            "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file,
            jl__proj_checkpoint(p, 0), keep_old ? kept : "(removed)");
@@ -635,16 +704,16 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
     return s;
 }
 
-bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *out_pending)
+/* The tokens of @p m's JetStream reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.
+ * <cseq>.<ts>.<pending>, or with domain and account hash: $JS.ACK.<domain>.<hash>.<stream>.
+ * <consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>. Returns where <stream> is (2 or
+ * 4), or -1 for another subject. In place: natsMsg_GetMetaData allocates for every message. */
+static int ack_tokens(natsMsg *m, const char *tok[16])
 {
-    /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or with domain and
-     * account hash: $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.
-     * <pending>.<token>. Parsed in place: natsMsg_GetMetaData allocates for every message. */
     const char *r = natsMsg_GetReply(m);
-    const char *tok[16];
     int n = 0;
     if (r == NULL || strncmp(r, "$JS.ACK.", 8) != 0)
-        return false;
+        return -1;
     for (const char *q = r; n < 16;) {
         tok[n++] = q;
         q = strchr(q, '.');
@@ -652,20 +721,19 @@ bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *ou
             break;
         q++;
     }
-    int si, pi;
-    if (n == 9) {
-        si = 5;
-        pi = 8;
-    } else if (n >= 11) {
-        si = 7;
-        pi = 10;
-    } else {
+    return n == 9 ? 2 : n >= 11 ? 4 : -1;
+}
+
+bool jl__msg_seq(natsMsg *m, uint64_t *out_seq, uint64_t *out_cseq, uint64_t *out_pending)
+{
+    const char *tok[16];
+    int at = ack_tokens(m, tok);
+    if (at < 0)
         return false;
-    }
-    *out_seq = strtoull(tok[si], NULL, 10);
+    *out_seq = strtoull(tok[at + 3], NULL, 10);
     if (out_cseq != NULL)
-        *out_cseq = strtoull(tok[si + 1], NULL, 10);
-    *out_pending = strtoull(tok[pi], NULL, 10);
+        *out_cseq = strtoull(tok[at + 4], NULL, 10);
+    *out_pending = strtoull(tok[at + 6], NULL, 10);
     return *out_seq > 0;
 }
 
@@ -854,13 +922,13 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
 /* The source a JetStream message comes from, by the stream named in its reply subject. */
 static int source_of(jl_projector *p, natsMsg *m)
 {
-    const char *r = natsMsg_GetReply(m);
-    if (r == NULL || strncmp(r, "$JS.ACK.", 8) != 0)
+    const char *tok[16];
+    int at = ack_tokens(m, tok);
+    if (at < 0)
         return -1;
-    r += 8;
     for (int i = 0; i < p->n_src; i++) {
         size_t n = strlen(p->src[i].stream);
-        if (strncmp(r, p->src[i].stream, n) == 0 && r[n] == '.')
+        if (strncmp(tok[at], p->src[i].stream, n) == 0 && tok[at][n] == '.')
             return i;
     }
     return -1;
@@ -869,6 +937,13 @@ static int source_of(jl_projector *p, natsMsg *m)
 jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
 {
     int i = n > 0 ? source_of(p, msgs[0]) : 0;
+    if (atomic_load(&p->paused)) {
+        /* This code's projection version is newer than the file's: it applies nothing to it
+         * until its version rebuild switched. */
+        set_err(p, "projector %s waits for its version rebuild to switch: nothing applied",
+                p->def->name);
+        return JL_ERR_UNAVAILABLE;
+    }
     if (i < 0) {
         set_err(p, "the messages do not come from a stream of projector %s", p->def->name);
         return JL_ERR_INVALID;
@@ -1512,7 +1587,6 @@ static uint64_t field_u64(const ProtobufCMessage *msg, const char *name)
     return *(const uint64_t *)(const void *)((const uint8_t *)msg + f->offset);
 }
 
-/* Block until the checkpoint reaches @p min_seq or @p wait_ms passes. */
 static const char *field_str(const ProtobufCMessage *msg, const char *name)
 {
     const ProtobufCFieldDescriptor *f =
@@ -1522,6 +1596,7 @@ static const char *field_str(const ProtobufCMessage *msg, const char *name)
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
 }
 
+/* Block until source @p i's checkpoint reaches @p min_seq or @p wait_ms passes. */
 static bool wait_for_seq(jl_projector *p, int i, uint64_t min_seq, int64_t wait_ms,
                          uint64_t *out_seen)
 {
@@ -1546,26 +1621,67 @@ uint32_t jl_query_limit(uint32_t asked, uint32_t dflt, uint32_t max, jl_reply *o
     return asked ? asked : dflt;
 }
 
-static void answer_query(jl_projector *p, const char *name, const void *data, size_t len,
-                         jl_reply *r)
+/* A query waiting for its min_sequence. */
+typedef struct jl__parked {
+    natsMsg *msg;
+    int si;
+    uint64_t min_seq;
+    int64_t deadline_ns;
+    struct jl__parked *next;
+} jl__parked;
+
+/* Queries parked at once; beyond, a query waits on the query thread as it comes. */
+#define JL_MAX_PARKED 4096
+
+/* Park @p msg until source @p si reaches @p min_seq: true when parked (the waiter owns it
+ * now), false when the source is there already or the query must wait where it is. */
+static bool park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq)
+{
+    jl__parked *w = NULL;
+    bool parked = false;
+    if (msg == NULL || !p->has_waiter || (w = malloc(sizeof(*w))) == NULL)
+        return false;
+    pthread_mutex_lock(&p->mu);
+    if (p->src[si].checkpoint < min_seq && !atomic_load(&p->stopping) &&
+        p->n_parked < JL_MAX_PARKED) {
+        *w = (jl__parked){.msg = msg,
+                          .si = si,
+                          .min_seq = min_seq,
+                          .deadline_ns = jl__now_ns() + JL_QUERY_WAIT_MS * 1000000LL,
+                          .next = p->parked};
+        p->parked = w;
+        p->n_parked++;
+        parked = true;
+        pthread_cond_broadcast(&p->advanced); /* the waiter's next deadline may be this one */
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!parked)
+        free(w);
+    return parked;
+}
+
+/* Answer query @p name into @p r; with @p msg (its request, on the query thread) a query that
+ * has to wait for its min_sequence is parked instead and true returned: no reply yet. */
+static bool answer_query(jl_projector *p, const char *name, const void *data, size_t len,
+                         natsMsg *msg, jl_reply *r)
 {
     ProtobufCMessage *req = NULL;
     const jl_query_def *q = find_query(p->def, name);
     if (q == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "unknown query '%.64s' for projector %s", name,
                        p->def->name);
-        return;
+        return false;
     }
     if (len > JL_MAX_QUERY_BYTES) {
         jl_reply_error(r, JL_CODE_INVALID, "query of %zu bytes exceeds the %d-byte limit", len,
                        JL_MAX_QUERY_BYTES);
-        return;
+        return false;
     }
     req = protobuf_c_message_unpack(q->request, NULL, len, data);
     if (req == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
                        q->request->name);
-        return;
+        return false;
     }
     uint64_t min_seq = field_u64(req, "min_sequence"), seen = 0;
     int si = 0;
@@ -1577,20 +1693,32 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
             jl_reply_error(r, JL_CODE_INVALID, "projector %s does not consume stream '%.64s'",
                            p->def->name, on);
             protobuf_c_message_free_unpacked(req, NULL);
-            return;
+            return false;
         }
     }
-    if (min_seq > 0 && !wait_for_seq(p, si, min_seq, JL_QUERY_WAIT_MS, &seen)) {
-        jl_reply_error(r, JL_CODE_TIMEOUT,
-                       "read model %s is at sequence %" PRIu64 " of %s and did not reach %" PRIu64
-                       " within %d ms",
-                       p->def->name, seen, p->src[si].stream, min_seq, JL_QUERY_WAIT_MS);
+    if (min_seq > 0 && park(p, msg, si, min_seq)) {
+        protobuf_c_message_free_unpacked(req, NULL);
+        return true;
+    }
+    /* The waiter's call (msg NULL) is at its deadline or there: no more waiting. */
+    if (min_seq > 0 && !wait_for_seq(p, si, min_seq, msg != NULL ? JL_QUERY_WAIT_MS : 0, &seen)) {
+        if (atomic_load(&p->stopping))
+            jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                           "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
+                           ", and its projector is stopping; try again",
+                           p->def->name, seen, p->src[si].stream, min_seq);
+        else
+            jl_reply_error(r, JL_CODE_TIMEOUT,
+                           "read model %s is at sequence %" PRIu64 " of %s and did not reach "
+                           "%" PRIu64 " within %d ms",
+                           p->def->name, seen, p->src[si].stream, min_seq, JL_QUERY_WAIT_MS);
         r->stream_seq = seen;
         protobuf_c_message_free_unpacked(req, NULL);
-        return;
+        return false;
     }
     /* One read transaction: the answer and the sequence it reflects are one snapshot. The
      * read lock keeps a rebuild's switch from swapping the file under the query. */
+    pthread_mutex_lock(&p->query_mu);
     pthread_rwlock_rdlock(&p->switch_lock);
     jl_db *qdb = p->qdb;
     jl_status s = jl_db_begin(qdb, false);
@@ -1614,30 +1742,89 @@ static void answer_query(jl_projector *p, const char *name, const void *data, si
                                                : "");
     }
     pthread_rwlock_unlock(&p->switch_lock);
+    pthread_mutex_unlock(&p->query_mu);
     protobuf_c_message_free_unpacked(req, NULL);
+    return false;
+}
+
+/* Send @p r, logging a failure; cleans up @p r and destroys @p msg. */
+static void reply_query(natsConnection *nc, natsMsg *msg, jl_reply *r)
+{
+    jl_reply_send(nc, natsMsg_GetReply(msg), r, NULL);
+    if (r->code != JL_CODE_OK) {
+        char esc[600];
+        jl_log(r->code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",
+               "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", natsMsg_GetSubject(msg),
+               jl_code_str(r->code), jl_log_str(esc, sizeof(esc), r->message));
+    }
+    jl_reply_cleanup(r);
+    natsMsg_Destroy(msg);
 }
 
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     jl_projector *p = closure;
     const char *subject = natsMsg_GetSubject(msg);
-    const char *reply = natsMsg_GetReply(msg);
     const char *dot = strrchr(subject, '.');
     jl_reply r;
     (void)sub;
 
     jl_reply_init(&r);
-    answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
-                 (size_t)natsMsg_GetDataLength(msg), &r);
-    jl_reply_send(nc, reply, &r, NULL);
-    if (r.code != JL_CODE_OK) {
-        char esc[600];
-        jl_log(r.code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",
-               "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", subject, jl_code_str(r.code),
-               jl_log_str(esc, sizeof(esc), r.message));
+    if (answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
+                     (size_t)natsMsg_GetDataLength(msg), msg, &r)) {
+        jl_reply_cleanup(&r); /* parked: the waiter answers */
+        return;
     }
-    jl_reply_cleanup(&r);
-    natsMsg_Destroy(msg);
+    reply_query(nc, msg, &r);
+}
+
+/* The waiter: answers parked queries once their source reaches their min_sequence, at their
+ * deadline, or at a close. */
+static void *query_waiter(void *arg)
+{
+    jl_projector *p = arg;
+    natsConnection *nc = jl_conn_nats(p->conn);
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        jl__parked *ready = NULL, **at = &p->parked;
+        int64_t now = jl__now_ns(), next = now + 1000 * 1000000LL;
+        bool stopping = atomic_load(&p->stopping);
+        while (*at != NULL) {
+            jl__parked *w = *at;
+            if (stopping || now >= w->deadline_ns || p->src[w->si].checkpoint >= w->min_seq) {
+                *at = w->next;
+                w->next = ready;
+                ready = w;
+                p->n_parked--;
+            } else {
+                next = w->deadline_ns < next ? w->deadline_ns : next;
+                at = &w->next;
+            }
+        }
+        if (ready == NULL && stopping)
+            break;
+        if (ready == NULL) {
+            struct timespec until = {.tv_sec = (time_t)(next / 1000000000LL),
+                                     .tv_nsec = (long)(next % 1000000000LL)};
+            pthread_cond_timedwait(&p->advanced, &p->mu, &until);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        while (ready != NULL) {
+            jl__parked *w = ready;
+            ready = w->next;
+            const char *subject = natsMsg_GetSubject(w->msg), *dot = strrchr(subject, '.');
+            jl_reply r;
+            jl_reply_init(&r);
+            answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(w->msg),
+                         (size_t)natsMsg_GetDataLength(w->msg), NULL, &r);
+            reply_query(nc, w->msg, &r);
+            free(w);
+        }
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
 }
 
 /* ---- lifecycle ---- */
@@ -1664,6 +1851,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_rwlock_init(&p->switch_lock, NULL);
     pthread_mutex_init(&p->outbox_mu, NULL);
     pthread_cond_init(&p->advanced, NULL);
+    pthread_mutex_init(&p->query_mu, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
     atomic_init(&p->lost_deliveries, 0);
@@ -1703,7 +1891,9 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     s = mkdir_p(cfg->data_dir, err, errlen);
     if (s != JL_OK)
         goto done;
-    read_pointer(p);
+    s = read_pointer(p, err, errlen);
+    if (s != JL_OK)
+        goto done;
     remove_leftovers(p);
     s = jl_db_open(&p->db, p->db_path, false, err, errlen);
     if (s == JL_OK) {
@@ -1716,6 +1906,12 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     if (s != JL_OK)
         goto done;
 
+    if (pthread_create(&p->waiter, NULL, query_waiter, p) != 0) {
+        snprintf(err, errlen, "cannot start the query waiter thread");
+        s = JL_ERR_INTERNAL;
+        goto done;
+    }
+    p->has_waiter = true;
     snprintf(qsubject, sizeof(qsubject), "%s.query.*", def->name);
     natsStatus ns = natsConnection_QueueSubscribe(&p->qsub, jl_conn_nats(conn), qsubject, def->name,
                                                   on_query, p);
@@ -1767,6 +1963,14 @@ bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
         natsSubscription_Destroy(p->qsub);
         p->qsub = NULL;
     }
+    if (p->has_waiter) {
+        /* Nothing parks now (stopping): it answers what is parked, then ends. */
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->advanced);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->waiter, NULL);
+        p->has_waiter = false;
+    }
     if (!handlers_done) {
         jl_log(JL_LOG_ERROR, "projector not freed",
                "\"why\":\"a query or admin request is still being answered\",\"hint\":\"its "
@@ -1778,6 +1982,7 @@ bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
     jl_db_close(p->qdb);
     jl_db_close(p->db);
     pthread_cond_destroy(&p->advanced);
+    pthread_mutex_destroy(&p->query_mu);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->apply_mu);
     pthread_rwlock_destroy(&p->switch_lock);

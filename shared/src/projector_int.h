@@ -103,6 +103,13 @@ struct jl_projector {
     pthread_rwlock_t switch_lock;
     pthread_mutex_t mu;
     pthread_cond_t advanced;
+    /* Queries waiting for a min_sequence, under mu: answered by the waiter thread, so that one
+     * waiting holds up no other query (the subscription has one thread). */
+    struct jl__parked *parked;
+    size_t n_parked;
+    pthread_t waiter;
+    bool has_waiter;
+    pthread_mutex_t query_mu; /* qdb's statements: the query thread or the waiter */
     uint64_t dead_letters;
     atomic_bool stopping;
     atomic_bool paused; /* live applying suspended until a version rebuild switches */

@@ -4,6 +4,7 @@
  * redelivery applies nothing twice, bad input gets clear errors and appends nothing.
  */
 #include <check.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -947,6 +948,56 @@ START_TEST(query_waits_for_min_sequence_then_times_out)
 }
 END_TEST
 
+typedef struct waiting_query {
+    const char *id;
+    uint64_t min_seq;
+    jl_reply r;
+    atomic_bool done;
+} waiting_query;
+
+static void *send_waiting_query(void *arg)
+{
+    waiting_query *w = arg;
+    Orders__GetOrder q = ORDERS__GET_ORDER__INIT;
+    q.order_id = (char *)w->id;
+    q.min_sequence = w->min_seq;
+    jl_reply_init(&w->r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &w->r), NATS_OK);
+    atomic_store(&w->done, true);
+    return NULL;
+}
+
+START_TEST(a_query_waiting_for_its_sequence_holds_up_no_other)
+{
+    /* Queries come in on one thread: one waiting for a sequence the read model has not
+     * reached (live applying stalled, say) must not keep others from being answered. */
+    char id[JL_UUID_LEN + 1];
+    uint64_t seq = 0;
+    ck_assert_int_eq(create_order(env.conn, "wait", id, &seq), JL_CODE_OK);
+    jl_projector *p = open_projector("parked", "parked", 8);
+    waiting_query w = {.id = id, .min_seq = seq};
+    atomic_init(&w.done, false);
+    pthread_t t;
+    pthread_create(&t, NULL, send_waiting_query, &w);
+    nats_Sleep(200); /* it is parked by now */
+    Orders__ListOrders q = ORDERS__LIST_ORDERS__INIT;
+    q.limit = 5;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    ck_assert_msg(!atomic_load(&w.done), "the plain query waited for the other");
+    jl_reply_cleanup(&r);
+    /* The model reaches the sequence: the waiting query is answered, from it. */
+    catch_up(p, seq);
+    pthread_join(t, NULL);
+    ck_assert_msg(w.r.code == JL_CODE_OK, "%s", w.r.message);
+    ck_assert_uint_ge(w.r.stream_seq, seq);
+    jl_reply_cleanup(&w.r);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 /* AddItem with a client command id, through the producer @p on; returns the reply. */
 static jl_code add_with_id(jl_producer *on, const char *id, const char *sku, const char *cmd_id,
                            jl_reply *r)
@@ -1663,6 +1714,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
+    tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);

@@ -4,6 +4,7 @@
  * rebuild a newer projection version starts by itself.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -424,9 +425,10 @@ START_TEST(a_start_removes_its_own_rebuild_debris_and_nothing_else)
     snprintf(dir, sizeof(dir), "%s/debris", env.dir);
     ck_assert_int_eq(mkdir(dir, 0700), 0);
     /* Other projectors' files in a shared data dir, some named like this one's. */
-    const char *kept[] = {"order_summary-2.db",          "order_summary-verify-1.db",
-                          "order_summary_x.db",          "order_summary.rebuild-.db",
-                          "order_summary.replaced-5.db", "fulfilment.rebuild-12.db"};
+    const char *kept[] = {
+        "order_summary-2.db",        "order_summary-verify-1.db",   "order_summary_x.db",
+        "order_summary.rebuild-.db", "order_summary.replaced-5.db", "fulfilment.rebuild-12.db",
+        "order_summary.db"};
     const char *gone[] = {"order_summary.rebuild-1795698402974.db",
                           "order_summary.verify-1795698402974.db"};
     for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
@@ -447,6 +449,103 @@ START_TEST(a_start_removes_its_own_rebuild_debris_and_nothing_else)
         snprintf(path, sizeof(path), "%s/%s", dir, gone[i]);
         ck_assert_msg(access(path, F_OK) != 0, "%s was left", gone[i]);
     }
+}
+END_TEST
+
+START_TEST(keep_old_keeps_the_replaced_model_whole)
+{
+    /* --keep-old: the model replaced by the switch stays, as "<name>.replaced-<ms>.db", with
+     * everything it held (a copy by SQLite: its last commits may still be in its WAL). */
+    ensure_stream();
+    tseed_orders(env.conn, 4, 2);
+    runner live;
+    runner_start(&live, &order_summary_projector, "keep", 0);
+    wait_checkpoint(live.p, 4);
+    char path[1024];
+    live_file(live.dir, path, sizeof(path));
+    char *before = tdump(path);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.keep_old = true;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    runner_stop(&live);
+    ck_assert_msg(access(path, F_OK) != 0, "%s is still there", path);
+    DIR *d = opendir(live.dir);
+    struct dirent *e;
+    char kept[1300] = "";
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "order_summary.replaced-", 23) == 0 &&
+            strcmp(e->d_name + strlen(e->d_name) - 3, ".db") == 0)
+            snprintf(kept, sizeof(kept), "%s/%s", live.dir, e->d_name);
+    }
+    closedir(d);
+    ck_assert_msg(kept[0] != 0, "no replaced file in %s", live.dir);
+    char *after = tdump(kept);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+}
+END_TEST
+
+/* jl_projector_open() in @p dir's projector must fail saying @p why; every file stays. */
+static void open_refused(const char *sub, const char *why, const char *live)
+{
+    jl_projector *p = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, sub);
+    snprintf(cfg.durable, sizeof(cfg.durable), "%s", sub);
+    ck_assert_int_ne(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)), JL_OK);
+    ck_assert_msg(strstr(err, why) != NULL, "%s", err);
+    ck_assert_msg(access(live, F_OK) == 0, "%s was removed", live);
+}
+
+START_TEST(a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_replaced)
+{
+    /* After a switch the live file is "<name>.rebuild-<ms>.db", named by "<name>.current". A
+     * start that cannot read that pointer must not take "<name>.db" for the live model and
+     * remove the real one as a rebuild's leftover: it refuses, saying why. */
+    ensure_stream();
+    tseed_orders(env.conn, 3, 1);
+    runner live;
+    runner_start(&live, &order_summary_projector, "lost", 0);
+    wait_checkpoint(live.p, 3);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    runner_stop(&live);
+    char path[1024], pointer[1200], aside[1300];
+    live_file(live.dir, path, sizeof(path));
+    ck_assert_ptr_nonnull(strstr(path, ".rebuild-"));
+    char *before = tdump(path);
+    snprintf(pointer, sizeof(pointer), "%s/order_summary.current", live.dir);
+    snprintf(aside, sizeof(aside), "%s.aside", pointer);
+
+    /* Unreadable (a directory in its place: root reads any file). */
+    ck_assert_int_eq(rename(pointer, aside), 0);
+    ck_assert_int_eq(mkdir(pointer, 0700), 0);
+    open_refused("lost", "does not name a read model file", path);
+    ck_assert_int_eq(rmdir(pointer), 0);
+    /* Gone, with no "<name>.db" beside the rebuild's file. */
+    open_refused("lost", "write its name into", path);
+    /* Naming a file that is not there. */
+    FILE *f = fopen(pointer, "w");
+    fputs("order_summary.rebuild-1.db\n", f);
+    fclose(f);
+    open_refused("lost", "cannot be found", path);
+    ck_assert_int_eq(rename(aside, pointer), 0);
+
+    /* Put back, the start reads the same model as before. */
+    runner_start(&live, &order_summary_projector, "lost", 0);
+    ck_assert_uint_eq(jl_projector_checkpoint(live.p), 3);
+    runner_stop(&live);
+    char *after = tdump(path);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
 }
 END_TEST
 
@@ -772,6 +871,8 @@ int main(void)
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
+    tcase_add_test(tc, a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_replaced);
+    tcase_add_test(tc, keep_old_keeps_the_replaced_model_whole);
     tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_again_past_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_anew_with_the_same_events_is_read_on);
