@@ -38,11 +38,22 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
 static void *signal_thread(void *arg)
 {
     sigset_t *set = arg;
-    int sig = 0;
+    int sig = 0, first = 0;
     int count = 0;
+    int64_t first_at = 0;
     for (;;) {
         if (sigwait(set, &sig) != 0)
             continue;
+        if (count > 0 && sig == SIGTERM && first == SIGTERM && nats_Now() - first_at < 1000) {
+            /* One stop sent twice: `timeout` and some supervisors signal the process, then
+             * its group. Not a second request to hurry. */
+            jl_log(JL_LOG_INFO, "repeated SIGTERM within a second ignored", NULL);
+            continue;
+        }
+        if (count == 0) {
+            first = sig;
+            first_at = nats_Now();
+        }
         if (++count > 1) {
             jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
             _exit(130);
@@ -110,7 +121,8 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
              def->name);
     jl_app_config(&cfg, def->name, usage, argc, argv);
     jl_app_signals(NULL, NULL);
-    jl_status s = jl_conn_open(&conn, &cfg, def->name, JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
+    jl_status s = jl_conn_open(&conn, &cfg, cfg.name[0] ? cfg.name : def->name,
+                               JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
     /* A cluster that is electing leaders (all nodes starting, a rolling restart) answers
      * JetStream calls late or not at all for a few seconds: keep trying, within bounds. */
     int64_t deadline = nats_Now() + JL_APP_CONNECT_WAIT_MS;
@@ -162,7 +174,8 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     jl_app_config(&cfg, def->name, usage, argc, argv);
     /* The stop callback needs the projector: block signals now, hand it over once open. */
     jl_app_signals(NULL, NULL);
-    jl_status s = jl_conn_open(&conn, &cfg, def->name, JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
+    jl_status s = jl_conn_open(&conn, &cfg, cfg.name[0] ? cfg.name : def->name,
+                               JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
     if (s == JL_OK)
         s = jl_projector_open(&p, conn, def, &cfg, err, sizeof(err));
     if (s != JL_OK) {

@@ -114,6 +114,12 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
                      origin, v, k->min, k->max);
             return JL_ERR_INVALID;
         }
+        if (k->offset == offsetof(jl_config, max_bytes) && n == 0) {
+            /* JetStream takes 0 for "no cap" and reports -1: the stream would be updated at
+             * every start. */
+            snprintf(err, errlen, "%s: give -1 for no cap, or a size in bytes above 0", origin);
+            return JL_ERR_INVALID;
+        }
         if (k->kind == K_INT)
             *(int *)(void *)base = (int)n;
         else
@@ -124,14 +130,46 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
     return JL_ERR_INTERNAL;
 }
 
+bool jl_valid_name(const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    if (n == 0 || n >= JL_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
+            return false;
+    }
+    return true;
+}
+
+/* Whether @p k is among @p only (flag names; NULL: every key is). */
+static bool in_scope(const key *k, const char *const *only)
+{
+    for (; only != NULL && *only != NULL; only++) {
+        if (strcmp(*only, k->flag) == 0)
+            return true;
+    }
+    return only == NULL;
+}
+
 jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positional,
                          int max_positional, int *out_n_positional, char *err, size_t errlen)
+{
+    return jl_config_load_only(cfg, NULL, argc, argv, out_positional, max_positional,
+                               out_n_positional, err, errlen);
+}
+
+jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc, char **argv,
+                              int *out_positional, int max_positional, int *out_n_positional,
+                              char *err, size_t errlen)
 {
     jl_status s = JL_OK;
     int npos = 0;
     char origin[96];
 
     for (size_t i = 0; i < N_KEYS && s == JL_OK; i++) {
+        if (!in_scope(&keys[i], only))
+            continue; /* another program's setting, left in the environment for it */
         const char *v = getenv(keys[i].env);
         if (v != NULL && *v != 0) {
             snprintf(origin, sizeof(origin), "environment variable %s", keys[i].env);
@@ -166,6 +204,13 @@ jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positio
             s = JL_ERR_INVALID;
             break;
         }
+        if (!in_scope(k, only)) {
+            snprintf(err, errlen,
+                     "--%s is a setting of the services, not of this program (see --help)",
+                     k->flag);
+            s = JL_ERR_INVALID;
+            break;
+        }
         const char *v = eq ? eq + 1 : (a + 1 < argc ? argv[++a] : NULL);
         if (v == NULL) {
             snprintf(err, errlen, "flag --%s needs a value", k->flag);
@@ -193,27 +238,36 @@ const char *jl_config_usage(void)
     static char text[4096];
     static int built = 0;
     if (!built) {
-        jl_config d;
-        jl_config_init(&d);
-        size_t o = 0;
-        o += (size_t)snprintf(text + o, sizeof(text) - o,
-                              "Options (flag, environment variable, default):\n");
-        for (size_t i = 0; i < N_KEYS && o < sizeof(text); i++) {
-            const key *k = &keys[i];
-            char def[128] = "";
-            const char *base = (const char *)&d + k->offset;
-            if (k->kind == K_STR)
-                snprintf(def, sizeof(def), "%s", base);
-            else if (k->kind == K_INT)
-                snprintf(def, sizeof(def), "%d", *(const int *)(const void *)base);
-            else if (k->kind == K_I64)
-                snprintf(def, sizeof(def), "%" PRId64, *(const int64_t *)(const void *)base);
-            else
-                snprintf(def, sizeof(def), "info");
-            o += (size_t)snprintf(text + o, sizeof(text) - o, "  --%-18s %-20s %-24s %s\n", k->flag,
-                                  k->env, def[0] ? def : "(none)", k->help);
-        }
+        jl_config_usage_into(text, sizeof(text), NULL);
         built = 1;
     }
     return text;
+}
+
+void jl_config_usage_into(char *text, size_t size, const char *const *only)
+{
+    jl_config d;
+    jl_config_init(&d);
+    size_t o = 0;
+    if (size == 0)
+        return;
+    text[0] = 0;
+    o += (size_t)snprintf(text + o, size - o, "Options (flag, environment variable, default):\n");
+    for (size_t i = 0; i < N_KEYS && o < size; i++) {
+        const key *k = &keys[i];
+        char def[128] = "";
+        const char *base = (const char *)&d + k->offset;
+        if (!in_scope(k, only))
+            continue;
+        if (k->kind == K_STR)
+            snprintf(def, sizeof(def), "%s", base);
+        else if (k->kind == K_INT)
+            snprintf(def, sizeof(def), "%d", *(const int *)(const void *)base);
+        else if (k->kind == K_I64)
+            snprintf(def, sizeof(def), "%" PRId64, *(const int64_t *)(const void *)base);
+        else
+            snprintf(def, sizeof(def), "info");
+        o += (size_t)snprintf(text + o, size - o, "  --%-18s %-20s %-24s %s\n", k->flag, k->env,
+                              def[0] ? def : "(none)", k->help);
+    }
 }

@@ -43,9 +43,11 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
 {
     /* The sender keeps each field in a bounded buffer, and producers refuse longer ids: one
      * that does not fit is refused here, not cut (two ids cut alike would be one command). */
-    if (command_id == NULL || *command_id == 0 || strlen(command_id) > JL_MAX_ID_LEN ||
-        (correlation_id != NULL && strlen(correlation_id) > JL_MAX_ID_LEN) ||
-        (causation_id != NULL && strlen(causation_id) > JL_MAX_ID_LEN) || service == NULL ||
+    /* What a producer would refuse is refused here, not sent and answered invalid later. */
+    if (command_id == NULL || !jl_valid_id(command_id) ||
+        (correlation_id != NULL && *correlation_id != 0 && !jl_valid_id(correlation_id)) ||
+        (causation_id != NULL && *causation_id != 0 && !jl_valid_id(causation_id)) ||
+        service == NULL || !jl_valid_name(service) ||
         strlen(service) >= sizeof(((row *)0)->service) ||
         strlen(cmd->descriptor->short_name) >= sizeof(((row *)0)->command))
         return JL_ERR_INVALID;

@@ -590,7 +590,7 @@ static const jl_command_def *find_command(const jl_service_def *def, const char 
     return NULL;
 }
 
-static bool valid_id_text(const char *s)
+bool jl_valid_id(const char *s)
 {
     size_t n = strlen(s);
     if (n == 0 || n > JL_MAX_ID_LEN)
@@ -641,7 +641,7 @@ static kvEntry *recall(jl_producer *p, const char *cmd_id)
 {
     char key[40];
     kvEntry *e = NULL;
-    if (p->lookups == NULL || cmd_id == NULL || !valid_id_text(cmd_id))
+    if (p->lookups == NULL || cmd_id == NULL || !jl_valid_id(cmd_id))
         return NULL;
     command_key(key, cmd_id);
     natsStatus ns = kvStore_Get(&e, p->lookups, key);
@@ -967,6 +967,10 @@ static void answer_sync(sync_call *s, const jl_reply *r)
 static void finish(jl_producer *p, cmd *c, jl_reply *r)
 {
     p->stats.commands++;
+    /* A creation refused under the id generated for it: that aggregate does not exist, and a
+     * client taking the reply's id would go looking for it. */
+    if (c->fresh && (r->code == JL_CODE_INVALID || r->code == JL_CODE_RULE_VIOLATION))
+        r->aggregate_id[0] = 0;
     if (r->code == JL_CODE_OK) {
         p->stats.accepted++;
         jl_log(JL_LOG_DEBUG, "command accepted",
@@ -1749,7 +1753,7 @@ static void submit(jl_producer *p, const request *rq)
     }
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     if (command_id != NULL && *command_id != 0) {
-        if (!valid_id_text(command_id)) {
+        if (!jl_valid_id(command_id)) {
             jl_reply_error(r, JL_CODE_INVALID,
                            "command id must be 1 to %d printable characters without spaces",
                            JL_MAX_ID_LEN);
@@ -1760,8 +1764,8 @@ static void submit(jl_producer *p, const request *rq)
     } else {
         jl_uuid_new(c->cmd_id);
     }
-    if ((correlation_id && *correlation_id && !valid_id_text(correlation_id)) ||
-        (causation_id && *causation_id && !valid_id_text(causation_id))) {
+    if ((correlation_id && *correlation_id && !jl_valid_id(correlation_id)) ||
+        (causation_id && *causation_id && !jl_valid_id(causation_id))) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "correlation and causation ids must be 1 to %d printable characters "
                        "without spaces",
@@ -2163,6 +2167,52 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 }
 
 /* Bind to (creating if needed) the KV bucket named @p fmt with the stream name. */
+/*
+ * A bucket made before gets the replicas and TTL asked for now, as the stream does: moving a
+ * service from one replica to three must not leave its command ids and snapshots on one node.
+ */
+static jl_status settle_bucket(jl_producer *p, const char *bucket, int replicas, int64_t ttl_ns,
+                               char *err, size_t errlen)
+{
+    char name[128];
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    jsCtx *js = jl_conn_js(p->conn);
+    snprintf(name, sizeof(name), "KV_%s", bucket);
+    natsStatus ns = js_GetStreamInfo(&si, js, name, NULL, &jerr);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot read KV bucket %s: %s (JetStream error %d)", bucket,
+                 natsStatus_GetText(ns), (int)jerr);
+        return jl_status_from_nats(ns);
+    }
+    jsStreamConfig *c = si->Config;
+    jl_status s = JL_OK;
+    if (c->Replicas != replicas || c->MaxAge != ttl_ns) {
+        int64_t was_replicas = c->Replicas, was_ttl = c->MaxAge;
+        c->Replicas = replicas;
+        c->MaxAge = ttl_ns;
+        if (ttl_ns > 0 && c->Duplicates > ttl_ns)
+            c->Duplicates = ttl_ns; /* JetStream's rule: no longer than the max age */
+        ns = js_UpdateStream(NULL, js, c, NULL, &jerr);
+        if (ns != NATS_OK) {
+            snprintf(err, errlen,
+                     "cannot update KV bucket %s to %d replicas and a TTL of %" PRId64
+                     " s: %s (JetStream error %d)",
+                     bucket, replicas, ttl_ns / (int64_t)1000000000, natsStatus_GetText(ns),
+                     (int)jerr);
+            s = jl_status_from_nats(ns);
+        } else {
+            jl_log(JL_LOG_INFO, "KV bucket updated",
+                   "\"bucket\":\"%s\",\"replicas\":%d,\"was_replicas\":%" PRId64
+                   ",\"ttl_s\":%" PRId64 ",\"was_ttl_s\":%" PRId64,
+                   bucket, replicas, was_replicas, ttl_ns / (int64_t)1000000000,
+                   was_ttl / (int64_t)1000000000);
+        }
+    }
+    jsStreamInfo_Destroy(si);
+    return s;
+}
+
 static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *fmt,
                              const char *description, int64_t ttl_s, kvStore **out, char *err,
                              size_t errlen)
@@ -2189,7 +2239,13 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
         *out = NULL;
         return jl_status_from_nats(ns);
     }
-    return JL_OK;
+    jl_status s = settle_bucket(p, bucket, jl_conn_replicas(p->conn, cfg->replicas),
+                                ttl_s * 1000000000LL, err, errlen);
+    if (s != JL_OK) {
+        kvStore_Destroy(*out);
+        *out = NULL;
+    }
+    return s;
 }
 
 jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_service_def *def,
@@ -2249,7 +2305,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
         jo.PublishAsync.MaxPending = (int64_t)(p->max_inflight + JL_MAX_SNAPSHOTS_INFLIGHT) + 64;
         natsStatus jns = natsConnection_JetStream(&p->js, jl_conn_nats(conn), &jo);
         char name[128];
-        snprintf(name, sizeof(name), "%s-burst", def->name);
+        snprintf(name, sizeof(name), "%s-burst", cfg->name[0] ? cfg->name : def->name);
         if (jns == NATS_OK) {
             s = jl_conn_open_flags(&p->bulk, cfg, name, jl_conn_timeout_ms(conn),
                                    JL_CONN_BATCH_WRITES, err, errlen);

@@ -118,17 +118,6 @@ fail:
     return JL_ERR_IO;
 }
 
-static bool valid_durable(const char *s)
-{
-    if (*s == 0 || strlen(s) >= 64)
-        return false;
-    for (; *s; s++) {
-        if (*s == '.' || *s == '*' || *s == '>' || *s == ' ' || *s == '/' || *s == '\\')
-            return false;
-    }
-    return true;
-}
-
 /* ---- database ---- */
 
 jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen)
@@ -1858,15 +1847,19 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
     /* The name makes subjects ("<name>.query.*") and file names ("<name>.rebuild-<ms>.db"). */
-    if (def->name == NULL || !valid_durable(def->name)) {
-        snprintf(err, errlen, "projector name '%s' must be 1-63 characters without . * > / spaces",
-                 def->name ? def->name : "");
+    if (def->name == NULL || !jl_valid_name(def->name)) {
+        snprintf(err, errlen,
+                 "projector name '%s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
+                 "subjects and file names)",
+                 def->name ? def->name : "", JL_NAME_MAX - 1);
         s = JL_ERR_INVALID;
         goto done;
     }
-    if (!valid_durable(base)) {
-        snprintf(err, errlen, "durable name '%s' must be 1-63 characters without . * > / spaces",
-                 base);
+    if (!jl_valid_name(base)) {
+        snprintf(err, errlen,
+                 "durable name '%s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
+                 "subjects)",
+                 base, JL_NAME_MAX - 1);
         s = JL_ERR_INVALID;
         goto done;
     }

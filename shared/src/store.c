@@ -112,6 +112,17 @@ static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg)
     return raced ? ensure_stream_once(st, cfg, &raced) : s;
 }
 
+/* A single server takes an update to more replicas and goes on with one copy: refuse it. */
+static jl_status not_clustered(jl_store *st, const jl_store_cfg *cfg)
+{
+    set_err(st,
+            "refusing stream %s with %d replicas: the NATS server is not part of a JetStream "
+            "cluster, so there would be one copy; use --replicas 1 (or 0: 3 on a cluster of "
+            "three or more servers, else 1)",
+            cfg->stream, cfg->replicas);
+    return JL_ERR_INVALID;
+}
+
 static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool *out_raced)
 {
     jsStreamInfo *si = NULL;
@@ -134,6 +145,8 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
             *out_raced = true;
             return JL_ERR_CONFLICT;
         }
+        if (ns != NATS_OK && jerr == JSStreamReplicasNotSupportedErr)
+            return not_clustered(st, cfg);
         if (ns != NATS_OK)
             return nats_fail(st, "cannot create stream", ns, jerr);
         jl_log(JL_LOG_INFO, "stream created", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
@@ -154,6 +167,9 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
                 cfg->stream);
         s = JL_ERR_INVALID;
     }
+    if (s == JL_OK && cfg->replicas > 1 &&
+        (si->Cluster == NULL || si->Cluster->Name == NULL || si->Cluster->Name[0] == 0))
+        s = not_clustered(st, cfg);
     if (s == JL_OK) {
         int64_t r = have->Replicas > cfg->replicas ? have->Replicas : cfg->replicas;
         s = jl_conn_check_replicas(st->conn, (int)r, verr, sizeof(verr));

@@ -488,6 +488,58 @@ START_TEST(commands_on_uncached_aggregates_keep_each_ones_order)
 }
 END_TEST
 
+START_TEST(replicas_beyond_a_single_server_are_refused)
+{
+    /* A single server refuses to create a stream of three replicas but takes an update to
+     * three and keeps one copy: both are refused, saying why, and the stream stays as it was. */
+    jl_store *st = NULL;
+    jl_store_cfg sc;
+    char err[512] = "";
+    jl_store_cfg_init(&sc);
+    sc.stream = "SOLO";
+    sc.subjects = "solo.events.>";
+    sc.replicas = 3;
+    ck_assert_int_eq(jl_store_open(&st, env.conn, &sc, err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "not part of a JetStream cluster") != NULL, "%s", err);
+    sc.replicas = 1;
+    ck_assert_int_eq(jl_store_open(&st, env.conn, &sc, err, sizeof(err)), JL_OK);
+    jl_store_close(st);
+    sc.replicas = 3;
+    err[0] = 0;
+    ck_assert_int_eq(jl_store_open(&st, env.conn, &sc, err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "not part of a JetStream cluster") != NULL, "%s", err);
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "SOLO", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(si->Config->Replicas, 1);
+    jsStreamInfo_Destroy(si);
+}
+END_TEST
+
+START_TEST(a_changed_command_ttl_reaches_the_existing_bucket)
+{
+    /* The command-id bucket made by an earlier start takes the TTL (and replicas) asked for
+     * now, as the stream takes its settings. */
+    int64_t ttls[] = {60, 120};
+    for (int i = 0; i < 2; i++) {
+        jl_config cfg = env.cfg;
+        cfg.command_ttl_s = ttls[i];
+        char err[512] = "";
+        jl_producer *p = NULL;
+        ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) ==
+                          JL_OK,
+                      "%s", err);
+        jsStreamInfo *si = NULL;
+        ck_assert_int_eq(
+            js_GetStreamInfo(&si, jl_conn_js(env.conn), "KV_jl_commands_ORDERS", NULL, NULL),
+            NATS_OK);
+        ck_assert_int_eq(si->Config->MaxAge, ttls[i] * 1000000000LL);
+        ck_assert_int_eq(si->Config->Replicas, 1);
+        jsStreamInfo_Destroy(si);
+        jl_producer_close(p, 1000);
+    }
+}
+END_TEST
+
 START_TEST(stale_expected_sequence_is_a_conflict)
 {
     jl_store *st = NULL;
@@ -761,11 +813,18 @@ START_TEST(bad_commands_get_clear_errors_and_append_nothing)
     n = orders__place_order__pack(&place, buf);
     expect_error("orders.cmd.PlaceOrder", buf, n, JL_CODE_RULE_VIOLATION,
                  "empty order cannot be placed");
+    /* A creation refused under the id generated for it names no aggregate: there is none. */
+    Orders__CreateOrder create = ORDERS__CREATE_ORDER__INIT;
+    n = orders__create_order__pack(&create, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, "orders.cmd.CreateOrder", buf, n, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_INVALID, "%s", r.message);
+    ck_assert_str_eq(r.aggregate_id, "");
+    jl_reply_reset(&r);
 
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before);
     /* ... and the service still serves. */
-    jl_reply r;
-    jl_reply_init(&r);
     ck_assert_int_eq(add_item(env.conn, id, "fig", 1, 10, &r), JL_CODE_OK);
     ck_assert_int_eq(place_order(env.conn, id, &r), JL_CODE_OK);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), before + 2);
@@ -1714,6 +1773,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
+    tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
+    tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);

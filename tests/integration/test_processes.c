@@ -750,6 +750,17 @@ START_TEST(sigterm_mid_catch_up_commits_and_acks_the_batch_in_hand)
 }
 END_TEST
 
+/* Start orders and order_summary (data in <env dir>/p) and wait until both answer. */
+static void start_orders_and_summary(svc s[2])
+{
+    char data[600];
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    svc_start(&s[1], "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
+    wait_orders_answer(&s[0]);
+    wait_summary_answers(&s[1]);
+}
+
 /*
  * app.c: the first signal starts a graceful stop, a second one _exit(130)s at once. Two
  * signals sent back to back may merge into one pending signal, so a clean 0 is accepted too;
@@ -757,13 +768,9 @@ END_TEST
  */
 START_TEST(second_sigint_ends_services_at_once)
 {
-    char data[600], tail[1500];
+    char tail[1500];
     svc s[2];
-    snprintf(data, sizeof(data), "%s/p", env.dir);
-    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
-    svc_start(&s[1], "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
-    wait_orders_answer(&s[0]);
-    wait_summary_answers(&s[1]);
+    start_orders_and_summary(s);
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(kill(s[i].pid, SIGINT), 0);
         ck_assert_int_eq(kill(s[i].pid, SIGINT), 0);
@@ -805,6 +812,23 @@ START_TEST(second_signal_during_graceful_stop_exits_130)
     else
         ck_assert_msg(st == 130 && file_count(proj.log, "second signal: exiting now") == 1,
                       "status %d: %s", st, log_tail(proj.log, tail, sizeof(tail)));
+}
+END_TEST
+
+/* `timeout` and some supervisors send one SIGTERM to the process and again to its group: one
+ * stop, graceful (exit 0), not a second signal that cuts it short. */
+START_TEST(a_sigterm_sent_twice_at_once_is_one_graceful_stop)
+{
+    char tail[1500];
+    svc s[2];
+    start_orders_and_summary(s);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(kill(s[i].pid, SIGTERM), 0);
+        ck_assert_int_eq(kill(s[i].pid, SIGTERM), 0);
+        int st = svc_stop(&s[i], 0, 15000);
+        ck_assert_msg(st == 0 && file_count(s[i].log, "second signal") == 0, "status %d: %s", st,
+                      log_tail(s[i].log, tail, sizeof(tail)));
+    }
 }
 END_TEST
 
@@ -1328,6 +1352,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, sigterm_mid_catch_up_commits_and_acks_the_batch_in_hand);
     tcase_add_test(tc, second_sigint_ends_services_at_once);
     tcase_add_test(tc, second_signal_during_graceful_stop_exits_130);
+    tcase_add_test(tc, a_sigterm_sent_twice_at_once_is_one_graceful_stop);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);

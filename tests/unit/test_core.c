@@ -1611,6 +1611,7 @@ START_TEST(config_out_of_range_numbers_are_invalid)
         {"--command-retries=-1", "--command-retries"},
         {"--duplicate-window=0", "--duplicate-window"},
         {"--max-bytes=-2", "--max-bytes"},
+        {"--max-bytes=0", "--max-bytes"}, /* JetStream's "no cap", reported as -1 */
         {"--max-age=-1", "--max-age"},
         {"--request-timeout=99", "--request-timeout"},
         {"--request-timeout=600001", "--request-timeout"},
@@ -1642,6 +1643,42 @@ START_TEST(config_range_bounds_are_accepted)
     ck_assert_int_eq(cfg.batch, 1);
     ck_assert_int_eq(cfg.request_timeout_ms, 600000);
     ck_assert_int_eq(cfg.max_age_s, 0);
+}
+END_TEST
+
+START_TEST(config_load_only_reads_its_keys_and_refuses_the_others)
+{
+    /* A program that uses only some settings (the CLI): the services' variables in the same
+     * shell are not read, even bad ones, and their flags are refused, not ignored. */
+    static const char *const only[] = {"nats-url", "request-timeout", NULL};
+    jl_config cfg;
+    char err[256] = "", *argv[4] = {(char *)"prog", (char *)"--nats-url=nats://x:1", NULL, NULL};
+    setenv("JL_BATCH", "abc", 1);
+    setenv("JL_MAX_AGE", "1", 1); /* shorter than the default duplicate window */
+    setenv("JL_REQUEST_TIMEOUT", "2500", 1);
+    jl_config_init(&cfg);
+    ck_assert_msg(jl_config_load_only(&cfg, only, 2, argv, NULL, 0, NULL, err, sizeof(err)) ==
+                      JL_OK,
+                  "%s", err);
+    ck_assert_str_eq(cfg.nats_url, "nats://x:1");
+    ck_assert_int_eq(cfg.request_timeout_ms, 2500);
+    ck_assert_int_eq(cfg.batch, 256);
+    ck_assert_int_eq(cfg.max_age_s, 0);
+    argv[1] = (char *)"--batch";
+    argv[2] = (char *)"5";
+    ck_assert_int_eq(jl_config_load_only(&cfg, only, 3, argv, NULL, 0, NULL, err, sizeof(err)),
+                     JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "--batch is a setting of the services") != NULL, "%s", err);
+    char text[1024];
+    jl_config_usage_into(text, sizeof(text), only);
+    ck_assert_ptr_nonnull(strstr(text, "--nats-url"));
+    ck_assert_ptr_nonnull(strstr(text, "--request-timeout"));
+    ck_assert_ptr_null(strstr(text, "--batch"));
+    /* All keys, as jl_config_load(): the bad variable is an error. */
+    argv[1] = NULL;
+    ck_assert_int_eq(jl_config_load_only(&cfg, NULL, 1, argv, NULL, 0, NULL, err, sizeof(err)),
+                     JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "JL_BATCH") != NULL, "%s", err);
 }
 END_TEST
 
@@ -2936,6 +2973,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, config_flag_without_value_is_invalid);
     tcase_add_test(tc, config_out_of_range_numbers_are_invalid);
     tcase_add_test(tc, config_range_bounds_are_accepted);
+    tcase_add_test(tc, config_load_only_reads_its_keys_and_refuses_the_others);
     tcase_add_test(tc, config_non_numeric_values_are_invalid);
     tcase_add_test(tc, config_duplicate_window_longer_than_max_age_is_invalid);
     tcase_add_test(tc, config_over_long_string_value_is_invalid);

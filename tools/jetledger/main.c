@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "jetledger/log.h"
+#include "jetledger/producer.h"
 
 static const char usage[] =
     "usage: jetledger [options] <subcommand> ...\n"
@@ -32,7 +33,8 @@ static const char usage[] =
     "  rebuild <projector> [--from-seq N | --from-time RFC3339] [--keep-old]\n"
     "      rebuild the read model into a new file and switch to it; shows progress, prints a\n"
     "      summary; Ctrl-C cancels (the live model stays as it was); --keep-old keeps the\n"
-    "      replaced file\n"
+    "      replaced file. From N (or a time) the new model holds only the events from there\n"
+    "      on: what came before is left out of it\n"
     "  verify <projector>\n"
     "      rebuild into a scratch file and compare it with the live read model\n"
     "  bench [--quick] [--out DIR] ...\n"
@@ -128,6 +130,11 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
         /* An empty id would be no id: a retry with "$ID" unset would then take effect twice. */
         if (*val == 0) {
             cli_error("%s needs a value, not an empty string", flag_names[which]);
+            return -1;
+        }
+        if (which != F_AGGREGATE && !jl_valid_id(val)) {
+            cli_error("%s must be 1 to %d printable characters without spaces, not '%s'",
+                      flag_names[which], JL_MAX_ID_LEN, val);
             return -1;
         }
         *(which == F_AGGREGATE    ? &o->aggregate
@@ -243,19 +250,6 @@ static int exec_bench(char **argv)
     return CLI_FAILED;
 }
 
-/* A service or projector name: what NATS subjects and durable names can carry. */
-static bool valid_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-')
-            return false;
-    }
-    return true;
-}
-
 int main(int argc, char **argv)
 {
 #define B(f) (1u << (f))
@@ -292,13 +286,28 @@ int main(int argc, char **argv)
         cli_error("give --from-seq or --from-time, not both");
         return CLI_USAGE;
     }
-    jl_status s = jl_config_load(&ctx.cfg, argc, argv, pos, 16, &npos, err, sizeof(err));
+    /* Only what the CLI uses: the services' settings are refused, not taken and ignored. */
+    static const char *const settings[] = {"nats-url", "creds", "request-timeout", NULL};
+    jl_status s =
+        jl_config_load_only(&ctx.cfg, settings, argc, argv, pos, 16, &npos, err, sizeof(err));
     if (s == JL_ERR_STOPPED || (s == JL_OK && npos > 0 && strcmp(argv[pos[0]], "help") == 0)) {
-        printf("%s\n%s", usage, jl_config_usage());
+        char opts[1024];
+        jl_config_usage_into(opts, sizeof(opts), settings);
+        printf("%s\n%s", usage, opts);
         return CLI_OK;
     }
     if (s != JL_OK) {
         cli_error("%s", err);
+        return CLI_USAGE;
+    }
+    /* Settings that cannot work are usage errors (2), not an unreachable server (3). */
+    if (ctx.cfg.nats_url[0] == 0) {
+        cli_error("--nats-url is empty");
+        return CLI_USAGE;
+    }
+    if (ctx.cfg.creds[0] != 0 && access(ctx.cfg.creds, R_OK) != 0) {
+        cli_error("cannot read the credentials file %s (--creds, JL_CREDS): %s", ctx.cfg.creds,
+                  strerror(errno));
         return CLI_USAGE;
     }
     if (npos == 0) {
@@ -318,9 +327,10 @@ int main(int argc, char **argv)
         /* Every subcommand but status names a service or projector first, which goes into
          * NATS subjects: a blank would split the protocol line, a '.' or wildcard reach other
          * subjects. */
-        if (subs[i].fn != cli_status && ctx.argc > 0 && !valid_name(ctx.argv[0])) {
-            cli_error("'%s' is not a service or projector name (letters, digits, '_', '-')",
-                      ctx.argv[0]);
+        if (subs[i].fn != cli_status && ctx.argc > 0 && !jl_valid_name(ctx.argv[0])) {
+            cli_error("'%s' is not a service or projector name (1 to %d letters, digits, '_', "
+                      "'-')",
+                      ctx.argv[0], JL_NAME_MAX - 1);
             return CLI_USAGE;
         }
         unsigned extra = ctx.opts.given & ~(subs[i].flags | B(F_TIMEOUT));

@@ -8,6 +8,7 @@
 #ifndef JETLEDGER_CONFIG_H
 #define JETLEDGER_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,17 @@ typedef struct jl_config {
     int64_t outbox_keep_s;      /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
 } jl_config;
 
+/** Longest name of a service, projector or durable consumer (JL_NAME_MAX - 1 characters). */
+#define JL_NAME_MAX 64
+
+/**
+ * Whether @p s can name a service, a projector or a durable consumer: 1 to JL_NAME_MAX - 1
+ * letters, digits, '_' and '-'. Such names go into NATS subjects ("<name>.query.*") and file
+ * names ("<name>.rebuild-<ms>.db"), where a '.', a wildcard, a blank or a '/' would reach
+ * something else. The services and the CLI check the same.
+ */
+bool jl_valid_name(const char *s);
+
 /** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, 1 replica, info, ...). */
 void jl_config_init(jl_config *cfg);
 
@@ -49,7 +61,20 @@ void jl_config_init(jl_config *cfg);
 jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positional,
                          int max_positional, int *out_n_positional, char *err, size_t errlen);
 
+/**
+ * jl_config_load() for a program that reads only some settings, the keys named in @p only
+ * (flag names without "--", NULL-terminated; NULL: all). The others' environment variables are
+ * not read (they may be there for services run from the same shell), and their flags are
+ * refused as JL_ERR_INVALID, saying so, rather than taken and ignored.
+ */
+jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc, char **argv,
+                              int *out_positional, int max_positional, int *out_n_positional,
+                              char *err, size_t errlen);
+
 /** Text listing every flag, its variable and its default (static, do not free). */
 const char *jl_config_usage(void);
+
+/** jl_config_usage() of the keys in @p only (NULL: all) into @p text, cut to @p size. */
+void jl_config_usage_into(char *text, size_t size, const char *const *only);
 
 #endif /* JETLEDGER_CONFIG_H */

@@ -48,6 +48,10 @@
 /** Longest accepted Jl-Command-Id / Jl-Correlation-Id / Jl-Causation-Id. */
 #define JL_MAX_ID_LEN 64
 
+/** Whether @p s can be a command, correlation or causation id: 1 to JL_MAX_ID_LEN printable
+ * ASCII characters, no spaces (what a producer accepts; clients check the same). */
+bool jl_valid_id(const char *s);
+
 /** One command a service accepts. */
 typedef struct jl_command_def {
     const ProtobufCMessageDescriptor *descriptor;

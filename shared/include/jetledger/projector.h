@@ -108,8 +108,9 @@ typedef struct jl_projector_def {
  * effect however often it is sent. @p command_id must therefore be deterministic (derived from
  * the event that decided it, e.g. "fulfilment:<order id>:reserve"); a second add with an id
  * already queued is ignored.
- * @return JL_OK; JL_ERR_INVALID for an empty command id, an id (command, correlation,
- * causation) over JL_MAX_ID_LEN characters, or a service or command name over 63 or 71;
+ * @return JL_OK; JL_ERR_INVALID for an id (command, correlation, causation) a producer would
+ * refuse (see jl_valid_id(); empty correlation and causation ids are none), a service name
+ * that is not one (jl_valid_name()) or a command name over 71 characters;
  * JL_ERR_TOO_LARGE over JL_MAX_COMMAND_BYTES; an SQLite failure.
  */
 jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
