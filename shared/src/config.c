@@ -46,7 +46,7 @@ static const key keys[] = {
     I64("duplicate-window", "JL_DUPLICATE_WINDOW", duplicate_window_s, 1, 7 * 24 * 3600,
         "seconds JetStream remembers Nats-Msg-Id"),
     I64("max-age", "JL_MAX_AGE", max_age_s, 0, INT64_MAX / 1000000000, "seconds, 0 = forever"),
-    I64("max-bytes", "JL_MAX_BYTES", max_bytes, -1, INT64_MAX, "stream size cap, -1 = none"),
+    I64("max-bytes", "JL_MAX_BYTES", max_bytes, -1, INT64_MAX, "stream size cap, -1 (or 0) = none"),
     INT("batch", "JL_BATCH", batch, 1, 8192, "projector fetch batch size"),
     INT("command-retries", "JL_COMMAND_RETRIES", command_retries, 0, 100,
         "retries of a command that lost a concurrency race"),
@@ -114,12 +114,10 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
                      origin, v, k->min, k->max);
             return JL_ERR_INVALID;
         }
-        if (k->offset == offsetof(jl_config, max_bytes) && n == 0) {
-            /* JetStream takes 0 for "no cap" and reports -1: the stream would be updated at
-             * every start. */
-            snprintf(err, errlen, "%s: give -1 for no cap, or a size in bytes above 0", origin);
-            return JL_ERR_INVALID;
-        }
+        /* JetStream takes 0 for "no cap" and reports -1: kept as 0, the stream would be
+         * updated at every start. */
+        if (k->offset == offsetof(jl_config, max_bytes) && n == 0)
+            n = -1;
         if (k->kind == K_INT)
             *(int *)(void *)base = (int)n;
         else

@@ -2,7 +2,9 @@
  * The ordered pipeline: a ring of slots in push order. head: the next slot to finish; prep: the
  * next slot a worker may take (never behind head); tail: the next free slot. Counters grow
  * forever; a slot is counter % cap. Whoever makes the head ready finishes it and what follows
- * while ready ("pumping"), so finish calls never overlap and keep push order.
+ * while ready ("pumping"), so finish calls never overlap and keep push order. Unordered, a
+ * worker copies the slot it takes out of the ring (head moves up to prep at once) and finishes
+ * it itself; finish calls then overlap.
  */
 #include "ordered.h"
 

@@ -2,7 +2,8 @@
  * Internal: an ordered pipeline. Items are pushed in order; the ones that need it are prepared
  * on a small pool of worker threads, in parallel and in any order (a blocking lookup, say); every
  * item is then finished strictly in push order, one at a time, on whichever thread completes the
- * head (the pusher's own thread when nothing is waiting: no hand-off then).
+ * head (the pusher's own thread when nothing is waiting: no hand-off then). Created unordered, it
+ * is a plain worker pool instead: each item prepared and finished by the worker that took it.
  *
  * Bounded: push blocks while @p capacity items are waiting. Thread-safe.
  */

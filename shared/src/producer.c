@@ -156,6 +156,7 @@ struct cmd {
     int64_t sent_ns;     /* when its last message was published (publish_tracked) */
     uint64_t first_version;
     bool fresh;     /* a new aggregate under a generated id: nothing to load */
+    bool timed_out; /* an attempt of its append timed out: it may be stored */
     bool client_id; /* the command id came from the client: remembered, deduplicated */
     bool recording; /* stored; its command-id record is in flight, then the reply */
     /* A refusal or a no-op on a cached state is checked against the stream's head first: */
@@ -942,6 +943,8 @@ static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsS
     }
     jl_reply_reset(&p->reply); /* the shared reply was others' meanwhile */
     snprintf(p->reply.aggregate_id, sizeof(p->reply.aggregate_id), "%s", c->agg_id);
+    if (!c->recording && err == NATS_TIMEOUT)
+        c->timed_out = true;
     if (p->closing)
         return NATS_CONNECTION_CLOSED;
     jsPubOptions again;
@@ -1186,9 +1189,11 @@ static bool start_one(jl_producer *p, cmd *c)
     e->busy = true;
     if (c->deadline_ns == 0)
         c->deadline_ns = now_ns() + p->append_timeout_ms * 1000000LL;
+    jl_conn *via = p->conn;
     if (ns == NATS_OK) {
         bool burst = bursting(p);
         p->stats.burst_appends += burst;
+        via = burst ? p->bulk : p->conn;
         ns = publish_tracked(p, burst ? p->bulk_js : p->js, &out, &po, c);
     }
     if (ns == NATS_MAX_PAYLOAD) {
@@ -1197,7 +1202,7 @@ static bool start_one(jl_producer *p, cmd *c)
         jl_reply_error(r, JL_CODE_INVALID,
                        "the command's events (%zu bytes) exceed the server's max_payload "
                        "(%" PRId64 " bytes) and were not stored",
-                       p->commit.len, natsConnection_GetMaxPayload(jl_conn_nats(p->conn)));
+                       p->commit.len, natsConnection_GetMaxPayload(jl_conn_nats(via)));
         finish(p, c, r);
         return true;
     }
@@ -1395,8 +1400,9 @@ static void *load_read(void *ctx, void *item)
 }
 
 /*
- * Under p->mu, in load_done(): p->loads' own finish, where a push to p->loads could wait for
- * room that only this thread makes (a deadlock once 1024 loads wait). What start_one()
+ * Under p->mu, in load_done(): on a worker of p->loads, where a push to p->loads could wait for
+ * room that only its workers make (a deadlock once 1024 loads wait and every worker is here).
+ * What start_one()
  * deferred here is answered instead. That happens only after a failed read, to the commands
  * queued behind it (the entry is stale): "unavailable", as the read was.
  */
@@ -1629,7 +1635,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             finish(p, c, r);
             release_entry(p, e);
         }
-    } else if (pae->ErrCode != 0) {
+    } else if (pae->ErrCode != 0 && !c->timed_out) {
         /* The stream said no: full under --max-bytes (discard new), a commit over its maximum
          * message size, the server out of resources. Reload before the next use all the same. */
         e->stale = true;
@@ -1645,8 +1651,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     } else {
         e->stale = true; /* the append may or may not be stored: reload before the next use */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "event store did not confirm the events within %" PRId64 " ms: %s",
-                       p->append_timeout_ms, natsStatus_GetText(pae->Err));
+                       "event store did not confirm the events within %" PRId64
+                       " ms (they may or may not be stored): %s%s%s",
+                       p->append_timeout_ms, natsStatus_GetText(pae->Err),
+                       pae->ErrText ? ", then refused a resend: " : "",
+                       pae->ErrText ? pae->ErrText : "");
         finish(p, c, r);
         release_entry(p, e);
     }
@@ -2168,11 +2177,13 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 
 /* Bind to (creating if needed) the KV bucket named @p fmt with the stream name. */
 /*
- * A bucket made before gets the replicas and TTL asked for now, as the stream does: moving a
- * service from one replica to three must not leave its command ids and snapshots on one node.
+ * A bucket made before gets the replicas (and, @p ttl_ns >= 0, the TTL) asked for now, as the
+ * stream does: moving a service from one replica to three must not leave its command ids and
+ * snapshots on one node. One that jetledger did not make (another @p description) is left as it
+ * is, with a warning: an update through this client could drop settings it does not know.
  */
-static jl_status settle_bucket(jl_producer *p, const char *bucket, int replicas, int64_t ttl_ns,
-                               char *err, size_t errlen)
+static jl_status settle_bucket(jl_producer *p, const char *bucket, const char *description,
+                               int replicas, int64_t ttl_ns, char *err, size_t errlen)
 {
     char name[128];
     jsStreamInfo *si = NULL;
@@ -2187,7 +2198,15 @@ static jl_status settle_bucket(jl_producer *p, const char *bucket, int replicas,
     }
     jsStreamConfig *c = si->Config;
     jl_status s = JL_OK;
-    if (c->Replicas != replicas || c->MaxAge != ttl_ns) {
+    if (ttl_ns < 0)
+        ttl_ns = c->MaxAge;
+    bool ours = c->Description != NULL && strcmp(c->Description, description) == 0;
+    if ((c->Replicas != replicas || c->MaxAge != ttl_ns) && !ours) {
+        jl_log(JL_LOG_WARN,
+               "KV bucket not made by jetledger: its replicas and TTL are left as they are",
+               "\"bucket\":\"%s\",\"replicas\":%" PRId64 ",\"wanted_replicas\":%d", bucket,
+               c->Replicas, replicas);
+    } else if (c->Replicas != replicas || c->MaxAge != ttl_ns) {
         int64_t was_replicas = c->Replicas, was_ttl = c->MaxAge;
         c->Replicas = replicas;
         c->MaxAge = ttl_ns;
@@ -2239,8 +2258,9 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
         *out = NULL;
         return jl_status_from_nats(ns);
     }
-    jl_status s = settle_bucket(p, bucket, jl_conn_replicas(p->conn, cfg->replicas),
-                                ttl_s * 1000000000LL, err, errlen);
+    /* No TTL asked (the snapshots): whatever an operator set stays. */
+    jl_status s = settle_bucket(p, bucket, description, jl_conn_replicas(p->conn, cfg->replicas),
+                                ttl_s > 0 ? ttl_s * 1000000000LL : -1, err, errlen);
     if (s != JL_OK) {
         kvStore_Destroy(*out);
         *out = NULL;
@@ -2259,6 +2279,15 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     if (p == NULL) {
         snprintf(err, errlen, "out of memory");
         return JL_ERR_NOMEM;
+    }
+    /* The name makes subjects ("<name>.cmd.*", "<name>.events.>") and the queue group. */
+    if (def->name == NULL || !jl_valid_name(def->name)) {
+        snprintf(err, errlen,
+                 "service name '%s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
+                 "subjects)",
+                 def->name ? def->name : "", JL_NAME_MAX - 1);
+        free(p);
+        return JL_ERR_INVALID;
     }
     p->def = def;
     p->conn = conn;

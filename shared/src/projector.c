@@ -283,8 +283,8 @@ static void pointer_path(const jl_projector *p, char *out, size_t n)
  * write. */
 static bool is_rebuild_file(const char *file, const char *name);
 
-/* Whether @p p's data dir holds a file of a rebuild (a switched-to live file, without its
- * pointer, looks like one). */
+/* Whether @p p's data dir holds a rebuild's file (a switched-to live file, without its
+ * pointer, is one), its name into @p out. */
 static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
 {
     DIR *d = opendir(p->data_dir);
@@ -293,7 +293,9 @@ static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
     if (d == NULL)
         return false;
     while (!found && (e = readdir(d)) != NULL) {
-        if ((found = is_rebuild_file(e->d_name, p->def->name)))
+        /* A verify's scratch file is never live: it blocks nothing. */
+        if ((found = is_rebuild_file(e->d_name, p->def->name) &&
+                     strstr(e->d_name + strlen(p->def->name), ".rebuild-") != NULL))
             snprintf(out, n, "%s", e->d_name);
     }
     closedir(d);
@@ -442,31 +444,35 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     p->outbox_gen++;
     pthread_rwlock_unlock(&p->switch_lock);
     char kept[1100] = "";
-    bool copied = false;
     if (keep_old) {
-        /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
-         * an interrupted rebuild and removes. A copy made by SQLite, whole: the last commits
-         * may still be in the old file's WAL, which a process manager's outbox sender (a
-         * connection of its own) keeps from being folded in when this one closes. */
-        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
-                 jl__now_ns() / 1000000);
-        sqlite3_stmt *st = jl_db_stmt(old_db, "VACUUM INTO ?1");
-        copied = st != NULL && sqlite3_bind_text(st, 1, kept, -1, SQLITE_STATIC) == SQLITE_OK &&
-                 jl_db_step_done(old_db, st) == JL_OK;
-        if (!copied) {
-            char esc[600];
-            jl_log(JL_LOG_WARN, "old read model not copied, renamed instead",
-                   "\"file\":\"%s\",\"error\":\"%s\"", kept,
-                   jl_log_str(esc, sizeof(esc), jl_db_errmsg(old_db)));
-            unlink(kept);
-        }
+        /* Its last commits may still be in its WAL, which closing this connection would not
+         * fold in while a process manager's outbox sender (a connection of its own) has the
+         * file open: fold it in now (a checkpoint syncs the file), then rename. Cheap: the WAL
+         * holds what came since the last checkpoint, not the model. */
+        int wal_frames = 0, folded = 0;
+        int rc = sqlite3_wal_checkpoint_v2(jl_db_handle(old_db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
+                                           &wal_frames, &folded);
+        if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
+            jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
+                   "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
+                   sqlite3_errstr(rc), wal_frames, folded);
     }
     jl_db_close(old_qdb);
     jl_db_close(old_db);
-    if (!keep_old || copied)
+    if (!keep_old) {
         jl__proj_remove_db(old_path);
-    else if (rename(old_path, kept) != 0)
-        snprintf(kept, sizeof(kept), "%s", old_path);
+    } else {
+        /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
+         * an interrupted rebuild and removes; the rename is synced for the same reason. */
+        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
+                 jl__now_ns() / 1000000);
+        if (rename(old_path, kept) != 0) {
+            snprintf(kept, sizeof(kept), "%s", old_path);
+        } else if ((dfd = open(p->data_dir, O_RDONLY | O_DIRECTORY)) >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
     jl_log(JL_LOG_INFO, "read model switched",
            "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file,
            jl__proj_checkpoint(p, 0), keep_old ? kept : "(removed)");
@@ -908,6 +914,8 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
     return JL_OK;
 }
 
+static bool paused_wait(jl_projector *p, int wait_ms);
+
 /* The source a JetStream message comes from, by the stream named in its reply subject. */
 static int source_of(jl_projector *p, natsMsg *m)
 {
@@ -926,9 +934,9 @@ static int source_of(jl_projector *p, natsMsg *m)
 jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out_applied)
 {
     int i = n > 0 ? source_of(p, msgs[0]) : 0;
-    if (atomic_load(&p->paused)) {
+    if (paused_wait(p, 0)) {
         /* This code's projection version is newer than the file's: it applies nothing to it
-         * until its version rebuild switched. */
+         * until its version rebuild switched (a failed one is started again every 10 s). */
         set_err(p, "projector %s waits for its version rebuild to switch: nothing applied",
                 p->def->name);
         return JL_ERR_UNAVAILABLE;

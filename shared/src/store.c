@@ -256,7 +256,8 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
                     a->subject, wait, attempt, natsStatus_GetText(ns));
             break;
         }
-        po.MaxWait = left < JL_APPEND_ATTEMPT_MS ? left : JL_APPEND_ATTEMPT_MS;
+        /* Without a message id a resend could store a second copy: one wait to the deadline. */
+        po.MaxWait = a->msg_id != NULL && left > JL_APPEND_ATTEMPT_MS ? JL_APPEND_ATTEMPT_MS : left;
         jerr = 0;
         ns = js_PublishMsg(&pa, st->js, msg, &po, &jerr);
         if (ns == NATS_OK) {

@@ -1611,7 +1611,6 @@ START_TEST(config_out_of_range_numbers_are_invalid)
         {"--command-retries=-1", "--command-retries"},
         {"--duplicate-window=0", "--duplicate-window"},
         {"--max-bytes=-2", "--max-bytes"},
-        {"--max-bytes=0", "--max-bytes"}, /* JetStream's "no cap", reported as -1 */
         {"--max-age=-1", "--max-age"},
         {"--request-timeout=99", "--request-timeout"},
         {"--request-timeout=600001", "--request-timeout"},
@@ -1637,8 +1636,9 @@ START_TEST(config_range_bounds_are_accepted)
     char err[256];
     jl_config_init(&cfg);
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--replicas=1", "--batch=1",
-                          "--request-timeout=600000", "--max-age=0", NULL),
+                          "--request-timeout=600000", "--max-age=0", "--max-bytes=0", NULL),
                      JL_OK);
+    ck_assert_int_eq(cfg.max_bytes, -1); /* JetStream's "no cap" is 0 or -1; it reports -1 */
     ck_assert_int_eq(cfg.replicas, 1);
     ck_assert_int_eq(cfg.batch, 1);
     ck_assert_int_eq(cfg.request_timeout_ms, 600000);

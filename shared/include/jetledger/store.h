@@ -77,9 +77,10 @@ typedef struct jl_append {
 } jl_append;
 
 /**
- * Append one message. Publish timeouts (each attempt waits JL_APPEND_ATTEMPT_MS at most) and "no
- * responders" (a stream leader moving) are retried with the same message and id until the
- * deadline, so a retry never stores a second copy.
+ * Append one message. Publish timeouts (with a msg_id each attempt waits JL_APPEND_ATTEMPT_MS at
+ * most; without one the first waits to the deadline) and "no responders" (a stream leader
+ * moving) are retried with the same message and id until the deadline, so a retry with a
+ * msg_id never stores a second copy.
  * @param out_seq       stream sequence of the stored message.
  * @param out_duplicate true when JetStream had already stored this id (a retry that succeeded
  *                      before); @p out_seq is then the original's sequence.
