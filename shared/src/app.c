@@ -1,5 +1,7 @@
 #include "jetledger/app.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -109,6 +111,24 @@ static void fail(const char *what, jl_status s, const char *err)
            jl_log_str(esc, sizeof(esc), err));
 }
 
+/* The readiness file: there while the service answers (a Kubernetes readiness probe tests it,
+ * so that a rollout stops an old pod only once a new one has subscribed). */
+static void ready(const jl_config *cfg, bool up)
+{
+    if (cfg->ready_file[0] == 0)
+        return;
+    if (!up) {
+        unlink(cfg->ready_file);
+        return;
+    }
+    int fd = open(cfg->ready_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || close(fd) != 0) {
+        char esc[600];
+        jl_log(JL_LOG_WARN, "cannot write the readiness file", "\"file\":\"%s\",\"error\":\"%s\"",
+               jl_log_str(esc, sizeof(esc), cfg->ready_file), strerror(errno));
+    }
+}
+
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
 {
     jl_config cfg;
@@ -147,7 +167,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_lock(&stop_mu);
     started = true;
     pthread_mutex_unlock(&stop_mu);
+    ready(&cfg, true);
     jl_app_wait_for_stop();
+    ready(&cfg, false);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
         jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
@@ -191,7 +213,9 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     if (already)
         jl_projector_stop(p);
+    ready(&cfg, true);
     s = jl_projector_run(p);
+    ready(&cfg, false);
     if (s != JL_OK)
         fail("cannot run", s, jl_projector_errmsg(p));
     if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))

@@ -39,6 +39,8 @@ static const key keys[] = {
     STR("data-dir", "JL_DATA_DIR", data_dir, "directory of read-model databases"),
     STR("name", "JL_NAME", name, "instance name (logs, connection name)"),
     STR("durable", "JL_DURABLE", durable, "projector's durable consumer name"),
+    STR("ready-file", "JL_READY_FILE", ready_file,
+        "file written once the service answers, removed when it stops (readiness probes)"),
     INT("replicas", "JL_REPLICAS", replicas, 0, 5,
         "stream replicas, 0 = 3 on a cluster of 3+, else 1"),
     {"log-level", "JL_LOG_LEVEL", K_LEVEL, offsetof(jl_config, log_level), 0, 0, 0,

@@ -195,12 +195,14 @@ static void svc_start(svc *s, const char *bin, const char *log_name, const char 
 static void svc_start_in(svc *s, const char *bin, const char *log_name, const char *nats_url,
                          const char *data_dir, int batch, const char *level, const char *tmpfs_size)
 {
-    char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32];
+    char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32], e_ready[700];
     snprintf(e_url, sizeof(e_url), "NATS_URL=%s", nats_url);
     snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", data_dir != NULL ? data_dir : "");
     snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", batch > 0 ? batch : 256);
     snprintf(e_level, sizeof(e_level), "JL_LOG_LEVEL=%s", level != NULL ? level : "info");
+    snprintf(e_ready, sizeof(e_ready), "JL_READY_FILE=%s/%s.ready", env.dir, log_name);
     const char *const envv[] = {e_url,
+                                e_ready,
                                 e_dir,
                                 e_batch,
                                 e_level,
@@ -838,6 +840,23 @@ START_TEST(a_sigterm_sent_twice_at_once_is_one_graceful_stop)
 }
 END_TEST
 
+/* JL_READY_FILE: there while a service answers (a readiness probe tests it), gone once it
+ * stopped. */
+START_TEST(a_ready_file_is_there_while_a_service_answers)
+{
+    svc s[2];
+    char ready[2][700];
+    const char *logs[2] = {"orders.log", "summary.log"};
+    start_orders_and_summary(s);
+    for (int i = 0; i < 2; i++) {
+        snprintf(ready[i], sizeof(ready[i]), "%s/%s.ready", env.dir, logs[i]);
+        ck_assert_msg(access(ready[i], F_OK) == 0, "%s missing", ready[i]);
+        ck_assert_int_eq(svc_stop(&s[i], SIGTERM, 15000), 0);
+        ck_assert_msg(access(ready[i], F_OK) != 0, "%s left behind", ready[i]);
+    }
+}
+END_TEST
+
 /* ---- 3. no server, or not a NATS server ---------------------------------------------------- */
 
 /*
@@ -1053,6 +1072,42 @@ static bool json_u64(const char *json, const char *key, uint64_t *out)
     *out = strtoull(p + strlen(pat), NULL, 10);
     return true;
 }
+
+START_TEST(cli_status_shows_streams_consumers_and_lag)
+{
+    /* `jetledger status`: every stream and consumer, with what it holds, its lag and where it
+     * lives (on a single server, that server: never "none"), as a table and as JSON. */
+    const char *url = env.cfg.nats_url;
+    svc s[2];
+    cli_result *r = calloc(1, sizeof(*r));
+    ck_assert_ptr_nonnull(r);
+    start_orders_and_summary(s);
+    for (int i = 0; i < 3; i++) {
+        CLI(r, url, "command", "orders", "CreateOrder", "{\"customer_id\":\"st\"}");
+        ASSERT_CLI(r, 0);
+    }
+    int64_t deadline = tnow_ms() + 15000;
+    do {
+        CLI(r, url, "status", "--json");
+        ASSERT_CLI(r, 0);
+        if (strstr(r->out, "\"num_pending\":0,") != NULL)
+            break;
+        nats_Sleep(100);
+    } while (tnow_ms() < deadline);
+    ck_assert_msg(strstr(r->out, "{\"name\":\"ORDERS\",\"kind\":\"stream\"") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->out, "\"messages\":3,") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->out, "\"durable\":\"order_summary\"") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->out, "\"num_pending\":0,") != NULL, "not caught up: %s", r->out);
+    CLI(r, url, "status");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "ORDERS") != NULL && strstr(r->out, "order_summary") != NULL, "%s",
+                  r->out);
+    ck_assert_msg(strstr(r->out, "none") == NULL, "%s", r->out);
+    CLI(r, url, "status", "--keep-old");
+    ASSERT_CLI(r, 2);
+    free(r);
+}
+END_TEST
 
 START_TEST(cli_round_trip_and_exit_codes)
 {
@@ -1359,10 +1414,12 @@ Suite *processes_suite(void)
     tcase_add_test(tc, second_sigint_ends_services_at_once);
     tcase_add_test(tc, second_signal_during_graceful_stop_exits_130);
     tcase_add_test(tc, a_sigterm_sent_twice_at_once_is_one_graceful_stop);
+    tcase_add_test(tc, a_ready_file_is_there_while_a_service_answers);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);
     tcase_add_test(tc, cli_round_trip_and_exit_codes);
+    tcase_add_test(tc, cli_status_shows_streams_consumers_and_lag);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     suite_add_tcase(s, tc);

@@ -1390,9 +1390,9 @@ END_TEST
 /* =============================== config =============================== */
 
 static const char *const config_env[] = {
-    "NATS_URL",    "JL_CREDS",           "JL_DATA_DIR",         "JL_NAME",    "JL_DURABLE",
-    "JL_REPLICAS", "JL_LOG_LEVEL",       "JL_DUPLICATE_WINDOW", "JL_MAX_AGE", "JL_MAX_BYTES",
-    "JL_BATCH",    "JL_COMMAND_RETRIES", "JL_REQUEST_TIMEOUT",
+    "NATS_URL",    "JL_CREDS",           "JL_DATA_DIR",         "JL_NAME",       "JL_DURABLE",
+    "JL_REPLICAS", "JL_LOG_LEVEL",       "JL_DUPLICATE_WINDOW", "JL_MAX_AGE",    "JL_MAX_BYTES",
+    "JL_BATCH",    "JL_COMMAND_RETRIES", "JL_REQUEST_TIMEOUT",  "JL_READY_FILE",
 };
 #define N_CONFIG_ENV (sizeof(config_env) / sizeof(config_env[0]))
 static char *saved_env[N_CONFIG_ENV];

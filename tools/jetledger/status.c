@@ -445,7 +445,10 @@ static int print_table(const st_all *all)
                 snprintf(np, sizeof(np), "%" PRIu64, ci->NumPending);
                 snprintf(rd, sizeof(rd), "%" PRId64, ci->NumRedelivered);
                 snprintf(wt, sizeof(wt), "%" PRId64, ci->NumWaiting);
-                snprintf(cl, sizeof(cl), "%s", leader_of(ci->Cluster));
+                /* A single server reports no cluster for a consumer: its stream's server. */
+                snprintf(cl, sizeof(cl), "%s",
+                         ci->Cluster != NULL && ci->Cluster->Leader != NULL ? leader_of(ci->Cluster)
+                                                                            : leader);
             } else {
                 snprintf(cl, sizeof(cl), "error: %s", c->err);
             }
