@@ -302,19 +302,23 @@ static void decide_reserve(const inventory_state *s, const jl_command *cmd, jl_d
             return;
         }
     }
-    /* Capacity is the state's bound, not a fault of the command: the saga sees it as an
-     * outcome like any other, and the id is remembered as rejected. */
+    /* Capacity is the state's bound, not an outcome of the order: a rejection (an event, the
+     * id closed for good) would cancel an order for stock that is there, because others had
+     * not been committed yet. "Not now" instead: no event, the id stays free, and the sender
+     * tries again (a process manager's outbox does, behind nothing but that order's own
+     * commands) once commits and releases have made room. */
     if (s->n_open >= INVENTORY_MAX_OPEN) {
-        snprintf(reason, sizeof(reason), "the warehouse holds %d open reservations, its maximum",
-                 INVENTORY_MAX_OPEN);
-        emit_rejected(c, rid_text, oid_text, reason, out);
+        jl_decision_reject(out, JL_CODE_UNAVAILABLE,
+                           "the warehouse holds %d open reservations, its maximum: try again "
+                           "once some are committed or released",
+                           INVENTORY_MAX_OPEN);
         return;
     }
     if (s->n_open_lines + c->n_lines > INVENTORY_MAX_OPEN_LINES) {
-        snprintf(reason, sizeof(reason),
-                 "open reservations would hold more than %d lines, the warehouse's maximum",
-                 INVENTORY_MAX_OPEN_LINES);
-        emit_rejected(c, rid_text, oid_text, reason, out);
+        jl_decision_reject(out, JL_CODE_UNAVAILABLE,
+                           "open reservations would hold more than %d lines, the warehouse's "
+                           "maximum: try again once some are committed or released",
+                           INVENTORY_MAX_OPEN_LINES);
         return;
     }
 

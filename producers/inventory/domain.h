@@ -20,7 +20,8 @@
  * - at most INVENTORY_MAX_PRODUCTS skus, never removed;
  * - at most INVENTORY_MAX_OPEN open reservations holding together at most
  *   INVENTORY_MAX_OPEN_LINES lines (one shared pool, so a few large reservations do not cost
- *   every slot the room of the largest);
+ *   every slot the room of the largest); a ReserveStock beyond them is refused "unavailable"
+ *   (no event, the id not used up), to be sent again once commits and releases made room;
  * - the ids of the last INVENTORY_MAX_CLOSED closed reservations (rejected, released or
  *   committed), a ring: the oldest is forgotten first.
  *

@@ -454,7 +454,9 @@ static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *
     }
     if (s == JL_OK && msg != NULL) {
         fulfilment_command_id(id, re->order_id, c);
-        s = jl_outbox_add(db, service, msg, id, ev->correlation_id, ev->event_id);
+        /* Keyed by order: a reservation refused "not now" holds back only its own order. */
+        s = jl_outbox_add_keyed(db, service, msg, id, ev->correlation_id, ev->event_id,
+                                re->order_id);
         if (s == JL_ERR_TOO_LARGE) {
             snprintf(err, errlen, "%s for order %s is over the command size limit",
                      msg->descriptor->short_name, re->order_id);

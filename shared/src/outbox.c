@@ -4,9 +4,13 @@
  * records each reply. A command without a reply is sent again (same command id) until one
  * comes: producers answer a repeated id once, so it has one effect.
  *
- * Rows are sent strictly in the order they were decided: a command that gets no reply (service
- * down) holds back the ones after it, because a later command may depend on it (a release sent
- * before its reservation would find nothing and the reservation would then hold stock forever).
+ * Rows are sent in the order they were decided: a command that gets no reply (service down)
+ * holds back the ones after it, because a later command may depend on it (a release sent before
+ * its reservation would find nothing and the reservation would then hold stock forever). A row
+ * answered "not now" (a producer's unavailable, conflict or timeout: not decided) holds back
+ * the rows of its order key only, when it has one (jl_outbox_add_keyed()): the others go on,
+ * and may be what makes room for it (a commit of another order's reservation). A row without
+ * a key is a barrier: it waits for every row before it, and every row after it waits for it.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -21,6 +25,8 @@
 #include "projector_int.h"
 
 #define OUTBOX_BATCH 32
+/* Order keys held back in one pass; past them, the pass ends there. */
+#define OUTBOX_MAX_HELD 256
 /* How often a wait for a reply looks whether the projector is stopping. */
 #define OUTBOX_STOP_CHECK_MS 200
 #define PRUNE_CHUNK 1000
@@ -33,6 +39,7 @@ typedef struct row {
     char command_id[128];
     char correlation[128];
     char causation[128];
+    char key[JL_OUTBOX_KEY_MAX + 1]; /* "": none, a barrier */
     void *body;
     int len;
 } row;
@@ -40,6 +47,13 @@ typedef struct row {
 jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *cmd,
                         const char *command_id, const char *correlation_id,
                         const char *causation_id)
+{
+    return jl_outbox_add_keyed(db, service, cmd, command_id, correlation_id, causation_id, NULL);
+}
+
+jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMessage *cmd,
+                              const char *command_id, const char *correlation_id,
+                              const char *causation_id, const char *order_key)
 {
     /* The sender keeps each field in a bounded buffer, and producers refuse longer ids: one
      * that does not fit is refused here, not cut (two ids cut alike would be one command). */
@@ -49,6 +63,7 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
         (causation_id != NULL && *causation_id != 0 && !jl_valid_id(causation_id)) ||
         service == NULL || !jl_valid_name(service) ||
         strlen(service) >= sizeof(((row *)0)->service) ||
+        (order_key != NULL && strlen(order_key) > JL_OUTBOX_KEY_MAX) ||
         strlen(cmd->descriptor->short_name) >= sizeof(((row *)0)->command))
         return JL_ERR_INVALID;
     size_t n = protobuf_c_message_get_packed_size(cmd);
@@ -60,7 +75,7 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
     protobuf_c_message_pack(cmd, body);
     sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR IGNORE INTO jl_outbox (command_id, service, "
                                       "command, body, correlation_id, causation_id, "
-                                      "created_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?)");
+                                      "created_at_ns, order_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     jl_status s = st != NULL ? JL_OK : JL_ERR_SQLITE;
     if (s == JL_OK) {
         sqlite3_bind_text(st, 1, command_id, -1, SQLITE_STATIC);
@@ -70,6 +85,7 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
         sqlite3_bind_text(st, 5, correlation_id ? correlation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, causation_id ? causation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 7, jl__now_ns());
+        sqlite3_bind_text(st, 8, order_key ? order_key : "", -1, SQLITE_STATIC);
         s = jl_db_step_done(db, st);
     }
     free(body);
@@ -188,9 +204,15 @@ static bool retryable(jl_code code)
     return code == JL_CODE_UNAVAILABLE || code == JL_CODE_CONFLICT || code == JL_CODE_TIMEOUT;
 }
 
-/* Send row @p w and record its reply in @p db, under outbox_mu. False when it must be sent
- * again (no reply, a "not now", or the reply not recorded): the rows behind it wait. */
-static bool send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
+/* What became of a row sent. */
+typedef enum sent {
+    SENT_FINAL,   /* a final reply, recorded */
+    SENT_NOT_NOW, /* "not now" (not decided), recorded: sent again later */
+    SENT_FAILED,  /* no reply, or the reply not recorded */
+} sent;
+
+/* Send row @p w and record its reply in @p db, under outbox_mu. */
+static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
 {
     char why[128];
     bool attempt = false;
@@ -212,7 +234,7 @@ static bool send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
             sqlite3_bind_int64(st, 2, w->id);
             (void)jl_db_step_done(db, st); /* only a count: the row is sent again anyway */
         }
-        return false;
+        return SENT_FAILED;
     }
     jl__fault("outbox.after_send");
     bool again = retryable(r->code), recorded = false;
@@ -232,30 +254,39 @@ static bool send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         jl_log(JL_LOG_WARN, "outbox: command not decided, will retry",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
                w->command_id, jl_code_str(r->code));
-        return false;
+        return recorded ? SENT_NOT_NOW : SENT_FAILED;
     }
     if (r->code != JL_CODE_OK)
         jl_log(JL_LOG_INFO, "outbox: command refused",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
                w->command_id, jl_code_str(r->code));
-    return recorded;
+    return recorded ? SENT_FINAL : SENT_FAILED;
 }
 
 typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
 
-/* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
- * (more may wait), PASS_FAILED when one got no reply or a "not now" (it is sent again after a
- * backoff, and those behind it wait: order is kept). */
-static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
+/* Whether @p key is among the @p n keys held back in this pass. */
+static bool held_back(char held[][JL_OUTBOX_KEY_MAX + 1], int n, const char *key)
 {
-    row rows[OUTBOX_BATCH];
+    for (int i = 0; i < n; i++) {
+        if (strcmp(held[i], key) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Read up to OUTBOX_BATCH rows without a final reply after row @p after, in order. Returns the
+ * count, -1 when they cannot be read (logged). */
+static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
+{
     int n = 0;
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, service, command, command_id, correlation_id, "
-                                      "causation_id, body FROM jl_outbox WHERE replied_at_ns IS "
-                                      "NULL ORDER BY id LIMIT ?");
+                                      "causation_id, body, order_key FROM jl_outbox WHERE "
+                                      "replied_at_ns IS NULL AND id > ? ORDER BY id LIMIT ?");
     if (st == NULL)
-        return PASS_FAILED;
-    sqlite3_bind_int(st, 1, OUTBOX_BATCH);
+        return -1;
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int(st, 2, OUTBOX_BATCH);
     int rc = SQLITE_DONE;
     while (n < OUTBOX_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         row *w = &rows[n];
@@ -265,46 +296,89 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
         snprintf(w->command_id, sizeof(w->command_id), "%s", sqlite3_column_text(st, 3));
         snprintf(w->correlation, sizeof(w->correlation), "%s", sqlite3_column_text(st, 4));
         snprintf(w->causation, sizeof(w->causation), "%s", sqlite3_column_text(st, 5));
+        snprintf(w->key, sizeof(w->key), "%s", sqlite3_column_text(st, 7));
         w->len = sqlite3_column_bytes(st, 6);
         w->body = malloc((size_t)w->len + 1);
-        if (w->body == NULL)
+        if (w->body == NULL) {
+            rc = SQLITE_NOMEM;
             break;
+        }
         memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
         n++;
     }
+    sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         /* Not "nothing to send": the rows are sent after a backoff, in order, once readable. */
         char esc[512];
         jl_db_fail(db, rc, "reading the outbox");
         jl_log(JL_LOG_WARN, "outbox: cannot read the rows to send, will retry", "\"error\":\"%s\"",
                jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+        for (int i = 0; i < n; i++)
+            free(rows[i].body);
+        return -1;
     }
-    sqlite3_reset(st);
-    bool all = rc == SQLITE_ROW || rc == SQLITE_DONE, moved = false;
+    return n;
+}
+
+/* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
+ * (more may wait) or a rebuild switched files, PASS_FAILED when one got no reply or a "not now"
+ * (sent again after a backoff). Past a keyed row answered "not now" the pass goes on, batch
+ * after batch, with the rows of other keys (see the top of this file). */
+static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
+{
+    row rows[OUTBOX_BATCH];
+    char held[OUTBOX_MAX_HELD][JL_OUTBOX_KEY_MAX + 1]; /* 17 KiB: the sender's own stack */
+    int n_held = 0, n = 0;
+    int64_t after = 0;
+    bool failed = false, stop = false, moved = false;
     jl_reply r;
     jl_reply_init(&r);
-    for (int i = 0; i < n && all && !atomic_load(&p->stopping); i++) {
-        while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
-            nats_Sleep(5); /* a rebuild's switch is about to take outbox_mu: let it */
-        pthread_mutex_lock(&p->outbox_mu);
-        moved = p->outbox_gen != gen;
-        if (!moved)
-            all = send_one(p, snd, db, &rows[i], &r);
-        pthread_mutex_unlock(&p->outbox_mu);
-        if (moved)
-            break; /* a rebuild switched files: read the rows again from the new one */
-    }
+    do {
+        if ((n = read_pending(db, after, rows)) < 0) {
+            failed = true;
+            break;
+        }
+        for (int i = 0; i < n && !stop && !atomic_load(&p->stopping); i++) {
+            const row *w = &rows[i];
+            after = w->id;
+            if (w->key[0] == 0 && failed) {
+                stop = true; /* a barrier waits for the rows before it */
+                break;
+            }
+            if (w->key[0] != 0 && held_back(held, n_held, w->key))
+                continue;
+            while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
+                nats_Sleep(5); /* a rebuild's switch is about to take outbox_mu: let it */
+            pthread_mutex_lock(&p->outbox_mu);
+            moved = p->outbox_gen != gen;
+            sent got = moved ? SENT_FAILED : send_one(p, snd, db, w, &r);
+            pthread_mutex_unlock(&p->outbox_mu);
+            if (moved) {
+                stop = true; /* a rebuild switched files: read the rows again from the new one */
+            } else if (got == SENT_NOT_NOW && w->key[0] != 0 && n_held < OUTBOX_MAX_HELD) {
+                snprintf(held[n_held++], sizeof(held[0]), "%s", w->key);
+                failed = true;
+            } else if (got != SENT_FINAL) {
+                failed = true;
+                stop = true;
+            }
+        }
+        for (int i = 0; i < n; i++)
+            free(rows[i].body);
+        /* Without a failure a full batch ends the pass (the loop prunes, then comes back):
+         * after one, the rows past the batch are read on now, or the held ones would come
+         * first again next time and the others never. */
+    } while (!stop && failed && n == OUTBOX_BATCH && !atomic_load(&p->stopping));
     jl_reply_cleanup(&r);
-    for (int i = 0; i < n; i++)
-        free(rows[i].body);
-    return moved ? PASS_MORE : !all ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
+    return moved ? PASS_MORE : failed ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
 /* Answered rows are history once they are older than the keep time (by default as long as
  * producers remember command ids; after that a row has nothing left to prove): delete them,
  * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows are
- * sent in id order, so the answered ones are a prefix of the table: each chunk reads only the
- * rows it deletes and the one after them. */
+ * sent in id order, so the answered ones are mostly a prefix of the table: each chunk reads only
+ * the rows it deletes and the one after them, and stops at the first row still waiting (rows
+ * of other keys answered past it wait until it is answered too). */
 static void prune_failed(jl_db *db)
 {
     char esc[512];

@@ -67,7 +67,8 @@ const char *const jl__state_sql =
     "  replied_at_ns INTEGER,"
     "  reply_code TEXT,"
     "  reply_message TEXT,"
-    "  attempts INTEGER NOT NULL DEFAULT 0);"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  order_key TEXT NOT NULL DEFAULT '');"
     /* The sender reads the rows still to send after every batch: without it, a scan of every
      * row ever sent. */
     "CREATE INDEX IF NOT EXISTS jl_outbox_unsent ON jl_outbox (id) WHERE replied_at_ns IS NULL;";
@@ -159,29 +160,43 @@ jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t e
 
 /* A file written before jl_checkpoints said which stream it was: the columns start empty, and
  * the first attach fills them in. */
-static jl_status add_checkpoint_columns(jl_db *db)
+/* Add the columns of a newer version to @p table of a file made before them: @p add, ALTER
+ * TABLE statements run in one transaction unless the table has column @p last (the last one
+ * they add) already. The new columns go last, as in a file made with them. */
+static jl_status add_columns(jl_db *db, const char *table, const char *last, const char *const *add,
+                             size_t n_add)
 {
-    static const char *const add[] = {
-        "ALTER TABLE jl_checkpoints ADD COLUMN stream_created_ns INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jl_checkpoints ADD COLUMN id_seq INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jl_checkpoints ADD COLUMN id_hash INTEGER NOT NULL DEFAULT 0"};
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM pragma_table_info('jl_checkpoints') "
-                                      "WHERE name = 'id_hash'");
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM pragma_table_info(?) WHERE name = ?");
     if (st == NULL)
         return JL_ERR_SQLITE;
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, last, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     bool has = rc == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
     sqlite3_reset(st);
     if (rc != SQLITE_ROW)
-        return jl_db_fail(db, rc, "cannot read jl_checkpoints' columns");
+        return jl_db_fail(db, rc, "cannot read a table's columns");
     jl_status s = has ? JL_OK : jl_db_begin(db, true);
-    for (size_t i = 0; !has && s == JL_OK && i < sizeof(add) / sizeof(add[0]); i++)
+    for (size_t i = 0; !has && s == JL_OK && i < n_add; i++)
         s = jl_db_exec(db, add[i]);
     if (!has && s == JL_OK)
         s = jl_db_commit(db);
     if (s != JL_OK)
         jl_db_rollback(db);
     return s;
+}
+
+static jl_status add_later_columns(jl_db *db)
+{
+    static const char *const checkpoints[] = {
+        "ALTER TABLE jl_checkpoints ADD COLUMN stream_created_ns INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jl_checkpoints ADD COLUMN id_seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jl_checkpoints ADD COLUMN id_hash INTEGER NOT NULL DEFAULT 0"};
+    static const char *const outbox[] = {
+        "ALTER TABLE jl_outbox ADD COLUMN order_key TEXT NOT NULL DEFAULT ''"};
+    jl_status s = add_columns(db, "jl_checkpoints", "id_hash", checkpoints,
+                              sizeof(checkpoints) / sizeof(checkpoints[0]));
+    return s == JL_OK ? add_columns(db, "jl_outbox", "order_key", outbox, 1) : s;
 }
 
 /* Open the current file: create its tables when new, else check whose it is and its version. */
@@ -209,7 +224,7 @@ static jl_status init_database(jl_projector *p)
     if (s == JL_OK)
         s = jl_db_exec(db, jl__state_sql);
     if (s == JL_OK)
-        s = add_checkpoint_columns(db);
+        s = add_later_columns(db);
     if (s == JL_OK) {
         st = jl_db_stmt(db,
                         "SELECT projector, stream, version, last_seq FROM jl_state WHERE id = 1");

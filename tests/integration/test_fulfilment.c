@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -347,6 +348,88 @@ START_TEST(a_command_answered_not_now_is_sent_again)
     open_inventory();
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
+}
+END_TEST
+
+/* A stand-in inventory: "not now" to the ReserveStock of order held_order, "ok" to others. */
+static char held_order[JL_UUID_LEN + 1];
+static atomic_int held_calls, passed_calls;
+
+static void answer_not_now_for_one(natsConnection *nc, natsSubscription *sub, natsMsg *m,
+                                   void *closure)
+{
+    Inventory__ReserveStock *c = inventory__reserve_stock__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    bool held = c != NULL && strcasecmp(c->order_id, held_order) == 0;
+    if (c != NULL)
+        inventory__reserve_stock__free_unpacked(c, NULL);
+    if (held) {
+        atomic_fetch_add(&held_calls, 1);
+        answer_not_now(nc, sub, m, closure);
+        return;
+    }
+    jl_reply r;
+    jl_buf out;
+    jl_reply_init(&r);
+    jl_buf_init(&out, 1 << 16);
+    if (jl_reply_encode(&out, &r) == JL_OK)
+        natsConnection_Publish(nc, natsMsg_GetReply(m), out.data, (int)out.len);
+    atomic_fetch_add(&passed_calls, 1);
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(m);
+}
+
+/* The reply recorded for order @p id's command @p command ("" while none is final). */
+static void outbox_reply(const char *id, const char *command, char *out, size_t n)
+{
+    char path[1024], sql[400];
+    tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path));
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(max(CASE WHEN replied_at_ns IS NOT NULL THEN reply_code END), '') "
+             "FROM jl_outbox WHERE command = '%s' AND order_key = lower('%s')",
+             command, id);
+    sqlite3_stmt *st = tdb_row(path, sql);
+    snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
+    tdb_done(st);
+}
+
+START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
+{
+    /* The inventory refuses a reservation "not now" (at its capacity, say): that order's
+     * commands wait and it is sent again, while other orders' commands go on, one of which may
+     * be what makes room (a commit). It was: every command behind it waited. */
+    atomic_store(&held_calls, 0);
+    atomic_store(&passed_calls, 0);
+    natsSubscription *fake = stand_in_inventory(answer_not_now_for_one);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1], got[32] = "";
+    line la[] = {{"apple", 1, 100}};
+    place_order("held", la, 1, a);
+    snprintf(held_order, sizeof(held_order), "%s", a);
+    runner_start(&process, &fulfilment_process);
+    int64_t deadline = tnow_ms() + 20000;
+    while (atomic_load(&held_calls) == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(&held_calls), 1);
+    place_order("passes", la, 1, b); /* decided after a's reservation */
+    deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(50);
+        outbox_reply(b, "ReserveStock", got, sizeof(got));
+    } while (strcmp(got, "ok") != 0 && tnow_ms() < deadline);
+    ck_assert_msg(strcmp(got, "ok") == 0, "b's reservation not sent past a's: '%s'", got);
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, ""); /* still waiting, sent again */
+    int before = atomic_load(&held_calls);
+    deadline = tnow_ms() + 20000;
+    while (atomic_load(&held_calls) == before && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_gt(atomic_load(&held_calls), before);
+    /* The inventory back: a's reservation goes through and the order is confirmed. */
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+    wait_status(a, "confirmed", 20000);
 }
 END_TEST
 
@@ -821,6 +904,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
+    tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
     tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);

@@ -656,12 +656,21 @@ END_TEST
 
 START_TEST(a_file_from_before_stream_identity_is_read_on)
 {
-    /* Files written before jl_checkpoints said which stream gain the columns and go on. */
+    /* Files written before jl_checkpoints said which stream (and jl_outbox had order keys)
+     * gain the columns and go on. */
     read_on_after("older",
                   "ALTER TABLE jl_checkpoints DROP COLUMN stream_created_ns;"
                   "ALTER TABLE jl_checkpoints DROP COLUMN id_seq;"
-                  "ALTER TABLE jl_checkpoints DROP COLUMN id_hash;",
+                  "ALTER TABLE jl_checkpoints DROP COLUMN id_hash;"
+                  "ALTER TABLE jl_outbox DROP COLUMN order_key;",
                   false);
+    char dir[700], path[1024];
+    snprintf(dir, sizeof(dir), "%s/older", env.dir);
+    live_file(dir, path, sizeof(path));
+    sqlite3_stmt *st = tdb_row(
+        path, "SELECT count(*) FROM pragma_table_info('jl_outbox') WHERE name = 'order_key'");
+    ck_assert_int_eq(sqlite3_column_int(st, 0), 1);
+    tdb_done(st);
 }
 END_TEST
 

@@ -117,6 +117,22 @@ jl_status jl_outbox_add(jl_db *db, const char *service, const ProtobufCMessage *
                         const char *command_id, const char *correlation_id,
                         const char *causation_id);
 
+/** Longest order key of jl_outbox_add_keyed(). */
+#define JL_OUTBOX_KEY_MAX 64
+
+/**
+ * jl_outbox_add() with an order key (e.g. the order id of a saga's step; NULL or "": none). A
+ * command answered "not now" (unavailable, conflict, timeout: not decided, sent again later)
+ * holds back only the later commands of its key, and the others go on; without a key it holds
+ * back every later one, as a command without a reply always does. Use a key when commands of
+ * different keys do not depend on each other, and one may make room for another (a commit of
+ * one order's reservation for the reservation of the next).
+ * @return as jl_outbox_add(); JL_ERR_INVALID also for a key over JL_OUTBOX_KEY_MAX bytes.
+ */
+jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMessage *cmd,
+                              const char *command_id, const char *correlation_id,
+                              const char *causation_id, const char *order_key);
+
 typedef struct jl_projector jl_projector;
 
 /**
