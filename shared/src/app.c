@@ -20,6 +20,9 @@ static bool started = false; /* the service holds work (connected and open) */
 static void (*stop_fn)(void *) = NULL;
 static void *stop_closure = NULL;
 
+/* The readiness file (JL_READY_FILE), "" for none: removed on every way out. */
+static char ready_path[512];
+
 void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, int argc,
                    char **argv)
 {
@@ -35,6 +38,11 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
         exit(JL_EXIT_USAGE);
     }
     jl_log_open(stderr, cfg->log_level, cfg->name[0] ? cfg->name : service);
+    /* One left by a run that was killed (the directory outlives a container's restart): not
+     * ready until this one answers. */
+    snprintf(ready_path, sizeof(ready_path), "%s", cfg->ready_file);
+    if (ready_path[0] != 0)
+        unlink(ready_path);
 }
 
 static void *signal_thread(void *arg)
@@ -58,6 +66,8 @@ static void *signal_thread(void *arg)
         }
         if (++count > 1) {
             jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
+            if (ready_path[0] != 0)
+                unlink(ready_path);
             _exit(130);
         }
         jl_log(JL_LOG_INFO, "stopping", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -113,19 +123,23 @@ static void fail(const char *what, jl_status s, const char *err)
 
 /* The readiness file: there while the service answers (a Kubernetes readiness probe tests it,
  * so that a rollout stops an old pod only once a new one has subscribed). */
-static void ready(const jl_config *cfg, bool up)
+static void ready(bool up)
 {
-    if (cfg->ready_file[0] == 0)
+    char tmp[600];
+    if (ready_path[0] == 0)
         return;
     if (!up) {
-        unlink(cfg->ready_file);
+        unlink(ready_path);
         return;
     }
-    int fd = open(cfg->ready_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0 || close(fd) != 0) {
+    /* Whole or not there: a probe never sees a half-made file. */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || close(fd) != 0 || rename(tmp, ready_path) != 0) {
         char esc[600];
         jl_log(JL_LOG_WARN, "cannot write the readiness file", "\"file\":\"%s\",\"error\":\"%s\"",
-               jl_log_str(esc, sizeof(esc), cfg->ready_file), strerror(errno));
+               jl_log_str(esc, sizeof(esc), ready_path), strerror(errno));
+        unlink(tmp);
     }
 }
 
@@ -167,9 +181,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_lock(&stop_mu);
     started = true;
     pthread_mutex_unlock(&stop_mu);
-    ready(&cfg, true);
+    ready(true);
     jl_app_wait_for_stop();
-    ready(&cfg, false);
+    ready(false);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
         jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
@@ -213,9 +227,9 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     if (already)
         jl_projector_stop(p);
-    ready(&cfg, true);
+    ready(true);
     s = jl_projector_run(p);
-    ready(&cfg, false);
+    ready(false);
     if (s != JL_OK)
         fail("cannot run", s, jl_projector_errmsg(p));
     if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))

@@ -20,13 +20,16 @@
 #include <string.h>
 
 #include "deadline.h"
+#include "hash.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
 #include "projector_int.h"
 
 #define OUTBOX_BATCH 32
-/* Order keys held back in one pass; past them, the pass ends there. */
-#define OUTBOX_MAX_HELD 256
+/* Every column of jl_outbox (see jl__state_sql in projector.c). */
+#define OUTBOX_COLUMNS                                                                             \
+    "id, command_id, service, command, body, correlation_id, causation_id, created_at_ns, "        \
+    "replied_at_ns, reply_code, reply_message, attempts, order_key"
 /* How often a wait for a reply looks whether the projector is stopping. */
 #define OUTBOX_STOP_CHECK_MS 200
 #define PRUNE_CHUNK 1000
@@ -265,14 +268,49 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
 
 typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
 
-/* Whether @p key is among the @p n keys held back in this pass. */
-static bool held_back(char held[][JL_OUTBOX_KEY_MAX + 1], int n, const char *key)
+/* The order keys held back in one pass: an open-addressing set of copies, as large as the
+ * pass needs (a backlog may hold back thousands of orders; a cap would stop the pass at the
+ * rows that make room for them). */
+typedef char held_key[JL_OUTBOX_KEY_MAX + 1];
+typedef struct held_set {
+    held_key *keys; /* "" = free slot (a held key is never "") */
+    size_t cap, n;  /* cap: 0 or a power of two */
+} held_set;
+
+static size_t held_slot(const held_set *h, const char *key)
 {
-    for (int i = 0; i < n; i++) {
-        if (strcmp(held[i], key) == 0)
-            return true;
+    size_t i = (size_t)jl__fnv1a64_str(key) & (h->cap - 1);
+    while (h->keys[i][0] != 0 && strcmp(h->keys[i], key) != 0)
+        i = (i + 1) & (h->cap - 1);
+    return i;
+}
+
+static bool held_has(const held_set *h, const char *key)
+{
+    return h->cap > 0 && h->keys[held_slot(h, key)][0] != 0;
+}
+
+/* False when out of memory. */
+static bool held_add(held_set *h, const char *key)
+{
+    if (2 * (h->n + 1) > h->cap) {
+        held_set bigger = {.cap = h->cap ? 2 * h->cap : 64};
+        if ((bigger.keys = calloc(bigger.cap, sizeof(held_key))) == NULL)
+            return false;
+        for (size_t i = 0; i < h->cap; i++) {
+            if (h->keys[i][0] != 0)
+                memcpy(bigger.keys[held_slot(&bigger, h->keys[i])], h->keys[i], sizeof(held_key));
+        }
+        bigger.n = h->n;
+        free(h->keys);
+        *h = bigger;
     }
-    return false;
+    size_t i = held_slot(h, key);
+    if (h->keys[i][0] == 0) {
+        snprintf(h->keys[i], sizeof(held_key), "%s", key);
+        h->n++;
+    }
+    return true;
 }
 
 /* Read up to OUTBOX_BATCH rows without a final reply after row @p after, in order. Returns the
@@ -327,8 +365,8 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
 static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
 {
     row rows[OUTBOX_BATCH];
-    char held[OUTBOX_MAX_HELD][JL_OUTBOX_KEY_MAX + 1]; /* 17 KiB: the sender's own stack */
-    int n_held = 0, n = 0;
+    held_set held = {0};
+    int n = 0;
     int64_t after = 0;
     bool failed = false, stop = false, moved = false;
     jl_reply r;
@@ -345,7 +383,7 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
                 stop = true; /* a barrier waits for the rows before it */
                 break;
             }
-            if (w->key[0] != 0 && held_back(held, n_held, w->key))
+            if (w->key[0] != 0 && held_has(&held, w->key))
                 continue;
             while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
                 nats_Sleep(5); /* a rebuild's switch is about to take outbox_mu: let it */
@@ -355,8 +393,7 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
             pthread_mutex_unlock(&p->outbox_mu);
             if (moved) {
                 stop = true; /* a rebuild switched files: read the rows again from the new one */
-            } else if (got == SENT_NOT_NOW && w->key[0] != 0 && n_held < OUTBOX_MAX_HELD) {
-                snprintf(held[n_held++], sizeof(held[0]), "%s", w->key);
+            } else if (got == SENT_NOT_NOW && w->key[0] != 0 && held_add(&held, w->key)) {
                 failed = true;
             } else if (got != SENT_FINAL) {
                 failed = true;
@@ -370,15 +407,15 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
          * first again next time and the others never. */
     } while (!stop && failed && n == OUTBOX_BATCH && !atomic_load(&p->stopping));
     jl_reply_cleanup(&r);
+    free(held.keys);
     return moved ? PASS_MORE : failed ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
 /* Answered rows are history once they are older than the keep time (by default as long as
  * producers remember command ids; after that a row has nothing left to prove): delete them,
- * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows are
- * sent in id order, so the answered ones are mostly a prefix of the table: each chunk reads only
- * the rows it deletes and the one after them, and stops at the first row still waiting (rows
- * of other keys answered past it wait until it is answered too). */
+ * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows still
+ * waiting (a reservation held back "not now", say) stay, and do not keep the answered rows after
+ * them. */
 static void prune_failed(jl_db *db)
 {
     char esc[512];
@@ -390,41 +427,19 @@ static void prune_answered(jl_projector *p, jl_db *db)
 {
     int64_t cutoff = jl__now_ns() - p->outbox_keep_ns;
     for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !atomic_load(&p->stopping);) {
-        sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, replied_at_ns FROM jl_outbox ORDER BY id "
-                                          "LIMIT ?");
+        sqlite3_stmt *st = jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM "
+                                          "jl_outbox WHERE replied_at_ns < ? ORDER BY id LIMIT ?)");
         if (st == NULL) {
             prune_failed(db);
             return;
         }
-        sqlite3_bind_int(st, 1, PRUNE_CHUNK);
-        int64_t last = -1;
-        int rc;
-        deleted = 0;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_type(st, 1) != SQLITE_NULL &&
-               sqlite3_column_int64(st, 1) < cutoff) {
-            last = sqlite3_column_int64(st, 0);
-            deleted++;
-        }
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-            jl_db_fail(db, rc, "reading answered outbox rows");
-        sqlite3_reset(st);
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-            prune_failed(db);
-            return;
-        }
-        if (last < 0)
-            return;
-        st = jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id <= ? AND replied_at_ns < ?");
-        if (st == NULL) {
-            prune_failed(db);
-            return;
-        }
-        sqlite3_bind_int64(st, 1, last);
-        sqlite3_bind_int64(st, 2, cutoff);
+        sqlite3_bind_int64(st, 1, cutoff);
+        sqlite3_bind_int(st, 2, PRUNE_CHUNK);
         if (jl_db_step_done(db, st) != JL_OK) {
             prune_failed(db);
             return;
         }
+        deleted = sqlite3_changes(jl_db_handle(db));
     }
 }
 
@@ -526,8 +541,11 @@ jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, siz
         s = jl_db_step_done(to, st);
     }
     if (s == JL_OK) {
-        s = jl_db_exec(to, "BEGIN IMMEDIATE; DELETE FROM main.jl_outbox; INSERT INTO "
-                           "main.jl_outbox SELECT * FROM jl_live.jl_outbox; COMMIT;");
+        /* Columns by name: a file's columns are in the order their versions added them. */
+        s = jl_db_exec(to,
+                       "BEGIN IMMEDIATE; DELETE FROM main.jl_outbox; INSERT INTO main.jl_outbox "
+                       "(" OUTBOX_COLUMNS ") SELECT " OUTBOX_COLUMNS " FROM jl_live.jl_outbox; "
+                       "COMMIT;");
         if (s != JL_OK)
             jl_db_rollback(to);
         jl_db_exec(to, "DETACH DATABASE jl_live");

@@ -351,19 +351,19 @@ START_TEST(a_command_answered_not_now_is_sent_again)
 }
 END_TEST
 
-/* A stand-in inventory: "not now" to the ReserveStock of order held_order, "ok" to others. */
-static char held_order[JL_UUID_LEN + 1];
+/* A stand-in inventory: "ok" to the ReserveStock of order passing_order, "not now" to others. */
+static char passing_order[JL_UUID_LEN + 1];
 static atomic_int held_calls, passed_calls;
 
-static void answer_not_now_for_one(natsConnection *nc, natsSubscription *sub, natsMsg *m,
+static void answer_not_now_but_one(natsConnection *nc, natsSubscription *sub, natsMsg *m,
                                    void *closure)
 {
     Inventory__ReserveStock *c = inventory__reserve_stock__unpack(
         NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
-    bool held = c != NULL && strcasecmp(c->order_id, held_order) == 0;
+    bool passes = c != NULL && strcasecmp(c->order_id, passing_order) == 0;
     if (c != NULL)
         inventory__reserve_stock__free_unpacked(c, NULL);
-    if (held) {
+    if (!passes) {
         atomic_fetch_add(&held_calls, 1);
         answer_not_now(nc, sub, m, closure);
         return;
@@ -378,6 +378,18 @@ static void answer_not_now_for_one(natsConnection *nc, natsSubscription *sub, na
     jl_buf_cleanup(&out);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(m);
+}
+
+/* Outbox rows of order @p id. */
+static int outbox_count(const char *id)
+{
+    char path[1024], sql[200];
+    tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path));
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM jl_outbox WHERE order_key = lower('%s')", id);
+    sqlite3_stmt *st = tdb_row(path, sql);
+    int n = sqlite3_column_int(st, 0);
+    tdb_done(st);
+    return n;
 }
 
 /* The reply recorded for order @p id's command @p command ("" while none is final). */
@@ -396,40 +408,50 @@ static void outbox_reply(const char *id, const char *command, char *out, size_t 
 
 START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
 {
-    /* The inventory refuses a reservation "not now" (at its capacity, say): that order's
-     * commands wait and it is sent again, while other orders' commands go on, one of which may
-     * be what makes room (a commit). It was: every command behind it waited. */
+    /* The inventory refuses reservations "not now" (at its capacity, say): those orders'
+     * commands wait and are sent again, while other orders' commands go on, one of which may
+     * be what makes room (a commit). It was: every command behind the first waited. Many held
+     * orders, over several batches of rows: none stops the pass. */
+    enum { HELD = 70 };
     atomic_store(&held_calls, 0);
     atomic_store(&passed_calls, 0);
-    natsSubscription *fake = stand_in_inventory(answer_not_now_for_one);
-    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1], got[32] = "";
+    passing_order[0] = 0;
+    natsSubscription *fake = stand_in_inventory(answer_not_now_but_one);
+    char a[HELD][JL_UUID_LEN + 1], b[JL_UUID_LEN + 1], got[32] = "";
     line la[] = {{"apple", 1, 100}};
-    place_order("held", la, 1, a);
-    snprintf(held_order, sizeof(held_order), "%s", a);
+    for (int i = 0; i < HELD; i++)
+        place_order("held", la, 1, a[i]);
+    env.cfg.outbox_keep_s = 1; /* and answered rows past the held ones are pruned */
     runner_start(&process, &fulfilment_process);
-    int64_t deadline = tnow_ms() + 20000;
-    while (atomic_load(&held_calls) == 0 && tnow_ms() < deadline)
+    int64_t deadline = tnow_ms() + 30000;
+    while (atomic_load(&held_calls) < HELD && tnow_ms() < deadline)
         nats_Sleep(20);
-    ck_assert_int_ge(atomic_load(&held_calls), 1);
-    place_order("passes", la, 1, b); /* decided after a's reservation */
-    deadline = tnow_ms() + 20000;
+    ck_assert_int_ge(atomic_load(&held_calls), HELD);
+    place_order("passes", la, 1, b); /* decided after every held reservation */
+    snprintf(passing_order, sizeof(passing_order), "%s", b);
+    deadline = tnow_ms() + 30000;
     do {
         nats_Sleep(50);
         outbox_reply(b, "ReserveStock", got, sizeof(got));
     } while (strcmp(got, "ok") != 0 && tnow_ms() < deadline);
-    ck_assert_msg(strcmp(got, "ok") == 0, "b's reservation not sent past a's: '%s'", got);
-    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_msg(strcmp(got, "ok") == 0, "b's reservation not sent past the held ones: '%s'", got);
+    outbox_reply(a[0], "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, ""); /* still waiting, sent again */
+    deadline = tnow_ms() + 15000;
+    while (outbox_count(b) > 0 && tnow_ms() < deadline)
+        nats_Sleep(100);
+    ck_assert_int_eq(outbox_count(b), 0);
+    ck_assert_int_eq(outbox_count(a[0]), 1);
     int before = atomic_load(&held_calls);
     deadline = tnow_ms() + 20000;
     while (atomic_load(&held_calls) == before && tnow_ms() < deadline)
         nats_Sleep(20);
     ck_assert_int_gt(atomic_load(&held_calls), before);
-    /* The inventory back: a's reservation goes through and the order is confirmed. */
+    /* The inventory back: the first held reservation goes through, the order is confirmed. */
     natsSubscription_Unsubscribe(fake);
     natsSubscription_Destroy(fake);
     open_inventory();
-    wait_status(a, "confirmed", 20000);
+    wait_status(a[0], "confirmed", 30000);
 }
 END_TEST
 

@@ -842,18 +842,39 @@ END_TEST
 
 /* JL_READY_FILE: there while a service answers (a readiness probe tests it), gone once it
  * stopped. */
+/* Wait up to @p ms for @p path to exist (@p want) or not; whether it did. */
+static bool wait_file(const char *path, bool want, int ms)
+{
+    int64_t deadline = tnow_ms() + ms;
+    while ((access(path, F_OK) == 0) != want && tnow_ms() < deadline)
+        nats_Sleep(20);
+    return (access(path, F_OK) == 0) == want;
+}
+
 START_TEST(a_ready_file_is_there_while_a_service_answers)
 {
-    svc s[2];
-    char ready[2][700];
+    svc s[2], dead;
+    char ready[2][700], stale[700];
     const char *logs[2] = {"orders.log", "summary.log"};
     start_orders_and_summary(s);
     for (int i = 0; i < 2; i++) {
         snprintf(ready[i], sizeof(ready[i]), "%s/%s.ready", env.dir, logs[i]);
-        ck_assert_msg(access(ready[i], F_OK) == 0, "%s missing", ready[i]);
+        /* Written just after the service answers: soon, not necessarily yet. */
+        ck_assert_msg(wait_file(ready[i], true, 5000), "%s missing", ready[i]);
         ck_assert_int_eq(svc_stop(&s[i], SIGTERM, 15000), 0);
         ck_assert_msg(access(ready[i], F_OK) != 0, "%s left behind", ready[i]);
     }
+    /* One left by a killed run is not taken for this one's: removed at start, and not
+     * written while the service cannot reach NATS. */
+    snprintf(stale, sizeof(stale), "%s/dead.log.ready", env.dir);
+    FILE *f = fopen(stale, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    svc_start(&dead, "orders", "dead.log", "nats://127.0.0.1:1", NULL, 0, NULL);
+    ck_assert_msg(wait_file(stale, false, 5000), "a stale %s stayed", stale);
+    nats_Sleep(500);
+    ck_assert_int_ne(access(stale, F_OK), 0);
+    ck_assert_int_eq(svc_stop(&dead, SIGTERM, 15000), 0);
 }
 END_TEST
 
