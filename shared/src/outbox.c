@@ -268,48 +268,59 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
 
 typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
 
-/* The order keys held back in one pass: an open-addressing set of copies, as large as the
- * pass needs (a backlog may hold back thousands of orders; a cap would stop the pass at the
- * rows that make room for them). */
-typedef char held_key[JL_OUTBOX_KEY_MAX + 1];
+/* The order keys held back: an open-addressing set of copies, as large as it needs to be (a
+ * backlog may hold back thousands of orders; a cap would stop a pass at the rows that make room
+ * for them). Each key waits its own backoff, across passes: a wake by a commit re-sends only
+ * the keys whose time has come, not every one held. */
+typedef struct held_entry {
+    char key[JL_OUTBOX_KEY_MAX + 1]; /* "" = free slot (a held key is never "") */
+    int64_t until_ns;                /* not sent again before */
+    int backoff_ms;                  /* the last wait, doubled up to 5 s */
+} held_entry;
+
 typedef struct held_set {
-    held_key *keys; /* "" = free slot (a held key is never "") */
-    size_t cap, n;  /* cap: 0 or a power of two */
+    held_entry *e;
+    size_t cap, n; /* cap: 0 or a power of two */
 } held_set;
 
 static size_t held_slot(const held_set *h, const char *key)
 {
     size_t i = (size_t)jl__fnv1a64_str(key) & (h->cap - 1);
-    while (h->keys[i][0] != 0 && strcmp(h->keys[i], key) != 0)
+    while (h->e[i].key[0] != 0 && strcmp(h->e[i].key, key) != 0)
         i = (i + 1) & (h->cap - 1);
     return i;
 }
 
-static bool held_has(const held_set *h, const char *key)
+static const held_entry *held_find(const held_set *h, const char *key)
 {
-    return h->cap > 0 && h->keys[held_slot(h, key)][0] != 0;
+    if (h->cap == 0)
+        return NULL;
+    const held_entry *e = &h->e[held_slot(h, key)];
+    return e->key[0] != 0 ? e : NULL;
 }
 
-/* False when out of memory. */
-static bool held_add(held_set *h, const char *key)
+/* Hold @p key until @p until_ns; false when out of memory. */
+static bool held_put(held_set *h, const char *key, int64_t until_ns, int backoff_ms)
 {
     if (2 * (h->n + 1) > h->cap) {
         held_set bigger = {.cap = h->cap ? 2 * h->cap : 64};
-        if ((bigger.keys = calloc(bigger.cap, sizeof(held_key))) == NULL)
+        if ((bigger.e = calloc(bigger.cap, sizeof(held_entry))) == NULL)
             return false;
         for (size_t i = 0; i < h->cap; i++) {
-            if (h->keys[i][0] != 0)
-                memcpy(bigger.keys[held_slot(&bigger, h->keys[i])], h->keys[i], sizeof(held_key));
+            if (h->e[i].key[0] != 0)
+                bigger.e[held_slot(&bigger, h->e[i].key)] = h->e[i];
         }
         bigger.n = h->n;
-        free(h->keys);
+        free(h->e);
         *h = bigger;
     }
-    size_t i = held_slot(h, key);
-    if (h->keys[i][0] == 0) {
-        snprintf(h->keys[i], sizeof(held_key), "%s", key);
+    held_entry *e = &h->e[held_slot(h, key)];
+    if (e->key[0] == 0) {
+        snprintf(e->key, sizeof(e->key), "%s", key);
         h->n++;
     }
+    e->until_ns = until_ns;
+    e->backoff_ms = backoff_ms;
     return true;
 }
 
@@ -362,13 +373,13 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
  * (more may wait) or a rebuild switched files, PASS_FAILED when one got no reply or a "not now"
  * (sent again after a backoff). Past a keyed row answered "not now" the pass goes on, batch
  * after batch, with the rows of other keys (see the top of this file). */
-static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
+static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db, uint64_t gen)
 {
     row rows[OUTBOX_BATCH];
-    held_set held = {0};
+    held_set next = {0}; /* the keys held after this pass */
     int n = 0;
-    int64_t after = 0;
-    bool failed = false, stop = false, moved = false;
+    int64_t after = 0, now = jl__now_ns();
+    bool failed = false, stop = false, moved = false, oom = false;
     jl_reply r;
     jl_reply_init(&r);
     do {
@@ -383,17 +394,28 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
                 stop = true; /* a barrier waits for the rows before it */
                 break;
             }
-            if (w->key[0] != 0 && held_has(&held, w->key))
+            const held_entry *was = w->key[0] != 0 ? held_find(held, w->key) : NULL;
+            if (w->key[0] != 0 && held_find(&next, w->key) != NULL)
+                continue; /* held in this pass: its later rows wait */
+            if (was != NULL && was->until_ns > now) {
+                /* Its time has not come: held on, not sent. */
+                oom = !held_put(&next, w->key, was->until_ns, was->backoff_ms);
+                failed = true;
+                stop = oom;
                 continue;
+            }
             while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
                 nats_Sleep(5); /* a rebuild's switch is about to take outbox_mu: let it */
             pthread_mutex_lock(&p->outbox_mu);
             moved = p->outbox_gen != gen;
             sent got = moved ? SENT_FAILED : send_one(p, snd, db, w, &r);
             pthread_mutex_unlock(&p->outbox_mu);
+            int backoff =
+                was != NULL ? (was->backoff_ms * 2 > 5000 ? 5000 : was->backoff_ms * 2) : 200;
             if (moved) {
                 stop = true; /* a rebuild switched files: read the rows again from the new one */
-            } else if (got == SENT_NOT_NOW && w->key[0] != 0 && held_add(&held, w->key)) {
+            } else if (got == SENT_NOT_NOW && w->key[0] != 0 &&
+                       held_put(&next, w->key, jl__now_ns() + backoff * 1000000LL, backoff)) {
                 failed = true;
             } else if (got != SENT_FINAL) {
                 failed = true;
@@ -407,7 +429,14 @@ static pass send_pending(jl_projector *p, sender *snd, jl_db *db, uint64_t gen)
          * first again next time and the others never. */
     } while (!stop && failed && n == OUTBOX_BATCH && !atomic_load(&p->stopping));
     jl_reply_cleanup(&r);
-    free(held.keys);
+    /* Keys the pass did not reach keep their wait. */
+    for (size_t i = 0; !oom && i < held->cap; i++) {
+        const held_entry *e = &held->e[i];
+        if (e->key[0] != 0 && e->until_ns > now && held_find(&next, e->key) == NULL)
+            oom = !held_put(&next, e->key, e->until_ns, e->backoff_ms);
+    }
+    free(held->e);
+    *held = next;
     return moved ? PASS_MORE : failed ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
 }
 
@@ -427,8 +456,11 @@ static void prune_answered(jl_projector *p, jl_db *db)
 {
     int64_t cutoff = jl__now_ns() - p->outbox_keep_ns;
     for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !atomic_load(&p->stopping);) {
-        sqlite3_stmt *st = jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM "
-                                          "jl_outbox WHERE replied_at_ns < ? ORDER BY id LIMIT ?)");
+        /* Through jl_outbox_replied: reads only the rows it deletes. */
+        sqlite3_stmt *st =
+            jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM jl_outbox WHERE "
+                           "replied_at_ns IS NOT NULL AND replied_at_ns < ? ORDER BY "
+                           "replied_at_ns LIMIT ?)");
         if (st == NULL) {
             prune_failed(db);
             return;
@@ -451,6 +483,7 @@ static void *sender_thread(void *arg)
     int backoff_ms = 0;
     int64_t pruned_at = 0;
     sender snd = {0};
+    held_set held = {0};
     while (!atomic_load(&p->stopping)) {
         /* The live file changes with a rebuild: follow it. */
         pthread_mutex_lock(&p->outbox_mu);
@@ -473,7 +506,7 @@ static void *sender_thread(void *arg)
             jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
             path[0] = 0;
         }
-        pass got = db != NULL ? send_pending(p, &snd, db, gen) : PASS_FAILED;
+        pass got = db != NULL ? send_pending(p, &snd, &held, db, gen) : PASS_FAILED;
         int64_t t = jl__now_ns();
         if (db != NULL && p->outbox_keep_ns > 0 &&
             t - pruned_at >=
@@ -498,6 +531,7 @@ static void *sender_thread(void *arg)
         pthread_mutex_unlock(&p->mu);
     }
     sender_close(&snd);
+    free(held.e);
     jl_db_close(db);
     return NULL;
 }

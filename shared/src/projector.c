@@ -73,6 +73,12 @@ const char *const jl__state_sql =
      * row ever sent. */
     "CREATE INDEX IF NOT EXISTS jl_outbox_unsent ON jl_outbox (id) WHERE replied_at_ns IS NULL;";
 
+/* A process manager's only (plain projectors never fill their outbox): pruning finds the
+ * answered rows past the keep time through it, not by a scan of them all. */
+static const char *const outbox_sql =
+    "CREATE INDEX IF NOT EXISTS jl_outbox_replied ON jl_outbox (replied_at_ns) WHERE "
+    "replied_at_ns IS NOT NULL;";
+
 /* Why the last call failed: the projector's own (open, step, apply on the caller's thread),
  * or a source's (each source steps on a thread of its own). */
 static void fmt_err(char *buf, size_t n, const char *fmt, ...)
@@ -126,6 +132,8 @@ jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t e
     jl_status s = jl_db_begin(db, true);
     if (s == JL_OK)
         s = jl_db_exec(db, jl__state_sql);
+    if (s == JL_OK && p->def->outbox)
+        s = jl_db_exec(db, outbox_sql);
     if (s == JL_OK && p->def->schema_sql != NULL)
         s = jl_db_exec(db, p->def->schema_sql);
     sqlite3_stmt *st = NULL;
@@ -223,6 +231,8 @@ static jl_status init_database(jl_projector *p)
     /* Tables and columns added by later versions of the runtime. */
     if (s == JL_OK)
         s = jl_db_exec(db, jl__state_sql);
+    if (s == JL_OK && p->def->outbox)
+        s = jl_db_exec(db, outbox_sql);
     if (s == JL_OK)
         s = add_later_columns(db);
     if (s == JL_OK) {
