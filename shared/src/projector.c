@@ -306,7 +306,8 @@ static void pointer_path(const jl_projector *p, char *out, size_t n)
 
 /* True for "<name>.rebuild-<digits>.db" and "<name>.verify-<digits>.db": the files rebuilds
  * write. */
-static bool is_rebuild_file(const char *file, const char *name);
+typedef enum file_kind { OTHER_FILE, REBUILD_FILE, VERIFY_FILE } file_kind;
+static file_kind rebuild_file_kind(const char *file, const char *name);
 
 /* Whether @p p's data dir holds a rebuild's file (a switched-to live file, without its
  * pointer, is one), its name into @p out. */
@@ -319,8 +320,7 @@ static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
         return false;
     while (!found && (e = readdir(d)) != NULL) {
         /* A verify's scratch file is never live: it blocks nothing. */
-        if ((found = is_rebuild_file(e->d_name, p->def->name) &&
-                     strstr(e->d_name + strlen(p->def->name), ".rebuild-") != NULL))
+        if ((found = rebuild_file_kind(e->d_name, p->def->name) == REBUILD_FILE))
             snprintf(out, n, "%s", e->d_name);
     }
     closedir(d);
@@ -384,20 +384,23 @@ static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
 /* Rebuild files, the only ones a start removes: the data dir may be shared with other
  * projectors (and before this naming, "<name>-<digits>.db", which "<name>-2"'s live file also
  * matches). */
-static bool is_rebuild_file(const char *file, const char *name)
+static file_kind rebuild_file_kind(const char *file, const char *name)
 {
     size_t nl = strlen(name);
     if (strncmp(file, name, nl) != 0)
-        return false;
+        return OTHER_FILE;
     const char *rest = file + nl;
-    if (strncmp(rest, ".rebuild-", 9) == 0)
+    file_kind kind = OTHER_FILE;
+    if (strncmp(rest, ".rebuild-", 9) == 0) {
         rest += 9;
-    else if (strncmp(rest, ".verify-", 8) == 0)
+        kind = REBUILD_FILE;
+    } else if (strncmp(rest, ".verify-", 8) == 0) {
         rest += 8;
-    else
-        return false;
+        kind = VERIFY_FILE;
+    }
     size_t digits = strspn(rest, "0123456789");
-    return digits > 0 && strcmp(rest + digits, ".db") == 0;
+    return kind != OTHER_FILE && digits > 0 && strcmp(rest + digits, ".db") == 0 ? kind
+                                                                                 : OTHER_FILE;
 }
 
 /* Rebuild files other than the live one are left by interrupted rebuilds: remove them. */
@@ -409,7 +412,8 @@ static void remove_leftovers(jl_projector *p)
     if (d == NULL)
         return;
     while ((e = readdir(d)) != NULL) {
-        if (!is_rebuild_file(e->d_name, p->def->name) || strcmp(e->d_name, p->file) == 0)
+        if (rebuild_file_kind(e->d_name, p->def->name) == OTHER_FILE ||
+            strcmp(e->d_name, p->file) == 0)
             continue;
         snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
         jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"", e->d_name);
@@ -492,6 +496,10 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
                  jl__now_ns() / 1000000);
         if (rename(old_path, kept) != 0) {
+            /* Kept under its old name, which a start removes if it is a rebuild's: say so. */
+            jl_log(JL_LOG_WARN, "the replaced read model could not be renamed",
+                   "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept,
+                   strerror(errno));
             snprintf(kept, sizeof(kept), "%s", old_path);
         } else if ((dfd = open(p->data_dir, O_RDONLY | O_DIRECTORY)) >= 0) {
             fsync(dfd);

@@ -311,21 +311,28 @@ static natsSubscription *stand_in_inventory(natsMsgHandler answer)
 /* A stand-in for the inventory service mid-restart: "not now" to every ReserveStock. */
 static atomic_int not_now_calls;
 
-static void answer_not_now(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+/* Answer request @p m as a producer would: "ok" (@p code JL_CODE_OK) or an error. Destroys m. */
+static void stand_in_reply(natsConnection *nc, natsMsg *m, jl_code code, const char *message)
 {
     jl_reply r;
     jl_buf out;
-    (void)sub;
-    (void)closure;
     jl_reply_init(&r);
     jl_buf_init(&out, 1 << 16);
-    jl_reply_error(&r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+    if (code != JL_CODE_OK)
+        jl_reply_error(&r, code, "%s", message);
     if (jl_reply_encode(&out, &r) == JL_OK)
         natsConnection_Publish(nc, natsMsg_GetReply(m), out.data, (int)out.len);
-    atomic_fetch_add(&not_now_calls, 1);
     jl_buf_cleanup(&out);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(m);
+}
+
+static void answer_not_now(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    atomic_fetch_add(&not_now_calls, 1);
+    stand_in_reply(nc, m, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
 }
 
 START_TEST(a_command_answered_not_now_is_sent_again)
@@ -387,16 +394,8 @@ static void answer_not_now_but_one(natsConnection *nc, natsSubscription *sub, na
         answer_not_now(nc, sub, m, closure);
         return;
     }
-    jl_reply r;
-    jl_buf out;
-    jl_reply_init(&r);
-    jl_buf_init(&out, 1 << 16);
-    if (jl_reply_encode(&out, &r) == JL_OK)
-        natsConnection_Publish(nc, natsMsg_GetReply(m), out.data, (int)out.len);
     atomic_fetch_add(&passed_calls, 1);
-    jl_buf_cleanup(&out);
-    jl_reply_cleanup(&r);
-    natsMsg_Destroy(m);
+    stand_in_reply(nc, m, JL_CODE_OK, NULL);
 }
 
 /* Outbox rows of order @p id. */

@@ -60,15 +60,22 @@ static void *run_thread(void *arg)
     return NULL;
 }
 
+/* The settings of a projector in data dir <env dir>/@p sub with durable @p durable. */
+static jl_config projector_cfg(const char *sub, const char *durable)
+{
+    jl_config cfg = env.cfg;
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, sub);
+    snprintf(cfg.durable, sizeof(cfg.durable), "%s", durable);
+    cfg.batch = 256;
+    return cfg;
+}
+
 static jl_projector *open_projector(const jl_projector_def *def, const char *sub,
                                     const char *durable, int64_t rebuild_max_mb, char *out_dir)
 {
     jl_projector *p = NULL;
-    jl_config cfg = env.cfg;
+    jl_config cfg = projector_cfg(sub, durable);
     char err[1024] = "";
-    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, sub);
-    snprintf(cfg.durable, sizeof(cfg.durable), "%s", durable);
-    cfg.batch = 256;
     cfg.rebuild_max_mb = rebuild_max_mb;
     if (out_dir != NULL)
         snprintf(out_dir, 512, "%s", cfg.data_dir);
@@ -164,6 +171,16 @@ static Jetledger__RebuildStatus *run_job(const char *name, const ProtobufCMessag
         ck_assert_int_eq(st->started_at_ns, started);
     }
     return st;
+}
+
+/* A whole rebuild of the live model, which must end "done". */
+static void rebuild_done(bool keep_old)
+{
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.keep_old = keep_old;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
 }
 
 /* ---- tests ---- */
@@ -470,11 +487,7 @@ START_TEST(keep_old_keeps_the_replaced_model_whole)
     ck_assert_int_eq(sqlite3_open_v2(path, &other, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     ck_assert_int_eq(sqlite3_exec(other, "SELECT count(*) FROM jl_checkpoints", NULL, NULL, NULL),
                      SQLITE_OK);
-    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
-    rb.keep_old = true;
-    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
-    ck_assert_msg(strcmp(st->state, "done") == 0, "%s", st->error);
-    jetledger__rebuild_status__free_unpacked(st, NULL);
+    rebuild_done(true);
     runner_stop(&live);
     sqlite3_close(other);
     ck_assert_msg(access(path, F_OK) != 0, "%s is still there", path);
@@ -499,10 +512,8 @@ END_TEST
 static void open_refused(const char *sub, const char *why, const char *live)
 {
     jl_projector *p = NULL;
-    jl_config cfg = env.cfg;
+    jl_config cfg = projector_cfg(sub, sub);
     char err[1024] = "";
-    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/%s", env.dir, sub);
-    snprintf(cfg.durable, sizeof(cfg.durable), "%s", sub);
     ck_assert_int_ne(
         jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)), JL_OK);
     ck_assert_msg(strstr(err, why) != NULL, "%s", err);
@@ -519,10 +530,7 @@ START_TEST(a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_repla
     runner live;
     runner_start(&live, &order_summary_projector, "lost", 0);
     wait_checkpoint(live.p, 3);
-    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
-    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
-    ck_assert_msg(strcmp(st->state, "done") == 0, "%s", st->error);
-    jetledger__rebuild_status__free_unpacked(st, NULL);
+    rebuild_done(false);
     runner_stop(&live);
     char path[1024], pointer[1200], aside[1300];
     live_file(live.dir, path, sizeof(path));
@@ -825,10 +833,7 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     tseed_orders(env.conn, 4, 0);
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
 
-    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
-    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
-    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
-    jetledger__rebuild_status__free_unpacked(st, NULL);
+    rebuild_done(false);
     char *d = dump_dir(live.dir);
     ck_assert_int_eq(count_rows(d), 4);
     free(d);
@@ -839,7 +844,7 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     clock_gettime(CLOCK_REALTIME, &now);
     /* After the last event, not in the future. */
     later.from_time_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
-    st = run_job("Rebuild", &later.base);
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &later.base);
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
     jetledger__rebuild_status__free_unpacked(st, NULL);
     d = dump_dir(live.dir);
@@ -861,10 +866,7 @@ START_TEST(the_rebuild_size_cap_does_not_stay_on_the_live_model)
      * and grows as it must. */
     runner live;
     live_on_seeded(&live, "capped", 50, 1, 1); /* 1 MiB */
-    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
-    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
-    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
-    jetledger__rebuild_status__free_unpacked(st, NULL);
+    rebuild_done(false);
     tseed_orders(env.conn, 6000, 4); /* several MiB of rows */
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
     char path[1024];

@@ -30,15 +30,21 @@ static void teardown(void)
     tenv_stop(&env);
 }
 
-static jl_producer *open_producer(const jl_service_def *def, int snapshot_every, int cache)
+/* A producer of @p def with the settings @p cfg (a copy of env.cfg, changed). */
+static jl_producer *open_producer_with(const jl_service_def *def, const jl_config *cfg)
 {
     jl_producer *p = NULL;
-    jl_config cfg = env.cfg;
     char err[1024] = "";
+    ck_assert_msg(jl_producer_open(&p, env.conn, def, cfg, err, sizeof(err)) == JL_OK, "%s", err);
+    return p;
+}
+
+static jl_producer *open_producer(const jl_service_def *def, int snapshot_every, int cache)
+{
+    jl_config cfg = env.cfg;
     cfg.snapshot_every = snapshot_every;
     cfg.cache_size = cache;
-    ck_assert_msg(jl_producer_open(&p, env.conn, def, &cfg, err, sizeof(err)) == JL_OK, "%s", err);
-    return p;
+    return open_producer_with(def, &cfg);
 }
 
 /* Run one command in-process and keep its whole reply (the caller cleans it up). */
@@ -501,11 +507,8 @@ START_TEST(an_aggregate_written_again_after_a_restore_is_replayed_from_it)
     Orders__RemoveItem rm = ORDERS__REMOVE_ITEM__INIT;
     rm.order_id = x;
     rm.sku = "b";
-    uint8_t buf[256];
-    size_t n = protobuf_c_message_pack(&rm.base, buf);
     jl_reply r;
-    jl_reply_init(&r);
-    jl_producer_handle(p, "RemoveItem", buf, n, NULL, NULL, NULL, &r);
+    attempt(p, &rm.base, &r);
     ck_assert_msg(r.code == JL_CODE_NOT_FOUND, "%s: %s", jl_code_str(r.code), r.message);
     jl_reply_cleanup(&r);
     add(p, x, "d", 1, NULL);
@@ -521,10 +524,8 @@ START_TEST(a_full_stream_refuses_commands_saying_so)
     jl_config cfg = env.cfg;
     cfg.max_bytes = 4096;
     cfg.snapshot_every = 0;
-    char err[1024] = "", id[JL_UUID_LEN + 1];
-    jl_producer *p = NULL;
-    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
-                  "%s", err);
+    char id[JL_UUID_LEN + 1];
+    jl_producer *p = open_producer_with(&orders_service, &cfg);
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
     m.customer_id = "full";
     jl_reply r;
@@ -604,10 +605,8 @@ START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
     cfg.duplicate_window_s = 1;
     cfg.snapshot_every = 100;
     cfg.cache_size = 10;
-    char err[1024] = "", x[JL_UUID_LEN + 1];
-    jl_producer *p = NULL;
-    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
-                  "%s", err);
+    char x[JL_UUID_LEN + 1];
+    jl_producer *p = open_producer_with(&orders_service, &cfg);
     create(p, x, NULL);
     add(p, x, "a", 1, NULL);
     jl_producer_close(p, 1000); /* snapshot at version 2 */
@@ -616,18 +615,14 @@ START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
         nats_Sleep(100);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 0);
 
-    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
-                  "%s", err);
+    p = open_producer_with(&orders_service, &cfg);
     Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
     m.order_id = x;
     m.sku = "b";
     m.quantity = 1;
     m.unit_price_cents = 100;
-    uint8_t buf[256];
-    size_t n = protobuf_c_message_pack(&m.base, buf);
     jl_reply r;
-    jl_reply_init(&r);
-    jl_producer_handle(p, "AddItem", buf, n, NULL, NULL, NULL, &r);
+    attempt(p, &m.base, &r);
     ck_assert_msg(r.code == JL_CODE_INTERNAL && strstr(r.message, "aged out") != NULL, "%s: %s",
                   jl_code_str(r.code), r.message);
     jl_reply_cleanup(&r);
