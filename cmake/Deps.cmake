@@ -1,6 +1,7 @@
 # Dependencies from Debian packages; no vendored copies (see scripts/bootstrap).
 find_package(PkgConfig REQUIRED)
-# find_package(cnats) fails on Debian's libnats-dev (its config names a static lib that is not shipped).
+# find_package(cnats) fails on Debian 12's libnats-dev 3.4.1 (its config names a static lib not
+# shipped there); pkg-config works on it and on Debian 13's 3.10 alike.
 pkg_check_modules(NATS REQUIRED IMPORTED_TARGET libnats)
 pkg_check_modules(PROTOBUFC REQUIRED IMPORTED_TARGET libprotobuf-c)
 pkg_check_modules(UUID REQUIRED IMPORTED_TARGET uuid)

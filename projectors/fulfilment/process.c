@@ -151,6 +151,26 @@ void fulfilment_next(fulfilment_state *out_state, fulfilment_command *out_comman
     *out_command = moved ? command_of(after) : FULFILMENT_CMD_NONE;
 }
 
+static bool is_orders_event(fulfilment_event k)
+{
+    return k == FULFILMENT_EV_ORDER_PLACED || k == FULFILMENT_EV_ORDER_CONFIRMED ||
+           k == FULFILMENT_EV_ORDER_CANCELLED;
+}
+
+fulfilment_command fulfilment_overtaken(fulfilment_state st, fulfilment_event ev)
+{
+    fulfilment_state n;
+    fulfilment_command ignored;
+    fulfilment_next(&n, &ignored, st, ev);
+    fulfilment_state before = fulfilment_effective(st), after = fulfilment_effective(n);
+    if (before.order == after.order && before.stock == after.stock)
+        return FULFILMENT_CMD_NONE;
+    fulfilment_command old = command_of(before);
+    bool to_orders = old == FULFILMENT_CMD_CONFIRM || old == FULFILMENT_CMD_CANCEL;
+    return old != FULFILMENT_CMD_NONE && to_orders != is_orders_event(ev) ? old
+                                                                          : FULFILMENT_CMD_NONE;
+}
+
 /* ---- ids ---- */
 
 /* FNV-1a 128: h = (h ^ byte) * (2^88 + 0x13b) mod 2^128, on two 64-bit halves. */
@@ -246,12 +266,6 @@ typedef struct reaction {
     const char *reason;                /* OrderCancelled's or ReservationRejected's */
     const Orders__OrderPlaced *placed; /* the lines to reserve */
 } reaction;
-
-static bool is_orders_event(fulfilment_event k)
-{
-    return k == FULFILMENT_EV_ORDER_PLACED || k == FULFILMENT_EV_ORDER_CONFIRMED ||
-           k == FULFILMENT_EV_ORDER_CANCELLED;
-}
 
 /*
  * Whether an inventory event is about a reservation we started: its reservation id is the one
@@ -520,6 +534,13 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     s = fulfilment_reservation_id(rid, re.order_id);
     if (s == JL_OK)
         s = save_row(db, re.order_id, rid, &cur);
+    fulfilment_command stale = fulfilment_overtaken(old.st, re.kind);
+    if (s == JL_OK && stale != FULFILMENT_CMD_NONE) {
+        char id[FULFILMENT_COMMAND_ID_MAX], why[160];
+        fulfilment_command_id(id, re.order_id, stale);
+        snprintf(why, sizeof(why), "overtaken by %s", ev->event_type);
+        s = jl_outbox_withdraw(db, id, why);
+    }
     if (s == JL_OK && cmd != FULFILMENT_CMD_NONE)
         s = queue_command(db, cmd, &re, rid, &cur, ev, err, errlen);
     if (s == JL_ERR_INVALID && err[0] == 0)

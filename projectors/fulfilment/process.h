@@ -145,6 +145,17 @@ void fulfilment_next(fulfilment_state *out_state, fulfilment_command *out_comman
                      fulfilment_state state, fulfilment_event ev);
 
 /**
+ * The command of the state before @p ev that @p ev overtakes: one decided earlier and not yet
+ * carried out as far as this process manager knows, made pointless by news from the other
+ * stream (an order cancelled while its stock was still being reserved: the ReserveStock). To be
+ * withdrawn if it has not gone out (jl_outbox_withdraw()); should it have, its effect is
+ * handled as usual (a reservation made after the cancellation is released).
+ * FULFILMENT_CMD_NONE for none: news from the command's own service is its outcome, not an
+ * overtaking. Pure; thread-safe.
+ */
+fulfilment_command fulfilment_overtaken(fulfilment_state state, fulfilment_event ev);
+
+/**
  * The state with what each side implies about the other: a committed reservation means a
  * confirmed order, a released one a cancelled order, a reservation outcome a placed order, a
  * confirmed order a reserved stock. Pure.

@@ -245,6 +245,40 @@ START_TEST(transition_follows_the_table)
 }
 END_TEST
 
+START_TEST(only_news_from_the_other_stream_overtakes_a_command)
+{
+    static const struct {
+        const char *why;
+        int o, s;
+        fulfilment_event ev;
+        fulfilment_command want;
+    } cases[] = {
+        {"cancelled while reserving", P, N, FULFILMENT_EV_ORDER_CANCELLED, FULFILMENT_CMD_RESERVE},
+        {"its own outcome: reserved", P, N, FULFILMENT_EV_STOCK_RESERVED, FULFILMENT_CMD_NONE},
+        {"its own outcome: rejected", P, N, FULFILMENT_EV_RESERVATION_REJECTED,
+         FULFILMENT_CMD_NONE},
+        {"released before the confirmation (a replay)", P, R, FULFILMENT_EV_RESERVATION_RELEASED,
+         FULFILMENT_CMD_CONFIRM},
+        {"cancelled by the customer while reserved", P, R, FULFILMENT_EV_ORDER_CANCELLED,
+         FULFILMENT_CMD_NONE}, /* a confirmation's own service: it refuses it */
+        {"its own outcome: confirmed", P, R, FULFILMENT_EV_ORDER_CONFIRMED, FULFILMENT_CMD_NONE},
+        {"cancelled by the customer while rejected", P, X, FULFILMENT_EV_ORDER_CANCELLED,
+         FULFILMENT_CMD_NONE},
+        {"its own outcome: committed", F, R, FULFILMENT_EV_RESERVATION_COMMITTED,
+         FULFILMENT_CMD_NONE},
+        {"its own outcome: released", C, R, FULFILMENT_EV_RESERVATION_RELEASED,
+         FULFILMENT_CMD_NONE},
+        {"a repeat moves nothing", C, N, FULFILMENT_EV_ORDER_CANCELLED, FULFILMENT_CMD_NONE},
+        {"placed: nothing decided before", U, N, FULFILMENT_EV_ORDER_PLACED, FULFILMENT_CMD_NONE},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fulfilment_command got = fulfilment_overtaken(mk(cases[i].o, cases[i].s), cases[i].ev);
+        ck_assert_msg(got == cases[i].want, "%s: '%s', want '%s'", cases[i].why,
+                      fulfilment_command_str(got), fulfilment_command_str(cases[i].want));
+    }
+}
+END_TEST
+
 static bool orders_event(fulfilment_event ev)
 {
     return ev == FULFILMENT_EV_ORDER_PLACED || ev == FULFILMENT_EV_ORDER_CONFIRMED ||
@@ -782,6 +816,33 @@ START_TEST(apply_cancel_reason_sent_is_cut_to_the_orders_limit)
 }
 END_TEST
 
+START_TEST(outbox_withdraws_only_a_command_without_a_final_reply)
+{
+    Orders__ConfirmOrder c = ORDERS__CONFIRM_ORDER__INIT;
+    c.order_id = ORDER;
+    c.reservation_id = ORDER;
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, "one", NULL, NULL), JL_OK);
+    ck_assert_int_eq(jl_outbox_add(db, "orders", &c.base, "two", NULL, NULL), JL_OK);
+    ck_assert_int_eq(jl_db_exec(db, "UPDATE jl_outbox SET replied_at_ns = 5, reply_code = 'ok' "
+                                    "WHERE command_id = 'two'"),
+                     JL_OK);
+    ck_assert_int_eq(jl_outbox_withdraw(db, "one", "not needed"), JL_OK);
+    ck_assert_int_eq(jl_outbox_withdraw(db, "two", "not needed"), JL_OK);
+    ck_assert_int_eq(jl_outbox_withdraw(db, "no such id", "not needed"), JL_OK);
+    ck_assert_int_eq(jl_outbox_withdraw(db, NULL, "not needed"), JL_ERR_INVALID);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox WHERE command_id = 'one' AND "
+                               "reply_code = 'withdrawn' AND reply_message = 'not needed' AND "
+                               "replied_at_ns > 0"),
+                     1);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox WHERE command_id = 'two' AND "
+                               "reply_code = 'ok' AND replied_at_ns = 5"),
+                     1);
+    /* Withdrawn once: a second withdrawal changes nothing. */
+    ck_assert_int_eq(jl_outbox_withdraw(db, "one", "again"), JL_OK);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox WHERE reply_message = 'again'"), 0);
+}
+END_TEST
+
 START_TEST(apply_cancel_before_the_reservation_releases_it_when_reserved)
 {
     tev t;
@@ -794,6 +855,11 @@ START_TEST(apply_cancel_before_the_reservation_releases_it_when_reserved)
     ck_assert_str_eq(step, "cancelled");
     ck_assert_str_eq(reason, "changed my mind");
     ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), 1);
+    /* The reservation not sent yet is withdrawn: answered, so never sent. */
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox WHERE reply_code = 'withdrawn' "
+                               "AND replied_at_ns IS NOT NULL AND reply_message = 'overtaken by "
+                               "orders.OrderCancelled'"),
+                     1);
 
     ev_reserved(&t, ORDER, ORDER_RID, 25); /* occurred before the cancellation */
     apply_to(db, &t);
@@ -1175,6 +1241,7 @@ static Suite *fulfilment_suite(void)
     tcase_add_loop_test(tc, every_interleaving_of_the_two_streams_ends_in_the_same_state, 0,
                         (int)(sizeof(scenarios) / sizeof(scenarios[0])));
     tcase_add_test(tc, live_paths_send_each_command_once_in_order);
+    tcase_add_test(tc, only_news_from_the_other_stream_overtakes_a_command);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("apply");
@@ -1182,6 +1249,7 @@ static Suite *fulfilment_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, apply_happy_path_reserves_confirms_and_commits);
     tcase_add_test(tc, outbox_refuses_ids_it_would_have_to_cut);
+    tcase_add_test(tc, outbox_withdraws_only_a_command_without_a_final_reply);
     tcase_add_test(tc, apply_rejection_cancels_the_order_with_the_reason);
     tcase_add_test(tc, apply_cancel_reason_sent_is_cut_to_the_orders_limit);
     tcase_add_test(tc, apply_cancel_before_the_reservation_releases_it_when_reserved);

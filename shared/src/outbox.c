@@ -95,6 +95,21 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
     return s;
 }
 
+jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why)
+{
+    if (command_id == NULL)
+        return JL_ERR_INVALID;
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = "
+                                      "'withdrawn', reply_message = ? WHERE command_id = ? AND "
+                                      "replied_at_ns IS NULL");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    sqlite3_bind_int64(st, 1, jl__now_ns());
+    sqlite3_bind_text(st, 2, why ? why : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, command_id, -1, SQLITE_STATIC);
+    return jl_db_step_done(db, st);
+}
+
 /* The sender's replies: one subscription for its life, one reply subject per request (a reply
  * that comes after its request was given up is told from the current one and dropped). */
 typedef struct sender {
@@ -228,7 +243,8 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         /* Counted, so that a command no producer answers shows in its row. */
         sqlite3_stmt *st =
             attempt ? jl_db_stmt(db, "UPDATE jl_outbox SET reply_code = NULL, reply_message = ?, "
-                                     "attempts = attempts + 1 WHERE id = ?")
+                                     "attempts = attempts + 1 WHERE id = ? AND "
+                                     "replied_at_ns IS NULL")
                     : NULL;
         if (st != NULL) {
             char msg[160];
@@ -241,8 +257,11 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
     }
     jl__fault("outbox.after_send");
     bool again = retryable(r->code), recorded = false;
-    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?, reply_code = ?, "
-                                      "reply_message = ?, attempts = attempts + 1 WHERE id = ?");
+    /* A "not now" leaves a row withdrawn meanwhile as it is (not to be sent again); a final
+     * reply is recorded over the withdrawal: it tells what the command did. */
+    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?1, reply_code = ?2, "
+                                      "reply_message = ?3, attempts = attempts + 1 WHERE id = ?4 "
+                                      "AND (?1 IS NOT NULL OR replied_at_ns IS NULL)");
     if (st != NULL) {
         if (again)
             sqlite3_bind_null(st, 1); /* not answered for good: sent again */

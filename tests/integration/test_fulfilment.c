@@ -335,26 +335,82 @@ static void answer_not_now(natsConnection *nc, natsSubscription *sub, natsMsg *m
     stand_in_reply(nc, m, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
 }
 
+/* The process manager started with an inventory that answers "not now", and an order placed
+ * (its id in @p out_id) whose ReserveStock got that answer. Returns the stand-in. */
+static natsSubscription *order_answered_not_now(char out_id[JL_UUID_LEN + 1])
+{
+    atomic_store(&not_now_calls, 0);
+    natsSubscription *fake = stand_in_inventory(answer_not_now);
+    runner_start(&process, &fulfilment_process);
+    line la[] = {{"apple", 2, 150}};
+    place_order("carol", la, 1, out_id);
+    int64_t deadline = tnow_ms() + 20000;
+    while (atomic_load(&not_now_calls) == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(&not_now_calls), 1);
+    return fake;
+}
+
 START_TEST(a_command_answered_not_now_is_sent_again)
 {
     /* The process manager's ReserveStock reaches an inventory service that is going away and
      * answers "unavailable, try again": the step must be sent again once the service is
      * back, not recorded as done. */
-    atomic_store(&not_now_calls, 0);
-    natsSubscription *fake = stand_in_inventory(answer_not_now);
-    runner_start(&process, &fulfilment_process);
     char a[JL_UUID_LEN + 1];
-    line la[] = {{"apple", 2, 150}};
-    place_order("carol", la, 1, a);
-    int64_t deadline = tnow_ms() + 20000;
-    while (atomic_load(&not_now_calls) == 0 && tnow_ms() < deadline)
-        nats_Sleep(20);
-    ck_assert_int_ge(atomic_load(&not_now_calls), 1);
+    natsSubscription *fake = order_answered_not_now(a);
     natsSubscription_Unsubscribe(fake);
     natsSubscription_Destroy(fake);
     open_inventory();
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
+}
+END_TEST
+
+/* Order @p id cancelled by its customer. */
+static void cancel_order(const char *id, const char *reason)
+{
+    Orders__CancelOrder c = ORDERS__CANCEL_ORDER__INIT;
+    c.order_id = (char *)id;
+    c.reason = (char *)reason;
+    ok("orders", &c.base, NULL);
+}
+
+static void outbox_reply(const char *id, const char *command, char *out, size_t n);
+
+START_TEST(a_reservation_overtaken_by_a_cancellation_is_withdrawn)
+{
+    /* The inventory answers "not now" (at capacity, say) and the customer cancels meanwhile:
+     * the ReserveStock waiting to be sent again is withdrawn, not sent until the inventory
+     * takes it and then released. It was sent on for as long as the inventory refused it. */
+    char a[JL_UUID_LEN + 1], got[32] = "";
+    natsSubscription *fake = order_answered_not_now(a);
+    int64_t deadline;
+    cancel_order(a, "changed my mind");
+    deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(50);
+        outbox_reply(a, "ReserveStock", got, sizeof(got));
+    } while (strcmp(got, "withdrawn") != 0 && tnow_ms() < deadline);
+    ck_assert_str_eq(got, "withdrawn");
+    /* One request may have been on its way; none after it (the backoff is under 1 s here). */
+    int calls = atomic_load(&not_now_calls);
+    nats_Sleep(2500);
+    ck_assert_int_le(atomic_load(&not_now_calls), calls + 1);
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, "withdrawn"); /* a late "not now" did not put it back */
+
+    /* The inventory back: nothing is reserved for the cancelled order. */
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+    char b[JL_UUID_LEN + 1];
+    line lb[] = {{"apple", 1, 150}};
+    place_order("dave", lb, 1, b);
+    wait_status(b, "confirmed", 20000);
+    expect_stock("apple", 9, 0);
+    ck_assert(order_status_is(a, "cancelled"));
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, "withdrawn");
 }
 END_TEST
 
@@ -950,6 +1006,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
+    tcase_add_test(tc, a_reservation_overtaken_by_a_cancellation_is_withdrawn);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);

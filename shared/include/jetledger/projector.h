@@ -133,6 +133,18 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
                               const char *command_id, const char *correlation_id,
                               const char *causation_id, const char *order_key);
 
+/**
+ * Withdraw a queued command that has no final reply yet (called from apply, in the batch's
+ * transaction, when a later event makes it pointless: an order cancelled before its
+ * reservation went out). It is not sent (again); its row is recorded as answered with code
+ * "withdrawn" and message @p why. A saving, not a guarantee: the command may be in flight or
+ * already carried out with its reply lost, so the process manager must still handle its
+ * effect (release a reservation that was made after all); a reply that comes is recorded.
+ * @return JL_OK, also when no row has @p command_id or it was answered; JL_ERR_INVALID for a
+ * NULL id; an SQLite failure.
+ */
+jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why);
+
 typedef struct jl_projector jl_projector;
 
 /**
