@@ -28,11 +28,15 @@ nats_server_bin() {
     command -v nats-server 2>/dev/null || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }
 }
 
-# A TCP port on loopback that nothing listens on.
+# A TCP port on loopback that nothing listens on, below the kernel's range of ephemeral ports
+# (where an outgoing connection could take it between this check and its use).
 free_port() {
-    local p
+    local p lo=32768 span
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    [[ $lo =~ ^[0-9]+$ ]] && [ "$lo" -gt 11024 ] || lo=32768
+    span=$((lo - 10000 < 20000 ? lo - 10000 : 20000))
     for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 20000))
+        p=$((lo - span + RANDOM % span))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
