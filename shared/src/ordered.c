@@ -18,7 +18,7 @@ typedef struct slot {
     void *item;
     void *prepared;
     uint64_t tag;
-    int64_t pushed_ns; /* CLOCK_REALTIME */
+    int64_t pushed_ns; /* CLOCK_MONOTONIC, when jl__ordered_push() was called */
     int state;
 } slot;
 
@@ -146,12 +146,13 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
 
 void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
 {
+    /* Stamped before any wait for room: that wait is part of the item's time in the queue. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
     pthread_mutex_lock(&o->mu);
     while (o->tail - o->head == o->cap)
         pthread_cond_wait(&o->space, &o->mu);
     slot *s = &o->slots[o->tail % o->cap];
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
     s->pushed_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
     s->item = item;
     s->prepared = NULL;

@@ -151,14 +151,15 @@ struct cmd {
     ProtobufCMessage *msg;
     jl__cache_entry *entry; /* pinned while the command lives */
     int attempts;
-    int64_t received_ns; /* when received (on_command), else submitted */
-    int64_t deadline_ns; /* of its append, from the first attempt (0: not tried yet) */
-    int64_t sent_ns;     /* when its last message was published (publish_tracked) */
+    int64_t received_ns; /* mono_ns: when received (on_command), else submitted */
+    int64_t deadline_ns; /* mono_ns: received_ns + the append timeout (0: not tried yet) */
+    int64_t sent_ns;     /* mono_ns: when its last message was published (publish_tracked) */
     uint64_t first_version;
-    bool fresh;     /* a new aggregate under a generated id: nothing to load */
-    bool timed_out; /* an attempt of its append timed out: it may be stored */
-    bool client_id; /* the command id came from the client: remembered, deduplicated */
-    bool recording; /* stored; its command-id record is in flight, then the reply */
+    bool fresh;        /* a new aggregate under a generated id: nothing to load */
+    bool timed_out;    /* an attempt of its append timed out: it may be stored */
+    bool client_id;    /* the command id came from the client: remembered, deduplicated */
+    bool recording;    /* stored; its command-id record is in flight, then the reply */
+    bool snapshot_due; /* a snapshot of the entry waits for the record (see advance) */
     /* A refusal or a no-op on a cached state is checked against the stream's head first: */
     bool verifying;       /* on p->loads, reading the head and what the cache lacks */
     uint64_t verify_from; /* the entry's last sequence when the check began */
@@ -204,6 +205,21 @@ static int64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* For deadlines and waits: a clock that a step of the wall clock (NTP) does not move. */
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Milliseconds left before @p deadline_ns (mono_ns), at most @p cap_ms; at least 1. */
+static int64_t left_ms(int64_t deadline_ns, int64_t cap_ms)
+{
+    int64_t left = (deadline_ns - mono_ns()) / 1000000;
+    return left < 1 ? 1 : left < cap_ms ? left : cap_ms;
 }
 
 /* ---- replaying an aggregate's commits ---- */
@@ -575,9 +591,15 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
     e->version = c->first_version + d->n_events - 1;
     e->last_seq = seq;
     memcpy(e->state, p->scratch, p->def->state_size);
-    if (snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every &&
-        save_snapshot(p, c->agg_id, e))
+    bool due = snapshots_on(p) && e->version / p->snapshot_every > before / p->snapshot_every;
+    if (due && c->client_id && p->commands != NULL) {
+        /* Its command-id record is written next: the snapshot waits for its ack. Written now
+         * and the record then lost (or the process killed between the two), the snapshot would
+         * hide this commit, and its command id, from the next load (see not_remembered). */
+        c->snapshot_due = true;
+    } else if (due && save_snapshot(p, c->agg_id, e)) {
         e->snap_seq = e->last_seq;
+    }
 }
 
 /* ---- validating a request ---- */
@@ -715,11 +737,24 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
     return s;
 }
 
-static void not_remembered(const cmd *c, const char *why)
+/*
+ * The record of stored command @p c's id could not be written. What still stops a repeat of the
+ * id from taking effect again is the load's look for it in the aggregate's commits: so the
+ * entry is reset, and the next command of the aggregate reads them again from a snapshot
+ * older than this commit (none was written past it: see advance). Under p->mu.
+ */
+static void not_remembered(jl_producer *p, cmd *c, const char *why)
 {
     char id[2 * JL_MAX_ID_LEN + 8]; /* a client's text: escaped */
     jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
            jl_log_str(id, sizeof(id), c->cmd_id), why);
+    jl__cache_entry *e = c->entry;
+    if (e != NULL) {
+        p->def->state_init(e->state);
+        e->version = e->last_seq = e->snap_seq = 0;
+        e->stale = true;
+    }
+    c->snapshot_due = false;
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
@@ -832,7 +867,7 @@ static cmd *cmd_new(jl_producer *p)
     }
     if (c != NULL) {
         p->n_cmds++;
-        c->received_ns = now_ns();
+        c->received_ns = mono_ns();
     }
     return c;
 }
@@ -890,7 +925,7 @@ static natsStatus publish_tracked(jl_producer *p, jsCtx *js, natsMsg **m, jsPubO
     if (c != NULL) {
         inflight_put(&p->inflight, key, c);
         p->n_inflight++;
-        c->sent_ns = now_ns();
+        c->sent_ns = mono_ns();
     }
     natsStatus ns = js_PublishMsgAsync(js, m, po);
     if (ns != NATS_OK && c != NULL) {
@@ -929,7 +964,7 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
  * *@p msg now the library's. Closing past its wait, the context may be going: no resend then. */
 static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsStatus err)
 {
-    int64_t pause_ms = (c->sent_ns + JL_NO_RESPONDERS_PAUSE_MS * 1000000LL - now_ns()) / 1000000;
+    int64_t pause_ms = (c->sent_ns + JL_NO_RESPONDERS_PAUSE_MS * 1000000LL - mono_ns()) / 1000000;
     if (err == NATS_NO_RESPONDERS && pause_ms > 0) {
         /* No leader yet: give it a moment since this message was sent, without the lock
          * (every command would wait); counted in flight meanwhile, so a close waits for it.
@@ -947,9 +982,11 @@ static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsS
         c->timed_out = true;
     if (p->closing)
         return NATS_CONNECTION_CLOSED;
+    if (mono_ns() >= c->deadline_ns)
+        return NATS_TIMEOUT; /* the pause took the rest of its time */
     jsPubOptions again;
     jsPubOptions_Init(&again);
-    again.MaxWait = JL_APPEND_ATTEMPT_MS;
+    again.MaxWait = left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS); /* none past the deadline */
     return publish_tracked(p, js, msg, &again, c);
 }
 
@@ -1088,19 +1125,20 @@ static bool start_one(jl_producer *p, cmd *c)
     }
     jl_command in = {
         .msg = c->msg, .aggregate_id = c->agg_id, .command_id = c->cmd_id, .now_ns = now_ns()};
-    if (c->deadline_ns == 0 && in.now_ns - c->received_ns > p->append_timeout_ms * 1000000LL) {
+    int64_t mono = mono_ns();
+    if (c->deadline_ns == 0 && mono - c->received_ns > p->append_timeout_ms * 1000000LL) {
         /* Waited out its deadline for its turn (a hot aggregate, a full backlog, a slow read):
          * its requester has given up, and one without a command id may have sent it again.
          * Run now, it could take effect twice: it is not run. */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "the command waited %" PRId64 " ms for its turn, past its deadline of "
                        "%" PRId64 " ms, and was not run; try again",
-                       (in.now_ns - c->received_ns) / 1000000, p->append_timeout_ms);
+                       (mono - c->received_ns) / 1000000, p->append_timeout_ms);
         p->stats.expired++;
         finish(p, c, r);
         return true;
     }
-    if (c->deadline_ns != 0 && in.now_ns >= c->deadline_ns) {
+    if (c->deadline_ns != 0 && mono >= c->deadline_ns) {
         /* Lost a race, and the read of what the other writer wrote took it past its deadline:
          * none of its appends was stored, and deciding it again now could outlive its
          * requester as above. */
@@ -1180,15 +1218,16 @@ static bool start_one(jl_producer *p, cmd *c)
     po.MsgId = c->client_id ? msg_id : first_id;
     /* A short wait per attempt: an append lost with a dying server is sent again (same
      * Nats-Msg-Id) well before the command's deadline. */
-    po.MaxWait =
-        p->append_timeout_ms < JL_APPEND_ATTEMPT_MS ? p->append_timeout_ms : JL_APPEND_ATTEMPT_MS;
+    /* The deadline counts from the command's arrival, as its requester's wait does: no
+     * attempt outlives it (its turn was checked against it, above). */
+    if (c->deadline_ns == 0)
+        c->deadline_ns = c->received_ns + p->append_timeout_ms * 1000000LL;
+    po.MaxWait = left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS);
     if (e->last_seq == 0)
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
         po.ExpectLastSubjectSeq = e->last_seq;
     e->busy = true;
-    if (c->deadline_ns == 0)
-        c->deadline_ns = now_ns() + p->append_timeout_ms * 1000000LL;
     jl_conn *via = p->conn;
     if (ns == NATS_OK) {
         bool burst = bursting(p);
@@ -1249,7 +1288,7 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     char key[40];
     jl_status s = encode_record(p, c, r);
     if (s != JL_OK) {
-        not_remembered(c, jl_status_str(s));
+        not_remembered(p, c, jl_status_str(s));
         return false;
     }
     command_key(key, c->cmd_id);
@@ -1259,7 +1298,7 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     natsStatus ns = kv_put_async(p, p->commands, key, c);
     if (ns != NATS_OK) {
         c->recording = false;
-        not_remembered(c, natsStatus_GetText(ns));
+        not_remembered(p, c, natsStatus_GetText(ns));
         return false;
     }
     return true;
@@ -1557,14 +1596,17 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
 
     bool retryable = pa == NULL && (pae->Err == NATS_TIMEOUT || pae->Err == NATS_NO_RESPONDERS) &&
-                     now_ns() < c->deadline_ns;
+                     mono_ns() < c->deadline_ns;
     if (c->recording && retryable && resend(p, js, &msg, c, pae->Err) == NATS_OK) {
         /* The record is what stops a repeat past the duplicate window from taking effect a
          * second time: put it again (the same value) while the command has time. */
     } else if (c->recording) {
         /* The command-id record of a stored command: now the reply. */
         if (pa == NULL)
-            not_remembered(c, natsStatus_GetText(pae->Err));
+            not_remembered(p, c, natsStatus_GetText(pae->Err));
+        else if (c->snapshot_due && save_snapshot(p, c->agg_id, e))
+            e->snap_seq = e->last_seq; /* the entry is still this commit's: busy till now */
+        c->snapshot_due = false;
         c->recording = false;
         e->mark = atomic_fetch_add(&p->record_gen, 1) + 1;
         r->aggregate_version = c->stored_version;
@@ -1678,7 +1720,7 @@ typedef struct request {
     sync_call *sync;
     kvEntry *known;
     uint64_t gen;
-    int64_t received_ns; /* 0: now; its deadline counts from then */
+    int64_t received_ns; /* mono_ns (0: now); its deadline counts from then */
 } request;
 
 /* Validate a request and hand it to its aggregate. Takes ownership of rq->req (may be NULL) and

@@ -1213,6 +1213,51 @@ START_TEST(a_command_id_record_that_finds_no_stream_is_written_once_it_is_back)
 }
 END_TEST
 
+START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
+{
+    /* Two commands are stored, but their command-id records find no stream until their
+     * deadlines: the replies say stored, without the records. A repeat past JetStream's
+     * duplicate window must still be told from the commit, which records the id: on this
+     * producer, whose cache held the aggregate, and on another, which reads it from its
+     * snapshot. It was decided again on both: the cache was trusted, and a snapshot written at
+     * the commit hid it. */
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 1000;
+    cfg.snapshot_every = 1; /* a snapshot falls due at every commit */
+    cfg.duplicate_window_s = 1;
+    jl_producer *p = NULL, *other = NULL;
+    char id[JL_UUID_LEN + 1], err[512] = "", saved[256];
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    ck_assert_int_eq(create_order(env.conn, "lost", id, NULL), JL_CODE_OK);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(add_with_id(p, id, "a", NULL, &r), JL_CODE_OK); /* cached, snapshotted */
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    ck_assert_int_eq(add_with_id(p, id, "b", "lost-record-1", &r), JL_CODE_OK);
+    uint64_t seq1 = r.stream_seq;
+    ck_assert_int_eq(add_with_id(p, id, "c", "lost-record-2", &r), JL_CODE_OK);
+    uint64_t seq2 = r.stream_seq, msgs = tstream_msgs(env.conn, "ORDERS");
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 0); /* not remembered */
+    nats_Sleep(2500); /* past the duplicate window */
+
+    ck_assert_int_eq(add_with_id(p, id, "c", "lost-record-2", &r), JL_CODE_OK);
+    ck_assert_msg(r.duplicate && r.stream_seq == seq2,
+                  "this producer decided it again: seq %" PRIu64, r.stream_seq);
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &cfg, err, sizeof(err)) ==
+                      JL_OK,
+                  "%s", err);
+    ck_assert_int_eq(add_with_id(other, id, "b", "lost-record-1", &r), JL_CODE_OK);
+    ck_assert_msg(r.duplicate && r.stream_seq == seq1,
+                  "another producer decided it again: seq %" PRIu64, r.stream_seq);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    jl_reply_cleanup(&r);
+    jl_producer_close(other, 1000);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 static jl_code create_with_id(jl_producer *on, const char *cmd_id, jl_reply *r)
 {
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
@@ -1778,6 +1823,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
+    tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, a_refusal_on_a_cache_behind_another_replica_is_decided_again);
