@@ -347,9 +347,23 @@ jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)
     Jetledger__Reply *pb = jetledger__reply__unpack(NULL, len, data);
     if (pb == NULL)
         return JL_ERR_DECODE;
+    /* An id or type name cut to fit would name something else: refused, not cut. */
+    if (strlen(pb->aggregate_id) >= sizeof(out->aggregate_id) ||
+        strlen(pb->result_type) >= sizeof(out->result_type)) {
+        jetledger__reply__free_unpacked(pb, NULL);
+        return JL_ERR_DECODE;
+    }
     jl_reply_reset(out);
     out->code = (jl_code)pb->code;
-    snprintf(out->message, sizeof(out->message), "%s", pb->message);
+    if ((int)pb->code < (int)JL_CODE_OK || (int)pb->code > (int)JL_CODE_TIMEOUT) {
+        /* A code this build does not know (a newer producer's): not success, not "try again";
+         * kept in the message. */
+        out->code = JL_CODE_INTERNAL;
+        snprintf(out->message, sizeof(out->message), "reply code %d unknown here: %s",
+                 (int)pb->code, pb->message);
+    } else {
+        snprintf(out->message, sizeof(out->message), "%s", pb->message);
+    }
     snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", pb->aggregate_id);
     out->aggregate_version = pb->aggregate_version;
     out->stream_seq = pb->stream_sequence;
@@ -408,4 +422,98 @@ jl_status jl_event_to_json(jl_buf *out, const jl_event *ev)
     if (s == JL_OK)
         s = jl_buf_adds(out, "}");
     return s;
+}
+
+/* ---- strings inside protobuf ---- */
+
+static bool wire_varint(const uint8_t *d, size_t len, size_t *io, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64 && *io < len; shift += 7) {
+        uint8_t b = d[(*io)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+#define JL_PB_MAX_DEPTH 64
+
+static bool strings_valid(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t len,
+                          unsigned depth, const char **out_field)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint64_t key = 0, n = 0;
+        if (!wire_varint(d, len, &i, &key))
+            return false;
+        switch (key & 7) {
+        case 0: /* varint */
+            if (!wire_varint(d, len, &i, &n))
+                return false;
+            break;
+        case 1: /* 64-bit */
+            if (len - i < 8)
+                return false;
+            i += 8;
+            break;
+        case 5: /* 32-bit */
+            if (len - i < 4)
+                return false;
+            i += 4;
+            break;
+        case 2: { /* length-delimited: a string, bytes, a message or packed numbers */
+            if (!wire_varint(d, len, &i, &n) || n > len - i)
+                return false;
+            const ProtobufCFieldDescriptor *f =
+                key >> 3 <= UINT32_MAX
+                    ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3))
+                    : NULL;
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+                (memchr(d + i, 0, n) != NULL || !jl_utf8_valid((const char *)d + i, n))) {
+                if (out_field != NULL)
+                    *out_field = f->name;
+                return false;
+            }
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                (depth >= JL_PB_MAX_DEPTH ||
+                 !strings_valid(f->descriptor, d + i, n, depth + 1, out_field)))
+                return false;
+            i += n;
+            break;
+        }
+        default: /* groups: unpack took them; nothing of ours holds strings there */
+            return true;
+        }
+    }
+    return true;
+}
+
+bool jl_pb_strings_valid(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
+                         const char **out_field)
+{
+    if (out_field != NULL)
+        *out_field = NULL;
+    return strings_valid(desc, data, len, 0, out_field);
+}
+
+ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
+                                    size_t len, jl_reply *r)
+{
+    const char *field = NULL;
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data);
+    if (m == NULL) {
+        jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
+                       desc->name);
+    } else if (!jl_pb_strings_valid(desc, data, len, &field)) {
+        jl_reply_error(r, JL_CODE_INVALID,
+                       "field %s of %s holds a NUL byte or text that is not UTF-8",
+                       field ? field : "?", desc->name);
+        protobuf_c_message_free_unpacked(m, NULL);
+        m = NULL;
+    }
+    return m;
 }

@@ -371,7 +371,8 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
             rc = SQLITE_NOMEM;
             break;
         }
-        memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
+        if (w->len > 0) /* an empty blob reads as NULL */
+            memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
         n++;
     }
     sqlite3_reset(st);

@@ -418,6 +418,16 @@ static jl_status read_result(const char *subject, const replay_ctx *rc, jl_statu
          * (JL_ERR_NATS: a status reply or a broken response while the cluster changes). What
          * stays "internal" is history that cannot be replayed: that needs an operator. */
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store unavailable: %s", rc->err);
+    } else if (s == JL_ERR_UNKNOWN_TYPE) {
+        /* A newer version of the service wrote it (a rolling upgrade, this replica not yet
+         * replaced, or rolled back): not decided here, and a replica that knows the type can
+         * decide it; "internal" would be final to a process manager's outbox. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "%s holds an event of a type this version of the service does not know "
+                       "(written by a newer version?); not decided: try again: %s",
+                       subject, rc->err);
+        jl_log(JL_LOG_WARN, "aggregate holds an unknown event type",
+               "\"subject\":\"%s\",\"hint\":\"upgrade every replica of the service\"", subject);
     } else {
         jl_reply_error(r, JL_CODE_INTERNAL, "cannot rebuild %s: %s", subject, rc->err);
         jl_log(JL_LOG_ERROR, "aggregate load failed", "\"subject\":\"%s\",\"status\":\"%s\"",
@@ -439,6 +449,19 @@ static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx 
 
 /* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
  * counter: GetState runs it without the lock. */
+static bool has_unknown_fields(const ProtobufCMessage *m);
+
+/* Whether snapshot state @p data holds fields this build's state type lacks: written by a newer
+ * version whose state_version was not bumped. Loaded, those fields would be lost. */
+static bool newer_state(const jl_producer *p, const uint8_t *data, size_t len)
+{
+    ProtobufCMessage *m = protobuf_c_message_unpack(p->def->state_type, NULL, len, data);
+    bool newer = m == NULL || has_unknown_fields(m);
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+    return newer;
+}
+
 static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
 {
     bool used = false;
@@ -451,12 +474,13 @@ static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
                                                             (const uint8_t *)kvEntry_Value(e));
     if (snap != NULL && snap->state_version == p->def->state_version &&
         strcmp(snap->state_type, p->def->state_type->name) == 0 &&
+        !newer_state(p, snap->state.data, snap->state.len) &&
         p->def->state_unpack(rc->state, snap->state.data, snap->state.len) == JL_OK) {
         rc->version = snap->aggregate_version;
         rc->last_seq = snap->stream_sequence;
         used = true;
     } else {
-        p->def->state_init(rc->state); /* another version's snapshot: ignore it */
+        p->def->state_init(rc->state); /* another version's snapshot: ignore it, replay */
     }
     if (snap != NULL)
         jetledger__snapshot__free_unpacked(snap, NULL);
@@ -557,31 +581,36 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
     return JL_OK;
 }
 
-/* The events of @p c are stored at @p seq: evolve the entry's state with them, so the cache
- * stays current, and snapshot it when a multiple of snapshot_every was crossed. A state evolve
- * refuses is dropped (the next command reloads it). */
-static void advance(jl_producer *p, cmd *c, uint64_t seq)
+/*
+ * The events of @p c are stored at @p seq as the commit @p data: evolve the entry's state with
+ * them, so the cache stays current, and snapshot it when a multiple of snapshot_every was
+ * crossed. They are decoded from the commit, as a replay decodes them, so that evolve sees the
+ * same event either way (its id, time, schema version: an upcaster may branch on them), and a
+ * cached state is the one a replay builds. A state evolve refuses is dropped (the next command
+ * reloads it). Under p->mu.
+ */
+static void advance(jl_producer *p, cmd *c, uint64_t seq, const void *data, size_t len)
 {
     const jl_decision *d = &c->d;
     jl__cache_entry *e = c->entry;
-    jl_status s = JL_OK;
+    jl_commit *cm = NULL;
+    jl_event ev;
+    char why[160];
+    jl_status s = jl_commit_decode(&cm, data, len, seq, why, sizeof(why));
     memcpy(p->scratch, e->state, p->def->state_size);
-    for (size_t i = 0; s == JL_OK && i < d->n_events; i++) {
-        ProtobufCMessage *m =
-            protobuf_c_message_unpack(d->types[i], NULL, d->lens[i], d->bytes.data + d->offsets[i]);
-        jl_event ev = {.event_type = d->types[i]->name,
-                       .aggregate_id = c->agg_id,
-                       .aggregate_type = p->def->aggregate_type,
-                       .aggregate_version = c->first_version + i,
-                       .stream_seq = seq,
-                       .payload = m};
-        s = m != NULL ? p->def->evolve(p->scratch, &ev) : JL_ERR_DECODE;
-        if (m != NULL)
-            protobuf_c_message_free_unpacked(m, NULL);
+    for (size_t i = 0; s == JL_OK && i < jl_commit_count(cm); i++) {
+        s = jl_commit_event(cm, i, &p->def->events, &ev, why, sizeof(why));
+        if (s == JL_OK)
+            s = p->def->evolve(p->scratch, &ev);
     }
+    jl_commit_free(cm);
     if (s != JL_OK) {
         /* The cached state no longer follows the stream: the next command reads the aggregate
          * again from its start (catching up from here would skip these events). */
+        char esc[2 * sizeof(why)];
+        jl_log(JL_LOG_WARN, "cached state dropped after an append",
+               "\"subject\":\"%s\",\"seq\":%" PRIu64 ",\"error\":\"%s: %s\"", c->subject, seq,
+               jl_status_str(s), jl_log_str(esc, sizeof(esc), why));
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;
         e->stale = true;
@@ -603,6 +632,37 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
 }
 
 /* ---- validating a request ---- */
+
+/* Whether @p m, or a message within it, holds fields its descriptor does not know: written
+ * with a newer schema. */
+static bool has_unknown_fields(const ProtobufCMessage *m)
+{
+    if (m->n_unknown_fields > 0)
+        return true;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const char *at = (const char *)m + f->offset;
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)((const char *)m + f->quantifier_offset) != f->id)
+            continue; /* another member of the oneof holds the memory */
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)m + f->quantifier_offset);
+            ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)at;
+            for (size_t k = 0; k < n; k++) {
+                if (v[k] != NULL && has_unknown_fields(v[k]))
+                    return true;
+            }
+        } else {
+            const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)at;
+            if (sub != NULL && has_unknown_fields(sub))
+                return true;
+        }
+    }
+    return false;
+}
 
 static const jl_command_def *find_command(const jl_service_def *def, const char *name)
 {
@@ -1637,7 +1697,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             to_read = c;
         }
     } else if (pa != NULL) {
-        advance(p, c, pa->Sequence);
+        advance(p, c, pa->Sequence, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
         r->aggregate_version = c->first_version + c->d.n_events - 1;
         r->stream_seq = pa->Sequence;
         if (!c->client_id || p->commands == NULL || !record_async(p, c, r)) {
@@ -1753,9 +1813,11 @@ static void submit(jl_producer *p, const request *rq)
     c->sync = rq->sync;
     if (rq->received_ns != 0)
         c->received_ns = rq->received_ns;
+    /* A subject token, the client's: made safe for logs and replies (command names are ASCII
+     * identifiers, so nothing of a real one is lost, and no UTF-8 is cut). */
     snprintf(c->name, sizeof(c->name), "%.64s", command);
     for (char *q = c->name; *q; q++) {
-        if ((unsigned char)*q < 0x20 || *q == '"' || *q == '\\')
+        if ((unsigned char)*q < 0x20 || (unsigned char)*q >= 0x7f || *q == '"' || *q == '\\')
             *q = '?';
     }
     jl_reply_reset(r);
@@ -1778,9 +1840,16 @@ static void submit(jl_producer *p, const request *rq)
                        JL_MAX_COMMAND_BYTES);
         goto reject;
     }
-    c->msg = protobuf_c_message_unpack(c->cd->descriptor, NULL, len, data);
-    if (c->msg == NULL) {
-        jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
+    c->msg = jl_request_unpack(c->cd->descriptor, data, len, r);
+    if (c->msg == NULL)
+        goto reject;
+    if (has_unknown_fields(c->msg)) {
+        /* A newer client (or a newer replica's process manager) during a rolling upgrade:
+         * decided here, the fields would be dropped from its events for good. A replica that
+         * knows them can decide it. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "%s has fields this version of the service does not know (written with a "
+                       "newer schema?); not decided: try again once the service is upgraded",
                        c->cd->descriptor->name);
         goto reject;
     }
@@ -2129,12 +2198,9 @@ void jl_producer_query(jl_producer *p, const char *query, const void *data, size
                        JL_MAX_COMMAND_BYTES);
         return;
     }
-    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
-    if (m == NULL) {
-        jl_reply_error(out, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
-                       d->name);
+    ProtobufCMessage *m = jl_request_unpack(d, data, len, out);
+    if (m == NULL)
         return;
-    }
     /* Both requests start with aggregate_id. */
     const char *raw = field_string(m, "aggregate_id");
     if (jl_uuid_canonical(id, raw) != JL_OK) {

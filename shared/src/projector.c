@@ -253,7 +253,9 @@ static jl_status init_database(jl_projector *p)
         } else if (p->db_version > p->def->version) {
             set_err(p,
                     "%s was built by version %d of projection %s; this program is version %d "
-                    "(a downgrade needs a rebuild with the old program, or delete the file)",
+                    "and does not read it (to go back, move the file aside: this program then "
+                    "replays the stream into a new one; a process manager's file also holds "
+                    "its outbox, which a replay does not bring back)",
                     p->db_path, p->db_version, p->def->name, p->def->version);
             s = JL_ERR_VERSION;
         }
@@ -1707,12 +1709,9 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
                        JL_MAX_QUERY_BYTES);
         return false;
     }
-    req = protobuf_c_message_unpack(q->request, NULL, len, data);
-    if (req == NULL) {
-        jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
-                       q->request->name);
+    req = jl_request_unpack(q->request, data, len, r);
+    if (req == NULL)
         return false;
-    }
     uint64_t min_seq = field_u64(req, "min_sequence"), seen = 0;
     int si = 0;
     const char *on = field_str(req, "min_sequence_stream");
@@ -1782,10 +1781,11 @@ static void reply_query(natsConnection *nc, natsMsg *msg, jl_reply *r)
 {
     jl_reply_send(nc, natsMsg_GetReply(msg), r, NULL);
     if (r->code != JL_CODE_OK) {
-        char esc[600];
+        char esc[600], subj[300]; /* the subject is the client's: escaped too */
         jl_log(r->code == JL_CODE_INTERNAL ? JL_LOG_ERROR : JL_LOG_DEBUG, "query failed",
-               "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"", natsMsg_GetSubject(msg),
-               jl_code_str(r->code), jl_log_str(esc, sizeof(esc), r->message));
+               "\"subject\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
+               jl_log_str(subj, sizeof(subj), natsMsg_GetSubject(msg)), jl_code_str(r->code),
+               jl_log_str(esc, sizeof(esc), r->message));
     }
     jl_reply_cleanup(r);
     natsMsg_Destroy(msg);

@@ -784,6 +784,11 @@ START_TEST(bad_commands_get_clear_errors_and_append_nothing)
     expect_error("orders.cmd.AddItem", garbage, sizeof(garbage), JL_CODE_INVALID,
                  "malformed protobuf");
     expect_error("orders.cmd.ShipOrder", "", 0, JL_CODE_INVALID, "unknown command 'ShipOrder'");
+    /* customer_id "ali\0bob": protobuf-c would keep "ali" and lose the rest, silently */
+    expect_error("orders.cmd.CreateOrder",
+                 "\x12\x07"
+                 "ali\0bob",
+                 9, JL_CODE_INVALID, "field customer_id of orders.CreateOrder holds a NUL byte");
 
     uint8_t buf[256];
     Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
@@ -798,6 +803,12 @@ START_TEST(bad_commands_get_clear_errors_and_append_nothing)
     m.order_id = "6f1c2a8e-0000-4000-8000-000000000001";
     n = orders__add_item__pack(&m, buf);
     expect_error("orders.cmd.AddItem", buf, n, JL_CODE_NOT_FOUND, "does not exist");
+    /* A field of a newer schema (99) is not dropped from the events: not decided here. */
+    m.order_id = id;
+    n = orders__add_item__pack(&m, buf);
+    memcpy(buf + n, "\x98\x06\x01", 3); /* field 99, varint 1 */
+    expect_error("orders.cmd.AddItem", buf, n + 3, JL_CODE_UNAVAILABLE,
+                 "fields this version of the service does not know");
     m.order_id = id;
     m.quantity = 0;
     n = orders__add_item__pack(&m, buf);
@@ -978,6 +989,24 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
     ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
     tdb_done(st);
     jl_projector_close(p, 1000);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+START_TEST(an_event_type_from_a_newer_version_is_unavailable_not_internal)
+{
+    /* A newer replica of the service (a rolling upgrade) appended an event of a type this one
+     * does not know: this one does not decide on the aggregate, and says "try again", which a
+     * client or a process manager's outbox does, reaching a replica that knows it. It said
+     * "internal", final to the outbox: that order's workflow stopped for good. */
+    char id[JL_UUID_LEN + 1], subject[128];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "newer", id, NULL), JL_CODE_OK);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
+    publish_commit(subject, id, &orders__get_order__descriptor, "", 0); /* "unknown" type */
+    ck_assert_int_eq(add_item(env.conn, id, "kiwi", 1, 5, &r), JL_CODE_UNAVAILABLE);
+    ck_assert_msg(strstr(r.message, "does not know") != NULL, "%s", r.message);
     jl_reply_cleanup(&r);
 }
 END_TEST
@@ -1817,6 +1846,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
+    tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
     tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);

@@ -363,6 +363,64 @@ START_TEST(cold_command_on_10000_events_reads_at_most_snapshot_every)
 }
 END_TEST
 
+/* What evolve was given for each aggregate version, by the path that gave it. */
+typedef struct seen_event {
+    char id[JL_UUID_LEN + 1], correlation[64];
+    int64_t at_ns;
+    uint32_t schema;
+    uint64_t seq;
+} seen_event;
+
+static seen_event seen[2][8]; /* [0]: after an append (the cache), [1]: on a replay */
+static int seen_path;
+
+static jl_status spy_evolve(void *state, const jl_event *ev)
+{
+    if (ev->aggregate_version < 8) {
+        seen_event *e = &seen[seen_path][ev->aggregate_version];
+        snprintf(e->id, sizeof(e->id), "%s", ev->event_id ? ev->event_id : "");
+        snprintf(e->correlation, sizeof(e->correlation), "%s",
+                 ev->correlation_id ? ev->correlation_id : "");
+        e->at_ns = ev->occurred_at_ns;
+        e->schema = ev->schema_version;
+        e->seq = ev->stream_seq;
+    }
+    return orders_service.evolve(state, ev);
+}
+
+START_TEST(evolve_sees_the_same_event_after_an_append_as_on_a_replay)
+{
+    /* An upcaster branches on the schema version, and evolve may use the time: the state a
+     * producer keeps after an append must be the one a replay builds. Evolve was given an
+     * event without id, time, schema version or correlation after an append. */
+    jl_service_def spy = orders_service;
+    spy.evolve = spy_evolve;
+    spy.schema_version = 7;
+    memset(seen, 0, sizeof(seen));
+    seen_path = 0;
+    jl_producer *p = open_producer(&spy, 0, 10);
+    char id[JL_UUID_LEN + 1];
+    create(p, id, NULL);
+    add(p, id, "a", 1, NULL);
+    add(p, id, "b", 2, NULL); /* versions 1..3, each evolved after its append */
+    jl_producer_close(p, 1000);
+    seen_path = 1;
+    p = open_producer(&spy, 0, 10);
+    add(p, id, "c", 1, NULL); /* replays 1..3 */
+    jl_producer_close(p, 1000);
+    for (int v = 1; v <= 3; v++) {
+        const seen_event *a = &seen[0][v], *r = &seen[1][v];
+        ck_assert_msg(r->id[0] != 0, "version %d not replayed", v);
+        ck_assert_msg(strcmp(a->id, r->id) == 0, "version %d: id '%s' vs '%s'", v, a->id, r->id);
+        ck_assert_msg(strcmp(a->correlation, r->correlation) == 0, "version %d: correlation", v);
+        ck_assert_int_eq(a->at_ns, r->at_ns);
+        ck_assert_uint_eq(a->schema, 7);
+        ck_assert_uint_eq(r->schema, 7);
+        ck_assert_uint_eq(a->seq, r->seq);
+    }
+}
+END_TEST
+
 START_TEST(snapshot_of_another_state_version_is_ignored)
 {
     jl_producer *p = open_producer(&orders_service, 2, 10);
@@ -393,6 +451,50 @@ START_TEST(snapshot_of_another_state_version_is_ignored)
     ck_assert_uint_eq(st.snapshot_loads, 0);
     ck_assert_uint_eq(st.last_load_events, 4);
     expect_state(id, 5, 2); /* a and c */
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
+START_TEST(snapshot_holding_fields_of_a_newer_state_is_ignored)
+{
+    /* A newer version added a field to the state and forgot to bump state_version: its
+     * snapshots must not be loaded by this version, which would drop the field and decide on
+     * a state folded from events it may not know. Replayed instead. */
+    jl_producer *p = open_producer(&orders_service, 2, 10);
+    char id[JL_UUID_LEN + 1], key[128];
+    create(p, id, NULL);
+    add(p, id, "a", 1, NULL); /* version 2: snapshotted */
+    ck_assert_uint_ge(snapshots_saved(p, 1), 1);
+    jl_producer_close(p, 1000);
+
+    kvStore *kv = NULL;
+    kvEntry *e = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_snapshots_ORDERS"), NATS_OK);
+    snprintf(key, sizeof(key), "order.%s", id);
+    ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_OK);
+    Jetledger__Snapshot *snap = jetledger__snapshot__unpack(NULL, (size_t)kvEntry_ValueLen(e),
+                                                            (const uint8_t *)kvEntry_Value(e));
+    ck_assert_ptr_nonnull(snap);
+    uint8_t state[4096], out[8192];
+    ck_assert_uint_lt(snap->state.len + 3, sizeof(state));
+    memcpy(state, snap->state.data, snap->state.len);
+    memcpy(state + snap->state.len, "\x98\x06\x01", 3); /* field 99: the newer state's */
+    snap->state.data = state;
+    snap->state.len += 3;
+    size_t n = jetledger__snapshot__pack(snap, out);
+    snap->state.data = NULL; /* not ours to free */
+    snap->state.len = 0;
+    jetledger__snapshot__free_unpacked(snap, NULL);
+    kvEntry_Destroy(e);
+    ck_assert_int_eq(kvStore_Put(NULL, kv, key, out, (int)n), NATS_OK);
+    kvStore_Destroy(kv);
+
+    p = open_producer(&orders_service, 100, 10);
+    add(p, id, "b", 1, NULL);
+    jl_producer_stats st;
+    jl_producer_get_stats(p, &st);
+    ck_assert_uint_eq(st.snapshot_loads, 0);
+    ck_assert_uint_eq(st.last_load_events, 2);
     jl_producer_close(p, 1000);
 }
 END_TEST
@@ -698,6 +800,8 @@ int main(void)
     tcase_add_test(tc, history_pages_fit_in_what_the_server_carries);
     tcase_add_test(tc, cold_command_on_10000_events_reads_at_most_snapshot_every);
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
+    tcase_add_test(tc, evolve_sees_the_same_event_after_an_append_as_on_a_replay);
+    tcase_add_test(tc, snapshot_holding_fields_of_a_newer_state_is_ignored);
     tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);

@@ -848,15 +848,21 @@ static void emit_two_events(jl_decision *d)
     ck_assert_uint_eq(d->n_events, 2);
 }
 
-static void encode_and_decode(const jl_commit_meta *m, uint64_t seq)
+/* Encode the events of cf.d and decode them again into cf.c. */
+static void round_trip(const jl_commit_meta *m, uint64_t seq)
 {
     char err[256] = "";
-    emit_two_events(&cf.d);
     ck_assert_int_eq(jl_commit_encode(&cf.wire, cf.first_id, m, &cf.d), JL_OK);
     ck_assert_uint_gt(cf.wire.len, 0);
     ck_assert_int_eq(jl_commit_decode(&cf.c, cf.wire.data, cf.wire.len, seq, err, sizeof(err)),
                      JL_OK);
     ck_assert_ptr_nonnull(cf.c);
+}
+
+static void encode_and_decode(const jl_commit_meta *m, uint64_t seq)
+{
+    emit_two_events(&cf.d);
+    round_trip(m, seq);
 }
 
 static const ProtobufCMessageDescriptor *const order_events[] = {
@@ -1102,10 +1108,8 @@ START_TEST(commit_event_with_malformed_payload_is_decode_error)
     emit_two_events(&cf.d);
     /* Corrupt event 1's payload in place: tag 0x07 (field 0, wire type 7) is never valid. */
     cf.d.bytes.data[cf.d.offsets[1]] = 0x07;
-    ck_assert_int_eq(jl_commit_encode(&cf.wire, cf.first_id, &m, &cf.d), JL_OK);
+    round_trip(&m, 5);
     char err[256] = "";
-    ck_assert_int_eq(jl_commit_decode(&cf.c, cf.wire.data, cf.wire.len, 5, err, sizeof(err)),
-                     JL_OK);
     jl_event ev;
     ck_assert_int_eq(jl_commit_event(cf.c, 0, NULL, &ev, err, sizeof(err)), JL_OK);
     err[0] = 0;
@@ -1114,6 +1118,85 @@ START_TEST(commit_event_with_malformed_payload_is_decode_error)
     ck_assert_str_eq(ev.event_type, "orders.ItemAdded");
     ck_assert_uint_eq(ev.aggregate_version, 8);
     ck_assert_ptr_nonnull(strstr(err, ev.event_id));
+}
+END_TEST
+
+START_TEST(commit_event_written_by_a_newer_schema_decodes_what_this_one_knows)
+{
+    /* A field a later version of the schema added (number 99, unknown here) is no error: the
+     * event decodes with the fields this build knows, as an older replica or projector reads
+     * events of a newer one during a rolling upgrade. */
+    jl_commit_meta m = meta_default();
+    Orders__ItemAdded a = item("SKU-9", 2, 300);
+    uint8_t extra[] = {0x05};
+    ProtobufCMessageUnknownField later = {
+        .tag = 99, .wire_type = PROTOBUF_C_WIRE_TYPE_VARINT, .len = 1, .data = extra};
+    a.base.n_unknown_fields = 1;
+    a.base.unknown_fields = &later;
+    jl_decision_emit(&cf.d, &a.base);
+    ck_assert_uint_eq(cf.d.n_events, 1);
+    round_trip(&m, 5);
+    char err[256] = "";
+    jl_event ev;
+    ck_assert_int_eq(jl_commit_event(cf.c, 0, NULL, &ev, err, sizeof(err)), JL_OK);
+    const Orders__ItemAdded *got = (const Orders__ItemAdded *)ev.payload;
+    ck_assert_str_eq(got->sku, "SKU-9");
+    ck_assert_int_eq(got->quantity, 2);
+    ck_assert_int_eq(got->unit_price_cents, 300);
+    ck_assert_uint_eq(got->base.n_unknown_fields, 1); /* kept, not lost */
+    ck_assert_uint_eq(got->base.unknown_fields[0].tag, 99);
+    jl_buf out;
+    jl_buf_init(&out, 1 << 16);
+    ck_assert_int_eq(jl_event_to_json(&out, &ev), JL_OK); /* the audit trail shows the rest */
+    ck_assert_ptr_nonnull(strstr(jl_buf_str(&out), "\"sku\":\"SKU-9\""));
+    jl_buf_cleanup(&out);
+}
+END_TEST
+
+START_TEST(pb_strings_with_a_nul_or_bad_utf8_are_found_at_any_depth)
+{
+    /* protobuf-c keeps a string as a C string: "ali\0bob" would be read as "ali", silently. */
+    Orders__OrderLine l1 = ORDERS__ORDER_LINE__INIT, l2 = ORDERS__ORDER_LINE__INIT;
+    Orders__OrderLine *lines[] = {&l1, &l2};
+    Orders__OrderPlaced m = ORDERS__ORDER_PLACED__INIT;
+    m.order_id = (char *)AGG;
+    m.n_lines = 2;
+    m.lines = lines;
+    l1.sku = "åpple";
+    l1.quantity = 1;
+    l2.sku = "pear";
+    uint8_t buf[512];
+    size_t n = orders__order_placed__pack(&m, buf);
+    const char *field = "x";
+    ck_assert(jl_pb_strings_valid(&orders__order_placed__descriptor, buf, n, &field));
+    ck_assert_ptr_null(field);
+    /* "pear" -> "pe\0r" in the second line, in place: same length. */
+    uint8_t *at = NULL;
+    for (size_t i = 0; at == NULL && i + 4 <= n; i++)
+        at = memcmp(buf + i, "pear", 4) == 0 ? buf + i : NULL;
+    ck_assert_ptr_nonnull(at);
+    at[2] = 0;
+    ck_assert(!jl_pb_strings_valid(&orders__order_placed__descriptor, buf, n, &field));
+    ck_assert_str_eq(field, "sku");
+    at[2] = 0xff; /* not UTF-8 */
+    ck_assert(!jl_pb_strings_valid(&orders__order_placed__descriptor, buf, n, &field));
+    at[2] = 'a';
+    ck_assert(jl_pb_strings_valid(&orders__order_placed__descriptor, buf, n, NULL));
+
+    /* A request: refused with the field named, nothing unpacked. */
+    static const uint8_t create[] = {0x12, 0x07, 'a', 'l', 'i', 0, 'b', 'o', 'b'};
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_ptr_null(
+        jl_request_unpack(&orders__create_order__descriptor, create, sizeof(create), &r));
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    ck_assert_msg(strstr(r.message, "customer_id") && strstr(r.message, "NUL"), "%s", r.message);
+    jl_reply_reset(&r);
+    ProtobufCMessage *ok =
+        jl_request_unpack(&orders__create_order__descriptor, create, 5, &r); /* "ali" */
+    ck_assert_ptr_null(ok); /* a length past the end: not a valid message */
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    jl_reply_cleanup(&r);
 }
 END_TEST
 
@@ -1204,6 +1287,40 @@ START_TEST(reply_decode_of_garbage_is_decode_error)
     jl_reply_init(&r);
     static const uint8_t bad[] = {0xff, 0xff, 0xff};
     ck_assert_int_eq(jl_reply_decode(&r, bad, sizeof(bad)), JL_ERR_DECODE);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+START_TEST(reply_decode_refuses_cut_ids_and_maps_unknown_codes)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    /* code -1 (field 1, varint, ten bytes), message "m" */
+    static const uint8_t minus[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                    0xff, 0xff, 0xff, 0x01, 0x12, 0x01, 'm'};
+    ck_assert_int_eq(jl_reply_decode(&r, minus, sizeof(minus)), JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_INTERNAL);
+    ck_assert_str_eq(r.message, "reply code -1 unknown here: m");
+    static const uint8_t later[] = {0x08, 99};
+    ck_assert_int_eq(jl_reply_decode(&r, later, sizeof(later)), JL_OK);
+    ck_assert_int_eq(r.code, JL_CODE_INTERNAL);
+    ck_assert_ptr_nonnull(strstr(r.message, "99"));
+    /* an aggregate id one byte longer than a UUID would be cut to another id */
+    jl_reply in;
+    jl_buf out;
+    jl_reply_init(&in);
+    jl_buf_init(&out, 1 << 16);
+    ck_assert_int_eq(jl_reply_encode(&out, &in), JL_OK);
+    uint8_t wire[256];
+    memcpy(wire, out.data, out.len);
+    size_t n = out.len;
+    wire[n++] = 0x1a; /* field 3, length-delimited: aggregate_id (envelope.proto) */
+    wire[n++] = 37;
+    memset(wire + n, 'a', 37);
+    n += 37;
+    ck_assert_int_eq(jl_reply_decode(&r, wire, n), JL_ERR_DECODE);
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&in);
     jl_reply_cleanup(&r);
 }
 END_TEST
@@ -2945,10 +3062,13 @@ static Suite *core_suite(void)
     tcase_add_test(tc, commit_encode_refuses_empty_or_rejected_decision);
     tcase_add_test(tc, commit_event_of_unknown_type_fills_envelope_with_null_payload);
     tcase_add_test(tc, commit_event_with_malformed_payload_is_decode_error);
+    tcase_add_test(tc, commit_event_written_by_a_newer_schema_decodes_what_this_one_knows);
+    tcase_add_test(tc, pb_strings_with_a_nul_or_bad_utf8_are_found_at_any_depth);
     tcase_add_test(tc, types_find_searches_list_or_registry);
     tcase_add_test(tc, reply_round_trip_keeps_every_field_and_result);
     tcase_add_test(tc, reply_error_round_trips_code_and_message);
     tcase_add_test(tc, reply_decode_of_garbage_is_decode_error);
+    tcase_add_test(tc, reply_decode_refuses_cut_ids_and_maps_unknown_codes);
     tcase_add_test(tc, reply_error_first_error_wins);
     tcase_add_test(tc, reply_set_result_over_max_bytes_becomes_error);
     tcase_add_test(tc, format_time_writes_rfc3339_utc_with_nanoseconds);

@@ -150,7 +150,30 @@ jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg);
 /** Encode @p r as a jetledger.Reply into @p out (reset first). */
 jl_status jl_reply_encode(jl_buf *out, const jl_reply *r);
 
-/** Decode a jetledger.Reply. JL_ERR_DECODE if @p data is not one. */
+/**
+ * Decode a jetledger.Reply. JL_ERR_DECODE if @p data is not one, or its aggregate id or result
+ * type is longer than jl_reply holds (cut, it would name another). A code this build does not
+ * know becomes JL_CODE_INTERNAL, the number kept in the message.
+ */
 jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len);
+
+/**
+ * Whether every string field, at any depth, of the protobuf @p data (a @p desc message that
+ * protobuf_c_message_unpack() accepted) is UTF-8 without a NUL byte. protobuf-c keeps a string
+ * as a C string: one with a NUL inside would be cut there without a word, and the rest lost.
+ * @return false when a string is not; the name of its field in @p out_field (may be NULL).
+ * Pure; thread-safe.
+ */
+bool jl_pb_strings_valid(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
+                         const char **out_field);
+
+/**
+ * Unpack the body of a request (a command or a query) as a @p desc message.
+ * @return the message (free with protobuf_c_message_free_unpacked()); NULL with an "invalid"
+ * error in @p r saying why: not a valid @p desc, or a string field not UTF-8 or holding a NUL
+ * (see jl_pb_strings_valid()).
+ */
+ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
+                                    size_t len, jl_reply *r);
 
 #endif /* JETLEDGER_CODEC_H */
