@@ -479,11 +479,11 @@ START_TEST(snapshot_holding_fields_of_a_newer_state_is_ignored)
     ck_assert_uint_lt(snap->state.len + 3, sizeof(state));
     memcpy(state, snap->state.data, snap->state.len);
     memcpy(state + snap->state.len, "\x98\x06\x01", 3); /* field 99: the newer state's */
+    ProtobufCBinaryData was = snap->state;
     snap->state.data = state;
     snap->state.len += 3;
     size_t n = jetledger__snapshot__pack(snap, out);
-    snap->state.data = NULL; /* not ours to free */
-    snap->state.len = 0;
+    snap->state = was; /* freed with the snapshot */
     jetledger__snapshot__free_unpacked(snap, NULL);
     kvEntry_Destroy(e);
     ck_assert_int_eq(kvStore_Put(NULL, kv, key, out, (int)n), NATS_OK);
