@@ -128,6 +128,14 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         ns = natsOptions_SetServers(opts, urls, nurls);
     if (ns == NATS_OK)
         ns = natsOptions_SetName(opts, client_name);
+    /* "tls://" means TLS or nothing; the library would otherwise speak plain text to a server
+     * that does not ask for TLS. */
+    for (int i = 0; ns == NATS_OK && i < nurls; i++) {
+        if (strncmp(urls[i], "tls://", 6) == 0) {
+            ns = natsOptions_SetSecure(opts, true);
+            break;
+        }
+    }
     /* Services must outlive any server restart: reconnect forever, with jitter. */
     if (ns == NATS_OK)
         ns = natsOptions_SetMaxReconnect(opts, -1);

@@ -23,8 +23,9 @@ static int open_aggregate(const cli_ctx *ctx, const char *usage, const char *que
         return CLI_USAGE;
     }
     snprintf(subject, n, "%s.query.%s", ctx->argv[0], query);
-    *out_conn = cli_connect(ctx);
-    return *out_conn != NULL ? CLI_OK : CLI_UNAVAILABLE;
+    int rc;
+    *out_conn = cli_connect(ctx, &rc);
+    return rc;
 }
 
 static void print_stored(jl_buf *line, const Jetledger__StoredEvent *se)

@@ -50,7 +50,9 @@ typedef struct cli_ctx {
 } cli_ctx;
 
 /** Connect for a short-lived CLI call; prints the reason and returns NULL on failure. */
-jl_conn *cli_connect(const cli_ctx *ctx);
+/* Connect; NULL on failure, said, with the exit status in @p out_rc: CLI_USAGE for settings
+ * that cannot work (a bad URL, credentials file), CLI_UNAVAILABLE for a server not reached. */
+jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc);
 
 /** Print "jetledger: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -77,6 +79,12 @@ int cli_parse_time(int64_t *out_ns, const char *s, char *err, size_t errlen);
  */
 int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
                 const char *subject, const ProtobufCMessage *msg, jl_reply *out);
+
+/** Whether a JetStream API call failed because the server (or account) has no JetStream. */
+bool cli_js_off(natsStatus ns, jsErrCode jerr);
+
+/** Whether the last cli_request() went unanswered for its whole timeout (not "nobody there"). */
+bool cli_request_timed_out(void);
 
 /**
  * cli_request() for a request whose ok reply carries a @p want result: that result, or NULL

@@ -65,15 +65,32 @@ int cli_events(cli_ctx *ctx)
     }
 
     int rc = CLI_OK;
-    jl_conn *conn = cli_connect(ctx);
+    jl_conn *conn = cli_connect(ctx, &rc);
     natsSubscription *sub = NULL;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     jl_buf line;
     jl_buf_init(&line, 64 * 1024 * 1024);
-    if (conn == NULL) {
-        rc = CLI_UNAVAILABLE;
+    if (conn == NULL)
         goto done;
+    /* The stream is named from the service in upper case: "Orders" finds ORDERS, whose
+     * subjects are orders.events.>, and a filter on Orders.events.> would read nothing. */
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, &jerr) == NATS_OK) {
+        char want[128];
+        bool holds = false;
+        snprintf(want, sizeof(want), "%s.events.>", service);
+        for (int i = 0; i < si->Config->SubjectsLen && !holds; i++)
+            holds = strcmp(si->Config->Subjects[i], want) == 0;
+        if (!holds) {
+            cli_error("stream %s does not hold %s (its first subject: %s): is the service "
+                      "named otherwise? (names are case-sensitive)",
+                      stream, want, si->Config->SubjectsLen > 0 ? si->Config->Subjects[0] : "none");
+            jsStreamInfo_Destroy(si);
+            rc = CLI_USAGE;
+            goto done;
+        }
+        jsStreamInfo_Destroy(si);
     }
     /* An ordered consumer: no server state left behind, fastest way to read a stream. */
     jsSubOptions so;
@@ -86,7 +103,11 @@ int cli_events(cli_ctx *ctx)
     }
     natsStatus ns = js_SubscribeSync(&sub, jl_conn_js(conn), filter, NULL, &so, &jerr);
     if (ns != NATS_OK) {
-        if (jerr == JSStreamNotFoundErr || ns == NATS_NOT_FOUND)
+        if (cli_js_off(ns, jerr))
+            cli_error("cannot read %s: nothing answers the JetStream API: JetStream is not "
+                      "enabled on the server (nats-server -js), or not ready yet",
+                      stream);
+        else if (jerr == JSStreamNotFoundErr || ns == NATS_NOT_FOUND)
             cli_error("there is no stream %s: has the %s service ever run?", stream, service);
         else
             cli_error("cannot read %s: %s (JetStream error %d)", stream, natsStatus_GetText(ns),
@@ -119,6 +140,8 @@ int cli_events(cli_ctx *ctx)
             jsMsgMetaData_Destroy(meta);
         }
         natsMsg_Destroy(m);
+        if (ferror(stdout))
+            break; /* a full disk, a closed pipe (`| head`): said by main, no point reading on */
     }
 done:
     fflush(stdout);

@@ -284,11 +284,23 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    j.conn = cli_connect(ctx);
-    if (j.conn == NULL)
-        rc = CLI_UNAVAILABLE;
+    j.conn = cli_connect(ctx, &rc);
     if (rc == CLI_OK)
         st = admin(&j, request, start, &rc);
+    if (st == NULL && j.conn != NULL && cli_request_timed_out() && interrupted == 0) {
+        /* No reply in time is not "not started": a busy projector may have taken it. */
+        Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        int rc2 = CLI_OK;
+        Jetledger__RebuildStatus *now = admin(&j, "GetRebuildStatus", &get.base, &rc2);
+        if (now != NULL && strcmp(now->state, "running") == 0 && strcmp(now->job, kind) == 0) {
+            cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)", kind,
+                      j.projector);
+            st = now;
+            rc = CLI_OK;
+        } else {
+            free_status(now);
+        }
+    }
     if (st != NULL) {
         j.started_at_ns = st->started_at_ns;
         /* Several instances share "<projector>.admin.<Request>": ask the one running the job,

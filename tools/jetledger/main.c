@@ -64,6 +64,12 @@ void cli_error(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+bool cli_js_off(natsStatus ns, jsErrCode jerr)
+{
+    /* Without JetStream nothing answers its API subjects ("no responders"). */
+    return ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
+}
+
 void cli_stream_name(char *out, size_t n, const char *service)
 {
     size_t i = 0;
@@ -72,11 +78,12 @@ void cli_stream_name(char *out, size_t n, const char *service)
     out[i] = 0;
 }
 
-jl_conn *cli_connect(const cli_ctx *ctx)
+jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc)
 {
     jl_conn *c = NULL;
     char err[1024];
     jl_status s = jl_conn_open(&c, &ctx->cfg, "jetledger-cli", 0, err, sizeof(err));
+    *out_rc = s == JL_OK ? CLI_OK : s == JL_ERR_INVALID ? CLI_USAGE : CLI_UNAVAILABLE;
     if (s != JL_OK) {
         cli_error("%s", err);
         return NULL;
@@ -341,7 +348,15 @@ int main(int argc, char **argv)
                 return CLI_USAGE;
             }
         }
-        return subs[i].fn(&ctx);
+        int rc = subs[i].fn(&ctx);
+        /* Output lost (a full disk, a closed pipe) is a failure, whatever was read. */
+        int e = fflush(stdout) != 0 ? errno : 0;
+        if (e != 0 || ferror(stdout)) {
+            cli_error("cannot write the output%s%s", e ? ": " : "", e ? strerror(e) : "");
+            if (rc == CLI_OK)
+                rc = CLI_FAILED;
+        }
+        return rc;
     }
     cli_error("unknown subcommand '%s' (see jetledger help)", argv[pos[0]]);
     return CLI_USAGE;

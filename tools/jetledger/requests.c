@@ -126,6 +126,13 @@ static int print_reply(const jl_reply *r)
     return rc;
 }
 
+static bool last_timed_out; /* the CLI is one thread */
+
+bool cli_request_timed_out(void)
+{
+    return last_timed_out;
+}
+
 int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
                 const char *subject, const ProtobufCMessage *msg, jl_reply *out)
 {
@@ -144,8 +151,15 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
         ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", ctx->opts.correlation_id);
     if (ns == NATS_OK)
         ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
+    last_timed_out = ns == NATS_TIMEOUT;
     if (ns == NATS_NO_RESPONDERS) {
         cli_error("no %s named %s is running (nothing answers %s)", kind, name, subject);
+        rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_TIMEOUT && ctx->opts.command_id != NULL) {
+        cli_error("no reply on %s within %" PRId64 " ms: the command may still be carried out; "
+                  "send it again with --command-id %s to get its outcome without running it "
+                  "twice",
+                  subject, ctx->opts.timeout_ms, ctx->opts.command_id);
         rc = CLI_UNAVAILABLE;
     } else if (ns == NATS_TIMEOUT) {
         cli_error("no reply on %s within %" PRId64 " ms", subject, ctx->opts.timeout_ms);
@@ -202,17 +216,26 @@ static int request(cli_ctx *ctx, const char *kind, const char *verb)
         cli_error("bad JSON for %s: %s", d->name, err);
         return CLI_USAGE;
     }
-    char subject[512];
+    char subject[512], generated[JL_UUID_LEN + 8];
     snprintf(subject, sizeof(subject), "%s.%s.%s", service, verb, d->short_name);
+    if (is_command && ctx->opts.command_id == NULL) {
+        /* Always an id: after a lost reply the same command can be sent again safely. */
+        char uuid[JL_UUID_LEN + 1];
+        jl_uuid_new(uuid);
+        snprintf(generated, sizeof(generated), "cli-%s", uuid);
+        ctx->opts.command_id = generated;
+    }
     int rc = CLI_UNAVAILABLE;
     jl_reply r;
     jl_reply_init(&r);
-    jl_conn *conn = cli_connect(ctx);
+    jl_conn *conn = cli_connect(ctx, &rc);
     if (conn != NULL)
         rc =
             cli_request(ctx, conn, is_command ? "service" : "projector", service, subject, msg, &r);
     if (rc == CLI_OK)
         rc = print_reply(&r);
+    if (ctx->opts.command_id == generated)
+        ctx->opts.command_id = NULL; /* the buffer goes now */
     jl_reply_cleanup(&r);
     jl_conn_close(conn, 0);
     protobuf_c_message_free_unpacked(msg, NULL);

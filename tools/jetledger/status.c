@@ -58,7 +58,11 @@ static void describe(st_all *all, char *out, size_t n, natsStatus ns, jsErrCode 
     bool unavail = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || ns == NATS_CONNECTION_CLOSED ||
                    ns == NATS_CONNECTION_DISCONNECTED || jerr == JSClusterNotAvailErr ||
                    jerr == JSStreamOfflineErr || jerr == JSConsumerOfflineErr;
-    if (ns == NATS_TIMEOUT)
+    if (cli_js_off(ns, jerr))
+        snprintf(out, n,
+                 "nothing answers the JetStream API: JetStream is not enabled on the "
+                 "server (nats-server -js), or not ready yet");
+    else if (ns == NATS_TIMEOUT)
         snprintf(out, n, "no answer in time (no leader elected yet?)");
     else if (jerr != 0 && detail != NULL && detail[0] != 0)
         snprintf(out, n, "%s (JetStream error %d)", detail, (int)jerr);
@@ -487,9 +491,7 @@ int cli_status(cli_ctx *ctx)
     o.Wait = ctx->opts.timeout_ms;
 
     int rc = CLI_OK;
-    jl_conn *conn = cli_connect(ctx);
-    if (conn == NULL)
-        rc = CLI_UNAVAILABLE;
+    jl_conn *conn = cli_connect(ctx, &rc);
     if (rc == CLI_OK)
         rc = read_all(&all, jl_conn_js(conn), &o);
     if (rc == CLI_OK)
