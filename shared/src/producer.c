@@ -447,8 +447,6 @@ static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx 
 
 /* ---- snapshots ---- */
 
-/* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
- * counter: GetState runs it without the lock. */
 static bool has_unknown_fields(const ProtobufCMessage *m);
 
 /* Whether snapshot state @p data holds fields this build's state type lacks: written by a newer
@@ -462,6 +460,8 @@ static bool newer_state(const jl_producer *p, const uint8_t *data, size_t len)
     return newer;
 }
 
+/* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
+ * counter: GetState runs it without the lock. */
 static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
 {
     bool used = false;
@@ -1276,10 +1276,9 @@ static bool start_one(jl_producer *p, cmd *c)
     if (c->client_id)
         snprintf(msg_id, sizeof(msg_id), "%s:%s", def->name, c->cmd_id);
     po.MsgId = c->client_id ? msg_id : first_id;
-    /* A short wait per attempt: an append lost with a dying server is sent again (same
-     * Nats-Msg-Id) well before the command's deadline. */
     /* The deadline counts from the command's arrival, as its requester's wait does: no
-     * attempt outlives it (its turn was checked against it, above). */
+     * attempt outlives it (its turn was checked against it, above). A short wait per attempt:
+     * an append lost with a dying server is sent again (same Nats-Msg-Id) well before it. */
     if (c->deadline_ns == 0)
         c->deadline_ns = c->received_ns + p->append_timeout_ms * 1000000LL;
     po.MaxWait = left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS);
