@@ -1,3 +1,4 @@
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/projector.h"
 
 #include <errno.h>
@@ -1578,6 +1579,75 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream)
             return jl__proj_checkpoint(p, i);
     }
     return 0;
+}
+
+void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
+{
+    Jetledger__DeadLetters out = JETLEDGER__DEAD_LETTERS__INIT;
+    Jetledger__DeadLetter *rows = calloc(limit ? limit : 1, sizeof(*rows));
+    Jetledger__DeadLetter **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
+    jl_status s = rows != NULL && ptrs != NULL ? JL_OK : JL_ERR_NOMEM;
+    /* As a query: one read transaction, the file not switched under it. */
+    pthread_mutex_lock(&p->query_mu);
+    pthread_rwlock_rdlock(&p->switch_lock);
+    jl_db *qdb = p->qdb;
+    if (s == JL_OK)
+        s = jl_db_begin(qdb, false);
+    sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FROM jl_dead_letters") : NULL;
+    if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
+        out.count = (uint64_t)sqlite3_column_int64(st, 0);
+    if (st != NULL)
+        sqlite3_reset(st);
+    st = s == JL_OK ? jl_db_stmt(qdb, "SELECT stream, seq, event_index, event_id, event_type, "
+                                      "subject, reason, at_ns, length(data) FROM "
+                                      "jl_dead_letters ORDER BY at_ns DESC, seq DESC LIMIT ?")
+                    : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL)
+        sqlite3_bind_int(st, 1, (int)limit);
+    int rc = SQLITE_DONE;
+    while (st != NULL && out.n_letters < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Jetledger__DeadLetter *d = &rows[out.n_letters];
+        jetledger__dead_letter__init(d);
+        d->stream = strdup((const char *)sqlite3_column_text(st, 0));
+        d->seq = (uint64_t)sqlite3_column_int64(st, 1);
+        d->event_index = sqlite3_column_int(st, 2);
+        d->event_id = strdup((const char *)sqlite3_column_text(st, 3));
+        d->event_type = strdup((const char *)sqlite3_column_text(st, 4));
+        d->subject = strdup((const char *)sqlite3_column_text(st, 5));
+        d->reason = strdup((const char *)sqlite3_column_text(st, 6));
+        d->at_ns = sqlite3_column_int64(st, 7);
+        d->data_bytes = (uint64_t)sqlite3_column_int64(st, 8);
+        ptrs[out.n_letters++] = d;
+        if (!d->stream || !d->event_id || !d->event_type || !d->subject || !d->reason) {
+            s = JL_ERR_NOMEM;
+            break;
+        }
+    }
+    if (s == JL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
+        s = jl_db_fail(qdb, rc, "reading the dead letters");
+    if (st != NULL)
+        sqlite3_reset(st);
+    jl_db_rollback(qdb);
+    if (s != JL_OK)
+        jl_reply_error(r, JL_CODE_INTERNAL, "cannot read the dead letters: %s",
+                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
+    pthread_rwlock_unlock(&p->switch_lock);
+    pthread_mutex_unlock(&p->query_mu);
+    out.letters = ptrs;
+    out.instance = (char *)p->src[0].durable;
+    if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
+        jl_reply_error(r, JL_CODE_INTERNAL, "the dead letters do not fit in a reply");
+    for (size_t i = 0; i < out.n_letters; i++) {
+        free(rows[i].stream);
+        free(rows[i].event_id);
+        free(rows[i].event_type);
+        free(rows[i].subject);
+        free(rows[i].reason);
+    }
+    free(rows);
+    free(ptrs);
 }
 
 uint64_t jl_projector_dead_letters(jl_projector *p)

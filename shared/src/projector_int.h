@@ -203,6 +203,10 @@ void jl__outbox_wake(jl_projector *p);
 jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen);
 
 /* rebuild.c */
+/* projector.c: the newest @p limit dead letters (and the count of all) into @p r's result, a
+ * jetledger.DeadLetters; read on the query connection, as a query is. */
+void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r);
+
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);
 /* Stop taking admin requests, cancel and join a running job. False when a request handler may
  * still be running at the deadline: the projector must then not be freed. */

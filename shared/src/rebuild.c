@@ -1,6 +1,6 @@
 /*
  * Rebuild and verify jobs of a projector, and the administration requests that drive them
- * ("<projector>.admin.Rebuild|Verify|GetRebuildStatus|CancelRebuild").
+ * ("<projector>.admin.Rebuild|Verify|GetRebuildStatus|CancelRebuild"), and GetDeadLetters.
  *
  * A job builds a new read model in a new file "<name>-<ms>.db" beside the live one, from an
  * ordered consumer of its own (no server state, the fastest way to read a stream), while the live
@@ -674,10 +674,22 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         s = start_job(p, true, 0, 0, false, "requested", err, sizeof(err));
     } else if (strcmp(name, "CancelRebuild") == 0) {
         atomic_store(&p->job->cancel, true);
+    } else if (strcmp(name, "GetDeadLetters") == 0) {
+        Jetledger__GetDeadLetters *m = jetledger__get_dead_letters__unpack(NULL, len, data);
+        if (m == NULL) {
+            jl_reply_error(r, JL_CODE_INVALID,
+                           "malformed protobuf: not a jetledger.GetDeadLetters");
+            return;
+        }
+        unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
+        jetledger__get_dead_letters__free_unpacked(m, NULL);
+        jl__proj_dead_letters(p, limit, r);
+        r->stream_seq = jl_projector_checkpoint(p);
+        return;
     } else if (strcmp(name, "GetRebuildStatus") != 0) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "unknown request '%.64s' (Rebuild, Verify, GetRebuildStatus, "
-                       "CancelRebuild)",
+                       "CancelRebuild, GetDeadLetters)",
                        name);
         return;
     }

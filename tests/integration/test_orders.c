@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
@@ -988,6 +989,31 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
     }
     ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
     tdb_done(st);
+
+    /* An operator lists them over NATS (jetledger dead-letters): newest first, bounded. */
+    Jetledger__GetDeadLetters get = JETLEDGER__GET_DEAD_LETTERS__INIT;
+    get.limit = 2;
+    uint8_t body[64];
+    size_t n = jetledger__get_dead_letters__pack(&get, body);
+    jl_reply_reset(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, "order_summary.admin.GetDeadLetters", body, n, &r),
+                     NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    ck_assert_str_eq(r.result_type, "jetledger.DeadLetters");
+    Jetledger__DeadLetters *dl = jetledger__dead_letters__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(dl);
+    ck_assert_uint_eq(dl->count, 3);
+    ck_assert_uint_eq(dl->n_letters, 2);
+    ck_assert_uint_eq(dl->letters[0]->seq, 4); /* the newest: a broken payload of 3 bytes */
+    ck_assert_uint_eq(dl->letters[0]->data_bytes, 3);
+    ck_assert_uint_eq(dl->letters[1]->seq, 3);
+    ck_assert_str_eq(dl->instance, "poison");
+    for (size_t i = 0; i < dl->n_letters; i++) {
+        ck_assert_str_eq(dl->letters[i]->stream, "ORDERS");
+        ck_assert_ptr_nonnull(strstr(dl->letters[i]->subject, bad_id));
+        ck_assert(dl->letters[i]->reason[0] != 0);
+    }
+    jetledger__dead_letters__free_unpacked(dl, NULL);
     jl_projector_close(p, 1000);
     jl_reply_cleanup(&r);
 }

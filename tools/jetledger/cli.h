@@ -131,6 +131,7 @@ int cli_history(cli_ctx *ctx);
 int cli_state(cli_ctx *ctx);
 int cli_rebuild(cli_ctx *ctx);
 int cli_verify(cli_ctx *ctx);
+int cli_dead_letters(cli_ctx *ctx);
 int cli_status(cli_ctx *ctx);
 
 #endif /* JETLEDGER_CLI_H */

@@ -346,3 +346,51 @@ int cli_verify(cli_ctx *ctx)
     Jetledger__Verify m = JETLEDGER__VERIFY__INIT;
     return run(ctx, "verify", "Verify", &m.base);
 }
+
+int cli_dead_letters(cli_ctx *ctx)
+{
+    if (ctx->argc != 1) {
+        cli_error("usage: jetledger dead-letters <projector>");
+        return CLI_USAGE;
+    }
+    const char *projector = ctx->argv[0];
+    char subject[256];
+    snprintf(subject, sizeof(subject), "%s.admin.GetDeadLetters", projector);
+    Jetledger__GetDeadLetters m = JETLEDGER__GET_DEAD_LETTERS__INIT;
+    m.limit = 500;
+    int rc = CLI_OK;
+    jl_conn *conn = cli_connect(ctx, &rc);
+    ProtobufCMessage *res = rc == CLI_OK
+                                ? cli_ask(ctx, conn, "projector", projector, subject, &m.base,
+                                          &jetledger__dead_letters__descriptor, &rc)
+                                : NULL;
+    if (res != NULL) {
+        /* Written out field by field: a count of 0 and no letters are said, not left out. */
+        const Jetledger__DeadLetters *dl = (const Jetledger__DeadLetters *)res;
+        jl_buf b;
+        jl_buf_init(&b, 64 * 1024 * 1024);
+        jl_status s = jl_buf_addf(&b, "{\"count\":%" PRIu64 ",\"instance\":", dl->count);
+        if (s == JL_OK)
+            s = jl_json_add_string(&b, dl->instance, strlen(dl->instance));
+        if (s == JL_OK)
+            s = jl_buf_adds(&b, ",\"letters\":[");
+        for (size_t i = 0; s == JL_OK && i < dl->n_letters; i++) {
+            if (i > 0)
+                s = jl_buf_adds(&b, ",");
+            if (s == JL_OK)
+                s = jl_pb_to_json(&b, &dl->letters[i]->base);
+        }
+        if (s == JL_OK)
+            s = jl_buf_adds(&b, "]}\n");
+        if (s == JL_OK) {
+            fputs(jl_buf_str(&b), stdout);
+        } else {
+            cli_error("the dead letters are too large to print");
+            rc = CLI_FAILED;
+        }
+        jl_buf_cleanup(&b);
+        protobuf_c_message_free_unpacked(res, NULL);
+    }
+    jl_conn_close(conn, 0);
+    return rc;
+}

@@ -37,6 +37,9 @@ static const char usage[] =
     "      on: what came before is left out of it\n"
     "  verify <projector>\n"
     "      rebuild into a scratch file and compare it with the live read model\n"
+    "  dead-letters <projector>\n"
+    "      the events the read model set aside (undecodable, unknown types, refused by\n"
+    "      apply), newest first, at most 500, and how many in all: one JSON object\n"
     "  bench [--quick] [--out DIR] ...\n"
     "      run the benchmark (jetledger-bench beside this binary; bench --help lists its\n"
     "      options); it starts its own nats-server and services\n"
@@ -272,6 +275,7 @@ int main(int argc, char **argv)
         {"state", cli_state, B(F_AT_SEQ) | B(F_AT_TIME) | B(F_AT_VERSION)},
         {"rebuild", cli_rebuild, B(F_FROM_SEQ) | B(F_FROM_TIME) | B(F_KEEP_OLD)},
         {"verify", cli_verify, 0},
+        {"dead-letters", cli_dead_letters, 0},
         {"status", cli_status, B(F_JSON)},
     };
     cli_ctx ctx;
