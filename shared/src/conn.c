@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -131,7 +132,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     /* "tls://" means TLS or nothing; the library would otherwise speak plain text to a server
      * that does not ask for TLS. */
     for (int i = 0; ns == NATS_OK && i < nurls; i++) {
-        if (strncmp(urls[i], "tls://", 6) == 0) {
+        if (strncasecmp(urls[i], "tls://", 6) == 0) {
             ns = natsOptions_SetSecure(opts, true);
             break;
         }

@@ -19,7 +19,8 @@
 /** Prepare @p item (a worker thread); the result goes to finish. */
 typedef void *(*jl__ordered_prepare_fn)(void *ctx, void *item);
 /** Finish @p item with what prepare returned (NULL when it was not prepared), its tag and when
- * it was pushed (CLOCK_REALTIME ns: time spent waiting in the pipeline counts against it). */
+ * it was pushed (CLOCK_MONOTONIC ns, taken before any wait for room: time spent waiting in the
+ * pipeline counts against it). */
 typedef void (*jl__ordered_finish_fn)(void *ctx, void *item, void *prepared, uint64_t tag,
                                       int64_t pushed_ns);
 

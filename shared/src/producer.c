@@ -160,6 +160,7 @@ struct cmd {
     bool client_id;    /* the command id came from the client: remembered, deduplicated */
     bool recording;    /* stored; its command-id record is in flight, then the reply */
     bool snapshot_due; /* a snapshot of the entry waits for the record (see advance) */
+    bool appended;     /* its own append was acked (not a repeat found stored) */
     /* A refusal or a no-op on a cached state is checked against the stream's head first: */
     bool verifying;       /* on p->loads, reading the head and what the cache lacks */
     uint64_t verify_from; /* the entry's last sequence when the check began */
@@ -214,6 +215,9 @@ static int64_t mono_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+/* Least time left for a first append attempt (request timeouts are at least 100 ms). */
+#define JL_APPEND_MIN_LEFT_MS 50
 
 /* Milliseconds left before @p deadline_ns (mono_ns), at most @p cap_ms; at least 1. */
 static int64_t left_ms(int64_t deadline_ns, int64_t cap_ms)
@@ -633,13 +637,19 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq, const void *data, size
 
 /* ---- validating a request ---- */
 
-/* Whether @p m, or a message within it, holds fields its descriptor does not know: written
- * with a newer schema. */
+/* Whether @p m, or a message within it, holds fields numbered above every field its descriptor
+ * knows: added by a newer schema (new fields get new numbers). One numbered below is a field
+ * since removed (its number reserved), which an older client may still send: ignored. */
 static bool has_unknown_fields(const ProtobufCMessage *m)
 {
-    if (m->n_unknown_fields > 0)
-        return true;
     const ProtobufCMessageDescriptor *d = m->descriptor;
+    uint32_t top = 0;
+    for (unsigned i = 0; i < d->n_fields; i++)
+        top = d->fields[i].id > top ? d->fields[i].id : top;
+    for (size_t i = 0; i < m->n_unknown_fields; i++) {
+        if (m->unknown_fields[i].tag > top)
+            return true;
+    }
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
         const char *at = (const char *)m + f->offset;
@@ -809,7 +819,7 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
     jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
            jl_log_str(id, sizeof(id), c->cmd_id), why);
     jl__cache_entry *e = c->entry;
-    if (e != NULL) {
+    if (e != NULL && c->appended) { /* a repeat's commit was just found by a read: no reset */
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;
         e->stale = true;
@@ -1186,7 +1196,10 @@ static bool start_one(jl_producer *p, cmd *c)
     jl_command in = {
         .msg = c->msg, .aggregate_id = c->agg_id, .command_id = c->cmd_id, .now_ns = now_ns()};
     int64_t mono = mono_ns();
-    if (c->deadline_ns == 0 && mono - c->received_ns > p->append_timeout_ms * 1000000LL) {
+    /* An append needs a moment: one started with a few ms left would almost surely end "may or
+     * may not be stored", the worst answer. Under JL_APPEND_MIN_LEFT_MS left it is not run. */
+    if (c->deadline_ns == 0 &&
+        mono - c->received_ns > (p->append_timeout_ms - JL_APPEND_MIN_LEFT_MS) * 1000000LL) {
         /* Waited out its deadline for its turn (a hot aggregate, a full backlog, a slow read):
          * its requester has given up, and one without a command id may have sent it again.
          * Run now, it could take effect twice: it is not run. */
@@ -1232,6 +1245,19 @@ static bool start_one(jl_producer *p, cmd *c)
             jl_reply_error(r, c->d.code, "%s", c->d.message);
         finish(p, c, r);
         return true;
+    }
+    for (size_t i = 0; i < c->d.n_events; i++) {
+        if (jl_types_find(&def->events, c->d.types[i]->name) == NULL) {
+            /* Stored, it could not be replayed by this very service (which would take it for
+             * a newer version's): a mistake in the service, refused before it is stored. */
+            jl_reply_error(r, JL_CODE_INTERNAL,
+                           "decide emitted %s, which is not in the events of service %s",
+                           c->d.types[i]->name, def->name);
+            jl_log(JL_LOG_ERROR, "decide emitted an event type the service does not list",
+                   "\"event_type\":\"%s\"", c->d.types[i]->name);
+            finish(p, c, r);
+            return true;
+        }
     }
     c->first_version = e->version + 1;
     jl_commit_meta meta = {
@@ -1696,6 +1722,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             to_read = c;
         }
     } else if (pa != NULL) {
+        c->appended = true;
         advance(p, c, pa->Sequence, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
         r->aggregate_version = c->first_version + c->d.n_events - 1;
         r->stream_seq = pa->Sequence;

@@ -81,6 +81,17 @@ static void add(jl_producer *p, const char *id, const char *sku, int qty, uint64
     run(p, &m.base, NULL, seq);
 }
 
+/* AddItem (one of @p sku at 100) in-process, its whole reply kept (the caller cleans it up). */
+static void attempt_add(jl_producer *p, const char *id, const char *sku, jl_reply *r)
+{
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.order_id = (char *)id;
+    m.sku = (char *)sku;
+    m.quantity = 1;
+    m.unit_price_cents = 100;
+    attempt(p, &m.base, r);
+}
+
 static void create(jl_producer *p, char id[JL_UUID_LEN + 1], uint64_t *seq)
 {
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
@@ -421,6 +432,29 @@ START_TEST(evolve_sees_the_same_event_after_an_append_as_on_a_replay)
 }
 END_TEST
 
+START_TEST(an_event_type_missing_from_the_service_events_is_not_stored)
+{
+    /* decide emitting a type the service does not list would store an event that the service
+     * itself cannot replay: refused as the mistake it is, nothing appended. */
+    static const ProtobufCMessageDescriptor *const only_created[] = {
+        &orders__order_created__descriptor};
+    jl_service_def partial = orders_service;
+    partial.events = (jl_types){only_created, 1};
+    jl_producer *p = open_producer(&partial, 0, 10);
+    char id[JL_UUID_LEN + 1];
+    create(p, id, NULL);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    jl_reply r;
+    attempt_add(p, id, "a", &r);
+    ck_assert_int_eq(r.code, JL_CODE_INTERNAL);
+    ck_assert_msg(strstr(r.message, "orders.ItemAdded, which is not in the events") != NULL, "%s",
+                  r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    jl_reply_cleanup(&r);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(snapshot_of_another_state_version_is_ignored)
 {
     jl_producer *p = open_producer(&orders_service, 2, 10);
@@ -718,13 +752,8 @@ START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 0);
 
     p = open_producer_with(&orders_service, &cfg);
-    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
-    m.order_id = x;
-    m.sku = "b";
-    m.quantity = 1;
-    m.unit_price_cents = 100;
     jl_reply r;
-    attempt(p, &m.base, &r);
+    attempt_add(p, x, "b", &r);
     ck_assert_msg(r.code == JL_CODE_INTERNAL && strstr(r.message, "aged out") != NULL, "%s: %s",
                   jl_code_str(r.code), r.message);
     jl_reply_cleanup(&r);
@@ -802,6 +831,7 @@ int main(void)
     tcase_add_test(tc, snapshot_of_another_state_version_is_ignored);
     tcase_add_test(tc, evolve_sees_the_same_event_after_an_append_as_on_a_replay);
     tcase_add_test(tc, snapshot_holding_fields_of_a_newer_state_is_ignored);
+    tcase_add_test(tc, an_event_type_missing_from_the_service_events_is_not_stored);
     tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);

@@ -285,6 +285,7 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     sigaction(SIGTERM, &sa, NULL);
 
     j.conn = cli_connect(ctx, &rc);
+    int64_t asked_ns = now_ns();
     if (rc == CLI_OK)
         st = admin(&j, request, start, &rc);
     if (st == NULL && j.conn != NULL && cli_request_timed_out() && interrupted == 0) {
@@ -292,7 +293,10 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
         int rc2 = CLI_OK;
         Jetledger__RebuildStatus *now = admin(&j, "GetRebuildStatus", &get.base, &rc2);
-        if (now != NULL && strcmp(now->state, "running") == 0 && strcmp(now->job, kind) == 0) {
+        /* Ours if it started after we asked (by the projector's clock, give or take 5 s):
+         * not another operator's job, which Ctrl-C here would cancel. */
+        if (now != NULL && strcmp(now->state, "running") == 0 && strcmp(now->job, kind) == 0 &&
+            now->started_at_ns >= asked_ns - 5000000000LL) {
             cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)", kind,
                       j.projector);
             st = now;
