@@ -2115,7 +2115,8 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
                                   sizeof(why));
     }
     if ((s == JL_OK || s == JL_ERR_STOPPED) && last == 0) {
-        jl_reply_error(r, JL_CODE_NOT_FOUND, "%s has no events", subject);
+        jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events", p->def->aggregate_type,
+                       r->aggregate_id); /* as GetState says it */
     } else if (s == JL_OK || s == JL_ERR_STOPPED) {
         Jetledger__HistoryResult res = JETLEDGER__HISTORY_RESULT__INIT;
         res.n_events = h.n;

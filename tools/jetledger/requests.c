@@ -201,8 +201,9 @@ static int request(cli_ctx *ctx, const char *kind, const char *verb)
 {
     bool is_command = strcmp(kind, "command") == 0;
     if (ctx->argc != 3) {
-        cli_error("usage: jetledger %s <%s> <%s> '<json>'", kind,
-                  is_command ? "service" : "projector", is_command ? "Command" : "Query");
+        cli_error("usage: jetledger %s <%s> <%s> '<json>'%s", kind,
+                  is_command ? "service" : "projector", is_command ? "Command" : "Query",
+                  is_command ? " [--command-id ID] [--correlation-id ID]" : "");
         return CLI_USAGE;
     }
     const char *service = ctx->argv[0], *name = ctx->argv[1], *json = ctx->argv[2];
