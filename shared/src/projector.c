@@ -1,4 +1,3 @@
-#include "jetledger/admin.pb-c.h"
 #include "jetledger/projector.h"
 
 #include <errno.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 #include <time.h>
 
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "deadline.h"
 #include "hash.h"
@@ -1581,6 +1581,13 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream)
     return 0;
 }
 
+/* A copy of text column @p i ("" for NULL); NULL only when out of memory. */
+static char *column_dup(sqlite3_stmt *st, int i)
+{
+    const char *t = (const char *)sqlite3_column_text(st, i);
+    return strdup(t != NULL ? t : "");
+}
+
 void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
 {
     Jetledger__DeadLetters out = JETLEDGER__DEAD_LETTERS__INIT;
@@ -1610,13 +1617,13 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
     while (st != NULL && out.n_letters < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         Jetledger__DeadLetter *d = &rows[out.n_letters];
         jetledger__dead_letter__init(d);
-        d->stream = strdup((const char *)sqlite3_column_text(st, 0));
+        d->stream = column_dup(st, 0);
         d->seq = (uint64_t)sqlite3_column_int64(st, 1);
         d->event_index = sqlite3_column_int(st, 2);
-        d->event_id = strdup((const char *)sqlite3_column_text(st, 3));
-        d->event_type = strdup((const char *)sqlite3_column_text(st, 4));
-        d->subject = strdup((const char *)sqlite3_column_text(st, 5));
-        d->reason = strdup((const char *)sqlite3_column_text(st, 6));
+        d->event_id = column_dup(st, 3);
+        d->event_type = column_dup(st, 4);
+        d->subject = column_dup(st, 5);
+        d->reason = column_dup(st, 6);
         d->at_ns = sqlite3_column_int64(st, 7);
         d->data_bytes = (uint64_t)sqlite3_column_int64(st, 8);
         ptrs[out.n_letters++] = d;
