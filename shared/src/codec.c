@@ -300,6 +300,7 @@ void jl_reply_error(jl_reply *r, jl_code code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->message, sizeof(r->message), fmt, ap);
     va_end(ap);
+    jl_utf8_trim_end(r->message); /* a client's text in it may have been cut mid-character */
 }
 
 jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg)

@@ -72,6 +72,20 @@ bool jl_utf8_valid(const char *s, size_t len)
     return true;
 }
 
+void jl_utf8_trim_end(char *s)
+{
+    const uint8_t *u = (const uint8_t *)s;
+    size_t n = strlen(s), j = n;
+    while (j > 0 && n - j < 3 && (u[j - 1] & 0xC0) == 0x80)
+        j--; /* back over continuation bytes to the last sequence's first byte */
+    if (j > 0 && u[j - 1] >= 0xC0)
+        j--;
+    else if (j == n)
+        return; /* ends in ASCII */
+    if (jl_utf8_seq_len(u + j, n - j) != n - j)
+        s[j] = '\0';
+}
+
 static bool is_64bit(ProtobufCType t)
 {
     return t == PROTOBUF_C_TYPE_INT64 || t == PROTOBUF_C_TYPE_SINT64 ||
@@ -577,6 +591,7 @@ static jl_status failv(parser *p, jl_status st, bool with_path, const char *fmt,
         return st;
     char msg[256];
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    jl_utf8_trim_end(msg);
     if (with_path && p->npath > 0) {
         char path[256];
         render_path(p, NULL, 0, path, sizeof(path));
@@ -584,6 +599,7 @@ static jl_status failv(parser *p, jl_status st, bool with_path, const char *fmt,
     } else {
         snprintf(p->err, p->errlen, "%s", msg);
     }
+    jl_utf8_trim_end(p->err); /* an error message is text, whatever was cut */
     return st;
 }
 

@@ -1281,6 +1281,20 @@ START_TEST(reply_error_round_trips_code_and_message)
 }
 END_TEST
 
+START_TEST(reply_error_cut_to_fit_stays_utf8)
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    char text[sizeof(r.message) + 8];
+    memset(text, 'a', sizeof(r.message) - 2);
+    strcpy(text + sizeof(r.message) - 2, "\xe2\x82\xac\xe2\x82\xac"); /* € cut by the limit */
+    jl_reply_error(&r, JL_CODE_RULE_VIOLATION, "%s", text);
+    ck_assert_uint_eq(strlen(r.message), sizeof(r.message) - 2);
+    ck_assert(jl_utf8_valid(r.message, strlen(r.message)));
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 START_TEST(reply_decode_of_garbage_is_decode_error)
 {
     jl_reply r;
@@ -3068,6 +3082,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, reply_round_trip_keeps_every_field_and_result);
     tcase_add_test(tc, reply_error_round_trips_code_and_message);
     tcase_add_test(tc, reply_decode_of_garbage_is_decode_error);
+    tcase_add_test(tc, reply_error_cut_to_fit_stays_utf8);
     tcase_add_test(tc, reply_decode_refuses_cut_ids_and_maps_unknown_codes);
     tcase_add_test(tc, reply_error_first_error_wins);
     tcase_add_test(tc, reply_set_result_over_max_bytes_becomes_error);

@@ -745,6 +745,25 @@ START_TEST(unknown_fields_are_invalid_and_named)
 }
 END_TEST
 
+START_TEST(an_error_cut_to_a_small_buffer_stays_utf8)
+{
+    /* A caller's buffer shorter than the message cuts it: never inside a character. */
+    static const char json[] = "{\"sk\xc3\xbc\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac\xf0\x9f\x98\x80"
+                               "\xe2\x82\xac\":1}";
+    for (size_t n = 2; n < 64; n++) {
+        char err[64];
+        ProtobufCMessage *m = NULL;
+        memset(err, 'x', sizeof(err));
+        ck_assert_int_eq(
+            jl_json_to_pb(&m, &orders__add_item__descriptor, json, strlen(json), err, n),
+            JL_ERR_INVALID);
+        ck_assert_ptr_null(m);
+        ck_assert_uint_lt(strlen(err), n);
+        ck_assert_msg(jl_utf8_valid(err, strlen(err)), "cut inside a character at %zu: %s", n, err);
+    }
+}
+END_TEST
+
 START_TEST(duplicate_keys_are_invalid)
 {
     parse_error_is(&orders__add_item__descriptor, "{\"sku\":\"a\",\"sku\":\"b\"}", JL_ERR_INVALID,
@@ -1639,6 +1658,7 @@ int main(void)
     tcase_add_test(tc, values_of_the_wrong_kind_are_decode_errors);
     tcase_add_test(tc, error_names_the_nested_field_path);
     tcase_add_test(tc, unknown_fields_are_invalid_and_named);
+    tcase_add_test(tc, an_error_cut_to_a_small_buffer_stays_utf8);
     tcase_add_test(tc, duplicate_keys_are_invalid);
     tcase_add_test(tc, null_leaves_fields_at_their_default);
     tcase_add_test(tc, null_array_elements_are_rejected);

@@ -83,6 +83,10 @@ jl_status jl_json_add_base64(jl_buf *out, const uint8_t *data, size_t len);
 /** True when the @p len bytes at @p s are well-formed UTF-8 (the rules the parser applies). */
 bool jl_utf8_valid(const char *s, size_t len);
 
+/** Drop from the end of @p s a UTF-8 sequence left incomplete by a cut to a buffer's size (as
+ * snprintf cuts), so that text cut to fit stays text. */
+void jl_utf8_trim_end(char *s);
+
 /** Length (1 to 4) of the well-formed UTF-8 sequence at @p s, of which @p n >= 1 bytes may be
  * read; 0 when those bytes start none (overlong forms, surrogates, past U+10FFFF included). */
 size_t jl_utf8_seq_len(const uint8_t *s, size_t n);
