@@ -362,6 +362,10 @@ int main(int argc, char **argv)
         }
         return rc;
     }
-    cli_error("unknown subcommand '%s' (see jetledger help)", argv[pos[0]]);
+    if (strcmp(argv[pos[0]], "bench") == 0)
+        cli_error("bench comes first, with its own options: jetledger bench [--quick] ... (it "
+                  "starts its own nats-server; see jetledger bench --help)");
+    else
+        cli_error("unknown subcommand '%s' (see jetledger help)", argv[pos[0]]);
     return CLI_USAGE;
 }
