@@ -443,14 +443,34 @@ static bool wire_varint(const uint8_t *d, size_t len, size_t *io, uint64_t *out)
 
 #define JL_PB_MAX_DEPTH 64
 
-static bool strings_valid(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t len,
-                          unsigned depth, const char **out_field)
+/* What one walk over a protobuf message's wire bytes found. */
+typedef struct pb_walk {
+    const char *bad_string; /* a string field holding a NUL or not UTF-8 (its name), or NULL */
+    bool newer;             /* a field numbered above all its message type knows */
+} pb_walk;
+
+/* The highest field number @p desc knows. */
+static uint32_t top_field(const ProtobufCMessageDescriptor *desc)
 {
+    uint32_t top = 0;
+    for (unsigned i = 0; i < desc->n_fields; i++)
+        top = desc->fields[i].id > top ? desc->fields[i].id : top;
+    return top;
+}
+
+/* Walk @p d (a @p desc message protobuf-c accepted) into @p w; false when the bytes end early
+ * or a string is bad (then w->bad_string names it). */
+static bool walk(const ProtobufCMessageDescriptor *desc, const uint8_t *d, size_t len,
+                 unsigned depth, pb_walk *w)
+{
+    uint32_t top = top_field(desc);
     size_t i = 0;
     while (i < len) {
         uint64_t key = 0, n = 0;
         if (!wire_varint(d, len, &i, &key))
             return false;
+        if ((key >> 3) > top)
+            w->newer = true;
         switch (key & 7) {
         case 0: /* varint */
             if (!wire_varint(d, len, &i, &n))
@@ -470,18 +490,16 @@ static bool strings_valid(const ProtobufCMessageDescriptor *desc, const uint8_t 
             if (!wire_varint(d, len, &i, &n) || n > len - i)
                 return false;
             const ProtobufCFieldDescriptor *f =
-                key >> 3 <= UINT32_MAX
+                (key >> 3) <= top
                     ? protobuf_c_message_descriptor_get_field(desc, (unsigned)(key >> 3))
                     : NULL;
             if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
                 (memchr(d + i, 0, n) != NULL || !jl_utf8_valid((const char *)d + i, n))) {
-                if (out_field != NULL)
-                    *out_field = f->name;
+                w->bad_string = f->name;
                 return false;
             }
             if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-                (depth >= JL_PB_MAX_DEPTH ||
-                 !strings_valid(f->descriptor, d + i, n, depth + 1, out_field)))
+                (depth >= JL_PB_MAX_DEPTH || !walk(f->descriptor, d + i, n, depth + 1, w)))
                 return false;
             i += n;
             break;
@@ -496,25 +514,36 @@ static bool strings_valid(const ProtobufCMessageDescriptor *desc, const uint8_t 
 bool jl_pb_strings_valid(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
                          const char **out_field)
 {
+    pb_walk w = {0};
+    bool ok = walk(desc, data, len, 0, &w);
     if (out_field != NULL)
-        *out_field = NULL;
-    return strings_valid(desc, data, len, 0, out_field);
+        *out_field = w.bad_string;
+    return ok;
+}
+
+bool jl_pb_has_newer_fields(const ProtobufCMessageDescriptor *desc, const void *data, size_t len)
+{
+    pb_walk w = {0};
+    bool ok = walk(desc, data, len, 0, &w);
+    return !ok || w.newer; /* what cannot be walked is no state of this version either */
 }
 
 ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
-                                    size_t len, jl_reply *r)
+                                    size_t len, jl_reply *r, bool *out_newer)
 {
-    const char *field = NULL;
+    pb_walk w = {0};
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data);
     if (m == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
                        desc->name);
-    } else if (!jl_pb_strings_valid(desc, data, len, &field)) {
+    } else if (!walk(desc, data, len, 0, &w)) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "field %s of %s holds a NUL byte or text that is not UTF-8",
-                       field ? field : "?", desc->name);
+                       w.bad_string ? w.bad_string : "?", desc->name);
         protobuf_c_message_free_unpacked(m, NULL);
         m = NULL;
     }
+    if (out_newer != NULL)
+        *out_newer = w.newer;
     return m;
 }

@@ -451,19 +451,6 @@ static jl_status replayed(jl_producer *p, const char *subject, const replay_ctx 
 
 /* ---- snapshots ---- */
 
-static bool has_unknown_fields(const ProtobufCMessage *m);
-
-/* Whether snapshot state @p data holds fields this build's state type lacks: written by a newer
- * version whose state_version was not bumped. Loaded, those fields would be lost. */
-static bool newer_state(const jl_producer *p, const uint8_t *data, size_t len)
-{
-    ProtobufCMessage *m = protobuf_c_message_unpack(p->def->state_type, NULL, len, data);
-    bool newer = m == NULL || has_unknown_fields(m);
-    if (m != NULL)
-        protobuf_c_message_free_unpacked(m, NULL);
-    return newer;
-}
-
 /* Start @p rc from the aggregate's snapshot when there is a usable one (then true). Touches no
  * counter: GetState runs it without the lock. */
 static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
@@ -478,7 +465,9 @@ static bool load_snapshot(jl_producer *p, const char *id, replay_ctx *rc)
                                                             (const uint8_t *)kvEntry_Value(e));
     if (snap != NULL && snap->state_version == p->def->state_version &&
         strcmp(snap->state_type, p->def->state_type->name) == 0 &&
-        !newer_state(p, snap->state.data, snap->state.len) &&
+        /* Fields this state type lacks: a newer version's, its state_version not bumped;
+         * loaded, they would be lost. */
+        !jl_pb_has_newer_fields(p->def->state_type, snap->state.data, snap->state.len) &&
         p->def->state_unpack(rc->state, snap->state.data, snap->state.len) == JL_OK) {
         rc->version = snap->aggregate_version;
         rc->last_seq = snap->stream_sequence;
@@ -585,6 +574,15 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
     return JL_OK;
 }
 
+/* Drop what the cache holds of @p e: the next command reads the aggregate again from its
+ * snapshot (or its start). Under p->mu. */
+static void forget_entry(jl_producer *p, jl__cache_entry *e)
+{
+    p->def->state_init(e->state);
+    e->version = e->last_seq = e->snap_seq = 0;
+    e->stale = true;
+}
+
 /*
  * The events of @p c are stored at @p seq as the commit @p data: evolve the entry's state with
  * them, so the cache stays current, and snapshot it when a multiple of snapshot_every was
@@ -615,9 +613,7 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq, const void *data, size
         jl_log(JL_LOG_WARN, "cached state dropped after an append",
                "\"subject\":\"%s\",\"seq\":%" PRIu64 ",\"error\":\"%s: %s\"", c->subject, seq,
                jl_status_str(s), jl_log_str(esc, sizeof(esc), why));
-        p->def->state_init(e->state);
-        e->version = e->last_seq = e->snap_seq = 0;
-        e->stale = true;
+        forget_entry(p, e);
         return;
     }
     uint64_t before = e->version;
@@ -636,43 +632,6 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq, const void *data, size
 }
 
 /* ---- validating a request ---- */
-
-/* Whether @p m, or a message within it, holds fields numbered above every field its descriptor
- * knows: added by a newer schema (new fields get new numbers). One numbered below is a field
- * since removed (its number reserved), which an older client may still send: ignored. */
-static bool has_unknown_fields(const ProtobufCMessage *m)
-{
-    const ProtobufCMessageDescriptor *d = m->descriptor;
-    uint32_t top = 0;
-    for (unsigned i = 0; i < d->n_fields; i++)
-        top = d->fields[i].id > top ? d->fields[i].id : top;
-    for (size_t i = 0; i < m->n_unknown_fields; i++) {
-        if (m->unknown_fields[i].tag > top)
-            return true;
-    }
-    for (unsigned i = 0; i < d->n_fields; i++) {
-        const ProtobufCFieldDescriptor *f = &d->fields[i];
-        const char *at = (const char *)m + f->offset;
-        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
-        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-            *(const uint32_t *)((const char *)m + f->quantifier_offset) != f->id)
-            continue; /* another member of the oneof holds the memory */
-        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            size_t n = *(const size_t *)((const char *)m + f->quantifier_offset);
-            ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)at;
-            for (size_t k = 0; k < n; k++) {
-                if (v[k] != NULL && has_unknown_fields(v[k]))
-                    return true;
-            }
-        } else {
-            const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)at;
-            if (sub != NULL && has_unknown_fields(sub))
-                return true;
-        }
-    }
-    return false;
-}
 
 static const jl_command_def *find_command(const jl_service_def *def, const char *name)
 {
@@ -819,11 +778,8 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
     jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
            jl_log_str(id, sizeof(id), c->cmd_id), why);
     jl__cache_entry *e = c->entry;
-    if (e != NULL && c->appended) { /* a repeat's commit was just found by a read: no reset */
-        p->def->state_init(e->state);
-        e->version = e->last_seq = e->snap_seq = 0;
-        e->stale = true;
-    }
+    if (e != NULL && c->appended) /* a repeat's commit was just found by a read: no reset */
+        forget_entry(p, e);
     c->snapshot_due = false;
 }
 
@@ -1866,10 +1822,11 @@ static void submit(jl_producer *p, const request *rq)
                        JL_MAX_COMMAND_BYTES);
         goto reject;
     }
-    c->msg = jl_request_unpack(c->cd->descriptor, data, len, r);
+    bool newer = false;
+    c->msg = jl_request_unpack(c->cd->descriptor, data, len, r, &newer);
     if (c->msg == NULL)
         goto reject;
-    if (has_unknown_fields(c->msg)) {
+    if (newer) {
         /* A newer client (or a newer replica's process manager) during a rolling upgrade:
          * decided here, the fields would be dropped from its events for good. A replica that
          * knows them can decide it. */
@@ -2225,7 +2182,7 @@ void jl_producer_query(jl_producer *p, const char *query, const void *data, size
                        JL_MAX_COMMAND_BYTES);
         return;
     }
-    ProtobufCMessage *m = jl_request_unpack(d, data, len, out);
+    ProtobufCMessage *m = jl_request_unpack(d, data, len, out, NULL);
     if (m == NULL)
         return;
     /* Both requests start with aggregate_id. */

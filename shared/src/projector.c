@@ -1786,7 +1786,7 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
                        JL_MAX_QUERY_BYTES);
         return false;
     }
-    req = jl_request_unpack(q->request, data, len, r);
+    req = jl_request_unpack(q->request, data, len, r, NULL);
     if (req == NULL)
         return false;
     uint64_t min_seq = field_u64(req, "min_sequence"), seen = 0;

@@ -1188,12 +1188,12 @@ START_TEST(pb_strings_with_a_nul_or_bad_utf8_are_found_at_any_depth)
     jl_reply r;
     jl_reply_init(&r);
     ck_assert_ptr_null(
-        jl_request_unpack(&orders__create_order__descriptor, create, sizeof(create), &r));
+        jl_request_unpack(&orders__create_order__descriptor, create, sizeof(create), &r, NULL));
     ck_assert_int_eq(r.code, JL_CODE_INVALID);
     ck_assert_msg(strstr(r.message, "customer_id") && strstr(r.message, "NUL"), "%s", r.message);
     jl_reply_reset(&r);
     ProtobufCMessage *ok =
-        jl_request_unpack(&orders__create_order__descriptor, create, 5, &r); /* "ali" */
+        jl_request_unpack(&orders__create_order__descriptor, create, 5, &r, NULL); /* "ali" */
     ck_assert_ptr_null(ok); /* a length past the end: not a valid message */
     ck_assert_int_eq(r.code, JL_CODE_INVALID);
     jl_reply_cleanup(&r);

@@ -168,12 +168,23 @@ bool jl_pb_strings_valid(const ProtobufCMessageDescriptor *desc, const void *dat
                          const char **out_field);
 
 /**
- * Unpack the body of a request (a command or a query) as a @p desc message.
+ * Whether the protobuf @p data (a @p desc message) holds a field, at any depth, numbered above
+ * every field its message type knows: written with a newer schema (new fields get new numbers;
+ * one numbered below is a field since removed). Also true for bytes that cannot be walked.
+ * Pure; thread-safe.
+ */
+bool jl_pb_has_newer_fields(const ProtobufCMessageDescriptor *desc, const void *data, size_t len);
+
+/**
+ * Unpack the body of a request (a command or a query) as a @p desc message, in one walk over
+ * its bytes beside protobuf-c's.
+ * @param out_newer (may be NULL) whether it holds fields of a newer schema, as
+ * jl_pb_has_newer_fields() says.
  * @return the message (free with protobuf_c_message_free_unpacked()); NULL with an "invalid"
  * error in @p r saying why: not a valid @p desc, or a string field not UTF-8 or holding a NUL
  * (see jl_pb_strings_valid()).
  */
 ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
-                                    size_t len, jl_reply *r);
+                                    size_t len, jl_reply *r, bool *out_newer);
 
 #endif /* JETLEDGER_CODEC_H */
