@@ -412,13 +412,37 @@ int jl_proc_stop(pid_t pid, int sig, int timeout_ms, int *out_exit_status)
     return 0;
 }
 
-int jl_proc_alive(pid_t pid)
+/* The state letter of @p pid from /proc/<pid>/stat ("pid (comm) S ..."): 0 when it is gone,
+ * '?' when it exists but its state cannot be read. */
+static char proc_state(pid_t pid)
 {
-    siginfo_t si;
     char path[64], buf[512];
     const char *paren;
     ssize_t n;
     int fd;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT ? 0 : '?';
+    }
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    paren = strrchr(buf, ')');
+    if (paren == NULL || paren[1] == '\0' || paren[2] == '\0') {
+        return '?';
+    }
+    return paren[2];
+}
+
+int jl_proc_alive(pid_t pid)
+{
+    siginfo_t si;
+    char st;
 
     if (pid <= 0) {
         return 0;
@@ -432,22 +456,57 @@ int jl_proc_alive(pid_t pid)
     if (kill(pid, 0) != 0 && errno == ESRCH) {
         return 0;
     }
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return errno == ENOENT ? 0 : 1;
+    st = proc_state(pid);
+    return st != 0 && st != 'Z' && st != 'X';
+}
+
+int jl_proc_wait_blocked(pid_t pid, int sig, int timeout_ms)
+{
+    char path[64], line[256];
+    struct timespec ts = {0, 2000000};
+
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    for (int waited = 0; waited <= timeout_ms; waited += 2) {
+        if (!jl_proc_alive(pid)) {
+            return 1;
+        }
+        FILE *f = fopen(path, "r");
+        unsigned long long mask = 0;
+        while (f != NULL && fgets(line, sizeof line, f) != NULL) {
+            if (sscanf(line, "SigBlk: %llx", &mask) == 1) {
+                break;
+            }
+        }
+        if (f != NULL) {
+            fclose(f);
+        }
+        if (mask & (1ULL << (sig - 1))) {
+            return 0;
+        }
+        nanosleep(&ts, NULL);
     }
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) {
-        return 0;
+    return -1;
+}
+
+int jl_proc_pause(pid_t pid)
+{
+    if (pid <= 0 || kill(pid, SIGSTOP) != 0) {
+        return -1;
     }
-    buf[n] = '\0';
-    paren = strrchr(buf, ')');
-    if (paren == NULL || paren[1] == '\0' || paren[2] == '\0') {
-        return 1;
+    for (int i = 0; i < 2000; i++) {
+        char st = proc_state(pid);
+        if (st == 'T' || st == 't') {
+            return 0;
+        }
+        if (st == 0 || st == 'Z' || st == 'X') {
+            errno = ESRCH;
+            return -1;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
     }
-    return paren[2] != 'Z' && paren[2] != 'X';
+    errno = ETIMEDOUT;
+    return -1;
 }
 
 int jl_tmpdir(char *out, size_t n)

@@ -234,6 +234,22 @@ int jl_proc_stop(pid_t pid, int sig, int timeout_ms, int *out_exit_status);
 int jl_proc_alive(pid_t pid);
 
 /**
+ * Wait until @p pid blocks signal @p sig (as a jetledger service does from the start of main, to
+ * take SIGTERM and SIGINT on its own thread): from then on the signal starts its stop instead of
+ * killing it. Polls /proc/<pid>/status.
+ * @return 0 once blocked, 1 if the process exited first, -1 after @p timeout_ms.
+ */
+int jl_proc_wait_blocked(pid_t pid, int sig, int timeout_ms);
+
+/**
+ * SIGSTOP @p pid and wait (up to 2 s) until it is stopped: kill() only queues the signal, and a
+ * test whose next request got through before it took effect would see an answer it does not
+ * expect. SIGCONT resumes it.
+ * @return 0 once stopped, -1 with errno set (ESRCH: it is gone; ETIMEDOUT).
+ */
+int jl_proc_pause(pid_t pid);
+
+/**
  * Create a fresh private directory (mkdtemp) "$TMPDIR/jetledger-XXXXXX" ($TMPDIR unset or
  * empty: /tmp).
  * @param out receives the path, NUL-terminated; caller-owned buffer of n bytes.
