@@ -22,7 +22,7 @@ static const char usage[] =
     "\n"
     "  command <service> <Command> '<json>' [--command-id ID] [--correlation-id ID]\n"
     "      send a command, e.g. command orders CreateOrder '{\"customer_id\":\"c1\"}'\n"
-    "  query <projector> <Query> '<json>'\n"
+    "  query <projector> <Query> '<json>' [--correlation-id ID]\n"
     "      ask a read model, e.g. query order_summary ListOrders '{\"status\":\"placed\"}'\n"
     "  events <service> [--aggregate ID] [--from-seq N]\n"
     "      print the stored events, one JSON object a line\n"
@@ -50,12 +50,16 @@ static const char usage[] =
     "\n"
     "  --timeout MS   how long to wait for a reply (default 15000: longer than a service's own "
     "deadline)\n"
+    "  ids (--command-id, --correlation-id): 1 to 64 printable characters, no spaces\n"
+    "  <Command>/<Query>: a short name, or a full one (orders.CreateOrder) when several\n"
+    "  packages use it\n"
     "  times are RFC 3339, e.g. 2026-11-26T12:00:00Z or 2026-11-26T12:00:00.123456789+01:00\n"
     "\n"
-    "Exit status: 0 ok; 1 the service refused (the error is printed), a rebuild or verify\n"
-    "failed or was cancelled, or verify found a difference; 2 bad usage;\n"
-    "3 NATS or the service unreachable (status: also when some stream or consumer did not\n"
-    "answer; what did is printed); 4 other failure.\n";
+    "Exit status: 0 ok; 1 the service refused (the error is printed; any code but unavailable\n"
+    "and timeout), a rebuild or verify failed or was cancelled, or verify found a difference;\n"
+    "2 bad usage; 3 NATS or the service unreachable, or a reply coded unavailable or timeout\n"
+    "(status: also when some stream or consumer did not answer; what did is printed); 4 other\n"
+    "failure.\n";
 
 void cli_error(const char *fmt, ...)
 {
