@@ -676,6 +676,13 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
     jl_commit *c = NULL;
     char why[512] = "";
     jl_status s = jl_commit_decode(&c, data, len, seq, why, sizeof(why));
+    if (s != JL_OK && !is_bad_event(s)) {
+        /* Out of memory, not a bad message: the batch fails and is tried again, the message
+         * is not parked for good. */
+        snprintf(err, errlen, "decoding the message at sequence %" PRIu64 " failed: %s", seq,
+                 why[0] ? why : jl_status_str(s));
+        return s;
+    }
     if (s != JL_OK)
         return dead_letter(db, p->src[io->source].stream, seq, -1, "", "", subject, why, data, len,
                            &io->dead);
@@ -684,6 +691,12 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
         jl_event ev;
         why[0] = 0;
         jl_status es = jl_commit_event(c, i, &p->def->events, &ev, why, sizeof(why));
+        if (es != JL_OK && !is_bad_event(es)) {
+            snprintf(err, errlen, "decoding event %zu at sequence %" PRIu64 " failed: %s", i, seq,
+                     why[0] ? why : jl_status_str(es));
+            s = es;
+            break;
+        }
         if (es == JL_OK) {
             if (careful && (s = jl_db_exec(db, "SAVEPOINT jl_event")) != JL_OK)
                 break;
@@ -718,8 +731,18 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
                 s = JL_ERR_REJECTED;
                 break;
             }
-            jl_db_exec(db, "ROLLBACK TO jl_event");
-            jl_db_exec(db, "RELEASE jl_event");
+            /* Undo the event's partial writes. Should that fail, the event is not parked over
+             * them: the batch fails (and is rolled back whole, or found ended by SQLite). */
+            s = jl_db_exec(db, "ROLLBACK TO jl_event");
+            if (s == JL_OK)
+                s = jl_db_exec(db, "RELEASE jl_event");
+            if (s == JL_OK && sqlite3_get_autocommit(jl_db_handle(db)))
+                s = JL_ERR_SQLITE;
+            if (s != JL_OK) {
+                snprintf(err, errlen, "undoing the refused %s at sequence %" PRIu64 " failed: %s",
+                         ev.event_type, seq, jl_db_errmsg(db));
+                break;
+            }
             if (why[0] == 0)
                 snprintf(why, sizeof(why), "apply refused the event: %s", jl_status_str(es));
         }
@@ -790,6 +813,12 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
         io->checkpoint = seq;
         io->applied++;
         last = i;
+    }
+    if (s == JL_OK && sqlite3_get_autocommit(jl_db_handle(db))) {
+        /* The batch's transaction is gone (SQLite ended it): its checkpoint must not be written
+         * on its own, over events not in the file. */
+        snprintf(err, errlen, "the batch's transaction ended early: %s", jl_db_errmsg(db));
+        s = JL_ERR_SQLITE;
     }
     if (s == JL_OK && io->applied > 0)
         s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint, jl__msg_hash(msgs[last]));

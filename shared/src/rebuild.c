@@ -149,6 +149,7 @@ typedef struct run_src {
     uint64_t checkpoint;
     uint64_t applied; /* messages */
     uint64_t total;   /* messages to apply (grows while new ones arrive) */
+    uint64_t first;   /* sequence of the first message read (0: none yet) */
 } run_src;
 
 typedef struct run_ctx {
@@ -218,6 +219,8 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             natsMsg_Destroy(m);
             continue;
         }
+        if (rs->first == 0)
+            rs->first = seq;
         if (seq > target) {
             /* Beyond the target: keep it for when the target moves. Read in order, nothing at
              * or below the target is left to come (what the stream no longer holds, removed
@@ -328,6 +331,43 @@ static jl_status compare(run_ctx *c, jl_db *live_db)
     return s;
 }
 
+/*
+ * A rebuild from a time switches at the live checkpoint @p target of source @p si, and the live
+ * side goes on from target + 1: the rebuild must hold every event from its time up to there.
+ * It does not when the first message at or after the time lies beyond target + 1 (the live
+ * model has not applied the older ones before it yet, and would then apply them on top).
+ */
+static jl_status check_time_start(run_ctx *c, int si, uint64_t target)
+{
+    run_src *rs = &c->src[si];
+    bool idle = false;
+    jl_status s = JL_OK;
+    if (rs->first == 0)
+        s = apply_upto(c, si, target, 500, &idle); /* one more look: a newer one may be due */
+    uint64_t first = rs->first;
+    if (s == JL_OK && first == 0) {
+        /* None at or after the time: every message the stream holds is older. */
+        jsStreamInfo *info = NULL;
+        natsStatus ns = js_GetStreamInfo(&info, c->p->js, c->p->src[si].stream, NULL, NULL);
+        if (ns != NATS_OK) {
+            snprintf(c->err, sizeof(c->err), "cannot read stream %s: %s", c->p->src[si].stream,
+                     natsStatus_GetText(ns));
+            return jl_status_from_nats(ns);
+        }
+        first = info->State.LastSeq + 1;
+        jsStreamInfo_Destroy(info);
+    }
+    if (s != JL_OK || first <= target + 1)
+        return s;
+    snprintf(c->err, sizeof(c->err),
+             "stream %s: the first message from the given time is at sequence %" PRIu64
+             ", past the live read model's checkpoint %" PRIu64
+             " + 1 (it has not applied the older ones before it yet); run it again once the "
+             "live model has caught up",
+             c->p->src[si].stream, first, target);
+    return JL_ERR_INVALID;
+}
+
 static jl_status subscribe(run_ctx *c, int si)
 {
     jl_projector *p = c->p;
@@ -432,6 +472,8 @@ static void run_job(jl_projector *p, jl__job *j)
                         s = JL_ERR_INTERNAL;
                     }
                 }
+                if (s == JL_OK && j->from_time_ns != 0)
+                    s = check_time_start(&c, i, target);
                 /* Messages the live side filtered out never come; both stand at target now. */
                 c.src[i].checkpoint = target;
             }
@@ -529,24 +571,26 @@ static void *job_thread(void *arg)
 }
 
 static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
-                                  int64_t from_time_ns, bool keep_old, const char *reason,
-                                  char *err, size_t errlen);
+                                  int64_t from_time_ns, bool keep_old, bool automatic,
+                                  const char *reason, char *err, size_t errlen);
 
 /* Check that no job runs and start one, as one step: two requests at once start one job. */
 static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int64_t from_time_ns,
-                           bool keep_old, const char *reason, char *err, size_t errlen)
+                           bool keep_old, bool automatic, const char *reason, char *err,
+                           size_t errlen)
 {
     pthread_mutex_lock(&p->job->start_mu);
-    jl_status s =
-        start_job_locked(p, verify, from_seq, from_time_ns, keep_old, reason, err, errlen);
+    jl_status s = start_job_locked(p, verify, from_seq, from_time_ns, keep_old, automatic, reason,
+                                   err, errlen);
     pthread_mutex_unlock(&p->job->start_mu);
     return s;
 }
 
-/* Check the request against the stream, then start the job's thread. Under start_mu. */
+/* Check the request against the stream, then start the job's thread. Under start_mu.
+ * @p automatic: a version rebuild (no one to refuse: it goes on where it can). */
 static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_seq,
-                                  int64_t from_time_ns, bool keep_old, const char *reason,
-                                  char *err, size_t errlen)
+                                  int64_t from_time_ns, bool keep_old, bool automatic,
+                                  const char *reason, char *err, size_t errlen)
 {
     jl__job *j = p->job;
     jsStreamInfo *si = NULL;
@@ -604,6 +648,35 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
         snprintf(err, errlen, "from-time is in the future");
         return JL_ERR_INVALID;
     }
+    /* From the start of a stream whose first messages are gone (its limits, a purge): the new
+     * model would lack what they built, and replace the one that has it. */
+    for (int i = 0; from_seq == 0 && from_time_ns == 0 && i < p->n_src; i++) {
+        uint64_t fi = i == 0 ? first : 0;
+        if (i > 0 && js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
+            fi = si->State.FirstSeq;
+            jsStreamInfo_Destroy(si);
+            si = NULL;
+        }
+        if (fi <= 1)
+            continue;
+        if (automatic) {
+            /* The new version cannot run on the old file: go on, and keep the old one. */
+            keep_old = true;
+            jl_log(JL_LOG_WARN, "stream no longer holds its first messages",
+                   "\"stream\":\"%s\",\"first_seq\":%" PRIu64 ",\"detail\":\"the rebuilt model "
+                   "lacks what messages 1 to %" PRIu64
+                   " built; the old model is kept (<name>.replaced-<ms>.db)\"",
+                   p->src[i].stream, fi, fi - 1);
+            continue;
+        }
+        snprintf(err, errlen,
+                 "stream %s no longer holds sequences 1 to %" PRIu64
+                 " (removed by its limits or a purge): %s from its start would lack what they "
+                 "built%s",
+                 p->src[i].stream, fi - 1, verify ? "a verify" : "a rebuild",
+                 verify ? "" : "; give --from-seq or --from-time to rebuild from what it holds");
+        return JL_ERR_INVALID;
+    }
     if (j->has_thread) {
         pthread_join(j->thread, NULL);
         j->has_thread = false;
@@ -637,7 +710,7 @@ void jl__jobs_start_version_rebuild(jl_projector *p)
 {
     char reason[128], err[512];
     snprintf(reason, sizeof(reason), "projection version %d -> %d", p->db_version, p->def->version);
-    jl_status s = start_job(p, false, 0, 0, false, reason, err, sizeof(err));
+    jl_status s = start_job(p, false, 0, 0, false, true, reason, err, sizeof(err));
     if (s != JL_OK)
         jl_log(JL_LOG_ERROR, "version rebuild not started", "\"error\":\"%s\"", err);
 }
@@ -667,11 +740,11 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
             jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.Rebuild");
             return;
         }
-        s = start_job(p, false, m->from_seq, m->from_time_ns, m->keep_old, "requested", err,
+        s = start_job(p, false, m->from_seq, m->from_time_ns, m->keep_old, false, "requested", err,
                       sizeof(err));
         jetledger__rebuild__free_unpacked(m, NULL);
     } else if (strcmp(name, "Verify") == 0) {
-        s = start_job(p, true, 0, 0, false, "requested", err, sizeof(err));
+        s = start_job(p, true, 0, 0, false, false, "requested", err, sizeof(err));
     } else if (strcmp(name, "CancelRebuild") == 0) {
         atomic_store(&p->job->cancel, true);
     } else if (strcmp(name, "GetDeadLetters") == 0) {

@@ -826,7 +826,7 @@ START_TEST(partitioned_node_heals_and_nothing_is_lost)
                       victim + 1);
         nats_Sleep(200);
     }
-    printf("cut confirmed: n%d leads ORDERS %" PRId64 " ms into the cut\n", leader + 1,
+    printf("cut confirmed: n%d leads ORDERS, seen %" PRId64 " ms into the cut\n", leader + 1,
            tnow_ms() - cut_at);
     int64_t left = 8000 - (tnow_ms() - cut_at);
     if (left > 0)

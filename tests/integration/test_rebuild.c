@@ -120,6 +120,18 @@ static char *dump_dir(const char *dir)
     return tdump(path);
 }
 
+/* Files in @p dir whose name contains @p part (e.g. a verify's scratch files). */
+static int files_named(const char *dir, const char *part)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strstr(e->d_name, part) != NULL;
+    closedir(d);
+    return n;
+}
+
 /* The stream with @p orders orders of @p items items each, and a live order_summary in data
  * dir @p sub (rebuilds capped at @p rebuild_max_mb, 0: no cap) that has applied them. */
 static void live_on_seeded(runner *r, const char *sub, int orders, int items,
@@ -171,6 +183,34 @@ static Jetledger__RebuildStatus *run_job(const char *name, const ProtobufCMessag
         ck_assert_int_eq(st->started_at_ns, started);
     }
     return st;
+}
+
+/* Request @p name (@p msg), which must be refused as invalid with a reason containing
+ * @p needle, starting nothing. */
+static void expect_refused(const char *name, const ProtobufCMessage *msg, const char *needle)
+{
+    jl_code code;
+    char why[512];
+    ck_assert_ptr_null(admin(name, msg, &code, why, sizeof(why)));
+    ck_assert_msg(code == JL_CODE_INVALID, "%s: %s: %s", name, jl_code_str(code), why);
+    ck_assert_msg(strstr(why, needle) != NULL, "%s: '%s' lacks '%s'", name, why, needle);
+}
+
+/* The status of the job running (started by itself, e.g. a version rebuild) once it ended. */
+static Jetledger__RebuildStatus *wait_job_end(void)
+{
+    int64_t deadline = tnow_ms() + 60000;
+    for (;;) {
+        jl_code code;
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        Jetledger__RebuildStatus *st = admin("GetRebuildStatus", &q.base, &code, NULL, 0);
+        ck_assert_int_eq(code, JL_CODE_OK);
+        if (strcmp(st->state, "running") != 0)
+            return st;
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        ck_assert(tnow_ms() < deadline);
+        nats_Sleep(20);
+    }
 }
 
 /* A whole rebuild of the live model, which must end "done". */
@@ -323,6 +363,7 @@ START_TEST(verify_reports_match_then_the_altered_row)
     live_file(live.dir, path, sizeof(path));
     tdb_exec(path, "UPDATE orders SET total_cents = 4242 WHERE order_id = (SELECT "
                    "min(order_id) FROM orders)");
+    char *before = dump_dir(live.dir);
     st = run_job("Verify", &v.base);
     ck_assert_str_eq(st->state, "done");
     ck_assert(!st->match);
@@ -332,9 +373,12 @@ START_TEST(verify_reports_match_then_the_altered_row)
     ck_assert_ptr_nonnull(strstr(st->only_live[0], "|4242|"));
     ck_assert_ptr_null(strstr(st->only_rebuilt[0], "|4242|"));
     jetledger__rebuild_status__free_unpacked(st, NULL);
-    /* Verify never changes the live model, and leaves no scratch file. */
-    live_file(live.dir, path, sizeof(path));
-    ck_assert_ptr_null(strstr(path, "verify"));
+    /* Verify never changes the live model (not even to mend it), and leaves no scratch file. */
+    char *after = dump_dir(live.dir);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+    ck_assert_int_eq(files_named(live.dir, "verify"), 0);
     runner_stop(&live);
 }
 END_TEST
@@ -349,19 +393,13 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
     wait_checkpoint(live.p, last);
     char *before = dump_dir(live.dir);
 
-    jl_code code;
-    char why[512];
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
     rb.from_seq = last + 5;
-    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
-    ck_assert_int_eq(code, JL_CODE_INVALID);
-    ck_assert_msg(strstr(why, "past the stream's last sequence") != NULL, "%s", why);
+    expect_refused("Rebuild", &rb.base, "past the stream's last sequence");
 
     rb.from_seq = 0;
     rb.from_time_ns = (int64_t)time(NULL) * 1000000000LL + 3600 * 1000000000LL;
-    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
-    ck_assert_int_eq(code, JL_CODE_INVALID);
-    ck_assert_msg(strstr(why, "in the future") != NULL, "%s", why);
+    expect_refused("Rebuild", &rb.base, "in the future");
 
     /* Retention moved the first sequence: asking for an older one is refused. */
     jsOptions o;
@@ -370,12 +408,9 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
     ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
     rb.from_time_ns = 0;
     rb.from_seq = 2;
-    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
-    ck_assert_int_eq(code, JL_CODE_INVALID);
-    ck_assert_msg(strstr(why, "before the first retained sequence 5") != NULL, "%s", why);
+    expect_refused("Rebuild", &rb.base, "before the first retained sequence 5");
 
-    ck_assert_ptr_null(admin("Nonsense", NULL, &code, why, sizeof(why)));
-    ck_assert_int_eq(code, JL_CODE_INVALID);
+    expect_refused("Nonsense", NULL, "");
 
     char *after = dump_dir(live.dir);
     ck_assert_str_eq(before, after);
@@ -689,13 +724,9 @@ START_TEST(a_rebuild_cannot_start_past_the_live_checkpoint)
     ensure_stream();
     tseed_orders(env.conn, 5, 0);
     jl_projector *p = open_projector(&order_summary_projector, "past", "past", 0, NULL);
-    jl_code code;
-    char why[512];
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
     rb.from_seq = 3; /* live stands at 0: not run */
-    ck_assert_ptr_null(admin("Rebuild", &rb.base, &code, why, sizeof(why)));
-    ck_assert_int_eq(code, JL_CODE_INVALID);
-    ck_assert_msg(strstr(why, "past the live read model's checkpoint 0") != NULL, "%s", why);
+    expect_refused("Rebuild", &rb.base, "past the live read model's checkpoint 0");
     jl_projector_close(p, 0);
 }
 END_TEST
@@ -782,19 +813,7 @@ START_TEST(newer_projection_version_rebuilds_by_itself)
     v2.version = 2;
     runner_start(&live, &v2, "ver", 0);
     /* The rebuild runs by itself; queries are answered meanwhile from the old file. */
-    int64_t deadline = tnow_ms() + 60000;
-    Jetledger__RebuildStatus *st = NULL;
-    jl_code code;
-    for (;;) {
-        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
-        st = admin("GetRebuildStatus", &q.base, &code, NULL, 0);
-        ck_assert_int_eq(code, JL_CODE_OK);
-        if (strcmp(st->state, "running") != 0)
-            break;
-        jetledger__rebuild_status__free_unpacked(st, NULL);
-        ck_assert(tnow_ms() < deadline);
-        nats_Sleep(20);
-    }
+    Jetledger__RebuildStatus *st = wait_job_end();
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
     ck_assert_str_eq(st->reason, "projection version 1 -> 2");
     jetledger__rebuild_status__free_unpacked(st, NULL);
@@ -822,6 +841,37 @@ START_TEST(newer_projection_version_rebuilds_by_itself)
 }
 END_TEST
 
+/* A new projection version on a stream that lost its first messages: the new code cannot run
+ * on the old file, so it rebuilds from what the stream holds, and keeps the old model, which
+ * alone has what the lost messages built. */
+START_TEST(a_version_rebuild_on_a_trimmed_stream_keeps_the_old_model)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 10, 0);
+    runner live;
+    runner_start(&live, &order_summary_projector, "trim", 0);
+    wait_checkpoint(live.p, 10);
+    runner_stop(&live);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = 7; /* keeps 7..10 */
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    ck_assert_int_eq(files_named(live.dir, "replaced"), 0);
+
+    jl_projector_def v2 = order_summary_projector;
+    v2.version = 2;
+    runner_start(&live, &v2, "trim", 0);
+    Jetledger__RebuildStatus *st = wait_job_end();
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    char *d = dump_dir(live.dir);
+    ck_assert_int_eq(count_rows(d), 4);
+    free(d);
+    ck_assert_int_eq(files_named(live.dir, "order_summary.replaced-"), 1);
+    runner_stop(&live);
+}
+END_TEST
+
 START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
 {
     /* The events live applied were purged: the rebuild never sees the live checkpoint's
@@ -831,9 +881,29 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     live_on_seeded(&live, "purged", 30, 0, 0);
     ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     tseed_orders(env.conn, 4, 0);
-    wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    wait_checkpoint(live.p, last);
 
-    rebuild_done(false);
+    /* From the start, it would silently lose the 30 purged orders: refused, nothing changed.
+     * So is a verify (it would report them as a difference). */
+    char *before = dump_dir(live.dir);
+    Jetledger__Rebuild all = JETLEDGER__REBUILD__INIT;
+    expect_refused("Rebuild", &all.base,
+                   "no longer holds sequences 1 to 30 (removed by its limits or a purge): a "
+                   "rebuild from its start would lack what they built; give --from-seq");
+    Jetledger__Verify v = JETLEDGER__VERIFY__INIT;
+    expect_refused("Verify", &v.base, "a verify from its start");
+    char *after = dump_dir(live.dir);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+
+    /* Asked for explicitly, from what the stream holds. */
+    Jetledger__Rebuild held = JETLEDGER__REBUILD__INIT;
+    held.from_seq = last - 3;
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &held.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
     char *d = dump_dir(live.dir);
     ck_assert_int_eq(count_rows(d), 4);
     free(d);
@@ -844,7 +914,7 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     clock_gettime(CLOCK_REALTIME, &now);
     /* After the last event, not in the future. */
     later.from_time_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
-    Jetledger__RebuildStatus *st = run_job("Rebuild", &later.base);
+    st = run_job("Rebuild", &later.base);
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
     jetledger__rebuild_status__free_unpacked(st, NULL);
     d = dump_dir(live.dir);
@@ -857,6 +927,49 @@ START_TEST(a_rebuild_finishes_when_the_stream_lost_what_live_applied)
     ck_assert_int_eq(count_rows(d), 2);
     free(d);
     runner_stop(&live);
+}
+END_TEST
+
+/* A rebuild from a time switches at the live checkpoint. With the live model behind the first
+ * event of that time, the events between would be applied on top of a model that is meant to
+ * start later: refused at the switch, nothing changed; once live caught up, it runs. */
+START_TEST(a_rebuild_from_a_time_past_a_lagging_live_model_is_refused)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 5, 0); /* 1..5 */
+    char dir[512];
+    jl_projector *live = open_projector(&order_summary_projector, "lag", "lag", 0, dir);
+    while (jl_projector_checkpoint(live) < 5)
+        ck_assert_int_eq(jl_projector_step(live, 200, NULL), JL_OK);
+    tseed_orders(env.conn, 3, 0); /* 6..8: before the time, not applied by live */
+    nats_Sleep(20);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.from_time_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    nats_Sleep(20);
+    tseed_orders(env.conn, 2, 0); /* 9..10: from the time on */
+    char *before = dump_dir(dir);
+    Jetledger__RebuildStatus *st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
+    ck_assert_msg(strstr(st->error, "at sequence 9, past the live read model's checkpoint 5") !=
+                      NULL,
+                  "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    char *after = dump_dir(dir);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+
+    while (jl_projector_checkpoint(live) < 10)
+        ck_assert_int_eq(jl_projector_step(live, 200, NULL), JL_OK);
+    st = run_job("Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    char *d = dump_dir(dir);
+    ck_assert_int_eq(count_rows(d), 2);
+    free(d);
+    jl_projector_close(live, 1000);
 }
 END_TEST
 
@@ -891,6 +1004,8 @@ int main(void)
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_replaced);
     tcase_add_test(tc, keep_old_keeps_the_replaced_model_whole);
+    tcase_add_test(tc, a_version_rebuild_on_a_trimmed_stream_keeps_the_old_model);
+    tcase_add_test(tc, a_rebuild_from_a_time_past_a_lagging_live_model_is_refused);
     tcase_add_test(tc, a_stream_created_again_behind_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_again_past_the_checkpoint_is_not_read_on);
     tcase_add_test(tc, a_stream_created_anew_with_the_same_events_is_read_on);
