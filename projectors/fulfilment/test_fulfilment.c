@@ -25,6 +25,7 @@
 #include "jetledger/db.h"
 #include "jetledger/producer.h"
 #include "orders/orders.pb-c.h"
+#include "unit.h"
 
 #define ORDER "9b2f1d3e-4c5a-4b6c-8d7e-0f1a2b3c4d5e"
 #define ORDER_RID "180ad408-b7eb-8922-a41a-f6ba11de93e9" /* python3, see the test */
@@ -456,21 +457,16 @@ static int n_dbs;
 
 static jl_db *open_db(void)
 {
-    char path[512], err[256];
-    jl_db *d = NULL;
-    snprintf(path, sizeof(path), "%s/f%d.db", dir, n_dbs++);
-    ck_assert_msg(jl_db_open(&d, path, false, err, sizeof(err)) == JL_OK, "%s", err);
-    ck_assert_int_eq(jl_db_exec(d, fulfilment_process.schema_sql), JL_OK);
+    char file[32];
+    snprintf(file, sizeof(file), "f%d.db", n_dbs++);
+    jl_db *d = jl_ck_scratch_db(dir, file, fulfilment_process.schema_sql);
     ck_assert_int_eq(jl_db_exec(d, jl_projector_runtime_schema()), JL_OK); /* the outbox */
-    /* Scratch files: durability buys nothing here and fsyncs make the suite slow. */
-    ck_assert_int_eq(jl_db_exec(d, "PRAGMA synchronous = OFF"), JL_OK);
     return d;
 }
 
 static void db_setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/test_fulfilment.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    jl_ck_scratch_dir(dir, sizeof(dir), "test_fulfilment");
     db = open_db();
 }
 
@@ -478,9 +474,7 @@ static void db_teardown(void)
 {
     jl_db_close(db);
     db = NULL;
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    jl_ck_scratch_remove(dir);
 }
 
 /* One event as apply sees it, with its payload alongside (filled in place, never copied). */
@@ -1269,9 +1263,5 @@ static Suite *fulfilment_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(fulfilment_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return jl_ck_run(fulfilment_suite());
 }

@@ -14,6 +14,7 @@
 #include "dashboard/dashboard.pb-c.h"
 #include "jetledger/db.h"
 #include "orders/orders.pb-c.h"
+#include "unit.h"
 
 #define MAX_QTY 1000000              /* ORDERS_MAX_QUANTITY */
 #define MAX_PRICE 100000000000LL     /* ORDERS_MAX_PRICE_CENTS */
@@ -25,22 +26,15 @@ static jl_db *db;
 
 static void db_setup(void)
 {
-    char path[512], err[256];
-    snprintf(dir, sizeof(dir), "/tmp/test_sales_dashboard.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/d.db", dir);
-    ck_assert_msg(jl_db_open(&db, path, false, err, sizeof(err)) == JL_OK, "%s", err);
-    ck_assert_int_eq(jl_db_exec(db, sales_dashboard_projector.schema_sql), JL_OK);
-    ck_assert_int_eq(jl_db_exec(db, "PRAGMA synchronous = OFF"), JL_OK);
+    jl_ck_scratch_dir(dir, sizeof(dir), "test_sales_dashboard");
+    db = jl_ck_scratch_db(dir, "d.db", sales_dashboard_projector.schema_sql);
 }
 
 static void db_teardown(void)
 {
     jl_db_close(db);
     db = NULL;
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    jl_ck_scratch_remove(dir);
 }
 
 /* One orders event as apply sees it. */
@@ -205,6 +199,56 @@ START_TEST(a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong)
 }
 END_TEST
 
+/* Days that are not days, a range backwards, a limit past the maximum: each an INVALID answer
+ * saying which, from both queries that take a range (never an empty result that looks real). */
+START_TEST(bad_ranges_and_limits_are_answered_invalid)
+{
+    static const struct {
+        const char *from, *to, *why;
+    } bad[] = {
+        {"2026-13-01", "", "from_day '2026-13-01' is not a day YYYY-MM-DD"},
+        {"2026-02-29", "", "is not a day"}, /* 2026 is no leap year */
+        {"2100-02-29", "", "is not a day"},
+        {"2026-04-31", "", "is not a day"},
+        {"2026-1-01", "", "is not a day"},
+        {"26-01-01", "", "is not a day"},
+        {"2026-01-01T00:00:00Z", "", "is not a day"},
+        {"", "2026/01/02", "to_day '2026/01/02' is not a day YYYY-MM-DD"},
+        {"", "2026-00-10", "to_day"},
+        {"2026-03-02", "2026-03-01", "from_day 2026-03-02 is after to_day 2026-03-01"},
+    };
+    jl_reply r;
+    jl_reply_init(&r);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        Dashboard__TopProducts top = DASHBOARD__TOP_PRODUCTS__INIT;
+        top.from_day = (char *)bad[i].from;
+        top.to_day = (char *)bad[i].to;
+        Dashboard__DailySeries series = DASHBOARD__DAILY_SERIES__INIT;
+        series.from_day = (char *)bad[i].from;
+        series.to_day = (char *)bad[i].to;
+        const ProtobufCMessage *qs[] = {&top.base, &series.base};
+        for (int k = 0; k < 2; k++) {
+            ck_assert_int_eq(ask(qs[k], &r), JL_OK);
+            ck_assert_msg(r.code == JL_CODE_INVALID && strstr(r.message, bad[i].why) != NULL,
+                          "%s %s..%s: %s '%s'", qs[k]->descriptor->name, bad[i].from, bad[i].to,
+                          jl_code_str(r.code), r.message);
+        }
+    }
+    /* A leap day, and a one-day range, are days. */
+    Dashboard__DailySeries ok = DASHBOARD__DAILY_SERIES__INIT;
+    ok.from_day = "2024-02-29";
+    ok.to_day = "2024-02-29";
+    ck_assert_int_eq(ask(&ok.base, &r), JL_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    Dashboard__TopProducts top = DASHBOARD__TOP_PRODUCTS__INIT;
+    top.limit = 501;
+    ck_assert_int_eq(ask(&top.base, &r), JL_OK);
+    ck_assert_msg(r.code == JL_CODE_INVALID && strstr(r.message, "limit 501 is above the maximum"),
+                  "%s", r.message);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 static Suite *dashboard_suite(void)
 {
     Suite *s = suite_create("sales_dashboard");
@@ -213,15 +257,12 @@ static Suite *dashboard_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, a_daily_sum_past_int64_is_answered_invalid);
     tcase_add_test(tc, a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong);
+    tcase_add_test(tc, bad_ranges_and_limits_are_answered_invalid);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(dashboard_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return jl_ck_run(dashboard_suite());
 }

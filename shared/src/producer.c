@@ -2742,5 +2742,6 @@ void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)
 {
     pthread_mutex_lock(&p->mu);
     *out = p->stats;
+    out->in_progress = p->n_cmds;
     pthread_mutex_unlock(&p->mu);
 }

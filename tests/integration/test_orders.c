@@ -106,6 +106,22 @@ static void catch_up(jl_projector *p, uint64_t seq)
     }
 }
 
+/* Wait until producer @p p holds @p n commands not yet answered (threads that sent them are
+ * then queued in the order they were started, whatever the machine's load). */
+static void wait_in_progress(jl_producer *p, uint64_t n)
+{
+    jl_producer_stats st;
+    int64_t deadline = tnow_ms() + 10000;
+    for (;;) {
+        jl_producer_get_stats(p, &st);
+        if (st.in_progress >= n)
+            return;
+        ck_assert_msg(tnow_ms() < deadline, "%" PRIu64 " of %" PRIu64 " commands taken",
+                      st.in_progress, n);
+        nats_Sleep(1);
+    }
+}
+
 /* SIGSTOP @p pid and wait until it is stopped (see jl_proc_pause). */
 static void pause_server(pid_t pid)
 {
@@ -1789,9 +1805,10 @@ START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
     pthread_t t1, t2;
     pause_server(server);
     pthread_create(&t1, NULL, add_on_thread, &first);
-    nats_Sleep(100); /* its append is sent and waits for the server */
+    wait_in_progress(b, 1);
+    nats_Sleep(50); /* its append is sent and waits for the server */
     pthread_create(&t2, NULL, add_on_thread, &behind);
-    nats_Sleep(100); /* queued behind it */
+    wait_in_progress(b, 2); /* queued behind it */
     ck_assert_int_eq(kill(server, SIGCONT), 0);
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
@@ -1835,7 +1852,7 @@ START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
         a[i] = (add_arg){.on = p, .id = id, .sku = skus[i], .cmd_id = NULL};
         jl_reply_init(&a[i].r);
         pthread_create(&t[i], NULL, add_on_thread, &a[i]);
-        nats_Sleep(50); /* the first reads, the others queue behind it */
+        wait_in_progress(p, (uint64_t)i + 1); /* the first reads, the others queue behind it */
     }
     for (int i = 0; i < N; i++)
         pthread_join(t[i], NULL);
@@ -1907,8 +1924,9 @@ START_TEST(a_command_that_waited_past_its_deadline_is_not_run)
     jl_reply_init(&a[1].r);
     pause_server(server);
     pthread_create(&t[0], NULL, add_on_thread, &a[0]);
-    nats_Sleep(50);
+    wait_in_progress(p, 1);
     pthread_create(&t[1], NULL, add_on_thread, &a[1]); /* queued behind "b" */
+    wait_in_progress(p, 2);
     /* "b" times out at its deadline, its outcome unknown: "c" waits for the aggregate to be
      * read again, which the server answers once it runs again, past c's deadline. */
     pthread_join(t[0], NULL);

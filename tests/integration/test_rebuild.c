@@ -982,12 +982,12 @@ START_TEST(the_rebuild_size_cap_does_not_stay_on_the_live_model)
     rebuild_done(false);
     tseed_orders(env.conn, 6000, 4); /* several MiB of rows */
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
+    runner_stop(&live); /* the close checkpoints the WAL into the file */
     char path[1024];
     struct stat sb;
     live_file(live.dir, path, sizeof(path));
     ck_assert_int_eq(stat(path, &sb), 0);
     ck_assert_int_gt(sb.st_size, 1024 * 1024);
-    runner_stop(&live);
 }
 END_TEST
 

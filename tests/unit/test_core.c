@@ -2399,8 +2399,9 @@ START_TEST(probe_of_server_closing_at_once_is_unavailable_quickly)
     char url[64], v[32] = "";
     snprintf(url, sizeof(url), "nats://127.0.0.1:%d", fs.port);
     int64_t t0 = mono_ms();
-    ck_assert_int_eq(jl_server_version_probe(url, 3000, v, sizeof(v)), JL_ERR_UNAVAILABLE);
-    ck_assert_int_lt(mono_ms() - t0, 1500);
+    /* "Quickly": well before the timeout, with room for a loaded machine. */
+    ck_assert_int_eq(jl_server_version_probe(url, 20000, v, sizeof(v)), JL_ERR_UNAVAILABLE);
+    ck_assert_int_lt(mono_ms() - t0, 5000);
     fake_server_stop(&fs);
 }
 END_TEST
@@ -2422,8 +2423,8 @@ START_TEST(probe_of_closed_port_is_unavailable_quickly)
     char url[64], v[32] = "untouched";
     snprintf(url, sizeof(url), "nats://127.0.0.1:%d", ntohs(a.sin_port));
     int64_t t0 = mono_ms();
-    ck_assert_int_eq(jl_server_version_probe(url, 5000, v, sizeof(v)), JL_ERR_UNAVAILABLE);
-    ck_assert_int_lt(mono_ms() - t0, 1000);
+    ck_assert_int_eq(jl_server_version_probe(url, 20000, v, sizeof(v)), JL_ERR_UNAVAILABLE);
+    ck_assert_int_lt(mono_ms() - t0, 5000);
     ck_assert_str_eq(v, "untouched");
 }
 END_TEST
@@ -2438,7 +2439,7 @@ START_TEST(probe_of_silent_server_gives_up_after_timeout)
     ck_assert_int_eq(jl_server_version_probe(url, 300, v, sizeof(v)), JL_ERR_UNAVAILABLE);
     int64_t took = mono_ms() - t0;
     ck_assert_int_ge(took, 250);
-    ck_assert_int_lt(took, 1500);
+    ck_assert_int_lt(took, 300 + 3000); /* the timeout, and room for a loaded machine */
     ck_assert_str_eq(v, "untouched");
     fake_server_stop(&fs);
 }
@@ -2509,7 +2510,7 @@ START_TEST(probe_connect_is_bounded_by_timeout)
     snprintf(url, sizeof(url), "nats://127.0.0.1:%d", ntohs(a.sin_port));
     int64_t t0 = mono_ms();
     ck_assert_int_eq(jl_server_version_probe(url, 300, v, sizeof(v)), JL_ERR_UNAVAILABLE);
-    ck_assert_int_lt(mono_ms() - t0, 1500);
+    ck_assert_int_lt(mono_ms() - t0, 300 + 3000); /* not the kernel's 2 minutes of SYN retries */
     for (int i = 0; i < 4; i++)
         close(fill[i]);
     close(lfd);
@@ -2598,7 +2599,7 @@ START_TEST(db_wal_is_checkpointed_off_the_writing_thread)
         ck_assert_int_eq(jl_db_commit(db), JL_OK);
     }
     /* The writer is idle now: only the background thread can checkpoint. */
-    for (int waited = 0; jl_db_background_checkpoints(db) == 0 && waited < 2000; waited += 10)
+    for (int waited = 0; jl_db_background_checkpoints(db) == 0 && waited < 15000; waited += 10)
         usleep(10000);
     ck_assert_uint_ge(jl_db_background_checkpoints(db), 1);
     struct stat sb;

@@ -18,6 +18,7 @@
 #include "jetledger/status.h"
 #include "jetledger/envelope.pb-c.h"
 #include "orders/orders.pb-c.h"
+#include "unit.h"
 
 /*
  * ---- test-only message types ----
@@ -1721,9 +1722,5 @@ int main(void)
     tcase_add_test(tc, failures_after_allocations_free_the_partial_message);
     suite_add_tcase(s, tc);
 
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return jl_ck_run(s);
 }
