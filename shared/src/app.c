@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "jetledger/conn.h"
 #include "jetledger/log.h"
 
@@ -19,6 +21,7 @@ static bool stop_requested = false;
 static bool started = false; /* the service holds work (connected and open) */
 static void (*stop_fn)(void *) = NULL;
 static void *stop_closure = NULL;
+static bool conn_lost = false; /* the NATS connection closed for good: exit 1 */
 
 /* The readiness file (JL_READY_FILE), "" for none: removed on every way out. */
 static char ready_path[512];
@@ -43,6 +46,19 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
     snprintf(ready_path, sizeof(ready_path), "%s", cfg->ready_file);
     if (ready_path[0] != 0)
         unlink(ready_path);
+}
+
+/* Request the stop: called with stop_mu held, which it releases before the service's own stop
+ * function runs. */
+static void stop_locked(void)
+{
+    stop_requested = true;
+    pthread_cond_broadcast(&stop_cv);
+    void (*fn)(void *) = stop_fn;
+    void *cl = stop_closure;
+    pthread_mutex_unlock(&stop_mu);
+    if (fn != NULL)
+        fn(cl);
 }
 
 static void *signal_thread(void *arg)
@@ -77,13 +93,7 @@ static void *signal_thread(void *arg)
             jl_log(JL_LOG_INFO, "stopped before start", NULL);
             _exit(JL_EXIT_OK);
         }
-        stop_requested = true;
-        pthread_cond_broadcast(&stop_cv);
-        void (*fn)(void *) = stop_fn;
-        void *cl = stop_closure;
-        pthread_mutex_unlock(&stop_mu);
-        if (fn != NULL)
-            fn(cl);
+        stop_locked();
     }
     return NULL;
 }
@@ -112,6 +122,55 @@ void jl_app_wait_for_stop(void)
     while (!stop_requested)
         pthread_cond_wait(&stop_cv, &stop_mu);
     pthread_mutex_unlock(&stop_mu);
+}
+
+/*
+ * Watches the connection while the service runs. It reconnects forever, except where the client
+ * library closes it for good (the server refused its credentials twice: a rotated or expired
+ * credential, an authorization change reloaded by the server). A service left with a closed
+ * connection would answer nothing while it still looked ready: it stops instead, not ready,
+ * with status 1, for its supervisor to start it again.
+ */
+static void *conn_watch(void *arg)
+{
+    natsConnection *nc = jl_conn_nats(arg);
+    pthread_mutex_lock(&stop_mu);
+    while (!stop_requested) {
+        struct timespec until = jl__realtime_in(500);
+        pthread_cond_timedwait(&stop_cv, &stop_mu, &until);
+        if (stop_requested || !natsConnection_IsClosed(nc))
+            continue;
+        conn_lost = true;
+        pthread_mutex_unlock(&stop_mu);
+        jl_log(JL_LOG_ERROR, "nats connection closed for good: stopping",
+               "\"hint\":\"the server refused this client (check its credentials); the "
+               "service exits 1 to be started again\"");
+        if (ready_path[0] != 0)
+            unlink(ready_path);
+        pthread_mutex_lock(&stop_mu);
+        stop_locked();
+        return NULL;
+    }
+    pthread_mutex_unlock(&stop_mu);
+    return NULL;
+}
+
+/* Start conn_watch on @p conn; false when no thread could be made (then there is none). */
+static bool watch_start(pthread_t *t, jl_conn *conn)
+{
+    return pthread_create(t, NULL, conn_watch, conn) == 0;
+}
+
+/* Make conn_watch return (a stop is under way or done) and wait for it. */
+static void watch_stop(pthread_t t, bool running)
+{
+    if (!running)
+        return;
+    pthread_mutex_lock(&stop_mu);
+    stop_requested = true;
+    pthread_cond_broadcast(&stop_cv);
+    pthread_mutex_unlock(&stop_mu);
+    pthread_join(t, NULL);
 }
 
 static void fail(const char *what, jl_status s, const char *err)
@@ -182,13 +241,16 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     started = true;
     pthread_mutex_unlock(&stop_mu);
     ready(true);
+    pthread_t watch;
+    bool watching = watch_start(&watch, conn);
     jl_app_wait_for_stop();
     ready(false);
+    watch_stop(watch, watching);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
         jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
-    return JL_EXIT_OK;
+    return conn_lost ? JL_EXIT_FAILURE : JL_EXIT_OK;
 }
 
 static void stop_projector(void *closure)
@@ -228,12 +290,21 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     if (already)
         jl_projector_stop(p);
     ready(true);
+    pthread_t watch;
+    bool watching = watch_start(&watch, conn);
     s = jl_projector_run(p);
     ready(false);
+    watch_stop(watch, watching);
     if (s != JL_OK)
         fail("cannot run", s, jl_projector_errmsg(p));
+    /* A signal from now on must not reach the projector the close frees (a second one still
+     * exits at once). */
+    pthread_mutex_lock(&stop_mu);
+    stop_fn = NULL;
+    stop_closure = NULL;
+    pthread_mutex_unlock(&stop_mu);
     if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))
         jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
-    return s == JL_OK ? JL_EXIT_OK : JL_EXIT_FAILURE;
+    return s == JL_OK && !conn_lost ? JL_EXIT_OK : JL_EXIT_FAILURE;
 }

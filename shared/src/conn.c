@@ -77,13 +77,17 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
            natsStatus_GetText(err), jl_log_str(esc, sizeof(esc), subj ? subj : ""));
 }
 
-/* Split a comma-separated server list in place; returns how many (at most MAX_SERVERS). */
+/* Split a comma-separated server list in place; returns how many, -1 for more than
+ * MAX_SERVERS (not some of them silently). */
 static int split_urls(char *list, const char *urls[MAX_SERVERS])
 {
     int n = 0;
-    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok != NULL && n < MAX_SERVERS;
-         tok = strtok_r(NULL, ", ", &save))
+    for (char *save = NULL, *tok = strtok_r(list, ", ", &save); tok != NULL;
+         tok = strtok_r(NULL, ", ", &save)) {
+        if (n == MAX_SERVERS)
+            return -1;
         urls[n++] = tok;
+    }
     return n;
 }
 
@@ -119,8 +123,10 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     c->timeout_ms = cfg->request_timeout_ms;
     snprintf(list, sizeof(list), "%s", cfg->nats_url);
     nurls = split_urls(list, urls);
-    if (nurls == 0) {
-        snprintf(err, errlen, "NATS_URL is empty");
+    if (nurls <= 0) {
+        snprintf(err, errlen,
+                 nurls == 0 ? "NATS_URL is empty" : "NATS_URL lists more than %d servers",
+                 MAX_SERVERS);
         s = JL_ERR_INVALID;
         goto done;
     }
@@ -200,8 +206,14 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         bool more = detail != NULL && *detail != 0 && strcmp(detail, text) != 0;
         snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s", cfg->nats_url, text,
                  more ? ": " : "", more ? detail : "");
-        s = jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT ? JL_ERR_UNAVAILABLE
-                                                                                : JL_ERR_NATS;
+        /* A URL the library cannot use, or (with a credentials file) a file it cannot read a
+         * user from, is a setting to correct, not a server to wait for. */
+        if (ns == NATS_INVALID_ARG || (ns == NATS_ERR && cfg->creds[0] != 0))
+            s = JL_ERR_INVALID;
+        else if (jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT)
+            s = JL_ERR_UNAVAILABLE;
+        else
+            s = JL_ERR_NATS;
         goto done;
     }
 
@@ -220,8 +232,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (jl_server_version_probe(url, 2000, c->version, sizeof(c->version)) != JL_OK)
         c->version[0] = 0;
     char e1[300];
+    char e2[80];
     jl_log(JL_LOG_INFO, "connected", "\"url\":\"%s\",\"server_version\":\"%s\",\"batch_writes\":%s",
-           jl_log_str(e1, sizeof(e1), url), c->version,
+           jl_log_str(e1, sizeof(e1), url), jl_log_str(e2, sizeof(e2), c->version),
            (flags & JL_CONN_BATCH_WRITES) ? "true" : "false");
 
 done:
@@ -326,14 +339,50 @@ static jl_status parse_host_port(const char *url, char *host, size_t hostlen, ch
     return host[0] != 0 ? JL_OK : JL_ERR_INVALID;
 }
 
+/* Read the server's INFO line at address @p ai into @p buf (n bytes), by @p deadline (ms). */
+static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, size_t n)
+{
+    size_t got = 0;
+    bool ok = false;
+    /* Non-blocking connect, so the deadline also bounds a server that never accepts. */
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+    if (fd < 0)
+        return false;
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        struct pollfd cp = {.fd = fd, .events = POLLOUT};
+        int soerr = 0;
+        socklen_t slen = sizeof(soerr);
+        int64_t left = deadline - nats_Now();
+        if (errno != EINPROGRESS || left <= 0 || poll(&cp, 1, (int)left) <= 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) != 0 || soerr != 0)
+            goto done;
+    }
+    /* The server speaks first: "INFO {...}\r\n" before any authentication. */
+    while (got < n - 1) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int64_t left = deadline - nats_Now();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            goto done;
+        ssize_t r = read(fd, buf + got, n - 1 - got);
+        if (r <= 0)
+            goto done;
+        got += (size_t)r;
+        buf[got] = 0;
+        if (strstr(buf, "\r\n") != NULL) {
+            ok = true;
+            break;
+        }
+    }
+done:
+    close(fd);
+    return ok;
+}
+
 jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, size_t outlen)
 {
     char host[256], port[16];
     struct addrinfo hints, *res = NULL;
-    int fd = -1;
-    jl_status s = JL_ERR_UNAVAILABLE;
     char buf[4096];
-    size_t got = 0;
 
     if (parse_host_port(url, host, sizeof(host), port, sizeof(port)) != JL_OK)
         return JL_ERR_INVALID;
@@ -342,44 +391,20 @@ jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, si
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return JL_ERR_UNAVAILABLE;
     int64_t deadline = nats_Now() + timeout_ms;
-    /* Non-blocking connect, so the timeout also bounds a server that never accepts. */
-    fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, res->ai_protocol);
-    if (fd < 0)
-        goto done;
-    if (connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
-        struct pollfd cp = {.fd = fd, .events = POLLOUT};
-        int soerr = 0;
-        socklen_t slen = sizeof(soerr);
-        if (errno != EINPROGRESS || poll(&cp, 1, timeout_ms) <= 0 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) != 0 || soerr != 0)
-            goto done;
-    }
-    /* The server speaks first: "INFO {...}\r\n" before any authentication. */
-    while (got < sizeof(buf) - 1) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - nats_Now();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            goto done;
-        ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
-        if (n <= 0)
-            goto done;
-        got += (size_t)n;
-        buf[got] = 0;
-        if (strstr(buf, "\r\n") != NULL)
-            break;
-    }
-    const char *v = strstr(buf, "\"version\":\"");
-    if (strncmp(buf, "INFO ", 5) != 0 || v == NULL)
-        goto done;
+    /* Every address the name has, as the client library tries them ("localhost" may give ::1
+     * first, where a server listening on 0.0.0.0 is not). */
+    bool got = false;
+    for (const struct addrinfo *ai = res; ai != NULL && !got && nats_Now() < deadline;
+         ai = ai->ai_next)
+        got = read_info(ai, deadline, buf, sizeof(buf));
+    freeaddrinfo(res);
+    const char *v = got ? strstr(buf, "\"version\":\"") : NULL;
+    if (v == NULL || strncmp(buf, "INFO ", 5) != 0)
+        return JL_ERR_UNAVAILABLE;
     v += strlen("\"version\":\"");
     size_t n = strcspn(v, "\"");
     snprintf(out, outlen, "%.*s", (int)n, v);
-    s = JL_OK;
-done:
-    if (fd >= 0)
-        close(fd);
-    freeaddrinfo(res);
-    return s;
+    return JL_OK;
 }
 
 int jl_conn_replicas(jl_conn *c, int configured)
@@ -404,6 +429,21 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
 
     if (replicas <= 1)
         return JL_OK;
+    if (c->version[0] == 0) {
+        /* Not read at connect (a busy server, a cluster forming): once more, then "not now",
+         * never "too old" for want of an answer. */
+        char url[256] = "";
+        natsConnection_GetConnectedUrl(c->nc, url, sizeof(url));
+        if (jl_server_version_probe(url, (int)c->timeout_ms, c->version, sizeof(c->version)) !=
+            JL_OK) {
+            c->version[0] = 0;
+            snprintf(err, errlen,
+                     "cannot read the version of the NATS server at %s, needed for a stream with "
+                     "%d replicas (older than %s is refused)",
+                     url, replicas, JL_MIN_CLUSTER_SERVER_VERSION);
+            return JL_ERR_UNAVAILABLE;
+        }
+    }
     if (!jl_version_at_least(c->version, JL_MIN_CLUSTER_SERVER_VERSION)) {
         snprintf(err, errlen,
                  "refusing a stream with %d replicas: the connected NATS server is version %s, "

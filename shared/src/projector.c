@@ -110,6 +110,10 @@ static jl_status mkdir_p(const char *dir, char *err, size_t errlen)
 {
     char tmp[1024];
     snprintf(tmp, sizeof(tmp), "%s", dir);
+    if (tmp[0] == 0) {
+        snprintf(err, errlen, "the data directory is empty (--data-dir, JL_DATA_DIR)");
+        return JL_ERR_INVALID;
+    }
     for (char *s = tmp + 1; *s; s++) {
         if (*s == '/') {
             *s = 0;

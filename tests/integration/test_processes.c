@@ -882,6 +882,37 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
 }
 END_TEST
 
+/* The server starts to require credentials these services do not have (an authorization
+ * change, reloaded): the client library closes their connections for good after two refusals.
+ * A service left so would answer nothing while it looked ready: each stops, not ready, with
+ * status 1 (for its supervisor to start it again) and says why. */
+START_TEST(a_connection_closed_for_good_stops_the_service_with_status_1)
+{
+    svc s[2];
+    char ready[2][700], conf[700], tail[1500];
+    const char *logs[2] = {"orders.log", "summary.log"};
+    start_orders_and_summary(s);
+    for (int i = 0; i < 2; i++) {
+        snprintf(ready[i], sizeof(ready[i]), "%s/%s.ready", env.dir, logs[i]);
+        ck_assert_msg(wait_file(ready[i], true, 5000), "%s missing", ready[i]);
+    }
+    snprintf(conf, sizeof(conf), "%s/natsd.conf", jl_natsd_store_dir(env.natsd));
+    FILE *f = fopen(conf, "a");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "\nauthorization { user: someone_else, password: not_theirs }\n");
+    fclose(f);
+    printf("injecting: authorization the services lack, reloaded (SIGHUP)\n");
+    ck_assert_int_eq(kill(jl_natsd_pid(env.natsd), SIGHUP), 0);
+    for (int i = 0; i < 2; i++) {
+        int st = svc_stop(&s[i], 0, 30000);
+        ck_assert_msg(st == 1, "%s exited with %d: %s", logs[i], st,
+                      log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_int_eq(file_count(s[i].log, "nats connection closed for good: stopping"), 1);
+        ck_assert_msg(access(ready[i], F_OK) != 0, "%s left behind", ready[i]);
+    }
+}
+END_TEST
+
 /* ---- 3. no server, or not a NATS server ---------------------------------------------------- */
 
 /*
@@ -1226,6 +1257,20 @@ START_TEST(cli_round_trip_and_exit_codes)
     ASSERT_CLI(r, 3);
     ck_assert_msg(strstr(r->err, dead) != NULL, "%s", r->err);
 
+    /* A URL the client cannot use, or a credentials file without a user in it: settings to
+     * correct (2), not a server to wait for (3). */
+    CLI(r, "nats://127.0.0.1:notaport", "status");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "notaport") != NULL, "%s", r->err);
+    char junk_creds[700];
+    snprintf(junk_creds, sizeof(junk_creds), "%s/junk.creds", env.dir);
+    FILE *jf = fopen(junk_creds, "w");
+    ck_assert_ptr_nonnull(jf);
+    fputs("not a credentials file\n", jf);
+    fclose(jf);
+    CLI(r, url, "status", "--creds", junk_creds);
+    ASSERT_CLI(r, 2);
+
     CLI(r, url, "query", "nobody", "GetOrder", "{}");
     ASSERT_CLI(r, 3);
     ck_assert_msg(strstr(r->err, "nothing answers") != NULL, "%s", r->err);
@@ -1438,6 +1483,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, sigterm_mid_catch_up_commits_and_acks_the_batch_in_hand);
     tcase_add_test(tc, second_sigint_ends_services_at_once);
     tcase_add_test(tc, second_signal_during_graceful_stop_exits_130);
+    tcase_add_test(tc, a_connection_closed_for_good_stops_the_service_with_status_1);
     tcase_add_test(tc, a_sigterm_sent_twice_at_once_is_one_graceful_stop);
     tcase_add_test(tc, a_ready_file_is_there_while_a_service_answers);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);

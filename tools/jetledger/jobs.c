@@ -20,9 +20,20 @@
  * waiting for the cancellation. */
 static volatile sig_atomic_t interrupted;
 
+static volatile sig_atomic_t first_sig;
+static volatile time_t first_at;
+
 static void on_signal(int sig)
 {
-    (void)sig;
+    /* One SIGTERM sent twice (`timeout` and some supervisors signal the process, then its
+     * group) is one request to cancel, not a second one to stop waiting for it. */
+    time_t now = time(NULL); /* async-signal-safe */
+    if (interrupted > 0 && sig == SIGTERM && first_sig == SIGTERM && now - first_at <= 1)
+        return;
+    if (interrupted == 0) {
+        first_sig = sig;
+        first_at = now;
+    }
     interrupted = interrupted + 1;
 }
 
@@ -135,18 +146,19 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
     int64_t other_since = 0;
     int rc = CLI_OK;
     while (rc == CLI_OK) {
-        if (interrupted > 1) {
-            clear_progress(j);
-            cli_error("stopped waiting for the %s to be cancelled (see GetRebuildStatus)", j->kind);
-            rc = CLI_REJECTED;
-            break;
-        }
+        /* The cancel goes out first, even when two signals came at once. */
         if (interrupted > 0 && !cancel_sent) {
             clear_progress(j);
             cli_error("cancelling the %s...", j->kind);
             free_status(admin(j, "CancelRebuild", &cancel.base, &rc));
             cancel_sent = true;
             continue;
+        }
+        if (interrupted > 1) {
+            clear_progress(j);
+            cli_error("stopped waiting for the %s to be cancelled (see GetRebuildStatus)", j->kind);
+            rc = CLI_REJECTED;
+            break;
         }
         sleep_poll();
         Jetledger__RebuildStatus *st = admin(j, "GetRebuildStatus", &get.base, &rc);
@@ -164,7 +176,7 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
             clear_progress(j);
             cli_error("another %s started on %s after ours: its outcome is unknown",
                       st->job[0] ? st->job : "job", j->projector);
-            rc = CLI_FAILED;
+            rc = CLI_REJECTED; /* ours did not finish (README: exit 1) */
         } else if (other_since == 0) {
             /* An older job: the status has not caught up with ours yet. */
             other_since = now_ns();
@@ -173,7 +185,7 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
             cli_error("%s no longer reports our %s (was it restarted, or does another instance "
                       "answer?)",
                       j->projector, j->kind);
-            rc = CLI_FAILED;
+            rc = CLI_REJECTED;
         }
         free_status(st);
     }

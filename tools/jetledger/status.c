@@ -115,7 +115,16 @@ static void read_consumers(st_all *all, st_stream *st, jsCtx *js, jsOptions *o)
         for (int i = 0; i < names->Count; i++) {
             st_consumer *c = &st->consumers[st->n_consumers++];
             c->name = sorted[i];
+            jerr = 0;
             ns = js_GetConsumerInfo(&c->info, js, st->name, c->name, o, &jerr);
+            if (ns != NATS_OK && (jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr)) {
+                /* Gone since it was listed (a catch-up reader, a CLI's ordered consumer): not
+                 * an error, and not a row. */
+                free(sorted[i]);
+                memset(c, 0, sizeof(*c));
+                st->n_consumers--;
+                continue;
+            }
             if (ns != NATS_OK)
                 describe(all, c->err, sizeof(c->err), ns, jerr);
         }
@@ -152,7 +161,14 @@ static int read_all(st_all *all, jsCtx *js, jsOptions *o)
         for (int i = 0; i < names->Count; i++) {
             st_stream *st = &all->streams[all->n_streams++];
             st->name = sorted[i];
+            jerr = 0;
             ns = js_GetStreamInfo(&st->info, js, st->name, o, &jerr);
+            if (ns != NATS_OK && jerr == JSStreamNotFoundErr) {
+                free(sorted[i]); /* deleted since it was listed */
+                memset(st, 0, sizeof(*st));
+                all->n_streams--;
+                continue;
+            }
             if (ns != NATS_OK)
                 describe(all, st->err, sizeof(st->err), ns, jerr);
             read_consumers(all, st, js, o);
