@@ -414,6 +414,47 @@ START_TEST(a_reservation_overtaken_by_a_cancellation_is_withdrawn)
 }
 END_TEST
 
+/* A stand-in inventory whose first answer is not a reply at all (a garbled message), and
+ * every later one a final refusal. */
+static atomic_int garbled_calls;
+
+static void answer_garbled_then_refuse(natsConnection *nc, natsSubscription *sub, natsMsg *m,
+                                       void *closure)
+{
+    (void)sub;
+    (void)closure;
+    if (atomic_fetch_add(&garbled_calls, 1) == 0) {
+        natsConnection_Publish(nc, natsMsg_GetReply(m), "\xff\xfe not a reply", 13);
+        natsMsg_Destroy(m);
+        return;
+    }
+    stand_in_reply(nc, m, JL_CODE_RULE_VIOLATION, "sku apple is discontinued");
+}
+
+START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
+{
+    /* A reply the process manager cannot read says nothing of the command's outcome: it is
+     * sent again (same command id). A refusal is an outcome: recorded once, never sent again. */
+    char a[JL_UUID_LEN + 1], got[32] = "";
+    atomic_store(&garbled_calls, 0);
+    natsSubscription *fake = stand_in_inventory(answer_garbled_then_refuse);
+    runner_start(&process, &fulfilment_process);
+    line la[] = {{"apple", 2, 150}};
+    place_order("erin", la, 1, a);
+    int64_t deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(50);
+        outbox_reply(a, "ReserveStock", got, sizeof(got));
+    } while (strcmp(got, "rule_violation") != 0 && tnow_ms() < deadline);
+    ck_assert_str_eq(got, "rule_violation");
+    ck_assert_int_eq(atomic_load(&garbled_calls), 2);
+    nats_Sleep(2500); /* longer than the outbox's backoff here: a resend would have come */
+    ck_assert_int_eq(atomic_load(&garbled_calls), 2);
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+}
+END_TEST
+
 /* A stand-in inventory: "ok" to the ReserveStock of order passing_order, "not now" to others,
  * counting the distinct orders it held (under stand_in_mu: callbacks run on other threads). */
 enum { MAX_SEEN = 512 };
@@ -1007,6 +1048,7 @@ int main(void)
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
     tcase_add_test(tc, a_reservation_overtaken_by_a_cancellation_is_withdrawn);
+    tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);

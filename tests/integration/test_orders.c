@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
@@ -1116,6 +1117,37 @@ START_TEST(an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on)
 }
 END_TEST
 
+/* A read-model file that is not a database (a wrong file restored, a truncated copy): the
+ * projector does not start on it, says which file and why, and neither removes nor replaces
+ * it (it may be the only copy of something). */
+START_TEST(a_read_model_file_that_is_not_a_database_is_refused_and_kept)
+{
+    static const char junk[] = "this is not an SQLite database, but it is someone's file\n";
+    char dir[400], path[700], err[1024] = "";
+    snprintf(dir, sizeof(dir), "%s/notdb", env.dir);
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof(path), "%s/order_summary.db", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(junk, f);
+    fclose(f);
+    jl_config cfg = env.cfg;
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s", dir);
+    snprintf(cfg.durable, sizeof(cfg.durable), "notdb");
+    jl_projector *p = NULL;
+    jl_status s = jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err));
+    ck_assert_msg(s != JL_OK && p == NULL, "opened: %s", jl_status_str(s));
+    ck_assert_msg(strstr(err, path) != NULL && strstr(err, "not a database") != NULL, "%s", err);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    char back[sizeof(junk) + 8] = "";
+    size_t n = fread(back, 1, sizeof(back) - 1, f);
+    fclose(f);
+    back[n] = 0;
+    ck_assert_str_eq(back, junk);
+}
+END_TEST
+
 START_TEST(an_event_type_from_a_newer_version_is_unavailable_not_internal)
 {
     /* A newer replica of the service (a rolling upgrade) appended an event of a type this one
@@ -1978,6 +2010,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
+    tcase_add_test(tc, a_read_model_file_that_is_not_a_database_is_refused_and_kept);
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
