@@ -242,8 +242,10 @@ jl_status bench_vmhwm_kb(bench *b, pid_t pid, long *out_kb);
 /**
  * The projector checkpoint (jl_state.last_seq) of the read model in @p data_dir (the file named
  * by order_summary.current, else order_summary.db), read-only. 0 while it does not exist yet.
+ * @param out_updated_ns NULL, or receives when the projector committed it (jl_state.updated_at_ns,
+ *                       CLOCK_REALTIME ns; 0 with the checkpoint 0).
  */
-uint64_t bench_checkpoint(const char *data_dir);
+uint64_t bench_checkpoint(const char *data_dir, int64_t *out_updated_ns);
 
 /** Last sequence of a stream (stream info). */
 jl_status bench_stream_last_seq(bench *b, const char *stream, uint64_t *out_seq);

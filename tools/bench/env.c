@@ -363,13 +363,16 @@ jl_status bench_vmhwm_kb(bench *b, pid_t pid, long *out_kb)
     return JL_OK;
 }
 
-uint64_t bench_checkpoint(const char *data_dir)
+uint64_t bench_checkpoint(const char *data_dir, int64_t *out_updated_ns)
 {
     char ptr[PATH_MAX + 32], name[256] = "", db_path[PATH_MAX + 300];
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     uint64_t seq = 0;
     FILE *f;
+
+    if (out_updated_ns != NULL)
+        *out_updated_ns = 0;
 
     snprintf(ptr, sizeof(ptr), "%s/order_summary.current", data_dir);
     f = fopen(ptr, "r");
@@ -387,10 +390,13 @@ uint64_t bench_checkpoint(const char *data_dir)
     /* Read-only, and no statement left open: the projector's writes must not wait on us. */
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
         sqlite3_busy_timeout(db, 1000);
-        if (sqlite3_prepare_v2(db, "SELECT last_seq FROM jl_state WHERE id = 1", -1, &st, NULL) ==
-                SQLITE_OK &&
-            sqlite3_step(st) == SQLITE_ROW)
+        if (sqlite3_prepare_v2(db, "SELECT last_seq, updated_at_ns FROM jl_state WHERE id = 1", -1,
+                               &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
             seq = (uint64_t)sqlite3_column_int64(st, 0);
+            if (out_updated_ns != NULL)
+                *out_updated_ns = sqlite3_column_int64(st, 1);
+        }
         sqlite3_finalize(st);
     }
     sqlite3_close(db);

@@ -356,7 +356,7 @@ jl_status bench_wait_checkpoint(bench *b, const char *data_dir, uint64_t seq, in
     int64_t deadline = bench_now_ns() + (int64_t)timeout_s * 1000000000LL;
     uint64_t at = 0;
     for (;;) {
-        at = bench_checkpoint(data_dir);
+        at = bench_checkpoint(data_dir, NULL);
         if (at >= seq)
             return JL_OK;
         if (bench_stopping())

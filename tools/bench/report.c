@@ -427,5 +427,35 @@ int bench_sanity(const bench *b)
                 (unsigned long long)b->failed_commands);
         problems++;
     }
+    /* A percentile of fewer samples than asked for is of another measurement. */
+    const struct {
+        const char *name;
+        const bench_series *s;
+        long want;
+    } series[] = {
+        {"command latency", &b->lat_cmd, b->o.lat_samples},
+        {"command latency (raw)", &b->lat_cmd_raw, b->o.lat_samples},
+        {"read-your-writes", &b->lat_ryw, b->o.ryw_samples},
+        {"read-your-writes (raw)", &b->lat_ryw_raw, b->o.ryw_samples},
+        {"aggregate length (long)", &b->lat_long, b->o.long_samples},
+        {"aggregate length (fresh)", &b->lat_fresh, b->o.long_samples},
+    };
+    for (size_t i = 0; i < sizeof(series) / sizeof(series[0]); i++) {
+        if (series[i].s->n > 0 && (long)series[i].s->n != series[i].want) {
+            fprintf(stderr, "sanity: %s has %zu samples, %ld were asked for\n", series[i].name,
+                    series[i].s->n, series[i].want);
+            problems++;
+        }
+    }
+    /* A pipeline faster than the raw limit it is built on means the limit is not one. Not a
+     * failure (noise on a short run can do it): a warning, in the output. */
+    for (size_t i = 0; i < b->n_figs; i++) {
+        const bench_figure *f = &b->figs[i];
+        bool higher_better =
+            strstr(f->name, "throughput") != NULL || strstr(f->name, "catch-up") != NULL;
+        if (f->has_ratio && isfinite(f->ratio) && higher_better && f->ratio > 1.05)
+            fprintf(stderr, "warning: %s is %.2f x its raw limit: the limit may be understated\n",
+                    f->name, f->ratio);
+    }
     return problems;
 }
