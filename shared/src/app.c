@@ -48,17 +48,16 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
         unlink(ready_path);
 }
 
-/* Request the stop: called with stop_mu held, which it releases before the service's own stop
- * function runs. */
+/* Request the stop: called with stop_mu held, which it releases. The service's stop function
+ * runs under it, so that it never runs on what main() has freed once it cleared stop_fn (it is
+ * a flag store: jl_projector_stop). */
 static void stop_locked(void)
 {
     stop_requested = true;
     pthread_cond_broadcast(&stop_cv);
-    void (*fn)(void *) = stop_fn;
-    void *cl = stop_closure;
+    if (stop_fn != NULL)
+        stop_fn(stop_closure);
     pthread_mutex_unlock(&stop_mu);
-    if (fn != NULL)
-        fn(cl);
 }
 
 static void *signal_thread(void *arg)
@@ -131,14 +130,28 @@ void jl_app_wait_for_stop(void)
  * connection would answer nothing while it still looked ready: it stops instead, not ready,
  * with status 1, for its supervisor to start it again.
  */
+typedef struct watched {
+    jl_conn *conn;
+    jl_producer *producer; /* NULL for a projector: its connection is the one above */
+} watched;
+
 static void *conn_watch(void *arg)
 {
-    natsConnection *nc = jl_conn_nats(arg);
+    const watched *w = arg;
+    natsConnection *nc = jl_conn_nats(w->conn);
     pthread_mutex_lock(&stop_mu);
     while (!stop_requested) {
         struct timespec until = jl__realtime_in(500);
         pthread_cond_timedwait(&stop_cv, &stop_mu, &until);
-        if (stop_requested || !natsConnection_IsClosed(nc))
+        if (stop_requested)
+            break;
+        /* Not under stop_mu: the connection's lock may be held by a reconnect attempt (up to
+         * its connect timeout), and a signal must not wait for that. */
+        pthread_mutex_unlock(&stop_mu);
+        bool closed = natsConnection_IsClosed(nc) ||
+                      (w->producer != NULL && jl_producer_conn_closed(w->producer));
+        pthread_mutex_lock(&stop_mu);
+        if (stop_requested || !closed)
             continue;
         conn_lost = true;
         pthread_mutex_unlock(&stop_mu);
@@ -155,10 +168,11 @@ static void *conn_watch(void *arg)
     return NULL;
 }
 
-/* Start conn_watch on @p conn; false when no thread could be made (then there is none). */
-static bool watch_start(pthread_t *t, jl_conn *conn)
+/* Start conn_watch on @p w (which outlives it); false when no thread could be made (then
+ * there is none). */
+static bool watch_start(pthread_t *t, watched *w)
 {
-    return pthread_create(t, NULL, conn_watch, conn) == 0;
+    return pthread_create(t, NULL, conn_watch, w) == 0;
 }
 
 /* Make conn_watch return (a stop is under way or done) and wait for it. */
@@ -242,7 +256,8 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     ready(true);
     pthread_t watch;
-    bool watching = watch_start(&watch, conn);
+    watched w = {.conn = conn, .producer = p};
+    bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
     ready(false);
     watch_stop(watch, watching);
@@ -291,7 +306,8 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
         jl_projector_stop(p);
     ready(true);
     pthread_t watch;
-    bool watching = watch_start(&watch, conn);
+    watched w = {.conn = conn, .producer = NULL};
+    bool watching = watch_start(&watch, &w);
     s = jl_projector_run(p);
     ready(false);
     watch_stop(watch, watching);

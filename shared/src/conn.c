@@ -208,7 +208,10 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
                  more ? ": " : "", more ? detail : "");
         /* A URL the library cannot use, or (with a credentials file) a file it cannot read a
          * user from, is a setting to correct, not a server to wait for. */
-        if (ns == NATS_INVALID_ARG || (ns == NATS_ERR && cfg->creds[0] != 0))
+        bool bad_creds = ns == NATS_ERR && cfg->creds[0] != 0 && detail != NULL &&
+                         (strstr(detail, "seed") != NULL || strstr(detail, "jwt") != NULL ||
+                          strstr(detail, "JWT") != NULL);
+        if (ns == NATS_INVALID_ARG || bad_creds)
             s = JL_ERR_INVALID;
         else if (jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT)
             s = JL_ERR_UNAVAILABLE;

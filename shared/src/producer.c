@@ -2738,6 +2738,11 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
     return true;
 }
 
+bool jl_producer_conn_closed(jl_producer *p)
+{
+    return p->bulk != NULL && natsConnection_IsClosed(jl_conn_nats(p->bulk));
+}
+
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)
 {
     pthread_mutex_lock(&p->mu);

@@ -333,39 +333,43 @@ static jl_status compare(run_ctx *c, jl_db *live_db)
 
 /*
  * A rebuild from a time switches at the live checkpoint @p target of source @p si, and the live
- * side goes on from target + 1: the rebuild must hold every event from its time up to there.
- * It does not when the first message at or after the time lies beyond target + 1 (the live
- * model has not applied the older ones before it yet, and would then apply them on top).
+ * side goes on from target + 1: nothing of the source's filter after the target may be older
+ * than the time (the live model has not applied it yet, and would then apply it on top of a
+ * model that starts later). Its first such message tells: messages are stored in time order.
  */
 static jl_status check_time_start(run_ctx *c, int si, uint64_t target)
 {
-    run_src *rs = &c->src[si];
-    bool idle = false;
-    jl_status s = JL_OK;
-    if (rs->first == 0)
-        s = apply_upto(c, si, target, 500, &idle); /* one more look: a newer one may be due */
-    uint64_t first = rs->first;
-    if (s == JL_OK && first == 0) {
-        /* None at or after the time: every message the stream holds is older. */
-        jsStreamInfo *info = NULL;
-        natsStatus ns = js_GetStreamInfo(&info, c->p->js, c->p->src[si].stream, NULL, NULL);
-        if (ns != NATS_OK) {
-            snprintf(c->err, sizeof(c->err), "cannot read stream %s: %s", c->p->src[si].stream,
-                     natsStatus_GetText(ns));
-            return jl_status_from_nats(ns);
-        }
-        first = info->State.LastSeq + 1;
-        jsStreamInfo_Destroy(info);
-    }
-    if (s != JL_OK || first <= target + 1)
+    jl__reader r;
+    natsMsg *m = NULL;
+    jsConsumerInfo *ci = NULL;
+    jsMsgMetaData *meta = NULL;
+    jl_status s = jl__reader_open(&r, c->p, si, target + 1, 0, c->err, sizeof(c->err));
+    if (s != JL_OK)
         return s;
-    snprintf(c->err, sizeof(c->err),
-             "stream %s: the first message from the given time is at sequence %" PRIu64
-             ", past the live read model's checkpoint %" PRIu64
-             " + 1 (it has not applied the older ones before it yet); run it again once the "
-             "live model has caught up",
-             c->p->src[si].stream, first, target);
-    return JL_ERR_INVALID;
+    /* Nothing pending: none at all (without waiting out a fetch). */
+    natsStatus ns = natsSubscription_GetConsumerInfo(&ci, r.sub, NULL, NULL);
+    bool none = ns == NATS_OK && ci->NumPending == 0;
+    jsConsumerInfo_Destroy(ci);
+    if (ns == NATS_OK && !none)
+        ns = jl__reader_next(&r, 1, 2000, &m);
+    if (ns == NATS_OK && m != NULL)
+        ns = natsMsg_GetMetaData(&meta, m);
+    if (ns != NATS_OK) {
+        snprintf(c->err, sizeof(c->err), "cannot read stream %s after sequence %" PRIu64 ": %s",
+                 c->p->src[si].stream, target, natsStatus_GetText(ns));
+        s = jl_status_from_nats(ns);
+    } else if (meta != NULL && meta->Timestamp < c->j->from_time_ns) {
+        snprintf(c->err, sizeof(c->err),
+                 "stream %s: the live read model has not applied sequence %" PRIu64
+                 ", older than the given time, yet (it stands at %" PRIu64
+                 "); run the rebuild again once it has caught up",
+                 c->p->src[si].stream, meta->Sequence.Stream, target);
+        s = JL_ERR_INVALID;
+    }
+    jsMsgMetaData_Destroy(meta);
+    natsMsg_Destroy(m);
+    jl__reader_close(&r);
+    return s;
 }
 
 static jl_status subscribe(run_ctx *c, int si)
@@ -652,10 +656,19 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
      * model would lack what they built, and replace the one that has it. */
     for (int i = 0; from_seq == 0 && from_time_ns == 0 && i < p->n_src; i++) {
         uint64_t fi = i == 0 ? first : 0;
-        if (i > 0 && js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, NULL) == NATS_OK) {
-            fi = si->State.FirstSeq;
-            jsStreamInfo_Destroy(si);
-            si = NULL;
+        if (i > 0) {
+            /* Unread is not untrimmed: no start then (a version rebuild tries again). */
+            jerr = 0;
+            ns = js_GetStreamInfo(&si, p->js, p->src[i].stream, NULL, &jerr);
+            if (ns == NATS_OK) {
+                fi = si->State.FirstSeq;
+                jsStreamInfo_Destroy(si);
+                si = NULL;
+            } else if (jerr != JSStreamNotFoundErr) {
+                snprintf(err, errlen, "cannot read stream %s: %s", p->src[i].stream,
+                         natsStatus_GetText(ns));
+                return jl_status_from_nats(ns);
+            }
         }
         if (fi <= 1)
             continue;

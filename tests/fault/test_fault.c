@@ -641,7 +641,7 @@ START_TEST(projector_killed_mid_batch_matches_the_stream)
     static const int after[] = {5, 20};
     for (int round = 0; round < 2; round++) {
         wait_accepted(150);
-        svc_stop(proj, SIGTERM);
+        ck_assert_int_eq(svc_stop(proj, SIGTERM), 0); /* a graceful stop, then the fault */
         proj->fault = "apply.before_commit";
         proj->fault_after = after[round];
         svc_spawn(proj);

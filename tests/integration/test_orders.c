@@ -1869,7 +1869,7 @@ START_TEST(commands_behind_a_failed_read_are_answered_without_another_read)
     jl_reply_init(&r);
     ck_assert_int_eq(create_order(env.conn, "unread", id, NULL), JL_CODE_OK);
     jl_config cfg = env.cfg;
-    cfg.request_timeout_ms = 500;
+    cfg.request_timeout_ms = 3000; /* time for all three to be taken before the read fails */
     char err[512] = "";
     jl_producer *p = NULL;
     ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,

@@ -21,18 +21,20 @@
 static volatile sig_atomic_t interrupted;
 
 static volatile sig_atomic_t first_sig;
-static volatile time_t first_at;
+static volatile int64_t first_at_ms;
 
 static void on_signal(int sig)
 {
     /* One SIGTERM sent twice (`timeout` and some supervisors signal the process, then its
      * group) is one request to cancel, not a second one to stop waiting for it. */
-    time_t now = time(NULL); /* async-signal-safe */
-    if (interrupted > 0 && sig == SIGTERM && first_sig == SIGTERM && now - first_at <= 1)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* async-signal-safe */
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (interrupted > 0 && sig == SIGTERM && first_sig == SIGTERM && now - first_at_ms < 1000)
         return;
     if (interrupted == 0) {
         first_sig = sig;
-        first_at = now;
+        first_at_ms = now;
     }
     interrupted = interrupted + 1;
 }
@@ -293,6 +295,8 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT); /* one handler at a time: the count and the first signal */
+    sigaddset(&sa.sa_mask, SIGTERM);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 

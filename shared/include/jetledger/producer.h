@@ -148,6 +148,14 @@ typedef struct jl_producer_stats {
 /** Copy the counters. Thread-safe. */
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out);
 
+/**
+ * True when the producer's own second connection (the one bursts are written on) was closed
+ * for good by the client library (credentials refused twice), which leaves the producer unable
+ * to answer bursts. The connection given to jl_producer_open() is the caller's to watch.
+ * Thread-safe.
+ */
+bool jl_producer_conn_closed(jl_producer *p);
+
 /** Answer a GetHistory or GetState request body (as the subscription does). Thread-safe. */
 void jl_producer_query(jl_producer *p, const char *query, const void *data, size_t len,
                        jl_reply *out);
