@@ -123,6 +123,11 @@ void jl_app_wait_for_stop(void)
     pthread_mutex_unlock(&stop_mu);
 }
 
+typedef struct watched {
+    jl_conn *conn;
+    jl_producer *producer; /* NULL for a projector: its connection is the one above */
+} watched;
+
 /*
  * Watches the connection while the service runs. It reconnects forever, except where the client
  * library closes it for good (the server refused its credentials twice: a rotated or expired
@@ -130,11 +135,6 @@ void jl_app_wait_for_stop(void)
  * connection would answer nothing while it still looked ready: it stops instead, not ready,
  * with status 1, for its supervisor to start it again.
  */
-typedef struct watched {
-    jl_conn *conn;
-    jl_producer *producer; /* NULL for a projector: its connection is the one above */
-} watched;
-
 static void *conn_watch(void *arg)
 {
     const watched *w = arg;

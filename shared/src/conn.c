@@ -1,6 +1,7 @@
 #include "jetledger/conn.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -91,6 +92,33 @@ static int split_urls(char *list, const char *urls[MAX_SERVERS])
     return n;
 }
 
+static jl_status parse_host_port(const char *url, char *host, size_t hostlen, char *port,
+                                 size_t portlen);
+
+/* Whether server URL @p u can be used: a nats:// or tls:// scheme (or none) and, if given, a
+ * port 1-65535. Else why not in @p why: the client library would only say "no server". */
+static bool url_usable(const char *u, char *why, size_t n)
+{
+    char host[256], port[16];
+    const char *sep = strstr(u, "://");
+    if (sep != NULL && !((sep - u == 4 && strncasecmp(u, "nats", 4) == 0) ||
+                         (sep - u == 3 && strncasecmp(u, "tls", 3) == 0))) {
+        snprintf(why, n, "server URL '%.200s' has a scheme other than nats:// or tls://", u);
+        return false;
+    }
+    if (parse_host_port(u, host, sizeof(host), port, sizeof(port)) != JL_OK) {
+        snprintf(why, n, "server URL '%.200s' names no host", u);
+        return false;
+    }
+    char *end = NULL;
+    long v = strtol(port, &end, 10);
+    if (port[0] == 0 || *end != 0 || v < 1 || v > 65535) {
+        snprintf(why, n, "server URL '%.200s' has no port 1-65535", u);
+        return false;
+    }
+    return true;
+}
+
 /* Once per process, before the first connection: the client library spins up to 2,000 times on
  * a busy mutex before it blocks, which on a small machine takes the time the holder needs
  * (measured: 12% of a producer's CPU with many threads; throughput up without it). */
@@ -129,6 +157,12 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
                  MAX_SERVERS);
         s = JL_ERR_INVALID;
         goto done;
+    }
+    for (int i = 0; i < nurls; i++) {
+        if (!url_usable(urls[i], err, errlen)) {
+            s = JL_ERR_INVALID;
+            goto done;
+        }
     }
     ns = natsOptions_Create(&opts);
     if (ns == NATS_OK)
@@ -189,12 +223,20 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     }
 
     int64_t deadline = nats_Now() + connect_wait_ms;
-    for (;;) {
+    for (int attempt = 0;; attempt++) {
         ns = natsConnection_Connect(&c->nc, opts);
         if (ns == NATS_OK || nats_Now() >= deadline)
             break;
         if (ns != NATS_NO_SERVER && ns != NATS_TIMEOUT && ns != NATS_IO_ERROR)
             break;
+        if (attempt == 0 && connect_wait_ms >= 5000) {
+            /* A service waits for NATS to come up: say so at once, not only when it gives up. */
+            char e1[600];
+            jl_log(JL_LOG_WARN, "waiting for NATS",
+                   "\"url\":\"%s\",\"error\":\"%s\",\"retrying_for_s\":%" PRId64,
+                   jl_log_str(e1, sizeof(e1), cfg->nats_url), natsStatus_GetText(ns),
+                   connect_wait_ms / 1000);
+        }
         nats_Sleep(250);
     }
     if (ns != NATS_OK) {

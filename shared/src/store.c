@@ -60,8 +60,12 @@ static jl_status fail_into(char *err, size_t errlen, const char *what, natsStatu
                            jsErrCode jerr)
 {
     const char *detail = nats_GetLastError(NULL);
-    snprintf(err, errlen, "%s: %s (JetStream error %d)%s%s", what, natsStatus_GetText(ns),
-             (int)jerr, detail && *detail ? ": " : "", detail ? detail : "");
+    /* Without JetStream nothing answers its API subjects: "no responders" alone misleads. */
+    bool js_off =
+        ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
+    snprintf(err, errlen, "%s: %s (JetStream error %d)%s%s%s", what, natsStatus_GetText(ns),
+             (int)jerr, detail && *detail ? ": " : "", detail ? detail : "",
+             js_off ? "; is JetStream enabled on the server (nats-server -js)?" : "");
     return jl_status_from_nats(ns);
 }
 

@@ -814,6 +814,7 @@ START_TEST(partitioned_node_heals_and_nothing_is_lost)
     char err[1024];
     int other = (victim + 1) % NODES;
     snprintf(sc.nats_url, sizeof(sc.nats_url), "nats://127.0.0.1:%d", cl.client_port[other]);
+    sc.request_timeout_ms = 1000; /* polled: a short wait per look gives the time to a second */
     ck_assert_int_eq(jl_conn_open(&side, &sc, "fault-observer", 10000, err, sizeof(err)), JL_OK);
     partition(victim); /* the stream's leader: the worst node to lose */
     int64_t cut_at = tnow_ms();

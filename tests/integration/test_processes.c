@@ -1259,9 +1259,13 @@ START_TEST(cli_round_trip_and_exit_codes)
 
     /* A URL the client cannot use, or a credentials file without a user in it: settings to
      * correct (2), not a server to wait for (3). */
-    CLI(r, "nats://127.0.0.1:notaport", "status");
-    ASSERT_CLI(r, 2);
-    ck_assert_msg(strstr(r->err, "notaport") != NULL, "%s", r->err);
+    const char *bad_urls[] = {"nats://127.0.0.1:notaport", "bogus://127.0.0.1:4222",
+                              "nats://127.0.0.1:99999", "nats://127.0.0.1:4222,http://x:1"};
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        CLI(r, bad_urls[i], "status");
+        ASSERT_CLI(r, 2);
+        ck_assert_msg(strstr(r->err, "server URL") != NULL, "%s: %s", bad_urls[i], r->err);
+    }
     char junk_creds[700];
     snprintf(junk_creds, sizeof(junk_creds), "%s/junk.creds", env.dir);
     FILE *jf = fopen(junk_creds, "w");
@@ -1270,6 +1274,13 @@ START_TEST(cli_round_trip_and_exit_codes)
     fclose(jf);
     CLI(r, url, "status", "--creds", junk_creds);
     ASSERT_CLI(r, 2);
+
+    CLI(r, url, "events", "nobody");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "there is no stream NOBODY") != NULL, "%s", r->err);
+    CLI(r, url, "events", "orders", "--from-seq", "999999");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->err, "nothing from sequence 999999 on") != NULL, "%s", r->err);
 
     CLI(r, url, "query", "nobody", "GetOrder", "{}");
     ASSERT_CLI(r, 3);

@@ -90,6 +90,10 @@ int cli_events(cli_ctx *ctx)
             rc = CLI_USAGE;
             goto done;
         }
+        if (ctx->opts.from_seq > si->State.LastSeq)
+            cli_error("note: %s ends at sequence %" PRIu64 ": nothing from sequence %" PRIu64
+                      " on (yet)",
+                      stream, si->State.LastSeq, ctx->opts.from_seq);
         jsStreamInfo_Destroy(si);
     }
     /* An ordered consumer: no server state left behind, fastest way to read a stream. */
@@ -112,7 +116,11 @@ int cli_events(cli_ctx *ctx)
         else
             cli_error("cannot read %s: %s (JetStream error %d)", stream, natsStatus_GetText(ns),
                       (int)jerr);
-        rc = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS ? CLI_UNAVAILABLE : CLI_FAILED;
+        /* No stream: no such service (reachable, as history and state say it), exit 3 too. */
+        rc = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || jerr == JSStreamNotFoundErr ||
+                     ns == NATS_NOT_FOUND
+                 ? CLI_UNAVAILABLE
+                 : CLI_FAILED;
         goto done;
     }
     ns = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr);
