@@ -60,12 +60,40 @@ static void on_disconnected(natsConnection *nc, void *closure)
     jl_log(JL_LOG_WARN, "nats disconnected", NULL);
 }
 
+/* @p in (one URL or a comma-separated list) with each user:password@ written "***@", into
+ * @p out: what is logged or said of a URL never shows a password. Returns @p out. */
+static const char *redact(const char *in, char *out, size_t n)
+{
+    size_t o = 0;
+    for (const char *tok = in; *tok != 0 && o + 1 < n;) {
+        size_t len = strcspn(tok, ",");
+        const char *scheme = strstr(tok, "://");
+        const char *from = scheme != NULL && scheme < tok + len ? scheme + 3 : tok;
+        const char *at = NULL;
+        for (const char *q = from; q < tok + len; q++)
+            if (*q == '@')
+                at = q;
+        int w = at != NULL ? snprintf(out + o, n - o, "%.*s***%.*s", (int)(from - tok), tok,
+                                      (int)(tok + len - at), at)
+                           : snprintf(out + o, n - o, "%.*s", (int)len, tok);
+        o = w < 0 ? o : (o + (size_t)w < n ? o + (size_t)w : n - 1);
+        tok += len;
+        if (*tok == ',' && o + 1 < n) {
+            out[o++] = ',';
+            tok++;
+        }
+    }
+    out[o < n ? o : n - 1] = 0;
+    return out;
+}
+
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)closure;
-    char url[256] = "", esc[300];
+    char url[256] = "", safe[256], esc[300];
     natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-    jl_log(JL_LOG_INFO, "nats reconnected", "\"url\":\"%s\"", jl_log_str(esc, sizeof(esc), url));
+    jl_log(JL_LOG_INFO, "nats reconnected", "\"url\":\"%s\"",
+           jl_log_str(esc, sizeof(esc), redact(url, safe, sizeof(safe))));
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -92,28 +120,56 @@ static int split_urls(char *list, const char *urls[MAX_SERVERS])
     return n;
 }
 
+/* Split @p url into host (may be empty) and port ("4222" when none or empty), as nats.c reads
+ * it. JL_ERR_INVALID only for an unclosed '['. */
 static jl_status parse_host_port(const char *url, char *host, size_t hostlen, char *port,
-                                 size_t portlen);
+                                 size_t portlen)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    const char *at = strrchr(p, '@'); /* the last: a password may hold one (as nats.c reads it) */
+    if (at != NULL)
+        p = at + 1;
+    const char *end = p + strcspn(p, "/?");
+    const char *colon = NULL;
+    if (*p == '[') { /* [ipv6]:port */
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (rb == NULL)
+            return JL_ERR_INVALID;
+        snprintf(host, hostlen, "%.*s", (int)(rb - p - 1), p + 1);
+        colon = (rb + 1 < end && rb[1] == ':') ? rb + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        snprintf(host, hostlen, "%.*s", (int)((colon ? colon : end) - p), p);
+    }
+    if (colon != NULL && colon + 1 < end)
+        snprintf(port, portlen, "%.*s", (int)(end - colon - 1), colon + 1);
+    else
+        snprintf(port, portlen, "4222"); /* none, or empty: the default, as nats.c */
+    return JL_OK;                        /* the host may be empty (nats.c then uses localhost) */
+}
 
-/* Whether server URL @p u can be used: a nats:// or tls:// scheme (or none) and, if given, a
- * port 1-65535. Else why not in @p why: the client library would only say "no server". */
+/* Whether server URL @p u can be used: a nats:// or tls:// scheme (or none) and, if a port is
+ * given, 1-65535 (an empty host or port is nats.c's default). Else why not in @p why: the client
+ * library would only say "no server". */
 static bool url_usable(const char *u, char *why, size_t n)
 {
-    char host[256], port[16];
+    char host[256], port[16], safe[256];
     const char *sep = strstr(u, "://");
     if (sep != NULL && !((sep - u == 4 && strncasecmp(u, "nats", 4) == 0) ||
                          (sep - u == 3 && strncasecmp(u, "tls", 3) == 0))) {
-        snprintf(why, n, "server URL '%.200s' has a scheme other than nats:// or tls://", u);
+        snprintf(why, n, "server URL '%.200s' has a scheme other than nats:// or tls://",
+                 redact(u, safe, sizeof(safe)));
         return false;
     }
     if (parse_host_port(u, host, sizeof(host), port, sizeof(port)) != JL_OK) {
-        snprintf(why, n, "server URL '%.200s' names no host", u);
+        snprintf(why, n, "server URL '%.200s' cannot be read", redact(u, safe, sizeof(safe)));
         return false;
     }
     char *end = NULL;
     long v = strtol(port, &end, 10);
-    if (port[0] == 0 || *end != 0 || v < 1 || v > 65535) {
-        snprintf(why, n, "server URL '%.200s' has no port 1-65535", u);
+    if (port[0] < '0' || port[0] > '9' || *end != 0 || v < 1 || v > 65535) {
+        snprintf(why, n, "server URL '%.200s' has no port 1-65535", redact(u, safe, sizeof(safe)));
         return false;
     }
     return true;
@@ -140,7 +196,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     natsStatus ns = NATS_OK;
     natsOptions *opts = NULL;
     jl_conn *c = calloc(1, sizeof(*c));
-    char list[sizeof(cfg->nats_url)];
+    char list[sizeof(cfg->nats_url)], safe_urls[sizeof(cfg->nats_url)];
     const char *urls[MAX_SERVERS];
     int nurls = 0;
 
@@ -216,8 +272,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         }
     }
     if (ns != NATS_OK) {
-        snprintf(err, errlen, "bad NATS options (NATS_URL '%s'?): %s", cfg->nats_url,
-                 natsStatus_GetText(ns));
+        snprintf(err, errlen, "bad NATS options (NATS_URL '%s'?): %s",
+                 redact(cfg->nats_url, safe_urls, sizeof(safe_urls)), natsStatus_GetText(ns));
         s = JL_ERR_INVALID;
         goto done;
     }
@@ -234,8 +290,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
             char e1[600];
             jl_log(JL_LOG_WARN, "waiting for NATS",
                    "\"url\":\"%s\",\"error\":\"%s\",\"retrying_for_s\":%" PRId64,
-                   jl_log_str(e1, sizeof(e1), cfg->nats_url), natsStatus_GetText(ns),
-                   connect_wait_ms / 1000);
+                   jl_log_str(e1, sizeof(e1), redact(cfg->nats_url, safe_urls, sizeof(safe_urls))),
+                   natsStatus_GetText(ns), connect_wait_ms / 1000);
         }
         nats_Sleep(250);
     }
@@ -246,8 +302,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         if (detail != NULL && detail[0] == '(' && strstr(detail, "): ") != NULL)
             detail = strstr(detail, "): ") + 3; /* drop "(conn.c:123): " */
         bool more = detail != NULL && *detail != 0 && strcmp(detail, text) != 0;
-        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s", cfg->nats_url, text,
-                 more ? ": " : "", more ? detail : "");
+        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s",
+                 redact(cfg->nats_url, safe_urls, sizeof(safe_urls)), text, more ? ": " : "",
+                 more ? detail : "");
         /* A URL the library cannot use, or (with a credentials file) a file it cannot read a
          * user from, is a setting to correct, not a server to wait for. */
         bool bad_creds = ns == NATS_ERR && cfg->creds[0] != 0 && detail != NULL &&
@@ -279,7 +336,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     char e1[300];
     char e2[80];
     jl_log(JL_LOG_INFO, "connected", "\"url\":\"%s\",\"server_version\":\"%s\",\"batch_writes\":%s",
-           jl_log_str(e1, sizeof(e1), url), jl_log_str(e2, sizeof(e2), c->version),
+           jl_log_str(e1, sizeof(e1), redact(url, safe_urls, sizeof(safe_urls))),
+           jl_log_str(e2, sizeof(e2), c->version),
            (flags & JL_CONN_BATCH_WRITES) ? "true" : "false");
 
 done:
@@ -357,33 +415,6 @@ bool jl_version_at_least(const char *v, const char *min)
     return v != NULL && *v != 0 && version_cmp(v, min) >= 0;
 }
 
-static jl_status parse_host_port(const char *url, char *host, size_t hostlen, char *port,
-                                 size_t portlen)
-{
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    const char *at = strchr(p, '@');
-    if (at != NULL)
-        p = at + 1;
-    const char *end = p + strcspn(p, "/?");
-    const char *colon = NULL;
-    if (*p == '[') { /* [ipv6]:port */
-        const char *rb = memchr(p, ']', (size_t)(end - p));
-        if (rb == NULL)
-            return JL_ERR_INVALID;
-        snprintf(host, hostlen, "%.*s", (int)(rb - p - 1), p + 1);
-        colon = (rb + 1 < end && rb[1] == ':') ? rb + 1 : NULL;
-    } else {
-        colon = memchr(p, ':', (size_t)(end - p));
-        snprintf(host, hostlen, "%.*s", (int)((colon ? colon : end) - p), p);
-    }
-    if (colon != NULL)
-        snprintf(port, portlen, "%.*s", (int)(end - colon - 1), colon + 1);
-    else
-        snprintf(port, portlen, "4222");
-    return host[0] != 0 ? JL_OK : JL_ERR_INVALID;
-}
-
 /* Read the server's INFO line at address @p ai into @p buf (n bytes), by @p deadline (ms). */
 static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, size_t n)
 {
@@ -429,7 +460,7 @@ jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, si
     struct addrinfo hints, *res = NULL;
     char buf[4096];
 
-    if (parse_host_port(url, host, sizeof(host), port, sizeof(port)) != JL_OK)
+    if (parse_host_port(url, host, sizeof(host), port, sizeof(port)) != JL_OK || host[0] == 0)
         return JL_ERR_INVALID;
     memset(&hints, 0, sizeof(hints));
     hints.ai_socktype = SOCK_STREAM;
@@ -477,7 +508,7 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
     if (c->version[0] == 0) {
         /* Not read at connect (a busy server, a cluster forming): once more, then "not now",
          * never "too old" for want of an answer. */
-        char url[256] = "";
+        char url[256] = "", safe[256];
         natsConnection_GetConnectedUrl(c->nc, url, sizeof(url));
         if (jl_server_version_probe(url, (int)c->timeout_ms, c->version, sizeof(c->version)) !=
             JL_OK) {
@@ -485,7 +516,7 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
             snprintf(err, errlen,
                      "cannot read the version of the NATS server at %s, needed for a stream with "
                      "%d replicas (older than %s is refused)",
-                     url, replicas, JL_MIN_CLUSTER_SERVER_VERSION);
+                     redact(url, safe, sizeof(safe)), replicas, JL_MIN_CLUSTER_SERVER_VERSION);
             return JL_ERR_UNAVAILABLE;
         }
     }
@@ -500,14 +531,15 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
     if (natsConnection_GetServers(c->nc, &servers, &count) != NATS_OK)
         return JL_OK; /* the connected server passed; the others are checked when reached */
     for (int i = 0; i < count && s == JL_OK; i++) {
-        char v[32];
+        char v[32], safe[256];
         if (jl_server_version_probe(servers[i], 1000, v, sizeof(v)) != JL_OK)
             continue;
         if (!jl_version_at_least(v, JL_MIN_CLUSTER_SERVER_VERSION)) {
             snprintf(err, errlen,
                      "refusing a stream with %d replicas: NATS server %s is version %s, older "
                      "than %s (racing writers could both win); upgrade every server",
-                     replicas, servers[i], v, JL_MIN_CLUSTER_SERVER_VERSION);
+                     replicas, redact(servers[i], safe, sizeof(safe)), v,
+                     JL_MIN_CLUSTER_SERVER_VERSION);
             s = JL_ERR_VERSION;
         }
     }

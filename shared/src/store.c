@@ -65,7 +65,9 @@ static jl_status fail_into(char *err, size_t errlen, const char *what, natsStatu
         ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
     snprintf(err, errlen, "%s: %s (JetStream error %d)%s%s%s", what, natsStatus_GetText(ns),
              (int)jerr, detail && *detail ? ": " : "", detail ? detail : "",
-             js_off ? "; is JetStream enabled on the server (nats-server -js)?" : "");
+             js_off ? "; nothing answered: JetStream off on the server (nats-server -js), or no "
+                      "server of the stream reachable"
+                    : "");
     return jl_status_from_nats(ns);
 }
 

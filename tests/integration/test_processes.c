@@ -1260,12 +1260,23 @@ START_TEST(cli_round_trip_and_exit_codes)
     /* A URL the client cannot use, or a credentials file without a user in it: settings to
      * correct (2), not a server to wait for (3). */
     const char *bad_urls[] = {"nats://127.0.0.1:notaport", "bogus://127.0.0.1:4222",
-                              "nats://127.0.0.1:99999", "nats://127.0.0.1:4222,http://x:1"};
+                              "nats://127.0.0.1:99999", "nats://127.0.0.1:4222,http://x:1",
+                              "nats://ann:s3cr3t@127.0.0.1:99999"};
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         CLI(r, bad_urls[i], "status");
         ASSERT_CLI(r, 2);
         ck_assert_msg(strstr(r->err, "server URL") != NULL, "%s: %s", bad_urls[i], r->err);
+        ck_assert_msg(strstr(r->err, "s3cr3t") == NULL, "a password in: %s", r->err);
     }
+    /* What nats.c reads as a default is no error: an empty host is localhost (nothing listens
+     * on this free port: unreachable, 3, not bad usage), and a password is never shown. */
+    int free_port = 0;
+    char no_host[96];
+    ck_assert_int_eq(jl_free_port(&free_port), 0);
+    snprintf(no_host, sizeof(no_host), "nats://ann:s3cr3t@:%d", free_port);
+    CLI(r, no_host, "status");
+    ck_assert_msg(r->status == 3 && strstr(r->err, "s3cr3t") == NULL, "exit %d: %s", r->status,
+                  r->err);
     char junk_creds[700];
     snprintf(junk_creds, sizeof(junk_creds), "%s/junk.creds", env.dir);
     FILE *jf = fopen(junk_creds, "w");

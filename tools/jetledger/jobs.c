@@ -2,6 +2,7 @@
  * "<projector>.admin.*", follow its status (GetRebuildStatus every 200 ms) with a progress line
  * on stderr until it ends, and report on stdout. Ctrl-C or SIGTERM cancels the job. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -300,7 +301,15 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    /* The client library's threads are made with the signals blocked (they inherit this
+     * mask), so the handler runs on this thread only, one signal at a time. */
+    sigset_t both;
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &both, NULL);
     j.conn = cli_connect(ctx, &rc);
+    pthread_sigmask(SIG_UNBLOCK, &both, NULL);
     int64_t asked_ns = now_ns();
     if (rc == CLI_OK)
         st = admin(&j, request, start, &rc);

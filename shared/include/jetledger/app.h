@@ -41,7 +41,9 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
 /**
  * Block SIGINT and SIGTERM in every thread created afterwards (call before connecting) and start
  * a thread that calls @p on_stop(@p closure) at the first of them and exits the process with
- * status 130 at the second. @p on_stop must be thread-safe.
+ * status 130 at the second. @p on_stop must be thread-safe, and quick: it runs with the
+ * runtime's stop lock held, so it must not block nor call jl_app_* (jl_projector_stop, a flag
+ * store, is the model).
  */
 void jl_app_signals(void (*on_stop)(void *closure), void *closure);
 
