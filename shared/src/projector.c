@@ -1033,6 +1033,63 @@ static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int
 
 /* ---- reading from a point ---- */
 
+/* The stored time (Unix ns) of the message at @p seq of source @p si's stream, or of the first
+ * stored one after it before @p below; *@p out_seq gets its sequence. NATS_NOT_FOUND: none. */
+static natsStatus stored_time(jl_projector *p, int si, uint64_t seq, uint64_t below,
+                              int64_t *out_ns, uint64_t *out_seq)
+{
+    for (; seq < below; seq++) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus ns = js_GetMsg(&m, p->js, p->src[si].stream, seq, NULL, &jerr);
+        if (ns == NATS_OK) {
+            *out_ns = natsMsg_GetTime(m);
+            *out_seq = seq;
+            natsMsg_Destroy(m);
+            return NATS_OK;
+        }
+        natsMsg_Destroy(m);
+        if (ns != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
+            return ns; /* deleted (a hole) is passed over; anything else is an error */
+    }
+    return NATS_NOT_FOUND;
+}
+
+/*
+ * The first sequence of source @p si's stream stored at or after @p t (Unix ns), by a binary
+ * search over stored times (they grow with the sequence): the server's own start-by-time has
+ * been seen (nats-server 2.10.27, about one time in four under load) to start past messages
+ * after the time, and a rebuild from a time then ended "done" with none of them.
+ */
+static natsStatus seq_from_time(jl_projector *p, int si, int64_t t, uint64_t *out_seq)
+{
+    jsStreamInfo *info = NULL;
+    natsStatus ns = js_GetStreamInfo(&info, p->js, p->src[si].stream, NULL, NULL);
+    if (ns != NATS_OK)
+        return ns;
+    uint64_t lo = info->State.FirstSeq, hi = info->State.LastSeq + 1;
+    jsStreamInfo_Destroy(info);
+    if (lo == 0)
+        lo = 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2, at = 0;
+        int64_t ts = 0;
+        ns = stored_time(p, si, mid, hi, &ts, &at);
+        if (ns == NATS_NOT_FOUND) {
+            hi = mid; /* nothing stored in [mid, hi) */
+            continue;
+        }
+        if (ns != NATS_OK)
+            return ns;
+        if (ts >= t)
+            hi = at;
+        else
+            lo = at + 1;
+    }
+    *out_seq = lo;
+    return NATS_OK;
+}
+
 jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start_seq,
                           int64_t start_time_ns, char *err, size_t errlen)
 {
@@ -1050,9 +1107,15 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     so.Config.AckPolicy = js_AckNone;
     so.Config.InactiveThreshold = 60 * 1000 * NS_PER_MS; /* left behind by a crash: removed */
     if (start_time_ns != 0) {
-        so.Config.DeliverPolicy = js_DeliverByStartTime;
-        so.Config.OptStartTime = start_time_ns;
-    } else if (start_seq > 1) {
+        /* A time is made a sequence here (see seq_from_time), not by the server. */
+        natsStatus ts = seq_from_time(p, si, start_time_ns, &start_seq);
+        if (ts != NATS_OK) {
+            snprintf(err, errlen, "cannot find where stream %s reaches the time: %s",
+                     p->src[si].stream, natsStatus_GetText(ts));
+            return jl_status_from_nats(ts);
+        }
+    }
+    if (start_seq > 1) {
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
         so.Config.OptStartSeq = start_seq;
     }
