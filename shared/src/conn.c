@@ -390,6 +390,11 @@ int64_t jl_conn_timeout_ms(const jl_conn *c)
     return c->timeout_ms;
 }
 
+bool jl_js_off(natsStatus ns, jsErrCode jerr)
+{
+    return ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
+}
+
 /* Compare dotted numeric versions; a leading 'v' and any suffix ("-beta") are ignored. */
 static int version_cmp(const char *a, const char *b)
 {

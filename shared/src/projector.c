@@ -1114,6 +1114,7 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
                      p->src[si].stream, natsStatus_GetText(ts));
             return jl_status_from_nats(ts);
         }
+        r->start_seq = start_seq;
     }
     if (start_seq > 1) {
         so.Config.DeliverPolicy = js_DeliverByStartSequence;

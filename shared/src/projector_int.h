@@ -34,7 +34,7 @@ typedef struct jl__reader {
     /* To open again after a lost delivery (see jl__reader_next). */
     jl_projector *p;
     int si;
-    uint64_t start_seq;
+    uint64_t start_seq; /* where it starts; with a start time, where the stream reached it */
     int64_t start_time_ns;
     uint64_t next_cseq; /* consumer sequence the next delivery must carry */
     uint64_t last_seq;  /* stream sequence of the last message handed out (0: none yet) */

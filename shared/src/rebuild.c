@@ -149,7 +149,6 @@ typedef struct run_src {
     uint64_t checkpoint;
     uint64_t applied; /* messages */
     uint64_t total;   /* messages to apply (grows while new ones arrive) */
-    uint64_t first;   /* sequence of the first message read (0: none yet) */
 } run_src;
 
 typedef struct run_ctx {
@@ -219,8 +218,6 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             natsMsg_Destroy(m);
             continue;
         }
-        if (rs->first == 0)
-            rs->first = seq;
         if (seq > target) {
             /* Beyond the target: keep it for when the target moves. Read in order, nothing at
              * or below the target is left to come (what the stream no longer holds, removed
@@ -339,6 +336,10 @@ static jl_status compare(run_ctx *c, jl_db *live_db)
  */
 static jl_status check_time_start(run_ctx *c, int si, uint64_t target)
 {
+    /* The job's reader starts where the stream reached the time: at or before target + 1,
+     * everything after the target is from the time on, and nothing needs reading. */
+    if (c->src[si].reader.start_seq != 0 && c->src[si].reader.start_seq <= target + 1)
+        return JL_OK;
     jl__reader r;
     natsMsg *m = NULL;
     jsConsumerInfo *ci = NULL;

@@ -60,9 +60,8 @@ static jl_status fail_into(char *err, size_t errlen, const char *what, natsStatu
                            jsErrCode jerr)
 {
     const char *detail = nats_GetLastError(NULL);
-    /* Without JetStream nothing answers its API subjects: "no responders" alone misleads. */
-    bool js_off =
-        ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
+    /* "No responders" alone misleads: say what it can mean. */
+    bool js_off = jl_js_off(ns, jerr);
     snprintf(err, errlen, "%s: %s (JetStream error %d)%s%s%s", what, natsStatus_GetText(ns),
              (int)jerr, detail && *detail ? ": " : "", detail ? detail : "",
              js_off ? "; nothing answered: JetStream off on the server (nats-server -js), or no "

@@ -123,6 +123,18 @@ static void wait_in_progress(jl_producer *p, uint64_t n)
     }
 }
 
+/* A projector named @p name (its data dir and durable) that applied the stream up to @p seq in
+ * batches of @p batch, parking @p dead events; the path of its database in @p path. */
+static jl_projector *projector_at(const char *name, int batch, uint64_t seq, uint64_t dead,
+                                  char *path, size_t n)
+{
+    jl_projector *p = open_projector(name, name, batch);
+    catch_up(p, seq);
+    ck_assert_uint_eq(jl_projector_dead_letters(p), dead);
+    snprintf(path, n, "%s/%s/order_summary.db", env.dir, name);
+    return p;
+}
+
 /* SIGSTOP @p pid and wait until it is stopped (see jl_proc_pause). */
 static void pause_server(pid_t pid)
 {
@@ -771,38 +783,40 @@ START_TEST(a_reader_whose_consumer_is_removed_reads_on)
 }
 END_TEST
 
-static void expect_error(const char *subject, const void *data, size_t len, jl_code code,
-                         const char *needle)
-{
-    jl_reply r;
-    jl_reply_init(&r);
-    ck_assert_int_eq(tsend_raw(env.conn, subject, data, len, &r), NATS_OK);
-    ck_assert_msg(r.code == code, "%s: code %s (%s), want %s", subject, jl_code_str(r.code),
-                  r.message, jl_code_str(code));
-    ck_assert_msg(strstr(r.message, needle) != NULL, "%s: message '%s' lacks '%s'", subject,
-                  r.message, needle);
-    jl_reply_cleanup(&r);
-}
-
-/* expect_error() for a request carrying header @p header = @p value. */
-static void expect_header_error(const char *subject, const void *data, size_t len,
-                                const char *header, const char *value, const char *needle)
+/* Request @p subject with body @p data (and, unless NULL, header @p header = @p value): the
+ * reply must carry @p code and a message containing @p needle. */
+static void expect_reply(const char *subject, const void *data, size_t len, const char *header,
+                         const char *value, jl_code code, const char *needle)
 {
     natsMsg *req = NULL, *rep = NULL;
     jl_reply r;
     jl_reply_init(&r);
     ck_assert_int_eq(natsMsg_Create(&req, subject, NULL, data, (int)len), NATS_OK);
-    ck_assert_int_eq(natsMsgHeader_Set(req, header, value), NATS_OK);
+    if (header != NULL)
+        ck_assert_int_eq(natsMsgHeader_Set(req, header, value), NATS_OK);
     ck_assert_int_eq(natsConnection_RequestMsg(&rep, jl_conn_nats(env.conn), req, 10000), NATS_OK);
     ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)),
                      JL_OK);
-    ck_assert_msg(r.code == JL_CODE_INVALID, "%s '%s': code %s (%s)", header, value,
-                  jl_code_str(r.code), r.message);
-    ck_assert_msg(strstr(r.message, needle) != NULL, "%s '%s': message '%s' lacks '%s'", header,
-                  value, r.message, needle);
+    ck_assert_msg(r.code == code, "%s %s: code %s (%s), want %s", subject, header ? value : "",
+                  jl_code_str(r.code), r.message, jl_code_str(code));
+    ck_assert_msg(strstr(r.message, needle) != NULL, "%s %s: message '%s' lacks '%s'", subject,
+                  header ? value : "", r.message, needle);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(rep);
     natsMsg_Destroy(req);
+}
+
+static void expect_error(const char *subject, const void *data, size_t len, jl_code code,
+                         const char *needle)
+{
+    expect_reply(subject, data, len, NULL, NULL, code, needle);
+}
+
+/* A good request with a bad id in header @p header: refused as invalid. */
+static void expect_header_error(const char *subject, const void *data, size_t len,
+                                const char *header, const char *value, const char *needle)
+{
+    expect_reply(subject, data, len, header, value, JL_CODE_INVALID, needle);
 }
 
 START_TEST(bad_commands_get_clear_errors_and_append_nothing)
@@ -1020,11 +1034,8 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
     natsSubscription_Destroy(inbox);
     jl_conn_close(c, 0);
 
-    jl_projector *p = open_projector("poison", "poison", 2);
-    catch_up(p, 5);
-    ck_assert_uint_eq(jl_projector_dead_letters(p), 3);
     char path[1024];
-    snprintf(path, sizeof(path), "%s/poison/order_summary.db", env.dir);
+    jl_projector *p = projector_at("poison", 2, 5, 3, path, sizeof(path));
     char *dump = tdump(path);
     ck_assert_msg(strstr(dump, "'dave'|'open'|2|10|2|") != NULL, "%s", dump);
     free(dump);
@@ -1095,11 +1106,8 @@ START_TEST(an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on)
     ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 50, &r), JL_CODE_OK); /* seq 4 */
     jl_reply_cleanup(&r);
 
-    jl_projector *p = open_projector("refused", "refused", 8); /* one batch of all four */
-    catch_up(p, 4);
-    ck_assert_uint_eq(jl_projector_dead_letters(p), 1);
     char path[1024];
-    snprintf(path, sizeof(path), "%s/refused/order_summary.db", env.dir);
+    jl_projector *p = projector_at("refused", 8, 4, 1, path, sizeof(path)); /* one batch */
     char *dump = tdump(path);
     ck_assert_msg(strstr(dump, "'erin'|'open'|3|400|3|") != NULL, "%s", dump);
     ck_assert_msg(strstr(dump, ghost) == NULL, "the refused event left rows: %s", dump);

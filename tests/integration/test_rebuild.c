@@ -143,6 +143,15 @@ static void live_on_seeded(runner *r, const char *sub, int orders, int items,
     wait_checkpoint(r->p, tstream_last_seq(env.conn, "ORDERS"));
 }
 
+/* Remove the stream's messages before @p keep_from, as its limits or an operator would. */
+static void purge_before(uint64_t keep_from)
+{
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = keep_from;
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+}
+
 /* ---- administration requests ---- */
 
 static Jetledger__RebuildStatus *admin_at(const char *instance, const char *name,
@@ -402,10 +411,7 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
     expect_refused("Rebuild", &rb.base, "in the future");
 
     /* Retention moved the first sequence: asking for an older one is refused. */
-    jsOptions o;
-    jsOptions_Init(&o);
-    o.Stream.Purge.Sequence = 5;
-    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    purge_before(5);
     rb.from_time_ns = 0;
     rb.from_seq = 2;
     expect_refused("Rebuild", &rb.base, "before the first retained sequence 5");
@@ -846,16 +852,10 @@ END_TEST
  * alone has what the lost messages built. */
 START_TEST(a_version_rebuild_on_a_trimmed_stream_keeps_the_old_model)
 {
-    ensure_stream();
-    tseed_orders(env.conn, 10, 0);
     runner live;
-    runner_start(&live, &order_summary_projector, "trim", 0);
-    wait_checkpoint(live.p, 10);
+    live_on_seeded(&live, "trim", 10, 0, 0);
     runner_stop(&live);
-    jsOptions o;
-    jsOptions_Init(&o);
-    o.Stream.Purge.Sequence = 7; /* keeps 7..10 */
-    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    purge_before(7); /* keeps 7..10 */
     ck_assert_int_eq(files_named(live.dir, "replaced"), 0);
 
     jl_projector_def v2 = order_summary_projector;

@@ -80,9 +80,6 @@ int cli_parse_time(int64_t *out_ns, const char *s, char *err, size_t errlen);
 int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
                 const char *subject, const ProtobufCMessage *msg, jl_reply *out);
 
-/** Whether a JetStream API call failed because the server (or account) has no JetStream. */
-bool cli_js_off(natsStatus ns, jsErrCode jerr);
-
 /** Whether the last cli_request() went unanswered for its whole timeout (not "nobody there"). */
 bool cli_request_timed_out(void);
 

@@ -107,20 +107,19 @@ int cli_events(cli_ctx *ctx)
     }
     natsStatus ns = js_SubscribeSync(&sub, jl_conn_js(conn), filter, NULL, &so, &jerr);
     if (ns != NATS_OK) {
-        if (cli_js_off(ns, jerr))
+        bool missing = jerr == JSStreamNotFoundErr || ns == NATS_NOT_FOUND;
+        if (jl_js_off(ns, jerr))
             cli_error("cannot read %s: nothing answers the JetStream API: JetStream is not "
                       "enabled on the server (nats-server -js), or not ready yet",
                       stream);
-        else if (jerr == JSStreamNotFoundErr || ns == NATS_NOT_FOUND)
+        else if (missing)
             cli_error("there is no stream %s: has the %s service ever run?", stream, service);
         else
             cli_error("cannot read %s: %s (JetStream error %d)", stream, natsStatus_GetText(ns),
                       (int)jerr);
         /* No stream: no such service (reachable, as history and state say it), exit 3 too. */
-        rc = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || jerr == JSStreamNotFoundErr ||
-                     ns == NATS_NOT_FOUND
-                 ? CLI_UNAVAILABLE
-                 : CLI_FAILED;
+        rc = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || missing ? CLI_UNAVAILABLE
+                                                                       : CLI_FAILED;
         goto done;
     }
     ns = natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr);

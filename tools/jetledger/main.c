@@ -71,12 +71,6 @@ void cli_error(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-bool cli_js_off(natsStatus ns, jsErrCode jerr)
-{
-    /* Without JetStream nothing answers its API subjects ("no responders"). */
-    return ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
-}
-
 void cli_stream_name(char *out, size_t n, const char *service)
 {
     size_t i = 0;

@@ -58,7 +58,7 @@ static void describe(st_all *all, char *out, size_t n, natsStatus ns, jsErrCode 
     bool unavail = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || ns == NATS_CONNECTION_CLOSED ||
                    ns == NATS_CONNECTION_DISCONNECTED || jerr == JSClusterNotAvailErr ||
                    jerr == JSStreamOfflineErr || jerr == JSConsumerOfflineErr;
-    if (cli_js_off(ns, jerr))
+    if (jl_js_off(ns, jerr))
         snprintf(out, n,
                  "nothing answers the JetStream API: JetStream is not enabled on the "
                  "server (nats-server -js), or not ready yet");

@@ -85,6 +85,12 @@ const char *jl_conn_server_version(const jl_conn *c);
 int64_t jl_conn_timeout_ms(const jl_conn *c);
 
 /**
+ * Whether a JetStream API call failed for want of JetStream: nothing answers its API subjects
+ * (no responders), or the server or account has it off.
+ */
+bool jl_js_off(natsStatus ns, jsErrCode jerr);
+
+/**
  * Refuse a stream of @p replicas replicas when a known server is older than
  * JL_MIN_CLUSTER_SERVER_VERSION. Every server the connection knows (configured and discovered)
  * is asked for its version; servers that cannot be reached are skipped. R1 always passes.
