@@ -56,6 +56,8 @@ static const key keys[] = {
         "milliseconds for JetStream calls"),
     INT("cache-size", "JL_CACHE_SIZE", cache_size, 0, 10000000,
         "aggregate states a producer keeps in memory"),
+    INT("max-commands", "JL_MAX_COMMANDS", max_commands, 1, 10000000,
+        "commands a producer holds at once; beyond, answered unavailable"),
     INT("snapshot-every", "JL_SNAPSHOT_EVERY", snapshot_every, 0, 1000000,
         "events between aggregate snapshots, 0 = none"),
     I64("rebuild-max-mb", "JL_REBUILD_MAX_MB", rebuild_max_mb, 0, 1 << 30,
@@ -81,6 +83,7 @@ void jl_config_init(jl_config *cfg)
     cfg->command_retries = 5;
     cfg->request_timeout_ms = 10000;
     cfg->cache_size = 10000;
+    cfg->max_commands = 65536;
     cfg->snapshot_every = 100;
     cfg->command_ttl_s = 7 * 24 * 3600;
     cfg->outbox_keep_s = 7 * 24 * 3600;

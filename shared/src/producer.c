@@ -19,9 +19,6 @@
 #define HISTORY_MAX 1000
 /* Appends in flight at once; more commands wait in a backlog. */
 #define JL_PRODUCER_MAX_INFLIGHT 4096
-/* Commands held at once, in flight or waiting (for their aggregate, a read, a slot): beyond it
- * a command is answered unavailable at once instead of queued without bound. */
-#define JL_PRODUCER_MAX_COMMANDS (16 * JL_PRODUCER_MAX_INFLIGHT)
 /* An append refused for no responders (no stream leader yet) is sent again this long after it
  * was sent. */
 #define JL_NO_RESPONDERS_PAUSE_MS 20
@@ -101,7 +98,11 @@ struct jl_producer {
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
     size_t n_free; /* on free_cmds: at most JL_FREE_CMDS */
-    size_t n_cmds; /* taken from cmd_new() and not freed: at most JL_PRODUCER_MAX_COMMANDS */
+    /* Commands held at once, in flight or waiting (for their aggregate, a read, a slot): beyond
+     * cfg->max_commands a command is answered unavailable at once instead of queued without
+     * bound. */
+    size_t max_cmds;
+    size_t n_cmds; /* taken from cmd_new() and not freed: at most max_cmds (+ the one refused) */
     jl_buf commit;
     jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
     jl_buf snap_state; /* the state packed for a snapshot */
@@ -907,7 +908,7 @@ static void cmd_free(jl_producer *p, cmd *c)
     c->req = NULL;
     p->n_cmds--;
     /* Kept for the next command, as many as run at once in steady state: a burst up to
-     * JL_PRODUCER_MAX_COMMANDS is given back, and so is a decision buffer grown past the
+     * max_cmds is given back, and so is a decision buffer grown past the
      * usual. */
     if (p->n_free >= JL_FREE_CMDS) {
         jl_decision_cleanup(&c->d);
@@ -1804,10 +1805,11 @@ static void submit(jl_producer *p, const request *rq)
     }
     jl_reply_reset(r);
 
-    if (p->n_cmds > JL_PRODUCER_MAX_COMMANDS) {
+    if (p->n_cmds > p->max_cmds) {
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "the producer holds %d commands, its limit; try again later",
-                       JL_PRODUCER_MAX_COMMANDS);
+                       "the producer holds %zu commands, its limit (--max-commands); try again "
+                       "later",
+                       p->max_cmds);
         p->stats.overloaded++;
         goto reject;
     }
@@ -2397,6 +2399,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
     jl_buf_init(&p->snap_state, JL_MAX_COMMIT_BYTES);
     p->scratch = calloc(1, def->state_size);
+    p->max_cmds = cfg->max_commands > 0 ? (size_t)cfg->max_commands : 65536;
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
     if (p->cache != NULL)
         jl__cache_on_evict(p->cache, on_evict, p);
@@ -2488,9 +2491,9 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     }
     jl_log(JL_LOG_INFO, "producer ready",
            "\"subject\":\"%s\",\"queue\":\"%s\",\"stream\":\"%s\",\"replicas\":%d,"
-           "\"cache_size\":%d,\"snapshot_every\":%d",
+           "\"cache_size\":%d,\"snapshot_every\":%d,\"max_commands\":%zu",
            cmd_subject, def->name, def->stream, jl_conn_replicas(conn, cfg->replicas),
-           cfg->cache_size, p->snapshots ? cfg->snapshot_every : 0);
+           cfg->cache_size, p->snapshots ? cfg->snapshot_every : 0, p->max_cmds);
 done:
     if (s != JL_OK) {
         jl_producer_close(p, 0);

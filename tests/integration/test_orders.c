@@ -1661,6 +1661,44 @@ START_TEST(closing_while_appends_find_no_stream_frees_nothing_in_use)
 }
 END_TEST
 
+/* Delete the ORDERS stream, then send @p total CreateOrder requests on @p client without
+ * waiting; returns the subscription their replies come to (caller destroys). */
+static natsSubscription *create_orders_without_stream(jl_conn *client, int total)
+{
+    natsConnection *nc = jl_conn_nats(client);
+    jsCtx *js = NULL;
+    natsSubscription *inbox = NULL;
+    ck_assert_int_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "gone-replies.>"), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(inbox, -1, -1), NATS_OK);
+    ck_assert_int_eq(js_DeleteStream(js, "ORDERS", NULL, NULL), NATS_OK);
+    jsCtx_Destroy(js);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "back";
+    size_t n = orders__create_order__pack(&m, buf);
+    for (int i = 0; i < total; i++) {
+        char reply_to[64];
+        snprintf(reply_to, sizeof(reply_to), "gone-replies.%d", i);
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "orders.cmd.CreateOrder", reply_to, buf, (int)n),
+            NATS_OK);
+    }
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    return inbox;
+}
+
+/* Another producer of the service creates the stream again, as one starting up would. */
+static void create_stream_again(void)
+{
+    jl_producer *other = NULL;
+    char err[512] = "";
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
+                      JL_OK,
+                  "second producer: %s", err);
+    jl_producer_close(other, 1000);
+}
+
 START_TEST(appends_that_find_no_stream_are_sent_again_until_it_is_back)
 {
     /* No stream for a moment (a leader not elected yet looks the same: "no responders"): every
@@ -1669,38 +1707,75 @@ START_TEST(appends_that_find_no_stream_are_sent_again_until_it_is_back)
      * others' pauses and miss its deadline: 400 x 20 ms is longer than the 5 s it has. */
     enum { TOTAL = 400 };
     jl_conn *client = tenv_connect(&env);
-    natsConnection *nc = jl_conn_nats(client);
-    jsCtx *js = NULL;
-    natsSubscription *inbox = NULL;
-    ck_assert_int_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "gone-replies.>"), NATS_OK);
-    ck_assert_int_eq(natsSubscription_SetPendingLimits(inbox, -1, -1), NATS_OK);
-    ck_assert_int_eq(js_DeleteStream(js, "ORDERS", NULL, NULL), NATS_OK);
-    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
-    uint8_t buf[128];
-    m.customer_id = "back";
-    size_t n = orders__create_order__pack(&m, buf);
-    for (int i = 0; i < TOTAL; i++) {
-        char reply_to[64];
-        snprintf(reply_to, sizeof(reply_to), "gone-replies.%d", i);
-        ck_assert_int_eq(
-            natsConnection_PublishRequest(nc, "orders.cmd.CreateOrder", reply_to, buf, (int)n),
-            NATS_OK);
-    }
-    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    natsSubscription *inbox = create_orders_without_stream(client, TOTAL);
     nats_Sleep(500);
-    /* Another producer of the service creates the stream again, as one starting up would. */
-    jl_producer *other = NULL;
-    char err[512] = "";
-    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
-                      JL_OK,
-                  "second producer: %s", err);
-    jl_producer_close(other, 1000);
+    create_stream_again();
     ck_assert_int_eq(collect_replies(inbox, TOTAL, NULL), TOTAL);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), TOTAL);
     natsSubscription_Destroy(inbox);
-    jsCtx_Destroy(js);
     jl_conn_close(client, 0);
+}
+END_TEST
+
+START_TEST(commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run)
+{
+    /* A stalled stream (here: none, every append waits for it to come back) must not make a
+     * producer hold commands without bound: past --max-commands each is answered unavailable
+     * at once, and the ones it holds are still appended once the stream is back. */
+    enum { LIMIT = 8, TOTAL = 30 };
+    char err[512] = "";
+    jl_producer_close(producer, 1000); /* requests go to this test's producer alone */
+    producer = NULL;
+    jl_config cfg = env.cfg;
+    cfg.max_commands = LIMIT;
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    jl_conn *client = tenv_connect(&env);
+    natsSubscription *inbox = create_orders_without_stream(client, TOTAL);
+    /* The first LIMIT are held (their appends find no stream, and are sent again till their
+     * 10 s deadline); every later one is refused before that. */
+    int ok = 0;
+    for (int answered = 0; answered < TOTAL; answered++) {
+        if (answered == TOTAL - LIMIT) {
+            jl_producer_stats st;
+            jl_producer_get_stats(p, &st);
+            ck_assert_uint_eq(st.overloaded, TOTAL - LIMIT);
+            ck_assert_uint_eq(st.in_progress, LIMIT);
+            create_stream_again();
+        }
+        natsMsg *msg = NULL;
+        ck_assert_msg(natsSubscription_NextMsg(&msg, inbox, 8000) == NATS_OK,
+                      "%d of %d commands answered", answered, TOTAL);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(
+            jl_reply_decode(&r, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)), JL_OK);
+        if (answered < TOTAL - LIMIT)
+            ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "its limit") != NULL,
+                          "reply %d: %s: %s", answered, jl_code_str(r.code), r.message);
+        else
+            ck_assert_msg(r.code == JL_CODE_OK, "reply %d: %s: %s", answered, jl_code_str(r.code),
+                          r.message);
+        ok += r.code == JL_CODE_OK;
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(msg);
+    }
+    ck_assert_int_eq(ok, LIMIT);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), LIMIT);
+    /* The room is given back: the next command is taken. */
+    jl_reply r;
+    jl_reply_init(&r);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t buf[128];
+    m.customer_id = "after";
+    jl_producer_handle(p, "CreateOrder", buf, orders__create_order__pack(&m, buf), NULL, NULL, NULL,
+                       &r);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
+    natsSubscription_Destroy(inbox);
+    jl_conn_close(client, 0);
+    jl_producer_close(p, 1000);
 }
 END_TEST
 
@@ -2038,6 +2113,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_long_queue_of_rejected_commands_is_answered);
     tcase_add_test(tc, closing_while_appends_find_no_stream_frees_nothing_in_use);
     tcase_add_test(tc, appends_that_find_no_stream_are_sent_again_until_it_is_back);
+    tcase_add_test(tc, commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run);
     suite_add_tcase(s, tc);
     return s;
 }
