@@ -12,6 +12,13 @@
 
 #include "orders/orders.pb-c.h"
 
+/* The orders service's caps (producers/orders/domain.h): within them an order's total, at most
+ * 50 lines * 1e6 units * 1e11 cents, fits an int64. An event past them was not written by the
+ * service, and is refused rather than allowed to overflow a sum. */
+#define MAX_QUANTITY 1000000
+#define MAX_PRICE_CENTS 100000000000LL
+#define MAX_LINES 50
+
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS orders ("
     "  order_id TEXT PRIMARY KEY,"
@@ -29,20 +36,30 @@ static const char schema[] =
     "  unit_price_cents INTEGER NOT NULL,"
     "  PRIMARY KEY (order_id, sku));";
 
+/* @p s of a statement applying @p ev: a constraint it broke refuses the event, saying why. */
+static jl_status refused(jl_db *db, jl_status s, const jl_event *ev, char *err, size_t errlen)
+{
+    if (s == JL_ERR_INVALID)
+        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
+                 jl_db_errmsg(db));
+    return s;
+}
+
+static jl_status unknown_order(const jl_event *ev, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
+    return JL_ERR_INVALID;
+}
+
 /* Run a cached statement whose parameters are already bound; @p want_change asks that it
  * touched a row (the order must exist). */
 static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, bool want_change, char *err,
                      size_t errlen)
 {
     jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0) {
-        snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
-        return JL_ERR_INVALID;
-    }
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
-                 jl_db_errmsg(db));
-    return s;
+    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0)
+        return unknown_order(ev, err, errlen);
+    return refused(db, s, ev, err, errlen);
 }
 
 static jl_status touch(jl_db *db, const jl_event *ev, const char *status, char *err, size_t n)
@@ -83,24 +100,46 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
     }
     if (d == &orders__item_added__descriptor) {
         const Orders__ItemAdded *e = (const Orders__ItemAdded *)ev->payload;
-        if (e->quantity <= 0 || e->unit_price_cents <= 0) {
+        if (e->quantity <= 0 || e->quantity > MAX_QUANTITY || e->unit_price_cents <= 0 ||
+            e->unit_price_cents > MAX_PRICE_CENTS) {
             snprintf(err, n, "ItemAdded with quantity %d and price %" PRId64, e->quantity,
                      e->unit_price_cents);
             return JL_ERR_INVALID;
         }
+        /* RETURNING tells whether the line and the order stay within the orders service's
+         * caps; past them the event is refused (rolled back and parked), so the totals below
+         * cannot overflow and stop the projection on an SQLite error. */
         st = jl_db_stmt(db, "INSERT INTO order_items (order_id, sku, quantity, unit_price_cents) "
                             "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM orders WHERE "
                             "order_id = ?1) ON CONFLICT (order_id, sku) DO UPDATE SET quantity "
                             "= quantity + excluded.quantity, unit_price_cents = "
-                            "excluded.unit_price_cents");
+                            "excluded.unit_price_cents RETURNING quantity, (SELECT count(*) "
+                            "FROM order_items WHERE order_id = ?1)");
         if (st == NULL)
             return JL_ERR_SQLITE;
         sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, e->quantity);
         sqlite3_bind_int64(st, 4, e->unit_price_cents);
-        s = run(db, st, ev, true, err, n);
-        return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
+        int rc = sqlite3_step(st);
+        sqlite3_int64 quantity = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_int64 lines = rc == SQLITE_ROW ? sqlite3_column_int64(st, 1) : 0;
+        if (rc == SQLITE_ROW)
+            rc = sqlite3_step(st);
+        s = rc == SQLITE_DONE ? JL_OK : jl_db_fail(db, rc, "statement failed");
+        sqlite3_reset(st);
+        if (s != JL_OK)
+            return refused(db, s, ev, err, n);
+        if (lines == 0)
+            return unknown_order(ev, err, n);
+        if (quantity > MAX_QUANTITY || lines > MAX_LINES) {
+            snprintf(err, n,
+                     "ItemAdded takes sku %.64s to %lld units on %lld lines, past the orders "
+                     "service's caps (%d units a line, %d lines)",
+                     e->sku, (long long)quantity, (long long)lines, MAX_QUANTITY, MAX_LINES);
+            return JL_ERR_INVALID;
+        }
+        return touch(db, ev, NULL, err, n);
     }
     if (d == &orders__item_removed__descriptor) {
         const Orders__ItemRemoved *e = (const Orders__ItemRemoved *)ev->payload;

@@ -170,6 +170,12 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what)
 jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err, size_t errlen)
 {
     jl_status s = JL_OK;
+    if (strlen(path) >= sizeof(((jl_db *)NULL)->path)) {
+        /* SQLite would open the whole path; the checkpointer and jl_db_sync() the cut one. */
+        snprintf(err, errlen, "database path of %zu bytes is too long (at most %zu)", strlen(path),
+                 sizeof(((jl_db *)NULL)->path) - 1);
+        return JL_ERR_INVALID;
+    }
     jl_db *db = calloc(1, sizeof(*db));
     if (db == NULL)
         return JL_ERR_NOMEM;
@@ -384,6 +390,9 @@ static jl_status dump_query(jl_db *db, const char *table, jl_buf *sql)
         sqlite3_free(q);
         n++;
     }
+    /* A list cut short (busy, I/O) would compare partial rows: an error, not a dump. */
+    if (s == JL_OK && rc != SQLITE_DONE)
+        s = jl_db_fail(db, rc, "cannot list columns");
     sqlite3_finalize(st);
     if (s == JL_OK) {
         /* Ordered by the row's own text: canonical whatever the table's keys. */

@@ -429,6 +429,19 @@ static void remove_leftovers(jl_projector *p)
     closedir(d);
 }
 
+/* fsync the directory @p dir, making a rename in it durable. False with errno set on failure. */
+static bool sync_dir(const char *dir)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd < 0)
+        return false;
+    bool ok = fsync(dfd) == 0;
+    int saved = errno;
+    close(dfd);
+    errno = saved;
+    return ok;
+}
+
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
                           size_t errlen)
 {
@@ -463,10 +476,11 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         jl_db_close(db);
         return JL_ERR_IO;
     }
-    int dfd = open(p->data_dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
+    if (!sync_dir(p->data_dir) && !keep_old) {
+        /* A power loss could bring the old pointer back: it must find its file. */
+        jl_log(JL_LOG_ERROR, "the switch may not survive a power loss: keeping the old file",
+               "\"dir\":\"%s\",\"error\":\"%s\"", p->data_dir, strerror(errno));
+        keep_old = true;
     }
     char old_path[1024];
     snprintf(old_path, sizeof(old_path), "%s", p->db_path);
@@ -508,9 +522,9 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
                    "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept,
                    strerror(errno));
             snprintf(kept, sizeof(kept), "%s", old_path);
-        } else if ((dfd = open(p->data_dir, O_RDONLY | O_DIRECTORY)) >= 0) {
-            fsync(dfd);
-            close(dfd);
+        } else if (!sync_dir(p->data_dir)) {
+            jl_log(JL_LOG_WARN, "the replaced read model's new name may not survive a power loss",
+                   "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
         }
     }
     jl_log(JL_LOG_INFO, "read model switched",
@@ -1698,10 +1712,16 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
     if (s == JL_OK)
         s = jl_db_begin(qdb, false);
     sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FROM jl_dead_letters") : NULL;
-    if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
-        out.count = (uint64_t)sqlite3_column_int64(st, 0);
-    if (st != NULL)
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            out.count = (uint64_t)sqlite3_column_int64(st, 0);
+        else
+            s = jl_db_fail(qdb, rc, "cannot count dead letters");
         sqlite3_reset(st);
+    }
     st = s == JL_OK ? jl_db_stmt(qdb, "SELECT stream, seq, event_index, event_id, event_type, "
                                       "subject, reason, at_ns, length(data) FROM "
                                       "jl_dead_letters ORDER BY at_ns DESC, seq DESC LIMIT ?")
@@ -1928,12 +1948,19 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     /* The sequence reached in the stream the query named (by default the first source's). */
     sqlite3_stmt *st =
         s == JL_OK ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?") : NULL;
-    if (st != NULL)
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        /* No row yet: nothing applied, sequence 0. A failed read is an error, never a 0 that
+         * a client waiting for its write would take for "not there yet". */
         sqlite3_bind_text(st, 1, p->src[si].stream, -1, SQLITE_STATIC);
-    if (st != NULL && sqlite3_step(st) == SQLITE_ROW)
-        r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);
-    if (st != NULL)
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            r->stream_seq = (uint64_t)sqlite3_column_int64(st, 0);
+        else if (rc != SQLITE_DONE)
+            s = jl_db_fail(qdb, rc, "cannot read the checkpoint");
         sqlite3_reset(st);
+    }
     if (s == JL_OK)
         s = q->handle(qdb, req, r);
     jl_db_rollback(qdb);
@@ -2091,10 +2118,16 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         src->filter = def->n_sources > 0 ? def->sources[i].filter_subject : def->filter_subject;
         /* One durable per stream and instance: "<durable>" alone, "<durable>_<STREAM>" for
          * several sources. */
-        if (p->n_src == 1)
-            snprintf(src->durable, sizeof(src->durable), "%s", base);
-        else
-            snprintf(src->durable, sizeof(src->durable), "%s_%s", base, src->stream);
+        int len = p->n_src == 1
+                      ? snprintf(src->durable, sizeof(src->durable), "%s", base)
+                      : snprintf(src->durable, sizeof(src->durable), "%s_%s", base, src->stream);
+        if (len < 0 || (size_t)len >= sizeof(src->durable)) {
+            /* Cut, two sources could share one consumer. */
+            snprintf(err, errlen, "durable %s_%s is longer than %zu characters", base, src->stream,
+                     sizeof(src->durable) - 1);
+            s = JL_ERR_INVALID;
+            goto done;
+        }
     }
     s = mkdir_p(cfg->data_dir, err, errlen);
     if (s != JL_OK)

@@ -1125,6 +1125,62 @@ START_TEST(an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on)
 }
 END_TEST
 
+/* An ItemAdded past the orders service's caps was not written by the service; applied, it
+ * could overflow an order's total, an SQLite error that would stop the projection at that
+ * event for good. It is parked instead, and the projection goes on. */
+START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
+{
+    char id[JL_UUID_LEN + 1], other[JL_UUID_LEN + 1], subject[128], sku[16];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "capped", id, NULL), JL_CODE_OK);    /* seq 1 */
+    ck_assert_int_eq(add_item(env.conn, id, "a", 1000000, 100, &r), JL_CODE_OK); /* seq 2 */
+    for (int i = 2; i <= 50; i++) { /* seq 3..51: 50 lines in all, the service's cap */
+        snprintf(sku, sizeof(sku), "s%02d", i);
+        jl_reply_reset(&r);
+        ck_assert_int_eq(add_item(env.conn, id, sku, 1, 10, &r), JL_CODE_OK);
+    }
+    jl_reply_cleanup(&r);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
+    Orders__ItemAdded ia = ORDERS__ITEM_ADDED__INIT;
+    uint8_t buf[256];
+    ia.order_id = id;
+    ia.sku = "a";
+    ia.quantity = 1; /* the line past 1,000,000 units */
+    ia.unit_price_cents = 100;
+    publish_commit(subject, id, &orders__item_added__descriptor, buf,
+                   orders__item_added__pack(&ia, buf)); /* seq 52 */
+    ia.sku = "s51";                                     /* a 51st line */
+    ia.unit_price_cents = 10;
+    publish_commit(subject, id, &orders__item_added__descriptor, buf,
+                   orders__item_added__pack(&ia, buf)); /* seq 53 */
+    ia.sku = "s02";
+    ia.unit_price_cents = 5000000000000000000LL; /* two such lines overflow a sum */
+    publish_commit(subject, id, &orders__item_added__descriptor, buf,
+                   orders__item_added__pack(&ia, buf));                         /* seq 54 */
+    ck_assert_int_eq(create_order(env.conn, "after", other, NULL), JL_CODE_OK); /* seq 55 */
+
+    char path[1024];
+    jl_projector *p = projector_at("capped", 16, 55, 3, path, sizeof(path));
+    sqlite3_stmt *st = tdb_row(path, "SELECT item_count, total_cents, (SELECT count(*) FROM "
+                                     "orders) FROM orders WHERE customer_id = 'capped'");
+    ck_assert_int_eq(sqlite3_column_int64(st, 0), 1000000 + 49);
+    ck_assert_int_eq(sqlite3_column_int64(st, 1), 100000000 + 49 * 10);
+    ck_assert_int_eq(sqlite3_column_int64(st, 2), 2);
+    tdb_done(st);
+    st = tdb_row(path, "SELECT group_concat(seq || ':' || reason, ' | ') FROM (SELECT seq, "
+                       "reason FROM jl_dead_letters ORDER BY seq)");
+    const char *reasons = (const char *)sqlite3_column_text(st, 0);
+    ck_assert_msg(
+        strstr(reasons, "52:ItemAdded takes sku a to 1000001 units on 50 lines") != NULL &&
+            strstr(reasons, "53:ItemAdded takes sku s51 to 1 units on 51 lines") != NULL &&
+            strstr(reasons, "54:ItemAdded with quantity 1 and price 5") != NULL,
+        "%s", reasons);
+    tdb_done(st);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 /* A read-model file that is not a database (a wrong file restored, a truncated copy): the
  * projector does not start on it, says which file and why, and neither removes nor replaces
  * it (it may be the only copy of something). */
@@ -2093,6 +2149,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
+    tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
     tcase_add_test(tc, a_read_model_file_that_is_not_a_database_is_refused_and_kept);
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);

@@ -30,7 +30,8 @@ typedef struct jl_db jl_db;
 
 /**
  * Open (creating if @p readonly is false) the database at @p path.
- * @return JL_OK; JL_ERR_IO when the file or its directory cannot be opened;
+ * @return JL_OK; JL_ERR_IO when the file or its directory cannot be opened; JL_ERR_INVALID
+ *         for a path of 1024 bytes or more;
  *         JL_ERR_DISK_FULL; JL_ERR_SQLITE. The reason is in @p err.
  */
 jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err, size_t errlen);
