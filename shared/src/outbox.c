@@ -12,6 +12,7 @@
  * and may be what makes room for it (a commit of another order's reservation). A row without
  * a key is a barrier: it waits for every row before it, and every row after it waits for it.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,6 +35,10 @@
 #define OUTBOX_STOP_CHECK_MS 200
 #define PRUNE_CHUNK 1000
 #define PRUNE_EVERY_NS (60 * 1000000000LL)
+/* The longest wait before a row is sent again: 5 s, longer when many orders are held "not
+ * now", so that their retries together stay near 100 a second however many are held. */
+#define OUTBOX_BACKOFF_MS 5000
+#define OUTBOX_RETRIES_PER_S 100
 
 typedef struct row {
     int64_t id;
@@ -43,6 +48,7 @@ typedef struct row {
     char correlation[128];
     char causation[128];
     char key[JL_OUTBOX_KEY_MAX + 1]; /* "": none, a barrier */
+    int64_t attempts;                /* before this one */
     void *body;
     int len;
 } row;
@@ -200,10 +206,16 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
     }
     bool ok = ns == NATS_OK &&
               jl_reply_decode(r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) == JL_OK;
+    /* A producer names the aggregate in every acceptance. An empty message (or bytes that
+     * happen to parse) decodes as "ok" with every field unset: not a reply to trust with the
+     * step, which would then never be sent again. */
+    bool odd = ok && r->code == JL_CODE_OK && r->aggregate_id[0] == 0;
+    ok = ok && !odd;
     if (!ok)
         snprintf(why, n, "%s",
-                 ns == NATS_OK ? "undecodable reply"
-                 : !gave_up    ? (ns == NATS_TIMEOUT ? "no reply in time" : natsStatus_GetText(ns))
+                 odd             ? "a reply accepting the command names no aggregate"
+                 : ns == NATS_OK ? "undecodable reply"
+                 : !gave_up ? (ns == NATS_TIMEOUT ? "no reply in time" : natsStatus_GetText(ns))
                  : atomic_load(&p->stopping) ? "stopping"
                                              : "let go for a rebuild's switch");
     *out_attempt = !ok && sent && !gave_up;
@@ -229,17 +241,42 @@ typedef enum sent {
     SENT_FAILED,  /* no reply, or the reply not recorded */
 } sent;
 
+/* Whether to log the @p attempt th attempt of a row at warn (the first ones, then ever more
+ * rarely: 1, 2, 4, 8, ...), so that a row retried for hours does not flood the log. */
+static jl_log_level retry_level(int64_t attempt)
+{
+    return attempt > 0 && (attempt & (attempt - 1)) == 0 ? JL_LOG_WARN : JL_LOG_DEBUG;
+}
+
+/* Whether row @p w still waits for a reply: one withdrawn (its order cancelled) since the
+ * batch it came in was read is not sent. True when unknown (it is then sent: the producer
+ * answers a repeated id once). */
+static bool still_pending(jl_db *db, const row *w)
+{
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT replied_at_ns IS NULL FROM jl_outbox WHERE id = ?");
+    if (st == NULL)
+        return true;
+    sqlite3_bind_int64(st, 1, w->id);
+    bool pending = sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0) != 0;
+    sqlite3_reset(st);
+    return pending;
+}
+
 /* Send row @p w and record its reply in @p db, under outbox_mu. */
 static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
 {
-    char why[128];
+    char why[128], esc[512], id[300];
     bool attempt = false;
     jl_reply_reset(r);
+    jl_log_str(id, sizeof(id), w->command_id);
+    if (!still_pending(db, w))
+        return SENT_FINAL; /* withdrawn meanwhile */
     jl__fault("outbox.before_send");
     if (!send_row(p, snd, w, r, why, sizeof(why), &attempt)) {
-        jl_log(JL_LOG_WARN, "outbox: no reply, will retry",
-               "\"command\":\"%s\",\"command_id\":\"%s\",\"error\":\"%s\"", w->command,
-               w->command_id, why);
+        jl_log(attempt ? retry_level(w->attempts + 1) : JL_LOG_DEBUG,
+               "outbox: no reply, will retry",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"attempt\":%" PRId64 ",\"error\":\"%s\"",
+               w->command, id, w->attempts + 1, why);
         /* Counted, so that a command no producer answers shows in its row. */
         sqlite3_stmt *st =
             attempt ? jl_db_stmt(db, "UPDATE jl_outbox SET reply_code = NULL, reply_message = ?, "
@@ -271,21 +308,33 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         sqlite3_bind_text(st, 3, r->message, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, w->id);
         recorded = jl_db_step_done(db, st) == JL_OK;
-    } /* unrecorded: the rows behind must not overtake it */
+    }
+    if (!recorded) {
+        /* Sent again later (the rows behind must not overtake it); the producer answers the
+         * repeated id with this same reply. */
+        jl_log(JL_LOG_ERROR, "outbox: cannot record the reply, will send the command again",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
+               w->command, id, jl_code_str(r->code),
+               jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+        return SENT_FAILED;
+    }
     if (again) {
-        jl_log(JL_LOG_WARN, "outbox: command not decided, will retry",
-               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
-               w->command_id, jl_code_str(r->code));
-        return recorded ? SENT_NOT_NOW : SENT_FAILED;
+        jl_log(retry_level(w->attempts + 1), "outbox: command not decided, will retry",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\",\"attempt\":%" PRId64,
+               w->command, id, jl_code_str(r->code), w->attempts + 1);
+        return SENT_NOT_NOW;
     }
     if (r->code != JL_CODE_OK)
-        jl_log(JL_LOG_INFO, "outbox: command refused",
-               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", w->command,
-               w->command_id, jl_code_str(r->code));
-    return recorded ? SENT_FINAL : SENT_FAILED;
+        jl_log(JL_LOG_WARN, "outbox: command refused",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
+               w->command, id, jl_code_str(r->code), jl_log_str(esc, sizeof(esc), r->message));
+    return SENT_FINAL;
 }
 
-typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
+/* How a pass ended: every row answered; more to send at once; rows of some keys held back
+ * "not now" (each waits its own backoff, the rest were sent); stopped at a row without a reply
+ * (or an unreadable outbox), which every later row waits for. */
+typedef enum pass { PASS_DONE, PASS_MORE, PASS_HELD, PASS_STOPPED } pass;
 
 /* The order keys held back: an open-addressing set of copies, as large as it needs to be (a
  * backlog may hold back thousands of orders; a cap would stop a pass at the rows that make room
@@ -293,8 +342,8 @@ typedef enum pass { PASS_DONE, PASS_MORE, PASS_FAILED } pass;
  * the keys whose time has come, not every one held. */
 typedef struct held_entry {
     char key[JL_OUTBOX_KEY_MAX + 1]; /* "" = free slot (a held key is never "") */
-    int64_t until_ns;                /* not sent again before */
-    int backoff_ms;                  /* the last wait, doubled up to 5 s */
+    int64_t until_ns;                /* jl__mono_ns(): not sent again before */
+    int backoff_ms;                  /* the last wait, doubled up to held_max_ms() */
 } held_entry;
 
 typedef struct held_set {
@@ -343,14 +392,22 @@ static bool held_put(held_set *h, const char *key, int64_t until_ns, int backoff
     return true;
 }
 
+/* The longest backoff of a held key while @p h holds as many. */
+static int held_max_ms(const held_set *h)
+{
+    size_t spread = h->n * 1000 / OUTBOX_RETRIES_PER_S;
+    return spread > OUTBOX_BACKOFF_MS ? (spread > INT32_MAX / 2 ? INT32_MAX / 2 : (int)spread)
+                                      : OUTBOX_BACKOFF_MS;
+}
+
 /* Read up to OUTBOX_BATCH rows without a final reply after row @p after, in order. Returns the
  * count, -1 when they cannot be read (logged). */
 static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
 {
     int n = 0;
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, service, command, command_id, correlation_id, "
-                                      "causation_id, body, order_key FROM jl_outbox WHERE "
-                                      "replied_at_ns IS NULL AND id > ? ORDER BY id LIMIT ?");
+                                      "causation_id, body, order_key, attempts FROM jl_outbox "
+                                      "WHERE replied_at_ns IS NULL AND id > ? ORDER BY id LIMIT ?");
     if (st == NULL)
         return -1;
     sqlite3_bind_int64(st, 1, after);
@@ -365,6 +422,7 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
         snprintf(w->correlation, sizeof(w->correlation), "%s", sqlite3_column_text(st, 4));
         snprintf(w->causation, sizeof(w->causation), "%s", sqlite3_column_text(st, 5));
         snprintf(w->key, sizeof(w->key), "%s", sqlite3_column_text(st, 7));
+        w->attempts = sqlite3_column_int64(st, 8);
         w->len = sqlite3_column_bytes(st, 6);
         w->body = malloc((size_t)w->len + 1);
         if (w->body == NULL) {
@@ -398,13 +456,15 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
     row rows[OUTBOX_BATCH];
     held_set next = {0}; /* the keys held after this pass */
     int n = 0;
-    int64_t after = 0, now = jl__now_ns();
-    bool failed = false, stop = false, moved = false, oom = false;
+    int64_t after = 0, now = jl__mono_ns();
+    /* failed: some row was not answered for good; no_reply: the pass stopped at one that got no
+     * reply (or could not be read or recorded), which every later row waits for. */
+    bool failed = false, no_reply = false, stop = false, moved = false, oom = false;
     jl_reply r;
     jl_reply_init(&r);
     do {
         if ((n = read_pending(db, after, rows)) < 0) {
-            failed = true;
+            failed = no_reply = true;
             break;
         }
         for (int i = 0; i < n && !stop && !atomic_load(&p->stopping); i++) {
@@ -421,7 +481,7 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
                 /* Its time has not come: held on, not sent. */
                 oom = !held_put(&next, w->key, was->until_ns, was->backoff_ms);
                 failed = true;
-                stop = oom;
+                stop = no_reply = oom;
                 continue;
             }
             while (atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping))
@@ -430,15 +490,16 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
             moved = p->outbox_gen != gen;
             sent got = moved ? SENT_FAILED : send_one(p, snd, db, w, &r);
             pthread_mutex_unlock(&p->outbox_mu);
+            int most = held_max_ms(held);
             int backoff =
-                was != NULL ? (was->backoff_ms * 2 > 5000 ? 5000 : was->backoff_ms * 2) : 200;
+                was != NULL ? (was->backoff_ms > most / 2 ? most : was->backoff_ms * 2) : 200;
             if (moved) {
                 stop = true; /* a rebuild switched files: read the rows again from the new one */
             } else if (got == SENT_NOT_NOW && w->key[0] != 0 &&
-                       held_put(&next, w->key, jl__now_ns() + backoff * 1000000LL, backoff)) {
+                       held_put(&next, w->key, jl__mono_ns() + backoff * 1000000LL, backoff)) {
                 failed = true;
             } else if (got != SENT_FINAL) {
-                failed = true;
+                failed = no_reply = true;
                 stop = true;
             }
         }
@@ -457,7 +518,13 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
     }
     free(held->e);
     *held = next;
-    return moved ? PASS_MORE : failed ? PASS_FAILED : n < OUTBOX_BATCH ? PASS_DONE : PASS_MORE;
+    if (oom)
+        no_reply = true; /* whole passes, backed off, until memory is there again */
+    return moved              ? PASS_MORE
+           : no_reply         ? PASS_STOPPED
+           : failed           ? PASS_HELD
+           : n < OUTBOX_BATCH ? PASS_DONE
+                              : PASS_MORE;
 }
 
 /* Answered rows are history once they are older than the keep time (by default as long as
@@ -505,6 +572,10 @@ static void *sender_thread(void *arg)
     sender snd = {0};
     held_set held = {0};
     while (!atomic_load(&p->stopping)) {
+        /* A commit from now on wakes the wait after this pass: the pass may not see its rows. */
+        pthread_mutex_lock(&p->mu);
+        p->outbox_wake = false;
+        pthread_mutex_unlock(&p->mu);
         /* The live file changes with a rebuild: follow it. */
         pthread_mutex_lock(&p->outbox_mu);
         uint64_t gen = p->outbox_gen;
@@ -523,10 +594,11 @@ static void *sender_thread(void *arg)
         }
         pthread_rwlock_unlock(&p->switch_lock);
         if (opened != JL_OK) {
-            jl_log(JL_LOG_ERROR, "outbox: cannot open the read model", "\"error\":\"%s\"", err);
+            jl_log(backoff_ms == 0 ? JL_LOG_ERROR : JL_LOG_DEBUG,
+                   "outbox: cannot open the read model", "\"error\":\"%s\"", err);
             path[0] = 0;
         }
-        pass got = db != NULL ? send_pending(p, &snd, &held, db, gen) : PASS_FAILED;
+        pass got = db != NULL ? send_pending(p, &snd, &held, db, gen) : PASS_STOPPED;
         int64_t t = jl__now_ns();
         if (db != NULL && p->outbox_keep_ns > 0 &&
             t - pruned_at >=
@@ -538,16 +610,29 @@ static void *sender_thread(void *arg)
             backoff_ms = 0;
             continue; /* a backlog: the next batch at once */
         }
-        backoff_ms = got == PASS_DONE
-                         ? 0
-                         : (backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 200);
-        /* Sleep until a batch commits (wake) or a retry is due. */
-        pthread_mutex_lock(&p->mu);
-        if (!p->outbox_wake && !atomic_load(&p->stopping)) {
-            struct timespec until = jl__realtime_in(backoff_ms ? backoff_ms : 1000);
-            pthread_cond_timedwait(&p->outbox_cv, &p->mu, &until);
+        /*
+         * Stopped at a row without a reply: nothing can go before it is sent again, so its
+         * backoff is waited out whatever commits meanwhile (a wake per commit would send it
+         * again per commit). Otherwise a commit wakes the sender at once (its rows may go);
+         * the keys held "not now" are sent again at the first pass past their own backoff.
+         */
+        bool stopped = got == PASS_STOPPED;
+        int64_t wait_ms = 1000;
+        if (got == PASS_DONE) {
+            backoff_ms = 0;
+        } else {
+            /* Passes at these times, not at each held key's own: keys held in one pass stay
+             * together, and are sent again in the order they were decided. */
+            backoff_ms = backoff_ms ? (backoff_ms * 2 > OUTBOX_BACKOFF_MS ? OUTBOX_BACKOFF_MS
+                                                                          : backoff_ms * 2)
+                                    : 200;
+            wait_ms = backoff_ms;
         }
-        p->outbox_wake = false;
+        pthread_mutex_lock(&p->mu);
+        struct timespec until = jl__monotonic_in(wait_ms);
+        while (!atomic_load(&p->stopping) && (stopped || !p->outbox_wake) &&
+               pthread_cond_timedwait(&p->outbox_cv, &p->mu, &until) != ETIMEDOUT)
+            ;
         pthread_mutex_unlock(&p->mu);
     }
     sender_close(&snd);
@@ -558,7 +643,8 @@ static void *sender_thread(void *arg)
 
 jl_status jl__outbox_start(jl_projector *p)
 {
-    pthread_cond_init(&p->outbox_cv, NULL);
+    if (jl__cond_init_monotonic(&p->outbox_cv) != 0)
+        return JL_ERR_NOMEM;
     if (pthread_create(&p->outbox_thread, NULL, sender_thread, p) != 0)
         return JL_ERR_NOMEM;
     p->has_outbox_thread = true;

@@ -320,6 +320,8 @@ static void stand_in_reply(natsConnection *nc, natsMsg *m, jl_code code, const c
     jl_buf_init(&out, 1 << 16);
     if (code != JL_CODE_OK)
         jl_reply_error(&r, code, "%s", message);
+    else
+        jl_uuid_new(r.aggregate_id); /* a producer names the aggregate it changed */
     if (jl_reply_encode(&out, &r) == JL_OK)
         natsConnection_Publish(nc, natsMsg_GetReply(m), out.data, (int)out.len);
     jl_buf_cleanup(&out);
@@ -633,6 +635,97 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     natsSubscription_Destroy(fake);
     open_inventory();
     runner_start(&process, &fulfilment_process);
+    wait_status(a, "confirmed", 20000);
+    expect_stock("apple", 8, 0);
+}
+END_TEST
+
+/* A stand-in whose answer to ReserveStock is an empty message: "ok" with every field unset, to
+ * a reader that does not look closer. */
+static atomic_int empty_calls;
+
+static void answer_empty(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    atomic_fetch_add(&empty_calls, 1);
+    natsConnection_Publish(nc, natsMsg_GetReply(m), NULL, 0);
+    natsMsg_Destroy(m);
+}
+
+START_TEST(an_empty_reply_is_not_taken_for_an_acceptance)
+{
+    /* Recorded as "ok", the reservation would never be sent again and the order would wait at
+     * "reserving" for good: it is sent again, and the real inventory carries it out. */
+    char a[JL_UUID_LEN + 1], got[32] = "";
+    atomic_store(&empty_calls, 0);
+    natsSubscription *fake = stand_in_inventory(answer_empty);
+    runner_start(&process, &fulfilment_process);
+    line la[] = {{"apple", 2, 150}};
+    place_order("fay", la, 1, a);
+    int64_t deadline = tnow_ms() + 20000;
+    while (atomic_load(&empty_calls) == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(&empty_calls), 1);
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, "");
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+    wait_status(a, "confirmed", 20000);
+    expect_stock("apple", 8, 0);
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, "ok");
+}
+END_TEST
+
+/* Attempts recorded for order @p id's command @p command (0 while it is not decided). */
+static int outbox_attempts(const char *id, const char *command)
+{
+    char path[1024], sql[400];
+    tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path));
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(max(attempts), 0) FROM jl_outbox WHERE command = '%s' AND "
+             "order_key = lower('%s')",
+             command, id);
+    sqlite3_stmt *st = tdb_row(path, sql);
+    int n = sqlite3_column_int(st, 0);
+    tdb_done(st);
+    return n;
+}
+
+START_TEST(a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhile)
+{
+    /* The inventory gone (no responders), its ReserveStock is sent again after a backoff (200
+     * ms, doubling to 5 s). Other orders' events keep the process manager committing, and each
+     * commit wakes the sender: a wake must not cut the backoff, or the command would be sent
+     * again, and logged, once per commit. */
+    register_product("apple", "Apple", 10);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    runner_start(&process, &fulfilment_process);
+    char a[JL_UUID_LEN + 1];
+    line la[] = {{"apple", 2, 150}};
+    place_order("gus", la, 1, a);
+    int64_t deadline = tnow_ms() + 20000;
+    while (outbox_attempts(a, "ReserveStock") == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    int64_t t0 = tnow_ms();
+    int created = 0;
+    while (tnow_ms() - t0 < 5000) { /* orders created one after another: many small batches */
+        Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+        c.customer_id = "busy";
+        ok("orders", &c.base, NULL);
+        created++;
+        nats_Sleep(5);
+    }
+    int attempts = outbox_attempts(a, "ReserveStock");
+    printf("backoff under traffic: %d orders created in 5 s, ReserveStock sent %d times\n", created,
+           attempts);
+    /* 200 + 400 + 800 + 1600 + 3200 ms: about 6 in 5 s, with room for slow machines. */
+    ck_assert_int_ge(attempts, 2);
+    ck_assert_int_le(attempts, 10);
+    open_inventory();
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
 }
@@ -1051,6 +1144,8 @@ int main(void)
     tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
+    tcase_add_test(tc, an_empty_reply_is_not_taken_for_an_acceptance);
+    tcase_add_test(tc, a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhile);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
     tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
