@@ -443,7 +443,7 @@ void inventory_decide(const void *state, const jl_command *cmd, jl_decision *out
     assert(s->n_products <= INVENTORY_MAX_PRODUCTS && s->n_open <= INVENTORY_MAX_OPEN &&
            s->n_open_lines <= INVENTORY_MAX_OPEN_LINES && s->n_closed <= INVENTORY_MAX_CLOSED);
 
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+    for (size_t i = 0; i < JL_COUNT(commands); i++) {
         if (cmd->msg->descriptor != commands[i].type)
             continue;
         /* One warehouse holds all the stock (see domain.h): another id would silently start a
@@ -638,7 +638,7 @@ jl_status inventory_evolve(void *state, const jl_event *ev)
     assert(s->n_products <= INVENTORY_MAX_PRODUCTS && s->n_open <= INVENTORY_MAX_OPEN &&
            s->n_open_lines <= INVENTORY_MAX_OPEN_LINES && s->n_closed <= INVENTORY_MAX_CLOSED);
 
-    for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+    for (size_t i = 0; i < JL_COUNT(events); i++) {
         if (ev->payload->descriptor == events[i].type)
             return events[i].fn(s, ev->payload);
     }
@@ -719,11 +719,7 @@ jl_status inventory_state_pack(const void *state, jl_buf *out)
     m.n_closed_reservations = s->n_closed;
     m.closed_reservations = x->closed_ptrs;
 
-    size_t n = inventory__warehouse_state__get_packed_size(&m);
-    uint8_t *dst = NULL;
-    jl_status st = jl_buf_reserve(out, n, &dst);
-    if (st == JL_OK)
-        jl_buf_commit(out, inventory__warehouse_state__pack(&m, dst));
+    jl_status st = jl_buf_pack(out, &m.base);
     free(x);
     return st;
 }

@@ -273,7 +273,7 @@ void orders_decide(const void *state, const jl_command *cmd, jl_decision *out)
     const orders_state *s = state;
     assert(s->n_items <= ORDERS_MAX_ITEMS);
 
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+    for (size_t i = 0; i < JL_COUNT(commands); i++) {
         if (cmd->msg->descriptor != commands[i].type)
             continue;
         /* Existence is checked here once, so no handler can forget it. */
@@ -405,7 +405,7 @@ jl_status orders_evolve(void *state, const jl_event *ev)
     orders_state *s = state;
     assert(s->n_items <= ORDERS_MAX_ITEMS);
 
-    for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+    for (size_t i = 0; i < JL_COUNT(events); i++) {
         if (ev->payload->descriptor == events[i].type)
             return events[i].fn(s, ev->payload);
     }
@@ -432,13 +432,8 @@ jl_status orders_state_pack(const void *state, jl_buf *out)
     }
     m.n_lines = s->n_items;
     m.lines = ptrs;
-    size_t n = orders__order_state__get_packed_size(&m);
-    uint8_t *dst = NULL;
     jl_buf_reset(out);
-    jl_status st = jl_buf_reserve(out, n, &dst);
-    if (st == JL_OK)
-        jl_buf_commit(out, orders__order_state__pack(&m, dst));
-    return st;
+    return jl_buf_pack(out, &m.base);
 }
 
 jl_status orders_state_unpack(void *state, const void *data, size_t len)

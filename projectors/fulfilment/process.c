@@ -24,26 +24,24 @@ static const char *const step_names[] = {
     "reserving", "reserved",  "rejected", "confirmed",
     "committed", "cancelled", "released", "cancelled_out_of_stock"};
 
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
 const char *fulfilment_order_status_str(fulfilment_order_status s)
 {
-    return (size_t)s < COUNT(order_names) ? order_names[s] : "?";
+    return (size_t)s < JL_COUNT(order_names) ? order_names[s] : "?";
 }
 
 const char *fulfilment_stock_status_str(fulfilment_stock_status s)
 {
-    return (size_t)s < COUNT(stock_names) ? stock_names[s] : "?";
+    return (size_t)s < JL_COUNT(stock_names) ? stock_names[s] : "?";
 }
 
 const char *fulfilment_command_str(fulfilment_command c)
 {
-    return (size_t)c < COUNT(command_names) ? command_names[c] : "";
+    return (size_t)c < JL_COUNT(command_names) ? command_names[c] : "";
 }
 
 bool fulfilment_step_known(const char *step)
 {
-    for (size_t i = 0; step != NULL && i < COUNT(step_names); i++) {
+    for (size_t i = 0; step != NULL && i < JL_COUNT(step_names); i++) {
         if (strcmp(step, step_names[i]) == 0)
             return true;
     }
@@ -351,10 +349,10 @@ static jl_status load_row(jl_db *db, const char *order_id, row *out, char *err, 
     int rc = sqlite3_step(st);
     jl_status s = JL_OK;
     if (rc == SQLITE_ROW) {
-        int o =
-            parse_name(order_names, COUNT(order_names), (const char *)sqlite3_column_text(st, 0));
-        int k =
-            parse_name(stock_names, COUNT(stock_names), (const char *)sqlite3_column_text(st, 1));
+        int o = parse_name(order_names, JL_COUNT(order_names),
+                           (const char *)sqlite3_column_text(st, 0));
+        int k = parse_name(stock_names, JL_COUNT(stock_names),
+                           (const char *)sqlite3_column_text(st, 1));
         out->exists = true;
         out->st.order = (fulfilment_order_status)o;
         out->st.stock = (fulfilment_stock_status)k;
@@ -704,12 +702,12 @@ static const jl_query_def queries[] = {
 const jl_projector_def fulfilment_process = {
     .name = "fulfilment",
     .sources = sources,
-    .n_sources = COUNT(sources),
+    .n_sources = JL_COUNT(sources),
     .version = 1,
     .schema_sql = schema,
-    .events = {events, COUNT(events)},
+    .events = JL_TYPES(events),
     .apply = apply,
     .queries = queries,
-    .n_queries = COUNT(queries),
+    .n_queries = JL_COUNT(queries),
     .outbox = true,
 };

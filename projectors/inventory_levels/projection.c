@@ -352,8 +352,8 @@ const jl_projector_def inventory_levels_projector = {
     .filter_subject = "inventory.events.>",
     .version = 1,
     .schema_sql = schema,
-    .events = {events, sizeof(events) / sizeof(events[0])},
+    .events = JL_TYPES(events),
     .apply = apply,
     .queries = queries,
-    .n_queries = sizeof(queries) / sizeof(queries[0]),
+    .n_queries = JL_COUNT(queries),
 };

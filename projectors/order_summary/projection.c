@@ -293,8 +293,8 @@ const jl_projector_def order_summary_projector = {
     .filter_subject = "orders.events.>",
     .version = 1,
     .schema_sql = schema,
-    .events = {events, sizeof(events) / sizeof(events[0])},
+    .events = JL_TYPES(events),
     .apply = apply,
     .queries = queries,
-    .n_queries = sizeof(queries) / sizeof(queries[0]),
+    .n_queries = JL_COUNT(queries),
 };

@@ -454,7 +454,7 @@ static const ProtobufCMessageDescriptor *const events[] = {
     &inventory__reservation_committed__descriptor,
 };
 
-_Static_assert(sizeof(events) / sizeof(events[0]) == N_HANDLERS, "events[] and handlers[] agree");
+_Static_assert(JL_COUNT(events) == N_HANDLERS, "events[] and handlers[] agree");
 
 static const jl_source sources[] = {
     {"ORDERS", "orders.events.>"},
@@ -470,11 +470,11 @@ static const jl_query_def queries[] = {
 const jl_projector_def sales_dashboard_projector = {
     .name = "sales_dashboard",
     .sources = sources,
-    .n_sources = sizeof(sources) / sizeof(sources[0]),
+    .n_sources = JL_COUNT(sources),
     .version = 2, /* 2: daily_sales refuses sums past int64 */
     .schema_sql = schema,
-    .events = {events, sizeof(events) / sizeof(events[0])},
+    .events = JL_TYPES(events),
     .apply = apply,
     .queries = queries,
-    .n_queries = sizeof(queries) / sizeof(queries[0]),
+    .n_queries = JL_COUNT(queries),
 };

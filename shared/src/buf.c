@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 void jl_buf_init(jl_buf *b, size_t cap)
 {
     assert(b != NULL);
@@ -107,4 +109,13 @@ jl_status jl_buf_addf(jl_buf *b, const char *fmt, ...)
 const char *jl_buf_str(const jl_buf *b)
 {
     return b->data != NULL ? (const char *)b->data : "";
+}
+
+jl_status jl_buf_pack(jl_buf *b, const ProtobufCMessage *m)
+{
+    uint8_t *dst = NULL;
+    jl_status s = jl_buf_reserve(b, protobuf_c_message_get_packed_size(m), &dst);
+    if (s == JL_OK)
+        jl_buf_commit(b, protobuf_c_message_pack(m, dst));
+    return s;
 }

@@ -140,15 +140,12 @@ jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1]
     commit.command_type = (char *)(m->command_type ? m->command_type : "");
     commit.prev_seq = m->prev_seq;
 
-    size_t n = jetledger__commit__get_packed_size(&commit);
-    if (n > JL_MAX_COMMIT_BYTES)
+    if (jetledger__commit__get_packed_size(&commit) > JL_MAX_COMMIT_BYTES)
         return JL_ERR_TOO_LARGE;
     jl_buf_reset(out);
-    uint8_t *dst = NULL;
-    jl_status s = jl_buf_reserve(out, n, &dst);
+    jl_status s = jl_buf_pack(out, &commit.base);
     if (s != JL_OK)
         return s;
-    jl_buf_commit(out, jetledger__commit__pack(&commit, dst));
     memcpy(out_first_event_id, ids[0], JL_UUID_LEN + 1);
     return JL_OK;
 }
@@ -305,16 +302,13 @@ void jl_reply_error(jl_reply *r, jl_code code, const char *fmt, ...)
 
 jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg)
 {
-    size_t n = protobuf_c_message_get_packed_size(msg);
-    uint8_t *dst = NULL;
     jl_buf_reset(&r->result);
-    jl_status s = jl_buf_reserve(&r->result, n, &dst);
+    jl_status s = jl_buf_pack(&r->result, msg);
     if (s != JL_OK) {
-        jl_reply_error(r, JL_CODE_INVALID, "result of %zu bytes exceeds the reply limit of %d", n,
-                       JL_MAX_REPLY_BYTES);
+        jl_reply_error(r, JL_CODE_INVALID, "result of %zu bytes exceeds the reply limit of %d",
+                       protobuf_c_message_get_packed_size(msg), JL_MAX_REPLY_BYTES);
         return s;
     }
-    jl_buf_commit(&r->result, protobuf_c_message_pack(msg, dst));
     snprintf(r->result_type, sizeof(r->result_type), "%s", msg->descriptor->name);
     return JL_OK;
 }
@@ -333,14 +327,8 @@ jl_status jl_reply_encode(jl_buf *out, const jl_reply *r)
         pb.result.data = r->result.data;
         pb.result.len = r->result.len;
     }
-    size_t n = jetledger__reply__get_packed_size(&pb);
-    uint8_t *dst = NULL;
     jl_buf_reset(out);
-    jl_status s = jl_buf_reserve(out, n, &dst);
-    if (s != JL_OK)
-        return s;
-    jl_buf_commit(out, jetledger__reply__pack(&pb, dst));
-    return JL_OK;
+    return jl_buf_pack(out, &pb.base);
 }
 
 jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)

@@ -79,18 +79,15 @@ void jl_decision_emit(jl_decision *d, const ProtobufCMessage *event)
                            JL_DECISION_MAX_EVENTS);
         return;
     }
-    size_t n = protobuf_c_message_get_packed_size(event);
-    uint8_t *dst = NULL;
-    if (jl_buf_reserve(&d->bytes, n, &dst) != JL_OK) {
+    size_t offset = d->bytes.len;
+    if (jl_buf_pack(&d->bytes, event) != JL_OK) {
         jl_decision_reject(d, JL_CODE_INVALID, "the events of one command exceed %d bytes",
                            JL_DECISION_MAX_BYTES);
         return;
     }
-    size_t packed = protobuf_c_message_pack(event, dst);
     d->types[d->n_events] = event->descriptor;
-    d->offsets[d->n_events] = d->bytes.len;
-    d->lens[d->n_events] = packed;
-    jl_buf_commit(&d->bytes, packed);
+    d->offsets[d->n_events] = offset;
+    d->lens[d->n_events] = d->bytes.len - offset;
     d->n_events++;
 }
 

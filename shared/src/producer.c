@@ -509,12 +509,9 @@ static bool save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
         snap.state_type = (char *)p->def->state_type->name;
         snap.state.data = state->data;
         snap.state.len = state->len;
-        size_t n = jetledger__snapshot__get_packed_size(&snap);
-        uint8_t *dst = NULL;
         jl_buf_reset(&p->kv_value);
         snapshot_key(key, sizeof(key), p, id);
-        if (jl_buf_reserve(&p->kv_value, n, &dst) == JL_OK) {
-            jl_buf_commit(&p->kv_value, jetledger__snapshot__pack(&snap, dst));
+        if (jl_buf_pack(&p->kv_value, &snap.base) == JL_OK) {
             /* Its ack comes to on_ack, where no command waits for it. A lost snapshot costs
              * only a longer replay: log it, never fail the command. */
             natsStatus ns = kv_put_async(p, p->snapshots, key, NULL);
@@ -749,7 +746,6 @@ static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
 static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
 {
     Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
-    uint8_t *dst = NULL;
     jl_reply copy = *r;
     copy.duplicate = false;
     jl_buf_reset(&p->kv_value);
@@ -760,10 +756,8 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
         rec.aggregate_id = (char *)c->agg_id;
         rec.reply.data = p->reply_bytes.data;
         rec.reply.len = p->reply_bytes.len;
-        s = jl_buf_reserve(&p->kv_value, jetledger__command_record__get_packed_size(&rec), &dst);
+        s = jl_buf_pack(&p->kv_value, &rec.base);
     }
-    if (s == JL_OK)
-        jl_buf_commit(&p->kv_value, jetledger__command_record__pack(&rec, dst));
     return s;
 }
 
@@ -2362,6 +2356,81 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
     return s;
 }
 
+/*
+ * What a service definition must hold, checked once at open rather than found command by
+ * command (a typo in an id field would answer every such command "internal"; a count that
+ * disagrees with its array reads past it, or leaves a command unknown). False with the reason.
+ */
+static bool check_def(const jl_service_def *def, char *err, size_t errlen)
+{
+    const char *agg = def->aggregate_type;
+    if (def->stream == NULL || !jl_valid_name(def->stream) || agg == NULL || *agg == 0 ||
+        strpbrk(agg, ".*> \t") != NULL) {
+        snprintf(err, errlen,
+                 "service %s needs a stream name (letters, digits, '_', '-') and an aggregate "
+                 "type without '.', '*', '>' or blanks",
+                 def->name);
+        return false;
+    }
+    if (def->state_size == 0 || def->state_init == NULL || def->evolve == NULL ||
+        def->decide == NULL) {
+        snprintf(err, errlen, "service %s needs state_size, state_init, evolve and decide",
+                 def->name);
+        return false;
+    }
+    if ((def->state_type == NULL) != (def->state_pack == NULL) ||
+        (def->state_type == NULL) != (def->state_unpack == NULL)) {
+        snprintf(err, errlen, "service %s: state_type, state_pack and state_unpack go together",
+                 def->name);
+        return false;
+    }
+    if (def->commands == NULL || def->n_commands == 0 || def->events.list == NULL ||
+        def->events.n == 0) {
+        snprintf(err, errlen, "service %s lists no commands or no events", def->name);
+        return false;
+    }
+    for (size_t i = 0; i < def->events.n; i++) {
+        if (def->events.list[i] == NULL) {
+            snprintf(err, errlen, "service %s: event %zu of %zu is NULL (a count past the array?)",
+                     def->name, i + 1, def->events.n);
+            return false;
+        }
+    }
+    for (size_t i = 0; i < def->n_commands; i++) {
+        const jl_command_def *cd = &def->commands[i];
+        if (cd->descriptor == NULL || cd->id_field == NULL) {
+            snprintf(err, errlen,
+                     "service %s: command %zu of %zu has no descriptor or id field (a count past "
+                     "the array?)",
+                     def->name, i + 1, def->n_commands);
+            return false;
+        }
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(cd->descriptor, cd->id_field);
+        if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING ||
+            f->label == PROTOBUF_C_LABEL_REPEATED) {
+            snprintf(err, errlen, "service %s: %s has no string field '%s' for the aggregate id",
+                     def->name, cd->descriptor->name, cd->id_field);
+            return false;
+        }
+        for (size_t k = 0; k < i; k++) {
+            if (strcmp(def->commands[k].descriptor->short_name, cd->descriptor->short_name) == 0) {
+                snprintf(err, errlen, "service %s lists command %s twice", def->name,
+                         cd->descriptor->short_name);
+                return false;
+            }
+        }
+    }
+    char canon[JL_UUID_LEN + 1];
+    if (def->default_aggregate_id != NULL &&
+        jl_uuid_canonical(canon, def->default_aggregate_id) != JL_OK) {
+        snprintf(err, errlen, "service %s: default_aggregate_id '%s' is not a UUID", def->name,
+                 def->default_aggregate_id);
+        return false;
+    }
+    return true;
+}
+
 jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_service_def *def,
                            const jl_config *cfg, char *err, size_t errlen)
 {
@@ -2380,6 +2449,10 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
                  "service name '%s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
                  "subjects)",
                  def->name ? def->name : "", JL_NAME_MAX - 1);
+        free(p);
+        return JL_ERR_INVALID;
+    }
+    if (!check_def(def, err, errlen)) {
         free(p);
         return JL_ERR_INVALID;
     }

@@ -34,6 +34,7 @@
 #include "jetledger/domain.h"
 #include "jetledger/json.h"
 #include "jetledger/log.h"
+#include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/registry.h"
 #include "jetledger/status.h"
@@ -3021,6 +3022,88 @@ START_TEST(query_limit_defaults_zero_keeps_in_range_and_refuses_above_max)
 }
 END_TEST
 
+/* ---- service definitions ---- */
+
+static void def_init(void *state)
+{
+    (void)state;
+}
+
+static jl_status def_evolve(void *state, const jl_event *ev)
+{
+    (void)state;
+    (void)ev;
+    return JL_OK;
+}
+
+static void def_decide(const void *state, const jl_command *cmd, jl_decision *out)
+{
+    (void)state;
+    (void)cmd;
+    (void)out;
+}
+
+/* jl_producer_open() of @p def, which must be refused before it touches the (NULL)
+ * connection, with @p want in the reason. */
+static void expect_def_refused(const jl_service_def *def, const char *want)
+{
+    jl_config cfg;
+    jl_config_init(&cfg);
+    jl_producer *p = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(jl_producer_open(&p, NULL, def, &cfg, err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_ptr_null(p);
+    ck_assert_msg(strstr(err, want) != NULL, "'%s' lacks '%s'", err, want);
+}
+
+START_TEST(producer_refuses_a_broken_service_definition_at_open)
+{
+    static const ProtobufCMessageDescriptor *const events[] = {&orders__order_created__descriptor};
+    static const ProtobufCMessageDescriptor *const events_past[] = {
+        &orders__order_created__descriptor, NULL};
+    jl_command_def commands[] = {
+        {&orders__create_order__descriptor, "order_id", true},
+        {&orders__add_item__descriptor, "order_id", false},
+    };
+    jl_service_def def = {.name = "svc",
+                          .stream = "SVC",
+                          .aggregate_type = "thing",
+                          .state_size = 8,
+                          .state_init = def_init,
+                          .evolve = def_evolve,
+                          .decide = def_decide,
+                          .commands = commands,
+                          .n_commands = JL_COUNT(commands),
+                          .events = JL_TYPES(events)};
+    jl_service_def d = def;
+    commands[1].id_field = "orderid"; /* a typo: every AddItem would be answered "internal" */
+    expect_def_refused(&d, "orders.AddItem has no string field 'orderid'");
+    commands[1].id_field = "quantity"; /* not a string */
+    expect_def_refused(&d, "has no string field 'quantity'");
+    commands[1].id_field = "order_id";
+    commands[1].descriptor = &orders__create_order__descriptor;
+    expect_def_refused(&d, "lists command CreateOrder twice");
+    commands[1].descriptor = &orders__add_item__descriptor;
+    d.events = (jl_types)JL_TYPES(events_past); /* a count one past the array */
+    expect_def_refused(&d, "event 2 of 2 is NULL");
+    d = def;
+    d.decide = NULL;
+    expect_def_refused(&d, "needs state_size, state_init, evolve and decide");
+    d = def;
+    d.aggregate_type = "a.b";
+    expect_def_refused(&d, "aggregate type without");
+    d = def;
+    d.state_type = &orders__order_state__descriptor; /* without state_pack and state_unpack */
+    expect_def_refused(&d, "go together");
+    d = def;
+    d.default_aggregate_id = "warehouse";
+    expect_def_refused(&d, "default_aggregate_id 'warehouse' is not a UUID");
+    d = def;
+    d.n_commands = 0;
+    expect_def_refused(&d, "lists no commands");
+}
+END_TEST
+
 static Suite *core_suite(void)
 {
     Suite *s = suite_create("core");
@@ -3174,6 +3257,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, registry_finds_messages_by_package_and_short_name);
     tcase_add_test(tc, registry_each_visits_every_message_in_stable_order);
     tcase_add_test(tc, status_str_names_every_status);
+    tcase_add_test(tc, producer_refuses_a_broken_service_definition_at_open);
     suite_add_tcase(s, tc);
 
     return s;

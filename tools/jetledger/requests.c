@@ -42,7 +42,9 @@ static const ProtobufCMessageDescriptor *resolve_type(const char *package, const
     if (f.count == 1)
         return f.found;
     if (f.count == 0)
-        cli_error("no message type named %s in schemas/", name);
+        cli_error("no message type named %s in the schemas this CLI was built with (rebuild it "
+                  "after adding one to schemas/)",
+                  name);
     else
         cli_error("%s is defined in several packages; give its full name (package.%s)", name, name);
     return NULL;

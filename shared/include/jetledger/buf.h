@@ -60,4 +60,12 @@ void jl_buf_commit(jl_buf *b, size_t n);
 /** The contents as a C string ("" when empty). Valid until the next change to the buffer. */
 const char *jl_buf_str(const jl_buf *b);
 
+struct ProtobufCMessage;
+
+/**
+ * Append protobuf message @p m, packed (a state for a snapshot, a query's result, ...).
+ * Same errors as jl_buf_add(); on either the buffer is unchanged.
+ */
+jl_status jl_buf_pack(jl_buf *b, const struct ProtobufCMessage *m);
+
 #endif /* JETLEDGER_BUF_H */

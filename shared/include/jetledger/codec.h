@@ -39,6 +39,13 @@ typedef struct jl_types {
     size_t n;
 } jl_types;
 
+/** Initialiser of a jl_types from an array of descriptors, counted: `.events = JL_TYPES(events)`.
+ */
+#define JL_TYPES(arr)                                                                              \
+    {                                                                                              \
+        (arr), JL_COUNT(arr)                                                                       \
+    }
+
 /** The descriptor named @p full_name in @p types, or NULL. */
 const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const char *full_name);
 

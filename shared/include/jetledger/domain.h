@@ -1,8 +1,9 @@
 /*
  * Types shared by pure domain code (decide/evolve, projections) and the jetledger runtime.
  *
- * Nothing here does I/O: a service's domain.c includes only this header and its generated
- * protobuf types, so its rules can be unit-tested without NATS or SQLite.
+ * Nothing here does I/O: a service's domain.c includes this header, its generated protobuf
+ * types and, to check or make ids, jetledger/codec.h (jl_uuid_canonical(), JL_UUID_LEN), none
+ * of which does I/O either, so its rules can be unit-tested without NATS or SQLite.
  */
 #ifndef JETLEDGER_DOMAIN_H
 #define JETLEDGER_DOMAIN_H
@@ -15,6 +16,10 @@
 
 #include "jetledger/buf.h"
 #include "jetledger/status.h"
+
+/** The number of elements of array @p arr (an array, not a pointer): `.n_commands =
+ * JL_COUNT(commands)`, and loops over a domain's own tables. */
+#define JL_COUNT(arr) (sizeof(arr) / sizeof((arr)[0]))
 
 /**
  * Machine-readable outcome of a command or query, as sent in jetledger.Reply.code.
