@@ -23,6 +23,12 @@ struct jl_conn {
     jsCtx *js;
     int64_t timeout_ms;
     char version[32];
+    /* The library's callbacks get this connection: jl_conn_close() says it is closing (a
+     * disconnect then is no news), and frees it only once the closed callback, the last one
+     * the library's callback thread delivers, has run. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool closing, closed;
 };
 
 jl_status jl_status_from_nats(natsStatus ns)
@@ -56,8 +62,22 @@ jl_status jl_status_from_nats(natsStatus ns)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    (void)closure;
-    jl_log(JL_LOG_WARN, "nats disconnected", NULL);
+    jl_conn *c = closure;
+    pthread_mutex_lock(&c->mu);
+    bool closing = c->closing;
+    pthread_mutex_unlock(&c->mu);
+    if (!closing)
+        jl_log(JL_LOG_WARN, "nats disconnected", NULL);
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    jl_conn *c = closure;
+    pthread_mutex_lock(&c->mu);
+    c->closed = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
 }
 
 /* @p in (one URL or a comma-separated list) with each user:password@ written "***@", into
@@ -204,6 +224,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     pthread_once(&once, open_library);
     if (c == NULL)
         return JL_ERR_NOMEM;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
     c->timeout_ms = cfg->request_timeout_ms;
     snprintf(list, sizeof(list), "%s", cfg->nats_url);
     nurls = split_urls(list, urls);
@@ -257,7 +279,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (ns == NATS_OK)
         ns = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
     if (ns == NATS_OK)
-        ns = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
+        ns = natsOptions_SetDisconnectedCB(opts, on_disconnected, c);
+    if (ns == NATS_OK)
+        ns = natsOptions_SetClosedCB(opts, on_closed, c);
     if (ns == NATS_OK)
         ns = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
     if (ns == NATS_OK)
@@ -354,6 +378,9 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
 {
     if (c == NULL)
         return;
+    pthread_mutex_lock(&c->mu);
+    c->closing = true;
+    pthread_mutex_unlock(&c->mu);
     if (c->nc != NULL && timeout_ms > 0 && !natsConnection_IsClosed(c->nc)) {
         /* Drain lets every subscription finish what it holds before the close. */
         if (natsConnection_DrainTimeout(c->nc, timeout_ms) == NATS_OK) {
@@ -363,10 +390,22 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
         }
     }
     jsCtx_Destroy(c->js);
+    bool callbacks_done = true;
     if (c->nc != NULL) {
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
+        /* A connection that never connected has no callback to wait for. */
+        struct timespec until = jl__realtime_in(5000);
+        pthread_mutex_lock(&c->mu);
+        while (!c->closed && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0)
+            ;
+        callbacks_done = c->closed;
+        pthread_mutex_unlock(&c->mu);
     }
+    if (!callbacks_done)
+        return; /* the library's callback thread may still use it: left allocated */
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
     free(c);
 }
 

@@ -2168,8 +2168,9 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     jl_log(JL_LOG_INFO, "projector ready",
            "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\","
-           "\"version\":%d",
-           p->db_path, p->src[0].checkpoint, p->src[0].durable, qsubject, p->db_version);
+           "\"version\":%d,\"db_version\":%d",
+           p->db_path, p->src[0].checkpoint, p->src[0].durable, qsubject, p->def->version,
+           p->db_version);
     if (atomic_load(&p->paused)) {
         p->last_version_try_ns = jl__now_ns();
         jl__jobs_start_version_rebuild(p);

@@ -672,7 +672,7 @@ END_TEST
 
 START_TEST(sigterm_stops_services_with_status_0)
 {
-    char data[600], tail[1500];
+    char data[600], tail[1500], tail2[1500];
     svc prod, proj;
     jl_reply r;
     jl_reply_init(&r);
@@ -710,6 +710,14 @@ START_TEST(sigterm_stops_services_with_status_0)
     ck_assert(log_has_line(prod.log, "\"level\":\"info\"", "\"msg\":\"stopped\""));
     ck_assert(log_has_line(proj.log, "\"msg\":\"stopping\"", "\"signal\":\"SIGTERM\""));
     ck_assert(log_has_line(proj.log, "\"level\":\"info\"", "\"msg\":\"stopped\""));
+    /* A stop asked for is no incident: no warning (a connection "disconnected" by its own
+     * close was one), no error. */
+    ck_assert_msg(!log_has_line(prod.log, "\"level\":\"warn\"", "") &&
+                      !log_has_line(prod.log, "\"level\":\"error\"", "") &&
+                      !log_has_line(proj.log, "\"level\":\"warn\"", "") &&
+                      !log_has_line(proj.log, "\"level\":\"error\"", ""),
+                  "a warning or an error in a graceful stop: %s | %s",
+                  log_tail(prod.log, tail, sizeof(tail)), log_tail(proj.log, tail2, sizeof(tail2)));
     jl_reply_cleanup(&r);
 }
 END_TEST
