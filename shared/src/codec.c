@@ -353,6 +353,9 @@ jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)
     } else {
         snprintf(out->message, sizeof(out->message), "%s", pb->message);
     }
+    /* Cut to the field, a long message may end mid-character: it is shown, stored in an
+     * outbox row and sent on again (a remembered reply), where it must be UTF-8. */
+    jl_utf8_trim_end(out->message);
     snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", pb->aggregate_id);
     out->aggregate_version = pb->aggregate_version;
     out->stream_seq = pb->stream_sequence;

@@ -32,6 +32,7 @@
 #include "jetledger/conn.h"
 #include "jetledger/db.h"
 #include "jetledger/domain.h"
+#include "jetledger/envelope.pb-c.h"
 #include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
@@ -1337,6 +1338,30 @@ START_TEST(reply_decode_refuses_cut_ids_and_maps_unknown_codes)
     jl_buf_cleanup(&out);
     jl_reply_cleanup(&in);
     jl_reply_cleanup(&r);
+}
+END_TEST
+
+START_TEST(reply_decode_cuts_a_long_message_on_a_character)
+{
+    /* A long message from a producer (or one this build prefixes with an unknown code) is cut
+     * to the field: never in the middle of a character, for it is shown, stored and sent on. */
+    char text[700] = "";
+    for (int i = 0; i < 300; i++)
+        strcat(text, "\xc3\xa9"); /* e-acute, 2 bytes: 600 in all */
+    for (int code = 3; code <= 99; code += 96) {
+        Jetledger__Reply pb = JETLEDGER__REPLY__INIT;
+        pb.code = (Jetledger__ErrorCode)code;
+        pb.message = text;
+        uint8_t wire[1024];
+        size_t n = jetledger__reply__pack(&pb, wire);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(jl_reply_decode(&r, wire, n), JL_OK);
+        ck_assert_uint_ge(strlen(r.message), sizeof(r.message) - 3);
+        ck_assert_msg(jl_utf8_valid(r.message, strlen(r.message)), "code %d: cut mid-character",
+                      code);
+        jl_reply_cleanup(&r);
+    }
 }
 END_TEST
 
@@ -3168,6 +3193,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, reply_decode_of_garbage_is_decode_error);
     tcase_add_test(tc, reply_error_cut_to_fit_stays_utf8);
     tcase_add_test(tc, reply_decode_refuses_cut_ids_and_maps_unknown_codes);
+    tcase_add_test(tc, reply_decode_cuts_a_long_message_on_a_character);
     tcase_add_test(tc, reply_error_first_error_wins);
     tcase_add_test(tc, reply_set_result_over_max_bytes_becomes_error);
     tcase_add_test(tc, format_time_writes_rfc3339_utc_with_nanoseconds);

@@ -10,7 +10,15 @@
 void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
 {
     jl_buf_reset(line);
-    jl_event_to_json(line, ev);
+    jl_status js = jl_event_to_json(line, ev);
+    if (js != JL_OK) {
+        /* Never half an object: the line without its payload, and why. */
+        jl_event ev_only = *ev;
+        ev_only.payload = NULL;
+        jl_buf_reset(line);
+        jl_event_to_json(line, &ev_only);
+        s = js;
+    }
     if (s != JL_OK && line->len > 0) {
         line->len--; /* reopen the object to say why the payload is null */
         jl_buf_addf(line, ",\"error\":\"%s\"}", jl_status_str(s));
