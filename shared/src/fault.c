@@ -5,7 +5,8 @@
  * variable (every production run) a point costs one load of a cached flag.
  *
  * Points: "apply.before_commit" (a batch applied, its transaction not committed),
- * "outbox.before_send" (a command committed to the outbox, not yet requested),
+ * "outbox.added" (a command decided: its row inserted in the batch's transaction, not
+ * committed), "outbox.before_send" (a command committed to the outbox, not yet requested),
  * "outbox.after_send" (a command answered, the reply not yet recorded).
  */
 #include <pthread.h>

@@ -98,6 +98,8 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
         s = jl_db_step_done(db, st);
     }
     free(body);
+    if (s == JL_OK)
+        jl__fault("outbox.added"); /* decided, in the batch's transaction, not committed */
     return s;
 }
 

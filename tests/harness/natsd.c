@@ -1342,3 +1342,35 @@ void jl_natsd_destroy(jl_natsd *d)
     }
     free(d);
 }
+
+int jl_proc_spawn_tmpfs(pid_t *out, const char *const argv[], const char *const env[],
+                        const char *log_path, const char *dir, const char *size)
+{
+    enum { MAX_ARGS = 32 };
+    char script[200];
+    const char *wrapped[MAX_ARGS + 12];
+    int n = 0;
+    snprintf(script, sizeof(script),
+             "mount -t tmpfs -o size=%s jl-test \"$1\" && shift && exec \"$@\"", size);
+    const char *const head[] = {"unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                                "sh",      dir};
+    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); i++)
+        wrapped[n++] = head[i];
+    for (int i = 0; argv[i] != NULL; i++) {
+        if (i == MAX_ARGS) {
+            errno = E2BIG;
+            return -1;
+        }
+        wrapped[n++] = argv[i];
+    }
+    wrapped[n] = NULL;
+    return jl_proc_spawn(out, wrapped, env, log_path);
+}
+
+int jl_tmpfs_resize(pid_t pid, const char *dir, const char *size)
+{
+    char line[PATH_MAX + 200];
+    snprintf(line, sizeof(line), "nsenter -t %d -m mount -o remount,size=%s '%s'", (int)pid, size,
+             dir);
+    return system(line) == 0 ? 0 : -1;
+}

@@ -217,6 +217,18 @@ int jl_proc_spawn(pid_t *out, const char *const argv[], const char *const env[],
                   const char *log_path);
 
 /**
+ * jl_proc_spawn() of @p argv in a mount namespace of its own (unshare -m, private propagation)
+ * where directory @p dir (which must exist) is a tmpfs of @p size ("400k", "64m"): a small disk
+ * the test can fill, and grow with jl_tmpfs_resize(). The pid is the program's (sh execs it).
+ * Needs root, as the integration tests run. Returns as jl_proc_spawn().
+ */
+int jl_proc_spawn_tmpfs(pid_t *out, const char *const argv[], const char *const env[],
+                        const char *log_path, const char *dir, const char *size);
+
+/** Resize the tmpfs that jl_proc_spawn_tmpfs() gave @p pid at @p dir. 0, or -1. */
+int jl_tmpfs_resize(pid_t pid, const char *dir, const char *size);
+
+/**
  * Send sig to a child started by this process, wait up to timeout_ms for it to exit, then
  * SIGKILL it if needed; reap it. A child that already exited is just reaped.
  * @param out_exit_status NULL, or receives the exit code, or 128+signal if killed by a signal

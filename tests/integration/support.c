@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "jetledger/admin.pb-c.h"
 #include "orders/orders.pb-c.h"
@@ -296,4 +297,45 @@ int trun(Suite *s)
     else
         fprintf(stderr, "kept %s\n", root);
     return failed == 0 ? 0 : 1;
+}
+
+int tcount_events(jl_conn *c, const char *stream, const char *filter, const char *type,
+                  const char *needle)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    ck_assert_int_eq(js_SubscribeSync(&sub, jl_conn_js(c), filter, NULL, &so, NULL), NATS_OK);
+    uint64_t last = tstream_last_seq(c, stream), seq = 0;
+    int n = 0;
+    while (seq < last) {
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK);
+        jsMsgMetaData *meta = NULL;
+        ck_assert_int_eq(natsMsg_GetMetaData(&meta, m), NATS_OK);
+        seq = meta->Sequence.Stream;
+        jsMsgMetaData_Destroy(meta);
+        jl_commit *cm = NULL;
+        char why[256];
+        if (jl_commit_decode(&cm, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, why,
+                             sizeof(why)) == JL_OK) {
+            for (size_t i = 0; i < jl_commit_count(cm); i++) {
+                jl_event ev;
+                jl_buf b;
+                jl_buf_init(&b, 1 << 20);
+                if (jl_commit_event(cm, i, NULL, &ev, why, sizeof(why)) == JL_OK &&
+                    strcmp(ev.event_type, type) == 0 && jl_pb_to_json(&b, ev.payload) == JL_OK &&
+                    (needle == NULL || strstr(jl_buf_str(&b), needle) != NULL))
+                    n++;
+                jl_buf_cleanup(&b);
+            }
+            jl_commit_free(cm);
+        }
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    return n;
 }

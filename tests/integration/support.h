@@ -88,6 +88,12 @@ void tlive_file(const char *dir, const char *proj, char *out, size_t n);
  */
 sqlite3_stmt *tdb_row(const char *path, const char *sql);
 
+/** Events of type @p type (full name) in @p stream under @p filter whose payload, as JSON,
+ * contains @p needle (NULL: all), read with an ordered consumer up to the stream's last
+ * sequence. */
+int tcount_events(jl_conn *c, const char *stream, const char *filter, const char *type,
+                  const char *needle);
+
 /** Finalize a statement of tdb_row() and close its database. */
 void tdb_done(sqlite3_stmt *st);
 

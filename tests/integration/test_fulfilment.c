@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -245,49 +246,6 @@ static void expect_stock(const char *sku, int64_t on_hand, int64_t reserved)
                       sku, got, on_hand, reserved);
         nats_Sleep(50);
     }
-}
-
-/* Events of @p type in @p stream (optionally only those whose payload mentions @p needle). */
-static int count_events(const char *stream, const char *filter, const char *type,
-                        const char *needle)
-{
-    natsSubscription *sub = NULL;
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream;
-    so.Ordered = true;
-    ck_assert_int_eq(js_SubscribeSync(&sub, jl_conn_js(env.conn), filter, NULL, &so, NULL),
-                     NATS_OK);
-    uint64_t last = tstream_last_seq(env.conn, stream), seq = 0;
-    int n = 0;
-    while (seq < last) {
-        natsMsg *m = NULL;
-        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK);
-        jsMsgMetaData *meta = NULL;
-        ck_assert_int_eq(natsMsg_GetMetaData(&meta, m), NATS_OK);
-        seq = meta->Sequence.Stream;
-        jsMsgMetaData_Destroy(meta);
-        jl_commit *c = NULL;
-        char why[256];
-        if (jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, why,
-                             sizeof(why)) == JL_OK) {
-            for (size_t i = 0; i < jl_commit_count(c); i++) {
-                jl_event ev;
-                jl_buf b;
-                jl_buf_init(&b, 1 << 20);
-                if (jl_commit_event(c, i, NULL, &ev, why, sizeof(why)) == JL_OK &&
-                    strcmp(ev.event_type, type) == 0 && jl_pb_to_json(&b, ev.payload) == JL_OK &&
-                    (needle == NULL || strstr(jl_buf_str(&b), needle) != NULL))
-                    n++;
-                jl_buf_cleanup(&b);
-            }
-            jl_commit_free(c);
-        }
-        natsMsg_Destroy(m);
-    }
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
-    return n;
 }
 
 /* ---- tests ---- */
@@ -1033,27 +991,41 @@ END_TEST
 
 /* ---- the process manager killed at each step ---- */
 
-static pid_t spawn_process(const char *fault_point, const char *log)
+/* The process manager as a process (build/bin/fulfilment) with its data in @p dir, killing
+ * itself at @p fault_point (NULL: none); with @p tmpfs_size, @p dir is a tmpfs of that size in
+ * a mount namespace of its own. */
+static pid_t spawn_process_in(const char *fault_point, const char *log, const char *dir,
+                              const char *tmpfs_size)
 {
     char path[PATH_MAX], e_url[1100], e_dir[600], e_fault[128];
     const char *bindir = getenv("JL_BIN_DIR");
     ck_assert_ptr_nonnull(bindir);
     snprintf(path, sizeof(path), "%s/fulfilment", bindir);
     snprintf(e_url, sizeof(e_url), "NATS_URL=%s", env.cfg.nats_url);
-    snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s/pm", env.dir);
+    snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", dir);
     snprintf(e_fault, sizeof(e_fault), "JL_FAULT_POINT=%s", fault_point ? fault_point : "");
     const char *const envv[] = {
         e_url, e_dir, e_fault, "JL_FAULT_AFTER=1", "JL_DURABLE=", "JL_LOG_LEVEL=info", NULL};
     const char *const argv[] = {path, NULL};
     pid_t pid = 0;
-    ck_assert_msg(jl_proc_spawn(&pid, argv, envv, log) == 0, "spawn: %s", strerror(errno));
+    int rc = tmpfs_size != NULL ? jl_proc_spawn_tmpfs(&pid, argv, envv, log, dir, tmpfs_size)
+                                : jl_proc_spawn(&pid, argv, envv, log);
+    ck_assert_msg(rc == 0, "spawn: %s", strerror(errno));
     return pid;
+}
+
+static pid_t spawn_process(const char *fault_point, const char *log)
+{
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s/pm", env.dir);
+    return spawn_process_in(fault_point, log, dir, NULL);
 }
 
 START_TEST(process_manager_killed_at_each_step_reserves_once)
 {
-    static const char *const points[] = {"apply.before_commit", "outbox.before_send",
-                                         "outbox.after_send"};
+    /* Decided (its row in the batch's transaction), not committed; committed, not sent; sent,
+     * its reply not recorded. Each checked in the file the process manager left. */
+    static const char *const points[] = {"outbox.added", "outbox.before_send", "outbox.after_send"};
     char log[600];
     snprintf(log, sizeof(log), "%s/fulfilment.log", env.dir);
     register_product("apple", "Apple", 100);
@@ -1068,6 +1040,17 @@ START_TEST(process_manager_killed_at_each_step_reserves_once)
         ck_assert_int_eq(jl_proc_stop(pid, 0, 20000, &status), 0);
         ck_assert_msg(status == 137, "the process manager did not die at %s (status %d)", points[k],
                       status);
+        char path[1024], dir[700], sql[300];
+        snprintf(dir, sizeof(dir), "%s/pm", env.dir);
+        tlive_file(dir, "fulfilment", path, sizeof(path));
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*), count(replied_at_ns) FROM jl_outbox WHERE order_key = "
+                 "lower('%s') AND command = 'ReserveStock'",
+                 id);
+        sqlite3_stmt *st = tdb_row(path, sql);
+        ck_assert_int_eq(sqlite3_column_int(st, 0), k == 0 ? 0 : 1); /* rolled back, or kept */
+        ck_assert_int_eq(sqlite3_column_int(st, 1), 0);              /* no reply recorded */
+        tdb_done(st);
         printf("killed the process manager at %s; restarting it\n", points[k]);
         /* ...and, restarted, finishes the work exactly once. */
         pid = spawn_process(NULL, log);
@@ -1076,16 +1059,98 @@ START_TEST(process_manager_killed_at_each_step_reserves_once)
         expect_stock("apple", expect_on_hand, 0);
         char needle[64];
         snprintf(needle, sizeof(needle), "\"order_id\":\"%s\"", id);
+        ck_assert_int_eq(tcount_events(env.conn, "INVENTORY", "inventory.events.>",
+                                       "inventory.StockReserved", needle),
+                         1);
+        ck_assert_int_eq(tcount_events(env.conn, "INVENTORY", "inventory.events.>",
+                                       "inventory.ReservationCommitted", needle),
+                         1);
         ck_assert_int_eq(
-            count_events("INVENTORY", "inventory.events.>", "inventory.StockReserved", needle), 1);
-        ck_assert_int_eq(count_events("INVENTORY", "inventory.events.>",
-                                      "inventory.ReservationCommitted", needle),
-                         1);
-        ck_assert_int_eq(count_events("ORDERS", "orders.events.>", "orders.OrderConfirmed", needle),
-                         1);
+            tcount_events(env.conn, "ORDERS", "orders.events.>", "orders.OrderConfirmed", needle),
+            1);
         ck_assert_int_eq(jl_proc_stop(pid, SIGTERM, 10000, &status), 0);
         ck_assert_int_eq(status, 0);
     }
+}
+END_TEST
+
+/* Whether the file at @p path contains @p needle. */
+static bool file_mentions(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char text[4096];
+    bool found = false;
+    while (f != NULL && !found && fgets(text, sizeof(text), f) != NULL)
+        found = strstr(text, needle) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+/* Wait until @p stream holds @p want events of @p type; false after 60 s. */
+static bool wait_events(const char *stream, const char *filter, const char *type, int want)
+{
+    int64_t deadline = tnow_ms() + 60000;
+    while (tcount_events(env.conn, stream, filter, type, NULL) < want) {
+        if (tnow_ms() >= deadline)
+            return false;
+        nats_Sleep(250);
+    }
+    return true;
+}
+
+START_TEST(a_full_disk_holds_the_process_manager_and_loses_no_step)
+{
+    /* The disk under the process manager's database fills while orders keep being placed: it
+     * cannot commit its decisions, and must neither send what it could not commit nor lose a
+     * step. Once there is room it carries every order through, each step exactly once. */
+    char dir[600], log[700];
+    snprintf(dir, sizeof(dir), "%s/pm-small", env.dir);
+    snprintf(log, sizeof(log), "%s/fulfilment-full.log", env.dir);
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    register_product("apple", "Apple", 1000000);
+    pid_t pid = spawn_process_in(NULL, log, dir, "400k");
+    line l[] = {{"apple", 1, 150}};
+    char id[JL_UUID_LEN + 1];
+    int placed = 0;
+    int64_t deadline = tnow_ms() + 90000;
+    while (!file_mentions(log, "JL_ERR_DISK_FULL")) {
+        ck_assert_msg(tnow_ms() < deadline && placed < 3000, "the disk never filled (%d orders)",
+                      placed);
+        place_order("full", l, 1, id);
+        placed++;
+    }
+    int full_at = placed;
+    for (int i = 0; i < 10; i++, placed++) /* more while it is full */
+        place_order("full", l, 1, id);
+    nats_Sleep(1000);
+    int reserved =
+        tcount_events(env.conn, "INVENTORY", "inventory.events.>", "inventory.StockReserved", NULL);
+    ck_assert_int_lt(reserved, placed); /* held: the last ones were not decided */
+    printf("process manager on a 400 KiB tmpfs: full after %d orders; %d of %d reserved\n", full_at,
+           reserved, placed);
+
+    ck_assert_int_eq(jl_tmpfs_resize(pid, dir, "64m"), 0);
+    ck_assert_msg(wait_events("ORDERS", "orders.events.>", "orders.OrderConfirmed", placed),
+                  "not every order was confirmed once there was room");
+    ck_assert(
+        wait_events("INVENTORY", "inventory.events.>", "inventory.ReservationCommitted", placed));
+    nats_Sleep(1000); /* a step sent twice would show now */
+    ck_assert_int_eq(
+        tcount_events(env.conn, "INVENTORY", "inventory.events.>", "inventory.StockReserved", NULL),
+        placed);
+    ck_assert_int_eq(tcount_events(env.conn, "INVENTORY", "inventory.events.>",
+                                   "inventory.ReservationCommitted", NULL),
+                     placed);
+    ck_assert_int_eq(
+        tcount_events(env.conn, "ORDERS", "orders.events.>", "orders.OrderConfirmed", NULL),
+        placed);
+    expect_stock("apple", 1000000 - placed, 0);
+    printf("grown to 64 MiB: %d orders confirmed, each reserved, committed and confirmed once\n",
+           placed);
+    int status = 0;
+    ck_assert_int_eq(jl_proc_stop(pid, SIGTERM, 10000, &status), 0);
+    ck_assert_int_eq(status, 0);
 }
 END_TEST
 
@@ -1123,8 +1188,9 @@ START_TEST(same_reservation_command_to_two_replicas_has_one_effect)
     expect_stock("apple", 10, 4);
     char needle[64];
     snprintf(needle, sizeof(needle), "\"reservation_id\":\"%s\"", rid);
-    ck_assert_int_eq(
-        count_events("INVENTORY", "inventory.events.>", "inventory.StockReserved", needle), 1);
+    ck_assert_int_eq(tcount_events(env.conn, "INVENTORY", "inventory.events.>",
+                                   "inventory.StockReserved", needle),
+                     1);
     jl_reply_cleanup(&r1);
     jl_reply_cleanup(&r2);
     jl_producer_close(second, 1000);
@@ -1150,6 +1216,7 @@ int main(void)
     tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
     tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
+    tcase_add_test(tc, a_full_disk_holds_the_process_manager_and_loses_no_step);
     tcase_add_test(tc, same_reservation_command_to_two_replicas_has_one_effect);
     suite_add_tcase(s, tc);
     return trun(s);

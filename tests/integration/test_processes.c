@@ -219,14 +219,10 @@ static void svc_start_in(svc *s, const char *bin, const char *log_name, const ch
     bin_path(path, sizeof(path), bin);
     snprintf(s->log, sizeof(s->log), "%s/%s", env.dir, log_name);
     const char *const argv[] = {path, NULL};
-    char script[PATH_MAX * 2 + 200];
-    snprintf(script, sizeof(script), "mount -t tmpfs -o size=%s jl-test \"$1\" && exec \"$2\"",
-             tmpfs_size != NULL ? tmpfs_size : "");
-    /* unshare and sh exec in turn: the pid is the service's. */
-    const char *const wrapped[] = {"unshare", "-m", "--propagation", "private", "sh", "-c",
-                                   script,    "sh", data_dir,        path,      NULL};
-    ck_assert_msg(jl_proc_spawn(&s->pid, tmpfs_size != NULL ? wrapped : argv, envv, s->log) == 0,
-                  "spawn %s: %s", path, strerror(errno));
+    int rc = tmpfs_size != NULL
+                 ? jl_proc_spawn_tmpfs(&s->pid, argv, envv, s->log, data_dir, tmpfs_size)
+                 : jl_proc_spawn(&s->pid, argv, envv, s->log);
+    ck_assert_msg(rc == 0, "spawn %s: %s", path, strerror(errno));
     record(s->pid);
     /* From here a SIGTERM is a stop, not death by signal (143), even on a slow machine; a
      * service that exits at once (bad settings) is not waited for. */
@@ -574,10 +570,8 @@ END_TEST
 /* Resize the tmpfs a service got from svc_start_in, from inside its mount namespace. */
 static void remount_tmpfs(pid_t pid, const char *dir, const char *size)
 {
-    char line[PATH_MAX + 200];
-    snprintf(line, sizeof(line), "nsenter -t %d -m mount -o remount,size=%s '%s'", (int)pid, size,
-             dir);
-    ck_assert_msg(system(line) == 0, "%s failed", line);
+    ck_assert_msg(jl_tmpfs_resize(pid, dir, size) == 0, "resizing %s of pid %d to %s failed", dir,
+                  (int)pid, size);
 }
 
 /* A consistent copy of a read model that only the service's mount namespace sees (SQLite
