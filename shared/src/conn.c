@@ -225,7 +225,11 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (c == NULL)
         return JL_ERR_NOMEM;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    if (jl__cond_init_monotonic(&c->cv) != 0) {
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+        return JL_ERR_NOMEM;
+    }
     c->timeout_ms = cfg->request_timeout_ms;
     snprintf(list, sizeof(list), "%s", cfg->nats_url);
     nurls = split_urls(list, urls);
@@ -395,7 +399,7 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
         /* A connection that never connected has no callback to wait for. */
-        struct timespec until = jl__realtime_in(5000);
+        struct timespec until = jl__monotonic_in(2000);
         pthread_mutex_lock(&c->mu);
         while (!c->closed && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0)
             ;

@@ -570,7 +570,7 @@ static void *sender_thread(void *arg)
     jl_db *db = NULL;
     char path[1024] = "";
     int backoff_ms = 0;
-    int64_t pruned_at = 0;
+    int64_t pruned_at = 0, open_failed_at = 0;
     sender snd = {0};
     held_set held = {0};
     while (!atomic_load(&p->stopping)) {
@@ -596,9 +596,17 @@ static void *sender_thread(void *arg)
         }
         pthread_rwlock_unlock(&p->switch_lock);
         if (opened != JL_OK) {
-            jl_log(backoff_ms == 0 ? JL_LOG_ERROR : JL_LOG_DEBUG,
-                   "outbox: cannot open the read model", "\"error\":\"%s\"", err);
+            /* At error once a minute while it lasts: nothing is sent meanwhile. */
+            int64_t now = jl__mono_ns();
+            bool loud = open_failed_at == 0 || now - open_failed_at >= 60 * 1000000000LL;
+            if (loud)
+                open_failed_at = now;
+            char esc[700];
+            jl_log(loud ? JL_LOG_ERROR : JL_LOG_DEBUG, "outbox: cannot open the read model",
+                   "\"error\":\"%s\"", jl_log_str(esc, sizeof(esc), err));
             path[0] = 0;
+        } else if (moved) {
+            open_failed_at = 0;
         }
         pass got = db != NULL ? send_pending(p, &snd, &held, db, gen) : PASS_STOPPED;
         int64_t t = jl__now_ns();

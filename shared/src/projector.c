@@ -476,10 +476,14 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         jl_db_close(db);
         return JL_ERR_IO;
     }
-    if (!sync_dir(p->data_dir) && !keep_old) {
-        /* A power loss could bring the old pointer back: it must find its file. */
+    /* A power loss could bring the old pointer back: it must then find its file, under its
+     * own name (logged: a rebuild's file is removed by a later start that reads the new
+     * pointer, the first file, "<name>.db", stays for the operator). */
+    bool keep_in_place = false;
+    if (!sync_dir(p->data_dir)) {
         jl_log(JL_LOG_ERROR, "the switch may not survive a power loss: keeping the old file",
                "\"dir\":\"%s\",\"error\":\"%s\"", p->data_dir, strerror(errno));
+        keep_in_place = !keep_old;
         keep_old = true;
     }
     char old_path[1024];
@@ -511,6 +515,8 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     jl_db_close(old_db);
     if (!keep_old) {
         jl__proj_remove_db(old_path);
+    } else if (keep_in_place) {
+        snprintf(kept, sizeof(kept), "%s", old_path);
     } else {
         /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
          * an interrupted rebuild and removes; the rename is synced for the same reason. */

@@ -467,18 +467,26 @@ static int outbox_count(const char *id)
     return n;
 }
 
-/* The reply recorded for order @p id's command @p command ("" while none is final). */
-static void outbox_reply(const char *id, const char *command, char *out, size_t n)
+/* @p expr over the outbox rows of order @p id's command @p command, as text in @p out. */
+static void outbox_select(const char *id, const char *command, const char *expr, char *out,
+                          size_t n)
 {
     char path[1024], sql[400];
     tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path));
     snprintf(sql, sizeof(sql),
-             "SELECT coalesce(max(CASE WHEN replied_at_ns IS NOT NULL THEN reply_code END), '') "
-             "FROM jl_outbox WHERE command = '%s' AND order_key = lower('%s')",
+             "SELECT %s FROM jl_outbox WHERE command = '%s' AND order_key = lower('%s')", expr,
              command, id);
     sqlite3_stmt *st = tdb_row(path, sql);
     snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
     tdb_done(st);
+}
+
+/* The reply recorded for order @p id's command @p command ("" while none is final). */
+static void outbox_reply(const char *id, const char *command, char *out, size_t n)
+{
+    outbox_select(id, command,
+                  "coalesce(max(CASE WHEN replied_at_ns IS NOT NULL THEN reply_code END), '')", out,
+                  n);
 }
 
 START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
@@ -598,6 +606,14 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
 }
 END_TEST
 
+/* Attempts recorded for order @p id's command @p command (0 while it is not decided). */
+static int outbox_attempts(const char *id, const char *command)
+{
+    char v[32];
+    outbox_select(id, command, "coalesce(max(attempts), 0)", v, sizeof(v));
+    return atoi(v);
+}
+
 /* A stand-in whose answer to ReserveStock is an empty message: "ok" with every field unset, to
  * a reader that does not look closer. */
 static atomic_int empty_calls;
@@ -625,6 +641,10 @@ START_TEST(an_empty_reply_is_not_taken_for_an_acceptance)
     while (atomic_load(&empty_calls) == 0 && tnow_ms() < deadline)
         nats_Sleep(20);
     ck_assert_int_ge(atomic_load(&empty_calls), 1);
+    deadline = tnow_ms() + 20000; /* the answer read and dealt with */
+    while (outbox_attempts(a, "ReserveStock") == 0 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(outbox_attempts(a, "ReserveStock"), 1);
     outbox_reply(a, "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, "");
     natsSubscription_Unsubscribe(fake);
@@ -636,21 +656,6 @@ START_TEST(an_empty_reply_is_not_taken_for_an_acceptance)
     ck_assert_str_eq(got, "ok");
 }
 END_TEST
-
-/* Attempts recorded for order @p id's command @p command (0 while it is not decided). */
-static int outbox_attempts(const char *id, const char *command)
-{
-    char path[1024], sql[400];
-    tlive_file(env.cfg.data_dir, "fulfilment", path, sizeof(path));
-    snprintf(sql, sizeof(sql),
-             "SELECT coalesce(max(attempts), 0) FROM jl_outbox WHERE command = '%s' AND "
-             "order_key = lower('%s')",
-             command, id);
-    sqlite3_stmt *st = tdb_row(path, sql);
-    int n = sqlite3_column_int(st, 0);
-    tdb_done(st);
-    return n;
-}
 
 START_TEST(a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhile)
 {

@@ -1784,6 +1784,7 @@ START_TEST(commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run
     producer = NULL;
     jl_config cfg = env.cfg;
     cfg.max_commands = LIMIT;
+    cfg.request_timeout_ms = 10000; /* the held ones' deadline: room to bring the stream back */
     jl_producer *p = NULL;
     ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
                   "%s", err);

@@ -672,8 +672,8 @@ START_TEST(sigterm_stops_services_with_status_0)
     jl_reply_init(&r);
     snprintf(data, sizeof(data), "%s/p", env.dir);
     svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    wait_orders_answer(&prod); /* the stream is there: the projector has nothing to wait for */
     svc_start(&proj, "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
-    wait_orders_answer(&prod);
     wait_summary_answers(&proj);
 
     /* Both serve: a command round trip and a read-your-write query through the projector. */

@@ -49,7 +49,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 
 /**
  * Drain the connection (finish in-flight messages of every subscription) for up to
- * @p timeout_ms, then close it and free everything. NULL is a no-op.
+ * @p timeout_ms, then close it and free everything. NULL is a no-op. The jl_conn itself is
+ * freed once the client library's last callback for it ran (waited for up to 2 s more; past
+ * that, as after nats_Close(), it is left allocated rather than freed under the callback).
  */
 void jl_conn_close(jl_conn *c, int64_t timeout_ms);
 

@@ -17,9 +17,17 @@
 #include "jetledger/buf.h"
 #include "jetledger/status.h"
 
-/** The number of elements of array @p arr (an array, not a pointer): `.n_commands =
- * JL_COUNT(commands)`, and loops over a domain's own tables. */
-#define JL_COUNT(arr) (sizeof(arr) / sizeof((arr)[0]))
+/** The number of elements of array @p arr: `.n_commands = JL_COUNT(commands)`, and loops over
+ * a domain's own tables. A pointer in its place does not compile (it would count 1). */
+#define JL_COUNT(arr) (sizeof(arr) / sizeof((arr)[0]) + JL__MUST_BE_ARRAY(arr))
+/* 0 for an array; a negative bit-field width, a compile error, for a pointer. */
+#define JL__MUST_BE_ARRAY(a)                                                                       \
+    (sizeof(struct {                                                                               \
+         int jl_not_an_array : __builtin_types_compatible_p(__typeof__(a), __typeof__(&(a)[0]))    \
+                               ? -1                                                                \
+                               : 1;                                                                \
+     }) *                                                                                          \
+     0)
 
 /**
  * Machine-readable outcome of a command or query, as sent in jetledger.Reply.code.
