@@ -1,6 +1,7 @@
 #include "jetledger/conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -182,6 +184,12 @@ static bool url_usable(const char *u, char *why, size_t n)
                  redact(u, safe, sizeof(safe)));
         return false;
     }
+    if (sep == NULL && strchr(u, '/') != NULL) {
+        /* "nats:/host:4222" (a slash short): the library would take all of it for a host. */
+        snprintf(why, n, "server URL '%.200s' cannot be read (nats://host:port?)",
+                 redact(u, safe, sizeof(safe)));
+        return false;
+    }
     if (parse_host_port(u, host, sizeof(host), port, sizeof(port)) != JL_OK) {
         snprintf(why, n, "server URL '%.200s' cannot be read", redact(u, safe, sizeof(safe)));
         return false;
@@ -209,6 +217,26 @@ jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *cli
     return jl_conn_open_flags(out_conn, cfg, client_name, connect_wait_ms, 0, err, errlen);
 }
 
+/*
+ * A process started with descriptor 0, 1 or 2 closed would give it to the next file opened: the
+ * NATS socket, which would then receive what is printed for the terminal or the log (and the
+ * server drop the connection for it). Each closed one gets /dev/null: stdin and stderr as usual,
+ * stdout read-only, so that writing output fails (the CLI then says so, exit 4) rather than
+ * vanishing.
+ */
+static void guard_stdio(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        int got = open("/dev/null", fd == 2 ? O_WRONLY : O_RDONLY);
+        if (got >= 0 && got != fd) { /* another thread took it meanwhile */
+            dup2(got, fd);
+            close(got);
+        }
+    }
+}
+
 jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                              int64_t connect_wait_ms, unsigned flags, char *err, size_t errlen)
 {
@@ -222,6 +250,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, open_library);
+    guard_stdio();
     if (c == NULL)
         return JL_ERR_NOMEM;
     pthread_mutex_init(&c->mu, NULL);
@@ -291,6 +320,21 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (ns == NATS_OK)
         ns = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
     if (ns == NATS_OK && cfg->creds[0] != 0) {
+        /* The library reads the file only when a server asks for credentials: a wrong path
+         * would pass unnoticed against a server without authorization, and fail later. */
+        struct stat cst;
+        const char *bad = NULL;
+        if (stat(cfg->creds, &cst) != 0)
+            bad = strerror(errno);
+        else if (!S_ISREG(cst.st_mode))
+            bad = "not a regular file";
+        else if (access(cfg->creds, R_OK) != 0)
+            bad = strerror(errno);
+        if (bad != NULL) {
+            snprintf(err, errlen, "cannot use credentials file %s: %s", cfg->creds, bad);
+            s = JL_ERR_INVALID;
+            goto done;
+        }
         ns = natsOptions_SetUserCredentialsFromFiles(opts, cfg->creds, NULL);
         if (ns != NATS_OK) {
             snprintf(err, errlen, "cannot use credentials file %s: %s", cfg->creds,

@@ -1048,8 +1048,9 @@ typedef struct cli_result {
     char err[8192];
 } cli_result;
 
-/* Run `jetledger --nats-url url args...` with stdout and stderr in files; bounded. */
-static void run_cli(cli_result *r, const char *url, const char *const args[])
+/* Run `jetledger --nats-url url args...` with stdout and stderr in files (stdout closed with
+ * @p no_stdout); bounded. */
+static void run_cli_out(cli_result *r, const char *url, const char *const args[], bool no_stdout)
 {
     char path[PATH_MAX], out_path[PATH_MAX], err_path[PATH_MAX];
     const char *argv[16];
@@ -1070,7 +1071,10 @@ static void run_cli(cli_result *r, const char *url, const char *const args[])
     snprintf(err_path, sizeof(err_path), "%s/cli.err", env.dir);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (no_stdout)
+        posix_spawn_file_actions_addclose(&fa, 1);
+    else
+        posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_addopen(&fa, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     /* A clean signal state, whatever the test runner set up. */
     posix_spawnattr_init(&attr);
@@ -1089,8 +1093,16 @@ static void run_cli(cli_result *r, const char *url, const char *const args[])
     record(pid);
     ck_assert_int_eq(jl_proc_stop(pid, 0, CLI_MS, &r->status), 0);
     forget(pid);
-    read_text(out_path, r->out, sizeof(r->out));
+    if (no_stdout)
+        r->out[0] = 0;
+    else
+        read_text(out_path, r->out, sizeof(r->out));
     read_text(err_path, r->err, sizeof(r->err));
+}
+
+static void run_cli(cli_result *r, const char *url, const char *const args[])
+{
+    run_cli_out(r, url, args, false);
 }
 
 #define CLI(r, url, ...)                                                                           \
@@ -1163,6 +1175,12 @@ START_TEST(cli_status_shows_streams_consumers_and_lag)
     ck_assert_msg(strstr(r->out, "none") == NULL, "%s", r->out);
     CLI(r, url, "status", "--keep-old");
     ASSERT_CLI(r, 2);
+    /* Started with stdout closed, the NATS socket would take descriptor 1 and the table would
+     * be written into it: the output cannot be written, and the CLI says so. */
+    const char *const args[] = {"status", NULL};
+    run_cli_out(r, url, args, true);
+    ASSERT_CLI(r, 4);
+    ck_assert_msg(strstr(r->err, "cannot write the output") != NULL, "%s", r->err);
     free(r);
 }
 END_TEST
@@ -1261,9 +1279,12 @@ START_TEST(cli_round_trip_and_exit_codes)
 
     /* A URL the client cannot use, or a credentials file without a user in it: settings to
      * correct (2), not a server to wait for (3). */
-    const char *bad_urls[] = {"nats://127.0.0.1:notaport", "bogus://127.0.0.1:4222",
-                              "nats://127.0.0.1:99999", "nats://127.0.0.1:4222,http://x:1",
-                              "nats://ann:s3cr3t@127.0.0.1:99999"};
+    const char *bad_urls[] = {"nats://127.0.0.1:notaport",
+                              "bogus://127.0.0.1:4222",
+                              "nats://127.0.0.1:99999",
+                              "nats://127.0.0.1:4222,http://x:1",
+                              "nats://ann:s3cr3t@127.0.0.1:99999",
+                              "nats:/127.0.0.1:4222"};
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         CLI(r, bad_urls[i], "status");
         ASSERT_CLI(r, 2);
@@ -1287,6 +1308,10 @@ START_TEST(cli_round_trip_and_exit_codes)
     fclose(jf);
     CLI(r, url, "status", "--creds", junk_creds);
     ASSERT_CLI(r, 2);
+    /* A directory: the library would read it only once a server asks for credentials. */
+    CLI(r, url, "status", "--creds", env.dir);
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "not a regular file") != NULL, "%s", r->err);
 
     CLI(r, url, "events", "nobody");
     ASSERT_CLI(r, 3);
@@ -1316,6 +1341,10 @@ START_TEST(cli_round_trip_and_exit_codes)
     CLI(r, url, "events", "orders", "--from-seq", " -1");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--from-seq") != NULL, "%s", r->err);
+    /* Past 2^63 - 1 the server would refuse the number as a bad request: refused here. */
+    CLI(r, url, "events", "orders", "--from-seq", "9223372036854775808");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "from 0 to 9223372036854775807") != NULL, "%s", r->err);
     CLI(r, url, "history", "orders", id, "--at-seq", "2");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--at-seq does not apply to history") != NULL, "%s", r->err);

@@ -328,6 +328,11 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
             rc = CLI_OK;
         } else {
             free_status(now);
+            /* The request may still be waiting in a busy (or paused) projector: say so, rather
+             * than leave the operator to believe nothing will happen. */
+            cli_error("the %s may still start on %s once it reads the request (its log says "
+                      "\"%s started\"); running it again meanwhile is refused while one runs",
+                      kind, j.projector, kind);
         }
     }
     if (st != NULL) {

@@ -179,10 +179,12 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
     case F_AT_SEQ:
     case F_AT_VERSION:
         /* 0 means "not set" in the requests: --at-* need 1 or more, --from-seq 0 is the start. */
-        rc = parse_u64(val, &n) != 0 || (n == 0 && which != F_FROM_SEQ) ? -1 : 0;
+        /* Past 2^63 - 1 the server refuses the number itself (a bad request, not "nothing
+         * there"); no stream gets that far. */
+        rc = parse_u64(val, &n) != 0 || (n == 0 && which != F_FROM_SEQ) || n > INT64_MAX ? -1 : 0;
         if (rc != 0)
-            cli_error("%s needs a whole number%s, not '%s'", flag_names[which],
-                      which == F_FROM_SEQ ? "" : " from 1", val);
+            cli_error("%s needs a whole number from %d to %" PRId64 ", not '%s'", flag_names[which],
+                      which == F_FROM_SEQ ? 0 : 1, INT64_MAX, val);
         else
             *(which == F_FROM_SEQ ? &o->from_seq
               : which == F_AT_SEQ ? &o->at_seq
@@ -303,6 +305,10 @@ int main(int argc, char **argv)
         char opts[1024];
         jl_config_usage_into(opts, sizeof(opts), settings);
         printf("%s\n%s", usage, opts);
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            cli_error("cannot write the output: %s", strerror(errno));
+            return CLI_FAILED;
+        }
         return CLI_OK;
     }
     if (s != JL_OK) {

@@ -28,6 +28,8 @@ typedef struct jl_conn jl_conn;
  *
  * Retries for up to @p connect_wait_ms when no server answers yet (services starting before
  * NATS), then fails. Once connected, the connection reconnects by itself forever.
+ * Descriptors 0, 1 or 2 found closed are first opened on /dev/null (stdout read-only, so that
+ * output to it fails): the socket must not take one of them and receive what is printed.
  * @param out_conn set on success; close with jl_conn_close().
  * @param err      reason on failure, e.g. "cannot reach NATS at nats://...: No server available".
  * @return JL_OK; JL_ERR_UNAVAILABLE when no server could be reached; JL_ERR_INVALID for a bad
