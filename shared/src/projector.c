@@ -1900,8 +1900,10 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     ProtobufCMessage *req = NULL;
     const jl_query_def *q = find_query(p->def, name);
     if (q == NULL) {
-        jl_reply_error(r, JL_CODE_INVALID, "unknown query '%.64s' for projector %s", name,
-                       p->def->name);
+        bool audit = strcmp(name, "GetHistory") == 0 || strcmp(name, "GetState") == 0;
+        jl_reply_error(
+            r, JL_CODE_INVALID, "unknown query '%.64s' for projector %s%s", name, p->def->name,
+            audit ? " (the history and state of an aggregate are asked of its service)" : "");
         return false;
     }
     if (len > JL_MAX_QUERY_BYTES) {

@@ -605,8 +605,10 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
     bool busy = j->st.state == JOB_RUNNING;
     pthread_mutex_unlock(&j->mu);
     if (busy) {
-        snprintf(err, errlen, "a %s is already running (see GetRebuildStatus)",
-                 j->verify ? "verify" : "rebuild");
+        snprintf(err, errlen,
+                 "a %s is already running (its progress: the projector's log, or a request on "
+                 "%s.admin.GetRebuildStatus; %s.admin.CancelRebuild stops it)",
+                 j->verify ? "verify" : "rebuild", p->def->name, p->def->name);
         return JL_ERR_CONFLICT;
     }
     if (from_seq != 0 && from_time_ns != 0) {

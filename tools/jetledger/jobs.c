@@ -159,7 +159,10 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
         }
         if (interrupted > 1) {
             clear_progress(j);
-            cli_error("stopped waiting for the %s to be cancelled (see GetRebuildStatus)", j->kind);
+            cli_error(
+                "stopped waiting for the %s to be cancelled (the projector's log says when it "
+                "stopped)",
+                j->kind);
             rc = CLI_REJECTED;
             break;
         }

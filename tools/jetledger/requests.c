@@ -155,7 +155,13 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
         ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
     last_timed_out = ns == NATS_TIMEOUT;
     if (ns == NATS_NO_RESPONDERS) {
-        cli_error("no %s named %s is running (nothing answers %s)", kind, name, subject);
+        bool projector = strcmp(kind, "projector") == 0;
+        cli_error("no %s named %s is running (nothing answers %s); or is %s a %s? (%s take a "
+                  "%s)",
+                  kind, name, subject, name, projector ? "service" : "projector",
+                  projector ? "query, rebuild, verify and dead-letters"
+                            : "command, history, state and events",
+                  kind);
         rc = CLI_UNAVAILABLE;
     } else if (ns == NATS_TIMEOUT && ctx->opts.command_id != NULL) {
         cli_error("no reply on %s within %" PRId64 " ms: the command may still be carried out; "
