@@ -1130,6 +1130,7 @@ END_TEST
  * event for good. It is parked instead, and the projection goes on. */
 START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
 {
+    enum { BIG = 93 }; /* lines of 1e17 cents: the 93rd takes the total past 2^63 */
     char id[JL_UUID_LEN + 1], other[JL_UUID_LEN + 1], subject[128], sku[16];
     jl_reply r;
     jl_reply_init(&r);
@@ -1145,37 +1146,39 @@ START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
     Orders__ItemAdded ia = ORDERS__ITEM_ADDED__INIT;
     uint8_t buf[256];
     ia.order_id = id;
-    ia.sku = "a";
-    ia.quantity = 1; /* the line past 1,000,000 units */
-    ia.unit_price_cents = 100;
+    ia.quantity = 1000000;
+    ia.unit_price_cents = 100000000000LL; /* each line within the per-event caps */
+    for (int i = 0; i < BIG; i++) {       /* seq 52..144 */
+        snprintf(sku, sizeof(sku), "big%02d", i);
+        ia.sku = sku;
+        publish_commit(subject, id, &orders__item_added__descriptor, buf,
+                       orders__item_added__pack(&ia, buf));
+    }
+    ia.sku = "dear";
+    ia.quantity = 1;
+    ia.unit_price_cents = 5000000000000000000LL; /* past the price cap */
     publish_commit(subject, id, &orders__item_added__descriptor, buf,
-                   orders__item_added__pack(&ia, buf)); /* seq 52 */
-    ia.sku = "s51";                                     /* a 51st line */
-    ia.unit_price_cents = 10;
-    publish_commit(subject, id, &orders__item_added__descriptor, buf,
-                   orders__item_added__pack(&ia, buf)); /* seq 53 */
-    ia.sku = "s02";
-    ia.unit_price_cents = 5000000000000000000LL; /* two such lines overflow a sum */
-    publish_commit(subject, id, &orders__item_added__descriptor, buf,
-                   orders__item_added__pack(&ia, buf));                         /* seq 54 */
-    ck_assert_int_eq(create_order(env.conn, "after", other, NULL), JL_CODE_OK); /* seq 55 */
+                   orders__item_added__pack(&ia, buf));                         /* seq 145 */
+    ck_assert_int_eq(create_order(env.conn, "after", other, NULL), JL_CODE_OK); /* seq 146 */
 
     char path[1024];
-    jl_projector *p = projector_at("capped", 16, 55, 3, path, sizeof(path));
-    sqlite3_stmt *st = tdb_row(path, "SELECT item_count, total_cents, (SELECT count(*) FROM "
-                                     "orders) FROM orders WHERE customer_id = 'capped'");
-    ck_assert_int_eq(sqlite3_column_int64(st, 0), 1000000 + 49);
-    ck_assert_int_eq(sqlite3_column_int64(st, 1), 100000000 + 49 * 10);
-    ck_assert_int_eq(sqlite3_column_int64(st, 2), 2);
+    jl_projector *p = projector_at("capped", 16, 146, 2, path, sizeof(path));
+    sqlite3_stmt *st = tdb_row(path, "SELECT item_count, total_cents, typeof(total_cents), "
+                                     "(SELECT count(*) FROM orders) FROM orders WHERE "
+                                     "customer_id = 'capped'");
+    ck_assert_int_eq(sqlite3_column_int64(st, 0), 1000000 + 49 + (BIG - 1) * 1000000LL);
+    ck_assert_int_eq(sqlite3_column_int64(st, 1),
+                     100000000LL + 49 * 10 + (BIG - 1) * 100000000000000000LL);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 2), "integer");
+    ck_assert_int_eq(sqlite3_column_int64(st, 3), 2);
     tdb_done(st);
     st = tdb_row(path, "SELECT group_concat(seq || ':' || reason, ' | ') FROM (SELECT seq, "
                        "reason FROM jl_dead_letters ORDER BY seq)");
     const char *reasons = (const char *)sqlite3_column_text(st, 0);
-    ck_assert_msg(
-        strstr(reasons, "52:ItemAdded takes sku a to 1000001 units on 50 lines") != NULL &&
-            strstr(reasons, "53:ItemAdded takes sku s51 to 1 units on 51 lines") != NULL &&
-            strstr(reasons, "54:ItemAdded with quantity 1 and price 5") != NULL,
-        "%s", reasons);
+    ck_assert_msg(strstr(reasons, "144:orders.ItemAdded takes order") != NULL &&
+                      strstr(reasons, "past 64-bit integers") != NULL &&
+                      strstr(reasons, "145:ItemAdded with quantity 1 and price 5") != NULL,
+                  "%s", reasons);
     tdb_done(st);
     jl_projector_close(p, 1000);
 }
