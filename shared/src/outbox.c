@@ -402,6 +402,16 @@ static int held_max_ms(const held_set *h)
                                       : OUTBOX_BACKOFF_MS;
 }
 
+/* Whether a key of @p h is due at @p now (or none is held). */
+static bool held_any_due(const held_set *h, int64_t now)
+{
+    for (size_t i = 0; i < h->cap; i++) {
+        if (h->e[i].key[0] != 0 && h->e[i].until_ns <= now)
+            return true;
+    }
+    return h->n == 0;
+}
+
 /* Read up to OUTBOX_BATCH rows without a final reply after row @p after, in order. Returns the
  * count, -1 when they cannot be read (logged). */
 static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
@@ -453,15 +463,20 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
  * (more may wait) or a rebuild switched files, PASS_FAILED when one got no reply or a "not now"
  * (sent again after a backoff). Past a keyed row answered "not now" the pass goes on, batch
  * after batch, with the rows of other keys (see the top of this file). */
-static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db, uint64_t gen)
+static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db, uint64_t gen,
+                         int64_t *io_from)
 {
     row rows[OUTBOX_BATCH];
     held_set next = {0}; /* the keys held after this pass */
     int n = 0;
-    int64_t after = 0, now = jl__mono_ns();
+    /* From *io_from on (0: every row): a pass woken by a commit while every row before it
+     * is held "not now" reads only the rows after (thousands of held orders are not read
+     * again per commit); those held keep their wait, and so do their later rows. */
+    bool incremental = *io_from > 0;
+    int64_t from = *io_from, after = from, settled = from, now = jl__mono_ns();
     /* failed: some row was not answered for good; no_reply: the pass stopped at one that got no
      * reply (or could not be read or recorded), which every later row waits for. */
-    bool failed = false, no_reply = false, stop = false, moved = false, oom = false;
+    bool failed = incremental, no_reply = false, stop = false, moved = false, oom = false;
     jl_reply r;
     jl_reply_init(&r);
     do {
@@ -476,11 +491,13 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
                 stop = true; /* a barrier waits for the rows before it */
                 break;
             }
+            settled = w->id;
             const held_entry *was = w->key[0] != 0 ? held_find(held, w->key) : NULL;
             if (w->key[0] != 0 && held_find(&next, w->key) != NULL)
                 continue; /* held in this pass: its later rows wait */
-            if (was != NULL && was->until_ns > now) {
-                /* Its time has not come: held on, not sent. */
+            if (was != NULL && (was->until_ns > now || incremental)) {
+                /* Its time has not come (or its earlier row, before this pass, is to go
+                 * first): held on, not sent. */
                 oom = !held_put(&next, w->key, was->until_ns, was->backoff_ms);
                 failed = true;
                 stop = no_reply = oom;
@@ -512,16 +529,22 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
          * first again next time and the others never. */
     } while (!stop && failed && n == OUTBOX_BATCH && !atomic_load(&p->stopping));
     jl_reply_cleanup(&r);
-    /* Keys the pass did not reach keep their wait. */
+    /* Keys the pass did not reach keep their wait (after an incremental pass, all of them:
+     * their rows were not read). */
     for (size_t i = 0; !oom && i < held->cap; i++) {
         const held_entry *e = &held->e[i];
-        if (e->key[0] != 0 && e->until_ns > now && held_find(&next, e->key) == NULL)
+        if (e->key[0] != 0 && (e->until_ns > now || incremental) &&
+            held_find(&next, e->key) == NULL)
             oom = !held_put(&next, e->key, e->until_ns, e->backoff_ms);
     }
     free(held->e);
     *held = next;
+    *io_from = settled;
     if (oom)
         no_reply = true; /* whole passes, backed off, until memory is there again */
+    if (incremental)
+        jl_log(JL_LOG_DEBUG, "outbox: pass past the held rows",
+               "\"from\":%" PRId64 ",\"to\":%" PRId64 ",\"held\":%zu", from, settled, held->n);
     return moved              ? PASS_MORE
            : no_reply         ? PASS_STOPPED
            : failed           ? PASS_HELD
@@ -571,6 +594,9 @@ static void *sender_thread(void *arg)
     char path[1024] = "";
     int backoff_ms = 0;
     int64_t pruned_at = 0, open_failed_at = 0;
+    int64_t resume = 0; /* where a pass woken by a commit may start (see send_pending) */
+    uint64_t resume_gen = 0;
+    bool woken = false; /* the last wait ended by a commit, not by its time */
     sender snd = {0};
     held_set held = {0};
     while (!atomic_load(&p->stopping)) {
@@ -608,7 +634,13 @@ static void *sender_thread(void *arg)
         } else if (moved) {
             open_failed_at = 0;
         }
-        pass got = db != NULL ? send_pending(p, &snd, &held, db, gen) : PASS_STOPPED;
+        int64_t from = 0;
+        if (woken && resume > 0 && resume_gen == gen && !moved &&
+            !held_any_due(&held, jl__mono_ns()))
+            from = resume;
+        pass got = db != NULL ? send_pending(p, &snd, &held, db, gen, &from) : PASS_STOPPED;
+        resume = got == PASS_HELD ? from : 0;
+        resume_gen = gen;
         int64_t t = jl__now_ns();
         if (db != NULL && p->outbox_keep_ns > 0 &&
             t - pruned_at >=
@@ -643,6 +675,7 @@ static void *sender_thread(void *arg)
         while (!atomic_load(&p->stopping) && (stopped || !p->outbox_wake) &&
                pthread_cond_timedwait(&p->outbox_cv, &p->mu, &until) != ETIMEDOUT)
             ;
+        woken = !stopped && p->outbox_wake;
         pthread_mutex_unlock(&p->mu);
     }
     sender_close(&snd);
