@@ -459,10 +459,12 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
     return n;
 }
 
-/* One pass over the rows without a final reply, in order: PASS_MORE when a full batch went
- * (more may wait) or a rebuild switched files, PASS_FAILED when one got no reply or a "not now"
- * (sent again after a backoff). Past a keyed row answered "not now" the pass goes on, batch
- * after batch, with the rows of other keys (see the top of this file). */
+/* One pass over the rows without a final reply, in order, after row *io_from: PASS_MORE when
+ * a full batch went (more may wait) or a rebuild switched files, PASS_HELD when rows of some
+ * keys were answered (or are still held) "not now", PASS_STOPPED when one got no reply (both
+ * sent again after a backoff). Past a keyed row answered "not now" the pass goes on, batch
+ * after batch, with the rows of other keys (see the top of this file). *io_from receives the
+ * last row the pass settled (answered, or held with its key). */
 static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db, uint64_t gen,
                          int64_t *io_from)
 {
