@@ -37,30 +37,20 @@ static const char schema[] =
     "  unit_price_cents INTEGER NOT NULL,"
     "  PRIMARY KEY (order_id, sku));";
 
-/* @p s of a statement applying @p ev: a constraint it broke refuses the event, saying why. */
-static jl_status refused(jl_db *db, jl_status s, const jl_event *ev, char *err, size_t errlen)
-{
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
-                 jl_db_errmsg(db));
-    return s;
-}
-
-static jl_status unknown_order(const jl_event *ev, char *err, size_t errlen)
-{
-    snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
-    return JL_ERR_INVALID;
-}
-
 /* Run a cached statement whose parameters are already bound; @p want_change asks that it
  * touched a row (the order must exist). */
 static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, bool want_change, char *err,
                      size_t errlen)
 {
     jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0)
-        return unknown_order(ev, err, errlen);
-    return refused(db, s, ev, err, errlen);
+    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0) {
+        snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
+        return JL_ERR_INVALID;
+    }
+    if (s == JL_ERR_INVALID)
+        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
+                 jl_db_errmsg(db));
+    return s;
 }
 
 static jl_status touch(jl_db *db, const jl_event *ev, const char *status, char *err, size_t n)

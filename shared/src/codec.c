@@ -140,12 +140,16 @@ jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1]
     commit.command_type = (char *)(m->command_type ? m->command_type : "");
     commit.prev_seq = m->prev_seq;
 
-    if (jetledger__commit__get_packed_size(&commit) > JL_MAX_COMMIT_BYTES)
+    /* Sized once (a walk of every event), per command: checked, then packed into it. */
+    size_t n = jetledger__commit__get_packed_size(&commit);
+    if (n > JL_MAX_COMMIT_BYTES)
         return JL_ERR_TOO_LARGE;
     jl_buf_reset(out);
-    jl_status s = jl_buf_pack(out, &commit.base);
+    uint8_t *dst = NULL;
+    jl_status s = jl_buf_reserve(out, n, &dst);
     if (s != JL_OK)
         return s;
+    jl_buf_commit(out, jetledger__commit__pack(&commit, dst));
     memcpy(out_first_event_id, ids[0], JL_UUID_LEN + 1);
     return JL_OK;
 }

@@ -83,7 +83,7 @@ void jl_config_init(jl_config *cfg)
     cfg->command_retries = 5;
     cfg->request_timeout_ms = 10000;
     cfg->cache_size = 10000;
-    cfg->max_commands = 65536;
+    cfg->max_commands = JL_MAX_COMMANDS_DEFAULT;
     cfg->snapshot_every = 100;
     cfg->command_ttl_s = 7 * 24 * 3600;
     cfg->outbox_keep_s = 7 * 24 * 3600;

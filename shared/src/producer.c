@@ -653,11 +653,20 @@ bool jl_valid_id(const char *s)
     return true;
 }
 
+/* Field @p field of @p d when it is a singular string (what an aggregate id field must be). */
+static const ProtobufCFieldDescriptor *string_field(const ProtobufCMessageDescriptor *d,
+                                                    const char *field)
+{
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(d, field);
+    return f != NULL && f->type == PROTOBUF_C_TYPE_STRING && f->label != PROTOBUF_C_LABEL_REPEATED
+               ? f
+               : NULL;
+}
+
 static const char *field_string(const ProtobufCMessage *msg, const char *field)
 {
-    const ProtobufCFieldDescriptor *f =
-        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, field);
-    if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED)
+    const ProtobufCFieldDescriptor *f = string_field(msg->descriptor, field);
+    if (f == NULL)
         return NULL;
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
 }
@@ -2405,10 +2414,7 @@ static bool check_def(const jl_service_def *def, char *err, size_t errlen)
                      def->name, i + 1, def->n_commands);
             return false;
         }
-        const ProtobufCFieldDescriptor *f =
-            protobuf_c_message_descriptor_get_field_by_name(cd->descriptor, cd->id_field);
-        if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING ||
-            f->label == PROTOBUF_C_LABEL_REPEATED) {
+        if (string_field(cd->descriptor, cd->id_field) == NULL) {
             snprintf(err, errlen, "service %s: %s has no string field '%s' for the aggregate id",
                      def->name, cd->descriptor->name, cd->id_field);
             return false;
@@ -2472,7 +2478,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
     jl_buf_init(&p->snap_state, JL_MAX_COMMIT_BYTES);
     p->scratch = calloc(1, def->state_size);
-    p->max_cmds = cfg->max_commands > 0 ? (size_t)cfg->max_commands : 65536;
+    p->max_cmds = (size_t)(cfg->max_commands > 0 ? cfg->max_commands : JL_MAX_COMMANDS_DEFAULT);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
     if (p->cache != NULL)
         jl__cache_on_evict(p->cache, on_evict, p);

@@ -266,6 +266,27 @@ static natsSubscription *stand_in_inventory(natsMsgHandler answer)
     return sub;
 }
 
+/* The process manager started with the inventory replaced by @p answer, and an order of two
+ * apples placed by @p customer (its id in @p out_id). Returns the stand-in. */
+static natsSubscription *order_to_stand_in(natsMsgHandler answer, const char *customer,
+                                           char out_id[JL_UUID_LEN + 1])
+{
+    natsSubscription *fake = stand_in_inventory(answer);
+    runner_start(&process, &fulfilment_process);
+    line la[] = {{"apple", 2, 150}};
+    place_order(customer, la, 1, out_id);
+    return fake;
+}
+
+/* Wait (up to 30 s) until a stand-in counted @p n calls in @p calls. */
+static void wait_calls(atomic_int *calls, int n)
+{
+    int64_t deadline = tnow_ms() + 30000;
+    while (atomic_load(calls) < n && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(calls), n);
+}
+
 /* A stand-in for the inventory service mid-restart: "not now" to every ReserveStock. */
 static atomic_int not_now_calls;
 
@@ -300,14 +321,8 @@ static void answer_not_now(natsConnection *nc, natsSubscription *sub, natsMsg *m
 static natsSubscription *order_answered_not_now(char out_id[JL_UUID_LEN + 1])
 {
     atomic_store(&not_now_calls, 0);
-    natsSubscription *fake = stand_in_inventory(answer_not_now);
-    runner_start(&process, &fulfilment_process);
-    line la[] = {{"apple", 2, 150}};
-    place_order("carol", la, 1, out_id);
-    int64_t deadline = tnow_ms() + 20000;
-    while (atomic_load(&not_now_calls) == 0 && tnow_ms() < deadline)
-        nats_Sleep(20);
-    ck_assert_int_ge(atomic_load(&not_now_calls), 1);
+    natsSubscription *fake = order_to_stand_in(answer_not_now, "carol", out_id);
+    wait_calls(&not_now_calls, 1);
     return fake;
 }
 
@@ -397,10 +412,7 @@ START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
      * sent again (same command id). A refusal is an outcome: recorded once, never sent again. */
     char a[JL_UUID_LEN + 1], got[32] = "";
     atomic_store(&garbled_calls, 0);
-    natsSubscription *fake = stand_in_inventory(answer_garbled_then_refuse);
-    runner_start(&process, &fulfilment_process);
-    line la[] = {{"apple", 2, 150}};
-    place_order("erin", la, 1, a);
+    natsSubscription *fake = order_to_stand_in(answer_garbled_then_refuse, "erin", a);
     int64_t deadline = tnow_ms() + 20000;
     do {
         nats_Sleep(50);
@@ -556,14 +568,6 @@ static void answer_nothing(natsConnection *nc, natsSubscription *sub, natsMsg *m
     natsMsg_Destroy(m);
 }
 
-static void wait_silent_calls(int n)
-{
-    int64_t deadline = tnow_ms() + 30000;
-    while (atomic_load(&silent_calls) < n && tnow_ms() < deadline)
-        nats_Sleep(10);
-    ck_assert_int_ge(atomic_load(&silent_calls), n);
-}
-
 START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
 {
     /* The inventory takes the ReserveStock and never answers: the process manager waits for a
@@ -579,9 +583,9 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     char a[JL_UUID_LEN + 1];
     line la[] = {{"apple", 2, 150}};
     place_order("carol", la, 1, a);
-    wait_silent_calls(1);
+    wait_calls(&silent_calls, 1);
     int64_t first = tnow_ms();
-    wait_silent_calls(2);
+    wait_calls(&silent_calls, 2);
     ck_assert_int_ge(tnow_ms() - first, 6000); /* not sent again before the wait was out */
 
     char path[1024];
@@ -633,15 +637,9 @@ START_TEST(an_empty_reply_is_not_taken_for_an_acceptance)
      * "reserving" for good: it is sent again, and the real inventory carries it out. */
     char a[JL_UUID_LEN + 1], got[32] = "";
     atomic_store(&empty_calls, 0);
-    natsSubscription *fake = stand_in_inventory(answer_empty);
-    runner_start(&process, &fulfilment_process);
-    line la[] = {{"apple", 2, 150}};
-    place_order("fay", la, 1, a);
-    int64_t deadline = tnow_ms() + 20000;
-    while (atomic_load(&empty_calls) == 0 && tnow_ms() < deadline)
-        nats_Sleep(20);
-    ck_assert_int_ge(atomic_load(&empty_calls), 1);
-    deadline = tnow_ms() + 20000; /* the answer read and dealt with */
+    natsSubscription *fake = order_to_stand_in(answer_empty, "fay", a);
+    wait_calls(&empty_calls, 1);
+    int64_t deadline = tnow_ms() + 20000; /* the answer read and dealt with */
     while (outbox_attempts(a, "ReserveStock") == 0 && tnow_ms() < deadline)
         nats_Sleep(20);
     ck_assert_int_ge(outbox_attempts(a, "ReserveStock"), 1);

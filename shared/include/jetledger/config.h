@@ -31,12 +31,16 @@ typedef struct jl_config {
     int command_retries;        /**< JL_COMMAND_RETRIES / --command-retries: on conflicts */
     int64_t request_timeout_ms; /**< JL_REQUEST_TIMEOUT / --request-timeout: JetStream calls */
     int cache_size;             /**< JL_CACHE_SIZE / --cache-size: aggregates a producer caches */
-    int max_commands;           /**< JL_MAX_COMMANDS / --max-commands: a producer holds at once */
-    int snapshot_every;         /**< JL_SNAPSHOT_EVERY / --snapshot-every: events, 0 = never */
-    int64_t rebuild_max_mb;     /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
-    int64_t command_ttl_s;      /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
-    int64_t outbox_keep_s;      /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
+    int max_commands;   /**< JL_MAX_COMMANDS / --max-commands: a producer holds at once (0: default)
+                         */
+    int snapshot_every; /**< JL_SNAPSHOT_EVERY / --snapshot-every: events, 0 = never */
+    int64_t rebuild_max_mb; /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
+    int64_t command_ttl_s;  /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
+    int64_t outbox_keep_s;  /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
 } jl_config;
+
+/** Commands a producer holds at once unless configured (jl_config.max_commands). */
+#define JL_MAX_COMMANDS_DEFAULT 65536
 
 /** Longest name of a service, projector or durable consumer (JL_NAME_MAX - 1 characters). */
 #define JL_NAME_MAX 64
