@@ -963,10 +963,14 @@ START_TEST(sigterm_during_connect_wait_exits_0_promptly)
 }
 END_TEST
 
-/* A TCP server that answers every connection with an HTTP error, like a wrong port would. */
+/* A TCP server that answers every connection with an HTTP error, like a wrong port would; or,
+ * holding, with a NATS greeting and then silence, like a server that stopped answering. */
 typedef struct not_nats {
     int fd;
     int port;
+    bool hold;
+    int held[8];
+    int n_held;
     atomic_bool stop;
     pthread_t thread;
 } not_nats;
@@ -974,7 +978,9 @@ typedef struct not_nats {
 static void *not_nats_loop(void *arg)
 {
     not_nats *s = arg;
-    static const char answer[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    static const char http[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    static const char info[] = "INFO {\"server_id\":\"mute\",\"version\":\"2.10.0\",\"proto\":1,"
+                               "\"headers\":true,\"max_payload\":1048576}\r\n";
     while (!atomic_load(&s->stop)) {
         struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
         if (poll(&pfd, 1, 50) <= 0)
@@ -982,18 +988,25 @@ static void *not_nats_loop(void *arg)
         int c = accept(s->fd, NULL, NULL);
         if (c < 0)
             continue;
-        ssize_t w = write(c, answer, sizeof(answer) - 1);
+        const char *answer = s->hold ? info : http;
+        ssize_t w = write(c, answer, strlen(answer));
         (void)w;
-        close(c);
+        if (s->hold && s->n_held < (int)(sizeof(s->held) / sizeof(s->held[0])))
+            s->held[s->n_held++] = c;
+        else
+            close(c);
     }
+    for (int i = 0; i < s->n_held; i++)
+        close(s->held[i]);
     return NULL;
 }
 
-static void not_nats_start(not_nats *s)
+static void not_nats_start(not_nats *s, bool hold)
 {
     struct sockaddr_in sa;
     socklen_t len = sizeof(sa);
     memset(s, 0, sizeof(*s));
+    s->hold = hold;
     atomic_init(&s->stop, false);
     s->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ck_assert_int_ge(s->fd, 0);
@@ -1019,7 +1032,7 @@ START_TEST(services_exit_1_with_cannot_start_when_the_port_is_not_nats)
     char url[64], data[600], tail[1500], where[128];
     not_nats fake;
     svc s[2];
-    not_nats_start(&fake);
+    not_nats_start(&fake, false);
     snprintf(url, sizeof(url), "nats://127.0.0.1:%d", fake.port);
     snprintf(data, sizeof(data), "%s/p", env.dir);
     snprintf(where, sizeof(where), "cannot reach NATS at %s", url);
@@ -1276,6 +1289,25 @@ START_TEST(cli_round_trip_and_exit_codes)
     CLI(r, dead, "command", "orders", "CreateOrder", "{\"customer_id\":\"cli\"}");
     ASSERT_CLI(r, 3);
     ck_assert_msg(strstr(r->err, dead) != NULL, "%s", r->err);
+
+    /* What the CLI echoes reaches a terminal: control characters are shown, not sent. */
+    CLI(r, url, "frob\x1b[2J\xc2\x9b");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "unknown subcommand 'frob\\x1b[2J\\u009b'") != NULL, "%s", r->err);
+    ck_assert_msg(strchr(r->err, 0x1b) == NULL && strstr(r->err, "\xc2\x9b") == NULL, "%s", r->err);
+
+    /* A server that greets and then says nothing more: libnats 3.4.1 would wait for its PONG
+     * for ever; the CLI gives up, says so, and is unreachable (3). */
+    not_nats mute;
+    char mute_url[64];
+    not_nats_start(&mute, true);
+    snprintf(mute_url, sizeof(mute_url), "nats://127.0.0.1:%d", mute.port);
+    int64_t t0 = tnow_ms();
+    CLI(r, mute_url, "status");
+    not_nats_stop(&mute);
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "never finished the connection handshake") != NULL, "%s", r->err);
+    ck_assert_int_lt(tnow_ms() - t0, 20000);
 
     /* A URL the client cannot use, or a credentials file without a user in it: settings to
      * correct (2), not a server to wait for (3). */

@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,11 +64,24 @@ static const char usage[] =
 
 void cli_error(const char *fmt, ...)
 {
+    /* What is echoed (arguments, a service's reply) may hold control characters: shown as
+     * \xHH (C1 ones as \u00HH), so that none reaches the terminal as an escape sequence. */
+    char msg[4096];
     va_list ap;
-    fputs("jetledger: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    fputs("jetledger: ", stderr);
+    for (const unsigned char *c = (const unsigned char *)msg; *c; c++) {
+        if (*c < 0x20 || *c == 0x7f)
+            fprintf(stderr, "\\x%02x", *c);
+        else if (c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) /* U+0080..U+009F, C1 */
+            fprintf(stderr, "\\u%04x", *++c);
+        else
+            fputc(*c, stderr);
+    }
+    if (n >= (int)sizeof(msg))
+        fputs("...", stderr);
     fputc('\n', stderr);
 }
 
@@ -79,11 +93,36 @@ void cli_stream_name(char *out, size_t n, const char *service)
     out[i] = 0;
 }
 
+static void on_connect_stuck(int sig)
+{
+    (void)sig;
+    static const char msg[] =
+        "jetledger: the NATS server greeted but never finished the connection handshake (a "
+        "server that stopped answering, or not NATS at --nats-url/NATS_URL?)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    _exit(CLI_UNAVAILABLE);
+}
+
 jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc)
 {
     jl_conn *c = NULL;
     char err[1024];
+    /* libnats 3.4.1 never gives up on a server that sent its INFO and then stopped answering
+     * (it polls without end, at full CPU): a watchdog past the longest honest connect (2 s a
+     * server, 2 s for the version probe) says so and exits. */
+    unsigned servers = 1;
+    for (const char *u = ctx->cfg.nats_url; *u; u++)
+        servers += *u == ',';
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_connect_stuck;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    alarm(servers * 2 + 8);
     jl_status s = jl_conn_open(&c, &ctx->cfg, "jetledger-cli", 0, err, sizeof(err));
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
     *out_rc = s == JL_OK ? CLI_OK : s == JL_ERR_INVALID ? CLI_USAGE : CLI_UNAVAILABLE;
     if (s != JL_OK) {
         cli_error("%s", err);
