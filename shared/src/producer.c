@@ -559,7 +559,7 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
         p->stats.cache_hits++;
         p->stats.last_load_events = 0;
     } else if (e == NULL && (e = jl__cache_put(p->cache, c->agg_id)) == NULL) {
-        jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory; not decided: try again");
         return JL_ERR_NOMEM;
     } else if (c->fresh) {
         p->def->state_init(e->state); /* a zeroed entry: version 0, nothing stored */
@@ -1236,7 +1236,11 @@ static bool start_one(jl_producer *p, cmd *c)
     natsMsg *out = NULL;
     jl_status s = jl_commit_encode(&p->commit, first_id, &meta, &c->d);
     if (s != JL_OK) {
-        jl_reply_error(r, s == JL_ERR_TOO_LARGE ? JL_CODE_INVALID : JL_CODE_INTERNAL,
+        /* Too large is the command's; out of memory passes (not decided: sent again). */
+        jl_reply_error(r,
+                       s == JL_ERR_TOO_LARGE ? JL_CODE_INVALID
+                       : s == JL_ERR_NOMEM   ? JL_CODE_UNAVAILABLE
+                                             : JL_CODE_INTERNAL,
                        "cannot encode the events: %s", jl_status_str(s));
         finish(p, c, r);
         return true;
@@ -1787,7 +1791,7 @@ static void submit(jl_producer *p, const request *rq)
     if (c == NULL) {
         if (rq->sync != NULL) { /* a direct caller waits for an answer */
             jl_reply_reset(r);
-            jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+            jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory; not decided: try again");
             answer_sync(rq->sync, r);
         }
         pthread_mutex_unlock(&p->mu);
@@ -2113,7 +2117,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     }
     void *at = calloc(1, def->state_size);
     if (at == NULL) {
-        jl_reply_error(r, JL_CODE_INTERNAL, "out of memory");
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory: try again");
         return;
     }
     replay_ctx rc = {.p = p, .state = at};
