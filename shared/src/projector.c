@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "jetledger/codec.h"
 #include "jetledger/log.h"
 #include "deadline.h"
 #include "hash.h"
@@ -334,6 +335,14 @@ static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
     return found;
 }
 
+/* Whether @p file could be one of @p p's read model files: "<name>...db", in the data dir. */
+static bool ours(const jl_projector *p, const char *file)
+{
+    size_t nl = strlen(p->def->name), n = strlen(file);
+    return strncmp(file, p->def->name, nl) == 0 && strchr(file, '/') == NULL && n > 3 &&
+           strcmp(file + n - 3, ".db") == 0;
+}
+
 /*
  * Which file is live: the pointer file names it; without one, "<name>.db". What cannot be
  * read for sure stops the start rather than have it take another file for the live one (and
@@ -366,13 +375,19 @@ static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
         return JL_OK;
     }
     bool read = fgets(name, sizeof(name), f) != NULL;
+    /* A second line, "replaces <file>", names the file this one replaced: a switch cut short
+     * after the pointer was written may have left it (see jl__proj_switch). */
+    char line[sizeof(p->replaced) + 9] = "";
+    p->replaced[0] = 0;
+    if (read && fgets(line, sizeof(line), f) != NULL && strncmp(line, "replaces ", 9) == 0) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (ours(p, line + 9))
+            snprintf(p->replaced, sizeof(p->replaced), "%s", line + 9);
+    }
     bool failed = ferror(f);
     fclose(f);
     name[strcspn(name, "\r\n")] = 0;
-    size_t nl = strlen(p->def->name);
-    bool ok = read && !failed && strncmp(name, p->def->name, nl) == 0 &&
-              strchr(name, '/') == NULL && strlen(name) > 3 &&
-              strcmp(name + strlen(name) - 3, ".db") == 0;
+    bool ok = read && !failed && ours(p, name);
     if (!ok) {
         snprintf(err, errlen, "%s does not name a read model file of %s (it holds '%.64s')", path,
                  p->def->name, name);
@@ -410,23 +425,87 @@ static file_kind rebuild_file_kind(const char *file, const char *name)
                                                                                  : OTHER_FILE;
 }
 
-/* Rebuild files other than the live one are left by interrupted rebuilds: remove them. */
+static bool sync_dir(const char *dir);
+
+/* Whether @p file names @p name's "<name>.replaced-<digits>.db", a model a switch kept. */
+static bool replaced_file(const char *file, const char *name)
+{
+    size_t nl = strlen(name);
+    if (strncmp(file, name, nl) != 0 || strncmp(file + nl, ".replaced-", 10) != 0)
+        return false;
+    const char *rest = file + nl + 10;
+    size_t digits = strspn(rest, "0123456789");
+    return digits > 0 && strcmp(rest + digits, ".db") == 0;
+}
+
+/* Whether @p file is "<file of ours>.db-wal" or "-shm" with no such database beside it: a
+ * connection left them on a file removed while it was open, and was stopped before its close
+ * took them away. */
+static bool orphan_side_file(const jl_projector *p, const char *file)
+{
+    char base[300], path[1400];
+    size_t n = strlen(file);
+    if (n < 5 || n >= sizeof(base) ||
+        (strcmp(file + n - 4, "-wal") != 0 && strcmp(file + n - 4, "-shm") != 0))
+        return false;
+    memcpy(base, file, n - 4);
+    base[n - 4] = 0;
+    snprintf(path, sizeof(path), "%s/%s", p->data_dir, base);
+    char first[300];
+    snprintf(first, sizeof(first), "%s.db", p->def->name);
+    bool mine = strcmp(base, first) == 0 || replaced_file(base, p->def->name) ||
+                rebuild_file_kind(base, p->def->name) != OTHER_FILE;
+    return mine && access(path, F_OK) != 0 && errno == ENOENT;
+}
+
+/*
+ * What a switch or rebuild cut short left: rebuild files other than the live one; the file
+ * the pointer says the live one replaced (once the pointer is synced: a power loss must not
+ * bring back a pointer to a file removed); and a kept model's name that is still a link to
+ * the live file (the switch stopped before the pointer moved: the live file is what it is).
+ */
 static void remove_leftovers(jl_projector *p)
 {
     DIR *d = opendir(p->data_dir);
     struct dirent *e;
     char path[1100];
+    struct stat live, st;
     if (d == NULL)
         return;
+    bool have_live = stat(p->db_path, &live) == 0;
     while ((e = readdir(d)) != NULL) {
-        if (rebuild_file_kind(e->d_name, p->def->name) == OTHER_FILE ||
-            strcmp(e->d_name, p->file) == 0)
+        if (strcmp(e->d_name, p->file) == 0)
             continue;
         snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
-        jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"", e->d_name);
-        jl__proj_remove_db(path);
+        if (orphan_side_file(p, e->d_name)) {
+            jl_log(JL_LOG_INFO, "removing a WAL file without its database", "\"file\":\"%s\"",
+                   e->d_name);
+            unlink(path);
+        } else if (rebuild_file_kind(e->d_name, p->def->name) != OTHER_FILE) {
+            jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"",
+                   e->d_name);
+            jl__proj_remove_db(path);
+        } else if (have_live && replaced_file(e->d_name, p->def->name) && stat(path, &st) == 0 &&
+                   st.st_ino == live.st_ino && st.st_dev == live.st_dev) {
+            jl_log(JL_LOG_INFO, "removing a second name of the live read model",
+                   "\"file\":\"%s\",\"live\":\"%s\"", e->d_name, p->file);
+            unlink(path); /* the name only: its WAL is the live file's, under the live name */
+        }
     }
     closedir(d);
+    if (p->replaced[0] == 0 || strcmp(p->replaced, p->file) == 0)
+        return;
+    snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
+    if (access(path, F_OK) != 0)
+        return;
+    if (!sync_dir(p->data_dir)) {
+        jl_log(JL_LOG_WARN, "keeping the replaced read model: the directory cannot be synced",
+               "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(errno));
+        return;
+    }
+    jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
+           p->replaced);
+    jl__proj_remove_db(path);
 }
 
 /* fsync the directory @p dir, making a rename in it durable. False with errno set on failure. */
@@ -459,11 +538,38 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         jl_db_close(db);
         return s;
     }
-    /* The pointer file decides which file a restart opens: replace it atomically. */
+    char old_path[1024], kept[1100] = "";
+    snprintf(old_path, sizeof(old_path), "%s", p->db_path);
+    bool linked = false;
+    if (keep_old) {
+        /* Kept under a name of its own before the pointer moves, so that no stop, however
+         * abrupt, leaves it under its old name, which a start removes: a second link to the
+         * file ("<name>.replaced-<ms>.db": not a rebuild file), after its WAL is folded in
+         * (live and the outbox are paused: nothing writes it meanwhile; cheap, the WAL holds
+         * what came since the last checkpoint, not the model). */
+        int wal_frames = 0, folded = 0;
+        int rc = sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
+                                           &wal_frames, &folded);
+        if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
+            jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
+                   "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
+                   sqlite3_errstr(rc), wal_frames, folded);
+        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
+                 jl__now_ns() / 1000000);
+        linked = link(old_path, kept) == 0;
+        if (!linked)
+            jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",
+                   "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
+    }
+    /* The pointer file decides which file a restart opens: replace it atomically. Its second
+     * line names the file replaced, for a start to remove should this switch stop before it
+     * does (not one kept under its old name: there is no other). */
     pointer_path(p, path, sizeof(path));
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     bool written = f != NULL && fprintf(f, "%s\n", file) > 0;
+    if (written && (!keep_old || linked))
+        written = fprintf(f, "replaces %s\n", p->file) > 0;
     if (f != NULL)
         written = (fflush(f) == 0 && fsync(fileno(f)) == 0 && written);
     if (f != NULL)
@@ -472,22 +578,19 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         snprintf(err, errlen, "cannot write %s: %s; the live read model is unchanged", path,
                  strerror(errno));
         unlink(tmp);
+        if (linked)
+            unlink(kept);
         jl_db_close(qdb);
         jl_db_close(db);
         return JL_ERR_IO;
     }
     /* A power loss could bring the old pointer back: it must then find its file, under its
-     * own name (logged: a rebuild's file is removed by a later start that reads the new
-     * pointer, the first file, "<name>.db", stays for the operator). */
-    bool keep_in_place = false;
-    if (!sync_dir(p->data_dir)) {
+     * own name. Left as it is then; a later start that reads the new pointer removes it once
+     * the directory syncs (the pointer's "replaces" line; a rebuild's file in any case). */
+    bool synced = sync_dir(p->data_dir);
+    if (!synced)
         jl_log(JL_LOG_ERROR, "the switch may not survive a power loss: keeping the old file",
                "\"dir\":\"%s\",\"error\":\"%s\"", p->data_dir, strerror(errno));
-        keep_in_place = !keep_old;
-        keep_old = true;
-    }
-    char old_path[1024];
-    snprintf(old_path, sizeof(old_path), "%s", p->db_path);
     pthread_rwlock_wrlock(&p->switch_lock);
     jl_db *old_db = p->db, *old_qdb = p->qdb;
     p->db = db;
@@ -497,41 +600,26 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     p->db_version = p->def->version;
     p->outbox_gen++;
     pthread_rwlock_unlock(&p->switch_lock);
-    char kept[1100] = "";
-    if (keep_old) {
-        /* Its last commits may still be in its WAL, which closing this connection would not
-         * fold in while a process manager's outbox sender (a connection of its own) has the
-         * file open: fold it in now (a checkpoint syncs the file), then rename. Cheap: the WAL
-         * holds what came since the last checkpoint, not the model. */
-        int wal_frames = 0, folded = 0;
-        int rc = sqlite3_wal_checkpoint_v2(jl_db_handle(old_db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
-                                           &wal_frames, &folded);
-        if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
-            jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
-                   "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
-                   sqlite3_errstr(rc), wal_frames, folded);
-    }
     jl_db_close(old_qdb);
     jl_db_close(old_db);
-    if (!keep_old) {
-        jl__proj_remove_db(old_path);
-    } else if (keep_in_place) {
-        snprintf(kept, sizeof(kept), "%s", old_path);
-    } else {
-        /* "<name>.replaced-<ms>.db": not a rebuild file, which a start takes for the debris of
-         * an interrupted rebuild and removes; the rename is synced for the same reason. */
-        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
-                 jl__now_ns() / 1000000);
-        if (rename(old_path, kept) != 0) {
-            /* Kept under its old name, which a start removes if it is a rebuild's: say so. */
-            jl_log(JL_LOG_WARN, "the replaced read model could not be renamed",
-                   "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept,
-                   strerror(errno));
+    if (!synced) {
+        if (!linked)
             snprintf(kept, sizeof(kept), "%s", old_path);
-        } else if (!sync_dir(p->data_dir)) {
-            jl_log(JL_LOG_WARN, "the replaced read model's new name may not survive a power loss",
-                   "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
-        }
+        keep_old = true;
+    } else if (linked) {
+        /* The name only goes: the kept name holds the file (its WAL, empty or still open by
+         * the outbox sender's connection, goes with that connection's close). */
+        unlink(old_path);
+    } else if (!keep_old) {
+        jl__proj_remove_db(old_path);
+    } else if (rename(old_path, kept) != 0) {
+        /* Kept under its old name, which a start removes if it is a rebuild's: say so. */
+        jl_log(JL_LOG_WARN, "the replaced read model could not be renamed",
+               "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept, strerror(errno));
+        snprintf(kept, sizeof(kept), "%s", old_path);
+    } else if (!sync_dir(p->data_dir)) {
+        jl_log(JL_LOG_WARN, "the replaced read model's new name may not survive a power loss",
+               "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
     }
     jl_log(JL_LOG_INFO, "read model switched",
            "\"file\":\"%s\",\"checkpoint\":%" PRIu64 ",\"old\":\"%s\"", file,
@@ -1108,6 +1196,43 @@ static natsStatus seq_from_time(jl_projector *p, int si, int64_t t, uint64_t *ou
     }
     *out_seq = lo;
     return NATS_OK;
+}
+
+jl_status jl__proj_check_from_time(jl_projector *p, int si, int64_t t, char *err, size_t errlen)
+{
+    jsStreamInfo *info = NULL;
+    jsErrCode jerr = 0;
+    const char *stream = p->src[si].stream;
+    natsStatus ns = js_GetStreamInfo(&info, p->js, stream, NULL, &jerr);
+    if (ns != NATS_OK && jerr == JSStreamNotFoundErr)
+        return JL_OK; /* nothing was ever removed from a stream not there (nothing to read) */
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot read stream %s: %s", stream, natsStatus_GetText(ns));
+        return jl_status_from_nats(ns);
+    }
+    uint64_t first = info->State.FirstSeq, last = info->State.LastSeq;
+    jsStreamInfo_Destroy(info);
+    if (first <= 1)
+        return JL_OK;
+    int64_t first_ns = 0;
+    uint64_t at = 0;
+    ns = stored_time(p, si, first, last + 1, &first_ns, &at);
+    if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
+        snprintf(err, errlen, "cannot read stream %s: %s", stream, natsStatus_GetText(ns));
+        return jl_status_from_nats(ns);
+    }
+    if (ns == NATS_OK && t > first_ns)
+        return JL_OK; /* what was removed came before its first retained message */
+    char when[48] = "";
+    if (ns == NATS_OK)
+        jl_format_time(when, sizeof(when), first_ns);
+    snprintf(err, errlen,
+             "stream %s no longer holds sequences 1 to %" PRIu64
+             " (removed by its limits or a purge), and the from-time may fall among them: "
+             "%s%s%s",
+             stream, first - 1, ns == NATS_OK ? "give a time after " : "it holds no messages", when,
+             ns == NATS_OK && p->n_src == 1 ? ", or a from-seq" : "");
+    return JL_ERR_INVALID;
 }
 
 jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start_seq,

@@ -91,6 +91,7 @@ struct jl_projector {
     int64_t rebuild_max_bytes;
     char data_dir[512];
     char file[256];     /* current database file name within data_dir */
+    char replaced[256]; /* at start: the file the pointer says the live one replaced, or "" */
     char db_path[1024]; /* data_dir/file */
     jl_db *db;          /* writer: the consuming thread (or a finishing job) */
     jl_db *qdb;         /* reader: the query thread, under switch_lock */
@@ -186,6 +187,11 @@ uint64_t jl__proj_checkpoint(jl_projector *p, int i);
  * Takes ownership of @p db. */
 jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool keep_old, char *err,
                           size_t errlen);
+
+/* JL_ERR_INVALID, saying why in @p err, when a rebuild from time @p t (Unix ns) could miss
+ * messages of source @p si's stream that its limits or a purge removed (t at or before its
+ * first retained message, that not sequence 1); JL_OK when none can be. */
+jl_status jl__proj_check_from_time(jl_projector *p, int si, int64_t t, char *err, size_t errlen);
 
 /* Delete a database file with its -wal and -shm companions. */
 void jl__proj_remove_db(const char *path);

@@ -655,6 +655,13 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
         snprintf(err, errlen, "from-time is in the future");
         return JL_ERR_INVALID;
     }
+    /* From a time before what the stream still holds: the new model would lack what the
+     * removed messages after that time built, and replace the one that has it. */
+    for (int i = 0; from_time_ns != 0 && i < p->n_src; i++) {
+        jl_status cs = jl__proj_check_from_time(p, i, from_time_ns, err, errlen);
+        if (cs != JL_OK)
+            return cs;
+    }
     /* From the start of a stream whose first messages are gone (its limits, a purge): the new
      * model would lack what they built, and replace the one that has it. */
     for (int i = 0; from_seq == 0 && from_time_ns == 0 && i < p->n_src; i++) {

@@ -415,6 +415,16 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
     rb.from_time_ns = 0;
     rb.from_seq = 2;
     expect_refused("Rebuild", &rb.base, "before the first retained sequence 5");
+    /* So is a time at or before the first retained message's: removed ones may follow it. */
+    natsMsg *m5 = NULL;
+    ck_assert_int_eq(js_GetMsg(&m5, jl_conn_js(env.conn), "ORDERS", 5, NULL, NULL), NATS_OK);
+    int64_t at5 = natsMsg_GetTime(m5);
+    natsMsg_Destroy(m5);
+    rb.from_seq = 0;
+    rb.from_time_ns = 1;
+    expect_refused("Rebuild", &rb.base, "no longer holds sequences 1 to 4");
+    rb.from_time_ns = at5;
+    expect_refused("Rebuild", &rb.base, "the from-time may fall among them: give a time after");
 
     expect_refused("Nonsense", NULL, "");
 
@@ -510,6 +520,94 @@ START_TEST(a_start_removes_its_own_rebuild_debris_and_nothing_else)
 }
 END_TEST
 
+/* Three orders applied by a projector in data dir @p sub, rebuilt once, stopped: its live
+ * file is a rebuild's, named by its pointer. */
+static void rebuilt_once(runner *live, const char *sub)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 3, 1);
+    runner_start(live, &order_summary_projector, sub, 0);
+    wait_checkpoint(live->p, 3);
+    rebuild_done(false);
+    runner_stop(live);
+}
+
+/* An empty file @p name in @p dir. */
+static void touch_file(const char *dir, const char *name)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+}
+
+static bool file_in(const char *dir, const char *name)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
+{
+    /* A switch writes the pointer (naming the file it replaces), then removes or renames the
+     * old file: a stop between the steps leaves files that the next start settles, keeping
+     * the live model and any model kept with --keep-old. */
+    runner live;
+    rebuilt_once(&live, "cut");
+    char path[1024], pointer[1200], line[2][300] = {"", ""};
+    live_file(live.dir, path, sizeof(path));
+    const char *live_name = strrchr(path, '/') + 1;
+    snprintf(pointer, sizeof(pointer), "%s/order_summary.current", live.dir);
+    FILE *f = fopen(pointer, "r");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 2; i++)
+        ck_assert_ptr_nonnull(fgets(line[i], sizeof(line[i]), f));
+    fclose(f);
+    ck_assert_str_eq(line[1], "replaces order_summary.db\n");
+    ck_assert(!file_in(live.dir, "order_summary.db"));
+    char *before = tdump(path);
+
+    /* Stopped after the pointer moved: the replaced file and its WAL are still there. */
+    const char *old[] = {"order_summary.db", "order_summary.db-wal", "order_summary.db-shm"};
+    for (int i = 0; i < 3; i++)
+        touch_file(live.dir, old[i]);
+    /* Stopped with --keep-old before the pointer moved: the kept name is a link to live. */
+    char alias[1300], kept_src[1300], kept[1300];
+    snprintf(alias, sizeof(alias), "%s/order_summary.replaced-1.db", live.dir);
+    ck_assert_int_eq(link(path, alias), 0);
+    /* A kept model (another file) beside its old name, a rebuild's: the name goes, not it. */
+    touch_file(live.dir, "order_summary.rebuild-7.db");
+    snprintf(kept_src, sizeof(kept_src), "%s/order_summary.rebuild-7.db", live.dir);
+    snprintf(kept, sizeof(kept), "%s/order_summary.replaced-7.db", live.dir);
+    ck_assert_int_eq(link(kept_src, kept), 0);
+    /* WAL files whose database is gone; and other projectors' (kept). */
+    touch_file(live.dir, "order_summary.rebuild-8.db-wal");
+    touch_file(live.dir, "order_summary.rebuild-8.db-shm");
+    touch_file(live.dir, "other.db-wal");
+    touch_file(live.dir, "order_summary_x.db-wal");
+
+    runner_start(&live, &order_summary_projector, "cut", 0);
+    ck_assert_uint_eq(jl_projector_checkpoint(live.p), 3);
+    runner_stop(&live);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(!file_in(live.dir, old[i]), "%s was left", old[i]);
+    ck_assert_msg(access(alias, F_OK) != 0, "%s was left", alias);
+    ck_assert_msg(!file_in(live.dir, "order_summary.rebuild-7.db"), "rebuild-7 was left");
+    ck_assert_msg(access(kept, F_OK) == 0, "the kept model was removed");
+    ck_assert(!file_in(live.dir, "order_summary.rebuild-8.db-wal"));
+    ck_assert(!file_in(live.dir, "order_summary.rebuild-8.db-shm"));
+    ck_assert(file_in(live.dir, "other.db-wal"));
+    ck_assert(file_in(live.dir, "order_summary_x.db-wal"));
+    ck_assert(file_in(live.dir, live_name));
+    char *after = tdump(path);
+    ck_assert_str_eq(before, after);
+    free(before);
+    free(after);
+}
+END_TEST
+
 START_TEST(keep_old_keeps_the_replaced_model_whole)
 {
     /* --keep-old: the model replaced by the switch stays, as "<name>.replaced-<ms>.db", with
@@ -566,13 +664,8 @@ START_TEST(a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_repla
     /* After a switch the live file is "<name>.rebuild-<ms>.db", named by "<name>.current". A
      * start that cannot read that pointer must not take "<name>.db" for the live model and
      * remove the real one as a rebuild's leftover: it refuses, saying why. */
-    ensure_stream();
-    tseed_orders(env.conn, 3, 1);
     runner live;
-    runner_start(&live, &order_summary_projector, "lost", 0);
-    wait_checkpoint(live.p, 3);
-    rebuild_done(false);
-    runner_stop(&live);
+    rebuilt_once(&live, "lost");
     char path[1024], pointer[1200], aside[1300];
     live_file(live.dir, path, sizeof(path));
     ck_assert_ptr_nonnull(strstr(path, ".rebuild-"));
@@ -1007,6 +1100,7 @@ int main(void)
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
+    tcase_add_test(tc, a_switch_cut_short_is_settled_by_the_next_start);
     tcase_add_test(tc, a_live_file_whose_pointer_cannot_be_read_is_neither_removed_nor_replaced);
     tcase_add_test(tc, keep_old_keeps_the_replaced_model_whole);
     tcase_add_test(tc, a_version_rebuild_on_a_trimmed_stream_keeps_the_old_model);
