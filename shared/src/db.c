@@ -404,37 +404,95 @@ static jl_status dump_query(jl_db *db, const char *table, jl_buf *sql)
     return s;
 }
 
-jl_status jl_db_dump(jl_db *db, jl_buf *out)
-{
-    sqlite3_stmt *tables = NULL, *rows = NULL;
+struct jl_db_dump_cursor {
+    jl_db *db;
+    sqlite3_stmt *tables; /* the tables, by name */
+    sqlite3_stmt *rows;   /* the current table's rows, or NULL between tables */
+    const char *table;    /* the current table's name (owned by tables) */
     jl_buf sql;
-    jl_status s = JL_OK;
-    jl_buf_init(&sql, 128 * 1024);
+};
+
+jl_status jl_db_dump_open(jl_db *db, jl_db_dump_cursor **out)
+{
+    jl_db_dump_cursor *c = calloc(1, sizeof(*c));
+    *out = NULL;
+    if (c == NULL)
+        return JL_ERR_NOMEM;
+    c->db = db;
+    jl_buf_init(&c->sql, 128 * 1024);
     int rc = sqlite3_prepare_v2(db->h,
                                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name "
                                 "NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'jl\\_%' "
                                 "ESCAPE '\\' ORDER BY name",
-                                -1, &tables, NULL);
-    if (rc != SQLITE_OK)
-        s = jl_db_fail(db, rc, "cannot list tables");
-    while (s == JL_OK && (rc = sqlite3_step(tables)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(tables, 0);
-        s = dump_query(db, name, &sql);
-        if (s == JL_OK &&
-            (rc = sqlite3_prepare_v2(db->h, jl_buf_str(&sql), -1, &rows, NULL)) != SQLITE_OK)
-            s = jl_db_fail(db, rc, "cannot dump table");
-        while (s == JL_OK && (rc = sqlite3_step(rows)) == SQLITE_ROW) {
-            s = jl_buf_addf(out, "%s|%s\n", name, (const char *)sqlite3_column_text(rows, 0));
-        }
-        if (s == JL_OK && rc != SQLITE_DONE)
-            s = jl_db_fail(db, rc, "dump failed");
-        sqlite3_finalize(rows);
-        rows = NULL;
+                                -1, &c->tables, NULL);
+    if (rc != SQLITE_OK) {
+        jl_db_dump_close(c);
+        return jl_db_fail(db, rc, "cannot list tables");
     }
-    if (s == JL_OK && rc != SQLITE_DONE)
-        s = jl_db_fail(db, rc, "cannot list tables");
-    sqlite3_finalize(tables);
-    jl_buf_cleanup(&sql);
+    *out = c;
+    return JL_OK;
+}
+
+jl_status jl_db_dump_next(jl_db_dump_cursor *c, const char **out_table, const char **out_row,
+                          size_t *out_len, bool *out_end)
+{
+    *out_end = false;
+    for (;;) {
+        if (c->rows != NULL) {
+            int rc = sqlite3_step(c->rows);
+            if (rc == SQLITE_ROW) {
+                const char *row = (const char *)sqlite3_column_text(c->rows, 0);
+                if (row == NULL) /* quote() of every column is never NULL: out of memory */
+                    return jl_db_fail(c->db, SQLITE_NOMEM, "dump failed");
+                *out_table = c->table;
+                *out_row = row;
+                *out_len = (size_t)sqlite3_column_bytes(c->rows, 0);
+                return JL_OK;
+            }
+            sqlite3_finalize(c->rows);
+            c->rows = NULL;
+            if (rc != SQLITE_DONE) /* a table cut short would compare partial: an error */
+                return jl_db_fail(c->db, rc, "dump failed");
+        }
+        int rc = sqlite3_step(c->tables);
+        if (rc == SQLITE_DONE) {
+            *out_end = true;
+            return JL_OK;
+        }
+        if (rc != SQLITE_ROW)
+            return jl_db_fail(c->db, rc, "cannot list tables");
+        c->table = (const char *)sqlite3_column_text(c->tables, 0);
+        if (c->table == NULL)
+            return jl_db_fail(c->db, SQLITE_NOMEM, "cannot list tables");
+        jl_status s = dump_query(c->db, c->table, &c->sql);
+        if (s != JL_OK)
+            return s;
+        rc = sqlite3_prepare_v2(c->db->h, jl_buf_str(&c->sql), -1, &c->rows, NULL);
+        if (rc != SQLITE_OK)
+            return jl_db_fail(c->db, rc, "cannot dump table");
+    }
+}
+
+void jl_db_dump_close(jl_db_dump_cursor *c)
+{
+    if (c == NULL)
+        return;
+    sqlite3_finalize(c->rows);
+    sqlite3_finalize(c->tables);
+    jl_buf_cleanup(&c->sql);
+    free(c);
+}
+
+jl_status jl_db_dump(jl_db *db, jl_buf *out)
+{
+    jl_db_dump_cursor *c = NULL;
+    jl_status s = jl_db_dump_open(db, &c);
+    const char *table = NULL, *row = NULL;
+    size_t len = 0;
+    bool end = false;
+    while (s == JL_OK && (s = jl_db_dump_next(c, &table, &row, &len, &end)) == JL_OK && !end)
+        s = jl_buf_addf(out, "%s|%.*s\n", table, (int)len, row);
+    jl_db_dump_close(c);
     return s;
 }
 

@@ -9,6 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Not the published offset basis (14695981039346656037, one digit longer): kept, because
+ * hashes made with it are stored (a projector's last-applied message hash, the producer's
+ * command-id keys, verify digests operators may have noted); any nonzero basis serves. */
 #define JL__FNV64_BASIS 1469598103934665603ULL
 #define JL__FNV64_PRIME 1099511628211ULL
 

@@ -245,33 +245,6 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
     return s;
 }
 
-/* Lines of @p a (sorted) not in @p b (sorted), at most MAX_DIFFS. */
-static int diff_lines(const char *a, const char *b, char out[MAX_DIFFS][256])
-{
-    int n = 0;
-    const char *pa = a, *pb = b;
-    while (*pa && n < MAX_DIFFS) {
-        const char *ea = strchr(pa, '\n');
-        size_t la = ea ? (size_t)(ea - pa) : strlen(pa);
-        int cmp = 1;
-        while (*pb) {
-            const char *eb = strchr(pb, '\n');
-            size_t lb = eb ? (size_t)(eb - pb) : strlen(pb);
-            size_t m = la < lb ? la : lb;
-            cmp = memcmp(pa, pb, m);
-            if (cmp == 0)
-                cmp = la == lb ? 0 : (la < lb ? -1 : 1);
-            if (cmp <= 0)
-                break;
-            pb += lb + (eb ? 1 : 0);
-        }
-        if (cmp != 0)
-            snprintf(out[n++], 256, "%.*s", (int)(la < 255 ? la : 255), pa);
-        pa += la + (ea ? 1 : 0);
-    }
-    return n;
-}
-
 /* A read transaction on the live file, begun now: what it reads stays as of this moment while
  * the live side goes on applying (WAL). Called with live paused, at the verified sequence. */
 static jl_status open_snapshot(run_ctx *c, jl_db **out)
@@ -292,40 +265,96 @@ static jl_status open_snapshot(run_ctx *c, jl_db **out)
     return s;
 }
 
-/* Compare the rebuilt model with @p live (a snapshot at the same sequence). */
+/* One side of a comparison: a dump read a row at a time, and the digest of what was read. */
+typedef struct dump_side {
+    jl_db_dump_cursor *cur;
+    const char *table, *row;
+    size_t len;
+    bool end;
+    uint64_t digest; /* of the text jl_db_dump() gives: "<table>|<row>\n" a row */
+} dump_side;
+
+static jl_status side_next(dump_side *d)
+{
+    jl_status s = jl_db_dump_next(d->cur, &d->table, &d->row, &d->len, &d->end);
+    if (s == JL_OK && !d->end) {
+        d->digest = jl__fnv1a64_more(d->digest, d->table, strlen(d->table));
+        d->digest = jl__fnv1a64_more(d->digest, "|", 1);
+        d->digest = jl__fnv1a64_more(d->digest, d->row, d->len);
+        d->digest = jl__fnv1a64_more(d->digest, "\n", 1);
+    }
+    return s;
+}
+
+/* Order of two rows as the dumps give them: by table name, then by the row's text. */
+static int side_cmp(const dump_side *a, const dump_side *b)
+{
+    if (a->end || b->end)
+        return a->end - b->end;
+    int t = strcmp(a->table, b->table);
+    if (t != 0)
+        return t;
+    size_t m = a->len < b->len ? a->len : b->len;
+    int r = memcmp(a->row, b->row, m);
+    return r != 0 ? r : (a->len > b->len) - (a->len < b->len);
+}
+
+/* Note @p d's row as one only its side has (the first MAX_DIFFS of them). */
+static void side_only(const dump_side *d, char out[MAX_DIFFS][256], int *n)
+{
+    if (*n < MAX_DIFFS)
+        snprintf(out[(*n)++], 256, "%s|%.*s", d->table, (int)(d->len < 200 ? d->len : 200), d->row);
+}
+
+/*
+ * Compare the rebuilt model with @p live_db (a snapshot at the same sequence): both dumps are
+ * read a row at a time and merged (each is in table, then row order), so that memory stays
+ * bounded whatever the model's size; the digests are of the whole dumps.
+ */
 static jl_status compare(run_ctx *c, jl_db *live_db)
 {
-    jl_buf live, rebuilt;
-    jl_buf_init(&live, (size_t)1 << 31);
-    jl_buf_init(&rebuilt, (size_t)1 << 31);
-    jl_status s = jl_db_dump(live_db, &live);
+    dump_side live = {.digest = JL__FNV64_BASIS}, rebuilt = {.digest = JL__FNV64_BASIS};
+    char only_live[MAX_DIFFS][256], only_rebuilt[MAX_DIFFS][256];
+    int n_live = 0, n_rebuilt = 0;
+    bool differ = false;
+    jl_status s = jl_db_dump_open(live_db, &live.cur);
     if (s == JL_OK)
-        s = jl_db_dump(c->db, &rebuilt);
+        s = jl_db_dump_open(c->db, &rebuilt.cur);
+    if (s == JL_OK)
+        s = side_next(&live);
+    if (s == JL_OK)
+        s = side_next(&rebuilt);
+    while (s == JL_OK && !(live.end && rebuilt.end)) {
+        int cmp = side_cmp(&live, &rebuilt);
+        differ = differ || cmp != 0;
+        if (cmp < 0)
+            side_only(&live, only_live, &n_live);
+        else if (cmp > 0)
+            side_only(&rebuilt, only_rebuilt, &n_rebuilt);
+        if (cmp <= 0)
+            s = side_next(&live);
+        if (s == JL_OK && cmp >= 0)
+            s = side_next(&rebuilt);
+    }
+    jl_db_dump_close(live.cur);
+    jl_db_dump_close(rebuilt.cur);
     if (s != JL_OK) {
         snprintf(c->err, sizeof(c->err), "cannot dump the read models: %s / %s",
                  jl_db_errmsg(live_db), jl_db_errmsg(c->db));
-    } else {
-        jl__job *j = c->j;
-        pthread_mutex_lock(&j->mu);
-        j->st.verified_seq = c->src[0].checkpoint;
-        snprintf(j->st.live_digest, sizeof(j->st.live_digest), "%016" PRIx64,
-                 jl__fnv1a64_more(JL__FNV64_BASIS, jl_buf_str(&live), live.len));
-        snprintf(j->st.rebuilt_digest, sizeof(j->st.rebuilt_digest), "%016" PRIx64,
-                 jl__fnv1a64_more(JL__FNV64_BASIS, jl_buf_str(&rebuilt), rebuilt.len));
-        j->st.match = live.len == rebuilt.len &&
-                      memcmp(jl_buf_str(&live), jl_buf_str(&rebuilt), live.len) == 0;
-        if (!j->st.match) {
-            /* Dumps are sorted per table and tables are in name order: a merge finds rows. */
-            j->st.n_only_live =
-                diff_lines(jl_buf_str(&live), jl_buf_str(&rebuilt), j->st.only_live);
-            j->st.n_only_rebuilt =
-                diff_lines(jl_buf_str(&rebuilt), jl_buf_str(&live), j->st.only_rebuilt);
-        }
-        pthread_mutex_unlock(&j->mu);
+        return s;
     }
-    jl_buf_cleanup(&live);
-    jl_buf_cleanup(&rebuilt);
-    return s;
+    jl__job *j = c->j;
+    pthread_mutex_lock(&j->mu);
+    j->st.verified_seq = c->src[0].checkpoint;
+    snprintf(j->st.live_digest, sizeof(j->st.live_digest), "%016" PRIx64, live.digest);
+    snprintf(j->st.rebuilt_digest, sizeof(j->st.rebuilt_digest), "%016" PRIx64, rebuilt.digest);
+    j->st.match = !differ;
+    memcpy(j->st.only_live, only_live, sizeof(only_live));
+    memcpy(j->st.only_rebuilt, only_rebuilt, sizeof(only_rebuilt));
+    j->st.n_only_live = n_live;
+    j->st.n_only_rebuilt = n_rebuilt;
+    pthread_mutex_unlock(&j->mu);
+    return JL_OK;
 }
 
 /*

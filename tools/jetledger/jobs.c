@@ -316,17 +316,21 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     int64_t asked_ns = now_ns();
     if (rc == CLI_OK)
         st = admin(&j, request, start, &rc);
-    if (st == NULL && j.conn != NULL && cli_request_timed_out() && interrupted == 0) {
-        /* No reply in time is not "not started": a busy projector may have taken it. */
+    if (st == NULL && j.conn != NULL && cli_request_timed_out()) {
+        /* No reply in time is not "not started": a busy projector may have taken it, and may
+         * even have finished it (a Ctrl-C meanwhile then cancels it if it still runs). */
         Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
         int rc2 = CLI_OK;
         Jetledger__RebuildStatus *now = admin(&j, "GetRebuildStatus", &get.base, &rc2);
         /* Ours if it started after we asked (by the projector's clock, give or take 5 s):
          * not another operator's job, which Ctrl-C here would cancel. */
-        if (now != NULL && strcmp(now->state, "running") == 0 && strcmp(now->job, kind) == 0 &&
+        if (now != NULL && strcmp(now->job, kind) == 0 &&
             now->started_at_ns >= asked_ns - 5000000000LL) {
-            cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)", kind,
-                      j.projector);
+            if (finished(now))
+                cli_error("the %s started on %s after all, and has ended", kind, j.projector);
+            else
+                cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)",
+                          kind, j.projector);
             st = now;
             rc = CLI_OK;
         } else {
@@ -345,8 +349,13 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         if (st->instance != NULL && strlen(st->instance) < sizeof(j.instance) &&
             strpbrk(st->instance, ".*> ") == NULL)
             snprintf(j.instance, sizeof(j.instance), "%s", st->instance);
-        show_progress(&j, st, false);
-        rc = follow(&j, &final);
+        if (finished(st)) { /* found ended above */
+            final = st;
+            st = NULL;
+        } else {
+            show_progress(&j, st, false);
+            rc = follow(&j, &final);
+        }
     }
     if (final != NULL) {
         print_result(final, verify);

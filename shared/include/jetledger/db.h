@@ -86,6 +86,23 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what);
  */
 jl_status jl_db_dump(jl_db *db, jl_buf *out);
 
+/** The rows of jl_db_dump() one at a time, in the same order, in bounded memory. */
+typedef struct jl_db_dump_cursor jl_db_dump_cursor;
+
+/** Start a dump of @p db; close with jl_db_dump_close(). */
+jl_status jl_db_dump_open(jl_db *db, jl_db_dump_cursor **out);
+
+/**
+ * The next row: its table's name and its text ("'id'|'alice'|3", @p out_len bytes), both valid
+ * until the next call; or *out_end true past the last. An error (message on the database) ends
+ * the dump.
+ */
+jl_status jl_db_dump_next(jl_db_dump_cursor *c, const char **out_table, const char **out_row,
+                          size_t *out_len, bool *out_end);
+
+/** Release @p c (NULL is fine). */
+void jl_db_dump_close(jl_db_dump_cursor *c);
+
 /**
  * One page of a paged query. Step @p st, whose LIMIT is bound to @p limit + 1 (one row more than
  * the page says whether a next page exists), reading each row with @p read into an array of
