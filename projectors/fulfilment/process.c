@@ -556,13 +556,13 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
 static jl_status read_row(sqlite3_stmt *st, Fulfilment__Fulfilment *f)
 {
     fulfilment__fulfilment__init(f);
-    f->order_id = strdup((const char *)sqlite3_column_text(st, 0));
-    f->reservation_id = strdup((const char *)sqlite3_column_text(st, 1));
-    f->step = strdup((const char *)sqlite3_column_text(st, 2));
-    f->reason = strdup((const char *)sqlite3_column_text(st, 3));
+    f->order_id = jl_db_text_dup(st, 0);
+    f->reservation_id = jl_db_text_dup(st, 1);
+    f->step = jl_db_text_dup(st, 2);
+    f->reason = jl_db_text_dup(st, 3);
     f->updated_at_ns = sqlite3_column_int64(st, 4);
-    f->order_status = strdup((const char *)sqlite3_column_text(st, 5));
-    f->stock_status = strdup((const char *)sqlite3_column_text(st, 6));
+    f->order_status = jl_db_text_dup(st, 5);
+    f->stock_status = jl_db_text_dup(st, 6);
     return (f->order_id && f->reservation_id && f->step && f->reason && f->order_status &&
             f->stock_status)
                ? JL_OK

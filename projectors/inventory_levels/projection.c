@@ -195,8 +195,8 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
 static jl_status read_level(sqlite3_stmt *st, Inventory__StockLevel *l)
 {
     inventory__stock_level__init(l);
-    l->sku = strdup((const char *)sqlite3_column_text(st, 0));
-    l->name = strdup((const char *)sqlite3_column_text(st, 1));
+    l->sku = jl_db_text_dup(st, 0);
+    l->name = jl_db_text_dup(st, 1);
     l->on_hand = sqlite3_column_int64(st, 2);
     l->reserved = sqlite3_column_int64(st, 3);
     l->available = sqlite3_column_int64(st, 4);

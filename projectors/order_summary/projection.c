@@ -147,9 +147,9 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
 static jl_status read_row(sqlite3_stmt *st, Orders__OrderSummary *o)
 {
     orders__order_summary__init(o);
-    o->order_id = strdup((const char *)sqlite3_column_text(st, 0));
-    o->customer_id = strdup((const char *)sqlite3_column_text(st, 1));
-    o->status = strdup((const char *)sqlite3_column_text(st, 2));
+    o->order_id = jl_db_text_dup(st, 0);
+    o->customer_id = jl_db_text_dup(st, 1);
+    o->status = jl_db_text_dup(st, 2);
     o->item_count = sqlite3_column_int(st, 3);
     o->total_cents = sqlite3_column_int64(st, 4);
     o->version = (uint64_t)sqlite3_column_int64(st, 5);

@@ -317,8 +317,8 @@ static jl_status top_products(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         Dashboard__ProductSales *r = &rows[n];
         dashboard__product_sales__init(r);
-        r->sku = strdup((const char *)sqlite3_column_text(st, 0));
-        r->name = strdup((const char *)sqlite3_column_text(st, 1));
+        r->sku = jl_db_text_dup(st, 0);
+        r->name = jl_db_text_dup(st, 1);
         r->units = sqlite3_column_int64(st, 2);
         r->revenue_cents = sqlite3_column_int64(st, 3);
         ptrs[n++] = r;
@@ -422,6 +422,10 @@ static jl_status order_counts(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *status = (const char *)sqlite3_column_text(st, 0);
         int64_t count = sqlite3_column_int64(st, 1);
+        if (status == NULL) { /* NOT NULL in the schema: out of memory */
+            rc = SQLITE_NOMEM;
+            break;
+        }
         if (strcmp(status, "open") == 0)
             res.open = count;
         else if (strcmp(status, "placed") == 0)

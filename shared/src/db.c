@@ -404,6 +404,14 @@ static jl_status dump_query(jl_db *db, const char *table, jl_buf *sql)
     return s;
 }
 
+char *jl_db_text_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    if (t == NULL && sqlite3_column_type(st, i) != SQLITE_NULL)
+        return NULL; /* a conversion that ran out of memory */
+    return strdup(t != NULL ? (const char *)t : "");
+}
+
 struct jl_db_dump_cursor {
     jl_db *db;
     sqlite3_stmt *tables; /* the tables, by name */

@@ -2732,6 +2732,24 @@ START_TEST(db_stmt_cache_returns_same_statement_for_equal_text)
 }
 END_TEST
 
+START_TEST(db_text_dup_copies_text_numbers_and_null_as_empty)
+{
+    jl_db *db = open_db(db_path);
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT 'caf\xc3\xa9', 42, NULL");
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    const char *want[] = {"caf\xc3\xa9", "42", ""};
+    for (int i = 0; i < 3; i++) {
+        char *t = jl_db_text_dup(st, i);
+        ck_assert_ptr_nonnull(t);
+        ck_assert_str_eq(t, want[i]);
+        free(t);
+    }
+    sqlite3_reset(st);
+    jl_db_close(db);
+}
+END_TEST
+
 START_TEST(db_stmt_is_reset_and_unbound_between_uses)
 {
     jl_db *db = open_db(db_path);
@@ -3261,6 +3279,7 @@ static Suite *core_suite(void)
     tc = tcase_create("db");
     tcase_add_checked_fixture(tc, db_setup, db_teardown);
     tcase_add_test(tc, db_open_creates_database_in_wal_mode);
+    tcase_add_test(tc, db_text_dup_copies_text_numbers_and_null_as_empty);
     tcase_add_test(tc, db_open_in_missing_directory_is_io_error_naming_path);
     tcase_add_test(tc, db_wal_is_checkpointed_off_the_writing_thread);
     tcase_add_test(tc, db_exec_error_carries_sqlite_message_and_path);

@@ -86,6 +86,13 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what);
  */
 jl_status jl_db_dump(jl_db *db, jl_buf *out);
 
+/**
+ * A malloc'ed copy of the text of column @p i of @p st's current row ("" for an SQL NULL), for a
+ * query's reply; NULL only when out of memory (where sqlite3_column_text() would give NULL
+ * too, which strdup() must not be given).
+ */
+char *jl_db_text_dup(sqlite3_stmt *st, int i);
+
 /** The rows of jl_db_dump() one at a time, in the same order, in bounded memory. */
 typedef struct jl_db_dump_cursor jl_db_dump_cursor;
 
