@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn_int.h"
 #include "deadline.h"
 #include "jetledger/log.h"
+
+static _Atomic int64_t connecting_since; /* see jl__conn_connecting_since_ns() */
+
+int64_t jl__conn_connecting_since_ns(void)
+{
+    return atomic_load(&connecting_since);
+}
 
 #define MAX_SERVERS 16
 
@@ -352,7 +361,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 
     int64_t deadline = nats_Now() + connect_wait_ms;
     for (int attempt = 0;; attempt++) {
+        atomic_store(&connecting_since, jl__mono_ns());
         ns = natsConnection_Connect(&c->nc, opts);
+        atomic_store(&connecting_since, 0);
         if (ns == NATS_OK || nats_Now() >= deadline)
             break;
         if (ns != NATS_NO_SERVER && ns != NATS_TIMEOUT && ns != NATS_IO_ERROR)

@@ -322,15 +322,16 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
         int rc2 = CLI_OK;
         Jetledger__RebuildStatus *now = admin(&j, "GetRebuildStatus", &get.base, &rc2);
-        /* Ours if it started after we asked (by the projector's clock, give or take 5 s):
-         * not another operator's job, which Ctrl-C here would cancel. */
+        /* Ours if it started after we asked (by the projector's clock, give or take 5 s for a
+         * running one): not another operator's job, which Ctrl-C here would cancel. An ended
+         * one that started before we asked is another's, and ours may still start. */
         if (now != NULL && strcmp(now->job, kind) == 0 &&
-            now->started_at_ns >= asked_ns - 5000000000LL) {
+            now->started_at_ns >= asked_ns - (finished(now) ? 0 : 5000000000LL)) {
             if (finished(now))
                 cli_error("the %s started on %s after all, and has ended", kind, j.projector);
             else
-                cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)",
-                          kind, j.projector);
+                cli_error("a %s is running on %s after all: following it (Ctrl-C cancels it)", kind,
+                          j.projector);
             st = now;
             rc = CLI_OK;
         } else {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
 
@@ -73,12 +74,22 @@ void cli_error(const char *fmt, ...)
     va_end(ap);
     fputs("jetledger: ", stderr);
     for (const unsigned char *c = (const unsigned char *)msg; *c; c++) {
-        if (*c < 0x20 || *c == 0x7f)
+        /* A UTF-8 sequence whole and well formed passes, but for C1 (U+0080..U+009F); any
+         * other byte from 0x80 is escaped too: an 8-bit terminal reads 0x9b as CSI. */
+        size_t len = *c < 0x80 ? 1 : *c >= 0xf0 ? 4 : *c >= 0xe0 ? 3 : *c >= 0xc0 ? 2 : 0;
+        if (*c < 0x20 || *c == 0x7f) {
             fprintf(stderr, "\\x%02x", *c);
-        else if (c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) /* U+0080..U+009F, C1 */
+        } else if (c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) {
             fprintf(stderr, "\\u%04x", *++c);
-        else
+        } else if (len > 1 && strnlen((const char *)c, len) == len &&
+                   jl_utf8_valid((const char *)c, len)) {
+            fwrite(c, 1, len, stderr);
+            c += len - 1;
+        } else if (len == 1) {
             fputc(*c, stderr);
+        } else {
+            fprintf(stderr, "\\x%02x", *c);
+        }
     }
     if (n >= (int)sizeof(msg))
         fputs("...", stderr);
@@ -97,8 +108,9 @@ static void on_connect_stuck(int sig)
 {
     (void)sig;
     static const char msg[] =
-        "jetledger: the NATS server greeted but never finished the connection handshake (a "
-        "server that stopped answering, or not NATS at --nats-url/NATS_URL?)\n";
+        "jetledger: no connection to NATS in time: a server that greeted but never finished "
+        "the handshake (one that stopped answering, or not NATS at --nats-url/NATS_URL?), or "
+        "a host name that did not resolve\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
     (void)w;
     _exit(CLI_UNAVAILABLE);
@@ -110,7 +122,8 @@ jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc)
     char err[1024];
     /* libnats 3.4.1 never gives up on a server that sent its INFO and then stopped answering
      * (it polls without end, at full CPU): a watchdog past the longest honest connect (2 s a
-     * server, 2 s for the version probe) says so and exits. */
+     * server, 2 s for the version probe, and time for a slow name lookup, which has no
+     * timeout of its own) says so and exits. */
     unsigned servers = 1;
     for (const char *u = ctx->cfg.nats_url; *u; u++)
         servers += *u == ',';
