@@ -335,6 +335,9 @@ static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
     return found;
 }
 
+static bool replaced_file(const char *file, const char *name);
+static bool switched_from(const jl_projector *p, const char *file);
+
 /* Whether @p file could be one of @p p's read model files: "<name>...db", in the data dir. */
 static bool ours(const jl_projector *p, const char *file)
 {
@@ -375,14 +378,28 @@ static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
         return JL_OK;
     }
     bool read = fgets(name, sizeof(name), f) != NULL;
-    /* A second line, "replaces <file>", names the file this one replaced: a switch cut short
-     * after the pointer was written may have left it (see jl__proj_switch). */
-    char line[sizeof(p->replaced) + 9] = "";
+    /* A second line names the file this one replaced, which a switch cut short after the
+     * pointer was written may have left: "replaces <file>" (to remove) or "keeps <file>
+     * <kept name>" (--keep-old, to rename); see jl__proj_switch. */
+    char line[2 * sizeof(p->replaced) + 16] = "";
     p->replaced[0] = 0;
-    if (read && fgets(line, sizeof(line), f) != NULL && strncmp(line, "replaces ", 9) == 0) {
+    p->keep_as[0] = 0;
+    if (read && fgets(line, sizeof(line), f) != NULL) {
         line[strcspn(line, "\r\n")] = 0;
-        if (ours(p, line + 9))
-            snprintf(p->replaced, sizeof(p->replaced), "%s", line + 9);
+        char *old = NULL, *kept = NULL;
+        if (strncmp(line, "replaces ", 9) == 0) {
+            old = line + 9;
+        } else if (strncmp(line, "keeps ", 6) == 0 && (kept = strchr(line + 6, ' ')) != NULL) {
+            *kept++ = 0;
+            old = line + 6;
+        }
+        if (old != NULL && switched_from(p, old) && strlen(old) < sizeof(p->replaced) &&
+            (kept == NULL ||
+             (replaced_file(kept, p->def->name) && strlen(kept) < sizeof(p->keep_as)))) {
+            snprintf(p->replaced, sizeof(p->replaced), "%s", old);
+            if (kept != NULL)
+                snprintf(p->keep_as, sizeof(p->keep_as), "%s", kept);
+        }
     }
     bool failed = ferror(f);
     fclose(f);
@@ -458,23 +475,61 @@ static bool orphan_side_file(const jl_projector *p, const char *file)
     return mine && access(path, F_OK) != 0 && errno == ENOENT;
 }
 
+/* Whether a switch can have replaced @p file: "<name>.db" or a rebuild's file (never another
+ * projector's, whose name "<name>" only begins). */
+static bool switched_from(const jl_projector *p, const char *file)
+{
+    size_t nl = strlen(p->def->name);
+    return (strncmp(file, p->def->name, nl) == 0 && strcmp(file + nl, ".db") == 0) ||
+           rebuild_file_kind(file, p->def->name) == REBUILD_FILE;
+}
+
 /*
- * What a switch or rebuild cut short left: rebuild files other than the live one; the file
- * the pointer says the live one replaced (once the pointer is synced: a power loss must not
- * bring back a pointer to a file removed); and a kept model's name that is still a link to
- * the live file (the switch stopped before the pointer moved: the live file is what it is).
+ * What a switch or rebuild cut short left. First the file the pointer says the live one
+ * replaced, once the directory is synced (a power loss must not bring back a pointer to a
+ * file gone): removed, or with --keep-old renamed to its kept name. Then rebuild files other
+ * than the live one; a kept model's name that is still a link to the live file (the switch
+ * stopped before the pointer moved: the live file is what it is); WAL files left without
+ * their database.
  */
 static void remove_leftovers(jl_projector *p)
 {
+    char path[1100], kept[1100];
+    struct stat live, st;
+    bool synced = sync_dir(p->data_dir);
+    int sync_errno = errno;
+    bool pending = p->replaced[0] != 0 && strcmp(p->replaced, p->file) != 0;
+    snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
+    if (pending && access(path, F_OK) != 0) {
+        pending = false;
+    } else if (pending && !synced) {
+        jl_log(JL_LOG_WARN, "keeping the replaced read model: the directory cannot be synced",
+               "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(sync_errno));
+    } else if (pending && p->keep_as[0] != 0) {
+        snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, p->keep_as);
+        if (rename(path, kept) == 0 && sync_dir(p->data_dir)) {
+            jl_log(JL_LOG_INFO, "kept the read model a switch replaced",
+                   "\"file\":\"%s\",\"kept\":\"%s\"", p->replaced, p->keep_as);
+            pending = false;
+        } else {
+            jl_log(JL_LOG_WARN, "cannot rename the read model a switch replaced: kept as it is",
+                   "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", p->replaced, p->keep_as,
+                   strerror(errno));
+        }
+    } else if (pending) {
+        jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
+               p->replaced);
+        jl__proj_remove_db(path);
+        pending = false;
+    }
     DIR *d = opendir(p->data_dir);
     struct dirent *e;
-    char path[1100];
-    struct stat live, st;
     if (d == NULL)
         return;
     bool have_live = stat(p->db_path, &live) == 0;
     while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, p->file) == 0)
+        /* The replaced file still there is kept: synced or renamed it was not. */
+        if (strcmp(e->d_name, p->file) == 0 || (pending && strcmp(e->d_name, p->replaced) == 0))
             continue;
         snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
         if (orphan_side_file(p, e->d_name)) {
@@ -493,19 +548,6 @@ static void remove_leftovers(jl_projector *p)
         }
     }
     closedir(d);
-    if (p->replaced[0] == 0 || strcmp(p->replaced, p->file) == 0)
-        return;
-    snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
-    if (access(path, F_OK) != 0)
-        return;
-    if (!sync_dir(p->data_dir)) {
-        jl_log(JL_LOG_WARN, "keeping the replaced read model: the directory cannot be synced",
-               "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(errno));
-        return;
-    }
-    jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
-           p->replaced);
-    jl__proj_remove_db(path);
 }
 
 /* fsync the directory @p dir, making a rename in it durable. False with errno set on failure. */
@@ -541,34 +583,41 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     char old_path[1024], kept[1100] = "";
     snprintf(old_path, sizeof(old_path), "%s", p->db_path);
     bool linked = false;
+    char kept_name[300] = "";
     if (keep_old) {
         /* Kept under a name of its own before the pointer moves, so that no stop, however
          * abrupt, leaves it under its old name, which a start removes: a second link to the
-         * file ("<name>.replaced-<ms>.db": not a rebuild file), after its WAL is folded in
-         * (live and the outbox are paused: nothing writes it meanwhile; cheap, the WAL holds
-         * what came since the last checkpoint, not the model). */
+         * file ("<name>.replaced-<ms>.db": not a rebuild file), after its WAL is folded in.
+         * Live and the outbox are paused, so nothing writes it; queries are held off for the
+         * checkpoint (the WAL holds what came since the last one, not the model), or one
+         * reading an older snapshot would keep it from folding everything in. */
         int wal_frames = 0, folded = 0;
+        pthread_rwlock_wrlock(&p->switch_lock);
         int rc = sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
                                            &wal_frames, &folded);
+        pthread_rwlock_unlock(&p->switch_lock);
         if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
             jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
                    "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
                    sqlite3_errstr(rc), wal_frames, folded);
-        snprintf(kept, sizeof(kept), "%s/%s.replaced-%" PRId64 ".db", p->data_dir, p->def->name,
+        snprintf(kept_name, sizeof(kept_name), "%s.replaced-%" PRId64 ".db", p->def->name,
                  jl__now_ns() / 1000000);
+        snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, kept_name);
         linked = link(old_path, kept) == 0;
-        if (!linked)
+        if (!linked) /* a file system without hard links: the pointer says what to rename */
             jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",
                    "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
     }
     /* The pointer file decides which file a restart opens: replace it atomically. Its second
-     * line names the file replaced, for a start to remove should this switch stop before it
-     * does (not one kept under its old name: there is no other). */
+     * line names the file replaced, for a start to settle should this switch stop before it
+     * does: remove it ("replaces"; linked, the kept name holds it) or rename it ("keeps"). */
     pointer_path(p, path, sizeof(path));
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     bool written = f != NULL && fprintf(f, "%s\n", file) > 0;
-    if (written && (!keep_old || linked))
+    if (written && keep_old && !linked)
+        written = fprintf(f, "keeps %s %s\n", p->file, kept_name) > 0;
+    else if (written)
         written = fprintf(f, "replaces %s\n", p->file) > 0;
     if (f != NULL)
         written = (fflush(f) == 0 && fsync(fileno(f)) == 0 && written);
@@ -607,9 +656,10 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
             snprintf(kept, sizeof(kept), "%s", old_path);
         keep_old = true;
     } else if (linked) {
-        /* The name only goes: the kept name holds the file (its WAL, empty or still open by
-         * the outbox sender's connection, goes with that connection's close). */
-        unlink(old_path);
+        /* The old names go; the kept name holds the file, whole since the checkpoint (a
+         * process manager's outbox sender may still have it open: its -wal and -shm would
+         * outlive its close on a file unlinked, so they go now too). */
+        jl__proj_remove_db(old_path);
     } else if (!keep_old) {
         jl__proj_remove_db(old_path);
     } else if (rename(old_path, kept) != 0) {
@@ -1284,6 +1334,7 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     uint64_t start = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
     int64_t start_time = r->last_seq != 0 ? 0 : r->start_time_ns;
     uint64_t last = r->last_seq, hash_seq = r->hash_seq, hash = r->hash;
+    uint64_t gap_from = r->gap_from, gap_to = r->gap_to;
     int64_t created = r->created;
     char err[256];
     if (!gone)
@@ -1302,6 +1353,8 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     r->last_seq = last;
     r->hash_seq = hash_seq;
     r->hash = hash;
+    r->gap_from = gap_from;
+    r->gap_to = gap_to;
     if (s == JL_OK && created != 0 && r->created != created && hash_seq != 0) {
         /* Created anew since (deleted and created again, or only its time changed: a restore,
          * a restart after an update): read on only if it still holds what was read. */
@@ -1363,6 +1416,13 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
             continue;
         }
         if (meta) {
+            /* From a sequence asked for, the first message must be that one; later ones follow
+             * on: a gap is noted, for jl__reader_check_gap() to tell what made it. */
+            uint64_t expected = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
+            if (expected > 1 && seq > expected && r->gap_from == 0) {
+                r->gap_from = expected;
+                r->gap_to = seq - 1;
+            }
             r->next_cseq = cseq + 1;
             r->last_seq = seq;
             if (r->next == r->list.Count - 1) { /* where a reopen, after a fetch, goes on */
@@ -1375,6 +1435,28 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         return NATS_OK;
     }
     return NATS_MISMATCH;
+}
+
+jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen)
+{
+    if (r->gap_from == 0)
+        return JL_OK;
+    jsStreamInfo *info = NULL;
+    const char *stream = r->p->src[r->si].stream;
+    if (js_GetStreamInfo(&info, r->p->js, stream, NULL, NULL) != NATS_OK)
+        return JL_OK;
+    uint64_t first = info->State.FirstSeq;
+    jsStreamInfo_Destroy(info);
+    uint64_t from = r->gap_from, to = r->gap_to < first - 1 ? r->gap_to : first - 1;
+    r->gap_from = r->gap_to = 0;
+    if (first <= from)
+        return JL_OK; /* still held: of a subject not read, or deleted one by one */
+    snprintf(err, errlen,
+             "stream %s no longer holds sequences %" PRIu64 " to %" PRIu64
+             " (removed by its limits or a purge before they were read): a model built "
+             "without them would lack what they built",
+             stream, from, to);
+    return JL_ERR_INVALID;
 }
 
 void jl__reader_close(jl__reader *r)
@@ -1649,6 +1731,14 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     }
     if (now.created != 0 && (s = check_stream(p, i, &now)) != JL_OK)
         return s;
+    if (now.created != 0 && now.first > src->checkpoint + 1) {
+        /* Nothing to do about it but read on and say so: the events are gone. */
+        jl_log(JL_LOG_WARN, "the stream no longer holds messages this read model has not applied",
+               "\"stream\":\"%s\",\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64
+               ",\"detail\":\"removed by the stream's limits or a purge while the projector was "
+               "stopped (or before it first ran): the read model lacks what they built\"",
+               src->stream, src->checkpoint + 1, now.first - 1);
+    }
     if (src->catchup.sub != NULL || head == HEAD_FAR)
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {

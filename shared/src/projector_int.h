@@ -38,12 +38,22 @@ typedef struct jl__reader {
     int64_t start_time_ns;
     uint64_t next_cseq; /* consumer sequence the next delivery must carry */
     uint64_t last_seq;  /* stream sequence of the last message handed out (0: none yet) */
+    /* The first sequence of the first gap in what was handed out not yet checked (0: none): a
+     * message the stream's limits removed before it was read, or one of a subject not read
+     * or deleted (see jl__reader_check_gap). */
+    uint64_t gap_from, gap_to;
     /* Which stream is read: its creation time when opened, and the jl__msg_hash() of a message
      * handed out (the last of a batch, at hash_seq). Opened again, a reader checks that the
      * stream is still the one it read (reader_reopen). */
     int64_t created;
     uint64_t hash_seq, hash;
 } jl__reader;
+
+/* JL_ERR_INVALID, saying which in @p err, when the stream no longer holds the start of the
+ * first gap in what @p r handed out since the last call (removed by its limits or a purge
+ * before it was read: a model built from what was read would lack it); JL_OK otherwise, also
+ * when the stream cannot be asked (then the gap stays, to be checked at the next call). */
+jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen);
 
 /* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:
  * from the first message). */
@@ -92,6 +102,7 @@ struct jl_projector {
     char data_dir[512];
     char file[256];     /* current database file name within data_dir */
     char replaced[256]; /* at start: the file the pointer says the live one replaced, or "" */
+    char keep_as[256];  /* and the name it is to be kept under (--keep-old), or "" */
     char db_path[1024]; /* data_dir/file */
     jl_db *db;          /* writer: the consuming thread (or a finishing job) */
     jl_db *qdb;         /* reader: the query thread, under switch_lock */

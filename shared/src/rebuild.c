@@ -228,6 +228,10 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
         batch[n++] = m;
         rs->total = rs->applied + (uint64_t)n + pending;
     }
+    /* Messages removed before they were read (a stream's limits trim while a rebuild from
+     * its first messages runs): the new model would lack them, and replace one that has. */
+    if (s == JL_OK)
+        s = jl__reader_check_gap(&rs->reader, c->err, sizeof(c->err));
     if (s == JL_OK && n > 0) {
         jl__batch_result io = {.source = si, .checkpoint = rs->checkpoint};
         s = jl__proj_apply_batch(c->p, c->db, batch, n, &io, c->err, sizeof(c->err));

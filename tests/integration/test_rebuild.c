@@ -448,6 +448,89 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
 }
 END_TEST
 
+START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
+{
+    /* A stream's limits trim its first messages while a rebuild from them runs: a model built
+     * without the ones removed before they were read would lack what they built, and replace
+     * the live model that has it. The rebuild fails saying so; live stays as it was. */
+    runner live;
+    live_on_seeded(&live, "trim", 30000, 0, 0);
+    char before[1024], after[1024], range[64];
+    live_file(live.dir, before, sizeof(before));
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    jl_code code;
+    char why[512];
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = admin("Rebuild", &rb.base, &code, why, sizeof(why));
+    ck_assert_msg(code == JL_CODE_OK, "%s", why);
+    int64_t deadline = tnow_ms() + 60000;
+    while (strcmp(st->state, "running") == 0 && st->applied < 500) {
+        ck_assert(tnow_ms() < deadline);
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        nats_Sleep(5);
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = admin("GetRebuildStatus", &q.base, &code, NULL, 0);
+        ck_assert_int_eq(code, JL_CODE_OK);
+    }
+    ck_assert_msg(strcmp(st->state, "running") == 0 && st->applied + 1000 < last,
+                  "the rebuild went too fast to trim behind it: %s at %" PRIu64, st->state,
+                  st->applied);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    purge_before(last - 500);
+    st = wait_job_end();
+    ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
+    snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last - 501);
+    ck_assert_msg(strstr(st->error, "no longer holds sequences") != NULL &&
+                      strstr(st->error, range) != NULL,
+                  "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    live_file(live.dir, after, sizeof(after));
+    ck_assert_str_eq(before, after);
+    ck_assert_uint_eq(jl_projector_checkpoint(live.p), last);
+    ck_assert_int_eq(files_named(live.dir, ".rebuild-"), 0);
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
+{
+    /* Stopped longer than the stream keeps its messages: those it had not applied are gone.
+     * It reads on from what is there (nothing else can be done) and warns, naming them. */
+    ensure_stream();
+    tseed_orders(env.conn, 10, 0);
+    uint64_t first_part = tstream_last_seq(env.conn, "ORDERS");
+    jl_projector *p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
+    size_t n = 0;
+    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < first_part; k++)
+        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
+    jl_projector_close(p, 0);
+    tseed_orders(env.conn, 10, 0);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    purge_before(first_part + 5);
+
+    char logged[4096] = "", want[128];
+    FILE *log = tmpfile();
+    ck_assert_ptr_nonnull(log);
+    jl_log_open(log, JL_LOG_WARN, "test");
+    p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
+    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < last; k++)
+        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), last);
+    jl_projector_close(p, 0);
+    jl_log_open(NULL, JL_LOG_OFF, NULL);
+    rewind(log);
+    size_t got = fread(logged, 1, sizeof(logged) - 1, log);
+    logged[got] = 0;
+    fclose(log);
+    snprintf(want, sizeof(want), "\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64, first_part + 1,
+             first_part + 4);
+    ck_assert_msg(strstr(logged, "no longer holds messages this read model has not applied") !=
+                          NULL &&
+                      strstr(logged, want) != NULL,
+                  "%s", logged);
+}
+END_TEST
+
 /* The stream's creation time as this read model recorded it. */
 static int64_t recorded_created(const char *path)
 {
@@ -610,6 +693,24 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     ck_assert(file_in(live.dir, "other.db-wal"));
     ck_assert(file_in(live.dir, "order_summary_x.db-wal"));
     ck_assert(file_in(live.dir, live_name));
+
+    /* Stopped with --keep-old where files cannot be linked: the pointer says to rename the
+     * replaced file, which a start does. A line naming another projector's file is ignored. */
+    touch_file(live.dir, "order_summary.rebuild-9.db");
+    touch_file(live.dir, "order_summary_x.db");
+    const char *lines[] = {"keeps order_summary.rebuild-9.db order_summary.replaced-9.db",
+                           "replaces order_summary_x.db"};
+    for (int i = 0; i < 2; i++) {
+        f = fopen(pointer, "w");
+        ck_assert_ptr_nonnull(f);
+        fprintf(f, "%s\n%s\n", live_name, lines[i]);
+        fclose(f);
+        runner_start(&live, &order_summary_projector, "cut", 0);
+        runner_stop(&live);
+    }
+    ck_assert(!file_in(live.dir, "order_summary.rebuild-9.db"));
+    ck_assert(file_in(live.dir, "order_summary.replaced-9.db"));
+    ck_assert(file_in(live.dir, "order_summary_x.db"));
     char *after = tdump(path);
     ck_assert_str_eq(before, after);
     free(before);
@@ -1107,6 +1208,8 @@ int main(void)
     tcase_add_test(tc, rebuild_under_load_ends_equal_and_no_query_fails);
     tcase_add_test(tc, verify_reports_match_then_the_altered_row);
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
+    tcase_add_test(tc, messages_trimmed_before_the_rebuild_read_them_fail_it);
+    tcase_add_test(tc, a_projector_behind_what_the_stream_still_holds_says_so);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, a_switch_cut_short_is_settled_by_the_next_start);
