@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -219,14 +218,17 @@ static void ready(bool up)
     }
 }
 
-static atomic_bool connect_done;
+static pthread_mutex_t watchdog_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watchdog_cv = PTHREAD_COND_INITIALIZER;
+static bool connect_done;
 
 /* Exit 1, saying so, once a connect attempt has run past its bound (@p arg: ms): libnats would
  * spin on it for ever, and a service that neither starts nor exits is worse than a restart. */
 static void *connect_watchdog(void *arg)
 {
     int64_t bound_ns = (int64_t)(intptr_t)arg * 1000000LL;
-    while (!atomic_load(&connect_done)) {
+    pthread_mutex_lock(&watchdog_mu);
+    while (!connect_done) {
         int64_t since = jl__conn_connecting_since_ns();
         if (since != 0 && jl__mono_ns() - since > bound_ns) {
             fail("cannot start", JL_ERR_UNAVAILABLE,
@@ -237,29 +239,41 @@ static void *connect_watchdog(void *arg)
                 unlink(ready_path);
             _exit(JL_EXIT_FAILURE);
         }
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
-        nanosleep(&ts, NULL);
+        /* Woken at once by watchdog_stop(): the start goes on without waiting for a tick. */
+        struct timespec at = jl__realtime_in(250);
+        pthread_cond_timedwait(&watchdog_cv, &watchdog_mu, &at);
     }
+    pthread_mutex_unlock(&watchdog_mu);
     return NULL;
 }
 
-/* jl_conn_open() for a service, under connect_watchdog(): an attempt gets 2 s a server (the
- * client's timeout) and 10 s more (a slow name lookup has no timeout of its own). */
-static jl_status app_connect(jl_conn **out, const jl_config *cfg, const char *name, char *err,
-                             size_t errlen)
+static pthread_t watchdog;
+static bool watchdog_running;
+
+/* Start connect_watchdog() for the service's start (every connection it opens, a producer's
+ * second one too): an attempt gets 2 s a server (the client's timeout) and 10 s more (a slow
+ * name lookup has no timeout of its own). */
+static void watchdog_start(const jl_config *cfg)
 {
     intptr_t servers = 1;
     for (const char *u = cfg->nats_url; *u; u++)
         servers += *u == ',';
-    pthread_t t;
-    atomic_store(&connect_done, false);
-    bool watching =
-        pthread_create(&t, NULL, connect_watchdog, (void *)(servers * 2000 + 10000)) == 0;
-    jl_status s = jl_conn_open(out, cfg, name, JL_APP_CONNECT_WAIT_MS, err, errlen);
-    atomic_store(&connect_done, true);
-    if (watching)
-        pthread_join(t, NULL);
-    return s;
+    pthread_mutex_lock(&watchdog_mu);
+    connect_done = false;
+    pthread_mutex_unlock(&watchdog_mu);
+    watchdog_running =
+        pthread_create(&watchdog, NULL, connect_watchdog, (void *)(servers * 2000 + 10000)) == 0;
+}
+
+static void watchdog_stop(void)
+{
+    pthread_mutex_lock(&watchdog_mu);
+    connect_done = true;
+    pthread_cond_signal(&watchdog_cv);
+    pthread_mutex_unlock(&watchdog_mu);
+    if (watchdog_running)
+        pthread_join(watchdog, NULL);
+    watchdog_running = false;
 }
 
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
@@ -274,7 +288,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
              def->name);
     jl_app_config(&cfg, def->name, usage, argc, argv);
     jl_app_signals(NULL, NULL);
-    jl_status s = app_connect(&conn, &cfg, cfg.name[0] ? cfg.name : def->name, err, sizeof(err));
+    watchdog_start(&cfg);
+    jl_status s = jl_conn_open(&conn, &cfg, cfg.name[0] ? cfg.name : def->name,
+                               JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
     /* A cluster that is electing leaders (all nodes starting, a rolling restart) answers
      * JetStream calls late or not at all for a few seconds: keep trying, within bounds. */
     int64_t deadline = nats_Now() + JL_APP_CONNECT_WAIT_MS;
@@ -291,6 +307,7 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
         nats_Sleep(1000);
         s = JL_OK;
     }
+    watchdog_stop();
     if (s != JL_OK) {
         fail("cannot start", s, err);
         jl_conn_close(conn, 0);
@@ -332,9 +349,12 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     jl_app_config(&cfg, def->name, usage, argc, argv);
     /* The stop callback needs the projector: block signals now, hand it over once open. */
     jl_app_signals(NULL, NULL);
-    jl_status s = app_connect(&conn, &cfg, cfg.name[0] ? cfg.name : def->name, err, sizeof(err));
+    watchdog_start(&cfg);
+    jl_status s = jl_conn_open(&conn, &cfg, cfg.name[0] ? cfg.name : def->name,
+                               JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
     if (s == JL_OK)
         s = jl_projector_open(&p, conn, def, &cfg, err, sizeof(err));
+    watchdog_stop();
     if (s != JL_OK) {
         fail("cannot start", s, err);
         jl_conn_close(conn, 0);

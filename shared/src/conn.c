@@ -6,7 +6,6 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,11 +19,27 @@
 #include "deadline.h"
 #include "jetledger/log.h"
 
-static _Atomic int64_t connecting_since; /* see jl__conn_connecting_since_ns() */
+/* Connects in progress, and when the run of them began (see jl__conn_connecting_since_ns). */
+static pthread_mutex_t connecting_mu = PTHREAD_MUTEX_INITIALIZER;
+static int n_connecting;
+static int64_t connecting_since;
+
+static void connecting(bool begin)
+{
+    pthread_mutex_lock(&connecting_mu);
+    if (begin && n_connecting++ == 0)
+        connecting_since = jl__mono_ns();
+    else if (!begin && --n_connecting == 0)
+        connecting_since = 0;
+    pthread_mutex_unlock(&connecting_mu);
+}
 
 int64_t jl__conn_connecting_since_ns(void)
 {
-    return atomic_load(&connecting_since);
+    pthread_mutex_lock(&connecting_mu);
+    int64_t since = connecting_since;
+    pthread_mutex_unlock(&connecting_mu);
+    return since;
 }
 
 #define MAX_SERVERS 16
@@ -361,9 +376,9 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 
     int64_t deadline = nats_Now() + connect_wait_ms;
     for (int attempt = 0;; attempt++) {
-        atomic_store(&connecting_since, jl__mono_ns());
+        connecting(true);
         ns = natsConnection_Connect(&c->nc, opts);
-        atomic_store(&connecting_since, 0);
+        connecting(false);
         if (ns == NATS_OK || nats_Now() >= deadline)
             break;
         if (ns != NATS_NO_SERVER && ns != NATS_TIMEOUT && ns != NATS_IO_ERROR)

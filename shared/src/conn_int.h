@@ -6,9 +6,10 @@
 
 #include <stdint.h>
 
-/* jl__mono_ns() when the natsConnection_Connect() in progress in this process began, 0 when none
- * is (the latest one's, should several connect at once). libnats 3.4.1 never returns from one
- * whose server sent its INFO and then stopped answering: this is how that is told. */
+/* jl__mono_ns() when the natsConnection_Connect() in progress in this process began (with
+ * several at once, since when one or another has been: the oldest), 0 when none is. libnats
+ * 3.4.1 never returns from one whose server sent its INFO and then stopped answering: this is
+ * how that is told. */
 int64_t jl__conn_connecting_since_ns(void);
 
 #endif

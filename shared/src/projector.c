@@ -485,6 +485,32 @@ static bool switched_from(const jl_projector *p, const char *file)
 }
 
 /*
+ * Give the replaced model @p old (a file name in @p dir) its kept name @p kept: renamed, or,
+ * linked there already, its old name removed. Its WAL goes with it (frames not yet folded in
+ * are the kept model's: a process manager's outbox sender may have had the file open), its
+ * -shm is removed. False with errno set when the rename fails.
+ */
+static bool keep_replaced(const char *dir, const char *old, const char *kept)
+{
+    char o[1100], k[1100], ow[1200], kw[1200];
+    struct stat so, sk;
+    snprintf(o, sizeof(o), "%s/%s", dir, old);
+    snprintf(k, sizeof(k), "%s/%s", dir, kept);
+    if (stat(o, &so) == 0 && stat(k, &sk) == 0 && so.st_ino == sk.st_ino &&
+        so.st_dev == sk.st_dev) {
+        unlink(o);
+    } else if (rename(o, k) != 0) {
+        return false;
+    }
+    snprintf(ow, sizeof(ow), "%s-wal", o);
+    snprintf(kw, sizeof(kw), "%s-wal", k);
+    (void)rename(ow, kw); /* none (folded in, or never) is the usual case */
+    snprintf(ow, sizeof(ow), "%s-shm", o);
+    unlink(ow);
+    return true;
+}
+
+/*
  * What a switch or rebuild cut short left. First the file the pointer says the live one
  * replaced, once the directory is synced (a power loss must not bring back a pointer to a
  * file gone): removed, or with --keep-old renamed to its kept name. Then rebuild files other
@@ -507,7 +533,7 @@ static void remove_leftovers(jl_projector *p)
                "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(sync_errno));
     } else if (pending && p->keep_as[0] != 0) {
         snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, p->keep_as);
-        if (rename(path, kept) == 0 && sync_dir(p->data_dir)) {
+        if (keep_replaced(p->data_dir, p->replaced, p->keep_as) && sync_dir(p->data_dir)) {
             jl_log(JL_LOG_INFO, "kept the read model a switch replaced",
                    "\"file\":\"%s\",\"kept\":\"%s\"", p->replaced, p->keep_as);
             pending = false;
@@ -591,11 +617,19 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
          * Live and the outbox are paused, so nothing writes it; queries are held off for the
          * checkpoint (the WAL holds what came since the last one, not the model), or one
          * reading an older snapshot would keep it from folding everything in. */
-        int wal_frames = 0, folded = 0;
-        pthread_rwlock_wrlock(&p->switch_lock);
-        int rc = sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
+        int wal_frames = 0, folded = 0, rc = SQLITE_OK;
+        (void)sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                                        NULL); /* the bulk, queries going on */
+        /* Busy while the background checkpointer runs one of its own: tried again. */
+        for (int attempt = 0; attempt < 100; attempt++) {
+            pthread_rwlock_wrlock(&p->switch_lock);
+            rc = sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
                                            &wal_frames, &folded);
-        pthread_rwlock_unlock(&p->switch_lock);
+            pthread_rwlock_unlock(&p->switch_lock);
+            if (rc != SQLITE_BUSY)
+                break;
+            nats_Sleep(20);
+        }
         if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
             jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
                    "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
@@ -603,19 +637,20 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         snprintf(kept_name, sizeof(kept_name), "%s.replaced-%" PRId64 ".db", p->def->name,
                  jl__now_ns() / 1000000);
         snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, kept_name);
-        linked = link(old_path, kept) == 0;
+        /* The link made durable before the pointer that relies on it. */
+        linked = link(old_path, kept) == 0 && sync_dir(p->data_dir);
         if (!linked) /* a file system without hard links: the pointer says what to rename */
             jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",
                    "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
     }
     /* The pointer file decides which file a restart opens: replace it atomically. Its second
      * line names the file replaced, for a start to settle should this switch stop before it
-     * does: remove it ("replaces"; linked, the kept name holds it) or rename it ("keeps"). */
+     * does: remove it ("replaces") or give it its kept name ("keeps": see keep_replaced). */
     pointer_path(p, path, sizeof(path));
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     bool written = f != NULL && fprintf(f, "%s\n", file) > 0;
-    if (written && keep_old && !linked)
+    if (written && keep_old)
         written = fprintf(f, "keeps %s %s\n", p->file, kept_name) > 0;
     else if (written)
         written = fprintf(f, "replaces %s\n", p->file) > 0;
@@ -634,8 +669,8 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         return JL_ERR_IO;
     }
     /* A power loss could bring the old pointer back: it must then find its file, under its
-     * own name. Left as it is then; a later start that reads the new pointer removes it once
-     * the directory syncs (the pointer's "replaces" line; a rebuild's file in any case). */
+     * own name. Left as it is then; a later start that reads the new pointer settles it once
+     * the directory syncs (the pointer's second line). */
     bool synced = sync_dir(p->data_dir);
     if (!synced)
         jl_log(JL_LOG_ERROR, "the switch may not survive a power loss: keeping the old file",
@@ -652,18 +687,12 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     jl_db_close(old_qdb);
     jl_db_close(old_db);
     if (!synced) {
-        if (!linked)
-            snprintf(kept, sizeof(kept), "%s", old_path);
+        snprintf(kept, sizeof(kept), "%s", old_path);
         keep_old = true;
-    } else if (linked) {
-        /* The old names go; the kept name holds the file, whole since the checkpoint (a
-         * process manager's outbox sender may still have it open: its -wal and -shm would
-         * outlive its close on a file unlinked, so they go now too). */
-        jl__proj_remove_db(old_path);
     } else if (!keep_old) {
         jl__proj_remove_db(old_path);
-    } else if (rename(old_path, kept) != 0) {
-        /* Kept under its old name, which a start removes if it is a rebuild's: say so. */
+    } else if (!keep_replaced(p->data_dir, strrchr(old_path, '/') + 1, kept_name)) {
+        /* The pointer's "keeps" line has the next start try again. */
         jl_log(JL_LOG_WARN, "the replaced read model could not be renamed",
                "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept, strerror(errno));
         snprintf(kept, sizeof(kept), "%s", old_path);
@@ -1295,6 +1324,7 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     jsStreamInfo *info = NULL;
     if (js_GetStreamInfo(&info, p->js, p->src[si].stream, NULL, NULL) == NATS_OK) {
         r->created = info->Created;
+        r->first_seq = info->State.FirstSeq;
         jsStreamInfo_Destroy(info);
     }
     jsSubOptions_Init(&so);
@@ -1418,7 +1448,9 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         if (meta) {
             /* From a sequence asked for, the first message must be that one; later ones follow
              * on: a gap is noted, for jl__reader_check_gap() to tell what made it. */
-            uint64_t expected = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
+            uint64_t expected = r->last_seq != 0              ? r->last_seq + 1
+                                : r->start_seq > r->first_seq ? r->start_seq
+                                                              : r->first_seq;
             if (expected > 1 && seq > expected && r->gap_from == 0) {
                 r->gap_from = expected;
                 r->gap_to = seq - 1;
@@ -1437,6 +1469,21 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
     return NATS_MISMATCH;
 }
 
+/* Whether @p filter takes in every message of the stream @p si describes. */
+static bool filter_covers(const jsStreamInfo *si, const char *filter)
+{
+    const jsStreamConfig *c = si->Config;
+    if (filter == NULL || filter[0] == 0)
+        return true;
+    if (c == NULL || c->SubjectsLen <= 0)
+        return false;
+    for (int i = 0; i < c->SubjectsLen; i++) {
+        if (c->Subjects[i] == NULL || strcmp(c->Subjects[i], filter) != 0)
+            return false;
+    }
+    return true;
+}
+
 jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen)
 {
     if (r->gap_from == 0)
@@ -1446,11 +1493,12 @@ jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen)
     if (js_GetStreamInfo(&info, r->p->js, stream, NULL, NULL) != NATS_OK)
         return JL_OK;
     uint64_t first = info->State.FirstSeq;
+    bool covers = filter_covers(info, r->p->src[r->si].filter);
     jsStreamInfo_Destroy(info);
     uint64_t from = r->gap_from, to = r->gap_to < first - 1 ? r->gap_to : first - 1;
     r->gap_from = r->gap_to = 0;
-    if (first <= from)
-        return JL_OK; /* still held: of a subject not read, or deleted one by one */
+    if (first <= from || !covers || from > jl__proj_checkpoint(r->p, r->si))
+        return JL_OK; /* still held (deleted one by one), perhaps not ours, or lacking in live */
     snprintf(err, errlen,
              "stream %s no longer holds sequences %" PRIu64 " to %" PRIu64
              " (removed by its limits or a purge before they were read): a model built "
@@ -1483,6 +1531,7 @@ typedef enum { HEAD_NEAR, HEAD_FAR, HEAD_BEHIND } head_at;
 typedef struct stream_now {
     uint64_t first, last; /* sequences */
     int64_t created;      /* ns; 0: the stream could not be read */
+    bool covers;          /* the source's filter takes in every message of the stream */
 } stream_now;
 
 /* Where source @p i's stream stands; JL_OK also when it does not exist (attaching says so),
@@ -1503,6 +1552,7 @@ static jl_status stream_head(jl_projector *p, int i, head_at *out_at, stream_now
     out->first = si->State.FirstSeq;
     out->last = si->State.LastSeq;
     out->created = si->Created;
+    out->covers = filter_covers(si, p->src[i].filter);
     *out_at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
               : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
                   ? HEAD_FAR
@@ -1731,8 +1781,12 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     }
     if (now.created != 0 && (s = check_stream(p, i, &now)) != JL_OK)
         return s;
-    if (now.created != 0 && now.first > src->checkpoint + 1) {
-        /* Nothing to do about it but read on and say so: the events are gone. */
+    if (now.created != 0 && now.covers && now.first > src->checkpoint + 1 &&
+        src->warned_from != src->checkpoint + 1) {
+        /* Nothing to do about it but read on and say so (once: the events are gone). With a
+         * filter that leaves subjects out, the checkpoint is the last message of ours, and
+         * others' after it may have gone: nothing to tell then. */
+        src->warned_from = src->checkpoint + 1;
         jl_log(JL_LOG_WARN, "the stream no longer holds messages this read model has not applied",
                "\"stream\":\"%s\",\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64
                ",\"detail\":\"removed by the stream's limits or a purge while the projector was "

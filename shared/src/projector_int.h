@@ -35,6 +35,7 @@ typedef struct jl__reader {
     jl_projector *p;
     int si;
     uint64_t start_seq; /* where it starts; with a start time, where the stream reached it */
+    uint64_t first_seq; /* the stream's first sequence when opened (0: not known) */
     int64_t start_time_ns;
     uint64_t next_cseq; /* consumer sequence the next delivery must carry */
     uint64_t last_seq;  /* stream sequence of the last message handed out (0: none yet) */
@@ -51,8 +52,9 @@ typedef struct jl__reader {
 
 /* JL_ERR_INVALID, saying which in @p err, when the stream no longer holds the start of the
  * first gap in what @p r handed out since the last call (removed by its limits or a purge
- * before it was read: a model built from what was read would lack it); JL_OK otherwise, also
- * when the stream cannot be asked (then the gap stays, to be checked at the next call). */
+ * before it was read: a model built from what was read would lack it); JL_OK otherwise: also
+ * a gap past the live model's checkpoint (it lacks those too), a gap a filter that does not
+ * take in the whole stream may explain, and a stream that cannot be asked. */
 jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen);
 
 /* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:
@@ -87,7 +89,8 @@ typedef struct jl__source {
      * and a thread wake-up per event when events come one at a time). */
     bool drained;
     int64_t last_attach_log_ns;
-    pthread_t thread; /* sources after the first run on their own thread */
+    uint64_t warned_from; /* checkpoint + 1 when messages from it were last said to be gone */
+    pthread_t thread;     /* sources after the first run on their own thread */
     bool has_thread;
     char err[512]; /* the last failure of this source's steps (each source has a thread) */
 } jl__source;

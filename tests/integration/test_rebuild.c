@@ -697,6 +697,7 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     /* Stopped with --keep-old where files cannot be linked: the pointer says to rename the
      * replaced file, which a start does. A line naming another projector's file is ignored. */
     touch_file(live.dir, "order_summary.rebuild-9.db");
+    touch_file(live.dir, "order_summary.rebuild-9.db-wal"); /* its frames go with it */
     touch_file(live.dir, "order_summary_x.db");
     const char *lines[] = {"keeps order_summary.rebuild-9.db order_summary.replaced-9.db",
                            "replaces order_summary_x.db"};
@@ -710,6 +711,8 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     }
     ck_assert(!file_in(live.dir, "order_summary.rebuild-9.db"));
     ck_assert(file_in(live.dir, "order_summary.replaced-9.db"));
+    ck_assert(file_in(live.dir, "order_summary.replaced-9.db-wal"));
+    ck_assert(!file_in(live.dir, "order_summary.rebuild-9.db-wal"));
     ck_assert(file_in(live.dir, "order_summary_x.db"));
     char *after = tdump(path);
     ck_assert_str_eq(before, after);
