@@ -496,8 +496,9 @@ static bool keep_replaced(const char *dir, const char *old, const char *kept)
     struct stat so, sk;
     snprintf(o, sizeof(o), "%s/%s", dir, old);
     snprintf(k, sizeof(k), "%s/%s", dir, kept);
-    if (stat(o, &so) == 0 && stat(k, &sk) == 0 && so.st_ino == sk.st_ino &&
-        so.st_dev == sk.st_dev) {
+    if (stat(o, &so) != 0) {
+        /* Renamed already (a stop before its WAL followed, which it does now). */
+    } else if (stat(k, &sk) == 0 && so.st_ino == sk.st_ino && so.st_dev == sk.st_dev) {
         unlink(o);
     } else if (rename(o, k) != 0) {
         return false;
@@ -520,34 +521,35 @@ static bool keep_replaced(const char *dir, const char *old, const char *kept)
  */
 static void remove_leftovers(jl_projector *p)
 {
-    char path[1100], kept[1100];
+    char path[1100];
     struct stat live, st;
     bool synced = sync_dir(p->data_dir);
     int sync_errno = errno;
     bool pending = p->replaced[0] != 0 && strcmp(p->replaced, p->file) != 0;
     snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
-    if (pending && access(path, F_OK) != 0) {
-        pending = false;
-    } else if (pending && !synced) {
+    bool there = pending && access(path, F_OK) == 0;
+    if (there && !synced) {
         jl_log(JL_LOG_WARN, "keeping the replaced read model: the directory cannot be synced",
                "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(sync_errno));
-    } else if (pending && p->keep_as[0] != 0) {
-        snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, p->keep_as);
-        if (keep_replaced(p->data_dir, p->replaced, p->keep_as) && sync_dir(p->data_dir)) {
+    } else if (pending && synced && p->keep_as[0] != 0) {
+        /* Also when only its WAL is left behind: it follows the file (said only when the
+         * file itself was there: the pointer keeps its line until the next switch). */
+        bool kept = keep_replaced(p->data_dir, p->replaced, p->keep_as) && sync_dir(p->data_dir);
+        if (there && kept)
             jl_log(JL_LOG_INFO, "kept the read model a switch replaced",
                    "\"file\":\"%s\",\"kept\":\"%s\"", p->replaced, p->keep_as);
-            pending = false;
-        } else {
+        else if (there)
             jl_log(JL_LOG_WARN, "cannot rename the read model a switch replaced: kept as it is",
                    "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", p->replaced, p->keep_as,
                    strerror(errno));
-        }
-    } else if (pending) {
+        pending = !kept;
+    } else if (there) {
         jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
                p->replaced);
         jl__proj_remove_db(path);
         pending = false;
     }
+    pending = pending && there;
     DIR *d = opendir(p->data_dir);
     struct dirent *e;
     if (d == NULL)

@@ -713,6 +713,19 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     ck_assert(file_in(live.dir, "order_summary.replaced-9.db"));
     ck_assert(file_in(live.dir, "order_summary.replaced-9.db-wal"));
     ck_assert(!file_in(live.dir, "order_summary.rebuild-9.db-wal"));
+    /* Stopped between the file's rename and its WAL's: the WAL follows at the next start. */
+    char wal[1300];
+    snprintf(wal, sizeof(wal), "%s/order_summary.replaced-9.db-wal", live.dir);
+    ck_assert_int_eq(unlink(wal), 0);
+    touch_file(live.dir, "order_summary.rebuild-9.db-wal");
+    f = fopen(pointer, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%s\n%s\n", live_name, lines[0]);
+    fclose(f);
+    runner_start(&live, &order_summary_projector, "cut", 0);
+    runner_stop(&live);
+    ck_assert(file_in(live.dir, "order_summary.replaced-9.db-wal"));
+    ck_assert(!file_in(live.dir, "order_summary.rebuild-9.db-wal"));
     ck_assert(file_in(live.dir, "order_summary_x.db"));
     char *after = tdump(path);
     ck_assert_str_eq(before, after);
