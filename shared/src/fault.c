@@ -7,7 +7,10 @@
  * Points: "apply.before_commit" (a batch applied, its transaction not committed),
  * "outbox.added" (a command decided: its row inserted in the batch's transaction, not
  * committed), "outbox.before_send" (a command committed to the outbox, not yet requested),
- * "outbox.after_send" (a command answered, the reply not yet recorded).
+ * "outbox.after_send" (a command answered, the reply not yet recorded); in a --keep-old
+ * switch: "switch.linked" (the old file linked under its kept name, the pointer not moved),
+ * "switch.pointer" (the pointer moved and synced, the connections not swapped),
+ * "switch.swapped" (swapped and closed, the old name not yet given up).
  */
 #include <pthread.h>
 #include <signal.h>

@@ -644,6 +644,7 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         if (!linked) /* a file system without hard links: the pointer says what to rename */
             jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",
                    "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
+        jl__fault("switch.linked");
     }
     /* The pointer file decides which file a restart opens: replace it atomically. Its second
      * line names the file replaced, for a start to settle should this switch stop before it
@@ -677,6 +678,7 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     if (!synced)
         jl_log(JL_LOG_ERROR, "the switch may not survive a power loss: keeping the old file",
                "\"dir\":\"%s\",\"error\":\"%s\"", p->data_dir, strerror(errno));
+    jl__fault("switch.pointer");
     pthread_rwlock_wrlock(&p->switch_lock);
     jl_db *old_db = p->db, *old_qdb = p->qdb;
     p->db = db;
@@ -688,6 +690,7 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     pthread_rwlock_unlock(&p->switch_lock);
     jl_db_close(old_qdb);
     jl_db_close(old_db);
+    jl__fault("switch.swapped");
     if (!synced) {
         snprintf(kept, sizeof(kept), "%s", old_path);
         keep_old = true;

@@ -192,10 +192,15 @@ static void svc_start(svc *s, const char *bin, const char *log_name, const char 
 
 /* svc_start; with @p tmpfs_size, in a mount namespace of its own where @p data_dir is a tmpfs
  * of that size (a small disk the test can fill, and grow with remount_tmpfs). */
+/* JL_FAULT_POINT for the services started next ("" none): see shared/src/fault.c. */
+static char svc_fault_point[64] = "";
+
 static void svc_start_in(svc *s, const char *bin, const char *log_name, const char *nats_url,
                          const char *data_dir, int batch, const char *level, const char *tmpfs_size)
 {
     char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32], e_ready[700];
+    char e_fault[96];
+    snprintf(e_fault, sizeof(e_fault), "JL_FAULT_POINT=%s", svc_fault_point);
     snprintf(e_url, sizeof(e_url), "NATS_URL=%s", nats_url);
     snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", data_dir != NULL ? data_dir : "");
     snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", batch > 0 ? batch : 256);
@@ -215,6 +220,7 @@ static void svc_start_in(svc *s, const char *bin, const char *log_name, const ch
                                 "JL_REQUEST_TIMEOUT=",
                                 "JL_DUPLICATE_WINDOW=",
                                 "JL_COMMAND_RETRIES=",
+                                e_fault,
                                 NULL};
     bin_path(path, sizeof(path), bin);
     snprintf(s->log, sizeof(s->log), "%s/%s", env.dir, log_name);
@@ -1582,6 +1588,65 @@ START_TEST(rebuild_killed_halfway_leaves_the_live_model_as_it_was)
 }
 END_TEST
 
+START_TEST(a_projector_killed_in_a_keep_old_switch_keeps_both_models)
+{
+    /* Killed at each step of a --keep-old switch, the projector restarts on one whole model,
+     * the old or the new, and the replaced one is kept whole (or, stopped before the pointer
+     * moved, nothing was replaced and nothing is kept). */
+    const char *url = jl_natsd_url(env.natsd);
+    const char *points[] = {"switch.linked", "switch.pointer", "switch.swapped"};
+    svc orders, proj;
+    svc_start(&orders, "orders", "orders.log", url, NULL, 0, NULL);
+    wait_orders_answer(&orders);
+    tseed_orders(env.conn, 300, 1);
+    uint64_t last = stream_last_seq();
+    for (int i = 0; i < 3; i++) {
+        char data[600], db[PATH_MAX], live[PATH_MAX], log_name[64];
+        snprintf(data, sizeof(data), "%s/sw%d", env.dir, i);
+        snprintf(db, sizeof(db), "%s/order_summary.db", data);
+        snprintf(log_name, sizeof(log_name), "sw%d.log", i);
+        snprintf(svc_fault_point, sizeof(svc_fault_point), "%s", points[i]);
+        svc_start(&proj, "order_summary", log_name, url, data, 0, NULL);
+        svc_fault_point[0] = 0;
+        wait_db_at(db, &proj, last, 60000);
+        char *before = tdump(db);
+        Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+        rb.keep_old = true;
+        jetledger__rebuild_status__free_unpacked(admin_req("order_summary.admin.Rebuild", &rb.base),
+                                                 NULL);
+        ck_assert_int_eq(svc_stop(&proj, 0, 60000), 137); /* killed itself at the point */
+        printf("injected: the projector killed at %s in a --keep-old switch\n", points[i]);
+
+        snprintf(log_name, sizeof(log_name), "sw%d-again.log", i);
+        svc_start(&proj, "order_summary", log_name, url, data, 0, NULL);
+        wait_summary_answers(&proj);
+        live_db(data, live, sizeof(live));
+        ck_assert_msg((i == 0) == (strcmp(live, db) == 0), "%s live after %s", live, points[i]);
+        char *now = tdump(live);
+        ck_assert_str_eq(before, now);
+        free(now);
+        ck_assert_int_eq(count_files(data, "order_summary.replaced-"), i == 0 ? 0 : 1);
+        ck_assert_int_eq(count_files(data, "order_summary.rebuild-"), i == 0 ? 0 : 1);
+        if (i > 0) {
+            char cmd[PATH_MAX + 64], kept[PATH_MAX] = "";
+            snprintf(cmd, sizeof(cmd), "ls %s/order_summary.replaced-*.db", data);
+            FILE *f = popen(cmd, "r");
+            ck_assert_ptr_nonnull(f);
+            ck_assert_ptr_nonnull(fgets(kept, sizeof(kept), f));
+            pclose(f);
+            kept[strcspn(kept, "\n")] = 0;
+            char *old = tdump(kept);
+            ck_assert_str_eq(before, old);
+            free(old);
+            ck_assert_int_ne(access(db, F_OK), 0); /* its old name is gone */
+        }
+        free(before);
+        ck_assert_int_eq(svc_stop(&proj, SIGTERM, 10000), 0);
+    }
+    ck_assert_int_eq(svc_stop(&orders, SIGTERM, 10000), 0);
+}
+END_TEST
+
 Suite *processes_suite(void)
 {
     Suite *s = suite_create("processes");
@@ -1605,6 +1670,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, cli_status_shows_streams_consumers_and_lag);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
+    tcase_add_test(tc, a_projector_killed_in_a_keep_old_switch_keeps_both_models);
     suite_add_tcase(s, tc);
     /* Needs root (a mount namespace with a tmpfs), as the fault tests need it for nft. */
     TCase *disk = tcase_create("disk");
