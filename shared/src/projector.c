@@ -505,10 +505,52 @@ static bool keep_replaced(const char *dir, const char *old, const char *kept)
     }
     snprintf(ow, sizeof(ow), "%s-wal", o);
     snprintf(kw, sizeof(kw), "%s-wal", k);
-    (void)rename(ow, kw); /* none (folded in, or never) is the usual case */
+    if (rename(ow, kw) != 0 && errno != ENOENT) /* none (folded in) is the usual case */
+        return false;
     snprintf(ow, sizeof(ow), "%s-shm", o);
     unlink(ow);
     return true;
+}
+
+/*
+ * Settle the file the pointer (or this run's last switch) says the live one replaced, once
+ * the directory is synced (a power loss must not bring back a pointer to a file gone):
+ * removed, or with --keep-old given its kept name with its WAL. True when nothing is left to
+ * settle (p->replaced is then cleared); false, logged, when it stays for a later try.
+ */
+static bool settle_replaced(jl_projector *p)
+{
+    char path[1100];
+    bool done = true;
+    if (p->replaced[0] != 0 && strcmp(p->replaced, p->file) != 0) {
+        snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
+        bool there = access(path, F_OK) == 0;
+        if (!sync_dir(p->data_dir)) {
+            done = !there;
+            if (there)
+                jl_log(JL_LOG_WARN,
+                       "keeping the replaced read model: the directory cannot be synced",
+                       "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(errno));
+        } else if (p->keep_as[0] != 0) {
+            /* Also when only its WAL is left behind: it follows the file (said only when the
+             * file itself was there: the pointer keeps its line until the next switch). */
+            done = keep_replaced(p->data_dir, p->replaced, p->keep_as) && sync_dir(p->data_dir);
+            if (there && done)
+                jl_log(JL_LOG_INFO, "kept the read model a switch replaced",
+                       "\"file\":\"%s\",\"kept\":\"%s\"", p->replaced, p->keep_as);
+            else if (!done)
+                jl_log(JL_LOG_WARN, "cannot rename the read model a switch replaced: kept as it is",
+                       "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", p->replaced, p->keep_as,
+                       strerror(errno));
+        } else if (there) {
+            jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
+                   p->replaced);
+            jl__proj_remove_db(path);
+        }
+    }
+    if (done)
+        p->replaced[0] = p->keep_as[0] = 0;
+    return done;
 }
 
 /*
@@ -521,46 +563,25 @@ static bool keep_replaced(const char *dir, const char *old, const char *kept)
  */
 static void remove_leftovers(jl_projector *p)
 {
-    char path[1100];
+    char path[1100], tmp[300];
     struct stat live, st;
-    bool synced = sync_dir(p->data_dir);
-    int sync_errno = errno;
-    bool pending = p->replaced[0] != 0 && strcmp(p->replaced, p->file) != 0;
-    snprintf(path, sizeof(path), "%s/%s", p->data_dir, p->replaced);
-    bool there = pending && access(path, F_OK) == 0;
-    if (there && !synced) {
-        jl_log(JL_LOG_WARN, "keeping the replaced read model: the directory cannot be synced",
-               "\"file\":\"%s\",\"error\":\"%s\"", p->replaced, strerror(sync_errno));
-    } else if (pending && synced && p->keep_as[0] != 0) {
-        /* Also when only its WAL is left behind: it follows the file (said only when the
-         * file itself was there: the pointer keeps its line until the next switch). */
-        bool kept = keep_replaced(p->data_dir, p->replaced, p->keep_as) && sync_dir(p->data_dir);
-        if (there && kept)
-            jl_log(JL_LOG_INFO, "kept the read model a switch replaced",
-                   "\"file\":\"%s\",\"kept\":\"%s\"", p->replaced, p->keep_as);
-        else if (there)
-            jl_log(JL_LOG_WARN, "cannot rename the read model a switch replaced: kept as it is",
-                   "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", p->replaced, p->keep_as,
-                   strerror(errno));
-        pending = !kept;
-    } else if (there) {
-        jl_log(JL_LOG_INFO, "removing the read model a switch replaced", "\"file\":\"%s\"",
-               p->replaced);
-        jl__proj_remove_db(path);
-        pending = false;
-    }
-    pending = pending && there;
+    /* Left when it could not be settled: the file, its WAL (the kept model's frames) too. */
+    bool pending = !settle_replaced(p);
+    size_t pending_len = strlen(p->replaced);
+    snprintf(tmp, sizeof(tmp), "%s.current.tmp", p->def->name);
     DIR *d = opendir(p->data_dir);
     struct dirent *e;
     if (d == NULL)
         return;
     bool have_live = stat(p->db_path, &live) == 0;
     while ((e = readdir(d)) != NULL) {
-        /* The replaced file still there is kept: synced or renamed it was not. */
-        if (strcmp(e->d_name, p->file) == 0 || (pending && strcmp(e->d_name, p->replaced) == 0))
+        if (strcmp(e->d_name, p->file) == 0 ||
+            (pending && strncmp(e->d_name, p->replaced, pending_len) == 0))
             continue;
         snprintf(path, sizeof(path), "%s/%s", p->data_dir, e->d_name);
-        if (orphan_side_file(p, e->d_name)) {
+        if (strcmp(e->d_name, tmp) == 0) { /* a pointer being written when it stopped */
+            unlink(path);
+        } else if (orphan_side_file(p, e->d_name)) {
             jl_log(JL_LOG_INFO, "removing a WAL file without its database", "\"file\":\"%s\"",
                    e->d_name);
             unlink(path);
@@ -597,6 +618,16 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     char path[1100], tmp[1200], new_path[1024];
     jl_db *qdb = NULL;
     snprintf(new_path, sizeof(new_path), "%s/%s", p->data_dir, file);
+    /* What an earlier switch of this run could not settle first: the pointer's second line,
+     * about to name another file, would forget it, and a start take it for debris. */
+    if (!settle_replaced(p)) {
+        snprintf(err, errlen,
+                 "%s, which an earlier switch replaced, could not be settled yet (see the log); "
+                 "the live read model is unchanged",
+                 p->replaced);
+        jl_db_close(db);
+        return JL_ERR_IO;
+    }
     jl_status s = p->def->outbox ? jl__outbox_carry_over(db, p->db_path, err, errlen) : JL_OK;
     /* Once the pointer names it, the new file must hold what it was built with even after a
      * power loss (a process manager's outbox above all): its last commits were not synced. */
@@ -611,7 +642,7 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     char old_path[1024], kept[1100] = "";
     snprintf(old_path, sizeof(old_path), "%s", p->db_path);
     bool linked = false;
-    char kept_name[300] = "";
+    char kept_name[sizeof(p->keep_as)] = "";
     if (keep_old) {
         /* Kept under a name of its own before the pointer moves, so that no stop, however
          * abrupt, leaves it under its old name, which a start removes: a second link to the
@@ -639,12 +670,22 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
         snprintf(kept_name, sizeof(kept_name), "%s.replaced-%" PRId64 ".db", p->def->name,
                  jl__now_ns() / 1000000);
         snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, kept_name);
-        /* The link made durable before the pointer that relies on it. */
-        linked = link(old_path, kept) == 0 && sync_dir(p->data_dir);
+        linked = link(old_path, kept) == 0;
         if (!linked) /* a file system without hard links: the pointer says what to rename */
             jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",
                    "\"file\":\"%s\",\"error\":\"%s\"", kept, strerror(errno));
         jl__fault("switch.linked");
+    }
+    /* The new file's entry (and the link) made durable before the pointer that relies on
+     * them. */
+    if (!sync_dir(p->data_dir)) {
+        snprintf(err, errlen, "cannot sync %s: %s; the live read model is unchanged", p->data_dir,
+                 strerror(errno));
+        if (linked)
+            unlink(kept);
+        jl_db_close(qdb);
+        jl_db_close(db);
+        return JL_ERR_IO;
     }
     /* The pointer file decides which file a restart opens: replace it atomically. Its second
      * line names the file replaced, for a start to settle should this switch stop before it
@@ -691,15 +732,21 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
     jl_db_close(old_qdb);
     jl_db_close(old_db);
     jl__fault("switch.swapped");
+    /* Left behind, the old file is remembered as the pointer names it: the next switch of
+     * this run, or the next start, settles it. */
+    const char *old_name = strrchr(old_path, '/') + 1;
     if (!synced) {
+        snprintf(p->replaced, sizeof(p->replaced), "%s", old_name);
+        snprintf(p->keep_as, sizeof(p->keep_as), "%s", keep_old ? kept_name : "");
         snprintf(kept, sizeof(kept), "%s", old_path);
         keep_old = true;
     } else if (!keep_old) {
         jl__proj_remove_db(old_path);
-    } else if (!keep_replaced(p->data_dir, strrchr(old_path, '/') + 1, kept_name)) {
-        /* The pointer's "keeps" line has the next start try again. */
+    } else if (!keep_replaced(p->data_dir, old_name, kept_name)) {
         jl_log(JL_LOG_WARN, "the replaced read model could not be renamed",
                "\"file\":\"%s\",\"to\":\"%s\",\"error\":\"%s\"", old_path, kept, strerror(errno));
+        snprintf(p->replaced, sizeof(p->replaced), "%s", old_name);
+        snprintf(p->keep_as, sizeof(p->keep_as), "%s", kept_name);
         snprintf(kept, sizeof(kept), "%s", old_path);
     } else if (!sync_dir(p->data_dir)) {
         jl_log(JL_LOG_WARN, "the replaced read model's new name may not survive a power loss",

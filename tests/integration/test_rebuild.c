@@ -679,6 +679,7 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     touch_file(live.dir, "order_summary.rebuild-8.db-shm");
     touch_file(live.dir, "other.db-wal");
     touch_file(live.dir, "order_summary_x.db-wal");
+    touch_file(live.dir, "order_summary.current.tmp"); /* a pointer being written */
 
     runner_start(&live, &order_summary_projector, "cut", 0);
     ck_assert_uint_eq(jl_projector_checkpoint(live.p), 3);
@@ -692,6 +693,7 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
     ck_assert(!file_in(live.dir, "order_summary.rebuild-8.db-shm"));
     ck_assert(file_in(live.dir, "other.db-wal"));
     ck_assert(file_in(live.dir, "order_summary_x.db-wal"));
+    ck_assert(!file_in(live.dir, "order_summary.current.tmp"));
     ck_assert(file_in(live.dir, live_name));
 
     /* Stopped with --keep-old where files cannot be linked: the pointer says to rename the
