@@ -231,10 +231,7 @@ static void *connect_watchdog(void *arg)
     while (!connect_done) {
         int64_t since = jl__conn_connecting_since_ns();
         if (since != 0 && jl__mono_ns() - since > bound_ns) {
-            fail("cannot start", JL_ERR_UNAVAILABLE,
-                 "no connection to NATS in time: a server that greeted but never finished "
-                 "the handshake (one that stopped answering, or not NATS at NATS_URL?), or a "
-                 "host name that did not resolve");
+            fail("cannot start", JL_ERR_UNAVAILABLE, JL_CONN_STUCK_MSG);
             if (ready_path[0] != 0)
                 unlink(ready_path);
             _exit(JL_EXIT_FAILURE);
@@ -251,18 +248,14 @@ static pthread_t watchdog;
 static bool watchdog_running;
 
 /* Start connect_watchdog() for the service's start (every connection it opens, a producer's
- * second one too): an attempt gets 2 s a server (the client's timeout) and 10 s more (a slow
- * name lookup has no timeout of its own). */
+ * second one too), each attempt bounded by jl_conn_stuck_after_ms(). */
 static void watchdog_start(const jl_config *cfg)
 {
-    intptr_t servers = 1;
-    for (const char *u = cfg->nats_url; *u; u++)
-        servers += *u == ',';
     pthread_mutex_lock(&watchdog_mu);
     connect_done = false;
     pthread_mutex_unlock(&watchdog_mu);
-    watchdog_running =
-        pthread_create(&watchdog, NULL, connect_watchdog, (void *)(servers * 2000 + 10000)) == 0;
+    watchdog_running = pthread_create(&watchdog, NULL, connect_watchdog,
+                                      (void *)(intptr_t)jl_conn_stuck_after_ms(cfg)) == 0;
 }
 
 static void watchdog_stop(void)

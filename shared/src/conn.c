@@ -166,6 +166,15 @@ static int split_urls(char *list, const char *urls[MAX_SERVERS])
     return n;
 }
 
+int64_t jl_conn_stuck_after_ms(const jl_config *cfg)
+{
+    char list[sizeof(cfg->nats_url)];
+    const char *urls[MAX_SERVERS];
+    snprintf(list, sizeof(list), "%s", cfg->nats_url);
+    int n = split_urls(list, urls);
+    return (int64_t)(n > 0 ? n : MAX_SERVERS) * 2000 + 10000;
+}
+
 /* Split @p url into host (may be empty) and port ("4222" when none or empty), as nats.c reads
  * it. JL_ERR_INVALID only for an unclosed '['. */
 static jl_status parse_host_port(const char *url, char *host, size_t hostlen, char *port,

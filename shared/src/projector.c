@@ -312,10 +312,17 @@ static void pointer_path(const jl_projector *p, char *out, size_t n)
     snprintf(out, n, "%s/%s.current", p->data_dir, p->def->name);
 }
 
-/* True for "<name>.rebuild-<digits>.db" and "<name>.verify-<digits>.db": the files rebuilds
- * write. */
-typedef enum file_kind { OTHER_FILE, REBUILD_FILE, VERIFY_FILE } file_kind;
-static file_kind rebuild_file_kind(const char *file, const char *name);
+/* What a file in the data dir is to the projector @p name: its first model "<name>.db", the
+ * files rebuilds write ("<name>.rebuild-<digits>.db", "<name>.verify-<digits>.db"), a model a
+ * switch kept ("<name>.replaced-<digits>.db"), or none of its own. */
+typedef enum file_kind {
+    OTHER_FILE,
+    FIRST_FILE,
+    REBUILD_FILE,
+    VERIFY_FILE,
+    REPLACED_FILE
+} file_kind;
+static file_kind file_kind_of(const char *file, const char *name);
 
 /* Whether @p p's data dir holds a rebuild's file (a switched-to live file, without its
  * pointer, is one), its name into @p out. */
@@ -328,15 +335,12 @@ static bool has_rebuild_file(const jl_projector *p, char *out, size_t n)
         return false;
     while (!found && (e = readdir(d)) != NULL) {
         /* A verify's scratch file is never live: it blocks nothing. */
-        if ((found = rebuild_file_kind(e->d_name, p->def->name) == REBUILD_FILE))
+        if ((found = file_kind_of(e->d_name, p->def->name) == REBUILD_FILE))
             snprintf(out, n, "%s", e->d_name);
     }
     closedir(d);
     return found;
 }
-
-static bool replaced_file(const char *file, const char *name);
-static bool switched_from(const jl_projector *p, const char *file);
 
 /* Whether @p file could be one of @p p's read model files: "<name>...db", in the data dir. */
 static bool ours(const jl_projector *p, const char *file)
@@ -393,9 +397,12 @@ static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
             *kept++ = 0;
             old = line + 6;
         }
-        if (old != NULL && switched_from(p, old) && strlen(old) < sizeof(p->replaced) &&
-            (kept == NULL ||
-             (replaced_file(kept, p->def->name) && strlen(kept) < sizeof(p->keep_as)))) {
+        /* Only "<name>.db" or a rebuild's file is ever replaced (never another projector's,
+         * whose name "<name>" only begins), and kept as a replaced one. */
+        file_kind was = old != NULL ? file_kind_of(old, p->def->name) : OTHER_FILE;
+        if ((was == FIRST_FILE || was == REBUILD_FILE) && strlen(old) < sizeof(p->replaced) &&
+            (kept == NULL || (file_kind_of(kept, p->def->name) == REPLACED_FILE &&
+                              strlen(kept) < sizeof(p->keep_as)))) {
             snprintf(p->replaced, sizeof(p->replaced), "%s", old);
             if (kept != NULL)
                 snprintf(p->keep_as, sizeof(p->keep_as), "%s", kept);
@@ -420,40 +427,33 @@ static jl_status read_pointer(jl_projector *p, char *err, size_t errlen)
     return JL_OK;
 }
 
-/* Rebuild files, the only ones a start removes: the data dir may be shared with other
+/* Only these are ever removed or renamed by a start: the data dir may be shared with other
  * projectors (and before this naming, "<name>-<digits>.db", which "<name>-2"'s live file also
  * matches). */
-static file_kind rebuild_file_kind(const char *file, const char *name)
+static file_kind file_kind_of(const char *file, const char *name)
 {
+    static const struct {
+        const char *infix;
+        file_kind kind;
+    } numbered[] = {
+        {".rebuild-", REBUILD_FILE}, {".verify-", VERIFY_FILE}, {".replaced-", REPLACED_FILE}};
     size_t nl = strlen(name);
     if (strncmp(file, name, nl) != 0)
         return OTHER_FILE;
     const char *rest = file + nl;
-    file_kind kind = OTHER_FILE;
-    if (strncmp(rest, ".rebuild-", 9) == 0) {
-        rest += 9;
-        kind = REBUILD_FILE;
-    } else if (strncmp(rest, ".verify-", 8) == 0) {
-        rest += 8;
-        kind = VERIFY_FILE;
+    if (strcmp(rest, ".db") == 0)
+        return FIRST_FILE;
+    for (size_t i = 0; i < JL_COUNT(numbered); i++) {
+        size_t il = strlen(numbered[i].infix);
+        if (strncmp(rest, numbered[i].infix, il) != 0)
+            continue;
+        size_t digits = strspn(rest + il, "0123456789");
+        return digits > 0 && strcmp(rest + il + digits, ".db") == 0 ? numbered[i].kind : OTHER_FILE;
     }
-    size_t digits = strspn(rest, "0123456789");
-    return kind != OTHER_FILE && digits > 0 && strcmp(rest + digits, ".db") == 0 ? kind
-                                                                                 : OTHER_FILE;
+    return OTHER_FILE;
 }
 
 static bool sync_dir(const char *dir);
-
-/* Whether @p file names @p name's "<name>.replaced-<digits>.db", a model a switch kept. */
-static bool replaced_file(const char *file, const char *name)
-{
-    size_t nl = strlen(name);
-    if (strncmp(file, name, nl) != 0 || strncmp(file + nl, ".replaced-", 10) != 0)
-        return false;
-    const char *rest = file + nl + 10;
-    size_t digits = strspn(rest, "0123456789");
-    return digits > 0 && strcmp(rest + digits, ".db") == 0;
-}
 
 /* Whether @p file is "<file of ours>.db-wal" or "-shm" with no such database beside it: a
  * connection left them on a file removed while it was open, and was stopped before its close
@@ -468,20 +468,8 @@ static bool orphan_side_file(const jl_projector *p, const char *file)
     memcpy(base, file, n - 4);
     base[n - 4] = 0;
     snprintf(path, sizeof(path), "%s/%s", p->data_dir, base);
-    char first[300];
-    snprintf(first, sizeof(first), "%s.db", p->def->name);
-    bool mine = strcmp(base, first) == 0 || replaced_file(base, p->def->name) ||
-                rebuild_file_kind(base, p->def->name) != OTHER_FILE;
-    return mine && access(path, F_OK) != 0 && errno == ENOENT;
-}
-
-/* Whether a switch can have replaced @p file: "<name>.db" or a rebuild's file (never another
- * projector's, whose name "<name>" only begins). */
-static bool switched_from(const jl_projector *p, const char *file)
-{
-    size_t nl = strlen(p->def->name);
-    return (strncmp(file, p->def->name, nl) == 0 && strcmp(file + nl, ".db") == 0) ||
-           rebuild_file_kind(file, p->def->name) == REBUILD_FILE;
+    return file_kind_of(base, p->def->name) != OTHER_FILE && access(path, F_OK) != 0 &&
+           errno == ENOENT;
 }
 
 /*
@@ -499,7 +487,8 @@ static bool keep_replaced(const char *dir, const char *old, const char *kept)
     if (stat(o, &so) != 0) {
         /* Renamed already (a stop before its WAL followed, which it does now). */
     } else if (stat(k, &sk) == 0 && so.st_ino == sk.st_ino && so.st_dev == sk.st_dev) {
-        unlink(o);
+        if (unlink(o) != 0) /* still pending: a "<name>.db" left would never be settled */
+            return false;
     } else if (rename(o, k) != 0) {
         return false;
     }
@@ -575,6 +564,7 @@ static void remove_leftovers(jl_projector *p)
         return;
     bool have_live = stat(p->db_path, &live) == 0;
     while ((e = readdir(d)) != NULL) {
+        file_kind kind = file_kind_of(e->d_name, p->def->name);
         if (strcmp(e->d_name, p->file) == 0 ||
             (pending && strncmp(e->d_name, p->replaced, pending_len) == 0))
             continue;
@@ -585,11 +575,11 @@ static void remove_leftovers(jl_projector *p)
             jl_log(JL_LOG_INFO, "removing a WAL file without its database", "\"file\":\"%s\"",
                    e->d_name);
             unlink(path);
-        } else if (rebuild_file_kind(e->d_name, p->def->name) != OTHER_FILE) {
+        } else if (kind == REBUILD_FILE || kind == VERIFY_FILE) {
             jl_log(JL_LOG_INFO, "removing an interrupted rebuild's file", "\"file\":\"%s\"",
                    e->d_name);
             jl__proj_remove_db(path);
-        } else if (have_live && replaced_file(e->d_name, p->def->name) && stat(path, &st) == 0 &&
+        } else if (have_live && kind == REPLACED_FILE && stat(path, &st) == 0 &&
                    st.st_ino == live.st_ino && st.st_dev == live.st_dev) {
             jl_log(JL_LOG_INFO, "removing a second name of the live read model",
                    "\"file\":\"%s\",\"live\":\"%s\"", e->d_name, p->file);

@@ -108,6 +108,15 @@ static void wait_checkpoint(jl_projector *p, uint64_t seq)
     }
 }
 
+/* Step @p p (run by the test, not a runner) until it has applied sequence @p seq. */
+static void step_to(jl_projector *p, uint64_t seq)
+{
+    size_t n = 0;
+    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < seq; k++)
+        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
+    ck_assert_uint_eq(jl_projector_checkpoint(p), seq);
+}
+
 static void live_file(const char *dir, char *out, size_t n)
 {
     tlive_file(dir, "order_summary", out, n);
@@ -500,9 +509,7 @@ START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
     tseed_orders(env.conn, 10, 0);
     uint64_t first_part = tstream_last_seq(env.conn, "ORDERS");
     jl_projector *p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
-    size_t n = 0;
-    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < first_part; k++)
-        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
+    step_to(p, first_part);
     jl_projector_close(p, 0);
     tseed_orders(env.conn, 10, 0);
     uint64_t last = tstream_last_seq(env.conn, "ORDERS");
@@ -513,9 +520,7 @@ START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
     ck_assert_ptr_nonnull(log);
     jl_log_open(log, JL_LOG_WARN, "test");
     p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
-    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < last; k++)
-        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
-    ck_assert_uint_eq(jl_projector_checkpoint(p), last);
+    step_to(p, last);
     jl_projector_close(p, 0);
     jl_log_open(NULL, JL_LOG_OFF, NULL);
     rewind(log);
@@ -833,16 +838,14 @@ START_TEST(a_stream_created_again_behind_the_checkpoint_is_not_read_on)
     ensure_stream();
     tseed_orders(env.conn, 10, 0); /* sequences 1..10 */
     jl_projector *p = open_projector(&order_summary_projector, "again", "again", 0, NULL);
-    size_t n = 0;
-    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < 10; k++)
-        ck_assert_int_eq(jl_projector_step(p, 100, &n), JL_OK);
-    ck_assert_uint_eq(jl_projector_checkpoint(p), 10);
+    step_to(p, 10);
     jl_projector_close(p, 0);
 
     ck_assert_int_eq(js_DeleteStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
     ensure_stream();
     tseed_orders(env.conn, 3, 0); /* sequences 1..3 of the new stream */
     p = open_projector(&order_summary_projector, "again", "again", 0, NULL);
+    size_t n = 0;
     jl_status s = jl_projector_step(p, 100, &n);
     ck_assert_int_eq(s, JL_ERR_INVALID);
     ck_assert_msg(strstr(jl_projector_errmsg(p), "created again") != NULL, "%s",
@@ -858,11 +861,7 @@ static void project_to_head(const char *sub, char *out_path, size_t n)
 {
     char dir[512];
     jl_projector *p = open_projector(&order_summary_projector, sub, sub, 0, dir);
-    uint64_t head = tstream_last_seq(env.conn, "ORDERS");
-    size_t applied = 0;
-    for (int k = 0; k < 100 && jl_projector_checkpoint(p) < head; k++)
-        ck_assert_int_eq(jl_projector_step(p, 100, &applied), JL_OK);
-    ck_assert_uint_eq(jl_projector_checkpoint(p), head);
+    step_to(p, tstream_last_seq(env.conn, "ORDERS"));
     jl_projector_close(p, 0);
     live_file(dir, out_path, n);
 }

@@ -38,6 +38,19 @@ typedef struct jl_conn jl_conn;
 jl_status jl_conn_open(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                        int64_t connect_wait_ms, char *err, size_t errlen);
 
+/**
+ * How long one connect attempt to cfg->nats_url's servers may run before it is taken for
+ * stuck: 2 s a server (the client's timeout) and 10 s more (the version probe, a slow name
+ * lookup, which has no timeout of its own). libnats 3.4.1 never returns from an attempt whose
+ * server greeted and then stopped answering: a program watches for that and gives up, saying
+ * JL_CONN_STUCK_MSG.
+ */
+int64_t jl_conn_stuck_after_ms(const jl_config *cfg);
+
+#define JL_CONN_STUCK_MSG                                                                          \
+    "no connection to NATS in time: a server that greeted but never finished the handshake (one "  \
+    "that stopped answering, or not NATS at NATS_URL?), or a host name that did not resolve"
+
 /** jl_conn_open_flags(): writes wait for the library's flusher (about a millisecond), so that
  * one system call carries many messages. For traffic that comes in bursts only. */
 #define JL_CONN_BATCH_WRITES 0x1u
