@@ -2115,6 +2115,25 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         jl_reply_error(r, JL_CODE_INVALID, "give at most one of at_seq, at_time_ns, at_version");
         return;
     }
+    /* A point not reached yet has no state: later events may still land before it. */
+    if (q->at_time_ns > now_ns()) {
+        jl_reply_error(r, JL_CODE_INVALID, "at_time is in the future");
+        return;
+    }
+    if (q->at_seq != 0) {
+        jl_store_info info;
+        char why[256] = "";
+        if (jl_store_info_get(p->store, &info, why, sizeof(why)) != JL_OK) {
+            jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the stream's head: %s", why);
+            return;
+        }
+        if (q->at_seq > info.last_seq) {
+            jl_reply_error(r, JL_CODE_INVALID,
+                           "at_seq %" PRIu64 " is past the stream's last sequence %" PRIu64,
+                           q->at_seq, info.last_seq);
+            return;
+        }
+    }
     void *at = calloc(1, def->state_size);
     if (at == NULL) {
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory: try again");
@@ -2147,6 +2166,13 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     if (rc.version == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,
                        set ? " at that point" : "");
+        free(at);
+        return;
+    }
+    if (q->at_version > rc.version) {
+        jl_reply_error(r, JL_CODE_NOT_FOUND,
+                       "%s %s is at version %" PRIu64 ": version %" PRIu64 " is not written yet",
+                       def->aggregate_type, id, rc.version, q->at_version);
         free(at);
         return;
     }

@@ -159,6 +159,15 @@ START_TEST(state_as_of_sequence_time_and_version)
     /* two points at once is a bad request; a time before the first event finds nothing */
     ck_assert_int_eq(get_state(id, s4, 1, 0, &st, &v), JL_CODE_INVALID);
     ck_assert_int_eq(get_state(id, 0, 1, 0, &st, &v), JL_CODE_NOT_FOUND);
+    /* a point not reached yet has no state: later events could still land before it */
+    ck_assert_int_eq(get_state(id, 0, 0, 5, &st, &v), JL_CODE_NOT_FOUND);
+    ck_assert_int_eq(get_state(id, s4 + 1000, 0, 0, &st, &v), JL_CODE_INVALID);
+    ck_assert_int_eq(get_state(id, 0, between_ns + 3600 * 1000000000LL, 0, &st, &v),
+                     JL_CODE_INVALID);
+    /* the stream's last sequence is a point reached, even when another aggregate wrote it */
+    ck_assert_int_eq(get_state(id, s4, 0, 0, &st, &v), JL_CODE_OK);
+    ck_assert_uint_eq(v, 4);
+    orders__order_state__free_unpacked(st, NULL);
     /* unknown aggregate, bad id */
     char nobody[JL_UUID_LEN + 1];
     jl_uuid_new(nobody);
