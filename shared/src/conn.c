@@ -650,8 +650,9 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
     if (!jl_version_at_least(c->version, JL_MIN_CLUSTER_SERVER_VERSION)) {
         snprintf(err, errlen,
                  "refusing a stream with %d replicas: the connected NATS server is version %s, "
-                 "older than %s, whose Nats-Expected-Last-Subject-Sequence check lets two racing "
-                 "writers both win on a clustered stream; upgrade nats-server",
+                 "older than %s, whose Nats-Expected-Last-Subject-Sequence checks can let two "
+                 "racing writers both win or replicas differ on a clustered stream; upgrade "
+                 "nats-server",
                  replicas, c->version[0] ? c->version : "(unknown)", JL_MIN_CLUSTER_SERVER_VERSION);
         return JL_ERR_VERSION;
     }
@@ -662,11 +663,11 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
         if (jl_server_version_probe(servers[i], 1000, v, sizeof(v)) != JL_OK)
             continue;
         if (!jl_version_at_least(v, JL_MIN_CLUSTER_SERVER_VERSION)) {
-            snprintf(err, errlen,
-                     "refusing a stream with %d replicas: NATS server %s is version %s, older "
-                     "than %s (racing writers could both win); upgrade every server",
-                     replicas, redact(servers[i], safe, sizeof(safe)), v,
-                     JL_MIN_CLUSTER_SERVER_VERSION);
+            snprintf(
+                err, errlen,
+                "refusing a stream with %d replicas: NATS server %s is version %s, older "
+                "than %s (racing writers could both win, replicas differ); upgrade every server",
+                replicas, redact(servers[i], safe, sizeof(safe)), v, JL_MIN_CLUSTER_SERVER_VERSION);
             s = JL_ERR_VERSION;
         }
     }

@@ -1663,6 +1663,22 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         r->duplicate = c->stored_duplicate;
         finish_stored(p, c, r);
         release_entry(p, e);
+    } else if (pa != NULL && pa->Duplicate && pa->Sequence == 0) {
+        /* No sequence means not stored (yet): an earlier copy of this very message is still
+         * being stored, or, on older servers, was dropped by a leader election and
+         * blocks its id. Never an OK: ask again (the pause lets the copy land) until the
+         * deadline, then say the outcome is unknown. */
+        jl_log(JL_LOG_INFO, "earlier copy in process, resending", "\"subject\":\"%s\"", c->subject);
+        natsStatus ns = resend(p, js, &msg, c, NATS_NO_RESPONDERS);
+        if (ns != NATS_OK) {
+            e->stale = true;
+            jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                           "event store reports an earlier copy of the events in process and "
+                           "did not confirm it (they may or may not be stored): %s",
+                           natsStatus_GetText(ns));
+            finish(p, c, r);
+            release_entry(p, e);
+        }
     } else if (pa != NULL && pa->Duplicate && c->client_id) {
         /* The client's command id was stored before, by a retry of ours or by a replica: the
          * same reply, and our cached state may lack that commit. (Without a client id the
@@ -1711,9 +1727,10 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         to_read = c;
     } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
         p->stats.conflicts++;
+        e->stale = true; /* behind the stream: the next command reads what it missed */
         jl_reply_error(r, JL_CODE_CONFLICT,
-                       "%s %s was changed concurrently %d times in a row; try again",
-                       p->def->aggregate_type, c->agg_id, c->attempts);
+                       "%s %s was changed concurrently %d time%s in a row; try again",
+                       p->def->aggregate_type, c->agg_id, c->attempts, c->attempts == 1 ? "" : "s");
         finish(p, c, r);
         release_entry(p, e);
     } else if (retryable) {

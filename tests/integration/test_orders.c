@@ -1950,6 +1950,38 @@ START_TEST(a_refusal_on_a_cache_behind_another_replica_is_decided_again)
 }
 END_TEST
 
+START_TEST(a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again)
+{
+    /* --command-retries 0: B's cached order is behind A's write, so B's command loses the
+     * race and is answered conflict. The next command on B must read what it missed, not be
+     * decided on the same stale entry and lose again, and again, until it is evicted. */
+    char id[JL_UUID_LEN + 1];
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer *a = open_without_records(env.conn), *b = NULL;
+    char err[512] = "";
+    jl_config cfg = env.cfg;
+    cfg.command_ttl_s = 0;
+    cfg.command_retries = 0;
+    ck_assert_msg(jl_producer_open(&b, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "producer: %s", err);
+    ck_assert_int_eq(create_with_id(a, "no-retry-create", &r), JL_CODE_OK);
+    snprintf(id, sizeof(id), "%s", r.aggregate_id);
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(b, id, "b1", NULL, &r), JL_CODE_OK); /* B caches it */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(a, id, "a1", NULL, &r), JL_CODE_OK); /* B is behind */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_with_id(b, id, "b2", NULL, &r), JL_CODE_CONFLICT);
+    jl_reply_reset(&r);
+    ck_assert_msg(add_with_id(b, id, "b3", NULL, &r) == JL_CODE_OK, "%s", r.message);
+    ck_assert_uint_eq(r.aggregate_version, 4);
+    jl_reply_cleanup(&r);
+    jl_producer_close(a, 1000);
+    jl_producer_close(b, 1000);
+}
+END_TEST
+
 START_TEST(a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read)
 {
     /* Replica B caches an order; replica A then stores a command on it. B gets the same
@@ -2164,6 +2196,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
+    tcase_add_test(tc, a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, a_refusal_on_a_cache_behind_another_replica_is_decided_again);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);

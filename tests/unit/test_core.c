@@ -2263,6 +2263,11 @@ START_TEST(version_at_least_compares_dotted_numbers)
     ck_assert(jl_version_at_least("2.9.21", "2.9"));
     ck_assert(jl_version_at_least("2.10", "2.9.21"));
     ck_assert(!jl_version_at_least("", "2.9.21"));
+    /* replicated streams: refused before 2.10.19 (expected sequence 0 checked on the leader) */
+    ck_assert(!jl_version_at_least("2.9.21", JL_MIN_CLUSTER_SERVER_VERSION));
+    ck_assert(!jl_version_at_least("2.10.18", JL_MIN_CLUSTER_SERVER_VERSION));
+    ck_assert(jl_version_at_least("2.10.19", JL_MIN_CLUSTER_SERVER_VERSION));
+    ck_assert(jl_version_at_least("2.10.27", JL_MIN_CLUSTER_SERVER_VERSION));
     ck_assert(!jl_version_at_least(NULL, "2.9.21"));
     ck_assert(!jl_version_at_least("garbage", "2.9.21"));
 }

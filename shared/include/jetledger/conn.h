@@ -3,7 +3,7 @@
  *
  * It connects to the whole server list (reconnecting on its own, forever), reads the version of
  * the server it reached (the server's INFO line), and knows how to refuse clustered streams on
- * servers whose per-subject expected-sequence check races (before 2.9.21).
+ * servers whose expected-sequence checks fail on them (before 2.10.19).
  */
 #ifndef JETLEDGER_CONN_H
 #define JETLEDGER_CONN_H
@@ -20,8 +20,12 @@
 
 typedef struct jl_conn jl_conn;
 
-/** Oldest server whose Nats-Expected-Last-Subject-Sequence holds on replicated streams. */
-#define JL_MIN_CLUSTER_SERVER_VERSION "2.9.21"
+/**
+ * Oldest server whose Nats-Expected-Last-Subject-Sequence holds on replicated streams: before
+ * 2.9.21 two racing writers could both win; before 2.10.19 a publish expecting sequence 0 (an
+ * aggregate's first commit) was checked on the leader only and could leave replicas different.
+ */
+#define JL_MIN_CLUSTER_SERVER_VERSION "2.10.19"
 
 /**
  * Connect to cfg->nats_url (comma-separated list) as client @p client_name.
