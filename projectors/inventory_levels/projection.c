@@ -75,6 +75,12 @@ static jl_status apply_registered(jl_db *db, const jl_event *ev, char *err, size
         snprintf(err, n, "%s with an empty sku", ev->event_type);
         return JL_ERR_INVALID;
     }
+    /* Past the queries' own limit, a sku could be neither asked for nor paged past. */
+    if (strnlen(e->sku, INVENTORY_LEVELS_MAX_SKU + 1) > INVENTORY_LEVELS_MAX_SKU) {
+        snprintf(err, n, "%s with a sku longer than %d bytes", ev->event_type,
+                 INVENTORY_LEVELS_MAX_SKU);
+        return JL_ERR_INVALID;
+    }
     /* A second registration of a sku breaks the primary key: a dead letter, never a reset. */
     sqlite3_stmt *st = jl_db_stmt(db, "INSERT INTO stock (sku, name) VALUES (?, ?)");
     if (st == NULL)
@@ -303,16 +309,20 @@ static jl_status list_low_stock(jl_db *db, const ProtobufCMessage *msg, jl_reply
     }
     int64_t threshold = q->threshold ? q->threshold : INVENTORY_LEVELS_DEFAULT_THRESHOLD;
 
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM stock WHERE available < ?1 "
-                                      "AND (?2 = 0 OR (available, sku) > (?3, ?4)) ORDER BY "
-                                      "available, sku LIMIT ?5");
+    /* Two texts, not "(?2 = 0 OR (available, sku) > ...)": with that, SQLite cannot start
+     * the index scan at the cursor, and each page reads every row before it. */
+    sqlite3_stmt *st =
+        q->cursor[0] != 0
+            ? jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM stock WHERE available < ?1 AND "
+                             "(available, sku) > (?2, ?3) ORDER BY available, sku LIMIT ?4")
+            : jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM stock WHERE available < ?1 "
+                             "ORDER BY available, sku LIMIT ?4"); /* ?2, ?3 unused */
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_int64(st, 1, threshold);
-    sqlite3_bind_int(st, 2, q->cursor[0] != 0);
-    sqlite3_bind_int64(st, 3, after_available);
-    sqlite3_bind_text(st, 4, after_sku, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)limit + 1); /* one more says there is a next page */
+    sqlite3_bind_int64(st, 2, after_available);
+    sqlite3_bind_text(st, 3, after_sku, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 
     void *rows = NULL, **ptrs = NULL;
     size_t n = 0;

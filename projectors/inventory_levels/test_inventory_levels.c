@@ -191,6 +191,17 @@ START_TEST(events_the_model_cannot_use_are_refused)
     ck_assert_int_eq(apply("inventory.ProductRegistered", &reg.base, err, sizeof(err)),
                      JL_ERR_INVALID);
     ck_assert_msg(strstr(err, "with an empty sku") != NULL, "%s", err);
+    /* One longer than the queries take could be neither asked for nor paged past. */
+    char long_sku[INVENTORY_LEVELS_MAX_SKU + 2];
+    memset(long_sku, 's', sizeof(long_sku) - 1);
+    long_sku[sizeof(long_sku) - 1] = 0;
+    reg.sku = long_sku;
+    ck_assert_int_eq(apply("inventory.ProductRegistered", &reg.base, err, sizeof(err)),
+                     JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "with a sku longer than 64 bytes") != NULL, "%s", err);
+    long_sku[INVENTORY_LEVELS_MAX_SKU] = 0; /* exactly the limit: taken */
+    reg.name = "long";
+    ck_assert_int_eq(apply("inventory.ProductRegistered", &reg.base, err, sizeof(err)), JL_OK);
     /* A second registration is refused, not a reset of its counts. */
     reg.sku = "kiwi";
     reg.name = "again";

@@ -229,11 +229,19 @@ static jl_status list_orders(jl_db *db, const ProtobufCMessage *msg, jl_reply *o
         return JL_OK;
     }
 
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE (?1 = '' OR "
-                                      "status = ?1) AND order_id > ?2 ORDER BY order_id LIMIT ?3");
+    /* Two texts, not "(?1 = '' OR status = ?1)": SQLite cannot use orders_by_status for that
+     * one, and a page of a rare status would scan the whole table (1.35 s for 1M orders) while
+     * every other query waits. */
+    sqlite3_stmt *st =
+        q->status[0] != 0
+            ? jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE status = ?1 AND "
+                             "order_id > ?2 ORDER BY order_id LIMIT ?3")
+            : jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM orders WHERE order_id > ?2 "
+                             "ORDER BY order_id LIMIT ?3");
     if (st == NULL)
         return JL_ERR_SQLITE;
-    sqlite3_bind_text(st, 1, q->status, -1, SQLITE_STATIC);
+    if (q->status[0] != 0)
+        sqlite3_bind_text(st, 1, q->status, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, q->cursor, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 

@@ -1186,7 +1186,23 @@ static void publish_progress(jl_projector *p, const jl__batch_result *io)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Apply a batch of source @p i under apply_mu; ack its last message when @p ack. */
+/* Index of the message of @p msgs with the highest stream sequence: with AckAll, acking it
+ * acks the batch, where the last one may be a redelivery of an older message. */
+static int highest_seq(natsMsg **msgs, int n)
+{
+    int at = n - 1;
+    uint64_t best = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t seq = 0, pending = 0;
+        if (jl__msg_seq(msgs[i], &seq, NULL, &pending) && seq > best) {
+            best = seq;
+            at = i;
+        }
+    }
+    return at;
+}
+
+/* Apply a batch of source @p i under apply_mu; ack its highest message when @p ack. */
 static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, bool ack,
                               size_t *out_applied)
 {
@@ -1200,9 +1216,9 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
     if (s != JL_OK)
         return s;
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
-     * With AckAll, acking the last message acks the whole batch. A lost ack loses nothing (the
-     * batch comes again after the ack wait and is skipped by the checkpoint), but say so. */
-    natsStatus ns = ack && n > 0 ? natsMsg_Ack(msgs[n - 1], NULL) : NATS_OK;
+     * With AckAll, acking the highest message acks the whole batch. A lost ack loses nothing
+     * (the batch comes again after the ack wait and is skipped by the checkpoint), but say so. */
+    natsStatus ns = ack && n > 0 ? natsMsg_Ack(msgs[highest_seq(msgs, n)], NULL) : NATS_OK;
     if (ns != NATS_OK)
         jl_log(JL_LOG_WARN, "ack not sent",
                "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"status\":\"%s\"", p->src[i].stream,
@@ -1238,6 +1254,15 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
         set_err(p, "projector %s waits for its version rebuild to switch: nothing applied",
                 p->def->name);
         return JL_ERR_UNAVAILABLE;
+    }
+    for (int k = 1; i >= 0 && k < n; k++) {
+        if (source_of(p, msgs[k]) != i) {
+            set_err(p,
+                    "a batch holds messages of two streams (or of none of projector %s); "
+                    "apply each stream's on its own",
+                    p->def->name);
+            return JL_ERR_INVALID;
+        }
     }
     if (i < 0) {
         set_err(p, "the messages do not come from a stream of projector %s", p->def->name);

@@ -666,6 +666,39 @@ START_TEST(redelivered_messages_are_applied_once)
     natsMsgList_Destroy(&list);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
+
+    /* A redelivery of an older message may come last in a batch: the ack (AckAll) is the
+     * highest message's, so the whole batch is acked, not only up to that older one. */
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Config.AckPolicy = js_AckAll;
+    ck_assert_int_eq(
+        js_PullSubscribe(&sub, jl_conn_js(env.conn), "orders.events.>", "ackall", NULL, &so, NULL),
+        NATS_OK);
+    ck_assert_int_eq(natsSubscription_Fetch(&list, sub, 3, 5000, NULL), NATS_OK);
+    ck_assert_int_eq(list.Count, 3);
+    natsMsg *first = list.Msgs[0];
+    list.Msgs[0] = list.Msgs[2];
+    list.Msgs[2] = first;
+    ck_assert_int_eq(jl_projector_apply(p, list.Msgs, list.Count, &applied), JL_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, jl_conn_js(env.conn), "ORDERS", "ackall", NULL, NULL),
+                     NATS_OK);
+    ck_assert_uint_eq(ci->AckFloor.Stream, 3);
+    ck_assert_int_eq(ci->NumAckPending, 0);
+    jsConsumerInfo_Destroy(ci);
+    /* Messages of two streams (here: one message and a non-JetStream one) are not a batch. */
+    natsMsg *plain = NULL;
+    ck_assert_int_eq(natsMsg_Create(&plain, "orders.events.x", NULL, "x", 1), NATS_OK);
+    natsMsg *mixed[2] = {list.Msgs[0], plain};
+    ck_assert_int_eq(jl_projector_apply(p, mixed, 2, &applied), JL_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(jl_projector_errmsg(p), "two streams"));
+    natsMsg_Destroy(plain);
+    natsMsgList_Destroy(&list);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
     free(before);
     free(after);
     jl_projector_close(p, 1000);

@@ -178,9 +178,11 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied);
 /**
  * Apply @p n messages obtained from a consumer of the projector's stream exactly as a fetched
  * batch is applied: those at or below the checkpoint are skipped, the rest and the new
- * checkpoint are committed in one transaction, then the last message is acked.
+ * checkpoint are committed in one transaction, then the message of the highest sequence is
+ * acked (AckAll: the batch). All of one source stream.
  * @param out_applied messages applied (not skipped); may be NULL.
- * @return JL_OK; JL_ERR_INVALID for messages of no source stream of the projector;
+ * @return JL_OK; JL_ERR_INVALID, nothing applied, for messages of no source stream of the
+ *         projector or of two;
  *         JL_ERR_UNAVAILABLE, nothing applied, while a version rebuild has yet to switch (the
  *         new code never applies to the old file); the failure of applying.
  * Not thread-safe with jl_projector_step()/run(): call it from the consuming thread.
