@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,35 @@ static bool conn_lost = false; /* the NATS connection closed for good: exit 1 */
 /* The readiness file (JL_READY_FILE), "" for none: removed on every way out. */
 static char ready_path[512];
 
+/*
+ * Whether the readiness file can be what the service makes of it: a name it may remove (absent,
+ * or an empty regular file as it writes them: a mistyped path must not delete another file) in
+ * a directory it can write (else the service would run and never be ready, saying so only at
+ * warn once it answers).
+ */
+static bool ready_file_usable(char *err, size_t errlen)
+{
+    struct stat st;
+    char tmp[600];
+    if (lstat(ready_path, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size != 0)) {
+        snprintf(err, errlen,
+                 "--ready-file %s exists and is not an empty file (the service writes and "
+                 "removes an empty one): refusing to remove it",
+                 ready_path);
+        return false;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot write the readiness file --ready-file %s: %s", ready_path,
+                 strerror(errno));
+        return false;
+    }
+    close(fd);
+    unlink(tmp);
+    return true;
+}
+
 void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, int argc,
                    char **argv)
 {
@@ -46,6 +76,12 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
     /* One left by a run that was killed (the directory outlives a container's restart): not
      * ready until this one answers. */
     snprintf(ready_path, sizeof(ready_path), "%s", cfg->ready_file);
+    char why[1200];
+    if (ready_path[0] != 0 && !ready_file_usable(why, sizeof(why))) {
+        ready_path[0] = 0; /* not ours: left alone */
+        fprintf(stderr, "%s: %s\n", service, why);
+        exit(JL_EXIT_USAGE);
+    }
     if (ready_path[0] != 0)
         unlink(ready_path);
 }

@@ -220,6 +220,12 @@ jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc,
             s = JL_ERR_INVALID;
             break;
         }
+        if (eq == NULL && strncmp(v, "--", 2) == 0) {
+            /* "--name --log-level=debug": a forgotten value, not a name ("--name=--x" is). */
+            snprintf(err, errlen, "flag --%s needs a value, not the flag '%.64s'", k->flag, v);
+            s = JL_ERR_INVALID;
+            break;
+        }
         snprintf(origin, sizeof(origin), "flag --%s", k->flag);
         s = set_value(cfg, k, v, origin, err, errlen);
     }

@@ -106,28 +106,28 @@ static void on_closed(natsConnection *nc, void *closure)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* @p in (one URL or a comma-separated list) with each user:password@ written "***@", into
- * @p out: what is logged or said of a URL never shows a password. Returns @p out. */
+/* @p in (one URL or a list) with each user:password@ written "***@", into @p out: what is
+ * logged or said of a URL never shows a password. The text between two "://" (or the start or
+ * the end) holds at most one URL's credentials, up to its last '@': a password holding a ',' or
+ * a ' ', which split the list, is hidden whole. Returns @p out. */
 static const char *redact(const char *in, char *out, size_t n)
 {
     size_t o = 0;
-    for (const char *tok = in; *tok != 0 && o + 1 < n;) {
-        size_t len = strcspn(tok, ",");
-        const char *scheme = strstr(tok, "://");
-        const char *from = scheme != NULL && scheme < tok + len ? scheme + 3 : tok;
+    for (const char *from = in;;) {
+        const char *next = strstr(from, "://");
+        const char *stop = next != NULL ? next : from + strlen(from);
         const char *at = NULL;
-        for (const char *q = from; q < tok + len; q++)
+        for (const char *q = from; q < stop; q++)
             if (*q == '@')
                 at = q;
-        int w = at != NULL ? snprintf(out + o, n - o, "%.*s***%.*s", (int)(from - tok), tok,
-                                      (int)(tok + len - at), at)
-                           : snprintf(out + o, n - o, "%.*s", (int)len, tok);
+        int w = at != NULL ? snprintf(out + o, n - o, "***%.*s%s", (int)(stop - at), at,
+                                      next != NULL ? "://" : "")
+                           : snprintf(out + o, n - o, "%.*s%s", (int)(stop - from), from,
+                                      next != NULL ? "://" : "");
         o = w < 0 ? o : (o + (size_t)w < n ? o + (size_t)w : n - 1);
-        tok += len;
-        if (*tok == ',' && o + 1 < n) {
-            out[o++] = ',';
-            tok++;
-        }
+        if (next == NULL || o + 1 >= n)
+            break;
+        from = next + 3;
     }
     out[o < n ? o : n - 1] = 0;
     return out;
@@ -204,33 +204,49 @@ static jl_status parse_host_port(const char *url, char *host, size_t hostlen, ch
     return JL_OK;                        /* the host may be empty (nats.c then uses localhost) */
 }
 
-/* Whether server URL @p u can be used: a nats:// or tls:// scheme (or none) and, if a port is
- * given, 1-65535 (an empty host or port is nats.c's default). Else why not in @p why: the client
- * library would only say "no server". */
-static bool url_usable(const char *u, char *why, size_t n)
+/*
+ * How a message names server URL @p u, number @p i of @p list: as itself, or, when the list
+ * holds credentials, by its place in the list with the list's hidden (a ',' or ' ' in a
+ * password splits it, and a piece could show part of one).
+ */
+static const char *url_name(const char *u, int i, const char *list, char *out, size_t n)
 {
-    char host[256], port[16], safe[256];
+    char safe[512];
+    if (strchr(list, '@') == NULL)
+        snprintf(out, n, "'%.200s'", u);
+    else
+        snprintf(out, n, "#%d of '%.200s'", i + 1, redact(list, safe, sizeof(safe)));
+    return out;
+}
+
+/* Whether server URL @p u (number @p i of @p list) can be used: a nats:// or tls:// scheme (or
+ * none) and, if a port is given, 1-65535 (an empty host or port is nats.c's default). Else why
+ * not in @p why: the client library would only say "no server". */
+static bool url_usable(const char *u, int i, const char *list, char *why, size_t n)
+{
+    char host[256], port[16], name[300];
     const char *sep = strstr(u, "://");
     if (sep != NULL && !((sep - u == 4 && strncasecmp(u, "nats", 4) == 0) ||
                          (sep - u == 3 && strncasecmp(u, "tls", 3) == 0))) {
-        snprintf(why, n, "server URL '%.200s' has a scheme other than nats:// or tls://",
-                 redact(u, safe, sizeof(safe)));
+        snprintf(why, n, "server URL %s has a scheme other than nats:// or tls://",
+                 url_name(u, i, list, name, sizeof(name)));
         return false;
     }
     if (sep == NULL && strchr(u, '/') != NULL) {
         /* "nats:/host:4222" (a slash short): the library would take all of it for a host. */
-        snprintf(why, n, "server URL '%.200s' cannot be read (nats://host:port?)",
-                 redact(u, safe, sizeof(safe)));
+        snprintf(why, n, "server URL %s cannot be read (nats://host:port?)",
+                 url_name(u, i, list, name, sizeof(name)));
         return false;
     }
     if (parse_host_port(u, host, sizeof(host), port, sizeof(port)) != JL_OK) {
-        snprintf(why, n, "server URL '%.200s' cannot be read", redact(u, safe, sizeof(safe)));
+        snprintf(why, n, "server URL %s cannot be read", url_name(u, i, list, name, sizeof(name)));
         return false;
     }
     char *end = NULL;
     long v = strtol(port, &end, 10);
     if (port[0] < '0' || port[0] > '9' || *end != 0 || v < 1 || v > 65535) {
-        snprintf(why, n, "server URL '%.200s' has no port 1-65535", redact(u, safe, sizeof(safe)));
+        snprintf(why, n, "server URL %s has no port 1-65535",
+                 url_name(u, i, list, name, sizeof(name)));
         return false;
     }
     return true;
@@ -303,7 +319,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         goto done;
     }
     for (int i = 0; i < nurls; i++) {
-        if (!url_usable(urls[i], err, errlen)) {
+        if (!url_usable(urls[i], i, cfg->nats_url, err, errlen)) {
             s = JL_ERR_INVALID;
             goto done;
         }

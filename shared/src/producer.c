@@ -2086,7 +2086,9 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     h.items = calloc(h.limit, sizeof(*h.items));
     h.ptrs = calloc(h.limit, sizeof(*h.ptrs));
     jl_status s = (h.items && h.ptrs) ? JL_OK : JL_ERR_NOMEM;
-    h.hinted = q->from_sequence > 0;
+    /* Past 2^63 - 1 the server refuses the number as a bad request: no hint, like any wrong
+     * one, not "unavailable". */
+    h.hinted = q->from_sequence > 0 && q->from_sequence <= INT64_MAX;
     if (s == JL_OK)
         s = jl_store_read_subject(p->store, subject, h.hinted ? q->from_sequence - 1 : 0, 0,
                                   history_commit, &h, &last, why, sizeof(why));

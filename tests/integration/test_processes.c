@@ -887,6 +887,23 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
     nats_Sleep(500);
     ck_assert_int_ne(access(stale, F_OK), 0);
     ck_assert_int_eq(svc_stop(&dead, SIGTERM, 15000), 0);
+    /* A file that is not one it wrote (a mistyped path) is not removed: bad usage, exit 2. */
+    char other[700], tail[1500], line[64] = "";
+    snprintf(other, sizeof(other), "%s/other.log.ready", env.dir);
+    f = fopen(other, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("keep me\n", f);
+    fclose(f);
+    svc_start(&dead, "orders", "other.log", "nats://127.0.0.1:1", NULL, 0, NULL);
+    int st = svc_stop(&dead, 0, 10000);
+    ck_assert_msg(st == JL_EXIT_USAGE, "exit %d: %s", st, log_tail(dead.log, tail, sizeof(tail)));
+    ck_assert_msg(strstr(log_tail(dead.log, tail, sizeof(tail)), "refusing to remove it") != NULL,
+                  "%s", tail);
+    f = fopen(other, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    fclose(f);
+    ck_assert_str_eq(line, "keep me\n");
 }
 END_TEST
 
@@ -1186,6 +1203,98 @@ static bool json_u64(const char *json, const char *key, uint64_t *out)
     return true;
 }
 
+/* What the fake service below answers (fake_mode), and the aggregate it is asked about. */
+enum { FAKE_EMPTY_PAGE, FAKE_OTHER_AGGREGATE, FAKE_NOT_ADVANCING, FAKE_NO_ENVELOPE, FAKE_STATE };
+static int fake_mode;
+static const char fake_id[] = "c28aa361-5d3c-4f43-9a43-0e7c6b1f2a10";
+static const char other_id[] = "11111111-1111-4111-8111-111111111111";
+
+/* A "service" answering GetHistory and GetState with replies that do not fit the question. */
+static void fake_history(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    Jetledger__GetHistory *q = jetledger__get_history__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(msg), (const uint8_t *)natsMsg_GetData(msg));
+    uint64_t from = q != NULL && q->from_version ? q->from_version : 1;
+    Jetledger__Envelope env_ = JETLEDGER__ENVELOPE__INIT;
+    env_.event_id = (char *)other_id;
+    env_.event_type = "orders.OrderCreated";
+    env_.aggregate_type = "order";
+    env_.aggregate_id = (char *)(fake_mode == FAKE_OTHER_AGGREGATE ? other_id : fake_id);
+    env_.aggregate_version = 1; /* FAKE_NOT_ADVANCING: the first event on every page */
+    Jetledger__StoredEvent ev = JETLEDGER__STORED_EVENT__INIT, *evs[1] = {&ev};
+    ev.stream_sequence = 5;
+    ev.envelope = fake_mode == FAKE_NO_ENVELOPE ? NULL : &env_;
+    Jetledger__HistoryResult res = JETLEDGER__HISTORY_RESULT__INIT;
+    res.n_events = fake_mode == FAKE_EMPTY_PAGE ? 0 : 1;
+    res.events = evs;
+    res.next_version =
+        fake_mode == FAKE_EMPTY_PAGE || fake_mode == FAKE_NOT_ADVANCING ? from + 1 : 0;
+    Jetledger__StateResult st = JETLEDGER__STATE_RESULT__INIT;
+    st.aggregate_id = (char *)other_id;
+    st.version = 3;
+    st.state_type = "orders.OrderState";
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_reply_set_result(&r, fake_mode == FAKE_STATE ? &st.base : &res.base);
+    jl_reply_send(nc, natsMsg_GetReply(msg), &r, NULL);
+    jl_reply_cleanup(&r);
+    if (q != NULL)
+        jetledger__get_history__free_unpacked(q, NULL);
+    natsMsg_Destroy(msg);
+}
+
+START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
+{
+    /* A wrong or broken service must not make the CLI loop for ever, or print another
+     * aggregate's trail or state as this one's, or exit 0 on a trail it could not show whole. */
+    const char *url = jl_natsd_url(env.natsd);
+    natsSubscription *sub = NULL;
+    ck_assert_int_eq(
+        natsConnection_Subscribe(&sub, jl_conn_nats(env.conn), "fake.query.*", fake_history, NULL),
+        NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    cli_result *r = calloc(1, sizeof(*r));
+    struct {
+        int mode;
+        const char *cmd, *says;
+    } cases[] = {
+        {FAKE_EMPTY_PAGE, "history", "empty history page that says there is more"},
+        {FAKE_OTHER_AGGREGATE, "history", "an event of another aggregate"},
+        {FAKE_NOT_ADVANCING, "history", "sent version 1 out of order on a page from 2"},
+        {FAKE_NO_ENVELOPE, "history", "1 event could not be shown whole"},
+        {FAKE_STATE, "state", "not one of the aggregate asked for"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fake_mode = cases[i].mode;
+        int64_t t0 = tnow_ms();
+        CLI(r, url, cases[i].cmd, "fake", fake_id);
+        ASSERT_CLI(r, 4);
+        ck_assert_msg(strstr(r->err, cases[i].says) != NULL, "case %zu: %s", i, r->err);
+        ck_assert_int_lt(tnow_ms() - t0, 15000);
+    }
+    /* Only the first page of the one that does not advance was printed, once. */
+    fake_mode = FAKE_NOT_ADVANCING;
+    CLI(r, url, "history", "fake", fake_id);
+    int printed = 0;
+    for (const char *q = r->out; (q = strstr(q, "\"aggregate_version\":1")) != NULL; q++)
+        printed++;
+    ck_assert_msg(printed == 1, "%d times: %s", printed, r->out);
+    /* A flag twice, or a flag where a value belongs: which was meant is not guessed. */
+    CLI(r, url, "events", "orders", "--aggregate", fake_id, "--aggregate", other_id);
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--aggregate given twice") != NULL, "%s", r->err);
+    CLI(r, url, "command", "orders", "CreateOrder", "{}", "--command-id", "--json");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--command-id needs a value, not the flag '--json'") != NULL, "%s",
+                  r->err);
+    free(r);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+}
+END_TEST
+
 START_TEST(cli_status_shows_streams_consumers_and_lag)
 {
     /* `jetledger status`: every stream and consumer, with what it holds, its lag and where it
@@ -1343,18 +1452,24 @@ START_TEST(cli_round_trip_and_exit_codes)
 
     /* A URL the client cannot use, or a credentials file without a user in it: settings to
      * correct (2), not a server to wait for (3). */
-    const char *bad_urls[] = {"nats://127.0.0.1:notaport",
-                              "bogus://127.0.0.1:4222",
-                              "nats://127.0.0.1:99999",
-                              "nats://127.0.0.1:4222,http://x:1",
-                              "nats://ann:s3cr3t@127.0.0.1:99999",
-                              "nats:/127.0.0.1:4222"};
+    const char *bad_urls[] = {"nats://127.0.0.1:notaport", "bogus://127.0.0.1:4222",
+                              "nats://127.0.0.1:99999", "nats://127.0.0.1:4222,http://x:1",
+                              "nats://ann:s3cr3t@127.0.0.1:99999", "nats:/127.0.0.1:4222",
+                              /* a ',' or ' ' in a password splits the list: no piece shown */
+                              "nats://ann:s3,cr3t@127.0.0.1:4222",
+                              "nats://127.0.0.1:4222,nats://ann:s3 cr3t@127.0.0.1:4222"};
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         CLI(r, bad_urls[i], "status");
         ASSERT_CLI(r, 2);
         ck_assert_msg(strstr(r->err, "server URL") != NULL, "%s: %s", bad_urls[i], r->err);
-        ck_assert_msg(strstr(r->err, "s3cr3t") == NULL, "a password in: %s", r->err);
+        ck_assert_msg(strstr(r->err, "s3cr3t") == NULL && strstr(r->err, "cr3t") == NULL &&
+                          strstr(r->err, "ann:") == NULL,
+                      "a user or password in: %s", r->err);
     }
+    CLI(r, "nats://ann:s3,cr3t@127.0.0.1:4222", "status");
+    ck_assert_msg(strstr(r->err, "server URL #1 of 'nats://***@127.0.0.1:4222' has no port") !=
+                      NULL,
+                  "%s", r->err);
     /* What nats.c reads as a default is no error: an empty host is localhost (nothing listens
      * on this free port: unreachable, 3, not bad usage), and a password is never shown. */
     int free_port = 0;
@@ -1667,6 +1782,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);
     tcase_add_test(tc, services_exit_1_when_the_server_greets_and_goes_silent);
     tcase_add_test(tc, cli_round_trip_and_exit_codes);
+    tcase_add_test(tc, cli_refuses_replies_that_do_not_fit_the_question);
     tcase_add_test(tc, cli_status_shows_streams_consumers_and_lag);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);

@@ -1752,6 +1752,16 @@ START_TEST(config_flag_without_value_is_invalid)
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", NULL), JL_ERR_INVALID);
     ck_assert_msg(strstr(err, "--name") != NULL, "err: %s", err);
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--batch=", NULL), JL_ERR_INVALID);
+    /* A forgotten value is not the next flag taken for it. */
+    jl_config_init(&cfg);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", "--log-level=debug", NULL),
+                     JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "flag --name needs a value, not the flag '--log-level=debug'") !=
+                      NULL,
+                  "err: %s", err);
+    ck_assert_str_eq(cfg.name, "");
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name=--odd", NULL), JL_OK);
+    ck_assert_str_eq(cfg.name, "--odd");
 }
 END_TEST
 

@@ -28,12 +28,20 @@ static int open_aggregate(const cli_ctx *ctx, const char *usage, const char *que
     return rc;
 }
 
-static void print_stored(jl_buf *line, const Jetledger__StoredEvent *se)
+/* Whether @p got names aggregate @p id (canonical): a reply about another is not this one's. */
+static bool same_aggregate(const char *got, const char *id)
+{
+    char canon[JL_UUID_LEN + 1];
+    return got != NULL && jl_uuid_canonical(canon, got) == JL_OK && strcmp(canon, id) == 0;
+}
+
+/* Print one event of a history page; JL_OK, or why its line holds an error. */
+static jl_status print_stored(jl_buf *line, const Jetledger__StoredEvent *se)
 {
     const Jetledger__Envelope *e = se->envelope;
     if (e == NULL) {
         printf("{\"seq\":%" PRIu64 ",\"error\":\"no envelope\"}\n", se->stream_sequence);
-        return;
+        return JL_ERR_DECODE;
     }
     jl_status s = JL_OK;
     ProtobufCMessage *payload = cli_unpack(e->event_type, e->payload.data, e->payload.len, &s);
@@ -48,9 +56,41 @@ static void print_stored(jl_buf *line, const Jetledger__StoredEvent *se)
                    .schema_version = e->schema_version,
                    .stream_seq = se->stream_sequence,
                    .payload = payload};
-    cli_print_event(line, &ev, s);
+    s = cli_print_event(line, &ev, s);
     if (payload != NULL)
         protobuf_c_message_free_unpacked(payload, NULL);
+    return s;
+}
+
+/*
+ * Whether history page @p h, asked from version @p from, holds events of @p id in order from
+ * it and below its next_version, and at least one when it says there is more: a page that does
+ * not move forward, or another aggregate's, is not printed (it would loop or mislead).
+ */
+static bool page_sound(const Jetledger__HistoryResult *h, uint64_t from, const char *id)
+{
+    uint64_t last = 0;
+    if (h->next_version != 0 && h->n_events == 0) {
+        cli_error("the service sent an empty history page that says there is more");
+        return false;
+    }
+    for (size_t i = 0; i < h->n_events; i++) {
+        const Jetledger__Envelope *e = h->events[i]->envelope;
+        if (e == NULL)
+            continue; /* printed as such, and counted */
+        if (!same_aggregate(e->aggregate_id, id)) {
+            cli_error("the service sent an event of another aggregate (%s)", e->aggregate_id);
+            return false;
+        }
+        uint64_t v = e->aggregate_version;
+        if (v < from || v <= last || (h->next_version != 0 && v >= h->next_version)) {
+            cli_error("the service sent version %" PRIu64 " out of order on a page from %" PRIu64,
+                      v, from);
+            return false;
+        }
+        last = v;
+    }
+    return true;
 }
 
 int cli_history(cli_ctx *ctx)
@@ -64,14 +104,20 @@ int cli_history(cli_ctx *ctx)
     Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
     q.aggregate_id = id;
     q.from_version = 1;
+    size_t unreadable = 0;
     while (rc == CLI_OK) {
         Jetledger__HistoryResult *h = (Jetledger__HistoryResult *)cli_ask(
             ctx, conn, "service", ctx->argv[0], subject, &q.base,
             &jetledger__history_result__descriptor, &rc);
         if (h == NULL)
             break;
+        if (!page_sound(h, q.from_version, id)) {
+            protobuf_c_message_free_unpacked(&h->base, NULL);
+            rc = CLI_FAILED;
+            break;
+        }
         for (size_t i = 0; i < h->n_events; i++)
-            print_stored(&line, h->events[i]);
+            unreadable += print_stored(&line, h->events[i]) != JL_OK;
         uint64_t next = h->next_version;
         q.from_sequence = h->next_sequence; /* the next page reads on from there */
         protobuf_c_message_free_unpacked(&h->base, NULL);
@@ -84,6 +130,13 @@ int cli_history(cli_ctx *ctx)
             rc = CLI_FAILED;
         }
         q.from_version = next;
+    }
+    if (unreadable > 0 && rc == CLI_OK) {
+        /* Shown, each with its "error": but a script must not take the trail for whole. */
+        cli_error("%zu event%s could not be shown whole (see \"error\" on %s line%s)", unreadable,
+                  unreadable == 1 ? "" : "s", unreadable == 1 ? "its" : "their",
+                  unreadable == 1 ? "" : "s");
+        rc = CLI_FAILED;
     }
     fflush(stdout);
     jl_buf_cleanup(&line);
@@ -142,7 +195,12 @@ int cli_state(cli_ctx *ctx)
         Jetledger__StateResult *st =
             (Jetledger__StateResult *)cli_ask(ctx, conn, "service", ctx->argv[0], subject, &q.base,
                                               &jetledger__state_result__descriptor, &rc);
-        if (st != NULL) {
+        if (st != NULL && (!same_aggregate(st->aggregate_id, id) || st->version == 0)) {
+            cli_error("the service answered with a state of %s at version %" PRIu64
+                      ", not one of the aggregate asked for",
+                      st->aggregate_id, st->version);
+            rc = CLI_FAILED;
+        } else if (st != NULL) {
             rc = print_state(st);
             protobuf_c_message_free_unpacked(&st->base, NULL);
         }

@@ -118,8 +118,9 @@ ProtobufCMessage *cli_reply_result(const jl_reply *r, const ProtobufCMessageDesc
  * Print @p ev as one JSON line on stdout (the format of `jetledger events`), using @p line as
  * scratch. @p s is the status of decoding its payload: when not JL_OK the payload is null and
  * an "error" member names the status.
+ * @return JL_OK when the line is whole; else the status its "error" names.
  */
-void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s);
+jl_status cli_print_event(jl_buf *line, const jl_event *ev, jl_status s);
 
 int cli_command(cli_ctx *ctx);
 int cli_query(cli_ctx *ctx);

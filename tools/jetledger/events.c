@@ -7,7 +7,7 @@
 #include "jetledger/codec.h"
 #include "jetledger/json.h"
 
-void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
+jl_status cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
 {
     jl_buf_reset(line);
     jl_status js = jl_event_to_json(line, ev);
@@ -24,6 +24,7 @@ void cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
         jl_buf_addf(line, ",\"error\":\"%s\"}", jl_status_str(s));
     }
     puts(jl_buf_str(line));
+    return s;
 }
 
 /* Print every event of one stream message; returns 0 or a CLI status. */

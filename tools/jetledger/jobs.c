@@ -59,6 +59,17 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Whether a reply's instance (a durable name) can go into a subject: shorter than @p size,
+ * letters, digits, '_' and '-' only. A tab, a line break or a '.' from a wrong reply would
+ * reach another subject, or write into the NATS protocol itself. */
+static bool instance_name(const char *s, size_t size)
+{
+    size_t n = s != NULL ? strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789_-")
+                         : 0;
+    return n > 0 && s[n] == 0 && n < size;
+}
+
 /* Send an admin request; its ok reply holds the projector's RebuildStatus. */
 static Jetledger__RebuildStatus *admin(job *j, const char *request, const ProtobufCMessage *msg,
                                        int *rc)
@@ -347,8 +358,7 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         j.started_at_ns = st->started_at_ns;
         /* Several instances share "<projector>.admin.<Request>": ask the one running the job,
          * or a status or a cancel could land on another. */
-        if (st->instance != NULL && strlen(st->instance) < sizeof(j.instance) &&
-            strpbrk(st->instance, ".*> ") == NULL)
+        if (instance_name(st->instance, sizeof(j.instance)))
             snprintf(j.instance, sizeof(j.instance), "%s", st->instance);
         if (finished(st)) { /* found ended above */
             final = st;

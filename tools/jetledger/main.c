@@ -269,12 +269,22 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             cli_error("%s takes no value", flag_names[which]);
             return -1;
         }
+        if (!is_switch && (o->given & (1u << which)) != 0) {
+            /* Which one was meant? A retry's --command-id replaced by another would run twice. */
+            cli_error("%s given twice", flag_names[which]);
+            return -1;
+        }
         if (val == NULL && !is_switch) {
             if (r + 1 >= *argc) {
                 cli_error("%s needs a value", flag_names[which]);
                 return -1;
             }
             val = argv[++r];
+            if (strncmp(val, "--", 2) == 0) {
+                /* "--command-id --json": a forgotten value ("--command-id=--x" is one). */
+                cli_error("%s needs a value, not the flag '%s'", flag_names[which], val);
+                return -1;
+            }
         }
         if (set_flag(o, (enum cli_flag)which, val) != 0)
             return -1;
