@@ -105,8 +105,26 @@ static void *signal_thread(void *arg)
     int count = 0;
     int64_t first_at = 0;
     for (;;) {
-        if (sigwait(set, &sig) != 0)
-            continue;
+        if (count == 0) {
+            if (sigwait(set, &sig) != 0)
+                continue;
+        } else {
+            /* Stopping: each step of the close has its own bound, and together they could
+             * exceed the one promised (a frozen server, appends in flight). Past it, out. */
+            int64_t left = first_at + JL_APP_SHUTDOWN_MS - nats_Now();
+            struct timespec ts = {.tv_sec = left > 0 ? left / 1000 : 0,
+                                  .tv_nsec = left > 0 ? (long)(left % 1000) * 1000000L : 0};
+            sig = sigtimedwait(set, NULL, &ts);
+            if (sig < 0 && errno == EINTR)
+                continue;
+            if (sig < 0) {
+                jl_log(JL_LOG_ERROR, "graceful stop took too long: exiting now", "\"bound_ms\":%d",
+                       JL_APP_SHUTDOWN_MS);
+                if (ready_path[0] != 0)
+                    unlink(ready_path);
+                _exit(JL_EXIT_FAILURE);
+            }
+        }
         if (count > 0 && sig == SIGTERM && first == SIGTERM && nats_Now() - first_at < 1000) {
             /* One stop sent twice: `timeout` and some supervisors signal the process, then
              * its group. Not a second request to hurry. */

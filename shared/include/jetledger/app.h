@@ -7,8 +7,9 @@
  *     int main(int argc, char **argv) { return jl_app_run_producer(&orders_service, argc, argv); }
  *
  * Shutdown: the first SIGTERM or SIGINT stops taking new work, finishes and commits the work in
- * hand, drains the NATS connection and exits 0 (bounded by JL_APP_SHUTDOWN_MS); a second signal
- * exits at once with status 130.
+ * hand, drains the NATS connection and exits 0, within JL_APP_SHUTDOWN_MS of the signal (past
+ * it, with the server frozen say, it logs so and exits 1); a second signal exits at once with
+ * status 130.
  */
 #ifndef JETLEDGER_APP_H
 #define JETLEDGER_APP_H
