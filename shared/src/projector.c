@@ -1757,6 +1757,14 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
     for (int k = 0; k < n; k++)
         natsMsg_Destroy(msgs[k]);
     free(msgs);
+    char why[512], esc[600];
+    if (s == JL_OK && jl__reader_check_gap(&src->catchup, why, sizeof(why)) != JL_OK) {
+        /* Trimmed while it read (a stream's limits catching up with a projector far behind):
+         * as at attach, nothing to do but read on and say so. */
+        jl_log(JL_LOG_WARN, "the stream no longer holds messages this read model has not applied",
+               "\"stream\":\"%s\",\"detail\":\"%s\"", src->stream,
+               jl_log_str(esc, sizeof(esc), why));
+    }
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
         jl__reader_close(&src->catchup);

@@ -501,6 +501,25 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
 }
 END_TEST
 
+/* Library logs at warn and above go to a temporary file from here (see logged()). */
+static FILE *capture_log(void)
+{
+    FILE *log = tmpfile();
+    ck_assert_ptr_nonnull(log);
+    jl_log_open(log, JL_LOG_WARN, "test");
+    return log;
+}
+
+/* What was logged since capture_log(), into @p out; logs go nowhere again. */
+static void logged(FILE *log, char *out, size_t n)
+{
+    jl_log_open(NULL, JL_LOG_OFF, NULL);
+    rewind(log);
+    size_t got = fread(out, 1, n - 1, log);
+    out[got] = 0;
+    fclose(log);
+}
+
 START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
 {
     /* Stopped longer than the stream keeps its messages: those it had not applied are gone.
@@ -515,24 +534,45 @@ START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
     uint64_t last = tstream_last_seq(env.conn, "ORDERS");
     purge_before(first_part + 5);
 
-    char logged[4096] = "", want[128];
-    FILE *log = tmpfile();
-    ck_assert_ptr_nonnull(log);
-    jl_log_open(log, JL_LOG_WARN, "test");
+    char text[4096] = "", want[128];
+    FILE *log = capture_log();
     p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
     step_to(p, last);
     jl_projector_close(p, 0);
-    jl_log_open(NULL, JL_LOG_OFF, NULL);
-    rewind(log);
-    size_t got = fread(logged, 1, sizeof(logged) - 1, log);
-    logged[got] = 0;
-    fclose(log);
+    logged(log, text, sizeof(text));
     snprintf(want, sizeof(want), "\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64, first_part + 1,
              first_part + 4);
-    ck_assert_msg(strstr(logged, "no longer holds messages this read model has not applied") !=
+    ck_assert_msg(strstr(text, "no longer holds messages this read model has not applied") !=
                           NULL &&
-                      strstr(logged, want) != NULL,
-                  "%s", logged);
+                      strstr(text, want) != NULL,
+                  "%s", text);
+}
+END_TEST
+
+START_TEST(a_projector_catching_up_while_the_stream_is_trimmed_says_so)
+{
+    /* Far behind, it catches up with a reader; the stream's limits remove messages it has yet
+     * to read. It reads on from what is there and warns, naming them, as at start. */
+    ensure_stream();
+    tseed_orders(env.conn, 6000, 0);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    char text[8192] = "", want[128];
+    FILE *log = capture_log();
+    jl_projector *p = open_projector(&order_summary_projector, "trimmed", "trimmed", 0, NULL);
+    size_t n = 0;
+    ck_assert_int_eq(jl_projector_step(p, 1000, &n), JL_OK);
+    uint64_t read = jl_projector_checkpoint(p);
+    ck_assert_msg(read > 0 && read + 2000 < last, "caught up too far at once: %" PRIu64, read);
+    purge_before(last - 2000);
+    step_to(p, last);
+    jl_projector_close(p, 0);
+    logged(log, text, sizeof(text));
+    snprintf(want, sizeof(want), "no longer holds sequences %" PRIu64 " to %" PRIu64, read + 1,
+             last - 2001);
+    ck_assert_msg(strstr(text, "no longer holds messages this read model has not applied") !=
+                          NULL &&
+                      strstr(text, want) != NULL,
+                  "%s", text);
 }
 END_TEST
 
@@ -1227,6 +1267,7 @@ int main(void)
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, messages_trimmed_before_the_rebuild_read_them_fail_it);
     tcase_add_test(tc, a_projector_behind_what_the_stream_still_holds_says_so);
+    tcase_add_test(tc, a_projector_catching_up_while_the_stream_is_trimmed_says_so);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);
     tcase_add_test(tc, a_start_removes_its_own_rebuild_debris_and_nothing_else);
     tcase_add_test(tc, a_switch_cut_short_is_settled_by_the_next_start);
