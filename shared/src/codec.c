@@ -15,6 +15,8 @@
 #include "jetledger/json.h"
 #include "jetledger/registry.h"
 
+#include "codec_int.h"
+
 /* libuuid's uuid_generate_random() makes several system calls per id (getrandom, getpid,
  * getuid, ...): measured at a few percent of a producer's time, two ids per command. Instead,
  * each thread seeds a xoshiro256** generator once from the kernel and draws 122 random bits per
@@ -160,6 +162,46 @@ struct jl_commit {
     ProtobufCMessage **payloads; /* decoded lazily, one slot per event */
 };
 
+/* ---- unpacking: a malformed message or no memory ----
+ * protobuf-c returns NULL for both; told apart by an allocator that notes a failed malloc, so
+ * that a valid event is never parked for good (dead-lettered) for lack of memory. What it
+ * allocates is freed with free_unpacked(..., NULL), as the default allocator's is. */
+
+static _Thread_local bool unpack_oom, fail_next;
+
+void jl__unpack_fail_next(void)
+{
+    fail_next = true;
+}
+
+static void *noting_alloc(void *data, size_t size)
+{
+    (void)data;
+    void *p = fail_next ? NULL : malloc(size);
+    fail_next = false;
+    if (p == NULL)
+        unpack_oom = true;
+    return p;
+}
+
+static void noting_free(void *data, void *p)
+{
+    (void)data;
+    free(p);
+}
+
+static ProtobufCAllocator noting = {noting_alloc, noting_free, NULL};
+
+/* protobuf_c_message_unpack(); NULL with *out_oom telling whether memory ran out. */
+static ProtobufCMessage *unpack(const ProtobufCMessageDescriptor *d, size_t len,
+                                const uint8_t *data, bool *out_oom)
+{
+    unpack_oom = false;
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &noting, len, data);
+    *out_oom = m == NULL && unpack_oom;
+    return m;
+}
+
 jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
                            uint64_t stream_seq, char *err, size_t errlen)
 {
@@ -169,10 +211,14 @@ jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
                  JL_MAX_COMMIT_BYTES);
         return JL_ERR_TOO_LARGE;
     }
-    Jetledger__Commit *pb = jetledger__commit__unpack(NULL, len, data);
+    bool oom = false;
+    Jetledger__Commit *pb =
+        (Jetledger__Commit *)unpack(&jetledger__commit__descriptor, len, data, &oom);
     if (pb == NULL) {
-        snprintf(err, errlen, "message is not a jetledger.Commit (malformed protobuf)");
-        return JL_ERR_DECODE;
+        snprintf(err, errlen, "%s",
+                 oom ? "out of memory decoding the commit"
+                     : "message is not a jetledger.Commit (malformed protobuf)");
+        return oom ? JL_ERR_NOMEM : JL_ERR_DECODE;
     }
     if (pb->n_events == 0) {
         snprintf(err, errlen, "commit holds no events");
@@ -255,7 +301,12 @@ jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_even
             snprintf(err, errlen, "unknown event type '%s'", e->event_type);
             return JL_ERR_UNKNOWN_TYPE;
         }
-        c->payloads[i] = protobuf_c_message_unpack(d, NULL, e->payload.len, e->payload.data);
+        bool oom = false;
+        c->payloads[i] = unpack(d, e->payload.len, e->payload.data, &oom);
+        if (c->payloads[i] == NULL && oom) {
+            snprintf(err, errlen, "out of memory decoding event %s", e->event_id);
+            return JL_ERR_NOMEM;
+        }
         if (c->payloads[i] == NULL) {
             snprintf(err, errlen, "payload of event %s is not a valid %s", e->event_id,
                      e->event_type);
@@ -527,8 +578,11 @@ ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, cons
                                     size_t len, jl_reply *r, bool *out_newer)
 {
     pb_walk w = {0};
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data);
-    if (m == NULL) {
+    bool oom = false;
+    ProtobufCMessage *m = unpack(desc, len, data, &oom);
+    if (m == NULL && oom) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory: try again");
+    } else if (m == NULL) {
         jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: the body is not a valid %s",
                        desc->name);
     } else if (!walk(desc, data, len, 0, &w)) {

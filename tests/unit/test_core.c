@@ -41,6 +41,7 @@
 #include "jetledger/status.h"
 #include "orders/orders.pb-c.h"
 #include "cache.h"
+#include "codec_int.h"
 #include "ordered.h"
 
 #define AGG "5f0c6a3e-8b1d-4c2e-9a7f-1d2e3f4a5b6c"
@@ -1101,6 +1102,42 @@ START_TEST(commit_event_of_unknown_type_fills_envelope_with_null_payload)
     /* The same commit still yields the event with a type set that knows it. */
     ck_assert_int_eq(jl_commit_event(cf.c, 1, NULL, &ev, err, sizeof(err)), JL_OK);
     ck_assert_ptr_nonnull(ev.payload);
+}
+END_TEST
+
+START_TEST(running_out_of_memory_decoding_is_nomem_not_a_bad_message)
+{
+    /* protobuf-c returns NULL for a malformed message and for a failed malloc alike: a valid
+     * event taken for malformed would be dead-lettered, skipped for good. */
+    jl_commit_meta m = meta_default();
+    encode_and_decode(&m, 9);
+    jl_commit *c = NULL;
+    char err[256] = "";
+    jl__unpack_fail_next();
+    ck_assert_int_eq(jl_commit_decode(&c, cf.wire.data, cf.wire.len, 9, err, sizeof(err)),
+                     JL_ERR_NOMEM);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(err, "out of memory") != NULL, "%s", err);
+    jl_event ev;
+    jl__unpack_fail_next();
+    ck_assert_int_eq(jl_commit_event(cf.c, 0, NULL, &ev, err, sizeof(err)), JL_ERR_NOMEM);
+    ck_assert_int_eq(jl_commit_event(cf.c, 0, NULL, &ev, err, sizeof(err)), JL_OK); /* again */
+    ck_assert_ptr_nonnull(ev.payload);
+    /* A request: "unavailable" (try again), not "invalid" (do not). */
+    Orders__CreateOrder co = ORDERS__CREATE_ORDER__INIT;
+    co.customer_id = "ann";
+    uint8_t buf[64];
+    size_t n = orders__create_order__pack(&co, buf);
+    jl_reply r;
+    jl_reply_init(&r);
+    jl__unpack_fail_next();
+    ck_assert_ptr_null(jl_request_unpack(&orders__create_order__descriptor, buf, n, &r, NULL));
+    ck_assert_int_eq(r.code, JL_CODE_UNAVAILABLE);
+    jl_reply_reset(&r);
+    ProtobufCMessage *got = jl_request_unpack(&orders__create_order__descriptor, buf, n, &r, NULL);
+    ck_assert_ptr_nonnull(got);
+    protobuf_c_message_free_unpacked(got, NULL);
+    jl_reply_cleanup(&r);
 }
 END_TEST
 
@@ -3218,6 +3255,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, commit_encode_refuses_empty_or_rejected_decision);
     tcase_add_test(tc, commit_event_of_unknown_type_fills_envelope_with_null_payload);
     tcase_add_test(tc, commit_event_with_malformed_payload_is_decode_error);
+    tcase_add_test(tc, running_out_of_memory_decoding_is_nomem_not_a_bad_message);
     tcase_add_test(tc, commit_event_written_by_a_newer_schema_decodes_what_this_one_knows);
     tcase_add_test(tc, pb_strings_with_a_nul_or_bad_utf8_are_found_at_any_depth);
     tcase_add_test(tc, types_find_searches_list_or_registry);

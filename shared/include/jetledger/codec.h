@@ -107,6 +107,7 @@ uint64_t jl_commit_prev_seq(const jl_commit *c);
  * @p out_ev stay valid until jl_commit_free().
  * On JL_ERR_UNKNOWN_TYPE or JL_ERR_DECODE, @p out_ev still carries the envelope fields (id,
  * type, aggregate, version) with payload NULL, so the caller can say which event failed.
+ * JL_ERR_NOMEM when memory ran out decoding it (a valid event: try again, never park it).
  */
 jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_event *out_ev,
                           char *err, size_t errlen);
@@ -189,7 +190,7 @@ bool jl_pb_has_newer_fields(const ProtobufCMessageDescriptor *desc, const void *
  * jl_pb_has_newer_fields() says.
  * @return the message (free with protobuf_c_message_free_unpacked()); NULL with an "invalid"
  * error in @p r saying why: not a valid @p desc, or a string field not UTF-8 or holding a NUL
- * (see jl_pb_strings_valid()).
+ * (see jl_pb_strings_valid()); or "unavailable" when memory ran out.
  */
 ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
                                     size_t len, jl_reply *r, bool *out_newer);
