@@ -99,6 +99,19 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
             snprintf(err, errlen, "%s: value longer than %zu bytes", origin, k->size - 1);
             return JL_ERR_INVALID;
         }
+        /* Checked here, as bad usage at once, not once NATS has been reached (or waited for
+         * 30 s): what goes into subjects, and a directory that cannot be none. */
+        if (k->offset == offsetof(jl_config, durable) && *v != 0 && !jl_valid_name(v)) {
+            snprintf(err, errlen,
+                     "%s: '%.64s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
+                     "subjects)",
+                     origin, v, JL_NAME_MAX - 1);
+            return JL_ERR_INVALID;
+        }
+        if (k->offset == offsetof(jl_config, data_dir) && *v == 0) {
+            snprintf(err, errlen, "%s: the directory must not be empty", origin);
+            return JL_ERR_INVALID;
+        }
         memcpy(base, v, strlen(v) + 1);
         return JL_OK;
     case K_LEVEL:

@@ -313,7 +313,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     nurls = split_urls(list, urls);
     if (nurls <= 0) {
         snprintf(err, errlen,
-                 nurls == 0 ? "NATS_URL is empty" : "NATS_URL lists more than %d servers",
+                 nurls == 0 ? "the server list (NATS_URL or --nats-url) names no server"
+                            : "the server list (NATS_URL or --nats-url) names more than %d servers",
                  MAX_SERVERS);
         s = JL_ERR_INVALID;
         goto done;

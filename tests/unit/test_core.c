@@ -1798,6 +1798,17 @@ START_TEST(config_flag_without_value_is_invalid)
                   "err: %s", err);
     ck_assert_str_eq(cfg.name, "");
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name=--odd", NULL), JL_OK);
+    /* Told at once, not once NATS is reached: a durable that is no name, no data directory. */
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--durable", "a.b", NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "flag --durable: 'a.b' must be 1 to 63 letters") != NULL, "err: %s",
+                  err);
+    setenv("JL_DURABLE", "x y", 1);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "JL_DURABLE") != NULL, "err: %s", err);
+    unsetenv("JL_DURABLE");
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--durable=", NULL), JL_OK); /* the default */
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--data-dir=", NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "must not be empty") != NULL, "err: %s", err);
     ck_assert_str_eq(cfg.name, "--odd");
 }
 END_TEST
