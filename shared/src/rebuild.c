@@ -781,6 +781,28 @@ bool jl__jobs_running(jl_projector *p)
 
 /* ---- administration requests ---- */
 
+/* Cancel the job running, if it is the one started at @p started_ns (0: whichever): a cancel
+ * meant for a job that ended must not stop the next one, someone else's. */
+static jl_status cancel_job(jl__job *j, int64_t started_ns, char *err, size_t errlen)
+{
+    jl_status s = JL_OK;
+    pthread_mutex_lock(&j->mu);
+    if (j->st.state != JOB_RUNNING) {
+        snprintf(err, errlen, "no rebuild or verify is running: nothing cancelled");
+        s = JL_ERR_NOT_FOUND;
+    } else if (started_ns != 0 && started_ns != j->st.started_ns) {
+        snprintf(err, errlen,
+                 "the %s running started at %" PRId64 " ns, not the job to cancel (started at "
+                 "%" PRId64 "): nothing cancelled",
+                 j->st.verify ? "verify" : "rebuild", j->st.started_ns, started_ns);
+        s = JL_ERR_NOT_FOUND;
+    } else {
+        atomic_store(&j->cancel, true);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return s;
+}
+
 static void answer_admin(jl_projector *p, const char *name, const void *data, size_t len,
                          jl_reply *r)
 {
@@ -802,7 +824,13 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
     } else if (strcmp(name, "Verify") == 0) {
         s = start_job(p, true, 0, 0, false, false, "requested", err, sizeof(err));
     } else if (strcmp(name, "CancelRebuild") == 0) {
-        atomic_store(&p->job->cancel, true);
+        Jetledger__CancelRebuild *m = jetledger__cancel_rebuild__unpack(NULL, len, data);
+        if (m == NULL) {
+            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.CancelRebuild");
+            return;
+        }
+        s = cancel_job(p->job, m->started_at_ns, err, sizeof(err));
+        jetledger__cancel_rebuild__free_unpacked(m, NULL);
     } else if (strcmp(name, "GetDeadLetters") == 0) {
         Jetledger__GetDeadLetters *m = jetledger__get_dead_letters__unpack(NULL, len, data);
         if (m == NULL) {

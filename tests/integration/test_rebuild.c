@@ -520,6 +520,47 @@ static void logged(FILE *log, char *out, size_t n)
     fclose(log);
 }
 
+START_TEST(a_cancel_stops_only_the_job_it_names)
+{
+    /* A cancel names the job by its start: one meant for a job that has ended must not stop
+     * the next, someone else's. Nothing running: nothing cancelled, and said so. */
+    runner live;
+    live_on_seeded(&live, "cancel", 30000, 0, 0);
+    char before[1024], after[1024], why[512];
+    live_file(live.dir, before, sizeof(before));
+    jl_code code;
+    Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
+    ck_assert_ptr_null(admin("CancelRebuild", &cancel.base, &code, why, sizeof(why)));
+    ck_assert_msg(code == JL_CODE_NOT_FOUND && strstr(why, "nothing cancelled") != NULL, "%s: %s",
+                  jl_code_str(code), why);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = admin("Rebuild", &rb.base, &code, why, sizeof(why));
+    ck_assert_msg(code == JL_CODE_OK, "%s", why);
+    char instance[64];
+    snprintf(instance, sizeof(instance), "%s", st->instance);
+    cancel.started_at_ns = st->started_at_ns - 1; /* an earlier job's */
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    ck_assert_ptr_null(admin_at(instance, "CancelRebuild", &cancel.base, &code, why, sizeof(why)));
+    ck_assert_msg(code == JL_CODE_NOT_FOUND && strstr(why, "not the job to cancel") != NULL,
+                  "%s: %s", jl_code_str(code), why);
+    Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+    st = admin_at(instance, "GetRebuildStatus", &q.base, &code, NULL, 0);
+    ck_assert_msg(strcmp(st->state, "running") == 0, "the rebuild went too fast: %s", st->state);
+    cancel.started_at_ns = st->started_at_ns; /* its own */
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    st = admin_at(instance, "CancelRebuild", &cancel.base, &code, why, sizeof(why));
+    ck_assert_msg(code == JL_CODE_OK, "%s", why);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    st = wait_job_end();
+    ck_assert_str_eq(st->state, "cancelled");
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    live_file(live.dir, after, sizeof(after));
+    ck_assert_str_eq(before, after);
+    ck_assert_int_eq(files_named(live.dir, ".rebuild-"), 0);
+    runner_stop(&live);
+}
+END_TEST
+
 START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
 {
     /* Stopped longer than the stream keeps its messages: those it had not applied are gone.
@@ -1266,6 +1307,7 @@ int main(void)
     tcase_add_test(tc, verify_reports_match_then_the_altered_row);
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, messages_trimmed_before_the_rebuild_read_them_fail_it);
+    tcase_add_test(tc, a_cancel_stops_only_the_job_it_names);
     tcase_add_test(tc, a_projector_behind_what_the_stream_still_holds_says_so);
     tcase_add_test(tc, a_projector_catching_up_while_the_stream_is_trimmed_says_so);
     tcase_add_test(tc, rebuild_from_a_sequence_holds_only_later_events);

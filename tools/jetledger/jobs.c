@@ -151,11 +151,30 @@ static void sleep_poll(void)
     nanosleep(&ts, NULL);
 }
 
+/* Cancel our job (by its start time: not one started after it ended). One that had ended is
+ * no failure: the next poll tells its outcome. */
+static int cancel_job(job *j)
+{
+    char subject[512];
+    Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
+    cancel.started_at_ns = j->started_at_ns;
+    snprintf(subject, sizeof(subject), "%s.admin.%s%sCancelRebuild", j->projector, j->instance,
+             j->instance[0] ? "." : "");
+    jl_reply r;
+    jl_reply_init(&r);
+    int rc = cli_request(j->ctx, j->conn, "projector", j->projector, subject, &cancel.base, &r);
+    if (rc == CLI_OK && r.code == JL_CODE_NOT_FOUND)
+        cli_error("the %s was no longer running when the cancel reached it", j->kind);
+    else if (rc == CLI_OK)
+        rc = cli_reply_status(&r);
+    jl_reply_cleanup(&r);
+    return rc;
+}
+
 /* Poll until our job has finished; its last status in *out_final. */
 static int follow(job *j, Jetledger__RebuildStatus **out_final)
 {
     Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
-    Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
     bool cancel_sent = false;
     int64_t other_since = 0;
     int rc = CLI_OK;
@@ -164,7 +183,7 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
         if (interrupted > 0 && !cancel_sent) {
             clear_progress(j);
             cli_error("cancelling the %s...", j->kind);
-            free_status(admin(j, "CancelRebuild", &cancel.base, &rc));
+            rc = cancel_job(j);
             cancel_sent = true;
             continue;
         }
