@@ -14,7 +14,7 @@ bootstrap_and_build() {
     cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${JL_BUILD_TYPE:-RelWithDebInfo}" \
         "$@" >/dev/null
     cmake --build "$BUILD_DIR" -j "$(nproc)" >/dev/null || {
-        cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40
+        cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40 || true # set -e: still say why
         die "build failed"
     }
 }
@@ -24,8 +24,22 @@ config_env_names() {
     grep -o '"\(JL_[A-Z_]*\|NATS_URL\)"' "$ROOT/shared/src/config.c" | tr -d '"' | sort -u
 }
 
+# The nats-server the scripts run: the one scripts/bootstrap installs, before any other on PATH
+# (which may be older; bootstrap checks the same one).
 nats_server_bin() {
-    command -v nats-server 2>/dev/null || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }
+    if [ -x /usr/sbin/nats-server ]; then echo /usr/sbin/nats-server; else command -v nats-server; fi
+}
+
+# A private temporary directory for a run ($TMPDIR of what it starts), removed by
+# end_run_tmpdir: the tests' servers keep their stores in mkdtemp dirs, which a run stopped by
+# a signal or a timeout (Check kills the test with SIGKILL) would leave behind.
+start_run_tmpdir() {
+    RUN_TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/jetledger-run.XXXXXX")
+    export TMPDIR=$RUN_TMPDIR
+}
+end_run_tmpdir() {
+    [ -n "${RUN_TMPDIR:-}" ] && rm -rf "$RUN_TMPDIR"
+    return 0
 }
 
 # A TCP port on loopback that nothing listens on, below the kernel's range of ephemeral ports
