@@ -202,8 +202,9 @@ int cli_state(cli_ctx *ctx)
             rc = CLI_FAILED;
         } else if (st != NULL) {
             rc = print_state(st);
-            protobuf_c_message_free_unpacked(&st->base, NULL);
         }
+        if (st != NULL)
+            protobuf_c_message_free_unpacked(&st->base, NULL);
     }
     jl_conn_close(conn, 0);
     return rc;
