@@ -1288,11 +1288,15 @@ static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int
 /* ---- reading from a point ---- */
 
 /* The stored time (Unix ns) of the message at @p seq of source @p si's stream, or of the first
- * stored one after it before @p below; *@p out_seq gets its sequence. NATS_NOT_FOUND: none. */
-static natsStatus stored_time(jl_projector *p, int si, uint64_t seq, uint64_t below,
+ * stored one after it before @p below; *@p out_seq gets its sequence. NATS_NOT_FOUND: none;
+ * NATS_ILLEGAL_STATE: for a @p job's search, the job was cancelled meanwhile (a hole of many
+ * deleted messages is walked one request at a time). */
+static natsStatus stored_time(jl_projector *p, int si, uint64_t seq, uint64_t below, bool job,
                               int64_t *out_ns, uint64_t *out_seq)
 {
     for (; seq < below; seq++) {
+        if (job && jl__jobs_cancelled(p))
+            return NATS_ILLEGAL_STATE;
         natsMsg *m = NULL;
         jsErrCode jerr = 0;
         natsStatus ns = js_GetMsg(&m, p->js, p->src[si].stream, seq, NULL, &jerr);
@@ -1328,7 +1332,7 @@ static natsStatus seq_from_time(jl_projector *p, int si, int64_t t, uint64_t *ou
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2, at = 0;
         int64_t ts = 0;
-        ns = stored_time(p, si, mid, hi, &ts, &at);
+        ns = stored_time(p, si, mid, hi, true, &ts, &at);
         if (ns == NATS_NOT_FOUND) {
             hi = mid; /* nothing stored in [mid, hi) */
             continue;
@@ -1362,7 +1366,7 @@ jl_status jl__proj_check_from_time(jl_projector *p, int si, int64_t t, char *err
         return JL_OK;
     int64_t first_ns = 0;
     uint64_t at = 0;
-    ns = stored_time(p, si, first, last + 1, &first_ns, &at);
+    ns = stored_time(p, si, first, last + 1, false, &first_ns, &at);
     if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
         snprintf(err, errlen, "cannot read stream %s: %s", stream, natsStatus_GetText(ns));
         return jl_status_from_nats(ns);
@@ -1401,6 +1405,10 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     if (start_time_ns != 0) {
         /* A time is made a sequence here (see seq_from_time), not by the server. */
         natsStatus ts = seq_from_time(p, si, start_time_ns, &start_seq);
+        if (ts == NATS_ILLEGAL_STATE && jl__jobs_cancelled(p)) {
+            snprintf(err, errlen, "cancelled");
+            return JL_ERR_STOPPED;
+        }
         if (ts != NATS_OK) {
             snprintf(err, errlen, "cannot find where stream %s reaches the time: %s",
                      p->src[si].stream, natsStatus_GetText(ts));

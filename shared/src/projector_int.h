@@ -234,5 +234,8 @@ bool jl__jobs_close(jl_projector *p);
 /* Start a rebuild from the first sequence because the file's version is older than the code. */
 void jl__jobs_start_version_rebuild(jl_projector *p);
 bool jl__jobs_running(jl_projector *p);
+/* Whether the job running was asked to stop (cancelled, or the projector stopping): for its
+ * long steps outside rebuild.c to check. */
+bool jl__jobs_cancelled(jl_projector *p);
 
 #endif /* JETLEDGER_PROJECTOR_INT_H */

@@ -648,6 +648,16 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
         snprintf(err, errlen, "give from_seq or from_time, not both");
         return JL_ERR_INVALID;
     }
+    if (verify && atomic_load(&p->paused)) {
+        /* The live file is of the older projection version: this code would rebuild it
+         * differently, and a verify would report that, not a fault. */
+        snprintf(err, errlen,
+                 "projector %s waits for its version rebuild to switch: its read model is of "
+                 "the older projection, which this code builds differently; verify once it has "
+                 "switched",
+                 p->def->name);
+        return JL_ERR_CONFLICT;
+    }
     if (from_seq != 0 && p->n_src > 1) {
         snprintf(err, errlen,
                  "projector %s reads %d streams: a sequence names a point in one; give a time",
@@ -877,6 +887,11 @@ static void on_admin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     jl_reply_send(nc, reply, &r, NULL);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(msg);
+}
+
+bool jl__jobs_cancelled(jl_projector *p)
+{
+    return atomic_load(&p->stopping) || (p->job != NULL && atomic_load(&p->job->cancel));
 }
 
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)

@@ -97,11 +97,17 @@ static bool finished(const Jetledger__RebuildStatus *st)
 static double job_seconds(const Jetledger__RebuildStatus *st)
 {
     int64_t end = st->finished_at_ns != 0 ? st->finished_at_ns : now_ns();
-    return end > st->started_at_ns ? (double)(end - st->started_at_ns) / 1e9 : 0.0;
+    /* In doubles: a wrong reply's times must not overflow a subtraction. */
+    double s = ((double)end - (double)st->started_at_ns) / 1e9;
+    return st->started_at_ns > 0 && s > 0 ? s : 0.0;
 }
 
 static void format_eta(char *out, size_t n, double secs)
 {
+    if (!(secs < 1e9)) { /* 30 years, or not a number: a wrong reply, not a wait to show */
+        snprintf(out, n, "?");
+        return;
+    }
     long s = (long)(secs + 0.5);
     if (s < 60)
         snprintf(out, n, "%lds", s);
