@@ -341,17 +341,18 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     sigaction(SIGTERM, &sa, NULL);
 
     /* The client library's threads are made with the signals blocked (they inherit this
-     * mask), so the handler runs on this thread only, one signal at a time. */
+     * mask), so the handler runs on this thread only, one signal at a time: also the thread
+     * that delivers replies, made at the first request. A signal meanwhile waits for it. */
     sigset_t both;
     sigemptyset(&both);
     sigaddset(&both, SIGINT);
     sigaddset(&both, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &both, NULL);
     j.conn = cli_connect(ctx, &rc);
-    pthread_sigmask(SIG_UNBLOCK, &both, NULL);
     int64_t asked_ns = now_ns();
     if (rc == CLI_OK)
         st = admin(&j, request, start, &rc);
+    pthread_sigmask(SIG_UNBLOCK, &both, NULL);
     if (st == NULL && j.conn != NULL && cli_request_timed_out()) {
         /* No reply in time is not "not started": a busy projector may have taken it, and may
          * even have finished it (a Ctrl-C meanwhile then cancels it if it still runs). */
