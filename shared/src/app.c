@@ -66,6 +66,11 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
     jl_status s = jl_config_load(cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
     if (s == JL_ERR_STOPPED) {
         printf("%s\n\n%s", usage_line, jl_config_usage());
+        /* Help that could not be written (a full disk, a closed pipe) is no success. */
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+            fprintf(stderr, "%s: cannot write the help: %s\n", service, strerror(errno));
+            exit(JL_EXIT_FAILURE);
+        }
         exit(JL_EXIT_OK);
     }
     if (s != JL_OK) {
