@@ -1323,19 +1323,90 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
 }
 END_TEST
 
+/* SIGTERM @p n services; each must stop with status 0 within the bound. */
+static void stop_gracefully(svc *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(svc_stop(&s[i], SIGTERM, SHUTDOWN_MS), 0);
+}
+
+/* Start orders and order_summary and create @p n orders with the CLI; the CLI result to reuse
+ * (free it). */
+static cli_result *started_with_orders(svc s[2], int n)
+{
+    cli_result *r = calloc(1, sizeof(*r));
+    ck_assert_ptr_nonnull(r);
+    start_orders_and_summary(s);
+    for (int i = 0; i < n; i++) {
+        CLI(r, env.cfg.nats_url, "command", "orders", "CreateOrder", "{\"customer_id\":\"cli\"}");
+        ASSERT_CLI(r, 0);
+    }
+    return r;
+}
+
+START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
+{
+    /* The CLI drives a rebuild and a verify on a running projector and says how each ended,
+     * as its exit status and as one JSON object; a projector that is not running is exit 3. */
+    const char *url = env.cfg.nats_url;
+    svc s[2];
+    cli_result *r = started_with_orders(s, 5);
+    CLI(r, url, "rebuild", "order_summary");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "{\"job\":\"rebuild\",\"state\":\"done\"") != NULL, "%s", r->out);
+    ck_assert_msg(strstr(r->err, "rebuild order_summary:") != NULL, "%s", r->err); /* progress */
+    CLI(r, url, "verify", "order_summary");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "{\"job\":\"verify\",\"match\":true") != NULL, "%s", r->out);
+    CLI(r, url, "rebuild", "order_summary", "--from-seq", "999999");
+    ASSERT_CLI(r, 1);
+    ck_assert_msg(strstr(r->err, "past the stream's last sequence") != NULL, "%s", r->err);
+    CLI(r, url, "verify", "nobody");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "no projector named nobody is running") != NULL, "%s", r->err);
+    free(r);
+    stop_gracefully(s, 2);
+}
+END_TEST
+
+START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
+{
+    /* Ctrl-C while the CLI follows a rebuild cancels that rebuild (named by its start), waits
+     * for it to stop and says so: exit 1, the live model untouched. */
+    const char *url = env.cfg.nats_url;
+    svc s[2];
+    start_orders_and_summary(s);
+    tseed_orders(env.conn, 60000, 0);
+    char path[PATH_MAX], log[700], tail[1500];
+    bin_path(path, sizeof(path), "jetledger");
+    snprintf(log, sizeof(log), "%s/cli-cancel.log", env.dir);
+    const char *const argv[] = {path, "--nats-url", url, "rebuild", "order_summary", NULL};
+    pid_t cli = 0;
+    ck_assert_int_eq(jl_proc_spawn(&cli, argv, NULL, log), 0);
+    record(cli);
+    ck_assert_msg(wait_log(s[1].log, "\"msg\":\"rebuild started\"", 15000), "%s",
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_int_eq(kill(cli, SIGINT), 0);
+    int st = -1;
+    ck_assert_int_eq(jl_proc_stop(cli, 0, 30000, &st), 0);
+    forget(cli);
+    ck_assert_msg(st == 1, "exit %d: %s", st, log_tail(log, tail, sizeof(tail)));
+    ck_assert_msg(file_count(log, "cancelling the rebuild") == 1 &&
+                      file_count(log, "rebuild cancelled") == 1,
+                  "%s", log_tail(log, tail, sizeof(tail)));
+    ck_assert_msg(log_has_line(s[1].log, "\"msg\":\"rebuild failed\"", "cancelled"), "%s",
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    stop_gracefully(s, 2);
+}
+END_TEST
+
 START_TEST(cli_status_shows_streams_consumers_and_lag)
 {
     /* `jetledger status`: every stream and consumer, with what it holds, its lag and where it
      * lives (on a single server, that server: never "none"), as a table and as JSON. */
     const char *url = env.cfg.nats_url;
     svc s[2];
-    cli_result *r = calloc(1, sizeof(*r));
-    ck_assert_ptr_nonnull(r);
-    start_orders_and_summary(s);
-    for (int i = 0; i < 3; i++) {
-        CLI(r, url, "command", "orders", "CreateOrder", "{\"customer_id\":\"st\"}");
-        ASSERT_CLI(r, 0);
-    }
+    cli_result *r = started_with_orders(s, 3);
     int64_t deadline = tnow_ms() + 15000;
     do {
         CLI(r, url, "status", "--json");
@@ -1813,6 +1884,8 @@ Suite *processes_suite(void)
     tcase_add_test(tc, cli_round_trip_and_exit_codes);
     tcase_add_test(tc, cli_refuses_replies_that_do_not_fit_the_question);
     tcase_add_test(tc, cli_status_shows_streams_consumers_and_lag);
+    tcase_add_test(tc, cli_ctrl_c_cancels_its_rebuild_and_exits_1);
+    tcase_add_test(tc, cli_rebuild_and_verify_report_their_outcome_and_exit_status);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     tcase_add_test(tc, a_projector_killed_in_a_keep_old_switch_keeps_both_models);
