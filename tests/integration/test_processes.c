@@ -1369,23 +1369,32 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
 }
 END_TEST
 
-START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
+/* Start orders and order_summary on a stream of 60,000 events, and `jetledger rebuild
+ * order_summary` in the background (its output in @p log), once its rebuild has started. */
+static pid_t cli_following_a_rebuild(svc s[2], char *log, size_t n)
 {
-    /* Ctrl-C while the CLI follows a rebuild cancels that rebuild (named by its start), waits
-     * for it to stop and says so: exit 1, the live model untouched. */
-    const char *url = env.cfg.nats_url;
-    svc s[2];
+    char path[PATH_MAX], tail[1500];
     start_orders_and_summary(s);
     tseed_orders(env.conn, 60000, 0);
-    char path[PATH_MAX], log[700], tail[1500];
     bin_path(path, sizeof(path), "jetledger");
-    snprintf(log, sizeof(log), "%s/cli-cancel.log", env.dir);
-    const char *const argv[] = {path, "--nats-url", url, "rebuild", "order_summary", NULL};
+    snprintf(log, n, "%s/cli-rebuild.log", env.dir);
+    const char *const argv[] = {path,      "--nats-url",    env.cfg.nats_url,
+                                "rebuild", "order_summary", NULL};
     pid_t cli = 0;
     ck_assert_int_eq(jl_proc_spawn(&cli, argv, NULL, log), 0);
     record(cli);
     ck_assert_msg(wait_log(s[1].log, "\"msg\":\"rebuild started\"", 15000), "%s",
                   log_tail(s[1].log, tail, sizeof(tail)));
+    return cli;
+}
+
+START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
+{
+    /* Ctrl-C while the CLI follows a rebuild cancels that rebuild (named by its start), waits
+     * for it to stop and says so: exit 1, the live model untouched. */
+    svc s[2];
+    char log[700], tail[1500];
+    pid_t cli = cli_following_a_rebuild(s, log, sizeof(log));
     ck_assert_int_eq(kill(cli, SIGINT), 0);
     int st = -1;
     ck_assert_int_eq(jl_proc_stop(cli, 0, 30000, &st), 0);
@@ -1397,6 +1406,29 @@ START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
     ck_assert_msg(log_has_line(s[1].log, "\"msg\":\"rebuild failed\"", "cancelled"), "%s",
                   log_tail(s[1].log, tail, sizeof(tail)));
     stop_gracefully(s, 2);
+}
+END_TEST
+
+START_TEST(cli_following_a_rebuild_outlasts_a_poll_nothing_answers)
+{
+    /* The projector dies under a rebuild the CLI follows: one unanswered poll is not the end
+     * of it (a reconnect looks the same), but nothing answering for 10 s is: exit 3, saying
+     * the outcome is unknown. */
+    svc s[2];
+    char log[700], tail[1500];
+    pid_t cli = cli_following_a_rebuild(s, log, sizeof(log));
+    ck_assert_int_eq(svc_stop(&s[1], SIGKILL, 5000), 137);
+    int64_t t0 = tnow_ms();
+    int st = -1;
+    ck_assert_int_eq(jl_proc_stop(cli, 0, 30000, &st), 0);
+    forget(cli);
+    int64_t took = tnow_ms() - t0;
+    ck_assert_msg(st == 3, "exit %d: %s", st, log_tail(log, tail, sizeof(tail)));
+    ck_assert_msg(file_count(log, "its outcome is unknown") == 1 &&
+                      file_count(log, "no projector named") == 0,
+                  "%s", log_tail(log, tail, sizeof(tail)));
+    ck_assert_msg(took >= 9000 && took < 20000, "gave up after %" PRId64 " ms", took);
+    stop_gracefully(s, 1);
 }
 END_TEST
 
@@ -1885,6 +1917,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, cli_refuses_replies_that_do_not_fit_the_question);
     tcase_add_test(tc, cli_status_shows_streams_consumers_and_lag);
     tcase_add_test(tc, cli_ctrl_c_cancels_its_rebuild_and_exits_1);
+    tcase_add_test(tc, cli_following_a_rebuild_outlasts_a_poll_nothing_answers);
     tcase_add_test(tc, cli_rebuild_and_verify_report_their_outcome_and_exit_status);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);

@@ -80,6 +80,10 @@ int cli_parse_time(int64_t *out_ns, const char *s, char *err, size_t errlen);
 int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
                 const char *subject, const ProtobufCMessage *msg, jl_reply *out);
 
+/** While @p on, a cli_request() that nothing answers (no responders) returns CLI_UNAVAILABLE
+ * without saying so: for a caller that asks again (a projector reconnecting). */
+void cli_quiet_unanswered(bool on);
+
 /** Whether the last cli_request() went unanswered for its whole timeout (not "nobody there"). */
 bool cli_request_timed_out(void);
 

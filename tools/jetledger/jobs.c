@@ -182,7 +182,7 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
 {
     Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
     bool cancel_sent = false;
-    int64_t other_since = 0;
+    int64_t other_since = 0, unanswered_since = 0;
     int rc = CLI_OK;
     while (rc == CLI_OK) {
         /* The cancel goes out first, even when two signals came at once. */
@@ -203,9 +203,26 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
             break;
         }
         sleep_poll();
+        cli_quiet_unanswered(true);
         Jetledger__RebuildStatus *st = admin(j, "GetRebuildStatus", &get.base, &rc);
+        cli_quiet_unanswered(false);
+        if (st == NULL && rc == CLI_UNAVAILABLE && !cli_request_timed_out()) {
+            /* Nothing answers: the projector reconnecting (a NATS server restarting) or
+             * restarting. One poll is not the end of the job: for a while, ask again. */
+            if (unanswered_since == 0)
+                unanswered_since = now_ns();
+            if (now_ns() - unanswered_since < LOST_LIMIT_NS) {
+                rc = CLI_OK;
+                continue;
+            }
+            clear_progress(j);
+            cli_error("nothing has answered about the %s on %s for %lld s (the projector stopped, "
+                      "or lost NATS): its outcome is unknown; the projector's log says it",
+                      j->kind, j->projector, (long long)(LOST_LIMIT_NS / 1000000000LL));
+        }
         if (st == NULL)
             break;
+        unanswered_since = 0;
         if (st->started_at_ns == j->started_at_ns) {
             other_since = 0;
             bool last = finished(st);

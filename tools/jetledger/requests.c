@@ -135,6 +135,13 @@ bool cli_request_timed_out(void)
     return last_timed_out;
 }
 
+static bool quiet_unanswered; /* see cli_quiet_unanswered() */
+
+void cli_quiet_unanswered(bool on)
+{
+    quiet_unanswered = on;
+}
+
 int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char *name,
                 const char *subject, const ProtobufCMessage *msg, jl_reply *out)
 {
@@ -154,7 +161,9 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
     if (ns == NATS_OK)
         ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
     last_timed_out = ns == NATS_TIMEOUT;
-    if (ns == NATS_NO_RESPONDERS) {
+    if (ns == NATS_NO_RESPONDERS && quiet_unanswered) {
+        rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_NO_RESPONDERS) {
         bool projector = strcmp(kind, "projector") == 0;
         cli_error("no %s named %s is running (nothing answers %s); or is %s a %s? (%s take a "
                   "%s)",
