@@ -1029,6 +1029,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
 {
     jl_status s = jl_db_begin(db, true);
     int last = -1;
+    uint64_t highest = 0;
     for (int i = 0; s == JL_OK && i < n; i++) {
         uint64_t seq = 0, pending = 0;
         if (!jl__msg_seq(msgs[i], &seq, NULL, &pending)) {
@@ -1038,6 +1039,10 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
             break;
         }
         io->pending = pending;
+        if (seq > highest) {
+            highest = seq;
+            io->highest = i;
+        }
         if (seq <= io->checkpoint)
             continue; /* applied before: a redelivery */
         s = apply_message(p, db, seq, natsMsg_GetSubject(msgs[i]), natsMsg_GetData(msgs[i]),
@@ -1186,22 +1191,6 @@ static void publish_progress(jl_projector *p, const jl__batch_result *io)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Index of the message of @p msgs with the highest stream sequence: with AckAll, acking it
- * acks the batch, where the last one may be a redelivery of an older message. */
-static int highest_seq(natsMsg **msgs, int n)
-{
-    int at = n - 1;
-    uint64_t best = 0;
-    for (int i = 0; i < n; i++) {
-        uint64_t seq = 0, pending = 0;
-        if (jl__msg_seq(msgs[i], &seq, NULL, &pending) && seq > best) {
-            best = seq;
-            at = i;
-        }
-    }
-    return at;
-}
-
 /* Apply a batch of source @p i under apply_mu; ack its highest message when @p ack. */
 static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, bool ack,
                               size_t *out_applied)
@@ -1218,7 +1207,7 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
      * With AckAll, acking the highest message acks the whole batch. A lost ack loses nothing
      * (the batch comes again after the ack wait and is skipped by the checkpoint), but say so. */
-    natsStatus ns = ack && n > 0 ? natsMsg_Ack(msgs[highest_seq(msgs, n)], NULL) : NATS_OK;
+    natsStatus ns = ack && n > 0 ? natsMsg_Ack(msgs[io.highest], NULL) : NATS_OK;
     if (ns != NATS_OK)
         jl_log(JL_LOG_WARN, "ack not sent",
                "\"stream\":\"%s\",\"checkpoint\":%" PRIu64 ",\"status\":\"%s\"", p->src[i].stream,

@@ -165,6 +165,8 @@ typedef struct jl__batch_result {
     uint64_t dead;       /* events dead-lettered */
     size_t applied;      /* messages applied (not skipped as at or below the checkpoint) */
     uint64_t pending;    /* the last message's count of messages after it in the stream */
+    int highest;         /* index of the message of the highest sequence: the one to ack
+                            (AckAll), where the last may be a redelivery of an older one */
 } jl__batch_result;
 
 /* Apply @p n JetStream messages to @p db in one transaction with the new checkpoint, skipping

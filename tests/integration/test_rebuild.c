@@ -457,6 +457,15 @@ START_TEST(bad_offsets_are_refused_and_change_nothing)
 }
 END_TEST
 
+/* A job that did not finish left @p live on the file it was on (@p before) and no new one. */
+static void expect_live_as_before(const runner *live, const char *before)
+{
+    char after[1024];
+    live_file(live->dir, after, sizeof(after));
+    ck_assert_str_eq(before, after);
+    ck_assert_int_eq(files_named(live->dir, ".rebuild-"), 0);
+}
+
 START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
 {
     /* A stream's limits trim its first messages while a rebuild from them runs: a model built
@@ -464,7 +473,7 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
      * the live model that has it. The rebuild fails saying so; live stays as it was. */
     runner live;
     live_on_seeded(&live, "trim", 30000, 0, 0);
-    char before[1024], after[1024], range[64];
+    char before[1024], range[64];
     live_file(live.dir, before, sizeof(before));
     uint64_t last = tstream_last_seq(env.conn, "ORDERS");
     jl_code code;
@@ -493,10 +502,8 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
                       strstr(st->error, range) != NULL,
                   "%s", st->error);
     jetledger__rebuild_status__free_unpacked(st, NULL);
-    live_file(live.dir, after, sizeof(after));
-    ck_assert_str_eq(before, after);
+    expect_live_as_before(&live, before);
     ck_assert_uint_eq(jl_projector_checkpoint(live.p), last);
-    ck_assert_int_eq(files_named(live.dir, ".rebuild-"), 0);
     runner_stop(&live);
 }
 END_TEST
@@ -526,7 +533,7 @@ START_TEST(a_cancel_stops_only_the_job_it_names)
      * the next, someone else's. Nothing running: nothing cancelled, and said so. */
     runner live;
     live_on_seeded(&live, "cancel", 30000, 0, 0);
-    char before[1024], after[1024], why[512];
+    char before[1024], why[512];
     live_file(live.dir, before, sizeof(before));
     jl_code code;
     Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
@@ -554,9 +561,7 @@ START_TEST(a_cancel_stops_only_the_job_it_names)
     st = wait_job_end();
     ck_assert_str_eq(st->state, "cancelled");
     jetledger__rebuild_status__free_unpacked(st, NULL);
-    live_file(live.dir, after, sizeof(after));
-    ck_assert_str_eq(before, after);
-    ck_assert_int_eq(files_named(live.dir, ".rebuild-"), 0);
+    expect_live_as_before(&live, before);
     runner_stop(&live);
 }
 END_TEST

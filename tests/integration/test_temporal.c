@@ -269,7 +269,7 @@ START_TEST(history_pages_fit_in_what_the_server_carries)
     ck_assert_int_eq(total, 601);
     ck_assert_int_ge(pages, 3);
     /* A from_sequence before, after or past the end of from_version's commit: same page. */
-    uint64_t hints[] = {1, seq_of_300, seq_of_300 + 1, 1000000, (uint64_t)INT64_MAX + 1,
+    uint64_t hints[] = {1,         seq_of_300, seq_of_300 + 1, 1000000, (uint64_t)INT64_MAX + 1,
                         UINT64_MAX};
     for (size_t k = 0; k < sizeof(hints) / sizeof(hints[0]); k++) {
         Jetledger__HistoryResult *h = history_page(id, 300, hints[k], 5);

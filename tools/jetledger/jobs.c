@@ -60,8 +60,9 @@ static int64_t now_ns(void)
 }
 
 /* Whether a reply's instance (a durable name) can go into a subject: shorter than @p size,
- * letters, digits, '_' and '-' only. A tab, a line break or a '.' from a wrong reply would
- * reach another subject, or write into the NATS protocol itself. */
+ * letters, digits, '_' and '-' only (jl_valid_name()'s characters; not its length: a projector
+ * of several streams is "<durable>_<STREAM>"). A tab, a line break or a '.' from a wrong reply
+ * would reach another subject, or write into the NATS protocol itself. */
 static bool instance_name(const char *s, size_t size)
 {
     size_t n = s != NULL ? strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -70,13 +71,20 @@ static bool instance_name(const char *s, size_t size)
     return n > 0 && s[n] == 0 && n < size;
 }
 
+/* "<projector>.admin.[<instance>.]<request>": on the instance running the job once known. */
+static const char *admin_subject(const job *j, const char *request, char *out, size_t n)
+{
+    snprintf(out, n, "%s.admin.%s%s%s", j->projector, j->instance, j->instance[0] ? "." : "",
+             request);
+    return out;
+}
+
 /* Send an admin request; its ok reply holds the projector's RebuildStatus. */
 static Jetledger__RebuildStatus *admin(job *j, const char *request, const ProtobufCMessage *msg,
                                        int *rc)
 {
     char subject[512];
-    snprintf(subject, sizeof(subject), "%s.admin.%s%s%s", j->projector, j->instance,
-             j->instance[0] ? "." : "", request);
+    admin_subject(j, request, subject, sizeof(subject));
     return (Jetledger__RebuildStatus *)cli_ask(j->ctx, j->conn, "projector", j->projector, subject,
                                                msg, &jetledger__rebuild_status__descriptor, rc);
 }
@@ -164,8 +172,7 @@ static int cancel_job(job *j)
     char subject[512];
     Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
     cancel.started_at_ns = j->started_at_ns;
-    snprintf(subject, sizeof(subject), "%s.admin.%s%sCancelRebuild", j->projector, j->instance,
-             j->instance[0] ? "." : "");
+    admin_subject(j, "CancelRebuild", subject, sizeof(subject));
     jl_reply r;
     jl_reply_init(&r);
     int rc = cli_request(j->ctx, j->conn, "projector", j->projector, subject, &cancel.base, &r);
