@@ -1419,6 +1419,14 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     return JL_OK;
 }
 
+/* The stream sequence @p r hands out next when nothing is missing. */
+static uint64_t reader_expected(const jl__reader *r)
+{
+    return r->last_seq != 0              ? r->last_seq + 1
+           : r->start_seq > r->first_seq ? r->start_seq
+                                         : r->first_seq;
+}
+
 /* Open @p r again after the last message it handed out: a delivery was lost, or (@p gone) its
  * consumer was removed, idle past its inactive threshold. */
 static natsStatus reader_reopen(jl__reader *r, bool gone)
@@ -1512,9 +1520,7 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         if (meta) {
             /* From a sequence asked for, the first message must be that one; later ones follow
              * on: a gap is noted, for jl__reader_check_gap() to tell what made it. */
-            uint64_t expected = r->last_seq != 0              ? r->last_seq + 1
-                                : r->start_seq > r->first_seq ? r->start_seq
-                                                              : r->first_seq;
+            uint64_t expected = reader_expected(r);
             if (expected > 1 && seq > expected && r->gap_from == 0) {
                 r->gap_from = expected;
                 r->gap_to = seq - 1;
@@ -1531,6 +1537,17 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         return NATS_OK;
     }
     return NATS_MISMATCH;
+}
+
+void jl__reader_note_gap(jl__reader *r, uint64_t to)
+{
+    uint64_t expected = reader_expected(r);
+    if (expected < 1)
+        expected = 1;
+    if (to >= expected && r->gap_from == 0) {
+        r->gap_from = expected;
+        r->gap_to = to;
+    }
 }
 
 /* Whether @p filter takes in every message of the stream @p si describes. */
@@ -2503,8 +2520,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     }
     p->has_waiter = true;
     snprintf(qsubject, sizeof(qsubject), "%s.query.*", def->name);
-    natsStatus ns = natsConnection_QueueSubscribe(&p->qsub, jl_conn_nats(conn), qsubject, def->name,
-                                                  on_query, p);
+    natsStatus ns = jl_conn_subscribe(conn, &p->qsub, qsubject, def->name, on_query, p);
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", qsubject, natsStatus_GetText(ns));
         s = JL_ERR_NATS;

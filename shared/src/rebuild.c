@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "deadline.h"
 #include "hash.h"
 #include "jetledger/log.h"
 #include "projector_int.h"
@@ -185,6 +186,8 @@ static bool read_everything(run_src *rs)
     return all;
 }
 
+static jl_status subscribe(run_ctx *c, int si);
+
 /* Apply messages with sequence <= @p target, up to APPLY_BATCH in one transaction, waiting up to
  * @p wait_ms for the first. Sets *out_idle when no message came in time. */
 static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms, bool *out_idle)
@@ -194,6 +197,19 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
     int n = 0;
     jl_status s = JL_OK;
     *out_idle = false;
+    if (rs->reader.sub == NULL) {
+        /* Its stream was missing at the start (subscribe), and made since: the live side
+         * applied some of it. */
+        s = subscribe(c, si);
+        if (s == JL_OK && rs->reader.sub == NULL) {
+            snprintf(c->err, sizeof(c->err),
+                     "stream %s is missing, yet the live read model applied it up to %" PRIu64,
+                     c->p->src[si].stream, target);
+            s = JL_ERR_NOT_FOUND;
+        }
+        if (s != JL_OK)
+            return s;
+    }
     while (n < APPLY_BATCH) {
         natsMsg *m = rs->held;
         rs->held = NULL;
@@ -202,8 +218,18 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
                 jl__reader_next(&rs->reader, APPLY_BATCH, n == 0 ? (int)wait_ms : 0, &m);
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
-                if (n == 0 && rs->checkpoint < target && read_everything(rs))
+                if (n == 0 && rs->checkpoint < target && read_everything(rs)) {
+                    /* Nothing more comes, short of the target: sequences not ours (a filter,
+                     * deleted ones), or removed (a purge, limits) after the live side applied
+                     * them, which the stream's first sequence tells. Then what was counted
+                     * to come never will. */
+                    jl__reader_note_gap(&rs->reader, target);
+                    s = jl__reader_check_gap(&rs->reader, c->err, sizeof(c->err));
+                    if (s != JL_OK)
+                        return s;
                     rs->checkpoint = target;
+                    rs->total = rs->applied;
+                }
                 break;
             }
             if (ns != NATS_OK) {
@@ -413,6 +439,12 @@ static jl_status subscribe(run_ctx *c, int si)
     run_src *rs = &c->src[si];
     jl_status s =
         jl__reader_open(&rs->reader, p, si, j->from_seq, j->from_time_ns, c->err, sizeof(c->err));
+    if (s == JL_ERR_NOT_FOUND && si > 0) {
+        /* A second source's stream not made yet (its service never ran): the live side reads
+         * none of it either. Read once the live side has applied some (apply_upto). */
+        c->err[0] = 0;
+        return JL_OK;
+    }
     if (s != JL_OK)
         return s;
     jsConsumerInfo *ci = NULL;
@@ -492,7 +524,7 @@ static void run_job(jl_projector *p, jl__job *j)
             }
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
-            int64_t deadline = now_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
+            int64_t deadline = jl__mono_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
             for (int i = 0; s == JL_OK && i < p->n_src; i++) {
                 uint64_t target = jl__proj_checkpoint(p, i);
                 while (s == JL_OK && c.src[i].checkpoint < target) {
@@ -502,7 +534,7 @@ static void run_job(jl_projector *p, jl__job *j)
                         break;
                     }
                     s = apply_upto(&c, i, target, 1000, &idle);
-                    if (s == JL_OK && idle && now_ns() > deadline) {
+                    if (s == JL_OK && idle && jl__mono_ns() > deadline) {
                         snprintf(c.err, sizeof(c.err),
                                  "stream %s ended at %" PRIu64
                                  " before the live checkpoint %" PRIu64,
@@ -530,7 +562,7 @@ static void run_job(jl_projector *p, jl__job *j)
             }
             break;
         }
-        int64_t t = now_ns();
+        int64_t t = jl__mono_ns();
         if (t - last_progress > 100 * 1000000LL) {
             sums(&c, &applied, &total);
             status_progress(j, c.src[0].checkpoint, applied, total, c.events,
@@ -906,11 +938,10 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<durable>.<Req>" reaches
      * this one, so a job's progress is read where the job runs. */
     snprintf(subject, sizeof(subject), "%s.admin.*", p->def->name);
-    natsStatus ns = natsConnection_QueueSubscribe(&p->asub, jl_conn_nats(p->conn), subject,
-                                                  p->def->name, on_admin, p);
+    natsStatus ns = jl_conn_subscribe(p->conn, &p->asub, subject, p->def->name, on_admin, p);
     if (ns == NATS_OK) {
         snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
-        ns = natsConnection_Subscribe(&p->asub_own, jl_conn_nats(p->conn), subject, on_admin, p);
+        ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
     }
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", subject, natsStatus_GetText(ns));

@@ -738,12 +738,22 @@ START_TEST(answered_outbox_rows_are_deleted_after_the_keep_time)
 }
 END_TEST
 
-/* A process manager's administration request; the status it answers. */
-static Jetledger__RebuildStatus *fulfilment_admin(const char *name, const ProtobufCMessage *msg)
+/* Start job @p name ("Rebuild" or "Verify") of projector @p projector; follow it to its end. */
+static Jetledger__RebuildStatus *run_admin_job(const char *projector, const char *name,
+                                               const ProtobufCMessage *msg)
 {
     char subject[128];
-    snprintf(subject, sizeof(subject), "fulfilment.admin.%s", name);
-    return tadmin(env.conn, subject, msg, NULL, NULL, 0);
+    snprintf(subject, sizeof(subject), "%s.admin.%s", projector, name);
+    Jetledger__RebuildStatus *st = tadmin(env.conn, subject, msg, NULL, NULL, 0);
+    int64_t deadline = tnow_ms() + 60000;
+    snprintf(subject, sizeof(subject), "%s.admin.GetRebuildStatus", projector);
+    while (strcmp(st->state, "running") == 0 && tnow_ms() < deadline) {
+        jetledger__rebuild_status__free_unpacked(st, NULL);
+        nats_Sleep(20);
+        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+        st = tadmin(env.conn, subject, &q.base, NULL, NULL, 0);
+    }
+    return st;
 }
 
 static uint64_t commands_handled(void)
@@ -778,14 +788,7 @@ START_TEST(a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again)
     uint64_t before = commands_handled();
 
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
-    Jetledger__RebuildStatus *st = fulfilment_admin("Rebuild", &rb.base);
-    deadline = tnow_ms() + 60000;
-    while (strcmp(st->state, "running") == 0 && tnow_ms() < deadline) {
-        jetledger__rebuild_status__free_unpacked(st, NULL);
-        nats_Sleep(20);
-        Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
-        st = fulfilment_admin("GetRebuildStatus", &q.base);
-    }
+    Jetledger__RebuildStatus *st = run_admin_job("fulfilment", "Rebuild", &rb.base);
     ck_assert_msg(strcmp(st->state, "done") == 0, "rebuild %s: %s", st->state, st->error);
     jetledger__rebuild_status__free_unpacked(st, NULL);
     outbox_rows(&answered, &waiting);
@@ -804,6 +807,55 @@ START_TEST(a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again)
      * the first two orders' again. */
     ck_assert_uint_eq(commands_handled() - before, 3 + 3);
     expect_stock("plum", 4, 0);
+}
+END_TEST
+
+START_TEST(a_rebuild_reads_a_second_stream_made_only_later)
+{
+    /* The dashboard reads orders and inventory. Before the inventory service ever ran, its
+     * stream is missing: the live dashboard goes on with orders, and so must a rebuild (a
+     * version rebuild would otherwise hold live applying for ever); once the stream exists,
+     * both read it. */
+    runner_stop(&dashboard);
+    runner_stop(&levels);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    ck_assert_int_eq(js_DeleteStream(jl_conn_js(env.conn), "INVENTORY", NULL, NULL), NATS_OK);
+    runner_start(&dashboard, &sales_dashboard_projector);
+    char a[JL_UUID_LEN + 1];
+    line la[] = {{"fig", 1, 30}};
+    place_order("jo", la, 1, a);
+    uint64_t orders_last = tstream_last_seq(env.conn, "ORDERS");
+    int64_t deadline = tnow_ms() + 20000;
+    while (jl_projector_checkpoint(dashboard.p) < orders_last && tnow_ms() < deadline)
+        nats_Sleep(10);
+    ck_assert_uint_eq(jl_projector_checkpoint(dashboard.p), orders_last);
+
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    Jetledger__RebuildStatus *st = run_admin_job("sales_dashboard", "Rebuild", &rb.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0, "rebuild %s: %s", st->state, st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    Jetledger__Verify v = JETLEDGER__VERIFY__INIT;
+    st = run_admin_job("sales_dashboard", "Verify", &v.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0 && st->match, "verify %s: %s", st->state,
+                  st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+
+    open_inventory();
+    register_product("fig", "Fig", 5);
+    runner_stop(&dashboard); /* it reads a source found missing again only when started */
+    runner_start(&dashboard, &sales_dashboard_projector);
+    uint64_t inventory_last = tstream_last_seq(env.conn, "INVENTORY");
+    ck_assert_uint_gt(inventory_last, 0);
+    deadline = tnow_ms() + 20000;
+    while (jl_projector_checkpoint_of(dashboard.p, "INVENTORY") < inventory_last &&
+           tnow_ms() < deadline)
+        nats_Sleep(10);
+    ck_assert_uint_eq(jl_projector_checkpoint_of(dashboard.p, "INVENTORY"), inventory_last);
+    st = run_admin_job("sales_dashboard", "Verify", &v.base);
+    ck_assert_msg(strcmp(st->state, "done") == 0 && st->match, "verify %s: %s", st->state,
+                  st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
 }
 END_TEST
 
@@ -1217,6 +1269,7 @@ int main(void)
     tcase_add_test(tc, a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhile);
     tcase_add_test(tc, answered_outbox_rows_are_deleted_after_the_keep_time);
     tcase_add_test(tc, a_rebuilt_process_manager_keeps_its_outbox_and_sends_nothing_again);
+    tcase_add_test(tc, a_rebuild_reads_a_second_stream_made_only_later);
     tcase_add_test(tc, dashboard_equals_the_sales_computed_from_the_streams);
     tcase_add_test(tc, process_manager_killed_at_each_step_reserves_once);
     tcase_add_test(tc, a_full_disk_holds_the_process_manager_and_loses_no_step);
