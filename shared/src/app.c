@@ -116,7 +116,7 @@ static void *signal_thread(void *arg)
         } else {
             /* Stopping: each step of the close has its own bound, and together they could
              * exceed the one promised (a frozen server, appends in flight). Past it, out. */
-            int64_t left = first_at + JL_APP_SHUTDOWN_MS - nats_Now();
+            int64_t left = first_at + JL_APP_SHUTDOWN_MS - jl__mono_ms();
             struct timespec ts = {.tv_sec = left > 0 ? left / 1000 : 0,
                                   .tv_nsec = left > 0 ? (long)(left % 1000) * 1000000L : 0};
             sig = sigtimedwait(set, NULL, &ts);
@@ -130,7 +130,7 @@ static void *signal_thread(void *arg)
                 _exit(JL_EXIT_FAILURE);
             }
         }
-        if (count > 0 && sig == SIGTERM && first == SIGTERM && nats_Now() - first_at < 1000) {
+        if (count > 0 && sig == SIGTERM && first == SIGTERM && jl__mono_ms() - first_at < 1000) {
             /* One stop sent twice: `timeout` and some supervisors signal the process, then
              * its group. Not a second request to hurry. */
             jl_log(JL_LOG_INFO, "repeated SIGTERM within a second ignored", NULL);
@@ -138,7 +138,7 @@ static void *signal_thread(void *arg)
         }
         if (count == 0) {
             first = sig;
-            first_at = nats_Now();
+            first_at = jl__mono_ms();
         }
         if (++count > 1) {
             jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
@@ -345,13 +345,13 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
                                JL_APP_CONNECT_WAIT_MS, err, sizeof(err));
     /* A cluster that is electing leaders (all nodes starting, a rolling restart) answers
      * JetStream calls late or not at all for a few seconds: keep trying, within bounds. */
-    int64_t deadline = nats_Now() + JL_APP_CONNECT_WAIT_MS;
+    int64_t deadline = jl__mono_ms() + JL_APP_CONNECT_WAIT_MS;
     while (s == JL_OK) {
         s = jl_producer_open(&p, conn, def, &cfg, err, sizeof(err));
         /* (A cluster still forming also refuses with JetStream errors: "no suitable peers for
          * placement".) Bad configuration is JL_ERR_INVALID or JL_ERR_VERSION: no retry. */
         if ((s != JL_ERR_TIMEOUT && s != JL_ERR_UNAVAILABLE && s != JL_ERR_NATS) ||
-            nats_Now() >= deadline)
+            jl__mono_ms() >= deadline)
             break;
         char esc[1200];
         jl_log(JL_LOG_WARN, "start delayed, retrying", "\"status\":\"%s\",\"error\":\"%s\"",

@@ -359,6 +359,12 @@ jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg)
 {
     jl_buf_reset(&r->result);
     jl_status s = jl_buf_pack(&r->result, msg);
+    if (s == JL_ERR_NOMEM) {
+        /* Out of memory now, not a bad request: the caller may ask again. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "no memory for a result of %zu bytes; try again",
+                       protobuf_c_message_get_packed_size(msg));
+        return s;
+    }
     if (s != JL_OK) {
         jl_reply_error(r, JL_CODE_INVALID, "result of %zu bytes exceeds the reply limit of %d",
                        protobuf_c_message_get_packed_size(msg), JL_MAX_REPLY_BYTES);

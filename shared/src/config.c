@@ -100,16 +100,12 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
             return JL_ERR_INVALID;
         }
         /* Checked here, as bad usage at once, not once NATS has been reached (or waited for
-         * 30 s): what goes into subjects, and a directory that cannot be none. */
+         * 30 s): what goes into subjects. (No value is empty: the caller refuses that.) */
         if (k->offset == offsetof(jl_config, durable) && *v != 0 && !jl_valid_name(v)) {
             snprintf(err, errlen,
                      "%s: '%.64s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
                      "subjects)",
                      origin, v, JL_NAME_MAX - 1);
-            return JL_ERR_INVALID;
-        }
-        if (k->offset == offsetof(jl_config, data_dir) && *v == 0) {
-            snprintf(err, errlen, "%s: the directory must not be empty", origin);
             return JL_ERR_INVALID;
         }
         memcpy(base, v, strlen(v) + 1);
@@ -236,6 +232,13 @@ jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc,
         if (eq == NULL && strncmp(v, "--", 2) == 0) {
             /* "--name --log-level=debug": a forgotten value, not a name ("--name=--x" is). */
             snprintf(err, errlen, "flag --%s needs a value, not the flag '%.64s'", k->flag, v);
+            s = JL_ERR_INVALID;
+            break;
+        }
+        if (*v == 0) {
+            /* "--durable $INSTANCE" with it unset: the default, shared with another instance,
+             * would be a quiet surprise. (An empty environment variable is unset.) */
+            snprintf(err, errlen, "flag --%s needs a value, not an empty one", k->flag);
             s = JL_ERR_INVALID;
             break;
         }

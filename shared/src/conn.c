@@ -44,6 +44,24 @@ int64_t jl__conn_connecting_since_ns(void)
 
 #define MAX_SERVERS 16
 
+/* Shared by jl_conn_sub_stop() and the on-complete callback, which may come after the close
+ * gave up waiting: the last of the two frees it. */
+typedef struct sub_done {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int refs;
+} sub_done;
+
+/* A subscription watched since jl_conn_subscribe() made it. */
+typedef struct sub_watch {
+    natsSubscription *sub;
+    sub_done *d;
+    struct sub_watch *next;
+} sub_watch;
+
+static void sub_done_unref(sub_done *d);
+
 struct jl_conn {
     natsConnection *nc;
     jsCtx *js;
@@ -55,6 +73,7 @@ struct jl_conn {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool closing, closed;
+    sub_watch *watches; /* jl_conn_subscribe()'s, until jl_conn_sub_stop() (under mu) */
 };
 
 jl_status jl_status_from_nats(natsStatus ns)
@@ -400,12 +419,12 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         goto done;
     }
 
-    int64_t deadline = nats_Now() + connect_wait_ms;
+    int64_t deadline = jl__mono_ms() + connect_wait_ms;
     for (int attempt = 0;; attempt++) {
         connecting(true);
         ns = natsConnection_Connect(&c->nc, opts);
         connecting(false);
-        if (ns == NATS_OK || nats_Now() >= deadline)
+        if (ns == NATS_OK || jl__mono_ms() >= deadline)
             break;
         if (ns != NATS_NO_SERVER && ns != NATS_TIMEOUT && ns != NATS_IO_ERROR)
             break;
@@ -426,9 +445,11 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         if (detail != NULL && detail[0] == '(' && strstr(detail, "): ") != NULL)
             detail = strstr(detail, "): ") + 3; /* drop "(conn.c:123): " */
         bool more = detail != NULL && *detail != 0 && strcmp(detail, text) != 0;
-        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s",
+        /* libnats 3.10 gives up on a handshake that does not finish (3.4.1 waits for ever,
+         * and a watchdog says JL_CONN_STUCK_MSG): the same words for both. */
+        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s%s",
                  redact(cfg->nats_url, safe_urls, sizeof(safe_urls)), text, more ? ": " : "",
-                 more ? detail : "");
+                 more ? detail : "", ns == NATS_TIMEOUT ? "; " JL_CONN_STUCK_MSG : "");
         /* A URL the library cannot use, or (with a credentials file) a file it cannot read a
          * user from, is a setting to correct, not a server to wait for. */
         bool bad_creds = ns == NATS_ERR && cfg->creds[0] != 0 && detail != NULL &&
@@ -484,8 +505,8 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
     if (c->nc != NULL && timeout_ms > 0 && !natsConnection_IsClosed(c->nc)) {
         /* Drain lets every subscription finish what it holds before the close. */
         if (natsConnection_DrainTimeout(c->nc, timeout_ms) == NATS_OK) {
-            int64_t deadline = nats_Now() + timeout_ms + 500;
-            while (!natsConnection_IsClosed(c->nc) && nats_Now() < deadline)
+            int64_t deadline = jl__mono_ms() + timeout_ms + 500;
+            while (!natsConnection_IsClosed(c->nc) && jl__mono_ms() < deadline)
                 nats_Sleep(10);
         }
     }
@@ -504,6 +525,14 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
     }
     if (!callbacks_done)
         return; /* the library's callback thread may still use it: left allocated */
+    /* Watches of subscriptions never stopped (an on-complete callback yet to come holds a
+     * reference of its own). */
+    while (c->watches != NULL) {
+        sub_watch *w = c->watches;
+        c->watches = w->next;
+        sub_done_unref(w->d);
+        free(w);
+    }
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -572,7 +601,7 @@ static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, si
         struct pollfd cp = {.fd = fd, .events = POLLOUT};
         int soerr = 0;
         socklen_t slen = sizeof(soerr);
-        int64_t left = deadline - nats_Now();
+        int64_t left = deadline - jl__mono_ms();
         if (errno != EINPROGRESS || left <= 0 || poll(&cp, 1, (int)left) <= 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) != 0 || soerr != 0)
             goto done;
@@ -580,7 +609,7 @@ static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, si
     /* The server speaks first: "INFO {...}\r\n" before any authentication. */
     while (got < n - 1) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - nats_Now();
+        int64_t left = deadline - jl__mono_ms();
         if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
             goto done;
         ssize_t r = read(fd, buf + got, n - 1 - got);
@@ -588,7 +617,11 @@ static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, si
             goto done;
         got += (size_t)r;
         buf[got] = 0;
-        if (strstr(buf, "\r\n") != NULL) {
+        /* The whole line, or as far as the version: a large cluster's greeting (its list of
+         * connect URLs, after the version) may not fit in @p buf. */
+        const char *v = strstr(buf, "\"version\":\"");
+        if (strstr(buf, "\r\n") != NULL ||
+            (v != NULL && strchr(v + strlen("\"version\":\""), '"') != NULL)) {
             ok = true;
             break;
         }
@@ -610,11 +643,11 @@ jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, si
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return JL_ERR_UNAVAILABLE;
-    int64_t deadline = nats_Now() + timeout_ms;
+    int64_t deadline = jl__mono_ms() + timeout_ms;
     /* Every address the name has, as the client library tries them ("localhost" may give ::1
      * first, where a server listening on 0.0.0.0 is not). */
     bool got = false;
-    for (const struct addrinfo *ai = res; ai != NULL && !got && nats_Now() < deadline;
+    for (const struct addrinfo *ai = res; ai != NULL && !got && jl__mono_ms() < deadline;
          ai = ai->ai_next)
         got = read_info(ai, deadline, buf, sizeof(buf));
     freeaddrinfo(res);
@@ -639,6 +672,14 @@ int jl_conn_replicas(jl_conn *c, int configured)
         free(servers[i]);
     free(servers);
     return count >= 3 ? 3 : 1;
+}
+
+int jl_conn_replicas_of_existing(jl_conn *c, int configured, int64_t existing)
+{
+    if (configured > 0)
+        return configured;
+    int r = jl_conn_replicas(c, 0);
+    return existing > r ? (int)existing : r;
 }
 
 jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t errlen)
@@ -696,14 +737,16 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
 
 /* ---- closing a subscription ---- */
 
-/* Shared by jl_conn_sub_stop() and the on-complete callback, which may come after the close
- * gave up waiting: the last of the two frees it. */
-typedef struct sub_done {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool done;
-    int refs;
-} sub_done;
+static sub_done *sub_done_new(void)
+{
+    sub_done *d = calloc(1, sizeof(*d));
+    if (d != NULL) {
+        pthread_mutex_init(&d->mu, NULL);
+        pthread_cond_init(&d->cv, NULL);
+        d->refs = 1;
+    }
+    return d;
+}
 
 static void sub_done_unref(sub_done *d)
 {
@@ -727,6 +770,62 @@ static void on_sub_complete(void *closure)
     sub_done_unref(d);
 }
 
+/* Watch @p sub's last handler return: true when the library took the callback (it is refused on
+ * a closed or synchronous subscription). @p d gains the callback's reference. */
+static bool sub_done_watch(sub_done *d, natsSubscription *sub)
+{
+    d->refs++;
+    if (natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK)
+        return true;
+    d->refs--; /* no callback will come */
+    return false;
+}
+
+natsStatus jl_conn_subscribe(jl_conn *c, natsSubscription **out, const char *subject,
+                             const char *queue, natsMsgHandler cb, void *closure)
+{
+    natsStatus ns = queue != NULL
+                        ? natsConnection_QueueSubscribe(out, c->nc, subject, queue, cb, closure)
+                        : natsConnection_Subscribe(out, c->nc, subject, cb, closure);
+    if (ns != NATS_OK)
+        return ns;
+    /* Without memory for it, jl_conn_sub_stop() watches it then, as best it can. */
+    sub_watch *w = calloc(1, sizeof(*w));
+    sub_done *d = w != NULL ? sub_done_new() : NULL;
+    if (d == NULL || !sub_done_watch(d, *out)) {
+        if (d != NULL)
+            sub_done_unref(d);
+        free(w);
+        return NATS_OK;
+    }
+    w->sub = *out;
+    w->d = d;
+    pthread_mutex_lock(&c->mu);
+    w->next = c->watches;
+    c->watches = w;
+    pthread_mutex_unlock(&c->mu);
+    return NATS_OK;
+}
+
+/* The watch jl_conn_subscribe() made of @p sub, taken off the list (its reference with it), or
+ * NULL. */
+static sub_done *take_watch(jl_conn *c, natsSubscription *sub)
+{
+    sub_done *d = NULL;
+    pthread_mutex_lock(&c->mu);
+    for (sub_watch **pw = &c->watches; *pw != NULL; pw = &(*pw)->next) {
+        if ((*pw)->sub == sub) {
+            sub_watch *w = *pw;
+            *pw = w->next;
+            d = w->d;
+            free(w);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return d;
+}
+
 void jl_conn_settle(jl_conn *c)
 {
     natsConnection *nc = c != NULL ? jl_conn_nats(c) : NULL;
@@ -738,21 +837,17 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
 {
     if (sub == NULL)
         return true;
-    sub_done *d = calloc(1, sizeof(*d));
-    bool watched = false;
-    if (d != NULL) {
-        pthread_mutex_init(&d->mu, NULL);
-        pthread_cond_init(&d->cv, NULL);
-        d->refs = 2;
-        watched = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK;
-        if (!watched)
-            d->refs = 1; /* no callback will come: closed already, or not asynchronous */
-    }
+    sub_done *d = take_watch(c, sub);
+    bool watched = d != NULL;
+    if (d == NULL && (d = sub_done_new()) != NULL)
+        watched = sub_done_watch(d, sub);
+    /* Not watched: a synchronous subscription (no handler), or one the closed connection closed
+     * before it could be watched, whose handler may be running still (unknown: not done). */
+    bool done = !watched && d != NULL && !natsConnection_IsClosed(c->nc);
     /* A drain that did not finish in time would go on handling what it holds: cut it. */
     if (drain_ms <= 0 || natsSubscription_Drain(sub) != NATS_OK ||
         natsSubscription_WaitForDrainCompletion(sub, drain_ms) != NATS_OK)
         natsSubscription_Unsubscribe(sub);
-    bool done = !watched && d != NULL;
     if (watched) {
         struct timespec until = jl__realtime_in(wait_ms);
         pthread_mutex_lock(&d->mu);
@@ -786,7 +881,8 @@ jl_status jl_reply_send(natsConnection *nc, const char *reply_to, jl_reply *r, j
                        n, max);
         s = jl_reply_encode(out, r);
     } else if (s != JL_OK) {
-        jl_reply_error(r, JL_CODE_INTERNAL, "the reply could not be encoded: %s", jl_status_str(s));
+        jl_reply_error(r, s == JL_ERR_NOMEM ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
+                       "the reply could not be encoded: %s", jl_status_str(s));
         s = jl_reply_encode(out, r);
     }
     natsStatus ns =

@@ -1,7 +1,8 @@
 /*
  * Internal: absolute times for pthread_cond_timedwait(): jl__realtime_in() for conditions on
  * the default clock, jl__monotonic_in() for those made with jl__cond_init_monotonic() (which a
- * step of the wall clock does not stretch or cut short); jl__mono_ns() for backoffs.
+ * step of the wall clock does not stretch or cut short); jl__mono_ns() and jl__mono_ms() for
+ * backoffs and deadlines.
  */
 #ifndef JETLEDGER_DEADLINE_H
 #define JETLEDGER_DEADLINE_H
@@ -35,6 +36,12 @@ static inline int64_t jl__mono_ns(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Milliseconds on the monotonic clock, for deadlines (libnats' nats_Now() is the wall clock). */
+static inline int64_t jl__mono_ms(void)
+{
+    return jl__mono_ns() / 1000000LL;
 }
 
 /* pthread_cond_init() on CLOCK_MONOTONIC: wait with jl__monotonic_in(). */

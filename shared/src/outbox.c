@@ -76,7 +76,7 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
         strlen(cmd->descriptor->short_name) >= sizeof(((row *)0)->command))
         return JL_ERR_INVALID;
     size_t n = protobuf_c_message_get_packed_size(cmd);
-    if (n > JL_MAX_QUERY_BYTES)
+    if (n > JL_MAX_COMMAND_BYTES) /* what a producer takes */
         return JL_ERR_TOO_LARGE;
     uint8_t *body = malloc(n ? n : 1);
     if (body == NULL)
@@ -167,7 +167,8 @@ static bool give_up(jl_projector *p)
 }
 
 /* Request one command; true when a reply came (whatever its code), with it in @p r. Else
- * *out_attempt says whether it counts as an attempt (sent, and waited for in vain). */
+ * *out_attempt says whether it counts as an attempt (not sent, or waited for in vain; not when
+ * given up for a stop or a switch). */
 static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, char *why, size_t n,
                      bool *out_attempt)
 {
@@ -188,9 +189,10 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
     if (ns == NATS_OK)
         ns = natsConnection_PublishMsg(jl_conn_nats(p->conn), req);
     bool sent = ns == NATS_OK, gave_up = false;
-    int64_t deadline = nats_Now() + reply_wait_ms(p);
+    natsStatus send_ns = ns;
+    int64_t deadline = jl__mono_ms() + reply_wait_ms(p);
     while (ns == NATS_OK && rep == NULL) {
-        int64_t left = deadline - nats_Now();
+        int64_t left = deadline - jl__mono_ms();
         if ((gave_up = give_up(p)))
             ns = NATS_CONNECTION_CLOSED; /* see why, below */
         else if (left <= 0)
@@ -213,14 +215,18 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
      * step, which would then never be sent again. */
     bool odd = ok && r->code == JL_CODE_OK && r->aggregate_id[0] == 0;
     ok = ok && !odd;
-    if (!ok)
+    if (!ok && !sent)
+        snprintf(why, n, "not sent: %s", natsStatus_GetText(send_ns));
+    else if (!ok)
         snprintf(why, n, "%s",
                  odd             ? "a reply accepting the command names no aggregate"
                  : ns == NATS_OK ? "undecodable reply"
                  : !gave_up ? (ns == NATS_TIMEOUT ? "no reply in time" : natsStatus_GetText(ns))
                  : atomic_load(&p->stopping) ? "stopping"
                                              : "let go for a rebuild's switch");
-    *out_attempt = !ok && sent && !gave_up;
+    /* Not sent counts too (a payload over the server's limit, a connection closed for good):
+     * such a row holds back every later one, which its row and the log must show. */
+    *out_attempt = !ok && !gave_up;
     if (ns != NATS_OK && ns != NATS_TIMEOUT && ns != NATS_NO_RESPONDERS && !gave_up)
         sender_close(snd); /* made again for the next request */
     natsMsg_Destroy(req);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "deadline.h"
 #include "hash.h"
 #include "ordered.h"
 #include "jetledger/admin.pb-c.h"
@@ -2325,8 +2326,9 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 /*
  * A bucket made before gets the replicas (and, @p ttl_ns >= 0, the TTL) asked for now, as the
  * stream does: moving a service from one replica to three must not leave its command ids and
- * snapshots on one node. One that jetledger did not make (another @p description) is left as it
- * is, with a warning: an update through this client could drop settings it does not know.
+ * snapshots on one node. @p replicas 0 (auto) never scales a bucket down
+ * (jl_conn_replicas_of_existing). One that jetledger did not make (another @p description) is left
+ * as it is, with a warning: an update through this client could drop settings it does not know.
  */
 static jl_status settle_bucket(jl_producer *p, const char *bucket, const char *description,
                                int replicas, int64_t ttl_ns, char *err, size_t errlen)
@@ -2347,6 +2349,7 @@ static jl_status settle_bucket(jl_producer *p, const char *bucket, const char *d
     if (ttl_ns < 0)
         ttl_ns = c->MaxAge;
     bool ours = c->Description != NULL && strcmp(c->Description, description) == 0;
+    replicas = jl_conn_replicas_of_existing(p->conn, replicas, c->Replicas);
     if ((c->Replicas != replicas || c->MaxAge != ttl_ns) && !ours) {
         jl_log(JL_LOG_WARN,
                "KV bucket not made by jetledger: its replicas and TTL are left as they are",
@@ -2405,7 +2408,7 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
         return jl_status_from_nats(ns);
     }
     /* No TTL asked (the snapshots): whatever an operator set stays. */
-    jl_status s = settle_bucket(p, bucket, description, jl_conn_replicas(p->conn, cfg->replicas),
+    jl_status s = settle_bucket(p, bucket, description, cfg->replicas,
                                 ttl_s > 0 ? ttl_s * 1000000000LL : -1, err, errlen);
     if (s != JL_OK) {
         kvStore_Destroy(*out);
@@ -2605,13 +2608,11 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     }
     snprintf(cmd_subject, sizeof(cmd_subject), "%s.cmd.*", def->name);
     snprintf(query_subject, sizeof(query_subject), "%s.query.*", def->name);
-    natsStatus ns = natsConnection_QueueSubscribe(&p->sub, jl_conn_nats(conn), cmd_subject,
-                                                  def->name, on_command, p);
+    natsStatus ns = jl_conn_subscribe(conn, &p->sub, cmd_subject, def->name, on_command, p);
     if (ns == NATS_OK)
         ns = natsSubscription_SetPendingLimits(p->sub, 65536, 256 * 1024 * 1024);
     if (ns == NATS_OK)
-        ns = natsConnection_QueueSubscribe(&p->qsub, jl_conn_nats(conn), query_subject, def->name,
-                                           on_query, p);
+        ns = jl_conn_subscribe(conn, &p->qsub, query_subject, def->name, on_query, p);
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", cmd_subject, natsStatus_GetText(ns));
         s = JL_ERR_NATS;
@@ -2620,8 +2621,8 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     jl_log(JL_LOG_INFO, "producer ready",
            "\"subject\":\"%s\",\"queue\":\"%s\",\"stream\":\"%s\",\"replicas\":%d,"
            "\"cache_size\":%d,\"snapshot_every\":%d,\"max_commands\":%zu",
-           cmd_subject, def->name, def->stream, jl_conn_replicas(conn, cfg->replicas),
-           cfg->cache_size, p->snapshots ? cfg->snapshot_every : 0, p->max_cmds);
+           cmd_subject, def->name, def->stream, jl_store_replicas(p->store), cfg->cache_size,
+           p->snapshots ? cfg->snapshot_every : 0, p->max_cmds);
 done:
     if (s != JL_OK) {
         jl_producer_close(p, 0);
@@ -2644,7 +2645,7 @@ static bool flush_entry(void *ctx, jl__cache_entry *e)
     if (!unsaved(e))
         return true;
     while (p->snapshots_inflight >= JL_MAX_SNAPSHOTS_INFLIGHT) {
-        if (nats_Now() >= f->deadline_ms)
+        if (jl__mono_ms() >= f->deadline_ms)
             return false;
         pthread_mutex_unlock(&p->mu); /* for on_ack; nothing else touches the cache now */
         nats_Sleep(1);
@@ -2680,7 +2681,7 @@ static void await_acks(jl_producer *p, int64_t deadline_ms)
     for (int i = 0; i < 2; i++) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MaxWait = deadline_ms - nats_Now() > 0 ? deadline_ms - nats_Now() : 1;
+        po.MaxWait = deadline_ms - jl__mono_ms() > 0 ? deadline_ms - jl__mono_ms() : 1;
         if (ctxs[i] != NULL)
             js_PublishAsyncComplete(ctxs[i], &po);
     }
@@ -2788,8 +2789,8 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
      * what is still unconfirmed at the deadline goes with the context.) */
-    int64_t deadline = nats_Now() + (timeout_ms > 0 ? timeout_ms : 1);
-    for (bool left = true; left && nats_Now() < deadline;) {
+    int64_t deadline = jl__mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    for (bool left = true; left && jl__mono_ms() < deadline;) {
         await_acks(p, deadline);
         pthread_mutex_lock(&p->mu);
         left = p->n_inflight > 0 || p->n_loading > 0;
@@ -2825,12 +2826,12 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * within JL_APPEND_ATTEMPT_MS (closing, nothing is sent again). Until then a handler may
      * start at any moment, even once the contexts are destroyed, before it can say so
      * (acking): wait for them all, or leave the memory allocated. */
-    int64_t last_call = nats_Now() + 2 * JL_APPEND_ATTEMPT_MS;
+    int64_t last_call = jl__mono_ms() + 2 * JL_APPEND_ATTEMPT_MS;
     for (size_t left = unconfirmed + 1; left > 0;) {
         pthread_mutex_lock(&p->mu);
         left = p->n_inflight + p->snapshots_inflight;
         pthread_mutex_unlock(&p->mu);
-        if (left > 0 && nats_Now() > last_call) {
+        if (left > 0 && jl__mono_ms() > last_call) {
             not_freed("appends are unconfirmed: their handlers may still run");
             return false;
         }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "deadline.h"
 #include "jetledger/codec.h"
 #include "jetledger/log.h"
 
@@ -96,12 +97,44 @@ static void fill_stream_config(jsStreamConfig *sc, const jl_store_cfg *cfg, cons
     sc->DenyDelete = true;
 }
 
+/* The settings jetledger manages on an existing stream: copied into the stream's own config, so
+ * that what an operator set besides (placement, a description, deny purge, metadata, ...) stays
+ * as it is. (A field the client library does not know is still lost in an update.) */
+static void manage_stream_config(jsStreamConfig *sc, const jsStreamConfig *want)
+{
+    sc->Replicas = want->Replicas;
+    sc->MaxBytes = want->MaxBytes;
+    sc->MaxAge = want->MaxAge;
+    sc->Duplicates = want->Duplicates;
+    sc->MaxMsgSize = want->MaxMsgSize;
+    sc->AllowDirect = want->AllowDirect;
+    sc->Discard = want->Discard;
+    sc->DenyDelete = want->DenyDelete;
+}
+
 static bool config_differs(const jsStreamConfig *have, const jsStreamConfig *want)
 {
     return have->Replicas != want->Replicas || have->MaxBytes != want->MaxBytes ||
            have->MaxAge != want->MaxAge || have->Duplicates != want->Duplicates ||
            have->MaxMsgSize != want->MaxMsgSize || have->AllowDirect != want->AllowDirect ||
-           have->Discard != want->Discard;
+           have->Discard != want->Discard || have->DenyDelete != want->DenyDelete;
+}
+
+/* A stream that would delete events on its own, or take none: not an event store, and no
+ * update of ours may change that (retention, a mirror and sealing cannot be changed at all). */
+static const char *unfit_stream(const jsStreamConfig *have)
+{
+    if (have->Retention != js_LimitsPolicy)
+        return "its retention is not 'limits' (interest or work-queue retention deletes events "
+               "once consumed)";
+    if (have->MaxMsgsPerSubject > 0)
+        return "it keeps a limited number of messages per subject (an aggregate's oldest events "
+               "would be deleted)";
+    if (have->Mirror != NULL)
+        return "it is a mirror (it takes no publishes)";
+    if (have->Sealed)
+        return "it is sealed (it takes no publishes)";
+    return NULL;
 }
 
 static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg);
@@ -118,16 +151,19 @@ static jl_status ensure_stream(jl_store *st, const jl_store_cfg *cfg)
 }
 
 /* A single server takes an update to more replicas and goes on with one copy: refuse it. */
-static jl_status not_clustered(jl_store *st, const jl_store_cfg *cfg)
+static jl_status not_clustered(jl_store *st, const char *stream, int64_t replicas)
 {
     set_err(st,
-            "refusing stream %s with %d replicas: the NATS server is not part of a JetStream "
+            "refusing stream %s with %" PRId64
+            " replicas: the NATS server is not part of a JetStream "
             "cluster, so there would be one copy; use --replicas 1 (or 0: 3 on a cluster of "
             "three or more servers, else 1)",
-            cfg->stream, cfg->replicas);
+            stream, replicas);
     return JL_ERR_INVALID;
 }
 
+/* @p cfg's replicas may be 0 (auto): decided here, by jl_conn_replicas() for a new stream and
+ * jl_conn_replicas_of_existing() for one that exists (auto never scales a stream down). */
 static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool *out_raced)
 {
     jsStreamInfo *si = NULL;
@@ -136,11 +172,13 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
     const char *subjects[1] = {cfg->subjects};
     jl_status s = JL_OK;
     char verr[512];
+    jl_store_cfg resolved = *cfg;
 
-    fill_stream_config(&want, cfg, subjects);
     natsStatus ns = js_GetStreamInfo(&si, st->js, cfg->stream, NULL, &jerr);
     if (ns == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
-        s = jl_conn_check_replicas(st->conn, cfg->replicas, verr, sizeof(verr));
+        resolved.replicas = jl_conn_replicas(st->conn, cfg->replicas);
+        fill_stream_config(&want, &resolved, subjects);
+        s = jl_conn_check_replicas(st->conn, resolved.replicas, verr, sizeof(verr));
         if (s != JL_OK) {
             set_err(st, "%s", verr);
             return s;
@@ -151,18 +189,21 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
             return JL_ERR_CONFLICT;
         }
         if (ns != NATS_OK && jerr == JSStreamReplicasNotSupportedErr)
-            return not_clustered(st, cfg);
+            return not_clustered(st, cfg->stream, resolved.replicas);
         if (ns != NATS_OK)
             return nats_fail(st, "cannot create stream", ns, jerr);
         jl_log(JL_LOG_INFO, "stream created", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
-               cfg->replicas);
-        st->replicas = cfg->replicas;
+               resolved.replicas);
+        st->replicas = resolved.replicas;
         return JL_OK;
     }
     if (ns != NATS_OK)
         return nats_fail(st, "cannot read stream info", ns, jerr);
 
-    const jsStreamConfig *have = si->Config;
+    jsStreamConfig *have = si->Config;
+    const char *unfit = unfit_stream(have);
+    resolved.replicas = jl_conn_replicas_of_existing(st->conn, cfg->replicas, have->Replicas);
+    fill_stream_config(&want, &resolved, subjects);
     if (have->SubjectsLen != 1 || strcmp(have->Subjects[0], cfg->subjects) != 0) {
         set_err(st, "stream %s exists with other subjects (%s); expected exactly %s", cfg->stream,
                 have->SubjectsLen > 0 ? have->Subjects[0] : "none", cfg->subjects);
@@ -171,26 +212,32 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
         set_err(st, "stream %s uses memory storage; an event store needs file storage",
                 cfg->stream);
         s = JL_ERR_INVALID;
+    } else if (unfit != NULL) {
+        set_err(st, "stream %s cannot be an event store: %s", cfg->stream, unfit);
+        s = JL_ERR_INVALID;
     }
-    if (s == JL_OK && cfg->replicas > 1 &&
+    if (s == JL_OK && resolved.replicas > 1 &&
         (si->Cluster == NULL || si->Cluster->Name == NULL || si->Cluster->Name[0] == 0))
-        s = not_clustered(st, cfg);
+        s = not_clustered(st, cfg->stream, resolved.replicas);
     if (s == JL_OK) {
-        int64_t r = have->Replicas > cfg->replicas ? have->Replicas : cfg->replicas;
+        int64_t r = have->Replicas > resolved.replicas ? have->Replicas : resolved.replicas;
         s = jl_conn_check_replicas(st->conn, (int)r, verr, sizeof(verr));
         if (s != JL_OK)
             set_err(st, "%s", verr);
     }
     st->replicas = (int)have->Replicas;
     if (s == JL_OK && config_differs(have, &want)) {
-        ns = js_UpdateStream(NULL, st->js, &want, NULL, &jerr);
-        if (ns == NATS_OK)
-            st->replicas = (int)want.Replicas;
+        int64_t was = have->Replicas;
+        manage_stream_config(have, &want);
+        ns = js_UpdateStream(NULL, st->js, have, NULL, &jerr);
         if (ns != NATS_OK)
             s = nats_fail(st, "cannot update stream", ns, jerr);
-        else
-            jl_log(JL_LOG_INFO, "stream updated", "\"stream\":\"%s\",\"replicas\":%d", cfg->stream,
-                   cfg->replicas);
+        else {
+            st->replicas = resolved.replicas;
+            jl_log(was > resolved.replicas ? JL_LOG_WARN : JL_LOG_INFO, "stream updated",
+                   "\"stream\":\"%s\",\"replicas\":%d,\"was_replicas\":%" PRId64, cfg->stream,
+                   resolved.replicas, was);
+        }
     }
     jsStreamInfo_Destroy(si);
     return s;
@@ -212,9 +259,7 @@ jl_status jl_store_open(jl_store **out_store, jl_conn *conn, const jl_store_cfg 
     st->conn = conn;
     st->js = jl_conn_js(conn);
     snprintf(st->stream, sizeof(st->stream), "%s", cfg->stream);
-    jl_store_cfg resolved = *cfg;
-    resolved.replicas = jl_conn_replicas(conn, cfg->replicas);
-    s = ensure_stream(st, &resolved);
+    s = ensure_stream(st, cfg);
     if (s != JL_OK) {
         snprintf(err, errlen, "%s", st->err);
         free(st);
@@ -238,7 +283,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
     jl_status s = JL_OK;
     natsStatus ns;
     int64_t wait = a->deadline_ms > 0 ? a->deadline_ms : jl_conn_timeout_ms(st->conn);
-    int64_t deadline = nats_Now() + wait;
+    int64_t deadline = jl__mono_ms() + wait;
 
     ns = natsMsg_Create(&msg, a->subject, NULL, a->data, (int)a->len);
     for (size_t i = 0; ns == NATS_OK && i < a->n_headers; i++)
@@ -254,7 +299,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
     else
         po.ExpectLastSubjectSeq = a->expected_last_seq;
     for (int attempt = 0;; attempt++) {
-        int64_t left = deadline - nats_Now();
+        int64_t left = deadline - jl__mono_ms();
         if (left <= 0) {
             s = JL_ERR_TIMEOUT;
             set_err(st, "append to %s not confirmed within %" PRId64 " ms (%d attempts): %s",

@@ -537,6 +537,80 @@ START_TEST(replicas_beyond_a_single_server_are_refused)
 }
 END_TEST
 
+/* Add stream @p name on @p subjects with @p retention and @p per_subject, as an operator or
+ * another program might have. */
+static void add_foreign_stream(const char *name, const char *subjects, jsRetentionPolicy retention,
+                               int64_t per_subject, bool deny_purge)
+{
+    jsStreamConfig sc;
+    const char *subj[1] = {subjects};
+    jsErrCode jerr = 0;
+    jsStreamConfig_Init(&sc);
+    sc.Name = name;
+    sc.Subjects = subj;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_FileStorage;
+    sc.Retention = retention;
+    sc.MaxMsgsPerSubject = per_subject;
+    sc.DenyPurge = deny_purge;
+    sc.Description = "made by hand";
+    ck_assert_int_eq(js_AddStream(NULL, jl_conn_js(env.conn), &sc, NULL, &jerr), NATS_OK);
+}
+
+START_TEST(an_existing_stream_keeps_what_jetledger_does_not_manage)
+{
+    /* An operator's own settings survive an update of ours (the server refuses to cancel deny
+     * purge, and the start would fail for ever); a stream that deletes events by itself is
+     * refused, not used; auto replicas never scale an existing stream down. */
+    jl_store *st = NULL;
+    jl_store_cfg sc;
+    char err[512] = "";
+    jl_store_cfg_init(&sc);
+    sc.stream = "HANDMADE";
+    sc.subjects = "handmade.events.>";
+    add_foreign_stream("HANDMADE", sc.subjects, js_LimitsPolicy, 0, true);
+    sc.max_bytes = 1 << 20;
+    ck_assert_msg(jl_store_open(&st, env.conn, &sc, err, sizeof(err)) == JL_OK, "%s", err);
+    jl_store_close(st);
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "HANDMADE", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(si->Config->MaxBytes, 1 << 20);
+    ck_assert(si->Config->DenyDelete);
+    ck_assert(si->Config->AllowDirect);
+    ck_assert_int_eq(si->Config->Discard, js_DiscardNew);
+    ck_assert(si->Config->DenyPurge);
+    ck_assert_str_eq(si->Config->Description, "made by hand");
+    jsStreamInfo_Destroy(si);
+
+    struct {
+        const char *name, *subjects, *why;
+        jsRetentionPolicy retention;
+        int64_t per_subject;
+    } unfit[] = {
+        {"INTEREST", "interest.events.>", "retention is not 'limits'", js_InterestPolicy, 0},
+        {"WORKQ", "workq.events.>", "retention is not 'limits'", js_WorkQueuePolicy, 0},
+        {"PERSUBJ", "persubj.events.>", "messages per subject", js_LimitsPolicy, 5},
+    };
+    for (size_t i = 0; i < sizeof(unfit) / sizeof(unfit[0]); i++) {
+        add_foreign_stream(unfit[i].name, unfit[i].subjects, unfit[i].retention,
+                           unfit[i].per_subject, false);
+        sc.stream = unfit[i].name;
+        sc.subjects = unfit[i].subjects;
+        err[0] = 0;
+        ck_assert_int_eq(jl_store_open(&st, env.conn, &sc, err, sizeof(err)), JL_ERR_INVALID);
+        ck_assert_msg(strstr(err, "cannot be an event store") != NULL &&
+                          strstr(err, unfit[i].why) != NULL,
+                      "%s: %s", unfit[i].name, err);
+    }
+
+    /* One server known: auto means 1 for a new stream, and keeps an existing stream's 3. */
+    ck_assert_int_eq(jl_conn_replicas(env.conn, 0), 1);
+    ck_assert_int_eq(jl_conn_replicas_of_existing(env.conn, 0, 3), 3);
+    ck_assert_int_eq(jl_conn_replicas_of_existing(env.conn, 0, 1), 1);
+    ck_assert_int_eq(jl_conn_replicas_of_existing(env.conn, 2, 3), 2);
+}
+END_TEST
+
 START_TEST(a_changed_command_ttl_reaches_the_existing_bucket)
 {
     /* The command-id bucket made by an earlier start takes the TTL (and replicas) asked for
@@ -2223,6 +2297,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
+    tcase_add_test(tc, an_existing_stream_keeps_what_jetledger_does_not_manage);
     tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);

@@ -1806,10 +1806,23 @@ START_TEST(config_flag_without_value_is_invalid)
     ck_assert_int_eq(load(&cfg, err, sizeof(err), NULL), JL_ERR_INVALID);
     ck_assert_msg(strstr(err, "JL_DURABLE") != NULL, "err: %s", err);
     unsetenv("JL_DURABLE");
-    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--durable=", NULL), JL_OK); /* the default */
-    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--data-dir=", NULL), JL_ERR_INVALID);
-    ck_assert_msg(strstr(err, "must not be empty") != NULL, "err: %s", err);
+    /* An empty value is a mistake ("--durable $INSTANCE" with it unset), not the default. */
+    const char *empty[][2] = {{"--durable=", NULL},  {"--durable", ""}, {"--data-dir=", NULL},
+                              {"--nats-url=", NULL}, {"--name", ""},    {"--creds=", NULL},
+                              {"--ready-file", ""}};
+    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
+        err[0] = 0;
+        ck_assert_int_eq(load(&cfg, err, sizeof(err), empty[i][0], empty[i][1], NULL),
+                         JL_ERR_INVALID);
+        ck_assert_msg(strstr(err, "needs a value, not an empty one") != NULL, "%s: %s", empty[i][0],
+                      err);
+    }
     ck_assert_str_eq(cfg.name, "--odd");
+    ck_assert_str_eq(cfg.durable, "");
+    /* Empty in the environment is unset (as manifests leave them). */
+    setenv("JL_DURABLE", "", 1);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), NULL), JL_OK);
+    unsetenv("JL_DURABLE");
 }
 END_TEST
 

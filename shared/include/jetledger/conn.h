@@ -75,13 +75,25 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 void jl_conn_close(jl_conn *c, int64_t timeout_ms);
 
 /**
+ * Subscribe @p cb to @p subject (in queue group @p queue, or none when NULL) and watch it from
+ * the start, so that jl_conn_sub_stop() knows when its handler returned for the last time even
+ * once the connection has closed (libnats refuses to watch a closed subscription). Use it for
+ * every subscription whose handler uses memory the caller frees after jl_conn_sub_stop().
+ * @return the client library's status (*@p out is set on NATS_OK).
+ */
+natsStatus jl_conn_subscribe(jl_conn *c, natsSubscription **out, const char *subject,
+                             const char *queue, natsMsgHandler cb, void *closure);
+
+/**
  * Stop an asynchronous subscription: drain it for up to @p drain_ms (the messages it holds are
  * handled; 0: unsubscribe at once), then wait up to @p wait_ms for its handler to return for
  * the last time (nats.c's on-complete callback; unsubscribing alone does not wait for a
  * handler already running), and jl_conn_settle(). The caller still destroys @p sub. NULL is a
  * no-op.
  * @return true when the handler can no longer run; false when it may still be running at the
- *         deadline: the caller must then leave what the handler uses allocated.
+ *         deadline (or, for a subscription not made by jl_conn_subscribe(), when the closed
+ *         connection closed it first): the caller must then leave what the handler uses
+ *         allocated.
  */
 bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms);
 
@@ -135,6 +147,14 @@ bool jl_version_at_least(const char *v, const char *min);
  * is returned as is.
  */
 int jl_conn_replicas(jl_conn *c, int configured);
+
+/**
+ * Replicas to give a stream (or KV bucket) that exists with @p existing: @p configured when
+ * non-zero, else ("auto") the larger of @p existing and jl_conn_replicas(). Auto never scales
+ * down: a service that starts while a node is down knows fewer servers, and would otherwise
+ * take the stream's copies away.
+ */
+int jl_conn_replicas_of_existing(jl_conn *c, int configured, int64_t existing);
 
 /**
  * Answer a request: encode @p r and publish it to @p reply_to (nothing when NULL or empty). A
