@@ -305,6 +305,59 @@ static void guard_stdio(void)
     }
 }
 
+/*
+ * "tls://" means TLS or nothing (the library would otherwise speak plain text to a server that
+ * does not ask for TLS), for every server then. Each server's certificate must chain to
+ * cfg->tls_ca (else the system's CAs) and carry one name: cfg->tls_hostname, else the host
+ * the URLs share (the library checks one name on every connection; without one it checks
+ * none, and any certificate a public CA signed for any name would do).
+ */
+static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **urls, int nurls,
+                         char *err, size_t errlen)
+{
+    char host[256] = "", other[256], port[16];
+    bool tls = false, differ = false;
+    for (int i = 0; i < nurls; i++)
+        tls = tls || strncasecmp(urls[i], "tls://", 6) == 0;
+    if (!tls)
+        return JL_OK;
+    for (int i = 0; i < nurls && !differ; i++) {
+        if (parse_host_port(urls[i], other, sizeof(other), port, sizeof(port)) != JL_OK)
+            continue; /* url_usable() said why already */
+        if (other[0] == 0)
+            snprintf(other, sizeof(other), "localhost"); /* as the library reads it */
+        if (i > 0 && strcasecmp(host, other) != 0)
+            differ = true;
+        else
+            snprintf(host, sizeof(host), "%s", other);
+    }
+    const char *expect = cfg->tls_hostname[0] != 0 ? cfg->tls_hostname : host;
+    if (cfg->tls_hostname[0] == 0 && differ) {
+        snprintf(err, errlen,
+                 "the tls:// server list names hosts '%s' and '%s': the client checks one name "
+                 "on every server's certificate; give --tls-hostname (JL_TLS_HOSTNAME), a name "
+                 "each server's certificate carries",
+                 host, other);
+        return JL_ERR_INVALID;
+    }
+    natsStatus ns = natsOptions_SetSecure(opts, true);
+    if (ns == NATS_OK && cfg->tls_ca[0] != 0) {
+        ns = natsOptions_LoadCATrustedCertificates(opts, cfg->tls_ca);
+        if (ns != NATS_OK) {
+            snprintf(err, errlen, "cannot load CA certificates from %s (--tls-ca): %s", cfg->tls_ca,
+                     natsStatus_GetText(ns));
+            return JL_ERR_INVALID;
+        }
+    }
+    if (ns == NATS_OK)
+        ns = natsOptions_SetExpectedHostname(opts, expect);
+    if (ns != NATS_OK) {
+        snprintf(err, errlen, "cannot set up TLS: %s", natsStatus_GetText(ns));
+        return JL_ERR_INVALID;
+    }
+    return JL_OK;
+}
+
 jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const char *client_name,
                              int64_t connect_wait_ms, unsigned flags, char *err, size_t errlen)
 {
@@ -349,14 +402,8 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         ns = natsOptions_SetServers(opts, urls, nurls);
     if (ns == NATS_OK)
         ns = natsOptions_SetName(opts, client_name);
-    /* "tls://" means TLS or nothing; the library would otherwise speak plain text to a server
-     * that does not ask for TLS. */
-    for (int i = 0; ns == NATS_OK && i < nurls; i++) {
-        if (strncasecmp(urls[i], "tls://", 6) == 0) {
-            ns = natsOptions_SetSecure(opts, true);
-            break;
-        }
-    }
+    if (ns == NATS_OK && (s = set_tls(opts, cfg, urls, nurls, err, errlen)) != JL_OK)
+        goto done;
     /* Services must outlive any server restart: reconnect forever, with jitter. */
     if (ns == NATS_OK)
         ns = natsOptions_SetMaxReconnect(opts, -1);

@@ -1370,7 +1370,7 @@ int jl_proc_spawn_tmpfs(pid_t *out, const char *const argv[], const char *const 
 int jl_tmpfs_resize(pid_t pid, const char *dir, const char *size)
 {
     char line[PATH_MAX + 200];
-    snprintf(line, sizeof(line), "nsenter -t %d -m mount -o remount,size=%s '%s'", (int)pid, size,
-             dir);
+    snprintf(line, sizeof(line), "nsenter -t %d -m -r mount -o remount,size=%s '%s'", (int)pid,
+             size, dir);
     return system(line) == 0 ? 0 : -1;
 }

@@ -2269,6 +2269,87 @@ START_TEST(a_command_that_waited_past_its_deadline_is_not_run)
 }
 END_TEST
 
+/* ---- TLS --------------------------------------------------------------------------------- */
+
+/* A CA and a server certificate for "localhost" and 127.0.0.1 it signed, made in @p dir. */
+static void make_certs(const char *dir)
+{
+    char cmd[4096];
+    int n = snprintf(cmd, sizeof(cmd),
+                     "(cd '%s' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out "
+                     "ca.pem -days 2 -subj /CN=jl-test-ca && openssl req -newkey rsa:2048 -nodes "
+                     "-keyout srv.key -out srv.csr -subj /CN=jl-test-server && printf "
+                     "'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' >ext.cnf && openssl x509 "
+                     "-req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days "
+                     "2 -extfile ext.cnf) >'%s/openssl.log' 2>&1",
+                     dir, dir);
+    ck_assert(n > 0 && (size_t)n < sizeof(cmd));
+    ck_assert_msg(system(cmd) == 0, "openssl failed: see %s/openssl.log", dir);
+}
+
+/* jl_conn_open() to @p urls with @p ca and @p hostname ("" none): its status, why in @p err. */
+static jl_status tls_open(const char *urls, const char *ca, const char *hostname, char *err,
+                          size_t errlen)
+{
+    jl_config cfg;
+    jl_config_init(&cfg);
+    snprintf(cfg.nats_url, sizeof(cfg.nats_url), "%s", urls);
+    snprintf(cfg.tls_ca, sizeof(cfg.tls_ca), "%s", ca);
+    snprintf(cfg.tls_hostname, sizeof(cfg.tls_hostname), "%s", hostname);
+    jl_conn *c = NULL;
+    err[0] = 0;
+    jl_status s = jl_conn_open(&c, &cfg, "tls-test", 0, err, errlen);
+    if (s == JL_OK) {
+        ck_assert_int_eq(natsConnection_Status(jl_conn_nats(c)), NATS_CONN_STATUS_CONNECTED);
+        jl_conn_close(c, 0);
+    }
+    return s;
+}
+
+START_TEST(tls_servers_are_checked_for_their_ca_and_name)
+{
+    /* A certificate must chain to the CA given (or the system's) and carry the name the URLs
+     * share, or the one given: any other server is refused, saying why. */
+    char dir[512], ca[600], conf[1400], err[1024];
+    ck_assert_int_eq(jl_tmpdir(dir, sizeof(dir)), 0);
+    make_certs(dir);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    snprintf(conf, sizeof(conf),
+             "tls {\n  cert_file: \"%s/srv.pem\"\n  key_file: \"%s/srv.key\"\n}\n", dir, dir);
+    jl_natsd_opts o;
+    jl_natsd_opts_init(&o);
+    o.jetstream = false;
+    o.extra_config = conf;
+    jl_natsd *d = NULL;
+    ck_assert_int_eq(jl_natsd_start(&d, &o), 0);
+    int port = jl_natsd_port(d);
+    char ip[64], name[64], both[160];
+    snprintf(ip, sizeof(ip), "tls://127.0.0.1:%d", port);
+    snprintf(name, sizeof(name), "tls://localhost:%d", port);
+    snprintf(both, sizeof(both), "%s,%s", name, ip);
+
+    ck_assert_msg(tls_open(ip, ca, "", err, sizeof(err)) == JL_OK, "%s", err);
+    ck_assert_msg(tls_open(name, ca, "", err, sizeof(err)) == JL_OK, "%s", err);
+    /* Not signed by a CA the system trusts. */
+    ck_assert_int_ne(tls_open(ip, "", "", err, sizeof(err)), JL_OK);
+    ck_assert_msg(strstr(err, "unable to get local issuer certificate") != NULL, "%s", err);
+    /* Signed, but for other names. */
+    ck_assert_int_ne(tls_open(ip, ca, "nats.example", err, sizeof(err)), JL_OK);
+    ck_assert_msg(strstr(err, "hostname mismatch") != NULL, "%s", err);
+    /* Two names in the list: which one to check is for the user to say. */
+    ck_assert_int_eq(tls_open(both, ca, "", err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "--tls-hostname") != NULL, "%s", err);
+    ck_assert_msg(tls_open(both, ca, "localhost", err, sizeof(err)) == JL_OK, "%s", err);
+    /* A CA file that is none. */
+    snprintf(ca, sizeof(ca), "%s/missing.pem", dir);
+    ck_assert_int_eq(tls_open(ip, ca, "", err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "cannot load CA certificates from") != NULL, "%s", err);
+
+    jl_natsd_destroy(d);
+    jl_rm_rf(dir);
+}
+END_TEST
+
 Suite *orders_suite(void)
 {
     Suite *s = suite_create("orders_integration");
@@ -2316,6 +2397,11 @@ Suite *orders_suite(void)
     tcase_add_test(tc, closing_while_appends_find_no_stream_frees_nothing_in_use);
     tcase_add_test(tc, appends_that_find_no_stream_are_sent_again_until_it_is_back);
     tcase_add_test(tc, commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("tls");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, tls_servers_are_checked_for_their_ca_and_name);
     suite_add_tcase(s, tc);
     return s;
 }

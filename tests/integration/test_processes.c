@@ -586,7 +586,7 @@ static void copy_out(pid_t pid, const char *db, const char *copy)
 {
     char line[PATH_MAX * 2 + 200];
     unlink(copy);
-    snprintf(line, sizeof(line), "nsenter -t %d -m sqlite3 -readonly '%s' \".backup '%s'\"",
+    snprintf(line, sizeof(line), "nsenter -t %d -m -r sqlite3 -readonly '%s' \".backup '%s'\"",
              (int)pid, db, copy);
     ck_assert_msg(system(line) == 0, "%s failed", line);
 }
@@ -1020,7 +1020,7 @@ typedef struct not_nats {
     int fd;
     int port;
     bool hold;
-    int held[8];
+    int held[64]; /* more than the services open in their 30 s of trying */
     int n_held;
     atomic_bool stop;
     pthread_t thread;

@@ -353,7 +353,8 @@ int main(int argc, char **argv)
         return CLI_USAGE;
     }
     /* Only what the CLI uses: the services' settings are refused, not taken and ignored. */
-    static const char *const settings[] = {"nats-url", "creds", "request-timeout", NULL};
+    static const char *const settings[] = {"nats-url",     "creds",           "tls-ca",
+                                           "tls-hostname", "request-timeout", NULL};
     jl_status s =
         jl_config_load_only(&ctx.cfg, settings, argc, argv, pos, 16, &npos, err, sizeof(err));
     if (s == JL_ERR_STOPPED || (s == JL_OK && npos > 0 && strcmp(argv[pos[0]], "help") == 0)) {
