@@ -466,16 +466,10 @@ static void expect_live_as_before(const runner *live, const char *before)
     ck_assert_int_eq(files_named(live->dir, ".rebuild-"), 0);
 }
 
-START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
+/* Start a rebuild from the start and wait until it has applied 500 of the stream's @p last
+ * messages, with well over 1,000 left to read. */
+static void start_rebuild_midway(uint64_t last)
 {
-    /* A stream's limits trim its first messages while a rebuild from them runs: a model built
-     * without the ones removed before they were read would lack what they built, and replace
-     * the live model that has it. The rebuild fails saying so; live stays as it was. */
-    runner live;
-    live_on_seeded(&live, "trim", 30000, 0, 0);
-    char before[1024], range[64];
-    live_file(live.dir, before, sizeof(before));
-    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
     jl_code code;
     char why[512];
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
@@ -494,8 +488,21 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
                   "the rebuild went too fast to trim behind it: %s at %" PRIu64, st->state,
                   st->applied);
     jetledger__rebuild_status__free_unpacked(st, NULL);
+}
+
+START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
+{
+    /* A stream's limits trim its first messages while a rebuild from them runs: a model built
+     * without the ones removed before they were read would lack what they built, and replace
+     * the live model that has it. The rebuild fails saying so; live stays as it was. */
+    runner live;
+    live_on_seeded(&live, "trim", 30000, 0, 0);
+    char before[1024], range[64];
+    live_file(live.dir, before, sizeof(before));
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    start_rebuild_midway(last);
     purge_before(last - 500);
-    st = wait_job_end();
+    Jetledger__RebuildStatus *st = wait_job_end();
     ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
     snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last - 501);
     ck_assert_msg(strstr(st->error, "no longer holds sequences") != NULL &&
@@ -504,6 +511,30 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
     jetledger__rebuild_status__free_unpacked(st, NULL);
     expect_live_as_before(&live, before);
     ck_assert_uint_eq(jl_projector_checkpoint(live.p), last);
+    runner_stop(&live);
+}
+END_TEST
+
+START_TEST(a_stream_emptied_under_a_rebuild_fails_it)
+{
+    /* Purged whole while a rebuild reads it: nothing more is delivered, short of the live
+     * checkpoint. The rebuild fails saying what was lost (it neither waits for messages that
+     * will never come nor switches in a model without them); live stays as it was. */
+    runner live;
+    live_on_seeded(&live, "purge", 30000, 0, 0);
+    char before[1024], range[64];
+    live_file(live.dir, before, sizeof(before));
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    start_rebuild_midway(last);
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    Jetledger__RebuildStatus *st = wait_job_end();
+    ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
+    snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last);
+    ck_assert_msg(strstr(st->error, "no longer holds sequences") != NULL &&
+                      strstr(st->error, range) != NULL,
+                  "%s", st->error);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    expect_live_as_before(&live, before);
     runner_stop(&live);
 }
 END_TEST
@@ -1312,6 +1343,7 @@ int main(void)
     tcase_add_test(tc, verify_reports_match_then_the_altered_row);
     tcase_add_test(tc, bad_offsets_are_refused_and_change_nothing);
     tcase_add_test(tc, messages_trimmed_before_the_rebuild_read_them_fail_it);
+    tcase_add_test(tc, a_stream_emptied_under_a_rebuild_fails_it);
     tcase_add_test(tc, a_cancel_stops_only_the_job_it_names);
     tcase_add_test(tc, a_projector_behind_what_the_stream_still_holds_says_so);
     tcase_add_test(tc, a_projector_catching_up_while_the_stream_is_trimmed_says_so);
