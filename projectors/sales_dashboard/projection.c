@@ -282,7 +282,7 @@ static bool sum_overflowed(jl_db *db, int rc, const char *what, jl_reply *out)
         return false;
     jl_reply_error(out, JL_CODE_INVALID,
                    "%s: the revenue over this range exceeds a 64-bit count of cents; narrow "
-                   "from_day and to_day",
+                   "from_day and to_day (a series over every sku: or ask for one sku)",
                    what);
     return true;
 }

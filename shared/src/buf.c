@@ -14,6 +14,7 @@ void jl_buf_init(jl_buf *b, size_t cap)
     b->len = 0;
     b->alloc = 0;
     b->cap = cap;
+    b->err = JL_OK;
 }
 
 void jl_buf_cleanup(jl_buf *b)
@@ -24,13 +25,23 @@ void jl_buf_cleanup(jl_buf *b)
     b->data = NULL;
     b->len = 0;
     b->alloc = 0;
+    b->err = JL_OK;
 }
 
 void jl_buf_reset(jl_buf *b)
 {
     b->len = 0;
+    b->err = JL_OK;
     if (b->data != NULL)
         b->data[0] = 0;
+}
+
+/* Note @p s as the buffer's first failure; return it. */
+static jl_status failed(jl_buf *b, jl_status s)
+{
+    if (b->err == JL_OK)
+        b->err = s;
+    return s;
 }
 
 jl_status jl_buf_reserve(jl_buf *b, size_t n, uint8_t **out_p)
@@ -38,7 +49,7 @@ jl_status jl_buf_reserve(jl_buf *b, size_t n, uint8_t **out_p)
     /* Checked before any arithmetic can overflow: len <= cap always holds, and the +1 for the
      * trailing NUL must fit in a size_t too. */
     if (n > b->cap - b->len || n >= SIZE_MAX - b->len)
-        return JL_ERR_TOO_LARGE;
+        return failed(b, JL_ERR_TOO_LARGE);
     size_t need = b->len + n + 1;
     if (need > b->alloc) {
         size_t a = b->alloc ? b->alloc : 64;
@@ -48,7 +59,7 @@ jl_status jl_buf_reserve(jl_buf *b, size_t n, uint8_t **out_p)
             a = b->cap + 1;
         uint8_t *p = realloc(b->data, a);
         if (p == NULL)
-            return JL_ERR_NOMEM;
+            return failed(b, JL_ERR_NOMEM);
         b->data = p;
         b->alloc = a;
     }
@@ -87,7 +98,7 @@ jl_status jl_buf_vaddf(jl_buf *b, const char *fmt, va_list ap)
     int n = vsnprintf(NULL, 0, fmt, ap2);
     va_end(ap2);
     if (n < 0)
-        return JL_ERR_INVALID;
+        return failed(b, JL_ERR_INVALID);
     uint8_t *dst = NULL;
     jl_status s = jl_buf_reserve(b, (size_t)n, &dst);
     if (s != JL_OK)

@@ -100,6 +100,26 @@ START_TEST(buf_append_to_exactly_cap_succeeds_one_more_byte_is_too_large)
 }
 END_TEST
 
+START_TEST(buf_remembers_its_first_failed_append_until_reset)
+{
+    /* Text built in many appends: one too large, then a smaller one that fits, would read
+     * as whole; err says it is not. */
+    jl_buf b;
+    jl_buf_init(&b, 8);
+    ck_assert_int_eq(b.err, JL_OK);
+    ck_assert_int_eq(jl_buf_adds(&b, "abc"), JL_OK);
+    ck_assert_int_eq(jl_buf_adds(&b, "defghij"), JL_ERR_TOO_LARGE);
+    ck_assert_int_eq(jl_buf_adds(&b, "}"), JL_OK);
+    ck_assert_str_eq(jl_buf_str(&b), "abc}");
+    ck_assert_int_eq(b.err, JL_ERR_TOO_LARGE);
+    jl_buf_reset(&b);
+    ck_assert_int_eq(b.err, JL_OK);
+    ck_assert_int_eq(jl_buf_adds(&b, "abc"), JL_OK);
+    ck_assert_int_eq(b.err, JL_OK);
+    jl_buf_cleanup(&b);
+}
+END_TEST
+
 START_TEST(buf_oversize_first_append_leaves_buffer_empty_and_unallocated)
 {
     jl_buf b;
@@ -3231,6 +3251,7 @@ static Suite *core_suite(void)
     tc = tcase_create("buf");
     tcase_add_test(tc, buf_append_to_exactly_cap_succeeds_one_more_byte_is_too_large);
     tcase_add_test(tc, buf_oversize_first_append_leaves_buffer_empty_and_unallocated);
+    tcase_add_test(tc, buf_remembers_its_first_failed_append_until_reset);
     tcase_add_test(tc, buf_contents_are_nul_terminated_after_every_append);
     tcase_add_test(tc, buf_reserve_then_commit_accounts_written_bytes);
     tcase_add_test(tc, buf_addf_formats_long_text_exactly);

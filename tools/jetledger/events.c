@@ -85,7 +85,9 @@ int cli_events(cli_ctx *ctx)
     /* The stream is named from the service in upper case: "Orders" finds ORDERS, whose
      * subjects are orders.events.>, and a filter on Orders.events.> would read nothing. */
     jsStreamInfo *si = NULL;
+    uint64_t end_seq = UINT64_MAX; /* the stream's last sequence now: what is stored, no more */
     if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, &jerr) == NATS_OK) {
+        end_seq = si->State.LastSeq;
         char want[128];
         bool holds = false;
         snprintf(want, sizeof(want), "%s.events.>", service);
@@ -152,7 +154,9 @@ int cli_events(cli_ctx *ctx)
         jsMsgMetaData *meta = NULL;
         if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
             print_commit(m, meta->Sequence.Stream, &line);
-            pending = meta->NumPending;
+            /* Events appended since the start are not what was asked for: with producers
+             * writing faster than this prints, it would never end. */
+            pending = meta->Sequence.Stream >= end_seq ? 0 : meta->NumPending;
             jsMsgMetaData_Destroy(meta);
         }
         natsMsg_Destroy(m);

@@ -125,8 +125,9 @@ static void format_eta(char *out, size_t n, double secs)
         snprintf(out, n, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
 }
 
-/* "rebuild order_summary: 123456/200000 events  61.7%  45210 ev/s  ETA 2s": on a terminal one
- * line redrawn in place, elsewhere a line a second (and the last one). */
+/* "rebuild order_summary: 123456/200000 messages  61.7%  45210 msg/s  ETA 2s" (stream messages,
+ * as the job counts them: a commit holds one or more events): on a terminal one line redrawn
+ * in place, elsewhere a line a second (and the last one). */
 static void show_progress(job *j, const Jetledger__RebuildStatus *st, bool last)
 {
     int64_t t = now_ns();
@@ -139,8 +140,9 @@ static void show_progress(job *j, const Jetledger__RebuildStatus *st, bool last)
     if (rate > 0 && st->total >= st->applied)
         format_eta(eta, sizeof(eta), (double)(st->total - st->applied) / rate);
     char text[512];
-    snprintf(text, sizeof(text), "%s %s: %" PRIu64 "/%" PRIu64 " events  %.1f%%  %.0f ev/s  ETA %s",
-             j->kind, j->projector, st->applied, st->total, pct, rate, eta);
+    snprintf(text, sizeof(text),
+             "%s %s: %" PRIu64 "/%" PRIu64 " messages  %.1f%%  %.0f msg/s  ETA %s", j->kind,
+             j->projector, st->applied, st->total, pct, rate, eta);
     if (j->tty) {
         fprintf(stderr, "\r%s\033[K", text);
         j->line_shown = true;

@@ -312,7 +312,8 @@ static int print_json(const st_all *all)
             jl_buf_adds(&b, ",");
         json_stream(&b, &all->streams[i]);
     }
-    jl_status s = jl_buf_adds(&b, "]}");
+    jl_buf_adds(&b, "]}");
+    jl_status s = b.err; /* any append: a part left out would be JSON of something else */
     if (s == JL_OK)
         puts(jl_buf_str(&b));
     else

@@ -22,6 +22,10 @@ typedef struct jl_buf {
     size_t len;    /**< bytes used, excluding the trailing NUL */
     size_t alloc;  /**< bytes allocated */
     size_t cap;    /**< hard limit on len */
+    /** The first failure of an append since init or reset (JL_OK: none). An append that fails
+     * leaves the buffer as it was, and a smaller one after it may succeed: text built in many
+     * appends is whole only when this is still JL_OK. */
+    jl_status err;
 } jl_buf;
 
 /** Initialise an empty buffer that may hold at most @p cap bytes. Allocates nothing. */
@@ -30,7 +34,7 @@ void jl_buf_init(jl_buf *b, size_t cap);
 /** Free the memory and return the buffer to its initial empty state (cap kept). */
 void jl_buf_cleanup(jl_buf *b);
 
-/** Forget the contents but keep the allocation for reuse. */
+/** Forget the contents (and err) but keep the allocation for reuse. */
 void jl_buf_reset(jl_buf *b);
 
 /**
