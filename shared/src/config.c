@@ -37,10 +37,9 @@ static const key keys[] = {
     STR("nats-url", "NATS_URL", nats_url, "NATS servers, comma-separated"),
     STR("creds", "JL_CREDS", creds, "NATS credentials file"),
     STR("tls-ca", "JL_TLS_CA", tls_ca,
-        "CA certificates (PEM file) that tls:// servers are checked against (default: the "
-        "system's)"),
+        "CA certificates (PEM file) to trust for TLS servers, besides the system's"),
     STR("tls-hostname", "JL_TLS_HOSTNAME", tls_hostname,
-        "name every tls:// server's certificate must carry (default: the URLs' host)"),
+        "name every TLS server's certificate must carry (default: the URLs' host)"),
     STR("data-dir", "JL_DATA_DIR", data_dir, "directory of read-model databases"),
     STR("name", "JL_NAME", name, "instance name (logs, connection name)"),
     STR("durable", "JL_DURABLE", durable, "projector's durable consumer name"),

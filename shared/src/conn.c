@@ -307,10 +307,11 @@ static void guard_stdio(void)
 
 /*
  * "tls://" means TLS or nothing (the library would otherwise speak plain text to a server that
- * does not ask for TLS), for every server then. Each server's certificate must chain to
- * cfg->tls_ca (else the system's CAs) and carry one name: cfg->tls_hostname, else the host
- * the URLs share (the library checks one name on every connection; without one it checks
- * none, and any certificate a public CA signed for any name would do).
+ * does not ask for TLS), for every server then. Each server's certificate must chain to a CA of
+ * the system's or of cfg->tls_ca, and carry one name: cfg->tls_hostname, else the host the
+ * URLs share (the library checks one name on every connection; without one it checks none,
+ * and any certificate a trusted CA signed for any name would do). The same checks are set for
+ * nats:// URLs: a server that requires TLS gets it from the library all the same.
  */
 static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **urls, int nurls,
                          char *err, size_t errlen)
@@ -319,8 +320,6 @@ static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **u
     bool tls = false, differ = false;
     for (int i = 0; i < nurls; i++)
         tls = tls || strncasecmp(urls[i], "tls://", 6) == 0;
-    if (!tls)
-        return JL_OK;
     for (int i = 0; i < nurls && !differ; i++) {
         if (parse_host_port(urls[i], other, sizeof(other), port, sizeof(port)) != JL_OK)
             continue; /* url_usable() said why already */
@@ -331,8 +330,7 @@ static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **u
         else
             snprintf(host, sizeof(host), "%s", other);
     }
-    const char *expect = cfg->tls_hostname[0] != 0 ? cfg->tls_hostname : host;
-    if (cfg->tls_hostname[0] == 0 && differ) {
+    if (tls && cfg->tls_hostname[0] == 0 && differ) {
         snprintf(err, errlen,
                  "the tls:// server list names hosts '%s' and '%s': the client checks one name "
                  "on every server's certificate; give --tls-hostname (JL_TLS_HOSTNAME), a name "
@@ -340,7 +338,10 @@ static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **u
                  host, other);
         return JL_ERR_INVALID;
     }
-    natsStatus ns = natsOptions_SetSecure(opts, true);
+    /* Without a name to check (nats:// URLs of several hosts), a server that requires TLS is
+     * checked for its CA only: say --tls-hostname to have its name checked too. */
+    const char *expect = cfg->tls_hostname[0] != 0 ? cfg->tls_hostname : differ ? NULL : host;
+    natsStatus ns = tls ? natsOptions_SetSecure(opts, true) : NATS_OK;
     if (ns == NATS_OK && cfg->tls_ca[0] != 0) {
         ns = natsOptions_LoadCATrustedCertificates(opts, cfg->tls_ca);
         if (ns != NATS_OK) {
@@ -349,7 +350,7 @@ static jl_status set_tls(natsOptions *opts, const jl_config *cfg, const char **u
             return JL_ERR_INVALID;
         }
     }
-    if (ns == NATS_OK)
+    if (ns == NATS_OK && expect != NULL && expect[0] != 0)
         ns = natsOptions_SetExpectedHostname(opts, expect);
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot set up TLS: %s", natsStatus_GetText(ns));

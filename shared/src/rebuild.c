@@ -542,7 +542,8 @@ static void run_job(jl_projector *p, jl__job *j)
                         s = JL_ERR_INTERNAL;
                     }
                 }
-                if (s == JL_OK && j->from_time_ns != 0)
+                /* (A source whose stream was never made has nothing before the time.) */
+                if (s == JL_OK && j->from_time_ns != 0 && c.src[i].reader.sub != NULL)
                     s = check_time_start(&c, i, target);
                 /* Messages the live side filtered out never come; both stand at target now. */
                 c.src[i].checkpoint = target;

@@ -2340,6 +2340,13 @@ START_TEST(tls_servers_are_checked_for_their_ca_and_name)
     ck_assert_int_eq(tls_open(both, ca, "", err, sizeof(err)), JL_ERR_INVALID);
     ck_assert_msg(strstr(err, "--tls-hostname") != NULL, "%s", err);
     ck_assert_msg(tls_open(both, ca, "localhost", err, sizeof(err)) == JL_OK, "%s", err);
+    /* nats:// to a server that requires TLS: the library goes TLS by itself, with the same
+     * checks. */
+    char plain[64];
+    snprintf(plain, sizeof(plain), "nats://127.0.0.1:%d", port);
+    ck_assert_msg(tls_open(plain, ca, "", err, sizeof(err)) == JL_OK, "%s", err);
+    ck_assert_int_ne(tls_open(plain, ca, "nats.example", err, sizeof(err)), JL_OK);
+    ck_assert_msg(strstr(err, "hostname mismatch") != NULL, "%s", err);
     /* A CA file that is none. */
     snprintf(ca, sizeof(ca), "%s/missing.pem", dir);
     ck_assert_int_eq(tls_open(ip, ca, "", err, sizeof(err)), JL_ERR_INVALID);

@@ -153,9 +153,10 @@ int cli_events(cli_ctx *ctx)
         }
         jsMsgMetaData *meta = NULL;
         if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
-            print_commit(m, meta->Sequence.Stream, &line);
             /* Events appended since the start are not what was asked for: with producers
              * writing faster than this prints, it would never end. */
+            if (meta->Sequence.Stream <= end_seq)
+                print_commit(m, meta->Sequence.Stream, &line);
             pending = meta->Sequence.Stream >= end_seq ? 0 : meta->NumPending;
             jsMsgMetaData_Destroy(meta);
         }

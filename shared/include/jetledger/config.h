@@ -16,9 +16,9 @@
 #include "jetledger/status.h"
 
 typedef struct jl_config {
-    char nats_url[1024];        /**< NATS_URL / --nats-url: comma-separated server list */
-    char creds[512];            /**< JL_CREDS / --creds: NATS credentials file, "" = none */
-    char tls_ca[512];           /**< JL_TLS_CA / --tls-ca: CA certificates (PEM), "" = system's */
+    char nats_url[1024]; /**< NATS_URL / --nats-url: comma-separated server list */
+    char creds[512];     /**< JL_CREDS / --creds: NATS credentials file, "" = none */
+    char tls_ca[512];    /**< JL_TLS_CA / --tls-ca: CA certificates (PEM), besides the system's */
     char tls_hostname[256];     /**< JL_TLS_HOSTNAME / --tls-hostname: "" = the URLs' host */
     char data_dir[512];         /**< JL_DATA_DIR / --data-dir: where read models live */
     char name[64];              /**< JL_NAME / --name: instance name, e.g. the pod name */
