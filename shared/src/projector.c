@@ -1436,7 +1436,7 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     uint64_t start = r->last_seq != 0 ? r->last_seq + 1 : r->start_seq;
     int64_t start_time = r->last_seq != 0 ? 0 : r->start_time_ns;
     uint64_t last = r->last_seq, hash_seq = r->hash_seq, hash = r->hash;
-    uint64_t gap_from = r->gap_from, gap_to = r->gap_to;
+    uint64_t gap_from = r->gap_from, gap_to = r->gap_to, first = r->first_seq;
     int64_t created = r->created;
     char err[256];
     if (!gone)
@@ -1457,6 +1457,8 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
     r->hash = hash;
     r->gap_from = gap_from;
     r->gap_to = gap_to;
+    if (first != 0 && first < r->first_seq)
+        r->first_seq = first; /* what it expects first, if nothing was read yet, stays */
     if (s == JL_OK && created != 0 && r->created != created && hash_seq != 0) {
         /* Created anew since (deleted and created again, or only its time changed: a restore,
          * a restart after an update): read on only if it still holds what was read. */

@@ -70,6 +70,7 @@ struct jl__job {
     /* request */
     bool verify;
     bool keep_old;
+    bool from_trimmed; /* from the start of a stream whose first messages are gone (allowed) */
     uint64_t from_seq;
     int64_t from_time_ns;
     job_status st;
@@ -488,6 +489,15 @@ static void run_job(jl_projector *p, jl__job *j)
         s = jl__proj_create_schema(p, c.db, c.err, sizeof(c.err));
     for (int i = 0; s == JL_OK && i < p->n_src; i++)
         s = subscribe(&c, i);
+    /* From the start: each stream held its first message when the job was checked (or the job
+     * would not run), so its reader expects that one. A purge or trim since, before the reader
+     * opened, is then a gap it tells, not a start further on. */
+    for (int i = 0;
+         s == JL_OK && j->from_seq == 0 && j->from_time_ns == 0 && !j->from_trimmed && i < p->n_src;
+         i++) {
+        if (c.src[i].reader.first_seq > 1)
+            c.src[i].reader.first_seq = 1;
+    }
 
     /* Follow each source's live checkpoint until every one is caught up with it. */
     int64_t last_progress = 0;
@@ -666,6 +676,7 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
     jl__job *j = p->job;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
+    bool from_trimmed = false;
 
     pthread_mutex_lock(&j->mu);
     bool busy = j->st.state == JOB_RUNNING;
@@ -761,6 +772,7 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
         if (automatic) {
             /* The new version cannot run on the old file: go on, and keep the old one. */
             keep_old = true;
+            from_trimmed = true;
             jl_log(JL_LOG_WARN, "stream no longer holds its first messages",
                    "\"stream\":\"%s\",\"first_seq\":%" PRIu64 ",\"detail\":\"the rebuilt model "
                    "lacks what messages 1 to %" PRIu64
@@ -789,6 +801,7 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
     snprintf(j->st.reason, sizeof(j->st.reason), "%s", reason);
     j->verify = verify;
     j->keep_old = keep_old;
+    j->from_trimmed = from_trimmed;
     j->from_seq = from_seq;
     j->from_time_ns = from_time_ns;
     atomic_store(&j->cancel, false);
