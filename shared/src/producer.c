@@ -782,8 +782,12 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
     char id[2 * JL_MAX_ID_LEN + 8]; /* a client's text: escaped */
     jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
            jl_log_str(id, sizeof(id), c->cmd_id), why);
+    /* The cached state holds the commit while nothing records its id: a repeat past the
+     * duplicate window would be decided again on it. Forgotten, the aggregate is read again
+     * for the next command, and the read finds the commit by its id (also when this was a
+     * repeat whose commit a read just found). */
     jl__cache_entry *e = c->entry;
-    if (e != NULL && c->appended) /* a repeat's commit was just found by a read: no reset */
+    if (e != NULL)
         forget_entry(p, e);
     c->snapshot_due = false;
 }
@@ -803,6 +807,10 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
     r->aggregate_version = version;
     r->stream_seq = seq;
     r->duplicate = true;
+    /* Never appended (its commit was found by a read): the record's resends need a deadline
+     * all the same, the one an append would have had. */
+    if (c->deadline_ns == 0)
+        c->deadline_ns = c->received_ns + p->append_timeout_ms * 1000000LL;
     if (c->client_id && p->commands != NULL && !p->closing && record_async(p, c, r)) {
         c->stored_duplicate = true;
         return true;
@@ -1664,11 +1672,13 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         r->duplicate = c->stored_duplicate;
         finish_stored(p, c, r);
         release_entry(p, e);
-    } else if (pa != NULL && pa->Duplicate && pa->Sequence == 0) {
+    } else if ((pa != NULL && pa->Duplicate && pa->Sequence == 0) ||
+               (pa == NULL && pae->ErrCode == JL_JS_DUPLICATE_IN_PROCESS)) {
         /* No sequence means not stored (yet): an earlier copy of this very message is still
          * being stored, or, on older servers, was dropped by a leader election and
-         * blocks its id. Never an OK: ask again (the pause lets the copy land) until the
-         * deadline, then say the outcome is unknown. */
+         * blocks its id (newer servers say the first as error 10158). Never an OK, nor "not
+         * stored": ask again (the pause lets the copy land) until the deadline, then say the
+         * outcome is unknown. */
         jl_log(JL_LOG_INFO, "earlier copy in process, resending", "\"subject\":\"%s\"", c->subject);
         natsStatus ns = resend(p, js, &msg, c, NATS_NO_RESPONDERS);
         if (ns != NATS_OK) {
@@ -1711,13 +1721,13 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
             finish_stored(p, c, r);
             release_entry(p, e);
         }
-    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr && p->closing) {
+    } else if (jl_js_wrong_last_seq(pae->ErrCode) && p->closing) {
         /* Past the close's wait: no more reads (p->loads is going away). */
         e->stale = true;
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
         finish(p, c, r);
         release_entry(p, e);
-    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr && c->attempts++ < p->retries) {
+    } else if (jl_js_wrong_last_seq(pae->ErrCode) && c->attempts++ < p->retries) {
         /* Another writer got there first: read what it wrote on a worker, without the lock
          * (another replica writing the same aggregates makes this common), then decide again,
          * unless what it wrote is this very command, sent twice (load_done). */
@@ -1726,7 +1736,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                c->subject, c->attempts);
         c->catching_up = true;
         to_read = c;
-    } else if (pae->ErrCode == JSStreamWrongLastSequenceErr) {
+    } else if (jl_js_wrong_last_seq(pae->ErrCode)) {
         p->stats.conflicts++;
         e->stale = true; /* behind the stream: the next command reads what it missed */
         jl_reply_error(r, JL_CODE_CONFLICT,
@@ -1807,15 +1817,18 @@ static void submit(jl_producer *p, const request *rq)
     pthread_mutex_lock(&p->mu);
     cmd *c = cmd_new(p);
     if (c == NULL) {
-        if (rq->sync != NULL) { /* a direct caller waits for an answer */
-            jl_reply_reset(r);
-            jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory; not decided: try again");
+        /* Out of memory: not decided, to be sent again (the reply needs no more memory than
+         * the shared one). */
+        jl_reply_reset(r);
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory; not decided: try again");
+        if (rq->sync != NULL) /* a direct caller waits for an answer */
             answer_sync(rq->sync, r);
-        }
+        else if (req != NULL)
+            (void)jl_reply_send(jl_conn_nats(p->conn), natsMsg_GetReply(req), r, &p->reply_bytes);
         pthread_mutex_unlock(&p->mu);
         known_free(known);
         natsMsg_Destroy(req);
-        return; /* out of memory: a requester over NATS times out */
+        return;
     }
     c->req = req;
     c->sync = rq->sync;

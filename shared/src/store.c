@@ -243,6 +243,11 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
     return s;
 }
 
+bool jl_js_wrong_last_seq(int err_code)
+{
+    return err_code == JSStreamWrongLastSequenceErr || err_code == JL_JS_WRONG_LAST_SEQ_CONST;
+}
+
 jl_status jl_store_open(jl_store **out_store, jl_conn *conn, const jl_store_cfg *cfg, char *err,
                         size_t errlen)
 {
@@ -315,7 +320,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             *out_duplicate = pa->Duplicate;
             break;
         }
-        if (jerr == JSStreamWrongLastSequenceErr) {
+        if (jl_js_wrong_last_seq(jerr)) {
             set_err(st, "%s changed since it was read (expected last sequence %" PRIu64 ")",
                     a->subject, a->expected_last_seq);
             s = JL_ERR_CONFLICT;

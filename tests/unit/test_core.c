@@ -39,6 +39,7 @@
 #include "jetledger/projector.h"
 #include "jetledger/registry.h"
 #include "jetledger/status.h"
+#include "jetledger/store.h"
 #include "orders/orders.pb-c.h"
 #include "cache.h"
 #include "codec_int.h"
@@ -2448,6 +2449,18 @@ static void fake_server_stop(fake_server *fs)
 
 #define INFO_2_9_10 "INFO {\"server_id\":\"x\",\"version\":\"2.9.10\",\"proto\":1}\r\n"
 
+START_TEST(wrong_last_sequence_is_told_by_either_code)
+{
+    /* 10071 with the sequence, 10164 without (a clustered stream, newer servers): both a lost
+     * race, to decide again; "duplicate message id in process" (10158) is not one. */
+    ck_assert(jl_js_wrong_last_seq(10071));
+    ck_assert(jl_js_wrong_last_seq(JL_JS_WRONG_LAST_SEQ_CONST));
+    ck_assert(!jl_js_wrong_last_seq(JL_JS_DUPLICATE_IN_PROCESS));
+    ck_assert(!jl_js_wrong_last_seq(0));
+    ck_assert(!jl_js_wrong_last_seq(10077));
+}
+END_TEST
+
 START_TEST(probe_reads_version_from_info_line)
 {
     fake_server fs = {0};
@@ -3362,6 +3375,7 @@ static Suite *core_suite(void)
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, version_at_least_compares_dotted_numbers);
     tcase_add_test(tc, status_from_nats_maps_common_statuses);
+    tcase_add_test(tc, wrong_last_sequence_is_told_by_either_code);
     tcase_add_test(tc, probe_reads_version_from_info_line);
     tcase_add_test(tc, probe_reads_info_line_split_across_writes);
     tcase_add_test(tc, probe_url_with_credentials_and_no_scheme_reaches_server);

@@ -21,6 +21,18 @@
 #include "jetledger/conn.h"
 #include "jetledger/status.h"
 
+/** JetStream's "wrong last sequence" without the sequence (err_code 10164): newer servers
+ * answer so on a clustered stream while an earlier write to the subject is in process. libnats
+ * 3.4.1 has no name for it. */
+#define JL_JS_WRONG_LAST_SEQ_CONST 10164
+/** JetStream's "duplicate message id is in process" (err_code 10158): an earlier copy of the
+ * message may yet be stored. */
+#define JL_JS_DUPLICATE_IN_PROCESS 10158
+
+/** Whether @p err_code says an expected last subject sequence did not match (10071, or
+ * JL_JS_WRONG_LAST_SEQ_CONST): another writer got there first. */
+bool jl_js_wrong_last_seq(int err_code);
+
 /** Stream settings. Plain data; jl_store_cfg_init() sets the defaults. */
 typedef struct jl_store_cfg {
     const char *stream;         /**< e.g. "ORDERS" (required) */
