@@ -105,7 +105,7 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
         }
         /* Checked here, as bad usage at once, not once NATS has been reached (or waited for
          * 30 s): what goes into subjects. (No value is empty: the caller refuses that.) */
-        if (k->offset == offsetof(jl_config, durable) && *v != 0 && !jl_valid_name(v)) {
+        if (k->offset == offsetof(jl_config, durable) && !jl_valid_name(v)) {
             snprintf(err, errlen,
                      "%s: '%.64s' must be 1 to %d letters, digits, '_' and '-' (it goes into "
                      "subjects)",

@@ -1522,13 +1522,10 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
         if (meta) {
             /* From a sequence asked for, the first message must be that one; later ones follow
              * on: a gap is noted, for jl__reader_check_gap() to tell what made it. From the
-             * start, the first message held when the reader opened (0: not known, nothing to
-             * check): one removed since, before it was read, is a gap too. */
-            uint64_t expected = reader_expected(r);
-            if (expected >= 1 && seq > expected && r->gap_from == 0) {
-                r->gap_from = expected;
-                r->gap_to = seq - 1;
-            }
+             * start, the first message held when the reader opened (not known: sequence 1):
+             * one removed since, before it was read, is a gap too. */
+            if (seq > reader_expected(r))
+                jl__reader_note_gap(r, seq - 1);
             r->next_cseq = cseq + 1;
             r->last_seq = seq;
             if (r->next == r->list.Count - 1) { /* where a reopen, after a fetch, goes on */

@@ -57,8 +57,9 @@ typedef struct jl__reader {
  * take in the whole stream may explain, and a stream that cannot be asked. */
 jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen);
 
-/* Note that nothing after what @p r handed out up to @p to came, nor will: a gap, unless one is
- * noted already, for jl__reader_check_gap(). */
+/* Note that nothing after what @p r handed out (or before what it expects first: sequence 1
+ * when not known) up to @p to came, nor will: a gap, unless one is noted already, for
+ * jl__reader_check_gap(). */
 void jl__reader_note_gap(jl__reader *r, uint64_t to);
 
 /* Start reading source @p si of @p p at @p start_seq (or @p start_time_ns when non-zero; both 0:

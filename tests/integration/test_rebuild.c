@@ -490,21 +490,21 @@ static void start_rebuild_midway(uint64_t last)
     jetledger__rebuild_status__free_unpacked(st, NULL);
 }
 
-START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
+/* Seed a live model, start a rebuild from the start, and purge the stream under it, keeping
+ * its last @p kept messages: the rebuild fails, naming the sequences lost, and live stays as
+ * it was. */
+static void rebuild_fails_when_purged_under_it(const char *name, uint64_t kept)
 {
-    /* A stream's limits trim its first messages while a rebuild from them runs: a model built
-     * without the ones removed before they were read would lack what they built, and replace
-     * the live model that has it. The rebuild fails saying so; live stays as it was. */
     runner live;
-    live_on_seeded(&live, "trim", 30000, 0, 0);
+    live_on_seeded(&live, name, 30000, 0, 0);
     char before[1024], range[64];
     live_file(live.dir, before, sizeof(before));
     uint64_t last = tstream_last_seq(env.conn, "ORDERS");
     start_rebuild_midway(last);
-    purge_before(last - 500);
+    purge_before(last + 1 - kept);
     Jetledger__RebuildStatus *st = wait_job_end();
     ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
-    snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last - 501);
+    snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last - kept);
     ck_assert_msg(strstr(st->error, "no longer holds sequences") != NULL &&
                       strstr(st->error, range) != NULL,
                   "%s", st->error);
@@ -513,6 +513,14 @@ START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
     ck_assert_uint_eq(jl_projector_checkpoint(live.p), last);
     runner_stop(&live);
 }
+
+START_TEST(messages_trimmed_before_the_rebuild_read_them_fail_it)
+{
+    /* A stream's limits trim its first messages while a rebuild from them runs: a model built
+     * without the ones removed before they were read would lack what they built, and replace
+     * the live model that has it. The rebuild fails saying so; live stays as it was. */
+    rebuild_fails_when_purged_under_it("trim", 501);
+}
 END_TEST
 
 START_TEST(a_stream_emptied_under_a_rebuild_fails_it)
@@ -520,22 +528,7 @@ START_TEST(a_stream_emptied_under_a_rebuild_fails_it)
     /* Purged whole while a rebuild reads it: nothing more is delivered, short of the live
      * checkpoint. The rebuild fails saying what was lost (it neither waits for messages that
      * will never come nor switches in a model without them); live stays as it was. */
-    runner live;
-    live_on_seeded(&live, "purge", 30000, 0, 0);
-    char before[1024], range[64];
-    live_file(live.dir, before, sizeof(before));
-    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
-    start_rebuild_midway(last);
-    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
-    Jetledger__RebuildStatus *st = wait_job_end();
-    ck_assert_msg(strcmp(st->state, "failed") == 0, "%s: %s", st->state, st->error);
-    snprintf(range, sizeof(range), "to %" PRIu64 " (removed", last);
-    ck_assert_msg(strstr(st->error, "no longer holds sequences") != NULL &&
-                      strstr(st->error, range) != NULL,
-                  "%s", st->error);
-    jetledger__rebuild_status__free_unpacked(st, NULL);
-    expect_live_as_before(&live, before);
-    runner_stop(&live);
+    rebuild_fails_when_purged_under_it("purge", 0);
 }
 END_TEST
 
