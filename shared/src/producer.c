@@ -23,6 +23,9 @@
 /* An append refused for no responders (no stream leader yet) is sent again this long after it
  * was sent. */
 #define JL_NO_RESPONDERS_PAUSE_MS 20
+/* An earlier copy still in process: resent after 20 ms, then 40, 80, at most this (the pause
+ * holds the acknowledgement thread: kept short). */
+#define JL_IN_PROCESS_PAUSE_MAX_MS 160
 /* Reads of an aggregate's newer commits when checking a refusal, before giving up. */
 #define VERIFY_READS 5
 /* How long a close waits for a handler still running before it leaves the memory allocated. */
@@ -159,6 +162,7 @@ struct cmd {
     uint64_t first_version;
     bool fresh;        /* a new aggregate under a generated id: nothing to load */
     bool timed_out;    /* an attempt of its append timed out: it may be stored */
+    int in_process;    /* acknowledgements "an earlier copy in process" so far */
     bool client_id;    /* the command id came from the client: remembered, deduplicated */
     bool recording;    /* stored; its command-id record is in flight, then the reply */
     bool snapshot_due; /* a snapshot of the entry waits for the record (see advance) */
@@ -806,16 +810,14 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     r->aggregate_version = version;
     r->stream_seq = seq;
-    r->duplicate = true;
+    /* After a timed-out attempt of ours, what is found may be that attempt: then it is the
+     * only copy, not the repeat of an earlier command. */
+    r->duplicate = !c->timed_out;
     /* Never appended (its commit was found by a read): the record's resends need a deadline
      * all the same, the one an append would have had. */
     if (c->deadline_ns == 0)
         c->deadline_ns = c->received_ns + p->append_timeout_ms * 1000000LL;
-    if (c->client_id && p->commands != NULL && !p->closing && record_async(p, c, r)) {
-        c->stored_duplicate = true;
-        return true;
-    }
-    return false;
+    return c->client_id && p->commands != NULL && !p->closing && record_async(p, c, r);
 }
 
 /* Version of the last event of the commit stored at @p seq (0 when it cannot be read), its
@@ -1003,7 +1005,10 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
  * *@p msg now the library's. Closing past its wait, the context may be going: no resend then. */
 static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsStatus err)
 {
-    int64_t pause_ms = (c->sent_ns + JL_NO_RESPONDERS_PAUSE_MS * 1000000LL - mono_ns()) / 1000000;
+    int64_t pause = JL_NO_RESPONDERS_PAUSE_MS;
+    for (int i = 1; i < c->in_process && pause < JL_IN_PROCESS_PAUSE_MAX_MS; i++)
+        pause = pause * 2 < JL_IN_PROCESS_PAUSE_MAX_MS ? pause * 2 : JL_IN_PROCESS_PAUSE_MAX_MS;
+    int64_t pause_ms = (c->sent_ns + pause * 1000000LL - mono_ns()) / 1000000;
     if (err == NATS_NO_RESPONDERS && pause_ms > 0) {
         /* No leader yet: give it a moment since this message was sent, without the lock
          * (every command would wait); counted in flight meanwhile, so a close waits for it.
@@ -1353,6 +1358,7 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     c->recording = true;
     c->stored_version = r->aggregate_version;
     c->stored_seq = r->stream_seq;
+    c->stored_duplicate = r->duplicate;
     natsStatus ns = kv_put_async(p, p->commands, key, c);
     if (ns != NATS_OK) {
         c->recording = false;
@@ -1678,8 +1684,11 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
          * being stored, or, on older servers, was dropped by a leader election and
          * blocks its id (newer servers say the first as error 10158). Never an OK, nor "not
          * stored": ask again (the pause lets the copy land) until the deadline, then say the
-         * outcome is unknown. */
-        jl_log(JL_LOG_INFO, "earlier copy in process, resending", "\"subject\":\"%s\"", c->subject);
+         * outcome is unknown. Pausing longer each time: the leader is busy. */
+        c->in_process++;
+        jl_log(c->in_process == 1 ? JL_LOG_INFO : JL_LOG_DEBUG,
+               "earlier copy in process, resending", "\"subject\":\"%s\",\"times\":%d", c->subject,
+               c->in_process);
         natsStatus ns = resend(p, js, &msg, c, NATS_NO_RESPONDERS);
         if (ns != NATS_OK) {
             e->stale = true;
@@ -1724,13 +1733,18 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     } else if (jl_js_wrong_last_seq(pae->ErrCode) && p->closing) {
         /* Past the close's wait: no more reads (p->loads is going away). */
         e->stale = true;
-        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again%s",
+                       c->timed_out ? " (the events may or may not be stored)" : "");
         finish(p, c, r);
         release_entry(p, e);
-    } else if (jl_js_wrong_last_seq(pae->ErrCode) && c->attempts++ < p->retries) {
+    } else if (jl_js_wrong_last_seq(pae->ErrCode) &&
+               (c->attempts++ < p->retries || (c->timed_out && c->attempts <= p->retries + 1))) {
         /* Another writer got there first: read what it wrote on a worker, without the lock
          * (another replica writing the same aggregates makes this common), then decide again,
-         * unless what it wrote is this very command, sent twice (load_done). */
+         * unless what it wrote is this very command, sent twice (load_done). A clustered
+         * stream answers a resend of a stored message so, not as a duplicate (it checks the
+         * sequence first): after a timed-out attempt, one read more than the retries allow
+         * finds that copy rather than answer "conflict" for what is stored. */
         p->stats.conflicts++;
         jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
                c->subject, c->attempts);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "jetledger/projector.h"
@@ -207,6 +208,7 @@ typedef struct svc {
     int batch;
     const char *fault; /* NULL, or JL_FAULT_POINT for its next start (see shared/src/fault.c) */
     int fault_after;   /* JL_FAULT_AFTER with it */
+    const char *env;   /* NULL, or one more NAME=value */
 } svc;
 
 static svc svcs[MAX_SVCS];
@@ -233,6 +235,7 @@ static void svc_spawn(svc *s)
                                 "JL_REQUEST_TIMEOUT=10000",
                                 e_fault,
                                 e_after,
+                                s->env,
                                 NULL};
     const char *const argv[] = {path, NULL};
     ck_assert_msg(jl_proc_spawn(&s->pid, argv, envv, s->log) == 0, "spawn %s: %s", path,
@@ -848,6 +851,74 @@ START_TEST(partitioned_node_heals_and_nothing_is_lost)
 }
 END_TEST
 
+/* ---- 5. an append stored after its acknowledgement timed out ---- */
+
+/* A clustered stream answers a resend of a stored message "wrong last sequence", not
+ * "duplicate" (it checks the expected sequence first): the producer must find its own stored
+ * copy, not answer "conflict" for it, even with no retries of lost races left. */
+START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
+{
+    svc *prod = &svcs[0];
+    memset(prod, 0, sizeof(*prod));
+    prod->env = "JL_COMMAND_RETRIES=0";
+    snprintf(prod->bin, sizeof(prod->bin), "orders");
+    snprintf(prod->log, sizeof(prod->log), "%s/orders.log", cl.dir);
+    snprintf(prod->data, sizeof(prod->data), "%s/orders", cl.dir);
+    svc_spawn(prod);
+    char id[JL_UUID_LEN + 1];
+    jl_uuid_new(id);
+    Orders__CreateOrder co = ORDERS__CREATE_ORDER__INIT;
+    co.order_id = id;
+    co.customer_id = "fault";
+    jl_reply r;
+    jl_reply_init(&r);
+    int64_t deadline = tnow_ms() + 60000; /* the producer is up when it answers */
+    while (tsend(conn, "orders", false, &co.base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK) {
+        ck_assert_msg(tnow_ms() < deadline, "the orders producer never accepted a command");
+        nats_Sleep(200);
+    }
+    int leader = stream_leader("ORDERS");
+    ck_assert_int_ge(leader, 0);
+    for (int i = 0; i < NODES; i++)
+        if (i != leader)
+            ck_assert_int_eq(jl_proc_pause(jl_natsd_pid(cl.node[i])), 0);
+    printf("injecting: SIGSTOP of both followers of ORDERS for 4 s, an AddItem sent meanwhile "
+           "(no command id, no retries of lost races)\n");
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) { /* resumes them while the parent waits for the reply */
+        sleep(4);
+        for (int i = 0; i < NODES; i++)
+            if (i != leader)
+                kill(jl_natsd_pid(cl.node[i]), SIGCONT);
+        _exit(0);
+    }
+    ck_assert_int_gt(child, 0);
+    Orders__AddItem ai = ORDERS__ADD_ITEM__INIT;
+    ai.order_id = id;
+    ai.sku = "sku-1";
+    ai.quantity = 1;
+    ai.unit_price_cents = 100;
+    int64_t t0 = tnow_ms();
+    natsStatus ns = tsend(conn, "orders", false, &ai.base, NULL, &r);
+    int status = 0;
+    waitpid(child, &status, 0);
+    printf("reply after %" PRId64 " ms: %s %s (version %" PRIu64 ", sequence %" PRIu64
+           ", duplicate %d)\n",
+           tnow_ms() - t0, ns == NATS_OK ? jl_code_str(r.code) : natsStatus_GetText(ns), r.message,
+           r.aggregate_version, r.stream_seq, (int)r.duplicate);
+    wait_replicas_current("ORDERS", 30000);
+    int stored = tcount_events(conn, "ORDERS", "orders.events.>", "orders.ItemAdded", id);
+    printf("verified: %d ItemAdded of the order in the stream\n", stored);
+    ck_assert_int_eq(stored, 1);
+    ck_assert_int_eq(ns, NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "stored, answered %s: %s", jl_code_str(r.code), r.message);
+    ck_assert(!r.duplicate);
+    ck_assert_uint_eq(r.aggregate_version, 2);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("fault");
@@ -859,5 +930,10 @@ int main(void)
     tcase_add_test(tc, rolling_restart_of_servers_and_services_loses_nothing);
     tcase_add_test(tc, partitioned_node_heals_and_nothing_is_lost);
     suite_add_tcase(s, tc);
+    TCase *resend = tcase_create("resend");
+    tcase_add_checked_fixture(resend, setup, teardown);
+    tcase_set_timeout(resend, 120);
+    tcase_add_test(resend, append_stored_after_a_timeout_is_answered_as_stored);
+    suite_add_tcase(s, resend);
     return trun(s);
 }
