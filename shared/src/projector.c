@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <time.h>
@@ -589,6 +590,43 @@ static void remove_leftovers(jl_projector *p)
     closedir(d);
 }
 
+/*
+ * Take <data-dir>/<name>.lock for as long as @p p is open. Each process skips events up to its
+ * own checkpoint in memory: a second one on the same files would apply again what the first
+ * committed, move the checkpoint back, and remove the first one's rebuild file as a leftover.
+ * The lock goes with the process (flock), so a killed one leaves nothing to clean up.
+ */
+static jl_status lock_data_dir(jl_projector *p, char *err, size_t errlen)
+{
+    char path[1100], pid[32];
+    snprintf(path, sizeof(path), "%s/%s.lock", p->data_dir, p->def->name);
+    p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (p->lock_fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(e));
+        return e == ENOSPC ? JL_ERR_DISK_FULL : JL_ERR_IO;
+    }
+    if (flock(p->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        ssize_t n = pread(p->lock_fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            snprintf(err, errlen,
+                     "%s is in use by another %s process (pid %s holds %s): each instance "
+                     "needs its own --data-dir",
+                     p->data_dir, p->def->name, pid[0] ? pid : "unknown", path);
+        else
+            snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
+        return e == EWOULDBLOCK ? JL_ERR_INVALID : JL_ERR_IO;
+    }
+    /* Who holds it, for that message (best effort: the lock is what counts). */
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(p->lock_fd, 0) != 0 || pwrite(p->lock_fd, pid, (size_t)n, 0) != n)
+        jl_log(JL_LOG_DEBUG, "cannot write the pid into the lock file", "\"file\":\"%s\"", path);
+    return JL_OK;
+}
+
 /* fsync the directory @p dir, making a rename in it durable. False with errno set on failure. */
 static bool sync_dir(const char *dir)
 {
@@ -898,6 +936,13 @@ static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int in
     return s;
 }
 
+/* Status of a transaction SQLite ended itself, by its last error (a full disk says so). */
+static jl_status ended_status(jl_db *db)
+{
+    jl_status s = jl_status_from_sqlite(sqlite3_extended_errcode(jl_db_handle(db)));
+    return s == JL_OK ? JL_ERR_SQLITE : s;
+}
+
 /* Apply one message (a commit) inside the batch transaction. Bad events are parked; only
  * failures of the database come back as errors (with the reason in @p err). In fast mode there
  * are no savepoints: an apply that refuses an event after writing part of it sets
@@ -942,7 +987,7 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
                          "applying %s at sequence %" PRIu64 " failed: the transaction was rolled "
                          "back (%s)",
                          ev.event_type, seq, why[0] ? why : sqlite3_errmsg(jl_db_handle(db)));
-                s = JL_ERR_SQLITE;
+                s = ended_status(db);
                 break;
             }
             if (es == JL_OK) {
@@ -970,7 +1015,7 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
             if (s == JL_OK)
                 s = jl_db_exec(db, "RELEASE jl_event");
             if (s == JL_OK && sqlite3_get_autocommit(jl_db_handle(db)))
-                s = JL_ERR_SQLITE;
+                s = ended_status(db);
             if (s != JL_OK) {
                 snprintf(err, errlen, "undoing the refused %s at sequence %" PRIu64 " failed: %s",
                          ev.event_type, seq, jl_db_errmsg(db));
@@ -1056,7 +1101,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
         /* The batch's transaction is gone (SQLite ended it): its checkpoint must not be written
          * on its own, over events not in the file. */
         snprintf(err, errlen, "the batch's transaction ended early: %s", jl_db_errmsg(db));
-        s = JL_ERR_SQLITE;
+        s = ended_status(db);
     }
     if (s == JL_OK && io->applied > 0)
         s = jl__proj_save_checkpoint(p, db, io->source, io->checkpoint, jl__msg_hash(msgs[last]));
@@ -1813,7 +1858,7 @@ static bool lost_while_idle(jl_projector *p, int i)
 {
     jl__source *src = &p->src[i];
     jsConsumerInfo *ci = NULL;
-    int64_t now = jl__now_ns();
+    int64_t now = jl__mono_ns();
     if (now - src->last_probe_ns < JL_IDLE_PROBE_MS * NS_PER_MS)
         return false;
     src->last_probe_ns = now;
@@ -1931,7 +1976,7 @@ static bool paused_wait(jl_projector *p, int wait_ms)
     if (!atomic_load(&p->paused))
         return false;
     pthread_mutex_lock(&p->apply_mu);
-    int64_t t = jl__now_ns();
+    int64_t t = jl__mono_ns();
     if (!jl__jobs_running(p) && t - p->last_version_try_ns > 10000 * NS_PER_MS) {
         p->last_version_try_ns = t;
         jl__jobs_start_version_rebuild(p);
@@ -1979,7 +2024,7 @@ static void run_source(jl_projector *p, int i)
         if (atomic_load(&p->stopping))
             break; /* a fetch cut short by the stop is not a failure */
         char esc[1200];
-        int64_t t = jl__now_ns();
+        int64_t t = jl__mono_ns();
         /* Waiting for a stream that does not exist yet is normal at start: say it every 10 s. */
         if (s != JL_ERR_NOT_FOUND || t - p->src[i].last_attach_log_ns > 10000 * NS_PER_MS) {
             jl_log(s == JL_ERR_NOT_FOUND ? JL_LOG_WARN : JL_LOG_ERROR, "projector retrying",
@@ -2187,20 +2232,13 @@ static const char *field_str(const ProtobufCMessage *msg, const char *name)
     return *(const char *const *)(const void *)((const uint8_t *)msg + f->offset);
 }
 
-/* Block until source @p i's checkpoint reaches @p min_seq or @p wait_ms passes. */
-static bool wait_for_seq(jl_projector *p, int i, uint64_t min_seq, int64_t wait_ms,
-                         uint64_t *out_seen)
+/* Whether source @p i's checkpoint has reached @p min_seq; the checkpoint into @p out_seen. */
+static bool reached(jl_projector *p, int i, uint64_t min_seq, uint64_t *out_seen)
 {
-    struct timespec until = jl__realtime_in(wait_ms);
     pthread_mutex_lock(&p->mu);
-    while (p->src[i].checkpoint < min_seq && !atomic_load(&p->stopping)) {
-        if (pthread_cond_timedwait(&p->advanced, &p->mu, &until) == ETIMEDOUT)
-            break;
-    }
     *out_seen = p->src[i].checkpoint;
-    bool ok = p->src[i].checkpoint >= min_seq;
     pthread_mutex_unlock(&p->mu);
-    return ok;
+    return *out_seen >= min_seq;
 }
 
 uint32_t jl_query_limit(uint32_t asked, uint32_t dflt, uint32_t max, jl_reply *out)
@@ -2221,34 +2259,36 @@ typedef struct jl__parked {
     struct jl__parked *next;
 } jl__parked;
 
-/* Queries parked at once; beyond, a query waits on the query thread as it comes. */
+/* Queries parked at once. Beyond, a query that would wait is answered "unavailable" at once:
+ * waiting on the query thread would hold up every other query behind it. */
 #define JL_MAX_PARKED 4096
 
-/* Park @p msg until source @p si reaches @p min_seq: true when parked (the waiter owns it
- * now), false when the source is there already or the query must wait where it is. */
-static bool park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq)
+typedef enum { PARK_REACHED, PARKED, PARK_NO_ROOM } park_result;
+
+/* Park @p msg until source @p si reaches @p min_seq (the waiter owns it then), unless the
+ * source is there already or there is no room (too many parked, no memory, stopping). */
+static park_result park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq)
 {
-    jl__parked *w = NULL;
-    bool parked = false;
-    if (msg == NULL || !p->has_waiter || (w = malloc(sizeof(*w))) == NULL)
-        return false;
+    jl__parked *w = p->has_waiter ? malloc(sizeof(*w)) : NULL;
+    park_result got = PARK_NO_ROOM;
     pthread_mutex_lock(&p->mu);
-    if (p->src[si].checkpoint < min_seq && !atomic_load(&p->stopping) &&
-        p->n_parked < JL_MAX_PARKED) {
+    if (p->src[si].checkpoint >= min_seq) {
+        got = PARK_REACHED;
+    } else if (w != NULL && !atomic_load(&p->stopping) && p->n_parked < JL_MAX_PARKED) {
         *w = (jl__parked){.msg = msg,
                           .si = si,
                           .min_seq = min_seq,
-                          .deadline_ns = jl__now_ns() + JL_QUERY_WAIT_MS * 1000000LL,
+                          .deadline_ns = jl__mono_ns() + JL_QUERY_WAIT_MS * 1000000LL,
                           .next = p->parked};
         p->parked = w;
         p->n_parked++;
-        parked = true;
+        got = PARKED;
         pthread_cond_broadcast(&p->advanced); /* the waiter's next deadline may be this one */
     }
     pthread_mutex_unlock(&p->mu);
-    if (!parked)
+    if (got != PARKED)
         free(w);
-    return parked;
+    return got;
 }
 
 /* Answer query @p name into @p r; with @p msg (its request, on the query thread) a query that
@@ -2286,13 +2326,24 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
             return false;
         }
     }
-    if (min_seq > 0 && park(p, msg, si, min_seq)) {
+    /* On the query thread (msg set) a query that must wait is parked; the waiter's call
+     * (msg NULL) is at its deadline or there: no more waiting. */
+    park_result pr = min_seq == 0                     ? PARK_REACHED
+                     : msg != NULL                    ? park(p, msg, si, min_seq)
+                     : reached(p, si, min_seq, &seen) ? PARK_REACHED
+                                                      : PARK_NO_ROOM;
+    if (pr == PARKED) {
         protobuf_c_message_free_unpacked(req, NULL);
         return true;
     }
-    /* The waiter's call (msg NULL) is at its deadline or there: no more waiting. */
-    if (min_seq > 0 && !wait_for_seq(p, si, min_seq, msg != NULL ? JL_QUERY_WAIT_MS : 0, &seen)) {
-        if (atomic_load(&p->stopping))
+    if (pr == PARK_NO_ROOM) {
+        reached(p, si, min_seq, &seen);
+        if (msg != NULL && !atomic_load(&p->stopping))
+            jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                           "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
+                           ", and no more queries can wait (at most %d); try again",
+                           p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED);
+        else if (atomic_load(&p->stopping))
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
                            ", and its projector is stopping; try again",
@@ -2385,7 +2436,7 @@ static void *query_waiter(void *arg)
     pthread_mutex_lock(&p->mu);
     for (;;) {
         jl__parked *ready = NULL, **at = &p->parked;
-        int64_t now = jl__now_ns(), next = now + 1000 * 1000000LL;
+        int64_t now = jl__mono_ns(), next = now + 1000 * 1000000LL;
         bool stopping = atomic_load(&p->stopping);
         while (*at != NULL) {
             jl__parked *w = *at;
@@ -2440,6 +2491,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     p->def = def;
     p->conn = conn;
     p->js = jl_conn_js(conn);
+    p->lock_fd = -1;
     p->batch = cfg->batch;
     p->timeout_ms = cfg->request_timeout_ms;
     p->rebuild_max_bytes = cfg->rebuild_max_mb * 1024 * 1024;
@@ -2448,7 +2500,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_mutex_init(&p->apply_mu, NULL);
     pthread_rwlock_init(&p->switch_lock, NULL);
     pthread_mutex_init(&p->outbox_mu, NULL);
-    pthread_cond_init(&p->advanced, NULL);
+    jl__cond_init_monotonic(&p->advanced); /* waits by deadlines a clock step cannot move */
     pthread_mutex_init(&p->query_mu, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
@@ -2497,6 +2549,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         }
     }
     s = mkdir_p(cfg->data_dir, err, errlen);
+    if (s == JL_OK)
+        s = lock_data_dir(p, err, errlen);
     if (s != JL_OK)
         goto done;
     s = read_pointer(p, err, errlen);
@@ -2538,7 +2592,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
            p->db_path, p->src[0].checkpoint, p->src[0].durable, qsubject, p->def->version,
            p->db_version);
     if (atomic_load(&p->paused)) {
-        p->last_version_try_ns = jl__now_ns();
+        p->last_version_try_ns = jl__mono_ns();
         jl__jobs_start_version_rebuild(p);
     }
 done:
@@ -2589,6 +2643,8 @@ bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
         detach(p, i);
     jl_db_close(p->qdb);
     jl_db_close(p->db);
+    if (p->lock_fd >= 0)
+        close(p->lock_fd); /* and the lock with it */
     pthread_cond_destroy(&p->advanced);
     pthread_mutex_destroy(&p->query_mu);
     pthread_mutex_destroy(&p->mu);

@@ -129,6 +129,7 @@ struct jl_projector {
     size_t n_parked;
     pthread_t waiter;
     bool has_waiter;
+    int lock_fd; /* <data-dir>/<name>.lock, flock()ed while open: one process per data dir */
     pthread_mutex_t query_mu; /* qdb's statements: the query thread or the waiter */
     uint64_t dead_letters;
     atomic_bool stopping;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/producer.h"
@@ -1322,6 +1323,28 @@ START_TEST(a_read_model_file_that_is_not_a_database_is_refused_and_kept)
 }
 END_TEST
 
+/* Two processes on one data dir would each skip only what they applied themselves: the second
+ * open is refused, saying who holds it, and the dir is free again once the first is closed. */
+START_TEST(a_second_projector_on_one_data_dir_is_refused)
+{
+    jl_projector *first = open_projector("shared", "first", 64), *second = NULL;
+    jl_config cfg = env.cfg;
+    char err[1024] = "", pid[32];
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/shared", env.dir);
+    snprintf(cfg.durable, sizeof(cfg.durable), "second");
+    jl_status s =
+        jl_projector_open(&second, env.conn, &order_summary_projector, &cfg, err, sizeof(err));
+    ck_assert_msg(s == JL_ERR_INVALID && second == NULL, "second open: %s", jl_status_str(s));
+    snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
+    ck_assert_msg(strstr(err, "in use by another order_summary process") != NULL &&
+                      strstr(err, pid) != NULL && strstr(err, "--data-dir") != NULL,
+                  "%s", err);
+    jl_projector_close(first, 0);
+    second = open_projector("shared", "second", 64);
+    jl_projector_close(second, 0);
+}
+END_TEST
+
 START_TEST(an_event_type_from_a_newer_version_is_unavailable_not_internal)
 {
     /* A newer replica of the service (a rolling upgrade) appended an event of a type this one
@@ -1411,6 +1434,56 @@ START_TEST(a_query_waiting_for_its_sequence_holds_up_no_other)
     ck_assert_msg(w.r.code == JL_CODE_OK, "%s", w.r.message);
     ck_assert_uint_ge(w.r.stream_seq, seq);
     jl_reply_cleanup(&w.r);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
+{
+    /* 4,096 queries wait for a sequence never reached; those past them are answered
+     * "unavailable" at once instead of waiting on the query thread, and a plain query after
+     * them all is answered as soon as it comes. */
+    enum { PARKED = 4096, OVER = 8 };
+    jl_projector *p = open_projector("overflow", "overflow", 8);
+    natsConnection *nc = jl_conn_nats(env.conn);
+    natsSubscription *sub = NULL;
+    char inbox[64];
+    uint8_t body[128];
+    snprintf(inbox, sizeof(inbox), "_INBOX.overflow.%ld", (long)getpid());
+    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
+    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
+    g.order_id = "00000000-0000-4000-8000-000000000000";
+    g.min_sequence = 1ULL << 40;
+    size_t n = orders__get_order__pack(&g, body);
+    for (int i = 0; i < PARKED + OVER; i++)
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "order_summary.query.GetOrder", inbox, body, (int)n),
+            NATS_OK);
+    int64_t t0 = tnow_ms();
+    for (int i = 0; i < OVER; i++) {
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 2000), NATS_OK);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
+                         JL_OK);
+        ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "no more queries") != NULL,
+                      "%s: %s", jl_code_str(r.code), r.message);
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(m);
+    }
+    Orders__ListOrders q = ORDERS__LIST_ORDERS__INIT;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    int64_t took = tnow_ms() - t0;
+    printf("past %d waiting queries: %d refused and a plain query answered in %" PRId64 " ms\n",
+           PARKED, OVER, took);
+    ck_assert_int_lt(took, JL_QUERY_WAIT_MS); /* none of them waited for a sequence */
+    jl_reply_cleanup(&r);
+    natsSubscription_Destroy(sub);
     jl_projector_close(p, 1000);
 }
 END_TEST
@@ -2382,12 +2455,14 @@ Suite *orders_suite(void)
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
     tcase_add_test(tc, a_read_model_file_that_is_not_a_database_is_refused_and_kept);
+    tcase_add_test(tc, a_second_projector_on_one_data_dir_is_refused);
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
     tcase_add_test(tc, an_existing_stream_keeps_what_jetledger_does_not_manage);
     tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
+    tcase_add_test(tc, queries_past_the_waiting_limit_are_answered_at_once);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);

@@ -623,7 +623,7 @@ START_TEST(a_full_disk_holds_the_projector_and_loses_nothing)
     wait_orders_answer(&prod);
     uint64_t last = make_orders(0, 10);
 
-    svc_start_in(&proj, "order_summary", "summary.log", env.cfg.nats_url, dir, 5, NULL, "400k");
+    svc_start_in(&proj, "order_summary", "summary.log", env.cfg.nats_url, dir, 5, NULL, "480k");
     wait_consumer_at("order_summary", last, 30000);
 
     int made = 10;
@@ -644,7 +644,7 @@ START_TEST(a_full_disk_holds_the_projector_and_loses_nothing)
     ck_assert_int_eq(db_last_seq(copy, &at), 0);
     ck_assert_uint_lt(at, last);
     ck_assert_uint_le(acked, at); /* nothing acked past what was committed */
-    printf("read model on a 400 KiB tmpfs: full after %d orders; held at %" PRIu64
+    printf("read model on a 480 KiB tmpfs: full after %d orders; held at %" PRIu64
            " (acked %" PRIu64 ") with the stream at %" PRIu64 "\n",
            made - 10, at, acked, last);
 
@@ -1387,6 +1387,10 @@ static pid_t cli_following_a_rebuild(svc s[2], char *log, size_t n)
     record(cli);
     ck_assert_msg(wait_log(s[1].log, "\"msg\":\"rebuild started\"", 15000), "%s",
                   log_tail(s[1].log, tail, sizeof(tail)));
+    /* Following it: the projector logs the start before it replies, and the reply is what
+     * makes the CLI follow (its first progress line). */
+    ck_assert_msg(wait_log(log, "rebuild order_summary: ", 15000), "%s",
+                  log_tail(log, tail, sizeof(tail)));
     return cli;
 }
 
