@@ -165,8 +165,11 @@ fulfilment_command fulfilment_overtaken(fulfilment_state st, fulfilment_event ev
         return FULFILMENT_CMD_NONE;
     fulfilment_command old = command_of(before);
     bool to_orders = old == FULFILMENT_CMD_CONFIRM || old == FULFILMENT_CMD_CANCEL;
-    return old != FULFILMENT_CMD_NONE && to_orders != is_orders_event(ev) ? old
-                                                                          : FULFILMENT_CMD_NONE;
+    /* News from the other stream; or a cancellation by the customer, after which the orders
+     * service would only refuse a ConfirmOrder or CancelOrder. */
+    bool pointless =
+        to_orders != is_orders_event(ev) || (to_orders && ev == FULFILMENT_EV_ORDER_CANCELLED);
+    return old != FULFILMENT_CMD_NONE && pointless ? old : FULFILMENT_CMD_NONE;
 }
 
 /* ---- ids ---- */
@@ -547,6 +550,37 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     return s;
 }
 
+/*
+ * A command refused for good (jl_projector_def.on_refused). A refused ReserveStock or
+ * ConfirmOrder would leave the order placed for ever, waiting for an outcome that will not
+ * come, and its stock perhaps reserved: the order is cancelled instead, with the refusal as
+ * its reason ("fulfilment:<order id>:abort"), and the OrderCancelled that follows releases
+ * what was reserved, as a customer's cancellation does. A refused commit, release or
+ * cancellation has nothing to fall back on: the runtime logs it for an operator.
+ */
+static jl_status on_refused(jl_db *db, const jl_outbox_refusal *f, char *err, size_t errlen)
+{
+    bool reserve = strcmp(f->command, "ReserveStock") == 0;
+    char order_id[JL_UUID_LEN + 1], id[FULFILMENT_COMMAND_ID_MAX];
+    char full[sizeof(f->reply->message) + 32], reason[FULFILMENT_MAX_REASON + 1];
+    if ((!reserve && strcmp(f->command, "ConfirmOrder") != 0) ||
+        jl_uuid_canonical(order_id, f->order_key) != JL_OK) /* keyed by order id */
+        return JL_OK;
+    snprintf(full, sizeof(full), "%s refused: %s", reserve ? "stock reservation" : "confirmation",
+             f->reply->message);
+    copy_reason(reason, full);
+    Orders__CancelOrder cancel = ORDERS__CANCEL_ORDER__INIT;
+    cancel.order_id = order_id;
+    cancel.reason = reason;
+    snprintf(id, sizeof(id), "fulfilment:%s:abort", order_id);
+    jl_status s = jl_outbox_add_keyed(db, "orders", &cancel.base, id, f->correlation_id,
+                                      f->command_id, order_id);
+    if (s != JL_OK)
+        snprintf(err, errlen, "cannot queue the CancelOrder of order %s: %s", order_id,
+                 jl_status_str(s));
+    return s;
+}
+
 /* ---- queries ---- */
 
 #define ROW_COLUMNS                                                                                \
@@ -710,4 +744,5 @@ const jl_projector_def fulfilment_process = {
     .queries = queries,
     .n_queries = JL_COUNT(queries),
     .outbox = true,
+    .on_refused = on_refused,
 };

@@ -24,9 +24,9 @@
  * ReservationReleased after the commands we sent on OrderConfirmed / OrderCancelled. The one
  * real race is a customer's OrderCancelled against the reservation's outcome:
  *   - cancelled before StockReserved is applied: step "cancelled"; StockReserved then releases;
- *   - cancelled after StockReserved: the step was "reserved" (ConfirmOrder sent, which the orders
- *     service refuses on a cancelled order, or which won and then the cancel was refused): the
- *     release is sent now;
+ *   - cancelled after StockReserved: the step was "reserved" (ConfirmOrder decided: withdrawn
+ *     if not sent yet; sent, the orders service refuses it on a cancelled order; or it won and
+ *     then the cancel was refused): the release is sent now;
  *   - cancelled before or after ReservationRejected: both end "cancelled_out_of_stock" with the
  *     stock's reason; CancelOrder is sent only when the rejection came first.
  * Replayed from scratch (a lost database, a rebuild), an inventory event may come before its
@@ -49,6 +49,12 @@
  * event older than the field) is dead-lettered: there is nothing to reserve.
  *
  * My calls, and limits:
+ *   - A command its service refuses for good (invalid, not_found, rule_violation) is an outcome
+ *     too, or the order would wait at its step for ever: a refused ReserveStock or ConfirmOrder
+ *     cancels the order (on_refused(): "fulfilment:<order id>:abort", with the refusal as the
+ *     reason), whose OrderCancelled then releases any reservation. A refused commit, release or
+ *     cancellation has no fallback: logged (warn) and kept in jl_outbox for an operator. An
+ *     "internal" reply is not final: sent again, backed off, until the service can decide.
  *   - An order cancelled after its rejection ends "cancelled_out_of_stock" (reason: the stock's),
  *     not "rejected": the step says the saga is over. A cancellation after confirmation (the
  *     orders service refuses it) would leave the step and the committed stock alone and only
@@ -147,11 +153,12 @@ void fulfilment_next(fulfilment_state *out_state, fulfilment_command *out_comman
 /**
  * The command of the state before @p ev that @p ev overtakes: one decided earlier and not yet
  * carried out as far as this process manager knows, made pointless by news from the other
- * stream (an order cancelled while its stock was still being reserved: the ReserveStock). To be
- * withdrawn if it has not gone out (jl_outbox_withdraw()); should it have, its effect is
- * handled as usual (a reservation made after the cancellation is released).
- * FULFILMENT_CMD_NONE for none: news from the command's own service is its outcome, not an
- * overtaking. Pure; thread-safe.
+ * stream (an order cancelled while its stock was still being reserved: the ReserveStock), or a
+ * ConfirmOrder or CancelOrder of an order its customer cancelled meanwhile,
+ * which the orders service would only refuse. To be withdrawn if it has not gone out
+ * (jl_outbox_withdraw()); should it have, its effect is handled as usual (a reservation made
+ * after the cancellation is released). FULFILMENT_CMD_NONE for none: otherwise news from the
+ * command's own service is its outcome, not an overtaking. Pure; thread-safe.
  */
 fulfilment_command fulfilment_overtaken(fulfilment_state state, fulfilment_event ev);
 

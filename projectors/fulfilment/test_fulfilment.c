@@ -246,7 +246,7 @@ START_TEST(transition_follows_the_table)
 }
 END_TEST
 
-START_TEST(only_news_from_the_other_stream_overtakes_a_command)
+START_TEST(news_from_the_other_stream_or_a_cancellation_overtakes_a_command)
 {
     static const struct {
         const char *why;
@@ -261,10 +261,10 @@ START_TEST(only_news_from_the_other_stream_overtakes_a_command)
         {"released before the confirmation (a replay)", P, R, FULFILMENT_EV_RESERVATION_RELEASED,
          FULFILMENT_CMD_CONFIRM},
         {"cancelled by the customer while reserved", P, R, FULFILMENT_EV_ORDER_CANCELLED,
-         FULFILMENT_CMD_NONE}, /* a confirmation's own service: it refuses it */
+         FULFILMENT_CMD_CONFIRM}, /* its own service, which would only refuse it now */
         {"its own outcome: confirmed", P, R, FULFILMENT_EV_ORDER_CONFIRMED, FULFILMENT_CMD_NONE},
         {"cancelled by the customer while rejected", P, X, FULFILMENT_EV_ORDER_CANCELLED,
-         FULFILMENT_CMD_NONE},
+         FULFILMENT_CMD_CANCEL},
         {"its own outcome: committed", F, R, FULFILMENT_EV_RESERVATION_COMMITTED,
          FULFILMENT_CMD_NONE},
         {"its own outcome: released", C, R, FULFILMENT_EV_RESERVATION_RELEASED,
@@ -1235,7 +1235,7 @@ static Suite *fulfilment_suite(void)
     tcase_add_loop_test(tc, every_interleaving_of_the_two_streams_ends_in_the_same_state, 0,
                         (int)(sizeof(scenarios) / sizeof(scenarios[0])));
     tcase_add_test(tc, live_paths_send_each_command_once_in_order);
-    tcase_add_test(tc, only_news_from_the_other_stream_overtakes_a_command);
+    tcase_add_test(tc, news_from_the_other_stream_or_a_cancellation_overtakes_a_command);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("apply");

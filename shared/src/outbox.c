@@ -235,11 +235,14 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
 }
 
 /* A reply that says "not now": the command was not decided (the producer was shutting down,
- * the event store did not confirm, writers kept racing on the aggregate). Sent again with the
- * same id, it is decided afresh: producers remember only what they stored. */
+ * the event store did not confirm, writers kept racing on the aggregate), or could not be
+ * (internal: a history the service cannot read, which needs an operator; final, it would leave
+ * a saga waiting for good). Sent again with the same id, it is decided afresh: producers
+ * remember only what they stored. */
 static bool retryable(jl_code code)
 {
-    return code == JL_CODE_UNAVAILABLE || code == JL_CODE_CONFLICT || code == JL_CODE_TIMEOUT;
+    return code == JL_CODE_UNAVAILABLE || code == JL_CODE_CONFLICT || code == JL_CODE_TIMEOUT ||
+           code == JL_CODE_INTERNAL;
 }
 
 /* What became of a row sent. */
@@ -302,11 +305,16 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
     }
     jl__fault("outbox.after_send");
     bool again = retryable(r->code), recorded = false;
+    /* A refusal for good and what the process manager queues for it: one transaction. */
+    bool refused = !again && r->code != JL_CODE_OK && p->def->on_refused != NULL;
+    bool began = refused && jl_db_begin(db, true) == JL_OK;
+    char herr[256] = "";
     /* A "not now" leaves a row withdrawn meanwhile as it is (not to be sent again); a final
      * reply is recorded over the withdrawal: it tells what the command did. */
-    sqlite3_stmt *st = jl_db_stmt(db, "UPDATE jl_outbox SET replied_at_ns = ?1, reply_code = ?2, "
-                                      "reply_message = ?3, attempts = attempts + 1 WHERE id = ?4 "
-                                      "AND (?1 IS NOT NULL OR replied_at_ns IS NULL)");
+    static const char record_sql[] =
+        "UPDATE jl_outbox SET replied_at_ns = ?1, reply_code = ?2, reply_message = ?3, "
+        "attempts = attempts + 1 WHERE id = ?4 AND (?1 IS NOT NULL OR replied_at_ns IS NULL)";
+    sqlite3_stmt *st = refused && !began ? NULL : jl_db_stmt(db, record_sql);
     if (st != NULL) {
         if (again)
             sqlite3_bind_null(st, 1); /* not answered for good: sent again */
@@ -317,13 +325,27 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         sqlite3_bind_int64(st, 4, w->id);
         recorded = jl_db_step_done(db, st) == JL_OK;
     }
+    if (recorded && began) {
+        jl_outbox_refusal f = {.service = w->service,
+                               .command = w->command,
+                               .command_id = w->command_id,
+                               .correlation_id = w->correlation,
+                               .order_key = w->key,
+                               .reply = r};
+        jl_status hs = p->def->on_refused(db, &f, herr, sizeof(herr));
+        if (hs == JL_OK)
+            jl__fault("outbox.refusal_handled"); /* compensation queued, not committed */
+        recorded = hs == JL_OK && jl_db_commit(db) == JL_OK;
+    }
+    if (began && !recorded)
+        jl_db_rollback(db);
     if (!recorded) {
         /* Sent again later (the rows behind must not overtake it); the producer answers the
-         * repeated id with this same reply. */
+         * repeated id with this same reply, or decides a refused command afresh. */
         jl_log(JL_LOG_ERROR, "outbox: cannot record the reply, will send the command again",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
                w->command, id, jl_code_str(r->code),
-               jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
+               jl_log_str(esc, sizeof(esc), herr[0] ? herr : jl_db_errmsg(db)));
         return SENT_FAILED;
     }
     if (again) {
@@ -649,10 +671,11 @@ static void *sender_thread(void *arg)
         pass got = db != NULL ? send_pending(p, &snd, &held, db, gen, &from) : PASS_STOPPED;
         resume = got == PASS_HELD ? from : 0;
         resume_gen = gen;
-        int64_t t = jl__now_ns();
+        int64_t t = jl__mono_ns(); /* an interval: not the wall clock */
         if (db != NULL && p->outbox_keep_ns > 0 &&
-            t - pruned_at >=
-                (p->outbox_keep_ns < PRUNE_EVERY_NS ? p->outbox_keep_ns : PRUNE_EVERY_NS)) {
+            (pruned_at == 0 ||
+             t - pruned_at >=
+                 (p->outbox_keep_ns < PRUNE_EVERY_NS ? p->outbox_keep_ns : PRUNE_EVERY_NS))) {
             pruned_at = t;
             prune_answered(p, db);
         }

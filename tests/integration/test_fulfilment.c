@@ -409,7 +409,9 @@ static void answer_garbled_then_refuse(natsConnection *nc, natsSubscription *sub
 START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
 {
     /* A reply the process manager cannot read says nothing of the command's outcome: it is
-     * sent again (same command id). A refusal is an outcome: recorded once, never sent again. */
+     * sent again (same command id). A refusal is an outcome: recorded once, never sent again,
+     * and the order, which would otherwise wait for its stock for ever, is cancelled with the
+     * refusal as its reason. */
     char a[JL_UUID_LEN + 1], got[32] = "";
     atomic_store(&garbled_calls, 0);
     natsSubscription *fake = order_to_stand_in(answer_garbled_then_refuse, "erin", a);
@@ -422,8 +424,52 @@ START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
     ck_assert_int_eq(atomic_load(&garbled_calls), 2);
     nats_Sleep(2500); /* longer than the outbox's backoff here: a resend would have come */
     ck_assert_int_eq(atomic_load(&garbled_calls), 2);
+    wait_status(a, "cancelled", 20000);
+    outbox_reply(a, "CancelOrder", got, sizeof(got));
+    ck_assert_str_eq(got, "ok");
+    Fulfilment__GetFulfilment gf = FULFILMENT__GET_FULFILMENT__INIT;
+    gf.order_id = a;
+    gf.min_sequence = tstream_last_seq(env.conn, "ORDERS");
+    jl_code code;
+    Fulfilment__GetFulfilmentResult *fr =
+        (Fulfilment__GetFulfilmentResult *)query("fulfilment", &gf.base, &code);
+    ck_assert_ptr_nonnull(fr);
+    ck_assert_str_eq(fr->step, "cancelled");
+    ck_assert_msg(strstr(fr->reason, "stock reservation refused: sku apple is discontinued") !=
+                      NULL,
+                  "%s", fr->reason);
+    protobuf_c_message_free_unpacked(&fr->base, NULL);
     natsSubscription_Unsubscribe(fake);
     natsSubscription_Destroy(fake);
+}
+END_TEST
+
+/* A stand-in inventory that cannot read its own history: "internal" to every ReserveStock. */
+static atomic_int internal_calls;
+
+static void answer_internal(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    atomic_fetch_add(&internal_calls, 1);
+    stand_in_reply(nc, m, JL_CODE_INTERNAL, "warehouse history cannot be replayed");
+}
+
+START_TEST(a_command_answered_internal_is_sent_again_until_decided)
+{
+    /* "internal" decides nothing (the service needs an operator): the ReserveStock is sent
+     * again, backed off, and once the service is back the order goes on to be confirmed. */
+    char a[JL_UUID_LEN + 1], got[32] = "";
+    atomic_store(&internal_calls, 0);
+    natsSubscription *fake = order_to_stand_in(answer_internal, "grace", a);
+    wait_calls(&internal_calls, 2);
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, ""); /* not final */
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+    wait_status(a, "confirmed", 20000);
+    expect_stock("apple", 8, 0);
 }
 END_TEST
 
@@ -1272,6 +1318,7 @@ int main(void)
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
     tcase_add_test(tc, a_reservation_overtaken_by_a_cancellation_is_withdrawn);
     tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
+    tcase_add_test(tc, a_command_answered_internal_is_sent_again_until_decided);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, an_empty_reply_is_not_taken_for_an_acceptance);

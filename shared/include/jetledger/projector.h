@@ -67,6 +67,16 @@ typedef struct jl_source {
 /** Most sources a projector may have. */
 #define JL_MAX_SOURCES 4
 
+/** A command of a process manager's outbox that its service refused for good. Borrowed. */
+typedef struct jl_outbox_refusal {
+    const char *service;        /**< "inventory" */
+    const char *command;        /**< short name: "ReserveStock" */
+    const char *command_id;     /**< its deterministic id */
+    const char *correlation_id; /**< "" for none */
+    const char *order_key;      /**< "" for none */
+    const jl_reply *reply;      /**< the refusal: code and message */
+} jl_outbox_refusal;
+
 /** Everything the runtime needs to know about a projector. Static data; borrowed. */
 typedef struct jl_projector_def {
     const char *name;           /**< "order_summary": database, durable, query subjects */
@@ -96,6 +106,18 @@ typedef struct jl_projector_def {
      * them (see jl_outbox_add). Off for plain projectors.
      */
     bool outbox;
+    /**
+     * Optional, with outbox: a command was refused for good (invalid, not_found,
+     * rule_violation; "internal" is sent again, as a "not now" is, until an operator has fixed
+     * what the service lacked). Called on the outbox's thread, in the transaction that records
+     * the reply, so that a saga is not left waiting for an outcome that will never come: it may
+     * queue compensating commands there with jl_outbox_add_keyed() (a CancelOrder for an
+     * order whose stock could not be reserved), and must write nothing else (the read model is
+     * built from the streams alone, which a rebuild replays). A non-OK status rolls the record
+     * back (logged with @p err): the command is sent again later and its refusal comes here
+     * again, so what it queues must have deterministic ids.
+     */
+    jl_status (*on_refused)(jl_db *db, const jl_outbox_refusal *refusal, char *err, size_t errlen);
 } jl_projector_def;
 
 /**
