@@ -328,6 +328,18 @@ static void watchdog_stop(void)
     watchdog_running = false;
 }
 
+/*
+ * After the connection is closed: the library's threads release it in the background, its TLS
+ * context too (set up for nats:// URLs as well, see conn.c), and a process that returns from
+ * main meanwhile runs OpenSSL's exit handlers under them, which now and then crashes it
+ * (status 139 instead of 0). Wait for them, within bounds.
+ */
+static void close_and_release(jl_conn *conn, int64_t timeout_ms)
+{
+    jl_conn_close(conn, timeout_ms);
+    (void)nats_CloseAndWait(JL_APP_SHUTDOWN_MS / 4);
+}
+
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
 {
     jl_config cfg;
@@ -362,7 +374,7 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     watchdog_stop();
     if (s != JL_OK) {
         fail("cannot start", s, err);
-        jl_conn_close(conn, 0);
+        close_and_release(conn, 0);
         return JL_EXIT_FAILURE;
     }
     pthread_mutex_lock(&stop_mu);
@@ -377,7 +389,7 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     watch_stop(watch, watching);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
-        jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+        close_and_release(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
     return conn_lost ? JL_EXIT_FAILURE : JL_EXIT_OK;
 }
@@ -409,7 +421,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     watchdog_stop();
     if (s != JL_OK) {
         fail("cannot start", s, err);
-        jl_conn_close(conn, 0);
+        close_and_release(conn, 0);
         return JL_EXIT_FAILURE;
     }
     pthread_mutex_lock(&stop_mu);
@@ -436,7 +448,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     stop_closure = NULL;
     pthread_mutex_unlock(&stop_mu);
     if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))
-        jl_conn_close(conn, JL_APP_SHUTDOWN_MS / 2);
+        close_and_release(conn, JL_APP_SHUTDOWN_MS / 2);
     jl_log(JL_LOG_INFO, "stopped", NULL);
     return s == JL_OK && !conn_lost ? JL_EXIT_OK : JL_EXIT_FAILURE;
 }

@@ -1149,8 +1149,9 @@ int main(int argc, char **argv)
     }
     int rc = run(b, argc, argv);
     free(b);
-    /* Every connection is closed by now: let the library's threads go. */
-    nats_Close();
+    /* Every connection is closed by now: let the library's threads finish releasing them
+     * (and their TLS contexts) before exit runs OpenSSL's cleanup under them. */
+    (void)nats_CloseAndWait(2000);
     return rc;
 }
 
