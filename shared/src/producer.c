@@ -144,6 +144,8 @@ typedef struct replay_ctx {
     uint64_t watch_seq;                /* its sequence (0: not seen) */
     uint64_t watch_version;            /* the version of its last event */
     char watch_type[JL_TYPE_NAME_MAX]; /* the command type it records ("": not recorded) */
+    int64_t deadline_ns;               /* mono_ns: a query's replay stops there (0: none) */
+    bool over_time;                    /* ... and did */
     char err[256];
 } replay_ctx;
 
@@ -243,6 +245,10 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     jl_event ev;
     char why[256] = "";
     (void)time_ns;
+    if (rc->deadline_ns != 0 && mono_ns() > rc->deadline_ns) {
+        rc->over_time = true;
+        return JL_ERR_TIMEOUT;
+    }
 
     if (rc->lim.seq != 0 && seq > rc->lim.seq) {
         rc->reached = true;
@@ -335,13 +341,14 @@ static jl_status replay_again(jl_producer *p, const char *subject, replay_ctx *r
 {
     jl_log(JL_LOG_WARN, "aggregate ahead of the stream, replayed from its first event",
            "\"subject\":\"%s\",\"read_to_seq\":%" PRIu64 ",\"why\":\"%s\",\"hint\":\"the "
-           "stream was restored from an older backup or created again\"",
+           "stream was restored from an older backup, created again or purged\"",
            subject, rc->last_seq, why);
     replay_ctx fresh = {.p = p,
                         .state = rc->state,
                         .lim = rc->lim,
                         .agg_id = rc->agg_id,
                         .watch_cmd_id = rc->watch_cmd_id,
+                        .deadline_ns = rc->deadline_ns,
                         .full = true};
     *rc = fresh;
     p->def->state_init(rc->state);
@@ -821,10 +828,10 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
 }
 
 /* Version of the last event of the commit stored at @p seq (0 when it cannot be read), its
- * aggregate id into @p out_id (empty when it cannot be read) and the command type it records
- * into @p out_type. */
+ * aggregate id into @p out_id (empty when it cannot be read), the command type it records
+ * into @p out_type and, with @p out_time, the event's occurred-at. */
 static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN + 1],
-                           char out_type[JL_TYPE_NAME_MAX])
+                           char out_type[JL_TYPE_NAME_MAX], int64_t *out_time)
 {
     natsMsg *m = NULL;
     jl_commit *cm = NULL;
@@ -844,6 +851,8 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
                 JL_OK ||
             ev.aggregate_version != 0) {
             v = ev.aggregate_version;
+            if (out_time != NULL)
+                *out_time = ev.occurred_at_ns;
             snprintf(out_id, JL_UUID_LEN + 1, "%s", ev.aggregate_id ? ev.aggregate_id : "");
             snprintf(out_type, JL_TYPE_NAME_MAX, "%s", jl_commit_command_type(cm));
         }
@@ -1411,6 +1420,10 @@ static jl_status replay_if_lost(jl_producer *p, const char *subject, replay_ctx 
     jl_status s = jl_store_info_get(p->store, &info, rc->err, sizeof(rc->err));
     if (s == JL_OK && (info.last_seq < rc->last_seq || info.first_seq <= rc->last_seq))
         s = replay_again(p, subject, rc, "the stream's leader has it at an older sequence");
+    else if (s == JL_OK && head == 0 && !info.drops_old)
+        /* Nothing ages out of this stream: its commits were deleted by hand (a purge), and
+         * with them the aggregate, which the snapshot or the cache must not keep alive. */
+        s = replay_again(p, subject, rc, "its events were removed from the stream (a purge)");
     else if (s == JL_OK && head == 0) {
         /* All its commits aged out (--max-age): what the snapshot or the cache holds cannot be
          * checked against the stream, which no longer says what the last commit was (a later
@@ -1465,7 +1478,7 @@ static void *load_read(void *ctx, void *item)
     jl__cache_entry *e = c->entry;
     replay_ctx *rc = &c->load;
     if (c->dup_seq != 0) /* and the entry, stale, is caught up below */
-        c->dup_version = version_at(p, c->dup_seq, c->dup_id, c->dup_type);
+        c->dup_version = version_at(p, c->dup_seq, c->dup_id, c->dup_type, NULL);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
@@ -2032,6 +2045,8 @@ typedef struct history_ctx {
     bool hinted; /* reading starts at the client's from_sequence: checked on the first commit */
     bool misled; /* it did not hold from_version: read again from the aggregate's first event */
     size_t seen; /* commits read */
+    int64_t deadline_ns; /* mono_ns: the read stops there */
+    bool over_time;      /* ... and did */
     Jetledger__StoredEvent *items;
     Jetledger__StoredEvent **ptrs;
     Jetledger__Commit **commits; /* kept until the reply is encoded: items point into them */
@@ -2044,6 +2059,10 @@ static jl_status history_commit(uint64_t seq, int64_t time_ns, const void *data,
 {
     history_ctx *h = closure;
     (void)time_ns;
+    if (mono_ns() > h->deadline_ns) {
+        h->over_time = true;
+        return JL_ERR_TIMEOUT;
+    }
     Jetledger__Commit *c = jetledger__commit__unpack(NULL, len, data);
     if (c == NULL)
         return JL_ERR_DECODE;
@@ -2106,9 +2125,12 @@ static size_t history_budget(jl_producer *p)
 static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const char *subject,
                           jl_reply *r)
 {
+    /* Bounded: a long history read from its start (no from_sequence) would hold up every
+     * other query on this thread, and go on after the client gave up. */
     history_ctx h = {.from_version = q->from_version ? q->from_version : 1,
                      .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX,
-                     .budget = history_budget(p)};
+                     .budget = history_budget(p),
+                     .deadline_ns = mono_ns() + p->append_timeout_ms * 1000000LL};
     uint64_t last = 0;
     char why[256] = "";
     h.items = calloc(h.limit, sizeof(*h.items));
@@ -2139,6 +2161,11 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
         jl_reply_set_result(r, &res.base);
     } else if (s == JL_ERR_DECODE) {
         jl_reply_error(r, JL_CODE_INTERNAL, "a commit of %s is not decodable", subject);
+    } else if (h.over_time) {
+        jl_reply_error(r, JL_CODE_TIMEOUT,
+                       "reading the history of %s took over %" PRId64 " ms (%zu commits read): "
+                       "give from_sequence (next_sequence of the previous page) to start there",
+                       subject, p->append_timeout_ms, h.seen);
     } else {
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the history: %s", why);
     }
@@ -2186,7 +2213,9 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory: try again");
         return;
     }
-    replay_ctx rc = {.p = p, .state = at};
+    /* Bounded, as a history is: a past state is replayed from the first event. */
+    replay_ctx rc = {
+        .p = p, .state = at, .deadline_ns = mono_ns() + p->append_timeout_ms * 1000000LL};
     rc.lim = (limit){.seq = q->at_seq, .time_ns = q->at_time_ns, .version = q->at_version};
     def->state_init(at);
     /* A snapshot helps only when the point asked for is at or after it. */
@@ -2206,9 +2235,22 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         if (rc.full)
             s = ls; /* replayed: its read counts */
     }
+    if (rc.over_time) {
+        jl_reply_error(r, JL_CODE_TIMEOUT,
+                       "replaying %s took over %" PRId64 " ms (%" PRIu64 " events read); a past "
+                       "state is replayed from the first event",
+                       subject, p->append_timeout_ms, rc.events);
+        free(at);
+        return;
+    }
     if (read_result(subject, &rc, s, r) != JL_OK) {
         free(at);
         return;
+    }
+    if (rc.last_time == 0 && rc.last_seq != 0) {
+        /* Nothing replayed after the snapshot, which keeps no time: its commit's. */
+        char cid[JL_UUID_LEN + 1], ctype[JL_TYPE_NAME_MAX];
+        (void)version_at(p, rc.last_seq, cid, ctype, &rc.last_time);
     }
     if (rc.version == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,

@@ -279,6 +279,21 @@ void jl_store_close(jl_store *st)
     free(st);
 }
 
+/* Whether the last message of @p subject, as the stream's leader has it, carries Nats-Msg-Id
+ * @p msg_id; its sequence into *@p out_seq then. */
+static bool last_is(jl_store *st, const char *subject, const char *msg_id, uint64_t *out_seq)
+{
+    natsMsg *m = NULL;
+    const char *id = NULL;
+    bool yes = js_GetLastMsg(&m, st->js, st->stream, subject, NULL, NULL) == NATS_OK &&
+               natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
+               strcmp(id, msg_id) == 0;
+    if (yes)
+        *out_seq = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return yes;
+}
+
 jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, bool *out_duplicate)
 {
     natsMsg *msg = NULL;
@@ -303,21 +318,41 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
         po.ExpectLastSubjectSeq = a->expected_last_seq;
+    bool resent = false; /* an earlier attempt may be stored */
     for (int attempt = 0;; attempt++) {
         int64_t left = deadline - jl__mono_ms();
         if (left <= 0) {
             s = JL_ERR_TIMEOUT;
-            set_err(st, "append to %s not confirmed within %" PRId64 " ms (%d attempts): %s",
+            set_err(st,
+                    "append to %s not confirmed within %" PRId64
+                    " ms (%d attempts; it may or may not be stored): %s",
                     a->subject, wait, attempt, natsStatus_GetText(ns));
             break;
         }
         /* Without a message id a resend could store a second copy: one wait to the deadline. */
         po.MaxWait = a->msg_id != NULL && left > JL_APPEND_ATTEMPT_MS ? JL_APPEND_ATTEMPT_MS : left;
         jerr = 0;
+        jsPubAck_Destroy(pa);
+        pa = NULL;
         ns = js_PublishMsg(&pa, st->js, msg, &po, &jerr);
+        if (ns == NATS_OK && pa->Duplicate && pa->Sequence == 0) {
+            /* An earlier copy still being stored (a clustered stream): not stored yet, and it
+             * may yet be lost to a leader election. Ask again until it has a sequence. */
+            resent = true;
+            nats_Sleep(attempt < 5 ? 50 : 250);
+            continue;
+        }
         if (ns == NATS_OK) {
             *out_seq = pa->Sequence;
             *out_duplicate = pa->Duplicate;
+            break;
+        }
+        /* A clustered stream answers a resend of a stored message "wrong last sequence" (it
+         * checks the sequence before the id): the subject's last message may be our copy. */
+        if (jl_js_wrong_last_seq(jerr) && resent && a->msg_id != NULL &&
+            last_is(st, a->subject, a->msg_id, out_seq)) {
+            *out_duplicate = true; /* as a single server says of a resend it had stored */
+            ns = NATS_OK;
             break;
         }
         if (jl_js_wrong_last_seq(jerr)) {
@@ -332,6 +367,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             ns == NATS_NOT_YET_CONNECTED || (ns == NATS_ERR && jerr == 0)) {
             jl_log(JL_LOG_DEBUG, "append retry", "\"subject\":\"%s\",\"status\":\"%s\"", a->subject,
                    natsStatus_GetText(ns));
+            resent = resent || ns == NATS_TIMEOUT;
             nats_Sleep(attempt < 5 ? 50 : 250);
             continue;
         }
@@ -465,6 +501,9 @@ jl_status jl_store_info_get(jl_store *st, jl_store_info *out, char *err, size_t 
     out->first_seq = si->State.FirstSeq;
     out->last_seq = si->State.LastSeq;
     out->replicas = (int)si->Config->Replicas;
+    out->drops_old =
+        si->Config->MaxAge > 0 || (si->Config->Discard == js_DiscardOld &&
+                                   (si->Config->MaxMsgs > 0 || si->Config->MaxBytes > 0));
     jsStreamInfo_Destroy(si);
     return JL_OK;
 }

@@ -381,6 +381,26 @@ START_TEST(cold_command_on_10000_events_reads_at_most_snapshot_every)
     p = open_producer(&orders_service, EVERY, 10);
     expect_state(id, EVENTS + 3, 4);
     jl_producer_close(p, 1000);
+
+    /* A past state, replayed from the first event, and a history page read from the start
+     * are bounded by the request timeout (100 ms here): "timeout", not minutes on the one
+     * query thread. */
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 100;
+    p = open_producer_with(&orders_service, &cfg);
+    Orders__OrderState *past = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(torder_state(env.conn, id, 0, 0, EVENTS, &past, &v), JL_CODE_TIMEOUT);
+    Jetledger__GetHistory h = JETLEDGER__GET_HISTORY__INIT;
+    h.aggregate_id = id;
+    h.from_version = EVENTS;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "orders", true, &h.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_TIMEOUT && strstr(r.message, "from_sequence") != NULL, "%s: %s",
+                  jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
+    jl_producer_close(p, 1000);
 }
 END_TEST
 
@@ -564,11 +584,36 @@ START_TEST(an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone)
 
     /* A restarted producer loads a from that snapshot: nothing to replay. */
     p = open_producer(&orders_service, 100, 10);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_REALTIME, &t0);
     add(p, a, "z", 3, NULL);
+    clock_gettime(CLOCK_REALTIME, &t1);
     jl_producer_get_stats(p, &st);
     ck_assert_uint_eq(st.snapshot_loads, 1);
     ck_assert_uint_eq(st.last_load_events, 0);
     expect_state(a, 4, 3);
+    jl_producer_close(p, 1000); /* a's snapshot at version 4, its last */
+
+    /* Its state as of now, read from that snapshot alone (which keeps no time), is as old as
+     * its last event: not of 1970. */
+    p = open_producer(&orders_service, 100, 10);
+    Jetledger__GetState q = JETLEDGER__GET_STATE__INIT;
+    q.aggregate_id = a;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend(env.conn, "orders", true, &q.base, NULL, &r), NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    Jetledger__StateResult *res =
+        jetledger__state_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_uint_eq(res->version, 4);
+    int64_t from = (int64_t)t0.tv_sec * 1000000000LL + t0.tv_nsec;
+    int64_t to = (int64_t)t1.tv_sec * 1000000000LL + t1.tv_nsec;
+    ck_assert_msg(res->occurred_at_ns >= from && res->occurred_at_ns <= to,
+                  "occurred at %" PRId64 ", its event between %" PRId64 " and %" PRId64,
+                  res->occurred_at_ns, from, to);
+    jetledger__state_result__free_unpacked(res, NULL);
+    jl_reply_cleanup(&r);
     jl_producer_close(p, 1000);
 }
 END_TEST
@@ -772,6 +817,38 @@ START_TEST(an_aggregate_whose_events_all_aged_out_is_refused_with_why)
 }
 END_TEST
 
+START_TEST(a_purged_aggregate_is_gone_not_kept_alive_by_its_snapshot)
+{
+    /* A stream with no max age loses nothing by itself: an aggregate whose every commit is
+     * gone was purged by an operator. Its snapshot must not keep it alive (commands refused as
+     * "aged out", a creation as "already exists", GetState answering a purged state): it is
+     * replayed from the stream, where it does not exist. */
+    jl_producer *p = open_producer(&orders_service, 100, 10);
+    char x[JL_UUID_LEN + 1];
+    create(p, x, NULL);
+    add(p, x, "a", 1, NULL);
+    jl_producer_close(p, 1000); /* snapshot at version 2 */
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    p = open_producer(&orders_service, 100, 10);
+    Orders__OrderState *st = NULL;
+    uint64_t v = 0;
+    ck_assert_int_eq(torder_state(env.conn, x, 0, 0, 0, &st, &v), JL_CODE_NOT_FOUND);
+    jl_reply r;
+    attempt_add(p, x, "b", &r);
+    ck_assert_msg(r.code == JL_CODE_NOT_FOUND, "%s: %s", jl_code_str(r.code), r.message);
+    jl_reply_cleanup(&r);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    m.order_id = x;
+    m.customer_id = "again";
+    attempt(p, &m.base, &r);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", jl_code_str(r.code), r.message);
+    ck_assert_uint_eq(r.aggregate_version, 1);
+    jl_reply_cleanup(&r);
+    expect_state(x, 1, 0);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(commits_aged_out_after_a_snapshot_do_not_pass_for_another_history)
 {
     /* A snapshot, then commits of which the first aged out (purged here): the one read next
@@ -849,6 +926,7 @@ int main(void)
     tcase_add_test(tc, an_aggregate_whose_events_all_aged_out_is_refused_with_why);
     tcase_add_test(tc, a_full_stream_refuses_commands_saying_so);
     tcase_add_test(tc, events_over_the_server_max_payload_are_refused_as_invalid);
+    tcase_add_test(tc, a_purged_aggregate_is_gone_not_kept_alive_by_its_snapshot);
     tcase_add_test(tc, commits_aged_out_after_a_snapshot_do_not_pass_for_another_history);
     suite_add_tcase(s, tc);
     return trun(s);

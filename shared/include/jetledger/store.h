@@ -94,8 +94,11 @@ typedef struct jl_append {
  * moving) are retried with the same message and id until the deadline, so a retry with a
  * msg_id never stores a second copy.
  * @param out_seq       stream sequence of the stored message.
- * @param out_duplicate true when JetStream had already stored this id (a retry that succeeded
- *                      before); @p out_seq is then the original's sequence.
+ * @param out_duplicate true when JetStream had already stored this id (an earlier call's copy,
+ *                      or this call's own first attempt, stored though its acknowledgement was
+ *                      lost); @p out_seq is then the original's sequence. A clustered stream
+ *                      answers such a resend "wrong last sequence": the subject's last message
+ *                      is then looked up, and carrying this id it is taken the same way.
  * @return JL_OK; JL_ERR_CONFLICT when the subject's last sequence is not the expected one;
  *         JL_ERR_TOO_LARGE; JL_ERR_UNAVAILABLE or JL_ERR_TIMEOUT when nothing could be confirmed
  *         in time (the message may or may not be stored: retry with the same msg_id);
@@ -149,6 +152,9 @@ typedef struct jl_store_info {
     uint64_t first_seq;
     uint64_t last_seq;
     int replicas;
+    /** Whether the stream drops its oldest messages itself: a max age, or a message or byte
+     * limit with the "discard old" policy. If not, what is gone was deleted by hand (a purge). */
+    bool drops_old;
 } jl_store_info;
 
 /**
