@@ -269,8 +269,9 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             cli_error("%s takes no value", flag_names[which]);
             return -1;
         }
-        if (!is_switch && (o->given & (1u << which)) != 0) {
-            /* Which one was meant? A retry's --command-id replaced by another would run twice. */
+        if ((o->given & (1u << which)) != 0) {
+            /* Which one was meant? A retry's --command-id replaced by another would run twice.
+             * A switch twice is harmless, but refused alike: one rule, as documented. */
             cli_error("%s given twice", flag_names[which]);
             return -1;
         }
