@@ -9,4 +9,7 @@ pkg_check_modules(CHECK REQUIRED IMPORTED_TARGET check)
 find_package(SQLite3 REQUIRED)
 find_package(Threads REQUIRED)
 find_program(PROTOC_C NAMES protoc-c protoc-gen-c REQUIRED)
-find_program(NATS_SERVER nats-server PATHS /usr/sbin /usr/local/sbin)
+# The nats-server the tests run: /usr/sbin's before any on PATH, as scripts/lib.sh
+# nats_server_bin (scripts/bootstrap installs and version-checks that one; an older one may come
+# first on PATH). The scripts pass the one they checked as -DNATS_SERVER at every configure.
+find_program(NATS_SERVER nats-server HINTS /usr/sbin PATHS /usr/local/sbin)

@@ -7,12 +7,16 @@ export BIN=$BUILD_DIR/bin
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Install what is missing, then configure and build (incrementally) into $BUILD_DIR.
+# Install what is missing, then configure and build (incrementally) into $BUILD_DIR. The tests
+# run the nats-server bootstrap checked: given to cmake each time, as its cache would otherwise
+# keep the one it found first (an older one on PATH, or one since replaced).
 bootstrap_and_build() {
+    local server
     "$ROOT/scripts/bootstrap"
+    server=$(nats_server_bin) || die "no nats-server after scripts/bootstrap"
     say "building into $BUILD_DIR"
     cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${JL_BUILD_TYPE:-RelWithDebInfo}" \
-        "$@" >/dev/null
+        -DNATS_SERVER:FILEPATH="$server" "$@" >/dev/null
     cmake --build "$BUILD_DIR" -j "$(nproc)" >/dev/null || {
         cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40 || true # set -e: still say why
         die "build failed"

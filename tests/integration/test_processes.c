@@ -1315,6 +1315,9 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
     CLI(r, url, "events", "orders", "--aggregate", fake_id, "--aggregate", other_id);
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--aggregate given twice") != NULL, "%s", r->err);
+    CLI(r, url, "status", "--json", "--json"); /* a switch too: one rule for every flag */
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--json given twice") != NULL, "%s", r->err);
     CLI(r, url, "command", "orders", "CreateOrder", "{}", "--command-id", "--json");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--command-id needs a value, not the flag '--json'") != NULL, "%s",
@@ -1349,7 +1352,8 @@ static cli_result *started_with_orders(svc s[2], int n)
 START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
 {
     /* The CLI drives a rebuild and a verify on a running projector and says how each ended,
-     * as its exit status and as one JSON object; a projector that is not running is exit 3. */
+     * as its exit status and as one JSON object; a projector that is not running is exit 3, a
+     * producer service named instead of a projector exit 2. */
     const char *url = env.cfg.nats_url;
     svc s[2];
     cli_result *r = started_with_orders(s, 5);
@@ -1366,6 +1370,15 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
     CLI(r, url, "verify", "nobody");
     ASSERT_CLI(r, 3);
     ck_assert_msg(strstr(r->err, "no projector named nobody is running") != NULL, "%s", r->err);
+    /* A producer service where a projector belongs never answers there: bad usage (2), not
+     * unreachable (3), which a script would retry. */
+    const char *const on_service[] = {"rebuild", "verify", "dead-letters"};
+    for (size_t i = 0; i < sizeof(on_service) / sizeof(on_service[0]); i++) {
+        CLI(r, url, on_service[i], "orders");
+        ASSERT_CLI(r, 2);
+        ck_assert_msg(strstr(r->err, "orders is a producer service") != NULL, "%s: %s",
+                      on_service[i], r->err);
+    }
     free(r);
     stop_gracefully(s, 2);
 }
@@ -1626,6 +1639,18 @@ START_TEST(cli_round_trip_and_exit_codes)
     ASSERT_CLI(r, 2);
     /* A directory: the library would read it only once a server asks for credentials. */
     CLI(r, url, "status", "--creds", env.dir);
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "not a regular file") != NULL, "%s", r->err);
+    /* A CA file it cannot read is named, with why (the library says only "SSL Error"). */
+    char no_ca[700];
+    snprintf(no_ca, sizeof(no_ca), "%s/missing-ca.pem", env.dir);
+    CLI(r, url, "status", "--tls-ca", no_ca);
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "cannot read the CA certificates file") != NULL &&
+                      strstr(r->err, "missing-ca.pem") != NULL &&
+                      strstr(r->err, "No such file") != NULL,
+                  "%s", r->err);
+    CLI(r, url, "status", "--tls-ca", env.dir);
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "not a regular file") != NULL, "%s", r->err);
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -269,8 +270,9 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             cli_error("%s takes no value", flag_names[which]);
             return -1;
         }
-        if (!is_switch && (o->given & (1u << which)) != 0) {
-            /* Which one was meant? A retry's --command-id replaced by another would run twice. */
+        if ((o->given & (1u << which)) != 0) {
+            /* Which one was meant? A retry's --command-id replaced by another would run twice.
+             * A switch twice is harmless, but refused alike: one rule, as documented. */
             cli_error("%s given twice", flag_names[which]);
             return -1;
         }
@@ -311,7 +313,8 @@ static int exec_bench(char **argv)
     /* argv[1] ("bench") becomes the program name; argv stays NULL-terminated. */
     argv[1] = path;
     execv(path, argv + 1);
-    cli_error("cannot run %s: %s (build it: make jetledger-bench)", path, strerror(errno));
+    cli_error("cannot run %s: %s (build it: cmake --build build --target jetledger-bench)", path,
+              strerror(errno));
     return CLI_FAILED;
 }
 
@@ -380,6 +383,20 @@ int main(int argc, char **argv)
         cli_error("cannot read the credentials file %s (--creds, JL_CREDS): %s", ctx.cfg.creds,
                   strerror(errno));
         return CLI_USAGE;
+    }
+    /* Else the library's "cannot load CA certificates from ...: SSL Error" says no more. */
+    if (ctx.cfg.tls_ca[0] != 0) {
+        struct stat ca;
+        const char *bad = NULL;
+        if (stat(ctx.cfg.tls_ca, &ca) != 0 || access(ctx.cfg.tls_ca, R_OK) != 0)
+            bad = strerror(errno);
+        else if (!S_ISREG(ca.st_mode))
+            bad = "not a regular file";
+        if (bad != NULL) {
+            cli_error("cannot read the CA certificates file %s (--tls-ca, JL_TLS_CA): %s",
+                      ctx.cfg.tls_ca, bad);
+            return CLI_USAGE;
+        }
     }
     if (npos == 0) {
         fputs(usage, stderr);

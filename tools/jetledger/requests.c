@@ -128,6 +128,25 @@ static int print_reply(const jl_reply *r)
     return rc;
 }
 
+/* Whether @p name is a producer service's: its stream (the name in upper case) holds
+ * "<name>.events.>", as `events` finds it. One JetStream request, asked only when nothing
+ * answered a projector's admin subject: a stopped projector is worth a retry, a service there
+ * never answers. (A projector cannot share a service's name: both answer "<name>.query.*".) */
+static bool names_a_service(jl_conn *conn, const char *name)
+{
+    char stream[JL_NAME_MAX], want[JL_NAME_MAX + 16];
+    jsStreamInfo *si = NULL;
+    bool yes = false;
+    cli_stream_name(stream, sizeof(stream), name);
+    snprintf(want, sizeof(want), "%s.events.>", name);
+    if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, NULL) == NATS_OK) {
+        for (int i = 0; i < si->Config->SubjectsLen && !yes; i++)
+            yes = strcmp(si->Config->Subjects[i], want) == 0;
+        jsStreamInfo_Destroy(si);
+    }
+    return yes;
+}
+
 static bool last_timed_out; /* the CLI is one thread */
 
 bool cli_request_timed_out(void)
@@ -161,8 +180,16 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
     if (ns == NATS_OK)
         ns = natsConnection_RequestMsg(&rep, jl_conn_nats(conn), req, ctx->opts.timeout_ms);
     last_timed_out = ns == NATS_TIMEOUT;
+    size_t n = strlen(name);
+    bool admin = strncmp(subject, name, n) == 0 && strncmp(subject + n, ".admin.", 7) == 0;
     if (ns == NATS_NO_RESPONDERS && quiet_unanswered) {
         rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_NO_RESPONDERS && admin && names_a_service(conn, name)) {
+        /* Usage, not "unreachable": a script would retry it for ever. */
+        cli_error("%s is a producer service (its stream holds %s.events.>), not a projector: "
+                  "rebuild, verify and dead-letters take a projector",
+                  name, name);
+        rc = CLI_USAGE;
     } else if (ns == NATS_NO_RESPONDERS) {
         bool projector = strcmp(kind, "projector") == 0;
         cli_error("no %s named %s is running (nothing answers %s); or is %s a %s? (%s take a "
