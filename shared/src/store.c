@@ -339,6 +339,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             /* An earlier copy still being stored (a clustered stream): not stored yet, and it
              * may yet be lost to a leader election. Ask again until it has a sequence. */
             resent = true;
+            ns = NATS_TIMEOUT; /* what the deadline's message says of it */
             nats_Sleep(attempt < 5 ? 50 : 250);
             continue;
         }
