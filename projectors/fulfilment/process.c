@@ -221,6 +221,12 @@ void fulfilment_command_id(char out[FULFILMENT_COMMAND_ID_MAX], const char *orde
              fulfilment_command_str(c));
 }
 
+/* The id of the CancelOrder that aborts an order whose step was refused (on_refused()). */
+static void abort_command_id(char out[FULFILMENT_COMMAND_ID_MAX], const char *order_id)
+{
+    snprintf(out, FULFILMENT_COMMAND_ID_MAX, "fulfilment:%.36s:abort", order_id);
+}
+
 /* ---- apply ---- */
 
 static const char schema[] =
@@ -536,10 +542,16 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     if (s == JL_OK)
         s = save_row(db, re.order_id, rid, &cur);
     fulfilment_command stale = fulfilment_overtaken(old.st, re.kind);
+    char id[FULFILMENT_COMMAND_ID_MAX], why[160];
+    snprintf(why, sizeof(why), "overtaken by %s", ev->event_type);
     if (s == JL_OK && stale != FULFILMENT_CMD_NONE) {
-        char id[FULFILMENT_COMMAND_ID_MAX], why[160];
         fulfilment_command_id(id, re.order_id, stale);
-        snprintf(why, sizeof(why), "overtaken by %s", ev->event_type);
+        s = jl_outbox_withdraw(db, id, why);
+    }
+    if (s == JL_OK && re.kind == FULFILMENT_EV_ORDER_CANCELLED) {
+        /* An abort not sent yet (a refused ConfirmOrder racing the customer's cancel): the
+         * orders service would only refuse it now. */
+        abort_command_id(id, re.order_id);
         s = jl_outbox_withdraw(db, id, why);
     }
     if (s == JL_OK && cmd != FULFILMENT_CMD_NONE)
@@ -566,15 +578,21 @@ static jl_status on_refused(jl_db *db, const jl_outbox_refusal *f, char *err, si
     if ((!reserve && strcmp(f->command, "ConfirmOrder") != 0) ||
         jl_uuid_canonical(order_id, f->order_key) != JL_OK) /* keyed by order id */
         return JL_OK;
+    /* Cancelled (by its customer, racing a ConfirmOrder) or confirmed already: nothing to
+     * abort, and the orders service would only refuse a CancelOrder. */
+    row cur;
+    jl_status s = load_row(db, order_id, &cur, err, errlen);
+    if (s != JL_OK || (cur.exists && fulfilment_effective(cur.st).order != FULFILMENT_ORDER_PLACED))
+        return s;
     snprintf(full, sizeof(full), "%s refused: %s", reserve ? "stock reservation" : "confirmation",
              f->reply->message);
     copy_reason(reason, full);
     Orders__CancelOrder cancel = ORDERS__CANCEL_ORDER__INIT;
     cancel.order_id = order_id;
     cancel.reason = reason;
-    snprintf(id, sizeof(id), "fulfilment:%s:abort", order_id);
-    jl_status s = jl_outbox_add_keyed(db, "orders", &cancel.base, id, f->correlation_id,
-                                      f->command_id, order_id);
+    abort_command_id(id, order_id);
+    s = jl_outbox_add_keyed(db, "orders", &cancel.base, id, f->correlation_id, f->command_id,
+                            order_id);
     if (s != JL_OK)
         snprintf(err, errlen, "cannot queue the CancelOrder of order %s: %s", order_id,
                  jl_status_str(s));

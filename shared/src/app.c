@@ -337,7 +337,7 @@ static void watchdog_stop(void)
 static void close_and_release(jl_conn *conn, int64_t timeout_ms)
 {
     jl_conn_close(conn, timeout_ms);
-    (void)nats_CloseAndWait(JL_APP_SHUTDOWN_MS / 4);
+    (void)nats_CloseAndWait(1000); /* milliseconds as a rule: within the shutdown bound */
 }
 
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)

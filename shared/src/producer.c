@@ -2122,6 +2122,13 @@ static size_t history_budget(jl_producer *p)
     return (size_t)max / 4 * 3;
 }
 
+/* How long a history page or a past state may read: four fifths of --request-timeout, so that
+ * a client waiting as long gets the "timeout" reply rather than none. */
+static int64_t query_budget_ms(const jl_producer *p)
+{
+    return p->append_timeout_ms * 4 / 5;
+}
+
 static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const char *subject,
                           jl_reply *r)
 {
@@ -2130,7 +2137,7 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
     history_ctx h = {.from_version = q->from_version ? q->from_version : 1,
                      .limit = q->limit && q->limit < HISTORY_MAX ? q->limit : HISTORY_MAX,
                      .budget = history_budget(p),
-                     .deadline_ns = mono_ns() + p->append_timeout_ms * 1000000LL};
+                     .deadline_ns = mono_ns() + query_budget_ms(p) * 1000000LL};
     uint64_t last = 0;
     char why[256] = "";
     h.items = calloc(h.limit, sizeof(*h.items));
@@ -2165,7 +2172,7 @@ static void query_history(jl_producer *p, const Jetledger__GetHistory *q, const 
         jl_reply_error(r, JL_CODE_TIMEOUT,
                        "reading the history of %s took over %" PRId64 " ms (%zu commits read): "
                        "give from_sequence (next_sequence of the previous page) to start there",
-                       subject, p->append_timeout_ms, h.seen);
+                       subject, query_budget_ms(p), h.seen);
     } else {
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "cannot read the history: %s", why);
     }
@@ -2215,7 +2222,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     }
     /* Bounded, as a history is: a past state is replayed from the first event. */
     replay_ctx rc = {
-        .p = p, .state = at, .deadline_ns = mono_ns() + p->append_timeout_ms * 1000000LL};
+        .p = p, .state = at, .deadline_ns = mono_ns() + query_budget_ms(p) * 1000000LL};
     rc.lim = (limit){.seq = q->at_seq, .time_ns = q->at_time_ns, .version = q->at_version};
     def->state_init(at);
     /* A snapshot helps only when the point asked for is at or after it. */
@@ -2239,7 +2246,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
         jl_reply_error(r, JL_CODE_TIMEOUT,
                        "replaying %s took over %" PRId64 " ms (%" PRIu64 " events read); a past "
                        "state is replayed from the first event",
-                       subject, p->append_timeout_ms, rc.events);
+                       subject, query_budget_ms(p), rc.events);
         free(at);
         return;
     }

@@ -2341,7 +2341,7 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
         if (msg != NULL && !atomic_load(&p->stopping))
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
-                           ", and no more queries can wait (at most %d); try again",
+                           ", and cannot wait now (at most %d queries wait at once); try again",
                            p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED);
         else if (atomic_load(&p->stopping))
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
@@ -2500,13 +2500,19 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     pthread_mutex_init(&p->apply_mu, NULL);
     pthread_rwlock_init(&p->switch_lock, NULL);
     pthread_mutex_init(&p->outbox_mu, NULL);
-    jl__cond_init_monotonic(&p->advanced); /* waits by deadlines a clock step cannot move */
     pthread_mutex_init(&p->query_mu, NULL);
     atomic_init(&p->stopping, false);
     atomic_init(&p->paused, false);
     atomic_init(&p->lost_deliveries, 0);
     snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
     const char *base = cfg->durable[0] ? cfg->durable : def->name;
+    /* Waits by deadlines a clock step cannot move. */
+    if (jl__cond_init_monotonic(&p->advanced) != 0) {
+        pthread_cond_init(&p->advanced, NULL); /* for the close below */
+        snprintf(err, errlen, "cannot create a condition variable");
+        s = JL_ERR_NOMEM;
+        goto done;
+    }
     /* The name makes subjects ("<name>.query.*") and file names ("<name>.rebuild-<ms>.db"). */
     if (def->name == NULL || !jl_valid_name(def->name)) {
         snprintf(err, errlen,

@@ -279,19 +279,30 @@ void jl_store_close(jl_store *st)
     free(st);
 }
 
-/* Whether the last message of @p subject, as the stream's leader has it, carries Nats-Msg-Id
- * @p msg_id; its sequence into *@p out_seq then. */
-static bool last_is(jl_store *st, const char *subject, const char *msg_id, uint64_t *out_seq)
+typedef enum own_copy { OWN_FOUND, OWN_NOT_STORED, OWN_UNKNOWN } own_copy;
+
+/* After a resend of append @p a was answered "wrong last sequence": whether a copy of it is
+ * stored. It expected the subject's last message to be its predecessor, so stored, it is the
+ * subject's first message after that one (its sequence into *@p out_seq). Another there means
+ * another writer won; nothing readable (a replica behind, a leader moving), unknown. */
+static own_copy find_own(jl_store *st, const jl_append *a, uint64_t *out_seq)
 {
     natsMsg *m = NULL;
     const char *id = NULL;
-    bool yes = js_GetLastMsg(&m, st->js, st->stream, subject, NULL, NULL) == NATS_OK &&
-               natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
-               strcmp(id, msg_id) == 0;
-    if (yes)
+    jsDirectGetMsgOptions o;
+    jsDirectGetMsgOptions_Init(&o);
+    o.Sequence = (a->expect_empty ? 0 : a->expected_last_seq) + 1;
+    o.NextBySubject = a->subject;
+    if (js_DirectGetMsg(&m, st->js, st->stream, NULL, &o) != NATS_OK)
+        return OWN_UNKNOWN;
+    own_copy got = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
+                           strcmp(id, a->msg_id) == 0
+                       ? OWN_FOUND
+                       : OWN_NOT_STORED;
+    if (got == OWN_FOUND)
         *out_seq = natsMsg_GetSequence(m);
     natsMsg_Destroy(m);
-    return yes;
+    return got;
 }
 
 jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, bool *out_duplicate)
@@ -335,7 +346,8 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
         jsPubAck_Destroy(pa);
         pa = NULL;
         ns = js_PublishMsg(&pa, st->js, msg, &po, &jerr);
-        if (ns == NATS_OK && pa->Duplicate && pa->Sequence == 0) {
+        if ((ns == NATS_OK && pa->Duplicate && pa->Sequence == 0) ||
+            jerr == JL_JS_DUPLICATE_IN_PROCESS) {
             /* An earlier copy still being stored (a clustered stream): not stored yet, and it
              * may yet be lost to a leader election. Ask again until it has a sequence. */
             resent = true;
@@ -349,12 +361,19 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             break;
         }
         /* A clustered stream answers a resend of a stored message "wrong last sequence" (it
-         * checks the sequence before the id): the subject's last message may be our copy. */
-        if (jl_js_wrong_last_seq(jerr) && resent && a->msg_id != NULL &&
-            last_is(st, a->subject, a->msg_id, out_seq)) {
+         * checks the sequence before the id): our copy may be there. */
+        own_copy own = jl_js_wrong_last_seq(jerr) && resent && a->msg_id != NULL
+                           ? find_own(st, a, out_seq)
+                           : OWN_NOT_STORED;
+        if (own == OWN_FOUND) {
             *out_duplicate = true; /* as a single server says of a resend it had stored */
             ns = NATS_OK;
             break;
+        }
+        if (own == OWN_UNKNOWN) { /* asked again until the deadline: "may or may not" then */
+            ns = NATS_TIMEOUT;
+            nats_Sleep(attempt < 5 ? 50 : 250);
+            continue;
         }
         if (jl_js_wrong_last_seq(jerr)) {
             set_err(st, "%s changed since it was read (expected last sequence %" PRIu64 ")",
@@ -368,7 +387,7 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             ns == NATS_NOT_YET_CONNECTED || (ns == NATS_ERR && jerr == 0)) {
             jl_log(JL_LOG_DEBUG, "append retry", "\"subject\":\"%s\",\"status\":\"%s\"", a->subject,
                    natsStatus_GetText(ns));
-            resent = resent || ns == NATS_TIMEOUT;
+            resent = true; /* the first copy may have got through */
             nats_Sleep(attempt < 5 ? 50 : 250);
             continue;
         }

@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
 #include "orders/orders.pb-c.h"
@@ -207,9 +208,10 @@ typedef struct svc {
     char log[PATH_MAX];
     char data[512];
     int batch;
-    const char *fault; /* NULL, or JL_FAULT_POINT for its next start (see shared/src/fault.c) */
-    int fault_after;   /* JL_FAULT_AFTER with it */
-    const char *env;   /* NULL, or one more NAME=value */
+    const char *fault;  /* NULL, or JL_FAULT_POINT for its next start (see shared/src/fault.c) */
+    int fault_after;    /* JL_FAULT_AFTER with it */
+    const char *url;    /* NULL: the whole cluster, else NATS_URL */
+    const char *env[2]; /* NULL, or more NAME=value, taking precedence over the defaults */
 } svc;
 
 static svc svcs[MAX_SVCS];
@@ -220,13 +222,16 @@ static void svc_spawn(svc *s)
     const char *bindir = getenv("JL_BIN_DIR");
     ck_assert_msg(bindir != NULL, "JL_BIN_DIR is not set (run through ctest)");
     snprintf(path, sizeof(path), "%s/%s", bindir, s->bin);
-    snprintf(e_url, sizeof(e_url), "NATS_URL=%s", cl.urls);
+    snprintf(e_url, sizeof(e_url), "NATS_URL=%s", s->url ? s->url : cl.urls);
     snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", s->data);
     snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", s->batch ? s->batch : 256);
     snprintf(e_fault, sizeof(e_fault), "JL_FAULT_POINT=%s", s->fault ? s->fault : "");
     snprintf(e_after, sizeof(e_after), "JL_FAULT_AFTER=%d",
              s->fault_after > 0 ? s->fault_after : 1);
-    const char *const envv[] = {e_url,
+    /* The extras first: getenv() takes the first of a name. */
+    const char *const envv[] = {s->env[0] ? s->env[0] : "JL_TEST_EXTRA_0=",
+                                s->env[1] ? s->env[1] : "JL_TEST_EXTRA_1=",
+                                e_url,
                                 e_dir,
                                 e_batch,
                                 "JL_REPLICAS=3",
@@ -236,7 +241,6 @@ static void svc_spawn(svc *s)
                                 "JL_REQUEST_TIMEOUT=10000",
                                 e_fault,
                                 e_after,
-                                s->env,
                                 NULL};
     const char *const argv[] = {path, NULL};
     ck_assert_msg(jl_proc_spawn(&s->pid, argv, envv, s->log) == 0, "spawn %s: %s", path,
@@ -892,13 +896,10 @@ static pid_t pause_followers(const char *stream, const char *meanwhile)
  * copy, not answer "conflict" for it, even with no retries of lost races left. */
 START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
 {
-    svc *prod = &svcs[0];
-    memset(prod, 0, sizeof(*prod));
-    prod->env = "JL_COMMAND_RETRIES=0";
-    snprintf(prod->bin, sizeof(prod->bin), "orders");
-    snprintf(prod->log, sizeof(prod->log), "%s/orders.log", cl.dir);
-    snprintf(prod->data, sizeof(prod->data), "%s/orders", cl.dir);
-    svc_spawn(prod);
+    /* The stream and an order first, by a producer on any node; then the producer again and
+     * this test's connection, both on the stream's leader only: neither may wait in a paused
+     * server, or the append would meet a healthy cluster after the pause and prove nothing. */
+    svc *prod = svc_start(0, "orders", "orders", 0);
     char id[JL_UUID_LEN + 1];
     jl_uuid_new(id);
     Orders__CreateOrder co = ORDERS__CREATE_ORDER__INIT;
@@ -911,31 +912,59 @@ START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
         ck_assert_msg(tnow_ms() < deadline, "the orders producer never accepted a command");
         nats_Sleep(200);
     }
-    pid_t child = pause_followers("ORDERS", "an AddItem sent meanwhile (no command id, no "
-                                            "retries of lost races)");
+    int leader = stream_leader("ORDERS");
+    ck_assert_int_ge(leader, 0);
+    ck_assert_int_eq(svc_stop(prod, SIGTERM), 0);
+    char url[64], err[1024];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", cl.client_port[leader]);
+    prod->url = url;
+    prod->env[0] = "JL_COMMAND_RETRIES=0";
+    prod->env[1] = "JL_LOG_LEVEL=debug";
+    svc_spawn(prod);
+    jl_conn *lc = NULL;
+    jl_config lcfg = cfg;
+    snprintf(lcfg.nats_url, sizeof(lcfg.nats_url), "%s", url);
+    ck_assert_msg(jl_conn_open(&lc, &lcfg, "fault-resend", 10000, err, sizeof(err)) == JL_OK, "%s",
+                  err);
+    /* Up again when it takes a first item, which also puts the order in its cache: loaded
+     * during the pause, it would wait for the snapshot bucket, perhaps led by a paused node,
+     * and append only after it, when nothing times out. */
     Orders__AddItem ai = ORDERS__ADD_ITEM__INIT;
     ai.order_id = id;
-    ai.sku = "sku-1";
+    ai.sku = "sku-0";
     ai.quantity = 1;
     ai.unit_price_cents = 100;
+    deadline = tnow_ms() + 60000;
+    while (tsend(lc, "orders", false, &ai.base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK) {
+        ck_assert_msg(tnow_ms() < deadline, "the orders producer never answered on n%d",
+                      leader + 1);
+        nats_Sleep(200);
+    }
+    pid_t child = pause_followers("ORDERS", "an AddItem sent meanwhile (no command id, no "
+                                            "retries of lost races)");
+    ai.sku = "sku-1";
     int64_t t0 = tnow_ms();
-    natsStatus ns = tsend(conn, "orders", false, &ai.base, NULL, &r);
+    natsStatus ns = tsend(lc, "orders", false, &ai.base, NULL, &r);
     waitpid(child, NULL, 0);
+    jl_conn_close(lc, 0);
     printf("reply after %" PRId64 " ms: %s %s (version %" PRIu64 ", sequence %" PRIu64
            ", duplicate %d)\n",
            tnow_ms() - t0, ns == NATS_OK ? jl_code_str(r.code) : natsStatus_GetText(ns), r.message,
            r.aggregate_version, r.stream_seq, (int)r.duplicate);
-    /* Two commits (the creation and the item), not three: counted from the stream's info,
+    /* Three commits (the creation and two items), not four: counted from the stream's info,
      * asked until it answers (the cluster may still be electing leaders after the pause). */
     wait_replicas_current("ORDERS", 30000);
     uint64_t msgs = stream_msgs_when_known("ORDERS");
     printf("verified: %" PRIu64 " commits in the stream\n", msgs);
-    ck_assert_uint_eq(msgs, 2);
+    ck_assert_uint_eq(msgs, 3);
     ck_assert_int_eq(ns, NATS_OK);
     ck_assert_msg(r.code == JL_CODE_OK, "stored, answered %s: %s", jl_code_str(r.code), r.message);
     ck_assert(!r.duplicate);
-    ck_assert_uint_eq(r.aggregate_version, 2);
+    ck_assert_uint_eq(r.aggregate_version, 3);
     jl_reply_cleanup(&r);
+    /* The fault bit: the append timed out, and its resend met the stored copy. */
+    ck_assert_msg(scan_log(prod->log, "\"msg\":\"conflict, catching up\"", NULL, 2) >= 1,
+                  "the append never met its stored copy: see %s", prod->log);
 }
 END_TEST
 

@@ -1468,7 +1468,7 @@ START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
         jl_reply_init(&r);
         ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
                          JL_OK);
-        ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "no more queries") != NULL,
+        ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "cannot wait now") != NULL,
                       "%s: %s", jl_code_str(r.code), r.message);
         jl_reply_cleanup(&r);
         natsMsg_Destroy(m);

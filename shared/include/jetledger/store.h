@@ -97,8 +97,9 @@ typedef struct jl_append {
  * @param out_duplicate true when JetStream had already stored this id (an earlier call's copy,
  *                      or this call's own first attempt, stored though its acknowledgement was
  *                      lost); @p out_seq is then the original's sequence. A clustered stream
- *                      answers such a resend "wrong last sequence": the subject's last message
- *                      is then looked up, and carrying this id it is taken the same way.
+ *                      answers such a resend "wrong last sequence": the subject's first message
+ *                      after the expected one is then looked up, and carrying this id it is
+ *                      taken the same way (unreadable, the append is tried again).
  * @return JL_OK; JL_ERR_CONFLICT when the subject's last sequence is not the expected one;
  *         JL_ERR_TOO_LARGE; JL_ERR_UNAVAILABLE or JL_ERR_TIMEOUT when nothing could be confirmed
  *         in time (the message may or may not be stored: retry with the same msg_id);
