@@ -328,16 +328,12 @@ static void watchdog_stop(void)
     watchdog_running = false;
 }
 
-/*
- * After the connection is closed: the library's threads release it in the background, its TLS
- * context too (set up for nats:// URLs as well, see conn.c), and a process that returns from
- * main meanwhile runs OpenSSL's exit handlers under them, which now and then crashes it
- * (status 139 instead of 0). Wait for them, within bounds.
- */
+/* Close the connection and let the library's threads finish with it before the process exits
+ * (jl_conn_release_library): milliseconds as a rule, 1 s at most, within the shutdown bound. */
 static void close_and_release(jl_conn *conn, int64_t timeout_ms)
 {
     jl_conn_close(conn, timeout_ms);
-    (void)nats_CloseAndWait(1000); /* milliseconds as a rule: within the shutdown bound */
+    jl_conn_release_library(1000);
 }
 
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)

@@ -679,6 +679,11 @@ done:
     return ok;
 }
 
+void jl_conn_release_library(int64_t timeout_ms)
+{
+    (void)nats_CloseAndWait(timeout_ms > 0 ? timeout_ms : 1);
+}
+
 jl_status jl_server_version_probe(const char *url, int timeout_ms, char *out, size_t outlen)
 {
     char host[256], port[16];

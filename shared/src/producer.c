@@ -1014,9 +1014,12 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
  * *@p msg now the library's. Closing past its wait, the context may be going: no resend then. */
 static natsStatus resend(jl_producer *p, jsCtx *js, natsMsg **msg, cmd *c, natsStatus err)
 {
-    int64_t pause = JL_NO_RESPONDERS_PAUSE_MS;
-    for (int i = 1; i < c->in_process && pause < JL_IN_PROCESS_PAUSE_MAX_MS; i++)
-        pause = pause * 2 < JL_IN_PROCESS_PAUSE_MAX_MS ? pause * 2 : JL_IN_PROCESS_PAUSE_MAX_MS;
+    /* 20 ms, doubled for each "in process" answer after the first, at most the cap. */
+    int doublings = c->in_process > 1 ? c->in_process - 1 : 0;
+    int64_t pause = doublings >= 8 ? JL_IN_PROCESS_PAUSE_MAX_MS
+                                   : (int64_t)JL_NO_RESPONDERS_PAUSE_MS << doublings;
+    if (pause > JL_IN_PROCESS_PAUSE_MAX_MS)
+        pause = JL_IN_PROCESS_PAUSE_MAX_MS;
     int64_t pause_ms = (c->sent_ns + pause * 1000000LL - mono_ns()) / 1000000;
     if (err == NATS_NO_RESPONDERS && pause_ms > 0) {
         /* No leader yet: give it a moment since this message was sent, without the lock
@@ -1751,7 +1754,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         finish(p, c, r);
         release_entry(p, e);
     } else if (jl_js_wrong_last_seq(pae->ErrCode) &&
-               (c->attempts++ < p->retries || (c->timed_out && c->attempts <= p->retries + 1))) {
+               c->attempts++ < p->retries + (c->timed_out ? 1 : 0)) {
         /* Another writer got there first: read what it wrote on a worker, without the lock
          * (another replica writing the same aggregates makes this common), then decide again,
          * unless what it wrote is this very command, sent twice (load_done). A clustered

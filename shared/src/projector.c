@@ -2266,13 +2266,15 @@ typedef struct jl__parked {
 typedef enum { PARK_REACHED, PARKED, PARK_NO_ROOM } park_result;
 
 /* Park @p msg until source @p si reaches @p min_seq (the waiter owns it then), unless the
- * source is there already or there is no room (too many parked, no memory, stopping). */
-static park_result park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq)
+ * source is there already or there is no room (too many parked, no memory, stopping). The
+ * source's checkpoint goes into @p out_seen. */
+static park_result park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq, uint64_t *out_seen)
 {
     jl__parked *w = p->has_waiter ? malloc(sizeof(*w)) : NULL;
     park_result got = PARK_NO_ROOM;
     pthread_mutex_lock(&p->mu);
-    if (p->src[si].checkpoint >= min_seq) {
+    *out_seen = p->src[si].checkpoint;
+    if (*out_seen >= min_seq) {
         got = PARK_REACHED;
     } else if (w != NULL && !atomic_load(&p->stopping) && p->n_parked < JL_MAX_PARKED) {
         *w = (jl__parked){.msg = msg,
@@ -2329,7 +2331,7 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     /* On the query thread (msg set) a query that must wait is parked; the waiter's call
      * (msg NULL) is at its deadline or there: no more waiting. */
     park_result pr = min_seq == 0                     ? PARK_REACHED
-                     : msg != NULL                    ? park(p, msg, si, min_seq)
+                     : msg != NULL                    ? park(p, msg, si, min_seq, &seen)
                      : reached(p, si, min_seq, &seen) ? PARK_REACHED
                                                       : PARK_NO_ROOM;
     if (pr == PARKED) {
@@ -2337,17 +2339,16 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
         return true;
     }
     if (pr == PARK_NO_ROOM) {
-        reached(p, si, min_seq, &seen);
-        if (msg != NULL && !atomic_load(&p->stopping))
-            jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                           "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
-                           ", and cannot wait now (at most %d queries wait at once); try again",
-                           p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED);
-        else if (atomic_load(&p->stopping))
+        if (atomic_load(&p->stopping))
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
                            ", and its projector is stopping; try again",
                            p->def->name, seen, p->src[si].stream, min_seq);
+        else if (msg != NULL)
+            jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                           "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
+                           ", and cannot wait now (at most %d queries wait at once); try again",
+                           p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED);
         else
             jl_reply_error(r, JL_CODE_TIMEOUT,
                            "read model %s is at sequence %" PRIu64 " of %s and did not reach "

@@ -97,27 +97,27 @@ static void fill_stream_config(jsStreamConfig *sc, const jl_store_cfg *cfg, cons
     sc->DenyDelete = true;
 }
 
-/* The settings jetledger manages on an existing stream: copied into the stream's own config, so
- * that what an operator set besides (placement, a description, deny purge, metadata, ...) stays
- * as it is. (A field the client library does not know is still lost in an update.) */
+/* The settings jetledger manages on an existing stream, in one list for the comparison and the
+ * copy (a field added to one only would be updated for ever, or never). */
+#define MANAGED_STREAM_FIELDS(X)                                                                   \
+    X(Replicas)                                                                                    \
+    X(MaxBytes) X(MaxAge) X(Duplicates) X(MaxMsgSize) X(AllowDirect) X(Discard) X(DenyDelete)
+
+/* Copied into the stream's own config, so that what an operator set besides (placement, a
+ * description, deny purge, metadata, ...) stays as it is. (A field the client library does not
+ * know is still lost in an update.) */
 static void manage_stream_config(jsStreamConfig *sc, const jsStreamConfig *want)
 {
-    sc->Replicas = want->Replicas;
-    sc->MaxBytes = want->MaxBytes;
-    sc->MaxAge = want->MaxAge;
-    sc->Duplicates = want->Duplicates;
-    sc->MaxMsgSize = want->MaxMsgSize;
-    sc->AllowDirect = want->AllowDirect;
-    sc->Discard = want->Discard;
-    sc->DenyDelete = want->DenyDelete;
+#define COPY_FIELD(f) sc->f = want->f;
+    MANAGED_STREAM_FIELDS(COPY_FIELD)
+#undef COPY_FIELD
 }
 
 static bool config_differs(const jsStreamConfig *have, const jsStreamConfig *want)
 {
-    return have->Replicas != want->Replicas || have->MaxBytes != want->MaxBytes ||
-           have->MaxAge != want->MaxAge || have->Duplicates != want->Duplicates ||
-           have->MaxMsgSize != want->MaxMsgSize || have->AllowDirect != want->AllowDirect ||
-           have->Discard != want->Discard || have->DenyDelete != want->DenyDelete;
+#define FIELD_DIFFERS(f) have->f != want->f ||
+    return MANAGED_STREAM_FIELDS(FIELD_DIFFERS) false;
+#undef FIELD_DIFFERS
 }
 
 /* A stream that would delete events on its own, or take none: not an event store, and no

@@ -266,6 +266,14 @@ static natsSubscription *stand_in_inventory(natsMsgHandler answer)
     return sub;
 }
 
+/* The stand-in @p fake taken away and the real inventory service back in its place. */
+static void inventory_back(natsSubscription *fake)
+{
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+    open_inventory();
+}
+
 /* The process manager started with the inventory replaced by @p answer, and an order of two
  * apples placed by @p customer (its id in @p out_id). Returns the stand-in. */
 static natsSubscription *order_to_stand_in(natsMsgHandler answer, const char *customer,
@@ -333,9 +341,7 @@ START_TEST(a_command_answered_not_now_is_sent_again)
      * back, not recorded as done. */
     char a[JL_UUID_LEN + 1];
     natsSubscription *fake = order_answered_not_now(a);
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
 }
@@ -375,9 +381,7 @@ START_TEST(a_reservation_overtaken_by_a_cancellation_is_withdrawn)
     ck_assert_str_eq(got, "withdrawn"); /* a late "not now" did not put it back */
 
     /* The inventory back: nothing is reserved for the cancelled order. */
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     char b[JL_UUID_LEN + 1];
     line lb[] = {{"apple", 1, 150}};
     place_order("dave", lb, 1, b);
@@ -465,9 +469,7 @@ START_TEST(a_command_answered_internal_is_sent_again_until_decided)
     wait_calls(&internal_calls, 2);
     outbox_reply(a, "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, ""); /* not final */
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
 }
@@ -595,9 +597,7 @@ START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
         nats_Sleep(20);
     ck_assert_int_gt(atomic_load(&held_calls), before);
     /* The inventory back: the first held reservation goes through, the order is confirmed. */
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     wait_status(a[0], "confirmed", 30000);
 }
 END_TEST
@@ -647,9 +647,7 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     int64_t t0 = tnow_ms();
     runner_stop(&process);
     ck_assert_int_lt(tnow_ms() - t0, 5000);
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     runner_start(&process, &fulfilment_process);
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
@@ -691,9 +689,7 @@ START_TEST(an_empty_reply_is_not_taken_for_an_acceptance)
     ck_assert_int_ge(outbox_attempts(a, "ReserveStock"), 1);
     outbox_reply(a, "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, "");
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
-    open_inventory();
+    inventory_back(fake);
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);
     outbox_reply(a, "ReserveStock", got, sizeof(got));

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "jetledger/conn.h"
 #include "jetledger/config.h"
 #include "orders/orders.pb-c.h"
 
@@ -1149,9 +1150,7 @@ int main(int argc, char **argv)
     }
     int rc = run(b, argc, argv);
     free(b);
-    /* Every connection is closed by now: let the library's threads finish releasing them
-     * (and their TLS contexts) before exit runs OpenSSL's cleanup under them. */
-    (void)nats_CloseAndWait(2000);
+    jl_conn_release_library(2000); /* every connection is closed by now */
     return rc;
 }
 

@@ -430,9 +430,7 @@ int main(int argc, char **argv)
             }
         }
         int rc = subs[i].fn(&ctx);
-        /* Its connection is closed: let the library's threads finish releasing it (and its
-         * TLS context) before exit runs OpenSSL's cleanup under them, a crash now and then. */
-        (void)nats_CloseAndWait(1000);
+        jl_conn_release_library(1000); /* its connection is closed */
         /* Output lost (a full disk, a closed pipe) is a failure, whatever was read. */
         int e = fflush(stdout) != 0 ? errno : 0;
         if (e != 0 || ferror(stdout)) {

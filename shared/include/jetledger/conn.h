@@ -75,6 +75,15 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 void jl_conn_close(jl_conn *c, int64_t timeout_ms);
 
 /**
+ * Before a process exits, once every connection is closed: wait up to @p timeout_ms for the
+ * client library's threads to finish releasing them. They free a connection's TLS context
+ * (set up for nats:// URLs too, see jl_conn_open()) in the background, and exit running
+ * OpenSSL's cleanup under them crashes the process now and then (status 139). Not from a
+ * NATS callback; no jetledger or NATS call may follow.
+ */
+void jl_conn_release_library(int64_t timeout_ms);
+
+/**
  * Subscribe @p cb to @p subject (in queue group @p queue, or none when NULL) and watch it from
  * the start, so that jl_conn_sub_stop() knows when its handler returned for the last time even
  * once the connection has closed (libnats refuses to watch a closed subscription). Use it for
