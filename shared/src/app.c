@@ -186,8 +186,11 @@ void jl_app_wait_for_stop(void)
 
 typedef struct watched {
     jl_conn *conn;
-    jl_producer *producer; /* NULL for a projector: its connection is the one above */
+    jl_producer *producer;   /* NULL for a projector: its connection is the one above */
+    jl_projector *projector; /* not yet answering at start: made ready once it answers */
 } watched;
+
+static void ready(bool up);
 
 /*
  * Watches the connection while the service runs. It reconnects forever, except where the client
@@ -198,7 +201,7 @@ typedef struct watched {
  */
 static void *conn_watch(void *arg)
 {
-    const watched *w = arg;
+    watched *w = arg;
     natsConnection *nc = jl_conn_nats(w->conn);
     pthread_mutex_lock(&stop_mu);
     while (!stop_requested) {
@@ -209,6 +212,10 @@ static void *conn_watch(void *arg)
         /* Not under stop_mu: the connection's lock may be held by a reconnect attempt (up to
          * its connect timeout), and a signal must not wait for that. */
         pthread_mutex_unlock(&stop_mu);
+        if (w->projector != NULL && jl_projector_serving(w->projector)) {
+            ready(true); /* caught up: it answers queries now */
+            w->projector = NULL;
+        }
         bool closed = natsConnection_IsClosed(nc) ||
                       (w->producer != NULL && jl_producer_conn_closed(w->producer));
         pthread_mutex_lock(&stop_mu);
@@ -428,13 +435,16 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     if (already)
         jl_projector_stop(p);
-    ready(true);
+    /* Far behind its streams, it answers (and is ready) once it has caught up. */
+    bool serving = jl_projector_serving(p);
+    if (serving)
+        ready(true);
     pthread_t watch;
-    watched w = {.conn = conn, .producer = NULL};
+    watched w = {.conn = conn, .producer = NULL, .projector = serving ? NULL : p};
     bool watching = watch_start(&watch, &w);
     s = jl_projector_run(p);
+    watch_stop(watch, watching); /* before: the watch may be making it ready */
     ready(false);
-    watch_stop(watch, watching);
     if (s != JL_OK)
         fail("cannot run", s, jl_projector_errmsg(p));
     /* A signal from now on must not reach the projector the close frees (a second one still

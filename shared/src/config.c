@@ -70,6 +70,9 @@ static const key keys[] = {
         "seconds a producer remembers client command ids, 0 = off"),
     I64("outbox-keep", "JL_OUTBOX_KEEP", outbox_keep_s, 0, 10 * 365LL * 24 * 3600,
         "seconds a process manager keeps answered outbox rows, 0 = forever"),
+    I64("serve-lag", "JL_SERVE_LAG", serve_lag, -1, INT64_MAX,
+        "events a projector may be behind its streams at start and still answer queries; "
+        "further behind it catches up first; -1 = answer at once"),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -91,6 +94,7 @@ void jl_config_init(jl_config *cfg)
     cfg->snapshot_every = 100;
     cfg->command_ttl_s = 7 * 24 * 3600;
     cfg->outbox_keep_s = 7 * 24 * 3600;
+    cfg->serve_lag = 1000;
 }
 
 static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,

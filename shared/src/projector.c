@@ -1237,6 +1237,56 @@ static void publish_progress(jl_projector *p, const jl__batch_result *io)
 }
 
 /* Apply a batch of source @p i under apply_mu; ack its highest message when @p ack. */
+/* ---- serving queries ---- */
+
+static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* Subscribe the queries, once; @p out_now says whether this call did. */
+static natsStatus subscribe_queries(jl_projector *p, bool *out_now)
+{
+    bool expected = false;
+    *out_now = false;
+    if (!atomic_compare_exchange_strong(&p->serve_claimed, &expected, true))
+        return NATS_OK;
+    natsStatus ns = jl_conn_subscribe(p->conn, &p->qsub, p->qsubject, p->def->name, on_query, p);
+    if (ns != NATS_OK) {
+        atomic_store(&p->serve_claimed, false);
+        return ns;
+    }
+    atomic_store(&p->serving, true);
+    *out_now = true;
+    return NATS_OK;
+}
+
+/* Source @p i was seen @p pending events behind its stream's head: within serve_lag it is
+ * current for good, and once every source is, queries are answered. */
+static void serve_if_current(jl_projector *p, int i, uint64_t pending)
+{
+    if (atomic_load(&p->serving) || pending > (uint64_t)p->serve_lag)
+        return;
+    atomic_store(&p->src[i].current, true);
+    for (int k = 0; k < p->n_src; k++) {
+        if (!atomic_load(&p->src[k].current))
+            return;
+    }
+    bool now = false;
+    natsStatus ns = subscribe_queries(p, &now);
+    if (ns != NATS_OK)
+        jl_log(JL_LOG_WARN, "cannot answer queries yet",
+               "\"subject\":\"%s\",\"status\":\"%s\",\"hint\":\"tried again after the next "
+               "batch\"",
+               p->qsubject, natsStatus_GetText(ns));
+    else if (now)
+        jl_log(JL_LOG_INFO, "answering queries",
+               "\"queries\":\"%s\",\"checkpoint\":%" PRIu64 ",\"serve_lag\":%" PRId64, p->qsubject,
+               jl__proj_checkpoint(p, 0), p->serve_lag);
+}
+
+bool jl_projector_serving(jl_projector *p)
+{
+    return atomic_load(&p->serving);
+}
+
 static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, bool ack,
                               size_t *out_applied)
 {
@@ -1249,6 +1299,8 @@ static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, boo
     pthread_mutex_unlock(&p->apply_mu);
     if (s != JL_OK)
         return s;
+    if (n > 0)
+        serve_if_current(p, i, io.pending);
     /* Ack only after the commit: a crash before this line replays the batch, never skips it.
      * With AckAll, acking the highest message acks the whole batch. A lost ack loses nothing
      * (the batch comes again after the ack wait and is skipped by the checkpoint), but say so. */
@@ -1825,6 +1877,8 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
                "\"stream\":\"%s\",\"detail\":\"%s\"", src->stream,
                jl_log_str(esc, sizeof(esc), why));
     }
+    if (s == JL_OK && n == 0)
+        serve_if_current(p, i, 0); /* nothing left to read */
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
         jl__reader_close(&src->catchup);
@@ -1901,6 +1955,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     if (src->catchup.sub == NULL && src->pull == NULL &&
         (s = stream_head(p, i, &head, &now)) != JL_OK)
         return s;
+    if (src->catchup.sub == NULL && src->pull == NULL && now.created == 0)
+        serve_if_current(p, i, 0); /* no stream yet: nothing to be behind */
     if (head == HEAD_BEHIND) {
         /* Deleted and created again, or restored from an older backup: its sequences name
          * other events now, and reading on from the checkpoint would skip the new ones up to
@@ -1950,6 +2006,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         s = JL_OK;
         if (lost_while_idle(p, i))
             lost_delivery(p, i);
+        else
+            serve_if_current(p, i, 0); /* nothing left to read */
     } else if (ns != NATS_OK) {
         src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
@@ -2479,13 +2537,37 @@ static void *query_waiter(void *arg)
 
 /* ---- lifecycle ---- */
 
+/* Whether every source's stream is at most serve_lag messages past its checkpoint (a missing
+ * stream: none), the most it is behind in @p out_behind. A stream that cannot be read now is
+ * taken as behind: a step tells. (Over a filter the count may include others' messages: the
+ * projector then catches up first, and its steps count its own.) */
+static bool sources_within_lag(jl_projector *p, uint64_t *out_behind)
+{
+    bool within = true;
+    for (int i = 0; i < p->n_src; i++) {
+        head_at at;
+        stream_now now;
+        if (stream_head(p, i, &at, &now) != JL_OK) {
+            p->src[i].err[0] = 0;
+            within = false;
+            continue;
+        }
+        uint64_t behind = now.last > p->src[i].checkpoint ? now.last - p->src[i].checkpoint : 0;
+        *out_behind = behind > *out_behind ? behind : *out_behind;
+        if (behind > (uint64_t)p->serve_lag)
+            within = false;
+        else
+            atomic_store(&p->src[i].current, true);
+    }
+    return within;
+}
+
 jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
                             const jl_projector_def *def, const jl_config *cfg, char *err,
                             size_t errlen)
 {
     jl_status s = JL_OK;
     jl_projector *p = calloc(1, sizeof(*p));
-    char qsubject[256];
 
     if (p == NULL)
         return JL_ERR_NOMEM;
@@ -2497,6 +2579,10 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     p->timeout_ms = cfg->request_timeout_ms;
     p->rebuild_max_bytes = cfg->rebuild_max_mb * 1024 * 1024;
     p->outbox_keep_ns = cfg->outbox_keep_s * 1000000000LL;
+    p->serve_lag = cfg->serve_lag;
+    atomic_init(&p->serve_claimed, false);
+    atomic_init(&p->serving, false);
+    snprintf(p->qsubject, sizeof(p->qsubject), "%s.query.*", def->name ? def->name : "");
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->apply_mu, NULL);
     pthread_rwlock_init(&p->switch_lock, NULL);
@@ -2581,12 +2667,17 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     }
     p->has_waiter = true;
-    snprintf(qsubject, sizeof(qsubject), "%s.query.*", def->name);
-    natsStatus ns = jl_conn_subscribe(conn, &p->qsub, qsubject, def->name, on_query, p);
-    if (ns != NATS_OK) {
-        snprintf(err, errlen, "cannot subscribe to %s: %s", qsubject, natsStatus_GetText(ns));
-        s = JL_ERR_NATS;
-        goto done;
+    uint64_t behind = 0;
+    /* A model rebuilt for a new version answers from the old file meanwhile, as it is. */
+    if (p->serve_lag < 0 || atomic_load(&p->paused) || sources_within_lag(p, &behind)) {
+        bool now = false;
+        natsStatus ns = subscribe_queries(p, &now);
+        if (ns != NATS_OK) {
+            snprintf(err, errlen, "cannot subscribe to %s: %s", p->qsubject,
+                     natsStatus_GetText(ns));
+            s = JL_ERR_NATS;
+            goto done;
+        }
     }
     s = jl__jobs_open(p, err, errlen);
     if (s == JL_OK && def->outbox)
@@ -2595,9 +2686,14 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     jl_log(JL_LOG_INFO, "projector ready",
            "\"db\":\"%s\",\"checkpoint\":%" PRIu64 ",\"durable\":\"%s\",\"queries\":\"%s\","
-           "\"version\":%d,\"db_version\":%d",
-           p->db_path, p->src[0].checkpoint, p->src[0].durable, qsubject, p->def->version,
-           p->db_version);
+           "\"answering\":%s,\"version\":%d,\"db_version\":%d",
+           p->db_path, p->src[0].checkpoint, p->src[0].durable, p->qsubject,
+           atomic_load(&p->serving) ? "true" : "false", p->def->version, p->db_version);
+    if (!atomic_load(&p->serving))
+        jl_log(JL_LOG_INFO, "catching up before answering queries",
+               "\"behind\":%" PRIu64 ",\"serve_lag\":%" PRId64
+               ",\"hint\":\"other instances answer meanwhile; --serve-lag -1 answers at once\"",
+               behind, p->serve_lag);
     if (atomic_load(&p->paused)) {
         p->last_version_try_ns = jl__mono_ns();
         jl__jobs_start_version_rebuild(p);

@@ -97,6 +97,9 @@ typedef struct jl__source {
     uint64_t warned_from; /* checkpoint + 1 when messages from it were last said to be gone */
     pthread_t thread;     /* sources after the first run on their own thread */
     bool has_thread;
+    /* Within serve_lag of the stream's head once (or the stream empty or missing): set for
+     * good by the source's own thread, read by the others (see serve_if_current()). */
+    atomic_bool current;
     char err[512]; /* the last failure of this source's steps (each source has a thread) */
 } jl__source;
 
@@ -116,6 +119,14 @@ struct jl_projector {
     jl_db *qdb;         /* reader: the query thread, under switch_lock */
     jl__source src[JL_MAX_SOURCES];
     int n_src;
+    /* Queries are subscribed at open when every source is within serve_lag events of its
+     * head (or serve_lag < 0), else by the first source thread to find all of them current:
+     * a model still far behind (a new replica, a lost volume) does not answer from half its
+     * events. qsub is set once, before serving, and read after the source threads ended. */
+    int64_t serve_lag;
+    atomic_bool serve_claimed; /* a thread is subscribing (or did) */
+    atomic_bool serving;       /* subscribed: queries are answered */
+    char qsubject[256];        /* "<name>.query.*" */
     natsSubscription *qsub;
     natsSubscription *asub;     /* admin, any instance (queue group) */
     natsSubscription *asub_own; /* admin, this instance */

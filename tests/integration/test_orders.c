@@ -1048,6 +1048,79 @@ START_TEST(bad_queries_get_clear_errors)
 }
 END_TEST
 
+/* ListOrders of order_summary (a page of one): NATS_OK with the orders listed in
+ * @p out_listed, or the request's failure. */
+static natsStatus list_one(uint64_t *out_listed)
+{
+    Orders__ListOrders l = ORDERS__LIST_ORDERS__INIT;
+    l.limit = 1;
+    jl_reply r;
+    jl_reply_init(&r);
+    natsStatus ns = tsend(env.conn, "order_summary", true, &l.base, NULL, &r);
+    if (ns == NATS_OK) {
+        ck_assert_int_eq(r.code, JL_CODE_OK);
+        Orders__ListOrdersResult *res =
+            orders__list_orders_result__unpack(NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(res);
+        *out_listed = res->n_orders;
+        orders__list_orders_result__free_unpacked(res, NULL);
+    }
+    jl_reply_cleanup(&r);
+    return ns;
+}
+
+/* A read model far behind its stream (a new instance, a lost volume) answers no query until it
+ * is within serve_lag events of the head: other instances answer meanwhile, not it from part
+ * of the events. Near the head, or with serve_lag -1, it answers at once. */
+START_TEST(a_projector_far_behind_answers_once_it_has_caught_up)
+{
+    tseed_orders(env.conn, 3000, 1);
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    jl_projector *p = NULL;
+    uint64_t total = 0;
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/behind", env.dir);
+    cfg.batch = 100;
+    cfg.serve_lag = 500;
+    ck_assert_msg(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)) == JL_OK,
+        "%s", err);
+    ck_assert(!jl_projector_serving(p));
+    ck_assert_int_eq(list_one(&total), NATS_NO_RESPONDERS);
+    int64_t deadline = tnow_ms() + 20000;
+    while (!jl_projector_serving(p)) {
+        ck_assert_int_eq(jl_projector_step(p, 200, NULL), JL_OK);
+        ck_assert_msg(tnow_ms() < deadline, "not answering at %" PRIu64,
+                      jl_projector_checkpoint(p));
+    }
+    /* It answers from at most serve_lag events behind, not from further. */
+    ck_assert_uint_ge(jl_projector_checkpoint(p), 2500);
+    ck_assert_uint_lt(jl_projector_checkpoint(p), 3000);
+    ck_assert_int_eq(list_one(&total), NATS_OK);
+    ck_assert_uint_eq(total, 1);
+    catch_up(p, 3000);
+    jl_projector_close(p, 1000);
+
+    /* Reopened 100 events behind (a restart): at once. */
+    tseed_orders(env.conn, 100, 1);
+    ck_assert_int_eq(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)), JL_OK);
+    ck_assert(jl_projector_serving(p));
+    ck_assert_int_eq(list_one(&total), NATS_OK);
+    jl_projector_close(p, 1000);
+
+    /* Far behind with serve_lag -1: at once too. */
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/behind2", env.dir);
+    cfg.serve_lag = -1;
+    ck_assert_int_eq(
+        jl_projector_open(&p, env.conn, &order_summary_projector, &cfg, err, sizeof(err)), JL_OK);
+    ck_assert(jl_projector_serving(p));
+    ck_assert_int_eq(list_one(&total), NATS_OK);
+    ck_assert_uint_eq(total, 0);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 START_TEST(list_orders_pages_with_a_cursor)
 {
     enum { N = 7 };
@@ -2451,6 +2524,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
+    tcase_add_test(tc, a_projector_far_behind_answers_once_it_has_caught_up);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);

@@ -1407,6 +1407,45 @@ static pid_t cli_following_a_rebuild(svc s[2], char *log, size_t n)
     return cli;
 }
 
+/* A projector started far behind its stream (a new instance, a lost volume) answers no query
+ * and is not ready until it has caught up (within JL_SERVE_LAG, 1,000 events): a readiness
+ * probe and the other instances' queue group see it only then, and the CLI says why nothing
+ * answers meanwhile. */
+START_TEST(a_projector_far_behind_is_ready_once_it_has_caught_up)
+{
+    svc s[2];
+    char data[600], ready[700], tail[1500];
+    cli_result *r = calloc(1, sizeof(*r));
+    ck_assert_ptr_nonnull(r);
+    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    wait_orders_answer(&s[0]);
+    tseed_orders(env.conn, 50000, 0);
+    snprintf(data, sizeof(data), "%s/behind", env.dir);
+    snprintf(ready, sizeof(ready), "%s/behind.log.ready", env.dir);
+    /* Batches of 10: thousands of transactions to catch up, seconds at least. */
+    svc_start(&s[1], "order_summary", "behind.log", env.cfg.nats_url, data, 10, NULL);
+    ck_assert_msg(wait_log(s[1].log, "\"msg\":\"catching up before answering queries\"", 15000),
+                  "%s", log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_int_eq(jl_proc_pause(s[1].pid), 0);
+    ck_assert_msg(file_count(s[1].log, "\"msg\":\"answering queries\"") == 0,
+                  "caught up too soon to test: %s", log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_int_ne(access(ready, F_OK), 0);
+    CLI(r, env.cfg.nats_url, "query", "order_summary", "ListOrders", "{}");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "still catching up") != NULL, "%s", r->err);
+    ck_assert_int_eq(kill(s[1].pid, SIGCONT), 0);
+    ck_assert_msg(wait_file(ready, true, 60000), "not ready: %s",
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert(file_count(s[1].log, "\"msg\":\"answering queries\"") == 1);
+    CLI(r, env.cfg.nats_url, "query", "order_summary", "ListOrders", "{\"limit\":1}");
+    ASSERT_CLI(r, 0);
+    ck_assert_int_eq(svc_stop(&s[1], SIGTERM, 15000), 0);
+    ck_assert_int_ne(access(ready, F_OK), 0);
+    ck_assert_int_eq(svc_stop(&s[0], SIGTERM, 15000), 0);
+    free(r);
+}
+END_TEST
+
 START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
 {
     /* Ctrl-C while the CLI follows a rebuild cancels that rebuild (named by its start), waits
@@ -1940,6 +1979,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, a_sigterm_sent_twice_at_once_is_one_graceful_stop);
     tcase_add_test(tc, a_graceful_stop_with_the_server_frozen_ends_within_its_bound);
     tcase_add_test(tc, a_ready_file_is_there_while_a_service_answers);
+    tcase_add_test(tc, a_projector_far_behind_is_ready_once_it_has_caught_up);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);

@@ -192,9 +192,14 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
         rc = CLI_USAGE;
     } else if (ns == NATS_NO_RESPONDERS) {
         bool projector = strcmp(kind, "projector") == 0;
-        cli_error("no %s named %s is running (nothing answers %s); or is %s a %s? (%s take a "
-                  "%s)",
-                  kind, name, subject, name, projector ? "service" : "projector",
+        cli_error("no %s named %s is running (nothing answers %s)%s; or is %s a %s? (%s "
+                  "take a %s)",
+                  kind, name, subject,
+                  projector && strstr(subject, ".query.") != NULL
+                      ? ", or it is still catching up with its stream (it answers queries once "
+                        "it has; see its log)"
+                      : "",
+                  name, projector ? "service" : "projector",
                   projector ? "query, rebuild, verify and dead-letters"
                             : "command, history, state and events",
                   kind);

@@ -39,6 +39,8 @@ typedef struct jl_config {
     int64_t rebuild_max_mb; /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
     int64_t command_ttl_s;  /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
     int64_t outbox_keep_s;  /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
+    int64_t serve_lag;      /**< JL_SERVE_LAG / --serve-lag: events a projector may be behind its
+                               streams and answer queries (else it first catches up); -1 = at once */
 } jl_config;
 
 /** Commands a producer holds at once unless configured (jl_config.max_commands). */

@@ -170,9 +170,13 @@ jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why)
 typedef struct jl_projector jl_projector;
 
 /**
- * Open the read model (creating tables), read its checkpoint and start answering queries.
- * Consuming starts with jl_projector_run() or jl_projector_step(). The stream need not exist
- * yet: the projector waits for it.
+ * Open the read model (creating tables), read its checkpoint and start answering queries, at
+ * once when every source stream is at most cfg->serve_lag events ahead of the checkpoint (or
+ * serve_lag < 0, or the stream is missing), else once a step has brought each within that
+ * many (jl_projector_serving()): a read model far behind, new or restored, does not answer
+ * from half its events while other instances answer from all of theirs. Consuming starts
+ * with jl_projector_run() or jl_projector_step(). The stream need not exist yet: the
+ * projector waits for it.
  * @param conn borrowed, must outlive the projector.
  * @return JL_OK; JL_ERR_IO / JL_ERR_DISK_FULL / JL_ERR_SQLITE for the database;
  *         JL_ERR_INVALID for a database that belongs to another projector or stream;
@@ -219,6 +223,9 @@ uint64_t jl_projector_checkpoint(jl_projector *p);
 
 /** The checkpoint of source @p stream (0 when the projector has no such source). */
 uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
+
+/** Whether the projector answers queries (see jl_projector_open()). Thread-safe. */
+bool jl_projector_serving(jl_projector *p);
 
 /** Number of events parked in jl_dead_letters since open. Thread-safe. */
 uint64_t jl_projector_dead_letters(jl_projector *p);
