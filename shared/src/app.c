@@ -28,33 +28,57 @@ static bool conn_lost = false; /* the NATS connection closed for good: exit 1 */
 
 /* The readiness file (JL_READY_FILE), "" for none: removed on every way out. */
 static char ready_path[512];
+/* The liveness file (JL_ALIVE_FILE), "" for none: rewritten while the service's work goes on
+ * (see conn_watch), so that a probe of its age finds a stuck service. */
+static char alive_path[512];
 
 /*
- * Whether the readiness file can be what the service makes of it: a name it may remove (absent,
- * or an empty regular file as it writes them: a mistyped path must not delete another file) in
- * a directory it can write (else the service would run and never be ready, saying so only at
- * warn once it answers).
+ * Whether a probe's file (@p path, given as @p flag) can be what the service makes of it: a
+ * name it may remove (absent, or an empty regular file as it writes them: a mistyped path must
+ * not delete another file) in a directory it can write (else the service would run and never
+ * be ready, saying so only at warn once it answers).
  */
-static bool ready_file_usable(char *err, size_t errlen)
+static bool probe_file_usable(const char *path, const char *flag, char *err, size_t errlen)
 {
     struct stat st;
     char tmp[600];
-    if (lstat(ready_path, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size != 0)) {
+    if (lstat(path, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size != 0)) {
         snprintf(err, errlen,
-                 "--ready-file %s exists and is not an empty file (the service writes and "
-                 "removes an empty one): refusing to remove it",
-                 ready_path);
+                 "%s %s exists and is not an empty file (the service writes and removes an "
+                 "empty one): refusing to remove it",
+                 flag, path);
         return false;
     }
-    snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot write the readiness file --ready-file %s: %s", ready_path,
-                 strerror(errno));
+        snprintf(err, errlen, "cannot write %s %s: %s", flag, path, strerror(errno));
         return false;
     }
     close(fd);
     unlink(tmp);
+    return true;
+}
+
+/* Write (an empty file, whole or not at all: a probe never sees a half-made one) or remove
+ * @p path, when set; false when it could not be written (errno says why). */
+static bool probe_file(const char *path, bool up)
+{
+    char tmp[600];
+    if (path[0] == 0)
+        return true;
+    if (!up) {
+        unlink(path);
+        return true;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return false;
+    }
     return true;
 }
 
@@ -81,14 +105,18 @@ void jl_app_config(jl_config *cfg, const char *service, const char *usage_line, 
     /* One left by a run that was killed (the directory outlives a container's restart): not
      * ready until this one answers. */
     snprintf(ready_path, sizeof(ready_path), "%s", cfg->ready_file);
+    snprintf(alive_path, sizeof(alive_path), "%s", cfg->alive_file);
     char why[1200];
-    if (ready_path[0] != 0 && !ready_file_usable(why, sizeof(why))) {
-        ready_path[0] = 0; /* not ours: left alone */
+    if ((ready_path[0] != 0 && !probe_file_usable(ready_path, "--ready-file", why, sizeof(why))) ||
+        (alive_path[0] != 0 && !probe_file_usable(alive_path, "--alive-file", why, sizeof(why)))) {
+        ready_path[0] = alive_path[0] = 0; /* not ours: left alone */
         fprintf(stderr, "%s: %s\n", service, why);
         exit(JL_EXIT_USAGE);
     }
-    if (ready_path[0] != 0)
-        unlink(ready_path);
+    /* A liveness file left by an earlier run is gone until this one's work goes on (a probe
+     * takes no file for a service starting). */
+    probe_file(ready_path, false);
+    probe_file(alive_path, false);
 }
 
 /* Request the stop: called with stop_mu held, which it releases. The service's stop function
@@ -187,10 +215,53 @@ void jl_app_wait_for_stop(void)
 typedef struct watched {
     jl_conn *conn;
     jl_producer *producer;   /* NULL for a projector: its connection is the one above */
-    jl_projector *projector; /* not yet answering at start: made ready once it answers */
+    jl_projector *projector; /* NULL for a producer */
+    bool not_ready;          /* a projector not answering at start: made ready once it does */
+    int64_t stall_limit_ms;  /* no progress for longer: stuck (see alive()) */
+    bool stuck;              /* said so */
+    bool write_failed;       /* said so */
 } watched;
 
 static void ready(bool up);
+
+/* The longest a service may show no progress and be alive: each of its waits is bounded by the
+ * request timeout (a command's append, then a read after it), its retries back off 5 s at
+ * most. */
+static int64_t stall_limit_ms(const jl_config *cfg)
+{
+    return 2 * cfg->request_timeout_ms + 10000;
+}
+
+/* Renew the liveness file while the service's work goes on: a producer finished a command
+ * lately or holds none, a projector's stream loops turn. A call that blocks (a deadlock on the
+ * producer's lock) renews nothing either: the probe then finds the file old and restarts the
+ * service. */
+static void alive(watched *w)
+{
+    if (alive_path[0] == 0)
+        return;
+    int64_t stalled = w->producer != NULL ? jl_producer_stalled_ms(w->producer)
+                                          : jl_projector_stalled_ms(w->projector);
+    if (stalled > w->stall_limit_ms) {
+        if (!w->stuck)
+            jl_log(JL_LOG_ERROR, "stuck: the liveness file is no longer renewed",
+                   "\"stalled_ms\":%" PRId64 ",\"limit_ms\":%" PRId64
+                   ",\"hint\":\"no command finished (producer) or a stream loop did not turn "
+                   "(projector) for that long; a liveness probe restarts the service\"",
+                   stalled, w->stall_limit_ms);
+        w->stuck = true;
+        return;
+    }
+    if (w->stuck)
+        jl_log(JL_LOG_WARN, "going on again: the liveness file is renewed", NULL);
+    w->stuck = false;
+    if (!probe_file(alive_path, true) && !w->write_failed) {
+        char esc[600];
+        w->write_failed = true;
+        jl_log(JL_LOG_WARN, "cannot write the liveness file", "\"file\":\"%s\",\"error\":\"%s\"",
+               jl_log_str(esc, sizeof(esc), alive_path), strerror(errno));
+    }
+}
 
 /*
  * Watches the connection while the service runs. It reconnects forever, except where the client
@@ -212,10 +283,11 @@ static void *conn_watch(void *arg)
         /* Not under stop_mu: the connection's lock may be held by a reconnect attempt (up to
          * its connect timeout), and a signal must not wait for that. */
         pthread_mutex_unlock(&stop_mu);
-        if (w->projector != NULL && jl_projector_serving(w->projector)) {
+        if (w->not_ready && jl_projector_serving(w->projector)) {
             ready(true); /* caught up: it answers queries now */
-            w->projector = NULL;
+            w->not_ready = false;
         }
+        alive(w);
         bool closed = natsConnection_IsClosed(nc) ||
                       (w->producer != NULL && jl_producer_conn_closed(w->producer));
         pthread_mutex_lock(&stop_mu);
@@ -266,21 +338,10 @@ static void fail(const char *what, jl_status s, const char *err)
  * so that a rollout stops an old pod only once a new one has subscribed). */
 static void ready(bool up)
 {
-    char tmp[600];
-    if (ready_path[0] == 0)
-        return;
-    if (!up) {
-        unlink(ready_path);
-        return;
-    }
-    /* Whole or not there: a probe never sees a half-made file. */
-    snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0 || close(fd) != 0 || rename(tmp, ready_path) != 0) {
+    if (!probe_file(ready_path, up)) {
         char esc[600];
         jl_log(JL_LOG_WARN, "cannot write the readiness file", "\"file\":\"%s\",\"error\":\"%s\"",
                jl_log_str(esc, sizeof(esc), ready_path), strerror(errno));
-        unlink(tmp);
     }
 }
 
@@ -385,11 +446,12 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     ready(true);
     pthread_t watch;
-    watched w = {.conn = conn, .producer = p};
+    watched w = {.conn = conn, .producer = p, .stall_limit_ms = stall_limit_ms(&cfg)};
     bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
     ready(false);
     watch_stop(watch, watching);
+    probe_file(alive_path, false);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
         close_and_release(conn, JL_APP_SHUTDOWN_MS / 2);
@@ -440,11 +502,15 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     if (serving)
         ready(true);
     pthread_t watch;
-    watched w = {.conn = conn, .producer = NULL, .projector = serving ? NULL : p};
+    watched w = {.conn = conn,
+                 .projector = p,
+                 .not_ready = !serving,
+                 .stall_limit_ms = stall_limit_ms(&cfg)};
     bool watching = watch_start(&watch, &w);
     s = jl_projector_run(p);
     watch_stop(watch, watching); /* before: the watch may be making it ready */
     ready(false);
+    probe_file(alive_path, false);
     if (s != JL_OK)
         fail("cannot run", s, jl_projector_errmsg(p));
     /* A signal from now on must not reach the projector the close frees (a second one still

@@ -45,6 +45,8 @@ static const key keys[] = {
     STR("durable", "JL_DURABLE", durable, "projector's durable consumer name"),
     STR("ready-file", "JL_READY_FILE", ready_file,
         "file written once the service answers, removed when it stops (readiness probes)"),
+    STR("alive-file", "JL_ALIVE_FILE", alive_file,
+        "file rewritten every 0.5 s while the service's work goes on (liveness probes)"),
     INT("replicas", "JL_REPLICAS", replicas, 0, 5,
         "stream replicas, 0 = 3 on a cluster of 3+, else 1"),
     {"log-level", "JL_LOG_LEVEL", K_LEVEL, offsetof(jl_config, log_level), 0, 0, 0,

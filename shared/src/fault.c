@@ -10,19 +10,27 @@
  * "outbox.after_send" (a command answered, the reply not yet recorded); in a --keep-old
  * switch: "switch.linked" (the old file linked under its kept name, the pointer not moved),
  * "switch.pointer" (the pointer moved and synced, the connections not swapped),
- * "switch.swapped" (swapped and closed, the old name not yet given up).
+ * "switch.swapped" (swapped and closed, the old name not yet given up); in a producer:
+ * "command.decide" (a command about to be decided, the producer's lock held).
+ *
+ * With JL_FAULT_ACTION=hang the thread that reaches the point blocks there for good instead
+ * (holding what it holds), as a deadlock or a call that never returns would: the liveness
+ * tests' stalled service.
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "projector_int.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const char *point = NULL;
 static long after = 1;
+static bool hang;
 static atomic_long hits;
 
 static void load(void)
@@ -31,6 +39,8 @@ static void load(void)
     const char *n = getenv("JL_FAULT_AFTER");
     if (n != NULL && atol(n) > 0)
         after = atol(n);
+    const char *a = getenv("JL_FAULT_ACTION");
+    hang = a != NULL && strcmp(a, "hang") == 0;
 }
 
 void jl__fault(const char *name)
@@ -38,6 +48,10 @@ void jl__fault(const char *name)
     pthread_once(&once, load);
     if (point == NULL || strcmp(point, name) != 0)
         return;
-    if (atomic_fetch_add(&hits, 1) + 1 >= after)
+    if (atomic_fetch_add(&hits, 1) + 1 < after)
+        return;
+    if (!hang)
         raise(SIGKILL);
+    for (;;)
+        pause(); /* signals handled elsewhere: this thread has them blocked */
 }

@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "deadline.h"
+#include "fault.h"
 #include "hash.h"
 #include "ordered.h"
 #include "jetledger/admin.pb-c.h"
@@ -107,6 +108,7 @@ struct jl_producer {
      * bound. */
     size_t max_cmds;
     size_t n_cmds; /* taken from cmd_new() and not freed: at most max_cmds (+ the one refused) */
+    int64_t progress_ns; /* mono_ns: a command finished, or the first taken after none */
     jl_buf commit;
     jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
     jl_buf snap_state; /* the state packed for a snapshot */
@@ -916,8 +918,9 @@ static cmd *cmd_new(jl_producer *p)
         jl_decision_init(&c->d);
     }
     if (c != NULL) {
-        p->n_cmds++;
         c->received_ns = mono_ns();
+        if (p->n_cmds++ == 0)
+            p->progress_ns = c->received_ns;
     }
     return c;
 }
@@ -930,6 +933,7 @@ static void cmd_free(jl_producer *p, cmd *c)
     c->msg = NULL;
     c->req = NULL;
     p->n_cmds--;
+    p->progress_ns = mono_ns();
     /* Kept for the next command, as many as run at once in steady state: a burst up to
      * max_cmds is given back, and so is a decision buffer grown past the
      * usual. */
@@ -1211,6 +1215,7 @@ static bool start_one(jl_producer *p, cmd *c)
         return true;
     }
     jl_decision_reset(&c->d);
+    jl__fault("command.decide");
     def->decide(e->state, &in, &c->d);
     r->aggregate_version = e->version;
     r->stream_seq = e->last_seq;
@@ -2952,6 +2957,14 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
 bool jl_producer_conn_closed(jl_producer *p)
 {
     return p->bulk != NULL && natsConnection_IsClosed(jl_conn_nats(p->bulk));
+}
+
+int64_t jl_producer_stalled_ms(jl_producer *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int64_t ms = p->n_cmds > 0 ? (mono_ns() - p->progress_ns) / 1000000 : 0;
+    pthread_mutex_unlock(&p->mu);
+    return ms;
 }
 
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)

@@ -1282,6 +1282,17 @@ static void serve_if_current(jl_projector *p, int i, uint64_t pending)
                jl__proj_checkpoint(p, 0), p->serve_lag);
 }
 
+int64_t jl_projector_stalled_ms(jl_projector *p)
+{
+    int64_t now = jl__mono_ns(), most = 0;
+    for (int i = 0; i < p->n_src; i++) {
+        int64_t beat = atomic_load(&p->src[i].beat_ns);
+        if (beat != 0 && now - beat > most)
+            most = now - beat;
+    }
+    return most / NS_PER_MS;
+}
+
 bool jl_projector_serving(jl_projector *p)
 {
     return atomic_load(&p->serving);
@@ -2071,6 +2082,7 @@ static void run_source(jl_projector *p, int i)
 {
     int backoff_ms = 100;
     while (!atomic_load(&p->stopping)) {
+        atomic_store(&p->src[i].beat_ns, jl__mono_ns());
         size_t n = 0;
         jl_status s = JL_OK;
         if (!paused_wait(p, 500))
@@ -2095,6 +2107,7 @@ static void run_source(jl_projector *p, int i)
             nats_Sleep(50);
         backoff_ms = backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2;
     }
+    atomic_store(&p->src[i].beat_ns, 0);
 }
 
 typedef struct source_arg {

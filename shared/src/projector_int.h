@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "fault.h"
 #include "jetledger/projector.h"
 
 typedef struct jl__job jl__job;
@@ -100,6 +101,9 @@ typedef struct jl__source {
     /* Within serve_lag of the stream's head once (or the stream empty or missing): set for
      * good by the source's own thread, read by the others (see serve_if_current()). */
     atomic_bool current;
+    /* jl__mono_ns() when run_source() last turned (0: not running): see
+     * jl_projector_stalled_ms(). */
+    _Atomic int64_t beat_ns;
     char err[512]; /* the last failure of this source's steps (each source has a thread) */
 } jl__source;
 
@@ -230,9 +234,6 @@ jl_status jl__proj_check_from_time(jl_projector *p, int si, int64_t t, char *err
 void jl__proj_remove_db(const char *path);
 
 int64_t jl__now_ns(void);
-
-/* fault.c: kill the process at a named point when JL_FAULT_POINT says so (crash tests). */
-void jl__fault(const char *name);
 
 /* outbox.c */
 jl_status jl__outbox_start(jl_projector *p);

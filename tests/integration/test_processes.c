@@ -194,34 +194,47 @@ static void svc_start(svc *s, const char *bin, const char *log_name, const char 
  * of that size (a small disk the test can fill, and grow with remount_tmpfs). */
 /* JL_FAULT_POINT for the services started next ("" none): see shared/src/fault.c. */
 static char svc_fault_point[64] = "";
+/* Further settings ("NAME=value") for the services started next, up to a NULL; the teardown
+ * clears them. */
+static const char *svc_extra[4];
 
 static void svc_start_in(svc *s, const char *bin, const char *log_name, const char *nats_url,
                          const char *data_dir, int batch, const char *level, const char *tmpfs_size)
 {
     char path[PATH_MAX], e_url[1100], e_dir[600], e_batch[32], e_level[32], e_ready[700];
-    char e_fault[96];
+    char e_fault[96], e_alive[700];
     snprintf(e_fault, sizeof(e_fault), "JL_FAULT_POINT=%s", svc_fault_point);
     snprintf(e_url, sizeof(e_url), "NATS_URL=%s", nats_url);
     snprintf(e_dir, sizeof(e_dir), "JL_DATA_DIR=%s", data_dir != NULL ? data_dir : "");
     snprintf(e_batch, sizeof(e_batch), "JL_BATCH=%d", batch > 0 ? batch : 256);
     snprintf(e_level, sizeof(e_level), "JL_LOG_LEVEL=%s", level != NULL ? level : "info");
     snprintf(e_ready, sizeof(e_ready), "JL_READY_FILE=%s/%s.ready", env.dir, log_name);
-    const char *const envv[] = {e_url,
-                                e_ready,
-                                e_dir,
-                                e_batch,
-                                e_level,
-                                "JL_DURABLE=",
-                                "JL_NAME=",
-                                "JL_CREDS=",
-                                "JL_REPLICAS=",
-                                "JL_MAX_AGE=",
-                                "JL_MAX_BYTES=",
-                                "JL_REQUEST_TIMEOUT=",
-                                "JL_DUPLICATE_WINDOW=",
-                                "JL_COMMAND_RETRIES=",
-                                e_fault,
-                                NULL};
+    snprintf(e_alive, sizeof(e_alive), "JL_ALIVE_FILE=%s/%s.alive", env.dir, log_name);
+    const char *envv[24] = {e_url,
+                            e_ready,
+                            e_alive,
+                            e_dir,
+                            e_batch,
+                            e_level,
+                            "JL_DURABLE=",
+                            "JL_NAME=",
+                            "JL_CREDS=",
+                            "JL_REPLICAS=",
+                            "JL_MAX_AGE=",
+                            "JL_MAX_BYTES=",
+                            "JL_REQUEST_TIMEOUT=",
+                            "JL_DUPLICATE_WINDOW=",
+                            "JL_COMMAND_RETRIES=",
+                            "JL_SERVE_LAG=",
+                            "JL_FAULT_ACTION=",
+                            e_fault,
+                            NULL};
+    for (size_t i = 0; i < 4 && svc_extra[i] != NULL; i++) {
+        size_t k = 0, key = strcspn(svc_extra[i], "=") + 1;
+        while (envv[k] != NULL && strncmp(envv[k], svc_extra[i], key) != 0)
+            k++;
+        envv[k] = svc_extra[i]; /* in place of the same name's, else added */
+    }
     bin_path(path, sizeof(path), bin);
     snprintf(s->log, sizeof(s->log), "%s/%s", env.dir, log_name);
     const char *const argv[] = {path, NULL};
@@ -255,6 +268,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    memset(svc_extra, 0, sizeof(svc_extra));
     for (int i = 0; i < MAX_PROCS; i++) {
         if (procs[i] != 0)
             jl_proc_stop(procs[i], SIGKILL, 5000, NULL);
@@ -891,6 +905,30 @@ static bool wait_file(const char *path, bool want, int ms)
     return (access(path, F_OK) == 0) == want;
 }
 
+/* The modification time of @p path in ns, 0 when it does not exist. */
+static int64_t mtime_ns(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return 0;
+    return (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+}
+
+/* Whether @p path is renewed (its time moves, once it exists) within @p ms. */
+static bool renewed_within(const char *path, int ms)
+{
+    int64_t deadline = tnow_ms() + ms, first = 0;
+    while (tnow_ms() < deadline) {
+        int64_t t = mtime_ns(path);
+        if (first == 0)
+            first = t;
+        else if (t > first)
+            return true;
+        nats_Sleep(100);
+    }
+    return false;
+}
+
 START_TEST(a_ready_file_is_there_while_a_service_answers)
 {
     svc s[2], dead;
@@ -901,8 +939,13 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
         snprintf(ready[i], sizeof(ready[i]), "%s/%s.ready", env.dir, logs[i]);
         /* Written just after the service answers: soon, not necessarily yet. */
         ck_assert_msg(wait_file(ready[i], true, 5000), "%s missing", ready[i]);
+        /* The liveness file too, renewed while it runs, and gone with it. */
+        char alive[700];
+        snprintf(alive, sizeof(alive), "%s/%s.alive", env.dir, logs[i]);
+        ck_assert_msg(renewed_within(alive, 3000), "%s not renewed", alive);
         ck_assert_int_eq(svc_stop(&s[i], SIGTERM, 15000), 0);
         ck_assert_msg(access(ready[i], F_OK) != 0, "%s left behind", ready[i]);
+        ck_assert_msg(access(alive, F_OK) != 0, "%s left behind", alive);
     }
     /* One left by a killed run is not taken for this one's: removed at start, and not
      * written while the service cannot reach NATS. */
@@ -932,6 +975,52 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
     ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
     fclose(f);
     ck_assert_str_eq(line, "keep me\n");
+}
+END_TEST
+
+/*
+ * JL_ALIVE_FILE: renewed while a service's work goes on, for a liveness probe of its age. A
+ * stuck service renews it no more: a producer whose thread blocked for good deciding a command
+ * (holding the producer's lock, as a deadlock would), a projector whose stream loop blocked in a
+ * batch, which also says so once past its limit (2 x the request timeout + 10 s).
+ */
+START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
+{
+    svc s[2];
+    char alive[2][700], data[600], tail[1500];
+    snprintf(alive[0], sizeof(alive[0]), "%s/orders.log.alive", env.dir);
+    snprintf(alive[1], sizeof(alive[1]), "%s/summary.log.alive", env.dir);
+    snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_extra[0] = "JL_FAULT_ACTION=hang";
+    snprintf(svc_fault_point, sizeof(svc_fault_point), "command.decide");
+    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
+    ck_assert_msg(wait_file(alive[0], true, 15000), "%s", log_tail(s[0].log, tail, sizeof(tail)));
+    ck_assert(renewed_within(alive[0], 3000));
+    printf("injecting: the orders producer's thread blocks for good deciding a command\n");
+    Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
+    uint8_t body[64];
+    c.customer_id = "stuck";
+    size_t len = orders__create_order__pack(&c, body);
+    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.CreateOrder",
+                                                   "nobody.listens", body, (int)len),
+                     NATS_OK);
+    nats_Sleep(1000); /* taken and blocked by now */
+    ck_assert_msg(!renewed_within(alive[0], 3000), "a stuck producer renewed %s", alive[0]);
+
+    svc_extra[1] = "JL_REQUEST_TIMEOUT=100"; /* stuck past 10.2 s */
+    snprintf(svc_fault_point, sizeof(svc_fault_point), "apply.before_commit");
+    svc_start(&s[1], "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
+    ck_assert_msg(wait_file(alive[1], true, 15000), "%s", log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert(renewed_within(alive[1], 3000));
+    printf("injecting: order_summary's stream loop blocks for good in a batch\n");
+    tseed_orders(env.conn, 1, 0);
+    ck_assert_msg(
+        wait_log(s[1].log, "\"msg\":\"stuck: the liveness file is no longer renewed\"", 30000),
+        "%s", log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_msg(!renewed_within(alive[1], 2000), "a stuck projector renewed %s", alive[1]);
+    printf("verified: neither renews its liveness file\n");
+    for (int i = 0; i < 2; i++)
+        svc_stop(&s[i], SIGKILL, 5000);
 }
 END_TEST
 
@@ -1979,6 +2068,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, a_sigterm_sent_twice_at_once_is_one_graceful_stop);
     tcase_add_test(tc, a_graceful_stop_with_the_server_frozen_ends_within_its_bound);
     tcase_add_test(tc, a_ready_file_is_there_while_a_service_answers);
+    tcase_add_test(tc, a_stuck_service_stops_renewing_its_liveness_file);
     tcase_add_test(tc, a_projector_far_behind_is_ready_once_it_has_caught_up);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);

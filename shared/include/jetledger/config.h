@@ -24,6 +24,7 @@ typedef struct jl_config {
     char name[64];              /**< JL_NAME / --name: instance name, e.g. the pod name */
     char durable[64];           /**< JL_DURABLE / --durable: projector consumer ("" = its name) */
     char ready_file[512];       /**< JL_READY_FILE / --ready-file: "" = none (see jl_app) */
+    char alive_file[512];       /**< JL_ALIVE_FILE / --alive-file: "" = none (see jl_app) */
     int replicas;               /**< JL_REPLICAS / --replicas: 1..5; 0 = auto (3 on a cluster) */
     jl_log_level log_level;     /**< JL_LOG_LEVEL / --log-level */
     int64_t duplicate_window_s; /**< JL_DUPLICATE_WINDOW / --duplicate-window: seconds */

@@ -149,6 +149,14 @@ typedef struct jl_producer_stats {
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out);
 
 /**
+ * Milliseconds since the producer last finished a command while it holds some (0 when it holds
+ * none). Every command is answered by its deadline (the append timeout, or the request timeout
+ * of a read), so one that holds commands and finishes none for much longer is stuck. Takes the
+ * producer's lock: a caller blocked here has found it stuck too. Thread-safe.
+ */
+int64_t jl_producer_stalled_ms(jl_producer *p);
+
+/**
  * True when the producer's own second connection (the one bursts are written on) was closed
  * for good by the client library (credentials refused twice), which leaves the producer unable
  * to answer bursts. The connection given to jl_producer_open() is the caller's to watch.

@@ -224,6 +224,14 @@ uint64_t jl_projector_checkpoint(jl_projector *p);
 /** The checkpoint of source @p stream (0 when the projector has no such source). */
 uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
 
+/**
+ * While jl_projector_run() runs: milliseconds since the stream loop that turned least recently
+ * last turned (0 otherwise). A turn is one step, each bounded (a fetch waits 500 ms, JetStream
+ * calls the request timeout, failures back off 5 s at most), so a value far above those is a
+ * stuck loop. Thread-safe, lock-free.
+ */
+int64_t jl_projector_stalled_ms(jl_projector *p);
+
 /** Whether the projector answers queries (see jl_projector_open()). Thread-safe. */
 bool jl_projector_serving(jl_projector *p);
 
