@@ -60,6 +60,15 @@ static bool probe_file_usable(const char *path, const char *flag, char *err, siz
     return true;
 }
 
+/* On a way out: neither file outlives the service (async-signal-safe). */
+static void remove_probe_files(void)
+{
+    if (ready_path[0] != 0)
+        unlink(ready_path);
+    if (alive_path[0] != 0)
+        unlink(alive_path);
+}
+
 /* Write (an empty file, whole or not at all: a probe never sees a half-made one) or remove
  * @p path, when set; false when it could not be written (errno says why). */
 static bool probe_file(const char *path, bool up)
@@ -153,8 +162,7 @@ static void *signal_thread(void *arg)
             if (sig < 0) {
                 jl_log(JL_LOG_ERROR, "graceful stop took too long: exiting now", "\"bound_ms\":%d",
                        JL_APP_SHUTDOWN_MS);
-                if (ready_path[0] != 0)
-                    unlink(ready_path);
+                remove_probe_files();
                 _exit(JL_EXIT_FAILURE);
             }
         }
@@ -170,8 +178,7 @@ static void *signal_thread(void *arg)
         }
         if (++count > 1) {
             jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
-            if (ready_path[0] != 0)
-                unlink(ready_path);
+            remove_probe_files();
             _exit(130);
         }
         jl_log(JL_LOG_INFO, "stopping", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -298,8 +305,7 @@ static void *conn_watch(void *arg)
         jl_log(JL_LOG_ERROR, "nats connection closed for good: stopping",
                "\"hint\":\"the server refused this client (check its credentials); the "
                "service exits 1 to be started again\"");
-        if (ready_path[0] != 0)
-            unlink(ready_path);
+        remove_probe_files();
         pthread_mutex_lock(&stop_mu);
         stop_locked();
         return NULL;
@@ -359,8 +365,7 @@ static void *connect_watchdog(void *arg)
         int64_t since = jl__conn_connecting_since_ns();
         if (since != 0 && jl__mono_ns() - since > bound_ns) {
             fail("cannot start", JL_ERR_UNAVAILABLE, JL_CONN_STUCK_MSG);
-            if (ready_path[0] != 0)
-                unlink(ready_path);
+            remove_probe_files();
             _exit(JL_EXIT_FAILURE);
         }
         /* Woken at once by watchdog_stop(): the start goes on without waiting for a tick. */

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "jetledger/log.h"
 #include "projector_int.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -52,6 +53,7 @@ void jl__fault(const char *name)
         return;
     if (!hang)
         raise(SIGKILL);
+    jl_log(JL_LOG_WARN, "fault point reached: this thread hangs", "\"point\":\"%s\"", name);
     for (;;)
         pause(); /* signals handled elsewhere: this thread has them blocked */
 }

@@ -108,7 +108,9 @@ struct jl_producer {
      * bound. */
     size_t max_cmds;
     size_t n_cmds; /* taken from cmd_new() and not freed: at most max_cmds (+ the one refused) */
-    int64_t progress_ns; /* mono_ns: a command finished, or the first taken after none */
+    /* mono_ns: a command finished, the first taken after none, or a commit read for one (a
+     * load reads without the lock, one commit at a time): see jl_producer_stalled_ms(). */
+    _Atomic int64_t progress_ns;
     jl_buf commit;
     jl_buf kv_value;   /* a snapshot or a command-id record on its way to KV */
     jl_buf snap_state; /* the state packed for a snapshot */
@@ -247,7 +249,9 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     jl_event ev;
     char why[256] = "";
     (void)time_ns;
-    if (rc->deadline_ns != 0 && mono_ns() > rc->deadline_ns) {
+    int64_t now = mono_ns();
+    atomic_store(&rc->p->progress_ns, now); /* a long load is work going on, not a stall */
+    if (rc->deadline_ns != 0 && now > rc->deadline_ns) {
         rc->over_time = true;
         return JL_ERR_TIMEOUT;
     }
@@ -920,7 +924,7 @@ static cmd *cmd_new(jl_producer *p)
     if (c != NULL) {
         c->received_ns = mono_ns();
         if (p->n_cmds++ == 0)
-            p->progress_ns = c->received_ns;
+            atomic_store(&p->progress_ns, c->received_ns);
     }
     return c;
 }
@@ -933,7 +937,7 @@ static void cmd_free(jl_producer *p, cmd *c)
     c->msg = NULL;
     c->req = NULL;
     p->n_cmds--;
-    p->progress_ns = mono_ns();
+    atomic_store(&p->progress_ns, mono_ns());
     /* Kept for the next command, as many as run at once in steady state: a burst up to
      * max_cmds is given back, and so is a decision buffer grown past the
      * usual. */
@@ -1485,7 +1489,8 @@ static void *load_read(void *ctx, void *item)
     cmd *c = item;
     jl__cache_entry *e = c->entry;
     replay_ctx *rc = &c->load;
-    if (c->dup_seq != 0) /* and the entry, stale, is caught up below */
+    jl__fault("command.load"); /* on a reading thread, the lock not held */
+    if (c->dup_seq != 0)       /* and the entry, stale, is caught up below */
         c->dup_version = version_at(p, c->dup_seq, c->dup_id, c->dup_type, NULL);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
@@ -2962,7 +2967,7 @@ bool jl_producer_conn_closed(jl_producer *p)
 int64_t jl_producer_stalled_ms(jl_producer *p)
 {
     pthread_mutex_lock(&p->mu);
-    int64_t ms = p->n_cmds > 0 ? (mono_ns() - p->progress_ns) / 1000000 : 0;
+    int64_t ms = p->n_cmds > 0 ? (mono_ns() - atomic_load(&p->progress_ns)) / 1000000 : 0;
     pthread_mutex_unlock(&p->mu);
     return ms;
 }

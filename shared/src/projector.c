@@ -1282,6 +1282,17 @@ static void serve_if_current(jl_projector *p, int i, uint64_t pending)
                jl__proj_checkpoint(p, 0), p->serve_lag);
 }
 
+void jl__proj_hold_beat(jl_projector *p)
+{
+    int64_t now = jl__mono_ns();
+    for (int i = 0; i < p->n_src; i++) {
+        int64_t beat = atomic_load(&p->src[i].beat_ns);
+        /* Not a loop that has ended (0): compare-and-swap, as it may end meanwhile. */
+        while (beat != 0 && !atomic_compare_exchange_weak(&p->src[i].beat_ns, &beat, now))
+            ;
+    }
+}
+
 int64_t jl_projector_stalled_ms(jl_projector *p)
 {
     int64_t now = jl__mono_ns(), most = 0;
@@ -1841,6 +1852,33 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     return JL_OK;
 }
 
+/* Source @p i read nothing: idle, or a fetch that expired unanswered (a slow or restarting
+ * server, a reconnect, this process paused), which says nothing about how far behind it is. So
+ * while queries wait for it, its consumer (or, before it has one, its stream) is asked. */
+static void serve_if_idle(jl_projector *p, int i)
+{
+    jl__source *src = &p->src[i];
+    if (atomic_load(&p->serving) || atomic_load(&src->current))
+        return;
+    uint64_t pending = 0;
+    if (src->pull != NULL) {
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, NULL) != NATS_OK)
+            return; /* asked again after the next step */
+        pending = ci->NumPending;
+        jsConsumerInfo_Destroy(ci);
+    } else {
+        head_at at;
+        stream_now now;
+        if (stream_head(p, i, &at, &now) != JL_OK) {
+            src->err[0] = 0;
+            return;
+        }
+        pending = now.last > src->checkpoint ? now.last - src->checkpoint : 0;
+    }
+    serve_if_current(p, i, pending);
+}
+
 static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_applied)
 {
     jl__source *src = &p->src[i];
@@ -1889,7 +1927,7 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
                jl_log_str(esc, sizeof(esc), why));
     }
     if (s == JL_OK && n == 0)
-        serve_if_current(p, i, 0); /* nothing left to read */
+        serve_if_idle(p, i);
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
         jl__reader_close(&src->catchup);
@@ -2018,7 +2056,7 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         if (lost_while_idle(p, i))
             lost_delivery(p, i);
         else
-            serve_if_current(p, i, 0); /* nothing left to read */
+            serve_if_idle(p, i);
     } else if (ns != NATS_OK) {
         src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);

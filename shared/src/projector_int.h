@@ -235,6 +235,10 @@ void jl__proj_remove_db(const char *path);
 
 int64_t jl__now_ns(void);
 
+/* A rebuild finishing holds apply_mu, and the live loops wait for it (seconds, 30 s at most,
+ * then the switch): its progress is theirs for jl_projector_stalled_ms(). */
+void jl__proj_hold_beat(jl_projector *p);
+
 /* outbox.c */
 jl_status jl__outbox_start(jl_projector *p);
 void jl__outbox_stop(jl_projector *p);

@@ -543,6 +543,7 @@ static void run_job(jl_projector *p, jl__job *j)
                         snprintf(c.err, sizeof(c.err), "cancelled");
                         break;
                     }
+                    jl__proj_hold_beat(p);
                     s = apply_upto(&c, i, target, 1000, &idle);
                     if (s == JL_OK && idle && jl__mono_ns() > deadline) {
                         snprintf(c.err, sizeof(c.err),
@@ -604,6 +605,7 @@ static void run_job(jl_projector *p, jl__job *j)
         if (p->rebuild_max_bytes > 0)
             s = jl_db_exec(c.db, "PRAGMA max_page_count=4294967294");
         if (s == JL_OK) {
+            jl__proj_hold_beat(p);
             s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
             c.db = NULL; /* owned by the projector now (or closed on failure) */
         } else {

@@ -269,6 +269,7 @@ static void setup(void)
 static void teardown(void)
 {
     memset(svc_extra, 0, sizeof(svc_extra));
+    svc_fault_point[0] = 0;
     for (int i = 0; i < MAX_PROCS; i++) {
         if (procs[i] != 0)
             jl_proc_stop(procs[i], SIGKILL, 5000, NULL);
@@ -978,47 +979,76 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
 }
 END_TEST
 
+/* An AddItem to an order no service has cached, sent without waiting for its reply. */
+static void send_add_item(void)
+{
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    uint8_t body[128];
+    m.order_id = "6f1c2a8e-0000-4000-8000-0000000051c4";
+    m.sku = "fig";
+    m.quantity = 1;
+    m.unit_price_cents = 5;
+    size_t len = orders__add_item__pack(&m, body);
+    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.AddItem",
+                                                   "nobody.listens", body, (int)len),
+                     NATS_OK);
+}
+
 /*
- * JL_ALIVE_FILE: renewed while a service's work goes on, for a liveness probe of its age. A
- * stuck service renews it no more: a producer whose thread blocked for good deciding a command
- * (holding the producer's lock, as a deadlock would), a projector whose stream loop blocked in a
- * batch, which also says so once past its limit (2 x the request timeout + 10 s).
+ * JL_ALIVE_FILE: renewed while a service's work goes on, for a liveness probe of its age, also
+ * when it is idle for longer than its limit (2 x the request timeout + 10 s: 10.2 s here). A
+ * stuck service renews it no more: a producer whose thread blocked for good holding its lock
+ * (as a deadlock would), one whose read of an aggregate blocked for good (outside the lock,
+ * found by its progress), a projector whose stream loop blocked in a batch; the last two say
+ * so.
  */
 START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
 {
-    svc s[2];
-    char alive[2][700], data[600], tail[1500];
-    snprintf(alive[0], sizeof(alive[0]), "%s/orders.log.alive", env.dir);
-    snprintf(alive[1], sizeof(alive[1]), "%s/summary.log.alive", env.dir);
+    svc locked, s[2];
+    char alive[3][700], data[600], tail[1500];
+    const char *logs[3] = {"locked.log", "orders.log", "summary.log"};
+    for (int i = 0; i < 3; i++)
+        snprintf(alive[i], sizeof(alive[i]), "%s/%s.alive", env.dir, logs[i]);
     snprintf(data, sizeof(data), "%s/p", env.dir);
     svc_extra[0] = "JL_FAULT_ACTION=hang";
     snprintf(svc_fault_point, sizeof(svc_fault_point), "command.decide");
-    svc_start(&s[0], "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
-    ck_assert_msg(wait_file(alive[0], true, 15000), "%s", log_tail(s[0].log, tail, sizeof(tail)));
+    svc_start(&locked, "orders", logs[0], env.cfg.nats_url, NULL, 0, NULL);
+    ck_assert_msg(wait_file(alive[0], true, 15000), "%s", log_tail(locked.log, tail, sizeof(tail)));
     ck_assert(renewed_within(alive[0], 3000));
-    printf("injecting: the orders producer's thread blocks for good deciding a command\n");
-    Orders__CreateOrder c = ORDERS__CREATE_ORDER__INIT;
-    uint8_t body[64];
-    c.customer_id = "stuck";
-    size_t len = orders__create_order__pack(&c, body);
-    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.CreateOrder",
-                                                   "nobody.listens", body, (int)len),
-                     NATS_OK);
-    nats_Sleep(1000); /* taken and blocked by now */
-    ck_assert_msg(!renewed_within(alive[0], 3000), "a stuck producer renewed %s", alive[0]);
+    printf("injecting: a producer thread blocks for good deciding, holding the lock\n");
+    send_add_item();
+    ck_assert_msg(wait_log(locked.log, "\"msg\":\"fault point reached: this thread hangs\"", 15000),
+                  "%s", log_tail(locked.log, tail, sizeof(tail)));
+    ck_assert_msg(!renewed_within(alive[0], 2000), "a stuck producer renewed %s", alive[0]);
+    svc_stop(&locked, SIGKILL, 5000);
 
-    svc_extra[1] = "JL_REQUEST_TIMEOUT=100"; /* stuck past 10.2 s */
+    svc_extra[1] = "JL_REQUEST_TIMEOUT=100";
+    snprintf(svc_fault_point, sizeof(svc_fault_point), "command.load");
+    svc_start(&s[0], "orders", logs[1], env.cfg.nats_url, NULL, 0, NULL);
     snprintf(svc_fault_point, sizeof(svc_fault_point), "apply.before_commit");
-    svc_start(&s[1], "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
-    ck_assert_msg(wait_file(alive[1], true, 15000), "%s", log_tail(s[1].log, tail, sizeof(tail)));
-    ck_assert(renewed_within(alive[1], 3000));
-    printf("injecting: order_summary's stream loop blocks for good in a batch\n");
+    svc_start(&s[1], "order_summary", logs[2], env.cfg.nats_url, data, 0, NULL);
+    svc_fault_point[0] = 0;
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(wait_file(alive[i + 1], true, 15000), "%s",
+                      log_tail(s[i].log, tail, sizeof(tail)));
+    nats_Sleep(11000); /* idle past the limit */
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(renewed_within(alive[i + 1], 3000), "an idle service stopped renewing %s",
+                      alive[i + 1]);
+        ck_assert_int_eq(file_count(s[i].log, "stuck"), 0);
+    }
+    printf("injecting: the producer's read of an aggregate and the projector's batch block for "
+           "good\n");
+    send_add_item();
     tseed_orders(env.conn, 1, 0);
-    ck_assert_msg(
-        wait_log(s[1].log, "\"msg\":\"stuck: the liveness file is no longer renewed\"", 30000),
-        "%s", log_tail(s[1].log, tail, sizeof(tail)));
-    ck_assert_msg(!renewed_within(alive[1], 2000), "a stuck projector renewed %s", alive[1]);
-    printf("verified: neither renews its liveness file\n");
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(
+            wait_log(s[i].log, "\"msg\":\"stuck: the liveness file is no longer renewed\"", 30000),
+            "%s", log_tail(s[i].log, tail, sizeof(tail)));
+        ck_assert_msg(!renewed_within(alive[i + 1], 2000), "a stuck service renewed %s",
+                      alive[i + 1]);
+    }
+    printf("verified: each renewed it while idle, none once stuck\n");
     for (int i = 0; i < 2; i++)
         svc_stop(&s[i], SIGKILL, 5000);
 }
@@ -1526,6 +1556,13 @@ START_TEST(a_projector_far_behind_is_ready_once_it_has_caught_up)
     ck_assert_msg(wait_file(ready, true, 60000), "not ready: %s",
                   log_tail(s[1].log, tail, sizeof(tail)));
     ck_assert(file_count(s[1].log, "\"msg\":\"answering queries\"") == 1);
+    /* From at most JL_SERVE_LAG (1,000) events behind the 50,000, not from further. */
+    char *log = slurp(s[1].log);
+    const char *line = strstr(log, "\"msg\":\"answering queries\"");
+    uint64_t at = 0;
+    ck_assert_msg(line != NULL && json_u64(line, "checkpoint", &at), "%s", log);
+    ck_assert_msg(at >= 49000, "answered from checkpoint %" PRIu64, at);
+    free(log);
     CLI(r, env.cfg.nats_url, "query", "order_summary", "ListOrders", "{\"limit\":1}");
     ASSERT_CLI(r, 0);
     ck_assert_int_eq(svc_stop(&s[1], SIGTERM, 15000), 0);

@@ -149,10 +149,11 @@ typedef struct jl_producer_stats {
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out);
 
 /**
- * Milliseconds since the producer last finished a command while it holds some (0 when it holds
- * none). Every command is answered by its deadline (the append timeout, or the request timeout
- * of a read), so one that holds commands and finishes none for much longer is stuck. Takes the
- * producer's lock: a caller blocked here has found it stuck too. Thread-safe.
+ * Milliseconds since the producer last made progress while it holds commands (0 when it holds
+ * none): finished a command, or read a commit of an aggregate it loads (a load without a
+ * snapshot reads every commit, however many). Its other waits are bounded by the request
+ * timeout, so one that holds commands and shows no progress for much longer is stuck. Takes
+ * the producer's lock: a caller blocked here has found it stuck too. Thread-safe.
  */
 int64_t jl_producer_stalled_ms(jl_producer *p);
 

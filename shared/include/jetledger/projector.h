@@ -170,11 +170,12 @@ jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why)
 typedef struct jl_projector jl_projector;
 
 /**
- * Open the read model (creating tables), read its checkpoint and start answering queries, at
+ * Open the read model (creating tables), read its checkpoint and start answering queries: at
  * once when every source stream is at most cfg->serve_lag events ahead of the checkpoint (or
- * serve_lag < 0, or the stream is missing), else once a step has brought each within that
- * many (jl_projector_serving()): a read model far behind, new or restored, does not answer
- * from half its events while other instances answer from all of theirs. Consuming starts
+ * serve_lag < 0, or the stream is missing, or a version rebuild is due: the old file answers
+ * meanwhile), else once steps have seen each within that many (jl_projector_serving()): a
+ * read model far behind, new or restored, does not answer from half its events while other
+ * instances answer from all of theirs. Consuming starts
  * with jl_projector_run() or jl_projector_step(). The stream need not exist yet: the
  * projector waits for it.
  * @param conn borrowed, must outlive the projector.
@@ -226,9 +227,10 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
 
 /**
  * While jl_projector_run() runs: milliseconds since the stream loop that turned least recently
- * last turned (0 otherwise). A turn is one step, each bounded (a fetch waits 500 ms, JetStream
- * calls the request timeout, failures back off 5 s at most), so a value far above those is a
- * stuck loop. Thread-safe, lock-free.
+ * last turned (0 otherwise). A turn is one step: a fetch waits 500 ms, JetStream calls the
+ * request timeout, failures back off 5 s at most, and a rebuild finishing, which holds the loops
+ * up to 30 s, counts its own progress as theirs; so a value far above those is a stuck loop.
+ * Thread-safe, lock-free.
  */
 int64_t jl_projector_stalled_ms(jl_projector *p);
 
