@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -677,6 +678,21 @@ static bool read_info(const struct addrinfo *ai, int64_t deadline, char *buf, si
 done:
     close(fd);
     return ok;
+}
+
+natsStatus jl_fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
+                    bool no_wait)
+{
+    jsFetchRequest fr;
+    int held = 0;
+    jsFetchRequest_Init(&fr);
+    /* What came late sits in the subscription's queue: the fetch takes those first. */
+    if (natsSubscription_GetPending(sub, &held, NULL) == NATS_OK && held > 0)
+        batch = held > (INT_MAX / 2 - batch) ? INT_MAX / 2 : 2 * (held + batch);
+    fr.Batch = batch;
+    fr.NoWait = no_wait;
+    fr.Expires = wait_ms * 1000000;
+    return natsSubscription_FetchRequest(list, sub, &fr);
 }
 
 void jl_conn_release_library(int64_t timeout_ms)

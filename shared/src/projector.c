@@ -1236,7 +1236,6 @@ static void publish_progress(jl_projector *p, const jl__batch_result *io)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Apply a batch of source @p i under apply_mu; ack its highest message when @p ack. */
 /* ---- serving queries ---- */
 
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
@@ -1309,6 +1308,7 @@ bool jl_projector_serving(jl_projector *p)
     return atomic_load(&p->serving);
 }
 
+/* Apply a batch of source @p i under apply_mu; ack its highest message when @p ack. */
 static jl_status apply_source(jl_projector *p, int i, natsMsg **msgs, int n, bool ack,
                               size_t *out_applied)
 {
@@ -1385,12 +1385,7 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
 static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
                         bool no_wait)
 {
-    jsFetchRequest fr;
-    jsFetchRequest_Init(&fr);
-    fr.Batch = batch;
-    fr.NoWait = no_wait;
-    fr.Expires = wait_ms * NS_PER_MS;
-    return natsSubscription_FetchRequest(list, sub, &fr);
+    return jl_fetch(sub, list, batch, wait_ms, no_wait);
 }
 
 /* ---- reading from a point ---- */

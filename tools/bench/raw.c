@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "jetledger/conn.h"
 #include "jetledger/domain.h"
 #include "orders/orders.pb-c.h"
 
@@ -613,12 +614,7 @@ typedef struct ryw_consumer {
 
 static natsStatus ryw_fetch(ryw_consumer *c, natsMsgList *list, int batch, bool no_wait)
 {
-    jsFetchRequest fr;
-    jsFetchRequest_Init(&fr);
-    fr.Batch = batch;
-    fr.NoWait = no_wait;
-    fr.Expires = (int64_t)RYW_FETCH_WAIT_MS * 1000000;
-    return natsSubscription_FetchRequest(list, c->sub, &fr);
+    return jl_fetch(c->sub, list, batch, RYW_FETCH_WAIT_MS, no_wait);
 }
 
 /* The consumer thread: the projector's fetch pattern (take what is there at once, else wait for

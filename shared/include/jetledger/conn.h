@@ -75,6 +75,21 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
 void jl_conn_close(jl_conn *c, int64_t timeout_ms);
 
 /**
+ * Fetch up to @p batch messages from JetStream pull subscription @p sub, waiting up to
+ * @p wait_ms (with @p no_wait, the server answers at once when it has none):
+ * natsSubscription_FetchRequest() made safe on libnats 3.4.1. That version writes past its
+ * array of @p batch messages when the subscription already holds more than half a batch
+ * (messages of an earlier request that came after its fetch had returned, as happens to a
+ * process slower than its own expiry) and more come: it then collects until it has batch
+ * minus those, counted from those on. When the subscription holds messages, more are asked
+ * for, 2 x (held + @p batch), so that the held ones stay below half and the fetch stops
+ * where it should; the caller gets them all (up to that many).
+ * @return as natsSubscription_FetchRequest().
+ */
+natsStatus jl_fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
+                    bool no_wait);
+
+/**
  * Before a process exits, once every connection is closed: wait up to @p timeout_ms for the
  * client library's threads to finish releasing them. They free a connection's TLS context
  * (set up for nats:// URLs too, see jl_conn_open()) in the background, and exit running
