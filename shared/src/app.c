@@ -239,9 +239,9 @@ static int64_t stall_limit_ms(const jl_config *cfg)
     return 2 * cfg->request_timeout_ms + 10000;
 }
 
-/* Renew the liveness file while the service's work goes on: a producer finished a command
- * lately or holds none, a projector's stream loops turn. A call that blocks (a deadlock on the
- * producer's lock) renews nothing either: the probe then finds the file old and restarts the
+/* Renew the liveness file while the service's work goes on: a producer made progress on its
+ * commands lately or holds none, a projector's stream loops turn. A call that blocks (a deadlock on
+ * the producer's lock) renews nothing either: the probe then finds the file old and restarts the
  * service. */
 static void alive(watched *w)
 {

@@ -1860,7 +1860,9 @@ static void serve_if_idle(jl_projector *p, int i)
         jsConsumerInfo *ci = NULL;
         if (js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, NULL) != NATS_OK)
             return; /* asked again after the next step */
-        pending = ci->NumPending;
+        /* Not yet delivered, and delivered but not applied (acked after the commit): some may
+         * be on their way still, past a fetch that gave up. */
+        pending = ci->NumPending + (uint64_t)ci->NumAckPending;
         jsConsumerInfo_Destroy(ci);
     } else {
         head_at at;
