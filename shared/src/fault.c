@@ -11,7 +11,8 @@
  * switch: "switch.linked" (the old file linked under its kept name, the pointer not moved),
  * "switch.pointer" (the pointer moved and synced, the connections not swapped),
  * "switch.swapped" (swapped and closed, the old name not yet given up); in a producer:
- * "command.decide" (a command about to be decided, the producer's lock held).
+ * "command.decide" (a command about to be decided, the producer's lock held), "command.load"
+ * (an aggregate about to be read for a command, on a reading thread, the lock not held).
  *
  * With JL_FAULT_ACTION=hang the thread that reaches the point blocks there for good instead
  * (holding what it holds), as a deadlock or a call that never returns would: the liveness
