@@ -250,7 +250,8 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     char why[256] = "";
     (void)time_ns;
     int64_t now = mono_ns();
-    atomic_store(&rc->p->progress_ns, now); /* a long load is work going on, not a stall */
+    /* A long load is work going on, not a stall (relaxed: a gauge, read every 0.5 s). */
+    atomic_store_explicit(&rc->p->progress_ns, now, memory_order_relaxed);
     if (rc->deadline_ns != 0 && now > rc->deadline_ns) {
         rc->over_time = true;
         return JL_ERR_TIMEOUT;

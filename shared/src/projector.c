@@ -1382,12 +1382,6 @@ jl_status jl_projector_apply(jl_projector *p, natsMsg **msgs, int n, size_t *out
     return s;
 }
 
-static natsStatus fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t wait_ms,
-                        bool no_wait)
-{
-    return jl_fetch(sub, list, batch, wait_ms, no_wait);
-}
-
 /* ---- reading from a point ---- */
 
 /* The stored time (Unix ns) of the message at @p seq of source @p si's stream, or of the first
@@ -1605,11 +1599,11 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
             natsMsgList_Destroy(&r->list);
             memset(&r->list, 0, sizeof(r->list));
             r->next = 0;
-            natsStatus ns = fetch(r->sub, &r->list, batch, wait_ms > 0 ? wait_ms : 1000, true);
+            natsStatus ns = jl_fetch(r->sub, &r->list, batch, wait_ms > 0 ? wait_ms : 1000, true);
             if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && r->list.Count == 0)) {
                 natsMsgList_Destroy(&r->list);
                 memset(&r->list, 0, sizeof(r->list));
-                ns = wait_ms > 0 ? fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
+                ns = wait_ms > 0 ? jl_fetch(r->sub, &r->list, batch, wait_ms, false) : NATS_TIMEOUT;
             }
             if (ns == NATS_NO_RESPONDERS && r->list.Count == 0) {
                 /* Nobody answers for the consumer: idle past its threshold (a source that
@@ -1847,6 +1841,20 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     return JL_OK;
 }
 
+/* How many messages source @p i's stream holds past its checkpoint (0 for a missing stream);
+ * false when it cannot be read now (not an error of the source's: a later step tells). */
+static bool stream_behind(jl_projector *p, int i, uint64_t *out)
+{
+    head_at at;
+    stream_now now;
+    if (stream_head(p, i, &at, &now) != JL_OK) {
+        p->src[i].err[0] = 0;
+        return false;
+    }
+    *out = now.last > p->src[i].checkpoint ? now.last - p->src[i].checkpoint : 0;
+    return true;
+}
+
 /* Source @p i read nothing: idle, or a fetch that expired unanswered (a slow or restarting
  * server, a reconnect, this process paused), which says nothing about how far behind it is. So
  * while queries wait for it, its consumer (or, before it has one, its stream) is asked. */
@@ -1865,13 +1873,8 @@ static void serve_if_idle(jl_projector *p, int i)
         pending = ci->NumPending + (uint64_t)ci->NumAckPending;
         jsConsumerInfo_Destroy(ci);
     } else {
-        head_at at;
-        stream_now now;
-        if (stream_head(p, i, &at, &now) != JL_OK) {
-            src->err[0] = 0;
+        if (!stream_behind(p, i, &pending))
             return;
-        }
-        pending = now.last > src->checkpoint ? now.last - src->checkpoint : 0;
     }
     serve_if_current(p, i, pending);
 }
@@ -2041,12 +2044,12 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
      * the first event only, so a lone event is applied at once instead of after the timeout. */
     bool ask_first = !src->drained || wait_ms <= 0;
     natsStatus ns = ask_first
-                        ? fetch(src->pull, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true)
+                        ? jl_fetch(src->pull, &list, p->batch, wait_ms > 0 ? wait_ms : 1000, true)
                         : NATS_NOT_FOUND;
     if (ns == NATS_NOT_FOUND || (ns == NATS_TIMEOUT && list.Count == 0)) {
         natsMsgList_Destroy(&list);
         memset(&list, 0, sizeof(list));
-        ns = wait_ms > 0 ? fetch(src->pull, &list, 1, wait_ms, false) : NATS_TIMEOUT;
+        ns = wait_ms > 0 ? jl_fetch(src->pull, &list, 1, wait_ms, false) : NATS_TIMEOUT;
     }
     if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) {
         s = JL_OK;
@@ -2593,14 +2596,11 @@ static bool sources_within_lag(jl_projector *p, uint64_t *out_behind)
 {
     bool within = true;
     for (int i = 0; i < p->n_src; i++) {
-        head_at at;
-        stream_now now;
-        if (stream_head(p, i, &at, &now) != JL_OK) {
-            p->src[i].err[0] = 0;
+        uint64_t behind = 0;
+        if (!stream_behind(p, i, &behind)) {
             within = false;
             continue;
         }
-        uint64_t behind = now.last > p->src[i].checkpoint ? now.last - p->src[i].checkpoint : 0;
         *out_behind = behind > *out_behind ? behind : *out_behind;
         if (behind > (uint64_t)p->serve_lag)
             within = false;
