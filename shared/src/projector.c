@@ -661,8 +661,11 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
      * power loss (a process manager's outbox above all): its last commits were not synced. */
     if (s == JL_OK && (s = jl_db_sync(db)) != JL_OK)
         snprintf(err, errlen, "%s; the live read model is unchanged", jl_db_errmsg(db));
-    if (s == JL_OK)
-        s = jl_db_open(&qdb, new_path, true, err, errlen);
+    if (s == JL_OK && (s = jl_db_open(&qdb, new_path, true, err, errlen)) != JL_OK) {
+        size_t used = strnlen(err, errlen);
+        if (used + 1 < errlen)
+            snprintf(err + used, errlen - used, "; the live read model is unchanged");
+    }
     if (s != JL_OK) {
         jl_db_close(db);
         return s;

@@ -219,16 +219,21 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
                 jl__reader_next(&rs->reader, APPLY_BATCH, n == 0 ? (int)wait_ms : 0, &m);
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
-                if (n == 0 && rs->checkpoint < target && read_everything(rs)) {
-                    /* Nothing more comes, short of the target: sequences not ours (a filter,
-                     * deleted ones), or removed (a purge, limits) after the live side applied
-                     * them, which the stream's first sequence tells. Then what was counted
-                     * to come never will. */
-                    jl__reader_note_gap(&rs->reader, target);
-                    s = jl__reader_check_gap(&rs->reader, c->err, sizeof(c->err));
-                    if (s != JL_OK)
-                        return s;
-                    rs->checkpoint = target;
+                if (n == 0 && (rs->checkpoint < target || rs->total > rs->applied) &&
+                    read_everything(rs)) {
+                    /* Nothing more comes, short of the target or of what the last message
+                     * said was pending: sequences not ours (a filter, deleted ones), or
+                     * removed (a purge, limits, a delete) after the live side applied them
+                     * or since that message was delivered, which the stream's first sequence
+                     * tells. Then what was counted to come never will (caught_up() would
+                     * wait for it until a new event came). */
+                    if (rs->checkpoint < target) {
+                        jl__reader_note_gap(&rs->reader, target);
+                        s = jl__reader_check_gap(&rs->reader, c->err, sizeof(c->err));
+                        if (s != JL_OK)
+                            return s;
+                        rs->checkpoint = target;
+                    }
                     rs->total = rs->applied;
                 }
                 break;
@@ -284,8 +289,9 @@ static jl_status open_snapshot(run_ctx *c, jl_db **out)
     if (s == JL_OK)
         s = jl_db_begin(*out, false);
     sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(*out, "SELECT count(*) FROM sqlite_master") : NULL;
-    if (s == JL_OK && (st == NULL || sqlite3_step(st) != SQLITE_ROW)) /* the read starts it */
-        s = JL_ERR_SQLITE;
+    int rc = SQLITE_ROW;
+    if (s == JL_OK && (st == NULL || (rc = sqlite3_step(st)) != SQLITE_ROW)) /* it starts here */
+        s = st == NULL ? JL_ERR_SQLITE : jl_db_fail(*out, rc, "cannot begin a read");
     if (st != NULL)
         sqlite3_reset(st);
     if (s != JL_OK && *out != NULL) {
@@ -348,14 +354,20 @@ static jl_status compare(run_ctx *c, jl_db *live_db)
     char only_live[MAX_DIFFS][256], only_rebuilt[MAX_DIFFS][256];
     int n_live = 0, n_rebuilt = 0;
     bool differ = false;
+    jl_db *failed = live_db; /* the side a failure comes from */
     jl_status s = jl_db_dump_open(live_db, &live.cur);
-    if (s == JL_OK)
-        s = jl_db_dump_open(c->db, &rebuilt.cur);
-    if (s == JL_OK)
-        s = side_next(&live);
-    if (s == JL_OK)
-        s = side_next(&rebuilt);
-    while (s == JL_OK && !(live.end && rebuilt.end)) {
+    if (s == JL_OK && (s = jl_db_dump_open(c->db, &rebuilt.cur)) != JL_OK)
+        failed = c->db;
+    if (s == JL_OK && (s = side_next(&live)) == JL_OK && (s = side_next(&rebuilt)) != JL_OK)
+        failed = c->db;
+    /* A large model takes minutes: a cancel or a stop is not kept waiting for it (nor the live
+     * file's WAL, which the snapshot keeps from being reset meanwhile). */
+    for (uint64_t rows = 1; s == JL_OK && !(live.end && rebuilt.end); rows++) {
+        if (rows % 1024 == 0 && jl__jobs_cancelled(c->p)) {
+            snprintf(c->err, sizeof(c->err), "cancelled");
+            s = JL_ERR_STOPPED;
+            break;
+        }
         int cmp = side_cmp(&live, &rebuilt);
         differ = differ || cmp != 0;
         if (cmp < 0)
@@ -364,16 +376,18 @@ static jl_status compare(run_ctx *c, jl_db *live_db)
             side_only(&rebuilt, only_rebuilt, &n_rebuilt);
         if (cmp <= 0)
             s = side_next(&live);
-        if (s == JL_OK && cmp >= 0)
-            s = side_next(&rebuilt);
+        if (s == JL_OK && cmp >= 0 && (s = side_next(&rebuilt)) != JL_OK)
+            failed = c->db;
     }
     jl_db_dump_close(live.cur);
     jl_db_dump_close(rebuilt.cur);
-    if (s != JL_OK) {
-        snprintf(c->err, sizeof(c->err), "cannot dump the read models: %s / %s",
-                 jl_db_errmsg(live_db), jl_db_errmsg(c->db));
+    if (s != JL_OK && s != JL_ERR_STOPPED) {
+        snprintf(c->err, sizeof(c->err), "cannot dump the %s read model: %s",
+                 failed == live_db ? "live" : "rebuilt", jl_db_errmsg(failed));
         return s;
     }
+    if (s != JL_OK)
+        return s;
     jl__job *j = c->j;
     pthread_mutex_lock(&j->mu);
     j->st.verified_seq = c->src[0].checkpoint;
@@ -466,13 +480,20 @@ static void run_job(jl_projector *p, jl__job *j)
 {
     run_ctx c = {.p = p, .j = j};
     jl_status s = JL_OK;
-    bool paused_live = false, held_outbox = false;
+    bool paused_live = false, held_outbox = false, switching = false;
 
     /* "<name>.rebuild-<ms>.db": a projector's name has no '.', so no other projector's file
-     * can look like it (a start removes these when they are not live). */
-    snprintf(c.file, sizeof(c.file), "%s.%s-%" PRId64 ".db", p->def->name,
-             j->verify ? "verify" : "rebuild", now_ns() / 1000000);
-    snprintf(c.path, sizeof(c.path), "%s/%s", p->data_dir, c.file);
+     * can look like it (a start removes these when they are not live). A name in use (the live
+     * file's, after the clock stepped back) is not taken, as a failure removes the job's file:
+     * the next millisecond is. Only this process makes these files in its data directory. */
+    int64_t ms = now_ns() / 1000000;
+    for (int tries = 0; tries < 1000; tries++, ms++) {
+        snprintf(c.file, sizeof(c.file), "%s.%s-%" PRId64 ".db", p->def->name,
+                 j->verify ? "verify" : "rebuild", ms);
+        snprintf(c.path, sizeof(c.path), "%s/%s", p->data_dir, c.file);
+        if (strcmp(c.path, p->db_path) != 0 && access(c.path, F_OK) != 0)
+            break;
+    }
     pthread_mutex_lock(&j->mu);
     snprintf(j->st.file, sizeof(j->st.file), "%s", c.file);
     pthread_mutex_unlock(&j->mu);
@@ -606,6 +627,7 @@ static void run_job(jl_projector *p, jl__job *j)
             s = jl_db_exec(c.db, "PRAGMA max_page_count=4294967294");
         if (s == JL_OK) {
             jl__proj_hold_beat(p);
+            switching = true;
             s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
             c.db = NULL; /* owned by the projector now (or closed on failure) */
         } else {
@@ -634,10 +656,18 @@ static void run_job(jl_projector *p, jl__job *j)
                "\"checkpoint\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"events\":%" PRIu64,
                c.src[0].checkpoint, applied, c.events);
     } else {
+        /* A switch's own errors say what became of the live model; the others are the new
+         * file's (or reading the stream or the live model), before anything changed. */
         char msg[700];
-        bool disk = s == JL_ERR_DISK_FULL || s == JL_ERR_IO;
-        snprintf(msg, sizeof(msg), "%s%s: the live read model is untouched", c.err,
-                 disk ? " (no space or no write access for the new file)" : "");
+        bool disk = !switching && (s == JL_ERR_DISK_FULL || s == JL_ERR_IO);
+        snprintf(msg, sizeof(msg), "%s%s%s", c.err,
+                 !disk                                               ? ""
+                 : s == JL_ERR_DISK_FULL && p->rebuild_max_bytes > 0 ? " (the new file reached "
+                                                                       "--rebuild-max-mb, or the "
+                                                                       "disk is full)"
+                 : s == JL_ERR_DISK_FULL ? " (no space for the new file)"
+                                         : " (no space or no write access for the new file)",
+                 switching ? "" : ": the live read model is untouched");
         status_set(j, s == JL_ERR_STOPPED ? JOB_CANCELLED : JOB_FAILED, msg);
         char esc[800];
         jl_log(JL_LOG_ERROR, j->verify ? "verify failed" : "rebuild failed",

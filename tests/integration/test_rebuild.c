@@ -1080,6 +1080,7 @@ START_TEST(full_disk_during_rebuild_leaves_live_untouched)
     ck_assert_str_eq(st->state, "failed");
     ck_assert_msg(strstr(st->error, "full") != NULL && strstr(st->error, "untouched") != NULL, "%s",
                   st->error);
+    ck_assert_msg(strstr(st->error, "--rebuild-max-mb") != NULL, "%s", st->error); /* the cap */
     char leftover[1100];
     snprintf(leftover, sizeof(leftover), "%s/%s", live.dir, st->file);
     ck_assert_int_ne(access(leftover, F_OK), 0); /* the partial file is gone */
