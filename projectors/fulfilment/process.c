@@ -575,9 +575,17 @@ static jl_status on_refused(jl_db *db, const jl_outbox_refusal *f, char *err, si
     bool reserve = strcmp(f->command, "ReserveStock") == 0;
     char order_id[JL_UUID_LEN + 1], id[FULFILMENT_COMMAND_ID_MAX];
     char full[sizeof(f->reply->message) + 32], reason[FULFILMENT_MAX_REASON + 1];
-    if ((!reserve && strcmp(f->command, "ConfirmOrder") != 0) ||
-        jl_uuid_canonical(order_id, f->order_key) != JL_OK) /* keyed by order id */
+    if (!reserve && strcmp(f->command, "ConfirmOrder") != 0)
         return JL_OK;
+    /* Keyed by order id; a row queued before rows had keys names it in its command id
+     * ("fulfilment:<order id>:reserve"). */
+    char from_id[JL_UUID_LEN + 1] = "";
+    if (strncmp(f->command_id, "fulfilment:", 11) == 0 &&
+        strlen(f->command_id) > 11 + JL_UUID_LEN && f->command_id[11 + JL_UUID_LEN] == ':')
+        snprintf(from_id, sizeof(from_id), "%.*s", JL_UUID_LEN, f->command_id + 11);
+    if (jl_uuid_canonical(order_id, f->order_key) != JL_OK &&
+        jl_uuid_canonical(order_id, from_id) != JL_OK)
+        return JL_OK; /* not one of ours: the runtime logs the refusal */
     /* Cancelled (by its customer, racing a ConfirmOrder) or confirmed already: nothing to
      * abort, and the orders service would only refuse a CancelOrder. */
     row cur;

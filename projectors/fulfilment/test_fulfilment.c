@@ -752,6 +752,44 @@ START_TEST(apply_happy_path_reserves_confirms_and_commits)
 }
 END_TEST
 
+START_TEST(a_refused_reservation_cancels_the_order_also_from_a_row_without_a_key)
+{
+    /* A ReserveStock refused for good (say the service ruled it invalid) aborts the order: a
+     * CancelOrder, "fulfilment:<order>:abort", caused by the refused command. Rows queued before
+     * outbox rows had keys have "" there: the order id is then read from the command id. */
+    static const char *const keys[] = {ORDER, ""};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(jl_db_exec(db, "DELETE FROM jl_outbox; DELETE FROM fulfilments"), JL_OK);
+        tev t;
+        ev_placed(&t, ORDER, 1, 20);
+        apply_to(db, &t);
+        jl_reply r;
+        jl_reply_init(&r);
+        jl_reply_error(&r, JL_CODE_INVALID, "no such warehouse");
+        jl_outbox_refusal f = {.service = "inventory",
+                               .command = "ReserveStock",
+                               .command_id = "fulfilment:" ORDER ":reserve",
+                               .correlation_id = "corr-1",
+                               .order_key = keys[k],
+                               .reply = &r};
+        char err[256] = "";
+        ck_assert_int_eq(fulfilment_process.on_refused(db, &f, err, sizeof(err)), JL_OK);
+        jl_reply_cleanup(&r);
+        ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), 2);
+        outrow o;
+        outbox_row(db, 1, &o);
+        ck_assert_str_eq(o.command_id, "fulfilment:" ORDER ":abort");
+        ck_assert_str_eq(o.command, "CancelOrder");
+        ck_assert_str_eq(o.causation, "fulfilment:" ORDER ":reserve");
+        Orders__CancelOrder *co = orders__cancel_order__unpack(NULL, (size_t)o.len, o.body);
+        ck_assert_ptr_nonnull(co);
+        ck_assert_str_eq(co->order_id, ORDER);
+        ck_assert_msg(strstr(co->reason, "no such warehouse") != NULL, "%s", co->reason);
+        orders__cancel_order__free_unpacked(co, NULL);
+    }
+}
+END_TEST
+
 START_TEST(apply_rejection_cancels_the_order_with_the_reason)
 {
     tev t;
@@ -1243,6 +1281,7 @@ static Suite *fulfilment_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, apply_happy_path_reserves_confirms_and_commits);
     tcase_add_test(tc, outbox_refuses_ids_it_would_have_to_cut);
+    tcase_add_test(tc, a_refused_reservation_cancels_the_order_also_from_a_row_without_a_key);
     tcase_add_test(tc, outbox_withdraws_only_a_command_without_a_final_reply);
     tcase_add_test(tc, apply_rejection_cancels_the_order_with_the_reason);
     tcase_add_test(tc, apply_cancel_reason_sent_is_cut_to_the_orders_limit);

@@ -39,6 +39,9 @@
  * now", so that their retries together stay near 100 a second however many are held. */
 #define OUTBOX_BACKOFF_MS 5000
 #define OUTBOX_RETRIES_PER_S 100
+/* A row without a reply holds back every later one: past its first attempts (1, 2, 4, 8, ...
+ * logged at warn), it is still logged at warn this often while it blocks. */
+#define OUTBOX_BLOCKED_WARN_NS (60 * 1000000000LL)
 
 typedef struct row {
     int64_t id;
@@ -49,6 +52,7 @@ typedef struct row {
     char causation[128];
     char key[JL_OUTBOX_KEY_MAX + 1]; /* "": none, a barrier */
     int64_t attempts;                /* before this one */
+    int64_t created_ns;              /* jl__now_ns() when decided */
     void *body;
     int len;
 } row;
@@ -90,7 +94,7 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
         sqlite3_bind_text(st, 1, command_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, service, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, cmd->descriptor->short_name, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, body, (int)n, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, body, (int)n, SQLITE_TRANSIENT); /* freed below */
         sqlite3_bind_text(st, 5, correlation_id ? correlation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, causation_id ? causation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 7, jl__now_ns());
@@ -123,14 +127,18 @@ jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why)
 typedef struct sender {
     natsSubscription *sub; /* <inbox>.*, or NULL until it could be made */
     char *inbox;
-    uint64_t n; /* requests so far */
+    uint64_t n;        /* requests so far */
+    int64_t warned_ns; /* jl__mono_ns() of the last warning of a row without a reply */
 } sender;
 
+/* Let go of @p snd's subscription (made again for the next request). */
 static void sender_close(sender *snd)
 {
     natsSubscription_Destroy(snd->sub); /* destroying unsubscribes */
     natsInbox_Destroy(snd->inbox);
-    memset(snd, 0, sizeof(*snd));
+    snd->sub = NULL;
+    snd->inbox = NULL;
+    snd->n = 0;
 }
 
 static natsStatus sender_open(jl_projector *p, sender *snd)
@@ -273,6 +281,41 @@ static bool still_pending(jl_db *db, const row *w)
     return pending;
 }
 
+/* How many rows after @p w wait for a reply (-1: unknown). */
+static int64_t rows_behind(jl_db *db, const row *w)
+{
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM jl_outbox WHERE replied_at_ns IS "
+                                      "NULL AND id > ?");
+    if (st == NULL)
+        return -1;
+    sqlite3_bind_int64(st, 1, w->id);
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Log that row @p w (@p id, escaped) got no reply (@p why): each later row waits for it (see
+ * the top of this file), so while it blocks an operator must hear of it, with how long it has
+ * waited and how many wait behind it; its first attempts (@p attempt: a request went), then
+ * once a minute, at warn. */
+static void no_reply_log(jl_db *db, sender *snd, const row *w, bool attempt, const char *id,
+                         const char *why)
+{
+    int64_t now = jl__mono_ns();
+    bool warn = attempt && (retry_level(w->attempts + 1) == JL_LOG_WARN ||
+                            now - snd->warned_ns >= OUTBOX_BLOCKED_WARN_NS);
+    if (!warn && !jl_log_enabled(JL_LOG_DEBUG))
+        return;
+    if (warn)
+        snd->warned_ns = now;
+    int64_t waited = w->created_ns > 0 ? (jl__now_ns() - w->created_ns) / 1000000000LL : 0;
+    jl_log(warn ? JL_LOG_WARN : JL_LOG_DEBUG, "outbox: no reply, will retry",
+           "\"service\":\"%s\",\"command\":\"%s\",\"command_id\":\"%s\",\"attempt\":%" PRId64
+           ",\"waiting_s\":%" PRId64 ",\"rows_behind\":%" PRId64 ",\"error\":\"%s\"",
+           w->service, w->command, id, w->attempts + 1, waited < 0 ? 0 : waited, rows_behind(db, w),
+           why);
+}
+
 /* Send row @p w and record its reply in @p db, under outbox_mu. */
 static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_reply *r)
 {
@@ -284,10 +327,7 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         return SENT_FINAL; /* withdrawn meanwhile */
     jl__fault("outbox.before_send");
     if (!send_row(p, snd, w, r, why, sizeof(why), &attempt)) {
-        jl_log(attempt ? retry_level(w->attempts + 1) : JL_LOG_DEBUG,
-               "outbox: no reply, will retry",
-               "\"command\":\"%s\",\"command_id\":\"%s\",\"attempt\":%" PRId64 ",\"error\":\"%s\"",
-               w->command, id, w->attempts + 1, why);
+        no_reply_log(db, snd, w, attempt, id, why);
         /* Counted, so that a command no producer answers shows in its row. */
         sqlite3_stmt *st =
             attempt ? jl_db_stmt(db, "UPDATE jl_outbox SET reply_code = NULL, reply_message = ?, "
@@ -446,8 +486,9 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
 {
     int n = 0;
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT id, service, command, command_id, correlation_id, "
-                                      "causation_id, body, order_key, attempts FROM jl_outbox "
-                                      "WHERE replied_at_ns IS NULL AND id > ? ORDER BY id LIMIT ?");
+                                      "causation_id, body, order_key, attempts, created_at_ns "
+                                      "FROM jl_outbox WHERE replied_at_ns IS NULL AND id > ? "
+                                      "ORDER BY id LIMIT ?");
     if (st == NULL)
         return -1;
     sqlite3_bind_int64(st, 1, after);
@@ -463,6 +504,7 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
         snprintf(w->causation, sizeof(w->causation), "%s", sqlite3_column_text(st, 5));
         snprintf(w->key, sizeof(w->key), "%s", sqlite3_column_text(st, 7));
         w->attempts = sqlite3_column_int64(st, 8);
+        w->created_ns = sqlite3_column_int64(st, 9);
         w->len = sqlite3_column_bytes(st, 6);
         w->body = malloc((size_t)w->len + 1);
         if (w->body == NULL) {
@@ -765,6 +807,7 @@ jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, siz
         jl_db_exec(to, "DETACH DATABASE jl_live");
     }
     if (s != JL_OK)
-        snprintf(err, errlen, "cannot carry the outbox over: %s", jl_db_errmsg(to));
+        snprintf(err, errlen, "cannot carry the outbox over: %s; the live read model is unchanged",
+                 jl_db_errmsg(to));
     return s;
 }
