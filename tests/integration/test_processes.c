@@ -1354,7 +1354,14 @@ static bool json_u64(const char *json, const char *key, uint64_t *out)
 }
 
 /* What the fake service below answers (fake_mode), and the aggregate it is asked about. */
-enum { FAKE_EMPTY_PAGE, FAKE_OTHER_AGGREGATE, FAKE_NOT_ADVANCING, FAKE_NO_ENVELOPE, FAKE_STATE };
+enum {
+    FAKE_EMPTY_PAGE,
+    FAKE_OTHER_AGGREGATE,
+    FAKE_NOT_ADVANCING,
+    FAKE_NO_ENVELOPE,
+    FAKE_GAP,
+    FAKE_STATE
+};
 static int fake_mode;
 static const char fake_id[] = "c28aa361-5d3c-4f43-9a43-0e7c6b1f2a10";
 static const char other_id[] = "11111111-1111-4111-8111-111111111111";
@@ -1372,7 +1379,8 @@ static void fake_history(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     env_.event_type = "orders.OrderCreated";
     env_.aggregate_type = "order";
     env_.aggregate_id = (char *)(fake_mode == FAKE_OTHER_AGGREGATE ? other_id : fake_id);
-    env_.aggregate_version = 1; /* FAKE_NOT_ADVANCING: the first event on every page */
+    /* FAKE_NOT_ADVANCING: the first event on every page; FAKE_GAP: versions 1 and 2 gone. */
+    env_.aggregate_version = fake_mode == FAKE_GAP ? 3 : 1;
     Jetledger__StoredEvent ev = JETLEDGER__STORED_EVENT__INIT, *evs[1] = {&ev};
     ev.stream_sequence = 5;
     ev.envelope = fake_mode == FAKE_NO_ENVELOPE ? NULL : &env_;
@@ -1414,6 +1422,8 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
         {FAKE_OTHER_AGGREGATE, "history", "an event of another aggregate"},
         {FAKE_NOT_ADVANCING, "history", "sent version 1 out of order on a page from 2"},
         {FAKE_NO_ENVELOPE, "history", "1 event could not be shown whole"},
+        {FAKE_GAP, "history", "versions 1 to 2 of c28aa361-5d3c-4f43-9a43-0e7c6b1f2a10 are not in"},
+        {FAKE_GAP, "history", "2 versions missing: the trail is not whole"},
         {FAKE_STATE, "state", "not one of the aggregate asked for"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1441,6 +1451,12 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
     CLI(r, url, "command", "orders", "CreateOrder", "{}", "--command-id", "--json");
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--command-id needs a value, not the flag '--json'") != NULL, "%s",
+                  r->err);
+    /* A setting's flag without its value does not take the subcommand for it ("status" as the
+     * credentials file) once a flag of the CLI's own is taken out from between them. */
+    CLI(r, url, "--creds", "--json", "status");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--creds needs a value, not the flag '--json'") != NULL, "%s",
                   r->err);
     free(r);
     natsSubscription_Unsubscribe(sub);
@@ -1499,6 +1515,17 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
         ck_assert_msg(strstr(r->err, "orders is a producer service") != NULL, "%s: %s",
                       on_service[i], r->err);
     }
+    /* A time before 1970 is the first instant there is, not "no time given": with the stream's
+     * first messages removed, the refusal is about the time asked for. */
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = 3; /* keep from sequence 3 */
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+    CLI(r, url, "rebuild", "order_summary", "--from-time", "1969-12-31T23:00:00Z");
+    ASSERT_CLI(r, 1);
+    ck_assert_msg(strstr(r->err, "no longer holds sequences 1 to 2") != NULL &&
+                      strstr(r->err, "from-time may fall among them") != NULL,
+                  "%s", r->err);
     free(r);
     stop_gracefully(s, 2);
 }
@@ -1868,14 +1895,18 @@ START_TEST(cli_round_trip_and_exit_codes)
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), 4);
 
     /* Something that is not a commit, on a subject with JSON's special characters, is still
-     * shown as one valid JSON line. */
+     * shown as one valid JSON line; and a script is told the output is not the whole trail
+     * (exit 4), as for history. */
     ck_assert_int_eq(
         js_Publish(NULL, jl_conn_js(env.conn), "orders.events.a\"b\\c", "junk", 4, NULL, NULL),
         NATS_OK);
     CLI(r, url, "events", "orders", "--from-seq", "5");
-    ASSERT_CLI(r, 0);
+    ASSERT_CLI(r, 4);
     ck_assert_msg(strstr(r->out, "\"subject\":\"orders.events.a\\\"b\\\\c\",\"error\":\"") != NULL,
                   "%s", r->out);
+    ck_assert_msg(strstr(r->err, "1 event could not be shown whole") != NULL, "%s", r->err);
+    CLI(r, url, "events", "orders", "--from-seq", "1", "--aggregate", id); /* the good ones */
+    ASSERT_CLI(r, 0);
     free(r);
     ck_assert_int_eq(svc_stop(&proj, SIGTERM, SHUTDOWN_MS), 0);
     ck_assert_int_eq(svc_stop(&prod, SIGTERM, SHUTDOWN_MS), 0);

@@ -105,6 +105,8 @@ int cli_history(cli_ctx *ctx)
     q.aggregate_id = id;
     q.from_version = 1;
     size_t unreadable = 0;
+    /* Versions go up by one an event: a version skipped is one the stream no longer holds. */
+    uint64_t expect = 1, missing = 0;
     while (rc == CLI_OK) {
         Jetledger__HistoryResult *h = (Jetledger__HistoryResult *)cli_ask(
             ctx, conn, "service", ctx->argv[0], subject, &q.base,
@@ -116,8 +118,18 @@ int cli_history(cli_ctx *ctx)
             rc = CLI_FAILED;
             break;
         }
-        for (size_t i = 0; i < h->n_events; i++)
+        for (size_t i = 0; i < h->n_events; i++) {
             unreadable += print_stored(&line, h->events[i]) != JL_OK;
+            const Jetledger__Envelope *e = h->events[i]->envelope;
+            if (e != NULL && expect != 0 && e->aggregate_version > expect) {
+                if (missing == 0)
+                    cli_error("versions %" PRIu64 " to %" PRIu64 " of %s are not in the stream "
+                              "(aged out under --max-age, or removed)",
+                              expect, e->aggregate_version - 1, id);
+                missing += e->aggregate_version - expect;
+            }
+            expect = e != NULL ? e->aggregate_version + 1 : 0; /* 0: unknown */
+        }
         uint64_t next = h->next_version;
         q.from_sequence = h->next_sequence; /* the next page reads on from there */
         protobuf_c_message_free_unpacked(&h->base, NULL);
@@ -131,11 +143,12 @@ int cli_history(cli_ctx *ctx)
         }
         q.from_version = next;
     }
-    if (unreadable > 0 && rc == CLI_OK) {
-        /* Shown, each with its "error": but a script must not take the trail for whole. */
-        cli_error("%zu event%s could not be shown whole (see \"error\" on %s line%s)", unreadable,
-                  unreadable == 1 ? "" : "s", unreadable == 1 ? "its" : "their",
-                  unreadable == 1 ? "" : "s");
+    if (unreadable > 0 && rc == CLI_OK)
+        rc = cli_unreadable(unreadable);
+    if (missing > 0 && rc == CLI_OK) {
+        /* Printed, but a script must not take the trail for whole. */
+        cli_error("%" PRIu64 " version%s missing: the trail is not whole", missing,
+                  missing == 1 ? "" : "s");
         rc = CLI_FAILED;
     }
     fflush(stdout);
@@ -148,15 +161,20 @@ int cli_history(cli_ctx *ctx)
 static int print_state(const Jetledger__StateResult *st)
 {
     int rc = CLI_OK;
-    char when[48];
+    char when[48] = "null";
     jl_buf b;
     jl_buf_init(&b, 64 * 1024 * 1024);
-    jl_format_time(when, sizeof(when), st->occurred_at_ns);
+    /* 0: the service could not tell (its last event's time unread), not 1970. */
+    if (st->occurred_at_ns != 0) {
+        when[0] = '"';
+        jl_format_time(when + 1, sizeof(when) - 2, st->occurred_at_ns);
+        strcat(when, "\"");
+    }
     jl_buf_adds(&b, "{\"aggregate_id\":");
     jl_json_add_string(&b, st->aggregate_id, strlen(st->aggregate_id));
     jl_buf_addf(&b,
                 ",\"version\":%" PRIu64 ",\"stream_sequence\":%" PRIu64
-                ",\"occurred_at\":\"%s\",\"state_type\":",
+                ",\"occurred_at\":%s,\"state_type\":",
                 st->version, st->stream_sequence, when);
     jl_json_add_string(&b, st->state_type, strlen(st->state_type));
     jl_buf_adds(&b, ",\"state\":");

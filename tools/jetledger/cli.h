@@ -126,6 +126,13 @@ ProtobufCMessage *cli_reply_result(const jl_reply *r, const ProtobufCMessageDesc
  */
 jl_status cli_print_event(jl_buf *line, const jl_event *ev, jl_status s);
 
+/**
+ * Say on stderr that @p n printed lines could not show their event whole (each says why in its
+ * "error"): the output is not the whole trail, which a script must be told.
+ * @return CLI_FAILED.
+ */
+int cli_unreadable(size_t n);
+
 int cli_command(cli_ctx *ctx);
 int cli_query(cli_ctx *ctx);
 int cli_events(cli_ctx *ctx);

@@ -27,8 +27,16 @@ jl_status cli_print_event(jl_buf *line, const jl_event *ev, jl_status s)
     return s;
 }
 
-/* Print every event of one stream message; returns 0 or a CLI status. */
-static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
+int cli_unreadable(size_t n)
+{
+    cli_error("%zu event%s could not be shown whole (see \"error\" on %s line%s)", n,
+              n == 1 ? "" : "s", n == 1 ? "its" : "their", n == 1 ? "" : "s");
+    return CLI_FAILED;
+}
+
+/* Print every event of one stream message; returns how many lines could not show their event
+ * whole (a message that is no commit, an event this CLI cannot decode). */
+static size_t print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
 {
     jl_commit *c = NULL;
     char err[512];
@@ -43,15 +51,16 @@ static int print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
         jl_json_add_string(line, err, strlen(err));
         jl_buf_adds(line, "}");
         puts(jl_buf_str(line));
-        return 0;
+        return 1;
     }
+    size_t bad = 0;
     for (size_t i = 0; i < jl_commit_count(c); i++) {
         jl_event ev;
         jl_status s = jl_commit_event(c, i, NULL, &ev, err, sizeof(err));
-        cli_print_event(line, &ev, s);
+        bad += cli_print_event(line, &ev, s) != JL_OK;
     }
     jl_commit_free(c);
-    return 0;
+    return bad;
 }
 
 int cli_events(cli_ctx *ctx)
@@ -142,6 +151,7 @@ int cli_events(cli_ctx *ctx)
     /* A push consumer may have delivered everything by now: what it will deliver in all is
      * what it delivered plus what is pending. Each message then says how many remain. */
     uint64_t pending = ci->NumPending + ci->Delivered.Consumer;
+    size_t unreadable = 0;
     while (pending > 0) {
         natsMsg *m = NULL;
         ns = natsSubscription_NextMsg(&m, sub, ctx->opts.timeout_ms);
@@ -156,7 +166,7 @@ int cli_events(cli_ctx *ctx)
             /* Events appended since the start are not what was asked for: with producers
              * writing faster than this prints, it would never end. */
             if (meta->Sequence.Stream <= end_seq)
-                print_commit(m, meta->Sequence.Stream, &line);
+                unreadable += print_commit(m, meta->Sequence.Stream, &line);
             pending = meta->Sequence.Stream >= end_seq ? 0 : meta->NumPending;
             jsMsgMetaData_Destroy(meta);
         }
@@ -164,6 +174,8 @@ int cli_events(cli_ctx *ctx)
         if (ferror(stdout))
             break; /* a full disk, a closed pipe (`| head`): said by main, no point reading on */
     }
+    if (unreadable > 0 && rc == CLI_OK)
+        rc = cli_unreadable(unreadable);
 done:
     fflush(stdout);
     jsConsumerInfo_Destroy(ci);

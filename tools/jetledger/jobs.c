@@ -439,8 +439,11 @@ int cli_rebuild(cli_ctx *ctx)
     }
     Jetledger__Rebuild m = JETLEDGER__REBUILD__INIT;
     m.from_seq = ctx->opts.from_seq;
-    /* No message is older than 1970: an earlier time is the same as the start (0). */
-    m.from_time_ns = ctx->opts.from_time_ns > 0 ? ctx->opts.from_time_ns : 0;
+    /* No message is older than 1970: an earlier time is its first instant, not 0, which
+     * would mean no time given (and the start refused as such were messages removed). */
+    m.from_time_ns = !ctx->opts.has_from_time     ? 0
+                     : ctx->opts.from_time_ns > 0 ? ctx->opts.from_time_ns
+                                                  : 1;
     m.keep_old = ctx->opts.keep_old;
     return run(ctx, "rebuild", "Rebuild", &m.base);
 }

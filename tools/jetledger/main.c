@@ -262,6 +262,12 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             }
         }
         if (which < 0) {
+            /* A setting's flag ("--nats-url"), whose value is the next argument, even one that
+             * looks like a flag of ours ("--nats-url --json status"): the configuration then
+             * refuses it, naming the flag, rather than taking "status" for the URL. */
+            if (strncmp(a, "--", 2) == 0 && a[2] != 0 && strchr(a, '=') == NULL &&
+                strcmp(a, "--help") != 0 && r + 1 < *argc)
+                argv[w++] = argv[r++];
             argv[w++] = argv[r];
             continue;
         }
