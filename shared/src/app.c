@@ -19,7 +19,18 @@
 #include "jetledger/log.h"
 
 static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t stop_cv = PTHREAD_COND_INITIALIZER;
+/* Both conditions below wait on CLOCK_MONOTONIC (clocks_init()): the watch's tick and the
+ * connect watchdog's must not stop for as long as the wall clock steps back. */
+static pthread_cond_t stop_cv;
+static pthread_cond_t watchdog_cv; /* see connect_watchdog() */
+static pthread_once_t clocks_once = PTHREAD_ONCE_INIT;
+
+static void clocks_init(void)
+{
+    jl__cond_init_monotonic(&stop_cv);
+    jl__cond_init_monotonic(&watchdog_cv);
+}
+
 static bool stop_requested = false;
 static bool started = false; /* the service holds work (connected and open) */
 static void (*stop_fn)(void *) = NULL;
@@ -197,6 +208,7 @@ void jl_app_signals(void (*on_stop)(void *closure), void *closure)
 {
     static sigset_t set;
     pthread_t t;
+    pthread_once(&clocks_once, clocks_init);
     pthread_mutex_lock(&stop_mu);
     stop_fn = on_stop;
     stop_closure = closure;
@@ -283,7 +295,7 @@ static void *conn_watch(void *arg)
     natsConnection *nc = jl_conn_nats(w->conn);
     pthread_mutex_lock(&stop_mu);
     while (!stop_requested) {
-        struct timespec until = jl__realtime_in(500);
+        struct timespec until = jl__monotonic_in(500);
         pthread_cond_timedwait(&stop_cv, &stop_mu, &until);
         if (stop_requested)
             break;
@@ -318,6 +330,7 @@ static void *conn_watch(void *arg)
  * there is none). */
 static bool watch_start(pthread_t *t, watched *w)
 {
+    pthread_once(&clocks_once, clocks_init);
     return pthread_create(t, NULL, conn_watch, w) == 0;
 }
 
@@ -352,7 +365,6 @@ static void ready(bool up)
 }
 
 static pthread_mutex_t watchdog_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t watchdog_cv = PTHREAD_COND_INITIALIZER;
 static bool connect_done;
 
 /* Exit 1, saying so, once a connect attempt has run past its bound (@p arg: ms): libnats would
@@ -369,7 +381,7 @@ static void *connect_watchdog(void *arg)
             _exit(JL_EXIT_FAILURE);
         }
         /* Woken at once by watchdog_stop(): the start goes on without waiting for a tick. */
-        struct timespec at = jl__realtime_in(250);
+        struct timespec at = jl__monotonic_in(250);
         pthread_cond_timedwait(&watchdog_cv, &watchdog_mu, &at);
     }
     pthread_mutex_unlock(&watchdog_mu);
@@ -386,6 +398,7 @@ static void watchdog_start(const jl_config *cfg)
     pthread_mutex_lock(&watchdog_mu);
     connect_done = false;
     pthread_mutex_unlock(&watchdog_mu);
+    pthread_once(&clocks_once, clocks_init);
     watchdog_running = pthread_create(&watchdog, NULL, connect_watchdog,
                                       (void *)(intptr_t)jl_conn_stuck_after_ms(cfg)) == 0;
 }
