@@ -1264,7 +1264,7 @@ static natsStatus subscribe_queries(jl_projector *p, bool *out_now)
  * current for good, and once every source is, queries are answered. */
 static void serve_if_current(jl_projector *p, int i, uint64_t pending)
 {
-    if (atomic_load(&p->serving) || pending > (uint64_t)p->serve_lag)
+    if (atomic_load(&p->serving) || atomic_load(&p->stopping) || pending > (uint64_t)p->serve_lag)
         return;
     atomic_store(&p->src[i].current, true);
     for (int k = 0; k < p->n_src; k++) {
@@ -1700,6 +1700,17 @@ jl_status jl__reader_check_gap(jl__reader *r, char *err, size_t errlen)
     return JL_ERR_INVALID;
 }
 
+bool jl__reader_drained(jl__reader *r)
+{
+    jsConsumerInfo *ci = NULL;
+    if (r->sub == NULL || natsSubscription_GetConsumerInfo(&ci, r->sub, NULL, NULL) != NATS_OK)
+        return false;
+    bool all =
+        ci->NumPending == 0 && ci->NumAckPending == 0 && ci->Delivered.Consumer + 1 == r->next_cseq;
+    jsConsumerInfo_Destroy(ci);
+    return all;
+}
+
 void jl__reader_close(jl__reader *r)
 {
     natsMsgList_Destroy(&r->list);
@@ -1746,10 +1757,13 @@ static jl_status stream_head(jl_projector *p, int i, head_at *out_at, stream_now
     out->last = si->State.LastSeq;
     out->created = si->Created;
     out->covers = filter_covers(si, p->src[i].filter);
-    *out_at = si->State.LastSeq < p->src[i].checkpoint ? HEAD_BEHIND
-              : si->State.LastSeq > p->src[i].checkpoint + (uint64_t)JL_CATCH_UP_THRESHOLD
-                  ? HEAD_FAR
-                  : HEAD_NEAR;
+    /* Far in what the stream still holds: messages its limits or a purge removed are not read. */
+    uint64_t from = p->src[i].checkpoint;
+    if (out->first > from + 1)
+        from = out->first - 1;
+    *out_at = si->State.LastSeq < p->src[i].checkpoint                     ? HEAD_BEHIND
+              : si->State.LastSeq > from + (uint64_t)JL_CATCH_UP_THRESHOLD ? HEAD_FAR
+                                                                           : HEAD_NEAR;
     jsStreamInfo_Destroy(si);
     return JL_OK;
 }
@@ -1844,8 +1858,10 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     return JL_OK;
 }
 
-/* How many messages source @p i's stream holds past its checkpoint (0 for a missing stream);
- * false when it cannot be read now (not an error of the source's: a later step tells). */
+/* How many messages source @p i's stream holds past its checkpoint (0 for a missing stream;
+ * those removed by its limits or a purge not counted); false when it cannot be read now (not
+ * an error of the source's: a later step tells). Over a filter that leaves subjects out the
+ * count includes others' messages: a catch-up reader then tells (nothing_to_catch_up). */
 static bool stream_behind(jl_projector *p, int i, uint64_t *out)
 {
     head_at at;
@@ -1854,7 +1870,10 @@ static bool stream_behind(jl_projector *p, int i, uint64_t *out)
         p->src[i].err[0] = 0;
         return false;
     }
-    *out = now.last > p->src[i].checkpoint ? now.last - p->src[i].checkpoint : 0;
+    uint64_t from = p->src[i].checkpoint;
+    if (now.first > from + 1)
+        from = now.first - 1;
+    *out = now.last > from ? now.last - from : 0;
     return true;
 }
 
@@ -1864,8 +1883,12 @@ static bool stream_behind(jl_projector *p, int i, uint64_t *out)
 static void serve_if_idle(jl_projector *p, int i)
 {
     jl__source *src = &p->src[i];
-    if (atomic_load(&p->serving) || atomic_load(&src->current))
+    if (atomic_load(&p->serving))
         return;
+    if (atomic_load(&src->current)) {
+        serve_if_current(p, i, 0); /* the queries' subscription failed: tried again */
+        return;
+    }
     uint64_t pending = 0;
     if (src->pull != NULL) {
         jsConsumerInfo *ci = NULL;
@@ -1929,8 +1952,15 @@ static jl_status catch_up_step(jl_projector *p, int i, int wait_ms, size_t *out_
                "\"stream\":\"%s\",\"detail\":\"%s\"", src->stream,
                jl_log_str(esc, sizeof(esc), why));
     }
-    if (s == JL_OK && n == 0)
+    if (s == JL_OK && n == 0 && jl__reader_drained(&src->catchup)) {
+        /* Nothing of the filter past the checkpoint: the head is far only in others' messages
+         * or removed ones. Not behind, and the durable takes over for good (not another reader
+         * every step, waiting out its fetch). */
+        src->nothing_to_catch_up = true;
+        serve_if_current(p, i, 0);
+    } else if (s == JL_OK && n == 0) {
         serve_if_idle(p, i);
+    }
     if (s != JL_OK || caught_up || n == 0) {
         /* Done (or failed, or idle): the durable takes over from the checkpoint. */
         jl__reader_close(&src->catchup);
@@ -1977,6 +2007,38 @@ static bool lost_while_idle(jl_projector *p, int i)
     return lost;
 }
 
+/* Say that source @p i's stream, which now starts at @p first, no longer holds messages past
+ * the checkpoint (@p when they went), once: nothing to do about it but read on. With a filter
+ * that leaves subjects out, the checkpoint is the last message of ours, and others' after it
+ * may have gone: nothing to tell then. */
+static void warn_removed(jl_projector *p, int i, uint64_t first, const char *when)
+{
+    jl__source *src = &p->src[i];
+    if (!src->covers || first <= src->checkpoint + 1 || src->warned_from == src->checkpoint + 1)
+        return;
+    src->warned_from = src->checkpoint + 1;
+    jl_log(JL_LOG_WARN, "the stream no longer holds messages this read model has not applied",
+           "\"stream\":\"%s\",\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64
+           ",\"detail\":\"removed by the stream's limits or a purge %s: the read model lacks "
+           "what they built\"",
+           src->stream, src->checkpoint + 1, first - 1, when);
+}
+
+/* The durable delivered past a hole after source @p i's checkpoint: messages deleted one by
+ * one say nothing, but the stream's limits or a purge removing them before they were read (the
+ * projector behind, the stream short of room or age) are said (warn_removed). */
+static void warn_if_removed(jl_projector *p, int i)
+{
+    head_at at;
+    stream_now now;
+    if (stream_head(p, i, &at, &now) != JL_OK) {
+        p->src[i].err[0] = 0; /* only a warning's: the batch goes on */
+        return;
+    }
+    if (now.created != 0)
+        warn_removed(p, i, now.first, "while the projector was behind");
+}
+
 /* How many of @p msgs, from the first, were delivered in order with none missing between them
  * (a delivery lost in transit shows as a jump in the consumer sequence). */
 static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
@@ -2004,11 +2066,17 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     src->err[0] = 0;
     head_at head = HEAD_NEAR;
     stream_now now = {0};
-    if (src->catchup.sub == NULL && src->pull == NULL &&
-        (s = stream_head(p, i, &head, &now)) != JL_OK)
-        return s;
-    if (src->catchup.sub == NULL && src->pull == NULL && now.created == 0)
-        serve_if_current(p, i, 0); /* no stream yet: nothing to be behind */
+    if (src->catchup.sub == NULL && src->pull == NULL) {
+        if ((s = stream_head(p, i, &head, &now)) != JL_OK)
+            return s;
+        if (now.created == 0)
+            serve_if_current(p, i, 0); /* no stream yet: nothing to be behind */
+        else
+            src->covers = now.covers;
+        if (head == HEAD_FAR && src->nothing_to_catch_up)
+            head = HEAD_NEAR;
+        src->nothing_to_catch_up = false;
+    }
     if (head == HEAD_BEHIND) {
         /* Deleted and created again, or restored from an older backup: its sequences name
          * other events now, and reading on from the checkpoint would skip the new ones up to
@@ -2024,18 +2092,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
     }
     if (now.created != 0 && (s = check_stream(p, i, &now)) != JL_OK)
         return s;
-    if (now.created != 0 && now.covers && now.first > src->checkpoint + 1 &&
-        src->warned_from != src->checkpoint + 1) {
-        /* Nothing to do about it but read on and say so (once: the events are gone). With a
-         * filter that leaves subjects out, the checkpoint is the last message of ours, and
-         * others' after it may have gone: nothing to tell then. */
-        src->warned_from = src->checkpoint + 1;
-        jl_log(JL_LOG_WARN, "the stream no longer holds messages this read model has not applied",
-               "\"stream\":\"%s\",\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64
-               ",\"detail\":\"removed by the stream's limits or a purge while the projector was "
-               "stopped (or before it first ran): the read model lacks what they built\"",
-               src->stream, src->checkpoint + 1, now.first - 1);
-    }
+    if (now.created != 0)
+        warn_removed(p, i, now.first, "while the projector was stopped (or before it first ran)");
     if (src->catchup.sub != NULL || head == HEAD_FAR)
         return catch_up_step(p, i, wait_ms, out_applied);
     if (src->pull == NULL) {
@@ -2066,6 +2124,10 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         detach(p, i); /* re-attach from the checkpoint on the next step */
     } else {
         int n = delivered_in_order(src, list.Msgs, list.Count);
+        uint64_t first = 0, cseq = 0, pending = 0;
+        if (n > 0 && src->covers && jl__msg_seq(list.Msgs[0], &first, &cseq, &pending) &&
+            first > src->checkpoint + 1)
+            warn_if_removed(p, i); /* the durable skipped some: deleted, or removed? */
         s = n > 0 ? apply_source(p, i, list.Msgs, n, true, out_applied) : JL_OK;
         if (s != JL_OK) {
             detach(p, i); /* the batch will come again from the re-created consumer */
@@ -2368,12 +2430,15 @@ typedef struct jl__parked {
     int si;
     uint64_t min_seq;
     int64_t deadline_ns;
+    size_t bytes; /* the request's, counted in parked_bytes */
     struct jl__parked *next;
 } jl__parked;
 
-/* Queries parked at once. Beyond, a query that would wait is answered "unavailable" at once:
- * waiting on the query thread would hold up every other query behind it. */
+/* Queries parked at once, and the bytes of their requests (each up to JL_MAX_QUERY_BYTES: 4096
+ * of the largest would hold 256 MiB). Beyond, a query that would wait is answered
+ * "unavailable" at once: waiting on the query thread would hold up every other query. */
 #define JL_MAX_PARKED 4096
+#define JL_MAX_PARKED_BYTES (16 * 1024 * 1024)
 
 typedef enum { PARK_REACHED, PARKED, PARK_NO_ROOM } park_result;
 
@@ -2384,18 +2449,22 @@ static park_result park(jl_projector *p, natsMsg *msg, int si, uint64_t min_seq,
 {
     jl__parked *w = p->has_waiter ? malloc(sizeof(*w)) : NULL;
     park_result got = PARK_NO_ROOM;
+    size_t bytes = (size_t)natsMsg_GetDataLength(msg) + sizeof(*w) + 256; /* + subjects */
     pthread_mutex_lock(&p->mu);
     *out_seen = p->src[si].checkpoint;
     if (*out_seen >= min_seq) {
         got = PARK_REACHED;
-    } else if (w != NULL && !atomic_load(&p->stopping) && p->n_parked < JL_MAX_PARKED) {
+    } else if (w != NULL && !atomic_load(&p->stopping) && p->n_parked < JL_MAX_PARKED &&
+               p->parked_bytes + bytes <= JL_MAX_PARKED_BYTES) {
         *w = (jl__parked){.msg = msg,
                           .si = si,
                           .min_seq = min_seq,
                           .deadline_ns = jl__mono_ns() + JL_QUERY_WAIT_MS * 1000000LL,
+                          .bytes = bytes,
                           .next = p->parked};
         p->parked = w;
         p->n_parked++;
+        p->parked_bytes += bytes;
         got = PARKED;
         pthread_cond_broadcast(&p->advanced); /* the waiter's next deadline may be this one */
     }
@@ -2459,8 +2528,10 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
         else if (msg != NULL)
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "read model %s is at sequence %" PRIu64 " of %s, short of %" PRIu64
-                           ", and cannot wait now (at most %d queries wait at once); try again",
-                           p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED);
+                           ", and cannot wait now (at most %d queries, %d MiB of them, wait at "
+                           "once); try again",
+                           p->def->name, seen, p->src[si].stream, min_seq, JL_MAX_PARKED,
+                           JL_MAX_PARKED_BYTES / (1024 * 1024));
         else
             jl_reply_error(r, JL_CODE_TIMEOUT,
                            "read model %s is at sequence %" PRIu64 " of %s and did not reach "
@@ -2558,6 +2629,7 @@ static void *query_waiter(void *arg)
                 w->next = ready;
                 ready = w;
                 p->n_parked--;
+                p->parked_bytes -= w->bytes;
             } else {
                 next = w->deadline_ns < next ? w->deadline_ns : next;
                 at = &w->next;
@@ -2679,6 +2751,12 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         jl__source *src = &p->src[i];
         src->stream = def->n_sources > 0 ? def->sources[i].stream : def->stream;
         src->filter = def->n_sources > 0 ? def->sources[i].filter_subject : def->filter_subject;
+        if (src->stream == NULL || src->filter == NULL || src->filter[0] == 0) {
+            snprintf(err, errlen, "projector %s: source %d needs a stream and a filter subject",
+                     def->name, i + 1);
+            s = JL_ERR_INVALID;
+            goto done;
+        }
         /* One durable per stream and instance: "<durable>" alone, "<durable>_<STREAM>" for
          * several sources. */
         int len = p->n_src == 1

@@ -76,6 +76,10 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
 natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out);
 
 /* Stop reading (the ephemeral consumer goes); a zeroed reader is fine. */
+/* Whether @p r's consumer delivered everything it has for its filter, and @p r received it
+ * all (false when it cannot be asked). */
+bool jl__reader_drained(jl__reader *r);
+
 void jl__reader_close(jl__reader *r);
 
 /* One consumed stream. checkpoint is guarded by p->mu (written by its consuming thread). */
@@ -96,7 +100,12 @@ typedef struct jl__source {
     bool drained;
     int64_t last_attach_log_ns;
     uint64_t warned_from; /* checkpoint + 1 when messages from it were last said to be gone */
-    pthread_t thread;     /* sources after the first run on their own thread */
+    bool covers;          /* its filter takes in every message of the stream (last read) */
+    /* A catch-up reader found nothing past the checkpoint for the filter: the head is far only
+     * in others' messages (a filter that leaves subjects out) or in removed ones. The next
+     * step attaches the durable instead of reading again. */
+    bool nothing_to_catch_up;
+    pthread_t thread; /* sources after the first run on their own thread */
     bool has_thread;
     /* Within serve_lag of the stream's head once (or the stream empty or missing): set for
      * good by the source's own thread, read by the others (see serve_if_current()). */
@@ -142,6 +151,7 @@ struct jl_projector {
      * waiting holds up no other query (the subscription has one thread). */
     struct jl__parked *parked;
     size_t n_parked;
+    size_t parked_bytes; /* of their requests */
     pthread_t waiter;
     bool has_waiter;
     int lock_fd; /* <data-dir>/<name>.lock, flock()ed while open: one process per data dir */

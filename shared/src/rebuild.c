@@ -173,20 +173,6 @@ static void sums(const run_ctx *c, uint64_t *out_applied, uint64_t *out_total)
     }
 }
 
-/* The reader has received everything its consumer had to deliver: the stream holds nothing
- * more for it, at or below any sequence the live side applied (those were stored already). */
-static bool read_everything(run_src *rs)
-{
-    jsConsumerInfo *ci = NULL;
-    if (rs->reader.sub == NULL ||
-        natsSubscription_GetConsumerInfo(&ci, rs->reader.sub, NULL, NULL) != NATS_OK)
-        return false;
-    bool all = ci->NumPending == 0 && ci->NumAckPending == 0 &&
-               ci->Delivered.Consumer + 1 == rs->reader.next_cseq;
-    jsConsumerInfo_Destroy(ci);
-    return all;
-}
-
 static jl_status subscribe(run_ctx *c, int si);
 
 /* Apply messages with sequence <= @p target, up to APPLY_BATCH in one transaction, waiting up to
@@ -220,7 +206,7 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
             if (ns == NATS_TIMEOUT) {
                 *out_idle = n == 0;
                 if (n == 0 && (rs->checkpoint < target || rs->total > rs->applied) &&
-                    read_everything(rs)) {
+                    jl__reader_drained(&rs->reader)) {
                     /* Nothing more comes, short of the target or of what the last message
                      * said was pending: sequences not ours (a filter, deleted ones), or
                      * removed (a purge, limits, a delete) after the live side applied them

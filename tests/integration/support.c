@@ -339,3 +339,19 @@ int tcount_events(jl_conn *c, const char *stream, const char *filter, const char
     natsSubscription_Destroy(sub);
     return n;
 }
+
+FILE *tlog_capture(void)
+{
+    FILE *log = tmpfile();
+    ck_assert_ptr_nonnull(log);
+    jl_log_open(log, JL_LOG_WARN, "test");
+    return log;
+}
+
+void tlog_read(FILE *log, char *out, size_t n)
+{
+    jl_log_open(NULL, JL_LOG_OFF, NULL);
+    rewind(log);
+    out[fread(out, 1, n - 1, log)] = 0;
+    fclose(log);
+}

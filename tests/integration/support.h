@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <check.h>
 
@@ -111,5 +112,12 @@ int trun(Suite *s);
 
 /** Milliseconds since an arbitrary start. */
 int64_t tnow_ms(void);
+
+/** From here the library's logs at warn and above go to a temporary file (see tlog_read()). */
+FILE *tlog_capture(void);
+
+/** What was logged since tlog_capture() into @p out (@p n bytes, NUL-terminated; @p log is
+ * closed); the library logs nowhere again. */
+void tlog_read(FILE *log, char *out, size_t n);
 
 #endif /* JETLEDGER_TEST_SUPPORT_H */

@@ -626,9 +626,7 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     env.cfg.request_timeout_ms = 3000; /* a reply is waited for 7 s */
     runner_start(&process, &fulfilment_process);
     env.cfg.request_timeout_ms = saved_timeout;
-    FILE *log = tmpfile(); /* warnings, from here */
-    ck_assert_ptr_nonnull(log);
-    jl_log_open(log, JL_LOG_WARN, "test");
+    FILE *log = tlog_capture();
     char a[JL_UUID_LEN + 1];
     line la[] = {{"apple", 2, 150}};
     place_order("carol", la, 1, a);
@@ -639,11 +637,8 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     /* Every later row waits for it: the warning says which service, for how long, and how
      * many rows wait behind it. */
     nats_Sleep(200);
-    jl_log_open(NULL, JL_LOG_OFF, NULL);
     char text[8192];
-    rewind(log);
-    text[fread(text, 1, sizeof(text) - 1, log)] = 0;
-    fclose(log);
+    tlog_read(log, text, sizeof(text));
     const char *warned = strstr(text, "outbox: no reply, will retry");
     ck_assert_msg(warned != NULL, "%s", text);
     ck_assert_msg(strstr(warned, "\"service\":\"inventory\"") != NULL &&

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "jetledger/log.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
@@ -1173,6 +1174,107 @@ START_TEST(a_projector_far_behind_answers_once_it_has_caught_up)
 }
 END_TEST
 
+/* Step @p p until it answers queries and has attached its durable @p durable (bounded). */
+static void wait_serving_and_attached(jl_projector *p, const char *durable)
+{
+    int64_t deadline = tnow_ms() + 15000;
+    for (;;) {
+        ck_assert_int_eq(jl_projector_step(p, 200, NULL), JL_OK);
+        jsConsumerInfo *ci = NULL;
+        bool attached =
+            js_GetConsumerInfo(&ci, jl_conn_js(env.conn), "ORDERS", durable, NULL, NULL) == NATS_OK;
+        jsConsumerInfo_Destroy(ci);
+        if (jl_projector_serving(p) && attached)
+            return;
+        ck_assert_msg(tnow_ms() < deadline, "serving %d, durable %s attached %d at %" PRIu64,
+                      (int)jl_projector_serving(p), durable, (int)attached,
+                      jl_projector_checkpoint(p));
+    }
+}
+
+/* A projector whose filter leaves out most of its stream (its own events far behind the head
+ * in others') is not far behind: it attaches its durable and answers, rather than reading
+ * again from its checkpoint at every step and waiting for an event of its own. */
+START_TEST(a_filter_that_leaves_out_the_head_is_not_far_behind)
+{
+    tseed_orders(env.conn, 5, 0);
+    uint64_t own = tstream_last_seq(env.conn, "ORDERS");
+    jsCtx *js = jl_conn_js(env.conn);
+    for (int k = 0; k < 6000; k++) /* others' messages, past the catch-up threshold */
+        ck_assert_int_eq(js_PublishAsync(js, "orders.events.other.x", "x", 1, NULL), NATS_OK);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 20000;
+    ck_assert_int_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
+
+    jl_projector_def narrow = order_summary_projector;
+    narrow.name = "narrow";
+    narrow.filter_subject = NULL; /* a definition without one: refused, not a crash */
+    jl_config cfg = env.cfg;
+    char err[1024] = "";
+    jl_projector *p = NULL;
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/narrow", env.dir);
+    cfg.serve_lag = 1000;
+    ck_assert_int_eq(jl_projector_open(&p, env.conn, &narrow, &cfg, err, sizeof(err)),
+                     JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "needs a stream and a filter subject") != NULL, "%s", err);
+    narrow.filter_subject = "orders.events.order.*";
+    ck_assert_msg(jl_projector_open(&p, env.conn, &narrow, &cfg, err, sizeof(err)) == JL_OK, "%s",
+                  err);
+    wait_serving_and_attached(p, "narrow");
+    ck_assert_uint_eq(jl_projector_checkpoint(p), own);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+/* Messages after a projector's checkpoint removed (a purge, the stream's limits) are not
+ * behind: stopped before them, the projector answers and attaches at once (not reading again
+ * from its checkpoint at every step, waiting for a new event), and says what went; attached
+ * when the stream's limits remove them before they are read, it says so too. */
+START_TEST(messages_removed_past_the_checkpoint_are_said_and_not_waited_for)
+{
+    tseed_orders(env.conn, 10, 0);
+    jl_projector *p = open_projector("removed", "removed", 100);
+    catch_up(p, 10);
+    jl_projector_close(p, 1000);
+    tseed_orders(env.conn, 6000, 0);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = 6011; /* all of them */
+    ck_assert_int_eq(js_PurgeStream(jl_conn_js(env.conn), "ORDERS", &o, NULL), NATS_OK);
+
+    FILE *log = tlog_capture();
+    p = open_projector("removed", "removed", 100);
+    wait_serving_and_attached(p, "removed");
+    char text[8192];
+    tlog_read(log, text, sizeof(text));
+    ck_assert_msg(strstr(text, "\"from_seq\":11,\"to_seq\":6010") != NULL &&
+                      strstr(text, "while the projector was stopped") != NULL,
+                  "%s", text);
+
+    /* Attached, behind, and the stream keeps its last 20 messages only. */
+    tseed_orders(env.conn, 1, 0);
+    catch_up(p, 6011);
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    jsStreamConfig sc = *si->Config;
+    sc.MaxMsgs = 20;
+    sc.Discard = js_DiscardOld; /* the store's own is "new": refused when full */
+    jsStreamInfo *up = NULL;
+    ck_assert_int_eq(js_UpdateStream(&up, jl_conn_js(env.conn), &sc, NULL, NULL), NATS_OK);
+    jsStreamInfo_Destroy(up);
+    jsStreamInfo_Destroy(si);
+    tseed_orders(env.conn, 50, 0); /* 6012 to 6061: 6012 to 6041 go before they are read */
+    log = tlog_capture();
+    catch_up(p, 6061);
+    tlog_read(log, text, sizeof(text));
+    ck_assert_msg(strstr(text, "\"from_seq\":6012,\"to_seq\":6041") != NULL &&
+                      strstr(text, "while the projector was behind") != NULL,
+                  "%s", text);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 START_TEST(list_orders_pages_with_a_cursor)
 {
     enum { N = 7 };
@@ -1608,6 +1710,53 @@ START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
            PARKED, OVER, took);
     ck_assert_int_lt(took, JL_QUERY_WAIT_MS); /* none of them waited for a sequence */
     jl_reply_cleanup(&r);
+    natsSubscription_Destroy(sub);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+START_TEST(waiting_queries_are_bounded_in_bytes_too)
+{
+    /* Requests up to the 64 KiB query limit: 4,096 of them would hold 256 MiB while they
+     * wait. Past 16 MiB of waiting requests, one more is answered "unavailable" at once. */
+    enum { SENT = 300, BODY = 60000 };
+    jl_projector *p = open_projector("bytes", "bytes", 8);
+    natsConnection *nc = jl_conn_nats(env.conn);
+    natsSubscription *sub = NULL;
+    char inbox[64];
+    snprintf(inbox, sizeof(inbox), "_INBOX.bytes.%ld", (long)getpid());
+    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
+    char *id = malloc(BODY + 1);
+    uint8_t *body = malloc(BODY + 64);
+    ck_assert(id != NULL && body != NULL);
+    memset(id, 'x', BODY);
+    id[BODY] = 0; /* checked by the query once it runs, not while it waits */
+    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
+    g.order_id = id;
+    g.min_sequence = 1ULL << 40;
+    size_t n = orders__get_order__pack(&g, body);
+    for (int i = 0; i < SENT; i++)
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "order_summary.query.GetOrder", inbox, body, (int)n),
+            NATS_OK);
+    /* About 278 wait; the others are answered at once. */
+    int refused = 0;
+    for (natsMsg *m = NULL; natsSubscription_NextMsg(&m, sub, 1500) == NATS_OK; m = NULL) {
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)),
+                         JL_OK);
+        if (r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "16 MiB") != NULL)
+            refused++;
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(m);
+        if (refused == SENT)
+            break;
+    }
+    ck_assert_msg(refused >= 15 && refused <= 30, "%d refused", refused);
+    free(id);
+    free(body);
     natsSubscription_Destroy(sub);
     jl_projector_close(p, 1000);
 }
@@ -2578,6 +2727,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, bad_queries_get_clear_errors);
     tcase_add_test(tc, list_orders_pages_with_a_cursor);
     tcase_add_test(tc, a_projector_far_behind_answers_once_it_has_caught_up);
+    tcase_add_test(tc, a_filter_that_leaves_out_the_head_is_not_far_behind);
+    tcase_add_test(tc, messages_removed_past_the_checkpoint_are_said_and_not_waited_for);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
@@ -2590,6 +2741,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, queries_past_the_waiting_limit_are_answered_at_once);
+    tcase_add_test(tc, waiting_queries_are_bounded_in_bytes_too);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);

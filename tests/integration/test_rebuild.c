@@ -532,25 +532,6 @@ START_TEST(a_stream_emptied_under_a_rebuild_fails_it)
 }
 END_TEST
 
-/* Library logs at warn and above go to a temporary file from here (see logged()). */
-static FILE *capture_log(void)
-{
-    FILE *log = tmpfile();
-    ck_assert_ptr_nonnull(log);
-    jl_log_open(log, JL_LOG_WARN, "test");
-    return log;
-}
-
-/* What was logged since capture_log(), into @p out; logs go nowhere again. */
-static void logged(FILE *log, char *out, size_t n)
-{
-    jl_log_open(NULL, JL_LOG_OFF, NULL);
-    rewind(log);
-    size_t got = fread(out, 1, n - 1, log);
-    out[got] = 0;
-    fclose(log);
-}
-
 START_TEST(a_cancel_stops_only_the_job_it_names)
 {
     /* A cancel names the job by its start: one meant for a job that has ended must not stop
@@ -605,11 +586,11 @@ START_TEST(a_projector_behind_what_the_stream_still_holds_says_so)
     purge_before(first_part + 5);
 
     char text[4096] = "", want[128];
-    FILE *log = capture_log();
+    FILE *log = tlog_capture();
     p = open_projector(&order_summary_projector, "behind", "behind", 0, NULL);
     step_to(p, last);
     jl_projector_close(p, 0);
-    logged(log, text, sizeof(text));
+    tlog_read(log, text, sizeof(text));
     snprintf(want, sizeof(want), "\"from_seq\":%" PRIu64 ",\"to_seq\":%" PRIu64, first_part + 1,
              first_part + 4);
     ck_assert_msg(strstr(text, "no longer holds messages this read model has not applied") !=
@@ -627,7 +608,7 @@ START_TEST(a_projector_catching_up_while_the_stream_is_trimmed_says_so)
     tseed_orders(env.conn, 6000, 0);
     uint64_t last = tstream_last_seq(env.conn, "ORDERS");
     char text[8192] = "", want[128];
-    FILE *log = capture_log();
+    FILE *log = tlog_capture();
     jl_projector *p = open_projector(&order_summary_projector, "trimmed", "trimmed", 0, NULL);
     size_t n = 0;
     ck_assert_int_eq(jl_projector_step(p, 1000, &n), JL_OK);
@@ -636,7 +617,7 @@ START_TEST(a_projector_catching_up_while_the_stream_is_trimmed_says_so)
     purge_before(last - 2000);
     step_to(p, last);
     jl_projector_close(p, 0);
-    logged(log, text, sizeof(text));
+    tlog_read(log, text, sizeof(text));
     snprintf(want, sizeof(want), "no longer holds sequences %" PRIu64 " to %" PRIu64, read + 1,
              last - 2001);
     ck_assert_msg(strstr(text, "no longer holds messages this read model has not applied") !=
