@@ -133,6 +133,13 @@ jl_status cli_print_event(jl_buf *line, const jl_event *ev, jl_status s);
  */
 int cli_unreadable(size_t n);
 
+/**
+ * Copy @p in into @p out (@p n bytes, NUL-terminated, cut at a whole character) with control
+ * characters, C1 ones and bytes of no valid UTF-8 sequence shown as \xHH or \u00HH, so that
+ * what a server or an argument says never reaches the terminal as an escape sequence.
+ */
+void cli_safe(char *out, size_t n, const char *in);
+
 int cli_command(cli_ctx *ctx);
 int cli_query(cli_ctx *ctx);
 int cli_events(cli_ctx *ctx);

@@ -64,37 +64,43 @@ static const char usage[] =
     "(status: also when some stream or consumer did not answer; what did is printed); 4 other\n"
     "failure.\n";
 
+void cli_safe(char *out, size_t n, const char *in)
+{
+    /* A UTF-8 sequence whole and well formed passes, but for C1 (U+0080..U+009F); any other
+     * byte from 0x80 is escaped too: an 8-bit terminal reads 0x9b as CSI. */
+    size_t w = 0;
+    for (const unsigned char *c = (const unsigned char *)in; *c && w + 7 < n; c++) {
+        size_t len = *c < 0x80 ? 1 : *c >= 0xf0 ? 4 : *c >= 0xe0 ? 3 : *c >= 0xc0 ? 2 : 0;
+        if (*c < 0x20 || *c == 0x7f) {
+            w += (size_t)snprintf(out + w, n - w, "\\x%02x", *c);
+        } else if (c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) {
+            w += (size_t)snprintf(out + w, n - w, "\\u%04x", *++c);
+        } else if (len > 1 && strnlen((const char *)c, len) == len &&
+                   jl_utf8_valid((const char *)c, len)) {
+            memcpy(out + w, c, len);
+            w += len;
+            c += len - 1;
+        } else if (len == 1) {
+            out[w++] = (char)*c;
+        } else {
+            w += (size_t)snprintf(out + w, n - w, "\\x%02x", *c);
+        }
+    }
+    if (n > 0)
+        out[w < n ? w : n - 1] = 0;
+}
+
 void cli_error(const char *fmt, ...)
 {
     /* What is echoed (arguments, a service's reply) may hold control characters: shown as
      * \xHH (C1 ones as \u00HH), so that none reaches the terminal as an escape sequence. */
-    char msg[4096];
+    char msg[4096], safe[4 * 4096 + 8];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fputs("jetledger: ", stderr);
-    for (const unsigned char *c = (const unsigned char *)msg; *c; c++) {
-        /* A UTF-8 sequence whole and well formed passes, but for C1 (U+0080..U+009F); any
-         * other byte from 0x80 is escaped too: an 8-bit terminal reads 0x9b as CSI. */
-        size_t len = *c < 0x80 ? 1 : *c >= 0xf0 ? 4 : *c >= 0xe0 ? 3 : *c >= 0xc0 ? 2 : 0;
-        if (*c < 0x20 || *c == 0x7f) {
-            fprintf(stderr, "\\x%02x", *c);
-        } else if (c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f) {
-            fprintf(stderr, "\\u%04x", *++c);
-        } else if (len > 1 && strnlen((const char *)c, len) == len &&
-                   jl_utf8_valid((const char *)c, len)) {
-            fwrite(c, 1, len, stderr);
-            c += len - 1;
-        } else if (len == 1) {
-            fputc(*c, stderr);
-        } else {
-            fprintf(stderr, "\\x%02x", *c);
-        }
-    }
-    if (n >= (int)sizeof(msg))
-        fputs("...", stderr);
-    fputc('\n', stderr);
+    cli_safe(safe, sizeof(safe), msg);
+    fprintf(stderr, "jetledger: %s%s\n", safe, n >= (int)sizeof(msg) ? "..." : "");
 }
 
 void cli_stream_name(char *out, size_t n, const char *service)

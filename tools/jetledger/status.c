@@ -345,7 +345,7 @@ static int table_add(table *t, const char *const *cells)
         t->cap = cap;
     }
     for (int c = 0; c < t->ncols; c++)
-        snprintf(t->rows[t->nrows][c], ST_CELL_LEN, "%s", cells[c] ? cells[c] : "");
+        cli_safe(t->rows[t->nrows][c], ST_CELL_LEN, cells[c] ? cells[c] : ""); /* names, errors */
     t->nrows++;
     return 0;
 }
