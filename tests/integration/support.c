@@ -1,6 +1,7 @@
 #include "support.h"
 
 #include <check.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,10 +224,12 @@ int64_t tnow_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Append @p n orders, each one commit of OrderCreated + @p items ItemAdded. */
+/* Append @p n orders, each one commit of OrderCreated + @p items ItemAdded: all of them, or
+ * the test fails (an asynchronous publish the stream refuses says so only in its ack). */
 void tseed_orders(jl_conn *conn, int n, int items)
 {
     jsCtx *js = jl_conn_js(conn);
+    uint64_t before = tstream_last_seq(conn, "ORDERS");
     jl_decision d;
     jl_buf b;
     jl_decision_init(&d);
@@ -267,6 +270,9 @@ void tseed_orders(jl_conn *conn, int n, int items)
     ck_assert_int_eq(js_PublishAsyncComplete(js, &po), NATS_OK);
     jl_buf_cleanup(&b);
     jl_decision_cleanup(&d);
+    uint64_t after = tstream_last_seq(conn, "ORDERS");
+    ck_assert_msg(after - before >= (uint64_t)n, "%" PRIu64 " of %d seeded orders stored",
+                  after - before, n);
 }
 
 uint64_t tstream_last_seq(jl_conn *c, const char *stream)
