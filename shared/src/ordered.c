@@ -9,6 +9,7 @@
 #include "ordered.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -35,11 +36,44 @@ struct jl__ordered {
     bool ordered;  /* false: a worker finishes what it prepared, in any order */
     int finishing; /* workers finishing an item (unordered) */
     int nthreads;
+    int started; /* workers that took their index in busy */
     pthread_t *threads;
+    /* Per worker: CLOCK_MONOTONIC ns since it has worked on its item without a beat, 0 while
+     * it waits for one (see jl__ordered_busy_ms()). */
+    _Atomic int64_t *busy;
     jl__ordered_prepare_fn prepare;
     jl__ordered_finish_fn finish;
     void *ctx;
 };
+
+/* The calling worker's entry of busy (NULL on any other thread): see jl__ordered_beat(). */
+static _Thread_local _Atomic int64_t *my_busy;
+
+static int64_t mono_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+void jl__ordered_beat(void)
+{
+    if (my_busy != NULL && atomic_load_explicit(my_busy, memory_order_relaxed) != 0)
+        atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
+}
+
+int64_t jl__ordered_busy_ms(jl__ordered *o)
+{
+    if (o == NULL)
+        return 0;
+    int64_t now = mono_ns(), most = 0;
+    for (int i = 0; i < o->nthreads; i++) {
+        int64_t since = atomic_load_explicit(&o->busy[i], memory_order_relaxed);
+        if (since != 0 && now - since > most)
+            most = now - since;
+    }
+    return most / 1000000;
+}
 
 /* Finish the ready slots at the head, unless another thread is at it. Called with mu held. */
 static void pump(jl__ordered *o)
@@ -74,6 +108,7 @@ static void *worker(void *arg)
 {
     jl__ordered *o = arg;
     pthread_mutex_lock(&o->mu);
+    my_busy = &o->busy[o->started++];
     for (;;) {
         slot *s = next_to_prepare(o);
         if (s == NULL) {
@@ -92,14 +127,18 @@ static void *worker(void *arg)
             o->finishing++;
             pthread_cond_signal(&o->space);
             pthread_mutex_unlock(&o->mu);
+            atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
             o->finish(o->ctx, item, o->prepare(o->ctx, item), mine.tag, mine.pushed_ns);
+            atomic_store_explicit(my_busy, 0, memory_order_relaxed);
             pthread_mutex_lock(&o->mu);
             if (--o->finishing == 0 && o->head == o->tail)
                 pthread_cond_broadcast(&o->idle);
             continue;
         }
         pthread_mutex_unlock(&o->mu);
+        atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
         void *prepared = o->prepare(o->ctx, item);
+        atomic_store_explicit(my_busy, 0, memory_order_relaxed);
         pthread_mutex_lock(&o->mu);
         s->prepared = prepared; /* the slot stays put: head cannot pass a taken slot */
         s->state = SLOT_READY;
@@ -119,9 +158,11 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
     o->cap = capacity > 0 ? capacity : 1;
     o->slots = calloc(o->cap, sizeof(*o->slots));
     o->threads = calloc(workers > 0 ? (size_t)workers : 1, sizeof(*o->threads));
-    if (o->slots == NULL || o->threads == NULL) {
+    o->busy = calloc(workers > 0 ? (size_t)workers : 1, sizeof(*o->busy));
+    if (o->slots == NULL || o->threads == NULL || o->busy == NULL) {
         free(o->slots);
         free(o->threads);
+        free((void *)o->busy);
         free(o);
         return JL_ERR_NOMEM;
     }
@@ -184,5 +225,6 @@ void jl__ordered_destroy(jl__ordered *o)
     pthread_mutex_destroy(&o->mu);
     free(o->slots);
     free(o->threads);
+    free((void *)o->busy);
     free(o);
 }

@@ -39,6 +39,17 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
 /** Queue @p item with @p tag; prepared first when @p prepare. May finish items before returning. */
 void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare);
 
+/**
+ * Milliseconds the longest-working worker of @p o has been at its item (its prepare and, not
+ * ordered, its finish) since it took it or last called jl__ordered_beat(); 0 when none works.
+ * A worker that never comes back shows here, whatever the others do. NULL: 0. Thread-safe.
+ */
+int64_t jl__ordered_busy_ms(jl__ordered *o);
+
+/** Called by a worker's prepare or finish: it is making progress (a long item is not a hung
+ * one). A no-op on any other thread. */
+void jl__ordered_beat(void);
+
 /** Wait until every pushed item is finished, stop the workers, free. NULL is a no-op. */
 void jl__ordered_destroy(jl__ordered *o);
 

@@ -53,6 +53,9 @@
 /* Aggregates the cache lacks, read in parallel (a round trip per read), and commands waiting
  * for them. */
 #define JL_LOAD_WORKERS 64
+/* Request timeouts in a row a worker's item may wait out before its worker counts as stuck
+ * (see jl_producer_stalled_ms()). */
+#define JL_WORKER_TIMEOUTS 4
 /* Command structs kept for reuse, and the largest decision buffer one keeps. */
 #define JL_FREE_CMDS 4096
 #define JL_FREE_CMD_BYTES (64 * 1024)
@@ -252,6 +255,7 @@ static jl_status replay_commit(uint64_t seq, int64_t time_ns, const void *data, 
     int64_t now = mono_ns();
     /* A long load is work going on, not a stall (relaxed: a gauge, read every 0.5 s). */
     atomic_store_explicit(&rc->p->progress_ns, now, memory_order_relaxed);
+    jl__ordered_beat(); /* and its worker's own */
     if (rc->deadline_ns != 0 && now > rc->deadline_ns) {
         rc->over_time = true;
         return JL_ERR_TIMEOUT;
@@ -2970,7 +2974,13 @@ int64_t jl_producer_stalled_ms(jl_producer *p)
     pthread_mutex_lock(&p->mu);
     int64_t ms = p->n_cmds > 0 ? (mono_ns() - atomic_load(&p->progress_ns)) / 1000000 : 0;
     pthread_mutex_unlock(&p->mu);
-    return ms;
+    /* One worker that never comes back (a read blocked for good, an evolve that loops) while
+     * the others go on: its item may wait out several request timeouts in a row (a snapshot,
+     * a stream's last sequence, a leader's answer during an election), which are allowed it. */
+    int64_t busy = jl__ordered_busy_ms(p->loads);
+    int64_t lookup = jl__ordered_busy_ms(p->incoming);
+    busy = (lookup > busy ? lookup : busy) - JL_WORKER_TIMEOUTS * p->append_timeout_ms;
+    return busy > ms ? busy : ms;
 }
 
 void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out)

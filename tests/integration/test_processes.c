@@ -994,13 +994,25 @@ static void send_add_item(void)
                      NATS_OK);
 }
 
+/* A CreateOrder whose reply nobody reads: a new aggregate, decided with no read. */
+static void send_create_order(void)
+{
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    uint8_t body[128];
+    m.customer_id = "busy";
+    size_t len = orders__create_order__pack(&m, body);
+    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.CreateOrder",
+                                                   "nobody.listens", body, (int)len),
+                     NATS_OK);
+}
+
 /*
  * JL_ALIVE_FILE: renewed while a service's work goes on, for a liveness probe of its age, also
  * when it is idle for longer than its limit (2 x the request timeout + 10 s: 10.2 s here). A
  * stuck service renews it no more: a producer whose thread blocked for good holding its lock
  * (as a deadlock would), one whose read of an aggregate blocked for good (outside the lock,
- * found by its progress), a projector whose stream loop blocked in a batch; the last two say
- * so.
+ * found by that reading thread's lack of progress, while other commands go on finishing), a
+ * projector whose stream loop blocked in a batch; the last two say so.
  */
 START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
 {
@@ -1042,6 +1054,16 @@ START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
            "good\n");
     send_add_item();
     tseed_orders(env.conn, 1, 0);
+    /* Other aggregates' commands go on meanwhile: the producer is not stuck as a whole. */
+    int64_t until = tnow_ms() + 30000;
+    while (file_count(s[0].log, "stuck: the liveness file") == 0 && tnow_ms() < until) {
+        send_create_order();
+        nats_Sleep(200);
+    }
+    ck_assert_msg(file_count(s[0].log, "stuck: the liveness file") > 0,
+                  "a producer with a reading thread blocked for good was not found stuck while "
+                  "other commands went on: %s",
+                  log_tail(s[0].log, tail, sizeof(tail)));
     for (int i = 0; i < 2; i++) {
         ck_assert_msg(
             wait_log(s[i].log, "\"msg\":\"stuck: the liveness file is no longer renewed\"", 30000),

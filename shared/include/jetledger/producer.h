@@ -152,8 +152,11 @@ void jl_producer_get_stats(jl_producer *p, jl_producer_stats *out);
  * Milliseconds since the producer last made progress while it holds commands (0 when it holds
  * none): finished a command, or read a commit of an aggregate it loads (a load without a
  * snapshot reads every commit, however many). Its other waits are bounded by the request
- * timeout, so one that holds commands and shows no progress for much longer is stuck. Takes
- * the producer's lock: a caller blocked here has found it stuck too. Thread-safe.
+ * timeout, so one that holds commands and shows no progress for much longer is stuck. Also
+ * one of its reading threads that has been at one aggregate without progress for longer than
+ * four request timeouts (the time past them is what counts), even while other commands
+ * finish. Takes the producer's lock: a caller blocked here has found it stuck too.
+ * Thread-safe.
  */
 int64_t jl_producer_stalled_ms(jl_producer *p);
 
