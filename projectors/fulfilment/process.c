@@ -214,17 +214,32 @@ jl_status fulfilment_reservation_id(char out[JL_UUID_LEN + 1], const char *order
     return JL_OK;
 }
 
+/* Every command id of ours: "fulfilment:<order id>:<kind>". */
+#define COMMAND_ID_PREFIX "fulfilment:"
+
 void fulfilment_command_id(char out[FULFILMENT_COMMAND_ID_MAX], const char *order_id,
                            fulfilment_command c)
 {
-    snprintf(out, FULFILMENT_COMMAND_ID_MAX, "fulfilment:%.36s:%s", order_id,
+    snprintf(out, FULFILMENT_COMMAND_ID_MAX, COMMAND_ID_PREFIX "%.36s:%s", order_id,
              fulfilment_command_str(c));
 }
 
 /* The id of the CancelOrder that aborts an order whose step was refused (on_refused()). */
 static void abort_command_id(char out[FULFILMENT_COMMAND_ID_MAX], const char *order_id)
 {
-    snprintf(out, FULFILMENT_COMMAND_ID_MAX, "fulfilment:%.36s:abort", order_id);
+    snprintf(out, FULFILMENT_COMMAND_ID_MAX, COMMAND_ID_PREFIX "%.36s:abort", order_id);
+}
+
+/* The order id a command id of ours names, canonical, into @p out; JL_ERR_INVALID for another's. */
+static jl_status order_of_command_id(char out[JL_UUID_LEN + 1], const char *command_id)
+{
+    size_t pre = strlen(COMMAND_ID_PREFIX);
+    char id[JL_UUID_LEN + 1];
+    if (strncmp(command_id, COMMAND_ID_PREFIX, pre) != 0 ||
+        strlen(command_id) <= pre + JL_UUID_LEN || command_id[pre + JL_UUID_LEN] != ':')
+        return JL_ERR_INVALID;
+    snprintf(id, sizeof(id), "%.*s", JL_UUID_LEN, command_id + pre);
+    return jl_uuid_canonical(out, id);
 }
 
 /* ---- apply ---- */
@@ -577,14 +592,9 @@ static jl_status on_refused(jl_db *db, const jl_outbox_refusal *f, char *err, si
     char full[sizeof(f->reply->message) + 32], reason[FULFILMENT_MAX_REASON + 1];
     if (!reserve && strcmp(f->command, "ConfirmOrder") != 0)
         return JL_OK;
-    /* Keyed by order id; a row queued before rows had keys names it in its command id
-     * ("fulfilment:<order id>:reserve"). */
-    char from_id[JL_UUID_LEN + 1] = "";
-    if (strncmp(f->command_id, "fulfilment:", 11) == 0 &&
-        strlen(f->command_id) > 11 + JL_UUID_LEN && f->command_id[11 + JL_UUID_LEN] == ':')
-        snprintf(from_id, sizeof(from_id), "%.*s", JL_UUID_LEN, f->command_id + 11);
+    /* Keyed by order id; a row queued before rows had keys names it in its command id. */
     if (jl_uuid_canonical(order_id, f->order_key) != JL_OK &&
-        jl_uuid_canonical(order_id, from_id) != JL_OK)
+        order_of_command_id(order_id, f->command_id) != JL_OK)
         return JL_OK; /* not one of ours: the runtime logs the refusal */
     /* Cancelled (by its customer, racing a ConfirmOrder) or confirmed already: nothing to
      * abort, and the orders service would only refuse a CancelOrder. */

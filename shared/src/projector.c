@@ -1736,6 +1736,9 @@ typedef struct stream_now {
     uint64_t first, last; /* sequences */
     int64_t created;      /* ns; 0: the stream could not be read */
     bool covers;          /* the source's filter takes in every message of the stream */
+    /* Messages it holds past the checkpoint: those its limits or a purge removed are not
+     * read, so not counted. Over a filter that leaves subjects out, others' count too. */
+    uint64_t behind;
 } stream_now;
 
 /* Where source @p i's stream stands; JL_OK also when it does not exist (attaching says so),
@@ -1757,13 +1760,13 @@ static jl_status stream_head(jl_projector *p, int i, head_at *out_at, stream_now
     out->last = si->State.LastSeq;
     out->created = si->Created;
     out->covers = filter_covers(si, p->src[i].filter);
-    /* Far in what the stream still holds: messages its limits or a purge removed are not read. */
     uint64_t from = p->src[i].checkpoint;
     if (out->first > from + 1)
         from = out->first - 1;
-    *out_at = si->State.LastSeq < p->src[i].checkpoint                     ? HEAD_BEHIND
-              : si->State.LastSeq > from + (uint64_t)JL_CATCH_UP_THRESHOLD ? HEAD_FAR
-                                                                           : HEAD_NEAR;
+    out->behind = out->last > from ? out->last - from : 0;
+    *out_at = si->State.LastSeq < p->src[i].checkpoint        ? HEAD_BEHIND
+              : out->behind > (uint64_t)JL_CATCH_UP_THRESHOLD ? HEAD_FAR
+                                                              : HEAD_NEAR;
     jsStreamInfo_Destroy(si);
     return JL_OK;
 }
@@ -1858,10 +1861,9 @@ static jl_status check_stream(jl_projector *p, int i, const stream_now *now)
     return JL_OK;
 }
 
-/* How many messages source @p i's stream holds past its checkpoint (0 for a missing stream;
- * those removed by its limits or a purge not counted); false when it cannot be read now (not
- * an error of the source's: a later step tells). Over a filter that leaves subjects out the
- * count includes others' messages: a catch-up reader then tells (nothing_to_catch_up). */
+/* stream_now.behind of source @p i (0 for a missing stream); false when it cannot be read now
+ * (not an error of the source's: a later step tells). Over a filter that leaves subjects out,
+ * a catch-up reader tells what is ours (nothing_to_catch_up). */
 static bool stream_behind(jl_projector *p, int i, uint64_t *out)
 {
     head_at at;
@@ -1870,10 +1872,7 @@ static bool stream_behind(jl_projector *p, int i, uint64_t *out)
         p->src[i].err[0] = 0;
         return false;
     }
-    uint64_t from = p->src[i].checkpoint;
-    if (now.first > from + 1)
-        from = now.first - 1;
-    *out = now.last > from ? now.last - from : 0;
+    *out = now.behind;
     return true;
 }
 

@@ -1665,6 +1665,31 @@ START_TEST(a_query_waiting_for_its_sequence_holds_up_no_other)
 }
 END_TEST
 
+/* Send @p count GetOrder queries of @p order_id that wait for a sequence never reached; their
+ * replies come to the returned subscription (@p tag names its inbox). */
+static natsSubscription *send_waiting_gets(const char *tag, const char *order_id, int count)
+{
+    natsConnection *nc = jl_conn_nats(env.conn);
+    natsSubscription *sub = NULL;
+    char inbox[64];
+    snprintf(inbox, sizeof(inbox), "_INBOX.%s.%ld", tag, (long)getpid());
+    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
+    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
+    g.order_id = (char *)order_id;
+    g.min_sequence = 1ULL << 40;
+    size_t n = orders__get_order__get_packed_size(&g);
+    uint8_t *body = malloc(n);
+    ck_assert_ptr_nonnull(body);
+    orders__get_order__pack(&g, body);
+    for (int i = 0; i < count; i++)
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "order_summary.query.GetOrder", inbox, body, (int)n),
+            NATS_OK);
+    free(body);
+    return sub;
+}
+
 START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
 {
     /* 4,096 queries wait for a sequence never reached; those past them are answered
@@ -1672,21 +1697,8 @@ START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
      * them all is answered as soon as it comes. */
     enum { PARKED = 4096, OVER = 8 };
     jl_projector *p = open_projector("overflow", "overflow", 8);
-    natsConnection *nc = jl_conn_nats(env.conn);
-    natsSubscription *sub = NULL;
-    char inbox[64];
-    uint8_t body[128];
-    snprintf(inbox, sizeof(inbox), "_INBOX.overflow.%ld", (long)getpid());
-    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
-    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
-    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
-    g.order_id = "00000000-0000-4000-8000-000000000000";
-    g.min_sequence = 1ULL << 40;
-    size_t n = orders__get_order__pack(&g, body);
-    for (int i = 0; i < PARKED + OVER; i++)
-        ck_assert_int_eq(
-            natsConnection_PublishRequest(nc, "order_summary.query.GetOrder", inbox, body, (int)n),
-            NATS_OK);
+    natsSubscription *sub =
+        send_waiting_gets("overflow", "00000000-0000-4000-8000-000000000000", PARKED + OVER);
     int64_t t0 = tnow_ms();
     for (int i = 0; i < OVER; i++) {
         natsMsg *m = NULL;
@@ -1721,25 +1733,11 @@ START_TEST(waiting_queries_are_bounded_in_bytes_too)
      * wait. Past 16 MiB of waiting requests, one more is answered "unavailable" at once. */
     enum { SENT = 300, BODY = 60000 };
     jl_projector *p = open_projector("bytes", "bytes", 8);
-    natsConnection *nc = jl_conn_nats(env.conn);
-    natsSubscription *sub = NULL;
-    char inbox[64];
-    snprintf(inbox, sizeof(inbox), "_INBOX.bytes.%ld", (long)getpid());
-    ck_assert_int_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
-    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
     char *id = malloc(BODY + 1);
-    uint8_t *body = malloc(BODY + 64);
-    ck_assert(id != NULL && body != NULL);
+    ck_assert_ptr_nonnull(id);
     memset(id, 'x', BODY);
     id[BODY] = 0; /* checked by the query once it runs, not while it waits */
-    Orders__GetOrder g = ORDERS__GET_ORDER__INIT;
-    g.order_id = id;
-    g.min_sequence = 1ULL << 40;
-    size_t n = orders__get_order__pack(&g, body);
-    for (int i = 0; i < SENT; i++)
-        ck_assert_int_eq(
-            natsConnection_PublishRequest(nc, "order_summary.query.GetOrder", inbox, body, (int)n),
-            NATS_OK);
+    natsSubscription *sub = send_waiting_gets("bytes", id, SENT);
     /* About 278 wait; the others are answered at once. */
     int refused = 0;
     for (natsMsg *m = NULL; natsSubscription_NextMsg(&m, sub, 1500) == NATS_OK; m = NULL) {
@@ -1756,7 +1754,6 @@ START_TEST(waiting_queries_are_bounded_in_bytes_too)
     }
     ck_assert_msg(refused >= 15 && refused <= 30, "%d refused", refused);
     free(id);
-    free(body);
     natsSubscription_Destroy(sub);
     jl_projector_close(p, 1000);
 }

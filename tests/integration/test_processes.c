@@ -984,30 +984,35 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
 END_TEST
 
 /* An AddItem to an order no service has cached, sent without waiting for its reply. */
+/* Send command @p m to orders.cmd.<@p name>, its reply read by nobody. */
+static void send_unanswered(const char *name, const ProtobufCMessage *m)
+{
+    uint8_t body[128];
+    char subject[64];
+    ck_assert_uint_le(protobuf_c_message_get_packed_size(m), sizeof(body));
+    size_t len = protobuf_c_message_pack(m, body);
+    snprintf(subject, sizeof(subject), "orders.cmd.%s", name);
+    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), subject,
+                                                   "nobody.listens", body, (int)len),
+                     NATS_OK);
+}
+
 static void send_add_item(void)
 {
     Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
-    uint8_t body[128];
     m.order_id = "6f1c2a8e-0000-4000-8000-0000000051c4";
     m.sku = "fig";
     m.quantity = 1;
     m.unit_price_cents = 5;
-    size_t len = orders__add_item__pack(&m, body);
-    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.AddItem",
-                                                   "nobody.listens", body, (int)len),
-                     NATS_OK);
+    send_unanswered("AddItem", &m.base);
 }
 
 /* A CreateOrder whose reply nobody reads: a new aggregate, decided with no read. */
 static void send_create_order(void)
 {
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
-    uint8_t body[128];
     m.customer_id = "busy";
-    size_t len = orders__create_order__pack(&m, body);
-    ck_assert_int_eq(natsConnection_PublishRequest(jl_conn_nats(env.conn), "orders.cmd.CreateOrder",
-                                                   "nobody.listens", body, (int)len),
-                     NATS_OK);
+    send_unanswered("CreateOrder", &m.base);
 }
 
 /*
