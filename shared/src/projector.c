@@ -1981,6 +1981,7 @@ static void lost_delivery(jl_projector *p, int i)
            "durable\"",
            p->src[i].durable, jl__proj_checkpoint(p, i));
     detach(p, i);
+    jl__twins_ask_now_and_then(p); /* is another instance pulling? then one of us stops */
 }
 
 /*
@@ -2063,6 +2064,10 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
 
     *out_applied = 0;
     src->err[0] = 0;
+    if (jl__twins_yielded(p)) {
+        src_err(src, "%s", p->yield_msg);
+        return JL_ERR_CONFLICT;
+    }
     head_at head = HEAD_NEAR;
     stream_now now = {0};
     if (src->catchup.sub == NULL && src->pull == NULL) {
@@ -2193,6 +2198,10 @@ static void run_source(jl_projector *p, int i)
             backoff_ms = 100;
             continue;
         }
+        if (s == JL_ERR_CONFLICT && jl__twins_yielded(p)) {
+            atomic_store(&p->stopping, true); /* an older instance goes on: see twins.c */
+            break;
+        }
         if (atomic_load(&p->stopping))
             break; /* a fetch cut short by the stop is not a failure */
         char esc[1200];
@@ -2252,6 +2261,10 @@ jl_status jl_projector_run(jl_projector *p)
         if (p->src[i].has_thread)
             pthread_join(p->src[i].thread, NULL);
         p->src[i].has_thread = false;
+    }
+    if (s == JL_OK && jl__twins_yielded(p)) {
+        set_err(p, "%s", p->yield_msg);
+        s = JL_ERR_CONFLICT;
     }
     return s;
 }
@@ -2769,6 +2782,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
             goto done;
         }
     }
+    jl__twins_init(p);
     s = mkdir_p(cfg->data_dir, err, errlen);
     if (s == JL_OK)
         s = lock_data_dir(p, err, errlen);
@@ -2795,6 +2809,12 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     }
     p->has_waiter = true;
+    /* Answering Hello first, so that of two instances opening together one finds the other. */
+    s = jl__jobs_open(p, err, errlen);
+    if (s == JL_OK)
+        s = jl__twins_ask(p, err, errlen);
+    if (s != JL_OK)
+        goto done;
     uint64_t behind = 0;
     /* A model rebuilt for a new version answers from the old file meanwhile, as it is. */
     if (p->serve_lag < 0 || atomic_load(&p->paused) || sources_within_lag(p, &behind)) {
@@ -2807,8 +2827,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
             goto done;
         }
     }
-    s = jl__jobs_open(p, err, errlen);
-    if (s == JL_OK && def->outbox)
+    if (def->outbox)
         s = jl__outbox_start(p);
     if (s != JL_OK)
         goto done;

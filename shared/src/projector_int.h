@@ -175,6 +175,14 @@ struct jl_projector {
     pthread_mutex_t outbox_mu;
     uint64_t outbox_gen;      /* switches so far, under outbox_mu: the sender's file is stale */
     atomic_bool outbox_yield; /* a rebuild's switch waits for outbox_mu: the sender lets go */
+    /* This instance, for others on the same durable (twins.c). */
+    char instance_id[JL_UUID_LEN + 1];
+    char host[64];
+    int64_t started_ns;                 /* Unix ns, at open */
+    atomic_bool yield_claimed;          /* met an older instance: yield_msg being written */
+    atomic_bool yielded;                /* ... and written: this instance stops */
+    char yield_msg[1024];               /* why, once yielded */
+    atomic_int_fast64_t twins_asked_ns; /* jl__mono_ns() of the last question, 0: none */
     char err[1024];
 };
 
@@ -271,5 +279,22 @@ bool jl__jobs_running(jl_projector *p);
 /* Whether the job running was asked to stop (cancelled, or the projector stopping): for its
  * long steps outside rebuild.c to check. */
 bool jl__jobs_cancelled(jl_projector *p);
+
+/* twins.c: other instances on this projector's durable (see there). */
+/* How often, at most, a missing delivery has other instances looked for. */
+#define JL_TWINS_ASK_EVERY_MS 5000
+/* Fill in this instance's identity (at open, before anything can ask for it). */
+void jl__twins_init(jl_projector *p);
+/* Answer a Hello (a jetledger.Instance) with this instance's own; yield to an asker on the same
+ * durable that started first. */
+void jl__twins_hello(jl_projector *p, const void *data, size_t len, jl_reply *r);
+/* Ask the instances of this durable (waits up to a second): JL_ERR_CONFLICT with the reason in
+ * @p err when one started first (this one has yielded), else JL_OK, also when none could be
+ * asked. */
+jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen);
+/* jl__twins_ask() unless asked within JL_TWINS_ASK_EVERY_MS. */
+void jl__twins_ask_now_and_then(jl_projector *p);
+/* Whether this instance met an older one on its durable and stops. */
+bool jl__twins_yielded(jl_projector *p);
 
 #endif /* JETLEDGER_PROJECTOR_INT_H */

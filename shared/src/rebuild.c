@@ -917,10 +917,13 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         jl__proj_dead_letters(p, limit, r);
         r->stream_seq = jl_projector_checkpoint(p);
         return;
+    } else if (strcmp(name, "Hello") == 0) {
+        jl__twins_hello(p, data, len, r);
+        return;
     } else if (strcmp(name, "GetRebuildStatus") != 0) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "unknown request '%.64s' (Rebuild, Verify, GetRebuildStatus, "
-                       "CancelRebuild, GetDeadLetters)",
+                       "CancelRebuild, GetDeadLetters, Hello)",
                        name);
         return;
     }

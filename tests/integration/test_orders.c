@@ -1572,6 +1572,108 @@ START_TEST(a_second_projector_on_one_data_dir_is_refused)
 }
 END_TEST
 
+/* Send Hello to the instances of durable @p to as the instance @p id of durable @p durable
+ * started at @p started_ns, and return the first answer's Instance (caller frees). */
+static Jetledger__Instance *hello(const char *to, const char *durable, const char *id,
+                                  int64_t started_ns)
+{
+    Jetledger__Instance me = JETLEDGER__INSTANCE__INIT;
+    me.instance_id = (char *)id;
+    me.host = "test-host";
+    me.pid = 1;
+    me.started_at_ns = started_ns;
+    me.durable = (char *)durable;
+    uint8_t body[256];
+    size_t n = jetledger__instance__pack(&me, body);
+    char subject[128];
+    snprintf(subject, sizeof(subject), "order_summary.admin.%s.Hello", to);
+    natsMsg *rep = NULL;
+    ck_assert_int_eq(
+        natsConnection_Request(&rep, jl_conn_nats(env.conn), subject, body, (int)n, 10000),
+        NATS_OK);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)),
+                     JL_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "Hello: %s", r.message);
+    ck_assert_str_eq(r.result_type, "jetledger.Instance");
+    Jetledger__Instance *o = jetledger__instance__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(o);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(rep);
+    return o;
+}
+
+/* Two processes pulling from one durable take each other's deliveries (JL_DURABLE forgotten
+ * when a projector was scaled out): the second to open finds the first and does not start,
+ * naming it; once the first is gone it starts. */
+START_TEST(a_second_instance_on_one_durable_is_refused)
+{
+    char id[JL_UUID_LEN + 1], err[1024] = "", pid[32];
+    ck_assert_int_eq(create_order(env.conn, "twin", id, NULL), JL_CODE_OK);
+    jl_projector *first = open_projector("twin1", "twin", 64), *second = NULL;
+    catch_up(first, 1);
+    jl_config cfg = env.cfg;
+    snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/twin2", env.dir);
+    snprintf(cfg.durable, sizeof(cfg.durable), "twin");
+    jl_status s =
+        jl_projector_open(&second, env.conn, &order_summary_projector, &cfg, err, sizeof(err));
+    ck_assert_msg(s == JL_ERR_CONFLICT && second == NULL, "second open: %s: %s", jl_status_str(s),
+                  err);
+    snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
+    ck_assert_msg(strstr(err, "durable consumer twin is also consumed by instance") != NULL &&
+                      strstr(err, pid) != NULL && strstr(err, "JL_DURABLE") != NULL,
+                  "%s", err);
+    /* The first goes on. */
+    ck_assert_int_eq(create_order(env.conn, "twin", id, NULL), JL_CODE_OK);
+    catch_up(first, 2);
+    ck_assert_int_eq(jl_projector_step(first, 10, NULL), JL_OK);
+    jl_projector_close(first, 0);
+    second = open_projector("twin2", "twin", 64);
+    catch_up(second, 2);
+    jl_projector_close(second, 0);
+}
+END_TEST
+
+/* Two that opened together (neither saw the other's answer) meet later, by a question: the one
+ * that started later stops, the other goes on. */
+START_TEST(of_two_instances_on_one_durable_the_later_stops)
+{
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "pair", id, NULL), JL_CODE_OK);
+    jl_projector *p = open_projector("pair", "pair", 64);
+    catch_up(p, 1);
+
+    /* A newer one asks: it is told who is here, and this one goes on. */
+    Jetledger__Instance *o =
+        hello("pair", "pair", "ffffffff-0000-4000-8000-000000000000", INT64_MAX);
+    ck_assert_str_eq(o->durable, "pair");
+    ck_assert_int_eq(o->pid, (int64_t)getpid());
+    ck_assert_int_gt(o->started_at_ns, 0);
+    ck_assert_int_eq((int)strlen(o->instance_id), JL_UUID_LEN);
+    jetledger__instance__free_unpacked(o, NULL);
+    ck_assert_int_eq(create_order(env.conn, "pair", id, NULL), JL_CODE_OK);
+    catch_up(p, 2);
+
+    /* An older one of another durable asks: nothing to do with this one. */
+    o = hello("pair", "other", "00000000-0000-4000-8000-000000000000", 1);
+    jetledger__instance__free_unpacked(o, NULL);
+    ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_OK);
+
+    /* An older one asks: this one stops, and says why. */
+    o = hello("pair", "pair", "00000000-0000-4000-8000-000000000001", 1);
+    jetledger__instance__free_unpacked(o, NULL);
+    ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_ERR_CONFLICT);
+    ck_assert_int_eq(jl_projector_run(p), JL_ERR_CONFLICT); /* at once, not a retry loop */
+    const char *why = jl_projector_errmsg(p);
+    ck_assert_msg(strstr(why, "also consumed by instance 00000000-0000-4000-8000-000000000001 on "
+                              "host test-host (pid 1, started 1970-01-01T00:00:00") != NULL &&
+                      strstr(why, "which started first: this instance stops") != NULL,
+                  "%s", why);
+    jl_projector_close(p, 0);
+}
+END_TEST
+
 START_TEST(an_event_type_from_a_newer_version_is_unavailable_not_internal)
 {
     /* A newer replica of the service (a rolling upgrade) appended an event of a type this one
@@ -2731,6 +2833,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
     tcase_add_test(tc, a_read_model_file_that_is_not_a_database_is_refused_and_kept);
     tcase_add_test(tc, a_second_projector_on_one_data_dir_is_refused);
+    tcase_add_test(tc, a_second_instance_on_one_durable_is_refused);
+    tcase_add_test(tc, of_two_instances_on_one_durable_the_later_stops);
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);

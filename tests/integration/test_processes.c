@@ -1255,6 +1255,37 @@ START_TEST(services_exit_1_with_cannot_start_when_the_port_is_not_nats)
 }
 END_TEST
 
+/* A projector scaled out without a durable of its own per instance: the second process finds
+ * the first on the durable, says so and exits 1; the first goes on and stops cleanly. */
+START_TEST(a_second_projector_process_on_one_durable_exits_1_naming_the_first)
+{
+    char data[2][600], tail[1500];
+    const char *url = env.cfg.nats_url;
+    svc s[2];
+    for (int i = 0; i < 2; i++)
+        snprintf(data[i], sizeof(data[i]), "%s/twin%d", env.dir, i);
+    svc_start(&s[0], "order_summary", "first.log", url, data[0], 0, NULL);
+    ck_assert_msg(wait_log(s[0].log, "\"msg\":\"projector ready\"", 15000), "%s",
+                  log_tail(s[0].log, tail, sizeof(tail)));
+    svc_start(&s[1], "order_summary", "second.log", url, data[1], 0, NULL);
+    int st = svc_stop(&s[1], 0, 15000);
+    ck_assert_msg(st == JL_EXIT_FAILURE, "exit status %d: %s", st,
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    char pid[64];
+    snprintf(pid, sizeof(pid), "(pid %d, started", (int)s[0].pid);
+    ck_assert_msg(log_has_line(s[1].log, "\"msg\":\"cannot start\"",
+                               "durable consumer order_summary is also consumed by instance"),
+                  "%s", log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_msg(log_has_line(s[1].log, "\"msg\":\"cannot start\"", pid), "%s",
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    ck_assert_msg(!log_has_line(s[1].log, "\"msg\":\"projector ready\"", "order_summary"), "%s",
+                  log_tail(s[1].log, tail, sizeof(tail)));
+    st = svc_stop(&s[0], SIGTERM, 10000);
+    ck_assert_msg(st == JL_EXIT_OK, "first: exit status %d: %s", st,
+                  log_tail(s[0].log, tail, sizeof(tail)));
+}
+END_TEST
+
 START_TEST(services_exit_1_when_the_server_greets_and_goes_silent)
 {
     /* libnats 3.4.1 waits for such a server's PONG for ever: the service says so and exits
@@ -2173,6 +2204,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);
     tcase_add_test(tc, services_exit_1_with_cannot_start_when_the_port_is_not_nats);
+    tcase_add_test(tc, a_second_projector_process_on_one_durable_exits_1_naming_the_first);
     tcase_add_test(tc, services_exit_1_when_the_server_greets_and_goes_silent);
     tcase_add_test(tc, cli_round_trip_and_exit_codes);
     tcase_add_test(tc, cli_refuses_replies_that_do_not_fit_the_question);
