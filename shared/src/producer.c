@@ -1212,13 +1212,18 @@ static bool start_one(jl_producer *p, cmd *c)
     }
     if (c->deadline_ns != 0 && mono >= c->deadline_ns) {
         /* Lost a race, and the read of what the other writer wrote took it past its deadline:
-         * none of its appends was stored, and deciding it again now could outlive its
-         * requester as above. */
+         * deciding it again now could outlive its requester as above. None of its appends was
+         * stored, unless one timed out: that copy may still be (a clustered leader that was
+         * slow to store it refuses its resend as a conflict while the copy is in process). */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "%s %s was changed concurrently and the command's deadline of %" PRId64
-                       " ms passed before it could be decided again; it was not stored; try "
-                       "again",
-                       p->def->aggregate_type, c->agg_id, p->append_timeout_ms);
+                       " ms passed before it could be decided again; %s; try again",
+                       p->def->aggregate_type, c->agg_id, p->append_timeout_ms,
+                       c->timed_out ? "an attempt timed out, and its events may or may not be "
+                                      "stored"
+                                    : "it was not stored");
+        if (c->timed_out)
+            e->stale = true; /* the next command reads whether it was */
         p->stats.expired++;
         finish(p, c, r);
         return true;
@@ -1783,10 +1788,17 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         to_read = c;
     } else if (jl_js_wrong_last_seq(pae->ErrCode)) {
         p->stats.conflicts++;
-        e->stale = true; /* behind the stream: the next command reads what it missed */
-        jl_reply_error(r, JL_CODE_CONFLICT,
-                       "%s %s was changed concurrently %d time%s in a row; try again",
-                       p->def->aggregate_type, c->agg_id, c->attempts, c->attempts == 1 ? "" : "s");
+        e->stale = true;  /* behind the stream: the next command reads what it missed */
+        if (c->timed_out) /* that copy may still be stored: never "conflict", not stored */
+            jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                           "%s %s was changed concurrently %d time%s in a row after an attempt "
+                           "timed out: the events may or may not be stored; try again",
+                           p->def->aggregate_type, c->agg_id, c->attempts,
+                           c->attempts == 1 ? "" : "s");
+        else
+            jl_reply_error(
+                r, JL_CODE_CONFLICT, "%s %s was changed concurrently %d time%s in a row; try again",
+                p->def->aggregate_type, c->agg_id, c->attempts, c->attempts == 1 ? "" : "s");
         finish(p, c, r);
         release_entry(p, e);
     } else if (retryable) {
