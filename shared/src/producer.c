@@ -12,6 +12,7 @@
 #include "deadline.h"
 #include "fault.h"
 #include "hash.h"
+#include "late.h"
 #include "ordered.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
@@ -81,6 +82,7 @@ struct jl_producer {
     kvStore *commands;  /* client command ids -> first reply; NULL when off */
     jsCtx *lookup_js;   /* with JL_LOOKUP_WAIT_MS: reads of p->lookups */
     kvStore *lookups;   /* the bucket of p->commands, for lookups */
+    jl__late *late;     /* records not written in time, put again (late.h); NULL when off */
     natsSubscription *sub;
     natsSubscription *qsub;
     jl__ordered *incoming; /* requests in arrival order; command-id lookups in parallel */
@@ -524,6 +526,10 @@ static bool save_snapshot(jl_producer *p, const char *id, const jl__cache_entry 
     bool sent = false;
     if (p->snapshots_inflight >= JL_MAX_SNAPSHOTS_INFLIGHT)
         return false;
+    /* A commit whose command id is not recorded yet must stay after the aggregate's snapshot,
+     * where a load looks for command ids (see not_remembered). */
+    if (p->late != NULL && jl__late_holds(p->late, id, v->last_seq))
+        return false;
     jl_buf_reset(state);
     if (p->def->state_pack(v->state, state) == JL_OK) {
         snap.state_version = p->def->state_version;
@@ -748,15 +754,14 @@ static bool used_for_another(const cmd *c, const char *type, const char *on, jl_
     return true;
 }
 
-/* True when @p c was answered before, by record @p e (from recall(), may be NULL): @p r then
- * holds that reply (or why the id is refused). */
-static bool remembered(const cmd *c, kvEntry *e, jl_reply *r)
+/* True when @p c was answered before, by the record @p value (@p len bytes; NULL: none):
+ * @p r then holds that reply (or why the id is refused). */
+static bool remembered(const cmd *c, const void *value, size_t len, jl_reply *r)
 {
     bool seen = false;
-    if (e == NULL)
+    if (value == NULL)
         return false;
-    Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
-        NULL, (size_t)kvEntry_ValueLen(e), (const uint8_t *)kvEntry_Value(e));
+    Jetledger__CommandRecord *rec = jetledger__command_record__unpack(NULL, len, value);
     if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
         seen = true;
         /* A creation under a generated id repeated: its id is the one the first got. */
@@ -794,16 +799,19 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
 }
 
 /*
- * The record of stored command @p c's id could not be written. What still stops a repeat of the
- * id from taking effect again is the load's look for it in the aggregate's commits: so the
- * entry is reset, and the next command of the aggregate reads them again from a snapshot
- * older than this commit (none was written past it: see advance). Under p->mu.
+ * The record of stored command @p c's id could not be written in the command's time. It is
+ * kept in p->late and put again in the background until it is stored; meanwhile a repeat of the
+ * id is answered from there, and no snapshot of the aggregate is written past the commit. What
+ * also stops a repeat from taking effect again (on another replica, or after a restart that
+ * lost p->late) is a load's look for the id in the aggregate's commits: so the entry is reset,
+ * and the next command of the aggregate reads them again from a snapshot older than this commit
+ * (none was written past it: see advance). Under p->mu.
  */
 static void not_remembered(jl_producer *p, cmd *c, const char *why)
 {
     char id[2 * JL_MAX_ID_LEN + 8]; /* a client's text: escaped */
-    jl_log(JL_LOG_WARN, "command id not remembered", "\"command_id\":\"%s\",\"status\":\"%s\"",
-           jl_log_str(id, sizeof(id), c->cmd_id), why);
+    jl_log(JL_LOG_WARN, "command id not recorded in time, written again in the background",
+           "\"command_id\":\"%s\",\"status\":\"%s\"", jl_log_str(id, sizeof(id), c->cmd_id), why);
     /* The cached state holds the commit while nothing records its id: a repeat past the
      * duplicate window would be decided again on it. Forgotten, the aggregate is read again
      * for the next command, and the read finds the commit by its id (also when this was a
@@ -812,6 +820,20 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
     if (e != NULL)
         forget_entry(p, e);
     c->snapshot_due = false;
+    /* Written in the background until it is stored; repeats are answered from it meanwhile. */
+    if (p->late == NULL || c->stored_seq == 0)
+        return;
+    jl_reply stored;
+    jl_reply_init(&stored);
+    snprintf(stored.aggregate_id, sizeof(stored.aggregate_id), "%s", c->agg_id);
+    stored.aggregate_version = c->stored_version;
+    stored.stream_seq = c->stored_seq;
+    char key[40];
+    command_key(key, c->cmd_id);
+    if (encode_record(p, c, &stored) == JL_OK)
+        jl__late_add(p->late, key, c->cmd_id, c->agg_id, c->stored_seq, p->kv_value.data,
+                     p->kv_value.len);
+    jl_reply_cleanup(&stored);
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
@@ -1380,6 +1402,9 @@ static void drain_backlog(jl_producer *p)
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
 {
     char key[40];
+    c->stored_version = r->aggregate_version;
+    c->stored_seq = r->stream_seq;
+    c->stored_duplicate = r->duplicate;
     jl_status s = encode_record(p, c, r);
     if (s != JL_OK) {
         not_remembered(p, c, jl_status_str(s));
@@ -1387,9 +1412,6 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     }
     command_key(key, c->cmd_id);
     c->recording = true;
-    c->stored_version = r->aggregate_version;
-    c->stored_seq = r->stream_seq;
-    c->stored_duplicate = r->duplicate;
     natsStatus ns = kv_put_async(p, p->commands, key, c);
     if (ns != NATS_OK) {
         c->recording = false;
@@ -2001,9 +2023,17 @@ static void submit(jl_producer *p, const request *rq)
                        c->cmd_id, JL_LOOKUP_WAIT_MS);
         goto reject;
     }
-    bool answered = c->client_id && remembered(c, known, r);
+    bool answered = c->client_id && known != NULL &&
+                    remembered(c, kvEntry_Value(known), (size_t)kvEntry_ValueLen(known), r);
     known_free(known);
     known = NULL;
+    if (!answered && c->client_id && p->late != NULL && jl__late_count(p->late) > 0) {
+        /* Stored, and answered, while its record could not be written: it waits there. */
+        size_t vlen = 0;
+        void *value = jl__late_find(p->late, c->cmd_id, &vlen);
+        answered = remembered(c, value, vlen, r);
+        free(value);
+    }
     if (answered)
         goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
@@ -2698,6 +2728,9 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
             snprintf(err, errlen, "cannot open KV bucket %s for lookups: %s", bucket,
                      natsStatus_GetText(lns));
             s = JL_ERR_NATS;
+        } else if (jl__late_open(&p->late, p->lookups) != JL_OK) {
+            snprintf(err, errlen, "cannot start the writer of late command-id records");
+            s = JL_ERR_NOMEM;
         }
     }
     if (s != JL_OK)
@@ -2952,6 +2985,7 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return false;
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     drop_unanswered(p);
+    jl__late_close(p->late, timeout_ms); /* no ack handler is left to add one */
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     kvStore_Destroy(p->lookups);

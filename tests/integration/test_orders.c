@@ -2020,11 +2020,13 @@ END_TEST
 START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
 {
     /* Two commands are stored, but their command-id records find no stream until their
-     * deadlines: the replies say stored, without the records. A repeat past JetStream's
-     * duplicate window must still be told from the commit, which records the id: on this
-     * producer, whose cache held the aggregate, and on another, which reads it from its
-     * snapshot. It was decided again on both: the cache was trusted, and a snapshot written at
-     * the commit hid it. */
+     * deadlines: the replies say stored, without the records, which are kept and written
+     * again in the background. A repeat past JetStream's duplicate window must still be told:
+     * on this producer, also once another command of the aggregate has read its commits into
+     * the cache again (decided again there: the cache was trusted); and on another, which
+     * reads the aggregate from its snapshot, none of which may be past the commits (one
+     * written at the commit, or at that later command, hid them). Once the bucket is back the
+     * records are written. */
     jl_config cfg = env.cfg;
     cfg.request_timeout_ms = 1000;
     cfg.snapshot_every = 1; /* a snapshot falls due at every commit */
@@ -2032,6 +2034,9 @@ START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
     jl_producer *p = NULL, *other = NULL;
     char id[JL_UUID_LEN + 1], err[512] = "", saved[256];
     ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &cfg, err, sizeof(err)) ==
+                      JL_OK,
                   "%s", err);
     ck_assert_int_eq(create_order(env.conn, "lost", id, NULL), JL_CODE_OK);
     jl_reply r;
@@ -2041,20 +2046,33 @@ START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
     ck_assert_int_eq(add_with_id(p, id, "b", "lost-record-1", &r), JL_CODE_OK);
     uint64_t seq1 = r.stream_seq;
     ck_assert_int_eq(add_with_id(p, id, "c", "lost-record-2", &r), JL_CODE_OK);
-    uint64_t seq2 = r.stream_seq, msgs = tstream_msgs(env.conn, "ORDERS");
-    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    uint64_t seq2 = r.stream_seq;
+    ck_assert_int_eq(add_with_id(p, id, "d", NULL, &r), JL_CODE_OK); /* reads b and c again */
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
     ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 0); /* not remembered */
     nats_Sleep(2500); /* past the duplicate window */
 
     ck_assert_int_eq(add_with_id(p, id, "c", "lost-record-2", &r), JL_CODE_OK);
     ck_assert_msg(r.duplicate && r.stream_seq == seq2,
                   "this producer decided it again: seq %" PRIu64, r.stream_seq);
-    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &cfg, err, sizeof(err)) ==
-                      JL_OK,
-                  "%s", err);
     ck_assert_int_eq(add_with_id(other, id, "b", "lost-record-1", &r), JL_CODE_OK);
     ck_assert_msg(r.duplicate && r.stream_seq == seq1,
                   "another producer decided it again: seq %" PRIu64, r.stream_seq);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    int64_t deadline = tnow_ms() + 20000; /* retries back off to 10 s apart */
+    while (tstream_msgs(env.conn, "KV_jl_commands_ORDERS") < 2 && tnow_ms() < deadline)
+        nats_Sleep(100);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 2); /* written late */
+    jl_producer_close(other, 1000);
+    other = NULL;
+    ck_assert_msg(jl_producer_open(&other, env.conn, &orders_service, &cfg, err, sizeof(err)) ==
+                      JL_OK,
+                  "%s", err);
+    ck_assert_int_eq(add_with_id(other, id, "c", "lost-record-2", &r), JL_CODE_OK);
+    ck_assert_msg(r.duplicate && r.stream_seq == seq2, "from the record: seq %" PRIu64,
+                  r.stream_seq);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
     jl_reply_cleanup(&r);
     jl_producer_close(other, 1000);

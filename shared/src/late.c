@@ -1,0 +1,235 @@
+/* Command-id records written after their command was answered: see late.h. */
+#include "late.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "deadline.h"
+#include "jetledger/codec.h"
+#include "jetledger/log.h"
+#include "jetledger/producer.h"
+
+/* The first retry after 250 ms, then twice as long each time, at most 10 s apart. */
+#define LATE_FIRST_RETRY_MS 250
+#define LATE_MAX_RETRY_MS 10000
+
+typedef struct late_record {
+    struct late_record *next;
+    char key[48];
+    char cmd_id[JL_MAX_ID_LEN + 1];
+    char agg_id[JL_UUID_LEN + 1];
+    uint64_t seq;
+    int64_t since_ns;    /* jl__mono_ns() when kept */
+    int64_t next_try_ns; /* jl__mono_ns() */
+    int64_t retry_ms;
+    int tries;
+    size_t len;
+    uint8_t value[]; /* len bytes */
+} late_record;
+
+struct jl__late {
+    kvStore *kv;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* monotonic: a record added, or stop */
+    late_record *head; /* oldest first; only the thread unlinks */
+    size_t n;
+    bool stop;
+    bool has_thread;
+    pthread_t thread;
+};
+
+static void log_record(jl_log_level level, const char *msg, const late_record *r, const char *why)
+{
+    char id[2 * JL_MAX_ID_LEN + 8];
+    jl_log(level, msg,
+           "\"command_id\":\"%s\",\"aggregate_id\":\"%s\",\"seq\":%" PRIu64
+           ",\"tries\":%d,\"waited_ms\":%" PRId64 ",\"status\":\"%s\"",
+           jl_log_str(id, sizeof(id), r->cmd_id), r->agg_id, r->seq, r->tries,
+           (jl__mono_ns() - r->since_ns) / 1000000, why);
+}
+
+/* Put @p r once, without the lock (only the thread frees records). */
+static natsStatus put(jl__late *l, late_record *r)
+{
+    uint64_t rev = 0;
+    return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
+}
+
+static void unlink_record(jl__late *l, late_record *r)
+{
+    for (late_record **pp = &l->head; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            l->n--;
+            return;
+        }
+    }
+}
+
+static void *writer(void *arg)
+{
+    jl__late *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        int64_t now = jl__mono_ns(), soonest = now + 1000 * 1000000LL;
+        late_record *due = NULL;
+        for (late_record *r = l->head; r != NULL && due == NULL; r = r->next) {
+            if (r->next_try_ns <= now)
+                due = r;
+            else if (r->next_try_ns < soonest)
+                soonest = r->next_try_ns;
+        }
+        if (due == NULL) {
+            struct timespec until = jl__monotonic_in((soonest - now) / 1000000 + 1);
+            pthread_cond_timedwait(&l->cv, &l->mu, &until);
+            continue;
+        }
+        pthread_mutex_unlock(&l->mu);
+        natsStatus ns = put(l, due);
+        pthread_mutex_lock(&l->mu);
+        due->tries++;
+        if (ns == NATS_OK) {
+            unlink_record(l, due);
+            log_record(JL_LOG_INFO, "command id recorded late", due, "OK");
+            free(due);
+            continue;
+        }
+        if ((due->tries & (due->tries - 1)) == 0) /* 1, 2, 4, 8, ... */
+            log_record(JL_LOG_WARN, "command id still not recorded, trying again", due,
+                       natsStatus_GetText(ns));
+        due->next_try_ns = jl__mono_ns() + due->retry_ms * 1000000LL;
+        due->retry_ms =
+            due->retry_ms * 2 > LATE_MAX_RETRY_MS ? LATE_MAX_RETRY_MS : due->retry_ms * 2;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+jl_status jl__late_open(jl__late **out, kvStore *kv)
+{
+    jl__late *l = calloc(1, sizeof(*l));
+    *out = NULL;
+    if (l == NULL)
+        return JL_ERR_NOMEM;
+    l->kv = kv;
+    pthread_mutex_init(&l->mu, NULL);
+    if (jl__cond_init_monotonic(&l->cv) != 0) {
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+        return JL_ERR_NOMEM;
+    }
+    if (pthread_create(&l->thread, NULL, writer, l) != 0) {
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+        return JL_ERR_NOMEM;
+    }
+    l->has_thread = true;
+    *out = l;
+    return JL_OK;
+}
+
+bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
+                  uint64_t seq, const void *value, size_t len)
+{
+    late_record *r = NULL;
+    pthread_mutex_lock(&l->mu);
+    bool full = l->n >= JL_LATE_RECORDS_MAX;
+    if (!full && strlen(key) < sizeof(r->key) && strlen(cmd_id) < sizeof(r->cmd_id) &&
+        strlen(agg_id) < sizeof(r->agg_id))
+        r = malloc(sizeof(*r) + len);
+    if (r != NULL) {
+        memset(r, 0, sizeof(*r));
+        snprintf(r->key, sizeof(r->key), "%s", key);
+        snprintf(r->cmd_id, sizeof(r->cmd_id), "%s", cmd_id);
+        snprintf(r->agg_id, sizeof(r->agg_id), "%s", agg_id);
+        r->seq = seq;
+        r->since_ns = jl__mono_ns();
+        r->next_try_ns = r->since_ns + LATE_FIRST_RETRY_MS * 1000000LL;
+        r->retry_ms = 2 * LATE_FIRST_RETRY_MS;
+        r->len = len;
+        memcpy(r->value, value, len);
+        late_record **tail = &l->head;
+        while (*tail != NULL)
+            tail = &(*tail)->next;
+        *tail = r;
+        l->n++;
+        pthread_cond_signal(&l->cv);
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (r == NULL) {
+        char id[2 * JL_MAX_ID_LEN + 8];
+        jl_log(JL_LOG_ERROR, "command id not remembered",
+               "\"command_id\":\"%s\",\"aggregate_id\":\"%s\",\"seq\":%" PRIu64
+               ",\"why\":\"%s\",\"hint\":\"a repeat of the id past the duplicate window is told "
+               "only by a read of the aggregate's commits\"",
+               jl_log_str(id, sizeof(id), cmd_id), agg_id, seq,
+               full ? "too many records wait to be written" : "out of memory");
+    }
+    return r != NULL;
+}
+
+void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len)
+{
+    void *copy = NULL;
+    pthread_mutex_lock(&l->mu);
+    for (late_record *r = l->head; r != NULL; r = r->next) {
+        if (strcmp(r->cmd_id, cmd_id) == 0) {
+            copy = malloc(r->len ? r->len : 1);
+            if (copy != NULL) {
+                memcpy(copy, r->value, r->len);
+                *out_len = r->len;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&l->mu);
+    return copy;
+}
+
+bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq)
+{
+    bool holds = false;
+    pthread_mutex_lock(&l->mu);
+    for (late_record *r = l->head; r != NULL && !holds; r = r->next)
+        holds = r->seq <= seq && strcmp(r->agg_id, agg_id) == 0;
+    pthread_mutex_unlock(&l->mu);
+    return holds;
+}
+
+size_t jl__late_count(jl__late *l)
+{
+    pthread_mutex_lock(&l->mu);
+    size_t n = l->n;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+void jl__late_close(jl__late *l, int64_t timeout_ms)
+{
+    if (l == NULL)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = true;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    if (l->has_thread)
+        pthread_join(l->thread, NULL);
+    int64_t deadline = jl__mono_ns() + timeout_ms * 1000000LL;
+    for (late_record *r = l->head, *next = NULL; r != NULL; r = next) {
+        next = r->next;
+        natsStatus ns = jl__mono_ns() < deadline ? put(l, r) : NATS_TIMEOUT;
+        r->tries++;
+        if (ns == NATS_OK)
+            log_record(JL_LOG_INFO, "command id recorded late", r, "OK");
+        else
+            log_record(JL_LOG_ERROR, "command id not remembered: the producer stopped first", r,
+                       natsStatus_GetText(ns));
+        free(r);
+    }
+    pthread_cond_destroy(&l->cv);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}

@@ -1,0 +1,55 @@
+/*
+ * Command-id records written after their command was answered.
+ *
+ * A stored command's record (command id -> reply, in the KV bucket) is what tells a repeat of
+ * its id past JetStream's duplicate window from a new command. When it cannot be written while
+ * the command has time (no KV leader, a timeout), the command is answered all the same, and
+ * its record is kept here and put again in the background, backing off, until it is stored.
+ * Meanwhile the producer answers a repeat of the id from here, and writes no snapshot of the
+ * aggregate past the commit (a load after one would not see the commit's command id).
+ *
+ * Thread-safe: one mutex inside, never held while calling out (so it may be called under the
+ * producer's lock), and one thread of its own for the puts.
+ */
+#ifndef JETLEDGER_LATE_H
+#define JETLEDGER_LATE_H
+
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jetledger/status.h"
+
+/* At most this many records wait; a record beyond is not kept (logged at error). */
+#define JL_LATE_RECORDS_MAX 4096
+
+typedef struct jl__late jl__late;
+
+/* Start the writer of bucket @p kv (borrowed: it must outlive jl__late_close()). */
+jl_status jl__late_open(jl__late **out, kvStore *kv);
+
+/*
+ * Keep the record @p value (@p len bytes, copied) of command @p cmd_id, stored on aggregate
+ * @p agg_id at stream sequence @p seq, under KV key @p key, until it is put. False when it could
+ * not be kept (full, or out of memory: logged).
+ */
+bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
+                  uint64_t seq, const void *value, size_t len);
+
+/* A copy (malloc'd: the caller frees it) of the record of @p cmd_id waiting here, its length in
+ * @p out_len; NULL when none waits. */
+void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len);
+
+/* Whether a record of aggregate @p agg_id, stored at or below @p seq, waits. */
+bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq);
+
+/* How many records wait. */
+size_t jl__late_count(jl__late *l);
+
+/* Stop the writer: each record still waiting is put once more, within @p timeout_ms in all, and
+ * one that is not is logged at error (its command id is remembered only by its commit). Frees
+ * @p l; NULL is a no-op. */
+void jl__late_close(jl__late *l, int64_t timeout_ms);
+
+#endif /* JETLEDGER_LATE_H */
