@@ -1530,6 +1530,9 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
     return JL_OK;
 }
 
+static bool idle_lost(jl_projector *p, const char *stream, const char *name, natsSubscription *sub,
+                      uint64_t next_cseq, int64_t *last_probe_ns, uint64_t *probe_cseq);
+
 /* The stream sequence @p r hands out next when nothing is missing. */
 static uint64_t reader_expected(const jl__reader *r)
 {
@@ -1612,6 +1615,16 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
                 /* Nobody answers for the consumer: idle past its threshold (a source that
                  * stayed quiet while another was read), the server removed it. */
                 ns = reader_reopen(r, true);
+                if (ns != NATS_OK)
+                    return ns;
+                continue;
+            }
+            bool idle =
+                r->list.Count == 0 && (ns == NATS_OK || ns == NATS_NOT_FOUND || ns == NATS_TIMEOUT);
+            if (idle && idle_lost(r->p, NULL, NULL, r->sub, r->next_cseq, &r->last_probe_ns,
+                                  &r->probe_cseq)) {
+                /* Its last deliveries never came: none after them would show the jump. */
+                ns = reader_reopen(r, false);
                 if (ns != NATS_OK)
                     return ns;
                 continue;
@@ -1985,26 +1998,38 @@ static void lost_delivery(jl_projector *p, int i)
 }
 
 /*
- * A lost delivery shows when the next one comes, or when the ack wait (60 s) sends it again:
- * while idle, that may be long. So every JL_IDLE_PROBE_MS of idleness the consumer is asked how
- * far it delivered; ahead of what we received at two probes in a row, with nothing received in
- * between (nothing stays in transit that long), means lost.
+ * A lost delivery shows when the next one comes, or (to the durable) when the ack wait (60 s)
+ * sends it again: while idle, that may be long, or never (a reader's consumer acks nothing). So
+ * every JL_IDLE_PROBE_MS of idleness the consumer is asked how far it delivered (@p stream's
+ * consumer @p name, or the one @p sub reads); ahead of what we received (@p next_cseq is the
+ * consumer sequence expected next) at two probes in a row, with nothing received in between
+ * (nothing stays in transit that long), means lost. @p last_probe_ns and @p probe_cseq are the
+ * caller's state, zeroed at first.
  */
+static bool idle_lost(jl_projector *p, const char *stream, const char *name, natsSubscription *sub,
+                      uint64_t next_cseq, int64_t *last_probe_ns, uint64_t *probe_cseq)
+{
+    jsConsumerInfo *ci = NULL;
+    int64_t now = jl__mono_ns();
+    if (now - *last_probe_ns < JL_IDLE_PROBE_MS * NS_PER_MS)
+        return false;
+    *last_probe_ns = now;
+    natsStatus ns = sub != NULL ? natsSubscription_GetConsumerInfo(&ci, sub, NULL, NULL)
+                                : js_GetConsumerInfo(&ci, p->js, stream, name, NULL, NULL);
+    if (ns != NATS_OK)
+        return false; /* unreachable: the fetch will say so */
+    bool ahead = ci->Delivered.Consumer >= next_cseq;
+    jsConsumerInfo_Destroy(ci);
+    bool lost = ahead && *probe_cseq == next_cseq;
+    *probe_cseq = ahead ? next_cseq : 0;
+    return lost;
+}
+
 static bool lost_while_idle(jl_projector *p, int i)
 {
     jl__source *src = &p->src[i];
-    jsConsumerInfo *ci = NULL;
-    int64_t now = jl__mono_ns();
-    if (now - src->last_probe_ns < JL_IDLE_PROBE_MS * NS_PER_MS)
-        return false;
-    src->last_probe_ns = now;
-    if (js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, NULL) != NATS_OK)
-        return false; /* unreachable: the fetch will say so */
-    bool ahead = ci->Delivered.Consumer >= src->next_cseq;
-    jsConsumerInfo_Destroy(ci);
-    bool lost = ahead && src->probe_cseq == src->next_cseq;
-    src->probe_cseq = ahead ? src->next_cseq : 0;
-    return lost;
+    return idle_lost(p, src->stream, src->durable, NULL, src->next_cseq, &src->last_probe_ns,
+                     &src->probe_cseq);
 }
 
 /* Say that source @p i's stream, which now starts at @p first, no longer holds messages past

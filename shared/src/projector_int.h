@@ -49,6 +49,9 @@ typedef struct jl__reader {
      * stream is still the one it read (reader_reopen). */
     int64_t created;
     uint64_t hash_seq, hash;
+    /* Idle, the consumer is asked now and then how far it delivered (see jl__idle_lost()). */
+    int64_t last_probe_ns;
+    uint64_t probe_cseq;
 } jl__reader;
 
 /* JL_ERR_INVALID, saying which in @p err, when the stream no longer holds the start of the

@@ -23,6 +23,7 @@
 #include "jetledger/store.h"
 #include "orders/orders.pb-c.h"
 #include "projection.h"
+#include "projector_int.h"
 #include "service.h"
 #include "support.h"
 
@@ -924,6 +925,48 @@ START_TEST(a_lost_delivery_while_catching_up_is_read_again)
     catch_up(p, 5200);
     ck_assert_int_eq(order_rows("lostcu"), 5200);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+/* A rebuild's reader acks nothing: a delivery of its consumer lost in transit is never sent
+ * again, and when it was the last one, no later delivery shows the jump. Its rebuild then
+ * followed a stream that had nothing more for it, short of the live checkpoint, for ever. The
+ * idle reader asks its consumer how far it delivered and reads the lost one again. */
+START_TEST(a_readers_lost_last_delivery_is_read_again_while_idle)
+{
+    tseed_orders(env.conn, 3, 0);
+    jl_projector *p = open_projector("readerlost", "readerlost", 8);
+    jl__reader r;
+    char err[256] = "";
+    ck_assert_msg(jl__reader_open(&r, p, 0, 1, 0, err, sizeof(err)) == JL_OK, "%s", err);
+    natsMsg *m = NULL;
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(jl__reader_next(&r, 8, 2000, &m), NATS_OK);
+        natsMsg_Destroy(m);
+    }
+    ck_assert_int_eq(jl__reader_next(&r, 8, 100, &m), NATS_TIMEOUT); /* all read */
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(natsSubscription_GetConsumerInfo(&ci, r.sub, NULL, NULL), NATS_OK);
+    char name[256];
+    snprintf(name, sizeof(name), "%s", ci->Name);
+    jsConsumerInfo_Destroy(ci);
+    tseed_orders(env.conn, 1, 0);
+    uint64_t last = tstream_last_seq(env.conn, "ORDERS");
+    ck_assert_uint_eq(steal_delivery(name), last); /* lost on the way */
+
+    int64_t t0 = tnow_ms(), deadline = t0 + 20000;
+    natsStatus ns = NATS_TIMEOUT;
+    while (ns == NATS_TIMEOUT && tnow_ms() < deadline)
+        ns = jl__reader_next(&r, 8, 500, &m);
+    ck_assert_msg(ns == NATS_OK, "the lost delivery never came: %s", natsStatus_GetText(ns));
+    uint64_t seq = 0, cseq = 0, pending = 0;
+    ck_assert(jl__msg_seq(m, &seq, &cseq, &pending));
+    ck_assert_uint_eq(seq, last);
+    natsMsg_Destroy(m);
+    printf("a reader's lost last delivery: read again after %" PRId64 " ms\n", tnow_ms() - t0);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl__reader_close(&r);
     jl_projector_close(p, 1000);
 }
 END_TEST
@@ -2839,6 +2882,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_lost_delivery_while_catching_up_is_read_again);
     tcase_add_test(tc, a_fetch_behind_late_deliveries_stays_within_its_array);
     tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
+    tcase_add_test(tc, a_readers_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
