@@ -2561,12 +2561,13 @@ static jl_status open_bucket(jl_producer *p, const jl_config *cfg, const char *f
 static bool check_def(const jl_service_def *def, char *err, size_t errlen)
 {
     const char *agg = def->aggregate_type;
-    if (def->stream == NULL || !jl_valid_name(def->stream) || agg == NULL || *agg == 0 ||
-        strpbrk(agg, ".*> \t") != NULL) {
+    /* The type goes into subjects and snapshot keys: a bounded name, so that a key is never
+     * cut short into another aggregate's. */
+    if (def->stream == NULL || !jl_valid_name(def->stream) || agg == NULL || !jl_valid_name(agg)) {
         snprintf(err, errlen,
-                 "service %s needs a stream name (letters, digits, '_', '-') and an aggregate "
-                 "type without '.', '*', '>' or blanks",
-                 def->name);
+                 "service %s needs a stream name and an aggregate type of 1 to %d letters, "
+                 "digits, '_' and '-'",
+                 def->name, JL_NAME_MAX - 1);
         return false;
     }
     if (def->state_size == 0 || def->state_init == NULL || def->evolve == NULL ||

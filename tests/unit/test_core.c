@@ -3243,7 +3243,14 @@ START_TEST(producer_refuses_a_broken_service_definition_at_open)
     expect_def_refused(&d, "needs state_size, state_init, evolve and decide");
     d = def;
     d.aggregate_type = "a.b";
-    expect_def_refused(&d, "aggregate type without");
+    expect_def_refused(&d, "an aggregate type of 1 to 63 letters, digits, '_' and '-'");
+    d.aggregate_type = "a:b"; /* not in a KV key */
+    expect_def_refused(&d, "an aggregate type of 1 to 63 letters");
+    /* Long enough to cut the snapshot key of every aggregate down to one. */
+    char *longer = repeat('t', 64);
+    d.aggregate_type = longer;
+    expect_def_refused(&d, "an aggregate type of 1 to 63 letters");
+    free(longer);
     d = def;
     d.state_type = &orders__order_state__descriptor; /* without state_pack and state_unpack */
     expect_def_refused(&d, "go together");

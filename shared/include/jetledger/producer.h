@@ -63,7 +63,7 @@ typedef struct jl_command_def {
 typedef struct jl_service_def {
     const char *name;           /**< "orders": subjects orders.cmd.*, orders.events.> */
     const char *stream;         /**< "ORDERS" */
-    const char *aggregate_type; /**< "order" */
+    const char *aggregate_type; /**< "order": 1 to 63 letters, digits, '_', '-' */
     uint32_t schema_version;    /**< stamped on every event */
     size_t state_size;          /**< bytes of the aggregate state (plain data) */
     void (*state_init)(void *state);
