@@ -187,14 +187,20 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
 
 void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
 {
+    jl__ordered_push_at(o, item, tag, prepare, 0);
+}
+
+void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns)
+{
     /* Stamped before any wait for room: that wait is part of the item's time in the queue. */
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
     pthread_mutex_lock(&o->mu);
     while (o->tail - o->head == o->cap)
         pthread_cond_wait(&o->space, &o->mu);
     slot *s = &o->slots[o->tail % o->cap];
-    s->pushed_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    s->pushed_ns = at_ns > 0 && at_ns < now_ns ? at_ns : now_ns;
     s->item = item;
     s->prepared = NULL;
     s->tag = tag;

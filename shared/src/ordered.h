@@ -39,6 +39,10 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
 /** Queue @p item with @p tag; prepared first when @p prepare. May finish items before returning. */
 void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare);
 
+/** jl__ordered_push(), for an item that had come at @p at_ns already (CLOCK_MONOTONIC ns, 0:
+ * now; never later than now): finish is given that time instead of now. */
+void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns);
+
 /**
  * Milliseconds the longest-working worker of @p o has been at its item (its prepare and, not
  * ordered, its finish) since it took it or last called jl__ordered_beat(); 0 when none works.

@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "deadline.h"
 #include "fault.h"
+#include "arrivals.h"
 #include "hash.h"
 #include "late.h"
 #include "ordered.h"
@@ -124,6 +125,7 @@ struct jl_producer {
     jl_producer_stats stats;
     _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
     atomic_int acking;           /* on_ack calls running: close waits for them before freeing */
+    jl__arrivals arrivals;       /* on_command's alone (a subscription's calls never overlap) */
 };
 
 /* Where a replay stops: after a sequence, a time or a version (0 = no limit). */
@@ -2440,9 +2442,14 @@ static void on_command(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
 {
     jl_producer *p = closure;
     (void)nc;
-    (void)sub;
     bool lookup = p->commands != NULL && command_id_of(msg) != NULL;
-    jl__ordered_push(p->incoming, msg, atomic_load(&p->record_gen), lookup);
+    /* Its deadline counts from its arrival: a request that waited in the library's queue
+     * while this handler waited for room (a burst) has used up that much of it. */
+    int queued = 0;
+    if (natsSubscription_GetPending(sub, &queued, NULL) != NATS_OK || queued < 0)
+        queued = 0;
+    int64_t arrived = jl__arrivals_note(&p->arrivals, mono_ns(), (uint64_t)queued);
+    jl__ordered_push_at(p->incoming, msg, atomic_load(&p->record_gen), lookup, arrived);
 }
 
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)

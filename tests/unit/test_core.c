@@ -41,6 +41,7 @@
 #include "jetledger/status.h"
 #include "jetledger/store.h"
 #include "orders/orders.pb-c.h"
+#include "arrivals.h"
 #include "cache.h"
 #include "codec_int.h"
 #include "ordered.h"
@@ -492,6 +493,70 @@ START_TEST(unordered_pool_lets_others_pass_a_slow_item)
         ck_assert_int_eq(atomic_load(&c.seen[i]), 1);
     ck_assert_int_eq(atomic_load(&c.late), 63); /* the first pushed, finished last */
     ck_assert_int_eq(atomic_load(&c.wrong), 0);
+}
+END_TEST
+
+typedef struct at_ctx {
+    int64_t pushed[3];
+} at_ctx;
+
+static void at_finish(void *ctx, void *item, void *prepared, uint64_t tag, int64_t pushed_ns)
+{
+    (void)prepared;
+    (void)tag;
+    ((at_ctx *)ctx)->pushed[(intptr_t)item] = pushed_ns;
+}
+
+/* An item that came before it was pushed is finished with that time; one said to come later
+ * than now, or at 0, with the time of its push. */
+START_TEST(ordered_push_at_hands_on_when_the_item_came)
+{
+    at_ctx c = {{0}};
+    jl__ordered *o = NULL;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    int64_t now = (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+    ck_assert_int_eq(jl__ordered_create(&o, 0, 4, true, NULL, at_finish, &c), JL_OK);
+    jl__ordered_push_at(o, (void *)0, 0, false, now - 5000000000LL);
+    jl__ordered_push_at(o, (void *)1, 0, false, now + 60000000000LL);
+    jl__ordered_push_at(o, (void *)2, 0, false, 0);
+    jl__ordered_destroy(o);
+    ck_assert_int_eq(c.pushed[0], now - 5000000000LL);
+    for (int i = 1; i < 3; i++)
+        ck_assert(c.pushed[i] >= now && c.pushed[i] < now + 10000000000LL);
+}
+END_TEST
+
+#define S_NS 1000000000LL
+
+/* When a delivery had arrived: at the latest when a delivery before it saw it queued. */
+START_TEST(arrivals_date_a_delivery_by_the_queue_it_waited_in)
+{
+    static jl__arrivals a;
+    memset(&a, 0, sizeof(a));
+    ck_assert_int_eq(jl__arrivals_note(&a, 100, 0), 100); /* nothing queued: now */
+    /* A burst: 5 queued behind the second delivery, which the handler then took 10 s for. */
+    ck_assert_int_eq(jl__arrivals_note(&a, 1 * S_NS, 5), 1 * S_NS);
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(jl__arrivals_note(&a, 11 * S_NS + i, 4 - i), 1 * S_NS);
+    ck_assert_int_eq(jl__arrivals_note(&a, 20 * S_NS, 0), 20 * S_NS); /* after the burst */
+    /* Marks at most every 10 ms: one not counted by a mark is dated by a later one, or now (it
+     * may be older: taken for younger, never for older). */
+    ck_assert_int_eq(jl__arrivals_note(&a, 30 * S_NS, 2), 30 * S_NS);
+    ck_assert_int_eq(jl__arrivals_note(&a, 30 * S_NS + 1000, 9), 30 * S_NS); /* no new mark */
+    ck_assert_int_eq(jl__arrivals_note(&a, 31 * S_NS, 8), 30 * S_NS);
+    /* Queued since 30 s, counted by the mark of 31 s: */
+    ck_assert_int_eq(jl__arrivals_note(&a, 32 * S_NS, 7), 31 * S_NS);
+    ck_assert_int_eq(jl__arrivals_note(&a, 33 * S_NS, 0), 31 * S_NS);
+    /* A queue that never drains fills the marks: later deliveries are dated now, no older. */
+    memset(&a, 0, sizeof(a));
+    int64_t t0 = 100 * S_NS;
+    for (int i = 0; i < 3 * JL_ARRIVAL_MARKS; i++) {
+        int64_t now = t0 + (int64_t)i * JL_ARRIVAL_MARK_NS;
+        int64_t at = jl__arrivals_note(&a, now, 1000000);
+        ck_assert(at <= now && at >= t0);
+        ck_assert_uint_le(a.n, JL_ARRIVAL_MARKS);
+    }
 }
 END_TEST
 
@@ -3292,6 +3357,8 @@ static Suite *core_suite(void)
     tcase_add_test(tc, text_helpers_bound_copy_and_check);
     tcase_add_test(tc, ordered_pipeline_finishes_in_push_order);
     tcase_add_test(tc, unordered_pool_lets_others_pass_a_slow_item);
+    tcase_add_test(tc, ordered_push_at_hands_on_when_the_item_came);
+    tcase_add_test(tc, arrivals_date_a_delivery_by_the_queue_it_waited_in);
     tcase_add_test(tc, cache_evicts_least_recent_unpinned_and_says_so);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);
