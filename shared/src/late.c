@@ -14,6 +14,9 @@
 /* The first retry after 250 ms, then twice as long each time, at most 10 s apart. */
 #define LATE_FIRST_RETRY_MS 250
 #define LATE_MAX_RETRY_MS 10000
+/* A record stored is still found here this long: a repeat whose lookup missed it just before
+ * (a lookup waits up to 2 s, and the request then waits its turn) is answered from here. */
+#define LATE_KEEP_STORED_MS 60000
 
 typedef struct late_record {
     struct late_record *next;
@@ -25,6 +28,7 @@ typedef struct late_record {
     int64_t next_try_ns; /* jl__mono_ns() */
     int64_t retry_ms;
     int tries;
+    bool stored; /* put: kept until next_try_ns for late finds, no longer held */
     size_t len;
     uint8_t value[]; /* len bytes */
 } late_record;
@@ -34,7 +38,7 @@ struct jl__late {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* monotonic: a record added, or stop */
     late_record *head; /* oldest first; only the thread unlinks */
-    size_t n;
+    size_t n;          /* records, stored or not */
     bool stop;
     bool has_thread;
     pthread_t thread;
@@ -75,11 +79,16 @@ static void *writer(void *arg)
     while (!l->stop) {
         int64_t now = jl__mono_ns(), soonest = now + 1000 * 1000000LL;
         late_record *due = NULL;
-        for (late_record *r = l->head; r != NULL && due == NULL; r = r->next) {
-            if (r->next_try_ns <= now)
+        for (late_record *r = l->head, *next = NULL; r != NULL && due == NULL; r = next) {
+            next = r->next;
+            if (r->stored && r->next_try_ns <= now) {
+                unlink_record(l, r); /* stored long enough ago */
+                free(r);
+            } else if (r->next_try_ns <= now) {
                 due = r;
-            else if (r->next_try_ns < soonest)
+            } else if (r->next_try_ns < soonest) {
                 soonest = r->next_try_ns;
+            }
         }
         if (due == NULL) {
             struct timespec until = jl__monotonic_in((soonest - now) / 1000000 + 1);
@@ -91,9 +100,9 @@ static void *writer(void *arg)
         pthread_mutex_lock(&l->mu);
         due->tries++;
         if (ns == NATS_OK) {
-            unlink_record(l, due);
             log_record(JL_LOG_INFO, "command id recorded late", due, "OK");
-            free(due);
+            due->stored = true;
+            due->next_try_ns = jl__mono_ns() + LATE_KEEP_STORED_MS * 1000000LL;
             continue;
         }
         if ((due->tries & (due->tries - 1)) == 0) /* 1, 2, 4, 8, ... */
@@ -194,7 +203,7 @@ bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq)
     bool holds = false;
     pthread_mutex_lock(&l->mu);
     for (late_record *r = l->head; r != NULL && !holds; r = r->next)
-        holds = r->seq <= seq && strcmp(r->agg_id, agg_id) == 0;
+        holds = !r->stored && r->seq <= seq && strcmp(r->agg_id, agg_id) == 0;
     pthread_mutex_unlock(&l->mu);
     return holds;
 }
@@ -220,6 +229,10 @@ void jl__late_close(jl__late *l, int64_t timeout_ms)
     int64_t deadline = jl__mono_ns() + timeout_ms * 1000000LL;
     for (late_record *r = l->head, *next = NULL; r != NULL; r = next) {
         next = r->next;
+        if (r->stored) {
+            free(r);
+            continue;
+        }
         natsStatus ns = jl__mono_ns() < deadline ? put(l, r) : NATS_TIMEOUT;
         r->tries++;
         if (ns == NATS_OK)

@@ -21,7 +21,8 @@
 
 #include "jetledger/status.h"
 
-/* At most this many records wait; a record beyond is not kept (logged at error). */
+/* At most this many records are kept (also those stored in the last minute, still found by
+ * jl__late_find()); a record beyond is not kept (logged at error). */
 #define JL_LATE_RECORDS_MAX 4096
 
 typedef struct jl__late jl__late;
@@ -37,14 +38,15 @@ jl_status jl__late_open(jl__late **out, kvStore *kv);
 bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
                   uint64_t seq, const void *value, size_t len);
 
-/* A copy (malloc'd: the caller frees it) of the record of @p cmd_id waiting here, its length in
- * @p out_len; NULL when none waits. */
+/* A copy (malloc'd: the caller frees it) of the record of @p cmd_id kept here (waiting, or
+ * stored in the last minute), its length in @p out_len; NULL when none is. */
 void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len);
 
-/* Whether a record of aggregate @p agg_id, stored at or below @p seq, waits. */
+/* Whether a record of a command of aggregate @p agg_id, stored in the stream at or below
+ * @p seq, waits to be put. */
 bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq);
 
-/* How many records wait. */
+/* How many records are kept (waiting, or stored in the last minute). */
 size_t jl__late_count(jl__late *l);
 
 /* Stop the writer: each record still waiting is put once more, within @p timeout_ms in all, and

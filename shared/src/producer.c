@@ -803,11 +803,12 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
 /*
  * The record of stored command @p c's id could not be written in the command's time. It is
  * kept in p->late and put again in the background until it is stored; meanwhile a repeat of the
- * id is answered from there, and no snapshot of the aggregate is written past the commit. What
- * also stops a repeat from taking effect again (on another replica, or after a restart that
- * lost p->late) is a load's look for the id in the aggregate's commits: so the entry is reset,
- * and the next command of the aggregate reads them again from a snapshot older than this commit
- * (none was written past it: see advance). Under p->mu.
+ * id is answered from there, and this producer writes no snapshot of the aggregate past the
+ * commit. A repeat that reaches another replica (or this one after a restart that lost p->late)
+ * is told only by a load's look for the id in the aggregate's commits, from a snapshot older
+ * than the commit: so the entry is reset here, and the next command reads them again. A
+ * replica that already holds the commit in its cache, or wrote a snapshot past it, decides
+ * such a repeat again (README, "Sending a command twice"). Under p->mu.
  */
 static void not_remembered(jl_producer *p, cmd *c, const char *why)
 {
@@ -2993,7 +2994,9 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return false;
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     drop_unanswered(p);
-    jl__late_close(p->late, timeout_ms); /* no ack handler is left to add one */
+    /* No ack handler is left to add a record; what is left of the close's time is theirs. */
+    int64_t left_ms = deadline - jl__mono_ms();
+    jl__late_close(p->late, left_ms > 0 ? left_ms : 0);
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     kvStore_Destroy(p->lookups);

@@ -2066,10 +2066,10 @@ START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
      * deadlines: the replies say stored, without the records, which are kept and written
      * again in the background. A repeat past JetStream's duplicate window must still be told:
      * on this producer, also once another command of the aggregate has read its commits into
-     * the cache again (decided again there: the cache was trusted); and on another, which
-     * reads the aggregate from its snapshot, none of which may be past the commits (one
-     * written at the commit, or at that later command, hid them). Once the bucket is back the
-     * records are written. */
+     * the cache again (decided again there: the cache was trusted); and on another that has
+     * not read the aggregate yet, from its snapshot, none of which this producer may have
+     * written past the commits (one written at the commit, or at that later command, hid
+     * them). Once the bucket is back the records are written. */
     jl_config cfg = env.cfg;
     cfg.request_timeout_ms = 1000;
     cfg.snapshot_every = 1; /* a snapshot falls due at every commit */
