@@ -2834,10 +2834,9 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         goto done;
     }
     p->has_waiter = true;
-    /* Answering Hello first, so that of two instances opening together one finds the other. */
+    /* Looks for another instance on the durable first (answering Hello before it asks, so
+     * that of two opening together one finds the other). */
     s = jl__jobs_open(p, err, errlen);
-    if (s == JL_OK)
-        s = jl__twins_ask(p, err, errlen);
     if (s != JL_OK)
         goto done;
     uint64_t behind = 0;
@@ -2854,6 +2853,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     }
     if (def->outbox)
         s = jl__outbox_start(p);
+    if (s == JL_OK)
+        s = jl__twins_opened(p, err, errlen);
     if (s != JL_OK)
         goto done;
     jl_log(JL_LOG_INFO, "projector ready",

@@ -184,8 +184,9 @@ struct jl_projector {
     int64_t started_ns;                 /* Unix ns, at open */
     atomic_bool yield_claimed;          /* met an older instance: yield_msg being written */
     atomic_bool yielded;                /* ... and written: this instance stops */
+    atomic_bool opening;                /* until jl_projector_open() is done */
     char yield_msg[1024];               /* why, once yielded */
-    atomic_int_fast64_t twins_asked_ns; /* jl__mono_ns() of the last question, 0: none */
+    atomic_int_fast64_t twins_asked_ns; /* jl__mono_ns() of a lost delivery's question, 0: none */
     char err[1024];
 };
 
@@ -272,6 +273,8 @@ jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, siz
  * jetledger.DeadLetters; read on the query connection, as a query is. */
 void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r);
 
+/* Subscribe the admin requests: this instance's own (with Hello), then, once no other instance
+ * of the durable was found that this one yields to (JL_ERR_CONFLICT, see twins.c), any one's. */
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);
 /* Stop taking admin requests, cancel and join a running job. False when a request handler may
  * still be running at the deadline: the projector must then not be freed. */
@@ -299,5 +302,8 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen);
 void jl__twins_ask_now_and_then(jl_projector *p);
 /* Whether this instance met an older one on its durable and stops. */
 bool jl__twins_yielded(jl_projector *p);
+/* The open is done: from now on this instance is running to others. JL_ERR_CONFLICT (the reason
+ * in @p err) when it yielded meanwhile. */
+jl_status jl__twins_opened(jl_projector *p, char *err, size_t errlen);
 
 #endif /* JETLEDGER_PROJECTOR_INT_H */

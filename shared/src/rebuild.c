@@ -971,12 +971,16 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     pthread_mutex_init(&p->job->start_mu, NULL);
     atomic_init(&p->job->cancel, false);
     /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<durable>.<Req>" reaches
-     * this one, so a job's progress is read where the job runs. */
-    snprintf(subject, sizeof(subject), "%s.admin.*", p->def->name);
-    natsStatus ns = jl_conn_subscribe(p->conn, &p->asub, subject, p->def->name, on_admin, p);
+     * this one, so a job's progress is read where the job runs. The latter first, with Hello:
+     * another instance on the durable is looked for before this one takes any request. */
+    snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
+    natsStatus ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
     if (ns == NATS_OK) {
-        snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
-        ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
+        jl_status s = jl__twins_ask(p, err, errlen);
+        if (s != JL_OK)
+            return s;
+        snprintf(subject, sizeof(subject), "%s.admin.*", p->def->name);
+        ns = jl_conn_subscribe(p->conn, &p->asub, subject, p->def->name, on_admin, p);
     }
     if (ns != NATS_OK) {
         snprintf(err, errlen, "cannot subscribe to %s: %s", subject, natsStatus_GetText(ns));

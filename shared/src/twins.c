@@ -12,9 +12,12 @@
  * Instance, and asks the same at open, once subscribed (of two that open together, the later
  * question finds the earlier subscription), and whenever a delivery goes missing (a cluster may
  * not yet have carried the other's subscription to the server asked). Of two that meet, by the
- * answer or by the question, the one that started later yields: its open fails, or its run ends,
- * with JL_ERR_CONFLICT and a message naming the other. Both compare the same pair of
- * (started_at_ns, instance_id), whatever their clocks say, so exactly one of them yields.
+ * answer or by the question, one still opening yields to one running, whatever their clocks
+ * say; otherwise (both opening, or both running: started together) the one that started later
+ * yields. The one that yields stops: its open fails, or its run ends, with JL_ERR_CONFLICT and
+ * a message naming the other. Each side decides on the same facts (the other's message carries
+ * the opening flag its own decision used, and both compare the same pair of started_at_ns and
+ * instance_id), so exactly one of them yields.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -42,10 +45,11 @@ void jl__twins_init(jl_projector *p)
     p->started_ns = jl__now_ns();
     atomic_init(&p->yielded, false);
     atomic_init(&p->yield_claimed, false);
+    atomic_init(&p->opening, true);
     atomic_init(&p->twins_asked_ns, 0);
 }
 
-static Jetledger__Instance self(const jl_projector *p)
+static Jetledger__Instance self(jl_projector *p, bool opening)
 {
     Jetledger__Instance me = JETLEDGER__INSTANCE__INIT;
     me.instance_id = (char *)p->instance_id;
@@ -53,6 +57,7 @@ static Jetledger__Instance self(const jl_projector *p)
     me.pid = (int64_t)getpid();
     me.started_at_ns = p->started_ns;
     me.durable = (char *)p->src[0].durable;
+    me.opening = opening;
     return me;
 }
 
@@ -64,14 +69,16 @@ static bool started_first(const jl_projector *p, const Jetledger__Instance *o)
     return strcmp(o->instance_id, p->instance_id) < 0;
 }
 
-/* @p o is another instance on this durable: the later of the two stops. */
-static void met(jl_projector *p, const Jetledger__Instance *o)
+/* @p o is another instance on this durable: one opening stops for one running, else the later
+ * of the two stops. @p opening: whether this one is, as @p o was told (or will be). */
+static void met(jl_projector *p, const Jetledger__Instance *o, bool opening)
 {
     char host[200], id[80], started[48];
     jl_log_str(host, sizeof(host), o->host);
     jl_log_str(id, sizeof(id), o->instance_id);
     jl_format_time(started, sizeof(started), o->started_at_ns);
-    if (!started_first(p, o)) {
+    bool yield = opening != o->opening ? opening : started_first(p, o);
+    if (!yield) {
         jl_log(JL_LOG_WARN, "another instance consumes this durable: it started later and stops",
                "\"durable\":\"%s\",\"other\":\"%s\",\"host\":\"%s\",\"pid\":%" PRId64
                ",\"started\":\"%s\"",
@@ -88,6 +95,7 @@ static void met(jl_projector *p, const Jetledger__Instance *o)
              "(JL_DURABLE) and --data-dir, or run one",
              p->src[0].durable, id, host, o->pid, started);
     atomic_store(&p->yielded, true);
+    atomic_store(&p->stopping, true); /* its loops, a rebuild, the outbox: all of it stops */
     jl_log(JL_LOG_ERROR, "another instance consumes this durable: this one stops",
            "\"durable\":\"%s\",\"other\":\"%s\",\"host\":\"%s\",\"pid\":%" PRId64
            ",\"started\":\"%s\",\"hint\":\"each instance needs its own --durable (JL_DURABLE) "
@@ -100,21 +108,31 @@ bool jl__twins_yielded(jl_projector *p)
     return atomic_load(&p->yielded);
 }
 
+jl_status jl__twins_opened(jl_projector *p, char *err, size_t errlen)
+{
+    atomic_store(&p->opening, false);
+    if (!jl__twins_yielded(p))
+        return JL_OK;
+    snprintf(err, errlen, "%s", p->yield_msg); /* met while opening, after it asked */
+    return JL_ERR_CONFLICT;
+}
+
 void jl__twins_hello(jl_projector *p, const void *data, size_t len, jl_reply *r)
 {
     Jetledger__Instance *o = (Jetledger__Instance *)jl_request_unpack(
         &jetledger__instance__descriptor, data, len, r, NULL);
     if (o == NULL)
-        return; /* r says why */
+        return;                              /* r says why */
+    bool opening = atomic_load(&p->opening); /* one reading: the decision and the answer */
     if (strcmp(o->durable, p->src[0].durable) == 0 && strcmp(o->instance_id, p->instance_id) != 0)
-        met(p, o);
+        met(p, o, opening);
     protobuf_c_message_free_unpacked(&o->base, NULL);
-    Jetledger__Instance me = self(p);
+    Jetledger__Instance me = self(p, opening);
     jl_reply_set_result(r, &me.base);
 }
 
-/* One answer to our Hello: true when it is our own. */
-static bool answer(jl_projector *p, natsMsg *m)
+/* One answer to our Hello (sent with @p opening): true when it is our own. */
+static bool answer(jl_projector *p, natsMsg *m, bool opening)
 {
     jl_reply r;
     bool own = false;
@@ -125,7 +143,7 @@ static bool answer(jl_projector *p, natsMsg *m)
         if (o != NULL) {
             own = strcmp(o->instance_id, p->instance_id) == 0;
             if (!own && strcmp(o->durable, p->src[0].durable) == 0)
-                met(p, o);
+                met(p, o, opening);
             jetledger__instance__free_unpacked(o, NULL);
         }
     }
@@ -140,10 +158,10 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen)
     natsSubscription *sub = NULL;
     char subject[256];
     uint8_t body[512];
-    Jetledger__Instance me = self(p);
+    bool opening = atomic_load(&p->opening);
+    Jetledger__Instance me = self(p, opening);
     size_t n = jetledger__instance__get_packed_size(&me);
 
-    atomic_store(&p->twins_asked_ns, jl__mono_ns());
     snprintf(subject, sizeof(subject), "%s.admin.%s.Hello", p->def->name, p->src[0].durable);
     natsStatus ns = n <= sizeof(body) ? natsInbox_Create(&inbox) : NATS_INSUFFICIENT_BUFFER;
     if (ns == NATS_OK)
@@ -160,7 +178,7 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen)
         int64_t left_ms = (until - now + NS_PER_MS - 1) / NS_PER_MS;
         if (natsSubscription_NextMsg(&m, sub, left_ms) != NATS_OK)
             break; /* the time is up */
-        if (answer(p, m)) {
+        if (answer(p, m, opening)) {
             int64_t after = 3 * (jl__mono_ns() - t0);
             if (after < TWINS_AFTER_OWN_MS * NS_PER_MS)
                 after = TWINS_AFTER_OWN_MS * NS_PER_MS;
@@ -185,6 +203,7 @@ void jl__twins_ask_now_and_then(jl_projector *p)
     int64_t last = atomic_load(&p->twins_asked_ns);
     if (last != 0 && jl__mono_ns() - last < JL_TWINS_ASK_EVERY_MS * NS_PER_MS)
         return;
+    atomic_store(&p->twins_asked_ns, jl__mono_ns());
     char err[8];
     jl__twins_ask(p, err, sizeof(err));
 }

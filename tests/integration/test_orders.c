@@ -1615,10 +1615,9 @@ START_TEST(a_second_projector_on_one_data_dir_is_refused)
 }
 END_TEST
 
-/* Send Hello to the instances of durable @p to as the instance @p id of durable @p durable
- * started at @p started_ns, and return the first answer's Instance (caller frees). */
-static Jetledger__Instance *hello(const char *to, const char *durable, const char *id,
-                                  int64_t started_ns)
+/* The Instance @p id of durable @p durable, started at @p started_ns, on host "test-host". */
+static Jetledger__Instance instance(const char *durable, const char *id, int64_t started_ns,
+                                    bool opening)
 {
     Jetledger__Instance me = JETLEDGER__INSTANCE__INIT;
     me.instance_id = (char *)id;
@@ -1626,6 +1625,17 @@ static Jetledger__Instance *hello(const char *to, const char *durable, const cha
     me.pid = 1;
     me.started_at_ns = started_ns;
     me.durable = (char *)durable;
+    me.opening = opening;
+    return me;
+}
+
+/* Send Hello to the instances of durable @p to as the instance @p id of durable @p durable
+ * started at @p started_ns (@p opening), and return the first answer's Instance (caller
+ * frees). */
+static Jetledger__Instance *hello(const char *to, const char *durable, const char *id,
+                                  int64_t started_ns, bool opening)
+{
+    Jetledger__Instance me = instance(durable, id, started_ns, opening);
     uint8_t body[256];
     size_t n = jetledger__instance__pack(&me, body);
     char subject[128];
@@ -1652,10 +1662,14 @@ static Jetledger__Instance *hello(const char *to, const char *durable, const cha
  * naming it; once the first is gone it starts. */
 START_TEST(a_second_instance_on_one_durable_is_refused)
 {
-    char id[JL_UUID_LEN + 1], err[1024] = "", pid[32];
+    char id[JL_UUID_LEN + 1], err[1024] = "", pid[32], first_id[64];
     ck_assert_int_eq(create_order(env.conn, "twin", id, NULL), JL_CODE_OK);
     jl_projector *first = open_projector("twin1", "twin", 64), *second = NULL;
     catch_up(first, 1);
+    Jetledger__Instance *o =
+        hello("twin", "twin", "ffffffff-0000-4000-8000-000000000000", INT64_MAX, false);
+    snprintf(first_id, sizeof(first_id), "instance %s on host", o->instance_id);
+    jetledger__instance__free_unpacked(o, NULL);
     jl_config cfg = env.cfg;
     snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s/twin2", env.dir);
     snprintf(cfg.durable, sizeof(cfg.durable), "twin");
@@ -1665,7 +1679,8 @@ START_TEST(a_second_instance_on_one_durable_is_refused)
                   err);
     snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
     ck_assert_msg(strstr(err, "durable consumer twin is also consumed by instance") != NULL &&
-                      strstr(err, pid) != NULL && strstr(err, "JL_DURABLE") != NULL,
+                      strstr(err, first_id) != NULL && strstr(err, pid) != NULL &&
+                      strstr(err, "JL_DURABLE") != NULL,
                   "%s", err);
     /* The first goes on. */
     ck_assert_int_eq(create_order(env.conn, "twin", id, NULL), JL_CODE_OK);
@@ -1689,7 +1704,7 @@ START_TEST(of_two_instances_on_one_durable_the_later_stops)
 
     /* A newer one asks: it is told who is here, and this one goes on. */
     Jetledger__Instance *o =
-        hello("pair", "pair", "ffffffff-0000-4000-8000-000000000000", INT64_MAX);
+        hello("pair", "pair", "ffffffff-0000-4000-8000-000000000000", INT64_MAX, false);
     ck_assert_str_eq(o->durable, "pair");
     ck_assert_int_eq(o->pid, (int64_t)getpid());
     ck_assert_int_gt(o->started_at_ns, 0);
@@ -1699,12 +1714,19 @@ START_TEST(of_two_instances_on_one_durable_the_later_stops)
     catch_up(p, 2);
 
     /* An older one of another durable asks: nothing to do with this one. */
-    o = hello("pair", "other", "00000000-0000-4000-8000-000000000000", 1);
+    o = hello("pair", "other", "00000000-0000-4000-8000-000000000000", 1, false);
+    jetledger__instance__free_unpacked(o, NULL);
+    ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_OK);
+
+    /* An older one by its clock, but still opening: it stops for this running one, whatever
+     * the clocks of their machines say. */
+    o = hello("pair", "pair", "00000000-0000-4000-8000-000000000002", 1, true);
+    ck_assert(!o->opening);
     jetledger__instance__free_unpacked(o, NULL);
     ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_OK);
 
     /* An older one asks: this one stops, and says why. */
-    o = hello("pair", "pair", "00000000-0000-4000-8000-000000000001", 1);
+    o = hello("pair", "pair", "00000000-0000-4000-8000-000000000001", 1, false);
     jetledger__instance__free_unpacked(o, NULL);
     ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_ERR_CONFLICT);
     ck_assert_int_eq(jl_projector_run(p), JL_ERR_CONFLICT); /* at once, not a retry loop */
@@ -1713,6 +1735,52 @@ START_TEST(of_two_instances_on_one_durable_the_later_stops)
                               "host test-host (pid 1, started 1970-01-01T00:00:00") != NULL &&
                       strstr(why, "which started first: this instance stops") != NULL,
                   "%s", why);
+    jl_projector_close(p, 0);
+}
+END_TEST
+
+/* Answers Hello as an instance running on the durable since 1970. */
+static void older_twin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    Jetledger__Instance me = instance(closure, "00000000-0000-4000-8000-00000000000a", 1, false);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(jl_reply_set_result(&r, &me.base), JL_OK);
+    jl_buf out;
+    jl_buf_init(&out, JL_MAX_REPLY_BYTES);
+    ck_assert_int_eq(jl_reply_encode(&out, &r), JL_OK);
+    natsConnection_Publish(nc, natsMsg_GetReply(msg), out.data, (int)out.len);
+    jl_buf_cleanup(&out);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(msg);
+}
+
+/* Two that started together and missed each other's Hello: a delivery the other took has this
+ * one ask again, and the one that started later (this one) stops. */
+START_TEST(a_lost_delivery_has_an_instance_look_for_another_on_its_durable)
+{
+    char id[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "race", id, NULL), JL_CODE_OK);
+    jl_projector *p = open_projector("race", "race", 8);
+    catch_up(p, 1);
+    natsSubscription *twin = NULL;
+    ck_assert_int_eq(natsConnection_Subscribe(&twin, jl_conn_nats(env.conn),
+                                              "order_summary.admin.race.Hello", older_twin, "race"),
+                     NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    ck_assert_int_eq(create_order(env.conn, "race", id, NULL), JL_CODE_OK);
+    ck_assert_int_eq(create_order(env.conn, "race", id, NULL), JL_CODE_OK);
+    ck_assert_uint_eq(steal_delivery("race"), 2); /* the other took it */
+    int64_t deadline = tnow_ms() + 20000;
+    jl_status s = JL_OK;
+    while (s == JL_OK && tnow_ms() < deadline)
+        s = jl_projector_step(p, 200, NULL);
+    ck_assert_msg(s == JL_ERR_CONFLICT, "step: %s: %s", jl_status_str(s), jl_projector_errmsg(p));
+    ck_assert_msg(strstr(jl_projector_errmsg(p),
+                         "also consumed by instance 00000000-0000-4000-8000-00000000000a") != NULL,
+                  "%s", jl_projector_errmsg(p));
+    natsSubscription_Destroy(twin);
     jl_projector_close(p, 0);
 }
 END_TEST
@@ -2897,6 +2965,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_second_projector_on_one_data_dir_is_refused);
     tcase_add_test(tc, a_second_instance_on_one_durable_is_refused);
     tcase_add_test(tc, of_two_instances_on_one_durable_the_later_stops);
+    tcase_add_test(tc, a_lost_delivery_has_an_instance_look_for_another_on_its_durable);
     tcase_add_test(tc, an_event_type_from_a_newer_version_is_unavailable_not_internal);
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
