@@ -804,39 +804,38 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
  * The record of stored command @p c's id could not be written in the command's time. It is
  * kept in p->late and put again in the background until it is stored; meanwhile a repeat of the
  * id is answered from there, and this producer writes no snapshot of the aggregate past the
- * commit. A repeat that reaches another replica (or this one after a restart that lost p->late)
- * is told only by a load's look for the id in the aggregate's commits, from a snapshot older
- * than the commit: so the entry is reset here, and the next command reads them again. A
- * replica that already holds the commit in its cache, or wrote a snapshot past it, decides
- * such a repeat again (README, "Sending a command twice"). Under p->mu.
+ * commit, so the cached state can stay. A repeat that reaches another replica (or this one
+ * after a restart that lost p->late) is told only by a load's look for the id in the
+ * aggregate's commits, from a snapshot older than the commit; a replica that already holds the
+ * commit in its cache, or wrote a snapshot past it, decides such a repeat again (README,
+ * "Sending a command twice"). Under p->mu.
  */
 static void not_remembered(jl_producer *p, cmd *c, const char *why)
 {
     char id[2 * JL_MAX_ID_LEN + 8]; /* a client's text: escaped */
     jl_log(JL_LOG_WARN, "command id not recorded in time, written again in the background",
            "\"command_id\":\"%s\",\"status\":\"%s\"", jl_log_str(id, sizeof(id), c->cmd_id), why);
-    /* The cached state holds the commit while nothing records its id: a repeat past the
-     * duplicate window would be decided again on it. Forgotten, the aggregate is read again
-     * for the next command, and the read finds the commit by its id (also when this was a
-     * repeat whose commit a read just found). */
-    jl__cache_entry *e = c->entry;
-    if (e != NULL)
-        forget_entry(p, e);
     c->snapshot_due = false;
-    /* Written in the background until it is stored; repeats are answered from it meanwhile. */
-    if (p->late == NULL || c->stored_seq == 0)
-        return;
-    jl_reply stored;
-    jl_reply_init(&stored);
-    snprintf(stored.aggregate_id, sizeof(stored.aggregate_id), "%s", c->agg_id);
-    stored.aggregate_version = c->stored_version;
-    stored.stream_seq = c->stored_seq;
-    char key[40];
-    command_key(key, c->cmd_id);
-    if (encode_record(p, c, &stored) == JL_OK)
-        jl__late_add(p->late, key, c->cmd_id, c->agg_id, c->stored_seq, p->kv_value.data,
-                     p->kv_value.len);
-    jl_reply_cleanup(&stored);
+    bool kept = false;
+    if (p->late != NULL && c->stored_seq != 0) {
+        jl_reply stored;
+        jl_reply_init(&stored);
+        snprintf(stored.aggregate_id, sizeof(stored.aggregate_id), "%s", c->agg_id);
+        stored.aggregate_version = c->stored_version;
+        stored.stream_seq = c->stored_seq;
+        char key[40];
+        command_key(key, c->cmd_id);
+        kept = encode_record(p, c, &stored) == JL_OK &&
+               jl__late_add(p->late, key, c->cmd_id, c->agg_id, c->stored_seq, p->kv_value.data,
+                            p->kv_value.len);
+        jl_reply_cleanup(&stored);
+    }
+    /* Not kept (too many wait, no memory): the cached state holds the commit while nothing
+     * records its id, and a repeat past the duplicate window would be decided again on it.
+     * Forgotten, the aggregate is read again for the next command, and the read finds the
+     * commit by its id (also when this was a repeat whose commit a read just found). */
+    if (!kept && c->entry != NULL)
+        forget_entry(p, c->entry);
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);

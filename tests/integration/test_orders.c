@@ -2133,8 +2133,8 @@ START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
     /* Two commands are stored, but their command-id records find no stream until their
      * deadlines: the replies say stored, without the records, which are kept and written
      * again in the background. A repeat past JetStream's duplicate window must still be told:
-     * on this producer, also once another command of the aggregate has read its commits into
-     * the cache again (decided again there: the cache was trusted); and on another that has
+     * on this producer, whose cache holds the commits (decided again there once another
+     * command of the aggregate had read them into the cache again); and on another that has
      * not read the aggregate yet, from its snapshot, none of which this producer may have
      * written past the commits (one written at the commit, or at that later command, hid
      * them). Once the bucket is back the records are written. */
@@ -2158,7 +2158,14 @@ START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
     uint64_t seq1 = r.stream_seq;
     ck_assert_int_eq(add_with_id(p, id, "c", "lost-record-2", &r), JL_CODE_OK);
     uint64_t seq2 = r.stream_seq;
-    ck_assert_int_eq(add_with_id(p, id, "d", NULL, &r), JL_CODE_OK); /* reads b and c again */
+    /* Their records kept for the background, the cache keeps the aggregate too (it was
+     * forgotten, and read again by the next command): no read. */
+    jl_producer_stats before, after;
+    jl_producer_get_stats(p, &before);
+    ck_assert_int_eq(add_with_id(p, id, "d", NULL, &r), JL_CODE_OK);
+    jl_producer_get_stats(p, &after);
+    ck_assert_uint_eq(after.loads, before.loads);
+    ck_assert_uint_eq(after.cache_hits, before.cache_hits + 1);
     uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
     ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 0); /* not remembered */
     nats_Sleep(2500); /* past the duplicate window */
