@@ -1303,6 +1303,13 @@ int64_t jl_projector_stalled_ms(jl_projector *p)
         if (beat != 0 && now - beat > most)
             most = now - beat;
     }
+    /* A query being answered: one that never ends would leave every later one unanswered (the
+     * subscription has one thread) while the streams go on and the service looks ready. */
+    for (int i = 0; i < 2; i++) {
+        int64_t since = atomic_load(&p->answering_ns[i]);
+        if (since != 0 && now - since > most)
+            most = now - since;
+    }
     return most / NS_PER_MS;
 }
 
@@ -2640,12 +2647,15 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     (void)sub;
 
     jl_reply_init(&r);
+    atomic_store(&p->answering_ns[0], jl__mono_ns());
+    jl__fault("query.answer");
     if (answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(msg),
                      (size_t)natsMsg_GetDataLength(msg), msg, &r)) {
         jl_reply_cleanup(&r); /* parked: the waiter answers */
-        return;
+    } else {
+        reply_query(nc, msg, &r);
     }
-    reply_query(nc, msg, &r);
+    atomic_store(&p->answering_ns[0], 0);
 }
 
 /* The waiter: answers parked queries once their source reaches their min_sequence, at their
@@ -2687,9 +2697,11 @@ static void *query_waiter(void *arg)
             const char *subject = natsMsg_GetSubject(w->msg), *dot = strrchr(subject, '.');
             jl_reply r;
             jl_reply_init(&r);
+            atomic_store(&p->answering_ns[1], jl__mono_ns());
             answer_query(p, dot ? dot + 1 : subject, natsMsg_GetData(w->msg),
                          (size_t)natsMsg_GetDataLength(w->msg), NULL, &r);
             reply_query(nc, w->msg, &r);
+            atomic_store(&p->answering_ns[1], 0);
             free(w);
         }
         pthread_mutex_lock(&p->mu);
@@ -2742,6 +2754,8 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
     p->serve_lag = cfg->serve_lag;
     atomic_init(&p->serve_claimed, false);
     atomic_init(&p->serving, false);
+    atomic_init(&p->answering_ns[0], 0);
+    atomic_init(&p->answering_ns[1], 0);
     snprintf(p->qsubject, sizeof(p->qsubject), "%s.query.*", def->name ? def->name : "");
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->apply_mu, NULL);

@@ -144,6 +144,9 @@ struct jl_projector {
     atomic_bool serving;       /* subscribed: queries are answered */
     char qsubject[256];        /* "<name>.query.*" */
     natsSubscription *qsub;
+    /* jl__mono_ns() since the query handler [0] and the waiter [1] have been at an answer, 0:
+     * not (see jl_projector_stalled_ms()). */
+    _Atomic int64_t answering_ns[2];
     natsSubscription *asub;     /* admin, any instance (queue group) */
     natsSubscription *asub_own; /* admin, this instance */
     pthread_mutex_t apply_mu;

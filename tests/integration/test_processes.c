@@ -1086,6 +1086,39 @@ START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
 }
 END_TEST
 
+/* A query handler that never returns leaves every later query unanswered (the subscription
+ * has one thread) while the stream loop goes on: the projector is stuck all the same, and
+ * stops renewing its liveness file. */
+START_TEST(a_projector_whose_query_never_ends_stops_renewing_its_liveness_file)
+{
+    svc s;
+    char alive[700], data[600], tail[1500];
+    snprintf(alive, sizeof(alive), "%s/query.log.alive", env.dir);
+    snprintf(data, sizeof(data), "%s/q", env.dir);
+    svc_extra[0] = "JL_FAULT_ACTION=hang";
+    svc_extra[1] = "JL_REQUEST_TIMEOUT=100"; /* stuck past 10.2 s */
+    snprintf(svc_fault_point, sizeof(svc_fault_point), "query.answer");
+    svc_start(&s, "order_summary", "query.log", env.cfg.nats_url, data, 0, NULL);
+    svc_fault_point[0] = 0;
+    ck_assert_msg(wait_file(alive, true, 15000), "%s", log_tail(s.log, tail, sizeof(tail)));
+    ck_assert_msg(wait_log(s.log, "\"msg\":\"projector ready\"", 15000), "%s",
+                  log_tail(s.log, tail, sizeof(tail)));
+    printf("injecting: the projector's query handler blocks for good (its stream loop goes "
+           "on)\n");
+    ck_assert_int_eq(
+        natsConnection_PublishString(jl_conn_nats(env.conn), "order_summary.query.GetOrder", ""),
+        NATS_OK);
+    ck_assert_msg(wait_log(s.log, "\"msg\":\"fault point reached: this thread hangs\"", 15000),
+                  "%s", log_tail(s.log, tail, sizeof(tail)));
+    ck_assert_msg(
+        wait_log(s.log, "\"msg\":\"stuck: the liveness file is no longer renewed\"", 30000), "%s",
+        log_tail(s.log, tail, sizeof(tail)));
+    ck_assert_msg(!renewed_within(alive, 2000), "a stuck projector renewed %s", alive);
+    printf("verified: its liveness file is no longer renewed\n");
+    svc_stop(&s, SIGKILL, 5000);
+}
+END_TEST
+
 /* The server starts to require credentials these services do not have (an authorization
  * change, reloaded): the client library closes their connections for good after two refusals.
  * A service left so would answer nothing while it looked ready: each stops, not ready, with
@@ -2200,6 +2233,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, a_graceful_stop_with_the_server_frozen_ends_within_its_bound);
     tcase_add_test(tc, a_ready_file_is_there_while_a_service_answers);
     tcase_add_test(tc, a_stuck_service_stops_renewing_its_liveness_file);
+    tcase_add_test(tc, a_projector_whose_query_never_ends_stops_renewing_its_liveness_file);
     tcase_add_test(tc, a_projector_far_behind_is_ready_once_it_has_caught_up);
     tcase_add_test(tc, dead_server_keeps_service_retrying_until_a_signal);
     tcase_add_test(tc, sigterm_during_connect_wait_exits_0_promptly);

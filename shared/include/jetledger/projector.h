@@ -230,7 +230,8 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream);
  * last turned (0 otherwise). A turn is one step: a fetch waits 500 ms, JetStream calls the
  * request timeout, failures back off 5 s at most, and a rebuild finishing, which holds the loops
  * up to 30 s, counts its own progress as theirs; so a value far above those is a stuck loop.
- * Thread-safe, lock-free.
+ * Also the time a query has been answered for, when that is longer (an answer takes
+ * milliseconds: one that does not end holds up every later query). Thread-safe, lock-free.
  */
 int64_t jl_projector_stalled_ms(jl_projector *p);
 
