@@ -2017,7 +2017,17 @@ static void submit(jl_producer *p, const request *rq)
         jl_reply_reset(r); /* the shared reply was others' meanwhile */
         snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     }
-    if (c->client_id && known == LOOKUP_FAILED) {
+    bool answered = c->client_id && known != NULL && known != LOOKUP_FAILED &&
+                    remembered(c, kvEntry_Value(known), (size_t)kvEntry_ValueLen(known), r);
+    if (!answered && c->client_id && p->late != NULL && jl__late_count(p->late) > 0) {
+        /* Stored, and answered, while its record could not be written: it waits here (most
+         * likely while the bucket does not answer lookups either). */
+        size_t vlen = 0;
+        void *value = jl__late_find(p->late, c->cmd_id, &vlen);
+        answered = remembered(c, value, vlen, r);
+        free(value);
+    }
+    if (!answered && c->client_id && known == LOOKUP_FAILED) {
         /* Deciding it now could repeat a command stored long ago (past JetStream's window). */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "command id '%s' could not be looked up (the command-id store did not "
@@ -2025,17 +2035,8 @@ static void submit(jl_producer *p, const request *rq)
                        c->cmd_id, JL_LOOKUP_WAIT_MS);
         goto reject;
     }
-    bool answered = c->client_id && known != NULL &&
-                    remembered(c, kvEntry_Value(known), (size_t)kvEntry_ValueLen(known), r);
     known_free(known);
     known = NULL;
-    if (!answered && c->client_id && p->late != NULL && jl__late_count(p->late) > 0) {
-        /* Stored, and answered, while its record could not be written: it waits there. */
-        size_t vlen = 0;
-        void *value = jl__late_find(p->late, c->cmd_id, &vlen);
-        answered = remembered(c, value, vlen, r);
-        free(value);
-    }
     if (answered)
         goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
