@@ -146,8 +146,9 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
     late_record *r = NULL;
     pthread_mutex_lock(&l->mu);
     bool full = l->n >= JL_LATE_RECORDS_MAX;
-    if (!full && strlen(key) < sizeof(r->key) && strlen(cmd_id) < sizeof(r->cmd_id) &&
-        strlen(agg_id) < sizeof(r->agg_id))
+    bool fits = strlen(key) < sizeof(r->key) && strlen(cmd_id) < sizeof(r->cmd_id) &&
+                strlen(agg_id) < sizeof(r->agg_id);
+    if (!full && fits)
         r = malloc(sizeof(*r) + len);
     if (r != NULL) {
         memset(r, 0, sizeof(*r));
@@ -175,7 +176,9 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
                ",\"why\":\"%s\",\"hint\":\"a repeat of the id past the duplicate window is told "
                "only by a read of the aggregate's commits\"",
                jl_log_str(id, sizeof(id), cmd_id), agg_id, seq,
-               full ? "too many records wait to be written" : "out of memory");
+               full   ? "too many records wait to be written"
+               : fits ? "out of memory"
+                      : "an id longer than a record holds");
     }
     return r != NULL;
 }
@@ -206,14 +209,6 @@ bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq)
         holds = !r->stored && r->seq <= seq && strcmp(r->agg_id, agg_id) == 0;
     pthread_mutex_unlock(&l->mu);
     return holds;
-}
-
-size_t jl__late_count(jl__late *l)
-{
-    pthread_mutex_lock(&l->mu);
-    size_t n = l->n;
-    pthread_mutex_unlock(&l->mu);
-    return n;
 }
 
 void jl__late_close(jl__late *l, int64_t timeout_ms)

@@ -46,9 +46,6 @@ void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len);
  * @p seq, waits to be put. */
 bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq);
 
-/* How many records are kept (waiting, or stored in the last minute). */
-size_t jl__late_count(jl__late *l);
-
 /* Stop the writer: each record still waiting is put once more, within @p timeout_ms in all, and
  * one that is not is logged at error (its command id is remembered only by its commit). Frees
  * @p l; NULL is a no-op. */

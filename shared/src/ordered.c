@@ -11,7 +11,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "deadline.h"
 
 enum { SLOT_READY = 0, SLOT_NEEDS = 1, SLOT_TAKEN = 2 };
 
@@ -49,24 +50,17 @@ struct jl__ordered {
 /* The calling worker's entry of busy (NULL on any other thread): see jl__ordered_beat(). */
 static _Thread_local _Atomic int64_t *my_busy;
 
-static int64_t mono_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
-}
-
 void jl__ordered_beat(void)
 {
     if (my_busy != NULL && atomic_load_explicit(my_busy, memory_order_relaxed) != 0)
-        atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
+        atomic_store_explicit(my_busy, jl__mono_ns(), memory_order_relaxed);
 }
 
 int64_t jl__ordered_busy_ms(jl__ordered *o)
 {
     if (o == NULL)
         return 0;
-    int64_t now = mono_ns(), most = 0;
+    int64_t now = jl__mono_ns(), most = 0;
     for (int i = 0; i < o->nthreads; i++) {
         int64_t since = atomic_load_explicit(&o->busy[i], memory_order_relaxed);
         if (since != 0 && now - since > most)
@@ -127,7 +121,7 @@ static void *worker(void *arg)
             o->finishing++;
             pthread_cond_signal(&o->space);
             pthread_mutex_unlock(&o->mu);
-            atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
+            atomic_store_explicit(my_busy, jl__mono_ns(), memory_order_relaxed);
             o->finish(o->ctx, item, o->prepare(o->ctx, item), mine.tag, mine.pushed_ns);
             atomic_store_explicit(my_busy, 0, memory_order_relaxed);
             pthread_mutex_lock(&o->mu);
@@ -136,7 +130,7 @@ static void *worker(void *arg)
             continue;
         }
         pthread_mutex_unlock(&o->mu);
-        atomic_store_explicit(my_busy, mono_ns(), memory_order_relaxed);
+        atomic_store_explicit(my_busy, jl__mono_ns(), memory_order_relaxed);
         void *prepared = o->prepare(o->ctx, item);
         atomic_store_explicit(my_busy, 0, memory_order_relaxed);
         pthread_mutex_lock(&o->mu);
@@ -193,9 +187,7 @@ void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
 void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns)
 {
     /* Stamped before any wait for room: that wait is part of the item's time in the queue. */
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t now_ns = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    int64_t now_ns = jl__mono_ns();
     pthread_mutex_lock(&o->mu);
     while (o->tail - o->head == o->cap)
         pthread_cond_wait(&o->space, &o->mu);

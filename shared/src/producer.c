@@ -2019,7 +2019,7 @@ static void submit(jl_producer *p, const request *rq)
     }
     bool answered = c->client_id && known != NULL && known != LOOKUP_FAILED &&
                     remembered(c, kvEntry_Value(known), (size_t)kvEntry_ValueLen(known), r);
-    if (!answered && c->client_id && p->late != NULL && jl__late_count(p->late) > 0) {
+    if (!answered && c->client_id && p->late != NULL) {
         /* Stored, and answered, while its record could not be written: it waits here (most
          * likely while the bucket does not answer lookups either). */
         size_t vlen = 0;

@@ -22,7 +22,6 @@
 #include "hash.h"
 #include "projector_int.h"
 
-#define NS_PER_MS 1000000LL
 /* Messages behind the stream's head above which a projector catches up with an ordered
  * consumer instead of its durable. */
 #define JL_CATCH_UP_THRESHOLD 5000
@@ -2229,10 +2228,6 @@ static void run_source(jl_projector *p, int i)
         if (s == JL_OK) {
             backoff_ms = 100;
             continue;
-        }
-        if (s == JL_ERR_CONFLICT && jl__twins_yielded(p)) {
-            atomic_store(&p->stopping, true); /* an older instance goes on: see twins.c */
-            break;
         }
         if (atomic_load(&p->stopping))
             break; /* a fetch cut short by the stop is not a failure */

@@ -22,6 +22,8 @@
 #include "fault.h"
 #include "jetledger/projector.h"
 
+#define NS_PER_MS 1000000LL
+
 typedef struct jl__job jl__job;
 
 /* An ephemeral pull consumer with no acks reading one source from a point, in bounded batches:

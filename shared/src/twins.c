@@ -34,7 +34,6 @@
  * on the same server answer about as fast, those on another server one route hop later). */
 #define TWINS_WAIT_MS 1000
 #define TWINS_AFTER_OWN_MS 50
-#define NS_PER_MS 1000000LL
 
 void jl__twins_init(jl_projector *p)
 {
