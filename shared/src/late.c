@@ -36,9 +36,10 @@ typedef struct late_record {
 struct jl__late {
     kvStore *kv;
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* monotonic: a record added, or stop */
-    late_record *head; /* oldest first; only the thread unlinks */
-    size_t n;          /* records, stored or not */
+    pthread_cond_t cv;  /* monotonic: a record added, or stop */
+    late_record *head;  /* oldest first; only the thread unlinks */
+    late_record **tail; /* &head, or the last record's next */
+    size_t n;           /* records, stored or not */
     bool stop;
     bool has_thread;
     pthread_t thread;
@@ -61,15 +62,15 @@ static natsStatus put(jl__late *l, late_record *r)
     return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
 }
 
-static void unlink_record(jl__late *l, late_record *r)
+/* Unlink the record *@p pp points to and free it. */
+static void drop_record(jl__late *l, late_record **pp)
 {
-    for (late_record **pp = &l->head; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == r) {
-            *pp = r->next;
-            l->n--;
-            return;
-        }
-    }
+    late_record *r = *pp;
+    *pp = r->next;
+    if (l->tail == &r->next)
+        l->tail = pp;
+    l->n--;
+    free(r);
 }
 
 static void *writer(void *arg)
@@ -79,16 +80,17 @@ static void *writer(void *arg)
     while (!l->stop) {
         int64_t now = jl__mono_ns(), soonest = now + 1000 * 1000000LL;
         late_record *due = NULL;
-        for (late_record *r = l->head, *next = NULL; r != NULL && due == NULL; r = next) {
-            next = r->next;
+        for (late_record **pp = &l->head; *pp != NULL && due == NULL;) {
+            late_record *r = *pp;
             if (r->stored && r->next_try_ns <= now) {
-                unlink_record(l, r); /* stored long enough ago */
-                free(r);
-            } else if (r->next_try_ns <= now) {
-                due = r;
-            } else if (r->next_try_ns < soonest) {
-                soonest = r->next_try_ns;
+                drop_record(l, pp); /* stored long enough ago: *pp is the next one */
+                continue;
             }
+            if (r->next_try_ns <= now)
+                due = r;
+            else if (r->next_try_ns < soonest)
+                soonest = r->next_try_ns;
+            pp = &r->next;
         }
         if (due == NULL) {
             struct timespec until = jl__monotonic_in((soonest - now) / 1000000 + 1);
@@ -123,6 +125,7 @@ jl_status jl__late_open(jl__late **out, kvStore *kv)
     if (l == NULL)
         return JL_ERR_NOMEM;
     l->kv = kv;
+    l->tail = &l->head;
     pthread_mutex_init(&l->mu, NULL);
     if (jl__cond_init_monotonic(&l->cv) != 0) {
         pthread_mutex_destroy(&l->mu);
@@ -144,12 +147,16 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
                   uint64_t seq, const void *value, size_t len)
 {
     late_record *r = NULL;
-    pthread_mutex_lock(&l->mu);
-    bool full = l->n >= JL_LATE_RECORDS_MAX;
     bool fits = strlen(key) < sizeof(r->key) && strlen(cmd_id) < sizeof(r->cmd_id) &&
                 strlen(agg_id) < sizeof(r->agg_id);
-    if (!full && fits)
-        r = malloc(sizeof(*r) + len);
+    if (fits)
+        r = malloc(sizeof(*r) + len); /* outside the lock: the producer's lock may be held */
+    pthread_mutex_lock(&l->mu);
+    bool full = l->n >= JL_LATE_RECORDS_MAX;
+    if (full) {
+        free(r);
+        r = NULL;
+    }
     if (r != NULL) {
         memset(r, 0, sizeof(*r));
         snprintf(r->key, sizeof(r->key), "%s", key);
@@ -161,10 +168,8 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
         r->retry_ms = 2 * LATE_FIRST_RETRY_MS;
         r->len = len;
         memcpy(r->value, value, len);
-        late_record **tail = &l->head;
-        while (*tail != NULL)
-            tail = &(*tail)->next;
-        *tail = r;
+        *l->tail = r;
+        l->tail = &r->next;
         l->n++;
         pthread_cond_signal(&l->cv);
     }

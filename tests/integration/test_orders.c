@@ -21,6 +21,7 @@
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
 #include "jetledger/store.h"
+#include "late.h"
 #include "orders/orders.pb-c.h"
 #include "projection.h"
 #include "projector_int.h"
@@ -2128,6 +2129,71 @@ START_TEST(a_command_id_record_that_finds_no_stream_is_written_once_it_is_back)
 }
 END_TEST
 
+/* The writer of late records on its own: a record that finds no stream is held (a snapshot of
+ * its aggregate at or past its commit must wait) and found, in the order kept; once the stream
+ * is back it is put, no longer held, and still found for a while (a repeat whose lookup just
+ * missed it); one that cannot be put by close is let go with the rest freed. */
+START_TEST(late_records_are_held_until_put_and_found_meanwhile)
+{
+    char saved[256];
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    jl__late *l = NULL;
+    ck_assert_int_eq(jl__late_open(&l, kv), JL_OK);
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    const char *agg = "0b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11";
+    ck_assert(jl__late_add(l, "late-key-1", "late-cmd-1", agg, 10, "one", 3));
+    ck_assert(jl__late_add(l, "late-key-2", "late-cmd-2", agg, 12, "", 0));
+    char long_id[JL_MAX_ID_LEN + 2];
+    memset(long_id, 'x', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = 0;
+    ck_assert(!jl__late_add(l, "late-key-3", long_id, agg, 13, "x", 1)); /* not cut */
+    ck_assert(!jl__late_holds(l, agg, 9));
+    ck_assert(jl__late_holds(l, agg, 10));
+    ck_assert(jl__late_holds(l, agg, 100));
+    ck_assert(!jl__late_holds(l, "1b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11", 100));
+    size_t len = 99;
+    void *v = jl__late_find(l, "late-cmd-1", &len);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_eq(len, 3);
+    ck_assert_mem_eq(v, "one", 3);
+    free(v);
+    v = jl__late_find(l, "late-cmd-2", &len);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_eq(len, 0);
+    free(v);
+    ck_assert_ptr_null(jl__late_find(l, "late-cmd-9", &len));
+    nats_Sleep(1000); /* tried, and tried again: still no stream */
+    ck_assert(jl__late_holds(l, agg, 12));
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 0);
+
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    int64_t deadline = tnow_ms() + 10000; /* the third retry comes 2 s after the second */
+    while (jl__late_holds(l, agg, 12) && tnow_ms() < deadline)
+        nats_Sleep(50);
+    ck_assert(!jl__late_holds(l, agg, 12));
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 2);
+    kvEntry *e = NULL;
+    ck_assert_int_eq(kvStore_Get(&e, kv, "late-key-1"), NATS_OK);
+    ck_assert_int_eq(kvEntry_ValueLen(e), 3);
+    ck_assert_mem_eq(kvEntry_Value(e), "one", 3);
+    kvEntry_Destroy(e);
+    v = jl__late_find(l, "late-cmd-2", &len); /* stored, still found */
+    ck_assert_ptr_nonnull(v);
+    free(v);
+
+    /* One more, while the stream is gone again: close tries once and lets it go. */
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    ck_assert(jl__late_add(l, "late-key-4", "late-cmd-4", agg, 14, "four", 4));
+    int64_t t0 = tnow_ms();
+    jl__late_close(l, 300);
+    ck_assert_int_lt(tnow_ms() - t0, 5000);
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 2);
+    kvStore_Destroy(kv);
+}
+END_TEST
+
 START_TEST(a_command_whose_id_record_is_lost_is_not_run_again)
 {
     /* Two commands are stored, but their command-id records find no stream until their
@@ -2983,6 +3049,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, waiting_queries_are_bounded_in_bytes_too);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
+    tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc, a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again);
