@@ -37,7 +37,7 @@ struct jl__late {
     kvStore *kv;
     pthread_mutex_t mu;
     pthread_cond_t cv;  /* monotonic: a record added, or stop */
-    late_record *head;  /* oldest first; only the thread unlinks */
+    late_record *head;  /* oldest first; only stored ones are unlinked, under mu */
     late_record **tail; /* &head, or the last record's next */
     size_t n;           /* records, stored or not */
     bool stop;
@@ -55,7 +55,7 @@ static void log_record(jl_log_level level, const char *msg, const late_record *r
            (jl__mono_ns() - r->since_ns) / 1000000, why);
 }
 
-/* Put @p r once, without the lock (only the thread frees records). */
+/* Put @p r once, without the lock (a record not stored is freed only by the thread). */
 static natsStatus put(jl__late *l, late_record *r)
 {
     uint64_t rev = 0;
@@ -152,6 +152,15 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
     if (fits)
         r = malloc(sizeof(*r) + len); /* outside the lock: the producer's lock may be held */
     pthread_mutex_lock(&l->mu);
+    /* One stored already makes room (the oldest): only a record not stored holds a snapshot
+     * back. The writer's record being put is not stored yet: never freed here. */
+    for (late_record **pp = &l->head; l->n >= JL_LATE_RECORDS_MAX && *pp != NULL;
+         pp = &(*pp)->next) {
+        if ((*pp)->stored) {
+            drop_record(l, pp);
+            break;
+        }
+    }
     bool full = l->n >= JL_LATE_RECORDS_MAX;
     if (full) {
         free(r);

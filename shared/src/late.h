@@ -21,8 +21,9 @@
 
 #include "jetledger/status.h"
 
-/* At most this many records are kept (also those stored in the last minute, still found by
- * jl__late_find()); a record beyond is not kept (logged at error). */
+/* At most this many records are kept, those stored in the last minute (still found by
+ * jl__late_find()) included; the oldest of those makes room for a new one, and a record beyond
+ * this many waiting is not kept (logged at error). */
 #define JL_LATE_RECORDS_MAX 4096
 
 typedef struct jl__late jl__late;

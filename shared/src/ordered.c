@@ -179,18 +179,19 @@ jl_status jl__ordered_create(jl__ordered **out, int workers, size_t capacity, bo
     return JL_OK;
 }
 
-void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
-{
-    jl__ordered_push_at(o, item, tag, prepare, 0);
-}
-
-void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns)
+/* Queue @p item (see jl__ordered_push_at); when @p wait is false and no room is left, false
+ * and nothing queued. */
+static bool push(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns, bool wait)
 {
     /* Stamped before any wait for room: that wait is part of the item's time in the queue. */
     int64_t now_ns = jl__mono_ns();
     pthread_mutex_lock(&o->mu);
-    while (o->tail - o->head == o->cap)
+    while (wait && o->tail - o->head == o->cap)
         pthread_cond_wait(&o->space, &o->mu);
+    if (o->tail - o->head == o->cap) {
+        pthread_mutex_unlock(&o->mu);
+        return false;
+    }
     slot *s = &o->slots[o->tail % o->cap];
     s->pushed_ns = at_ns > 0 && at_ns < now_ns ? at_ns : now_ns;
     s->item = item;
@@ -203,6 +204,22 @@ void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare,
     else
         pump(o);
     pthread_mutex_unlock(&o->mu);
+    return true;
+}
+
+void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
+{
+    (void)push(o, item, tag, prepare, 0, true);
+}
+
+void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns)
+{
+    (void)push(o, item, tag, prepare, at_ns, true);
+}
+
+bool jl__ordered_try_push(jl__ordered *o, void *item, uint64_t tag, bool prepare)
+{
+    return push(o, item, tag, prepare, 0, false);
 }
 
 void jl__ordered_destroy(jl__ordered *o)

@@ -43,6 +43,10 @@ void jl__ordered_push(jl__ordered *o, void *item, uint64_t tag, bool prepare);
  * now; never later than now): finish is given that time instead of now. */
 void jl__ordered_push_at(jl__ordered *o, void *item, uint64_t tag, bool prepare, int64_t at_ns);
 
+/** jl__ordered_push(), but never waiting for room: false (nothing queued) when there is none.
+ * What a worker of @p o may call (it cannot wait for room that only the workers make). */
+bool jl__ordered_try_push(jl__ordered *o, void *item, uint64_t tag, bool prepare);
+
 /**
  * Milliseconds the longest-working worker of @p o has been at its item (its prepare and, not
  * ordered, its finish) since it took it or last called jl__ordered_beat(); 0 when none works.

@@ -859,7 +859,20 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
      * all the same, the one an append would have had. */
     if (c->deadline_ns == 0)
         c->deadline_ns = c->received_ns + p->append_timeout_ms * 1000000LL;
-    return c->client_id && p->commands != NULL && !p->closing && record_async(p, c, r);
+    if (!c->client_id || p->commands == NULL)
+        return false;
+    if (p->closing) {
+        /* No record's ack is waited for now (a read finished by the close's last loads): the
+         * record is kept for jl__late_close() to put, which also keeps the close's snapshot of
+         * the aggregate from passing the commit until then. Replied to without it, a repeat
+         * after the restart would find neither the record nor, past that snapshot, the commit. */
+        c->stored_version = version;
+        c->stored_seq = seq;
+        c->stored_duplicate = r->duplicate;
+        not_remembered(p, c, "closing");
+        return false;
+    }
+    return record_async(p, c, r);
 }
 
 /* Version of the last event of the commit stored at @p seq (0 when it cannot be read), its
@@ -1562,33 +1575,58 @@ static void *load_read(void *ctx, void *item)
     return NULL;
 }
 
+/* Under p->mu: answer @p c, which waited for a read of its aggregate that is not to be made,
+ * "unavailable", and let the next command of its aggregate start (it may be deferred in turn). */
+static void answer_unread(jl_producer *p, cmd *c)
+{
+    c->next = NULL;
+    p->n_loading--;
+    c->catching_up = false;
+    jl__cache_entry *e = c->entry;
+    jl_reply *r = &p->reply;
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                   "event store unavailable: %s %s could not be read; try again",
+                   p->def->aggregate_type, c->agg_id);
+    finish(p, c, r);
+    release_entry(p, e);
+}
+
 /*
- * Under p->mu, in load_done(): on a worker of p->loads, where a push to p->loads could wait for
- * room that only its workers make (a deadlock once 1024 loads wait and every worker is here).
- * What start_one()
- * deferred here is answered instead. That happens only after a failed read, to the commands
- * queued behind it (the entry is stale): "unavailable", as the read was.
+ * The end of load_done(), under p->mu, which it lets go. What start_one() deferred meanwhile
+ * (defer_load) is on a worker of p->loads, where a push that waits for room could wait for
+ * ever (room is made only by the workers, and every one may be here). After a failed read
+ * (@p read_failed), those are the commands queued behind it: answered "unavailable", as the
+ * read was, not read again one by one into the same failure. Else (the aggregate was left
+ * stale by a command whose timed-out append may yet be stored) they are handed to p->loads
+ * where there is room, and only those that find none are answered so.
  */
-static void answer_deferred(jl_producer *p)
+static void unlock_after_load(jl_producer *p, bool read_failed)
 {
     while (p->to_load_head != NULL) {
         cmd *c = p->to_load_head;
-        p->to_load_head = c->next;
-        if (p->to_load_head == NULL)
-            p->to_load_tail = NULL;
-        c->next = NULL;
-        p->n_loading--;
-        c->catching_up = false;
-        jl__cache_entry *e = c->entry;
-        jl_reply *r = &p->reply;
-        jl_reply_reset(r);
-        snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
-        jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "event store unavailable: %s %s could not be read; try again",
-                       p->def->aggregate_type, c->agg_id);
-        finish(p, c, r);
-        release_entry(p, e); /* the next one queued is deferred, and answered, in turn */
+        p->to_load_head = p->to_load_tail = NULL;
+        cmd *unread = NULL, **tail = &unread;
+        if (!read_failed) {
+            pthread_mutex_unlock(&p->mu);
+            for (cmd *next = NULL; c != NULL; c = next) {
+                next = c->next;
+                c->next = NULL;
+                if (!jl__ordered_try_push(p->loads, c, 0, true)) {
+                    *tail = c;
+                    tail = &c->next;
+                }
+            }
+            pthread_mutex_lock(&p->mu);
+            c = unread;
+        }
+        for (cmd *next = NULL; c != NULL; c = next) {
+            next = c->next;
+            answer_unread(p, c); /* may defer the next one of its aggregate: the loop goes on */
+        }
     }
+    pthread_mutex_unlock(&p->mu);
 }
 
 /*
@@ -1655,6 +1693,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
     e->last_seq = rc->last_seq;
     e->snap_seq = c->load_snap_seq;
     e->stale = replayed(p, c->subject, rc, c->load_status, r) != JL_OK;
+    bool read_failed = e->stale;
     c->catching_up = false;
     if (c->verifying) {
         c->verifying = false;
@@ -1667,7 +1706,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
         p->just_read = e;
     if (e->stale) {
         /* Half read: the commands queued behind are answered unavailable with it
-         * (answer_deferred); the next one to come reads it again from its snapshot. */
+         * (unlock_after_load); the next one to come reads it again from its snapshot. */
         p->def->state_init(e->state);
         e->version = e->last_seq = e->snap_seq = 0;
     }
@@ -1690,8 +1729,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
         start(p, c);
     }
     p->just_read = NULL;
-    answer_deferred(p);
-    pthread_mutex_unlock(&p->mu);
+    unlock_after_load(p, read_failed);
 }
 
 static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)

@@ -2182,6 +2182,35 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
     ck_assert_ptr_nonnull(v);
     free(v);
 
+    /* Full of records stored already, the oldest make room for new ones; full of records
+     * waiting, a new one is not kept. */
+    char key[48], cmd_id[48];
+    for (int i = 0; i < JL_LATE_RECORDS_MAX - 2; i++) {
+        snprintf(key, sizeof(key), "late-fill-%d", i);
+        snprintf(cmd_id, sizeof(cmd_id), "late-fill-cmd-%d", i);
+        ck_assert(jl__late_add(l, key, cmd_id, agg, 100 + (uint64_t)i, "f", 1));
+    }
+    deadline = tnow_ms() + 20000;
+    while (jl__late_holds(l, agg, UINT64_MAX) && tnow_ms() < deadline)
+        nats_Sleep(50);
+    ck_assert(!jl__late_holds(l, agg, UINT64_MAX));
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    for (int i = 0; i < JL_LATE_RECORDS_MAX; i++) {
+        snprintf(key, sizeof(key), "late-more-%d", i);
+        snprintf(cmd_id, sizeof(cmd_id), "late-more-cmd-%d", i);
+        ck_assert_msg(jl__late_add(l, key, cmd_id, agg, 10000 + (uint64_t)i, "m", 1),
+                      "record %d not kept", i);
+    }
+    ck_assert(!jl__late_add(l, "late-key-5", "late-cmd-5", agg, 20000, "five", 4));
+    ck_assert_ptr_null(jl__late_find(l, "late-cmd-1", &len)); /* made room */
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    deadline = tnow_ms() + 20000;
+    while (jl__late_holds(l, agg, UINT64_MAX) && tnow_ms() < deadline)
+        nats_Sleep(50);
+    ck_assert(!jl__late_holds(l, agg, UINT64_MAX));
+    uint64_t stored = tstream_msgs(env.conn, "KV_jl_commands_ORDERS");
+    ck_assert_uint_eq(stored, 2 + 2 * JL_LATE_RECORDS_MAX - 2);
+
     /* One more, while the stream is gone again: close tries once and lets it go. */
     move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
     ck_assert(jl__late_add(l, "late-key-4", "late-cmd-4", agg, 14, "four", 4));
@@ -2189,7 +2218,7 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
     jl__late_close(l, 300);
     ck_assert_int_lt(tnow_ms() - t0, 5000);
     move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
-    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 2);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), stored);
     kvStore_Destroy(kv);
 }
 END_TEST

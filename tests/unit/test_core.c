@@ -496,6 +496,54 @@ START_TEST(unordered_pool_lets_others_pass_a_slow_item)
 }
 END_TEST
 
+typedef struct try_ctx {
+    atomic_int started; /* item 0 taken by the worker */
+    atomic_int gate;    /* item 0 may go on */
+    atomic_int seen[4];
+} try_ctx;
+
+static void *try_prepare(void *ctx, void *item)
+{
+    try_ctx *c = ctx;
+    if (item == (void *)0) {
+        atomic_store(&c->started, 1);
+        for (int waited = 0; !atomic_load(&c->gate) && waited < 5000; waited++)
+            usleep(1000);
+    }
+    return NULL;
+}
+
+static void try_finish(void *ctx, void *item, void *prepared, uint64_t tag, int64_t pushed_ns)
+{
+    (void)prepared;
+    (void)tag;
+    (void)pushed_ns;
+    atomic_fetch_add(&((try_ctx *)ctx)->seen[(intptr_t)item], 1);
+}
+
+/* A push that may not wait (a worker's own): queued while there is room, refused after, and
+ * what it refused is not queued. */
+START_TEST(ordered_try_push_refuses_only_when_full)
+{
+    static try_ctx c;
+    memset(&c, 0, sizeof(c));
+    jl__ordered *o = NULL;
+    ck_assert_int_eq(jl__ordered_create(&o, 1, 2, false, try_prepare, try_finish, &c), JL_OK);
+    jl__ordered_push(o, (void *)0, 0, true);
+    for (int waited = 0; !atomic_load(&c.started) && waited < 5000; waited++)
+        usleep(1000);
+    ck_assert(atomic_load(&c.started)); /* the only worker holds item 0 */
+    ck_assert(jl__ordered_try_push(o, (void *)1, 0, true));
+    ck_assert(jl__ordered_try_push(o, (void *)2, 0, true));
+    ck_assert(!jl__ordered_try_push(o, (void *)3, 0, true));
+    atomic_store(&c.gate, 1);
+    jl__ordered_destroy(o);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(atomic_load(&c.seen[i]), 1);
+    ck_assert_int_eq(atomic_load(&c.seen[3]), 0);
+}
+END_TEST
+
 typedef struct at_ctx {
     int64_t pushed[3];
 } at_ctx;
@@ -3358,6 +3406,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, ordered_pipeline_finishes_in_push_order);
     tcase_add_test(tc, unordered_pool_lets_others_pass_a_slow_item);
     tcase_add_test(tc, ordered_push_at_hands_on_when_the_item_came);
+    tcase_add_test(tc, ordered_try_push_refuses_only_when_full);
     tcase_add_test(tc, arrivals_date_a_delivery_by_the_queue_it_waited_in);
     tcase_add_test(tc, cache_evicts_least_recent_unpinned_and_says_so);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
