@@ -829,7 +829,11 @@ static jl_status create_consumer(jl_projector *p, int i)
     } else {
         cc.DeliverPolicy = js_DeliverAll;
     }
-    natsStatus ns = js_AddConsumer(NULL, p->js, src->stream, &cc, NULL, &jerr);
+    jsConsumerInfo *ci = NULL;
+    natsStatus ns = js_AddConsumer(&ci, p->js, src->stream, &cc, NULL, &jerr);
+    if (ns == NATS_OK)
+        src->consumer_created = ci->Created;
+    jsConsumerInfo_Destroy(ci);
     if (ns != NATS_OK) {
         src_err(src, "cannot create consumer %s on %s: %s (JetStream error %d)", src->durable,
                 src->stream, natsStatus_GetText(ns), (int)jerr);
@@ -858,6 +862,7 @@ static jl_status attach(jl_projector *p, int i)
                            strcmp(ci->Config->FilterSubject, src->filter) == 0;
         bool in_step = ci->Delivered.Stream == src->checkpoint && ci->NumAckPending == 0;
         src->next_cseq = ci->Delivered.Consumer + 1;
+        src->consumer_created = ci->Created;
         if (!same_filter || !in_step || ci->Config->AckPolicy != js_AckAll) {
             src->next_cseq = 1; /* a new consumer numbers its deliveries from 1 */
             jl_log(JL_LOG_INFO, "consumer reset",
@@ -897,6 +902,7 @@ static jl_status attach(jl_projector *p, int i)
         src->pull = NULL;
         return jl_status_from_nats(ns);
     }
+    src->verify_consumer = true;
     return JL_OK;
 }
 
@@ -2086,6 +2092,38 @@ static int delivered_in_order(jl__source *src, natsMsg **msgs, int n)
     return n;
 }
 
+/*
+ * The first deliveries after attaching to source @p i's durable: whether they came from the
+ * consumer attached to. Another process on the same durable (a second instance, which twins.c
+ * then stops) re-creates the consumer at its own checkpoint when it finds it out of step with
+ * it; if that happens between our attach and our first fetch, the fetch is served by its
+ * consumer, which numbers its deliveries from 1 as ours would: they look in order, and the
+ * events between the two checkpoints would be skipped for good. Asked after the fetch, the
+ * consumer's creation time tells (a consumer made again later numbers its deliveries from 1
+ * again, behind ours: delivered_in_order sees that). JL_ERR_CONFLICT when replaced.
+ */
+static jl_status verify_consumer(jl_projector *p, int i)
+{
+    jl__source *src = &p->src[i];
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus ns = js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, &jerr);
+    if (ns != NATS_OK) {
+        src_err(src, "cannot read consumer %s: %s (JetStream error %d)", src->durable,
+                natsStatus_GetText(ns), (int)jerr);
+        return jl_status_from_nats(ns);
+    }
+    bool same = ci->Created == src->consumer_created;
+    jsConsumerInfo_Destroy(ci);
+    if (!same) {
+        lost_delivery(p, i); /* says so, and asks whether another instance pulls */
+        src_err(src, "consumer %s was made again by another process while attaching", src->durable);
+        return JL_ERR_CONFLICT;
+    }
+    src->verify_consumer = false;
+    return JL_OK;
+}
+
 /* One batch of source @p i. */
 static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_applied)
 {
@@ -2157,6 +2195,8 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
         detach(p, i); /* re-attach from the checkpoint on the next step */
+    } else if (src->verify_consumer && (s = verify_consumer(p, i)) != JL_OK) {
+        detach(p, i); /* not applied, not acked: read again from the checkpoint */
     } else {
         int n = delivered_in_order(src, list.Msgs, list.Count);
         uint64_t first = 0, cseq = 0, pending = 0;

@@ -95,8 +95,13 @@ typedef struct jl__source {
     natsSubscription *pull; /* the durable pull consumer */
     jl__reader catchup;     /* while far behind (catchup.sub != NULL), else zeroed */
     uint64_t checkpoint;
-    int64_t created_ns;    /* the stream's creation time, once check_stream() found it ours */
-    uint64_t next_cseq;    /* the durable's consumer sequence the next delivery must carry */
+    int64_t created_ns; /* the stream's creation time, once check_stream() found it ours */
+    uint64_t next_cseq; /* the durable's consumer sequence the next delivery must carry */
+    /* The durable attached to, by its creation time: until a delivery of it is checked to be
+     * from that very consumer (verify_consumer), one made again meanwhile by another process
+     * on this durable, at its own checkpoint, would number its deliveries alike. */
+    int64_t consumer_created;
+    bool verify_consumer;
     int64_t last_probe_ns; /* idle: when the consumer was last asked how far it delivered */
     uint64_t probe_cseq;   /* next_cseq at that probe when the consumer was ahead of us, or 0 */
     /* The last delivery said nothing followed it in the stream: the next fetch waits for the

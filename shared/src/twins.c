@@ -3,7 +3,8 @@
  *
  * Two processes pulling from one durable take each other's deliveries: each finds its own
  * missing, resets the consumer at its checkpoint, and the other's fetches then fail. No event is
- * skipped (the checkpoint sees to that), but neither keeps up for long, and the process manager
+ * skipped (the checkpoint, and the check that the first deliveries after an attach come from
+ * the consumer attached to, see to that), but neither keeps up for long, and the process manager
  * sends each command twice (answered once). It happens when a projector is scaled out without a
  * durable of its own per instance (JL_DURABLE), or when a second one is started by hand with
  * another data dir.

@@ -813,6 +813,44 @@ START_TEST(a_lost_delivery_is_read_again_not_skipped)
 }
 END_TEST
 
+/* Another process on the same durable re-creates it at its own checkpoint between this one's
+ * attach and its first delivery: that consumer numbers its deliveries from 1, as ours would,
+ * and taken for ours they would skip the events before its start for good. */
+START_TEST(a_durable_made_again_under_a_new_attach_skips_nothing)
+{
+    jsCtx *js = jl_conn_js(env.conn);
+    jl_projector *p = open_projector("replaced", "replaced", 8);
+    size_t applied = 0;
+    ck_assert_int_eq(jl_projector_step(p, 200, &applied), JL_OK); /* attached, nothing to read */
+    ck_assert_uint_eq(applied, 0);
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", "replaced", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(js_DeleteConsumer(js, "ORDERS", "replaced", NULL, NULL), NATS_OK);
+    ci->Config->DeliverPolicy = js_DeliverByStartSequence;
+    ci->Config->OptStartSeq = 3; /* the other's checkpoint: 2 */
+    ck_assert_int_eq(js_AddConsumer(NULL, js, "ORDERS", ci->Config, NULL, NULL), NATS_OK);
+    jsConsumerInfo_Destroy(ci);
+    const char *names[] = {"before1", "before2", "after3", "after4"};
+    char id[JL_UUID_LEN + 1];
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(create_order(env.conn, names[i], id, NULL), JL_CODE_OK);
+    int64_t deadline = tnow_ms() + 20000;
+    int failed = 0;
+    while (jl_projector_checkpoint(p) < 4 && tnow_ms() < deadline)
+        failed += jl_projector_step(p, 200, NULL) != JL_OK; /* the replaced batch: refused */
+    ck_assert_uint_eq(jl_projector_checkpoint(p), 4);
+    ck_assert_int_eq(failed, 1);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/replaced/order_summary.db", env.dir);
+    char *dump = tdump(path);
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
+    free(dump);
+    ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 START_TEST(a_lost_last_delivery_is_read_again_while_idle)
 {
     /* The lost delivery is the last one: no later delivery shows the gap. The idle projector
@@ -3053,6 +3091,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_fetch_behind_late_deliveries_stays_within_its_array);
     tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
     tcase_add_test(tc, a_readers_lost_last_delivery_is_read_again_while_idle);
+    tcase_add_test(tc, a_durable_made_again_under_a_new_attach_skips_nothing);
     tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
