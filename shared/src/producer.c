@@ -114,6 +114,7 @@ struct jl_producer {
      * bound. */
     size_t max_cmds;
     size_t n_cmds; /* taken from cmd_new() and not freed: at most max_cmds (+ the one refused) */
+    size_t held_bytes; /* their bodies: at most JL_MAX_HELD_COMMAND_BYTES */
     /* mono_ns: a command finished, the first taken after none, or a commit read for one (a
      * load reads without the lock, one commit at a time): see jl_producer_stalled_ms(). */
     _Atomic int64_t progress_ns;
@@ -164,6 +165,7 @@ typedef struct replay_ctx {
 struct cmd {
     cmd *next;    /* entry queue, backlog or free list */
     natsMsg *req; /* the request (owned), NULL for a direct call */
+    size_t held;  /* its body's bytes, counted in p->held_bytes */
     struct sync_call *sync;
     const jl_command_def *cd;
     ProtobufCMessage *msg;
@@ -979,6 +981,8 @@ static void cmd_free(jl_producer *p, cmd *c)
     c->msg = NULL;
     c->req = NULL;
     p->n_cmds--;
+    p->held_bytes -= c->held;
+    c->held = 0;
     atomic_store(&p->progress_ns, mono_ns());
     /* Kept for the next command, as many as run at once in steady state: a burst up to
      * max_cmds is given back, and so is a decision buffer grown past the
@@ -1981,6 +1985,15 @@ static void submit(jl_producer *p, const request *rq)
                        JL_MAX_COMMAND_BYTES);
         goto reject;
     }
+    if (p->held_bytes + len > JL_MAX_HELD_COMMAND_BYTES) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "the producer holds %zu MiB of commands, its limit; try again later",
+                       p->held_bytes >> 20);
+        p->stats.overloaded++;
+        goto reject;
+    }
+    c->held = len;
+    p->held_bytes += len;
     bool newer = false;
     c->msg = jl_request_unpack(c->cd->descriptor, data, len, r, &newer);
     if (c->msg == NULL)
@@ -2796,7 +2809,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     snprintf(query_subject, sizeof(query_subject), "%s.query.*", def->name);
     natsStatus ns = jl_conn_subscribe(conn, &p->sub, cmd_subject, def->name, on_command, p);
     if (ns == NATS_OK)
-        ns = natsSubscription_SetPendingLimits(p->sub, 65536, 256 * 1024 * 1024);
+        ns = natsSubscription_SetPendingLimits(p->sub, 65536, JL_MAX_HELD_COMMAND_BYTES);
     if (ns == NATS_OK)
         ns = jl_conn_subscribe(conn, &p->qsub, query_subject, def->name, on_query, p);
     if (ns != NATS_OK) {

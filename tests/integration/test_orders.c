@@ -2661,6 +2661,73 @@ START_TEST(commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run
 }
 END_TEST
 
+/* The same bound in bytes: large commands queued behind a stalled append (one aggregate's go
+ * one at a time) are held up to JL_MAX_HELD_COMMAND_BYTES in all, whatever --max-commands
+ * allows; past that each is answered unavailable at once, and the held ones still run. */
+START_TEST(large_commands_beyond_the_producers_bytes_are_refused)
+{
+    enum { BIG = 60000, TOTAL = 1200 }; /* 72 MB: past the 64 MiB */
+    char id[JL_UUID_LEN + 1], saved[256];
+    ck_assert_int_eq(create_order(env.conn, "bytes", id, NULL), JL_CODE_OK);
+    jl_conn *client = tenv_connect(&env);
+    natsConnection *nc = jl_conn_nats(client);
+    natsSubscription *inbox = NULL;
+    ck_assert_int_eq(natsConnection_SubscribeSync(&inbox, nc, "big-replies.>"), NATS_OK);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(inbox, -1, -1), NATS_OK);
+    move_stream_subjects("ORDERS", "elsewhere.>", saved, sizeof(saved));
+    char *sku = malloc(BIG + 1);
+    uint8_t *buf = malloc(BIG + 256);
+    ck_assert(sku != NULL && buf != NULL);
+    Orders__AddItem m = ORDERS__ADD_ITEM__INIT;
+    m.order_id = id;
+    m.quantity = 1;
+    m.unit_price_cents = 100;
+    for (int i = 0; i <= TOTAL; i++) {
+        /* The first a valid one, whose append waits for the stream; the others behind it. */
+        memset(sku, 'a' + i % 26, i == 0 ? 4 : BIG);
+        sku[i == 0 ? 4 : BIG] = 0;
+        m.sku = sku;
+        size_t n = orders__add_item__pack(&m, buf);
+        char reply_to[64];
+        snprintf(reply_to, sizeof(reply_to), "big-replies.%d", i);
+        ck_assert_int_eq(
+            natsConnection_PublishRequest(nc, "orders.cmd.AddItem", reply_to, buf, (int)n),
+            NATS_OK);
+        if (i == 0)
+            nats_Sleep(100); /* its append first */
+    }
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    int refused = 0, answered = 0, first_ok = 0;
+    for (; answered <= TOTAL; answered++) {
+        natsMsg *msg = NULL;
+        /* The refused ones come first (the others wait for the stalled append): once most of
+         * them are in, the stream comes back. */
+        if (answered == TOTAL - JL_MAX_HELD_COMMAND_BYTES / BIG - 1)
+            move_stream_subjects("ORDERS", NULL, saved, sizeof(saved));
+        ck_assert_msg(natsSubscription_NextMsg(&msg, inbox, 30000) == NATS_OK,
+                      "%d of %d commands answered", answered, TOTAL + 1);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(
+            jl_reply_decode(&r, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg)), JL_OK);
+        refused += r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "MiB of commands") != NULL;
+        if (strcmp(natsMsg_GetSubject(msg), "big-replies.0") == 0)
+            first_ok = r.code == JL_CODE_OK;
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(msg);
+    }
+    printf("%d commands of %d bytes behind a stalled append: %d refused\n", TOTAL, BIG, refused);
+    ck_assert(first_ok);
+    /* 64 MiB hold 1,118 of them: the rest are refused, give or take one. */
+    ck_assert_int_ge(refused, TOTAL - (JL_MAX_HELD_COMMAND_BYTES / BIG) - 1);
+    ck_assert_int_le(refused, TOTAL - (JL_MAX_HELD_COMMAND_BYTES / (BIG + 64)) + 1);
+    free(sku);
+    free(buf);
+    natsSubscription_Destroy(inbox);
+    jl_conn_close(client, 0);
+}
+END_TEST
+
 /* A command with a client id, handled on a thread, for the concurrent-repeat test. */
 typedef struct repeat_arg {
     const char *id;
@@ -3132,6 +3199,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, closing_while_appends_find_no_stream_frees_nothing_in_use);
     tcase_add_test(tc, appends_that_find_no_stream_are_sent_again_until_it_is_back);
     tcase_add_test(tc, commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run);
+    tcase_add_test(tc, large_commands_beyond_the_producers_bytes_are_refused);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("tls");

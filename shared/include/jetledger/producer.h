@@ -45,6 +45,9 @@
 
 /** Largest accepted command body. */
 #define JL_MAX_COMMAND_BYTES (64 * 1024)
+/** The bodies of the commands a producer holds at once, together (besides --max-commands):
+ * beyond, a command is answered unavailable at once. Bounds memory when commands are large. */
+#define JL_MAX_HELD_COMMAND_BYTES (64 * 1024 * 1024)
 /** Longest accepted Jl-Command-Id / Jl-Correlation-Id / Jl-Causation-Id. */
 #define JL_MAX_ID_LEN 64
 
