@@ -99,17 +99,20 @@ static void *writer(void *arg)
         }
         pthread_mutex_unlock(&l->mu);
         natsStatus ns = put(l, due);
-        pthread_mutex_lock(&l->mu);
+        /* Still not stored, so only this thread frees it; tries is this thread's alone. Logged
+         * before the lock is taken again: a slow log sink holds up no submit. */
         due->tries++;
-        if (ns == NATS_OK) {
+        if (ns == NATS_OK)
             log_record(JL_LOG_INFO, "command id recorded late", due, "OK");
+        else if ((due->tries & (due->tries - 1)) == 0) /* 1, 2, 4, 8, ... */
+            log_record(JL_LOG_WARN, "command id still not recorded, trying again", due,
+                       natsStatus_GetText(ns));
+        pthread_mutex_lock(&l->mu);
+        if (ns == NATS_OK) {
             due->stored = true;
             due->next_try_ns = jl__mono_ns() + LATE_KEEP_STORED_MS * 1000000LL;
             continue;
         }
-        if ((due->tries & (due->tries - 1)) == 0) /* 1, 2, 4, 8, ... */
-            log_record(JL_LOG_WARN, "command id still not recorded, trying again", due,
-                       natsStatus_GetText(ns));
         due->next_try_ns = jl__mono_ns() + due->retry_ms * 1000000LL;
         due->retry_ms =
             due->retry_ms * 2 > LATE_MAX_RETRY_MS ? LATE_MAX_RETRY_MS : due->retry_ms * 2;
