@@ -201,10 +201,13 @@ static void decide_cancel(const orders_state *s, const jl_command *cmd, jl_decis
     const Orders__CancelOrder *c = (const Orders__CancelOrder *)cmd->msg;
     if (!jl_check_optional_text(out, "reason", c->reason, ORDERS_MAX_REASON))
         return;
-    if (s->status == ORDERS_STATUS_CANCELLED) {
-        jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "order is already cancelled");
+    /*
+     * Accepted without an event, as a second confirmation is: cancelled is what was asked. A
+     * process manager that aborts an order its customer cancelled meanwhile (it had not read
+     * that yet) must not see a refusal it would take for a failed step.
+     */
+    if (s->status == ORDERS_STATUS_CANCELLED)
         return;
-    }
     /* Its stock is committed to it: undoing that is a return, not a cancellation. */
     if (s->status == ORDERS_STATUS_CONFIRMED) {
         jl_decision_reject(out, JL_CODE_RULE_VIOLATION, "a confirmed order cannot be cancelled");
