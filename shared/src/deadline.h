@@ -31,6 +31,14 @@ static inline struct timespec jl__monotonic_in(int64_t ms)
     return jl__clock_in(CLOCK_MONOTONIC, ms);
 }
 
+/* The wall clock, in ns since the epoch: for times stored or compared with the server's. */
+static inline int64_t jl__now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static inline int64_t jl__mono_ns(void)
 {
     struct timespec t;

@@ -100,13 +100,6 @@ const char *jl_projector_errmsg(const jl_projector *p)
     return p->err;
 }
 
-int64_t jl__now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static jl_status mkdir_p(const char *dir, char *err, size_t errlen)
 {
     char tmp[1024];

@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "deadline.h"
 #include "fault.h"
 #include "jetledger/projector.h"
 
@@ -264,8 +265,6 @@ jl_status jl__proj_check_from_time(jl_projector *p, int si, int64_t t, char *err
 
 /* Delete a database file with its -wal and -shm companions. */
 void jl__proj_remove_db(const char *path);
-
-int64_t jl__now_ns(void);
 
 /* A rebuild finishing holds apply_mu, and the live loops wait for it (seconds, 30 s at most,
  * then the switch): its progress is theirs for jl_projector_stalled_ms(). */

@@ -225,6 +225,23 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
         if (s != JL_OK)
             set_err(st, "%s", verr);
     }
+    if (s == JL_OK && want.MaxBytes > 0 && have->MaxBytes != want.MaxBytes &&
+        si->State.Bytes > (uint64_t)want.MaxBytes) {
+        /* JetStream deletes nothing to meet a lower cap (discard "new"): it would refuse every
+         * new event instead, a producer answering "unavailable" for ever. */
+        set_err(st,
+                "stream %s holds %" PRIu64 " bytes, more than --max-bytes %" PRId64
+                ": under that cap it would take no new event; raise --max-bytes above what it "
+                "holds (it was %" PRId64 ")",
+                cfg->stream, si->State.Bytes, (int64_t)want.MaxBytes, (int64_t)have->MaxBytes);
+        s = JL_ERR_INVALID;
+    }
+    if (s == JL_OK && want.MaxAge > 0 && (have->MaxAge == 0 || want.MaxAge < have->MaxAge) &&
+        si->State.Msgs > 0 && si->State.FirstTime < jl__now_ns() - want.MaxAge)
+        /* What the operator asked for, and for good: said before it happens. */
+        jl_log(JL_LOG_WARN, "stream max age shortened: its oldest events are removed now",
+               "\"stream\":\"%s\",\"max_age_s\":%" PRId64 ",\"was_max_age_s\":%" PRId64,
+               cfg->stream, (int64_t)(want.MaxAge / NS_PER_S), (int64_t)(have->MaxAge / NS_PER_S));
     st->replicas = (int)have->Replicas;
     if (s == JL_OK && config_differs(have, &want)) {
         int64_t was = have->Replicas;

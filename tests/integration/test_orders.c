@@ -562,6 +562,32 @@ static void add_foreign_stream(const char *name, const char *subjects, jsRetenti
     ck_assert_int_eq(js_AddStream(NULL, jl_conn_js(env.conn), &sc, NULL, &jerr), NATS_OK);
 }
 
+/* A cap below what the stream holds is refused at start, the stream left as it was: JetStream
+ * would delete nothing to meet it, and refuse every new event instead. */
+START_TEST(a_max_bytes_below_what_the_stream_holds_is_refused)
+{
+    char id[JL_UUID_LEN + 1], err[512] = "";
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(create_order(env.conn, "capped", id, NULL), JL_CODE_OK);
+    jl_config cfg = env.cfg;
+    cfg.max_bytes = 200;
+    jl_producer *p = NULL;
+    ck_assert_int_eq(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_ERR_INVALID);
+    ck_assert_ptr_null(p);
+    ck_assert_msg(strstr(err, "more than --max-bytes 200") != NULL, "%s", err);
+    jsStreamInfo *si = NULL;
+    ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "ORDERS", NULL, NULL), NATS_OK);
+    ck_assert_int_le(si->Config->MaxBytes, 0);
+    ck_assert_uint_eq(si->State.Msgs, 3);
+    jsStreamInfo_Destroy(si);
+    cfg.max_bytes = 1000000; /* above: taken */
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    jl_producer_close(p, 1000);
+}
+END_TEST
+
 START_TEST(an_existing_stream_keeps_what_jetledger_does_not_manage)
 {
     /* An operator's own settings survive an update of ours (the server refuses to cancel deny
@@ -3178,6 +3204,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, query_waits_for_min_sequence_then_times_out);
     tcase_add_test(tc, replicas_beyond_a_single_server_are_refused);
     tcase_add_test(tc, an_existing_stream_keeps_what_jetledger_does_not_manage);
+    tcase_add_test(tc, a_max_bytes_below_what_the_stream_holds_is_refused);
     tcase_add_test(tc, a_changed_command_ttl_reaches_the_existing_bucket);
     tcase_add_test(tc, a_query_waiting_for_its_sequence_holds_up_no_other);
     tcase_add_test(tc, queries_past_the_waiting_limit_are_answered_at_once);
