@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -151,6 +152,58 @@ static void stop_locked(void)
     pthread_mutex_unlock(&stop_mu);
 }
 
+/* A line the signal thread logs, written by a thread of its own: a log sink that blocks (a
+ * full pipe nobody reads) must hold up neither a stop nor an exit. Freed by the last of the two
+ * to let go of it. */
+typedef struct sig_line {
+    jl_log_level level;
+    const char *msg; /* static */
+    char fields[96]; /* JSON members, or "" */
+    atomic_int refs;
+    atomic_bool written;
+} sig_line;
+
+static void sig_line_drop(sig_line *l)
+{
+    if (atomic_fetch_sub(&l->refs, 1) == 1)
+        free(l);
+}
+
+static void *sig_line_write(void *arg)
+{
+    sig_line *l = arg;
+    if (l->fields[0] != 0)
+        jl_log(l->level, l->msg, "%s", l->fields);
+    else
+        jl_log(l->level, l->msg, NULL);
+    atomic_store(&l->written, true);
+    sig_line_drop(l);
+    return NULL;
+}
+
+/* Log @p msg with @p fields from the signal thread, waiting at most @p wait_ms for the line to
+ * be written (an exit that follows would cut it). */
+static void sig_log(jl_log_level level, const char *msg, const char *fields, int wait_ms)
+{
+    pthread_t t;
+    sig_line *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return;
+    l->level = level;
+    l->msg = msg;
+    snprintf(l->fields, sizeof(l->fields), "%s", fields);
+    atomic_init(&l->refs, 2);
+    atomic_init(&l->written, false);
+    if (pthread_create(&t, NULL, sig_line_write, l) != 0) {
+        free(l);
+        return;
+    }
+    pthread_detach(t);
+    for (int waited = 0; waited < wait_ms && !atomic_load(&l->written); waited++)
+        usleep(1000);
+    sig_line_drop(l);
+}
+
 static void *signal_thread(void *arg)
 {
     sigset_t *set = arg;
@@ -171,32 +224,36 @@ static void *signal_thread(void *arg)
             if (sig < 0 && errno == EINTR)
                 continue;
             if (sig < 0) {
-                jl_log(JL_LOG_ERROR, "graceful stop took too long: exiting now", "\"bound_ms\":%d",
-                       JL_APP_SHUTDOWN_MS);
+                char f[64];
+                snprintf(f, sizeof(f), "\"bound_ms\":%d", JL_APP_SHUTDOWN_MS);
                 remove_probe_files();
+                sig_log(JL_LOG_ERROR, "graceful stop took too long: exiting now", f, 100);
                 _exit(JL_EXIT_FAILURE);
             }
         }
         if (count > 0 && sig == SIGTERM && first == SIGTERM && jl__mono_ms() - first_at < 1000) {
             /* One stop sent twice: `timeout` and some supervisors signal the process, then
              * its group. Not a second request to hurry. */
-            jl_log(JL_LOG_INFO, "repeated SIGTERM within a second ignored", NULL);
+            sig_log(JL_LOG_INFO, "repeated SIGTERM within a second ignored", "", 0);
             continue;
         }
         if (count == 0) {
             first = sig;
             first_at = jl__mono_ms();
         }
+        char f[64];
         if (++count > 1) {
-            jl_log(JL_LOG_WARN, "second signal: exiting now", "\"signal\":%d", sig);
+            snprintf(f, sizeof(f), "\"signal\":%d", sig);
             remove_probe_files();
+            sig_log(JL_LOG_WARN, "second signal: exiting now", f, 100);
             _exit(130);
         }
-        jl_log(JL_LOG_INFO, "stopping", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        snprintf(f, sizeof(f), "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        sig_log(JL_LOG_INFO, "stopping", f, 100);
         pthread_mutex_lock(&stop_mu);
         if (!started) {
             /* Still waiting for NATS: nothing is in hand, so a stop is an exit. */
-            jl_log(JL_LOG_INFO, "stopped before start", NULL);
+            sig_log(JL_LOG_INFO, "stopped before start", "", 100);
             _exit(JL_EXIT_OK);
         }
         stop_locked();
@@ -231,11 +288,19 @@ void jl_app_wait_for_stop(void)
     pthread_mutex_unlock(&stop_mu);
 }
 
+/* Whether the server holds the service's subscriptions: the answer to a flush comes after
+ * them. A connection reconnecting at that moment keeps them in its buffer, and a service made
+ * ready then (a rolling update stopping the pod it replaces) would answer nobody yet. */
+static bool subscribed(jl_conn *conn)
+{
+    return natsConnection_FlushTimeout(jl_conn_nats(conn), 2000) == NATS_OK;
+}
+
 typedef struct watched {
     jl_conn *conn;
     jl_producer *producer;   /* NULL for a projector: its connection is the one above */
     jl_projector *projector; /* NULL for a producer */
-    bool not_ready;          /* a projector not answering at start: made ready once it does */
+    bool not_ready;          /* not answering at start: made ready once it does */
     int64_t stall_limit_ms;  /* no progress for longer: stuck (see alive()) */
     bool stuck;              /* said so */
     bool write_failed;       /* said so */
@@ -302,8 +367,9 @@ static void *conn_watch(void *arg)
         /* Not under stop_mu: the connection's lock may be held by a reconnect attempt (up to
          * its connect timeout), and a signal must not wait for that. */
         pthread_mutex_unlock(&stop_mu);
-        if (w->not_ready && jl_projector_serving(w->projector)) {
-            ready(true); /* caught up: it answers queries now */
+        if (w->not_ready && (w->projector == NULL || jl_projector_serving(w->projector)) &&
+            subscribed(w->conn)) {
+            ready(true); /* caught up, subscribed: it answers now */
             w->not_ready = false;
         }
         alive(w);
@@ -462,9 +528,12 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_lock(&stop_mu);
     started = true;
     pthread_mutex_unlock(&stop_mu);
-    ready(true);
+    bool serving = subscribed(conn);
+    if (serving)
+        ready(true);
     pthread_t watch;
-    watched w = {.conn = conn, .producer = p, .stall_limit_ms = stall_limit_ms(&cfg)};
+    watched w = {
+        .conn = conn, .producer = p, .not_ready = !serving, .stall_limit_ms = stall_limit_ms(&cfg)};
     bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
     ready(false);
@@ -516,7 +585,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     if (already)
         jl_projector_stop(p);
     /* Far behind its streams, it answers (and is ready) once it has caught up. */
-    bool serving = jl_projector_serving(p);
+    bool serving = jl_projector_serving(p) && subscribed(conn);
     if (serving)
         ready(true);
     pthread_t watch;
