@@ -161,8 +161,15 @@ jl_status jl_status_from_sqlite(int rc)
 
 jl_status jl_db_fail(jl_db *db, int rc, const char *what)
 {
-    snprintf(db->err, sizeof(db->err), "%s: %s (sqlite %d) [%s]", what,
-             db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc), rc, db->path);
+    int primary = rc & 0xff;
+    bool damaged = primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
+    /* Retried, a damaged file fails the same way for ever: say what mends it. */
+    snprintf(db->err, sizeof(db->err), "%s: %s (sqlite %d) [%s]%s", what,
+             db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc), rc, db->path,
+             damaged ? "; the file is damaged: rebuild the read model from the stream "
+                       "(jetledger rebuild), or stop the service, move its files aside and start "
+                       "it again"
+                     : "");
     jl_status s = jl_status_from_sqlite(rc);
     return s == JL_OK ? JL_ERR_SQLITE : s;
 }
