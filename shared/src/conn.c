@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,9 @@ struct jl_conn {
     pthread_cond_t cv;
     bool closing, closed;
     sub_watch *watches; /* jl_conn_subscribe()'s, until jl_conn_sub_stop() (under mu) */
+    /* Replicas of a stream jl_conn_check_replicas() passed (0: none over 1): a server reached
+     * later, by a reconnect, has its version checked too. */
+    atomic_int checked_replicas;
 };
 
 jl_status jl_status_from_nats(natsStatus ns)
@@ -155,11 +159,20 @@ static const char *redact(const char *in, char *out, size_t n)
 
 static void on_reconnected(natsConnection *nc, void *closure)
 {
-    (void)closure;
-    char url[256] = "", safe[256], esc[300];
+    jl_conn *c = closure;
+    char url[256] = "", safe[256], esc[300], v[32];
     natsConnection_GetConnectedUrl(nc, url, sizeof(url));
     jl_log(JL_LOG_INFO, "nats reconnected", "\"url\":\"%s\"",
            jl_log_str(esc, sizeof(esc), redact(url, safe, sizeof(safe))));
+    /* One that could not be asked at start (down then), or joined the cluster since. Nothing
+     * can be refused now: said as loudly as it matters. */
+    int replicas = atomic_load(&c->checked_replicas);
+    if (replicas > 1 && jl_server_version_probe(url, 1000, v, sizeof(v)) == JL_OK &&
+        !jl_version_at_least(v, JL_MIN_CLUSTER_SERVER_VERSION))
+        jl_log(JL_LOG_ERROR, "reconnected to a NATS server too old for a replicated stream",
+               "\"url\":\"%s\",\"version\":\"%s\",\"replicas\":%d,\"need\":\"%s\",\"hint\":"
+               "\"racing writers could both win, replicas differ: upgrade every server\"",
+               esc, v, replicas, JL_MIN_CLUSTER_SERVER_VERSION);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -434,7 +447,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (ns == NATS_OK)
         ns = natsOptions_SetClosedCB(opts, on_closed, c);
     if (ns == NATS_OK)
-        ns = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+        ns = natsOptions_SetReconnectedCB(opts, on_reconnected, c);
     if (ns == NATS_OK)
         ns = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
     if (ns == NATS_OK && cfg->creds[0] != 0) {
@@ -783,12 +796,20 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
                  replicas, c->version[0] ? c->version : "(unknown)", JL_MIN_CLUSTER_SERVER_VERSION);
         return JL_ERR_VERSION;
     }
+    /* The connected server passed; the others are asked now, and a server that cannot be (down
+     * now) is checked when this client reconnects to it (on_reconnected). */
+    atomic_store(&c->checked_replicas, replicas);
     if (natsConnection_GetServers(c->nc, &servers, &count) != NATS_OK)
-        return JL_OK; /* the connected server passed; the others are checked when reached */
+        return JL_OK;
     for (int i = 0; i < count && s == JL_OK; i++) {
         char v[32], safe[256];
-        if (jl_server_version_probe(servers[i], 1000, v, sizeof(v)) != JL_OK)
+        if (jl_server_version_probe(servers[i], 1000, v, sizeof(v)) != JL_OK) {
+            char esc[300];
+            jl_log(JL_LOG_WARN, "cannot read a NATS server's version now",
+                   "\"url\":\"%s\",\"hint\":\"checked when this client reconnects to it\"",
+                   jl_log_str(esc, sizeof(esc), redact(servers[i], safe, sizeof(safe))));
             continue;
+        }
         if (!jl_version_at_least(v, JL_MIN_CLUSTER_SERVER_VERSION)) {
             snprintf(
                 err, errlen,
