@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -298,13 +299,51 @@ static bool subscribed(jl_conn *conn)
 
 typedef struct watched {
     jl_conn *conn;
-    jl_producer *producer;   /* NULL for a projector: its connection is the one above */
-    jl_projector *projector; /* NULL for a producer */
-    bool not_ready;          /* not answering at start: made ready once it does */
-    int64_t stall_limit_ms;  /* no progress for longer: stuck (see alive()) */
-    bool stuck;              /* said so */
-    bool write_failed;       /* said so */
+    jl_producer *producer;       /* NULL for a projector: its connection is the one above */
+    jl_projector *projector;     /* NULL for a producer */
+    bool not_ready;              /* not answering at start: made ready once it does */
+    int64_t stall_limit_ms;      /* no progress for longer: stuck (see alive()) */
+    bool stuck;                  /* said so */
+    bool write_failed;           /* said so */
+    const jl_projector_def *def; /* the projector's, for its streams' names */
+    int64_t stats_every_ns;      /* 0: no stats lines */
+    int64_t stats_at_ns;         /* jl__mono_ns() of the last one */
 } watched;
+
+/*
+ * One "stats" line at info: the service's counters since it started (monotonic, so that a log
+ * pipeline can make rates of them), for operators without another way to see them. A producer:
+ * its commands and what became of them; a projector: each stream's checkpoint, and what it set
+ * aside or lost on the way.
+ */
+static void log_stats(watched *w)
+{
+    if (w->producer != NULL) {
+        jl_producer_stats st;
+        jl_producer_get_stats(w->producer, &st);
+        jl_log(JL_LOG_INFO, "stats",
+               "\"commands\":%" PRIu64 ",\"accepted\":%" PRIu64 ",\"conflicts\":%" PRIu64
+               ",\"expired\":%" PRIu64 ",\"overloaded\":%" PRIu64 ",\"in_progress\":%" PRIu64
+               ",\"cache_hits\":%" PRIu64 ",\"loads\":%" PRIu64 ",\"snapshots_saved\":%" PRIu64
+               ",\"verified_stale\":%" PRIu64,
+               st.commands, st.accepted, st.conflicts, st.expired, st.overloaded, st.in_progress,
+               st.cache_hits, st.loads, st.snapshots_saved, st.verified_stale);
+        return;
+    }
+    char cps[JL_MAX_SOURCES * 96] = "";
+    size_t n = 0, count = w->def->n_sources > 0 ? w->def->n_sources : 1;
+    for (size_t i = 0; i < count && i < JL_MAX_SOURCES; i++) {
+        const char *stream = w->def->n_sources > 0 ? w->def->sources[i].stream : w->def->stream;
+        int m = snprintf(cps + n, sizeof(cps) - n, "%s\"%.63s\":%" PRIu64, i > 0 ? "," : "", stream,
+                         jl_projector_checkpoint_of(w->projector, stream));
+        if (m < 0 || (size_t)m >= sizeof(cps) - n)
+            break;
+        n += (size_t)m;
+    }
+    jl_log(JL_LOG_INFO, "stats",
+           "\"checkpoints\":{%s},\"dead_letters\":%" PRIu64 ",\"lost_deliveries\":%" PRIu64, cps,
+           jl_projector_dead_letters(w->projector), jl_projector_lost_deliveries(w->projector));
+}
 
 static void ready(bool up);
 
@@ -373,6 +412,10 @@ static void *conn_watch(void *arg)
             w->not_ready = false;
         }
         alive(w);
+        if (w->stats_every_ns > 0 && jl__mono_ns() - w->stats_at_ns >= w->stats_every_ns) {
+            w->stats_at_ns = jl__mono_ns();
+            log_stats(w);
+        }
         bool closed = natsConnection_IsClosed(nc) ||
                       (w->producer != NULL && jl_producer_conn_closed(w->producer));
         pthread_mutex_lock(&stop_mu);
@@ -532,8 +575,12 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     if (serving)
         ready(true);
     pthread_t watch;
-    watched w = {
-        .conn = conn, .producer = p, .not_ready = !serving, .stall_limit_ms = stall_limit_ms(&cfg)};
+    watched w = {.conn = conn,
+                 .producer = p,
+                 .not_ready = !serving,
+                 .stall_limit_ms = stall_limit_ms(&cfg),
+                 .stats_every_ns = cfg.stats_interval_s * 1000000000LL,
+                 .stats_at_ns = jl__mono_ns()};
     bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
     ready(false);
@@ -592,7 +639,10 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     watched w = {.conn = conn,
                  .projector = p,
                  .not_ready = !serving,
-                 .stall_limit_ms = stall_limit_ms(&cfg)};
+                 .stall_limit_ms = stall_limit_ms(&cfg),
+                 .def = def,
+                 .stats_every_ns = cfg.stats_interval_s * 1000000000LL,
+                 .stats_at_ns = jl__mono_ns()};
     bool watching = watch_start(&watch, &w);
     s = jl_projector_run(p);
     watch_stop(watch, watching); /* before: the watch may be making it ready */

@@ -75,6 +75,8 @@ static const key keys[] = {
     I64("serve-lag", "JL_SERVE_LAG", serve_lag, -1, INT64_MAX,
         "events a projector may be behind its streams at start and still answer queries; "
         "further behind it catches up first; -1 = answer at once"),
+    I64("stats-interval", "JL_STATS_INTERVAL", stats_interval_s, 0, 24 * 3600,
+        "seconds between a service's \"stats\" log lines (its counters, info), 0 = none"),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -97,6 +99,7 @@ void jl_config_init(jl_config *cfg)
     cfg->command_ttl_s = 7 * 24 * 3600;
     cfg->outbox_keep_s = 7 * 24 * 3600;
     cfg->serve_lag = 1000;
+    cfg->stats_interval_s = 60;
 }
 
 static jl_status set_value(jl_config *cfg, const key *k, const char *v, const char *origin,

@@ -692,6 +692,7 @@ START_TEST(sigterm_stops_services_with_status_0)
     jl_reply r;
     jl_reply_init(&r);
     snprintf(data, sizeof(data), "%s/p", env.dir);
+    svc_extra[0] = "JL_STATS_INTERVAL=1";
     svc_start(&prod, "orders", "orders.log", env.cfg.nats_url, NULL, 0, NULL);
     wait_orders_answer(&prod); /* the stream is there: the projector has nothing to wait for */
     svc_start(&proj, "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
@@ -709,6 +710,18 @@ START_TEST(sigterm_stops_services_with_status_0)
     jl_reply_reset(&r);
     ck_assert_int_eq(tsend(env.conn, "order_summary", true, &q.base, NULL, &r), NATS_OK);
     ck_assert_msg(r.code == JL_CODE_OK, "GetOrder: %s", r.message);
+    /* Their counters, in the log every second here. */
+    char cp[64];
+    snprintf(cp, sizeof(cp), "\"checkpoints\":{\"ORDERS\":%" PRIu64 "}", r.stream_seq);
+    int64_t until = tnow_ms() + 5000;
+    while ((!log_has_line(prod.log, "\"msg\":\"stats\"", "\"accepted\":1,") ||
+            !log_has_line(proj.log, "\"msg\":\"stats\"", cp)) &&
+           tnow_ms() < until)
+        nats_Sleep(100);
+    ck_assert_msg(log_has_line(prod.log, "\"msg\":\"stats\"", "\"accepted\":1,"), "%s",
+                  log_tail(prod.log, tail, sizeof(tail)));
+    ck_assert_msg(log_has_line(proj.log, "\"msg\":\"stats\"", cp), "%s",
+                  log_tail(proj.log, tail, sizeof(tail)));
 
     /* Both at once, as an orchestrator stops a deployment; each must be gone in the bound. */
     int64_t t0 = tnow_ms();

@@ -1783,6 +1783,7 @@ START_TEST(config_init_sets_documented_defaults)
     ck_assert_int_eq(cfg.batch, 256);
     ck_assert_int_eq(cfg.command_retries, 5);
     ck_assert_int_eq(cfg.request_timeout_ms, 10000);
+    ck_assert_int_eq(cfg.stats_interval_s, 60);
 }
 END_TEST
 

@@ -37,11 +37,13 @@ typedef struct jl_config {
     int max_commands;   /**< JL_MAX_COMMANDS / --max-commands: a producer holds at once (0: default)
                          */
     int snapshot_every; /**< JL_SNAPSHOT_EVERY / --snapshot-every: events, 0 = never */
-    int64_t rebuild_max_mb; /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
-    int64_t command_ttl_s;  /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
-    int64_t outbox_keep_s;  /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
-    int64_t serve_lag;      /**< JL_SERVE_LAG / --serve-lag: events a projector may be behind its
-                               streams and answer queries (else it first catches up); -1 = at once */
+    int64_t rebuild_max_mb;   /**< JL_REBUILD_MAX_MB / --rebuild-max-mb: new file cap, 0 = none */
+    int64_t command_ttl_s;    /**< JL_COMMAND_TTL / --command-ttl: command ids kept, 0 = off */
+    int64_t outbox_keep_s;    /**< JL_OUTBOX_KEEP / --outbox-keep: answered rows, 0 = forever */
+    int64_t serve_lag;        /**< JL_SERVE_LAG / --serve-lag: events a projector may be behind its
+                                 streams and answer queries (else it first catches up); -1 = at once */
+    int64_t stats_interval_s; /**< JL_STATS_INTERVAL / --stats-interval: seconds between a
+                                 service's "stats" log lines, 0 = none */
 } jl_config;
 
 /** Commands a producer holds at once unless configured (jl_config.max_commands). */
