@@ -98,8 +98,9 @@ jl_status orders_evolve(void *state, const jl_event *ev);
  *   order placed (open or cancelled: RULE_VIOLATION). Emits OrderConfirmed. On an order already
  *   confirmed it is accepted with no event, whatever its reservation_id (the state does not keep
  *   it), so a process manager may send it again safely.
- * - CancelOrder: reason 0..ORDERS_MAX_REASON bytes; not already cancelled and not confirmed
- *   (open and placed orders can be). Emits OrderCancelled.
+ * - CancelOrder: reason 0..ORDERS_MAX_REASON bytes; not confirmed (open and placed orders can
+ *   be). Emits OrderCancelled. On an order already cancelled it is accepted with no event, so
+ *   that a process manager's abort racing a customer's cancellation is no refusal.
  *
  * Events carry order_id = @p cmd->aggregate_id. @p cmd is borrowed; @p out must be an
  * initialised, accepting decision. Pure; thread-safe on distinct decisions.

@@ -583,8 +583,8 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
                  .stats_at_ns = jl__mono_ns()};
     bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
+    watch_stop(watch, watching); /* before: the watch may be making it ready */
     ready(false);
-    watch_stop(watch, watching);
     probe_file(alive_path, false);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
     if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))

@@ -26,10 +26,6 @@
  * this many waiting is not kept (logged at error). */
 #define JL_LATE_RECORDS_MAX 4096
 
-/* The least time a producer's close gives jl__late_close(), past its own deadline if need be
- * (only records still waiting take it). */
-#define JL_LATE_CLOSE_MIN_MS 1000
-
 typedef struct jl__late jl__late;
 
 /* Start the writer of bucket @p kv (borrowed: it must outlive jl__late_close()). */

@@ -3045,10 +3045,10 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return false;
     jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
     drop_unanswered(p);
-    /* No ack handler is left to add a record; what is left of the close's time is theirs, and
-     * at least a second: a record not put leaves its command id to the commits alone. */
+    /* No ack handler is left to add a record; what is left of the close's time is theirs (no
+     * more: a service's stop is bounded, and past its bound it exits in the middle of it). */
     int64_t left_ms = deadline - jl__mono_ms();
-    jl__late_close(p->late, left_ms > JL_LATE_CLOSE_MIN_MS ? left_ms : JL_LATE_CLOSE_MIN_MS);
+    jl__late_close(p->late, left_ms > 0 ? left_ms : 0);
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     kvStore_Destroy(p->lookups);

@@ -2693,7 +2693,14 @@ END_TEST
 START_TEST(large_commands_beyond_the_producers_bytes_are_refused)
 {
     enum { BIG = 60000, TOTAL = 1200 }; /* 72 MB: past the 64 MiB */
-    char id[JL_UUID_LEN + 1], saved[256];
+    char id[JL_UUID_LEN + 1], saved[256], err[512] = "";
+    jl_producer_close(producer, 1000); /* requests go to this test's producer alone */
+    producer = NULL;
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 30000; /* the stalled append waits out the whole burst, however slow */
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
     ck_assert_int_eq(create_order(env.conn, "bytes", id, NULL), JL_CODE_OK);
     jl_conn *client = tenv_connect(&env);
     natsConnection *nc = jl_conn_nats(client);
@@ -2751,6 +2758,7 @@ START_TEST(large_commands_beyond_the_producers_bytes_are_refused)
     free(buf);
     natsSubscription_Destroy(inbox);
     jl_conn_close(client, 0);
+    jl_producer_close(p, 1000);
 }
 END_TEST
 
