@@ -289,14 +289,6 @@ void jl_app_wait_for_stop(void)
     pthread_mutex_unlock(&stop_mu);
 }
 
-/* Whether the server holds the service's subscriptions: the answer to a flush comes after
- * them. A connection reconnecting at that moment keeps them in its buffer, and a service made
- * ready then (a rolling update stopping the pod it replaces) would answer nobody yet. */
-static bool subscribed(jl_conn *conn)
-{
-    return natsConnection_FlushTimeout(jl_conn_nats(conn), 2000) == NATS_OK;
-}
-
 typedef struct watched {
     jl_conn *conn;
     jl_producer *producer;       /* NULL for a projector: its connection is the one above */
@@ -407,7 +399,7 @@ static void *conn_watch(void *arg)
          * its connect timeout), and a signal must not wait for that. */
         pthread_mutex_unlock(&stop_mu);
         if (w->not_ready && (w->projector == NULL || jl_projector_serving(w->projector)) &&
-            subscribed(w->conn)) {
+            jl_conn_settle(w->conn)) {
             ready(true); /* caught up, subscribed: it answers now */
             w->not_ready = false;
         }
@@ -571,7 +563,9 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_lock(&stop_mu);
     started = true;
     pthread_mutex_unlock(&stop_mu);
-    bool serving = subscribed(conn);
+    /* Ready once the server holds its subscriptions (a connection reconnecting now keeps them in
+     * its buffer, and a rolling update would stop the pod it replaces while nobody answers). */
+    bool serving = jl_conn_settle(conn);
     if (serving)
         ready(true);
     pthread_t watch;
@@ -632,7 +626,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     if (already)
         jl_projector_stop(p);
     /* Far behind its streams, it answers (and is ready) once it has caught up. */
-    bool serving = jl_projector_serving(p) && subscribed(conn);
+    bool serving = jl_projector_serving(p) && jl_conn_settle(conn);
     if (serving)
         ready(true);
     pthread_t watch;

@@ -916,11 +916,11 @@ static sub_done *take_watch(jl_conn *c, natsSubscription *sub)
     return d;
 }
 
-void jl_conn_settle(jl_conn *c)
+bool jl_conn_settle(jl_conn *c)
 {
     natsConnection *nc = c != NULL ? jl_conn_nats(c) : NULL;
-    if (nc != NULL && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
-        natsConnection_FlushTimeout(nc, 2000);
+    return nc != NULL && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+           natsConnection_FlushTimeout(nc, 2000) == NATS_OK;
 }
 
 bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms)
@@ -948,7 +948,7 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
     }
     if (d != NULL)
         sub_done_unref(d);
-    jl_conn_settle(c);
+    (void)jl_conn_settle(c);
     return done;
 }
 

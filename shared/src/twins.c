@@ -200,10 +200,11 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen)
 
 void jl__twins_ask_now_and_then(jl_projector *p)
 {
-    int64_t last = atomic_load(&p->twins_asked_ns);
-    if (last != 0 && jl__mono_ns() - last < JL_TWINS_ASK_EVERY_MS * NS_PER_MS)
+    int_fast64_t last = atomic_load(&p->twins_asked_ns), now = jl__mono_ns();
+    /* Claimed: sources losing deliveries together ask once. */
+    if ((last != 0 && now - last < JL_TWINS_ASK_EVERY_MS * NS_PER_MS) ||
+        !atomic_compare_exchange_strong(&p->twins_asked_ns, &last, now))
         return;
-    atomic_store(&p->twins_asked_ns, jl__mono_ns());
     char err[8];
     jl__twins_ask(p, err, sizeof(err));
 }

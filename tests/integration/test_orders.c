@@ -815,6 +815,17 @@ END_TEST
  * puller takes it from the projector's durable) must not be skipped: with AckAll, acking what
  * followed would ack it too. The projector notices the jump in consumer sequence, re-creates the
  * consumer at its checkpoint and applies every order. */
+/* The read model in data dir @p sub holds an order of each of the @p n customers @p names. */
+static void expect_customers(const char *sub, const char *const *names, int n)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s/order_summary.db", env.dir, sub);
+    char *dump = tdump(path);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
+    free(dump);
+}
+
 START_TEST(a_lost_delivery_is_read_again_not_skipped)
 {
     char id[JL_UUID_LEN + 1];
@@ -828,12 +839,7 @@ START_TEST(a_lost_delivery_is_read_again_not_skipped)
     ck_assert_uint_eq(steal_delivery("lost"), 2); /* lost on the way: never applied */
 
     catch_up(p, 4);
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/lost/order_summary.db", env.dir);
-    char *dump = tdump(path);
-    for (int i = 0; i < 3; i++)
-        ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
-    free(dump);
+    expect_customers("lost", names, 3);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
     jl_projector_close(p, 1000);
 }
@@ -866,12 +872,7 @@ START_TEST(a_durable_made_again_under_a_new_attach_skips_nothing)
         failed += jl_projector_step(p, 200, NULL) != JL_OK; /* the replaced batch: refused */
     ck_assert_uint_eq(jl_projector_checkpoint(p), 4);
     ck_assert_int_eq(failed, 1);
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/replaced/order_summary.db", env.dir);
-    char *dump = tdump(path);
-    for (int i = 0; i < 4; i++)
-        ck_assert_msg(strstr(dump, names[i]) != NULL, "order of %s missing", names[i]);
-    free(dump);
+    expect_customers("replaced", names, 4);
     ck_assert_uint_eq(jl_projector_lost_deliveries(p), 1);
     jl_projector_close(p, 1000);
 }

@@ -126,8 +126,10 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
  * so that a subscription unsubscribed before the call can be destroyed: libnats before 3.6
  * could crash its read loop on a message for a subscription destroyed right after it was
  * unsubscribed (nats.c issue 637). Returns at once when not connected (nothing is read then).
+ * True when the flush was answered: the server then also holds every subscription made
+ * before the call (a service is ready once it does).
  */
-void jl_conn_settle(jl_conn *c);
+bool jl_conn_settle(jl_conn *c);
 
 /** The underlying connection (borrowed; valid until jl_conn_close). Thread-safe. */
 natsConnection *jl_conn_nats(jl_conn *c);
