@@ -125,6 +125,7 @@ struct jl_producer {
     jl_reply reply;
     jl_producer_stats stats;
     _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
+    uint64_t evicted_mark;       /* under mu: the highest mark of an entry evicted (see submit) */
     atomic_int acking;           /* on_ack calls running: close waits for them before freeing */
     jl__arrivals arrivals;       /* on_command's alone (a subscription's calls never overlap) */
 };
@@ -574,6 +575,9 @@ static void on_evict(void *ctx, const jl__cache_entry *e)
     jl_producer *p = ctx;
     if (snapshots_on(p) && unsaved(e) && save_snapshot(p, e->id, e))
         p->stats.snapshots_on_evict++;
+    /* Its mark goes on in the entries made after it (see submit). */
+    if (e->mark > p->evicted_mark)
+        p->evicted_mark = e->mark;
 }
 
 /* ---- aggregate states ---- */
@@ -594,11 +598,15 @@ static jl_status attach_entry(jl_producer *p, cmd *c, bool *out_ready, jl_reply 
     } else if (e == NULL && (e = jl__cache_put(p->cache, c->agg_id)) == NULL) {
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory; not decided: try again");
         return JL_ERR_NOMEM;
-    } else if (c->fresh) {
-        p->def->state_init(e->state); /* a zeroed entry: version 0, nothing stored */
     } else {
-        e->busy = true;
-        *out_ready = false;
+        if (e->mark < p->evicted_mark) /* a new entry may be one evicted before (see submit) */
+            e->mark = p->evicted_mark;
+        if (c->fresh) {
+            p->def->state_init(e->state); /* a zeroed entry: version 0, nothing stored */
+        } else {
+            e->busy = true;
+            *out_ready = false;
+        }
     }
     jl__cache_pin(p->cache, e);
     c->entry = e;
@@ -738,6 +746,37 @@ static kvEntry *recall(jl_producer *p, const char *cmd_id)
     command_key(key, cmd_id);
     natsStatus ns = kvStore_Get(&e, p->lookups, key);
     return ns == NATS_OK ? e : ns == NATS_NOT_FOUND ? NULL : LOOKUP_FAILED;
+}
+
+/*
+ * recall() from the bucket's leader, into *@p out (malloc'd, the caller frees it; NULL: no
+ * record) and @p out_len. A lookup is a direct get, which any replica of the bucket may answer,
+ * one that has not yet applied a record just stored among them; the leader has applied it.
+ * False when it could not tell.
+ */
+static bool recall_stored(jl_producer *p, const char *cmd_id, void **out, size_t *out_len)
+{
+    char key[40], stream[160], subject[200];
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    const char *op = NULL;
+    *out = NULL;
+    *out_len = 0;
+    command_key(key, cmd_id);
+    snprintf(stream, sizeof(stream), "KV_%s", kvStore_Bucket(p->lookups));
+    snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->lookups), key);
+    natsStatus ns = js_GetLastMsg(&m, p->lookup_js, stream, subject, NULL, &jerr);
+    if (ns != NATS_OK)
+        return jerr == JSNoMessageFoundErr;
+    /* A deleted or purged key ("KV-Operation: DEL"/"PURGE") holds no record. */
+    if (natsMsgHeader_Get(m, "KV-Operation", &op) != NATS_OK && natsMsg_GetDataLength(m) > 0) {
+        *out_len = (size_t)natsMsg_GetDataLength(m);
+        *out = malloc(*out_len);
+        if (*out != NULL)
+            memcpy(*out, natsMsg_GetData(m), *out_len);
+    }
+    natsMsg_Destroy(m);
+    return *out_len == 0 || *out != NULL;
 }
 
 static void known_free(kvEntry *k)
@@ -2054,22 +2093,31 @@ static void submit(jl_producer *p, const request *rq)
         jl_reply_error(r, JL_CODE_INTERNAL, "aggregate subject too long");
         goto reject;
     }
-    while (c->client_id && known == NULL) {
+    void *stored = NULL; /* the record as read again */
+    size_t stored_len = 0;
+    while (c->client_id && known == NULL && stored == NULL) {
         /* Looked up before this producer stored a record for the aggregate, the lookup may
          * have missed it: read it again, without the lock (the ack thread goes on meanwhile;
-         * requests are submitted one at a time, so their order holds). */
+         * requests are submitted one at a time, so their order holds). An entry evicted since
+         * is not seen, and the state read again (from a snapshot past the commit) would not
+         * show the command either: an entry's mark goes on in the entries made after it. */
         const jl__cache_entry *seen = jl__cache_get(p->cache, c->agg_id);
-        if (seen == NULL || seen->mark <= gen)
+        if ((seen != NULL ? seen->mark : p->evicted_mark) <= gen)
             break;
         gen = atomic_load(&p->record_gen);
         pthread_mutex_unlock(&p->mu);
-        known = recall(p, c->cmd_id);
+        bool told = recall_stored(p, c->cmd_id, &stored, &stored_len);
         pthread_mutex_lock(&p->mu);
+        if (!told)
+            known = LOOKUP_FAILED;
         jl_reply_reset(r); /* the shared reply was others' meanwhile */
         snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
     }
     bool answered = c->client_id && known != NULL && known != LOOKUP_FAILED &&
                     remembered(c, kvEntry_Value(known), (size_t)kvEntry_ValueLen(known), r);
+    if (!answered && stored != NULL)
+        answered = remembered(c, stored, stored_len, r);
+    free(stored);
     if (!answered && c->client_id && p->late != NULL) {
         /* Stored, and answered, while its record could not be written: it waits here (most
          * likely while the bucket does not answer lookups either). */

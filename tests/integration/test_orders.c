@@ -2768,6 +2768,8 @@ typedef struct repeat_arg {
     const char *id;
     const char *cmd_id;
     pthread_barrier_t *go;
+    jl_producer *p; /* NULL: the suite's */
+    int delay_us;   /* after the barrier */
     jl_reply r;
 } repeat_arg;
 
@@ -2779,7 +2781,10 @@ static void *place_with_id(void *arg)
     m.order_id = (char *)a->id;
     size_t n = orders__place_order__pack(&m, buf);
     pthread_barrier_wait(a->go);
-    jl_producer_handle(producer, "PlaceOrder", buf, n, a->cmd_id, NULL, NULL, &a->r);
+    if (a->delay_us > 0)
+        usleep((useconds_t)a->delay_us);
+    jl_producer_handle(a->p != NULL ? a->p : producer, "PlaceOrder", buf, n, a->cmd_id, NULL, NULL,
+                       &a->r);
     return NULL;
 }
 
@@ -2820,6 +2825,61 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
         ck_assert_int_eq(firsts, 1);
         ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
     }
+}
+END_TEST
+
+START_TEST(a_repeat_looked_up_before_the_record_and_decided_after_its_eviction_is_answered)
+{
+    /* A retry of a command id that is looked up while the first copy's record is being stored
+     * (and misses it), and decided once the first copy is done and its aggregate evicted: the
+     * aggregate is read again from a snapshot past the commit, which does not show the command.
+     * It must get the first copy's reply, not a refusal of PlaceOrder on a placed order. With
+     * no cache, every aggregate is evicted at once; the retry comes a little later each round,
+     * so that some rounds land in that window. */
+    enum { ROUNDS = 300 };
+    char err[512] = "";
+    jl_config cfg = env.cfg;
+    cfg.cache_size = 0;
+    cfg.snapshot_every = 1000;
+    jl_producer *p = NULL;
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    int repeats = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        char id[JL_UUID_LEN + 1], cmd_id[32];
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(create_order(env.conn, "evicted", id, NULL), JL_CODE_OK);
+        ck_assert_int_eq(add_item(env.conn, id, "a", 1, 100, &r), JL_CODE_OK);
+        jl_reply_cleanup(&r);
+        snprintf(cmd_id, sizeof(cmd_id), "evicted-%d-%d", (int)getpid(), round);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        pthread_t t[2];
+        repeat_arg a[2];
+        for (int i = 0; i < 2; i++) {
+            a[i] = (repeat_arg){
+                .id = id, .cmd_id = cmd_id, .go = &go, .p = p, .delay_us = i * (round % 60) * 50};
+            jl_reply_init(&a[i].r);
+            pthread_create(&t[i], NULL, place_with_id, &a[i]);
+        }
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        for (int i = 0; i < 2; i++)
+            ck_assert_msg(a[i].r.code == JL_CODE_OK, "copy %d of round %d: %s", i, round,
+                          a[i].r.message);
+        ck_assert_uint_eq(a[1].r.stream_seq, a[0].r.stream_seq);
+        ck_assert_uint_eq(a[1].r.aggregate_version, 3);
+        ck_assert_int_eq(a[0].r.duplicate + a[1].r.duplicate, 1);
+        repeats += a[1].r.duplicate;
+        for (int i = 0; i < 2; i++)
+            jl_reply_cleanup(&a[i].r);
+    }
+    printf("%d rounds of a command and its retry on an uncached producer: %d retries answered "
+           "as repeats\n",
+           ROUNDS, repeats);
+    jl_producer_close(p, 1000);
 }
 END_TEST
 
@@ -3223,6 +3283,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
+    tcase_add_test(tc,
+                   a_repeat_looked_up_before_the_record_and_decided_after_its_eviction_is_answered);
     tcase_add_test(tc, a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, a_refusal_on_a_cache_behind_another_replica_is_decided_again);
