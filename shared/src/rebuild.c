@@ -67,6 +67,7 @@ struct jl__job {
     pthread_t thread;
     bool has_thread;
     atomic_bool cancel;
+    bool switching; /* under mu: past the last cancel check, the live model being replaced */
     /* request */
     bool verify;
     bool keep_old;
@@ -473,18 +474,26 @@ static void run_job(jl_projector *p, jl__job *j)
      * file's, after the clock stepped back) is not taken, as a failure removes the job's file:
      * the next millisecond is. Only this process makes these files in its data directory. */
     int64_t ms = now_ns() / 1000000;
-    for (int tries = 0; tries < 1000; tries++, ms++) {
+    bool named = false;
+    for (int tries = 0; tries < 1000 && !named; tries++, ms++) {
         snprintf(c.file, sizeof(c.file), "%s.%s-%" PRId64 ".db", p->def->name,
                  j->verify ? "verify" : "rebuild", ms);
         snprintf(c.path, sizeof(c.path), "%s/%s", p->data_dir, c.file);
-        if (strcmp(c.path, p->db_path) != 0 && access(c.path, F_OK) != 0)
-            break;
+        named = strcmp(c.path, p->db_path) != 0 && access(c.path, F_OK) != 0;
     }
     pthread_mutex_lock(&j->mu);
     snprintf(j->st.file, sizeof(j->st.file), "%s", c.file);
     pthread_mutex_unlock(&j->mu);
 
-    s = jl_db_open(&c.db, c.path, false, c.err, sizeof(c.err));
+    if (!named) {
+        /* Never one in use: a failure removes the job's file, which could be the live one. */
+        snprintf(c.err, sizeof(c.err), "no free name for the new file in %.400s (1000 taken)",
+                 p->data_dir);
+        c.path[0] = 0;
+        s = JL_ERR_INTERNAL;
+    } else {
+        s = jl_db_open(&c.db, c.path, false, c.err, sizeof(c.err));
+    }
     if (s == JL_OK && p->rebuild_max_bytes > 0) {
         char pragma[96];
         int page = 4096;
@@ -611,13 +620,25 @@ static void run_job(jl_projector *p, jl__job *j)
          * inherit it (max_page_count belongs to the connection, not the file). */
         if (p->rebuild_max_bytes > 0)
             s = jl_db_exec(c.db, "PRAGMA max_page_count=4294967294");
+        if (s != JL_OK)
+            snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
+        if (s == JL_OK) {
+            /* The last point a cancel is taken: from here a cancel is refused as too late,
+             * not answered "ok" and then overtaken by the switch. */
+            pthread_mutex_lock(&j->mu);
+            if (atomic_load(&j->cancel) || atomic_load(&p->stopping)) {
+                s = JL_ERR_STOPPED;
+                snprintf(c.err, sizeof(c.err), "cancelled");
+            } else {
+                j->switching = true;
+            }
+            pthread_mutex_unlock(&j->mu);
+        }
         if (s == JL_OK) {
             jl__proj_hold_beat(p);
             switching = true;
             s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
             c.db = NULL; /* owned by the projector now (or closed on failure) */
-        } else {
-            snprintf(c.err, sizeof(c.err), "%s", jl_db_errmsg(c.db));
         }
         if (s == JL_OK)
             atomic_store(&p->paused, false);
@@ -633,7 +654,7 @@ static void run_job(jl_projector *p, jl__job *j)
     }
     if (c.db != NULL || s != JL_OK || j->verify) {
         jl_db_close(c.db);
-        if (s != JL_OK || j->verify)
+        if ((s != JL_OK || j->verify) && c.path[0] != 0)
             jl__proj_remove_db(c.path);
     }
     if (s == JL_OK) {
@@ -822,6 +843,7 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
     j->from_trimmed = from_trimmed;
     j->from_seq = from_seq;
     j->from_time_ns = from_time_ns;
+    j->switching = false;
     atomic_store(&j->cancel, false);
     pthread_mutex_unlock(&j->mu);
     if (pthread_create(&j->thread, NULL, job_thread, p) != 0) {
@@ -870,6 +892,11 @@ static jl_status cancel_job(jl__job *j, int64_t started_ns, char *err, size_t er
                  "%" PRId64 "): nothing cancelled",
                  j->st.verify ? "verify" : "rebuild", j->st.started_ns, started_ns);
         s = JL_ERR_NOT_FOUND;
+    } else if (j->switching) {
+        snprintf(err, errlen,
+                 "too late to cancel: the rebuild has caught up and is switching to its new "
+                 "file");
+        s = JL_ERR_CONFLICT;
     } else {
         atomic_store(&j->cancel, true);
     }

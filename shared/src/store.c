@@ -186,6 +186,8 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
         ns = js_AddStream(NULL, st->js, &want, NULL, &jerr);
         if (ns != NATS_OK && jerr == JSStreamNameExistErr) {
             *out_raced = true;
+            set_err(st, "stream %s was made by another process while this one made it; try again",
+                    cfg->stream);
             return JL_ERR_CONFLICT;
         }
         if (ns != NATS_OK && jerr == JSStreamReplicasNotSupportedErr)

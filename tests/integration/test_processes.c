@@ -1366,9 +1366,12 @@ typedef struct cli_result {
     char err[8192];
 } cli_result;
 
-/* Run `jetledger --nats-url url args...` with stdout and stderr in files (stdout closed with
- * @p no_stdout); bounded. */
-static void run_cli_out(cli_result *r, const char *url, const char *const args[], bool no_stdout)
+/* Where the CLI's stdout goes. */
+typedef enum { OUT_FILE, OUT_CLOSED, OUT_BROKEN_PIPE } cli_out;
+
+/* Run `jetledger --nats-url url args...` with stdout (as @p out says) and stderr in files;
+ * bounded. */
+static void run_cli_out(cli_result *r, const char *url, const char *const args[], cli_out out)
 {
     char path[PATH_MAX], out_path[PATH_MAX], err_path[PATH_MAX];
     const char *argv[16];
@@ -1389,7 +1392,14 @@ static void run_cli_out(cli_result *r, const char *url, const char *const args[]
     snprintf(err_path, sizeof(err_path), "%s/cli.err", env.dir);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (no_stdout)
+    int pipe_fds[2] = {-1, -1};
+    if (out == OUT_BROKEN_PIPE) {
+        /* A pipe whose reader has gone (`| head -1` after its line). */
+        ck_assert_int_eq(pipe(pipe_fds), 0);
+        close(pipe_fds[0]);
+        posix_spawn_file_actions_adddup2(&fa, pipe_fds[1], 1);
+        posix_spawn_file_actions_addclose(&fa, pipe_fds[1]);
+    } else if (out == OUT_CLOSED)
         posix_spawn_file_actions_addclose(&fa, 1);
     else
         posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -1407,11 +1417,13 @@ static void run_cli_out(cli_result *r, const char *url, const char *const args[]
     int rc = posix_spawn(&pid, path, &fa, &attr, (char *const *)argv, environ);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
+    if (pipe_fds[1] >= 0)
+        close(pipe_fds[1]);
     ck_assert_msg(rc == 0, "spawn %s: %s", path, strerror(rc));
     record(pid);
     ck_assert_int_eq(jl_proc_stop(pid, 0, CLI_MS, &r->status), 0);
     forget(pid);
-    if (no_stdout)
+    if (out != OUT_FILE)
         r->out[0] = 0;
     else
         read_text(out_path, r->out, sizeof(r->out));
@@ -1420,7 +1432,7 @@ static void run_cli_out(cli_result *r, const char *url, const char *const args[]
 
 static void run_cli(cli_result *r, const char *url, const char *const args[])
 {
-    run_cli_out(r, url, args, false);
+    run_cli_out(r, url, args, OUT_FILE);
 }
 
 #define CLI(r, url, ...)                                                                           \
@@ -1781,7 +1793,16 @@ START_TEST(cli_status_shows_streams_consumers_and_lag)
     /* Started with stdout closed, the NATS socket would take descriptor 1 and the table would
      * be written into it: the output cannot be written, and the CLI says so. */
     const char *const args[] = {"status", NULL};
-    run_cli_out(r, url, args, true);
+    run_cli_out(r, url, args, OUT_CLOSED);
+    ASSERT_CLI(r, 4);
+    ck_assert_msg(strstr(r->err, "cannot write the output") != NULL, "%s", r->err);
+    /* A pipe whose reader has gone: the same, not death by SIGPIPE, also before the client
+     * library (which ignores SIGPIPE once connected) is in use. */
+    run_cli_out(r, url, args, OUT_BROKEN_PIPE);
+    ASSERT_CLI(r, 4);
+    ck_assert_msg(strstr(r->err, "cannot write the output") != NULL, "%s", r->err);
+    const char *const help[] = {"help", NULL};
+    run_cli_out(r, url, help, OUT_BROKEN_PIPE);
     ASSERT_CLI(r, 4);
     ck_assert_msg(strstr(r->err, "cannot write the output") != NULL, "%s", r->err);
     free(r);
@@ -2229,6 +2250,50 @@ START_TEST(a_projector_killed_in_a_keep_old_switch_keeps_both_models)
 }
 END_TEST
 
+START_TEST(a_cancel_that_comes_while_a_rebuild_switches_is_refused_as_too_late)
+{
+    /* Past its last check for a cancel the rebuild replaces the live model whatever comes:
+     * a cancel then must be refused as too late, not answered ok (which the CLI would report
+     * as "cancelled, the live model untouched") and overtaken by the switch. The switch is held
+     * at its first step. */
+    const char *url = jl_natsd_url(env.natsd);
+    char data[600], db[PATH_MAX], msg[512] = "", tail[1500];
+    svc orders, proj;
+    svc_start(&orders, "orders", "orders.log", url, NULL, 0, NULL);
+    wait_orders_answer(&orders);
+    tseed_orders(env.conn, 50, 1);
+    uint64_t last = stream_last_seq();
+    snprintf(data, sizeof(data), "%s/late", env.dir);
+    snprintf(db, sizeof(db), "%s/order_summary.db", data);
+    svc_extra[0] = "JL_FAULT_ACTION=hang";
+    snprintf(svc_fault_point, sizeof(svc_fault_point), "switch.linked");
+    svc_start(&proj, "order_summary", "late.log", url, data, 0, NULL);
+    svc_fault_point[0] = 0;
+    wait_db_at(db, &proj, last, 60000);
+    Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
+    rb.keep_old = true;
+    Jetledger__RebuildStatus *st = admin_req("order_summary.admin.Rebuild", &rb.base);
+    ck_assert_msg(wait_log(proj.log, "\"msg\":\"fault point reached: this thread hangs\"", 30000),
+                  "%s", log_tail(proj.log, tail, sizeof(tail)));
+    printf("injected: a cancel while the rebuild's switch is under way\n");
+    Jetledger__CancelRebuild cancel = JETLEDGER__CANCEL_REBUILD__INIT;
+    cancel.started_at_ns = st->started_at_ns;
+    jl_code code = JL_CODE_OK;
+    ck_assert_ptr_null(tadmin(env.conn, "order_summary.admin.CancelRebuild", &cancel.base, &code,
+                              msg, sizeof(msg)));
+    ck_assert_msg(code == JL_CODE_CONFLICT, "code %d: %s", (int)code, msg);
+    ck_assert_msg(strstr(msg, "too late to cancel") != NULL, "%s", msg);
+    Jetledger__GetRebuildStatus q = JETLEDGER__GET_REBUILD_STATUS__INIT;
+    Jetledger__RebuildStatus *now = admin_req("order_summary.admin.GetRebuildStatus", &q.base);
+    ck_assert_str_eq(now->state, "running");
+    printf("verified: refused as too late (%s), the job still running\n", msg);
+    jetledger__rebuild_status__free_unpacked(now, NULL);
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    svc_stop(&proj, SIGKILL, 5000);
+    ck_assert_int_eq(svc_stop(&orders, SIGTERM, 10000), 0);
+}
+END_TEST
+
 Suite *processes_suite(void)
 {
     Suite *s = suite_create("processes");
@@ -2262,6 +2327,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     tcase_add_test(tc, a_projector_killed_in_a_keep_old_switch_keeps_both_models);
+    tcase_add_test(tc, a_cancel_that_comes_while_a_rebuild_switches_is_refused_as_too_late);
     suite_add_tcase(s, tc);
     /* Needs root (a mount namespace with a tmpfs), as the fault tests need it for nft. */
     TCase *disk = tcase_create("disk");

@@ -180,6 +180,8 @@ static int cancel_job(job *j)
     int rc = cli_request(j->ctx, j->conn, "projector", j->projector, subject, &cancel.base, &r);
     if (rc == CLI_OK && r.code == JL_CODE_NOT_FOUND)
         cli_error("the %s was no longer running when the cancel reached it", j->kind);
+    else if (rc == CLI_OK && r.code == JL_CODE_CONFLICT)
+        cli_error("%s: following it to its end", r.message); /* switching: it ends soon */
     else if (rc == CLI_OK)
         rc = cli_reply_status(&r);
     jl_reply_cleanup(&r);
@@ -404,6 +406,11 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
             cli_error("the %s may still start on %s once it reads the request (its log says "
                       "\"%s started\"); running it again meanwhile is refused while one runs",
                       kind, j.projector, kind);
+            /* A Ctrl-C during the request waited for it, and has nothing to cancel yet. */
+            if (interrupted > 0)
+                cli_error("nothing was cancelled: once it runs, `jetledger status` shows it and "
+                          "%s.admin.CancelRebuild cancels it",
+                          j.projector);
         }
     }
     if (st != NULL) {

@@ -354,6 +354,11 @@ int main(int argc, char **argv)
 
     if (argc >= 2 && strcmp(argv[1], "bench") == 0)
         return exec_bench(argv);
+    /* A closed pipe (`jetledger events orders | head -1`) is an output that cannot be written:
+     * exit 4 and say so rather than die of SIGPIPE (a rebuild being followed is then still
+     * followed to its end). Set after the bench branch: an ignored signal stays ignored across
+     * execv. */
+    signal(SIGPIPE, SIG_IGN);
     memset(&ctx, 0, sizeof(ctx));
     ctx.opts.timeout_ms = 15000;
     jl_config_init(&ctx.cfg);
