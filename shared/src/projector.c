@@ -800,6 +800,17 @@ static void detach(jl_projector *p, int i)
     drop_sub(&p->src[i].pull, false);
 }
 
+/* The ack settings of a projector's durable. Far above the time a batch takes to apply: a
+ * batch is never redelivered while it is being applied (and one that is, is skipped by the
+ * checkpoint). */
+#define ACK_WAIT_NS (60 * 1000 * NS_PER_MS)
+
+/* Above the batch size, or each fetch would wait out its timeout (NATS-NOTES). */
+static int64_t max_ack_pending(const jl_projector *p)
+{
+    return p->batch * 4 > 4096 ? p->batch * 4 : 4096;
+}
+
 static jl_status create_consumer(jl_projector *p, int i)
 {
     jl__source *src = &p->src[i];
@@ -809,12 +820,9 @@ static jl_status create_consumer(jl_projector *p, int i)
     cc.Durable = src->durable;
     cc.FilterSubject = src->filter;
     cc.AckPolicy = js_AckAll; /* one ack per batch; the checkpoint makes redelivery harmless */
-    /* Far above the time a batch takes to apply: a batch is never redelivered while it is
-     * being applied (and one that is, is skipped by the checkpoint). */
-    cc.AckWait = 60 * 1000 * NS_PER_MS;
+    cc.AckWait = ACK_WAIT_NS;
     cc.MaxDeliver = -1;
-    /* Above the batch size, or each fetch would wait out its timeout (NATS-NOTES). */
-    cc.MaxAckPending = p->batch * 4 > 4096 ? p->batch * 4 : 4096;
+    cc.MaxAckPending = max_ack_pending(p);
     cc.MaxRequestBatch = 0;
     if (src->checkpoint > 0) {
         cc.DeliverPolicy = js_DeliverByStartSequence;
@@ -854,13 +862,21 @@ static jl_status attach(jl_projector *p, int i)
         bool same_filter = ci->Config->FilterSubject != NULL &&
                            strcmp(ci->Config->FilterSubject, src->filter) == 0;
         bool in_step = ci->Delivered.Stream == src->checkpoint && ci->NumAckPending == 0;
+        /* Made for a smaller --batch, it would hold each fetch to its old limit, and each
+         * would wait out its timeout: made again, as for a changed filter. */
+        bool same_acks = ci->Config->AckPolicy == js_AckAll && ci->Config->AckWait == ACK_WAIT_NS &&
+                         ci->Config->MaxAckPending >= max_ack_pending(p);
         src->next_cseq = ci->Delivered.Consumer + 1;
         src->consumer_created = ci->Created;
-        if (!same_filter || !in_step || ci->Config->AckPolicy != js_AckAll) {
+        if (!same_filter || !in_step || !same_acks) {
             src->next_cseq = 1; /* a new consumer numbers its deliveries from 1 */
             jl_log(JL_LOG_INFO, "consumer reset",
-                   "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64,
-                   src->durable, ci->Delivered.Stream, src->checkpoint);
+                   "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64
+                   ",\"why\":\"%s\"",
+                   src->durable, ci->Delivered.Stream, src->checkpoint,
+                   !same_filter ? "filter"
+                   : !same_acks ? "ack settings"
+                                : "position");
             ns = js_DeleteConsumer(p->js, src->stream, src->durable, NULL, &jerr);
             if (ns != NATS_OK && ns != NATS_NOT_FOUND) {
                 src_err(src, "cannot reset consumer %s: %s", src->durable, natsStatus_GetText(ns));
@@ -1536,7 +1552,8 @@ jl_status jl__reader_open(jl__reader *r, jl_projector *p, int si, uint64_t start
 }
 
 static bool idle_lost(jl_projector *p, const char *stream, const char *name, natsSubscription *sub,
-                      uint64_t next_cseq, int64_t *last_probe_ns, uint64_t *probe_cseq);
+                      int64_t created, uint64_t next_cseq, int64_t *last_probe_ns,
+                      uint64_t *probe_cseq);
 
 /* The stream sequence @p r hands out next when nothing is missing. */
 static uint64_t reader_expected(const jl__reader *r)
@@ -1626,7 +1643,7 @@ natsStatus jl__reader_next(jl__reader *r, int batch, int wait_ms, natsMsg **out)
             }
             bool idle =
                 r->list.Count == 0 && (ns == NATS_OK || ns == NATS_NOT_FOUND || ns == NATS_TIMEOUT);
-            if (idle && idle_lost(r->p, NULL, NULL, r->sub, r->next_cseq, &r->last_probe_ns,
+            if (idle && idle_lost(r->p, NULL, NULL, r->sub, 0, r->next_cseq, &r->last_probe_ns,
                                   &r->probe_cseq)) {
                 /* Its last deliveries never came: none after them would show the jump. */
                 ns = reader_reopen(r, false);
@@ -2009,10 +2026,12 @@ static void lost_delivery(jl_projector *p, int i)
  * consumer @p name, or the one @p sub reads); ahead of what we received (@p next_cseq is the
  * consumer sequence expected next) at two probes in a row, with nothing received in between
  * (nothing stays in transit that long), means lost. @p last_probe_ns and @p probe_cseq are the
- * caller's state, zeroed at first.
+ * caller's state, zeroed at first. A consumer not created at @p created (0: not asked) was made
+ * again by another process (see verify_consumer): what it delivers next is not ours to trust.
  */
 static bool idle_lost(jl_projector *p, const char *stream, const char *name, natsSubscription *sub,
-                      uint64_t next_cseq, int64_t *last_probe_ns, uint64_t *probe_cseq)
+                      int64_t created, uint64_t next_cseq, int64_t *last_probe_ns,
+                      uint64_t *probe_cseq)
 {
     jsConsumerInfo *ci = NULL;
     int64_t now = jl__mono_ns();
@@ -2024,7 +2043,12 @@ static bool idle_lost(jl_projector *p, const char *stream, const char *name, nat
     if (ns != NATS_OK)
         return false; /* unreachable: the fetch will say so */
     bool ahead = ci->Delivered.Consumer >= next_cseq;
+    bool replaced = created != 0 && ci->Created != created;
     jsConsumerInfo_Destroy(ci);
+    if (replaced) {
+        *probe_cseq = 0;
+        return true;
+    }
     bool lost = ahead && *probe_cseq == next_cseq;
     *probe_cseq = ahead ? next_cseq : 0;
     return lost;
@@ -2033,8 +2057,8 @@ static bool idle_lost(jl_projector *p, const char *stream, const char *name, nat
 static bool lost_while_idle(jl_projector *p, int i)
 {
     jl__source *src = &p->src[i];
-    return idle_lost(p, src->stream, src->durable, NULL, src->next_cseq, &src->last_probe_ns,
-                     &src->probe_cseq);
+    return idle_lost(p, src->stream, src->durable, NULL, src->consumer_created, src->next_cseq,
+                     &src->last_probe_ns, &src->probe_cseq);
 }
 
 /* Say that source @p i's stream, which now starts at @p first, no longer holds messages past
@@ -2110,11 +2134,22 @@ static jl_status verify_consumer(jl_projector *p, int i)
     jsConsumerInfo_Destroy(ci);
     if (!same) {
         lost_delivery(p, i); /* says so, and asks whether another instance pulls */
-        src_err(src, "consumer %s was made again by another process while attaching", src->durable);
+        src_err(src, "consumer %s was made again by another process: its deliveries are not read",
+                src->durable);
         return JL_ERR_CONFLICT;
     }
     src->verify_consumer = false;
     return JL_OK;
+}
+
+/* Whether the batch @p list skips stream sequences after source @p i's checkpoint, where its
+ * durable delivers every one: messages deleted or removed, or a consumer made again by another
+ * process, further on (verify_consumer tells). */
+static bool skipped(const jl__source *src, const natsMsgList *list)
+{
+    uint64_t first = 0, cseq = 0, pending = 0;
+    return src->covers && list->Count > 0 && jl__msg_seq(list->Msgs[0], &first, &cseq, &pending) &&
+           first > src->checkpoint + 1;
 }
 
 /* One batch of source @p i. */
@@ -2188,13 +2223,12 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
         detach(p, i); /* re-attach from the checkpoint on the next step */
-    } else if (src->verify_consumer && (s = verify_consumer(p, i)) != JL_OK) {
+    } else if ((src->verify_consumer || skipped(src, &list)) &&
+               (s = verify_consumer(p, i)) != JL_OK) {
         detach(p, i); /* not applied, not acked: read again from the checkpoint */
     } else {
         int n = delivered_in_order(src, list.Msgs, list.Count);
-        uint64_t first = 0, cseq = 0, pending = 0;
-        if (n > 0 && src->covers && jl__msg_seq(list.Msgs[0], &first, &cseq, &pending) &&
-            first > src->checkpoint + 1)
+        if (n > 0 && skipped(src, &list))
             warn_if_removed(p, i); /* the durable skipped some: deleted, or removed? */
         s = n > 0 ? apply_source(p, i, list.Msgs, n, true, out_applied) : JL_OK;
         if (s != JL_OK) {

@@ -878,6 +878,78 @@ START_TEST(a_durable_made_again_under_a_new_attach_skips_nothing)
 }
 END_TEST
 
+START_TEST(a_durable_made_again_and_read_by_another_meanwhile_skips_nothing)
+{
+    /* Attached and reading, the projector's durable is made again by another process at its
+     * own, later checkpoint, which then reads from it: the next delivery's consumer sequence is
+     * the one this projector expects, so it looks in order, but it skips the events between
+     * the two checkpoints. They must be read, not skipped for good. */
+    jsCtx *js = jl_conn_js(env.conn);
+    char id[JL_UUID_LEN + 1];
+    const char *names[] = {"mine0", "skipped1", "skipped2", "theirs3", "after4"};
+    jl_projector *p = open_projector("twinned", "twinned", 8);
+    ck_assert_int_eq(create_order(env.conn, names[0], id, NULL), JL_CODE_OK);
+    uint64_t mine = tstream_msgs(env.conn, "ORDERS");
+    catch_up(p, mine);
+    for (int i = 1; i < 5; i++)
+        ck_assert_int_eq(create_order(env.conn, names[i], id, NULL), JL_CODE_OK);
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", "twinned", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(js_DeleteConsumer(js, "ORDERS", "twinned", NULL, NULL), NATS_OK);
+    ci->Config->DeliverPolicy = js_DeliverByStartSequence;
+    ci->Config->OptStartSeq = mine + 3; /* the other's checkpoint: two events further on */
+    ck_assert_int_eq(js_AddConsumer(NULL, js, "ORDERS", ci->Config, NULL, NULL), NATS_OK);
+    /* The other reads one (consumer sequence 1): ours expects 2 next. */
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = "ORDERS";
+    so.Consumer = "twinned";
+    natsSubscription *other = NULL;
+    natsMsgList got = {0};
+    ck_assert_int_eq(
+        js_PullSubscribe(&other, js, ci->Config->FilterSubject, "twinned", NULL, &so, NULL),
+        NATS_OK);
+    ck_assert_int_eq(natsSubscription_Fetch(&got, other, 1, 5000, NULL), NATS_OK);
+    ck_assert_int_eq(got.Count, 1);
+    ck_assert_int_eq(natsMsg_Ack(got.Msgs[0], NULL), NATS_OK);
+    natsMsgList_Destroy(&got);
+    natsSubscription_Destroy(other);
+    jsConsumerInfo_Destroy(ci);
+    int64_t deadline = tnow_ms() + 20000;
+    while (jl_projector_checkpoint(p) < mine + 4 && tnow_ms() < deadline)
+        jl_projector_step(p, 200, NULL); /* the other's delivery: refused */
+    ck_assert_uint_eq(jl_projector_checkpoint(p), mine + 4);
+    expect_customers("twinned", names, 5);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
+START_TEST(a_durable_made_for_a_smaller_batch_is_made_again)
+{
+    /* A projector restarted with a larger --batch: its durable, made for the smaller one, would
+     * let each fetch have only its old ack-pending limit (then wait out its timeout). */
+    jsCtx *js = jl_conn_js(env.conn);
+    char id[JL_UUID_LEN + 1];
+    const char *names[] = {"small1", "large2"};
+    jl_projector *p = open_projector("rebatched", "rebatched", 256);
+    ck_assert_int_eq(create_order(env.conn, names[0], id, NULL), JL_CODE_OK);
+    catch_up(p, tstream_msgs(env.conn, "ORDERS"));
+    jl_projector_close(p, 1000);
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", "rebatched", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(ci->Config->MaxAckPending, 4096);
+    jsConsumerInfo_Destroy(ci);
+    p = open_projector("rebatched", "rebatched", 4096);
+    ck_assert_int_eq(create_order(env.conn, names[1], id, NULL), JL_CODE_OK);
+    catch_up(p, tstream_msgs(env.conn, "ORDERS"));
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", "rebatched", NULL, NULL), NATS_OK);
+    ck_assert_int_eq(ci->Config->MaxAckPending, 4 * 4096);
+    jsConsumerInfo_Destroy(ci);
+    expect_customers("rebatched", names, 2);
+    jl_projector_close(p, 1000);
+}
+END_TEST
+
 START_TEST(a_lost_last_delivery_is_read_again_while_idle)
 {
     /* The lost delivery is the last one: no later delivery shows the gap. The idle projector
@@ -3254,6 +3326,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
     tcase_add_test(tc, a_readers_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, a_durable_made_again_under_a_new_attach_skips_nothing);
+    tcase_add_test(tc, a_durable_made_again_and_read_by_another_meanwhile_skips_nothing);
+    tcase_add_test(tc, a_durable_made_for_a_smaller_batch_is_made_again);
     tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
