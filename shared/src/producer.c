@@ -126,6 +126,7 @@ struct jl_producer {
     jl_producer_stats stats;
     _Atomic uint64_t record_gen; /* command-id records stored so far (see submit) */
     uint64_t evicted_mark;       /* under mu: the highest mark of an entry evicted (see submit) */
+    _Atomic int64_t close_by_ms; /* jl__mono_ms() the close must end by; 0: not closing */
     atomic_int acking;           /* on_ack calls running: close waits for them before freeing */
     jl__arrivals arrivals;       /* on_command's alone (a subscription's calls never overlap) */
 };
@@ -1567,6 +1568,15 @@ static jl_status verify_read(jl_producer *p, cmd *c, replay_ctx *rc)
     return s;
 }
 
+/* Past the close's time, reads for requests and commands still queued are not made (the
+ * command-id store or the stream not answering, each would wait out its timeout): they are
+ * answered unavailable, to be sent again. */
+static bool past_close(jl_producer *p)
+{
+    int64_t by = atomic_load(&p->close_by_ms);
+    return by != 0 && jl__mono_ms() > by;
+}
+
 /*
  * A worker of p->loads: read command @p item's aggregate into its entry's state, without the
  * lock: its snapshot and the commits after it, or when catching up after a lost race the
@@ -1585,6 +1595,13 @@ static void *load_read(void *ctx, void *item)
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
+    if (past_close(p)) { /* read as failed: answered unavailable */
+        c->load_from_snapshot = false;
+        c->load_snap_seq = 0;
+        c->load_status = JL_ERR_UNAVAILABLE;
+        snprintf(rc->err, sizeof(rc->err), "the producer is shutting down; try again");
+        return NULL;
+    }
     /* Also a generated id: our own earlier copy, stored but unacknowledged and sent again
      * after the duplicate window, is then found here instead of decided again. */
     rc->watch_cmd_id = c->cmd_id;
@@ -1879,13 +1896,14 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         finish(p, c, r);
         release_entry(p, e);
     } else if (jl_js_wrong_last_seq(pae->ErrCode) &&
-               c->attempts++ < p->retries + (c->timed_out ? 1 : 0)) {
+               c->attempts++ < p->retries + (c->timed_out || c->client_id ? 1 : 0)) {
         /* Another writer got there first: read what it wrote on a worker, without the lock
          * (another replica writing the same aggregates makes this common), then decide again,
          * unless what it wrote is this very command, sent twice (load_done). A clustered
          * stream answers a resend of a stored message so, not as a duplicate (it checks the
-         * sequence first): after a timed-out attempt, one read more than the retries allow
-         * finds that copy rather than answer "conflict" for what is stored. */
+         * sequence first): after a timed-out attempt, or for a command with a client's id
+         * (another replica may have stored a copy sent to it), one read more than the retries
+         * allow finds that copy rather than answer "conflict" for what is stored. */
         p->stats.conflicts++;
         jl_log(JL_LOG_DEBUG, "conflict, catching up", "\"subject\":\"%s\",\"attempt\":%d",
                c->subject, c->attempts);
@@ -2512,7 +2530,9 @@ static const char *command_id_of(natsMsg *msg)
 /* A worker of p->incoming: the record of the request's command id (a KV read). */
 static void *lookup_request(void *ctx, void *item)
 {
-    return recall(ctx, command_id_of(item));
+    jl_producer *p = ctx;
+    const char *id = command_id_of(item);
+    return id != NULL && past_close(p) ? LOOKUP_FAILED : recall(p, id);
 }
 
 /* p->incoming, in arrival order: the request, with its record when it was looked up. */
@@ -3024,8 +3044,13 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
 {
     if (p == NULL)
         return true;
-    bool subs_done = close_sub(p, &p->sub, timeout_ms);
-    subs_done = close_sub(p, &p->qsub, timeout_ms) && subs_done;
+    /* One deadline for the whole close (a service's stop is bounded, and past its bound it
+     * exits in the middle of it): the drains, the requests they hand on, the appends in
+     * flight; what is left of it goes to the command-id records kept (late). */
+    int64_t deadline = jl__mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    atomic_store(&p->close_by_ms, deadline);
+    bool subs_done = close_sub(p, &p->sub, deadline - jl__mono_ms());
+    subs_done = close_sub(p, &p->qsub, deadline - jl__mono_ms()) && subs_done;
     if (!subs_done) {
         not_freed("a command or query handler is still running");
         return false;
@@ -3036,7 +3061,6 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
      * what is still unconfirmed at the deadline goes with the context.) */
-    int64_t deadline = jl__mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
     for (bool left = true; left && jl__mono_ms() < deadline;) {
         await_acks(p, deadline);
         pthread_mutex_lock(&p->mu);
