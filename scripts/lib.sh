@@ -1,7 +1,8 @@
 # Shared by scripts/*: paths, logging, and the build every script starts with.
 # shellcheck shell=bash
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD_DIR=${JL_BUILD_DIR:-$ROOT/build}
+# Absolute: scripts change directory into it.
+BUILD_DIR=$(realpath -m -- "${JL_BUILD_DIR:-$ROOT/build}")
 export BIN=$BUILD_DIR/bin
 
 say() { printf '==> %s\n' "$*" >&2; }
