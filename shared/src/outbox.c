@@ -127,8 +127,9 @@ jl_status jl_outbox_withdraw(jl_db *db, const char *command_id, const char *why)
 typedef struct sender {
     natsSubscription *sub; /* <inbox>.*, or NULL until it could be made */
     char *inbox;
-    uint64_t n;        /* requests so far */
-    int64_t warned_ns; /* jl__mono_ns() of the last warning of a row without a reply */
+    uint64_t n;           /* requests so far */
+    int64_t warned_ns;    /* jl__mono_ns() of the last warning of a row without a reply */
+    bool refusal_handled; /* on_refused committed in this pass: rows it queued wait to go */
 } sender;
 
 /* Let go of @p snd's subscription (made again for the next request). */
@@ -258,6 +259,7 @@ typedef enum sent {
     SENT_FINAL,   /* a final reply, recorded */
     SENT_NOT_NOW, /* "not now" (not decided), recorded: sent again later */
     SENT_FAILED,  /* no reply, or the reply not recorded */
+    SENT_LET_GO,  /* its reply no longer waited for: a rebuild's switch takes outbox_mu */
 } sent;
 
 /* Whether to log the @p attempt th attempt of a row at warn (the first ones, then ever more
@@ -341,7 +343,8 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
             sqlite3_bind_int64(st, 2, w->id);
             (void)jl_db_step_done(db, st); /* only a count: the row is sent again anyway */
         }
-        return SENT_FAILED;
+        return atomic_load(&p->outbox_yield) && !atomic_load(&p->stopping) ? SENT_LET_GO
+                                                                           : SENT_FAILED;
     }
     jl__fault("outbox.after_send");
     bool again = retryable(r->code), recorded = false;
@@ -376,6 +379,7 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         if (hs == JL_OK)
             jl__fault("outbox.refusal_handled"); /* compensation queued, not committed */
         recorded = hs == JL_OK && jl_db_commit(db) == JL_OK;
+        snd->refusal_handled |= recorded;
     }
     if (began && !recorded)
         jl_db_rollback(db);
@@ -584,8 +588,11 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
             int most = held_max_ms(held);
             int backoff =
                 was != NULL ? (was->backoff_ms > most / 2 ? most : was->backoff_ms * 2) : 200;
-            if (moved) {
-                stop = true; /* a rebuild switched files: read the rows again from the new one */
+            if (moved || got == SENT_LET_GO) {
+                /* A rebuild switched files (or is about to): read the rows again from the new
+                 * one at once, not after a backoff for a row without a reply. */
+                moved = true;
+                stop = true;
             } else if (got == SENT_NOT_NOW && w->key[0] != 0 &&
                        held_put(&next, w->key, jl__mono_ns() + backoff * 1000000LL, backoff)) {
                 failed = true;
@@ -711,6 +718,11 @@ static void *sender_thread(void *arg)
             !held_any_due(&held, jl__mono_ns()))
             from = resume;
         pass got = db != NULL ? send_pending(p, &snd, &held, db, gen, &from) : PASS_STOPPED;
+        /* A refusal's compensation (a CancelOrder) was queued by the sender itself, which no
+         * commit of the apply thread wakes for: a pass more at once, not after the wait. */
+        if (snd.refusal_handled && got != PASS_STOPPED)
+            got = PASS_MORE;
+        snd.refusal_handled = false;
         resume = got == PASS_HELD ? from : 0;
         resume_gen = gen;
         int64_t t = jl__mono_ns(); /* an interval: not the wall clock */
