@@ -233,6 +233,15 @@ jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
         jetledger__commit__free_unpacked(pb, NULL);
         return JL_ERR_DECODE;
     }
+    /* No producer writes such text (commands are checked so): one that was would be applied
+     * cut at a NUL, or passed on where other languages' protobuf refuses it. */
+    const char *field = NULL;
+    if (!jl_pb_strings_valid(&jetledger__commit__descriptor, data, len, &field)) {
+        snprintf(err, errlen, "field %s of the commit holds a NUL byte or text that is not UTF-8",
+                 field != NULL ? field : "?");
+        jetledger__commit__free_unpacked(pb, NULL);
+        return JL_ERR_DECODE;
+    }
     c = calloc(1, sizeof(*c));
     if (c != NULL)
         c->payloads = calloc(pb->n_events, sizeof(*c->payloads));
@@ -312,6 +321,16 @@ jl_status jl_commit_event(jl_commit *c, size_t i, const jl_types *types, jl_even
                      e->event_type);
             return JL_ERR_DECODE;
         }
+        const char *field = NULL;
+        if (!jl_pb_strings_valid(d, e->payload.data, e->payload.len, &field)) {
+            protobuf_c_message_free_unpacked(c->payloads[i], NULL);
+            c->payloads[i] = NULL;
+            snprintf(err, errlen,
+                     "payload of event %s: field %s of %s holds a NUL byte or text that is not "
+                     "UTF-8",
+                     e->event_id, field != NULL ? field : "?", e->event_type);
+            return JL_ERR_DECODE;
+        }
     }
     ev->payload = c->payloads[i];
     return JL_OK;
@@ -352,7 +371,7 @@ void jl_reply_error(jl_reply *r, jl_code code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->message, sizeof(r->message), fmt, ap);
     va_end(ap);
-    jl_utf8_trim_end(r->message); /* a client's text in it may have been cut mid-character */
+    jl_utf8_scrub(r->message); /* a client's text in it may be cut mid-character, or not text */
 }
 
 jl_status jl_reply_set_result(jl_reply *r, const ProtobufCMessage *msg)
@@ -414,9 +433,10 @@ jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)
     } else {
         snprintf(out->message, sizeof(out->message), "%s", pb->message);
     }
-    /* Cut to the field, a long message may end mid-character: it is shown, stored in an
-     * outbox row and sent on again (a remembered reply), where it must be UTF-8. */
-    jl_utf8_trim_end(out->message);
+    /* Cut to the field, a long message may end mid-character (and another producer's may not
+     * be text): it is shown, stored in an outbox row and sent on again (a remembered reply),
+     * where it must be UTF-8. */
+    jl_utf8_scrub(out->message);
     snprintf(out->aggregate_id, sizeof(out->aggregate_id), "%s", pb->aggregate_id);
     out->aggregate_version = pb->aggregate_version;
     out->stream_seq = pb->stream_sequence;

@@ -86,6 +86,20 @@ void jl_utf8_trim_end(char *s)
         s[j] = '\0';
 }
 
+void jl_utf8_scrub(char *s)
+{
+    jl_utf8_trim_end(s);
+    uint8_t *u = (uint8_t *)s;
+    for (size_t i = 0, n = strlen(s); i < n;) {
+        size_t k = jl_utf8_seq_len(u + i, n - i);
+        if (k == 0) {
+            u[i] = '?';
+            k = 1;
+        }
+        i += k;
+    }
+}
+
 static bool is_64bit(ProtobufCType t)
 {
     return t == PROTOBUF_C_TYPE_INT64 || t == PROTOBUF_C_TYPE_SINT64 ||

@@ -17,6 +17,7 @@
 
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/codec.h"
+#include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "deadline.h"
 #include "hash.h"
@@ -932,13 +933,26 @@ static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int in
                                       "data, at_ns, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
     if (st == NULL)
         return JL_ERR_SQLITE;
+    /* Read back into DeadLetters replies (protobuf strings): text, whatever the message held
+     * (its bytes are kept whole in data). */
+    char id[128], type[256], subj[512], why[600];
+    snprintf(id, sizeof(id), "%s", event_id ? event_id : "");
+    snprintf(type, sizeof(type), "%s", event_type ? event_type : "");
+    snprintf(subj, sizeof(subj), "%s", subject);
+    snprintf(why, sizeof(why), "%s", reason);
+    jl_utf8_scrub(id);
+    jl_utf8_scrub(type);
+    jl_utf8_scrub(subj);
+    jl_utf8_scrub(why);
+    event_type = type;
+    reason = why;
     sqlite3_bind_text(st, 9, stream, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     sqlite3_bind_int(st, 2, index);
-    sqlite3_bind_text(st, 3, event_id ? event_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, event_type ? event_type : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, subj, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, why, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 7, data, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, jl__now_ns());
     jl_status s = jl_db_step_done(db, st);

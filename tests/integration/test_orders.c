@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "jetledger/admin.pb-c.h"
+#include "jetledger/json.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
 #include "jetledger/projector.h"
@@ -1592,6 +1593,54 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
         ck_assert(dl->letters[i]->reason[0] != 0);
     }
     jetledger__dead_letters__free_unpacked(dl, NULL);
+    jl_projector_close(p, 1000);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
+/* Events whose text is not UTF-8 (no producer writes them: another writer, by hand) are not
+ * applied cut at a NUL or passed on as they are: the projector parks them, the producer says
+ * it cannot rebuild the aggregate. */
+START_TEST(events_with_text_that_is_not_utf8_are_dead_lettered)
+{
+    char id[JL_UUID_LEN + 1], bad_id[JL_UUID_LEN + 1], subject[128];
+    uint8_t buf[256];
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, "erin", id, NULL), JL_CODE_OK); /* seq 1 */
+    jl_uuid_new(bad_id);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", bad_id);
+    Orders__OrderCreated created = ORDERS__ORDER_CREATED__INIT;
+    created.order_id = bad_id;
+    created.customer_id = "bad\xff\xfe";
+    size_t n = orders__order_created__pack(&created, buf);
+    publish_commit(subject, bad_id, &orders__order_created__descriptor, buf, n); /* seq 2 */
+    /* seq 3: customer_id "ab" NUL "cd", which protobuf-c would cut to "ab" */
+    static const uint8_t nul[] = {0x12, 0x05, 'a', 'b', 0, 'c', 'd'};
+    publish_commit(subject, bad_id, &orders__order_created__descriptor, nul, sizeof(nul));
+    ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 5, &r), JL_CODE_OK); /* seq 4 */
+    jl_reply_reset(&r);
+    ck_assert_int_eq(add_item(env.conn, bad_id, "kiwi", 1, 5, &r), JL_CODE_INTERNAL);
+    ck_assert_msg(strstr(r.message, "cannot rebuild") != NULL, "%s", r.message);
+    ck_assert(jl_utf8_valid(r.message, strlen(r.message)));
+
+    char path[1024];
+    jl_projector *p = projector_at("notutf8", 8, 4, 2, path, sizeof(path));
+    char *dump = tdump(path);
+    ck_assert_msg(strstr(dump, "'erin'|'open'|2|10|2|") != NULL, "%s", dump);
+    ck_assert_msg(strstr(dump, bad_id) == NULL, "%s", dump);
+    free(dump);
+    sqlite3_stmt *st = tdb_row(path, "SELECT seq, reason FROM jl_dead_letters ORDER BY seq");
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(i == 0 ? SQLITE_ROW : sqlite3_step(st), SQLITE_ROW);
+        ck_assert_int_eq(sqlite3_column_int(st, 0), i + 2);
+        const char *reason = (const char *)sqlite3_column_text(st, 1);
+        ck_assert_msg(strstr(reason, "field customer_id of orders.OrderCreated holds a NUL byte "
+                                     "or text that is not UTF-8") != NULL,
+                      "%s", reason);
+    }
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    tdb_done(st);
     jl_projector_close(p, 1000);
     jl_reply_cleanup(&r);
 }
@@ -3336,6 +3385,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_filter_that_leaves_out_the_head_is_not_far_behind);
     tcase_add_test(tc, messages_removed_past_the_checkpoint_are_said_and_not_waited_for);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
+    tcase_add_test(tc, events_with_text_that_is_not_utf8_are_dead_lettered);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
     tcase_add_test(tc, a_read_model_file_that_is_not_a_database_is_refused_and_kept);

@@ -1468,6 +1468,24 @@ START_TEST(reply_error_cut_to_fit_stays_utf8)
 }
 END_TEST
 
+START_TEST(reply_error_with_a_clients_text_cut_inside_stays_utf8)
+{
+    /* '%.8s' of a client's text cuts "é" in two, and more text follows; a subject's bytes
+     * may be no text at all. Replaced, not passed on: other languages' protobuf would refuse
+     * the reply. */
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_reply_error(&r, JL_CODE_INVALID, "id '%.8s' is not a UUID; query %s unknown",
+                   "aaaaaaa\xc3\xa9", "Get\xff\xfeOrder");
+    ck_assert(jl_utf8_valid(r.message, strlen(r.message)));
+    ck_assert_str_eq(r.message, "id 'aaaaaaa?' is not a UUID; query Get??Order unknown");
+    char s[] = "ok \xe2\x82\xac \xed\xa0\x80 \xe2\x82";
+    jl_utf8_scrub(s);
+    ck_assert_str_eq(s, "ok \xe2\x82\xac ??? "); /* a surrogate's bytes; a cut end dropped */
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 START_TEST(reply_decode_of_garbage_is_decode_error)
 {
     jl_reply r;
@@ -3443,6 +3461,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, types_find_searches_list_or_registry);
     tcase_add_test(tc, reply_round_trip_keeps_every_field_and_result);
     tcase_add_test(tc, reply_error_round_trips_code_and_message);
+    tcase_add_test(tc, reply_error_with_a_clients_text_cut_inside_stays_utf8);
     tcase_add_test(tc, reply_decode_of_garbage_is_decode_error);
     tcase_add_test(tc, reply_error_cut_to_fit_stays_utf8);
     tcase_add_test(tc, reply_decode_refuses_cut_ids_and_maps_unknown_codes);

@@ -87,6 +87,10 @@ bool jl_utf8_valid(const char *s, size_t len);
  * snprintf cuts), so that text cut to fit stays text. */
 void jl_utf8_trim_end(char *s);
 
+/** Make @p s UTF-8 in place: jl_utf8_trim_end(), then each byte that starts no well-formed
+ * sequence replaced by '?' (a client's text cut mid-character inside a message, or not text). */
+void jl_utf8_scrub(char *s);
+
 /** Length (1 to 4) of the well-formed UTF-8 sequence at @p s, of which @p n >= 1 bytes may be
  * read; 0 when those bytes start none (overlong forms, surrogates, past U+10FFFF included). */
 size_t jl_utf8_seq_len(const uint8_t *s, size_t n);
