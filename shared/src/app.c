@@ -205,6 +205,35 @@ static void sig_log(jl_log_level level, const char *msg, const char *fields, int
     sig_line_drop(l);
 }
 
+/* The stop's bound whatever began it (signal_thread starts its own from the signal): a
+ * connection closed for good, a projector's run that failed. A close step stuck (the client
+ * library in a handshake that never ends) must not keep the process for ever. */
+static void *stop_bound(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {.tv_sec = JL_APP_SHUTDOWN_MS / 1000,
+                          .tv_nsec = (long)(JL_APP_SHUTDOWN_MS % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    char f[64];
+    snprintf(f, sizeof(f), "\"bound_ms\":%d", JL_APP_SHUTDOWN_MS);
+    remove_probe_files();
+    sig_log(JL_LOG_ERROR, "graceful stop took too long: exiting now", f, 100);
+    _exit(JL_EXIT_FAILURE);
+    return NULL;
+}
+
+/* Set by the first of signal_thread and stop_bound_start to bound the stop: one bound, one
+ * "took too long" line. */
+static atomic_bool stop_bounded;
+
+static void stop_bound_start(void)
+{
+    pthread_t t;
+    if (!atomic_exchange(&stop_bounded, true) && pthread_create(&t, NULL, stop_bound, NULL) == 0)
+        pthread_detach(t);
+}
+
 static void *signal_thread(void *arg)
 {
     sigset_t *set = arg;
@@ -241,6 +270,7 @@ static void *signal_thread(void *arg)
         if (count == 0) {
             first = sig;
             first_at = jl__mono_ms();
+            atomic_store(&stop_bounded, true); /* bounded here, from now */
         }
         char f[64];
         if (++count > 1) {
@@ -577,6 +607,7 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
                  .stats_at_ns = jl__mono_ns()};
     bool watching = watch_start(&watch, &w);
     jl_app_wait_for_stop();
+    stop_bound_start();
     watch_stop(watch, watching); /* before: the watch may be making it ready */
     ready(false);
     probe_file(alive_path, false);
@@ -639,6 +670,7 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
                  .stats_at_ns = jl__mono_ns()};
     bool watching = watch_start(&watch, &w);
     s = jl_projector_run(p);
+    stop_bound_start();
     watch_stop(watch, watching); /* before: the watch may be making it ready */
     ready(false);
     probe_file(alive_path, false);

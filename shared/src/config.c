@@ -121,6 +121,20 @@ static jl_status set_value(jl_config *cfg, const key *k, const char *v, const ch
                      origin, v, JL_NAME_MAX - 1);
             return JL_ERR_INVALID;
         }
+        /* The client library writes the connection name into its CONNECT JSON unescaped: a
+         * quote or a backslash there has the server refuse every connect ("cannot reach"). */
+        if (k->offset == offsetof(jl_config, name) && strpbrk(v, "\"\\") != NULL) {
+            snprintf(err, errlen,
+                     "%s: '%.64s' must not hold '\"' or '\\' (it names the connection)", origin, v);
+            return JL_ERR_INVALID;
+        }
+        for (const unsigned char *q = (const unsigned char *)v;
+             k->offset == offsetof(jl_config, name) && *q; q++) {
+            if (*q < 0x20 || *q == 0x7f) {
+                snprintf(err, errlen, "%s: the name holds a control character", origin);
+                return JL_ERR_INVALID;
+            }
+        }
         memcpy(base, v, strlen(v) + 1);
         return JL_OK;
     case K_LEVEL:

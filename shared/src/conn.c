@@ -21,6 +21,10 @@
 #include "deadline.h"
 #include "jetledger/log.h"
 
+/* A server's URL as the client library gives it, credentials included (a token in the URL):
+ * as long as the setting may be (it answers nothing into a buffer too small). */
+#define URL_MAX (sizeof(((jl_config *)0)->nats_url) + 64)
+
 /* Connects in progress, and when the run of them began (see jl__conn_connecting_since_ns). */
 static pthread_mutex_t connecting_mu = PTHREAD_MUTEX_INITIALIZER;
 static int n_connecting;
@@ -160,7 +164,7 @@ static const char *redact(const char *in, char *out, size_t n)
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     jl_conn *c = closure;
-    char url[256] = "", safe[256], esc[300], v[32];
+    char url[URL_MAX] = "", safe[256], esc[300], v[32], ev[80];
     natsConnection_GetConnectedUrl(nc, url, sizeof(url));
     jl_log(JL_LOG_INFO, "nats reconnected", "\"url\":\"%s\"",
            jl_log_str(esc, sizeof(esc), redact(url, safe, sizeof(safe))));
@@ -172,7 +176,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
         jl_log(JL_LOG_ERROR, "reconnected to a NATS server too old for a replicated stream",
                "\"url\":\"%s\",\"version\":\"%s\",\"replicas\":%d,\"need\":\"%s\",\"hint\":"
                "\"racing writers could both win, replicas differ: upgrade every server\"",
-               esc, v, replicas, JL_MIN_CLUSTER_SERVER_VERSION);
+               esc, jl_log_str(ev, sizeof(ev), v), replicas, JL_MIN_CLUSTER_SERVER_VERSION);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -536,7 +540,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         goto done;
     }
 
-    char url[256] = "";
+    char url[URL_MAX] = "";
     natsConnection_GetConnectedUrl(c->nc, url, sizeof(url));
     if (jl_server_version_probe(url, 2000, c->version, sizeof(c->version)) != JL_OK)
         c->version[0] = 0;
@@ -775,7 +779,7 @@ jl_status jl_conn_check_replicas(jl_conn *c, int replicas, char *err, size_t err
     if (c->version[0] == 0) {
         /* Not read at connect (a busy server, a cluster forming): once more, then "not now",
          * never "too old" for want of an answer. */
-        char url[256] = "", safe[256];
+        char url[URL_MAX] = "", safe[256];
         natsConnection_GetConnectedUrl(c->nc, url, sizeof(url));
         if (jl_server_version_probe(url, (int)c->timeout_ms, c->version, sizeof(c->version)) !=
             JL_OK) {

@@ -540,6 +540,24 @@ START_TEST(replicas_beyond_a_single_server_are_refused)
     ck_assert_int_eq(js_GetStreamInfo(&si, jl_conn_js(env.conn), "SOLO", NULL, NULL), NATS_OK);
     ck_assert_int_eq(si->Config->Replicas, 1);
     jsStreamInfo_Destroy(si);
+
+    /* Connected with a long token in the URL (the client library gives no URL at all into a
+     * buffer too small): its server is still asked its version, and the refusal is the same. */
+    jl_config cfg = env.cfg;
+    char token[301];
+    memset(token, 't', 300);
+    token[300] = 0;
+    ck_assert(strncmp(env.cfg.nats_url, "nats://", 7) == 0);
+    snprintf(cfg.nats_url, sizeof(cfg.nats_url), "nats://%.300s@%.600s", token,
+             env.cfg.nats_url + 7);
+    jl_conn *c = NULL;
+    ck_assert_int_eq(jl_conn_open(&c, &cfg, "long-url", 5000, err, sizeof(err)), JL_OK);
+    sc.stream = "SOLO2"; /* a new stream: its replicas are checked against the version */
+    sc.subjects = "solo2.events.>";
+    err[0] = 0;
+    ck_assert_int_eq(jl_store_open(&st, c, &sc, err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "not part of a JetStream cluster") != NULL, "%s", err);
+    jl_conn_close(c, 0);
 }
 END_TEST
 

@@ -1950,6 +1950,13 @@ START_TEST(config_flag_without_value_is_invalid)
                       NULL,
                   "err: %s", err);
     ck_assert_str_eq(cfg.name, "");
+    /* Into the client library's CONNECT JSON unescaped: the server would refuse every connect. */
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", "a\"b", NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "flag --name: 'a\"b' must not hold") != NULL, "err: %s", err);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", "a\\b", NULL), JL_ERR_INVALID);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", "a\tb", NULL), JL_ERR_INVALID);
+    ck_assert_msg(strstr(err, "control character") != NULL, "err: %s", err);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name", "orders-1 (blue)", NULL), JL_OK);
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--name=--odd", NULL), JL_OK);
     /* Told at once, not once NATS is reached: a durable that is no name, no data directory. */
     ck_assert_int_eq(load(&cfg, err, sizeof(err), "--durable", "a.b", NULL), JL_ERR_INVALID);
