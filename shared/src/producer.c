@@ -763,6 +763,8 @@ static bool recall_stored(jl_producer *p, const char *cmd_id, void **out, size_t
     const char *op = NULL;
     *out = NULL;
     *out_len = 0;
+    if (p->lookups == NULL)
+        return true; /* no records kept: none to find */
     command_key(key, cmd_id);
     snprintf(stream, sizeof(stream), "KV_%s", kvStore_Bucket(p->lookups));
     snprintf(subject, sizeof(subject), "$KV.%s.%s", kvStore_Bucket(p->lookups), key);

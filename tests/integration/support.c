@@ -2,6 +2,7 @@
 
 #include <check.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,20 @@
 #include "jetledger/log.h"
 #include "jetledger/admin.pb-c.h"
 #include "orders/orders.pb-c.h"
+
+/* At exit, the client library's threads are let finish first: each connection holds an
+ * OpenSSL context (expected host name), which a library thread freeing a connection at exit
+ * would free after OpenSSL's own exit handler cleaned up (a crash under ASan). Registered
+ * after the first connection, so it runs before OpenSSL's handler (registered by then). */
+static void release_library_at_exit(void)
+{
+    jl_conn_release_library(2000);
+}
+
+static void register_release(void)
+{
+    atexit(release_library_at_exit);
+}
 
 void tenv_start(tenv *e)
 {
@@ -35,6 +50,8 @@ void tenv_start_with(tenv *e, const char *extra_config)
     if (getenv("JL_TEST_LOG") != NULL)
         jl_log_open(stderr, JL_LOG_DEBUG, "test");
     e->conn = tenv_connect(e);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_release);
 }
 
 jl_conn *tenv_connect(tenv *e)
