@@ -2817,13 +2817,18 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     if (s == JL_OK) {
         p->replicas = jl_store_replicas(p->store);
         /* Our own JetStream context: its asynchronous publishes report to on_ack, and it
-         * allows more in flight than we ever put there, so a publish never stalls. */
+         * allows more in flight than we ever put there, so a publish never stalls (under
+         * p->mu, a stall would run out its whole wait: the acks that make room need the
+         * lock). Appends are at most max_inflight, but a command-id record written for a
+         * repeat found by a read (load_done) holds no append slot: each held command may
+         * have one such record in flight. */
         jsOptions jo;
         jsOptions_Init(&jo);
         jo.Wait = cfg->request_timeout_ms;
         jo.PublishAsync.AckHandler = on_ack;
         jo.PublishAsync.AckHandlerClosure = p;
-        jo.PublishAsync.MaxPending = (int64_t)(p->max_inflight + JL_MAX_SNAPSHOTS_INFLIGHT) + 64;
+        jo.PublishAsync.MaxPending =
+            (int64_t)(p->max_inflight + p->max_cmds + JL_MAX_SNAPSHOTS_INFLIGHT) + 64;
         natsStatus jns = natsConnection_JetStream(&p->js, jl_conn_nats(conn), &jo);
         char name[128];
         snprintf(name, sizeof(name), "%s-burst", cfg->name[0] ? cfg->name : def->name);
