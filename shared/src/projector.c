@@ -2227,6 +2227,7 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         memset(&list, 0, sizeof(list));
         ns = wait_ms > 0 ? jl_fetch(src->pull, &list, 1, wait_ms, false) : NATS_TIMEOUT;
     }
+    bool skips = skipped(src, &list); /* before the batch moves the checkpoint */
     if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) {
         s = JL_OK;
         if (lost_while_idle(p, i))
@@ -2237,12 +2238,11 @@ static jl_status step_source(jl_projector *p, int i, int wait_ms, size_t *out_ap
         src_err(src, "fetch from %s failed: %s", src->durable, natsStatus_GetText(ns));
         s = jl_status_from_nats(ns);
         detach(p, i); /* re-attach from the checkpoint on the next step */
-    } else if ((src->verify_consumer || skipped(src, &list)) &&
-               (s = verify_consumer(p, i)) != JL_OK) {
+    } else if ((src->verify_consumer || skips) && (s = verify_consumer(p, i)) != JL_OK) {
         detach(p, i); /* not applied, not acked: read again from the checkpoint */
     } else {
         int n = delivered_in_order(src, list.Msgs, list.Count);
-        if (n > 0 && skipped(src, &list))
+        if (n > 0 && skips)
             warn_if_removed(p, i); /* the durable skipped some: deleted, or removed? */
         s = n > 0 ? apply_source(p, i, list.Msgs, n, true, out_applied) : JL_OK;
         if (s != JL_OK) {

@@ -467,7 +467,7 @@ static void run_job(jl_projector *p, jl__job *j)
 {
     run_ctx c = {.p = p, .j = j};
     jl_status s = JL_OK;
-    bool paused_live = false, held_outbox = false, switching = false;
+    bool paused_live = false, held_outbox = false;
 
     /* "<name>.rebuild-<ms>.db": a projector's name has no '.', so no other projector's file
      * can look like it (a start removes these when they are not live). A name in use (the live
@@ -636,7 +636,6 @@ static void run_job(jl_projector *p, jl__job *j)
         }
         if (s == JL_OK) {
             jl__proj_hold_beat(p);
-            switching = true;
             s = jl__proj_switch(p, c.db, c.file, j->keep_old, c.err, sizeof(c.err));
             c.db = NULL; /* owned by the projector now (or closed on failure) */
         }
@@ -666,6 +665,8 @@ static void run_job(jl_projector *p, jl__job *j)
         /* A switch's own errors say what became of the live model; the others are the new
          * file's (or reading the stream or the live model), before anything changed. */
         char msg[700];
+        /* j->switching: written by this thread alone (read under mu by a cancel). */
+        bool switching = j->switching;
         bool disk = !switching && (s == JL_ERR_DISK_FULL || s == JL_ERR_IO);
         snprintf(msg, sizeof(msg), "%s%s%s", c.err,
                  !disk                                               ? ""

@@ -2927,6 +2927,37 @@ static void *place_with_id(void *arg)
     return NULL;
 }
 
+/* An order of @p customer with one item, ready to be placed. */
+static void order_to_place(const char *customer, char id[JL_UUID_LEN + 1])
+{
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(create_order(env.conn, customer, id, NULL), JL_CODE_OK);
+    ck_assert_int_eq(add_item(env.conn, id, "a", 1, 100, &r), JL_CODE_OK);
+    jl_reply_cleanup(&r);
+}
+
+/* PlaceOrder of order @p id with command id @p cmd_id, @p n copies at once on producer @p p
+ * (NULL: the suite's), copy i after i * @p delay_step_us; the replies in a[i].r (the caller
+ * cleans them up). */
+static void place_copies(jl_producer *p, const char *id, const char *cmd_id, int n,
+                         int delay_step_us, repeat_arg a[])
+{
+    pthread_barrier_t go;
+    pthread_t t[8];
+    ck_assert_int_le(n, 8);
+    pthread_barrier_init(&go, NULL, (unsigned)n);
+    for (int i = 0; i < n; i++) {
+        a[i] = (repeat_arg){
+            .id = id, .cmd_id = cmd_id, .go = &go, .p = p, .delay_us = i * delay_step_us};
+        jl_reply_init(&a[i].r);
+        pthread_create(&t[i], NULL, place_with_id, &a[i]);
+    }
+    for (int i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&go);
+}
+
 START_TEST(repeats_of_a_command_in_flight_get_its_reply)
 {
     /* Retries that arrive while the first copy is still being appended wait behind it; they
@@ -2934,25 +2965,13 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
     enum { COPIES = 4, ROUNDS = 5 };
     for (int round = 0; round < ROUNDS; round++) {
         char id[JL_UUID_LEN + 1], cmd_id[32];
-        jl_reply r;
-        jl_reply_init(&r);
-        ck_assert_int_eq(create_order(env.conn, "repeat", id, NULL), JL_CODE_OK);
-        ck_assert_int_eq(add_item(env.conn, id, "a", 1, 100, &r), JL_CODE_OK);
-        jl_reply_cleanup(&r);
+        order_to_place("repeat", id);
         uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
         snprintf(cmd_id, sizeof(cmd_id), "place-%d", round);
-        pthread_barrier_t go;
-        pthread_barrier_init(&go, NULL, COPIES);
-        pthread_t t[COPIES];
         repeat_arg a[COPIES];
-        for (int i = 0; i < COPIES; i++) {
-            a[i] = (repeat_arg){.id = id, .cmd_id = cmd_id, .go = &go};
-            jl_reply_init(&a[i].r);
-            pthread_create(&t[i], NULL, place_with_id, &a[i]);
-        }
+        place_copies(NULL, id, cmd_id, COPIES, 0, a);
         int firsts = 0;
         for (int i = 0; i < COPIES; i++) {
-            pthread_join(t[i], NULL);
             ck_assert_msg(a[i].r.code == JL_CODE_OK, "copy %d of round %d: %s", i, round,
                           a[i].r.message);
             ck_assert_uint_eq(a[i].r.stream_seq, msgs + 1);
@@ -2960,7 +2979,6 @@ START_TEST(repeats_of_a_command_in_flight_get_its_reply)
             firsts += !a[i].r.duplicate;
             jl_reply_cleanup(&a[i].r);
         }
-        pthread_barrier_destroy(&go);
         ck_assert_int_eq(firsts, 1);
         ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
     }
@@ -2986,25 +3004,10 @@ START_TEST(a_repeat_looked_up_before_the_record_and_decided_after_its_eviction_i
     int repeats = 0;
     for (int round = 0; round < ROUNDS; round++) {
         char id[JL_UUID_LEN + 1], cmd_id[32];
-        jl_reply r;
-        jl_reply_init(&r);
-        ck_assert_int_eq(create_order(env.conn, "evicted", id, NULL), JL_CODE_OK);
-        ck_assert_int_eq(add_item(env.conn, id, "a", 1, 100, &r), JL_CODE_OK);
-        jl_reply_cleanup(&r);
+        order_to_place("evicted", id);
         snprintf(cmd_id, sizeof(cmd_id), "evicted-%d-%d", (int)getpid(), round);
-        pthread_barrier_t go;
-        pthread_barrier_init(&go, NULL, 2);
-        pthread_t t[2];
         repeat_arg a[2];
-        for (int i = 0; i < 2; i++) {
-            a[i] = (repeat_arg){
-                .id = id, .cmd_id = cmd_id, .go = &go, .p = p, .delay_us = i * (round % 60) * 50};
-            jl_reply_init(&a[i].r);
-            pthread_create(&t[i], NULL, place_with_id, &a[i]);
-        }
-        for (int i = 0; i < 2; i++)
-            pthread_join(t[i], NULL);
-        pthread_barrier_destroy(&go);
+        place_copies(p, id, cmd_id, 2, (round % 60) * 50, a);
         for (int i = 0; i < 2; i++)
             ck_assert_msg(a[i].r.code == JL_CODE_OK, "copy %d of round %d: %s", i, round,
                           a[i].r.message);
