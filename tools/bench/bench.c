@@ -439,6 +439,15 @@ static int rounds(const bench *b)
     return b->o.quick ? 2 : 4;
 }
 
+/* Adds @p sign times the CPU seconds so far of the server, of this process and of the
+ * producer to @p acc[0..2]: called with -1 before a run and 1 after it. */
+static void proc_cpu_add(const bench *b, double acc[3], int sign)
+{
+    acc[0] += sign * bench_proc_cpu_s(jl_natsd_pid(b->natsd));
+    acc[1] += sign * bench_proc_cpu_s(getpid());
+    acc[2] += sign * bench_proc_cpu_s(b->orders_pid);
+}
+
 /* Round @p i's part of @p total, the parts adding up to it. */
 static long part(long total, int i, int n)
 {
@@ -450,6 +459,9 @@ static jl_status phase_throughput(bench *b, results *res)
     double raw_secs = 0, pipe_secs = 0;
     uint64_t pipe_ok = 0;
     jl_status s = JL_OK;
+    /* CPU seconds per process, raw [0] and pipeline [1]: the server, this program, the producer.
+     * Per command they move much less than rates when something else loads the machine. */
+    double cpu_s[2][3] = {{0}};
     bench_progress("figure 1, in %d rounds of raw then pipeline: raw, %ld async publishes over %d "
                    "subjects (expected last subject sequence + Nats-Msg-Id, %d in flight); "
                    "pipeline, %ld AddItem commands round-robin over %d orders, %d in flight",
@@ -461,16 +473,20 @@ static jl_status phase_throughput(bench *b, results *res)
         double secs = 0;
         bench_cpu cpu;
         cpu_begin(b, &cpu);
+        proc_cpu_add(b, cpu_s[0], -1);
         s = bench_raw_throughput(b, m, &secs);
         if (s != JL_OK)
             break;
+        proc_cpu_add(b, cpu_s[0], 1);
         cpu_end(b, "throughput raw", &cpu);
         raw_secs += secs;
         cpu_begin(b, &cpu);
+        proc_cpu_add(b, cpu_s[1], -1);
         s = run_async(b, "throughput", true, (size_t)m, 0, bench_make_additem, NULL, &rr);
         b->rr_next += (uint64_t)m;
         if (s != JL_OK)
             break;
+        proc_cpu_add(b, cpu_s[1], 1);
         cpu_end(b, "throughput pipeline", &cpu);
         double psecs = (double)(rr.t_last_reply_ns - rr.t_first_send_ns) / 1e9;
         pipe_secs += psecs;
@@ -487,6 +503,12 @@ static jl_status phase_throughput(bench *b, results *res)
     res->tput = true;
     bench_progress("  raw: %.0f msgs/s; pipeline: %.0f commands/s (%.1f s)", res->tput_raw,
                    res->tput_pipe, pipe_secs);
+    double n = (double)b->o.tput_commands;
+    bench_note(b,
+               "throughput CPU per command: nats-server %.1f us, producer %.1f us, load "
+               "generator %.1f us; per raw publish: nats-server %.1f us, publisher %.1f us",
+               cpu_s[1][0] * 1e6 / n, cpu_s[1][2] * 1e6 / n, cpu_s[1][1] * 1e6 / n,
+               cpu_s[0][0] * 1e6 / n, cpu_s[0][1] * 1e6 / n);
     return JL_OK;
 }
 
