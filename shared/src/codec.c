@@ -107,6 +107,28 @@ const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const cha
     return NULL;
 }
 
+/* A string field left NULL is packed as nothing and read back as "". */
+static const char *text(const char *s)
+{
+    return s != NULL ? s : "";
+}
+
+void jl_commit_meta_event(const jl_commit_meta *m, const jl_decision *d, size_t i,
+                          const char *event_id, jl_event *ev)
+{
+    memset(ev, 0, sizeof(*ev));
+    ev->event_id = text(event_id);
+    ev->event_type = d->types[i]->name;
+    ev->aggregate_type = text(m->aggregate_type);
+    ev->aggregate_id = text(m->aggregate_id);
+    ev->correlation_id =
+        text(m->correlation_id && *m->correlation_id ? m->correlation_id : m->command_id);
+    ev->causation_id = text(m->causation_id && *m->causation_id ? m->causation_id : m->command_id);
+    ev->aggregate_version = m->first_version + i;
+    ev->occurred_at_ns = m->occurred_at_ns;
+    ev->schema_version = m->schema_version;
+}
+
 jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1],
                            const jl_commit_meta *m, const jl_decision *d)
 {
@@ -119,19 +141,22 @@ jl_status jl_commit_encode(jl_buf *out, char out_first_event_id[JL_UUID_LEN + 1]
         return JL_ERR_INVALID;
     for (size_t i = 0; i < d->n_events; i++) {
         Jetledger__Envelope *e = &envs[i];
+        jl_event ev;
         jetledger__envelope__init(e);
-        jl_uuid_new(ids[i]);
-        e->event_id = ids[i];
-        e->event_type = (char *)d->types[i]->name;
-        e->occurred_at_ns = m->occurred_at_ns;
-        e->aggregate_type = (char *)m->aggregate_type;
-        e->aggregate_id = (char *)m->aggregate_id;
-        e->aggregate_version = m->first_version + i;
-        e->correlation_id =
-            (char *)(m->correlation_id && *m->correlation_id ? m->correlation_id : m->command_id);
-        e->causation_id =
-            (char *)(m->causation_id && *m->causation_id ? m->causation_id : m->command_id);
-        e->schema_version = m->schema_version;
+        if (m->event_ids != NULL)
+            memcpy(ids[i], m->event_ids[i], JL_UUID_LEN + 1);
+        else
+            jl_uuid_new(ids[i]);
+        jl_commit_meta_event(m, d, i, ids[i], &ev);
+        e->event_id = (char *)ev.event_id;
+        e->event_type = (char *)ev.event_type;
+        e->occurred_at_ns = ev.occurred_at_ns;
+        e->aggregate_type = (char *)ev.aggregate_type;
+        e->aggregate_id = (char *)ev.aggregate_id;
+        e->aggregate_version = ev.aggregate_version;
+        e->correlation_id = (char *)ev.correlation_id;
+        e->causation_id = (char *)ev.causation_id;
+        e->schema_version = ev.schema_version;
         e->payload.data = d->bytes.data + d->offsets[i];
         e->payload.len = d->lens[i];
         ptrs[i] = e;

@@ -406,7 +406,7 @@ END_TEST
 
 /* What evolve was given for each aggregate version, by the path that gave it. */
 typedef struct seen_event {
-    char id[JL_UUID_LEN + 1], correlation[64];
+    char id[JL_UUID_LEN + 1], correlation[64], causation[64], type[64], agg[JL_UUID_LEN + 1];
     int64_t at_ns;
     uint32_t schema;
     uint64_t seq;
@@ -422,6 +422,11 @@ static jl_status spy_evolve(void *state, const jl_event *ev)
         snprintf(e->id, sizeof(e->id), "%s", ev->event_id ? ev->event_id : "");
         snprintf(e->correlation, sizeof(e->correlation), "%s",
                  ev->correlation_id ? ev->correlation_id : "");
+        snprintf(e->causation, sizeof(e->causation), "%s",
+                 ev->causation_id ? ev->causation_id : "");
+        snprintf(e->type, sizeof(e->type), "%s/%s", ev->event_type ? ev->event_type : "",
+                 ev->aggregate_type ? ev->aggregate_type : "");
+        snprintf(e->agg, sizeof(e->agg), "%s", ev->aggregate_id ? ev->aggregate_id : "");
         e->at_ns = ev->occurred_at_ns;
         e->schema = ev->schema_version;
         e->seq = ev->stream_seq;
@@ -454,6 +459,11 @@ START_TEST(evolve_sees_the_same_event_after_an_append_as_on_a_replay)
         ck_assert_msg(r->id[0] != 0, "version %d not replayed", v);
         ck_assert_msg(strcmp(a->id, r->id) == 0, "version %d: id '%s' vs '%s'", v, a->id, r->id);
         ck_assert_msg(strcmp(a->correlation, r->correlation) == 0, "version %d: correlation", v);
+        ck_assert_msg(strcmp(a->causation, r->causation) == 0, "version %d: causation", v);
+        ck_assert_msg(strcmp(a->type, r->type) == 0, "version %d: '%s' vs '%s'", v, a->type,
+                      r->type);
+        ck_assert_str_eq(a->agg, id);
+        ck_assert_str_eq(r->agg, id);
         ck_assert_int_eq(a->at_ns, r->at_ns);
         ck_assert_uint_eq(a->schema, 7);
         ck_assert_uint_eq(r->schema, 7);
@@ -461,6 +471,23 @@ START_TEST(evolve_sees_the_same_event_after_an_append_as_on_a_replay)
     }
 }
 END_TEST
+
+/* A mistake in service @p def's decide, shown by AddItem of @p sku: refused as internal with
+ * @p why in the message, nothing appended. */
+static void refused_before_stored(const jl_service_def *def, const char *sku, const char *why)
+{
+    jl_producer *p = open_producer(def, 0, 10);
+    char id[JL_UUID_LEN + 1];
+    create(p, id, NULL);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    jl_reply r;
+    attempt_add(p, id, sku, &r);
+    ck_assert_int_eq(r.code, JL_CODE_INTERNAL);
+    ck_assert_msg(strstr(r.message, why) != NULL, "%s", r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    jl_reply_cleanup(&r);
+    jl_producer_close(p, 1000);
+}
 
 START_TEST(an_event_type_missing_from_the_service_events_is_not_stored)
 {
@@ -470,18 +497,28 @@ START_TEST(an_event_type_missing_from_the_service_events_is_not_stored)
         &orders__order_created__descriptor};
     jl_service_def partial = orders_service;
     partial.events = (jl_types){only_created, 1};
-    jl_producer *p = open_producer(&partial, 0, 10);
-    char id[JL_UUID_LEN + 1];
-    create(p, id, NULL);
-    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
-    jl_reply r;
-    attempt_add(p, id, "a", &r);
-    ck_assert_int_eq(r.code, JL_CODE_INTERNAL);
-    ck_assert_msg(strstr(r.message, "orders.ItemAdded, which is not in the events") != NULL, "%s",
-                  r.message);
-    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
-    jl_reply_cleanup(&r);
-    jl_producer_close(p, 1000);
+    refused_before_stored(&partial, "a", "orders.ItemAdded, which is not in the events");
+}
+END_TEST
+
+/* orders' decide, but text it puts in an event made not UTF-8 when the sku starts "bad-" (a
+ * mistake in a service). */
+static void bad_text_decide(const void *state, const jl_command *cmd, jl_decision *out)
+{
+    orders_service.decide(state, cmd, out);
+    for (size_t i = 0; i + 4 <= out->bytes.len; i++) {
+        if (memcmp(out->bytes.data + i, "bad-", 4) == 0)
+            out->bytes.data[i + 3] = 0xff;
+    }
+}
+
+START_TEST(an_event_with_text_that_is_not_utf8_is_not_stored)
+{
+    /* Every projector would set it aside, and replays of the aggregate would stop at it:
+     * refused before it is stored. */
+    jl_service_def bad = orders_service;
+    bad.decide = bad_text_decide;
+    refused_before_stored(&bad, "bad-sku", "field sku holding");
 }
 END_TEST
 
@@ -919,6 +956,7 @@ int main(void)
     tcase_add_test(tc, evolve_sees_the_same_event_after_an_append_as_on_a_replay);
     tcase_add_test(tc, snapshot_holding_fields_of_a_newer_state_is_ignored);
     tcase_add_test(tc, an_event_type_missing_from_the_service_events_is_not_stored);
+    tcase_add_test(tc, an_event_with_text_that_is_not_utf8_is_not_stored);
     tcase_add_test(tc, an_evicted_or_closed_aggregate_loads_from_a_snapshot_alone);
     tcase_add_test(tc, cached_state_catches_up_after_another_replica_wrote);
     tcase_add_test(tc, an_aggregate_ahead_of_a_restored_stream_is_replayed_from_it);

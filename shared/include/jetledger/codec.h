@@ -61,12 +61,23 @@ typedef struct jl_commit_meta {
     int64_t occurred_at_ns;
     uint32_t schema_version;
     uint64_t prev_seq; /**< the aggregate's last stream sequence it is appended after (0: none) */
+    /** The ids to give the events, one per event of the decision; NULL: new random ones. */
+    const char (*event_ids)[JL_UUID_LEN + 1];
 } jl_commit_meta;
 
 /**
+ * Event @p i of @p d as jl_commit_event() reads it back from the commit that
+ * jl_commit_encode(@p m, @p d) wrote, with id @p event_id, but for stream_seq and payload
+ * (left 0 and NULL). Strings are borrowed from @p m, @p d and @p event_id. This is how a
+ * producer evolves its cached state after an append without decoding what it just encoded.
+ */
+void jl_commit_meta_event(const jl_commit_meta *m, const jl_decision *d, size_t i,
+                          const char *event_id, jl_event *ev);
+
+/**
  * Encode the events of @p d as one commit into @p out (reset first), each with a new random
- * event id. A retry of the same append must resend these same bytes, so that JetStream's
- * de-duplication recognises it.
+ * event id (or the one meta->event_ids gives it). A retry of the same append must resend these same
+ * bytes, so that JetStream's de-duplication recognises it.
  * @param out_first_event_id receives the first event's id (the message's Nats-Msg-Id).
  * @return JL_OK; JL_ERR_INVALID when @p d has no events; JL_ERR_TOO_LARGE over
  *         JL_MAX_COMMIT_BYTES; JL_ERR_NOMEM.
