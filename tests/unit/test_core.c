@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <uuid/uuid.h>
+
 #include "jetledger/buf.h"
 #include "jetledger/codec.h"
 #include "jetledger/config.h"
@@ -931,6 +933,42 @@ START_TEST(uuid_canonical_rejects_malformed_input_and_leaves_output)
     }
     char out[JL_UUID_LEN + 1];
     ck_assert_int_eq(jl_uuid_canonical(out, NULL), JL_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(uuid_canonical_accepts_what_libuuid_parses)
+{
+    /* Checked by hand for speed: it must take exactly what uuid_parse() takes, and give what
+     * uuid_unparse_lower() gives. Random ids, each with a random character changed to one of
+     * those that matter (hex of either case, hyphen, braces, space, NUL, a non-ASCII byte). */
+    static const char edits[] = "0aAfFgG9-{} \xc3\x01";
+    unsigned seed = 12345;
+    int accepted = 0, refused = 0;
+    for (int n = 0; n < 20000; n++) {
+        char in[JL_UUID_LEN + 2], out[JL_UUID_LEN + 1] = "untouched", ref[JL_UUID_LEN + 1];
+        jl_uuid_new(in);
+        seed = seed * 1103515245u + 12345u;
+        if (n % 4 != 0) {
+            in[(seed >> 8) % JL_UUID_LEN] = edits[(seed >> 16) % (sizeof(edits) - 1)];
+            if (n % 4 == 3)
+                in[(seed >> 20) % JL_UUID_LEN] = (char)((seed >> 24) & 0xff);
+        }
+        uuid_t u;
+        bool libuuid_ok = strlen(in) == JL_UUID_LEN && uuid_parse(in, u) == 0;
+        jl_status s = jl_uuid_canonical(out, in);
+        ck_assert_msg((s == JL_OK) == libuuid_ok, "'%s': ours %s, libuuid %s", in, jl_status_str(s),
+                      libuuid_ok ? "ok" : "refused");
+        if (libuuid_ok) {
+            uuid_unparse_lower(u, ref);
+            ck_assert_str_eq(out, ref);
+            accepted++;
+        } else {
+            ck_assert_str_eq(out, "untouched");
+            refused++;
+        }
+    }
+    ck_assert_int_gt(accepted, 5000);
+    ck_assert_int_gt(refused, 5000);
 }
 END_TEST
 
@@ -3449,6 +3487,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, uuid_new_is_valid_lowercase_and_unique);
     tcase_add_test(tc, uuid_canonical_lowercases_upper_case_input);
     tcase_add_test(tc, uuid_canonical_rejects_malformed_input_and_leaves_output);
+    tcase_add_test(tc, uuid_canonical_accepts_what_libuuid_parses);
     tcase_add_test(tc, commit_round_trip_preserves_envelope_fields);
     tcase_add_test(tc, commit_correlation_and_causation_default_to_command_id);
     tcase_add_test(tc, commit_keeps_explicit_correlation_and_causation);
