@@ -244,6 +244,12 @@ static ProtobufCMessage *unpack(const ProtobufCMessageDescriptor *d, size_t len,
     return m;
 }
 
+ProtobufCMessage *jl__unpack(const ProtobufCMessageDescriptor *d, const void *data, size_t len,
+                             bool *out_oom)
+{
+    return unpack(d, len, data, out_oom);
+}
+
 jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
                            uint64_t stream_seq, char *err, size_t errlen)
 {

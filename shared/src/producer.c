@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "codec_int.h"
 #include "deadline.h"
 #include "fault.h"
 #include "arrivals.h"
@@ -676,24 +677,32 @@ static void advance(jl_producer *p, cmd *c, uint64_t seq)
     jl__cache_entry *e = c->entry;
     jl_commit_meta meta = meta_of(p, c);
     jl_status s = JL_OK;
+    size_t i = 0;
     /* In place: a state left halfway by a refusal is dropped below. */
-    for (size_t i = 0; s == JL_OK && i < d->n_events; i++) {
+    for (; i < d->n_events; i++) {
         jl_event ev;
+        bool oom = false;
         jl_commit_meta_event(&meta, d, i, c->ids[i], &ev);
         ev.stream_seq = seq;
         ProtobufCMessage *pl =
-            protobuf_c_message_unpack(d->types[i], NULL, d->lens[i], d->bytes.data + d->offsets[i]);
+            jl__unpack(d->types[i], d->bytes.data + d->offsets[i], d->lens[i], &oom);
         ev.payload = pl;
-        /* What decide packed unpacks, but for want of memory. */
-        s = pl == NULL ? JL_ERR_NOMEM : p->def->evolve(e->state, &ev);
+        /* What decide packed unpacks, but for want of memory (or a proto2 required field left
+         * unset: a replay refuses it too). */
+        s = pl == NULL ? (oom ? JL_ERR_NOMEM : JL_ERR_DECODE) : p->def->evolve(e->state, &ev);
         if (pl != NULL)
             protobuf_c_message_free_unpacked(pl, NULL);
+        if (s != JL_OK)
+            break;
     }
     if (s != JL_OK) {
         /* The cached state no longer follows the stream: the next command reads the aggregate
-         * again from its start (catching up from here would skip these events). */
+         * again from its start (catching up from here would skip these events). Names are a
+         * descriptor's and ids canonical: nothing to escape. */
         jl_log(JL_LOG_WARN, "cached state dropped after an append",
-               "\"subject\":\"%s\",\"seq\":%" PRIu64 ",\"error\":\"%s\"", c->subject, seq,
+               "\"subject\":\"%s\",\"seq\":%" PRIu64 ",\"event_type\":\"%s\",\"event_id\":"
+               "\"%s\",\"aggregate_version\":%" PRIu64 ",\"error\":\"%s\"",
+               c->subject, seq, d->types[i]->name, c->ids[i], c->first_version + i,
                jl_status_str(s));
         forget_entry(p, e);
         return;
@@ -1386,7 +1395,8 @@ static bool start_one(jl_producer *p, cmd *c)
         return true;
     }
     for (size_t i = 0; i < c->d.n_events; i++) {
-        if (jl_types_find(&def->events, c->d.types[i]->name) == NULL) {
+        const ProtobufCMessageDescriptor *listed = jl_types_find(&def->events, c->d.types[i]->name);
+        if (listed == NULL) {
             /* Stored, it could not be replayed by this very service (which would take it for
              * a newer version's): a mistake in the service, refused before it is stored. */
             jl_reply_error(r, JL_CODE_INTERNAL,
@@ -1397,6 +1407,9 @@ static bool start_one(jl_producer *p, cmd *c)
             finish(p, c, r);
             return true;
         }
+        /* Replays decode it with the service's own descriptor: so do the check and advance()
+         * (one of the same name from another copy of the generated code may differ). */
+        c->d.types[i] = listed;
         const char *field = NULL;
         if (!jl_pb_strings_valid(c->d.types[i], c->d.bytes.data + c->d.offsets[i], c->d.lens[i],
                                  &field)) {

@@ -952,6 +952,9 @@ START_TEST(uuid_canonical_accepts_what_libuuid_parses)
             in[(seed >> 8) % JL_UUID_LEN] = edits[(seed >> 16) % (sizeof(edits) - 1)];
             if (n % 4 == 3)
                 in[(seed >> 20) % JL_UUID_LEN] = (char)((seed >> 24) & 0xff);
+        } else if (n % 8 == 4) {
+            in[JL_UUID_LEN] = edits[(seed >> 16) % (sizeof(edits) - 1)]; /* one too many */
+            in[JL_UUID_LEN + 1] = 0;
         }
         uuid_t u;
         bool libuuid_ok = strlen(in) == JL_UUID_LEN && uuid_parse(in, u) == 0;
@@ -1070,6 +1073,56 @@ START_TEST(commit_round_trip_preserves_envelope_fields)
     ck_assert_str_eq(ev[1].event_type, "orders.ItemAdded");
     ck_assert_str_ne(ev[0].event_id, ev[1].event_id);
     ck_assert_str_eq(ev[0].event_id, cf.first_id);
+}
+END_TEST
+
+START_TEST(commit_meta_event_is_what_a_decode_gives)
+{
+    /* A producer evolves with jl_commit_meta_event() after an append instead of decoding the
+     * commit: every field must be what jl_commit_event() reads back, for every event of a
+     * commit, with the ids given, the correlation and causation falling back to the command
+     * id or given, and NULL text read as "". */
+    static const char ids[2][JL_UUID_LEN + 1] = {"0f8fad5b-d9cb-469f-a165-70867728950e",
+                                                 "7c9e6679-7425-40de-944b-e07fc1f90ae7"};
+    jl_types types = {order_events, 2};
+    emit_two_events(&cf.d);
+    for (int variant = 0; variant < 3; variant++) {
+        jl_commit_meta m = meta_default();
+        m.event_ids = ids;
+        if (variant == 1) {
+            m.correlation_id = "corr-1";
+            m.causation_id = "cause-1";
+        } else if (variant == 2) {
+            m.correlation_id = NULL;
+            m.causation_id = NULL;
+            m.aggregate_type = NULL;
+        }
+        jl_commit_free(cf.c);
+        cf.c = NULL;
+        round_trip(&m, 99);
+        ck_assert_str_eq(cf.first_id, ids[0]);
+        for (size_t i = 0; i < 2; i++) {
+            jl_event read, built;
+            char err[256] = "";
+            ck_assert_int_eq(jl_commit_event(cf.c, i, &types, &read, err, sizeof(err)), JL_OK);
+            jl_commit_meta_event(&m, &cf.d, i, ids[i], &built);
+            ck_assert_str_eq(built.event_id, read.event_id);
+            ck_assert_str_eq(built.event_id, ids[i]);
+            ck_assert_str_eq(built.event_type, read.event_type);
+            ck_assert_str_eq(built.aggregate_type, read.aggregate_type);
+            ck_assert_str_eq(built.aggregate_id, read.aggregate_id);
+            ck_assert_str_eq(built.correlation_id, read.correlation_id);
+            ck_assert_str_eq(built.causation_id, read.causation_id);
+            ck_assert_uint_eq(built.aggregate_version, read.aggregate_version);
+            ck_assert_int_eq(built.occurred_at_ns, read.occurred_at_ns);
+            ck_assert_uint_eq(built.schema_version, read.schema_version);
+            ck_assert_uint_eq(built.stream_seq, 0);
+            ck_assert_ptr_null(built.payload);
+            ck_assert_str_eq(read.correlation_id, variant == 1 ? "corr-1" : CMD_ID);
+            ck_assert_str_eq(read.causation_id, variant == 1 ? "cause-1" : CMD_ID);
+            ck_assert_str_eq(read.aggregate_type, variant == 2 ? "" : "order");
+        }
+    }
 }
 END_TEST
 
@@ -3489,6 +3542,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, uuid_canonical_rejects_malformed_input_and_leaves_output);
     tcase_add_test(tc, uuid_canonical_accepts_what_libuuid_parses);
     tcase_add_test(tc, commit_round_trip_preserves_envelope_fields);
+    tcase_add_test(tc, commit_meta_event_is_what_a_decode_gives);
     tcase_add_test(tc, commit_correlation_and_causation_default_to_command_id);
     tcase_add_test(tc, commit_keeps_explicit_correlation_and_causation);
     tcase_add_test(tc, commit_event_ids_differ_between_encodes_of_same_decision);
