@@ -195,9 +195,13 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
         ns = natsMsgHeader_Set(req, "Jl-Correlation-Id", w->correlation);
     if (ns == NATS_OK && w->causation[0])
         ns = natsMsgHeader_Set(req, "Jl-Causation-Id", w->causation);
+    /* Not sent at all when the switch already waits: its reply would be dropped at once. */
+    bool gave_up = ns == NATS_OK && give_up(p);
+    if (gave_up)
+        ns = NATS_CONNECTION_CLOSED; /* see why, below */
     if (ns == NATS_OK)
         ns = natsConnection_PublishMsg(jl_conn_nats(p->conn), req);
-    bool sent = ns == NATS_OK, gave_up = false;
+    bool sent = ns == NATS_OK;
     natsStatus send_ns = ns;
     int64_t deadline = jl__mono_ms() + reply_wait_ms(p);
     while (ns == NATS_OK && rep == NULL) {
@@ -224,7 +228,7 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
      * step, which would then never be sent again. */
     bool odd = ok && r->code == JL_CODE_OK && r->aggregate_id[0] == 0;
     ok = ok && !odd;
-    if (!ok && !sent)
+    if (!ok && !sent && !gave_up)
         snprintf(why, n, "not sent: %s", natsStatus_GetText(send_ns));
     else if (!ok)
         snprintf(why, n, "%s",
@@ -347,7 +351,7 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
                                                                            : SENT_FAILED;
     }
     jl__fault("outbox.after_send");
-    bool again = retryable(r->code), recorded = false;
+    bool again = retryable(r->code), recorded = false, handler_failed = false;
     /* A refusal for good and what the process manager queues for it: one transaction. */
     bool refused = !again && r->code != JL_CODE_OK && p->def->on_refused != NULL;
     bool began = refused && jl_db_begin(db, true) == JL_OK;
@@ -378,6 +382,7 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
         jl_status hs = p->def->on_refused(db, &f, herr, sizeof(herr));
         if (hs == JL_OK)
             jl__fault("outbox.refusal_handled"); /* compensation queued, not committed */
+        handler_failed = hs != JL_OK;
         recorded = hs == JL_OK && jl_db_commit(db) == JL_OK;
         snd->refusal_handled |= recorded;
     }
@@ -390,7 +395,18 @@ static sent send_one(jl_projector *p, sender *snd, jl_db *db, const row *w, jl_r
                "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\",\"error\":\"%s\"",
                w->command, id, jl_code_str(r->code),
                jl_log_str(esc, sizeof(esc), herr[0] ? herr : jl_db_errmsg(db)));
-        return SENT_FAILED;
+        /* A refusal the process manager cannot take (a damaged row of its own, say) would come
+         * back at every attempt: held with its order's later rows only, as a "not now" is, so
+         * that other orders go on. The database failing holds every row (nothing is
+         * recorded). */
+        return handler_failed && w->key[0] != 0 ? SENT_NOT_NOW : SENT_FAILED;
+    }
+    if (again && w->key[0] == 0) {
+        /* It holds back every later row, as one without a reply does: said the same way. */
+        char said[sizeof(r->message) + 32];
+        snprintf(said, sizeof(said), "answered %s: %s", jl_code_str(r->code), r->message);
+        no_reply_log(db, snd, w, true, id, jl_log_str(esc, sizeof(esc), said));
+        return SENT_NOT_NOW;
     }
     if (again) {
         jl_log(retry_level(w->attempts + 1), "outbox: command not decided, will retry",
@@ -643,26 +659,33 @@ static void prune_failed(jl_db *db)
            "\"error\":\"%s\"", jl_log_str(esc, sizeof(esc), jl_db_errmsg(db)));
 }
 
-static void prune_answered(jl_projector *p, jl_db *db)
+static void prune_answered(jl_projector *p, jl_db *db, uint64_t gen)
 {
     int64_t cutoff = jl__now_ns() - p->outbox_keep_ns;
-    for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !atomic_load(&p->stopping);) {
+    for (int deleted = PRUNE_CHUNK; deleted == PRUNE_CHUNK && !give_up(p);) {
+        /* Each chunk under outbox_mu, as replies are recorded: a rebuild's switch carries the
+         * outbox over under it and must find the live file still. It waits one chunk at most
+         * (it raises outbox_yield first, which ends the prune; the next one goes on). */
+        pthread_mutex_lock(&p->outbox_mu);
+        if (p->outbox_gen != gen) {
+            pthread_mutex_unlock(&p->outbox_mu);
+            return; /* switched: db is the old file */
+        }
         /* Through jl_outbox_replied: reads only the rows it deletes. */
         sqlite3_stmt *st =
             jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM jl_outbox WHERE "
                            "replied_at_ns IS NOT NULL AND replied_at_ns < ? ORDER BY "
                            "replied_at_ns LIMIT ?)");
-        if (st == NULL) {
-            prune_failed(db);
-            return;
+        bool ok = st != NULL;
+        if (ok) {
+            sqlite3_bind_int64(st, 1, cutoff);
+            sqlite3_bind_int(st, 2, PRUNE_CHUNK);
+            ok = jl_db_step_done(db, st) == JL_OK;
         }
-        sqlite3_bind_int64(st, 1, cutoff);
-        sqlite3_bind_int(st, 2, PRUNE_CHUNK);
-        if (jl_db_step_done(db, st) != JL_OK) {
+        deleted = ok ? sqlite3_changes(jl_db_handle(db)) : 0;
+        if (!ok)
             prune_failed(db);
-            return;
-        }
-        deleted = sqlite3_changes(jl_db_handle(db));
+        pthread_mutex_unlock(&p->outbox_mu);
     }
 }
 
@@ -731,7 +754,7 @@ static void *sender_thread(void *arg)
              t - pruned_at >=
                  (p->outbox_keep_ns < PRUNE_EVERY_NS ? p->outbox_keep_ns : PRUNE_EVERY_NS))) {
             pruned_at = t;
-            prune_answered(p, db);
+            prune_answered(p, db, gen);
         }
         if (got == PASS_MORE && !atomic_load(&p->stopping)) {
             backoff_ms = 0;

@@ -602,6 +602,60 @@ START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
 }
 END_TEST
 
+/* A stand-in inventory that refuses every ReserveStock for good. */
+static void answer_refused(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    stand_in_reply(nc, m, JL_CODE_RULE_VIOLATION, "no apples today");
+}
+
+/* The fulfilment's on_refused, failing for order refusal_fails_for (as on a damaged row of its
+ * own) and counting those calls. */
+static char refusal_fails_for[JL_UUID_LEN + 1];
+static atomic_int failed_refusals;
+
+static jl_status refusal_failing_for_one_order(jl_db *db, const jl_outbox_refusal *f, char *err,
+                                               size_t errlen)
+{
+    if (strcmp(f->order_key, refusal_fails_for) == 0) {
+        atomic_fetch_add(&failed_refusals, 1);
+        snprintf(err, errlen, "the fulfilment row of order %s is damaged", f->order_key);
+        return JL_ERR_INTERNAL;
+    }
+    return fulfilment_process.on_refused(db, f, err, errlen);
+}
+
+START_TEST(a_refusal_its_handler_cannot_take_holds_back_only_its_own_order)
+{
+    /* The refusal of one order's reservation cannot be taken by the process manager (its
+     * handler fails, and will at every attempt): that order waits, sent again with a backoff,
+     * and the others' commands go on. They used to wait behind it for good. */
+    static jl_projector_def def;
+    def = fulfilment_process;
+    def.on_refused = refusal_failing_for_one_order;
+    atomic_store(&failed_refusals, 0);
+    char a[JL_UUID_LEN + 1], b[JL_UUID_LEN + 1], got[32] = "";
+    natsSubscription *fake = stand_in_inventory(answer_refused);
+    line la[] = {{"apple", 1, 100}};
+    place_order("damaged", la, 1, a);
+    snprintf(refusal_fails_for, sizeof(refusal_fails_for), "%s", a);
+    place_order("fine", la, 1, b); /* its reservation is decided after a's */
+    runner_start(&process, &def);
+    wait_status(b, "cancelled", 30000);
+    outbox_reply(b, "CancelOrder", got, sizeof(got));
+    ck_assert_str_eq(got, "ok");
+    int64_t deadline = tnow_ms() + 20000;
+    while (atomic_load(&failed_refusals) < 2 && tnow_ms() < deadline)
+        nats_Sleep(20);
+    ck_assert_int_ge(atomic_load(&failed_refusals), 2); /* sent again, refused again */
+    outbox_reply(a, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, ""); /* its refusal is not recorded while it cannot be taken */
+    natsSubscription_Unsubscribe(fake);
+    natsSubscription_Destroy(fake);
+}
+END_TEST
+
 /* A stand-in for an inventory service that takes requests and never answers. */
 static atomic_int silent_calls;
 
@@ -1328,6 +1382,7 @@ int main(void)
     tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
     tcase_add_test(tc, a_command_answered_internal_is_sent_again_until_decided);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
+    tcase_add_test(tc, a_refusal_its_handler_cannot_take_holds_back_only_its_own_order);
     tcase_add_test(tc, a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop);
     tcase_add_test(tc, an_empty_reply_is_not_taken_for_an_acceptance);
     tcase_add_test(tc, a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhile);
