@@ -347,6 +347,41 @@ START_TEST(a_command_answered_not_now_is_sent_again)
 }
 END_TEST
 
+/* The warning of a row that holds back every later one, logged since tlog_capture() gave
+ * @p log: it names the inventory, how long the row waited, @p behind and @p why. */
+static void expect_holding_warning(FILE *log, const char *behind, const char *why)
+{
+    char text[8192];
+    nats_Sleep(200);
+    tlog_read(log, text, sizeof(text));
+    const char *warned = strstr(text, "outbox: no reply, will retry");
+    ck_assert_msg(warned != NULL, "%s", text);
+    ck_assert_msg(strstr(warned, "\"service\":\"inventory\"") != NULL &&
+                      strstr(warned, "\"waiting_s\":") != NULL && strstr(warned, behind) != NULL &&
+                      strstr(warned, why) != NULL,
+                  "%s", warned);
+}
+
+START_TEST(a_row_without_a_key_answered_not_now_is_reported_as_holding_the_rest)
+{
+    /* A row queued before rows had keys, answered "not now", holds back every later row: an
+     * operator hears of it as of a row without a reply (service, how long, how many rows
+     * behind), not only from the "not decided" line logged ever more rarely. */
+    char a[JL_UUID_LEN + 1], path[1024];
+    natsSubscription *fake = order_answered_not_now(a);
+    runner_stop(&process);
+    snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
+    tdb_exec(path, "UPDATE jl_outbox SET order_key = ''");
+    int before = atomic_load(&not_now_calls);
+    FILE *log = tlog_capture();
+    runner_start(&process, &fulfilment_process);
+    wait_calls(&not_now_calls, before + 1);
+    expect_holding_warning(log, "\"rows_behind\":0", "answered unavailable: the producer is");
+    inventory_back(fake);
+    wait_status(a, "confirmed", 20000);
+}
+END_TEST
+
 /* Order @p id cancelled by its customer. */
 static void cancel_order(const char *id, const char *reason)
 {
@@ -690,15 +725,7 @@ START_TEST(a_command_without_a_reply_is_counted_and_does_not_hold_up_a_stop)
     ck_assert_int_ge(tnow_ms() - first, 6000); /* not sent again before the wait was out */
     /* Every later row waits for it: the warning says which service, for how long, and how
      * many rows wait behind it. */
-    nats_Sleep(200);
-    char text[8192];
-    tlog_read(log, text, sizeof(text));
-    const char *warned = strstr(text, "outbox: no reply, will retry");
-    ck_assert_msg(warned != NULL, "%s", text);
-    ck_assert_msg(strstr(warned, "\"service\":\"inventory\"") != NULL &&
-                      strstr(warned, "\"waiting_s\":") != NULL &&
-                      strstr(warned, "\"rows_behind\":0") != NULL,
-                  "%s", warned);
+    expect_holding_warning(log, "\"rows_behind\":0", "no reply in time");
 
     char path[1024];
     snprintf(path, sizeof(path), "%s/fulfilment.db", env.cfg.data_dir);
@@ -1378,6 +1405,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, one_order_confirmed_one_cancelled_for_lack_of_stock);
     tcase_add_test(tc, a_command_answered_not_now_is_sent_again);
+    tcase_add_test(tc, a_row_without_a_key_answered_not_now_is_reported_as_holding_the_rest);
     tcase_add_test(tc, a_reservation_overtaken_by_a_cancellation_is_withdrawn);
     tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
     tcase_add_test(tc, a_command_answered_internal_is_sent_again_until_decided);
