@@ -741,12 +741,15 @@ static void *sender_thread(void *arg)
             !held_any_due(&held, jl__mono_ns()))
             from = resume;
         pass got = db != NULL ? send_pending(p, &snd, &held, db, gen, &from) : PASS_STOPPED;
+        bool held_pass = got == PASS_HELD;
         /* A refusal's compensation (a CancelOrder) was queued by the sender itself, which no
-         * commit of the apply thread wakes for: a pass more at once, not after the wait. */
+         * commit of the apply thread wakes for: a pass more at once, not after the wait. Past
+         * rows held "not now" it reads on from where this pass ended (the compensation is
+         * the newest row), as a pass woken by a commit does, not every held row again. */
         if (snd.refusal_handled && got != PASS_STOPPED)
             got = PASS_MORE;
         snd.refusal_handled = false;
-        resume = got == PASS_HELD ? from : 0;
+        resume = held_pass ? from : 0;
         resume_gen = gen;
         int64_t t = jl__mono_ns(); /* an interval: not the wall clock */
         if (db != NULL && p->outbox_keep_ns > 0 &&
@@ -758,7 +761,8 @@ static void *sender_thread(void *arg)
         }
         if (got == PASS_MORE && !atomic_load(&p->stopping)) {
             backoff_ms = 0;
-            continue; /* a backlog: the next batch at once */
+            woken = held_pass; /* only a held pass leaves a resume point (above) */
+            continue;          /* a backlog: the next batch at once */
         }
         /*
          * Stopped at a row without a reply: nothing can go before it is sent again, so its
