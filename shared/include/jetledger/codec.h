@@ -76,8 +76,8 @@ void jl_commit_meta_event(const jl_commit_meta *m, const jl_decision *d, size_t 
 
 /**
  * Encode the events of @p d as one commit into @p out (reset first), each with a new random
- * event id (or the one meta->event_ids gives it). A retry of the same append must resend these same
- * bytes, so that JetStream's de-duplication recognises it.
+ * event id (or the one meta->event_ids gives it). A retry of the same append must resend
+ * these same bytes, so that JetStream's de-duplication recognises it.
  * @param out_first_event_id receives the first event's id (the message's Nats-Msg-Id).
  * @return JL_OK; JL_ERR_INVALID when @p d has no events; JL_ERR_TOO_LARGE over
  *         JL_MAX_COMMIT_BYTES; JL_ERR_NOMEM.
