@@ -867,9 +867,16 @@ static jl_status attach(jl_projector *p, int i)
          * would wait out its timeout: made again, as for a changed filter. */
         bool same_acks = ci->Config->AckPolicy == js_AckAll && ci->Config->AckWait == ACK_WAIT_NS &&
                          ci->Config->MaxAckPending >= max_ack_pending(p);
+        /* Made by another tool or version so that events would be lost or stall: a push
+         * consumer, bodies left out (each event would be set aside as undecodable), deliveries
+         * or fetches capped, a start that skips: made again too, as ours (create_consumer). */
+        bool same_kind = ci->Config->DeliverSubject == NULL && !ci->Config->HeadersOnly &&
+                         ci->Config->MaxDeliver <= 0 && ci->Config->MaxRequestBatch == 0 &&
+                         (ci->Config->DeliverPolicy == js_DeliverAll ||
+                          ci->Config->DeliverPolicy == js_DeliverByStartSequence);
         src->next_cseq = ci->Delivered.Consumer + 1;
         src->consumer_created = ci->Created;
-        if (!same_filter || !in_step || !same_acks) {
+        if (!same_filter || !in_step || !same_acks || !same_kind) {
             src->next_cseq = 1; /* a new consumer numbers its deliveries from 1 */
             jl_log(JL_LOG_INFO, "consumer reset",
                    "\"durable\":\"%s\",\"delivered\":%" PRIu64 ",\"checkpoint\":%" PRIu64
@@ -877,6 +884,7 @@ static jl_status attach(jl_projector *p, int i)
                    src->durable, ci->Delivered.Stream, src->checkpoint,
                    !same_filter ? "filter"
                    : !same_acks ? "ack settings"
+                   : !same_kind ? "delivery settings"
                                 : "position");
             ns = js_DeleteConsumer(p->js, src->stream, src->durable, NULL, &jerr);
             if (ns != NATS_OK && ns != NATS_NOT_FOUND) {

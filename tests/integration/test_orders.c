@@ -969,6 +969,47 @@ START_TEST(a_durable_made_for_a_smaller_batch_is_made_again)
 }
 END_TEST
 
+START_TEST(a_durable_made_elsewhere_to_lose_or_stall_events_is_made_again)
+{
+    /* The projector's durable, found at its checkpoint but made by another tool: one that
+     * leaves the bodies out would have every event set aside as undecodable, one that caps
+     * each fetch at one message would hold each batch to it. Made again, as the projector
+     * makes it. */
+    jsCtx *js = jl_conn_js(env.conn);
+    const char *durables[] = {"bodiless", "capped"};
+    const char *both[2][2] = {{"kept1", "after2"}, {"kept3", "after4"}};
+    for (int v = 0; v < 2; v++) {
+        char id[JL_UUID_LEN + 1];
+        const char *const *names = both[v];
+        jl_projector *p = open_projector(durables[v], durables[v], 8);
+        ck_assert_int_eq(create_order(env.conn, names[0], id, NULL), JL_CODE_OK);
+        uint64_t last = tstream_msgs(env.conn, "ORDERS");
+        catch_up(p, last);
+        jl_projector_close(p, 1000);
+        jsConsumerInfo *ci = NULL;
+        ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", durables[v], NULL, NULL), NATS_OK);
+        ck_assert_int_eq(js_DeleteConsumer(js, "ORDERS", durables[v], NULL, NULL), NATS_OK);
+        ci->Config->DeliverPolicy = js_DeliverByStartSequence;
+        ci->Config->OptStartSeq = last + 1; /* at the checkpoint: in step */
+        if (v == 0)
+            ci->Config->HeadersOnly = true;
+        else
+            ci->Config->MaxRequestBatch = 1;
+        ck_assert_int_eq(js_AddConsumer(NULL, js, "ORDERS", ci->Config, NULL, NULL), NATS_OK);
+        jsConsumerInfo_Destroy(ci);
+        ck_assert_int_eq(create_order(env.conn, names[1], id, NULL), JL_CODE_OK);
+        p = open_projector(durables[v], durables[v], 8);
+        catch_up(p, tstream_msgs(env.conn, "ORDERS"));
+        expect_customers(durables[v], names, 2);
+        ck_assert_int_eq(js_GetConsumerInfo(&ci, js, "ORDERS", durables[v], NULL, NULL), NATS_OK);
+        ck_assert(!ci->Config->HeadersOnly);
+        ck_assert_int_eq(ci->Config->MaxRequestBatch, 0);
+        jsConsumerInfo_Destroy(ci);
+        jl_projector_close(p, 1000);
+    }
+}
+END_TEST
+
 START_TEST(a_lost_last_delivery_is_read_again_while_idle)
 {
     /* The lost delivery is the last one: no later delivery shows the gap. The idle projector
@@ -3398,6 +3439,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_durable_made_again_under_a_new_attach_skips_nothing);
     tcase_add_test(tc, a_durable_made_again_and_read_by_another_meanwhile_skips_nothing);
     tcase_add_test(tc, a_durable_made_for_a_smaller_batch_is_made_again);
+    tcase_add_test(tc, a_durable_made_elsewhere_to_lose_or_stall_events_is_made_again);
     tcase_add_test(tc, a_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, bad_commands_get_clear_errors_and_append_nothing);
     tcase_add_test(tc, bad_queries_get_clear_errors);
