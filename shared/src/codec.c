@@ -124,23 +124,19 @@ const ProtobufCMessageDescriptor *jl_types_find(const jl_types *types, const cha
     return NULL;
 }
 
-/* A string field left NULL is packed as nothing and read back as "". */
-static const char *text(const char *s)
-{
-    return s != NULL ? s : "";
-}
-
 void jl_commit_meta_event(const jl_commit_meta *m, const jl_decision *d, size_t i,
                           const char *event_id, jl_event *ev)
 {
+    /* A string field left NULL is packed as nothing and read back as "". */
     memset(ev, 0, sizeof(*ev));
-    ev->event_id = text(event_id);
+    ev->event_id = jl_text_or_empty(event_id);
     ev->event_type = d->types[i]->name;
-    ev->aggregate_type = text(m->aggregate_type);
-    ev->aggregate_id = text(m->aggregate_id);
-    ev->correlation_id =
-        text(m->correlation_id && *m->correlation_id ? m->correlation_id : m->command_id);
-    ev->causation_id = text(m->causation_id && *m->causation_id ? m->causation_id : m->command_id);
+    ev->aggregate_type = jl_text_or_empty(m->aggregate_type);
+    ev->aggregate_id = jl_text_or_empty(m->aggregate_id);
+    ev->correlation_id = jl_text_or_empty(
+        m->correlation_id && *m->correlation_id ? m->correlation_id : m->command_id);
+    ev->causation_id =
+        jl_text_or_empty(m->causation_id && *m->causation_id ? m->causation_id : m->command_id);
     ev->aggregate_version = m->first_version + i;
     ev->occurred_at_ns = m->occurred_at_ns;
     ev->schema_version = m->schema_version;
