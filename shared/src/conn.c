@@ -68,6 +68,23 @@ typedef struct sub_watch {
 
 static void sub_done_unref(sub_done *d);
 
+/* A subscription unsubscribed and waiting to be destroyed. */
+typedef struct sub_grave {
+    natsSubscription *sub;
+    struct sub_grave *next;
+} sub_grave;
+
+/* Destroy the subscriptions of list @p g and free the list. */
+static void bury(sub_grave *g)
+{
+    while (g != NULL) {
+        sub_grave *next = g->next;
+        natsSubscription_Destroy(g->sub);
+        free(g);
+        g = next;
+    }
+}
+
 struct jl_conn {
     natsConnection *nc;
     jsCtx *js;
@@ -80,6 +97,9 @@ struct jl_conn {
     pthread_cond_t cv;
     bool closing, closed;
     sub_watch *watches; /* jl_conn_subscribe()'s, until jl_conn_sub_stop() (under mu) */
+    /* Subscriptions jl_conn_sub_destroy() unsubscribed but could not yet destroy safely (no
+     * flush answered since): destroyed after the next answered one, or by jl_conn_close(). */
+    struct sub_grave *graves;
     /* Replicas of a stream jl_conn_check_replicas() passed (0: none over 1): a server reached
      * later, by a reconnect, has its version checked too. */
     atomic_int checked_replicas;
@@ -591,6 +611,8 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
     }
     if (!callbacks_done)
         return; /* the library's callback thread may still use it: left allocated */
+    /* The closed connection's reader has stopped: nothing can come for these now. */
+    bury(c->graves);
     /* Watches of subscriptions never stopped (an on-complete callback yet to come holds a
      * reference of its own). */
     while (c->watches != NULL) {
@@ -920,11 +942,59 @@ static sub_done *take_watch(jl_conn *c, natsSubscription *sub)
     return d;
 }
 
-bool jl_conn_settle(jl_conn *c)
+/* jl_conn_settle() of a bare connection. */
+static bool settle(natsConnection *nc)
 {
-    natsConnection *nc = c != NULL ? jl_conn_nats(c) : NULL;
     return nc != NULL && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
            natsConnection_FlushTimeout(nc, 2000) == NATS_OK;
+}
+
+bool jl_conn_settle(jl_conn *c)
+{
+    return settle(c != NULL ? jl_conn_nats(c) : NULL);
+}
+
+void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
+{
+    if (sub == NULL)
+        return;
+    if (c == NULL) {
+        (void)jl_nats_sub_destroy(NULL, sub); /* unsubscribed, left allocated */
+        return;
+    }
+    /* Out of the connection's table first: what comes later finds no subscription. A bound
+     * consumer stays; an ephemeral one the library made is deleted. */
+    (void)natsSubscription_Unsubscribe(sub);
+    if (jl_conn_settle(c)) {
+        /* The reader is past every message that came before: these and the ones waiting
+         * (unsubscribed before this flush) are safe to destroy. */
+        pthread_mutex_lock(&c->mu);
+        sub_grave *waiting = c->graves;
+        c->graves = NULL;
+        pthread_mutex_unlock(&c->mu);
+        bury(waiting);
+        natsSubscription_Destroy(sub);
+        return;
+    }
+    sub_grave *g = malloc(sizeof(*g));
+    if (g == NULL)
+        return; /* left allocated: memory lost rather than a crash */
+    g->sub = sub;
+    pthread_mutex_lock(&c->mu);
+    g->next = c->graves;
+    c->graves = g;
+    pthread_mutex_unlock(&c->mu);
+}
+
+bool jl_nats_sub_destroy(natsConnection *nc, natsSubscription *sub)
+{
+    if (sub == NULL)
+        return true;
+    (void)natsSubscription_Unsubscribe(sub);
+    if (!settle(nc))
+        return false;
+    natsSubscription_Destroy(sub);
+    return true;
 }
 
 bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms)

@@ -133,9 +133,9 @@ typedef struct sender {
 } sender;
 
 /* Let go of @p snd's subscription (made again for the next request). */
-static void sender_close(sender *snd)
+static void sender_close(jl_projector *p, sender *snd)
 {
-    natsSubscription_Destroy(snd->sub); /* destroying unsubscribes */
+    jl_conn_sub_destroy(p->conn, snd->sub); /* a reply given up on may be on its way */
     natsInbox_Destroy(snd->inbox);
     snd->sub = NULL;
     snd->inbox = NULL;
@@ -151,7 +151,7 @@ static natsStatus sender_open(jl_projector *p, sender *snd)
         ns = natsConnection_SubscribeSync(&snd->sub, jl_conn_nats(p->conn), subject);
     }
     if (ns != NATS_OK)
-        sender_close(snd);
+        sender_close(p, snd);
     return ns;
 }
 
@@ -241,7 +241,7 @@ static bool send_row(jl_projector *p, sender *snd, const row *w, jl_reply *r, ch
      * such a row holds back every later one, which its row and the log must show. */
     *out_attempt = !ok && !gave_up;
     if (ns != NATS_OK && ns != NATS_TIMEOUT && ns != NATS_NO_RESPONDERS && !gave_up)
-        sender_close(snd); /* made again for the next request */
+        sender_close(p, snd); /* made again for the next request */
     natsMsg_Destroy(req);
     natsMsg_Destroy(rep);
     return ok;
@@ -790,7 +790,7 @@ static void *sender_thread(void *arg)
         woken = !stopped && p->outbox_wake;
         pthread_mutex_unlock(&p->mu);
     }
-    sender_close(&snd);
+    sender_close(p, &snd);
     free(held.e);
     jl_db_close(db);
     return NULL;

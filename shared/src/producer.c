@@ -3044,7 +3044,7 @@ static bool close_sub(jl_producer *p, natsSubscription **slot, int64_t timeout_m
     pthread_mutex_lock(&p->mu);
     *slot = NULL;
     pthread_mutex_unlock(&p->mu);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(p->conn, sub);
     return done;
 }
 

@@ -784,21 +784,12 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
 
 /* ---- consumer ---- */
 
-static void drop_sub(natsSubscription **sub, bool unsubscribe)
-{
-    if (*sub == NULL)
-        return;
-    if (unsubscribe)
-        natsSubscription_Unsubscribe(*sub);
-    natsSubscription_Destroy(*sub); /* a durable stays: Destroy does not delete it */
-    *sub = NULL;
-}
-
 /* Forget the subscriptions of source @p i: the next step attaches again from its checkpoint. */
 static void detach(jl_projector *p, int i)
 {
     jl__reader_close(&p->src[i].catchup);
-    drop_sub(&p->src[i].pull, false);
+    jl_conn_sub_destroy(p->conn, p->src[i].pull); /* bound to the durable, which stays */
+    p->src[i].pull = NULL;
 }
 
 /* The ack settings of a projector's durable. Far above the time a batch takes to apply: a
@@ -1604,11 +1595,8 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
            "\"stream\":\"%s\",\"from_seq\":%" PRIu64, p->src[si].stream, start);
     natsMsgList_Destroy(&r->list);
     memset(&r->list, 0, sizeof(r->list));
-    if (r->sub != NULL) {
-        natsSubscription_Unsubscribe(r->sub);
-        natsSubscription_Destroy(r->sub);
-        r->sub = NULL;
-    }
+    jl_conn_sub_destroy(p->conn, r->sub);
+    r->sub = NULL;
     jl_status s = jl__reader_open(r, p, si, start, start_time, err, sizeof(err));
     r->last_seq = last;
     r->hash_seq = hash_seq;
@@ -1628,8 +1616,7 @@ static natsStatus reader_reopen(jl__reader *r, bool gone)
             s = JL_ERR_INVALID;
         }
         if (at != MSG_SAME) {
-            natsSubscription_Unsubscribe(r->sub);
-            natsSubscription_Destroy(r->sub);
+            jl_conn_sub_destroy(p->conn, r->sub);
             r->sub = NULL;
         }
     }
@@ -1771,10 +1758,8 @@ bool jl__reader_drained(jl__reader *r)
 void jl__reader_close(jl__reader *r)
 {
     natsMsgList_Destroy(&r->list);
-    if (r->sub != NULL) {
-        natsSubscription_Unsubscribe(r->sub); /* deletes the ephemeral consumer */
-        natsSubscription_Destroy(r->sub);
-    }
+    if (r->sub != NULL)
+        jl_conn_sub_destroy(r->p->conn, r->sub); /* deletes the ephemeral consumer */
     memset(r, 0, sizeof(*r));
 }
 
@@ -2996,7 +2981,7 @@ bool jl_projector_close(jl_projector *p, int64_t timeout_ms)
     if (p->qsub != NULL) {
         handlers_done =
             jl_conn_sub_stop(p->conn, p->qsub, timeout_ms, JL_HANDLER_WAIT_MS) && handlers_done;
-        natsSubscription_Destroy(p->qsub);
+        jl_conn_sub_destroy(p->conn, p->qsub);
         p->qsub = NULL;
     }
     if (p->has_waiter) {

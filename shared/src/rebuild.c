@@ -1025,7 +1025,7 @@ bool jl__jobs_close(jl_projector *p)
     for (int i = 0; i < 2; i++) {
         if (subs[i] != NULL) {
             done = jl_conn_sub_stop(p->conn, subs[i], 0, JL_HANDLER_WAIT_MS) && done;
-            natsSubscription_Destroy(subs[i]);
+            jl_conn_sub_destroy(p->conn, subs[i]);
         }
     }
     p->asub = p->asub_own = NULL;

@@ -190,7 +190,7 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen)
     if (ns != NATS_OK) /* not known: the next missing delivery asks again */
         jl_log(JL_LOG_DEBUG, "cannot ask for other instances of this durable",
                "\"durable\":\"%s\",\"error\":\"%s\"", p->src[0].durable, natsStatus_GetText(ns));
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(p->conn, sub); /* a late answer may be on its way */
     natsInbox_Destroy(inbox);
     if (!jl__twins_yielded(p))
         return JL_OK;

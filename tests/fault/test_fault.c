@@ -433,8 +433,7 @@ static void verify_stream_once(void)
         jl_commit_free(c);
         natsMsg_Destroy(m);
     }
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(conn, sub);
     qsort(seen, n, sizeof(*seen), cmp_id);
     int dups = 0;
     for (size_t i = 1; i < n; i++)

@@ -358,8 +358,7 @@ int tcount_events(jl_conn *c, const char *stream, const char *filter, const char
         }
         natsMsg_Destroy(m);
     }
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(c, sub);
     return n;
 }
 

@@ -269,8 +269,7 @@ static natsSubscription *stand_in_inventory(natsMsgHandler answer)
 /* The stand-in @p fake taken away and the real inventory service back in its place. */
 static void inventory_back(natsSubscription *fake)
 {
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
+    jl_conn_sub_destroy(env.conn, fake);
     open_inventory();
 }
 
@@ -478,8 +477,7 @@ START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
                       NULL,
                   "%s", fr->reason);
     protobuf_c_message_free_unpacked(&fr->base, NULL);
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
+    jl_conn_sub_destroy(env.conn, fake);
 }
 END_TEST
 
@@ -686,8 +684,7 @@ START_TEST(a_refusal_its_handler_cannot_take_holds_back_only_its_own_order)
     ck_assert_int_ge(atomic_load(&failed_refusals), 2); /* sent again, refused again */
     outbox_reply(a, "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, ""); /* its refusal is not recorded while it cannot be taken */
-    natsSubscription_Unsubscribe(fake);
-    natsSubscription_Destroy(fake);
+    jl_conn_sub_destroy(env.conn, fake);
 }
 END_TEST
 
@@ -1132,8 +1129,7 @@ static void sales_from_stream(sales *out)
     }
     for (int k = 0; k < n; k++)
         orders__order_placed__free_unpacked(placed[k], NULL);
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
 }
 
 START_TEST(dashboard_equals_the_sales_computed_from_the_streams)

@@ -409,7 +409,7 @@ START_TEST(a_burst_of_commands_is_answered_in_full)
         jl_reply_cleanup(&r);
     }
     jl_projector_close(p, 1000);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(c, inbox);
     jl_conn_close(c, 0);
 }
 END_TEST
@@ -462,7 +462,7 @@ START_TEST(closing_in_the_middle_of_a_burst_answers_only_what_is_stored)
     /* What was taken was finished and answered; what came later was refused, not lost. */
     ck_assert_uint_eq((uint64_t)ok, stored);
     ck_assert_int_le(ok + refused + no_responders, TOTAL);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(c, inbox);
     jl_conn_close(c, 0);
 }
 END_TEST
@@ -478,7 +478,7 @@ START_TEST(commands_with_and_without_ids_keep_their_order)
     natsSubscription *inbox = send_burst(jl_conn_nats(c), ids, 1, N, true);
     ck_assert_int_eq(collect_replies(inbox, N, NULL), N);
     expect_lines_in_send_order(ids[0], N);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(c, inbox);
     jl_conn_close(c, 0);
 }
 END_TEST
@@ -511,7 +511,7 @@ START_TEST(commands_on_uncached_aggregates_keep_each_ones_order)
 
     for (int k = 0; k < ORDERS; k++)
         expect_lines_in_send_order(ids[k], EACH);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(c, inbox);
     jl_conn_close(c, 0);
 }
 END_TEST
@@ -755,7 +755,7 @@ static uint64_t steal_delivery(const char *consumer)
     uint64_t seq = meta->Sequence.Stream;
     jsMsgMetaData_Destroy(meta);
     natsMsgList_Destroy(&stolen);
-    natsSubscription_Destroy(thief);
+    jl_conn_sub_destroy(env.conn, thief);
     return seq;
 }
 
@@ -788,8 +788,7 @@ START_TEST(redelivered_messages_are_applied_once)
     /* item_count 3 = 2 pears + 1 plum, not doubled */
     ck_assert_ptr_nonnull(strstr(after, "'bob'|'open'|3|248|3|"));
     natsMsgList_Destroy(&list);
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
 
     /* A redelivery of an older message may come last in a batch: the ack (AckAll) is the
      * highest message's, so the whole batch is acked, not only up to that older one. */
@@ -821,8 +820,7 @@ START_TEST(redelivered_messages_are_applied_once)
     ck_assert_ptr_nonnull(strstr(jl_projector_errmsg(p), "two streams"));
     natsMsg_Destroy(plain);
     natsMsgList_Destroy(&list);
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
     free(before);
     free(after);
     jl_projector_close(p, 1000);
@@ -932,7 +930,7 @@ START_TEST(a_durable_made_again_and_read_by_another_meanwhile_skips_nothing)
     ck_assert_int_eq(got.Count, 1);
     ck_assert_int_eq(natsMsg_Ack(got.Msgs[0], NULL), NATS_OK);
     natsMsgList_Destroy(&got);
-    natsSubscription_Destroy(other);
+    jl_conn_sub_destroy(env.conn, other);
     jsConsumerInfo_Destroy(ci);
     int64_t deadline = tnow_ms() + 20000;
     while (jl_projector_checkpoint(p) < mine + 4 && tnow_ms() < deadline)
@@ -1108,7 +1106,80 @@ START_TEST(a_fetch_behind_late_deliveries_stays_within_its_array)
         jsMsgMetaData_Destroy(meta);
     }
     natsMsgList_Destroy(&list);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
+}
+END_TEST
+
+/* Publishes to "flood" as fast as it can until stopped. */
+typedef struct flood {
+    natsConnection *nc;
+    atomic_bool stop;
+    atomic_long sent;
+} flood;
+
+static void *flood_run(void *arg)
+{
+    flood *f = arg;
+    while (!atomic_load(&f->stop))
+        if (natsConnection_PublishString(f->nc, "flood", "x") == NATS_OK)
+            atomic_fetch_add(&f->sent, 1);
+    return NULL;
+}
+
+/*
+ * libnats 3.4.1 looks a subscription up for a message coming in and uses it after letting go of
+ * the lock that keeps it alive (nats.c issue 637, fixed in 3.6): a subscription destroyed while
+ * messages for it pour in (the rest of a pull request whose fetch returned, a late reply) is
+ * used after it was freed, and the process crashes now and then (seen in this suite on a loaded
+ * machine). Freed memory is filled here, so that a use of it crashes at once. Every
+ * subscription of the library and its tools goes through jl_conn_sub_destroy(), which
+ * unsubscribes, waits for a flush and only then destroys. (With natsSubscription_Destroy()
+ * instead, this test crashes within a few hundred rounds.)
+ */
+START_TEST(a_subscription_destroyed_while_messages_pour_in_is_not_used_once_freed)
+{
+    mallopt(M_PERTURB, 0xa5);
+    jl_conn *c = tenv_connect(&env);
+    flood f = {.nc = jl_conn_nats(env.conn)};
+    atomic_init(&f.stop, false);
+    atomic_init(&f.sent, 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, flood_run, &f), 0);
+    int64_t until = tnow_ms() + 10000;
+    int rounds = 0;
+    while (rounds < 4000 && tnow_ms() < until) {
+        natsSubscription *sub = NULL;
+        natsMsg *m = NULL;
+        ck_assert_int_eq(natsConnection_SubscribeSync(&sub, jl_conn_nats(c), "flood"), NATS_OK);
+        ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, -1, -1), NATS_OK);
+        ck_assert_int_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK); /* they pour in */
+        natsMsg_Destroy(m);
+        jl_conn_sub_destroy(c, sub);
+        rounds++;
+    }
+    atomic_store(&f.stop, true);
+    pthread_join(t, NULL);
+    printf("flood: %d subscriptions destroyed under %ld messages\n", rounds,
+           (long)atomic_load(&f.sent));
+    ck_assert_int_ge(rounds, 100);
+    jl_conn_close(c, 0);
+}
+END_TEST
+
+/* A projector's durable outlives it: the subscription bound to it is let go of with
+ * jl_conn_sub_destroy(), which unsubscribes, and that deletes only a consumer the client
+ * library made itself. */
+START_TEST(a_closed_projector_leaves_its_durable_where_it_was)
+{
+    tseed_orders(env.conn, 20, 0);
+    jl_projector *p = open_projector("keepdur", "keepdur", 8);
+    catch_up(p, 20);
+    jl_projector_close(p, 1000);
+    jsConsumerInfo *ci = NULL;
+    ck_assert_int_eq(js_GetConsumerInfo(&ci, jl_conn_js(env.conn), "ORDERS", "keepdur", NULL, NULL),
+                     NATS_OK);
+    ck_assert_uint_eq(ci->Delivered.Stream, 20);
+    jsConsumerInfo_Destroy(ci);
 }
 END_TEST
 
@@ -1607,7 +1678,7 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
     jl_conn *c = tenv_connect(&env);
     natsSubscription *inbox = send_burst(jl_conn_nats(c), bad, 1, 2, false);
     ck_assert_int_eq(collect_replies(inbox, 2, NULL), 0);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(c, inbox);
     jl_conn_close(c, 0);
 
     char path[1024];
@@ -2026,7 +2097,7 @@ START_TEST(a_lost_delivery_has_an_instance_look_for_another_on_its_durable)
     ck_assert_msg(strstr(jl_projector_errmsg(p),
                          "also consumed by instance 00000000-0000-4000-8000-00000000000a") != NULL,
                   "%s", jl_projector_errmsg(p));
-    natsSubscription_Destroy(twin);
+    jl_conn_sub_destroy(env.conn, twin);
     jl_projector_close(p, 0);
 }
 END_TEST
@@ -2181,7 +2252,7 @@ START_TEST(queries_past_the_waiting_limit_are_answered_at_once)
            PARKED, OVER, took);
     ck_assert_int_lt(took, JL_QUERY_WAIT_MS); /* none of them waited for a sequence */
     jl_reply_cleanup(&r);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
     jl_projector_close(p, 1000);
 }
 END_TEST
@@ -2213,7 +2284,7 @@ START_TEST(waiting_queries_are_bounded_in_bytes_too)
     }
     ck_assert_msg(refused >= 15 && refused <= 30, "%d refused", refused);
     free(id);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
     jl_projector_close(p, 1000);
 }
 END_TEST
@@ -2709,7 +2780,7 @@ START_TEST(a_long_queue_of_rejected_commands_is_answered)
     ck_assert_int_eq(got, QUEUED);
     ck_assert_int_eq(invalid, QUEUED);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(client, sub);
     jl_conn_close(client, 0);
     pthread_mutex_destroy(&rc.mu);
 }
@@ -2800,7 +2871,7 @@ START_TEST(appends_that_find_no_stream_are_sent_again_until_it_is_back)
     create_stream_again();
     ck_assert_int_eq(collect_replies(inbox, TOTAL, NULL), TOTAL);
     ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), TOTAL);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(client, inbox);
     jl_conn_close(client, 0);
 }
 END_TEST
@@ -2862,7 +2933,7 @@ START_TEST(commands_beyond_the_producers_limit_are_refused_and_the_held_ones_run
                        &r);
     ck_assert_msg(r.code == JL_CODE_OK, "%s: %s", jl_code_str(r.code), r.message);
     jl_reply_cleanup(&r);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(client, inbox);
     jl_conn_close(client, 0);
     jl_producer_close(p, 1000);
 }
@@ -2937,7 +3008,7 @@ START_TEST(large_commands_beyond_the_producers_bytes_are_refused)
     ck_assert_int_le(refused, TOTAL - (JL_MAX_HELD_COMMAND_BYTES / (BIG + 64)) + 1);
     free(sku);
     free(buf);
-    natsSubscription_Destroy(inbox);
+    jl_conn_sub_destroy(client, inbox);
     jl_conn_close(client, 0);
     jl_producer_close(p, 1000);
 }
@@ -3434,6 +3505,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_lost_delivery_is_read_again_not_skipped);
     tcase_add_test(tc, a_lost_delivery_while_catching_up_is_read_again);
     tcase_add_test(tc, a_fetch_behind_late_deliveries_stays_within_its_array);
+    tcase_add_test(tc, a_subscription_destroyed_while_messages_pour_in_is_not_used_once_freed);
+    tcase_add_test(tc, a_closed_projector_leaves_its_durable_where_it_was);
     tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
     tcase_add_test(tc, a_readers_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, a_durable_made_again_under_a_new_attach_skips_nothing);

@@ -1579,8 +1579,7 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
     ck_assert_msg(strstr(r->err, "--creds needs a value, not the flag '--json'") != NULL, "%s",
                   r->err);
     free(r);
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
 }
 END_TEST
 

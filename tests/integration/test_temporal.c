@@ -305,7 +305,7 @@ START_TEST(history_pages_fit_in_what_the_server_carries)
                   "%s", r.message);
     jl_reply_cleanup(&r);
     natsMsg_Destroy(got);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(env.conn, sub);
     free(big);
 }
 END_TEST

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jetledger/conn.h"
 #include "orders/orders.pb-c.h"
 
 /* A run fails when no reply arrives for this long while requests are in flight. */
@@ -151,10 +152,7 @@ void bench_rpc_close(bench_rpc *r)
 {
     if (r == NULL)
         return;
-    if (r->sub != NULL) {
-        natsSubscription_Unsubscribe(r->sub);
-        natsSubscription_Destroy(r->sub);
-    }
+    jl_nats_sub_destroy(r->nc, r->sub);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r->sent_ns);

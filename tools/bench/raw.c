@@ -585,7 +585,7 @@ jl_status bench_raw_echo(bench *b)
             s = bench_fail(b, JL_ERR_NATS, "echo request: %s", natsStatus_GetText(ns));
         natsMsg_Destroy(rep);
     }
-    natsSubscription_Destroy(sub);
+    jl_nats_sub_destroy(rc, sub);
     jsCtx_Destroy(rjs);
     if (rc != NULL)
         natsConnection_Close(rc);
@@ -699,7 +699,7 @@ static void ryw_close(ryw_consumer *c)
     if (c->has_thread)
         pthread_join(c->thread, NULL);
     if (c->sub != NULL)
-        natsSubscription_Destroy(c->sub);
+        jl_nats_sub_destroy(c->nc, c->sub);
     if (c->js != NULL) {
         js_DeleteConsumer(c->js, BENCH_RAW_STREAM, RYW_DURABLE, NULL, NULL);
         jsCtx_Destroy(c->js);
@@ -830,10 +830,7 @@ jl_status bench_raw_read(bench *b, uint64_t last_seq, double *out_rate)
         bench_curve_add(&b->catchup_raw_read, (double)(t1 - t0) / 1e9, (double)last_seq);
         *out_rate = (double)last_seq / ((double)(t1 - t0) / 1e9);
     }
-    if (sub != NULL) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
+    jl_nats_sub_destroy(b->nc_bulk, sub);
     return s;
 }
 

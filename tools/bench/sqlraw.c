@@ -18,6 +18,7 @@
 
 #include <sqlite3.h>
 
+#include "jetledger/conn.h"
 #include "jetledger/db.h"
 #include "orders/orders.pb-c.h"
 
@@ -166,10 +167,7 @@ static jl_status load_rows(bench *b, rows *rs, uint64_t last_seq)
                            (uint64_t)atomic_load(&rs->msgs), last_seq);
     }
     /* Unsubscribe first: no callback runs on the rows after this. */
-    if (sub != NULL) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
+    jl_nats_sub_destroy(b->nc_bulk, sub);
     if (s == JL_OK && atomic_load(&rs->fail))
         s = bench_fail(b, JL_ERR_DECODE, "decoding %s: %s", BENCH_ORDERS_STREAM, rs->err);
     return s;

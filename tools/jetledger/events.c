@@ -179,7 +179,7 @@ int cli_events(cli_ctx *ctx)
 done:
     fflush(stdout);
     jsConsumerInfo_Destroy(ci);
-    natsSubscription_Destroy(sub);
+    jl_conn_sub_destroy(conn, sub);
     jl_conn_close(conn, 0);
     jl_buf_cleanup(&line);
     return rc;

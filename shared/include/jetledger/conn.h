@@ -112,8 +112,8 @@ natsStatus jl_conn_subscribe(jl_conn *c, natsSubscription **out, const char *sub
  * Stop an asynchronous subscription: drain it for up to @p drain_ms (the messages it holds are
  * handled; 0: unsubscribe at once), then wait up to @p wait_ms for its handler to return for
  * the last time (nats.c's on-complete callback; unsubscribing alone does not wait for a
- * handler already running), and jl_conn_settle(). The caller still destroys @p sub. NULL is a
- * no-op.
+ * handler already running), and jl_conn_settle(). The caller still destroys @p sub, with
+ * jl_conn_sub_destroy(). NULL is a no-op.
  * @return true when the handler can no longer run; false when it may still be running at the
  *         deadline (or, for a subscription not made by jl_conn_subscribe(), when the closed
  *         connection closed it first): the caller must then leave what the handler uses
@@ -130,6 +130,27 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
  * before the call (a service is ready once it does).
  */
 bool jl_conn_settle(jl_conn *c);
+
+/**
+ * Unsubscribe and destroy @p sub (NULL: no-op), which must be one of @p c's. Use it for every
+ * subscription, never natsSubscription_Destroy(): libnats before 3.6 (Debian 12 has 3.4.1)
+ * looks a subscription up for a message coming in and uses it after letting go of the lock
+ * that kept it alive (nats.c issue 637), so destroying one while a message for it comes in (the
+ * rest of a pull request whose fetch returned, a reply given up on, a flood) crashes the
+ * process now and then. This unsubscribes first (what comes later finds no subscription; an
+ * ephemeral consumer the library made is deleted, a bound one stays), then waits for a flush
+ * (jl_conn_settle()) and only then destroys. When no flush is answered (the connection down,
+ * closed, or the server silent for 2 s), @p sub is destroyed after the next answered one or by
+ * jl_conn_close(). Thread-safe.
+ */
+void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub);
+
+/**
+ * jl_conn_sub_destroy() for a connection made without jl_conn (the benchmark's own): when no
+ * flush is answered, @p sub stays allocated (unsubscribed).
+ * @return true when @p sub was destroyed (or NULL).
+ */
+bool jl_nats_sub_destroy(natsConnection *nc, natsSubscription *sub);
 
 /** The underlying connection (borrowed; valid until jl_conn_close). Thread-safe. */
 natsConnection *jl_conn_nats(jl_conn *c);
