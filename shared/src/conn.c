@@ -199,14 +199,29 @@ static void on_reconnected(natsConnection *nc, void *closure)
                esc, jl_log_str(ev, sizeof(ev), v), replicas, JL_MIN_CLUSTER_SERVER_VERSION);
 }
 
+/*
+ * Posted by the library's callback thread, maybe after @p sub was destroyed: libnats 3.4.1 does
+ * not hold the subscription for the callback (fixed upstream in 2023, nats.c pull request 659).
+ * Its subject is read only from a subscription jl_conn_subscribe() watches, under c->mu, which
+ * jl_conn_sub_stop() takes before the subscription can be destroyed (its slow consumer, the
+ * error it can have, is what an operator needs to see: which subscription lags).
+ */
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     (void)nc;
-    (void)closure;
-    const char *subj = sub != NULL ? natsSubscription_GetSubject(sub) : NULL;
-    char esc[300];
+    jl_conn *c = closure;
+    char subj[256] = "", esc[300];
+    pthread_mutex_lock(&c->mu);
+    for (const sub_watch *w = c->watches; sub != NULL && w != NULL; w = w->next) {
+        if (w->sub == sub) {
+            const char *s = natsSubscription_GetSubject(sub);
+            snprintf(subj, sizeof(subj), "%s", s != NULL ? s : "");
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
     jl_log(JL_LOG_ERROR, "nats async error", "\"status\":\"%s\",\"subject\":\"%s\"",
-           natsStatus_GetText(err), jl_log_str(esc, sizeof(esc), subj ? subj : ""));
+           natsStatus_GetText(err), jl_log_str(esc, sizeof(esc), subj));
 }
 
 /* Split a comma-separated server list in place; returns how many, -1 for more than
@@ -473,7 +488,7 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     if (ns == NATS_OK)
         ns = natsOptions_SetReconnectedCB(opts, on_reconnected, c);
     if (ns == NATS_OK)
-        ns = natsOptions_SetErrorHandler(opts, on_async_error, NULL);
+        ns = natsOptions_SetErrorHandler(opts, on_async_error, c);
     if (ns == NATS_OK && cfg->creds[0] != 0) {
         /* The library reads the file only when a server asks for credentials: a wrong path
          * would pass unnoticed against a server without authorization, and fail later. */

@@ -1166,6 +1166,84 @@ START_TEST(a_subscription_destroyed_while_messages_pour_in_is_not_used_once_free
 }
 END_TEST
 
+/* Five messages on @p subject to @p sub of @p c, made to hold one at most, then what was logged
+ * into @p log (closed) up to the library's error, which comes on its callback thread: each line
+ * is flushed as it is logged, read (without moving the stream) until it is. */
+static void overflow_then_read_log(jl_conn *c, natsSubscription *sub, const char *subject,
+                                   FILE *log, char *text, size_t n)
+{
+    natsConnection *nc = jl_conn_nats(c), *pub = jl_conn_nats(env.conn);
+    ck_assert_int_eq(natsSubscription_SetPendingLimits(sub, 1, -1), NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(natsConnection_PublishString(pub, subject, "x"), NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(pub), NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(nc), NATS_OK);
+    int64_t dropped = 0;
+    ck_assert_int_eq(natsSubscription_GetDropped(sub, &dropped), NATS_OK);
+    ck_assert_int_gt(dropped, 0);
+    for (int64_t until = tnow_ms() + 10000; tnow_ms() < until;) {
+        nats_Sleep(20);
+        ssize_t got = pread(fileno(log), text, n - 1, 0);
+        text[got > 0 ? got : 0] = 0;
+        if (strstr(text, "nats async error") != NULL)
+            break;
+    }
+    tlog_read(log, text, n);
+}
+
+/* Slow consumers are said, but a subscription's subject is read only when that is safe:
+ * libnats 3.4.1 may call the error handler after the subscription was destroyed, so only one
+ * jl_conn_subscribe() watches (jl_conn_sub_stop() stops watching before it can be destroyed)
+ * is read; another is said without its subject rather than read once freed. */
+START_TEST(a_slow_consumer_is_said_with_its_subject_only_when_that_is_safe_to_read)
+{
+    jl_conn *c = tenv_connect(&env);
+    FILE *log = tlog_capture();
+    natsSubscription *plain = NULL;
+    ck_assert_int_eq(natsConnection_SubscribeSync(&plain, jl_conn_nats(c), "slow.plain"), NATS_OK);
+    char text[8192];
+    overflow_then_read_log(c, plain, "slow.plain", log, text, sizeof(text));
+    const char *said = strstr(text, "nats async error");
+    ck_assert_msg(said != NULL, "%s", text);
+    ck_assert_msg(strstr(said, "\"status\":\"Slow Consumer, messages dropped\",\"subject\":\"\"") !=
+                      NULL,
+                  "%s", text);
+    jl_conn_sub_destroy(c, plain);
+    jl_conn_close(c, 0);
+}
+END_TEST
+
+static void hold_until_released(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *arg)
+{
+    (void)nc;
+    (void)sub;
+    while (!atomic_load((atomic_bool *)arg))
+        nats_Sleep(5);
+    natsMsg_Destroy(m);
+}
+
+/* The same for a subscription watched by jl_conn_subscribe(): said with its subject. */
+START_TEST(a_watched_slow_consumer_is_said_with_its_subject)
+{
+    jl_conn *c = tenv_connect(&env);
+    atomic_bool release;
+    atomic_init(&release, false);
+    FILE *log = tlog_capture();
+    natsSubscription *watched = NULL;
+    ck_assert_int_eq(
+        jl_conn_subscribe(c, &watched, "slow.watched", NULL, hold_until_released, &release),
+        NATS_OK);
+    char text[8192];
+    overflow_then_read_log(c, watched, "slow.watched", log, text, sizeof(text));
+    ck_assert_msg(strstr(text, "\"subject\":\"slow.watched\"") != NULL, "%s", text);
+    atomic_store(&release, true);
+    ck_assert(jl_conn_sub_stop(c, watched, 0, 2000));
+    jl_conn_sub_destroy(c, watched);
+    jl_conn_close(c, 0);
+}
+END_TEST
+
 /* A projector's durable outlives it: the subscription bound to it is let go of with
  * jl_conn_sub_destroy(), which unsubscribes, and that deletes only a consumer the client
  * library made itself. */
@@ -3507,6 +3585,8 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_fetch_behind_late_deliveries_stays_within_its_array);
     tcase_add_test(tc, a_subscription_destroyed_while_messages_pour_in_is_not_used_once_freed);
     tcase_add_test(tc, a_closed_projector_leaves_its_durable_where_it_was);
+    tcase_add_test(tc, a_slow_consumer_is_said_with_its_subject_only_when_that_is_safe_to_read);
+    tcase_add_test(tc, a_watched_slow_consumer_is_said_with_its_subject);
     tcase_add_test(tc, a_reader_whose_consumer_is_removed_reads_on);
     tcase_add_test(tc, a_readers_lost_last_delivery_is_read_again_while_idle);
     tcase_add_test(tc, a_durable_made_again_under_a_new_attach_skips_nothing);
