@@ -977,6 +977,10 @@ void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
         (void)jl_nats_sub_destroy(NULL, sub); /* unsubscribed, left allocated */
         return;
     }
+    /* Watched still (never stopped): no longer, so that on_async_error() does not read it. */
+    sub_done *d = take_watch(c, sub);
+    if (d != NULL)
+        sub_done_unref(d);
     /* Out of the connection's table first: what comes later finds no subscription. A bound
      * consumer stays; an ephemeral one the library made is deleted. */
     (void)natsSubscription_Unsubscribe(sub);
