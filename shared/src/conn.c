@@ -969,30 +969,34 @@ bool jl_conn_settle(jl_conn *c)
     return settle(c != NULL ? jl_conn_nats(c) : NULL);
 }
 
+bool jl_nats_sub_destroy(natsConnection *nc, natsSubscription *sub)
+{
+    if (sub == NULL)
+        return true;
+    /* Out of the connection's table first: what comes later finds no subscription. A bound
+     * consumer stays; an ephemeral one the library made is deleted. */
+    (void)natsSubscription_Unsubscribe(sub);
+    if (!settle(nc))
+        return false;
+    natsSubscription_Destroy(sub); /* the reader is past every message that came before */
+    return true;
+}
+
 void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
 {
     if (sub == NULL)
         return;
-    if (c == NULL) {
-        (void)jl_nats_sub_destroy(NULL, sub); /* unsubscribed, left allocated */
-        return;
-    }
     /* Watched still (never stopped): no longer, so that on_async_error() does not read it. */
     sub_done *d = take_watch(c, sub);
     if (d != NULL)
         sub_done_unref(d);
-    /* Out of the connection's table first: what comes later finds no subscription. A bound
-     * consumer stays; an ephemeral one the library made is deleted. */
-    (void)natsSubscription_Unsubscribe(sub);
-    if (jl_conn_settle(c)) {
-        /* The reader is past every message that came before: these and the ones waiting
-         * (unsubscribed before this flush) are safe to destroy. */
+    if (jl_nats_sub_destroy(c->nc, sub)) {
+        /* The ones waiting were unsubscribed before that flush: safe to destroy too. */
         pthread_mutex_lock(&c->mu);
         sub_grave *waiting = c->graves;
         c->graves = NULL;
         pthread_mutex_unlock(&c->mu);
         bury(waiting);
-        natsSubscription_Destroy(sub);
         return;
     }
     sub_grave *g = malloc(sizeof(*g));
@@ -1003,17 +1007,6 @@ void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
     g->next = c->graves;
     c->graves = g;
     pthread_mutex_unlock(&c->mu);
-}
-
-bool jl_nats_sub_destroy(natsConnection *nc, natsSubscription *sub)
-{
-    if (sub == NULL)
-        return true;
-    (void)natsSubscription_Unsubscribe(sub);
-    if (!settle(nc))
-        return false;
-    natsSubscription_Destroy(sub);
-    return true;
 }
 
 bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64_t wait_ms)

@@ -132,7 +132,7 @@ bool jl_conn_sub_stop(jl_conn *c, natsSubscription *sub, int64_t drain_ms, int64
 bool jl_conn_settle(jl_conn *c);
 
 /**
- * Unsubscribe and destroy @p sub (NULL: no-op), which must be one of @p c's. Use it for every
+ * Unsubscribe and destroy @p sub (NULL: no-op), one of @p c's (not NULL). Use it for every
  * subscription, never natsSubscription_Destroy(): libnats before 3.6 (Debian 12 has 3.4.1)
  * looks a subscription up for a message coming in and uses it after letting go of the lock
  * that kept it alive (nats.c issue 637), so destroying one while a message for it comes in (the
