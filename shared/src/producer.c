@@ -16,6 +16,7 @@
 #include "hash.h"
 #include "late.h"
 #include "ordered.h"
+#include "ptrmap.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "jetledger/store.h"
@@ -66,13 +67,6 @@
 
 typedef struct cmd cmd;
 
-/* Commands in flight, found again by the message the ack handler gets back. */
-typedef struct inflight_map {
-    natsMsg **keys;
-    cmd **vals;
-    size_t cap; /* power of two */
-} inflight_map;
-
 struct jl_producer {
     const jl_service_def *def;
     jl_conn *conn;
@@ -97,7 +91,7 @@ struct jl_producer {
      * or the commits after a lost race (p->loads), or a command-id record (p->incoming). */
     pthread_mutex_t mu;
     jl__cache *cache;
-    inflight_map inflight;
+    jl__ptrmap inflight; /* natsMsg -> cmd: commands in flight, found by what on_ack gets back */
     size_t n_inflight;
     size_t max_inflight;
     size_t snapshots_inflight;        /* snapshot writes not yet acked (not in n_inflight) */
@@ -1016,34 +1010,6 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
  * messages are ever in flight.
  */
 
-static void inflight_put(inflight_map *m, natsMsg *k, cmd *v)
-{
-    size_t i = ((uintptr_t)k >> 4) & (m->cap - 1);
-    while (m->keys[i] != NULL)
-        i = (i + 1) & (m->cap - 1);
-    m->keys[i] = k;
-    m->vals[i] = v;
-}
-
-static cmd *inflight_take(inflight_map *m, natsMsg *k)
-{
-    size_t i = ((uintptr_t)k >> 4) & (m->cap - 1);
-    while (m->keys[i] != NULL && m->keys[i] != k)
-        i = (i + 1) & (m->cap - 1);
-    if (m->keys[i] == NULL)
-        return NULL;
-    cmd *v = m->vals[i];
-    m->keys[i] = NULL;
-    /* Re-insert the rest of the cluster so lookups never stop at the hole. */
-    for (size_t j = (i + 1) & (m->cap - 1); m->keys[j] != NULL; j = (j + 1) & (m->cap - 1)) {
-        natsMsg *rk = m->keys[j];
-        cmd *rv = m->vals[j];
-        m->keys[j] = NULL;
-        inflight_put(m, rk, rv);
-    }
-    return v;
-}
-
 static void cmd_destroy(cmd *c)
 {
     jl_decision_cleanup(&c->d);
@@ -1129,13 +1095,14 @@ static natsStatus publish_tracked(jl_producer *p, jsCtx *js, natsMsg **m, jsPubO
 {
     natsMsg *key = *m;
     if (c != NULL) {
-        inflight_put(&p->inflight, key, c);
+        if (jl__ptrmap_put(&p->inflight, key, c) != JL_OK)
+            return NATS_NO_MEMORY;
         p->n_inflight++;
         c->sent_ns = mono_ns();
     }
     natsStatus ns = js_PublishMsgAsync(js, m, po);
     if (ns != NATS_OK && c != NULL) {
-        inflight_take(&p->inflight, key);
+        jl__ptrmap_take(&p->inflight, key);
         p->n_inflight--;
     }
     return ns;
@@ -1872,7 +1839,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     cmd *to_read = NULL; /* handed to p->loads once the rest is done */
     atomic_fetch_add(&p->acking, 1);
     pthread_mutex_lock(&p->mu);
-    cmd *c = inflight_take(&p->inflight, msg);
+    cmd *c = jl__ptrmap_take(&p->inflight, msg);
     if (c == NULL) { /* a snapshot's (see save_snapshot): no command waits for it */
         if (p->snapshots_inflight > 0)
             p->snapshots_inflight--;
@@ -2862,18 +2829,16 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     jl_reply_init(&p->reply);
     p->append_timeout_ms = cfg->request_timeout_ms;
     p->max_inflight = JL_PRODUCER_MAX_INFLIGHT;
-    p->inflight.cap = 4 * JL_PRODUCER_MAX_INFLIGHT;
-    p->inflight.keys = calloc(p->inflight.cap, sizeof(*p->inflight.keys));
-    p->inflight.vals = calloc(p->inflight.cap, sizeof(*p->inflight.vals));
+    /* Appends are at most max_inflight; command-id records written for repeats (see the
+     * MaxPending below) come on top, up to max_cmds: the map grows for those. */
+    jl_status ms = jl__ptrmap_init(&p->inflight, 2 * JL_PRODUCER_MAX_INFLIGHT);
     jl_buf_init(&p->kv_value, JL_MAX_COMMIT_BYTES + 1024);
     jl_buf_init(&p->snap_state, JL_MAX_COMMIT_BYTES);
     p->max_cmds = (size_t)(cfg->max_commands > 0 ? cfg->max_commands : JL_MAX_COMMANDS_DEFAULT);
     p->cache = jl__cache_create((size_t)cfg->cache_size, def->state_size);
     if (p->cache != NULL)
         jl__cache_on_evict(p->cache, on_evict, p);
-    if (p->cache == NULL || p->inflight.keys == NULL || p->inflight.vals == NULL) {
-        if (p->inflight.keys == NULL || p->inflight.vals == NULL)
-            p->inflight.cap = 0; /* the close below walks cap slots */
+    if (p->cache == NULL || ms != JL_OK) {
         snprintf(err, errlen, "out of memory");
         s = JL_ERR_NOMEM;
         goto done;
@@ -3080,6 +3045,7 @@ static void drop_unanswered(jl_producer *p)
     for (size_t i = 0; i < p->inflight.cap; i++) {
         cmd *c = p->inflight.keys[i] != NULL ? p->inflight.vals[i] : NULL; /* vals go stale */
         p->inflight.keys[i] = NULL;
+        p->inflight.n -= c != NULL;
         if (c != NULL) { /* NULL: a snapshot's put, no command */
             c->next = heads;
             heads = c;
@@ -3212,8 +3178,7 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         n = c->next;
         cmd_destroy(c);
     }
-    free(p->inflight.keys);
-    free(p->inflight.vals);
+    jl__ptrmap_free(&p->inflight);
     jl__cache_destroy(p->cache);
     pthread_mutex_destroy(&p->mu);
     free(p);

@@ -47,6 +47,7 @@
 #include "cache.h"
 #include "codec_int.h"
 #include "ordered.h"
+#include "ptrmap.h"
 
 #define AGG "5f0c6a3e-8b1d-4c2e-9a7f-1d2e3f4a5b6c"
 #define CMD_ID "0d7a2c9e-1b3f-4a5d-8e6f-7a8b9c0d1e2f"
@@ -607,6 +608,43 @@ START_TEST(arrivals_date_a_delivery_by_the_queue_it_waited_in)
         ck_assert(at <= now && at >= t0);
         ck_assert_uint_le(a.n, JL_ARRIVAL_MARKS);
     }
+}
+END_TEST
+
+/* ---- the producer's map of publishes in flight (internal) ---- */
+
+/* More keys than it was sized for, held at once, as command-id records for repeats can be
+ * (every held command may have one): it grows, and finds each again after removals. */
+START_TEST(ptrmap_grows_past_its_hint_and_finds_every_key_after_removals)
+{
+    enum { N = 50000 };
+    jl__ptrmap m;
+    ck_assert_int_eq(jl__ptrmap_init(&m, 64), JL_OK);
+    size_t first_cap = m.cap;
+    char *keys = malloc(N); /* distinct addresses, adjacent as allocations often are */
+    ck_assert_ptr_nonnull(keys);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(jl__ptrmap_put(&m, keys + i, (void *)(uintptr_t)(i + 1)), JL_OK);
+    ck_assert_uint_eq(m.n, N);
+    ck_assert_uint_gt(m.cap, first_cap);
+    ck_assert_uint_ge(m.cap, 2 * (size_t)N);
+    /* Every other one out: each removal re-places its run, the rest stay findable. */
+    for (int i = 0; i < N; i += 2)
+        ck_assert_uint_eq((uintptr_t)jl__ptrmap_take(&m, keys + i), (uintptr_t)(i + 1));
+    ck_assert_uint_eq(m.n, N / 2);
+    for (int i = 0; i < N; i++) {
+        void *v = jl__ptrmap_take(&m, keys + i);
+        ck_assert_uint_eq((uintptr_t)v, i % 2 == 0 ? 0 : (uintptr_t)(i + 1));
+    }
+    ck_assert_uint_eq(m.n, 0);
+    ck_assert_ptr_null(jl__ptrmap_take(&m, keys));
+    jl__ptrmap_free(&m);
+    ck_assert_uint_eq(m.cap, 0);
+    ck_assert_ptr_null(jl__ptrmap_take(&m, keys));           /* freed: empty, and safe to ask */
+    ck_assert_int_eq(jl__ptrmap_put(&m, keys, keys), JL_OK); /* and usable again */
+    ck_assert_ptr_eq(jl__ptrmap_take(&m, keys), keys);
+    jl__ptrmap_free(&m);
+    free(keys);
 }
 END_TEST
 
@@ -3525,6 +3563,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, ordered_push_at_hands_on_when_the_item_came);
     tcase_add_test(tc, ordered_try_push_refuses_only_when_full);
     tcase_add_test(tc, arrivals_date_a_delivery_by_the_queue_it_waited_in);
+    tcase_add_test(tc, ptrmap_grows_past_its_hint_and_finds_every_key_after_removals);
     tcase_add_test(tc, cache_evicts_least_recent_unpinned_and_says_so);
     tcase_add_test(tc, decision_more_than_max_events_becomes_invalid_rejection);
     tcase_add_test(tc, decision_events_up_to_max_bytes_fit_one_byte_more_is_rejected);
