@@ -312,7 +312,10 @@ static own_copy find_own(jl_store *st, const jl_append *a, uint64_t *out_seq)
     jsDirectGetMsgOptions_Init(&o);
     o.Sequence = (a->expect_empty ? 0 : a->expected_last_seq) + 1;
     o.NextBySubject = a->subject;
-    if (js_DirectGetMsg(&m, st->js, st->stream, NULL, &o) != NATS_OK)
+    natsStatus ns = js_DirectGetMsg(&m, st->js, st->stream, NULL, &o);
+    if (ns == NATS_NOT_FOUND) /* nothing on the subject past the expected sequence */
+        return OWN_NOT_STORED;
+    if (ns != NATS_OK)
         return OWN_UNKNOWN;
     own_copy got = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
                            strcmp(id, a->msg_id) == 0
@@ -348,7 +351,6 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
         po.ExpectNoMessage = true; /* ExpectLastSubjectSeq = 0 would mean "no check" */
     else
         po.ExpectLastSubjectSeq = a->expected_last_seq;
-    bool resent = false; /* an earlier attempt may be stored */
     for (int attempt = 0;; attempt++) {
         int64_t left = deadline - jl__mono_ms();
         if (left <= 0) {
@@ -369,7 +371,6 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             jerr == JL_JS_DUPLICATE_IN_PROCESS) {
             /* An earlier copy still being stored (a clustered stream): not stored yet, and it
              * may yet be lost to a leader election. Ask again until it has a sequence. */
-            resent = true;
             ns = NATS_TIMEOUT; /* what the deadline's message says of it */
             nats_Sleep(attempt < 5 ? 50 : 250);
             continue;
@@ -380,10 +381,11 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             break;
         }
         /* A clustered stream answers a resend of a stored message "wrong last sequence" (it
-         * checks the sequence before the id): our copy may be there. */
-        own_copy own = jl_js_wrong_last_seq(jerr) && resent && a->msg_id != NULL
-                           ? find_own(st, a, out_seq)
-                           : OWN_NOT_STORED;
+         * checks the sequence before the id): our copy may be there, sent by an earlier
+         * attempt of this call or by an earlier call that timed out (retried with the same id,
+         * as the header says). */
+        own_copy own = jl_js_wrong_last_seq(jerr) && a->msg_id != NULL ? find_own(st, a, out_seq)
+                                                                       : OWN_NOT_STORED;
         if (own == OWN_FOUND) {
             *out_duplicate = true; /* as a single server says of a resend it had stored */
             ns = NATS_OK;
@@ -406,7 +408,6 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             ns == NATS_NOT_YET_CONNECTED || (ns == NATS_ERR && jerr == 0)) {
             jl_log(JL_LOG_DEBUG, "append retry", "\"subject\":\"%s\",\"status\":\"%s\"", a->subject,
                    natsStatus_GetText(ns));
-            resent = true; /* the first copy may have got through */
             nats_Sleep(attempt < 5 ? 50 : 250);
             continue;
         }

@@ -993,6 +993,26 @@ START_TEST(store_append_stored_after_a_timeout_is_found)
            s == JL_OK ? "" : jl_store_errmsg(st));
     ck_assert_msg(s == JL_OK, "%s: %s", jl_status_str(s), jl_store_errmsg(st));
     ck_assert_uint_eq(seq, 1);
+    /* A caller whose call timed out retries with the same id, as the header says: a new call
+     * that meets the stored copy ("wrong last sequence" on a clustered stream) finds it. */
+    seq = 0;
+    dup = false;
+    s = jl_store_append(st, &a, &seq, &dup);
+    printf("the same append again: %s, sequence %" PRIu64 ", duplicate %d\n", jl_status_str(s), seq,
+           (int)dup);
+    ck_assert_msg(s == JL_OK, "%s: %s", jl_status_str(s), jl_store_errmsg(st));
+    ck_assert_uint_eq(seq, 1);
+    ck_assert(dup);
+    /* And one that lost a real race is still told so, quickly, not left to time out. */
+    a.msg_id = "resend-2";
+    int64_t t0 = tnow_ms();
+    s = jl_store_append(st, &a, &seq, &dup);
+    ck_assert_msg(s == JL_ERR_CONFLICT, "%s: %s", jl_status_str(s), jl_store_errmsg(st));
+    ck_assert_int_lt(tnow_ms() - t0, 5000);
+    a.expect_empty = false;
+    a.expected_last_seq = 7; /* past the subject's last: no copy of ours can be there either */
+    s = jl_store_append(st, &a, &seq, &dup);
+    ck_assert_msg(s == JL_ERR_CONFLICT, "%s: %s", jl_status_str(s), jl_store_errmsg(st));
     wait_replicas_current("RESEND", 30000);
     ck_assert_uint_eq(stream_msgs_when_known("RESEND"), 1);
     jl_store_close(st);
