@@ -71,6 +71,7 @@ static void sub_done_unref(sub_done *d);
 /* A subscription unsubscribed and waiting to be destroyed. */
 typedef struct sub_grave {
     natsSubscription *sub;
+    uint64_t n; /* its number: graves are numbered in the order they were dug */
     struct sub_grave *next;
 } sub_grave;
 
@@ -99,7 +100,8 @@ struct jl_conn {
     sub_watch *watches; /* jl_conn_subscribe()'s, until jl_conn_sub_stop() (under mu) */
     /* Subscriptions jl_conn_sub_destroy() unsubscribed but could not yet destroy safely (no
      * flush answered since): destroyed after the next answered one, or by jl_conn_close(). */
-    struct sub_grave *graves;
+    struct sub_grave *graves; /* newest first */
+    uint64_t graves_dug;      /* the number of the newest (under mu) */
     /* Replicas of a stream jl_conn_check_replicas() passed (0: none over 1): a server reached
      * later, by a reconnect, has its version checked too. */
     atomic_int checked_replicas;
@@ -990,13 +992,20 @@ void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
     sub_done *d = take_watch(c, sub);
     if (d != NULL)
         sub_done_unref(d);
+    /* The ones waiting now were unsubscribed before the flush below starts; those another
+     * thread adds meanwhile perhaps after it: they wait for a later one. */
+    pthread_mutex_lock(&c->mu);
+    uint64_t before = c->graves_dug;
+    pthread_mutex_unlock(&c->mu);
     if (jl_nats_sub_destroy(c->nc, sub)) {
-        /* The ones waiting were unsubscribed before that flush: safe to destroy too. */
         pthread_mutex_lock(&c->mu);
-        sub_grave *waiting = c->graves;
-        c->graves = NULL;
+        sub_grave **pg = &c->graves;
+        while (*pg != NULL && (*pg)->n > before)
+            pg = &(*pg)->next;
+        sub_grave *settled = *pg; /* this one and all older */
+        *pg = NULL;
         pthread_mutex_unlock(&c->mu);
-        bury(waiting);
+        bury(settled);
         return;
     }
     sub_grave *g = malloc(sizeof(*g));
@@ -1004,6 +1013,7 @@ void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub)
         return; /* left allocated: memory lost rather than a crash */
     g->sub = sub;
     pthread_mutex_lock(&c->mu);
+    g->n = ++c->graves_dug;
     g->next = c->graves;
     c->graves = g;
     pthread_mutex_unlock(&c->mu);

@@ -140,8 +140,9 @@ bool jl_conn_settle(jl_conn *c);
  * process now and then. This unsubscribes first (what comes later finds no subscription; an
  * ephemeral consumer the library made is deleted, a bound one stays), then waits for a flush
  * (jl_conn_settle()) and only then destroys. When no flush is answered (the connection down,
- * closed, or the server silent for 2 s), @p sub is destroyed after the next answered one or by
- * jl_conn_close(). Thread-safe.
+ * closed, or the server silent for 2 s), @p sub is destroyed after the next answered one that
+ * a later call starts (a flush begun before would not cover it) or by jl_conn_close().
+ * Thread-safe.
  */
 void jl_conn_sub_destroy(jl_conn *c, natsSubscription *sub);
 
