@@ -717,11 +717,19 @@ static jl_status list_fulfilments(jl_db *db, const ProtobufCMessage *msg, jl_rep
         return JL_OK;
     }
 
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM fulfilments WHERE (?1 = '' "
-                                      "OR step = ?1) AND order_id > ?2 ORDER BY order_id LIMIT ?3");
+    /* Two texts, not "(?1 = '' OR step = ?1)": SQLite cannot use fulfilments_by_step for that
+     * one, and a page of a rare step would read the whole table while every other query
+     * waits. */
+    sqlite3_stmt *st =
+        q->step[0] != 0
+            ? jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM fulfilments WHERE step = ?1 AND "
+                             "order_id > ?2 ORDER BY order_id LIMIT ?3")
+            : jl_db_stmt(db, "SELECT " ROW_COLUMNS " FROM fulfilments WHERE order_id > ?2 "
+                             "ORDER BY order_id LIMIT ?3");
     if (st == NULL)
         return JL_ERR_SQLITE;
-    sqlite3_bind_text(st, 1, q->step, -1, SQLITE_STATIC);
+    if (q->step[0] != 0)
+        sqlite3_bind_text(st, 1, q->step, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, q->cursor, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more says there is a next page */
 
