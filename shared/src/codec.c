@@ -291,6 +291,7 @@ jl_status jl_commit_decode(jl_commit **out_commit, const void *data, size_t len,
         c->payloads = calloc(pb->n_events, sizeof(*c->payloads));
     if (c == NULL || c->payloads == NULL) {
         free(c);
+        snprintf(err, errlen, "out of memory decoding a commit of %zu events", pb->n_events);
         jetledger__commit__free_unpacked(pb, NULL);
         return JL_ERR_NOMEM;
     }

@@ -428,12 +428,15 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, open_library);
     guard_stdio();
-    if (c == NULL)
+    if (c == NULL) {
+        snprintf(err, errlen, "cannot connect: out of memory");
         return JL_ERR_NOMEM;
+    }
     pthread_mutex_init(&c->mu, NULL);
     if (jl__cond_init_monotonic(&c->cv) != 0) {
         pthread_mutex_destroy(&c->mu);
         free(c);
+        snprintf(err, errlen, "cannot connect: out of memory");
         return JL_ERR_NOMEM;
     }
     c->timeout_ms = cfg->request_timeout_ms;

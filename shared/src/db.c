@@ -105,8 +105,10 @@ static int wal_hook(void *arg, sqlite3 *h, const char *name, int pages)
 static jl_status start_checkpointer(jl_db *db)
 {
     db->ck = calloc(1, sizeof(*db->ck));
-    if (db->ck == NULL)
+    if (db->ck == NULL) {
+        snprintf(db->err, sizeof(db->err), "cannot start the WAL checkpointer: out of memory");
         return JL_ERR_NOMEM;
+    }
     pthread_mutex_init(&db->ck->mu, NULL);
     pthread_cond_init(&db->ck->cv, NULL);
     sqlite3_wal_hook(db->h, wal_hook, db); /* replaces SQLite's inline auto-checkpoint */
@@ -184,8 +186,10 @@ jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err,
         return JL_ERR_INVALID;
     }
     jl_db *db = calloc(1, sizeof(*db));
-    if (db == NULL)
+    if (db == NULL) {
+        snprintf(err, errlen, "cannot open %s: out of memory", path);
         return JL_ERR_NOMEM;
+    }
     snprintf(db->path, sizeof(db->path), "%s", path);
     int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     int rc = sqlite3_open_v2(path, &db->h, flags | SQLITE_OPEN_NOMUTEX, NULL);

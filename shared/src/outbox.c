@@ -796,12 +796,19 @@ static void *sender_thread(void *arg)
     return NULL;
 }
 
-jl_status jl__outbox_start(jl_projector *p)
+jl_status jl__outbox_start(jl_projector *p, char *err, size_t errlen)
 {
-    if (jl__cond_init_monotonic(&p->outbox_cv) != 0)
+    int rc = jl__cond_init_monotonic(&p->outbox_cv);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the outbox: %s", strerror(rc));
         return JL_ERR_NOMEM;
-    if (pthread_create(&p->outbox_thread, NULL, sender_thread, p) != 0)
+    }
+    rc = pthread_create(&p->outbox_thread, NULL, sender_thread, p);
+    if (rc != 0) {
+        pthread_cond_destroy(&p->outbox_cv);
+        snprintf(err, errlen, "cannot start the outbox sender thread: %s", strerror(rc));
         return JL_ERR_NOMEM;
+    }
     p->has_outbox_thread = true;
     return JL_OK;
 }

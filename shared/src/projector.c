@@ -222,7 +222,9 @@ static jl_status init_database(jl_projector *p)
         rc = sqlite3_step(st);
         bool fresh = rc == SQLITE_ROW && sqlite3_column_int(st, 0) <= 1;
         sqlite3_reset(st);
-        if (fresh) {
+        if (rc != SQLITE_ROW) { /* busy, I/O: said as such, not as a table found wanting later */
+            s = jl_db_fail(db, rc, "cannot read jl_state's columns");
+        } else if (fresh) {
             s = jl_db_exec(db, "DROP TABLE jl_state");
             if (s == JL_OK)
                 s = jl__proj_create_schema(p, db, p->err, sizeof(p->err));
@@ -2679,7 +2681,9 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     if (s == JL_OK)
         s = q->handle(qdb, req, r);
     jl_db_rollback(qdb);
-    if (s != JL_OK) {
+    if (s == JL_ERR_NOMEM) { /* nothing the database said: its last message is another's */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory answering the query");
+    } else if (s != JL_OK) {
         jl_reply_error(r, s == JL_ERR_TIMEOUT ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
                        "read model error: %s%s", jl_db_errmsg(qdb),
                        atomic_load(&p->paused) ? " (the read model is being rebuilt for a new "
@@ -2935,7 +2939,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         }
     }
     if (def->outbox)
-        s = jl__outbox_start(p);
+        s = jl__outbox_start(p, err, errlen);
     if (s == JL_OK)
         s = jl__twins_opened(p, err, errlen);
     if (s != JL_OK)

@@ -271,7 +271,7 @@ void jl__proj_remove_db(const char *path);
 void jl__proj_hold_beat(jl_projector *p);
 
 /* outbox.c */
-jl_status jl__outbox_start(jl_projector *p);
+jl_status jl__outbox_start(jl_projector *p, char *err, size_t errlen);
 void jl__outbox_stop(jl_projector *p);
 void jl__outbox_wake(jl_projector *p);
 /* Copy the outbox of the file at @p from_path into @p to (a rebuilt file, before its switch). */

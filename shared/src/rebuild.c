@@ -993,8 +993,10 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
 {
     char subject[256];
     p->job = calloc(1, sizeof(*p->job));
-    if (p->job == NULL)
+    if (p->job == NULL) {
+        snprintf(err, errlen, "cannot start the rebuild jobs: out of memory");
         return JL_ERR_NOMEM;
+    }
     pthread_mutex_init(&p->job->mu, NULL);
     pthread_mutex_init(&p->job->start_mu, NULL);
     atomic_init(&p->job->cancel, false);
