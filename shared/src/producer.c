@@ -2648,6 +2648,11 @@ static jl_status settle_bucket(jl_producer *p, const char *bucket, const char *d
                  natsStatus_GetText(ns), (int)jerr);
         return jl_status_from_nats(ns);
     }
+    if (si->Config == NULL) { /* not from a nats-server: one always sends it */
+        jsStreamInfo_Destroy(si);
+        snprintf(err, errlen, "the stream info of KV bucket %s came without its config", bucket);
+        return JL_ERR_NATS;
+    }
     jsStreamConfig *c = si->Config;
     jl_status s = JL_OK;
     if (ttl_ns < 0)

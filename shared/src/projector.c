@@ -853,18 +853,21 @@ static jl_status attach(jl_projector *p, int i)
     src->drained = false;
     natsStatus ns = js_GetConsumerInfo(&ci, p->js, src->stream, src->durable, NULL, &jerr);
     if (ns == NATS_OK) {
-        bool same_filter = ci->Config->FilterSubject != NULL &&
+        /* A config left out (never by a nats-server) is no config of ours: made again. */
+        bool same_filter = ci->Config != NULL && ci->Config->FilterSubject != NULL &&
                            strcmp(ci->Config->FilterSubject, src->filter) == 0;
         bool in_step = ci->Delivered.Stream == src->checkpoint && ci->NumAckPending == 0;
         /* Made for a smaller --batch, it would hold each fetch to its old limit, and each
          * would wait out its timeout: made again, as for a changed filter. */
-        bool same_acks = ci->Config->AckPolicy == js_AckAll && ci->Config->AckWait == ACK_WAIT_NS &&
+        bool same_acks = same_filter && ci->Config->AckPolicy == js_AckAll &&
+                         ci->Config->AckWait == ACK_WAIT_NS &&
                          ci->Config->MaxAckPending >= max_ack_pending(p);
         /* Made by another tool or version so that events would be lost or stall: a push
          * consumer, bodies left out (each event would be set aside as undecodable), deliveries
          * or fetches capped, a start that skips: made again too, as ours (create_consumer). */
-        bool same_kind = ci->Config->DeliverSubject == NULL && !ci->Config->HeadersOnly &&
-                         ci->Config->MaxDeliver <= 0 && ci->Config->MaxRequestBatch == 0 &&
+        bool same_kind = same_filter && ci->Config->DeliverSubject == NULL &&
+                         !ci->Config->HeadersOnly && ci->Config->MaxDeliver <= 0 &&
+                         ci->Config->MaxRequestBatch == 0 &&
                          (ci->Config->DeliverPolicy == js_DeliverAll ||
                           ci->Config->DeliverPolicy == js_DeliverByStartSequence);
         src->next_cseq = ci->Delivered.Consumer + 1;

@@ -201,6 +201,11 @@ static jl_status ensure_stream_once(jl_store *st, const jl_store_cfg *cfg, bool 
     }
     if (ns != NATS_OK)
         return nats_fail(st, "cannot read stream info", ns, jerr);
+    if (si->Config == NULL) { /* not from a nats-server: one always sends it */
+        jsStreamInfo_Destroy(si);
+        set_err(st, "the stream info of %s came without its config", cfg->stream);
+        return JL_ERR_NATS;
+    }
 
     jsStreamConfig *have = si->Config;
     const char *unfit = unfit_stream(have);
@@ -536,6 +541,11 @@ jl_status jl_store_info_get(jl_store *st, jl_store_info *out, char *err, size_t 
     natsStatus ns = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
     if (ns != NATS_OK)
         return fail_into(err, errlen, "cannot read stream info", ns, jerr);
+    if (si->Config == NULL) { /* not from a nats-server: one always sends it */
+        jsStreamInfo_Destroy(si);
+        snprintf(err, errlen, "the stream info of %s came without its config", st->stream);
+        return JL_ERR_NATS;
+    }
     out->msgs = si->State.Msgs;
     out->bytes = si->State.Bytes;
     out->first_seq = si->State.FirstSeq;

@@ -100,12 +100,13 @@ int cli_events(cli_ctx *ctx)
         char want[128];
         bool holds = false;
         snprintf(want, sizeof(want), "%s.events.>", service);
-        for (int i = 0; i < si->Config->SubjectsLen && !holds; i++)
-            holds = strcmp(si->Config->Subjects[i], want) == 0;
+        const jsStreamConfig *sc = si->Config; /* NULL from a server that left it out */
+        for (int i = 0; sc != NULL && i < sc->SubjectsLen && !holds; i++)
+            holds = strcmp(sc->Subjects[i], want) == 0;
         if (!holds) {
             cli_error("stream %s does not hold %s (its first subject: %s): is the service "
                       "named otherwise? (names are case-sensitive)",
-                      stream, want, si->Config->SubjectsLen > 0 ? si->Config->Subjects[0] : "none");
+                      stream, want, sc != NULL && sc->SubjectsLen > 0 ? sc->Subjects[0] : "none");
             jsStreamInfo_Destroy(si);
             rc = CLI_USAGE;
             goto done;

@@ -140,7 +140,7 @@ static bool names_a_service(jl_conn *conn, const char *name)
     cli_stream_name(stream, sizeof(stream), name);
     snprintf(want, sizeof(want), "%s.events.>", name);
     if (js_GetStreamInfo(&si, jl_conn_js(conn), stream, NULL, NULL) == NATS_OK) {
-        for (int i = 0; i < si->Config->SubjectsLen && !yes; i++)
+        for (int i = 0; si->Config != NULL && i < si->Config->SubjectsLen && !yes; i++)
             yes = strcmp(si->Config->Subjects[i], want) == 0;
         jsStreamInfo_Destroy(si);
     }
