@@ -1523,6 +1523,30 @@ static void fake_history(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     natsMsg_Destroy(msg);
 }
 
+/* A projector answering every admin request with a finished verify that matched, whose live
+ * digest is 900,000 control bytes: six times as long once escaped in JSON. */
+static void fake_admin(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    static char digest[900001];
+    memset(digest, 1, sizeof(digest) - 1);
+    Jetledger__RebuildStatus st = JETLEDGER__REBUILD_STATUS__INIT;
+    st.job = "verify";
+    st.state = "done";
+    st.match = true;
+    st.verified_seq = 7;
+    st.live_digest = digest;
+    st.rebuilt_digest = "x";
+    st.started_at_ns = 1;
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_reply_set_result(&r, &st.base);
+    jl_reply_send(nc, natsMsg_GetReply(msg), &r, NULL);
+    jl_reply_cleanup(&r);
+    natsMsg_Destroy(msg);
+}
+
 START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
 {
     /* A wrong or broken service must not make the CLI loop for ever, or print another
@@ -1578,6 +1602,45 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
     ASSERT_CLI(r, 2);
     ck_assert_msg(strstr(r->err, "--creds needs a value, not the flag '--json'") != NULL, "%s",
                   r->err);
+
+    /* A result whose JSON is megabytes long is printed whole, never as JSON with a value
+     * left out (and exit 0 for it). */
+    natsSubscription *asub = NULL;
+    ck_assert_int_eq(
+        natsConnection_Subscribe(&asub, jl_conn_nats(env.conn), "fakep.admin.>", fake_admin, NULL),
+        NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
+    CLI(r, url, "verify", "fakep");
+    ASSERT_CLI(r, 0);
+    char out_path[PATH_MAX], tail[8] = "";
+    snprintf(out_path, sizeof(out_path), "%s/cli.out", env.dir);
+    FILE *f = fopen(out_path, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, -3, SEEK_END), 0);
+    long size = ftell(f) + 3;
+    ck_assert_uint_eq(fread(tail, 1, 3, f), 3);
+    fclose(f);
+    ck_assert_msg(strstr(r->out, "\"live_digest\":\"\\u0001\\u0001") != NULL, "%.200s", r->out);
+    ck_assert_msg(size > 900000 * 6, "%ld bytes", size);
+    ck_assert_str_eq(tail, "]}\n");
+    jl_conn_sub_destroy(env.conn, asub);
+
+    /* A command larger than the server takes is the caller's to change (2), not a server
+     * out of reach (3) that a script would retry for ever. */
+    jl_natsd *small = NULL;
+    jl_natsd_opts o;
+    jl_natsd_opts_init(&o);
+    o.extra_config = "max_payload: 2048\n";
+    ck_assert_int_eq(jl_natsd_start(&small, &o), 0);
+    char big[3100] = "{\"customer_id\":\"";
+    size_t at = strlen(big);
+    memset(big + at, 'a', 3000);
+    snprintf(big + at + 3000, sizeof(big) - at - 3000, "\"}");
+    CLI(r, jl_natsd_url(small), "command", "orders", "CreateOrder", big);
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "more than the server accepts (its max_payload: 2048") != NULL,
+                  "%s", r->err);
+    jl_natsd_destroy(small);
     free(r);
     jl_conn_sub_destroy(env.conn, sub);
 }

@@ -98,7 +98,7 @@ int cli_history(cli_ctx *ctx)
     char id[JL_UUID_LEN + 1], subject[256];
     jl_conn *conn = NULL;
     jl_buf line;
-    jl_buf_init(&line, 64 * 1024 * 1024);
+    jl_buf_init(&line, CLI_JSON_MAX);
     int rc = open_aggregate(ctx, "history <service> <aggregate-id>", "GetHistory", id, subject,
                             sizeof(subject), &conn);
     Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
@@ -163,7 +163,7 @@ static int print_state(const Jetledger__StateResult *st)
     int rc = CLI_OK;
     char when[48] = "null";
     jl_buf b;
-    jl_buf_init(&b, 64 * 1024 * 1024);
+    jl_buf_init(&b, CLI_JSON_MAX);
     /* 0: the service could not tell (its last event's time unread), not 1970. */
     if (st->occurred_at_ns != 0) {
         when[0] = '"';
@@ -188,7 +188,8 @@ static int print_state(const Jetledger__StateResult *st)
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
     jl_buf_adds(&b, "}\n");
-    fputs(jl_buf_str(&b), stdout);
+    if (cli_print_json(&b, "state") != CLI_OK)
+        rc = CLI_FAILED;
     jl_buf_cleanup(&b);
     return rc;
 }

@@ -9,6 +9,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "jetledger/buf.h"
 #include "jetledger/codec.h"
 #include "jetledger/config.h"
 #include "jetledger/conn.h"
@@ -56,6 +57,16 @@ jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc);
 
 /** Print "jetledger: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/** Cap of a buffer holding one JSON output (a reply is at most 4 MiB; escaping multiplies). */
+#define CLI_JSON_MAX (64 * 1024 * 1024)
+
+/**
+ * Print @p b, a JSON text, on stdout when every append to it succeeded; else print nothing
+ * (a part left out would make JSON of something else) and say that the @p what is too large.
+ * @return CLI_OK or CLI_FAILED.
+ */
+int cli_print_json(const jl_buf *b, const char *what);
 
 /** Stream name of a service: its name in upper case ("orders" -> "ORDERS"). */
 void cli_stream_name(char *out, size_t n, const char *service);

@@ -39,7 +39,7 @@ int cli_unreadable(size_t n)
 static size_t print_commit(natsMsg *m, uint64_t seq, jl_buf *line)
 {
     jl_commit *c = NULL;
-    char err[512];
+    char err[512] = "";
     if (jl_commit_decode(&c, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, err,
                          sizeof(err)) != JL_OK) {
         /* Not ours to judge: show it and go on, the stream is what it is. */
@@ -88,7 +88,7 @@ int cli_events(cli_ctx *ctx)
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     jl_buf line;
-    jl_buf_init(&line, 64 * 1024 * 1024);
+    jl_buf_init(&line, CLI_JSON_MAX);
     if (conn == NULL)
         goto done;
     /* The stream is named from the service in upper case: "Orders" finds ORDERS, whose

@@ -264,10 +264,10 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
 }
 
 /* The result as one JSON object on stdout: a finished verify's comparison, else the summary. */
-static void print_result(const Jetledger__RebuildStatus *st, bool verify)
+static int print_result(const Jetledger__RebuildStatus *st, bool verify)
 {
     jl_buf b;
-    jl_buf_init(&b, 1 << 20);
+    jl_buf_init(&b, CLI_JSON_MAX);
     jl_buf_addf(&b, "{\"job\":\"%s\"", verify ? "verify" : "rebuild");
     if (verify && strcmp(st->state, "done") == 0) {
         jl_buf_addf(&b, ",\"match\":%s,\"sequence\":%" PRIu64 ",\"live_digest\":",
@@ -307,9 +307,9 @@ static void print_result(const Jetledger__RebuildStatus *st, bool verify)
         }
     }
     jl_buf_adds(&b, "}\n");
-    fputs(jl_buf_str(&b), stdout);
-    fflush(stdout);
+    int rc = cli_print_json(&b, verify ? "verify result" : "rebuild result");
     jl_buf_cleanup(&b);
+    return rc;
 }
 
 /* Rows of a verify difference for one line of stderr: "a; b; c" or "none". */
@@ -428,8 +428,10 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         }
     }
     if (final != NULL) {
-        print_result(final, verify);
+        int printed = print_result(final, verify);
         rc = outcome(final, verify);
+        if (rc == CLI_OK) /* a match nobody could read is no success */
+            rc = printed;
     }
     free_status(st);
     free_status(final);
@@ -487,7 +489,7 @@ int cli_dead_letters(cli_ctx *ctx)
         /* Written out field by field: a count of 0 and no letters are said, not left out. */
         const Jetledger__DeadLetters *dl = (const Jetledger__DeadLetters *)res;
         jl_buf b;
-        jl_buf_init(&b, 64 * 1024 * 1024);
+        jl_buf_init(&b, CLI_JSON_MAX);
         jl_status s = jl_buf_addf(&b, "{\"count\":%" PRIu64 ",\"instance\":", dl->count);
         if (s == JL_OK)
             s = jl_json_add_string(&b, dl->instance, strlen(dl->instance));

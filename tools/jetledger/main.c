@@ -103,6 +103,17 @@ void cli_error(const char *fmt, ...)
     fprintf(stderr, "jetledger: %s%s\n", safe, n >= (int)sizeof(msg) ? "..." : "");
 }
 
+int cli_print_json(const jl_buf *b, const char *what)
+{
+    if (b->err != JL_OK) {
+        cli_error("the %s is too large to print as JSON (%s)", what, jl_status_str(b->err));
+        return CLI_FAILED;
+    }
+    fputs(jl_buf_str(b), stdout);
+    fflush(stdout);
+    return CLI_OK;
+}
+
 void cli_stream_name(char *out, size_t n, const char *service)
 {
     size_t i = 0;
@@ -123,7 +134,7 @@ static void on_connect_stuck(int sig)
 jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc)
 {
     jl_conn *c = NULL;
-    char err[1024];
+    char err[1024] = "";
     /* libnats 3.4.1 never gives up on a server that sent its INFO and then stopped answering
      * (it polls without end, at full CPU): an alarm past the longest honest connect says so
      * and exits. (The CLI connects once, with no retries: one attempt's bound is the whole.) */

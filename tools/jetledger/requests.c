@@ -86,7 +86,7 @@ int cli_reply_status(const jl_reply *r)
 static int print_reply(const jl_reply *r)
 {
     jl_buf b;
-    jl_buf_init(&b, 64 * 1024 * 1024);
+    jl_buf_init(&b, CLI_JSON_MAX);
     jl_buf_addf(&b, "{\"code\":\"%s\"", jl_code_str(r->code));
     if (r->message[0] != 0) {
         jl_buf_adds(&b, ",\"message\":");
@@ -121,7 +121,8 @@ static int print_reply(const jl_reply *r)
         }
     }
     jl_buf_adds(&b, "}\n");
-    fputs(jl_buf_str(&b), stdout);
+    if (cli_print_json(&b, "reply") != CLI_OK)
+        rc = CLI_FAILED;
     jl_buf_cleanup(&b);
     if (r->code != JL_CODE_OK)
         rc = cli_reply_status(r);
@@ -213,6 +214,15 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
     } else if (ns == NATS_TIMEOUT) {
         cli_error("no reply on %s within %" PRId64 " ms", subject, ctx->opts.timeout_ms);
         rc = CLI_UNAVAILABLE;
+    } else if (ns == NATS_MAX_PAYLOAD) {
+        /* Usage, not "unreachable": sent again, it would be refused again. */
+        cli_error("the request of %zu bytes is more than the server accepts (its max_payload: "
+                  "%" PRId64 " bytes, headers included)",
+                  len, natsConnection_GetMaxPayload(jl_conn_nats(conn)));
+        rc = CLI_USAGE;
+    } else if (ns == NATS_NO_MEMORY) {
+        cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
+        rc = CLI_FAILED;
     } else if (ns != NATS_OK) {
         cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
         rc = CLI_UNAVAILABLE;

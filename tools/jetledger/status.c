@@ -305,7 +305,7 @@ static void json_stream(jl_buf *b, const st_stream *st)
 static int print_json(const st_all *all)
 {
     jl_buf b;
-    jl_buf_init(&b, 64 * 1024 * 1024);
+    jl_buf_init(&b, CLI_JSON_MAX);
     jl_buf_adds(&b, "{\"streams\":[");
     for (int i = 0; i < all->n_streams; i++) {
         if (i > 0)
