@@ -509,6 +509,33 @@ static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *
     return s;
 }
 
+/*
+ * Our reservation reserved again after it was closed (committed, released, or rejected before):
+ * the inventory forgets closed reservation ids after a while, so a ReserveStock sent again (by
+ * this process manager replaying its streams after losing its database, or by anyone) reserves
+ * anew, and nothing of the saga would ever commit or release that stock. Released, under an id
+ * of its own per such event: "fulfilment:<order id>:rel-<11 hex digits of the event id's hash>".
+ */
+static jl_status release_again(jl_db *db, const reaction *re, const char *reservation_id,
+                               const jl_event *ev, char *err, size_t errlen)
+{
+    uint64_t hi = 0x6c62272e07bb0142ULL, lo = 0x62b821756295c58dULL;
+    fnv1a_128(&hi, &lo, ev->event_id);
+    char id[FULFILMENT_COMMAND_ID_MAX];
+    snprintf(id, sizeof(id), COMMAND_ID_PREFIX "%.36s:rel-%011" PRIx64, re->order_id, hi >> 20);
+    Inventory__ReleaseReservation release = INVENTORY__RELEASE_RESERVATION__INIT;
+    release.reservation_id = (char *)reservation_id;
+    release.reason = "reserved again after it was closed";
+    jl_status s = jl_outbox_add_keyed(db, "inventory", &release.base, id, ev->correlation_id,
+                                      ev->event_id, re->order_id);
+    if (s == JL_ERR_INVALID)
+        snprintf(err, errlen,
+                 "ReleaseReservation for order %s cannot be sent: the event's correlation id or "
+                 "event id is longer than producers accept",
+                 re->order_id);
+    return s;
+}
+
 static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
 {
     reaction re;
@@ -521,6 +548,14 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     /* An order cancelled (or anything else) before it was placed is no fulfilment of ours. */
     if (!old.exists && is_orders_event(re.kind) && re.kind != FULFILMENT_EV_ORDER_PLACED)
         return JL_OK;
+
+    if (re.kind == FULFILMENT_EV_STOCK_RESERVED && old.exists &&
+        (old.st.stock == FULFILMENT_STOCK_COMMITTED || old.st.stock == FULFILMENT_STOCK_RELEASED ||
+         old.st.stock == FULFILMENT_STOCK_REJECTED)) {
+        char rid[JL_UUID_LEN + 1];
+        s = fulfilment_reservation_id(rid, re.order_id);
+        return s == JL_OK ? release_again(db, &re, rid, ev, err, errlen) : s;
+    }
 
     fulfilment_command cmd;
     cur = old;

@@ -40,7 +40,10 @@
  * The effective state never goes back, so each kind is decided at most once per order; its
  * command id "fulfilment:<order id>:<kind>" is deterministic, so a redecision after a crash (or
  * a replay from scratch) is the same outbox row (ignored) or, once sent, a repeat the producer
- * answers once.
+ * answers once. One more, outside the table: a StockReserved of ours after the stock side was
+ * committed, released or rejected is a reservation made again (a ReserveStock repeated after
+ * the producers and the inventory forgot it), released with a ReleaseReservation of its own,
+ * "fulfilment:<order id>:rel-<11 hex digits of its event id's FNV-1a 128>".
  *
  * The reservation id is derived from the order id (fulfilment_reservation_id()): the same on
  * every replay, and a way to tell our reservations from anybody else's without any state.

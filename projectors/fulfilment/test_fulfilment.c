@@ -917,6 +917,86 @@ START_TEST(apply_cancel_before_the_reservation_releases_it_when_reserved)
 }
 END_TEST
 
+/* The outbox rows whose command id starts "fulfilment:<order>:rel-", each checked to release
+ * @p rid; how many. */
+static int releases_again(const char *order, const char *rid)
+{
+    char like[128];
+    snprintf(like, sizeof(like), "fulfilment:%s:rel-%%", order);
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT command_id, command, body FROM jl_outbox WHERE "
+                                      "command_id LIKE ?1 ORDER BY id");
+    ck_assert_ptr_nonnull(st);
+    sqlite3_bind_text(st, 1, like, -1, SQLITE_TRANSIENT);
+    int n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        ck_assert_uint_eq(strlen(id), 63); /* within the producers' 64 bytes with its NUL */
+        ck_assert_str_eq((const char *)sqlite3_column_text(st, 1), "ReleaseReservation");
+        Inventory__ReleaseReservation *r = inventory__release_reservation__unpack(
+            NULL, (size_t)sqlite3_column_bytes(st, 2), sqlite3_column_blob(st, 2));
+        ck_assert_ptr_nonnull(r);
+        ck_assert_str_eq(r->reservation_id, rid);
+        inventory__release_reservation__free_unpacked(r, NULL);
+        n++;
+    }
+    sqlite3_reset(st);
+    return n;
+}
+
+/* The inventory forgets closed reservation ids after a while: a ReserveStock sent again then
+ * (by this process manager replaying its streams after losing its database) reserves anew. A
+ * StockReserved of ours after the reservation was committed, released or rejected is released,
+ * once per such event, and moves nothing else. */
+START_TEST(a_reservation_made_again_after_it_closed_is_released)
+{
+    static const char *const orders[3] = {"00000000-0000-4000-8000-0000000000a1",
+                                          "00000000-0000-4000-8000-0000000000a2",
+                                          "00000000-0000-4000-8000-0000000000a3"};
+    static const char *const steps[3] = {"committed", "released", "cancelled_out_of_stock"};
+    tev t;
+    for (int k = 0; k < 3; k++) {
+        char rid[JL_UUID_LEN + 1];
+        ck_assert_int_eq(fulfilment_reservation_id(rid, orders[k]), JL_OK);
+        ev_placed(&t, orders[k], 1, 20);
+        apply_to(db, &t);
+        if (k == 0) {
+            ev_reserved(&t, orders[k], rid, 30);
+            apply_to(db, &t);
+            ev_confirmed(&t, orders[k], rid, 40);
+            apply_to(db, &t);
+            ev_committed(&t, orders[k], rid, 50);
+            apply_to(db, &t);
+        } else if (k == 1) {
+            ev_reserved(&t, orders[k], rid, 30);
+            apply_to(db, &t);
+            ev_cancelled(&t, orders[k], "changed my mind", 40);
+            apply_to(db, &t);
+            ev_released(&t, orders[k], rid, 50);
+            apply_to(db, &t);
+        } else {
+            ev_rejected(&t, orders[k], rid, "no pears", 30);
+            apply_to(db, &t);
+            ev_cancelled(&t, orders[k], "out of stock: no pears", 40);
+            apply_to(db, &t);
+        }
+        ck_assert_str_eq(step_of(db, orders[k]), steps[k]);
+        int rows = count(db, "SELECT count(*) FROM jl_outbox");
+        ck_assert_int_eq(releases_again(orders[k], rid), 0);
+
+        ev_reserved(&t, orders[k], rid, 60);
+        apply_to(db, &t);
+        ck_assert_int_eq(releases_again(orders[k], rid), 1);
+        ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), rows + 1);
+        /* Another one (another event): another release, under an id of its own. */
+        ev_reserved(&t, orders[k], rid, 70);
+        apply_to(db, &t);
+        ck_assert_int_eq(releases_again(orders[k], rid), 2);
+        ck_assert_str_eq(step_of(db, orders[k]), steps[k]);
+        ck_assert_int_eq(count(db, "SELECT count(*) FROM fulfilments WHERE updated_at_ns > 50"), 0);
+    }
+}
+END_TEST
+
 START_TEST(apply_cancel_after_the_reservation_releases_it_at_once)
 {
     tev t;
@@ -1346,6 +1426,7 @@ static Suite *fulfilment_suite(void)
     tcase_add_test(tc, apply_builds_the_same_model_whatever_the_interleaving);
     tcase_add_test(tc, get_fulfilment_answers_the_row_or_not_found);
     tcase_add_test(tc, list_fulfilments_filters_by_step_and_pages);
+    tcase_add_test(tc, a_reservation_made_again_after_it_closed_is_released);
     tcase_add_test(tc, list_fulfilments_of_a_rare_step_reads_only_that_step);
     tcase_add_test(tc, definition_lists_every_event_type_of_both_streams);
     suite_add_tcase(s, tc);
