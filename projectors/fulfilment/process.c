@@ -548,6 +548,13 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     /* An order cancelled (or anything else) before it was placed is no fulfilment of ours. */
     if (!old.exists && is_orders_event(re.kind) && re.kind != FULFILMENT_EV_ORDER_PLACED)
         return JL_OK;
+    /* Whatever the row holds: refused only when it would be reserved, it would be taken when
+     * the inventory's events came first, and a rebuild would differ from the live model. */
+    if (re.kind == FULFILMENT_EV_ORDER_PLACED && re.placed->n_lines == 0) {
+        snprintf(err, errlen, "OrderPlaced of order %s has no lines: nothing to reserve",
+                 re.order_id);
+        return JL_ERR_INVALID;
+    }
 
     if (re.kind == FULFILMENT_EV_STOCK_RESERVED && old.exists &&
         (old.st.stock == FULFILMENT_STOCK_COMMITTED || old.st.stock == FULFILMENT_STOCK_RELEASED ||
@@ -578,11 +585,6 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
                    strcmp(cur.reject_reason, old.reject_reason) != 0;
     if (!changed)
         return JL_OK;
-    if (cmd == FULFILMENT_CMD_RESERVE && re.placed->n_lines == 0) {
-        snprintf(err, errlen, "OrderPlaced of order %s has no lines: nothing to reserve",
-                 re.order_id);
-        return JL_ERR_INVALID;
-    }
     /* The latest occurred-at recorded: a maximum, so the same whatever the interleaving. */
     if (ev->occurred_at_ns > cur.updated_at_ns)
         cur.updated_at_ns = ev->occurred_at_ns;

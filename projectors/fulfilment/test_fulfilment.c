@@ -1065,6 +1065,19 @@ START_TEST(apply_refuses_an_order_placed_without_lines)
     ck_assert_ptr_nonnull(strstr(err, "no lines"));
     ck_assert_int_eq(count(db, "SELECT count(*) FROM fulfilments"), 0);
     ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), 0);
+    /* Also when the inventory's events came first (no reservation would be decided): refused
+     * either way, or a rebuild interleaving the streams the other way would differ. */
+    ev_reserved(&t, ORDER, ORDER_RID, 30);
+    apply_to(db, &t);
+    char was[64];
+    snprintf(was, sizeof(was), "%s", step_of(db, ORDER));
+    int64_t rows = count(db, "SELECT count(*) FROM jl_outbox");
+    ev_placed(&t, ORDER, 0, 20);
+    err[0] = 0;
+    ck_assert_int_eq(fulfilment_process.apply(db, &t.ev, err, sizeof(err)), JL_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err, "no lines"));
+    ck_assert_str_eq(step_of(db, ORDER), was);
+    ck_assert_int_eq(count(db, "SELECT count(*) FROM jl_outbox"), rows);
 }
 END_TEST
 
