@@ -993,6 +993,9 @@ START_TEST(store_append_stored_after_a_timeout_is_found)
            s == JL_OK ? "" : jl_store_errmsg(st));
     ck_assert_msg(s == JL_OK, "%s: %s", jl_status_str(s), jl_store_errmsg(st));
     ck_assert_uint_eq(seq, 1);
+    /* The fault took: with no quorum the first attempt timed out, and only a resend that met
+     * the stored copy could end it (a single clean attempt would not be a duplicate). */
+    ck_assert_msg(dup, "the append was not held up by the paused followers");
     /* A caller whose call timed out retries with the same id, as the header says: a new call
      * that meets the stored copy ("wrong last sequence" on a clustered stream) finds it. */
     seq = 0;

@@ -23,7 +23,8 @@ enum { ROUNDS = 8, PROJECTOR_ROUNDS = 60 };
 
 static tenv env;
 
-/* Requests sent round-robin on a few subjects until stopped; replies are not read. */
+/* Requests sent round-robin on a few subjects until stopped; replies are only counted (a
+ * flood nothing answered would test no close under a running handler). */
 typedef struct flood {
     jl_conn *c;
     const char *subjects[3];
@@ -32,7 +33,38 @@ typedef struct flood {
     int len;
     atomic_bool stop;
     pthread_t t;
+    natsSubscription *inbox;
+    atomic_int replies;
 } flood;
+
+static void count_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    atomic_fetch_add(&((flood *)closure)->replies, 1);
+    natsMsg_Destroy(msg);
+}
+
+/* Connect @p f and subscribe to its replies. */
+static void flood_open(flood *f)
+{
+    f->c = tenv_connect(&env);
+    atomic_init(&f->replies, 0);
+    ck_assert_int_eq(
+        natsConnection_Subscribe(&f->inbox, jl_conn_nats(f->c), "_INBOX.flood", count_reply, f),
+        NATS_OK);
+    ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(f->c)), NATS_OK);
+}
+
+/* How many replies came; then unsubscribe and close. */
+static int flood_close(flood *f)
+{
+    nats_Sleep(200); /* the last replies on their way */
+    int n = atomic_load(&f->replies);
+    jl_conn_sub_destroy(f->c, f->inbox);
+    jl_conn_close(f->c, 0);
+    return n;
+}
 
 static void *flooder(void *arg)
 {
@@ -108,11 +140,11 @@ START_TEST(a_producer_closed_under_history_queries_frees_nothing_in_use)
     Jetledger__GetHistory q = JETLEDGER__GET_HISTORY__INIT;
     uint8_t body[128];
     q.aggregate_id = id;
-    flood f = {.c = tenv_connect(&env),
-               .subjects = {"orders.query.GetHistory"},
+    flood f = {.subjects = {"orders.query.GetHistory"},
                .n = 1,
                .body = body,
                .len = (int)jetledger__get_history__pack(&q, body)};
+    flood_open(&f);
     for (int k = 0; k < ROUNDS; k++) {
         ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
                           JL_OK,
@@ -124,7 +156,9 @@ START_TEST(a_producer_closed_under_history_queries_frees_nothing_in_use)
         flood_stop(&f);
         nats_Sleep(300); /* a query left running would touch the freed producer now */
     }
-    jl_conn_close(f.c, 0);
+    int replies = flood_close(&f);
+    printf("producer: %d history replies over %d rounds\n", replies, ROUNDS);
+    ck_assert_int_gt(replies, 0);
 }
 END_TEST
 
@@ -137,10 +171,10 @@ START_TEST(a_projector_closed_under_admin_requests_frees_nothing_in_use)
                       JL_OK,
                   "%s", err);
     ck_assert(jl_producer_close(p, 1000)); /* the stream exists */
-    flood f = {.c = tenv_connect(&env),
-               .subjects = {"order_summary.admin.GetRebuildStatus", "order_summary.admin.Verify",
+    flood f = {.subjects = {"order_summary.admin.GetRebuildStatus", "order_summary.admin.Verify",
                             "order_summary.query.GetOrder"},
                .n = 3};
+    flood_open(&f);
     for (int k = 0; k < PROJECTOR_ROUNDS; k++) {
         jl_projector *pj = NULL;
         jl_config cfg = env.cfg;
@@ -154,7 +188,9 @@ START_TEST(a_projector_closed_under_admin_requests_frees_nothing_in_use)
         flood_stop(&f);
         nats_Sleep(100); /* a job left running would touch the freed projector now */
     }
-    jl_conn_close(f.c, 0);
+    int replies = flood_close(&f);
+    printf("projector: %d admin and query replies over %d rounds\n", replies, PROJECTOR_ROUNDS);
+    ck_assert_int_gt(replies, 0);
 }
 END_TEST
 

@@ -803,6 +803,7 @@ START_TEST(a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhil
     int64_t deadline = tnow_ms() + 20000;
     while (outbox_attempts(a, "ReserveStock") == 0 && tnow_ms() < deadline)
         nats_Sleep(20);
+    ck_assert_int_ge(outbox_attempts(a, "ReserveStock"), 1);
     int64_t t0 = tnow_ms();
     int created = 0;
     while (tnow_ms() - t0 < 5000) { /* orders created one after another: many small batches */
@@ -818,6 +819,8 @@ START_TEST(a_command_without_a_reply_waits_its_backoff_whatever_commits_meanwhil
     /* 200 + 400 + 800 + 1600 + 3200 ms: about 6 in 5 s, with room for slow machines. */
     ck_assert_int_ge(attempts, 2);
     ck_assert_int_le(attempts, 10);
+    /* Well over the bound in commits, or a wake per commit would pass for the backoff. */
+    ck_assert_int_gt(created, 20);
     open_inventory();
     wait_status(a, "confirmed", 20000);
     expect_stock("apple", 8, 0);

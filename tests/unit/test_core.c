@@ -2909,6 +2909,14 @@ START_TEST(probe_connect_is_bounded_by_timeout)
         (void)!connect(fill[i], (struct sockaddr *)&a, sizeof(a));
     }
     usleep(100 * 1000);
+    /* The queue is full, or this tests a connect that succeeds at once: one more connect
+     * stays unanswered (its SYN dropped) for as long as the probe below may wait. */
+    int more = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ck_assert_int_eq(connect(more, (struct sockaddr *)&a, sizeof(a)), -1);
+    ck_assert_int_eq(errno, EINPROGRESS);
+    struct pollfd pf = {.fd = more, .events = POLLOUT};
+    ck_assert_msg(poll(&pf, 1, 300) == 0, "the listener's queue is not full: nothing to test");
+    close(more);
     char url[64], v[32];
     snprintf(url, sizeof(url), "nats://127.0.0.1:%d", ntohs(a.sin_port));
     int64_t t0 = mono_ms();

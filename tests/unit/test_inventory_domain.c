@@ -1611,34 +1611,144 @@ START_TEST(state_unpack_rejects_states_that_break_invariants)
 }
 END_TEST
 
+/* A state message built for the caps test: products p000.. (each with on_hand 1,000,000 and
+ * the units its open reservations hold) and open reservations of the given lines. */
+typedef struct caps_state {
+    Inventory__WarehouseState m;
+    Inventory__ProductStock *products;
+    Inventory__ProductStock **pp;
+    Inventory__OpenReservation *open;
+    Inventory__OpenReservation **op;
+    Inventory__ReservationLine *lines;
+    Inventory__ReservationLine **lp;
+    Inventory__ClosedReservation *closed;
+    Inventory__ClosedReservation **cp;
+    char (*skus)[24];
+    char (*ids)[JL_UUID_LEN + 1];
+} caps_state;
+
+/* @p n_products skus; @p n_open reservations of @p per_open lines each (line k on sku
+ * k % n_products, one unit); @p n_closed closed ids. All distinct. */
+static void caps_build(caps_state *c, size_t n_products, size_t n_open, size_t per_open,
+                       size_t n_closed)
+{
+    size_t n_lines = n_open * per_open, n_ids = 2 * n_open + n_closed;
+    memset(c, 0, sizeof(*c));
+    inventory__warehouse_state__init(&c->m);
+    c->products = calloc(n_products + 1, sizeof(*c->products));
+    c->pp = calloc(n_products + 1, sizeof(*c->pp));
+    c->skus = calloc(n_products + 1, sizeof(*c->skus));
+    c->open = calloc(n_open + 1, sizeof(*c->open));
+    c->op = calloc(n_open + 1, sizeof(*c->op));
+    c->lines = calloc(n_lines + 1, sizeof(*c->lines));
+    c->lp = calloc(n_lines + 1, sizeof(*c->lp));
+    c->closed = calloc(n_closed + 1, sizeof(*c->closed));
+    c->cp = calloc(n_closed + 1, sizeof(*c->cp));
+    c->ids = calloc(n_ids + 1, sizeof(*c->ids));
+    ck_assert(c->products && c->pp && c->skus && c->open && c->op && c->lines && c->lp &&
+              c->closed && c->cp && c->ids);
+    for (size_t i = 0; i < n_products; i++) {
+        inventory__product_stock__init(&c->products[i]);
+        snprintf(c->skus[i], sizeof(c->skus[i]), "p%03zu", i);
+        c->products[i].sku = c->skus[i];
+        c->products[i].name = "";
+        c->products[i].on_hand = 1000000;
+        c->pp[i] = &c->products[i];
+    }
+    size_t id = 0;
+    for (size_t r = 0; r < n_open; r++) {
+        inventory__open_reservation__init(&c->open[r]);
+        c->open[r].reservation_id = (char *)nth_id(c->ids[id++], 7, (unsigned)r);
+        c->open[r].order_id = (char *)nth_id(c->ids[id++], 8, (unsigned)r);
+        c->open[r].n_lines = per_open;
+        c->open[r].lines = &c->lp[r * per_open];
+        for (size_t k = 0; k < per_open; k++) {
+            Inventory__ReservationLine *l = &c->lines[r * per_open + k];
+            inventory__reservation_line__init(l);
+            l->sku = c->skus[k % n_products];
+            l->quantity = 1;
+            c->products[k % n_products].reserved++;
+            c->lp[r * per_open + k] = l;
+        }
+        c->op[r] = &c->open[r];
+    }
+    for (size_t i = 0; i < n_closed; i++) {
+        inventory__closed_reservation__init(&c->closed[i]);
+        c->closed[i].reservation_id = (char *)nth_id(c->ids[id++], 9, (unsigned)i);
+        c->closed[i].outcome = "committed";
+        c->cp[i] = &c->closed[i];
+    }
+    c->m.n_products = n_products;
+    c->m.products = c->pp;
+    c->m.n_open_reservations = n_open;
+    c->m.open_reservations = c->op;
+    c->m.n_closed_reservations = n_closed;
+    c->m.closed_reservations = c->cp;
+}
+
+static void caps_free(caps_state *c)
+{
+    free(c->products);
+    free(c->pp);
+    free(c->skus);
+    free(c->open);
+    free(c->op);
+    free(c->lines);
+    free(c->lp);
+    free(c->closed);
+    free(c->cp);
+    free(c->ids);
+}
+
+/* Each cap: exactly at it is a state evolve could build (JL_OK), one past it is refused, with
+ * distinct skus and ids so that nothing but the cap refuses it (the state's arrays are sized
+ * by the caps: one past would be written out of bounds). */
 START_TEST(state_unpack_rejects_counts_over_the_caps)
 {
-    /* One more product than the state holds: the same message repeated is enough. */
-    Inventory__ProductStock p = INVENTORY__PRODUCT_STOCK__INIT;
-    p.sku = "apple";
-    Inventory__ProductStock **pp = calloc(INVENTORY_MAX_PRODUCTS + 1, sizeof(*pp));
-    for (size_t i = 0; i <= INVENTORY_MAX_PRODUCTS; i++)
-        pp[i] = &p;
+    static const struct {
+        const char *what;
+        size_t products, open, per_open, closed;
+        jl_status want;
+    } cases[] = {
+        {"products at the cap", INVENTORY_MAX_PRODUCTS, 0, 0, 0, JL_OK},
+        {"one product over", INVENTORY_MAX_PRODUCTS + 1, 0, 0, 0, JL_ERR_INVALID},
+        {"closed ids at the cap", 1, 0, 0, INVENTORY_MAX_CLOSED, JL_OK},
+        {"one closed id over", 1, 0, 0, INVENTORY_MAX_CLOSED + 1, JL_ERR_INVALID},
+        {"open reservations at the cap", 1, INVENTORY_MAX_OPEN, 1, 0, JL_OK},
+        {"one open reservation over", 1, INVENTORY_MAX_OPEN + 1, 1, 0, JL_ERR_INVALID},
+        {"lines of one reservation at the cap", INVENTORY_MAX_LINES, 1, INVENTORY_MAX_LINES, 0,
+         JL_OK},
+        {"one line over in one reservation", INVENTORY_MAX_LINES + 1, 1, INVENTORY_MAX_LINES + 1, 0,
+         JL_ERR_INVALID},
+        {"open lines at the pool's cap", INVENTORY_MAX_LINES,
+         INVENTORY_MAX_OPEN_LINES / INVENTORY_MAX_LINES, INVENTORY_MAX_LINES, 0, JL_OK},
+        {"one line over the pool", INVENTORY_MAX_LINES,
+         INVENTORY_MAX_OPEN_LINES / INVENTORY_MAX_LINES + 1, INVENTORY_MAX_LINES, 0,
+         JL_ERR_INVALID},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        caps_state c;
+        caps_build(&c, cases[i].products, cases[i].open, cases[i].per_open, cases[i].closed);
+        size_t n = inventory__warehouse_state__get_packed_size(&c.m);
+        uint8_t *buf = malloc(n + 1);
+        ck_assert_ptr_nonnull(buf);
+        inventory__warehouse_state__pack(&c.m, buf);
+        inventory_state *got = new_state();
+        jl_status s = inventory_state_unpack(got, buf, n);
+        ck_assert_msg(s == cases[i].want, "%s: %s, want %s", cases[i].what, jl_status_str(s),
+                      jl_status_str(cases[i].want));
+        free(got);
+        free(buf);
+        caps_free(&c);
+    }
+    /* Within the caps, the same closed id twice is refused too. */
+    Inventory__ClosedReservation c1 = INVENTORY__CLOSED_RESERVATION__INIT, *cp[2] = {&c1, &c1};
+    c1.reservation_id = R1;
+    c1.outcome = "rejected";
     Inventory__WarehouseState m = INVENTORY__WAREHOUSE_STATE__INIT;
-    m.n_products = INVENTORY_MAX_PRODUCTS + 1;
-    m.products = pp;
-    unpack_expect(&m, JL_ERR_INVALID);
-    free(pp);
-
-    Inventory__ClosedReservation c = INVENTORY__CLOSED_RESERVATION__INIT;
-    c.reservation_id = R1;
-    c.outcome = "rejected";
-    Inventory__ClosedReservation **cp = calloc(INVENTORY_MAX_CLOSED + 1, sizeof(*cp));
-    for (size_t i = 0; i <= INVENTORY_MAX_CLOSED; i++)
-        cp[i] = &c;
-    inventory__warehouse_state__init(&m);
-    m.n_closed_reservations = INVENTORY_MAX_CLOSED + 1;
+    m.n_closed_reservations = 2;
     m.closed_reservations = cp;
     unpack_expect(&m, JL_ERR_INVALID);
-    /* Within the cap, the same id twice is refused too. */
-    m.n_closed_reservations = 2;
-    unpack_expect(&m, JL_ERR_INVALID);
-    free(cp);
 }
 END_TEST
 
