@@ -548,8 +548,9 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
     /* An order cancelled (or anything else) before it was placed is no fulfilment of ours. */
     if (!old.exists && is_orders_event(re.kind) && re.kind != FULFILMENT_EV_ORDER_PLACED)
         return JL_OK;
-    /* Whatever the row holds: refused only when it would be reserved, it would be taken when
-     * the inventory's events came first, and a rebuild would differ from the live model. */
+    /* Refused whatever the row holds: refused only when it would decide a ReserveStock, it
+     * would be taken when the inventory's events came first, and a rebuild (interleaving the
+     * streams its own way) could differ from the live model. */
     if (re.kind == FULFILMENT_EV_ORDER_PLACED && re.placed->n_lines == 0) {
         snprintf(err, errlen, "OrderPlaced of order %s has no lines: nothing to reserve",
                  re.order_id);

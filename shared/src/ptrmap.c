@@ -39,8 +39,8 @@ static jl_status alloc_table(jl__ptrmap *m, size_t cap)
 jl_status jl__ptrmap_init(jl__ptrmap *m, size_t hint)
 {
     size_t cap = 16;
-    while (cap / 2 < hint)
-        cap *= 2;
+    while (cap / 2 < hint && cap <= SIZE_MAX / 2 / sizeof(void *))
+        cap *= 2; /* a hint past what can be had: the allocation below says so */
     m->keys = m->vals = NULL;
     m->cap = m->n = 0;
     return alloc_table(m, cap);
