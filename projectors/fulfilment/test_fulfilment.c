@@ -1318,12 +1318,6 @@ START_TEST(list_fulfilments_filters_by_step_and_pages)
 }
 END_TEST
 
-static int count_vm_steps(void *ctx)
-{
-    (*(long *)ctx)++;
-    return 0;
-}
-
 /* A page of a rare step reads that step's rows by its index, not every row: queries are
  * answered one at a time, and a scan of a large table would hold up every other one. Counted
  * in SQLite's virtual machine steps, not timed. */
@@ -1345,10 +1339,10 @@ START_TEST(list_fulfilments_of_a_rare_step_reads_only_that_step)
     Fulfilment__ListFulfilments q = FULFILMENT__LIST_FULFILMENTS__INIT;
     q.step = "rejected";
     q.limit = 10;
-    long steps = 0;
-    sqlite3_progress_handler(h, 1, count_vm_steps, &steps);
+    long steps;
+    jl_ck_steps_begin(db, &steps);
     ask(&q.base, &r);
-    sqlite3_progress_handler(h, 0, NULL, NULL);
+    jl_ck_steps_end(db);
     ck_assert_int_eq(r.code, JL_CODE_OK);
     Fulfilment__ListFulfilmentsResult *res =
         fulfilment__list_fulfilments_result__unpack(NULL, r.result.len, r.result.data);
@@ -1359,10 +1353,9 @@ START_TEST(list_fulfilments_of_a_rare_step_reads_only_that_step)
     ck_assert_msg(steps < 1000, "%ld virtual machine steps for one row of 5,001", steps);
     /* Without a step, a page still stops at its limit. */
     q.step = "";
-    steps = 0;
-    sqlite3_progress_handler(h, 1, count_vm_steps, &steps);
+    jl_ck_steps_begin(db, &steps);
     ask(&q.base, &r);
-    sqlite3_progress_handler(h, 0, NULL, NULL);
+    jl_ck_steps_end(db);
     ck_assert_int_eq(r.code, JL_CODE_OK);
     ck_assert_msg(steps < 1000, "%ld virtual machine steps for a page of 10", steps);
     jl_reply_cleanup(&r);

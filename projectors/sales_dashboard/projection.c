@@ -256,6 +256,17 @@ static bool is_day(const char *s)
     return d <= days_in[m - 1] + (m == 2 && is_leap(y));
 }
 
+/* The bounds of "day BETWEEN ?1 AND ?2": an empty from_day is "" (before every day), an
+ * empty to_day one after every day (stored days run from "0000-00-00" to "9999-12-31"). One
+ * text for all four cases: "(?1 = '' OR day >= ?1)" keeps SQLite from using an index on day,
+ * and a short range would read every row while every other query waits. */
+#define DAY_AFTER_ALL "9999-99-99"
+
+static const char *upper_day(const char *to)
+{
+    return to[0] != 0 ? to : DAY_AFTER_ALL;
+}
+
 /* Check a from_day/to_day pair (each empty or a day, from <= to); reply INVALID if not. */
 static bool check_range(jl_reply *out, const char *from, const char *to)
 {
@@ -300,13 +311,12 @@ static jl_status top_products(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     /* LEFT JOIN: sales of a product whose registration is not applied yet still count. */
     sqlite3_stmt *st = jl_db_stmt(
         db, "SELECT s.sku, coalesce(p.name, ''), sum(s.units), sum(s.revenue_cents) AS revenue "
-            "FROM daily_sales AS s LEFT JOIN products AS p ON p.sku = s.sku WHERE (?1 = '' OR "
-            "s.day >= ?1) AND (?2 = '' OR s.day <= ?2) GROUP BY s.sku ORDER BY revenue DESC, "
-            "s.sku LIMIT ?3");
+            "FROM daily_sales AS s LEFT JOIN products AS p ON p.sku = s.sku WHERE s.day BETWEEN "
+            "?1 AND ?2 GROUP BY s.sku ORDER BY revenue DESC, s.sku LIMIT ?3");
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, q->from_day, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, q->to_day, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, upper_day(q->to_day), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, limit);
 
     Dashboard__ProductSales *rows = calloc(limit, sizeof(*rows));
@@ -360,15 +370,13 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     bool one = q->sku[0] != 0;
     sqlite3_stmt *st =
         one ? jl_db_stmt(db, "SELECT day, units, revenue_cents FROM daily_sales WHERE sku = ?3 "
-                             "AND (?1 = '' OR day >= ?1) AND (?2 = '' OR day <= ?2) ORDER BY day "
-                             "LIMIT ?4")
+                             "AND day BETWEEN ?1 AND ?2 ORDER BY day LIMIT ?4")
             : jl_db_stmt(db, "SELECT day, sum(units), sum(revenue_cents) FROM daily_sales WHERE "
-                             "(?1 = '' OR day >= ?1) AND (?2 = '' OR day <= ?2) GROUP BY day "
-                             "ORDER BY day LIMIT ?4");
+                             "day BETWEEN ?1 AND ?2 GROUP BY day ORDER BY day LIMIT ?4");
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, q->from_day, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, q->to_day, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, upper_day(q->to_day), -1, SQLITE_STATIC);
     if (one)
         sqlite3_bind_text(st, 3, q->sku, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, SALES_DASHBOARD_MAX_DAYS + 1); /* one more says "too many" */

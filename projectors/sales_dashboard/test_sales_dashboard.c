@@ -201,6 +201,84 @@ END_TEST
 
 /* Days that are not days, a range backwards, a limit past the maximum: each an INVALID answer
  * saying which, from both queries that take a range (never an empty result that looks real). */
+/* VM steps of one query; its reply in @p r (code OK asserted). */
+static long steps_of(const ProtobufCMessage *req, jl_reply *r)
+{
+    long steps;
+    jl_ck_steps_begin(db, &steps);
+    jl_status s = ask(req, r);
+    jl_ck_steps_end(db);
+    ck_assert_int_eq(s, JL_OK);
+    ck_assert_msg(r->code == JL_CODE_OK, "%s", r->message);
+    return steps;
+}
+
+/* A year of 40 skus: a range of a day or two reads those days by the day index, not the
+ * year (queries are answered one at a time); an open range still reads all. Counted in
+ * SQLite's virtual machine steps, not timed. */
+START_TEST(a_short_range_reads_only_its_days)
+{
+    ck_assert_int_eq(
+        sqlite3_exec(
+            jl_db_handle(db),
+            "WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 364),"
+            " k(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM k WHERE j < 39) "
+            "INSERT INTO daily_sales SELECT date('2025-01-01', '+' || i || ' days'), "
+            "printf('k%02d', j), 1, 100 + j FROM d, k;",
+            NULL, NULL, NULL),
+        SQLITE_OK);
+    jl_reply r;
+    jl_reply_init(&r);
+
+    Dashboard__TopProducts top = DASHBOARD__TOP_PRODUCTS__INIT;
+    top.from_day = "2025-03-01";
+    top.to_day = "2025-03-02";
+    top.limit = 1;
+    long steps = steps_of(&top.base, &r);
+    Dashboard__TopProductsResult *tr =
+        dashboard__top_products_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(tr);
+    ck_assert_uint_eq(tr->n_products, 1);
+    ck_assert_str_eq(tr->products[0]->sku, "k39");
+    ck_assert_int_eq(tr->products[0]->units, 2);
+    ck_assert_int_eq(tr->products[0]->revenue_cents, 2 * 139);
+    dashboard__top_products_result__free_unpacked(tr, NULL);
+    ck_assert_msg(steps < 5000, "TopProducts over 2 of 365 days: %ld steps", steps);
+    top.from_day = top.to_day = ""; /* the whole year */
+    long all = steps_of(&top.base, &r);
+    tr = dashboard__top_products_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(tr);
+    ck_assert_int_eq(tr->products[0]->units, 365);
+    dashboard__top_products_result__free_unpacked(tr, NULL);
+    ck_assert_msg(all > 10 * steps, "%ld steps for the year, %ld for 2 days", all, steps);
+
+    Dashboard__DailySeries q = DASHBOARD__DAILY_SERIES__INIT;
+    q.from_day = "2025-06-01";
+    q.to_day = "2025-06-03";
+    steps = steps_of(&q.base, &r);
+    Dashboard__DailySeriesResult *dr =
+        dashboard__daily_series_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(dr);
+    ck_assert_uint_eq(dr->n_points, 3);
+    ck_assert_str_eq(dr->points[0]->day, "2025-06-01");
+    ck_assert_int_eq(dr->points[0]->units, 40);
+    dashboard__daily_series_result__free_unpacked(dr, NULL);
+    ck_assert_msg(steps < 5000, "DailySeries over 3 of 365 days: %ld steps", steps);
+    q.sku = "k07";
+    steps = steps_of(&q.base, &r);
+    ck_assert_msg(steps < 1000, "DailySeries of one sku over 3 days: %ld steps", steps);
+    q.from_day = "2025-12-31"; /* to the end: the last day only */
+    q.to_day = "";
+    steps_of(&q.base, &r);
+    dr = dashboard__daily_series_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(dr);
+    ck_assert_uint_eq(dr->n_points, 1);
+    ck_assert_str_eq(dr->points[0]->day, "2025-12-31");
+    dashboard__daily_series_result__free_unpacked(dr, NULL);
+    jl_reply_cleanup(&r);
+}
+END_TEST
+
 START_TEST(bad_ranges_and_limits_are_answered_invalid)
 {
     static const struct {
@@ -258,6 +336,7 @@ static Suite *dashboard_suite(void)
     tcase_add_test(tc, a_daily_sum_past_int64_is_answered_invalid);
     tcase_add_test(tc, a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong);
     tcase_add_test(tc, bad_ranges_and_limits_are_answered_invalid);
+    tcase_add_test(tc, a_short_range_reads_only_its_days);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -31,6 +31,25 @@ static inline jl_db *jl_ck_scratch_db(const char *dir, const char *file, const c
     return db;
 }
 
+static inline int jl_ck__count_step(void *ctx)
+{
+    (*(long *)ctx)++;
+    return 0;
+}
+
+/* Count the SQLite virtual machine steps @p db runs into *@p steps (from 0) until
+ * jl_ck_steps_end(): how much a query reads, as a number a test can bound (never a time). */
+static inline void jl_ck_steps_begin(jl_db *db, long *steps)
+{
+    *steps = 0;
+    sqlite3_progress_handler(jl_db_handle(db), 1, jl_ck__count_step, steps);
+}
+
+static inline void jl_ck_steps_end(jl_db *db)
+{
+    sqlite3_progress_handler(jl_db_handle(db), 0, NULL, NULL);
+}
+
 /* Remove @p dir and everything in it. */
 static inline void jl_ck_scratch_remove(const char *dir)
 {
