@@ -174,7 +174,11 @@ fulfilment_command fulfilment_overtaken(fulfilment_state st, fulfilment_event ev
 
 /* ---- ids ---- */
 
-/* FNV-1a 128: h = (h ^ byte) * (2^88 + 0x13b) mod 2^128, on two 64-bit halves. */
+/* FNV-1a 128: h = (h ^ byte) * (2^88 + 0x13b) mod 2^128, on two 64-bit halves, from the
+ * offset basis below. */
+#define FNV128_BASIS_HI 0x6c62272e07bb0142ULL
+#define FNV128_BASIS_LO 0x62b821756295c58dULL
+
 static void fnv1a_128(uint64_t *io_hi, uint64_t *io_lo, const char *s)
 {
     uint64_t hi = *io_hi, lo = *io_lo;
@@ -197,7 +201,7 @@ jl_status fulfilment_reservation_id(char out[JL_UUID_LEN + 1], const char *order
     char canon[JL_UUID_LEN + 1];
     if (jl_uuid_canonical(canon, order_id) != JL_OK)
         return JL_ERR_INVALID;
-    uint64_t hi = 0x6c62272e07bb0142ULL, lo = 0x62b821756295c58dULL;
+    uint64_t hi = FNV128_BASIS_HI, lo = FNV128_BASIS_LO;
     fnv1a_128(&hi, &lo, "fulfilment:");
     fnv1a_128(&hi, &lo, canon);
     uint8_t u[16];
@@ -421,6 +425,30 @@ static jl_status save_row(jl_db *db, const char *order_id, const char *reservati
 }
 
 /* Queue the command @p c decided for the order (see jl_outbox_add). */
+/*
+ * Queue @p msg for @p service under command id @p id, caused by @p ev. Keyed by order: a
+ * command answered "not now" holds back only its own order's. A command the outbox cannot
+ * take (too large, ids too long for producers) refuses the event (dead-lettered, with why).
+ */
+static jl_status add_command(jl_db *db, const char *service, const ProtobufCMessage *msg,
+                             const char *id, const reaction *re, const jl_event *ev, char *err,
+                             size_t errlen)
+{
+    jl_status s =
+        jl_outbox_add_keyed(db, service, msg, id, ev->correlation_id, ev->event_id, re->order_id);
+    if (s == JL_ERR_TOO_LARGE) {
+        snprintf(err, errlen, "%s for order %s is over the command size limit",
+                 msg->descriptor->short_name, re->order_id);
+        s = JL_ERR_INVALID;
+    } else if (s == JL_ERR_INVALID) {
+        snprintf(err, errlen,
+                 "%s for order %s cannot be sent: the event's correlation id or event id is "
+                 "longer than producers accept",
+                 msg->descriptor->short_name, re->order_id);
+    }
+    return s;
+}
+
 static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *re,
                                const char *reservation_id, const row *r, const jl_event *ev,
                                char *err, size_t errlen)
@@ -490,19 +518,7 @@ static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *
     }
     if (s == JL_OK && msg != NULL) {
         fulfilment_command_id(id, re->order_id, c);
-        /* Keyed by order: a reservation refused "not now" holds back only its own order. */
-        s = jl_outbox_add_keyed(db, service, msg, id, ev->correlation_id, ev->event_id,
-                                re->order_id);
-        if (s == JL_ERR_TOO_LARGE) {
-            snprintf(err, errlen, "%s for order %s is over the command size limit",
-                     msg->descriptor->short_name, re->order_id);
-            s = JL_ERR_INVALID;
-        } else if (s == JL_ERR_INVALID) {
-            snprintf(err, errlen,
-                     "%s for order %s cannot be sent: the event's correlation id or event id "
-                     "is longer than producers accept",
-                     msg->descriptor->short_name, re->order_id);
-        }
+        s = add_command(db, service, msg, id, re, ev, err, errlen);
     }
     free(lines);
     free(ptrs);
@@ -519,21 +535,14 @@ static jl_status queue_command(jl_db *db, fulfilment_command c, const reaction *
 static jl_status release_again(jl_db *db, const reaction *re, const char *reservation_id,
                                const jl_event *ev, char *err, size_t errlen)
 {
-    uint64_t hi = 0x6c62272e07bb0142ULL, lo = 0x62b821756295c58dULL;
+    uint64_t hi = FNV128_BASIS_HI, lo = FNV128_BASIS_LO;
     fnv1a_128(&hi, &lo, ev->event_id);
     char id[FULFILMENT_COMMAND_ID_MAX];
     snprintf(id, sizeof(id), COMMAND_ID_PREFIX "%.36s:rel-%011" PRIx64, re->order_id, hi >> 20);
     Inventory__ReleaseReservation release = INVENTORY__RELEASE_RESERVATION__INIT;
     release.reservation_id = (char *)reservation_id;
     release.reason = "reserved again after it was closed";
-    jl_status s = jl_outbox_add_keyed(db, "inventory", &release.base, id, ev->correlation_id,
-                                      ev->event_id, re->order_id);
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen,
-                 "ReleaseReservation for order %s cannot be sent: the event's correlation id or "
-                 "event id is longer than producers accept",
-                 re->order_id);
-    return s;
+    return add_command(db, "inventory", &release.base, id, re, ev, err, errlen);
 }
 
 static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)

@@ -220,12 +220,9 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
                   "%" PRId64 " bytes, headers included)",
                   len, natsConnection_GetMaxPayload(jl_conn_nats(conn)));
         rc = CLI_USAGE;
-    } else if (ns == NATS_NO_MEMORY) {
-        cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
-        rc = CLI_FAILED;
     } else if (ns != NATS_OK) {
         cli_error("request on %s failed: %s", subject, natsStatus_GetText(ns));
-        rc = CLI_UNAVAILABLE;
+        rc = ns == NATS_NO_MEMORY ? CLI_FAILED : CLI_UNAVAILABLE; /* ours, not the server's */
     } else if (jl_reply_decode(out, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)) !=
                JL_OK) {
         cli_error("the reply on %s is not a jetledger.Reply", subject);
