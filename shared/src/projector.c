@@ -2462,7 +2462,7 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
     pthread_rwlock_unlock(&p->switch_lock);
     pthread_mutex_unlock(&p->query_mu);
     out.letters = ptrs;
-    out.instance = (char *)p->src[0].durable;
+    out.instance = p->instance;
     if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
         jl_reply_error(r, JL_CODE_INTERNAL, "the dead letters do not fit in a reply");
     for (size_t i = 0; i < out.n_letters; i++) {
@@ -2867,6 +2867,7 @@ jl_status jl_projector_open(jl_projector **out_projector, jl_conn *conn,
         s = JL_ERR_INVALID;
         goto done;
     }
+    snprintf(p->instance, sizeof(p->instance), "%s", base);
     if (def->n_sources > JL_MAX_SOURCES || (def->n_sources == 0 && def->stream == NULL)) {
         snprintf(err, errlen, "projector %s needs 1 to %d source streams", def->name,
                  JL_MAX_SOURCES);

@@ -191,6 +191,10 @@ struct jl_projector {
     atomic_bool outbox_yield; /* a rebuild's switch waits for outbox_mu: the sender lets go */
     /* This instance, for others on the same durable (twins.c). */
     char instance_id[JL_UUID_LEN + 1];
+    /* Its name: the durable as configured (JL_DURABLE, else the projector's name), without the
+     * "_<STREAM>" of a projector of several streams. It names the instance's own admin
+     * subjects, "<name>.admin.<instance>.<Req>", and the instance in admin replies. */
+    char instance[JL_NAME_MAX];
     char host[64];
     int64_t started_ns;                 /* Unix ns, at open */
     atomic_bool yield_claimed;          /* met an older instance: yield_msg being written */

@@ -964,7 +964,7 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
                        "%s", err);
         return;
     }
-    status_to_reply(p->job, p->src[0].durable, r);
+    status_to_reply(p->job, p->instance, r);
     r->stream_seq = jl_projector_checkpoint(p);
 }
 
@@ -1000,10 +1000,11 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     pthread_mutex_init(&p->job->mu, NULL);
     pthread_mutex_init(&p->job->start_mu, NULL);
     atomic_init(&p->job->cancel, false);
-    /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<durable>.<Req>" reaches
-     * this one, so a job's progress is read where the job runs. The latter first, with Hello:
-     * another instance on the durable is looked for before this one takes any request. */
-    snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
+    /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<instance>.<Req>" reaches
+     * this one (jetledger --instance), so a job's progress is read where the job runs. The
+     * latter first, with Hello: another instance on the durable is looked for before this one
+     * takes any request. */
+    snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->instance);
     natsStatus ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
     if (ns == NATS_OK) {
         jl_status s = jl__twins_ask(p, err, errlen);

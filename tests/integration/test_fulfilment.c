@@ -971,6 +971,15 @@ START_TEST(a_rebuild_reads_a_second_stream_made_only_later)
     Jetledger__Rebuild rb = JETLEDGER__REBUILD__INIT;
     Jetledger__RebuildStatus *st = run_admin_job("sales_dashboard", "Rebuild", &rb.base);
     ck_assert_msg(strcmp(st->state, "done") == 0, "rebuild %s: %s", st->state, st->error);
+    /* The instance is named by its durable as configured (here none: the projector's name),
+     * not by one of its streams' durables ("sales_dashboard_ORDERS"), and answers on it: the
+     * name `jetledger --instance` takes. */
+    ck_assert_str_eq(st->instance, "sales_dashboard");
+    jetledger__rebuild_status__free_unpacked(st, NULL);
+    Jetledger__GetRebuildStatus get = JETLEDGER__GET_REBUILD_STATUS__INIT;
+    st = tadmin(env.conn, "sales_dashboard.admin.sales_dashboard.GetRebuildStatus", &get.base, NULL,
+                NULL, 0);
+    ck_assert_str_eq(st->state, "done");
     jetledger__rebuild_status__free_unpacked(st, NULL);
     /* From a time, as a projector of several streams is rebuilt from a point. */
     rb.from_time_ns = (int64_t)before.tv_sec * 1000000000LL + before.tv_nsec;

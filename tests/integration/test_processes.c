@@ -1719,6 +1719,61 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
 }
 END_TEST
 
+START_TEST(cli_instance_sends_a_job_to_that_instance_of_a_projector)
+{
+    /* Two instances of order_summary, each with a durable and a read model of its own (as
+     * scaled out on Kubernetes): `--instance` reaches the one named, where plain `rebuild`
+     * would reach either; an instance that is not running is said as such (exit 3), a name
+     * that cannot be one is bad usage (2), and only the admin subcommands take the flag. */
+    const char *url = env.cfg.nats_url;
+    char data_b[600], tail[1500];
+    svc s[3];
+    cli_result *r = started_with_orders(s, 3);
+    snprintf(data_b, sizeof(data_b), "%s/b", env.dir);
+    svc_extra[0] = "JL_DURABLE=summary-b";
+    svc_start(&s[2], "order_summary", "summary-b.log", url, data_b, 0, NULL);
+    svc_extra[0] = NULL;
+    ck_assert_msg(wait_log(s[2].log, "\"msg\":\"projector ready\"", READY_MS), "%s",
+                  log_tail(s[2].log, tail, sizeof(tail)));
+
+    const char *const names[] = {"summary-b", "order_summary"};
+    for (int i = 0; i < 2; i++) {
+        char want[96];
+        snprintf(want, sizeof(want), "\"instance\":\"%s\"", names[i]);
+        CLI(r, url, "dead-letters", "order_summary", "--instance", names[i]);
+        ASSERT_CLI(r, 0);
+        ck_assert_msg(strstr(r->out, want) != NULL, "%s: %s", names[i], r->out);
+    }
+    CLI(r, url, "rebuild", "order_summary", "--instance", "summary-b");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"state\":\"done\"") != NULL, "%s", r->out);
+    CLI(r, url, "verify", "order_summary", "--instance=summary-b");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "\"match\":true") != NULL, "%s", r->out);
+    ck_assert_msg(wait_log(s[2].log, "\"msg\":\"rebuild started\"", 1000), "%s",
+                  log_tail(s[2].log, tail, sizeof(tail)));
+    ck_assert_msg(wait_log(s[2].log, "\"msg\":\"verify started\"", 1000), "%s",
+                  log_tail(s[2].log, tail, sizeof(tail)));
+    ck_assert_msg(!wait_log(s[1].log, "\"msg\":\"rebuild started\"", 0) &&
+                      !wait_log(s[1].log, "\"msg\":\"verify started\"", 0),
+                  "the other instance ran a job: %s", log_tail(s[1].log, tail, sizeof(tail)));
+
+    CLI(r, url, "rebuild", "order_summary", "--instance", "summary-c");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "no instance summary-c of projector order_summary is running") !=
+                      NULL,
+                  "%s", r->err);
+    CLI(r, url, "dead-letters", "order_summary", "--instance", "summary.b");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "--instance needs a projector instance's durable name") != NULL,
+                  "%s", r->err);
+    CLI(r, url, "query", "order_summary", "ListOrders", "{}", "--instance", "summary-b");
+    ASSERT_CLI(r, 2);
+    free(r);
+    stop_gracefully(s, 3);
+}
+END_TEST
+
 /* Start orders and order_summary on a stream of 60,000 events, and `jetledger rebuild
  * order_summary` in the background (its output in @p log), once its rebuild has started. */
 static pid_t cli_following_a_rebuild(svc s[2], char *log, size_t n)
@@ -2392,6 +2447,7 @@ Suite *processes_suite(void)
     tcase_add_test(tc, cli_ctrl_c_cancels_its_rebuild_and_exits_1);
     tcase_add_test(tc, cli_following_a_rebuild_outlasts_a_poll_nothing_answers);
     tcase_add_test(tc, cli_rebuild_and_verify_report_their_outcome_and_exit_status);
+    tcase_add_test(tc, cli_instance_sends_a_job_to_that_instance_of_a_projector);
     tcase_add_test(tc, producer_replicas_share_commands_in_a_queue_group);
     tcase_add_test(tc, rebuild_killed_halfway_leaves_the_live_model_as_it_was);
     tcase_add_test(tc, a_projector_killed_in_a_keep_old_switch_keeps_both_models);

@@ -38,6 +38,7 @@ typedef struct cli_opts {
     uint64_t at_version;        /**< --at-version V */
     const char *command_id;     /**< --command-id ID */
     const char *correlation_id; /**< --correlation-id ID */
+    const char *instance;       /**< --instance NAME (rebuild, verify, dead-letters) */
     int64_t timeout_ms;         /**< --timeout MS (requests) */
     unsigned given;             /**< bit (1 << flag) for every CLI flag given */
 } cli_opts;

@@ -357,6 +357,9 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
     job j = {.ctx = ctx, .projector = ctx->argv[0], .kind = kind, .tty = isatty(2) != 0};
     Jetledger__RebuildStatus *st = NULL, *final = NULL;
     int rc = CLI_OK;
+    /* --instance: that one of the projector's instances from the start, not any one. */
+    if (ctx->opts.instance != NULL)
+        snprintf(j.instance, sizeof(j.instance), "%s", ctx->opts.instance);
 
     /* Before the request: a Ctrl-C from now on cancels the job instead of orphaning it. */
     struct sigaction sa;
@@ -461,7 +464,8 @@ int cli_verify(cli_ctx *ctx)
 {
     if (ctx->argc != 1 || ctx->opts.from_seq != 0 || ctx->opts.has_from_time ||
         ctx->opts.keep_old) {
-        cli_error("usage: jetledger verify <projector> (it always compares the whole stream)");
+        cli_error("usage: jetledger verify <projector> [--instance NAME] (it always compares the "
+                  "whole stream)");
         return CLI_USAGE;
     }
     Jetledger__Verify m = JETLEDGER__VERIFY__INIT;
@@ -471,12 +475,13 @@ int cli_verify(cli_ctx *ctx)
 int cli_dead_letters(cli_ctx *ctx)
 {
     if (ctx->argc != 1) {
-        cli_error("usage: jetledger dead-letters <projector>");
+        cli_error("usage: jetledger dead-letters <projector> [--instance NAME]");
         return CLI_USAGE;
     }
     const char *projector = ctx->argv[0];
     char subject[256];
-    snprintf(subject, sizeof(subject), "%s.admin.GetDeadLetters", projector);
+    snprintf(subject, sizeof(subject), "%s.admin.%s%sGetDeadLetters", projector,
+             ctx->opts.instance ? ctx->opts.instance : "", ctx->opts.instance ? "." : "");
     Jetledger__GetDeadLetters m = JETLEDGER__GET_DEAD_LETTERS__INIT;
     m.limit = 500;
     int rc = CLI_OK;

@@ -33,16 +33,18 @@ static const char usage[] =
     "      print every event of one aggregate, one JSON object a line (the audit trail)\n"
     "  state <service> <aggregate-id> [--at-seq N | --at-time RFC3339 | --at-version V]\n"
     "      print an aggregate's state, now or as of a stream sequence, a time or a version\n"
-    "  rebuild <projector> [--from-seq N | --from-time RFC3339] [--keep-old]\n"
+    "  rebuild <projector> [--from-seq N | --from-time RFC3339] [--keep-old] [--instance NAME]\n"
     "      rebuild the read model into a new file and switch to it; shows progress, prints a\n"
     "      summary; Ctrl-C cancels (the live model stays as it was); --keep-old keeps the\n"
     "      replaced file. From N (or a time) the new model holds only the events from there\n"
     "      on: what came before is left out of it\n"
-    "  verify <projector>\n"
+    "  verify <projector> [--instance NAME]\n"
     "      rebuild into a scratch file and compare it with the live read model\n"
-    "  dead-letters <projector>\n"
+    "  dead-letters <projector> [--instance NAME]\n"
     "      the events the read model set aside (undecodable, unknown types, refused by\n"
     "      apply), newest first, at most 500, and how many in all: one JSON object\n"
+    "      --instance: on that instance of the projector (its durable, JL_DURABLE), not on\n"
+    "      any one of them: with a durable per instance, each has a read model of its own\n"
     "  bench [--quick] [--out DIR] ...\n"
     "      run the benchmark (jetledger-bench beside this binary; bench --help lists its\n"
     "      options); it starts its own nats-server and services\n"
@@ -181,12 +183,13 @@ enum cli_flag {
     F_CORRELATION_ID,
     F_TIMEOUT,
     F_JSON,
+    F_INSTANCE,
     F_COUNT
 };
 
 static const char *const flag_names[F_COUNT] = {
     "--aggregate",  "--from-seq",   "--from-time",      "--keep-old", "--at-seq", "--at-time",
-    "--at-version", "--command-id", "--correlation-id", "--timeout",  "--json"};
+    "--at-version", "--command-id", "--correlation-id", "--timeout",  "--json",   "--instance"};
 
 /* Store the value of one flag; 0 or -1 after printing why. */
 static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
@@ -217,6 +220,16 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
         break;
     case F_JSON:
         o->json = true;
+        break;
+    case F_INSTANCE:
+        /* It goes into a subject: a '.' or a space would reach another one. */
+        if (!jl_valid_name(val)) {
+            cli_error("--instance needs a projector instance's durable name, 1 to %d letters, "
+                      "digits, '_' and '-', not '%s'",
+                      JL_NAME_MAX - 1, val);
+            return -1;
+        }
+        o->instance = val;
         break;
     case F_TIMEOUT:
         rc = parse_u64(val, &n) != 0 || n == 0 || n > 600000 ? -1 : 0;
@@ -354,9 +367,9 @@ int main(int argc, char **argv)
         {"events", cli_events, B(F_AGGREGATE) | B(F_FROM_SEQ)},
         {"history", cli_history, 0},
         {"state", cli_state, B(F_AT_SEQ) | B(F_AT_TIME) | B(F_AT_VERSION)},
-        {"rebuild", cli_rebuild, B(F_FROM_SEQ) | B(F_FROM_TIME) | B(F_KEEP_OLD)},
-        {"verify", cli_verify, 0},
-        {"dead-letters", cli_dead_letters, 0},
+        {"rebuild", cli_rebuild, B(F_FROM_SEQ) | B(F_FROM_TIME) | B(F_KEEP_OLD) | B(F_INSTANCE)},
+        {"verify", cli_verify, B(F_INSTANCE)},
+        {"dead-letters", cli_dead_letters, B(F_INSTANCE)},
         {"status", cli_status, B(F_JSON)},
     };
     cli_ctx ctx;

@@ -191,6 +191,13 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
                   "rebuild, verify and dead-letters take a projector",
                   name, name);
         rc = CLI_USAGE;
+    } else if (ns == NATS_NO_RESPONDERS && admin && ctx->opts.instance != NULL) {
+        cli_error("no instance %s of projector %s is running (nothing answers %s): an instance "
+                  "is named by its durable (JL_DURABLE, else the projector's name; `jetledger "
+                  "status` lists the durables, with a \"_<STREAM>\" after the name for a "
+                  "projector of several streams)",
+                  ctx->opts.instance, name, subject);
+        rc = CLI_UNAVAILABLE;
     } else if (ns == NATS_NO_RESPONDERS) {
         bool projector = strcmp(kind, "projector") == 0;
         cli_error("no %s named %s is running (nothing answers %s)%s; or is %s a %s? (%s "
