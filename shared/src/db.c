@@ -198,7 +198,7 @@ jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err,
         goto done;
     }
     sqlite3_extended_result_codes(db->h, 1);
-    sqlite3_busy_timeout(db->h, 5000);
+    sqlite3_busy_timeout(db->h, JL_DB_BUSY_MS);
     if (!readonly)
         s = jl_db_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
     if (s == JL_OK && !readonly)

@@ -677,19 +677,30 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
          * checkpoint (the WAL holds what came since the last one, not the model), or one
          * reading an older snapshot would keep it from folding everything in. */
         int wal_frames = 0, folded = 0, rc = SQLITE_OK;
-        (void)sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+        sqlite3 *h = jl_db_handle(p->db);
+        (void)sqlite3_wal_checkpoint_v2(h, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
                                         NULL); /* the bulk, queries going on */
-        /* Busy while the background checkpointer runs one of its own: tried again. */
+        /* Busy while the background checkpointer runs one of its own, or while a reader of
+         * another process (a backup tool, an operator's shell) holds an older snapshot: tried
+         * again for 2 s at most, each time without the busy handler's wait, which would hold
+         * queries off 5 s an attempt with live applying paused. Everything folded in is
+         * enough: the file then holds the whole model, only the WAL is not reset. */
+        bool whole = false;
+        sqlite3_busy_timeout(h, 0);
         for (int attempt = 0; attempt < 100; attempt++) {
+            jl__proj_hold_beat(p); /* live applying paused on purpose: no stall */
             pthread_rwlock_wrlock(&p->switch_lock);
-            rc = sqlite3_wal_checkpoint_v2(jl_db_handle(p->db), NULL, SQLITE_CHECKPOINT_TRUNCATE,
-                                           &wal_frames, &folded);
+            rc = sqlite3_wal_checkpoint_v2(h, NULL, SQLITE_CHECKPOINT_TRUNCATE, &wal_frames,
+                                           &folded);
             pthread_rwlock_unlock(&p->switch_lock);
-            if (rc != SQLITE_BUSY)
+            whole =
+                rc == SQLITE_OK || (rc == SQLITE_BUSY && wal_frames >= 0 && folded == wal_frames);
+            if (whole || rc != SQLITE_BUSY)
                 break;
             nats_Sleep(20);
         }
-        if (rc != SQLITE_OK || (wal_frames > 0 && folded < wal_frames))
+        sqlite3_busy_timeout(h, JL_DB_BUSY_MS);
+        if (!whole)
             jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
                    "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
                    sqlite3_errstr(rc), wal_frames, folded);

@@ -28,6 +28,9 @@ typedef struct jl_db jl_db;
 /** Distinct SQL texts one connection keeps prepared; jl_db_stmt() fails beyond this. */
 #define JL_DB_STMT_CACHE 256
 
+/** How long a connection of jl_db_open() waits on a lock another one holds (its busy timeout). */
+#define JL_DB_BUSY_MS 5000
+
 /**
  * Open (creating if @p readonly is false) the database at @p path.
  * @return JL_OK; JL_ERR_IO when the file or its directory cannot be opened; JL_ERR_INVALID
