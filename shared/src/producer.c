@@ -185,6 +185,7 @@ struct cmd {
     bool catching_up; /* only the commits after the entry's (a lost race), else all */
     replay_ctx load;
     jl_status load_status;
+    bool load_checked; /* ... to the head the stream's leader gave (verify_read) */
     bool load_from_snapshot;
     uint64_t load_snap_seq;
     uint64_t stored_version, stored_seq; /* the reply's, while recording */
@@ -1636,6 +1637,7 @@ static void *load_read(void *ctx, void *item)
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
+    c->load_checked = false;
     if (past_close(p)) { /* read as failed: answered unavailable */
         c->load_from_snapshot = false;
         c->load_snap_seq = 0;
@@ -1658,6 +1660,7 @@ static void *load_read(void *ctx, void *item)
     c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
     if (c->verifying) {
         c->load_status = verify_read(p, c, rc);
+        c->load_checked = true;
     } else {
         c->load_status = c->catching_up ? read_newer_commits(p, c->subject, rc)
                                         : read_commits(p, c->subject, rc);
@@ -1666,8 +1669,10 @@ static void *load_read(void *ctx, void *item)
          * And an append that found another last sequence, with nothing newer to read, met an
          * older one: the leader says whether the stream lost what the entry holds. */
         if (c->load_status == JL_OK &&
-            (p->replicas > 1 || (c->catching_up && rc->last_seq == e->last_seq)))
+            (p->replicas > 1 || (c->catching_up && rc->last_seq == e->last_seq))) {
             c->load_status = verify_read(p, c, rc);
+            c->load_checked = true;
+        }
     }
     if (rc->full) { /* replayed: its snapshot is gone */
         c->load_from_snapshot = false;
@@ -1801,9 +1806,12 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
         p->stats.verified++;
         p->stats.verified_stale += !e->stale && e->last_seq != c->verify_from;
     }
-    /* Read to the stream's head just now: what is decided on it here, this command and those
-     * queued behind it (release_entry), needs no check (nor could one be queued from here). */
-    if (!e->stale)
+    /* Read to the stream's head, as its leader has it, just now: what is decided on it here,
+     * this command and those queued behind it (release_entry), needs no check (nor could one
+     * be queued from here). Not so a read unchecked, of a stream found with one replica at
+     * open: another instance (replicas 0, auto) or an operator may have raised its replicas
+     * since, and a direct get answered by a replica a moment behind would go unchecked. */
+    if (!e->stale && c->load_checked)
         p->just_read = e;
     if (e->stale) {
         /* Half read: the commands queued behind are answered unavailable with it

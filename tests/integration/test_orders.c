@@ -3271,6 +3271,35 @@ START_TEST(a_refusal_on_a_cache_behind_another_replica_is_decided_again)
 }
 END_TEST
 
+START_TEST(a_refusal_on_a_read_from_any_replica_is_checked_with_the_leader)
+{
+    /* A stream found with one replica at open is read by direct gets, with no question to its
+     * leader; its replicas may be raised since (another instance with replicas 0, auto; an
+     * operator), and a direct get then answered by a replica a moment behind. A refusal decided
+     * on such a read is checked with the leader, as one decided on a cached state is. */
+    jl_reply r;
+    jl_reply_init(&r);
+    jl_producer *a = open_without_records(env.conn), *b = open_without_records(env.conn);
+    ck_assert_int_eq(create_with_id(a, "unchecked-create", &r), JL_CODE_OK);
+    Orders__PlaceOrder place = ORDERS__PLACE_ORDER__INIT;
+    place.order_id = r.aggregate_id;
+    uint8_t buf[128];
+    size_t n = orders__place_order__pack(&place, buf);
+    jl_reply_reset(&r);
+    jl_producer_handle(b, "PlaceOrder", buf, n, NULL, NULL, NULL, &r); /* an empty order */
+    ck_assert_msg(r.code == JL_CODE_RULE_VIOLATION, "%s", r.message);
+    ck_assert_uint_eq(r.aggregate_version, 1);
+    jl_producer_stats st;
+    jl_producer_get_stats(b, &st);
+    ck_assert_uint_eq(st.loads, 1);
+    ck_assert_uint_eq(st.verified, 1);
+    ck_assert_uint_eq(st.verified_stale, 0);
+    jl_reply_cleanup(&r);
+    jl_producer_close(a, 1000);
+    jl_producer_close(b, 1000);
+}
+END_TEST
+
 START_TEST(a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again)
 {
     /* --command-retries 0: B's cached order is behind A's write, so B's command loses the
@@ -3633,6 +3662,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_conflict_with_no_retries_left_leaves_the_cache_to_be_read_again);
     tcase_add_test(tc, a_command_behind_a_stale_aggregate_is_decided_on_a_fresh_read);
     tcase_add_test(tc, a_refusal_on_a_cache_behind_another_replica_is_decided_again);
+    tcase_add_test(tc, a_refusal_on_a_read_from_any_replica_is_checked_with_the_leader);
     tcase_add_test(tc, commands_behind_a_failed_read_are_answered_without_another_read);
     tcase_add_test(tc, a_command_id_that_cannot_be_looked_up_is_answered_unavailable);
     tcase_add_test(tc, a_command_that_waited_past_its_deadline_is_not_run);
