@@ -75,6 +75,12 @@ typedef struct sub_grave {
     struct sub_grave *next;
 } sub_grave;
 
+/* A JetStream context waiting for its connection to close (jl_conn_js_destroy()). */
+typedef struct js_grave {
+    jsCtx *js;
+    struct js_grave *next;
+} js_grave;
+
 /* Destroy the subscriptions of list @p g and free the list. */
 static void bury(sub_grave *g)
 {
@@ -102,6 +108,7 @@ struct jl_conn {
      * flush answered since): destroyed after the next answered one, or by jl_conn_close(). */
     struct sub_grave *graves; /* newest first */
     uint64_t graves_dug;      /* the number of the newest (under mu) */
+    js_grave *js_graves;      /* jl_conn_js_destroy()'s, till the close (under mu) */
     /* Replicas of a stream jl_conn_check_replicas() passed (0: none over 1): a server reached
      * later, by a reconnect, has its version checked too. */
     atomic_int checked_replicas;
@@ -616,7 +623,6 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
                 nats_Sleep(10);
         }
     }
-    jsCtx_Destroy(c->js);
     bool callbacks_done = true;
     if (c->nc != NULL) {
         natsConnection_Close(c->nc);
@@ -633,6 +639,13 @@ void jl_conn_close(jl_conn *c, int64_t timeout_ms)
         return; /* the library's callback thread may still use it: left allocated */
     /* The closed connection's reader has stopped: nothing can come for these now. */
     bury(c->graves);
+    jsCtx_Destroy(c->js);
+    while (c->js_graves != NULL) {
+        js_grave *g = c->js_graves;
+        c->js_graves = g->next;
+        jsCtx_Destroy(g->js);
+        free(g);
+    }
     /* Watches of subscriptions never stopped (an on-complete callback yet to come holds a
      * reference of its own). */
     while (c->watches != NULL) {
@@ -654,6 +667,22 @@ natsConnection *jl_conn_nats(jl_conn *c)
 jsCtx *jl_conn_js(jl_conn *c)
 {
     return c->js;
+}
+
+void jl_conn_js_destroy(jl_conn *c, jsCtx *js)
+{
+    if (js == NULL)
+        return;
+    js_grave *g = c->nc == NULL || natsConnection_IsClosed(c->nc) ? NULL : malloc(sizeof(*g));
+    if (g == NULL) { /* closed (nothing is read any more), or no memory: now, as before */
+        jsCtx_Destroy(js);
+        return;
+    }
+    g->js = js;
+    pthread_mutex_lock(&c->mu);
+    g->next = c->js_graves;
+    c->js_graves = g;
+    pthread_mutex_unlock(&c->mu);
 }
 
 const char *jl_conn_server_version(const jl_conn *c)

@@ -1125,7 +1125,8 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
         return ns;
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MaxWait = JL_APPEND_ATTEMPT_MS;
+    /* A command's record: none past its deadline, where its reply waits for it. */
+    po.MaxWait = c != NULL ? left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS) : JL_APPEND_ATTEMPT_MS;
     ns = publish_tracked(p, bursting(p) ? p->bulk_js : p->js, &m, &po, c);
     if (ns != NATS_OK)
         natsMsg_Destroy(m);
@@ -3165,8 +3166,11 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         if (left > 0)
             nats_Sleep(5);
     }
-    jsCtx_Destroy(p->js);
-    jsCtx_Destroy(p->bulk_js);
+    /* Destroyed once their connections close: an ack may still come late to their reply
+     * subscriptions. Nothing is waited for on them now, so their handler, given p, is called
+     * no more (an ack for no publish in wait is dropped). */
+    jl_conn_js_destroy(p->conn, p->js);
+    jl_conn_js_destroy(p->bulk, p->bulk_js);
     /* A handler may still be finishing (pausing before a resend, say): it must be out before
      * what it uses (the bulk connection, the state) is closed or freed. */
     if (!wait_for_ack_handlers(p))

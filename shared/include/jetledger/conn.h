@@ -159,6 +159,16 @@ natsConnection *jl_conn_nats(jl_conn *c);
 /** The JetStream context (borrowed), with the configured request timeout. Thread-safe. */
 jsCtx *jl_conn_js(jl_conn *c);
 
+/**
+ * Destroy @p js, a JetStream context made on @p c's connection (NULL: no-op), once that
+ * connection is closed: by jl_conn_close(), or at once when it is closed already. Ownership of
+ * @p js passes to @p c. For a context that published asynchronously: jsCtx_Destroy() destroys
+ * its reply subscription at once, and an ack coming in meanwhile (late, for a publish that gave
+ * up waiting for it) crashes libnats before 3.6 now and then (see jl_conn_sub_destroy()); the
+ * closed connection's reader reads no more. Thread-safe.
+ */
+void jl_conn_js_destroy(jl_conn *c, jsCtx *js);
+
 /** Version of the server reached at connect, e.g. "2.10.27" ("" if it could not be read). */
 const char *jl_conn_server_version(const jl_conn *c);
 
