@@ -1,5 +1,6 @@
 #include "jetledger/log.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
@@ -74,6 +75,102 @@ const char *jl_log_str(char *out, size_t n, const char *s)
     return out;
 }
 
+/* ---- a check of the fields: JSON members, as the callers mean to write them ---- */
+
+typedef struct scan {
+    const unsigned char *s, *end;
+} scan;
+
+static bool scan_value(scan *c, int depth);
+
+static bool scan_string(scan *c)
+{
+    if (c->s >= c->end || *c->s != '"')
+        return false;
+    for (c->s++; c->s < c->end; c->s++) {
+        if (*c->s == '"') {
+            c->s++;
+            return true;
+        }
+        if (*c->s < 0x20)
+            return false;
+        if (*c->s == '\\') {
+            if (++c->s >= c->end || strchr("\"\\/bfnrtu", *c->s) == NULL || *c->s == 0)
+                return false;
+            for (int i = 0; *c->s == 'u' && i < 4; i++)
+                if (c->s + 1 + i >= c->end || !isxdigit(c->s[1 + i]))
+                    return false;
+            c->s += *c->s == 'u' ? 4 : 0;
+        } else if (*c->s >= 0x80) {
+            size_t len = jl_utf8_seq_len(c->s, (size_t)(c->end - c->s));
+            if (len == 0)
+                return false;
+            c->s += len - 1;
+        }
+    }
+    return false;
+}
+
+/* Members "k":v,... up to @p close (0: the end of the text). */
+static bool scan_members(scan *c, int depth, char close)
+{
+    for (bool first = true;; first = false) {
+        if (close != 0 && c->s < c->end && *c->s == close && first)
+            return true;
+        if (!scan_string(c) || c->s >= c->end || *c->s++ != ':' || !scan_value(c, depth))
+            return false;
+        if (c->s < c->end && *c->s == ',') {
+            c->s++;
+            continue;
+        }
+        return close == 0 ? c->s == c->end : c->s < c->end && *c->s == close;
+    }
+}
+
+static bool scan_value(scan *c, int depth)
+{
+    if (c->s >= c->end || depth > 16)
+        return false;
+    unsigned char k = *c->s;
+    if (k == '"')
+        return scan_string(c);
+    if (k == '{' || k == '[') {
+        c->s++;
+        bool ok = true;
+        if (k == '{') {
+            ok = scan_members(c, depth + 1, '}');
+        } else if (c->s < c->end && *c->s != ']') {
+            while ((ok = scan_value(c, depth + 1)) && c->s < c->end && *c->s == ',')
+                c->s++;
+        }
+        if (!ok || c->s >= c->end || *c->s != (k == '{' ? '}' : ']'))
+            return false;
+        c->s++;
+        return true;
+    }
+    static const char *const literals[] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(literals[i]);
+        if ((size_t)(c->end - c->s) >= n && memcmp(c->s, literals[i], n) == 0) {
+            c->s += n;
+            return true;
+        }
+    }
+    const unsigned char *start = c->s;
+    c->s += *c->s == '-';
+    while (c->s < c->end && *c->s != 0 && (isdigit(*c->s) || strchr(".eE+-", *c->s) != NULL))
+        c->s++;
+    return c->s > start && isdigit(c->s[-1]);
+}
+
+/* Whether @p s (@p n bytes) is JSON object members: a caller's string value not escaped (a
+ * path with a '"', an error text) would make the whole line something a log shipper drops. */
+static bool members_valid(const char *s, size_t n)
+{
+    scan c = {(const unsigned char *)s, (const unsigned char *)s + n};
+    return scan_members(&c, 0, 0);
+}
+
 void jl_log(jl_log_level level, const char *msg, const char *fields_fmt, ...)
 {
     static const char *const names[] = {"debug", "info", "warn", "error"};
@@ -101,7 +198,12 @@ void jl_log(jl_log_level level, const char *msg, const char *fields_fmt, ...)
         va_start(ap, fields_fmt);
         int m = vsnprintf(fields, sizeof(fields), fields_fmt, ap);
         va_end(ap);
-        if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line)) {
+        if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line) &&
+            !members_valid(fields, (size_t)m)) {
+            /* Kept, as one string: what the fields said still reaches the log. */
+            n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"fields_invalid\":\"%s\"",
+                          jl_log_str(esc, sizeof(esc), fields));
+        } else if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line)) {
             line[n++] = ',';
             memcpy(line + n, fields, (size_t)m);
             n += m;

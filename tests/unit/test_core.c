@@ -2567,6 +2567,54 @@ static int is_whole_json_string_body(const char *s)
     return 1;
 }
 
+START_TEST(log_keeps_fields_that_are_not_json_as_one_string)
+{
+    /* A caller's string value left unescaped (a data dir with a '"', an error text) would make
+     * the line something a log shipper drops: the fields are written as one string instead. */
+    jl_log_open(log_sink, JL_LOG_INFO, "svc");
+    jl_log(JL_LOG_INFO, "ready", "\"db\":\"%s\",\"n\":%d", "/srv/rm\"x/a.db", 3);
+    fflush(log_sink);
+    ck_assert_msg(strstr(log_text, "\"msg\":\"ready\",\"fields_invalid\":\"\\\"db\\\":\\\"/srv/rm"
+                                   "\\\"x/a.db\\\",\\\"n\\\":3\"}\n") != NULL,
+                  "line: %s", log_text);
+    const char *const good[] = {
+        "\"a\":1",
+        "\"a\":-1.5e3,\"b\":\"x\\\"y\\u00e9\\n\"",
+        "\"o\":{},\"l\":[],\"m\":{\"k\":[1,\"s\",true,null,{\"z\":false}]}",
+        "\"u\":\"h\xc3\xa9\"",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        size_t before = log_len;
+        jl_log(JL_LOG_INFO, "g", "%s", good[i]);
+        fflush(log_sink);
+        ck_assert_msg(strstr(log_text + before, good[i]) != NULL &&
+                          strstr(log_text + before, "fields_invalid") == NULL,
+                      "%s: %s", good[i], log_text + before);
+    }
+    const char *const bad[] = {"",
+                               "\"a\"",
+                               "\"a\":",
+                               "\"a\":1,",
+                               "\"a\":1}",
+                               "\"a\":\"\\q\"",
+                               "\"a\":\"\x01\"",
+                               "\"a\":\"\xff\"",
+                               "\"a\":{\"b\":1",
+                               "\"a\":[1,]",
+                               "a:1",
+                               "\"a\":tru",
+                               "\"a\":\"\\u12\""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t before = log_len;
+        jl_log(JL_LOG_INFO, "b", "%s", bad[i]);
+        fflush(log_sink);
+        ck_assert_msg(strstr(log_text + before, "\"msg\":\"b\",\"fields_invalid\":\"") != NULL,
+                      "%zu: %s", i, log_text + before);
+        ck_assert_uint_eq(count_char(log_text + before, log_len - before, '\n'), 1);
+    }
+}
+END_TEST
+
 START_TEST(log_str_truncates_safely_at_every_size)
 {
     const char *inputs[] = {
@@ -3658,6 +3706,7 @@ static Suite *core_suite(void)
     tcase_add_test(tc, log_service_name_is_truncated_to_63_bytes);
     tcase_add_test(tc, log_str_escapes_quotes_backslashes_newlines_and_control_chars);
     tcase_add_test(tc, log_str_truncates_safely_at_every_size);
+    tcase_add_test(tc, log_keeps_fields_that_are_not_json_as_one_string);
     tcase_add_test(tc, log_escapes_service_name);
     suite_add_tcase(s, tc);
 
