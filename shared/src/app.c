@@ -48,22 +48,26 @@ static char alive_path[512];
 /*
  * Whether a probe's file (@p path, given as @p flag) can be what the service makes of it: a
  * name it may remove (absent, or an empty regular file as it writes them: a mistyped path must
- * not delete another file) in a directory it can write (else the service would run and never
- * be ready, saying so only at warn once it answers).
+ * not delete another file; so too "<path>.tmp", written and renamed over it) in a directory it
+ * can write (else the service would run and never be ready, saying so only at warn once it
+ * answers).
  */
 static bool probe_file_usable(const char *path, const char *flag, char *err, size_t errlen)
 {
     struct stat st;
     char tmp[600];
-    if (lstat(path, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size != 0)) {
-        snprintf(err, errlen,
-                 "%s %s exists and is not an empty file (the service writes and removes an "
-                 "empty one): refusing to remove it",
-                 flag, path);
-        return false;
-    }
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const char *const names[2] = {path, tmp};
+    for (int i = 0; i < 2; i++) {
+        if (lstat(names[i], &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size != 0)) {
+            snprintf(err, errlen,
+                     "%s %s: %s exists and is not an empty file (the service writes and "
+                     "removes an empty one): refusing to remove it",
+                     flag, path, names[i]);
+            return false;
+        }
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "cannot write %s %s: %s", flag, path, strerror(errno));
         return false;
@@ -94,7 +98,7 @@ static bool probe_file(const char *path, bool up)
         return true;
     }
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
     if (fd < 0 || close(fd) != 0 || rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);

@@ -953,6 +953,29 @@ static bool renewed_within(const char *path, int ms)
     return false;
 }
 
+/* A file @p name in the test's directory holding data, where orders started with log @p log
+ * would write its ready file: it must refuse to start (exit 2), leaving the file as it was. */
+static void probe_file_kept(const char *log, const char *name)
+{
+    svc dead;
+    char path[700], tail[1500], line[64] = "";
+    snprintf(path, sizeof(path), "%s/%s", env.dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("keep me\n", f);
+    fclose(f);
+    svc_start(&dead, "orders", log, "nats://127.0.0.1:1", NULL, 0, NULL);
+    int st = svc_stop(&dead, 0, 10000);
+    ck_assert_msg(st == JL_EXIT_USAGE, "exit %d: %s", st, log_tail(dead.log, tail, sizeof(tail)));
+    ck_assert_msg(strstr(log_tail(dead.log, tail, sizeof(tail)), "refusing to remove it") != NULL,
+                  "%s", tail);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    fclose(f);
+    ck_assert_str_eq(line, "keep me\n");
+}
+
 START_TEST(a_ready_file_is_there_while_a_service_answers)
 {
     svc s[2], dead;
@@ -982,23 +1005,10 @@ START_TEST(a_ready_file_is_there_while_a_service_answers)
     nats_Sleep(500);
     ck_assert_int_ne(access(stale, F_OK), 0);
     ck_assert_int_eq(svc_stop(&dead, SIGTERM, 15000), 0);
-    /* A file that is not one it wrote (a mistyped path) is not removed: bad usage, exit 2. */
-    char other[700], tail[1500], line[64] = "";
-    snprintf(other, sizeof(other), "%s/other.log.ready", env.dir);
-    f = fopen(other, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs("keep me\n", f);
-    fclose(f);
-    svc_start(&dead, "orders", "other.log", "nats://127.0.0.1:1", NULL, 0, NULL);
-    int st = svc_stop(&dead, 0, 10000);
-    ck_assert_msg(st == JL_EXIT_USAGE, "exit %d: %s", st, log_tail(dead.log, tail, sizeof(tail)));
-    ck_assert_msg(strstr(log_tail(dead.log, tail, sizeof(tail)), "refusing to remove it") != NULL,
-                  "%s", tail);
-    f = fopen(other, "r");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
-    fclose(f);
-    ck_assert_str_eq(line, "keep me\n");
+    /* A file that is not one it wrote (a mistyped path) is not removed: bad usage, exit 2;
+     * nor the "<file>.tmp" it writes and renames over the file. */
+    probe_file_kept("other.log", "other.log.ready");
+    probe_file_kept("tmp.log", "tmp.log.ready.tmp");
 }
 END_TEST
 
