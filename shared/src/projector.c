@@ -941,7 +941,7 @@ static bool is_bad_event(jl_status s)
 
 static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int index,
                              const char *event_id, const char *event_type, const char *subject,
-                             const char *reason, const void *data, size_t len, uint64_t *io_dead)
+                             const char *reason, const void *data, size_t len, jl__batch_result *io)
 {
     sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR REPLACE INTO jl_dead_letters (seq, "
                                       "event_index, event_id, event_type, subject, reason, "
@@ -971,15 +971,34 @@ static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int in
     sqlite3_bind_blob(st, 7, data, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, jl__now_ns());
     jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK) {
-        char esc[600], esc2[200];
+    if (s == JL_OK && io->n_notes < JL__DEAD_NOTES) {
+        jl__dead_note *n = &io->notes[io->n_notes++];
+        n->seq = seq;
+        n->index = index;
+        snprintf(n->type, sizeof(n->type), "%.*s", (int)sizeof(n->type) - 1, type);
+        snprintf(n->reason, sizeof(n->reason), "%.*s", (int)sizeof(n->reason) - 1, why);
+        jl_utf8_trim_end(n->type); /* cut whole characters */
+        jl_utf8_trim_end(n->reason);
+    }
+    io->dead += s == JL_OK;
+    return s;
+}
+
+/* Log the dead letters of a batch just committed: @p dead of them, the first in @p io's notes. */
+static void log_dead_letters(const jl__batch_result *io, uint64_t dead)
+{
+    char esc[600], esc2[300];
+    for (int i = 0; i < io->n_notes; i++) {
+        const jl__dead_note *n = &io->notes[i];
         jl_log(JL_LOG_ERROR, "event dead-lettered",
                "\"seq\":%" PRIu64 ",\"event_index\":%d,\"event_type\":\"%s\",\"reason\":\"%s\"",
-               seq, index, jl_log_str(esc2, sizeof(esc2), event_type ? event_type : ""),
-               jl_log_str(esc, sizeof(esc), reason));
-        (*io_dead)++;
+               n->seq, n->index, jl_log_str(esc2, sizeof(esc2), n->type),
+               jl_log_str(esc, sizeof(esc), n->reason));
     }
-    return s;
+    if (dead > (uint64_t)io->n_notes)
+        jl_log(JL_LOG_ERROR, "more events dead-lettered in the same batch",
+               "\"count\":%" PRIu64 ",\"hint\":\"jetledger dead-letters lists them\"",
+               dead - (uint64_t)io->n_notes);
 }
 
 /* Status of a transaction SQLite ended itself, by its last error (a full disk says so). */
@@ -1009,7 +1028,7 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
     }
     if (s != JL_OK)
         return dead_letter(db, p->src[io->source].stream, seq, -1, "", "", subject, why, data, len,
-                           &io->dead);
+                           io);
 
     for (size_t i = 0; s == JL_OK && i < jl_commit_count(c); i++) {
         jl_event ev;
@@ -1074,7 +1093,7 @@ static jl_status apply_message(jl_projector *p, jl_db *db, uint64_t seq, const c
         size_t pl = 0;
         jl_commit_event_payload(c, i, &pd, &pl);
         s = dead_letter(db, p->src[io->source].stream, seq, (int)i, ev.event_id, ev.event_type,
-                        subject, why, pd, pl, &io->dead);
+                        subject, why, pd, pl, io);
     }
     jl_commit_free(c);
     if (s != JL_OK && s != JL_ERR_REJECTED && err[0] == 0)
@@ -1166,6 +1185,7 @@ static jl_status apply_pass(jl_projector *p, jl_db *db, natsMsg **msgs, int n, b
 jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n,
                                jl__batch_result *io, char *err, size_t errlen)
 {
+    io->n_notes = 0;
     jl__batch_result start = *io;
     bool need_careful = false;
     err[0] = 0;
@@ -1178,6 +1198,8 @@ jl_status jl__proj_apply_batch(jl_projector *p, jl_db *db, natsMsg **msgs, int n
     }
     if (s != JL_OK)
         *io = start;
+    else if (!io->quiet)
+        log_dead_letters(io, io->dead - start.dead);
     return s;
 }
 

@@ -215,16 +215,31 @@ extern const char *const jl__state_sql;
 /* Create the jl_* tables and the projection's schema in a new file with checkpoints 0. */
 jl_status jl__proj_create_schema(jl_projector *p, jl_db *db, char *err, size_t errlen);
 
+/* An event dead-lettered by a batch, logged once the batch is committed (not before: a batch
+ * rolled back and tried again would log it again, or log what no file holds). */
+typedef struct jl__dead_note {
+    uint64_t seq;
+    int index; /* of the event in its commit, -1 for a message that could not be decoded */
+    char type[128];
+    char reason[256];
+} jl__dead_note;
+
+#define JL__DEAD_NOTES 8 /* a batch's dead letters logged one by one; the rest counted */
+
 /* Counters of one batch application. */
 typedef struct jl__batch_result {
     int source;          /* index of the stream the messages come from */
     uint64_t checkpoint; /* in: the file's checkpoint of that stream; out: the new one */
     uint64_t events;     /* events applied */
     uint64_t dead;       /* events dead-lettered */
-    size_t applied;      /* messages applied (not skipped as at or below the checkpoint) */
-    uint64_t pending;    /* the last message's count of messages after it in the stream */
-    int highest;         /* index of the message of the highest sequence: the one to ack
-                            (AckAll), where the last may be a redelivery of an older one */
+    bool quiet;          /* a rebuild's or a verify's: dead letters counted in its summary, not
+                            logged one by one (the live model logged them) */
+    int n_notes;         /* of this batch's, in notes (jl__proj_apply_batch() logs them) */
+    jl__dead_note notes[JL__DEAD_NOTES];
+    size_t applied;   /* messages applied (not skipped as at or below the checkpoint) */
+    uint64_t pending; /* the last message's count of messages after it in the stream */
+    int highest;      /* index of the message of the highest sequence: the one to ack
+                         (AckAll), where the last may be a redelivery of an older one */
 } jl__batch_result;
 
 /* Apply @p n JetStream messages to @p db in one transaction with the new checkpoint, skipping

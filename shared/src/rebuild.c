@@ -252,7 +252,7 @@ static jl_status apply_upto(run_ctx *c, int si, uint64_t target, int64_t wait_ms
     if (s == JL_OK)
         s = jl__reader_check_gap(&rs->reader, c->err, sizeof(c->err));
     if (s == JL_OK && n > 0) {
-        jl__batch_result io = {.source = si, .checkpoint = rs->checkpoint};
+        jl__batch_result io = {.source = si, .checkpoint = rs->checkpoint, .quiet = true};
         s = jl__proj_apply_batch(c->p, c->db, batch, n, &io, c->err, sizeof(c->err));
         if (s == JL_OK) {
             rs->checkpoint = io.checkpoint;
@@ -659,8 +659,9 @@ static void run_job(jl_projector *p, jl__job *j)
     if (s == JL_OK) {
         status_set(j, JOB_DONE, NULL);
         jl_log(JL_LOG_INFO, j->verify ? "verify finished" : "rebuild finished",
-               "\"checkpoint\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"events\":%" PRIu64,
-               c.src[0].checkpoint, applied, c.events);
+               "\"checkpoint\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"events\":%" PRIu64
+               ",\"dead_letters\":%" PRIu64,
+               c.src[0].checkpoint, applied, c.events, c.dead);
     } else {
         /* A switch's own errors say what became of the live model; the others are the new
          * file's (or reading the stream or the live model), before anything changed. */

@@ -1810,6 +1810,50 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
 }
 END_TEST
 
+/* Lines of @p text holding both @p a and @p b. */
+static int lines_with(const char *text, const char *a, const char *b)
+{
+    int n = 0;
+    for (const char *l = text; *l != 0;) {
+        const char *end = strchr(l, '\n');
+        size_t len = end != NULL ? (size_t)(end - l) : strlen(l);
+        const char *fa = strstr(l, a), *fb = strstr(l, b);
+        n += fa != NULL && fa < l + len && fb != NULL && fb < l + len;
+        l += len + (end != NULL);
+    }
+    return n;
+}
+
+START_TEST(a_dead_letter_is_logged_once_when_its_batch_is_applied_again)
+{
+    /* One batch: a message that is no commit, then an event apply refuses (an item of an order
+     * that does not exist). The first pass parks the one, meets the other and is rolled back;
+     * the second, a savepoint per event, parks both. Each is logged once its batch is
+     * committed, not also for the pass rolled back: alerts count them. */
+    char bad_id[JL_UUID_LEN + 1], subject[128], path[1024];
+    jl_uuid_new(bad_id);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", bad_id);
+    publish_raw(subject, "\xff\xfe garbage", 10); /* seq 1 */
+    Orders__ItemAdded item = ORDERS__ITEM_ADDED__INIT;
+    item.sku = "kiwi";
+    item.quantity = 1;
+    item.unit_price_cents = 5;
+    uint8_t body[64];
+    size_t n = orders__item_added__pack(&item, body);
+    publish_commit(subject, bad_id, &orders__item_added__descriptor, body, n); /* seq 2 */
+    FILE *log = tlog_capture();
+    jl_projector *p = projector_at("relogged", 10, 2, 2, path, sizeof(path));
+    jl_projector_close(p, 1000);
+    static char text[65536];
+    tlog_read(log, text, sizeof(text));
+    ck_assert_msg(lines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":1,") == 1, "%s",
+                  text);
+    ck_assert_msg(lines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":2,") == 1, "%s",
+                  text);
+    ck_assert_msg(strstr(text, "for unknown order") != NULL, "%s", text);
+}
+END_TEST
+
 /* Events whose text is not UTF-8 (no producer writes them: another writer, by hand) are not
  * applied cut at a NUL or passed on as they are: the projector parks them, the producer says
  * it cannot rebuild the aggregate. */
@@ -3635,6 +3679,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_filter_that_leaves_out_the_head_is_not_far_behind);
     tcase_add_test(tc, messages_removed_past_the_checkpoint_are_said_and_not_waited_for);
     tcase_add_test(tc, undecodable_events_are_dead_lettered_and_projection_goes_on);
+    tcase_add_test(tc, a_dead_letter_is_logged_once_when_its_batch_is_applied_again);
     tcase_add_test(tc, events_with_text_that_is_not_utf8_are_dead_lettered);
     tcase_add_test(tc, an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on);
     tcase_add_test(tc, events_past_the_orders_caps_are_parked_not_a_stuck_projection);
