@@ -155,8 +155,9 @@ struct jl_projector {
     /* jl__mono_ns() since the query handler [0] and the waiter [1] have been at an answer, 0:
      * not (see jl_projector_stalled_ms()). */
     _Atomic int64_t answering_ns[2];
-    natsSubscription *asub;     /* admin, any instance (queue group) */
-    natsSubscription *asub_own; /* admin, this instance */
+    natsSubscription *asub;      /* admin, any instance (queue group) */
+    natsSubscription *asub_own;  /* admin, this instance: "<name>.admin.<src[0].durable>.*" */
+    natsSubscription *asub_inst; /* ... and by its instance name, where that differs */
     pthread_mutex_t apply_mu;
     pthread_rwlock_t switch_lock;
     pthread_mutex_t mu;
@@ -192,8 +193,8 @@ struct jl_projector {
     /* This instance, for others on the same durable (twins.c). */
     char instance_id[JL_UUID_LEN + 1];
     /* Its name: the durable as configured (JL_DURABLE, else the projector's name), without the
-     * "_<STREAM>" of a projector of several streams. It names the instance's own admin
-     * subjects, "<name>.admin.<instance>.<Req>", and the instance in admin replies. */
+     * "_<STREAM>" of a projector of several streams. It names the instance in admin replies,
+     * and its own admin subjects "<name>.admin.<instance>.<Req>" (jetledger --instance). */
     char instance[JL_NAME_MAX];
     char host[64];
     int64_t started_ns;                 /* Unix ns, at open */

@@ -1004,9 +1004,16 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<instance>.<Req>" reaches
      * this one (jetledger --instance), so a job's progress is read where the job runs. The
      * latter first, with Hello: another instance on the durable is looked for before this one
-     * takes any request. */
-    snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->instance);
+     * takes any request. Hello goes to its first durable's name, which for a projector of
+     * several streams is not the instance's ("<durable>_<STREAM>"): the subject every version
+     * has used, so that instances of two versions meeting in a rollout find each other (and a
+     * job started by one is followed by another's CLI). */
+    snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
     natsStatus ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
+    if (ns == NATS_OK && strcmp(p->instance, p->src[0].durable) != 0) {
+        snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->instance);
+        ns = jl_conn_subscribe(p->conn, &p->asub_inst, subject, NULL, on_admin, p);
+    }
     if (ns == NATS_OK) {
         jl_status s = jl__twins_ask(p, err, errlen);
         if (s != JL_OK)
@@ -1025,14 +1032,14 @@ bool jl__jobs_close(jl_projector *p)
 {
     /* Wait for a request being answered: it may be starting a job or reading its status. */
     bool done = true;
-    natsSubscription *subs[2] = {p->asub, p->asub_own};
-    for (int i = 0; i < 2; i++) {
+    natsSubscription *subs[3] = {p->asub, p->asub_own, p->asub_inst};
+    for (int i = 0; i < 3; i++) {
         if (subs[i] != NULL) {
             done = jl_conn_sub_stop(p->conn, subs[i], 0, JL_HANDLER_WAIT_MS) && done;
             jl_conn_sub_destroy(p->conn, subs[i]);
         }
     }
-    p->asub = p->asub_own = NULL;
+    p->asub = p->asub_own = p->asub_inst = NULL;
     if (!done)
         return false; /* the job is left as it is, still in use */
     if (p->job == NULL)

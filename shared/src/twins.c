@@ -9,8 +9,8 @@
  * durable of its own per instance (JL_DURABLE), or when a second one is started by hand with
  * another data dir.
  *
- * Every instance answers "<name>.admin.<instance>.Hello" (jl__jobs_open() subscribes it; the
- * instance is the durable as configured, one name for all the durables of its streams) with its
+ * Every instance answers "<name>.admin.<durable>.Hello" (jl__jobs_open() subscribes it; the
+ * durable of its first stream) with its
  * Instance, and asks the same at open, once subscribed (of two that open together, the later
  * question finds the earlier subscription), and whenever a delivery goes missing (a cluster may
  * not yet have carried the other's subscription to the server asked). Of two that meet, by the
@@ -163,7 +163,7 @@ jl_status jl__twins_ask(jl_projector *p, char *err, size_t errlen)
     Jetledger__Instance me = self(p, opening);
     size_t n = jetledger__instance__get_packed_size(&me);
 
-    snprintf(subject, sizeof(subject), "%s.admin.%s.Hello", p->def->name, p->instance);
+    snprintf(subject, sizeof(subject), "%s.admin.%s.Hello", p->def->name, p->src[0].durable);
     natsStatus ns = n <= sizeof(body) ? natsInbox_Create(&inbox) : NATS_INSUFFICIENT_BUFFER;
     if (ns == NATS_OK)
         ns = natsConnection_SubscribeSync(&sub, nc, inbox);
