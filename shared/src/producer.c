@@ -25,6 +25,9 @@
 #define HISTORY_MAX 1000
 /* Appends in flight at once; more commands wait in a backlog. */
 #define JL_PRODUCER_MAX_INFLIGHT 4096
+/* The least a command-id record's put waits for its ack, however little of its command's time
+ * is left. */
+#define JL_RECORD_MIN_WAIT_MS 250
 /* An append refused for no responders (no stream leader yet) is sent again this long after it
  * was sent. */
 #define JL_NO_RESPONDERS_PAUSE_MS 20
@@ -1125,8 +1128,11 @@ static natsStatus kv_put_async(jl_producer *p, kvStore *kv, const char *key, cmd
         return ns;
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    /* A command's record: none past its deadline, where its reply waits for it. */
-    po.MaxWait = c != NULL ? left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS) : JL_APPEND_ATTEMPT_MS;
+    /* A command's record: not much past its deadline, where its reply waits for it; yet not
+     * so short that a record stored in time is given up on (its command then forgotten, as
+     * one whose record was lost) just as the server is slow. */
+    int64_t wait = c != NULL ? left_ms(c->deadline_ns, JL_APPEND_ATTEMPT_MS) : JL_APPEND_ATTEMPT_MS;
+    po.MaxWait = wait > JL_RECORD_MIN_WAIT_MS ? wait : JL_RECORD_MIN_WAIT_MS;
     ns = publish_tracked(p, bursting(p) ? p->bulk_js : p->js, &m, &po, c);
     if (ns != NATS_OK)
         natsMsg_Destroy(m);

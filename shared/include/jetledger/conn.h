@@ -165,7 +165,8 @@ jsCtx *jl_conn_js(jl_conn *c);
  * @p js passes to @p c. For a context that published asynchronously: jsCtx_Destroy() destroys
  * its reply subscription at once, and an ack coming in meanwhile (late, for a publish that gave
  * up waiting for it) crashes libnats before 3.6 now and then (see jl_conn_sub_destroy()); the
- * closed connection's reader reads no more. Thread-safe.
+ * closed connection's reader reads no more. Until then @p js (and its subscription) stays: a
+ * connection that outlives many producers holds one per producer closed. Thread-safe.
  */
 void jl_conn_js_destroy(jl_conn *c, jsCtx *js);
 
