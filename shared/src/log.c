@@ -83,6 +83,44 @@ typedef struct scan {
 
 static bool scan_value(scan *c, int depth);
 
+static void skip_ws(scan *c)
+{
+    while (c->s < c->end && (*c->s == ' ' || *c->s == '\t' || *c->s == '\n' || *c->s == '\r'))
+        c->s++;
+}
+
+static bool scan_digits(scan *c)
+{
+    const unsigned char *start = c->s;
+    while (c->s < c->end && *c->s >= '0' && *c->s <= '9')
+        c->s++;
+    return c->s > start;
+}
+
+/* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool scan_number(scan *c)
+{
+    if (c->s < c->end && *c->s == '-')
+        c->s++;
+    if (c->s < c->end && *c->s == '0')
+        c->s++;
+    else if (!scan_digits(c))
+        return false;
+    if (c->s < c->end && *c->s == '.') {
+        c->s++;
+        if (!scan_digits(c))
+            return false;
+    }
+    if (c->s < c->end && (*c->s == 'e' || *c->s == 'E')) {
+        c->s++;
+        if (c->s < c->end && (*c->s == '+' || *c->s == '-'))
+            c->s++;
+        if (!scan_digits(c))
+            return false;
+    }
+    return true;
+}
+
 static bool scan_string(scan *c)
 {
     if (c->s >= c->end || *c->s != '"')
@@ -115,10 +153,15 @@ static bool scan_string(scan *c)
 static bool scan_members(scan *c, int depth, char close)
 {
     for (bool first = true;; first = false) {
+        skip_ws(c);
         if (close != 0 && c->s < c->end && *c->s == close && first)
             return true;
-        if (!scan_string(c) || c->s >= c->end || *c->s++ != ':' || !scan_value(c, depth))
+        if (!scan_string(c))
             return false;
+        skip_ws(c);
+        if (c->s >= c->end || *c->s++ != ':' || !scan_value(c, depth))
+            return false;
+        skip_ws(c);
         if (c->s < c->end && *c->s == ',') {
             c->s++;
             continue;
@@ -129,6 +172,7 @@ static bool scan_members(scan *c, int depth, char close)
 
 static bool scan_value(scan *c, int depth)
 {
+    skip_ws(c);
     if (c->s >= c->end || depth > 16)
         return false;
     unsigned char k = *c->s;
@@ -139,9 +183,18 @@ static bool scan_value(scan *c, int depth)
         bool ok = true;
         if (k == '{') {
             ok = scan_members(c, depth + 1, '}');
-        } else if (c->s < c->end && *c->s != ']') {
-            while ((ok = scan_value(c, depth + 1)) && c->s < c->end && *c->s == ',')
+        } else {
+            skip_ws(c);
+            while (c->s < c->end && *c->s != ']' && (ok = scan_value(c, depth + 1))) {
+                skip_ws(c);
+                if (c->s >= c->end || *c->s != ',')
+                    break;
                 c->s++;
+                skip_ws(c);
+                ok = c->s < c->end && *c->s != ']'; /* no trailing comma */
+                if (!ok)
+                    break;
+            }
         }
         if (!ok || c->s >= c->end || *c->s != (k == '{' ? '}' : ']'))
             return false;
@@ -156,11 +209,7 @@ static bool scan_value(scan *c, int depth)
             return true;
         }
     }
-    const unsigned char *start = c->s;
-    c->s += *c->s == '-';
-    while (c->s < c->end && *c->s != 0 && (isdigit(*c->s) || strchr(".eE+-", *c->s) != NULL))
-        c->s++;
-    return c->s > start && isdigit(c->s[-1]);
+    return scan_number(c);
 }
 
 /* Whether @p s (@p n bytes) is JSON object members: a caller's string value not escaped (a
@@ -200,9 +249,11 @@ void jl_log(jl_log_level level, const char *msg, const char *fields_fmt, ...)
         va_end(ap);
         if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line) &&
             !members_valid(fields, (size_t)m)) {
-            /* Kept, as one string: what the fields said still reaches the log. */
+            /* Kept, as one string: what the fields said still reaches the log (half a line
+             * at most: the start of the line is at most JL_LOG_STR_MAX + 256 bytes). */
+            char shown[sizeof(line) / 2];
             n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"fields_invalid\":\"%s\"",
-                          jl_log_str(esc, sizeof(esc), fields));
+                          jl_log_str(shown, sizeof(shown), fields));
         } else if (m >= 0 && (size_t)n + 1 + (size_t)m + 2 <= sizeof(line)) {
             line[n++] = ',';
             memcpy(line + n, fields, (size_t)m);

@@ -2582,6 +2582,8 @@ START_TEST(log_keeps_fields_that_are_not_json_as_one_string)
         "\"a\":-1.5e3,\"b\":\"x\\\"y\\u00e9\\n\"",
         "\"o\":{},\"l\":[],\"m\":{\"k\":[1,\"s\",true,null,{\"z\":false}]}",
         "\"u\":\"h\xc3\xa9\"",
+        "\"a\": 1 , \"b\" : [ 1 , 2 ], \"c\":{ }",
+        "\"n\":0.5e-3,\"z\":-0,\"e\":2E+10",
     };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         size_t before = log_len;
@@ -2603,7 +2605,14 @@ START_TEST(log_keeps_fields_that_are_not_json_as_one_string)
                                "\"a\":[1,]",
                                "a:1",
                                "\"a\":tru",
-                               "\"a\":\"\\u12\""};
+                               "\"a\":\"\\u12\"",
+                               "\"a\":01",
+                               "\"a\":1.",
+                               "\"a\":+1",
+                               "\"a\":.5",
+                               "\"a\":1-2",
+                               "\"a\":[1 2]",
+                               "\"a\":1e"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         size_t before = log_len;
         jl_log(JL_LOG_INFO, "b", "%s", bad[i]);
