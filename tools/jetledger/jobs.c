@@ -446,7 +446,7 @@ int cli_rebuild(cli_ctx *ctx)
 {
     if (ctx->argc != 1) {
         cli_error("usage: jetledger rebuild <projector> [--from-seq N | --from-time RFC3339] "
-                  "[--keep-old]");
+                  "[--keep-old] [--instance NAME]");
         return CLI_USAGE;
     }
     Jetledger__Rebuild m = JETLEDGER__REBUILD__INIT;

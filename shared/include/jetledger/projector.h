@@ -206,7 +206,9 @@ jl_status jl_projector_step(jl_projector *p, int wait_ms, size_t *out_applied);
  * Apply @p n messages obtained from a consumer of the projector's stream exactly as a fetched
  * batch is applied: those at or below the checkpoint are skipped, the rest and the new
  * checkpoint are committed in one transaction, then the message of the highest sequence is
- * acked (AckAll: the batch). All of one source stream.
+ * acked (AckAll: the batch). All of one source stream. Unlike a fetched batch, they are not
+ * checked for deliveries lost on the way (a gap in the consumer's sequence): the caller hands
+ * them whole and in order, or an event skipped is skipped for good (AckAll acks it too).
  * @param out_applied messages applied (not skipped); may be NULL.
  * @return JL_OK; JL_ERR_INVALID, nothing applied, for messages of no source stream of the
  *         projector or of two;
