@@ -266,6 +266,15 @@ START_TEST(a_short_range_reads_only_its_days)
     ck_assert_msg(steps < 5000, "DailySeries over 3 of 365 days: %ld steps", steps);
     q.sku = "k07";
     steps = steps_of(&q.base, &r);
+    dr = dashboard__daily_series_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(dr);
+    ck_assert_uint_eq(dr->n_points, 3); /* what it read: its three days, one unit of k07 each */
+    for (size_t i = 0; i < dr->n_points; i++) {
+        ck_assert_int_eq(dr->points[i]->units, 1);
+        ck_assert_int_eq(dr->points[i]->revenue_cents, 107);
+    }
+    ck_assert_str_eq(dr->points[2]->day, "2025-06-03");
+    dashboard__daily_series_result__free_unpacked(dr, NULL);
     ck_assert_msg(steps < 1000, "DailySeries of one sku over 3 days: %ld steps", steps);
     q.from_day = "2025-12-31"; /* to the end: the last day only */
     q.to_day = "";

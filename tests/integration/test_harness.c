@@ -565,6 +565,23 @@ START_TEST(three_node_cluster_elects_a_jetstream_leader)
         ck_assert_msg(jl_natsd_wait_jetstream(node[i], 30000) == 0, "node %d: %s", i,
                       jl_natsd_errmsg(node[i]));
     }
+    /* Checked by a raw client, not the harness's own probe: a stream of three replicas is
+     * placed only once all three nodes are in the JetStream group (tried again meanwhile). */
+    static char reply[REPLY_CAP];
+    bool placed = false;
+    for (int64_t until = mono_ms() + 30000; !placed && mono_ms() < until;) {
+        placed = nats_request(jl_natsd_port(node[0]), "$JS.API.STREAM.CREATE.R3",
+                              "{\"name\":\"R3\",\"subjects\":[\"r3.>\"],\"storage\":"
+                              "\"file\",\"num_replicas\":3}",
+                              reply, sizeof reply) == 0 &&
+                 strstr(reply, "\"error\"") == NULL;
+        if (!placed)
+            nap_ms(200);
+    }
+    ck_assert_msg(placed, "no stream of 3 replicas on the cluster: %s", reply);
+    ck_assert_msg(strstr(reply, "\"name\":\"jl-harness\"") != NULL &&
+                      strstr(reply, "\"leader\"") != NULL,
+                  "%s", reply);
     for (int i = 0; i < N; i++) {
         jl_natsd_destroy(node[i]);
     }
