@@ -47,6 +47,33 @@ end_run_tmpdir() {
     return 0
 }
 
+# in_own_group CMD...: run CMD in a session (process group) of its own and wait for it; a TERM,
+# HUP or INT to the script goes to the whole group first (CMD's servers and services with it:
+# ctest, say, does not stop its running test on SIGTERM), then the script exits 143, 129 or
+# 130, and its EXIT trap cleans up once nothing of CMD runs (a temporary directory removed
+# under a benchmark still running would leave its servers behind). Otherwise CMD's status. The
+# traps are set before CMD starts, or a signal in between would leave it running unstopped. A
+# background job starts with SIGINT ignored: CMD gets it back (Ctrl-C then stops CMD whole).
+GROUP_PID=""
+stop_group() { # $1: the signal to pass on
+    if [ -n "$GROUP_PID" ]; then
+        kill -"$1" -- -"$GROUP_PID" 2>/dev/null || true
+        wait "$GROUP_PID" || true
+    fi
+}
+in_own_group() {
+    local status=0
+    trap 'stop_group TERM; exit 143' TERM
+    trap 'stop_group TERM; exit 129' HUP
+    trap 'stop_group INT; say "interrupted"; exit 130' INT
+    setsid env --default-signal=INT "$@" &
+    GROUP_PID=$!
+    wait "$GROUP_PID" || status=$?
+    GROUP_PID=""
+    trap - TERM HUP INT
+    return "$status"
+}
+
 # A TCP port on loopback that nothing listens on, below the kernel's range of ephemeral ports
 # (where an outgoing connection could take it between this check and its use).
 free_port() {
