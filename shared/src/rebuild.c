@@ -1001,13 +1001,13 @@ jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen)
     pthread_mutex_init(&p->job->mu, NULL);
     pthread_mutex_init(&p->job->start_mu, NULL);
     atomic_init(&p->job->cancel, false);
-    /* Any one instance answers "<name>.admin.<Req>"; "<name>.admin.<instance>.<Req>" reaches
-     * this one (jetledger --instance), so a job's progress is read where the job runs. The
-     * latter first, with Hello: another instance on the durable is looked for before this one
-     * takes any request. Hello goes to its first durable's name, which for a projector of
-     * several streams is not the instance's ("<durable>_<STREAM>"): the subject every version
-     * has used, so that instances of two versions meeting in a rollout find each other (and a
-     * job started by one is followed by another's CLI). */
+    /* Any one instance answers "<name>.admin.<Req>"; its own subjects reach this one, so that
+     * a job's progress is read where the job runs: "<name>.admin.<first stream's durable>.*",
+     * which every version has answered (Hello among them: instances of two versions meeting
+     * in a rollout find each other), and, where that differs (a projector of several streams,
+     * "<durable>_<STREAM>"), "<name>.admin.<instance>.*" (jetledger --instance). These first,
+     * with Hello: another instance on the durable is looked for before this one takes any
+     * request. */
     snprintf(subject, sizeof(subject), "%s.admin.%s.*", p->def->name, p->src[0].durable);
     natsStatus ns = jl_conn_subscribe(p->conn, &p->asub_own, subject, NULL, on_admin, p);
     if (ns == NATS_OK && strcmp(p->instance, p->src[0].durable) != 0) {
