@@ -959,8 +959,6 @@ static jl_status dead_letter(jl_db *db, const char *stream, uint64_t seq, int in
     jl_utf8_scrub(type);
     jl_utf8_scrub(subj);
     jl_utf8_scrub(why);
-    event_type = type;
-    reason = why;
     sqlite3_bind_text(st, 9, stream, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
     sqlite3_bind_int(st, 2, index);
