@@ -102,7 +102,8 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         r->in_flight--;
         r->answered++;
         r->last_reply_ns = t;
-        if (r->lat != NULL)
+        /* A latency is an accepted command's: a refusal answered at once is no command done. */
+        if (r->lat != NULL && good)
             bench_series_add(r->lat, t - r->sent_ns[i]);
         if (good) {
             r->ok++;
