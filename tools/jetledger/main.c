@@ -55,7 +55,7 @@ static const char usage[] =
     "\n"
     "  --timeout MS   how long to wait for a reply (default 15000: longer than a service's own "
     "deadline)\n"
-    "  ids (--command-id, --correlation-id): 1 to 64 printable characters, no spaces\n"
+    "  ids (--command-id, --correlation-id): 1 to 64 printable ASCII characters, no spaces\n"
     "  <Command>/<Query>: a short name, or a full one (orders.CreateOrder) when several\n"
     "  packages use it\n"
     "  times are RFC 3339, e.g. 2026-11-26T12:00:00Z or 2026-11-26T12:00:00.123456789+01:00\n"
@@ -207,7 +207,7 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
             return -1;
         }
         if (which != F_AGGREGATE && !jl_valid_id(val)) {
-            cli_error("%s must be 1 to %d printable characters without spaces, not '%s'",
+            cli_error("%s must be 1 to %d printable ASCII characters without spaces, not '%s'",
                       flag_names[which], JL_MAX_ID_LEN, val);
             return -1;
         }

@@ -60,7 +60,8 @@ typedef struct jl_config {
  */
 bool jl_valid_name(const char *s);
 
-/** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, 1 replica, info, ...). */
+/** Set the defaults (NATS_URL nats://127.0.0.1:4222, data dir ./data, replicas 0 = auto: 3 on a
+ * cluster of three servers or more, else 1; info, ...). */
 void jl_config_init(jl_config *cfg);
 
 /**
