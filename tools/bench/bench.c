@@ -457,8 +457,10 @@ static long part(long total, int i, int n)
 static jl_status phase_throughput(bench *b, results *res)
 {
     double raw_secs = 0, pipe_secs = 0;
-    uint64_t pipe_ok = 0;
-    jl_status s = JL_OK;
+    uint64_t pipe_ok = 0, first_seq = 0, last_seq = 0;
+    /* Each accepted AddItem appends one message: the stream says whether they all did (an ok
+     * for a command that stored nothing would flatter the rate). */
+    jl_status s = bench_stream_last_seq(b, BENCH_ORDERS_STREAM, &first_seq);
     /* CPU seconds per process, raw [0] and pipeline [1]: the server, this program, the producer.
      * Per command they move much less than rates when something else loads the machine. */
     double cpu_s[2][3] = {{0}};
@@ -501,6 +503,13 @@ static jl_status phase_throughput(bench *b, results *res)
                        i + 1, secs > 0 ? (double)m / secs : 0,
                        psecs > 0 ? (double)rr.ok / psecs : 0, rr.ok, rr.failed);
     }
+    if (s == JL_OK)
+        s = bench_stream_last_seq(b, BENCH_ORDERS_STREAM, &last_seq);
+    if (s == JL_OK && last_seq - first_seq != pipe_ok)
+        s = bench_fail(b, JL_ERR_INTERNAL,
+                       "the throughput phase's %" PRIu64 " accepted commands appended %" PRIu64
+                       " messages to %s",
+                       pipe_ok, last_seq - first_seq, BENCH_ORDERS_STREAM);
     if (s != JL_OK)
         return s;
     res->tput_raw = raw_secs > 0 ? (double)b->o.tput_commands / raw_secs : 0;
