@@ -85,6 +85,16 @@ static void flood_start(flood *f)
     ck_assert_int_eq(pthread_create(&f->t, NULL, flooder, f), 0);
 }
 
+/* Wait (5 s at most) for a reply past the first @p before: the service answers the flood, so a
+ * close now comes while its handlers run. */
+static void wait_answering(flood *f, int before)
+{
+    int64_t until = tnow_ms() + 5000;
+    while (atomic_load(&f->replies) <= before && tnow_ms() < until)
+        nats_Sleep(5);
+    ck_assert_msg(atomic_load(&f->replies) > before, "nothing answered the flood this round");
+}
+
 static void flood_stop(flood *f)
 {
     atomic_store(&f->stop, true);
@@ -149,8 +159,10 @@ START_TEST(a_producer_closed_under_history_queries_frees_nothing_in_use)
         ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &env.cfg, err, sizeof(err)) ==
                           JL_OK,
                       "%s", err);
+        int before = atomic_load(&f.replies);
         flood_start(&f);
-        nats_Sleep(100);
+        wait_answering(&f, before);
+        nats_Sleep(50);
         /* Freed, not left allocated: the handlers finish within the close's wait. */
         ck_assert(jl_producer_close(p, k % 2 ? 100 : 0));
         flood_stop(&f);
@@ -182,8 +194,9 @@ START_TEST(a_projector_closed_under_admin_requests_frees_nothing_in_use)
         ck_assert_msg(jl_projector_open(&pj, env.conn, &order_summary_projector, &cfg, err,
                                         sizeof(err)) == JL_OK,
                       "%s", err);
+        int before = atomic_load(&f.replies);
         flood_start(&f);
-        nats_Sleep(30);
+        wait_answering(&f, before);
         ck_assert(jl_projector_close(pj, k % 2 ? 100 : 0));
         flood_stop(&f);
         nats_Sleep(100); /* a job left running would touch the freed projector now */
