@@ -377,3 +377,16 @@ void tlog_read(FILE *log, char *out, size_t n)
     out[fread(out, 1, n - 1, log)] = 0;
     fclose(log);
 }
+
+int tlines_with(const char *text, const char *a, const char *b)
+{
+    int n = 0;
+    for (const char *l = text; *l != 0;) {
+        const char *end = strchr(l, '\n');
+        size_t len = end != NULL ? (size_t)(end - l) : strlen(l);
+        const char *fa = strstr(l, a), *fb = strstr(l, b);
+        n += fa != NULL && fa < l + len && fb != NULL && fb < l + len;
+        l += len + (end != NULL);
+    }
+    return n;
+}

@@ -98,6 +98,9 @@ int tcount_events(jl_conn *c, const char *stream, const char *filter, const char
 /** Finalize a statement of tdb_row() and close its database. */
 void tdb_done(sqlite3_stmt *st);
 
+/** How many lines of @p text hold both @p a and @p b (a log's, say). */
+int tlines_with(const char *text, const char *a, const char *b);
+
 /** Run @p sql on the database at @p path (writing; waits for its writer's locks). */
 void tdb_exec(const char *path, const char *sql);
 

@@ -1810,20 +1810,6 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
 }
 END_TEST
 
-/* Lines of @p text holding both @p a and @p b. */
-static int lines_with(const char *text, const char *a, const char *b)
-{
-    int n = 0;
-    for (const char *l = text; *l != 0;) {
-        const char *end = strchr(l, '\n');
-        size_t len = end != NULL ? (size_t)(end - l) : strlen(l);
-        const char *fa = strstr(l, a), *fb = strstr(l, b);
-        n += fa != NULL && fa < l + len && fb != NULL && fb < l + len;
-        l += len + (end != NULL);
-    }
-    return n;
-}
-
 START_TEST(a_dead_letter_is_logged_once_when_its_batch_is_applied_again)
 {
     /* One batch: a message that is no commit, then an event apply refuses (an item of an order
@@ -1846,9 +1832,9 @@ START_TEST(a_dead_letter_is_logged_once_when_its_batch_is_applied_again)
     jl_projector_close(p, 1000);
     static char text[65536];
     tlog_read(log, text, sizeof(text));
-    ck_assert_msg(lines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":1,") == 1, "%s",
+    ck_assert_msg(tlines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":1,") == 1, "%s",
                   text);
-    ck_assert_msg(lines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":2,") == 1, "%s",
+    ck_assert_msg(tlines_with(text, "\"msg\":\"event dead-lettered\"", "\"seq\":2,") == 1, "%s",
                   text);
     ck_assert_msg(strstr(text, "for unknown order") != NULL, "%s", text);
 }

@@ -132,11 +132,7 @@ static bool wait_log(const char *path, const char *needle, int timeout_ms)
 static bool log_has_line(const char *path, const char *a, const char *b)
 {
     char *text = slurp(path);
-    char *save = NULL;
-    bool found = false;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL && !found;
-         line = strtok_r(NULL, "\n", &save))
-        found = strstr(line, a) != NULL && strstr(line, b) != NULL;
+    bool found = tlines_with(text, a, b) > 0;
     free(text);
     return found;
 }

@@ -832,6 +832,17 @@ START_TEST(a_switch_cut_short_is_settled_by_the_next_start)
 }
 END_TEST
 
+/* @p live: an order_summary projector ("sub") caught up on 4 orders of @p items items each,
+ * its live file's path in @p path. */
+static void live_on_four_orders(runner *live, const char *sub, int items, char *path, size_t n)
+{
+    ensure_stream();
+    tseed_orders(env.conn, 4, items);
+    runner_start(live, &order_summary_projector, sub, 0);
+    wait_checkpoint(live->p, 4);
+    live_file(live->dir, path, n);
+}
+
 /* The path of the file a --keep-old switch kept in @p dir ("order_summary.replaced-<ms>.db"). */
 static void kept_file(const char *dir, char *out, size_t n)
 {
@@ -854,13 +865,9 @@ START_TEST(keep_old_keeps_the_replaced_model_whole)
      * everything it held, also what was still in its WAL while another connection had the
      * file open (a process manager's outbox sender does; closing the projector's own then
      * folds nothing in). */
-    ensure_stream();
-    tseed_orders(env.conn, 4, 2);
     runner live;
-    runner_start(&live, &order_summary_projector, "keep", 0);
-    wait_checkpoint(live.p, 4);
     char path[1024];
-    live_file(live.dir, path, sizeof(path));
+    live_on_four_orders(&live, "keep", 2, path, sizeof(path));
     char *before = tdump(path);
     sqlite3 *other = NULL;
     ck_assert_int_eq(sqlite3_open_v2(path, &other, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
@@ -886,13 +893,9 @@ START_TEST(a_reader_on_an_older_snapshot_does_not_hold_a_keep_old_switch)
      * to do so for the kept file must not wait on SQLite's busy handler (5 s, queries held off
      * and live applying paused, a hundred tries: minutes): the switch goes ahead after its
      * bounded tries, and the kept file holds at least what that reader saw. */
-    ensure_stream();
-    tseed_orders(env.conn, 4, 1);
     runner live;
-    runner_start(&live, &order_summary_projector, "snapshot", 0);
-    wait_checkpoint(live.p, 4);
     char path[1024];
-    live_file(live.dir, path, sizeof(path));
+    live_on_four_orders(&live, "snapshot", 1, path, sizeof(path));
     sqlite3 *reader = NULL;
     ck_assert_int_eq(sqlite3_open_v2(path, &reader, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     ck_assert_int_eq(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM orders", NULL, NULL, NULL),
@@ -916,15 +919,9 @@ START_TEST(a_reader_on_an_older_snapshot_does_not_hold_a_keep_old_switch)
     runner_stop(&live);
     char kept[1300];
     kept_file(live.dir, kept, sizeof(kept));
-    sqlite3 *k = NULL;
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(kept, &k, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_prepare_v2(k, "SELECT count(*) FROM orders", -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    sqlite3_stmt *st = tdb_row(kept, "SELECT count(*) FROM orders");
     ck_assert_int_ge(sqlite3_column_int(st, 0), 4);
-    sqlite3_finalize(st);
-    sqlite3_close(k);
+    tdb_done(st);
 }
 END_TEST
 
