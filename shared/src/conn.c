@@ -560,15 +560,19 @@ jl_status jl_conn_open_flags(jl_conn **out_conn, const jl_config *cfg, const cha
         bool more = detail != NULL && *detail != 0 && strcmp(detail, text) != 0;
         /* libnats 3.10 gives up on a handshake that does not finish (3.4.1 waits for ever,
          * and a watchdog says JL_CONN_STUCK_MSG): the same words for both. */
-        snprintf(err, errlen, "cannot reach NATS at %s: %s%s%s%s",
+        /* A server that answered and refused the credentials was reached: say which it is. */
+        bool refused = ns == NATS_CONNECTION_AUTH_FAILED;
+        snprintf(err, errlen, "%s NATS at %s: %s%s%s%s",
+                 refused ? "credentials refused by" : "cannot reach",
                  redact(cfg->nats_url, safe_urls, sizeof(safe_urls)), text, more ? ": " : "",
                  more ? detail : "", ns == NATS_TIMEOUT ? "; " JL_CONN_STUCK_MSG : "");
-        /* A URL the library cannot use, or (with a credentials file) a file it cannot read a
-         * user from, is a setting to correct, not a server to wait for. */
+        /* A URL the library cannot use, (with a credentials file) a file it cannot read a
+         * user from, or credentials the server refused, is a setting to correct, not a server
+         * to wait for. */
         bool bad_creds = ns == NATS_ERR && cfg->creds[0] != 0 && detail != NULL &&
                          (strstr(detail, "seed") != NULL || strstr(detail, "jwt") != NULL ||
                           strstr(detail, "JWT") != NULL);
-        if (ns == NATS_INVALID_ARG || bad_creds)
+        if (ns == NATS_INVALID_ARG || bad_creds || refused)
             s = JL_ERR_INVALID;
         else if (jl_status_from_nats(ns) == JL_ERR_UNAVAILABLE || ns == NATS_TIMEOUT)
             s = JL_ERR_UNAVAILABLE;

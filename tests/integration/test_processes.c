@@ -1653,6 +1653,36 @@ START_TEST(cli_refuses_replies_that_do_not_fit_the_question)
     ck_assert_msg(strstr(r->err, "more than the server accepts (its max_payload: 2048") != NULL,
                   "%s", r->err);
     jl_natsd_destroy(small);
+
+    /* Credentials the server refuses are a setting to change too (2), and said as such: a
+     * script that retries 3 would retry a wrong password for ever. */
+    jl_natsd *guarded = NULL;
+    jl_natsd_opts_init(&o);
+    ck_assert_int_eq(jl_natsd_start(&guarded, &o), 0);
+    /* Authorization reloaded into it (the harness's readiness check has no credentials). */
+    char conf[700];
+    snprintf(conf, sizeof(conf), "%s/natsd.conf", jl_natsd_store_dir(guarded));
+    FILE *cf = fopen(conf, "a");
+    ck_assert_ptr_nonnull(cf);
+    fprintf(cf, "\nauthorization { user: ann, password: right }\n");
+    fclose(cf);
+    ck_assert_int_eq(kill(jl_natsd_pid(guarded), SIGHUP), 0);
+    char wrong[96], right[96];
+    snprintf(wrong, sizeof(wrong), "nats://ann:wrong@127.0.0.1:%d", jl_natsd_port(guarded));
+    snprintf(right, sizeof(right), "nats://ann:right@127.0.0.1:%d", jl_natsd_port(guarded));
+    for (int i = 0; i < 50; i++) { /* until the reload has taken effect (at most 5 s) */
+        CLI(r, wrong, "status");
+        if (r->status != 0)
+            break;
+        sleep_ms(100);
+    }
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "credentials refused by NATS at nats://***@127.0.0.1:") != NULL &&
+                      strstr(r->err, "wrong") == NULL,
+                  "%s", r->err);
+    CLI(r, right, "status");
+    ASSERT_CLI(r, 0);
+    jl_natsd_destroy(guarded);
     free(r);
     jl_conn_sub_destroy(env.conn, sub);
 }

@@ -53,11 +53,18 @@ typedef struct cli_ctx {
 
 /** Connect for a short-lived CLI call; prints the reason and returns NULL on failure. */
 /* Connect; NULL on failure, said, with the exit status in @p out_rc: CLI_USAGE for settings
- * that cannot work (a bad URL, credentials file), CLI_UNAVAILABLE for a server not reached. */
+ * that cannot work (a bad URL, credentials file, credentials the server refused),
+ * CLI_UNAVAILABLE for a server not reached. */
 jl_conn *cli_connect(const cli_ctx *ctx, int *out_rc);
 
-/** Print "jetledger: <msg>" on stderr. */
+/** Print "jetledger: <msg>" on stderr, on a line of its own (a progress line is wiped first). */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/** Draw @p text as the progress line on stderr (a terminal), in place of the last one. */
+void cli_progress(const char *text);
+
+/** Wipe the progress line, if one is shown (cli_error() does it too). */
+void cli_progress_clear(void);
 
 /** Cap of a buffer holding one JSON output (a reply is at most 4 MiB; escaping multiplies). */
 #define CLI_JSON_MAX (64 * 1024 * 1024)
