@@ -133,8 +133,8 @@ int cli_history(cli_ctx *ctx)
         uint64_t next = h->next_version;
         q.from_sequence = h->next_sequence; /* the next page reads on from there */
         protobuf_c_message_free_unpacked(&h->base, NULL);
-        if (next == 0)
-            break;
+        if (next == 0 || ferror(stdout))
+            break; /* the last page; or stdout failed (a full disk, `| head`): said by main */
         /* A page that does not move forward would loop for ever. */
         if (next <= q.from_version) {
             cli_error("the service paged from version %" PRIu64 " back to %" PRIu64, q.from_version,

@@ -48,7 +48,6 @@ typedef struct job {
     int64_t started_at_ns; /* the job's identity, from the reply that started it */
     char instance[128];    /* the projector instance running it ("" = any instance) */
     bool tty;
-    bool line_shown;
     int64_t last_line_ns;
 } job;
 
@@ -144,20 +143,12 @@ static void show_progress(job *j, const Jetledger__RebuildStatus *st, bool last)
              "%s %s: %" PRIu64 "/%" PRIu64 " messages  %.1f%%  %.0f msg/s  ETA %s", j->kind,
              j->projector, st->applied, st->total, pct, rate, eta);
     if (j->tty) {
-        fprintf(stderr, "\r%s\033[K", text);
-        j->line_shown = true;
+        cli_progress(text);
     } else {
         fprintf(stderr, "%s\n", text);
+        fflush(stderr);
     }
-    fflush(stderr);
     j->last_line_ns = t;
-}
-
-static void clear_progress(job *j)
-{
-    if (j->tty && j->line_shown)
-        fputs("\r\033[K", stderr);
-    j->line_shown = false;
 }
 
 static void sleep_poll(void)
@@ -198,14 +189,12 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
     while (rc == CLI_OK) {
         /* The cancel goes out first, even when two signals came at once. */
         if (interrupted > 0 && !cancel_sent) {
-            clear_progress(j);
             cli_error("cancelling the %s...", j->kind);
             rc = cancel_job(j);
             cancel_sent = true;
             continue;
         }
         if (interrupted > 1) {
-            clear_progress(j);
             cli_error(
                 "stopped waiting for the %s to be cancelled (the projector's log says when it "
                 "stopped)",
@@ -226,7 +215,6 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
                 rc = CLI_OK;
                 continue;
             }
-            clear_progress(j);
             cli_error("nothing has answered about the %s on %s for %lld s (the projector stopped, "
                       "or lost NATS): its outcome is unknown; the projector's log says it",
                       j->kind, j->projector, (long long)(LOST_LIMIT_NS / 1000000000LL));
@@ -243,7 +231,6 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
                 break;
             }
         } else if (st->started_at_ns > j->started_at_ns) {
-            clear_progress(j);
             cli_error("another %s started on %s after ours: its outcome is unknown",
                       st->job[0] ? st->job : "job", j->projector);
             rc = CLI_REJECTED; /* ours did not finish (README: exit 1) */
@@ -251,7 +238,6 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
             /* An older job: the status has not caught up with ours yet. */
             other_since = now_ns();
         } else if (now_ns() - other_since > LOST_LIMIT_NS) {
-            clear_progress(j);
             cli_error("%s no longer reports our %s (was it restarted, or does another instance "
                       "answer?)",
                       j->projector, j->kind);
@@ -259,7 +245,7 @@ static int follow(job *j, Jetledger__RebuildStatus **out_final)
         }
         free_status(st);
     }
-    clear_progress(j);
+    cli_progress_clear();
     return rc;
 }
 

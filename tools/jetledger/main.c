@@ -92,6 +92,23 @@ void cli_safe(char *out, size_t n, const char *in)
         out[w < n ? w : n - 1] = 0;
 }
 
+/* A progress line is on stderr, redrawn in place: the next message must wipe it first. */
+static bool progress_shown;
+
+void cli_progress(const char *text)
+{
+    fprintf(stderr, "\r%s\033[K", text);
+    fflush(stderr);
+    progress_shown = true;
+}
+
+void cli_progress_clear(void)
+{
+    if (progress_shown)
+        fputs("\r\033[K", stderr);
+    progress_shown = false;
+}
+
 void cli_error(const char *fmt, ...)
 {
     /* What is echoed (arguments, a service's reply) may hold control characters: shown as
@@ -102,6 +119,7 @@ void cli_error(const char *fmt, ...)
     int n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     cli_safe(safe, sizeof(safe), msg);
+    cli_progress_clear();
     fprintf(stderr, "jetledger: %s%s\n", safe, n >= (int)sizeof(msg) ? "..." : "");
 }
 
