@@ -208,19 +208,29 @@ jl_status jl_json_add_string(jl_buf *out, const char *s, size_t len)
         char esc[7];
         const char *rep = esc;
         size_t replen = 2;
+        size_t used = 1; /* bytes of the input that rep stands for */
 
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
             i++;
             continue;
         }
         if (c >= 0x80) {
             size_t n = jl_utf8_seq_len(p + i, len - i);
-            if (n > 0) {
+            if (n == 2 && c == 0xC2 && p[i + 1] < 0xA0) {
+                /* A C1 control (U+0080..U+009F), escaped as DEL and the C0 ones are: printed
+                 * raw, a terminal may act on it (0x9B starts an escape sequence). */
+                memcpy(esc, "\\u00", 4);
+                esc[4] = hex[p[i + 1] >> 4];
+                esc[5] = hex[p[i + 1] & 0xF];
+                replen = 6;
+                used = 2;
+            } else if (n > 0) {
                 i += n;
                 continue;
+            } else {
+                rep = replacement;
+                replen = sizeof(replacement) - 1;
             }
-            rep = replacement;
-            replen = sizeof(replacement) - 1;
         } else {
             esc[0] = '\\';
             switch (c) {
@@ -256,7 +266,7 @@ jl_status jl_json_add_string(jl_buf *out, const char *s, size_t len)
         st = jl_buf_add(out, p + run, i - run);
         if (st == JL_OK)
             st = jl_buf_add(out, rep, replen);
-        i++;
+        i += used;
         run = i;
     }
     if (st == JL_OK)

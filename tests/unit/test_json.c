@@ -976,7 +976,10 @@ END_TEST
 START_TEST(output_escapes_quotes_backslashes_and_controls)
 {
     assert_string_json("a\"b\\c\n\r\t\b\f\x01\x1F\x7F/", 14,
-                       "\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\x7F/\"");
+                       "\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f/\"");
+    /* C1 controls too (0x9B is CSI to a terminal): the output is printed; U+00A0 is text. */
+    assert_string_json("a\xC2\x9B[2Jb\xC2\x80\xC2\x9F\xC2\xA0", 13,
+                       "\"a\\u009b[2Jb\\u0080\\u009f\xC2\xA0\"");
     assert_string_json("", 0, "\"\"");
     assert_string_json(NULL, 0, "\"\"");
     /* An embedded NUL is data when a length is given. */

@@ -68,9 +68,10 @@ jl_status jl_json_to_pb(ProtobufCMessage **out_msg, const ProtobufCMessageDescri
 jl_status jl_pb_to_json(jl_buf *out, const ProtobufCMessage *msg);
 
 /**
- * Append @p s as a JSON string literal, quotes included, escaping as JSON requires (control
- * characters as \u00XX; invalid UTF-8 bytes are replaced by U+FFFD, one per byte). @p s may be
- * NULL when @p len is 0. Errors as jl_buf_add(), the buffer then unchanged.
+ * Append @p s as a JSON string literal, quotes included, escaping what JSON requires and what a
+ * terminal would act on: control characters, DEL and the C1 controls (U+0080..U+009F) as
+ * \u00XX; invalid UTF-8 bytes are replaced by U+FFFD, one per byte. @p s may be NULL when
+ * @p len is 0. Errors as jl_buf_add(), the buffer then unchanged.
  */
 jl_status jl_json_add_string(jl_buf *out, const char *s, size_t len);
 
