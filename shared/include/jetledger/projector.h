@@ -97,6 +97,11 @@ typedef struct jl_projector_def {
      * Apply one event to the read model (inside the batch transaction). Return JL_OK, a
      * "bad event" status (JL_ERR_INVALID, JL_ERR_DECODE, JL_ERR_UNKNOWN_TYPE, JL_ERR_REJECTED:
      * the event is dead-lettered with @p err as the reason) or any other status to fail the batch.
+     * Apply must leave the transaction open: no ROLLBACK conflict clause (`INSERT OR ROLLBACK`,
+     * `ON CONFLICT ROLLBACK`) and no `RAISE(ROLLBACK, ...)` in a trigger (ABORT, the default,
+     * undoes the statement only: return a bad-event status then). A transaction that SQLite
+     * ended fails the batch, to be tried again from the checkpoint (for a full disk, what is
+     * wanted; for such a clause, the same event fails each time and the projector stalls).
      */
     jl_status (*apply)(jl_db *db, const jl_event *ev, char *err, size_t errlen);
     const jl_query_def *queries;
