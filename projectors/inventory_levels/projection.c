@@ -43,23 +43,6 @@ static const char schema[] =
     "  quantity INTEGER NOT NULL CHECK (quantity > 0),"
     "  PRIMARY KEY (reservation_id, sku));";
 
-/* Run a cached statement whose parameters are bound; with @p want_change, a statement that
- * touched no row refuses the event with @p missing as the reason (a printf format taking the
- * event type and @p what). */
-static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, const char *missing,
-                     const char *what, char *err, size_t errlen)
-{
-    jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK && missing != NULL && sqlite3_changes(jl_db_handle(db)) == 0) {
-        snprintf(err, errlen, "%s for unknown %s %s", ev->event_type, missing, what);
-        return JL_ERR_INVALID;
-    }
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
-                 jl_db_errmsg(db));
-    return s;
-}
-
 static jl_status check_quantity(const jl_event *ev, const char *sku, int64_t q, char *err, size_t n)
 {
     if (q > 0 && q <= MAX_QUANTITY)
@@ -87,7 +70,7 @@ static jl_status apply_registered(jl_db *db, const jl_event *ev, char *err, size
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, e->sku, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, e->name, -1, SQLITE_STATIC);
-    return run(db, st, ev, NULL, NULL, err, n);
+    return jl_apply_step(db, st, ev, NULL, NULL, err, n);
 }
 
 static jl_status apply_restocked(jl_db *db, const jl_event *ev, char *err, size_t n)
@@ -102,7 +85,7 @@ static jl_status apply_restocked(jl_db *db, const jl_event *ev, char *err, size_
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, e->sku, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, e->quantity);
-    return run(db, st, ev, "sku", e->sku, err, n);
+    return jl_apply_step(db, st, ev, "unknown sku", e->sku, err, n);
 }
 
 static jl_status apply_reserved(jl_db *db, const jl_event *ev, char *err, size_t n)
@@ -126,7 +109,7 @@ static jl_status apply_reserved(jl_db *db, const jl_event *ev, char *err, size_t
         if (s == JL_OK) {
             sqlite3_bind_text(st, 1, l->sku, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 2, l->quantity);
-            s = run(db, st, ev, "sku", l->sku, err, n);
+            s = jl_apply_step(db, st, ev, "unknown sku", l->sku, err, n);
         }
         if (s == JL_OK) {
             st = jl_db_stmt(db, "INSERT INTO reservation_lines (reservation_id, sku, quantity) "
@@ -137,7 +120,7 @@ static jl_status apply_reserved(jl_db *db, const jl_event *ev, char *err, size_t
             sqlite3_bind_text(st, 1, e->reservation_id, -1, SQLITE_STATIC);
             sqlite3_bind_text(st, 2, l->sku, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, l->quantity);
-            s = run(db, st, ev, NULL, NULL, err, n);
+            s = jl_apply_step(db, st, ev, NULL, NULL, err, n);
         }
     }
     return s;
@@ -158,14 +141,14 @@ static jl_status apply_closed(jl_db *db, const jl_event *ev, const char *reserva
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, reservation_id, -1, SQLITE_STATIC);
-    jl_status s = run(db, st, ev, "open reservation", reservation_id, err, n);
+    jl_status s = jl_apply_step(db, st, ev, "unknown open reservation", reservation_id, err, n);
     if (s == JL_OK) {
         st = jl_db_stmt(db, "DELETE FROM reservation_lines WHERE reservation_id = ?");
         s = st ? JL_OK : JL_ERR_SQLITE;
     }
     if (s == JL_OK) {
         sqlite3_bind_text(st, 1, reservation_id, -1, SQLITE_STATIC);
-        s = run(db, st, ev, NULL, NULL, err, n);
+        s = jl_apply_step(db, st, ev, NULL, NULL, err, n);
     }
     return s;
 }

@@ -37,22 +37,6 @@ static const char schema[] =
     "  unit_price_cents INTEGER NOT NULL,"
     "  PRIMARY KEY (order_id, sku));";
 
-/* Run a cached statement whose parameters are already bound; @p want_change asks that it
- * touched a row (the order must exist). */
-static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, bool want_change, char *err,
-                     size_t errlen)
-{
-    jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK && want_change && sqlite3_changes(jl_db_handle(db)) == 0) {
-        snprintf(err, errlen, "%s for unknown order %s", ev->event_type, ev->aggregate_id);
-        return JL_ERR_INVALID;
-    }
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
-                 jl_db_errmsg(db));
-    return s;
-}
-
 static jl_status touch(jl_db *db, const jl_event *ev, const char *status, char *err, size_t n)
 {
     sqlite3_stmt *st = jl_db_stmt(db, "UPDATE orders SET status = coalesce(?1, status), "
@@ -68,7 +52,7 @@ static jl_status touch(jl_db *db, const jl_event *ev, const char *status, char *
     sqlite3_bind_text(st, 2, ev->aggregate_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)ev->aggregate_version);
     sqlite3_bind_int64(st, 4, ev->occurred_at_ns);
-    jl_status s = run(db, st, ev, true, err, n);
+    jl_status s = jl_apply_step(db, st, ev, "unknown order", NULL, err, n);
     if (s == JL_ERR_SQLITE && strstr(jl_db_errmsg(db), "integer overflow") != NULL) {
         /* Lines past the orders service's caps (it allows 50 of at most 1e6 units at 1e11
          * cents): an error of this event, not of the database, to park rather than retry. */
@@ -95,7 +79,7 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
         sqlite3_bind_text(st, 2, e->customer_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, (sqlite3_int64)ev->aggregate_version);
         sqlite3_bind_int64(st, 4, ev->occurred_at_ns);
-        return run(db, st, ev, false, err, n);
+        return jl_apply_step(db, st, ev, NULL, NULL, err, n);
     }
     if (d == &orders__item_added__descriptor) {
         const Orders__ItemAdded *e = (const Orders__ItemAdded *)ev->payload;
@@ -116,7 +100,7 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
         sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, e->quantity);
         sqlite3_bind_int64(st, 4, e->unit_price_cents);
-        s = run(db, st, ev, true, err, n);
+        s = jl_apply_step(db, st, ev, "unknown order", NULL, err, n);
         return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
     }
     if (d == &orders__item_removed__descriptor) {
@@ -126,7 +110,7 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
             return JL_ERR_SQLITE;
         sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
-        s = run(db, st, ev, false, err, n);
+        s = jl_apply_step(db, st, ev, NULL, NULL, err, n);
         return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
     }
     if (d == &orders__order_placed__descriptor)

@@ -72,22 +72,6 @@ static const char schema[] =
     "  sku TEXT PRIMARY KEY,"
     "  name TEXT NOT NULL);";
 
-/* Run a cached statement whose parameters are bound; with @p missing, a statement that touched
- * no row refuses the event ("<type> for <missing> <aggregate id>"). */
-static jl_status run(jl_db *db, sqlite3_stmt *st, const jl_event *ev, const char *missing,
-                     char *err, size_t errlen)
-{
-    jl_status s = jl_db_step_done(db, st);
-    if (s == JL_OK && missing != NULL && sqlite3_changes(jl_db_handle(db)) == 0) {
-        snprintf(err, errlen, "%s for %s %s", ev->event_type, missing, ev->aggregate_id);
-        return JL_ERR_INVALID;
-    }
-    if (s == JL_ERR_INVALID)
-        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
-                 jl_db_errmsg(db));
-    return s;
-}
-
 /* The UTC calendar day of @p unix_ns as "YYYY-MM-DD". */
 static void utc_day(char out[DAY_LEN + 1], int64_t unix_ns)
 {
@@ -111,7 +95,8 @@ static jl_status set_status(jl_db *db, const jl_event *ev, const char *to, const
     sqlite3_bind_text(st, 2, ev->aggregate_id, -1, SQLITE_STATIC);
     if (from != NULL)
         sqlite3_bind_text(st, 3, from, -1, SQLITE_STATIC);
-    return run(db, st, ev, from ? "an order that is not placed:" : "unknown order", err, n);
+    return jl_apply_step(db, st, ev, from ? "an order that is not placed:" : "unknown order", NULL,
+                         err, n);
 }
 
 static jl_status drop_lines(jl_db *db, const jl_event *ev, char *err, size_t n)
@@ -120,7 +105,7 @@ static jl_status drop_lines(jl_db *db, const jl_event *ev, char *err, size_t n)
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
-    return run(db, st, ev, NULL, err, n);
+    return jl_apply_step(db, st, ev, NULL, NULL, err, n);
 }
 
 static jl_status apply_created(jl_db *db, const jl_event *ev, char *err, size_t n)
@@ -129,7 +114,7 @@ static jl_status apply_created(jl_db *db, const jl_event *ev, char *err, size_t 
     if (st == NULL)
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
-    return run(db, st, ev, NULL, err, n);
+    return jl_apply_step(db, st, ev, NULL, NULL, err, n);
 }
 
 static jl_status apply_placed(jl_db *db, const jl_event *ev, char *err, size_t n)
@@ -153,7 +138,7 @@ static jl_status apply_placed(jl_db *db, const jl_event *ev, char *err, size_t n
         sqlite3_bind_text(st, 2, l->sku, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, l->quantity);
         sqlite3_bind_int64(st, 4, l->unit_price_cents);
-        s = run(db, st, ev, NULL, err, n);
+        s = jl_apply_step(db, st, ev, NULL, NULL, err, n);
     }
     return s;
 }
@@ -178,7 +163,7 @@ static jl_status apply_confirmed(jl_db *db, const jl_event *ev, char *err, size_
     if (s == JL_OK) {
         sqlite3_bind_text(st, 1, day, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(st, 2, ev->aggregate_id, -1, SQLITE_STATIC);
-        s = run(db, st, ev, NULL, err, n);
+        s = jl_apply_step(db, st, ev, NULL, NULL, err, n);
     }
     /* The lines are counted: keeping them would only grow the table. */
     return s == JL_OK ? drop_lines(db, ev, err, n) : s;
@@ -199,7 +184,7 @@ static jl_status apply_product(jl_db *db, const jl_event *ev, char *err, size_t 
         return JL_ERR_SQLITE;
     sqlite3_bind_text(st, 1, e->sku, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, e->name, -1, SQLITE_STATIC);
-    return run(db, st, ev, NULL, err, n);
+    return jl_apply_step(db, st, ev, NULL, NULL, err, n);
 }
 
 /* Every event type of both streams; NULL: accepted and ignored. */

@@ -2564,6 +2564,21 @@ static bool reached(jl_projector *p, int i, uint64_t min_seq, uint64_t *out_seen
     return *out_seen >= min_seq;
 }
 
+jl_status jl_apply_step(jl_db *db, sqlite3_stmt *st, const jl_event *ev, const char *missing,
+                        const char *what, char *err, size_t errlen)
+{
+    jl_status s = jl_db_step_done(db, st);
+    if (s == JL_OK && missing != NULL && sqlite3_changes(jl_db_handle(db)) == 0) {
+        snprintf(err, errlen, "%s for %s %s", ev->event_type, missing,
+                 what != NULL ? what : ev->aggregate_id);
+        return JL_ERR_INVALID;
+    }
+    if (s == JL_ERR_INVALID)
+        snprintf(err, errlen, "%s rejected by the read model: %s", ev->event_type,
+                 jl_db_errmsg(db));
+    return s;
+}
+
 uint32_t jl_query_limit(uint32_t asked, uint32_t dflt, uint32_t max, jl_reply *out)
 {
     if (asked > max) {

@@ -126,6 +126,17 @@ typedef struct jl_projector_def {
 } jl_projector_def;
 
 /**
+ * Run @p st (from jl_db_stmt(), its parameters bound) for apply, as jl_db_step_done() does, and
+ * tell an event the read model cannot take from a failing database: JL_ERR_INVALID, with the
+ * reason in @p err (so that the event is dead-lettered), when the read model refused the row
+ * (a constraint: "<type> rejected by the read model: <why>") or, with @p missing not NULL, when
+ * the statement changed no row ("<type> for <missing> <what>"; @p what NULL: the event's
+ * aggregate id). Other failures as jl_db_step_done().
+ */
+jl_status jl_apply_step(jl_db *db, sqlite3_stmt *st, const jl_event *ev, const char *missing,
+                        const char *what, char *err, size_t errlen);
+
+/**
  * Queue a command for sending (transactional outbox): called from apply, the row is written in
  * the batch's transaction, so it exists if and only if the events that decided it are applied.
  * After the commit a sender thread requests "<service>.cmd.<short name of @p cmd>" with header
