@@ -80,6 +80,16 @@ void jl_uuid_new(char out[JL_UUID_LEN + 1])
     *o = 0;
 }
 
+void jl_uuid_named(char out[JL_UUID_LEN + 1], const char *name, size_t len)
+{
+    /* jetledger's namespace: fixed for good, or ids derived before would change. */
+    static const uuid_t ns = {0xa3, 0xf1, 0xd6, 0xc2, 0x5b, 0x7e, 0x4c, 0x19,
+                              0x9e, 0x2d, 0x8b, 0x4f, 0x0c, 0x6a, 0x1e, 0x57};
+    uuid_t u;
+    uuid_generate_sha1(u, ns, name, len);
+    uuid_unparse_lower(u, out);
+}
+
 jl_status jl_uuid_canonical(char out[JL_UUID_LEN + 1], const char *s)
 {
     /* Exactly what uuid_parse() accepts, the 36-character hyphenated form with hex digits in

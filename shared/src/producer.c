@@ -174,7 +174,8 @@ struct cmd {
     int64_t deadline_ns; /* mono_ns: received_ns + the append timeout (0: not tried yet) */
     int64_t sent_ns;     /* mono_ns: when its last message was published (publish_tracked) */
     uint64_t first_version;
-    bool fresh;        /* a new aggregate under a generated id: nothing to load */
+    bool fresh;        /* a new aggregate under a random generated id: nothing to load */
+    bool generated;    /* its aggregate id was made here (random, or from its command id) */
     bool timed_out;    /* an attempt of its append timed out: it may be stored */
     int in_process;    /* acknowledgements "an earlier copy in process" so far */
     bool client_id;    /* the command id came from the client: remembered, deduplicated */
@@ -858,8 +859,9 @@ static bool remembered(const cmd *c, const void *value, size_t len, jl_reply *r)
     Jetledger__CommandRecord *rec = jetledger__command_record__unpack(NULL, len, value);
     if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
         seen = true;
-        /* A creation under a generated id repeated: its id is the one the first got. */
-        if (!c->fresh && strcmp(rec->aggregate_id, c->agg_id) != 0) {
+        /* A creation under a generated id repeated: its id is the one the first got (derived
+         * from the command id as this one's, or random, from a producer before ids were). */
+        if (!c->generated && strcmp(rec->aggregate_id, c->agg_id) != 0) {
             jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s",
                            c->cmd_id, rec->command_type, rec->aggregate_id);
         } else if (!used_for_another(c, rec->command_type, rec->aggregate_id, r)) {
@@ -967,11 +969,14 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
     return record_async(p, c, r);
 }
 
-/* Version of the last event of the commit stored at @p seq (0 when it cannot be read), its
- * aggregate id into @p out_id (empty when it cannot be read), the command type it records
- * into @p out_type and, with @p out_time, the event's occurred-at. */
-static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN + 1],
-                           char out_type[JL_TYPE_NAME_MAX], int64_t *out_time)
+/* Version of the last event of the commit stored at @p seq (with @p first_on, of the first
+ * commit on that subject from @p seq on; its sequence into @p out_seq) (0 when it cannot be
+ * read), its aggregate id into @p out_id (empty when it cannot be read), the command type it
+ * records into @p out_type and, with @p out_cmd_id (JL_MAX_ID_LEN + 1 bytes), its command id,
+ * and with @p out_time, the event's occurred-at. */
+static uint64_t version_at(jl_producer *p, uint64_t seq, const char *first_on, uint64_t *out_seq,
+                           char out_id[JL_UUID_LEN + 1], char out_type[JL_TYPE_NAME_MAX],
+                           char *out_cmd_id, int64_t *out_time)
 {
     natsMsg *m = NULL;
     jl_commit *cm = NULL;
@@ -982,8 +987,12 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
     out_type[0] = 0;
     jsDirectGetMsgOptions_Init(&o);
     o.Sequence = seq;
+    o.NextBySubject = first_on;
     if (js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o) != NATS_OK)
         return 0;
+    seq = natsMsg_GetSequence(m);
+    if (out_seq != NULL)
+        *out_seq = seq;
     if (jl_commit_decode(&cm, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), seq, why,
                          sizeof(why)) == JL_OK) {
         jl_event ev;
@@ -995,6 +1004,8 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, char out_id[JL_UUID_LEN
                 *out_time = ev.occurred_at_ns;
             snprintf(out_id, JL_UUID_LEN + 1, "%s", ev.aggregate_id ? ev.aggregate_id : "");
             snprintf(out_type, JL_TYPE_NAME_MAX, "%s", jl_commit_command_type(cm));
+            if (out_cmd_id != NULL)
+                snprintf(out_cmd_id, JL_MAX_ID_LEN + 1, "%s", jl_commit_command_id(cm));
         }
         jl_commit_free(cm);
     }
@@ -1196,7 +1207,7 @@ static void finish(jl_producer *p, cmd *c, jl_reply *r)
     p->stats.commands++;
     /* A creation refused under the id generated for it: that aggregate does not exist, and a
      * client taking the reply's id would go looking for it. */
-    if (c->fresh && (r->code == JL_CODE_INVALID || r->code == JL_CODE_RULE_VIOLATION))
+    if (c->generated && (r->code == JL_CODE_INVALID || r->code == JL_CODE_RULE_VIOLATION))
         r->aggregate_id[0] = 0;
     if (r->code == JL_CODE_OK) {
         p->stats.accepted++;
@@ -1627,6 +1638,24 @@ static bool past_close(jl_producer *p)
 }
 
 /*
+ * Creation @p c, under an id derived from its command id, met an aggregate with history that
+ * the read did not show the command in (a snapshot had folded it in): its first commit is
+ * that command's (the id is the command id's alone), unless it aged out of the stream. Found,
+ * it is noted as the watch's: a repeat, answered as one.
+ */
+static void find_creation(jl_producer *p, const cmd *c, replay_ctx *rc)
+{
+    char id[JL_UUID_LEN + 1], type[JL_TYPE_NAME_MAX], cmd_id[JL_MAX_ID_LEN + 1] = "";
+    uint64_t seq = 0;
+    uint64_t v = version_at(p, 1, c->subject, &seq, id, type, cmd_id, NULL);
+    if (v != 0 && strcmp(cmd_id, c->cmd_id) == 0 && strcmp(id, c->agg_id) == 0) {
+        rc->watch_seq = seq;
+        rc->watch_version = v;
+        snprintf(rc->watch_type, sizeof(rc->watch_type), "%s", type);
+    }
+}
+
+/*
  * A worker of p->loads: read command @p item's aggregate into its entry's state, without the
  * lock: its snapshot and the commits after it, or when catching up after a lost race the
  * commits after the entry's. The entry is pinned and busy meanwhile, which keeps everyone else
@@ -1640,7 +1669,7 @@ static void *load_read(void *ctx, void *item)
     replay_ctx *rc = &c->load;
     jl__fault("command.load"); /* on a reading thread, the lock not held */
     if (c->dup_seq != 0)       /* and the entry, stale, is caught up below */
-        c->dup_version = version_at(p, c->dup_seq, c->dup_id, c->dup_type, NULL);
+        c->dup_version = version_at(p, c->dup_seq, NULL, NULL, c->dup_id, c->dup_type, NULL, NULL);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
@@ -1685,6 +1714,8 @@ static void *load_read(void *ctx, void *item)
         c->load_from_snapshot = false;
         c->load_snap_seq = 0;
     }
+    if (c->load_status == JL_OK && c->generated && rc->watch_seq == 0 && rc->version > 0)
+        find_creation(p, c, rc);
     return NULL;
 }
 
@@ -1756,7 +1787,7 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
     c->dup_seq = 0;
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
-    if (c->dup_id[0] != 0 && c->fresh) {
+    if (c->dup_id[0] != 0 && c->generated) {
         snprintf(c->agg_id, sizeof(c->agg_id), "%s", c->dup_id);
         jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name, p->def->aggregate_type,
                              c->agg_id);
@@ -2130,8 +2161,9 @@ static void submit(jl_producer *p, const request *rq)
     if (*id == 0 && !c->cd->may_create_id && def->default_aggregate_id != NULL)
         id = def->default_aggregate_id; /* the service's one well-known aggregate */
     if (*id == 0 && c->cd->may_create_id) {
-        jl_uuid_new(c->agg_id);
-        c->fresh = true; /* a random new id: the aggregate cannot have history */
+        jl_uuid_new(c->agg_id); /* from the client's command id instead, below, if it has one */
+        c->fresh = true;        /* a random new id: the aggregate cannot have history */
+        c->generated = true;
     } else if (*id == 0) {
         jl_reply_error(r, JL_CODE_INVALID, "%s is required", c->cd->id_field);
         goto reject;
@@ -2149,6 +2181,18 @@ static void submit(jl_producer *p, const request *rq)
         }
         snprintf(c->cmd_id, sizeof(c->cmd_id), "%s", command_id);
         c->client_id = true;
+        if (c->generated) {
+            /* A creation's id derived from its command id: a repeat, on any replica and after
+             * any time, names the same aggregate, and its load finds the first copy's commit
+             * by the id it records, also when that copy's outcome was never known (its ack
+             * lost until the deadline) and so nothing recorded the id. (A random id would
+             * create a second aggregate once JetStream's duplicate window has passed.) */
+            char name[JL_MAX_ID_LEN + 256];
+            int n = snprintf(name, sizeof(name), "%s:%s", def->name, c->cmd_id);
+            jl_uuid_named(c->agg_id, name, n < (int)sizeof(name) ? (size_t)n : sizeof(name) - 1);
+            c->fresh = false;
+            snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+        }
     } else {
         jl_uuid_new(c->cmd_id);
     }
@@ -2493,7 +2537,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     if (rc.last_time == 0 && rc.last_seq != 0) {
         /* Nothing replayed after the snapshot, which keeps no time: its commit's. */
         char cid[JL_UUID_LEN + 1], ctype[JL_TYPE_NAME_MAX];
-        (void)version_at(p, rc.last_seq, cid, ctype, &rc.last_time);
+        (void)version_at(p, rc.last_seq, NULL, NULL, cid, ctype, NULL, &rc.last_time);
     }
     if (rc.version == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,

@@ -2416,6 +2416,19 @@ static jl_code add_with_id(jl_producer *on, const char *id, const char *sku, con
     return r->code;
 }
 
+/* Remove the one command-id record there is, as if its write had been lost. */
+static void lose_the_command_record(void)
+{
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    kvKeysList keys = {0};
+    ck_assert_int_eq(kvStore_Keys(&keys, kv, NULL), NATS_OK);
+    ck_assert_int_eq(keys.Count, 1);
+    ck_assert_int_eq(kvStore_Purge(kv, keys.Keys[0], NULL), NATS_OK);
+    kvKeysList_Destroy(&keys);
+    kvStore_Destroy(kv);
+}
+
 START_TEST(same_command_id_twice_has_one_effect)
 {
     char id[JL_UUID_LEN + 1], err[512];
@@ -2445,14 +2458,7 @@ START_TEST(same_command_id_twice_has_one_effect)
     /* After a restart, with the KV record lost too: the commit in the history still says it. */
     jl_producer_close(second, 1000);
     jl_producer_close(producer, 1000);
-    kvStore *kv = NULL;
-    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
-    kvKeysList keys = {0};
-    ck_assert_int_eq(kvStore_Keys(&keys, kv, NULL), NATS_OK);
-    ck_assert_int_eq(keys.Count, 1);
-    ck_assert_int_eq(kvStore_Purge(kv, keys.Keys[0], NULL), NATS_OK);
-    kvKeysList_Destroy(&keys);
-    kvStore_Destroy(kv);
+    lose_the_command_record();
     ck_assert_int_eq(
         jl_producer_open(&producer, env.conn, &orders_service, &env.cfg, err, sizeof(err)), JL_OK);
     jl_reply_reset(&r2);
@@ -2476,6 +2482,54 @@ START_TEST(same_command_id_twice_has_one_effect)
     jl_reply_cleanup(&r1);
     jl_reply_cleanup(&r2);
     jl_conn_close(c2, 0);
+}
+END_TEST
+
+/* A creation whose id the producer makes, sent again past JetStream's duplicate window with
+ * nothing recording its command id (a record lost, or never written because the first copy's
+ * outcome was unknown to the producer that stored it): the same aggregate, found by its commit,
+ * not a second one. */
+START_TEST(creation_sent_again_past_the_duplicate_window_creates_nothing)
+{
+    char err[512], want[JL_UUID_LEN + 1];
+    jl_config cfg = env.cfg;
+    cfg.duplicate_window_s = 1;
+    jl_producer_close(producer, 1000);
+    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_OK);
+    Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
+    m.customer_id = "again";
+    uint8_t buf[128];
+    size_t n = orders__create_order__pack(&m, buf);
+    jl_reply r1, r2;
+    jl_reply_init(&r1);
+    jl_reply_init(&r2);
+    jl_producer_handle(producer, "CreateOrder", buf, n, "create-key-1", NULL, NULL, &r1);
+    ck_assert_msg(r1.code == JL_CODE_OK && !r1.duplicate, "%s", r1.message);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+
+    jl_producer_close(producer, 1000);
+    lose_the_command_record();
+    nats_Sleep(1500); /* past the window: JetStream no longer knows the message id */
+    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_OK);
+    jl_producer_handle(producer, "CreateOrder", buf, n, "create-key-1", NULL, NULL, &r2);
+    ck_assert_msg(r2.code == JL_CODE_OK, "%s", r2.message);
+    ck_assert(r2.duplicate);
+    ck_assert_str_eq(r2.aggregate_id, r1.aggregate_id);
+    ck_assert_uint_eq(r2.stream_seq, r1.stream_seq);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    /* The id the README gives: the name-based UUID of "<service>:<command id>". */
+    jl_uuid_named(want, "orders:create-key-1", strlen("orders:create-key-1"));
+    ck_assert_str_eq(r1.aggregate_id, want);
+
+    /* Another command id, another aggregate. */
+    jl_reply_reset(&r2);
+    jl_producer_handle(producer, "CreateOrder", buf, n, "create-key-2", NULL, NULL, &r2);
+    ck_assert_msg(r2.code == JL_CODE_OK && !r2.duplicate, "%s", r2.message);
+    ck_assert_str_ne(r2.aggregate_id, r1.aggregate_id);
+    jl_reply_cleanup(&r1);
+    jl_reply_cleanup(&r2);
 }
 END_TEST
 
@@ -3684,6 +3738,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, queries_past_the_waiting_limit_are_answered_at_once);
     tcase_add_test(tc, waiting_queries_are_bounded_in_bytes_too);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
+    tcase_add_test(tc, creation_sent_again_past_the_duplicate_window_creates_nothing);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);

@@ -936,6 +936,18 @@ START_TEST(uuid_new_is_valid_lowercase_and_unique)
 }
 END_TEST
 
+/* Version 5 (RFC 4122) in jetledger's namespace, as another implementation computes it
+ * (Python's uuid.uuid5): ids derived before must never change. */
+START_TEST(uuid_named_is_the_rfc_4122_version_5_id)
+{
+    char out[JL_UUID_LEN + 1];
+    jl_uuid_named(out, "orders:create-key-1", strlen("orders:create-key-1"));
+    ck_assert_str_eq(out, "6c55f5c9-c58d-52b5-ab7f-45d562deb7ca");
+    jl_uuid_named(out, "", 0);
+    ck_assert_str_eq(out, "43961332-7a30-5f31-9c20-4ba6e95660fe");
+}
+END_TEST
+
 START_TEST(uuid_canonical_lowercases_upper_case_input)
 {
     char out[JL_UUID_LEN + 1];
@@ -3642,6 +3654,7 @@ static Suite *core_suite(void)
     tc = tcase_create("codec");
     tcase_add_checked_fixture(tc, codec_setup, codec_teardown);
     tcase_add_test(tc, uuid_new_is_valid_lowercase_and_unique);
+    tcase_add_test(tc, uuid_named_is_the_rfc_4122_version_5_id);
     tcase_add_test(tc, uuid_canonical_lowercases_upper_case_input);
     tcase_add_test(tc, uuid_canonical_rejects_malformed_input_and_leaves_output);
     tcase_add_test(tc, uuid_canonical_accepts_what_libuuid_parses);

@@ -24,6 +24,10 @@
  * generator seeded from libuuid, seeded again in a forked child. */
 void jl_uuid_new(char out[JL_UUID_LEN + 1]);
 
+/** Write the name-based (version 5, SHA-1) UUID of the @p len bytes at @p name in jetledger's
+ * namespace into @p out (37 bytes): the same name gives the same id, on any host, at any time. */
+void jl_uuid_named(char out[JL_UUID_LEN + 1], const char *name, size_t len);
+
 /**
  * Check that @p s is a UUID and write its canonical lower-case form to @p out (37 bytes).
  * @return JL_OK or JL_ERR_INVALID.
