@@ -315,11 +315,20 @@ static own_copy find_own(jl_store *st, const jl_append *a, uint64_t *out_seq)
     const char *id = NULL;
     jsDirectGetMsgOptions o;
     jsDirectGetMsgOptions_Init(&o);
-    o.Sequence = (a->expect_empty ? 0 : a->expected_last_seq) + 1;
+    uint64_t expected = a->expect_empty ? 0 : a->expected_last_seq;
+    o.Sequence = expected + 1;
     o.NextBySubject = a->subject;
     natsStatus ns = js_DirectGetMsg(&m, st->js, st->stream, NULL, &o);
-    if (ns == NATS_NOT_FOUND) /* nothing on the subject past the expected sequence */
-        return OWN_NOT_STORED;
+    if (ns == NATS_NOT_FOUND) {
+        /* Nothing on the subject past the expected sequence here. The leader, which refused the
+         * append, tells a subject short of what was expected (no copy of ours can be there)
+         * from a replica a moment behind it (the message it has may be ours). */
+        uint64_t head = 0;
+        char why[256];
+        if (jl_store_subject_head(st, a->subject, &head, why, sizeof(why)) != JL_OK)
+            return OWN_UNKNOWN;
+        return head > expected ? OWN_UNKNOWN : OWN_NOT_STORED;
+    }
     if (ns != NATS_OK)
         return OWN_UNKNOWN;
     own_copy got = natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id != NULL &&
