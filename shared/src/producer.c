@@ -1787,6 +1787,13 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
     c->dup_seq = 0;
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    if (c->dup_id[0] == 0 && c->load.watch_seq == seq) {
+        /* Not read by its sequence (a replica a moment behind answered), but the same load's
+         * read of this aggregate met that very commit, recording this command id. */
+        snprintf(c->dup_id, sizeof(c->dup_id), "%s", c->agg_id);
+        snprintf(c->dup_type, sizeof(c->dup_type), "%s", c->load.watch_type);
+        c->dup_version = c->load.watch_version;
+    }
     if (c->dup_id[0] != 0 && c->generated) {
         snprintf(c->agg_id, sizeof(c->agg_id), "%s", c->dup_id);
         jl_aggregate_subject(c->subject, sizeof(c->subject), p->def->name, p->def->aggregate_type,
