@@ -29,6 +29,7 @@ typedef struct late_record {
     int64_t retry_ms;
     int tries;
     bool stored; /* put: kept until next_try_ns for late finds, no longer held */
+    bool marker; /* put only where the key has no record (jl__late_add_marker) */
     size_t len;
     uint8_t value[]; /* len bytes */
 } late_record;
@@ -59,7 +60,13 @@ static void log_record(jl_log_level level, const char *msg, const late_record *r
 static natsStatus put(jl__late *l, late_record *r)
 {
     uint64_t rev = 0;
-    return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
+    if (!r->marker)
+        return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
+    natsStatus ns = kvStore_Create(&rev, l->kv, r->key, r->value, (int)r->len);
+    /* A record there already (the command's own, written by a repeat that settled it) is
+     * what the marker stood in for: done. */
+    const char *why = ns == NATS_ERR ? nats_GetLastError(NULL) : NULL;
+    return why != NULL && strstr(why, "wrong last sequence") != NULL ? NATS_OK : ns;
 }
 
 /* Unlink the record *@p pp points to and free it. */
@@ -146,8 +153,8 @@ jl_status jl__late_open(jl__late **out, kvStore *kv)
     return JL_OK;
 }
 
-bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
-                  uint64_t seq, const void *value, size_t len)
+static bool add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id, uint64_t seq,
+                const void *value, size_t len, bool marker)
 {
     late_record *r = NULL;
     bool fits = strlen(key) < sizeof(r->key) && strlen(cmd_id) < sizeof(r->cmd_id) &&
@@ -178,6 +185,7 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
         r->since_ns = jl__mono_ns();
         r->next_try_ns = r->since_ns + LATE_FIRST_RETRY_MS * 1000000LL;
         r->retry_ms = 2 * LATE_FIRST_RETRY_MS;
+        r->marker = marker;
         r->len = len;
         memcpy(r->value, value, len);
         *l->tail = r;
@@ -198,6 +206,18 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
                       : "an id longer than a record holds");
     }
     return r != NULL;
+}
+
+bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
+                  uint64_t seq, const void *value, size_t len)
+{
+    return add(l, key, cmd_id, agg_id, seq, value, len, false);
+}
+
+bool jl__late_add_marker(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
+                         uint64_t seq, const void *value, size_t len)
+{
+    return add(l, key, cmd_id, agg_id, seq, value, len, true);
 }
 
 void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len)

@@ -174,14 +174,16 @@ struct cmd {
     int64_t deadline_ns; /* mono_ns: received_ns + the append timeout (0: not tried yet) */
     int64_t sent_ns;     /* mono_ns: when its last message was published (publish_tracked) */
     uint64_t first_version;
-    bool fresh;        /* a new aggregate under a random generated id: nothing to load */
-    bool generated;    /* its aggregate id was made here (random, or from its command id) */
-    bool timed_out;    /* an attempt of its append timed out: it may be stored */
-    int in_process;    /* acknowledgements "an earlier copy in process" so far */
-    bool client_id;    /* the command id came from the client: remembered, deduplicated */
-    bool recording;    /* stored; its command-id record is in flight, then the reply */
-    bool snapshot_due; /* a snapshot of the entry waits for the record (see advance) */
-    bool appended;     /* its own append was acked (not a repeat found stored) */
+    bool fresh;             /* a new aggregate under a random generated id: nothing to load */
+    bool generated;         /* its aggregate id was made here (random, or from its command id) */
+    bool resolve;           /* its id's record is a marker (outcome_unknown): look after ... */
+    uint64_t resolve_after; /* ... this sequence of the aggregate's subject for its commit */
+    bool timed_out;         /* an attempt of its append timed out: it may be stored */
+    int in_process;         /* acknowledgements "an earlier copy in process" so far */
+    bool client_id;         /* the command id came from the client: remembered, deduplicated */
+    bool recording;         /* stored; its command-id record is in flight, then the reply */
+    bool snapshot_due;      /* a snapshot of the entry waits for the record (see advance) */
+    bool appended;          /* its own append was acked (not a repeat found stored) */
     /* A refusal or a no-op on a cached state is checked against the stream's head first: */
     bool verifying;       /* on p->loads, reading the head and what the cache lacks */
     uint64_t verify_from; /* the entry's last sequence when the check began */
@@ -851,7 +853,7 @@ static bool used_for_another(const cmd *c, const char *type, const char *on, jl_
 
 /* True when @p c was answered before, by the record @p value (@p len bytes; NULL: none):
  * @p r then holds that reply (or why the id is refused). */
-static bool remembered(const cmd *c, const void *value, size_t len, jl_reply *r)
+static bool remembered(cmd *c, const void *value, size_t len, jl_reply *r)
 {
     bool seen = false;
     if (value == NULL)
@@ -864,6 +866,11 @@ static bool remembered(const cmd *c, const void *value, size_t len, jl_reply *r)
         if (!c->generated && strcmp(rec->aggregate_id, c->agg_id) != 0) {
             jl_reply_error(r, JL_CODE_INVALID, "command id '%s' was already used for %s on %s",
                            c->cmd_id, rec->command_type, rec->aggregate_id);
+        } else if (rec->unsettled && strcmp(rec->aggregate_id, c->agg_id) == 0) {
+            /* Its first copy's outcome was never known: read where its commit would be. */
+            seen = false;
+            c->resolve = true;
+            c->resolve_after = rec->after_seq;
         } else if (!used_for_another(c, rec->command_type, rec->aggregate_id, r)) {
             seen = jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK;
             r->duplicate = seen; /* unreadable record: handle the command as new */
@@ -874,9 +881,11 @@ static bool remembered(const cmd *c, const void *value, size_t len, jl_reply *r)
     return seen;
 }
 
-/* The record of @p c's command id and reply @p r, into p->kv_value (p->reply_bytes is its
+/* The record of @p c's command id and reply @p r (with @p marker, a marker: see
+ * outcome_unknown(); its commit after @p after_seq), into p->kv_value (p->reply_bytes is its
  * scratch: no allocation per command). Under p->mu. */
-static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
+static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r, bool marker,
+                               uint64_t after_seq)
 {
     Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
     jl_reply copy = *r;
@@ -889,6 +898,8 @@ static jl_status encode_record(jl_producer *p, const cmd *c, const jl_reply *r)
         rec.aggregate_id = (char *)c->agg_id;
         rec.reply.data = p->reply_bytes.data;
         rec.reply.len = p->reply_bytes.len;
+        rec.unsettled = marker;
+        rec.after_seq = after_seq;
         s = jl_buf_pack(&p->kv_value, &rec.base);
     }
     return s;
@@ -919,7 +930,7 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
         stored.stream_seq = c->stored_seq;
         char key[40];
         command_key(key, c->cmd_id);
-        kept = encode_record(p, c, &stored) == JL_OK &&
+        kept = encode_record(p, c, &stored, false, 0) == JL_OK &&
                jl__late_add(p->late, key, c->cmd_id, c->agg_id, c->stored_seq, p->kv_value.data,
                             p->kv_value.len);
         jl_reply_cleanup(&stored);
@@ -930,6 +941,34 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
      * commit by its id (also when this was a repeat whose commit a read just found). */
     if (!kept && c->entry != NULL)
         forget_entry(p, c->entry);
+}
+
+/*
+ * Command @p c's append ended with its outcome unknown ("may or may not be stored"), its
+ * aggregate's subject at @p after_seq when it was sent. Nothing records its id: a repeat past
+ * JetStream's duplicate window, after a later command of the aggregate (or a snapshot) folded
+ * a stored copy in, would be decided again. A marker is recorded instead, put in the
+ * background (p->late) and only where the key has no record: a repeat that finds it reads the
+ * subject's first commit after @p after_seq, where a stored copy must be (its append expected
+ * that sequence), and answers from it, or decides the command if another's is there or none
+ * (submit, load_read). Under p->mu.
+ */
+static void outcome_unknown(jl_producer *p, cmd *c, uint64_t after_seq)
+{
+    if (!c->client_id || p->late == NULL || p->commands == NULL)
+        return;
+    jl_reply told; /* what a producer that does not know markers answers a repeat */
+    jl_reply_init(&told);
+    snprintf(told.aggregate_id, sizeof(told.aggregate_id), "%s", c->agg_id);
+    jl_reply_error(&told, JL_CODE_UNAVAILABLE,
+                   "command id '%s' was sent before and its outcome is not known yet; try again",
+                   c->cmd_id);
+    char key[40];
+    command_key(key, c->cmd_id);
+    if (encode_record(p, c, &told, true, after_seq) == JL_OK)
+        jl__late_add_marker(p->late, key, c->cmd_id, c->agg_id, after_seq + 1, p->kv_value.data,
+                            p->kv_value.len);
+    jl_reply_cleanup(&told);
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
@@ -1351,8 +1390,10 @@ static bool start_one(jl_producer *p, cmd *c)
                        c->timed_out ? "an attempt timed out, and its events may or may not be "
                                       "stored"
                                     : "it was not stored");
-        if (c->timed_out)
+        if (c->timed_out) {
             e->stale = true; /* the next command reads whether it was */
+            outcome_unknown(p, c, e->last_seq);
+        }
         p->stats.expired++;
         finish(p, c, r);
         return true;
@@ -1524,7 +1565,7 @@ static bool record_async(jl_producer *p, cmd *c, const jl_reply *r)
     c->stored_version = r->aggregate_version;
     c->stored_seq = r->stream_seq;
     c->stored_duplicate = r->duplicate;
-    jl_status s = encode_record(p, c, r);
+    jl_status s = encode_record(p, c, r, false, 0);
     if (s != JL_OK) {
         not_remembered(p, c, jl_status_str(s));
         return false;
@@ -1638,16 +1679,18 @@ static bool past_close(jl_producer *p)
 }
 
 /*
- * Creation @p c, under an id derived from its command id, met an aggregate with history that
- * the read did not show the command in (a snapshot had folded it in): its first commit is
- * that command's (the id is the command id's alone), unless it aged out of the stream. Found,
- * it is noted as the watch's: a repeat, answered as one.
+ * Where command @p c's commit must be if it is stored, which the read may not have shown (a
+ * snapshot had folded it in): the first commit on its aggregate's subject from @p from_seq on.
+ * A creation under an id derived from its command id (from 1: the id is the command id's
+ * alone, and its first commit that command's, unless it aged out of the stream), or a command
+ * whose record is a marker (outcome_unknown). Found, it is noted as the watch's: a repeat,
+ * answered as one.
  */
-static void find_creation(jl_producer *p, const cmd *c, replay_ctx *rc)
+static void find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, uint64_t from_seq)
 {
     char id[JL_UUID_LEN + 1], type[JL_TYPE_NAME_MAX], cmd_id[JL_MAX_ID_LEN + 1] = "";
     uint64_t seq = 0;
-    uint64_t v = version_at(p, 1, c->subject, &seq, id, type, cmd_id, NULL);
+    uint64_t v = version_at(p, from_seq, c->subject, &seq, id, type, cmd_id, NULL);
     if (v != 0 && strcmp(cmd_id, c->cmd_id) == 0 && strcmp(id, c->agg_id) == 0) {
         rc->watch_seq = seq;
         rc->watch_version = v;
@@ -1714,8 +1757,9 @@ static void *load_read(void *ctx, void *item)
         c->load_from_snapshot = false;
         c->load_snap_seq = 0;
     }
-    if (c->load_status == JL_OK && c->generated && rc->watch_seq == 0 && rc->version > 0)
-        find_creation(p, c, rc);
+    if (c->load_status == JL_OK && rc->watch_seq == 0 &&
+        (c->resolve || (c->generated && rc->version > 0)))
+        find_own_commit(p, c, rc, c->resolve ? c->resolve_after + 1 : 1);
     return NULL;
 }
 
@@ -1944,6 +1988,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         natsStatus ns = resend(p, js, &msg, c, NATS_NO_RESPONDERS);
         if (ns != NATS_OK) {
             e->stale = true;
+            outcome_unknown(p, c, e->last_seq);
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "event store reports an earlier copy of the events in process and "
                            "did not confirm it (they may or may not be stored): %s",
@@ -1985,6 +2030,8 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     } else if (jl_js_wrong_last_seq(pae->ErrCode) && p->closing) {
         /* Past the close's wait: no more reads (p->loads is going away). */
         e->stale = true;
+        if (c->timed_out)
+            outcome_unknown(p, c, e->last_seq);
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again%s",
                        c->timed_out ? " (the events may or may not be stored)" : "");
         finish(p, c, r);
@@ -2005,17 +2052,19 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         to_read = c;
     } else if (jl_js_wrong_last_seq(pae->ErrCode)) {
         p->stats.conflicts++;
-        e->stale = true;  /* behind the stream: the next command reads what it missed */
-        if (c->timed_out) /* that copy may still be stored: never "conflict", not stored */
+        e->stale = true;    /* behind the stream: the next command reads what it missed */
+        if (c->timed_out) { /* that copy may still be stored: never "conflict", not stored */
+            outcome_unknown(p, c, e->last_seq);
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "%s %s was changed concurrently %d time%s in a row after an attempt "
                            "timed out: the events may or may not be stored; try again",
                            p->def->aggregate_type, c->agg_id, c->attempts,
                            c->attempts == 1 ? "" : "s");
-        else
+        } else {
             jl_reply_error(
                 r, JL_CODE_CONFLICT, "%s %s was changed concurrently %d time%s in a row; try again",
                 p->def->aggregate_type, c->agg_id, c->attempts, c->attempts == 1 ? "" : "s");
+        }
         finish(p, c, r);
         release_entry(p, e);
     } else if (retryable) {
@@ -2024,6 +2073,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         natsStatus ns = resend(p, js, &msg, c, pae->Err);
         if (ns != NATS_OK) {
             e->stale = true; /* stored or not: unknown */
+            outcome_unknown(p, c, e->last_seq);
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
                            natsStatus_GetText(ns));
             finish(p, c, r);
@@ -2044,6 +2094,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         release_entry(p, e);
     } else {
         e->stale = true; /* the append may or may not be stored: reload before the next use */
+        outcome_unknown(p, c, e->last_seq);
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "event store did not confirm the events within %" PRId64
                        " ms (they may or may not be stored): %s%s%s",
@@ -2264,6 +2315,15 @@ static void submit(jl_producer *p, const request *rq)
     if (answered)
         goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
+    if (c->resolve && e != NULL && (e->busy || e->qhead != NULL)) {
+        /* Its marker is read on a load of the aggregate, which its command in flight holds. */
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "command id '%s' was sent before and its outcome is being read; try again",
+                       c->cmd_id);
+        goto reject;
+    }
+    if (c->resolve && e != NULL)
+        forget_entry(p, e); /* read again, and the commit looked for where it would be */
     if (e != NULL && (e->busy || e->qhead != NULL)) {
         /* Its aggregate has an append in flight: wait for it, in order. */
         jl__cache_pin(p->cache, e);

@@ -211,7 +211,7 @@ typedef struct svc {
     const char *fault;  /* NULL, or JL_FAULT_POINT for its next start (see shared/src/fault.c) */
     int fault_after;    /* JL_FAULT_AFTER with it */
     const char *url;    /* NULL: the whole cluster, else NATS_URL */
-    const char *env[2]; /* NULL, or more NAME=value, taking precedence over the defaults */
+    const char *env[3]; /* NULL, or more NAME=value, taking precedence over the defaults */
 } svc;
 
 static svc svcs[MAX_SVCS];
@@ -231,6 +231,7 @@ static void svc_spawn(svc *s)
     /* The extras first: getenv() takes the first of a name. */
     const char *const envv[] = {s->env[0] ? s->env[0] : "JL_TEST_EXTRA_0=",
                                 s->env[1] ? s->env[1] : "JL_TEST_EXTRA_1=",
+                                s->env[2] ? s->env[2] : "JL_TEST_EXTRA_2=",
                                 e_url,
                                 e_dir,
                                 e_batch,
@@ -890,16 +891,17 @@ static pid_t pause_followers(const char *stream, const char *meanwhile)
     return child;
 }
 
-/* A clustered stream answers a resend of a stored message "wrong last sequence", not
- * "duplicate" (it checks the expected sequence first): the producer must find its own stored
- * copy, not answer "conflict" for it, even with no retries of lost races left. */
-START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
+/*
+ * The orders producer and a connection (returned) on the ORDERS stream's leader only, with an
+ * order (@p id) holding one item: neither may wait in a paused server, or an append would meet
+ * a healthy cluster after a pause of the followers and prove nothing. The stream and the order
+ * first, by a producer on any node; then that producer again on the leader with @p env (up to
+ * 3 NAME=value), *@p out_prod, url in @p url. @p ai: that item's AddItem, for more.
+ */
+static jl_conn *producer_on_leader(svc **out_prod, char id[JL_UUID_LEN + 1], char url[64],
+                                   const char *const env[3], Orders__AddItem *ai)
 {
-    /* The stream and an order first, by a producer on any node; then the producer again and
-     * this test's connection, both on the stream's leader only: neither may wait in a paused
-     * server, or the append would meet a healthy cluster after the pause and prove nothing. */
     svc *prod = svc_start(0, "orders", "orders", 0);
-    char id[JL_UUID_LEN + 1];
     jl_uuid_new(id);
     Orders__CreateOrder co = ORDERS__CREATE_ORDER__INIT;
     co.order_id = id;
@@ -914,11 +916,11 @@ START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
     int leader = stream_leader("ORDERS");
     ck_assert_int_ge(leader, 0);
     ck_assert_int_eq(svc_stop(prod, SIGTERM), 0);
-    char url[64], err[1024];
-    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", cl.client_port[leader]);
+    char err[1024];
+    snprintf(url, 64, "nats://127.0.0.1:%d", cl.client_port[leader]);
     prod->url = url;
-    prod->env[0] = "JL_COMMAND_RETRIES=0";
-    prod->env[1] = "JL_LOG_LEVEL=debug";
+    for (int i = 0; i < 3; i++)
+        prod->env[i] = env[i];
     svc_spawn(prod);
     jl_conn *lc = NULL;
     jl_config lcfg = cfg;
@@ -928,17 +930,34 @@ START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
     /* Up again when it takes a first item, which also puts the order in its cache: loaded
      * during the pause, it would wait for the snapshot bucket, perhaps led by a paused node,
      * and append only after it, when nothing times out. */
-    Orders__AddItem ai = ORDERS__ADD_ITEM__INIT;
-    ai.order_id = id;
-    ai.sku = "sku-0";
-    ai.quantity = 1;
-    ai.unit_price_cents = 100;
+    orders__add_item__init(ai);
+    ai->order_id = id;
+    ai->sku = "sku-0";
+    ai->quantity = 1;
+    ai->unit_price_cents = 100;
     deadline = tnow_ms() + 60000;
-    while (tsend(lc, "orders", false, &ai.base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK) {
+    while (tsend(lc, "orders", false, &ai->base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK) {
         ck_assert_msg(tnow_ms() < deadline, "the orders producer never answered on n%d",
                       leader + 1);
         nats_Sleep(200);
     }
+    jl_reply_cleanup(&r);
+    *out_prod = prod;
+    return lc;
+}
+
+/* A clustered stream answers a resend of a stored message "wrong last sequence", not
+ * "duplicate" (it checks the expected sequence first): the producer must find its own stored
+ * copy, not answer "conflict" for it, even with no retries of lost races left. */
+START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
+{
+    static const char *const env[3] = {"JL_COMMAND_RETRIES=0", "JL_LOG_LEVEL=debug", NULL};
+    svc *prod = NULL;
+    char id[JL_UUID_LEN + 1], url[64];
+    Orders__AddItem ai;
+    jl_conn *lc = producer_on_leader(&prod, id, url, env, &ai);
+    jl_reply r;
+    jl_reply_init(&r);
     pid_t child = pause_followers("ORDERS", "an AddItem sent meanwhile (no command id, no "
                                             "retries of lost races)");
     ai.sku = "sku-1";
@@ -964,6 +983,123 @@ START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
     /* The fault bit: the append timed out, and its resend met the stored copy. */
     ck_assert_msg(scan_log(prod->log, "\"msg\":\"conflict, catching up\"", NULL, 2) >= 1,
                   "the append never met its stored copy: see %s", prod->log);
+}
+END_TEST
+
+/* Move @p stream's leader (stepdowns, bounded) until it is @p other's: pausing @p other's
+ * followers then leaves both leaders running. */
+static void lead_with(const char *stream, const char *other)
+{
+    char subject[128];
+    snprintf(subject, sizeof(subject), "$JS.API.STREAM.LEADER.STEPDOWN.%s", stream);
+    for (int i = 0; i < 30; i++) {
+        int want = stream_leader(other), now = stream_leader(stream);
+        if (want >= 0 && now == want)
+            return;
+        if (now >= 0) {
+            natsMsg *reply = NULL;
+            natsConnection_Request(&reply, jl_conn_nats(conn), subject, NULL, 0, 5000);
+            natsMsg_Destroy(reply);
+        }
+        nats_Sleep(500); /* a new leader elected */
+    }
+    ck_abort_msg("%s's leader never moved to %s's", stream, other);
+}
+
+/* The producer's command id record of @p cmd_id, from the bucket (NULL: none yet). */
+static Jetledger__CommandRecord *command_record(const char *cmd_id)
+{
+    kvStore *kv = NULL;
+    Jetledger__CommandRecord *found = NULL;
+    if (js_KeyValue(&kv, jl_conn_js(conn), "jl_commands_ORDERS") != NATS_OK)
+        return NULL;
+    kvKeysList keys = {0};
+    if (kvStore_Keys(&keys, kv, NULL) == NATS_OK) {
+        for (int i = 0; i < keys.Count && found == NULL; i++) {
+            kvEntry *e = NULL;
+            if (kvStore_Get(&e, kv, keys.Keys[i]) != NATS_OK)
+                continue;
+            Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
+                NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+            if (rec != NULL && strcmp(rec->command_id, cmd_id) == 0)
+                found = rec;
+            else if (rec != NULL)
+                jetledger__command_record__free_unpacked(rec, NULL);
+            kvEntry_Destroy(e);
+        }
+        kvKeysList_Destroy(&keys);
+    }
+    kvStore_Destroy(kv);
+    return found;
+}
+
+/* An append whose ack does not come before the command's deadline (no quorum): answered
+ * "may or may not be stored", with a marker for a record. Stored once the quorum is back, a
+ * repeat past JetStream's duplicate window, after a later command of the aggregate, is
+ * answered from that commit: no second effect. */
+START_TEST(unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect)
+{
+    /* A short command deadline and duplicate window. */
+    static const char *const env[3] = {"JL_REQUEST_TIMEOUT=1500", "JL_DUPLICATE_WINDOW=1",
+                                       "JL_LOG_LEVEL=debug"};
+    svc *prod = NULL;
+    char id[JL_UUID_LEN + 1], url[64];
+    Orders__AddItem ai;
+    jl_conn *lc = producer_on_leader(&prod, id, url, env, &ai);
+    jl_reply r;
+    jl_reply_init(&r);
+    /* The command id is looked up first, by a direct get that any replica of its bucket may
+     * answer, a paused one too: then nothing was appended, and the test tries again. */
+    natsStatus ns = NATS_OK;
+    ai.sku = "sku-1";
+    for (int attempt = 0; attempt < 10; attempt++) {
+        lead_with("KV_jl_commands_ORDERS", "ORDERS");
+        pid_t child = pause_followers("ORDERS", "an AddItem with a command id sent meanwhile "
+                                                "(a 1.5 s deadline)");
+        ns = tsend(lc, "orders", false, &ai.base, "marker-1", &r);
+        printf("reply: %s %s\n", ns == NATS_OK ? jl_code_str(r.code) : natsStatus_GetText(ns),
+               r.message);
+        waitpid(child, NULL, 0);
+        if (ns != NATS_OK || strstr(r.message, "could not be looked up") == NULL)
+            break;
+        wait_replicas_current("ORDERS", 30000);
+    }
+    ck_assert_int_eq(ns, NATS_OK);
+    ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "may or may not") != NULL,
+                  "%s: %s", jl_code_str(r.code), r.message);
+    /* The quorum back, the copy is stored, and the marker put by the producer. */
+    wait_replicas_current("ORDERS", 30000);
+    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 3);
+    Jetledger__CommandRecord *rec = NULL;
+    int64_t deadline = tnow_ms() + 30000;
+    while ((rec = command_record("marker-1")) == NULL && tnow_ms() < deadline)
+        nats_Sleep(200);
+    ck_assert_msg(rec != NULL, "no record of marker-1: see %s", prod->log);
+    printf("verified: the record of marker-1 is a marker (unsettled %d, after sequence %" PRIu64
+           ")\n",
+           (int)rec->unsettled, rec->after_seq);
+    ck_assert(rec->unsettled);
+    ck_assert_uint_eq(rec->after_seq, 2);
+    jetledger__command_record__free_unpacked(rec, NULL);
+
+    /* A later command folds the copy in; the repeat comes past the window. */
+    ai.sku = "sku-2";
+    deadline = tnow_ms() + 30000;
+    while (tsend(lc, "orders", false, &ai.base, NULL, &r) != NATS_OK || r.code != JL_CODE_OK) {
+        ck_assert_msg(tnow_ms() < deadline, "no later command accepted: %s", r.message);
+        nats_Sleep(200);
+    }
+    nats_Sleep(1500);
+    ai.sku = "sku-1";
+    ck_assert_int_eq(tsend(lc, "orders", false, &ai.base, "marker-1", &r), NATS_OK);
+    printf("repeat: %s, duplicate %d, sequence %" PRIu64 "\n", jl_code_str(r.code),
+           (int)r.duplicate, r.stream_seq);
+    ck_assert_msg(r.code == JL_CODE_OK && r.duplicate, "%s: %s", jl_code_str(r.code), r.message);
+    ck_assert_uint_eq(r.stream_seq, 3);
+    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 4);
+    printf("verified: 4 commits, the repeat answered from the stored copy\n");
+    jl_reply_cleanup(&r);
+    jl_conn_close(lc, 0);
 }
 END_TEST
 
@@ -1035,9 +1171,10 @@ int main(void)
     suite_add_tcase(s, tc);
     TCase *resend = tcase_create("resend");
     tcase_add_checked_fixture(resend, setup, teardown);
-    tcase_set_timeout(resend, 120);
+    tcase_set_timeout(resend, 300);
     tcase_add_test(resend, append_stored_after_a_timeout_is_answered_as_stored);
     tcase_add_test(resend, store_append_stored_after_a_timeout_is_found);
+    tcase_add_test(resend, unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect);
     suite_add_tcase(s, resend);
     return trun(s);
 }

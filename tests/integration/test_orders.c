@@ -2485,18 +2485,26 @@ START_TEST(same_command_id_twice_has_one_effect)
 }
 END_TEST
 
+/* The producer again, with a duplicate window of 1 s (its stream's too): a test then waits it
+ * out. */
+static void reopen_with_a_1s_window(void)
+{
+    char err[512];
+    jl_config cfg = env.cfg;
+    cfg.duplicate_window_s = 1;
+    jl_producer_close(producer, 1000);
+    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
+                     JL_OK);
+}
+
 /* A creation whose id the producer makes, sent again past JetStream's duplicate window with
  * nothing recording its command id (a record lost, or never written because the first copy's
  * outcome was unknown to the producer that stored it): the same aggregate, found by its commit,
  * not a second one. */
 START_TEST(creation_sent_again_past_the_duplicate_window_creates_nothing)
 {
-    char err[512], want[JL_UUID_LEN + 1];
-    jl_config cfg = env.cfg;
-    cfg.duplicate_window_s = 1;
-    jl_producer_close(producer, 1000);
-    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
-                     JL_OK);
+    char want[JL_UUID_LEN + 1];
+    reopen_with_a_1s_window();
     Orders__CreateOrder m = ORDERS__CREATE_ORDER__INIT;
     m.customer_id = "again";
     uint8_t buf[128];
@@ -2508,11 +2516,9 @@ START_TEST(creation_sent_again_past_the_duplicate_window_creates_nothing)
     ck_assert_msg(r1.code == JL_CODE_OK && !r1.duplicate, "%s", r1.message);
     uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
 
-    jl_producer_close(producer, 1000);
     lose_the_command_record();
-    nats_Sleep(1500); /* past the window: JetStream no longer knows the message id */
-    ck_assert_int_eq(jl_producer_open(&producer, env.conn, &orders_service, &cfg, err, sizeof(err)),
-                     JL_OK);
+    nats_Sleep(1500);          /* past the window: JetStream no longer knows the message id */
+    reopen_with_a_1s_window(); /* and an empty cache */
     jl_producer_handle(producer, "CreateOrder", buf, n, "create-key-1", NULL, NULL, &r2);
     ck_assert_msg(r2.code == JL_CODE_OK, "%s", r2.message);
     ck_assert(r2.duplicate);
@@ -2528,6 +2534,105 @@ START_TEST(creation_sent_again_past_the_duplicate_window_creates_nothing)
     jl_producer_handle(producer, "CreateOrder", buf, n, "create-key-2", NULL, NULL, &r2);
     ck_assert_msg(r2.code == JL_CODE_OK && !r2.duplicate, "%s", r2.message);
     ck_assert_str_ne(r2.aggregate_id, r1.aggregate_id);
+    jl_reply_cleanup(&r1);
+    jl_reply_cleanup(&r2);
+}
+END_TEST
+
+/* Put in place of command @p cmd_id's record the marker a producer records when an append's
+ * outcome is unknown (its commit, if stored, the first on aggregate @p agg_id's subject after
+ * @p after_seq). */
+static void replace_with_marker(const char *cmd_id, const char *agg_id, uint64_t after_seq)
+{
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    kvKeysList keys = {0};
+    ck_assert_int_eq(kvStore_Keys(&keys, kv, NULL), NATS_OK);
+    bool replaced = false;
+    for (int i = 0; i < keys.Count && !replaced; i++) {
+        kvEntry *e = NULL;
+        ck_assert_int_eq(kvStore_Get(&e, kv, keys.Keys[i]), NATS_OK);
+        Jetledger__CommandRecord *rec =
+            jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+        ck_assert_ptr_nonnull(rec);
+        if (strcmp(rec->command_id, cmd_id) == 0) {
+            jl_reply told;
+            jl_buf b, v;
+            jl_reply_init(&told);
+            jl_buf_init(&b, 4096);
+            jl_buf_init(&v, 4096);
+            jl_reply_error(&told, JL_CODE_UNAVAILABLE, "outcome not known yet");
+            ck_assert_int_eq(jl_reply_encode(&b, &told), JL_OK);
+            rec->reply.data = b.data;
+            rec->reply.len = b.len;
+            rec->unsettled = true;
+            rec->after_seq = after_seq;
+            rec->aggregate_id = (char *)agg_id; /* the caller's: not freed with rec */
+            ck_assert_int_eq(jl_buf_pack(&v, &rec->base), JL_OK);
+            uint64_t rev = 0;
+            ck_assert_int_eq(kvStore_Put(&rev, kv, keys.Keys[i], v.data, (int)v.len), NATS_OK);
+            rec->reply.data = NULL; /* b's, freed below */
+            rec->reply.len = 0;
+            rec->aggregate_id = NULL;
+            jl_buf_cleanup(&b);
+            jl_buf_cleanup(&v);
+            jl_reply_cleanup(&told);
+            replaced = true;
+        }
+        jetledger__command_record__free_unpacked(rec, NULL);
+        kvEntry_Destroy(e);
+    }
+    ck_assert_msg(replaced, "no record of %s", cmd_id);
+    kvKeysList_Destroy(&keys);
+    kvStore_Destroy(kv);
+}
+
+/* A command whose append's outcome was unknown has a marker for a record. A repeat past the
+ * duplicate window, after a later command of the aggregate folded the stored copy into the
+ * cached state, is answered from the commit where the marker says it would be; a marker of a
+ * copy that was not stored (another commit, or none, there) lets the repeat be decided, and
+ * its record then replaces the marker. */
+START_TEST(a_marker_of_an_unknown_outcome_is_settled_from_the_stream)
+{
+    char id[JL_UUID_LEN + 1];
+    reopen_with_a_1s_window();
+    uint64_t created = 0;
+    ck_assert_int_eq(create_order(env.conn, "marker", id, &created), JL_CODE_OK);
+    jl_reply r1, r2;
+    jl_reply_init(&r1);
+    jl_reply_init(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "a", "k-marker-1", &r1), JL_CODE_OK);
+    replace_with_marker("k-marker-1", id, created);
+    ck_assert_int_eq(add_with_id(producer, id, "b", NULL, &r2), JL_CODE_OK);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    nats_Sleep(1500); /* past the window: JetStream no longer knows the message id */
+    jl_reply_reset(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "a", "k-marker-1", &r2), JL_CODE_OK);
+    ck_assert(r2.duplicate);
+    ck_assert_uint_eq(r2.stream_seq, r1.stream_seq);
+    ck_assert_uint_eq(r2.aggregate_version, r1.aggregate_version);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+
+    /* A copy that was not stored: its marker names this order, whose subject has nothing
+     * after the sequence it gives (the command id's one commit is another order's). Decided
+     * now, once; its record then replaces the marker. */
+    char other[JL_UUID_LEN + 1];
+    ck_assert_int_eq(create_order(env.conn, "marker", other, NULL), JL_CODE_OK);
+    ck_assert_int_eq(add_with_id(producer, other, "c", "k-marker-2", &r1), JL_CODE_OK);
+    msgs = tstream_msgs(env.conn, "ORDERS");
+    replace_with_marker("k-marker-2", id, r2.stream_seq);
+    nats_Sleep(1500);
+    jl_reply_reset(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "c", "k-marker-2", &r2), JL_CODE_OK);
+    ck_assert(!r2.duplicate);
+    ck_assert_str_eq(r2.aggregate_id, id);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
+    uint64_t again = r2.stream_seq;
+    jl_reply_reset(&r2);
+    ck_assert_int_eq(add_with_id(producer, id, "c", "k-marker-2", &r2), JL_CODE_OK);
+    ck_assert(r2.duplicate);
+    ck_assert_uint_eq(r2.stream_seq, again);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs + 1);
     jl_reply_cleanup(&r1);
     jl_reply_cleanup(&r2);
 }
@@ -3739,6 +3844,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, waiting_queries_are_bounded_in_bytes_too);
     tcase_add_test(tc, same_command_id_twice_has_one_effect);
     tcase_add_test(tc, creation_sent_again_past_the_duplicate_window_creates_nothing);
+    tcase_add_test(tc, a_marker_of_an_unknown_outcome_is_settled_from_the_stream);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
