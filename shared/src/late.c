@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "deadline.h"
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/codec.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
@@ -29,7 +30,7 @@ typedef struct late_record {
     int64_t retry_ms;
     int tries;
     bool stored; /* put: kept until next_try_ns for late finds, no longer held */
-    bool marker; /* put only where the key has no record (jl__late_add_marker) */
+    bool marker; /* put only where the key has no record but a marker (jl__late_add_marker) */
     size_t len;
     uint8_t value[]; /* len bytes */
 } late_record;
@@ -56,17 +57,52 @@ static void log_record(jl_log_level level, const char *msg, const late_record *r
            (jl__mono_ns() - r->since_ns) / 1000000, why);
 }
 
+/* Whether KV entry @p e holds a marker (CommandRecord.unsettled), not a command's record. */
+static bool is_marker(kvEntry *e)
+{
+    Jetledger__CommandRecord *rec =
+        jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+    bool marker = rec != NULL && rec->unsettled;
+    if (rec != NULL)
+        jetledger__command_record__free_unpacked(rec, NULL);
+    return marker;
+}
+
+/*
+ * Put marker @p r where its key has no record or another marker (of an earlier copy of the
+ * command whose outcome was unknown too: this one says where the later copy would be), never
+ * over a command's record (written by a repeat that settled it: what the marker stood in for).
+ * Compare-and-set on the key's revision, so that a record written meanwhile is not overwritten.
+ */
+static natsStatus put_marker(jl__late *l, late_record *r)
+{
+    natsStatus ns = NATS_OK;
+    for (int i = 0; i < 3; i++) {
+        kvEntry *cur = NULL;
+        uint64_t rev = 0;
+        ns = kvStore_Get(&cur, l->kv, r->key);
+        if (ns == NATS_NOT_FOUND)
+            ns = kvStore_Create(&rev, l->kv, r->key, r->value, (int)r->len);
+        else if (ns == NATS_OK && !is_marker(cur))
+            ns = NATS_OK; /* a record: nothing to put */
+        else if (ns == NATS_OK)
+            ns = kvStore_Update(&rev, l->kv, r->key, r->value, (int)r->len, kvEntry_Revision(cur));
+        kvEntry_Destroy(cur);
+        const char *why = ns == NATS_ERR ? nats_GetLastError(NULL) : NULL;
+        if (why == NULL || strstr(why, "wrong last sequence") == NULL)
+            return ns;
+        /* Written meanwhile (or a replica behind answered the get): read it again. */
+    }
+    return ns;
+}
+
 /* Put @p r once, without the lock (a record not stored is freed only by the thread). */
 static natsStatus put(jl__late *l, late_record *r)
 {
     uint64_t rev = 0;
-    if (!r->marker)
-        return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
-    natsStatus ns = kvStore_Create(&rev, l->kv, r->key, r->value, (int)r->len);
-    /* A record there already (the command's own, written by a repeat that settled it) is
-     * what the marker stood in for: done. */
-    const char *why = ns == NATS_ERR ? nats_GetLastError(NULL) : NULL;
-    return why != NULL && strstr(why, "wrong last sequence") != NULL ? NATS_OK : ns;
+    if (r->marker)
+        return put_marker(l, r);
+    return kvStore_Put(&rev, l->kv, r->key, r->value, (int)r->len);
 }
 
 /* Unlink the record *@p pp points to and free it. */
@@ -223,16 +259,16 @@ bool jl__late_add_marker(jl__late *l, const char *key, const char *cmd_id, const
 void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len)
 {
     void *copy = NULL;
+    const late_record *last = NULL;
     pthread_mutex_lock(&l->mu);
-    for (late_record *r = l->head; r != NULL; r = r->next) {
-        if (strcmp(r->cmd_id, cmd_id) == 0) {
-            copy = malloc(r->len ? r->len : 1);
-            if (copy != NULL) {
-                memcpy(copy, r->value, r->len);
-                *out_len = r->len;
-            }
-            break;
-        }
+    /* The newest: a command's record kept after a marker of its id (which it settles), or a
+     * later marker after an earlier one. */
+    for (const late_record *r = l->head; r != NULL; r = r->next)
+        if (strcmp(r->cmd_id, cmd_id) == 0)
+            last = r;
+    if (last != NULL && (copy = malloc(last->len ? last->len : 1)) != NULL) {
+        memcpy(copy, last->value, last->len);
+        *out_len = last->len;
     }
     pthread_mutex_unlock(&l->mu);
     return copy;

@@ -40,11 +40,12 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
                   uint64_t seq, const void *value, size_t len);
 
 /* As jl__late_add(), for a marker of a command whose outcome is unknown (@p seq: the first
- * sequence its commit could have): put only where @p key has no record, never over one. */
+ * sequence its commit could have): put where @p key has no record or an earlier marker, never
+ * over a command's record. */
 bool jl__late_add_marker(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
                          uint64_t seq, const void *value, size_t len);
 
-/* A copy (malloc'd: the caller frees it) of the record of @p cmd_id kept here (waiting, or
+/* A copy (malloc'd: the caller frees it) of the newest record of @p cmd_id kept here (waiting, or
  * stored in the last minute), its length in @p out_len; NULL when none is. */
 void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len);
 

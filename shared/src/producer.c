@@ -1010,12 +1010,13 @@ static bool duplicate_reply(jl_producer *p, cmd *c, uint64_t seq, uint64_t versi
 
 /* Version of the last event of the commit stored at @p seq (with @p first_on, of the first
  * commit on that subject from @p seq on; its sequence into @p out_seq) (0 when it cannot be
- * read), its aggregate id into @p out_id (empty when it cannot be read), the command type it
+ * read; with @p out_ns, why: NATS_NOT_FOUND for no such commit, NATS_OK for one that cannot be
+ * decoded), its aggregate id into @p out_id (empty when it cannot be read), the command type it
  * records into @p out_type and, with @p out_cmd_id (JL_MAX_ID_LEN + 1 bytes), its command id,
  * and with @p out_time, the event's occurred-at. */
 static uint64_t version_at(jl_producer *p, uint64_t seq, const char *first_on, uint64_t *out_seq,
                            char out_id[JL_UUID_LEN + 1], char out_type[JL_TYPE_NAME_MAX],
-                           char *out_cmd_id, int64_t *out_time)
+                           char *out_cmd_id, int64_t *out_time, natsStatus *out_ns)
 {
     natsMsg *m = NULL;
     jl_commit *cm = NULL;
@@ -1027,7 +1028,10 @@ static uint64_t version_at(jl_producer *p, uint64_t seq, const char *first_on, u
     jsDirectGetMsgOptions_Init(&o);
     o.Sequence = seq;
     o.NextBySubject = first_on;
-    if (js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o) != NATS_OK)
+    natsStatus ns = js_DirectGetMsg(&m, jl_conn_js(p->conn), p->def->stream, NULL, &o);
+    if (out_ns != NULL)
+        *out_ns = ns;
+    if (ns != NATS_OK)
         return 0;
     seq = natsMsg_GetSequence(m);
     if (out_seq != NULL)
@@ -1339,6 +1343,8 @@ static bool start_one(jl_producer *p, cmd *c)
         finish(p, c, r);
         return true;
     }
+    if (c->resolve)
+        forget_entry(p, e); /* its id's marker: read, and the commit looked for where it would be */
     if (e->stale) {
         /* Read it again on a worker, not here under the lock: a read may wait out a stream
          * leader election, and every other aggregate's commands with it. From its last
@@ -1684,18 +1690,31 @@ static bool past_close(jl_producer *p)
  * A creation under an id derived from its command id (from 1: the id is the command id's
  * alone, and its first commit that command's, unless it aged out of the stream), or a command
  * whose record is a marker (outcome_unknown). Found, it is noted as the watch's: a repeat,
- * answered as one.
+ * answered as one. JL_ERR_UNAVAILABLE (why in rc->err) when that commit cannot be read: then
+ * whether the command is stored is not known, and it must not be decided.
  */
-static void find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, uint64_t from_seq)
+static jl_status find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, uint64_t from_seq)
 {
     char id[JL_UUID_LEN + 1], type[JL_TYPE_NAME_MAX], cmd_id[JL_MAX_ID_LEN + 1] = "";
     uint64_t seq = 0;
-    uint64_t v = version_at(p, from_seq, c->subject, &seq, id, type, cmd_id, NULL);
-    if (v != 0 && strcmp(cmd_id, c->cmd_id) == 0 && strcmp(id, c->agg_id) == 0) {
+    natsStatus ns = NATS_OK;
+    uint64_t v = version_at(p, from_seq, c->subject, &seq, id, type, cmd_id, NULL, &ns);
+    if (ns == NATS_NOT_FOUND)
+        return JL_OK; /* no commit there: not stored */
+    if (v == 0) {
+        snprintf(rc->err, sizeof(rc->err),
+                 "cannot read where the commit of command id '%s' would be (from sequence "
+                 "%" PRIu64 "): %s",
+                 c->cmd_id, from_seq,
+                 ns == NATS_OK ? "it cannot be decoded" : natsStatus_GetText(ns));
+        return JL_ERR_UNAVAILABLE;
+    }
+    if (strcmp(cmd_id, c->cmd_id) == 0 && strcmp(id, c->agg_id) == 0) {
         rc->watch_seq = seq;
         rc->watch_version = v;
         snprintf(rc->watch_type, sizeof(rc->watch_type), "%s", type);
     }
+    return JL_OK;
 }
 
 /*
@@ -1712,7 +1731,8 @@ static void *load_read(void *ctx, void *item)
     replay_ctx *rc = &c->load;
     jl__fault("command.load"); /* on a reading thread, the lock not held */
     if (c->dup_seq != 0)       /* and the entry, stale, is caught up below */
-        c->dup_version = version_at(p, c->dup_seq, NULL, NULL, c->dup_id, c->dup_type, NULL, NULL);
+        c->dup_version =
+            version_at(p, c->dup_seq, NULL, NULL, c->dup_id, c->dup_type, NULL, NULL, NULL);
     memset(rc, 0, sizeof(*rc));
     rc->p = p;
     rc->state = e->state;
@@ -1759,7 +1779,8 @@ static void *load_read(void *ctx, void *item)
     }
     if (c->load_status == JL_OK && rc->watch_seq == 0 &&
         (c->resolve || (c->generated && rc->version > 0)))
-        find_own_commit(p, c, rc, c->resolve ? c->resolve_after + 1 : 1);
+        c->load_status = find_own_commit(p, c, rc, c->resolve ? c->resolve_after + 1 : 1);
+    c->resolve = false; /* looked (or answered unavailable): decided on what was read */
     return NULL;
 }
 
@@ -2315,15 +2336,6 @@ static void submit(jl_producer *p, const request *rq)
     if (answered)
         goto reject; /* answered before: the same reply again */
     jl__cache_entry *e = jl__cache_get(p->cache, c->agg_id);
-    if (c->resolve && e != NULL && (e->busy || e->qhead != NULL)) {
-        /* Its marker is read on a load of the aggregate, which its command in flight holds. */
-        jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "command id '%s' was sent before and its outcome is being read; try again",
-                       c->cmd_id);
-        goto reject;
-    }
-    if (c->resolve && e != NULL)
-        forget_entry(p, e); /* read again, and the commit looked for where it would be */
     if (e != NULL && (e->busy || e->qhead != NULL)) {
         /* Its aggregate has an append in flight: wait for it, in order. */
         jl__cache_pin(p->cache, e);
@@ -2604,7 +2616,7 @@ static void query_state(jl_producer *p, const Jetledger__GetState *q, const char
     if (rc.last_time == 0 && rc.last_seq != 0) {
         /* Nothing replayed after the snapshot, which keeps no time: its commit's. */
         char cid[JL_UUID_LEN + 1], ctype[JL_TYPE_NAME_MAX];
-        (void)version_at(p, rc.last_seq, NULL, NULL, cid, ctype, NULL, &rc.last_time);
+        (void)version_at(p, rc.last_seq, NULL, NULL, cid, ctype, NULL, &rc.last_time, NULL);
     }
     if (rc.version == 0) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "%s %s has no events%s", def->aggregate_type, id,

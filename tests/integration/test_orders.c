@@ -2563,17 +2563,19 @@ static void replace_with_marker(const char *cmd_id, const char *agg_id, uint64_t
             jl_buf_init(&v, 4096);
             jl_reply_error(&told, JL_CODE_UNAVAILABLE, "outcome not known yet");
             ck_assert_int_eq(jl_reply_encode(&b, &told), JL_OK);
+            /* Fields pointed elsewhere for the pack, and back before rec is freed. */
+            ProtobufCBinaryData reply = rec->reply;
+            char *agg = rec->aggregate_id;
             rec->reply.data = b.data;
             rec->reply.len = b.len;
             rec->unsettled = true;
             rec->after_seq = after_seq;
-            rec->aggregate_id = (char *)agg_id; /* the caller's: not freed with rec */
+            rec->aggregate_id = (char *)agg_id;
             ck_assert_int_eq(jl_buf_pack(&v, &rec->base), JL_OK);
             uint64_t rev = 0;
             ck_assert_int_eq(kvStore_Put(&rev, kv, keys.Keys[i], v.data, (int)v.len), NATS_OK);
-            rec->reply.data = NULL; /* b's, freed below */
-            rec->reply.len = 0;
-            rec->aggregate_id = NULL;
+            rec->reply = reply;
+            rec->aggregate_id = agg;
             jl_buf_cleanup(&b);
             jl_buf_cleanup(&v);
             jl_reply_cleanup(&told);
@@ -2713,6 +2715,81 @@ START_TEST(a_command_id_record_that_finds_no_stream_is_written_once_it_is_back)
     jl_producer_close(other, 1000);
     jl_reply_cleanup(&a.r);
     jl_reply_cleanup(&r2);
+}
+END_TEST
+
+/* A CommandRecord for @p cmd_id packed into @p out: a marker (after @p after_seq) or a record. */
+static void pack_record(jl_buf *out, const char *cmd_id, bool marker, uint64_t after_seq)
+{
+    Jetledger__CommandRecord rec = JETLEDGER__COMMAND_RECORD__INIT;
+    rec.command_id = (char *)cmd_id;
+    rec.command_type = "orders.AddItem";
+    rec.aggregate_id = "0b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11";
+    rec.unsettled = marker;
+    rec.after_seq = after_seq;
+    jl_buf_reset(out);
+    ck_assert_int_eq(jl_buf_pack(out, &rec.base), JL_OK);
+}
+
+/* Whether @p key's record is a marker, and after which sequence. */
+static bool stored_marker(kvStore *kv, const char *key, uint64_t *out_after)
+{
+    kvEntry *e = NULL;
+    ck_assert_int_eq(kvStore_Get(&e, kv, key), NATS_OK);
+    Jetledger__CommandRecord *rec =
+        jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+    ck_assert_ptr_nonnull(rec);
+    bool marker = rec->unsettled;
+    *out_after = rec->after_seq;
+    jetledger__command_record__free_unpacked(rec, NULL);
+    kvEntry_Destroy(e);
+    return marker;
+}
+
+/* A marker is put where its key has no record, and over an earlier marker (a second copy of the
+ * command whose outcome was unknown too: the later says where that copy would be), never over a
+ * command's record; the newest of an id's records kept is the one found. */
+START_TEST(late_markers_replace_markers_but_never_records)
+{
+    const char *agg = "0b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11";
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    jl__late *l = NULL;
+    ck_assert_int_eq(jl__late_open(&l, kv), JL_OK);
+    jl_buf b;
+    jl_buf_init(&b, 4096);
+    uint64_t rev = 0, after = 0;
+    pack_record(&b, "m-real", false, 0);
+    ck_assert_int_eq(kvStore_Put(&rev, kv, "mk-real", b.data, (int)b.len), NATS_OK);
+    pack_record(&b, "m-old", true, 1);
+    ck_assert_int_eq(kvStore_Put(&rev, kv, "mk-old", b.data, (int)b.len), NATS_OK);
+    pack_record(&b, "m-real", true, 5);
+    ck_assert(jl__late_add_marker(l, "mk-real", "m-real", agg, 6, b.data, b.len));
+    pack_record(&b, "m-old", true, 7);
+    ck_assert(jl__late_add_marker(l, "mk-old", "m-old", agg, 8, b.data, b.len));
+    pack_record(&b, "m-new", true, 9);
+    ck_assert(jl__late_add_marker(l, "mk-new", "m-new", agg, 10, b.data, b.len));
+    pack_record(&b, "m-new", false, 0);
+    ck_assert(jl__late_add(l, "mk-new", "m-new", agg, 10, b.data, b.len));
+    size_t len = 0;
+    void *v = jl__late_find(l, "m-new", &len); /* the record, kept after the marker */
+    ck_assert_ptr_nonnull(v);
+    Jetledger__CommandRecord *found = jetledger__command_record__unpack(NULL, len, v);
+    ck_assert_ptr_nonnull(found);
+    ck_assert(!found->unsettled);
+    jetledger__command_record__free_unpacked(found, NULL);
+    free(v);
+    int64_t deadline = tnow_ms() + 10000;
+    while (jl__late_holds(l, agg, UINT64_MAX) && tnow_ms() < deadline)
+        nats_Sleep(50);
+    ck_assert(!jl__late_holds(l, agg, UINT64_MAX));
+    ck_assert(!stored_marker(kv, "mk-real", &after));
+    ck_assert(stored_marker(kv, "mk-old", &after));
+    ck_assert_uint_eq(after, 7);
+    ck_assert(!stored_marker(kv, "mk-new", &after)); /* the record, put after the marker */
+    jl__late_close(l, 1000);
+    jl_buf_cleanup(&b);
+    kvStore_Destroy(kv);
 }
 END_TEST
 
@@ -3847,6 +3924,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_marker_of_an_unknown_outcome_is_settled_from_the_stream);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
+    tcase_add_test(tc, late_markers_replace_markers_but_never_records);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
     tcase_add_test(tc,
