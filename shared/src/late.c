@@ -57,6 +57,13 @@ static void log_record(jl_log_level level, const char *msg, const late_record *r
            (jl__mono_ns() - r->since_ns) / 1000000, why);
 }
 
+/* What is logged once @p r is stored. */
+static const char *recorded_msg(const late_record *r)
+{
+    return r->marker ? "command id marked: outcome unknown, a repeat reads the stream"
+                     : "command id recorded late";
+}
+
 /* Whether KV entry @p e holds a marker (CommandRecord.unsettled), not a command's record. */
 static bool is_marker(kvEntry *e)
 {
@@ -146,7 +153,7 @@ static void *writer(void *arg)
          * before the lock is taken again: a slow log sink holds up no submit. */
         due->tries++;
         if (ns == NATS_OK)
-            log_record(JL_LOG_INFO, "command id recorded late", due, "OK");
+            log_record(JL_LOG_INFO, recorded_msg(due), due, "OK");
         else if ((due->tries & (due->tries - 1)) == 0) /* 1, 2, 4, 8, ... */
             log_record(JL_LOG_WARN, "command id still not recorded, trying again", due,
                        natsStatus_GetText(ns));
@@ -304,7 +311,7 @@ void jl__late_close(jl__late *l, int64_t timeout_ms)
         natsStatus ns = jl__mono_ns() < deadline ? put(l, r) : NATS_TIMEOUT;
         r->tries++;
         if (ns == NATS_OK)
-            log_record(JL_LOG_INFO, "command id recorded late", r, "OK");
+            log_record(JL_LOG_INFO, recorded_msg(r), r, "OK");
         else
             log_record(JL_LOG_ERROR, "command id not remembered: the producer stopped first", r,
                        natsStatus_GetText(ns));

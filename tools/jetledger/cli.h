@@ -51,7 +51,6 @@ typedef struct cli_ctx {
     char **argv;
 } cli_ctx;
 
-/** Connect for a short-lived CLI call; prints the reason and returns NULL on failure. */
 /* Connect; NULL on failure, said, with the exit status in @p out_rc: CLI_USAGE for settings
  * that cannot work (a bad URL, credentials file, credentials the server refused),
  * CLI_UNAVAILABLE for a server not reached. */
