@@ -944,17 +944,20 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
 }
 
 /*
- * Command @p c's append ended with its outcome unknown ("may or may not be stored"), its
- * aggregate's subject at @p after_seq when it was sent. Nothing records its id: a repeat past
+ * Command @p c's append ended with its outcome unknown ("may or may not be stored"): its entry
+ * is stale (the next command reads whether it was), and its entry's last sequence, after_seq,
+ * is where the subject was when it was sent. Nothing records its id: a repeat past
  * JetStream's duplicate window, after a later command of the aggregate (or a snapshot) folded
  * a stored copy in, would be decided again. A marker is recorded instead, put in the
- * background (p->late) and only where the key has no record: a repeat that finds it reads the
- * subject's first commit after @p after_seq, where a stored copy must be (its append expected
- * that sequence), and answers from it, or decides the command if another's is there or none
- * (submit, load_read). Under p->mu.
+ * background (p->late) and never over a record: a repeat that finds it reads the subject's
+ * first commit after after_seq, where a stored copy must be (its append expected that
+ * sequence), and answers from it, or decides the command if another's is there or none
+ * (start_one, load_read). Under p->mu.
  */
-static void outcome_unknown(jl_producer *p, cmd *c, uint64_t after_seq)
+static void outcome_unknown(jl_producer *p, cmd *c)
 {
+    c->entry->stale = true;
+    uint64_t after_seq = c->entry->last_seq;
     if (!c->client_id || p->late == NULL || p->commands == NULL)
         return;
     jl_reply told; /* what a producer that does not know markers answers a repeat */
@@ -1396,10 +1399,8 @@ static bool start_one(jl_producer *p, cmd *c)
                        c->timed_out ? "an attempt timed out, and its events may or may not be "
                                       "stored"
                                     : "it was not stored");
-        if (c->timed_out) {
-            e->stale = true; /* the next command reads whether it was */
-            outcome_unknown(p, c, e->last_seq);
-        }
+        if (c->timed_out)
+            outcome_unknown(p, c);
         p->stats.expired++;
         finish(p, c, r);
         return true;
@@ -2008,8 +2009,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                c->in_process);
         natsStatus ns = resend(p, js, &msg, c, NATS_NO_RESPONDERS);
         if (ns != NATS_OK) {
-            e->stale = true;
-            outcome_unknown(p, c, e->last_seq);
+            outcome_unknown(p, c);
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "event store reports an earlier copy of the events in process and "
                            "did not confirm it (they may or may not be stored): %s",
@@ -2052,7 +2052,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         /* Past the close's wait: no more reads (p->loads is going away). */
         e->stale = true;
         if (c->timed_out)
-            outcome_unknown(p, c, e->last_seq);
+            outcome_unknown(p, c);
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again%s",
                        c->timed_out ? " (the events may or may not be stored)" : "");
         finish(p, c, r);
@@ -2075,7 +2075,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         p->stats.conflicts++;
         e->stale = true;    /* behind the stream: the next command reads what it missed */
         if (c->timed_out) { /* that copy may still be stored: never "conflict", not stored */
-            outcome_unknown(p, c, e->last_seq);
+            outcome_unknown(p, c);
             jl_reply_error(r, JL_CODE_UNAVAILABLE,
                            "%s %s was changed concurrently %d time%s in a row after an attempt "
                            "timed out: the events may or may not be stored; try again",
@@ -2093,8 +2093,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
          * Nats-Msg-Id makes JetStream store it once even if the first copy got through. */
         natsStatus ns = resend(p, js, &msg, c, pae->Err);
         if (ns != NATS_OK) {
-            e->stale = true; /* stored or not: unknown */
-            outcome_unknown(p, c, e->last_seq);
+            outcome_unknown(p, c); /* stored or not */
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "event store did not confirm the events: %s",
                            natsStatus_GetText(ns));
             finish(p, c, r);
@@ -2114,8 +2113,7 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         finish(p, c, r);
         release_entry(p, e);
     } else {
-        e->stale = true; /* the append may or may not be stored: reload before the next use */
-        outcome_unknown(p, c, e->last_seq);
+        outcome_unknown(p, c); /* reload before the next use */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "event store did not confirm the events within %" PRId64
                        " ms (they may or may not be stored): %s%s%s",

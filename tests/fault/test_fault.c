@@ -1006,33 +1006,6 @@ static void lead_with(const char *stream, const char *other)
     ck_abort_msg("%s's leader never moved to %s's", stream, other);
 }
 
-/* The producer's command id record of @p cmd_id, from the bucket (NULL: none yet). */
-static Jetledger__CommandRecord *command_record(const char *cmd_id)
-{
-    kvStore *kv = NULL;
-    Jetledger__CommandRecord *found = NULL;
-    if (js_KeyValue(&kv, jl_conn_js(conn), "jl_commands_ORDERS") != NATS_OK)
-        return NULL;
-    kvKeysList keys = {0};
-    if (kvStore_Keys(&keys, kv, NULL) == NATS_OK) {
-        for (int i = 0; i < keys.Count && found == NULL; i++) {
-            kvEntry *e = NULL;
-            if (kvStore_Get(&e, kv, keys.Keys[i]) != NATS_OK)
-                continue;
-            Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
-                NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
-            if (rec != NULL && strcmp(rec->command_id, cmd_id) == 0)
-                found = rec;
-            else if (rec != NULL)
-                jetledger__command_record__free_unpacked(rec, NULL);
-            kvEntry_Destroy(e);
-        }
-        kvKeysList_Destroy(&keys);
-    }
-    kvStore_Destroy(kv);
-    return found;
-}
-
 /* An append whose ack does not come before the command's deadline (no quorum): answered
  * "may or may not be stored", with a marker for a record. Stored once the quorum is back, a
  * repeat past JetStream's duplicate window, after a later command of the aggregate, is
@@ -1072,7 +1045,8 @@ START_TEST(unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect)
     ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 3);
     Jetledger__CommandRecord *rec = NULL;
     int64_t deadline = tnow_ms() + 30000;
-    while ((rec = command_record("marker-1")) == NULL && tnow_ms() < deadline)
+    while ((rec = tcommand_record(conn, "jl_commands_ORDERS", "marker-1", NULL)) == NULL &&
+           tnow_ms() < deadline)
         nats_Sleep(200);
     ck_assert_msg(rec != NULL, "no record of marker-1: see %s", prod->log);
     printf("verified: the record of marker-1 is a marker (unsettled %d, after sequence %" PRIu64

@@ -390,3 +390,33 @@ int tlines_with(const char *text, const char *a, const char *b)
     }
     return n;
 }
+
+Jetledger__CommandRecord *tcommand_record(jl_conn *c, const char *bucket, const char *cmd_id,
+                                          char *key_out)
+{
+    kvStore *kv = NULL;
+    Jetledger__CommandRecord *found = NULL;
+    if (js_KeyValue(&kv, jl_conn_js(c), bucket) != NATS_OK)
+        return NULL;
+    kvKeysList keys = {0};
+    if (kvStore_Keys(&keys, kv, NULL) == NATS_OK) {
+        for (int i = 0; i < keys.Count && found == NULL; i++) {
+            kvEntry *e = NULL;
+            if (kvStore_Get(&e, kv, keys.Keys[i]) != NATS_OK)
+                continue;
+            Jetledger__CommandRecord *rec = jetledger__command_record__unpack(
+                NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+            if (rec != NULL && strcmp(rec->command_id, cmd_id) == 0) {
+                found = rec;
+                if (key_out != NULL)
+                    snprintf(key_out, 64, "%s", keys.Keys[i]);
+            } else if (rec != NULL) {
+                jetledger__command_record__free_unpacked(rec, NULL);
+            }
+            kvEntry_Destroy(e);
+        }
+        kvKeysList_Destroy(&keys);
+    }
+    kvStore_Destroy(kv);
+    return found;
+}

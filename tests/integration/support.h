@@ -51,6 +51,14 @@ natsStatus tsend(jl_conn *c, const char *service, bool query, const ProtobufCMes
 natsStatus tsend_raw(jl_conn *c, const char *subject, const void *data, size_t len, jl_reply *out);
 
 /**
+ * The command-id record of @p cmd_id in KV bucket @p bucket (e.g. "jl_commands_ORDERS"), its key
+ * into @p key_out (64 bytes) when not NULL; NULL when there is none (or the bucket cannot be
+ * read). Free it with jetledger__command_record__free_unpacked().
+ */
+Jetledger__CommandRecord *tcommand_record(jl_conn *c, const char *bucket, const char *cmd_id,
+                                          char *key_out);
+
+/**
  * Send projector administration request @p m (NULL: an empty body) on @p subject (e.g.
  * "order_summary.admin.Rebuild") and return the RebuildStatus it answers (caller frees with
  * jetledger__rebuild_status__free_unpacked). With @p out_code NULL the reply must be ok; else

@@ -2544,48 +2544,35 @@ END_TEST
  * @p after_seq). */
 static void replace_with_marker(const char *cmd_id, const char *agg_id, uint64_t after_seq)
 {
+    char key[64];
+    Jetledger__CommandRecord *rec = tcommand_record(env.conn, "jl_commands_ORDERS", cmd_id, key);
+    ck_assert_msg(rec != NULL, "no record of %s", cmd_id);
     kvStore *kv = NULL;
     ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
-    kvKeysList keys = {0};
-    ck_assert_int_eq(kvStore_Keys(&keys, kv, NULL), NATS_OK);
-    bool replaced = false;
-    for (int i = 0; i < keys.Count && !replaced; i++) {
-        kvEntry *e = NULL;
-        ck_assert_int_eq(kvStore_Get(&e, kv, keys.Keys[i]), NATS_OK);
-        Jetledger__CommandRecord *rec =
-            jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
-        ck_assert_ptr_nonnull(rec);
-        if (strcmp(rec->command_id, cmd_id) == 0) {
-            jl_reply told;
-            jl_buf b, v;
-            jl_reply_init(&told);
-            jl_buf_init(&b, 4096);
-            jl_buf_init(&v, 4096);
-            jl_reply_error(&told, JL_CODE_UNAVAILABLE, "outcome not known yet");
-            ck_assert_int_eq(jl_reply_encode(&b, &told), JL_OK);
-            /* Fields pointed elsewhere for the pack, and back before rec is freed. */
-            ProtobufCBinaryData reply = rec->reply;
-            char *agg = rec->aggregate_id;
-            rec->reply.data = b.data;
-            rec->reply.len = b.len;
-            rec->unsettled = true;
-            rec->after_seq = after_seq;
-            rec->aggregate_id = (char *)agg_id;
-            ck_assert_int_eq(jl_buf_pack(&v, &rec->base), JL_OK);
-            uint64_t rev = 0;
-            ck_assert_int_eq(kvStore_Put(&rev, kv, keys.Keys[i], v.data, (int)v.len), NATS_OK);
-            rec->reply = reply;
-            rec->aggregate_id = agg;
-            jl_buf_cleanup(&b);
-            jl_buf_cleanup(&v);
-            jl_reply_cleanup(&told);
-            replaced = true;
-        }
-        jetledger__command_record__free_unpacked(rec, NULL);
-        kvEntry_Destroy(e);
-    }
-    ck_assert_msg(replaced, "no record of %s", cmd_id);
-    kvKeysList_Destroy(&keys);
+    jl_reply told;
+    jl_buf b, v;
+    jl_reply_init(&told);
+    jl_buf_init(&b, 4096);
+    jl_buf_init(&v, 4096);
+    jl_reply_error(&told, JL_CODE_UNAVAILABLE, "outcome not known yet");
+    ck_assert_int_eq(jl_reply_encode(&b, &told), JL_OK);
+    /* Fields pointed elsewhere for the pack, and back before rec is freed. */
+    ProtobufCBinaryData reply = rec->reply;
+    char *agg = rec->aggregate_id;
+    rec->reply.data = b.data;
+    rec->reply.len = b.len;
+    rec->unsettled = true;
+    rec->after_seq = after_seq;
+    rec->aggregate_id = (char *)agg_id;
+    ck_assert_int_eq(jl_buf_pack(&v, &rec->base), JL_OK);
+    uint64_t rev = 0;
+    ck_assert_int_eq(kvStore_Put(&rev, kv, key, v.data, (int)v.len), NATS_OK);
+    rec->reply = reply;
+    rec->aggregate_id = agg;
+    jetledger__command_record__free_unpacked(rec, NULL);
+    jl_buf_cleanup(&b);
+    jl_buf_cleanup(&v);
+    jl_reply_cleanup(&told);
     kvStore_Destroy(kv);
 }
 
