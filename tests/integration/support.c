@@ -420,3 +420,31 @@ Jetledger__CommandRecord *tcommand_record(jl_conn *c, const char *bucket, const 
     kvStore_Destroy(kv);
     return found;
 }
+
+void tpublish_raw(jl_conn *c, const char *subject, const void *data, size_t len)
+{
+    jsPubAck *pa = NULL;
+    ck_assert_int_eq(js_Publish(&pa, jl_conn_js(c), subject, data, (int)len, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+}
+
+void tpublish_commit(jl_conn *c, const char *subject, const char *id,
+                     const ProtobufCMessageDescriptor *type, const void *payload, size_t n)
+{
+    jl_decision d;
+    jl_buf b;
+    char first[JL_UUID_LEN + 1];
+    jl_decision_init(&d);
+    jl_buf_init(&b, 1 << 20);
+    ck_assert_int_eq(jl_buf_add(&d.bytes, payload, n), JL_OK);
+    d.types[0] = type;
+    d.offsets[0] = 0;
+    d.lens[0] = n;
+    d.n_events = 1;
+    jl_commit_meta meta = {
+        .aggregate_type = "order", .aggregate_id = id, .command_id = "test", .first_version = 1};
+    ck_assert_int_eq(jl_commit_encode(&b, first, &meta, &d), JL_OK);
+    tpublish_raw(c, subject, b.data, b.len);
+    jl_buf_cleanup(&b);
+    jl_decision_cleanup(&d);
+}

@@ -67,6 +67,16 @@ Jetledger__CommandRecord *tcommand_record(jl_conn *c, const char *bucket, const 
 Jetledger__RebuildStatus *tadmin(jl_conn *c, const char *subject, const ProtobufCMessage *m,
                                  jl_code *out_code, char *out_msg, size_t n);
 
+/** Publish @p data on @p subject of a stream, bypassing every producer. */
+void tpublish_raw(jl_conn *c, const char *subject, const void *data, size_t len);
+
+/**
+ * Publish on @p subject a commit of aggregate "order" @p id holding one event of type @p type
+ * with payload @p payload (@p n bytes), bypassing every producer.
+ */
+void tpublish_commit(jl_conn *c, const char *subject, const char *id,
+                     const ProtobufCMessageDescriptor *type, const void *payload, size_t n);
+
 /** Number of messages in a stream (0 if it does not exist). */
 uint64_t tstream_msgs(jl_conn *c, const char *stream);
 

@@ -1705,37 +1705,6 @@ START_TEST(list_orders_pages_with_a_cursor)
 }
 END_TEST
 
-/* Publish a raw message on an aggregate subject, bypassing the producer. */
-static void publish_raw(const char *subject, const void *data, size_t len)
-{
-    jsPubAck *pa = NULL;
-    ck_assert_int_eq(js_Publish(&pa, jl_conn_js(env.conn), subject, data, (int)len, NULL, NULL),
-                     NATS_OK);
-    jsPubAck_Destroy(pa);
-}
-
-/* Publish a commit holding one event of type @p type with payload @p payload. */
-static void publish_commit(const char *subject, const char *id,
-                           const ProtobufCMessageDescriptor *type, const void *payload, size_t n)
-{
-    jl_decision d;
-    jl_buf b;
-    char first[JL_UUID_LEN + 1];
-    jl_decision_init(&d);
-    jl_buf_init(&b, 1 << 20);
-    ck_assert_int_eq(jl_buf_add(&d.bytes, payload, n), JL_OK);
-    d.types[0] = type;
-    d.offsets[0] = 0;
-    d.lens[0] = n;
-    d.n_events = 1;
-    jl_commit_meta meta = {
-        .aggregate_type = "order", .aggregate_id = id, .command_id = "test", .first_version = 1};
-    ck_assert_int_eq(jl_commit_encode(&b, first, &meta, &d), JL_OK);
-    publish_raw(subject, b.data, b.len);
-    jl_buf_cleanup(&b);
-    jl_decision_cleanup(&d);
-}
-
 START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
 {
     char id[JL_UUID_LEN + 1], bad_id[JL_UUID_LEN + 1], subject[128];
@@ -1744,10 +1713,10 @@ START_TEST(undecodable_events_are_dead_lettered_and_projection_goes_on)
     ck_assert_int_eq(create_order(env.conn, "dave", id, NULL), JL_CODE_OK); /* seq 1 */
     jl_uuid_new(bad_id);
     snprintf(subject, sizeof(subject), "orders.events.order.%s", bad_id);
-    publish_raw(subject, "\xff\xfe garbage", 10); /* seq 2: not a commit at all */
+    tpublish_raw(env.conn, subject, "\xff\xfe garbage", 10); /* seq 2: not a commit at all */
     /* seq 3: a type the projector does not know; seq 4: a known type, broken payload */
-    publish_commit(subject, bad_id, &orders__get_order__descriptor, "", 0);
-    publish_commit(subject, bad_id, &orders__item_added__descriptor, "\xff\xff\xff", 3);
+    tpublish_commit(env.conn, subject, bad_id, &orders__get_order__descriptor, "", 0);
+    tpublish_commit(env.conn, subject, bad_id, &orders__item_added__descriptor, "\xff\xff\xff", 3);
     ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 5, &r), JL_CODE_OK); /* seq 5 */
 
     /* The producer refuses to act on an aggregate whose history it cannot read, clearly. */
@@ -1819,14 +1788,15 @@ START_TEST(a_dead_letter_is_logged_once_when_its_batch_is_applied_again)
     char bad_id[JL_UUID_LEN + 1], subject[128], path[1024];
     jl_uuid_new(bad_id);
     snprintf(subject, sizeof(subject), "orders.events.order.%s", bad_id);
-    publish_raw(subject, "\xff\xfe garbage", 10); /* seq 1 */
+    tpublish_raw(env.conn, subject, "\xff\xfe garbage", 10); /* seq 1 */
     Orders__ItemAdded item = ORDERS__ITEM_ADDED__INIT;
     item.sku = "kiwi";
     item.quantity = 1;
     item.unit_price_cents = 5;
     uint8_t body[64];
     size_t n = orders__item_added__pack(&item, body);
-    publish_commit(subject, bad_id, &orders__item_added__descriptor, body, n); /* seq 2 */
+    tpublish_commit(env.conn, subject, bad_id, &orders__item_added__descriptor, body,
+                    n); /* seq 2 */
     FILE *log = tlog_capture();
     jl_projector *p = projector_at("relogged", 10, 2, 2, path, sizeof(path));
     jl_projector_close(p, 1000);
@@ -1856,10 +1826,12 @@ START_TEST(events_with_text_that_is_not_utf8_are_dead_lettered)
     created.order_id = bad_id;
     created.customer_id = "bad\xff\xfe";
     size_t n = orders__order_created__pack(&created, buf);
-    publish_commit(subject, bad_id, &orders__order_created__descriptor, buf, n); /* seq 2 */
+    tpublish_commit(env.conn, subject, bad_id, &orders__order_created__descriptor, buf,
+                    n); /* seq 2 */
     /* seq 3: customer_id "ab" NUL "cd", which protobuf-c would cut to "ab" */
     static const uint8_t nul[] = {0x12, 0x05, 'a', 'b', 0, 'c', 'd'};
-    publish_commit(subject, bad_id, &orders__order_created__descriptor, nul, sizeof(nul));
+    tpublish_commit(env.conn, subject, bad_id, &orders__order_created__descriptor, nul,
+                    sizeof(nul));
     ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 5, &r), JL_CODE_OK); /* seq 4 */
     jl_reply_reset(&r);
     ck_assert_int_eq(add_item(env.conn, bad_id, "kiwi", 1, 5, &r), JL_CODE_INTERNAL);
@@ -1908,7 +1880,7 @@ START_TEST(an_event_the_read_model_refuses_is_parked_and_the_batch_goes_on)
     ia.unit_price_cents = 100;
     uint8_t buf[256];
     size_t n = orders__item_added__pack(&ia, buf);
-    publish_commit(subject, ghost, &orders__item_added__descriptor, buf, n); /* seq 3 */
+    tpublish_commit(env.conn, subject, ghost, &orders__item_added__descriptor, buf, n); /* seq 3 */
     jl_reply_reset(&r);
     ck_assert_int_eq(add_item(env.conn, id, "kiwi", 2, 50, &r), JL_CODE_OK); /* seq 4 */
     jl_reply_cleanup(&r);
@@ -1958,14 +1930,14 @@ START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
     for (int i = 0; i < BIG; i++) {       /* seq 52..144 */
         snprintf(sku, sizeof(sku), "big%02d", i);
         ia.sku = sku;
-        publish_commit(subject, id, &orders__item_added__descriptor, buf,
-                       orders__item_added__pack(&ia, buf));
+        tpublish_commit(env.conn, subject, id, &orders__item_added__descriptor, buf,
+                        orders__item_added__pack(&ia, buf));
     }
     ia.sku = "dear";
     ia.quantity = 1;
     ia.unit_price_cents = 5000000000000000000LL; /* past the price cap */
-    publish_commit(subject, id, &orders__item_added__descriptor, buf,
-                   orders__item_added__pack(&ia, buf));                         /* seq 145 */
+    tpublish_commit(env.conn, subject, id, &orders__item_added__descriptor, buf,
+                    orders__item_added__pack(&ia, buf));                        /* seq 145 */
     ck_assert_int_eq(create_order(env.conn, "after", other, NULL), JL_CODE_OK); /* seq 146 */
 
     char path[1024];
@@ -2225,7 +2197,8 @@ START_TEST(an_event_type_from_a_newer_version_is_unavailable_not_internal)
     jl_reply_init(&r);
     ck_assert_int_eq(create_order(env.conn, "newer", id, NULL), JL_CODE_OK);
     snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
-    publish_commit(subject, id, &orders__get_order__descriptor, "", 0); /* "unknown" type */
+    tpublish_commit(env.conn, subject, id, &orders__get_order__descriptor, "",
+                    0); /* "unknown" type */
     ck_assert_int_eq(add_item(env.conn, id, "kiwi", 1, 5, &r), JL_CODE_UNAVAILABLE);
     ck_assert_msg(strstr(r.message, "does not know") != NULL, "%s", r.message);
     jl_reply_cleanup(&r);

@@ -1750,6 +1750,22 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
     ck_assert_msg(strstr(r->err, "no longer holds sequences 1 to 2") != NULL &&
                       strstr(r->err, "from-time may fall among them") != NULL,
                   "%s", r->err);
+    /* An event the projector cannot use, the first (index 0) of its message: listed with its
+     * index, which is a value here and not a default to leave out. */
+    char id[JL_UUID_LEN + 1], subject[128];
+    jl_uuid_new(id);
+    snprintf(subject, sizeof(subject), "orders.events.order.%s", id);
+    tpublish_commit(env.conn, subject, id, &orders__get_order__descriptor, "", 0);
+    for (int64_t until = tnow_ms() + 10000;; usleep(100000)) {
+        CLI(r, url, "dead-letters", "order_summary");
+        ASSERT_CLI(r, 0);
+        if (strstr(r->out, "\"count\":1,") != NULL || tnow_ms() >= until)
+            break;
+    }
+    ck_assert_msg(strstr(r->out, "\"count\":1,") != NULL && strstr(r->out, subject) != NULL &&
+                      strstr(r->out, "{\"event_index\":0,\"stream\":\"ORDERS\",") != NULL &&
+                      strstr(r->out, "unknown event type 'orders.GetOrder'") != NULL,
+                  "%s", r->out);
     free(r);
     stop_gracefully(s, 2);
 }

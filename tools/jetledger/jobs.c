@@ -489,8 +489,22 @@ int cli_dead_letters(cli_ctx *ctx)
         for (size_t i = 0; s == JL_OK && i < dl->n_letters; i++) {
             if (i > 0)
                 s = jl_buf_adds(&b, ",");
+            /* event_index 0 (the first event of its message) is a value here, not a default
+             * to leave out: written first, then the rest without it. */
+            Jetledger__DeadLetter rest = *dl->letters[i];
+            rest.event_index = 0;
             if (s == JL_OK)
-                s = jl_pb_to_json(&b, &dl->letters[i]->base);
+                s = jl_buf_addf(&b, "{\"event_index\":%d", (int)dl->letters[i]->event_index);
+            size_t at = b.len;
+            if (s == JL_OK)
+                s = jl_pb_to_json(&b, &rest.base);
+            if (s == JL_OK && b.len - at > 2) /* "{...}": its '{' becomes the ',' */
+                b.data[at] = ',';
+            else if (s == JL_OK) { /* "{}" */
+                b.data[at] = '}';
+                b.len = at + 1;
+                b.data[b.len] = 0;
+            }
         }
         if (s == JL_OK)
             s = jl_buf_adds(&b, "]}\n");
