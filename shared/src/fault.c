@@ -16,7 +16,9 @@
  *
  * With JL_FAULT_ACTION=hang the thread that reaches the point blocks there for good instead
  * (holding what it holds), as a deadlock or a call that never returns would: the liveness
- * tests' stalled service.
+ * tests' stalled service. With JL_FAULT_ACTION=fail a point that can fail what follows it does,
+ * every time from the n-th on: "command.reread" (in a producer, the read that is to tell
+ * whether an append that timed out was stored).
  */
 #include <pthread.h>
 #include <signal.h>
@@ -32,7 +34,7 @@
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const char *point = NULL;
 static long after = 1;
-static bool hang;
+static bool hang, fail;
 static atomic_long hits;
 
 static void load(void)
@@ -43,15 +45,20 @@ static void load(void)
         after = atol(n);
     const char *a = getenv("JL_FAULT_ACTION");
     hang = a != NULL && strcmp(a, "hang") == 0;
+    fail = a != NULL && strcmp(a, "fail") == 0;
 }
 
-void jl__fault(const char *name)
+bool jl__fault(const char *name)
 {
     pthread_once(&once, load);
     if (point == NULL || strcmp(point, name) != 0)
-        return;
+        return false;
     if (atomic_fetch_add(&hits, 1) + 1 < after)
-        return;
+        return false;
+    if (fail) {
+        jl_log(JL_LOG_WARN, "fault point reached: failing", "\"point\":\"%s\"", name);
+        return true;
+    }
     if (!hang)
         raise(SIGKILL);
     jl_log(JL_LOG_WARN, "fault point reached: this thread hangs", "\"point\":\"%s\"", name);

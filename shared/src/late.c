@@ -64,34 +64,37 @@ static const char *recorded_msg(const late_record *r)
                      : "command id recorded late";
 }
 
-/* Whether KV entry @p e holds a marker (CommandRecord.unsettled), not a command's record. */
-static bool is_marker(kvEntry *e)
+/* Whether KV entry @p e holds a marker (CommandRecord.unsettled), not a command's record; its
+ * sequence into @p after_seq. */
+static bool is_marker(kvEntry *e, uint64_t *after_seq)
 {
     Jetledger__CommandRecord *rec =
         jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
     bool marker = rec != NULL && rec->unsettled;
+    *after_seq = marker ? rec->after_seq : 0;
     if (rec != NULL)
         jetledger__command_record__free_unpacked(rec, NULL);
     return marker;
 }
 
 /*
- * Put marker @p r where its key has no record or another marker (of an earlier copy of the
+ * Put marker @p r where its key has no record or an earlier marker (of an earlier copy of the
  * command whose outcome was unknown too: this one says where the later copy would be), never
- * over a command's record (written by a repeat that settled it: what the marker stood in for).
- * Compare-and-set on the key's revision, so that a record written meanwhile is not overwritten.
+ * over a command's record (written by a repeat that settled it: what the marker stood in for)
+ * nor over a later marker (this one's retries outlasted it, or another replica's). Compare-and-
+ * set on the key's revision, so that what is written meanwhile is not overwritten.
  */
 static natsStatus put_marker(jl__late *l, late_record *r)
 {
     natsStatus ns = NATS_OK;
     for (int i = 0; i < 3; i++) {
         kvEntry *cur = NULL;
-        uint64_t rev = 0;
+        uint64_t rev = 0, after = 0;
         ns = kvStore_Get(&cur, l->kv, r->key);
         if (ns == NATS_NOT_FOUND)
             ns = kvStore_Create(&rev, l->kv, r->key, r->value, (int)r->len);
-        else if (ns == NATS_OK && !is_marker(cur))
-            ns = NATS_OK; /* a record: nothing to put */
+        else if (ns == NATS_OK && (!is_marker(cur, &after) || after + 1 > r->seq))
+            ns = NATS_OK; /* a record, or a later marker: nothing to put */
         else if (ns == NATS_OK)
             ns = kvStore_Update(&rev, l->kv, r->key, r->value, (int)r->len, kvEntry_Revision(cur));
         kvEntry_Destroy(cur);

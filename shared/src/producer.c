@@ -869,8 +869,12 @@ static bool remembered(cmd *c, const void *value, size_t len, jl_reply *r)
         } else if (rec->unsettled && strcmp(rec->aggregate_id, c->agg_id) == 0) {
             /* Its first copy's outcome was never known: read where its commit would be. */
             seen = false;
+            /* Two markers (the bucket's and one kept here, or one met on a lookup made again):
+             * the later one is where the latest copy would be; the earlier copies were read as
+             * not stored before it was written. */
+            if (!c->resolve || rec->after_seq > c->resolve_after)
+                c->resolve_after = rec->after_seq;
             c->resolve = true;
-            c->resolve_after = rec->after_seq;
         } else if (!used_for_another(c, rec->command_type, rec->aggregate_id, r)) {
             seen = jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK;
             r->duplicate = seen; /* unreadable record: handle the command as new */
@@ -944,9 +948,10 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
 }
 
 /*
- * Command @p c's append ended with its outcome unknown ("may or may not be stored"): its entry
- * is stale (the next command reads whether it was), and its entry's last sequence, after_seq,
- * is where the subject was when it was sent. Nothing records its id: a repeat past
+ * Command @p c's append ended with its outcome unknown ("may or may not be stored"), or stored
+ * but unread: its entry is stale (the next command reads whether it was), and @p after_seq is
+ * where the subject was when it was sent (a stored copy is the first commit after it; every
+ * earlier copy was read as not stored, or expected the same). Nothing records its id: a repeat past
  * JetStream's duplicate window, after a later command of the aggregate (or a snapshot) folded
  * a stored copy in, would be decided again. A marker is recorded instead, put in the
  * background (p->late) and never over a record: a repeat that finds it reads the subject's
@@ -954,10 +959,9 @@ static void not_remembered(jl_producer *p, cmd *c, const char *why)
  * sequence), and answers from it, or decides the command if another's is there or none
  * (start_one, load_read). Under p->mu.
  */
-static void outcome_unknown(jl_producer *p, cmd *c)
+static void outcome_unknown_after(jl_producer *p, cmd *c, uint64_t after_seq)
 {
     c->entry->stale = true;
-    uint64_t after_seq = c->entry->last_seq;
     if (!c->client_id || p->late == NULL || p->commands == NULL)
         return;
     jl_reply told; /* what a producer that does not know markers answers a repeat */
@@ -972,6 +976,12 @@ static void outcome_unknown(jl_producer *p, cmd *c)
         jl__late_add_marker(p->late, key, c->cmd_id, c->agg_id, after_seq + 1, p->kv_value.data,
                             p->kv_value.len);
     jl_reply_cleanup(&told);
+}
+
+/* As outcome_unknown_after(), where the entry's last sequence is the one its append expected. */
+static void outcome_unknown(jl_producer *p, cmd *c)
+{
+    outcome_unknown_after(p, c, c->entry->last_seq);
 }
 
 static bool record_async(jl_producer *p, cmd *c, const jl_reply *r);
@@ -1700,14 +1710,21 @@ static jl_status find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, u
     uint64_t seq = 0;
     natsStatus ns = NATS_OK;
     uint64_t v = version_at(p, from_seq, c->subject, &seq, id, type, cmd_id, NULL, &ns);
-    if (ns == NATS_NOT_FOUND)
+    /* Not found where the read met a commit: a replica behind the read answered the get (with
+     * one replica, the commits were removed since, and the answer stands). */
+    if (ns == NATS_NOT_FOUND && (rc->last_seq < from_seq || p->replicas <= 1))
         return JL_OK; /* no commit there: not stored */
     if (v == 0) {
+        char why[96];
+        snprintf(why, sizeof(why), "none found, though the aggregate's read reached %" PRIu64,
+                 rc->last_seq);
         snprintf(rc->err, sizeof(rc->err),
                  "cannot read where the commit of command id '%s' would be (from sequence "
                  "%" PRIu64 "): %s",
                  c->cmd_id, from_seq,
-                 ns == NATS_OK ? "it cannot be decoded" : natsStatus_GetText(ns));
+                 ns == NATS_OK          ? "it cannot be decoded"
+                 : ns == NATS_NOT_FOUND ? why
+                                        : natsStatus_GetText(ns));
         return JL_ERR_UNAVAILABLE;
     }
     if (strcmp(cmd_id, c->cmd_id) == 0 && strcmp(id, c->agg_id) == 0) {
@@ -1758,7 +1775,10 @@ static void *load_read(void *ctx, void *item)
         c->load_from_snapshot = snapshots_on(p) && load_snapshot(p, c->agg_id, rc);
     }
     c->load_snap_seq = c->load_from_snapshot ? rc->last_seq : e->snap_seq;
-    if (c->verifying) {
+    if (c->catching_up && c->timed_out && jl__fault("command.reread")) {
+        c->load_status = JL_ERR_UNAVAILABLE; /* the fault tests' failed read */
+        snprintf(rc->err, sizeof(rc->err), "fault injected at command.reread");
+    } else if (c->verifying) {
         c->load_status = verify_read(p, c, rc);
         c->load_checked = true;
     } else {
@@ -1867,7 +1887,9 @@ static void settle_duplicate(jl_producer *p, cmd *c, jl_reply *r)
     }
     if (c->dup_id[0] == 0) {
         /* The original could not be read (a leader moving): its version, even its aggregate,
-         * unknown. Not a reply to record for the command-id TTL: sent again, it is settled. */
+         * unknown. Not a reply to record for the command-id TTL: sent again, it is settled, by
+         * a marker past the duplicate window (the commit, when on this aggregate, is at seq). */
+        outcome_unknown_after(p, c, seq - 1);
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "command id '%s' was stored before (stream sequence %" PRIu64
                        ") but cannot be read now; try again",
@@ -1904,6 +1926,7 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
     p->n_loading--;
     jl_reply_reset(r);
     snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    uint64_t sent_after = e->last_seq; /* what a timed-out append of c expected (busy since) */
     p->stats.loads += !c->catching_up;
     p->stats.snapshot_loads += c->load_from_snapshot;
     e->version = rc->version;
@@ -1933,6 +1956,17 @@ static void load_done(void *ctx, void *item, void *prepared, uint64_t tag, int64
     if (c->dup_seq != 0) {
         settle_duplicate(p, c, r);
     } else if (e->stale) {
+        if (c->timed_out) {
+            /* The read that was to tell whether the timed-out attempt was stored failed. */
+            char why[sizeof(r->message)];
+            jl_code code = r->code;
+            snprintf(why, sizeof(why), "%s", r->message);
+            outcome_unknown_after(p, c, sent_after);
+            jl_reply_reset(r);
+            snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+            jl_reply_error(
+                r, code, "an attempt timed out, and its events may or may not be stored: %s", why);
+        }
         finish(p, c, r);
         release_entry(p, e);
     } else if (rc->watch_seq != 0 && used_for_another(c, rc->watch_type, c->agg_id, r)) {
@@ -2027,7 +2061,9 @@ static void on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
         e->stale = true;
         if (p->closing) {
             /* Past the close's wait: no more reads. Stored, but its reply is not known here;
-             * a retry (same id) gets it from the next producer. */
+             * a retry (same id) gets it from the next producer, past the duplicate window by
+             * the marker (p->late is written at close). */
+            outcome_unknown_after(p, c, pa->Sequence - 1);
             jl_reply_error(r, JL_CODE_UNAVAILABLE, "the producer is shutting down; try again");
             finish(p, c, r);
             release_entry(p, e);

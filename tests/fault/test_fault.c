@@ -986,14 +986,14 @@ START_TEST(append_stored_after_a_timeout_is_answered_as_stored)
 }
 END_TEST
 
-/* Move @p stream's leader (stepdowns, bounded) until it is @p other's: pausing @p other's
- * followers then leaves both leaders running. */
-static void lead_with(const char *stream, const char *other)
+/* Move @p stream's leader (stepdowns, bounded) until it is @p other's (NULL: node @p node):
+ * pausing @p other's followers then leaves both leaders running. */
+static void lead_with(const char *stream, const char *other, int node)
 {
     char subject[128];
     snprintf(subject, sizeof(subject), "$JS.API.STREAM.LEADER.STEPDOWN.%s", stream);
     for (int i = 0; i < 30; i++) {
-        int want = stream_leader(other), now = stream_leader(stream);
+        int want = other != NULL ? stream_leader(other) : node, now = stream_leader(stream);
         if (want >= 0 && now == want)
             return;
         if (now >= 0) {
@@ -1003,57 +1003,75 @@ static void lead_with(const char *stream, const char *other)
         }
         nats_Sleep(500); /* a new leader elected */
     }
-    ck_abort_msg("%s's leader never moved to %s's", stream, other);
+    ck_abort_msg("%s's leader never moved to %s's", stream, other ? other : "the node");
 }
 
-/* An append whose ack does not come before the command's deadline (no quorum): answered
- * "may or may not be stored", with a marker for a record. Stored once the quorum is back, a
- * repeat past JetStream's duplicate window, after a later command of the aggregate, is
+/* A command with id @p cmd_id sent with both followers paused, to a producer on the leader
+ * with @p env (a duplicate window of 1 s among them), is answered "may or may not be stored",
+ * (and, when not NULL, @p says), with a marker for a record. Stored once the quorum is
+ * back, a repeat past JetStream's duplicate window, after a later command of the aggregate, is
  * answered from that commit: no second effect. */
-START_TEST(unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect)
+static void unknown_outcome_then_a_repeat(const char *const env[3], const char *cmd_id,
+                                          const char *says)
 {
-    /* A short command deadline and duplicate window. */
-    static const char *const env[3] = {"JL_REQUEST_TIMEOUT=1500", "JL_DUPLICATE_WINDOW=1",
-                                       "JL_LOG_LEVEL=debug"};
     svc *prod = NULL;
     char id[JL_UUID_LEN + 1], url[64];
     Orders__AddItem ai;
     jl_conn *lc = producer_on_leader(&prod, id, url, env, &ai);
+    int node = -1; /* the producer's and the test's server */
+    for (int i = 0; i < NODES; i++)
+        if (cl.client_port[i] == atoi(strrchr(url, ':') + 1))
+            node = i;
+    ck_assert_int_ge(node, 0);
     jl_reply r;
     jl_reply_init(&r);
     /* The command id is looked up first, by a direct get that any replica of its bucket may
-     * answer, a paused one too: then nothing was appended, and the test tries again. */
+     * answer, a paused one too: then nothing was appended, and the test tries again. And an
+     * attempt that met a quorum all the same (ok: the pause did not take, the item stored under
+     * that id) is one more commit, and the test tries again with another id. */
     natsStatus ns = NATS_OK;
+    char try_id[64];
+    const char *base = cmd_id;
+    uint64_t stored = 0; /* commits of such attempts */
     ai.sku = "sku-1";
     for (int attempt = 0; attempt < 10; attempt++) {
-        lead_with("KV_jl_commands_ORDERS", "ORDERS");
-        pid_t child = pause_followers("ORDERS", "an AddItem with a command id sent meanwhile "
-                                                "(a 1.5 s deadline)");
-        ns = tsend(lc, "orders", false, &ai.base, "marker-1", &r);
-        printf("reply: %s %s\n", ns == NATS_OK ? jl_code_str(r.code) : natsStatus_GetText(ns),
-               r.message);
+        snprintf(try_id, sizeof(try_id), "%s-%d", base, attempt);
+        cmd_id = try_id;
+        /* The stream's leader may have moved in an earlier attempt's pause (a leader without
+         * its quorum steps down): pausing its followers would then pause the producer's
+         * server, and the command would simply wait for the pause to end. */
+        lead_with("ORDERS", NULL, node);
+        lead_with("KV_jl_commands_ORDERS", "ORDERS", -1);
+        pid_t child = pause_followers("ORDERS", "an AddItem with a command id sent meanwhile");
+        int64_t t0 = tnow_ms();
+        ns = tsend(lc, "orders", false, &ai.base, cmd_id, &r);
+        printf("reply after %" PRId64 " ms: %s %s\n", tnow_ms() - t0,
+               ns == NATS_OK ? jl_code_str(r.code) : natsStatus_GetText(ns), r.message);
+        fflush(stdout);
         waitpid(child, NULL, 0);
-        if (ns != NATS_OK || strstr(r.message, "could not be looked up") == NULL)
+        stored += ns == NATS_OK && r.code == JL_CODE_OK;
+        if (ns != NATS_OK ||
+            (r.code != JL_CODE_OK && strstr(r.message, "could not be looked up") == NULL))
             break;
         wait_replicas_current("ORDERS", 30000);
     }
     ck_assert_int_eq(ns, NATS_OK);
     ck_assert_msg(r.code == JL_CODE_UNAVAILABLE && strstr(r.message, "may or may not") != NULL,
                   "%s: %s", jl_code_str(r.code), r.message);
+    ck_assert_msg(says == NULL || strstr(r.message, says) != NULL, "%s, not: %s", r.message, says);
     /* The quorum back, the copy is stored, and the marker put by the producer. */
     wait_replicas_current("ORDERS", 30000);
-    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 3);
+    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 3 + stored);
     Jetledger__CommandRecord *rec = NULL;
     int64_t deadline = tnow_ms() + 30000;
-    while ((rec = tcommand_record(conn, "jl_commands_ORDERS", "marker-1", NULL)) == NULL &&
+    while ((rec = tcommand_record(conn, "jl_commands_ORDERS", cmd_id, NULL)) == NULL &&
            tnow_ms() < deadline)
         nats_Sleep(200);
-    ck_assert_msg(rec != NULL, "no record of marker-1: see %s", prod->log);
-    printf("verified: the record of marker-1 is a marker (unsettled %d, after sequence %" PRIu64
-           ")\n",
-           (int)rec->unsettled, rec->after_seq);
+    ck_assert_msg(rec != NULL, "no record of %s: see %s", cmd_id, prod->log);
+    printf("verified: the record of %s is a marker (unsettled %d, after sequence %" PRIu64 ")\n",
+           cmd_id, (int)rec->unsettled, rec->after_seq);
     ck_assert(rec->unsettled);
-    ck_assert_uint_eq(rec->after_seq, 2);
+    ck_assert_uint_eq(rec->after_seq, 2 + stored);
     jetledger__command_record__free_unpacked(rec, NULL);
 
     /* A later command folds the copy in; the repeat comes past the window. */
@@ -1065,15 +1083,36 @@ START_TEST(unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect)
     }
     nats_Sleep(1500);
     ai.sku = "sku-1";
-    ck_assert_int_eq(tsend(lc, "orders", false, &ai.base, "marker-1", &r), NATS_OK);
+    ck_assert_int_eq(tsend(lc, "orders", false, &ai.base, cmd_id, &r), NATS_OK);
     printf("repeat: %s, duplicate %d, sequence %" PRIu64 "\n", jl_code_str(r.code),
            (int)r.duplicate, r.stream_seq);
     ck_assert_msg(r.code == JL_CODE_OK && r.duplicate, "%s: %s", jl_code_str(r.code), r.message);
-    ck_assert_uint_eq(r.stream_seq, 3);
-    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 4);
-    printf("verified: 4 commits, the repeat answered from the stored copy\n");
+    ck_assert_uint_eq(r.stream_seq, 3 + stored);
+    ck_assert_uint_eq(stream_msgs_when_known("ORDERS"), 4 + stored);
+    printf("verified: %" PRIu64 " commits, the repeat answered from the stored copy\n", 4 + stored);
     jl_reply_cleanup(&r);
     jl_conn_close(lc, 0);
+}
+
+/* The ack does not come before the command's deadline (no quorum). */
+START_TEST(unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect)
+{
+    /* A short command deadline and duplicate window. */
+    static const char *const env[3] = {"JL_REQUEST_TIMEOUT=1500", "JL_DUPLICATE_WINDOW=1",
+                                       "JL_LOG_LEVEL=debug"};
+    unknown_outcome_then_a_repeat(env, "marker-1", NULL);
+}
+END_TEST
+
+/* The append timed out, its resend met the stored copy ("wrong last sequence"), and the read
+ * that was to tell whether the copy is this command's failed (injected). */
+START_TEST(a_failed_read_after_a_timed_out_append_leaves_a_marker)
+{
+    static const char *const env[3] = {"JL_FAULT_POINT=command.reread", "JL_FAULT_ACTION=fail",
+                                       "JL_DUPLICATE_WINDOW=1"};
+    unknown_outcome_then_a_repeat(env, "marker-2",
+                                  "an attempt timed out, and its events may or may not be stored: "
+                                  "event store unavailable: fault injected at command.reread");
 }
 END_TEST
 
@@ -1149,6 +1188,7 @@ int main(void)
     tcase_add_test(resend, append_stored_after_a_timeout_is_answered_as_stored);
     tcase_add_test(resend, store_append_stored_after_a_timeout_is_found);
     tcase_add_test(resend, unknown_outcome_leaves_a_marker_and_a_repeat_has_no_second_effect);
+    tcase_add_test(resend, a_failed_read_after_a_timed_out_append_leaves_a_marker);
     suite_add_tcase(s, resend);
     return trun(s);
 }
