@@ -376,7 +376,8 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
     while (s == JL_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         Dashboard__DayPoint *p = &rows[n];
         dashboard__day_point__init(p);
-        snprintf(days[n], sizeof(days[n]), "%s", (const char *)sqlite3_column_text(st, 0));
+        const char *day = (const char *)sqlite3_column_text(st, 0); /* NULL: out of memory */
+        snprintf(days[n], sizeof(days[n]), "%s", day ? day : "");
         p->day = days[n];
         p->units = sqlite3_column_int64(st, 1);
         p->revenue_cents = sqlite3_column_int64(st, 2);

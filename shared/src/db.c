@@ -176,6 +176,32 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what)
     return s == JL_OK ? JL_ERR_SQLITE : s;
 }
 
+/* WAL, or an error: queries beside the applying connection, and a rebuild or verify reading
+ * beside it, rely on it. SQLite answers the mode in force, not an error, where it cannot be set
+ * (a file system without shared memory, a rollback journal held by another connection). */
+static jl_status wal_mode(jl_db *db)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->h, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    jl_status s = JL_OK;
+    if (rc != SQLITE_ROW) {
+        s = jl_db_fail(db, rc, "cannot set the journal mode");
+    } else {
+        const char *mode = (const char *)sqlite3_column_text(st, 0);
+        if (mode == NULL || sqlite3_stricmp(mode, "wal") != 0) {
+            snprintf(db->err, sizeof(db->err),
+                     "%s: SQLite cannot use write-ahead logging there (journal mode stays %s): "
+                     "put the data directory on a local file system",
+                     db->path, mode ? mode : "unknown");
+            s = JL_ERR_IO;
+        }
+    }
+    sqlite3_finalize(st);
+    return s;
+}
+
 jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err, size_t errlen)
 {
     jl_status s = JL_OK;
@@ -200,7 +226,9 @@ jl_status jl_db_open(jl_db **out_db, const char *path, bool readonly, char *err,
     sqlite3_extended_result_codes(db->h, 1);
     sqlite3_busy_timeout(db->h, JL_DB_BUSY_MS);
     if (!readonly)
-        s = jl_db_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+        s = wal_mode(db);
+    if (s == JL_OK && !readonly)
+        s = jl_db_exec(db, "PRAGMA synchronous=NORMAL;");
     if (s == JL_OK && !readonly)
         s = start_checkpointer(db);
     if (s == JL_OK)

@@ -248,7 +248,9 @@ static jl_status init_database(jl_projector *p)
         const char *proj = (const char *)sqlite3_column_text(st, 0);
         const char *stream = (const char *)sqlite3_column_text(st, 1);
         p->db_version = sqlite3_column_int(st, 2);
-        if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->src[0].stream) != 0) {
+        if (proj == NULL || stream == NULL) { /* NOT NULL columns: out of memory */
+            s = jl_db_fail(db, SQLITE_NOMEM, "cannot read jl_state");
+        } else if (strcmp(proj, p->def->name) != 0 || strcmp(stream, p->src[0].stream) != 0) {
             set_err(p, "%s belongs to projector %s on stream %s, not %s on %s", p->db_path, proj,
                     stream, p->def->name, p->src[0].stream);
             s = JL_ERR_INVALID;
