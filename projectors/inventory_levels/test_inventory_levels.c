@@ -144,16 +144,19 @@ START_TEST(list_low_stock_pages_and_refuses_bad_arguments)
         snprintf(cursor, sizeof(cursor), "%s", res->next_cursor);
         inventory__list_low_stock_result__free_unpacked(res, NULL);
     }
-    if (cursor[0] != 0) { /* the last page may still say where it ended: then it is empty */
-        Inventory__ListLowStock q = INVENTORY__LIST_LOW_STOCK__INIT;
-        q.cursor = cursor;
-        ck_assert_int_eq(ask(&q.base, &r), JL_OK);
-        Inventory__ListLowStockResult *res =
-            inventory__list_low_stock_result__unpack(NULL, r.result.len, r.result.data);
-        ck_assert_ptr_nonnull(res);
-        ck_assert_uint_eq(res->n_levels, 0);
-        inventory__list_low_stock_result__free_unpacked(res, NULL);
-    }
+    ck_assert_msg(cursor[0] == 0, "a next page after the last one: %s", cursor);
+    /* One page of the default size: both, and pear (20) is not low. */
+    Inventory__ListLowStock all = INVENTORY__LIST_LOW_STOCK__INIT;
+    ck_assert_int_eq(ask(&all.base, &r), JL_OK);
+    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
+    Inventory__ListLowStockResult *res =
+        inventory__list_low_stock_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_uint_eq(res->n_levels, 2);
+    ck_assert_str_eq(res->levels[0]->sku, "apple");
+    ck_assert_str_eq(res->levels[1]->sku, "kiwi");
+    ck_assert_str_eq(res->next_cursor, "");
+    inventory__list_low_stock_result__free_unpacked(res, NULL);
     jl_reply_cleanup(&r);
 
     Inventory__ListLowStock q = INVENTORY__LIST_LOW_STOCK__INIT;

@@ -2336,6 +2336,7 @@ static void submit(jl_producer *p, const request *rq)
         if ((seen != NULL ? seen->mark : p->evicted_mark) <= gen)
             break;
         gen = atomic_load(&p->record_gen);
+        p->stats.records_read_again++;
         pthread_mutex_unlock(&p->mu);
         bool told = recall_stored(p, c->cmd_id, &stored, &stored_len);
         pthread_mutex_lock(&p->mu);

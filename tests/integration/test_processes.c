@@ -830,32 +830,41 @@ START_TEST(second_sigint_ends_services_at_once)
 }
 END_TEST
 
-/* The same with the second signal surely while the graceful stop is under way: the server is
- * paused, so the stop's drain waits on it (bounded, seconds); a second signal then cuts it
- * short with exactly 130, at once. */
+/* The same with the second signal surely while the graceful stop is under way, for a producer
+ * and a projector: the server is paused, so the stop's drain waits on it (bounded, seconds); a
+ * second signal then cuts it short with exactly 130, at once. */
 START_TEST(second_signal_during_graceful_stop_exits_130)
 {
     char data[600], tail[1500];
-    svc proj;
     snprintf(data, sizeof(data), "%s/p", env.dir);
-    svc_start(&proj, "order_summary", "summary.log", env.cfg.nats_url, data, 0, NULL);
-    wait_summary_answers(&proj);
-    pid_t server = jl_natsd_pid(env.natsd);
-    ck_assert_int_eq(jl_proc_pause(server), 0);
-    ck_assert_int_eq(kill(proj.pid, SIGINT), 0);
-    bool stopping = wait_log(proj.log, "\"msg\":\"stopping\"", 5000);
-    bool alive = jl_proc_alive(proj.pid);
-    ck_assert_int_eq(kill(proj.pid, SIGINT), 0);
-    int64_t t0 = tnow_ms();
-    int st = svc_stop(&proj, 0, 3000);
-    int64_t took = tnow_ms() - t0;
-    kill(server, SIGCONT); /* before any assertion: the server outlives this test */
-    ck_assert_msg(stopping, "no 'stopping': %s", log_tail(proj.log, tail, sizeof(tail)));
-    ck_assert_msg(alive, "the graceful stop ended with the server paused: %s",
-                  log_tail(proj.log, tail, sizeof(tail)));
-    ck_assert_msg(st == 130 && file_count(proj.log, "second signal: exiting now") == 1,
-                  "status %d: %s", st, log_tail(proj.log, tail, sizeof(tail)));
-    ck_assert_int_lt(took, 1500);
+    const char *const names[] = {"orders", "order_summary"};
+    for (int i = 0; i < 2; i++) {
+        svc s;
+        char log[32];
+        snprintf(log, sizeof(log), "%s.log", names[i]);
+        svc_start(&s, names[i], log, env.cfg.nats_url, i == 1 ? data : NULL, 0, NULL);
+        if (i == 1)
+            wait_summary_answers(&s);
+        else
+            wait_orders_answer(&s);
+        pid_t server = jl_natsd_pid(env.natsd);
+        ck_assert_int_eq(jl_proc_pause(server), 0);
+        ck_assert_int_eq(kill(s.pid, SIGINT), 0);
+        bool stopping = wait_log(s.log, "\"msg\":\"stopping\"", 5000);
+        bool alive = jl_proc_alive(s.pid);
+        ck_assert_int_eq(kill(s.pid, SIGINT), 0);
+        int64_t t0 = tnow_ms();
+        int st = svc_stop(&s, 0, 3000);
+        int64_t took = tnow_ms() - t0;
+        kill(server, SIGCONT); /* before any assertion: the server outlives this test */
+        ck_assert_msg(stopping, "%s: no 'stopping': %s", names[i],
+                      log_tail(s.log, tail, sizeof(tail)));
+        ck_assert_msg(alive, "%s: the graceful stop ended with the server paused: %s", names[i],
+                      log_tail(s.log, tail, sizeof(tail)));
+        ck_assert_msg(st == 130 && file_count(s.log, "second signal: exiting now") == 1,
+                      "%s: status %d: %s", names[i], st, log_tail(s.log, tail, sizeof(tail)));
+        ck_assert_int_lt(took, 1500);
+    }
 }
 END_TEST
 
@@ -1067,7 +1076,9 @@ START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
                   "%s", log_tail(locked.log, tail, sizeof(tail)));
     nats_Sleep(600); /* a renewal already past the lock when the thread hung: done by now */
     ck_assert_msg(!renewed_within(alive[0], 2000), "a stuck producer renewed %s", alive[0]);
-    svc_stop(&locked, SIGKILL, 5000);
+    /* Stuck, not gone: its file is there, not renewed, and it runs until killed (137). */
+    ck_assert_int_eq(access(alive[0], F_OK), 0);
+    ck_assert_int_eq(svc_stop(&locked, SIGKILL, 5000), 137);
 
     svc_extra[1] = "JL_REQUEST_TIMEOUT=100";
     snprintf(svc_fault_point, sizeof(svc_fault_point), "command.load");
@@ -1106,8 +1117,10 @@ START_TEST(a_stuck_service_stops_renewing_its_liveness_file)
                       alive[i + 1]);
     }
     printf("verified: each renewed it while idle, none once stuck\n");
-    for (int i = 0; i < 2; i++)
-        svc_stop(&s[i], SIGKILL, 5000);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(access(alive[i + 1], F_OK), 0);
+        ck_assert_int_eq(svc_stop(&s[i], SIGKILL, 5000), 137);
+    }
 }
 END_TEST
 
@@ -1140,7 +1153,8 @@ START_TEST(a_projector_whose_query_never_ends_stops_renewing_its_liveness_file)
         log_tail(s.log, tail, sizeof(tail)));
     ck_assert_msg(!renewed_within(alive, 2000), "a stuck projector renewed %s", alive);
     printf("verified: its liveness file is no longer renewed\n");
-    svc_stop(&s, SIGKILL, 5000);
+    ck_assert_int_eq(access(alive, F_OK), 0);
+    ck_assert_int_eq(svc_stop(&s, SIGKILL, 5000), 137);
 }
 END_TEST
 
@@ -1826,6 +1840,21 @@ START_TEST(cli_instance_sends_a_job_to_that_instance_of_a_projector)
 }
 END_TEST
 
+/* Files in @p dir whose names start with @p prefix and end in .db. */
+static int count_files(const char *dir, const char *prefix)
+{
+    char cmdline[PATH_MAX + 64];
+    snprintf(cmdline, sizeof(cmdline), "ls %s | grep -c '^%s.*[.]db$' || true", dir, prefix);
+    FILE *f = popen(cmdline, "r");
+    int n = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%d", &n) != 1)
+            n = 0;
+        pclose(f);
+    }
+    return n;
+}
+
 /* Start orders and order_summary on a stream of 60,000 events, and `jetledger rebuild
  * order_summary` in the background (its output in @p log), once its rebuild has started. */
 static pid_t cli_following_a_rebuild(svc s[2], char *log, size_t n)
@@ -1901,7 +1930,10 @@ START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
      * for it to stop and says so: exit 1, the live model untouched. */
     svc s[2];
     char log[700], tail[1500];
+    char data[600], live[PATH_MAX], after[PATH_MAX];
+    snprintf(data, sizeof(data), "%s/p", env.dir);
     pid_t cli = cli_following_a_rebuild(s, log, sizeof(log));
+    tlive_file(data, "order_summary", live, sizeof(live));
     ck_assert_int_eq(kill(cli, SIGINT), 0);
     int st = -1;
     ck_assert_int_eq(jl_proc_stop(cli, 0, 30000, &st), 0);
@@ -1912,6 +1944,11 @@ START_TEST(cli_ctrl_c_cancels_its_rebuild_and_exits_1)
                   "%s", log_tail(log, tail, sizeof(tail)));
     ck_assert_msg(log_has_line(s[1].log, "\"msg\":\"rebuild failed\"", "cancelled"), "%s",
                   log_tail(s[1].log, tail, sizeof(tail)));
+    /* The live model is the one it was, still answering; the rebuild's file is gone. */
+    tlive_file(data, "order_summary", after, sizeof(after));
+    ck_assert_str_eq(after, live);
+    ck_assert_int_eq(count_files(data, "order_summary.rebuild-"), 0);
+    wait_summary_answers(&s[1]);
     stop_gracefully(s, 2);
 }
 END_TEST
@@ -2300,20 +2337,6 @@ static void live_db(const char *dir, char *out, size_t n)
         snprintf(name, sizeof(name), "order_summary.db");
     name[strcspn(name, "\n")] = 0;
     snprintf(out, n, "%s/%s", dir, name);
-}
-
-static int count_files(const char *dir, const char *prefix)
-{
-    char cmdline[PATH_MAX + 64];
-    snprintf(cmdline, sizeof(cmdline), "ls %s | grep -c '^%s.*[.]db$' || true", dir, prefix);
-    FILE *f = popen(cmdline, "r");
-    int n = 0;
-    if (f != NULL) {
-        if (fscanf(f, "%d", &n) != 1)
-            n = 0;
-        pclose(f);
-    }
-    return n;
 }
 
 START_TEST(rebuild_killed_halfway_leaves_the_live_model_as_it_was)

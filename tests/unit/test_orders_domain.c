@@ -1604,8 +1604,17 @@ START_TEST(replaying_emitted_events_rebuilds_the_same_state)
         free(log[i]);
     }
     ck_assert_mem_eq(&replayed, &st, sizeof(st));
+    /* And that state is the one the commands describe, worked out by hand (both sides above
+     * come from the same bytes and the same evolve). */
     ck_assert_int_eq(replayed.status, ORDERS_STATUS_CONFIRMED);
+    ck_assert_str_eq(replayed.customer_id, "cust-1");
     ck_assert_uint_eq(replayed.n_items, 2);
+    ck_assert_str_eq(replayed.items[0].sku, "B");
+    ck_assert_int_eq(replayed.items[0].quantity, 2);
+    ck_assert_int_eq(replayed.items[0].unit_price_cents, 200);
+    ck_assert_str_eq(replayed.items[1].sku, "C");
+    ck_assert_int_eq(replayed.items[1].quantity, 1);
+    ck_assert_int_eq(replayed.items[1].unit_price_cents, 5);
 }
 END_TEST
 

@@ -145,6 +145,8 @@ typedef struct jl_producer_stats {
     uint64_t overloaded;         /**< refused: the producer held its limit of commands */
     uint64_t verified;           /**< refusals and no-op answers checked with the stream */
     uint64_t verified_stale;     /**< of those: the cache was behind; decided again */
+    uint64_t records_read_again; /**< command ids looked up again: their record was being
+                                      written when the first lookup was made */
     uint64_t in_progress;        /**< a gauge: commands taken and not yet answered */
 } jl_producer_stats;
 
