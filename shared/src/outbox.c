@@ -86,15 +86,18 @@ jl_status jl_outbox_add_keyed(jl_db *db, const char *service, const ProtobufCMes
     if (body == NULL)
         return JL_ERR_NOMEM;
     protobuf_c_message_pack(cmd, body);
-    sqlite3_stmt *st = jl_db_stmt(db, "INSERT OR IGNORE INTO jl_outbox (command_id, service, "
-                                      "command, body, correlation_id, causation_id, "
-                                      "created_at_ns, order_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    /* A command id queued before (a batch applied again) is not queued twice; any other
+     * failure to store the row (OR IGNORE would skip a NOT NULL one too) fails the batch. */
+    sqlite3_stmt *st = jl_db_stmt(db, "INSERT INTO jl_outbox (command_id, service, command, "
+                                      "body, correlation_id, causation_id, created_at_ns, "
+                                      "order_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                                      "ON CONFLICT (command_id) DO NOTHING");
     jl_status s = st != NULL ? JL_OK : JL_ERR_SQLITE;
     if (s == JL_OK) {
         sqlite3_bind_text(st, 1, command_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, service, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, cmd->descriptor->short_name, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, body, (int)n, SQLITE_TRANSIENT); /* freed below */
+        sqlite3_bind_blob(st, 4, body, (int)n, SQLITE_STATIC); /* freed after the step */
         sqlite3_bind_text(st, 5, correlation_id ? correlation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, causation_id ? causation_id : "", -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 7, jl__now_ns());
@@ -517,6 +520,14 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
     while (n < OUTBOX_BATCH && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         row *w = &rows[n];
         w->id = sqlite3_column_int64(st, 0);
+        /* NOT NULL columns: NULL is out of memory, and "(null)" must not go out as an id. */
+        bool texts = true;
+        for (int k = 1; k <= 7; k++)
+            texts = texts && (k == 6 || sqlite3_column_text(st, k) != NULL);
+        if (!texts) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
         snprintf(w->service, sizeof(w->service), "%s", sqlite3_column_text(st, 1));
         snprintf(w->command, sizeof(w->command), "%s", sqlite3_column_text(st, 2));
         snprintf(w->command_id, sizeof(w->command_id), "%s", sqlite3_column_text(st, 3));
@@ -531,8 +542,14 @@ static int read_pending(jl_db *db, int64_t after, row rows[OUTBOX_BATCH])
             rc = SQLITE_NOMEM;
             break;
         }
-        if (w->len > 0) /* an empty blob reads as NULL */
-            memcpy(w->body, sqlite3_column_blob(st, 6), (size_t)w->len);
+        const void *blob = sqlite3_column_blob(st, 6); /* an empty blob reads as NULL */
+        if (w->len > 0 && blob == NULL) {
+            free(w->body);
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        if (w->len > 0)
+            memcpy(w->body, blob, (size_t)w->len);
         n++;
     }
     sqlite3_reset(st);
@@ -651,7 +668,7 @@ static pass send_pending(jl_projector *p, sender *snd, held_set *held, jl_db *db
  * producers remember command ids; after that a row has nothing left to prove): delete them,
  * oldest first, in transactions of PRUNE_CHUNK rows so that apply never waits long. Rows still
  * waiting (a reservation held back "not now", say) stay, and do not keep the answered rows after
- * them. */
+ * them; so do final refusals, which nothing else acts on (an operator does, README). */
 static void prune_failed(jl_db *db)
 {
     char esc[512];
@@ -671,11 +688,11 @@ static void prune_answered(jl_projector *p, jl_db *db, uint64_t gen)
             pthread_mutex_unlock(&p->outbox_mu);
             return; /* switched: db is the old file */
         }
-        /* Through jl_outbox_replied: reads only the rows it deletes. */
+        /* Through jl_outbox_replied: reads the rows it deletes (and the refusals kept). */
         sqlite3_stmt *st =
             jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM jl_outbox WHERE "
-                           "replied_at_ns IS NOT NULL AND replied_at_ns < ? ORDER BY "
-                           "replied_at_ns LIMIT ?)");
+                           "replied_at_ns IS NOT NULL AND replied_at_ns < ? AND reply_code IN "
+                           "('ok', 'withdrawn') ORDER BY replied_at_ns LIMIT ?)");
         bool ok = st != NULL;
         if (ok) {
             sqlite3_bind_int64(st, 1, cutoff);

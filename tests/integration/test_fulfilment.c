@@ -674,6 +674,7 @@ START_TEST(a_refusal_its_handler_cannot_take_holds_back_only_its_own_order)
     place_order("damaged", la, 1, a);
     snprintf(refusal_fails_for, sizeof(refusal_fails_for), "%s", a);
     place_order("fine", la, 1, b); /* its reservation is decided after a's */
+    env.cfg.outbox_keep_s = 1;     /* b's refusal outlives it, its ok rows do not */
     runner_start(&process, &def);
     wait_status(b, "cancelled", 30000);
     outbox_reply(b, "CancelOrder", got, sizeof(got));
@@ -684,6 +685,16 @@ START_TEST(a_refusal_its_handler_cannot_take_holds_back_only_its_own_order)
     ck_assert_int_ge(atomic_load(&failed_refusals), 2); /* sent again, refused again */
     outbox_reply(a, "ReserveStock", got, sizeof(got));
     ck_assert_str_eq(got, ""); /* its refusal is not recorded while it cannot be taken */
+    /* Past the keep time b's CancelOrder (ok) is deleted; its refused ReserveStock, which
+     * nothing else acts on, stays for an operator. */
+    deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(100);
+        outbox_reply(b, "CancelOrder", got, sizeof(got));
+    } while (got[0] != 0 && tnow_ms() < deadline);
+    ck_assert_str_eq(got, "");
+    outbox_reply(b, "ReserveStock", got, sizeof(got));
+    ck_assert_str_eq(got, "rule_violation");
     jl_conn_sub_destroy(env.conn, fake);
 }
 END_TEST
