@@ -449,6 +449,9 @@ static void *conn_watch(void *arg)
             continue;
         conn_lost = true;
         pthread_mutex_unlock(&stop_mu);
+        /* Bounded from here, as a signal's stop is: a projector's stream loop stuck in an
+         * apply would otherwise keep jl_projector_run() from returning, not ready, for ever. */
+        stop_bound_start();
         jl_log(JL_LOG_ERROR, "nats connection closed for good: stopping",
                "\"hint\":\"the server refused this client (check its credentials); the "
                "service exits 1 to be started again\"");
@@ -557,6 +560,23 @@ static void close_and_release(jl_conn *conn, int64_t timeout_ms)
     jl_conn_release_library(1000);
 }
 
+/*
+ * The end of a service's run: "stopped", and its exit status (@p ok: 0, else 1). A service
+ * whose close gave up on a handler still running (!@p closed: its producer or projector left
+ * allocated) did not finish the work in hand: 1, and at once, with _exit(): the exit()
+ * handlers (the TLS library's clean-up among them) would run under the client library's
+ * threads, which go on.
+ */
+static int stopped(bool closed, bool ok)
+{
+    jl_log(JL_LOG_INFO, "stopped", NULL);
+    if (!closed) {
+        fflush(NULL);
+        _exit(JL_EXIT_FAILURE);
+    }
+    return ok ? JL_EXIT_OK : JL_EXIT_FAILURE;
+}
+
 int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
 {
     jl_config cfg;
@@ -616,10 +636,10 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     ready(false);
     probe_file(alive_path, false);
     /* Not freed: a handler may still use the connection, which then stays open until exit. */
-    if (jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2))
+    bool closed = jl_producer_close(p, JL_APP_SHUTDOWN_MS / 2);
+    if (closed)
         close_and_release(conn, JL_APP_SHUTDOWN_MS / 2);
-    jl_log(JL_LOG_INFO, "stopped", NULL);
-    return conn_lost ? JL_EXIT_FAILURE : JL_EXIT_OK;
+    return stopped(closed, !conn_lost);
 }
 
 static void stop_projector(void *closure)
@@ -686,8 +706,8 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     stop_fn = NULL;
     stop_closure = NULL;
     pthread_mutex_unlock(&stop_mu);
-    if (jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2))
+    bool closed = jl_projector_close(p, JL_APP_SHUTDOWN_MS / 2);
+    if (closed)
         close_and_release(conn, JL_APP_SHUTDOWN_MS / 2);
-    jl_log(JL_LOG_INFO, "stopped", NULL);
-    return s == JL_OK && !conn_lost ? JL_EXIT_OK : JL_EXIT_FAILURE;
+    return stopped(closed, s == JL_OK && !conn_lost);
 }
