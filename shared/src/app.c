@@ -371,7 +371,7 @@ static void log_stats(watched *w)
            jl_projector_dead_letters(w->projector), jl_projector_lost_deliveries(w->projector));
 }
 
-static void ready(bool up);
+static bool ready(bool up);
 
 /* The longest a service may show no progress and be alive: each of its waits is bounded by the
  * request timeout (a command's append, then a read after it), its retries back off 5 s at
@@ -434,8 +434,7 @@ static void *conn_watch(void *arg)
         pthread_mutex_unlock(&stop_mu);
         if (w->not_ready && (w->projector == NULL || jl_projector_serving(w->projector)) &&
             jl_conn_settle(w->conn)) {
-            ready(true); /* caught up, subscribed: it answers now */
-            w->not_ready = false;
+            w->not_ready = !ready(true); /* caught up, subscribed: it answers now */
         }
         alive(w);
         if (w->stats_every_ns > 0 && jl__mono_ns() - w->stats_at_ns >= w->stats_every_ns) {
@@ -493,13 +492,23 @@ static void fail(const char *what, jl_status s, const char *err)
 
 /* The readiness file: there while the service answers (a Kubernetes readiness probe tests it,
  * so that a rollout stops an old pod only once a new one has subscribed). */
-static void ready(bool up)
+/* Write (@p up) or remove the readiness file; false when it could not be written, which the
+ * watch tries again (a moment without space or descriptors must not leave a service that
+ * answers unready for good). Said once until it works. */
+static bool ready(bool up)
 {
-    if (!probe_file(ready_path, up)) {
-        char esc[600];
-        jl_log(JL_LOG_WARN, "cannot write the readiness file", "\"file\":\"%s\",\"error\":\"%s\"",
-               jl_log_str(esc, sizeof(esc), ready_path), strerror(errno));
+    static atomic_bool failing;
+    if (probe_file(ready_path, up)) {
+        atomic_store(&failing, false);
+        return true;
     }
+    if (!atomic_exchange(&failing, true)) {
+        char esc[600];
+        jl_log(JL_LOG_WARN, "cannot write the readiness file, trying again",
+               "\"file\":\"%s\",\"error\":\"%s\"", jl_log_str(esc, sizeof(esc), ready_path),
+               strerror(errno));
+    }
+    return false;
 }
 
 static pthread_mutex_t watchdog_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -619,13 +628,11 @@ int jl_app_run_producer(const jl_service_def *def, int argc, char **argv)
     pthread_mutex_unlock(&stop_mu);
     /* Ready once the server holds its subscriptions (a connection reconnecting now keeps them in
      * its buffer, and a rolling update would stop the pod it replaces while nobody answers). */
-    bool serving = jl_conn_settle(conn);
-    if (serving)
-        ready(true);
+    bool shown = jl_conn_settle(conn) && ready(true);
     pthread_t watch;
     watched w = {.conn = conn,
                  .producer = p,
-                 .not_ready = !serving,
+                 .not_ready = !shown,
                  .stall_limit_ms = stall_limit_ms(&cfg),
                  .stats_every_ns = cfg.stats_interval_s * 1000000000LL,
                  .stats_at_ns = jl__mono_ns()};
@@ -681,13 +688,11 @@ int jl_app_run_projector(const jl_projector_def *def, int argc, char **argv)
     if (already)
         jl_projector_stop(p);
     /* Far behind its streams, it answers (and is ready) once it has caught up. */
-    bool serving = jl_projector_serving(p) && jl_conn_settle(conn);
-    if (serving)
-        ready(true);
+    bool shown = jl_projector_serving(p) && jl_conn_settle(conn) && ready(true);
     pthread_t watch;
     watched w = {.conn = conn,
                  .projector = p,
-                 .not_ready = !serving,
+                 .not_ready = !shown,
                  .stall_limit_ms = stall_limit_ms(&cfg),
                  .def = def,
                  .stats_every_ns = cfg.stats_interval_s * 1000000000LL,
