@@ -148,11 +148,12 @@ jl_status inventory_evolve(void *state, const jl_event *ev);
  * - ReserveStock: reservation_id and order_id UUIDs (either case), 1..INVENTORY_MAX_LINES
  *   lines, each with a sku as above and quantity 1..INVENTORY_MAX_QUANTITY, no sku twice (all
  *   INVALID). A reservation id open for the same order and lines, or remembered as closed:
- *   accepted with no event; open for another order or other lines: RULE_VIOLATION. Otherwise
- *   the outcome is an event, never a rejection, so a process manager reads it from the stream:
- *   ReservationRejected with a reason (the first line whose sku is unknown, "unknown sku X", or
- *   short, "insufficient stock for sku X: available N, requested M"; then no room for another
- *   open reservation or its lines), else StockReserved.
+ *   accepted with no event; open for another order or other lines: RULE_VIOLATION. No room
+ *   for another open reservation or its lines: UNAVAILABLE, no event, the id not used up (to
+ *   be sent again). Otherwise the outcome is an event, never a rejection, so a process manager
+ *   reads it from the stream: ReservationRejected with a reason (the first line whose sku is
+ *   unknown, "unknown sku X", or short, "insufficient stock for sku X: available N, requested
+ *   M"), else StockReserved.
  * - ReleaseReservation: reservation_id a UUID, reason 0..INVENTORY_MAX_REASON bytes. Open: emits
  *   ReservationReleased with the stored order id and lines. Released or rejected (nothing held):
  *   accepted with no event. Committed: RULE_VIOLATION. Unknown: NOT_FOUND.
