@@ -29,6 +29,15 @@ config_env_names() {
     grep -o '"\(JL_[A-Z_]*\|NATS_URL\)"' "$ROOT/shared/src/config.c" | tr -d '"' | sort -u
 }
 
+# Unset what the services would take from the caller's environment, their settings and fault
+# injection (shared/src/fault.c): a run chooses its own. Names in $@ are kept.
+unset_service_env() {
+    local v
+    for v in $(config_env_names) JL_FAULT_POINT JL_FAULT_AFTER JL_FAULT_ACTION; do
+        [[ " $* " == *" $v "* ]] || unset "$v"
+    done
+}
+
 # The nats-server the scripts run: the one scripts/bootstrap installs, before any other on PATH
 # (which may be older; bootstrap checks the same one).
 nats_server_bin() {
