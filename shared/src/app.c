@@ -491,10 +491,10 @@ static void fail(const char *what, jl_status s, const char *err)
 }
 
 /* The readiness file: there while the service answers (a Kubernetes readiness probe tests it,
- * so that a rollout stops an old pod only once a new one has subscribed). */
-/* Write (@p up) or remove the readiness file; false when it could not be written, which the
- * watch tries again (a moment without space or descriptors must not leave a service that
- * answers unready for good). Said once until it works. */
+ * so that a rollout stops an old pod only once a new one has subscribed). Written (@p up) or
+ * removed; false when it could not be written, which the watch tries again (a moment without
+ * space or descriptors must not leave a service that answers unready for good). Said once
+ * until it works. */
 static bool ready(bool up)
 {
     static atomic_bool failing;
