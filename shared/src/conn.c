@@ -704,7 +704,9 @@ bool jl_js_off(natsStatus ns, jsErrCode jerr)
     return ns == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr;
 }
 
-/* Compare dotted numeric versions; a leading 'v' and any suffix ("-beta") are ignored. */
+/* Compare dotted numeric versions, a leading 'v' ignored; with the same numbers, a
+ * pre-release ("2.10.19-RC.1", "-beta") comes before the release (semantic versioning): it may
+ * predate the fix the release carries. Build metadata ("+abc") is ignored. */
 static int version_cmp(const char *a, const char *b)
 {
     if (*a == 'v')
@@ -716,12 +718,13 @@ static int version_cmp(const char *a, const char *b)
         long y = strtol(b, (char **)&b, 10);
         if (x != y)
             return x < y ? -1 : 1;
-        if (*a == '.')
+        if (i < 2 && *a == '.')
             a++;
-        if (*b == '.')
+        if (i < 2 && *b == '.')
             b++;
     }
-    return 0;
+    bool pre_a = *a == '-', pre_b = *b == '-';
+    return pre_a == pre_b ? 0 : pre_a ? -1 : 1;
 }
 
 bool jl_version_at_least(const char *v, const char *min)

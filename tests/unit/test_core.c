@@ -2682,7 +2682,12 @@ START_TEST(version_at_least_compares_dotted_numbers)
     ck_assert(!jl_version_at_least("2.9.10", "2.9.21"));
     ck_assert(!jl_version_at_least("2.9.20", "2.9.21"));
     ck_assert(jl_version_at_least("2.9.22", "2.9.21"));
-    ck_assert(jl_version_at_least("v2.9.21-beta", "2.9.21"));
+    /* A pre-release of the minimum may predate its fix; one of a later version may not. */
+    ck_assert(!jl_version_at_least("v2.9.21-beta", "2.9.21"));
+    ck_assert(!jl_version_at_least("2.10.19-RC.1", "2.10.19"));
+    ck_assert(jl_version_at_least("2.10.20-RC.1", "2.10.19"));
+    ck_assert(jl_version_at_least("2.10.19+build.5", "2.10.19"));
+    ck_assert(jl_version_at_least("2.10.19-RC.1", "2.10.19-RC.1"));
     ck_assert(jl_version_at_least("v2.9.21", "v2.9.21"));
     ck_assert(!jl_version_at_least("v2.9.20-beta.1", "2.9.21"));
     ck_assert(jl_version_at_least("3.0.0", "2.9.21"));
