@@ -122,6 +122,21 @@ START_TEST(get_stock_answers_a_sku_and_refuses_bad_ones)
 }
 END_TEST
 
+/* ListLowStock of at most @p limit after @p cursor (0 and "": the defaults), answered ok; free
+ * it with inventory__list_low_stock_result__free_unpacked(). */
+static Inventory__ListLowStockResult *list_low(uint32_t limit, const char *cursor, jl_reply *r)
+{
+    Inventory__ListLowStock q = INVENTORY__LIST_LOW_STOCK__INIT;
+    q.limit = limit;
+    q.cursor = (char *)cursor;
+    ck_assert_int_eq(ask(&q.base, r), JL_OK);
+    ck_assert_msg(r->code == JL_CODE_OK, "%s", r->message);
+    Inventory__ListLowStockResult *res =
+        inventory__list_low_stock_result__unpack(NULL, r->result.len, r->result.data);
+    ck_assert_ptr_nonnull(res);
+    return res;
+}
+
 START_TEST(list_low_stock_pages_and_refuses_bad_arguments)
 {
     /* Below the default threshold (10): apple (1), then kiwi (5); a page of one at a time. */
@@ -130,14 +145,7 @@ START_TEST(list_low_stock_pages_and_refuses_bad_arguments)
     jl_reply r;
     jl_reply_init(&r);
     for (int page = 0; page < 2; page++) {
-        Inventory__ListLowStock q = INVENTORY__LIST_LOW_STOCK__INIT;
-        q.limit = 1;
-        q.cursor = cursor;
-        ck_assert_int_eq(ask(&q.base, &r), JL_OK);
-        ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
-        Inventory__ListLowStockResult *res =
-            inventory__list_low_stock_result__unpack(NULL, r.result.len, r.result.data);
-        ck_assert_ptr_nonnull(res);
+        Inventory__ListLowStockResult *res = list_low(1, cursor, &r);
         ck_assert_uint_eq(res->n_levels, 1);
         ck_assert_str_eq(res->levels[0]->sku, want[page]);
         ck_assert_msg(page == 1 || res->next_cursor[0] != 0, "no next page after %s", want[page]);
@@ -146,12 +154,7 @@ START_TEST(list_low_stock_pages_and_refuses_bad_arguments)
     }
     ck_assert_msg(cursor[0] == 0, "a next page after the last one: %s", cursor);
     /* One page of the default size: both, and pear (20) is not low. */
-    Inventory__ListLowStock all = INVENTORY__LIST_LOW_STOCK__INIT;
-    ck_assert_int_eq(ask(&all.base, &r), JL_OK);
-    ck_assert_msg(r.code == JL_CODE_OK, "%s", r.message);
-    Inventory__ListLowStockResult *res =
-        inventory__list_low_stock_result__unpack(NULL, r.result.len, r.result.data);
-    ck_assert_ptr_nonnull(res);
+    Inventory__ListLowStockResult *res = list_low(0, "", &r);
     ck_assert_uint_eq(res->n_levels, 2);
     ck_assert_str_eq(res->levels[0]->sku, "apple");
     ck_assert_str_eq(res->levels[1]->sku, "kiwi");

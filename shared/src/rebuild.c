@@ -497,13 +497,12 @@ static void run_job(jl_projector *p, jl__job *j)
     if (s == JL_OK && p->rebuild_max_bytes > 0) {
         /* The page size in force (SQLite's default is a build setting, 4096 in Debian's). */
         char pragma[96];
-        sqlite3_stmt *ps = NULL;
+        sqlite3_stmt *ps = jl_db_stmt(c.db, "PRAGMA page_size");
         int64_t page = 4096;
-        if (sqlite3_prepare_v2(jl_db_handle(c.db), "PRAGMA page_size", -1, &ps, NULL) ==
-                SQLITE_OK &&
-            sqlite3_step(ps) == SQLITE_ROW && sqlite3_column_int64(ps, 0) > 0)
+        if (ps != NULL && sqlite3_step(ps) == SQLITE_ROW && sqlite3_column_int64(ps, 0) > 0)
             page = sqlite3_column_int64(ps, 0);
-        sqlite3_finalize(ps);
+        if (ps != NULL)
+            sqlite3_reset(ps);
         snprintf(pragma, sizeof(pragma), "PRAGMA max_page_count=%" PRId64,
                  p->rebuild_max_bytes / page > 0 ? p->rebuild_max_bytes / page : 1);
         s = jl_db_exec(c.db, pragma);

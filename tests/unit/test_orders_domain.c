@@ -238,6 +238,16 @@ static void expect_rejected_code(jl_code code)
     ck_assert_uint_eq(d.n_events, 0);
 }
 
+/* Line @p i of state @p in: @p sku, @p quantity x @p price. */
+static void expect_item(const orders_state *in, size_t i, const char *sku, int32_t quantity,
+                        int64_t price)
+{
+    ck_assert_uint_lt(i, in->n_items);
+    ck_assert_str_eq(in->items[i].sku, sku);
+    ck_assert_int_eq(in->items[i].quantity, quantity);
+    ck_assert_int_eq(in->items[i].unit_price_cents, price);
+}
+
 /* The decision must be accepted with one event; evolve st with it, decoded from its bytes. */
 static void accept(void)
 {
@@ -547,9 +557,7 @@ START_TEST(add_item_merges_quantities_of_a_sku_already_on_the_order)
     protobuf_c_message_free_unpacked(&e->base, NULL);
     accept();
     ck_assert_uint_eq(st.n_items, 2);
-    ck_assert_str_eq(st.items[0].sku, "A");
-    ck_assert_int_eq(st.items[0].quantity, 5);
-    ck_assert_int_eq(st.items[0].unit_price_cents, 100);
+    expect_item(&st, 0, "A", 5, 100);
 }
 END_TEST
 
@@ -1194,12 +1202,8 @@ START_TEST(evolve_item_added_appends_line)
     ck_assert_int_eq(ev_item_added(&st, "A", 2, 150), JL_OK);
     ck_assert_int_eq(ev_item_added(&st, "B", 1, 99), JL_OK);
     ck_assert_uint_eq(st.n_items, 2);
-    ck_assert_str_eq(st.items[0].sku, "A");
-    ck_assert_int_eq(st.items[0].quantity, 2);
-    ck_assert_int_eq(st.items[0].unit_price_cents, 150);
-    ck_assert_str_eq(st.items[1].sku, "B");
-    ck_assert_int_eq(st.items[1].quantity, 1);
-    ck_assert_int_eq(st.items[1].unit_price_cents, 99);
+    expect_item(&st, 0, "A", 2, 150);
+    expect_item(&st, 1, "B", 1, 99);
 }
 END_TEST
 
@@ -1609,12 +1613,8 @@ START_TEST(replaying_emitted_events_rebuilds_the_same_state)
     ck_assert_int_eq(replayed.status, ORDERS_STATUS_CONFIRMED);
     ck_assert_str_eq(replayed.customer_id, "cust-1");
     ck_assert_uint_eq(replayed.n_items, 2);
-    ck_assert_str_eq(replayed.items[0].sku, "B");
-    ck_assert_int_eq(replayed.items[0].quantity, 2);
-    ck_assert_int_eq(replayed.items[0].unit_price_cents, 200);
-    ck_assert_str_eq(replayed.items[1].sku, "C");
-    ck_assert_int_eq(replayed.items[1].quantity, 1);
-    ck_assert_int_eq(replayed.items[1].unit_price_cents, 5);
+    expect_item(&replayed, 0, "B", 2, 200);
+    expect_item(&replayed, 1, "C", 1, 5);
 }
 END_TEST
 
