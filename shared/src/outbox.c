@@ -22,6 +22,7 @@
 
 #include "deadline.h"
 #include "hash.h"
+#include "jetledger/admin.pb-c.h"
 #include "jetledger/log.h"
 #include "jetledger/producer.h"
 #include "projector_int.h"
@@ -847,6 +848,214 @@ void jl__outbox_stop(jl_projector *p)
     pthread_join(p->outbox_thread, NULL);
     pthread_cond_destroy(&p->outbox_cv);
     p->has_outbox_thread = false;
+}
+
+bool jl__outbox_lock(jl_projector *p, int wait_ms)
+{
+    atomic_fetch_add(&p->outbox_yield, 1);
+    int rc = 0;
+    if (wait_ms < 0) {
+        pthread_mutex_lock(&p->outbox_mu);
+    } else {
+        /* timedlock takes the wall clock: a step of it shortens or lengthens this wait only. */
+        struct timespec until = jl__realtime_in(wait_ms);
+        rc = pthread_mutex_timedlock(&p->outbox_mu, &until);
+    }
+    atomic_fetch_sub(&p->outbox_yield, 1);
+    return rc == 0;
+}
+
+/* The columns an operator is shown of a row (see shown_row). */
+#define OUTBOX_SHOWN                                                                               \
+    "id, command_id, service, command, order_key, attempts, reply_code, reply_message, "           \
+    "created_at_ns, replied_at_ns, correlation_id"
+
+/* Fill @p o from the OUTBOX_SHOWN columns of @p st's row; false when out of memory. Its strings
+ * are freed by free_shown() (state is a constant). */
+static bool shown_row(sqlite3_stmt *st, Jetledger__OutboxRow *o)
+{
+    jetledger__outbox_row__init(o);
+    o->id = sqlite3_column_int64(st, 0);
+    o->command_id = jl__column_dup(st, 1);
+    o->service = jl__column_dup(st, 2);
+    o->command = jl__column_dup(st, 3);
+    o->order_key = jl__column_dup(st, 4);
+    o->attempts = sqlite3_column_int64(st, 5);
+    o->reply_code = jl__column_dup(st, 6);
+    o->reply_message = jl__column_dup(st, 7);
+    o->created_at_ns = sqlite3_column_int64(st, 8);
+    bool replied = sqlite3_column_type(st, 9) != SQLITE_NULL;
+    o->replied_at_ns = replied ? sqlite3_column_int64(st, 9) : 0;
+    o->correlation_id = jl__column_dup(st, 10);
+    const char *code = o->reply_code != NULL ? o->reply_code : "";
+    o->state = (char *)(!replied                         ? "waiting"
+                        : strcmp(code, "ok") == 0        ? "ok"
+                        : strcmp(code, "withdrawn") == 0 ? "withdrawn"
+                                                         : "refused");
+    return o->command_id && o->service && o->command && o->order_key && o->reply_code &&
+           o->reply_message && o->correlation_id;
+}
+
+static void free_shown(Jetledger__OutboxRow *o)
+{
+    free(o->command_id);
+    free(o->service);
+    free(o->command);
+    free(o->order_key);
+    free(o->reply_code);
+    free(o->reply_message);
+    free(o->correlation_id);
+}
+
+void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
+{
+    Jetledger__Outbox out = JETLEDGER__OUTBOX__INIT;
+    Jetledger__OutboxRow *rows = calloc(limit ? limit : 1, sizeof(*rows));
+    Jetledger__OutboxRow **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
+    jl_status s = rows != NULL && ptrs != NULL ? JL_OK : JL_ERR_NOMEM;
+    jl_db *qdb = jl__proj_read_begin(p, &s);
+    /* A final reply is any but "not now", which leaves replied_at_ns NULL (send_one). */
+    sqlite3_stmt *st =
+        s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FILTER (WHERE replied_at_ns IS NULL), "
+                                     "count(*) FILTER (WHERE replied_at_ns IS NOT NULL AND "
+                                     "reply_code NOT IN ('ok', 'withdrawn')), count(*) FILTER "
+                                     "(WHERE replied_at_ns IS NOT NULL AND reply_code IN ('ok', "
+                                     "'withdrawn')) FROM jl_outbox")
+                   : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            out.waiting = (uint64_t)sqlite3_column_int64(st, 0);
+            out.refused = (uint64_t)sqlite3_column_int64(st, 1);
+            out.answered = (uint64_t)sqlite3_column_int64(st, 2);
+        } else {
+            s = jl_db_fail(qdb, rc, "cannot count the outbox rows");
+        }
+        sqlite3_reset(st);
+    }
+    st = s == JL_OK ? jl_db_stmt(qdb, "SELECT " OUTBOX_SHOWN " FROM jl_outbox WHERE ?1 OR "
+                                      "replied_at_ns IS NULL OR reply_code NOT IN ('ok', "
+                                      "'withdrawn') ORDER BY id LIMIT ?2")
+                    : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_int(st, 1, all);
+        sqlite3_bind_int(st, 2, (int)limit);
+    }
+    int rc = SQLITE_DONE;
+    while (st != NULL && out.n_rows < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ptrs[out.n_rows] = &rows[out.n_rows];
+        if (!shown_row(st, ptrs[out.n_rows++])) {
+            s = JL_ERR_NOMEM;
+            break;
+        }
+    }
+    if (s == JL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
+        s = jl_db_fail(qdb, rc, "reading the outbox");
+    if (st != NULL)
+        sqlite3_reset(st);
+    if (s != JL_OK)
+        jl_reply_error(r, JL_CODE_INTERNAL, "cannot read the outbox: %s",
+                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
+    jl__proj_read_end(p, qdb);
+    out.rows = ptrs;
+    out.instance = p->instance;
+    if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
+        jl_reply_error(r, JL_CODE_INTERNAL, "the outbox rows do not fit in a reply");
+    for (size_t i = 0; i < out.n_rows; i++)
+        free_shown(&rows[i]);
+    free(rows);
+    free(ptrs);
+}
+
+/* How long a dismissal waits for the outbox (the sender letting go) and then for the writer
+ * (a batch being applied). It is answered on the instance's admin subscription, which also
+ * answers other instances' Hello within a second (twins.c): it must not hold that up. */
+#define DISMISS_WAIT_MS 400
+
+void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
+{
+    if (!jl_valid_id(command_id)) {
+        jl_reply_error(r, JL_CODE_INVALID,
+                       "command_id must be 1 to %d printable ASCII characters without spaces",
+                       JL_MAX_ID_LEN);
+        return;
+    }
+    /* Under outbox_mu, as the sender records replies and a rebuild carries the outbox over to
+     * its new file; the row is deleted through the live writer, under apply_mu. */
+    if (!jl__outbox_lock(p, DISMISS_WAIT_MS)) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "the outbox is busy (a rebuild may be finishing); try again");
+        return;
+    }
+    struct timespec until = jl__realtime_in(DISMISS_WAIT_MS);
+    if (pthread_mutex_timedlock(&p->apply_mu, &until) != 0) {
+        pthread_mutex_unlock(&p->outbox_mu);
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "the read model is busy applying a batch; try again");
+        return;
+    }
+    jl_db *db = p->db;
+    Jetledger__OutboxRow o = JETLEDGER__OUTBOX_ROW__INIT;
+    bool found = false;
+    jl_status s = jl_db_begin(db, true);
+    sqlite3_stmt *st =
+        s == JL_OK ? jl_db_stmt(db, "SELECT " OUTBOX_SHOWN " FROM jl_outbox WHERE command_id = ?")
+                   : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_text(st, 1, command_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        found = rc == SQLITE_ROW;
+        if (found && !shown_row(st, &o))
+            s = JL_ERR_NOMEM;
+        else if (!found && rc != SQLITE_DONE)
+            s = jl_db_fail(db, rc, "reading the outbox");
+        sqlite3_reset(st);
+    }
+    bool refused = s == JL_OK && found && strcmp(o.state, "refused") == 0;
+    st = refused ? jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id = ?") : NULL;
+    if (refused && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_int64(st, 1, o.id);
+        s = jl_db_step_done(db, st);
+    }
+    if (s == JL_OK && refused)
+        s = jl_db_commit(db);
+    if (s != JL_OK || !refused)
+        jl_db_rollback(db);
+    if (s != JL_OK)
+        jl_reply_error(r,
+                       s == JL_ERR_TIMEOUT || s == JL_ERR_DISK_FULL ? JL_CODE_UNAVAILABLE
+                                                                    : JL_CODE_INTERNAL,
+                       "cannot dismiss the outbox row: %s",
+                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(db));
+    pthread_mutex_unlock(&p->apply_mu);
+    pthread_mutex_unlock(&p->outbox_mu);
+    char id[300];
+    if (s == JL_OK && !found) {
+        jl_reply_error(r, JL_CODE_NOT_FOUND, "no outbox row has command id '%s'", command_id);
+    } else if (s == JL_OK && !refused) {
+        jl_reply_error(r, JL_CODE_RULE_VIOLATION,
+                       "command '%s' was not refused: it is %s (%s); only a command refused for "
+                       "good is dismissed",
+                       command_id, o.state,
+                       strcmp(o.state, "waiting") == 0 ? "it is still to be sent or answered"
+                                                       : "it goes by itself after --outbox-keep");
+    } else if (s == JL_OK) {
+        jl_log(JL_LOG_INFO, "outbox: refused command dismissed",
+               "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", o.command,
+               jl_log_str(id, sizeof(id), command_id), o.reply_code);
+        if (jl_reply_set_result(r, &o.base) != JL_OK)
+            jl_reply_error(r, JL_CODE_INTERNAL, "the row dismissed does not fit in a reply");
+    }
+    if (found) /* else its strings are the constant empty one */
+        free_shown(&o);
 }
 
 jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen)

@@ -2427,8 +2427,23 @@ uint64_t jl_projector_checkpoint_of(jl_projector *p, const char *stream)
     return 0;
 }
 
-/* A copy of text column @p i ("" for NULL); NULL only when out of memory. */
-static char *column_dup(sqlite3_stmt *st, int i)
+jl_db *jl__proj_read_begin(jl_projector *p, jl_status *io_s)
+{
+    pthread_mutex_lock(&p->query_mu);
+    pthread_rwlock_rdlock(&p->switch_lock);
+    if (*io_s == JL_OK)
+        *io_s = jl_db_begin(p->qdb, false);
+    return p->qdb;
+}
+
+void jl__proj_read_end(jl_projector *p, jl_db *qdb)
+{
+    jl_db_rollback(qdb);
+    pthread_rwlock_unlock(&p->switch_lock);
+    pthread_mutex_unlock(&p->query_mu);
+}
+
+char *jl__column_dup(sqlite3_stmt *st, int i)
 {
     const char *t = (const char *)sqlite3_column_text(st, i);
     return strdup(t != NULL ? t : "");
@@ -2440,12 +2455,7 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
     Jetledger__DeadLetter *rows = calloc(limit ? limit : 1, sizeof(*rows));
     Jetledger__DeadLetter **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
     jl_status s = rows != NULL && ptrs != NULL ? JL_OK : JL_ERR_NOMEM;
-    /* As a query: one read transaction, the file not switched under it. */
-    pthread_mutex_lock(&p->query_mu);
-    pthread_rwlock_rdlock(&p->switch_lock);
-    jl_db *qdb = p->qdb;
-    if (s == JL_OK)
-        s = jl_db_begin(qdb, false);
+    jl_db *qdb = jl__proj_read_begin(p, &s);
     sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FROM jl_dead_letters") : NULL;
     if (s == JL_OK && st == NULL)
         s = JL_ERR_SQLITE;
@@ -2469,13 +2479,13 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
     while (st != NULL && out.n_letters < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         Jetledger__DeadLetter *d = &rows[out.n_letters];
         jetledger__dead_letter__init(d);
-        d->stream = column_dup(st, 0);
+        d->stream = jl__column_dup(st, 0);
         d->seq = (uint64_t)sqlite3_column_int64(st, 1);
         d->event_index = sqlite3_column_int(st, 2);
-        d->event_id = column_dup(st, 3);
-        d->event_type = column_dup(st, 4);
-        d->subject = column_dup(st, 5);
-        d->reason = column_dup(st, 6);
+        d->event_id = jl__column_dup(st, 3);
+        d->event_type = jl__column_dup(st, 4);
+        d->subject = jl__column_dup(st, 5);
+        d->reason = jl__column_dup(st, 6);
         d->at_ns = sqlite3_column_int64(st, 7);
         d->data_bytes = (uint64_t)sqlite3_column_int64(st, 8);
         ptrs[out.n_letters++] = d;
@@ -2488,12 +2498,10 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
         s = jl_db_fail(qdb, rc, "reading the dead letters");
     if (st != NULL)
         sqlite3_reset(st);
-    jl_db_rollback(qdb);
     if (s != JL_OK)
         jl_reply_error(r, JL_CODE_INTERNAL, "cannot read the dead letters: %s",
                        s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
-    pthread_rwlock_unlock(&p->switch_lock);
-    pthread_mutex_unlock(&p->query_mu);
+    jl__proj_read_end(p, qdb);
     out.letters = ptrs;
     out.instance = p->instance;
     if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
@@ -2709,10 +2717,8 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     }
     /* One read transaction: the answer and the sequence it reflects are one snapshot. The
      * read lock keeps a rebuild's switch from swapping the file under the query. */
-    pthread_mutex_lock(&p->query_mu);
-    pthread_rwlock_rdlock(&p->switch_lock);
-    jl_db *qdb = p->qdb;
-    jl_status s = jl_db_begin(qdb, false);
+    jl_status s = JL_OK;
+    jl_db *qdb = jl__proj_read_begin(p, &s);
     /* The sequence reached in the stream the query named (by default the first source's). */
     sqlite3_stmt *st =
         s == JL_OK ? jl_db_stmt(qdb, "SELECT last_seq FROM jl_checkpoints WHERE stream = ?") : NULL;
@@ -2731,7 +2737,6 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     }
     if (s == JL_OK)
         s = q->handle(qdb, req, r);
-    jl_db_rollback(qdb);
     if (s == JL_ERR_NOMEM) { /* nothing the database said: its last message is another's */
         jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory answering the query");
     } else if (s != JL_OK) {
@@ -2741,8 +2746,7 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
                                                  "projection version)"
                                                : "");
     }
-    pthread_rwlock_unlock(&p->switch_lock);
-    pthread_mutex_unlock(&p->query_mu);
+    jl__proj_read_end(p, qdb);
     protobuf_c_message_free_unpacked(req, NULL);
     return false;
 }

@@ -10,7 +10,8 @@
  *     writing (queries wait for the swap, which is a pointer exchange);
  *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits;
  *   - `outbox_mu` (a process manager's): the outbox sender's send-and-record of one command,
- *     and a rebuild's finish, from before it pauses live applying to the switch; taken before
+ *     a rebuild's finish, from before it pauses live applying to the switch, and an operator's
+ *     dismissal of a row (which then takes `apply_mu` to delete it through `db`); taken before
  *     `apply_mu` (the sender holds it for a request: live applying must not wait on that).
  */
 #ifndef JETLEDGER_PROJECTOR_INT_H
@@ -188,8 +189,8 @@ struct jl_projector {
      * is never recorded in a file the copy has already left behind (its command would be sent
      * once more). */
     pthread_mutex_t outbox_mu;
-    uint64_t outbox_gen;      /* switches so far, under outbox_mu: the sender's file is stale */
-    atomic_bool outbox_yield; /* a rebuild's switch waits for outbox_mu: the sender lets go */
+    uint64_t outbox_gen;     /* switches so far, under outbox_mu: the sender's file is stale */
+    atomic_int outbox_yield; /* threads waiting for outbox_mu (jl__outbox_lock): sender lets go */
     /* This instance, for others on the same durable (twins.c). */
     char instance_id[JL_UUID_LEN + 1];
     /* Its name: the durable as configured (JL_DURABLE, else the projector's name), without the
@@ -296,12 +297,26 @@ void jl__outbox_stop(jl_projector *p);
 void jl__outbox_wake(jl_projector *p);
 /* Copy the outbox of the file at @p from_path into @p to (a rebuilt file, before its switch). */
 jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen);
+/* Take outbox_mu, having the sender let go of it at once rather than after its request; false
+ * (not taken) when @p wait_ms passes first (-1: no limit). */
+bool jl__outbox_lock(jl_projector *p, int wait_ms);
+/* Admin requests: GetOutbox (@p all: answered rows too; at most @p limit rows) and
+ * DismissOutbox; each fills @p r (a jetledger.Outbox, or the OutboxRow deleted). */
+void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r);
+void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r);
 
-/* rebuild.c */
 /* projector.c: the newest @p limit dead letters (and the count of all) into @p r's result, a
  * jetledger.DeadLetters; read on the query connection, as a query is. */
 void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r);
+/* Read the live model as a query does: take the query connection for one read transaction
+ * (begun only when *io_s is JL_OK, which then says whether it began), the file not switched
+ * under it, until jl__proj_read_end(). */
+jl_db *jl__proj_read_begin(jl_projector *p, jl_status *io_s);
+void jl__proj_read_end(jl_projector *p, jl_db *qdb);
+/* A copy of text column @p i of @p st ("" for NULL), to free(); NULL only when out of memory. */
+char *jl__column_dup(sqlite3_stmt *st, int i);
 
+/* rebuild.c */
 /* Subscribe the admin requests: this instance's own (with Hello), then, once no other instance
  * of the durable was found that this one yields to (JL_ERR_CONFLICT, see twins.c), any one's. */
 jl_status jl__jobs_open(jl_projector *p, char *err, size_t errlen);

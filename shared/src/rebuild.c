@@ -1,6 +1,7 @@
 /*
  * Rebuild and verify jobs of a projector, and the administration requests that drive them
- * ("<projector>.admin.Rebuild|Verify|GetRebuildStatus|CancelRebuild"), and GetDeadLetters.
+ * ("<projector>.admin.Rebuild|Verify|GetRebuildStatus|CancelRebuild"), GetDeadLetters, and
+ * a process manager's outbox (GetOutbox, DismissOutbox: outbox.c).
  *
  * A job builds a new read model in a new file "<name>-<ms>.db" beside the live one, from an
  * ordered consumer of its own (no server state, the fastest way to read a stream), while the live
@@ -548,12 +549,8 @@ static void run_job(jl_projector *p, jl__job *j)
              * pauses: it holds outbox_mu for a whole request, which must not hold up live
              * applying too (see jl__proj_switch). */
             held_outbox = !j->verify && p->def->outbox;
-            if (held_outbox) {
-                /* The sender may be waiting for a reply (seconds): it lets go at once. */
-                atomic_store(&p->outbox_yield, true);
-                pthread_mutex_lock(&p->outbox_mu);
-                atomic_store(&p->outbox_yield, false);
-            }
+            if (held_outbox) /* the sender may be waiting for a reply: it lets go at once */
+                (void)jl__outbox_lock(p, -1);
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
             int64_t deadline = jl__mono_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;
@@ -952,13 +949,34 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         jl__proj_dead_letters(p, limit, r);
         r->stream_seq = jl_projector_checkpoint(p);
         return;
+    } else if (strcmp(name, "GetOutbox") == 0) {
+        Jetledger__GetOutbox *m = jetledger__get_outbox__unpack(NULL, len, data);
+        if (m == NULL) {
+            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.GetOutbox");
+            return;
+        }
+        unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
+        bool all = m->all;
+        jetledger__get_outbox__free_unpacked(m, NULL);
+        jl__outbox_list(p, all, limit, r);
+        r->stream_seq = jl_projector_checkpoint(p);
+        return;
+    } else if (strcmp(name, "DismissOutbox") == 0) {
+        Jetledger__DismissOutbox *m = jetledger__dismiss_outbox__unpack(NULL, len, data);
+        if (m == NULL) {
+            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.DismissOutbox");
+            return;
+        }
+        jl__outbox_dismiss(p, m->command_id, r);
+        jetledger__dismiss_outbox__free_unpacked(m, NULL);
+        return;
     } else if (strcmp(name, "Hello") == 0) {
         jl__twins_hello(p, data, len, r);
         return;
     } else if (strcmp(name, "GetRebuildStatus") != 0) {
         jl_reply_error(r, JL_CODE_INVALID,
                        "unknown request '%.64s' (Rebuild, Verify, GetRebuildStatus, "
-                       "CancelRebuild, GetDeadLetters, Hello)",
+                       "CancelRebuild, GetDeadLetters, GetOutbox, DismissOutbox, Hello)",
                        name);
         return;
     }

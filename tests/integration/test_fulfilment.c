@@ -6,6 +6,7 @@
  * directly from the two streams; a command id sent twice to two replicas has one effect.
  */
 #include <check.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -252,18 +254,24 @@ static void expect_stock(const char *sku, int64_t on_hand, int64_t reserved)
 
 /* Apples in stock, then the inventory service replaced by @p answer for ReserveStock (in its
  * queue group); unsubscribe and destroy what is returned to take it away. */
-static natsSubscription *stand_in_inventory(natsMsgHandler answer)
+/* A stand-in answering ReserveStock with @p answer, subscribed by the time it returns. */
+static natsSubscription *answer_reservations(natsMsgHandler answer)
 {
     natsSubscription *sub = NULL;
-    register_product("apple", "Apple", 10);
-    jl_producer_close(inventory_p, 1000);
-    inventory_p = NULL;
     ck_assert_int_eq(natsConnection_QueueSubscribe(&sub, jl_conn_nats(env.conn),
                                                    "inventory.cmd.ReserveStock", "inventory",
                                                    answer, NULL),
                      NATS_OK);
     ck_assert_int_eq(natsConnection_Flush(jl_conn_nats(env.conn)), NATS_OK);
     return sub;
+}
+
+static natsSubscription *stand_in_inventory(natsMsgHandler answer)
+{
+    register_product("apple", "Apple", 10);
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    return answer_reservations(answer);
 }
 
 /* The stand-in @p fake taken away and the real inventory service back in its place. */
@@ -481,6 +489,200 @@ START_TEST(an_undecodable_reply_is_sent_again_and_a_refusal_is_final)
 }
 END_TEST
 
+static void outbox_select(const char *id, const char *command, const char *expr, char *out,
+                          size_t n);
+
+/* Ask the process manager's admin request @p name with @p m (NULL: an empty body). Returns the
+ * result unpacked as @p type when the reply is ok, else NULL, with its code in *out_code and its
+ * message in @p msg (@p n bytes). */
+static ProtobufCMessage *outbox_admin(const char *name, const ProtobufCMessage *m,
+                                      const ProtobufCMessageDescriptor *type, jl_code *out_code,
+                                      char *msg, size_t n)
+{
+    char subject[128];
+    uint8_t body[512];
+    size_t len = m != NULL ? protobuf_c_message_get_packed_size(m) : 0;
+    ck_assert_uint_le(len, sizeof(body));
+    if (m != NULL)
+        protobuf_c_message_pack(m, body);
+    snprintf(subject, sizeof(subject), "fulfilment.admin.%s", name);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, subject, body, len, &r), NATS_OK);
+    *out_code = r.code;
+    snprintf(msg, n, "%s", r.message);
+    ProtobufCMessage *res = NULL;
+    if (r.code == JL_CODE_OK) {
+        ck_assert_str_eq(r.result_type, type->name);
+        res = protobuf_c_message_unpack(type, NULL, r.result.len, r.result.data);
+        ck_assert_ptr_nonnull(res);
+    }
+    jl_reply_cleanup(&r);
+    return res;
+}
+
+/* The process manager's outbox as an operator reads it (GetOutbox, @p all rows or not). */
+static Jetledger__Outbox *get_outbox(bool all)
+{
+    Jetledger__GetOutbox get = JETLEDGER__GET_OUTBOX__INIT;
+    get.all = all;
+    jl_code code;
+    char msg[512];
+    ProtobufCMessage *res = outbox_admin("GetOutbox", &get.base, &jetledger__outbox__descriptor,
+                                         &code, msg, sizeof(msg));
+    ck_assert_msg(res != NULL, "%s", msg);
+    return (Jetledger__Outbox *)res;
+}
+
+/* DismissOutbox of @p command_id answered @p want (and, not ok, a message holding @p says). */
+static void expect_dismissal(const char *command_id, jl_code want, const char *says)
+{
+    Jetledger__DismissOutbox d = JETLEDGER__DISMISS_OUTBOX__INIT;
+    d.command_id = (char *)command_id;
+    jl_code code;
+    char msg[512];
+    Jetledger__OutboxRow *row = (Jetledger__OutboxRow *)outbox_admin(
+        "DismissOutbox", &d.base, &jetledger__outbox_row__descriptor, &code, msg, sizeof(msg));
+    ck_assert_msg(code == want, "%s: code %d, %s", command_id, (int)code, msg);
+    if (row != NULL) {
+        ck_assert_str_eq(row->command_id, command_id);
+        ck_assert_str_eq(row->state, "refused");
+        jetledger__outbox_row__free_unpacked(row, NULL);
+    } else {
+        ck_assert_msg(strstr(msg, says) != NULL, "'%s' lacks '%s'", msg, says);
+    }
+}
+
+/* Run `jetledger outbox fulfilment @p args` (words without shell metacharacters); its output
+ * (stdout and stderr) into @p out. Returns its exit status. */
+static int cli_outbox(const char *args, char *out, size_t n)
+{
+    const char *bindir = getenv("JL_BIN_DIR");
+    ck_assert_ptr_nonnull(bindir);
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "NATS_URL='%s' '%s/jetledger' outbox fulfilment %s 2>&1",
+             env.cfg.nats_url, bindir, args);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t len = fread(out, 1, n - 1, f);
+    out[len] = 0;
+    int st = pclose(f);
+    ck_assert_msg(st != -1 && WIFEXITED(st), "%s: %d", cmd, st);
+    return WEXITSTATUS(st);
+}
+
+/* A stand-in inventory that refuses every ReserveStock for good. */
+static void answer_refused(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    stand_in_reply(nc, m, JL_CODE_RULE_VIOLATION, "no apples today");
+}
+
+START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
+{
+    /* jetledger outbox: what the process manager still waits for (a ReserveStock answered "not
+     * now", with its last reply and attempts), then, once it is refused for good, that refusal,
+     * which stays until an operator dismisses it; nothing but a refusal can be dismissed. */
+    char a[JL_UUID_LEN + 1], key[JL_UUID_LEN + 1], got[32] = "";
+    natsSubscription *fake = order_answered_not_now(a);
+    for (int i = 0; a[i]; i++)
+        key[i] = (char)tolower((unsigned char)a[i]);
+    key[JL_UUID_LEN] = 0;
+    Jetledger__Outbox *o = get_outbox(false);
+    ck_assert_uint_eq(o->waiting, 1);
+    ck_assert_uint_eq(o->refused, 0);
+    ck_assert_uint_eq(o->n_rows, 1);
+    ck_assert_str_eq(o->rows[0]->command, "ReserveStock");
+    ck_assert_str_eq(o->rows[0]->service, "inventory");
+    ck_assert_str_eq(o->rows[0]->state, "waiting");
+    ck_assert_str_eq(o->rows[0]->reply_code, "unavailable");
+    ck_assert_str_eq(o->rows[0]->order_key, key);
+    ck_assert_int_ge(o->rows[0]->attempts, 1);
+    ck_assert_int_eq(o->rows[0]->replied_at_ns, 0);
+    ck_assert_int_gt(o->rows[0]->created_at_ns, 0);
+    char reserve_id[128];
+    snprintf(reserve_id, sizeof(reserve_id), "%s", o->rows[0]->command_id);
+    ck_assert_ptr_nonnull(strstr(reserve_id, key));
+    jetledger__outbox__free_unpacked(o, NULL);
+    expect_dismissal(reserve_id, JL_CODE_RULE_VIOLATION, "is waiting");
+
+    /* The inventory now refuses it: recorded, the order cancelled for it. */
+    jl_conn_sub_destroy(env.conn, fake);
+    fake = answer_reservations(answer_refused);
+    wait_status(a, "cancelled", 20000);
+    int64_t deadline = tnow_ms() + 20000;
+    do {
+        nats_Sleep(50);
+        outbox_reply(a, "CancelOrder", got, sizeof(got));
+    } while (strcmp(got, "ok") != 0 && tnow_ms() < deadline);
+    ck_assert_str_eq(got, "ok");
+    o = get_outbox(false);
+    ck_assert_uint_eq(o->waiting, 0);
+    ck_assert_uint_eq(o->refused, 1);
+    ck_assert_uint_eq(o->answered, 1); /* the CancelOrder */
+    ck_assert_uint_eq(o->n_rows, 1);
+    ck_assert_str_eq(o->rows[0]->command_id, reserve_id);
+    ck_assert_str_eq(o->rows[0]->state, "refused");
+    ck_assert_str_eq(o->rows[0]->reply_code, "rule_violation");
+    ck_assert_str_eq(o->rows[0]->reply_message, "no apples today");
+    ck_assert_int_gt(o->rows[0]->replied_at_ns, 0);
+    jetledger__outbox__free_unpacked(o, NULL);
+    o = get_outbox(true);
+    ck_assert_uint_eq(o->n_rows, 2); /* in the order they were decided */
+    ck_assert_str_eq(o->rows[0]->command_id, reserve_id);
+    ck_assert_str_eq(o->rows[1]->command, "CancelOrder");
+    ck_assert_str_eq(o->rows[1]->state, "ok");
+    ck_assert_int_gt(o->rows[1]->id, o->rows[0]->id);
+    char cancel_id[128];
+    snprintf(cancel_id, sizeof(cancel_id), "%s", o->rows[1]->command_id);
+    jetledger__outbox__free_unpacked(o, NULL);
+
+    expect_dismissal(cancel_id, JL_CODE_RULE_VIOLATION, "is ok");
+    expect_dismissal("no-such-command", JL_CODE_NOT_FOUND, "no outbox row");
+    expect_dismissal("", JL_CODE_INVALID, "command_id");
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(tsend_raw(env.conn, "fulfilment.admin.DismissOutbox", "\xff\xff", 2, &r),
+                     NATS_OK);
+    ck_assert_int_eq(r.code, JL_CODE_INVALID);
+    ck_assert_ptr_nonnull(strstr(r.message, "malformed"));
+    jl_reply_cleanup(&r);
+
+    /* The CLI: the counts always said, the refusal listed; then dismissed. */
+    char out[8192], args[256];
+    ck_assert_int_eq(cli_outbox("", out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "{\"waiting\":0,\"refused\":1,\"answered\":1,\"instance\":") == out &&
+                      strstr(out, reserve_id) != NULL &&
+                      strstr(out, "\"state\":\"refused\"") != NULL &&
+                      strstr(out, "\"reply_message\":\"no apples today\"") != NULL &&
+                      strstr(out, "CancelOrder") == NULL,
+                  "%s", out);
+    ck_assert_int_eq(cli_outbox("--all", out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "\"command\":\"CancelOrder\"") != NULL, "%s", out);
+    snprintf(args, sizeof(args), "dismiss %s --all", reserve_id);
+    ck_assert_int_eq(cli_outbox(args, out, sizeof(out)), 2);
+    snprintf(args, sizeof(args), "dismiss %s", cancel_id);
+    ck_assert_int_eq(cli_outbox(args, out, sizeof(out)), 1);
+    ck_assert_msg(strstr(out, "was not refused") != NULL, "%s", out);
+    snprintf(args, sizeof(args), "dismiss %s", reserve_id);
+    ck_assert_int_eq(cli_outbox(args, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "{\"dismissed\":{") == out && strstr(out, reserve_id) != NULL, "%s",
+                  out);
+    o = get_outbox(true);
+    ck_assert_uint_eq(o->refused, 0);
+    ck_assert_uint_eq(o->answered, 1);
+    ck_assert_uint_eq(o->n_rows, 1);
+    ck_assert_str_eq(o->rows[0]->command_id, cancel_id);
+    jetledger__outbox__free_unpacked(o, NULL);
+    outbox_select(a, "ReserveStock", "count(*)", got, sizeof(got));
+    ck_assert_str_eq(got, "0");
+    expect_dismissal(reserve_id, JL_CODE_NOT_FOUND, "no outbox row");
+    ck_assert_int_eq(cli_outbox(args, out, sizeof(out)), 1);
+    jl_conn_sub_destroy(env.conn, fake);
+}
+END_TEST
+
 /* A stand-in inventory that cannot read its own history: "internal" to every ReserveStock. */
 static atomic_int internal_calls;
 
@@ -634,14 +836,6 @@ START_TEST(a_reservation_answered_not_now_holds_back_only_its_own_order)
     wait_status(a[0], "confirmed", 30000);
 }
 END_TEST
-
-/* A stand-in inventory that refuses every ReserveStock for good. */
-static void answer_refused(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure)
-{
-    (void)sub;
-    (void)closure;
-    stand_in_reply(nc, m, JL_CODE_RULE_VIOLATION, "no apples today");
-}
 
 /* The fulfilment's on_refused, failing for order refusal_fails_for (as on a damaged row of its
  * own) and counting those calls. */
@@ -1436,6 +1630,7 @@ int main(void)
     tcase_add_test(tc, a_row_without_a_key_answered_not_now_is_reported_as_holding_the_rest);
     tcase_add_test(tc, a_reservation_overtaken_by_a_cancellation_is_withdrawn);
     tcase_add_test(tc, an_undecodable_reply_is_sent_again_and_a_refusal_is_final);
+    tcase_add_test(tc, an_operator_lists_the_outbox_and_dismisses_a_refusal);
     tcase_add_test(tc, a_command_answered_internal_is_sent_again_until_decided);
     tcase_add_test(tc, a_reservation_answered_not_now_holds_back_only_its_own_order);
     tcase_add_test(tc, a_refusal_its_handler_cannot_take_holds_back_only_its_own_order);

@@ -1755,7 +1755,7 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
     ck_assert_msg(strstr(r->err, "no projector named nobody is running") != NULL, "%s", r->err);
     /* A producer service where a projector belongs never answers there: bad usage (2), not
      * unreachable (3), which a script would retry. */
-    const char *const on_service[] = {"rebuild", "verify", "dead-letters"};
+    const char *const on_service[] = {"rebuild", "verify", "dead-letters", "outbox"};
     for (size_t i = 0; i < sizeof(on_service) / sizeof(on_service[0]); i++) {
         CLI(r, url, on_service[i], "orders");
         ASSERT_CLI(r, 2);
@@ -1789,6 +1789,29 @@ START_TEST(cli_rebuild_and_verify_report_their_outcome_and_exit_status)
                       strstr(r->out, "{\"event_index\":0,\"stream\":\"ORDERS\",") != NULL &&
                       strstr(r->out, "unknown event type 'orders.GetOrder'") != NULL,
                   "%s", r->out);
+    /* A projector that is no process manager has an empty outbox, said with its counts; a
+     * dismissal names what it did not find; the subcommand's usage is checked first. */
+    CLI(r, url, "outbox", "order_summary");
+    ASSERT_CLI(r, 0);
+    ck_assert_str_eq(r->out, "{\"waiting\":0,\"refused\":0,\"answered\":0,\"instance\":"
+                             "\"order_summary\",\"rows\":[]}\n");
+    CLI(r, url, "outbox", "order_summary", "dismiss", "fulfilment:x:reserve");
+    ASSERT_CLI(r, 1);
+    ck_assert_msg(strstr(r->err, "no outbox row has command id 'fulfilment:x:reserve'") != NULL,
+                  "%s", r->err);
+    const char *const bad[][5] = {{"outbox", "order_summary", "dismiss", NULL},
+                                  {"outbox", "order_summary", "dismiss", "a b"},
+                                  {"outbox", "order_summary", "drop", "x"},
+                                  {"outbox", "order_summary", "--all=yes", NULL},
+                                  {"outbox", "order_summary", "dismiss", "x"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (i == 4)
+            CLI(r, url, bad[i][0], bad[i][1], bad[i][2], bad[i][3], "--all");
+        else
+            run_cli(r, url, bad[i]);
+        ASSERT_CLI(r, 2);
+        ck_assert_msg(r->out[0] == 0, "%s", r->out);
+    }
     free(r);
     stop_gracefully(s, 2);
 }

@@ -31,6 +31,7 @@ typedef struct cli_opts {
     int64_t from_time_ns;       /**< --from-time RFC3339, as Unix ns */
     bool keep_old;              /**< --keep-old */
     bool json;                  /**< --json (status) */
+    bool all;                   /**< --all (outbox) */
     int n_at;                   /**< how many --at-* flags were given */
     uint64_t at_seq;            /**< --at-seq N */
     bool has_at_time;           /**< --at-time given */
@@ -38,7 +39,7 @@ typedef struct cli_opts {
     uint64_t at_version;        /**< --at-version V */
     const char *command_id;     /**< --command-id ID */
     const char *correlation_id; /**< --correlation-id ID */
-    const char *instance;       /**< --instance NAME (rebuild, verify, dead-letters) */
+    const char *instance;       /**< --instance NAME (rebuild, verify, dead-letters, outbox) */
     int64_t timeout_ms;         /**< --timeout MS (requests) */
     unsigned given;             /**< bit (1 << flag) for every CLI flag given */
 } cli_opts;
@@ -166,6 +167,7 @@ int cli_state(cli_ctx *ctx);
 int cli_rebuild(cli_ctx *ctx);
 int cli_verify(cli_ctx *ctx);
 int cli_dead_letters(cli_ctx *ctx);
+int cli_outbox(cli_ctx *ctx);
 int cli_status(cli_ctx *ctx);
 
 #endif /* JETLEDGER_CLI_H */

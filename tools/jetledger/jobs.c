@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/json.h"
+#include "jetledger/producer.h"
 
 #define POLL_MS 200
 /* How long the status may show another job than ours before we give up on it. */
@@ -458,24 +459,53 @@ int cli_verify(cli_ctx *ctx)
     return run(ctx, "verify", "Verify", &m.base);
 }
 
+/* Ask projector argv[0] (or its instance --instance) the admin request @p request; the reply's
+ * result (a @p result_type, to free) or NULL, said, with the exit status in *out_rc. */
+static ProtobufCMessage *admin_ask(cli_ctx *ctx, jl_conn **out_conn, const char *request,
+                                   const ProtobufCMessage *m,
+                                   const ProtobufCMessageDescriptor *result_type, int *out_rc)
+{
+    const char *projector = ctx->argv[0];
+    char subject[256];
+    snprintf(subject, sizeof(subject), "%s.admin.%s%s%s", projector,
+             ctx->opts.instance ? ctx->opts.instance : "", ctx->opts.instance ? "." : "", request);
+    *out_rc = CLI_OK;
+    *out_conn = cli_connect(ctx, out_rc);
+    return *out_rc == CLI_OK
+               ? cli_ask(ctx, *out_conn, "projector", projector, subject, m, result_type, out_rc)
+               : NULL;
+}
+
+/* Append @p m's JSON to @p b with @p first (a field always said, e.g. "\"event_index\":0")
+ * written before the rest, which is @p m without it (its default is left out). */
+static jl_status add_json_with(jl_buf *b, const char *first, const ProtobufCMessage *m)
+{
+    jl_status s = jl_buf_addf(b, "{%s", first);
+    size_t at = b->len;
+    if (s == JL_OK)
+        s = jl_pb_to_json(b, m);
+    if (s == JL_OK && b->len - at > 2) { /* "{...}": its '{' becomes the ',' */
+        b->data[at] = ',';
+    } else if (s == JL_OK) { /* "{}" */
+        b->data[at] = '}';
+        b->len = at + 1;
+        b->data[b->len] = 0;
+    }
+    return s;
+}
+
 int cli_dead_letters(cli_ctx *ctx)
 {
     if (ctx->argc != 1) {
         cli_error("usage: jetledger dead-letters <projector> [--instance NAME]");
         return CLI_USAGE;
     }
-    const char *projector = ctx->argv[0];
-    char subject[256];
-    snprintf(subject, sizeof(subject), "%s.admin.%s%sGetDeadLetters", projector,
-             ctx->opts.instance ? ctx->opts.instance : "", ctx->opts.instance ? "." : "");
     Jetledger__GetDeadLetters m = JETLEDGER__GET_DEAD_LETTERS__INIT;
     m.limit = 500;
-    int rc = CLI_OK;
-    jl_conn *conn = cli_connect(ctx, &rc);
-    ProtobufCMessage *res = rc == CLI_OK
-                                ? cli_ask(ctx, conn, "projector", projector, subject, &m.base,
-                                          &jetledger__dead_letters__descriptor, &rc)
-                                : NULL;
+    int rc;
+    jl_conn *conn;
+    ProtobufCMessage *res =
+        admin_ask(ctx, &conn, "GetDeadLetters", &m.base, &jetledger__dead_letters__descriptor, &rc);
     if (res != NULL) {
         /* Written out field by field: a count of 0 and no letters are said, not left out. */
         const Jetledger__DeadLetters *dl = (const Jetledger__DeadLetters *)res;
@@ -493,18 +523,10 @@ int cli_dead_letters(cli_ctx *ctx)
              * to leave out: written first, then the rest without it. */
             Jetledger__DeadLetter rest = *dl->letters[i];
             rest.event_index = 0;
+            char first[32];
+            snprintf(first, sizeof(first), "\"event_index\":%d", (int)dl->letters[i]->event_index);
             if (s == JL_OK)
-                s = jl_buf_addf(&b, "{\"event_index\":%d", (int)dl->letters[i]->event_index);
-            size_t at = b.len;
-            if (s == JL_OK)
-                s = jl_pb_to_json(&b, &rest.base);
-            if (s == JL_OK && b.len - at > 2) /* "{...}": its '{' becomes the ',' */
-                b.data[at] = ',';
-            else if (s == JL_OK) { /* "{}" */
-                b.data[at] = '}';
-                b.len = at + 1;
-                b.data[b.len] = 0;
-            }
+                s = add_json_with(&b, first, &rest.base);
         }
         if (s == JL_OK)
             s = jl_buf_adds(&b, "]}\n");
@@ -512,6 +534,78 @@ int cli_dead_letters(cli_ctx *ctx)
             fputs(jl_buf_str(&b), stdout);
         } else {
             cli_error("the dead letters are too large to print");
+            rc = CLI_FAILED;
+        }
+        jl_buf_cleanup(&b);
+        protobuf_c_message_free_unpacked(res, NULL);
+    }
+    jl_conn_close(conn, 0);
+    return rc;
+}
+
+int cli_outbox(cli_ctx *ctx)
+{
+    bool dismiss = ctx->argc == 3 && strcmp(ctx->argv[1], "dismiss") == 0;
+    if ((ctx->argc != 1 && !dismiss) || (dismiss && ctx->opts.all)) {
+        cli_error("usage: jetledger outbox <projector> [--all] [--instance NAME] | jetledger "
+                  "outbox <projector> dismiss <command-id> [--instance NAME]");
+        return CLI_USAGE;
+    }
+    if (dismiss && !jl_valid_id(ctx->argv[2])) {
+        cli_error("a command id is 1 to %d printable ASCII characters without spaces, not '%s'",
+                  JL_MAX_ID_LEN, ctx->argv[2]);
+        return CLI_USAGE;
+    }
+    Jetledger__GetOutbox get = JETLEDGER__GET_OUTBOX__INIT;
+    get.limit = 500;
+    get.all = ctx->opts.all;
+    Jetledger__DismissOutbox dis = JETLEDGER__DISMISS_OUTBOX__INIT;
+    dis.command_id = dismiss ? ctx->argv[2] : NULL;
+    int rc;
+    jl_conn *conn;
+    ProtobufCMessage *res = dismiss ? admin_ask(ctx, &conn, "DismissOutbox", &dis.base,
+                                                &jetledger__outbox_row__descriptor, &rc)
+                                    : admin_ask(ctx, &conn, "GetOutbox", &get.base,
+                                                &jetledger__outbox__descriptor, &rc);
+    if (res != NULL) {
+        jl_buf b;
+        jl_buf_init(&b, CLI_JSON_MAX);
+        jl_status s = JL_OK;
+        if (dismiss) {
+            s = jl_buf_adds(&b, "{\"dismissed\":");
+            if (s == JL_OK)
+                s = jl_pb_to_json(&b, res);
+        } else {
+            /* The counts always said, 0 too; each row as protobuf's JSON has it. */
+            const Jetledger__Outbox *o = (const Jetledger__Outbox *)res;
+            s = jl_buf_addf(&b,
+                            "{\"waiting\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"answered\":%" PRIu64
+                            ",\"instance\":",
+                            o->waiting, o->refused, o->answered);
+            if (s == JL_OK)
+                s = jl_json_add_string(&b, o->instance, strlen(o->instance));
+            if (s == JL_OK)
+                s = jl_buf_adds(&b, ",\"rows\":[");
+            for (size_t i = 0; s == JL_OK && i < o->n_rows; i++) {
+                /* attempts 0 (not sent yet) is said, as the counts are. */
+                Jetledger__OutboxRow rest = *o->rows[i];
+                rest.attempts = 0;
+                char first[48];
+                snprintf(first, sizeof(first), "\"attempts\":%" PRId64, o->rows[i]->attempts);
+                if (i > 0)
+                    s = jl_buf_adds(&b, ",");
+                if (s == JL_OK)
+                    s = add_json_with(&b, first, &rest.base);
+            }
+            if (s == JL_OK)
+                s = jl_buf_adds(&b, "]");
+        }
+        if (s == JL_OK)
+            s = jl_buf_adds(&b, "}\n");
+        if (s == JL_OK) {
+            rc = cli_print_json(&b, "outbox");
+        } else {
+            cli_error("the outbox is too large to print as JSON (%s)", jl_status_str(s));
             rc = CLI_FAILED;
         }
         jl_buf_cleanup(&b);

@@ -45,6 +45,12 @@ static const char usage[] =
     "      apply), newest first, at most 500, and how many in all: one JSON object\n"
     "      --instance: on that instance of the projector (its durable, JL_DURABLE), not on\n"
     "      any one of them: with a durable per instance, each has a read model of its own\n"
+    "  outbox <projector> [--all] [--instance NAME]\n"
+    "      a process manager's commands still waiting for a final reply and those refused for\n"
+    "      good, in the order they are sent, at most 500, and how many of each: one JSON\n"
+    "      object; --all: the answered ones too (until pruned)\n"
+    "  outbox <projector> dismiss <command-id> [--instance NAME]\n"
+    "      delete a command refused for good once you have dealt with it (only such a one)\n"
     "  bench [--quick] [--out DIR] ...\n"
     "      run the benchmark (jetledger-bench beside this binary; bench --help lists its\n"
     "      options); it starts its own nats-server and services\n"
@@ -202,12 +208,14 @@ enum cli_flag {
     F_TIMEOUT,
     F_JSON,
     F_INSTANCE,
+    F_ALL,
     F_COUNT
 };
 
 static const char *const flag_names[F_COUNT] = {
-    "--aggregate",  "--from-seq",   "--from-time",      "--keep-old", "--at-seq", "--at-time",
-    "--at-version", "--command-id", "--correlation-id", "--timeout",  "--json",   "--instance"};
+    "--aggregate", "--from-seq",   "--from-time",  "--keep-old",       "--at-seq",
+    "--at-time",   "--at-version", "--command-id", "--correlation-id", "--timeout",
+    "--json",      "--instance",   "--all"};
 
 /* Store the value of one flag; 0 or -1 after printing why. */
 static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
@@ -238,6 +246,9 @@ static int set_flag(cli_opts *o, enum cli_flag which, const char *val)
         break;
     case F_JSON:
         o->json = true;
+        break;
+    case F_ALL:
+        o->all = true;
         break;
     case F_INSTANCE:
         /* It goes into a subject: a '.' or a space would reach another one. */
@@ -319,7 +330,7 @@ static int take_cli_flags(cli_opts *o, int *argc, char **argv)
             argv[w++] = argv[r];
             continue;
         }
-        bool is_switch = which == F_KEEP_OLD || which == F_JSON;
+        bool is_switch = which == F_KEEP_OLD || which == F_JSON || which == F_ALL;
         if (is_switch && val != NULL) {
             cli_error("%s takes no value", flag_names[which]);
             return -1;
@@ -388,6 +399,7 @@ int main(int argc, char **argv)
         {"rebuild", cli_rebuild, B(F_FROM_SEQ) | B(F_FROM_TIME) | B(F_KEEP_OLD) | B(F_INSTANCE)},
         {"verify", cli_verify, B(F_INSTANCE)},
         {"dead-letters", cli_dead_letters, B(F_INSTANCE)},
+        {"outbox", cli_outbox, B(F_ALL) | B(F_INSTANCE)},
         {"status", cli_status, B(F_JSON)},
     };
     cli_ctx ctx;

@@ -188,7 +188,7 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
     } else if (ns == NATS_NO_RESPONDERS && admin && names_a_service(conn, name)) {
         /* Usage, not "unreachable": a script would retry it for ever. */
         cli_error("%s is a producer service (its stream holds %s.events.>), not a projector: "
-                  "rebuild, verify and dead-letters take a projector",
+                  "rebuild, verify, dead-letters and outbox take a projector",
                   name, name);
         rc = CLI_USAGE;
     } else if (ns == NATS_NO_RESPONDERS && admin && ctx->opts.instance != NULL) {
