@@ -203,6 +203,14 @@ sqlite3_stmt *tdb_row(const char *path, const char *sql)
     return st;
 }
 
+int64_t tdb_int(const char *path, const char *sql)
+{
+    sqlite3_stmt *st = tdb_row(path, sql);
+    int64_t v = sqlite3_column_int64(st, 0);
+    tdb_done(st);
+    return v;
+}
+
 void tdb_exec(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;

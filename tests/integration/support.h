@@ -113,6 +113,9 @@ sqlite3_stmt *tdb_row(const char *path, const char *sql);
 int tcount_events(jl_conn *c, const char *stream, const char *filter, const char *type,
                   const char *needle);
 
+/** The first column of the first row of @p sql on the database at @p path, as an integer. */
+int64_t tdb_int(const char *path, const char *sql);
+
 /** Finalize a statement of tdb_row() and close its database. */
 void tdb_done(sqlite3_stmt *st);
 
