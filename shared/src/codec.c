@@ -468,9 +468,11 @@ jl_status jl_reply_encode(jl_buf *out, const jl_reply *r)
 
 jl_status jl_reply_decode(jl_reply *out, const void *data, size_t len)
 {
-    Jetledger__Reply *pb = jetledger__reply__unpack(NULL, len, data);
+    bool oom = false;
+    Jetledger__Reply *pb =
+        (Jetledger__Reply *)unpack(&jetledger__reply__descriptor, len, data, &oom);
     if (pb == NULL)
-        return JL_ERR_DECODE;
+        return oom ? JL_ERR_NOMEM : JL_ERR_DECODE;
     /* An id or type name cut to fit would name something else: refused, not cut. */
     if (strlen(pb->aggregate_id) >= sizeof(out->aggregate_id) ||
         strlen(pb->result_type) >= sizeof(out->result_type)) {

@@ -80,7 +80,14 @@ void jl_decision_emit(jl_decision *d, const ProtobufCMessage *event)
         return;
     }
     size_t offset = d->bytes.len;
-    if (jl_buf_pack(&d->bytes, event) != JL_OK) {
+    jl_status s = jl_buf_pack(&d->bytes, event);
+    if (s == JL_ERR_NOMEM) {
+        /* Not the command's fault: "not now", never a refusal (a process manager would take
+         * one for good and compensate). */
+        jl_decision_reject(d, JL_CODE_UNAVAILABLE, "out of memory packing the events; try again");
+        return;
+    }
+    if (s != JL_OK) {
         jl_decision_reject(d, JL_CODE_INVALID, "the events of one command exceed %d bytes",
                            JL_DECISION_MAX_BYTES);
         return;

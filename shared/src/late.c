@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_int.h"
 #include "deadline.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/codec.h"
@@ -65,11 +66,12 @@ static const char *recorded_msg(const late_record *r)
 }
 
 /* Whether KV entry @p e holds a marker (CommandRecord.unsettled), not a command's record; its
- * sequence into @p after_seq. */
-static bool is_marker(kvEntry *e, uint64_t *after_seq)
+ * sequence into @p after_seq. *@p out_oom: memory ran out reading it (neither is known). */
+static bool is_marker(kvEntry *e, uint64_t *after_seq, bool *out_oom)
 {
-    Jetledger__CommandRecord *rec =
-        jetledger__command_record__unpack(NULL, (size_t)kvEntry_ValueLen(e), kvEntry_Value(e));
+    Jetledger__CommandRecord *rec = (Jetledger__CommandRecord *)jl__unpack(
+        &jetledger__command_record__descriptor, kvEntry_Value(e), (size_t)kvEntry_ValueLen(e),
+        out_oom);
     bool marker = rec != NULL && rec->unsettled;
     *after_seq = marker ? rec->after_seq : 0;
     if (rec != NULL)
@@ -90,10 +92,15 @@ static natsStatus put_marker(jl__late *l, late_record *r)
     for (int i = 0; i < 3; i++) {
         kvEntry *cur = NULL;
         uint64_t rev = 0, after = 0;
+        bool oom = false, marker = false;
         ns = kvStore_Get(&cur, l->kv, r->key);
+        if (ns == NATS_OK)
+            marker = is_marker(cur, &after, &oom);
         if (ns == NATS_NOT_FOUND)
             ns = kvStore_Create(&rev, l->kv, r->key, r->value, (int)r->len);
-        else if (ns == NATS_OK && (!is_marker(cur, &after) || after + 1 > r->seq))
+        else if (ns == NATS_OK && oom)
+            ns = NATS_NO_MEMORY; /* not known what is there: put again later */
+        else if (ns == NATS_OK && (!marker || after + 1 > r->seq))
             ns = NATS_OK; /* a record, or a later marker: nothing to put */
         else if (ns == NATS_OK)
             ns = kvStore_Update(&rev, l->kv, r->key, r->value, (int)r->len, kvEntry_Revision(cur));

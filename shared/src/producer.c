@@ -851,14 +851,30 @@ static bool used_for_another(const cmd *c, const char *type, const char *on, jl_
     return true;
 }
 
+/* @p r: "unavailable", memory having run out reading the record of @p c. A record not read is
+ * not taken for none: the command may have been carried out already. */
+static void record_unread(cmd *c, jl_reply *r)
+{
+    jl_reply_reset(r);
+    snprintf(r->aggregate_id, sizeof(r->aggregate_id), "%s", c->agg_id);
+    jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                   "out of memory reading the record of command id '%s'; try again", c->cmd_id);
+}
+
 /* True when @p c was answered before, by the record @p value (@p len bytes; NULL: none):
- * @p r then holds that reply (or why the id is refused). */
+ * @p r then holds that reply (or why the id is refused, or that the record could not be read
+ * for lack of memory). */
 static bool remembered(cmd *c, const void *value, size_t len, jl_reply *r)
 {
-    bool seen = false;
+    bool seen = false, oom = false;
     if (value == NULL)
         return false;
-    Jetledger__CommandRecord *rec = jetledger__command_record__unpack(NULL, len, value);
+    Jetledger__CommandRecord *rec = (Jetledger__CommandRecord *)jl__unpack(
+        &jetledger__command_record__descriptor, value, len, &oom);
+    if (oom) {
+        record_unread(c, r);
+        return true;
+    }
     if (rec != NULL && strcmp(rec->command_id, c->cmd_id) == 0) {
         seen = true;
         /* A creation under a generated id repeated: its id is the one the first got (derived
@@ -876,8 +892,11 @@ static bool remembered(cmd *c, const void *value, size_t len, jl_reply *r)
                 c->resolve_after = rec->after_seq;
             c->resolve = true;
         } else if (!used_for_another(c, rec->command_type, rec->aggregate_id, r)) {
-            seen = jl_reply_decode(r, rec->reply.data, rec->reply.len) == JL_OK;
-            r->duplicate = seen; /* unreadable record: handle the command as new */
+            jl_status ds = jl_reply_decode(r, rec->reply.data, rec->reply.len);
+            seen = ds == JL_OK || ds == JL_ERR_NOMEM;
+            r->duplicate = ds == JL_OK; /* unreadable record: handle the command as new */
+            if (ds == JL_ERR_NOMEM)
+                record_unread(c, r);
         }
     }
     if (rec != NULL)

@@ -1412,6 +1412,19 @@ START_TEST(running_out_of_memory_decoding_is_nomem_not_a_bad_message)
     ProtobufCMessage *got = jl_request_unpack(&orders__create_order__descriptor, buf, n, &r, NULL);
     ck_assert_ptr_nonnull(got);
     protobuf_c_message_free_unpacked(got, NULL);
+    /* A reply (a producer's remembered one, say): no memory is not "no such reply", which
+     * would have the command decided afresh. */
+    jl_buf wire;
+    jl_buf_init(&wire, 1 << 16);
+    jl_reply_reset(&r);
+    snprintf(r.aggregate_id, sizeof(r.aggregate_id), "o-1");
+    ck_assert_int_eq(jl_reply_encode(&wire, &r), JL_OK);
+    jl__unpack_fail_next();
+    ck_assert_int_eq(jl_reply_decode(&r, wire.data, wire.len), JL_ERR_NOMEM);
+    ck_assert_int_eq(jl_reply_decode(&r, "\xff\xff", 2), JL_ERR_DECODE);
+    ck_assert_int_eq(jl_reply_decode(&r, wire.data, wire.len), JL_OK);
+    ck_assert_str_eq(r.aggregate_id, "o-1");
+    jl_buf_cleanup(&wire);
     jl_reply_cleanup(&r);
 }
 END_TEST
@@ -3184,6 +3197,18 @@ START_TEST(db_fail_records_prefix_message_and_path)
     ck_assert_int_eq(jl_db_fail(db, SQLITE_FULL, "cannot apply"), JL_ERR_DISK_FULL);
     ck_assert_ptr_nonnull(strstr(jl_db_errmsg(db), "cannot apply"));
     ck_assert_ptr_nonnull(strstr(jl_db_errmsg(db), db_path));
+    /* The code handed in is said, not the connection's last message (of no failure here). */
+    ck_assert_msg(strstr(jl_db_errmsg(db), "database or disk is full") != NULL &&
+                      strstr(jl_db_errmsg(db), "not an error") == NULL,
+                  "%s", jl_db_errmsg(db));
+    /* A failure of the connection's own is said with its message. */
+    ck_assert_int_eq(jl_db_exec(db, "CREATE TABLE u (k TEXT UNIQUE); INSERT INTO u VALUES ('a')"),
+                     JL_OK);
+    sqlite3_stmt *st = jl_db_stmt(db, "INSERT INTO u VALUES ('a')");
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(jl_db_step_done(db, st), JL_ERR_INVALID);
+    ck_assert_msg(strstr(jl_db_errmsg(db), "UNIQUE constraint failed: u.k") != NULL, "%s",
+                  jl_db_errmsg(db));
     /* A success code handed to jl_db_fail is still a failure. */
     ck_assert_int_eq(jl_db_fail(db, SQLITE_OK, "odd"), JL_ERR_SQLITE);
     jl_db_close(db);
