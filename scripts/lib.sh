@@ -11,17 +11,26 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Install what is missing, then configure and build (incrementally) into $BUILD_DIR. The tests
 # run the nats-server bootstrap checked: given to cmake each time, as its cache would otherwise
 # keep the one it found first (an older one on PATH, or one since replaced).
+# Two scripts started together (a test run and the demo) build one at a time: two builds of one
+# tree at once fail, or leave objects half written.
 bootstrap_and_build() {
     local server
     "$ROOT/scripts/bootstrap"
     server=$(nats_server_bin) || die "no nats-server after scripts/bootstrap"
-    say "building into $BUILD_DIR"
-    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${JL_BUILD_TYPE:-RelWithDebInfo}" \
-        -DNATS_SERVER:FILEPATH="$server" "$@" >/dev/null
-    cmake --build "$BUILD_DIR" -j "$(nproc)" >/dev/null || {
-        cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40 || true # set -e: still say why
-        die "build failed"
-    }
+    mkdir -p "$BUILD_DIR"
+    (
+        if ! flock -n 9; then
+            say "waiting for another build of $BUILD_DIR to finish"
+            flock -w 3600 9 || die "another build of $BUILD_DIR has held it for an hour"
+        fi
+        say "building into $BUILD_DIR"
+        cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${JL_BUILD_TYPE:-RelWithDebInfo}" \
+            -DNATS_SERVER:FILEPATH="$server" "$@" >/dev/null
+        cmake --build "$BUILD_DIR" -j "$(nproc)" >/dev/null || {
+            cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40 || true # set -e: still say why
+            die "build failed"
+        }
+    ) 9>"$BUILD_DIR/.build.lock"
 }
 
 # The environment variables the services read (their settings): those in shared/src/config.c.
@@ -63,11 +72,19 @@ end_run_tmpdir() {
 # under a benchmark still running would leave its servers behind). Otherwise CMD's status. The
 # traps are set before CMD starts, or a signal in between would leave it running unstopped. A
 # background job starts with SIGINT ignored: CMD gets it back (Ctrl-C then stops CMD whole).
+# What does not stop within 30 s of the signal (a process that ignores it) is killed. Before
+# CMD's setsid the group does not exist yet: the signal then goes to the process itself.
 GROUP_PID=""
 stop_group() { # $1: the signal to pass on
     if [ -n "$GROUP_PID" ]; then
-        kill -"$1" -- -"$GROUP_PID" 2>/dev/null || true
+        kill -"$1" -- -"$GROUP_PID" 2>/dev/null || kill -"$1" "$GROUP_PID" 2>/dev/null || true
+        (
+            sleep 30
+            kill -KILL -- -"$GROUP_PID" 2>/dev/null || kill -KILL "$GROUP_PID" 2>/dev/null
+        ) &
+        local killer=$!
         wait "$GROUP_PID" || true
+        kill "$killer" 2>/dev/null || true
     fi
 }
 in_own_group() {
