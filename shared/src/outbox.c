@@ -850,19 +850,11 @@ void jl__outbox_stop(jl_projector *p)
     p->has_outbox_thread = false;
 }
 
-bool jl__outbox_lock(jl_projector *p, int wait_ms)
+void jl__outbox_lock(jl_projector *p)
 {
     atomic_fetch_add(&p->outbox_yield, 1);
-    int rc = 0;
-    if (wait_ms < 0) {
-        pthread_mutex_lock(&p->outbox_mu);
-    } else {
-        /* timedlock takes the wall clock: a step of it shortens or lengthens this wait only. */
-        struct timespec until = jl__realtime_in(wait_ms);
-        rc = pthread_mutex_timedlock(&p->outbox_mu, &until);
-    }
+    pthread_mutex_lock(&p->outbox_mu);
     atomic_fetch_sub(&p->outbox_yield, 1);
-    return rc == 0;
 }
 
 /* The columns an operator is shown of a row (see shown_row). */
@@ -907,8 +899,31 @@ static void free_shown(Jetledger__OutboxRow *o)
     free(o->correlation_id);
 }
 
+/* How long a dismissal waits for the writer (a batch being applied), then for SQLite's write
+ * lock. It is answered on the instance's admin subscription, which also answers other
+ * instances' Hello within a second (twins.c): it must not hold that up. */
+#define DISMISS_WAIT_MS 400
+#define DISMISS_BUSY_MS 200
+
+/* A failure that may pass by itself: the caller may ask again (unavailable). */
+static bool not_now(jl_status s)
+{
+    return s == JL_ERR_TIMEOUT || s == JL_ERR_DISK_FULL || s == JL_ERR_NOMEM;
+}
+
+/* @p r: that @p p has no outbox (false), for a request about it; true when it has one. */
+static bool has_outbox(jl_projector *p, jl_reply *r)
+{
+    if (!p->def->outbox)
+        jl_reply_error(r, JL_CODE_INVALID, "%s is not a process manager: it has no outbox",
+                       p->def->name);
+    return p->def->outbox;
+}
+
 void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
 {
+    if (!has_outbox(p, r))
+        return;
     Jetledger__Outbox out = JETLEDGER__OUTBOX__INIT;
     Jetledger__OutboxRow *rows = calloc(limit ? limit : 1, sizeof(*rows));
     Jetledger__OutboxRow **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
@@ -918,9 +933,9 @@ void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
     sqlite3_stmt *st =
         s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FILTER (WHERE replied_at_ns IS NULL), "
                                      "count(*) FILTER (WHERE replied_at_ns IS NOT NULL AND "
-                                     "reply_code NOT IN ('ok', 'withdrawn')), count(*) FILTER "
-                                     "(WHERE replied_at_ns IS NOT NULL AND reply_code IN ('ok', "
-                                     "'withdrawn')) FROM jl_outbox")
+                                     "coalesce(reply_code, '') NOT IN ('ok', 'withdrawn')), "
+                                     "count(*) FILTER (WHERE replied_at_ns IS NOT NULL AND "
+                                     "reply_code IN ('ok', 'withdrawn')) FROM jl_outbox")
                    : NULL;
     if (s == JL_OK && st == NULL)
         s = JL_ERR_SQLITE;
@@ -935,9 +950,12 @@ void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
         }
         sqlite3_reset(st);
     }
+    /* With the answered rows too, those still to be dealt with first: a week of answered rows
+     * would otherwise fill the page. */
     st = s == JL_OK ? jl_db_stmt(qdb, "SELECT " OUTBOX_SHOWN " FROM jl_outbox WHERE ?1 OR "
-                                      "replied_at_ns IS NULL OR reply_code NOT IN ('ok', "
-                                      "'withdrawn') ORDER BY id LIMIT ?2")
+                                      "replied_at_ns IS NULL OR coalesce(reply_code, '') NOT IN "
+                                      "('ok', 'withdrawn') ORDER BY replied_at_ns IS NOT NULL AND "
+                                      "reply_code IN ('ok', 'withdrawn'), id LIMIT ?2")
                     : NULL;
     if (s == JL_OK && st == NULL)
         s = JL_ERR_SQLITE;
@@ -958,23 +976,19 @@ void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
     if (st != NULL)
         sqlite3_reset(st);
     if (s != JL_OK)
-        jl_reply_error(r, JL_CODE_INTERNAL, "cannot read the outbox: %s",
+        jl_reply_error(r, not_now(s) ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
+                       "cannot read the outbox: %s",
                        s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
     jl__proj_read_end(p, qdb);
     out.rows = ptrs;
     out.instance = p->instance;
-    if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
-        jl_reply_error(r, JL_CODE_INTERNAL, "the outbox rows do not fit in a reply");
+    if (s == JL_OK)
+        (void)jl_reply_set_result(r, &out.base); /* else it says why */
     for (size_t i = 0; i < out.n_rows; i++)
         free_shown(&rows[i]);
     free(rows);
     free(ptrs);
 }
-
-/* How long a dismissal waits for the outbox (the sender letting go) and then for the writer
- * (a batch being applied). It is answered on the instance's admin subscription, which also
- * answers other instances' Hello within a second (twins.c): it must not hold that up. */
-#define DISMISS_WAIT_MS 400
 
 void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
 {
@@ -984,21 +998,22 @@ void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
                        JL_MAX_ID_LEN);
         return;
     }
-    /* Under outbox_mu, as the sender records replies and a rebuild carries the outbox over to
-     * its new file; the row is deleted through the live writer, under apply_mu. */
-    if (!jl__outbox_lock(p, DISMISS_WAIT_MS)) {
-        jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "the outbox is busy (a rebuild may be finishing); try again");
+    if (!has_outbox(p, r))
         return;
-    }
+    /* Through the live writer, under apply_mu: a rebuild's switch carries the outbox over to its
+     * new file under it too, so the row is deleted from the file that stays. Not under
+     * outbox_mu: the sender never touches a refused row, and taking it would have the sender
+     * let go of the command it is waiting on. timedlock reads the wall clock: a step of it
+     * changes this wait only. */
     struct timespec until = jl__realtime_in(DISMISS_WAIT_MS);
     if (pthread_mutex_timedlock(&p->apply_mu, &until) != 0) {
-        pthread_mutex_unlock(&p->outbox_mu);
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "the read model is busy applying a batch; try again");
+                       "the read model is busy (applying a batch, or a rebuild finishing); try "
+                       "again");
         return;
     }
     jl_db *db = p->db;
+    sqlite3_busy_timeout(jl_db_handle(db), DISMISS_BUSY_MS);
     Jetledger__OutboxRow o = JETLEDGER__OUTBOX_ROW__INIT;
     bool found = false;
     jl_status s = jl_db_begin(db, true);
@@ -1030,13 +1045,11 @@ void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
     if (s != JL_OK || !refused)
         jl_db_rollback(db);
     if (s != JL_OK)
-        jl_reply_error(r,
-                       s == JL_ERR_TIMEOUT || s == JL_ERR_DISK_FULL ? JL_CODE_UNAVAILABLE
-                                                                    : JL_CODE_INTERNAL,
+        jl_reply_error(r, not_now(s) ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
                        "cannot dismiss the outbox row: %s",
                        s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(db));
+    sqlite3_busy_timeout(jl_db_handle(db), JL_DB_BUSY_MS);
     pthread_mutex_unlock(&p->apply_mu);
-    pthread_mutex_unlock(&p->outbox_mu);
     char id[300];
     if (s == JL_OK && !found) {
         jl_reply_error(r, JL_CODE_NOT_FOUND, "no outbox row has command id '%s'", command_id);
@@ -1051,8 +1064,7 @@ void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
         jl_log(JL_LOG_INFO, "outbox: refused command dismissed",
                "\"command\":\"%s\",\"command_id\":\"%s\",\"code\":\"%s\"", o.command,
                jl_log_str(id, sizeof(id), command_id), o.reply_code);
-        if (jl_reply_set_result(r, &o.base) != JL_OK)
-            jl_reply_error(r, JL_CODE_INTERNAL, "the row dismissed does not fit in a reply");
+        (void)jl_reply_set_result(r, &o.base); /* else it says why */
     }
     if (found) /* else its strings are the constant empty one */
         free_shown(&o);
@@ -1076,10 +1088,18 @@ jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, siz
                        "COMMIT;");
         if (s != JL_OK)
             jl_db_rollback(to);
-        jl_db_exec(to, "DETACH DATABASE jl_live");
     }
     if (s != JL_OK)
         snprintf(err, errlen, "cannot carry the outbox over: %s; the live read model is unchanged",
                  jl_db_errmsg(to));
+    /* Left attached, the old file would stay open under the connection that becomes the live
+     * writer, after the switch has removed it. */
+    if (s == JL_OK && (s = jl_db_exec(to, "DETACH DATABASE jl_live")) != JL_OK)
+        snprintf(err, errlen,
+                 "cannot detach the live file after carrying the outbox over: %s; the live read "
+                 "model is unchanged",
+                 jl_db_errmsg(to));
+    else if (s != JL_OK)
+        (void)jl_db_exec(to, "DETACH DATABASE jl_live"); /* the failure said is the copy's */
     return s;
 }

@@ -10,9 +10,9 @@
  *     writing (queries wait for the swap, which is a pointer exchange);
  *   - `mu` guards checkpoint and counters, and signals `advanced` for min_sequence waits;
  *   - `outbox_mu` (a process manager's): the outbox sender's send-and-record of one command,
- *     a rebuild's finish, from before it pauses live applying to the switch, and an operator's
- *     dismissal of a row (which then takes `apply_mu` to delete it through `db`); taken before
- *     `apply_mu` (the sender holds it for a request: live applying must not wait on that).
+ *     and a rebuild's finish, from before it pauses live applying to the switch; taken before
+ *     `apply_mu` (the sender holds it for a request: live applying must not wait on that). An
+ *     operator's dismissal of a refused row takes `apply_mu` alone and deletes through `db`.
  */
 #ifndef JETLEDGER_PROJECTOR_INT_H
 #define JETLEDGER_PROJECTOR_INT_H
@@ -297,9 +297,8 @@ void jl__outbox_stop(jl_projector *p);
 void jl__outbox_wake(jl_projector *p);
 /* Copy the outbox of the file at @p from_path into @p to (a rebuilt file, before its switch). */
 jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen);
-/* Take outbox_mu, having the sender let go of it at once rather than after its request; false
- * (not taken) when @p wait_ms passes first (-1: no limit). */
-bool jl__outbox_lock(jl_projector *p, int wait_ms);
+/* Take outbox_mu, having the sender let go of it at once rather than after its request. */
+void jl__outbox_lock(jl_projector *p);
 /* Admin requests: GetOutbox (@p all: answered rows too; at most @p limit rows) and
  * DismissOutbox; each fills @p r (a jetledger.Outbox, or the OutboxRow deleted). */
 void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r);

@@ -550,7 +550,7 @@ static void run_job(jl_projector *p, jl__job *j)
              * applying too (see jl__proj_switch). */
             held_outbox = !j->verify && p->def->outbox;
             if (held_outbox) /* the sender may be waiting for a reply: it lets go at once */
-                (void)jl__outbox_lock(p, -1);
+                jl__outbox_lock(p);
             pthread_mutex_lock(&p->apply_mu);
             paused_live = true;
             int64_t deadline = jl__mono_ns() + (int64_t)CATCH_UP_LIMIT_MS * 1000000;

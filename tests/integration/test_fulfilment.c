@@ -596,12 +596,35 @@ START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
     /* jetledger outbox: what the process manager still waits for (a ReserveStock answered "not
      * now", with its last reply and attempts), then, once it is refused for good, that refusal,
      * which stays until an operator dismisses it; nothing but a refusal can be dismissed. */
-    char a[JL_UUID_LEN + 1], key[JL_UUID_LEN + 1], got[32] = "";
-    natsSubscription *fake = order_answered_not_now(a);
+    char a[JL_UUID_LEN + 1], first[JL_UUID_LEN + 1], key[JL_UUID_LEN + 1], got[32] = "";
+    /* First an order confirmed: three rows answered ok, decided before the one to deal with. */
+    register_product("apple", "Apple", 10);
+    runner_start(&process, &fulfilment_process);
+    line l1[] = {{"apple", 1, 150}};
+    place_order("ivy", l1, 1, first);
+    wait_status(first, "confirmed", 20000);
+    Jetledger__Outbox *o = NULL;
+    for (int64_t until = tnow_ms() + 20000;; nats_Sleep(50)) {
+        o = get_outbox(false);
+        if (o->answered == 3 || tnow_ms() > until)
+            break;
+        jetledger__outbox__free_unpacked(o, NULL);
+    }
+    ck_assert_uint_eq(o->answered, 3); /* reserve, confirm, commit */
+    ck_assert_uint_eq(o->n_rows, 0);
+    jetledger__outbox__free_unpacked(o, NULL);
+    /* Then an inventory answering "not now". */
+    jl_producer_close(inventory_p, 1000);
+    inventory_p = NULL;
+    atomic_store(&not_now_calls, 0);
+    natsSubscription *fake = answer_reservations(answer_not_now);
+    line la[] = {{"apple", 2, 150}};
+    place_order("carol", la, 1, a);
+    wait_calls(&not_now_calls, 1);
     for (int i = 0; a[i]; i++)
         key[i] = (char)tolower((unsigned char)a[i]);
     key[JL_UUID_LEN] = 0;
-    Jetledger__Outbox *o = get_outbox(false);
+    o = get_outbox(false);
     ck_assert_uint_eq(o->waiting, 1);
     ck_assert_uint_eq(o->refused, 0);
     ck_assert_uint_eq(o->n_rows, 1);
@@ -632,7 +655,7 @@ START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
     o = get_outbox(false);
     ck_assert_uint_eq(o->waiting, 0);
     ck_assert_uint_eq(o->refused, 1);
-    ck_assert_uint_eq(o->answered, 1); /* the CancelOrder */
+    ck_assert_uint_eq(o->answered, 4); /* the first order's and the CancelOrder */
     ck_assert_uint_eq(o->n_rows, 1);
     ck_assert_str_eq(o->rows[0]->command_id, reserve_id);
     ck_assert_str_eq(o->rows[0]->state, "refused");
@@ -640,14 +663,19 @@ START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
     ck_assert_str_eq(o->rows[0]->reply_message, "no apples today");
     ck_assert_int_gt(o->rows[0]->replied_at_ns, 0);
     jetledger__outbox__free_unpacked(o, NULL);
+    /* All of them: the refusal first, then the answered ones in the order they were decided
+     * (the first order's before it). */
     o = get_outbox(true);
-    ck_assert_uint_eq(o->n_rows, 2); /* in the order they were decided */
+    ck_assert_uint_eq(o->n_rows, 5);
     ck_assert_str_eq(o->rows[0]->command_id, reserve_id);
-    ck_assert_str_eq(o->rows[1]->command, "CancelOrder");
-    ck_assert_str_eq(o->rows[1]->state, "ok");
-    ck_assert_int_gt(o->rows[1]->id, o->rows[0]->id);
+    for (size_t i = 1; i < 5; i++) {
+        ck_assert_str_eq(o->rows[i]->state, "ok");
+        ck_assert_int_gt(o->rows[i]->id, i > 1 ? o->rows[i - 1]->id : 0);
+    }
+    ck_assert_int_lt(o->rows[1]->id, o->rows[0]->id);
+    ck_assert_str_eq(o->rows[4]->command, "CancelOrder");
     char cancel_id[128];
-    snprintf(cancel_id, sizeof(cancel_id), "%s", o->rows[1]->command_id);
+    snprintf(cancel_id, sizeof(cancel_id), "%s", o->rows[4]->command_id);
     jetledger__outbox__free_unpacked(o, NULL);
 
     expect_dismissal(cancel_id, JL_CODE_RULE_VIOLATION, "is ok");
@@ -664,7 +692,7 @@ START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
     /* The CLI: the counts always said, the refusal listed; then dismissed. */
     char out[8192], args[256];
     ck_assert_int_eq(cli_outbox("", out, sizeof(out)), 0);
-    ck_assert_msg(strstr(out, "{\"waiting\":0,\"refused\":1,\"answered\":1,\"instance\":") == out &&
+    ck_assert_msg(strstr(out, "{\"waiting\":0,\"refused\":1,\"answered\":4,\"instance\":") == out &&
                       strstr(out, reserve_id) != NULL &&
                       strstr(out, "\"state\":\"refused\"") != NULL &&
                       strstr(out, "\"reply_message\":\"no apples today\"") != NULL &&
@@ -683,9 +711,9 @@ START_TEST(an_operator_lists_the_outbox_and_dismisses_a_refusal)
                   out);
     o = get_outbox(true);
     ck_assert_uint_eq(o->refused, 0);
-    ck_assert_uint_eq(o->answered, 1);
-    ck_assert_uint_eq(o->n_rows, 1);
-    ck_assert_str_eq(o->rows[0]->command_id, cancel_id);
+    ck_assert_uint_eq(o->answered, 4);
+    ck_assert_uint_eq(o->n_rows, 4);
+    ck_assert_str_eq(o->rows[3]->command_id, cancel_id);
     jetledger__outbox__free_unpacked(o, NULL);
     outbox_select(a, "ReserveStock", "count(*)", got, sizeof(got));
     ck_assert_str_eq(got, "0");

@@ -208,7 +208,7 @@ int cli_request(const cli_ctx *ctx, jl_conn *conn, const char *kind, const char 
                         "it has; see its log)"
                       : "",
                   name, projector ? "service" : "projector",
-                  projector ? "query, rebuild, verify and dead-letters"
+                  projector ? "query, rebuild, verify, dead-letters and outbox"
                             : "command, history, state and events",
                   kind);
         rc = CLI_UNAVAILABLE;
