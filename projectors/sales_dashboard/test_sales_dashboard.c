@@ -5,6 +5,7 @@
 #include "projection.h"
 
 #include <check.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@ typedef struct tev {
         Orders__OrderCreated created;
         Orders__OrderPlaced placed;
         Orders__OrderConfirmed confirmed;
+        Orders__OrderCancelled cancelled;
     } m;
     char skus[MAX_LINES][16];
     Orders__OrderLine lines[MAX_LINES];
@@ -288,6 +290,57 @@ START_TEST(a_short_range_reads_only_its_days)
 }
 END_TEST
 
+/* OrderCounts of the read model: open, placed, confirmed, cancelled. */
+static void expect_counts(int64_t open, int64_t placed, int64_t confirmed, int64_t cancelled)
+{
+    Dashboard__OrderCounts q = DASHBOARD__ORDER_COUNTS__INIT;
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(ask(&q.base, &r), JL_OK);
+    Dashboard__OrderCountsResult *res =
+        dashboard__order_counts_result__unpack(NULL, r.result.len, r.result.data);
+    ck_assert_ptr_nonnull(res);
+    ck_assert_msg(res->open == open && res->placed == placed && res->confirmed == confirmed &&
+                      res->cancelled == cancelled,
+                  "open %" PRId64 ", placed %" PRId64 ", confirmed %" PRId64 ", cancelled %" PRId64,
+                  res->open, res->placed, res->confirmed, res->cancelled);
+    dashboard__order_counts_result__free_unpacked(res, NULL);
+    jl_reply_cleanup(&r);
+}
+
+START_TEST(order_counts_follow_every_status_change)
+{
+    /* Kept as the statuses change (not counted over every order at each query): created,
+     * placed, confirmed, cancelled; a refused event changes none. */
+    static tev t;
+    char a[JL_UUID_LEN + 1];
+    jl_uuid_new(a);
+    expect_counts(0, 0, 0, 0);
+    base(&t, "orders.OrderCreated", a, DAY_NS);
+    orders__order_created__init(&t.m.created);
+    t.m.created.order_id = t.order;
+    t.m.created.customer_id = "bob";
+    t.ev.payload = &t.m.created.base;
+    apply_ok(&t);
+    expect_counts(1, 0, 0, 0);
+    ck_assert_int_eq(max_order(1, DAY_NS), JL_OK);
+    ck_assert_int_eq(max_order(2, DAY_NS), JL_OK);
+    expect_counts(1, 0, 2, 0);
+    base(&t, "orders.OrderConfirmed", a, DAY_NS); /* an open order: refused */
+    orders__order_confirmed__init(&t.m.confirmed);
+    t.m.confirmed.order_id = t.order;
+    t.ev.payload = &t.m.confirmed.base;
+    ck_assert_int_ne(apply(&t), JL_OK);
+    expect_counts(1, 0, 2, 0);
+    base(&t, "orders.OrderCancelled", a, DAY_NS);
+    orders__order_cancelled__init(&t.m.cancelled);
+    t.m.cancelled.order_id = t.order;
+    t.ev.payload = &t.m.cancelled.base;
+    apply_ok(&t);
+    expect_counts(0, 0, 2, 1);
+}
+END_TEST
+
 START_TEST(bad_ranges_and_limits_are_answered_invalid)
 {
     static const struct {
@@ -346,6 +399,7 @@ static Suite *dashboard_suite(void)
     tcase_add_test(tc, a_sale_that_would_overflow_the_day_is_refused_not_counted_wrong);
     tcase_add_test(tc, bad_ranges_and_limits_are_answered_invalid);
     tcase_add_test(tc, a_short_range_reads_only_its_days);
+    tcase_add_test(tc, order_counts_follow_every_status_change);
     suite_add_tcase(s, tc);
     return s;
 }
