@@ -2038,6 +2038,29 @@ START_TEST(cli_status_shows_streams_consumers_and_lag)
     ck_assert_msg(strstr(r->out, "none") == NULL, "%s", r->out);
     CLI(r, url, "status", "--keep-old");
     ASSERT_CLI(r, 2);
+    /* ping: whether JetStream answers (what a pod waits for before starting a service); a
+     * server with no JetStream, or none, is unreachable (3), said. */
+    CLI(r, url, "ping");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "{\"jetstream\":true,\"streams\":") == r->out, "%s", r->out);
+    CLI(r, url, "ping", "now");
+    ASSERT_CLI(r, 2);
+    int port = 0;
+    ck_assert_int_eq(jl_free_port(&port), 0);
+    char plain[64];
+    snprintf(plain, sizeof(plain), "nats://127.0.0.1:%d", port);
+    CLI(r, plain, "ping");
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "cannot reach NATS") != NULL, "%s", r->err);
+    jl_natsd *no_js = NULL;
+    jl_natsd_opts o;
+    jl_natsd_opts_init(&o);
+    o.jetstream = false;
+    ck_assert_int_eq(jl_natsd_start(&no_js, &o), 0);
+    CLI(r, jl_natsd_url(no_js), "ping");
+    jl_natsd_destroy(no_js);
+    ASSERT_CLI(r, 3);
+    ck_assert_msg(strstr(r->err, "JetStream does not answer") != NULL, "%s", r->err);
     /* Started with stdout closed, the NATS socket would take descriptor 1 and the table would
      * be written into it: the output cannot be written, and the CLI says so. */
     const char *const args[] = {"status", NULL};

@@ -169,5 +169,6 @@ int cli_verify(cli_ctx *ctx);
 int cli_dead_letters(cli_ctx *ctx);
 int cli_outbox(cli_ctx *ctx);
 int cli_status(cli_ctx *ctx);
+int cli_ping(cli_ctx *ctx);
 
 #endif /* JETLEDGER_CLI_H */

@@ -58,6 +58,9 @@ static const char usage[] =
     "      every stream (messages, bytes, sequences, replicas: leader, current or lagging) and\n"
     "      every consumer (delivered, ack floor, ack pending, pending = lag, redelivered,\n"
     "      waiting); KV buckets show as kind kv. --json: one object {\"streams\":[...]}\n"
+    "  ping\n"
+    "      whether JetStream answers (a meta leader elected): exit 0 and one JSON line, else 3;\n"
+    "      what a script (or a pod's init container) waits for before starting services\n"
     "\n"
     "  --timeout MS   how long to wait for a reply (default 15000: longer than a service's own "
     "deadline)\n"
@@ -401,6 +404,7 @@ int main(int argc, char **argv)
         {"dead-letters", cli_dead_letters, B(F_INSTANCE)},
         {"outbox", cli_outbox, B(F_ALL) | B(F_INSTANCE)},
         {"status", cli_status, B(F_JSON)},
+        {"ping", cli_ping, 0},
     };
     cli_ctx ctx;
     char err[512];

@@ -523,3 +523,36 @@ int cli_status(cli_ctx *ctx)
     jl_conn_close(conn, 0);
     return rc;
 }
+
+int cli_ping(cli_ctx *ctx)
+{
+    if (ctx->argc != 0) {
+        cli_error("usage: jetledger ping");
+        return CLI_USAGE;
+    }
+    int rc = CLI_OK;
+    jl_conn *conn = cli_connect(ctx, &rc);
+    if (rc == CLI_OK) {
+        jsOptions o;
+        jsOptions_Init(&o);
+        o.Wait = ctx->opts.timeout_ms;
+        jsAccountInfo *ai = NULL;
+        jsErrCode jerr = 0;
+        natsStatus ns = js_GetAccountInfo(&ai, jl_conn_js(conn), &o, &jerr);
+        if (ns == NATS_OK) {
+            printf("{\"jetstream\":true,\"streams\":%" PRId64 ",\"consumers\":%" PRId64
+                   ",\"store_bytes\":%" PRIu64 "}\n",
+                   ai->Streams, ai->Consumers, ai->Store); /* written out by main */
+        } else {
+            st_all all;
+            char why[ST_ERR_LEN];
+            memset(&all, 0, sizeof(all));
+            describe(&all, why, sizeof(why), ns, jerr);
+            cli_error("JetStream does not answer: %s", why);
+            rc = all.unavailable || jl_js_off(ns, jerr) ? CLI_UNAVAILABLE : CLI_FAILED;
+        }
+        jsAccountInfo_Destroy(ai);
+    }
+    jl_conn_close(conn, 0);
+    return rc;
+}
