@@ -16,13 +16,13 @@
  * Why it stays correct when the two streams are consumed at different speeds. The runtime
  * applies each stream with its own consumer, checkpoint and transactions, so an order may be
  * confirmed here long before (or after) the registration of its products is applied. Events of
- * one stream therefore only ever write tables of that stream: orders, order_lines and
- * daily_sales from ORDERS, products from INVENTORY; apply never reads what the other stream
- * wrote. The two meet only at query time, where TopProducts joins daily_sales to products with
- * a LEFT JOIN: a product whose registration has not been applied yet shows an empty name, and
- * its units and revenue are right all the same; once the registration is applied, the name
- * appears with no other change. Within ORDERS the events of one order come in the order they were
- * decided (one subject, one stream), which is all that OrderPlaced -> OrderConfirmed needs.
+ * one stream therefore only ever write tables of that stream: orders, order_counts,
+ * order_lines and daily_sales from ORDERS, products from INVENTORY; apply never reads what the
+ * other stream wrote. The two meet only at query time, where TopProducts joins daily_sales to
+ * products with a LEFT JOIN: a product whose registration has not been applied yet shows an empty
+ * name, and its units and revenue are right all the same; once the registration is applied, the
+ * name appears with no other change. Within ORDERS the events of one order come in the order they
+ * were decided (one subject, one stream), which is all that OrderPlaced -> OrderConfirmed needs.
  *
  * Events the dashboard has no use for (ItemAdded, ItemRemoved, Restocked and the reservation
  * events) are accepted and ignored, so they do not land in the dead letters. An OrderPlaced
@@ -426,11 +426,22 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
 static jl_status order_counts(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     (void)msg;
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT status, n FROM order_counts");
+    /* A file of version 2, which answers while its version rebuild runs, has no order_counts:
+     * counted over its orders then, as version 2 did. */
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'order_counts'");
+    if (st == NULL)
+        return JL_ERR_SQLITE;
+    int rc = sqlite3_step(st);
+    bool kept = rc == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return jl_db_fail(db, rc, "OrderCounts");
+    st = jl_db_stmt(db, kept ? "SELECT status, n FROM order_counts"
+                             : "SELECT status, count(*) FROM orders GROUP BY status");
     if (st == NULL)
         return JL_ERR_SQLITE;
     Dashboard__OrderCountsResult res = DASHBOARD__ORDER_COUNTS_RESULT__INIT;
-    int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *status = (const char *)sqlite3_column_text(st, 0);
         int64_t count = sqlite3_column_int64(st, 1);
