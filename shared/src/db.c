@@ -165,10 +165,10 @@ jl_status jl_db_fail(jl_db *db, int rc, const char *what)
 {
     int primary = rc & 0xff;
     bool damaged = primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
-    /* Retried, a damaged file fails the same way for ever: say what mends it. */
     /* The connection's message is of its last failure: @p rc may be another (a row missing is
      * SQLITE_DONE, which sets none). */
     bool own = db->h != NULL && sqlite3_extended_errcode(db->h) == rc;
+    /* Retried, a damaged file fails the same way for ever: say what mends it. */
     snprintf(db->err, sizeof(db->err), "%s: %s (sqlite %d) [%s]%s", what,
              own ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc), rc, db->path,
              damaged ? "; the file is damaged: rebuild the read model from the stream "

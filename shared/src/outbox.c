@@ -692,8 +692,8 @@ static void prune_answered(jl_projector *p, jl_db *db, uint64_t gen)
         /* Through jl_outbox_replied: reads the rows it deletes (and the refusals kept). */
         sqlite3_stmt *st =
             jl_db_stmt(db, "DELETE FROM jl_outbox WHERE id IN (SELECT id FROM jl_outbox WHERE "
-                           "replied_at_ns IS NOT NULL AND replied_at_ns < ? AND reply_code IN "
-                           "('ok', 'withdrawn') ORDER BY replied_at_ns LIMIT ?)");
+                           " " JL_OUTBOX_ANSWERED_SQL " AND replied_at_ns < ? ORDER BY "
+                           "replied_at_ns LIMIT ?)");
         bool ok = st != NULL;
         if (ok) {
             sqlite3_bind_int64(st, 1, cutoff);
@@ -879,7 +879,7 @@ static bool shown_row(sqlite3_stmt *st, Jetledger__OutboxRow *o)
     bool replied = sqlite3_column_type(st, 9) != SQLITE_NULL;
     o->replied_at_ns = replied ? sqlite3_column_int64(st, 9) : 0;
     o->correlation_id = jl__column_dup(st, 10);
-    const char *code = o->reply_code != NULL ? o->reply_code : "";
+    const char *code = o->reply_code != NULL ? o->reply_code : ""; /* JL_OUTBOX_*_SQL */
     o->state = (char *)(!replied                         ? "waiting"
                         : strcmp(code, "ok") == 0        ? "ok"
                         : strcmp(code, "withdrawn") == 0 ? "withdrawn"
@@ -920,74 +920,97 @@ static bool has_outbox(jl_projector *p, jl_reply *r)
     return p->def->outbox;
 }
 
-void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
+/* Step @p st (OUTBOX_SHOWN columns) into @p out's rows, up to @p limit in all; its status. */
+static jl_status shown_rows(jl_db *qdb, sqlite3_stmt *st, Jetledger__Outbox *out,
+                            Jetledger__OutboxRow *rows, unsigned limit)
 {
-    if (!has_outbox(p, r))
-        return;
-    Jetledger__Outbox out = JETLEDGER__OUTBOX__INIT;
-    Jetledger__OutboxRow *rows = calloc(limit ? limit : 1, sizeof(*rows));
-    Jetledger__OutboxRow **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
-    jl_status s = rows != NULL && ptrs != NULL ? JL_OK : JL_ERR_NOMEM;
-    jl_db *qdb = jl__proj_read_begin(p, &s);
-    /* A final reply is any but "not now", which leaves replied_at_ns NULL (send_one). */
-    sqlite3_stmt *st =
-        s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FILTER (WHERE replied_at_ns IS NULL), "
-                                     "count(*) FILTER (WHERE replied_at_ns IS NOT NULL AND "
-                                     "coalesce(reply_code, '') NOT IN ('ok', 'withdrawn')), "
-                                     "count(*) FILTER (WHERE replied_at_ns IS NOT NULL AND "
-                                     "reply_code IN ('ok', 'withdrawn')) FROM jl_outbox")
-                   : NULL;
-    if (s == JL_OK && st == NULL)
-        s = JL_ERR_SQLITE;
-    if (st != NULL) {
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            out.waiting = (uint64_t)sqlite3_column_int64(st, 0);
-            out.refused = (uint64_t)sqlite3_column_int64(st, 1);
-            out.answered = (uint64_t)sqlite3_column_int64(st, 2);
-        } else {
-            s = jl_db_fail(qdb, rc, "cannot count the outbox rows");
-        }
-        sqlite3_reset(st);
-    }
-    /* With the answered rows too, those still to be dealt with first: a week of answered rows
-     * would otherwise fill the page. */
-    st = s == JL_OK ? jl_db_stmt(qdb, "SELECT " OUTBOX_SHOWN " FROM jl_outbox WHERE ?1 OR "
-                                      "replied_at_ns IS NULL OR coalesce(reply_code, '') NOT IN "
-                                      "('ok', 'withdrawn') ORDER BY replied_at_ns IS NOT NULL AND "
-                                      "reply_code IN ('ok', 'withdrawn'), id LIMIT ?2")
-                    : NULL;
-    if (s == JL_OK && st == NULL)
-        s = JL_ERR_SQLITE;
-    if (st != NULL) {
-        sqlite3_bind_int(st, 1, all);
-        sqlite3_bind_int(st, 2, (int)limit);
-    }
+    jl_status s = JL_OK;
     int rc = SQLITE_DONE;
-    while (st != NULL && out.n_rows < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        ptrs[out.n_rows] = &rows[out.n_rows];
-        if (!shown_row(st, ptrs[out.n_rows++])) {
+    while (out->n_rows < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        out->rows[out->n_rows] = &rows[out->n_rows];
+        if (!shown_row(st, out->rows[out->n_rows++])) {
             s = JL_ERR_NOMEM;
             break;
         }
     }
     if (s == JL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
         s = jl_db_fail(qdb, rc, "reading the outbox");
-    if (st != NULL)
+    sqlite3_reset(st);
+    return s;
+}
+
+void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
+{
+    if (!has_outbox(p, r))
+        return;
+    Jetledger__Outbox out = JETLEDGER__OUTBOX__INIT;
+    Jetledger__OutboxRow *rows = calloc(limit ? limit : 1, sizeof(*rows));
+    out.rows = calloc(limit ? limit : 1, sizeof(*out.rows));
+    jl_status s = rows != NULL && out.rows != NULL ? JL_OK : JL_ERR_NOMEM;
+    jl_db *qdb = jl__proj_read_begin(p, &s);
+    /* Through the partial indexes of the rows waiting and refused, never a scan of the week of
+     * answered rows (this holds the queries' lock, on the thread that answers Hello): those
+     * are counted, from their own index, and listed only when asked for. INDEXED BY: the
+     * planner would otherwise take the index of every answered row for the refused ones. */
+    sqlite3_stmt *st =
+        s == JL_OK
+            ? jl_db_stmt(qdb, "SELECT (SELECT count(*) FROM jl_outbox INDEXED BY "
+                              "jl_outbox_unsent WHERE " JL_OUTBOX_WAITING_SQL "), (SELECT "
+                              "count(*) FROM jl_outbox INDEXED BY jl_outbox_refused WHERE "
+                              " " JL_OUTBOX_REFUSED_SQL "), CASE WHEN ?1 THEN (SELECT count(*) "
+                              "FROM jl_outbox INDEXED BY jl_outbox_replied WHERE replied_at_ns "
+                              "IS NOT NULL) ELSE 0 END")
+            : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_int(st, 1, all);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            out.waiting = (uint64_t)sqlite3_column_int64(st, 0);
+            out.refused = (uint64_t)sqlite3_column_int64(st, 1);
+            out.answered = all ? (uint64_t)sqlite3_column_int64(st, 2) - out.refused : 0;
+        } else {
+            s = jl_db_fail(qdb, rc, "cannot count the outbox rows");
+        }
         sqlite3_reset(st);
+    }
+    /* Those still to deal with, in sending order (a merge of the two indexes)... */
+    st = s == JL_OK ? jl_db_stmt(qdb, "SELECT " OUTBOX_SHOWN " FROM jl_outbox INDEXED BY "
+                                      "jl_outbox_unsent WHERE " JL_OUTBOX_WAITING_SQL " UNION "
+                                      "ALL SELECT " OUTBOX_SHOWN " FROM jl_outbox INDEXED BY "
+                                      "jl_outbox_refused WHERE " JL_OUTBOX_REFUSED_SQL
+                                      " ORDER BY id LIMIT ?")
+                    : NULL;
+    if (s == JL_OK && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_int(st, 1, (int)limit);
+        s = shown_rows(qdb, st, &out, rows, limit);
+    }
+    /* ...then, asked for, the answered ones, oldest first, as many as there is room for. */
+    st = s == JL_OK && all && out.n_rows < limit
+             ? jl_db_stmt(qdb, "SELECT " OUTBOX_SHOWN " FROM jl_outbox WHERE "
+                               " " JL_OUTBOX_ANSWERED_SQL " ORDER BY id LIMIT ?")
+             : NULL;
+    if (s == JL_OK && all && out.n_rows < limit && st == NULL)
+        s = JL_ERR_SQLITE;
+    if (st != NULL) {
+        sqlite3_bind_int(st, 1, (int)(limit - out.n_rows));
+        s = shown_rows(qdb, st, &out, rows, limit);
+    }
     if (s != JL_OK)
         jl_reply_error(r, not_now(s) ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
                        "cannot read the outbox: %s",
                        s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
     jl__proj_read_end(p, qdb);
-    out.rows = ptrs;
     out.instance = p->instance;
     if (s == JL_OK)
         (void)jl_reply_set_result(r, &out.base); /* else it says why */
     for (size_t i = 0; i < out.n_rows; i++)
         free_shown(&rows[i]);
     free(rows);
-    free(ptrs);
+    free(out.rows);
 }
 
 void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)

@@ -77,10 +77,13 @@ const char *const jl__state_sql =
     "CREATE INDEX IF NOT EXISTS jl_outbox_unsent ON jl_outbox (id) WHERE replied_at_ns IS NULL;";
 
 /* A process manager's only (plain projectors never fill their outbox): pruning finds the
- * answered rows past the keep time through it, not by a scan of them all. */
+ * answered rows past the keep time through the first, not by a scan of them all; an operator's
+ * list (jetledger outbox) the refusals through the second. */
 static const char *const outbox_sql =
     "CREATE INDEX IF NOT EXISTS jl_outbox_replied ON jl_outbox (replied_at_ns) WHERE "
-    "replied_at_ns IS NOT NULL;";
+    "replied_at_ns IS NOT NULL;"
+    "CREATE INDEX IF NOT EXISTS jl_outbox_refused ON jl_outbox (id) WHERE "
+    " " JL_OUTBOX_REFUSED_SQL ";";
 
 /* Why the last call failed: the projector's own (open, step, apply on the caller's thread),
  * or a source's (each source steps on a thread of its own). */

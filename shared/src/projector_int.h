@@ -297,6 +297,13 @@ void jl__outbox_stop(jl_projector *p);
 void jl__outbox_wake(jl_projector *p);
 /* Copy the outbox of the file at @p from_path into @p to (a rebuilt file, before its switch). */
 jl_status jl__outbox_carry_over(jl_db *to, const char *from_path, char *err, size_t errlen);
+/* An outbox row's state, in SQL: one text for the indexes, the queries and pruning. Waiting:
+ * no final reply yet ("not now" leaves replied_at_ns NULL); answered: ok, or withdrawn before
+ * it was sent; refused: any other final reply, kept for an operator. */
+#define JL_OUTBOX_WAITING_SQL "replied_at_ns IS NULL"
+#define JL_OUTBOX_ANSWERED_SQL "replied_at_ns IS NOT NULL AND reply_code IN ('ok', 'withdrawn')"
+#define JL_OUTBOX_REFUSED_SQL                                                                      \
+    "replied_at_ns IS NOT NULL AND coalesce(reply_code, '') NOT IN ('ok', 'withdrawn')"
 /* Take outbox_mu, having the sender let go of it at once rather than after its request. */
 void jl__outbox_lock(jl_projector *p);
 /* Admin requests: GetOutbox (@p all: answered rows too; at most @p limit rows) and

@@ -576,12 +576,14 @@ int cli_outbox(cli_ctx *ctx)
             if (s == JL_OK)
                 s = jl_pb_to_json(&b, res);
         } else {
-            /* The counts always said, 0 too; each row as protobuf's JSON has it. */
+            /* The counts always said, 0 too (answered: with --all); each row as protobuf's JSON. */
             const Jetledger__Outbox *o = (const Jetledger__Outbox *)res;
-            s = jl_buf_addf(&b,
-                            "{\"waiting\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"answered\":%" PRIu64
-                            ",\"instance\":",
-                            o->waiting, o->refused, o->answered);
+            s = jl_buf_addf(&b, "{\"waiting\":%" PRIu64 ",\"refused\":%" PRIu64, o->waiting,
+                            o->refused);
+            if (s == JL_OK && ctx->opts.all) /* counted only then */
+                s = jl_buf_addf(&b, ",\"answered\":%" PRIu64, o->answered);
+            if (s == JL_OK)
+                s = jl_buf_adds(&b, ",\"instance\":");
             if (s == JL_OK)
                 s = jl_json_add_string(&b, o->instance, strlen(o->instance));
             if (s == JL_OK)
