@@ -18,6 +18,9 @@ bootstrap_and_build() {
     "$ROOT/scripts/bootstrap"
     server=$(nats_server_bin) || die "no nats-server after scripts/bootstrap"
     mkdir -p "$BUILD_DIR"
+    local lock=$BUILD_DIR/.build.lock
+    # Read-only: a lock file made by root (scripts/test under sudo) serves a user's run too.
+    : >>"$lock" 2>/dev/null || true
     (
         if ! flock -n 9; then
             say "waiting for another build of $BUILD_DIR to finish"
@@ -30,7 +33,7 @@ bootstrap_and_build() {
             cmake --build "$BUILD_DIR" -j 1 2>&1 | tail -40 || true # set -e: still say why
             die "build failed"
         }
-    ) 9>"$BUILD_DIR/.build.lock"
+    ) 9<"$lock"
 }
 
 # The environment variables the services read (their settings): those in shared/src/config.c.
@@ -72,18 +75,24 @@ end_run_tmpdir() {
 # under a benchmark still running would leave its servers behind). Otherwise CMD's status. The
 # traps are set before CMD starts, or a signal in between would leave it running unstopped. A
 # background job starts with SIGINT ignored: CMD gets it back (Ctrl-C then stops CMD whole).
-# What does not stop within 30 s of the signal (a process that ignores it) is killed. Before
-# CMD's setsid the group does not exist yet: the signal then goes to the process itself.
+# What of the group does not stop within 30 s of the signal (CMD, or a process of its that
+# ignores it and outlives it) is killed. Before CMD's setsid the group does not exist yet: the
+# signal then goes to the process itself.
 GROUP_PID=""
 stop_group() { # $1: the signal to pass on
     if [ -n "$GROUP_PID" ]; then
         kill -"$1" -- -"$GROUP_PID" 2>/dev/null || kill -"$1" "$GROUP_PID" 2>/dev/null || true
+        # No output of its own: a CI log read through a pipe must not wait for it.
         (
             sleep 30
             kill -KILL -- -"$GROUP_PID" 2>/dev/null || kill -KILL "$GROUP_PID" 2>/dev/null
-        ) &
-        local killer=$!
+        ) >/dev/null 2>&1 &
+        local killer=$! i
         wait "$GROUP_PID" || true
+        for i in $(seq 1 150); do # CMD reaped: what is left of its group (pgrep sees no zombie)
+            pgrep -g "$GROUP_PID" >/dev/null 2>&1 || break
+            sleep 0.2
+        done
         kill "$killer" 2>/dev/null || true
     fi
 }
