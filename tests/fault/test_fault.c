@@ -378,7 +378,8 @@ static void *load_thread(void *arg)
     while (!atomic_load(&l->stop) && l->n < MAX_CMDS) {
         if (!add)
             jl_uuid_new(id);
-        if (send_until_accepted(l, id, add)) {
+        bool accepted = send_until_accepted(l, id, add);
+        if (accepted) {
             int64_t t = tnow_ms();
             if (t - l->last_ok_ms > l->longest_gap_ms)
                 l->longest_gap_ms = t - l->last_ok_ms;
@@ -389,7 +390,7 @@ static void *load_thread(void *arg)
         } else {
             l->gave_up++;
         }
-        add = !add;
+        add = !add && accepted; /* no AddItem on an order whose creation was given up */
         nats_Sleep(5);
     }
     return NULL;
