@@ -426,21 +426,14 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
 static jl_status order_counts(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     (void)msg;
-    /* A file of version 2, which answers while its version rebuild runs, has no order_counts:
-     * counted over its orders then, as version 2 did. */
-    sqlite3_stmt *st = jl_db_stmt(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
-                                      "AND name = 'order_counts'");
+    /* A file of version 2, which answers while its version rebuild runs, has no order_counts
+     * (the statement cannot be made): counted over its orders then, as version 2 did. */
+    sqlite3_stmt *st = jl_db_stmt(db, "SELECT status, n FROM order_counts");
+    if (st == NULL)
+        st = jl_db_stmt(db, "SELECT status, count(*) FROM orders GROUP BY status");
     if (st == NULL)
         return JL_ERR_SQLITE;
-    int rc = sqlite3_step(st);
-    bool kept = rc == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW)
-        return jl_db_fail(db, rc, "OrderCounts");
-    st = jl_db_stmt(db, kept ? "SELECT status, n FROM order_counts"
-                             : "SELECT status, count(*) FROM orders GROUP BY status");
-    if (st == NULL)
-        return JL_ERR_SQLITE;
+    int rc;
     Dashboard__OrderCountsResult res = DASHBOARD__ORDER_COUNTS_RESULT__INIT;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *status = (const char *)sqlite3_column_text(st, 0);

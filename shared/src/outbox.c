@@ -905,12 +905,6 @@ static void free_shown(Jetledger__OutboxRow *o)
 #define DISMISS_WAIT_MS 400
 #define DISMISS_BUSY_MS 200
 
-/* A failure that may pass by itself: the caller may ask again (unavailable). */
-static bool not_now(jl_status s)
-{
-    return s == JL_ERR_TIMEOUT || s == JL_ERR_DISK_FULL || s == JL_ERR_NOMEM;
-}
-
 /* @p r: that @p p has no outbox (false), for a request about it; true when it has one. */
 static bool has_outbox(jl_projector *p, jl_reply *r)
 {
@@ -999,11 +993,7 @@ void jl__outbox_list(jl_projector *p, bool all, unsigned limit, jl_reply *r)
         sqlite3_bind_int(st, 1, (int)(limit - out.n_rows));
         s = shown_rows(qdb, st, &out, rows, limit);
     }
-    if (s != JL_OK)
-        jl_reply_error(r, not_now(s) ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
-                       "cannot read the outbox: %s",
-                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
-    jl__proj_read_end(p, qdb);
+    jl__proj_read_end(p, qdb, s, "cannot read the outbox", r);
     out.instance = p->instance;
     if (s == JL_OK)
         (void)jl_reply_set_result(r, &out.base); /* else it says why */
@@ -1068,8 +1058,7 @@ void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r)
     if (s != JL_OK || !refused)
         jl_db_rollback(db);
     if (s != JL_OK)
-        jl_reply_error(r, not_now(s) ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
-                       "cannot dismiss the outbox row: %s",
+        jl_reply_error(r, jl__proj_failure_code(s), "cannot dismiss the outbox row: %s",
                        s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(db));
     sqlite3_busy_timeout(jl_db_handle(db), JL_DB_BUSY_MS);
     pthread_mutex_unlock(&p->apply_mu);

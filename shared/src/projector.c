@@ -2439,8 +2439,21 @@ jl_db *jl__proj_read_begin(jl_projector *p, jl_status *io_s)
     return p->qdb;
 }
 
-void jl__proj_read_end(jl_projector *p, jl_db *qdb)
+jl_code jl__proj_failure_code(jl_status s)
 {
+    return s == JL_ERR_NOMEM || s == JL_ERR_TIMEOUT || s == JL_ERR_DISK_FULL ? JL_CODE_UNAVAILABLE
+                                                                             : JL_CODE_INTERNAL;
+}
+
+void jl__proj_read_end(jl_projector *p, jl_db *qdb, jl_status s, const char *what, jl_reply *r)
+{
+    /* Out of memory is nothing the database said: its last message is another's. */
+    if (s != JL_OK)
+        jl_reply_error(r, jl__proj_failure_code(s), "%s: %s%s", what,
+                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb),
+                       atomic_load(&p->paused) ? " (the read model is being rebuilt for a new "
+                                                 "projection version)"
+                                               : "");
     jl_db_rollback(qdb);
     pthread_rwlock_unlock(&p->switch_lock);
     pthread_mutex_unlock(&p->query_mu);
@@ -2501,14 +2514,11 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
         s = jl_db_fail(qdb, rc, "reading the dead letters");
     if (st != NULL)
         sqlite3_reset(st);
-    if (s != JL_OK)
-        jl_reply_error(r, JL_CODE_INTERNAL, "cannot read the dead letters: %s",
-                       s == JL_ERR_NOMEM ? "out of memory" : jl_db_errmsg(qdb));
-    jl__proj_read_end(p, qdb);
+    jl__proj_read_end(p, qdb, s, "cannot read the dead letters", r);
     out.letters = ptrs;
     out.instance = p->instance;
-    if (s == JL_OK && jl_reply_set_result(r, &out.base) != JL_OK)
-        jl_reply_error(r, JL_CODE_INTERNAL, "the dead letters do not fit in a reply");
+    if (s == JL_OK)
+        (void)jl_reply_set_result(r, &out.base); /* else it says why */
     for (size_t i = 0; i < out.n_letters; i++) {
         free(rows[i].stream);
         free(rows[i].event_id);
@@ -2740,16 +2750,7 @@ static bool answer_query(jl_projector *p, const char *name, const void *data, si
     }
     if (s == JL_OK)
         s = q->handle(qdb, req, r);
-    if (s == JL_ERR_NOMEM) { /* nothing the database said: its last message is another's */
-        jl_reply_error(r, JL_CODE_UNAVAILABLE, "out of memory answering the query");
-    } else if (s != JL_OK) {
-        jl_reply_error(r, s == JL_ERR_TIMEOUT ? JL_CODE_UNAVAILABLE : JL_CODE_INTERNAL,
-                       "read model error: %s%s", jl_db_errmsg(qdb),
-                       atomic_load(&p->paused) ? " (the read model is being rebuilt for a new "
-                                                 "projection version)"
-                                               : "");
-    }
-    jl__proj_read_end(p, qdb);
+    jl__proj_read_end(p, qdb, s, "read model error", r);
     protobuf_c_message_free_unpacked(req, NULL);
     return false;
 }

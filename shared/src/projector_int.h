@@ -316,9 +316,13 @@ void jl__outbox_dismiss(jl_projector *p, const char *command_id, jl_reply *r);
 void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r);
 /* Read the live model as a query does: take the query connection for one read transaction
  * (begun only when *io_s is JL_OK, which then says whether it began), the file not switched
- * under it, until jl__proj_read_end(). */
+ * under it, until jl__proj_read_end(), which answers @p r with the failure @p s (not JL_OK:
+ * "<what>: <why>", unavailable when it may pass, else internal). */
 jl_db *jl__proj_read_begin(jl_projector *p, jl_status *io_s);
-void jl__proj_read_end(jl_projector *p, jl_db *qdb);
+/* The code of a reply to a request the database failed (@p s): unavailable for what may pass
+ * (busy, no room, no memory: ask again), else internal. */
+jl_code jl__proj_failure_code(jl_status s);
+void jl__proj_read_end(jl_projector *p, jl_db *qdb, jl_status s, const char *what, jl_reply *r);
 /* A copy of text column @p i of @p st ("" for NULL), to free(); NULL only when out of memory. */
 char *jl__column_dup(sqlite3_stmt *st, int i);
 

@@ -1889,26 +1889,46 @@ END_TEST
 
 /* =============================== config =============================== */
 
-/* Every setting's variable (shared/src/config.c), in its order there. */
-static const char *const config_env[] = {
-    "NATS_URL",           "JL_CREDS",       "JL_TLS_CA",       "JL_TLS_HOSTNAME",
-    "JL_DATA_DIR",        "JL_NAME",        "JL_DURABLE",      "JL_READY_FILE",
-    "JL_ALIVE_FILE",      "JL_REPLICAS",    "JL_LOG_LEVEL",    "JL_DUPLICATE_WINDOW",
-    "JL_MAX_AGE",         "JL_MAX_BYTES",   "JL_BATCH",        "JL_COMMAND_RETRIES",
-    "JL_REQUEST_TIMEOUT", "JL_CACHE_SIZE",  "JL_MAX_COMMANDS", "JL_SNAPSHOT_EVERY",
-    "JL_REBUILD_MAX_MB",  "JL_COMMAND_TTL", "JL_OUTBOX_KEEP",  "JL_SERVE_LAG",
-    "JL_STATS_INTERVAL",
+/* Every setting (shared/src/config.c), in its order there: its flag and its variable. */
+static const struct {
+    const char *flag, *env;
+} settings[] = {
+    {"--nats-url", "NATS_URL"},
+    {"--creds", "JL_CREDS"},
+    {"--tls-ca", "JL_TLS_CA"},
+    {"--tls-hostname", "JL_TLS_HOSTNAME"},
+    {"--data-dir", "JL_DATA_DIR"},
+    {"--name", "JL_NAME"},
+    {"--durable", "JL_DURABLE"},
+    {"--ready-file", "JL_READY_FILE"},
+    {"--alive-file", "JL_ALIVE_FILE"},
+    {"--replicas", "JL_REPLICAS"},
+    {"--log-level", "JL_LOG_LEVEL"},
+    {"--duplicate-window", "JL_DUPLICATE_WINDOW"},
+    {"--max-age", "JL_MAX_AGE"},
+    {"--max-bytes", "JL_MAX_BYTES"},
+    {"--batch", "JL_BATCH"},
+    {"--command-retries", "JL_COMMAND_RETRIES"},
+    {"--request-timeout", "JL_REQUEST_TIMEOUT"},
+    {"--cache-size", "JL_CACHE_SIZE"},
+    {"--max-commands", "JL_MAX_COMMANDS"},
+    {"--snapshot-every", "JL_SNAPSHOT_EVERY"},
+    {"--rebuild-max-mb", "JL_REBUILD_MAX_MB"},
+    {"--command-ttl", "JL_COMMAND_TTL"},
+    {"--outbox-keep", "JL_OUTBOX_KEEP"},
+    {"--serve-lag", "JL_SERVE_LAG"},
+    {"--stats-interval", "JL_STATS_INTERVAL"},
 };
-#define N_CONFIG_ENV (sizeof(config_env) / sizeof(config_env[0]))
+#define N_CONFIG_ENV (sizeof(settings) / sizeof(settings[0]))
 static char *saved_env[N_CONFIG_ENV];
 
 /* Every test starts from an environment without our variables and gets the real one back. */
 static void config_setup(void)
 {
     for (size_t i = 0; i < N_CONFIG_ENV; i++) {
-        const char *v = getenv(config_env[i]);
+        const char *v = getenv(settings[i].env);
         saved_env[i] = v != NULL ? strdup(v) : NULL;
-        unsetenv(config_env[i]);
+        unsetenv(settings[i].env);
     }
 }
 
@@ -1916,9 +1936,9 @@ static void config_teardown(void)
 {
     for (size_t i = 0; i < N_CONFIG_ENV; i++) {
         if (saved_env[i] != NULL)
-            setenv(config_env[i], saved_env[i], 1);
+            setenv(settings[i].env, saved_env[i], 1);
         else
-            unsetenv(config_env[i]);
+            unsetenv(settings[i].env);
         free(saved_env[i]);
         saved_env[i] = NULL;
     }
@@ -2345,16 +2365,6 @@ END_TEST
 
 START_TEST(config_usage_mentions_every_flag_and_variable)
 {
-    static const char *const flags[] = {
-        "--nats-url",        "--creds",       "--tls-ca",       "--tls-hostname",
-        "--data-dir",        "--name",        "--durable",      "--ready-file",
-        "--alive-file",      "--replicas",    "--log-level",    "--duplicate-window",
-        "--max-age",         "--max-bytes",   "--batch",        "--command-retries",
-        "--request-timeout", "--cache-size",  "--max-commands", "--snapshot-every",
-        "--rebuild-max-mb",  "--command-ttl", "--outbox-keep",  "--serve-lag",
-        "--stats-interval",
-    };
-    ck_assert_uint_eq(sizeof(flags) / sizeof(flags[0]), N_CONFIG_ENV);
     const char *u = jl_config_usage();
     ck_assert_ptr_nonnull(u);
     /* As many lines as settings, the last one whole (a usage cut to its buffer would lose the
@@ -2364,24 +2374,25 @@ START_TEST(config_usage_mentions_every_flag_and_variable)
         lines++;
     ck_assert_uint_eq(lines, N_CONFIG_ENV);
     ck_assert_ptr_nonnull(strstr(u, "\"stats\" log lines (its counters, info), 0 = none\n"));
-    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
-        ck_assert_msg(strstr(u, flags[i]) != NULL, "usage lacks %s", flags[i]);
-    for (size_t i = 0; i < N_CONFIG_ENV; i++)
-        ck_assert_msg(strstr(u, config_env[i]) != NULL, "usage lacks %s", config_env[i]);
+    for (size_t i = 0; i < N_CONFIG_ENV; i++) {
+        ck_assert_msg(strstr(u, settings[i].flag) != NULL, "usage lacks %s", settings[i].flag);
+        ck_assert_msg(strstr(u, settings[i].env) != NULL, "usage lacks %s", settings[i].env);
+    }
     ck_assert_ptr_nonnull(strstr(u, "nats://127.0.0.1:4222"));
     ck_assert_ptr_eq(jl_config_usage(), u); /* static */
 
     /* Every flag the usage lists is accepted by the parser. */
-    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+    for (size_t i = 0; i < N_CONFIG_ENV; i++) {
+        const char *flag = settings[i].flag;
         jl_config cfg;
         char err[256];
         char arg[64];
         jl_config_init(&cfg);
-        snprintf(arg, sizeof(arg), "%s=%s", flags[i],
-                 strcmp(flags[i], "--log-level") == 0         ? "info"
-                 : strcmp(flags[i], "--request-timeout") == 0 ? "100"
-                 : strcmp(flags[i], "--max-age") == 0         ? "120" /* the duplicate window */
-                                                              : "1");
+        snprintf(arg, sizeof(arg), "%s=%s", flag,
+                 strcmp(flag, "--log-level") == 0         ? "info"
+                 : strcmp(flag, "--request-timeout") == 0 ? "100"
+                 : strcmp(flag, "--max-age") == 0         ? "120" /* the duplicate window */
+                                                          : "1");
         ck_assert_msg(load(&cfg, err, sizeof(err), arg, NULL) == JL_OK, "%s: %s", arg, err);
     }
 }
