@@ -4,6 +4,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Absolute: scripts change directory into it.
 BUILD_DIR=$(realpath -m -- "${JL_BUILD_DIR:-$ROOT/build}")
 export BIN=$BUILD_DIR/bin
+# Root's PATH without the sbin directories (su without -, cron): dpkg refuses to run without
+# ldconfig and start-stop-daemon on it, and the tests run nft, ss, unshare and mount by name.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -54,6 +57,18 @@ unset_service_env() {
 # (which may be older; bootstrap checks the same one).
 nats_server_bin() {
     if [ -x /usr/sbin/nats-server ]; then echo /usr/sbin/nats-server; else command -v nats-server; fi
+}
+
+# A partition test that died before healing (a failed assertion ends its process at once,
+# a signal, a ctest timeout) leaves its firewall table (jl_fault_<pid>), whose rules would go on
+# dropping traffic on ports later tests and programs may be given: removed once its process is
+# gone, before and after the run.
+remove_dead_fault_tables() {
+    command -v nft >/dev/null || return 0
+    local pid
+    for pid in $(nft list tables 2>/dev/null | sed -n 's/^table inet jl_fault_\([0-9][0-9]*\)$/\1/p'); do
+        kill -0 "$pid" 2>/dev/null || nft delete table inet "jl_fault_$pid" 2>/dev/null || true
+    done
 }
 
 # A private temporary directory for a run ($TMPDIR of what it starts), removed by

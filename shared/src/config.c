@@ -206,15 +206,10 @@ jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc,
     int npos = 0;
     char origin[96];
 
-    for (size_t i = 0; i < N_KEYS && s == JL_OK; i++) {
-        if (!in_scope(&keys[i], only))
-            continue; /* another program's setting, left in the environment for it */
-        const char *v = getenv(keys[i].env);
-        if (v != NULL && *v != 0) {
-            snprintf(origin, sizeof(origin), "environment variable %s", keys[i].env);
-            s = set_value(cfg, &keys[i], v, origin, err, errlen);
-        }
-    }
+    bool by_flag[N_KEYS] = {false};
+
+    /* The flags first, then the environment for what no flag set: --help (and a CLI's "help")
+     * answers whatever the environment holds, and a flag overrides a bad variable. */
     for (int a = 1; a < argc && s == JL_OK; a++) {
         const char *arg = argv[a];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
@@ -271,6 +266,16 @@ jl_status jl_config_load_only(jl_config *cfg, const char *const *only, int argc,
         }
         snprintf(origin, sizeof(origin), "flag --%s", k->flag);
         s = set_value(cfg, k, v, origin, err, errlen);
+        by_flag[k - keys] = true;
+    }
+    for (size_t i = 0; i < N_KEYS && s == JL_OK; i++) {
+        if (by_flag[i] || !in_scope(&keys[i], only))
+            continue; /* set by a flag, or another program's setting left for it */
+        const char *v = getenv(keys[i].env);
+        if (v != NULL && *v != 0) {
+            snprintf(origin, sizeof(origin), "environment variable %s", keys[i].env);
+            s = set_value(cfg, &keys[i], v, origin, err, errlen);
+        }
     }
     if (s == JL_OK && cfg->max_age_s > 0 && cfg->duplicate_window_s > cfg->max_age_s) {
         /* JetStream refuses such a stream; a service would retry its creation for ever. */

@@ -2076,6 +2076,16 @@ START_TEST(cli_status_shows_streams_consumers_and_lag)
     run_cli_out(r, url, help, OUT_BROKEN_PIPE);
     ASSERT_CLI(r, 4);
     ck_assert_msg(strstr(r->err, "cannot write the output") != NULL, "%s", r->err);
+    /* A bad variable in the environment: help still answers (and says what is right); any
+     * other subcommand is refused, naming it. */
+    setenv("JL_REQUEST_TIMEOUT", "5", 1);
+    CLI(r, url, "help");
+    ASSERT_CLI(r, 0);
+    ck_assert_msg(strstr(r->out, "JL_REQUEST_TIMEOUT") != NULL, "%s", r->out);
+    CLI(r, url, "ping");
+    unsetenv("JL_REQUEST_TIMEOUT");
+    ASSERT_CLI(r, 2);
+    ck_assert_msg(strstr(r->err, "JL_REQUEST_TIMEOUT") != NULL, "%s", r->err);
     free(r);
 }
 END_TEST

@@ -2052,6 +2052,13 @@ START_TEST(config_bad_environment_value_is_invalid_naming_the_variable)
     ck_assert_int_eq(load(&cfg, err, sizeof(err), NULL), JL_ERR_INVALID);
     ck_assert_msg(strstr(err, "JL_REPLICAS") != NULL, "err: %s", err);
     ck_assert_msg(strstr(err, "'9'") != NULL, "err: %s", err);
+
+    /* --help answers whatever the environment holds; a flag overrides the bad variable, which
+     * is then not read at all. */
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--help", NULL), JL_ERR_STOPPED);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "-h", NULL), JL_ERR_STOPPED);
+    ck_assert_int_eq(load(&cfg, err, sizeof(err), "--replicas=3", NULL), JL_OK);
+    ck_assert_int_eq(cfg.replicas, 3);
 }
 END_TEST
 

@@ -59,8 +59,9 @@ static const char usage[] =
     "      every consumer (delivered, ack floor, ack pending, pending = lag, redelivered,\n"
     "      waiting); KV buckets show as kind kv. --json: one object {\"streams\":[...]}\n"
     "  ping\n"
-    "      whether JetStream answers (a meta leader elected): exit 0 and one JSON line, else 3;\n"
-    "      what a script (or a pod's init container) waits for before starting services\n"
+    "      whether JetStream answers (a meta leader elected): exit 0 and one JSON line; 3 when\n"
+    "      NATS or JetStream does not answer, 4 when it answers with an error (permissions),\n"
+    "      2 for bad settings; what a script (or a pod's init container) waits for\n"
     "\n"
     "  --timeout MS   how long to wait for a reply (default 15000: longer than a service's own "
     "deadline)\n"
@@ -435,7 +436,8 @@ int main(int argc, char **argv)
                                            "tls-hostname", "request-timeout", NULL};
     jl_status s =
         jl_config_load_only(&ctx.cfg, settings, argc, argv, pos, 16, &npos, err, sizeof(err));
-    if (s == JL_ERR_STOPPED || (s == JL_OK && npos > 0 && strcmp(argv[pos[0]], "help") == 0)) {
+    /* "help" whatever else is wrong (a bad variable in the environment): it says what is right. */
+    if (s == JL_ERR_STOPPED || (npos > 0 && strcmp(argv[pos[0]], "help") == 0)) {
         char opts[1024];
         jl_config_usage_into(opts, sizeof(opts), settings);
         printf("%s\n%s", usage, opts);

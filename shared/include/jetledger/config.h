@@ -65,12 +65,14 @@ bool jl_valid_name(const char *s);
 void jl_config_init(jl_config *cfg);
 
 /**
- * Override @p cfg from the environment, then from @p argv (flags `--key value` or `--key=value`;
- * argv[0] is skipped). Arguments that are not flags are left for the caller: their indexes are
- * stored in @p out_positional (up to @p max_positional, count in @p out_n_positional; pass NULL
- * and 0 to reject any).
+ * Override @p cfg from @p argv (flags `--key value` or `--key=value`; argv[0] is skipped), then
+ * from the environment for the keys no flag set: a flag wins over its variable, and a bad
+ * variable a flag overrides is not read. Arguments that are not flags are left for the caller:
+ * their indexes are stored in @p out_positional (up to @p max_positional, count in
+ * @p out_n_positional, set even when a variable is refused; pass NULL and 0 to reject any).
  * @return JL_OK; JL_ERR_INVALID for an unknown flag, a missing value or a bad number, with the
- *         reason in @p err. "--help" gives JL_ERR_STOPPED so main can print jl_config_usage().
+ *         reason in @p err. "--help" gives JL_ERR_STOPPED, before any variable is read, so main
+ *         can print jl_config_usage() whatever the environment holds.
  */
 jl_status jl_config_load(jl_config *cfg, int argc, char **argv, int *out_positional,
                          int max_positional, int *out_n_positional, char *err, size_t errlen);
