@@ -18,7 +18,8 @@
  * (holding what it holds), as a deadlock or a call that never returns would: the liveness
  * tests' stalled service. With JL_FAULT_ACTION=fail a point that can fail what follows it does,
  * every time from the n-th on: "command.reread" (in a producer, the read that is to tell
- * whether an append that timed out was stored).
+ * whether an append that timed out was stored), "late.find" (a command-id record kept in
+ * memory found, and its copy failing as out of memory would).
  */
 #include <pthread.h>
 #include <signal.h>

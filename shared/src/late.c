@@ -8,6 +8,7 @@
 
 #include "codec_int.h"
 #include "deadline.h"
+#include "fault.h"
 #include "jetledger/admin.pb-c.h"
 #include "jetledger/codec.h"
 #include "jetledger/log.h"
@@ -273,22 +274,28 @@ bool jl__late_add_marker(jl__late *l, const char *key, const char *cmd_id, const
     return add(l, key, cmd_id, agg_id, seq, value, len, true);
 }
 
-void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len)
+jl_status jl__late_find(jl__late *l, const char *cmd_id, void **out, size_t *out_len)
 {
     void *copy = NULL;
     const late_record *last = NULL;
+    jl_status s = JL_ERR_NOT_FOUND;
     pthread_mutex_lock(&l->mu);
     /* The newest: a command's record kept after a marker of its id (which it settles), or a
      * later marker after an earlier one. */
     for (const late_record *r = l->head; r != NULL; r = r->next)
         if (strcmp(r->cmd_id, cmd_id) == 0)
             last = r;
-    if (last != NULL && (copy = malloc(last->len ? last->len : 1)) != NULL) {
+    if (last != NULL &&
+        (jl__fault("late.find") || (copy = malloc(last->len ? last->len : 1)) == NULL))
+        s = JL_ERR_NOMEM;
+    else if (last != NULL) {
         memcpy(copy, last->value, last->len);
         *out_len = last->len;
+        s = JL_OK;
     }
     pthread_mutex_unlock(&l->mu);
-    return copy;
+    *out = copy;
+    return s;
 }
 
 bool jl__late_holds(jl__late *l, const char *agg_id, uint64_t seq)

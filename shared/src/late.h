@@ -45,9 +45,11 @@ bool jl__late_add(jl__late *l, const char *key, const char *cmd_id, const char *
 bool jl__late_add_marker(jl__late *l, const char *key, const char *cmd_id, const char *agg_id,
                          uint64_t seq, const void *value, size_t len);
 
-/* A copy (malloc'd: the caller frees it) of the newest record of @p cmd_id kept here (waiting, or
- * stored in the last minute), its length in @p out_len; NULL when none is. */
-void *jl__late_find(jl__late *l, const char *cmd_id, size_t *out_len);
+/* A copy into @p out (malloc'd: the caller frees it) of the newest record of @p cmd_id kept here
+ * (waiting, or stored in the last minute), its length in @p out_len: JL_OK;
+ * JL_ERR_NOT_FOUND when none is, JL_ERR_NOMEM when one is but could not be copied (never to be
+ * taken for none). @p out is NULL but on JL_OK. */
+jl_status jl__late_find(jl__late *l, const char *cmd_id, void **out, size_t *out_len);
 
 /* Whether a record of a command of aggregate @p agg_id, stored in the stream at or below
  * @p seq, waits to be put. */

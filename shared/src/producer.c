@@ -38,6 +38,11 @@
 #define VERIFY_READS 5
 /* How long a close waits for a handler still running before it leaves the memory allocated. */
 #define HANDLER_WAIT_MS 10000
+/* What a close keeps, at its end, for the command-id records still kept in memory (one put each
+ * in most cases): the appends' wait may take the rest of its time, and a record not put by close
+ * is lost (a repeat past JetStream's window would then be decided again). At most a quarter of
+ * the close's time. */
+#define JL_CLOSE_LATE_MS 1000
 /* Room for a command's full protobuf name read back from a commit (a longer one is compared by
  * its first JL_TYPE_NAME_MAX - 1 bytes). */
 #define JL_TYPE_NAME_MAX 256
@@ -101,7 +106,7 @@ struct jl_producer {
     size_t n_loading;                 /* commands in p->loads (not in n_inflight) */
     cmd *to_load_head, *to_load_tail; /* for p->loads once the lock is let go (defer_load) */
     bool closing;                     /* past the close's wait: no command is started now */
-    int replicas;                     /* of the stream, as found at open */
+    atomic_int replicas;              /* of the stream, as found at open or since */
     jl__cache_entry *just_read;       /* in load_done: the entry read to the stream's head */
     cmd *backlog_head, *backlog_tail; /* started when an in-flight slot frees */
     cmd *free_cmds;
@@ -1416,14 +1421,15 @@ static bool start_one(jl_producer *p, cmd *c)
         finish(p, c, r);
         return true;
     }
-    if (c->deadline_ns != 0 && mono >= c->deadline_ns) {
-        /* Lost a race, and the read of what the other writer wrote took it past its deadline:
-         * deciding it again now could outlive its requester as above. None of its appends was
+    if (c->deadline_ns != 0 && mono >= c->deadline_ns - JL_APPEND_MIN_LEFT_MS * 1000000LL) {
+        /* Lost a race, and the read of what the other writer wrote took it to (or within
+         * JL_APPEND_MIN_LEFT_MS of) its deadline: deciding it again now could outlive its
+         * requester as above, or time out while stored. None of its appends was
          * stored, unless one timed out: that copy may still be (a clustered leader that was
          * slow to store it refuses its resend as a conflict while the copy is in process). */
         jl_reply_error(r, JL_CODE_UNAVAILABLE,
                        "%s %s was changed concurrently and the command's deadline of %" PRId64
-                       " ms passed before it could be decided again; %s; try again",
+                       " ms was reached before it could be decided again; %s; try again",
                        p->def->aggregate_type, c->agg_id, p->append_timeout_ms,
                        c->timed_out ? "an attempt timed out, and its events may or may not be "
                                       "stored"
@@ -1730,9 +1736,19 @@ static jl_status find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, u
     natsStatus ns = NATS_OK;
     uint64_t v = version_at(p, from_seq, c->subject, &seq, id, type, cmd_id, NULL, &ns);
     /* Not found where the read met a commit: a replica behind the read answered the get (with
-     * one replica, the commits were removed since, and the answer stands). */
-    if (ns == NATS_NOT_FOUND && (rc->last_seq < from_seq || p->replicas <= 1))
+     * one replica, the commits were removed since, and the answer stands; unless the stream
+     * has been given more since open, as a rolling update raising its replicas does: asked). */
+    if (ns == NATS_NOT_FOUND && rc->last_seq < from_seq)
         return JL_OK; /* no commit there: not stored */
+    if (ns == NATS_NOT_FOUND && atomic_load(&p->replicas) <= 1) {
+        jl_store_info info;
+        char err[256];
+        if (jl_store_info_get(p->store, &info, err, sizeof(err)) == JL_OK) {
+            atomic_store(&p->replicas, info.replicas);
+            if (info.replicas <= 1)
+                return JL_OK; /* removed since: not stored */
+        }                     /* not known: "cannot read", below */
+    }
     if (v == 0) {
         char why[96];
         snprintf(why, sizeof(why), "none found, though the aggregate's read reached %" PRIu64,
@@ -1808,7 +1824,7 @@ static void *load_read(void *ctx, void *item)
          * And an append that found another last sequence, with nothing newer to read, met an
          * older one: the leader says whether the stream lost what the entry holds. */
         if (c->load_status == JL_OK &&
-            (p->replicas > 1 || (c->catching_up && rc->last_seq == e->last_seq))) {
+            (atomic_load(&p->replicas) > 1 || (c->catching_up && rc->last_seq == e->last_seq))) {
             c->load_status = verify_read(p, c, rc);
             c->load_checked = true;
         }
@@ -2373,8 +2389,13 @@ static void submit(jl_producer *p, const request *rq)
         /* Stored, and answered, while its record could not be written: it waits here (most
          * likely while the bucket does not answer lookups either). */
         size_t vlen = 0;
-        void *value = jl__late_find(p->late, c->cmd_id, &vlen);
-        answered = remembered(c, value, vlen, r);
+        void *value = NULL;
+        if (jl__late_find(p->late, c->cmd_id, &value, &vlen) == JL_ERR_NOMEM) {
+            record_unread(c, r); /* kept here, not read: not to be taken for none */
+            answered = true;
+        } else {
+            answered = remembered(c, value, vlen, r);
+        }
         free(value);
     }
     if (!answered && c->client_id && known == LOOKUP_FAILED) {
@@ -3047,7 +3068,7 @@ jl_status jl_producer_open(jl_producer **out_producer, jl_conn *conn, const jl_s
     sc.subjects = subjects;
     s = jl_store_open(&p->store, conn, &sc, err, errlen);
     if (s == JL_OK) {
-        p->replicas = jl_store_replicas(p->store);
+        atomic_store(&p->replicas, jl_store_replicas(p->store));
         /* Our own JetStream context: its asynchronous publishes report to on_ack, and it
          * allows more in flight than we ever put there, so a publish never stalls (under
          * p->mu, a stall would run out its whole wait: the acks that make room need the
@@ -3288,6 +3309,7 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * exits in the middle of it): the drains, the requests they hand on, the appends in
      * flight; what is left of it goes to the command-id records kept (late). */
     int64_t deadline = jl__mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    int64_t late_ms = timeout_ms / 4 < JL_CLOSE_LATE_MS ? timeout_ms / 4 : JL_CLOSE_LATE_MS;
     atomic_store(&p->close_by_ms, deadline);
     bool subs_done = close_sub(p, &p->sub, deadline - jl__mono_ms());
     subs_done = close_sub(p, &p->qsub, deadline - jl__mono_ms()) && subs_done;
@@ -3301,8 +3323,8 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * on one context may publish on the other (a command-id record): wait until none is left.
      * (js_PublishAsyncGetPendingList crashes in libnats 3.4.1 when nothing was ever published:
      * what is still unconfirmed at the deadline goes with the context.) */
-    for (bool left = true; left && jl__mono_ms() < deadline;) {
-        await_acks(p, deadline);
+    for (bool left = true; left && jl__mono_ms() < deadline - late_ms;) {
+        await_acks(p, deadline - late_ms);
         pthread_mutex_lock(&p->mu);
         left = p->n_inflight > 0 || p->n_loading > 0;
         pthread_mutex_unlock(&p->mu);
@@ -3318,9 +3340,9 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
         return false;
     jl__ordered_destroy(p->loads);
     p->loads = NULL;
-    size_t flushed = flush_snapshots(p, deadline);
+    size_t flushed = flush_snapshots(p, deadline - late_ms);
     if (flushed > 0)
-        await_acks(p, deadline);
+        await_acks(p, deadline - late_ms);
     pthread_mutex_lock(&p->mu);
     size_t unconfirmed = p->n_inflight;
     uint64_t saved = p->stats.snapshots_saved;
@@ -3358,12 +3380,16 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * what it uses (the bulk connection, the state) is closed or freed. */
     if (!wait_for_ack_handlers(p))
         return false;
-    jl_conn_close(p->bulk, timeout_ms); /* writes what it holds: replies of the last burst */
+    /* Writes what it holds: replies of the last burst (given a moment even when the appends
+     * took the time: a drain of a connection that answers is quick). */
+    int64_t left_ms = deadline - late_ms - jl__mono_ms();
+    jl_conn_close(p->bulk, left_ms > 200 ? left_ms : 200);
     drop_unanswered(p);
-    /* No ack handler is left to add a record; what is left of the close's time is theirs (no
-     * more: a service's stop is bounded, and past its bound it exits in the middle of it). */
-    int64_t left_ms = deadline - jl__mono_ms();
-    jl__late_close(p->late, left_ms > 0 ? left_ms : 0);
+    /* No ack handler is left to add a record; what is left of the close's time is theirs, and
+     * at least what was kept for them (no more: a service's stop is bounded, and past its bound
+     * it exits in the middle of it). */
+    left_ms = deadline - jl__mono_ms();
+    jl__late_close(p->late, left_ms > late_ms ? left_ms : late_ms);
     kvStore_Destroy(p->snapshots);
     kvStore_Destroy(p->commands);
     kvStore_Destroy(p->lookups);

@@ -2732,7 +2732,8 @@ START_TEST(late_markers_replace_markers_but_never_records)
     pack_record(&b, "m-new", false, 0);
     ck_assert(jl__late_add(l, "mk-new", "m-new", agg, 10, b.data, b.len));
     size_t len = 0;
-    void *v = jl__late_find(l, "m-new", &len); /* the record, kept after the marker */
+    void *v = NULL;
+    ck_assert_int_eq(jl__late_find(l, "m-new", &v, &len), JL_OK); /* kept after the marker */
     ck_assert_ptr_nonnull(v);
     Jetledger__CommandRecord *found = jetledger__command_record__unpack(NULL, len, v);
     ck_assert_ptr_nonnull(found);
@@ -2777,16 +2778,18 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
     ck_assert(jl__late_holds(l, agg, 100));
     ck_assert(!jl__late_holds(l, "1b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11", 100));
     size_t len = 99;
-    void *v = jl__late_find(l, "late-cmd-1", &len);
+    void *v = NULL;
+    ck_assert_int_eq(jl__late_find(l, "late-cmd-1", &v, &len), JL_OK);
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(len, 3);
     ck_assert_mem_eq(v, "one", 3);
     free(v);
-    v = jl__late_find(l, "late-cmd-2", &len);
+    ck_assert_int_eq(jl__late_find(l, "late-cmd-2", &v, &len), JL_OK);
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(len, 0);
     free(v);
-    ck_assert_ptr_null(jl__late_find(l, "late-cmd-9", &len));
+    ck_assert_int_eq(jl__late_find(l, "late-cmd-9", &v, &len), JL_ERR_NOT_FOUND);
+    ck_assert_ptr_null(v);
     nats_Sleep(1000); /* tried, and tried again: still no stream */
     ck_assert(jl__late_holds(l, agg, 12));
     ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), 0);
@@ -2802,7 +2805,7 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
     ck_assert_int_eq(kvEntry_ValueLen(e), 3);
     ck_assert_mem_eq(kvEntry_Value(e), "one", 3);
     kvEntry_Destroy(e);
-    v = jl__late_find(l, "late-cmd-2", &len); /* stored, still found */
+    ck_assert_int_eq(jl__late_find(l, "late-cmd-2", &v, &len), JL_OK); /* stored, still found */
     ck_assert_ptr_nonnull(v);
     free(v);
 
@@ -2826,7 +2829,7 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
                       "record %d not kept", i);
     }
     ck_assert(!jl__late_add(l, "late-key-5", "late-cmd-5", agg, 20000, "five", 4));
-    ck_assert_ptr_null(jl__late_find(l, "late-cmd-1", &len)); /* made room */
+    ck_assert_int_eq(jl__late_find(l, "late-cmd-1", &v, &len), JL_ERR_NOT_FOUND); /* made room */
     move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
     deadline = tnow_ms() + 20000;
     while (jl__late_holds(l, agg, UINT64_MAX) && tnow_ms() < deadline)
@@ -2844,6 +2847,52 @@ START_TEST(late_records_are_held_until_put_and_found_meanwhile)
     move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
     ck_assert_uint_eq(tstream_msgs(env.conn, "KV_jl_commands_ORDERS"), stored);
     kvStore_Destroy(kv);
+}
+END_TEST
+
+/* A record kept in memory whose copy fails for lack of memory is told apart from none: the
+ * producer answers "unavailable" rather than deciding the repeat as a new command (which, past
+ * JetStream's duplicate window, would take effect twice). */
+START_TEST(a_kept_record_not_copied_is_not_taken_for_none)
+{
+    /* Read once per process, at the first fault point reached: no command has run yet. */
+    setenv("JL_FAULT_POINT", "late.find", 1);
+    setenv("JL_FAULT_ACTION", "fail", 1);
+    kvStore *kv = NULL;
+    ck_assert_int_eq(js_KeyValue(&kv, jl_conn_js(env.conn), "jl_commands_ORDERS"), NATS_OK);
+    jl__late *l = NULL;
+    ck_assert_int_eq(jl__late_open(&l, kv), JL_OK);
+    const char *agg = "2b6f0c1e-6d39-4a55-9d5e-0c4a3b0e7a11";
+    ck_assert(jl__late_add(l, "oom-key-1", "oom-cmd-1", agg, 10, "one", 3));
+    size_t len = 0;
+    void *v = &len;
+    ck_assert_int_eq(jl__late_find(l, "oom-cmd-1", &v, &len), JL_ERR_NOMEM);
+    ck_assert_ptr_null(v);
+    ck_assert_int_eq(jl__late_find(l, "oom-cmd-2", &v, &len), JL_ERR_NOT_FOUND);
+    jl__late_close(l, 1000);
+    kvStore_Destroy(kv);
+
+    /* Through a producer: a command stored while its record finds no stream, repeated. */
+    jl_config cfg = env.cfg;
+    cfg.request_timeout_ms = 1000;
+    jl_producer *p = NULL;
+    char id[JL_UUID_LEN + 1], err[512] = "", saved[256];
+    ck_assert_msg(jl_producer_open(&p, env.conn, &orders_service, &cfg, err, sizeof(err)) == JL_OK,
+                  "%s", err);
+    ck_assert_int_eq(create_order(env.conn, "oom", id, NULL), JL_CODE_OK);
+    jl_reply r;
+    jl_reply_init(&r);
+    ck_assert_int_eq(add_with_id(p, id, "a", NULL, &r), JL_CODE_OK);
+    move_stream_subjects("KV_jl_commands_ORDERS", "elsewhere.>", saved, sizeof(saved));
+    ck_assert_int_eq(add_with_id(p, id, "b", "oom-record-1", &r), JL_CODE_OK);
+    uint64_t msgs = tstream_msgs(env.conn, "ORDERS");
+    ck_assert_int_eq(add_with_id(p, id, "b", "oom-record-1", &r), JL_CODE_UNAVAILABLE);
+    ck_assert_msg(strstr(r.message, "out of memory reading the record of command id") != NULL, "%s",
+                  r.message);
+    ck_assert_uint_eq(tstream_msgs(env.conn, "ORDERS"), msgs);
+    move_stream_subjects("KV_jl_commands_ORDERS", NULL, saved, sizeof(saved));
+    jl_reply_cleanup(&r);
+    jl_producer_close(p, 1000);
 }
 END_TEST
 
@@ -3888,6 +3937,7 @@ Suite *orders_suite(void)
     tcase_add_test(tc, a_marker_of_an_unknown_outcome_is_settled_from_the_stream);
     tcase_add_test(tc, a_command_id_record_that_finds_no_stream_is_written_once_it_is_back);
     tcase_add_test(tc, late_records_are_held_until_put_and_found_meanwhile);
+    tcase_add_test(tc, a_kept_record_not_copied_is_not_taken_for_none);
     tcase_add_test(tc, late_markers_replace_markers_but_never_records);
     tcase_add_test(tc, a_command_whose_id_record_is_lost_is_not_run_again);
     tcase_add_test(tc, repeats_of_a_command_in_flight_get_its_reply);
