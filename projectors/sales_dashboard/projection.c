@@ -426,10 +426,11 @@ static jl_status daily_series(jl_db *db, const ProtobufCMessage *msg, jl_reply *
 static jl_status order_counts(jl_db *db, const ProtobufCMessage *msg, jl_reply *out)
 {
     (void)msg;
-    /* A file of version 2, which answers while its version rebuild runs, has no order_counts
-     * (the statement cannot be made): counted over its orders then, as version 2 did. */
+    /* A file of version 2, which answers while its version rebuild runs, has no order_counts:
+     * counted over its orders then, as version 2 did. Only then: another failure (out of
+     * memory) is an error, not a count over every order ever placed. */
     sqlite3_stmt *st = jl_db_stmt(db, "SELECT status, n FROM order_counts");
-    if (st == NULL)
+    if (st == NULL && strstr(jl_db_errmsg(db), ": no such table: order_counts") != NULL)
         st = jl_db_stmt(db, "SELECT status, count(*) FROM orders GROUP BY status");
     if (st == NULL)
         return JL_ERR_SQLITE;
