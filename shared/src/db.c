@@ -34,7 +34,8 @@ typedef struct checkpointer {
     pthread_t thread;
     bool started, failed; /* failed: no thread, the writer checkpoints itself */
     bool due, stop;
-    uint64_t runs; /* checkpoints the thread ran */
+    uint64_t runs;        /* checkpoints the thread ran */
+    uint64_t inline_runs; /* checkpoints the writer ran itself (the thread behind, or none) */
 } checkpointer;
 
 struct jl_db {
@@ -96,6 +97,7 @@ static int wal_hook(void *arg, sqlite3 *h, const char *name, int pages)
     ck->due = true;
     pthread_cond_signal(&ck->cv);
     bool inline_ck = ck->failed || pages >= CHECKPOINT_INLINE_PAGES;
+    ck->inline_runs += inline_ck;
     pthread_mutex_unlock(&ck->mu);
     if (inline_ck)
         sqlite3_wal_checkpoint_v2(h, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
@@ -260,14 +262,15 @@ void jl_db_close(jl_db *db)
     free(db);
 }
 
-uint64_t jl_db_background_checkpoints(jl_db *db)
+void jl_db_checkpoints(jl_db *db, uint64_t *out_background, uint64_t *out_inline)
 {
+    *out_background = *out_inline = 0;
     if (db->ck == NULL)
-        return 0;
+        return;
     pthread_mutex_lock(&db->ck->mu);
-    uint64_t n = db->ck->runs;
+    *out_background = db->ck->runs;
+    *out_inline = db->ck->inline_runs;
     pthread_mutex_unlock(&db->ck->mu);
-    return n;
 }
 
 sqlite3 *jl_db_handle(jl_db *db)

@@ -456,7 +456,8 @@ static void verify_stream_once(void)
                                           seq, why, sizeof(why)),
                          JL_OK);
         const char *cmd_id = jl_commit_command_id(c);
-        ck_assert_ptr_nonnull(cmd_id); /* every command of the load has one */
+        ck_assert_msg(cmd_id != NULL && cmd_id[0] != 0, /* every command of the load has one */
+                      "commit at %" PRIu64 " has no command id", seq);
         seen[n++] = strdup(cmd_id);
         jl_commit_free(c);
         natsMsg_Destroy(m);

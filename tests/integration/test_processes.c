@@ -2031,6 +2031,10 @@ START_TEST(cli_status_shows_streams_consumers_and_lag)
     ck_assert_msg(strstr(r->out, "\"messages\":3,") != NULL, "%s", r->out);
     ck_assert_msg(strstr(r->out, "\"durable\":\"order_summary\"") != NULL, "%s", r->out);
     ck_assert_msg(strstr(r->out, "\"num_pending\":0,") != NULL, "not caught up: %s", r->out);
+    /* The stream's and the consumer's leader: named, the one server. */
+    const char *leader = strstr(r->out, "\"leader\":\"");
+    ck_assert_msg(leader != NULL && leader[10] != '"', "%s", r->out);
+    ck_assert_msg(strstr(leader + 10, "\"leader\":\"") != NULL, "%s", r->out);
     CLI(r, url, "status");
     ASSERT_CLI(r, 0);
     ck_assert_msg(strstr(r->out, "ORDERS") != NULL && strstr(r->out, "order_summary") != NULL, "%s",

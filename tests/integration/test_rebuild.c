@@ -862,6 +862,14 @@ static void live_on_four_orders(runner *live, const char *sub, int items, char *
     live_file(live->dir, path, n);
 }
 
+static int count_rows(const char *dump)
+{
+    int rows = 0;
+    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
+        rows++;
+    return rows + (strncmp(dump, "orders|", 7) == 0);
+}
+
 /* The path of the file a --keep-old switch kept in @p dir ("order_summary.replaced-<ms>.db"). */
 static void kept_file(const char *dir, char *out, size_t n)
 {
@@ -887,7 +895,11 @@ START_TEST(keep_old_keeps_the_replaced_model_whole)
     runner live;
     char path[1024];
     live_on_four_orders(&live, "keep", 2, path, sizeof(path));
+    /* A mark no replay writes: the kept file is the old model, not a copy of the new one. */
+    tdb_exec(path, "UPDATE orders SET customer_id = 'kept-mark' WHERE rowid = "
+                   "(SELECT min(rowid) FROM orders)");
     char *before = tdump(path);
+    ck_assert_ptr_nonnull(strstr(before, "|'kept-mark'|"));
     sqlite3 *other = NULL;
     ck_assert_int_eq(sqlite3_open_v2(path, &other, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     ck_assert_int_eq(sqlite3_exec(other, "SELECT count(*) FROM jl_checkpoints", NULL, NULL, NULL),
@@ -900,6 +912,10 @@ START_TEST(keep_old_keeps_the_replaced_model_whole)
     kept_file(live.dir, kept, sizeof(kept));
     char *after = tdump(kept);
     ck_assert_str_eq(before, after);
+    char *rebuilt = dump_dir(live.dir);
+    ck_assert_ptr_null(strstr(rebuilt, "|'kept-mark'|"));
+    ck_assert_int_eq(count_rows(rebuilt), 4);
+    free(rebuilt);
     free(before);
     free(after);
 }
@@ -1185,14 +1201,6 @@ START_TEST(unwritable_directory_fails_the_rebuild_and_leaves_live_untouched)
 }
 END_TEST
 
-static int count_rows(const char *dump)
-{
-    int rows = 0;
-    for (const char *q = dump; (q = strstr(q, "\norders|")) != NULL; q++)
-        rows++;
-    return rows + (strncmp(dump, "orders|", 7) == 0);
-}
-
 START_TEST(newer_projection_version_rebuilds_by_itself)
 {
     ensure_stream();
@@ -1206,11 +1214,24 @@ START_TEST(newer_projection_version_rebuilds_by_itself)
     jl_projector_def v2 = order_summary_projector;
     v2.version = 2;
     runner_start(&live, &v2, "ver", 0);
-    /* The rebuild runs by itself; queries are answered meanwhile from the old file. */
+    /* The rebuild runs by itself; queries are answered meanwhile from the old file (and
+     * never from an older state than one seen before). */
+    load ql = {.conn = tenv_connect(&env)};
+    atomic_init(&ql.stop, false);
+    pthread_t qt;
+    pthread_create(&qt, NULL, query_thread, &ql);
     Jetledger__RebuildStatus *st = wait_job_end();
+    atomic_store(&ql.stop, true);
+    pthread_join(qt, NULL);
+    jl_conn_close(ql.conn, 0);
     ck_assert_msg(strcmp(st->state, "done") == 0, "%s: %s", st->state, st->error);
     ck_assert_str_eq(st->reason, "projection version 1 -> 2");
     jetledger__rebuild_status__free_unpacked(st, NULL);
+    printf("version rebuild: %d queries answered meanwhile\n", ql.queries);
+    ck_assert_int_gt(ql.queries, 0);
+    ck_assert_msg(ql.query_failures == 0, "%d of %d queries failed, first: %s", ql.query_failures,
+                  ql.queries, ql.first_failure);
+    ck_assert_int_eq(ql.went_back, 0);
     tseed_orders(env.conn, 4, 0);
     wait_checkpoint(live.p, tstream_last_seq(env.conn, "ORDERS"));
     char path[1024];
@@ -1256,6 +1277,11 @@ START_TEST(a_version_rebuild_on_a_trimmed_stream_keeps_the_old_model)
     ck_assert_int_eq(count_rows(d), 4);
     free(d);
     ck_assert_int_eq(files_named(live.dir, "order_summary.replaced-"), 1);
+    char kept[1300];
+    kept_file(live.dir, kept, sizeof(kept));
+    d = tdump(kept);
+    ck_assert_int_eq(count_rows(d), 10); /* the old model, with what the lost messages built */
+    free(d);
     runner_stop(&live);
 }
 END_TEST

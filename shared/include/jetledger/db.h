@@ -50,8 +50,10 @@ void jl_db_close(jl_db *db);
  */
 jl_status jl_db_sync(jl_db *db);
 
-/** WAL checkpoints the connection's own thread has completed (0 for a read-only one). */
-uint64_t jl_db_background_checkpoints(jl_db *db);
+/** WAL checkpoints the connection's own thread has completed into @p out_background, and those
+ * the writer ran itself in a commit into @p out_inline: only when that thread fell far behind
+ * (16,000 pages of WAL) or could not be started. Both 0 for a read-only connection. */
+void jl_db_checkpoints(jl_db *db, uint64_t *out_background, uint64_t *out_inline);
 
 /** The SQLite handle (borrowed). */
 sqlite3 *jl_db_handle(jl_db *db);
