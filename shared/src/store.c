@@ -417,9 +417,21 @@ jl_status jl_store_append(jl_store *st, const jl_append *a, uint64_t *out_seq, b
             break;
         }
         /* Timeouts and missing responders happen while a stream leader moves or a server
-         * restarts: resend the same message (same Nats-Msg-Id) until the deadline. */
-        if (ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS || ns == NATS_CONNECTION_DISCONNECTED ||
-            ns == NATS_NOT_YET_CONNECTED || (ns == NATS_ERR && jerr == 0)) {
+         * restarts: resend the same message (same Nats-Msg-Id) until the deadline. Without a
+         * message id only where nobody took it (no responders): a publish made while the
+         * connection is down may still go out from the library's buffer. */
+        bool transient = ns == NATS_TIMEOUT || ns == NATS_NO_RESPONDERS ||
+                         ns == NATS_CONNECTION_DISCONNECTED || ns == NATS_NOT_YET_CONNECTED ||
+                         (ns == NATS_ERR && jerr == 0);
+        if (transient && a->msg_id == NULL && ns != NATS_NO_RESPONDERS) {
+            set_err(st,
+                    "append to %s not confirmed (it may or may not be stored; without a message "
+                    "id it is not sent again): %s",
+                    a->subject, natsStatus_GetText(ns));
+            s = JL_ERR_TIMEOUT;
+            break;
+        }
+        if (transient) {
             jl_log(JL_LOG_DEBUG, "append retry", "\"subject\":\"%s\",\"status\":\"%s\"", a->subject,
                    natsStatus_GetText(ns));
             nats_Sleep(attempt < 5 ? 50 : 250);
