@@ -127,7 +127,14 @@ static bool check_chars(jl_decision *out, const char *field, const char *s, size
     }
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f) {
+        /* C0 and DEL; C1 (U+0080..U+009F: UTF-8 C2 80..C2 9F, among them NEL, a line break,
+         * and CSI, which starts a terminal's escape sequence); U+2028 and U+2029 (E2 80 A8/A9),
+         * the line and paragraph separators. */
+        bool c1 = c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                  (unsigned char)s[i + 1] <= 0x9f;
+        bool sep = c == 0xe2 && i + 2 < n && (unsigned char)s[i + 1] == 0x80 &&
+                   ((unsigned char)s[i + 2] == 0xa8 || (unsigned char)s[i + 2] == 0xa9);
+        if (c < 0x20 || c == 0x7f || c1 || sep) {
             jl_decision_reject(out, JL_CODE_INVALID,
                                "%s holds a control character (byte 0x%02x at %zu)", field, c, i);
             return false;

@@ -762,6 +762,20 @@ START_TEST(text_helpers_bound_copy_and_check)
     jl_decision_reset(&d);
     ck_assert(!jl_check_text(&d, "name", "a\x7f", 8));
     jl_decision_reset(&d);
+    /* C1 controls (NEL, a line break; CSI, a terminal escape) and the line and paragraph
+     * separators; the letters beside them pass. */
+    static const char *const controls[] = {"a\xc2\x85", "a\xc2\x9b[2J", "a\xc2\x80",
+                                           "a\xe2\x80\xa8"
+                                           "b",
+                                           "a\xe2\x80\xa9"};
+    for (size_t i = 0; i < sizeof(controls) / sizeof(controls[0]); i++) {
+        ck_assert_msg(!jl_check_text(&d, "name", controls[i], 8), "%zu passed", i);
+        ck_assert_msg(strstr(d.message, "name holds a control character (byte 0x") != NULL, "%s",
+                      d.message);
+        jl_decision_reset(&d);
+    }
+    ck_assert(jl_check_text(&d, "name", "\xc2\xa0\xc2\xbf\xe2\x80\xa6\xe2\x80\x94", 16));
+    ck_assert(!jl_decision_rejected(&d));
     /* Optional text: empty and NULL pass, the same rules otherwise. */
     ck_assert(jl_check_optional_text(&d, "reason", "", 4));
     ck_assert(jl_check_optional_text(&d, "reason", NULL, 4));
