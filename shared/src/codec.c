@@ -675,7 +675,15 @@ ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, cons
         protobuf_c_message_free_unpacked(m, NULL);
         m = NULL;
     }
-    if (out_newer != NULL)
+    if (out_newer != NULL) {
         *out_newer = w.newer;
+    } else if (m != NULL && w.newer) {
+        jl_reply_error(r, JL_CODE_UNAVAILABLE,
+                       "%s has fields this version of the service does not know (written with a "
+                       "newer schema?): try again once the service is upgraded",
+                       desc->name);
+        protobuf_c_message_free_unpacked(m, NULL);
+        m = NULL;
+    }
     return m;
 }

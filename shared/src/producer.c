@@ -2286,20 +2286,12 @@ static void submit(jl_producer *p, const request *rq)
     }
     c->held = len;
     p->held_bytes += len;
-    bool newer = false;
-    c->msg = jl_request_unpack(c->cd->descriptor, data, len, r, &newer);
+    /* Fields of a newer schema (a newer client, or a newer replica's process manager, during a
+     * rolling upgrade) are refused: decided here, they would be dropped from its events for
+     * good. A replica that knows them can decide it. */
+    c->msg = jl_request_unpack(c->cd->descriptor, data, len, r, NULL);
     if (c->msg == NULL)
         goto reject;
-    if (newer) {
-        /* A newer client (or a newer replica's process manager) during a rolling upgrade:
-         * decided here, the fields would be dropped from its events for good. A replica that
-         * knows them can decide it. */
-        jl_reply_error(r, JL_CODE_UNAVAILABLE,
-                       "%s has fields this version of the service does not know (written with a "
-                       "newer schema?); not decided: try again once the service is upgraded",
-                       c->cd->descriptor->name);
-        goto reject;
-    }
     const char *id = field_string(c->msg, c->cd->id_field);
     if (id == NULL) {
         jl_reply_error(r, JL_CODE_INTERNAL, "%s has no string field '%s'", c->cd->descriptor->name,

@@ -919,42 +919,37 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         return;
     }
     if (strcmp(name, "Rebuild") == 0) {
-        Jetledger__Rebuild *m = jetledger__rebuild__unpack(NULL, len, data);
-        if (m == NULL) {
-            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.Rebuild");
-            return;
-        }
+        Jetledger__Rebuild *m = (Jetledger__Rebuild *)jl_request_unpack(
+            &jetledger__rebuild__descriptor, data, len, r, NULL);
+        if (m == NULL)
+            return; /* r says why */
         s = start_job(p, false, m->from_seq, m->from_time_ns, m->keep_old, false, "requested", err,
                       sizeof(err));
         jetledger__rebuild__free_unpacked(m, NULL);
     } else if (strcmp(name, "Verify") == 0) {
         s = start_job(p, true, 0, 0, false, false, "requested", err, sizeof(err));
     } else if (strcmp(name, "CancelRebuild") == 0) {
-        Jetledger__CancelRebuild *m = jetledger__cancel_rebuild__unpack(NULL, len, data);
-        if (m == NULL) {
-            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.CancelRebuild");
+        Jetledger__CancelRebuild *m = (Jetledger__CancelRebuild *)jl_request_unpack(
+            &jetledger__cancel_rebuild__descriptor, data, len, r, NULL);
+        if (m == NULL)
             return;
-        }
         s = cancel_job(p->job, m->started_at_ns, err, sizeof(err));
         jetledger__cancel_rebuild__free_unpacked(m, NULL);
     } else if (strcmp(name, "GetDeadLetters") == 0) {
-        Jetledger__GetDeadLetters *m = jetledger__get_dead_letters__unpack(NULL, len, data);
-        if (m == NULL) {
-            jl_reply_error(r, JL_CODE_INVALID,
-                           "malformed protobuf: not a jetledger.GetDeadLetters");
+        Jetledger__GetDeadLetters *m = (Jetledger__GetDeadLetters *)jl_request_unpack(
+            &jetledger__get_dead_letters__descriptor, data, len, r, NULL);
+        if (m == NULL)
             return;
-        }
         unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
         jetledger__get_dead_letters__free_unpacked(m, NULL);
         jl__proj_dead_letters(p, limit, r);
         r->stream_seq = jl_projector_checkpoint(p);
         return;
     } else if (strcmp(name, "GetOutbox") == 0) {
-        Jetledger__GetOutbox *m = jetledger__get_outbox__unpack(NULL, len, data);
-        if (m == NULL) {
-            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.GetOutbox");
+        Jetledger__GetOutbox *m = (Jetledger__GetOutbox *)jl_request_unpack(
+            &jetledger__get_outbox__descriptor, data, len, r, NULL);
+        if (m == NULL)
             return;
-        }
         unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
         bool all = m->all;
         jetledger__get_outbox__free_unpacked(m, NULL);
@@ -962,11 +957,10 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         r->stream_seq = jl_projector_checkpoint(p);
         return;
     } else if (strcmp(name, "DismissOutbox") == 0) {
-        Jetledger__DismissOutbox *m = jetledger__dismiss_outbox__unpack(NULL, len, data);
-        if (m == NULL) {
-            jl_reply_error(r, JL_CODE_INVALID, "malformed protobuf: not a jetledger.DismissOutbox");
+        Jetledger__DismissOutbox *m = (Jetledger__DismissOutbox *)jl_request_unpack(
+            &jetledger__dismiss_outbox__descriptor, data, len, r, NULL);
+        if (m == NULL)
             return;
-        }
         jl__outbox_dismiss(p, m->command_id, r);
         jetledger__dismiss_outbox__free_unpacked(m, NULL);
         return;

@@ -62,6 +62,22 @@ static Jetledger__Instance self(jl_projector *p, bool opening)
     return me;
 }
 
+/* Whether @p o can be another instance's: one a stray or garbled message (an empty one unpacks
+ * as instance "" started at 0, which would have every running instance stop for it) is not. */
+static bool is_instance(const Jetledger__Instance *o, char *why, size_t n)
+{
+    char canon[JL_UUID_LEN + 1];
+    if (jl_uuid_canonical(canon, o->instance_id) != JL_OK || strcmp(canon, o->instance_id) != 0)
+        snprintf(why, n, "instance_id must be a UUID in canonical form");
+    else if (o->started_at_ns <= 0 || o->pid <= 0)
+        snprintf(why, n, "started_at_ns and pid must be positive");
+    else if (!jl_valid_name(o->durable))
+        snprintf(why, n, "durable must be a consumer name");
+    else
+        return true;
+    return false;
+}
+
 /* Whether @p o started before this instance (ties: the smaller instance id). */
 static bool started_first(const jl_projector *p, const Jetledger__Instance *o)
 {
@@ -120,10 +136,17 @@ jl_status jl__twins_opened(jl_projector *p, char *err, size_t errlen)
 
 void jl__twins_hello(jl_projector *p, const void *data, size_t len, jl_reply *r)
 {
+    bool newer; /* a newer version's fields: instances of two versions meet all the same */
     Jetledger__Instance *o = (Jetledger__Instance *)jl_request_unpack(
-        &jetledger__instance__descriptor, data, len, r, NULL);
+        &jetledger__instance__descriptor, data, len, r, &newer);
+    char why[80];
     if (o == NULL)
-        return;                              /* r says why */
+        return; /* r says why */
+    if (!is_instance(o, why, sizeof(why))) {
+        jl_reply_error(r, JL_CODE_INVALID, "not an instance's Hello: %s", why);
+        protobuf_c_message_free_unpacked(&o->base, NULL);
+        return;
+    }
     bool opening = atomic_load(&p->opening); /* one reading: the decision and the answer */
     if (strcmp(o->durable, p->src[0].durable) == 0 && strcmp(o->instance_id, p->instance_id) != 0)
         met(p, o, opening);
@@ -141,12 +164,14 @@ static bool answer(jl_projector *p, natsMsg *m, bool opening)
     if (jl_reply_decode(&r, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) == JL_OK &&
         r.code == JL_CODE_OK && strcmp(r.result_type, "jetledger.Instance") == 0) {
         Jetledger__Instance *o = jetledger__instance__unpack(NULL, r.result.len, r.result.data);
-        if (o != NULL) {
+        char why[80];
+        if (o != NULL && is_instance(o, why, sizeof(why))) {
             own = strcmp(o->instance_id, p->instance_id) == 0;
             if (!own && strcmp(o->durable, p->src[0].durable) == 0)
                 met(p, o, opening);
-            jetledger__instance__free_unpacked(o, NULL);
         }
+        if (o != NULL)
+            jetledger__instance__free_unpacked(o, NULL);
     }
     jl_reply_cleanup(&r);
     return own;

@@ -1486,6 +1486,22 @@ START_TEST(bad_queries_get_clear_errors)
     n = orders__list_orders__pack(&l, buf);
     expect_error("order_summary.query.ListOrders", buf, n, JL_CODE_INVALID, "cursor");
     l.cursor = "";
+    /* A newer client's field (a filter this version does not know, 99): refused, not answered
+     * as if it were not there. */
+    n = orders__list_orders__pack(&l, buf);
+    memcpy(buf + n, "\x9a\x06\x01x", 4); /* field 99, the string "x" */
+    expect_error("order_summary.query.ListOrders", buf, n + 4, JL_CODE_UNAVAILABLE,
+                 "ListOrders has fields this version of the service does not know");
+    /* The same for an administration request, and a NUL in its id (protobuf-c would cut it). */
+    Jetledger__GetDeadLetters gd = JETLEDGER__GET_DEAD_LETTERS__INIT;
+    n = jetledger__get_dead_letters__pack(&gd, buf);
+    memcpy(buf + n, "\x98\x06\x01", 3);
+    expect_error("order_summary.admin.GetDeadLetters", buf, n + 3, JL_CODE_UNAVAILABLE,
+                 "GetDeadLetters has fields this version of the service does not know");
+    expect_error("order_summary.admin.DismissOutbox",
+                 "\x0a\x05"
+                 "ab\0xy",
+                 7, JL_CODE_INVALID, "holds a NUL byte");
     size_t big_len = JL_MAX_QUERY_BYTES + 1;
     char *big = calloc(1, big_len);
     expect_error("order_summary.query.ListOrders", big, big_len, JL_CODE_INVALID,
@@ -2124,6 +2140,33 @@ START_TEST(of_two_instances_on_one_durable_the_later_stops)
     o = hello("pair", "pair", "00000000-0000-4000-8000-000000000002", 1, true);
     ck_assert(!o->opening);
     jetledger__instance__free_unpacked(o, NULL);
+    ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_OK);
+
+    /* What is not an instance's Hello (a stray message with the durable alone, read as
+     * instance "" started at 0; an id that is no UUID) is refused, and this one goes on. */
+    static const char *const bad[][2] = {{"", "0"}, {"twin-1", "1"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        Jetledger__Instance garbled = JETLEDGER__INSTANCE__INIT;
+        garbled.durable = "pair";
+        garbled.instance_id = (char *)bad[i][0];
+        garbled.started_at_ns = atoll(bad[i][1]);
+        garbled.pid = garbled.started_at_ns;
+        uint8_t body[128];
+        size_t n = jetledger__instance__pack(&garbled, body);
+        natsMsg *rep = NULL;
+        ck_assert_int_eq(natsConnection_Request(&rep, jl_conn_nats(env.conn),
+                                                "order_summary.admin.pair.Hello", body, (int)n,
+                                                10000),
+                         NATS_OK);
+        jl_reply r;
+        jl_reply_init(&r);
+        ck_assert_int_eq(
+            jl_reply_decode(&r, natsMsg_GetData(rep), (size_t)natsMsg_GetDataLength(rep)), JL_OK);
+        ck_assert_int_eq(r.code, JL_CODE_INVALID);
+        ck_assert_msg(strstr(r.message, "not an instance's Hello") != NULL, "%s", r.message);
+        jl_reply_cleanup(&r);
+        natsMsg_Destroy(rep);
+    }
     ck_assert_int_eq(jl_projector_step(p, 10, NULL), JL_OK);
 
     /* An older one asks: this one stops, and says why. */

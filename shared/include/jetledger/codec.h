@@ -201,11 +201,13 @@ bool jl_pb_has_newer_fields(const ProtobufCMessageDescriptor *desc, const void *
 /**
  * Unpack the body of a request (a command or a query) as a @p desc message, in one walk over
  * its bytes beside protobuf-c's.
- * @param out_newer (may be NULL) whether it holds fields of a newer schema, as
- * jl_pb_has_newer_fields() says.
+ * @param out_newer where to say whether it holds fields of a newer schema, as
+ * jl_pb_has_newer_fields() says; NULL: such a request is refused, "unavailable" (a newer
+ * client's filter or option, left out, would change the answer: a newer replica can answer).
  * @return the message (free with protobuf_c_message_free_unpacked()); NULL with an "invalid"
  * error in @p r saying why: not a valid @p desc, or a string field not UTF-8 or holding a NUL
- * (see jl_pb_strings_valid()); or "unavailable" when memory ran out.
+ * (see jl_pb_strings_valid()); or "unavailable" when memory ran out or (@p out_newer NULL)
+ * for fields of a newer schema.
  */
 ProtobufCMessage *jl_request_unpack(const ProtobufCMessageDescriptor *desc, const void *data,
                                     size_t len, jl_reply *r, bool *out_newer);
