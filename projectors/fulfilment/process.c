@@ -595,8 +595,9 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t errlen)
                    strcmp(cur.reject_reason, old.reject_reason) != 0;
     if (!changed)
         return JL_OK;
-    /* The latest occurred-at recorded: a maximum, so the same whatever the interleaving. */
-    if (ev->occurred_at_ns > cur.updated_at_ns)
+    /* The latest occurred-at recorded: a maximum, so the same whatever the interleaving (a new
+     * row's first, even one before 1970 from a clock set wrong, not the 0 it starts at). */
+    if (!old.exists || ev->occurred_at_ns > cur.updated_at_ns)
         cur.updated_at_ns = ev->occurred_at_ns;
 
     char rid[JL_UUID_LEN + 1];

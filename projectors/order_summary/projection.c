@@ -89,18 +89,26 @@ static jl_status apply(jl_db *db, const jl_event *ev, char *err, size_t n)
                      e->unit_price_cents);
             return JL_ERR_INVALID;
         }
+        /* A line of the sku already there merges as the orders service's evolve merges it:
+         * at the same price, up to MAX_QUANTITY units. Another event (not the service's) is
+         * parked, not applied re-pricing the line. */
         st = jl_db_stmt(db, "INSERT INTO order_items (order_id, sku, quantity, unit_price_cents) "
                             "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM orders WHERE "
                             "order_id = ?1) ON CONFLICT (order_id, sku) DO UPDATE SET quantity "
-                            "= quantity + excluded.quantity, unit_price_cents = "
-                            "excluded.unit_price_cents");
+                            "= quantity + excluded.quantity WHERE unit_price_cents = "
+                            "excluded.unit_price_cents AND quantity + excluded.quantity <= "
+                            "?5");
         if (st == NULL)
             return JL_ERR_SQLITE;
         sqlite3_bind_text(st, 1, ev->aggregate_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, e->sku, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, e->quantity);
         sqlite3_bind_int64(st, 4, e->unit_price_cents);
-        s = jl_apply_step(db, st, ev, "unknown order", NULL, err, n);
+        sqlite3_bind_int(st, 5, MAX_QUANTITY);
+        s = jl_apply_step(db, st, ev,
+                          "unknown order, or for a line of another price or past 1000000 units "
+                          "on order",
+                          NULL, err, n);
         return s == JL_OK ? touch(db, ev, NULL, err, n) : s;
     }
     if (d == &orders__item_removed__descriptor) {

@@ -1955,9 +1955,20 @@ START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
     tpublish_commit(env.conn, subject, id, &orders__item_added__descriptor, buf,
                     orders__item_added__pack(&ia, buf));                        /* seq 145 */
     ck_assert_int_eq(create_order(env.conn, "after", other, NULL), JL_CODE_OK); /* seq 146 */
+    /* Lines the service's evolve would not merge: at another price; past 1e6 units. */
+    ia.sku = "a";
+    ia.quantity = 1;
+    ia.unit_price_cents = 99;
+    tpublish_commit(env.conn, subject, id, &orders__item_added__descriptor, buf,
+                    orders__item_added__pack(&ia, buf)); /* seq 147 */
+    ia.sku = "s02";
+    ia.quantity = 1000000;
+    ia.unit_price_cents = 10;
+    tpublish_commit(env.conn, subject, id, &orders__item_added__descriptor, buf,
+                    orders__item_added__pack(&ia, buf)); /* seq 148 */
 
     char path[1024];
-    jl_projector *p = projector_at("capped", 16, 146, 2, path, sizeof(path));
+    jl_projector *p = projector_at("capped", 16, 148, 4, path, sizeof(path));
     sqlite3_stmt *st = tdb_row(path, "SELECT item_count, total_cents, typeof(total_cents), "
                                      "(SELECT count(*) FROM orders) FROM orders WHERE "
                                      "customer_id = 'capped'");
@@ -1972,7 +1983,11 @@ START_TEST(events_past_the_orders_caps_are_parked_not_a_stuck_projection)
     const char *reasons = (const char *)sqlite3_column_text(st, 0);
     ck_assert_msg(strstr(reasons, "144:orders.ItemAdded takes order") != NULL &&
                       strstr(reasons, "past 64-bit integers") != NULL &&
-                      strstr(reasons, "145:ItemAdded with quantity 1 and price 5") != NULL,
+                      strstr(reasons, "145:ItemAdded with quantity 1 and price 5") != NULL &&
+                      strstr(reasons, "147:orders.ItemAdded for unknown order, or for a line of "
+                                      "another price or past 1000000 units on order") != NULL &&
+                      strstr(reasons, "148:orders.ItemAdded for unknown order, or for a line "
+                                      "of another price") != NULL,
                   "%s", reasons);
     tdb_done(st);
     jl_projector_close(p, 1000);
