@@ -717,9 +717,15 @@ jl_status jl__proj_switch(jl_projector *p, jl_db *db, const char *file, bool kee
             jl_log(JL_LOG_WARN, "the kept read model may lack its last commits",
                    "\"file\":\"%s\",\"error\":\"%s\",\"wal_frames\":%d,\"folded\":%d", old_path,
                    sqlite3_errstr(rc), wal_frames, folded);
-        snprintf(kept_name, sizeof(kept_name), "%s.replaced-%" PRId64 ".db", p->def->name,
-                 jl__now_ns() / 1000000);
-        snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, kept_name);
+        /* A name no kept model has (a clock stepped back could give an earlier one's): never
+         * linked or renamed over it. */
+        int64_t ms = jl__now_ns() / 1000000;
+        for (int tries = 0;; tries++, ms++) {
+            snprintf(kept_name, sizeof(kept_name), "%s.replaced-%" PRId64 ".db", p->def->name, ms);
+            snprintf(kept, sizeof(kept), "%s/%s", p->data_dir, kept_name);
+            if (access(kept, F_OK) != 0 || tries == 1000)
+                break;
+        }
         linked = link(old_path, kept) == 0;
         if (!linked) /* a file system without hard links: the pointer says what to rename */
             jl_log(JL_LOG_DEBUG, "cannot link the kept read model, renaming it after the switch",

@@ -521,6 +521,10 @@ static void run_job(jl_projector *p, jl__job *j)
         if (c.src[i].reader.first_seq > 1)
             c.src[i].reader.first_seq = 1;
     }
+    /* From a sequence, the same: the stream held it when the job was checked (a stream whose
+     * limits trim it all the time may not by the time the reader opens). */
+    if (s == JL_OK && j->from_seq > 0 && c.src[0].reader.first_seq > j->from_seq)
+        c.src[0].reader.first_seq = j->from_seq;
 
     /* Follow each source's live checkpoint until every one is caught up with it. */
     int64_t last_progress = 0;
@@ -699,14 +703,19 @@ static jl_status start_job_locked(jl_projector *p, bool verify, uint64_t from_se
                                   int64_t from_time_ns, bool keep_old, bool automatic,
                                   const char *reason, char *err, size_t errlen);
 
-/* Check that no job runs and start one, as one step: two requests at once start one job. */
+/* Check that no job runs and start one, as one step: two requests at once start one job. With
+ * @p r, the job's status into it in the same step: a job that fails at once and another
+ * started next (by the other admin subscription, a version rebuild's retry) is not described
+ * as this one. */
 static jl_status start_job(jl_projector *p, bool verify, uint64_t from_seq, int64_t from_time_ns,
                            bool keep_old, bool automatic, const char *reason, char *err,
-                           size_t errlen)
+                           size_t errlen, jl_reply *r)
 {
     pthread_mutex_lock(&p->job->start_mu);
     jl_status s = start_job_locked(p, verify, from_seq, from_time_ns, keep_old, automatic, reason,
                                    err, errlen);
+    if (s == JL_OK && r != NULL)
+        status_to_reply(p->job, p->instance, r);
     pthread_mutex_unlock(&p->job->start_mu);
     return s;
 }
@@ -867,7 +876,7 @@ void jl__jobs_start_version_rebuild(jl_projector *p)
 {
     char reason[128], err[512];
     snprintf(reason, sizeof(reason), "projection version %d -> %d", p->db_version, p->def->version);
-    jl_status s = start_job(p, false, 0, 0, false, true, reason, err, sizeof(err));
+    jl_status s = start_job(p, false, 0, 0, false, true, reason, err, sizeof(err), NULL);
     if (s != JL_OK)
         jl_log(JL_LOG_ERROR, "version rebuild not started", "\"error\":\"%s\"", err);
 }
@@ -924,10 +933,10 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
         if (m == NULL)
             return; /* r says why */
         s = start_job(p, false, m->from_seq, m->from_time_ns, m->keep_old, false, "requested", err,
-                      sizeof(err));
+                      sizeof(err), r);
         jetledger__rebuild__free_unpacked(m, NULL);
     } else if (strcmp(name, "Verify") == 0) {
-        s = start_job(p, true, 0, 0, false, false, "requested", err, sizeof(err));
+        s = start_job(p, true, 0, 0, false, false, "requested", err, sizeof(err), r);
     } else if (strcmp(name, "CancelRebuild") == 0) {
         Jetledger__CancelRebuild *m = (Jetledger__CancelRebuild *)jl_request_unpack(
             &jetledger__cancel_rebuild__descriptor, data, len, r, NULL);
@@ -983,7 +992,8 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
                        "%s", err);
         return;
     }
-    status_to_reply(p->job, p->instance, r);
+    if (strcmp(name, "Rebuild") != 0 && strcmp(name, "Verify") != 0)
+        status_to_reply(p->job, p->instance, r); /* a start's: by start_job() */
     r->stream_seq = jl_projector_checkpoint(p);
 }
 

@@ -378,9 +378,10 @@ static int run(cli_ctx *ctx, const char *kind, const char *request, const Protob
         int rc2 = CLI_OK;
         Jetledger__RebuildStatus *now = admin(&j, "GetRebuildStatus", &get.base, &rc2);
         /* Ours if it started after we asked (by the projector's clock, give or take 5 s for a
-         * running one): not another operator's job, which Ctrl-C here would cancel. An ended
+         * running one) and was requested: not another operator's job, nor a version rebuild
+         * an instance started by itself (a rollout), which Ctrl-C here would cancel. An ended
          * one that started before we asked is another's, and ours may still start. */
-        if (now != NULL && strcmp(now->job, kind) == 0 &&
+        if (now != NULL && strcmp(now->job, kind) == 0 && strcmp(now->reason, "requested") == 0 &&
             now->started_at_ns >= asked_ns - (finished(now) ? 0 : 5000000000LL)) {
             if (finished(now))
                 cli_error("the %s started on %s after all, and has ended", kind, j.projector);
