@@ -1743,11 +1743,12 @@ static jl_status find_own_commit(jl_producer *p, const cmd *c, replay_ctx *rc, u
     if (ns == NATS_NOT_FOUND && atomic_load(&p->replicas) <= 1) {
         jl_store_info info;
         char err[256];
+        /* Not known: "cannot read", below. */
         if (jl_store_info_get(p->store, &info, err, sizeof(err)) == JL_OK) {
             atomic_store(&p->replicas, info.replicas);
             if (info.replicas <= 1)
                 return JL_OK; /* removed since: not stored */
-        }                     /* not known: "cannot read", below */
+        }
     }
     if (v == 0) {
         char why[96];
@@ -3301,7 +3302,9 @@ bool jl_producer_close(jl_producer *p, int64_t timeout_ms)
      * exits in the middle of it): the drains, the requests they hand on, the appends in
      * flight; what is left of it goes to the command-id records kept (late). */
     int64_t deadline = jl__mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
-    int64_t late_ms = timeout_ms / 4 < JL_CLOSE_LATE_MS ? timeout_ms / 4 : JL_CLOSE_LATE_MS;
+    int64_t late_ms = timeout_ms <= 0                     ? 0
+                      : timeout_ms / 4 < JL_CLOSE_LATE_MS ? timeout_ms / 4
+                                                          : JL_CLOSE_LATE_MS;
     atomic_store(&p->close_by_ms, deadline);
     bool subs_done = close_sub(p, &p->sub, deadline - jl__mono_ms());
     subs_done = close_sub(p, &p->qsub, deadline - jl__mono_ms()) && subs_done;
