@@ -81,6 +81,17 @@ static void apply_ok(tev *t)
     ck_assert_msg(s == JL_OK, "apply %s: %s (%s)", t->ev.event_type, jl_status_str(s), apply_err);
 }
 
+/* Apply an OrderCreated of @p order for @p customer at @p at, through @p t. */
+static void create_order(tev *t, const char *order, const char *customer, int64_t at)
+{
+    base(t, "orders.OrderCreated", order, at);
+    orders__order_created__init(&t->m.created);
+    t->m.created.order_id = t->order;
+    t->m.created.customer_id = (char *)customer;
+    t->ev.payload = &t->m.created.base;
+    apply_ok(t);
+}
+
 /* An order of @p n lines (skus "s00", "s01", ...) at the orders service's caps, created and
  * placed at @p at; returns what applying its OrderConfirmed returned. */
 static jl_status max_order(int n, int64_t at)
@@ -89,12 +100,7 @@ static jl_status max_order(int n, int64_t at)
     char order[JL_UUID_LEN + 1];
     jl_uuid_new(order);
 
-    base(&t, "orders.OrderCreated", order, at);
-    orders__order_created__init(&t.m.created);
-    t.m.created.order_id = t.order;
-    t.m.created.customer_id = "alice";
-    t.ev.payload = &t.m.created.base;
-    apply_ok(&t);
+    create_order(&t, order, "alice", at);
 
     base(&t, "orders.OrderPlaced", order, at);
     orders__order_placed__init(&t.m.placed);
@@ -327,12 +333,7 @@ START_TEST(order_counts_follow_every_status_change)
     char a[JL_UUID_LEN + 1];
     jl_uuid_new(a);
     expect_counts(0, 0, 0, 0);
-    base(&t, "orders.OrderCreated", a, DAY_NS);
-    orders__order_created__init(&t.m.created);
-    t.m.created.order_id = t.order;
-    t.m.created.customer_id = "bob";
-    t.ev.payload = &t.m.created.base;
-    apply_ok(&t);
+    create_order(&t, a, "bob", DAY_NS);
     expect_counts(1, 0, 0, 0);
     ck_assert_int_eq(max_order(1, DAY_NS), JL_OK);
     ck_assert_int_eq(max_order(2, DAY_NS), JL_OK);

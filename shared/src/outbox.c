@@ -857,10 +857,13 @@ void jl__outbox_lock(jl_projector *p)
     atomic_fetch_sub(&p->outbox_yield, 1);
 }
 
-/* The columns an operator is shown of a row (see shown_row). */
+/* The columns an operator is shown of a row (see shown_row), and its state, classified by the
+ * same conditions as the listing's (JL_OUTBOX_*_SQL): an index into shown_states. */
 #define OUTBOX_SHOWN                                                                               \
     "id, command_id, service, command, order_key, attempts, reply_code, reply_message, "           \
-    "created_at_ns, replied_at_ns, correlation_id"
+    "created_at_ns, replied_at_ns, correlation_id, CASE WHEN " JL_OUTBOX_WAITING_SQL " THEN 0 "    \
+    "WHEN " JL_OUTBOX_REFUSED_SQL " THEN 1 WHEN reply_code = 'ok' THEN 2 ELSE 3 END"
+static const char *const shown_states[] = {"waiting", "refused", "ok", "withdrawn"};
 
 /* Fill @p o from the OUTBOX_SHOWN columns of @p st's row; false when out of memory. Its strings
  * are freed by free_shown() (state is a constant). */
@@ -868,22 +871,17 @@ static bool shown_row(sqlite3_stmt *st, Jetledger__OutboxRow *o)
 {
     jetledger__outbox_row__init(o);
     o->id = sqlite3_column_int64(st, 0);
-    o->command_id = jl__column_dup(st, 1);
-    o->service = jl__column_dup(st, 2);
-    o->command = jl__column_dup(st, 3);
-    o->order_key = jl__column_dup(st, 4);
+    o->command_id = jl_db_text_dup(st, 1);
+    o->service = jl_db_text_dup(st, 2);
+    o->command = jl_db_text_dup(st, 3);
+    o->order_key = jl_db_text_dup(st, 4);
     o->attempts = sqlite3_column_int64(st, 5);
-    o->reply_code = jl__column_dup(st, 6);
-    o->reply_message = jl__column_dup(st, 7);
+    o->reply_code = jl_db_text_dup(st, 6);
+    o->reply_message = jl_db_text_dup(st, 7);
     o->created_at_ns = sqlite3_column_int64(st, 8);
-    bool replied = sqlite3_column_type(st, 9) != SQLITE_NULL;
-    o->replied_at_ns = replied ? sqlite3_column_int64(st, 9) : 0;
-    o->correlation_id = jl__column_dup(st, 10);
-    const char *code = o->reply_code != NULL ? o->reply_code : ""; /* JL_OUTBOX_*_SQL */
-    o->state = (char *)(!replied                         ? "waiting"
-                        : strcmp(code, "ok") == 0        ? "ok"
-                        : strcmp(code, "withdrawn") == 0 ? "withdrawn"
-                                                         : "refused");
+    o->replied_at_ns = sqlite3_column_int64(st, 9); /* NULL: 0 */
+    o->correlation_id = jl_db_text_dup(st, 10);
+    o->state = (char *)shown_states[sqlite3_column_int(st, 11) & 3];
     return o->command_id && o->service && o->command && o->order_key && o->reply_code &&
            o->reply_message && o->correlation_id;
 }

@@ -2473,18 +2473,41 @@ void jl__proj_read_end(jl_projector *p, jl_db *qdb, jl_status s, const char *wha
     pthread_mutex_unlock(&p->query_mu);
 }
 
-char *jl__column_dup(sqlite3_stmt *st, int i)
+/* One row of the dead-letter listing (jl_db_page()'s reader); JL_ERR_NOMEM when a copy failed. */
+static jl_status read_dead_letter(sqlite3_stmt *st, void *row)
 {
-    const char *t = (const char *)sqlite3_column_text(st, i);
-    return strdup(t != NULL ? t : "");
+    Jetledger__DeadLetter *d = row;
+    jetledger__dead_letter__init(d);
+    d->stream = jl_db_text_dup(st, 0);
+    d->seq = (uint64_t)sqlite3_column_int64(st, 1);
+    d->event_index = sqlite3_column_int(st, 2);
+    d->event_id = jl_db_text_dup(st, 3);
+    d->event_type = jl_db_text_dup(st, 4);
+    d->subject = jl_db_text_dup(st, 5);
+    d->reason = jl_db_text_dup(st, 6);
+    d->at_ns = sqlite3_column_int64(st, 7);
+    d->data_bytes = (uint64_t)sqlite3_column_int64(st, 8);
+    return d->stream && d->event_id && d->event_type && d->subject && d->reason ? JL_OK
+                                                                                : JL_ERR_NOMEM;
+}
+
+static void free_dead_letter(void *row)
+{
+    Jetledger__DeadLetter *d = row;
+    free(d->stream);
+    free(d->event_id);
+    free(d->event_type);
+    free(d->subject);
+    free(d->reason);
 }
 
 void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
 {
     Jetledger__DeadLetters out = JETLEDGER__DEAD_LETTERS__INIT;
-    Jetledger__DeadLetter *rows = calloc(limit ? limit : 1, sizeof(*rows));
-    Jetledger__DeadLetter **ptrs = calloc(limit ? limit : 1, sizeof(*ptrs));
-    jl_status s = rows != NULL && ptrs != NULL ? JL_OK : JL_ERR_NOMEM;
+    void *rows = NULL, **ptrs = NULL;
+    size_t n = 0;
+    bool more = false;
+    jl_status s = JL_OK;
     jl_db *qdb = jl__proj_read_begin(p, &s);
     sqlite3_stmt *st = s == JL_OK ? jl_db_stmt(qdb, "SELECT count(*) FROM jl_dead_letters") : NULL;
     if (s == JL_OK && st == NULL)
@@ -2497,51 +2520,25 @@ void jl__proj_dead_letters(jl_projector *p, unsigned limit, jl_reply *r)
             s = jl_db_fail(qdb, rc, "cannot count dead letters");
         sqlite3_reset(st);
     }
+    /* The newest first (by jl_dead_letters_by_time); the count says whether there are more. */
     st = s == JL_OK ? jl_db_stmt(qdb, "SELECT stream, seq, event_index, event_id, event_type, "
                                       "subject, reason, at_ns, length(data) FROM "
                                       "jl_dead_letters ORDER BY at_ns DESC, seq DESC LIMIT ?")
                     : NULL;
     if (s == JL_OK && st == NULL)
         s = JL_ERR_SQLITE;
-    if (st != NULL)
-        sqlite3_bind_int(st, 1, (int)limit);
-    int rc = SQLITE_DONE;
-    while (st != NULL && out.n_letters < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        Jetledger__DeadLetter *d = &rows[out.n_letters];
-        jetledger__dead_letter__init(d);
-        d->stream = jl__column_dup(st, 0);
-        d->seq = (uint64_t)sqlite3_column_int64(st, 1);
-        d->event_index = sqlite3_column_int(st, 2);
-        d->event_id = jl__column_dup(st, 3);
-        d->event_type = jl__column_dup(st, 4);
-        d->subject = jl__column_dup(st, 5);
-        d->reason = jl__column_dup(st, 6);
-        d->at_ns = sqlite3_column_int64(st, 7);
-        d->data_bytes = (uint64_t)sqlite3_column_int64(st, 8);
-        ptrs[out.n_letters++] = d;
-        if (!d->stream || !d->event_id || !d->event_type || !d->subject || !d->reason) {
-            s = JL_ERR_NOMEM;
-            break;
-        }
+    if (st != NULL) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)limit + 1);
+        s = jl_db_page(qdb, st, limit, sizeof(Jetledger__DeadLetter), read_dead_letter,
+                       free_dead_letter, &rows, &ptrs, &n, &more);
     }
-    if (s == JL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
-        s = jl_db_fail(qdb, rc, "reading the dead letters");
-    if (st != NULL)
-        sqlite3_reset(st);
     jl__proj_read_end(p, qdb, s, "cannot read the dead letters", r);
-    out.letters = ptrs;
+    out.n_letters = n;
+    out.letters = (Jetledger__DeadLetter **)ptrs;
     out.instance = p->instance;
     if (s == JL_OK)
         (void)jl_reply_set_result(r, &out.base); /* else it says why */
-    for (size_t i = 0; i < out.n_letters; i++) {
-        free(rows[i].stream);
-        free(rows[i].event_id);
-        free(rows[i].event_type);
-        free(rows[i].subject);
-        free(rows[i].reason);
-    }
-    free(rows);
-    free(ptrs);
+    jl_db_page_free(rows, ptrs, n, free_dead_letter);
 }
 
 uint64_t jl_projector_dead_letters(jl_projector *p)

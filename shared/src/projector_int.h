@@ -323,8 +323,6 @@ jl_db *jl__proj_read_begin(jl_projector *p, jl_status *io_s);
  * (busy, no room, no memory: ask again), else internal. */
 jl_code jl__proj_failure_code(jl_status s);
 void jl__proj_read_end(jl_projector *p, jl_db *qdb, jl_status s, const char *what, jl_reply *r);
-/* A copy of text column @p i of @p st ("" for NULL), to free(); NULL only when out of memory. */
-char *jl__column_dup(sqlite3_stmt *st, int i);
 
 /* rebuild.c */
 /* Subscribe the admin requests: this instance's own (with Hello), then, once no other instance

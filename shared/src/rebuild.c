@@ -918,6 +918,12 @@ static jl_status cancel_job(jl__job *j, int64_t started_ns, char *err, size_t er
     return s;
 }
 
+/* Rows a listing request is answered with: @p asked, 100 for 0, at most 500 (admin.proto). */
+static unsigned admin_page(uint32_t asked)
+{
+    return asked == 0 ? 100 : asked > 500 ? 500 : asked;
+}
+
 static void answer_admin(jl_projector *p, const char *name, const void *data, size_t len,
                          jl_reply *r)
 {
@@ -949,7 +955,7 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
             &jetledger__get_dead_letters__descriptor, data, len, r, NULL);
         if (m == NULL)
             return;
-        unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
+        unsigned limit = admin_page(m->limit);
         jetledger__get_dead_letters__free_unpacked(m, NULL);
         jl__proj_dead_letters(p, limit, r);
         r->stream_seq = jl_projector_checkpoint(p);
@@ -959,7 +965,7 @@ static void answer_admin(jl_projector *p, const char *name, const void *data, si
             &jetledger__get_outbox__descriptor, data, len, r, NULL);
         if (m == NULL)
             return;
-        unsigned limit = m->limit == 0 ? 100 : m->limit > 500 ? 500 : m->limit;
+        unsigned limit = admin_page(m->limit);
         bool all = m->all;
         jetledger__get_outbox__free_unpacked(m, NULL);
         jl__outbox_list(p, all, limit, r);
